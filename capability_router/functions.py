@@ -1,0 +1,208 @@
+"""The Redis Function library: loading it, and one Python wrapper per function.
+
+``lua/emp.lua`` ships as package data. ``ensure_library`` loads it when the
+server lacks it or holds another version (``FUNCTION LOAD REPLACE``), so any
+process may call it at start. Wrappers reload once and retry when the server
+lost its functions (a restart without persistence).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from capability_router.errors import LibraryError
+from capability_router.jobspec import JobSpec
+from capability_router.keys import Keys
+from capability_router.profile import WorkerProfile
+
+LIBRARY_NAME = "emp"
+
+
+def library_source() -> str:
+    """The Lua source of the library."""
+    return resources.files("capability_router").joinpath("lua/emp.lua").read_text()
+
+
+def library_version(source: str | None = None) -> str:
+    """The VERSION constant declared in the Lua source."""
+    match = re.search(r"^local VERSION = '([^']+)'", source or library_source(), re.M)
+    if not match:
+        raise LibraryError("lua/emp.lua declares no VERSION")
+    return match[1]
+
+
+def ensure_library(client: redis.Redis) -> bool:
+    """Load the library unless the server already has this version; True if loaded."""
+    source = library_source()
+    try:
+        loaded = client.fcall_ro("emp_version", 0)
+    except redis.ResponseError:
+        loaded = None
+    if isinstance(loaded, bytes):
+        loaded = loaded.decode()
+    if loaded == library_version(source):
+        return False
+    try:
+        client.function_load(source, replace=True)
+    except redis.ResponseError as exc:
+        raise LibraryError(f"cannot load the EMP function library: {exc}") from exc
+    return True
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class Claimed:
+    """A job handed to a worker by ``claim``."""
+
+    job_id: str
+    attempt: int
+    message: str
+
+
+class QueueFunctions:
+    """Named wrappers around the library's functions for one namespace.
+
+    :param client: a redis-py client (``decode_responses`` either way).
+    :param namespace: the queue namespace (pool).
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+
+    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self.client.fcall(name, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            if "Function not found" not in str(exc):
+                raise
+        ensure_library(self.client)
+        return self.client.fcall(name, len(keys), *keys, *args)
+
+    def configure(self, **settings: int) -> None:
+        """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms, max_attempts."""
+        allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts"}
+        unknown = set(settings) - allowed
+        if unknown:
+            raise ValueError(f"unknown queue setting(s): {', '.join(sorted(unknown))}")
+        if settings:
+            self.client.hset(self.keys.config, mapping={k: int(v) for k, v in settings.items()})
+
+    def register_worker(self, profile: WorkerProfile) -> int:
+        """Register a capability profile; returns how many known classes it can serve."""
+        k = self.keys
+        return int(self._call(
+            "emp_register_worker", [k.config, k.profiles, k.classes],
+            [profile.signature, profile.to_json()],
+        ))
+
+    def enqueue(
+        self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
+        due_ms: int = 0, now_ms: int | None = None,
+    ) -> tuple[str, str | None]:
+        """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
+        header = spec.header() if isinstance(spec, JobSpec) else spec
+        k = self.keys
+        reply = self._call(
+            "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
+            [job_id, header["class"], header["class_json"], header["priority"], due_ms,
+             message, json.dumps(header["fields"]), now_ms or 0,
+             "" if header.get("at") is None else header["at"]],
+        )
+        outcome = _text(reply[0])
+        return outcome, _text(reply[1]) if len(reply) > 1 else None
+
+    def claim(
+        self, profile_signature: str, worker_id: str, lease_ms: int,
+        idle_ms: int = 5000, now_ms: int | None = None,
+    ) -> Claimed | int:
+        """Claim the best job this profile can serve; else ms until the next due retry (0: none)."""
+        k = self.keys
+        reply = self._call(
+            "emp_claim", [k.config, k.profiles, k.heads, k.idle],
+            [profile_signature, worker_id, lease_ms, idle_ms, now_ms or 0],
+        )
+        return parse_claim(reply)
+
+    def start(self, job_id: str, attempt: int | str, worker_id: str) -> str:
+        k = self.keys
+        return _text(self._call("emp_start", [k.config, k.job(job_id)],
+                                [job_id, attempt, worker_id]))
+
+    def progress(
+        self, job_id: str, attempt: int | str, progress: float, details: dict[str, Any] | None = None
+    ) -> str:
+        k = self.keys
+        return _text(self._call("emp_progress", [k.config, k.job(job_id)],
+                                [job_id, attempt, progress, json.dumps(details or {})]))
+
+    def complete(self, job_id: str, attempt: int | str, result: Any) -> str:
+        k = self.keys
+        return _text(self._call("emp_complete", [k.config, k.job(job_id)],
+                                [job_id, attempt, json.dumps(result, default=repr)]))
+
+    def fail(self, job_id: str, attempt: int | str, error: str) -> str:
+        k = self.keys
+        return _text(self._call("emp_fail", [k.config, k.job(job_id)], [job_id, attempt, error]))
+
+    def retry(
+        self, job_id: str, attempt: int | str, due_ms: int, message: str, error: str = ""
+    ) -> str:
+        k = self.keys
+        return _text(self._call("emp_retry", [k.config, k.job(job_id), k.delayed],
+                                [job_id, attempt, due_ms, message, error]))
+
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> tuple[str, ...]:
+        """Returns ('cancelled', previous status, worker id), (terminal status,) or ('missing',)."""
+        k = self.keys
+        reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed], [job_id, reason])
+        return tuple(_text(x) for x in reply)
+
+    def ack(self, job_id: str, attempt: int | str) -> str:
+        k = self.keys
+        return _text(self._call("emp_ack", [k.config, k.job(job_id)], [job_id, attempt]))
+
+    def requeue(self, job_id: str, attempt: int | str, reason: str) -> str:
+        k = self.keys
+        return _text(self._call("emp_requeue", [k.config, k.job(job_id)],
+                                [job_id, attempt, reason]))
+
+    def renew(
+        self, worker_id: str, lease_ms: int, held: list[tuple[str, int | str]]
+    ) -> list[str]:
+        """Extend leases; returns the job ids this worker no longer holds."""
+        if not held:
+            return []
+        k = self.keys
+        flat = [x for pair in held for x in pair]
+        reply = self._call("emp_renew", [k.config, k.leases], [worker_id, lease_ms, 0, *flat])
+        return [_text(x) for x in reply]
+
+    def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
+        """Promote due retries and requeue expired leases now."""
+        return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]))
+
+
+def parse_claim(reply: list[Any]) -> Claimed | int:
+    """Turn a raw emp_claim reply into ``Claimed`` or the ms until work may be due."""
+    if int(reply[0]) == 1:
+        return Claimed(_text(reply[1]), int(reply[2]), _text(reply[3]))
+    return int(reply[1])
+
+
+def claim_args(
+    keys: Keys, profile_signature: str, worker_id: str, lease_ms: int, idle_ms: int
+) -> list[Any]:
+    """The FCALL arguments of a claim, for callers that send it themselves."""
+    return ["FCALL", "emp_claim", 4, keys.config, keys.profiles, keys.heads, keys.idle,
+            profile_signature, worker_id, lease_ms, idle_ms, 0]

@@ -1,0 +1,186 @@
+"""Job submissions: validate the original's job fields and derive the class.
+
+A ``JobSpec`` is built once by the producer; the Celery message carries its
+``header()`` so the transport's publish path only forwards it to the enqueue
+function. Bad input raises ``InvalidJob`` naming the field, before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from capability_router.errors import InvalidJob
+from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
+from capability_router.requirements import canonical_json, normalize_requirements, signature
+
+#: Largest accepted payload + ctx, in bytes of JSON (``EMP_MAX_PAYLOAD_BYTES``).
+MAX_PAYLOAD_BYTES = int(os.environ.get("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024))
+
+#: Message header that carries the job spec from producer to transport.
+HEADER = "emp"
+
+SERVICE_ALIASES = ("service_required", "job_type", "type")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def _name(field_name: str, value: Any, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidJob(f"{field_name} is required")
+        return None
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise InvalidJob(
+            f"{field_name} must be 1-128 letters, digits or '_.:-', got {value!r}"
+        )
+    return value
+
+
+def _int(field_name: str, value: Any, low: int, high: int, default: int | None) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise InvalidJob(f"{field_name} must be an integer {low}-{high}, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidJob(f"{field_name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _time_ms(field_name: str, value: Any) -> int | None:
+    """Accept epoch seconds or milliseconds, or an ISO-8601 timestamp."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value if value > 1e11 else value * 1000)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
+
+
+@dataclass
+class JobSpec:
+    """One job as submitted: service, payload, requirements and ordering fields."""
+
+    service: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    requirements: dict[str, Any] = field(default_factory=dict)
+    priority: int = 50
+    customer_id: str | None = None
+    max_retries: int = 3
+    workflow_id: str | None = None
+    workflow_priority: int | None = None
+    workflow_datetime: int | None = None
+    current_step: int | None = None
+    total_steps: int | None = None
+    ctx: dict[str, Any] | None = None
+    pool: str = DEFAULT_NAMESPACE
+    job_class: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.service = _name("service_required", self.service, required=True)
+        if not isinstance(self.payload, dict):
+            raise InvalidJob(f"payload must be a JSON object, got {type(self.payload).__name__}")
+        if self.ctx is not None and not isinstance(self.ctx, dict):
+            raise InvalidJob(f"ctx must be a JSON object, got {type(self.ctx).__name__}")
+        self.priority = _int("priority", self.priority, 0, 100, 50)
+        self.max_retries = _int("max_retries", self.max_retries, 0, 100, 3)
+        self.customer_id = _name("customer_id", self.customer_id)
+        self.workflow_id = _name("workflow_id", self.workflow_id)
+        self.workflow_priority = _int("workflow_priority", self.workflow_priority, 0, 100, None)
+        self.workflow_datetime = _time_ms("workflow_datetime", self.workflow_datetime)
+        self.current_step = _int("current_step", self.current_step, 0, 10**6, None)
+        self.total_steps = _int("total_steps", self.total_steps, 0, 10**6, None)
+        try:
+            check_namespace(self.pool)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        try:
+            size = len(json.dumps(self.payload)) + len(json.dumps(self.ctx or {}))
+        except (TypeError, ValueError) as exc:
+            raise InvalidJob(f"payload must be JSON-serializable: {exc}") from None
+        if size > MAX_PAYLOAD_BYTES:
+            raise InvalidJob(f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+        self.job_class = normalize_requirements(
+            self.requirements, self.service, self.customer_id, self.workflow_id
+        )
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> JobSpec:
+        """Build from the original's submission fields (``job_type``/``type`` aliases)."""
+        if not isinstance(fields, dict):
+            raise InvalidJob("a job must be a JSON object")
+        data = dict(fields)
+        service = None
+        for alias in SERVICE_ALIASES:
+            if data.get(alias) is not None:
+                service = data.pop(alias)
+                break
+        for alias in SERVICE_ALIASES:
+            data.pop(alias, None)
+        known = {f for f in cls.__dataclass_fields__ if f not in ("service", "job_class")}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidJob(f"unknown job field(s): {', '.join(unknown)}")
+        if data.get("payload") is None:
+            data.pop("payload", None)
+        if data.get("requirements") is None:
+            data.pop("requirements", None)
+        if data.get("pool") is None:
+            data.pop("pool", None)
+        return cls(service=service, **data)
+
+    @property
+    def class_json(self) -> str:
+        return canonical_json(self.job_class)
+
+    @property
+    def class_signature(self) -> str:
+        return signature(self.job_class)
+
+    @property
+    def effective_priority(self) -> int:
+        return self.workflow_priority if self.workflow_priority is not None else self.priority
+
+    def record_fields(self) -> dict[str, str]:
+        """The job record fields, as strings for a Redis hash."""
+        values: dict[str, Any] = {
+            "service_required": self.service,
+            "priority": self.priority,
+            "payload": json.dumps(self.payload),
+            "requirements": json.dumps(self.requirements),
+            "customer_id": self.customer_id,
+            "max_retries": self.max_retries,
+            "workflow_id": self.workflow_id,
+            "workflow_priority": self.workflow_priority,
+            "workflow_datetime": self.workflow_datetime,
+            "current_step": self.current_step,
+            "total_steps": self.total_steps,
+            "ctx": json.dumps(self.ctx) if self.ctx is not None else None,
+            "pool": self.pool,
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+    def header(self) -> dict[str, Any]:
+        """What the Celery message carries for the enqueue function."""
+        return {
+            "pool": self.pool,
+            "class": self.class_signature,
+            "class_json": self.class_json,
+            "priority": self.effective_priority,
+            "at": self.workflow_datetime,
+            "fields": self.record_fields(),
+        }

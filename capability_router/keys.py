@@ -1,0 +1,114 @@
+"""Every Redis key name of the project, built in one place.
+
+All keys of one queue namespace (a pool) share the hash tag ``{<namespace>}``
+so the Redis Function library runs on Redis Cluster. The Lua library derives
+a few per-job keys from the same layout; its header repeats it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: First segment of every key.
+PREFIX = "emp"
+
+#: Namespace used when a job names no pool.
+DEFAULT_NAMESPACE = "default"
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_KEY_RE = re.compile(r"^" + PREFIX + r":\{(?P<ns>[^}]+)\}:(?P<rest>.+)$")
+
+
+def check_namespace(namespace: str) -> str:
+    """Return the namespace, or raise ValueError naming what is wrong with it."""
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
+        raise ValueError(
+            f"invalid pool name {namespace!r}: use 1-64 letters, digits, '_', '-' or '.'"
+        )
+    return namespace
+
+
+def namespace_prefix(namespace: str) -> str:
+    """Return ``emp:{<namespace>}:``, the start of every key of a namespace."""
+    return f"{PREFIX}:{{{check_namespace(namespace)}}}:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def prefix(self) -> str:
+        return namespace_prefix(self.namespace)
+
+    @property
+    def config(self) -> str:
+        return self.prefix + "config"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "events"
+
+    @property
+    def jobs(self) -> str:
+        return self.prefix + "jobs"
+
+    @property
+    def classes(self) -> str:
+        return self.prefix + "classes"
+
+    @property
+    def profiles(self) -> str:
+        return self.prefix + "profiles"
+
+    @property
+    def heads(self) -> str:
+        return self.prefix + "heads"
+
+    @property
+    def delayed(self) -> str:
+        return self.prefix + "delayed"
+
+    @property
+    def leases(self) -> str:
+        return self.prefix + "leases"
+
+    @property
+    def idle(self) -> str:
+        return self.prefix + "idle"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:events"
+
+    def pending(self, class_signature: str) -> str:
+        return f"{self.prefix}pending:{class_signature}"
+
+    def compat(self, profile_signature: str) -> str:
+        return f"{self.prefix}compat:{profile_signature}"
+
+    def wake(self, worker_id: str) -> str:
+        return f"{self.prefix}wake:{worker_id}"
+
+
+def key_for(namespace: str) -> Keys:
+    """Return the key builder of a namespace."""
+    check_namespace(namespace)
+    return Keys(namespace)
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """Split a key into (namespace, rest); ValueError for a foreign key."""
+    match = _KEY_RE.match(key)
+    if not match:
+        raise ValueError(f"not an EMP key: {key!r}")
+    return match["ns"], match["rest"]
+
+
+#: Set of namespaces seen by producers and workers (outside any hash tag).
+NAMESPACES_KEY = f"{PREFIX}:namespaces"

@@ -1,0 +1,647 @@
+#!lua name=emp
+--[[
+EMP capability-matching job queue: every job state change is one call here.
+
+Loaded with FUNCTION LOAD REPLACE by capability_router.functions, which checks
+emp_version first so every process can load it idempotently.
+
+Key layout (built by capability_router/keys.py; P = "emp:{<namespace>}:").
+All keys of a namespace share the hash tag "{<namespace>}", so the library
+runs on Redis Cluster. KEYS[1] of every function is the namespace's config
+hash; P is derived from it. Keys named after a job, class, profile or worker
+that only the function can know (the job a claim picks, the class a job is
+filed under) are derived from P inside the function: they share the tag, so
+they live in the same slot as the declared key.
+
+  P.."config"              HASH   tunables: events_maxlen, job_events_maxlen,
+                                  retention_ms, max_attempts
+  P.."job:"..id            HASH   the job record
+  P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
+  P.."events"              STREAM every event of the namespace (trimmed)
+  P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
+  P.."classes"             HASH   class signature -> class JSON
+  P.."profiles"            HASH   profile signature -> profile JSON
+  P.."compat:"..psig       SET    class signatures a profile can serve
+  P.."compat-rev:"..csig   SET    profile signatures that can serve a class
+  P.."pending:"..csig      ZSET   pending job ids of one class -> order score
+  P.."heads"               ZSET   class signature -> score of its best job
+  P.."delayed"             ZSET   job id -> ms when a retry becomes due
+  P.."leases"              ZSET   job id -> ms when its lease expires
+  P.."idle"                ZSET   idle worker id -> ms its idle mark expires
+  P.."idle-profile"        HASH   idle worker id -> profile signature
+  P.."wake:"..worker_id    LIST   wake-up tokens an idle worker blocks on
+
+Order score: (100 - effective priority) * 1e13 + effective time in ms, lower
+first, exact below 2^53. It is kept as a string: Lua's default number
+formatting would round it.
+
+Job states: pending, assigned, in_progress, completed, failed, cancelled.
+]]
+
+local VERSION = '3'
+
+local ACTIVE = {assigned = true, in_progress = true}
+local TERMINAL = {completed = true, failed = true, cancelled = true}
+
+-- helpers -----------------------------------------------------------------
+
+local function prefix_of(config_key)
+  return string.sub(config_key, 1, #config_key - #'config')
+end
+
+local function now_ms(arg)
+  if arg and arg ~= '' and arg ~= '0' then
+    return tonumber(arg)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function config(P)
+  local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
+    'job_events_maxlen', 'retention_ms', 'max_attempts')
+  return {
+    events_maxlen = tonumber(v[1]) or 100000,
+    job_events_maxlen = tonumber(v[2]) or 1000,
+    retention_ms = tonumber(v[3]) or 7 * 24 * 3600 * 1000,
+    max_attempts = tonumber(v[4]) or 10,
+  }
+end
+
+local function emit(P, cfg, id, event, data, now)
+  data.job_id = id
+  data.timestamp = now
+  local payload = cjson.encode(data)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
+    'event', event, 'job_id', id, 'data', payload)
+  local jk = P .. 'job:' .. id .. ':events'
+  redis.call('XADD', jk, 'MAXLEN', '~', cfg.job_events_maxlen, '*',
+    'event', event, 'job_id', id, 'data', payload)
+  redis.call('PEXPIRE', jk, cfg.retention_ms)
+end
+
+local function contains(list, value)
+  if type(list) ~= 'table' then
+    return false
+  end
+  for _, item in ipairs(list) do
+    if item == value then
+      return true
+    end
+  end
+  return false
+end
+
+local function present(v)
+  return v ~= nil and v ~= cjson.null
+end
+
+-- One requirement against one worker capability (emp-behaviour.md rules).
+local function capability_ok(have, want)
+  if not present(have) then
+    return false
+  end
+  if type(want) == 'table' then
+    if type(have) ~= 'table' then
+      return #want == 1 and have == want[1]
+    end
+    for _, item in ipairs(want) do
+      if not contains(have, item) then
+        return false
+      end
+    end
+    return true
+  end
+  if type(have) == 'table' then
+    return contains(have, want)
+  end
+  if type(want) == 'number' and type(have) == 'number' then
+    return have >= want
+  end
+  return have == want
+end
+
+-- A normalized worker profile against a normalized requirement class.
+local function matches(profile, class)
+  if not contains(profile.services, class.service) then
+    return false
+  end
+  if present(profile.workflow_id) and profile.workflow_id ~= class.workflow_id then
+    return false
+  end
+  if present(class.customer_id) then
+    if contains(profile.denied, class.customer_id) then
+      return false
+    end
+    if class.strict then
+      if profile.isolation ~= 'strict' or not contains(profile.allowed, class.customer_id) then
+        return false
+      end
+    end
+  end
+  local caps = profile.caps or {}
+  for path, want in pairs(class.pos or {}) do
+    if not capability_ok(caps[path], want) then
+      return false
+    end
+  end
+  for path, want in pairs(class.neg or {}) do
+    if capability_ok(caps[path], want) then
+      return false
+    end
+  end
+  return true
+end
+
+local function link(P, psig, csig)
+  redis.call('SADD', P .. 'compat:' .. psig, csig)
+  redis.call('SADD', P .. 'compat-rev:' .. csig, psig)
+end
+
+-- Keeps P.."heads" equal to the best score of each non-empty class.
+local function refresh_head(P, csig)
+  local head = redis.call('ZRANGE', P .. 'pending:' .. csig, 0, 0, 'WITHSCORES')
+  if head[1] then
+    redis.call('ZADD', P .. 'heads', head[2], csig)
+  else
+    redis.call('ZREM', P .. 'heads', csig)
+  end
+end
+
+-- Wakes one idle worker that can serve the class, most recently idle first.
+local function wake_one(P, csig, now)
+  redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
+  local idle = redis.call('ZRANGE', P .. 'idle', 0, 127, 'REV')
+  local rev = P .. 'compat-rev:' .. csig
+  for _, worker in ipairs(idle) do
+    local psig = redis.call('HGET', P .. 'idle-profile', worker)
+    if psig and redis.call('SISMEMBER', rev, psig) == 1 then
+      redis.call('ZREM', P .. 'idle', worker)
+      local wk = P .. 'wake:' .. worker
+      redis.call('LPUSH', wk, '1')
+      redis.call('PEXPIRE', wk, 60000)
+      return worker
+    end
+  end
+  return false
+end
+
+local function file_pending(P, id, csig, score, now)
+  redis.call('ZADD', P .. 'pending:' .. csig, score, id)
+  redis.call('ZADD', P .. 'heads', 'LT', score, csig)
+  wake_one(P, csig, now)
+end
+
+local function unfile_pending(P, id, csig)
+  if redis.call('ZREM', P .. 'pending:' .. csig, id) == 1 then
+    refresh_head(P, csig)
+    return true
+  end
+  return false
+end
+
+local function finish(P, cfg, jk, id)
+  redis.call('ZREM', P .. 'leases', id)
+  redis.call('PEXPIRE', jk, cfg.retention_ms)
+end
+
+-- An attempt that ended without an outcome (lease expired, worker lost,
+-- message requeued): back to pending at its old place, or failed when the
+-- job has used up its attempts.
+local function return_to_pending(P, cfg, id, reason, now)
+  local jk = P .. 'job:' .. id
+  local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id')
+  if not ACTIVE[f[1]] then
+    redis.call('ZREM', P .. 'leases', id)
+    return false
+  end
+  local attempts = tonumber(f[4]) or 0
+  if attempts >= cfg.max_attempts then
+    local err = reason .. '; gave up after ' .. attempts .. ' attempts'
+    redis.call('HSET', jk, 'status', 'failed', 'failed_at', now, 'last_error', err)
+    finish(P, cfg, jk, id)
+    emit(P, cfg, id, 'job_failed', {worker_id = f[5], error = err, attempt = attempts}, now)
+    return 'failed'
+  end
+  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason)
+  redis.call('HDEL', jk, 'lease_until')
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
+  file_pending(P, id, f[2], f[3], now)
+  return 'pending'
+end
+
+-- Due retries into pending, expired leases back to pending; bounded work.
+local function housekeep(P, cfg, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', P .. 'delayed', id)
+    local f = redis.call('HMGET', P .. 'job:' .. id, 'status', 'class', 'score')
+    if f[1] == 'pending' then
+      file_pending(P, id, f[2], f[3], now)
+    end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(expired) do
+    return_to_pending(P, cfg, id, 'lease expired', now)
+  end
+  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', now - cfg.retention_ms)
+  return #due + #expired
+end
+
+local function attempt_is(f_attempts, attempt)
+  return attempt == nil or attempt == '' or tostring(f_attempts) == tostring(attempt)
+end
+
+-- functions ---------------------------------------------------------------
+
+--[[ emp_version: KEYS none. Returns the library version string. ]]
+local function emp_version()
+  return VERSION
+end
+
+--[[ emp_register_worker
+KEYS[1] config  KEYS[2] profiles  KEYS[3] classes
+ARGV[1] profile signature  ARGV[2] normalized profile JSON
+Returns the number of known classes the profile can serve. ]]
+local function emp_register_worker(keys, args)
+  local P = prefix_of(keys[1])
+  local psig, json = args[1], args[2]
+  local profile = cjson.decode(json)
+  if redis.call('HSETNX', keys[2], psig, json) == 0 then
+    return redis.call('SCARD', P .. 'compat:' .. psig)
+  end
+  local classes = redis.call('HGETALL', keys[3])
+  local n = 0
+  for i = 1, #classes, 2 do
+    if matches(profile, cjson.decode(classes[i + 1])) then
+      link(P, psig, classes[i])
+      n = n + 1
+    end
+  end
+  return n
+end
+
+--[[ emp_enqueue
+KEYS[1] config  KEYS[2] job record  KEYS[3] classes  KEYS[4] profiles
+ARGV[1] job id  ARGV[2] class signature  ARGV[3] class JSON
+ARGV[4] effective priority 0-100  ARGV[5] due ms (0: now)
+ARGV[6] Celery message JSON  ARGV[7] record fields JSON (object of strings)
+ARGV[8] now ms (optional)  ARGV[9] effective time ms ('': now)
+Returns {'queued'|'delayed'} or {'duplicate', status}. ]]
+local function emp_enqueue(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id, csig, class_json = args[1], args[2], args[3]
+  local due = tonumber(args[5]) or 0
+  local now = now_ms(args[8])
+  local at = tonumber(args[9]) or now
+  local score = string.format('%.0f', (100 - tonumber(args[4])) * 1e13 + at)
+  local jk = keys[2]
+  local status = redis.call('HGET', jk, 'status')
+  if status then
+    return {'duplicate', status}
+  end
+  if redis.call('HSETNX', keys[3], csig, class_json) == 1 then
+    local class = cjson.decode(class_json)
+    local profiles = redis.call('HGETALL', keys[4])
+    for i = 1, #profiles, 2 do
+      if matches(cjson.decode(profiles[i + 1]), class) then
+        link(P, profiles[i], csig)
+      end
+    end
+  end
+  local fields = cjson.decode(args[7])
+  local flat = {}
+  for k, v in pairs(fields) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = tostring(v)
+  end
+  redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
+    'status', 'pending', 'attempts', 0, 'retries', 0, 'created_at', now,
+    'message', args[6], unpack(flat))
+  redis.call('ZADD', P .. 'jobs', now, id)
+  local data = {job_type = fields.service_required, priority = tonumber(fields.priority),
+    customer_id = fields.customer_id, workflow_id = fields.workflow_id}
+  if due > now then
+    redis.call('HSET', jk, 'retry_at', due)
+    redis.call('ZADD', P .. 'delayed', due, id)
+    data.run_at = due
+    emit(P, cfg, id, 'job_submitted', data, now)
+    return {'delayed'}
+  end
+  emit(P, cfg, id, 'job_submitted', data, now)
+  file_pending(P, id, csig, score, now)
+  return {'queued'}
+end
+
+--[[ emp_claim
+KEYS[1] config  KEYS[2] profiles  KEYS[3] heads  KEYS[4] idle
+ARGV[1] profile signature  ARGV[2] worker id  ARGV[3] lease ms
+ARGV[4] idle mark ms  ARGV[5] now ms (optional)
+Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
+or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
+not registered (after a server restart without persistence). ]]
+local function emp_claim(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local psig, worker = args[1], args[2]
+  local lease_ms = tonumber(args[3])
+  local now = now_ms(args[5])
+  if redis.call('HEXISTS', keys[2], psig) == 0 then
+    return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
+  end
+  housekeep(P, cfg, now, 50)
+  local ck = P .. 'compat:' .. psig
+  local best = nil
+  -- Classes in order of their best job: the first the profile can serve wins.
+  local total = redis.call('ZCARD', keys[3])
+  local scanned = 0
+  local chunk = 32
+  while not best and scanned < total do
+    local remaining = total - scanned
+    if scanned > 0 and redis.call('SCARD', ck) < remaining then
+      -- Fewer compatible classes than heads left: look each one up instead.
+      local best_score = nil
+      for _, csig in ipairs(redis.call('SMEMBERS', ck)) do
+        local s = redis.call('ZSCORE', keys[3], csig)
+        if s and (best_score == nil or tonumber(s) < best_score) then
+          best, best_score = csig, tonumber(s)
+        end
+      end
+      break
+    end
+    local heads = redis.call('ZRANGE', keys[3], scanned, scanned + chunk - 1)
+    for _, csig in ipairs(heads) do
+      if redis.call('SISMEMBER', ck, csig) == 1 then
+        best = csig
+        break
+      end
+    end
+    scanned = scanned + #heads
+    chunk = 256
+    if #heads == 0 then
+      break
+    end
+  end
+  if not best then
+    redis.call('ZADD', keys[4], now + tonumber(args[4]), worker)
+    redis.call('HSET', P .. 'idle-profile', worker, psig)
+    local next_due = 0
+    local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+    local l = redis.call('ZRANGE', P .. 'leases', 0, 0, 'WITHSCORES')
+    for _, r in ipairs({d, l}) do
+      if r[2] then
+        local wait = math.max(1, tonumber(r[2]) - now)
+        if next_due == 0 or wait < next_due then
+          next_due = wait
+        end
+      end
+    end
+    return {0, next_due}
+  end
+  local pk = P .. 'pending:' .. best
+  local id = redis.call('ZRANGE', pk, 0, 0)[1]
+  redis.call('ZREM', pk, id)
+  refresh_head(P, best)
+  redis.call('ZREM', keys[4], worker)
+  local jk = P .. 'job:' .. id
+  local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
+  local deadline = now + lease_ms
+  redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
+    'assigned_at', now, 'lease_until', deadline)
+  redis.call('ZADD', P .. 'leases', deadline, id)
+  emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
+  return {1, id, attempt, redis.call('HGET', jk, 'message')}
+end
+
+--[[ emp_start
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] worker id  ARGV[4] now (optional)
+Returns 'ok', or the job's status when this attempt may not run. ]]
+local function emp_start(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[4])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts')
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  if f[1] == 'assigned' then
+    redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now)
+    emit(P, config(P), id, 'job_started', {worker_id = args[3], attempt = tonumber(f[2])}, now)
+  end
+  return 'ok'
+end
+
+--[[ emp_progress
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] progress 0-100
+ARGV[4] details JSON object  ARGV[5] now (optional)
+Returns 'ok', 'cancelled', or the status that refused the update. ]]
+local function emp_progress(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[5])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
+  if f[1] == 'cancelled' then
+    return 'cancelled'
+  end
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  local data = cjson.decode(args[4])
+  data.progress = tonumber(args[3])
+  data.worker_id = f[3]
+  redis.call('HSET', keys[2], 'status', 'in_progress', 'progress', args[3],
+    'progress_details', args[4], 'updated_at', now)
+  emit(P, config(P), id, 'update_job_progress', data, now)
+  return 'ok'
+end
+
+--[[ emp_complete
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] result JSON  ARGV[4] now (optional)
+Returns 'ok', or the status that refused the completion (fencing). ]]
+local function emp_complete(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[4])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  redis.call('HSET', keys[2], 'status', 'completed', 'completed_at', now,
+    'result', args[3], 'progress', 100)
+  finish(P, cfg, keys[2], id)
+  emit(P, cfg, id, 'complete_job', {worker_id = f[3], attempt = tonumber(f[2]),
+    result = {status = 'success', data = cjson.decode(args[3])}}, now)
+  return 'ok'
+end
+
+--[[ emp_fail
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] error text  ARGV[4] now (optional)
+Returns 'ok', or the status that refused the failure (fencing). ]]
+local function emp_fail(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[4])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  redis.call('HSET', keys[2], 'status', 'failed', 'failed_at', now, 'last_error', args[3])
+  finish(P, cfg, keys[2], id)
+  emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
+  return 'ok'
+end
+
+--[[ emp_retry
+KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
+ARGV[1] job id  ARGV[2] attempt ('' accepts any)  ARGV[3] due ms
+ARGV[4] new Celery message JSON  ARGV[5] error text  ARGV[6] now (optional)
+The job keeps its order score, so it does not fall behind newer work.
+Returns 'delayed' or 'queued', or the status that refused the retry. ]]
+local function emp_retry(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id, attempt = args[1], args[2]
+  local due = tonumber(args[3]) or 0
+  local now = now_ms(args[6])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id', 'class', 'score')
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  local retries = redis.call('HINCRBY', keys[2], 'retries', 1)
+  redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
+    'last_error', args[5], 'retry_at', due)
+  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
+    retries = retries, retry_at = due, error = args[5]}, now)
+  if due > now then
+    redis.call('ZADD', keys[3], due, id)
+    return 'delayed'
+  end
+  file_pending(P, id, f[4], f[5], now)
+  return 'queued'
+end
+
+--[[ emp_cancel
+KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
+ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
+Returns {'cancelled', previous status, worker id} or {status} when the job is
+already terminal, or {'missing'}. ]]
+local function emp_cancel(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id = args[1]
+  local now = now_ms(args[3])
+  local f = redis.call('HMGET', keys[2], 'status', 'class', 'worker_id')
+  if not f[1] then
+    return {'missing'}
+  end
+  if TERMINAL[f[1]] then
+    return {f[1]}
+  end
+  if f[1] == 'pending' then
+    unfile_pending(P, id, f[2])
+    redis.call('ZREM', keys[3], id)
+  end
+  redis.call('HSET', keys[2], 'status', 'cancelled', 'cancelled_at', now,
+    'last_error', args[2])
+  finish(P, cfg, keys[2], id)
+  emit(P, cfg, id, 'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now)
+  return {'cancelled', f[1], f[3] or ''}
+end
+
+--[[ emp_ack
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] now (optional)
+The broker acknowledgement of an attempt. The outcome was recorded by
+complete/fail/retry/cancel before; an attempt still active here ended with
+no outcome, which is recorded as a failure rather than left running.
+Returns the job's status. ]]
+local function emp_ack(keys, args)
+  local P = prefix_of(keys[1])
+  local cfg = config(P)
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[3])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
+  if ACTIVE[f[1]] and attempt_is(f[2], attempt) then
+    local err = 'task ended without recording an outcome'
+    redis.call('HSET', keys[2], 'status', 'failed', 'failed_at', now, 'last_error', err)
+    finish(P, cfg, keys[2], id)
+    emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = err}, now)
+    return 'failed'
+  end
+  return f[1] or 'missing'
+end
+
+--[[ emp_requeue
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] reason  ARGV[4] now (optional)
+Returns 'pending', 'failed' (attempts used up) or the refusing status. ]]
+local function emp_requeue(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local now = now_ms(args[4])
+  local f = redis.call('HMGET', keys[2], 'status', 'attempts')
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  return return_to_pending(P, config(P), id, args[3], now)
+end
+
+--[[ emp_renew
+KEYS[1] config  KEYS[2] leases
+ARGV[1] worker id  ARGV[2] lease ms  ARGV[3] now (0: server time)
+ARGV[4..] job id, attempt pairs
+Returns the job ids whose lease this worker no longer holds. ]]
+local function emp_renew(keys, args)
+  local P = prefix_of(keys[1])
+  local worker = args[1]
+  local now = now_ms(args[3])
+  local deadline = now + tonumber(args[2])
+  local lost = {}
+  for i = 4, #args, 2 do
+    local id, attempt = args[i], args[i + 1]
+    local jk = P .. 'job:' .. id
+    local f = redis.call('HMGET', jk, 'status', 'attempts', 'worker_id')
+    if ACTIVE[f[1]] and attempt_is(f[2], attempt) and f[3] == worker then
+      redis.call('HSET', jk, 'lease_until', deadline)
+      redis.call('ZADD', keys[2], 'XX', deadline, id)
+    else
+      lost[#lost + 1] = id
+    end
+  end
+  return lost
+end
+
+--[[ emp_sweep
+KEYS[1] config
+ARGV[1] limit  ARGV[2] now (optional)
+Promotes due retries and requeues expired leases. Returns how many. ]]
+local function emp_sweep(keys, args)
+  local P = prefix_of(keys[1])
+  return housekeep(P, config(P), now_ms(args[2]), tonumber(args[1]) or 100)
+end
+
+redis.register_function{function_name = 'emp_version', callback = emp_version,
+  flags = {'no-writes'}}
+redis.register_function('emp_register_worker', emp_register_worker)
+redis.register_function('emp_enqueue', emp_enqueue)
+redis.register_function('emp_claim', emp_claim)
+redis.register_function('emp_start', emp_start)
+redis.register_function('emp_progress', emp_progress)
+redis.register_function('emp_complete', emp_complete)
+redis.register_function('emp_fail', emp_fail)
+redis.register_function('emp_retry', emp_retry)
+redis.register_function('emp_cancel', emp_cancel)
+redis.register_function('emp_ack', emp_ack)
+redis.register_function('emp_requeue', emp_requeue)
+redis.register_function('emp_renew', emp_renew)
+redis.register_function('emp_sweep', emp_sweep)
