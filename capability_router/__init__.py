@@ -1,0 +1,21 @@
+"""Capability matching in Redis Functions, and the kombu transport and Celery
+router that put Celery tasks through it."""
+
+from capability_router.errors import (
+    EmpError,
+    InvalidJob,
+    InvalidProfile,
+    JobCancelled,
+    JobNotFound,
+    LibraryError,
+)
+from capability_router.jobspec import JobSpec
+from capability_router.keys import DEFAULT_NAMESPACE, Keys, key_for
+from capability_router.profile import WorkerProfile
+
+TRANSPORT = "capability_router.transport:Transport"
+
+__all__ = [
+    "DEFAULT_NAMESPACE", "EmpError", "InvalidJob", "InvalidProfile", "JobCancelled",
+    "JobNotFound", "JobSpec", "Keys", "LibraryError", "TRANSPORT", "WorkerProfile", "key_for",
+]

@@ -8,9 +8,11 @@ lost its functions (a restart without persistence).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -24,17 +26,27 @@ from capability_router.profile import WorkerProfile
 LIBRARY_NAME = "emp"
 
 
+_VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
+
+
+@lru_cache(maxsize=1)
 def library_source() -> str:
-    """The Lua source of the library."""
-    return resources.files("capability_router").joinpath("lua/emp.lua").read_text()
+    """The Lua source, its VERSION stamped with a digest of the text.
+
+    The digest makes any edit of the file a new version, so a server holding
+    an older text is always reloaded.
+    """
+    text = resources.files("capability_router").joinpath("lua/emp.lua").read_text()
+    match = _VERSION_RE.search(text)
+    if not match:
+        raise LibraryError("lua/emp.lua declares no VERSION")
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    return text.replace(match[0], f"local VERSION = '{match[1]}-{digest}'", 1)
 
 
 def library_version(source: str | None = None) -> str:
-    """The VERSION constant declared in the Lua source."""
-    match = re.search(r"^local VERSION = '([^']+)'", source or library_source(), re.M)
-    if not match:
-        raise LibraryError("lua/emp.lua declares no VERSION")
-    return match[1]
+    """The stamped VERSION of the Lua source."""
+    return _VERSION_RE.search(source or library_source())[1]
 
 
 def ensure_library(client: redis.Redis) -> bool:
@@ -190,7 +202,7 @@ class QueueFunctions:
 
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""
-        return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]))
+        return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]) or 0)
 
 
 def parse_claim(reply: list[Any]) -> Claimed | int:

@@ -104,6 +104,9 @@ class JobSpec:
         self.workflow_datetime = _time_ms("workflow_datetime", self.workflow_datetime)
         self.current_step = _int("current_step", self.current_step, 0, 10**6, None)
         self.total_steps = _int("total_steps", self.total_steps, 0, 10**6, None)
+        if isinstance(self.requirements, dict) and "pool" in self.requirements:
+            self.requirements = dict(self.requirements)
+            self.pool = self.requirements.pop("pool")
         try:
             check_namespace(self.pool)
         except ValueError as exc:

@@ -1,0 +1,398 @@
+"""Capability-matching kombu transport: kombu's Redis transport, read and
+written through the EMP Redis Function library.
+
+Features
+========
+* Publish: a message sent to a queue (a pool namespace) is filed by
+  ``emp_enqueue`` under its requirement class; a Celery retry message (same
+  task id, ``retries`` > 0) goes to ``emp_retry`` and waits in Redis until due.
+* Consume: the worker's capability profile claims the best job it can serve
+  with ``emp_claim``. While claims succeed it claims again at once; when
+  nothing matches it blocks on its own wake-up list, which an enqueue of a
+  job it can serve pushes to. No busy polling, no fixed sleep.
+* Acks, rejects and restores go through ``emp_ack`` / ``emp_requeue``. Leases
+  replace the visibility timeout: the worker renews the leases of the jobs
+  it holds; a dead worker's jobs go back to pending when their lease expires.
+* Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
+  unchanged.
+
+Connection string
+=================
+Celery: ``broker_url = "redis://host:6379/0"`` with ``broker_transport =
+"capability_router.transport:Transport"`` (``emp_tasks`` sets this up).
+
+Transport options
+=================
+* ``worker_profile``: dict of the worker's capability profile (default: read
+  from ``WORKER_*`` environment variables when a consumer starts).
+* ``lease_seconds``: lease length in seconds (default 30).
+* ``lease_renew_seconds``: seconds between lease renewals (default lease/3).
+* ``polling_interval``: longest block on the wake-up list, in seconds
+  (default 1); shorter when a retry becomes due sooner.
+* Every option of kombu's Redis transport, except the visibility-timeout
+  ones, which leases replace.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import cached_property
+from time import monotonic
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+
+from capability_router.functions import (
+    Claimed,
+    QueueFunctions,
+    claim_args,
+    ensure_library,
+    parse_claim,
+)
+from capability_router.jobspec import HEADER, JobSpec
+from capability_router.keys import NAMESPACES_KEY, Keys
+from capability_router.profile import WorkerProfile
+
+logger = logging.getLogger(__name__)
+
+#: Delivery tags of claimed jobs: ``emp|<namespace>|<job id>|<attempt>``.
+TAG_PREFIX = "emp|"
+
+#: Header the transport adds to a delivered message: the claim's attempt.
+ATTEMPT_HEADER = "emp_attempt"
+
+
+def make_tag(namespace: str, job_id: str, attempt: int) -> str:
+    return f"{TAG_PREFIX}{namespace}|{job_id}|{attempt}"
+
+
+def parse_tag(tag: Any) -> tuple[str, str, str] | None:
+    """(namespace, job id, attempt) of a claimed delivery, None for other messages."""
+    if not isinstance(tag, str) or not tag.startswith(TAG_PREFIX):
+        return None
+    namespace, job_id, attempt = tag[len(TAG_PREFIX):].split("|")
+    return namespace, job_id, attempt
+
+
+def is_job_queue(queue: str) -> bool:
+    """True for a pool namespace; False for Celery's own reply queues (pidbox)."""
+    return not (queue.endswith(".pidbox") or queue.startswith("celeryev"))
+
+
+def _eta_ms(eta: Any) -> int:
+    if not eta:
+        return 0
+    if isinstance(eta, (int, float)):
+        return int(eta * 1000)
+    return int(datetime.fromisoformat(str(eta)).timestamp() * 1000)
+
+
+class QoS(kombu_redis.QoS):
+    """Acks, rejects and restores through the function library, plus leases."""
+
+    restore_at_shutdown = True
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # The claim already recorded the lease in Redis; remember locally only.
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        parsed = parse_tag(delivery_tag)
+        if parsed:
+            namespace, job_id, attempt = parsed
+            self.channel.functions(namespace).ack(job_id, attempt)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        parsed = parse_tag(delivery_tag)
+        if parsed:
+            namespace, job_id, attempt = parsed
+            functions = self.channel.functions(namespace)
+            if requeue:
+                functions.requeue(job_id, attempt, "rejected by the worker")
+            else:
+                functions.ack(job_id, attempt)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        for tag in list(self._delivered):
+            parsed = parse_tag(tag)
+            if parsed:
+                namespace, job_id, attempt = parsed
+                try:
+                    self.channel.functions(namespace).requeue(
+                        job_id, attempt, "worker shut down before finishing"
+                    )
+                except redis.RedisError:
+                    logger.warning("could not requeue %s; its lease will expire", job_id)
+        self._delivered.clear()
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        for namespace in self.channel.job_queues:
+            self.channel.functions(namespace).sweep()
+
+    def held_leases(self) -> dict[str, list[tuple[str, str]]]:
+        """Jobs this channel holds, per namespace."""
+        held: dict[str, list[tuple[str, str]]] = {}
+        for tag in list(self._delivered):
+            parsed = parse_tag(tag)
+            if parsed:
+                namespace, job_id, attempt = parsed
+                held.setdefault(namespace, []).append((job_id, attempt))
+        return held
+
+    def renew_leases(self) -> list[str]:
+        """Extend the leases of every held job; returns the ids this worker lost."""
+        lost: list[str] = []
+        channel = self.channel
+        for namespace, jobs in self.held_leases().items():
+            lost += channel.functions(namespace).renew(
+                channel.worker.worker_id, channel.lease_ms, jobs
+            )
+        for job_id in lost:
+            logger.warning("lease of job %s was lost; its result will be refused", job_id)
+        return lost
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel with publish and consume through Redis Functions."""
+
+    QoS = QoS
+
+    #: Lease length, seconds.
+    lease_seconds: float = 30.0
+    #: Seconds between lease renewals (None: a third of the lease).
+    lease_renew_seconds: float | None = None
+    #: The consuming worker's capability profile (dict); None reads WORKER_* env.
+    worker_profile: dict[str, Any] | None = None
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "lease_seconds",
+        "lease_renew_seconds",
+        "worker_profile",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._functions: dict[str, QueueFunctions] = {}
+        self._sent: tuple[str, str | None] | None = None
+        self._block_next = False
+        self._misses = 0
+        self._next_due_ms = 0
+        self._registered_queues: set[str] = set()
+        ensure_library(self.sync_client)
+
+    # -- helpers ------------------------------------------------------------
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+    @property
+    def idle_ms(self) -> int:
+        return int((self.brpop_timeout or 1) * 1000) + 2000
+
+    @cached_property
+    def worker(self) -> WorkerProfile:
+        if isinstance(self.worker_profile, WorkerProfile):
+            return self.worker_profile
+        if self.worker_profile:
+            return WorkerProfile.from_dict(self.worker_profile)
+        return WorkerProfile.from_env()
+
+    @cached_property
+    def sync_client(self) -> redis.Redis:
+        """Client for request/reply calls; ``self.client`` is busy claiming."""
+        return self.Client(connection_pool=self.pool)
+
+    def functions(self, namespace: str) -> QueueFunctions:
+        functions = self._functions.get(namespace)
+        if functions is None:
+            functions = QueueFunctions(self.sync_client, namespace)
+            self._functions[namespace] = functions
+        return functions
+
+    def register(self, namespace: str) -> None:
+        """Register this worker's profile with a namespace it consumes."""
+        self.functions(namespace).register_worker(self.worker)
+        self.sync_client.sadd(NAMESPACES_KEY, namespace)
+        self._registered_queues.add(namespace)
+
+    # -- publish ------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if not is_job_queue(queue):
+            return super()._put(queue, message, **kwargs)
+        kwargs.pop("_publish_batch", None)
+        headers = message.setdefault("headers", {})
+        job_id = headers.get("id") or message["properties"].get("correlation_id")
+        spec = headers.get(HEADER)
+        if spec is None:
+            spec = JobSpec(service=headers.get("task") or queue, pool=queue).header()
+            headers[HEADER] = spec
+        functions = self.functions(queue)
+        due_ms = _eta_ms(headers.get("eta"))
+        if headers.get("retries"):
+            # Retries wait in Redis, not in a worker: the due time is the
+            # function's business, so the message itself runs at once.
+            headers["eta"] = None
+            outcome = functions.retry(
+                job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),
+                headers.get("emp_error", ""),
+            )
+            if outcome not in ("missing", "delayed", "queued"):
+                logger.warning("retry of job %s refused: job is %s", job_id, outcome)
+            if outcome != "missing":
+                return
+        headers["eta"] = None
+        outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
+        if outcome == "duplicate":
+            logger.warning("job %s was already submitted (%s); not filed again", job_id, status)
+
+    # -- consume ------------------------------------------------------------
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if queue not in self._fanout_queues and is_job_queue(queue):
+            self.register(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _deliver_claimed(self, namespace: str, claimed: Claimed) -> dict[str, Any]:
+        message = loads(claimed.message)
+        message["properties"]["delivery_tag"] = make_tag(
+            namespace, claimed.job_id, claimed.attempt
+        )
+        message["headers"][ATTEMPT_HEADER] = claimed.attempt
+        if claimed.attempt > 1:
+            message["headers"]["redelivered"] = True
+        return message
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        if not is_job_queue(queue):
+            return super()._get(queue)
+        if queue not in self._registered_queues:
+            self.register(queue)
+        result = self.functions(queue).claim(
+            self.worker.signature, self.worker.worker_id, self.lease_ms, self.idle_ms
+        )
+        if isinstance(result, Claimed):
+            return self._deliver_claimed(queue, result)
+        raise kombu_redis.Empty()
+
+    @property
+    def job_queues(self) -> list[str]:
+        return [q for q in self.active_queues if is_job_queue(q)]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self.job_queues:
+            self._sent = ("BRPOP", None)
+            return super()._brpop_start(timeout)
+        queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
+                  if is_job_queue(q)]
+        if not queues:
+            return
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        worker = self.worker
+        if self._block_next:
+            wait = self.brpop_timeout or 1
+            if self._next_due_ms:
+                wait = max(0.01, min(wait, self._next_due_ms / 1000))
+            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
+            self._sent = ("BLPOP", None)
+            connection.send_command("BLPOP", *keys, wait)
+        else:
+            queue = queues[0]
+            self._sent = ("FCALL", queue)
+            connection.send_command(
+                *claim_args(Keys(queue), worker.signature, worker.worker_id,
+                            self.lease_ms, self.idle_ms)
+            )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        command, queue = self._sent or ("BLPOP", None)
+        if command == "BRPOP":
+            self._sent = None
+            return super()._brpop_read(**options)
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, command, **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except redis.ResponseError as exc:
+                self._recover(queue, exc)
+                raise kombu_redis.Empty() from None
+            if command == "BLPOP":
+                self._block_next = False
+                self._misses = 0
+                raise kombu_redis.Empty()
+            result = parse_claim(reply)
+            if isinstance(result, Claimed):
+                self._misses = 0
+                self._queue_cycle.rotate(queue)
+                self.connection._deliver(self._deliver_claimed(queue, result), queue)
+                return True
+            self._misses += 1
+            self._next_due_ms = result
+            self._queue_cycle.rotate(queue)
+            if self._misses >= len(self.job_queues):
+                self._block_next = True
+                self._misses = 0
+            raise kombu_redis.Empty()
+        finally:
+            self._in_poll = None
+            self._sent = None
+            self._flush_brpop_reauth()
+
+    def _recover(self, queue: str | None, exc: redis.ResponseError) -> None:
+        """Answer a refused claim: reload the library or re-register the profile."""
+        text = str(exc)
+        if "Function not found" in text:
+            ensure_library(self.sync_client)
+        if queue and ("NOPROFILE" in text or "Function not found" in text):
+            self.register(queue)
+        else:
+            logger.error("claim failed: %s", text)
+
+    def _size(self, queue: str) -> int:
+        if not is_job_queue(queue):
+            return super()._size(queue)
+        keys = Keys(queue)
+        classes = self.sync_client.zrange(keys.heads, 0, -1)
+        with self.sync_client.pipeline() as pipe:
+            for csig in classes:
+                pipe.zcard(keys.pending(csig.decode() if isinstance(csig, bytes) else csig))
+            return sum(pipe.execute())
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with the capability-matching channel."""
+
+    Channel = Channel
+    driver_type = "redis"
+    driver_name = "emp"
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        options = connection.client.transport_options
+        lease = float(options.get("lease_seconds", Channel.lease_seconds))
+        every = float(options.get("lease_renew_seconds") or lease / 3)
+        old = getattr(self.cycle, "_lease_tref", None)
+        if old is not None:
+            old.cancel()
+        self.cycle._lease_tref = loop.call_repeatedly(every, self.renew_leases)
+
+    def renew_leases(self) -> None:
+        for channel in list(self.cycle._channels):
+            try:
+                channel.qos.renew_leases()
+            except channel.connection_errors:
+                logger.debug("lease renewal failed; retrying next period", exc_info=True)
+
+
+__all__ = ["Transport", "Channel", "QoS", "make_tag", "parse_tag"]

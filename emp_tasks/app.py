@@ -1,0 +1,58 @@
+"""The Celery app: configured for capability routing over Redis Functions.
+
+``create_app()`` builds a fresh app (tests, embedding); ``app`` is the one
+``celery -A emp_tasks.app`` and ``emp`` use. Importing this module sends
+nothing to Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from capability_router import TRANSPORT
+from capability_router.keys import DEFAULT_NAMESPACE
+from capability_router.router import CapabilityRouter
+from emp_tasks import defaults
+
+#: Job type modules every app registers.
+BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo"]
+
+
+def celery_config(redis_url: str | None = None) -> dict[str, Any]:
+    """The Celery settings of an EMP app."""
+    url = redis_url or defaults.redis_url()
+    return {
+        "broker_url": url,
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": {
+            "lease_seconds": defaults.lease_seconds(),
+            "polling_interval": defaults.idle_block_seconds(),
+        },
+        "broker_connection_retry_on_startup": True,
+        "result_backend": url,
+        "result_expires": 24 * 3600,
+        "task_default_queue": DEFAULT_NAMESPACE,
+        "task_routes": (CapabilityRouter(),),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
+    """Build an EMP Celery app; ``settings`` override Celery settings."""
+    app = Celery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
+    app.conf.update(celery_config(redis_url), **settings)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,47 @@
+"""Every default of the project, and the environment variables that override them."""
+
+from __future__ import annotations
+
+import os
+
+#: Redis URL (``EMP_REDIS_URL``, else the original's ``REDIS_URL``).
+REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Lease length in seconds (``EMP_LEASE_SECONDS``).
+LEASE_SECONDS = 30.0
+#: Longest block of an idle worker on its wake-up list, seconds (``EMP_IDLE_BLOCK_SECONDS``).
+IDLE_BLOCK_SECONDS = 1.0
+#: How long job records and job event streams are kept after they end (``EMP_RETENTION_SECONDS``).
+RETENTION_SECONDS = 7 * 24 * 3600
+#: Approximate length the namespace event stream is trimmed to (``EMP_EVENTS_MAXLEN``).
+EVENTS_MAXLEN = 100_000
+#: Attempts (claims) after which a job whose worker keeps dying is failed (``EMP_MAX_ATTEMPTS``).
+MAX_ATTEMPTS = 10
+#: Worker pool processes (``WORKER_CONCURRENCY``).
+CONCURRENCY = 1
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read ``name`` from the environment; empty counts as unset."""
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def redis_url() -> str:
+    return env("EMP_REDIS_URL") or env("REDIS_URL") or REDIS_URL
+
+
+def lease_seconds() -> float:
+    return float(env("EMP_LEASE_SECONDS", str(LEASE_SECONDS)))
+
+
+def idle_block_seconds() -> float:
+    return float(env("EMP_IDLE_BLOCK_SECONDS", str(IDLE_BLOCK_SECONDS)))
+
+
+def queue_settings() -> dict[str, int]:
+    """Namespace tunables handed to the function library."""
+    return {
+        "retention_ms": int(float(env("EMP_RETENTION_SECONDS", str(RETENTION_SECONDS))) * 1000),
+        "events_maxlen": int(env("EMP_EVENTS_MAXLEN", str(EVENTS_MAXLEN))),
+        "max_attempts": int(env("EMP_MAX_ATTEMPTS", str(MAX_ATTEMPTS))),
+    }

@@ -1,0 +1,132 @@
+"""The producer API: submit a job, read its record and events, cancel it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from capability_router.errors import InvalidJob, JobNotFound
+from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from emp_tasks.connection import get_client, get_functions
+
+#: Record fields stored as JSON text.
+JSON_FIELDS = ("payload", "requirements", "ctx", "result", "progress_details")
+#: Record fields stored as numbers.
+NUMBER_FIELDS = (
+    "priority", "max_retries", "attempts", "retries", "progress", "workflow_priority",
+    "workflow_datetime", "current_step", "total_steps", "created_at", "assigned_at",
+    "started_at", "completed_at", "failed_at", "cancelled_at", "retry_at", "lease_until",
+    "updated_at",
+)
+
+
+def _app(app: Celery | None) -> Celery:
+    if app is not None:
+        return app
+    from emp_tasks.app import app as default_app
+
+    return default_app
+
+
+def services(app: Celery | None = None) -> dict[str, Any]:
+    """Registered job types: service name -> task."""
+    app = _app(app)
+    app.loader.import_default_modules()
+    return {
+        task.service: task for task in app.tasks.values() if getattr(task, "service", None)
+    }
+
+
+def submit(
+    service: str, payload: dict[str, Any] | None = None,
+    requirements: dict[str, Any] | None = None, priority: int = 50,
+    customer_id: str | None = None, app: Celery | None = None, **job_fields: Any,
+) -> AsyncResult:
+    """Submit a job; returns Celery's AsyncResult whose id is the job id.
+
+    ``job_fields`` are the original's other job fields (``max_retries``,
+    ``workflow_id``, ...), ``pool``, and Celery options such as ``task_id``
+    (the original's ``message_id`` is accepted as ``task_id``).
+    """
+    task = services(app).get(service)
+    if task is None:
+        known = ", ".join(sorted(services(app))) or "none"
+        raise InvalidJob(f"unknown service {service!r} (known: {known})")
+    if payload is not None and not isinstance(payload, dict):
+        raise InvalidJob(f"payload must be a JSON object, got {type(payload).__name__}")
+    if "message_id" in job_fields:
+        job_fields["task_id"] = job_fields.pop("message_id")
+    return task.apply_async(
+        kwargs=payload or {}, requirements=requirements, priority=priority,
+        customer_id=customer_id, **job_fields,
+    )
+
+
+def _namespaces(app: Celery, pool: str | None) -> list[str]:
+    if pool:
+        return [pool]
+    seen = get_client(app.conf.broker_url).smembers(NAMESPACES_KEY)
+    return [DEFAULT_NAMESPACE, *sorted(set(seen) - {DEFAULT_NAMESPACE})]
+
+
+def decode_record(raw: dict[str, str]) -> dict[str, Any]:
+    """A job record hash as JSON-ready values."""
+    record: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "message":
+            continue
+        if key in JSON_FIELDS:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        elif key in NUMBER_FIELDS and value != "":
+            number = float(value)
+            value = int(number) if number.is_integer() else number
+        record[key] = value
+    return record
+
+
+def get_job(job_id: str, pool: str | None = None, app: Celery | None = None) -> dict[str, Any]:
+    """The job record; raises JobNotFound."""
+    app = _app(app)
+    client = get_client(app.conf.broker_url)
+    for namespace in _namespaces(app, pool):
+        raw = client.hgetall(Keys(namespace).job(job_id))
+        if raw:
+            return decode_record(raw)
+    raise JobNotFound(job_id)
+
+
+def job_events(job_id: str, pool: str | None = None, app: Celery | None = None,
+               after: str = "-") -> list[dict[str, Any]]:
+    """The job's events in order: ``{id, event, data}``."""
+    app = _app(app)
+    namespace = pool or get_job(job_id, app=app).get("pool", DEFAULT_NAMESPACE)
+    client = get_client(app.conf.broker_url)
+    entries = client.xrange(Keys(namespace).job_events(job_id), min=after)
+    return [
+        {"id": entry_id, "event": fields["event"], "data": json.loads(fields["data"])}
+        for entry_id, fields in entries
+    ]
+
+
+def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
+           terminate: bool = False) -> str:
+    """Cancel a job; returns its status after the call.
+
+    A pending job is removed at once; a running job's task learns it at its
+    next progress report or cancellation check, and Celery is told to revoke
+    it (``terminate`` kills the process running it).
+    """
+    app = _app(app)
+    namespace = pool or get_job(job_id, app=app).get("pool", DEFAULT_NAMESPACE)
+    reply = get_functions(app.conf.broker_url, namespace).cancel(job_id)
+    if reply[0] == "missing":
+        raise JobNotFound(job_id)
+    if reply[0] == "cancelled" and reply[1] in ("assigned", "in_progress"):
+        app.control.revoke(job_id, terminate=terminate)
+    return reply[0]

@@ -1,0 +1,119 @@
+"""The GPU job task base class: a Celery task whose lifecycle is recorded in Redis.
+
+Subclasses (or ``@app.task`` functions, since the app uses this class) name
+the ``service`` they implement and take the job payload as keyword
+arguments. Start, completion, failure and retries each call one Redis
+Function, fenced by the attempt the claim handed out; progress and
+cancellation checks are in ``progress`` and ``cancellation``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from capability_router.errors import InvalidJob
+from capability_router.jobspec import HEADER, JobSpec
+from capability_router.transport import ATTEMPT_HEADER
+from emp_tasks.cancellation import check_cancelled, is_cancelled
+from emp_tasks.context import JobContext, job_context
+from emp_tasks.progress import report_progress
+
+#: apply_async keywords that belong to the job, not to Celery.
+JOB_OPTIONS = (
+    "requirements", "priority", "customer_id", "max_retries", "workflow_id",
+    "workflow_priority", "workflow_datetime", "current_step", "total_steps", "ctx", "pool",
+)
+
+
+class EmpTask(Task):
+    """Base class of every EMP job type."""
+
+    #: The service (job type) this task implements; defaults to the task name.
+    service: str | None = None
+
+    @property
+    def service_name(self) -> str:
+        return self.service or self.name
+
+    # -- producer side --------------------------------------------------------
+
+    def job_spec(self, args: Any, kwargs: Any, options: dict[str, Any]) -> JobSpec:
+        """Build and validate the job spec; raises InvalidJob, sending nothing."""
+        payload = dict(kwargs or {})
+        if args:
+            payload["args"] = list(args)
+        fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        return JobSpec(service=self.service_name, payload=payload, **fields)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
+                    **options: Any) -> Any:
+        """Celery's apply_async, plus the job keywords in ``JOB_OPTIONS``."""
+        headers = dict(options.pop("headers", None) or {})
+        if HEADER not in headers or any(k in options for k in JOB_OPTIONS):
+            headers[HEADER] = self.job_spec(args, kwargs, options).header()
+        else:
+            for key in JOB_OPTIONS:
+                options.pop(key, None)
+        options["queue"] = options.get("queue") or headers[HEADER]["pool"]
+        return super().apply_async(args, kwargs, task_id=task_id, headers=headers, **options)
+
+    # -- worker side ----------------------------------------------------------
+
+    @property
+    def job(self) -> JobContext | None:
+        """The job this execution runs for (None when run eagerly)."""
+        return job_context(self)
+
+    def progress(self, percent: float, message: str | None = None, **details: Any) -> None:
+        """Report progress; raises JobCancelled when the job was cancelled."""
+        report_progress(self.job, percent, message, **details)
+
+    def is_cancelled(self) -> bool:
+        return is_cancelled(self.job)
+
+    def check_cancelled(self) -> None:
+        check_cancelled(self.job)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        context = self.job
+        if context is None:
+            return
+        outcome = context.functions.start(task_id, context.attempt, self.request.hostname or "")
+        if outcome != "ok":
+            raise Ignore(f"job {task_id} is {outcome}; not running it")
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        context = self.job
+        if context is not None:
+            context.functions.complete(task_id, context.attempt, retval)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        context = self.job
+        if context is not None:
+            context.functions.fail(task_id, context.attempt, f"{type(exc).__name__}: {exc}")
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
+              throw: bool = True, eta: Any = None, countdown: Any = None,
+              max_retries: int | None = None, **options: Any) -> Any:
+        """Celery's retry; the job waits in Redis, keeping its place in line."""
+        context = self.job
+        if max_retries is None:
+            fields = (getattr(self.request, HEADER, None) or {}).get("fields", {})
+            if "max_retries" in fields:
+                max_retries = int(fields["max_retries"])
+        if context is not None:
+            headers = dict(options.pop("headers", None) or {})
+            headers[ATTEMPT_HEADER] = context.attempt
+            headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""
+            headers[HEADER] = getattr(self.request, HEADER, None)
+            options["headers"] = headers
+        return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
+                             max_retries=max_retries, **options)
+
+
+__all__ = ["EmpTask", "InvalidJob"]
