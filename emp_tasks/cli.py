@@ -1,0 +1,189 @@
+"""The ``emp`` command line: thin click wrappers around plain functions."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from capability_router.errors import EmpError
+from emp_tasks import defaults
+
+
+def _json_option(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+
+
+def _app(url: str | None):  # noqa: ANN202 - Celery app
+    from emp_tasks.app import create_app
+
+    return create_app(url)
+
+
+@click.group()
+@click.option("--redis-url", envvar="EMP_REDIS_URL", default=None,
+              help="Redis URL (env EMP_REDIS_URL; default redis://127.0.0.1:6379/0).")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str | None) -> None:
+    """EMP Job Queue: capability-matched GPU jobs on Celery and Redis Functions."""
+    ctx.obj = {"url": redis_url or defaults.redis_url()}
+
+
+@main.command()
+@click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
+@click.option("-Q", "--pool", "pools", multiple=True, help="Pool namespace(s) to serve.")
+@click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
+              default=defaults.CONCURRENCY, show_default=True)
+@click.option("--worker-id", help="Worker id (env WORKER_ID).")
+@click.option("--gpu-memory-gb", type=float, help="env WORKER_GPU_MEMORY_GB")
+@click.option("--ram-gb", type=float, help="env WORKER_RAM_GB")
+@click.option("--cpu-cores", type=int, help="env WORKER_CPU_CORES")
+@click.option("--models", help="Models: 'svc:model,...' or JSON (env WORKER_MODELS).")
+@click.option("--customer-isolation", type=click.Choice(["strict", "loose", "none"]))
+@click.option("--allowed-customers", help="Comma list (env ALLOWED_CUSTOMERS).")
+@click.option("--denied-customers", help="Comma list (env DENIED_CUSTOMERS).")
+@click.option("--workflow-id", help="Only take this workflow's jobs (env WORKER_WORKFLOW_ID).")
+@click.option("--profile-json", help="JSON profile with custom fields (env WORKER_PROFILE_JSON).")
+@click.option("-l", "--loglevel", default="info", show_default=True)
+@click.pass_obj
+def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
+           concurrency: int, loglevel: str, **flags: Any) -> None:
+    """Run a Celery worker that claims the jobs its capabilities match."""
+    import os
+
+    from emp_tasks.worker import build_profile, run_worker
+
+    env_names = {
+        "worker_id": "WORKER_ID", "gpu_memory_gb": "WORKER_GPU_MEMORY_GB",
+        "ram_gb": "WORKER_RAM_GB", "cpu_cores": "WORKER_CPU_CORES", "models": "WORKER_MODELS",
+        "customer_isolation": "WORKER_CUSTOMER_ISOLATION",
+        "allowed_customers": "ALLOWED_CUSTOMERS", "denied_customers": "DENIED_CUSTOMERS",
+        "workflow_id": "WORKER_WORKFLOW_ID", "profile_json": "WORKER_PROFILE_JSON",
+    }
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[env_names[name]] = str(value)
+    if services:
+        os.environ["WORKER_SERVICES"] = services
+    app = _app(obj["url"])
+    try:
+        profile = build_profile(app)
+    except EmpError as exc:
+        raise click.UsageError(str(exc)) from None
+    pool_list = list(pools) or [p for p in (defaults.env("WORKER_POOLS") or "default").split(",")]
+    click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
+               err=True)
+    run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel)
+
+
+@main.command()
+@click.argument("service")
+@click.option("--payload", help="Job payload (JSON object).")
+@click.option("--requirements", help="Requirements (JSON object).")
+@click.option("--priority", type=int, default=50, show_default=True)
+@click.option("--customer-id")
+@click.option("--pool")
+@click.option("--workflow-id")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return.")
+@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.pass_obj
+def submit(obj: dict[str, Any], service: str, payload: str | None, requirements: str | None,
+           priority: int, customer_id: str | None, pool: str | None, workflow_id: str | None,
+           no_wait: bool, timeout: float) -> None:
+    """Submit a job; waits with a progress bar unless --no-wait."""
+    from emp_tasks.producer import submit as submit_job
+    from emp_tasks.watch import follow_job
+
+    fields = {k: v for k, v in (("pool", pool), ("workflow_id", workflow_id)) if v}
+    try:
+        result = submit_job(service, _json_option(payload, "--payload"),
+                            _json_option(requirements, "--requirements"), priority=priority,
+                            customer_id=customer_id, app=_app(obj["url"]), **fields)
+    except EmpError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(result.id)
+    if no_wait:
+        return
+    status, data = follow_job(obj["url"], pool or "default", result.id, timeout=timeout)
+    click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
+    sys.exit(0 if status == "completed" else 1)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--events", is_flag=True, help="Also print the job's events.")
+@click.pass_obj
+def job(obj: dict[str, Any], job_id: str, events: bool) -> None:
+    """Print a job record as JSON."""
+    from emp_tasks.producer import get_job, job_events
+
+    app = _app(obj["url"])
+    try:
+        record: dict[str, Any] = get_job(job_id, app=app)
+    except EmpError as exc:
+        raise click.ClickException(str(exc)) from None
+    if events:
+        record["events"] = job_events(job_id, app=app)
+    click.echo(json.dumps(record, indent=2, default=str))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--terminate", is_flag=True, help="Kill the process running it.")
+@click.pass_obj
+def cancel(obj: dict[str, Any], job_id: str, terminate: bool) -> None:
+    """Cancel a job (pending: never runs; running: told to stop)."""
+    from emp_tasks.producer import cancel as cancel_job
+
+    try:
+        click.echo(cancel_job(job_id, app=_app(obj["url"]), terminate=terminate))
+    except EmpError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.pass_obj
+def demo(obj: dict[str, Any]) -> None:
+    """Submit a handful of jobs with different requirements and show them finish."""
+    from emp_tasks.demo import run_demo
+
+    sys.exit(0 if run_demo(obj["url"]) else 1)
+
+
+@main.command()
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".emp"),
+              show_default=True, help="Where the local Redis keeps its append-only file.")
+@click.option("--demo", "with_demo", is_flag=True, help="Run the demo, then shut down.")
+def up(workers: int, data_dir: Path, with_demo: bool) -> None:
+    """Bring the system up locally: Redis (unless EMP_REDIS_URL) and simulation workers."""
+    from emp_tasks.demo import run_demo
+    from emp_tasks.stack import local_stack
+
+    try:
+        with local_stack(data_dir, workers) as url:
+            click.echo(f"EMP is up: redis {url}, {workers} workers (logs in {data_dir})")
+            if with_demo:
+                ok = run_demo(url)
+                click.echo("demo: all jobs completed" if ok else "demo: some jobs did not complete")
+                sys.exit(0 if ok else 1)
+            click.echo("Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            signal.pause()
+    except (EmpError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

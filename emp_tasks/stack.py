@@ -1,0 +1,89 @@
+"""The whole system on one box (``emp up``): Redis, then capability workers.
+
+Uses ``EMP_REDIS_URL`` when set; otherwise starts a local server with
+append-only persistence in the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from capability_router.keys import Keys
+from emp_tasks import defaults
+from emp_tasks.connection import get_client
+from emp_tasks.local_redis import LocalRedis
+
+#: Local workers of ``emp up``: different hardware and models, so matching shows.
+LOCAL_WORKERS = [
+    {"WORKER_GPU_MEMORY_GB": "24", "WORKER_MODELS": "sdxl,flux", "WORKER_REGION": "local-a"},
+    {"WORKER_GPU_MEMORY_GB": "8", "WORKER_MODELS": "sd15", "WORKER_REGION": "local-b"},
+]
+
+
+def worker_env(index: int, url: str) -> dict[str, str]:
+    """Environment of local worker ``index``."""
+    env = dict(os.environ)
+    env.update(LOCAL_WORKERS[index % len(LOCAL_WORKERS)])
+    env.update({
+        "EMP_REDIS_URL": url,
+        "WORKER_ID": f"local-{index}",
+        "WORKER_SERVICES": "simulation,echo",
+        "MACHINE_ID": "local",
+    })
+    return env
+
+
+def start_worker(index: int, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``emp worker`` for local worker ``index``, logging to ``log_dir``."""
+    log = open(log_dir / f"worker-{index}.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "emp_tasks.cli", "worker", "--loglevel", "warning"],
+        env=worker_env(index, url), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for_workers(url: str, worker_ids: list[str], timeout: float = 60.0) -> None:
+    """Return once every worker has asked for work (it is idle and consuming)."""
+    client = get_client(url)
+    idle_key = Keys("default").idle
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        idle = set(client.zrange(idle_key, 0, -1))
+        if all(w in idle for w in worker_ids):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"workers {worker_ids} did not start within {timeout:.0f}s")
+
+
+@contextmanager
+def local_stack(data_dir: Path, workers: int = 2) -> Iterator[str]:
+    """Redis (unless EMP_REDIS_URL is set) and ``workers`` local workers; yields the URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    url = defaults.env("EMP_REDIS_URL")
+    if not url:
+        server = LocalRedis(data_dir / "redis").start()
+        url = server.url
+    processes = [start_worker(i, url, data_dir) for i in range(workers)]
+    try:
+        wait_for_workers(url, [f"local-{i}" for i in range(workers)])
+        yield url
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        if server is not None:
+            server.stop()

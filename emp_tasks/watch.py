@@ -1,0 +1,48 @@
+"""Follow one job's events until it ends, with a progress bar."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from capability_router.keys import Keys
+from emp_tasks.connection import get_client
+
+TERMINAL_EVENTS = {"complete_job": "completed", "job_failed": "failed",
+                   "job_cancelled": "cancelled"}
+
+
+def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
+               console: Console | None = None) -> tuple[str, dict[str, Any]]:
+    """Show a progress bar for the job; returns (final status, last event data)."""
+    client = get_client(url)
+    key = Keys(namespace).job_events(job_id)
+    last_id = "0-0"
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(f"{job_id[:8]} pending", total=100)
+        waited = 0.0
+        while waited < timeout:
+            reply = client.xread({key: last_id}, block=1000, count=100)
+            if not reply:
+                waited += 1.0
+                continue
+            for entry_id, fields in reply[0][1]:
+                last_id = entry_id
+                event, data = fields["event"], json.loads(fields["data"])
+                if event == "update_job_progress":
+                    bar.update(task, completed=data.get("progress", 0),
+                               description=f"{job_id[:8]} {data.get('message', 'running')}")
+                elif event in ("job_assigned", "job_started", "job_retrying", "job_requeued"):
+                    bar.update(task, description=f"{job_id[:8]} {event.replace('job_', '')}")
+                elif event in TERMINAL_EVENTS:
+                    status = TERMINAL_EVENTS[event]
+                    if status == "completed":
+                        bar.update(task, completed=100)
+                    bar.update(task, description=f"{job_id[:8]} {status}")
+                    return status, data
+    return "timeout", {}
