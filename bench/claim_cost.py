@@ -125,37 +125,27 @@ def sample_level(
 ) -> dict[str, Any]:
     k = filler.keys
     client.slowlog_reset()
-    hits = misses = 0
-    sent = 0
-    while sent < claims:
-        n = min(batch, claims - sent)
+    outcomes: list[bool] = []  # claim replies in the order sent: True = got a job
+    while len(outcomes) < claims:
+        n = min(batch, claims - len(outcomes))
         pipe = client.pipeline(transaction=False)
         for _ in range(n):
             profile = rng.choice(profiles)
             pipe.fcall("emp_claim", 4, k.config, k.profiles, k.heads, k.idle,
                        profile.signature, profile.worker_id, LEASE_MS, 5000, 0)
-        for reply in pipe.execute():
-            if int(reply[0]) == 1:
-                hits += 1
-            else:
-                misses += 1
-        sent += n
+        outcomes += [int(reply[0]) == 1 for reply in pipe.execute()]
         filler.fill(n, batch=n)  # keep the backlog at its level
-    entries = client.execute_command("SLOWLOG", "GET", -1)
-    hit_us: list[float] = []
-    all_us: list[float] = []
-    for entry in entries:
-        args = entry[3]
-        if len(args) > 1 and args[0].upper() == b"FCALL" and args[1] == b"emp_claim":
-            all_us.append(float(entry[2]))
-    # SLOWLOG cannot tell hits from misses; misses are rare with a backlog, so report both
-    # the overall figures and the figures with the slowest `misses` entries set aside.
-    ordered = sorted(all_us)
-    hit_us = ordered[: len(ordered) - misses] if misses else ordered
+    # Only this client talks to the server, so the logged claims (oldest first) line up
+    # one-to-one with the replies and hits can be told from misses.
+    entries = sorted(client.execute_command("SLOWLOG", "GET", -1), key=lambda e: e[0])
+    all_us = [float(e[2]) for e in entries
+              if len(e[3]) > 1 and e[3][0].upper() == b"FCALL" and e[3][1] == b"emp_claim"]
     if len(all_us) != claims:
-        print(f"  warning: SLOWLOG held {len(all_us)} of {claims} claims", flush=True)
-    return {"claims": claims, "hits": hits, "misses": misses,
-            "all_us": summary(all_us), "hit_us_lower_bound": summary(hit_us)}
+        raise RuntimeError(f"SLOWLOG held {len(all_us)} of {claims} claims")
+    hit_us = [us for us, hit in zip(all_us, outcomes, strict=True) if hit]
+    miss_us = [us for us, hit in zip(all_us, outcomes, strict=True) if not hit]
+    return {"claims": claims, "hits": len(hit_us), "misses": len(miss_us),
+            "all_us": summary(all_us), "hit_us": summary(hit_us), "miss_us": summary(miss_us)}
 
 
 def main() -> None:

@@ -1,0 +1,179 @@
+"""Queue semantics of the function library: races, starvation, order, leases, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+
+from capability_router.errors import InvalidJob
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.profile import WorkerProfile
+
+GPU8 = WorkerProfile(worker_id="small", services=["comfyui"], hardware={"gpu_memory_gb": 8})
+ANY = WorkerProfile(worker_id="any", services=["comfyui"])
+
+
+def enqueue(queue: QueueFunctions, job_id: str, now_ms: int | None = None, **fields: object):
+    spec = JobSpec.from_fields({"service_required": "comfyui", **fields})
+    return queue.enqueue(job_id, spec, json.dumps({"id": job_id}), now_ms=now_ms)
+
+
+def claim_all(queue: QueueFunctions, profile: WorkerProfile, now_ms: int | None = None) -> list:
+    queue.register_worker(profile)
+    order = []
+    while isinstance(c := queue.claim(profile.signature, profile.worker_id, 60_000,
+                                      now_ms=now_ms), Claimed):
+        order.append(c.job_id)
+    return order
+
+
+def test_racing_claimers_never_share_a_job(queue: QueueFunctions, redis_server) -> None:
+    queue.register_worker(ANY)
+    for i in range(600):
+        enqueue(queue, f"job-{i}", priority=i % 7)
+    claimed: list[list[str]] = []
+
+    def claimer(n: int) -> None:
+        client = redis.Redis(port=redis_server.port, decode_responses=True)
+        mine = QueueFunctions(client, "default")
+        got = []
+        while isinstance(c := mine.claim(ANY.signature, f"racer-{n}", 60_000), Claimed):
+            got.append(c.job_id)
+        claimed.append(got)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [job for got in claimed for job in got]
+    assert len(every) == 600 and len(set(every)) == 600
+    assert sum(1 for got in claimed if got) > 1, "only one claimer ever won"
+
+
+def test_servable_job_behind_ten_thousand_unservable_is_claimed_at_once(
+        queue: QueueFunctions) -> None:
+    big = JobSpec(service="comfyui", requirements={"hardware": {"gpu_memory_gb": 80}},
+                  priority=100)
+    with queue.client.pipeline(transaction=False) as pipe:
+        pipe_queue = QueueFunctions(pipe, "default")
+        for i in range(10_000):
+            pipe_queue.enqueue(f"big-{i}", big, "{}")
+        pipe.execute()
+    enqueue(queue, "small-one", priority=0)
+    queue.register_worker(GPU8)
+    started = time.perf_counter()
+    claimed = queue.claim(GPU8.signature, "small", 60_000)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    print(f"claim behind 10,000 unservable jobs took {elapsed_ms:.2f} ms round trip")
+    assert isinstance(claimed, Claimed) and claimed.job_id == "small-one"
+    assert queue.client.zcard(queue.keys.pending(big.class_signature)) == 10_000
+
+
+def test_order_priority_then_time_to_the_millisecond(queue: QueueFunctions) -> None:
+    t = 1_800_000_000_000
+    # Submitted out of order; expected order in the comment of each line.
+    enqueue(queue, "p50-t+2", now_ms=t + 2)                 # 4th: same priority, later
+    enqueue(queue, "p50-t+1", now_ms=t + 1)                 # 3rd: one millisecond earlier
+    enqueue(queue, "p90", now_ms=t + 5, priority=90)        # 1st: highest priority
+    enqueue(queue, "p10", now_ms=t, priority=10)            # 6th: lowest priority
+    enqueue(queue, "wf-old", now_ms=t + 9, priority=50,     # 2nd: workflow priority 60
+            workflow_id="wf", workflow_priority=60)
+    enqueue(queue, "wf-dated", now_ms=t + 9, priority=50,   # 5th: workflow datetime t+3
+            workflow_id="wf2", workflow_datetime=t + 3)
+    assert claim_all(queue, ANY, now_ms=t + 10) == [
+        "p90", "wf-old", "p50-t+1", "p50-t+2", "wf-dated", "p10"]
+
+
+def test_older_workflow_steps_run_before_newer_workflow(queue: QueueFunctions) -> None:
+    t = 1_800_000_000_000
+    enqueue(queue, "new-step1", now_ms=t, workflow_id="new", workflow_datetime=t + 100)
+    enqueue(queue, "old-step2", now_ms=t + 50, workflow_id="old", workflow_datetime=t)
+    assert claim_all(queue, ANY, now_ms=t + 60) == ["old-step2", "new-step1"]
+
+
+def test_retried_job_keeps_its_place(queue: QueueFunctions) -> None:
+    queue.register_worker(ANY)
+    enqueue(queue, "first")
+    first = queue.claim(ANY.signature, "any", 60_000)
+    enqueue(queue, "newer")
+    assert queue.retry("first", first.attempt, 0, json.dumps({"id": "first"}), "boom") == "queued"
+    assert claim_all(queue, ANY) == ["first", "newer"]
+
+
+def test_retry_waits_in_redis_until_due(queue: QueueFunctions) -> None:
+    queue.register_worker(ANY)
+    enqueue(queue, "later")
+    claimed = queue.claim(ANY.signature, "any", 60_000)
+    due = int(time.time() * 1000) + 400
+    assert queue.retry("later", claimed.attempt, due, "{}", "boom") == "delayed"
+    hint = queue.claim(ANY.signature, "any", 60_000)
+    assert isinstance(hint, int) and 0 < hint <= 400, "not due yet; the claim says when"
+    time.sleep(0.45)
+    again = queue.claim(ANY.signature, "any", 60_000)
+    assert isinstance(again, Claimed) and again.attempt == 2
+
+
+def test_expired_lease_returns_job_and_fences_the_old_attempt(queue: QueueFunctions) -> None:
+    t = 1_800_000_000_000
+    queue.register_worker(ANY)
+    enqueue(queue, "leased", now_ms=t)
+    first = queue.claim(ANY.signature, "dead", 1_000, now_ms=t)
+    assert queue.sweep(now_ms=t + 500) == 0
+    assert queue.sweep(now_ms=t + 1_001) == 1
+    record = queue.client.hgetall(queue.keys.job("leased"))
+    assert record["status"] == "pending" and record["attempts"] == "1"
+    second = queue.claim(ANY.signature, "alive", 60_000, now_ms=t + 1_002)
+    assert second.attempt == 2
+    assert queue.complete("leased", first.attempt, {"from": "dead"}) == "stale"
+    assert queue.complete("leased", second.attempt, {"from": "alive"}) == "ok"
+    assert queue.complete("leased", second.attempt, {"again": True}) == "completed"
+
+
+def test_cancelled_pending_job_is_never_claimed(queue: QueueFunctions) -> None:
+    enqueue(queue, "doomed")
+    assert queue.cancel("doomed")[:2] == ("cancelled", "pending")
+    assert claim_all(queue, ANY) == []
+    assert queue.cancel("doomed") == ("cancelled",)
+
+
+def test_completion_after_cancel_is_refused(queue: QueueFunctions) -> None:
+    queue.register_worker(ANY)
+    enqueue(queue, "running")
+    claimed = queue.claim(ANY.signature, "any", 60_000)
+    assert queue.start("running", claimed.attempt, "any") == "ok"
+    assert queue.cancel("running") == ("cancelled", "in_progress", "any")
+    assert queue.progress("running", claimed.attempt, 50) == "cancelled"
+    assert queue.complete("running", claimed.attempt, {"late": True}) == "cancelled"
+    assert queue.client.hget(queue.keys.job("running"), "status") == "cancelled"
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"requirements": "gpu please"}, "requirements must be a JSON object"),
+    ({"requirements": {"hardware": {"gpu_memory_gb": "lots"}}},
+     "requirements.hardware.gpu_memory_gb must be a number or 'all'"),
+    ({"requirements": {"hardware": {"gpu_memory_gb": -4}}}, "non-negative"),
+    ({"requirements": {"models": [1, 2]}}, "requirements.models"),
+    ({"requirements": {"customer_isolation": "paranoid"}}, "customer_isolation must be one of"),
+    ({"requirements": {"customer_isolation": "strict"}}, "has no customer_id"),
+    ({"requirements": {"region": None}}, "requirements.region must be"),
+    ({"requirements": {"features": []}}, "must not be an empty list"),
+    ({"requirements": {"service_type": "a1111"}}, "but the job's service is 'comfyui'"),
+    ({"priority": 101}, "priority must be between 0 and 100"),
+    ({"priority": "high"}, "priority must be an integer"),
+    ({"payload": [1, 2]}, "payload must be a JSON object"),
+    ({"workflow_datetime": "yesterday"}, "workflow_datetime must be"),
+    ({"flavour": "vanilla"}, "unknown job field(s): flavour"),
+])
+def test_malformed_job_is_rejected_and_nothing_is_written(
+        queue: QueueFunctions, fields: dict, message: str) -> None:
+    before = sorted(queue.client.keys("*"))
+    with pytest.raises(InvalidJob) as error:
+        JobSpec.from_fields({"service_required": "comfyui", **fields})
+    assert message in str(error.value)
+    assert sorted(queue.client.keys("*")) == before
