@@ -110,10 +110,20 @@ def verdict(ok: bool) -> str:
     return "OK" if ok else "MISSED"
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def emit_json(result: dict[str, Any]) -> None:
-    """Print the result as the last line of output: one line of JSON."""
+    """Print the result as the last line of output: one line of strict JSON (NaN -> null)."""
     sys.stdout.flush()
-    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    print(json.dumps(_finite(result), sort_keys=True, default=str, allow_nan=False), flush=True)
 
 
 def quick_args(doc: str | None) -> argparse.Namespace:

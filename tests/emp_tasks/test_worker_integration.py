@@ -1,0 +1,118 @@
+"""Real Celery worker processes claiming through the capability transport."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import wait_for
+from emp_tasks.producer import cancel, get_job, job_events, submit
+
+
+def status_of(app, job_id: str) -> str:
+    return get_job(job_id, app=app)["status"]
+
+
+def test_job_runs_end_to_end_with_progress(app, start_worker) -> None:
+    start_worker("w1")
+    result = submit("simulation", {"steps": 4, "duration": 0.4}, app=app)
+    assert result.get(timeout=30)["steps"] == 4
+    events = [e["event"] for e in job_events(result.id, app=app)]
+    assert events[:3] == ["job_submitted", "job_assigned", "job_started"]
+    assert events.count("update_job_progress") == 4 and events[-1] == "complete_job"
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["worker_id"] == "w1"
+    assert record["progress"] == 100 and record["result"]["steps"] == 4
+
+
+def test_retries_wait_in_redis_then_succeed(app, client, start_worker) -> None:
+    start_worker("w1")
+    result = submit("echo", {"fail_times": 2}, app=app)
+    # retry_backoff=1: the first retry waits about 1 s, in Redis's delayed set.
+    wait_for(lambda: client.zscore("emp:{default}:delayed", result.id) is not None,
+             timeout=20, message="the job to wait in the delayed set")
+    assert status_of(app, result.id) == "pending"
+    assert result.get(timeout=30)["retries"] == 2
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["retries"] == 2
+    assert record["attempts"] == 3
+    events = [e["event"] for e in job_events(result.id, app=app)]
+    assert events.count("job_retrying") == 2
+
+
+def test_max_retries_exhausted_ends_failed(app, start_worker) -> None:
+    start_worker("w1")
+    result = submit("echo", {"fail_times": 5}, max_retries=1, app=app)
+    wait_for(lambda: status_of(app, result.id) == "failed", timeout=30, message="failure")
+    record = get_job(result.id, app=app)
+    assert record["attempts"] == 2 and "EchoFailure" in record["last_error"]
+
+
+def test_cancelled_pending_job_never_runs(app, start_worker) -> None:
+    result = submit("echo", {"x": 1}, app=app)
+    assert cancel(result.id, app=app) == "cancelled"
+    start_worker("w1")
+    follow_up = submit("echo", {"x": 2}, app=app)
+    follow_up.get(timeout=30)
+    record = get_job(result.id, app=app)
+    assert record["status"] == "cancelled" and record["attempts"] == 0
+
+
+def test_cancel_of_running_job_reaches_the_task(app, start_worker) -> None:
+    start_worker("w1")
+    result = submit("echo", {"sleep": 30}, app=app)
+    wait_for(lambda: status_of(app, result.id) == "in_progress", timeout=30, message="start")
+    started = time.monotonic()
+    assert cancel(result.id, app=app) == "cancelled"
+    # The worker is free again once the task noticed: the next job completes quickly.
+    submit("echo", {"x": 1}, app=app).get(timeout=15)
+    assert time.monotonic() - started < 15
+    assert status_of(app, result.id) == "cancelled"
+
+
+def test_sigkilled_workers_job_completed_by_another_within_two_leases(
+        app, client, start_worker) -> None:
+    lease = 2.0  # EMP_LEASE_SECONDS of the test workers
+    doomed = start_worker("doomed")
+    result = submit("echo", {"sleep": 6}, app=app)
+    wait_for(lambda: status_of(app, result.id) == "in_progress", timeout=30, message="start")
+    start_worker("survivor")
+    doomed.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: get_job(result.id, app=app).get("worker_id") == "survivor",
+             timeout=3 * lease, message="the survivor to claim the job")
+    reclaimed_after = time.monotonic() - killed_at
+    result.get(timeout=30)
+    record = get_job(result.id, app=app)
+    print(f"job back on a live worker {reclaimed_after:.2f}s after SIGKILL (lease {lease}s)")
+    assert record["status"] == "completed" and record["attempts"] == 2
+    assert reclaimed_after <= 2 * lease
+
+
+def test_redis_restart_loses_no_accepted_job(app, redis_server, start_worker) -> None:
+    ids = [submit("echo", {"n": n}, app=app).id for n in range(40)]
+    redis_server.restart(kill=True)  # SIGKILL: only the append-only file survives
+    start_worker("after-restart")
+    wait_for(lambda: all(status_of(app, i) == "completed" for i in ids), timeout=60,
+             message="all jobs accepted before the restart to complete")
+
+
+def test_model_requirement_goes_to_the_worker_that_has_the_model(app, start_worker) -> None:
+    start_worker("has-sd15", WORKER_MODELS="sd15")
+    start_worker("has-flux", WORKER_MODELS="echo:flux")
+    results = [submit("echo", {"n": n}, requirements={"models": ["flux"]}, app=app)
+               for n in range(5)]
+    for result in results:
+        result.get(timeout=30)
+        assert get_job(result.id, app=app)["worker_id"] == "has-flux"
+
+
+@pytest.mark.parametrize("service", ["comfyui", "no such service"])
+def test_unknown_service_is_refused_before_anything_is_written(app, client, service) -> None:
+    from capability_router.errors import InvalidJob
+
+    before = sorted(client.keys("*"))
+    with pytest.raises(InvalidJob, match="unknown service"):
+        submit(service, {"x": 1}, app=app)
+    assert sorted(client.keys("*")) == before
