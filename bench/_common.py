@@ -7,6 +7,7 @@ port, without persistence, in a temporary directory, and stops it at the end.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
@@ -155,19 +156,27 @@ def start_worker(
         "--without-heartbeat", "-l", "warning", "-n", f"{app}-{os.getpid()}@%h",
     ]
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    _workers.append(proc)
+    return proc
+
+
+_workers: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _stop_leftover_workers() -> None:
+    for proc in _workers:
+        stop_worker(proc, grace=2.0)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Warm-shutdown the worker's process group, then kill what is left."""
+    """Warm-shutdown the worker (SIGTERM to its main process), then kill its process group."""
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        proc.terminate()
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:

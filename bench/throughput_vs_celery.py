@@ -1,0 +1,165 @@
+"""End-to-end throughput of no-op jobs: the EMP stack versus stock Celery on kombu's Redis.
+
+Both stacks use one private Redis (separate runs, stock first), the same
+worker (prefork, concurrency 2, acks_late, prefetch multiplier 1, no result
+backend, no task events) and the same task body: ``bench.noop`` INCRs a Redis
+counter (``bench/_noop_tasks.py``). Per run: start a worker subprocess, wait
+until a warm-up job has run, then submit N jobs from this process as fast as
+possible (EMP: ``emp_tasks.producer.submit``; stock: ``apply_async``) and poll
+the counter every 5 ms until it reaches N. Reported per stack: submit time,
+submit+drain time (first submit to last completion) and jobs/s over
+submit+drain; the ratio emp/stock (target >= 1.0). Quick: 2,000 jobs, one run
+each; full: 10,000 jobs, two interleaved runs each (best and mean reported).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (  # noqa: E402
+    emit_json,
+    quick_args,
+    start_redis,
+    start_worker,
+    stop_worker,
+    verdict,
+    worker_env,
+)
+
+CONCURRENCY = 2
+POLL_S = 0.005
+RATIO_TARGET = 1.0
+EMP_QUEUE = "default"
+STOCK_QUEUE = "stock"
+
+
+def wait_counter(client: redis.Redis, key: str, target: int, timeout: float,
+                 proc: Any = None) -> float:
+    """Poll ``key`` until it reaches ``target``; returns the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = int(client.get(key) or 0)
+        if value >= target:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} is {value} after {timeout:.0f}s, expected {target}")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        time.sleep(POLL_S)
+
+
+def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
+    from bench import _noop_tasks as tasks
+    from emp_tasks.producer import submit
+
+    client = redis.Redis.from_url(url)
+    client.delete(tasks.DONE_KEY)
+    if stack == "emp":
+        env = worker_env(url, WORKER_SERVICES="noop", WORKER_ID="bench-1")
+        app, queue = "emp_app", EMP_QUEUE
+
+        def send() -> None:
+            submit("noop", {}, app=tasks.emp_app)
+    else:
+        env = worker_env(url)
+        app, queue = "stock_app", STOCK_QUEUE
+
+        def send() -> None:
+            tasks.stock_noop.apply_async(queue=STOCK_QUEUE)
+
+    log = logdir / f"{stack}-{int(time.time() * 1000)}.log"
+    proc = start_worker(app, queue, env, CONCURRENCY, log)
+    try:
+        t0 = time.monotonic()
+        send()  # warm-up: the worker is consuming once this one has run
+        wait_counter(client, tasks.DONE_KEY, 1, 60, proc)
+        ready_s = time.monotonic() - t0
+        client.set(tasks.DONE_KEY, 0)
+        start = time.monotonic()
+        for _ in range(n):
+            send()
+        submitted = time.monotonic()
+        done = wait_counter(client, tasks.DONE_KEY, n, 300, proc)
+    except Exception:
+        print(f"--- {stack} worker log ({log}) ---\n{log.read_text()[-3000:]}", flush=True)
+        raise
+    finally:
+        stop_worker(proc)
+    extra = int(client.get(tasks.DONE_KEY) or 0) - n
+    total = done - start
+    return {
+        "jobs": n,
+        "worker_ready_s": round(ready_s, 3),
+        "submit_s": round(submitted - start, 3),
+        "submit_rate": round(n / (submitted - start), 1),
+        "submit_drain_s": round(total, 3),
+        "jobs_per_s": round(n / total, 1),
+        "extra_runs": extra,
+    }
+
+
+def main() -> None:
+    args = quick_args(__doc__)
+    quick = args.quick
+    n = 2000 if quick else 10_000
+    order = ["stock", "emp"] if quick else ["stock", "emp", "stock", "emp"]
+    url, stop = start_redis()
+    os.environ["BENCH_REDIS_URL"] = url  # read by bench._noop_tasks at import
+    os.environ["EMP_REDIS_URL"] = url
+    runs: dict[str, list[dict[str, Any]]] = {"stock": [], "emp": []}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="emp-bench-logs-") as logdir:
+            for stack in order:
+                result = run_once(stack, url, n, Path(logdir))
+                runs[stack].append(result)
+                print(f"{stack:>5}: {n} jobs, submit {result['submit_s']:.2f}s "
+                      f"({result['submit_rate']:.0f}/s), submit+drain "
+                      f"{result['submit_drain_s']:.2f}s -> {result['jobs_per_s']:.0f} jobs/s"
+                      f"{'' if not result['extra_runs'] else ', extra runs: '}"
+                      f"{result['extra_runs'] or ''}", flush=True)
+        client = redis.Redis.from_url(url)
+        from capability_router.keys import Keys
+
+        leftover = client.zcard(Keys(EMP_QUEUE).heads)
+    finally:
+        stop()
+    best = {s: max(r["jobs_per_s"] for r in rs) for s, rs in runs.items()}
+    mean = {s: round(sum(r["jobs_per_s"] for r in rs) / len(rs), 1) for s, rs in runs.items()}
+    ratio_best = best["emp"] / best["stock"]
+    ratio_mean = mean["emp"] / mean["stock"]
+    print(f"best jobs/s: emp {best['emp']:.0f}, stock {best['stock']:.0f}; ratio emp/stock "
+          f"{ratio_best:.2f} (target >= {RATIO_TARGET:.1f}: {verdict(ratio_best >= RATIO_TARGET)})",
+          flush=True)
+    if len(order) > 2:
+        print(f"mean jobs/s: emp {mean['emp']:.0f}, stock {mean['stock']:.0f}; "
+              f"ratio {ratio_mean:.2f}", flush=True)
+    emit_json({
+        "bench": "throughput_vs_celery",
+        "quick": quick,
+        "jobs": n,
+        "concurrency": CONCURRENCY,
+        "pool": "prefork",
+        "runs": runs,
+        "jobs_per_s_best": best,
+        "jobs_per_s_mean": mean,
+        "ratio_emp_over_stock_best": round(ratio_best, 3),
+        "ratio_emp_over_stock_mean": round(ratio_mean, 3),
+        "emp_classes_left_pending": leftover,
+        "target_ratio_min": RATIO_TARGET,
+        "met": ratio_best >= RATIO_TARGET,
+        "total_seconds": round(time.monotonic() - started, 1),
+    })
+
+
+if __name__ == "__main__":
+    main()
