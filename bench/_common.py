@@ -87,6 +87,29 @@ def start_redis(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
     return url, stop
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """CPU time (user + sys) the server has used so far."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + sys) used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
+        if int(fields[2]) == pgid:  # field 5: pgrp
+            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return total / tick
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (``pct`` in 0-100); NaN for no values."""
     if not values:

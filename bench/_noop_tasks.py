@@ -63,10 +63,10 @@ def _stamp(submitted: float) -> None:
 
 
 emp_app: Celery = create_app(URL or None, **COMMON)
-emp_noop = emp_app.task(name="bench.noop", service="noop")(_noop)
-emp_stamp = emp_app.task(name="bench.stamp", service="stamp")(_stamp)
+emp_noop = emp_app.task(name="bench.noop", service="noop", shared=False)(_noop)
+emp_stamp = emp_app.task(name="bench.stamp", service="stamp", shared=False)(_stamp)
 
 stock_app: Celery = Celery("stock", broker=URL or None, set_as_current=False)
 stock_app.conf.update(COMMON, task_default_queue="stock")
-stock_noop = stock_app.task(name="bench.noop")(_noop)
-stock_stamp = stock_app.task(name="bench.stamp")(_stamp)
+stock_noop = stock_app.task(name="bench.noop", shared=False)(_noop)
+stock_stamp = stock_app.task(name="bench.stamp", shared=False)(_stamp)

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
     emit_json,
+    group_cpu_seconds,
     quick_args,
+    redis_cpu_seconds,
     start_redis,
     start_worker,
     stop_worker,
@@ -84,11 +86,16 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         wait_counter(client, tasks.DONE_KEY, 1, 60, proc)
         ready_s = time.monotonic() - t0
         client.set(tasks.DONE_KEY, 0)
+        client.config_resetstat()
+        cpu0 = (time.process_time(), group_cpu_seconds(proc.pid), redis_cpu_seconds(client))
         start = time.monotonic()
         for _ in range(n):
             send()
         submitted = time.monotonic()
+        done_at_submit_end = int(client.get(tasks.DONE_KEY) or 0)
         done = wait_counter(client, tasks.DONE_KEY, n, 300, proc)
+        cpu1 = (time.process_time(), group_cpu_seconds(proc.pid), redis_cpu_seconds(client))
+        stats = client.info("commandstats")
     except Exception:
         print(f"--- {stack} worker log ({log}) ---\n{log.read_text()[-3000:]}", flush=True)
         raise
@@ -96,6 +103,10 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         stop_worker(proc)
     extra = int(client.get(tasks.DONE_KEY) or 0) - n
     total = done - start
+    tail = n - done_at_submit_end
+    calls = sorted(((name.removeprefix("cmdstat_"), v["calls"] / n) for name, v in stats.items()),
+                   key=lambda item: -item[1])
+    cpu_ms = [round((b - a) * 1000 / n, 3) for a, b in zip(cpu0, cpu1, strict=True)]
     return {
         "jobs": n,
         "worker_ready_s": round(ready_s, 3),
@@ -104,6 +115,11 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         "submit_drain_s": round(total, 3),
         "jobs_per_s": round(n / total, 1),
         "extra_runs": extra,
+        "done_at_submit_end": done_at_submit_end,
+        # Backlog left when submitting ended, and how fast the worker drained it.
+        "tail_drain_rate": round(tail / (done - submitted), 1) if tail > 50 else None,
+        "cpu_ms_per_job": {"producer": cpu_ms[0], "worker": cpu_ms[1], "redis": cpu_ms[2]},
+        "redis_calls_per_job": {name: round(c, 2) for name, c in calls[:8] if c >= 0.05},
     }
 
 
@@ -127,6 +143,13 @@ def main() -> None:
                       f"{result['submit_drain_s']:.2f}s -> {result['jobs_per_s']:.0f} jobs/s"
                       f"{'' if not result['extra_runs'] else ', extra runs: '}"
                       f"{result['extra_runs'] or ''}", flush=True)
+                cpu = result["cpu_ms_per_job"]
+                print(f"       CPU ms/job: producer {cpu['producer']:.3f}, worker "
+                      f"{cpu['worker']:.3f}, redis {cpu['redis']:.3f}; done when submit ended "
+                      f"{result['done_at_submit_end']}/{n}, backlog drained at "
+                      f"{result['tail_drain_rate'] or '-'} jobs/s", flush=True)
+                calls = ", ".join(f"{k} {v}" for k, v in result["redis_calls_per_job"].items())
+                print(f"       redis calls/job: {calls}", flush=True)
         client = redis.Redis.from_url(url)
         from capability_router.keys import Keys
 

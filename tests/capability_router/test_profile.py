@@ -1,0 +1,47 @@
+"""Worker profiles from the original's environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from capability_router.errors import InvalidProfile
+from capability_router.profile import WorkerProfile
+
+
+def test_profile_from_original_environment_variables() -> None:
+    profile = WorkerProfile.from_env({
+        "WORKER_ID": "gpu-0", "WORKER_SERVICES": "comfyui, simulation",
+        "WORKER_GPU_MEMORY_GB": "24", "WORKER_RAM_GB": "64", "WORKER_MODELS": "comfyui:sdxl,flux",
+        "WORKER_CUSTOMER_ISOLATION": "strict", "ALLOWED_CUSTOMERS": "acme,globex",
+        "DENIED_CUSTOMERS": "evil", "WORKER_WORKFLOW_ID": "wf-9", "WORKER_REGION": "eu-west",
+        "WORKER_PROFILE_JSON": '{"features": ["fp16"], "cost": {"tier": 2}}',
+    })
+    normalized = profile.normalized()
+    assert profile.worker_id == "gpu-0"
+    assert normalized["services"] == ["comfyui", "simulation"]
+    assert normalized["caps"]["hardware.gpu_memory_gb"] == 24
+    assert normalized["caps"]["models.comfyui"] == ["flux", "sdxl"]  # bare names: every service
+    assert normalized["caps"]["models.simulation"] == ["flux"]
+    assert normalized["isolation"] == "strict"
+    assert normalized["allowed"] == ["acme", "globex"] and normalized["denied"] == ["evil"]
+    assert normalized["workflow_id"] == "wf-9"
+    assert normalized["caps"]["region"] == "eu-west"
+    assert normalized["caps"]["features"] == ["fp16"] and normalized["caps"]["cost.tier"] == 2
+
+
+def test_equal_capabilities_share_a_signature() -> None:
+    a = WorkerProfile(worker_id="a", services=["x"], hardware={"gpu_memory_gb": 8})
+    b = WorkerProfile(worker_id="b", services=["x"], hardware={"gpu_memory_gb": 8})
+    c = WorkerProfile(worker_id="c", services=["x"], hardware={"gpu_memory_gb": 16})
+    assert a.signature == b.signature != c.signature
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WORKER_GPU_MEMORY_GB": "big"}, "WORKER_GPU_MEMORY_GB must be a number"),
+    ({"WORKER_CUSTOMER_ISOLATION": "paranoid"}, "customer isolation must be"),
+    ({"WORKER_MODELS": "{broken"}, "WORKER_MODELS is not valid JSON"),
+    ({"WORKER_PROFILE_JSON": "[1"}, "WORKER_PROFILE_JSON is not valid JSON"),
+])
+def test_bad_worker_environment_is_refused_with_the_variable_named(env, message) -> None:
+    with pytest.raises(InvalidProfile, match=message):
+        WorkerProfile.from_env({"WORKER_ID": "w", **env})
