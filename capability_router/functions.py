@@ -152,7 +152,8 @@ class QueueFunctions:
                                 [job_id, attempt, worker_id]))
 
     def progress(
-        self, job_id: str, attempt: int | str, progress: float, details: dict[str, Any] | None = None
+        self, job_id: str, attempt: int | str, progress: float,
+        details: dict[str, Any] | None = None,
     ) -> str:
         k = self.keys
         return _text(self._call("emp_progress", [k.config, k.job(job_id)],

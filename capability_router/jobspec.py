@@ -12,7 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from capability_router.errors import InvalidJob
@@ -66,7 +66,7 @@ def _time_ms(field_name: str, value: Any) -> int | None:
         except ValueError:
             raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
 

@@ -92,10 +92,13 @@ class WorkerProfile:
             raise InvalidProfile("a worker needs at least one service (WORKER_SERVICES)")
         isolation = self.customer_access.get("isolation", "none")
         if isolation not in ("strict", "loose", "none"):
-            raise InvalidProfile(f"customer isolation must be strict, loose or none, not {isolation!r}")
+            raise InvalidProfile(
+                f"customer isolation must be strict, loose or none, not {isolation!r}"
+            )
         for key in ("gpu_memory_gb", "ram_gb", "cpu_cores"):
             value = self.hardware.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not is_number:
                 raise InvalidProfile(f"hardware.{key} must be a number, got {value!r}")
 
     @classmethod

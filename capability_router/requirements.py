@@ -161,7 +161,9 @@ def normalize_requirements(
         raise InvalidJob("requirements.negative_requirements cannot hold customer_isolation")
     strict = isolation == "strict"
     if strict and not customer_id:
-        raise InvalidJob("requirements.customer_isolation is 'strict' but the job has no customer_id")
+        raise InvalidJob(
+            "requirements.customer_isolation is 'strict' but the job has no customer_id"
+        )
     job_class: dict[str, Any] = {"service": service, "strict": strict, "pos": pos, "neg": neg}
     if customer_id:
         job_class["customer_id"] = customer_id

@@ -7,6 +7,7 @@ nothing to Redis.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery
@@ -48,10 +49,19 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
     }
 
 
+def user_config() -> dict[str, Any]:
+    """Settings of the module named by ``EMP_CELERY_CONFIG`` (e.g. conf.celeryconfig)."""
+    name = defaults.env("EMP_CELERY_CONFIG")
+    if not name:
+        return {}
+    module = importlib.import_module(name)
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k.islower()}
+
+
 def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
-    """Build an EMP Celery app; ``settings`` override Celery settings."""
+    """Build an EMP Celery app; ``EMP_CELERY_CONFIG`` then ``settings`` override defaults."""
     app = Celery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
-    app.conf.update(celery_config(redis_url), **settings)
+    app.conf.update(celery_config(redis_url), **user_config(), **settings)
     return app
 
 

@@ -80,7 +80,8 @@ class WorkerProcess:
             if client.zscore(Keys(namespace).idle, self.worker_id) is not None:
                 return self
             time.sleep(0.05)
-        raise TimeoutError(f"worker {self.worker_id} not ready: {self.log_path.read_text()[-3000:]}")
+        log = self.log_path.read_text()[-3000:]
+        raise TimeoutError(f"worker {self.worker_id} not ready: {log}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process.poll() is None:
@@ -97,7 +98,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(redis_server: LocalRedis, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(
+    redis_server: LocalRedis, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start a worker with extra environment variables; all stopped at the end."""
     started: list[WorkerProcess] = []
 

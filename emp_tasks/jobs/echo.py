@@ -15,7 +15,7 @@ class EchoFailure(Exception):
 @shared_task(bind=True, name="emp.echo", service="echo", autoretry_for=(EchoFailure,),
              retry_backoff=1, retry_backoff_max=30, retry_jitter=False)
 def echo(self: Any, sleep: float = 0, fail_times: int = 0, **payload: Any) -> dict[str, Any]:
-    """Echo ``payload`` back after ``sleep`` seconds; raise EchoFailure the first ``fail_times`` runs."""
+    """Echo ``payload`` after ``sleep`` seconds; fail the first ``fail_times`` runs."""
     if sleep:
         deadline = time.monotonic() + float(sleep)
         while time.monotonic() < deadline:
