@@ -7,6 +7,7 @@ default so a restart loses no accepted job.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,8 +20,14 @@ from capability_router.errors import EmpError
 
 
 def find_server_binary() -> str:
-    """Path of a Redis 7+ / Valkey 8+ server binary; EmpError when there is none."""
-    for name in ("redis-server", "valkey-server"):
+    """Path of a Redis 7+ / Valkey 8+ server binary; EmpError when there is none.
+
+    ``EMP_REDIS_SERVER`` names one explicitly; ``bundled`` picks the server extra's.
+    """
+    chosen = os.environ.get("EMP_REDIS_SERVER")
+    if chosen and chosen != "bundled":
+        return chosen
+    for name in () if chosen == "bundled" else ("redis-server", "valkey-server"):
         path = shutil.which(name)
         if path and _supports_functions(path):
             return path
