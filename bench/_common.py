@@ -120,13 +120,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
-    """n, p50, p99, mean, max of a sample."""
+    """n, p50, p99, mean, max of a sample (rounded to 3 decimals)."""
     return {
         "n": len(values),
-        "p50": percentile(values, 50),
-        "p99": percentile(values, 99),
-        "mean": sum(values) / len(values) if values else math.nan,
-        "max": max(values) if values else math.nan,
+        "p50": round(percentile(values, 50), 3),
+        "p99": round(percentile(values, 99), 3),
+        "mean": round(sum(values) / len(values), 3) if values else math.nan,
+        "max": round(max(values), 3) if values else math.nan,
     }
 
 

@@ -203,7 +203,7 @@ def main() -> None:
             if missing > 0:
                 filler.fill(missing)
             fill_s = time.monotonic() - t0
-            claims = min(claims_per_level, level)
+            claims = claims_per_level  # topped up after each batch, so may exceed level
             batch_n = min(batch, level // 5)
             t0 = time.monotonic()
             result = sample_level(client, filler, profiles, compat_of, claims, batch_n, rng)

@@ -184,6 +184,7 @@ class Channel(kombu_redis.Channel):
         self._misses = 0
         self._next_due_ms = 0
         self._registered_queues: set[str] = set()
+        self._known_queues: set[str] = set()
         ensure_library(self.sync_client)
 
     # -- helpers ------------------------------------------------------------
@@ -221,6 +222,7 @@ class Channel(kombu_redis.Channel):
         self.functions(namespace).register_worker(self.worker)
         self.sync_client.sadd(NAMESPACES_KEY, namespace)
         self._registered_queues.add(namespace)
+        self._known_queues.add(namespace)
 
     # -- publish ------------------------------------------------------------
 
@@ -235,6 +237,9 @@ class Channel(kombu_redis.Channel):
             spec = JobSpec(service=headers.get("task") or queue, pool=queue).header()
             headers[HEADER] = spec
         functions = self.functions(queue)
+        if queue not in self._known_queues:
+            self.sync_client.sadd(NAMESPACES_KEY, queue)
+            self._known_queues.add(queue)
         due_ms = _eta_ms(headers.get("eta"))
         if headers.get("retries"):
             # Retries wait in Redis, not in a worker: the due time is the

@@ -116,3 +116,13 @@ def test_unknown_service_is_refused_before_anything_is_written(app, client, serv
     with pytest.raises(InvalidJob, match="unknown service"):
         submit(service, {"x": 1}, app=app)
     assert sorted(client.keys("*")) == before
+
+
+def test_job_in_another_pool_runs_only_on_that_pools_workers(app, start_worker) -> None:
+    start_worker("default-only")
+    gpu_pool = start_worker("gpu-pool", wait=False, args=["-Q", "gpu"])
+    gpu_pool.wait_ready(namespace="gpu")
+    result = submit("echo", {"x": 1}, pool="gpu", app=app)
+    result.get(timeout=30)
+    record = get_job(result.id, app=app)  # found without naming the pool
+    assert record["pool"] == "gpu" and record["worker_id"] == "gpu-pool"
