@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
 from capability_router.errors import InvalidJob
 from capability_router.jobspec import HEADER, JobSpec
@@ -78,24 +78,28 @@ class EmpTask(Task):
     def check_cancelled(self) -> None:
         check_cancelled(self.job)
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the job: start, then complete or fail, each fenced by the attempt.
+
+        The outcome is recorded here, before Celery stores the result, so a
+        caller whose ``AsyncResult.get()`` returned reads a finished record.
+        """
         context = self.job
         if context is None:
-            return
+            return super().__call__(*args, **kwargs)
+        task_id = self.request.id
         outcome = context.functions.start(task_id, context.attempt, self.request.hostname or "")
         if outcome != "ok":
             raise Ignore(f"job {task_id} is {outcome}; not running it")
-
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        context = self.job
-        if context is not None:
-            context.functions.complete(task_id, context.attempt, retval)
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
-        context = self.job
-        if context is not None:
+        try:
+            retval = super().__call__(*args, **kwargs)
+        except (Retry, Ignore, Reject):
+            raise
+        except Exception as exc:
             context.functions.fail(task_id, context.attempt, f"{type(exc).__name__}: {exc}")
+            raise
+        context.functions.complete(task_id, context.attempt, retval)
+        return retval
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
               throw: bool = True, eta: Any = None, countdown: Any = None,
