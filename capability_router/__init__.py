@@ -12,10 +12,12 @@ from capability_router.errors import (
 from capability_router.jobspec import JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, key_for
 from capability_router.profile import WorkerProfile
+from capability_router.states import JobEvent, JobStatus
 
 TRANSPORT = "capability_router.transport:Transport"
 
 __all__ = [
-    "DEFAULT_NAMESPACE", "EmpError", "InvalidJob", "InvalidProfile", "JobCancelled",
-    "JobNotFound", "JobSpec", "Keys", "LibraryError", "TRANSPORT", "WorkerProfile", "key_for",
+    "DEFAULT_NAMESPACE", "EmpError", "InvalidJob", "InvalidProfile", "JobCancelled", "JobEvent",
+    "JobNotFound", "JobSpec", "JobStatus", "Keys", "LibraryError", "TRANSPORT", "WorkerProfile",
+    "key_for",
 ]

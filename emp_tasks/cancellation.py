@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from capability_router.errors import JobCancelled
+from capability_router.states import JobStatus
 from emp_tasks.context import JobContext
 
 
@@ -13,7 +14,7 @@ def is_cancelled(context: JobContext | None) -> bool:
     status, attempts = context.functions.client.hmget(
         context.functions.keys.job(context.job_id), "status", "attempts"
     )
-    return status == "cancelled" or (
+    return status == JobStatus.CANCELLED or (
         context.fenced and attempts is not None and int(attempts) != context.attempt
     )
 

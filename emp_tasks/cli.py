@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from capability_router.errors import EmpError
+from capability_router.states import JobStatus
 from emp_tasks import defaults
 
 
@@ -115,7 +116,7 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
         return
     status, data = follow_job(obj["url"], pool or "default", result.id, timeout=timeout)
     click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
-    sys.exit(0 if status == "completed" else 1)
+    sys.exit(0 if status == JobStatus.COMPLETED else 1)
 
 
 @main.command()

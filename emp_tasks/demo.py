@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from capability_router.states import JobStatus
 from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
 
@@ -33,7 +34,7 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
     records: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         records = {job_id: get_job(job_id, app=app) for _, job_id in submitted}
-        if all(r["status"] in ("completed", "failed", "cancelled") for r in records.values()):
+        if all(JobStatus(r["status"]).is_terminal for r in records.values()):
             break
         time.sleep(0.2)
     table = Table(title="EMP demo jobs")
@@ -46,4 +47,4 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
                       str(record.get("attempts")), record["status"])
     console.print(table)
     app.close()
-    return all(r["status"] == "completed" for r in records.values())
+    return all(r["status"] == JobStatus.COMPLETED for r in records.values())

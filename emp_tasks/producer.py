@@ -10,6 +10,7 @@ from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.states import JobStatus
 from emp_tasks.connection import get_client, get_functions
 
 #: Record fields stored as JSON text.
@@ -127,6 +128,6 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     reply = get_functions(app.conf.broker_url, namespace).cancel(job_id)
     if reply[0] == "missing":
         raise JobNotFound(job_id)
-    if reply[0] == "cancelled" and reply[1] in ("assigned", "in_progress"):
+    if reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
         app.control.revoke(job_id, terminate=terminate)
     return reply[0]

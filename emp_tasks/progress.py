@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from capability_router.errors import JobCancelled
+from capability_router.states import JobStatus
 from emp_tasks.context import JobContext
 
 
@@ -18,5 +19,5 @@ def report_progress(
     if message is not None:
         details["message"] = message
     outcome = context.functions.progress(context.job_id, context.attempt, percent, details)
-    if outcome == "cancelled":
+    if outcome == JobStatus.CANCELLED:
         raise JobCancelled(context.job_id)

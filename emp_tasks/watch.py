@@ -9,10 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from capability_router.keys import Keys
+from capability_router.states import TERMINAL_EVENTS, JobEvent, JobStatus
 from emp_tasks.connection import get_client
-
-TERMINAL_EVENTS = {"complete_job": "completed", "job_failed": "failed",
-                   "job_cancelled": "cancelled"}
 
 
 def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
@@ -34,15 +32,16 @@ def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
             for entry_id, fields in reply[0][1]:
                 last_id = entry_id
                 event, data = fields["event"], json.loads(fields["data"])
-                if event == "update_job_progress":
+                if event == JobEvent.PROGRESS:
                     bar.update(task, completed=data.get("progress", 0),
                                description=f"{job_id[:8]} {data.get('message', 'running')}")
-                elif event in ("job_assigned", "job_started", "job_retrying", "job_requeued"):
+                elif event in (JobEvent.ASSIGNED, JobEvent.STARTED, JobEvent.RETRYING,
+                               JobEvent.REQUEUED):
                     bar.update(task, description=f"{job_id[:8]} {event.replace('job_', '')}")
                 elif event in TERMINAL_EVENTS:
-                    status = TERMINAL_EVENTS[event]
-                    if status == "completed":
+                    status = TERMINAL_EVENTS[JobEvent(event)]
+                    if status == JobStatus.COMPLETED:
                         bar.update(task, completed=100)
-                    bar.update(task, description=f"{job_id[:8]} {status}")
-                    return status, data
+                    bar.update(task, description=f"{job_id[:8]} {status.value}")
+                    return status.value, data
     return "timeout", {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 
+from capability_router.keys import Keys
 from emp_tasks.producer import submit
 
 JOBS = 1_000
@@ -16,7 +17,7 @@ TIMEOUT = 300.0
 def test_chaos_every_job_completes_once_killing_stops(app, client, start_worker) -> None:
     workers = [start_worker(f"chaos-{n}") for n in range(WORKERS)]
     ids = [submit("echo", {"n": n, "sleep": 0.05}, app=app).id for n in range(JOBS)]
-    keys = [f"emp:{{default}}:job:{job_id}" for job_id in ids]
+    keys = [Keys("default").job(job_id) for job_id in ids]
     rng = random.Random(7)
     kills = 0
     started = time.monotonic()

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.producer import cancel, get_job, job_events, submit
 
@@ -30,7 +31,7 @@ def test_retries_wait_in_redis_then_succeed(app, client, start_worker) -> None:
     start_worker("w1")
     result = submit("echo", {"fail_times": 2}, app=app)
     # retry_backoff=1: the first retry waits about 1 s, in Redis's delayed set.
-    wait_for(lambda: client.zscore("emp:{default}:delayed", result.id) is not None,
+    wait_for(lambda: client.zscore(Keys("default").delayed, result.id) is not None,
              timeout=20, message="the job to wait in the delayed set")
     assert status_of(app, result.id) == "pending"
     assert result.get(timeout=30)["retries"] == 2

@@ -1,0 +1,54 @@
+"""Job states and event names, shared by Redis, the API, the CLI and the monitor.
+
+The Lua library writes the same strings; these enums are the Python names.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """States of a job record (the original's enum, ``timeout``/``unworkable`` kept)."""
+
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    UNWORKABLE = "unworkable"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        return self in (JobStatus.ASSIGNED, JobStatus.IN_PROGRESS)
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobEvent(StrEnum):
+    """Event types appended to the event streams."""
+
+    SUBMITTED = "job_submitted"
+    ASSIGNED = "job_assigned"
+    STARTED = "job_started"
+    PROGRESS = "update_job_progress"
+    COMPLETED = "complete_job"
+    FAILED = "job_failed"
+    RETRYING = "job_retrying"
+    REQUEUED = "job_requeued"
+    CANCELLED = "job_cancelled"
+
+
+#: The status a terminal event leaves a job in.
+TERMINAL_EVENTS = {
+    JobEvent.COMPLETED: JobStatus.COMPLETED,
+    JobEvent.FAILED: JobStatus.FAILED,
+    JobEvent.CANCELLED: JobStatus.CANCELLED,
+}
