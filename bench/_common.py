@@ -178,11 +178,15 @@ def start_worker(
         "-c", str(concurrency), "-P", "prefork", "--without-gossip", "--without-mingle",
         "--without-heartbeat", "-l", "warning", "-n", f"{app}-{os.getpid()}@%h",
     ]
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if log_path:
+            out.close()  # the worker has its own copy of the descriptor
     _workers.append(proc)
     return proc
 
