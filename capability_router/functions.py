@@ -125,11 +125,11 @@ class QueueFunctions:
         """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
         header = spec.header() if isinstance(spec, JobSpec) else spec
         k = self.keys
+        fields = [x for pair in header["fields"].items() for x in pair]
         reply = self._call(
             "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
             [job_id, header["class"], header["class_json"], header["priority"], due_ms,
-             message, json.dumps(header["fields"]), now_ms or 0,
-             "" if header.get("at") is None else header["at"]],
+             message, now_ms or 0, "" if header.get("at") is None else header["at"], *fields],
         )
         outcome = _text(reply[0])
         return outcome, _text(reply[1]) if len(reply) > 1 else None
@@ -181,9 +181,12 @@ class QueueFunctions:
         reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed], [job_id, reason])
         return tuple(_text(x) for x in reply)
 
-    def ack(self, job_id: str, attempt: int | str) -> str:
-        k = self.keys
-        return _text(self._call("emp_ack", [k.config, k.job(job_id)], [job_id, attempt]))
+    def ack(self, acks: list[tuple[str, int | str]], now_ms: int | None = None) -> int:
+        """Acknowledge attempts; returns how many ended without an outcome (now failed)."""
+        if not acks:
+            return 0
+        flat = [x for pair in acks for x in pair]
+        return int(self._call("emp_ack", [self.keys.config], [now_ms or 0, *flat]))
 
     def requeue(self, job_id: str, attempt: int | str, reason: str) -> str:
         k = self.keys
@@ -214,8 +217,10 @@ def parse_claim(reply: list[Any]) -> Claimed | int:
 
 
 def claim_args(
-    keys: Keys, profile_signature: str, worker_id: str, lease_ms: int, idle_ms: int
+    keys: Keys, profile_signature: str, worker_id: str, lease_ms: int, idle_ms: int,
+    acks: list[tuple[str, int | str]] = (),
 ) -> list[Any]:
-    """The FCALL arguments of a claim, for callers that send it themselves."""
+    """The FCALL command of a claim (acknowledging ``acks`` first), for callers that send it."""
     return ["FCALL", "emp_claim", 4, keys.config, keys.profiles, keys.heads, keys.idle,
-            profile_signature, worker_id, lease_ms, idle_ms, 0]
+            profile_signature, worker_id, lease_ms, idle_ms, 0,
+            *(x for pair in acks for x in pair)]

@@ -8,6 +8,7 @@ is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,11 @@ from typing import Any
 
 from capability_router.errors import InvalidJob
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
-from capability_router.requirements import canonical_json, normalize_requirements, signature
+from capability_router.requirements import (
+    canonical_json,
+    normalize_requirements,
+    text_signature,
+)
 
 #: Largest accepted payload + ctx, in bytes of JSON (``EMP_MAX_PAYLOAD_BYTES``).
 MAX_PAYLOAD_BYTES = int(os.environ.get("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024))
@@ -89,6 +94,9 @@ class JobSpec:
     ctx: dict[str, Any] | None = None
     pool: str = DEFAULT_NAMESPACE
     job_class: dict[str, Any] = field(init=False)
+    #: Canonical JSON of ``job_class`` and its signature (the class key in Redis).
+    class_json: str = field(init=False)
+    class_signature: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.service = _name("service_required", self.service, required=True)
@@ -120,6 +128,8 @@ class JobSpec:
         self.job_class = normalize_requirements(
             self.requirements, self.service, self.customer_id, self.workflow_id
         )
+        self.class_json = canonical_json(self.job_class)
+        self.class_signature = text_signature(self.class_json)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> JobSpec:
@@ -134,7 +144,7 @@ class JobSpec:
                 break
         for alias in SERVICE_ALIASES:
             data.pop(alias, None)
-        known = {f for f in cls.__dataclass_fields__ if f not in ("service", "job_class")}
+        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "service"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidJob(f"unknown job field(s): {', '.join(unknown)}")
@@ -145,14 +155,6 @@ class JobSpec:
         if data.get("pool") is None:
             data.pop("pool", None)
         return cls(service=service, **data)
-
-    @property
-    def class_json(self) -> str:
-        return canonical_json(self.job_class)
-
-    @property
-    def class_signature(self) -> str:
-        return signature(self.job_class)
 
     @property
     def effective_priority(self) -> int:

@@ -112,3 +112,19 @@ def parse_key(key: str) -> tuple[str, str]:
 
 #: Set of namespaces seen by producers and workers (outside any hash tag).
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
+
+
+def idle_member(profile_signature: str, worker_id: str) -> str:
+    """Member of the ``idle`` zset for a worker waiting for work."""
+    return f"{profile_signature}:{worker_id}"
+
+
+def parse_idle_member(member: str) -> tuple[str, str]:
+    """(profile signature, worker id) of an ``idle`` zset member."""
+    profile_signature, _, worker_id = member.partition(":")
+    return profile_signature, worker_id
+
+
+def idle_workers(members: list[str]) -> set[str]:
+    """Worker ids of ``idle`` zset members."""
+    return {parse_idle_member(m)[1] for m in members}

@@ -36,9 +36,14 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def text_signature(text: str) -> str:
+    """Short stable digest of canonical JSON text."""
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def signature(value: Any) -> str:
     """Short stable digest of a JSON-able value."""
-    return hashlib.sha1(canonical_json(value).encode()).hexdigest()[:16]
+    return text_signature(canonical_json(value))
 
 
 def _check_scalar_or_list(path: str, value: Any) -> Any:

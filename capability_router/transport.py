@@ -103,22 +103,20 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag: Any) -> None:
         parsed = parse_tag(delivery_tag)
         if parsed:
-            namespace, job_id, attempt = parsed
-            self.channel.functions(namespace).ack(job_id, attempt)
+            self.channel.buffer_ack(*parsed)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         parsed = parse_tag(delivery_tag)
-        if parsed:
+        if parsed and requeue:
             namespace, job_id, attempt = parsed
-            functions = self.channel.functions(namespace)
-            if requeue:
-                functions.requeue(job_id, attempt, "rejected by the worker")
-            else:
-                functions.ack(job_id, attempt)
+            self.channel.functions(namespace).requeue(job_id, attempt, "rejected by the worker")
+        elif parsed:
+            self.channel.buffer_ack(*parsed)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
+        self.channel.flush_acks()
         for tag in list(self._delivered):
             parsed = parse_tag(tag)
             if parsed:
@@ -149,6 +147,7 @@ class QoS(kombu_redis.QoS):
         """Extend the leases of every held job; returns the ids this worker lost."""
         lost: list[str] = []
         channel = self.channel
+        channel.flush_acks()
         for namespace, jobs in self.held_leases().items():
             lost += channel.functions(namespace).renew(
                 channel.worker.worker_id, channel.lease_ms, jobs
@@ -185,6 +184,7 @@ class Channel(kombu_redis.Channel):
         self._next_due_ms = 0
         self._registered_queues: set[str] = set()
         self._known_queues: set[str] = set()
+        self._acks: dict[str, list[tuple[str, str]]] = {}
         ensure_library(self.sync_client)
 
     # -- helpers ------------------------------------------------------------
@@ -216,6 +216,27 @@ class Channel(kombu_redis.Channel):
             functions = QueueFunctions(self.sync_client, namespace)
             self._functions[namespace] = functions
         return functions
+
+    def buffer_ack(self, namespace: str, job_id: str, attempt: str) -> None:
+        """Hold an ack until the next claim of the namespace carries it (or a flush).
+
+        Completion, failure and retry already released the lease; the ack only
+        catches attempts that ended without an outcome, so it can wait.
+        """
+        self._acks.setdefault(namespace, []).append((job_id, attempt))
+
+    def flush_acks(self) -> None:
+        """Send every buffered ack now."""
+        acks, self._acks = self._acks, {}
+        for namespace, pairs in acks.items():
+            self.functions(namespace).ack(pairs)
+
+    def close(self) -> None:
+        try:
+            self.flush_acks()
+        except Exception:  # closing anyway; an unsent ack only delays lease expiry
+            logger.debug("could not flush acks at close", exc_info=True)
+        super().close()
 
     def register(self, namespace: str) -> None:
         """Register this worker's profile with a namespace it consumes."""
@@ -278,6 +299,7 @@ class Channel(kombu_redis.Channel):
     def _get(self, queue: str) -> dict[str, Any]:
         if not is_job_queue(queue):
             return super()._get(queue)
+        self.flush_acks()
         if queue not in self._registered_queues:
             self.register(queue)
         result = self.functions(queue).claim(
@@ -315,7 +337,7 @@ class Channel(kombu_redis.Channel):
             self._sent = ("FCALL", queue)
             connection.send_command(
                 *claim_args(Keys(queue), worker.signature, worker.worker_id,
-                            self.lease_ms, self.idle_ms)
+                            self.lease_ms, self.idle_ms, self._acks.pop(queue, ()))
             )
 
     def _brpop_read(self, **options: Any) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from capability_router.keys import Keys
+from capability_router.keys import Keys, idle_workers
 from emp_tasks import defaults
 from emp_tasks.connection import get_client
 from emp_tasks.local_redis import LocalRedis
@@ -56,7 +56,7 @@ def wait_for_workers(url: str, worker_ids: list[str], timeout: float = 60.0) -> 
     idle_key = Keys("default").idle
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        idle = set(client.zrange(idle_key, 0, -1))
+        idle = idle_workers(client.zrange(idle_key, 0, -1))
         if all(w in idle for w in worker_ids):
             return
         time.sleep(0.1)

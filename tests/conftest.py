@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from capability_router.functions import QueueFunctions, ensure_library
-from capability_router.keys import Keys
+from capability_router.keys import Keys, idle_workers
 from emp_tasks.app import create_app
 from emp_tasks.local_redis import LocalRedis
 
@@ -77,7 +77,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if client.zscore(Keys(namespace).idle, self.worker_id) is not None:
+            if self.worker_id in idle_workers(client.zrange(Keys(namespace).idle, 0, -1)):
                 return self
             time.sleep(0.05)
         log = self.log_path.read_text()[-3000:]

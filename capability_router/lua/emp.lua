@@ -27,8 +27,8 @@ they live in the same slot as the declared key.
   P.."heads"               ZSET   class signature -> score of its best job
   P.."delayed"             ZSET   job id -> ms when a retry becomes due
   P.."leases"              ZSET   job id -> ms when its lease expires
-  P.."idle"                ZSET   idle worker id -> ms its idle mark expires
-  P.."idle-profile"        HASH   idle worker id -> profile signature
+  P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
+                                  workers -> ms their idle mark expires
   P.."wake:"..worker_id    LIST   wake-up tokens an idle worker blocks on
 
 Order score: (100 - effective priority) * 1e13 + effective time in ms, lower
@@ -68,16 +68,25 @@ local function config(P)
   }
 end
 
-local function emit(P, cfg, id, event, data, now)
+-- Appends an event to the namespace stream and the job's stream. ``raw``
+-- (optional) is JSON text spliced in as ``"<raw_key>": raw`` unparsed. The
+-- job stream's expiry is set when asked (submit and terminal events): the
+-- record and its stream expire together.
+local function emit(P, cfg, id, event, data, now, expire, raw_key, raw)
   data.job_id = id
   data.timestamp = now
   local payload = cjson.encode(data)
+  if raw_key then
+    payload = string.sub(payload, 1, -2) .. ',"' .. raw_key .. '":' .. raw .. '}'
+  end
   redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
     'event', event, 'job_id', id, 'data', payload)
   local jk = P .. 'job:' .. id .. ':events'
   redis.call('XADD', jk, 'MAXLEN', '~', cfg.job_events_maxlen, '*',
     'event', event, 'job_id', id, 'data', payload)
-  redis.call('PEXPIRE', jk, cfg.retention_ms)
+  if expire then
+    redis.call('PEXPIRE', jk, cfg.retention_ms)
+  end
 end
 
 local function contains(list, value)
@@ -169,18 +178,27 @@ local function refresh_head(P, csig)
 end
 
 -- Wakes one idle worker that can serve the class, most recently idle first.
+-- Looks at the 128 most recent unexpired idle marks; expired ones are swept.
 local function wake_one(P, csig, now)
-  redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-  local idle = redis.call('ZRANGE', P .. 'idle', 0, 127, 'REV')
-  local rev = P .. 'compat-rev:' .. csig
-  for _, worker in ipairs(idle) do
-    local psig = redis.call('HGET', P .. 'idle-profile', worker)
-    if psig and redis.call('SISMEMBER', rev, psig) == 1 then
-      redis.call('ZREM', P .. 'idle', worker)
-      local wk = P .. 'wake:' .. worker
+  local idle = redis.call('ZRANGE', P .. 'idle', '+inf', '(' .. now, 'BYSCORE', 'REV',
+    'LIMIT', 0, 128)
+  if #idle == 0 then
+    return false
+  end
+  local psigs, workers = {}, {}
+  for i, member in ipairs(idle) do
+    local colon = string.find(member, ':', 1, true)
+    psigs[i] = string.sub(member, 1, colon - 1)
+    workers[i] = string.sub(member, colon + 1)
+  end
+  local can = redis.call('SMISMEMBER', P .. 'compat-rev:' .. csig, unpack(psigs))
+  for i, yes in ipairs(can) do
+    if yes == 1 then
+      redis.call('ZREM', P .. 'idle', idle[i])
+      local wk = P .. 'wake:' .. workers[i]
       redis.call('LPUSH', wk, '1')
       redis.call('PEXPIRE', wk, 60000)
-      return worker
+      return workers[i]
     end
   end
   return false
@@ -205,6 +223,63 @@ local function finish(P, cfg, jk, id)
   redis.call('PEXPIRE', jk, cfg.retention_ms)
 end
 
+-- The class whose best job comes first among those the profile can serve.
+-- Walks class heads in order (membership checked 64, then 256 at a time);
+-- when the profile serves fewer classes than heads remain, looks up the head
+-- score of each compatible class instead. Cost: O(classes), never O(jobs).
+local function pick_class(ck, heads_key)
+  local heads = redis.call('ZRANGE', heads_key, 0, 63)
+  if #heads == 0 then
+    return nil
+  end
+  local hit = redis.call('SMISMEMBER', ck, unpack(heads))
+  for i, yes in ipairs(hit) do
+    if yes == 1 then
+      return heads[i]
+    end
+  end
+  if #heads < 64 then
+    return nil
+  end
+  local total = redis.call('ZCARD', heads_key)
+  local compatible = redis.call('SCARD', ck)
+  local scanned = #heads
+  if compatible == 0 then
+    return nil
+  end
+  if compatible < total - scanned then
+    local members = redis.call('SMEMBERS', ck)
+    local best, best_score = nil, nil
+    for first = 1, #members, 1000 do
+      local chunk = {unpack(members, first, math.min(first + 999, #members))}
+      local scores = redis.call('ZMSCORE', heads_key, unpack(chunk))
+      for j, s in ipairs(scores) do
+        if s then
+          local n = tonumber(s)
+          if best_score == nil or n < best_score or (n == best_score and chunk[j] < best) then
+            best, best_score = chunk[j], n
+          end
+        end
+      end
+    end
+    return best
+  end
+  while scanned < total do
+    heads = redis.call('ZRANGE', heads_key, scanned, scanned + 255)
+    if #heads == 0 then
+      break
+    end
+    hit = redis.call('SMISMEMBER', ck, unpack(heads))
+    for i, yes in ipairs(hit) do
+      if yes == 1 then
+        return heads[i]
+      end
+    end
+    scanned = scanned + #heads
+  end
+  return nil
+end
+
 -- An attempt that ended without an outcome (lease expired, worker lost,
 -- message requeued): back to pending at its old place, or failed when the
 -- job has used up its attempts.
@@ -220,7 +295,7 @@ local function return_to_pending(P, cfg, id, reason, now)
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     redis.call('HSET', jk, 'status', 'failed', 'failed_at', now, 'last_error', err)
     finish(P, cfg, jk, id)
-    emit(P, cfg, id, 'job_failed', {worker_id = f[5], error = err, attempt = attempts}, now)
+    emit(P, cfg, id, 'job_failed', {worker_id = f[5], error = err, attempt = attempts}, now, true)
     return 'failed'
   end
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason)
@@ -232,7 +307,7 @@ local function return_to_pending(P, cfg, id, reason, now)
 end
 
 -- Due retries into pending, expired leases back to pending; bounded work.
-local function housekeep(P, cfg, now, limit)
+local function housekeep(P, now, limit)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
@@ -242,15 +317,41 @@ local function housekeep(P, cfg, now, limit)
     end
   end
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(expired) do
-    return_to_pending(P, cfg, id, 'lease expired', now)
+  if #expired > 0 then
+    local cfg = config(P)
+    for _, id in ipairs(expired) do
+      return_to_pending(P, cfg, id, 'lease expired', now)
+    end
   end
-  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', now - cfg.retention_ms)
   return #due + #expired
 end
 
 local function attempt_is(f_attempts, attempt)
   return attempt == nil or attempt == '' or tostring(f_attempts) == tostring(attempt)
+end
+
+-- Broker acknowledgements of attempts, ARGV pairs from ``first`` on. The
+-- outcome was recorded by complete/fail/retry/cancel before; an attempt still
+-- active here ended with no outcome (a hard time limit, say), which is
+-- recorded as a failure rather than left running. Acks are batched: workers
+-- send them with their next claim, or within a third of a lease.
+local function ack_attempts(P, args, first, now)
+  local failed = 0
+  for i = first, #args, 2 do
+    local id, attempt = args[i], args[i + 1]
+    local jk = P .. 'job:' .. id
+    local f = redis.call('HMGET', jk, 'status', 'attempts', 'worker_id')
+    if ACTIVE[f[1]] and attempt_is(f[2], attempt) then
+      local cfg = config(P)
+      local err = 'task ended without recording an outcome'
+      redis.call('HSET', jk, 'status', 'failed', 'failed_at', now, 'last_error', err)
+      finish(P, cfg, jk, id)
+      emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = err},
+        now, true)
+      failed = failed + 1
+    end
+  end
+  return failed
 end
 
 -- functions ---------------------------------------------------------------
@@ -286,16 +387,15 @@ end
 KEYS[1] config  KEYS[2] job record  KEYS[3] classes  KEYS[4] profiles
 ARGV[1] job id  ARGV[2] class signature  ARGV[3] class JSON
 ARGV[4] effective priority 0-100  ARGV[5] due ms (0: now)
-ARGV[6] Celery message JSON  ARGV[7] record fields JSON (object of strings)
-ARGV[8] now ms (optional)  ARGV[9] effective time ms ('': now)
+ARGV[6] Celery message JSON  ARGV[7] now ms (0: server time)
+ARGV[8] effective time ms ('': now)  ARGV[9..] record field name, value pairs
 Returns {'queued'|'delayed'} or {'duplicate', status}. ]]
 local function emp_enqueue(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local id, csig, class_json = args[1], args[2], args[3]
   local due = tonumber(args[5]) or 0
-  local now = now_ms(args[8])
-  local at = tonumber(args[9]) or now
+  local now = now_ms(args[7])
+  local at = tonumber(args[8]) or now
   local score = string.format('%.0f', (100 - tonumber(args[4])) * 1e13 + at)
   local jk = keys[2]
   local status = redis.call('HGET', jk, 'status')
@@ -311,26 +411,30 @@ local function emp_enqueue(keys, args)
       end
     end
   end
-  local fields = cjson.decode(args[7])
-  local flat = {}
-  for k, v in pairs(fields) do
-    flat[#flat + 1] = k
-    flat[#flat + 1] = tostring(v)
-  end
   redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
     'status', 'pending', 'attempts', 0, 'retries', 0, 'created_at', now,
-    'message', args[6], unpack(flat))
+    'message', args[6], unpack(args, 9))
   redis.call('ZADD', P .. 'jobs', now, id)
-  local data = {job_type = fields.service_required, priority = tonumber(fields.priority),
-    customer_id = fields.customer_id, workflow_id = fields.workflow_id}
+  local data = {}
+  for i = 9, #args, 2 do
+    local name = args[i]
+    if name == 'service_required' then
+      data.job_type = args[i + 1]
+    elseif name == 'priority' then
+      data.priority = tonumber(args[i + 1])
+    elseif name == 'customer_id' or name == 'workflow_id' then
+      data[name] = args[i + 1]
+    end
+  end
+  local cfg = config(P)
   if due > now then
     redis.call('HSET', jk, 'retry_at', due)
     redis.call('ZADD', P .. 'delayed', due, id)
     data.run_at = due
-    emit(P, cfg, id, 'job_submitted', data, now)
+    emit(P, cfg, id, 'job_submitted', data, now, true)
     return {'delayed'}
   end
-  emit(P, cfg, id, 'job_submitted', data, now)
+  emit(P, cfg, id, 'job_submitted', data, now, true)
   file_pending(P, id, csig, score, now)
   return {'queued'}
 end
@@ -338,55 +442,24 @@ end
 --[[ emp_claim
 KEYS[1] config  KEYS[2] profiles  KEYS[3] heads  KEYS[4] idle
 ARGV[1] profile signature  ARGV[2] worker id  ARGV[3] lease ms
-ARGV[4] idle mark ms  ARGV[5] now ms (optional)
+ARGV[4] idle mark ms  ARGV[5] now ms (0: server time)
+ARGV[6..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). ]]
 local function emp_claim(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local psig, worker = args[1], args[2]
-  local lease_ms = tonumber(args[3])
   local now = now_ms(args[5])
-  if redis.call('HEXISTS', keys[2], psig) == 0 then
-    return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
-  end
-  housekeep(P, cfg, now, 50)
-  local ck = P .. 'compat:' .. psig
-  local best = nil
-  -- Classes in order of their best job: the first the profile can serve wins.
-  local total = redis.call('ZCARD', keys[3])
-  local scanned = 0
-  local chunk = 32
-  while not best and scanned < total do
-    local remaining = total - scanned
-    if scanned > 0 and redis.call('SCARD', ck) < remaining then
-      -- Fewer compatible classes than heads left: look each one up instead.
-      local best_score = nil
-      for _, csig in ipairs(redis.call('SMEMBERS', ck)) do
-        local s = redis.call('ZSCORE', keys[3], csig)
-        if s and (best_score == nil or tonumber(s) < best_score) then
-          best, best_score = csig, tonumber(s)
-        end
-      end
-      break
-    end
-    local heads = redis.call('ZRANGE', keys[3], scanned, scanned + chunk - 1)
-    for _, csig in ipairs(heads) do
-      if redis.call('SISMEMBER', ck, csig) == 1 then
-        best = csig
-        break
-      end
-    end
-    scanned = scanned + #heads
-    chunk = 256
-    if #heads == 0 then
-      break
-    end
-  end
+  local member = psig .. ':' .. worker
+  ack_attempts(P, args, 6, now)
+  housekeep(P, now, 50)
+  local best = pick_class(P .. 'compat:' .. psig, keys[3])
   if not best then
-    redis.call('ZADD', keys[4], now + tonumber(args[4]), worker)
-    redis.call('HSET', P .. 'idle-profile', worker, psig)
+    if redis.call('HEXISTS', keys[2], psig) == 0 then
+      return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
+    end
+    redis.call('ZADD', keys[4], now + tonumber(args[4]), member)
     local next_due = 0
     local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
     local l = redis.call('ZRANGE', P .. 'leases', 0, 0, 'WITHSCORES')
@@ -400,18 +473,16 @@ local function emp_claim(keys, args)
     end
     return {0, next_due}
   end
-  local pk = P .. 'pending:' .. best
-  local id = redis.call('ZRANGE', pk, 0, 0)[1]
-  redis.call('ZREM', pk, id)
+  local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
   refresh_head(P, best)
-  redis.call('ZREM', keys[4], worker)
+  redis.call('ZREM', keys[4], member)
   local jk = P .. 'job:' .. id
   local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
-  local deadline = now + lease_ms
+  local deadline = now + tonumber(args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
     'assigned_at', now, 'lease_until', deadline)
   redis.call('ZADD', P .. 'leases', deadline, id)
-  emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
+  emit(P, config(P), id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
   return {1, id, attempt, redis.call('HGET', jk, 'message')}
 end
 
@@ -465,18 +536,18 @@ ARGV[1] job id  ARGV[2] attempt  ARGV[3] result JSON  ARGV[4] now (optional)
 Returns 'ok', or the status that refused the completion (fencing). ]]
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local id, attempt = args[1], args[2]
-  local now = now_ms(args[4])
   local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
   if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
     return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
   end
+  local now = now_ms(args[4])
+  local cfg = config(P)
   redis.call('HSET', keys[2], 'status', 'completed', 'completed_at', now,
     'result', args[3], 'progress', 100)
   finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'complete_job', {worker_id = f[3], attempt = tonumber(f[2]),
-    result = {status = 'success', data = cjson.decode(args[3])}}, now)
+  emit(P, cfg, id, 'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now, true,
+    'result', '{"status":"success","data":' .. args[3] .. '}')
   return 'ok'
 end
 
@@ -486,16 +557,17 @@ ARGV[1] job id  ARGV[2] attempt  ARGV[3] error text  ARGV[4] now (optional)
 Returns 'ok', or the status that refused the failure (fencing). ]]
 local function emp_fail(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local id, attempt = args[1], args[2]
-  local now = now_ms(args[4])
   local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
   if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
     return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
   end
+  local now = now_ms(args[4])
+  local cfg = config(P)
   redis.call('HSET', keys[2], 'status', 'failed', 'failed_at', now, 'last_error', args[3])
   finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
+  emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]},
+    now, true)
   return 'ok'
 end
 
@@ -507,7 +579,6 @@ The job keeps its order score, so it does not fall behind newer work.
 Returns 'delayed' or 'queued', or the status that refused the retry. ]]
 local function emp_retry(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local id, attempt = args[1], args[2]
   local due = tonumber(args[3]) or 0
   local now = now_ms(args[6])
@@ -515,6 +586,7 @@ local function emp_retry(keys, args)
   if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
     return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
   end
+  local cfg = config(P)
   local retries = redis.call('HINCRBY', keys[2], 'retries', 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
     'last_error', args[5], 'retry_at', due)
@@ -554,31 +626,18 @@ local function emp_cancel(keys, args)
   redis.call('HSET', keys[2], 'status', 'cancelled', 'cancelled_at', now,
     'last_error', args[2])
   finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now)
+  emit(P, cfg, id, 'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now, true)
   return {'cancelled', f[1], f[3] or ''}
 end
 
 --[[ emp_ack
-KEYS[1] config  KEYS[2] job record
-ARGV[1] job id  ARGV[2] attempt  ARGV[3] now (optional)
-The broker acknowledgement of an attempt. The outcome was recorded by
-complete/fail/retry/cancel before; an attempt still active here ended with
-no outcome, which is recorded as a failure rather than left running.
-Returns the job's status. ]]
+KEYS[1] config
+ARGV[1] now ms (0: server time)  ARGV[2..] job id, attempt pairs
+Broker acknowledgements of attempts (see ack_attempts). Returns how many
+attempts ended without an outcome and were failed. ]]
 local function emp_ack(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
-  local id, attempt = args[1], args[2]
-  local now = now_ms(args[3])
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
-  if ACTIVE[f[1]] and attempt_is(f[2], attempt) then
-    local err = 'task ended without recording an outcome'
-    redis.call('HSET', keys[2], 'status', 'failed', 'failed_at', now, 'last_error', err)
-    finish(P, cfg, keys[2], id)
-    emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = err}, now)
-    return 'failed'
-  end
-  return f[1] or 'missing'
+  return ack_attempts(P, args, 2, now_ms(args[1]))
 end
 
 --[[ emp_requeue
@@ -624,10 +683,15 @@ end
 --[[ emp_sweep
 KEYS[1] config
 ARGV[1] limit  ARGV[2] now (optional)
-Promotes due retries and requeues expired leases. Returns how many. ]]
+Promotes due retries, requeues expired leases, drops expired idle marks and
+listing entries older than the retention. Returns how many jobs moved. ]]
 local function emp_sweep(keys, args)
   local P = prefix_of(keys[1])
-  return housekeep(P, config(P), now_ms(args[2]), tonumber(args[1]) or 100)
+  local now = now_ms(args[2])
+  local moved = housekeep(P, now, tonumber(args[1]) or 100)
+  redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', now - config(P).retention_ms)
+  return moved
 end
 
 redis.register_function{function_name = 'emp_version', callback = emp_version,

@@ -177,3 +177,29 @@ def test_malformed_job_is_rejected_and_nothing_is_written(
         JobSpec.from_fields({"service_required": "comfyui", **fields})
     assert message in str(error.value)
     assert sorted(queue.client.keys("*")) == before
+
+
+def test_ack_of_an_attempt_without_outcome_fails_it(queue: QueueFunctions) -> None:
+    """A hard time limit kills the task before it records anything; the ack says so."""
+    queue.register_worker(ANY)
+    enqueue(queue, "killed")
+    enqueue(queue, "finished")
+    killed = queue.claim(ANY.signature, "any", 60_000)
+    finished = queue.claim(ANY.signature, "any", 60_000)
+    assert queue.complete("finished", finished.attempt, {"ok": True}) == "ok"
+    assert queue.ack([("killed", killed.attempt), ("finished", finished.attempt)]) == 1
+    record = queue.client.hgetall(queue.keys.job("killed"))
+    assert record["status"] == "failed" and "without recording an outcome" in record["last_error"]
+    assert queue.client.hget(queue.keys.job("finished"), "status") == "completed"
+
+
+def test_idle_worker_is_woken_only_by_a_job_it_can_serve(queue: QueueFunctions) -> None:
+    queue.register_worker(GPU8)
+    assert queue.claim(GPU8.signature, "small", 60_000, idle_ms=5_000) == 0
+    wake = queue.keys.wake("small")
+    enqueue(queue, "too-big", requirements={"hardware": {"gpu_memory_gb": 80}})
+    assert queue.client.llen(wake) == 0, "woken for a job it cannot run"
+    enqueue(queue, "fits", requirements={"hardware": {"gpu_memory_gb": 8}})
+    assert queue.client.llen(wake) == 1
+    enqueue(queue, "fits-too")
+    assert queue.client.llen(wake) == 1, "a worker is woken once per idle mark"
