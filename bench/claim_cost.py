@@ -3,7 +3,7 @@
 Setup: one private Redis, 1,000 registered worker profiles (random GPU memory,
 region lists and tiers) and 1,000 requirement classes (gpu_memory_gb x region x
 tier, each a distinct ``JobSpec.class_signature``). Pending jobs are filed with
-pipelined ``FCALL emp_enqueue`` (same KEYS/ARGV as ``QueueFunctions.enqueue``)
+pipelined ``FCALL emp_enqueue`` (built by ``QueueFunctions.enqueue_call``)
 over random classes and priorities, to 1k, 10k and 100k pending jobs.
 
 Measurement: at each level, claims from random profiles are sent in pipelined
@@ -83,18 +83,17 @@ def make_profiles(rng: random.Random) -> list[WorkerProfile]:
 
 
 class Filler:
-    """Pipelined emp_enqueue calls with the exact KEYS/ARGV of QueueFunctions.enqueue."""
+    """Pipelined emp_enqueue calls built by QueueFunctions.enqueue_call."""
 
     def __init__(self, client: redis.Redis, specs: list[JobSpec], rng: random.Random) -> None:
         self.client = client
         self.keys = QueueFunctions(client, NAMESPACE).keys
         self.rng = rng
+        self.functions = QueueFunctions(client, NAMESPACE)
         self.headers = [s.header() for s in specs]
-        self.fields = [json.dumps(h["fields"]) for h in self.headers]
         self.seq = 0
 
     def fill(self, count: int, batch: int = 2000, spread: bool = False) -> None:
-        k = self.keys
         done = 0
         while done < count:
             pipe = self.client.pipeline(transaction=False)
@@ -106,11 +105,9 @@ class Filler:
                 priority = self.rng.choice((20, 50, 50, 50, 80))
                 message = json.dumps({"headers": {"id": job_id, "task": "bench.render"},
                                       "properties": {}, "body": ""})
-                pipe.fcall(
-                    "emp_enqueue", 4, k.config, k.job(job_id), k.classes, k.profiles,
-                    job_id, header["class"], header["class_json"], priority, 0,
-                    message, self.fields[idx], 0, "",
-                )
+                name, keys, args = self.functions.enqueue_call(
+                    job_id, {**header, "priority": priority}, message)
+                pipe.fcall(name, len(keys), *keys, *args)
             for reply in pipe.execute():
                 if reply[0] not in (b"queued", "queued"):
                     raise RuntimeError(f"enqueue refused: {reply}")

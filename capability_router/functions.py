@@ -118,19 +118,26 @@ class QueueFunctions:
             [profile.signature, profile.to_json()],
         ))
 
+    def enqueue_call(
+        self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
+        due_ms: int = 0, now_ms: int | None = None,
+    ) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of an enqueue, for pipelines that file many jobs."""
+        header = spec.header() if isinstance(spec, JobSpec) else spec
+        k = self.keys
+        fields = [x for pair in header["fields"].items() for x in pair]
+        return (
+            "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
+            [job_id, header["class"], header["class_json"], header["priority"], due_ms,
+             message, now_ms or 0, "" if header.get("at") is None else header["at"], *fields],
+        )
+
     def enqueue(
         self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
         due_ms: int = 0, now_ms: int | None = None,
     ) -> tuple[str, str | None]:
         """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
-        header = spec.header() if isinstance(spec, JobSpec) else spec
-        k = self.keys
-        fields = [x for pair in header["fields"].items() for x in pair]
-        reply = self._call(
-            "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
-            [job_id, header["class"], header["class_json"], header["priority"], due_ms,
-             message, now_ms or 0, "" if header.get("at") is None else header["at"], *fields],
-        )
+        reply = self._call(*self.enqueue_call(job_id, spec, message, due_ms, now_ms))
         outcome = _text(reply[0])
         return outcome, _text(reply[1]) if len(reply) > 1 else None
 

@@ -225,8 +225,9 @@ end
 
 -- The class whose best job comes first among those the profile can serve.
 -- Walks class heads in order (membership checked 64, then 256 at a time);
--- when the profile serves fewer classes than heads remain, looks up the head
--- score of each compatible class instead. Cost: O(classes), never O(jobs).
+-- when the profile serves few classes compared with the heads that remain,
+-- looks up the head score of each compatible class instead.
+-- Cost: O(classes), never O(jobs).
 local function pick_class(ck, heads_key)
   local heads = redis.call('ZRANGE', heads_key, 0, 63)
   if #heads == 0 then
@@ -247,7 +248,9 @@ local function pick_class(ck, heads_key)
   if compatible == 0 then
     return nil
   end
-  if compatible < total - scanned then
+  -- Scanning on usually hits early when the profile serves many classes;
+  -- looking each compatible class up costs the whole set, so only for few.
+  if compatible * 4 < total - scanned then
     local members = redis.call('SMEMBERS', ck)
     local best, best_score = nil, nil
     for first = 1, #members, 1000 do

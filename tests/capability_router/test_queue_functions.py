@@ -61,10 +61,10 @@ def test_servable_job_behind_ten_thousand_unservable_is_claimed_at_once(
     big = JobSpec(service="comfyui", requirements={"hardware": {"gpu_memory_gb": 80}},
                   priority=100)
     with queue.client.pipeline(transaction=False) as pipe:
-        pipe_queue = QueueFunctions(pipe, "default")
         for i in range(10_000):
-            pipe_queue.enqueue(f"big-{i}", big, "{}")
-        pipe.execute()
+            name, keys, args = queue.enqueue_call(f"big-{i}", big, "{}")
+            pipe.fcall(name, len(keys), *keys, *args)
+        assert all(reply[0] == "queued" for reply in pipe.execute())
     enqueue(queue, "small-one", priority=0)
     queue.register_worker(GPU8)
     started = time.perf_counter()
