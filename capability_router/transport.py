@@ -83,6 +83,12 @@ def is_job_queue(queue: str) -> bool:
     return not (queue.endswith(".pidbox") or queue.startswith("celeryev"))
 
 
+def task_header(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a job spec a running task reads (see emp_tasks.context)."""
+    fields = spec.get("fields", spec)
+    return {"pool": spec["pool"], "max_retries": fields.get("max_retries")}
+
+
 def _eta_ms(eta: Any) -> int:
     if not eta:
         return 0
@@ -256,25 +262,24 @@ class Channel(kombu_redis.Channel):
         spec = headers.get(HEADER)
         if spec is None:
             spec = JobSpec(service=headers.get("task") or queue, pool=queue).header()
-            headers[HEADER] = spec
+        # The job record keeps the spec; the stored message keeps what the
+        # running task reads (pool, max_retries), so every claim moves less.
+        headers[HEADER] = task_header(spec)
         functions = self.functions(queue)
         if queue not in self._known_queues:
             self.sync_client.sadd(NAMESPACES_KEY, queue)
             self._known_queues.add(queue)
         due_ms = _eta_ms(headers.get("eta"))
+        headers["eta"] = None  # the due time is Redis's business; the message runs at once
         if headers.get("retries"):
-            # Retries wait in Redis, not in a worker: the due time is the
-            # function's business, so the message itself runs at once.
-            headers["eta"] = None
             outcome = functions.retry(
                 job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),
-                headers.get("emp_error", ""),
+                headers.pop("emp_error", ""),
             )
-            if outcome not in ("missing", "delayed", "queued"):
+            if outcome not in ("delayed", "queued"):
                 logger.warning("retry of job %s refused: job is %s", job_id, outcome)
-            if outcome != "missing":
+            if outcome != "missing" or "class" not in spec:
                 return
-        headers["eta"] = None
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
         if outcome == "duplicate":
             logger.warning("job %s was already submitted (%s); not filed again", job_id, status)

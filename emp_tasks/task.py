@@ -107,9 +107,9 @@ class EmpTask(Task):
         """Celery's retry; the job waits in Redis, keeping its place in line."""
         context = self.job
         if max_retries is None:
-            fields = (getattr(self.request, HEADER, None) or {}).get("fields", {})
-            if "max_retries" in fields:
-                max_retries = int(fields["max_retries"])
+            job_max = (getattr(self.request, HEADER, None) or {}).get("max_retries")
+            if job_max is not None:
+                max_retries = int(job_max)
         if context is not None:
             headers = dict(options.pop("headers", None) or {})
             headers[ATTEMPT_HEADER] = context.attempt

@@ -218,9 +218,28 @@ local function unfile_pending(P, id, csig)
   return false
 end
 
-local function finish(P, cfg, jk, id)
+local function attempt_is(f_attempts, attempt)
+  return attempt == nil or attempt == '' or tostring(f_attempts) == tostring(attempt)
+end
+
+-- The record fields of an attempt that may still act (its job active, its
+-- attempt current), or nil and the status that refuses it: fencing by attempt.
+local function fence(jk, attempt, ...)
+  local f = redis.call('HMGET', jk, 'status', 'attempts', ...)
+  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
+    return nil, f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  end
+  return f
+end
+
+-- Ends a job: terminal status and its fields, lease released, the record and
+-- its event stream set to expire after the retention, the event appended.
+local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
+  local cfg = config(P)
+  redis.call('HSET', jk, 'status', status, unpack(fields))
   redis.call('ZREM', P .. 'leases', id)
   redis.call('PEXPIRE', jk, cfg.retention_ms)
+  emit(P, cfg, id, event, data, now, true, raw_key, raw)
 end
 
 -- The class whose best job comes first among those the profile can serve.
@@ -296,9 +315,8 @@ local function return_to_pending(P, cfg, id, reason, now)
   local attempts = tonumber(f[4]) or 0
   if attempts >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
-    redis.call('HSET', jk, 'status', 'failed', 'failed_at', now, 'last_error', err)
-    finish(P, cfg, jk, id)
-    emit(P, cfg, id, 'job_failed', {worker_id = f[5], error = err, attempt = attempts}, now, true)
+    end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
+      {worker_id = f[5], error = err, attempt = attempts}, now)
     return 'failed'
   end
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason)
@@ -329,10 +347,6 @@ local function housekeep(P, now, limit)
   return #due + #expired
 end
 
-local function attempt_is(f_attempts, attempt)
-  return attempt == nil or attempt == '' or tostring(f_attempts) == tostring(attempt)
-end
-
 -- Broker acknowledgements of attempts, ARGV pairs from ``first`` on. The
 -- outcome was recorded by complete/fail/retry/cancel before; an attempt still
 -- active here ended with no outcome (a hard time limit, say), which is
@@ -343,14 +357,11 @@ local function ack_attempts(P, args, first, now)
   for i = first, #args, 2 do
     local id, attempt = args[i], args[i + 1]
     local jk = P .. 'job:' .. id
-    local f = redis.call('HMGET', jk, 'status', 'attempts', 'worker_id')
-    if ACTIVE[f[1]] and attempt_is(f[2], attempt) then
-      local cfg = config(P)
+    local f = fence(jk, attempt, 'worker_id')
+    if f then
       local err = 'task ended without recording an outcome'
-      redis.call('HSET', jk, 'status', 'failed', 'failed_at', now, 'last_error', err)
-      finish(P, cfg, jk, id)
-      emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = err},
-        now, true)
+      end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
+        {worker_id = f[3], attempt = tonumber(f[2]), error = err}, now)
       failed = failed + 1
     end
   end
@@ -497,9 +508,9 @@ local function emp_start(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
   local now = now_ms(args[4])
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts')
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt)
+  if not f then
+    return refused
   end
   if f[1] == 'assigned' then
     redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now)
@@ -517,12 +528,9 @@ local function emp_progress(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
   local now = now_ms(args[5])
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
-  if f[1] == 'cancelled' then
-    return 'cancelled'
-  end
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt, 'worker_id')
+  if not f then
+    return refused
   end
   local data = cjson.decode(args[4])
   data.progress = tonumber(args[3])
@@ -540,16 +548,13 @@ Returns 'ok', or the status that refused the completion (fencing). ]]
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt, 'worker_id')
+  if not f then
+    return refused
   end
   local now = now_ms(args[4])
-  local cfg = config(P)
-  redis.call('HSET', keys[2], 'status', 'completed', 'completed_at', now,
-    'result', args[3], 'progress', 100)
-  finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now, true,
+  end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', 100},
+    'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
     'result', '{"status":"success","data":' .. args[3] .. '}')
   return 'ok'
 end
@@ -561,16 +566,13 @@ Returns 'ok', or the status that refused the failure (fencing). ]]
 local function emp_fail(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id')
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt, 'worker_id')
+  if not f then
+    return refused
   end
   local now = now_ms(args[4])
-  local cfg = config(P)
-  redis.call('HSET', keys[2], 'status', 'failed', 'failed_at', now, 'last_error', args[3])
-  finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'job_failed', {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]},
-    now, true)
+  end_job(P, keys[2], id, 'failed', {'failed_at', now, 'last_error', args[3]}, 'job_failed',
+    {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
   return 'ok'
 end
 
@@ -585,9 +587,9 @@ local function emp_retry(keys, args)
   local id, attempt = args[1], args[2]
   local due = tonumber(args[3]) or 0
   local now = now_ms(args[6])
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts', 'worker_id', 'class', 'score')
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'class', 'score')
+  if not f then
+    return refused
   end
   local cfg = config(P)
   local retries = redis.call('HINCRBY', keys[2], 'retries', 1)
@@ -612,7 +614,6 @@ Returns {'cancelled', previous status, worker id} or {status} when the job is
 already terminal, or {'missing'}. ]]
 local function emp_cancel(keys, args)
   local P = prefix_of(keys[1])
-  local cfg = config(P)
   local id = args[1]
   local now = now_ms(args[3])
   local f = redis.call('HMGET', keys[2], 'status', 'class', 'worker_id')
@@ -626,10 +627,8 @@ local function emp_cancel(keys, args)
     unfile_pending(P, id, f[2])
     redis.call('ZREM', keys[3], id)
   end
-  redis.call('HSET', keys[2], 'status', 'cancelled', 'cancelled_at', now,
-    'last_error', args[2])
-  finish(P, cfg, keys[2], id)
-  emit(P, cfg, id, 'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now, true)
+  end_job(P, keys[2], id, 'cancelled', {'cancelled_at', now, 'last_error', args[2]},
+    'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now)
   return {'cancelled', f[1], f[3] or ''}
 end
 
@@ -651,9 +650,9 @@ local function emp_requeue(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
   local now = now_ms(args[4])
-  local f = redis.call('HMGET', keys[2], 'status', 'attempts')
-  if not ACTIVE[f[1]] or not attempt_is(f[2], attempt) then
-    return f[1] and (ACTIVE[f[1]] and 'stale' or f[1]) or 'missing'
+  local f, refused = fence(keys[2], attempt)
+  if not f then
+    return refused
   end
   return return_to_pending(P, config(P), id, args[3], now)
 end
