@@ -143,13 +143,17 @@ class QueueFunctions:
 
     def claim(
         self, profile_signature: str, worker_id: str, lease_ms: int,
-        idle_ms: int = 5000, now_ms: int | None = None,
+        idle_ms: int = 5000, now_ms: int | None = None, was_idle: bool = True,
     ) -> Claimed | int:
-        """Claim the best job this profile can serve; else ms until the next due retry (0: none)."""
+        """Claim the best job this profile can serve; else ms until the next due retry (0: none).
+
+        ``was_idle`` says the worker may hold an idle mark to clear (always
+        safe to leave True).
+        """
         k = self.keys
         reply = self._call(
             "emp_claim", [k.config, k.profiles, k.heads, k.idle],
-            [profile_signature, worker_id, lease_ms, idle_ms, now_ms or 0],
+            [profile_signature, worker_id, lease_ms, idle_ms, now_ms or 0, int(was_idle)],
         )
         return parse_claim(reply)
 
@@ -225,9 +229,9 @@ def parse_claim(reply: list[Any]) -> Claimed | int:
 
 def claim_args(
     keys: Keys, profile_signature: str, worker_id: str, lease_ms: int, idle_ms: int,
-    acks: list[tuple[str, int | str]] = (),
+    was_idle: bool = True, acks: list[tuple[str, int | str]] = (),
 ) -> list[Any]:
     """The FCALL command of a claim (acknowledging ``acks`` first), for callers that send it."""
     return ["FCALL", "emp_claim", 4, keys.config, keys.profiles, keys.heads, keys.idle,
-            profile_signature, worker_id, lease_ms, idle_ms, 0,
+            profile_signature, worker_id, lease_ms, idle_ms, 0, int(was_idle),
             *(x for pair in acks for x in pair)]

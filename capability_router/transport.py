@@ -191,6 +191,8 @@ class Channel(kombu_redis.Channel):
         self._registered_queues: set[str] = set()
         self._known_queues: set[str] = set()
         self._acks: dict[str, list[tuple[str, str]]] = {}
+        #: Namespaces where this worker's last claim got a job, so it holds no idle mark.
+        self._busy_in: set[str] = set()
         ensure_library(self.sync_client)
 
     # -- helpers ------------------------------------------------------------
@@ -342,7 +344,8 @@ class Channel(kombu_redis.Channel):
             self._sent = ("FCALL", queue)
             connection.send_command(
                 *claim_args(Keys(queue), worker.signature, worker.worker_id,
-                            self.lease_ms, self.idle_ms, self._acks.pop(queue, ()))
+                            self.lease_ms, self.idle_ms, queue not in self._busy_in,
+                            self._acks.pop(queue, ()))
             )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -365,10 +368,12 @@ class Channel(kombu_redis.Channel):
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
             if isinstance(result, Claimed):
+                self._busy_in.add(queue)
                 self._misses = 0
                 self._queue_cycle.rotate(queue)
                 self.connection._deliver(self._deliver_claimed(queue, result), queue)
                 return True
+            self._busy_in.discard(queue)
             self._misses += 1
             self._next_due_ms = result
             self._queue_cycle.rotate(queue)

@@ -14,7 +14,8 @@ filed under) are derived from P inside the function: they share the tag, so
 they live in the same slot as the declared key.
 
   P.."config"              HASH   tunables: events_maxlen, job_events_maxlen,
-                                  retention_ms, max_attempts
+                                  retention_ms, max_attempts; swept_at (ms of
+                                  the last housekeeping by a claim)
   P.."job:"..id            HASH   the job record
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
@@ -59,12 +60,13 @@ end
 
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
-    'job_events_maxlen', 'retention_ms', 'max_attempts')
+    'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at')
   return {
     events_maxlen = tonumber(v[1]) or 100000,
     job_events_maxlen = tonumber(v[2]) or 1000,
     retention_ms = tonumber(v[3]) or 7 * 24 * 3600 * 1000,
     max_attempts = tonumber(v[4]) or 10,
+    swept_at = tonumber(v[5]) or 0,
   }
 end
 
@@ -327,6 +329,10 @@ local function return_to_pending(P, cfg, id, reason, now)
   return 'pending'
 end
 
+-- Claims housekeep at most this often (ms) while they find work; a claim
+-- that finds nothing always housekeeps before it gives up.
+local HOUSEKEEP_EVERY_MS = 100
+
 -- Due retries into pending, expired leases back to pending; bounded work.
 local function housekeep(P, now, limit)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
@@ -457,7 +463,8 @@ end
 KEYS[1] config  KEYS[2] profiles  KEYS[3] heads  KEYS[4] idle
 ARGV[1] profile signature  ARGV[2] worker id  ARGV[3] lease ms
 ARGV[4] idle mark ms  ARGV[5] now ms (0: server time)
-ARGV[6..] job id, attempt pairs this worker acknowledges first (emp_ack)
+ARGV[6] '1' when this worker's last claim found nothing (it has an idle mark)
+ARGV[7..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). ]]
@@ -466,9 +473,20 @@ local function emp_claim(keys, args)
   local psig, worker = args[1], args[2]
   local now = now_ms(args[5])
   local member = psig .. ':' .. worker
-  ack_attempts(P, args, 6, now)
-  housekeep(P, now, 50)
-  local best = pick_class(P .. 'compat:' .. psig, keys[3])
+  ack_attempts(P, args, 7, now)
+  local cfg = config(P)
+  local swept = now - cfg.swept_at >= HOUSEKEEP_EVERY_MS or now < cfg.swept_at
+  if swept then
+    housekeep(P, now, 50)
+    redis.call('HSET', keys[1], 'swept_at', now)
+  end
+  local compat = P .. 'compat:' .. psig
+  local best = pick_class(compat, keys[3])
+  if not best and not swept then
+    housekeep(P, now, 50)
+    redis.call('HSET', keys[1], 'swept_at', now)
+    best = pick_class(compat, keys[3])
+  end
   if not best then
     if redis.call('HEXISTS', keys[2], psig) == 0 then
       return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
@@ -489,14 +507,16 @@ local function emp_claim(keys, args)
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
   refresh_head(P, best)
-  redis.call('ZREM', keys[4], member)
+  if args[6] == '1' then
+    redis.call('ZREM', keys[4], member)
+  end
   local jk = P .. 'job:' .. id
   local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
   local deadline = now + tonumber(args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
     'assigned_at', now, 'lease_until', deadline)
   redis.call('ZADD', P .. 'leases', deadline, id)
-  emit(P, config(P), id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
+  emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
   return {1, id, attempt, redis.call('HGET', jk, 'message')}
 end
 
