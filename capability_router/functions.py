@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -67,6 +69,43 @@ def ensure_library(client: redis.Redis) -> bool:
     return True
 
 
+#: Beyond this many held connections per client, calls use its pool as usual.
+MAX_HELD_CONNECTIONS = 64
+
+
+def _held_by(client: Any) -> dict[tuple[int, int], Any]:
+    held = client.__dict__.get("_emp_held")
+    if held is None:
+        held = client.__dict__["_emp_held"] = {}
+    return held
+
+
+def held_connection(client: Any) -> Any:
+    """This thread's own connection of ``client``'s pool (None: use the client).
+
+    Kept on the client, per process and thread, so a fork or another thread
+    never shares it.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    held = _held_by(client)
+    key = (os.getpid(), threading.get_ident())
+    connection = held.get(key)
+    if connection is None:
+        if len(held) >= MAX_HELD_CONNECTIONS:
+            return None
+        connection = held[key] = pool.make_connection()
+    return connection
+
+
+def release_connection(client: Any) -> None:
+    """Drop this thread's held connection of ``client`` (after an error)."""
+    connection = _held_by(client).pop((os.getpid(), threading.get_ident()), None)
+    if connection is not None:
+        connection.disconnect()
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -93,13 +132,32 @@ class QueueFunctions:
         self.namespace = namespace
 
     def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        command = ("FCALL", name, len(keys), *keys, *args)
         try:
-            return self.client.fcall(name, len(keys), *keys, *args)
+            return self._send(command)
         except redis.ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
         ensure_library(self.client)
-        return self.client.fcall(name, len(keys), *keys, *args)
+        return self._send(command)
+
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        """Run one command on this thread's held connection.
+
+        Every job state change is one of these calls, on the hot path of
+        producers and workers; a held connection halves redis-py's per-call
+        CPU (no pool checkout, no retry wrapper). A connection error drops it
+        and the command goes through the client, with its usual retries.
+        """
+        connection = held_connection(self.client)
+        if connection is None:
+            return self.client.execute_command(*command)
+        try:
+            connection.send_command(*command)
+            return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            release_connection(self.client)
+            return self.client.execute_command(*command)
 
     def configure(self, **settings: int) -> None:
         """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms, max_attempts."""

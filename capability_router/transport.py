@@ -10,9 +10,12 @@ Features
   with ``emp_claim``. While claims succeed it claims again at once; when
   nothing matches it blocks on its own wake-up list, which an enqueue of a
   job it can serve pushes to. No busy polling, no fixed sleep.
-* Acks, rejects and restores go through ``emp_ack`` / ``emp_requeue``. Leases
-  replace the visibility timeout: the worker renews the leases of the jobs
-  it holds; a dead worker's jobs go back to pending when their lease expires.
+* Acks, rejects and restores go through ``emp_ack`` / ``emp_requeue``. Acks
+  ride on the worker's next claim (or go within a third of a lease): the
+  task's outcome already released the job, so an ack only catches attempts
+  that ended without one. Leases replace the visibility timeout: the worker
+  renews the leases of the jobs it holds; a dead worker's jobs go back to
+  pending when their lease expires.
 * Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
   unchanged.
 
