@@ -50,21 +50,31 @@ local function prefix_of(config_key)
   return string.sub(config_key, 1, #config_key - #'config')
 end
 
+-- Milliseconds since the epoch as a string of digits: ``arg`` when given,
+-- else Redis TIME. Kept as text, like every number handed back to Redis,
+-- because Lua formats numbers with printf("%.14g"), a large share of a
+-- function's cost; arithmetic still coerces it.
 local function now_ms(arg)
   if arg and arg ~= '' and arg ~= '0' then
-    return tonumber(arg)
+    return arg
   end
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local us = t[2]
+  return t[1] .. string.sub(string.rep('0', 6 - #us) .. us, 1, 3)
+end
+
+-- An integer as text without printf("%.14g").
+local function int(n)
+  return string.format('%d', n)
 end
 
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
     'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at')
   return {
-    events_maxlen = tonumber(v[1]) or 100000,
-    job_events_maxlen = tonumber(v[2]) or 1000,
-    retention_ms = tonumber(v[3]) or 7 * 24 * 3600 * 1000,
+    events_maxlen = v[1] or '100000',
+    job_events_maxlen = v[2] or '1000',
+    retention_ms = v[3] or '604800000',
     max_attempts = tonumber(v[4]) or 10,
     swept_at = tonumber(v[5]) or 0,
   }
@@ -76,11 +86,11 @@ end
 -- record and its stream expire together.
 local function emit(P, cfg, id, event, data, now, expire, raw_key, raw)
   data.job_id = id
-  data.timestamp = now
-  local payload = cjson.encode(data)
+  local payload = string.sub(cjson.encode(data), 1, -2) .. ',"timestamp":' .. now
   if raw_key then
-    payload = string.sub(payload, 1, -2) .. ',"' .. raw_key .. '":' .. raw .. '}'
+    payload = payload .. ',"' .. raw_key .. '":' .. raw
   end
+  payload = payload .. '}'
   redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
     'event', event, 'job_id', id, 'data', payload)
   local jk = P .. 'job:' .. id .. ':events'
@@ -171,7 +181,7 @@ end
 
 -- Keeps P.."heads" equal to the best score of each non-empty class.
 local function refresh_head(P, csig)
-  local head = redis.call('ZRANGE', P .. 'pending:' .. csig, 0, 0, 'WITHSCORES')
+  local head = redis.call('ZRANGE', P .. 'pending:' .. csig, '0', '0', 'WITHSCORES')
   if head[1] then
     redis.call('ZADD', P .. 'heads', head[2], csig)
   else
@@ -183,7 +193,7 @@ end
 -- Looks at the 128 most recent unexpired idle marks; expired ones are swept.
 local function wake_one(P, csig, now)
   local idle = redis.call('ZRANGE', P .. 'idle', '+inf', '(' .. now, 'BYSCORE', 'REV',
-    'LIMIT', 0, 128)
+    'LIMIT', '0', '128')
   if #idle == 0 then
     return false
   end
@@ -199,7 +209,7 @@ local function wake_one(P, csig, now)
       redis.call('ZREM', P .. 'idle', idle[i])
       local wk = P .. 'wake:' .. workers[i]
       redis.call('LPUSH', wk, '1')
-      redis.call('PEXPIRE', wk, 60000)
+      redis.call('PEXPIRE', wk, '60000')
       return workers[i]
     end
   end
@@ -250,7 +260,7 @@ end
 -- looks up the head score of each compatible class instead.
 -- Cost: O(classes), never O(jobs).
 local function pick_class(ck, heads_key)
-  local heads = redis.call('ZRANGE', heads_key, 0, 63)
+  local heads = redis.call('ZRANGE', heads_key, '0', '63')
   if #heads == 0 then
     return nil
   end
@@ -335,7 +345,7 @@ local HOUSEKEEP_EVERY_MS = 100
 
 -- Due retries into pending, expired leases back to pending; bounded work.
 local function housekeep(P, now, limit)
-  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', '0', limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', id)
     local f = redis.call('HMGET', P .. 'job:' .. id, 'status', 'class', 'score')
@@ -343,7 +353,7 @@ local function housekeep(P, now, limit)
       file_pending(P, id, f[2], f[3], now)
     end
   end
-  local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, limit)
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', '0', limit)
   if #expired > 0 then
     local cfg = config(P)
     for _, id in ipairs(expired) do
@@ -415,7 +425,7 @@ local function emp_enqueue(keys, args)
   local id, csig, class_json = args[1], args[2], args[3]
   local due = tonumber(args[5]) or 0
   local now = now_ms(args[7])
-  local at = tonumber(args[8]) or now
+  local at = tonumber(args[8]) or tonumber(now)
   local score = string.format('%.0f', (100 - tonumber(args[4])) * 1e13 + at)
   local jk = keys[2]
   local status = redis.call('HGET', jk, 'status')
@@ -432,7 +442,7 @@ local function emp_enqueue(keys, args)
     end
   end
   redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
-    'status', 'pending', 'attempts', 0, 'retries', 0, 'created_at', now,
+    'status', 'pending', 'attempts', '0', 'retries', '0', 'created_at', now,
     'message', args[6], unpack(args, 9))
   redis.call('ZADD', P .. 'jobs', now, id)
   local data = {}
@@ -447,9 +457,9 @@ local function emp_enqueue(keys, args)
     end
   end
   local cfg = config(P)
-  if due > now then
-    redis.call('HSET', jk, 'retry_at', due)
-    redis.call('ZADD', P .. 'delayed', due, id)
+  if due > tonumber(now) then
+    redis.call('HSET', jk, 'retry_at', args[5])
+    redis.call('ZADD', P .. 'delayed', args[5], id)
     data.run_at = due
     emit(P, cfg, id, 'job_submitted', data, now, true)
     return {'delayed'}
@@ -475,15 +485,15 @@ local function emp_claim(keys, args)
   local member = psig .. ':' .. worker
   ack_attempts(P, args, 7, now)
   local cfg = config(P)
-  local swept = now - cfg.swept_at >= HOUSEKEEP_EVERY_MS or now < cfg.swept_at
+  local swept = now - cfg.swept_at >= HOUSEKEEP_EVERY_MS or tonumber(now) < cfg.swept_at
   if swept then
-    housekeep(P, now, 50)
+    housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
   end
   local compat = P .. 'compat:' .. psig
   local best = pick_class(compat, keys[3])
   if not best and not swept then
-    housekeep(P, now, 50)
+    housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
     best = pick_class(compat, keys[3])
   end
@@ -491,10 +501,10 @@ local function emp_claim(keys, args)
     if redis.call('HEXISTS', keys[2], psig) == 0 then
       return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
     end
-    redis.call('ZADD', keys[4], now + tonumber(args[4]), member)
+    redis.call('ZADD', keys[4], int(now + args[4]), member)
     local next_due = 0
-    local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-    local l = redis.call('ZRANGE', P .. 'leases', 0, 0, 'WITHSCORES')
+    local d = redis.call('ZRANGE', P .. 'delayed', '0', '0', 'WITHSCORES')
+    local l = redis.call('ZRANGE', P .. 'leases', '0', '0', 'WITHSCORES')
     for _, r in ipairs({d, l}) do
       if r[2] then
         local wait = math.max(1, tonumber(r[2]) - now)
@@ -511,8 +521,8 @@ local function emp_claim(keys, args)
     redis.call('ZREM', keys[4], member)
   end
   local jk = P .. 'job:' .. id
-  local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
-  local deadline = now + tonumber(args[3])
+  local attempt = redis.call('HINCRBY', jk, 'attempts', '1')
+  local deadline = int(now + args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
     'assigned_at', now, 'lease_until', deadline)
   redis.call('ZADD', P .. 'leases', deadline, id)
@@ -573,7 +583,7 @@ local function emp_complete(keys, args)
     return refused
   end
   local now = now_ms(args[4])
-  end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', 100},
+  end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
     'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
     'result', '{"status":"success","data":' .. args[3] .. '}')
   return 'ok'
@@ -612,15 +622,15 @@ local function emp_retry(keys, args)
     return refused
   end
   local cfg = config(P)
-  local retries = redis.call('HINCRBY', keys[2], 'retries', 1)
+  local retries = redis.call('HINCRBY', keys[2], 'retries', '1')
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
-    'last_error', args[5], 'retry_at', due)
+    'last_error', args[5], 'retry_at', args[3])
   redis.call('HDEL', keys[2], 'lease_until')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
     retries = retries, retry_at = due, error = args[5]}, now)
-  if due > now then
-    redis.call('ZADD', keys[3], due, id)
+  if due > tonumber(now) then
+    redis.call('ZADD', keys[3], args[3], id)
     return 'delayed'
   end
   file_pending(P, id, f[4], f[5], now)
@@ -686,7 +696,7 @@ local function emp_renew(keys, args)
   local P = prefix_of(keys[1])
   local worker = args[1]
   local now = now_ms(args[3])
-  local deadline = now + tonumber(args[2])
+  local deadline = int(now + args[2])
   local lost = {}
   for i = 4, #args, 2 do
     local id, attempt = args[i], args[i + 1]
@@ -712,7 +722,7 @@ local function emp_sweep(keys, args)
   local now = now_ms(args[2])
   local moved = housekeep(P, now, tonumber(args[1]) or 100)
   redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', now - config(P).retention_ms)
+  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', int(now - config(P).retention_ms))
   return moved
 end
 
