@@ -215,10 +215,11 @@ class QueueFunctions:
         )
         return parse_claim(reply)
 
-    def start(self, job_id: str, attempt: int | str, worker_id: str) -> str:
+    def start(self, job_id: str, attempt: int | str, hostname: str = "") -> str:
+        """Mark the attempt running ('ok'), or return the status that forbids it."""
         k = self.keys
         return _text(self._call("emp_start", [k.config, k.job(job_id)],
-                                [job_id, attempt, worker_id]))
+                                [job_id, attempt, hostname]))
 
     def progress(
         self, job_id: str, attempt: int | str, progress: float,

@@ -14,7 +14,6 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from capability_router.errors import InvalidJob
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks.cancellation import check_cancelled, is_cancelled
@@ -120,4 +119,4 @@ class EmpTask(Task):
                              max_retries=max_retries, **options)
 
 
-__all__ = ["EmpTask", "InvalidJob"]
+__all__ = ["EmpTask"]

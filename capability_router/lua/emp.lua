@@ -532,19 +532,20 @@ end
 
 --[[ emp_start
 KEYS[1] config  KEYS[2] job record
-ARGV[1] job id  ARGV[2] attempt  ARGV[3] worker id  ARGV[4] now (optional)
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] Celery hostname running it
+ARGV[4] now (optional)
 Returns 'ok', or the job's status when this attempt may not run. ]]
 local function emp_start(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local now = now_ms(args[4])
-  local f, refused = fence(keys[2], attempt)
+  local f, refused = fence(keys[2], attempt, 'worker_id')
   if not f then
     return refused
   end
   if f[1] == 'assigned' then
-    redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now)
-    emit(P, config(P), id, 'job_started', {worker_id = args[3], attempt = tonumber(f[2])}, now)
+    local now = now_ms(args[4])
+    redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3])
+    emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2])}, now)
   end
   return 'ok'
 end

@@ -19,9 +19,13 @@ def test_job_runs_end_to_end_with_progress(app, start_worker) -> None:
     start_worker("w1")
     result = submit("simulation", {"steps": 4, "duration": 0.4}, app=app)
     assert result.get(timeout=30)["steps"] == 4
-    events = [e["event"] for e in job_events(result.id, app=app)]
+    history = job_events(result.id, app=app)
+    events = [e["event"] for e in history]
     assert events[:3] == ["job_submitted", "job_assigned", "job_started"]
     assert events.count("update_job_progress") == 4 and events[-1] == "complete_job"
+    assert {e["data"]["worker_id"] for e in history[1:]} == {"w1"}
+    assert [e["data"]["progress"] for e in history if e["event"] == "update_job_progress"] == [
+        25, 50, 75, 100]
     record = get_job(result.id, app=app)
     assert record["status"] == "completed" and record["worker_id"] == "w1"
     assert record["progress"] == 100 and record["result"]["steps"] == 4
