@@ -106,6 +106,19 @@ def release_connection(client: Any) -> None:
         connection.disconnect()
 
 
+#: Largest result kept whole in the job record and its event, bytes of JSON
+#: (``EMP_MAX_RESULT_BYTES``); Celery's result backend keeps the full value.
+MAX_RESULT_BYTES = int(os.environ.get("EMP_MAX_RESULT_BYTES", 64 * 1024))
+
+
+def result_summary(result: Any, limit: int = MAX_RESULT_BYTES) -> str:
+    """The result as JSON, or a marked preview when it is over ``limit`` bytes."""
+    text = json.dumps(result, default=repr)
+    if len(text) <= limit:
+        return text
+    return json.dumps({"truncated": True, "bytes": len(text), "preview": text[:1024]})
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -230,9 +243,10 @@ class QueueFunctions:
                                 [job_id, attempt, progress, json.dumps(details or {})]))
 
     def complete(self, job_id: str, attempt: int | str, result: Any) -> str:
+        """Record success ('ok'), or return the status that refuses it (fencing)."""
         k = self.keys
         return _text(self._call("emp_complete", [k.config, k.job(job_id)],
-                                [job_id, attempt, json.dumps(result, default=repr)]))
+                                [job_id, attempt, result_summary(result)]))
 
     def fail(self, job_id: str, attempt: int | str, error: str) -> str:
         k = self.keys

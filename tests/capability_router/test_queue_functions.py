@@ -203,3 +203,13 @@ def test_idle_worker_is_woken_only_by_a_job_it_can_serve(queue: QueueFunctions) 
     assert queue.client.llen(wake) == 1
     enqueue(queue, "fits-too")
     assert queue.client.llen(wake) == 1, "a worker is woken once per idle mark"
+
+
+def test_oversize_result_is_kept_as_a_marked_preview(queue: QueueFunctions) -> None:
+    queue.register_worker(ANY)
+    enqueue(queue, "huge")
+    claimed = queue.claim(ANY.signature, "any", 60_000)
+    assert queue.complete("huge", claimed.attempt, {"blob": "x" * 200_000}) == "ok"
+    stored = json.loads(queue.client.hget(queue.keys.job("huge"), "result"))
+    assert stored["truncated"] is True and stored["bytes"] > 200_000
+    assert len(stored["preview"]) == 1024

@@ -131,3 +131,13 @@ def test_job_in_another_pool_runs_only_on_that_pools_workers(app, start_worker) 
     result.get(timeout=30)
     record = get_job(result.id, app=app)  # found without naming the pool
     assert record["pool"] == "gpu" and record["worker_id"] == "gpu-pool"
+
+
+def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
+    """Fanout (pidbox) stays kombu's: `celery inspect` and Flower see the workers."""
+    start_worker("inspectable")
+    replies = app.control.inspect(timeout=2).ping() or {}
+    assert any(name.startswith("inspectable@") for name in replies), replies
+    registered = app.control.inspect(timeout=2).registered() or {}
+    tasks = next(v for k, v in registered.items() if k.startswith("inspectable@"))
+    assert "emp.echo" in tasks and "emp.simulation" in tasks
