@@ -46,6 +46,7 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
+        **defaults.time_limits(),
     }
 
 

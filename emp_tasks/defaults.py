@@ -38,6 +38,20 @@ def idle_block_seconds() -> float:
     return float(env("EMP_IDLE_BLOCK_SECONDS", str(IDLE_BLOCK_SECONDS)))
 
 
+def time_limits() -> dict[str, float]:
+    """Celery time limits from ``EMP_TASK_TIME_LIMIT`` / ``EMP_TASK_SOFT_TIME_LIMIT`` (seconds).
+
+    A job over its hard limit is killed and ends ``failed``; over its soft
+    limit the task gets SoftTimeLimitExceeded and may clean up first.
+    """
+    limits = {}
+    for name, setting in (("EMP_TASK_TIME_LIMIT", "task_time_limit"),
+                          ("EMP_TASK_SOFT_TIME_LIMIT", "task_soft_time_limit")):
+        if env(name):
+            limits[setting] = float(env(name))
+    return limits
+
+
 def queue_settings() -> dict[str, int]:
     """Namespace tunables handed to the function library."""
     return {

@@ -375,7 +375,7 @@ local function ack_attempts(P, args, first, now)
     local jk = P .. 'job:' .. id
     local f = fence(jk, attempt, 'worker_id')
     if f then
-      local err = 'task ended without recording an outcome'
+      local err = 'task ended without recording an outcome (hard time limit or crash)'
       end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
         {worker_id = f[3], attempt = tonumber(f[2]), error = err}, now)
       failed = failed + 1

@@ -141,3 +141,13 @@ def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
     registered = app.control.inspect(timeout=2).registered() or {}
     tasks = next(v for k, v in registered.items() if k.startswith("inspectable@"))
     assert "emp.echo" in tasks and "emp.simulation" in tasks
+
+
+def test_time_limits_end_jobs_failed_with_the_reason(app, start_worker) -> None:
+    start_worker("w1")
+    soft = submit("echo", {"sleep": 10}, soft_time_limit=1, app=app)
+    hard = submit("echo", {"sleep": 10}, time_limit=1, app=app)
+    wait_for(lambda: status_of(app, soft.id) == "failed" and status_of(app, hard.id) == "failed",
+             timeout=30, message="both time-limited jobs to fail")
+    assert "SoftTimeLimitExceeded" in get_job(soft.id, app=app)["last_error"]
+    assert "hard time limit" in get_job(hard.id, app=app)["last_error"]
