@@ -13,8 +13,9 @@ from SLOWLOG (``slowlog-log-slower-than 0``), so client and network time are
 excluded. Reported: p50/p99/mean µs of all claims and of successful ones per
 level, and the growth p99(100k)/p99(1k). Targets: p99 <= 1000 µs, growth <= 2x.
 Successful claims are also broken down by the number of classes the profile
-can serve, and by whether it could serve one of the first 32 heads (the head
-scan) or not (the SMEMBERS + ZSCORE-per-class fallback of ``emp_claim``).
+can serve, and by whether it could serve one of the first 64 class heads (found
+in the claim's first look) or not (the claim scans on, or looks up the head of
+each class it can serve).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json, quick_args, start_redis, summary, verdict  # noqa: E402
-from capability_router.functions import QueueFunctions, ensure_library  # noqa: E402
+from capability_router.functions import QueueFunctions, claim_args, ensure_library  # noqa: E402
 from capability_router.jobspec import JobSpec  # noqa: E402
 from capability_router.profile import WorkerProfile  # noqa: E402
 
@@ -130,20 +131,20 @@ def sample_level(
     client.slowlog_reset()
     outcomes: list[bool] = []  # claim replies in the order sent: True = got a job
     chosen: list[int] = []  # compatible-class count of the claiming profile
-    # True when the profile can serve none of the first 32 heads (seen at batch start): the
-    # claim then leaves the head scan for its SMEMBERS + ZSCORE-per-class lookup.
+    # True when the profile can serve none of the first 64 heads (seen at batch start): the
+    # claim then scans on, or looks up the head of each class it can serve.
     fallback: list[bool] = []
     while len(outcomes) < claims:
         n = min(batch, claims - len(outcomes))
-        front = set(client.zrange(k.heads, 0, 31))
+        front = set(client.zrange(k.heads, 0, 63))
         pipe = client.pipeline(transaction=False)
         for _ in range(n):
             profile = rng.choice(profiles)
             serves = compat[profile.signature]
             chosen.append(len(serves))
             fallback.append(not front & serves)
-            pipe.fcall("emp_claim", 4, k.config, k.profiles, k.heads, k.idle,
-                       profile.signature, profile.worker_id, LEASE_MS, 5000, 0)
+            pipe.execute_command(*claim_args(k, profile.signature, profile.worker_id,
+                                             LEASE_MS, 5000))
         outcomes += [int(reply[0]) == 1 for reply in pipe.execute()]
         filler.fill(n, batch=n)  # keep the backlog at its level
     # Only this client talks to the server, so the logged claims (oldest first) line up
@@ -232,7 +233,7 @@ def main() -> None:
             print(f"          hits by compatible classes of the profile: {parts}", flush=True)
             scan, fb = result["hit_us_head_scan"], result["hit_us_fallback"]
             print(f"          {result['fallback_share']:.0%} of claims by profiles serving none of "
-                  f"the first 32 heads: p50 {fb['p50']:.0f} p99 {fb['p99']:.0f} us; the others "
+                  f"the first 64 heads: p50 {fb['p50']:.0f} p99 {fb['p99']:.0f} us; the others "
                   f"p50 {scan['p50']:.0f} p99 {scan['p99']:.0f} us", flush=True)
 
         p99_lo = results["1000"]["all_us"]["p99"]
