@@ -15,7 +15,7 @@ def is_cancelled(context: JobContext | None) -> bool:
         context.functions.keys.job(context.job_id), "status", "attempts"
     )
     return status == JobStatus.CANCELLED or (
-        context.fenced and attempts is not None and int(attempts) != context.attempt
+        attempts is not None and int(attempts) != context.attempt
     )
 
 

@@ -14,21 +14,17 @@ from emp_tasks.connection import get_functions
 
 @dataclass(frozen=True)
 class JobContext:
-    """The job behind one task execution (None attempt: eager or foreign run)."""
+    """The claimed job behind one task execution; its writes are fenced by ``attempt``."""
 
     job_id: str
-    attempt: int | None
+    attempt: int
     namespace: str
     functions: QueueFunctions
 
-    @property
-    def fenced(self) -> bool:
-        """True when the run came from a claim and its writes are fenced."""
-        return self.attempt is not None
-
 
 def job_context(task: Any) -> JobContext | None:
-    """The context of the task's current request, None outside a claimed job."""
+    """The context of the task's current request; None when it was not claimed
+    (run eagerly, or sent through another transport)."""
     request = task.request
     if request is None or request.id is None or getattr(request, "is_eager", False):
         return None
