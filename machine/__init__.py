@@ -1,0 +1,1 @@
+"""One machine's runtime: per-GPU workers, connectors, health server, supervision, logs."""

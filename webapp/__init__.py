@@ -1,0 +1,1 @@
+"""The API server, webhook service and monitor (Flask, flask-sock, Flower)."""
