@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,21 @@ def start_worker(
 
 
 _workers: list[subprocess.Popen[bytes]] = []
+
+
+@contextmanager
+def running_worker(
+    app: str, queue: str, env: dict[str, str], concurrency: int, log_path: Path,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker for the body of a ``with``; its log tail is printed if the body fails."""
+    proc = start_worker(app, queue, env, concurrency, log_path)
+    try:
+        yield proc
+    except Exception:
+        print(f"--- worker log ({log_path}) ---\n{log_path.read_text()[-3000:]}", flush=True)
+        raise
+    finally:
+        stop_worker(proc)
 
 
 @atexit.register

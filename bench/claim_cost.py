@@ -115,14 +115,6 @@ class Filler:
             done += min(batch, count - done)
 
 
-def pending_count(client: redis.Redis, keys: Any) -> int:
-    heads = client.zrange(keys.heads, 0, -1)
-    pipe = client.pipeline(transaction=False)
-    for csig in heads:
-        pipe.zcard(keys.pending(csig.decode()))
-    return sum(pipe.execute())
-
-
 def sample_level(
     client: redis.Redis, filler: Filler, profiles: list[WorkerProfile],
     compat: dict[str, set[bytes]], claims: int, batch: int, rng: random.Random,
@@ -211,7 +203,7 @@ def main() -> None:
         results: dict[str, Any] = {}
         for level in levels:
             t0 = time.monotonic()
-            missing = level - pending_count(client, functions.keys)
+            missing = level - functions.pending_count()
             if missing > 0:
                 filler.fill(missing)
             fill_s = time.monotonic() - t0
@@ -221,7 +213,7 @@ def main() -> None:
             result = sample_level(client, filler, profiles, compat_of, claims, batch_n, rng)
             result["fill_seconds"] = round(fill_s, 2)
             result["sample_seconds"] = round(time.monotonic() - t0, 2)
-            result["pending_after"] = pending_count(client, functions.keys)
+            result["pending_after"] = functions.pending_count()
             results[str(level)] = result
             s = result["all_us"]
             print(f"{level:>7} pending: claim p50 {s['p50']:.0f} us, p99 {s['p99']:.0f} us "

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
     emit_json,
     quick_args,
+    running_worker,
     start_redis,
-    start_worker,
-    stop_worker,
     summary,
     verdict,
     worker_env,
@@ -66,11 +65,10 @@ def run_stack(stack: str, url: str, n: int, logdir: Path, rng: random.Random) ->
             tasks.stock_stamp.apply_async(kwargs={"submitted": now}, queue="stock")
 
     log = logdir / f"{stack}.log"
-    proc = start_worker(app, queue, env, 1, log)
     latencies: list[float] = []
     round_trips: list[float] = []
     publish: list[float] = []
-    try:
+    with running_worker(app, queue, env, 1, log):
         for i in range(n + WARMUP):
             if i == WARMUP:
                 client.config_resetstat()
@@ -86,11 +84,6 @@ def run_stack(stack: str, url: str, n: int, logdir: Path, rng: random.Random) ->
                 publish.append((t1 - t0) * 1000.0)
                 latencies.append(float(reply[1]))
         stats = client.info("commandstats")
-    except Exception:
-        print(f"--- {stack} worker log ---\n{log.read_text()[-3000:]}", flush=True)
-        raise
-    finally:
-        stop_worker(proc)
     calls = {name.removeprefix("cmdstat_"): round(v["calls"] / n, 2) for name, v in stats.items()}
     wanted = ("fcall", "blpop", "brpop", "lpush", "time")
     return {"start_ms": summary(latencies), "publish_ms": summary(publish),

@@ -32,9 +32,8 @@ from bench._common import (  # noqa: E402
     group_cpu_seconds,
     quick_args,
     redis_cpu_seconds,
+    running_worker,
     start_redis,
-    start_worker,
-    stop_worker,
     verdict,
     worker_env,
 )
@@ -81,8 +80,7 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
             tasks.stock_noop.apply_async(queue=STOCK_QUEUE)
 
     log = logdir / f"{stack}-{int(time.time() * 1000)}.log"
-    proc = start_worker(app, queue, env, CONCURRENCY, log)
-    try:
+    with running_worker(app, queue, env, CONCURRENCY, log) as proc:
         t0 = time.monotonic()
         send()  # warm-up: the worker is consuming once this one has run
         wait_counter(client, tasks.DONE_KEY, 1, 60, proc)
@@ -98,11 +96,6 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         done = wait_counter(client, tasks.DONE_KEY, n, 300, proc)
         cpu1 = (time.process_time(), group_cpu_seconds(proc.pid), redis_cpu_seconds(client))
         stats = client.info("commandstats")
-    except Exception:
-        print(f"--- {stack} worker log ({log}) ---\n{log.read_text()[-3000:]}", flush=True)
-        raise
-    finally:
-        stop_worker(proc)
     extra = int(client.get(tasks.DONE_KEY) or 0) - n
     total = done - start
     tail = n - done_at_submit_end

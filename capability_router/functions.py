@@ -288,6 +288,14 @@ class QueueFunctions:
         reply = self._call("emp_renew", [k.config, k.leases], [worker_id, lease_ms, 0, *flat])
         return [_text(x) for x in reply]
 
+    def pending_count(self) -> int:
+        """Jobs waiting to be claimed (due retries included once promoted)."""
+        classes = self.client.zrange(self.keys.heads, 0, -1)
+        with self.client.pipeline(transaction=False) as pipe:
+            for csig in classes:
+                pipe.zcard(self.keys.pending(_text(csig)))
+            return sum(pipe.execute())
+
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""
         return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]) or 0)

@@ -114,13 +114,8 @@ def parse_key(key: str) -> tuple[str, str]:
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
 
 
-def idle_member(profile_signature: str, worker_id: str) -> str:
-    """Member of the ``idle`` zset for a worker waiting for work."""
-    return f"{profile_signature}:{worker_id}"
-
-
 def parse_idle_member(member: str) -> tuple[str, str]:
-    """(profile signature, worker id) of an ``idle`` zset member."""
+    """(profile signature, worker id) of an ``idle`` zset member (built by emp_claim)."""
     profile_signature, _, worker_id = member.partition(":")
     return profile_signature, worker_id
 

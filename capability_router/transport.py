@@ -252,9 +252,14 @@ class Channel(kombu_redis.Channel):
     def register(self, namespace: str) -> None:
         """Register this worker's profile with a namespace it consumes."""
         self.functions(namespace).register_worker(self.worker)
-        self.sync_client.sadd(NAMESPACES_KEY, namespace)
+        self.note_namespace(namespace)
         self._registered_queues.add(namespace)
-        self._known_queues.add(namespace)
+
+    def note_namespace(self, namespace: str) -> None:
+        """Record the namespace once, so get_job can find its jobs."""
+        if namespace not in self._known_queues:
+            self.sync_client.sadd(NAMESPACES_KEY, namespace)
+            self._known_queues.add(namespace)
 
     # -- publish ------------------------------------------------------------
 
@@ -271,9 +276,7 @@ class Channel(kombu_redis.Channel):
         # running task reads (pool, max_retries), so every claim moves less.
         headers[HEADER] = task_header(spec)
         functions = self.functions(queue)
-        if queue not in self._known_queues:
-            self.sync_client.sadd(NAMESPACES_KEY, queue)
-            self._known_queues.add(queue)
+        self.note_namespace(queue)
         due_ms = _eta_ms(headers.get("eta"))
         headers["eta"] = None  # the due time is Redis's business; the message runs at once
         if headers.get("retries"):
@@ -402,12 +405,7 @@ class Channel(kombu_redis.Channel):
     def _size(self, queue: str) -> int:
         if not is_job_queue(queue):
             return super()._size(queue)
-        keys = Keys(queue)
-        classes = self.sync_client.zrange(keys.heads, 0, -1)
-        with self.sync_client.pipeline() as pipe:
-            for csig in classes:
-                pipe.zcard(keys.pending(csig.decode() if isinstance(csig, bytes) else csig))
-            return sum(pipe.execute())
+        return self.functions(queue).pending_count()
 
 
 class Transport(kombu_redis.Transport):
