@@ -228,11 +228,13 @@ class QueueFunctions:
         )
         return parse_claim(reply)
 
-    def start(self, job_id: str, attempt: int | str, hostname: str = "") -> str:
+    def start(
+        self, job_id: str, attempt: int | str, hostname: str = "", machine_id: str = ""
+    ) -> str:
         """Mark the attempt running ('ok'), or return the status that forbids it."""
         k = self.keys
         return _text(self._call("emp_start", [k.config, k.job(job_id)],
-                                [job_id, attempt, hostname]))
+                                [job_id, attempt, hostname, 0, machine_id]))
 
     def progress(
         self, job_id: str, attempt: int | str, progress: float,
@@ -264,6 +266,11 @@ class QueueFunctions:
         k = self.keys
         reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed], [job_id, reason])
         return tuple(_text(x) for x in reply)
+
+    def resubmit(self, job_id: str, reason: str = "resubmitted by request") -> str:
+        """Run a failed or cancelled job again: 'pending', or the status that refuses it."""
+        k = self.keys
+        return _text(self._call("emp_resubmit", [k.config, k.job(job_id)], [job_id, reason]))
 
     def ack(self, acks: list[tuple[str, int | str]], now_ms: int | None = None) -> int:
         """Acknowledge attempts; returns how many ended without an outcome (now failed)."""

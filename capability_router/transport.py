@@ -59,6 +59,7 @@ from capability_router.functions import (
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
 from capability_router.profile import WorkerProfile
+from capability_router.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class QoS(kombu_redis.QoS):
             )
         for job_id in lost:
             logger.warning("lease of job %s was lost; its result will be refused", job_id)
+        channel.heartbeat([job_id for jobs in self.held_leases().values() for job_id, _ in jobs])
         return lost
 
 
@@ -196,6 +198,7 @@ class Channel(kombu_redis.Channel):
         self._acks: dict[str, list[tuple[str, str]]] = {}
         #: Namespaces where this worker's last claim got a job, so it holds no idle mark.
         self._busy_in: set[str] = set()
+        self._announced = False
         ensure_library(self.sync_client)
 
     # -- helpers ------------------------------------------------------------
@@ -245,6 +248,9 @@ class Channel(kombu_redis.Channel):
     def close(self) -> None:
         try:
             self.flush_acks()
+            if self._announced:
+                WorkerRegistry(self.sync_client).leave(
+                    self.worker.worker_id, self.worker.machine_id or "")
         except Exception:  # closing anyway; an unsent ack only delays lease expiry
             logger.debug("could not flush acks at close", exc_info=True)
         super().close()
@@ -254,6 +260,19 @@ class Channel(kombu_redis.Channel):
         self.functions(namespace).register_worker(self.worker)
         self.note_namespace(namespace)
         self._registered_queues.add(namespace)
+        self.heartbeat([])
+
+    def heartbeat(self, jobs: list[str]) -> None:
+        """Tell the worker registry this worker is alive and what it holds."""
+        if not self._registered_queues:
+            return
+        try:
+            WorkerRegistry(self.sync_client).heartbeat(
+                self.worker.as_dict(), sorted(self._registered_queues), jobs,
+                ttl_ms=self.lease_ms * 3, first=not self._announced)
+            self._announced = True
+        except redis.RedisError:
+            logger.debug("heartbeat failed; the next renewal retries", exc_info=True)
 
     def note_namespace(self, namespace: str) -> None:
         """Record the namespace once, so get_job can find its jobs."""

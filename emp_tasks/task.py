@@ -87,7 +87,10 @@ class EmpTask(Task):
         if context is None:
             return super().__call__(*args, **kwargs)
         task_id = self.request.id
-        outcome = context.functions.start(task_id, context.attempt, self.request.hostname or "")
+        profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
+        outcome = context.functions.start(
+            task_id, context.attempt, self.request.hostname or "", profile.get("machine_id") or ""
+        )
         if outcome != "ok":
             raise Ignore(f"job {task_id} is {outcome}; not running it")
         try:

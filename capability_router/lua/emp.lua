@@ -31,6 +31,13 @@ they live in the same slot as the declared key.
   P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
                                   workers -> ms their idle mark expires
   P.."wake:"..worker_id    LIST   wake-up tokens an idle worker blocks on
+  P.."status:"..status     ZSET   job id -> ms it entered that status (listing)
+  P.."by:"..field..":"..v  ZSET   job id -> submit ms, for field service,
+                                  customer and workflow (listing filters)
+  P.."indexes"             SET    names of the "by:" keys (for the sweep)
+
+Both streams carry each event under the same entry id, so a reader can
+resume either from the id it last saw.
 
 Order score: (100 - effective priority) * 1e13 + effective time in ms, lower
 first, exact below 2^53. It is kept as a string: Lua's default number
@@ -39,9 +46,12 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '3'
+local VERSION = '4'
 
 local ACTIVE = {assigned = true, in_progress = true}
+-- Record fields with a listing index, and the index's name.
+local BY_FIELD = {service_required = 'service', customer_id = 'customer',
+  workflow_id = 'workflow'}
 local TERMINAL = {completed = true, failed = true, cancelled = true}
 
 -- helpers -----------------------------------------------------------------
@@ -91,13 +101,48 @@ local function emit(P, cfg, id, event, data, now, expire, raw_key, raw)
     payload = payload .. ',"' .. raw_key .. '":' .. raw
   end
   payload = payload .. '}'
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
+  local eid = redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
     'event', event, 'job_id', id, 'data', payload)
   local jk = P .. 'job:' .. id .. ':events'
-  redis.call('XADD', jk, 'MAXLEN', '~', cfg.job_events_maxlen, '*',
+  -- Same id in the job's stream; '*' only if that stream is somehow ahead.
+  local added = redis.pcall('XADD', jk, 'MAXLEN', '~', cfg.job_events_maxlen, eid,
     'event', event, 'job_id', id, 'data', payload)
+  if type(added) == 'table' and added.err then
+    redis.call('XADD', jk, 'MAXLEN', '~', cfg.job_events_maxlen, '*',
+      'event', event, 'job_id', id, 'data', payload)
+  end
   if expire then
     redis.call('PEXPIRE', jk, cfg.retention_ms)
+  end
+  return eid
+end
+
+-- Moves a job between the status listing indexes.
+local function index_status(P, id, old, new, now)
+  if old and old ~= new then
+    redis.call('ZREM', P .. 'status:' .. old, id)
+  end
+  redis.call('ZADD', P .. 'status:' .. new, now, id)
+end
+
+-- Workflow milestones derived from a step's own event: the first step
+-- submitted, the last step completed, any step failed for good.
+local function emit_workflow(P, cfg, id, event, f, now)
+  local wf, step, total = f[1], tonumber(f[2]), tonumber(f[3])
+  if not wf or wf == '' then
+    return
+  end
+  local name
+  if event == 'job_submitted' and (step == nil or step == 1) then
+    name = 'workflow_submitted'
+  elseif event == 'complete_job' and step ~= nil and total ~= nil and step >= total then
+    name = 'workflow_completed'
+  elseif event == 'job_failed' then
+    name = 'workflow_failed'
+  end
+  if name then
+    emit(P, cfg, id, name, {workflow_id = wf, current_step = step, total_steps = total,
+      customer_id = f[4]}, now)
   end
 end
 
@@ -248,10 +293,14 @@ end
 -- its event stream set to expire after the retention, the event appended.
 local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
   local cfg = config(P)
+  local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
+    'customer_id', 'status')
   redis.call('HSET', jk, 'status', status, unpack(fields))
+  index_status(P, id, f[5], status, now)
   redis.call('ZREM', P .. 'leases', id)
   redis.call('PEXPIRE', jk, cfg.retention_ms)
   emit(P, cfg, id, event, data, now, true, raw_key, raw)
+  emit_workflow(P, cfg, id, event, f, now)
 end
 
 -- The class whose best job comes first among those the profile can serve.
@@ -332,6 +381,7 @@ local function return_to_pending(P, cfg, id, reason, now)
     return 'failed'
   end
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason)
+  index_status(P, id, f[1], 'pending', now)
   redis.call('HDEL', jk, 'lease_until')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
@@ -445,15 +495,32 @@ local function emp_enqueue(keys, args)
     'status', 'pending', 'attempts', '0', 'retries', '0', 'created_at', now,
     'message', args[6], unpack(args, 9))
   redis.call('ZADD', P .. 'jobs', now, id)
+  index_status(P, id, nil, 'pending', now)
   local data = {}
+  local wf = {}
   for i = 9, #args, 2 do
-    local name = args[i]
+    local name, value = args[i], args[i + 1]
+    local by = BY_FIELD[name]
+    if by and value ~= '' then
+      local ik = P .. 'by:' .. by .. ':' .. value
+      redis.call('ZADD', ik, now, id)
+      redis.call('SADD', P .. 'indexes', ik)
+    end
     if name == 'service_required' then
-      data.job_type = args[i + 1]
+      data.job_type = value
     elseif name == 'priority' then
-      data.priority = tonumber(args[i + 1])
+      data.priority = tonumber(value)
     elseif name == 'customer_id' or name == 'workflow_id' then
-      data[name] = args[i + 1]
+      data[name] = value
+    end
+    if name == 'workflow_id' then
+      wf[1] = value
+    elseif name == 'current_step' then
+      wf[2] = value
+    elseif name == 'total_steps' then
+      wf[3] = value
+    elseif name == 'customer_id' then
+      wf[4] = value
     end
   end
   local cfg = config(P)
@@ -461,12 +528,12 @@ local function emp_enqueue(keys, args)
     redis.call('HSET', jk, 'retry_at', args[5])
     redis.call('ZADD', P .. 'delayed', args[5], id)
     data.run_at = due
-    emit(P, cfg, id, 'job_submitted', data, now, true)
-    return {'delayed'}
+  else
+    file_pending(P, id, csig, score, now)
   end
   emit(P, cfg, id, 'job_submitted', data, now, true)
-  file_pending(P, id, csig, score, now)
-  return {'queued'}
+  emit_workflow(P, cfg, id, 'job_submitted', wf, now)
+  return {due > tonumber(now) and 'delayed' or 'queued'}
 end
 
 --[[ emp_claim
@@ -525,6 +592,7 @@ local function emp_claim(keys, args)
   local deadline = int(now + args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
     'assigned_at', now, 'lease_until', deadline)
+  index_status(P, id, 'pending', 'assigned', now)
   redis.call('ZADD', P .. 'leases', deadline, id)
   emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
   return {1, id, attempt, redis.call('HGET', jk, 'message')}
@@ -533,7 +601,7 @@ end
 --[[ emp_start
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] attempt  ARGV[3] Celery hostname running it
-ARGV[4] now (optional)
+ARGV[4] now (optional)  ARGV[5] machine id (optional)
 Returns 'ok', or the job's status when this attempt may not run. ]]
 local function emp_start(keys, args)
   local P = prefix_of(keys[1])
@@ -544,8 +612,12 @@ local function emp_start(keys, args)
   end
   if f[1] == 'assigned' then
     local now = now_ms(args[4])
-    redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3])
-    emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2])}, now)
+    local machine = args[5] or ''
+    redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3],
+      'machine_id', machine)
+    index_status(P, id, 'assigned', 'in_progress', now)
+    emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
+      machine_id = machine}, now)
   end
   return 'ok'
 end
@@ -568,6 +640,9 @@ local function emp_progress(keys, args)
   data.worker_id = f[3]
   redis.call('HSET', keys[2], 'status', 'in_progress', 'progress', args[3],
     'progress_details', args[4], 'updated_at', now)
+  if f[1] ~= 'in_progress' then
+    index_status(P, id, f[1], 'in_progress', now)
+  end
   emit(P, config(P), id, 'update_job_progress', data, now)
   return 'ok'
 end
@@ -626,6 +701,7 @@ local function emp_retry(keys, args)
   local retries = redis.call('HINCRBY', keys[2], 'retries', '1')
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
     'last_error', args[5], 'retry_at', args[3])
+  index_status(P, id, f[1], 'pending', now)
   redis.call('HDEL', keys[2], 'lease_until')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
@@ -723,8 +799,49 @@ local function emp_sweep(keys, args)
   local now = now_ms(args[2])
   local moved = housekeep(P, now, tonumber(args[1]) or 100)
   redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', int(now - config(P).retention_ms))
+  local cfg = config(P)
+  local cutoff = int(now - cfg.retention_ms)
+  redis.call('ZREMRANGEBYSCORE', P .. 'jobs', '-inf', cutoff)
+  for status in pairs(TERMINAL) do
+    redis.call('ZREMRANGEBYSCORE', P .. 'status:' .. status, '-inf', cutoff)
+  end
+  for _, ik in ipairs(redis.call('SMEMBERS', P .. 'indexes')) do
+    redis.call('ZREMRANGEBYSCORE', ik, '-inf', cutoff)
+    if redis.call('EXISTS', ik) == 0 then
+      redis.call('SREM', P .. 'indexes', ik)
+    end
+  end
   return moved
+end
+
+--[[ emp_resubmit
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
+A failed or cancelled job runs again: back to pending at its old place with
+its attempts reset and its record kept. Returns 'pending', or the status
+that refuses it ('missing' when there is no such job). ]]
+local function emp_resubmit(keys, args)
+  local P = prefix_of(keys[1])
+  local id = args[1]
+  local now = now_ms(args[3])
+  local f = redis.call('HMGET', keys[2], 'status', 'class', 'score', 'service_required',
+    'priority', 'customer_id', 'workflow_id')
+  if not f[1] then
+    return 'missing'
+  end
+  if f[1] ~= 'failed' and f[1] ~= 'cancelled' then
+    return f[1]
+  end
+  redis.call('HSET', keys[2], 'status', 'pending', 'attempts', '0', 'retries', '0',
+    'worker_id', '', 'resubmitted_at', now)
+  redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
+  redis.call('PERSIST', keys[2])
+  index_status(P, id, f[1], 'pending', now)
+  emit(P, config(P), id, 'job_resubmitted', {previous_status = f[1], reason = args[2],
+    job_type = f[4], priority = tonumber(f[5]), customer_id = f[6], workflow_id = f[7]},
+    now, true)
+  file_pending(P, id, f[2], f[3], now)
+  return 'pending'
 end
 
 redis.register_function{function_name = 'emp_version', callback = emp_version,
@@ -742,3 +859,4 @@ redis.register_function('emp_ack', emp_ack)
 redis.register_function('emp_requeue', emp_requeue)
 redis.register_function('emp_renew', emp_renew)
 redis.register_function('emp_sweep', emp_sweep)
+redis.register_function('emp_resubmit', emp_resubmit)

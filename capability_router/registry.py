@@ -1,0 +1,148 @@
+"""Which workers and machines are alive: heartbeats kept in Redis.
+
+Workers write a small record on start and at every lease renewal; a record
+that stops being refreshed expires. The API, the monitor and the webhook
+service read it, and ``forget_machine`` returns a machine's jobs to pending.
+Presence is not job state, so plain commands with expiries do here; the
+requeue itself goes through the function library.
+
+Keys (outside any pool's hash tag, like ``emp:namespaces``):
+
+  emp:workers              ZSET   worker id -> ms of its last heartbeat
+  emp:worker:<id>          HASH   worker_id, machine_id, hostname, pools,
+                                  profile (JSON), jobs (JSON), started_at,
+                                  last_seen; expires after ``ttl_ms``
+  emp:system:events        STREAM worker_status events (online, offline)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import redis
+
+from capability_router.functions import QueueFunctions
+from capability_router.keys import NAMESPACES_KEY, PREFIX, Keys
+
+WORKERS_KEY = f"{PREFIX}:workers"
+SYSTEM_EVENTS_KEY = f"{PREFIX}:system:events"
+SYSTEM_EVENTS_MAXLEN = 10_000
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def emit_system_event(client: redis.Redis, event: str, data: dict[str, Any]) -> str:
+    """Append a worker or machine event to the system stream; returns its id."""
+    data = {**data, "timestamp": _now_ms()}
+    return client.xadd(SYSTEM_EVENTS_KEY, {"event": event, "data": json.dumps(data)},
+                       maxlen=SYSTEM_EVENTS_MAXLEN, approximate=True)
+
+
+class WorkerRegistry:
+    """Heartbeats of live workers and the queries built on them."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def heartbeat(
+        self, profile: dict[str, Any], pools: list[str], jobs: list[str], ttl_ms: int,
+        first: bool = False,
+    ) -> None:
+        """Record that the worker is alive, holding ``jobs``; ``first`` announces it."""
+        worker_id = profile["worker_id"]
+        now = _now_ms()
+        fields = {
+            "worker_id": worker_id, "machine_id": profile.get("machine_id") or "",
+            "hostname": socket.gethostname(), "pools": json.dumps(sorted(pools)),
+            "profile": json.dumps(profile), "jobs": json.dumps(jobs),
+            "status": "busy" if jobs else "idle", "last_seen": now,
+        }
+        if first:
+            fields["started_at"] = now
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(worker_key(worker_id), mapping=fields)
+            pipe.pexpire(worker_key(worker_id), ttl_ms)
+            pipe.zadd(WORKERS_KEY, {worker_id: now})
+            pipe.execute()
+        if first:
+            emit_system_event(self.client, "worker_status", {
+                "worker_id": worker_id, "machine_id": fields["machine_id"],
+                "status": "online", "services": profile.get("services", []),
+            })
+
+    def leave(self, worker_id: str, machine_id: str = "") -> None:
+        """A worker stopping cleanly: drop its record at once."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(worker_key(worker_id))
+            pipe.zrem(WORKERS_KEY, worker_id)
+            pipe.execute()
+        emit_system_event(self.client, "worker_status", {
+            "worker_id": worker_id, "machine_id": machine_id, "status": "offline",
+        })
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers' records; ids whose record expired are pruned."""
+        ids = self.client.zrange(WORKERS_KEY, 0, -1)
+        if not ids:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(worker_key(worker_id))
+            records = pipe.execute()
+        live, gone = [], []
+        for worker_id, record in zip(ids, records, strict=True):
+            if not record:
+                gone.append(worker_id)
+                continue
+            for name in ("pools", "profile", "jobs"):
+                record[name] = json.loads(record.get(name) or "null")
+            for name in ("last_seen", "started_at"):
+                if record.get(name):
+                    record[name] = int(record[name])
+            live.append(record)
+        if gone:
+            self.client.zrem(WORKERS_KEY, *gone)
+        return live
+
+    def machines(self) -> dict[str, list[dict[str, Any]]]:
+        """Live workers grouped by machine id ('' for workers that name none)."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for record in self.workers():
+            grouped.setdefault(record.get("machine_id") or "", []).append(record)
+        return grouped
+
+    def forget_machine(self, machine_id: str, reason: str = "machine removed") -> dict[str, Any]:
+        """Drop a machine's workers and return every job they hold to pending.
+
+        A job counts as the machine's when its record names the machine or a
+        worker of it. Requeues are fenced by attempt, so a worker of the
+        machine that is in fact still running has its later result refused.
+        """
+        workers = {w["worker_id"] for w in self.machines().get(machine_id, [])}
+        requeued: list[str] = []
+        for namespace in sorted(self.client.smembers(NAMESPACES_KEY) or {"default"}):
+            keys = Keys(namespace)
+            functions = QueueFunctions(self.client, namespace)
+            ids = self.client.zrange(keys.leases, 0, -1)
+            if not ids:
+                continue
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(keys.job(job_id), "attempts", "worker_id", "machine_id")
+                rows = pipe.execute()
+            for job_id, (attempt, worker_id, job_machine) in zip(ids, rows, strict=True):
+                if job_machine == machine_id or worker_id in workers:
+                    if functions.requeue(job_id, attempt or "", reason) in ("pending", "failed"):
+                        requeued.append(job_id)
+        for worker_id in workers:
+            self.leave(worker_id, machine_id)
+        return {"machine_id": machine_id, "workers": sorted(workers), "requeued_jobs": requeued}
