@@ -161,6 +161,28 @@ def demo(obj: dict[str, Any]) -> None:
 
 
 @main.command()
+@click.option("--host", envvar="EMP_API_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="EMP_API_PORT", type=int, default=3331, show_default=True)
+@click.pass_obj
+def api(obj: dict[str, Any], host: str, port: int) -> None:
+    """Run the API server (REST, OpenAPI, WebSockets) under gunicorn."""
+    from webapp.api import run
+
+    run(obj["url"], host, port)
+
+
+@main.command()
+@click.option("--host", envvar="EMP_WEBHOOK_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="EMP_WEBHOOK_PORT", type=int, default=3332, show_default=True)
+@click.pass_obj
+def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
+    """Run the webhook service: registrations API and durable signed delivery."""
+    from webapp.webhooks import run
+
+    run(obj["url"], host, port)
+
+
+@main.command()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".emp"),
               show_default=True, help="Where the local Redis keeps its append-only file.")

@@ -1,0 +1,57 @@
+"""The API server (``emp api``, port 3331): REST, OpenAPI and WebSockets.
+
+An app factory in Flask's manner: settings in, blueprints registered, the
+shared backend and the event fan-out attached to the app.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from webapp.auth import error, warn_if_open
+from webapp.backend import Backend
+from webapp.serve import serve
+from webapp.settings import API_PORT, WebSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: WebSettings | None = None) -> Flask:
+    """Build the API app; ``settings`` default to the environment's."""
+    from webapp.api import events, jobs, openapi, sockets, system
+
+    settings = settings or WebSettings.from_env()
+    app = Flask(__name__)
+    app.config["EMP_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5}
+    app.json.sort_keys = False
+    app.extensions["emp"] = Backend.connect(settings.redis_url)
+    app.extensions["emp_events"] = events.EventHub(settings.redis_url)
+    for blueprint in (jobs.blueprint, system.blueprint, openapi.blueprint):
+        app.register_blueprint(blueprint)
+    sockets.init_app(app)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
+        if exc.code == 413:
+            return error(413, f"request body over the {settings.max_body_bytes}-byte limit")
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # noqa: ANN202 - Flask response
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+    return app
+
+
+def run(redis_url: str, host: str = "127.0.0.1", port: int = API_PORT) -> None:
+    """Serve the API under gunicorn until stopped."""
+    settings = WebSettings.from_env(redis_url=redis_url)
+    logging.basicConfig(level=logging.INFO)
+    warn_if_open(settings, "emp api")
+    serve(lambda: create_app(settings), host, port, settings.threads)

@@ -1,0 +1,100 @@
+"""Bearer-token authentication shared by the API, its WebSockets and the webhook service.
+
+A token maps to a customer id (that customer's jobs only) or to an admin
+(everything). With no token configured the services run open, and say so.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, Callable
+
+from flask import current_app, g, jsonify, request
+
+from webapp.settings import WebSettings
+
+logger = logging.getLogger(__name__)
+
+OPEN_WARNING = (
+    "NO API TOKENS CONFIGURED: anyone who can reach this port can submit, read and "
+    "cancel every job. Set EMP_API_TOKENS and/or EMP_ADMIN_TOKENS."
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an admin, or one customer."""
+
+    customer_id: str | None = None
+    admin: bool = False
+
+    def may_see(self, job_customer: str | None) -> bool:
+        return self.admin or (job_customer or None) == self.customer_id
+
+
+def _find(settings: WebSettings, token: str) -> Principal | None:
+    # compare_digest on every candidate: no early exit that leaks which prefix matched
+    found: Principal | None = None
+    for admin in settings.admin_tokens:
+        if hmac.compare_digest(admin.encode(), token.encode()):
+            found = Principal(admin=True)
+    for candidate, customer in settings.customer_tokens.items():
+        if hmac.compare_digest(candidate.encode(), token.encode()):
+            found = Principal(customer_id=customer)
+    return found
+
+
+def authenticate(settings: WebSettings, authorization: str | None,
+                 query_token: str | None = None) -> Principal | None:
+    """The principal of a request's ``Authorization: Bearer`` header (or ``?token=``
+    for WebSocket clients that cannot set headers); None when refused."""
+    if settings.open:
+        return Principal(admin=True)
+    token = query_token
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        token = value.strip()
+    if not token:
+        return None
+    return _find(settings, token)
+
+
+def error(status: int, message: str, **extra: Any) -> Any:
+    """The JSON error body every endpoint uses: ``{success: false, error}``."""
+    response = jsonify({"success": False, "error": message, **extra})
+    response.status_code = status
+    return response
+
+
+def require_auth(admin: bool = False) -> Callable:
+    """Route decorator: 401 without a valid token, 403 when ``admin`` is needed."""
+
+    def decorate(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            settings: WebSettings = current_app.config["EMP_SETTINGS"]
+            principal = authenticate(settings, request.headers.get("Authorization"),
+                                     request.args.get("token"))
+            if principal is None:
+                response = error(401, "missing or invalid bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="emp"'
+                return response
+            if admin and not principal.admin:
+                return error(403, "this endpoint needs an admin token")
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def warn_if_open(settings: WebSettings, service: str) -> None:
+    if settings.open:
+        banner = "!" * len(OPEN_WARNING)
+        logger.warning("%s\n%s: %s\n%s", banner, service, OPEN_WARNING, banner)

@@ -1,0 +1,35 @@
+"""What a request handler talks to: the Celery app, a Redis client, the registry.
+
+Built once per app by the factory and kept in ``app.extensions["emp"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+
+from capability_router.registry import WorkerRegistry
+from emp_tasks.app import create_app as create_celery_app
+from emp_tasks.connection import get_client
+
+
+@dataclass
+class Backend:
+    celery: Celery
+    redis: redis.Redis
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        return WorkerRegistry(self.redis)
+
+    @classmethod
+    def connect(cls, redis_url: str) -> Backend:
+        return cls(create_celery_app(redis_url), get_client(redis_url))
+
+
+def backend() -> Backend:
+    """The backend of the app handling the current request."""
+    return current_app.extensions["emp"]

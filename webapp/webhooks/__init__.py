@@ -1,0 +1,1 @@
+"""Placeholder: the webhook service (being written)."""
