@@ -186,23 +186,33 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".emp"),
               show_default=True, help="Where the local Redis keeps its append-only file.")
+@click.option("--api-port", type=int, default=3331, show_default=True)
+@click.option("--webhook-port", type=int, default=3332, show_default=True)
+@click.option("--no-web", is_flag=True, help="Skip the API and the webhook service.")
 @click.option("--demo", "with_demo", is_flag=True, help="Run the demo, then shut down.")
-def up(workers: int, data_dir: Path, with_demo: bool) -> None:
-    """Bring the system up locally: Redis (unless EMP_REDIS_URL) and simulation workers."""
-    from emp_tasks.demo import run_demo
+def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, no_web: bool,
+       with_demo: bool) -> None:
+    """Bring the system up locally: Redis (unless EMP_REDIS_URL), simulation
+    workers, the API server and the webhook service."""
+    from emp_tasks.demo import run_api_demo, run_demo
     from emp_tasks.stack import local_stack
 
+    ports = {} if no_web else {"api": api_port, "webhooks": webhook_port}
     try:
-        with local_stack(data_dir, workers) as url:
-            click.echo(f"EMP is up: redis {url}, {workers} workers (logs in {data_dir})")
+        with local_stack(data_dir, workers, ports) as stack:
+            services = ", ".join(f"{name} {url}" for name, url in stack.services.items())
+            click.echo(f"EMP is up: redis {stack.redis_url}, {workers} workers"
+                       f"{', ' + services if services else ''} (logs in {data_dir})")
             if with_demo:
-                ok = run_demo(url)
+                ok = run_demo(stack.redis_url)
+                if "api" in stack.services:
+                    ok = run_api_demo(stack.services["api"]) and ok
                 click.echo("demo: all jobs completed" if ok else "demo: some jobs did not complete")
                 sys.exit(0 if ok else 1)
             click.echo("Ctrl-C to stop")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             signal.pause()
-    except (EmpError, TimeoutError) as exc:
+    except (EmpError, TimeoutError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import requests
 from rich.console import Console
 from rich.table import Table
+from simple_websocket import Client
 
 from capability_router.states import JobStatus
 from emp_tasks.app import create_app
@@ -48,3 +51,30 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
     console.print(table)
     app.close()
     return all(r["status"] == JobStatus.COMPLETED for r in records.values())
+
+
+def run_api_demo(api: str, timeout: float = 60.0, console: Console | None = None) -> bool:
+    """Submit one job over REST and follow it on the client WebSocket; True if it completed."""
+    console = console or Console()
+    reply = requests.post(f"{api}/api/jobs", json={
+        "service_required": "simulation", "priority": 60,
+        "payload": {"steps": 5, "duration": 1.0}}, timeout=10)
+    reply.raise_for_status()
+    job_id = reply.json()["job_id"]
+    console.print(f"POST {api}/api/jobs -> {reply.status_code} job {job_id[:8]}")
+    ws = Client.connect(api.replace("http", "ws", 1) + "/ws/client/emp-demo")
+    try:
+        ws.send(json.dumps({"type": "subscribe_progress", "job_id": job_id}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+            message = json.loads(text) if text else {}
+            if message.get("type") == "update_job_progress":
+                console.print(f"  websocket: progress {message['progress']:.0f}%")
+            elif message.get("type") == "complete_job":
+                status = message["result"]["status"]
+                console.print(f"  websocket: complete_job ({status}) on {message['worker_id']}")
+                return status == "success"
+    finally:
+        ws.close()
+    return False

@@ -1,7 +1,8 @@
-"""The whole system on one box (``emp up``): Redis, then capability workers.
+"""The whole system on one box (``emp up``): Redis, workers, API, webhooks.
 
 Uses ``EMP_REDIS_URL`` when set; otherwise starts a local server with
-append-only persistence in the data directory.
+append-only persistence in the data directory. Every process logs to a file
+in the data directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import requests
 
 from capability_router.keys import Keys, idle_workers
 from emp_tasks import defaults
@@ -63,9 +67,44 @@ def wait_for_workers(url: str, worker_ids: list[str], timeout: float = 60.0) -> 
     raise TimeoutError(f"workers {worker_ids} did not start within {timeout:.0f}s")
 
 
+def start_service(command: str, port: int, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``emp api`` or ``emp webhooks`` on ``port``, logging to ``log_dir``."""
+    log = open(log_dir / f"{command}.log", "ab")
+    env = {**os.environ, "EMP_REDIS_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "emp_tasks.cli", command, "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Return once ``base``/health answers 200; raise if the process dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{base} exited with {process.returncode}; see its log")
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base}/health did not answer within {timeout:.0f}s")
+
+
+@dataclass
+class Stack:
+    """Addresses of what ``local_stack`` started."""
+
+    redis_url: str
+    services: dict[str, str] = field(default_factory=dict)
+
+
 @contextmanager
-def local_stack(data_dir: Path, workers: int = 2) -> Iterator[str]:
-    """Redis (unless EMP_REDIS_URL is set) and ``workers`` local workers; yields the URL."""
+def local_stack(data_dir: Path, workers: int = 2,
+                ports: dict[str, int] | None = None) -> Iterator[Stack]:
+    """Redis (unless EMP_REDIS_URL is set), ``workers`` local workers and the web
+    services named in ``ports`` ({"api": 3331, "webhooks": 3332})."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = None
     url = defaults.env("EMP_REDIS_URL")
@@ -73,9 +112,15 @@ def local_stack(data_dir: Path, workers: int = 2) -> Iterator[str]:
         server = LocalRedis(data_dir / "redis").start()
         url = server.url
     processes = [start_worker(i, url, data_dir) for i in range(workers)]
+    stack = Stack(url)
     try:
+        for command, port in (ports or {}).items():
+            process = start_service(command, port, url, data_dir)
+            processes.append(process)
+            stack.services[command] = f"http://127.0.0.1:{port}"
+            wait_for_health(stack.services[command], process)
         wait_for_workers(url, [f"local-{i}" for i in range(workers)])
-        yield url
+        yield stack
     finally:
         for process in processes:
             if process.poll() is None:

@@ -7,7 +7,8 @@ One process keeps the in-process event fan-out (and webhook dispatcher) single.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from emp_tasks.local_redis import free_port
 
 EMP = [sys.executable, "-m", "emp_tasks.cli"]
 
@@ -21,11 +22,13 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "EMP_REDIS_URL"}
     env["EMP_LEASE_SECONDS"] = "5"
-    done = subprocess.run([*EMP, "up", "--demo", "--data-dir", str(tmp_path)],
+    ports = ["--api-port", str(free_port()), "--webhook-port", str(free_port())]
+    done = subprocess.run([*EMP, "up", "--demo", "--data-dir", str(tmp_path), *ports],
                           capture_output=True, text=True, timeout=180,
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: all jobs completed" in done.stdout
+    assert "websocket: complete_job (success)" in done.stdout, "the API and its socket ran too"
     assert (tmp_path / "redis" / "appendonlydir").exists(), "append-only persistence is on"
 
 

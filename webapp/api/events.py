@@ -1,9 +1,216 @@
-"""Placeholder: the event fan-out (being written)."""
+"""Fan-out of the Redis Streams event log to the API's WebSocket connections.
+
+One thread per API process reads every pool's ``events`` stream and the
+system stream with a blocking XREAD and hands each event to the
+subscriptions that want it. A subscription first registers (so live events
+queue up), then replays what it missed from Redis, then drains its queue,
+skipping what the replay already sent: ids are shared by a pool's stream and
+each job's stream, so "newer than the last id sent" is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.registry import SYSTEM_EVENTS_KEY
+from emp_tasks.connection import get_client
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the list of pools.
+NAMESPACE_REFRESH_SECONDS = 5.0
+#: Events a subscription may hold unread before it is dropped as too slow.
+SUBSCRIPTION_BACKLOG = 10_000
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log."""
+
+    id: str
+    name: str
+    job_id: str | None
+    data: dict[str, Any]
+    #: Pool of a job event; None for system events (workers, machines).
+    namespace: str | None
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str], namespace: str | None) -> Event:
+        try:
+            data = json.loads(fields.get("data") or "{}")
+        except ValueError:
+            data = {"raw": fields.get("data")}
+        return cls(entry_id, fields.get("event", ""), fields.get("job_id") or data.get("job_id"),
+                   data, namespace)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What one connection wants, and the queue its events wait in."""
+
+    #: Job ids (client connections); ignored when ``everything`` is set.
+    jobs: set[str] = field(default_factory=set)
+    #: Monitors: every job event; ``system`` adds worker and machine events.
+    everything: bool = False
+    system: bool = False
+    #: Called with each matching event (from the hub thread); default queues it.
+    queue: queue.Queue[Event] = field(default_factory=lambda: queue.Queue(SUBSCRIPTION_BACKLOG))
+    overflowed: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def wants(self, event: Event) -> bool:
+        if event.namespace is None:
+            return self.system
+        return self.everything or event.job_id in self.jobs
+
+    def offer(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except queue.Full:
+            self.overflowed = True
 
 
 class EventHub:
+    """The process's single reader of the event log."""
+
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
+        self._lock = threading.Lock()
+        self._subscriptions: set[Subscription] = set()
+        self._cursors: dict[str, str] = {}
+        self._namespaces_at = 0.0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
-    def connections(self) -> dict:
-        return {"clients": [], "monitors": []}
+    @property
+    def client(self) -> redis.Redis:
+        return get_client(self.redis_url)
+
+    # -- subscriptions ----------------------------------------------------
+
+    def subscribe(self, subscription: Subscription, namespaces: Iterable[str] = ()) -> None:
+        """Start delivering live events to ``subscription``.
+
+        Events from this moment on are queued; callers replay older ones
+        themselves (``replay_job``, ``replay_pools``) and skip duplicates.
+        """
+        self.track(namespaces or [DEFAULT_NAMESPACE])
+        with self._lock:
+            self._subscriptions.add(subscription)
+        self._ensure_thread()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    def connections(self) -> dict[str, list[dict[str, Any]]]:
+        """Open WebSocket connections, for ``GET /api/connections``."""
+        with self._lock:
+            subs = list(self._subscriptions)
+        out: dict[str, list[dict[str, Any]]] = {"clients": [], "monitors": []}
+        for sub in subs:
+            kind = "monitors" if sub.everything or sub.system else "clients"
+            out[kind].append({**sub.info, "subscribed_jobs": sorted(sub.jobs)})
+        return out
+
+    # -- replay -------------------------------------------------------------
+
+    def replay_job(self, namespace: str, job_id: str, after: str | None) -> list[Event]:
+        """A job's events newer than ``after`` (all of them when None)."""
+        start = f"({after}" if after else "-"
+        entries = self.client.xrange(Keys(namespace).job_events(job_id), min=start)
+        return [Event.from_entry(i, f, namespace) for i, f in entries]
+
+    def replay_pools(self, after: str, limit: int = 10_000) -> list[Event]:
+        """Every pool's events newer than ``after``, oldest first."""
+        events: list[Event] = []
+        for namespace in self.namespaces():
+            entries = self.client.xrange(Keys(namespace).events, min=f"({after}", count=limit)
+            events += [Event.from_entry(i, f, namespace) for i, f in entries]
+        events.sort(key=lambda e: id_key(e.id))
+        return events[:limit]
+
+    def namespaces(self) -> list[str]:
+        seen = self.client.smembers(NAMESPACES_KEY)
+        return sorted({DEFAULT_NAMESPACE, *seen})
+
+    # -- the reader thread ------------------------------------------------
+
+    def track(self, namespaces: Iterable[str]) -> None:
+        """Make sure the reader follows these pools from their current end."""
+        streams = [Keys(ns).events for ns in namespaces]
+        if SYSTEM_EVENTS_KEY not in self._cursors:
+            streams.append(SYSTEM_EVENTS_KEY)
+        missing = [s for s in streams if s not in self._cursors]
+        if not missing:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for stream in missing:
+                pipe.xrevrange(stream, count=1)
+            tails = pipe.execute()
+        with self._lock:
+            for stream, tail in zip(missing, tails, strict=True):
+                self._cursors.setdefault(stream, tail[0][0] if tail else "0-0")
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, name="emp-event-hub", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        # A client of its own: a blocking XREAD must not hold a pooled connection others need.
+        reader = redis.Redis.from_url(self.redis_url, decode_responses=True,
+                                      socket_timeout=10, health_check_interval=30)
+        while not self._stopping.is_set():
+            try:
+                self._read_once(reader)
+            except redis.RedisError:
+                logger.warning("event log read failed; retrying in 1 s", exc_info=True)
+                time.sleep(1.0)
+
+    def _read_once(self, reader: redis.Redis) -> None:
+        now = time.monotonic()
+        if now - self._namespaces_at > NAMESPACE_REFRESH_SECONDS:
+            self.track(self.namespaces())
+            self._namespaces_at = now
+        with self._lock:
+            cursors = dict(self._cursors)
+        reply = reader.xread(cursors, block=1000, count=500)
+        for stream, entries in reply or []:
+            namespace = None if stream == SYSTEM_EVENTS_KEY else _namespace_of(stream)
+            for entry_id, fields in entries:
+                self._dispatch(Event.from_entry(entry_id, fields, namespace))
+            with self._lock:
+                self._cursors[stream] = entries[-1][0]
+
+    def _dispatch(self, event: Event) -> None:
+        with self._lock:
+            subs = [s for s in self._subscriptions if s.wants(event)]
+        for sub in subs:
+            sub.offer(event)
+
+
+def _namespace_of(stream: str) -> str:
+    return stream[stream.index("{") + 1:stream.index("}")]
+

@@ -1,0 +1,214 @@
+"""The API's WebSockets against a real gunicorn server, Redis and workers.
+
+A real WebSocket client (simple-websocket) submits, follows, reconnects and
+cancels, as an existing client of the original system would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import requests
+from simple_websocket import Client, ConnectionClosed
+
+from capability_router.keys import Keys
+
+pytestmark = pytest.mark.timeout(180)
+
+TOKENS = {"EMP_API_TOKENS": "tok-a=cust-a,tok-b=cust-b", "EMP_ADMIN_TOKENS": "tok-admin"}
+
+
+def connect(server: Any, path: str, token: str | None = None, **query: str) -> Client:
+    params = dict(query)
+    if token:
+        params["token"] = token
+    qs = "&".join(f"{k}={v}" for k, v in params.items())
+    return Client.connect(f"{server.ws_base}{path}" + (f"?{qs}" if qs else ""))
+
+
+def receive(ws: Client, timeout: float = 20.0) -> dict[str, Any]:
+    text = ws.receive(timeout=timeout)
+    if text is None:
+        raise TimeoutError("no message within the timeout")
+    return json.loads(text)
+
+
+def collect_until(ws: Client, done: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Messages until ``done(message)`` is true (that one included)."""
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = receive(ws, max(0.1, deadline - time.monotonic()))
+        messages.append(message)
+        if done(message):
+            return messages
+    raise TimeoutError(f"condition not met; got {[m.get('type') for m in messages]}")
+
+
+def finished(job_id: str):  # noqa: ANN201 - predicate
+    return lambda m: m.get("job_id") == job_id and m["type"] in ("complete_job", "job_cancelled")
+
+
+def test_job_submitted_over_the_socket_streams_progress_and_completion(
+    start_server, start_worker, client
+) -> None:
+    start_worker("ws-1")
+    api = start_server("api")
+    ws = connect(api, "/ws/client/client-1")
+    try:
+        hello = receive(ws)
+        assert hello["type"] == "connection_established" and hello["client_id"] == "client-1"
+        ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                            "message_id": "ws-job-1", "priority": 70,
+                            "payload": {"steps": 4, "duration": 0.4}}))
+        messages = collect_until(ws, finished("ws-job-1"))
+    finally:
+        ws.close()
+    types = [m["type"] for m in messages]
+    assert "job_submitted" in types and "job_assigned" in types
+    progress = [m["progress"] for m in messages if m["type"] == "update_job_progress"]
+    assert progress == [25, 50, 75, 100]
+    done = messages[-1]
+    assert done["type"] == "complete_job" and done["worker_id"] == "ws-1"
+    assert done["result"]["status"] == "success" and done["result"]["data"]["steps"] == 4
+    assert [m for m in messages if m["type"] == "job_assigned"][0]["worker_id"] == "ws-1"
+
+
+def test_job_submitted_over_rest_is_followed_on_the_socket(
+    start_server, start_worker, client
+) -> None:
+    start_worker("ws-2")
+    api = start_server("api")
+    reply = requests.post(f"{api.base}/api/jobs", json={
+        "service_required": "simulation", "payload": {"steps": 3, "duration": 0.6}}, timeout=10)
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["job_id"]
+    ws = connect(api, "/ws/client/client-2")
+    try:
+        receive(ws)
+        ws.send(json.dumps({"type": "subscribe_progress", "job_id": job_id}))
+        messages = collect_until(ws, finished(job_id))
+    finally:
+        ws.close()
+    # Subscribing late still gets the whole history, once, in order.
+    ids = [m["event_id"] for m in messages if "event_id" in m]
+    stream = [i for i, _ in client.xrange(Keys().job_events(job_id))]
+    assert ids == stream
+    assert messages[-1]["result"]["status"] == "success"
+
+
+def test_reconnect_with_last_event_id_gets_every_missed_event(
+    start_server, start_worker, client
+) -> None:
+    start_worker("ws-3")
+    api = start_server("api")
+    ws = connect(api, "/ws/client/client-3")
+    receive(ws)
+    ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                        "message_id": "ws-job-3", "payload": {"steps": 20, "duration": 4}}))
+    first = collect_until(ws, lambda m: m["type"] == "update_job_progress"
+                          and m["progress"] >= 10)
+    last_id = [m["event_id"] for m in first if "event_id" in m][-1]
+    ws.close()  # gone mid-job; progress goes on meanwhile
+    time.sleep(1.5)
+    ws = connect(api, "/ws/client/client-3", last_event_id=last_id)
+    try:
+        receive(ws)
+        second = collect_until(ws, finished("ws-job-3"))
+    finally:
+        ws.close()
+    seen = [m["event_id"] for m in first + second if "event_id" in m]
+    stream = [i for i, _ in client.xrange(Keys().job_events("ws-job-3"))]
+    assert seen == stream, "every event exactly once, in order"
+    missed = [m for m in second if m.get("type") == "update_job_progress"]
+    assert len(missed) >= 5, "the reconnect replayed what happened while away"
+
+
+def test_cancel_over_the_socket_stops_a_running_job(start_server, start_worker, client) -> None:
+    start_worker("ws-4")
+    api = start_server("api")
+    ws = connect(api, "/ws/client/client-4")
+    try:
+        receive(ws)
+        ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                            "message_id": "ws-job-4", "payload": {"steps": 50, "duration": 25}}))
+        collect_until(ws, lambda m: m["type"] == "update_job_progress")
+        ws.send(json.dumps({"type": "cancel_job", "job_id": "ws-job-4"}))
+        messages = collect_until(ws, finished("ws-job-4"))
+    finally:
+        ws.close()
+    assert messages[-1]["type"] == "job_cancelled"
+    assert client.hget(Keys().job("ws-job-4"), "status") == "cancelled"
+    time.sleep(1.0)  # the task stops at its next progress report and records nothing more
+    assert client.hget(Keys().job("ws-job-4"), "status") == "cancelled"
+
+
+def test_sockets_enforce_tokens_and_customer_isolation(
+    start_server, start_worker, client
+) -> None:
+    start_worker("ws-5")
+    api = start_server("api", **TOKENS)
+    # No token, a wrong token: an error message and the connection closed.
+    for token in (None, "nope"):
+        ws = connect(api, "/ws/client/x", token)
+        assert receive(ws)["error"] == "missing or invalid bearer token"
+        with pytest.raises(ConnectionClosed):
+            ws.receive(timeout=5)
+    # A customer token cannot open the monitor feed.
+    ws = connect(api, "/ws/monitor/m", "tok-a")
+    assert "admin" in receive(ws)["error"]
+    ws.close()
+
+    a = connect(api, "/ws/client/a", "tok-a")
+    receive(a)
+    a.send(json.dumps({"type": "submit_job", "service_required": "echo",
+                       "message_id": "job-of-a", "payload": {"sleep": 3}}))
+    assert collect_until(a, lambda m: m["type"] == "job_submitted")[-1]["job_id"] == "job-of-a"
+    # The job was filed under customer a, whatever the socket sent.
+    assert client.hget(Keys().job("job-of-a"), "customer_id") == "cust-a"
+
+    b = connect(api, "/ws/client/b", "tok-b")
+    receive(b)
+    b.send(json.dumps({"type": "subscribe_progress", "job_id": "job-of-a"}))
+    assert receive(b) == {"type": "error", "error": "job job-of-a not found",
+                          "job_id": "job-of-a"}
+    b.send(json.dumps({"type": "cancel_job", "job_id": "job-of-a"}))
+    assert receive(b)["error"] == "job job-of-a not found"
+    # Submitting as another customer is refused.
+    b.send(json.dumps({"type": "submit_job", "service_required": "echo",
+                       "customer_id": "cust-a", "message_id": "sneaky"}))
+    assert receive(b)["status"] == 403
+    assert not client.exists(Keys().job("sneaky"))
+    b.close()
+    done = collect_until(a, finished("job-of-a"))
+    a.close()
+    assert done[-1]["type"] == "complete_job", "b's cancel did not touch a's job"
+
+
+def test_monitor_gets_full_state_and_live_events(start_server, start_worker, client) -> None:
+    start_worker("ws-6", MACHINE_ID="machine-6")
+    api = start_server("api", **TOKENS)
+    ws = connect(api, "/ws/monitor/mon-1", "tok-admin")
+    try:
+        assert receive(ws)["type"] == "connection_established"
+        ws.send(json.dumps({"type": "subscribe", "topics": ["jobs", "workers", "machines"]}))
+        assert receive(ws)["type"] == "subscribed"
+        ws.send(json.dumps({"type": "request_full_state",
+                            "finishedJobsPagination": {"page": 1, "pageSize": 10}}))
+        snapshot = collect_until(ws, lambda m: m["type"] == "full_state_snapshot")[-1]
+        assert [w["worker_id"] for w in snapshot["workers"]] == ["ws-6"]
+        assert snapshot["machines"][0]["machine_id"] == "machine-6"
+        assert set(snapshot["jobs"]) == {"pending", "active", "completed", "failed"}
+        reply = requests.post(f"{api.base}/api/jobs", headers={
+            "Authorization": "Bearer tok-a"}, json={"service_required": "echo"}, timeout=10)
+        job_id = reply.json()["job_id"]
+        messages = collect_until(ws, finished(job_id))
+        started = [m for m in messages if m["type"] == "job_started"]
+        assert started and started[0]["machine_id"] == "machine-6"
+        ws.send(json.dumps({"type": "subscribe", "topics": ["bogus"]}))
+        assert receive(ws)["type"] == "error"
+    finally:
+        ws.close()

@@ -1,0 +1,151 @@
+"""``/ws/client/<client_id>``: submit jobs, follow their progress, cancel them.
+
+Messages in (``type``): ``submit_job`` (job fields at top level, optional
+``message_id`` as the job id), ``subscribe_progress {job_id, last_event_id?}``,
+``cancel_job {job_id}``. Messages out: ``connection_established``,
+``job_submitted``, then the job's events (``job_assigned``,
+``update_job_progress``, ``complete_job``, ``job_cancelled``, ...), each with
+its ``event_id``. Reconnecting with ``?last_event_id=`` resubscribes the
+client's jobs and sends every event it missed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+
+from capability_router.errors import EmpError, JobNotFound
+from emp_tasks import producer
+from webapp.api.events import Event, EventHub, Subscription
+from webapp.api.messages import client_message, error_message
+from webapp.api.session import Session
+from webapp.api.submission import ApiError, submit_job
+from webapp.auth import Principal
+from webapp.backend import Backend
+
+#: How long a client's subscriptions are remembered for a reconnect, seconds.
+SUBSCRIPTIONS_TTL = 24 * 3600
+
+
+def _subscriptions_key(principal: Principal, client_id: str) -> str:
+    owner = "admin" if principal.admin else f"customer:{principal.customer_id}"
+    return f"emp:ws:client:{owner}:{client_id}"
+
+
+class ClientConnection:
+    """One client's socket: its requests in, its jobs' events out."""
+
+    def __init__(self, ws: Any, client_id: str, principal: Principal, backend: Backend,
+                 hub: EventHub) -> None:
+        self.ws, self.client_id, self.principal = ws, client_id, principal
+        self.backend = backend
+        sub = Subscription(info={"client_id": client_id, "kind": "client",
+                                 "customer_id": principal.customer_id,
+                                 "connected_at": int(time.time() * 1000)})
+        #: Job id -> the message_id its submit_job carried, echoed on job_submitted.
+        self.message_ids: dict[str, Any] = {}
+        self.session = Session(ws, hub, sub, self.render)
+        self.key = _subscriptions_key(principal, client_id)
+
+    def render(self, event: Event) -> dict[str, Any]:
+        message = client_message(event)
+        if message["type"] == "job_submitted" and event.job_id in self.message_ids:
+            message["message_id"] = self.message_ids.pop(event.job_id)
+        return message
+
+    def run(self, last_event_id: str | None) -> None:
+        self.session.start()
+        self.session.send({"type": "connection_established", "client_id": self.client_id,
+                           "timestamp": int(time.time() * 1000)})
+        if last_event_id:
+            for member in self.backend.redis.smembers(self.key):
+                namespace, _, job_id = member.partition("|")
+                self._follow(job_id, last_event_id, namespace)
+        try:
+            while not self.session.closed:
+                text = self.ws.receive(timeout=1)
+                if text is not None:
+                    self.handle(text)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.session.close()
+
+    def handle(self, text: str | bytes) -> None:
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict):
+                raise ValueError("a message must be a JSON object")
+        except ValueError as exc:
+            self.session.send(error_message(f"invalid message: {exc}"))
+            return
+        kind = message.get("type")
+        handler = {"submit_job": self.submit, "subscribe_progress": self.subscribe,
+                   "cancel_job": self.cancel}.get(kind)
+        if handler is None:
+            self.session.send(error_message(f"unknown message type {kind!r}",
+                                            message_id=message.get("message_id")))
+            return
+        handler(message)
+
+    def submit(self, message: dict[str, Any]) -> None:
+        body = {k: v for k, v in message.items() if k != "type"}
+        try:
+            job_id, pool = submit_job(body, self.principal, self.backend.celery)
+        except ApiError as exc:
+            self.session.send(error_message(exc.message, status=exc.status,
+                                            message_id=message.get("message_id")))
+            return
+        # The job's own log answers: job_submitted first, then the rest.
+        self.message_ids[job_id] = message.get("message_id")
+        self._follow(job_id, None, pool, remember=True)
+
+    def subscribe(self, message: dict[str, Any]) -> None:
+        job_id = message.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            self.session.send(error_message("subscribe_progress needs a job_id"))
+            return
+        record = self._visible_job(job_id)
+        if record is None:
+            return
+        after = message.get("last_event_id")
+        self._follow(job_id, after if isinstance(after, str) else None,
+                     record.get("pool") or "default", remember=True)
+        self.session.send({"type": "subscribed", "job_id": job_id,
+                           "status": record.get("status")})
+
+    def cancel(self, message: dict[str, Any]) -> None:
+        job_id = message.get("job_id")
+        record = self._visible_job(job_id) if isinstance(job_id, str) else None
+        if record is None:
+            if not isinstance(job_id, str):
+                self.session.send(error_message("cancel_job needs a job_id"))
+            return
+        pool = record.get("pool") or "default"
+        self._follow(job_id, None, pool, remember=True)
+        try:
+            producer.cancel(job_id, pool=pool, app=self.backend.celery)
+        except EmpError as exc:
+            self.session.send(error_message(str(exc), job_id=job_id))
+
+    def _visible_job(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            record = producer.get_job(job_id, app=self.backend.celery)
+        except JobNotFound:
+            record = None
+        if record is None or not self.principal.may_see(record.get("customer_id")):
+            self.session.send(error_message(f"job {job_id} not found", job_id=job_id))
+            return None
+        return record
+
+    def _follow(self, job_id: str, after: str | None, pool: str,
+                remember: bool = False) -> None:
+        self.session.follow_job(pool, job_id, after)
+        if remember:
+            with self.backend.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.key, f"{pool}|{job_id}")
+                pipe.expire(self.key, SUBSCRIPTIONS_TTL)
+                pipe.execute()

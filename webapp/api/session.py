@@ -1,0 +1,148 @@
+"""One WebSocket connection's outgoing side: ordered, gap-free, never doubled.
+
+The handler thread reads what the client sends; a sender thread writes the
+events. When a job (or, for monitors, the whole log) is subscribed with a
+last-seen id, the live events that arrive meanwhile are held back until the
+missed ones have been read from Redis and sent, and anything at or below the
+last id sent for that job is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+
+from webapp.api.events import Event, EventHub, Subscription, id_key
+
+logger = logging.getLogger(__name__)
+
+#: Key of the whole-log cursor of a monitor session.
+ALL = "*"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Send what the log holds after ``after`` for a job (or for every pool)."""
+
+    job_id: str | None
+    namespace: str | None
+    after: str | None
+
+
+class Session:
+    """Sends one connection's events in order, replays before live."""
+
+    def __init__(self, ws: Any, hub: EventHub, subscription: Subscription,
+                 render: Callable[[Event], dict[str, Any]]) -> None:
+        self.ws, self.hub, self.sub, self.render = ws, hub, subscription, render
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._last: dict[str, tuple[int, int]] = {}
+        self._awaiting: set[str] = set()
+        self._held: dict[str, list[Event]] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="emp-ws-sender")
+
+    def start(self) -> Session:
+        self.hub.subscribe(self.sub)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self.hub.unsubscribe(self.sub)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one JSON message (thread-safe); marks the session closed on failure."""
+        try:
+            with self._send_lock:
+                self.ws.send(json.dumps(message, default=str))
+        except (ConnectionClosed, OSError):
+            self._closed.set()
+
+    def follow_job(self, namespace: str, job_id: str, after: str | None) -> None:
+        """Subscribe to a job; events after ``after`` (all when None) are sent first."""
+        self.hub.track([namespace])
+        with self._state_lock:
+            self._awaiting.add(job_id)
+        self.sub.jobs.add(job_id)
+        self.sub.queue.put(Replay(job_id, namespace, after))
+
+    def follow_all(self, after: str | None) -> None:
+        """Monitors: every pool's events, those after ``after`` first."""
+        self.hub.track(self.hub.namespaces())
+        if after:
+            with self._state_lock:
+                self._awaiting.add(ALL)
+        self.sub.everything = True
+        if after:
+            self.sub.queue.put(Replay(None, None, after))
+
+    # -- the sender thread --------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            if self.sub.overflowed:
+                logger.warning("dropping a WebSocket that fell %d events behind",
+                               self.sub.queue.maxsize)
+                self.send({"type": "error", "error": "too far behind; reconnect with "
+                           "your last event_id"})
+                self._closed.set()
+                try:
+                    self.ws.close()
+                except Exception:  # already gone
+                    pass
+                break
+            try:
+                item = self.sub.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if isinstance(item, Replay):
+                    self._replay(item)
+                else:
+                    self._live(item)
+            except Exception:  # a bad event or Redis hiccup must not kill the connection
+                logger.exception("could not send an event")
+
+    def _live(self, event: Event) -> None:
+        hold = ALL if self.sub.everything else (event.job_id or ALL)
+        with self._state_lock:
+            if hold in self._awaiting:
+                self._held.setdefault(hold, []).append(event)
+                return
+        self._emit(event)
+
+    def _replay(self, replay: Replay) -> None:
+        if replay.job_id is not None:
+            hold = replay.job_id
+            missed = self.hub.replay_job(replay.namespace or "default", hold, replay.after)
+        else:
+            hold = ALL
+            missed = self.hub.replay_pools(replay.after or "0-0")
+        with self._state_lock:
+            held = self._held.pop(hold, [])
+            self._awaiting.discard(hold)
+        for event in sorted(missed + held, key=lambda e: id_key(e.id)):
+            self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        # Ids are ordered within one pool's log: dedupe per pool (and per job for clients).
+        if event.namespace is not None:
+            key = event.namespace + ("" if self.sub.everything else ":" + (event.job_id or ""))
+            position = id_key(event.id)
+            if position <= self._last.get(key, (-1, -1)):
+                return
+            self._last[key] = position
+        self.send(self.render(event))

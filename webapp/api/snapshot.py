@@ -1,0 +1,91 @@
+"""The monitor's ``full_state_snapshot`` and ``system_stats``, from the indexes.
+
+Reads the per-status listing indexes and the worker registry; never scans
+the keyspace. Active and pending lists are capped; finished jobs are paged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capability_router.keys import Keys
+from emp_tasks.producer import decode_record
+from webapp.api.events import EventHub
+from webapp.backend import Backend
+
+#: Most pending or active jobs a snapshot lists.
+LIVE_LIMIT = 200
+STATUSES = ("pending", "assigned", "in_progress", "completed", "failed", "cancelled")
+
+
+def _jobs(backend: Backend, namespaces: list[str], status: str, start: int,
+          count: int) -> list[dict[str, Any]]:
+    client = backend.redis
+    found: list[tuple[float, str, str]] = []
+    for namespace in namespaces:
+        key = Keys(namespace).prefix + "status:" + status
+        for job_id, score in client.zrevrange(key, 0, start + count - 1, withscores=True):
+            found.append((score, namespace, job_id))
+    found.sort(reverse=True)
+    page = found[start:start + count]
+    with client.pipeline(transaction=False) as pipe:
+        for _, namespace, job_id in page:
+            pipe.hgetall(Keys(namespace).job(job_id))
+        records = pipe.execute()
+    return [decode_record(r) for r in records if r]
+
+
+def status_counts(backend: Backend, namespaces: list[str]) -> dict[str, int]:
+    with backend.redis.pipeline(transaction=False) as pipe:
+        for namespace in namespaces:
+            for status in STATUSES:
+                pipe.zcard(Keys(namespace).prefix + "status:" + status)
+        counts = pipe.execute()
+    totals = dict.fromkeys(STATUSES, 0)
+    for i, count in enumerate(counts):
+        totals[STATUSES[i % len(STATUSES)]] += count
+    return totals
+
+
+def system_stats(backend: Backend, hub: EventHub) -> dict[str, Any]:
+    namespaces = hub.namespaces()
+    workers = backend.registry.workers()
+    connections = hub.connections()
+    return {
+        "jobs": status_counts(backend, namespaces),
+        "workers": {"total": len(workers),
+                    "busy": sum(1 for w in workers if w.get("status") == "busy")},
+        "machines": len({w.get("machine_id") for w in workers}),
+        "connections": {k: len(v) for k, v in connections.items()},
+        "pools": namespaces,
+    }
+
+
+def full_state(backend: Backend, hub: EventHub, page: int, page_size: int) -> dict[str, Any]:
+    namespaces = hub.namespaces()
+    workers = backend.registry.workers()
+    machines: dict[str, dict[str, Any]] = {}
+    for worker in workers:
+        machine_id = worker.get("machine_id") or ""
+        machine = machines.setdefault(machine_id, {"machine_id": machine_id, "workers": [],
+                                                   "last_seen": 0})
+        machine["workers"].append(worker["worker_id"])
+        machine["last_seen"] = max(machine["last_seen"], worker.get("last_seen") or 0)
+    start = (page - 1) * page_size
+    active = (_jobs(backend, namespaces, "in_progress", 0, LIVE_LIMIT)
+              + _jobs(backend, namespaces, "assigned", 0, LIVE_LIMIT))
+    counts = status_counts(backend, namespaces)
+    return {
+        "workers": workers,
+        "machines": list(machines.values()),
+        "jobs": {
+            "pending": _jobs(backend, namespaces, "pending", 0, LIVE_LIMIT),
+            "active": active[:LIVE_LIMIT],
+            "completed": _jobs(backend, namespaces, "completed", start, page_size),
+            "failed": _jobs(backend, namespaces, "failed", start, page_size),
+        },
+        "finishedJobsPagination": {"page": page, "pageSize": page_size,
+                                   "totalCompleted": counts["completed"],
+                                   "totalFailed": counts["failed"]},
+        "system_stats": system_stats(backend, hub),
+    }
