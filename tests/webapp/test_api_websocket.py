@@ -160,7 +160,9 @@ def test_sockets_enforce_tokens_and_customer_isolation(
     # A customer token cannot open the monitor feed.
     ws = connect(api, "/ws/monitor/m", "tok-a")
     assert "admin" in receive(ws)["error"]
-    ws.close()
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.receive(timeout=5)
+    assert closed.value.reason == 1008
 
     a = connect(api, "/ws/client/a", "tok-a")
     receive(a)
