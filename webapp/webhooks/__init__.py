@@ -1,1 +1,71 @@
-"""Placeholder: the webhook service (being written)."""
+"""The webhook service (``emp webhooks``, port 3332): registrations and signed, durable delivery.
+
+Reads the event log (Redis Streams) with a consumer group, files one
+delivery per matching hook in a per-hook FIFO queue in Redis, and sends
+each queue's head with retries, backoff and a disconnect/reconnect cycle
+(``dispatcher.py``), signed the original's way and the Standard Webhooks
+way (``signing.py``), only to addresses the SSRF guard allows
+(``addresses.py``). Every delivery state lives in Redis, so a restarted
+service resumes where it stopped. Tunables: ``config.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from webapp.auth import error, warn_if_open
+from webapp.serve import serve
+from webapp.settings import WEBHOOK_PORT, WebSettings
+from webapp.webhooks.config import WebhookConfig
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: WebSettings | None = None, start_delivery: bool = True,
+               config: WebhookConfig | None = None) -> Flask:
+    """Build the webhook app; ``settings`` and ``config`` (a WebhookConfig) default to
+    the environment's. ``start_delivery=False`` serves the API without the delivery
+    threads (tests of the API alone)."""
+    from emp_tasks.connection import get_client
+    from webapp.webhooks import routes
+    from webapp.webhooks.service import DeliveryService
+
+    settings = settings or WebSettings.from_env()
+    config = config or WebhookConfig.from_env()
+    app = Flask(__name__)
+    app.config["EMP_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    delivery = DeliveryService(get_client(settings.redis_url), config)
+    app.extensions["emp_webhooks"] = delivery
+    app.register_blueprint(routes.bp)
+    if start_delivery:
+        delivery.start()
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
+        if exc.code == 413:
+            return error(413, f"request body over the {settings.max_body_bytes}-byte limit")
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # noqa: ANN202 - Flask response
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+    return app
+
+
+def run(redis_url: str, host: str = "127.0.0.1", port: int = WEBHOOK_PORT) -> None:
+    """Serve the webhook service under gunicorn until stopped."""
+    settings = WebSettings.from_env(redis_url=redis_url)
+    config = WebhookConfig.from_env()  # malformed EMP_WEBHOOK_* fail here, before serving
+    logging.basicConfig(level=logging.INFO)
+    warn_if_open(settings, "emp webhooks")
+    if config.allow_private:
+        logger.warning("EMP_WEBHOOK_ALLOW_PRIVATE is set: webhooks may reach private, "
+                       "loopback and link-local addresses")
+    serve(lambda: create_app(settings, config=config), host, port, settings.threads)

@@ -1,0 +1,208 @@
+"""The webhook registration API: validation, secrets, auth, the address guard.
+
+Most tests drive the Flask app in process (no delivery threads) against the
+module's real Redis; one runs ``emp webhooks`` under gunicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import requests
+from flask import Flask
+from standardwebhooks.webhooks import Webhook
+
+from webapp.settings import WebSettings
+from webapp.webhooks import create_app, keys
+from webapp.webhooks.config import WebhookConfig, parse_networks
+
+GOOD = {"url": "http://127.0.0.1:9/hook", "events": ["job_submitted", "complete_job"]}
+
+
+@pytest.fixture
+def make_app(redis_server, client: redis.Redis) -> Callable[..., Flask]:
+    """Factory of in-process webhook apps; loopback allowed unless told otherwise."""
+    apps: list[Flask] = []
+
+    def make(networks: str = "127.0.0.0/8", allow_private: bool = False,
+             **settings: Any) -> Flask:
+        config = WebhookConfig(allowed_networks=parse_networks(networks),
+                               allow_private=allow_private)
+        app = create_app(WebSettings(redis_url=redis_server.url, **settings),
+                         start_delivery=False, config=config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["emp_webhooks"].stop()
+
+
+def webhook_keys(client: redis.Redis) -> list[str]:
+    return sorted(client.scan_iter(match=keys.WEBHOOK_PREFIX.replace("{", "[{]") + "*"))
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"events": ["job_submitted"]}, "url", "required"),
+    ({**GOOD, "url": "ftp://example.com/x"}, "url", "http"),
+    ({**GOOD, "url": "not a url"}, "url", "http"),
+    ({**GOOD, "url": "http://"}, "url", "host"),
+    ({**GOOD, "url": 42}, "url", "string"),
+    ({"url": GOOD["url"]}, "events", "required"),
+    ({**GOOD, "events": []}, "events", "non-empty"),
+    ({**GOOD, "events": "job_submitted"}, "events", "array"),
+    ({**GOOD, "events": ["job_submitted", "job_exploded"]}, "events[1]", "unknown event type"),
+    ({**GOOD, "filters": {"colour": ["red"]}}, "filters.colour", "unknown field"),
+    ({**GOOD, "filters": {"job_types": "echo"}}, "filters.job_types", "array"),
+    ({**GOOD, "filters": {"priorities": [101]}}, "filters.priorities[0]", "0 to 100"),
+    ({**GOOD, "filters": {"priorities": ["high"]}}, "filters.priorities[0]", "0 to 100"),
+    ({**GOOD, "filters": {"min_priority": 80, "max_priority": 20}}, "filters.max_priority",
+     "at least"),
+    ({**GOOD, "retry_config": {"max_attempts": 0}}, "retry_config.max_attempts", "minimum"),
+    ({**GOOD, "retry_config": {"initial_delay_ms": 5000, "max_delay_ms": 100}},
+     "retry_config.max_delay_ms", "at least"),
+    ({**GOOD, "retry_config": {"retries": 3}}, "retry_config.retries", "unknown field"),
+    ({**GOOD, "secret": "whsec_!!not base64!!"}, "secret", "base64"),
+    ({**GOOD, "secret": ""}, "secret", "non-empty"),
+    ({**GOOD, "active": "yes"}, "active", "boolean"),
+    ({**GOOD, "headers": {"X": "y"}}, "headers", "unknown field"),
+])
+def test_bad_registration_is_refused_naming_the_field_and_writes_nothing(
+        make_app, client, body, field, words) -> None:
+    response = make_app().test_client().post("/webhooks", json=body)
+    assert response.status_code == 400, response.json
+    assert response.json["success"] is False
+    assert response.json["field"] == field
+    assert response.json["error"].startswith(f"{field}: ")
+    assert words in response.json["error"]
+    assert webhook_keys(client) == []
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b""])
+def test_body_that_is_not_a_json_object_is_refused(make_app, client, raw) -> None:
+    response = make_app().test_client().post(
+        "/webhooks", data=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "JSON object" in response.json["error"]
+    assert webhook_keys(client) == []
+
+
+@pytest.mark.parametrize(("url", "kind"), [
+    ("http://127.0.0.1:8080/hook", "loopback"),
+    ("http://localhost:8080/hook", "loopback"),
+    ("http://[::1]:8080/hook", "loopback"),
+    ("http://10.1.2.3/hook", "private"),
+    ("https://192.168.0.10/hook", "private"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://0.0.0.0/hook", "unspecified"),
+    ("http://100.64.0.1/hook", "non-global"),
+])
+def test_private_addresses_are_refused_at_registration(make_app, client, url, kind) -> None:
+    response = make_app(networks="").test_client().post("/webhooks", json={**GOOD, "url": url})
+    assert response.status_code == 400
+    assert response.json["field"] == "url"
+    assert f"a {kind} address" in response.json["error"]
+    assert "EMP_WEBHOOK_ALLOW_PRIVATE" in response.json["error"]
+    assert webhook_keys(client) == []
+
+
+def test_allowed_networks_and_allow_private_open_the_guard(make_app) -> None:
+    loopback_only = make_app(networks="127.0.0.0/8").test_client()
+    assert loopback_only.post("/webhooks", json=GOOD).status_code == 201
+    refused = loopback_only.post("/webhooks", json={**GOOD, "url": "http://10.1.2.3/"})
+    assert refused.status_code == 400 and "private" in refused.json["error"]
+    everything = make_app(networks="", allow_private=True).test_client()
+    assert everything.post("/webhooks", json={**GOOD, "url": "http://10.1.2.3/"}).status_code \
+        == 201
+
+
+def test_secret_shown_once_generated_when_absent(make_app) -> None:
+    api = make_app().test_client()
+    created = api.post("/webhooks", json=GOOD)
+    assert created.status_code == 201
+    hook = created.json["data"]
+    assert hook["secret"].startswith("whsec_")
+    Webhook(hook["secret"])  # valid Standard Webhooks secret
+    given = api.post("/webhooks", json={**GOOD, "secret": "my-plain-secret"}).json["data"]
+    assert given["secret"] == "my-plain-secret"
+    listing = api.get("/webhooks").json
+    assert listing["count"] == 2
+    for shown in [*listing["data"], api.get(f"/webhooks/{hook['id']}").json["data"]]:
+        assert "secret" not in shown and shown["has_secret"] is True
+    assert hook["retry_config"] == {"max_attempts": 3, "initial_delay_ms": 1000,
+                                    "backoff_multiplier": 2.0, "max_delay_ms": 30000}
+    assert hook["active"] is True and hook["disconnected"] is False
+
+
+def test_update_validates_the_result_and_keeps_other_fields(make_app, client) -> None:
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json={**GOOD, "filters": {"job_types": ["echo"]}}).json["data"]
+    before = client.hgetall(keys.hook(hook["id"]))
+    bad = api.put(f"/webhooks/{hook['id']}", json={"events": ["nope"]})
+    assert bad.status_code == 400 and bad.json["field"] == "events[0]"
+    bad = api.put(f"/webhooks/{hook['id']}", json={"url": "http://10.0.0.1/"})
+    assert bad.status_code == 400 and bad.json["field"] == "url"
+    bad = api.put(f"/webhooks/{hook['id']}", json={})
+    assert bad.status_code == 400
+    assert client.hgetall(keys.hook(hook["id"])) == before
+    changed = api.put(f"/webhooks/{hook['id']}", json={
+        "events": ["cancel_job", "update_job_progress"], "active": False,
+        "retry_config": {"max_attempts": 5}, "filters": {"job_priorities": ["70", 90]}})
+    assert changed.status_code == 200
+    data = changed.json["data"]
+    assert data["events"] == ["job_cancelled", "update_job_progress"]
+    assert data["url"] == GOOD["url"] and data["active"] is False
+    assert data["filters"] == {"priorities": [70, 90]}
+    assert data["retry_config"]["max_attempts"] == 5
+    assert data["retry_config"]["initial_delay_ms"] == 1000
+    assert api.put("/webhooks/wh_missing", json={"active": True}).status_code == 404
+
+
+def test_delete_removes_the_hook_and_its_keys(make_app, client) -> None:
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    assert api.delete(f"/webhooks/{hook['id']}").status_code == 200
+    for path in ("", "/stats", "/deliveries"):
+        assert api.get(f"/webhooks/{hook['id']}{path}").status_code == 404
+    assert api.post(f"/webhooks/{hook['id']}/reconnect").status_code == 404
+    assert api.delete(f"/webhooks/{hook['id']}").status_code == 404
+    assert [k for k in webhook_keys(client) if k != keys.VERSION] == []
+
+
+def test_listing_limits_are_checked(make_app) -> None:
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    assert api.get(f"/webhooks/{hook['id']}/deliveries?limit=0").status_code == 400
+    assert api.get("/deliveries/recent?limit=abc").status_code == 400
+    assert api.get("/deliveries/recent?limit=5").json == {"success": True, "data": [],
+                                                          "limit": 5}
+
+
+def test_admin_token_needed_when_tokens_are_configured(make_app) -> None:
+    api = make_app(admin_tokens={"adm"}, customer_tokens={"tok": "cust-a"}).test_client()
+    assert api.get("/health").status_code == 200
+    assert api.post("/webhooks", json=GOOD).status_code == 401
+    assert api.get("/webhooks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    customer = {"Authorization": "Bearer tok"}
+    assert api.post("/webhooks", json=GOOD, headers=customer).status_code == 403
+    assert api.get("/deliveries/recent", headers=customer).status_code == 403
+    admin = {"Authorization": "Bearer adm"}
+    assert api.post("/webhooks", json=GOOD, headers=admin).status_code == 201
+    assert api.get("/webhooks", headers=admin).json["count"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_served_by_gunicorn_with_the_guard_on_by_default(start_server, client) -> None:
+    server = start_server("webhooks", EMP_ADMIN_TOKENS="adm")
+    admin = {"Authorization": "Bearer adm"}
+    health = requests.get(server.base + "/health", timeout=5).json()
+    assert health["status"] == "ok" and health["redis"] == "ok"
+    refused = requests.post(server.base + "/webhooks", json=GOOD, headers=admin, timeout=5)
+    assert refused.status_code == 400 and "loopback" in refused.json()["error"]
+    assert requests.post(server.base + "/webhooks", json=GOOD, timeout=5).status_code == 401
+    assert requests.get(server.base + "/webhooks", headers=admin, timeout=5).json()["count"] == 0
+    assert requests.get(server.base + "/nowhere", timeout=5).json()["success"] is False

@@ -1,0 +1,508 @@
+"""Webhook delivery end to end: ``emp webhooks`` under gunicorn, real Redis, real
+workers, and real HTTP receivers that go down and come back."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from capability_router.keys import Keys
+from emp_tasks.local_redis import free_port
+from emp_tasks.producer import submit
+from webapp.webhooks import keys
+from webapp.webhooks.config import GROUP
+from webapp.webhooks.consumer import delivery_id, payload
+from webapp.webhooks.events import Event
+from webapp.webhooks.library import WebhookFunctions
+
+#: Short timings so retries, disconnects and restarts fit in a test.
+FAST = {
+    "EMP_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8", "EMP_WEBHOOK_INITIAL_DELAY_MS": "200",
+    "EMP_WEBHOOK_MAX_DELAY_MS": "1000", "EMP_WEBHOOK_TIMEOUT_SECONDS": "3",
+    "EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS": "1", "EMP_WEBHOOK_DISPATCHERS": "4",
+}
+JOB_EVENTS = ["job_submitted", "job_assigned", "job_started", "complete_job"]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
+             message: str = "condition") -> object:
+    """Poll until ``predicate()`` is truthy (tests/conftest.py's helper; that
+    module is shadowed by this directory's conftest for imports)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A webhook receiver on a fixed port that can go down, come back, and fail on request.
+
+    ``status`` is the answer: an int, or a callable of the request giving one.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.status: int | Callable[[Received], int] = 200
+        self.requests: list[Received] = []
+        self.server: ThreadingHTTPServer | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = Received(self.path, dict(self.headers), body, 0)
+                status = receiver.status
+                request.status = status(request) if callable(status) else status
+                with receiver.lock:
+                    receiver.requests.append(request)
+                self.send_response(request.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def delivered(self, path: str | None = None) -> list[Received]:
+        """Requests answered 2xx, first of each webhook-id, in arrival order."""
+        seen, out = set(), []
+        with self.lock:
+            requests_ = list(self.requests)
+        for request in requests_:
+            if 200 <= request.status < 300 and request.headers["webhook-id"] not in seen and \
+                    (path is None or request.path == path):
+                seen.add(request.headers["webhook-id"])
+                out.append(request)
+        return out
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    """Factory: ``receiver(start=True)``; all stopped at the end."""
+    made: list[Receiver] = []
+
+    def make(start: bool = True) -> Receiver:
+        sink = Receiver()
+        made.append(sink)
+        return sink.start() if start else sink
+
+    yield make
+    for sink in made:
+        sink.stop()
+
+
+def register(server: Any, **body: Any) -> dict[str, Any]:
+    response = requests.post(server.base + "/webhooks", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def get(server: Any, path: str) -> Any:
+    response = requests.get(server.base + path, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def verify(request: Received, secret: str) -> None:
+    """Both signatures check out."""
+    key = secret if secret.startswith("whsec_") else secret.encode()
+    assert Webhook(key).verify(request.body, request.headers) == request.payload
+    expected = hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+    assert request.headers["X-Webhook-Signature"] == f"sha256={expected}"
+
+
+def events_by_job(requests_: list[Received]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for request in requests_:
+        out[request.payload["data"]["job_id"]].append(request.payload["event_type"])
+    return dict(out)
+
+
+def entry_order(request: Received) -> tuple[int, int]:
+    ms, _, seq = request.headers["X-Event-ID"].rpartition(":")[2].partition("-")
+    return int(ms), int(seq)
+
+
+@pytest.mark.timeout(150)
+def test_receiver_down_for_a_while_gets_every_event_in_order_signed(
+        app, client, start_server, start_worker, receiver) -> None:
+    server = start_server("webhooks", **FAST)
+    sink = receiver(start=False)
+    hook = register(server, url=sink.url + "/hook", events=JOB_EVENTS)
+    start_worker("w1", MACHINE_ID="m1")
+    jobs = [submit("echo", {"n": n}, customer_id="cust-a", app=app) for n in range(4)]
+    for job in jobs:
+        job.get(timeout=30)
+    wait_for(lambda: get(server, f"/webhooks/{hook['id']}/stats")["consecutive_failures"] >= 4,
+             timeout=30, message="several failed attempts while the receiver is down")
+    assert sink.requests == []
+
+    sink.start()
+    expected = len(jobs) * len(JOB_EVENTS)
+    wait_for(lambda: len(sink.delivered()) >= expected, timeout=30, message="every event")
+    got = sink.delivered()
+    assert len(got) == expected == len(sink.requests)  # each sent once
+    assert events_by_job(got) == {job.id: JOB_EVENTS for job in jobs}
+    assert [entry_order(r) for r in got] == sorted(entry_order(r) for r in got)
+    for request in got:
+        verify(request, hook["secret"])
+        body = request.payload
+        assert body["webhook_id"] == hook["id"] == request.headers["X-Webhook-ID"]
+        assert body["event_type"] == request.headers["X-Webhook-Event"]
+        assert body["event_id"] == request.headers["X-Event-ID"]
+        data = body["data"]
+        assert data["job_type"] == "echo" and data["customer_id"] == "cust-a"
+        assert data["priority"] == 50 and data["workflow_id"] is None
+        if body["event_type"] != "job_submitted":
+            assert data["worker_id"] == "w1"
+        if body["event_type"] in ("job_started", "complete_job"):
+            assert data["machine_id"] == "m1"
+        if body["event_type"] == "complete_job":
+            assert data["result"]["status"] == "success"
+
+    stats = get(server, f"/webhooks/{hook['id']}/stats")
+    assert stats["status"] == "connected" and stats["consecutive_failures"] == 0
+    assert stats["successful_deliveries"] == expected and stats["pending_deliveries"] == 0
+    first = next(d for d in get(server, f"/webhooks/{hook['id']}/deliveries?limit=100")
+                 if d["event_id"] == got[0].headers["X-Event-ID"])
+    history = first["attempt_history"]
+    assert first["status"] == "delivered" and first["attempts"] == len(history) >= 5
+    assert all(not a["success"] and "connect" in a["error_message"] and a["next_retry_at"]
+               for a in history[:-1])
+    assert history[-1]["success"] and history[-1]["response_status"] == 200
+    assert history[-1]["latency_ms"] >= 0 and history[-1]["response_body"] == "ok"
+    recent = requests.get(server.base + "/deliveries/recent?limit=5", timeout=5).json()
+    assert len(recent["data"]) == 5
+
+
+@pytest.mark.timeout(150)
+def test_service_sigkilled_during_backoff_delivers_everything_after_restart(
+        app, client, start_server, start_worker, receiver) -> None:
+    env = {**FAST, "EMP_WEBHOOK_INSTANCE": "restart-test",
+           "EMP_WEBHOOK_INITIAL_DELAY_MS": "500", "EMP_WEBHOOK_MAX_DELAY_MS": "3000"}
+    server = start_server("webhooks", **env)
+    sink = receiver()
+    sink.status = 503
+    secret = "plain-text-secret"
+    hook = register(server, url=sink.url + "/in", events=JOB_EVENTS, secret=secret)
+    start_worker("w1")
+    before = [submit("echo", {"n": n}, app=app) for n in range(2)]
+    for job in before:
+        job.get(timeout=30)
+    wait_for(lambda: len(sink.requests) >= 2, timeout=20, message="failed attempts")
+
+    def in_backoff() -> bool:  # no attempt in flight, the next one scheduled
+        seconds, micros = client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        due = client.zscore(keys.DUE, hook["id"])
+        return client.hget(keys.state(hook["id"]), "lease") is None and due > now_ms + 100
+
+    wait_for(in_backoff, timeout=10, message="a backoff")
+    server.kill()
+    assert client.llen(keys.queue(hook["id"])) == len(before) * len(JOB_EVENTS)
+    during = submit("echo", {"n": 2}, app=app)  # while no service runs
+    during.get(timeout=30)
+
+    sink.status = 200
+    start_server("webhooks", port=server.port, **env)
+    restarted = time.monotonic()
+    expected = 3 * len(JOB_EVENTS)
+    wait_for(lambda: len(sink.delivered()) >= expected, timeout=30, message="every event")
+    first_after = time.monotonic() - restarted
+    got = sink.delivered()
+    assert len(got) == expected
+    assert events_by_job(got) == {job.id: JOB_EVENTS for job in [*before, during]}
+    for request in got:
+        verify(request, secret)
+    failed = [r for r in sink.requests if r.status == 503]
+    assert {r.headers["webhook-id"] for r in failed} == {got[0].headers["webhook-id"]}
+    assert first_after < 10
+
+
+@pytest.mark.timeout(90)
+def test_unacknowledged_events_are_filed_again_on_restart_exactly_once(
+        client, start_server, receiver) -> None:
+    env = {**FAST, "EMP_WEBHOOK_INSTANCE": "pel-test"}
+    server = start_server("webhooks", **env)
+    sink = receiver()
+    hook = register(server, url=sink.url + "/pel", events=["job_submitted"])
+    stream = Keys("default").events
+    wait_for(lambda: client.exists(stream) and client.xinfo_groups(stream),
+             message="the consumer group")
+    server.kill()
+    ids = [client.xadd(stream, {"event": "job_submitted", "job_id": f"pel-{n}", "data": json.dumps(
+        {"job_id": f"pel-{n}", "job_type": "echo", "priority": 50, "timestamp": 1})})
+        for n in range(5)]
+    # The service had read them and filed the first, then died before acknowledging.
+    client.xreadgroup(GROUP, "pel-test", {stream: ">"}, count=10)
+    assert client.xpending(stream, GROUP)["pending"] == 5
+    fields = client.xrange(stream, ids[0], ids[0])[0][1]
+    event = Event.from_entry(ids[0], fields, "default")
+    WebhookFunctions(client).enqueue_many([WebhookFunctions.enqueue_call(
+        delivery_id(hook["id"], event.event_id), hook["id"], event.event_id, event.name,
+        event.job_id, event.timestamp, payload(hook["id"], event, event.data), 0, 100, 100, 100)])
+
+    start_server("webhooks", port=server.port, **env)
+    wait_for(lambda: len(sink.delivered()) >= 5, timeout=20, message="the five events")
+    wait_for(lambda: client.xpending(stream, GROUP)["pending"] == 0, message="acknowledged")
+    time.sleep(0.5)
+    assert [r.payload["data"]["job_id"] for r in sink.requests] == [f"pel-{n}" for n in range(5)]
+
+
+@pytest.mark.timeout(150)
+def test_filters_and_progress_throttling(app, client, start_server, start_worker,
+                                         receiver) -> None:
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    hooks = {
+        "types": register(server, url=sink.url + "/types", events=["job_submitted",
+                          "complete_job"], filters={"job_types": ["simulation"]}),
+        "customer": register(server, url=sink.url + "/customer", events=["complete_job"],
+                             filters={"customer_ids": ["cust-a"], "min_priority": 60}),
+        "listed": register(server, url=sink.url + "/listed", events=["complete_job"],
+                           filters={"priorities": [50]}),
+        "machine": register(server, url=sink.url + "/machine", events=["complete_job"],
+                            filters={"machine_ids": ["m1"]}),
+        "nobody": register(server, url=sink.url + "/nobody", events=["complete_job"],
+                           filters={"worker_ids": ["nobody"]}),
+        "progress": register(server, url=sink.url + "/progress",
+                             events=["update_job_progress", "complete_job"]),
+    }
+    start_worker("w1", MACHINE_ID="m1")
+    jobs = [
+        submit("echo", {}, customer_id="cust-a", priority=70, app=app),
+        submit("echo", {}, customer_id="cust-b", priority=70, app=app),
+        submit("echo", {}, customer_id="cust-a", priority=50, app=app),
+        submit("simulation", {"steps": 20, "duration": 2.5}, customer_id="cust-a",
+               priority=70, app=app),
+    ]
+    for job in jobs:
+        job.get(timeout=60)
+    ids = [job.id for job in jobs]
+    wait_for(lambda: len(sink.delivered("/machine")) >= 4 and len(
+        [r for r in sink.delivered("/progress") if r.payload["event_type"] == "complete_job"])
+        >= 4, timeout=30, message="completions")
+
+    def seen(path: str) -> list[tuple[str, str]]:
+        return [(r.payload["data"]["job_id"], r.payload["event_type"])
+                for r in sink.delivered(path)]
+
+    assert seen("/types") == [(ids[3], "job_submitted"), (ids[3], "complete_job")]
+    assert sorted(seen("/customer")) == sorted([(ids[0], "complete_job"),
+                                               (ids[3], "complete_job")])
+    assert seen("/listed") == [(ids[2], "complete_job")]
+    assert sorted(seen("/machine")) == sorted((i, "complete_job") for i in ids)
+    assert seen("/nobody") == []
+    progress = [r.payload for r in sink.delivered("/progress")
+                if r.payload["event_type"] == "update_job_progress"]
+    assert {p["data"]["job_id"] for p in progress} == {ids[3]}
+    stamps = [p["timestamp"] for p in progress]
+    assert 1 <= len(stamps) <= 3
+    assert all(b - a >= 1000 for a, b in zip(stamps, stamps[1:], strict=False))
+    assert [p["data"]["progress"] for p in progress] == sorted(
+        p["data"]["progress"] for p in progress)
+    completes = [p for p in seen("/progress") if p[1] == "complete_job"]
+    assert sorted(completes) == sorted((i, "complete_job") for i in ids)  # never throttled
+    reported = sum(1 for _, fields in client.xrange(Keys("default").job_events(ids[3]))
+                   if fields["event"] == "update_job_progress")
+    assert reported >= 20
+    stats = get(server, f"/webhooks/{hooks['progress']['id']}/stats")
+    assert stats["throttled_events"] == reported - len(stamps)
+
+
+@pytest.mark.timeout(90)
+def test_disconnect_after_ten_failures_then_probe_then_manual_reconnect(
+        app, client, start_server, receiver) -> None:
+    server = start_server("webhooks", **{
+        **FAST, "EMP_WEBHOOK_INITIAL_DELAY_MS": "50", "EMP_WEBHOOK_MAX_DELAY_MS": "100",
+        "EMP_WEBHOOK_RECONNECT_SECONDS": "4"})
+    sink = receiver()
+    sink.status = 500
+    hook = register(server, url=sink.url + "/flaky", events=["job_submitted"])
+    stats_path = f"/webhooks/{hook['id']}/stats"
+    jobs = [submit("echo", {"n": n}, app=app) for n in range(2)]  # no worker: submit events only
+    wait_for(lambda: get(server, stats_path)["disconnected"], timeout=20, message="disconnect")
+    stats = get(server, stats_path)
+    assert stats["status"] == "disconnected" and stats["consecutive_failures"] == 10
+    assert stats["reconnect_at"] - stats["disconnected_at"] == 4000
+    assert len(sink.requests) == 10
+    time.sleep(1.5)
+    assert len(sink.requests) == 10  # nothing is sent while disconnected
+    wait_for(lambda: len(sink.requests) == 11, timeout=8, message="the probe after 4 s")
+    stats = get(server, stats_path)
+    assert stats["disconnected"] and stats["consecutive_failures"] == 11  # the probe failed
+    assert stats["pending_deliveries"] == 2  # 5xx never used up the delivery's attempts
+
+    sink.status = 200
+    asked = time.monotonic()
+    response = requests.post(f"{server.base}/webhooks/{hook['id']}/reconnect", timeout=5)
+    assert response.status_code == 200 and response.json()["success"] is True
+    wait_for(lambda: len(sink.delivered()) == 2, timeout=3, message="delivery after reconnect")
+    assert time.monotonic() - asked < 2  # at once, not at the next probe
+    assert [r.payload["data"]["job_id"] for r in sink.delivered()] == [j.id for j in jobs]
+    stats = get(server, stats_path)
+    assert stats["status"] == "connected" and stats["consecutive_failures"] == 0
+    first = get(server, f"/webhooks/{hook['id']}/deliveries?status=delivered")[-1]
+    assert first["attempts"] == 12
+    assert [a["response_status"] for a in first["attempt_history"]] == [500] * 11 + [200]
+
+
+@pytest.mark.timeout(90)
+def test_4xx_dead_letters_after_max_attempts_and_test_endpoint(
+        app, client, start_server, receiver) -> None:
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    sink.status = lambda r: 422 if r.payload["data"].get("customer_id") == "bad" else 200
+    hook = register(server, url=sink.url + "/strict", events=["job_submitted"],
+                    secret="s3cret-plain", retry_config={"max_attempts": 2})
+    rejected = submit("echo", {}, customer_id="bad", app=app)
+    accepted = submit("echo", {}, customer_id="good", app=app)
+    wait_for(lambda: len(sink.delivered()) == 1, timeout=20, message="the next delivery")
+    assert sink.delivered()[0].payload["data"]["job_id"] == accepted.id
+    assert [r.status for r in sink.requests] == [422, 422, 200]
+    dead = get(server, f"/webhooks/{hook['id']}/deliveries?status=failed")
+    assert [d["job_id"] for d in dead] == [rejected.id]
+    assert dead[0]["attempts"] == 2 and dead[0]["last_status_code"] == 422
+    assert dead[0]["attempt_history"][0]["next_retry_at"] is not None
+    stats = get(server, f"/webhooks/{hook['id']}/stats")
+    assert stats["failed_deliveries"] == 1 and stats["successful_deliveries"] == 1
+
+    tested = requests.post(f"{server.base}/webhooks/{hook['id']}/test", timeout=10)
+    assert tested.status_code == 200, tested.text
+    sample = sink.requests[-1]
+    verify(sample, "s3cret-plain")
+    assert sample.payload["metadata"] == {"test_event": True}
+    assert sample.payload["event_type"] == "job_submitted"
+    recent = requests.get(server.base + "/deliveries/recent", timeout=5).json()["data"]
+    assert recent[0]["test"] is True and recent[0]["status"] == "delivered"
+    sink.stop()
+    down = requests.post(f"{server.base}/webhooks/{hook['id']}/test", timeout=10)
+    assert down.status_code == 502 and "connect" in down.json()["error"]
+
+
+@pytest.mark.timeout(90)
+def test_private_address_refused_at_delivery_time(app, client, start_server, receiver) -> None:
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    hook = register(server, url=sink.url + "/local", events=["job_submitted"])
+    server.kill()
+    # The same registration, served by an instance that does not allow loopback.
+    strict = start_server("webhooks", port=server.port,
+                          **{**FAST, "EMP_WEBHOOK_ALLOWED_NETWORKS": ""})
+    job = submit("echo", {}, app=app)
+    wait_for(lambda: get(strict, f"/webhooks/{hook['id']}/stats")["refused_deliveries"] == 1,
+             timeout=20, message="a refused delivery")
+    refused = get(strict, f"/webhooks/{hook['id']}/deliveries")[0]
+    assert refused["job_id"] == job.id and refused["status"] == "refused"
+    assert "loopback" in refused["last_error"]
+    assert refused["attempt_history"][0]["response_status"] is None
+    assert sink.requests == []
+    assert client.llen(keys.queue(hook["id"])) == 0
+
+
+def test_delivery_ids_are_deterministic() -> None:
+    assert delivery_id("wh_a", "default:1-0") == delivery_id("wh_a", "default:1-0")
+    assert delivery_id("wh_a", "default:1-0") != delivery_id("wh_b", "default:1-0")
+    assert delivery_id("wh_a", "default:1-0") != delivery_id("wh_a", "other:1-0")
+
+
+
+def append(client: Any, job_id: str, event: str) -> str:
+    """A synthetic job event on the default pool's stream (no worker needed)."""
+    data = {"job_id": job_id, "job_type": "echo", "priority": 50}
+    return client.xadd(Keys("default").events,
+                       {"event": event, "job_id": job_id, "data": json.dumps(data)})
+
+
+@pytest.mark.timeout(90)
+def test_two_instances_one_killed_keep_order_and_lose_nothing(
+        client, start_server, receiver) -> None:
+    env = {**FAST, "EMP_WEBHOOK_CONSUMER_LEASE_SECONDS": "2"}
+    first = start_server("webhooks", EMP_WEBHOOK_INSTANCE="inst-a", **env)
+    second = start_server("webhooks", EMP_WEBHOOK_INSTANCE="inst-b", **env)
+    servers = {"inst-a": first, "inst-b": second}
+    sink = receiver()
+    register(first, url=sink.url + "/both", events=JOB_EVENTS)
+    wait_for(lambda: client.get(keys.CONSUMER), message="a consuming instance")
+    jobs = [f"job-{n}" for n in range(6)]
+    written: list[tuple[str, str]] = []
+
+    def write(rounds: range) -> None:
+        for event in (JOB_EVENTS[r] for r in rounds):
+            for job in jobs:
+                append(client, job, event)
+                written.append((job, event))
+                time.sleep(0.02)
+
+    write(range(0, 2))
+    consuming = client.get(keys.CONSUMER).partition(":")[0]
+    servers[consuming].kill()
+    write(range(2, 4))
+    other = ({"inst-a", "inst-b"} - {consuming}).pop()
+    wait_for(lambda: (client.get(keys.CONSUMER) or "").startswith(other + ":"), timeout=10,
+             message="the other instance to consume")
+    wait_for(lambda: len(sink.delivered()) >= len(written), timeout=30, message="every event")
+    got = sink.delivered()
+    assert len(got) == len(written)
+    assert [entry_order(r) for r in got] == sorted(entry_order(r) for r in got)
+    assert events_by_job(got) == {job: JOB_EVENTS for job in jobs}
+
+
+@pytest.mark.timeout(60)
+def test_backlog_is_bounded_and_drops_are_counted(client, start_server, receiver) -> None:
+    server = start_server("webhooks", EMP_WEBHOOK_MAX_BACKLOG="3", **FAST)
+    sink = receiver(start=False)
+    hook = register(server, url=sink.url + "/full", events=["job_submitted"])
+    for n in range(5):
+        append(client, f"b-{n}", "job_submitted")
+    stats_path = f"/webhooks/{hook['id']}/stats"
+    wait_for(lambda: get(server, stats_path)["dropped_events"] == 2, message="two drops")
+    assert get(server, stats_path)["pending_deliveries"] == 3
+    sink.start()
+    wait_for(lambda: len(sink.delivered()) == 3, message="the three kept")
+    assert [r.payload["data"]["job_id"] for r in sink.delivered()] == ["b-0", "b-1", "b-2"]

@@ -1,0 +1,124 @@
+"""The webhook service's pure parts: backoff, outcome rules, filters, signatures, addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from webapp.webhooks.addresses import AddressPolicy, AddressRefused
+from webapp.webhooks.config import WebhookConfig, parse_networks
+from webapp.webhooks.dispatcher import backoff_ms, decide
+from webapp.webhooks.filters import matches
+from webapp.webhooks.sender import SendResult
+from webapp.webhooks.signing import generate_secret, legacy_signature, signature_headers
+
+RETRY = WebhookConfig().retry_defaults()
+
+
+def test_defaults_are_the_originals() -> None:
+    config = WebhookConfig()
+    assert RETRY == {"max_attempts": 3, "initial_delay_ms": 1000, "backoff_multiplier": 2.0,
+                     "max_delay_ms": 30000}
+    assert config.disconnect_after == 10 and config.reconnect_seconds == 300
+    assert config.progress_interval_ms == 1000 and config.timeout_seconds == 30
+    assert config.allow_private is False and config.allowed_networks == ()
+
+
+@pytest.mark.parametrize(("attempt", "full"), [(1, 1000), (2, 2000), (3, 4000), (5, 16000),
+                                               (6, 30000), (50, 30000), (5000, 30000)])
+def test_backoff_is_exponential_capped_and_jittered_down(attempt, full) -> None:
+    rng = random.Random(7)
+    waits = [backoff_ms(attempt, RETRY, rng) for _ in range(200)]
+    assert all(0.8 * full <= w <= full for w in waits)
+    assert max(waits) - min(waits) > full / 10  # jittered
+
+
+@pytest.mark.parametrize(("result", "attempt", "outcome"), [
+    (SendResult(200, 1), 1, "delivered"),
+    (SendResult(204, 1), 3, "delivered"),
+    (SendResult(None, 1, error="refused"), 99, "retry"),  # no answer: transient
+    (SendResult(500, 1), 99, "retry"),
+    (SendResult(503, 1), 99, "retry"),
+    (SendResult(408, 1), 99, "retry"),
+    (SendResult(429, 1), 99, "retry"),
+    (SendResult(400, 1), 1, "retry"),
+    (SendResult(400, 1), 3, "failed"),
+    (SendResult(301, 1), 3, "failed"),
+    (SendResult(None, 1, refused=True), 1, "refused"),
+])
+def test_outcome_rules(result, attempt, outcome) -> None:
+    assert decide(result, attempt, RETRY)[0] == outcome
+
+
+def test_retry_after_lengthens_the_wait_up_to_the_cap() -> None:
+    assert decide(SendResult(429, 1, retry_after_ms=20_000), 1, RETRY)[1] == 20_000
+    assert decide(SendResult(503, 1, retry_after_ms=900_000), 1, RETRY)[1] == 30_000
+
+
+EVENT = {"job_type": "comfyui", "priority": 70, "machine_id": "m1", "worker_id": "w1",
+         "customer_id": "c1", "workflow_id": "wf1"}
+
+
+@pytest.mark.parametrize(("filters", "data", "passes"), [
+    (None, EVENT, True),
+    ({}, EVENT, True),
+    ({"job_types": []}, EVENT, True),
+    ({"job_types": ["comfyui", "echo"]}, EVENT, True),
+    ({"job_types": ["echo"]}, EVENT, False),
+    ({"job_types": ["comfyui"], "machine_ids": ["m2"]}, EVENT, False),
+    ({"worker_ids": ["w1"], "customer_ids": ["c1"], "workflow_ids": ["wf1"]}, EVENT, True),
+    ({"worker_ids": ["w1"]}, {**EVENT, "worker_id": None}, False),
+    ({"job_types": ["comfyui"]}, {"worker_id": "w1", "status": "online"}, False),
+    ({"priorities": [70]}, EVENT, True),
+    ({"priorities": [50, 60]}, EVENT, False),
+    ({"min_priority": 70}, EVENT, True),
+    ({"min_priority": 71}, EVENT, False),
+    ({"max_priority": 69}, EVENT, False),
+    ({"min_priority": 60, "max_priority": 80, "priorities": [70]}, EVENT, True),
+    ({"min_priority": 0}, {**EVENT, "priority": None}, False),
+])
+def test_filters(filters, data, passes) -> None:
+    assert matches(filters, data) is passes
+
+
+@pytest.mark.parametrize("secret", [generate_secret(), "plain text secret"])
+def test_both_signatures_verify(secret) -> None:
+    body = '{"event_type":"complete_job","data":{"job_id":"j1"}}'
+    headers = signature_headers(secret, "dlv_1", body)
+    key = secret if secret.startswith("whsec_") else secret.encode()
+    assert Webhook(key).verify(body, headers) == {"event_type": "complete_job",
+                                                   "data": {"job_id": "j1"}}
+    assert headers["X-Webhook-Signature"] == legacy_signature(secret, body.encode())
+    assert headers["webhook-id"] == "dlv_1" and headers["webhook-signature"].startswith("v1,")
+
+
+@pytest.mark.parametrize(("address", "allowed"), [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("127.0.0.1", False),
+    ("10.0.0.1", False), ("172.16.5.4", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.1.1", False), ("0.0.0.0", False), ("::1", False),
+    ("fe80::1", False), ("fc00::1", False), ("::ffff:10.0.0.1", False),
+    ("::ffff:8.8.8.8", True), ("224.0.0.1", False), ("255.255.255.255", False),
+])
+def test_address_policy(address, allowed) -> None:
+    policy = AddressPolicy()
+    ip = ipaddress.ip_address(address)
+    if allowed:
+        policy.check_ip(ip)
+    else:
+        with pytest.raises(AddressRefused):
+            policy.check_ip(ip)
+        AddressPolicy(allow_private=True).check_ip(ip)
+
+
+def test_allowed_networks() -> None:
+    policy = AddressPolicy(allowed_networks=parse_networks("127.0.0.0/8, ::1/128"))
+    policy.check_ip(ipaddress.ip_address("127.0.0.2"))
+    policy.check_ip(ipaddress.ip_address("::1"))
+    with pytest.raises(AddressRefused):
+        policy.check_ip(ipaddress.ip_address("10.0.0.1"))
+    assert policy.resolve("127.0.0.1", 80) == ["127.0.0.1"]
+    with pytest.raises(ValueError, match="not a network"):
+        parse_networks("127.0.0.0/8,nonsense")

@@ -1,0 +1,205 @@
+"""The registration and monitoring API of the webhook service (admin tokens only).
+
+Replies use the original's shape: ``{success, data}`` (lists add ``count`` or
+``limit``); errors ``{success: false, error, field?}``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as random_ids
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, jsonify, request
+
+from webapp.auth import error, require_auth
+from webapp.webhooks.addresses import AddressRefused, UnresolvableHost
+from webapp.webhooks.dispatcher import attempt_record, delivery_headers
+from webapp.webhooks.events import ALIASES, EVENT_TYPES
+from webapp.webhooks.schemas import RegistrationError, validate_create, validate_update
+from webapp.webhooks.service import DeliveryService
+from webapp.webhooks.store import now_ms
+
+bp = Blueprint("webhooks", __name__)
+
+#: Largest ``limit`` of the listing endpoints.
+MAX_LIMIT = 1000
+
+
+def service() -> DeliveryService:
+    return current_app.extensions["emp_webhooks"]
+
+
+def _bad(exc: RegistrationError) -> Any:
+    return error(400, str(exc), **({"field": exc.field} if exc.field else {}))
+
+
+def _missing(hook_id: str) -> Any:
+    return error(404, f"webhook {hook_id} not found")
+
+
+def check_destination(url: str) -> None:
+    """Refuse, at registration, a URL whose host is or resolves to a refused address."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        service().policy.resolve(parts.hostname or "", port)
+    except AddressRefused as exc:
+        raise RegistrationError("url", f"refused: {exc}") from None
+    except UnresolvableHost as exc:
+        raise RegistrationError("url", str(exc)) from None
+
+
+def _limit(default: int) -> int:
+    text = request.args.get("limit")
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise RegistrationError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+@bp.get("/health")
+def health() -> Any:
+    """Liveness for load balancers and the test fixtures (no token needed)."""
+    healthy, details = service().health()
+    body = {"status": "ok" if healthy else "error", "service": "emp-webhooks", **details}
+    return jsonify(body), 200 if healthy else 503
+
+
+@bp.post("/webhooks")
+@require_auth(admin=True)
+def create() -> Any:
+    """Register a hook; 201 with its secret (generated when not given), shown only here."""
+    try:
+        doc = validate_create(request.get_json(silent=True))
+        check_destination(doc["url"])
+    except RegistrationError as exc:
+        return _bad(exc)
+    return jsonify(success=True, data=service().store.create(doc)), 201
+
+
+@bp.get("/webhooks")
+@require_auth(admin=True)
+def list_hooks() -> Any:
+    hooks = service().store.list()
+    return jsonify(success=True, data=hooks, count=len(hooks))
+
+
+@bp.get("/webhooks/<hook_id>")
+@require_auth(admin=True)
+def get_hook(hook_id: str) -> Any:
+    hook = service().store.get(hook_id)
+    return jsonify(success=True, data=hook) if hook else _missing(hook_id)
+
+
+@bp.put("/webhooks/<hook_id>")
+@require_auth(admin=True)
+def update_hook(hook_id: str) -> Any:
+    """Change some fields (the others stay); the result is validated as a whole."""
+    store = service().store
+    current = store.registration(hook_id)
+    if current is None:
+        return _missing(hook_id)
+    body = request.get_json(silent=True)
+    try:
+        validate_update(body, current)
+        if "url" in body:
+            check_destination(body["url"])
+    except RegistrationError as exc:
+        return _bad(exc)
+    hook = store.update(hook_id, body)
+    return jsonify(success=True, data=hook) if hook else _missing(hook_id)
+
+
+@bp.delete("/webhooks/<hook_id>")
+@require_auth(admin=True)
+def delete_hook(hook_id: str) -> Any:
+    if not service().store.delete(hook_id):
+        return _missing(hook_id)
+    return jsonify(success=True, message=f"webhook {hook_id} deleted")
+
+
+@bp.get("/webhooks/<hook_id>/stats")
+@require_auth(admin=True)
+def stats(hook_id: str) -> Any:
+    found = service().store.stats(hook_id)
+    return jsonify(success=True, data=found) if found else _missing(hook_id)
+
+
+@bp.get("/webhooks/<hook_id>/deliveries")
+@require_auth(admin=True)
+def deliveries(hook_id: str) -> Any:
+    """The hook's deliveries, newest first, each with its attempts (``?limit=&status=``)."""
+    store = service().store
+    if store.get(hook_id) is None:
+        return _missing(hook_id)
+    try:
+        limit = _limit(50)
+    except RegistrationError as exc:
+        return _bad(exc)
+    found = store.deliveries(hook_id, limit, request.args.get("status") or None)
+    return jsonify(success=True, data=found, limit=limit)
+
+
+@bp.post("/webhooks/<hook_id>/reconnect")
+@require_auth(admin=True)
+def reconnect(hook_id: str) -> Any:
+    """Reconnect a disconnected hook now: failures reset, its queue is tried at once."""
+    store = service().store
+    if not store.reconnect(hook_id):
+        return _missing(hook_id)
+    return jsonify(success=True, message=f"webhook {hook_id} reconnected",
+                   data=store.stats(hook_id))
+
+
+@bp.get("/deliveries/recent")
+@require_auth(admin=True)
+def recent() -> Any:
+    try:
+        limit = _limit(100)
+    except RegistrationError as exc:
+        return _bad(exc)
+    return jsonify(success=True, data=service().store.recent(limit), limit=limit)
+
+
+@bp.post("/webhooks/<hook_id>/test")
+@require_auth(admin=True)
+def test_hook(hook_id: str) -> Any:
+    """Send one sample event now, outside the queue (``{"event_type": ...}`` optional).
+
+    The attempt is kept in the hook's deliveries (marked ``test``) but does
+    not count towards its failures or order. 200 when the receiver answered
+    2xx, else 502 with what happened.
+    """
+    svc = service()
+    raw = svc.store.raw(hook_id)
+    if not raw:
+        return _missing(hook_id)
+    asked = (request.get_json(silent=True) or {}).get("event_type")
+    event_type = ALIASES.get(asked, asked) if asked else json.loads(raw["events"])[0]
+    if event_type not in EVENT_TYPES:
+        return error(400, f"event_type: unknown event type {asked!r}", field="event_type")
+    suffix = random_ids.token_hex(8)
+    event = {
+        "event_type": event_type, "event_id": f"test:{suffix}",
+        "timestamp": now_ms(svc.client), "webhook_id": hook_id,
+        "data": {"job_id": f"test_job_{suffix}", "job_type": "test", "priority": 50,
+                 "customer_id": None, "workflow_id": None, "worker_id": "test_worker",
+                 "machine_id": "test_machine", "message": "test event from EMP webhooks"},
+        "metadata": {"test_event": True},
+    }
+    body = json.dumps(event, separators=(",", ":"))
+    delivery_id = f"dlv_test_{suffix}"
+    headers = delivery_headers(hook_id, raw.get("secret"), delivery_id, event_type,
+                               event["event_id"], body, 1)
+    result = svc.sender.post(raw["url"], body.encode(), headers)
+    kind = "delivered" if result.status is not None and 200 <= result.status < 300 else (
+        "refused" if result.refused else "failed")
+    record = attempt_record(result, kind)
+    svc.store.record_test(hook_id, delivery_id, event, body, record)
+    data = {"delivery_id": delivery_id, "event": event, "attempt": record}
+    if kind == "delivered":
+        return jsonify(success=True, message="test webhook delivered", data=data)
+    return error(502, f"test webhook not delivered: {record['error_message']}", data=data)

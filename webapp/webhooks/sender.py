@@ -1,0 +1,170 @@
+"""One HTTP POST of a delivery, to an address the SSRF guard checked.
+
+The URL's host is resolved and checked (``addresses.py``) on every attempt
+and the connection goes to a checked address, with the original host in
+the Host header and in TLS (SNI and certificate check); addresses are tried
+in resolver order until one connects. Redirects are not followed (a 3xx is
+an answer like any other), so no request leaves for an unchecked address.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
+
+from webapp.webhooks.addresses import AddressPolicy, AddressRefused, UnresolvableHost
+
+try:
+    import certifi
+
+    CA_CERTS: str | None = certifi.where()
+except ImportError:  # pragma: no cover - certifi comes with requests
+    CA_CERTS = None
+
+USER_AGENT = "EMP-Job-Queue-Webhook/1.0"
+#: Response bytes read and kept (as text) in the attempt record.
+EXCERPT_BYTES = 1024
+#: Response bytes read before the connection is dropped instead of reused.
+READ_LIMIT = 64 * 1024
+#: Connection pools kept (one per scheme, address, port and host name).
+MAX_POOLS = 256
+
+
+@dataclass
+class SendResult:
+    """What one attempt got back."""
+
+    #: HTTP status, None when no response arrived.
+    status: int | None
+    latency_ms: int
+    excerpt: str = ""
+    error: str = ""
+    #: The URL was refused by the address guard (nothing was sent).
+    refused: bool = False
+    #: A Retry-After header, in ms.
+    retry_after_ms: int | None = None
+    address: str | None = None
+
+
+def _retry_after_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0, int((when.timestamp() - time.time()) * 1000))
+
+
+class Sender:
+    """Posts bodies under an address policy, reusing connections (thread-safe).
+
+    :param policy: which addresses may be reached.
+    :param timeout: seconds for the whole attempt (connect and response).
+    :param connections: connections kept per destination (the dispatcher count).
+    """
+
+    def __init__(self, policy: AddressPolicy, timeout: float, connections: int = 8) -> None:
+        self.policy = policy
+        self.timeout = timeout
+        self.connections = connections
+        self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _pool(self, scheme: str, address: str, port: int,
+              host: str) -> urllib3.HTTPConnectionPool:
+        key = (scheme, address, port, host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                if scheme == "https":
+                    name = None if host.strip("[]") == address else host
+                    pool = urllib3.HTTPSConnectionPool(
+                        address, port, maxsize=self.connections, block=False,
+                        cert_reqs="CERT_REQUIRED", ca_certs=CA_CERTS, server_hostname=name,
+                        assert_hostname=name)
+                else:
+                    pool = urllib3.HTTPConnectionPool(address, port, maxsize=self.connections,
+                                                      block=False)
+                self._pools[key] = pool
+            self._pools.move_to_end(key)
+            while len(self._pools) > MAX_POOLS:
+                self._pools.popitem(last=False)[1].close()
+            return pool
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> SendResult:
+        """POST ``body`` to ``url``; never raises for network trouble."""
+        started = time.monotonic()
+
+        def elapsed() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = self.policy.resolve(host, port)
+        except AddressRefused as exc:
+            return SendResult(None, elapsed(), error=f"refused: {exc}", refused=True)
+        except UnresolvableHost as exc:
+            return SendResult(None, elapsed(), error=str(exc))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"Host": parts.netloc.rpartition("@")[2], "Content-Type": "application/json",
+                "User-Agent": USER_AGENT, **headers}
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            sent["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        error = ""
+        for address in addresses:
+            pool = self._pool(parts.scheme, address, port, host)
+            try:
+                response = pool.urlopen(
+                    "POST", target, body=body, headers=sent, retries=False, redirect=False,
+                    assert_same_host=False, preload_content=False,
+                    timeout=urllib3.Timeout(total=self.timeout))
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                error = f"cannot connect to {address}:{port}: {_reason(exc)}"
+                continue
+            except HTTPError as exc:
+                return SendResult(None, elapsed(), error=_reason(exc), address=address)
+            try:
+                data = response.read(READ_LIMIT + 1)
+            except HTTPError as exc:
+                response.close()
+                return SendResult(response.status, elapsed(), error=_reason(exc),
+                                  address=address)
+            if len(data) <= READ_LIMIT:
+                response.release_conn()
+            else:
+                response.close()
+            return SendResult(
+                response.status, elapsed(),
+                excerpt=data[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
+                retry_after_ms=_retry_after_ms(response.headers.get("Retry-After")),
+                address=address)
+        return SendResult(None, elapsed(), error=error or "no address to connect to")
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+
+def _reason(exc: Exception) -> str:
+    """A short description of a urllib3 error."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    name = type(reason).__name__
+    return text if text.startswith(name) else f"{name}: {text}"

@@ -1,0 +1,127 @@
+"""The delivery side of one service process: a consumer thread and dispatcher threads.
+
+Started by the app factory in the gunicorn worker (after the fork). Start-up
+waits for Redis, loads the function library and releases the leases an
+earlier run of the same instance name still held, then starts the threads;
+all are daemons, so a stopped process simply stops sending and its work is
+picked up again from Redis.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from webapp.webhooks.addresses import AddressPolicy
+from webapp.webhooks.config import WebhookConfig
+from webapp.webhooks.consumer import EventConsumer
+from webapp.webhooks.dispatcher import Dispatcher
+from webapp.webhooks.library import WebhookFunctions, ensure_library
+from webapp.webhooks.sender import Sender
+from webapp.webhooks.store import HookStore
+
+logger = logging.getLogger(__name__)
+
+#: A thread that has not looped for this long counts as stuck in /health, seconds.
+STALE_AFTER_SECONDS = 30.0
+
+
+class DeliveryService:
+    """Registrations store, sender and (once started) the delivery threads.
+
+    :param client: Redis client (``decode_responses=True``).
+    :param config: service tunables.
+    """
+
+    def __init__(self, client: redis.Redis, config: WebhookConfig) -> None:
+        self.client = client
+        self.config = config
+        self.policy = AddressPolicy(config.allow_private, config.allowed_networks)
+        self.sender = Sender(self.policy, config.timeout_seconds, config.dispatchers)
+        self.store = HookStore(client, config)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.run_id = uuid.uuid4().hex[:8]
+        self.consumer: EventConsumer | None = None
+        self.dispatchers: list[Dispatcher] = []
+        self.threads: list[threading.Thread] = []
+        self.started = False
+
+    def start(self) -> DeliveryService:
+        """Start the delivery threads (once Redis answers); returns at once.
+
+        At interpreter exit (gunicorn's worker stopping) the threads are asked
+        to stop, so the consumer role is handed over at once.
+        """
+        atexit.register(self.stop, 2.0)
+        thread = threading.Thread(target=self._boot, name="webhooks-boot", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return self
+
+    def _boot(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                ensure_library(self.client)
+                released = WebhookFunctions(self.client).release(f"{self.config.instance}:")
+                break
+            except redis.RedisError as exc:
+                logger.warning("webhook service: waiting for Redis (%s)", exc)
+                self.stopping.wait(1.0)
+        else:
+            return
+        if released:
+            logger.info("webhook service: released %d lease(s) of an earlier run", released)
+        self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.set,
+                                      run_id=self.run_id)
+        self._spawn("webhooks-consumer", self.consumer.run)
+        prefix = f"{self.config.instance}:{self.run_id}:"
+        for n in range(self.config.dispatchers):
+            dispatcher = Dispatcher(self.client, self.config, self.sender, self.wake, prefix)
+            self.dispatchers.append(dispatcher)
+            self._spawn(f"webhooks-dispatch-{n}", dispatcher.run)
+        self.started = True
+        logger.info("webhook service: consuming as %r with %d dispatcher(s)",
+                    self.config.instance, self.config.dispatchers)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, args=(self.stopping,), name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the threads to stop and wait for them (in-process tests, shutdown)."""
+        self.stopping.set()
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.sender.close()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details): Redis answers and, when started, the threads loop."""
+        try:
+            self.client.ping()
+            redis_state = "ok"
+        except redis.RedisError as exc:
+            return False, {"redis": f"error: {exc}"}
+        now = time.monotonic()
+        consumer = self.consumer
+        delivery: dict[str, Any] = {"running": self.started}
+        if self.started and consumer is not None:
+            delivery.update({
+                "consumer_alive": now - consumer.alive_at < STALE_AFTER_SECONDS,
+                "consumer_role": "consuming" if consumer.leading else "standby",
+                "streams": len(consumer.streams),
+                "events_processed": consumer.processed,
+                "dispatchers_alive": sum(now - d.alive_at < STALE_AFTER_SECONDS
+                                         for d in self.dispatchers),
+                "attempts_sent": sum(d.sent for d in self.dispatchers),
+            })
+        return True, {"redis": redis_state, "delivery": delivery}
