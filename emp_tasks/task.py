@@ -52,9 +52,12 @@ class EmpTask(Task):
                     **options: Any) -> Any:
         """Celery's apply_async, plus the job keywords in ``JOB_OPTIONS``."""
         headers = dict(options.pop("headers", None) or {})
-        if HEADER not in headers or any(k in options for k in JOB_OPTIONS):
+        if HEADER not in headers:
             headers[HEADER] = self.job_spec(args, kwargs, options).header()
         else:
+            # A retry (or a re-send) carries the job's header already; Celery's
+            # retry passes ``priority`` too, which must not rebuild the header
+            # and lose the job's own max_retries and pool.
             for key in JOB_OPTIONS:
                 options.pop(key, None)
         options["queue"] = options.get("queue") or headers[HEADER]["pool"]

@@ -113,7 +113,7 @@ def test_model_requirement_goes_to_the_worker_that_has_the_model(app, start_work
         assert get_job(result.id, app=app)["worker_id"] == "has-flux"
 
 
-@pytest.mark.parametrize("service", ["comfyui", "no such service"])
+@pytest.mark.parametrize("service", ["a1111", "no such service"])
 def test_unknown_service_is_refused_before_anything_is_written(app, client, service) -> None:
     from capability_router.errors import InvalidJob
 
