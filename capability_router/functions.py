@@ -95,7 +95,9 @@ def held_connection(client: Any) -> Any:
     if connection is None:
         if len(held) >= MAX_HELD_CONNECTIONS:
             return None
-        connection = held[key] = pool.make_connection()
+        # Outside the pool's count: held for good, they would exhaust its
+        # max_connections (kombu's is 10) once more threads than that publish.
+        connection = held[key] = pool.connection_class(**pool.connection_kwargs)
     return connection
 
 

@@ -95,6 +95,14 @@ class Keys:
     def wake(self, worker_id: str) -> str:
         return f"{self.prefix}wake:{worker_id}"
 
+    def status_index(self, status: str) -> str:
+        """Listing index of one job state: job id -> ms it entered the state."""
+        return f"{self.prefix}status:{status}"
+
+    def field_index(self, field: str, value: str) -> str:
+        """Listing index of one ``service``, ``customer`` or ``workflow``: id -> submit ms."""
+        return f"{self.prefix}by:{field}:{value}"
+
 
 def key_for(namespace: str) -> Keys:
     """Return the key builder of a namespace."""

@@ -49,6 +49,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from capability_router.errors import InvalidJob
 from capability_router.functions import (
     Claimed,
     QueueFunctions,
@@ -286,7 +287,9 @@ class Channel(kombu_redis.Channel):
         if not is_job_queue(queue):
             return super()._put(queue, message, **kwargs)
         kwargs.pop("_publish_batch", None)
-        headers = message.setdefault("headers", {})
+        # A copy: kombu retries a failed publish with the same message.
+        message = {**message, "headers": dict(message.get("headers") or {})}
+        headers = message["headers"]
         job_id = headers.get("id") or message["properties"].get("correlation_id")
         spec = headers.get(HEADER)
         if spec is None:
@@ -309,7 +312,7 @@ class Channel(kombu_redis.Channel):
                 return
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
         if outcome == "duplicate":
-            logger.warning("job %s was already submitted (%s); not filed again", job_id, status)
+            raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")
 
     # -- consume ------------------------------------------------------------
 

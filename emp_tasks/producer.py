@@ -1,4 +1,4 @@
-"""The producer API: submit a job, read its record and events, cancel it."""
+"""The producer API: submit a job, read its record and events, cancel or resubmit it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
 from emp_tasks.connection import get_client, get_functions
+from emp_tasks.remote_control import forget_revoked
 
 #: Record fields stored as JSON text.
 JSON_FIELDS = ("payload", "requirements", "ctx", "result", "progress_details")
@@ -120,14 +122,36 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     """Cancel a job; returns its status after the call.
 
     A pending job is removed at once; a running job's task learns it at its
-    next progress report or cancellation check, and Celery is told to revoke
-    it (``terminate`` kills the process running it).
+    next progress report or cancellation check. ``terminate`` also has Celery
+    revoke it, killing the process running it. Only then: a worker keeps a
+    revoked id and would drop the job's message if it were resubmitted
+    (``resubmit`` has workers forget it first).
     """
     app = _app(app)
     namespace = pool or get_job(job_id, app=app).get("pool", DEFAULT_NAMESPACE)
     reply = get_functions(app.conf.broker_url, namespace).cancel(job_id)
     if reply[0] == "missing":
         raise JobNotFound(job_id)
-    if reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
-        app.control.revoke(job_id, terminate=terminate)
+    if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
+        app.control.revoke(job_id, terminate=True)
     return reply[0]
+
+
+def resubmit(job_id: str, pool: str | None = None, app: Celery | None = None,
+             reason: str = "resubmitted by request") -> str:
+    """Run a failed or cancelled job again under its id, from its old place in line.
+
+    Returns 'pending', or the status that refuses it; raises JobNotFound.
+    A cancelled job may have been revoked (``cancel(terminate=True)``), so
+    every live worker is first told to forget that revoke (a second at most).
+    """
+    app = _app(app)
+    client = get_client(app.conf.broker_url)
+    record = get_job(job_id, pool=pool, app=app)
+    namespace = record.get("pool") or DEFAULT_NAMESPACE
+    if record.get("status") == JobStatus.CANCELLED:
+        forget_revoked(app, [job_id], workers=len(WorkerRegistry(client).workers()))
+    status = get_functions(app.conf.broker_url, namespace).resubmit(job_id, reason)
+    if status == "missing":
+        raise JobNotFound(job_id)
+    return status

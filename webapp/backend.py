@@ -27,7 +27,12 @@ class Backend:
 
     @classmethod
     def connect(cls, redis_url: str) -> Backend:
-        return cls(create_celery_app(redis_url), get_client(redis_url))
+        """A producer-only Celery app: the web services never wait on AsyncResult
+        (results are on the job record; workers still store them in Celery's
+        backend), and the event log already carries ``job_submitted``, so the
+        per-submit result subscription and task-sent event are left out."""
+        celery = create_celery_app(redis_url, result_backend=None, task_send_sent_event=False)
+        return cls(celery, get_client(redis_url))
 
 
 def backend() -> Backend:

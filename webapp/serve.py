@@ -2,7 +2,8 @@
 
 flask-sock takes over the connection's socket in a worker thread, so one
 process with many threads serves REST and long-lived WebSockets together.
-One process keeps the in-process event fan-out (and webhook dispatcher) single.
+Each process runs its own event fan-out, so the API may run several (one
+per core by default); the webhook service runs one.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ class _Gunicorn(BaseApplication):
 
 
 def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
-          access_log: bool = False) -> None:
+          access_log: bool = False, processes: int = 1) -> None:
     """Serve ``factory()`` on host:port until stopped (SIGTERM/SIGINT)."""
     options = {
-        "bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread",
+        "bind": f"{host}:{port}", "workers": processes, "worker_class": "gthread",
         "threads": threads, "timeout": 30, "graceful_timeout": 5, "keepalive": 30,
         "accesslog": "-" if access_log else None, "loglevel": "info",
+        # Every gunicorn 27 on a host would share ~/.gunicorn/gunicorn.ctl otherwise.
+        "control_socket_disable": True,
     }
     _Gunicorn(factory, options).run()

@@ -5,6 +5,7 @@ Every name has a default; ``conf/emp.env.example`` lists them all.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from emp_tasks import defaults
@@ -14,8 +15,10 @@ API_PORT = 3331
 WEBHOOK_PORT = 3332
 #: Largest request body accepted, bytes (``EMP_MAX_BODY_BYTES``).
 MAX_BODY_BYTES = 1024 * 1024
-#: Threads of the WSGI worker; each open WebSocket holds one (``EMP_WEB_THREADS``).
+#: Threads of each WSGI process; each open WebSocket holds one (``EMP_WEB_THREADS``).
 WEB_THREADS = 64
+#: API server processes (``EMP_API_PROCESSES``; default one per CPU core).
+API_PROCESSES = os.cpu_count() or 1
 
 
 def _pairs(text: str | None) -> dict[str, str]:
@@ -43,6 +46,7 @@ class WebSettings:
     admin_tokens: set[str] = field(default_factory=set)
     max_body_bytes: int = MAX_BODY_BYTES
     threads: int = WEB_THREADS
+    api_processes: int = API_PROCESSES
 
     @property
     def open(self) -> bool:
@@ -57,6 +61,7 @@ class WebSettings:
             admin_tokens={t for t in admin if t},
             max_body_bytes=int(defaults.env("EMP_MAX_BODY_BYTES", str(MAX_BODY_BYTES))),
             threads=int(defaults.env("EMP_WEB_THREADS", str(WEB_THREADS))),
+            api_processes=int(defaults.env("EMP_API_PROCESSES", str(API_PROCESSES))),
         )
         for name, value in overrides.items():
             if value is not None:

@@ -46,7 +46,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '4'
+local VERSION = '5'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -368,19 +368,23 @@ end
 -- job has used up its attempts.
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
-  local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id')
+  local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
+    'attempts_before')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
   end
   local attempts = tonumber(f[4]) or 0
-  if attempts >= cfg.max_attempts then
+  -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
+  -- ever-new attempt numbers) but gets its full allowance again.
+  if attempts - (tonumber(f[6]) or 0) >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
     return 'failed'
   end
-  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason)
+  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
+    'requeued_attempt', attempts)
   index_status(P, id, f[1], 'pending', now)
   redis.call('HDEL', jk, 'lease_until')
   redis.call('ZREM', P .. 'leases', id)
@@ -768,7 +772,9 @@ end
 KEYS[1] config  KEYS[2] leases
 ARGV[1] worker id  ARGV[2] lease ms  ARGV[3] now (0: server time)
 ARGV[4..] job id, attempt pairs
-Returns the job ids whose lease this worker no longer holds. ]]
+Returns the job ids this worker lost while running them: taken by another
+attempt, or requeued. An attempt that already ended (completed, failed,
+cancelled, retrying) is not lost; its late ack is simply on its way. ]]
 local function emp_renew(keys, args)
   local P = prefix_of(keys[1])
   local worker = args[1]
@@ -778,11 +784,11 @@ local function emp_renew(keys, args)
   for i = 4, #args, 2 do
     local id, attempt = args[i], args[i + 1]
     local jk = P .. 'job:' .. id
-    local f = redis.call('HMGET', jk, 'status', 'attempts', 'worker_id')
+    local f = redis.call('HMGET', jk, 'status', 'attempts', 'worker_id', 'requeued_attempt')
     if ACTIVE[f[1]] and attempt_is(f[2], attempt) and f[3] == worker then
       redis.call('HSET', jk, 'lease_until', deadline)
       redis.call('ZADD', keys[2], 'XX', deadline, id)
-    else
+    elseif ACTIVE[f[1]] or not f[1] or (f[1] == 'pending' and f[4] == tostring(attempt)) then
       lost[#lost + 1] = id
     end
   end
@@ -817,8 +823,10 @@ end
 --[[ emp_resubmit
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
-A failed or cancelled job runs again: back to pending at its old place with
-its attempts reset and its record kept. Returns 'pending', or the status
+A failed or cancelled job runs again: back to pending at its old place, its
+record kept. Attempt numbers go on increasing, so a late word from the old
+run is still refused (fencing); ``attempts_before`` marks where the new run's
+allowance starts. Returns 'pending', or the status
 that refuses it ('missing' when there is no such job). ]]
 local function emp_resubmit(keys, args)
   local P = prefix_of(keys[1])
@@ -832,7 +840,8 @@ local function emp_resubmit(keys, args)
   if f[1] ~= 'failed' and f[1] ~= 'cancelled' then
     return f[1]
   end
-  redis.call('HSET', keys[2], 'status', 'pending', 'attempts', '0', 'retries', '0',
+  redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
+    redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0',
     'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])

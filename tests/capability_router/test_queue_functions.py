@@ -213,3 +213,24 @@ def test_oversize_result_is_kept_as_a_marked_preview(queue: QueueFunctions) -> N
     stored = json.loads(queue.client.hget(queue.keys.job("huge"), "result"))
     assert stored["truncated"] is True and stored["bytes"] > 200_000
     assert len(stored["preview"]) == 1024
+
+
+def test_renewal_reports_only_attempts_lost_while_running(queue: QueueFunctions) -> None:
+    """A finished or retrying attempt whose ack is still on its way is not 'lost';
+    one whose lease expired (requeued, or taken by another attempt) is."""
+    t = 1_800_000_000_000
+    queue.register_worker(ANY)
+    for job_id in ("done", "retrying", "expired"):
+        enqueue(queue, job_id, now_ms=t)
+    held = {c.job_id: c.attempt for c in
+            (queue.claim(ANY.signature, "w", 1_000, now_ms=t) for _ in range(3))}
+    assert queue.renew("w", 1_000, list(held.items())) == []
+    queue.complete("done", held["done"], {})
+    queue.retry("retrying", held["retrying"], 0, json.dumps({"id": "retrying"}), "again")
+    queue.client.hset(queue.keys.job("expired"), "lease_until", t + 1)
+    queue.client.zadd(queue.keys.leases, {"expired": t + 1})
+    assert queue.sweep(now_ms=t + 2) == 1
+    assert queue.renew("w", 1_000, list(held.items())) == ["expired"]
+    other = queue.claim(ANY.signature, "w2", 1_000)
+    assert isinstance(other, Claimed)
+    assert "expired" in queue.renew("w", 1_000, [("expired", held["expired"])])

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import requests
-from simple_websocket import Client, ConnectionClosed
+from simple_websocket import Client
+from simple_websocket import ConnectionError as WebSocketRefused
 
 from capability_router.keys import Keys
 
@@ -151,18 +152,20 @@ def test_sockets_enforce_tokens_and_customer_isolation(
 ) -> None:
     start_worker("ws-5")
     api = start_server("api", **TOKENS)
-    # No token, a wrong token: an error message and the connection closed.
+    # No token, a wrong token: the handshake is refused with 401, no socket opened.
     for token in (None, "nope"):
-        ws = connect(api, "/ws/client/x", token)
-        assert receive(ws)["error"] == "missing or invalid bearer token"
-        with pytest.raises(ConnectionClosed):
-            ws.receive(timeout=5)
-    # A customer token cannot open the monitor feed.
-    ws = connect(api, "/ws/monitor/m", "tok-a")
-    assert "admin" in receive(ws)["error"]
-    with pytest.raises(ConnectionClosed) as closed:
-        ws.receive(timeout=5)
-    assert closed.value.reason == 1008
+        with pytest.raises(WebSocketRefused) as refused:
+            connect(api, "/ws/client/x", token)
+        assert refused.value.status_code == 401
+    # A customer token cannot open the monitor feed: 403.
+    with pytest.raises(WebSocketRefused) as refused:
+        connect(api, "/ws/monitor/m", "tok-a")
+    assert refused.value.status_code == 403
+    # The token may also come as a header.
+    ws = Client.connect(f"{api.ws_base}/ws/monitor/m", headers={
+        "Authorization": "Bearer tok-admin"})
+    assert receive(ws)["type"] == "connection_established"
+    ws.close()
 
     a = connect(api, "/ws/client/a", "tok-a")
     receive(a)

@@ -38,8 +38,7 @@ JOB_EVENTS = ["job_submitted", "job_assigned", "job_started", "complete_job"]
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
              message: str = "condition") -> object:
-    """Poll until ``predicate()`` is truthy (tests/conftest.py's helper; that
-    module is shadowed by this directory's conftest for imports)."""
+    """Poll until ``predicate()`` is truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -495,7 +494,10 @@ def test_two_instances_one_killed_keep_order_and_lose_nothing(
 
 @pytest.mark.timeout(60)
 def test_backlog_is_bounded_and_drops_are_counted(client, start_server, receiver) -> None:
-    server = start_server("webhooks", EMP_WEBHOOK_MAX_BACKLOG="3", **FAST)
+    # The receiver is down meanwhile; a slow machine must not see the hook
+    # disconnected (10 failures) before it comes back.
+    server = start_server("webhooks", EMP_WEBHOOK_MAX_BACKLOG="3",
+                          EMP_WEBHOOK_DISCONNECT_AFTER="1000", **FAST)
     sink = receiver(start=False)
     hook = register(server, url=sink.url + "/full", events=["job_submitted"])
     for n in range(5):

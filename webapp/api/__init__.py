@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
+from capability_router.functions import ensure_library
 from webapp.auth import error, warn_if_open
 from webapp.backend import Backend
 from webapp.serve import serve
@@ -30,6 +32,10 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5}
     app.json.sort_keys = False
     app.extensions["emp"] = Backend.connect(settings.redis_url)
+    try:
+        ensure_library(app.extensions["emp"].redis)
+    except redis.RedisError:  # Redis not up yet: /health says so; the first call loads it
+        logger.warning("could not load the function library at start", exc_info=True)
     app.extensions["emp_events"] = events.EventHub(settings.redis_url)
     for blueprint in (jobs.blueprint, system.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
@@ -54,4 +60,5 @@ def run(redis_url: str, host: str = "127.0.0.1", port: int = API_PORT) -> None:
     settings = WebSettings.from_env(redis_url=redis_url)
     logging.basicConfig(level=logging.INFO)
     warn_if_open(settings, "emp api")
-    serve(lambda: create_app(settings), host, port, settings.threads)
+    serve(lambda: create_app(settings), host, port, settings.threads,
+          processes=settings.api_processes)

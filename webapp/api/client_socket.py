@@ -22,7 +22,8 @@ from emp_tasks import producer
 from webapp.api.events import Event, EventHub, Subscription
 from webapp.api.messages import client_message, error_message
 from webapp.api.session import Session
-from webapp.api.submission import ApiError, submit_job
+from webapp.api.submission import submit_body
+from webapp.api.validation import Invalid
 from webapp.auth import Principal
 from webapp.backend import Backend
 
@@ -94,9 +95,9 @@ class ClientConnection:
     def submit(self, message: dict[str, Any]) -> None:
         body = {k: v for k, v in message.items() if k != "type"}
         try:
-            job_id, pool = submit_job(body, self.principal, self.backend.celery)
-        except ApiError as exc:
-            self.session.send(error_message(exc.message, status=exc.status,
+            job_id, pool = submit_body(body, self.principal, self.backend)
+        except Invalid as exc:
+            self.session.send(error_message(str(exc), status=exc.status,
                                             message_id=message.get("message_id")))
             return
         # The job's own log answers: job_submitted first, then the rest.

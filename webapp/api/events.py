@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -31,6 +33,10 @@ logger = logging.getLogger(__name__)
 NAMESPACE_REFRESH_SECONDS = 5.0
 #: Events a subscription may hold unread before it is dropped as too slow.
 SUBSCRIPTION_BACKLOG = 10_000
+#: Where each API process lists its open sockets (several processes share a port).
+CONNECTIONS_KEY = "emp:ws:connections"
+#: A process's list expires unless refreshed this often (seconds) by its reader thread.
+CONNECTIONS_TTL_SECONDS = 15
 
 
 def id_key(event_id: str) -> tuple[int, int]:
@@ -69,7 +75,6 @@ class Subscription:
     #: Monitors: every job event; ``system`` adds worker and machine events.
     everything: bool = False
     system: bool = False
-    #: Called with each matching event (from the hub thread); default queues it.
     queue: queue.Queue[Event] = field(default_factory=lambda: queue.Queue(SUBSCRIPTION_BACKLOG))
     overflowed: bool = False
     info: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +109,26 @@ class EventHub:
 
     # -- subscriptions ----------------------------------------------------
 
+    @property
+    def _process_key(self) -> str:
+        return f"{CONNECTIONS_KEY}:{socket.gethostname()}:{os.getpid()}"
+
+    def _publish_connections(self) -> None:
+        """Write this process's open sockets where every API process can read them."""
+        with self._lock:
+            rows = {str(id(s)): json.dumps({**s.info, "subscribed_jobs": len(s.jobs)})
+                    for s in self._subscriptions}
+        key = self._process_key
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if rows:
+                pipe.hset(key, mapping=rows)
+                pipe.expire(key, CONNECTIONS_TTL_SECONDS)
+                pipe.zadd(CONNECTIONS_KEY, {key: time.time()})
+            else:
+                pipe.zrem(CONNECTIONS_KEY, key)
+            pipe.execute()
+
     def subscribe(self, subscription: Subscription, namespaces: Iterable[str] = ()) -> None:
         """Start delivering live events to ``subscription``.
 
@@ -114,19 +139,25 @@ class EventHub:
         with self._lock:
             self._subscriptions.add(subscription)
         self._ensure_thread()
+        self._publish_connections()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
             self._subscriptions.discard(subscription)
+        try:
+            self._publish_connections()
+        except redis.RedisError:  # the reader thread's refresh corrects it
+            logger.debug("could not update the connection list", exc_info=True)
 
     def connections(self) -> dict[str, list[dict[str, Any]]]:
-        """Open WebSocket connections, for ``GET /api/connections``."""
-        with self._lock:
-            subs = list(self._subscriptions)
+        """Open WebSocket connections of every API process, for ``GET /api/connections``."""
+        client = self.client
+        client.zremrangebyscore(CONNECTIONS_KEY, "-inf", time.time() - CONNECTIONS_TTL_SECONDS)
         out: dict[str, list[dict[str, Any]]] = {"clients": [], "monitors": []}
-        for sub in subs:
-            kind = "monitors" if sub.everything or sub.system else "clients"
-            out[kind].append({**sub.info, "subscribed_jobs": sorted(sub.jobs)})
+        for key in client.zrange(CONNECTIONS_KEY, 0, -1):
+            for row in client.hvals(key):
+                info = json.loads(row)
+                out["monitors" if info.get("kind") == "monitor" else "clients"].append(info)
         return out
 
     # -- replay -------------------------------------------------------------
@@ -193,6 +224,7 @@ class EventHub:
         now = time.monotonic()
         if now - self._namespaces_at > NAMESPACE_REFRESH_SECONDS:
             self.track(self.namespaces())
+            self._publish_connections()
             self._namespaces_at = now
         with self._lock:
             cursors = dict(self._cursors)

@@ -1,5 +1,132 @@
-"""Placeholder: filled in by the REST API work."""
+"""REST jobs: submit, read, list, cancel and retry (the original's wire formats).
 
-from flask import Blueprint
+A customer token acts only as its own customer: it submits under its id and
+never learns that another customer's job exists (404, not 403). Submission
+goes through ``emp_tasks.producer.submit``, the one way in, after the body
+passed the OpenAPI schema, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+
+from capability_router.errors import InvalidJob, JobNotFound
+from capability_router.states import TERMINAL, JobStatus
+from emp_tasks import producer
+from webapp.api import listing, validation
+from webapp.api.submission import submit_body
+from webapp.auth import Principal, error, require_auth
+from webapp.backend import backend
 
 blueprint = Blueprint("jobs", __name__)
+
+#: Jobs a retry may run again.
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@blueprint.errorhandler(validation.Invalid)
+def invalid(exc: validation.Invalid):  # noqa: ANN201 - Flask response
+    return error(exc.status, str(exc))
+
+
+@blueprint.errorhandler(InvalidJob)
+def invalid_job(exc: InvalidJob):  # noqa: ANN201 - Flask response
+    return invalid(validation.Invalid(str(exc)))
+
+
+@blueprint.errorhandler(JobNotFound)
+def not_found(exc: JobNotFound):  # noqa: ANN201 - Flask response
+    return error(404, str(exc))
+
+
+def _principal() -> Principal:
+    return g.principal
+
+
+def visible_job(job_id: str) -> dict[str, Any]:
+    """The job's record if the caller may see it; JobNotFound otherwise (same answer)."""
+    record = producer.get_job(job_id, app=backend().celery)
+    if not _principal().may_see(record.get("customer_id")):
+        raise JobNotFound(job_id)
+    return record
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@blueprint.post("/api/jobs")
+@require_auth()
+def submit_job():  # noqa: ANN201 - Flask response
+    """Submit a job: 201 with its id, or 400/403/409 having written nothing."""
+    body = validation.json_body("JobSubmission")
+    job_id, _ = submit_body(body, _principal(), backend(), checked=True)
+    response = jsonify(success=True, job_id=job_id, message="Job submitted successfully",
+                       timestamp=_now_iso())
+    response.status_code = 201
+    return response
+
+
+@blueprint.get("/api/jobs/<job_id>")
+@require_auth()
+def get_job(job_id: str):  # noqa: ANN201 - Flask response
+    """The job record, or 404 (also for another customer's job)."""
+    return jsonify(success=True, job=visible_job(job_id))
+
+
+@blueprint.get("/api/jobs")
+@require_auth()
+def list_jobs():  # noqa: ANN201 - Flask response
+    """A page of jobs newest first; a customer token lists its own jobs only."""
+    params = validation.query("/api/jobs", "get")
+    principal = _principal()
+    customer_id = params["customer_id"] or None
+    if not principal.admin:
+        if customer_id not in (None, principal.customer_id):
+            return error(403, f"customer_id {customer_id!r} is not this token's customer")
+        customer_id = principal.customer_id
+    page = listing.list_jobs(
+        backend().redis, status=params["status"] or None, service=params["service"] or None,
+        customer_id=customer_id, workflow_id=params["workflow_id"] or None,
+        pool=params["pool"] or None, limit=params["limit"], offset=params["offset"],
+    )
+    return jsonify(success=True, jobs=page.jobs, total=page.total, limit=params["limit"],
+                   offset=params["offset"])
+
+
+@blueprint.post("/api/jobs/<job_id>/cancel")
+@require_auth()
+def cancel_job(job_id: str):  # noqa: ANN201 - Flask response
+    """Cancel a pending or running job; 409 naming the status when it already ended."""
+    params = validation.query("/api/jobs/{job_id}/cancel", "post")
+    record = visible_job(job_id)
+    status = record.get("status")
+    if status not in TERMINAL:
+        status = producer.cancel(job_id, pool=record.get("pool"), app=backend().celery,
+                                 terminate=params["terminate"])
+        if status == JobStatus.CANCELLED:
+            return jsonify(success=True, job_id=job_id, status=str(status))
+    return error(409, f"job {job_id!r} is already {status}", job_status=status)
+
+
+@blueprint.post("/api/jobs/<job_id>/retry")
+@require_auth()
+def retry_job(job_id: str):  # noqa: ANN201 - Flask response
+    """Run a failed or cancelled job again under its id; 409 for any other state.
+
+    A cancelled run that has not noticed yet may still be ending on its
+    worker; its late words are refused (the new run has a new attempt number).
+    """
+    record = visible_job(job_id)
+    status = record.get("status")
+    if status not in RETRYABLE:
+        return error(409, f"job {job_id!r} is {status}; only failed or cancelled jobs can be "
+                          "retried", job_status=status)
+    status = producer.resubmit(job_id, pool=record.get("pool"), app=backend().celery)
+    if status != JobStatus.PENDING:
+        return error(409, f"job {job_id!r} is {status}; only failed or cancelled jobs can be "
+                          "retried", job_status=status)
+    return jsonify(success=True, job_id=job_id, status=str(status))

@@ -1,5 +1,365 @@
-"""Placeholder: filled in by the REST API work."""
+"""The API's OpenAPI 3.0 document: what clients read, and what requests are checked against.
 
-from flask import Blueprint
+One document, built from the code's own constants (job states, limits, the
+registered services), is served at ``/api/openapi.json`` and handed to
+``validation`` for request bodies and query strings, so the description
+and the server cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+
+from capability_router.states import JobStatus
+from emp_tasks.producer import services
+from webapp.backend import backend
 
 blueprint = Blueprint("openapi", __name__)
+
+#: Job and customer ids, service and workflow names (``capability_router.jobspec``).
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+#: The same, or empty: an empty query parameter means "no filter".
+FILTER_PATTERN = r"^[A-Za-z0-9_.:\-]{0,128}$"
+#: Pool names (``capability_router.keys``).
+POOL_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+#: Page sizes of the job listing.
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+#: Deepest page offset of the job listing.
+MAX_OFFSET = 1_000_000
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+JOB_STATES = [status.value for status in JobStatus]
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("emp-job-queue")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+def _submission(service_names: list[str]) -> dict[str, Any]:
+    service = {"type": "string", "enum": service_names, "nullable": True}
+    name = {"type": "string", "pattern": NAME_PATTERN, "nullable": True}
+    obj = {"type": "object", "nullable": True}
+
+    def integer(low: int, high: int, description: str) -> dict[str, Any]:
+        return {"type": "integer", "minimum": low, "maximum": high, "nullable": True,
+                "description": description}
+
+    return {
+        "type": "object",
+        "description": "A job. One of service_required, job_type or type names its service.",
+        "additionalProperties": False,
+        "anyOf": [{"required": [alias]} for alias in ("service_required", "job_type", "type")],
+        "x-error": "service_required is required (or its alias job_type or type)",
+        "properties": {
+            "service_required": {**service, "description": "The service (job type) to run."},
+            "job_type": {**service, "description": "Alias of service_required."},
+            "type": {**service, "description": "Alias of service_required."},
+            "priority": integer(0, 100, "Higher runs first; default 50."),
+            "payload": {**obj, "description": "The job's input, handed to the task."},
+            "requirements": {**obj, "description": (
+                "What a worker must have: hardware, models, customer_isolation, "
+                "custom capabilities; 'pool' picks the queue namespace.")},
+            "customer_id": {**name, "description": (
+                "Owner of the job; a customer token's own id by default.")},
+            "max_retries": integer(0, 100, "Task retries allowed; default 3."),
+            "workflow_id": name,
+            "workflow_priority": integer(0, 100, "Replaces priority for ordering."),
+            "workflow_datetime": {
+                "nullable": True,
+                "description": "Epoch seconds or ms, or ISO-8601; replaces submit time for "
+                               "ordering.",
+                "anyOf": [{"type": "integer", "minimum": 0, "maximum": 10**15},
+                          {"type": "string", "format": "date-time"}],
+            },
+            "current_step": integer(0, 10**6, "This job's step in its workflow."),
+            "total_steps": integer(0, 10**6, "Steps of its workflow."),
+            "ctx": {**obj, "description": "Storage context, kept apart from the payload."},
+            "pool": {"type": "string", "pattern": POOL_PATTERN, "nullable": True,
+                     "description": "Queue namespace; default 'default'."},
+            "message_id": {**name, "description": "Becomes the job id (default: a UUID)."},
+            "job_id": {**name, "description": "Alias of message_id."},
+        },
+    }
+
+
+def _schemas(service_names: list[str]) -> dict[str, Any]:
+    success = {"type": "boolean", "enum": [True]}
+    strings = {"type": "array", "items": {"type": "string"}}
+    return {
+        "Error": {
+            "type": "object", "required": ["success", "error"],
+            "properties": {"success": {"type": "boolean", "enum": [False]},
+                           "error": {"type": "string"},
+                           "job_status": {"type": "string", "enum": JOB_STATES,
+                                          "description": "With 409: the job's state."}},
+        },
+        "JobSubmission": _submission(service_names),
+        "Submitted": {
+            "type": "object", "required": ["success", "job_id", "message", "timestamp"],
+            "properties": {"success": success, "job_id": {"type": "string"},
+                           "message": {"type": "string"},
+                           "timestamp": {"type": "string", "format": "date-time"}},
+        },
+        "Job": {
+            "type": "object", "required": ["job_id", "status"],
+            "description": "The job record. Times are epoch ms.",
+            "properties": {
+                "job_id": {"type": "string"},
+                "status": {"type": "string", "enum": JOB_STATES},
+                "service_required": {"type": "string"},
+                "priority": {"type": "integer"},
+                "customer_id": {"type": "string"},
+                "workflow_id": {"type": "string"},
+                "pool": {"type": "string"},
+                "payload": {"type": "object"},
+                "requirements": {"type": "object"},
+                "attempts": {"type": "integer"},
+                "retries": {"type": "integer"},
+                "max_retries": {"type": "integer"},
+                "created_at": {"type": "integer"},
+                "progress": {"type": "number"},
+                "worker_id": {"type": "string"},
+                "last_error": {"type": "string"},
+                "result": {"description": "What the task returned (when completed)."},
+            },
+        },
+        "JobFound": {
+            "type": "object", "required": ["success", "job"],
+            "properties": {"success": success, "job": _ref("Job")},
+        },
+        "JobList": {
+            "type": "object", "required": ["success", "jobs", "total", "limit", "offset"],
+            "properties": {
+                "success": success, "jobs": {"type": "array", "items": _ref("Job")},
+                "total": {"type": "integer", "minimum": 0},
+                "limit": {"type": "integer"}, "offset": {"type": "integer"},
+            },
+        },
+        "JobStatusChange": {
+            "type": "object", "required": ["success", "job_id", "status"],
+            "properties": {"success": success, "job_id": {"type": "string"},
+                           "status": {"type": "string", "enum": JOB_STATES}},
+        },
+        "Health": {
+            "type": "object", "required": ["status", "redis"],
+            "properties": {"success": {"type": "boolean"},
+                           "status": {"type": "string", "enum": ["ok", "error"]},
+                           "redis": {"type": "string", "enum": ["ok", "unreachable"]},
+                           "error": {"type": "string"}},
+        },
+        "Version": {
+            "type": "object", "required": ["success", "version", "library_version"],
+            "properties": {
+                "success": success, "version": {"type": "string"},
+                "library_version": {
+                    "type": "string", "nullable": True,
+                    "description": "Function library loaded in Redis (null: not loaded yet, "
+                                   "or Redis unreachable)."},
+                "library_source_version": {"type": "string"},
+            },
+        },
+        "Connections": {
+            "type": "object", "required": ["success", "clients", "monitors"],
+            "properties": {"success": success,
+                           "clients": {"type": "array", "items": {"type": "object"}},
+                           "monitors": {"type": "array", "items": {"type": "object"}}},
+        },
+        "MachineForgotten": {
+            "type": "object", "required": ["success", "machine_id", "workers", "requeued_jobs"],
+            "properties": {"success": success, "machine_id": {"type": "string"},
+                           "workers": strings, "requeued_jobs": strings},
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    return {
+        "BadRequest": _json(ERROR_REF, "Malformed input; the error names the field."),
+        "Unauthorized": _json(ERROR_REF, "Missing or unknown bearer token."),
+        "Forbidden": _json(ERROR_REF, "The token may not do this."),
+        "NotFound": _json(ERROR_REF, "No such job (or not the caller's)."),
+        "Conflict": _json(ERROR_REF, "The job's state forbids this; the error says which."),
+        "TooLarge": _json(ERROR_REF, "Request body over the size limit."),
+        "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
+    }
+
+
+def _r(*codes: str) -> dict[str, Any]:
+    names = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
+             "409": "Conflict", "413": "TooLarge", "415": "UnsupportedMediaType"}
+    return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1}, "description": description}
+
+
+def _listing_parameters() -> list[dict[str, Any]]:
+    text = {"type": "string", "pattern": FILTER_PATTERN}
+    return [
+        _query("status", {"type": "string", "enum": ["", *JOB_STATES]}, "Only jobs in this state."),
+        _query("customer_id", text, "Only this customer's jobs (a customer token: its own)."),
+        _query("service", text, "Only jobs of this service."),
+        _query("workflow_id", text, "Only jobs of this workflow."),
+        _query("pool", {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{0,64}$"},
+               "Only this queue namespace (default: all)."),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                         "default": DEFAULT_LIMIT}, "Page size."),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
+                          "default": 0}, "Jobs to skip."),
+    ]
+
+
+def _paths() -> dict[str, Any]:
+    job_id = _path("job_id", "The job id.")
+    public: list[dict[str, Any]] = []
+    return {
+        "/api/jobs": {
+            "post": {
+                "operationId": "submitJob", "summary": "Submit a job",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("JobSubmission")}}},
+                "responses": {"201": _json(_ref("Submitted"), "Queued."),
+                              **_r("400", "401", "403", "409", "413", "415")},
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "List jobs, newest first (by submit time; by the time they entered "
+                           "the state when filtering on status alone)",
+                "parameters": _listing_parameters(),
+                "responses": {"200": _json(_ref("JobList"), "A page of jobs."),
+                              **_r("400", "401", "403")},
+            },
+        },
+        "/api/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob", "summary": "Read a job", "parameters": [job_id],
+                "responses": {"200": _json(_ref("JobFound"), "The job."), **_r("401", "404")},
+            },
+        },
+        "/api/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a pending or running job",
+                "parameters": [job_id, _query(
+                    "terminate", {"type": "boolean", "default": False},
+                    "Also kill the process running it (Celery revoke with terminate).")],
+                "responses": {"200": _json(_ref("JobStatusChange"), "Cancelled."),
+                              **_r("400", "401", "404", "409")},
+            },
+        },
+        "/api/jobs/{job_id}/retry": {
+            "post": {
+                "operationId": "retryJob",
+                "summary": "Run a failed or cancelled job again under its id",
+                "parameters": [job_id],
+                "responses": {"200": _json(_ref("JobStatusChange"), "Pending again."),
+                              **_r("401", "404", "409")},
+            },
+        },
+        "/api/machines/{machine_id}": {
+            "delete": {
+                "operationId": "forgetMachine",
+                "summary": "Forget a machine: drop its workers, return its jobs to pending "
+                           "(admin)",
+                "parameters": [_path("machine_id", "The machine id.")],
+                "responses": {"200": _json(_ref("MachineForgotten"), "Forgotten."),
+                              **_r("401", "403", "404")},
+            },
+        },
+        "/api/connections": {
+            "get": {
+                "operationId": "listConnections",
+                "summary": "Open WebSocket connections (admin)",
+                "responses": {"200": _json(_ref("Connections"), "Clients and monitors."),
+                              **_r("401", "403")},
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health", "summary": "Liveness and Redis reachability",
+                "security": public,
+                "responses": {"200": _json(_ref("Health"), "Up."),
+                              "503": _json(_ref("Health"), "Redis unreachable.")},
+            },
+        },
+        "/version": {
+            "get": {
+                "operationId": "version", "summary": "Package and function library versions",
+                "security": public,
+                "responses": {"200": _json(_ref("Version"), "Versions.")},
+            },
+        },
+        "/api/openapi.json": {
+            "get": {
+                "operationId": "openapi", "summary": "This document", "security": public,
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0 document.")},
+            },
+        },
+    }
+
+
+def build(service_names: list[str]) -> dict[str, Any]:
+    """The document for a server whose Celery app knows ``service_names``."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "EMP Job Queue API", "version": package_version(),
+            "description": "Submit capability-matched jobs, read, list, cancel and retry "
+                           "them. Errors are {success: false, error}.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(service_names),
+            "responses": _responses(),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "EMP_API_TOKENS (one customer's jobs) or "
+                                              "EMP_ADMIN_TOKENS (everything); none set: open."},
+                "queryToken": {"type": "apiKey", "in": "query", "name": "token",
+                               "description": "The same token as ?token=, for clients that "
+                                              "cannot set headers."},
+            },
+        },
+        "security": [{"bearerAuth": []}, {"queryToken": []}],
+    }
+
+
+def document() -> dict[str, Any]:
+    """The current app's document, built once from its Celery app's services."""
+    built = current_app.extensions.get("emp_openapi")
+    if built is None:
+        built = build(sorted(services(backend().celery)))
+        current_app.extensions["emp_openapi"] = built
+    return built
+
+
+@blueprint.get("/api/openapi.json")
+def openapi_json():  # noqa: ANN201 - Flask response
+    """Serve the document (no token needed)."""
+    return jsonify(document())

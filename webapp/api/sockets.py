@@ -1,57 +1,59 @@
 """WebSocket routes of the API, on flask-sock; both take the bearer token.
 
 The token comes as ``Authorization: Bearer`` or ``?token=`` (browsers cannot
-set headers on a WebSocket). A refused connection gets an ``error`` message
-and a policy-violation close. flask-sock pings every 5 s; a connection whose
-pong does not come back before the next ping is closed.
+set headers on a WebSocket). It is checked before the upgrade: a refused
+handshake gets an HTTP 401 (no or bad token) or 403 (a customer token on the
+monitor feed) with the usual JSON error, and no socket is opened. flask-sock
+pings every 5 s; a connection whose pong does not come back before the next
+ping is closed.
 """
 
 from __future__ import annotations
 
-from flask import Flask, current_app, request
+from typing import Any
+
+from flask import Flask, current_app, g, request
 from flask_sock import Sock
 
 from webapp.api.client_socket import ClientConnection
 from webapp.api.monitor_socket import MonitorConnection
-from webapp.auth import Principal, authenticate
+from webapp.auth import authenticate, error
 from webapp.backend import backend
 
 sock = Sock()
 
-#: WebSocket close code for a refused token (RFC 6455 policy violation).
-POLICY_VIOLATION = 1008
+CLIENT_PATH = "/ws/client/"
+MONITOR_PATH = "/ws/monitor/"
 
 
-def _principal(ws) -> Principal | None:  # noqa: ANN001 - simple_websocket.Server
+def check_token() -> Any:
+    """before_request for the socket paths: refuse the handshake without a valid token."""
+    if not request.path.startswith((CLIENT_PATH, MONITOR_PATH)):
+        return None
     principal = authenticate(current_app.config["EMP_SETTINGS"],
                              request.headers.get("Authorization"), request.args.get("token"))
     if principal is None:
-        ws.send('{"type": "error", "error": "missing or invalid bearer token"}')
-        ws.close(POLICY_VIOLATION, "unauthorized")
-    return principal
+        response = error(401, "missing or invalid bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="emp"'
+        return response
+    if request.path.startswith(MONITOR_PATH) and not principal.admin:
+        return error(403, "the monitor feed needs an admin token")
+    g.principal = principal
+    return None
 
 
 @sock.route("/ws/client/<client_id>")
-def client_socket(ws, client_id: str) -> None:  # noqa: ANN001
-    principal = _principal(ws)
-    if principal is None:
-        return
-    ClientConnection(ws, client_id, principal, backend(),
+def client_socket(ws, client_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
+    ClientConnection(ws, client_id, g.principal, backend(),
                      current_app.extensions["emp_events"]).run(request.args.get("last_event_id"))
 
 
 @sock.route("/ws/monitor/<monitor_id>")
-def monitor_socket(ws, monitor_id: str) -> None:  # noqa: ANN001
-    principal = _principal(ws)
-    if principal is None:
-        return
-    if not principal.admin:
-        ws.send('{"type": "error", "error": "the monitor feed needs an admin token"}')
-        ws.close(POLICY_VIOLATION, "forbidden")
-        return
+def monitor_socket(ws, monitor_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
     MonitorConnection(ws, monitor_id, backend(),
                       current_app.extensions["emp_events"]).run(request.args.get("last_event_id"))
 
 
 def init_app(app: Flask) -> None:
+    app.before_request(check_token)
     sock.init_app(app)

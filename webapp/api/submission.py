@@ -1,42 +1,65 @@
-"""Turn a submitted body (REST or WebSocket) into a job, through Celery.
+"""One way in for a job sent over HTTP or WebSocket: checked, then submitted through Celery.
 
-Temporary minimal version; the REST work brings the schema validation.
+The body is checked against the OpenAPI document's ``JobSubmission`` schema
+first, so a refused body writes nothing; then ``emp_tasks.producer.submit``
+files it exactly as a Python producer would.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-
-from capability_router.errors import EmpError
+from capability_router.errors import InvalidJob
+from capability_router.jobspec import SERVICE_ALIASES
+from capability_router.keys import Keys
 from emp_tasks import producer
+from webapp.api import listing, validation
+from webapp.api.validation import Invalid
 from webapp.auth import Principal
+from webapp.backend import Backend
+
+#: Body fields handed to ``producer.submit`` as job fields, besides service and payload.
+JOB_FIELDS = (
+    "requirements", "priority", "max_retries", "workflow_id", "workflow_priority",
+    "workflow_datetime", "current_step", "total_steps", "ctx", "pool",
+)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+def _taken(backend: Backend, job_id: str) -> bool:
+    """True when some pool already holds a job with this id."""
+    client = backend.redis
+    return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
 
 
-def submit_job(body: dict[str, Any], principal: Principal, celery: Celery) -> tuple[str, str]:
-    """Submit ``body``; returns (job id, pool). Raises ApiError with a 4xx."""
-    fields = dict(body)
-    service = fields.pop("service_required", None) or fields.pop("job_type", None) \
-        or fields.pop("type", None)
-    if not isinstance(service, str):
-        raise ApiError(400, "service_required: required string")
-    customer = fields.pop("customer_id", None)
+def submit_body(body: Any, principal: Principal, backend: Backend,
+                checked: bool = False) -> tuple[str, str]:
+    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409).
+
+    A customer token submits as its own customer only; ``message_id`` (or
+    ``job_id``) becomes the job id.
+    """
+    if not checked:
+        validation.check("JobSubmission", body)
+    service = next((body[a] for a in SERVICE_ALIASES if body.get(a) is not None), None)
+    if service is None:
+        raise Invalid("service_required is required (or its alias job_type or type)")
+    customer_id = body.get("customer_id")
     if not principal.admin:
-        if customer not in (None, principal.customer_id):
-            raise ApiError(403, "customer_id: a customer token submits only its own jobs")
-        customer = principal.customer_id
+        if customer_id not in (None, principal.customer_id):
+            raise Invalid(f"customer_id {customer_id!r} is not this token's customer", 403)
+        customer_id = principal.customer_id
+    ids = {body[name] for name in ("message_id", "job_id") if body.get(name) is not None}
+    if len(ids) > 1:
+        raise Invalid("message_id and job_id name different ids; send one")
+    fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
+    if ids:
+        job_id = ids.pop()
+        if _taken(backend, job_id):
+            raise Invalid(f"job {job_id!r} already exists", 409)
+        fields["task_id"] = job_id
     try:
-        result = producer.submit(service, fields.pop("payload", None),
-                                 fields.pop("requirements", None),
-                                 priority=fields.pop("priority", 50), customer_id=customer,
-                                 app=celery, **fields)
-    except (EmpError, TypeError, ValueError) as exc:
-        raise ApiError(400, str(exc)) from None
+        result = producer.submit(service, body.get("payload"), customer_id=customer_id,
+                                 app=backend.celery, **fields)
+    except InvalidJob as exc:
+        raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
     return result.id, fields.get("pool") or "default"

@@ -1,0 +1,90 @@
+"""Helpers of the REST API tests: a small client for a live ``emp api`` and polling."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+#: Tokens the auth-enabled servers of the tests accept.
+ADMIN = "admin-token"
+TOKEN_A = "token-a"
+TOKEN_B = "token-b"
+TOKENS_ENV = {"EMP_API_TOKENS": f"{TOKEN_A}=cust-a,{TOKEN_B}=cust-b",
+              "EMP_ADMIN_TOKENS": ADMIN}
+
+
+class Api:
+    """requests against one server, as one token (None: no Authorization header)."""
+
+    def __init__(self, base: str, token: str | None = None) -> None:
+        self.base = base
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def as_(self, token: str | None) -> Api:
+        return Api(self.base, token)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.get(self.base + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.post(self.base + path, timeout=30, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.delete(self.base + path, timeout=30, **kwargs)
+
+    def submit(self, **body: Any) -> str:
+        """Submit a job; returns its id (the test fails unless it was accepted)."""
+        response = self.post("/api/jobs", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.get(f"/api/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()["job"]
+
+    def status(self, job_id: str) -> str:
+        return self.job(job_id)["status"]
+
+    def wait_status(self, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll until the job is in one of ``statuses``; returns its record."""
+        found: dict[str, Any] = {}
+
+        def reached() -> bool:
+            found.update(self.job(job_id))
+            return found["status"] in statuses
+
+        wait_for(reached, timeout, message=f"job {job_id} to be {'/'.join(statuses)}")
+        return found
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05,
+             message: str = "condition") -> object:
+    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+def snapshot(client: redis.Redis) -> dict[str, bytes]:
+    """Every key of the database with its serialized value (DUMP): compared before and
+    after a refused request, it shows that nothing was written."""
+    return {key: client.dump(key) for key in client.keys("*")}
+
+
+def event_names(client: redis.Redis, job_id: str, pool: str = "default") -> list[str]:
+    """The job's events in order, read from its stream."""
+    from capability_router.keys import Keys
+
+    return [fields["event"] for _, fields in client.xrange(Keys(pool).job_events(job_id))]

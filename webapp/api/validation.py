@@ -1,0 +1,155 @@
+"""Check requests against the OpenAPI document's own schemas (one source of truth).
+
+Bodies are parsed strictly (no NaN or Infinity, which JSON does not have)
+and checked with jsonschema; query strings are converted by their declared
+types first. Every refusal is an ``Invalid`` whose message names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask import current_app, request
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from webapp.api.openapi import document
+
+#: Longest error message returned.
+MAX_MESSAGE = 300
+
+
+class Invalid(ValueError):
+    """A request the API refuses; ``status`` is the HTTP code (400, 415)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        if len(message) > MAX_MESSAGE:  # jsonschema's messages quote the value whole
+            message = message[:MAX_MESSAGE] + "..."
+        super().__init__(message)
+        self.status = status
+
+
+def to_json_schema(schema: Any) -> Any:
+    """An OpenAPI 3.0 schema as plain JSON Schema: ``nullable`` becomes a null branch."""
+    if isinstance(schema, list):
+        return [to_json_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: to_json_schema(value) for key, value in schema.items()
+                 if key != "nullable"}
+    if schema.get("nullable"):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+def _resolved(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every ``#/components/schemas/...`` reference inlined."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref:
+            return _resolved(components[ref.rsplit("/", 1)[-1]], components)
+        return {key: _resolved(value, components) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_resolved(item, components) for item in schema]
+    return schema
+
+
+def _validator(name: str) -> Draft4Validator:
+    """The checker of a component schema, built once per app."""
+    validators = current_app.extensions.setdefault("emp_validators", {})
+    validator = validators.get(name)
+    if validator is None:
+        components = document()["components"]["schemas"]
+        validator = Draft4Validator(to_json_schema(_resolved(components[name], components)))
+        validators[name] = validator
+    return validator
+
+
+def _field(error: ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path)
+
+
+def describe(error: ValidationError) -> str:
+    """A message naming the field, in the words of the schema where it has some."""
+    if error.validator == "anyOf" and isinstance(error.schema, dict) and "x-error" in error.schema:
+        return error.schema["x-error"]
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # A nullable field: the error of the non-null branch says more.
+        inner = best_match(e for e in error.context if e.validator != "type"
+                           or e.validator_value != "null")
+        if inner is not None:
+            error = inner
+    field = _field(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f" in {field}" if field else ""
+        return f"unknown field(s){where}: {', '.join(extra)}"
+    if error.validator == "required":
+        return error.message.replace("'", "").replace(" is a required property", " is required")
+    return f"{field}: {error.message}" if field else error.message
+
+
+def check(schema_name: str, value: Any) -> None:
+    """Raise Invalid when ``value`` does not match the named component schema."""
+    validator = _validator(schema_name)
+    error = best_match(validator.iter_errors(value))
+    if error is not None:
+        raise Invalid(describe(error))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_body(schema_name: str) -> dict[str, Any]:
+    """The request's JSON body, checked against a component schema."""
+    if not request.is_json:
+        raise Invalid("Content-Type must be application/json", status=415)
+    data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from the factory
+    try:
+        body = json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Invalid(f"request body is not valid JSON: {exc}") from None
+    check(schema_name, body)
+    return body
+
+
+def _operation(path: str, method: str) -> dict[str, Any]:
+    return document()["paths"][path][method]
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
+def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if kind == "integer":
+        if not _INTEGER.fullmatch(text):
+            raise Invalid(f"{name} must be an integer, got {text!r}")
+        return int(text)
+    if kind == "boolean":
+        if text not in ("true", "false"):
+            raise Invalid(f"{name} must be true or false, got {text!r}")
+        return text == "true"
+    return text
+
+
+def query(path: str, method: str) -> dict[str, Any]:
+    """The operation's query parameters, converted, checked, defaults filled in."""
+    values: dict[str, Any] = {}
+    for parameter in _operation(path, method).get("parameters", []):
+        if parameter["in"] != "query":
+            continue
+        name, schema = parameter["name"], parameter["schema"]
+        text = request.args.get(name)
+        if text is None:
+            values[name] = schema.get("default")
+            continue
+        value = _convert(name, text, schema)
+        error = best_match(Draft4Validator(to_json_schema(schema)).iter_errors(value))
+        if error is not None:
+            raise Invalid(f"{name}: {error.message}")
+        values[name] = value
+    return values
