@@ -15,10 +15,10 @@ from celery import Celery
 from capability_router import TRANSPORT
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
-from emp_tasks import defaults
+from emp_tasks import defaults, remote_control  # noqa: F401 - remote_control registers a command
 
 #: Job type modules every app registers.
-BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo"]
+BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
 
 
 def celery_config(redis_url: str | None = None) -> dict[str, Any]:

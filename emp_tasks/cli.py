@@ -75,6 +75,10 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
             os.environ[env_names[name]] = str(value)
     if services:
         os.environ["WORKER_SERVICES"] = services
+    if defaults.env("EMP_LOG_FORMAT") == "json":  # set by `emp machine` for its workers
+        from machine.logs import use_json_logging
+
+        use_json_logging(loglevel)
     app = _app(obj["url"])
     try:
         profile = build_profile(app)
@@ -183,6 +187,37 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--machine-id", help="Machine id (env MACHINE_ID; default: the hostname).")
+@click.option("--workers", "plan", help="Worker plan, e.g. 'comfyui:auto,simulation:2' "
+              "(env WORKERS; default simulation:auto).")
+@click.option("--mock-gpus", type=int, help="Pretend to have N GPUs (env EMP_MOCK_GPUS).")
+@click.option("--health-host", help="Health server address (env EMP_HEALTH_HOST; 0.0.0.0).")
+@click.option("--health-port", type=int, help="Health server port (env EMP_HEALTH_PORT; 9090).")
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="supervisord config, socket and logs (env EMP_MACHINE_RUN_DIR; "
+                   "default .emp/machine-<id>).")
+@click.pass_obj
+def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
+            mock_gpus: int | None, health_host: str | None, health_port: int | None,
+            run_dir: Path | None) -> None:
+    """Run a machine: one worker per GPU under supervisor, a health server, status reports."""
+    import os
+
+    from machine.runtime import run_machine
+    from machine.settings import MachineSettings
+
+    if mock_gpus is not None:
+        os.environ["EMP_MOCK_GPUS"] = str(mock_gpus)
+    try:
+        settings = MachineSettings.from_env(
+            machine_id=machine_id, workers=plan, redis_url=obj["url"], health_host=health_host,
+            health_port=health_port, run_dir=run_dir)
+        sys.exit(run_machine(settings, announce=click.echo))
+    except EmpError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".emp"),
               show_default=True, help="Where the local Redis keeps its append-only file.")
@@ -190,16 +225,23 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 @click.option("--webhook-port", type=int, default=3332, show_default=True)
 @click.option("--no-web", is_flag=True, help="Skip the API and the webhook service.")
 @click.option("--demo", "with_demo", is_flag=True, help="Run the demo, then shut down.")
+@click.option("--machine", "machine_gpus", type=int, default=0, is_flag=False, flag_value=2,
+              help="Also run a local machine (emp machine) with N mock GPUs and a "
+                   "simulation worker on each (N defaults to 2).")
+@click.option("--health-port", type=int, default=9090, show_default=True,
+              help="The local machine's health server port.")
 def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, no_web: bool,
-       with_demo: bool) -> None:
+       with_demo: bool, machine_gpus: int, health_port: int) -> None:
     """Bring the system up locally: Redis (unless EMP_REDIS_URL), simulation
-    workers, the API server and the webhook service."""
+    workers, the API server and the webhook service (and, with --machine, a machine)."""
     from emp_tasks.demo import run_api_demo, run_demo
     from emp_tasks.stack import local_stack
 
     ports = {} if no_web else {"api": api_port, "webhooks": webhook_port}
+    if machine_gpus:
+        ports["machine"] = health_port
     try:
-        with local_stack(data_dir, workers, ports) as stack:
+        with local_stack(data_dir, workers, ports, machine_gpus) as stack:
             services = ", ".join(f"{name} {url}" for name, url in stack.services.items())
             click.echo(f"EMP is up: redis {stack.redis_url}, {workers} workers"
                        f"{', ' + services if services else ''} (logs in {data_dir})")

@@ -1,4 +1,4 @@
-"""The whole system on one box (``emp up``): Redis, workers, API, webhooks.
+"""The whole system on one box (``emp up``): Redis, workers, API, webhooks, a machine.
 
 Uses ``EMP_REDIS_URL`` when set; otherwise starts a local server with
 append-only persistence in the data directory. Every process logs to a file
@@ -77,19 +77,38 @@ def start_service(command: str, port: int, url: str, log_dir: Path) -> subproces
     )
 
 
-def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Return once ``base``/health answers 200; raise if the process dies or times out."""
+def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float = 60.0,
+                    path: str = "/health") -> None:
+    """Return once ``base`` + ``path`` answers 200; raise if the process dies or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{base} exited with {process.returncode}; see its log")
         try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+            if requests.get(f"{base}{path}", timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{base}/health did not answer within {timeout:.0f}s")
+    raise TimeoutError(f"{base}{path} did not answer 200 within {timeout:.0f}s")
+
+
+#: Machine id of the local machine ``emp up --machine`` starts.
+LOCAL_MACHINE_ID = "local-machine"
+
+
+def start_machine(gpus: int, health_port: int, url: str,
+                  data_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``emp machine`` with ``gpus`` mock GPUs and one simulation worker on each."""
+    log = open(data_dir / "machine.log", "ab")
+    env = {**os.environ, "EMP_REDIS_URL": url, "EMP_MOCK_GPUS": str(gpus),
+           "WORKERS": "simulation:auto", "MACHINE_ID": LOCAL_MACHINE_ID,
+           "EMP_MACHINE_RUN_DIR": str((data_dir / "machine").resolve())}
+    return subprocess.Popen(
+        [sys.executable, "-m", "emp_tasks.cli", "machine", "--health-host", "127.0.0.1",
+         "--health-port", str(health_port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
 
 
 @dataclass
@@ -101,10 +120,11 @@ class Stack:
 
 
 @contextmanager
-def local_stack(data_dir: Path, workers: int = 2,
-                ports: dict[str, int] | None = None) -> Iterator[Stack]:
-    """Redis (unless EMP_REDIS_URL is set), ``workers`` local workers and the web
-    services named in ``ports`` ({"api": 3331, "webhooks": 3332})."""
+def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None = None,
+                machine_gpus: int = 0) -> Iterator[Stack]:
+    """Redis (unless EMP_REDIS_URL is set), ``workers`` local workers, the web
+    services named in ``ports`` ({"api": 3331, "webhooks": 3332, "machine": 9090})
+    and, with ``machine_gpus``, a local machine with that many mock GPUs."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = None
     url = defaults.env("EMP_REDIS_URL")
@@ -114,12 +134,21 @@ def local_stack(data_dir: Path, workers: int = 2,
     processes = [start_worker(i, url, data_dir) for i in range(workers)]
     stack = Stack(url)
     try:
+        if machine_gpus:
+            port = (ports or {}).get("machine", 9090)
+            machine = start_machine(machine_gpus, port, url, data_dir)
+            processes.append(machine)
+            stack.services["machine"] = f"http://127.0.0.1:{port}"
         for command, port in (ports or {}).items():
+            if command == "machine":
+                continue
             process = start_service(command, port, url, data_dir)
             processes.append(process)
             stack.services[command] = f"http://127.0.0.1:{port}"
             wait_for_health(stack.services[command], process)
         wait_for_workers(url, [f"local-{i}" for i in range(workers)])
+        if machine_gpus:
+            wait_for_health(stack.services["machine"], machine, path="/ready")
         yield stack
     finally:
         for process in processes:

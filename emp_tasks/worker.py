@@ -11,13 +11,33 @@ from capability_router.profile import WorkerProfile
 from emp_tasks import defaults
 from emp_tasks.connection import get_functions
 from emp_tasks.producer import services
+from machine.connectors.factory import connector_from_env
 
 
 def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
-    """Profile from ``WORKER_*`` variables and flags; services default to every job type."""
+    """Profile from ``WORKER_*`` variables and flags, plus the connector's real models.
+
+    Services default to every job type, except those needing an external
+    service (``external_service`` tasks such as comfyui) unless
+    ``EMP_CONNECTOR`` names a connector for them. With ``EMP_CONNECTOR`` set,
+    the connector is initialized (waiting for its service) and the models it
+    reports are merged into ``models``; raises ConnectorError if it is unusable.
+    """
     profile = WorkerProfile.from_env(**overrides)
+    connector = connector_from_env()
     if not overrides.get("services") and not defaults.env("WORKER_SERVICES"):
-        profile.services = sorted(services(app))
+        served = connector.service if connector else None
+        profile.services = sorted(
+            name for name, task in services(app).items()
+            if not getattr(task, "external_service", False) or name == served)
+    if connector is not None:
+        try:
+            connector.initialize()
+            reported = connector.available_models()
+        finally:
+            connector.close()
+        for service, models in reported.items():
+            profile.models[service] = sorted(set(profile.models.get(service, [])) | set(models))
     return profile
 
 

@@ -1,24 +1,30 @@
-"""``simulation``: a stand-in GPU job with steps, duration and progress reports."""
+"""``simulation``: a stand-in GPU job with steps, duration and progress reports.
+
+Runs through the simulation connector (``machine.connectors.simulation``), so
+its failures (``failure_rate``, ``failure_type`` in the payload or the
+``EMP_SIMULATION_*`` settings) are classified and retried like real ones.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery import shared_task
 
+from emp_tasks.connector_jobs import run_connector_job
 
-@shared_task(bind=True, name="emp.simulation", service="simulation")
-def simulation(self: Any, steps: int = 10, duration: float = 2.0, **payload: Any) -> dict[str, Any]:
-    """Run ``steps`` steps over ``duration`` seconds, reporting progress after each."""
-    steps = max(1, int(steps))
-    started = time.monotonic()
-    for step in range(1, steps + 1):
-        time.sleep(float(duration) / steps)
-        self.progress(100.0 * step / steps, f"step {step}/{steps}", step=step, total_steps=steps)
-    return {
-        "steps": steps,
-        "seconds": round(time.monotonic() - started, 3),
-        "worker": self.request.hostname,
-        "payload": payload,
-    }
+
+@shared_task(bind=True, name="emp.simulation", service="simulation", retry_backoff=1,
+             retry_backoff_max=30)
+def simulation(self: Any, steps: int | None = None, duration: float | None = None,
+               **payload: Any) -> dict[str, Any]:
+    """Run ``steps`` steps over ``duration`` seconds, reporting progress after each.
+
+    Unset, they come from the connector's settings (10 steps, 2 s by default).
+    The result keeps the job's historical ``steps``, ``seconds``, ``worker`` and
+    ``payload`` at the top, beside the connector's result fields.
+    """
+    options = {k: v for k, v in (("steps", steps), ("duration", duration)) if v is not None}
+    output = run_connector_job(self, {**payload, **options})
+    return {**output.as_dict(), **output.data, "worker": self.request.hostname,
+            "payload": payload}

@@ -1,0 +1,129 @@
+"""Run a job through the worker's connector: progress, cancellation and retries.
+
+The connector's progress goes to ``task.progress`` (which raises JobCancelled
+once the job is cancelled; the connector then stops the service's work).
+A watcher thread also polls for cancellation, so a job that reports nothing
+for a while (a model loading) still learns it: it calls ``cancel_job`` and
+the connector raises JobCancelledByService. Failures carry an ErrorType:
+retryable ones go back to the queue through Celery's retry with exponential
+backoff (the job's ``max_retries``), the others fail the job at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery.utils.time import get_exponential_backoff_interval
+
+from capability_router.errors import JobCancelled
+from emp_tasks.cancellation import is_cancelled
+from machine.connectors.base import (
+    Connector,
+    ConnectorError,
+    JobCancelledByService,
+    JobInput,
+    JobOutput,
+    Progress,
+)
+from machine.connectors.factory import get_connector
+
+#: Seconds between the watcher's cancellation checks.
+CANCEL_POLL_SECONDS = 1.0
+
+
+def job_input(task: Any, payload: dict[str, Any]) -> JobInput:
+    """The connector's view of the task's job; requirements and ctx from the job record."""
+    requirements = ctx = None
+    context = task.job
+    if context is not None:
+        requirements, ctx = context.functions.client.hmget(
+            context.functions.keys.job(context.job_id), "requirements", "ctx")
+    return JobInput(job_id=task.request.id or "eager", service=task.service_name,
+                    payload=payload, requirements=_json(requirements), ctx=_json(ctx))
+
+
+def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
+    """Run ``payload`` on this process's connector for the task's service."""
+    job = job_input(task, payload)
+    try:
+        connector = get_connector(job.service)
+        with _cancel_watcher(task, connector, job.job_id):
+            return connector.run_job(job, lambda report: _publish(task, report))
+    except JobCancelledByService:
+        raise JobCancelled(job.job_id) from None
+    except ConnectorError as exc:
+        raise retry_or_fail(task, exc) from None
+
+
+def retry_or_fail(task: Any, exc: ConnectorError) -> BaseException:
+    """The exception to raise: Celery's Retry for retryable types, else ``exc`` itself.
+
+    Backoff is ``retry_backoff * 2**retries`` seconds, capped at
+    ``retry_backoff_max`` (task attributes). The limit is the job record's
+    ``max_retries``, read at each retry rather than taken from the message;
+    Celery re-raises ``exc`` once it is used up.
+    """
+    if not exc.retryable:
+        return exc
+    countdown = get_exponential_backoff_interval(
+        factor=int(getattr(task, "retry_backoff", 1) or 1), retries=task.request.retries,
+        maximum=int(getattr(task, "retry_backoff_max", 60) or 60), full_jitter=False)
+    return task.retry(exc=exc, countdown=countdown, max_retries=_max_retries(task),
+                      throw=False)
+
+
+def _max_retries(task: Any) -> int | None:
+    context = task.job
+    if context is None:
+        return None
+    value = context.functions.client.hget(context.functions.keys.job(context.job_id),
+                                          "max_retries")
+    return int(value) if value else None
+
+
+def _publish(task: Any, report: Progress) -> None:
+    task.progress(report.percent, report.message or None, **report.details)
+
+
+@contextmanager
+def _cancel_watcher(task: Any, connector: Connector, job_id: str) -> Iterator[None]:
+    """Poll the job's cancellation on a thread; tell the connector when it turns true.
+
+    The job context is taken here: Celery's ``task.request`` is thread-local,
+    so the watcher thread could not find the job through the task.
+    """
+    context = task.job
+    if context is None:  # run eagerly: nothing to watch
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(CANCEL_POLL_SECONDS):
+            try:
+                cancelled = is_cancelled(context)
+            except Exception:  # Redis briefly away: the next poll or progress call tells
+                continue
+            if cancelled:
+                connector.cancel_job(job_id)
+                return
+
+    thread = threading.Thread(target=watch, name=f"cancel-watch-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

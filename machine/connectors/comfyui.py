@@ -1,0 +1,499 @@
+"""``comfyui``: run a job's workflow on a stock ComfyUI server over its own API.
+
+Protocol (ComfyUI's, unchanged):
+
+- ``GET /ws?clientId=<id>`` is opened first, so no message of the prompt is missed;
+- ``POST /prompt {prompt, client_id}`` -> ``{prompt_id, number, node_errors}``;
+  400 ``{error, node_errors}`` is a VALIDATION error, or MODEL when a loader's
+  model is "not in list";
+- socket messages ``execution_start``, ``execution_cached``, ``executing``
+  (``node: null`` = done), ``progress {value, max, node}``, ``executed``,
+  ``execution_success``, ``execution_error``, ``execution_interrupted``
+  (binary preview frames are ignored);
+- ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
+  quiet or after it dropped; ``GET /view`` fetches each output file into the
+  output store;
+- cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
+  the one running, or ``POST /queue {delete}`` if it still waits;
+- ``GET /system_stats`` is the health check, ``GET /object_info/<loader>`` the
+  model list.
+
+Job payload: ``workflow`` (API format; ``prompt`` is accepted too).
+
+Settings (``make_connector("comfyui", {...})``; environment names in brackets):
+``url`` [COMFYUI_URL, http://127.0.0.1:8188], ``username``/``password``
+[COMFYUI_USERNAME/COMFYUI_PASSWORD], ``api_token`` [COMFYUI_API_TOKEN],
+``verify_tls`` [COMFYUI_VERIFY_TLS, true], ``ca_bundle`` [COMFYUI_CA_BUNDLE],
+``timeout_seconds`` [EMP_COMFYUI_TIMEOUT_SECONDS, 600: submit to done],
+``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 30: how long
+``initialize`` waits for the server to answer], ``output_store`` (an
+OutputStore; default from EMP_OUTPUT_STORE).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from simple_websocket import Client as WebSocketClient
+from simple_websocket import ConnectionClosed
+
+from machine.connectors.base import (
+    Connector,
+    ConnectorError,
+    ErrorType,
+    Health,
+    JobCancelledByService,
+    JobInput,
+    JobOutput,
+    Progress,
+    ProgressCallback,
+)
+from machine.connectors.comfyui_client import ComfyUIClient
+from machine.connectors.comfyui_models import MODEL_LOADERS, combo_options, model_aliases
+from machine.connectors.comfyui_progress import ProgressTracker
+from machine.connectors.errors import MODEL_INPUTS, classify_error
+from machine.outputs import OutputStore, output_store_from_env
+
+DEFAULT_URL = "http://127.0.0.1:8188"
+DEFAULT_TIMEOUT_SECONDS = 600.0
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class PromptRun:
+    """One job's prompt on the server, shared with ``cancel_job`` on another thread."""
+
+    job_id: str
+    prompt_id: str | None = None
+    #: The WebSocket the prompt's messages come on (replaced when it drops).
+    socket: Any = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_deadline: float = 0.0
+    #: Removed from ComfyUI's queue before it ran: no message will come.
+    dequeued: bool = False
+    #: ComfyUI said the prompt ended (success, error or interrupt).
+    ended: bool = False
+    #: An interrupt or unqueue was sent already.
+    stop_sent: bool = False
+    last_report: tuple[float, str] | None = None
+
+
+class ComfyUIConnector(Connector):
+    """A ComfyUI server (normally this machine's, one per GPU)."""
+
+    kind = "comfyui"
+    service = "comfyui"
+
+    #: Seconds between ``/history`` checks while the socket is quiet.
+    history_poll_seconds: float = 5.0
+    #: Seconds ``/history`` may lag the end of a prompt.
+    history_wait_seconds: float = 10.0
+    #: Seconds to wait for ComfyUI to confirm an interrupt before giving up on it.
+    cancel_grace_seconds: float = 10.0
+    #: Seconds between tries while ``initialize`` waits for the server.
+    startup_poll_seconds: float = 0.5
+    #: Output file types fetched into the store ("temp" are previews).
+    output_types: tuple[str, ...] = ("output",)
+    #: Seconds to wait for the socket's first ``status`` message, which ComfyUI sends once
+    #: it routes messages to the client id; queueing sooner could lose the first ones.
+    greeting_timeout_seconds: float = 5.0
+    #: WebSocket ping interval, seconds (None: none; the remote connector pings).
+    ws_ping_seconds: float | None = None
+
+    def __init__(self, connector_id: str, client: ComfyUIClient,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+                 output_store: OutputStore | None = None) -> None:
+        super().__init__(connector_id)
+        self.client = client
+        self.timeout_seconds = float(timeout_seconds)
+        self.startup_timeout_seconds = float(startup_timeout_seconds)
+        self._output_store = output_store
+        self._runs: dict[str, PromptRun] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ComfyUIConnector:
+        """Build from a settings mapping (see the module docstring for the keys)."""
+        client = ComfyUIClient(
+            settings.get("url") or DEFAULT_URL, username=settings.get("username"),
+            password=settings.get("password"), api_token=settings.get("api_token"),
+            verify_tls=settings.get("verify_tls", True) not in (False, "0", "false", "no"),
+            ca_bundle=settings.get("ca_bundle"), ws_ping_seconds=cls.ws_ping_seconds)
+        return cls(
+            settings.get("connector_id") or cls.kind, client,
+            timeout_seconds=float(settings.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
+            startup_timeout_seconds=float(settings.get("startup_timeout_seconds")
+                                          or DEFAULT_STARTUP_TIMEOUT_SECONDS),
+            output_store=settings.get("output_store"))
+
+    @property
+    def output_store(self) -> OutputStore:
+        if self._output_store is None:
+            self._output_store = output_store_from_env()
+        return self._output_store
+
+    # -- service ------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Wait up to ``startup_timeout_seconds`` for the server to answer ``/system_stats``."""
+        deadline = time.monotonic() + self.startup_timeout_seconds
+        while True:
+            try:
+                self.client.get_json("/system_stats")
+                return
+            except ConnectorError as exc:
+                waiting_helps = (exc.error_type == ErrorType.NETWORK
+                                 and not isinstance(exc.__cause__, requests.exceptions.SSLError))
+                if not waiting_helps or time.monotonic() >= deadline:
+                    raise ConnectorError(f"ComfyUI at {self.client.url} is not usable: "
+                                         f"{exc.message}", exc.error_type) from exc
+            time.sleep(self.startup_poll_seconds)
+
+    def check_health(self) -> Health:
+        """``/system_stats``: reachable, with its devices and VRAM (GB)."""
+        try:
+            stats = self.client.get_json("/system_stats")
+        except ConnectorError as exc:
+            return Health(False, {"url": self.client.url, "error": str(exc)})
+        devices = stats.get("devices") or []
+        gib = 1024 ** 3
+        return Health(True, {
+            "url": self.client.url,
+            "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
+            "devices": [device.get("name") for device in devices],
+            "vram_total_gb": round(sum(d.get("vram_total") or 0 for d in devices) / gib, 2),
+            "vram_free_gb": round(sum(d.get("vram_free") or 0 for d in devices) / gib, 2),
+        })
+
+    def available_models(self) -> dict[str, list[str]]:
+        """Options of the loader nodes' model inputs, with aliases (see comfyui_models)."""
+        names: set[str] = set()
+        for node_class, input_name in MODEL_LOADERS:
+            info = self.client.get_json(f"/object_info/{node_class}")
+            for option in combo_options(info.get(node_class), input_name):
+                names |= model_aliases(option)
+        return {self.service: sorted(names)}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
+        """Queue the workflow, follow it to the end, store its output files."""
+        workflow = self._workflow(job.payload)
+        run = PromptRun(job.job_id)
+        tracker = ProgressTracker(workflow)
+        client_id = f"emp-{uuid.uuid4().hex}"
+        with self._lock:
+            self._runs[job.job_id] = run
+        try:
+            entry = self._run_prompt(run, workflow, client_id, tracker, progress)
+        except BaseException:
+            if run.prompt_id and not run.ended and not run.stop_sent:
+                self._stop_quietly(run)
+            raise
+        finally:
+            with self._lock:
+                self._runs.pop(job.job_id, None)
+        output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+        tracker.finish()
+        self._report(run, tracker, progress)
+        return JobOutput(True, data={"prompt_id": run.prompt_id,
+                                     "outputs": entry.get("outputs") or {},
+                                     "status": entry.get("status") or {}},
+                         output_files=output_files)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Stop the job's prompt if it runs or waits here; process_job then raises."""
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is None:
+            return False
+        run.cancel_deadline = time.monotonic() + self.cancel_grace_seconds
+        run.cancel.set()
+        if run.prompt_id is not None:
+            self._stop_quietly(run)
+        return True
+
+    # -- the prompt's life --------------------------------------------------------
+
+    @staticmethod
+    def _workflow(payload: Mapping[str, Any]) -> dict[str, Any]:
+        workflow = payload.get("workflow", payload.get("prompt"))
+        if not isinstance(workflow, dict) or not workflow:
+            raise ConnectorError("payload needs 'workflow' (or 'prompt'): a ComfyUI workflow "
+                                 "in API format", ErrorType.VALIDATION)
+        if not all(isinstance(node, dict) and "class_type" in node for node in workflow.values()):
+            raise ConnectorError("workflow is not in API format (every node needs class_type; "
+                                 "export with 'Save (API Format)')", ErrorType.VALIDATION)
+        return workflow
+
+    def _run_prompt(self, run: PromptRun, workflow: dict[str, Any], client_id: str,
+                    tracker: ProgressTracker, progress: ProgressCallback) -> dict[str, Any]:
+        run.socket = self.client.websocket(client_id)
+        try:
+            _await_greeting(run.socket, self.greeting_timeout_seconds)
+            run.prompt_id = self._queue_prompt(workflow, client_id)
+            self.log("job_started", run.job_id, prompt_id=run.prompt_id)
+            if run.cancel.is_set():  # cancelled while we queued it
+                self._stop_quietly(run)
+            return self._follow(run, client_id, tracker, progress)
+        finally:
+            _close_quietly(run.socket)
+
+    def _queue_prompt(self, workflow: dict[str, Any], client_id: str) -> str:
+        response = self.client.post("/prompt", {"prompt": workflow, "client_id": client_id})
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code == 400:
+            raise _rejection(body)
+        if response.status_code != 200 or not body.get("prompt_id"):
+            raise ConnectorError(f"ComfyUI POST /prompt: HTTP {response.status_code}: "
+                                 f"{response.text[:300]}", ErrorType.SERVICE)
+        return str(body["prompt_id"])
+
+    def _follow(self, run: PromptRun, client_id: str, tracker: ProgressTracker,
+                progress: ProgressCallback) -> dict[str, Any]:
+        """Read the socket until the prompt ends; returns its history entry."""
+        deadline = time.monotonic() + self.timeout_seconds
+        next_history_check = time.monotonic() + self.history_poll_seconds
+        while True:
+            now = time.monotonic()
+            if run.cancel.is_set():
+                if run.dequeued or now >= run.cancel_deadline:
+                    run.ended = run.ended or run.dequeued
+                    raise JobCancelledByService(f"job {run.job_id} cancelled")
+            elif now >= deadline:
+                self._stop_quietly(run)
+                raise ConnectorError(f"prompt {run.prompt_id} did not finish within "
+                                     f"{self.timeout_seconds:g}s", ErrorType.TIMEOUT)
+            try:
+                raw = run.socket.receive(timeout=0.25)
+            except ConnectionClosed:
+                run.socket = self._reconnect(client_id)
+                next_history_check = now
+                continue
+            if raw is None or isinstance(raw, bytes):  # quiet, or a binary preview frame
+                if now >= next_history_check:
+                    next_history_check = now + self.history_poll_seconds
+                    entry = self._history(run.prompt_id)
+                    if entry is not None:
+                        return self._outcome(run, entry)
+                continue
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            kind, data = message.get("type"), message.get("data") or {}
+            if data.get("prompt_id") not in (None, run.prompt_id):
+                continue  # another prompt on the same server
+            if kind == "executing" and data.get("node") is None:
+                if data.get("prompt_id") == run.prompt_id:
+                    return self._outcome(run, self._wait_for_history(run))
+                continue
+            if kind == "execution_success":
+                next_history_check = now + 0.5  # in case "executing null" never comes
+            elif kind == "execution_error":
+                run.ended = True
+                raise execution_error(data)
+            elif kind == "execution_interrupted":
+                run.ended = True
+                raise self._interrupted(run)
+            elif self._track(tracker, kind, data):
+                self._report(run, tracker, progress)
+
+    @staticmethod
+    def _track(tracker: ProgressTracker, kind: str | None, data: dict[str, Any]) -> bool:
+        """Feed one message to the tracker; True when progress should be reported."""
+        if kind == "execution_start":
+            return True
+        if kind == "execution_cached":
+            tracker.cached(data.get("nodes") or [])
+        elif kind == "executing":
+            tracker.executing(data["node"])
+        elif kind == "progress":
+            tracker.progress(data.get("node"), data.get("value") or 0, data.get("max") or 0)
+        elif kind == "executed" and data.get("node") is not None:
+            tracker.executed(data["node"])
+        else:
+            return False
+        return True
+
+    @staticmethod
+    def _report(run: PromptRun, tracker: ProgressTracker, progress: ProgressCallback) -> None:
+        """Publish progress unless it says what was said last."""
+        report: Progress = tracker.report()
+        key = (report.percent, report.message)
+        if key != run.last_report:
+            run.last_report = key
+            progress(report)
+
+    def _interrupted(self, run: PromptRun) -> ConnectorError:
+        if run.cancel.is_set():
+            return JobCancelledByService(f"job {run.job_id} cancelled (prompt interrupted)")
+        return ConnectorError(f"prompt {run.prompt_id} was interrupted on the ComfyUI server",
+                              ErrorType.SERVICE)
+
+    def _outcome(self, run: PromptRun, entry: dict[str, Any]) -> dict[str, Any]:
+        """The history entry of a finished prompt, or its failure raised."""
+        run.ended = True
+        status = entry.get("status") or {}
+        if run.cancel.is_set():
+            raise JobCancelledByService(f"job {run.job_id} cancelled")
+        if status.get("status_str") == "error":
+            for name, data in status.get("messages") or []:
+                if name == "execution_error":
+                    raise execution_error(data)
+                if name == "execution_interrupted":
+                    raise self._interrupted(run)
+            raise ConnectorError(f"prompt {run.prompt_id} ended with an error",
+                                 ErrorType.SERVICE)
+        return entry
+
+    def _history(self, prompt_id: str | None) -> dict[str, Any] | None:
+        entry = self.client.get_json(f"/history/{prompt_id}")
+        return entry.get(prompt_id) if isinstance(entry, dict) else None
+
+    def _wait_for_history(self, run: PromptRun) -> dict[str, Any]:
+        deadline = time.monotonic() + self.history_wait_seconds
+        while True:
+            entry = self._history(run.prompt_id)
+            if entry is not None:
+                return entry
+            if time.monotonic() >= deadline:
+                raise ConnectorError(f"prompt {run.prompt_id} finished but is not in /history",
+                                     ErrorType.SERVICE)
+            time.sleep(0.1)
+
+    def _reconnect(self, client_id: str) -> WebSocketClient:
+        """A new socket under the same client id (ComfyUI routes by it)."""
+        for attempt in range(3):
+            try:
+                return self.client.websocket(client_id)
+            except ConnectorError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def _stop_quietly(self, run: PromptRun) -> None:
+        """Interrupt the prompt if it runs, unqueue it if it waits; never raises.
+
+        Interrupt names the prompt; a ComfyUI too old to honour that interrupts
+        whatever runs, so the queue is read first to make sure it is ours.
+        """
+        run.stop_sent = True
+        try:
+            queue = self.client.get_json("/queue")
+            running = [item[1] for item in queue.get("queue_running") or []]
+            pending = [item[1] for item in queue.get("queue_pending") or []]
+            if run.prompt_id in running:
+                self.client.post("/interrupt", {"prompt_id": run.prompt_id})
+            elif run.prompt_id in pending:
+                self.client.post("/queue", {"delete": [run.prompt_id]})
+                run.dequeued = True
+        except (ConnectorError, LookupError, TypeError, AttributeError) as exc:
+            self.log(None, run.job_id, logging.WARNING,
+                     f"could not stop prompt {run.prompt_id}: {exc}")
+
+    # -- outputs ------------------------------------------------------------------
+
+    def _store_outputs(self, job_id: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """Fetch each output file with ``/view`` and put it in the output store."""
+        files = []
+        for node_id, node_output in outputs.items():
+            for kind, items in (node_output or {}).items():
+                for item in items if isinstance(items, list) else []:
+                    if not isinstance(item, dict) or not item.get("filename"):
+                        continue
+                    if item.get("type", "output") not in self.output_types:
+                        continue
+                    files.append(self._store_file(job_id, str(node_id), kind, item))
+        return files
+
+    def _store_file(self, job_id: str, node_id: str, kind: str,
+                    item: dict[str, Any]) -> dict[str, Any]:
+        filename, subfolder = str(item["filename"]), str(item.get("subfolder") or "")
+        file_type = str(item.get("type") or "output")
+        response = self.client.request("GET", "/view", params={
+            "filename": filename, "subfolder": subfolder, "type": file_type})
+        if response.status_code != 200:
+            raise ConnectorError(f"ComfyUI GET /view {filename}: HTTP {response.status_code}",
+                                 ErrorType.SERVICE)
+        content_type = (response.headers.get("Content-Type", "").split(";")[0]
+                        or mimetypes.guess_type(filename)[0] or "application/octet-stream")
+        name = f"{subfolder}/{filename}" if subfolder else filename
+        url = self.output_store.put(job_id, name, response.content, content_type)
+        return {"filename": filename, "subfolder": subfolder, "type": file_type,
+                "node_id": node_id, "kind": kind, "url": url, "size": len(response.content),
+                "content_type": content_type}
+
+
+def execution_error(data: Mapping[str, Any]) -> ConnectorError:
+    """A classified error from ComfyUI's ``execution_error`` message."""
+    exception_type = str(data.get("exception_type") or "")
+    text = str(data.get("exception_message") or "").strip()
+    where = f"{data.get('node_type') or 'node'} #{data.get('node_id')}"
+    return ConnectorError(
+        f"{where}: {exception_type + ': ' if exception_type else ''}{text}",
+        classify_error(text, exception_type),
+        {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
+         "exception_type": exception_type,
+         "traceback": list(data.get("traceback") or [])[-5:]})
+
+
+def _rejection(body: Mapping[str, Any]) -> ConnectorError:
+    """A classified error from a 400 on ``POST /prompt``: MODEL if a model is not in list."""
+    error = body.get("error") or {}
+    if isinstance(error, str):
+        error = {"message": error}
+    node_errors = body.get("node_errors") or {}
+    error_type = ErrorType.VALIDATION
+    lines = [str(error.get("message") or "invalid prompt")]
+    if error.get("details"):
+        lines.append(str(error["details"]))
+    for node_id, node in node_errors.items():
+        for item in node.get("errors") or []:
+            lines.append(f"{node.get('class_type')} #{node_id}: {item.get('message')}: "
+                         f"{item.get('details')}")
+            input_name = (item.get("extra_info") or {}).get("input_name")
+            if item.get("type") == "value_not_in_list" and input_name in MODEL_INPUTS:
+                error_type = ErrorType.MODEL
+    return ConnectorError("; ".join(lines), error_type,
+                          {"error": error, "node_errors": node_errors})
+
+
+def _await_greeting(ws: WebSocketClient, timeout: float) -> None:
+    """Read until the first text frame (ComfyUI's ``status``); give up quietly at ``timeout``.
+
+    Without it the prompt's first messages may precede the server's routing of
+    the client id; the ``/history`` checks cover a server that sends none.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            if isinstance(ws.receive(timeout=left), str):
+                return
+        except ConnectionClosed as exc:
+            raise ConnectorError(f"ComfyUI closed the WebSocket at once: {exc}",
+                                 ErrorType.NETWORK) from exc
+
+
+def _close_quietly(ws: WebSocketClient) -> None:
+    try:
+        ws.close()
+    except Exception:  # already closed by the server: nothing to release
+        pass

@@ -1,0 +1,84 @@
+"""Turn ComfyUI's node and step messages into one job progress figure.
+
+Percent = (nodes done + the current node's step fraction) / nodes in the
+workflow. ComfyUI skips nodes no output needs and reports cached nodes in a
+batch, so the figure can jump; it never goes backwards and stays below 100
+until the prompt is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from machine.connectors.base import Progress
+
+
+class ProgressTracker:
+    """The state of one prompt's execution as ComfyUI reports it."""
+
+    def __init__(self, workflow: dict[str, Any]) -> None:
+        self.classes = {str(node_id): (node or {}).get("class_type", "")
+                        for node_id, node in workflow.items()}
+        self.nodes_total = max(1, len(self.classes))
+        self.done: set[str] = set()
+        self.current: str | None = None
+        self.step = 0
+        self.max_steps = 0
+        self._percent = 0.0
+
+    def cached(self, nodes: list[Any]) -> None:
+        self.done.update(str(node) for node in nodes)
+
+    def executing(self, node: Any) -> None:
+        """A node started; the one before it is done."""
+        node = str(node)
+        if self.current is not None and self.current != node:
+            self.done.add(self.current)
+        if node != self.current:
+            self.current, self.step, self.max_steps = node, 0, 0
+
+    def progress(self, node: Any, value: int, maximum: int) -> None:
+        if node is not None and str(node) != self.current:
+            self.executing(node)
+        self.step, self.max_steps = int(value), int(maximum)
+
+    def executed(self, node: Any) -> None:
+        self.done.add(str(node))
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self.done.add(self.current)
+        self.current = None
+        self.done.update(self.classes)
+
+    @property
+    def nodes_done(self) -> int:
+        return len(self.done & set(self.classes))
+
+    @property
+    def percent(self) -> float:
+        if self.nodes_done >= self.nodes_total and self.current is None:
+            self._percent = 100.0
+            return self._percent
+        fraction = 0.0
+        if self.current is not None and self.current not in self.done and self.max_steps:
+            fraction = min(1.0, self.step / self.max_steps)
+        current = min(99.0, 100.0 * (self.nodes_done + fraction) / self.nodes_total)
+        self._percent = max(self._percent, current)
+        return self._percent
+
+    def report(self) -> Progress:
+        """The progress to publish now, with node and step detail."""
+        percent = self.percent
+        node_class = self.classes.get(self.current or "", "")
+        if self.current is None:
+            message = "completed" if percent >= 100 else "started"
+        elif self.max_steps:
+            message = f"{node_class or 'node'} #{self.current}: step {self.step}/{self.max_steps}"
+        else:
+            message = f"{node_class or 'node'} #{self.current}"
+        return Progress(round(percent, 2), message, {
+            "node": self.current, "node_class": node_class or None, "step": self.step,
+            "max_steps": self.max_steps, "nodes_done": self.nodes_done,
+            "nodes_total": self.nodes_total,
+        })

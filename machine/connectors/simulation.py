@@ -1,0 +1,149 @@
+"""``simulation``: a stand-in GPU service with steps, duration and injected failures.
+
+Settings (environment names in brackets, defaults after them):
+
+- ``duration_seconds`` [EMP_SIMULATION_DURATION_SECONDS, 2.0]: whole job.
+- ``steps`` [EMP_SIMULATION_STEPS, 10].
+- ``progress_interval_seconds`` [EMP_SIMULATION_PROGRESS_INTERVAL_SECONDS, 0]: least
+  time between progress reports; 0 reports every step; the last step is always reported.
+- ``failure_rate`` [EMP_SIMULATION_FAILURE_RATE, 0]: chance (0-1) a job fails, at a
+  random step.
+- ``failure_type`` [EMP_SIMULATION_FAILURE_TYPE, service]: memory, model, timeout,
+  network, validation, service, or random. The failure raises the message a real
+  service would, classified by the same table as real errors.
+- ``models`` [EMP_SIMULATION_MODELS, none]: comma list reported by ``available_models``.
+- ``seed`` [EMP_SIMULATION_SEED, unset]: makes the failures repeatable.
+
+A job's payload may override ``steps``, ``duration``, ``failure_rate`` and
+``failure_type``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from machine.connectors.base import (
+    Connector,
+    ConnectorError,
+    ErrorType,
+    Health,
+    JobCancelledByService,
+    JobInput,
+    JobOutput,
+    Progress,
+    ProgressCallback,
+)
+from machine.connectors.errors import classify_error
+
+#: What a real service says for each failure type (classified back by classify_error).
+FAILURE_MESSAGES: dict[str, str] = {
+    ErrorType.MEMORY: "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)",
+    ErrorType.MODEL: "Value not in list: ckpt_name: 'simulated.safetensors' not in []",
+    ErrorType.TIMEOUT: "sampler step timed out (simulated)",
+    ErrorType.NETWORK: "connection reset by peer (simulated)",
+    ErrorType.VALIDATION: "Prompt outputs failed validation (simulated)",
+    ErrorType.SERVICE: "simulated service error",
+}
+
+
+class SimulationConnector(Connector):
+    """Sleeps through its steps, reporting progress; fails at the configured rate."""
+
+    kind = "simulation"
+    service = "simulation"
+
+    def __init__(self, connector_id: str = "simulation", duration_seconds: float = 2.0,
+                 steps: int = 10, progress_interval_seconds: float = 0.0,
+                 failure_rate: float = 0.0, failure_type: str = "service",
+                 models: list[str] | None = None, seed: int | None = None) -> None:
+        super().__init__(connector_id)
+        self.duration_seconds, self.steps = float(duration_seconds), max(1, int(steps))
+        self.progress_interval_seconds = float(progress_interval_seconds)
+        self.failure_rate = float(failure_rate)
+        self.failure_type = _failure_type(failure_type)
+        self.models = list(models or [])
+        self._random = random.Random(seed)
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SimulationConnector:
+        models = settings.get("models") or []
+        if isinstance(models, str):
+            models = [m.strip() for m in models.split(",") if m.strip()]
+        seed = settings.get("seed")
+        return cls(
+            settings.get("connector_id") or cls.kind,
+            duration_seconds=float(settings.get("duration_seconds", 2.0)),
+            steps=int(settings.get("steps", 10)),
+            progress_interval_seconds=float(settings.get("progress_interval_seconds", 0.0)),
+            failure_rate=float(settings.get("failure_rate", 0.0)),
+            failure_type=str(settings.get("failure_type") or "service"),
+            models=models, seed=int(seed) if seed not in (None, "") else None)
+
+    def initialize(self) -> None:
+        """Nothing to connect to."""
+
+    def check_health(self) -> Health:
+        return Health(True, {"simulated": True})
+
+    def available_models(self) -> dict[str, list[str]]:
+        return {self.service: sorted(set(self.models))} if self.models else {}
+
+    def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
+        """Run the steps; fail at a random step with probability ``failure_rate``."""
+        payload = job.payload
+        steps = max(1, int(payload.get("steps", self.steps)))
+        duration = float(payload.get("duration", self.duration_seconds))
+        rate = float(payload.get("failure_rate", self.failure_rate))
+        failure_type = _failure_type(str(payload.get("failure_type", self.failure_type)))
+        fail_at = self._random.randint(1, steps) if self._random.random() < rate else None
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[job.job_id] = cancel
+        started = time.monotonic()
+        last_report = float("-inf")
+        try:
+            self.log("job_started", job.job_id, steps=steps)
+            for step in range(1, steps + 1):
+                if cancel.wait(duration / steps):
+                    raise JobCancelledByService(f"job {job.job_id} cancelled")
+                if step == fail_at:
+                    raise self._failure(failure_type, step, steps)
+                now = time.monotonic()
+                if step == steps or now - last_report >= self.progress_interval_seconds:
+                    last_report = now
+                    progress(Progress(100.0 * step / steps, f"step {step}/{steps}",
+                                      {"step": step, "total_steps": steps}))
+        finally:
+            with self._lock:
+                self._cancels.pop(job.job_id, None)
+        seconds = time.monotonic() - started
+        return JobOutput(True, data={"steps": steps, "seconds": round(seconds, 3)},
+                         processing_time_ms=int(seconds * 1000))
+
+    def cancel_job(self, job_id: str) -> bool:
+        with self._lock:
+            cancel = self._cancels.get(job_id)
+        if cancel is None:
+            return False
+        cancel.set()
+        return True
+
+    def _failure(self, failure_type: str, step: int, steps: int) -> ConnectorError:
+        if failure_type == "random":
+            failure_type = self._random.choice(list(FAILURE_MESSAGES))
+        message = f"{FAILURE_MESSAGES[failure_type]} at step {step}/{steps}"
+        return ConnectorError(message, classify_error(message), {"simulated": failure_type})
+
+
+def _failure_type(name: str) -> str:
+    name = name.strip().lower()
+    if name != "random" and name not in FAILURE_MESSAGES:
+        raise ConnectorError(f"unknown simulation failure type {name!r} (one of: "
+                             f"{', '.join([*FAILURE_MESSAGES, 'random'])})", ErrorType.VALIDATION)
+    return name

@@ -1,0 +1,157 @@
+"""The machine's health server (port 9090): liveness, readiness, status, logs, restarts.
+
+- ``GET /health``: 200 while the machine process runs.
+- ``GET /ready``: 200 when every worker and service is RUNNING under supervisor
+  and every worker's current process has registered in Redis; else 503 with
+  the ones that are not and why.
+- ``GET /status``: machine id, GPUs, workers (supervisor state, pid, capability
+  profile and current jobs from the registry), services, uptime, log shipping.
+- ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
+- ``POST /restart/<service>``: restart a program through supervisor.
+
+``<service>`` is a program name (``simulation-0``, ``comfyui-server-0``) or a
+worker id. Unknown names get 404 JSON. With ``EMP_HEALTH_TOKEN`` set, ``/logs``
+and ``/restart`` need ``Authorization: Bearer <token>``: logs may hold job
+data and a restart kills running work.
+
+Served by werkzeug's threaded WSGI server on a thread of ``emp machine``: the
+app reads the runtime's in-process state (the supervisor client, GPU
+inventory, uptime, shipping counters) and must stop with it; gunicorn's
+arbiter wants the main thread and its own process, and a health endpoint
+polled every few seconds needs no worker pool.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from typing import Any, Protocol
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from machine.errors import MachineError, UnknownProgram
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("machine_health", __name__)
+
+#: Lines a log tail returns by default, and at most.
+DEFAULT_LINES = 100
+MAX_LINES = 10_000
+
+
+class MachineView(Protocol):
+    """What the health server needs of the machine runtime."""
+
+    health_token: str | None
+
+    def liveness(self) -> dict[str, Any]: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def program_names(self) -> list[str]: ...
+
+    def tail(self, name: str, lines: int) -> list[str]: ...
+
+    def restart(self, name: str) -> dict[str, Any]: ...
+
+
+def _machine() -> MachineView:
+    return current_app.extensions["emp_machine"]
+
+
+def _error(status: int, message: str, **fields: Any):  # noqa: ANN202 - Flask response
+    response = jsonify(error=message, **fields)
+    response.status_code = status
+    return response
+
+
+def _authorized() -> bool:
+    token = _machine().health_token
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
+@bp.get("/health")
+def health():  # noqa: ANN201 - Flask response
+    return jsonify(_machine().liveness())
+
+
+@bp.get("/ready")
+def ready():  # noqa: ANN201 - Flask response
+    is_ready, body = _machine().readiness()
+    response = jsonify(body)
+    response.status_code = 200 if is_ready else 503
+    return response
+
+
+@bp.get("/status")
+def status():  # noqa: ANN201 - Flask response
+    return jsonify(_machine().status())
+
+
+@bp.get("/logs/<name>")
+def logs(name: str):  # noqa: ANN201 - Flask response
+    if not _authorized():
+        return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN)")
+    raw = request.args.get("lines", str(DEFAULT_LINES))
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_LINES:
+        return _error(400, f"lines must be an integer from 1 to {MAX_LINES}, got {raw!r}")
+    lines = _machine().tail(name, int(raw))
+    return jsonify(service=name, lines=lines)
+
+
+@bp.post("/restart/<name>")
+def restart(name: str):  # noqa: ANN201 - Flask response
+    if not _authorized():
+        return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN)")
+    info = _machine().restart(name)
+    return jsonify(service=name, restarted=True, **info)
+
+
+def _unknown_program(exc: UnknownProgram):  # noqa: ANN202 - Flask response
+    return _error(404, str(exc), services=_machine().program_names())
+
+
+def _machine_error(exc: MachineError):  # noqa: ANN202 - Flask response
+    """supervisord not answering (starting, stopping, crashed): unavailable, not a 500."""
+    return _error(503, str(exc))
+
+
+def create_app(machine: MachineView) -> Flask:
+    """The health app of ``machine``."""
+    app = Flask(__name__)
+    app.extensions["emp_machine"] = machine
+    app.register_blueprint(bp)
+    app.register_error_handler(UnknownProgram, _unknown_program)
+    app.register_error_handler(MachineError, _machine_error)
+    return app
+
+
+class HealthServer:
+    """``create_app(machine)`` on a werkzeug threaded server, on a daemon thread."""
+
+    def __init__(self, machine: MachineView, host: str, port: int) -> None:
+        self.server: BaseWSGIServer = make_server(host, port, create_app(machine), threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="emp-health",
+                                       daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

@@ -1,0 +1,363 @@
+"""``emp machine``: run a machine's workers and services under supervisor, report its status.
+
+The main thread starts supervisord (a child of this process) from the plan,
+the health server and the reporter thread, then waits for SIGTERM/SIGINT.
+The reporter reads supervisor's process states every ``poll_seconds``,
+writes the machine's status to Redis at once when a state changed and every
+``report_seconds`` otherwise, and runs the reaper of gone machines each
+report period. Stopping: supervisord stops every program (workers hand
+back the jobs they hold), the reporter keeps reporting meanwhile, then the
+machine is recorded offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from machine.errors import MachineError
+from machine.gpus import GpuInventory, detect_gpus
+from machine.health import HealthServer
+from machine.logs import configure_logging
+from machine.plan import MachinePlan, build_plan
+from machine.reaper import reap_gone_machines
+from machine.settings import MachineSettings
+from machine.shipping import LogShipper, read_stats
+from machine.status import MachineStatus, machine_key, now_ms, publish, publish_offline
+from machine.supervision import Supervisord
+from machine.supervisor_conf import RunFiles, write_config
+from machine.views import not_ready, process_fields, program_views
+
+logger = logging.getLogger("emp.machine")
+
+
+class MachineRuntime:
+    """One machine: plan, supervisord, health server, status reporter."""
+
+    def __init__(self, settings: MachineSettings, inventory: GpuInventory | None = None) -> None:
+        self.settings = settings
+        self.machine_id = settings.machine_id
+        self.inventory = inventory or detect_gpus()
+        self.plan: MachinePlan = build_plan(
+            self.machine_id, settings.workers, self.inventory, settings.worker_loglevel,
+            settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
+        self.run_dir = Path(settings.run_dir or ".")
+        self.files = RunFiles.in_dir(self.run_dir)
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                          socket_timeout=10, health_check_interval=30)
+        self.supervisord = Supervisord(self.files, self.child_env())
+        self.health: HealthServer | None = None
+        self.health_token = settings.health_token
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._reporter: threading.Thread | None = None
+        self._last_infos: dict[str, dict[str, Any]] = {}
+        self._infos_lock = threading.Lock()
+        self._published = False
+        self._fatal_since: dict[str, float] = {}
+        self._redis_down_since: float | None = None
+        self._redis_warned = 0.0
+        #: Set when supervisord died under the machine (``emp machine`` then exits 1).
+        self.failed = False
+
+    # -- environment of the children -----------------------------------------------
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.run_dir / "log-stats"
+
+    def child_env(self) -> dict[str, str]:
+        """supervisord's environment, inherited by every program."""
+        return {**os.environ, "EMP_REDIS_URL": self.settings.redis_url,
+                "MACHINE_ID": self.machine_id, "EMP_LOG_FORMAT": "json",
+                "EMP_LOG_STATS_DIR": str(self.stats_dir), "PYTHONUNBUFFERED": "1"}
+
+    def log_env(self) -> dict[str, str]:
+        """The machine process's own logging context."""
+        return {**os.environ, "MACHINE_ID": self.machine_id,
+                "EMP_LOG_STATS_DIR": str(self.stats_dir)}
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> MachineRuntime:
+        """Write the config, start supervisord, the health server and the reporter."""
+        self.supervisord.claim_socket()
+        for stale in (self.stats_dir, self.run_dir / "programs"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.plan, self.files, self.settings.program_options())
+        try:
+            self.health = HealthServer(self, self.settings.health_host,
+                                       self.settings.health_port).start()
+        except OSError as exc:
+            raise MachineError(f"health server cannot listen on {self.settings.health_host}:"
+                               f"{self.settings.health_port}: {exc}") from None
+        self.supervisord.start()
+        self._reporter = threading.Thread(target=self._report_loop, name="emp-machine-report",
+                                          daemon=True)
+        self._reporter.start()
+        logger.info("machine %s started %d programs", self.machine_id, len(self.plan.programs),
+                    extra={"event": "machine_started"})
+        return self
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until a stop is requested (SIGTERM, SIGINT or ``request_stop``)."""
+        while not self._stop.wait(1.0):
+            if self.supervisord.process and self.supervisord.process.poll() is not None:
+                logger.error("supervisord exited with %s; stopping the machine",
+                             self.supervisord.process.returncode,
+                             extra={"event": "machine_failed"})
+                self.failed = True
+                self._stop.set()
+
+    def stop(self) -> None:
+        """Stop every program, record the machine offline, stop the health server."""
+        self._stop.set()
+        logger.info("machine %s stopping", self.machine_id, extra={"event": "machine_stopping"})
+        self.supervisord.stop(timeout=self.settings.stop_wait_seconds + 30)
+        if self._reporter is not None:
+            self._reporter.join(timeout=10)
+        if self._published:
+            try:
+                publish_offline(self.redis, self.report(), self.settings.retention_seconds)
+            except redis.RedisError as exc:
+                logger.warning("could not record the machine offline: %s", exc)
+        if self.health is not None:
+            self.health.stop()
+        logger.info("machine %s stopped", self.machine_id, extra={"event": "machine_stopped"})
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _report_loop(self) -> None:
+        previous: dict[str, tuple[str, int]] | None = None
+        last_report = last_reap = 0.0
+        # Runs on while supervisord stops its programs, so those changes are reported too.
+        while self.supervisord.process is not None and self.supervisord.process.poll() is None:
+            now = time.monotonic()
+            infos = self._read_processes()
+            if infos is not None:
+                states = {name: (info["statename"], info["pid"]) for name, info in infos.items()}
+                changed = states != previous
+                if changed or now - last_report >= self.settings.report_seconds:
+                    if self._safely(self._publish, changed):
+                        last_report = now
+                    previous = states
+            if not self._stop.is_set() and now - last_reap >= self.settings.report_seconds:
+                self._safely(self._reap)
+                last_reap = now
+            if infos is not None and not self._stop.is_set():
+                self._revive(infos)
+            time.sleep(self.settings.poll_seconds)
+
+    def _revive(self, infos: Mapping[str, Mapping[str, Any]]) -> None:
+        """Start again programs supervisor gave up on, once per ``revive_seconds`` each.
+
+        supervisor stops retrying a program that keeps exiting at start
+        (FATAL); on a machine that is usually a dependency that was down
+        (Redis, ComfyUI), so after a pause the machine tries again.
+        """
+        if self.settings.revive_seconds <= 0:
+            return
+        now = time.monotonic()
+        for name, info in infos.items():
+            if info["statename"] != "FATAL":
+                self._fatal_since.pop(name, None)
+                continue
+            since = self._fatal_since.setdefault(name, now)
+            if now - since >= self.settings.revive_seconds:
+                self._fatal_since[name] = now
+                logger.warning("%s is FATAL (%s); starting it again", name,
+                               info.get("spawnerr") or f"exit status {info.get('exitstatus')}",
+                               extra={"event": "machine_revive", "program": name})
+                try:
+                    self.supervisord.client.start_program(name)
+                except MachineError as exc:
+                    logger.warning("could not start %s again: %s", name, exc)
+
+    def _read_processes(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            infos = {info["name"]: info for info in self.supervisord.client.processes()}
+        except Exception:  # supervisord starting or stopping: report from the last read
+            return None
+        with self._infos_lock:
+            self._last_infos = infos
+        return infos
+
+    def _safely(self, action: Callable[..., object], *args: object) -> bool:
+        """Run a Redis action; log the first failure, then one a minute, then the recovery."""
+        try:
+            action(*args)
+        except redis.RedisError as exc:
+            now = time.monotonic()
+            if self._redis_down_since is None or now - self._redis_warned >= 60:
+                logger.warning("redis unavailable for the machine report: %s", exc,
+                               extra={"event": "machine_redis_down"})
+                self._redis_warned = now
+            if self._redis_down_since is None:
+                self._redis_down_since = now
+            return False
+        if self._redis_down_since is not None:
+            logger.info("redis reachable again after %.0fs",
+                        time.monotonic() - self._redis_down_since)
+            self._redis_down_since = None
+        return True
+
+    def _publish(self, emit: bool) -> None:
+        if self.redis.hget(machine_key(self.machine_id), "status") == MachineStatus.GONE:
+            logger.warning("machine %s had been marked gone (it stopped reporting); its jobs "
+                           "were requeued and results of them here are refused",
+                           self.machine_id, extra={"event": "machine_returned"})
+            emit = True
+        publish(self.redis, self.report(), emit)
+        self._published = True
+
+    def _reap(self) -> None:
+        for result in reap_gone_machines(self.redis, float(self.settings.stale_seconds or 0),
+                                         self.settings.retention_seconds,
+                                         exclude=self.machine_id):
+            logger.info("reaped machine %s", result["machine_id"],
+                        extra={"event": "machine_reaped", "reaped_machine_id": result["machine_id"],
+                               "requeued_jobs": result["requeued_jobs"]})
+
+    def _infos(self) -> dict[str, dict[str, Any]]:
+        with self._infos_lock:
+            return dict(self._last_infos)
+
+    def report(self, infos: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The status record written to Redis."""
+        infos = self._infos() if infos is None else infos
+        programs = [{**spec.summary(), **process_fields(infos.get(spec.name))}
+                    for spec in self.plan.programs]
+        return {
+            "machine_id": self.machine_id, "status": MachineStatus.ONLINE,
+            "hostname": socket.gethostname(), "pid": os.getpid(),
+            "health_url": self.health_url, "started_at": int(self.started_at * 1000),
+            "last_report": now_ms(), "uptime_seconds": round(time.time() - self.started_at, 1),
+            "gpu_source": self.inventory.source,
+            "gpus": [gpu.as_dict() for gpu in self.inventory.gpus],
+            "workers": [p for p in programs if p["role"] == "worker"],
+            "services": [p for p in programs if p["role"] == "service"],
+            "log_dropped": self.log_stats()["dropped"],
+        }
+
+    @property
+    def health_url(self) -> str | None:
+        if self.health is None:
+            return None
+        host = self.settings.health_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"http://{host}:{self.health.port}"
+
+    def log_stats(self) -> dict[str, Any]:
+        """Log shipping counters of this process and every program's processes."""
+        totals: dict[str, Any] = read_stats(self.stats_dir) if self.stats_dir.exists() else {
+            "shipped": 0, "dropped": 0, "rejected": 0, "failures": 0, "processes": 0}
+        own = next((h for h in logging.getLogger().handlers if isinstance(h, LogShipper)), None)
+        totals["enabled"] = own is not None
+        if own is not None:
+            stats = own.stats()
+            totals["url"] = stats["url"]
+            if not (self.stats_dir / f"{os.getpid()}.json").exists():
+                for key in ("shipped", "dropped", "rejected", "failures"):
+                    totals[key] += stats[key]
+        return totals
+
+    # -- what the health server asks ----------------------------------------------------
+
+    def liveness(self) -> dict[str, Any]:
+        return {"status": "ok", "machine_id": self.machine_id,
+                "uptime_seconds": round(time.time() - self.started_at, 1)}
+
+    def program_names(self) -> list[str]:
+        return [spec.name for spec in self.plan.programs]
+
+    def _views(self) -> list[dict[str, Any]]:
+        infos = {info["name"]: info for info in self.supervisord.client.processes()}
+        return program_views(self.plan, infos, self.redis)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            views = self._views()
+        except MachineError as exc:
+            return False, {"ready": False, "machine_id": self.machine_id, "error": str(exc)}
+        waiting = not_ready(views)
+        return not waiting, {"ready": not waiting, "machine_id": self.machine_id,
+                             "programs": len(views), "not_ready": waiting}
+
+    def status(self) -> dict[str, Any]:
+        views = self._views()
+        return {
+            "machine_id": self.machine_id, "hostname": socket.gethostname(),
+            "status": MachineStatus.ONLINE, "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "started_at": int(self.started_at * 1000),
+            "gpus": self.inventory.as_dict(),
+            "workers": [v for v in views if v["role"] == "worker"],
+            "services": [v for v in views if v["role"] == "service"],
+            "supervisor": {"state": self.supervisord.client.state(),
+                           "config": str(self.files.config),
+                           "socket": str(self.files.socket)},
+            "log_shipping": self.log_stats(),
+            "settings": {"report_seconds": self.settings.report_seconds,
+                         "stale_seconds": self.settings.stale_seconds,
+                         "workers": self.settings.workers},
+        }
+
+    def tail(self, name: str, lines: int) -> list[str]:
+        return self.supervisord.client.tail(self.plan.program(name).name, lines)
+
+    def restart(self, name: str) -> dict[str, Any]:
+        program = self.plan.program(name).name
+        logger.warning("restarting %s on request", program,
+                       extra={"event": "machine_restart", "program": program})
+        return process_fields(self.supervisord.client.restart(program))
+
+
+def run_machine(settings: MachineSettings,
+                announce: Callable[[str], None] = print) -> int:
+    """Run the machine until SIGTERM/SIGINT; returns the exit code. Called by ``emp machine``."""
+    runtime = MachineRuntime(settings)
+    configure_logging("INFO", environ=runtime.log_env())
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    previous = {sig: signal.signal(sig, runtime.request_stop)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for line in describe(runtime):
+            announce(line)
+        runtime.start()
+        announce(f"machine {runtime.machine_id} up: health {runtime.health_url} (listening on "
+                 f"{runtime.settings.health_host}); supervisord {runtime.files.config}; "
+                 f"logs {runtime.files.log_dir}")
+        runtime.wait()
+    finally:
+        runtime.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if runtime.failed else 0
+
+
+def describe(runtime: MachineRuntime) -> list[str]:
+    """What the machine starts, for the terminal."""
+    inventory = runtime.inventory
+    gpus = ", ".join(f"{g.index}: {g.name} {g.memory_gb:g} GB" for g in inventory.gpus) or "none"
+    lines = [f"machine {runtime.machine_id}: GPUs ({inventory.source}) {gpus}"]
+    for spec in runtime.plan.programs:
+        where = f" GPU {spec.gpu.index}" if spec.gpu else ""
+        port = f" port {spec.port}" if spec.port else ""
+        who = f" worker {spec.worker_id}" if spec.worker_id else ""
+        lines.append(f"  {spec.role} {spec.name}:{who}{where}{port}")
+    return lines

@@ -1,0 +1,146 @@
+"""Settings of one machine, read from the environment in one place (12-factor).
+
+Environment (defaults in brackets):
+
+- ``MACHINE_ID`` [hostname]: letters, digits, ``_ . -``; prefixes every worker id.
+- ``WORKERS`` [``simulation:auto``]: the worker plan, see ``machine.plan``.
+- ``EMP_MOCK_GPUS`` [unset]: pretend to have this many GPUs (``machine.gpus``), with
+  ``EMP_MOCK_GPU_MEMORY_GB`` [24] and ``EMP_MOCK_GPU_MODEL`` [``Mock GPU``].
+- ``EMP_HEALTH_HOST`` [0.0.0.0], ``EMP_HEALTH_PORT`` [9090]: the health server;
+  ``EMP_HEALTH_TOKEN`` [unset]: when set, ``/logs`` and ``/restart`` need it as a
+  bearer token.
+- ``EMP_MACHINE_RUN_DIR`` [``./.emp/machine-<id>``]: supervisord config, socket, logs.
+- ``EMP_MACHINE_REPORT_SECONDS`` [10]: status report period (also the reaper's).
+- ``EMP_MACHINE_STALE_SECONDS`` [3 x report period]: a machine silent this long is gone.
+- ``EMP_MACHINE_POLL_SECONDS`` [1]: how often supervisor's process states are read;
+  a change is reported at once.
+- ``EMP_MACHINE_RETENTION_SECONDS`` [86400]: how long an offline or gone machine's
+  record is kept.
+- ``EMP_WORKER_LOGLEVEL`` [info], ``EMP_LOG_MAX_BYTES`` [52428800],
+  ``EMP_LOG_BACKUPS`` [5]: each program's log file and its rotation.
+- ``EMP_STOP_WAIT_SECONDS`` [20]: how long a program may take to stop before SIGKILL.
+- ``EMP_START_RETRIES`` [10]: exits within 2 s of a start before supervisor gives up
+  on a program (FATAL).
+- ``EMP_REVIVE_SECONDS`` [30]: a program supervisor gave up on (FATAL: it kept
+  exiting at start, e.g. while Redis or ComfyUI was down) is started again
+  after this long; 0 leaves it FATAL.
+- ``COMFYUI_COMMAND`` [unset]: start ComfyUI instance N on port ``COMFYUI_BASE_PORT``
+  [8188] + N with this command (``{port}`` and ``{gpu}`` substituted), in
+  ``COMFYUI_DIR`` [current directory].
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emp_tasks import defaults
+from machine.errors import MachineError
+from machine.plan import COMFYUI_BASE_PORT
+from machine.supervisor_conf import ProgramOptions
+
+#: Health server port of the original.
+HEALTH_PORT = 9090
+#: Seconds between status reports (the original's 10 s).
+REPORT_SECONDS = 10.0
+#: Missed reports after which a machine counts as gone.
+STALE_REPORTS = 3
+#: Seconds between reads of supervisor's process states.
+POLL_SECONDS = 1.0
+#: Seconds an offline or gone machine's record is kept.
+RETENTION_SECONDS = 24 * 3600
+#: Bytes of a program log file before it rotates, and rotated files kept.
+LOG_MAX_BYTES = 50 * 1024 * 1024
+LOG_BACKUPS = 5
+#: Seconds a program may take to stop before it is killed.
+STOP_WAIT_SECONDS = 20
+#: Quick exits before supervisor marks a program FATAL.
+START_RETRIES = 10
+#: Seconds before a FATAL program is started again.
+REVIVE_SECONDS = 30.0
+
+_MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def check_machine_id(machine_id: str) -> str:
+    """Return the id, or raise MachineError saying what is wrong with it."""
+    if not _MACHINE_ID_RE.match(machine_id or ""):
+        raise MachineError(f"invalid machine id {machine_id!r}: use 1-64 letters, digits, "
+                           "'_', '-' or '.' (set MACHINE_ID)")
+    return machine_id
+
+
+def _float(name: str, default: float) -> float:
+    raw = defaults.env(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise MachineError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass
+class MachineSettings:
+    """What ``emp machine`` runs; ``from_env`` reads every field."""
+
+    machine_id: str
+    workers: str = "simulation:auto"
+    redis_url: str = field(default_factory=defaults.redis_url)
+    run_dir: Path | None = None
+    health_host: str = "0.0.0.0"
+    health_port: int = HEALTH_PORT
+    health_token: str | None = None
+    report_seconds: float = REPORT_SECONDS
+    stale_seconds: float | None = None
+    poll_seconds: float = POLL_SECONDS
+    retention_seconds: float = RETENTION_SECONDS
+    worker_loglevel: str = "info"
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
+    stop_wait_seconds: int = STOP_WAIT_SECONDS
+    start_retries: int = START_RETRIES
+    revive_seconds: float = REVIVE_SECONDS
+    comfyui_command: str | None = None
+    comfyui_dir: str | None = None
+    comfyui_base_port: int = COMFYUI_BASE_PORT
+
+    def __post_init__(self) -> None:
+        check_machine_id(self.machine_id)
+        if self.run_dir is None:
+            self.run_dir = Path(".emp") / f"machine-{self.machine_id}"
+        self.run_dir = Path(self.run_dir).resolve()
+        if self.stale_seconds is None:
+            self.stale_seconds = STALE_REPORTS * self.report_seconds
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> MachineSettings:
+        """Settings from the environment; ``overrides`` that are not None win."""
+        values: dict[str, object] = {
+            "machine_id": defaults.env("MACHINE_ID") or socket.gethostname(),
+            "workers": defaults.env("WORKERS", "simulation:auto"),
+            "run_dir": defaults.env("EMP_MACHINE_RUN_DIR"),
+            "health_host": defaults.env("EMP_HEALTH_HOST", "0.0.0.0"),
+            "health_port": int(_float("EMP_HEALTH_PORT", HEALTH_PORT)),
+            "health_token": defaults.env("EMP_HEALTH_TOKEN"),
+            "report_seconds": _float("EMP_MACHINE_REPORT_SECONDS", REPORT_SECONDS),
+            "stale_seconds": _float("EMP_MACHINE_STALE_SECONDS", 0.0) or None,
+            "poll_seconds": _float("EMP_MACHINE_POLL_SECONDS", POLL_SECONDS),
+            "retention_seconds": _float("EMP_MACHINE_RETENTION_SECONDS", RETENTION_SECONDS),
+            "worker_loglevel": defaults.env("EMP_WORKER_LOGLEVEL", "info"),
+            "log_max_bytes": int(_float("EMP_LOG_MAX_BYTES", LOG_MAX_BYTES)),
+            "log_backups": int(_float("EMP_LOG_BACKUPS", LOG_BACKUPS)),
+            "stop_wait_seconds": int(_float("EMP_STOP_WAIT_SECONDS", STOP_WAIT_SECONDS)),
+            "start_retries": int(_float("EMP_START_RETRIES", START_RETRIES)),
+            "revive_seconds": _float("EMP_REVIVE_SECONDS", REVIVE_SECONDS),
+            "comfyui_command": defaults.env("COMFYUI_COMMAND"),
+            "comfyui_dir": defaults.env("COMFYUI_DIR"),
+            "comfyui_base_port": int(_float("COMFYUI_BASE_PORT", COMFYUI_BASE_PORT)),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def program_options(self) -> ProgramOptions:
+        """The supervisor settings every program of the machine gets."""
+        return ProgramOptions(self.log_max_bytes, self.log_backups, self.stop_wait_seconds,
+                              self.start_retries)

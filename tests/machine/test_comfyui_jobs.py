@@ -1,0 +1,128 @@
+"""emp.comfyui jobs on real ``emp worker`` processes whose connectors talk to ComfyUI servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from comfyui_server import ComfyUITestServer, txt2img
+from machine_fixtures import *  # noqa: F403 - pytest fixtures
+from machine_helpers import wait_until
+
+from emp_tasks.producer import cancel, get_job, job_events, submit
+from emp_tasks.worker import build_profile
+
+
+def comfy_env(server: ComfyUITestServer, tmp_path: Path) -> dict[str, str]:
+    return {"EMP_CONNECTOR": "comfyui", "COMFYUI_URL": server.url, "WORKER_SERVICES": "comfyui",
+            "EMP_OUTPUT_DIR": str(tmp_path / "outputs"),
+            "EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS": "5"}
+
+
+@pytest.mark.timeout(120)
+def test_comfyui_job_runs_to_completion_with_progress_and_outputs(
+        app, start_worker, comfyui, tmp_path) -> None:
+    start_worker("comfy-1", **comfy_env(comfyui, tmp_path))
+    result = submit("comfyui", {"workflow": txt2img(steps=4)}, app=app)
+    value = result.get(timeout=60)
+
+    assert value["success"] and value["worker"].startswith("comfy-1@")
+    [output] = value["output_files"]
+    stored = Path(urlsplit(output["url"]).path)
+    assert stored.is_relative_to(tmp_path / "outputs" / result.id)
+    assert stored.read_bytes().startswith(b"\x89PNG") and output["size"] == stored.stat().st_size
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["worker_id"] == "comfy-1"
+    assert record["progress"] == 100 and record["result"]["output_files"] == [output]
+    progress = [e["data"] for e in job_events(result.id, app=app)
+                if e["event"] == "update_job_progress"]
+    steps = [(p["step"], p["max_steps"]) for p in progress if p["node_class"] == "KSampler"
+             and p["step"]]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(p["nodes_total"] == 7 for p in progress)
+    assert [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+
+
+@pytest.mark.timeout(120)
+def test_model_requirement_goes_to_the_worker_whose_comfyui_has_it(
+        app, start_worker, start_comfyui, tmp_path) -> None:
+    server_a = start_comfyui(checkpoints=["sd15.safetensors"])
+    server_b = start_comfyui(checkpoints=["sd15.safetensors", "flux-dev.safetensors"])
+    start_worker("comfy-a", **comfy_env(server_a, tmp_path))
+    start_worker("comfy-b", **comfy_env(server_b, tmp_path))
+    results = [submit("comfyui", {"workflow": txt2img(ckpt="flux-dev.safetensors", steps=1)},
+                      requirements={"models": [name]}, app=app)
+               for name in ["flux-dev.safetensors", "flux-dev"] * 3]
+    for result in results:
+        assert result.get(timeout=60)["success"]
+        assert get_job(result.id, app=app)["worker_id"] == "comfy-b"
+    assert len(server_b.history) == 6 and server_a.history == {}
+    # A model both have runs on either; all of them complete.
+    shared = [submit("comfyui", {"workflow": txt2img(steps=1)},
+                     requirements={"models": ["sd15.safetensors"]}, app=app) for _ in range(4)]
+    assert all(r.get(timeout=60)["success"] for r in shared)
+
+
+@pytest.mark.timeout(120)
+def test_out_of_memory_is_retried_with_backoff_up_to_max_retries(
+        app, start_worker, start_comfyui, tmp_path) -> None:
+    server = start_comfyui(max_pixels=512 * 512)
+    start_worker("comfy-1", **comfy_env(server, tmp_path))
+    oom = submit("comfyui", {"workflow": txt2img(width=1024)}, max_retries=1, app=app)
+    missing = submit("comfyui", {"workflow": txt2img(ckpt="not-here.safetensors")},
+                     max_retries=3, app=app)
+    wait_until(lambda: {get_job(j.id, app=app)["status"] for j in (oom, missing)} == {"failed"},
+               timeout=60, message="both jobs to fail")
+    oom_record, missing_record = get_job(oom.id, app=app), get_job(missing.id, app=app)
+    assert oom_record["attempts"] == 2 and "[memory]" in oom_record["last_error"]
+    assert [e["event"] for e in job_events(oom.id, app=app)].count("job_retrying") == 1
+    assert missing_record["attempts"] == 1 and "[model]" in missing_record["last_error"]
+    assert len(server.history) == 2  # OOM ran twice; the missing model never ran
+
+
+@pytest.mark.timeout(120)
+def test_cancelling_a_running_comfyui_job_interrupts_comfyui(
+        app, start_worker, comfyui, tmp_path) -> None:
+    start_worker("comfy-1", **comfy_env(comfyui, tmp_path))
+    long = submit("comfyui", {"workflow": txt2img(steps=1000)}, app=app)
+    wait_until(lambda: (get_job(long.id, app=app).get("progress_details") or {}).get("step", 0)
+               >= 2, timeout=60, message="sampling to start")
+    assert cancel(long.id, app=app) == "cancelled"
+    wait_until(lambda: comfyui.history, timeout=10, message="the prompt to end")
+    [(prompt_id, entry)] = comfyui.history.items()
+    assert comfyui.interrupts == [prompt_id]
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    nxt = submit("comfyui", {"workflow": txt2img(steps=1)}, app=app)
+    assert nxt.get(timeout=30)["success"]
+    assert get_job(long.id, app=app)["status"] == "cancelled"
+
+
+@pytest.mark.timeout(120)
+def test_cancel_reaches_comfyui_while_a_node_reports_no_progress(
+        app, start_worker, start_comfyui, tmp_path) -> None:
+    """No progress call to learn it from: the cancellation watcher tells the connector."""
+    server = start_comfyui(slow_nodes={"CheckpointLoaderSimple": 60})
+    start_worker("comfy-1", **comfy_env(server, tmp_path))
+    stuck = submit("comfyui", {"workflow": txt2img()}, app=app)
+    wait_until(lambda: (get_job(stuck.id, app=app).get("progress_details") or {}).get(
+        "node_class") == "CheckpointLoaderSimple", timeout=60, message="the model load")
+    assert cancel(stuck.id, app=app) == "cancelled"
+    wait_until(lambda: server.history, timeout=10, message="the interrupt")
+    [(prompt_id, entry)] = server.history.items()
+    assert server.interrupts == [prompt_id]
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_profile_takes_models_from_the_connector(app, comfyui, monkeypatch) -> None:
+    monkeypatch.setenv("EMP_CONNECTOR", "comfyui")
+    monkeypatch.setenv("COMFYUI_URL", comfyui.url)
+    monkeypatch.setenv("WORKER_MODELS", "comfyui:extra-model")
+    monkeypatch.delenv("WORKER_SERVICES", raising=False)
+    profile = build_profile(app)
+    assert profile.services == ["comfyui", "echo", "simulation"]
+    assert profile.models["comfyui"] == ["detail", "detail.safetensors", "extra-model", "sd15",
+                                         "sd15.safetensors", "sdxl/base",
+                                         "sdxl/base.safetensors"]
+    monkeypatch.delenv("EMP_CONNECTOR")
+    assert build_profile(app).services == ["echo", "simulation"]  # no ComfyUI: not offered

@@ -1,0 +1,101 @@
+"""The health app's HTTP surface, on a stand-in runtime (the real one: test_machine_runtime)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from machine.errors import UnknownProgram
+from machine.health import HealthServer, create_app
+
+
+class StandIn:
+    """Answers like a machine runtime with programs ``simulation-0`` and ``simulation-1``."""
+
+    def __init__(self, token: str | None = None, ready: bool = True) -> None:
+        self.health_token = token
+        self.is_ready = ready
+        self.restarted: list[str] = []
+
+    def liveness(self) -> dict[str, Any]:
+        return {"status": "ok", "machine_id": "box"}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        not_ready = [] if self.is_ready else [{"name": "simulation-1", "state": "STARTING"}]
+        return self.is_ready, {"ready": self.is_ready, "not_ready": not_ready}
+
+    def status(self) -> dict[str, Any]:
+        return {"machine_id": "box", "workers": []}
+
+    def program_names(self) -> list[str]:
+        return ["simulation-0", "simulation-1"]
+
+    def _check(self, name: str) -> str:
+        known = {"simulation-0": "simulation-0", "box-simulation-0": "simulation-0",
+                 "simulation-1": "simulation-1"}
+        if name not in known:
+            raise UnknownProgram(name)
+        return known[name]
+
+    def tail(self, name: str, lines: int) -> list[str]:
+        self._check(name)
+        return [f"line {i}" for i in range(lines)]
+
+    def restart(self, name: str) -> dict[str, Any]:
+        self.restarted.append(self._check(name))
+        return {"state": "RUNNING", "pid": 4242}
+
+
+def test_routes() -> None:
+    client = create_app(StandIn()).test_client()
+    assert client.get("/health").json == {"status": "ok", "machine_id": "box"}
+    assert client.get("/ready").status_code == 200
+    assert client.get("/status").json["machine_id"] == "box"
+    assert client.get("/logs/simulation-0?lines=3").json == {
+        "service": "simulation-0", "lines": ["line 0", "line 1", "line 2"]}
+    assert len(client.get("/logs/box-simulation-0").json["lines"]) == 100
+    reply = client.post("/restart/simulation-1")
+    assert reply.status_code == 200 and reply.json["pid"] == 4242 and reply.json["restarted"]
+
+
+def test_not_ready_is_503_with_the_reasons() -> None:
+    reply = create_app(StandIn(ready=False)).test_client().get("/ready")
+    assert reply.status_code == 503 and reply.json["not_ready"][0]["name"] == "simulation-1"
+
+
+@pytest.mark.parametrize(("method", "path"), [("get", "/logs/nope"), ("post", "/restart/nope")])
+def test_unknown_service_is_404_json(method: str, path: str) -> None:
+    reply = getattr(create_app(StandIn()).test_client(), method)(path)
+    assert reply.status_code == 404
+    assert reply.json == {"error": "unknown service 'nope'",
+                          "services": ["simulation-0", "simulation-1"]}
+
+
+@pytest.mark.parametrize("lines", ["0", "-1", "ten", "10001"])
+def test_bad_line_counts_are_400(lines: str) -> None:
+    reply = create_app(StandIn()).test_client().get(f"/logs/simulation-0?lines={lines}")
+    assert reply.status_code == 400 and "lines must be" in reply.json["error"]
+
+
+def test_a_token_guards_logs_and_restarts_only() -> None:
+    machine = StandIn(token="s3cret")
+    client = create_app(machine).test_client()
+    assert client.get("/logs/simulation-0").status_code == 401
+    assert client.post("/restart/simulation-0",
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert machine.restarted == []
+    assert client.post("/restart/simulation-0",
+                       headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/health").status_code == 200 and client.get("/status").status_code == 200
+
+
+def test_served_over_real_http() -> None:
+    server = HealthServer(StandIn(), "127.0.0.1", 0).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert requests.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+        assert requests.get(f"{base}/logs/x", timeout=5).status_code == 404
+    finally:
+        server.stop()

@@ -1,0 +1,121 @@
+"""The reaper and the machine status records, against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import redis
+
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.profile import WorkerProfile
+from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from machine.reaper import REASON, reap_gone_machines, reap_periodically
+from machine.status import (
+    MACHINES_KEY,
+    machine_key,
+    machines,
+    now_ms,
+    publish,
+    publish_offline,
+    read_machine,
+)
+
+
+def report(machine_id: str, age_ms: int = 0, **fields: object) -> dict:
+    return {"machine_id": machine_id, "status": "online", "last_report": now_ms() - age_ms,
+            "gpus": [{"index": 0, "memory_gb": 24}], "workers": [], "services": [], **fields}
+
+
+def running_job(client: redis.Redis, job_id: str, machine_id: str) -> None:
+    """A job claimed and started by worker ``<machine_id>-w`` of ``machine_id``."""
+    queue = QueueFunctions(client, "default")
+    profile = WorkerProfile(worker_id=f"{machine_id}-w", machine_id=machine_id,
+                            services=["simulation"])
+    queue.register_worker(profile)
+    queue.enqueue(job_id, JobSpec.from_fields({"service_required": "simulation"}),
+                  json.dumps({"id": job_id}))
+    claimed = queue.claim(profile.signature, profile.worker_id, 600_000)
+    assert isinstance(claimed, Claimed) and claimed.job_id == job_id
+    assert queue.start(job_id, claimed.attempt, f"{profile.worker_id}@host", machine_id) == "ok"
+    WorkerRegistry(client).heartbeat(profile.as_dict(), ["default"], [job_id], 600_000,
+                                     first=True)
+
+
+def test_status_records_round_trip(client: redis.Redis) -> None:
+    publish(client, report("m1"), emit=True)
+    record = read_machine(client, "m1")
+    assert record["status"] == "online" and record["gpus"] == [{"index": 0, "memory_gb": 24}]
+    assert [m["machine_id"] for m in machines(client)] == ["m1"]
+    publish_offline(client, report("m1"), retention_seconds=60)
+    assert read_machine(client, "m1")["status"] == "offline"
+    assert client.zscore(MACHINES_KEY, "m1") is None and client.ttl(machine_key("m1")) > 0
+    events = [json.loads(f["data"]) for _, f in client.xrange(SYSTEM_EVENTS_KEY)
+              if f["event"] == "machine_status"]
+    assert [e["status"] for e in events] == ["online", "offline"]
+
+
+def test_a_silent_machine_is_reaped_and_its_jobs_requeued(client: redis.Redis) -> None:
+    running_job(client, "job-1", "dead")
+    running_job(client, "job-2", "alive")
+    publish(client, report("dead", age_ms=40_000), emit=False)
+    publish(client, report("alive"), emit=False)
+    results = reap_gone_machines(client, stale_after_seconds=30)
+    assert results == [{"machine_id": "dead", "workers": ["dead-w"], "requeued_jobs": ["job-1"]}]
+    assert client.hget("emp:{default}:job:job-1", "status") == "pending"
+    assert client.hget("emp:{default}:job:job-2", "status") == "in_progress"
+    dead = read_machine(client, "dead")
+    assert dead["status"] == "gone" and dead["reason"] == REASON
+    assert client.zrange(MACHINES_KEY, 0, -1) == ["alive"]
+    assert [w["worker_id"] for w in WorkerRegistry(client).workers()] == ["alive-w"]
+    gone = [json.loads(f["data"]) for _, f in client.xrange(SYSTEM_EVENTS_KEY)
+            if f["event"] == "machine_status"]
+    assert gone[-1]["status"] == "gone" and gone[-1]["requeued_jobs"] == ["job-1"]
+    assert reap_gone_machines(client, stale_after_seconds=30) == []  # once only
+
+
+def test_many_reapers_reap_a_machine_once(client: redis.Redis, redis_server) -> None:  # noqa: ANN001
+    running_job(client, "job-1", "dead")
+    publish(client, report("dead", age_ms=60_000), emit=False)
+    results: list[list[dict]] = []
+    barrier = threading.Barrier(8)
+
+    def reaper() -> None:
+        own = redis.Redis(port=redis_server.port, decode_responses=True)
+        barrier.wait()
+        results.append(reap_gone_machines(own, stale_after_seconds=30))
+        own.close()
+
+    threads = [threading.Thread(target=reaper) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(len(r) for r in results) == [0] * 7 + [1]
+
+
+def test_a_machine_that_reports_again_is_left_alone(client: redis.Redis) -> None:
+    publish(client, report("slow", age_ms=40_000), emit=False)
+    publish(client, report("slow"), emit=False)  # it reported after all
+    assert reap_gone_machines(client, stale_after_seconds=30) == []
+    assert read_machine(client, "slow")["status"] == "online"
+    publish(client, report("me", age_ms=40_000), emit=False)
+    assert reap_gone_machines(client, stale_after_seconds=30, exclude="me") == []
+
+
+def test_periodic_reaping_stops_when_told(client: redis.Redis) -> None:
+    publish(client, report("dead", age_ms=40_000), emit=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=reap_periodically, args=(client, 30, 0.05, stop))
+    thread.start()
+    try:
+        for _ in range(100):
+            if client.zscore(MACHINES_KEY, "dead") is None:
+                break
+            stop.wait(0.05)
+        assert read_machine(client, "dead")["status"] == "gone"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()

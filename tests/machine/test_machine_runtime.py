@@ -1,0 +1,427 @@
+"""``emp machine`` for real: supervisord, Celery workers, Redis, the health server over HTTP.
+
+Each machine runs in mock-GPU mode with simulation workers; tests kill its
+processes the way machines die (SIGKILL of a worker, of the whole machine)
+and check that supervisor, the reaper and the queue bring every job to an end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from test_logs_shipping import Receiver
+
+from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from emp_tasks.app import create_app
+from emp_tasks.local_redis import LocalRedis, free_port
+from emp_tasks.producer import get_job, job_events, submit
+from machine.logs import LINE_FIELDS
+from machine.status import MACHINES_KEY, read_machine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Environment of every test machine: fast reports, short leases, JSON logs with deployment.
+FAST = {
+    "EMP_MACHINE_REPORT_SECONDS": "1", "EMP_MACHINE_POLL_SECONDS": "0.25",
+    "EMP_LEASE_SECONDS": "2", "EMP_STOP_WAIT_SECONDS": "10", "EMP_WORKER_LOGLEVEL": "info",
+    "EMP_DEPLOYMENT_ENV": "ci", "EMP_REGION": "local-1", "EMP_CLOUD_PROVIDER": "test-cloud",
+    "EMP_INSTANCE_ID": "i-test",
+}
+
+
+class MachineProcess:
+    """An ``emp machine`` subprocess with its own run directory and health port."""
+
+    def __init__(self, url: str, tmp_path: Path, machine_id: str, env: dict[str, str],
+                 args: list[str] | None = None) -> None:
+        self.machine_id = machine_id
+        self.run_dir = tmp_path / f"run-{machine_id}"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.output = tmp_path / f"{machine_id}.out"
+        full_env = {
+            **os.environ, "EMP_REDIS_URL": url, "MACHINE_ID": machine_id,
+            "EMP_MOCK_GPUS": "2", "WORKERS": "simulation:auto", "EMP_HEALTH_HOST": "127.0.0.1",
+            "EMP_HEALTH_PORT": str(self.port), "EMP_MACHINE_RUN_DIR": str(self.run_dir),
+            "PYTHONPATH": str(ROOT), **FAST, **env,
+        }
+        with open(self.output, "ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "emp_tasks.cli", "machine", *(args or [])],
+                env=full_env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.base + path, timeout=10, **kwargs)
+
+    def post(self, path: str) -> requests.Response:
+        return requests.post(self.base + path, timeout=30)
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"emp machine exited {self.process.returncode}: {self.tail()}")
+            try:
+                reply = self.get("/ready")
+                body = reply.json()
+                if reply.status_code == 200:
+                    return body
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"machine {self.machine_id} not ready: {body} {self.tail()}")
+
+    def wait_up(self, timeout: float = 60.0) -> None:
+        """Wait until the health server answers (not until the workers are ready)."""
+        def answers() -> bool:
+            try:
+                return self.get("/health").status_code == 200
+            except requests.RequestException:
+                return self.process.poll() is not None and pytest.fail(self.tail())
+        wait_for(answers, timeout=timeout, every=0.1, message=f"{self.machine_id} /health")
+
+    def worker(self, name: str) -> dict[str, Any]:
+        """The worker's entry of /status; {} while /status is unavailable (503)."""
+        reply = self.get("/status")
+        if reply.status_code != 200:
+            return {}
+        return next(w for w in reply.json()["workers"] if name in (w["name"], w["worker_id"]))
+
+    def tail(self) -> str:
+        return self.output.read_text(errors="replace")[-3000:]
+
+    def log_lines(self, program: str) -> list[dict[str, Any]]:
+        """The JSON lines of a program's log file (Celery's banner is not JSON)."""
+        text = (self.run_dir / "logs" / f"{program}.log").read_text(errors="replace")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def leftovers(self) -> list[int]:
+        """Live processes of this machine: their environment names its run directory."""
+        marker = str(self.run_dir).encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def stop(self, timeout: float = 60.0) -> int:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the machine's process group: ``emp machine`` itself, nothing else."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def start_machine(redis_server: LocalRedis, client: redis.Redis,
+                  tmp_path: Path) -> Iterator[Callable[..., MachineProcess]]:
+    """Factory: start ``emp machine`` with extra environment; every process is gone after."""
+    machines: list[MachineProcess] = []
+
+    def start(machine_id: str, url: str | None = None, **env: str) -> MachineProcess:
+        machine = MachineProcess(url or redis_server.url, tmp_path, machine_id, env)
+        machines.append(machine)
+        return machine
+
+    yield start
+    for machine in machines:
+        machine.cleanup()
+
+
+@pytest.fixture
+def app(redis_server: LocalRedis, client: redis.Redis):  # noqa: ANN201 - Celery app
+    app = create_app(redis_server.url)
+    yield app
+    app.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.05,
+             message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+def summary(receiver: Receiver) -> list[tuple[Any, ...]]:
+    return [(x.get("pid"), x.get("timestamp", "")[11:23], x.get("event"), x.get("job_id"))
+            for x in receiver.lines]
+
+
+def machine_events(client: redis.Redis, machine_id: str) -> list[dict[str, Any]]:
+    events = []
+    for _, fields in client.xrange(SYSTEM_EVENTS_KEY):
+        data = json.loads(fields["data"])
+        if fields["event"] == "machine_status" and data.get("machine_id") == machine_id:
+            events.append(data)
+    return events
+
+
+@pytest.mark.timeout(240)
+def test_machine_runs_reports_restarts_and_ships_logs(start_machine, app, client) -> None:  # noqa: ANN001
+    receiver = Receiver().start()
+    try:
+        machine = start_machine("box-a", EMP_MOCK_GPU_MEMORY_GB="40",
+                                EMP_MOCK_GPU_MODEL="Mock A40", FLUENT_BIT_URL=receiver.url)
+        started = time.monotonic()
+        ready = machine.wait_ready()
+        print(f"machine ready in {time.monotonic() - started:.1f}s")
+        assert ready["ready"] is True and ready["not_ready"] == []
+        assert machine.get("/health").json()["machine_id"] == "box-a"
+
+        # /status: workers with supervisor state, pid and the registry's profile.
+        status = machine.get("/status").json()
+        assert status["gpus"]["source"] == "mock" and len(status["gpus"]["gpus"]) == 2
+        workers = {w["worker_id"]: w for w in status["workers"]}
+        assert sorted(workers) == ["box-a-simulation-0", "box-a-simulation-1"]
+        for n, worker in enumerate(status["workers"]):
+            assert worker["state"] == "RUNNING" and worker["registered"] and worker["pid"] > 0
+            assert worker["gpu"] == n and worker["jobs"] == []
+            assert worker["profile"]["hardware"] == {"gpu_memory_gb": 40,
+                                                     "gpu_model": "Mock A40"}
+            assert worker["profile"]["machine_id"] == "box-a"
+            assert worker["profile"]["services"] == ["simulation"]
+        assert status["services"] == [] and status["uptime_seconds"] > 0
+
+        # Redis: the machine record, the live set and a machine_status event.
+        record = wait_for(lambda: read_machine(client, "box-a"), message="the machine record")
+        assert record["status"] == "online" and len(record["workers"]) == 2
+        assert client.zscore(MACHINES_KEY, "box-a") is not None
+        assert any(e["status"] == "online" for e in machine_events(client, "box-a"))
+
+        # Logs and unknown services.
+        assert len(machine.get("/logs/simulation-0?lines=3").json()["lines"]) == 3
+        assert machine.get("/logs/box-a-simulation-1").status_code == 200
+        missing = machine.get("/logs/nope")
+        assert missing.status_code == 404 and missing.json()["services"] == [
+            "simulation-0", "simulation-1"]
+        assert machine.post("/restart/nope").status_code == 404
+
+        # SIGKILL the worker running a long job: supervisor restarts it, the job still ends.
+        job = submit("simulation", {"steps": 16, "duration": 6}, app=app)
+        record = wait_for(lambda: (r := get_job(job.id, app=app))["status"] == "in_progress"
+                          and r, message="the job to start")
+        victim = machine.worker(record["worker_id"])
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        respawned = wait_for(lambda: (w := machine.worker(victim["name"])).get("pid") not in (
+            None, victim["pid"]) and w, every=0.02, message="supervisor to respawn the worker")
+        respawn_seconds = time.monotonic() - killed_at
+        restarted = wait_for(lambda: (w := machine.worker(victim["name"])).get("state") == "RUNNING"
+                             and w, every=0.02, message="the new worker to be RUNNING")
+        restart_seconds = time.monotonic() - killed_at
+        machine.wait_ready()
+        ready_seconds = time.monotonic() - killed_at
+        final = wait_for(lambda: (r := get_job(job.id, app=app))["status"] in (
+            "completed", "failed") and r, timeout=90, message="the job to end")
+        job_seconds = time.monotonic() - killed_at
+        assert final["status"] == "completed" and final["attempts"] >= 2
+        print(f"SIGKILL -> respawned {respawn_seconds:.2f}s, -> RUNNING (startsecs) "
+              f"{restart_seconds:.2f}s, -> ready (registered) {ready_seconds:.1f}s, "
+              f"-> job completed {job_seconds:.1f}s")
+        assert restarted["pid"] == respawned["pid"] != victim["pid"]
+
+        # Every JSON line of the workers carries the context; the job's events have its id.
+        lines = machine.log_lines("simulation-0") + machine.log_lines("simulation-1")
+        assert lines and all(set(LINE_FIELDS) <= set(line) for line in lines)
+        job_lines = [line for line in lines if line["job_id"] == job.id]
+        events = {line["event"] for line in job_lines}
+        assert {"job_received", "job_completed"} <= events
+        done = next(line for line in job_lines if line["event"] == "job_completed")
+        program = done["connector_id"]
+        assert done == {**done, "machine_id": "box-a", "worker_id": f"box-a-{program}",
+                        "service_type": "simulation", "deployment_env": "ci",
+                        "region": "local-1", "cloud_provider": "test-cloud",
+                        "instance_id": "i-test"}
+
+        # The same lines reached the receiver, from the workers and their pool processes.
+        shipped = wait_for(lambda: [x for x in receiver.lines if x.get("job_id") == job.id
+                                    and x.get("event") == "job_completed"], timeout=30,
+                           message=f"the shipped job_completed line; got {summary(receiver)}; "
+                                   f"{machine.get('/status').json()['log_shipping']}")
+        assert shipped[0]["worker_id"] == done["worker_id"]
+        shipping = machine.get("/status").json()["log_shipping"]
+        assert shipping["shipped"] > 0 and shipping["dropped"] == 0
+
+        # A restart through the health server.
+        before = machine.worker("simulation-1")["pid"]
+        reply = machine.post("/restart/simulation-1")
+        assert reply.status_code == 200 and reply.json()["state"] == "RUNNING"
+        assert reply.json()["pid"] != before
+
+        # A clean stop: programs stopped, the machine recorded offline, nothing left.
+        stopping = time.monotonic()
+        assert machine.stop() == 0
+        print(f"clean stop {time.monotonic() - stopping:.1f}s")
+        assert read_machine(client, "box-a")["status"] == "offline"
+        assert client.zscore(MACHINES_KEY, "box-a") is None
+        assert machine.leftovers() == []
+        assert [w["worker_id"] for w in WorkerRegistry(client).workers()] == []
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.timeout(240)
+def test_a_vanished_machine_is_reaped_and_its_job_completes_elsewhere(start_machine, app,
+                                                                      client) -> None:  # noqa: ANN001
+    # Long leases: only the reaper (stale after 3 s) can bring the job back quickly.
+    slow_leases = {"EMP_MOCK_GPUS": "1", "EMP_LEASE_SECONDS": "120",
+                   "EMP_MACHINE_STALE_SECONDS": "3"}
+    machines = {m.machine_id: m for m in (start_machine("box-b", **slow_leases),
+                                          start_machine("box-c", **slow_leases))}
+    for machine in machines.values():
+        machine.wait_ready()
+    job = submit("simulation", {"steps": 10, "duration": 4}, app=app)
+    record = wait_for(lambda: (r := get_job(job.id, app=app))["status"] == "in_progress" and r,
+                      message="the job to start")
+    victim = machines[record["machine_id"]]
+    survivor = next(m for m in machines.values() if m is not victim)
+    assert victim.leftovers()
+
+    killed_at = time.monotonic()
+    victim.kill()  # emp machine only; supervisord and its programs must die with it
+    wait_for(lambda: victim.leftovers() == [], timeout=15,
+             message="the victim's supervisord and workers to die with it")
+    gone_seconds = time.monotonic() - killed_at
+    requeued = wait_for(lambda: (r := get_job(job.id, app=app)).get("machine_id") ==
+                        survivor.machine_id and r, timeout=60,
+                        message="the job to move to the surviving machine")
+    requeue_seconds = time.monotonic() - killed_at
+    final = wait_for(lambda: (r := get_job(job.id, app=app))["status"] == "completed" and r,
+                     timeout=60, message="the job to complete on the survivor")
+    print(f"victim's processes gone {gone_seconds:.2f}s after SIGKILL; job requeued and "
+          f"claimed by the survivor after {requeue_seconds:.1f}s; completed after "
+          f"{time.monotonic() - killed_at:.1f}s")
+    assert requeued["machine_id"] == survivor.machine_id
+    assert final["worker_id"].startswith(survivor.machine_id)
+
+    assert read_machine(client, victim.machine_id)["status"] == "gone"
+    assert client.zscore(MACHINES_KEY, victim.machine_id) is None
+    assert any(e["status"] == "gone" and job.id in e.get("requeued_jobs", [])
+               for e in machine_events(client, victim.machine_id))
+    requeues = [e for e in job_events(job.id, app=app) if e["event"] == "job_requeued"]
+    assert requeues and "machine gone" in json.dumps(requeues[0]["data"])
+    assert all(w["machine_id"] != victim.machine_id for w in WorkerRegistry(client).workers())
+    assert read_machine(client, survivor.machine_id)["status"] == "online"
+
+
+@pytest.mark.timeout(180)
+def test_emp_up_machine_starts_a_mock_gpu_machine(redis_server: LocalRedis, client: redis.Redis,
+                                                  tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "EMP_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT), **FAST}
+    output = tmp_path / "up.out"
+    with open(output, "ab") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "emp_tasks.cli", "up", "--no-web", "--workers", "0",
+             "--machine", "--health-port", str(port), "--data-dir", str(tmp_path / "emp")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    run_dir = str(tmp_path / "emp" / "machine").encode()
+    try:
+        wait_for(lambda: b"EMP is up" in output.read_bytes() or up.poll() is not None,
+                 timeout=120, message="emp up")
+        assert up.poll() is None, output.read_text()
+        assert f"machine http://127.0.0.1:{port}" in output.read_text()
+        status = requests.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
+        assert status["machine_id"] == "local-machine"
+        assert [w["profile"]["hardware"]["gpu_memory_gb"] for w in status["workers"]] == [24, 24]
+        os.killpg(up.pid, signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+        assert read_machine(client, "local-machine")["status"] == "offline"
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(timeout=10)
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and run_dir in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+@pytest.mark.timeout(180)
+def test_comfyui_instances_are_supervised_and_their_models_reach_the_profile(
+        start_machine, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """COMFYUI_COMMAND runs ComfyUI N on port base+N; its worker reports the real models."""
+    server = Path(__file__).with_name("comfyui_server.py")
+    base_port = free_port()
+    machine = start_machine(
+        "box-d", EMP_MOCK_GPUS="1", WORKERS="comfyui:auto", COMFYUI_BASE_PORT=str(base_port),
+        COMFYUI_DIR=str(tmp_path),
+        COMFYUI_COMMAND=f"{sys.executable} {server} --port {{port}} --root comfy-gpu{{gpu}} "
+                        "--checkpoints sd15.safetensors,sdxl/base.safetensors")
+    machine.wait_ready()
+    status = machine.get("/status").json()
+    service, = status["services"]
+    assert service["name"] == "comfyui-server-0" and service["state"] == "RUNNING"
+    assert service["port"] == base_port and service["gpu"] == 0
+    worker, = status["workers"]
+    assert worker["port"] == base_port and worker["registered"]
+    assert "sd15.safetensors" in worker["profile"]["models"]["comfyui"]
+    assert worker["profile"]["services"] == ["comfyui"]
+    assert (tmp_path / "comfy-gpu0").is_dir()  # {gpu} substituted, COMFYUI_DIR the cwd
+    assert requests.get(f"http://127.0.0.1:{base_port}/system_stats", timeout=5).ok
+    assert machine.stop() == 0
+    assert machine.leftovers() == []
+
+
+@pytest.mark.timeout(180)
+def test_a_machine_booted_before_redis_recovers_once_redis_is_up(start_machine,
+                                                                 tmp_path: Path) -> None:  # noqa: ANN001
+    """Workers exit while Redis is down until supervisor gives up (FATAL); the machine
+    starts them again, so the machine is ready soon after Redis comes up."""
+    port = free_port()
+    machine = start_machine("box-e", url=f"redis://127.0.0.1:{port}/0", EMP_MOCK_GPUS="1",
+                            EMP_START_RETRIES="1", EMP_REVIVE_SECONDS="1")
+    machine.wait_up()
+    fatal = wait_for(lambda: (w := machine.worker("simulation-0")).get("state") == "FATAL" and w,
+                     timeout=60, every=0.2, message="supervisor to give up on the worker")
+    assert "registry_error" in fatal and machine.get("/ready").status_code == 503
+    late = LocalRedis(tmp_path / "late-redis", port=port).start()
+    try:
+        came_up = time.monotonic()
+        machine.wait_ready(timeout=90)
+        print(f"ready {time.monotonic() - came_up:.1f}s after Redis came up")
+        client = redis.Redis(port=port, decode_responses=True)
+        assert wait_for(lambda: (read_machine(client, "box-e") or {}).get("status") == "online",
+                        timeout=15, message="the machine to report again")
+        client.close()
+        assert machine.stop() == 0
+    finally:
+        machine.cleanup()
+        late.stop(kill=True)
