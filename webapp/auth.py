@@ -72,6 +72,22 @@ def error(status: int, message: str, **extra: Any) -> Any:
     return response
 
 
+def json_errors(app: Any, max_body_bytes: int) -> None:
+    """Every error of ``app`` as ``{success: false, error}``; unexpected ones logged."""
+    from werkzeug.exceptions import HTTPException
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
+        if exc.code == 413:
+            return error(413, f"request body over the {max_body_bytes}-byte limit")
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # noqa: ANN202 - Flask response
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
 def require_auth(admin: bool = False) -> Callable:
     """Route decorator: 401 without a valid token, 403 when ``admin`` is needed."""
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from conftest import wait_for
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, every: float = 0.02,
                message: str = "condition") -> object:
-    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}")
+    """The root conftest's ``wait_for`` with this directory's shorter defaults."""
+    return wait_for(predicate, timeout, every, message)
 
 
 def self_signed_cert(directory: Path) -> tuple[str, str]:

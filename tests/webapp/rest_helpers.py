@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 import requests
+
+from conftest import wait_for
 
 #: Tokens the auth-enabled servers of the tests accept.
 ADMIN = "admin-token"
@@ -63,18 +62,6 @@ class Api:
 
         wait_for(reached, timeout, message=f"job {job_id} to be {'/'.join(statuses)}")
         return found
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05,
-             message: str = "condition") -> object:
-    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}")
 
 
 def snapshot(client: redis.Redis) -> dict[str, bytes]:

@@ -19,6 +19,7 @@ import requests
 from standardwebhooks.webhooks import Webhook
 
 from capability_router.keys import Keys
+from conftest import wait_for
 from emp_tasks.local_redis import free_port
 from emp_tasks.producer import submit
 from webapp.webhooks import keys
@@ -36,16 +37,6 @@ FAST = {
 JOB_EVENTS = ["job_submitted", "job_assigned", "job_started", "complete_job"]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
-             message: str = "condition") -> object:
-    """Poll until ``predicate()`` is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}")
 
 
 @dataclass

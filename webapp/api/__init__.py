@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
 from capability_router.functions import ensure_library
-from webapp.auth import error, warn_if_open
+from webapp.auth import json_errors, warn_if_open
 from webapp.backend import Backend
 from webapp.serve import serve
 from webapp.settings import API_PORT, WebSettings
@@ -41,16 +40,7 @@ def create_app(settings: WebSettings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     sockets.init_app(app)
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
-        if exc.code == 413:
-            return error(413, f"request body over the {settings.max_body_bytes}-byte limit")
-        return error(exc.code or 500, exc.description or exc.name)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):  # noqa: ANN202 - Flask response
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return error(500, "internal error")
+    json_errors(app, settings.max_body_bytes)
 
     return app
 

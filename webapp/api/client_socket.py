@@ -11,7 +11,6 @@ client's jobs and sends every event it missed.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from simple_websocket import ConnectionClosed
 from capability_router.errors import EmpError, JobNotFound
 from emp_tasks import producer
 from webapp.api.events import Event, EventHub, Subscription
-from webapp.api.messages import client_message, error_message
+from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.session import Session
 from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
@@ -77,9 +76,7 @@ class ClientConnection:
 
     def handle(self, text: str | bytes) -> None:
         try:
-            message = json.loads(text)
-            if not isinstance(message, dict):
-                raise ValueError("a message must be a JSON object")
+            message = parse_message(text)
         except ValueError as exc:
             self.session.send(error_message(f"invalid message: {exc}"))
             return

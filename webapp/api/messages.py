@@ -6,6 +6,7 @@ added so a client can resume from the last event it saw.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from capability_router.states import JobEvent
@@ -35,6 +36,14 @@ def monitor_message(event: Event) -> dict[str, Any]:
     message["pool"] = event.namespace
     if event.name == JobEvent.FAILED:
         message["event"] = JobEvent.FAILED.value
+    return message
+
+
+def parse_message(text: str | bytes) -> dict[str, Any]:
+    """A client's message as a dict; ValueError naming what is wrong."""
+    message = json.loads(text)
+    if not isinstance(message, dict):
+        raise ValueError("a message must be a JSON object")
     return message
 
 

@@ -10,14 +10,13 @@ on connect sends the job events missed since then first.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from simple_websocket import ConnectionClosed
 
 from webapp.api.events import EventHub, Subscription
-from webapp.api.messages import error_message, monitor_message
+from webapp.api.messages import error_message, monitor_message, parse_message
 from webapp.api.session import Session
 from webapp.api.snapshot import full_state, system_stats
 from webapp.backend import Backend
@@ -66,9 +65,7 @@ class MonitorConnection:
 
     def handle(self, text: str | bytes) -> None:
         try:
-            message = json.loads(text)
-            if not isinstance(message, dict):
-                raise ValueError("a message must be a JSON object")
+            message = parse_message(text)
         except ValueError as exc:
             self.session.send(error_message(f"invalid message: {exc}"))
             return
