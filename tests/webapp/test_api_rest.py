@@ -334,3 +334,28 @@ def test_health_is_503_while_redis_is_down(client, start_server, tmp_path) -> No
     body = response.json()
     assert body["success"] is False and body["redis"] == "unreachable" and body["error"]
     assert api.get("/version").json()["library_version"] is None
+
+
+@pytest.mark.timeout(60)
+def test_api_server_reaps_a_machine_that_stopped_reporting(start_server, client) -> None:
+    """No machine is left to reap the dead one: the API server does it."""
+    from capability_router.functions import Claimed, QueueFunctions
+    from capability_router.jobspec import JobSpec
+    from capability_router.profile import WorkerProfile
+    from machine.status import now_ms, publish, read_machine
+
+    queue = QueueFunctions(client, "default")
+    profile = WorkerProfile(worker_id="dead-box-w", machine_id="dead-box",
+                            services=["simulation"])
+    queue.register_worker(profile)
+    queue.enqueue("orphan", JobSpec.from_fields({"service_required": "simulation"}), "{}")
+    claimed = queue.claim(profile.signature, profile.worker_id, 600_000)
+    assert isinstance(claimed, Claimed)
+    queue.start("orphan", claimed.attempt, "dead-box-w@host", "dead-box")
+    publish(client, {"machine_id": "dead-box", "status": "online",
+                     "last_report": now_ms() - 60_000, "gpus": [], "workers": [],
+                     "services": []}, emit=False)
+    start_server("api", EMP_MACHINE_REPORT_SECONDS="0.3", EMP_MACHINE_STALE_SECONDS="1")
+    wait_for(lambda: client.hget(Keys().job("orphan"), "status") == "pending", timeout=20,
+             message="the dead machine's job back to pending")
+    assert read_machine(client, "dead-box")["status"] == "gone"

@@ -7,6 +7,7 @@ shared backend and the event fan-out attached to the app.
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
 from flask import Flask
@@ -20,8 +21,21 @@ from webapp.settings import API_PORT, WebSettings
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: WebSettings | None = None) -> Flask:
-    """Build the API app; ``settings`` default to the environment's."""
+def _start_machine_reaper(client: redis.Redis) -> None:
+    """Mark silent machines gone and requeue their jobs even when no machine is left
+    to do it (machines reap each other too; exactly one reaper wins each machine)."""
+    from machine.reaper import reap_periodically
+    from machine.settings import MachineSettings
+
+    machine = MachineSettings.from_env()
+    threading.Thread(target=reap_periodically, name="emp-machine-reaper", daemon=True,
+                     args=(client, machine.stale_seconds, machine.report_seconds,
+                           threading.Event())).start()
+
+
+def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
+    """Build the API app; ``settings`` default to the environment's. The app also
+    runs the machine reaper unless ``reap_machines`` is False."""
     from webapp.api import events, jobs, openapi, sockets, system
 
     settings = settings or WebSettings.from_env()
@@ -36,6 +50,8 @@ def create_app(settings: WebSettings | None = None) -> Flask:
     except redis.RedisError:  # Redis not up yet: /health says so; the first call loads it
         logger.warning("could not load the function library at start", exc_info=True)
     app.extensions["emp_events"] = events.EventHub(settings.redis_url)
+    if reap_machines:
+        _start_machine_reaper(app.extensions["emp"].redis)
     for blueprint in (jobs.blueprint, system.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
     sockets.init_app(app)
