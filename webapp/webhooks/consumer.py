@@ -140,11 +140,17 @@ class EventConsumer:
     # -- streams and groups -------------------------------------------------
 
     def _start_id(self) -> str:
-        """Where a new group starts: now, or the oldest hook's creation if earlier."""
+        """Where a new group starts: now, or the oldest hook's creation if earlier.
+
+        A group delivers ids *after* its start, so it starts just before that
+        millisecond: an event of the very millisecond a hook was created counts
+        (per-hook filtering by event time drops anything older).
+        """
         seconds, micros = self.client.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         oldest = self.hooks.oldest
-        return f"{min(now, oldest) if oldest else now}-0"
+        start = min(now, oldest) if oldest else now
+        return f"{start - 1}-18446744073709551615"
 
     def refresh_streams(self) -> None:
         """Find new pools and give each new stream the consumer group."""
