@@ -234,3 +234,33 @@ def test_renewal_reports_only_attempts_lost_while_running(queue: QueueFunctions)
     other = queue.claim(ANY.signature, "w2", 1_000)
     assert isinstance(other, Claimed)
     assert "expired" in queue.renew("w", 1_000, [("expired", held["expired"])])
+
+
+def test_workflow_milestones_are_events(queue: QueueFunctions) -> None:
+    """Step 1 submitted -> workflow_submitted; the last step completed ->
+    workflow_completed; a step failed for good -> workflow_failed (a retry is not)."""
+    queue.register_worker(ANY)
+
+    def milestones() -> list[tuple[str, str]]:
+        return [(f["event"], json.loads(f["data"])["workflow_id"])
+                for _, f in queue.client.xrange(queue.keys.events)
+                if f["event"].startswith("workflow_")]
+
+    enqueue(queue, "s1", workflow_id="wf1", current_step=1, total_steps=2)
+    assert milestones() == [("workflow_submitted", "wf1")]
+    first = queue.claim(ANY.signature, "w", 60_000)
+    queue.complete("s1", first.attempt, {})
+    enqueue(queue, "s2", workflow_id="wf1", current_step=2, total_steps=2)
+    assert milestones() == [("workflow_submitted", "wf1")], "step 1 done, step 2 only queued"
+    second = queue.claim(ANY.signature, "w", 60_000)
+    queue.complete("s2", second.attempt, {})
+    assert milestones()[-1] == ("workflow_completed", "wf1")
+
+    enqueue(queue, "t1", workflow_id="wf2", current_step=1, total_steps=3)
+    third = queue.claim(ANY.signature, "w", 60_000)
+    queue.retry("t1", third.attempt, 0, json.dumps({"id": "t1"}), "transient")
+    assert milestones()[-1] == ("workflow_submitted", "wf2"), "a retry is not a failure"
+    fourth = queue.claim(ANY.signature, "w", 60_000)
+    queue.fail("t1", fourth.attempt, "broken for good")
+    assert milestones() == [("workflow_submitted", "wf1"), ("workflow_completed", "wf1"),
+                            ("workflow_submitted", "wf2"), ("workflow_failed", "wf2")]
