@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 #: First segment of every key.
 PREFIX = "emp"
@@ -120,6 +121,16 @@ def parse_key(key: str) -> tuple[str, str]:
 
 #: Set of namespaces seen by producers and workers (outside any hash tag).
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
+
+
+def known_namespaces(client: Any) -> list[str]:
+    """Every pool ever used (a Redis client's view): the default first, then by name."""
+    seen = {_text(n) for n in client.smembers(NAMESPACES_KEY)}
+    return [DEFAULT_NAMESPACE, *sorted(seen - {DEFAULT_NAMESPACE})]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def parse_idle_member(member: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from capability_router.functions import QueueFunctions
-from capability_router.keys import NAMESPACES_KEY, PREFIX, Keys
+from capability_router.keys import PREFIX, Keys, known_namespaces
 
 WORKERS_KEY = f"{PREFIX}:workers"
 SYSTEM_EVENTS_KEY = f"{PREFIX}:system:events"
@@ -129,7 +129,7 @@ class WorkerRegistry:
         """
         workers = {w["worker_id"] for w in self.machines().get(machine_id, [])}
         requeued: list[str] = []
-        for namespace in sorted(self.client.smembers(NAMESPACES_KEY) or {"default"}):
+        for namespace in known_namespaces(self.client):
             keys = Keys(namespace)
             functions = QueueFunctions(self.client, namespace)
             ids = self.client.zrange(keys.leases, 0, -1)

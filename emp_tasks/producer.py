@@ -9,7 +9,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
-from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
 from emp_tasks.connection import get_client, get_functions
@@ -71,8 +71,7 @@ def submit(
 def _namespaces(app: Celery, pool: str | None) -> list[str]:
     if pool:
         return [pool]
-    seen = get_client(app.conf.broker_url).smembers(NAMESPACES_KEY)
-    return [DEFAULT_NAMESPACE, *sorted(set(seen) - {DEFAULT_NAMESPACE})]
+    return known_namespaces(get_client(app.conf.broker_url))
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from emp_tasks.connection import get_client
 
@@ -178,8 +178,7 @@ class EventHub:
         return events[:limit]
 
     def namespaces(self) -> list[str]:
-        seen = self.client.smembers(NAMESPACES_KEY)
-        return sorted({DEFAULT_NAMESPACE, *seen})
+        return known_namespaces(self.client)
 
     # -- the reader thread ------------------------------------------------
 

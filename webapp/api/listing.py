@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.keys import Keys, known_namespaces
 from emp_tasks.producer import decode_record
 
 #: Listing filters and the index family each one reads.
@@ -36,7 +36,7 @@ def namespaces(client: redis.Redis, pool: str | None = None) -> list[str]:
     """The pools to list: the one asked for, else every pool ever used."""
     if pool:
         return [pool]
-    return [DEFAULT_NAMESPACE, *sorted(set(client.smembers(NAMESPACES_KEY)) - {DEFAULT_NAMESPACE})]
+    return known_namespaces(client)
 
 
 def index_keys(keys: Keys, status: str | None, filters: dict[str, str | None]

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.keys import Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from webapp.webhooks import keys
 from webapp.webhooks.config import GROUP, WebhookConfig
@@ -155,7 +155,7 @@ class EventConsumer:
     def refresh_streams(self) -> None:
         """Find new pools and give each new stream the consumer group."""
         self.reload_hooks()
-        namespaces = {DEFAULT_NAMESPACE} | set(self.client.smembers(NAMESPACES_KEY))
+        namespaces = known_namespaces(self.client)
         wanted: dict[str, str | None] = {SYSTEM_EVENTS_KEY: None}
         for namespace in sorted(namespaces):
             try:
