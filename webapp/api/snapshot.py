@@ -47,12 +47,15 @@ def status_counts(backend: Backend, namespaces: list[str]) -> dict[str, int]:
     return totals
 
 
-def system_stats(backend: Backend, hub: EventHub) -> dict[str, Any]:
-    namespaces = hub.namespaces()
-    workers = backend.registry.workers()
+def system_stats(backend: Backend, hub: EventHub, namespaces: list[str] | None = None,
+                 workers: list[dict[str, Any]] | None = None,
+                 counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Counts for the monitor; a snapshot passes what it already read."""
+    namespaces = namespaces if namespaces is not None else hub.namespaces()
+    workers = workers if workers is not None else backend.registry.workers()
     connections = hub.connections()
     return {
-        "jobs": status_counts(backend, namespaces),
+        "jobs": counts if counts is not None else status_counts(backend, namespaces),
         "workers": {"total": len(workers),
                     "busy": sum(1 for w in workers if w.get("status") == "busy")},
         "machines": len({w.get("machine_id") for w in workers}),
@@ -87,5 +90,5 @@ def full_state(backend: Backend, hub: EventHub, page: int, page_size: int) -> di
         "finishedJobsPagination": {"page": page, "pageSize": page_size,
                                    "totalCompleted": counts["completed"],
                                    "totalFailed": counts["failed"]},
-        "system_stats": system_stats(backend, hub),
+        "system_stats": system_stats(backend, hub, namespaces, workers, counts),
     }
