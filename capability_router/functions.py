@@ -134,6 +134,29 @@ class Claimed:
     message: str
 
 
+@dataclass
+class PendingClass:
+    """One requirement class with pending jobs, as ``emp_queue_summary`` sees it.
+
+    ``head_score`` is the order score of the class's next job (text, exact);
+    ``oldest_ms`` the oldest effective time among its pending jobs, which is
+    not the head's when a newer job has a higher priority.
+    """
+
+    signature: str
+    pending: int
+    head_score: str
+    oldest_ms: int
+
+
+@dataclass
+class QueueSummary:
+    """Pending work of one namespace: classes in head order, and delayed jobs."""
+
+    classes: list[PendingClass]
+    delayed: int
+
+
 class QueueFunctions:
     """Named wrappers around the library's functions for one namespace.
 
@@ -146,8 +169,8 @@ class QueueFunctions:
         self.keys = Keys(namespace)
         self.namespace = namespace
 
-    def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        command = ("FCALL", name, len(keys), *keys, *args)
+    def _call(self, name: str, keys: list[str], args: list[Any], read_only: bool = False) -> Any:
+        command = ("FCALL_RO" if read_only else "FCALL", name, len(keys), *keys, *args)
         try:
             return self._send(command)
         except redis.ResponseError as exc:
@@ -305,6 +328,18 @@ class QueueFunctions:
                 pipe.zcard(self.keys.pending(_text(csig)))
             return sum(pipe.execute())
 
+    def queue_summary_call(self) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of ``emp_queue_summary`` (read-only), for pipelines."""
+        k = self.keys
+        return "emp_queue_summary", [k.config, k.heads, k.delayed], []
+
+    def queue_summary(self) -> QueueSummary:
+        """Classes with pending jobs (count, head score, oldest ms) and the delayed count.
+
+        One read-only call, so the numbers are one consistent snapshot.
+        """
+        return parse_queue_summary(self._call(*self.queue_summary_call(), read_only=True))
+
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""
         return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]) or 0)
@@ -315,6 +350,15 @@ def parse_claim(reply: list[Any]) -> Claimed | int:
     if int(reply[0]) == 1:
         return Claimed(_text(reply[1]), int(reply[2]), _text(reply[3]))
     return int(reply[1])
+
+
+def parse_queue_summary(reply: list[Any]) -> QueueSummary:
+    """Turn a raw emp_queue_summary reply into ``QueueSummary``."""
+    classes = [
+        PendingClass(_text(csig), int(pending), _text(head), int(_text(oldest)))
+        for csig, pending, head, oldest in reply[1:]
+    ]
+    return QueueSummary(classes, int(reply[0]))
 
 
 def claim_args(

@@ -16,6 +16,9 @@ Features
   that ended without one. Leases replace the visibility timeout: the worker
   renews the leases of the jobs it holds; a dead worker's jobs go back to
   pending when their lease expires.
+* Claim latency: the round trip of every claim that returned a job is
+  counted in memory and written to the namespace's metrics hash with the
+  lease renewals (``capability_router.metrics``), never per claim.
 * Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
   unchanged.
 
@@ -41,7 +44,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from functools import cached_property
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 import redis
@@ -59,6 +62,7 @@ from capability_router.functions import (
 )
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
+from capability_router.metrics import CLAIM, HistogramBuffer
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
 
@@ -147,7 +151,10 @@ class QoS(kombu_redis.QoS):
     def held_leases(self) -> dict[str, list[tuple[str, str]]]:
         """Jobs this channel holds, per namespace."""
         held: dict[str, list[tuple[str, str]]] = {}
+        done = set(self._dirty)  # acked, not yet flushed out of _delivered by kombu
         for tag in list(self._delivered):
+            if tag in done:
+                continue
             parsed = parse_tag(tag)
             if parsed:
                 namespace, job_id, attempt = parsed
@@ -166,6 +173,7 @@ class QoS(kombu_redis.QoS):
         for job_id in lost:
             logger.warning("lease of job %s was lost; its result will be refused", job_id)
         channel.heartbeat([job_id for jobs in self.held_leases().values() for job_id, _ in jobs])
+        channel.flush_metrics()
         return lost
 
 
@@ -200,6 +208,9 @@ class Channel(kombu_redis.Channel):
         #: Namespaces where this worker's last claim got a job, so it holds no idle mark.
         self._busy_in: set[str] = set()
         self._announced = False
+        #: Round trips of claims that returned a job, until the next renewal flushes them.
+        self.claim_latency = HistogramBuffer(CLAIM)
+        self._claim_sent_at = 0.0
         ensure_library(self.sync_client)
 
     # -- helpers ------------------------------------------------------------
@@ -246,9 +257,14 @@ class Channel(kombu_redis.Channel):
         for namespace, pairs in acks.items():
             self.functions(namespace).ack(pairs)
 
+    def flush_metrics(self) -> None:
+        """Write buffered claim latencies (one pipeline); errors drop that batch only."""
+        self.claim_latency.flush(self.sync_client)
+
     def close(self) -> None:
         try:
             self.flush_acks()
+            self.flush_metrics()
             if self._announced:
                 WorkerRegistry(self.sync_client).leave(
                     self.worker.worker_id, self.worker.machine_id or "")
@@ -337,10 +353,12 @@ class Channel(kombu_redis.Channel):
         self.flush_acks()
         if queue not in self._registered_queues:
             self.register(queue)
+        started = perf_counter()
         result = self.functions(queue).claim(
             self.worker.signature, self.worker.worker_id, self.lease_ms, self.idle_ms
         )
         if isinstance(result, Claimed):
+            self.claim_latency.observe(queue, perf_counter() - started)
             return self._deliver_claimed(queue, result)
         raise kombu_redis.Empty()
 
@@ -370,6 +388,7 @@ class Channel(kombu_redis.Channel):
         else:
             queue = queues[0]
             self._sent = ("FCALL", queue)
+            self._claim_sent_at = perf_counter()
             connection.send_command(
                 *claim_args(Keys(queue), worker.signature, worker.worker_id,
                             self.lease_ms, self.idle_ms, queue not in self._busy_in,
@@ -396,6 +415,7 @@ class Channel(kombu_redis.Channel):
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
             if isinstance(result, Claimed):
+                self.claim_latency.observe(queue, perf_counter() - self._claim_sent_at)
                 self._busy_in.add(queue)
                 self._misses = 0
                 self._queue_cycle.rotate(queue)

@@ -35,6 +35,14 @@ they live in the same slot as the declared key.
   P.."by:"..field..":"..v  ZSET   job id -> submit ms, for field service,
                                   customer and workflow (listing filters)
   P.."indexes"             SET    names of the "by:" keys (for the sweep)
+  P.."metrics"             HASH   histogram counters, NOT cumulative: per
+                                  bucket "<name>:<le>" (le: the bucket's upper
+                                  bound in seconds, "+Inf" last), plus
+                                  "<name>:count" and "<name>:sum_ms"/"sum_us".
+                                  "wait" (ms a claimed job spent pending) is
+                                  written by emp_claim; "claim" (a worker's
+                                  claim round trip) by the workers. Bounds:
+                                  capability_router/metrics.py
 
 Both streams carry each event under the same entry id, so a reader can
 resume either from the id it last saw.
@@ -46,7 +54,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '5'
+local VERSION = '6'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -393,6 +401,31 @@ local function return_to_pending(P, cfg, id, reason, now)
   return 'pending'
 end
 
+-- Wait histogram buckets: upper bound in ms, and the field's "le" text
+-- (seconds). Must equal capability_router.metrics.WAIT_BOUNDS (a test checks).
+local WAIT_BUCKETS = {
+  {5, '0.005'}, {10, '0.01'}, {25, '0.025'}, {50, '0.05'}, {100, '0.1'},
+  {250, '0.25'}, {500, '0.5'}, {1000, '1'}, {2500, '2.5'}, {5000, '5'},
+  {10000, '10'}, {30000, '30'}, {60000, '60'}, {120000, '120'}, {300000, '300'},
+  {600000, '600'}, {1800000, '1800'}, {3600000, '3600'},
+}
+
+-- Counts one claimed job's wait (ms) in P.."metrics": its bucket, the count
+-- and the sum. Buckets are not cumulative, so a claim increments only one.
+local function observe_wait(P, wait)
+  local le = '+Inf'
+  for _, b in ipairs(WAIT_BUCKETS) do
+    if wait <= b[1] then
+      le = b[2]
+      break
+    end
+  end
+  local mk = P .. 'metrics'
+  redis.call('HINCRBY', mk, 'wait:' .. le, '1')
+  redis.call('HINCRBY', mk, 'wait:count', '1')
+  redis.call('HINCRBY', mk, 'wait:sum_ms', int(wait))
+end
+
 -- Claims housekeep at most this often (ms) while they find work; a claim
 -- that finds nothing always housekeeps before it gives up.
 local HOUSEKEEP_EVERY_MS = 100
@@ -548,7 +581,8 @@ ARGV[6] '1' when this worker's last claim found nothing (it has an idle mark)
 ARGV[7..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
-not registered (after a server restart without persistence). ]]
+not registered (after a server restart without persistence). A claimed job's
+wait is counted in the "wait" histogram of P.."metrics". ]]
 local function emp_claim(keys, args)
   local P = prefix_of(keys[1])
   local psig, worker = args[1], args[2]
@@ -592,6 +626,9 @@ local function emp_claim(keys, args)
     redis.call('ZREM', keys[4], member)
   end
   local jk = P .. 'job:' .. id
+  -- When the job entered pending (submit, retry, requeue); read before
+  -- index_status moves it.
+  local entered = redis.call('ZSCORE', P .. 'status:pending', id)
   local attempt = redis.call('HINCRBY', jk, 'attempts', '1')
   local deadline = int(now + args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
@@ -599,7 +636,18 @@ local function emp_claim(keys, args)
   index_status(P, id, 'pending', 'assigned', now)
   redis.call('ZADD', P .. 'leases', deadline, id)
   emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
-  return {1, id, attempt, redis.call('HGET', jk, 'message')}
+  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at')
+  -- Wait: since the job could first be claimed, i.e. entered pending or,
+  -- when it waited in the delayed set (eta, retry backoff), came due.
+  entered = tonumber(entered or f[3])
+  if entered then
+    local due = tonumber(f[2])
+    if due and due > entered then
+      entered = due
+    end
+    observe_wait(P, math.max(0, now - entered))
+  end
+  return {1, id, attempt, f[1]}
 end
 
 --[[ emp_start
@@ -853,7 +901,52 @@ local function emp_resubmit(keys, args)
   return 'pending'
 end
 
+-- Order scores of one priority band: (100 - priority) * 1e13 + ms.
+local BAND = 1e13
+
+--[[ emp_queue_summary (read-only)
+KEYS[1] config  KEYS[2] heads  KEYS[3] delayed
+ARGV none.
+Returns {delayed count, {class signature, pending count, head score,
+oldest effective ms}, ...}, one entry per class with pending jobs, in head
+order. Scores and ms are text (see the order score above). The oldest job
+is the lowest score of some priority band, so it takes one ZRANGE per band
+present (at most 101): O(classes x bands x log n), never O(jobs). ]]
+local function emp_queue_summary(keys, args)
+  local P = prefix_of(keys[1])
+  local out = {redis.call('ZCARD', keys[3])}
+  local heads = redis.call('ZRANGE', keys[2], '0', '-1', 'WITHSCORES')
+  for i = 1, #heads, 2 do
+    local csig = heads[i]
+    local pk = P .. 'pending:' .. csig
+    local n = redis.call('ZCARD', pk)
+    local first = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
+    local score = tonumber(first[2])
+    local oldest = nil
+    while score do
+      local band = math.floor(score / BAND)
+      if band * BAND > score then
+        band = band - 1
+      end
+      local at = score - band * BAND
+      if oldest == nil or at < oldest then
+        oldest = at
+      end
+      local from = string.format('%.0f', (band + 1) * BAND)
+      local nxt = redis.call('ZRANGE', pk, from, '+inf', 'BYSCORE', 'LIMIT', '0', '1',
+        'WITHSCORES')
+      score = tonumber(nxt[2])
+    end
+    if oldest then
+      out[#out + 1] = {csig, n, first[2], string.format('%.0f', oldest)}
+    end
+  end
+  return out
+end
+
 redis.register_function{function_name = 'emp_version', callback = emp_version,
+  flags = {'no-writes'}}
+redis.register_function{function_name = 'emp_queue_summary', callback = emp_queue_summary,
   flags = {'no-writes'}}
 redis.register_function('emp_register_worker', emp_register_worker)
 redis.register_function('emp_enqueue', emp_enqueue)
