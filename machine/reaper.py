@@ -24,6 +24,7 @@ from machine.status import (
     MachineStatus,
     machine_key,
     now_ms,
+    record_ended,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,13 @@ def _claim(client: redis.Redis, machine_id: str, cutoff: int, retention_seconds:
             score = pipe.zscore(MACHINES_KEY, machine_id)
             if score is None or score >= cutoff:
                 return False
+            ended_at = now_ms()
             pipe.multi()
             pipe.zrem(MACHINES_KEY, machine_id)
             pipe.hset(key, mapping={"machine_id": machine_id, "status": MachineStatus.GONE,
-                                    "reason": REASON, "ended_at": now_ms()})
+                                    "reason": REASON, "ended_at": ended_at})
             pipe.pexpire(key, int(retention_seconds * 1000))
+            record_ended(pipe, machine_id, ended_at, retention_seconds)
             pipe.execute()
             return True
         except redis.WatchError:

@@ -3,6 +3,13 @@
 Keys (outside any pool's hash tag, like the worker registry's):
 
   emp:machines           ZSET   machine id -> ms of its last report (live machines only)
+  emp:machines:ended     ZSET   machine id -> ms it ended (offline or gone machines): lets
+                                the monitor list ended machines without scanning keys.
+                                Written in the same MULTI as the status change (here and
+                                in ``machine.reaper``), left by a machine that reports
+                                again, trimmed of entries older than the retention time
+                                whenever it is written; ``ended_machines`` drops entries
+                                whose record already expired
   emp:machine:<id>       HASH   machine_id, status, hostname, pid, health_url,
                                 started_at, last_report, uptime_seconds, gpu_source,
                                 gpus (JSON), workers (JSON), services (JSON),
@@ -29,6 +36,7 @@ from capability_router.keys import PREFIX
 from capability_router.registry import emit_system_event
 
 MACHINES_KEY = f"{PREFIX}:machines"
+ENDED_MACHINES_KEY = f"{PREFIX}:machines:ended"
 MACHINE_EVENT = "machine_status"
 
 
@@ -76,6 +84,18 @@ def event_data(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
+def record_ended(pipe: redis.client.Pipeline, machine_id: str, ended_at: int,
+                 retention_seconds: float) -> None:
+    """Queue, on a MULTI ``pipe``, the ended-index entry of a machine that just ended.
+
+    Entries older than the retention are trimmed here, on write, because
+    their records have expired by then and nothing else would remove them.
+    """
+    pipe.zadd(ENDED_MACHINES_KEY, {machine_id: ended_at})
+    pipe.zremrangebyscore(ENDED_MACHINES_KEY, "-inf",
+                          f"({ended_at - int(retention_seconds * 1000)}")
+
+
 def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
     """Write a live machine's report (hash + zset score); ``emit`` adds an event."""
     machine_id = report["machine_id"]
@@ -84,6 +104,7 @@ def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
         pipe.delete(machine_key(machine_id))
         pipe.hset(machine_key(machine_id), mapping=_fields({**report, "last_report": stamp}))
         pipe.zadd(MACHINES_KEY, {machine_id: stamp})
+        pipe.zrem(ENDED_MACHINES_KEY, machine_id)  # it reports again: no longer ended
         pipe.execute()
     if emit:
         emit_system_event(client, MACHINE_EVENT, event_data(report))
@@ -92,21 +113,20 @@ def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
 def publish_offline(client: redis.Redis, report: dict[str, Any], retention_seconds: float) -> None:
     """A machine stopping cleanly: record it offline, out of the live set, with an expiry."""
     machine_id = report["machine_id"]
-    report = {**report, "status": MachineStatus.OFFLINE, "ended_at": now_ms()}
+    ended_at = now_ms()
+    report = {**report, "status": MachineStatus.OFFLINE, "ended_at": ended_at}
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(machine_key(machine_id))
         pipe.hset(machine_key(machine_id), mapping=_fields(report))
         pipe.pexpire(machine_key(machine_id), int(retention_seconds * 1000))
         pipe.zrem(MACHINES_KEY, machine_id)
+        record_ended(pipe, machine_id, ended_at, retention_seconds)
         pipe.execute()
     emit_system_event(client, MACHINE_EVENT, event_data(report))
 
 
-def read_machine(client: redis.Redis, machine_id: str) -> dict[str, Any] | None:
-    """A machine's record with its JSON fields decoded; None when there is none."""
-    raw = client.hgetall(machine_key(machine_id))
-    if not raw:
-        return None
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    """A machine hash with its JSON and integer fields decoded."""
     record: dict[str, Any] = dict(raw)
     for key in ("gpus", "workers", "services"):
         if record.get(key):
@@ -117,7 +137,43 @@ def read_machine(client: redis.Redis, machine_id: str) -> dict[str, Any] | None:
     return record
 
 
+def read_machine(client: redis.Redis, machine_id: str) -> dict[str, Any] | None:
+    """A machine's record with its JSON fields decoded; None when there is none."""
+    raw = client.hgetall(machine_key(machine_id))
+    return _decode(raw) if raw else None
+
+
+def read_machines(client: redis.Redis, machine_ids: list[str]) -> list[dict[str, Any] | None]:
+    """Records of many machines in one round trip (None where there is none), in order."""
+    if not machine_ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for machine_id in machine_ids:
+            pipe.hgetall(machine_key(machine_id))
+        raws = pipe.execute()
+    return [_decode(raw) if raw else None for raw in raws]
+
+
 def machines(client: redis.Redis) -> list[dict[str, Any]]:
     """Records of the machines in the live set (oldest report first)."""
     ids = client.zrange(MACHINES_KEY, 0, -1)
-    return [record for record in (read_machine(client, i) for i in ids) if record]
+    return [record for record in read_machines(client, ids) if record]
+
+
+def ended_machines(client: redis.Redis) -> list[dict[str, Any]]:
+    """Records of machines that stopped (offline) or were reaped (gone), newest end first.
+
+    Read from the ended index, so listing them never scans keys. Entries whose
+    record expired (past the retention) are removed from the index here; a
+    record that is online again (it reported between the two reads) is skipped.
+    """
+    ids = client.zrevrange(ENDED_MACHINES_KEY, 0, -1)
+    found, expired = [], []
+    for machine_id, record in zip(ids, read_machines(client, ids), strict=True):
+        if record is None:
+            expired.append(machine_id)
+        elif record.get("status") in (MachineStatus.OFFLINE, MachineStatus.GONE):
+            found.append(record)
+    if expired:
+        client.zrem(ENDED_MACHINES_KEY, *expired)
+    return found

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import requests
 from test_logs_shipping import Receiver
 
 from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from conftest import FAST
 from emp_tasks.app import create_app
 from emp_tasks.local_redis import LocalRedis, free_port
 from emp_tasks.producer import get_job, job_events, submit
@@ -30,135 +31,6 @@ from machine.logs import LINE_FIELDS
 from machine.status import MACHINES_KEY, read_machine
 
 ROOT = Path(__file__).resolve().parents[2]
-
-#: Environment of every test machine: fast reports, short leases, JSON logs with deployment.
-FAST = {
-    "EMP_MACHINE_REPORT_SECONDS": "1", "EMP_MACHINE_POLL_SECONDS": "0.25",
-    "EMP_LEASE_SECONDS": "2", "EMP_STOP_WAIT_SECONDS": "10", "EMP_WORKER_LOGLEVEL": "info",
-    "EMP_DEPLOYMENT_ENV": "ci", "EMP_REGION": "local-1", "EMP_CLOUD_PROVIDER": "test-cloud",
-    "EMP_INSTANCE_ID": "i-test",
-}
-
-
-class MachineProcess:
-    """An ``emp machine`` subprocess with its own run directory and health port."""
-
-    def __init__(self, url: str, tmp_path: Path, machine_id: str, env: dict[str, str],
-                 args: list[str] | None = None) -> None:
-        self.machine_id = machine_id
-        self.run_dir = tmp_path / f"run-{machine_id}"
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.output = tmp_path / f"{machine_id}.out"
-        full_env = {
-            **os.environ, "EMP_REDIS_URL": url, "MACHINE_ID": machine_id,
-            "EMP_MOCK_GPUS": "2", "WORKERS": "simulation:auto", "EMP_HEALTH_HOST": "127.0.0.1",
-            "EMP_HEALTH_PORT": str(self.port), "EMP_MACHINE_RUN_DIR": str(self.run_dir),
-            "PYTHONPATH": str(ROOT), **FAST, **env,
-        }
-        with open(self.output, "ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "emp_tasks.cli", "machine", *(args or [])],
-                env=full_env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.base + path, timeout=10, **kwargs)
-
-    def post(self, path: str) -> requests.Response:
-        return requests.post(self.base + path, timeout=30)
-
-    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        body: Any = None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"emp machine exited {self.process.returncode}: {self.tail()}")
-            try:
-                reply = self.get("/ready")
-                body = reply.json()
-                if reply.status_code == 200:
-                    return body
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"machine {self.machine_id} not ready: {body} {self.tail()}")
-
-    def wait_up(self, timeout: float = 60.0) -> None:
-        """Wait until the health server answers (not until the workers are ready)."""
-        def answers() -> bool:
-            try:
-                return self.get("/health").status_code == 200
-            except requests.RequestException:
-                return self.process.poll() is not None and pytest.fail(self.tail())
-        wait_for(answers, timeout=timeout, every=0.1, message=f"{self.machine_id} /health")
-
-    def worker(self, name: str) -> dict[str, Any]:
-        """The worker's entry of /status; {} while /status is unavailable (503)."""
-        reply = self.get("/status")
-        if reply.status_code != 200:
-            return {}
-        return next(w for w in reply.json()["workers"] if name in (w["name"], w["worker_id"]))
-
-    def tail(self) -> str:
-        return self.output.read_text(errors="replace")[-3000:]
-
-    def log_lines(self, program: str) -> list[dict[str, Any]]:
-        """The JSON lines of a program's log file (Celery's banner is not JSON)."""
-        text = (self.run_dir / "logs" / f"{program}.log").read_text(errors="replace")
-        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-    def leftovers(self) -> list[int]:
-        """Live processes of this machine: their environment names its run directory."""
-        marker = str(self.run_dir).encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if marker in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-        return pids
-
-    def stop(self, timeout: float = 60.0) -> int:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the machine's process group: ``emp machine`` itself, nothing else."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def cleanup(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.stop(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        for pid in self.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def start_machine(redis_server: LocalRedis, client: redis.Redis,
-                  tmp_path: Path) -> Iterator[Callable[..., MachineProcess]]:
-    """Factory: start ``emp machine`` with extra environment; every process is gone after."""
-    machines: list[MachineProcess] = []
-
-    def start(machine_id: str, url: str | None = None, **env: str) -> MachineProcess:
-        machine = MachineProcess(url or redis_server.url, tmp_path, machine_id, env)
-        machines.append(machine)
-        return machine
-
-    yield start
-    for machine in machines:
-        machine.cleanup()
-
 
 @pytest.fixture
 def app(redis_server: LocalRedis, client: redis.Redis):  # noqa: ANN201 - Celery app
