@@ -1,0 +1,220 @@
+"""The queue view's data: pending work per pool and class, and who can serve it.
+
+An operator's first questions are "what is waiting, for how long, and can
+anyone run it?". A class nobody alive can serve (say it needs 80 GB and only
+24 GB workers are up) waits forever without any error, so it is flagged
+``unservable`` and sorted first.
+
+Reads are a fixed number of round trips however many pools and classes
+there are: the pool list, the worker registry, one pipeline with every
+pool's ``emp_queue_summary`` and status counts, one pipeline with every
+class's definition and which live profiles can serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+
+from capability_router.errors import InvalidProfile
+from capability_router.functions import (
+    QueueFunctions,
+    QueueSummary,
+    ensure_library,
+    parse_queue_summary,
+)
+from capability_router.keys import Keys, known_namespaces
+from capability_router.profile import WorkerProfile
+from capability_router.registry import WorkerRegistry
+from capability_router.states import JobStatus
+
+logger = logging.getLogger(__name__)
+
+#: Job states the function library writes (each has a listing index).
+STATUSES: tuple[str, ...] = tuple(str(s) for s in (
+    JobStatus.PENDING, JobStatus.ASSIGNED, JobStatus.IN_PROGRESS, JobStatus.COMPLETED,
+    JobStatus.FAILED, JobStatus.CANCELLED))
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_value_text(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _condition(path: str, want: Any) -> str:
+    """One requirement as the matcher reads it (see emp.lua ``capability_ok``)."""
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        return f"{path} >= {want}"
+    if isinstance(want, list):
+        return f"{path} includes {_value_text(want)}"
+    return f"{path} = {_value_text(want)}"
+
+
+def describe_class(job_class: dict[str, Any] | None) -> dict[str, Any]:
+    """A normalized requirement class in readable form.
+
+    ``requirements`` lists one condition per line, e.g. ``hardware.gpu_memory_gb
+    >= 80``, ``models.comfyui includes sdxl``, ``not region = us``; the
+    customer and workflow the class is tied to come separately.
+    """
+    if not job_class:
+        return {"service": "unknown", "customer_id": None, "workflow_id": None,
+                "strict": False, "requirements": []}
+    conditions = [_condition(p, w) for p, w in sorted((job_class.get("pos") or {}).items())]
+    conditions += ["not " + _condition(p, w)
+                   for p, w in sorted((job_class.get("neg") or {}).items())]
+    customer = job_class.get("customer_id")
+    if customer and job_class.get("strict"):
+        conditions.append(f"isolated for customer {customer}")
+    return {
+        "service": job_class.get("service") or "unknown",
+        "customer_id": customer,
+        "workflow_id": job_class.get("workflow_id"),
+        "strict": bool(job_class.get("strict")),
+        "requirements": conditions,
+    }
+
+
+def profile_signature(record: dict[str, Any]) -> str | None:
+    """The profile signature a worker registered, from its registry record.
+
+    The registry keeps ``WorkerProfile.as_dict()``; rebuilding the profile
+    from it gives the same normalized form, hence the same signature as the
+    one in the pool's ``profiles`` and ``compat-rev:`` sets.
+    """
+    try:
+        return WorkerProfile.from_dict(record.get("profile") or {}).signature
+    except (InvalidProfile, TypeError, ValueError):
+        logger.warning("worker %s has an unreadable profile in the registry",
+                       record.get("worker_id"))
+        return None
+
+
+def _first_pipeline(client: redis.Redis, pools: list[str]) -> list[Any]:
+    """TIME, then per pool its queue summary and status counts; reloads the library once."""
+    for attempt in (1, 2):
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for pool in pools:
+                    name, keys, args = QueueFunctions(client, pool).queue_summary_call()
+                    pipe.execute_command("FCALL_RO", name, len(keys), *keys, *args)
+                    for status in STATUSES:
+                        pipe.zcard(Keys(pool).status_index(status))
+                return pipe.execute()
+        except redis.ResponseError as exc:
+            if attempt == 2 or "Function not found" not in str(exc):
+                raise
+            ensure_library(client)
+    raise AssertionError("unreachable")
+
+
+def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, Any]:
+    """Pending work of every pool, by class, with the live workers able to serve it.
+
+    Returns ``{"now_ms", "classes": [row...], "pools": [pool...], "workers":
+    {"total", "idle", "busy"}}``. A class row: ``pool``, ``class`` (signature),
+    ``service``, ``customer_id``, ``workflow_id``, ``strict``, ``requirements``
+    (readable conditions), ``pending``, ``oldest_ms``, ``oldest_age_seconds``,
+    ``head_score``, ``workers`` (ids of live workers that can serve it) and
+    ``unservable``; unservable classes first, then by pending count, largest
+    first. A pool: ``pool``, ``pending``, ``delayed``, ``classes``,
+    ``unservable_classes``, ``jobs`` (``{status: count}``). ``now_ms``
+    defaults to the Redis server's clock.
+    """
+    pools = known_namespaces(client)
+    workers = WorkerRegistry(client).workers()
+    replies = _first_pipeline(client, pools)
+    seconds, micros = replies[0]
+    now = now_ms if now_ms is not None else int(seconds) * 1000 + int(micros) // 1000
+
+    summaries: dict[str, QueueSummary] = {}
+    status_counts: dict[str, dict[str, int]] = {}
+    stride = 1 + len(STATUSES)
+    for i, pool in enumerate(pools):
+        chunk = replies[1 + i * stride: 1 + (i + 1) * stride]
+        summaries[pool] = parse_queue_summary(chunk[0])
+        status_counts[pool] = {s: int(n) for s, n in zip(STATUSES, chunk[1:], strict=True)}
+
+    # Live profile signatures per pool, and the workers that share each.
+    serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
+    idle = busy = 0
+    for record in workers:
+        if record.get("status") == "busy":
+            busy += 1
+        else:
+            idle += 1
+        psig = profile_signature(record)
+        if psig is None:
+            continue
+        for pool in record.get("pools") or []:
+            if pool in serving:
+                serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
+
+    with client.pipeline(transaction=False) as pipe:
+        for pool in pools:
+            keys = Keys(pool)
+            signatures = [c.signature for c in summaries[pool].classes]
+            if signatures:
+                pipe.hmget(keys.classes, signatures)
+            psigs = list(serving[pool])
+            if psigs:
+                for csig in signatures:
+                    pipe.smismember(f"{keys.prefix}compat-rev:{csig}", psigs)
+        answers = iter(pipe.execute())
+
+    rows: list[dict[str, Any]] = []
+    pool_rows: list[dict[str, Any]] = []
+    for pool in pools:
+        summary = summaries[pool]
+        classes = summary.classes
+        definitions = next(answers) if classes else []
+        psigs = list(serving[pool])
+        pool_classes: list[dict[str, Any]] = []
+        for pending_class, definition in zip(classes, definitions, strict=True):
+            able: list[str] = []
+            if psigs:
+                for psig, yes in zip(psigs, next(answers), strict=True):
+                    if yes:
+                        able += serving[pool][psig]
+            job_class = json.loads(definition) if definition else None
+            pool_classes.append({
+                "pool": pool,
+                "class": pending_class.signature,
+                **describe_class(job_class),
+                "pending": pending_class.pending,
+                "oldest_ms": pending_class.oldest_ms,
+                "oldest_age_seconds": max(0, now - pending_class.oldest_ms) / 1000,
+                "head_score": pending_class.head_score,
+                "workers": sorted(able),
+                "unservable": not able,
+            })
+        rows += pool_classes
+        pool_rows.append({
+            "pool": pool,
+            "pending": sum(c.pending for c in classes),
+            "delayed": summary.delayed,
+            "classes": len(classes),
+            "unservable_classes": sum(1 for c in pool_classes if c["unservable"]),
+            "jobs": status_counts[pool],
+        })
+    rows.sort(key=lambda r: (not r["unservable"], -r["pending"], r["pool"], r["class"]))
+    return {
+        "now_ms": now,
+        "classes": rows,
+        "pools": pool_rows,
+        "workers": {"total": idle + busy, "idle": idle, "busy": busy},
+    }
+
+
+__all__ = ["describe_class", "profile_signature", "queue_summary"]
