@@ -186,6 +186,31 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
     run(obj["url"], host, port)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--host", "address", envvar="EMP_MONITOR_HOST",
+              help="Address to listen on (env EMP_MONITOR_HOST; default Flower's --address).")
+@click.option("--port", envvar="EMP_MONITOR_PORT", type=int,
+              help="Port (env EMP_MONITOR_PORT; else Flower's --port/FLOWER_PORT; else 3333).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def monitor(obj: dict[str, Any], address: str | None, port: int | None,
+            flower_args: tuple[str, ...]) -> None:
+    """Run the monitor: Flower with the machines, queue, jobs, submit and webhooks views.
+
+    Any Flower option may follow, e.g. --basic_auth=user:password, --auth=REGEX with
+    --auth_provider, --read_only, --url_prefix=PATH, --conf=conf/flowerconfig.py.
+    """
+    import os
+
+    from webapp.monitor import MonitorOptionError, run
+
+    os.environ["EMP_REDIS_URL"] = obj["url"]
+    try:
+        run(flower_args, port=port, address=address)
+    except MonitorOptionError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command()
 @click.option("--machine-id", help="Machine id (env MACHINE_ID; default: the hostname).")
 @click.option("--workers", "plan", help="Worker plan, e.g. 'comfyui:auto,simulation:2' "
@@ -223,21 +248,25 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
               show_default=True, help="Where the local Redis keeps its append-only file.")
 @click.option("--api-port", type=int, default=3331, show_default=True)
 @click.option("--webhook-port", type=int, default=3332, show_default=True)
-@click.option("--no-web", is_flag=True, help="Skip the API and the webhook service.")
+@click.option("--monitor-port", type=int, default=3333, show_default=True)
+@click.option("--no-web", is_flag=True, help="Skip the API, the webhook service and the monitor.")
 @click.option("--demo", "with_demo", is_flag=True, help="Run the demo, then shut down.")
 @click.option("--machine", "machine_gpus", type=int, default=0, is_flag=False, flag_value=2,
               help="Also run a local machine (emp machine) with N mock GPUs and a "
                    "simulation worker on each (N defaults to 2).")
 @click.option("--health-port", type=int, default=9090, show_default=True,
               help="The local machine's health server port.")
-def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, no_web: bool,
+def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, monitor_port: int,
+       no_web: bool,
        with_demo: bool, machine_gpus: int, health_port: int) -> None:
     """Bring the system up locally: Redis (unless EMP_REDIS_URL), simulation
-    workers, the API server and the webhook service (and, with --machine, a machine)."""
+    workers, the API server, the webhook service and the monitor (and, with
+    --machine, a machine)."""
     from emp_tasks.demo import run_api_demo, run_demo
     from emp_tasks.stack import local_stack
 
-    ports = {} if no_web else {"api": api_port, "webhooks": webhook_port}
+    ports = {} if no_web else {"api": api_port, "webhooks": webhook_port,
+                               "monitor": monitor_port}
     if machine_gpus:
         ports["machine"] = health_port
     try:

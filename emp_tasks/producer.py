@@ -154,3 +154,23 @@ def resubmit(job_id: str, pool: str | None = None, app: Celery | None = None,
     if status == "missing":
         raise JobNotFound(job_id)
     return status
+
+
+def requeue(job_id: str, pool: str | None = None, app: Celery | None = None,
+            reason: str = "requeued by request") -> str:
+    """Take a running job from its worker and put it back in line for another one.
+
+    For a job stuck on a worker that still renews its lease. The attempt is
+    fenced, so the old run's late result is refused; it is not revoked in
+    Celery (that would make the next worker drop the job too). Returns
+    'pending', 'failed' when no attempt is left, or the status that refuses
+    it (only assigned and in-progress jobs can be requeued); raises JobNotFound.
+    """
+    app = _app(app)
+    record = get_job(job_id, pool=pool, app=app)
+    status = JobStatus(record["status"])
+    if not status.is_active:
+        return status.value
+    namespace = record.get("pool") or DEFAULT_NAMESPACE
+    return get_functions(app.conf.broker_url, namespace).requeue(
+        job_id, record.get("attempts") or "", reason)

@@ -56,14 +56,18 @@ def _resolved(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, A
     return schema
 
 
+def build_validator(doc: dict[str, Any], name: str) -> Draft4Validator:
+    """The checker of one component schema of an OpenAPI document."""
+    components = doc["components"]["schemas"]
+    return Draft4Validator(to_json_schema(_resolved(components[name], components)))
+
+
 def _validator(name: str) -> Draft4Validator:
     """The checker of a component schema, built once per app."""
     validators = current_app.extensions.setdefault("emp_validators", {})
     validator = validators.get(name)
     if validator is None:
-        components = document()["components"]["schemas"]
-        validator = Draft4Validator(to_json_schema(_resolved(components[name], components)))
-        validators[name] = validator
+        validator = validators[name] = build_validator(document(), name)
     return validator
 
 
@@ -91,9 +95,10 @@ def describe(error: ValidationError) -> str:
     return f"{field}: {error.message}" if field else error.message
 
 
-def check(schema_name: str, value: Any) -> None:
-    """Raise Invalid when ``value`` does not match the named component schema."""
-    validator = _validator(schema_name)
+def check(schema_name: str, value: Any, validator: Draft4Validator | None = None) -> None:
+    """Raise Invalid when ``value`` does not match the named component schema
+    (checked by ``validator`` outside a Flask app)."""
+    validator = validator or _validator(schema_name)
     error = best_match(validator.iter_errors(value))
     if error is not None:
         raise Invalid(describe(error))

@@ -1,0 +1,305 @@
+"""The monitor driven in a real headless Chromium, against real workers, machines and Redis.
+
+Each test starts ``emp monitor`` (Flower extended) as its own process and
+looks at the pages the way an operator would: what appears, what moves,
+what a click does, all without reloading the page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+from playwright.sync_api import Error as PlaywrightError
+from prometheus_client.parser import text_string_to_metric_families
+
+from capability_router.registry import WorkerRegistry
+from conftest import ROOT, wait_for
+from emp_tasks.producer import get_job, job_events, submit
+
+#: Where the README's screenshots are written by the test run.
+DOCS = ROOT / "docs"
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
+    """Factory: a new browser context and page at ``url``; fails the test on a script error."""
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def open_(url: str | None, live: bool = True, **context_options: Any) -> Any:
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, **context_options)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(f"{url}: {exc}"))
+        if url is None:
+            return page
+        page.goto(url)
+        if live:  # the event stream is open: later events reach the page
+            page.wait_for_selector('#emp-live[data-state="live"]', timeout=15_000)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, f"script errors on the pages: {errors}"
+
+
+def status_of(page: Any, selector: str) -> str | None:
+    return page.evaluate(
+        "s => { const b = document.querySelector(s); return b ? b.dataset.status : null; }",
+        selector)
+
+
+def test_a_job_submitted_from_the_form_appears_moves_and_completes_without_a_reload(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        open_page: Callable[..., Any], client: redis.Redis, app: Any) -> None:
+    start_worker("w1", WORKER_GPU_MEMORY_GB="24")
+    monitor = start_server("monitor")
+    jobs_page = open_page(monitor.base + "/jobs")
+    jobs_page.evaluate("window.__loadedOnce = 'still the same page'")
+    form_page = open_page(monitor.base + "/submit")
+    form_page.wait_for_selector("#s-service option[value], #s-service option", state="attached")
+    form_page.select_option("#s-service", "simulation")
+    form_page.fill("#s-priority", "70")
+    form_page.fill("#s-payload", json.dumps({"steps": 12, "duration": 4.8}))
+    form_page.fill("#s-requirements", json.dumps({"hardware": {"gpu_memory_gb": 8}}))
+    form_page.click("#s-submit")
+    job_id = form_page.wait_for_selector("#submitted-link").inner_text().strip()
+    assert get_job(job_id, app=app)["priority"] == 70
+
+    # The list page, opened before the job existed, shows it and follows it live.
+    row = f'#jobs-table tr[data-job-id="{job_id}"]'
+    jobs_page.wait_for_selector(row, timeout=10_000)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        value = jobs_page.get_attribute(f"{row} .progress", "aria-valuenow")
+        seen.add(round(float(value or 0)))
+        if status_of(jobs_page, f"{row} .job-status .badge") == "completed":
+            break
+        time.sleep(0.1)
+    assert status_of(jobs_page, f"{row} .job-status .badge") == "completed"
+    moving = sorted(v for v in seen if 0 < v < 100)
+    assert len(moving) >= 2, f"progress seen on the list page: {sorted(seen)}"
+    assert jobs_page.get_attribute(f"{row} .progress", "aria-valuenow") == "100"
+    assert jobs_page.inner_text(f"{row} .job-worker") == "w1"
+    assert jobs_page.evaluate("window.__loadedOnce") == "still the same page"
+    # The form page's own list followed the same job to the end.
+    wait_for(lambda: status_of(form_page, f'#submitted-table tr[data-job-id="{job_id}"] '
+                                          ".job-status .badge") == "completed",
+             timeout=10, message="the form page's row to complete")
+    assert get_job(job_id, app=app)["status"] == "completed"
+
+
+def test_the_form_refuses_bad_input_and_submits_nothing(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],
+        client: redis.Redis) -> None:
+    monitor = start_server("monitor")
+    page = open_page(monitor.base + "/submit")
+    page.wait_for_selector("#s-service option", state="attached")
+    before = sorted(client.keys("emp:{*}:job:*"))
+    # Tried: a payload that is not JSON, a priority out of range, an unknown requirement key.
+    page.fill("#s-payload", "{steps: 3")
+    page.click("#s-submit")
+    assert "Payload is not valid JSON" in page.inner_text("#submit-result")
+    page.fill("#s-payload", "{}")
+    page.fill("#s-priority", "250")
+    page.click("#s-submit")
+    page.wait_for_function(
+        "document.querySelector('#submit-result').textContent.includes('priority')")
+    page.fill("#s-priority", "50")
+    page.fill("#s-requirements", json.dumps({"hardware": {"gpu_memory_gb": "lots"}}))
+    page.click("#s-submit")
+    page.wait_for_function(
+        "document.querySelector('#submit-result').textContent.includes('gpu_memory_gb')")
+    assert page.query_selector("#submitted-table tbody tr") is None
+    assert sorted(client.keys("emp:{*}:job:*")) == before
+
+
+def test_cancel_on_the_job_page_ends_a_running_job(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        open_page: Callable[..., Any], app: Any) -> None:
+    start_worker("w1")
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 100, "duration": 50}, app=app)
+    page = open_page(f"{monitor.base}/jobs/{job.id}")
+    page.wait_for_selector('#job-status[data-status="in_progress"]', timeout=20_000)
+    page.wait_for_function("Number(document.querySelector('#job-progress')"
+                           ".parentElement.getAttribute('aria-valuenow')) > 0")
+    page.click("#job-cancel")
+    page.wait_for_selector('#job-status[data-status="cancelled"]', timeout=10_000)
+    page.wait_for_selector('#job-timeline tr[data-event="job_cancelled"]', timeout=10_000)
+    assert page.is_disabled("#job-cancel") and page.is_enabled("#job-retry")
+    assert get_job(job.id, app=app)["status"] == "cancelled"
+    # The worker stopped running it (one slot, -c 1): a new job runs at once.
+    echo = submit("echo", {"after": "cancel"}, app=app)
+    assert echo.get(timeout=15)["echo"] == {"after": "cancel"}
+    progress_after = [e for e in job_events(job.id, app=app)
+                      if e["event"] == "update_job_progress"]
+    assert progress_after and progress_after[-1]["data"]["progress"] < 100
+
+
+def test_requeue_and_retry_on_the_job_page(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        open_page: Callable[..., Any], app: Any) -> None:
+    start_worker("w1")
+    start_worker("w2")
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 8, "duration": 4}, app=app)
+    page = open_page(f"{monitor.base}/jobs/{job.id}")
+    page.wait_for_selector('#job-status[data-status="in_progress"]', timeout=20_000)
+    first = get_job(job.id, app=app)
+    page.click("#job-requeue")
+    # Back in line, then taken again: a second attempt that runs to the end.
+    page.wait_for_selector('#job-timeline tr[data-event="job_requeued"]', timeout=10_000)
+    page.wait_for_selector('#job-status[data-status="completed"]', timeout=40_000)
+    record = get_job(job.id, app=app)
+    assert first["attempts"] == 1 and record["attempts"] == 2
+    assert page.inner_text('#job-fields [data-field="attempts"]') == "2"
+    # A completed job cannot be retried or requeued: the buttons say so and so does the server.
+    assert page.is_disabled("#job-retry") and page.is_disabled("#job-requeue")
+    refused = requests.post(f"{monitor.base}/emp/api/jobs/{job.id}/retry", timeout=10)
+    assert refused.status_code == 409 and "completed" in refused.json()["error"]
+    # Cancel a pending job that no worker can run, then retry it from its page.
+    stuck = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                   app=app)
+    page = open_page(f"{monitor.base}/jobs/{stuck.id}")
+    page.wait_for_selector('#job-status[data-status="pending"]')
+    page.click("#job-cancel")
+    page.wait_for_selector('#job-status[data-status="cancelled"]')
+    page.click("#job-retry")
+    page.wait_for_selector('#job-status[data-status="pending"]')
+    page.wait_for_selector('#job-timeline tr[data-event="job_cancelled"]')
+    assert get_job(stuck.id, app=app)["status"] == "pending"
+
+
+def _metric(text: str, name: str, **labels: str) -> list[float]:
+    return [sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs(
+        start_machine: Callable[..., Any], start_worker: Callable[..., Any],
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any,
+        client: redis.Redis) -> None:
+    machine = start_machine("gpu-box-1")
+    machine.wait_ready()
+    monitor = start_server("monitor")
+    # Two 24 GB workers: two long jobs keep them busy, a third waits its turn,
+    # and one needs 80 GB, which no live worker has.
+    running = [submit("simulation", {"steps": 60, "duration": 60}, priority=60, app=app)
+               for _ in range(2)]
+    waiting = submit("simulation", {"steps": 2, "duration": 1},
+                     requirements={"hardware": {"gpu_memory_gb": 16}}, app=app)
+    stuck = submit("simulation", {"steps": 2, "duration": 1},
+                   requirements={"hardware": {"gpu_memory_gb": 80}}, priority=90, app=app)
+    wait_for(lambda: all(get_job(j.id, app=app)["status"] == "in_progress" for j in running),
+             timeout=30, message="both machine workers busy")
+
+    queue = open_page(monitor.base + "/queue")
+    flagged = queue.wait_for_selector('#queue-table tr[data-unservable="true"]')
+    assert "hardware.gpu_memory_gb >= 80" in flagged.inner_text()
+    assert "UNSERVABLE" in flagged.inner_text().upper()
+    assert "cannot be served by any live worker" in queue.inner_text("#queue-alert")
+    servable = queue.wait_for_selector('#queue-table tr[data-unservable="false"]')
+    assert "gpu-box-1-simulation-0" in servable.inner_text()
+    assert "gpu-box-1-simulation-1" in servable.inner_text()
+    DOCS.mkdir(exist_ok=True)
+    queue.screenshot(path=str(DOCS / "monitor-queue.png"), full_page=True)
+
+    machines = open_page(monitor.base + "/machines")
+    card = machines.wait_for_selector('.emp-machine[data-machine-id="gpu-box-1"]')
+    text = card.inner_text()
+    assert "online" in text and text.count("24 GB") >= 4  # 2 GPUs and 2 worker profiles
+    for job in running:
+        machines.wait_for_selector(f'.emp-machine a[href$="/jobs/{job.id}"]')
+    machines.screenshot(path=str(DOCS / "monitor-machines.png"), full_page=True)
+
+    # Prometheus, next to Flower's own metrics: depth and workers per class, waits, claims.
+    scrape = requests.get(monitor.base + "/metrics", timeout=10).text
+    assert "flower_events_total" in scrape or "flower_" in scrape
+    assert _metric(scrape, "emp_queue_depth", pool="default", service="simulation")
+    assert 0.0 in _metric(scrape, "emp_queue_class_workers", pool="default",
+                          service="simulation")
+    assert _metric(scrape, "emp_job_wait_seconds_count", pool="default")[0] >= 2
+
+    # A worker with 80 GB joins: without a reload the flag goes and the job runs.
+    start_worker("big-gpu", WORKER_GPU_MEMORY_GB="80")
+    queue.wait_for_selector('#queue-table tr[data-unservable="true"]', state="detached",
+                            timeout=20_000)
+    assert stuck.get(timeout=30)["success"] is True
+    assert get_job(waiting.id, app=app)["status"] in ("pending", "assigned", "in_progress",
+                                                      "completed")
+    machines.wait_for_selector('.emp-machine [data-worker-id="big-gpu"]', timeout=15_000)
+    assert WorkerRegistry(client).workers()
+
+
+PROTECTED_GETS = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks",
+                  "/emp/api/machines", "/emp/api/queue", "/emp/api/jobs", "/emp/api/jobs/{job}",
+                  "/emp/api/services", "/emp/api/webhooks", "/emp/events"]
+PROTECTED_POSTS = ["/emp/api/submit", "/emp/api/jobs/{job}/cancel", "/emp/api/jobs/{job}/retry",
+                   "/emp/api/jobs/{job}/requeue", "/emp/api/webhooks/some-hook/reconnect"]
+
+
+def test_with_basic_auth_the_new_pages_and_actions_refuse_anonymous_requests(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any,
+        client: redis.Redis) -> None:
+    monitor = start_server("monitor", FLOWER_BASIC_AUTH="ops:s3cret")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    keys_before = sorted(client.keys("emp:{*}:job:*"))
+    for who, auth in (("anonymous", None), ("wrong password", ("ops", "guess"))):
+        for path in PROTECTED_GETS:
+            reply = requests.get(monitor.base + path.format(job=job.id), auth=auth, timeout=10,
+                                 stream=True)
+            assert reply.status_code == 401, f"{who} GET {path}: {reply.status_code}"
+            assert reply.headers["WWW-Authenticate"].startswith("Basic")
+            reply.close()
+        # Tried: every action, anonymously and with a wrong password; nothing may change.
+        for path in PROTECTED_POSTS:
+            reply = requests.post(monitor.base + path.format(job=job.id), auth=auth, timeout=10,
+                                  json={"service_required": "echo", "payload": {}})
+            assert reply.status_code == 401, f"{who} POST {path}: {reply.status_code}"
+    assert get_job(job.id, app=app)["status"] == "pending"
+    assert sorted(client.keys("emp:{*}:job:*")) == keys_before
+    # Flower's own pages are guarded the same way.
+    assert requests.get(monitor.base + "/", timeout=10).status_code == 401
+
+    # In a browser: anonymous gets 401; with the credentials every view works, live.
+    anonymous = open_page(None)
+    try:
+        response = anonymous.goto(monitor.base + "/queue")
+        assert response.status == 401
+    except PlaywrightError as exc:  # Chromium gives up on the challenge it cannot answer
+        assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
+    operator = open_page(monitor.base + "/queue",
+                         http_credentials={"username": "ops", "password": "s3cret"})
+    operator.wait_for_selector('#queue-table tr[data-unservable="true"]')
+    operator.goto(f"{monitor.base}/jobs/{job.id}")
+    operator.wait_for_selector('#emp-live[data-state="live"]')
+    operator.click("#job-cancel")
+    operator.wait_for_selector('#job-status[data-status="cancelled"]')
+    assert get_job(job.id, app=app)["status"] == "cancelled"
+
+
+def test_read_only_monitor_refuses_actions(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
+    monitor = start_server("monitor", FLOWER_READ_ONLY="true")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    # Tried: cancel, requeue and a submission against a --read_only monitor.
+    for path in ("/emp/api/jobs/{job}/cancel", "/emp/api/jobs/{job}/requeue", "/emp/api/submit"):
+        reply = requests.post(monitor.base + path.format(job=job.id), timeout=10,
+                              json={"service_required": "echo", "payload": {}})
+        assert reply.status_code == 403 and "read-only" in reply.json()["error"]
+    assert get_job(job.id, app=app)["status"] == "pending"
+    page = open_page(f"{monitor.base}/jobs/{job.id}")
+    page.wait_for_selector('#job-status[data-status="pending"]')
+    assert page.query_selector("#job-cancel") is None

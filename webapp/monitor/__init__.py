@@ -1,0 +1,90 @@
+"""The operators' monitor (``emp monitor``, port 3333): Flower extended with GPU queue views.
+
+``create_monitor`` builds it the way ``celery flower`` builds Flower, so
+every Flower option (command line, ``FLOWER_*`` variables, ``--conf`` file)
+works, including its authentication; ``run`` serves it until stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_PORT = 3333
+logger = logging.getLogger(__name__)
+
+
+class MonitorOptionError(ValueError):
+    """A command-line argument that is not one of Flower's options."""
+
+
+def flower_options(argv: Sequence[str], port: int | None, address: str | None) -> Any:
+    """Flower's options from its defaults, ``FLOWER_*``, its config file and ``argv``."""
+    from flower.command import apply_env_options, apply_options, is_flower_option
+    from flower.options import options
+
+    unknown = [a for a in argv if not a.startswith("--") or not is_flower_option(a)]
+    if unknown:
+        raise MonitorOptionError(f"not a Flower option: {unknown[0]!r} (Flower's options are "
+                                 "written --name=value, e.g. --basic_auth=user:password)")
+    options.port = DEFAULT_PORT
+    apply_env_options()
+    apply_options("emp monitor", list(argv))
+    if port is not None:
+        options.port = port
+    if address is not None:
+        options.address = address
+    return options
+
+
+def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
+                   port: int | None = None, address: str | None = None) -> Any:
+    """Build the monitor application (not yet listening)."""
+    from flower.command import extract_settings, setup_logging
+    from flower.urls import settings
+
+    from emp_tasks import defaults
+    from emp_tasks.app import create_app as create_celery_app
+    from webapp.api.events import EventHub
+    from webapp.backend import Backend
+    from webapp.monitor import metrics
+    from webapp.monitor.app import EmpMonitor
+    from webapp.monitor.state import MonitorState
+
+    options = flower_options(argv, port, address)
+    extract_settings()
+    setup_logging()
+    url = redis_url or defaults.redis_url()
+    prefix = "/" + options.url_prefix.strip("/") if options.url_prefix else ""
+    state = MonitorState(Backend.connect(url), EventHub(url), url_prefix=prefix)
+    metrics.register(url)
+    return EmpMonitor(options, create_celery_app(url), state, **settings)
+
+
+def run(argv: Sequence[str] = (), port: int | None = None, address: str | None = None) -> None:
+    """Serve the monitor until SIGTERM or Ctrl-C."""
+    monitor = create_monitor(argv, port=port, address=address)
+    atexit.register(monitor.stop)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    bound = monitor.start_http_server()
+    options = monitor.options
+    if not (options.basic_auth or options.auth):
+        logger.warning("NO MONITOR AUTHENTICATION CONFIGURED: anyone who can reach port %s can "
+                       "cancel, retry and submit jobs. Use --basic_auth=user:password or "
+                       "--auth (Flower's options), or --read_only.", bound)
+    logger.info("EMP monitor (Flower %s) on http://%s:%s%s", _flower_version(),
+                options.address or "127.0.0.1", bound, monitor.emp.url_prefix + "/")
+    try:
+        monitor.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+
+
+def _flower_version() -> str:
+    import flower
+
+    return flower.__version__

@@ -1,0 +1,141 @@
+"""The monitor pages' JSON reads and actions, under ``/emp/api/``.
+
+Reads are GETs; actions are POSTs, refused in read-only mode. Each answers
+``{"success": true, ...}`` or an HTTP error with ``{"success": false,
+"error": "<what is wrong>"}``; a refused action changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import tornado.web
+from jsonschema import Draft4Validator
+
+from capability_router.errors import JobNotFound
+from emp_tasks import producer
+from webapp.api.openapi import build
+from webapp.api.submission import submit_body
+from webapp.api.validation import Invalid, build_validator, check
+from webapp.auth import Principal
+from webapp.backend import Backend
+from webapp.monitor import jobs
+from webapp.monitor.handlers import ActionHandler, JsonHandler
+from webapp.monitor.machines import machines_view
+from webapp.monitor.queue import queue_summary
+from webapp.monitor.webhooks import reconnect, webhooks_view
+
+#: The monitor's user is an operator: every customer, every pool.
+OPERATOR = Principal(admin=True)
+
+
+class MachinesData(JsonHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        machines = await self.blocking(machines_view, self.state.backend.redis)
+        self.send({"success": True, "machines": machines, "at": int(time.time() * 1000)})
+
+
+class QueueData(JsonHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        summary = await self.blocking(queue_summary, self.state.backend.redis)
+        self.send({"success": True, **summary, "at": int(time.time() * 1000)})
+
+
+class JobsData(JsonHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name) for name in self.request.query_arguments}
+        try:
+            query = jobs.parse_query(args)
+        except jobs.BadQuery as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        page = await self.blocking(jobs.list_jobs, self.state.backend.redis, query)
+        self.send({"success": True, **page})
+
+
+@functools.lru_cache(maxsize=4)
+def submission_validator(services: tuple[str, ...]) -> Draft4Validator:
+    """The API's ``JobSubmission`` checker for these services."""
+    return build_validator(build(list(services)), "JobSubmission")
+
+
+def submit_checked(body: dict, backend: Backend) -> tuple[str, str]:
+    """Check the body against the API's schema, then submit it as the API does: the form
+    cannot file what a client could not."""
+    check("JobSubmission", body,
+          submission_validator(tuple(sorted(producer.services(backend.celery)))))
+    return submit_body(body, OPERATOR, backend, checked=True)
+
+
+class SubmitJob(ActionHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.body_json()
+        try:
+            job_id, pool = await self.blocking(submit_checked, body, self.state.backend)
+        except Invalid as exc:
+            raise tornado.web.HTTPError(exc.status, str(exc)) from None
+        self.send({"success": True, "job_id": job_id, "pool": pool}, 201)
+
+
+class JobData(JsonHandler):
+    @tornado.web.authenticated
+    async def get(self, job_id: str) -> None:
+        try:
+            detail = await self.blocking(jobs.job_detail, self.state.backend.celery, job_id)
+        except JobNotFound:
+            raise tornado.web.HTTPError(404, f"no job {job_id!r}") from None
+        self.send({"success": True, **detail})
+
+
+class JobAction(ActionHandler):
+    """``POST /emp/api/jobs/<id>/<cancel|retry|requeue>``; 409 naming the status if refused."""
+
+    @tornado.web.authenticated
+    async def post(self, job_id: str, action: str) -> None:
+        do = {"cancel": jobs.cancel, "retry": jobs.retry, "requeue": jobs.requeue}[action]
+        kwargs = {"terminate": self.get_query_argument("terminate", "") in ("1", "true")} \
+            if action == "cancel" else {}
+        try:
+            status = await self.blocking(do, self.state.backend.celery, job_id, **kwargs)
+        except JobNotFound:
+            raise tornado.web.HTTPError(404, f"no job {job_id!r}") from None
+        done, refusal = jobs.ACTIONS[action]
+        if status not in done:
+            raise tornado.web.HTTPError(409, f"job {job_id!r} is {status}: {refusal}")
+        self.send({"success": True, "job_id": job_id, "status": str(status)})
+
+
+class Services(JsonHandler):
+    """The job types the submit form offers."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        names = await self.blocking(lambda: sorted(producer.services(self.state.backend.celery)))
+        self.send({"success": True, "services": names})
+
+
+class WebhooksData(JsonHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        view = await self.blocking(webhooks_view, self.state.backend.redis)
+        self.send({"success": True, **view})
+
+
+class ReconnectWebhook(ActionHandler):
+    @tornado.web.authenticated
+    async def post(self, hook_id: str) -> None:
+        if not await self.blocking(reconnect, self.state.backend.redis, hook_id):
+            raise tornado.web.HTTPError(404, f"no webhook {hook_id!r}")
+        self.send({"success": True, "webhook_id": hook_id})
+
+
+class Health(JsonHandler):
+    """Open, like Flower's ``/healthcheck``: the process answers and Redis does."""
+
+    async def get(self) -> None:
+        await self.blocking(self.state.backend.redis.ping)
+        self.send({"status": "ok", "service": "emp-monitor"})

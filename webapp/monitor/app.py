@@ -1,0 +1,33 @@
+"""Flower, extended: its own pages and API, plus the GPU queue views in the same process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from flower.app import Flower, rewrite_handler
+
+from webapp.monitor import routes
+from webapp.monitor.state import MonitorState
+from webapp.monitor.templating import LayeredLoader
+
+
+class EmpMonitor(Flower):
+    """Flower with the monitor's routes in front of its own and its templates layered on."""
+
+    #: Flower's inspector shares the pool with the monitor's Redis reads.
+    max_workers = 16
+
+    def __init__(self, options: Any, capp: Celery, state: MonitorState,
+                 **settings: Any) -> None:
+        super().__init__(options=options, capp=capp, template_loader=LayeredLoader(),
+                         **settings)
+        self.emp = state
+        ours = routes.handlers()
+        if options.url_prefix:
+            ours = [rewrite_handler(h, options.url_prefix) for h in ours]
+        self.add_handlers(r".*", ours)
+
+    def stop(self) -> None:
+        self.emp.hub.stop()
+        super().stop()

@@ -1,0 +1,81 @@
+"""The base of every monitor handler: Flower's authentication, JSON and blocking calls.
+
+Every page, JSON read, action and the live stream derives from Flower's own
+``BaseHandler`` and is wrapped in ``tornado.web.authenticated``, so Flower's
+options (``--basic_auth``, ``--auth`` with an OAuth provider) guard them
+exactly as they guard Flower's pages; ``--read_only`` refuses the actions.
+Redis and Celery calls block, so they run on Flower's thread pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tornado.web
+from flower.views import BaseHandler
+from tornado.ioloop import IOLoop
+
+from webapp.monitor.state import MonitorState
+
+T = TypeVar("T")
+
+
+class MonitorHandler(BaseHandler):
+    """A monitor page or endpoint; ``self.state`` reaches Redis and Celery."""
+
+    @property
+    def state(self) -> MonitorState:
+        return self.application.emp
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call on the application's executor."""
+        return await IOLoop.current().run_in_executor(
+            None, functools.partial(fn, *args, **kwargs))
+
+    def render(self, template_name: str, **kwargs: Any) -> None:
+        kwargs.setdefault("read_only", self.application.options.read_only)
+        kwargs.setdefault("emp_static", self.state.static_url)
+        super().render(template_name, **kwargs)
+
+
+class JsonHandler(MonitorHandler):
+    """A JSON endpoint of the monitor's pages: errors are JSON too."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def send(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:  # Flower's challenge, so browsers ask for credentials
+            self.set_header("WWW-Authenticate", 'Basic realm="flower"')
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) else None
+        self.finish(json.dumps({"success": False,
+                                "error": message or self._reason}))
+
+    def body_json(self) -> dict[str, Any]:
+        """The request's JSON object body, or a 400 saying what is wrong with it."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as exc:
+            raise tornado.web.HTTPError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise tornado.web.HTTPError(400, "body must be a JSON object")
+        return body
+
+
+class ActionHandler(JsonHandler):
+    """A POST that changes something: refused in Flower's read-only mode."""
+
+    def prepare(self) -> None:
+        if self.application.options.read_only:
+            raise tornado.web.HTTPError(403, "the monitor runs read-only (--read_only)")
+

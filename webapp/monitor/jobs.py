@@ -1,0 +1,114 @@
+"""The Jobs views' reads, and what an operator may do to one job.
+
+Reads go through the listing indexes (``webapp.api.listing``) and the
+producer API; every action is the producer API's, the same calls the REST
+API makes, so the monitor cannot do what a client could not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+
+from capability_router.errors import JobNotFound
+from capability_router.states import JobStatus
+from emp_tasks import producer
+from webapp.api import listing
+
+#: Query parameters of the jobs list, besides ``limit`` and ``offset``.
+FILTERS = ("status", "service", "customer_id", "workflow_id", "pool")
+MAX_LIMIT = 200
+#: Record fields the list shows (the job page shows everything).
+SUMMARY_FIELDS = (
+    "job_id", "status", "service_required", "priority", "customer_id", "workflow_id",
+    "current_step", "total_steps", "pool", "worker_id", "attempts", "progress",
+    "progress_message", "created_at", "started_at", "completed_at", "failed_at",
+    "cancelled_at", "error",
+)
+
+
+class BadQuery(ValueError):
+    """A query parameter the jobs list cannot use; the message names it."""
+
+
+def parse_query(args: dict[str, str]) -> dict[str, Any]:
+    """Filters, ``limit`` (1-200, default 50) and ``offset`` from query parameters."""
+    unknown = set(args) - {*FILTERS, "limit", "offset"}
+    if unknown:
+        raise BadQuery(f"unknown query parameter {sorted(unknown)[0]!r}; use one of "
+                       f"{', '.join((*FILTERS, 'limit', 'offset'))}")
+    query: dict[str, Any] = {name: (args.get(name) or "").strip() or None for name in FILTERS}
+    if query["status"] is not None and query["status"] not in set(JobStatus):
+        raise BadQuery(f"status {query['status']!r} is not one of "
+                       f"{', '.join(s.value for s in JobStatus)}")
+    for name in FILTERS:
+        if query[name] is not None and len(query[name]) > 200:
+            raise BadQuery(f"{name} is longer than 200 characters")
+    query["limit"] = _bounded(args, "limit", 50, 1, MAX_LIMIT)
+    query["offset"] = _bounded(args, "offset", 0, 0, 10**9)
+    return query
+
+
+def _bounded(args: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = args.get(name)
+    if text in (None, ""):
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadQuery(f"{name} must be a whole number, not {text!r}") from None
+    if not low <= value <= high:
+        raise BadQuery(f"{name} must be between {low} and {high}")
+    return value
+
+
+def list_jobs(client: redis.Redis, query: dict[str, Any]) -> dict[str, Any]:
+    """A page of job summaries, newest first, and how many match."""
+    page = listing.list_jobs(client, **query)
+    jobs = [{k: job.get(k) for k in SUMMARY_FIELDS if job.get(k) not in (None, "")}
+            for job in page.jobs]
+    return {"jobs": jobs, "total": page.total, "limit": query["limit"],
+            "offset": query["offset"]}
+
+
+def job_detail(app: Celery, job_id: str) -> dict[str, Any]:
+    """The job record with its event timeline (oldest first); raises JobNotFound."""
+    job = producer.get_job(job_id, app=app)
+    events = producer.job_events(job_id, pool=job.get("pool"), app=app)
+    return {"job": job, "events": events}
+
+
+def cancel(app: Celery, job_id: str, terminate: bool = False) -> str:
+    """Cancel a pending or running job: its status after the call; raises JobNotFound."""
+    job = producer.get_job(job_id, app=app)
+    if JobStatus(job["status"]).is_terminal:
+        return job["status"]
+    return producer.cancel(job_id, pool=job.get("pool"), app=app, terminate=terminate)
+
+
+def retry(app: Celery, job_id: str) -> str:
+    """Run a failed or cancelled job again: 'pending', or the status that refuses it."""
+    job = producer.get_job(job_id, app=app)
+    if job["status"] not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return job["status"]
+    return producer.resubmit(job_id, pool=job.get("pool"), app=app,
+                             reason="retried from the monitor")
+
+
+def requeue(app: Celery, job_id: str) -> str:
+    """Put a running job back in line: 'pending' (or 'failed', no attempts left)."""
+    return producer.requeue(job_id, app=app, reason="requeued from the monitor")
+
+
+#: What each action answers when it worked, and why it may refuse.
+ACTIONS = {
+    "cancel": ({JobStatus.CANCELLED}, "only a pending or running job can be cancelled"),
+    "retry": ({JobStatus.PENDING}, "only a failed or cancelled job can be retried"),
+    "requeue": ({JobStatus.PENDING, JobStatus.FAILED},
+                "only an assigned or in-progress job can be requeued"),
+}
+
+__all__ = ["ACTIONS", "BadQuery", "JobNotFound", "cancel", "job_detail", "list_jobs",
+           "parse_query", "requeue", "retry"]

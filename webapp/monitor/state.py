@@ -1,0 +1,34 @@
+"""What the monitor's handlers share: Redis, the producer-side Celery app, the event hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from webapp.api.events import EventHub
+from webapp.backend import Backend
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+
+
+def _digest(directory: str) -> str:
+    """A short digest of the static files, so browsers reload them after an upgrade."""
+    sha = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as source:
+            sha.update(source.read())
+    return sha.hexdigest()[:10]
+
+
+@dataclass
+class MonitorState:
+    """One per monitor process; handlers reach it as ``self.state``."""
+
+    backend: Backend
+    hub: EventHub
+    url_prefix: str = ""
+    version: str = field(default_factory=lambda: _digest(STATIC_DIR))
+
+    def static_url(self, name: str) -> str:
+        return f"{self.url_prefix}/emp/static/{name}?v={self.version}"

@@ -1,0 +1,147 @@
+/* The monitor pages' shared helpers: JSON calls, the live event stream, formatting. */
+"use strict";
+
+const EMP = (() => {
+  const prefix = (document.getElementById("url_prefix") || {}).value || "";
+  const readOnly = (document.querySelector(".emp-page") || {dataset: {}}).dataset.readOnly === "true";
+
+  function cookie(name) {
+    const found = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
+    return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
+  }
+
+  /* GET or POST /emp/api/<path>; resolves to the JSON body, rejects with the server's error. */
+  async function api(path, options = {}) {
+    const init = {method: options.method || "GET", credentials: "same-origin",
+                  headers: {"X-XSRFToken": cookie("_xsrf"), "Accept": "application/json"}};
+    if (options.body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(options.body);
+    }
+    const response = await fetch(prefix + "/emp/api" + path, init);
+    let body = null;
+    try { body = await response.json(); } catch (e) { body = null; }
+    if (!response.ok) {
+      const error = new Error((body && body.error) || response.status + " " + response.statusText);
+      error.status = response.status;
+      throw error;
+    }
+    return body;
+  }
+
+  function showError(error) {
+    const box = document.getElementById("emp-error");
+    if (!box) return;
+    box.textContent = error ? String(error.message || error) : "";
+    box.classList.toggle("d-none", !error);
+  }
+
+  /* Calls fn at most once per `gap` ms however often it is asked; the last ask always runs. */
+  function throttled(fn, gap = 400) {
+    let timer = null, again = false, running = false;
+    async function run() {
+      timer = null; running = true; again = false;
+      try { await fn(); showError(null); } catch (e) { showError(e); }
+      running = false;
+      if (again) schedule();
+    }
+    function schedule() {
+      if (running) { again = true; return; }
+      if (!timer) timer = setTimeout(run, gap);
+    }
+    schedule.now = run;
+    return schedule;
+  }
+
+  /* Follow the event log; every message goes to each listener. Reconnects on its own. */
+  const listeners = [];
+  let source = null;
+  function live(listener, onReconnect) {
+    listeners.push({listener, onReconnect});
+    if (source) return;
+    const indicator = document.getElementById("emp-live");
+    const mark = (state, text) => {
+      if (!indicator) return;
+      indicator.dataset.state = state; indicator.textContent = text;
+    };
+    let everOpen = false;
+    source = new EventSource(prefix + "/emp/events");
+    source.onopen = () => {
+      mark("live", "● live");
+      if (everOpen) listeners.forEach((l) => l.onReconnect && l.onReconnect());
+      everOpen = true;
+    };
+    source.onerror = () => mark("reconnecting", "reconnecting…");
+    source.onmessage = (message) => {
+      let data;
+      try { data = JSON.parse(message.data); } catch (e) { return; }
+      listeners.forEach((l) => l.listener(data));
+    };
+  }
+
+  function esc(value) {
+    return String(value === undefined || value === null ? "" : value)
+      .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  }
+
+  function age(seconds) {
+    if (seconds === undefined || seconds === null || isNaN(seconds)) return "—";
+    seconds = Math.max(0, Math.round(seconds));
+    if (seconds < 60) return seconds + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+    if (seconds < 86400) return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+    return Math.floor(seconds / 86400) + " d " + Math.floor((seconds % 86400) / 3600) + " h";
+  }
+
+  function since(ms) { return ms ? age((Date.now() - Number(ms)) / 1000) + " ago" : "—"; }
+
+  function time(ms) {
+    if (!ms) return "—";
+    const d = new Date(Number(ms));
+    return d.toLocaleTimeString([], {hour12: false}) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  }
+
+  const STATUS_CLASS = {
+    pending: "text-bg-secondary", assigned: "text-bg-info", in_progress: "text-bg-primary",
+    completed: "text-bg-success", failed: "text-bg-danger", cancelled: "text-bg-warning",
+    online: "text-bg-success", offline: "text-bg-secondary", gone: "text-bg-danger",
+    idle: "text-bg-light border", busy: "text-bg-primary", active: "text-bg-success",
+    disconnected: "text-bg-danger", inactive: "text-bg-secondary",
+  };
+
+  function badge(status, extra = "") {
+    return `<span class="badge ${STATUS_CLASS[status] || "text-bg-light border"} ${extra}" data-status="${esc(status)}">${esc(status || "—")}</span>`;
+  }
+
+  function progressBar(percent, status) {
+    const p = Math.round(Math.max(0, Math.min(100, Number(percent) || 0)));
+    const cls = status === "failed" ? "bg-danger" : status === "cancelled" ? "bg-warning"
+      : status === "completed" ? "bg-success" : "";
+    return `<div class="progress" role="progressbar" aria-valuenow="${p}" aria-valuemin="0" aria-valuemax="100">` +
+      `<div class="progress-bar ${cls}" style="width:${p}%">${p}%</div></div>`;
+  }
+
+  function json(value) { return JSON.stringify(value, null, 2); }
+
+  /* The status a job event leaves its job in (null: unchanged). */
+  function statusAfter(message) {
+    switch (message.type) {
+      case "job_submitted": case "job_requeued": case "job_retrying": return "pending";
+      case "job_assigned": return "assigned";
+      case "job_started": case "update_job_progress": return "in_progress";
+      case "complete_job": return message.result && message.result.status === "failed" ? "failed" : "completed";
+      case "job_failed": return "failed";
+      case "job_cancelled": return "cancelled";
+      default: return null;
+    }
+  }
+
+  function stamp() {
+    const el = document.getElementById("emp-updated");
+    if (el) el.textContent = "updated " + new Date().toLocaleTimeString([], {hour12: false});
+  }
+
+  return {prefix, readOnly, api, showError, throttled, live, esc, age, since, time, badge,
+          progressBar, json, statusAfter, stamp};
+})();

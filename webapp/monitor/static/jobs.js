@@ -1,0 +1,74 @@
+/* Jobs list: filters in the address bar, rows kept live from the event log. */
+"use strict";
+(() => {
+  const form = document.getElementById("job-filters");
+  const body = document.querySelector("#jobs-table tbody");
+  const FILTERS = ["status", "service", "customer_id", "workflow_id", "pool"];
+  let offset = 0, limit = 50, total = 0;
+
+  function query() {
+    const params = new URLSearchParams();
+    FILTERS.forEach((name) => { const v = form.elements[name].value.trim(); if (v) params.set(name, v); });
+    if (offset) params.set("offset", offset);
+    return params;
+  }
+
+  function fromAddress() {
+    const params = new URLSearchParams(location.search);
+    FILTERS.forEach((name) => { form.elements[name].value = params.get(name) || ""; });
+    offset = Number(params.get("offset") || 0);
+  }
+
+  function row(job) {
+    const step = job.workflow_id ? `${EMP.esc(job.workflow_id)}${job.total_steps ? ` (${job.current_step || "?"}/${job.total_steps})` : ""}` : "";
+    return `<tr data-job-id="${EMP.esc(job.job_id)}">
+      <td><a href="${EMP.prefix}/jobs/${encodeURIComponent(job.job_id)}"><code>${EMP.esc(job.job_id)}</code></a></td>
+      <td class="job-status">${EMP.badge(job.status)}</td>
+      <td>${EMP.esc(job.service_required)}</td><td>${EMP.esc(job.priority)}</td>
+      <td>${EMP.esc(job.customer_id)}</td><td>${step}</td>
+      <td class="job-worker">${EMP.esc(job.worker_id)}</td><td>${EMP.esc(job.attempts)}</td>
+      <td class="job-progress">${EMP.progressBar(job.status === "completed" ? 100 : job.progress, job.status)}</td>
+      <td title="${EMP.esc(new Date(job.created_at).toISOString())}">${EMP.since(job.created_at)}</td></tr>`;
+  }
+
+  async function load() {
+    const page = await EMP.api("/jobs?" + query().toString());
+    total = page.total; limit = page.limit;
+    body.innerHTML = page.jobs.map(row).join("") ||
+      `<tr><td colspan="10" class="text-body-secondary">No jobs match.</td></tr>`;
+    document.getElementById("jobs-total").textContent =
+      total ? `${offset + 1}–${offset + page.jobs.length} of ${total}` : "0 jobs";
+    document.getElementById("jobs-prev").disabled = offset === 0;
+    document.getElementById("jobs-next").disabled = offset + limit >= total;
+    EMP.stamp();
+  }
+  const refresh = EMP.throttled(load, 500);
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault(); offset = 0;
+    history.replaceState(null, "", "?" + query().toString());
+    refresh.now();
+  });
+  document.getElementById("jobs-prev").onclick = () => { offset = Math.max(0, offset - limit); history.replaceState(null, "", "?" + query()); refresh.now(); };
+  document.getElementById("jobs-next").onclick = () => { offset += limit; history.replaceState(null, "", "?" + query()); refresh.now(); };
+
+  EMP.live((message) => {
+    if (!message.job_id) return;
+    const tr = body.querySelector(`tr[data-job-id="${CSS.escape(message.job_id)}"]`);
+    const status = EMP.statusAfter(message);
+    if (tr && message.type === "update_job_progress") {
+      tr.querySelector(".job-progress").innerHTML = EMP.progressBar(message.progress, "in_progress");
+      tr.querySelector(".job-status").innerHTML = EMP.badge("in_progress");
+      return;
+    }
+    if (tr && status) {
+      tr.querySelector(".job-status").innerHTML = EMP.badge(status);
+      if (message.worker_id) tr.querySelector(".job-worker").textContent = message.worker_id;
+      if (status === "completed") tr.querySelector(".job-progress").innerHTML = EMP.progressBar(100, status);
+    }
+    if (status) refresh();  // new jobs, and rows entering or leaving the filter
+  }, () => refresh());
+
+  fromAddress();
+  refresh.now();
+})();
