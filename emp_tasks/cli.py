@@ -262,7 +262,7 @@ def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, monitor_p
     """Bring the system up locally: Redis (unless EMP_REDIS_URL), simulation
     workers, the API server, the webhook service and the monitor (and, with
     --machine, a machine)."""
-    from emp_tasks.demo import run_api_demo, run_demo
+    from emp_tasks.demo import run_api_demo, run_demo, run_monitor_demo
     from emp_tasks.stack import local_stack
 
     ports = {} if no_web else {"api": api_port, "webhooks": webhook_port,
@@ -278,6 +278,8 @@ def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, monitor_p
                 ok = run_demo(stack.redis_url)
                 if "api" in stack.services:
                     ok = run_api_demo(stack.services["api"]) and ok
+                if "monitor" in stack.services:
+                    ok = run_monitor_demo(stack.services["monitor"]) and ok
                 click.echo("demo: all jobs completed" if ok else "demo: some jobs did not complete")
                 sys.exit(0 if ok else 1)
             click.echo("Ctrl-C to stop")

@@ -78,3 +78,20 @@ def run_api_demo(api: str, timeout: float = 60.0, console: Console | None = None
     finally:
         ws.close()
     return False
+
+
+def run_monitor_demo(monitor: str, console: Console | None = None) -> bool:
+    """Show what the monitor sees: its queue view and the jobs the demo ran; True if it answers."""
+    console = console or Console()
+    jobs = requests.get(f"{monitor}/emp/api/jobs", params={"limit": 200}, timeout=10)
+    queue = requests.get(f"{monitor}/emp/api/queue", timeout=10)
+    if jobs.status_code != 200 or queue.status_code != 200:
+        console.print(f"monitor {monitor}: jobs {jobs.status_code}, queue {queue.status_code}")
+        return False
+    listed = jobs.json()
+    summary = queue.json()
+    done = sum(1 for job in listed["jobs"] if job["status"] == JobStatus.COMPLETED)
+    console.print(f"monitor {monitor}/jobs lists {listed['total']} jobs ({done} completed); "
+                  f"{monitor}/queue: {sum(p['pending'] for p in summary['pools'])} pending, "
+                  f"{summary['workers']['total']} live workers")
+    return listed["total"] > 0

@@ -1,4 +1,4 @@
-"""The whole system on one box (``emp up``): Redis, workers, API, webhooks, a machine.
+"""The whole system on one box (``emp up``): Redis, workers, API, webhooks, monitor, a machine.
 
 Uses ``EMP_REDIS_URL`` when set; otherwise starts a local server with
 append-only persistence in the data directory. Every process logs to a file
@@ -68,7 +68,7 @@ def wait_for_workers(url: str, worker_ids: list[str], timeout: float = 60.0) -> 
 
 
 def start_service(command: str, port: int, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    """Start ``emp api`` or ``emp webhooks`` on ``port``, logging to ``log_dir``."""
+    """Start ``emp api``, ``emp webhooks`` or ``emp monitor`` on ``port``; logs in ``log_dir``."""
     log = open(log_dir / f"{command}.log", "ab")
     env = {**os.environ, "EMP_REDIS_URL": url}
     return subprocess.Popen(
@@ -123,7 +123,8 @@ class Stack:
 def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None = None,
                 machine_gpus: int = 0) -> Iterator[Stack]:
     """Redis (unless EMP_REDIS_URL is set), ``workers`` local workers, the web
-    services named in ``ports`` ({"api": 3331, "webhooks": 3332, "machine": 9090})
+    services named in ``ports`` ({"api": 3331, "webhooks": 3332, "monitor": 3333,
+    "machine": 9090})
     and, with ``machine_gpus``, a local machine with that many mock GPUs."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = None

@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +347,93 @@ def browser() -> Iterator[Any]:
                                               args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# -- webhook receivers ------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A webhook receiver on a fixed port that can go down, come back, and fail on request.
+
+    ``status`` is the answer: an int, or a callable of the request giving one.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.status: int | Callable[[Received], int] = 200
+        self.requests: list[Received] = []
+        self.server: ThreadingHTTPServer | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = Received(self.path, dict(self.headers), body, 0)
+                status = receiver.status
+                request.status = status(request) if callable(status) else status
+                with receiver.lock:
+                    receiver.requests.append(request)
+                self.send_response(request.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def delivered(self, path: str | None = None) -> list[Received]:
+        """Requests answered 2xx, first of each webhook-id, in arrival order."""
+        seen, out = set(), []
+        with self.lock:
+            requests_ = list(self.requests)
+        for request in requests_:
+            if 200 <= request.status < 300 and request.headers["webhook-id"] not in seen and \
+                    (path is None or request.path == path):
+                seen.add(request.headers["webhook-id"])
+                out.append(request)
+        return out
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    """Factory: ``receiver(start=True)``; all stopped at the end."""
+    made: list[Receiver] = []
+
+    def make(start: bool = True) -> Receiver:
+        sink = Receiver()
+        made.append(sink)
+        return sink.start() if start else sink
+
+    yield make
+    for sink in made:
+        sink.stop()

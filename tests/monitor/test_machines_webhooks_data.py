@@ -9,10 +9,7 @@ receivers that are down and come back.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,6 @@ import requests
 from capability_router.keys import Keys
 from capability_router.registry import WorkerRegistry
 from conftest import wait_for
-from emp_tasks.local_redis import free_port
 from emp_tasks.producer import get_job, submit
 from machine.reaper import REASON, reap_gone_machines
 from machine.status import (
@@ -322,51 +318,6 @@ FAST_HOOKS = {
 }
 
 
-class Receiver:
-    """An HTTP receiver on a fixed port answering 200; it can start later (down until then)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.bodies: list[dict[str, Any]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Receiver:
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
-    made: list[Receiver] = []
-    yield made
-    for receiver in made:
-        receiver.stop()
-
-
 def append_event(client: redis.Redis, job_id: str) -> str:
     """A synthetic ``job_submitted`` on the default pool's stream (no worker needed)."""
     data = {"job_id": job_id, "job_type": "echo", "priority": 50}
@@ -405,10 +356,9 @@ def test_webhooks_view_never_shows_secrets_and_reconnect_of_unknown_hook(
 
 @pytest.mark.timeout(120)
 def test_webhooks_view_shows_failures_disconnect_reconnect_and_recent_deliveries(
-        client: redis.Redis, start_server, receivers: list[Receiver]) -> None:  # noqa: ANN001
+        client: redis.Redis, start_server, receiver) -> None:  # noqa: ANN001
     server = start_server("webhooks", **FAST_HOOKS)
-    up, down = Receiver().start(), Receiver()  # ``down`` starts later, on the same port
-    receivers.extend([up, down])
+    up, down = receiver(), receiver(start=False)  # ``down`` starts later, on the same port
 
     def register(url: str) -> dict[str, Any]:
         reply = requests.post(server.base + "/webhooks", timeout=10,
@@ -449,7 +399,7 @@ def test_webhooks_view_shows_failures_disconnect_reconnect_and_recent_deliveries
     # The receiver comes back; a reconnect sends the waiting delivery at once.
     down.start()
     assert reconnect(client, flaky["id"]) is True
-    wait_for(lambda: len(down.bodies) == 1, timeout=10, message="delivery after reconnect")
+    wait_for(lambda: len(down.delivered()) == 1, timeout=10, message="delivery after reconnect")
     wait_for(lambda: hook_view(client, flaky["id"])["health"] == "connected", timeout=10,
              message="the hook to show connected")
     stats = hook_view(client, flaky["id"])["stats"]

@@ -303,3 +303,42 @@ def test_read_only_monitor_refuses_actions(
     page = open_page(f"{monitor.base}/jobs/{job.id}")
     page.wait_for_selector('#job-status[data-status="pending"]')
     assert page.query_selector("#job-cancel") is None
+
+
+def test_webhooks_page_shows_a_disconnected_hook_and_reconnect_delivers(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],
+        receiver: Callable[..., Any], app: Any) -> None:
+    from test_machines_webhooks_data import FAST_HOOKS
+
+    hooks = start_server("webhooks", **FAST_HOOKS)
+    monitor = start_server("monitor")
+    sink = receiver(start=False)  # not listening yet: deliveries fail until it starts
+    reply = requests.post(hooks.base + "/webhooks", timeout=10, json={
+        "url": sink.url + "/hook", "events": ["job_submitted"], "secret": "whsec-x"})
+    hook_id = reply.json()["data"]["id"]
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    page = open_page(monitor.base + "/webhooks")
+    row = f'#hooks-table tr[data-hook-id="{hook_id}"]'
+    page.wait_for_selector(f'{row}[data-health="disconnected"]', timeout=30_000)
+    assert "whsec-x" not in page.content()
+    sink.start()
+    page.click(f"{row} .hook-reconnect")
+    page.wait_for_selector(f'{row}[data-health="connected"]', timeout=15_000)
+    delivered = page.wait_for_selector("#deliveries-table td.text-success", timeout=15_000)
+    assert delivered.inner_text() == "delivered"
+    assert job.id in page.inner_text("#deliveries-table")
+    assert [r.payload["data"]["job_id"] for r in sink.delivered()] == [job.id]
+
+
+def test_monitor_under_a_url_prefix(start_server: Callable[..., Any],
+                                    open_page: Callable[..., Any], app: Any) -> None:
+    monitor = start_server("monitor", FLOWER_URL_PREFIX="ops/monitor")
+    job = submit("echo", {"n": 1}, requirements={"models": ["nowhere"]}, app=app)
+    page = open_page(monitor.base + "/ops/monitor/jobs")
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    page.click(f'#jobs-table tr[data-job-id="{job.id}"] a')
+    page.wait_for_selector('#job-status[data-status="pending"]')
+    assert page.url == f"{monitor.base}/ops/monitor/jobs/{job.id}"
+    page.click("#emp-nav-queue")
+    page.wait_for_selector('#queue-table tr[data-unservable="true"]')

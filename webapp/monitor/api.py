@@ -7,27 +7,18 @@ Reads are GETs; actions are POSTs, refused in read-only mode. Each answers
 
 from __future__ import annotations
 
-import functools
 import time
 
 import tornado.web
-from jsonschema import Draft4Validator
 
 from capability_router.errors import JobNotFound
 from emp_tasks import producer
-from webapp.api.openapi import build
-from webapp.api.submission import submit_body
-from webapp.api.validation import Invalid, build_validator, check
-from webapp.auth import Principal
-from webapp.backend import Backend
+from webapp.api.validation import Invalid
 from webapp.monitor import jobs
 from webapp.monitor.handlers import ActionHandler, JsonHandler
 from webapp.monitor.machines import machines_view
 from webapp.monitor.queue import queue_summary
 from webapp.monitor.webhooks import reconnect, webhooks_view
-
-#: The monitor's user is an operator: every customer, every pool.
-OPERATOR = Principal(admin=True)
 
 
 class MachinesData(JsonHandler):
@@ -56,26 +47,12 @@ class JobsData(JsonHandler):
         self.send({"success": True, **page})
 
 
-@functools.lru_cache(maxsize=4)
-def submission_validator(services: tuple[str, ...]) -> Draft4Validator:
-    """The API's ``JobSubmission`` checker for these services."""
-    return build_validator(build(list(services)), "JobSubmission")
-
-
-def submit_checked(body: dict, backend: Backend) -> tuple[str, str]:
-    """Check the body against the API's schema, then submit it as the API does: the form
-    cannot file what a client could not."""
-    check("JobSubmission", body,
-          submission_validator(tuple(sorted(producer.services(backend.celery)))))
-    return submit_body(body, OPERATOR, backend, checked=True)
-
-
 class SubmitJob(ActionHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
         body = self.body_json()
         try:
-            job_id, pool = await self.blocking(submit_checked, body, self.state.backend)
+            job_id, pool = await self.blocking(jobs.submit, body, self.state.backend)
         except Invalid as exc:
             raise tornado.web.HTTPError(exc.status, str(exc)) from None
         self.send({"success": True, "job_id": job_id, "pool": pool}, 201)
@@ -97,8 +74,9 @@ class JobAction(ActionHandler):
     @tornado.web.authenticated
     async def post(self, job_id: str, action: str) -> None:
         do = {"cancel": jobs.cancel, "retry": jobs.retry, "requeue": jobs.requeue}[action]
-        kwargs = {"terminate": self.get_query_argument("terminate", "") in ("1", "true")} \
-            if action == "cancel" else {}
+        kwargs = {}
+        if action == "cancel":
+            kwargs["terminate"] = self.get_query_argument("terminate", "") in ("1", "true")
         try:
             status = await self.blocking(do, self.state.backend.celery, job_id, **kwargs)
         except JobNotFound:

@@ -26,7 +26,7 @@ class EmpMonitor(Flower):
         ours = routes.handlers()
         if options.url_prefix:
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]
-        self.add_handlers(r".*", ours)
+        self.add_handlers(r".*", ours + routes.root_handlers())
 
     def stop(self) -> None:
         self.emp.hub.stop()

@@ -7,16 +7,24 @@ API makes, so the monitor cannot do what a client could not.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import redis
 from celery import Celery
+from jsonschema import Draft4Validator
 
-from capability_router.errors import JobNotFound
 from capability_router.states import JobStatus
 from emp_tasks import producer
 from webapp.api import listing
+from webapp.api.openapi import build
+from webapp.api.submission import submit_body
+from webapp.api.validation import build_validator, check
+from webapp.auth import Principal
+from webapp.backend import Backend
 
+#: The monitor's user is an operator: every customer, every pool.
+OPERATOR = Principal(admin=True)
 #: Query parameters of the jobs list, besides ``limit`` and ``offset``.
 FILTERS = ("status", "service", "customer_id", "workflow_id", "pool")
 MAX_LIMIT = 200
@@ -80,6 +88,20 @@ def job_detail(app: Celery, job_id: str) -> dict[str, Any]:
     return {"job": job, "events": events}
 
 
+@functools.lru_cache(maxsize=4)
+def submission_validator(services: tuple[str, ...]) -> Draft4Validator:
+    """The API's ``JobSubmission`` checker for these services."""
+    return build_validator(build(list(services)), "JobSubmission")
+
+
+def submit(body: dict[str, Any], backend: Backend) -> tuple[str, str]:
+    """Check a form's job against the API's schema, then submit it as the API does (the
+    form cannot file what a client could not); returns (job id, pool), raises Invalid."""
+    check("JobSubmission", body,
+          submission_validator(tuple(sorted(producer.services(backend.celery)))))
+    return submit_body(body, OPERATOR, backend, checked=True)
+
+
 def cancel(app: Celery, job_id: str, terminate: bool = False) -> str:
     """Cancel a pending or running job: its status after the call; raises JobNotFound."""
     job = producer.get_job(job_id, app=app)
@@ -109,6 +131,3 @@ ACTIONS = {
     "requeue": ({JobStatus.PENDING, JobStatus.FAILED},
                 "only an assigned or in-progress job can be requeued"),
 }
-
-__all__ = ["ACTIONS", "BadQuery", "JobNotFound", "cancel", "job_detail", "list_jobs",
-           "parse_query", "requeue", "retry"]

@@ -23,7 +23,7 @@ def handlers() -> list[Any]:
         url(r"/submit", pages.SubmitPage, name="emp_submit"),
         url(r"/webhooks", pages.WebhooksPage, name="emp_webhooks"),
         # Flower's broker page counts list lengths; this transport's queue is the Queue view.
-        (r"/broker", RedirectHandler, {"url": "queue"}),
+        url(r"/broker", RedirectHandler, {"url": "queue"}),
         (r"/emp/api/machines", api.MachinesData),
         (r"/emp/api/queue", api.QueueData),
         (r"/emp/api/jobs", api.JobsData),
@@ -34,6 +34,12 @@ def handlers() -> list[Any]:
         (r"/emp/api/webhooks", api.WebhooksData),
         (r"/emp/api/webhooks/([^/]+)/reconnect", api.ReconnectWebhook),
         (r"/emp/events", EventStream),
-        (r"/health", api.Health),
-        (r"/emp/static/(.*)", StaticFileHandler, {"path": STATIC_DIR}),
+        # url(), not a tuple: Flower's --url_prefix rewrite keeps only a url()'s kwargs.
+        url(r"/emp/static/(.*)", StaticFileHandler, {"path": STATIC_DIR}),
     ]
+
+
+def root_handlers() -> list[Any]:
+    """Routes that stay at the root under ``--url_prefix``: a supervisor or load balancer
+    checks the process's port directly."""
+    return [(r"/health", api.Health)]

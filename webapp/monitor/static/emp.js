@@ -2,7 +2,9 @@
 "use strict";
 
 const EMP = (() => {
-  const prefix = (document.getElementById("url_prefix") || {}).value || "";
+  // Flower's --url_prefix, as "/path" (Flower writes it bare into the page).
+  const rawPrefix = ((document.getElementById("url_prefix") || {}).value || "").replace(/^\/+|\/+$/g, "");
+  const prefix = rawPrefix ? "/" + rawPrefix : "";
   const readOnly = (document.querySelector(".emp-page") || {dataset: {}}).dataset.readOnly === "true";
 
   function cookie(name) {
