@@ -134,6 +134,10 @@ class Claimed:
     message: str
 
 
+#: Classes ``emp_queue_summary`` reports per call.
+SUMMARY_CHUNK = 100
+
+
 @dataclass
 class PendingClass:
     """One requirement class with pending jobs, as ``emp_queue_summary`` sees it.
@@ -155,6 +159,8 @@ class QueueSummary:
 
     classes: list[PendingClass]
     delayed: int
+    #: Classes with pending jobs when the (last) page was read.
+    total_classes: int = 0
 
 
 class QueueFunctions:
@@ -328,17 +334,28 @@ class QueueFunctions:
                 pipe.zcard(self.keys.pending(_text(csig)))
             return sum(pipe.execute())
 
-    def queue_summary_call(self) -> tuple[str, list[str], list[Any]]:
-        """(function, KEYS, ARGV) of ``emp_queue_summary`` (read-only), for pipelines."""
+    def queue_summary_call(self, first: int = 0, count: int = SUMMARY_CHUNK
+                           ) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of one page of ``emp_queue_summary`` (read-only)."""
         k = self.keys
-        return "emp_queue_summary", [k.config, k.heads, k.delayed], []
+        return "emp_queue_summary", [k.config, k.heads, k.delayed], [first, count]
 
-    def queue_summary(self) -> QueueSummary:
+    def queue_summary(self, chunk: int = SUMMARY_CHUNK) -> QueueSummary:
         """Classes with pending jobs (count, head score, oldest ms) and the delayed count.
 
-        One read-only call, so the numbers are one consistent snapshot.
+        Read ``chunk`` classes per call, so a long list never holds the server
+        for long; classes that move between calls are reported once.
         """
-        return parse_queue_summary(self._call(*self.queue_summary_call(), read_only=True))
+        classes: dict[str, PendingClass] = {}
+        first = 0
+        while True:
+            page = parse_queue_summary(
+                self._call(*self.queue_summary_call(first, chunk), read_only=True))
+            for pending_class in page.classes:
+                classes.setdefault(pending_class.signature, pending_class)
+            first += chunk
+            if first >= page.total_classes:
+                return QueueSummary(list(classes.values()), page.delayed, page.total_classes)
 
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""
@@ -356,9 +373,9 @@ def parse_queue_summary(reply: list[Any]) -> QueueSummary:
     """Turn a raw emp_queue_summary reply into ``QueueSummary``."""
     classes = [
         PendingClass(_text(csig), int(pending), _text(head), int(_text(oldest)))
-        for csig, pending, head, oldest in reply[1:]
+        for csig, pending, head, oldest in reply[2:]
     ]
-    return QueueSummary(classes, int(reply[0]))
+    return QueueSummary(classes, int(reply[0]), int(reply[1]))
 
 
 def claim_args(

@@ -906,22 +906,25 @@ local BAND = 1e13
 
 --[[ emp_queue_summary (read-only)
 KEYS[1] config  KEYS[2] heads  KEYS[3] delayed
-ARGV none.
-Returns {delayed count, {class signature, pending count, head score,
-oldest effective ms}, ...}, one entry per class with pending jobs, in head
-order. Scores and ms are text (see the order score above). The oldest job
-is the lowest score of some priority band, so it takes one ZRANGE per band
-present (at most 101): O(classes x bands x log n), never O(jobs). ]]
+ARGV[1] first class to report, 0-based, in head order  ARGV[2] how many
+Returns {delayed count, number of classes with pending jobs, {class
+signature, pending count, head score, oldest effective ms}, ...} for the
+classes in that range. Scores and ms are text (see the order score above).
+The oldest job is the lowest score of some priority band, so it takes one
+ZRANGE per band present (at most 101): O(classes x bands x log n), never
+O(jobs). Callers page through the classes in separate calls so that no
+single call holds the server for long (a few ms per 100 classes). ]]
 local function emp_queue_summary(keys, args)
   local P = prefix_of(keys[1])
-  local out = {redis.call('ZCARD', keys[3])}
-  local heads = redis.call('ZRANGE', keys[2], '0', '-1', 'WITHSCORES')
-  for i = 1, #heads, 2 do
-    local csig = heads[i]
+  local first = tonumber(args[1]) or 0
+  local count = tonumber(args[2]) or 100
+  local out = {redis.call('ZCARD', keys[3]), redis.call('ZCARD', keys[2])}
+  local heads = redis.call('ZRANGE', keys[2], int(first), int(first + count - 1))
+  for _, csig in ipairs(heads) do
     local pk = P .. 'pending:' .. csig
     local n = redis.call('ZCARD', pk)
-    local first = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
-    local score = tonumber(first[2])
+    local head = redis.call('ZRANGE', pk, '0', '0', 'WITHSCORES')
+    local score = tonumber(head[2])
     local oldest = nil
     while score do
       local band = math.floor(score / BAND)
@@ -938,7 +941,7 @@ local function emp_queue_summary(keys, args)
       score = tonumber(nxt[2])
     end
     if oldest then
-      out[#out + 1] = {csig, n, first[2], string.format('%.0f', oldest)}
+      out[#out + 1] = {csig, n, head[2], string.format('%.0f', oldest)}
     end
   end
   return out

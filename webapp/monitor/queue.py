@@ -6,9 +6,10 @@ anyone run it?". A class nobody alive can serve (say it needs 80 GB and only
 ``unservable`` and sorted first.
 
 Reads are a fixed number of round trips however many pools and classes
-there are: the pool list, the worker registry, one pipeline with every
-pool's ``emp_queue_summary`` and status counts, one pipeline with every
-class's definition and which live profiles can serve it.
+there are: the pool list, the worker registry, the clock and status counts,
+each pool's ``emp_queue_summary`` (one call per 100 classes, so Redis is
+never held long), and one pipeline with every class's definition and the
+set of classes each live worker profile can serve.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ import redis
 from capability_router.errors import InvalidProfile
 from capability_router.functions import (
     QueueFunctions,
-    QueueSummary,
-    ensure_library,
-    parse_queue_summary,
 )
 from capability_router.keys import Keys, known_namespaces
 from capability_router.profile import WorkerProfile
@@ -100,23 +98,14 @@ def profile_signature(record: dict[str, Any]) -> str | None:
         return None
 
 
-def _first_pipeline(client: redis.Redis, pools: list[str]) -> list[Any]:
-    """TIME, then per pool its queue summary and status counts; reloads the library once."""
-    for attempt in (1, 2):
-        try:
-            with client.pipeline(transaction=False) as pipe:
-                pipe.time()
-                for pool in pools:
-                    name, keys, args = QueueFunctions(client, pool).queue_summary_call()
-                    pipe.execute_command("FCALL_RO", name, len(keys), *keys, *args)
-                    for status in STATUSES:
-                        pipe.zcard(Keys(pool).status_index(status))
-                return pipe.execute()
-        except redis.ResponseError as exc:
-            if attempt == 2 or "Function not found" not in str(exc):
-                raise
-            ensure_library(client)
-    raise AssertionError("unreachable")
+def _counts(client: redis.Redis, pools: list[str]) -> list[Any]:
+    """TIME, then every pool's status counts, in one round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for pool in pools:
+            for status in STATUSES:
+                pipe.zcard(Keys(pool).status_index(status))
+        return pipe.execute()
 
 
 def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, Any]:
@@ -134,18 +123,6 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     """
     pools = known_namespaces(client)
     workers = WorkerRegistry(client).workers()
-    replies = _first_pipeline(client, pools)
-    seconds, micros = replies[0]
-    now = now_ms if now_ms is not None else int(seconds) * 1000 + int(micros) // 1000
-
-    summaries: dict[str, QueueSummary] = {}
-    status_counts: dict[str, dict[str, int]] = {}
-    stride = 1 + len(STATUSES)
-    for i, pool in enumerate(pools):
-        chunk = replies[1 + i * stride: 1 + (i + 1) * stride]
-        summaries[pool] = parse_queue_summary(chunk[0])
-        status_counts[pool] = {s: int(n) for s, n in zip(STATUSES, chunk[1:], strict=True)}
-
     # Live profile signatures per pool, and the workers that share each.
     serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
     idle = busy = 0
@@ -160,17 +137,23 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
         for pool in record.get("pools") or []:
             if pool in serving:
                 serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
+    psigs = {pool: list(serving[pool]) for pool in pools}
 
+    replies = _counts(client, pools)
+    seconds, micros = replies[0]
+    now = now_ms if now_ms is not None else int(seconds) * 1000 + int(micros) // 1000
+    counts = iter(replies[1:])
+    status_counts = {pool: {status: int(next(counts)) for status in STATUSES} for pool in pools}
+    summaries = {pool: QueueFunctions(client, pool).queue_summary() for pool in pools}
+
+    # Which classes each live profile can serve: one set per profile, not one call per class.
     with client.pipeline(transaction=False) as pipe:
         for pool in pools:
-            keys = Keys(pool)
             signatures = [c.signature for c in summaries[pool].classes]
             if signatures:
-                pipe.hmget(keys.classes, signatures)
-            psigs = list(serving[pool])
-            if psigs:
-                for csig in signatures:
-                    pipe.smismember(f"{keys.prefix}compat-rev:{csig}", psigs)
+                pipe.hmget(Keys(pool).classes, signatures)
+                for psig in psigs[pool]:
+                    pipe.smembers(Keys(pool).compat(psig))
         answers = iter(pipe.execute())
 
     rows: list[dict[str, Any]] = []
@@ -178,15 +161,14 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     for pool in pools:
         summary = summaries[pool]
         classes = summary.classes
-        definitions = next(answers) if classes else []
-        psigs = list(serving[pool])
+        definitions, compat = [], {}
+        if classes:
+            definitions = next(answers)
+            compat = {psig: {_text(c) for c in next(answers)} for psig in psigs[pool]}
         pool_classes: list[dict[str, Any]] = []
         for pending_class, definition in zip(classes, definitions, strict=True):
-            able: list[str] = []
-            if psigs:
-                for psig, yes in zip(psigs, next(answers), strict=True):
-                    if yes:
-                        able += serving[pool][psig]
+            able = [worker for psig, served in compat.items()
+                    if pending_class.signature in served for worker in serving[pool][psig]]
             job_class = json.loads(definition) if definition else None
             pool_classes.append({
                 "pool": pool,
