@@ -95,6 +95,11 @@ def test_a_job_submitted_from_the_form_appears_moves_and_completes_without_a_rel
                                           ".job-status .badge") == "completed",
              timeout=10, message="the form page's row to complete")
     assert get_job(job_id, app=app)["status"] == "completed"
+    # Flower's own pages are still there and see the same job and worker (Celery events).
+    flower = open_page(monitor.base + "/tasks", live=False)
+    flower.wait_for_selector(f"text={job_id}", timeout=20_000)
+    flower.goto(monitor.base + "/workers")
+    flower.wait_for_selector("text=w1@", timeout=20_000)
 
 
 def test_the_form_refuses_bad_input_and_submits_nothing(
