@@ -17,10 +17,11 @@ import redis
 import requests
 from playwright.sync_api import Error as PlaywrightError
 from prometheus_client.parser import text_string_to_metric_families
+from tornado.web import create_signed_value
 
 from capability_router.registry import WorkerRegistry
 from conftest import ROOT, wait_for
-from emp_tasks.producer import get_job, job_events, submit
+from emp_tasks.producer import cancel, get_job, job_events, submit
 
 #: Where the README's screenshots are written by the test run.
 DOCS = ROOT / "docs"
@@ -340,10 +341,82 @@ def test_monitor_under_a_url_prefix(start_server: Callable[..., Any],
                                     open_page: Callable[..., Any], app: Any) -> None:
     monitor = start_server("monitor", FLOWER_URL_PREFIX="ops/monitor")
     job = submit("echo", {"n": 1}, requirements={"models": ["nowhere"]}, app=app)
-    page = open_page(monitor.base + "/ops/monitor/jobs")
+    other = submit("simulation", {"steps": 1}, requirements={"models": ["nowhere"]}, app=app)
+    page = open_page(monitor.base + "/ops/monitor/jobs?service=echo")
     page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    assert page.query_selector(f'#jobs-table tr[data-job-id="{other.id}"]') is None
+    page.fill("#f-service", "")
+    page.select_option("#f-status", "pending")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{other.id}"]')
+    assert page.url.endswith("/ops/monitor/jobs?status=pending")
+    assert "1–2 of 2" in page.inner_text("#jobs-total")
     page.click(f'#jobs-table tr[data-job-id="{job.id}"] a')
     page.wait_for_selector('#job-status[data-status="pending"]')
     assert page.url == f"{monitor.base}/ops/monitor/jobs/{job.id}"
     page.click("#emp-nav-queue")
     page.wait_for_selector('#queue-table tr[data-unservable="true"]')
+
+
+def test_with_oauth_pages_need_a_login_and_actions_need_the_xsrf_token(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
+    secret = "cookie-secret-for-the-test"
+    monitor = start_server("monitor", FLOWER_AUTH=".*@example.com",
+                           FLOWER_COOKIE_SECRET=secret)
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+
+    def session_of(email: str) -> str:  # what Flower's login handler sets after OAuth
+        return create_signed_value(secret, "user", email).decode()
+
+    # No session, or a user the --auth pattern does not admit: pages and reads go to
+    # Flower's login, actions are refused.
+    for cookies in ({}, {"user": session_of("eve@elsewhere.org")}):
+        for path in ("/queue", "/emp/api/queue", f"/emp/api/jobs/{job.id}", "/emp/events"):
+            reply = requests.get(monitor.base + path, cookies=cookies, allow_redirects=False,
+                                 timeout=10)
+            assert reply.status_code == 302 and "/login" in reply.headers["Location"], path
+        reply = requests.post(f"{monitor.base}/emp/api/jobs/{job.id}/cancel", cookies=cookies,
+                              timeout=10)
+        assert reply.status_code == 403
+    # Signed in, but a POST without the XSRF token (a forged cross-site form) is refused.
+    operator = {"user": session_of("ops@example.com")}
+    assert requests.get(monitor.base + "/emp/api/queue", cookies=operator,
+                        timeout=10).status_code == 200
+    forged = requests.post(f"{monitor.base}/emp/api/jobs/{job.id}/cancel", cookies=operator,
+                           timeout=10)
+    assert forged.status_code == 403 and get_job(job.id, app=app)["status"] == "pending"
+    # The page sends the token with its actions: cancel from the job page works.
+    page = open_page(None, storage_state={"cookies": [{
+        "name": "user", "value": operator["user"], "domain": "127.0.0.1", "path": "/",
+        "expires": -1, "httpOnly": True, "secure": False, "sameSite": "Lax"}], "origins": []})
+    page.goto(f"{monitor.base}/jobs/{job.id}")
+    page.wait_for_selector('#emp-live[data-state="live"]')
+    page.click("#job-cancel")
+    page.wait_for_selector('#job-status[data-status="cancelled"]')
+    assert get_job(job.id, app=app)["status"] == "cancelled"
+
+
+def test_event_stream_resumes_after_the_last_event_id(
+        start_server: Callable[..., Any], app: Any) -> None:
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    cancel(job.id, app=app)
+    submitted, cancelled = job_events(job.id, app=app)
+    assert (submitted["event"], cancelled["event"]) == ("job_submitted", "job_cancelled")
+    # A page that saw job_submitted and lost its connection gets exactly what followed.
+    with requests.get(monitor.base + "/emp/events", stream=True, timeout=10,
+                      headers={"Last-Event-ID": submitted["id"]}) as reply:
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        lines = reply.iter_lines(decode_unicode=True)
+        frame: dict[str, str] = {}
+        for line in lines:
+            if line.startswith(("id: ", "data: ")):
+                key, _, value = line.partition(": ")
+                frame[key] = value
+            if "data" in frame:
+                break
+    message = json.loads(frame["data"])
+    assert frame["id"] == cancelled["id"] == message["event_id"]
+    assert message["type"] == "job_cancelled" and message["job_id"] == job.id
