@@ -420,3 +420,44 @@ def test_event_stream_resumes_after_the_last_event_id(
     message = json.loads(frame["data"])
     assert frame["id"] == cancelled["id"] == message["event_id"]
     assert message["type"] == "job_cancelled" and message["job_id"] == job.id
+
+
+def test_the_json_endpoints_refuse_bad_input_and_change_nothing(
+        start_server: Callable[..., Any], app: Any, client: redis.Redis) -> None:
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    def records() -> dict[str, dict[str, str]]:
+        return {key: client.hgetall(key)
+                for key in client.scan_iter("emp:{*}:job:*", _type="hash")}
+
+    before = records()
+    tried = [  # (method, path, body or raw text, status, words the error must contain)
+        ("GET", "/emp/api/jobs?status=done", None, 400, "status 'done' is not one of"),
+        ("GET", "/emp/api/jobs?limit=0", None, 400, "limit must be between 1 and 200"),
+        ("GET", "/emp/api/jobs?offset=-1", None, 400, "offset must be between"),
+        ("GET", "/emp/api/jobs?limit=ten", None, 400, "limit must be a whole number"),
+        ("GET", "/emp/api/jobs?colour=red", None, 400, "unknown query parameter 'colour'"),
+        ("GET", "/emp/api/jobs/no-such-job", None, 404, "no job 'no-such-job'"),
+        ("POST", "/emp/api/jobs/no-such-job/cancel", None, 404, "no job 'no-such-job'"),
+        ("POST", "/emp/api/submit", "{not json", 400, "body is not JSON"),
+        ("POST", "/emp/api/submit", [1, 2], 400, "body must be a JSON object"),
+        ("POST", "/emp/api/submit", {"payload": {}}, 400, "service_required"),
+        ("POST", "/emp/api/submit", {"service_required": "paint", "payload": {}}, 400, "paint"),
+        ("POST", "/emp/api/submit", {"service_required": "echo", "priority": 101}, 400,
+         "priority"),
+        ("POST", "/emp/api/submit", {"service_required": "echo", "message_id": job.id}, 409,
+         "already exists"),
+        ("POST", f"/emp/api/jobs/{job.id}/retry", None, 409,
+         "only a failed or cancelled job can be retried"),
+        ("POST", f"/emp/api/jobs/{job.id}/requeue", None, 409,
+         "only an assigned or in-progress job can be requeued"),
+        ("POST", "/emp/api/webhooks/no-such-hook/reconnect", None, 404, "no webhook"),
+    ]
+    for method, path, body, status, words in tried:
+        kwargs: dict[str, Any] = {"data": body} if isinstance(body, str) else {"json": body}
+        reply = requests.request(method, monitor.base + path, timeout=10, **kwargs)
+        assert reply.status_code == status, (method, path, body, reply.text)
+        answer = reply.json()
+        assert answer["success"] is False and words in answer["error"], (path, answer)
+    assert records() == before

@@ -81,9 +81,8 @@ class JobAction(ActionHandler):
             status = await self.blocking(do, self.state.backend.celery, job_id, **kwargs)
         except JobNotFound:
             raise tornado.web.HTTPError(404, f"no job {job_id!r}") from None
-        done, refusal = jobs.ACTIONS[action]
-        if status not in done:
-            raise tornado.web.HTTPError(409, f"job {job_id!r} is {status}: {refusal}")
+        except jobs.Refused as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
         self.send({"success": True, "job_id": job_id, "status": str(status)})
 
 

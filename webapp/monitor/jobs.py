@@ -102,32 +102,48 @@ def submit(body: dict[str, Any], backend: Backend) -> tuple[str, str]:
     return submit_body(body, OPERATOR, backend, checked=True)
 
 
+class Refused(Exception):
+    """An action the job's state does not allow; the message names the state."""
+
+
+def _refuse(job_id: str, status: str, rule: str) -> Refused:
+    return Refused(f"job {job_id!r} is {status}: {rule}")
+
+
 def cancel(app: Celery, job_id: str, terminate: bool = False) -> str:
-    """Cancel a pending or running job: its status after the call; raises JobNotFound."""
+    """Cancel a pending or running job: 'cancelled'; raises Refused or JobNotFound."""
+    rule = "only a pending or running job can be cancelled"
     job = producer.get_job(job_id, app=app)
     if JobStatus(job["status"]).is_terminal:
-        return job["status"]
-    return producer.cancel(job_id, pool=job.get("pool"), app=app, terminate=terminate)
+        raise _refuse(job_id, job["status"], rule)
+    status = producer.cancel(job_id, pool=job.get("pool"), app=app, terminate=terminate)
+    if status != JobStatus.CANCELLED:  # it ended on its own meanwhile
+        raise _refuse(job_id, status, rule)
+    return status
 
 
 def retry(app: Celery, job_id: str) -> str:
-    """Run a failed or cancelled job again: 'pending', or the status that refuses it."""
+    """Run a failed or cancelled job again: 'pending'; raises Refused or JobNotFound."""
+    rule = "only a failed or cancelled job can be retried"
     job = producer.get_job(job_id, app=app)
     if job["status"] not in (JobStatus.FAILED, JobStatus.CANCELLED):
-        return job["status"]
-    return producer.resubmit(job_id, pool=job.get("pool"), app=app,
-                             reason="retried from the monitor")
+        raise _refuse(job_id, job["status"], rule)
+    status = producer.resubmit(job_id, pool=job.get("pool"), app=app,
+                               reason="retried from the monitor")
+    if status != JobStatus.PENDING:
+        raise _refuse(job_id, status, rule)
+    return status
 
 
 def requeue(app: Celery, job_id: str) -> str:
-    """Put a running job back in line: 'pending' (or 'failed', no attempts left)."""
-    return producer.requeue(job_id, app=app, reason="requeued from the monitor")
-
-
-#: What each action answers when it worked, and why it may refuse.
-ACTIONS = {
-    "cancel": ({JobStatus.CANCELLED}, "only a pending or running job can be cancelled"),
-    "retry": ({JobStatus.PENDING}, "only a failed or cancelled job can be retried"),
-    "requeue": ({JobStatus.PENDING, JobStatus.FAILED},
-                "only an assigned or in-progress job can be requeued"),
-}
+    """Put a running job back in line: 'pending' ('failed' when no attempt is left);
+    raises Refused or JobNotFound."""
+    rule = "only an assigned or in-progress job can be requeued"
+    job = producer.get_job(job_id, app=app)
+    if not JobStatus(job["status"]).is_active:
+        raise _refuse(job_id, job["status"], rule)
+    status = producer.requeue(job_id, pool=job.get("pool"), app=app,
+                              reason="requeued from the monitor")
+    if status not in (JobStatus.PENDING, JobStatus.FAILED):
+        raise _refuse(job_id, status, rule)
+    return status
