@@ -8,6 +8,8 @@ what a click does, all without reloading the page.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -461,3 +463,11 @@ def test_the_json_endpoints_refuse_bad_input_and_change_nothing(
         answer = reply.json()
         assert answer["success"] is False and words in answer["error"], (path, answer)
     assert records() == before
+
+
+def test_emp_monitor_refuses_an_option_flower_does_not_have() -> None:
+    # Tried: a misspelt option and a bare word; neither may start a monitor.
+    for bad in ("--basic-auht=ops:x", "extra"):
+        done = subprocess.run([sys.executable, "-m", "emp_tasks.cli", "monitor", bad],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 2 and f"not a Flower option: {bad!r}" in done.stderr
