@@ -188,7 +188,8 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", "address", envvar="EMP_MONITOR_HOST",
-              help="Address to listen on (env EMP_MONITOR_HOST; default Flower's --address).")
+              help="Address to listen on (env EMP_MONITOR_HOST; else Flower's --address/"
+                   "FLOWER_ADDRESS; else 127.0.0.1).")
 @click.option("--port", envvar="EMP_MONITOR_PORT", type=int,
               help="Port (env EMP_MONITOR_PORT; else Flower's --port/FLOWER_PORT; else 3333).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)

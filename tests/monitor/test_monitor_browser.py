@@ -24,6 +24,7 @@ from tornado.web import create_signed_value
 from capability_router.registry import WorkerRegistry
 from conftest import ROOT, wait_for
 from emp_tasks.producer import cancel, get_job, job_events, submit
+from machine.reaper import reap_gone_machines
 
 #: Where the README's screenshots are written by the test run.
 DOCS = ROOT / "docs"
@@ -247,6 +248,15 @@ def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs
                                                       "completed")
     machines.wait_for_selector('.emp-machine [data-worker-id="big-gpu"]', timeout=15_000)
     assert WorkerRegistry(client).workers()
+
+    # The machine dies and is reaped: its card turns to gone, still without a reload.
+    machine.kill()
+    wait_for(lambda: machine.leftovers() == [], timeout=20, message="the machine's processes")
+    wait_for(lambda: reap_gone_machines(client, stale_after_seconds=1.5), timeout=20,
+             every=0.5, message="the reaper to mark gpu-box-1 gone")
+    gone = machines.wait_for_selector('.emp-machine[data-machine-id="gpu-box-1"]'
+                                      '[data-status="gone"]', timeout=15_000)
+    assert "gone" in gone.inner_text()
 
 
 PROTECTED_GETS = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks",

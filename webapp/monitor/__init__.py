@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_PORT = 3333
+DEFAULT_ADDRESS = "127.0.0.1"
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +33,7 @@ def flower_options(argv: Sequence[str], port: int | None, address: str | None) -
         raise MonitorOptionError(f"not a Flower option: {unknown[0]!r} (Flower's options are "
                                  "written --name=value, e.g. --basic_auth=user:password)")
     options.port = DEFAULT_PORT
+    options.address = DEFAULT_ADDRESS  # Flower binds every interface; the API does not either
     apply_env_options()
     apply_options("emp monitor", list(argv))
     if port is not None:
