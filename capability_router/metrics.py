@@ -1,10 +1,11 @@
 """Queue histograms kept in Redis: bucket bounds, field names, reading, buffering.
 
 Each namespace keeps its histograms in one hash, ``P.."metrics"``, as
-non-cumulative bucket counters ``<name>:<le>`` plus ``<name>:count`` and a
-sum in integer units (``wait:sum_ms``, ``claim:sum_us``): one HINCRBY per
-observation and bucket, and counters only ever grow, which is what a
-Prometheus histogram needs. ``le`` is the bucket's upper bound in seconds.
+non-cumulative bucket counters ``<name>:<le>`` plus a sum in integer units
+(``wait:sum_ms``, ``claim:sum_us``): one HINCRBY per observation for its
+bucket and one for the sum (the count is the buckets' total), and counters
+only ever grow, which is what a Prometheus histogram needs. ``le`` is the
+bucket's upper bound in seconds.
 
 * ``wait``: how long a claimed job waited to be claimed, counted by
   ``emp_claim`` inside Redis (its bounds are repeated in ``lua/emp.lua``; a
@@ -63,10 +64,6 @@ def bucket_field(name: str, seconds: float) -> str:
         if seconds <= bound:
             return f"{name}:{le_text(bound)}"
     return f"{name}:+Inf"
-
-
-def count_field(name: str) -> str:
-    return f"{name}:count"
 
 
 def sum_field(name: str) -> str:
@@ -133,7 +130,6 @@ class HistogramBuffer:
         with self._lock:
             counts = self._pending.setdefault(namespace, {})
             counts[field] = counts.get(field, 0) + 1
-            counts[count_field(self.name)] = counts.get(count_field(self.name), 0) + 1
             total = sum_field(self.name)
             counts[total] = counts.get(total, 0) + max(0, round(seconds / unit))
 

@@ -38,7 +38,8 @@ they live in the same slot as the declared key.
   P.."metrics"             HASH   histogram counters, NOT cumulative: per
                                   bucket "<name>:<le>" (le: the bucket's upper
                                   bound in seconds, "+Inf" last), plus
-                                  "<name>:count" and "<name>:sum_ms"/"sum_us".
+                                  "<name>:sum_ms"/"sum_us" (the count is the
+                                  buckets' total).
                                   "wait" (ms a claimed job spent pending) is
                                   written by emp_claim; "claim" (a worker's
                                   claim round trip) by the workers. Bounds:
@@ -410,8 +411,9 @@ local WAIT_BUCKETS = {
   {600000, '600'}, {1800000, '1800'}, {3600000, '3600'},
 }
 
--- Counts one claimed job's wait (ms) in P.."metrics": its bucket, the count
--- and the sum. Buckets are not cumulative, so a claim increments only one.
+-- Counts one claimed job's wait (ms) in P.."metrics": its bucket and the sum.
+-- Buckets are not cumulative, so a claim increments only one; the count is
+-- their total, so it is not written.
 local function observe_wait(P, wait)
   local le = '+Inf'
   for _, b in ipairs(WAIT_BUCKETS) do
@@ -422,7 +424,6 @@ local function observe_wait(P, wait)
   end
   local mk = P .. 'metrics'
   redis.call('HINCRBY', mk, 'wait:' .. le, '1')
-  redis.call('HINCRBY', mk, 'wait:count', '1')
   redis.call('HINCRBY', mk, 'wait:sum_ms', int(wait))
 end
 
