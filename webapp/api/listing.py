@@ -18,10 +18,15 @@ from typing import Any
 import redis
 
 from capability_router.keys import Keys, known_namespaces
+from capability_router.states import JobStatus
 from emp_tasks.producer import decode_record
 
 #: Listing filters and the index family each one reads.
 BY_INDEX = {"service": "service", "customer_id": "customer", "workflow_id": "workflow"}
+#: Job states with a status index, in lifecycle order.
+STATUSES = tuple(str(s) for s in (
+    JobStatus.PENDING, JobStatus.ASSIGNED, JobStatus.IN_PROGRESS, JobStatus.COMPLETED,
+    JobStatus.FAILED, JobStatus.CANCELLED))
 
 
 @dataclass
@@ -30,6 +35,16 @@ class Page:
 
     jobs: list[dict[str, Any]]
     total: int
+
+
+def status_counts(client: redis.Redis, pools: list[str]) -> dict[str, dict[str, int]]:
+    """Jobs per state of each pool (the status indexes' sizes), in one round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        for pool in pools:
+            for status in STATUSES:
+                pipe.zcard(Keys(pool).status_index(status))
+        counts = iter(pipe.execute())
+    return {pool: {status: int(next(counts)) for status in STATUSES} for pool in pools}
 
 
 def namespaces(client: redis.Redis, pool: str | None = None) -> list[str]:

@@ -10,12 +10,13 @@ from typing import Any
 
 from capability_router.keys import Keys
 from emp_tasks.producer import decode_record
+from webapp.api import listing
 from webapp.api.events import EventHub
+from webapp.api.listing import STATUSES
 from webapp.backend import Backend
 
 #: Most pending or active jobs a snapshot lists.
 LIVE_LIMIT = 200
-STATUSES = ("pending", "assigned", "in_progress", "completed", "failed", "cancelled")
 
 
 def _jobs(backend: Backend, namespaces: list[str], status: str, start: int,
@@ -36,14 +37,11 @@ def _jobs(backend: Backend, namespaces: list[str], status: str, start: int,
 
 
 def status_counts(backend: Backend, namespaces: list[str]) -> dict[str, int]:
-    with backend.redis.pipeline(transaction=False) as pipe:
-        for namespace in namespaces:
-            for status in STATUSES:
-                pipe.zcard(Keys(namespace).prefix + "status:" + status)
-        counts = pipe.execute()
+    """Jobs per state over every pool."""
     totals = dict.fromkeys(STATUSES, 0)
-    for i, count in enumerate(counts):
-        totals[STATUSES[i % len(STATUSES)]] += count
+    for counts in listing.status_counts(backend.redis, namespaces).values():
+        for status, count in counts.items():
+            totals[status] += count
     return totals
 
 

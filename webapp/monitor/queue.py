@@ -6,7 +6,7 @@ anyone run it?". A class nobody alive can serve (say it needs 80 GB and only
 ``unservable`` and sorted first.
 
 Reads are a fixed number of round trips however many pools and classes
-there are: the pool list, the worker registry, the clock and status counts,
+there are: the pool list, the worker registry, the clock, the status counts,
 each pool's ``emp_queue_summary`` (one call per 100 classes, so Redis is
 never held long), and one pipeline with every class's definition and the
 set of classes each live worker profile can serve.
@@ -27,14 +27,9 @@ from capability_router.functions import (
 from capability_router.keys import Keys, known_namespaces
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
-from capability_router.states import JobStatus
+from webapp.api import listing
 
 logger = logging.getLogger(__name__)
-
-#: Job states the function library writes (each has a listing index).
-STATUSES: tuple[str, ...] = tuple(str(s) for s in (
-    JobStatus.PENDING, JobStatus.ASSIGNED, JobStatus.IN_PROGRESS, JobStatus.COMPLETED,
-    JobStatus.FAILED, JobStatus.CANCELLED))
 
 
 def _text(value: Any) -> Any:
@@ -98,16 +93,6 @@ def profile_signature(record: dict[str, Any]) -> str | None:
         return None
 
 
-def _counts(client: redis.Redis, pools: list[str]) -> list[Any]:
-    """TIME, then every pool's status counts, in one round trip."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for pool in pools:
-            for status in STATUSES:
-                pipe.zcard(Keys(pool).status_index(status))
-        return pipe.execute()
-
-
 def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, Any]:
     """Pending work of every pool, by class, with the live workers able to serve it.
 
@@ -139,11 +124,10 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
                 serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
     psigs = {pool: list(serving[pool]) for pool in pools}
 
-    replies = _counts(client, pools)
-    seconds, micros = replies[0]
-    now = now_ms if now_ms is not None else int(seconds) * 1000 + int(micros) // 1000
-    counts = iter(replies[1:])
-    status_counts = {pool: {status: int(next(counts)) for status in STATUSES} for pool in pools}
+    if now_ms is None:
+        seconds, micros = client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+    status_counts = listing.status_counts(client, pools)
     summaries = {pool: QueueFunctions(client, pool).queue_summary() for pool in pools}
 
     # Which classes each live profile can serve: one set per profile, not one call per class.
@@ -176,7 +160,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
                 **describe_class(job_class),
                 "pending": pending_class.pending,
                 "oldest_ms": pending_class.oldest_ms,
-                "oldest_age_seconds": max(0, now - pending_class.oldest_ms) / 1000,
+                "oldest_age_seconds": max(0, now_ms - pending_class.oldest_ms) / 1000,
                 "head_score": pending_class.head_score,
                 "workers": sorted(able),
                 "unservable": not able,
@@ -192,7 +176,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
         })
     rows.sort(key=lambda r: (not r["unservable"], -r["pending"], r["pool"], r["class"]))
     return {
-        "now_ms": now,
+        "now_ms": now_ms,
         "classes": rows,
         "pools": pool_rows,
         "workers": {"total": idle + busy, "idle": idle, "busy": busy},
