@@ -201,13 +201,10 @@ def monitor(obj: dict[str, Any], address: str | None, port: int | None,
     Any Flower option may follow, e.g. --basic_auth=user:password, --auth=REGEX with
     --auth_provider, --read_only, --url_prefix=PATH, --conf=conf/flowerconfig.py.
     """
-    import os
-
     from webapp.monitor import MonitorOptionError, run
 
-    os.environ["EMP_REDIS_URL"] = obj["url"]
     try:
-        run(flower_args, port=port, address=address)
+        run(flower_args, redis_url=obj["url"], port=port, address=address)
     except MonitorOptionError as exc:
         raise click.UsageError(str(exc)) from None
 

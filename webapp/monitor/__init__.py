@@ -67,9 +67,10 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     return EmpMonitor(options, create_celery_app(url), state, **settings)
 
 
-def run(argv: Sequence[str] = (), port: int | None = None, address: str | None = None) -> None:
+def run(argv: Sequence[str] = (), redis_url: str | None = None, port: int | None = None,
+        address: str | None = None) -> None:
     """Serve the monitor until SIGTERM or Ctrl-C."""
-    monitor = create_monitor(argv, port=port, address=address)
+    monitor = create_monitor(argv, redis_url=redis_url, port=port, address=address)
     atexit.register(monitor.stop)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     bound = monitor.start_http_server()
