@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -56,6 +57,10 @@ def queue(client: redis.Redis) -> QueueFunctions:
 def app(redis_server: LocalRedis, client: redis.Redis):  # noqa: ANN201 - Celery app
     app = create_app(redis_server.url)
     yield app
+    # A test's AsyncResults unsubscribe from their result channels when collected. Collect
+    # them now, while this module's server is up: collected later, after it stopped, each
+    # blocks whatever test the collector interrupts for Celery's 20 reconnect tries (20 s).
+    gc.collect()
     app.close()
 
 

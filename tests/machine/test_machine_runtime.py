@@ -24,19 +24,12 @@ from test_logs_shipping import Receiver
 
 from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
 from conftest import FAST
-from emp_tasks.app import create_app
 from emp_tasks.local_redis import LocalRedis, free_port
 from emp_tasks.producer import get_job, job_events, submit
 from machine.logs import LINE_FIELDS
 from machine.status import MACHINES_KEY, read_machine
 
 ROOT = Path(__file__).resolve().parents[2]
-
-@pytest.fixture
-def app(redis_server: LocalRedis, client: redis.Redis):  # noqa: ANN201 - Celery app
-    app = create_app(redis_server.url)
-    yield app
-    app.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.05,
