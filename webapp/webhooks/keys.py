@@ -19,8 +19,10 @@ HOOKS = WEBHOOK_PREFIX + "hooks"
 VERSION = WEBHOOK_PREFIX + "version"
 #: hook id -> ms its head delivery may be tried, or its lease expires (ZSET).
 DUE = WEBHOOK_PREFIX + "due"
-#: delivery id -> ms of its last change, every hook (ZSET).
+#: delivery id -> order number of its last change, every hook (ZSET).
 RECENT = WEBHOOK_PREFIX + "recent"
+#: The last order number of the history indexes, ``max(now ms, last + 1)`` (STRING).
+ORDER = WEBHOOK_PREFIX + "order"
 #: ``<instance>:<run id>`` of the one instance consuming the event log (STRING, expires).
 CONSUMER = WEBHOOK_PREFIX + "consumer"
 
@@ -41,7 +43,7 @@ def queue(hook_id: str) -> str:
 
 
 def log(hook_id: str) -> str:
-    """delivery id -> created ms, the hook's history (ZSET)."""
+    """delivery id -> order number when filed, the hook's history (ZSET)."""
     return f"{WEBHOOK_PREFIX}log:{hook_id}"
 
 

@@ -99,7 +99,7 @@ class WebhookFunctions:
         """(KEYS, ARGV) of ``emp_wh_enqueue``, for pipelines that file many deliveries."""
         k = [keys.DUE, keys.delivery(delivery_id), keys.queue(hook_id), keys.log(hook_id),
              keys.state(hook_id), keys.RECENT, keys.throttle(hook_id, job_id or "-"),
-             keys.hook(hook_id)]
+             keys.hook(hook_id), keys.ORDER]
         a = [delivery_id, hook_id, event_id, event_type, job_id, event_ms, body, throttle_ms,
              max_backlog, history, recent_max]
         return k, a
@@ -135,7 +135,7 @@ class WebhookFunctions:
         ``continue_lease_ms`` asks for it and one is due now, else the reply word."""
         hook_id, delivery_id = claim.hook_id, claim.delivery_id
         k = [keys.DUE, keys.queue(hook_id), keys.state(hook_id), keys.delivery(delivery_id),
-             keys.attempts(delivery_id), keys.RECENT, keys.hook(hook_id)]
+             keys.attempts(delivery_id), keys.RECENT, keys.hook(hook_id), keys.ORDER]
         a = [hook_id, claim.token, delivery_id, outcome.kind, int(outcome.delay_ms),
              json.dumps(outcome.attempt) if outcome.attempt is not None else "",
              disconnect_after, reconnect_ms, history_ms, recent_max, continue_lease_ms,
@@ -144,6 +144,16 @@ class WebhookFunctions:
         if reply[0] == "next":
             return Claim(hook_id, claim.token, reply[1], _pairs(reply[2]), _pairs(reply[3]))
         return reply[0]
+
+    def record(self, hook_id: str, delivery_id: str, fields: dict[str, Any],
+               attempt: dict[str, Any], history_ms: int, recent_max: int) -> bool:
+        """Keep a finished delivery sent outside the queue in the hook's history;
+        False (nothing written) if the hook does not exist."""
+        k = [keys.DUE, keys.delivery(delivery_id), keys.attempts(delivery_id),
+             keys.log(hook_id), keys.RECENT, keys.ORDER, keys.hook(hook_id)]
+        flat = [x for pair in fields.items() for x in pair]
+        return bool(self._call("emp_wh_record", k, [delivery_id, json.dumps(attempt),
+                                                    history_ms, recent_max, *flat]))
 
     def update(self, hook_id: str, fields: dict[str, str]) -> bool:
         """Write registration fields and reschedule the hook; False if it does not exist."""

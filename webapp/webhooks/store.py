@@ -250,12 +250,5 @@ class HookStore:
             else attempt["response_status"],
             "last_error": attempt.get("error_message") or "",
         }
-        ttl = int(self.config.history_seconds * 1000)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.delivery(delivery_id), mapping=record)
-            pipe.rpush(keys.attempts(delivery_id), json.dumps({**attempt, "attempt_number": 1}))
-            pipe.pexpire(keys.delivery(delivery_id), ttl)
-            pipe.pexpire(keys.attempts(delivery_id), ttl)
-            pipe.zadd(keys.log(hook_id), {delivery_id: now})
-            pipe.zadd(keys.RECENT, {delivery_id: now})
-            pipe.execute()
+        self.functions.record(hook_id, delivery_id, record, {**attempt, "attempt_number": 1},
+                              int(self.config.history_seconds * 1000), self.config.recent_max)

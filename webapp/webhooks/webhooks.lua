@@ -26,14 +26,16 @@ derived from W: they share the tag, so they live in the same slot.
                                   last_failure_at, last_error
   W.."queue:"..id          LIST   delivery ids waiting, oldest first; the
                                   head is the one being tried (one in flight)
-  W.."log:"..id            ZSET   delivery id -> created ms (the hook's history)
+  W.."log:"..id            ZSET   delivery id -> order number when filed (the
+                                  hook's history)
   W.."delivery:"..did      HASH   id, webhook_id, event_id, event_type, job_id,
                                   body, status (queued, retrying, delivered,
                                   failed, refused), attempts, created_at,
                                   next_attempt_at, last_attempt_at,
                                   last_status_code, last_error, finished_at
   W.."attempts:"..did      LIST   attempt records (JSON), oldest first
-  W.."recent"              ZSET   delivery id -> ms of its last change
+  W.."recent"              ZSET   delivery id -> order number of its last change
+  W.."order"               STRING the last order number handed out
   W.."due"                 ZSET   hook id -> ms its head may be tried; while a
                                   dispatcher holds the lease, the lease expiry
   W.."throttle:"..id..":"..job
@@ -45,7 +47,12 @@ A hook is in "due" exactly when its queue is not empty and it is active. A
 finished delivery's record and attempts expire after the history time and
 are deleted sooner when they fall out of the hook's history.
 
-Times are Redis TIME in ms (one clock for every instance).
+Times are Redis TIME in ms (one clock for every instance). The history
+indexes ("log", "recent") are scored by order numbers instead: max(now ms,
+last + 1). A ms holds many deliveries, and a tie in a ZSET falls back to the
+member (a random-looking delivery id), which reordered them; order numbers
+never tie, and stay close to the ms, so they sort after entries an earlier
+version scored in plain ms.
 ]]
 
 local VERSION = '1'
@@ -79,6 +86,13 @@ local function trim_log(W, log_key, max)
       redis.call('DEL', W .. 'delivery:' .. did, W .. 'attempts:' .. did)
     end
   end
+end
+
+-- The next order number of the history indexes (see the header).
+local function next_order(order_key, now)
+  local n = math.max(now, tonumber(redis.call('GET', order_key) or '0') + 1)
+  redis.call('SET', order_key, int(n))
+  return n
 end
 
 local function trim_recent(recent_key, max)
@@ -117,7 +131,7 @@ end
 
 --[[ emp_wh_enqueue
 KEYS[1] due  KEYS[2] delivery  KEYS[3] queue  KEYS[4] log  KEYS[5] state
-KEYS[6] recent  KEYS[7] throttle  KEYS[8] hook
+KEYS[6] recent  KEYS[7] throttle  KEYS[8] hook  KEYS[9] order
 ARGV[1] delivery id  ARGV[2] hook id  ARGV[3] event id  ARGV[4] event type
 ARGV[5] job id  ARGV[6] event ms  ARGV[7] body (JSON text)
 ARGV[8] progress interval ms (0: not a throttled event)  ARGV[9] max backlog
@@ -156,9 +170,10 @@ local function emp_wh_enqueue(keys, args)
     'event_type', args[4], 'job_id', args[5], 'body', args[7], 'status', 'queued',
     'attempts', '0', 'created_at', int(now))
   redis.call('RPUSH', keys[3], did)
-  redis.call('ZADD', keys[4], int(now), did)
+  local order = int(next_order(keys[9], now))
+  redis.call('ZADD', keys[4], order, did)
   trim_log(prefix_of(keys[1]), keys[4], tonumber(args[10]))
-  redis.call('ZADD', keys[6], int(now), did)
+  redis.call('ZADD', keys[6], order, did)
   trim_recent(keys[6], args[11])
   redis.call('ZADD', keys[1], 'NX', int(next_try(keys[5], now)), hook)
   redis.call('HINCRBY', keys[5], 'queued', 1)
@@ -200,7 +215,7 @@ end
 
 --[[ emp_wh_finish
 KEYS[1] due  KEYS[2] queue  KEYS[3] state  KEYS[4] delivery  KEYS[5] attempts
-KEYS[6] recent  KEYS[7] hook
+KEYS[6] recent  KEYS[7] hook  KEYS[8] order
 ARGV[1] hook id  ARGV[2] lease token  ARGV[3] delivery id
 ARGV[4] outcome: delivered | retry | failed | refused | skip (record gone) |
         park (hook inactive)
@@ -293,7 +308,7 @@ local function emp_wh_finish(keys, args)
       redis.call('PEXPIRE', keys[4], args[9])
       redis.call('PEXPIRE', keys[5], args[9])
     end
-    redis.call('ZADD', keys[6], int(now), did)
+    redis.call('ZADD', keys[6], int(next_order(keys[8], now)), did)
     trim_recent(keys[6], args[10])
   end
   if redis.call('LLEN', keys[2]) == 0 then
@@ -310,6 +325,28 @@ local function emp_wh_finish(keys, args)
   end
   redis.call('ZADD', keys[1], int(next_at), hook)
   return {'scheduled', next_at}
+end
+
+--[[ emp_wh_record
+KEYS[1] due  KEYS[2] delivery  KEYS[3] attempts  KEYS[4] log  KEYS[5] recent
+KEYS[6] order  KEYS[7] hook
+ARGV[1] delivery id  ARGV[2] attempt record JSON  ARGV[3] history ms
+ARGV[4] recent max  ARGV[5..] field, value pairs of the finished delivery
+Keeps a delivery sent outside the queue (a test call) in the hook's history.
+Returns 1, or 0 when the hook does not exist (nothing written). ]]
+local function emp_wh_record(keys, args)
+  if redis.call('EXISTS', keys[7]) == 0 then
+    return 0
+  end
+  redis.call('HSET', keys[2], unpack(args, 5))
+  redis.call('RPUSH', keys[3], args[2])
+  redis.call('PEXPIRE', keys[2], args[3])
+  redis.call('PEXPIRE', keys[3], args[3])
+  local order = int(next_order(keys[6], now_ms()))
+  redis.call('ZADD', keys[4], order, args[1])
+  redis.call('ZADD', keys[5], order, args[1])
+  trim_recent(keys[5], args[4])
+  return 1
 end
 
 --[[ emp_wh_update
@@ -426,6 +463,7 @@ redis.register_function{function_name = 'emp_wh_version', callback = emp_wh_vers
 redis.register_function('emp_wh_enqueue', emp_wh_enqueue)
 redis.register_function('emp_wh_claim', emp_wh_claim)
 redis.register_function('emp_wh_finish', emp_wh_finish)
+redis.register_function('emp_wh_record', emp_wh_record)
 redis.register_function('emp_wh_update', emp_wh_update)
 redis.register_function('emp_wh_reconnect', emp_wh_reconnect)
 redis.register_function('emp_wh_delete', emp_wh_delete)

@@ -1,0 +1,101 @@
+"""A hook's delivery history against a real Redis: its order survives same-ms ties."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from webapp.webhooks import keys
+from webapp.webhooks.config import WebhookConfig
+from webapp.webhooks.consumer import delivery_id
+from webapp.webhooks.library import WebhookFunctions, ensure_library
+from webapp.webhooks.store import HookStore, now_ms
+
+#: Deliveries filed in one pipeline: far more than one ms holds, so many share a ms.
+BURST = 300
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> HookStore:
+    ensure_library(client)
+    return HookStore(client, WebhookConfig())
+
+
+def hook_of(store: HookStore) -> str:
+    return store.create({"url": "http://127.0.0.1:9/h", "events": ["job_submitted"]})["id"]
+
+
+def file_burst(store: HookStore, hook_id: str, count: int = BURST) -> list[str]:
+    """File ``count`` deliveries in one round trip, as the consumer does; their ids in order."""
+    config = store.config
+    ids, calls = [], []
+    for n in range(count):
+        event_id = f"default:1-{n}"
+        ids.append(delivery_id(hook_id, event_id))
+        calls.append(WebhookFunctions.enqueue_call(
+            ids[-1], hook_id, event_id, "job_submitted", f"job-{n}", 1, "{}", 0,
+            config.max_backlog, config.history_per_hook, config.recent_max))
+    assert store.functions.enqueue_many(calls) == ["queued"] * count
+    return ids
+
+
+def test_same_ms_deliveries_keep_their_filing_order_in_history_and_recent(store) -> None:
+    """Tried: 300 deliveries filed in one pipeline (many in the same ms of Redis TIME),
+    then the hook's history and the all-hooks recent list read back. Before the fix
+    both were scored by ms, so a tie fell back to the random delivery id."""
+    hook_id = hook_of(store)
+    filed = file_burst(store, hook_id)
+    scores = store.client.zrange(keys.log(hook_id), 0, -1, withscores=True)
+    assert len({score for _, score in scores}) == BURST  # no two share a place
+    newest_first = list(reversed(filed))
+    assert [d["id"] for d in store.deliveries(hook_id, BURST)] == newest_first
+    assert [d["id"] for d in store.recent(BURST)] == newest_first
+    assert [d["job_id"] for d in store.deliveries(hook_id, 3)] == [
+        f"job-{n}" for n in (BURST - 1, BURST - 2, BURST - 3)]
+
+
+def test_test_delivery_recorded_after_a_burst_is_the_newest(store) -> None:
+    """Tried: a burst filed, then a test call recorded at once (same ms likely):
+    it heads both the hook's history and the recent list."""
+    hook_id = hook_of(store)
+    file_burst(store, hook_id, 50)
+    store.record_test(hook_id, "dlv_test_x", {"event_id": "test:x", "event_type": "job_submitted",
+                                              "data": {"job_id": "test_job_x"}}, "{}",
+                      attempt(True))
+    assert store.deliveries(hook_id, 1)[0]["id"] == "dlv_test_x"
+    top = store.recent(1)[0]
+    assert top["id"] == "dlv_test_x" and top["test"] is True and top["status"] == "delivered"
+    assert top["attempt_history"][0]["attempt_number"] == 1
+
+
+def test_test_delivery_of_a_deleted_hook_writes_nothing(store) -> None:
+    """Tried: recording a test call for a hook deleted meanwhile; nothing is kept."""
+    hook_id = hook_of(store)
+    store.delete(hook_id)
+    store.record_test(hook_id, "dlv_test_y", {"event_id": "test:y", "event_type": "job_submitted",
+                                              "data": {}}, "{}", attempt(False))
+    assert not store.client.exists(keys.delivery("dlv_test_y"), keys.log(hook_id))
+    assert store.recent(10) == []
+
+
+def test_history_written_in_plain_ms_by_an_earlier_version_stays_older(store) -> None:
+    """Tried: a history entry scored in plain ms (the earlier layout), then new
+    deliveries: the old entry stays the oldest and is the one trimmed first."""
+    hook_id = hook_of(store)
+    before = now_ms(store.client) - 1  # an upgrade restarts the service: a ms at least
+    store.client.zadd(keys.log(hook_id), {"dlv_old": before})
+    store.client.zadd(keys.RECENT, {"dlv_old": before})
+    filed = file_burst(store, hook_id, 5)
+    assert store.client.zrange(keys.log(hook_id), 0, -1) == ["dlv_old", *filed]
+    assert store.client.zrange(keys.RECENT, 0, -1) == ["dlv_old", *filed]
+
+
+def attempt(success: bool) -> dict[str, Any]:
+    return json.loads(json.dumps({
+        "timestamp": 1, "success": success, "outcome": "delivered" if success else "failed",
+        "response_status": 200 if success else None, "latency_ms": 1, "response_body": "",
+        "error_message": None if success else "refused", "next_retry_at": None,
+        "address": "127.0.0.1"}))
