@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,12 +332,63 @@ def start_machine(redis_server: LocalRedis, client: redis.Redis,
         machine.cleanup()
 
 
-#: Debian's Chromium (apt-get install chromium); Playwright drives it, nothing is downloaded.
+#: Debian's Chromium; Playwright drives it, nothing is downloaded at run time.
 CHROMIUM = os.environ.get("EMP_CHROMIUM", "/usr/bin/chromium")
 #: Headless, and quiet on a closed network: no background fetches, updates, sync or QUIC.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
+#: Why the browser tests cannot run (one line), or None once Chromium is there.
+_chromium_missing: str | None = None
+
+
+def install_chromium() -> str | None:
+    """Install Debian's chromium with apt-get when it is missing; None on success, else why.
+
+    Runs as root only (the README's test command on a fresh Debian machine or CI image);
+    ``apt-get update`` first when the package lists are stale. Waits for another apt.
+    """
+    if Path(CHROMIUM).exists():
+        return None
+    hint = f"no Chromium at {CHROMIUM}: run `sudo apt-get install chromium` or set EMP_CHROMIUM"
+    if "EMP_CHROMIUM" in os.environ or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return hint
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-q"]
+    install = [*apt, "install", "-y", "--no-install-recommends", "chromium"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    output = ""
+    for step in ([install], [["dpkg", "--configure", "-a"], [*apt, "update"], install]):
+        for command in step:
+            # Its own session: a Ctrl-C or a test timeout must not cut dpkg off half-way.
+            done = subprocess.run(command, env=env, capture_output=True, text=True,
+                                  start_new_session=True, check=False)
+            output = (done.stdout + done.stderr).strip()
+        if done.returncode == 0 and Path(CHROMIUM).exists():
+            return None
+    last = output.splitlines()[-1] if output else "no output"
+    return f"{hint} (apt-get install chromium failed: {last})"
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``browser`` the tests that drive Chromium, ``fast`` those neither browser nor slow."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+        if not (item.get_closest_marker("browser") or item.get_closest_marker("slow")):
+            item.add_marker(pytest.mark.fast)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before the first test, outside any test's timeout: Chromium for the browser tests."""
+    global _chromium_missing
+    if Path(CHROMIUM).exists() or not any(
+            "browser" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"browser tests: installing Debian's chromium ({CHROMIUM})")
+    _chromium_missing = install_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +397,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium, or set EMP_CHROMIUM")
+        pytest.fail(_chromium_missing or install_chromium() or "", pytrace=False)
     with sync_playwright() as playwright:
         # Playwright starts it with a fresh temporary profile (user data directory).
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,

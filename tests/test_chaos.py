@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from capability_router.keys import Keys
 from emp_tasks.producer import submit
 
@@ -12,6 +14,8 @@ JOBS = 1_000
 WORKERS = 3
 KILL_EVERY = 2.5
 TIMEOUT = 300.0
+
+pytestmark = pytest.mark.slow
 
 
 def test_chaos_every_job_completes_once_killing_stops(app, client, start_worker) -> None:

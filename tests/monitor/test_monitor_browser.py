@@ -8,10 +8,12 @@ what a click does, all without reloading the page.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +28,17 @@ from conftest import ROOT, wait_for
 from emp_tasks.producer import cancel, get_job, job_events, submit
 from machine.reaper import reap_gone_machines
 
-#: Where the README's screenshots are written by the test run.
-DOCS = ROOT / "docs"
+#: Where the README's screenshots go: ``EMP_SCREENSHOT_DIR=docs`` refreshes the README's
+#: pictures; otherwise they land in the test's temporary directory, so a test run leaves the
+#: tracked files alone.
+SCREENSHOT_DIR = os.environ.get("EMP_SCREENSHOT_DIR")
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """The folder for this run's screenshots (relative EMP_SCREENSHOT_DIR: from the repo)."""
+    folder = ROOT / SCREENSHOT_DIR if SCREENSHOT_DIR else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -197,7 +208,7 @@ def _metric(text: str, name: str, **labels: str) -> list[float]:
 def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs(
         start_machine: Callable[..., Any], start_worker: Callable[..., Any],
         start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any,
-        client: redis.Redis) -> None:
+        client: redis.Redis, tmp_path: Path) -> None:
     machine = start_machine("gpu-box-1")
     machine.wait_ready()
     monitor = start_server("monitor")
@@ -220,8 +231,8 @@ def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs
     servable = queue.wait_for_selector('#queue-table tr[data-unservable="false"]')
     assert "gpu-box-1-simulation-0" in servable.inner_text()
     assert "gpu-box-1-simulation-1" in servable.inner_text()
-    DOCS.mkdir(exist_ok=True)
-    queue.screenshot(path=str(DOCS / "monitor-queue.png"), full_page=True)
+    pictures = screenshot_dir(tmp_path)
+    queue.screenshot(path=str(pictures / "monitor-queue.png"), full_page=True)
 
     machines = open_page(monitor.base + "/machines")
     card = machines.wait_for_selector('.emp-machine[data-machine-id="gpu-box-1"]')
@@ -229,7 +240,7 @@ def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs
     assert "online" in text and text.count("24 GB") >= 4  # 2 GPUs and 2 worker profiles
     for job in running:
         machines.wait_for_selector(f'.emp-machine a[href$="/jobs/{job.id}"]')
-    machines.screenshot(path=str(DOCS / "monitor-machines.png"), full_page=True)
+    machines.screenshot(path=str(pictures / "monitor-machines.png"), full_page=True)
 
     # Prometheus, next to Flower's own metrics: depth and workers per class, waits, claims.
     scrape = requests.get(monitor.base + "/metrics", timeout=10).text
