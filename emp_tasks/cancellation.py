@@ -1,10 +1,27 @@
-"""Cooperative cancellation: a running task asks whether its job was cancelled."""
+"""Cooperative cancellation: a running task asks whether its job was cancelled,
+and a run that learns it ends the way Celery ends a revoked task."""
 
 from __future__ import annotations
+
+from billiard.exceptions import Terminated
+from celery.exceptions import Ignore
+from celery.utils.log import get_task_logger
 
 from capability_router.errors import JobCancelled
 from capability_router.states import JobStatus
 from emp_tasks.context import JobContext
+
+logger = get_task_logger(__name__)
+
+
+class RunCancelled(Ignore, Terminated):
+    """Ends the run of a job the user cancelled.
+
+    As an ``Ignore``, the pool process stores nothing and logs no error. As a
+    ``Terminated``, the worker's ``Request.on_failure`` takes Celery's own
+    revoke path: result state REVOKED, a ``task-revoked`` event (so Flower
+    shows REVOKED, not FAILURE) and the ``task_revoked`` signal.
+    """
 
 
 def is_cancelled(context: JobContext | None) -> bool:
@@ -23,3 +40,20 @@ def check_cancelled(context: JobContext | None) -> None:
     """Raise JobCancelled when the job was cancelled; call it between steps."""
     if is_cancelled(context):
         raise JobCancelled(context.job_id if context else "")
+
+
+def end_cancelled_run(context: JobContext) -> Ignore:
+    """The exception that ends a run which raised JobCancelled, logged at INFO.
+
+    RunCancelled when the user cancelled the job. A run whose attempt was
+    taken away (the job runs again elsewhere under the same task id) ends as
+    a plain ``Ignore``: revoking would mark the other run's task REVOKED.
+    """
+    status = context.functions.client.hget(
+        context.functions.keys.job(context.job_id), "status")
+    if status == JobStatus.CANCELLED:
+        logger.info("job %s was cancelled; its run stops here", context.job_id)
+        return RunCancelled(f"job {context.job_id} was cancelled")
+    logger.info("job %s attempt %s was taken from this run (now %s); it stops here",
+                context.job_id, context.attempt, status)
+    return Ignore(f"job {context.job_id} attempt {context.attempt} was taken away")

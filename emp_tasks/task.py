@@ -14,9 +14,10 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
+from capability_router.errors import JobCancelled
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.transport import ATTEMPT_HEADER
-from emp_tasks.cancellation import check_cancelled, is_cancelled
+from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.progress import report_progress
 
@@ -85,6 +86,7 @@ class EmpTask(Task):
 
         The outcome is recorded here, before Celery stores the result, so a
         caller whose ``AsyncResult.get()`` returned reads a finished record.
+        A run that learns its job was cancelled ends as Celery's REVOKED.
         """
         context = self.job
         if context is None:
@@ -100,6 +102,9 @@ class EmpTask(Task):
             retval = super().__call__(*args, **kwargs)
         except (Retry, Ignore, Reject):
             raise
+        except JobCancelled:
+            # Recorded already by the cancel; ends as a revoked task, not a failure.
+            raise end_cancelled_run(context) from None
         except Exception as exc:
             context.functions.fail(task_id, context.attempt, f"{type(exc).__name__}: {exc}")
             raise

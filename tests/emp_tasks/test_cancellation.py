@@ -1,0 +1,84 @@
+"""A user's cancel of a running job, seen from a real worker: its log, Celery's state, events."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from flower.events import EventsState
+
+from conftest import wait_for
+from emp_tasks.producer import cancel, get_job, job_events, submit
+
+
+class EventLog:
+    """Celery's task events as a monitor receives them (a real ``app.events.Receiver``)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.app.connection_for_read() as connection:
+            self.receiver = self.app.events.Receiver(
+                connection, handlers={"*": self.events.append})
+            self.ready.set()
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def of(self, task_id: str) -> list[str]:
+        return [e["type"] for e in list(self.events) if e.get("uuid") == task_id]
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.should_stop = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def task_events(app: Celery) -> Iterator[EventLog]:
+    log = EventLog(app)
+    log.thread.start()
+    assert log.ready.wait(10)
+    yield log
+    log.stop()
+
+
+def test_cancel_of_running_job_ends_quietly_as_revoked(app, start_worker, task_events) -> None:
+    """Tried: an echo job running on a real worker (log level info) is cancelled by the
+    user. Before the fix the worker logged ``ERROR ... raised unexpected: JobCancelled``
+    with a traceback, the result backend said FAILURE and the worker sent
+    task-failed, so Flower counted the job as failed."""
+    worker = start_worker("w1", args=["-l", "info"])
+    result = submit("echo", {"sleep": 30}, app=app)
+    wait_for(lambda: get_job(result.id, app=app)["status"] == "in_progress", timeout=30,
+             message="the job to start")
+    assert cancel(result.id, app=app) == "cancelled"
+    wait_for(lambda: "task-revoked" in task_events.of(result.id)
+             or "task-failed" in task_events.of(result.id), timeout=20,
+             message="the worker's last event of the task")
+    assert result.state == "REVOKED"
+    seen = task_events.of(result.id)
+    assert "task-revoked" in seen and "task-failed" not in seen
+    flower = EventsState()
+    for event in list(task_events.events):
+        flower.event(dict(event))
+    assert flower.tasks[result.id].state == "REVOKED"
+    assert sum(c["task-failed"] for c in flower.counter.values()) == 0
+
+    # The job's own record and events are those of a cancel, as before.
+    assert get_job(result.id, app=app)["status"] == "cancelled"
+    assert "job_cancelled" in [e["event"] for e in job_events(result.id, app=app)]
+    # The worker is free again and serves the next job.
+    submit("echo", {"x": 1}, app=app).get(timeout=15)
+
+    log = worker.log_path.read_text()
+    assert f"job {result.id} was cancelled" in log
+    cancelled_line = next(line for line in log.splitlines() if f"job {result.id} was" in line)
+    assert "INFO" in cancelled_line
+    assert "ERROR" not in log and "Traceback" not in log and "raised unexpected" not in log
