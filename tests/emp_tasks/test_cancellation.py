@@ -11,7 +11,7 @@ from celery import Celery
 from flower.events import EventsState
 
 from conftest import wait_for
-from emp_tasks.producer import cancel, get_job, job_events, submit
+from emp_tasks.producer import cancel, get_job, job_events, requeue, submit
 
 
 class EventLog:
@@ -82,3 +82,25 @@ def test_cancel_of_running_job_ends_quietly_as_revoked(app, start_worker, task_e
     cancelled_line = next(line for line in log.splitlines() if f"job {result.id} was" in line)
     assert "INFO" in cancelled_line
     assert "ERROR" not in log and "Traceback" not in log and "raised unexpected" not in log
+
+
+def test_run_whose_attempt_was_taken_away_stops_quietly(app, start_worker, task_events) -> None:
+    """Tried: a running job requeued (taken from its run); the run learns it at its
+    next check. Before the fix that run failed the task (FAILURE, ERROR with a
+    traceback) while the job ran again under the same task id; now it stops at
+    INFO, is not revoked, and the job's next run completes."""
+    worker = start_worker("w1", args=["-l", "info"])
+    result = submit("echo", {"sleep": 4}, app=app)
+    wait_for(lambda: get_job(result.id, app=app)["status"] == "in_progress", timeout=30,
+             message="the job to start")
+    start_worker("w2")
+    assert requeue(result.id, app=app) == "pending"  # w2 takes it: attempt 2
+    wait_for(lambda: get_job(result.id, app=app)["status"] == "completed", timeout=30,
+             message="the second run to complete")
+    seen = task_events.of(result.id)
+    assert "task-failed" not in seen and "task-revoked" not in seen
+    log = worker.log_path.read_text()
+    assert "ERROR" not in log and "Traceback" not in log
+    assert f"job {result.id} attempt 1 was taken from this run" in log
+    assert result.get(timeout=10)["worker"].startswith("w2@")
+    assert get_job(result.id, app=app)["attempts"] == 2
