@@ -49,13 +49,21 @@ def task_events(app: Celery) -> Iterator[EventLog]:
     log.stop()
 
 
-def test_cancel_of_running_job_ends_quietly_as_revoked(app, start_worker, task_events) -> None:
-    """Tried: an echo job running on a real worker (log level info) is cancelled by the
-    user. Before the fix the worker logged ``ERROR ... raised unexpected: JobCancelled``
-    with a traceback, the result backend said FAILURE and the worker sent
-    task-failed, so Flower counted the job as failed."""
+#: Jobs that run 30 s unless cancelled: one checks every 50 ms, the other runs through
+#: the simulation connector, whose watcher polls each second and stops the service.
+LONG_JOBS = {"echo": {"sleep": 30}, "simulation": {"steps": 1, "duration": 30}}
+
+
+@pytest.mark.parametrize("service", sorted(LONG_JOBS))
+def test_cancel_of_running_job_ends_quietly_as_revoked(
+        app, start_worker, task_events, service) -> None:
+    """Tried: an echo job, and a simulation job run by its connector, running on a
+    real worker (log level info), cancelled by the user. Before the fix the worker
+    logged ``ERROR ... raised unexpected: JobCancelled`` with a traceback, the result
+    backend said FAILURE and the worker sent task-failed, so Flower counted the job
+    as failed."""
     worker = start_worker("w1", args=["-l", "info"])
-    result = submit("echo", {"sleep": 30}, app=app)
+    result = submit(service, LONG_JOBS[service], app=app)
     wait_for(lambda: get_job(result.id, app=app)["status"] == "in_progress", timeout=30,
              message="the job to start")
     assert cancel(result.id, app=app) == "cancelled"
@@ -104,3 +112,23 @@ def test_run_whose_attempt_was_taken_away_stops_quietly(app, start_worker, task_
     assert f"job {result.id} attempt 1 was taken from this run" in log
     assert result.get(timeout=10)["worker"].startswith("w2@")
     assert get_job(result.id, app=app)["attempts"] == 2
+
+
+def test_cancel_with_terminate_is_revoked_too(app, start_worker, task_events) -> None:
+    """Tried: cancel(terminate=True) of a running simulation job (its connector
+    would notice in a second; the revoke is faster): Celery kills the run and
+    revokes it (its own path); the state and events say REVOKED, as for a
+    cooperative cancel, and the worker serves the next job."""
+    worker = start_worker("w1", args=["-l", "info"])
+    result = submit("simulation", LONG_JOBS["simulation"], app=app)
+    wait_for(lambda: get_job(result.id, app=app)["status"] == "in_progress", timeout=30,
+             message="the job to start")
+    assert cancel(result.id, app=app, terminate=True) == "cancelled"
+    wait_for(lambda: "task-revoked" in task_events.of(result.id)
+             or "task-failed" in task_events.of(result.id), timeout=20,
+             message="the worker's last event of the task")
+    assert result.state == "REVOKED" and "task-failed" not in task_events.of(result.id)
+    submit("echo", {"x": 1}, app=app).get(timeout=15)
+    assert get_job(result.id, app=app)["status"] == "cancelled"
+    log = worker.log_path.read_text()
+    assert "Traceback" not in log and "raised unexpected" not in log
