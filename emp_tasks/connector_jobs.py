@@ -20,7 +20,9 @@ from typing import Any
 from celery.utils.time import get_exponential_backoff_interval
 
 from capability_router.errors import JobCancelled
+from emp_tasks.bad_models import stop_advertising
 from emp_tasks.cancellation import is_cancelled
+from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
     Connector,
     ConnectorError,
@@ -56,6 +58,8 @@ def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
     except JobCancelledByService:
         raise JobCancelled(job.job_id) from None
     except ConnectorError as exc:
+        if isinstance(exc, ModelUnusableHere):  # before the retry can be claimed
+            stop_advertising(task, exc.bad_models, exc.message)
         raise retry_or_fail(task, exc) from None
 
 

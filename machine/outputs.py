@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -71,10 +71,15 @@ class LocalOutputStore:
 
     def put(self, job_id: str, filename: str, data: bytes,
             content_type: str | None = None) -> str:
-        """Write atomically (a reader never sees half a file); returns the file's URL."""
+        """Write atomically (a reader never sees half a file); returns the file's URL.
+
+        The file gets the mode of any new file (0666 less the umask), not
+        ``mkstemp``'s 0600: outputs are served and read by other users.
+        """
         path = self.path_for(job_id, filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        tmp = path.parent / f".part-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)

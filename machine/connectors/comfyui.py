@@ -14,9 +14,22 @@ Protocol (ComfyUI's, unchanged):
   quiet or after it dropped; ``GET /view`` fetches each output file into the
   output store;
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
-  the one running, or ``POST /queue {delete}`` if it still waits;
-- ``GET /system_stats`` is the health check, ``GET /object_info/<loader>`` the
-  model list.
+  the one running, or ``POST /queue {delete}`` if it still waits. ComfyUI acts on
+  an interrupt between nodes only, so a stopped job's ``process_job`` returns
+  only once the prompt left ComfyUI (``executing {node: null}`` for it, or
+  ``/queue`` without it), at most ``stop_wait_seconds`` later; past that the
+  connector is unhealthy (``service_stuck`` logged) until the prompt ends, and
+  the next job waits for it (up to ``busy_wait_seconds``) before queueing its
+  own. The instance is not restarted: the worker cannot reach the supervisor
+  of a local ComfyUI, and a remote one is not ours to restart;
+- ``GET /system_stats`` is the health check (a ``cpu`` device, ComfyUI's
+  ``--cpu``, reports system RAM as VRAM: counted as no GPU memory),
+  ``GET /object_info/<loader>`` the model list;
+- a loader that cannot load a model file it lists (corrupt, missing) is a MODEL
+  error naming the model in ``details["bad_models"]``; the connector stops
+  reporting the model, and the error is retryable when the job's requirements
+  name the model (the worker stops advertising it, so the retry goes to a
+  worker whose copy is good; see emp_tasks.bad_models).
 
 Job payload: ``workflow`` (API format; ``prompt`` is accepted too).
 
@@ -26,8 +39,9 @@ Settings (``make_connector("comfyui", {...})``; environment names in brackets):
 ``verify_tls`` [COMFYUI_VERIFY_TLS, true], ``ca_bundle`` [COMFYUI_CA_BUNDLE],
 ``timeout_seconds`` [EMP_COMFYUI_TIMEOUT_SECONDS, 600: submit to done],
 ``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 30: how long
-``initialize`` waits for the server to answer], ``output_store`` (an
-OutputStore; default from EMP_OUTPUT_STORE).
+``initialize`` waits for the server to answer], ``stop_wait_seconds``
+[EMP_COMFYUI_STOP_WAIT_SECONDS, 120: how long a stopped prompt may keep
+running], ``output_store`` (an OutputStore; default from EMP_OUTPUT_STORE).
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ import requests
 from simple_websocket import Client as WebSocketClient
 from simple_websocket import ConnectionClosed
 
+from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
     Connector,
     ConnectorError,
@@ -58,7 +73,12 @@ from machine.connectors.base import (
     ProgressCallback,
 )
 from machine.connectors.comfyui_client import ComfyUIClient
-from machine.connectors.comfyui_models import MODEL_LOADERS, combo_options, model_aliases
+from machine.connectors.comfyui_models import (
+    MODEL_LOADERS,
+    NOT_MODEL_FILES,
+    combo_options,
+    model_aliases,
+)
 from machine.connectors.comfyui_progress import ProgressTracker
 from machine.connectors.errors import MODEL_INPUTS, classify_error
 from machine.outputs import OutputStore, output_store_from_env
@@ -66,6 +86,7 @@ from machine.outputs import OutputStore, output_store_from_env
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_SECONDS = 600.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
+DEFAULT_STOP_WAIT_SECONDS = 120.0
 
 
 @dataclass
@@ -77,11 +98,14 @@ class PromptRun:
     #: The WebSocket the prompt's messages come on (replaced when it drops).
     socket: Any = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    cancel_deadline: float = 0.0
+    #: When ComfyUI must have stopped the prompt by (monotonic; 0: no stop sent yet).
+    stop_deadline: float = 0.0
     #: Removed from ComfyUI's queue before it ran: no message will come.
     dequeued: bool = False
     #: ComfyUI said the prompt ended (success, error or interrupt).
     ended: bool = False
+    #: The prompt left ComfyUI's queue (``executing null`` for it, its history, /queue).
+    off_queue: bool = False
     #: An interrupt or unqueue was sent already.
     stop_sent: bool = False
     last_report: tuple[float, str] | None = None
@@ -97,8 +121,10 @@ class ComfyUIConnector(Connector):
     history_poll_seconds: float = 5.0
     #: Seconds ``/history`` may lag the end of a prompt.
     history_wait_seconds: float = 10.0
-    #: Seconds to wait for ComfyUI to confirm an interrupt before giving up on it.
-    cancel_grace_seconds: float = 10.0
+    #: Seconds between ``/queue`` checks while waiting for a stopped prompt to end.
+    stop_poll_seconds: float = 0.5
+    #: Seconds a new job waits for a prompt that outlived ``stop_wait_seconds``.
+    busy_wait_seconds: float = 60.0
     #: Seconds between tries while ``initialize`` waits for the server.
     startup_poll_seconds: float = 0.5
     #: Output file types fetched into the store ("temp" are previews).
@@ -112,14 +138,20 @@ class ComfyUIConnector(Connector):
     def __init__(self, connector_id: str, client: ComfyUIClient,
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
                  startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
-                 output_store: OutputStore | None = None) -> None:
+                 output_store: OutputStore | None = None,
+                 stop_wait_seconds: float = DEFAULT_STOP_WAIT_SECONDS) -> None:
         super().__init__(connector_id)
         self.client = client
         self.timeout_seconds = float(timeout_seconds)
         self.startup_timeout_seconds = float(startup_timeout_seconds)
+        self.stop_wait_seconds = float(stop_wait_seconds)
         self._output_store = output_store
         self._runs: dict[str, PromptRun] = {}
         self._lock = threading.Lock()
+        #: Prompt of a stopped job that outlived ``stop_wait_seconds`` (None: none).
+        self._stuck_prompt: str | None = None
+        #: Models a loader failed to load here: no longer reported (see bad_models).
+        self.bad_models: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ComfyUIConnector:
@@ -134,7 +166,9 @@ class ComfyUIConnector(Connector):
             timeout_seconds=float(settings.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
             startup_timeout_seconds=float(settings.get("startup_timeout_seconds")
                                           or DEFAULT_STARTUP_TIMEOUT_SECONDS),
-            output_store=settings.get("output_store"))
+            output_store=settings.get("output_store"),
+            stop_wait_seconds=float(settings.get("stop_wait_seconds")
+                                    or DEFAULT_STOP_WAIT_SECONDS))
 
     @property
     def output_store(self) -> OutputStore:
@@ -160,29 +194,47 @@ class ComfyUIConnector(Connector):
             time.sleep(self.startup_poll_seconds)
 
     def check_health(self) -> Health:
-        """``/system_stats``: reachable, with its devices and VRAM (GB)."""
+        """``/system_stats``: reachable, with its devices and GPU memory (GB).
+
+        A ``cpu`` device (ComfyUI ``--cpu``) reports system RAM as its VRAM;
+        it counts as no GPU memory. Unhealthy while a stopped job's prompt
+        still runs past ``stop_wait_seconds``.
+        """
         try:
             stats = self.client.get_json("/system_stats")
+            stuck = self._still_stuck()
         except ConnectorError as exc:
             return Health(False, {"url": self.client.url, "error": str(exc)})
         devices = stats.get("devices") or []
+        gpus = [d for d in devices if str(d.get("type") or "").lower() != "cpu"]
         gib = 1024 ** 3
-        return Health(True, {
+        details = {
             "url": self.client.url,
             "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
             "devices": [device.get("name") for device in devices],
-            "vram_total_gb": round(sum(d.get("vram_total") or 0 for d in devices) / gib, 2),
-            "vram_free_gb": round(sum(d.get("vram_free") or 0 for d in devices) / gib, 2),
-        })
+            "device_types": [device.get("type") for device in devices],
+            "gpu": bool(gpus),
+            "vram_total_gb": round(sum(d.get("vram_total") or 0 for d in gpus) / gib, 2),
+            "vram_free_gb": round(sum(d.get("vram_free") or 0 for d in gpus) / gib, 2),
+        }
+        if stuck:
+            return Health(False, {**details, "error": f"ComfyUI still runs prompt {stuck} "
+                                  "of a stopped job"})
+        return Health(True, details)
 
     def available_models(self) -> dict[str, list[str]]:
-        """Options of the loader nodes' model inputs, with aliases (see comfyui_models)."""
+        """Options of the loader nodes' model inputs, with aliases (see comfyui_models).
+
+        Built-in options that are no file (``pixel_space``) and models a loader
+        failed to load here (``bad_models``) are left out.
+        """
         names: set[str] = set()
         for node_class, input_name in MODEL_LOADERS:
             info = self.client.get_json(f"/object_info/{node_class}")
             for option in combo_options(info.get(node_class), input_name):
-                names |= model_aliases(option)
-        return {self.service: sorted(names)}
+                if option not in NOT_MODEL_FILES:
+                    names |= model_aliases(option)
+        return {self.service: sorted(names - self.bad_models)}
 
     def close(self) -> None:
         self.client.close()
@@ -192,6 +244,7 @@ class ComfyUIConnector(Connector):
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
         """Queue the workflow, follow it to the end, store its output files."""
         workflow = self._workflow(job.payload)
+        self._wait_until_free()
         run = PromptRun(job.job_id)
         tracker = ProgressTracker(workflow)
         client_id = f"emp-{uuid.uuid4().hex}"
@@ -199,9 +252,11 @@ class ComfyUIConnector(Connector):
             self._runs[job.job_id] = run
         try:
             entry = self._run_prompt(run, workflow, client_id, tracker, progress)
-        except BaseException:
-            if run.prompt_id and not run.ended and not run.stop_sent:
-                self._stop_quietly(run)
+        except ConnectorError as exc:
+            if exc.error_type == ErrorType.MODEL and exc.details.get("node_id") is not None:
+                unusable = self._unusable_models(exc, workflow, job)
+                if unusable is not None:
+                    raise unusable from None
             raise
         finally:
             with self._lock:
@@ -220,7 +275,6 @@ class ComfyUIConnector(Connector):
             run = self._runs.get(job_id)
         if run is None:
             return False
-        run.cancel_deadline = time.monotonic() + self.cancel_grace_seconds
         run.cancel.set()
         if run.prompt_id is not None:
             self._stop_quietly(run)
@@ -249,6 +303,14 @@ class ComfyUIConnector(Connector):
             if run.cancel.is_set():  # cancelled while we queued it
                 self._stop_quietly(run)
             return self._follow(run, client_id, tracker, progress)
+        except BaseException:
+            # Cancelled (here or by the progress callback), timed out or failed: the
+            # worker's next job must not be queued into a ComfyUI still running this one.
+            if run.prompt_id and not run.off_queue and not run.dequeued:
+                if not run.ended and not run.stop_sent:
+                    self._stop_quietly(run)
+                self._await_off_queue(run)
+            raise
         finally:
             _close_quietly(run.socket)
 
@@ -273,9 +335,10 @@ class ComfyUIConnector(Connector):
         while True:
             now = time.monotonic()
             if run.cancel.is_set():
-                if run.dequeued or now >= run.cancel_deadline:
+                if run.dequeued or (run.stop_deadline and now >= run.stop_deadline):
                     run.ended = run.ended or run.dequeued
                     raise JobCancelledByService(f"job {run.job_id} cancelled")
+                next_history_check = min(next_history_check, now + self.stop_poll_seconds)
             elif now >= deadline:
                 self._stop_quietly(run)
                 raise ConnectorError(f"prompt {run.prompt_id} did not finish within "
@@ -302,6 +365,7 @@ class ComfyUIConnector(Connector):
                 continue  # another prompt on the same server
             if kind == "executing" and data.get("node") is None:
                 if data.get("prompt_id") == run.prompt_id:
+                    run.off_queue = True
                     return self._outcome(run, self._wait_for_history(run))
                 continue
             if kind == "execution_success":
@@ -349,7 +413,7 @@ class ComfyUIConnector(Connector):
 
     def _outcome(self, run: PromptRun, entry: dict[str, Any]) -> dict[str, Any]:
         """The history entry of a finished prompt, or its failure raised."""
-        run.ended = True
+        run.ended = run.off_queue = True  # ComfyUI writes history as it dequeues
         status = entry.get("status") or {}
         if run.cancel.is_set():
             raise JobCancelledByService(f"job {run.job_id} cancelled")
@@ -396,6 +460,8 @@ class ComfyUIConnector(Connector):
         whatever runs, so the queue is read first to make sure it is ours.
         """
         run.stop_sent = True
+        if not run.stop_deadline:
+            run.stop_deadline = time.monotonic() + self.stop_wait_seconds
         try:
             queue = self.client.get_json("/queue")
             running = [item[1] for item in queue.get("queue_running") or []]
@@ -408,6 +474,95 @@ class ComfyUIConnector(Connector):
         except (ConnectorError, LookupError, TypeError, AttributeError) as exc:
             self.log(None, run.job_id, logging.WARNING,
                      f"could not stop prompt {run.prompt_id}: {exc}")
+
+    def _in_queue(self, prompt_id: str) -> bool:
+        """Whether ComfyUI's ``/queue`` still lists the prompt (running or waiting)."""
+        queue = self.client.get_json("/queue")
+        rows = [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]
+        return any(isinstance(row, list) and len(row) > 1 and row[1] == prompt_id
+                   for row in rows)
+
+    def _await_off_queue(self, run: PromptRun) -> None:
+        """Wait until the prompt left ComfyUI, at most until ``stop_deadline``; never raises.
+
+        The socket tells first (``executing {node: null}`` for the prompt comes
+        after ComfyUI dequeued it); ``/queue`` is read every ``stop_poll_seconds``
+        in case the socket is gone. Past the deadline the prompt is remembered
+        as stuck: the connector is unhealthy until it ends.
+        """
+        deadline = run.stop_deadline or time.monotonic() + self.stop_wait_seconds
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if now >= next_check:
+                    next_check = now + self.stop_poll_seconds
+                    if not self._in_queue(str(run.prompt_id)):
+                        run.off_queue = True
+                        return
+                if now >= deadline:
+                    break
+                if _prompt_left(run.socket, run.prompt_id, min(0.25, deadline - now)):
+                    run.off_queue = True
+                    return
+            except ConnectionClosed:
+                run.socket = None
+            except (ConnectorError, LookupError, TypeError, AttributeError) as exc:
+                self.log(None, run.job_id, logging.WARNING, f"could not tell whether prompt "
+                         f"{run.prompt_id} stopped: {exc}")
+                return
+            if run.socket is None:
+                time.sleep(min(self.stop_poll_seconds, max(0.0, deadline - now)))
+        self._stuck_prompt = run.prompt_id
+        self.log("service_stuck", run.job_id, logging.WARNING,
+                 f"ComfyUI still runs prompt {run.prompt_id} {self.stop_wait_seconds:g}s after "
+                 "it was stopped; unhealthy until it ends", prompt_id=run.prompt_id)
+
+    def _still_stuck(self) -> str | None:
+        """The stuck prompt if ComfyUI still has it; clears (and logs) once it is gone."""
+        prompt_id = self._stuck_prompt
+        if prompt_id is None:
+            return None
+        if self._in_queue(prompt_id):
+            return prompt_id
+        self._stuck_prompt = None
+        self.log(None, level=logging.INFO,
+                 message=f"ComfyUI finished stuck prompt {prompt_id}; healthy again")
+        return None
+
+    def _wait_until_free(self) -> None:
+        """Before queueing: wait up to ``busy_wait_seconds`` for a stuck prompt to end."""
+        deadline = time.monotonic() + self.busy_wait_seconds
+        while (stuck := self._still_stuck()) is not None:
+            if time.monotonic() >= deadline:
+                raise ConnectorError(f"ComfyUI still runs prompt {stuck} of a stopped job",
+                                     ErrorType.SERVICE)
+            time.sleep(self.stop_poll_seconds)
+
+    def _unusable_models(self, exc: ConnectorError, workflow: dict[str, Any],
+                         job: JobInput) -> ModelUnusableHere | None:
+        """A loader failed on a model it lists: stop reporting it; retry elsewhere if required.
+
+        The failing node's model inputs name the model; its aliases go into
+        ``bad_models`` and into the error, which the worker uses to re-register
+        its profile without them. None when the node names no model.
+        """
+        node = workflow.get(str(exc.details.get("node_id"))) or {}
+        names: set[str] = set()
+        for input_name, value in (node.get("inputs") or {}).items():
+            if input_name in MODEL_INPUTS and isinstance(value, str) and value:
+                names |= model_aliases(value)
+        if not names:
+            return None
+        self.bad_models |= names
+        required = (job.requirements or {}).get("models") or []
+        required = [required] if isinstance(required, str) else required
+        elsewhere = isinstance(required, list) and bool(names & set(required))
+        self.log("model_unusable", job.job_id, logging.WARNING,
+                 f"{', '.join(sorted(names))} cannot be loaded here ({exc.message}); "
+                 "no longer reported", models=sorted(names))
+        return ModelUnusableHere(exc.message, {self.service: sorted(names)},
+                                 retry_elsewhere=elsewhere, details=exc.details)
 
     # -- outputs ------------------------------------------------------------------
 
@@ -490,6 +645,22 @@ def _await_greeting(ws: WebSocketClient, timeout: float) -> None:
         except ConnectionClosed as exc:
             raise ConnectorError(f"ComfyUI closed the WebSocket at once: {exc}",
                                  ErrorType.NETWORK) from exc
+
+
+def _prompt_left(ws: WebSocketClient | None, prompt_id: str | None, timeout: float) -> bool:
+    """Read one socket message; True if it is ``executing {node: null}`` for the prompt."""
+    if ws is None:
+        return False
+    raw = ws.receive(timeout=max(0.0, timeout))
+    if not isinstance(raw, str):
+        return False
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return False
+    data = message.get("data") or {}
+    return (message.get("type") == "executing" and data.get("node") is None
+            and data.get("prompt_id") == prompt_id)
 
 
 def _close_quietly(ws: WebSocketClient) -> None:

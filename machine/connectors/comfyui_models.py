@@ -22,6 +22,9 @@ MODEL_LOADERS: tuple[tuple[str, str], ...] = (
     ("UpscaleModelLoader", "model_name"),
 )
 
+#: Built-in loader options that are no model file (VAELoader's "decode nothing").
+NOT_MODEL_FILES = frozenset({"pixel_space"})
+
 #: Extensions dropped for the extension-less alias.
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
 

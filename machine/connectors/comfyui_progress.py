@@ -3,7 +3,8 @@
 Percent = (nodes done + the current node's step fraction) / nodes in the
 workflow. ComfyUI skips nodes no output needs and reports cached nodes in a
 batch, so the figure can jump; it never goes backwards and stays below 100
-until the prompt is done.
+until ``finish`` (the prompt is done and its files are stored): a workflow
+served wholly from ComfyUI's cache lists every node as cached at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ProgressTracker:
         self.step = 0
         self.max_steps = 0
         self._percent = 0.0
+        self.finished = False
 
     def cached(self, nodes: list[Any]) -> None:
         self.done.update(str(node) for node in nodes)
@@ -46,6 +48,8 @@ class ProgressTracker:
         self.done.add(str(node))
 
     def finish(self) -> None:
+        """The prompt is done and its outputs are stored: 100 percent."""
+        self.finished = True
         if self.current is not None:
             self.done.add(self.current)
         self.current = None
@@ -57,7 +61,7 @@ class ProgressTracker:
 
     @property
     def percent(self) -> float:
-        if self.nodes_done >= self.nodes_total and self.current is None:
+        if self.finished:
             self._percent = 100.0
             return self._percent
         fraction = 0.0
@@ -72,7 +76,7 @@ class ProgressTracker:
         percent = self.percent
         node_class = self.classes.get(self.current or "", "")
         if self.current is None:
-            message = "completed" if percent >= 100 else "started"
+            message = "completed" if self.finished else "started"
         elif self.max_steps:
             message = f"{node_class or 'node'} #{self.current}: step {self.step}/{self.max_steps}"
         else:

@@ -25,7 +25,10 @@ _RULES: tuple[tuple[ErrorType, re.Pattern[str]], ...] = (
     (ErrorType.MODEL, re.compile(
         rf"\b({'|'.join(MODEL_INPUTS)})\b.*not in|model (file )?not found|missing model"
         rf"|no such model|could not (find|load) (the )?(model|checkpoint)|checkpoint not found"
-        rf"|(no such file|not found|does not exist).*{_MODEL_FILE}", re.I)),
+        rf"|(no such file|not found|does not exist).*{_MODEL_FILE}"
+        # A model file that is there but unreadable (empty, truncated, corrupt):
+        r"|safetensorerror|error while deserializing header|headertoolarge"
+        r"|metadataincompletebuffer|pytorchstreamreader failed|invalid load key", re.I)),
     (ErrorType.TIMEOUT, re.compile(r"timed? ?out|timeout|deadline exceeded", re.I)),
     (ErrorType.NETWORK, re.compile(
         r"connection (refused|reset|aborted|error|closed)|network is unreachable|broken pipe"

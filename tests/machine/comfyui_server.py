@@ -1,19 +1,37 @@
 """A ComfyUI-protocol server for tests: stock ComfyUI's endpoints and socket messages.
 
 It "executes" a workflow the way ComfyUI does: only nodes an output node
-needs, in dependency order, unchanged non-output nodes reported as cached,
-``executing``/``progress`` per node and sampler step (with binary preview
-frames in between), ``executed`` with the UI outputs of SaveImage
+needs, in dependency order, unchanged nodes reported as cached,
+``executing``/``progress``/``progress_state`` per node and sampler step (with
+binary preview frames in between), ``executed`` with the UI outputs of SaveImage
 (a real PNG in its output directory, served by ``/view``), then
-``execution_success``, the history entry, and ``executing {node: null}``.
+``execution_success``, the history entry, ``status`` and ``executing {node: null}``.
+
+What a real stock ComfyUI 0.8 was seen to do (/work/shared/reference/real-comfyui.md)
+and this server does too:
+
+- ``/ws`` sends ``status`` first; a second socket with the same clientId
+  replaces the first (which is closed here) and, while that client's prompt
+  runs, receives ``executing {node: <last>}`` without a ``prompt_id``;
+- ``progress_state {prompt_id, nodes}`` besides ``progress {value, max, prompt_id, node}``;
+- an identical workflow is served from cache, output nodes included:
+  ``execution_cached`` lists every node and ``executed`` repeats the earlier
+  output, earlier filename included (so does ``/history``);
+- ``/interrupt`` takes effect between nodes: a node runs to its end first
+  (a sampler also stops at its next step, as ComfyUI's progress hook checks it);
+- ``/system_stats`` with ``cpu=True`` (``--cpu``) reports one ``cpu`` device
+  whose ``vram_total`` is the system RAM;
+- ``VAELoader`` lists ``pixel_space``, which is not a model file.
 
 Failure paths as a real server has them:
 
 - a checkpoint not in the list: 400 ``prompt_outputs_failed_validation`` with a
   ``value_not_in_list`` node error;
 - a checkpoint in ``broken_checkpoints``: ``execution_error`` FileNotFoundError;
+- a checkpoint in ``corrupt_checkpoints`` (an empty or truncated file):
+  ``execution_error`` SafetensorError "Error while deserializing header: header too small";
 - a latent over ``max_pixels``: ``execution_error`` torch.OutOfMemoryError;
-- ``POST /interrupt`` mid-run: ``execution_interrupted`` at the next step.
+- ``POST /interrupt`` mid-run: ``execution_interrupted`` after the running node.
 
 Optional basic auth or bearer token (checked on HTTP and the WebSocket) and
 TLS. Run alone: ``python tests/machine/comfyui_server.py --port 8188``.
@@ -92,9 +110,13 @@ class ComfyUITestServer:
     :param loras: names ``LoraLoader.lora_name`` offers.
     :param step_seconds: time per sampler step.
     :param node_seconds: time per other node.
-    :param slow_nodes: time of these node classes instead (a model load, say); interruptible.
+    :param slow_nodes: time of these node classes instead (a model load, say); like ComfyUI,
+        an interrupt waits for the node's end.
     :param max_pixels: a bigger latent (width*height*batch) fails with out of memory.
     :param broken_checkpoints: listed but fail to load (file missing).
+    :param corrupt_checkpoints: listed but fail to load (SafetensorError: header too small).
+    :param vaes: names ``VAELoader.vae_name`` offers (``pixel_space`` is always added).
+    :param cpu: run "with --cpu": one ``cpu`` device reporting system RAM as its VRAM.
     :param username/password: require basic auth; ``token``: require a bearer token.
     :param tls: (certfile, keyfile) to serve https/wss.
     :param combo_format: describe combos as newer ComfyUI does (``["COMBO", {options}]``).
@@ -104,7 +126,9 @@ class ComfyUITestServer:
                  loras: Iterable[str] = (), step_seconds: float = 0.02,
                  node_seconds: float = 0.005, slow_nodes: dict[str, float] | None = None,
                  max_pixels: int = 1024 * 1024,
-                 broken_checkpoints: Iterable[str] = (), username: str | None = None,
+                 broken_checkpoints: Iterable[str] = (),
+                 corrupt_checkpoints: Iterable[str] = (), vaes: Iterable[str] = (),
+                 cpu: bool = False, username: str | None = None,
                  password: str | None = None, token: str | None = None,
                  tls: tuple[str, str] | None = None, combo_format: bool = False) -> None:
         self.root = Path(root)
@@ -113,6 +137,8 @@ class ComfyUITestServer:
             directory.mkdir(parents=True, exist_ok=True)
         self.checkpoints, self.loras = list(checkpoints), list(loras)
         self.broken_checkpoints = set(broken_checkpoints)
+        self.corrupt_checkpoints = set(corrupt_checkpoints)
+        self.vaes, self.cpu = [*vaes, "pixel_space"], cpu
         self.step_seconds, self.node_seconds = step_seconds, node_seconds
         self.slow_nodes = dict(slow_nodes or {})
         self.max_pixels = max_pixels
@@ -123,9 +149,13 @@ class ComfyUITestServer:
         self.history: dict[str, dict[str, Any]] = {}
         self.interrupts: list[str | None] = []
         self.requests: list[str] = []
+        #: Prompt ids POSTed while another prompt was executing.
+        self.queued_while_busy: list[str] = []
         self._interrupt = threading.Event()
-        self._cache: set[str] = set()
-        self._sockets: dict[str, list[Any]] = {}
+        #: Node signature -> its UI output (None for nodes without one).
+        self._cache: dict[str, Any] = {}
+        self._sockets: dict[str, Any] = {}
+        self._last_node: str | None = None
         self._send_locks: dict[int, threading.Lock] = {}
         self._cond = threading.Condition()
         self._numbers = itertools.count()
@@ -171,12 +201,11 @@ class ComfyUITestServer:
 
     def drop_sockets(self) -> None:
         """Close every client socket (a proxy or network blip)."""
-        for sockets in list(self._sockets.values()):
-            for ws in list(sockets):
-                try:
-                    ws.close()
-                except Exception:
-                    pass
+        for ws in list(self._sockets.values()):
+            try:
+                ws.close()
+            except Exception:
+                pass
 
     # -- HTTP and WebSocket -------------------------------------------------------
 
@@ -199,8 +228,11 @@ class ComfyUITestServer:
             if error is not None:
                 return jsonify(error), 400
             item = {"number": next(self._numbers), "prompt_id": str(uuid.uuid4()),
-                    "prompt": workflow, "client_id": client_id}
+                    "prompt": workflow, "client_id": client_id,
+                    "create_time": int(time.time() * 1000)}
             with self._cond:
+                if self.running is not None:
+                    self.queued_while_busy.append(item["prompt_id"])
                 self.pending.append(item)
                 self._cond.notify_all()
             self._broadcast_status()
@@ -262,13 +294,21 @@ class ComfyUITestServer:
         @app.get("/system_stats")
         def system_stats() -> Any:
             gib = 1024 ** 3
+            ram_total, ram_free = 64 * gib, 32 * gib
+            if self.cpu:  # what ComfyUI --cpu reports: the system RAM as the device's VRAM
+                device = {"name": "cpu", "type": "cpu", "index": None,
+                          "vram_total": ram_total, "vram_free": ram_free,
+                          "torch_vram_total": ram_total, "torch_vram_free": ram_free}
+            else:
+                device = {"name": "cuda:0 Test GPU", "type": "cuda", "index": 0,
+                          "vram_total": 24 * gib, "vram_free": 20 * gib,
+                          "torch_vram_total": 24 * gib, "torch_vram_free": 20 * gib}
+            argv = ["main.py", "--cpu"] if self.cpu else ["main.py"]
             return jsonify({
-                "system": {"os": "posix", "ram_total": 64 * gib, "ram_free": 32 * gib,
-                           "comfyui_version": "0.3.test", "python_version": "3.11",
-                           "pytorch_version": "2.x", "embedded_python": False, "argv": []},
-                "devices": [{"name": "cuda:0 Test GPU", "type": "cuda", "index": 0,
-                             "vram_total": 24 * gib, "vram_free": 20 * gib,
-                             "torch_vram_total": 24 * gib, "torch_vram_free": 20 * gib}]})
+                "system": {"os": "posix", "ram_total": ram_total, "ram_free": ram_free,
+                           "comfyui_version": "0.8.0", "python_version": "3.11",
+                           "pytorch_version": "2.x", "embedded_python": False, "argv": argv},
+                "devices": [device]})
 
         @app.get("/object_info")
         def object_info() -> Any:
@@ -288,14 +328,26 @@ class ComfyUITestServer:
         def websocket(ws: Any) -> None:
             client_id = request.args.get("clientId") or uuid.uuid4().hex
             self._send_locks[id(ws)] = threading.Lock()
-            self._sockets.setdefault(client_id, []).append(ws)
+            replaced = self._sockets.get(client_id)
+            self._sockets[client_id] = ws  # ComfyUI keeps one socket per client id
+            if replaced is not None:
+                try:
+                    replaced.close()
+                except Exception:
+                    pass
             try:
                 self._send(ws, "status", {"status": {"exec_info": {
-                    "queue_remaining": len(self.pending)}}, "sid": client_id})
+                    "queue_remaining": self._queue_remaining()}}, "sid": client_id})
+                with self._cond:
+                    running = self.running
+                    last = self._last_node
+                if running and running["client_id"] == client_id and last is not None:
+                    self._send(ws, "executing", {"node": last})  # no prompt_id, as ComfyUI
                 while not self._stopped.is_set():
                     ws.receive(timeout=1)
             finally:
-                self._sockets.get(client_id, []).remove(ws)
+                if self._sockets.get(client_id) is ws:
+                    del self._sockets[client_id]
                 self._send_locks.pop(id(ws), None)
 
         return app
@@ -312,6 +364,7 @@ class ComfyUITestServer:
     def _node_classes(self) -> dict[str, dict[str, Any]]:
         return {
             "CheckpointLoaderSimple": {"ckpt_name": self._combo(self.checkpoints)},
+            "VAELoader": {"vae_name": self._combo(self.vaes)},
             "LoraLoader": {"model": ["MODEL"], "clip": ["CLIP"],
                            "lora_name": self._combo(self.loras)},
             "CLIPTextEncode": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]},
@@ -384,14 +437,18 @@ class ComfyUITestServer:
                 pass
 
     def _to_client(self, client_id: str | None, kind: str | None, data: Any) -> None:
-        for ws in list(self._sockets.get(client_id or "", [])):
+        ws = self._sockets.get(client_id or "")
+        if ws is not None:
             self._send(ws, kind, data)
 
+    def _queue_remaining(self) -> int:
+        with self._cond:
+            return len(self.pending) + (1 if self.running else 0)
+
     def _broadcast_status(self) -> None:
-        data = {"status": {"exec_info": {"queue_remaining": len(self.pending)}}}
-        for sockets in list(self._sockets.values()):
-            for ws in list(sockets):
-                self._send(ws, "status", data)
+        data = {"status": {"exec_info": {"queue_remaining": self._queue_remaining()}}}
+        for ws in list(self._sockets.values()):
+            self._send(ws, "status", data)
 
     # -- execution ----------------------------------------------------------------
 
@@ -404,12 +461,17 @@ class ComfyUITestServer:
                     return
                 self.running = self.pending.pop(0)
                 self._interrupt.clear()
+            item = self.running
             try:
-                self._execute(self.running)
+                self._execute(item)
             finally:
                 with self._cond:
                     self.running = None
+                    self._last_node = None
+            # As ComfyUI's prompt worker: the queue update (status) first, then "done".
             self._broadcast_status()
+            self._to_client(item["client_id"], "executing",
+                            {"node": None, "prompt_id": item["prompt_id"]})
 
     def _execute(self, item: dict[str, Any]) -> None:
         prompt_id, workflow, client_id = item["prompt_id"], item["prompt"], item["client_id"]
@@ -425,22 +487,33 @@ class ComfyUITestServer:
         messages.append(["execution_start", {"prompt_id": prompt_id, "timestamp": now()}])
         order = self._order(workflow)
         signatures = {n: self._signature(workflow, n) for n in order}
-        cached = [n for n in order if workflow[n]["class_type"] not in OUTPUT_NODES
-                  and signatures[n] in self._cache]
+        cached = [n for n in order if signatures[n] in self._cache]
         send("execution_cached", {"nodes": cached, "timestamp": now()})
+        messages.append(["execution_cached", {"nodes": cached, "prompt_id": prompt_id,
+                                              "timestamp": now()}])
         executed, outputs, values = list(cached), {}, {}
+        states: dict[str, dict[str, Any]] = {}
         status = "success"
         try:
             for node_id in order:
                 if node_id in cached:
                     values[node_id] = self._cached_value(workflow, node_id, values)
+                    ui = self._cache[signatures[node_id]]
+                    if ui:  # ComfyUI repeats a cached output node's earlier output
+                        outputs[node_id] = ui
+                        send("executed", {"node": node_id, "display_node": node_id,
+                                          "output": ui})
                     continue
                 if self._interrupt.is_set():
                     raise Interrupted(node_id)
+                with self._cond:
+                    self._last_node = node_id
                 send("executing", {"node": node_id, "display_node": node_id})
-                ui = self._run_node(node_id, workflow, values, send)
+                self._progress_state(send, states, node_id, "running", 0, 1)
+                ui = self._run_node(node_id, workflow, values, send, states)
+                self._progress_state(send, states, node_id, "finished", 1, 1)
                 executed.append(node_id)
-                self._cache.add(signatures[node_id])
+                self._cache[signatures[node_id]] = ui
                 if ui:
                     outputs[node_id] = ui
                     send("executed", {"node": node_id, "display_node": node_id, "output": ui})
@@ -463,14 +536,24 @@ class ComfyUITestServer:
             send("execution_error", data)
             messages.append(["execution_error", data])
         self.history[prompt_id] = {
-            "prompt": [item["number"], prompt_id, workflow, {"client_id": client_id},
+            "prompt": [item["number"], prompt_id, workflow,
+                       {"client_id": client_id, "create_time": item["create_time"]},
                        self._outputs_of(workflow)],
             "outputs": outputs,
             "status": {"status_str": status, "completed": status == "success",
                        "messages": messages},
-            "meta": {n: {"node_id": n, "display_node": n} for n in outputs},
+            "meta": {n: {"node_id": n, "display_node": n, "parent_node": None,
+                         "real_node_id": n} for n in outputs},
         }
-        send("executing", {"node": None})
+
+    @staticmethod
+    def _progress_state(send: Any, states: dict[str, dict[str, Any]], node_id: str,
+                        state: str, value: float, maximum: float) -> None:
+        """ComfyUI 0.8's ``progress_state``: every node of the prompt seen so far."""
+        states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
+                           "display_node_id": node_id, "parent_node_id": None,
+                           "real_node_id": node_id}
+        send("progress_state", {"nodes": {n: dict(s) for n, s in states.items()}})
 
     def _order(self, workflow: dict[str, Any]) -> list[str]:
         """Nodes the outputs need, each after the nodes it links to."""
@@ -513,12 +596,15 @@ class ComfyUITestServer:
         return {}
 
     def _run_node(self, node_id: str, workflow: dict[str, Any], values: dict[str, Any],
-                  send: Any) -> dict[str, Any] | None:
+                  send: Any, states: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         node = workflow[node_id]
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple" and inputs["ckpt_name"] in self.broken_checkpoints:
             raise NodeError(node_id, "FileNotFoundError", "[Errno 2] No such file or directory: "
                             f"'/ComfyUI/models/checkpoints/{inputs['ckpt_name']}'")
+        if kind == "CheckpointLoaderSimple" and inputs["ckpt_name"] in self.corrupt_checkpoints:
+            raise NodeError(node_id, "SafetensorError",
+                            "Error while deserializing header: header too small")
         if kind == "KSampler":
             latent = self._linked(workflow, node_id, "latent_image", values)
             pixels = latent.get("width", 512) * latent.get("height", 512) * latent.get("batch", 1)
@@ -531,12 +617,13 @@ class ComfyUITestServer:
                 if self._interrupt.wait(self.step_seconds):
                     raise Interrupted(node_id)
                 send("progress", {"value": step, "max": steps, "node": node_id})
+                self._progress_state(send, states, node_id, "running", step, steps)
                 if step % 2 == 0:  # a latent preview: binary frame, event type 1, PNG
                     send(None, struct.pack(">II", 1, 2) + png_bytes(2, 2))
             values[node_id] = latent
             return None
-        if self._interrupt.wait(self.slow_nodes.get(kind, self.node_seconds)):
-            raise Interrupted(node_id)
+        # No progress hook in other nodes: ComfyUI checks the interrupt after them.
+        time.sleep(self.slow_nodes.get(kind, self.node_seconds))
         values[node_id] = self._cached_value(workflow, node_id, values)
         if kind in OUTPUT_NODES:
             return {"images": self._save(inputs, values[node_id], kind)}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import requests
 from comfyui_server import ComfyUITestServer, txt2img
 from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
+from simple_websocket import Client as WebSocketClient
+from simple_websocket import ConnectionClosed
 
 from capability_router.errors import JobCancelled
 from machine.connectors import (
@@ -233,3 +239,206 @@ def test_unreachable_server_is_a_network_error(tmp_path: Path) -> None:
     with pytest.raises(ConnectorError) as caught:
         connector.run_job(job("x", txt2img()), lambda r: None)
     assert caught.value.error_type == ErrorType.NETWORK and caught.value.retryable
+
+
+# -- issue 10: what a real ComfyUI 0.8 does (see comfyui_server's docstring) -----------------
+
+
+def test_pixel_space_is_not_reported_as_a_model(start_comfyui) -> None:
+    """VAELoader lists the built-in ``pixel_space`` next to VAE files; it is no model file.
+
+    Tried: a server offering one VAE file; its models must hold the VAE and
+    not ``pixel_space`` (which was reported as a model before).
+    """
+    server = start_comfyui(vaes=["ae.safetensors"])
+    models = make_connector("comfyui", {"url": server.url}).available_models()["comfyui"]
+    assert "ae.safetensors" in models and "ae" in models
+    assert "pixel_space" not in models
+
+
+def test_health_of_a_cpu_only_comfyui_reports_no_gpu_memory(start_comfyui) -> None:
+    """With ``--cpu`` ComfyUI reports system RAM as the cpu device's ``vram_total``.
+
+    Tried: a server answering /system_stats as ``main.py --cpu`` does (64 GiB
+    RAM); the health check reported 64 GB of VRAM before, it must report none.
+    """
+    health = make_connector("comfyui", {"url": start_comfyui(cpu=True).url}).check_health()
+    assert health.healthy
+    assert health.details["vram_total_gb"] == 0 and health.details["vram_free_gb"] == 0
+    assert health.details["device_types"] == ["cpu"] and health.details["gpu"] is False
+
+
+def test_stored_outputs_are_readable_like_normal_files(comfyui, store) -> None:
+    """Output files get the usual mode (0644 under the default umask), not mkstemp's 0600.
+
+    Tried: one job under umask 022; its stored PNG must be mode 0644 (was 0600).
+    """
+    old = os.umask(0o022)
+    try:
+        output = connector_for(comfyui, store).run_job(job("modes", txt2img(steps=1)),
+                                                       lambda r: None)
+    finally:
+        os.umask(old)
+    [entry] = output.output_files
+    path = store.path_for("modes", entry["filename"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_identical_workflow_served_from_cache_names_the_earlier_file(comfyui, store) -> None:
+    """ComfyUI serves an identical workflow from cache, output node and filename included.
+
+    Tried: the same workflow twice. The second prompt's ``execution_cached``
+    lists every node and its output is the first one's file; the second job's
+    result must name that file, stored under the second job, and its progress
+    must not say 100/"completed" before that file is stored (it did: every
+    node cached looked like done).
+    """
+    connector = connector_for(comfyui, store)
+    first = connector.run_job(job("first", txt2img(steps=2)), lambda r: None)
+    stored_when: list[tuple[float, bool]] = []
+
+    def progress(report: Progress) -> None:
+        stored_when.append((report.percent, any(store.directory.joinpath("second").glob("*"))))
+
+    second = connector.run_job(job("second", txt2img(steps=2)), progress)
+    [old], [new] = first.output_files, second.output_files
+    assert new["filename"] == old["filename"] and new["node_id"] == "9"
+    assert store.path_for("second", new["filename"]).read_bytes().startswith(b"\x89PNG")
+    [(name, data)] = [m for m in comfyui.history[second.data["prompt_id"]]["status"]["messages"]
+                      if m[0] == "execution_cached"]
+    assert sorted(data["nodes"]) == sorted(txt2img())
+    assert stored_when[-1] == (100, True)
+    assert all(percent < 100 for percent, stored in stored_when if not stored)
+
+
+@pytest.mark.timeout(60)
+def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfyui, store) -> None:
+    """Real ComfyUI: a second socket with the same clientId replaces the first.
+
+    Tried: while the job's VAEDecode runs (slowly), another socket opens with
+    the job's clientId. The server closes the connector's socket; the
+    connector reconnects (replacing the intruder, which is closed) and gets
+    ``executing {node: "8"}`` without a prompt_id; ``progress_state`` and
+    ``status`` before ``executing {node: null}`` come too. The job completes,
+    progress never goes back.
+    """
+    comfyui.slow_nodes["VAEDecode"] = 1.0
+    connector = connector_for(comfyui, store)
+    reports: list[Progress] = []
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        output=connector.run_job(job("swap", txt2img(steps=2)), reports.append)))
+    thread.start()
+    wait_until(lambda: comfyui._last_node == "8", message="VAEDecode to run")
+    client_id = comfyui.running["client_id"]
+    intruder = WebSocketClient.connect(f"ws://127.0.0.1:{comfyui.port}/ws?clientId={client_id}")
+    seen: list[dict] = []
+    try:
+        while True:
+            seen.append(json.loads(intruder.receive(timeout=5)))
+    except ConnectionClosed:
+        pass  # replaced in turn by the connector's new socket
+    thread.join(20)
+    assert seen[0]["type"] == "status"
+    assert seen[1] == {"type": "executing", "data": {"node": "8"}}
+    output = outcome["output"]
+    assert output.success and len(output.output_files) == 1
+    assert comfyui.requests.count("GET /ws") == 3
+    percents = [r.percent for r in reports]
+    assert percents == sorted(percents) and percents[-1] == 100
+
+
+def test_the_double_sends_what_real_comfyui_sends(comfyui) -> None:
+    """The message order of real-comfyui.md, on a raw socket: status first,
+    ``progress_state`` besides ``progress``, ``status`` before ``executing {node: null}``."""
+    ws = WebSocketClient.connect(f"ws://127.0.0.1:{comfyui.port}/ws?clientId=raw")
+    try:
+        requests.post(f"{comfyui.url}/prompt", json={"prompt": txt2img(steps=2),
+                                                     "client_id": "raw"}, timeout=5)
+        messages: list[dict] = []
+        while not messages or messages[-1] != {"type": "executing", "data": {
+                "node": None, "prompt_id": messages[-1]["data"].get("prompt_id")}}:
+            raw = ws.receive(timeout=5)
+            if isinstance(raw, str):
+                messages.append(json.loads(raw))
+    finally:
+        ws.close()
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "status" and kinds[-2:] == ["status", "executing"]
+    assert "progress" in kinds and "progress_state" in kinds
+    state = next(m["data"] for m in messages if m["type"] == "progress_state")
+    assert state["prompt_id"] and all("state" in n for n in state["nodes"].values())
+
+
+@pytest.mark.timeout(60)
+def test_cancel_returns_only_once_comfyui_stopped_the_prompt(start_comfyui, store) -> None:
+    """Real ComfyUI acts on /interrupt between nodes only; the next job must not be
+    queued into a ComfyUI still running the cancelled prompt.
+
+    Tried: a job cancelled by its progress callback (how a worker learns it)
+    while a 1.5 s VAEDecode runs, then at once the next job. Before, the
+    connector returned at once after /interrupt and the next prompt was
+    POSTed while the cancelled one still ran. Same through ``cancel_job``.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 1.5})
+    connector = connector_for(server, store)
+    running_at_return: list[object] = []
+
+    def cancel_at_decode(report: Progress) -> None:
+        if report.details["node_class"] == "VAEDecode":
+            raise JobCancelled("c1")
+
+    with pytest.raises(JobCancelled):
+        try:
+            connector.run_job(job("c1", txt2img(steps=1)), cancel_at_decode)
+        finally:
+            running_at_return.append(server.running)
+    assert running_at_return == [None]
+    assert connector.run_job(job("n1", txt2img(steps=1, prefix="n1")), lambda r: None).success
+
+    def run_and_cancel() -> None:
+        wait_until(lambda: server._last_node == "8", message="VAEDecode")
+        connector.cancel_job("c2")
+
+    threading.Thread(target=run_and_cancel).start()
+    with pytest.raises(JobCancelledByService):
+        try:
+            connector.run_job(job("c2", txt2img(steps=3, prefix="c2")), lambda r: None)
+        finally:
+            running_at_return.append(server.running)
+    assert running_at_return == [None, None]
+    assert connector.run_job(job("n2", txt2img(steps=1, prefix="n2")), lambda r: None).success
+    assert server.queued_while_busy == []
+    statuses = [entry["status"]["messages"][-1][0] for entry in server.history.values()]
+    assert statuses == ["execution_interrupted", "execution_success"] * 2
+
+
+@pytest.mark.timeout(60)
+def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
+        start_comfyui, store, caplog) -> None:
+    """A bounded wait: a node longer than ``stop_wait_seconds`` marks the connector unhealthy.
+
+    Tried: stop_wait_seconds=0.3 and a 2 s VAEDecode. The cancel returns after
+    the bound; the health check says ComfyUI still runs the cancelled prompt;
+    a log line says so; the next job waits for ComfyUI to finish that prompt
+    before queueing its own (none is queued into a busy ComfyUI), then health
+    is good again.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 2.0})
+    connector = connector_for(server, store, stop_wait_seconds=0.3)
+    caplog.set_level("INFO", logger="emp.connector")
+
+    def cancel_at_decode(report: Progress) -> None:
+        if report.details["node_class"] == "VAEDecode":
+            raise JobCancelled("stuck")
+
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        connector.run_job(job("stuck", txt2img(steps=1)), cancel_at_decode)
+    assert time.monotonic() - started < 1.9 and server.running is not None
+    health = connector.check_health()
+    assert not health.healthy and "still runs" in health.details["error"]
+    assert any(getattr(r, "event", None) == "service_stuck" for r in caplog.records)
+    assert connector.run_job(job("after", txt2img(steps=1, prefix="a")), lambda r: None).success
+    assert server.queued_while_busy == []
+    assert connector.check_health().healthy

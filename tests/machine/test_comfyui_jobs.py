@@ -10,6 +10,7 @@ from comfyui_server import ComfyUITestServer, txt2img
 from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
 
+from capability_router.registry import WorkerRegistry
 from emp_tasks.producer import cancel, get_job, job_events, submit
 from emp_tasks.worker import build_profile
 
@@ -101,17 +102,68 @@ def test_cancelling_a_running_comfyui_job_interrupts_comfyui(
 @pytest.mark.timeout(120)
 def test_cancel_reaches_comfyui_while_a_node_reports_no_progress(
         app, start_worker, start_comfyui, tmp_path) -> None:
-    """No progress call to learn it from: the cancellation watcher tells the connector."""
-    server = start_comfyui(slow_nodes={"CheckpointLoaderSimple": 60})
+    """No progress call to learn it from: the cancellation watcher tells the connector.
+
+    Like real ComfyUI, the double acts on the interrupt only once the 4 s
+    model load ends; the worker waits for that, so the next job's prompt is
+    not queued into a ComfyUI still busy with the cancelled one.
+    """
+    server = start_comfyui(slow_nodes={"CheckpointLoaderSimple": 4})
     start_worker("comfy-1", **comfy_env(server, tmp_path))
     stuck = submit("comfyui", {"workflow": txt2img()}, app=app)
     wait_until(lambda: (get_job(stuck.id, app=app).get("progress_details") or {}).get(
         "node_class") == "CheckpointLoaderSimple", timeout=60, message="the model load")
     assert cancel(stuck.id, app=app) == "cancelled"
-    wait_until(lambda: server.history, timeout=10, message="the interrupt")
-    [(prompt_id, entry)] = server.history.items()
+    nxt = submit("comfyui", {"workflow": txt2img(steps=1, prefix="next")}, app=app)
+    assert nxt.get(timeout=30)["success"]
+    [(prompt_id, entry), _] = server.history.items()
     assert server.interrupts == [prompt_id]
     assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    assert server.queued_while_busy == []
+
+
+@pytest.mark.timeout(150)
+def test_a_corrupt_model_file_sends_the_job_to_a_worker_with_a_good_copy(
+        app, client, start_worker, start_comfyui, tmp_path) -> None:
+    """Real ComfyUI loading a corrupt checkpoint: ``SafetensorError: Error while
+    deserializing header: header too small`` (an ``execution_error``).
+
+    Tried: worker comfy-a whose ComfyUI lists flux.safetensors but has a
+    corrupt copy; a job requiring it fails there with a ``model`` error; then
+    comfy-b (good copy) starts and the job completes on it. comfy-a no longer
+    lists the model in its registered profile (other models stay), never
+    runs the job again, and its log says so. Before: ``service``, retried 4
+    times on comfy-a.
+    """
+    bad = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"],
+                        corrupt_checkpoints=["flux.safetensors"])
+    good = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"])
+    worker_a = start_worker("comfy-a", **comfy_env(bad, tmp_path))
+    result = submit("comfyui", {"workflow": txt2img(ckpt="flux.safetensors", steps=1)},
+                    requirements={"models": ["flux"]}, max_retries=3, app=app)
+    wait_until(lambda: any("[model]" in (e["data"].get("error") or "")
+                           for e in job_events(result.id, app=app)
+                           if e["event"] == "job_retrying"),
+               timeout=60, message="the model error on comfy-a")
+
+    def profile_of(worker_id: str) -> dict:
+        return next(w["profile"] for w in WorkerRegistry(client).workers()
+                    if w["worker_id"] == worker_id)
+
+    wait_until(lambda: "flux" not in profile_of("comfy-a")["models"]["comfyui"],
+               message="comfy-a to drop flux")
+    models_a = profile_of("comfy-a")["models"]["comfyui"]
+    assert "flux.safetensors" not in models_a and "sd15.safetensors" in models_a
+    start_worker("comfy-b", **comfy_env(good, tmp_path))
+    value = result.get(timeout=60)
+    assert value["success"] and value["worker"].startswith("comfy-b@")
+    record = get_job(result.id, app=app)
+    assert record["worker_id"] == "comfy-b" and record["status"] == "completed"
+    [entry] = bad.history.values()
+    error = entry["status"]["messages"][-1]
+    assert error[0] == "execution_error" and error[1]["exception_type"] == "SafetensorError"
+    log = worker_a.log_path.read_text()
+    assert "stops advertising comfyui:flux" in log and "header too small" in log
 
 
 def test_profile_takes_models_from_the_connector(app, comfyui, monkeypatch) -> None:
