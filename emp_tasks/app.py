@@ -2,7 +2,7 @@
 
 ``create_app()`` builds a fresh app (tests, embedding); ``app`` is the one
 ``celery -A emp_tasks.app`` and ``emp`` use. Importing this module sends
-nothing to Redis.
+nothing to Redis, and the Redis URL is resolved when the app is first used.
 """
 
 from __future__ import annotations
@@ -60,9 +60,14 @@ def user_config() -> dict[str, Any]:
 
 
 def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
-    """Build an EMP Celery app; ``EMP_CELERY_CONFIG`` then ``settings`` override defaults."""
+    """Build an EMP Celery app; ``EMP_CELERY_CONFIG`` then ``settings`` override defaults.
+
+    Without ``redis_url``, the URL is resolved (``emp_tasks.locate``) on first use, so a
+    program that imports this module before ``emp up`` starts still finds it.
+    """
     app = Celery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
-    app.conf.update(celery_config(redis_url), **user_config(), **settings)
+    app.add_defaults(lambda: celery_config(redis_url))
+    app.conf.update(**user_config(), **settings)
     return app
 
 

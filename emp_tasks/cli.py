@@ -6,13 +6,17 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from capability_router.errors import EmpError
 from capability_router.states import JobStatus
 from emp_tasks import defaults
+from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
+
+if TYPE_CHECKING:
+    from emp_tasks.stack import Stack
 
 
 def _json_option(text: str | None, name: str) -> Any:
@@ -30,13 +34,34 @@ def _app(url: str | None):  # noqa: ANN202 - Celery app
     return create_app(url)
 
 
+def _url(obj: dict[str, Any]) -> str:
+    """The Redis URL (``emp_tasks.locate`` decides), for services that wait for Redis."""
+    location = locate_redis(obj["redis_url"])
+    if location.note:
+        click.echo(f"emp: {location.note}; using {location.shown}", err=True)
+    return location.url
+
+
+def _reachable_url(obj: dict[str, Any]) -> str:
+    """The Redis URL once its Redis answers; otherwise a one-line error naming it."""
+    location = locate_redis(obj["redis_url"])
+    try:
+        require_redis(location)
+    except RedisUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    if location.note:
+        click.echo(f"emp: {location.note}; using {location.shown}", err=True)
+    return location.url
+
+
 @click.group()
-@click.option("--redis-url", envvar="EMP_REDIS_URL", default=None,
-              help="Redis URL (env EMP_REDIS_URL; default redis://127.0.0.1:6379/0).")
+@click.option("--redis-url", default=None,
+              help="Redis URL. Without it: env EMP_REDIS_URL, else REDIS_URL, else the "
+                   f"running `emp up`, else {defaults.REDIS_URL}.")
 @click.pass_context
 def main(ctx: click.Context, redis_url: str | None) -> None:
     """EMP Job Queue: capability-matched GPU jobs on Celery and Redis Functions."""
-    ctx.obj = {"url": redis_url or defaults.redis_url()}
+    ctx.obj = {"redis_url": redis_url}
 
 
 @main.command()
@@ -79,7 +104,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         from machine.logs import use_json_logging
 
         use_json_logging(loglevel)
-    app = _app(obj["url"])
+    app = _app(_url(obj))
     try:
         profile = build_profile(app)
     except EmpError as exc:
@@ -109,16 +134,18 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     from emp_tasks.watch import follow_job
 
     fields = {k: v for k, v in (("pool", pool), ("workflow_id", workflow_id)) if v}
+    job_payload = _json_option(payload, "--payload")
+    job_requirements = _json_option(requirements, "--requirements")
+    url = _reachable_url(obj)
     try:
-        result = submit_job(service, _json_option(payload, "--payload"),
-                            _json_option(requirements, "--requirements"), priority=priority,
-                            customer_id=customer_id, app=_app(obj["url"]), **fields)
+        result = submit_job(service, job_payload, job_requirements, priority=priority,
+                            customer_id=customer_id, app=_app(url), **fields)
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.id)
     if no_wait:
         return
-    status, data = follow_job(obj["url"], pool or "default", result.id, timeout=timeout)
+    status, data = follow_job(url, pool or "default", result.id, timeout=timeout)
     click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
     sys.exit(0 if status == JobStatus.COMPLETED else 1)
 
@@ -131,7 +158,7 @@ def job(obj: dict[str, Any], job_id: str, events: bool) -> None:
     """Print a job record as JSON."""
     from emp_tasks.producer import get_job, job_events
 
-    app = _app(obj["url"])
+    app = _app(_reachable_url(obj))
     try:
         record: dict[str, Any] = get_job(job_id, app=app)
     except EmpError as exc:
@@ -146,13 +173,22 @@ def job(obj: dict[str, Any], job_id: str, events: bool) -> None:
 @click.option("--terminate", is_flag=True, help="Kill the process running it.")
 @click.pass_obj
 def cancel(obj: dict[str, Any], job_id: str, terminate: bool) -> None:
-    """Cancel a job (pending: never runs; running: told to stop)."""
+    """Cancel a job (pending: never runs; running: told to stop); fails if it already ended."""
     from emp_tasks.producer import cancel as cancel_job
+    from emp_tasks.producer import get_job
 
+    app = _app(_reachable_url(obj))
     try:
-        click.echo(cancel_job(job_id, app=_app(obj["url"]), terminate=terminate))
+        record = get_job(job_id, app=app)
+        status = record["status"]
+        if not JobStatus(status).is_terminal:
+            status = cancel_job(job_id, pool=record.get("pool"), app=app, terminate=terminate)
+            if status == JobStatus.CANCELLED:
+                click.echo(status)
+                return
     except EmpError as exc:
         raise click.ClickException(str(exc)) from None
+    raise click.ClickException(f"job {job_id!r} is already {status}")
 
 
 @main.command()
@@ -161,7 +197,7 @@ def demo(obj: dict[str, Any]) -> None:
     """Submit a handful of jobs with different requirements and show them finish."""
     from emp_tasks.demo import run_demo
 
-    sys.exit(0 if run_demo(obj["url"]) else 1)
+    sys.exit(0 if run_demo(_reachable_url(obj)) else 1)
 
 
 @main.command()
@@ -172,7 +208,7 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the API server (REST, OpenAPI, WebSockets) under gunicorn."""
     from webapp.api import run
 
-    run(obj["url"], host, port)
+    run(_url(obj), host, port)
 
 
 @main.command()
@@ -183,7 +219,7 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the webhook service: registrations API and durable signed delivery."""
     from webapp.webhooks import run
 
-    run(obj["url"], host, port)
+    run(_url(obj), host, port)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -204,7 +240,7 @@ def monitor(obj: dict[str, Any], address: str | None, port: int | None,
     from webapp.monitor import MonitorOptionError, run
 
     try:
-        run(flower_args, redis_url=obj["url"], port=port, address=address)
+        run(flower_args, redis_url=_url(obj), port=port, address=address)
     except MonitorOptionError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -233,7 +269,7 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
         os.environ["EMP_MOCK_GPUS"] = str(mock_gpus)
     try:
         settings = MachineSettings.from_env(
-            machine_id=machine_id, workers=plan, redis_url=obj["url"], health_host=health_host,
+            machine_id=machine_id, workers=plan, redis_url=_url(obj), health_host=health_host,
             health_port=health_port, run_dir=run_dir)
         sys.exit(run_machine(settings, announce=click.echo))
     except EmpError as exc:
@@ -242,8 +278,9 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
 
 @main.command()
 @click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".emp"),
-              show_default=True, help="Where the local Redis keeps its append-only file.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Where the local Redis keeps its append-only file, and the logs "
+                   "(default: $XDG_STATE_HOME/emp/up, i.e. ~/.local/state/emp/up).")
 @click.option("--api-port", type=int, default=3331, show_default=True)
 @click.option("--webhook-port", type=int, default=3332, show_default=True)
 @click.option("--monitor-port", type=int, default=3333, show_default=True)
@@ -254,39 +291,72 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
                    "simulation worker on each (N defaults to 2).")
 @click.option("--health-port", type=int, default=9090, show_default=True,
               help="The local machine's health server port.")
-def up(workers: int, data_dir: Path, api_port: int, webhook_port: int, monitor_port: int,
-       no_web: bool,
-       with_demo: bool, machine_gpus: int, health_port: int) -> None:
-    """Bring the system up locally: Redis (unless EMP_REDIS_URL), simulation
+@click.pass_obj
+def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
+       webhook_port: int, monitor_port: int, no_web: bool, with_demo: bool, machine_gpus: int,
+       health_port: int) -> None:
+    """Bring the system up locally: Redis (unless --redis-url or EMP_REDIS_URL), simulation
     workers, the API server, the webhook service and the monitor (and, with
-    --machine, a machine)."""
+    --machine, a machine). Records its Redis URL where other `emp` commands and
+    emp_tasks find it."""
+    import os
+
+    from emp_tasks import stack_state
     from emp_tasks.demo import run_api_demo, run_demo, run_monitor_demo
     from emp_tasks.stack import local_stack
 
+    data_dir = (data_dir or stack_state.default_data_dir()).resolve()
+    other = stack_state.running()
+    if other is not None and other.data_dir == str(data_dir):
+        raise click.ClickException(
+            f"emp up is already running with {data_dir} (pid {other.pid}, redis "
+            f"{other.redis_url}); stop it, or give this one another --data-dir")
     ports = {} if no_web else {"api": api_port, "webhooks": webhook_port,
                                "monitor": monitor_port}
     if machine_gpus:
         ports["machine"] = health_port
     try:
-        with local_stack(data_dir, workers, ports, machine_gpus) as stack:
-            services = ", ".join(f"{name} {url}" for name, url in stack.services.items())
-            click.echo(f"EMP is up: redis {stack.redis_url}, {workers} workers"
-                       f"{', ' + services if services else ''} (logs in {data_dir})")
-            if with_demo:
-                ok = run_demo(stack.redis_url)
-                if "api" in stack.services:
-                    ok = run_api_demo(stack.services["api"]) and ok
-                if "monitor" in stack.services:
-                    ok = run_monitor_demo(stack.services["monitor"]) and ok
-                click.echo("demo: all jobs completed" if ok else "demo: some jobs did not complete")
-                sys.exit(0 if ok else 1)
-            click.echo("Ctrl-C to stop")
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            signal.pause()
+        with local_stack(data_dir, workers, ports, machine_gpus,
+                         redis_url=obj["redis_url"] or defaults.env("EMP_REDIS_URL")) as stack:
+            state = stack_state.StackState(os.getpid(), stack.redis_url, stack.services,
+                                           str(data_dir))
+            with stack_state.recorded(state) as is_recorded:
+                _banner(stack, workers, data_dir, is_recorded)
+                if with_demo:
+                    ok = run_demo(stack.redis_url)
+                    if "api" in stack.services:
+                        ok = run_api_demo(stack.services["api"]) and ok
+                    if "monitor" in stack.services:
+                        ok = run_monitor_demo(stack.services["monitor"]) and ok
+                    click.echo("demo: all jobs completed" if ok
+                               else "demo: some jobs did not complete")
+                    sys.exit(0 if ok else 1)
+                click.echo("Ctrl-C to stop")
+                signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+                signal.pause()
     except (EmpError, TimeoutError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def _banner(stack: Stack, workers: int, data_dir: Path, is_recorded: bool) -> None:
+    """What is up, and how other shells reach it."""
+    from emp_tasks import stack_state
+
+    services = ", ".join(f"{name} {url}" for name, url in stack.services.items())
+    click.echo(f"EMP is up: redis {stack.redis_url}, {workers} workers"
+               f"{', ' + services if services else ''} (data and logs in {data_dir})")
+    for note in stack.notes:
+        click.echo(f"Note: {note}.")
+    if is_recorded:
+        click.echo(f"Recorded in {stack_state.state_path()}: `emp` and emp_tasks in other "
+                   "shells use this stack unless EMP_REDIS_URL is set. To pin it in a shell:")
+    else:
+        other = stack_state.running()
+        click.echo(f"Not recorded: {stack_state.state_path()} names another emp up "
+                   f"(pid {other.pid if other else '?'}). To use this stack in a shell:")
+    click.echo(f"  export EMP_REDIS_URL={stack.redis_url}")
 
 
 if __name__ == "__main__":

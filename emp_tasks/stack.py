@@ -1,8 +1,10 @@
 """The whole system on one box (``emp up``): Redis, workers, API, webhooks, monitor, a machine.
 
-Uses ``EMP_REDIS_URL`` when set; otherwise starts a local server with
-append-only persistence in the data directory. Every process logs to a file
-in the data directory.
+Uses the Redis URL it is given (``emp up`` passes ``--redis-url`` or
+``EMP_REDIS_URL``); otherwise starts a local server with append-only
+persistence in the data directory, on port 6390 (``defaults.LOCAL_REDIS_PORT``)
+or, when that is taken, a free port. Every process logs to a file in the data
+directory.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import requests
 from capability_router.keys import Keys, idle_workers
 from emp_tasks import defaults
 from emp_tasks.connection import get_client
-from emp_tasks.local_redis import LocalRedis
+from emp_tasks.local_redis import LocalRedis, free_port, port_is_free
 
 #: Local workers of ``emp up``: different hardware and models, so matching shows.
 LOCAL_WORKERS = [
@@ -117,23 +119,34 @@ class Stack:
 
     redis_url: str
     services: dict[str, str] = field(default_factory=dict)
+    #: What the user should know, e.g. that the default Redis port was taken.
+    notes: list[str] = field(default_factory=list)
+
+
+def start_redis(data_dir: Path) -> tuple[LocalRedis, list[str]]:
+    """A local Redis in ``data_dir`` on the default port, or a free one (with a note) if taken."""
+    port, notes = defaults.LOCAL_REDIS_PORT, []
+    if not port_is_free(port):
+        port = free_port()
+        notes.append(f"port {defaults.LOCAL_REDIS_PORT} is in use, so this stack's Redis "
+                     f"listens on {port}")
+    return LocalRedis(data_dir, port=port).start(), notes
 
 
 @contextmanager
 def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None = None,
-                machine_gpus: int = 0) -> Iterator[Stack]:
-    """Redis (unless EMP_REDIS_URL is set), ``workers`` local workers, the web
-    services named in ``ports`` ({"api": 3331, "webhooks": 3332, "monitor": 3333,
-    "machine": 9090})
-    and, with ``machine_gpus``, a local machine with that many mock GPUs."""
+                machine_gpus: int = 0, redis_url: str | None = None) -> Iterator[Stack]:
+    """Redis (a local one unless ``redis_url`` is given), ``workers`` local workers,
+    the web services named in ``ports`` ({"api": 3331, "webhooks": 3332,
+    "monitor": 3333, "machine": 9090}) and, with ``machine_gpus``, a local
+    machine with that many mock GPUs."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = None
-    url = defaults.env("EMP_REDIS_URL")
+    server, notes, url = None, [], redis_url
     if not url:
-        server = LocalRedis(data_dir / "redis").start()
+        server, notes = start_redis(data_dir / "redis")
         url = server.url
     processes = [start_worker(i, url, data_dir) for i in range(workers)]
-    stack = Stack(url)
+    stack = Stack(url, notes=notes)
     try:
         if machine_gpus:
             port = (ports or {}).get("machine", 9090)

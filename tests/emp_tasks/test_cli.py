@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
+import pytest
+
+from capability_router.keys import Keys
 from conftest import ROOT
 from emp_tasks.local_redis import free_port
 
@@ -53,3 +62,143 @@ def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
     missing = run("job", "no-such-job", env=env)
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert sorted(client.keys("*")) == before
+
+
+# -- finding the Redis of `emp up`; no tracebacks for ordinary mistakes -------------------------
+
+
+def without_redis_url(state_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a new shell: no EMP_REDIS_URL/REDIS_URL, its own XDG state folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("EMP_REDIS_URL", "REDIS_URL")}
+    return {**env, "XDG_STATE_HOME": str(state_home), "PYTHONPATH": str(ROOT), **extra}
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 120) -> str:
+    """``process``'s stdout up to the first line that contains ``marker``."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],
+                     daemon=True).start()
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if process.poll() is not None and lines.empty():
+                pytest.fail(f"exited {process.returncode} before {marker!r}: {seen}")
+            continue
+        seen += line
+        if marker in line:
+            return seen
+    pytest.fail(f"no {marker!r} within {timeout}s: {seen}")
+
+
+def test_up_records_its_redis_so_commands_and_the_python_api_in_other_shells_find_it(
+        tmp_path: Path) -> None:
+    """`emp up` from a git checkout with EMP_REDIS_URL unset, then `emp submit`, `emp job` and
+    `emp_tasks.submit()` in other processes without EMP_REDIS_URL: all reach that stack. The
+    banner gives the export line; Ctrl-C removes the record; `git status` stays clean."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    state_home = tmp_path / "state"
+    env = without_redis_url(state_home, EMP_LEASE_SECONDS="5")
+    up = subprocess.Popen([*EMP, "up", "--no-web", "--workers", "1"], cwd=checkout, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        banner = read_until(up, "export EMP_REDIS_URL=")
+        url = banner.split("export EMP_REDIS_URL=")[1].split()[0]
+        assert f"EMP is up: redis {url}" in banner
+        record = state_home / "emp" / "stack.json"
+        assert str(record) in banner and json.loads(record.read_text())["redis_url"] == url
+        if "in use" not in banner:
+            assert url == "redis://127.0.0.1:6390/0", "the stable default port, not 6379"
+
+        done = run("submit", "echo", "--payload", '{"x": 1}', "--timeout", "60", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        job_id = done.stdout.splitlines()[0]
+        assert json.loads(done.stdout.splitlines()[-1])["status"] == "completed"
+        shown = run("job", job_id, env=env)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["worker_id"] == "local-0"
+        python = subprocess.run(
+            [sys.executable, "-c", "from emp_tasks import submit, get_job\n"
+             "r = submit('echo', {'y': 2}); r.get(timeout=60)\n"
+             "print(get_job(r.id)['status'])"],
+            capture_output=True, text=True, timeout=120, env=env)
+        assert python.stdout.strip() == "completed", python.stderr[-2000:]
+    finally:
+        if up.poll() is None:
+            os.kill(up.pid, signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        finally:
+            if up.poll() is None:
+                os.killpg(up.pid, signal.SIGKILL)
+    assert not (state_home / "emp" / "stack.json").exists(), "a clean exit removes the record"
+    assert (state_home / "emp" / "up" / "redis").is_dir(), "data outside the work tree"
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=checkout,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == "", "emp up leaves the checkout as it was"
+
+
+def test_a_stale_record_of_a_killed_emp_up_is_not_used(redis_server, client, app,
+                                                        tmp_path: Path) -> None:
+    """A state file left by a killed `emp up` (its pid is gone) names a Redis that holds a job:
+    `emp job` in a new shell does not read that Redis and says why on stderr."""
+    from emp_tasks.producer import submit
+
+    job_id = submit("echo", {"x": 1}, app=app).id
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    state_home = tmp_path / "state"
+    record = state_home / "emp" / "stack.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"pid": gone.pid, "redis_url": redis_server.url,
+                                  "services": {}, "data_dir": str(tmp_path)}))
+    shown = run("job", job_id, env=without_redis_url(state_home))
+    assert shown.returncode != 0 and job_id not in shown.stdout
+    assert str(record) in shown.stderr and f"pid {gone.pid}" in shown.stderr
+    assert "not running" in shown.stderr and "Traceback" not in shown.stderr
+
+
+@pytest.mark.parametrize("args", [["submit", "echo", "--payload", '{"x": 1}'], ["demo"],
+                                  ["job", "some-job"], ["cancel", "some-job"]])
+def test_without_a_reachable_redis_commands_fail_fast_in_one_line(args: list[str]) -> None:
+    """`emp submit/demo/job/cancel` against a port where nothing listens: one line on stderr
+    naming the URL and the fix, exit code not 0, within 3 s, no traceback."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    done = run(*args, env={"EMP_REDIS_URL": url}, timeout=60)
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and "EMP_REDIS_URL" in lines[0], done.stderr
+    assert elapsed < 3, f"took {elapsed:.1f}s"
+
+
+def test_without_emp_up_or_a_url_commands_name_the_default_and_emp_up(tmp_path: Path) -> None:
+    """No EMP_REDIS_URL, no `emp up` record, nothing on the default port: `emp job` says it
+    tried redis://127.0.0.1:6390/0 and suggests `emp up`; it never asks port 6379."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6390)) == 0:
+            pytest.skip("something (another emp up?) listens on 6390 on this machine")
+    done = run("job", "some-job", env=without_redis_url(tmp_path / "state"), timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "redis://127.0.0.1:6390/0" in done.stderr and "emp up" in done.stderr
+    assert "6379" not in done.stderr
+
+
+def test_cancel_of_a_finished_job_says_so_and_fails(redis_server, client, app,
+                                                    start_worker) -> None:
+    """`emp cancel` of a completed job: exit 1 and 'already completed', as the API's 409."""
+    from emp_tasks.producer import submit
+
+    start_worker("cancel-worker")
+    result = submit("echo", {"x": 1}, app=app)
+    result.get(timeout=60)
+    done = run("cancel", result.id, env={"EMP_REDIS_URL": redis_server.url})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"job {result.id!r} is already completed" in done.stderr
+    assert client.hget(Keys("default").job(result.id), "status") == "completed"

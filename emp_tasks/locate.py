@@ -1,0 +1,105 @@
+"""Which Redis a command or the Python API talks to, decided in this one place.
+
+Order: an explicit URL (``--redis-url``), ``EMP_REDIS_URL``, the original's
+``REDIS_URL``, the stack a running ``emp up`` recorded (``stack_state``),
+then the default, which is ``emp up``'s own port (6390). A stale record is
+never used, and a URL that does not answer is an error naming it, never a
+reason to try another server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from capability_router.errors import EmpError
+from emp_tasks import defaults, stack_state
+
+log = logging.getLogger(__name__)
+
+
+class RedisUnreachable(EmpError):
+    """No Redis answers at the URL a command resolved."""
+
+
+@dataclass(frozen=True)
+class RedisLocation:
+    """A Redis URL and, for messages, where it came from."""
+
+    url: str
+    #: e.g. "--redis-url", "EMP_REDIS_URL", "the emp up running as pid 12 (...)", "the default"
+    source: str
+    #: Something the user should hear about, such as a stale record that was ignored.
+    note: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The URL without its password."""
+        return maybe_sanitize_url(self.url)
+
+
+def locate_redis(explicit: str | None = None) -> RedisLocation:
+    """Resolve the Redis URL; ``explicit`` is a ``--redis-url`` value."""
+    if explicit:
+        return RedisLocation(explicit, "--redis-url")
+    for name in ("EMP_REDIS_URL", "REDIS_URL"):
+        value = defaults.env(name)
+        if value:
+            return RedisLocation(value, name)
+    path = stack_state.state_path()
+    try:
+        state = stack_state.read()
+    except EmpError as exc:
+        return RedisLocation(defaults.REDIS_URL, "the default", f"ignored {exc}")
+    if state is None:
+        return RedisLocation(defaults.REDIS_URL, "the default")
+    if state.alive:
+        return RedisLocation(state.redis_url, f"the emp up running as pid {state.pid}, {path}")
+    return RedisLocation(defaults.REDIS_URL, "the default",
+                         f"ignored {path}: the emp up it names (pid {state.pid}) is not running")
+
+
+def redis_url() -> str:
+    """The resolved URL for the Python API; logs a warning about a stale record."""
+    location = locate_redis()
+    if location.note:
+        log.warning("emp: %s; using %s", location.note, location.shown)
+    return location.url
+
+
+def _hint(location: RedisLocation) -> str:
+    if location.source == "the default":
+        return ("start the local stack with `emp up`, or point at your Redis with "
+                "EMP_REDIS_URL=redis://host:port/0 (or --redis-url)")
+    if location.source.startswith("the emp up"):
+        return "restart `emp up`, or set EMP_REDIS_URL (or --redis-url) to another Redis"
+    return (f"start that Redis or correct {location.source}; without it, commands use the "
+            "stack `emp up` starts")
+
+
+def require_redis(location: RedisLocation, timeout: float = 1.0) -> None:
+    """Raise RedisUnreachable (one line: URL, reason, fix) unless Redis answers a PING.
+
+    :param timeout: connect and read timeout, seconds; no retries.
+    """
+    try:
+        client = redis.Redis.from_url(location.url, socket_connect_timeout=timeout,
+                                      socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    except ValueError as exc:
+        raise RedisUnreachable(f"{location.shown} ({location.source}) is not a Redis URL: "
+                               f"{exc}") from None
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        note = f"; {location.note}" if location.note else ""
+        reason = str(exc).replace(location.url, location.shown).rstrip(".") or type(exc).__name__
+        raise RedisUnreachable(
+            f"no Redis answers at {location.shown} ({location.source}{note}): {reason}. "
+            f"Fix: {_hint(location)}.") from None
+    finally:
+        client.close()
