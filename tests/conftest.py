@@ -29,6 +29,12 @@ from emp_tasks.local_redis import LocalRedis, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test finds a developer's running `emp up`: its record lives in XDG_STATE_HOME."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     """A Redis server of this test module, append-only file on, on a free port."""
