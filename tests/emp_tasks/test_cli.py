@@ -97,7 +97,7 @@ def test_up_records_its_redis_so_commands_and_the_python_api_in_other_shells_fin
         tmp_path: Path) -> None:
     """`emp up` from a git checkout with EMP_REDIS_URL unset, then `emp submit`, `emp job` and
     `emp_tasks.submit()` in other processes without EMP_REDIS_URL: all reach that stack. The
-    banner gives the export line; Ctrl-C removes the record; `git status` stays clean."""
+    banner gives the export line; stopping it removes the record; `git status` stays clean."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     subprocess.run(["git", "init", "-q", str(checkout)], check=True)
@@ -129,7 +129,7 @@ def test_up_records_its_redis_so_commands_and_the_python_api_in_other_shells_fin
         assert python.stdout.strip() == "completed", python.stderr[-2000:]
     finally:
         if up.poll() is None:
-            os.kill(up.pid, signal.SIGINT)
+            os.kill(up.pid, signal.SIGTERM)  # SIGINT is ignored if pytest runs in background
         try:
             up.wait(timeout=60)
         finally:
