@@ -703,7 +703,9 @@ end
 --[[ emp_complete
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] attempt  ARGV[3] result JSON  ARGV[4] now (optional)
-Returns 'ok', or the status that refused the completion (fencing). ]]
+Removes ``last_error`` left by earlier attempts (their errors stay in the
+job's events). Returns 'ok', or the status that refused the completion
+(fencing). ]]
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
@@ -712,6 +714,8 @@ local function emp_complete(keys, args)
     return refused
   end
   local now = now_ms(args[4])
+  -- An earlier attempt's error would contradict 'completed'; the job's events keep it.
+  redis.call('HDEL', keys[2], 'last_error')
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
     'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
     'result', '{"status":"success","data":' .. args[3] .. '}')

@@ -138,7 +138,10 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "created_at": {"type": "integer"},
                 "progress": {"type": "number"},
                 "worker_id": {"type": "string"},
-                "last_error": {"type": "string"},
+                "last_error": {"type": "string", "description": (
+                    "Why the job failed or was cancelled, or why its last attempt ended "
+                    "while it waits again; absent once it completed (every attempt's "
+                    "error stays in its events).")},
                 "result": {"description": "What the task returned (when completed)."},
             },
         },
