@@ -25,8 +25,12 @@ and this server does too:
 
 Failure paths as a real server has them:
 
-- a checkpoint not in the list: 400 ``prompt_outputs_failed_validation`` with a
-  ``value_not_in_list`` node error;
+- ``POST /prompt`` errors (400): ``no_prompt``, an unknown node ("Cannot execute
+  because node X does not exist."), ``prompt_no_outputs``, and
+  ``prompt_outputs_failed_validation`` with node errors ``required_input_missing``,
+  ``invalid_input_type`` (INT inputs) and ``value_not_in_list`` (with
+  ``extra_info.input_config``; a checkpoint not in the list), checked on the nodes
+  an output needs; ``/history/<unknown id>`` is ``{}``;
 - a checkpoint in ``broken_checkpoints``: ``execution_error`` FileNotFoundError;
 - a checkpoint in ``corrupt_checkpoints`` (an empty or truncated file):
   ``execution_error`` SafetensorError "Error while deserializing header: header too small";
@@ -223,6 +227,10 @@ class ComfyUITestServer:
         @app.post("/prompt")
         def prompt() -> Any:
             body = request.get_json(silent=True) or {}
+            if "prompt" not in body:
+                return jsonify({"error": {"type": "no_prompt", "message": "No prompt provided",
+                                          "details": "No prompt provided", "extra_info": {}},
+                                "node_errors": {}}), 400
             workflow, client_id = body.get("prompt"), body.get("client_id")
             error = self._validate(workflow)
             if error is not None:
@@ -402,23 +410,56 @@ class ComfyUITestServer:
         if not self._outputs_of(workflow):
             return {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
                               "details": "", "extra_info": {}}, "node_errors": {}}
-        node_errors = {}
-        for node_id, node in workflow.items():
-            for input_name, options in (("ckpt_name", self.checkpoints),
-                                        ("lora_name", self.loras)):
-                value = node["inputs"].get(input_name)
-                if input_name in classes[node["class_type"]] and value not in options:
-                    node_errors[node_id] = {"errors": [{
-                        "type": "value_not_in_list", "message": "Value not in list",
-                        "details": f"{input_name}: '{value}' not in {options}",
-                        "extra_info": {"input_name": input_name, "received_value": value}}],
-                        "dependent_outputs": self._outputs_of(workflow),
-                        "class_type": node["class_type"]}
+        node_errors: dict[str, Any] = {}
+        for output in self._outputs_of(workflow):
+            for node_id in self._order(workflow, [output]):
+                errors = self._input_errors(workflow[node_id], classes)
+                if errors:
+                    entry = node_errors.setdefault(node_id, {
+                        "errors": errors, "dependent_outputs": [],
+                        "class_type": workflow[node_id]["class_type"]})
+                    entry["dependent_outputs"].append(output)
         if node_errors:
             return {"error": {"type": "prompt_outputs_failed_validation",
                               "message": "Prompt outputs failed validation", "details": "",
                               "extra_info": {}}, "node_errors": node_errors}
         return None
+
+    def _input_errors(self, node: dict[str, Any],
+                      classes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """One node's input errors, worded as ComfyUI's ``validate_inputs``."""
+        errors = []
+        inputs = node.get("inputs") or {}
+        for name, spec in classes[node["class_type"]].items():
+            if name not in inputs:
+                errors.append({"type": "required_input_missing",
+                               "message": "Required input is missing", "details": name,
+                               "extra_info": {"input_name": name}})
+                continue
+            value = inputs[name]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                continue  # a link to another node's output
+            kind = spec[0]
+            options = (spec[1].get("options") if kind == "COMBO" else
+                       kind if isinstance(kind, list) else None)
+            if kind == "INT":
+                try:
+                    int(value)
+                except (TypeError, ValueError) as exc:
+                    errors.append({
+                        "type": "invalid_input_type",
+                        "message": "Failed to convert an input value to a INT value",
+                        "details": f"{name}, {value}, {exc}",
+                        "extra_info": {"input_name": name, "input_config": spec,
+                                       "received_value": value,
+                                       "exception_message": str(exc)}})
+            elif options is not None and value not in options:
+                errors.append({
+                    "type": "value_not_in_list", "message": "Value not in list",
+                    "details": f"{name}: '{value}' not in {options}",
+                    "extra_info": {"input_name": name, "input_config": spec,
+                                   "received_value": value}})
+        return errors
 
     @staticmethod
     def _outputs_of(workflow: dict[str, Any]) -> list[str]:
@@ -555,8 +596,9 @@ class ComfyUITestServer:
                            "real_node_id": node_id}
         send("progress_state", {"nodes": {n: dict(s) for n, s in states.items()}})
 
-    def _order(self, workflow: dict[str, Any]) -> list[str]:
-        """Nodes the outputs need, each after the nodes it links to."""
+    def _order(self, workflow: dict[str, Any],
+               outputs: list[str] | None = None) -> list[str]:
+        """Nodes the outputs (default: all) need, each after the nodes it links to."""
         order: list[str] = []
 
         def visit(node_id: str) -> None:
@@ -567,7 +609,7 @@ class ComfyUITestServer:
                     visit(value[0])
             order.append(node_id)
 
-        for output in self._outputs_of(workflow):
+        for output in self._outputs_of(workflow) if outputs is None else outputs:
             visit(output)
         return order
 

@@ -179,8 +179,13 @@ def test_progress_callback_cancelling_interrupts_the_prompt(comfyui, store) -> N
      "does not exist"),
     ({}, {"1": {"class_type": "CLIPTextEncode", "inputs": {}}}, ErrorType.VALIDATION,
      "no outputs"),
+    ({}, {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}},
+     ErrorType.VALIDATION, "Required input is missing: images"),
+    ({}, {**txt2img(), "5": {"class_type": "EmptyLatentImage", "inputs": {
+        "width": "wide", "height": 512, "batch_size": 1}}}, ErrorType.VALIDATION,
+     "Failed to convert an input value to a INT value"),
 ], ids=["oom", "missing-checkpoint-file", "checkpoint-not-in-list", "unknown-node",
-        "no-output"])
+        "no-output", "required-input-missing", "invalid-input-type"])
 def test_errors_are_classified_and_decide_retry(start_comfyui, store, options, workflow,
                                                error_type, text) -> None:
     server = start_comfyui(**options)
@@ -368,6 +373,16 @@ def test_the_double_sends_what_real_comfyui_sends(comfyui) -> None:
     assert "progress" in kinds and "progress_state" in kinds
     state = next(m["data"] for m in messages if m["type"] == "progress_state")
     assert state["prompt_id"] and all("state" in n for n in state["nodes"].values())
+
+    # /prompt errors (HTTP 400) and /history of an unknown id, as the real server answers.
+    no_prompt = requests.post(f"{comfyui.url}/prompt", json={"client_id": "raw"}, timeout=5)
+    assert no_prompt.status_code == 400 and no_prompt.json()["error"]["type"] == "no_prompt"
+    not_in_list = requests.post(f"{comfyui.url}/prompt", json={
+        "prompt": txt2img(ckpt="nope.safetensors")}, timeout=5).json()
+    [error] = not_in_list["node_errors"]["4"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert error["extra_info"]["input_config"][0] == ["sd15.safetensors", "sdxl/base.safetensors"]
+    assert requests.get(f"{comfyui.url}/history/unknown", timeout=5).json() == {}
 
 
 @pytest.mark.timeout(60)
