@@ -339,10 +339,13 @@ def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfy
     intruder = WebSocketClient.connect(f"ws://127.0.0.1:{comfyui.port}/ws?clientId={client_id}")
     seen: list[dict] = []
     try:
-        while True:
-            seen.append(json.loads(intruder.receive(timeout=5)))
+        while (raw := intruder.receive(timeout=5)) is not None:
+            if isinstance(raw, str):
+                seen.append(json.loads(raw))
     except ConnectionClosed:
         pass  # replaced in turn by the connector's new socket
+    finally:
+        intruder.close()
     thread.join(20)
     assert seen[0]["type"] == "status"
     assert seen[1] == {"type": "executing", "data": {"node": "8"}}
