@@ -344,7 +344,7 @@ def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfy
                 seen.append(json.loads(raw))
     except ConnectionClosed:
         pass  # replaced in turn by the connector's new socket
-    finally:
+    else:
         intruder.close()
     thread.join(20)
     assert seen[0]["type"] == "status"
