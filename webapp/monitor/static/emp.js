@@ -55,30 +55,52 @@ const EMP = (() => {
     return schedule;
   }
 
-  /* Follow the event log; every message goes to each listener. Reconnects on its own. */
+  /* Follow the event log; every message goes to each listener. Reconnects on its own.
+     The EventSource lives in a dedicated worker (live-worker.js says why); the page opens
+     it itself only where a worker cannot. */
   const listeners = [];
-  let source = null;
+  let started = false;
+  const workerUrl = document.currentScript ? document.currentScript.src.replace(/emp\.js(\?.*)?$/, "live-worker.js$1") : null;
   function live(listener, onReconnect) {
     listeners.push({listener, onReconnect});
-    if (source) return;
+    if (started) return;
+    started = true;
     const indicator = document.getElementById("emp-live");
     const mark = (state, text) => {
       if (!indicator) return;
       indicator.dataset.state = state; indicator.textContent = text;
     };
-    let everOpen = false;
-    source = new EventSource(prefix + "/emp/events");
-    source.onopen = () => {
-      mark("live", "● live");
-      if (everOpen) listeners.forEach((l) => l.onReconnect && l.onReconnect());
-      everOpen = true;
+    const on = {
+      open() {
+        // Every open, the first too: what happened between the page's first read and the
+        // stream's start (or while it was away) is read again.
+        mark("live", "● live");
+        listeners.forEach((l) => l.onReconnect && l.onReconnect());
+      },
+      error() { mark("reconnecting", "reconnecting…"); },
+      message(text) {
+        let data;
+        try { data = JSON.parse(text); } catch (e) { return; }
+        listeners.forEach((l) => l.listener(data));
+      },
     };
-    source.onerror = () => mark("reconnecting", "reconnecting…");
-    source.onmessage = (message) => {
-      let data;
-      try { data = JSON.parse(message.data); } catch (e) { return; }
-      listeners.forEach((l) => l.listener(data));
+    const url = new URL(prefix + "/emp/events", location.href).href;
+    function direct() {
+      const source = new EventSource(url);
+      source.onopen = on.open; source.onerror = on.error;
+      source.onmessage = (message) => on.message(message.data);
+    }
+    if (!workerUrl || typeof Worker === "undefined") { direct(); return; }
+    let worker;
+    try { worker = new Worker(workerUrl); } catch (e) { direct(); return; }
+    let heard = false;
+    worker.onmessage = (event) => {
+      const {kind, data} = event.data;
+      heard = true;
+      if (kind === "unsupported") { worker.terminate(); direct(); } else on[kind](data);
     };
+    worker.onerror = () => { if (!heard) { worker.terminate(); direct(); } };  // did not load
+    worker.postMessage({url});
   }
 
   function esc(value) {
@@ -109,7 +131,7 @@ const EMP = (() => {
     completed: "text-bg-success", failed: "text-bg-danger", cancelled: "text-bg-warning",
     online: "text-bg-success", offline: "text-bg-secondary", gone: "text-bg-danger",
     idle: "text-bg-light border", busy: "text-bg-primary", active: "text-bg-success",
-    disconnected: "text-bg-danger", inactive: "text-bg-secondary",
+    disconnected: "text-bg-danger", inactive: "text-bg-secondary", "workers only": "text-bg-light border",
   };
 
   function badge(status, extra = "") {

@@ -1,0 +1,16 @@
+/* The monitor's live stream (/emp/events), held in a dedicated worker.
+
+   An EventSource is a fetch that never ends. Opened by the page itself, it keeps a headless
+   browser's virtual time from advancing (`chromium --headless --virtual-time-budget=5000
+   --screenshot`), so a plain screenshot of a page never finished. A worker's fetches do not
+   hold the page's virtual time, and the page gets the same messages through postMessage. */
+"use strict";
+let source = null;
+onmessage = (event) => {
+  if (source) return;
+  if (typeof EventSource === "undefined") { postMessage({kind: "unsupported"}); return; }
+  source = new EventSource(event.data.url);
+  source.onopen = () => postMessage({kind: "open"});
+  source.onerror = () => postMessage({kind: "error"});
+  source.onmessage = (message) => postMessage({kind: "message", data: message.data});
+};
