@@ -62,7 +62,8 @@ class JobData(JsonHandler):
     @tornado.web.authenticated
     async def get(self, job_id: str) -> None:
         try:
-            detail = await self.blocking(jobs.job_detail, self.state.backend.celery, job_id)
+            detail = await self.blocking(jobs.job_detail, self.state.backend.celery, job_id,
+                                         self.state.backend.redis)
         except JobNotFound:
             raise tornado.web.HTTPError(404, f"no job {job_id!r}") from None
         self.send({"success": True, **detail})

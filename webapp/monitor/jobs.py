@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 from jsonschema import Draft4Validator
 
+from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.states import JobStatus
 from emp_tasks import producer
 from webapp.api import listing
@@ -22,6 +23,7 @@ from webapp.api.submission import submit_body
 from webapp.api.validation import build_validator, check
 from webapp.auth import Principal
 from webapp.backend import Backend
+from webapp.monitor.queue import class_servability
 
 #: The monitor's user is an operator: every customer, every pool.
 OPERATOR = Principal(admin=True)
@@ -33,7 +35,7 @@ SUMMARY_FIELDS = (
     "job_id", "status", "service_required", "priority", "customer_id", "workflow_id",
     "current_step", "total_steps", "pool", "worker_id", "attempts", "progress",
     "progress_message", "created_at", "started_at", "completed_at", "failed_at",
-    "cancelled_at", "error",
+    "cancelled_at", "last_error",
 )
 
 
@@ -81,10 +83,18 @@ def list_jobs(client: redis.Redis, query: dict[str, Any]) -> dict[str, Any]:
             "offset": query["offset"]}
 
 
-def job_detail(app: Celery, job_id: str) -> dict[str, Any]:
-    """The job record with its event timeline (oldest first); raises JobNotFound."""
+def job_detail(app: Celery, job_id: str, client: redis.Redis | None = None) -> dict[str, Any]:
+    """The job record with its event timeline (oldest first); raises JobNotFound.
+
+    With ``client``, a pending job's record also says whether a live worker
+    can serve it and, if none can, why (``servability``, see
+    ``queue.class_servability``).
+    """
     job = producer.get_job(job_id, app=app)
     events = producer.job_events(job_id, pool=job.get("pool"), app=app)
+    if client is not None and job.get("status") == JobStatus.PENDING and job.get("class"):
+        job["servability"] = class_servability(client, job.get("pool") or DEFAULT_NAMESPACE,
+                                               job["class"])
     return {"job": job, "events": events}
 
 

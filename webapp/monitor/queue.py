@@ -183,4 +183,73 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     }
 
 
-__all__ = ["describe_class", "profile_signature", "queue_summary"]
+def _capabilities_for(record: dict[str, Any], job_class: dict[str, Any]) -> str:
+    """What one live worker has of what the class asks: its services, then each asked
+    capability's value (``hardware.gpu_memory_gb 24``), its customer isolation if asked."""
+    try:
+        profile = WorkerProfile.from_dict(record.get("profile") or {}).normalized()
+    except (InvalidProfile, TypeError, ValueError):
+        return "an unreadable profile"
+    service = job_class.get("service")
+    if service not in profile["services"]:
+        return f"offers only {', '.join(profile['services'])}" if profile["services"] \
+            else "offers no service"
+    caps = profile["caps"]
+    paths = sorted({*(job_class.get("pos") or {}), *(job_class.get("neg") or {})})
+    parts = [f"{path} {_value_text(caps[path])}" if path in caps else f"no {path}"
+             for path in paths]
+    if job_class.get("strict") and job_class.get("customer_id"):
+        allowed = ", ".join(profile["allowed"]) or "no customer"
+        parts.append(f"isolation {profile['isolation']} for {allowed}")
+    if profile.get("workflow_id") and profile["workflow_id"] != job_class.get("workflow_id"):
+        parts.append(f"only workflow {profile['workflow_id']}")
+    return "; ".join(parts) or "offers " + str(service)
+
+
+def class_servability(client: redis.Redis, pool: str, signature: str) -> dict[str, Any]:
+    """Whether a live worker can serve one requirement class, and if not, why.
+
+    Returns ``{"servable", "workers" (ids that can), "requirements" (readable
+    conditions), "reason"}``; ``reason`` names what the class needs and what
+    each live worker of the pool has of it, e.g. ``needs simulation with
+    hardware.gpu_memory_gb >= 80; live workers in pool default: w1
+    (hardware.gpu_memory_gb 24)``. Reads the pool's compatibility sets, as
+    the Queue view does.
+    """
+    keys = Keys(pool)
+    live = [w for w in WorkerRegistry(client).workers() if pool in (w.get("pools") or [])]
+    signatures = [profile_signature(w) for w in live]
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.classes, signature)
+        for psig in signatures:
+            pipe.sismember(keys.compat(psig or "-"), signature)
+        definition, *served = pipe.execute()
+    job_class = json.loads(definition) if definition else {}
+    described = describe_class(job_class or None)
+    # A worker whose service is down (its claim gate closed) serves nothing until it is back.
+    down = {_text(w["worker_id"]): w.get("status_reason") or "its service is down"
+            for w in live if w.get("status") == "service_unhealthy"}
+    able = sorted(_text(w["worker_id"]) for w, psig, yes in zip(live, signatures, served,
+                                                                 strict=True)
+                  if psig and yes and _text(w["worker_id"]) not in down)
+    needs = f"{described['service']}" + (f" with {', '.join(described['requirements'])}"
+                                         if described["requirements"] else "")
+    if described["customer_id"] and not described["strict"]:
+        needs += f" for customer {described['customer_id']}"
+    if able:
+        reason = f"live workers that can serve it: {', '.join(able)}"
+    elif not live:
+        reason = (f"No live worker can serve this job: it needs {needs}, and no worker is "
+                  f"registered in pool {pool}.")
+    else:
+        ids = {_text(w["worker_id"]): w for w in live}
+        have = "; ".join(f"{wid} ({down.get(wid) or _capabilities_for(ids[wid], job_class)})"
+                         for wid in sorted(ids))
+        reason = (f"No live worker can serve this job: it needs {needs}. Live workers in "
+                  f"pool {pool}: {have}. It waits until such a worker joins or it is "
+                  "cancelled.")
+    return {"servable": bool(able), "workers": able,
+            "requirements": described["requirements"], "reason": reason}
+
+
+__all__ = ["class_servability", "describe_class", "profile_signature", "queue_summary"]

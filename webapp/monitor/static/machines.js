@@ -46,11 +46,13 @@
     const gpus = (m.gpus || []).map((g) => `<span class="emp-gpu">GPU ${EMP.esc(g.index)} · ${EMP.esc(g.name)} · ${EMP.esc(g.memory_gb)} GB</span>`).join(" ");
     const health = m.healthy ? `<span class="text-success">✓ ${EMP.esc(m.health_reason)}</span>`
       : `<span class="text-danger fw-semibold">✗ ${EMP.esc(m.health_reason)}</span>`;
+    // Workers with no machine record: their heartbeat is the only report there is.
+    const bare = !m.ended && m.has_record === false;
     const when = m.ended ? `ended ${EMP.since(m.ended_at)}${m.reason ? " — " + EMP.esc(m.reason) : ""}`
-      : m.last_report ? `last report ${EMP.since(m.last_report)}` : "";
+      : m.last_report ? `${bare ? "last heartbeat" : "last report"} ${EMP.since(m.last_report)}` : "";
     return `<article class="card emp-machine ${EMP.esc(m.status)}" data-machine-id="${EMP.esc(m.machine_id)}" data-status="${EMP.esc(m.status)}">
       <div class="card-header">
-        <strong class="fs-6">${EMP.esc(m.name || m.machine_id)}</strong> ${EMP.badge(m.status, "machine-status")}
+        <strong class="fs-6">${EMP.esc(m.name || m.machine_id)}</strong> ${bare ? EMP.badge("workers only", "machine-status") : EMP.badge(m.status, "machine-status")}
         ${m.stale ? '<span class="badge text-bg-warning">stale</span>' : ""}
         <span class="small">${health}</span>
         <span class="small text-body-secondary">${EMP.esc(m.hostname || "")}${m.gpu_source ? " · GPUs from " + EMP.esc(m.gpu_source) : ""}</span>
@@ -68,9 +70,11 @@
     const data = await EMP.api("/machines");
     const machines = data.machines;
     const live = machines.filter((m) => !m.ended);
+    const bare = live.filter((m) => m.has_record === false);
     const workers = machines.flatMap((m) => m.workers || []);
     document.getElementById("machines-totals").innerHTML =
       metric("Machines online", live.filter((m) => m.has_record !== false).length) +
+      (bare.length ? metric("Workers outside machines", bare.reduce((n, m) => n + (m.workers || []).length, 0)) : "") +
       metric("Gone or offline", machines.filter((m) => m.ended).length, machines.some((m) => m.status === "gone")) +
       metric("GPUs", live.reduce((n, m) => n + (m.gpu_count || 0), 0)) +
       metric("Workers busy", workers.filter((w) => w.status === "busy").length) +

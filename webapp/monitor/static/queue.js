@@ -16,7 +16,20 @@
     return `<tr class="${c.unservable ? "emp-unservable" : ""}" data-class="${EMP.esc(c.class)}" data-pool="${EMP.esc(c.pool)}" data-unservable="${c.unservable}">
       <td>${EMP.esc(c.pool)}</td><td>${EMP.esc(c.service)}${tied ? `<div class="small text-body-secondary">${tied}</div>` : ""}</td>
       <td class="small">${reqs}</td><td class="text-end fw-semibold class-pending">${EMP.esc(c.pending)}</td>
-      <td class="text-end">${EMP.age(c.oldest_age_seconds)}</td><td class="class-workers">${who}</td></tr>`;
+      <td class="text-end text-nowrap class-oldest">${EMP.age(c.oldest_age_seconds)}</td><td class="class-workers">${who}</td></tr>`;
+  }
+
+  /* A class as the banner names it: service, conditions, and what else sets it apart
+     (two classes that differ only by customer read the same otherwise). */
+  function label(c) {
+    const tied = [c.customer_id && !c.strict ? `customer ${c.customer_id}` : "", c.workflow_id ? `workflow ${c.workflow_id}` : ""].filter(Boolean);
+    return `${c.service} [${(c.requirements || []).join(", ") || "no requirements"}]${tied.length ? " for " + tied.join(", ") : ""} in pool ${c.pool}`;
+  }
+
+  function labels(classes) {
+    const texts = classes.map(label);
+    const count = texts.reduce((m, t) => m.set(t, (m.get(t) || 0) + 1), new Map());
+    return texts.map((t, i) => count.get(t) > 1 ? `${t} (class ${classes[i].class.slice(0, 8)})` : t);
   }
 
   async function load() {
@@ -33,7 +46,7 @@
     const alert = document.getElementById("queue-alert");
     alert.classList.toggle("d-none", bad.length === 0);
     alert.textContent = bad.length ? `${bad.length} requirement class${bad.length > 1 ? "es" : ""} (${stuck} job${stuck === 1 ? "" : "s"}) cannot be served by any live worker: ${
-      bad.map((c) => `${c.service} [${(c.requirements || []).join(", ") || "no requirements"}] in pool ${c.pool}`).join("; ")}. These jobs will wait forever unless such a worker joins or they are cancelled.` : "";
+      labels(bad).join("; ")}. These jobs will wait forever unless such a worker joins or they are cancelled.` : "";
     body.innerHTML = data.classes.map(row).join("");
     document.getElementById("queue-empty").classList.toggle("d-none", data.classes.length > 0);
     EMP.stamp();

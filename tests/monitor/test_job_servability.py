@@ -1,0 +1,58 @@
+"""Why a pending job waits: whether a live worker can serve its class, and if not, what it lacks."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from capability_router.functions import QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.keys import Keys
+from capability_router.profile import WorkerProfile
+from capability_router.registry import WorkerRegistry
+from webapp.monitor.queue import class_servability
+
+
+def _live(client: redis.Redis, queue: QueueFunctions, profile: WorkerProfile,
+          **heartbeat: str) -> None:
+    queue.register_worker(profile)
+    WorkerRegistry(client).heartbeat(profile.as_dict(), ["default"], [], 60_000, first=True,
+                                      **heartbeat)
+
+
+def _class_of(client: redis.Redis, queue: QueueFunctions, job_id: str, **fields: object) -> str:
+    spec = JobSpec.from_fields({"service_required": "simulation", **fields})
+    queue.enqueue(job_id, spec, json.dumps({"id": job_id}))
+    return client.hget(Keys("default").job(job_id), "class")
+
+
+def test_no_worker_in_the_pool_is_the_reason(client: redis.Redis,
+                                            queue: QueueFunctions) -> None:
+    """Tried: a job filed while no worker is registered at all."""
+    check = class_servability(client, "default", _class_of(client, queue, "j1"))
+    assert check["servable"] is False and check["workers"] == []
+    assert "no worker is registered in pool default" in check["reason"]
+
+
+def test_the_reason_names_what_each_live_worker_has_of_what_the_job_needs(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: an 80 GB job for customer acme beside a 24 GB worker and a worker of another
+    service; then a 96 GB worker joins."""
+    _live(client, queue, WorkerProfile(worker_id="small", services=["simulation"],
+                                       hardware={"gpu_memory_gb": 24}))
+    _live(client, queue, WorkerProfile(worker_id="texty", services=["echo"]))
+    csig = _class_of(client, queue, "j1", customer_id="acme",
+                     requirements={"hardware": {"gpu_memory_gb": 80}})
+    check = class_servability(client, "default", csig)
+    assert check["servable"] is False
+    assert check["requirements"] == ["hardware.gpu_memory_gb >= 80"]
+    reason = check["reason"]
+    assert "needs simulation with hardware.gpu_memory_gb >= 80 for customer acme" in reason
+    assert "small (hardware.gpu_memory_gb 24)" in reason
+    assert "texty (offers only echo)" in reason
+
+    _live(client, queue, WorkerProfile(worker_id="big", services=["simulation"],
+                                       hardware={"gpu_memory_gb": 96}))
+    check = class_servability(client, "default", csig)
+    assert check["servable"] is True and check["workers"] == ["big"]
