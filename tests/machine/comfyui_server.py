@@ -11,8 +11,10 @@ What a real stock ComfyUI 0.8 was seen to do (/work/shared/reference/real-comfyu
 and this server does too:
 
 - ``/ws`` sends ``status`` first; a second socket with the same clientId
-  replaces the first (which is closed here) and, while that client's prompt
-  runs, receives ``executing {node: <last>}`` without a ``prompt_id``;
+  replaces the first and, while that client's prompt runs, receives
+  ``executing {node: <last>}`` without a ``prompt_id``. As in ComfyUI's
+  server.py, the replaced socket is not closed, it just gets nothing more, and
+  when it closes later it unregisters the client id, new socket included;
 - ``progress_state {prompt_id, nodes}`` besides ``progress {value, max, prompt_id, node}``;
 - an identical workflow is served from cache, output nodes included:
   ``execution_cached`` lists every node and ``executed`` repeats the earlier
@@ -235,9 +237,11 @@ class ComfyUITestServer:
             error = self._validate(workflow)
             if error is not None:
                 return jsonify(error), 400
+            extra_data = dict(body.get("extra_data") or {})
+            if "client_id" in body:
+                extra_data["client_id"] = client_id
             item = {"number": next(self._numbers), "prompt_id": str(uuid.uuid4()),
-                    "prompt": workflow, "client_id": client_id,
-                    "create_time": int(time.time() * 1000)}
+                    "prompt": workflow, "client_id": client_id, "extra_data": extra_data}
             with self._cond:
                 if self.running is not None:
                     self.queued_while_busy.append(item["prompt_id"])
@@ -251,7 +255,7 @@ class ComfyUITestServer:
         def queue() -> Any:
             def row(item: dict[str, Any]) -> list[Any]:
                 return [item["number"], item["prompt_id"], item["prompt"],
-                        {"client_id": item["client_id"]}, self._outputs_of(item["prompt"])]
+                        item["extra_data"], self._outputs_of(item["prompt"])]
             with self._cond:
                 running = [row(self.running)] if self.running else []
                 return jsonify({"queue_running": running,
@@ -336,13 +340,7 @@ class ComfyUITestServer:
         def websocket(ws: Any) -> None:
             client_id = request.args.get("clientId") or uuid.uuid4().hex
             self._send_locks[id(ws)] = threading.Lock()
-            replaced = self._sockets.get(client_id)
-            self._sockets[client_id] = ws  # ComfyUI keeps one socket per client id
-            if replaced is not None:
-                try:
-                    replaced.close()
-                except Exception:
-                    pass
+            self._sockets[client_id] = ws  # one socket per client id; a replaced one stays open
             try:
                 self._send(ws, "status", {"status": {"exec_info": {
                     "queue_remaining": self._queue_remaining()}}, "sid": client_id})
@@ -354,8 +352,7 @@ class ComfyUITestServer:
                 while not self._stopped.is_set():
                     ws.receive(timeout=1)
             finally:
-                if self._sockets.get(client_id) is ws:
-                    del self._sockets[client_id]
+                self._sockets.pop(client_id, None)  # ComfyUI's too: even a newer socket's
                 self._send_locks.pop(id(ws), None)
 
         return app
@@ -577,8 +574,7 @@ class ComfyUITestServer:
             send("execution_error", data)
             messages.append(["execution_error", data])
         self.history[prompt_id] = {
-            "prompt": [item["number"], prompt_id, workflow,
-                       {"client_id": client_id, "create_time": item["create_time"]},
+            "prompt": [item["number"], prompt_id, workflow, item["extra_data"],
                        self._outputs_of(workflow)],
             "outputs": outputs,
             "status": {"status_str": status, "completed": status == "success",

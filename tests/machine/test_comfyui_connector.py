@@ -15,7 +15,6 @@ from comfyui_server import ComfyUITestServer, txt2img
 from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
 from simple_websocket import Client as WebSocketClient
-from simple_websocket import ConnectionClosed
 
 from capability_router.errors import JobCancelled
 from machine.connectors import (
@@ -321,14 +320,16 @@ def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfy
     """Real ComfyUI: a second socket with the same clientId replaces the first.
 
     Tried: while the job's VAEDecode runs (slowly), another socket opens with
-    the job's clientId. The server closes the connector's socket; the
-    connector reconnects (replacing the intruder, which is closed) and gets
-    ``executing {node: "8"}`` without a prompt_id; ``progress_state`` and
-    ``status`` before ``executing {node: null}`` come too. The job completes,
-    progress never goes back.
+    the job's clientId. Like ComfyUI's server.py, the double keeps the
+    connector's socket open but sends it nothing more; the newcomer gets
+    ``status`` then ``executing {node: "8"}`` without a prompt_id, then the
+    rest of the prompt (``progress_state``, ``status`` before ``executing
+    {node: null}``). The connector, its socket silent, still completes the
+    job from ``/history``, and its progress never goes back.
     """
     comfyui.slow_nodes["VAEDecode"] = 1.0
     connector = connector_for(comfyui, store)
+    connector.history_poll_seconds = 0.3
     reports: list[Progress] = []
     outcome: dict[str, object] = {}
     thread = threading.Thread(target=lambda: outcome.update(
@@ -342,16 +343,18 @@ def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfy
         while (raw := intruder.receive(timeout=5)) is not None:
             if isinstance(raw, str):
                 seen.append(json.loads(raw))
-    except ConnectionClosed:
-        pass  # replaced in turn by the connector's new socket
-    else:
+                if seen[-1]["type"] == "executing" and seen[-1]["data"]["node"] is None:
+                    break
+    finally:
         intruder.close()
     thread.join(20)
     assert seen[0]["type"] == "status"
     assert seen[1] == {"type": "executing", "data": {"node": "8"}}
+    kinds = [m["type"] for m in seen]
+    assert "progress_state" in kinds and kinds[-2:] == ["status", "executing"]
     output = outcome["output"]
     assert output.success and len(output.output_files) == 1
-    assert comfyui.requests.count("GET /ws") == 3
+    assert comfyui.requests.count("GET /ws") == 2
     percents = [r.percent for r in reports]
     assert percents == sorted(percents) and percents[-1] == 100
 
