@@ -514,8 +514,12 @@ class ComfyUITestServer:
     def _execute(self, item: dict[str, Any]) -> None:
         prompt_id, workflow, client_id = item["prompt_id"], item["prompt"], item["client_id"]
 
-        def send(kind: str | None, data: Any) -> None:
-            """A JSON message with the prompt id, or (kind None) a binary frame."""
+        def send(kind: str | None, data: Any, per_node: bool = False) -> None:
+            """A JSON message with the prompt id (``per_node``: in each of its nodes too),
+            or (kind None) a binary frame."""
+            if per_node:
+                data = {**data, "nodes": {n: {**v, "prompt_id": prompt_id}
+                                          for n, v in data["nodes"].items()}}
             self._to_client(client_id, kind, data if kind is None else
                             {**data, "prompt_id": prompt_id})
 
@@ -590,7 +594,7 @@ class ComfyUITestServer:
         states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
                            "display_node_id": node_id, "parent_node_id": None,
                            "real_node_id": node_id}
-        send("progress_state", {"nodes": {n: dict(s) for n, s in states.items()}})
+        send("progress_state", {"nodes": {n: dict(s) for n, s in states.items()}}, True)
 
     def _order(self, workflow: dict[str, Any],
                outputs: list[str] | None = None) -> list[str]:

@@ -378,7 +378,9 @@ def test_the_double_sends_what_real_comfyui_sends(comfyui) -> None:
     assert kinds[0] == "status" and kinds[-2:] == ["status", "executing"]
     assert "progress" in kinds and "progress_state" in kinds
     state = next(m["data"] for m in messages if m["type"] == "progress_state")
-    assert state["prompt_id"] and all("state" in n for n in state["nodes"].values())
+    assert state["prompt_id"] and all(n["state"] in ("running", "finished")
+                                      and n["prompt_id"] == state["prompt_id"]
+                                      for n in state["nodes"].values())
 
     # /prompt errors (HTTP 400) and /history of an unknown id, as the real server answers.
     no_prompt = requests.post(f"{comfyui.url}/prompt", json={"client_id": "raw"}, timeout=5)
