@@ -204,8 +204,10 @@ class QueueFunctions:
             return self.client.execute_command(*command)
 
     def configure(self, **settings: int) -> None:
-        """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms, max_attempts."""
-        allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts"}
+        """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms,
+        max_attempts, max_service_releases, service_release_delay_ms."""
+        allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts",
+                   "max_service_releases", "service_release_delay_ms"}
         unknown = set(settings) - allowed
         if unknown:
             raise ValueError(f"unknown queue setting(s): {', '.join(sorted(unknown))}")
@@ -314,6 +316,18 @@ class QueueFunctions:
         k = self.keys
         return _text(self._call("emp_requeue", [k.config, k.job(job_id)],
                                 [job_id, attempt, reason]))
+
+    def release(self, job_id: str, attempt: int | str, reason: str,
+                now_ms: int | None = None) -> str:
+        """Give back an attempt its service refused, spending no retry (see emp_release).
+
+        Returns 'delayed' or 'queued', 'exhausted' when the job used up its
+        releases (nothing changed: count the failure as usual), or the status
+        that refuses it (fencing).
+        """
+        k = self.keys
+        return _text(self._call("emp_release", [k.config, k.job(job_id), k.delayed],
+                                [job_id, attempt, reason, now_ms or 0]))
 
     def renew(
         self, worker_id: str, lease_ms: int, held: list[tuple[str, int | str]]

@@ -10,9 +10,11 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
 
   emp:workers              ZSET   worker id -> ms of its last heartbeat
   emp:worker:<id>          HASH   worker_id, machine_id, hostname, pools,
-                                  profile (JSON), jobs (JSON), started_at,
-                                  last_seen; expires after ``ttl_ms``
-  emp:system:events        STREAM worker_status events (online, offline)
+                                  profile (JSON), jobs (JSON), status (idle,
+                                  busy, service_unhealthy), status_reason,
+                                  started_at, last_seen; expires after ``ttl_ms``
+  emp:system:events        STREAM worker_status events (online, offline,
+                                  service_unhealthy, service_healthy)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import redis
 
 from capability_router.functions import QueueFunctions
 from capability_router.keys import PREFIX, Keys, known_namespaces
+from capability_router.states import WorkerStatus
 
 WORKERS_KEY = f"{PREFIX}:workers"
 SYSTEM_EVENTS_KEY = f"{PREFIX}:system:events"
@@ -55,16 +58,22 @@ class WorkerRegistry:
 
     def heartbeat(
         self, profile: dict[str, Any], pools: list[str], jobs: list[str], ttl_ms: int,
-        first: bool = False,
+        first: bool = False, unhealthy: str | None = None,
     ) -> None:
-        """Record that the worker is alive, holding ``jobs``; ``first`` announces it."""
+        """Record that the worker is alive, holding ``jobs``; ``first`` announces it.
+
+        ``unhealthy`` is why the worker's service cannot take jobs (its claim
+        gate is closed): the status is then ``service_unhealthy`` with that reason.
+        """
         worker_id = profile["worker_id"]
         now = _now_ms()
+        status = (WorkerStatus.SERVICE_UNHEALTHY if unhealthy is not None
+                  else WorkerStatus.BUSY if jobs else WorkerStatus.IDLE)
         fields = {
             "worker_id": worker_id, "machine_id": profile.get("machine_id") or "",
             "hostname": socket.gethostname(), "pools": json.dumps(sorted(pools)),
             "profile": json.dumps(profile), "jobs": json.dumps(jobs),
-            "status": "busy" if jobs else "idle", "last_seen": now,
+            "status": str(status), "status_reason": unhealthy or "", "last_seen": now,
         }
         if first:
             fields["started_at"] = now
@@ -78,6 +87,14 @@ class WorkerRegistry:
                 "worker_id": worker_id, "machine_id": fields["machine_id"],
                 "status": "online", "services": profile.get("services", []),
             })
+
+    def service_changed(self, worker_id: str, machine_id: str, unhealthy: str | None) -> None:
+        """Announce that a worker's service stopped (``unhealthy``: why) or resumed taking jobs."""
+        emit_system_event(self.client, "worker_status", {
+            "worker_id": worker_id, "machine_id": machine_id,
+            "status": "service_unhealthy" if unhealthy is not None else "service_healthy",
+            "reason": unhealthy or "",
+        })
 
     def leave(self, worker_id: str, machine_id: str = "") -> None:
         """A worker stopping cleanly: drop its record at once."""

@@ -32,6 +32,15 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class WorkerStatus(StrEnum):
+    """The ``status`` of a worker's registry record."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    #: Its service is down or restarting: it claims nothing until the service answers.
+    SERVICE_UNHEALTHY = "service_unhealthy"
+
+
 class JobEvent(StrEnum):
     """Event types appended to the event streams."""
 
@@ -43,6 +52,8 @@ class JobEvent(StrEnum):
     FAILED = "job_failed"
     RETRYING = "job_retrying"
     REQUEUED = "job_requeued"
+    #: Given back because its service refused it before it ran (no retry spent).
+    RELEASED = "job_released"
     CANCELLED = "job_cancelled"
 
 

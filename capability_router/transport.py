@@ -16,6 +16,13 @@ Features
   that ended without one. Leases replace the visibility timeout: the worker
   renews the leases of the jobs it holds; a dead worker's jobs go back to
   pending when their lease expires.
+* Claim gate: with a ``claim_gate``, the worker asks it before every claim
+  whether its service can take a job (``emp_tasks`` passes the connector's
+  ``claim_gate``, a health check). While it is closed the worker claims
+  nothing: it waits ``claim_gate_retry_seconds`` on its wake-up list and asks
+  again, and its registry record says ``service_unhealthy`` with the reason
+  (written, with a ``worker_status`` event, when the gate opens or closes).
+  Jobs stay pending for workers whose service is up, spending no retries.
 * Claim latency: the round trip of every claim that returned a job is
   counted in memory and written to the namespace's metrics hash with the
   lease renewals (``capability_router.metrics``), never per claim.
@@ -35,6 +42,11 @@ Transport options
 * ``lease_renew_seconds``: seconds between lease renewals (default lease/3).
 * ``polling_interval``: longest block on the wake-up list, in seconds
   (default 1); shorter when a retry becomes due sooner.
+* ``claim_gate``: a callable returning an object with ``open`` (bool) and
+  ``reason`` (str), asked before every claim (default: none, always open).
+  It runs on the worker's event loop, so it must be quick and never raise.
+* ``claim_gate_retry_seconds``: seconds between asks while the gate is
+  closed (default 1).
 * Every option of kombu's Redis transport, except the visibility-timeout
   ones, which leases replace.
 """
@@ -42,6 +54,7 @@ Transport options
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
 from time import monotonic, perf_counter
@@ -188,11 +201,17 @@ class Channel(kombu_redis.Channel):
     lease_renew_seconds: float | None = None
     #: The consuming worker's capability profile (dict); None reads WORKER_* env.
     worker_profile: dict[str, Any] | None = None
+    #: Asked before every claim; a closed gate (``open`` false) stops claims. None: always open.
+    claim_gate: Callable[[], Any] | None = None
+    #: Seconds between asks of a closed claim gate.
+    claim_gate_retry_seconds: float = 1.0
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lease_seconds",
         "lease_renew_seconds",
         "worker_profile",
+        "claim_gate",
+        "claim_gate_retry_seconds",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -208,6 +227,8 @@ class Channel(kombu_redis.Channel):
         #: Namespaces where this worker's last claim got a job, so it holds no idle mark.
         self._busy_in: set[str] = set()
         self._announced = False
+        #: Why the claim gate is closed; None while it is open.
+        self.unhealthy: str | None = None
         #: Round trips of claims that returned a job, until the next renewal flushes them.
         self.claim_latency = HistogramBuffer(CLAIM)
         self._claim_sent_at = 0.0
@@ -286,10 +307,45 @@ class Channel(kombu_redis.Channel):
         try:
             WorkerRegistry(self.sync_client).heartbeat(
                 self.worker.as_dict(), sorted(self._registered_queues), jobs,
-                ttl_ms=self.lease_ms * 3, first=not self._announced)
+                ttl_ms=self.lease_ms * 3, first=not self._announced, unhealthy=self.unhealthy)
             self._announced = True
         except redis.RedisError:
             logger.debug("heartbeat failed; the next renewal retries", exc_info=True)
+
+    def may_claim(self) -> bool:
+        """Ask the claim gate; on a change, log it and rewrite the registry record at once.
+
+        A gate that raises counts as closed: a worker that cannot tell
+        whether its service works must not take jobs it may only fail.
+        """
+        if self.claim_gate is None:
+            return True
+        try:
+            gate = self.claim_gate()
+            unhealthy = None if gate.open else (gate.reason or "service unhealthy")
+        except Exception as exc:  # noqa: BLE001 - any failure of the gate closes it
+            unhealthy = f"claim gate failed: {type(exc).__name__}: {exc}"
+        if (unhealthy is None) != (self.unhealthy is None):
+            self.unhealthy = unhealthy
+            self._service_changed()
+        return unhealthy is None
+
+    def _service_changed(self) -> None:
+        worker = self.worker
+        if self.unhealthy is None:
+            logger.warning("worker %s: service healthy again; claiming jobs", worker.worker_id,
+                           extra={"event": "service_healthy"})
+        else:
+            logger.warning("worker %s: not claiming jobs: %s", worker.worker_id, self.unhealthy,
+                           extra={"event": "service_unhealthy"})
+        jobs = [job_id for held in self.qos.held_leases().values() for job_id, _ in held]
+        self.heartbeat(jobs)
+        if self._announced:
+            try:
+                WorkerRegistry(self.sync_client).service_changed(
+                    worker.worker_id, worker.machine_id or "", self.unhealthy)
+            except redis.RedisError:
+                logger.debug("could not announce the service change", exc_info=True)
 
     def note_namespace(self, namespace: str) -> None:
         """Record the namespace once, so get_job can find its jobs."""
@@ -353,6 +409,8 @@ class Channel(kombu_redis.Channel):
         self.flush_acks()
         if queue not in self._registered_queues:
             self.register(queue)
+        if not self.may_claim():
+            raise kombu_redis.Empty()
         started = perf_counter()
         result = self.functions(queue).claim(
             self.worker.signature, self.worker.worker_id, self.lease_ms, self.idle_ms
@@ -385,6 +443,13 @@ class Channel(kombu_redis.Channel):
             keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
             self._sent = ("BLPOP", None)
             connection.send_command("BLPOP", *keys, wait)
+        elif not self.may_claim():
+            # Service down: wait, then ask the gate again. Its idle mark, which
+            # this worker no longer renews, expires within idle_ms, so
+            # enqueues stop waking it.
+            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
+            self._sent = ("BLPOP", None)
+            connection.send_command("BLPOP", *keys, self.claim_gate_retry_seconds)
         else:
             queue = queues[0]
             self._sent = ("FCALL", queue)

@@ -6,7 +6,9 @@ A watcher thread also polls for cancellation, so a job that reports nothing
 for a while (a model loading) still learns it: it calls ``cancel_job`` and
 the connector raises JobCancelledByService. Failures carry an ErrorType:
 retryable ones go back to the queue through Celery's retry with exponential
-backoff (the job's ``max_retries``), the others fail the job at once.
+backoff (the job's ``max_retries``), the others fail the job at once. A job
+its service refused before running it (ServiceUnavailable) is given back
+without spending a retry (``emp_tasks.service_release``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from celery.utils.time import get_exponential_backoff_interval
 from capability_router.errors import JobCancelled
 from emp_tasks.bad_models import stop_advertising
 from emp_tasks.cancellation import is_cancelled
+from emp_tasks.service_release import release_or_retry
 from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
     Connector,
     ConnectorError,
+    ErrorType,
     JobCancelledByService,
     JobInput,
     JobOutput,
     Progress,
+    ServiceUnavailable,
 )
 from machine.connectors.factory import get_connector
 
@@ -52,15 +57,29 @@ def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
     """Run ``payload`` on this process's connector for the task's service."""
     job = job_input(task, payload)
     try:
-        connector = get_connector(job.service)
+        connector = _connector(job.service)
         with _cancel_watcher(task, connector, job.job_id):
             return connector.run_job(job, lambda report: _publish(task, report))
     except JobCancelledByService:
         raise JobCancelled(job.job_id) from None
+    except ServiceUnavailable as exc:  # refused before it ran: no retry spent
+        raise release_or_retry(task, exc, retry_or_fail) from None
     except ConnectorError as exc:
         if isinstance(exc, ModelUnusableHere):  # before the retry can be claimed
             stop_advertising(task, exc.bad_models, exc.message)
         raise retry_or_fail(task, exc) from None
+
+
+def _connector(service: str) -> Connector:
+    """``get_connector``; a service it cannot reach to set up refused the job before it ran."""
+    try:
+        return get_connector(service)
+    except ServiceUnavailable:
+        raise
+    except ConnectorError as exc:
+        if exc.error_type != ErrorType.NETWORK:
+            raise
+        raise ServiceUnavailable(exc.message, ErrorType.NETWORK, exc.details) from exc
 
 
 def retry_or_fail(task: Any, exc: ConnectorError) -> BaseException:

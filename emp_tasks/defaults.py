@@ -21,6 +21,16 @@ EVENTS_MAXLEN = 100_000
 MAX_ATTEMPTS = 10
 #: Worker pool processes (``WORKER_CONCURRENCY``).
 CONCURRENCY = 1
+#: Times a job its service refused (down, restarting) is given back without spending a
+#: retry, per run; later refusals count as usual (``EMP_MAX_SERVICE_RELEASES``).
+MAX_SERVICE_RELEASES = 5
+#: Seconds a given-back job waits before it can be claimed again
+#: (``EMP_SERVICE_RELEASE_DELAY_SECONDS``).
+SERVICE_RELEASE_DELAY_SECONDS = 1.0
+#: Workers with a connector ask its health before each claim (``EMP_HEALTH_GATE``: on/off).
+HEALTH_GATE = True
+#: Seconds between health checks while a worker's service is down (``EMP_HEALTH_GATE_SECONDS``).
+HEALTH_GATE_SECONDS = 1.0
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -64,4 +74,17 @@ def queue_settings() -> dict[str, int]:
         "retention_ms": int(float(env("EMP_RETENTION_SECONDS", str(RETENTION_SECONDS))) * 1000),
         "events_maxlen": int(env("EMP_EVENTS_MAXLEN", str(EVENTS_MAXLEN))),
         "max_attempts": int(env("EMP_MAX_ATTEMPTS", str(MAX_ATTEMPTS))),
+        "max_service_releases": int(env("EMP_MAX_SERVICE_RELEASES", str(MAX_SERVICE_RELEASES))),
+        "service_release_delay_ms": int(float(env("EMP_SERVICE_RELEASE_DELAY_SECONDS",
+                                                  str(SERVICE_RELEASE_DELAY_SECONDS))) * 1000),
     }
+
+
+def health_gate() -> bool:
+    """``EMP_HEALTH_GATE``: off (0, false, no) lets a worker claim whatever its service's health."""
+    value = (env("EMP_HEALTH_GATE") or "").strip().lower()
+    return HEALTH_GATE if not value else value not in ("0", "off", "false", "no")
+
+
+def health_gate_seconds() -> float:
+    return float(env("EMP_HEALTH_GATE_SECONDS", str(HEALTH_GATE_SECONDS)))

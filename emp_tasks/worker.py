@@ -41,6 +41,20 @@ def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
     return profile
 
 
+def claim_gate_options() -> dict[str, Any]:
+    """Transport options that make the worker ask its connector before each claim.
+
+    The connector ``EMP_CONNECTOR`` names gets its own instance in this (the
+    claiming) process, built once here, before Celery forks its pool. Without
+    a connector, or with ``EMP_HEALTH_GATE=off``, the worker claims as before.
+    """
+    connector = connector_from_env()
+    if connector is None or not defaults.health_gate():
+        return {}
+    return {"claim_gate": connector.claim_gate,
+            "claim_gate_retry_seconds": defaults.health_gate_seconds()}
+
+
 def run_worker(
     app: Celery, profile: WorkerProfile, pools: list[str] | None = None,
     concurrency: int = defaults.CONCURRENCY, loglevel: str = "info",
@@ -50,6 +64,7 @@ def run_worker(
     pools = pools or [DEFAULT_NAMESPACE]
     options = dict(app.conf.broker_transport_options or {})
     options["worker_profile"] = profile.as_dict()
+    options.update(claim_gate_options())
     app.conf.broker_transport_options = options
     settings = defaults.queue_settings()
     for pool in pools:

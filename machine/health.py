@@ -1,11 +1,13 @@
 """The machine's health server (port 9090): liveness, readiness, status, logs, restarts.
 
 - ``GET /health``: 200 while the machine process runs.
-- ``GET /ready``: 200 when every worker and service is RUNNING under supervisor
-  and every worker's current process has registered in Redis; else 503 with
-  the ones that are not and why.
+- ``GET /ready``: 200 when every worker and service is RUNNING under supervisor,
+  every worker's current process has registered in Redis and no worker reports
+  its service unhealthy (a worker whose ComfyUI is down or restarting claims
+  nothing); else 503 with the ones that are not and why.
 - ``GET /status``: machine id, GPUs, workers (supervisor state, pid, capability
-  profile and current jobs from the registry), services, uptime, log shipping.
+  profile, status with its reason, and current jobs from the registry),
+  services, uptime, log shipping.
 - ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
 - ``POST /restart/<service>``: restart a program through supervisor.
 

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from capability_router.registry import worker_key
+from capability_router.states import WorkerStatus
 from machine.plan import WORKER, MachinePlan
 from machine.supervision import RUNNING
 
@@ -69,11 +70,13 @@ def program_views(plan: MachinePlan, infos: Mapping[str, Mapping[str, Any]],
         if spec.role == WORKER:
             record = records.get(spec.worker_id or "") or {}
             started_ms = int(info["start"]) * 1000 if info and info.get("start") else None
+            registered = bool(record and started_ms
+                              and int(record.get("started_at") or 0) >= started_ms)
             view.update(
-                registered=bool(record and started_ms
-                                and int(record.get("started_at") or 0) >= started_ms),
-                profile=record.get("profile"), jobs=record.get("jobs") or [],
-                last_seen=record.get("last_seen"))
+                registered=registered, profile=record.get("profile"),
+                jobs=record.get("jobs") or [], last_seen=record.get("last_seen"),
+                status=record.get("status") if registered else None,
+                status_reason=record.get("status_reason") or None if registered else None)
             if registry_error:
                 view["registry_error"] = registry_error
         views.append(view)
@@ -90,4 +93,9 @@ def not_ready(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif view["role"] == WORKER and not view["registered"]:
             waiting.append({"name": view["name"], "state": view["state"],
                             "reason": "worker has not registered in Redis yet"})
+        elif view["role"] == WORKER and view.get("status") == WorkerStatus.SERVICE_UNHEALTHY:
+            # The worker claims nothing until its service answers again.
+            waiting.append({"name": view["name"], "state": view["state"],
+                            "status": view["status"],
+                            "reason": view.get("status_reason") or "service unhealthy"})
     return waiting

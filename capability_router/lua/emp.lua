@@ -14,7 +14,8 @@ filed under) are derived from P inside the function: they share the tag, so
 they live in the same slot as the declared key.
 
   P.."config"              HASH   tunables: events_maxlen, job_events_maxlen,
-                                  retention_ms, max_attempts; swept_at (ms of
+                                  retention_ms, max_attempts, max_service_releases,
+                                  service_release_delay_ms; swept_at (ms of
                                   the last housekeeping by a claim)
   P.."job:"..id            HASH   the job record
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
@@ -378,15 +379,16 @@ end
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before')
+    'attempts_before', 'service_releases')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
   end
   local attempts = tonumber(f[4]) or 0
   -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
-  -- ever-new attempt numbers) but gets its full allowance again.
-  if attempts - (tonumber(f[6]) or 0) >= cfg.max_attempts then
+  -- ever-new attempt numbers) but gets its full allowance again. Attempts its
+  -- service refused (emp_release) spent nothing either.
+  if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
@@ -821,6 +823,51 @@ local function emp_requeue(keys, args)
   return return_to_pending(P, config(P), id, args[3], now)
 end
 
+--[[ emp_release
+KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] reason  ARGV[4] now (optional)
+The attempt's service refused the job before accepting it (connection
+refused: down or restarting), so nothing ran: the job goes back to pending at
+its old place without spending its budget (its retries, and its attempts in
+the max_attempts count). It waits service_release_delay_ms (config, default
+1000) in the delayed set first, so a worker whose health check has not seen
+the outage yet cannot take it back at once, again and again. At most
+max_service_releases (config, default 5) times per run; after that it
+changes nothing and returns 'exhausted', and the failure counts as usual.
+Returns 'delayed' or 'queued', 'exhausted', or the refusing status. ]]
+local function emp_release(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'class', 'score', 'service_releases')
+  if not f then
+    return refused
+  end
+  local limits = redis.call('HMGET', keys[1], 'max_service_releases', 'service_release_delay_ms')
+  local most = tonumber(limits[1]) or 5
+  local releases = tonumber(f[6]) or 0
+  if releases >= most then
+    return 'exhausted'
+  end
+  local now = now_ms(args[4])
+  local due = int(now + (tonumber(limits[2]) or 1000))
+  releases = redis.call('HINCRBY', keys[2], 'service_releases', '1')
+  redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'last_error', args[3],
+    'released_at', now)
+  index_status(P, id, f[1], 'pending', now)
+  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, config(P), id, 'job_released', {worker_id = f[3], attempt = tonumber(f[2]),
+    reason = args[3], service_releases = releases, max_service_releases = most,
+    retry_at = tonumber(due)}, now)
+  if tonumber(due) > tonumber(now) then
+    redis.call('HSET', keys[2], 'retry_at', due)
+    redis.call('ZADD', keys[3], due, id)
+    return 'delayed'
+  end
+  file_pending(P, id, f[4], f[5], now)
+  return 'queued'
+end
+
 --[[ emp_renew
 KEYS[1] config  KEYS[2] leases
 ARGV[1] worker id  ARGV[2] lease ms  ARGV[3] now (0: server time)
@@ -894,7 +941,7 @@ local function emp_resubmit(keys, args)
     return f[1]
   end
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
-    redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0',
+    redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
     'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
@@ -967,6 +1014,7 @@ redis.register_function('emp_retry', emp_retry)
 redis.register_function('emp_cancel', emp_cancel)
 redis.register_function('emp_ack', emp_ack)
 redis.register_function('emp_requeue', emp_requeue)
+redis.register_function('emp_release', emp_release)
 redis.register_function('emp_renew', emp_renew)
 redis.register_function('emp_sweep', emp_sweep)
 redis.register_function('emp_resubmit', emp_resubmit)

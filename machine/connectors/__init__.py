@@ -7,6 +7,7 @@ initialized connector that job tasks use.
 """
 
 from machine.connectors.base import (
+    ClaimGate,
     Connector,
     ConnectorError,
     ErrorType,
@@ -15,6 +16,7 @@ from machine.connectors.base import (
     JobInput,
     JobOutput,
     Progress,
+    ServiceUnavailable,
 )
 from machine.connectors.factory import (
     KINDS,
@@ -25,7 +27,7 @@ from machine.connectors.factory import (
 )
 
 __all__ = [
-    "KINDS", "Connector", "ConnectorError", "ErrorType", "Health", "JobCancelledByService",
-    "JobInput", "JobOutput", "Progress", "connector_from_env", "get_connector",
-    "make_connector", "settings_from_env",
+    "KINDS", "ClaimGate", "Connector", "ConnectorError", "ErrorType", "Health",
+    "JobCancelledByService", "JobInput", "JobOutput", "Progress", "ServiceUnavailable",
+    "connector_from_env", "get_connector", "make_connector", "settings_from_env",
 ]

@@ -66,6 +66,19 @@ class JobCancelledByService(ConnectorError):
     """The service stopped the job because it was cancelled (interrupt)."""
 
 
+class ServiceUnavailable(ConnectorError):
+    """The service refused the job before accepting it (down or restarting): nothing ran.
+
+    Raised only when the job surely did not start on the service (its
+    connection was refused), so the worker may give the job back without
+    spending a retry (``emp_release``); anything later is a NETWORK error.
+    """
+
+    def __init__(self, message: str, error_type: ErrorType | str = ErrorType.NETWORK,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, error_type, details)
+
+
 @dataclass
 class Progress:
     """One progress report: percent plus where the service is."""
@@ -115,6 +128,14 @@ class Health:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ClaimGate:
+    """Whether a worker may claim jobs for its connector now; ``reason`` says why not."""
+
+    open: bool
+    reason: str = ""
+
+
 class Connector(abc.ABC):
     """One service behind a worker."""
 
@@ -153,6 +174,25 @@ class Connector(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release connections (optional)."""
+
+    def claim_gate(self) -> ClaimGate:
+        """Whether the worker may claim a job now; asked before every claim (optional hook).
+
+        The default opens while ``check_health`` passes, so a worker whose
+        service is down or restarting leaves jobs to workers that can run
+        them instead of spending their retries on it. A connector may close
+        it for other reasons too. Must be cheap and never raise.
+        """
+        try:
+            health = self.check_health()
+        except Exception as exc:  # a probe that breaks says the service is not usable
+            return ClaimGate(False, f"health check failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.close()  # next probe on a new connection: a kept-alive one hides a restart
+        if health.healthy:
+            return ClaimGate(True)
+        reason = health.details.get("error") or health.details.get("reason") or "unhealthy"
+        return ClaimGate(False, f"{self.service} service unhealthy: {reason}")
 
     # -- concrete helpers: the lifecycle log lines live here, once ---------------
 

@@ -59,6 +59,7 @@ from typing import Any
 import requests
 from simple_websocket import Client as WebSocketClient
 from simple_websocket import ConnectionClosed
+from urllib3.exceptions import NewConnectionError
 
 from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
@@ -71,6 +72,7 @@ from machine.connectors.base import (
     JobOutput,
     Progress,
     ProgressCallback,
+    ServiceUnavailable,
 )
 from machine.connectors.comfyui_client import ComfyUIClient
 from machine.connectors.comfyui_models import (
@@ -295,10 +297,17 @@ class ComfyUIConnector(Connector):
 
     def _run_prompt(self, run: PromptRun, workflow: dict[str, Any], client_id: str,
                     tracker: ProgressTracker, progress: ProgressCallback) -> dict[str, Any]:
-        run.socket = self.client.websocket(client_id)
         try:
-            _await_greeting(run.socket, self.greeting_timeout_seconds)
-            run.prompt_id = self._queue_prompt(workflow, client_id)
+            run.socket = self.client.websocket(client_id)
+        except ConnectorError as exc:
+            raise _unavailable(exc, before_prompt=True) from exc
+        try:
+            try:
+                _await_greeting(run.socket, self.greeting_timeout_seconds)
+                run.prompt_id = self._queue_prompt(workflow, client_id)
+            except ConnectorError as exc:
+                raise _unavailable(exc, before_prompt=run.prompt_id is None
+                                   and "POST /prompt" not in exc.message) from exc
             self.log("job_started", run.job_id, prompt_id=run.prompt_id)
             if run.cancel.is_set():  # cancelled while we queued it
                 self._stop_quietly(run)
@@ -629,6 +638,22 @@ def _rejection(body: Mapping[str, Any]) -> ConnectorError:
                 error_type = ErrorType.MODEL
     return ConnectorError("; ".join(lines), error_type,
                           {"error": error, "node_errors": node_errors})
+
+
+def _unavailable(exc: ConnectorError, before_prompt: bool) -> ConnectorError:
+    """``exc`` as ServiceUnavailable when ComfyUI surely never got the prompt, else itself.
+
+    That is a NETWORK failure before ``POST /prompt`` was sent (the socket refused
+    or never answered: ComfyUI down or restarting), or a POST whose connection
+    was refused; a POST that failed later may have queued the prompt.
+    """
+    if exc.error_type != ErrorType.NETWORK or isinstance(exc, ServiceUnavailable):
+        return exc
+    cause = exc.__cause__
+    reason = getattr(cause.args[0], "reason", None) if cause is not None and cause.args else None
+    if before_prompt or isinstance(reason, NewConnectionError):
+        return ServiceUnavailable(exc.message, ErrorType.NETWORK, exc.details)
+    return exc
 
 
 def _await_greeting(ws: WebSocketClient, timeout: float) -> None:

@@ -13,7 +13,7 @@ Environment (defaults in brackets):
 - Simulation: ``EMP_SIMULATION_DURATION_SECONDS`` [2], ``EMP_SIMULATION_STEPS`` [10],
   ``EMP_SIMULATION_PROGRESS_INTERVAL_SECONDS`` [0], ``EMP_SIMULATION_FAILURE_RATE`` [0],
   ``EMP_SIMULATION_FAILURE_TYPE`` [service], ``EMP_SIMULATION_MODELS``,
-  ``EMP_SIMULATION_SEED``.
+  ``EMP_SIMULATION_SEED``, ``EMP_SIMULATION_OUTAGE_FILE``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _SIMULATION_ENV = {
     "progress_interval_seconds": "EMP_SIMULATION_PROGRESS_INTERVAL_SECONDS",
     "failure_rate": "EMP_SIMULATION_FAILURE_RATE",
     "failure_type": "EMP_SIMULATION_FAILURE_TYPE", "models": "EMP_SIMULATION_MODELS",
-    "seed": "EMP_SIMULATION_SEED",
+    "seed": "EMP_SIMULATION_SEED", "outage_file": "EMP_SIMULATION_OUTAGE_FILE",
 }
 _ENV_OF_KIND = {"comfyui": _COMFYUI_ENV, "comfyui-remote": _COMFYUI_ENV,
                 "simulation": _SIMULATION_ENV}

@@ -13,6 +13,11 @@ Settings (environment names in brackets, defaults after them):
   service would, classified by the same table as real errors.
 - ``models`` [EMP_SIMULATION_MODELS, none]: comma list reported by ``available_models``.
 - ``seed`` [EMP_SIMULATION_SEED, unset]: makes the failures repeatable.
+- ``outage_file`` [EMP_SIMULATION_OUTAGE_FILE, unset]: while this file exists the
+  simulated service is down, as a restarting one is: the health check fails (the
+  file's text, if any, is the reason) and a job is refused before its first step
+  with "connection refused" (ServiceUnavailable). A file, so a test or an operator
+  can start and end an outage of running workers from outside.
 
 A job's payload may override ``steps``, ``duration``, ``failure_rate`` and
 ``failure_type``.
@@ -24,6 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from machine.connectors.base import (
@@ -36,6 +42,7 @@ from machine.connectors.base import (
     JobOutput,
     Progress,
     ProgressCallback,
+    ServiceUnavailable,
 )
 from machine.connectors.errors import classify_error
 
@@ -59,8 +66,10 @@ class SimulationConnector(Connector):
     def __init__(self, connector_id: str = "simulation", duration_seconds: float = 2.0,
                  steps: int = 10, progress_interval_seconds: float = 0.0,
                  failure_rate: float = 0.0, failure_type: str = "service",
-                 models: list[str] | None = None, seed: int | None = None) -> None:
+                 models: list[str] | None = None, seed: int | None = None,
+                 outage_file: str | None = None) -> None:
         super().__init__(connector_id)
+        self.outage_file = Path(outage_file) if outage_file else None
         self.duration_seconds, self.steps = float(duration_seconds), max(1, int(steps))
         self.progress_interval_seconds = float(progress_interval_seconds)
         self.failure_rate = float(failure_rate)
@@ -83,12 +92,28 @@ class SimulationConnector(Connector):
             progress_interval_seconds=float(settings.get("progress_interval_seconds", 0.0)),
             failure_rate=float(settings.get("failure_rate", 0.0)),
             failure_type=str(settings.get("failure_type") or "service"),
-            models=models, seed=int(seed) if seed not in (None, "") else None)
+            models=models, seed=int(seed) if seed not in (None, "") else None,
+            outage_file=settings.get("outage_file") or None)
 
     def initialize(self) -> None:
         """Nothing to connect to."""
 
+    def outage(self) -> str | None:
+        """Why the simulated service is down (the outage file's text), or None while it is up."""
+        if self.outage_file is None:
+            return None
+        try:
+            text = self.outage_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            text = str(exc)
+        return text or "simulated outage"
+
     def check_health(self) -> Health:
+        down = self.outage()
+        if down is not None:
+            return Health(False, {"simulated": True, "error": f"connection refused ({down})"})
         return Health(True, {"simulated": True})
 
     def available_models(self) -> dict[str, list[str]]:
@@ -101,6 +126,9 @@ class SimulationConnector(Connector):
         duration = float(payload.get("duration", self.duration_seconds))
         rate = float(payload.get("failure_rate", self.failure_rate))
         failure_type = _failure_type(str(payload.get("failure_type", self.failure_type)))
+        down = self.outage()
+        if down is not None:
+            raise ServiceUnavailable(f"simulation service: connection refused ({down})")
         fail_at = self._random.randint(1, steps) if self._random.random() < rate else None
         cancel = threading.Event()
         with self._lock:

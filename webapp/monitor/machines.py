@@ -78,6 +78,8 @@ def _worker_view(program: dict[str, Any] | None, record: dict[str, Any] | None,
         record = None
     jobs = list((record or {}).get("jobs") or [])
     status = "not_registered" if record is None else ("busy" if jobs else "idle")
+    if record is not None and record.get("status") == "service_unhealthy":
+        status = "service_unhealthy"  # claims nothing until its service answers
     profile = (record or {}).get("profile")
     return {
         "worker_id": program.get("worker_id") or (record or {}).get("worker_id"),
@@ -89,6 +91,7 @@ def _worker_view(program: dict[str, Any] | None, record: dict[str, Any] | None,
         "spawn_error": program.get("spawn_error"),
         "registered": record is not None,
         "status": status,
+        "status_reason": (record or {}).get("status_reason") or None,
         "jobs": jobs,
         "hostname": (record or {}).get("hostname"),
         "pools": (record or {}).get("pools") or [],
@@ -129,6 +132,8 @@ def _health(machine: dict[str, Any]) -> tuple[bool, str]:
     for worker in machine["workers"]:
         if not worker["registered"]:
             return False, f"{worker['name'] or worker['worker_id']} is not registered"
+        if worker["status"] == "service_unhealthy":
+            return False, f"{worker['name'] or worker['worker_id']}: {worker['status_reason']}"
     return True, f"all {_plural(len(states), 'program')} running and registered"
 
 
@@ -170,7 +175,7 @@ def _machine_view(machine_id: str, record: dict[str, Any] | None,
     counts = {"total": 0, "busy": 0, "idle": 0, "not_registered": 0}
     for worker in view["workers"]:
         counts["total"] += 1
-        counts[worker["status"]] += 1
+        counts[worker["status"]] = counts.get(worker["status"], 0) + 1  # + service_unhealthy
     view["worker_counts"] = counts
     view["healthy"], view["health_reason"] = _health(view)
     return view

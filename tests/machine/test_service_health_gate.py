@@ -1,0 +1,163 @@
+"""A worker whose service is down claims nothing; a job its service refused spends no retry.
+
+Real ``emp machine`` and ``emp worker`` processes, real Redis, the ComfyUI
+test double stopped and started again on its port (a ComfyUI restart), and
+the simulation connector's outage file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from comfyui_server import ComfyUITestServer, txt2img
+from machine_fixtures import *  # noqa: F403 - pytest fixtures
+from machine_helpers import wait_until
+
+from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from emp_tasks.producer import get_job, job_events, submit
+from webapp.monitor.machines import machines_view
+
+
+def registry_record(client: redis.Redis, worker_id: str) -> dict[str, Any]:
+    return next((w for w in WorkerRegistry(client).workers() if w["worker_id"] == worker_id), {})
+
+
+def worker_events(client: redis.Redis, worker_id: str) -> list[dict[str, Any]]:
+    return [data for _, fields in client.xrange(SYSTEM_EVENTS_KEY)
+            if fields["event"] == "worker_status"
+            and (data := json.loads(fields["data"]))["worker_id"] == worker_id]
+
+
+def event_names(job_id: str, app: Any) -> list[str]:  # noqa: ANN401 - Celery app
+    return [e["event"] for e in job_events(job_id, app=app)]
+
+
+@pytest.mark.timeout(240)
+def test_a_restarting_comfyui_stops_its_worker_claiming_until_it_answers_again(
+        start_machine, start_comfyui, app, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a machine's ComfyUI worker, its ComfyUI stopped (a restart), a job submitted
+    meanwhile, then ComfyUI started again on the same port. While it is down the job stays
+    pending and unclaimed, /ready is 503 naming the reason, the registry, the system
+    events and the monitor's Machines view say service_unhealthy; once it answers, the job
+    runs with its first attempt."""
+    server = start_comfyui()
+    port = server.port
+    machine = start_machine("box-g", EMP_MOCK_GPUS="1", WORKERS="comfyui:1",
+                            COMFYUI_BASE_PORT=str(port), EMP_OUTPUT_DIR=str(tmp_path / "out"),
+                            EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS="5")
+    machine.wait_ready()
+    worker_id = "box-g-comfyui-0"
+
+    server.stop()
+    stopped_at = time.monotonic()
+    ready = wait_until(lambda: (r := machine.get("/ready")).status_code == 503 and r.json(),
+                       timeout=30, message="/ready to turn 503")
+    print(f"/ready 503 {time.monotonic() - stopped_at:.1f}s after ComfyUI stopped")
+    [waiting] = ready["not_ready"]
+    assert waiting["name"] == "comfyui-0" and waiting["status"] == "service_unhealthy"
+    assert "comfyui service unhealthy" in waiting["reason"]
+    assert "refused" in waiting["reason"].lower()
+    record = registry_record(client, worker_id)
+    assert record["status"] == "service_unhealthy"
+    assert record["status_reason"] == waiting["reason"]
+    status_worker = machine.worker("comfyui-0")
+    assert status_worker["status"] == "service_unhealthy" and status_worker["status_reason"]
+    assert [e["status"] for e in worker_events(client, worker_id)][-1] == "service_unhealthy"
+    [box] = [m for m in machines_view(client) if m["machine_id"] == "box-g"]
+    [shown] = box["workers"]
+    assert shown["status"] == "service_unhealthy" and "refused" in shown["status_reason"].lower()
+    assert box["healthy"] is False and "comfyui-0" in box["health_reason"]
+    assert box["worker_counts"]["service_unhealthy"] == 1
+
+    job = submit("comfyui", {"workflow": txt2img(steps=1)}, app=app)
+    time.sleep(4)  # four of the worker's health checks, each refused
+    waiting_job = get_job(job.id, app=app)
+    assert waiting_job["status"] == "pending" and waiting_job["attempts"] == 0
+    assert event_names(job.id, app) == ["job_submitted"]
+
+    again = ComfyUITestServer(tmp_path / "comfyui-again").start(port)
+    try:
+        value = job.get(timeout=60)
+        assert value["success"]
+        done = get_job(job.id, app=app)
+        assert done["status"] == "completed" and done["attempts"] == 1
+        assert done["retries"] == 0 and len(again.history) == 1
+        assert machine.wait_ready()["not_ready"] == []
+        assert registry_record(client, worker_id)["status"] in ("idle", "busy")
+        assert [e["status"] for e in worker_events(client, worker_id)][-1] == "service_healthy"
+    finally:
+        again.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_simulated_outage_holds_jobs_pending_until_it_ends(
+        app, start_worker, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: the simulation connector's outage file created under an idle worker, a job
+    submitted, the file removed. The job waits unclaimed, then runs with attempt 1."""
+    outage = tmp_path / "outage"
+    start_worker("sim-1", EMP_CONNECTOR="simulation", EMP_SIMULATION_OUTAGE_FILE=str(outage))
+    outage.write_text("restarting for an upgrade")
+    record = wait_until(lambda: (r := registry_record(client, "sim-1")).get("status")
+                        == "service_unhealthy" and r, message="the worker to say unhealthy")
+    assert record["status_reason"] == ("simulation service unhealthy: connection refused "
+                                       "(restarting for an upgrade)")
+    job = submit("simulation", {"steps": 2, "duration": 0.2}, max_retries=0, app=app)
+    time.sleep(3)
+    assert get_job(job.id, app=app)["status"] == "pending"
+    outage.unlink()
+    assert job.get(timeout=30)["steps"] == 2
+    done = get_job(job.id, app=app)
+    assert done["attempts"] == 1 and done["retries"] == 0
+    assert registry_record(client, "sim-1")["status"] in ("idle", "busy")
+
+
+@pytest.mark.timeout(120)
+def test_a_job_its_service_refused_goes_back_to_pending_without_spending_retries(
+        app, start_worker, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a job with max_retries=0 claimed by a worker whose service is down (its
+    health check turned off, as when the service dies between the check and the job),
+    then the outage ends. The refusal is a job_released event, not a retry; the job
+    runs again and completes without having spent its only try."""
+    outage = tmp_path / "outage"
+    start_worker("sim-2", EMP_CONNECTOR="simulation", EMP_HEALTH_GATE="off",
+                 EMP_SIMULATION_OUTAGE_FILE=str(outage), EMP_SERVICE_RELEASE_DELAY_SECONDS="2")
+    outage.write_text("restarting")
+    job = submit("simulation", {"steps": 2, "duration": 0.2}, max_retries=0, app=app)
+    wait_until(lambda: "job_released" in event_names(job.id, app), timeout=30,
+               message=f"the job to be released; events {event_names(job.id, app)}")
+    outage.unlink()  # within the 2 s release delay
+    assert job.get(timeout=30)["steps"] == 2
+    done = get_job(job.id, app=app)
+    assert done["status"] == "completed" and done["retries"] == 0
+    assert done["service_releases"] == 1 and done["attempts"] == 2
+    released = [e["data"] for e in job_events(job.id, app=app) if e["event"] == "job_released"]
+    assert released[0]["reason"] == ("[network] simulation service: connection refused "
+                                     "(restarting)")
+    assert released[0]["service_releases"] == 1 and released[0]["max_service_releases"] == 5
+    assert "job_retrying" not in event_names(job.id, app)
+
+
+@pytest.mark.timeout(120)
+def test_releases_are_bounded_then_the_refusal_counts(
+        app, start_worker, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a service that stays down under a worker that keeps claiming, with
+    EMP_MAX_SERVICE_RELEASES=2 and max_retries=0: two releases, then the third refusal
+    counts like any network failure and, with no retry left, fails the job."""
+    outage = tmp_path / "outage"
+    outage.write_text("gone for good")
+    start_worker("sim-3", EMP_CONNECTOR="simulation", EMP_HEALTH_GATE="off",
+                 EMP_SIMULATION_OUTAGE_FILE=str(outage), EMP_MAX_SERVICE_RELEASES="2",
+                 EMP_SERVICE_RELEASE_DELAY_SECONDS="0.2")
+    job = submit("simulation", {"steps": 2}, max_retries=0, app=app)
+    final = wait_until(lambda: (r := get_job(job.id, app=app))["status"] == "failed" and r,
+                       timeout=60, message=f"the job to fail; events {event_names(job.id, app)}")
+    names = event_names(job.id, app)
+    assert names.count("job_released") == 2 and "job_retrying" not in names
+    assert names.index("job_failed") > max(i for i, n in enumerate(names) if n == "job_released")
+    assert final["service_releases"] == 2 and final["attempts"] == 3
+    assert "connection refused (gone for good)" in final["last_error"]
