@@ -645,7 +645,8 @@ class ComfyUITestServer:
             raise NodeError(node_id, "FileNotFoundError", "[Errno 2] No such file or directory: "
                             f"'/ComfyUI/models/checkpoints/{inputs['ckpt_name']}'")
         if kind == "CheckpointLoaderSimple" and inputs["ckpt_name"] in self.corrupt_checkpoints:
-            raise NodeError(node_id, "SafetensorError",
+            # execution.py's full_type_name: the Rust extension's module, then the class.
+            raise NodeError(node_id, "safetensors_rust.SafetensorError",
                             "Error while deserializing header: header too small")
         if kind == "KSampler":
             latent = self._linked(workflow, node_id, "latent_image", values)

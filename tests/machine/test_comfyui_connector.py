@@ -465,3 +465,30 @@ def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
     assert connector.run_job(job("after", txt2img(steps=1, prefix="a")), lambda r: None).success
     assert server.queued_while_busy == []
     assert connector.check_health().healthy
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["required", "not-required"])
+def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
+        start_comfyui, store, caplog, required) -> None:
+    """Real ComfyUI on an empty or truncated checkpoint: ``execution_error``
+    safetensors_rust.SafetensorError "Error while deserializing header: header too small".
+
+    Tried: a server listing flux.safetensors whose copy is corrupt. The job
+    fails with a MODEL error naming the model (all its aliases), retryable only
+    when the job's requirements name it (the worker then stops advertising it,
+    so the retry goes elsewhere); either way the connector stops reporting it
+    and logs ``model_unusable``. Before: a SERVICE error, retried on the same worker.
+    """
+    server = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"],
+                           corrupt_checkpoints=["flux.safetensors"])
+    connector = connector_for(server, store)
+    caplog.set_level("INFO", logger="emp.connector")
+    requirements = {"models": ["flux"]} if required else {}
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(JobInput("bad", "comfyui", {"workflow": txt2img(ckpt="flux.safetensors")},
+                                   requirements=requirements), lambda r: None)
+    assert caught.value.error_type == ErrorType.MODEL and "header too small" in str(caught.value)
+    assert caught.value.details["bad_models"] == {"comfyui": ["flux", "flux.safetensors"]}
+    assert caught.value.retryable is required
+    assert connector.available_models() == {"comfyui": ["sd15", "sd15.safetensors"]}
+    assert [r.event for r in caplog.records if getattr(r, "event", None) == "model_unusable"]
