@@ -317,7 +317,7 @@ class ComfyUITestServer:
                           "torch_vram_total": 24 * gib, "torch_vram_free": 20 * gib}
             argv = ["main.py", "--cpu"] if self.cpu else ["main.py"]
             return jsonify({
-                "system": {"os": "posix", "ram_total": ram_total, "ram_free": ram_free,
+                "system": {"os": "linux", "ram_total": ram_total, "ram_free": ram_free,
                            "comfyui_version": "0.8.0", "python_version": "3.11",
                            "pytorch_version": "2.x", "embedded_python": False, "argv": argv},
                 "devices": [device]})
