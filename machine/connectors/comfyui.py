@@ -18,9 +18,10 @@ Protocol (ComfyUI's, unchanged):
   an interrupt between nodes only, so a stopped job's ``process_job`` returns
   only once the prompt left ComfyUI (``executing {node: null}`` for it, or
   ``/queue`` without it), at most ``stop_wait_seconds`` later; past that the
-  connector is unhealthy (``service_stuck`` logged) until the prompt ends, and
-  the next job waits for it (up to ``busy_wait_seconds``) before queueing its
-  own. The instance is not restarted: the worker cannot reach the supervisor
+  connector is unhealthy (``service_stuck`` logged) until the prompt ends, in
+  every process of the machine (comfyui_stuck: the worker's claim gate asks
+  its own instance), and the next job waits for it (up to ``busy_wait_seconds``)
+  before queueing its own. The instance is not restarted: the worker cannot reach the supervisor
   of a local ComfyUI, and a remote one is not ours to restart;
 - ``GET /system_stats`` is the health check (a ``cpu`` device, ComfyUI's
   ``--cpu``, reports system RAM as VRAM: counted as no GPU memory),
@@ -82,6 +83,7 @@ from machine.connectors.comfyui_models import (
     model_aliases,
 )
 from machine.connectors.comfyui_progress import ProgressTracker
+from machine.connectors.comfyui_stuck import StuckPrompt
 from machine.connectors.errors import MODEL_INPUTS, classify_error
 from machine.outputs import OutputStore, output_store_from_env
 
@@ -150,8 +152,8 @@ class ComfyUIConnector(Connector):
         self._output_store = output_store
         self._runs: dict[str, PromptRun] = {}
         self._lock = threading.Lock()
-        #: Prompt of a stopped job that outlived ``stop_wait_seconds`` (None: none).
-        self._stuck_prompt: str | None = None
+        #: Prompt of a stopped job that outlived ``stop_wait_seconds``, seen by every process.
+        self.stuck = StuckPrompt(self.client.url)
         #: Models a loader failed to load here: no longer reported (see bad_models).
         self.bad_models: set[str] = set()
 
@@ -522,19 +524,19 @@ class ComfyUIConnector(Connector):
                 return
             if run.socket is None:
                 time.sleep(min(self.stop_poll_seconds, max(0.0, deadline - now)))
-        self._stuck_prompt = run.prompt_id
+        self.stuck.set(str(run.prompt_id))
         self.log("service_stuck", run.job_id, logging.WARNING,
                  f"ComfyUI still runs prompt {run.prompt_id} {self.stop_wait_seconds:g}s after "
                  "it was stopped; unhealthy until it ends", prompt_id=run.prompt_id)
 
     def _still_stuck(self) -> str | None:
         """The stuck prompt if ComfyUI still has it; clears (and logs) once it is gone."""
-        prompt_id = self._stuck_prompt
+        prompt_id = self.stuck.get()
         if prompt_id is None:
             return None
         if self._in_queue(prompt_id):
             return prompt_id
-        self._stuck_prompt = None
+        self.stuck.clear(prompt_id)
         self.log(None, level=logging.INFO,
                  message=f"ComfyUI finished stuck prompt {prompt_id}; healthy again")
         return None

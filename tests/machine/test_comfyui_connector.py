@@ -443,9 +443,10 @@ def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
 
     Tried: stop_wait_seconds=0.3 and a 2 s VAEDecode. The cancel returns after
     the bound; the health check says ComfyUI still runs the cancelled prompt;
-    a log line says so; the next job waits for ComfyUI to finish that prompt
-    before queueing its own (none is queued into a busy ComfyUI), then health
-    is good again.
+    a log line says so; another connector instance on that URL (as the
+    worker's main process has) is unhealthy too; the next job waits for
+    ComfyUI to finish that prompt before queueing its own (none is queued
+    into a busy ComfyUI), then health is good again everywhere.
     """
     server = start_comfyui(slow_nodes={"VAEDecode": 2.0})
     connector = connector_for(server, store, stop_wait_seconds=0.3)
@@ -461,10 +462,13 @@ def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
     assert time.monotonic() - started < 1.9 and server.running is not None
     health = connector.check_health()
     assert not health.healthy and "still runs" in health.details["error"]
+    # Another instance on the same URL (the worker's main process asks its own) knows too.
+    other = make_connector("comfyui", {"url": server.url})
+    assert not other.check_health().healthy
     assert any(getattr(r, "event", None) == "service_stuck" for r in caplog.records)
     assert connector.run_job(job("after", txt2img(steps=1, prefix="a")), lambda r: None).success
     assert server.queued_while_busy == []
-    assert connector.check_health().healthy
+    assert connector.check_health().healthy and other.check_health().healthy
 
 
 @pytest.mark.parametrize("required", [True, False], ids=["required", "not-required"])
