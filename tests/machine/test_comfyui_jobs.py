@@ -179,3 +179,32 @@ def test_profile_takes_models_from_the_connector(app, comfyui, monkeypatch) -> N
                                          "sdxl/base.safetensors"]
     monkeypatch.delenv("EMP_CONNECTOR")
     assert build_profile(app).services == ["echo", "simulation"]  # no ComfyUI: not offered
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_comfyui_outlives_the_stop_wait_claims_nothing_until_it_is_done(
+        app, client, start_worker, start_comfyui, tmp_path) -> None:
+    """Tried: EMP_COMFYUI_STOP_WAIT_SECONDS=0.5 and a 5 s VAEDecode; the job is
+    cancelled while it runs. The worker gives up waiting after 0.5 s; its
+    registry record then says ``service_unhealthy`` (ComfyUI still runs the
+    cancelled prompt: the claim gate in its main process reads what the pool
+    process recorded), and a job submitted meanwhile is only sent to ComfyUI
+    once the old prompt ended.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 5})
+    start_worker("comfy-1", EMP_COMFYUI_STOP_WAIT_SECONDS="0.5", **comfy_env(server, tmp_path))
+    stuck = submit("comfyui", {"workflow": txt2img(steps=1)}, app=app)
+    wait_until(lambda: server._last_node == "8", timeout=60, message="VAEDecode")
+    assert cancel(stuck.id, app=app) == "cancelled"
+
+    def status_of_worker() -> dict:
+        return next(w for w in WorkerRegistry(client).workers() if w["worker_id"] == "comfy-1")
+
+    record = wait_until(lambda: (r := status_of_worker())["status"] == "service_unhealthy"
+                        and r, timeout=10, message="the worker to stop claiming")
+    assert "still runs prompt" in record["status_reason"]
+    nxt = submit("comfyui", {"workflow": txt2img(steps=1, prefix="next")}, app=app)
+    assert nxt.get(timeout=60)["success"]
+    assert server.queued_while_busy == []
+    wait_until(lambda: status_of_worker()["status"] != "service_unhealthy", timeout=10,
+               message="the worker to claim again")
