@@ -143,6 +143,39 @@ def test_a_job_its_service_refused_goes_back_to_pending_without_spending_retries
 
 
 @pytest.mark.timeout(120)
+def test_a_comfyui_job_refused_by_a_restarting_comfyui_is_released_not_retried(
+        app, start_worker, start_comfyui, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a ComfyUI worker with its health check off (the widest window between a
+    check and the job) runs one job, then ComfyUI stops and a job with max_retries=0
+    comes; ComfyUI starts again on its port. The refused socket released the job with
+    no retry spent, and it completed on the restarted ComfyUI."""
+    server = start_comfyui()
+    port = server.port
+    start_worker("comfy-r", EMP_CONNECTOR="comfyui", COMFYUI_URL=server.url,
+                 WORKER_SERVICES="comfyui", EMP_OUTPUT_DIR=str(tmp_path / "out"),
+                 EMP_HEALTH_GATE="off", EMP_SERVICE_RELEASE_DELAY_SECONDS="0.5")
+    first = submit("comfyui", {"workflow": txt2img(steps=1)}, app=app)
+    assert first.get(timeout=60)["success"]
+    server.stop()
+    job = submit("comfyui", {"workflow": txt2img(steps=1, prefix="second")}, max_retries=0,
+                 app=app)
+    wait_until(lambda: "job_released" in event_names(job.id, app), timeout=30,
+               message=f"the job to be released; events {event_names(job.id, app)}")
+    again = ComfyUITestServer(tmp_path / "comfyui-again").start(port)
+    try:
+        assert job.get(timeout=60)["success"]
+        done = get_job(job.id, app=app)
+        assert done["status"] == "completed" and done["retries"] == 0
+        assert done["service_releases"] >= 1
+        released = [e["data"] for e in job_events(job.id, app=app)
+                    if e["event"] == "job_released"]
+        assert "ComfyUI WebSocket" in released[0]["reason"]
+        assert "job_retrying" not in event_names(job.id, app)
+    finally:
+        again.stop()
+
+
+@pytest.mark.timeout(120)
 def test_releases_are_bounded_then_the_refusal_counts(
         app, start_worker, client, tmp_path: Path) -> None:  # noqa: ANN001
     """Tried: a service that stays down under a worker that keeps claiming, with
