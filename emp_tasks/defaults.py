@@ -31,6 +31,9 @@ SERVICE_RELEASE_DELAY_SECONDS = 1.0
 HEALTH_GATE = True
 #: Seconds between health checks while a worker's service is down (``EMP_HEALTH_GATE_SECONDS``).
 HEALTH_GATE_SECONDS = 1.0
+#: Seconds a worker waits for its service's health check before counting it down
+#: (``EMP_HEALTH_GATE_TIMEOUT_SECONDS``).
+HEALTH_GATE_TIMEOUT_SECONDS = 5.0
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -88,3 +91,7 @@ def health_gate() -> bool:
 
 def health_gate_seconds() -> float:
     return float(env("EMP_HEALTH_GATE_SECONDS", str(HEALTH_GATE_SECONDS)))
+
+
+def health_gate_timeout_seconds() -> float:
+    return float(env("EMP_HEALTH_GATE_TIMEOUT_SECONDS", str(HEALTH_GATE_TIMEOUT_SECONDS)))

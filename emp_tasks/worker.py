@@ -9,6 +9,7 @@ from celery import Celery
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.profile import WorkerProfile
 from emp_tasks import defaults
+from emp_tasks.claim_gate import BoundedClaimGate
 from emp_tasks.connection import get_functions
 from emp_tasks.producer import services
 from machine.connectors.factory import connector_from_env
@@ -51,7 +52,8 @@ def claim_gate_options() -> dict[str, Any]:
     connector = connector_from_env()
     if connector is None or not defaults.health_gate():
         return {}
-    return {"claim_gate": connector.claim_gate,
+    return {"claim_gate": BoundedClaimGate(connector.claim_gate,
+                                           defaults.health_gate_timeout_seconds()),
             "claim_gate_retry_seconds": defaults.health_gate_seconds()}
 
 
