@@ -375,13 +375,20 @@ def install_chromium() -> str | None:
     return f"{hint} (apt-get install chromium failed: {last})"
 
 
+#: Fixtures that start processes (workers, web services, machines, a browser): what makes
+#: a test slow to run, so a test using one is not ``fast``.
+PROCESS_FIXTURES = frozenset({"start_worker", "start_server", "start_machine", "browser"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``browser`` the tests that drive Chromium, ``fast`` those neither browser nor slow."""
+    """Mark ``browser`` the tests that drive Chromium; ``fast`` those that are not ``slow``
+    and start no process through the fixtures above (tox's pyXY-fast: ``pytest -m fast``)."""
     for item in items:
-        if "browser" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "browser" in fixtures:
             item.add_marker(pytest.mark.browser)
-        if not (item.get_closest_marker("browser") or item.get_closest_marker("slow")):
+        if not (fixtures & PROCESS_FIXTURES or item.get_closest_marker("slow")):
             item.add_marker(pytest.mark.fast)
 
 
