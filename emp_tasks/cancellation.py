@@ -4,6 +4,7 @@ and a run that learns it ends the way Celery ends a revoked task."""
 from __future__ import annotations
 
 from billiard.exceptions import Terminated
+from celery import Celery
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
@@ -57,3 +58,16 @@ def end_cancelled_run(context: JobContext) -> Ignore:
     logger.info("job %s attempt %s was taken from this run (now %s); it stops here",
                 context.job_id, context.attempt, status)
     return Ignore(f"job {context.job_id} attempt {context.attempt} was taken away")
+
+
+def revoke_unclaimed(app: Celery, job_id: str) -> None:
+    """Mark a job cancelled while no run held it (pending, or waiting for a retry)
+    REVOKED in Celery's result backend, as a worker's revoke would.
+
+    No worker will see its message again, so none takes Celery's revoke path
+    for it; without this its AsyncResult stayed PENDING (or RETRY) and
+    ``get()`` waited for ever. No task-revoked event is sent: Celery's event
+    state files a task event under its sender as a worker, so Flower would
+    list this process among the workers.
+    """
+    app.backend.mark_as_revoked(job_id, "cancelled")

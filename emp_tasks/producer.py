@@ -12,6 +12,7 @@ from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
+from emp_tasks.cancellation import revoke_unclaimed
 from emp_tasks.connection import get_client, get_functions
 from emp_tasks.remote_control import forget_revoked
 
@@ -131,6 +132,8 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     reply = get_functions(app.conf.broker_url, namespace).cancel(job_id)
     if reply[0] == "missing":
         raise JobNotFound(job_id)
+    if reply[0] == JobStatus.CANCELLED and not JobStatus(reply[1]).is_active:
+        revoke_unclaimed(app, job_id)  # a running job's run ends REVOKED itself
     if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
         app.control.revoke(job_id, terminate=True)
     return reply[0]

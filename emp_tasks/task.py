@@ -16,6 +16,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from capability_router.errors import JobCancelled
 from capability_router.jobspec import HEADER, JobSpec
+from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
 from emp_tasks.context import JobContext, job_context
@@ -96,6 +97,8 @@ class EmpTask(Task):
         outcome = context.functions.start(
             task_id, context.attempt, self.request.hostname or "", profile.get("machine_id") or ""
         )
+        if outcome == JobStatus.CANCELLED:  # cancelled after the claim, before the start
+            raise end_cancelled_run(context)
         if outcome != "ok":
             raise Ignore(f"job {task_id} is {outcome}; not running it")
         try:

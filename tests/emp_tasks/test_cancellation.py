@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 from flower.events import EventsState
 
+from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.producer import cancel, get_job, job_events, requeue, submit
 
@@ -132,3 +134,25 @@ def test_cancel_with_terminate_is_revoked_too(app, start_worker, task_events) ->
     assert get_job(result.id, app=app)["status"] == "cancelled"
     log = worker.log_path.read_text()
     assert "Traceback" not in log and "raised unexpected" not in log
+
+
+def test_cancel_of_a_job_no_run_holds_is_revoked(app, client, start_worker) -> None:
+    """Tried: a pending job (no worker yet) and a job waiting in Redis for its retry,
+    both cancelled. No worker will see their messages again, so before the fix
+    Celery kept them PENDING and RETRY for good, and ``get()`` of the pending one
+    waited for ever."""
+    pending = submit("echo", {"x": 1}, app=app)
+    assert cancel(pending.id, app=app) == "cancelled"
+    assert pending.state == "REVOKED"
+    with pytest.raises(TaskRevokedError):
+        pending.get(timeout=5)
+    start_worker("w1")
+    retrying = submit("echo", {"fail_times": 5}, app=app)
+    wait_for(lambda: client.zscore(Keys("default").delayed, retrying.id) is not None,
+             timeout=20, message="the job to wait for its retry")
+    assert retrying.state == "RETRY"
+    assert cancel(retrying.id, app=app) == "cancelled"
+    assert retrying.state == "REVOKED"
+    submit("echo", {"x": 2}, app=app).get(timeout=30)
+    assert get_job(pending.id, app=app)["attempts"] == 0
+    assert get_job(retrying.id, app=app)["status"] == "cancelled"
