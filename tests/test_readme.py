@@ -104,6 +104,16 @@ def test_the_block_parser_reads_markers_and_indented_blocks() -> None:
     assert indented.code == "if True:\n    pass\n"
 
 
+def test_ci_runs_the_readme_test_command_exactly() -> None:
+    """Tried: .ci/run's own reading of the README: the block marked for CI, set-up included."""
+    marked = [b for b in BLOCKS if b.marker and b.marker.startswith("<!-- ci: test command")]
+    assert len(marked) == 1, "one README block must be marked <!-- ci: test command -->"
+    done = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print-test-command"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout == marked[0].code
+    assert marked[0].code.strip().endswith("pip install -e '.[dev]' && pytest")
+
+
 @dataclass
 class Stack:
     redis_url: str
