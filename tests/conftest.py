@@ -395,7 +395,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Before the first test, outside any test's timeout: Chromium for the browser tests."""
     global _chromium_missing
-    if Path(CHROMIUM).exists() or not any(
+    if Path(CHROMIUM).exists() or session.config.option.collectonly or not any(
             "browser" in getattr(item, "fixturenames", ()) for item in session.items):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
