@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 from flower.events import EventsState
@@ -156,3 +157,31 @@ def test_cancel_of_a_job_no_run_holds_is_revoked(app, client, start_worker) -> N
     submit("echo", {"x": 2}, app=app).get(timeout=30)
     assert get_job(pending.id, app=app)["attempts"] == 0
     assert get_job(retrying.id, app=app)["status"] == "cancelled"
+
+
+def flower_task_state(base: str, task_id: str) -> str | None:
+    """The state Flower's Tasks page shows for ``task_id`` (its own datatable JSON)."""
+    reply = requests.get(base + "/tasks/datatable", timeout=5, params={
+        "draw": 1, "start": 0, "length": 50, "search[value]": "", "order[0][column]": 0,
+        "columns[0][data]": "received", "order[0][dir]": "desc"})
+    rows = [row for row in reply.json()["data"] if row.get("uuid") == task_id]
+    return rows[0]["state"] if rows else None
+
+
+@pytest.mark.timeout(120)
+def test_flower_tasks_page_and_failed_count_show_a_cancelled_job_revoked(
+        app, start_worker, start_server) -> None:
+    """Tried: the monitor (Flower) running, a running echo job cancelled. Before the
+    fix Flower's Tasks page said FAILURE and its workers' Failed count was 1."""
+    monitor = start_server("monitor")
+    start_worker("w1")
+    result = submit("echo", {"sleep": 30}, app=app)
+    wait_for(lambda: flower_task_state(monitor.base, result.id) == "STARTED", timeout=40,
+             message="Flower to see the job start")
+    assert cancel(result.id, app=app) == "cancelled"
+    wait_for(lambda: flower_task_state(monitor.base, result.id) in ("REVOKED", "FAILURE"),
+             timeout=20, message="Flower to see the job end")
+    assert flower_task_state(monitor.base, result.id) == "REVOKED"
+    workers = requests.get(monitor.base + "/workers", params={"json": 1}, timeout=5).json()
+    (w1,) = [w for w in workers["data"] if w["hostname"].startswith("w1@")]
+    assert w1.get("task-failed", 0) == 0 and w1.get("task-revoked") == 1
