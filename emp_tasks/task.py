@@ -35,6 +35,9 @@ class EmpTask(Task):
     #: The service (job type) this task implements; defaults to the task name.
     service: str | None = None
 
+    #: A cancel ends the run (as REVOKED), whatever a job type's ``autoretry_for`` says.
+    dont_autoretry_for = (JobCancelled,)
+
     @property
     def service_name(self) -> str:
         return self.service or self.name
@@ -129,8 +132,14 @@ class EmpTask(Task):
             headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""
             headers[HEADER] = getattr(self.request, HEADER, None)
             options["headers"] = headers
-        return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
-                             max_retries=max_retries, **options)
+        try:
+            return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta,
+                                 countdown=countdown, max_retries=max_retries, **options)
+        finally:
+            # Celery keeps this on the task object, which every job of the type shares, and
+            # autoretry clears it only after a retry that was sent: one job's limit would
+            # become the next job's.
+            self.__dict__.pop("override_max_retries", None)
 
 
 __all__ = ["EmpTask"]

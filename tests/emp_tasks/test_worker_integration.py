@@ -54,6 +54,19 @@ def test_max_retries_exhausted_ends_failed(app, start_worker) -> None:
     assert record["attempts"] == 2 and "EchoFailure" in record["last_error"]
 
 
+def test_a_jobs_max_retries_does_not_carry_over_to_the_next_job(app, start_worker) -> None:
+    """Tried: a job with max_retries=0 fails, then a job of the same type that fails once
+    runs in the same pool process. Celery keeps a retry's max_retries on the shared task
+    object (override_max_retries) after a retry that gave up; the next job used to fail at
+    once instead of retrying."""
+    start_worker("w1")
+    first = submit("echo", {"fail_times": 1}, max_retries=0, app=app)
+    wait_for(lambda: status_of(app, first.id) == "failed", timeout=30, message="failure")
+    second = submit("echo", {"fail_times": 1}, app=app)
+    assert second.get(timeout=30)["retries"] == 1
+    assert get_job(second.id, app=app)["status"] == "completed"
+
+
 def test_cancelled_pending_job_never_runs(app, start_worker) -> None:
     result = submit("echo", {"x": 1}, app=app)
     assert cancel(result.id, app=app) == "cancelled"
