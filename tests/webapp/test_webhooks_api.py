@@ -15,6 +15,7 @@ import requests
 from flask import Flask
 from standardwebhooks.webhooks import Webhook
 
+from capability_router.states import JobEvent
 from webapp.settings import WebSettings
 from webapp.webhooks import create_app, keys
 from webapp.webhooks.config import WebhookConfig, parse_networks
@@ -206,3 +207,12 @@ def test_served_by_gunicorn_with_the_guard_on_by_default(start_server, client) -
     assert requests.post(server.base + "/webhooks", json=GOOD, timeout=5).status_code == 401
     assert requests.get(server.base + "/webhooks", headers=admin, timeout=5).json()["count"] == 0
     assert requests.get(server.base + "/nowhere", timeout=5).json()["success"] is False
+
+
+def test_every_job_event_the_log_carries_can_be_subscribed(make_app) -> None:
+    """Tried: a registration for each job event the functions append (JobEvent). The log's
+    job_released (a job its down service refused, back to pending) was refused as unknown."""
+    api = make_app().test_client()
+    for event in JobEvent:
+        created = api.post("/webhooks", json={**GOOD, "events": [event.value]})
+        assert created.status_code == 201, (event, created.json)

@@ -134,6 +134,9 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "requirements": {"type": "object"},
                 "attempts": {"type": "integer"},
                 "retries": {"type": "integer"},
+                "service_releases": {"type": "integer", "description": (
+                    "Times its service refused it before it ran (a down or restarting "
+                    "service): it went back to pending, spending no retry.")},
                 "max_retries": {"type": "integer"},
                 "created_at": {"type": "integer"},
                 "progress": {"type": "number"},
