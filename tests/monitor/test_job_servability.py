@@ -11,7 +11,7 @@ from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
-from webapp.monitor.queue import class_servability
+from webapp.monitor.queue import class_servability, queue_summary
 
 
 def _live(client: redis.Redis, queue: QueueFunctions, profile: WorkerProfile,
@@ -56,3 +56,16 @@ def test_the_reason_names_what_each_live_worker_has_of_what_the_job_needs(
                                        hardware={"gpu_memory_gb": 96}))
     check = class_servability(client, "default", csig)
     assert check["servable"] is True and check["workers"] == ["big"]
+
+
+def test_the_queue_view_counts_a_worker_whose_service_is_down_apart_and_not_as_serving(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: the only worker able to serve a pending job reports its service down. The
+    queue view counted it idle and named it as serving the class, while it claims nothing."""
+    profile = WorkerProfile(worker_id="comfy-1", services=["simulation"])
+    _live(client, queue, profile, unhealthy="comfyui at 127.0.0.1:8188 refused the connection")
+    _class_of(client, queue, "j1")
+    summary = queue_summary(client)
+    assert summary["workers"] == {"total": 1, "idle": 0, "busy": 0, "service_unhealthy": 1}
+    row, = summary["classes"]
+    assert row["unservable"] is True and row["workers"] == []

@@ -12,7 +12,7 @@ Metrics:
 * ``emp_queue_class_workers{pool,class,service}``: live workers able to
   serve it; 0 means nobody alive can run it (alert on this).
 * ``emp_jobs{pool,status}``: jobs per state (listing index sizes).
-* ``emp_workers{status}``: live workers, idle or busy.
+* ``emp_workers{status}``: live workers, idle, busy or service_unhealthy.
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
 """
@@ -63,7 +63,8 @@ def _families() -> dict[str, Metric]:
         "jobs": GaugeMetricFamily(
             "emp_jobs", "Jobs per state, per pool.", labels=["pool", "status"]),
         "workers": GaugeMetricFamily(
-            "emp_workers", "Live workers by state (idle, busy).", labels=["status"]),
+            "emp_workers", "Live workers by state (idle, busy, service_unhealthy).",
+            labels=["status"]),
         WAIT: HistogramMetricFamily(*_HISTOGRAMS[WAIT], labels=["pool"]),
         CLAIM: HistogramMetricFamily(*_HISTOGRAMS[CLAIM], labels=["pool"]),
     }
@@ -124,7 +125,7 @@ class QueueCollector(Collector):
         for pool_row in summary["pools"]:
             for status, count in pool_row["jobs"].items():
                 families["jobs"].add_metric([pool_row["pool"], status], count)
-        for status in ("idle", "busy"):
+        for status in ("idle", "busy", "service_unhealthy"):
             families["workers"].add_metric([status], summary["workers"][status])
         with client.pipeline(transaction=False) as pipe:
             for pool in pools:

@@ -97,7 +97,8 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     """Pending work of every pool, by class, with the live workers able to serve it.
 
     Returns ``{"now_ms", "classes": [row...], "pools": [pool...], "workers":
-    {"total", "idle", "busy"}}``. A class row: ``pool``, ``class`` (signature),
+    {"total", "idle", "busy", "service_unhealthy"}}`` (a worker whose service is down
+    serves no class). A class row: ``pool``, ``class`` (signature),
     ``service``, ``customer_id``, ``workflow_id``, ``strict``, ``requirements``
     (readable conditions), ``pending``, ``oldest_ms``, ``oldest_age_seconds``,
     ``head_score``, ``workers`` (ids of live workers that can serve it) and
@@ -110,12 +111,14 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     workers = WorkerRegistry(client).workers()
     # Live profile signatures per pool, and the workers that share each.
     serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
-    idle = busy = 0
+    counts = {"idle": 0, "busy": 0, "service_unhealthy": 0}
     for record in workers:
-        if record.get("status") == "busy":
-            busy += 1
-        else:
-            idle += 1
+        status = record.get("status")
+        if status == "service_unhealthy":
+            # Its claim gate is closed: it serves nothing until its service is back.
+            counts["service_unhealthy"] += 1
+            continue
+        counts["busy" if status == "busy" else "idle"] += 1
         psig = profile_signature(record)
         if psig is None:
             continue
@@ -179,7 +182,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
         "now_ms": now_ms,
         "classes": rows,
         "pools": pool_rows,
-        "workers": {"total": idle + busy, "idle": idle, "busy": busy},
+        "workers": {"total": sum(counts.values()), **counts},
     }
 
 
