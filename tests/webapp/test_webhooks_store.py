@@ -99,3 +99,13 @@ def attempt(success: bool) -> dict[str, Any]:
         "response_status": 200 if success else None, "latency_ms": 1, "response_body": "",
         "error_message": None if success else "refused", "next_retry_at": None,
         "address": "127.0.0.1"}))
+
+
+def test_hooks_created_in_the_same_ms_list_in_creation_order(store: HookStore) -> None:
+    """Tried: 40 registrations back to back (several share a ms). The list, oldest first,
+    was ordered by the random hook id within a ms, so the monitor's and the API's listing
+    swapped hooks created together."""
+    created = [hook_of(store) for _ in range(40)]
+    created_at = [h["created_at"] for h in store.list()]
+    assert len(set(created_at)) < len(created_at), "no two hooks shared a ms; no tie tried"
+    assert [h["id"] for h in store.list()] == created

@@ -13,7 +13,7 @@ from capability_router.keys import PREFIX
 #: Start of every webhook key.
 WEBHOOK_PREFIX = f"{PREFIX}:webhooks:{{wh}}:"
 
-#: hook id -> created ms (ZSET).
+#: hook id -> order number when created, oldest first (ZSET; see ORDER).
 HOOKS = WEBHOOK_PREFIX + "hooks"
 #: Bumped on every registration change, so readers know to reload (STRING).
 VERSION = WEBHOOK_PREFIX + "version"

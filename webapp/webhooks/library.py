@@ -155,6 +155,13 @@ class WebhookFunctions:
         return bool(self._call("emp_wh_record", k, [delivery_id, json.dumps(attempt),
                                                     history_ms, recent_max, *flat]))
 
+    def create(self, hook_id: str, fields: dict[str, Any]) -> int:
+        """Store a new registration (connected, listed last); its created_at in ms."""
+        k = [keys.DUE, keys.hook(hook_id), keys.state(hook_id), keys.HOOKS, keys.VERSION,
+             keys.ORDER]
+        flat = [x for pair in fields.items() for x in pair]
+        return int(self._call("emp_wh_create", k, [hook_id, *flat]))
+
     def update(self, hook_id: str, fields: dict[str, str]) -> bool:
         """Write registration fields and reschedule the hook; False if it does not exist."""
         k = [keys.DUE, keys.state(hook_id), keys.queue(hook_id), keys.hook(hook_id),

@@ -69,15 +69,8 @@ class HookStore:
         """Store a validated registration; returns it with its secret (shown once)."""
         hook_id = new_hook_id()
         secret = doc.get("secret") or generate_secret()
-        now = now_ms(self.client)
         fields = {"active": "1", "filters": "{}", "retry_config": "{}", **self._fields(doc)}
-        fields.update({"id": hook_id, "secret": secret, "created_at": now, "updated_at": now})
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.hook(hook_id), mapping=fields)
-            pipe.hset(keys.state(hook_id), mapping={"connected": "1", "consecutive_failures": 0})
-            pipe.zadd(keys.HOOKS, {hook_id: now})
-            pipe.incr(keys.VERSION)
-            pipe.execute()
+        self.functions.create(hook_id, {**fields, "secret": secret})
         return {**self.get(hook_id), "secret": secret}
 
     @staticmethod

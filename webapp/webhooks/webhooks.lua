@@ -13,7 +13,7 @@ W is derived from it. Keys of a hook or delivery that only the function can
 know (the hook a claim picks, the deliveries a deleted hook still had) are
 derived from W: they share the tag, so they live in the same slot.
 
-  W.."hooks"               ZSET   hook id -> created ms
+  W.."hooks"               ZSET   hook id -> order number when created
   W.."version"             STRING bumped on every registration change
   W.."hook:"..id           HASH   registration: id, url, events, secret,
                                   filters, retry_config, active ('1'/'0'),
@@ -48,7 +48,8 @@ finished delivery's record and attempts expire after the history time and
 are deleted sooner when they fall out of the hook's history.
 
 Times are Redis TIME in ms (one clock for every instance). The history
-indexes ("log", "recent") are scored by order numbers instead: max(now ms,
+indexes ("log", "recent") and the hook list ("hooks") are scored by order
+numbers instead: max(now ms,
 last + 1). A ms holds many deliveries, and a tie in a ZSET falls back to the
 member (a random-looking delivery id), which reordered them; order numbers
 never tie, and stay close to the ms, so they sort after entries an earlier
@@ -349,6 +350,21 @@ local function emp_wh_record(keys, args)
   return 1
 end
 
+--[[ emp_wh_create
+KEYS[1] due  KEYS[2] hook  KEYS[3] state  KEYS[4] hooks  KEYS[5] version  KEYS[6] order
+ARGV[1] hook id  ARGV[2..] field, value pairs of the registration
+Stores a new registration, connected, listed after every earlier one.
+Returns its created_at (ms). ]]
+local function emp_wh_create(keys, args)
+  local now = now_ms()
+  redis.call('HSET', keys[2], unpack(args, 2))
+  redis.call('HSET', keys[2], 'id', args[1], 'created_at', int(now), 'updated_at', int(now))
+  redis.call('HSET', keys[3], 'connected', '1', 'consecutive_failures', '0')
+  redis.call('ZADD', keys[4], int(next_order(keys[6], now)), args[1])
+  redis.call('INCR', keys[5])
+  return int(now)
+end
+
 --[[ emp_wh_update
 KEYS[1] due  KEYS[2] state  KEYS[3] queue  KEYS[4] hook  KEYS[5] version
 ARGV[1] hook id  ARGV[2..] field, value pairs of the registration
@@ -464,6 +480,7 @@ redis.register_function('emp_wh_enqueue', emp_wh_enqueue)
 redis.register_function('emp_wh_claim', emp_wh_claim)
 redis.register_function('emp_wh_finish', emp_wh_finish)
 redis.register_function('emp_wh_record', emp_wh_record)
+redis.register_function('emp_wh_create', emp_wh_create)
 redis.register_function('emp_wh_update', emp_wh_update)
 redis.register_function('emp_wh_reconnect', emp_wh_reconnect)
 redis.register_function('emp_wh_delete', emp_wh_delete)
