@@ -330,7 +330,9 @@ def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
                         ok = run_monitor_demo(stack.services["monitor"]) and ok
                     click.echo("demo: all jobs completed" if ok
                                else "demo: some jobs did not complete")
+                    click.echo(_next_steps(stack, running=False))
                     sys.exit(0 if ok else 1)
+                click.echo(_next_steps(stack, running=True))
                 click.echo("Ctrl-C to stop")
                 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
                 signal.pause()
@@ -338,6 +340,18 @@ def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def _next_steps(stack: Stack, running: bool) -> str:
+    """What a new user does next, with this stack's own addresses."""
+    steps = ["Next: " + ("in another shell, " if running else
+                         "`emp up` keeps the stack running (Ctrl-C stops it); then, in another "
+                         "shell, ") + "`emp submit simulation --payload '{\"steps\": 5}'`"]
+    if "monitor" in stack.services:
+        steps.append(f"watch it at {stack.services['monitor']}/jobs")
+    if "api" in stack.services:
+        steps.append(f"submit over REST at {stack.services['api']}/api/jobs")
+    return ", ".join(steps) + "; the README's \"Using it\" shows the Python API."
 
 
 def _banner(stack: Stack, workers: int, data_dir: Path, is_recorded: bool) -> None:

@@ -37,6 +37,8 @@ def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: all jobs completed" in done.stdout
+    assert "Next: `emp up` keeps the stack running" in done.stdout, "it says what to do next"
+    assert "emp submit simulation" in done.stdout
     assert "websocket: complete_job (success)" in done.stdout, "the API and its socket ran too"
     assert (tmp_path / "redis" / "appendonlydir").exists(), "append-only persistence is on"
 
