@@ -171,8 +171,8 @@ class ServerProcess:
             try:
                 if requests.get(self.base + "/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or listening but still loading (slow under load)
             time.sleep(0.1)
         raise TimeoutError(f"{self.command} did not answer /health: {self.log()}")
 
