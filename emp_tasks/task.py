@@ -90,7 +90,9 @@ class EmpTask(Task):
 
         The outcome is recorded here, before Celery stores the result, so a
         caller whose ``AsyncResult.get()`` returned reads a finished record.
-        A run that learns its job was cancelled ends as Celery's REVOKED.
+        A run that learns its job was cancelled ends as Celery's REVOKED. An
+        outcome the record refuses is stored nowhere: the run ends with
+        ``Ignore`` (REVOKED if the job was cancelled).
         """
         context = self.job
         if context is None:
@@ -112,9 +114,15 @@ class EmpTask(Task):
             # Recorded already by the cancel; ends as a revoked task, not a failure.
             raise end_cancelled_run(context) from None
         except Exception as exc:
-            context.functions.fail(task_id, context.attempt, f"{type(exc).__name__}: {exc}")
+            if context.functions.fail(
+                    task_id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
+                raise end_cancelled_run(context) from None  # refused: store no FAILURE
             raise
-        context.functions.complete(task_id, context.attempt, retval)
+        if context.functions.complete(task_id, context.attempt, retval) != "ok":
+            # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
+            # stores, so this run's value would hide the outcome of the attempt that
+            # holds the job.
+            raise end_cancelled_run(context)
         return retval
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
