@@ -16,7 +16,7 @@ from capability_router import TRANSPORT
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
-from emp_tasks import defaults, remote_control  # noqa: F401 - remote_control registers a command
+from emp_tasks import defaults, remote_control, revocation  # noqa: F401 - remote_control registers a command
 from emp_tasks.job_types import job_type
 
 #: Job type modules every app registers.
@@ -88,6 +88,7 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app = EmpCelery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
     app.add_defaults(lambda: celery_config(redis_url))
     app.conf.update(**user_config(), **settings)
+    revocation.init_app(app)
     return app
 
 
