@@ -65,7 +65,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from capability_router.errors import InvalidJob
+from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
     Claimed,
     QueueFunctions,
@@ -378,10 +378,11 @@ class Channel(kombu_redis.Channel):
                 job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),
                 headers.pop("emp_error", ""),
             )
-            if outcome not in ("delayed", "queued"):
-                logger.warning("retry of job %s refused: job is %s", job_id, outcome)
-            if outcome != "missing" or "class" not in spec:
+            if outcome in ("delayed", "queued"):
                 return
+            if outcome != "missing" or "class" not in spec:
+                # The sending task ends quietly on it, so Celery stores no RETRY.
+                raise RetryRefused(job_id, outcome)
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
         if outcome == "duplicate":
             raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from capability_router.errors import JobCancelled
+from capability_router.errors import JobCancelled, RetryRefused
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
@@ -143,6 +143,12 @@ class EmpTask(Task):
         try:
             return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta,
                                  countdown=countdown, max_retries=max_retries, **options)
+        except Reject as reject:
+            # Celery wraps a failed send in Reject, which it would store as FAILURE; a
+            # refused retry is an outcome of a run that no longer holds the job.
+            if context is not None and isinstance(reject.reason, RetryRefused):
+                raise end_cancelled_run(context) from None
+            raise
         finally:
             # Celery keeps this on the task object, which every job of the type shares, and
             # autoretry clears it only after a retry that was sent: one job's limit would

@@ -26,12 +26,14 @@ from celery import shared_task
 
 
 @shared_task(bind=True, name="test.blind_sleep", service="echo")
-def blind_sleep(self, seconds, raise_on=""):
+def blind_sleep(self, seconds, raise_on="", retry_on=""):
     time.sleep(seconds)
     redis.Redis.from_url(os.environ["EMP_REDIS_URL"]).rpush(
         "test:returned", self.request.hostname)
     if raise_on and self.request.hostname.startswith(raise_on + "@"):
         raise RuntimeError("the stale run failed")
+    if retry_on and self.request.hostname.startswith(retry_on + "@"):
+        raise self.retry(countdown=0, max_retries=3)
     return {"worker": self.request.hostname}
 '''
 
@@ -44,7 +46,7 @@ def blind_worker_env(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": f"{ROOT}:{tmp_path}", "EMP_CELERY_CONFIG": "blind_config"}
 
 
-def blind_sleep(seconds: float, raise_on: str = "") -> None:
+def blind_sleep(seconds: float, raise_on: str = "", retry_on: str = "") -> None:
     """The producer's side of ``test.blind_sleep``: its name and service."""
 
 
@@ -58,7 +60,7 @@ def published(pubsub: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("stale_run", ["returns", "raises"])
+@pytest.mark.parametrize("stale_run", ["returns", "raises", "retries"])
 def test_stale_attempts_outcome_never_reaches_the_result_backend(
         app, client, redis_server, start_worker, blind_worker_env, stale_run) -> None:
     """Tried: w1 runs a job that sleeps 6 s without checking for a cancel; 3 s in, w1's
@@ -66,14 +68,16 @@ def test_stale_attempts_outcome_never_reaches_the_result_backend(
     job again (attempt 2), then continued (SIGCONT), so attempt 1 returns (or raises)
     while attempt 2 still runs. Before the fix attempt 1's return value was stored as
     SUCCESS, and Celery keeps a SUCCESS, so ``get()`` returned attempt 1's result
-    while the job record said attempt 2 finished (a raise was stored as FAILURE)."""
+    while the job record said attempt 2 finished (a raise was stored as FAILURE, a
+    retry as RETRY, though the retry itself was refused)."""
     blind = app.task(name="test.blind_sleep", service="echo", shared=False)(blind_sleep)
     first = start_worker("w1", **blind_worker_env)
-    raise_on = "w1" if stale_run == "raises" else ""
+    stale = {"raises": "raise_on", "retries": "retry_on"}.get(stale_run)
     task_id = f"blind-{stale_run}"
     pubsub = redis.Redis(port=redis_server.port).pubsub()
     pubsub.subscribe(app.backend.get_key_for_task(task_id).decode())
-    result = blind.apply_async(kwargs={"seconds": 6, "raise_on": raise_on}, task_id=task_id)
+    payload = {"seconds": 6, **({stale: "w1"} if stale else {})}
+    result = blind.apply_async(kwargs=payload, task_id=task_id)
     wait_for(lambda: get_job(task_id, app=app)["status"] == "in_progress", timeout=30,
              message="w1 to start the job")
     started = time.monotonic()
