@@ -8,6 +8,7 @@ from capability_router.errors import (
     JobCancelled,
     JobNotFound,
     LibraryError,
+    RetryRefused,
 )
 from capability_router.jobspec import JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, key_for
@@ -18,6 +19,6 @@ TRANSPORT = "capability_router.transport:Transport"
 
 __all__ = [
     "DEFAULT_NAMESPACE", "EmpError", "InvalidJob", "InvalidProfile", "JobCancelled", "JobEvent",
-    "JobNotFound", "JobSpec", "JobStatus", "Keys", "LibraryError", "TRANSPORT", "WorkerProfile",
-    "key_for",
+    "JobNotFound", "JobSpec", "JobStatus", "Keys", "LibraryError", "RetryRefused", "TRANSPORT",
+    "WorkerProfile", "key_for",
 ]

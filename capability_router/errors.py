@@ -24,5 +24,16 @@ class JobCancelled(EmpError):
     """Raised inside a task whose job was cancelled while it ran."""
 
 
+class RetryRefused(EmpError):
+    """A retry the job record refused (the attempt was taken away, or the job ended)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(job_id, status)
+        self.job_id, self.status = job_id, status
+
+    def __str__(self) -> str:
+        return f"retry of job {self.job_id!r} refused: the job is {self.status}"
+
+
 class LibraryError(EmpError):
     """The Redis Function library could not be loaded or is incompatible."""

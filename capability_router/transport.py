@@ -53,6 +53,7 @@ Transport options
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -65,7 +66,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from capability_router.errors import InvalidJob
+from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
     Claimed,
     QueueFunctions,
@@ -75,6 +76,7 @@ from capability_router.functions import (
 )
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
+from capability_router.message_body import body_payload, plain_body
 from capability_router.metrics import CLAIM, HistogramBuffer
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
@@ -109,6 +111,19 @@ def task_header(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a job spec a running task reads (see emp_tasks.context)."""
     fields = spec.get("fields", spec)
     return {"pool": spec["pool"], "max_retries": fields.get("max_retries")}
+
+
+def without_stored_payload(spec: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """The spec without its record ``payload`` when the message body (made plain text
+    here) carries the same payload: the job keeps it once (see ``message_body``)."""
+    if not plain_body(message):
+        return spec
+    fields = spec.get("fields")
+    if not isinstance(fields, dict) or "payload" not in fields:
+        return spec
+    if json.loads(fields["payload"]) != body_payload(message["body"]):
+        return spec
+    return {**spec, "fields": {k: v for k, v in fields.items() if k != "payload"}}
 
 
 def _eta_ms(eta: Any) -> int:
@@ -369,6 +384,7 @@ class Channel(kombu_redis.Channel):
         # The job record keeps the spec; the stored message keeps what the
         # running task reads (pool, max_retries), so every claim moves less.
         headers[HEADER] = task_header(spec)
+        spec = without_stored_payload(spec, message)
         functions = self.functions(queue)
         self.note_namespace(queue)
         due_ms = _eta_ms(headers.get("eta"))
@@ -378,10 +394,11 @@ class Channel(kombu_redis.Channel):
                 job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),
                 headers.pop("emp_error", ""),
             )
-            if outcome not in ("delayed", "queued"):
-                logger.warning("retry of job %s refused: job is %s", job_id, outcome)
-            if outcome != "missing" or "class" not in spec:
+            if outcome in ("delayed", "queued"):
                 return
+            if outcome != "missing" or "class" not in spec:
+                # The sending task ends quietly on it, so Celery stores no RETRY.
+                raise RetryRefused(job_id, outcome)
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
         if outcome == "duplicate":
             raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")

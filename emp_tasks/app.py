@@ -13,9 +13,11 @@ from typing import Any
 from celery import Celery
 
 from capability_router import TRANSPORT
+from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
-from emp_tasks import defaults, remote_control  # noqa: F401 - remote_control registers a command
+from emp_tasks import defaults, remote_control, revocation  # noqa: F401 - remote_control registers a command
+from emp_tasks.job_types import job_type
 
 #: Job type modules every app registers.
 BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
@@ -59,15 +61,34 @@ def user_config() -> dict[str, Any]:
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and k.islower()}
 
 
+class EmpCelery(Celery):
+    """Celery, whose ``send_task`` files a job under its job type's service.
+
+    ``Task.apply_async`` builds the job header itself; a message sent by task
+    name (``app.send_task``, a canvas step the sending app did not have
+    registered) gets it here, from the task of that name, or is refused.
+    """
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
+                  **options: Any) -> Any:
+        headers = dict(options.pop("headers", None) or {})
+        if HEADER not in headers:
+            spec = job_type(self, name).job_spec(args, kwargs, options)
+            headers[HEADER] = spec.header()
+            options["queue"] = options.get("queue") or spec.pool
+        return super().send_task(name, args, kwargs, headers=headers, **options)
+
+
 def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     """Build an EMP Celery app; ``EMP_CELERY_CONFIG`` then ``settings`` override defaults.
 
     Without ``redis_url``, the URL is resolved (``emp_tasks.locate``) on first use, so a
     program that imports this module before ``emp up`` starts still finds it.
     """
-    app = Celery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
+    app = EmpCelery("emp", task_cls="emp_tasks.task:EmpTask", include=BUILTIN_JOBS)
     app.add_defaults(lambda: celery_config(redis_url))
     app.conf.update(**user_config(), **settings)
+    revocation.init_app(app)
     return app
 
 

@@ -44,7 +44,8 @@ def check_cancelled(context: JobContext | None) -> None:
 
 
 def end_cancelled_run(context: JobContext) -> Ignore:
-    """The exception that ends a run which raised JobCancelled, logged at INFO.
+    """The exception that ends a run which raised JobCancelled, or whose outcome the
+    job record refused, logged at INFO.
 
     RunCancelled when the user cancelled the job. A run whose attempt was
     taken away (the job runs again elsewhere under the same task id) ends as

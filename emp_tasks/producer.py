@@ -10,6 +10,7 @@ from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
+from capability_router.message_body import payload_of
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
 from emp_tasks.cancellation import revoke_unclaimed
@@ -76,8 +77,16 @@ def _namespaces(app: Celery, pool: str | None) -> list[str]:
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:
-    """A job record hash as JSON-ready values."""
+    """A job record hash as JSON-ready values.
+
+    The payload is kept once, in the stored Celery message (``message_body``);
+    it is read from there when the record has no ``payload`` field.
+    """
     record: dict[str, Any] = {}
+    if "payload" not in raw and raw.get("message"):
+        payload = payload_of(raw["message"])
+        if payload is not None:
+            record["payload"] = payload
     for key, value in raw.items():
         if key == "message":
             continue

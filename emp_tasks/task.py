@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from capability_router.errors import JobCancelled
+from capability_router.errors import JobCancelled, RetryRefused
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
@@ -90,7 +90,9 @@ class EmpTask(Task):
 
         The outcome is recorded here, before Celery stores the result, so a
         caller whose ``AsyncResult.get()`` returned reads a finished record.
-        A run that learns its job was cancelled ends as Celery's REVOKED.
+        A run that learns its job was cancelled ends as Celery's REVOKED. An
+        outcome the record refuses is stored nowhere: the run ends with
+        ``Ignore`` (REVOKED if the job was cancelled).
         """
         context = self.job
         if context is None:
@@ -112,9 +114,15 @@ class EmpTask(Task):
             # Recorded already by the cancel; ends as a revoked task, not a failure.
             raise end_cancelled_run(context) from None
         except Exception as exc:
-            context.functions.fail(task_id, context.attempt, f"{type(exc).__name__}: {exc}")
+            if context.functions.fail(
+                    task_id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
+                raise end_cancelled_run(context) from None  # refused: store no FAILURE
             raise
-        context.functions.complete(task_id, context.attempt, retval)
+        if context.functions.complete(task_id, context.attempt, retval) != "ok":
+            # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
+            # stores, so this run's value would hide the outcome of the attempt that
+            # holds the job.
+            raise end_cancelled_run(context)
         return retval
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
@@ -135,6 +143,12 @@ class EmpTask(Task):
         try:
             return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta,
                                  countdown=countdown, max_retries=max_retries, **options)
+        except Reject as reject:
+            # Celery wraps a failed send in Reject, which it would store as FAILURE; a
+            # refused retry is an outcome of a run that no longer holds the job.
+            if context is not None and isinstance(reject.reason, RetryRefused):
+                raise end_cancelled_run(context) from None
+            raise
         finally:
             # Celery keeps this on the task object, which every job of the type shares, and
             # autoretry clears it only after a retry that was sent: one job's limit would
