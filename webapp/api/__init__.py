@@ -42,7 +42,9 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     app = Flask(__name__)
     app.config["EMP_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5}
+    # A socket message is bounded like a body: a larger one closes the socket (1009).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5,
+                                         "max_message_size": settings.max_body_bytes}
     app.json.sort_keys = False
     app.extensions["emp"] = Backend.connect(settings.redis_url)
     try:

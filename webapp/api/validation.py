@@ -1,13 +1,13 @@
 """Check requests against the OpenAPI document's own schemas (one source of truth).
 
-Bodies are parsed strictly (no NaN or Infinity, which JSON does not have)
-and checked with jsonschema; query strings are converted by their declared
-types first. Every refusal is an ``Invalid`` whose message names the field.
+Bodies are parsed by ``webapp.strict_json`` (no NaN, Infinity or overflowing
+numbers, bounded nesting), the parser of every input path, and checked with
+jsonschema; query strings are converted by their declared types first. Every
+refusal is an ``Invalid`` whose message names the field.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -15,6 +15,7 @@ from flask import current_app, request
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from webapp import strict_json
 from webapp.api.openapi import document
 
 #: Longest error message returned.
@@ -104,18 +105,14 @@ def check(schema_name: str, value: Any, validator: Draft4Validator | None = None
         raise Invalid(describe(error))
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def json_body(schema_name: str) -> dict[str, Any]:
     """The request's JSON body, checked against a component schema."""
     if not request.is_json:
         raise Invalid("Content-Type must be application/json", status=415)
     data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from the factory
     try:
-        body = json.loads(data, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
+        body = strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
+    except strict_json.JsonRefused as exc:
         raise Invalid(f"request body is not valid JSON: {exc}") from None
     check(schema_name, body)
     return body

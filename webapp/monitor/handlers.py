@@ -18,6 +18,7 @@ import tornado.web
 from flower.views import BaseHandler
 from tornado.ioloop import IOLoop
 
+from webapp import strict_json
 from webapp.monitor.state import MonitorState
 
 T = TypeVar("T")
@@ -62,10 +63,11 @@ class JsonHandler(MonitorHandler):
                                 "error": message or self._reason}))
 
     def body_json(self) -> dict[str, Any]:
-        """The request's JSON object body, or a 400 saying what is wrong with it."""
+        """The request's JSON object body, parsed as strictly as the API's, or a 400 saying
+        what is wrong with it."""
         try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError as exc:
+            body = strict_json.loads(self.request.body or b"{}")
+        except strict_json.JsonRefused as exc:
             raise tornado.web.HTTPError(400, f"body is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise tornado.web.HTTPError(400, "body must be a JSON object")
