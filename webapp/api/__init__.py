@@ -13,6 +13,7 @@ import redis
 from flask import Flask
 
 from capability_router.functions import ensure_library
+from webapp import outage
 from webapp.auth import json_errors, warn_if_open
 from webapp.backend import Backend
 from webapp.serve import serve
@@ -59,6 +60,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     sockets.init_app(app)
 
     json_errors(app, settings.max_body_bytes)
+    outage.init_flask(app, app.extensions["emp"].redis, "emp api")
 
     return app
 

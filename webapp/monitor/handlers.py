@@ -4,7 +4,8 @@ Every page, JSON read, action and the live stream derives from Flower's own
 ``BaseHandler`` and is wrapped in ``tornado.web.authenticated``, so Flower's
 options (``--basic_auth``, ``--auth`` with an OAuth provider) guard them
 exactly as they guard Flower's pages; ``--read_only`` refuses the actions.
-Redis and Celery calls block, so they run on Flower's thread pool.
+Redis and Celery calls block, so they run on Flower's thread pool; one that
+cannot reach Redis answers 503 with ``Retry-After``, logged once per outage.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
+from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
 
 T = TypeVar("T")
+
+
+class RedisUnavailable(tornado.web.HTTPError):
+    """A request that could not reach Redis: 503, not logged (the outage is, once)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, REASON)
 
 
 class MonitorHandler(BaseHandler):
@@ -32,9 +41,21 @@ class MonitorHandler(BaseHandler):
         return self.application.emp
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call on the application's executor."""
-        return await IOLoop.current().run_in_executor(
-            None, functools.partial(fn, *args, **kwargs))
+        """Run a blocking call on the application's executor; RedisUnavailable (503)
+        when it could not reach Redis."""
+        outage = self.state.outage
+        try:
+            result = await IOLoop.current().run_in_executor(
+                None, functools.partial(fn, *args, **kwargs))
+        except UNAVAILABLE as exc:
+            outage.failed(exc)
+            raise RedisUnavailable() from None
+        outage.succeeded()
+        return result
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not isinstance(value, RedisUnavailable):  # the outage logs itself, once
+            super().log_exception(typ, value, tb)
 
     def render(self, template_name: str, **kwargs: Any) -> None:
         kwargs.setdefault("read_only", self.application.options.read_only)
@@ -58,6 +79,8 @@ class JsonHandler(MonitorHandler):
         if status_code == 401:  # Flower's challenge, so browsers ask for credentials
             self.set_header("WWW-Authenticate", 'Basic realm="flower"')
         exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, RedisUnavailable):
+            self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) else None
         self.finish(json.dumps({"success": False,
                                 "error": message or self._reason}))

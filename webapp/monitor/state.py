@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from webapp.api.events import EventHub
 from webapp.backend import Backend
+from webapp.outage import Outage
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -29,6 +30,7 @@ class MonitorState:
     hub: EventHub
     url_prefix: str = ""
     version: str = field(default_factory=lambda: _digest(STATIC_DIR))
+    outage: Outage = field(default_factory=lambda: Outage("emp monitor"))
 
     def static_url(self, name: str) -> str:
         return f"{self.url_prefix}/emp/static/{name}?v={self.version}"
