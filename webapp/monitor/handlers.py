@@ -14,6 +14,7 @@ import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import tornado.web
 from flower.views import BaseHandler
@@ -98,9 +99,36 @@ class JsonHandler(MonitorHandler):
 
 
 class ActionHandler(JsonHandler):
-    """A POST that changes something: refused in Flower's read-only mode."""
+    """A POST that changes something: refused in Flower's read-only mode, and from any
+    other site whether or not the monitor has authentication.
+
+    Flower checks Origin and Sec-Fetch-Site only when an auth option is set; an
+    open monitor would otherwise take a ``text/plain`` POST, which any web page
+    can send without a CORS preflight. Here a request from another site is
+    refused (Sec-Fetch-Site other than ``same-origin``, else an Origin that is
+    not this host), and a body must be declared ``application/json`` (a
+    cross-origin page cannot send that type without a preflight nothing grants).
+    Clients that are no browser send neither header and are unaffected.
+    """
+
+    def check_xsrf_cookie(self) -> None:
+        site = self.request.headers.get("Sec-Fetch-Site")
+        origin = self.request.headers.get("Origin")
+        if site and site != "same-origin":
+            raise tornado.web.HTTPError(403, f"cross-site request refused (Sec-Fetch-Site: "
+                                             f"{site})")
+        if not site and origin and urlparse(origin).netloc != self.request.host:
+            raise tornado.web.HTTPError(403, "cross-site request refused (Origin is not this "
+                                             "monitor)")
+        super().check_xsrf_cookie()
 
     def prepare(self) -> None:
         if self.application.options.read_only:
             raise tornado.web.HTTPError(403, "the monitor runs read-only (--read_only)")
+        declared = self.request.headers.get("Content-Type")
+        if self.request.body and declared is not None:
+            media_type = declared.split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
+                                                 f"not {media_type!r}")
 
