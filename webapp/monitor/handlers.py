@@ -82,9 +82,17 @@ class JsonHandler(MonitorHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, RedisUnavailable):
             self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) else None
         self.finish(json.dumps({"success": False,
                                 "error": message or self._reason}))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (tornado's 405 does not say)."""
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower()) is not getattr(
+                    tornado.web.RequestHandler, method.lower())]
 
     def body_json(self) -> dict[str, Any]:
         """The request's JSON object body, parsed as strictly as the API's, or a 400 saying
