@@ -19,9 +19,10 @@ from kombu.exceptions import OperationalError
 logger = logging.getLogger(__name__)
 
 #: Errors that mean Redis cannot be reached (not a refused command): kombu wraps the
-#: publish path's connection errors in OperationalError.
+#: publish path's connection errors in OperationalError. (Python's own ConnectionError
+#: is left out: a client hanging up raises it too, and that is no outage.)
 UNAVAILABLE: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError)
+    redis.ConnectionError, redis.TimeoutError, OperationalError)
 #: Seconds a client is told to wait before trying again (``Retry-After``).
 RETRY_AFTER_SECONDS = 5
 #: The reason every 503 gives.
