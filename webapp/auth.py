@@ -80,7 +80,11 @@ def json_errors(app: Any, max_body_bytes: int) -> None:
     def http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
         if exc.code == 413:
             return error(413, f"request body over the {max_body_bytes}-byte limit")
-        return error(exc.code or 500, exc.description or exc.name)
+        response = error(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():  # Allow on a 405, WWW-Authenticate, ...
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # noqa: ANN202 - Flask response

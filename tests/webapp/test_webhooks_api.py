@@ -217,3 +217,28 @@ def test_every_job_event_the_log_carries_can_be_subscribed(make_app) -> None:
     for event in JobEvent:
         created = api.post("/webhooks", json={**GOOD, "events": [event.value]})
         assert created.status_code == 201, (event, created.json)
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    (b'{"url": "http://127.0.0.1:9/hook", "events": ["job_submitted"], '
+     b'"retry_config": {"backoff_multiplier": NaN}}', "NaN"),
+    (b'{"url": "http://127.0.0.1:9/hook", "events": ["job_submitted"], '
+     b'"retry_config": {"backoff_multiplier": 1e999}}', "1e999"),
+    (b'{"url": "http://127.0.0.1:9/hook", "events": ["job_submitted"], "metadata": '
+     + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper than"),
+])
+def test_registration_bodies_are_parsed_strictly(make_app, client, raw, words) -> None:
+    """Tried: POST /webhooks and PUT /webhooks/<id> with NaN, an overflowing number and
+    100,000-deep nesting (before: Flask's parser took NaN and 1e999, whatever the schema
+    then made of them). The webhook API uses the one strict parser: 400 naming the
+    problem, nothing written or changed."""
+    app = make_app().test_client()
+    response = app.post("/webhooks", data=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and words in response.json["error"], response.json
+    assert webhook_keys(client) == []
+    hook = app.post("/webhooks", json=GOOD).json["data"]
+    before = {key: client.dump(key) for key in webhook_keys(client)}
+    response = app.put(f"/webhooks/{hook['id']}", data=raw,
+                       headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and words in response.json["error"], response.json
+    assert {key: client.dump(key) for key in webhook_keys(client)} == before

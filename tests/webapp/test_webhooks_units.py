@@ -122,3 +122,27 @@ def test_allowed_networks() -> None:
     assert policy.resolve("127.0.0.1", 80) == ["127.0.0.1"]
     with pytest.raises(ValueError, match="not a network"):
         parse_networks("127.0.0.0/8,nonsense")
+
+
+@pytest.mark.parametrize(("address", "allowed", "embedded"), [
+    ("2002:7f00:1::1", False, "127.0.0.1"), ("2002:a00:1::1", False, "10.0.0.1"),
+    ("2002:a9fe:a9fe::1", False, "169.254.169.254"), ("2002:808:808::1", True, "8.8.8.8"),
+    ("64:ff9b::7f00:1", False, "127.0.0.1"), ("64:ff9b::a00:1", False, "10.0.0.1"),
+    ("64:ff9b::808:808", True, "8.8.8.8"),
+    ("::ffff:127.0.0.1", False, "127.0.0.1"), ("::ffff:169.254.169.254", False,
+                                               "169.254.169.254"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False, None),  # Teredo: refused as a whole
+])
+def test_address_policy_looks_inside_addresses_that_embed_ipv4(address, allowed,
+                                                               embedded) -> None:
+    """Tried: 6to4 (2002::/16), NAT64 (64:ff9b::/96), IPv4-mapped and Teredo addresses
+    that carry a private or a public IPv4 address (before: 2002:7f00:1::1, 127.0.0.1 in
+    6to4, passed as a global address). The embedded IPv4 decides, and is named."""
+    ip = ipaddress.ip_address(address)
+    if allowed:
+        AddressPolicy().check_ip(ip)
+        return
+    with pytest.raises(AddressRefused) as refused:
+        AddressPolicy().check_ip(ip)
+    if embedded:
+        assert embedded in str(refused.value)

@@ -13,6 +13,7 @@ import redis
 from flask import Flask
 
 from capability_router.functions import ensure_library
+from webapp import outage
 from webapp.auth import json_errors, warn_if_open
 from webapp.backend import Backend
 from webapp.serve import serve
@@ -42,7 +43,9 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     app = Flask(__name__)
     app.config["EMP_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5}
+    # A socket message is bounded like a body: a larger one closes the socket (1009).
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5,
+                                         "max_message_size": settings.max_body_bytes}
     app.json.sort_keys = False
     app.extensions["emp"] = Backend.connect(settings.redis_url)
     try:
@@ -57,6 +60,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     sockets.init_app(app)
 
     json_errors(app, settings.max_body_bytes)
+    outage.init_flask(app, app.extensions["emp"].redis, "emp api")
 
     return app
 

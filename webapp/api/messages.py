@@ -6,10 +6,10 @@ added so a client can resume from the last event it saw.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from capability_router.states import JobEvent
+from webapp import strict_json
 from webapp.api.events import Event
 
 
@@ -40,8 +40,9 @@ def monitor_message(event: Event) -> dict[str, Any]:
 
 
 def parse_message(text: str | bytes) -> dict[str, Any]:
-    """A client's message as a dict; ValueError naming what is wrong."""
-    message = json.loads(text)
+    """A client's message as a dict, parsed as strictly as a REST body; ValueError naming
+    what is wrong."""
+    message = strict_json.loads(text)
     if not isinstance(message, dict):
         raise ValueError("a message must be a JSON object")
     return message

@@ -69,10 +69,15 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
         "additionalProperties": False,
         "anyOf": [{"required": [alias]} for alias in ("service_required", "job_type", "type")],
         "x-error": "service_required is required (or its alias job_type or type)",
+        # Two ids for one job: which one was meant cannot be known, so neither is guessed.
+        "allOf": [{"not": {"required": ["message_id", "job_id"],
+                           "properties": {"message_id": {"type": "string"},
+                                          "job_id": {"type": "string"}}},
+                   "x-error": "message_id and job_id both name the job id; send one"}],
         "properties": {
             "service_required": {**service, "description": "The service (job type) to run."},
-            "job_type": {**service, "description": "Alias of service_required."},
-            "type": {**service, "description": "Alias of service_required."},
+            "job_type": {**service, "description": "Alias of service_required (must agree)."},
+            "type": {**service, "description": "Alias of service_required (must agree)."},
             "priority": integer(0, 100, "Higher runs first; default 50."),
             "payload": {**obj, "description": "The job's input, handed to the task."},
             "requirements": {**obj, "description": (
@@ -96,7 +101,7 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
             "pool": {"type": "string", "pattern": POOL_PATTERN, "nullable": True,
                      "description": "Queue namespace; default 'default'."},
             "message_id": {**name, "description": "Becomes the job id (default: a UUID)."},
-            "job_id": {**name, "description": "Alias of message_id."},
+            "job_id": {**name, "description": "Alias of message_id; send one of the two."},
         },
     }
 

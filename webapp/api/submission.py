@@ -36,13 +36,18 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409).
 
     A customer token submits as its own customer only; ``message_id`` (or
-    ``job_id``) becomes the job id.
+    ``job_id``; the schema refuses both) becomes the job id. Aliases of the
+    service that disagree are refused, naming both.
     """
     if not checked:
         validation.check("JobSubmission", body)
-    service = next((body[a] for a in SERVICE_ALIASES if body.get(a) is not None), None)
-    if service is None:
+    named = [(alias, body[alias]) for alias in SERVICE_ALIASES if body.get(alias) is not None]
+    if not named:
         raise Invalid("service_required is required (or its alias job_type or type)")
+    service = named[0][1]
+    if any(value != service for _, value in named):
+        raise Invalid(" and ".join(f"{alias} {value!r}" for alias, value in named)
+                      + " name different services; send one")
     customer_id = body.get("customer_id")
     if not principal.admin:
         if customer_id not in (None, principal.customer_id):

@@ -9,6 +9,7 @@ from capability_router.functions import library_version
 from webapp.api.openapi import package_version
 from webapp.auth import error, require_auth
 from webapp.backend import backend
+from webapp.outage import RETRY_AFTER_SECONDS
 
 blueprint = Blueprint("system", __name__)
 
@@ -16,13 +17,17 @@ blueprint = Blueprint("system", __name__)
 @blueprint.get("/health")
 def health():  # noqa: ANN201 - Flask response
     """200 while Redis answers, 503 when it does not (no token needed)."""
+    outage = current_app.extensions["emp_outage"]
     try:
         backend().redis.ping()
     except redis.RedisError as exc:
+        outage.failed(exc)
         response = jsonify(success=False, status="error", redis="unreachable",
                            error=f"redis: {exc}")
         response.status_code = 503
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
+    outage.succeeded()
     return jsonify(success=True, status="ok", redis="ok")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 
 import tornado.web
+from flower.views.monitor import Metrics as FlowerMetrics
 
 from capability_router.errors import JobNotFound
 from emp_tasks import producer
 from webapp.api.validation import Invalid
 from webapp.monitor import jobs
-from webapp.monitor.handlers import ActionHandler, JsonHandler
+from webapp.monitor.handlers import ActionHandler, JsonHandler, MonitorHandler
 from webapp.monitor.machines import machines_view
 from webapp.monitor.queue import queue_summary
 from webapp.monitor.webhooks import reconnect, webhooks_view
@@ -109,6 +110,22 @@ class ReconnectWebhook(ActionHandler):
         if not await self.blocking(reconnect, self.state.backend.redis, hook_id):
             raise tornado.web.HTTPError(404, f"no webhook {hook_id!r}")
         self.send({"success": True, "webhook_id": hook_id})
+
+
+class Metrics(MonitorHandler, FlowerMetrics):
+    """Flower's ``/metrics`` (its Celery figures and the queue's), behind the monitor's auth.
+
+    Flower serves it open whatever its auth options; queue depths, customers' classes
+    and worker counts are not for anyone who can reach the port. A scraper sends the
+    basic-auth credentials, or the operator opens it on purpose (``EMP_METRICS_PUBLIC=1``).
+    An OAuth login cannot be followed by a scraper: it gets 403, not a redirect.
+    """
+
+    async def get(self) -> None:
+        if not self.state.metrics_public and not self.current_user:  # basic auth: 401
+            raise tornado.web.HTTPError(403, "metrics need the monitor's login (or set "
+                                             "EMP_METRICS_PUBLIC=1 for scrapers)")
+        await super().get()
 
 
 class Health(JsonHandler):

@@ -4,7 +4,8 @@ Every page, JSON read, action and the live stream derives from Flower's own
 ``BaseHandler`` and is wrapped in ``tornado.web.authenticated``, so Flower's
 options (``--basic_auth``, ``--auth`` with an OAuth provider) guard them
 exactly as they guard Flower's pages; ``--read_only`` refuses the actions.
-Redis and Celery calls block, so they run on Flower's thread pool.
+Redis and Celery calls block, so they run on Flower's thread pool; one that
+cannot reach Redis answers 503 with ``Retry-After``, logged once per outage.
 """
 
 from __future__ import annotations
@@ -13,14 +14,24 @@ import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import tornado.web
 from flower.views import BaseHandler
 from tornado.ioloop import IOLoop
 
+from webapp import strict_json
 from webapp.monitor.state import MonitorState
+from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
 
 T = TypeVar("T")
+
+
+class RedisUnavailable(tornado.web.HTTPError):
+    """A request that could not reach Redis: 503, not logged (the outage is, once)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, REASON)
 
 
 class MonitorHandler(BaseHandler):
@@ -31,9 +42,21 @@ class MonitorHandler(BaseHandler):
         return self.application.emp
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call on the application's executor."""
-        return await IOLoop.current().run_in_executor(
-            None, functools.partial(fn, *args, **kwargs))
+        """Run a blocking call on the application's executor; RedisUnavailable (503)
+        when it could not reach Redis."""
+        outage = self.state.outage
+        try:
+            result = await IOLoop.current().run_in_executor(
+                None, functools.partial(fn, *args, **kwargs))
+        except UNAVAILABLE as exc:
+            outage.failed(exc)
+            raise RedisUnavailable() from None
+        outage.succeeded()
+        return result
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not isinstance(value, RedisUnavailable):  # the outage logs itself, once
+            super().log_exception(typ, value, tb)
 
     def render(self, template_name: str, **kwargs: Any) -> None:
         kwargs.setdefault("read_only", self.application.options.read_only)
@@ -57,15 +80,26 @@ class JsonHandler(MonitorHandler):
         if status_code == 401:  # Flower's challenge, so browsers ask for credentials
             self.set_header("WWW-Authenticate", 'Basic realm="flower"')
         exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, RedisUnavailable):
+            self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) else None
         self.finish(json.dumps({"success": False,
                                 "error": message or self._reason}))
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (tornado's 405 does not say)."""
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower()) is not getattr(
+                    tornado.web.RequestHandler, method.lower())]
+
     def body_json(self) -> dict[str, Any]:
-        """The request's JSON object body, or a 400 saying what is wrong with it."""
+        """The request's JSON object body, parsed as strictly as the API's, or a 400 saying
+        what is wrong with it."""
         try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError as exc:
+            body = strict_json.loads(self.request.body or b"{}")
+        except strict_json.JsonRefused as exc:
             raise tornado.web.HTTPError(400, f"body is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise tornado.web.HTTPError(400, "body must be a JSON object")
@@ -73,9 +107,36 @@ class JsonHandler(MonitorHandler):
 
 
 class ActionHandler(JsonHandler):
-    """A POST that changes something: refused in Flower's read-only mode."""
+    """A POST that changes something: refused in Flower's read-only mode, and from any
+    other site whether or not the monitor has authentication.
+
+    Flower checks Origin and Sec-Fetch-Site only when an auth option is set; an
+    open monitor would otherwise take a ``text/plain`` POST, which any web page
+    can send without a CORS preflight. Here a request from another site is
+    refused (Sec-Fetch-Site other than ``same-origin``, else an Origin that is
+    not this host), and a body must be declared ``application/json`` (a
+    cross-origin page cannot send that type without a preflight nothing grants).
+    Clients that are no browser send neither header and are unaffected.
+    """
+
+    def check_xsrf_cookie(self) -> None:
+        site = self.request.headers.get("Sec-Fetch-Site")
+        origin = self.request.headers.get("Origin")
+        if site and site != "same-origin":
+            raise tornado.web.HTTPError(403, f"cross-site request refused (Sec-Fetch-Site: "
+                                             f"{site})")
+        if not site and origin and urlparse(origin).netloc != self.request.host:
+            raise tornado.web.HTTPError(403, "cross-site request refused (Origin is not this "
+                                             "monitor)")
+        super().check_xsrf_cookie()
 
     def prepare(self) -> None:
         if self.application.options.read_only:
             raise tornado.web.HTTPError(403, "the monitor runs read-only (--read_only)")
+        declared = self.request.headers.get("Content-Type")
+        if self.request.body and declared is not None:
+            media_type = declared.split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
+                                                 f"not {media_type!r}")
 

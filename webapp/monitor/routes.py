@@ -34,6 +34,7 @@ def handlers() -> list[Any]:
         (r"/emp/api/webhooks", api.WebhooksData),
         (r"/emp/api/webhooks/([^/]+)/reconnect", api.ReconnectWebhook),
         (r"/emp/events", EventStream),
+        (r"/metrics", api.Metrics),  # in front of Flower's, which ignores its auth options
         # url(), not a tuple: Flower's --url_prefix rewrite keeps only a url()'s kwargs.
         url(r"/emp/static/(.*)", StaticFileHandler, {"path": STATIC_DIR}),
     ]

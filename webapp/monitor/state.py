@@ -6,8 +6,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from emp_tasks import defaults
 from webapp.api.events import EventHub
 from webapp.backend import Backend
+from webapp.outage import Outage
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -29,6 +31,10 @@ class MonitorState:
     hub: EventHub
     url_prefix: str = ""
     version: str = field(default_factory=lambda: _digest(STATIC_DIR))
+    outage: Outage = field(default_factory=lambda: Outage("emp monitor"))
+    #: ``/metrics`` open to anyone although the monitor has auth (``EMP_METRICS_PUBLIC=1``).
+    metrics_public: bool = field(default_factory=lambda: (
+        defaults.env("EMP_METRICS_PUBLIC", "") or "").lower() in ("1", "true", "yes"))
 
     def static_url(self, name: str) -> str:
         return f"{self.url_prefix}/emp/static/{name}?v={self.version}"

@@ -7,7 +7,9 @@ refused, unless ``EMP_WEBHOOK_ALLOW_PRIVATE=1`` or the address lies in
 at every delivery after DNS resolution, and the request then goes to the
 address that was checked, so a name that changes its answer (DNS rebinding)
 cannot reach an internal service. A name resolving to several addresses
-must have every one of them allowed.
+must have every one of them allowed. An IPv6 address that carries an IPv4
+address (IPv4-mapped ``::ffff:0:0/96``, 6to4 ``2002::/16``, NAT64
+``64:ff9b::/96``) is judged by the IPv4 address it reaches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import socket
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 destination.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 HOW_TO_ALLOW = ("set EMP_WEBHOOK_ALLOW_PRIVATE=1, or list the network in "
                 "EMP_WEBHOOK_ALLOWED_NETWORKS, to allow it")
@@ -28,6 +33,19 @@ class AddressRefused(Exception):
 
 class UnresolvableHost(Exception):
     """The URL's host does not resolve (now)."""
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address delivers to (mapped, 6to4, NAT64); None if none."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def _kind(ip: IPAddress) -> str | None:
@@ -62,15 +80,16 @@ class AddressPolicy:
 
     def check_ip(self, ip: IPAddress) -> None:
         """Raise AddressRefused unless ``ip`` may receive deliveries."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        inner = embedded_ipv4(ip)
+        via = f" (in {ip})" if inner is not None else ""
+        ip = inner if inner is not None else ip
         kind = _kind(ip)
         if kind is None or self.allow_private:
             return
         if any(ip.version == net.version and ip in net for net in self.allowed_networks):
             return
         raise AddressRefused(
-            f"{ip} is a {kind} address; deliveries to private, loopback, link-local and "
+            f"{ip}{via} is a {kind} address; deliveries to private, loopback, link-local and "
             f"other non-global addresses are refused ({HOW_TO_ALLOW})")
 
     def resolve(self, host: str, port: int) -> list[str]:

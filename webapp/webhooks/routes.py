@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
+from webapp import strict_json
 from webapp.auth import error, require_auth
 from webapp.webhooks.addresses import AddressRefused, UnresolvableHost
 from webapp.webhooks.dispatcher import attempt_record, delivery_headers
@@ -33,6 +34,18 @@ def service() -> DeliveryService:
 
 def _bad(exc: RegistrationError) -> Any:
     return error(400, str(exc), **({"field": exc.field} if exc.field else {}))
+
+
+def _body() -> Any:
+    """The request's JSON body, parsed by the one strict parser (``webapp.strict_json``);
+    None when it is empty or not sent as JSON. RegistrationError naming the problem."""
+    data = request.get_data(cache=True)
+    if not data or not request.is_json:
+        return None
+    try:
+        return strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
+    except strict_json.JsonRefused as exc:
+        raise RegistrationError("", f"the body must be a JSON object: {exc}") from None
 
 
 def _missing(hook_id: str) -> Any:
@@ -73,7 +86,7 @@ def health() -> Any:
 def create() -> Any:
     """Register a hook; 201 with its secret (generated when not given), shown only here."""
     try:
-        doc = validate_create(request.get_json(silent=True))
+        doc = validate_create(_body())
         check_destination(doc["url"])
     except RegistrationError as exc:
         return _bad(exc)
@@ -102,8 +115,8 @@ def update_hook(hook_id: str) -> Any:
     current = store.registration(hook_id)
     if current is None:
         return _missing(hook_id)
-    body = request.get_json(silent=True)
     try:
+        body = _body()
         validate_update(body, current)
         if "url" in body:
             check_destination(body["url"])
@@ -177,7 +190,11 @@ def test_hook(hook_id: str) -> Any:
     raw = svc.store.raw(hook_id)
     if not raw:
         return _missing(hook_id)
-    asked = (request.get_json(silent=True) or {}).get("event_type")
+    try:
+        body = _body()
+    except RegistrationError as exc:
+        return _bad(exc)
+    asked = body.get("event_type") if isinstance(body, dict) else None
     event_type = ALIASES.get(asked, asked) if asked else json.loads(raw["events"])[0]
     if event_type not in EVENT_TYPES:
         return error(400, f"event_type: unknown event type {asked!r}", field="event_type")

@@ -1,0 +1,72 @@
+"""The monitor's actions refuse cross-site requests, with or without authentication.
+
+Flower checks Origin and Sec-Fetch-Site only when an auth option is set;
+before this, an unauthenticated monitor accepted a ``text/plain`` POST that
+any web page can send without a CORS preflight, and created a job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from emp_tasks.producer import get_job, submit
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _records(client: redis.Redis) -> dict[str, Any]:
+    return {key: client.hgetall(key) for key in client.scan_iter("emp:{*}:job:*", _type="hash")}
+
+
+@pytest.mark.parametrize("auth", [None, "ops:s3cret"], ids=["no auth", "basic auth"])
+def test_cross_site_actions_are_refused_and_change_nothing(
+        start_server, app: Any, client: redis.Redis, auth: str | None) -> None:
+    """Tried, against a monitor with and without --basic_auth: a text/plain submit (what an
+    HTML form or a no-preflight fetch from any page sends), a JSON submit and a cancel
+    carrying a foreign Origin, and ones carrying Sec-Fetch-Site: cross-site / same-site.
+    Each is refused (415 or 403) and no job is created or changed; the same requests from
+    the monitor's own origin still work."""
+    env = {"FLOWER_BASIC_AUTH": auth} if auth else {}
+    monitor = start_server("monitor", **env)
+    credentials = tuple(auth.split(":")) if auth else None
+    stuck = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                   app=app)
+    before = _records(client)
+    body = '{"service_required": "echo", "payload": {}}'
+    forged = [
+        ("/emp/api/submit", {"Content-Type": "text/plain"}, 415, "Content-Type"),
+        ("/emp/api/submit", {"Content-Type": "text/plain;charset=UTF-8",
+                             "Origin": "http://evil.example"}, 403, "cross-site"),
+        ("/emp/api/submit", {"Content-Type": "application/json",
+                             "Origin": "http://evil.example"}, 403, "cross-site"),
+        ("/emp/api/submit", {"Content-Type": "application/json",
+                             "Sec-Fetch-Site": "cross-site"}, 403, "cross-site"),
+        ("/emp/api/submit", {"Content-Type": "application/json",
+                             "Sec-Fetch-Site": "same-site"}, 403, "cross-site"),
+        (f"/emp/api/jobs/{stuck.id}/cancel", {"Origin": "http://evil.example"}, 403,
+         "cross-site"),
+        (f"/emp/api/jobs/{stuck.id}/cancel", {"Sec-Fetch-Site": "cross-site"}, 403,
+         "cross-site"),
+    ]
+    for path, headers, status, words in forged:
+        reply = requests.post(monitor.base + path, data=body, headers=headers, auth=credentials,
+                              timeout=10)
+        assert reply.status_code == status, (path, headers, reply.status_code, reply.text)
+        assert words in reply.json()["error"], (path, headers, reply.text)
+    assert _records(client) == before
+    assert get_job(stuck.id, app=app)["status"] == "pending"
+
+    # The monitor's own pages send JSON from their own origin: that still works.
+    own = {"Content-Type": "application/json", "Origin": monitor.base,
+           "Sec-Fetch-Site": "same-origin"}
+    reply = requests.post(monitor.base + "/emp/api/submit", data=body, headers=own,
+                          auth=credentials, timeout=10)
+    assert reply.status_code == 201, reply.text
+    reply = requests.post(f"{monitor.base}/emp/api/jobs/{stuck.id}/cancel", auth=credentials,
+                          headers={"Origin": monitor.base, "Sec-Fetch-Site": "same-origin"},
+                          timeout=10)
+    assert reply.status_code == 200, reply.text

@@ -1,0 +1,62 @@
+"""Redis down: the API and the monitor answer 503 with a short reason and Retry-After.
+
+Before, ``POST /api/jobs``, ``GET /api/jobs/<id>`` and the monitor's
+``/health`` answered 500 and logged a traceback per request. The servers
+here use their own Redis (a ``LocalRedis`` this test stops and starts), so
+the module's shared server is untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from rest_helpers import Api
+
+from conftest import wait_for
+from emp_tasks.local_redis import LocalRedis
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _unavailable(reply: requests.Response, what: str) -> None:
+    assert reply.status_code == 503, (what, reply.status_code, reply.text[:300])
+    assert reply.headers.get("Retry-After", "").isdigit(), what
+    body = reply.json()
+    assert body["success"] is False and "redis" in body["error"].lower(), (what, body)
+    assert len(body["error"]) < 200, (what, body)
+
+
+def test_api_and_monitor_answer_503_while_redis_is_down_and_log_the_outage_once(
+        start_server, tmp_path: Path) -> None:
+    """Tried: with the servers' Redis stopped, three rounds of POST /api/jobs,
+    GET /api/jobs/<id> and the monitor's /health; then Redis back and the same calls.
+    Each refusal is a 503 with Retry-After; each log has no traceback, one line when the
+    outage starts and one when it ends."""
+    private = LocalRedis(tmp_path / "private", appendonly=True).start()
+    try:
+        api_server = start_server("api", EMP_REDIS_URL=private.url, EMP_API_PROCESSES="1")
+        monitor = start_server("monitor", EMP_REDIS_URL=private.url)
+        api = Api(api_server.base)
+        job_id = api.submit(service_required="echo")
+        private.stop()
+        for _ in range(3):
+            _unavailable(api.post("/api/jobs", json={"service_required": "echo"}),
+                         "POST /api/jobs")
+            _unavailable(api.get(f"/api/jobs/{job_id}"), "GET /api/jobs/<id>")
+            _unavailable(requests.get(monitor.base + "/health", timeout=30), "monitor /health")
+        private.start()
+        wait_for(lambda: api.get(f"/api/jobs/{job_id}").status_code == 200, timeout=30,
+                 message="the API answering again")
+        assert api.post("/api/jobs", json={"service_required": "echo"}).status_code == 201
+        wait_for(lambda: requests.get(monitor.base + "/health", timeout=10).status_code == 200,
+                 timeout=30, message="the monitor answering again")
+    finally:
+        private.stop(kill=True)
+    for server in (api_server, monitor):
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+        assert len(re.findall("Redis unreachable", log)) == 1, log[-3000:]
+        assert len(re.findall("Redis reachable again", log)) == 1, log[-3000:]

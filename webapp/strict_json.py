@@ -1,0 +1,86 @@
+"""The one JSON parser of every input path: REST bodies, socket messages, the monitor's submit.
+
+Python's ``json.loads`` accepts more than JSON: ``NaN`` and ``Infinity``, and
+numbers too large for a float, which it turns into infinity (``1e999``); a
+record holding one is written back as a bare ``Infinity``, which no JSON
+reader takes, and a worker's arithmetic on it raises OverflowError. Deep
+nesting exhausts the interpreter's stack (RecursionError). This parser
+refuses all of these, and documents over a size limit, with a
+``JsonRefused`` whose message names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from itertools import accumulate
+from typing import Any
+
+from webapp.settings import MAX_BODY_BYTES
+
+#: Deepest nesting of arrays and objects accepted (a ComfyUI workflow needs under 10).
+MAX_DEPTH = 64
+#: Longest number quoted back in a refusal, characters.
+_QUOTE = 40
+#: A JSON string literal (the unrolled form: linear, whatever the input).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class JsonRefused(ValueError):
+    """A document the parser refuses; the message says what is wrong with it."""
+
+
+def _quoted(text: str) -> str:
+    return text if len(text) <= _QUOTE else f"{text[:_QUOTE]}... ({len(text)} characters)"
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonRefused(f"{name} is not JSON (JSON numbers are finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise JsonRefused(f"number {_quoted(text)} is too large (it overflows a float)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 300 and abs(int(text)) > sys.float_info.max:
+        raise JsonRefused(f"integer {_quoted(text)} is too large (beyond any float)")
+    return int(text)
+
+
+def depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text`` (brackets inside strings do not count)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    steps = (1 if c in "[{" else -1 for c in brackets)
+    return max(accumulate(steps), default=0)
+
+
+def loads(data: str | bytes, max_bytes: int = MAX_BODY_BYTES,
+          max_depth: int = MAX_DEPTH) -> Any:
+    """Parse one JSON document strictly; JsonRefused naming the problem otherwise.
+
+    ``max_bytes`` bounds the document's encoded size, ``max_depth`` its nesting.
+    """
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise JsonRefused(f"document over the {max_bytes}-byte limit ({size} bytes)")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonRefused(f"not UTF-8: {exc}") from None
+    nesting = depth(data)
+    if nesting > max_depth:
+        raise JsonRefused(f"nested deeper than {max_depth} levels ({nesting})")
+    try:
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int)
+    except JsonRefused:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise JsonRefused(str(exc)) from None
