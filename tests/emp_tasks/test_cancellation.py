@@ -151,7 +151,8 @@ def test_cancel_of_a_job_no_run_holds_is_revoked(app, client, start_worker) -> N
     retrying = submit("echo", {"fail_times": 5}, app=app)
     wait_for(lambda: client.zscore(Keys("default").delayed, retrying.id) is not None,
              timeout=20, message="the job to wait for its retry")
-    assert retrying.state == "RETRY"
+    # The job reaches the delayed set a moment before the worker stores RETRY.
+    wait_for(lambda: retrying.state == "RETRY", timeout=10, message="Celery's RETRY state")
     assert cancel(retrying.id, app=app) == "cancelled"
     assert retrying.state == "REVOKED"
     submit("echo", {"x": 2}, app=app).get(timeout=30)
