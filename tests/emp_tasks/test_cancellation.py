@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from flower.events import EventsState
 from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.producer import cancel, get_job, job_events, requeue, submit
+from webapp.api.events import CONNECTIONS_KEY
 
 
 class EventLog:
@@ -186,3 +188,41 @@ def test_flower_tasks_page_and_failed_count_show_a_cancelled_job_revoked(
     workers = requests.get(monitor.base + "/workers", params={"json": 1}, timeout=5).json()
     (w1,) = [w for w in workers["data"] if w["hostname"].startswith("w1@")]
     assert w1.get("task-failed", 0) == 0 and w1.get("task-revoked") == 1
+
+
+@pytest.mark.timeout(150)
+def test_flower_shows_a_job_cancelled_while_pending_or_retrying_revoked(
+        app, client, start_worker, start_server) -> None:
+    """Tried: the monitor running, one job cancelled before any worker took it and one
+    cancelled while waiting for its retry. No worker holds either, so none sends
+    ``task-revoked``; before the fix Flower's Tasks page kept PENDING and RETRY for
+    good while the result backend said REVOKED."""
+    monitor = start_server("monitor")
+    # Celery's ``task-sent`` goes to whoever listens at that moment: submit until the
+    # monitor's receiver is bound and sees one.
+    def seen_sent() -> Any:
+        job = submit("echo", {"x": 1}, app=app)
+        time.sleep(0.5)
+        if flower_task_state(monitor.base, job.id) == "PENDING":
+            return job
+        cancel(job.id, app=app)
+        return None
+    pending = wait_for(seen_sent, timeout=30, message="Flower to see a job sent")
+    assert cancel(pending.id, app=app) == "cancelled"
+    wait_for(lambda: flower_task_state(monitor.base, pending.id) == "REVOKED", timeout=20,
+             message="Flower to show the pending job revoked")
+
+    start_worker("w1")
+    retrying = submit("echo", {"fail_times": 5}, app=app)
+    wait_for(lambda: flower_task_state(monitor.base, retrying.id) == "RETRY", timeout=40,
+             message="Flower to see the retry")
+    wait_for(lambda: client.zscore(Keys("default").delayed, retrying.id) is not None,
+             timeout=20, message="the job to wait for its retry")
+    assert cancel(retrying.id, app=app) == "cancelled"
+    wait_for(lambda: flower_task_state(monitor.base, retrying.id) == "REVOKED", timeout=20,
+             message="Flower to show the retrying job revoked")
+    workers = requests.get(monitor.base + "/workers", params={"json": 1}, timeout=5).json()
+    assert [w["hostname"].split("@")[0] for w in workers["data"]] == ["w1"]
+    # The monitor's own reader of the event log is not an open socket.
+    rows = [row for key in client.zrange(CONNECTIONS_KEY, 0, -1) for row in client.hvals(key)]
+    assert rows == []

@@ -78,6 +78,8 @@ class Subscription:
     queue: queue.Queue[Event] = field(default_factory=lambda: queue.Queue(SUBSCRIPTION_BACKLOG))
     overflowed: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    #: The process's own reader (not a socket): left out of ``/api/connections``.
+    internal: bool = False
 
     def wants(self, event: Event) -> bool:
         if event.namespace is None:
@@ -117,7 +119,7 @@ class EventHub:
         """Write this process's open sockets where every API process can read them."""
         with self._lock:
             rows = {str(id(s)): json.dumps({**s.info, "subscribed_jobs": len(s.jobs)})
-                    for s in self._subscriptions}
+                    for s in self._subscriptions if not s.internal}
         key = self._process_key
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(key)

@@ -8,6 +8,7 @@ from celery import Celery
 from flower.app import Flower, rewrite_handler
 
 from webapp.monitor import routes
+from webapp.monitor.cancellations import CancellationFeed
 from webapp.monitor.state import MonitorState
 from webapp.monitor.templating import LayeredLoader
 
@@ -27,7 +28,13 @@ class EmpMonitor(Flower):
         if options.url_prefix:
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]
         self.add_handlers(r".*", ours + routes.root_handlers())
+        self.cancellations = CancellationFeed(state.hub, self.events.state, self.io_loop)
+
+    def start(self) -> None:
+        self.cancellations.start()
+        super().start()
 
     def stop(self) -> None:
+        self.cancellations.stop()
         self.emp.hub.stop()
         super().stop()
