@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from capability_router.errors import LibraryError
+from capability_router.errors import InvalidJob, LibraryError
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.profile import WorkerProfile
@@ -205,9 +205,10 @@ class QueueFunctions:
 
     def configure(self, **settings: int) -> None:
         """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms,
-        max_attempts, max_service_releases, service_release_delay_ms."""
+        max_attempts, max_service_releases, service_release_delay_ms,
+        profile_retention_ms."""
         allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts",
-                   "max_service_releases", "service_release_delay_ms"}
+                   "max_service_releases", "service_release_delay_ms", "profile_retention_ms"}
         unknown = set(settings) - allowed
         if unknown:
             raise ValueError(f"unknown queue setting(s): {', '.join(sorted(unknown))}")
@@ -215,7 +216,7 @@ class QueueFunctions:
             self.client.hset(self.keys.config, mapping={k: int(v) for k, v in settings.items()})
 
     def register_worker(self, profile: WorkerProfile) -> int:
-        """Register a capability profile; returns how many known classes it can serve."""
+        """Register a capability profile; returns how many live families it can serve."""
         k = self.keys
         return int(self._call(
             "emp_register_worker", [k.config, k.profiles, k.classes],
@@ -233,7 +234,8 @@ class QueueFunctions:
         return (
             "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
             [job_id, header["class"], header["class_json"], header["priority"], due_ms,
-             message, now_ms or 0, "" if header.get("at") is None else header["at"], *fields],
+             message, now_ms or 0, "" if header.get("at") is None else header["at"],
+             header.get("family", ""), header.get("family_json", ""), *fields],
         )
 
     def enqueue(
@@ -303,7 +305,24 @@ class QueueFunctions:
     def resubmit(self, job_id: str, reason: str = "resubmitted by request") -> str:
         """Run a failed or cancelled job again: 'pending', or the status that refuses it."""
         k = self.keys
-        return _text(self._call("emp_resubmit", [k.config, k.job(job_id)], [job_id, reason]))
+        return _text(self._call("emp_resubmit", [k.config, k.job(job_id)],
+                                [job_id, reason, 0, *self._class_as_filed_now(job_id)]))
+
+    def _class_as_filed_now(self, job_id: str) -> list[str]:
+        """The job's class and family rebuilt from its record (the class may be gone)."""
+        fields = self.client.hmget(self.keys.job(job_id), "service_required", "requirements",
+                                   "customer_id", "workflow_id", "pool")
+        service, requirements, customer, workflow, pool = (_text(v) if v is not None else None
+                                                           for v in fields)
+        if not service:
+            return []
+        try:
+            spec = JobSpec(service=service, requirements=json.loads(requirements or "null"),
+                           customer_id=customer, workflow_id=workflow,
+                           pool=pool or self.keys.namespace)
+        except (InvalidJob, ValueError):
+            return []  # the record's own class is filed again as it is
+        return [spec.class_signature, spec.class_json, spec.family_signature, spec.family_json]
 
     def ack(self, acks: list[tuple[str, int | str]], now_ms: int | None = None) -> int:
         """Acknowledge attempts; returns how many ended without an outcome (now failed)."""

@@ -20,6 +20,7 @@ from capability_router.errors import InvalidJob
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.requirements import (
     canonical_json,
+    family_of,
     normalize_requirements,
     text_signature,
 )
@@ -97,6 +98,9 @@ class JobSpec:
     #: Canonical JSON of ``job_class`` and its signature (the class key in Redis).
     class_json: str = field(init=False)
     class_signature: str = field(init=False)
+    #: The class's matching part (``requirements.family_of``) and its signature.
+    family_json: str = field(init=False)
+    family_signature: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.service = _name("service_required", self.service, required=True)
@@ -130,6 +134,8 @@ class JobSpec:
         )
         self.class_json = canonical_json(self.job_class)
         self.class_signature = text_signature(self.class_json)
+        self.family_json = canonical_json(family_of(self.job_class))
+        self.family_signature = text_signature(self.family_json)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> JobSpec:
@@ -185,6 +191,8 @@ class JobSpec:
             "pool": self.pool,
             "class": self.class_signature,
             "class_json": self.class_json,
+            "family": self.family_signature,
+            "family_json": self.family_json,
             "priority": self.effective_priority,
             "at": self.workflow_datetime,
             "fields": self.record_fields(),

@@ -62,6 +62,11 @@ class Keys:
         return self.prefix + "classes"
 
     @property
+    def class_family(self) -> str:
+        """Class signature -> its family's (what matching reads; see ``emp.lua``)."""
+        return self.prefix + "class-family"
+
+    @property
     def profiles(self) -> str:
         return self.prefix + "profiles"
 

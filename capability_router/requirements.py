@@ -175,3 +175,17 @@ def normalize_requirements(
     if workflow_id:
         job_class["workflow_id"] = workflow_id
     return job_class
+
+
+def family_of(job_class: dict[str, Any]) -> dict[str, Any]:
+    """What capability matching reads of a class: no workflow, and no customer unless strict.
+
+    Jobs of every workflow and loose customer asking the same of a worker share
+    one family, the unit of the claim index; the workflow and customer keep
+    their order inside it (the job's score) and their restrictions are checked
+    per class, by the few workers that have any (see ``emp.lua``).
+    """
+    family = {k: v for k, v in job_class.items() if k != "workflow_id"}
+    if not family.get("strict"):
+        family.pop("customer_id", None)
+    return family

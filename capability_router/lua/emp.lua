@@ -21,12 +21,31 @@ they live in the same slot as the declared key.
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
   P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
-  P.."classes"             HASH   class signature -> class JSON
+  P.."classes"             HASH   class signature -> class JSON (live classes)
+  P.."live"                HASH   class signature -> its pending, delayed and
+                                  leased jobs; at 0 the class is dropped
+  P.."class-family"        HASH   class signature -> family signature
+  P.."wf-classes:"..wf     SET    live classes of one workflow (for
+                                  workflow-restricted workers)
+  P.."families"            HASH   family signature -> family JSON: what
+                                  matching reads of a class (no workflow, no
+                                  customer unless strict)
+  P.."family-classes"      HASH   family signature -> its live classes; at 0
+                                  the family and its compat entries go
   P.."profiles"            HASH   profile signature -> profile JSON
-  P.."compat:"..psig       SET    class signatures a profile can serve
-  P.."compat-rev:"..csig   SET    profile signatures that can serve a class
+  P.."restricted"          HASH   profile signature -> profile JSON, for
+                                  profiles with a workflow or denied customers
+  P.."service-profiles:"..s SET   profile signatures offering service s
+  P.."profile-seen"        ZSET   profile signature -> ms of its last claim or
+                                  registration; unseen for profile_retention_ms
+                                  (config, default 1 h) it is dropped
+  P.."compat:"..psig       SET    family signatures a profile can serve
+  P.."compat-rev:"..fsig   SET    profile signatures that can serve a family
   P.."pending:"..csig      ZSET   pending job ids of one class -> order score
   P.."heads"               ZSET   class signature -> score of its best job
+  P.."fam:"..fsig          ZSET   class signature -> score of its best job,
+                                  the family's classes with pending jobs
+  P.."fheads"              ZSET   family signature -> score of its best job
   P.."delayed"             ZSET   job id -> ms when a retry becomes due
   P.."leases"              ZSET   job id -> ms when its lease expires
   P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
@@ -56,7 +75,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '6'
+local VERSION = '7'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -90,13 +109,14 @@ end
 
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
-    'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at')
+    'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at', 'profile_retention_ms')
   return {
     events_maxlen = v[1] or '100000',
     job_events_maxlen = v[2] or '1000',
     retention_ms = v[3] or '604800000',
     max_attempts = tonumber(v[4]) or 10,
     swept_at = tonumber(v[5]) or 0,
+    profile_retention_ms = tonumber(v[6]) or 3600000,
   }
 end
 
@@ -229,24 +249,73 @@ local function matches(profile, class)
   return true
 end
 
-local function link(P, psig, csig)
-  redis.call('SADD', P .. 'compat:' .. psig, csig)
-  redis.call('SADD', P .. 'compat-rev:' .. csig, psig)
+-- Classes are grouped into families: what matching reads of a class (its
+-- service, capabilities and strict customer; not its workflow, not a loose
+-- customer). Compatibility is kept per family, so what a claim walks follows
+-- the kinds of work a profile serves, never how many workflows or customers
+-- wait. A profile's workflow restriction and denied customers are checked
+-- per class, by the few profiles that have them ("restricted").
+local function link(P, psig, fsig)
+  redis.call('SADD', P .. 'compat:' .. psig, fsig)
+  redis.call('SADD', P .. 'compat-rev:' .. fsig, psig)
 end
 
--- Keeps P.."heads" equal to the best score of each non-empty class.
-local function refresh_head(P, csig)
+-- A profile against a family, its workflow restriction left to the claim.
+local function serves_family(profile, family)
+  local wf = profile.workflow_id
+  profile.workflow_id = nil
+  local ok = matches(profile, family)
+  profile.workflow_id = wf
+  return ok
+end
+
+local function is_restricted(profile)
+  return present(profile.workflow_id) or (type(profile.denied) == 'table'
+    and #profile.denied > 0)
+end
+
+local function family_of(P, csig)
+  local fsig = redis.call('HGET', P .. 'class-family', csig)
+  return fsig or nil
+end
+
+-- Keeps P.."fheads" equal to the best class head of the family.
+local function refresh_family(P, fsig)
+  local head = redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '0', 'WITHSCORES')
+  if head[1] then
+    redis.call('ZADD', P .. 'fheads', head[2], fsig)
+  else
+    redis.call('ZREM', P .. 'fheads', fsig)
+  end
+end
+
+-- Keeps P.."heads" and the family's index equal to the best score of each
+-- non-empty class.
+local function refresh_head(P, csig, fsig)
+  fsig = fsig or family_of(P, csig)
   local head = redis.call('ZRANGE', P .. 'pending:' .. csig, '0', '0', 'WITHSCORES')
   if head[1] then
     redis.call('ZADD', P .. 'heads', head[2], csig)
+    if fsig then
+      redis.call('ZADD', P .. 'fam:' .. fsig, head[2], csig)
+    end
   else
     redis.call('ZREM', P .. 'heads', csig)
+    if fsig then
+      redis.call('ZREM', P .. 'fam:' .. fsig, csig)
+    end
+  end
+  if fsig then
+    refresh_family(P, fsig)
   end
 end
 
 -- Wakes one idle worker that can serve the class, most recently idle first.
 -- Looks at the 128 most recent unexpired idle marks; expired ones are swept.
-local function wake_one(P, csig, now)
+local function wake_one(P, csig, fsig, now)
+  if not fsig then
+    return false
+  end
   local idle = redis.call('ZRANGE', P .. 'idle', '+inf', '(' .. now, 'BYSCORE', 'REV',
     'LIMIT', '0', '128')
   if #idle == 0 then
@@ -258,14 +327,23 @@ local function wake_one(P, csig, now)
     psigs[i] = string.sub(member, 1, colon - 1)
     workers[i] = string.sub(member, colon + 1)
   end
-  local can = redis.call('SMISMEMBER', P .. 'compat-rev:' .. csig, unpack(psigs))
+  local can = redis.call('SMISMEMBER', P .. 'compat-rev:' .. fsig, unpack(psigs))
+  local class = nil
   for i, yes in ipairs(can) do
     if yes == 1 then
-      redis.call('ZREM', P .. 'idle', idle[i])
-      local wk = P .. 'wake:' .. workers[i]
-      redis.call('LPUSH', wk, '1')
-      redis.call('PEXPIRE', wk, '60000')
-      return workers[i]
+      local restricted = redis.call('HGET', P .. 'restricted', psigs[i])
+      local ok = true
+      if restricted then
+        class = class or cjson.decode(redis.call('HGET', P .. 'classes', csig) or '{}')
+        ok = matches(cjson.decode(restricted), class)
+      end
+      if ok then
+        redis.call('ZREM', P .. 'idle', idle[i])
+        local wk = P .. 'wake:' .. workers[i]
+        redis.call('LPUSH', wk, '1')
+        redis.call('PEXPIRE', wk, '60000')
+        return workers[i]
+      end
     end
   end
   return false
@@ -274,7 +352,12 @@ end
 local function file_pending(P, id, csig, score, now)
   redis.call('ZADD', P .. 'pending:' .. csig, score, id)
   redis.call('ZADD', P .. 'heads', 'LT', score, csig)
-  wake_one(P, csig, now)
+  local fsig = family_of(P, csig)
+  if fsig then
+    redis.call('ZADD', P .. 'fam:' .. fsig, 'LT', score, csig)
+    redis.call('ZADD', P .. 'fheads', 'LT', score, fsig)
+  end
+  wake_one(P, csig, fsig, now)
 end
 
 local function unfile_pending(P, id, csig)
@@ -283,6 +366,109 @@ local function unfile_pending(P, id, csig)
     return true
   end
   return false
+end
+
+-- Files a class (and its family, linked to the live profiles offering its
+-- service) unless known. Costs O(profiles of the service) for a new family,
+-- O(1) otherwise.
+local function ensure_class(P, csig, class_json, fsig, family_json)
+  if fsig == nil or fsig == '' then
+    fsig, family_json = csig, class_json
+  end
+  if redis.call('HSETNX', P .. 'classes', csig, class_json) == 0 then
+    return
+  end
+  redis.call('HSET', P .. 'class-family', csig, fsig)
+  local class = cjson.decode(class_json)
+  if present(class.workflow_id) then
+    redis.call('SADD', P .. 'wf-classes:' .. class.workflow_id, csig)
+  end
+  redis.call('HINCRBY', P .. 'family-classes', fsig, '1')
+  if redis.call('HSETNX', P .. 'families', fsig, family_json) == 0 then
+    return
+  end
+  local family = cjson.decode(family_json)
+  local psigs = redis.call('SMEMBERS', P .. 'service-profiles:' .. family.service)
+  for first = 1, #psigs, 500 do
+    local chunk = {unpack(psigs, first, math.min(first + 499, #psigs))}
+    local profiles = redis.call('HMGET', P .. 'profiles', unpack(chunk))
+    for j, json in ipairs(profiles) do
+      if json and serves_family(cjson.decode(json), family) then
+        link(P, chunk[j], fsig)
+      end
+    end
+  end
+end
+
+-- A family with no live class: gone, with its compatibility entries.
+local function drop_family(P, fsig)
+  redis.call('HDEL', P .. 'family-classes', fsig)
+  redis.call('HDEL', P .. 'families', fsig)
+  redis.call('ZREM', P .. 'fheads', fsig)
+  redis.call('DEL', P .. 'fam:' .. fsig)
+  local rk = P .. 'compat-rev:' .. fsig
+  for _, psig in ipairs(redis.call('SMEMBERS', rk)) do
+    redis.call('SREM', P .. 'compat:' .. psig, fsig)
+  end
+  redis.call('DEL', rk)
+end
+
+-- A class whose last pending, delayed or leased job ended.
+local function drop_class(P, csig)
+  if redis.call('ZCARD', P .. 'pending:' .. csig) > 0 then
+    return
+  end
+  local fsig = family_of(P, csig)
+  local class_json = redis.call('HGET', P .. 'classes', csig)
+  redis.call('HDEL', P .. 'classes', csig)
+  redis.call('HDEL', P .. 'class-family', csig)
+  redis.call('HDEL', P .. 'live', csig)
+  redis.call('ZREM', P .. 'heads', csig)
+  if class_json then
+    local class = cjson.decode(class_json)
+    if present(class.workflow_id) then
+      redis.call('SREM', P .. 'wf-classes:' .. class.workflow_id, csig)
+    end
+  end
+  if fsig then
+    redis.call('ZREM', P .. 'fam:' .. fsig, csig)
+    refresh_family(P, fsig)
+    if redis.call('HINCRBY', P .. 'family-classes', fsig, '-1') <= 0 then
+      drop_family(P, fsig)
+    end
+  end
+end
+
+-- One job of the class ended for good. A count that was never kept (a class
+-- filed before version 7) is left alone rather than going negative.
+local function class_job_ended(P, csig)
+  if not csig then
+    return
+  end
+  local left = redis.call('HINCRBY', P .. 'live', csig, '-1')
+  if left == 0 then
+    drop_class(P, csig)
+  elseif left < 0 then
+    redis.call('HDEL', P .. 'live', csig)
+  end
+end
+
+-- A profile no worker has used for the retention: gone, with its entries.
+local function drop_profile(P, psig)
+  local json = redis.call('HGET', P .. 'profiles', psig)
+  redis.call('HDEL', P .. 'profiles', psig)
+  redis.call('HDEL', P .. 'restricted', psig)
+  redis.call('ZREM', P .. 'profile-seen', psig)
+  if json then
+    for _, service in ipairs(cjson.decode(json).services or {}) do
+      redis.call('SREM', P .. 'service-profiles:' .. service, psig)
+    end
+  end
+  local ck = P .. 'compat:' .. psig
+  for _, fsig in ipairs(redis.call('SMEMBERS', ck)) do
+    redis.call('SREM', P .. 'compat-rev:' .. fsig, psig)
+  end
+  redis.call('DEL', ck)
 end
 
 local function attempt_is(f_attempts, attempt)
@@ -304,17 +490,20 @@ end
 local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
   local cfg = config(P)
   local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
-    'customer_id', 'status')
+    'customer_id', 'status', 'class')
   redis.call('HSET', jk, 'status', status, unpack(fields))
   index_status(P, id, f[5], status, now)
+  if not TERMINAL[f[5]] then
+    class_job_ended(P, f[6])
+  end
   redis.call('ZREM', P .. 'leases', id)
   redis.call('PEXPIRE', jk, cfg.retention_ms)
   emit(P, cfg, id, event, data, now, true, raw_key, raw)
   emit_workflow(P, cfg, id, event, f, now)
 end
 
--- The class whose best job comes first among those the profile can serve.
--- Walks class heads in order (membership checked 64, then 256 at a time);
+-- The family (or class) whose best job comes first among those the profile
+-- can serve (``ck``: its compatibility set). Walks heads in order (membership checked 64, then 256 at a time);
 -- when the profile serves few classes compared with the heads that remain,
 -- looks up the head score of each compatible class instead.
 -- Cost: O(classes), never O(jobs).
@@ -371,6 +560,87 @@ local function pick_class(ck, heads_key)
     scanned = scanned + #heads
   end
   return nil
+end
+
+-- The best class a restricted profile (a workflow, or denied customers) may
+-- take, and its family; every candidate is checked in full (``matches``).
+-- A workflow-restricted profile looks only at its workflow's live classes;
+-- one with denied customers walks its families' classes in order, skipping
+-- the denied, and stops at the first family that cannot beat its best.
+local function pick_restricted(P, ck, profile)
+  local best, best_score, best_family = nil, nil, nil
+  local function consider(csig, score, fsig, json)
+    local n = tonumber(score)
+    if best_score ~= nil and (n > best_score or (n == best_score and csig > best)) then
+      return false
+    end
+    if not json or not matches(profile, cjson.decode(json)) then
+      return false
+    end
+    best, best_score, best_family = csig, n, fsig
+    return true
+  end
+  if present(profile.workflow_id) then
+    local classes = redis.call('SMEMBERS', P .. 'wf-classes:' .. profile.workflow_id)
+    for first = 1, #classes, 500 do
+      local chunk = {unpack(classes, first, math.min(first + 499, #classes))}
+      local scores = redis.call('ZMSCORE', P .. 'heads', unpack(chunk))
+      local families = redis.call('HMGET', P .. 'class-family', unpack(chunk))
+      local defs = redis.call('HMGET', P .. 'classes', unpack(chunk))
+      for j, score in ipairs(scores) do
+        if score and families[j] and redis.call('SISMEMBER', ck, families[j]) == 1 then
+          consider(chunk[j], score, families[j], defs[j])
+        end
+      end
+    end
+    return best, best_family
+  end
+  local families = redis.call('SMEMBERS', ck)
+  local order = {}
+  for first = 1, #families, 1000 do
+    local chunk = {unpack(families, first, math.min(first + 999, #families))}
+    local scores = redis.call('ZMSCORE', P .. 'fheads', unpack(chunk))
+    for j, score in ipairs(scores) do
+      if score then
+        order[#order + 1] = {tonumber(score), chunk[j]}
+      end
+    end
+  end
+  table.sort(order, function(a, b)
+    return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+  end)
+  for _, entry in ipairs(order) do
+    if best_score ~= nil and entry[1] > best_score then
+      break
+    end
+    local fk = P .. 'fam:' .. entry[2]
+    local from = 0
+    local done = false
+    while not done do
+      local heads = redis.call('ZRANGE', fk, from, from + 63, 'WITHSCORES')
+      if #heads == 0 then
+        break
+      end
+      local names = {}
+      for i = 1, #heads, 2 do
+        names[#names + 1] = heads[i]
+      end
+      local defs = redis.call('HMGET', P .. 'classes', unpack(names))
+      for i, csig in ipairs(names) do
+        local score = heads[2 * i]
+        if best_score ~= nil and tonumber(score) > best_score then
+          done = true
+          break
+        end
+        if consider(csig, score, entry[2], defs[i]) then
+          done = true
+          break
+        end
+      end
+      from = from + 64
+    end
+  end
+  return best, best_family
 end
 
 -- An attempt that ended without an outcome (lease expired, worker lost,
@@ -484,19 +754,29 @@ end
 --[[ emp_register_worker
 KEYS[1] config  KEYS[2] profiles  KEYS[3] classes
 ARGV[1] profile signature  ARGV[2] normalized profile JSON
-Returns the number of known classes the profile can serve. ]]
+ARGV[3] now ms (optional)
+Returns the number of live families the profile can serve. Costs O(live
+families) for a new profile (dead classes and families are dropped), O(1)
+for a known one. ]]
 local function emp_register_worker(keys, args)
   local P = prefix_of(keys[1])
   local psig, json = args[1], args[2]
-  local profile = cjson.decode(json)
+  redis.call('ZADD', P .. 'profile-seen', now_ms(args[3]), psig)
   if redis.call('HSETNX', keys[2], psig, json) == 0 then
     return redis.call('SCARD', P .. 'compat:' .. psig)
   end
-  local classes = redis.call('HGETALL', keys[3])
+  local profile = cjson.decode(json)
+  for _, service in ipairs(profile.services or {}) do
+    redis.call('SADD', P .. 'service-profiles:' .. service, psig)
+  end
+  if is_restricted(profile) then
+    redis.call('HSET', P .. 'restricted', psig, json)
+  end
+  local families = redis.call('HGETALL', P .. 'families')
   local n = 0
-  for i = 1, #classes, 2 do
-    if matches(profile, cjson.decode(classes[i + 1])) then
-      link(P, psig, classes[i])
+  for i = 1, #families, 2 do
+    if serves_family(profile, cjson.decode(families[i + 1])) then
+      link(P, psig, families[i])
       n = n + 1
     end
   end
@@ -508,7 +788,8 @@ KEYS[1] config  KEYS[2] job record  KEYS[3] classes  KEYS[4] profiles
 ARGV[1] job id  ARGV[2] class signature  ARGV[3] class JSON
 ARGV[4] effective priority 0-100  ARGV[5] due ms (0: now)
 ARGV[6] Celery message JSON  ARGV[7] now ms (0: server time)
-ARGV[8] effective time ms ('': now)  ARGV[9..] record field name, value pairs
+ARGV[8] effective time ms ('': now)  ARGV[9] family signature
+ARGV[10] family JSON  ARGV[11..] record field name, value pairs
 Returns {'queued'|'delayed'} or {'duplicate', status}. ]]
 local function emp_enqueue(keys, args)
   local P = prefix_of(keys[1])
@@ -522,23 +803,16 @@ local function emp_enqueue(keys, args)
   if status then
     return {'duplicate', status}
   end
-  if redis.call('HSETNX', keys[3], csig, class_json) == 1 then
-    local class = cjson.decode(class_json)
-    local profiles = redis.call('HGETALL', keys[4])
-    for i = 1, #profiles, 2 do
-      if matches(cjson.decode(profiles[i + 1]), class) then
-        link(P, profiles[i], csig)
-      end
-    end
-  end
+  ensure_class(P, csig, class_json, args[9], args[10])
+  redis.call('HINCRBY', P .. 'live', csig, '1')
   redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
     'status', 'pending', 'attempts', '0', 'retries', '0', 'created_at', now,
-    'message', args[6], unpack(args, 9))
+    'message', args[6], unpack(args, 11))
   redis.call('ZADD', P .. 'jobs', now, id)
   index_status(P, id, nil, 'pending', now)
   local data = {}
   local wf = {}
-  for i = 9, #args, 2 do
+  for i = 11, #args, 2 do
     local name, value = args[i], args[i + 1]
     local by = BY_FIELD[name]
     if by and value ~= '' then
@@ -598,12 +872,25 @@ local function emp_claim(keys, args)
     housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
   end
+  redis.call('ZADD', P .. 'profile-seen', now, psig)
   local compat = P .. 'compat:' .. psig
-  local best = pick_class(compat, keys[3])
+  local restricted = redis.call('HGET', P .. 'restricted', psig)
+  restricted = restricted and cjson.decode(restricted)
+  local function pick()
+    if restricted then
+      return pick_restricted(P, compat, restricted)
+    end
+    local fsig = pick_class(compat, P .. 'fheads')
+    if fsig then
+      return redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '0')[1], fsig
+    end
+    return nil
+  end
+  local best, family = pick()
   if not best and not swept then
     housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
-    best = pick_class(compat, keys[3])
+    best, family = pick()
   end
   if not best then
     if redis.call('HEXISTS', keys[2], psig) == 0 then
@@ -624,7 +911,7 @@ local function emp_claim(keys, args)
     return {0, next_due}
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
-  refresh_head(P, best)
+  refresh_head(P, best, family)
   if args[6] == '1' then
     redis.call('ZREM', keys[4], member)
   end
@@ -899,7 +1186,8 @@ end
 KEYS[1] config
 ARGV[1] limit  ARGV[2] now (optional)
 Promotes due retries, requeues expired leases, drops expired idle marks and
-listing entries older than the retention. Returns how many jobs moved. ]]
+listing entries older than the retention, and up to 100 profiles no worker used
+for profile_retention_ms. Returns how many jobs moved. ]]
 local function emp_sweep(keys, args)
   local P = prefix_of(keys[1])
   local now = now_ms(args[2])
@@ -917,12 +1205,19 @@ local function emp_sweep(keys, args)
       redis.call('SREM', P .. 'indexes', ik)
     end
   end
+  local unseen = redis.call('ZRANGE', P .. 'profile-seen', '-inf',
+    int(now - cfg.profile_retention_ms), 'BYSCORE', 'LIMIT', '0', '100')
+  for _, psig in ipairs(unseen) do
+    drop_profile(P, psig)
+  end
   return moved
 end
 
 --[[ emp_resubmit
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
+ARGV[4] class signature  ARGV[5] class JSON  ARGV[6] family signature
+ARGV[7] family JSON (the job's class as filed now: it may have been dropped)
 A failed or cancelled job runs again: back to pending at its old place, its
 record kept. Attempt numbers go on increasing, so a late word from the old
 run is still refused (fencing); ``attempts_before`` marks where the new run's
@@ -945,6 +1240,12 @@ local function emp_resubmit(keys, args)
     'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
+  if args[4] and args[4] ~= '' then
+    f[2] = args[4]
+    redis.call('HSET', keys[2], 'class', f[2])
+    ensure_class(P, f[2], args[5], args[6], args[7])
+  end
+  redis.call('HINCRBY', P .. 'live', f[2], '1')
   index_status(P, id, f[1], 'pending', now)
   emit(P, config(P), id, 'job_resubmitted', {previous_status = f[1], reason = args[2],
     job_type = f[4], priority = tonumber(f[5]), customer_id = f[6], workflow_id = f[7]},

@@ -78,6 +78,22 @@ def describe_class(job_class: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def restrictions_allow(record: dict[str, Any], job_class: dict[str, Any] | None) -> bool:
+    """A worker's own workflow and denied customers against one class.
+
+    The pool's compatibility sets hold class families (what matching reads:
+    ``capability_router.requirements.family_of``), not classes, so these two
+    per-worker restrictions are checked here, as the claim checks them.
+    """
+    profile = record.get("profile") or {}
+    workflow = profile.get("workflow_id")
+    if workflow and workflow != (job_class or {}).get("workflow_id"):
+        return False
+    denied = (profile.get("customer_access") or {}).get("denied_customers") or []
+    customer = (job_class or {}).get("customer_id")
+    return not (customer and customer in denied)
+
+
 def profile_signature(record: dict[str, Any]) -> str | None:
     """The profile signature a worker registered, from its registry record.
 
@@ -111,6 +127,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     workers = WorkerRegistry(client).workers()
     # Live profile signatures per pool, and the workers that share each.
     serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
+    records: dict[str, dict[str, Any]] = {}
     counts = {"idle": 0, "busy": 0, "service_unhealthy": 0}
     for record in workers:
         status = record.get("status")
@@ -122,6 +139,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
         psig = profile_signature(record)
         if psig is None:
             continue
+        records[_text(record["worker_id"])] = record
         for pool in record.get("pools") or []:
             if pool in serving:
                 serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
@@ -139,6 +157,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
             signatures = [c.signature for c in summaries[pool].classes]
             if signatures:
                 pipe.hmget(Keys(pool).classes, signatures)
+                pipe.hmget(Keys(pool).class_family, signatures)
                 for psig in psigs[pool]:
                     pipe.smembers(Keys(pool).compat(psig))
         answers = iter(pipe.execute())
@@ -148,15 +167,18 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     for pool in pools:
         summary = summaries[pool]
         classes = summary.classes
-        definitions, compat = [], {}
+        definitions, families, compat = [], [], {}
         if classes:
-            definitions = next(answers)
+            definitions, families = next(answers), next(answers)
             compat = {psig: {_text(c) for c in next(answers)} for psig in psigs[pool]}
         pool_classes: list[dict[str, Any]] = []
-        for pending_class, definition in zip(classes, definitions, strict=True):
-            able = [worker for psig, served in compat.items()
-                    if pending_class.signature in served for worker in serving[pool][psig]]
+        for pending_class, definition, family in zip(classes, definitions, families,
+                                                     strict=True):
             job_class = json.loads(definition) if definition else None
+            family = _text(family) if family else pending_class.signature
+            able = [worker for psig, served in compat.items() if family in served
+                    for worker in serving[pool][psig]
+                    if restrictions_allow(records[worker], job_class)]
             pool_classes.append({
                 "pool": pool,
                 "class": pending_class.signature,
@@ -224,10 +246,16 @@ def class_servability(client: redis.Redis, pool: str, signature: str) -> dict[st
     signatures = [profile_signature(w) for w in live]
     with client.pipeline(transaction=False) as pipe:
         pipe.hget(keys.classes, signature)
+        pipe.hget(keys.class_family, signature)
+        definition, family = pipe.execute()
+    family = _text(family) if family else signature
+    with client.pipeline(transaction=False) as pipe:
         for psig in signatures:
-            pipe.sismember(keys.compat(psig or "-"), signature)
-        definition, *served = pipe.execute()
+            pipe.sismember(keys.compat(psig or "-"), family)
+        served = pipe.execute()
     job_class = json.loads(definition) if definition else {}
+    served = [yes and restrictions_allow(w, job_class) for w, yes in zip(live, served,
+                                                                         strict=True)]
     described = describe_class(job_class or None)
     # A worker whose service is down (its claim gate closed) serves nothing until it is back.
     down = {_text(w["worker_id"]): w.get("status_reason") or "its service is down"
