@@ -206,9 +206,10 @@ class QueueFunctions:
     def configure(self, **settings: int) -> None:
         """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms,
         max_attempts, max_service_releases, service_release_delay_ms,
-        profile_retention_ms."""
+        profile_retention_ms, fair_window, fair_age_ms (see emp.lua)."""
         allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts",
-                   "max_service_releases", "service_release_delay_ms", "profile_retention_ms"}
+                   "max_service_releases", "service_release_delay_ms", "profile_retention_ms",
+                   "fair_window", "fair_age_ms"}
         unknown = set(settings) - allowed
         if unknown:
             raise ValueError(f"unknown queue setting(s): {', '.join(sorted(unknown))}")

@@ -109,7 +109,8 @@ end
 
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
-    'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at', 'profile_retention_ms')
+    'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at', 'profile_retention_ms',
+    'fair_window', 'fair_age_ms')
   return {
     events_maxlen = v[1] or '100000',
     job_events_maxlen = v[2] or '1000',
@@ -117,6 +118,8 @@ local function config(P)
     max_attempts = tonumber(v[4]) or 10,
     swept_at = tonumber(v[5]) or 0,
     profile_retention_ms = tonumber(v[6]) or 3600000,
+    fair_window = tonumber(v[7]) or 10,
+    fair_age_ms = tonumber(v[8]) or 30000,
   }
 end
 
@@ -562,6 +565,42 @@ local function pick_class(ck, heads_key)
   return nil
 end
 
+-- Fairness for scarce workers. Among the families a profile can serve whose
+-- best job is at most ``fair_window`` priority points (config, default 10)
+-- below the best one, the profile takes the family the fewest profiles can
+-- serve (ties: queue order), so a big worker does not spend itself on work
+-- any small one could do while jobs only it can run wait. Ageing bounds what
+-- this costs the others: once the best job has waited ``fair_age_ms``
+-- (config, default 30 s) since its effective time, queue order wins.
+-- Looks at 16 families at most.
+local function prefer_scarce(P, ck, best, now, cfg)
+  local head = tonumber(redis.call('ZSCORE', P .. 'fheads', best))
+  if not head or cfg.fair_window <= 0 then
+    return best
+  end
+  local band = math.floor(head / 1e13)
+  if now - (head - band * 1e13) >= cfg.fair_age_ms then
+    return best
+  end
+  local near = redis.call('ZRANGE', P .. 'fheads', string.format('%.0f', head),
+    string.format('%.0f', (band + cfg.fair_window + 1) * 1e13 - 1), 'BYSCORE',
+    'LIMIT', '0', '16')
+  if #near <= 1 then
+    return best
+  end
+  local can = redis.call('SMISMEMBER', ck, unpack(near))
+  local chosen, fewest = best, redis.call('SCARD', P .. 'compat-rev:' .. best)
+  for i, yes in ipairs(can) do
+    if yes == 1 and near[i] ~= best then
+      local n = redis.call('SCARD', P .. 'compat-rev:' .. near[i])
+      if n < fewest then
+        chosen, fewest = near[i], n
+      end
+    end
+  end
+  return chosen
+end
+
 -- The best class a restricted profile (a workflow, or denied customers) may
 -- take, and its family; every candidate is checked in full (``matches``).
 -- A workflow-restricted profile looks only at its workflow's live classes;
@@ -882,6 +921,7 @@ local function emp_claim(keys, args)
     end
     local fsig = pick_class(compat, P .. 'fheads')
     if fsig then
+      fsig = prefer_scarce(P, compat, fsig, tonumber(now), cfg)
       return redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '0')[1], fsig
     end
     return nil
