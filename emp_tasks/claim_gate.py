@@ -6,12 +6,15 @@ answer (ComfyUI busy loading a model, a hung proxy) would hold that loop for
 the HTTP client's whole timeout, so the connector's check runs on a helper
 thread and one that has not answered within ``timeout`` seconds closes the
 gate. The next ask waits for that same check again rather than starting
-another, so a hung service never piles up threads.
+another, so a hung service never piles up threads. An open answer is kept
+``open_for`` seconds, so a worker claiming back to back (short jobs) probes
+its service at most that often; a closed one is never kept.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -23,14 +26,26 @@ class BoundedClaimGate:
 
     :param gate: returns a ClaimGate; may block on the network.
     :param timeout: seconds an ask waits for it before answering closed.
+    :param open_for: seconds an open answer stands without a new check (0: none).
     """
 
-    def __init__(self, gate: Callable[[], ClaimGate], timeout: float = 5.0) -> None:
+    def __init__(self, gate: Callable[[], ClaimGate], timeout: float = 5.0,
+                 open_for: float = 0.0) -> None:
         self.gate = gate
         self.timeout = float(timeout)
+        self.open_for = float(open_for)
         self._pending: Future[ClaimGate] | None = None
+        self._open_until = 0.0
 
     def __call__(self) -> ClaimGate:
+        if time.monotonic() < self._open_until:
+            return ClaimGate(True)
+        answer = self._ask()
+        if answer.open and self.open_for > 0:
+            self._open_until = time.monotonic() + self.open_for
+        return answer
+
+    def _ask(self) -> ClaimGate:
         if self._pending is None:
             self._pending = self._start()
         try:

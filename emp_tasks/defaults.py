@@ -34,6 +34,9 @@ HEALTH_GATE_SECONDS = 1.0
 #: Seconds a worker waits for its service's health check before counting it down
 #: (``EMP_HEALTH_GATE_TIMEOUT_SECONDS``).
 HEALTH_GATE_TIMEOUT_SECONDS = 5.0
+#: Seconds a passed health check keeps the gate open without asking the service again
+#: (``EMP_HEALTH_GATE_OPEN_SECONDS``): a worker claiming back to back probes at most this often.
+HEALTH_GATE_OPEN_SECONDS = 1.0
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -95,3 +98,7 @@ def health_gate_seconds() -> float:
 
 def health_gate_timeout_seconds() -> float:
     return float(env("EMP_HEALTH_GATE_TIMEOUT_SECONDS", str(HEALTH_GATE_TIMEOUT_SECONDS)))
+
+
+def health_gate_open_seconds() -> float:
+    return float(env("EMP_HEALTH_GATE_OPEN_SECONDS", str(HEALTH_GATE_OPEN_SECONDS)))

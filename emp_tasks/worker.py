@@ -53,7 +53,8 @@ def claim_gate_options() -> dict[str, Any]:
     if connector is None or not defaults.health_gate():
         return {}
     return {"claim_gate": BoundedClaimGate(connector.claim_gate,
-                                           defaults.health_gate_timeout_seconds()),
+                                           defaults.health_gate_timeout_seconds(),
+                                           open_for=defaults.health_gate_open_seconds()),
             "claim_gate_retry_seconds": defaults.health_gate_seconds()}
 
 

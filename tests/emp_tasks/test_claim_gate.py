@@ -41,3 +41,18 @@ def test_answers_in_time_pass_through() -> None:
     assert gate() == ClaimGate(False, "down")
     gate = BoundedClaimGate(lambda: 1 / 0, timeout=1)
     assert gate() == ClaimGate(False, "health check failed: ZeroDivisionError: division by zero")
+
+
+def test_an_open_answer_stands_for_open_for_seconds_a_closed_one_never() -> None:
+    """Tried: 50 asks back to back (a worker claiming short jobs) with open_for=30 s:
+    before, each ask probed the service (a thread and an HTTP request per claim)."""
+    calls: list[bool] = []
+
+    def check() -> ClaimGate:
+        calls.append(True)
+        return ClaimGate(len(calls) != 1, "down" if len(calls) == 1 else "")
+
+    gate = BoundedClaimGate(check, timeout=1, open_for=30)
+    assert gate() == ClaimGate(False, "down")  # closed: not kept, asked again next time
+    assert all(gate().open for _ in range(50))
+    assert len(calls) == 2
