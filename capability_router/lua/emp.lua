@@ -911,7 +911,13 @@ local function emp_claim(keys, args)
     housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
   end
-  redis.call('ZADD', P .. 'profile-seen', now, psig)
+  -- A profile is marked seen by a claim that housekeeps (at most every 100 ms
+  -- per pool) or finds nothing, not by every claim: no write per job, and a
+  -- busy worker still housekeeps often within the retention (1 h). Dropped
+  -- anyway, it finds nothing, gets NOPROFILE and registers again.
+  if swept then
+    redis.call('ZADD', P .. 'profile-seen', now, psig)
+  end
   local compat = P .. 'compat:' .. psig
   local restricted = redis.call('HGET', P .. 'restricted', psig)
   restricted = restricted and cjson.decode(restricted)
@@ -936,6 +942,7 @@ local function emp_claim(keys, args)
     if redis.call('HEXISTS', keys[2], psig) == 0 then
       return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
     end
+    redis.call('ZADD', P .. 'profile-seen', now, psig)
     redis.call('ZADD', keys[4], int(now + args[4]), member)
     local next_due = 0
     local d = redis.call('ZRANGE', P .. 'delayed', '0', '0', 'WITHSCORES')
