@@ -69,3 +69,22 @@ def test_the_queue_view_counts_a_worker_whose_service_is_down_apart_and_not_as_s
     assert summary["workers"] == {"total": 1, "idle": 0, "busy": 0, "service_unhealthy": 1}
     row, = summary["classes"]
     assert row["unservable"] is True and row["workers"] == []
+
+
+def test_a_worker_denying_the_customer_or_tied_to_another_workflow_cannot_serve(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: a job of customer evil, workflow wf-1, beside a worker denying evil and a
+    worker tied to wf-2, both able otherwise. The index keeps compatibility per family
+    (no customer, no workflow), so the views check these two restrictions themselves."""
+    _live(client, queue, WorkerProfile(worker_id="picky", services=["simulation"],
+                                       customer_access={"denied_customers": ["evil"]}))
+    _live(client, queue, WorkerProfile(worker_id="tied", services=["simulation"],
+                                       workflow_id="wf-2"))
+    csig = _class_of(client, queue, "j1", customer_id="evil", workflow_id="wf-1")
+    assert class_servability(client, "default", csig)["servable"] is False
+    (row,) = [r for r in queue_summary(client)["classes"] if r["class"] == csig]
+    assert row["unservable"] is True and row["workers"] == []
+    _live(client, queue, WorkerProfile(worker_id="plain", services=["simulation"]))
+    assert class_servability(client, "default", csig)["workers"] == ["plain"]
+    (row,) = [r for r in queue_summary(client)["classes"] if r["class"] == csig]
+    assert row["workers"] == ["plain"]
