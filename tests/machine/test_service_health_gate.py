@@ -37,6 +37,10 @@ def event_names(job_id: str, app: Any) -> list[str]:  # noqa: ANN401 - Celery ap
     return [e["event"] for e in job_events(job_id, app=app)]
 
 
+def refused_or_reset(reason: str) -> bool:
+    return "refused" in reason.lower() or "connection reset" in reason.lower()
+
+
 @pytest.mark.timeout(240)
 def test_a_restarting_comfyui_stops_its_worker_claiming_until_it_answers_again(
         start_machine, start_comfyui, app, client, tmp_path: Path) -> None:  # noqa: ANN001
@@ -61,7 +65,8 @@ def test_a_restarting_comfyui_stops_its_worker_claiming_until_it_answers_again(
     [waiting] = ready["not_ready"]
     assert waiting["name"] == "comfyui-0" and waiting["status"] == "service_unhealthy"
     assert "comfyui service unhealthy" in waiting["reason"]
-    assert "refused" in waiting["reason"].lower()
+    # Refused once the port is closed; a check that raced the shutdown reads a reset.
+    assert refused_or_reset(waiting["reason"])
     record = registry_record(client, worker_id)
     assert record["status"] == "service_unhealthy"
     assert record["status_reason"] == waiting["reason"]
@@ -70,7 +75,7 @@ def test_a_restarting_comfyui_stops_its_worker_claiming_until_it_answers_again(
     assert [e["status"] for e in worker_events(client, worker_id)][-1] == "service_unhealthy"
     [box] = [m for m in machines_view(client) if m["machine_id"] == "box-g"]
     [shown] = box["workers"]
-    assert shown["status"] == "service_unhealthy" and "refused" in shown["status_reason"].lower()
+    assert shown["status"] == "service_unhealthy" and refused_or_reset(shown["status_reason"])
     assert box["healthy"] is False and "comfyui-0" in box["health_reason"]
     assert box["worker_counts"]["service_unhealthy"] == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 import requests
 
@@ -60,7 +61,11 @@ class Api:
             found.update(self.job(job_id))
             return found["status"] in statuses
 
-        wait_for(reached, timeout, message=f"job {job_id} to be {'/'.join(statuses)}")
+        try:
+            wait_for(reached, timeout, message=f"job {job_id} to be {'/'.join(statuses)}")
+        except pytest.fail.Exception as exc:  # say where it stood, for the failure report
+            shown = {k: found.get(k) for k in ("status", "attempts", "worker_id", "last_error")}
+            raise AssertionError(f"{exc}; last seen {shown}") from None
         return found
 
 

@@ -214,12 +214,19 @@ class EventHub:
         # A client of its own: a blocking XREAD must not hold a pooled connection others need.
         reader = redis.Redis.from_url(self.redis_url, decode_responses=True,
                                       socket_timeout=10, health_check_interval=30)
+        failing = False  # one line when reads start failing, one when they work again
         while not self._stopping.is_set():
             try:
                 self._read_once(reader)
-            except redis.RedisError:
-                logger.warning("event log read failed; retrying in 1 s", exc_info=True)
+            except redis.RedisError as exc:
+                if not failing:
+                    logger.warning("event log read failed (%s); retrying every 1 s", exc)
+                failing = True
                 time.sleep(1.0)
+            else:
+                if failing:
+                    logger.warning("event log readable again")
+                failing = False
 
     def _read_once(self, reader: redis.Redis) -> None:
         now = time.monotonic()
