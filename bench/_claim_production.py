@@ -191,10 +191,6 @@ class Backlog:
                    if n and serves(profile, wf)) / total
 
 
-def slowlog_reset(client: redis.Redis) -> None:
-    client.slowlog_reset()
-
-
 def slowlog_calls(client: redis.Redis) -> list[tuple[float, list[bytes]]]:
     """(µs, command) of each logged call since the reset, oldest first, bench calls left out."""
     entries = sorted(client.execute_command("SLOWLOG", "GET", -1), key=lambda e: e[0])
@@ -215,7 +211,7 @@ def timed_claims(backlog: Backlog, profiles: list[WorkerProfile], refill: bool =
     out: list[tuple[float, bool, WorkerProfile]] = []
     for first in range(0, len(profiles), 100):
         chunk = profiles[first:first + 100]
-        slowlog_reset(client)
+        client.slowlog_reset()
         pipe = client.pipeline(transaction=False)
         for p in chunk:
             pipe.execute_command(*claim_args(keys, p.signature, p.worker_id, LEASE_MS, 5000))
@@ -244,7 +240,7 @@ def timed_claims(backlog: Backlog, profiles: list[WorkerProfile], refill: bool =
 
 def longest_call(client: redis.Redis, action: Any) -> float:
     """µs of the longest single Redis call made while ``action()`` runs."""
-    slowlog_reset(client)
+    client.slowlog_reset()
     action()
     return max((us for us, _ in slowlog_calls(client)), default=0.0)
 
