@@ -13,7 +13,7 @@ clock starts when the third hello arrives, so neither worker start-up nor
 the producer is timed. Rate = small jobs done after that / time to the last.
 
 Reported per run: jobs/s and Redis CPU µs per small job; the ratio
-backlog/none of the mean rates (target >= 0.9). Quick: N=1,000, B=14,000,
+backlog/none of the mean rates (target >= 0.9). Quick: N=2,000, B=14,000,
 one run each; full: N=6,000, B=14,000, two interleaved runs each (none,
 backlog, none, backlog).
 """
@@ -143,7 +143,7 @@ def run_once(url: str, n: int, backlog: int, logdir: Path) -> dict[str, Any]:
 def main() -> None:
     args = quick_args(__doc__)
     quick = args.quick
-    n = 1000 if quick else 6000
+    n = 2000 if quick else 6000
     backlog = 14_000
     order = [0, backlog] if quick else [0, backlog, 0, backlog]
     runs: dict[str, list[dict[str, Any]]] = {"none": [], "backlog": []}
