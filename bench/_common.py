@@ -108,9 +108,14 @@ def emit_json(result: dict[str, Any]) -> None:
     print(json.dumps(_finite(result), sort_keys=True, default=str, allow_nan=False), flush=True)
 
 
-def quick_args(doc: str | None) -> argparse.Namespace:
+def quick_args(
+    doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """Parse ``--quick``, and the options ``extra`` adds to the parser."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run (under 60 s)")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -4,7 +4,10 @@
 ``stock_app`` is plain Celery on kombu's Redis transport. Both have the same
 worker settings (acks_late, prefetch 1, no result backend) and the same two
 tasks: ``bench.noop`` counts its run in a Redis counter, ``bench.stamp``
-pushes the delay from submission to its start (ms) to a Redis list.
+pushes the delay from submission to its start (ms) to a Redis list. The EMP
+app also has ``bench.hello`` (service ``hello``): it adds its worker's
+``WORKER_ID`` to a set and holds the worker until the set has ``workers``
+members, so that many workers each take one and all start the next work at once.
 
 The Redis URL comes from ``BENCH_REDIS_URL`` (else ``EMP_REDIS_URL``).
 """
@@ -41,6 +44,9 @@ COMMON: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
 }
 
+#: Set the hello task adds its worker's ``WORKER_ID`` to.
+HELLO_KEY = "bench:hello"
+
 _clients: dict[int, redis.Redis] = {}
 
 
@@ -62,9 +68,18 @@ def _stamp(submitted: float) -> None:
     _client().lpush(LATENCY_KEY, repr((started - submitted) * 1000.0))
 
 
+def _hello(workers: int = 1, timeout_s: float = 120.0) -> None:
+    client = _client()
+    client.sadd(HELLO_KEY, os.environ.get("WORKER_ID", ""))
+    deadline = time.monotonic() + timeout_s
+    while client.scard(HELLO_KEY) < workers and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 emp_app: Celery = create_app(URL or None, **COMMON)
 emp_noop = emp_app.task(name="bench.noop", service="noop", shared=False)(_noop)
 emp_stamp = emp_app.task(name="bench.stamp", service="stamp", shared=False)(_stamp)
+emp_hello = emp_app.task(name="bench.hello", service="hello", shared=False)(_hello)
 
 stock_app: Celery = Celery("stock", broker=URL or None, set_as_current=False)
 stock_app.conf.update(COMMON, task_default_queue="stock")

@@ -16,10 +16,17 @@ Successful claims are also broken down by the number of classes the profile
 can serve, and by whether it could serve one of the first 64 class heads (found
 in the claim's first look) or not (the claim scans on, or looks up the head of
 each class it can serve).
+
+``--shape production`` runs the production shape instead (100k jobs over
+20,000 workflows of 1,000 customers, 1,000 spread profiles; see
+``bench/_claim_production.py``); ``--shape uniform`` the run above only. The
+default runs both; the JSON line holds the uniform figures at its top level
+and the production ones under ``production``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -31,6 +38,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import _claim_production as production  # noqa: E402
 from bench._common import emit_json, quick_args, start_redis, summary, verdict  # noqa: E402
 from capability_router.functions import QueueFunctions, claim_args, ensure_library  # noqa: E402
 from capability_router.jobspec import JobSpec  # noqa: E402
@@ -162,106 +170,126 @@ def sample_level(
             "hit_us_fallback": summary([us for us, hit, fb in rows if hit and fb])}
 
 
-def main() -> None:
-    args = quick_args(__doc__)
-    quick = args.quick
+def add_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", choices=("all", "uniform", "production"), default="all",
+                        help="which backlog shape to measure (default: both)")
+
+
+def run_uniform(client: redis.Redis, quick: bool) -> dict[str, Any]:
+    """The uniform run (module docstring); prints its lines, returns its figures."""
     levels = [1_000, 10_000, 100_000]
     claims_per_level = 1500 if quick else 5000
     batch = 100 if quick else 250
     rng = random.Random(7)
+    started = time.monotonic()
+    client.flushall()  # the function library stays
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 1_000_000)
+    functions = QueueFunctions(client, NAMESPACE)
+    specs = make_classes()
+    profiles = make_profiles(rng)
+    filler = Filler(client, specs, rng)
+
+    # One job per class files every class first, then the profiles register; each
+    # registration matches its profile against all 1,000 classes. Both orders do the
+    # same 1,000 x 1,000 matches (about 4-5 s in all); timed both ways, they were
+    # equal within the noise of this machine.
+    t0 = time.monotonic()
+    filler.fill(N_CLASSES, batch=100, spread=True)
+    t_classes = time.monotonic() - t0
+    t0 = time.monotonic()
+    for profile in profiles:
+        functions.register_worker(profile)
+    t_register = time.monotonic() - t0
+    compat_of = {p.signature: client.smembers(functions.keys.compat(p.signature))
+                 for p in profiles}
+    compat = [len(compat_of[p.signature]) for p in profiles]
+    print(f"uniform shape: {N_CLASSES} classes filed in {t_classes:.2f}s, "
+          f"{len(profiles)} profiles registered in {t_register:.2f}s", flush=True)
+    print(f"compatible classes per profile: min {min(compat)}, "
+          f"median {sorted(compat)[len(compat) // 2]}, max {max(compat)}", flush=True)
+
+    results: dict[str, Any] = {}
+    for level in levels:
+        t0 = time.monotonic()
+        missing = level - functions.pending_count()
+        if missing > 0:
+            filler.fill(missing)
+        fill_s = time.monotonic() - t0
+        claims = claims_per_level  # topped up after each batch, so may exceed level
+        batch_n = min(batch, level // 5)
+        t0 = time.monotonic()
+        result = sample_level(client, filler, profiles, compat_of, claims, batch_n, rng)
+        result["fill_seconds"] = round(fill_s, 2)
+        result["sample_seconds"] = round(time.monotonic() - t0, 2)
+        result["pending_after"] = functions.pending_count()
+        results[str(level)] = result
+        s = result["all_us"]
+        print(f"{level:>7} pending: claim p50 {s['p50']:.0f} us, p99 {s['p99']:.0f} us "
+              f"(target <= {P99_TARGET_US:.0f}: {verdict(s['p99'] <= P99_TARGET_US)}), "
+              f"mean {s['mean']:.1f} us, max {s['max']:.0f} us; {result['hits']} hits, "
+              f"{result['misses']} misses; filled in {fill_s:.1f}s", flush=True)
+        parts = ", ".join(f"{label}: p50 {b['p50']:.0f} p99 {b['p99']:.0f} (n={b['n']})"
+                          for label, b in result["hit_us_by_compatible_classes"].items())
+        print(f"          hits by compatible classes of the profile: {parts}", flush=True)
+        scan, fb = result["hit_us_head_scan"], result["hit_us_fallback"]
+        print(f"          {result['fallback_share']:.0%} of claims by profiles serving none of "
+              f"the first 64 heads: p50 {fb['p50']:.0f} p99 {fb['p99']:.0f} us; the others "
+              f"p50 {scan['p50']:.0f} p99 {scan['p99']:.0f} us", flush=True)
+
+    p99_lo = results["1000"]["all_us"]["p99"]
+    p99_hi = results["100000"]["all_us"]["p99"]
+    growth = p99_hi / p99_lo if p99_lo else float("nan")
+    lo, hi = results["1000"]["all_us"], results["100000"]["all_us"]
+    growth_p50, growth_mean = hi["p50"] / lo["p50"], hi["mean"] / lo["mean"]
+    print(f"growth p99(100k)/p99(1k) = {growth:.2f}x "
+          f"(target <= {GROWTH_TARGET:.0f}x: {verdict(growth <= GROWTH_TARGET)}); "
+          f"for context p50 {growth_p50:.2f}x, mean {growth_mean:.2f}x", flush=True)
+    info = client.info("memory")
+    print(f"used memory {info['used_memory_human']}; total {time.monotonic() - started:.1f}s",
+          flush=True)
+    return {
+        "profiles": len(profiles),
+        "classes": N_CLASSES,
+        "compat_per_profile": {"min": min(compat), "median": sorted(compat)[len(compat) // 2],
+                               "max": max(compat)},
+        "register_seconds": round(t_register, 2),
+        "class_fill_seconds": round(t_classes, 2),
+        "levels": results,
+        "p99_us": {k: v["all_us"]["p99"] for k, v in results.items()},
+        "p50_us": {k: v["all_us"]["p50"] for k, v in results.items()},
+        "growth_p99_100k_over_1k": round(growth, 3),
+        "growth_p50_100k_over_1k": round(growth_p50, 3),
+        "growth_mean_100k_over_1k": round(growth_mean, 3),
+        "targets": {"p99_us_max": P99_TARGET_US, "growth_max": GROWTH_TARGET},
+        "met": {
+            "p99": all(v["all_us"]["p99"] <= P99_TARGET_US for v in results.values()),
+            "growth": growth <= GROWTH_TARGET,
+        },
+        "uniform_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main() -> None:
+    args = quick_args(__doc__, add_shape)
     url, stop = start_redis()
     started = time.monotonic()
     try:
         client = redis.Redis.from_url(url)
         ensure_library(client)
-        client.config_set("slowlog-log-slower-than", 0)
-        client.config_set("slowlog-max-len", 1_000_000)
-        functions = QueueFunctions(client, NAMESPACE)
-        specs = make_classes()
-        profiles = make_profiles(rng)
-        filler = Filler(client, specs, rng)
-
-        # One job per class files every class first, then the profiles register; each
-        # registration matches its profile against all 1,000 classes. Both orders do the
-        # same 1,000 x 1,000 matches (about 4-5 s in all); timed both ways, they were
-        # equal within the noise of this machine.
-        t0 = time.monotonic()
-        filler.fill(N_CLASSES, batch=100, spread=True)
-        t_classes = time.monotonic() - t0
-        t0 = time.monotonic()
-        for profile in profiles:
-            functions.register_worker(profile)
-        t_register = time.monotonic() - t0
-        compat_of = {p.signature: client.smembers(functions.keys.compat(p.signature))
-                     for p in profiles}
-        compat = [len(compat_of[p.signature]) for p in profiles]
-        print(f"redis {url}; {N_CLASSES} classes filed in {t_classes:.2f}s, "
-              f"{len(profiles)} profiles registered in {t_register:.2f}s", flush=True)
-        print(f"compatible classes per profile: min {min(compat)}, "
-              f"median {sorted(compat)[len(compat) // 2]}, max {max(compat)}", flush=True)
-
-        results: dict[str, Any] = {}
-        for level in levels:
-            t0 = time.monotonic()
-            missing = level - functions.pending_count()
-            if missing > 0:
-                filler.fill(missing)
-            fill_s = time.monotonic() - t0
-            claims = claims_per_level  # topped up after each batch, so may exceed level
-            batch_n = min(batch, level // 5)
-            t0 = time.monotonic()
-            result = sample_level(client, filler, profiles, compat_of, claims, batch_n, rng)
-            result["fill_seconds"] = round(fill_s, 2)
-            result["sample_seconds"] = round(time.monotonic() - t0, 2)
-            result["pending_after"] = functions.pending_count()
-            results[str(level)] = result
-            s = result["all_us"]
-            print(f"{level:>7} pending: claim p50 {s['p50']:.0f} us, p99 {s['p99']:.0f} us "
-                  f"(target <= {P99_TARGET_US:.0f}: {verdict(s['p99'] <= P99_TARGET_US)}), "
-                  f"mean {s['mean']:.1f} us, max {s['max']:.0f} us; {result['hits']} hits, "
-                  f"{result['misses']} misses; filled in {fill_s:.1f}s", flush=True)
-            parts = ", ".join(f"{label}: p50 {b['p50']:.0f} p99 {b['p99']:.0f} (n={b['n']})"
-                              for label, b in result["hit_us_by_compatible_classes"].items())
-            print(f"          hits by compatible classes of the profile: {parts}", flush=True)
-            scan, fb = result["hit_us_head_scan"], result["hit_us_fallback"]
-            print(f"          {result['fallback_share']:.0%} of claims by profiles serving none of "
-                  f"the first 64 heads: p50 {fb['p50']:.0f} p99 {fb['p99']:.0f} us; the others "
-                  f"p50 {scan['p50']:.0f} p99 {scan['p99']:.0f} us", flush=True)
-
-        p99_lo = results["1000"]["all_us"]["p99"]
-        p99_hi = results["100000"]["all_us"]["p99"]
-        growth = p99_hi / p99_lo if p99_lo else float("nan")
-        lo, hi = results["1000"]["all_us"], results["100000"]["all_us"]
-        growth_p50, growth_mean = hi["p50"] / lo["p50"], hi["mean"] / lo["mean"]
-        print(f"growth p99(100k)/p99(1k) = {growth:.2f}x "
-              f"(target <= {GROWTH_TARGET:.0f}x: {verdict(growth <= GROWTH_TARGET)}); "
-              f"for context p50 {growth_p50:.2f}x, mean {growth_mean:.2f}x", flush=True)
-        info = client.info("memory")
-        print(f"used memory {info['used_memory_human']}; total {time.monotonic() - started:.1f}s",
-              flush=True)
-        emit_json({
-            "bench": "claim_cost",
-            "quick": quick,
-            "server": client.info("server").get("redis_version"),
-            "profiles": len(profiles),
-            "classes": N_CLASSES,
-            "compat_per_profile": {"min": min(compat), "median": sorted(compat)[len(compat) // 2],
-                                   "max": max(compat)},
-            "register_seconds": round(t_register, 2),
-            "class_fill_seconds": round(t_classes, 2),
-            "levels": results,
-            "p99_us": {k: v["all_us"]["p99"] for k, v in results.items()},
-            "p50_us": {k: v["all_us"]["p50"] for k, v in results.items()},
-            "growth_p99_100k_over_1k": round(growth, 3),
-            "growth_p50_100k_over_1k": round(growth_p50, 3),
-            "growth_mean_100k_over_1k": round(growth_mean, 3),
-            "targets": {"p99_us_max": P99_TARGET_US, "growth_max": GROWTH_TARGET},
-            "met": {
-                "p99": all(v["all_us"]["p99"] <= P99_TARGET_US for v in results.values()),
-                "growth": growth <= GROWTH_TARGET,
-            },
-            "total_seconds": round(time.monotonic() - started, 1),
-        })
+        result: dict[str, Any] = {"bench": "claim_cost", "quick": args.quick, "shape": args.shape,
+                                  "server": client.info("server").get("redis_version")}
+        met: dict[str, bool] = {}
+        if args.shape in ("all", "uniform"):
+            result.update(run_uniform(client, args.quick))
+            met.update(result.pop("met"))
+        if args.shape in ("all", "production"):
+            client.config_set("slowlog-log-slower-than", 0)
+            result["production"] = production.run(client, args.quick)
+            met.update({f"production_{k}": v for k, v in result["production"]["met"].items()})
+        result["met"] = met
+        result["total_seconds"] = round(time.monotonic() - started, 1)
+        emit_json(result)
     finally:
         stop()
 
