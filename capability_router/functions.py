@@ -297,10 +297,15 @@ class QueueFunctions:
         return _text(self._call("emp_retry", [k.config, k.job(job_id), k.delayed],
                                 [job_id, attempt, due_ms, message, error]))
 
-    def cancel(self, job_id: str, reason: str = "cancelled by request") -> tuple[str, ...]:
-        """Returns ('cancelled', previous status, worker id), (terminal status,) or ('missing',)."""
+    def cancel(self, job_id: str, reason: str = "cancelled by request",
+               attempt: int | str | None = None) -> tuple[str, ...]:
+        """Returns ('cancelled', previous status, worker id), (terminal status,) or ('missing',).
+
+        With ``attempt``: only while that attempt holds the job, else ('stale', status).
+        """
         k = self.keys
-        reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed], [job_id, reason])
+        reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed],
+                           [job_id, reason, 0, "" if attempt is None else attempt])
         return tuple(_text(x) for x in reply)
 
     def resubmit(self, job_id: str, reason: str = "resubmitted by request") -> str:

@@ -39,13 +39,17 @@ def cancel_revoked(sender: Any = None, request: Any = None, terminated: bool = F
 
     A job a user cancelled is terminal already (the cancel returns its
     status, changing nothing); a task not claimed through EMP is left alone.
+    The cancel is fenced by the stopped run's attempt: a run a user cancelled
+    ends through Celery's revoked path too, possibly after the job was
+    resubmitted, and must not cancel the new run.
     """
     if request is None or getattr(request, ATTEMPT_HEADER, None) is None or sender is None:
         return
     namespace = (getattr(request, HEADER, None) or {}).get("pool") or DEFAULT_NAMESPACE
     try:
         get_functions(sender.app.conf.broker_url, namespace).cancel(
-            request.id, revoke_reason(terminated, expired))
+            request.id, revoke_reason(terminated, expired),
+            attempt=getattr(request, ATTEMPT_HEADER))
     except Exception:  # noqa: BLE001 - a signal receiver must not break the worker
         logger.warning("could not cancel revoked job %s", request.id, exc_info=True)
 

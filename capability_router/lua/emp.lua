@@ -1110,18 +1110,24 @@ end
 --[[ emp_cancel
 KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
 ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
+ARGV[4] attempt (optional): cancel only while that attempt holds the job (a
+worker's stop of one run must not cancel the job's next run)
 Returns {'cancelled', previous status, worker id} or {status} when the job is
-already terminal, or {'missing'}. ]]
+already terminal, {'stale', status} when the attempt no longer holds it, or
+{'missing'}. ]]
 local function emp_cancel(keys, args)
   local P = prefix_of(keys[1])
   local id = args[1]
   local now = now_ms(args[3])
-  local f = redis.call('HMGET', keys[2], 'status', 'class', 'worker_id')
+  local f = redis.call('HMGET', keys[2], 'status', 'class', 'worker_id', 'attempts')
   if not f[1] then
     return {'missing'}
   end
   if TERMINAL[f[1]] then
     return {f[1]}
+  end
+  if args[4] and args[4] ~= '' and not (ACTIVE[f[1]] and attempt_is(f[4], args[4])) then
+    return {'stale', f[1]}
   end
   if f[1] == 'pending' then
     unfile_pending(P, id, f[2])

@@ -264,3 +264,21 @@ def test_workflow_milestones_are_events(queue: QueueFunctions) -> None:
     queue.fail("t1", fourth.attempt, "broken for good")
     assert milestones() == [("workflow_submitted", "wf1"), ("workflow_completed", "wf1"),
                             ("workflow_submitted", "wf2"), ("workflow_failed", "wf2")]
+
+
+def test_a_cancel_fenced_by_attempt_spares_the_jobs_next_run(queue: QueueFunctions) -> None:
+    """Tried: a run cancelled by a user, the job resubmitted and claimed again, then the
+    first run's worker reporting its stop (Celery's task_revoked, late under load) with a
+    cancel fenced by its attempt. Before, that late cancel ended the new run too."""
+    profile = WorkerProfile.from_dict({"worker_id": "w", "services": ["echo"]})
+    queue.register_worker(profile)
+    queue.enqueue("j", JobSpec(service="echo"), "{}")
+    first = queue.claim(profile.signature, "w", 30_000)
+    assert isinstance(first, Claimed) and first.attempt == 1
+    assert queue.cancel("j")[0] == "cancelled"
+    assert queue.resubmit("j") == "pending"
+    second = queue.claim(profile.signature, "w", 30_000)
+    assert isinstance(second, Claimed) and second.attempt == 2
+    assert queue.cancel("j", "revoked by Celery", attempt=first.attempt) == ("stale", "assigned")
+    assert queue.client.hget(queue.keys.job("j"), "status") == "assigned"
+    assert queue.cancel("j", "revoked by Celery", attempt=second.attempt)[0] == "cancelled"
