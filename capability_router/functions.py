@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from capability_router.cluster import is_cluster_client, primaries
 from capability_router.errors import LibraryError
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
@@ -51,16 +52,27 @@ def library_version(source: str | None = None) -> str:
     return _VERSION_RE.search(source or library_source())[1]
 
 
+def _loaded_versions(client: redis.Redis) -> list[str | None]:
+    """The library version each master holds (one entry on a plain server).
+
+    On a cluster, ``FUNCTION LOAD`` goes to every master (redis-py's default
+    for it) and replicas get it by replication, so a promoted replica has it.
+    """
+    targets = [{"target_nodes": node} for node in cluster_primaries(client)] or [{}]
+    versions = []
+    for target in targets:
+        try:
+            loaded = client.execute_command("FCALL_RO", "emp_version", 0, **target)
+        except redis.ResponseError:
+            loaded = None
+        versions.append(loaded.decode() if isinstance(loaded, bytes) else loaded)
+    return versions
+
+
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server already has this version; True if loaded."""
+    """Load the library unless the server (every master) has this version; True if loaded."""
     source = library_source()
-    try:
-        loaded = client.fcall_ro("emp_version", 0)
-    except redis.ResponseError:
-        loaded = None
-    if isinstance(loaded, bytes):
-        loaded = loaded.decode()
-    if loaded == library_version(source):
+    if all(v == library_version(source) for v in _loaded_versions(client)):
         return False
     try:
         client.function_load(source, replace=True)
@@ -71,6 +83,11 @@ def ensure_library(client: redis.Redis) -> bool:
 
 #: Beyond this many held connections per client, calls use its pool as usual.
 MAX_HELD_CONNECTIONS = 64
+
+
+def cluster_primaries(client: Any) -> list[Any]:
+    """The masters of a cluster client; empty for a plain client."""
+    return primaries(client) if is_cluster_client(client) else []
 
 
 def _held_by(client: Any) -> dict[tuple[int, int], Any]:
@@ -87,7 +104,7 @@ def held_connection(client: Any) -> Any:
     never shares it.
     """
     pool = getattr(client, "connection_pool", None)
-    if pool is None:
+    if pool is None or is_cluster_client(client):  # a cluster routes each call by slot
         return None
     held = _held_by(client)
     key = (os.getpid(), threading.get_ident())

@@ -28,6 +28,16 @@ Features
   lease renewals (``capability_router.metrics``), never per claim.
 * Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
   unchanged.
+* Redis Cluster (``EMP_REDIS_CLUSTER``, see ``capability_router.cluster``):
+  request/reply calls go through a ``RedisCluster``, routed by key slot; the
+  event loop's one connection is pointed, before each claim or wait, at the
+  master of that pool's slot (one connection per master, kept). An idle
+  worker of several pools waits on one pool's wake-up list at a time, for
+  ``cluster_wake_slice_seconds`` each, in turn, until ``polling_interval``
+  has passed: a wake-up in another pool waits in its list until that pool's
+  turn, so it is seen within (pools - 1) slices. Celery's reply queues use
+  one priority step (one key per BRPOP), and kombu's binding tables one hash
+  tag, ``{_kombu}``.
 
 Connection string
 =================
@@ -47,6 +57,8 @@ Transport options
   It runs on the worker's event loop, so it must be quick and never raise.
 * ``claim_gate_retry_seconds``: seconds between asks while the gate is
   closed (default 1).
+* ``cluster_wake_slice_seconds``: on a Redis Cluster, longest wait on one
+  pool's wake-up list while others wait their turn (default 0.05).
 * Every option of kombu's Redis transport, except the visibility-timeout
   ones, which leases replace.
 """
@@ -66,6 +78,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from capability_router.cluster import cluster_client, cluster_enabled, node_for_key, refresh_slots
 from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
     Claimed,
@@ -220,6 +233,9 @@ class Channel(kombu_redis.Channel):
     claim_gate: Callable[[], Any] | None = None
     #: Seconds between asks of a closed claim gate.
     claim_gate_retry_seconds: float = 1.0
+    #: Redis Cluster: longest wait on one pool's wake-up list, seconds, while the
+    #: other pools of this worker wait their turn.
+    cluster_wake_slice_seconds: float = 0.05
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lease_seconds",
@@ -227,9 +243,23 @@ class Channel(kombu_redis.Channel):
         "worker_profile",
         "claim_gate",
         "claim_gate_retry_seconds",
+        "cluster_wake_slice_seconds",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: On a Redis Cluster (read before kombu's init connects).
+        self.cluster = cluster_enabled()
+        #: Cluster: the event loop's connection to each master, by node name.
+        self._node_connections: dict[str, Any] = {}
+        #: Cluster: when the current idle wait ends (monotonic), and whose turn it is.
+        self._block_until: float | None = None
+        self._wake_turn = 0
+        if self.cluster:
+            self.priority_steps = [0]  # one key per reply-queue BRPOP (one slot)
+            # kombu's binding tables share one slot: its scripts touch two of them.
+            self.keyprefix_queue = "{_kombu}.binding.%s"
+            self.keyprefix_binding_deadlines = "{_kombu}.binding_deadlines"
+            self.keyprefix_binding_permanent = "{_kombu}.binding_permanent.%s"
         super().__init__(*args, **kwargs)
         self._functions: dict[str, QueueFunctions] = {}
         self._sent: tuple[str, str | None] | None = None
@@ -270,7 +300,89 @@ class Channel(kombu_redis.Channel):
     @cached_property
     def sync_client(self) -> redis.Redis:
         """Client for request/reply calls; ``self.client`` is busy claiming."""
+        if self.cluster:
+            return self.cluster_client
         return self.Client(connection_pool=self.pool)
+
+    # -- Redis Cluster ------------------------------------------------------
+
+    @cached_property
+    def cluster_client(self) -> Any:
+        """A ``RedisCluster`` seeded from the broker URL (cluster only)."""
+        info = self.connection.client
+        extra = {k: v for k, v in (("username", info.userid), ("password", info.password)) if v}
+        return cluster_client(f"redis://{info.hostname or '127.0.0.1'}:{info.port or 6379}/0",
+                              socket_connect_timeout=self.socket_connect_timeout or 5, **extra)
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params = super()._connparams(asynchronous)
+        if self.cluster and "host" in params:
+            # Pub/sub (fanout) works on any node; take a live master, not the
+            # URL's node, which may have died.
+            node = self.cluster_client.get_primaries()[0]
+            params["host"], params["port"] = node.host, node.port
+        return params
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if self.cluster and not asynchronous:
+            return self.cluster_client
+        return super()._create_client(asynchronous)
+
+    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str,
+                *args: Any, **kwargs: Any) -> None:
+        if not self.cluster:
+            return super()._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
+        # kombu chains ``pipe = pipe.delete(...)``; a cluster pipeline's delete returns None.
+        self.auto_delete_queues.discard(queue)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        client = self.cluster_client
+        client.srem(self.keyprefix_queue % (exchange,), member)
+        client.srem(self.keyprefix_binding_permanent % (exchange,), member)
+        for pri in self.priority_steps:
+            client.delete(self._q_for_pri(queue, pri))
+
+    def _refresh_bindings(self, queues: list[str]) -> None:
+        if not self.cluster:
+            return super()._refresh_bindings(queues)
+        # A cluster pipeline refuses EVALSHA: one call per binding (few, once a minute).
+        for queue in queues:
+            for exchange, routing_key, args in self.state.queue_bindings(queue):
+                _, pattern, _ = self.typeof(exchange).prepare_bind(
+                    queue, exchange, routing_key, args)
+                self._refresh_binding(
+                    keys=[self.keyprefix_queue % (exchange,), self._script_binding_deadlines],
+                    args=[self.sep.join([routing_key or "", pattern or "", queue]),
+                          exchange, self._binding_ttl(queue)],
+                    client=self.cluster_client)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        if not self.cluster:
+            return super()._has_queue(queue, **kwargs)
+        return any(self.cluster_client.exists(self._q_for_pri(queue, pri))
+                   for pri in self.priority_steps)
+
+    def _use_node_of(self, key: str) -> None:
+        """Point the event loop's connection at the master serving ``key`` (cluster only).
+
+        One connection per master is kept; switching re-registers the socket
+        with kombu's poller, so the next reply wakes the loop as usual.
+        """
+        if not self.cluster:
+            return
+        node = node_for_key(self.cluster_client, key)
+        connection = self._node_connections.get(node.name)
+        if connection is None:
+            pool = self.async_pool
+            connection = pool.connection_class(
+                **{**pool.connection_kwargs, "host": node.host, "port": node.port})
+            self._node_connections[node.name] = connection
+        client = self.client
+        if client.connection is connection and connection._sock is not None:
+            return
+        client.connection = connection
+        if connection._sock is None:
+            connection.connect()
+        self.connection.cycle._register(self, client, "BRPOP")
 
     def functions(self, namespace: str) -> QueueFunctions:
         functions = self._functions.get(namespace)
@@ -444,31 +556,42 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.job_queues:
             self._sent = ("BRPOP", None)
+            if self.cluster:
+                return self._cluster_brpop_start(timeout)
             return super()._brpop_start(timeout)
         queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
                   if is_job_queue(q)]
         if not queues:
             return
-        connection = self.client.connection
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()
         worker = self.worker
         if self._block_next:
             wait = self.brpop_timeout or 1
             if self._next_due_ms:
                 wait = max(0.01, min(wait, self._next_due_ms / 1000))
-            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
-            self._sent = ("BLPOP", None)
-            connection.send_command("BLPOP", *keys, wait)
+            pools = self.job_queues
+            if self.cluster:
+                # No BLPOP across slots: one pool's list at a time, in turn.
+                now = monotonic()
+                if self._block_until is None:
+                    self._block_until = now + wait
+                pools = [pools[self._wake_turn % len(pools)]]
+                self._use_node_of(Keys(pools[0]).config)
+                wait = max(0.01, self._block_until - now)
+                if len(self.job_queues) > 1:
+                    wait = min(wait, self.cluster_wake_slice_seconds)
+            self._send_wait(pools, wait)
         elif not self.may_claim():
             # Service down: wait, then ask the gate again. Its idle mark, which
             # this worker no longer renews, expires within idle_ms, so
             # enqueues stop waking it.
-            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
-            self._sent = ("BLPOP", None)
-            connection.send_command("BLPOP", *keys, self.claim_gate_retry_seconds)
+            pools = self.job_queues[:1] if self.cluster else self.job_queues
+            self._use_node_of(Keys(pools[0]).config)
+            self._send_wait(pools, self.claim_gate_retry_seconds)
         else:
             queue = queues[0]
+            self._use_node_of(Keys(queue).config)
+            connection = self._in_poll = self.client.connection
+            self._brpop_sent_at = monotonic()
             self._sent = ("FCALL", queue)
             self._claim_sent_at = perf_counter()
             connection.send_command(
@@ -476,6 +599,25 @@ class Channel(kombu_redis.Channel):
                             self.lease_ms, self.idle_ms, queue not in self._busy_in,
                             self._acks.pop(queue, ()))
             )
+
+    def _send_wait(self, pools: list[str], wait: float) -> None:
+        """Block on the wake-up lists of ``pools`` for up to ``wait`` seconds."""
+        connection = self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self._sent = ("BLPOP", None)
+        worker_id = self.worker.worker_id
+        connection.send_command("BLPOP", *(Keys(q).wake(worker_id) for q in pools), wait)
+
+    def _cluster_brpop_start(self, timeout: float | None) -> None:
+        """kombu's BRPOP of plain queues (Celery's reply queues), one queue's key at a time."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        key = self._q_for_pri(queues[0], 0)
+        self._use_node_of(key)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command("BRPOP", key, timeout or self.brpop_timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
         command, queue = self._sent or ("BLPOP", None)
@@ -492,7 +634,12 @@ class Channel(kombu_redis.Channel):
                 self._recover(queue, exc)
                 raise kombu_redis.Empty() from None
             if command == "BLPOP":
+                if (self._block_until is not None and reply is None and self._block_next
+                        and monotonic() < self._block_until - 0.005):
+                    self._wake_turn += 1  # cluster: the next pool's turn to wait
+                    raise kombu_redis.Empty()
                 self._block_next = False
+                self._block_until = None
                 self._misses = 0
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
@@ -519,6 +666,9 @@ class Channel(kombu_redis.Channel):
     def _recover(self, queue: str | None, exc: redis.ResponseError) -> None:
         """Answer a refused claim: reload the library or re-register the profile."""
         text = str(exc)
+        if self.cluster and text.startswith(("MOVED", "ASK", "CLUSTERDOWN")):
+            refresh_slots(self.cluster_client)  # resharded or failed over
+            return
         if "Function not found" in text:
             ensure_library(self.sync_client)
         if queue and ("NOPROFILE" in text or "Function not found" in text):
