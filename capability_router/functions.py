@@ -16,12 +16,19 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from time import monotonic, sleep
 from typing import Any
 
 import redis
 
-from capability_router.cluster import is_cluster_client, primaries
-from capability_router.errors import LibraryError
+from capability_router.cluster import (
+    cluster_enabled,
+    is_cluster_client,
+    node_for_key,
+    primaries,
+    refresh_slots,
+)
+from capability_router.errors import LibraryError, NotReplicated
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.profile import WorkerProfile
@@ -130,6 +137,24 @@ def release_connection(client: Any) -> None:
 MAX_RESULT_BYTES = int(os.environ.get("EMP_MAX_RESULT_BYTES", 64 * 1024))
 
 
+def enqueue_replicas() -> int:
+    """Replicas an enqueue waits for (``WAIT``) before it counts as accepted.
+
+    ``EMP_ENQUEUE_REPLICAS``; default 1 on a cluster (a master's replica
+    takes over when it dies, so an accepted job must be on it), else 0.
+    """
+    value = os.environ.get("EMP_ENQUEUE_REPLICAS")
+    return int(value) if value else (1 if cluster_enabled() else 0)
+
+
+#: Longest wait for the replicas of ``enqueue_replicas``, ms (``EMP_ENQUEUE_WAIT_MS``).
+ENQUEUE_WAIT_MS = int(os.environ.get("EMP_ENQUEUE_WAIT_MS", 1000))
+
+#: Seconds an enqueue that met a dead or moved master keeps retrying (a failover
+#: takes cluster-node-timeout plus an election).
+ENQUEUE_RETRY_SECONDS = 10.0
+
+
 def result_summary(result: Any, limit: int = MAX_RESULT_BYTES) -> str:
     """The result as JSON, or a marked preview when it is over ``limit`` bytes."""
     text = json.dumps(result, default=repr)
@@ -191,6 +216,8 @@ class QueueFunctions:
         self.client = client
         self.keys = Keys(namespace)
         self.namespace = namespace
+        #: Replicas each enqueue waits for; 0 sends no WAIT.
+        self.replicas = enqueue_replicas()
 
     def _call(self, name: str, keys: list[str], args: list[Any], read_only: bool = False) -> Any:
         command = ("FCALL_RO" if read_only else "FCALL", name, len(keys), *keys, *args)
@@ -201,6 +228,57 @@ class QueueFunctions:
                 raise
         ensure_library(self.client)
         return self._send(command)
+
+    def _call_replicated(self, job_id: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        """FCALL, then ``WAIT replicas timeout`` on the same connection; NotReplicated
+        when fewer replicas confirm.
+
+        Replication is asynchronous: without the WAIT a master that dies right
+        after replying takes the job with it. A call that meets a dead or moved
+        master retries (re-reading the slot map) until a replica has taken
+        over; a retry that finds the job filed means the first call did it.
+        """
+        command = ("FCALL", name, len(keys), *keys, *args)
+        deadline = monotonic() + ENQUEUE_RETRY_SECONDS
+        retried, pause = False, 0.05
+        while True:
+            try:
+                reply, acked = self._send_with_wait(command)
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                error: Exception = exc
+            except redis.ResponseError as exc:
+                text = str(exc)
+                if "Function not found" in text:
+                    ensure_library(self.client)
+                elif not text.startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+                    raise
+                error = exc
+            if monotonic() > deadline:
+                raise error
+            sleep(pause)
+            pause = min(pause * 2, 0.5)
+            retried = True
+            if is_cluster_client(self.client):
+                try:
+                    refresh_slots(self.client)
+                except (redis.RedisError, OSError):
+                    pass  # no live seed yet; the next try reads the map again
+        if retried and _text(reply[0]) == "duplicate":
+            return ["queued"]  # the call that failed had filed it
+        if _text(reply[0]) in ("queued", "delayed") and int(acked) < self.replicas:
+            raise NotReplicated(job_id, self.replicas, int(acked))
+        return reply
+
+    def _send_with_wait(self, command: tuple[Any, ...]) -> tuple[Any, Any]:
+        """Send ``command`` and WAIT in one pipeline on the connection of the key's master."""
+        client: Any = self.client
+        if is_cluster_client(client):
+            client = client.get_redis_connection(node_for_key(client, self.keys.config))
+        with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", self.replicas, ENQUEUE_WAIT_MS)
+            return tuple(pipe.execute())
 
     def _send(self, command: tuple[Any, ...]) -> Any:
         """Run one command on this thread's held connection.
@@ -258,7 +336,11 @@ class QueueFunctions:
         due_ms: int = 0, now_ms: int | None = None,
     ) -> tuple[str, str | None]:
         """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
-        reply = self._call(*self.enqueue_call(job_id, spec, message, due_ms, now_ms))
+        call = self.enqueue_call(job_id, spec, message, due_ms, now_ms)
+        if self.replicas:
+            reply = self._call_replicated(job_id, *call)
+        else:
+            reply = self._call(*call)
         outcome = _text(reply[0])
         return outcome, _text(reply[1]) if len(reply) > 1 else None
 

@@ -51,6 +51,7 @@ class LocalCluster:
     node_timeout_ms: int = 1500
     ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    _server: str = "redis-server"
 
     @property
     def url(self) -> str:
@@ -72,18 +73,9 @@ class LocalCluster:
             raise EmpError("redis-server and redis-cli are needed for a local cluster")
         server, cli = binaries
         self.ports = _free_ports(self.masters * 2)
+        self._server = server
         for port in self.ports:
-            node_dir = self.data_dir / str(port)
-            node_dir.mkdir(parents=True, exist_ok=True)
-            self.processes[port] = subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", str(self.node_timeout_ms),
-                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                 "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES),
-                 "--logfile", "redis.log"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            )
+            self._spawn(port)
         for port in self.ports:
             self._wait(lambda p=port: redis.Redis(port=p).ping(), timeout)
         subprocess.run(
@@ -92,7 +84,37 @@ class LocalCluster:
             check=True, capture_output=True, timeout=timeout,
         )
         self.wait_ok(timeout)
+        self.wait_replicas_online(timeout)
         return self
+
+    def wait_replicas_online(self, timeout: float = 60.0) -> None:
+        """Wait until every live master has an in-sync replica (first sync done)."""
+        def synced() -> bool:
+            for port in self.master_ports():
+                info = redis.Redis(port=port, decode_responses=True).info("replication")
+                states = [v.get("state") for k, v in info.items() if k.startswith("slave")]
+                if "online" not in states:
+                    return False
+            return True
+        self._wait(synced, timeout)
+
+    def _spawn(self, port: int) -> None:
+        node_dir = self.data_dir / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [self._server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES),
+             "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+
+    def restart(self, port: int, timeout: float = 60.0) -> None:
+        """Start a killed node again: it rejoins (as a replica, if its slots moved on)."""
+        self._spawn(port)
+        self._wait(lambda: redis.Redis(port=port).ping(), timeout)
 
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Wait until every live node says cluster_state:ok and agrees on the masters."""
