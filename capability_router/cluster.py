@@ -97,3 +97,22 @@ def refresh_slots(client: RedisCluster) -> None:
 
 def primaries(client: RedisCluster) -> list[ClusterNode]:
     return client.get_primaries()
+
+
+#: On a cluster, how long a reader of several slots' streams blocks on one slot
+#: before it reads all of them again, ms: the most an event waits for it.
+STREAM_SLICE_MS = 100
+
+
+def slot_groups(client: Any, streams: list[str]) -> list[list[str]]:
+    """``streams`` grouped by hash slot (one group on a plain server).
+
+    A cluster refuses a command whose keys span slots, so a reader of several
+    pools' streams sends one XREAD per group.
+    """
+    if not is_cluster_client(client):
+        return [streams] if streams else []
+    groups: dict[int, list[str]] = {}
+    for stream in streams:
+        groups.setdefault(client.keyslot(stream), []).append(stream)
+    return list(groups.values())

@@ -13,11 +13,12 @@ import pytest
 
 from capability_router.cluster import CLUSTER_ENV, cluster_client
 from capability_router.keys import Keys, idle_workers
-from conftest import WorkerProcess
+from conftest import ServerProcess, WorkerProcess
 from emp_tasks.app import create_app
 from emp_tasks.local_cluster import LocalCluster, cluster_binaries
 
-__all__ = ["cluster", "cclient", "pools", "capp", "start_cluster_worker", "ClusterWorker"]
+__all__ = ["cluster", "cclient", "pools", "capp", "start_cluster_worker", "ClusterWorker",
+           "start_cluster_server"]
 
 #: Pool names tried, in order, for pools whose slots live on different masters.
 CANDIDATE_POOLS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
@@ -100,3 +101,20 @@ def start_cluster_worker(
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def start_cluster_server(
+    cluster: LocalCluster, tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: ``start_cluster_server("api")`` on the cluster; all stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(command: str, **env: str) -> ServerProcess:
+        server = ServerProcess(command, cluster.url, tmp_path, env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
