@@ -584,12 +584,15 @@ class Channel(kombu_redis.Channel):
             # Service down: wait, then ask the gate again. Its idle mark, which
             # this worker no longer renews, expires within idle_ms, so
             # enqueues stop waking it.
-            pools = self.job_queues[:1] if self.cluster else self.job_queues
-            self._use_node_of(Keys(pools[0]).config)
+            pools = self.job_queues
+            if self.cluster:
+                pools = pools[:1]
+                self._use_node_of(Keys(pools[0]).config)
             self._send_wait(pools, self.claim_gate_retry_seconds)
         else:
             queue = queues[0]
-            self._use_node_of(Keys(queue).config)
+            if self.cluster:
+                self._use_node_of(Keys(queue).config)
             connection = self._in_poll = self.client.connection
             self._brpop_sent_at = monotonic()
             self._sent = ("FCALL", queue)
