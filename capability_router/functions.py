@@ -20,6 +20,7 @@ from time import monotonic, sleep
 from typing import Any
 
 import redis
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from capability_router.cluster import (
     cluster_enabled,
@@ -88,6 +89,9 @@ def ensure_library(client: redis.Redis) -> bool:
     return True
 
 
+#: Replies of a cluster node that mean "not here, not now": follow through the client.
+CLUSTER_REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # AskError covers MovedError
+
 #: Beyond this many held connections per client, calls use its pool as usual.
 MAX_HELD_CONNECTIONS = 64
 
@@ -97,24 +101,33 @@ def cluster_primaries(client: Any) -> list[Any]:
     return primaries(client) if is_cluster_client(client) else []
 
 
-def _held_by(client: Any) -> dict[tuple[int, int], Any]:
+def _held_by(client: Any) -> dict[tuple[int, int, str], Any]:
     held = client.__dict__.get("_emp_held")
     if held is None:
         held = client.__dict__["_emp_held"] = {}
     return held
 
 
-def held_connection(client: Any) -> Any:
+def held_connection(client: Any, slot_key: str = "") -> Any:
     """This thread's own connection of ``client``'s pool (None: use the client).
 
     Kept on the client, per process and thread, so a fork or another thread
-    never shares it.
+    never shares it. On a cluster, one per master: the one serving
+    ``slot_key`` as far as the client knows (a MOVED reply makes the caller
+    go through the client, which follows it and re-reads the slot map).
     """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None or is_cluster_client(client):  # a cluster routes each call by slot
-        return None
+    node_name = ""
+    if is_cluster_client(client):
+        if not slot_key:
+            return None
+        node = node_for_key(client, slot_key)
+        pool, node_name = client.get_redis_connection(node).connection_pool, node.name
+    else:
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:
+            return None
     held = _held_by(client)
-    key = (os.getpid(), threading.get_ident())
+    key = (os.getpid(), threading.get_ident(), node_name)
     connection = held.get(key)
     if connection is None:
         if len(held) >= MAX_HELD_CONNECTIONS:
@@ -126,10 +139,13 @@ def held_connection(client: Any) -> Any:
 
 
 def release_connection(client: Any) -> None:
-    """Drop this thread's held connection of ``client`` (after an error)."""
-    connection = _held_by(client).pop((os.getpid(), threading.get_ident()), None)
-    if connection is not None:
-        connection.disconnect()
+    """Drop this thread's held connection(s) of ``client`` (after an error)."""
+    held = _held_by(client)
+    me = (os.getpid(), threading.get_ident())
+    for key in [k for k in list(held) if k[:2] == me]:
+        connection = held.pop(key, None)
+        if connection is not None:
+            connection.disconnect()
 
 
 #: Largest result kept whole in the job record and its event, bytes of JSON
@@ -251,7 +267,7 @@ class QueueFunctions:
                 text = str(exc)
                 if "Function not found" in text:
                     ensure_library(self.client)
-                elif not text.startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+                elif not isinstance(exc, CLUSTER_REDIRECTS):
                     raise
                 error = exc
             if monotonic() > deadline:
@@ -271,14 +287,25 @@ class QueueFunctions:
         return reply
 
     def _send_with_wait(self, command: tuple[Any, ...]) -> tuple[Any, Any]:
-        """Send ``command`` and WAIT in one pipeline on the connection of the key's master."""
-        client: Any = self.client
-        if is_cluster_client(client):
-            client = client.get_redis_connection(node_for_key(client, self.keys.config))
-        with client.pipeline(transaction=False) as pipe:
-            pipe.execute_command(*command)
-            pipe.execute_command("WAIT", self.replicas, ENQUEUE_WAIT_MS)
-            return tuple(pipe.execute())
+        """Send ``command`` and WAIT together on this thread's connection to the key's master."""
+        wait = ("WAIT", self.replicas, ENQUEUE_WAIT_MS)
+        connection = held_connection(self.client, self.keys.config)
+        if connection is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command(*wait)
+                return tuple(pipe.execute())
+        try:
+            connection.send_packed_command(connection.pack_commands([command, wait]))
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError:
+                connection.read_response()  # the WAIT's reply, so the connection stays in step
+                raise
+            return reply, connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            release_connection(self.client)
+            raise
 
     def _send(self, command: tuple[Any, ...]) -> Any:
         """Run one command on this thread's held connection.
@@ -288,7 +315,7 @@ class QueueFunctions:
         CPU (no pool checkout, no retry wrapper). A connection error drops it
         and the command goes through the client, with its usual retries.
         """
-        connection = held_connection(self.client)
+        connection = held_connection(self.client, self.keys.config)
         if connection is None:
             return self.client.execute_command(*command)
         try:
@@ -296,6 +323,11 @@ class QueueFunctions:
             return connection.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             release_connection(self.client)
+            return self.client.execute_command(*command)
+        except redis.ResponseError as exc:
+            if not isinstance(exc, CLUSTER_REDIRECTS):
+                raise
+            release_connection(self.client)  # the slot moved (failover, resharding)
             return self.client.execute_command(*command)
 
     def configure(self, **settings: int) -> None:

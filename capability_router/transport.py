@@ -81,6 +81,7 @@ from kombu.utils.json import dumps, loads
 from capability_router.cluster import cluster_client, cluster_enabled, node_for_key, refresh_slots
 from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
+    CLUSTER_REDIRECTS,
     Claimed,
     QueueFunctions,
     claim_args,
@@ -669,7 +670,7 @@ class Channel(kombu_redis.Channel):
     def _recover(self, queue: str | None, exc: redis.ResponseError) -> None:
         """Answer a refused claim: reload the library or re-register the profile."""
         text = str(exc)
-        if self.cluster and text.startswith(("MOVED", "ASK", "CLUSTERDOWN")):
+        if self.cluster and isinstance(exc, CLUSTER_REDIRECTS):
             refresh_slots(self.cluster_client)  # resharded or failed over
             return
         if "Function not found" in text:

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 def test_a_killed_master_loses_no_accepted_job(
         cluster, cclient, capp, pools, start_cluster_worker) -> None:
     first, second = pools
-    start_cluster_worker("w1", pools)
-    start_cluster_worker("w2", pools)
+    workers = [start_cluster_worker("w1", pools), start_cluster_worker("w2", pools)]
     victim = cluster.port_of_slot(cclient.keyslot(Keys(first).config))
     accepted: list[tuple[str, str]] = []
     refused: list[str] = []
@@ -66,8 +65,13 @@ def test_a_killed_master_loses_no_accepted_job(
                 left.append((pool, job_id, status))
         return left
 
-    wait_for(lambda: not unfinished(), timeout=120, every=0.5,
-             message="every accepted job to complete")
+    try:
+        wait_for(lambda: not unfinished(), timeout=120, every=0.5,
+                 message="every accepted job to complete")
+    except BaseException:
+        left = unfinished()
+        logs = "".join(w.log_path.read_text()[-3000:] for w in workers)
+        raise AssertionError(f"{len(left)} accepted jobs unfinished: {left[:10]}\n{logs}") from None
     print(f"accepted {len(accepted)} ({before} before the kill, {len(waiting)} of them "
           f"unfinished in the victim's pool), refused {len(refused)}: "
           f"{sorted(set(r[:120] for r in refused))[:5]}")
