@@ -9,12 +9,13 @@ from ``EMP_ENQUEUE_REPLICAS`` when a producer starts): one EMP worker
 pool, N ``bench.noop`` jobs are submitted round robin (``submit``, timed one
 by one) and drained (the task INCRs a counter). Reported per run: jobs/s over
 submit+drain, submit latency p50/p99, and Redis CPU per job on each master
-(``INFO cpu`` before and after, divided by the jobs of that master's pool)
-with its calls per job (``INFO commandstats``). Before that, the idle
-dispatch latency: ``bench.stamp`` jobs sent one at a time to the idle worker,
-round robin over the pools (it waits on one pool's wake-up list at a time).
-Runs alternate: without WAIT, with WAIT (quick: one each, 1,000 jobs; full:
-two each, 5,000 jobs).
+(``INFO cpu`` before and after, divided by the jobs of that master's pool;
+also net of the shard's idle CPU, measured for 3 s before) with its calls
+per job (``INFO commandstats``). Before that, the idle dispatch latency:
+``bench.stamp`` jobs sent one at a time to the idle worker, round robin over
+the pools (it waits on one pool's wake-up list at a time). Runs alternate:
+without WAIT, with WAIT (quick: one each, 1,000 jobs; full: two each, 5,000
+jobs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from bench._common import (  # noqa: E402
 )
 
 CONCURRENCY = 2
+#: Seconds the shards' idle CPU is measured for.
+IDLE_SECONDS = 3.0
 POLL_S = 0.005
 CANDIDATES = [f"shard{i}" for i in range(40)]
 
@@ -93,6 +96,12 @@ def child(n: int, pools: dict[int, str], logdir: Path, idle_jobs: int) -> dict[s
         wait_counter(client, tasks.DONE_KEY, len(names), 120, proc)
         client.set(tasks.DONE_KEY, 0)
         idle = idle_dispatch(client, names, tasks, idle_jobs)
+        # What the shards burn with nothing to do (cluster bus, replication pings,
+        # the idle worker's turns on the wake-up lists), so it can be taken off.
+        idle0 = {port: _cpu(node) for port, node in masters.items()}
+        time.sleep(IDLE_SECONDS)
+        idle_rate = {port: (_cpu(node) - idle0[port]) / IDLE_SECONDS
+                     for port, node in masters.items()}
         for node in masters.values():
             node.config_resetstat()
         cpu0 = {port: _cpu(node) for port, node in masters.items()}
@@ -113,9 +122,13 @@ def child(n: int, pools: dict[int, str], logdir: Path, idle_jobs: int) -> dict[s
         jobs = len(range(names.index(name), n, len(names)))
         calls = {k.removeprefix("cmdstat_"): round(v["calls"] / jobs, 2)
                  for k, v in stats[port].items() if v["calls"] / jobs >= 0.05}
+        used = cpu1[port] - cpu0[port]
         per_shard[name] = {
             "port": port, "jobs": jobs,
-            "redis_cpu_us_per_job": round((cpu1[port] - cpu0[port]) * 1e6 / jobs, 1),
+            "redis_cpu_us_per_job": round(used * 1e6 / jobs, 1),
+            "idle_cpu_ms_per_s": round(idle_rate[port] * 1000, 2),
+            "net_of_idle_us_per_job": round(
+                (used - idle_rate[port] * (done - start)) * 1e6 / jobs, 1),
             "calls_per_job": dict(sorted(calls.items(), key=lambda kv: -kv[1])[:8]),
         }
     return {
@@ -128,6 +141,8 @@ def child(n: int, pools: dict[int, str], logdir: Path, idle_jobs: int) -> dict[s
         "worker_cpu_ms_per_job": round(worker_cpu * 1000 / n, 3),
         "redis_cpu_us_per_job_total": round(
             sum(cpu1[p] - cpu0[p] for p in pools) * 1e6 / n, 1),
+        "net_of_idle_us_per_job_total": round(
+            sum(cpu1[p] - cpu0[p] - idle_rate[p] * (done - start) for p in pools) * 1e6 / n, 1),
         "shards": per_shard,
     }
 
@@ -189,7 +204,9 @@ def main() -> None:
             for replicas in order:
                 result = run_child(replicas, n, pools, env)
                 runs[replicas].append(result)
-                shards = ", ".join(f"{name} {s['redis_cpu_us_per_job']:.0f}"
+                shards = ", ".join(f"{name} {s['redis_cpu_us_per_job']:.0f} (net of idle "
+                                   f"{s['net_of_idle_us_per_job']:.0f}, idle "
+                                   f"{s['idle_cpu_ms_per_s']:.1f} ms/s)"
                                    for name, s in result["shards"].items())
                 print(f"WAIT {replicas}: {n} jobs -> {result['jobs_per_s']:.0f} jobs/s; submit "
                       f"p50 {result['submit_ms']['p50']:.2f} ms p99 "
@@ -203,8 +220,10 @@ def main() -> None:
     best = {r: max(x["jobs_per_s"] for x in rs) for r, rs in runs.items()}
     p50 = {r: min(x["submit_ms"]["p50"] for x in rs) for r, rs in runs.items()}
     cpu = {r: min(x["redis_cpu_us_per_job_total"] for x in rs) for r, rs in runs.items()}
+    net = {r: min(x["net_of_idle_us_per_job_total"] for x in rs) for r, rs in runs.items()}
     print(f"WAIT costs {p50[1] - p50[0]:.2f} ms per submit (p50) and "
-          f"{cpu[1] - cpu[0]:.0f} us of Redis CPU per job; jobs/s {best[0]:.0f} -> {best[1]:.0f}",
+          f"{cpu[1] - cpu[0]:.0f} us of Redis CPU per job ({net[1] - net[0]:.0f} net of idle); "
+          f"jobs/s {best[0]:.0f} -> {best[1]:.0f}",
           flush=True)
     emit_json({
         "bench": "cluster_throughput", "quick": args.quick, "jobs_per_run": n,
@@ -212,6 +231,7 @@ def main() -> None:
         "jobs_per_s": {"no_wait": best[0], "wait": best[1]},
         "submit_p50_ms": {"no_wait": p50[0], "wait": p50[1]},
         "redis_cpu_us_per_job": {"no_wait": cpu[0], "wait": cpu[1]},
+        "redis_cpu_us_per_job_net_of_idle": {"no_wait": net[0], "wait": net[1]},
         "idle_dispatch_ms": runs[0][0]["idle_dispatch_ms"],
         "runs": {"no_wait": runs[0], "wait": runs[1]},
     })

@@ -138,6 +138,11 @@ class LocalCluster:
                 masters.add(port)
         return sorted(masters)
 
+    def replica_ports(self, master_port: int) -> list[int]:
+        """Ports of the replicas a master streams to."""
+        role = redis.Redis(port=master_port, decode_responses=True).execute_command("ROLE")
+        return [int(replica[1]) for replica in role[2]]
+
     def port_of_slot(self, slot: int) -> int:
         """Port of the live master serving ``slot``."""
         for port in self.master_ports():

@@ -1,10 +1,12 @@
-"""A master killed mid-run: its replica takes over and no accepted job is lost."""
+"""A master killed mid-run: its replica, which got the function library by replication,
+takes over and no accepted job is lost (enqueues wait for the replica's copy)."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
+import redis
 from cluster_fixtures import *  # noqa: F403 - the cluster fixtures
 
 from capability_router.keys import Keys
@@ -43,6 +45,9 @@ def test_a_killed_master_loses_no_accepted_job(
         waiting = [job_id for pool, job_id in list(accepted) if pool == first
                    and get_job(job_id, pool=pool, app=capp)["status"] != "completed"]
         assert waiting, "the victim's pool should hold unfinished jobs when it dies"
+        heir, = cluster.replica_ports(victim)
+        # Replicas refuse FUNCTION LOAD: the library got there by replication.
+        assert redis.Redis(port=heir).function_list(library="emp"), "replica lacks the library"
         cluster.kill(victim)  # SIGKILL mid-run: jobs pending, leased and in flight
         before = len(accepted)
         wait_for(lambda: victim not in cluster.master_ports()
@@ -75,4 +80,4 @@ def test_a_killed_master_loses_no_accepted_job(
     print(f"accepted {len(accepted)} ({before} before the kill, {len(waiting)} of them "
           f"unfinished in the victim's pool), refused {len(refused)}: "
           f"{sorted(set(r[:120] for r in refused))[:5]}")
-    assert victim not in cluster.master_ports()
+    assert victim not in cluster.master_ports() and heir in cluster.master_ports()
