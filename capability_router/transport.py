@@ -28,14 +28,16 @@ Features
   lease renewals (``capability_router.metrics``), never per claim.
 * Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
   unchanged.
-* Redis Cluster (``EMP_REDIS_CLUSTER``, see ``capability_router.cluster``):
-  request/reply calls go through a ``RedisCluster``, routed by key slot; the
+* Redis Cluster (``EMP_REDIS_CLUSTER``, see ``capability_router.cluster`` and
+  the ``cluster_channel`` mixin): request/reply calls go through a
+  ``RedisCluster``, routed by key slot; the
   event loop's one connection is pointed, before each claim or wait, at the
   master of that pool's slot (one connection per master, kept). An idle
   worker of several pools waits on one pool's wake-up list at a time, for
   ``cluster_wake_slice_seconds`` each, in turn, until ``polling_interval``
   has passed: a wake-up in another pool waits in its list until that pool's
-  turn, so it is seen within (pools - 1) slices. Celery's reply queues use
+  turn, so it is seen within (pools - 1) slices (a server with ``hz 10`` ends
+  a 50 ms block after about 100 ms). Celery's reply queues use
   one priority step (one key per BRPOP), and kombu's binding tables one hash
   tag, ``{_kombu}``.
 
@@ -78,7 +80,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from capability_router.cluster import cluster_client, cluster_enabled, node_for_key, refresh_slots
+from capability_router.cluster import refresh_slots
+from capability_router.cluster_channel import ClusterChannel
 from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
     CLUSTER_REDIRECTS,
@@ -219,7 +222,7 @@ class QoS(kombu_redis.QoS):
         return lost
 
 
-class Channel(kombu_redis.Channel):
+class Channel(ClusterChannel, kombu_redis.Channel):
     """kombu's Redis channel with publish and consume through Redis Functions."""
 
     QoS = QoS
@@ -248,19 +251,10 @@ class Channel(kombu_redis.Channel):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        #: On a Redis Cluster (read before kombu's init connects).
-        self.cluster = cluster_enabled()
-        #: Cluster: the event loop's connection to each master, by node name.
-        self._node_connections: dict[str, Any] = {}
+        self.setup_cluster()  # before kombu's init connects
         #: Cluster: when the current idle wait ends (monotonic), and whose turn it is.
         self._block_until: float | None = None
         self._wake_turn = 0
-        if self.cluster:
-            self.priority_steps = [0]  # one key per reply-queue BRPOP (one slot)
-            # kombu's binding tables share one slot: its scripts touch two of them.
-            self.keyprefix_queue = "{_kombu}.binding.%s"
-            self.keyprefix_binding_deadlines = "{_kombu}.binding_deadlines"
-            self.keyprefix_binding_permanent = "{_kombu}.binding_permanent.%s"
         super().__init__(*args, **kwargs)
         self._functions: dict[str, QueueFunctions] = {}
         self._sent: tuple[str, str | None] | None = None
@@ -304,86 +298,6 @@ class Channel(kombu_redis.Channel):
         if self.cluster:
             return self.cluster_client
         return self.Client(connection_pool=self.pool)
-
-    # -- Redis Cluster ------------------------------------------------------
-
-    @cached_property
-    def cluster_client(self) -> Any:
-        """A ``RedisCluster`` seeded from the broker URL (cluster only)."""
-        info = self.connection.client
-        extra = {k: v for k, v in (("username", info.userid), ("password", info.password)) if v}
-        return cluster_client(f"redis://{info.hostname or '127.0.0.1'}:{info.port or 6379}/0",
-                              socket_connect_timeout=self.socket_connect_timeout or 5, **extra)
-
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        params = super()._connparams(asynchronous)
-        if self.cluster and "host" in params:
-            # Pub/sub (fanout) works on any node; take a live master, not the
-            # URL's node, which may have died.
-            node = self.cluster_client.get_primaries()[0]
-            params["host"], params["port"] = node.host, node.port
-        return params
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if self.cluster and not asynchronous:
-            return self.cluster_client
-        return super()._create_client(asynchronous)
-
-    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str,
-                *args: Any, **kwargs: Any) -> None:
-        if not self.cluster:
-            return super()._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
-        # kombu chains ``pipe = pipe.delete(...)``; a cluster pipeline's delete returns None.
-        self.auto_delete_queues.discard(queue)
-        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
-        client = self.cluster_client
-        client.srem(self.keyprefix_queue % (exchange,), member)
-        client.srem(self.keyprefix_binding_permanent % (exchange,), member)
-        for pri in self.priority_steps:
-            client.delete(self._q_for_pri(queue, pri))
-
-    def _refresh_bindings(self, queues: list[str]) -> None:
-        if not self.cluster:
-            return super()._refresh_bindings(queues)
-        # A cluster pipeline refuses EVALSHA: one call per binding (few, once a minute).
-        for queue in queues:
-            for exchange, routing_key, args in self.state.queue_bindings(queue):
-                _, pattern, _ = self.typeof(exchange).prepare_bind(
-                    queue, exchange, routing_key, args)
-                self._refresh_binding(
-                    keys=[self.keyprefix_queue % (exchange,), self._script_binding_deadlines],
-                    args=[self.sep.join([routing_key or "", pattern or "", queue]),
-                          exchange, self._binding_ttl(queue)],
-                    client=self.cluster_client)
-
-    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
-        if not self.cluster:
-            return super()._has_queue(queue, **kwargs)
-        return any(self.cluster_client.exists(self._q_for_pri(queue, pri))
-                   for pri in self.priority_steps)
-
-    def _use_node_of(self, key: str) -> None:
-        """Point the event loop's connection at the master serving ``key`` (cluster only).
-
-        One connection per master is kept; switching re-registers the socket
-        with kombu's poller, so the next reply wakes the loop as usual.
-        """
-        if not self.cluster:
-            return
-        node = node_for_key(self.cluster_client, key)
-        connection = self._node_connections.get(node.name)
-        if connection is None:
-            pool = self.async_pool
-            connection = pool.connection_class(
-                **{**pool.connection_kwargs, "host": node.host, "port": node.port})
-            self._node_connections[node.name] = connection
-        client = self.client
-        if client.connection is connection and connection._sock is not None:
-            return
-        client.connection = connection
-        if connection._sock is None:
-            connection.connect()
-        self.connection.cycle._register(self, client, "BRPOP")
 
     def functions(self, namespace: str) -> QueueFunctions:
         functions = self._functions.get(namespace)
@@ -611,17 +525,6 @@ class Channel(kombu_redis.Channel):
         self._sent = ("BLPOP", None)
         worker_id = self.worker.worker_id
         connection.send_command("BLPOP", *(Keys(q).wake(worker_id) for q in pools), wait)
-
-    def _cluster_brpop_start(self, timeout: float | None) -> None:
-        """kombu's BRPOP of plain queues (Celery's reply queues), one queue's key at a time."""
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return
-        key = self._q_for_pri(queues[0], 0)
-        self._use_node_of(key)
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
-        self.client.connection.send_command("BRPOP", key, timeout or self.brpop_timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
         command, queue = self._sent or ("BLPOP", None)
