@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from capability_router.cluster import make_client
 from emp_tasks.app import create_app
 
 URL = os.environ.get("BENCH_REDIS_URL") or os.environ.get("EMP_REDIS_URL") or ""
@@ -55,7 +56,7 @@ def _client() -> redis.Redis:
     pid = os.getpid()
     client = _clients.get(pid)
     if client is None:
-        client = _clients[pid] = redis.Redis.from_url(URL)
+        client = _clients[pid] = make_client(URL)  # a RedisCluster under EMP_REDIS_CLUSTER
     return client
 
 

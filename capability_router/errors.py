@@ -37,3 +37,19 @@ class RetryRefused(EmpError):
 
 class LibraryError(EmpError):
     """The Redis Function library could not be loaded or is incompatible."""
+
+
+class NotReplicated(EmpError):
+    """An enqueue the master stored but no replica confirmed in time: not accepted.
+
+    The job may still run (the master has it); a failover before the copy
+    arrives would lose it, so the producer is told it was not accepted.
+    """
+
+    def __init__(self, job_id: str, wanted: int, acked: int) -> None:
+        super().__init__(job_id, wanted, acked)
+        self.job_id, self.wanted, self.acked = job_id, wanted, acked
+
+    def __str__(self) -> str:
+        return (f"job {self.job_id!r} not accepted: {self.acked} of {self.wanted} replica(s) "
+                "confirmed it in time (is a replica of its shard down?)")

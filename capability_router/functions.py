@@ -16,11 +16,20 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from time import monotonic, sleep
 from typing import Any
 
 import redis
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
-from capability_router.errors import InvalidJob, LibraryError
+from capability_router.cluster import (
+    cluster_enabled,
+    is_cluster_client,
+    node_for_key,
+    primaries,
+    refresh_slots,
+)
+from capability_router.errors import InvalidJob, LibraryError, NotReplicated
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.profile import WorkerProfile
@@ -51,16 +60,27 @@ def library_version(source: str | None = None) -> str:
     return _VERSION_RE.search(source or library_source())[1]
 
 
+def _loaded_versions(client: redis.Redis) -> list[str | None]:
+    """The library version each master holds (one entry on a plain server).
+
+    On a cluster, ``FUNCTION LOAD`` goes to every master (redis-py's default
+    for it) and replicas get it by replication, so a promoted replica has it.
+    """
+    targets = [{"target_nodes": node} for node in cluster_primaries(client)] or [{}]
+    versions = []
+    for target in targets:
+        try:
+            loaded = client.execute_command("FCALL_RO", "emp_version", 0, **target)
+        except redis.ResponseError:
+            loaded = None
+        versions.append(loaded.decode() if isinstance(loaded, bytes) else loaded)
+    return versions
+
+
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server already has this version; True if loaded."""
+    """Load the library unless the server (every master) has this version; True if loaded."""
     source = library_source()
-    try:
-        loaded = client.fcall_ro("emp_version", 0)
-    except redis.ResponseError:
-        loaded = None
-    if isinstance(loaded, bytes):
-        loaded = loaded.decode()
-    if loaded == library_version(source):
+    if all(v == library_version(source) for v in _loaded_versions(client)):
         return False
     try:
         client.function_load(source, replace=True)
@@ -69,28 +89,45 @@ def ensure_library(client: redis.Redis) -> bool:
     return True
 
 
+#: Replies of a cluster node that mean "not here, not now": follow through the client.
+CLUSTER_REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # AskError covers MovedError
+
 #: Beyond this many held connections per client, calls use its pool as usual.
 MAX_HELD_CONNECTIONS = 64
 
 
-def _held_by(client: Any) -> dict[tuple[int, int], Any]:
+def cluster_primaries(client: Any) -> list[Any]:
+    """The masters of a cluster client; empty for a plain client."""
+    return primaries(client) if is_cluster_client(client) else []
+
+
+def _held_by(client: Any) -> dict[tuple[int, int, str], Any]:
     held = client.__dict__.get("_emp_held")
     if held is None:
         held = client.__dict__["_emp_held"] = {}
     return held
 
 
-def held_connection(client: Any) -> Any:
+def held_connection(client: Any, slot_key: str = "") -> Any:
     """This thread's own connection of ``client``'s pool (None: use the client).
 
     Kept on the client, per process and thread, so a fork or another thread
-    never shares it.
+    never shares it. On a cluster, one per master: the one serving
+    ``slot_key`` as far as the client knows (a MOVED reply makes the caller
+    go through the client, which follows it and re-reads the slot map).
     """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return None
+    node_name = ""
+    if is_cluster_client(client):
+        if not slot_key:
+            return None
+        node = node_for_key(client, slot_key)
+        pool, node_name = client.get_redis_connection(node).connection_pool, node.name
+    else:
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:
+            return None
     held = _held_by(client)
-    key = (os.getpid(), threading.get_ident())
+    key = (os.getpid(), threading.get_ident(), node_name)
     connection = held.get(key)
     if connection is None:
         if len(held) >= MAX_HELD_CONNECTIONS:
@@ -102,15 +139,36 @@ def held_connection(client: Any) -> Any:
 
 
 def release_connection(client: Any) -> None:
-    """Drop this thread's held connection of ``client`` (after an error)."""
-    connection = _held_by(client).pop((os.getpid(), threading.get_ident()), None)
-    if connection is not None:
-        connection.disconnect()
+    """Drop this thread's held connection(s) of ``client`` (after an error)."""
+    held = _held_by(client)
+    me = (os.getpid(), threading.get_ident())
+    for key in [k for k in list(held) if k[:2] == me]:
+        connection = held.pop(key, None)
+        if connection is not None:
+            connection.disconnect()
 
 
 #: Largest result kept whole in the job record and its event, bytes of JSON
 #: (``EMP_MAX_RESULT_BYTES``); Celery's result backend keeps the full value.
 MAX_RESULT_BYTES = int(os.environ.get("EMP_MAX_RESULT_BYTES", 64 * 1024))
+
+
+def enqueue_replicas() -> int:
+    """Replicas an enqueue waits for (``WAIT``) before it counts as accepted.
+
+    ``EMP_ENQUEUE_REPLICAS``; default 1 on a cluster (a master's replica
+    takes over when it dies, so an accepted job must be on it), else 0.
+    """
+    value = os.environ.get("EMP_ENQUEUE_REPLICAS")
+    return int(value) if value else (1 if cluster_enabled() else 0)
+
+
+#: Longest wait for the replicas of ``enqueue_replicas``, ms (``EMP_ENQUEUE_WAIT_MS``).
+ENQUEUE_WAIT_MS = int(os.environ.get("EMP_ENQUEUE_WAIT_MS", 1000))
+
+#: Seconds an enqueue that met a dead or moved master keeps retrying (a failover
+#: takes cluster-node-timeout plus an election).
+ENQUEUE_RETRY_SECONDS = 10.0
 
 
 def result_summary(result: Any, limit: int = MAX_RESULT_BYTES) -> str:
@@ -174,6 +232,8 @@ class QueueFunctions:
         self.client = client
         self.keys = Keys(namespace)
         self.namespace = namespace
+        #: Replicas each enqueue waits for; 0 sends no WAIT.
+        self.replicas = enqueue_replicas()
 
     def _call(self, name: str, keys: list[str], args: list[Any], read_only: bool = False) -> Any:
         command = ("FCALL_RO" if read_only else "FCALL", name, len(keys), *keys, *args)
@@ -185,6 +245,68 @@ class QueueFunctions:
         ensure_library(self.client)
         return self._send(command)
 
+    def _call_replicated(self, job_id: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        """FCALL, then ``WAIT replicas timeout`` on the same connection; NotReplicated
+        when fewer replicas confirm.
+
+        Replication is asynchronous: without the WAIT a master that dies right
+        after replying takes the job with it. A call that meets a dead or moved
+        master retries (re-reading the slot map) until a replica has taken
+        over; a retry that finds the job filed means the first call did it.
+        """
+        command = ("FCALL", name, len(keys), *keys, *args)
+        deadline = monotonic() + ENQUEUE_RETRY_SECONDS
+        retried, pause = False, 0.05
+        while True:
+            try:
+                reply, acked = self._send_with_wait(command)
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                error: Exception = exc
+            except redis.ResponseError as exc:
+                text = str(exc)
+                if "Function not found" in text:
+                    ensure_library(self.client)
+                elif not isinstance(exc, CLUSTER_REDIRECTS):
+                    raise
+                error = exc
+            if monotonic() > deadline:
+                raise error
+            sleep(pause)
+            pause = min(pause * 2, 0.5)
+            retried = True
+            if is_cluster_client(self.client):
+                try:
+                    refresh_slots(self.client)
+                except (redis.RedisError, OSError):
+                    pass  # no live seed yet; the next try reads the map again
+        if retried and _text(reply[0]) == "duplicate":
+            return ["queued"]  # the call that failed had filed it
+        if _text(reply[0]) in ("queued", "delayed") and int(acked) < self.replicas:
+            raise NotReplicated(job_id, self.replicas, int(acked))
+        return reply
+
+    def _send_with_wait(self, command: tuple[Any, ...]) -> tuple[Any, Any]:
+        """Send ``command`` and WAIT together on this thread's connection to the key's master."""
+        wait = ("WAIT", self.replicas, ENQUEUE_WAIT_MS)
+        connection = held_connection(self.client, self.keys.config)
+        if connection is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command(*wait)
+                return tuple(pipe.execute())
+        try:
+            connection.send_packed_command(connection.pack_commands([command, wait]))
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError:
+                connection.read_response()  # the WAIT's reply, so the connection stays in step
+                raise
+            return reply, connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            release_connection(self.client)
+            raise
+
     def _send(self, command: tuple[Any, ...]) -> Any:
         """Run one command on this thread's held connection.
 
@@ -193,7 +315,7 @@ class QueueFunctions:
         CPU (no pool checkout, no retry wrapper). A connection error drops it
         and the command goes through the client, with its usual retries.
         """
-        connection = held_connection(self.client)
+        connection = held_connection(self.client, self.keys.config)
         if connection is None:
             return self.client.execute_command(*command)
         try:
@@ -201,6 +323,11 @@ class QueueFunctions:
             return connection.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             release_connection(self.client)
+            return self.client.execute_command(*command)
+        except redis.ResponseError as exc:
+            if not isinstance(exc, CLUSTER_REDIRECTS):
+                raise
+            release_connection(self.client)  # the slot moved (failover, resharding)
             return self.client.execute_command(*command)
 
     def configure(self, **settings: int) -> None:
@@ -244,7 +371,11 @@ class QueueFunctions:
         due_ms: int = 0, now_ms: int | None = None,
     ) -> tuple[str, str | None]:
         """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
-        reply = self._call(*self.enqueue_call(job_id, spec, message, due_ms, now_ms))
+        call = self.enqueue_call(job_id, spec, message, due_ms, now_ms)
+        if self.replicas:
+            reply = self._call_replicated(job_id, *call)
+        else:
+            reply = self._call(*call)
         outcome = _text(reply[0])
         return outcome, _text(reply[1]) if len(reply) > 1 else None
 

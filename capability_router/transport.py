@@ -28,6 +28,18 @@ Features
   lease renewals (``capability_router.metrics``), never per claim.
 * Fanout (Celery events, remote control, Flower) is kombu's Redis PUB/SUB,
   unchanged.
+* Redis Cluster (``EMP_REDIS_CLUSTER``, see ``capability_router.cluster`` and
+  the ``cluster_channel`` mixin): request/reply calls go through a
+  ``RedisCluster``, routed by key slot; the
+  event loop's one connection is pointed, before each claim or wait, at the
+  master of that pool's slot (one connection per master, kept). An idle
+  worker of several pools waits on one pool's wake-up list at a time, for
+  ``cluster_wake_slice_seconds`` each, in turn, until ``polling_interval``
+  has passed: a wake-up in another pool waits in its list until that pool's
+  turn, so it is seen within (pools - 1) slices (a server with ``hz 10`` ends
+  a 50 ms block after about 100 ms). Celery's reply queues use
+  one priority step (one key per BRPOP), and kombu's binding tables one hash
+  tag, ``{_kombu}``.
 
 Connection string
 =================
@@ -47,6 +59,8 @@ Transport options
   It runs on the worker's event loop, so it must be quick and never raise.
 * ``claim_gate_retry_seconds``: seconds between asks while the gate is
   closed (default 1).
+* ``cluster_wake_slice_seconds``: on a Redis Cluster, longest wait on one
+  pool's wake-up list while others wait their turn (default 0.05).
 * Every option of kombu's Redis transport, except the visibility-timeout
   ones, which leases replace.
 """
@@ -66,8 +80,11 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from capability_router.cluster import refresh_slots
+from capability_router.cluster_channel import ClusterChannel
 from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
+    CLUSTER_REDIRECTS,
     Claimed,
     QueueFunctions,
     claim_args,
@@ -205,7 +222,7 @@ class QoS(kombu_redis.QoS):
         return lost
 
 
-class Channel(kombu_redis.Channel):
+class Channel(ClusterChannel, kombu_redis.Channel):
     """kombu's Redis channel with publish and consume through Redis Functions."""
 
     QoS = QoS
@@ -220,6 +237,9 @@ class Channel(kombu_redis.Channel):
     claim_gate: Callable[[], Any] | None = None
     #: Seconds between asks of a closed claim gate.
     claim_gate_retry_seconds: float = 1.0
+    #: Redis Cluster: longest wait on one pool's wake-up list, seconds, while the
+    #: other pools of this worker wait their turn.
+    cluster_wake_slice_seconds: float = 0.05
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lease_seconds",
@@ -227,9 +247,14 @@ class Channel(kombu_redis.Channel):
         "worker_profile",
         "claim_gate",
         "claim_gate_retry_seconds",
+        "cluster_wake_slice_seconds",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.setup_cluster()  # before kombu's init connects
+        #: Cluster: when the current idle wait ends (monotonic), and whose turn it is.
+        self._block_until: float | None = None
+        self._wake_turn = 0
         super().__init__(*args, **kwargs)
         self._functions: dict[str, QueueFunctions] = {}
         self._sent: tuple[str, str | None] | None = None
@@ -270,6 +295,8 @@ class Channel(kombu_redis.Channel):
     @cached_property
     def sync_client(self) -> redis.Redis:
         """Client for request/reply calls; ``self.client`` is busy claiming."""
+        if self.cluster:
+            return self.cluster_client
         return self.Client(connection_pool=self.pool)
 
     def functions(self, namespace: str) -> QueueFunctions:
@@ -444,31 +471,45 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.job_queues:
             self._sent = ("BRPOP", None)
+            if self.cluster:
+                return self._cluster_brpop_start(timeout)
             return super()._brpop_start(timeout)
         queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
                   if is_job_queue(q)]
         if not queues:
             return
-        connection = self.client.connection
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()
         worker = self.worker
         if self._block_next:
             wait = self.brpop_timeout or 1
             if self._next_due_ms:
                 wait = max(0.01, min(wait, self._next_due_ms / 1000))
-            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
-            self._sent = ("BLPOP", None)
-            connection.send_command("BLPOP", *keys, wait)
+            pools = self.job_queues
+            if self.cluster:
+                # No BLPOP across slots: one pool's list at a time, in turn.
+                now = monotonic()
+                if self._block_until is None:
+                    self._block_until = now + wait
+                pools = [pools[self._wake_turn % len(pools)]]
+                self._use_node_of(Keys(pools[0]).config)
+                wait = max(0.01, self._block_until - now)
+                if len(self.job_queues) > 1:
+                    wait = min(wait, self.cluster_wake_slice_seconds)
+            self._send_wait(pools, wait)
         elif not self.may_claim():
             # Service down: wait, then ask the gate again. Its idle mark, which
             # this worker no longer renews, expires within idle_ms, so
             # enqueues stop waking it.
-            keys = [Keys(q).wake(worker.worker_id) for q in self.job_queues]
-            self._sent = ("BLPOP", None)
-            connection.send_command("BLPOP", *keys, self.claim_gate_retry_seconds)
+            pools = self.job_queues
+            if self.cluster:
+                pools = pools[:1]
+                self._use_node_of(Keys(pools[0]).config)
+            self._send_wait(pools, self.claim_gate_retry_seconds)
         else:
             queue = queues[0]
+            if self.cluster:
+                self._use_node_of(Keys(queue).config)
+            connection = self._in_poll = self.client.connection
+            self._brpop_sent_at = monotonic()
             self._sent = ("FCALL", queue)
             self._claim_sent_at = perf_counter()
             connection.send_command(
@@ -476,6 +517,14 @@ class Channel(kombu_redis.Channel):
                             self.lease_ms, self.idle_ms, queue not in self._busy_in,
                             self._acks.pop(queue, ()))
             )
+
+    def _send_wait(self, pools: list[str], wait: float) -> None:
+        """Block on the wake-up lists of ``pools`` for up to ``wait`` seconds."""
+        connection = self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self._sent = ("BLPOP", None)
+        worker_id = self.worker.worker_id
+        connection.send_command("BLPOP", *(Keys(q).wake(worker_id) for q in pools), wait)
 
     def _brpop_read(self, **options: Any) -> bool:
         command, queue = self._sent or ("BLPOP", None)
@@ -492,7 +541,12 @@ class Channel(kombu_redis.Channel):
                 self._recover(queue, exc)
                 raise kombu_redis.Empty() from None
             if command == "BLPOP":
+                if (self._block_until is not None and reply is None and self._block_next
+                        and monotonic() < self._block_until - 0.005):
+                    self._wake_turn += 1  # cluster: the next pool's turn to wait
+                    raise kombu_redis.Empty()
                 self._block_next = False
+                self._block_until = None
                 self._misses = 0
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
@@ -519,6 +573,9 @@ class Channel(kombu_redis.Channel):
     def _recover(self, queue: str | None, exc: redis.ResponseError) -> None:
         """Answer a refused claim: reload the library or re-register the profile."""
         text = str(exc)
+        if self.cluster and isinstance(exc, CLUSTER_REDIRECTS):
+            refresh_slots(self.cluster_client)  # resharded or failed over
+            return
         if "Function not found" in text:
             ensure_library(self.sync_client)
         if queue and ("NOPROFILE" in text or "Function not found" in text):

@@ -13,10 +13,12 @@ from typing import Any
 from celery import Celery
 
 from capability_router import TRANSPORT
+from capability_router.cluster import cluster_enabled
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
 from emp_tasks import defaults, remote_control, revocation  # noqa: F401 - remote_control registers a command
+from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
 
 #: Job type modules every app registers.
@@ -34,7 +36,7 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
             "polling_interval": defaults.idle_block_seconds(),
         },
         "broker_connection_retry_on_startup": True,
-        "result_backend": url,
+        "result_backend": f"{CLUSTER_BACKEND}+{url}" if cluster_enabled() else url,
         "result_expires": 24 * 3600,
         "task_default_queue": DEFAULT_NAMESPACE,
         "task_routes": (CapabilityRouter(),),

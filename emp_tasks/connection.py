@@ -6,17 +6,19 @@ import os
 
 import redis
 
+from capability_router.cluster import make_client
 from capability_router.functions import QueueFunctions
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
 
 def get_client(url: str) -> redis.Redis:
-    """A client for ``url``, made anew after a fork."""
+    """A client for ``url`` (a ``RedisCluster`` under ``EMP_REDIS_CLUSTER``), made anew
+    after a fork."""
     key = (os.getpid(), url)
     client = _clients.get(key)
     if client is None:
-        client = _clients[key] = redis.Redis.from_url(url, decode_responses=True)
+        client = _clients[key] = make_client(url, decode_responses=True)
     return client
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from capability_router.cluster import STREAM_SLICE_MS, is_cluster_client, make_client, slot_groups
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from emp_tasks.connection import get_client
@@ -104,6 +105,8 @@ class EventHub:
         self._namespaces_at = 0.0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        #: Cluster: which slot's streams the next blocking read waits on.
+        self._turn = 0
 
     @property
     def client(self) -> redis.Redis:
@@ -121,7 +124,8 @@ class EventHub:
             rows = {str(id(s)): json.dumps({**s.info, "subscribed_jobs": len(s.jobs)})
                     for s in self._subscriptions if not s.internal}
         key = self._process_key
-        with self.client.pipeline(transaction=True) as pipe:
+        # (On a cluster the two keys live in different slots: no MULTI there.)
+        with self.client.pipeline(transaction=not is_cluster_client(self.client)) as pipe:
             pipe.delete(key)
             if rows:
                 pipe.hset(key, mapping=rows)
@@ -212,8 +216,8 @@ class EventHub:
 
     def _run(self) -> None:
         # A client of its own: a blocking XREAD must not hold a pooled connection others need.
-        reader = redis.Redis.from_url(self.redis_url, decode_responses=True,
-                                      socket_timeout=10, health_check_interval=30)
+        reader = make_client(self.redis_url, decode_responses=True,
+                             socket_timeout=10, health_check_interval=30)
         failing = False  # one line when reads start failing, one when they work again
         while not self._stopping.is_set():
             try:
@@ -236,13 +240,35 @@ class EventHub:
             self._namespaces_at = now
         with self._lock:
             cursors = dict(self._cursors)
-        reply = reader.xread(cursors, block=1000, count=500)
+        reply = self._xread(reader, cursors)
         for stream, entries in reply or []:
             namespace = None if stream == SYSTEM_EVENTS_KEY else _namespace_of(stream)
             for entry_id, fields in entries:
                 self._dispatch(Event.from_entry(entry_id, fields, namespace))
             with self._lock:
                 self._cursors[stream] = entries[-1][0]
+
+    def _xread(self, reader: redis.Redis, cursors: dict[str, str]) -> list[Any]:
+        """XREAD of every stream; on a cluster, one XREAD per slot.
+
+        There, every slot is read without blocking (one pipeline, a round trip
+        per master), and when nothing came the reader blocks on one slot for
+        ``STREAM_SLICE_MS``, a different slot each time: an event waits at
+        most that long, and an idle API sends a few reads per slice.
+        """
+        groups = slot_groups(reader, list(cursors))
+        if len(groups) <= 1:
+            return reader.xread(cursors, block=1000, count=500)
+        with reader.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.xread({s: cursors[s] for s in group}, count=500)
+            replies = pipe.execute()
+        found = [item for reply in replies for item in reply or []]
+        if found:
+            return found
+        group = groups[self._turn % len(groups)]
+        self._turn += 1
+        return reader.xread({s: cursors[s] for s in group}, block=STREAM_SLICE_MS, count=500)
 
     def _dispatch(self, event: Event) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from capability_router.cluster import make_client
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from webapp.monitor.queue import queue_summary
 
@@ -85,7 +86,7 @@ class QueueCollector(Collector):
     def _connect(redis_url: str) -> redis.Redis:
         # No retries: a scrape that cannot reach Redis should end within
         # Prometheus's scrape timeout, and the next scrape is the retry.
-        return redis.Redis.from_url(
+        return make_client(
             redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0))
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from capability_router.cluster import STREAM_SLICE_MS, slot_groups
 from capability_router.keys import Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from webapp.webhooks import keys
@@ -136,6 +137,8 @@ class EventConsumer:
         self._next_autoclaim = 0.0
         self._take_over_idle_ms: int | None = None
         self._read_pending = True
+        #: Cluster: which slot's streams the next blocking read waits on.
+        self._turn = 0
 
     # -- streams and groups -------------------------------------------------
 
@@ -252,10 +255,33 @@ class EventConsumer:
         if self._read_pending:
             self.drain_pending()
             self._read_pending = False
-        reply = self.client.xreadgroup(
-            GROUP, self.consumer, {s: ">" for s in self.streams}, count=BATCH, block=BLOCK_MS)
-        self.handle(_entries_of(reply))
+        self.handle(self.read_new())
         return True
+
+    def read_new(self) -> dict[str, list[tuple[str, dict[str, str] | None]]]:
+        """New entries of every stream; on a cluster, one XREADGROUP per slot.
+
+        There, every slot is read without blocking (one pipeline), and when
+        nothing came the consumer blocks on one slot for ``STREAM_SLICE_MS``,
+        a different slot each time, so an event waits at most that long.
+        """
+        groups = slot_groups(self.client, list(self.streams))
+        if len(groups) <= 1:
+            return _entries_of(self.client.xreadgroup(
+                GROUP, self.consumer, {s: ">" for s in self.streams}, count=BATCH,
+                block=BLOCK_MS))
+        batch: dict[str, list[tuple[str, dict[str, str] | None]]] = {}
+        with self.client.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.xreadgroup(GROUP, self.consumer, {s: ">" for s in group}, count=BATCH)
+            for reply in pipe.execute():
+                batch.update(_entries_of(reply))
+        if batch:
+            return batch
+        group = groups[self._turn % len(groups)]
+        self._turn += 1
+        return _entries_of(self.client.xreadgroup(
+            GROUP, self.consumer, {s: ">" for s in group}, count=BATCH, block=STREAM_SLICE_MS))
 
     def drain_pending(self) -> None:
         """Process, in log order, what this consumer read but did not acknowledge."""

@@ -1,0 +1,147 @@
+"""Redis Cluster: the one place that decides whether a URL means a cluster, and
+builds its clients.
+
+A cluster is named by the environment, not by the URL: ``EMP_REDIS_CLUSTER=1``
+(or a comma list of extra seed nodes, ``host:port,host:port``) with the usual
+``redis://host:port/0`` URL of any one node. The URL then passes unchanged
+through kombu's, Celery's and redis-py's URL parsers, and every process a
+machine or ``emp up`` starts inherits the switch with its environment.
+
+Every key of one pool shares the hash tag ``{<namespace>}``, so each Redis
+Function call stays in one slot; ``RedisCluster`` routes an FCALL by the slot of
+its first key. What needs a node rather than a slot (a blocking read held on
+the worker's event loop, a reader of several pools' streams) asks
+``node_for_key``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.retry import Retry
+
+#: Environment switch: "1"/"true"/"yes", or extra seed nodes ``host:port,host:port``.
+CLUSTER_ENV = "EMP_REDIS_CLUSTER"
+
+#: Retries of a call that met a moved slot or a dead master (backoff 50 ms doubling to
+#: 0.5 s): about 4 s, more than a failover with a cluster-node-timeout of 2 s takes.
+FAILOVER_RETRIES = 10
+
+_OFF = {"", "0", "false", "no", "off"}
+_ON = {"1", "true", "yes", "on"}
+
+
+def cluster_enabled() -> bool:
+    """True when ``EMP_REDIS_CLUSTER`` says the Redis is a cluster."""
+    return os.environ.get(CLUSTER_ENV, "").strip().lower() not in _OFF
+
+
+def seed_nodes(url: str) -> list[ClusterNode]:
+    """The URL's node, then the extra seeds of ``EMP_REDIS_CLUSTER``.
+
+    Extra seeds let a process start while the URL's node is down (it failed
+    over and was not replaced yet).
+    """
+    parsed = urlparse(url)
+    seeds = [ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379)]
+    value = os.environ.get(CLUSTER_ENV, "").strip()
+    if value.lower() not in _ON | _OFF:
+        for item in value.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if host and port.isdigit():
+                seeds.append(ClusterNode(host, int(port)))
+    return seeds
+
+
+class _FunctionSlots:
+    """Find an FCALL's slot from its own arguments, as redis-py does for EVALSHA.
+
+    redis-py asks the server (``COMMAND GETKEYS``, a round trip to another
+    node) for the keys of every FCALL; measured, that doubled the calls per
+    job and made the node it asks the busiest of the cluster.
+    """
+
+    def determine_slot(self, *args: Any) -> int | None:
+        if str(args[0]).upper() in ("FCALL", "FCALL_RO") and len(args) > 3 and int(args[2]):
+            slots = {self.keyslot(key) for key in args[3:3 + int(args[2])]}
+            if len(slots) == 1:
+                return slots.pop()
+        return super().determine_slot(*args)
+
+
+class EmpClusterPipeline(_FunctionSlots, ClusterPipeline):
+    """A cluster pipeline whose FCALLs find their slot without asking the server."""
+
+
+class EmpRedisCluster(_FunctionSlots, RedisCluster):
+    """``RedisCluster`` whose FCALLs (and pipelines' FCALLs) find their slot locally."""
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.__class__ = EmpClusterPipeline  # same state, one method more
+        return pipe
+
+
+def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
+    """A ``RedisCluster`` seeded from ``url`` (its password and TLS) and the extra seeds."""
+    parsed = urlparse(url)
+    if parsed.path.strip("/") not in ("", "0"):
+        raise ValueError(f"Redis Cluster has only database 0; the URL names {parsed.path!r}")
+    options: dict[str, Any] = {"startup_nodes": seed_nodes(url), "ssl": parsed.scheme == "rediss"}
+    if parsed.username:
+        options["username"] = parsed.username
+    if parsed.password:
+        options["password"] = parsed.password
+    # A failover takes cluster-node-timeout plus an election: keep retrying
+    # (re-reading the slot map each time) a little longer than that.
+    options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES)
+    return EmpRedisCluster(**{**options, **kwargs})
+
+
+def make_client(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
+    """A client for ``url``: a ``RedisCluster`` when the cluster switch is on."""
+    if cluster_enabled():
+        return cluster_client(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def node_for_key(client: RedisCluster, key: str) -> ClusterNode:
+    """The master that serves ``key``'s slot now (as far as the client knows)."""
+    return client.nodes_manager.get_node_from_slot(client.keyslot(key))
+
+
+def refresh_slots(client: RedisCluster) -> None:
+    """Re-read the slot map (after a connection error: a master may have failed over)."""
+    client.nodes_manager.initialize()
+
+
+def primaries(client: RedisCluster) -> list[ClusterNode]:
+    return client.get_primaries()
+
+
+#: On a cluster, how long a reader of several slots' streams blocks on one slot
+#: before it reads all of them again, ms: the most an event waits for it.
+STREAM_SLICE_MS = 100
+
+
+def slot_groups(client: Any, streams: list[str]) -> list[list[str]]:
+    """``streams`` grouped by hash slot (one group on a plain server).
+
+    A cluster refuses a command whose keys span slots, so a reader of several
+    pools' streams sends one XREAD per group.
+    """
+    if not is_cluster_client(client):
+        return [streams] if streams else []
+    groups: dict[int, list[str]] = {}
+    for stream in streams:
+        groups.setdefault(client.keyslot(stream), []).append(stream)
+    return list(groups.values())
