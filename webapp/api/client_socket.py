@@ -20,7 +20,8 @@ from capability_router.errors import EmpError, JobNotFound
 from emp_tasks import producer
 from webapp.api.events import Event, EventHub, Subscription
 from webapp.api.messages import client_message, error_message, parse_message
-from webapp.api.session import Session
+from webapp.api.resume import BadResumeId, parse_resume_id
+from webapp.api.session import Session, refuse
 from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
@@ -57,6 +58,11 @@ class ClientConnection:
         return message
 
     def run(self, last_event_id: str | None) -> None:
+        try:
+            last_event_id = parse_resume_id(last_event_id)
+        except BadResumeId as exc:
+            refuse(self.ws, exc)
+            return
         self.session.start()
         self.session.send({"type": "connection_established", "client_id": self.client_id,
                            "timestamp": int(time.time() * 1000)})
@@ -106,12 +112,15 @@ class ClientConnection:
         if not isinstance(job_id, str) or not job_id:
             self.session.send(error_message("subscribe_progress needs a job_id"))
             return
+        try:
+            after = parse_resume_id(message.get("last_event_id"))
+        except BadResumeId as exc:
+            self.session.send(error_message(str(exc), field=exc.field, job_id=job_id))
+            return
         record = self._visible_job(job_id)
         if record is None:
             return
-        after = message.get("last_event_id")
-        self._follow(job_id, after if isinstance(after, str) else None,
-                     record.get("pool") or "default", remember=True)
+        self._follow(job_id, after, record.get("pool") or "default", remember=True)
         self.session.send({"type": "subscribed", "job_id": job_id,
                            "status": record.get("status")})
 
