@@ -19,6 +19,8 @@ MAX_BODY_BYTES = 1024 * 1024
 WEB_THREADS = 64
 #: API server processes (``EMP_API_PROCESSES``; default one per CPU core).
 API_PROCESSES = os.cpu_count() or 1
+#: Seconds an Idempotency-Key (or socket message_id) and its answer are kept.
+IDEMPOTENCY_SECONDS = 24 * 3600
 
 
 def _pairs(text: str | None) -> dict[str, str]:
@@ -47,6 +49,8 @@ class WebSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     threads: int = WEB_THREADS
     api_processes: int = API_PROCESSES
+    #: Retention of idempotency keys, seconds (``EMP_IDEMPOTENCY_SECONDS``).
+    idempotency_seconds: int = IDEMPOTENCY_SECONDS
 
     @property
     def open(self) -> bool:
@@ -62,6 +66,8 @@ class WebSettings:
             max_body_bytes=int(defaults.env("EMP_MAX_BODY_BYTES", str(MAX_BODY_BYTES))),
             threads=int(defaults.env("EMP_WEB_THREADS", str(WEB_THREADS))),
             api_processes=int(defaults.env("EMP_API_PROCESSES", str(API_PROCESSES))),
+            idempotency_seconds=int(defaults.env("EMP_IDEMPOTENCY_SECONDS",
+                                                 str(IDEMPOTENCY_SECONDS))),
         )
         for name, value in overrides.items():
             if value is not None:

@@ -17,8 +17,11 @@ from typing import Any
 from simple_websocket import ConnectionClosed
 
 from capability_router.errors import EmpError, JobNotFound
+from capability_router.keys import Keys
 from emp_tasks import producer
+from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription
+from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
 from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
 from webapp.api.session import Session, refuse
@@ -40,9 +43,10 @@ class ClientConnection:
     """One client's socket: its requests in, its jobs' events out."""
 
     def __init__(self, ws: Any, client_id: str, principal: Principal, backend: Backend,
-                 hub: EventHub) -> None:
+                 hub: EventHub, idempotency_seconds: int = RETENTION_SECONDS) -> None:
         self.ws, self.client_id, self.principal = ws, client_id, principal
         self.backend = backend
+        self.idempotency = IdempotencyStore(backend.redis, idempotency_seconds)
         sub = Subscription(info={"client_id": client_id, "kind": "client",
                                  "customer_id": principal.customer_id,
                                  "connected_at": int(time.time() * 1000)})
@@ -96,16 +100,59 @@ class ClientConnection:
         handler(message)
 
     def submit(self, message: dict[str, Any]) -> None:
+        """Submit a job. A ``message_id`` is the job id and an idempotency key: a retry
+        with the same body is answered as the first was (``job_submitted``), one with
+        another body gets an error (422), and no second job is made."""
         body = {k: v for k, v in message.items() if k != "type"}
+        message_id = message.get("message_id")
         try:
-            job_id, pool = submit_body(body, self.principal, self.backend)
+            validation.check("JobSubmission", body)
         except Invalid as exc:
-            self.session.send(error_message(str(exc), status=exc.status,
-                                            message_id=message.get("message_id")))
+            self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
+            return
+        claim = None
+        if isinstance(message_id, str):
+            try:
+                claim = self.idempotency.claim(self.principal, "message_id", message_id, body,
+                                               message_id)
+            except KeyReused as exc:
+                self.session.send(error_message(str(exc), status=422, message_id=message_id))
+                return
+            if not claim.first and self._answer_again(claim.job_id, message_id):
+                return
+        try:
+            job_id, pool = submit_body(body, self.principal, self.backend, checked=True)
+        except Invalid as exc:
+            if claim is not None and not claim.first and exc.status == 409 and \
+                    self._answer_again(claim.job_id, message_id):
+                return  # a concurrent first attempt made it meanwhile
+            if claim is not None:
+                self.idempotency.release(claim)
+            self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
             return
         # The job's own log answers: job_submitted first, then the rest.
         self.message_ids[job_id] = message.get("message_id")
         self._follow(job_id, None, pool, remember=True)
+
+    def _answer_again(self, job_id: str, message_id: Any) -> bool:
+        """Answer a retried submit of an existing job as the first was: its
+        ``job_submitted``, then its events. False when there is no such job yet."""
+        try:
+            record = producer.get_job(job_id, app=self.backend.celery)
+        except JobNotFound:
+            return False
+        if not self.principal.may_see(record.get("customer_id")):
+            return False
+        pool = record.get("pool") or "default"
+        if job_id in self.session.sub.jobs:  # already followed here: send it once more
+            first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
+            if first:
+                message = client_message(Event.from_entry(*first[0], pool))
+                self.session.send({**message, "message_id": message_id})
+            return True
+        self.message_ids[job_id] = message_id
+        self._follow(job_id, None, pool, remember=True)
+        return True
 
     def subscribe(self, message: dict[str, Any]) -> None:
         job_id = message.get("job_id")

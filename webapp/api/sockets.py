@@ -44,8 +44,9 @@ def check_token() -> Any:
 
 @sock.route("/ws/client/<client_id>")
 def client_socket(ws, client_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
-    ClientConnection(ws, client_id, g.principal, backend(),
-                     current_app.extensions["emp_events"]).run(request.args.get("last_event_id"))
+    ClientConnection(ws, client_id, g.principal, backend(), current_app.extensions["emp_events"],
+                     current_app.config["EMP_SETTINGS"].idempotency_seconds,
+                     ).run(request.args.get("last_event_id"))
 
 
 @sock.route("/ws/monitor/<monitor_id>")

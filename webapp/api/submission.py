@@ -32,12 +32,13 @@ def _taken(backend: Backend, job_id: str) -> bool:
 
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
-                checked: bool = False) -> tuple[str, str]:
+                checked: bool = False, job_id: str | None = None) -> tuple[str, str]:
     """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409).
 
     A customer token submits as its own customer only; ``message_id`` (or
-    ``job_id``; the schema refuses both) becomes the job id. Aliases of the
-    service that disagree are refused, naming both.
+    ``job_id``; the schema refuses both) becomes the job id, else ``job_id``
+    when given (an idempotent submit's claimed id). Aliases of the service
+    that disagree are refused, naming both.
     """
     if not checked:
         validation.check("JobSubmission", body)
@@ -56,6 +57,8 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     ids = {body[name] for name in ("message_id", "job_id") if body.get(name) is not None}
     if len(ids) > 1:
         raise Invalid("message_id and job_id name different ids; send one")
+    if not ids and job_id:
+        ids = {job_id}
     fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
     if ids:
         job_id = ids.pop()
