@@ -22,6 +22,7 @@ from emp_tasks import producer
 from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription
 from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
+from webapp.api.limits import SOCKET_RENEW_SECONDS, Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
 from webapp.api.session import Session, refuse
@@ -32,6 +33,8 @@ from webapp.backend import Backend
 
 #: How long a client's subscriptions are remembered for a reconnect, seconds.
 SUBSCRIPTIONS_TTL = 24 * 3600
+#: WebSocket close code "try again later" (RFC 6455 registry: 1013).
+CLOSE_TRY_LATER = 1013
 
 
 def _subscriptions_key(principal: Principal, client_id: str) -> str:
@@ -43,10 +46,13 @@ class ClientConnection:
     """One client's socket: its requests in, its jobs' events out."""
 
     def __init__(self, ws: Any, client_id: str, principal: Principal, backend: Backend,
-                 hub: EventHub, idempotency_seconds: int = RETENTION_SECONDS) -> None:
+                 hub: EventHub, idempotency_seconds: int = RETENTION_SECONDS,
+                 limits: Limits | None = None, place: SocketPlace | None = None) -> None:
         self.ws, self.client_id, self.principal = ws, client_id, principal
         self.backend = backend
         self.idempotency = IdempotencyStore(backend.redis, idempotency_seconds)
+        #: The customer's limits, and this socket's place among its open sockets.
+        self.limits, self.place = limits, place
         sub = Subscription(info={"client_id": client_id, "kind": "client",
                                  "customer_id": principal.customer_id,
                                  "connected_at": int(time.time() * 1000)})
@@ -63,6 +69,13 @@ class ClientConnection:
 
     def run(self, last_event_id: str | None) -> None:
         try:
+            self._run(last_event_id)
+        finally:
+            if self.place is not None:
+                self.place.close()
+
+    def _run(self, last_event_id: str | None) -> None:
+        try:
             last_event_id = parse_resume_id(last_event_id)
         except BadResumeId as exc:
             refuse(self.ws, exc)
@@ -74,15 +87,28 @@ class ClientConnection:
             for member in self.backend.redis.smembers(self.key):
                 namespace, _, job_id = member.partition("|")
                 self._follow(job_id, last_event_id, namespace)
+        renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         try:
             while not self.session.closed:
                 text = self.ws.receive(timeout=1)
                 if text is not None:
                     self.handle(text)
+                if self.place is not None and time.monotonic() >= renew_at:
+                    self._renew_place()
+                    renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         except ConnectionClosed:
             pass
         finally:
             self.session.close()
+
+    def _renew_place(self) -> None:
+        """Keep this socket's place; one lost meanwhile (a stalled process) ends it."""
+        try:
+            self.place.renew()
+        except Limited as exc:
+            self.session.send(error_message(str(exc), status=429))
+            self.session.close()
+            self.ws.close(reason=CLOSE_TRY_LATER, message="too many sockets")
 
     def handle(self, text: str | bytes) -> None:
         try:
@@ -121,7 +147,14 @@ class ClientConnection:
             if not claim.first and self._answer_again(claim.job_id, message_id):
                 return
         try:
-            job_id, pool = submit_body(body, self.principal, self.backend, checked=True)
+            job_id, pool = submit_body(body, self.principal, self.backend, checked=True,
+                                       limits=self.limits)
+        except Limited as exc:
+            if claim is not None:
+                self.idempotency.release(claim)
+            self.session.send(error_message(str(exc), status=429, limit=exc.limit,
+                                            retry_after=exc.retry_after, message_id=message_id))
+            return
         except Invalid as exc:
             if claim is not None and not claim.first and exc.status == 409 and \
                     self._answer_again(claim.job_id, message_id):

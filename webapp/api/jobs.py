@@ -17,6 +17,7 @@ from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.states import TERMINAL, JobStatus
 from emp_tasks import producer
 from webapp.api import idempotency, listing, validation
+from webapp.api.limits import Limited, Limits
 from webapp.api.submission import submit_body
 from webapp.auth import Principal, error, require_auth
 from webapp.backend import backend
@@ -35,6 +36,17 @@ def invalid(exc: validation.Invalid):  # noqa: ANN201 - Flask response
 @blueprint.errorhandler(InvalidJob)
 def invalid_job(exc: InvalidJob):  # noqa: ANN201 - Flask response
     return invalid(validation.Invalid(str(exc)))
+
+
+@blueprint.errorhandler(Limited)
+def limited(exc: Limited):  # noqa: ANN201 - Flask response
+    response = error(429, str(exc), limit=exc.limit)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _limits() -> Limits:
+    return current_app.extensions["emp_limits"]
 
 
 @blueprint.errorhandler(JobNotFound)
@@ -74,13 +86,13 @@ def _answer(status: int, body: dict[str, Any], replayed: bool = False):  # noqa:
 @blueprint.post("/api/jobs")
 @require_auth()
 def submit_job():  # noqa: ANN201 - Flask response
-    """Submit a job: 201 with its id, or 400/403/409 having written nothing; with an
+    """Submit a job: 201 with its id, or 400/403/409/429 having written nothing; with an
     Idempotency-Key, a retry gets the first answer (422 for another body)."""
     body = validation.json_body("JobSubmission")
     key = request.headers.get(idempotency.HEADER)
     if key is not None:
         return _submit_idempotently(body, key)
-    job_id, _ = submit_body(body, _principal(), backend(), checked=True)
+    job_id, _ = submit_body(body, _principal(), backend(), checked=True, limits=_limits())
     return _answer(201, _submitted(job_id))
 
 
@@ -102,7 +114,8 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
     if claim.answer is not None:
         return _answer(*claim.answer, replayed=True)
     try:
-        job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id)
+        job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
+                                limits=_limits())
     except validation.Invalid as exc:
         if claim.first or exc.status != 409 or not _own_job(claim.job_id):
             refusal = {"success": False, "error": str(exc)}

@@ -117,6 +117,15 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                            "job_status": {"type": "string", "enum": JOB_STATES,
                                           "description": "With 409: the job's state."}},
         },
+        "Limited": {
+            "type": "object", "required": ["success", "error", "limit"],
+            "properties": {"success": {"type": "boolean", "enum": [False]},
+                           "error": {"type": "string"},
+                           "limit": {"type": "string", "enum": ["rate", "pending"],
+                                     "description": "Which limit: submissions per second "
+                                                    "(EMP_LIMIT_RATE/BURST) or unfinished "
+                                                    "jobs (EMP_LIMIT_PENDING)."}},
+        },
         "JobSubmission": _submission(service_names),
         "Submitted": {
             "type": "object", "required": ["success", "job_id", "message", "timestamp"],
@@ -213,13 +222,17 @@ def _responses() -> dict[str, Any]:
         "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
         "KeyReused": _json(ERROR_REF, "This Idempotency-Key was first used with another "
                                       "body; nothing was written."),
+        "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
+                                             "rate, unfinished jobs); nothing was written."),
+                    "headers": {"Retry-After": {"description": "Seconds to wait.",
+                                                "schema": {"type": "integer", "minimum": 1}}}},
     }
 
 
 def _r(*codes: str) -> dict[str, Any]:
     names = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
              "409": "Conflict", "413": "TooLarge", "415": "UnsupportedMediaType",
-             "422": "KeyReused"}
+             "422": "KeyReused", "429": "TooMany"}
     return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
 
 
@@ -275,7 +288,8 @@ def _paths() -> dict[str, Any]:
                     "application/json": {"schema": _ref("JobSubmission")}}},
                 "responses": {"201": {**_json(_ref("Submitted"), "Queued."),
                                       "headers": {"Idempotent-Replayed": REPLAYED}},
-                              **_r("400", "401", "403", "409", "413", "415", "422")},
+                              **_r("400", "401", "403", "409", "413", "415", "422",
+                                   "429")},
             },
             "get": {
                 "operationId": "listJobs",

@@ -7,6 +7,8 @@ files it exactly as a Python producer would.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from typing import Any
 
 from capability_router.errors import InvalidJob
@@ -14,6 +16,7 @@ from capability_router.jobspec import SERVICE_ALIASES
 from capability_router.keys import Keys
 from emp_tasks import producer
 from webapp.api import listing, validation
+from webapp.api.limits import Limits
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
 from webapp.backend import Backend
@@ -32,8 +35,10 @@ def _taken(backend: Backend, job_id: str) -> bool:
 
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
-                checked: bool = False, job_id: str | None = None) -> tuple[str, str]:
-    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409).
+                checked: bool = False, job_id: str | None = None,
+                limits: Limits | None = None) -> tuple[str, str]:
+    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409), or
+    Limited (429) when ``limits`` refuse the customer another job, having written nothing.
 
     A customer token submits as its own customer only; ``message_id`` (or
     ``job_id``; the schema refuses both) becomes the job id, else ``job_id``
@@ -65,9 +70,18 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         if _taken(backend, job_id):
             raise Invalid(f"job {job_id!r} already exists", 409)
         fields["task_id"] = job_id
+    pool = fields.get("pool") or "default"
+    if limits is not None:
+        fields.setdefault("task_id", str(uuid.uuid4()))
+        limits.admit_job(principal, pool, fields["task_id"])
     try:
         result = producer.submit(service, body.get("payload"), customer_id=customer_id,
                                  app=backend.celery, **fields)
-    except InvalidJob as exc:
-        raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
-    return result.id, fields.get("pool") or "default"
+    except BaseException as exc:
+        if limits is not None:  # refused after admission: give the place back
+            with contextlib.suppress(Exception):  # else pruned once seen missing
+                limits.forget_job(principal, pool, fields["task_id"])
+        if isinstance(exc, InvalidJob):
+            raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
+        raise
+    return result.id, pool
