@@ -23,12 +23,13 @@ API_PROCESSES = os.cpu_count() or 1
 #: Seconds an Idempotency-Key (or socket message_id) and its answer are kept.
 IDEMPOTENCY_SECONDS = 24 * 3600
 #: Default per-customer limits (``webapp.api.limits``; 0: none): submissions per second
-#: and at once, unfinished jobs, open client sockets.
+#: and at once, unfinished jobs, requirement classes of those jobs, open client sockets.
 RATE = 50.0
 BURST = 100
 PENDING = 1000
+CLASSES = 100
 SOCKETS = 200
-_LIMIT_NAMES = ("rate", "burst", "pending", "sockets")
+_LIMIT_NAMES = ("rate", "burst", "pending", "classes", "sockets")
 
 
 def _pairs(text: str | None) -> dict[str, str]:
@@ -55,6 +56,8 @@ class CustomerLimits:
     burst: int = BURST
     #: Jobs admitted and not finished.
     pending: int = PENDING
+    #: Distinct requirement classes among those jobs.
+    classes: int = CLASSES
     #: Client sockets open at once.
     sockets: int = SOCKETS
 
@@ -93,6 +96,7 @@ def _default_limits() -> CustomerLimits:
         rate=float(defaults.env("EMP_LIMIT_RATE", str(RATE))),
         burst=int(defaults.env("EMP_LIMIT_BURST", str(BURST))),
         pending=int(defaults.env("EMP_LIMIT_PENDING", str(PENDING))),
+        classes=int(defaults.env("EMP_LIMIT_CLASSES", str(CLASSES))),
         sockets=int(defaults.env("EMP_LIMIT_SOCKETS", str(SOCKETS))),
     )
 

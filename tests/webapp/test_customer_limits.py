@@ -82,6 +82,29 @@ def test_unfinished_jobs_are_capped_per_customer_until_some_finish(
     assert a.post("/api/jobs", json=JOB).status_code == 201
 
 
+def test_requirement_classes_are_capped_per_customer(start_server, client) -> None:
+    """Tried: customer a at EMP_LIMIT_CLASSES=2 fills two classes (16 and 24 GB), adds a
+    job to one of them, then asks for a third class (48 GB); then cancels the 16 GB jobs
+    and asks again. The third class is 429 (nothing written) while two are open; jobs in an
+    open class are not limited; once a class has no unfinished job, a new one is free."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_CLASSES="2",
+                          EMP_LIMIT_RATE="0", EMP_LIMIT_PENDING="0", **TOKENS_ENV)
+    a = Api(server.base, TOKEN_A)
+
+    def needing(gb: int) -> dict:
+        return {**JOB, "requirements": {"hardware": {"gpu_memory_gb": gb}}}
+
+    small = [a.submit(**needing(16)), a.submit(**needing(24)), a.submit(**needing(16))]
+    before = data_keys(client)
+    assert_limited(a.post("/api/jobs", json=needing(48)), "classes")
+    assert data_keys(client) == before
+    assert Api(server.base, TOKEN_B).post("/api/jobs", json=needing(48)).status_code == 201
+    for job_id in (small[0], small[2]):
+        assert a.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    assert a.post("/api/jobs", json=needing(48)).status_code == 201
+    assert_limited(a.post("/api/jobs", json=needing(80)), "classes")
+
+
 def _connect(server, token: str, name: str) -> Client:  # noqa: ANN001 - ServerProcess
     ws = Client.connect(f"{server.ws_base}/ws/client/{name}?token={token}")
     assert json.loads(ws.receive(timeout=20))["type"] == "connection_established"

@@ -6,6 +6,9 @@ Each customer token's customer has:
 - ``rate``/``burst``: a token bucket of submissions (``rate`` per second,
   up to ``burst`` at once);
 - ``pending``: jobs admitted and not yet finished (waiting or running);
+- ``classes``: distinct requirement classes among those jobs (each class
+  costs every claim that could serve it, so one tenant's thousand one-off
+  classes would slow everyone's claims);
 - ``sockets``: client WebSockets open at once.
 
 Over a limit the request gets 429 with ``Retry-After`` (a socket handshake
@@ -14,7 +17,7 @@ too) and nothing is written. Every check-and-take is one call of the
 share the counts. Admin tokens have no limits. 0 means no limit.
 
 Defaults come from ``EMP_LIMIT_RATE``, ``EMP_LIMIT_BURST``,
-``EMP_LIMIT_PENDING`` and ``EMP_LIMIT_SOCKETS``; ``EMP_CUSTOMER_LIMITS``
+``EMP_LIMIT_PENDING``, ``EMP_LIMIT_CLASSES`` and ``EMP_LIMIT_SOCKETS``; ``EMP_CUSTOMER_LIMITS``
 overrides them per customer: ``"acme:rate=5,pending=100;globex:sockets=10"``.
 """
 
@@ -114,46 +117,58 @@ class Limits:
 
     # -- submissions --------------------------------------------------------
 
-    def admit_job(self, principal: Principal, pool: str, job_id: str) -> None:
-        """Take a submission token and a pending place for the job; Limited when over."""
+    def admit_job(self, principal: Principal, pool: str, job_id: str,
+                  class_signature: str) -> None:
+        """Take a submission token, a pending place and (a new class) a class place for
+        the job; Limited when over."""
         if principal.admin or principal.customer_id is None:
             return
         limits = self.of(principal.customer_id)
-        prefix = customer_prefix(principal.customer_id)
-        keys = [prefix + "bucket", prefix + "open"]
-        args = (limits.rate, limits.burst, limits.pending, f"{pool}|{job_id}", OPEN_SET_MS)
+        keys = self._job_keys(principal.customer_id)
+        args = (limits.rate, limits.burst, limits.pending, _member(pool, job_id, class_signature),
+                OPEN_SET_MS, limits.classes, class_signature)
         reply = self._call("emp_limit_admit", keys, *args)
-        if reply[0] == 0 and reply[1] == "pending" and self._prune(keys[1]):
+        if reply[0] == 0 and reply[1] != "rate" and self._prune(keys[1], keys[2]):
             reply = self._call("emp_limit_admit", keys, *args)
         if reply[0] == 0:
             raise self._refusal(reply[1], int(reply[2]), limits)
 
-    def forget_job(self, principal: Principal, pool: str, job_id: str) -> None:
-        """Undo ``admit_job`` for a submit refused after it (token and place back)."""
+    def forget_job(self, principal: Principal, pool: str, job_id: str,
+                   class_signature: str) -> None:
+        """Undo ``admit_job`` for a submit refused after it (token and places back)."""
         if principal.admin or principal.customer_id is None:
             return
         limits = self.of(principal.customer_id)
-        prefix = customer_prefix(principal.customer_id)
-        self._call("emp_limit_forget", [prefix + "bucket", prefix + "open"], limits.rate,
-                   limits.burst, f"{pool}|{job_id}")
+        self._call("emp_limit_forget", self._job_keys(principal.customer_id), limits.rate,
+                   limits.burst, _member(pool, job_id, class_signature))
 
-    def _prune(self, open_key: str) -> bool:
-        """Drop finished (or expired) jobs from the oldest admitted; True if any left."""
+    @staticmethod
+    def _job_keys(customer_id: str) -> list[str]:
+        prefix = customer_prefix(customer_id)
+        return [prefix + "bucket", prefix + "open", prefix + "classes"]
+
+    def _prune(self, open_key: str, classes_key: str) -> bool:
+        """Release finished (or expired) jobs among the oldest admitted; True if any."""
         members = self.client.zrange(open_key, 0, PRUNE_BATCH - 1)
         with self.client.pipeline(transaction=False) as pipe:
             for member in members:
-                pool, _, job_id = member.partition("|")
+                pool, job_id, _ = member.split("|", 2)
                 pipe.hget(Keys(pool).job(job_id), "status")
             statuses = pipe.execute()
         done = [m for m, status in zip(members, statuses, strict=True)
                 if status is None or status in TERMINAL]
-        return bool(done) and self.client.zrem(open_key, *done) > 0
+        return bool(done) and self._call("emp_limit_release", [open_key, classes_key],
+                                         *done) > 0
 
     @staticmethod
     def _refusal(limit: str, retry_ms: int, limits: CustomerLimits) -> Limited:
         if limit == "rate":
             return Limited(limit, retry_ms, f"over this customer's submission rate "
                                             f"({limits.rate:g}/s, burst {limits.burst})")
+        if limit == "classes":
+            return Limited(limit, retry_ms, f"this customer's unfinished jobs already span "
+                                            f"{limits.classes} requirement classes, its limit; "
+                                            "submit into one of them or wait")
         return Limited(limit, retry_ms, f"this customer has {limits.pending} unfinished jobs, "
                                         "its limit; wait for some to finish")
 
@@ -166,6 +181,10 @@ class Limits:
         place = SocketPlace(self, principal.customer_id, connection_id)
         place.renew()
         return place
+
+
+def _member(pool: str, job_id: str, class_signature: str) -> str:
+    return f"{pool}|{job_id}|{class_signature}"
 
 
 class SocketPlace:

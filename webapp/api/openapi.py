@@ -121,10 +121,13 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
             "type": "object", "required": ["success", "error", "limit"],
             "properties": {"success": {"type": "boolean", "enum": [False]},
                            "error": {"type": "string"},
-                           "limit": {"type": "string", "enum": ["rate", "pending"],
+                           "limit": {"type": "string",
+                                     "enum": ["rate", "pending", "classes"],
                                      "description": "Which limit: submissions per second "
-                                                    "(EMP_LIMIT_RATE/BURST) or unfinished "
-                                                    "jobs (EMP_LIMIT_PENDING)."}},
+                                                    "(EMP_LIMIT_RATE/BURST), unfinished "
+                                                    "jobs (EMP_LIMIT_PENDING) or their "
+                                                    "requirement classes "
+                                                    "(EMP_LIMIT_CLASSES)."}},
         },
         "JobSubmission": _submission(service_names),
         "Submitted": {
@@ -223,7 +226,8 @@ def _responses() -> dict[str, Any]:
         "KeyReused": _json(ERROR_REF, "This Idempotency-Key was first used with another "
                                       "body; nothing was written."),
         "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
-                                             "rate, unfinished jobs); nothing was written."),
+                                             "rate, unfinished jobs or their classes); "
+                                             "nothing was written."),
                     "headers": {"Retry-After": {"description": "Seconds to wait.",
                                                 "schema": {"type": "integer", "minimum": 1}}}},
     }

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from capability_router.errors import InvalidJob
-from capability_router.jobspec import SERVICE_ALIASES
+from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import Keys
 from emp_tasks import producer
 from webapp.api import listing, validation
@@ -32,6 +32,16 @@ def _taken(backend: Backend, job_id: str) -> bool:
     """True when some pool already holds a job with this id."""
     client = backend.redis
     return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
+
+
+def _class_of(service: str, fields: dict[str, Any], customer_id: str | None) -> str:
+    """The requirement class the job will be filed under (as the enqueue computes it)."""
+    try:
+        spec = JobSpec(service, requirements=fields.get("requirements") or {},
+                       customer_id=customer_id, workflow_id=fields.get("workflow_id"))
+    except InvalidJob as exc:
+        raise Invalid(str(exc)) from None
+    return spec.class_signature
 
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
@@ -73,14 +83,15 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     pool = fields.get("pool") or "default"
     if limits is not None:
         fields.setdefault("task_id", str(uuid.uuid4()))
-        limits.admit_job(principal, pool, fields["task_id"])
+        job_class = _class_of(service, fields, customer_id)
+        limits.admit_job(principal, pool, fields["task_id"], job_class)
     try:
         result = producer.submit(service, body.get("payload"), customer_id=customer_id,
                                  app=backend.celery, **fields)
     except BaseException as exc:
         if limits is not None:  # refused after admission: give the place back
             with contextlib.suppress(Exception):  # else pruned once seen missing
-                limits.forget_job(principal, pool, fields["task_id"])
+                limits.forget_job(principal, pool, fields["task_id"], job_class)
         if isinstance(exc, InvalidJob):
             raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
         raise
