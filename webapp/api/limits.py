@@ -106,7 +106,7 @@ class Limits:
     def of(self, customer_id: str) -> CustomerLimits:
         return self.per_customer.get(customer_id, self.default)
 
-    def _call(self, name: str, keys: list[str], *args: object) -> object:
+    def call(self, name: str, keys: list[str], *args: object) -> object:
         try:
             return self.client.fcall(name, len(keys), *keys, *args)
         except redis.ResponseError as exc:
@@ -127,9 +127,9 @@ class Limits:
         keys = self._job_keys(principal.customer_id)
         args = (limits.rate, limits.burst, limits.pending, _member(pool, job_id, class_signature),
                 OPEN_SET_MS, limits.classes, class_signature)
-        reply = self._call("emp_limit_admit", keys, *args)
+        reply = self.call("emp_limit_admit", keys, *args)
         if reply[0] == 0 and reply[1] != "rate" and self._prune(keys[1], keys[2]):
-            reply = self._call("emp_limit_admit", keys, *args)
+            reply = self.call("emp_limit_admit", keys, *args)
         if reply[0] == 0:
             raise self._refusal(reply[1], int(reply[2]), limits)
 
@@ -139,7 +139,7 @@ class Limits:
         if principal.admin or principal.customer_id is None:
             return
         limits = self.of(principal.customer_id)
-        self._call("emp_limit_forget", self._job_keys(principal.customer_id), limits.rate,
+        self.call("emp_limit_forget", self._job_keys(principal.customer_id), limits.rate,
                    limits.burst, _member(pool, job_id, class_signature))
 
     @staticmethod
@@ -157,7 +157,7 @@ class Limits:
             statuses = pipe.execute()
         done = [m for m, status in zip(members, statuses, strict=True)
                 if status is None or status in TERMINAL]
-        return bool(done) and self._call("emp_limit_release", [open_key, classes_key],
+        return bool(done) and self.call("emp_limit_release", [open_key, classes_key],
                                          *done) > 0
 
     @staticmethod
@@ -196,7 +196,7 @@ class SocketPlace:
 
     def renew(self) -> None:
         most = self.limits.of(self.customer_id).sockets
-        reply = self.limits._call("emp_limit_open_socket", [self.key], most,
+        reply = self.limits.call("emp_limit_open_socket", [self.key], most,
                                   self.connection_id, SOCKET_LEASE_MS)
         if reply[0] == 0:
             raise Limited("sockets", int(reply[2]), f"this customer has {most} sockets open, "
@@ -204,6 +204,6 @@ class SocketPlace:
 
     def close(self) -> None:
         try:
-            self.limits._call("emp_limit_close_socket", [self.key], self.connection_id)
+            self.limits.call("emp_limit_close_socket", [self.key], self.connection_id)
         except redis.RedisError:  # the lease ends by itself
             pass
