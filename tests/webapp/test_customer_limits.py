@@ -82,6 +82,21 @@ def test_unfinished_jobs_are_capped_per_customer_until_some_finish(
     assert a.post("/api/jobs", json=JOB).status_code == 201
 
 
+def test_a_job_in_another_pool_still_counts_until_it_finishes(start_server, client) -> None:
+    """Tried: customer a at EMP_LIMIT_PENDING=1 submits a job whose requirements name the
+    pool ``gpu-a``, then another, then cancels the first and submits again. The second is
+    429 (the first is found waiting in its own pool, not taken for gone); after the cancel
+    the third is accepted."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_PENDING="1",
+                          EMP_LIMIT_RATE="0", **TOKENS_ENV)
+    a = Api(server.base, TOKEN_A)
+    first = a.submit(**{**JOB, "requirements": {"pool": "gpu-a"}})
+    assert a.job(first)["pool"] == "gpu-a"
+    assert_limited(a.post("/api/jobs", json=JOB), "pending")
+    assert a.post(f"/api/jobs/{first}/cancel").status_code == 200
+    assert a.post("/api/jobs", json=JOB).status_code == 201
+
+
 def test_requirement_classes_are_capped_per_customer(start_server, client) -> None:
     """Tried: customer a at EMP_LIMIT_CLASSES=2 fills two classes (16 and 24 GB), adds a
     job to one of them, then asks for a third class (48 GB); then cancels the 16 GB jobs

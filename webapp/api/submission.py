@@ -13,7 +13,7 @@ from typing import Any
 
 from capability_router.errors import InvalidJob
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
-from capability_router.keys import Keys
+from capability_router.keys import DEFAULT_NAMESPACE, Keys
 from emp_tasks import producer
 from webapp.api import listing, validation
 from webapp.api.limits import Limits
@@ -34,14 +34,15 @@ def _taken(backend: Backend, job_id: str) -> bool:
     return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
 
 
-def _class_of(service: str, fields: dict[str, Any], customer_id: str | None) -> str:
-    """The requirement class the job will be filed under (as the enqueue computes it)."""
+def _placement(service: str, fields: dict[str, Any], customer_id: str | None) -> JobSpec:
+    """The job's pool and requirement class, as the producer will compute them (its
+    ``pool``, or ``requirements.pool``)."""
     try:
-        spec = JobSpec(service, requirements=fields.get("requirements") or {},
-                       customer_id=customer_id, workflow_id=fields.get("workflow_id"))
+        return JobSpec(service, requirements=fields.get("requirements") or {},
+                       customer_id=customer_id, workflow_id=fields.get("workflow_id"),
+                       pool=fields.get("pool") or DEFAULT_NAMESPACE)
     except InvalidJob as exc:
         raise Invalid(str(exc)) from None
-    return spec.class_signature
 
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
@@ -80,10 +81,10 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         if _taken(backend, job_id):
             raise Invalid(f"job {job_id!r} already exists", 409)
         fields["task_id"] = job_id
-    pool = fields.get("pool") or "default"
+    placed = _placement(service, fields, customer_id)
+    pool, job_class = placed.pool, placed.class_signature
     if limits is not None:
         fields.setdefault("task_id", str(uuid.uuid4()))
-        job_class = _class_of(service, fields, customer_id)
         limits.admit_job(principal, pool, fields["task_id"], job_class)
     try:
         result = producer.submit(service, body.get("payload"), customer_id=customer_id,
