@@ -5,8 +5,9 @@ Every name has a default; ``conf/emp.env.example`` lists them all.
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from emp_tasks import defaults
 
@@ -19,6 +20,16 @@ MAX_BODY_BYTES = 1024 * 1024
 WEB_THREADS = 64
 #: API server processes (``EMP_API_PROCESSES``; default one per CPU core).
 API_PROCESSES = os.cpu_count() or 1
+#: Seconds an Idempotency-Key (or socket message_id) and its answer are kept.
+IDEMPOTENCY_SECONDS = 24 * 3600
+#: Default per-customer limits (``webapp.api.limits``; 0: none): submissions per second
+#: and at once, unfinished jobs, requirement classes of those jobs, open client sockets.
+RATE = 50.0
+BURST = 100
+PENDING = 1000
+CLASSES = 100
+SOCKETS = 200
+_LIMIT_NAMES = ("rate", "burst", "pending", "classes", "sockets")
 
 
 def _pairs(text: str | None) -> dict[str, str]:
@@ -35,6 +46,61 @@ def _pairs(text: str | None) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class CustomerLimits:
+    """One customer's limits (0: none)."""
+
+    #: Submissions per second, refilled continuously.
+    rate: float = RATE
+    #: Submissions at once when the bucket is full.
+    burst: int = BURST
+    #: Jobs admitted and not finished.
+    pending: int = PENDING
+    #: Distinct requirement classes among those jobs.
+    classes: int = CLASSES
+    #: Client sockets open at once.
+    sockets: int = SOCKETS
+
+
+def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, CustomerLimits]:
+    """``"acme:rate=5,pending=100;globex:sockets=10"`` -> limits per customer id;
+    ValueError naming the bad item."""
+    out: dict[str, CustomerLimits] = {}
+    for item in (text or "").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        customer, sep, settings = item.rpartition(":")
+        if not sep or not customer.strip():
+            raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r} is not customer:name=value,...")
+        values: dict[str, float | int] = {}
+        for pair in settings.split(","):
+            name, eq, value = (part.strip() for part in pair.partition("="))
+            if not eq or name not in _LIMIT_NAMES:
+                raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {pair.strip()!r} is not "
+                                 f"one of {'/'.join(_LIMIT_NAMES)}=number")
+            try:
+                number = float(value) if name == "rate" else int(value)
+            except ValueError:
+                raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {name} must be a "
+                                 "number") from None
+            if number < 0 or not math.isfinite(number):
+                raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {name} must be >= 0")
+            values[name] = number
+        out[customer.strip()] = replace(out.get(customer.strip(), default), **values)
+    return out
+
+
+def _default_limits() -> CustomerLimits:
+    return CustomerLimits(
+        rate=float(defaults.env("EMP_LIMIT_RATE", str(RATE))),
+        burst=int(defaults.env("EMP_LIMIT_BURST", str(BURST))),
+        pending=int(defaults.env("EMP_LIMIT_PENDING", str(PENDING))),
+        classes=int(defaults.env("EMP_LIMIT_CLASSES", str(CLASSES))),
+        sockets=int(defaults.env("EMP_LIMIT_SOCKETS", str(SOCKETS))),
+    )
+
+
 @dataclass
 class WebSettings:
     """What the API server and the webhook service need to run."""
@@ -47,6 +113,12 @@ class WebSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     threads: int = WEB_THREADS
     api_processes: int = API_PROCESSES
+    #: Retention of idempotency keys, seconds (``EMP_IDEMPOTENCY_SECONDS``).
+    idempotency_seconds: int = IDEMPOTENCY_SECONDS
+    #: Limits of a customer not in ``customer_limits`` (``EMP_LIMIT_*``).
+    default_limits: CustomerLimits = field(default_factory=CustomerLimits)
+    #: Customer id -> its limits (``EMP_CUSTOMER_LIMITS``).
+    customer_limits: dict[str, CustomerLimits] = field(default_factory=dict)
 
     @property
     def open(self) -> bool:
@@ -56,12 +128,17 @@ class WebSettings:
     @classmethod
     def from_env(cls, **overrides: object) -> WebSettings:
         admin = {t.strip() for t in (defaults.env("EMP_ADMIN_TOKENS") or "").split(",")}
+        default_limits = _default_limits()
         settings = cls(
+            default_limits=default_limits,
+            customer_limits=parse_limits(defaults.env("EMP_CUSTOMER_LIMITS"), default_limits),
             customer_tokens=_pairs(defaults.env("EMP_API_TOKENS")),
             admin_tokens={t for t in admin if t},
             max_body_bytes=int(defaults.env("EMP_MAX_BODY_BYTES", str(MAX_BODY_BYTES))),
             threads=int(defaults.env("EMP_WEB_THREADS", str(WEB_THREADS))),
             api_processes=int(defaults.env("EMP_API_PROCESSES", str(API_PROCESSES))),
+            idempotency_seconds=int(defaults.env("EMP_IDEMPOTENCY_SECONDS",
+                                                 str(IDEMPOTENCY_SECONDS))),
         )
         for name, value in overrides.items():
             if value is not None:

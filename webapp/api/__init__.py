@@ -37,7 +37,7 @@ def _start_machine_reaper(client: redis.Redis) -> None:
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
     """Build the API app; ``settings`` default to the environment's. The app also
     runs the machine reaper unless ``reap_machines`` is False."""
-    from webapp.api import events, jobs, openapi, sockets, system
+    from webapp.api import events, jobs, limits, openapi, sockets, system
 
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
@@ -50,9 +50,13 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     app.extensions["emp"] = Backend.connect(settings.redis_url)
     try:
         ensure_library(app.extensions["emp"].redis)
+        limits.ensure_library(app.extensions["emp"].redis)
     except redis.RedisError:  # Redis not up yet: /health says so; the first call loads it
         logger.warning("could not load the function library at start", exc_info=True)
     app.extensions["emp_events"] = events.EventHub(settings.redis_url)
+    app.extensions["emp_limits"] = limits.Limits(app.extensions["emp"].redis,
+                                                 settings.default_limits,
+                                                 settings.customer_limits)
     if reap_machines:
         _start_machine_reaper(app.extensions["emp"].redis)
     for blueprint in (jobs.blueprint, system.blueprint, openapi.blueprint):

@@ -17,10 +17,15 @@ from typing import Any
 from simple_websocket import ConnectionClosed
 
 from capability_router.errors import EmpError, JobNotFound
+from capability_router.keys import Keys
 from emp_tasks import producer
+from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription
+from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
+from webapp.api.limits import SOCKET_RENEW_SECONDS, Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
-from webapp.api.session import Session
+from webapp.api.resume import BadResumeId, parse_resume_id
+from webapp.api.session import Session, refuse
 from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
@@ -28,6 +33,8 @@ from webapp.backend import Backend
 
 #: How long a client's subscriptions are remembered for a reconnect, seconds.
 SUBSCRIPTIONS_TTL = 24 * 3600
+#: WebSocket close code "try again later" (RFC 6455 registry: 1013).
+CLOSE_TRY_LATER = 1013
 
 
 def _subscriptions_key(principal: Principal, client_id: str) -> str:
@@ -39,9 +46,13 @@ class ClientConnection:
     """One client's socket: its requests in, its jobs' events out."""
 
     def __init__(self, ws: Any, client_id: str, principal: Principal, backend: Backend,
-                 hub: EventHub) -> None:
+                 hub: EventHub, idempotency_seconds: int = RETENTION_SECONDS,
+                 limits: Limits | None = None, place: SocketPlace | None = None) -> None:
         self.ws, self.client_id, self.principal = ws, client_id, principal
         self.backend = backend
+        self.idempotency = IdempotencyStore(backend.redis, idempotency_seconds)
+        #: The customer's limits, and this socket's place among its open sockets.
+        self.limits, self.place = limits, place
         sub = Subscription(info={"client_id": client_id, "kind": "client",
                                  "customer_id": principal.customer_id,
                                  "connected_at": int(time.time() * 1000)})
@@ -57,6 +68,18 @@ class ClientConnection:
         return message
 
     def run(self, last_event_id: str | None) -> None:
+        try:
+            self._run(last_event_id)
+        finally:
+            if self.place is not None:
+                self.place.close()
+
+    def _run(self, last_event_id: str | None) -> None:
+        try:
+            last_event_id = parse_resume_id(last_event_id)
+        except BadResumeId as exc:
+            refuse(self.ws, exc)
+            return
         self.session.start()
         self.session.send({"type": "connection_established", "client_id": self.client_id,
                            "timestamp": int(time.time() * 1000)})
@@ -64,15 +87,28 @@ class ClientConnection:
             for member in self.backend.redis.smembers(self.key):
                 namespace, _, job_id = member.partition("|")
                 self._follow(job_id, last_event_id, namespace)
+        renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         try:
             while not self.session.closed:
                 text = self.ws.receive(timeout=1)
                 if text is not None:
                     self.handle(text)
+                if self.place is not None and time.monotonic() >= renew_at:
+                    self._renew_place()
+                    renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         except ConnectionClosed:
             pass
         finally:
             self.session.close()
+
+    def _renew_place(self) -> None:
+        """Keep this socket's place; one lost meanwhile (a stalled process) ends it."""
+        try:
+            self.place.renew()
+        except Limited as exc:
+            self.session.send(error_message(str(exc), status=429))
+            self.session.close()
+            self.ws.close(reason=CLOSE_TRY_LATER, message="too many sockets")
 
     def handle(self, text: str | bytes) -> None:
         try:
@@ -90,28 +126,81 @@ class ClientConnection:
         handler(message)
 
     def submit(self, message: dict[str, Any]) -> None:
+        """Submit a job. A ``message_id`` is the job id and an idempotency key: a retry
+        with the same body is answered as the first was (``job_submitted``), one with
+        another body gets an error (422), and no second job is made."""
         body = {k: v for k, v in message.items() if k != "type"}
+        message_id = message.get("message_id")
         try:
-            job_id, pool = submit_body(body, self.principal, self.backend)
+            validation.check("JobSubmission", body)
         except Invalid as exc:
-            self.session.send(error_message(str(exc), status=exc.status,
-                                            message_id=message.get("message_id")))
+            self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
+            return
+        claim = None
+        if isinstance(message_id, str):
+            try:
+                claim = self.idempotency.claim(self.principal, "message_id", message_id, body,
+                                               message_id)
+            except KeyReused as exc:
+                self.session.send(error_message(str(exc), status=422, message_id=message_id))
+                return
+            if not claim.first and self._answer_again(claim.job_id, message_id):
+                return
+        try:
+            job_id, pool = submit_body(body, self.principal, self.backend, checked=True,
+                                       limits=self.limits)
+        except Limited as exc:
+            if claim is not None:
+                self.idempotency.release(claim)
+            self.session.send(error_message(str(exc), status=429, limit=exc.limit,
+                                            retry_after=exc.retry_after, message_id=message_id))
+            return
+        except Invalid as exc:
+            if claim is not None and not claim.first and exc.status == 409 and \
+                    self._answer_again(claim.job_id, message_id):
+                return  # a concurrent first attempt made it meanwhile
+            if claim is not None:
+                self.idempotency.release(claim)
+            self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
             return
         # The job's own log answers: job_submitted first, then the rest.
         self.message_ids[job_id] = message.get("message_id")
         self._follow(job_id, None, pool, remember=True)
+
+    def _answer_again(self, job_id: str, message_id: Any) -> bool:
+        """Answer a retried submit of an existing job as the first was: its
+        ``job_submitted``, then its events. False when there is no such job yet."""
+        try:
+            record = producer.get_job(job_id, app=self.backend.celery)
+        except JobNotFound:
+            return False
+        if not self.principal.may_see(record.get("customer_id")):
+            return False
+        pool = record.get("pool") or "default"
+        if job_id in self.session.sub.jobs:  # already followed here: send it once more
+            first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
+            if first:
+                message = client_message(Event.from_entry(*first[0], pool))
+                self.session.send({**message, "message_id": message_id})
+            return True
+        self.message_ids[job_id] = message_id
+        self._follow(job_id, None, pool, remember=True)
+        return True
 
     def subscribe(self, message: dict[str, Any]) -> None:
         job_id = message.get("job_id")
         if not isinstance(job_id, str) or not job_id:
             self.session.send(error_message("subscribe_progress needs a job_id"))
             return
+        try:
+            after = parse_resume_id(message.get("last_event_id"))
+        except BadResumeId as exc:
+            self.session.send(error_message(str(exc), field=exc.field, job_id=job_id))
+            return
         record = self._visible_job(job_id)
         if record is None:
             return
-        after = message.get("last_event_id")
-        self._follow(job_id, after if isinstance(after, str) else None,
-                     record.get("pool") or "default", remember=True)
+        self._follow(job_id, after, record.get("pool") or "default", remember=True)
         self.session.send({"type": "subscribed", "job_id": job_id,
                            "status": record.get("status")})
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, current_app, g, jsonify, request
 
 from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.states import TERMINAL, JobStatus
 from emp_tasks import producer
-from webapp.api import listing, validation
+from webapp.api import idempotency, listing, validation
+from webapp.api.limits import Limited, Limits
 from webapp.api.submission import submit_body
 from webapp.auth import Principal, error, require_auth
 from webapp.backend import backend
@@ -35,6 +36,17 @@ def invalid(exc: validation.Invalid):  # noqa: ANN201 - Flask response
 @blueprint.errorhandler(InvalidJob)
 def invalid_job(exc: InvalidJob):  # noqa: ANN201 - Flask response
     return invalid(validation.Invalid(str(exc)))
+
+
+@blueprint.errorhandler(Limited)
+def limited(exc: Limited):  # noqa: ANN201 - Flask response
+    response = error(429, str(exc), limit=exc.limit)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _limits() -> Limits:
+    return current_app.extensions["emp_limits"]
 
 
 @blueprint.errorhandler(JobNotFound)
@@ -58,16 +70,69 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _submitted(job_id: str) -> dict[str, Any]:
+    return {"success": True, "job_id": job_id, "message": "Job submitted successfully",
+            "timestamp": _now_iso()}
+
+
+def _answer(status: int, body: dict[str, Any], replayed: bool = False):  # noqa: ANN202
+    response = jsonify(body)
+    response.status_code = status
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 @blueprint.post("/api/jobs")
 @require_auth()
 def submit_job():  # noqa: ANN201 - Flask response
-    """Submit a job: 201 with its id, or 400/403/409 having written nothing."""
+    """Submit a job: 201 with its id, or 400/403/409/429 having written nothing; with an
+    Idempotency-Key, a retry gets the first answer (422 for another body)."""
     body = validation.json_body("JobSubmission")
-    job_id, _ = submit_body(body, _principal(), backend(), checked=True)
-    response = jsonify(success=True, job_id=job_id, message="Job submitted successfully",
-                       timestamp=_now_iso())
-    response.status_code = 201
-    return response
+    key = request.headers.get(idempotency.HEADER)
+    if key is not None:
+        return _submit_idempotently(body, key)
+    job_id, _ = submit_body(body, _principal(), backend(), checked=True, limits=_limits())
+    return _answer(201, _submitted(job_id))
+
+
+def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
+    """The first request with ``key`` submits and stores its answer; a retry gets that
+    answer, or (the first having none yet) submits under the same job id."""
+    try:
+        idempotency.check_key(key)
+    except ValueError as exc:
+        return error(400, str(exc))
+    principal = _principal()
+    store = idempotency.IdempotencyStore(
+        backend().redis, current_app.config["EMP_SETTINGS"].idempotency_seconds)
+    try:
+        claim = store.claim(principal, "key", key, body,
+                            body.get("message_id") or body.get("job_id"))
+    except idempotency.KeyReused as exc:
+        return error(422, f"{idempotency.HEADER}: {exc}")
+    if claim.answer is not None:
+        return _answer(*claim.answer, replayed=True)
+    try:
+        job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
+                                limits=_limits())
+    except validation.Invalid as exc:
+        if claim.first or exc.status != 409 or not _own_job(claim.job_id):
+            refusal = {"success": False, "error": str(exc)}
+            store.answer(claim, exc.status, refusal)
+            return _answer(exc.status, refusal)
+        job_id = claim.job_id  # the first attempt's job exists: it got through
+    accepted = _submitted(job_id)
+    store.answer(claim, 201, accepted)
+    return _answer(201, accepted, replayed=not claim.first)
+
+
+def _own_job(job_id: str) -> bool:
+    try:
+        visible_job(job_id)
+    except JobNotFound:
+        return False
+    return True
 
 
 @blueprint.get("/api/jobs/<job_id>")

@@ -17,7 +17,8 @@ from simple_websocket import ConnectionClosed
 
 from webapp.api.events import EventHub, Subscription
 from webapp.api.messages import error_message, monitor_message, parse_message
-from webapp.api.session import Session
+from webapp.api.resume import BadResumeId, parse_resume_id
+from webapp.api.session import Session, refuse
 from webapp.api.snapshot import full_state, system_stats
 from webapp.backend import Backend
 
@@ -37,6 +38,11 @@ class MonitorConnection:
         self.session = Session(ws, hub, sub, monitor_message)
 
     def run(self, last_event_id: str | None) -> None:
+        try:
+            last_event_id = parse_resume_id(last_event_id)
+        except BadResumeId as exc:
+            refuse(self.ws, exc)
+            return
         self.session.start()
         self.session.follow_all(last_event_id)
         self.session.send({"type": "connection_established", "monitor_id": self.monitor_id,

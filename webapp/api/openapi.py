@@ -117,6 +117,18 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                            "job_status": {"type": "string", "enum": JOB_STATES,
                                           "description": "With 409: the job's state."}},
         },
+        "Limited": {
+            "type": "object", "required": ["success", "error", "limit"],
+            "properties": {"success": {"type": "boolean", "enum": [False]},
+                           "error": {"type": "string"},
+                           "limit": {"type": "string",
+                                     "enum": ["rate", "pending", "classes"],
+                                     "description": "Which limit: submissions per second "
+                                                    "(EMP_LIMIT_RATE/BURST), unfinished "
+                                                    "jobs (EMP_LIMIT_PENDING) or their "
+                                                    "requirement classes "
+                                                    "(EMP_LIMIT_CLASSES)."}},
+        },
         "JobSubmission": _submission(service_names),
         "Submitted": {
             "type": "object", "required": ["success", "job_id", "message", "timestamp"],
@@ -211,12 +223,20 @@ def _responses() -> dict[str, Any]:
         "Conflict": _json(ERROR_REF, "The job's state forbids this; the error says which."),
         "TooLarge": _json(ERROR_REF, "Request body over the size limit."),
         "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
+        "KeyReused": _json(ERROR_REF, "This Idempotency-Key was first used with another "
+                                      "body; nothing was written."),
+        "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
+                                             "rate, unfinished jobs or their classes); "
+                                             "nothing was written."),
+                    "headers": {"Retry-After": {"description": "Seconds to wait.",
+                                                "schema": {"type": "integer", "minimum": 1}}}},
     }
 
 
 def _r(*codes: str) -> dict[str, Any]:
     names = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
-             "409": "Conflict", "413": "TooLarge", "415": "UnsupportedMediaType"}
+             "409": "Conflict", "413": "TooLarge", "415": "UnsupportedMediaType",
+             "422": "KeyReused", "429": "TooMany"}
     return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
 
 
@@ -246,6 +266,20 @@ def _listing_parameters() -> list[dict[str, Any]]:
     ]
 
 
+#: ``POST /api/jobs``'s idempotency header (``webapp.api.idempotency``).
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    "description": "Makes a retry safe: within EMP_IDEMPOTENCY_SECONDS (24 h) a request "
+                   "with the same key and body gets the first request's answer (status and "
+                   "body, also a 4xx) and no second job; the same key with another body "
+                   "gets 422. Keys are per customer.",
+}
+REPLAYED = {"description": "true when this answer is the stored answer to an earlier "
+                           "request with the same Idempotency-Key.",
+            "schema": {"type": "string", "enum": ["true"]}}
+
+
 def _paths() -> dict[str, Any]:
     job_id = _path("job_id", "The job id.")
     public: list[dict[str, Any]] = []
@@ -253,10 +287,13 @@ def _paths() -> dict[str, Any]:
         "/api/jobs": {
             "post": {
                 "operationId": "submitJob", "summary": "Submit a job",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("JobSubmission")}}},
-                "responses": {"201": _json(_ref("Submitted"), "Queued."),
-                              **_r("400", "401", "403", "409", "413", "415")},
+                "responses": {"201": {**_json(_ref("Submitted"), "Queued."),
+                                      "headers": {"Idempotent-Replayed": REPLAYED}},
+                              **_r("400", "401", "403", "409", "413", "415", "422",
+                                   "429")},
             },
             "get": {
                 "operationId": "listJobs",

@@ -19,12 +19,25 @@ from typing import Any
 
 from simple_websocket import ConnectionClosed
 
-from webapp.api.events import Event, EventHub, Subscription, id_key
+from webapp.api.events import SUBSCRIPTION_BACKLOG, Event, EventHub, Subscription, id_key
+from webapp.api.resume import BadResumeId
 
 logger = logging.getLogger(__name__)
 
 #: Key of the whole-log cursor of a monitor session.
 ALL = "*"
+#: WebSocket close code of a refused request (RFC 6455 "policy violation").
+CLOSE_REFUSED = 1008
+
+
+def refuse(ws: Any, exc: BadResumeId) -> None:
+    """Answer a connection whose resume id is bad: an error naming the field, then close;
+    nothing was subscribed."""
+    try:
+        ws.send(json.dumps({"type": "error", "error": str(exc), "field": exc.field}))
+        ws.close(reason=CLOSE_REFUSED, message=f"bad {exc.field}")
+    except (ConnectionClosed, OSError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -96,13 +109,7 @@ class Session:
             if self.sub.overflowed:
                 logger.warning("dropping a WebSocket that fell %d events behind",
                                self.sub.queue.maxsize)
-                self.send({"type": "error", "error": "too far behind; reconnect with "
-                           "your last event_id"})
-                self._closed.set()
-                try:
-                    self.ws.close()
-                except Exception:  # already gone
-                    pass
+                self._drop("too far behind; reconnect with your last event_id")
                 break
             try:
                 item = self.sub.queue.get(timeout=0.5)
@@ -116,21 +123,43 @@ class Session:
             except Exception:  # a bad event or Redis hiccup must not kill the connection
                 logger.exception("could not send an event")
 
+    def _drop(self, reason: str) -> None:
+        """Tell the client why, then close: it resumes from its last event id."""
+        self.send({"type": "error", "error": reason})
+        self._closed.set()
+        try:
+            self.ws.close()
+        except Exception:  # already gone
+            pass
+
     def _live(self, event: Event) -> None:
         hold = ALL if self.sub.everything else (event.job_id or ALL)
         with self._state_lock:
             if hold in self._awaiting:
-                self._held.setdefault(hold, []).append(event)
+                held = self._held.setdefault(hold, [])
+                held.append(event)
+                if len(held) > SUBSCRIPTION_BACKLOG:  # a replay that never ends: bounded too
+                    self.sub.overflowed = True
                 return
         self._emit(event)
 
     def _replay(self, replay: Replay) -> None:
-        if replay.job_id is not None:
-            hold = replay.job_id
-            missed = self.hub.replay_job(replay.namespace or "default", hold, replay.after)
-        else:
-            hold = ALL
-            missed = self.hub.replay_pools(replay.after or "0-0")
+        hold = replay.job_id if replay.job_id is not None else ALL
+        try:
+            if replay.job_id is not None:
+                missed = self.hub.replay_job(replay.namespace or "default", hold, replay.after)
+            else:
+                missed = self.hub.replay_pools(replay.after or "0-0")
+        except Exception:
+            # Never stay in the replay state: it holds every later event. The client
+            # resumes from its last event id once the log can be read again.
+            logger.warning("could not replay the event log; closing the connection",
+                           exc_info=True)
+            with self._state_lock:
+                self._held.pop(hold, None)
+                self._awaiting.discard(hold)
+            self._drop("could not read the event log; reconnect with your last event_id")
+            return
         with self._state_lock:
             held = self._held.pop(hold, [])
             self._awaiting.discard(hold)

@@ -5,17 +5,20 @@ set headers on a WebSocket). It is checked before the upgrade: a refused
 handshake gets an HTTP 401 (no or bad token) or 403 (a customer token on the
 monitor feed) with the usual JSON error, and no socket is opened. flask-sock
 pings every 5 s; a connection whose pong does not come back before the next
-ping is closed.
+ping is closed. A customer with all its sockets open (``EMP_LIMIT_SOCKETS``)
+gets 429 with ``Retry-After`` before the upgrade.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask import Flask, current_app, g, request
 from flask_sock import Sock
 
 from webapp.api.client_socket import ClientConnection
+from webapp.api.limits import Limited
 from webapp.api.monitor_socket import MonitorConnection
 from webapp.auth import authenticate, error
 from webapp.backend import backend
@@ -39,13 +42,23 @@ def check_token() -> Any:
     if request.path.startswith(MONITOR_PATH) and not principal.admin:
         return error(403, "the monitor feed needs an admin token")
     g.principal = principal
+    if request.path.startswith(CLIENT_PATH):
+        try:
+            g.socket_place = current_app.extensions["emp_limits"].open_socket(
+                principal, uuid.uuid4().hex)
+        except Limited as exc:
+            response = error(429, str(exc), limit=exc.limit)
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
     return None
 
 
 @sock.route("/ws/client/<client_id>")
 def client_socket(ws, client_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
-    ClientConnection(ws, client_id, g.principal, backend(),
-                     current_app.extensions["emp_events"]).run(request.args.get("last_event_id"))
+    ClientConnection(ws, client_id, g.principal, backend(), current_app.extensions["emp_events"],
+                     current_app.config["EMP_SETTINGS"].idempotency_seconds,
+                     current_app.extensions["emp_limits"], g.get("socket_place"),
+                     ).run(request.args.get("last_event_id"))
 
 
 @sock.route("/ws/monitor/<monitor_id>")

@@ -7,13 +7,16 @@ files it exactly as a Python producer would.
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from typing import Any
 
 from capability_router.errors import InvalidJob
-from capability_router.jobspec import SERVICE_ALIASES
-from capability_router.keys import Keys
+from capability_router.jobspec import SERVICE_ALIASES, JobSpec
+from capability_router.keys import DEFAULT_NAMESPACE, Keys
 from emp_tasks import producer
 from webapp.api import listing, validation
+from webapp.api.limits import Limits
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
 from webapp.backend import Backend
@@ -31,13 +34,27 @@ def _taken(backend: Backend, job_id: str) -> bool:
     return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
 
 
+def _placement(service: str, fields: dict[str, Any], customer_id: str | None) -> JobSpec:
+    """The job's pool and requirement class, as the producer will compute them (its
+    ``pool``, or ``requirements.pool``)."""
+    try:
+        return JobSpec(service, requirements=fields.get("requirements") or {},
+                       customer_id=customer_id, workflow_id=fields.get("workflow_id"),
+                       pool=fields.get("pool") or DEFAULT_NAMESPACE)
+    except InvalidJob as exc:
+        raise Invalid(str(exc)) from None
+
+
 def submit_body(body: Any, principal: Principal, backend: Backend,
-                checked: bool = False) -> tuple[str, str]:
-    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409).
+                checked: bool = False, job_id: str | None = None,
+                limits: Limits | None = None) -> tuple[str, str]:
+    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409), or
+    Limited (429) when ``limits`` refuse the customer another job, having written nothing.
 
     A customer token submits as its own customer only; ``message_id`` (or
-    ``job_id``; the schema refuses both) becomes the job id. Aliases of the
-    service that disagree are refused, naming both.
+    ``job_id``; the schema refuses both) becomes the job id, else ``job_id``
+    when given (an idempotent submit's claimed id). Aliases of the service
+    that disagree are refused, naming both.
     """
     if not checked:
         validation.check("JobSubmission", body)
@@ -56,15 +73,27 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     ids = {body[name] for name in ("message_id", "job_id") if body.get(name) is not None}
     if len(ids) > 1:
         raise Invalid("message_id and job_id name different ids; send one")
+    if not ids and job_id:
+        ids = {job_id}
     fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
     if ids:
         job_id = ids.pop()
         if _taken(backend, job_id):
             raise Invalid(f"job {job_id!r} already exists", 409)
         fields["task_id"] = job_id
+    placed = _placement(service, fields, customer_id)
+    pool, job_class = placed.pool, placed.class_signature
+    if limits is not None:
+        fields.setdefault("task_id", str(uuid.uuid4()))
+        limits.admit_job(principal, pool, fields["task_id"], job_class)
     try:
         result = producer.submit(service, body.get("payload"), customer_id=customer_id,
                                  app=backend.celery, **fields)
-    except InvalidJob as exc:
-        raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
-    return result.id, fields.get("pool") or "default"
+    except BaseException as exc:
+        if limits is not None:  # refused after admission: give the place back
+            with contextlib.suppress(Exception):  # else pruned once seen missing
+                limits.forget_job(principal, pool, fields["task_id"], job_class)
+        if isinstance(exc, InvalidJob):
+            raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
+        raise
+    return result.id, pool

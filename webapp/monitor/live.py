@@ -5,23 +5,35 @@ over the process's ``EventHub``, messages from ``monitor_message``) written
 as an ``text/event-stream``. The browser's EventSource reconnects by itself
 and sends ``Last-Event-ID``; the session replays what the pools' logs hold
 after it before going live, so a page that lost its connection misses no
-job event.
+job event. A ``Last-Event-ID`` (or ``?last_event_id=``) that is no stream id
+gets 400 naming it, and nothing is subscribed.
+
+Each stream holds at most ``EMP_SSE_BACKLOG`` messages not yet written (the
+WebSocket path's bound): a client that stops reading is dropped, its stream
+closed and its queue freed, with a log line saying so; its EventSource
+reconnects and resumes from its Last-Event-ID.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections.abc import Callable
 from itertools import count
 
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from webapp.api.events import Subscription
+from emp_tasks import defaults
+from webapp.api.events import SUBSCRIPTION_BACKLOG, Subscription
 from webapp.api.messages import monitor_message
+from webapp.api.resume import BadResumeId, parse_resume_id
 from webapp.api.session import Session
 from webapp.monitor.handlers import MonitorHandler
+
+logger = logging.getLogger(__name__)
 
 #: Seconds of silence before a comment line keeps proxies from closing the stream.
 KEEPALIVE_SECONDS = 15.0
@@ -30,18 +42,51 @@ RETRY_MS = 2000
 _ids = count(1)
 
 
-class StreamSink:
-    """What ``Session`` writes to: hands each message to the IOLoop, from any thread."""
+def backlog_limit() -> int:
+    """Messages a stream may queue unwritten before it is dropped (``EMP_SSE_BACKLOG``)."""
+    return max(1, int(defaults.env("EMP_SSE_BACKLOG", str(SUBSCRIPTION_BACKLOG))))
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+class StreamSink:
+    """What ``Session`` writes to: hands each message to the IOLoop, from any thread.
+
+    The outbox is bounded: the message that would overflow it frees what is
+    queued, ends the stream and calls ``on_overflow`` (on the IOLoop).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int,
+                 on_overflow: Callable[[], None] = lambda: None) -> None:
+        self.loop, self.limit, self.on_overflow = loop, limit, on_overflow
+        self.outbox: asyncio.Queue[str | None] = asyncio.Queue(limit)
+        self.overflowed = False
 
     def send(self, text: str) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, text)
+        if not self.overflowed:
+            self.loop.call_soon_threadsafe(self._put, text)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, None)
+        self.loop.call_soon_threadsafe(self.end)
+
+    def end(self) -> None:
+        """Wake the writer to end the stream (on the IOLoop); drops what is queued if full."""
+        if self.outbox.full():
+            self._discard()
+        self.outbox.put_nowait(None)
+
+    def _put(self, text: str) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._discard()
+            self.outbox.put_nowait(None)
+            self.on_overflow()
+
+    def _discard(self) -> None:
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
 
 
 def frame(text: str) -> str:
@@ -60,16 +105,24 @@ class EventStream(MonitorHandler):
 
     @tornado.web.authenticated
     async def get(self) -> None:
+        header = self.request.headers.get("Last-Event-ID")
+        try:
+            last_id = parse_resume_id(header, "Last-Event-ID") if header else parse_resume_id(
+                self.get_argument("last_event_id", None))
+        except BadResumeId as exc:  # nothing subscribed; EventSource stops on a 400
+            self.set_status(400)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps({"success": False, "error": str(exc), "field": exc.field}))
+            return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")
-        sink = self.sink = StreamSink(asyncio.get_running_loop())
+        sink = self.sink = StreamSink(asyncio.get_running_loop(), backlog_limit(),
+                                      self._fell_behind)
         subscription = Subscription(system=True, info={
             "monitor_id": f"monitor-ui-{next(_ids)}", "kind": "monitor", "transport": "sse",
             "remote": self.request.remote_ip, "connected_at": int(time.time() * 1000)})
         session = Session(sink, self.state.hub, subscription, monitor_message)
-        last_id = self.request.headers.get("Last-Event-ID") or self.get_argument(
-            "last_event_id", None)
         await self.blocking(session.start)
         await self.blocking(session.follow_all, last_id)
         try:
@@ -91,7 +144,14 @@ class EventStream(MonitorHandler):
         finally:
             await self.blocking(session.close)
 
+    def _fell_behind(self) -> None:
+        """The client stopped reading: close its connection, which ends a pending flush."""
+        logger.warning("dropping an SSE client (%s) that fell %d messages behind; it resumes "
+                       "from its Last-Event-ID", self.request.remote_ip, backlog_limit())
+        self.closed = True
+        self.request.connection.close()
+
     def on_connection_close(self) -> None:
         self.closed = True
         if self.sink is not None:  # wake the writer now, not at the next keep-alive
-            self.sink.outbox.put_nowait(None)
+            self.sink.end()

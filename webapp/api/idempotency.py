@@ -1,0 +1,122 @@
+"""Idempotent submission: a retried submit gets the first answer, never a second job.
+
+A client that retries after a connection reset cannot know whether its
+first submit got through. With an ``Idempotency-Key`` header on ``POST
+/api/jobs`` (or a ``message_id`` on the client socket's ``submit_job``) the
+first request claims the key with one atomic ``SET NX GET``, together with
+the body's fingerprint and the job id it will use; every API process shares
+the record. A retry with the same key then:
+
+- gets the stored answer (same status and body) once the first has one;
+- while the first has none (still running, or its process died), submits
+  under the claimed job id, so that of two attempts at most one job exists;
+- with a different body gets 422 (Stripe's rule), and nothing is written.
+
+Keys are scoped by the caller (a customer, or the admins), so two
+customers may use the same key. Records expire after the retention window
+(``EMP_IDEMPOTENCY_SECONDS``, 24 h by default).
+
+Key: ``emp:idempotency:<owner>:<kind>:<sha256 of the key>``, a JSON string
+``{fingerprint, job_id, status?, body?}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from webapp.auth import Principal
+from webapp.settings import IDEMPOTENCY_SECONDS as RETENTION_SECONDS
+
+#: The request header that carries the key.
+HEADER = "Idempotency-Key"
+#: A key: 1 to 255 visible ASCII characters (as Stripe's).
+KEY_FORM = re.compile(r"[\x21-\x7e]{1,255}")
+PREFIX = "emp:idempotency:"
+
+
+class KeyReused(ValueError):
+    """The key was first used with another body (422)."""
+
+
+def owner(principal: Principal) -> str:
+    """Whose keys these are: one customer's, or the admins'."""
+    return "admin" if principal.admin else f"customer:{principal.customer_id}"
+
+
+def record_key(principal: Principal, kind: str, key: str) -> str:
+    """The Redis key of one idempotency key; hashed, so any key length costs the same."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{PREFIX}{owner(principal)}:{kind}:{digest}"
+
+
+def fingerprint(body: Any) -> str:
+    """The body's identity: equal JSON values give equal fingerprints, whatever the spacing
+    or key order."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Claim:
+    """One request's hold on a key."""
+
+    redis_key: str
+    fingerprint: str
+    job_id: str
+    #: True when this request wrote the record (the first); False for a retry.
+    first: bool
+    #: The stored answer of an earlier request: (HTTP status, body), or None.
+    answer: tuple[int, dict[str, Any]] | None = None
+
+
+class IdempotencyStore:
+    """Claims keys and stores answers in Redis, shared by every API process."""
+
+    def __init__(self, client: redis.Redis, retention_seconds: int = RETENTION_SECONDS) -> None:
+        self.client, self.retention = client, retention_seconds
+
+    def claim(self, principal: Principal, kind: str, key: str, body: Any,
+              job_id: str | None = None) -> Claim:
+        """Claim ``key`` for ``body``, or find an earlier claim of it; KeyReused when the
+        earlier claim was for another body. ``job_id`` is the id the job gets (a new one
+        when None); a retry gets the first request's."""
+        redis_key = record_key(principal, kind, key)
+        print_ = fingerprint(body)
+        job_id = job_id or uuid.uuid4().hex
+        record = {"fingerprint": print_, "job_id": job_id}
+        old = self.client.set(redis_key, json.dumps(record), nx=True, get=True,
+                              ex=self.retention)
+        if old is None:
+            return Claim(redis_key, print_, job_id, first=True)
+        earlier = json.loads(old)
+        if earlier.get("fingerprint") != print_:
+            raise KeyReused(f"{kind} {key!r} was already used with a different request body")
+        answer = None
+        if "status" in earlier:
+            answer = (int(earlier["status"]), earlier["body"])
+        return Claim(redis_key, print_, earlier["job_id"], first=False, answer=answer)
+
+    def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
+        """Store the answer a retry will get (the key keeps its expiry)."""
+        record = {"fingerprint": claim.fingerprint, "job_id": claim.job_id,
+                  "status": status, "body": body}
+        self.client.set(claim.redis_key, json.dumps(record), xx=True, keepttl=True)
+
+    def release(self, claim: Claim) -> None:
+        """Forget a first claim whose request was refused: the key may be used again."""
+        if claim.first:
+            self.client.delete(claim.redis_key)
+
+
+def check_key(key: str) -> str:
+    """The header's key, or ValueError naming the header."""
+    if not KEY_FORM.fullmatch(key):
+        raise ValueError(f"{HEADER} must be 1 to 255 visible ASCII characters")
+    return key

@@ -1,0 +1,209 @@
+"""Per-customer limits of the API: submissions per second, unfinished jobs, open sockets.
+
+One tenant must not be able to fill the queue or the API for everyone else.
+Each customer token's customer has:
+
+- ``rate``/``burst``: a token bucket of submissions (``rate`` per second,
+  up to ``burst`` at once);
+- ``pending``: jobs admitted and not yet finished (waiting or running);
+- ``classes``: distinct requirement classes among those jobs (each class
+  costs every claim that could serve it, so one tenant's thousand one-off
+  classes would slow everyone's claims);
+- ``sockets``: client WebSockets open at once.
+
+Over a limit the request gets 429 with ``Retry-After`` (a socket handshake
+too) and nothing is written. Every check-and-take is one call of the
+``emp_limits`` Redis Function library (``limits.lua``), so all API processes
+share the counts. Admin tokens have no limits. 0 means no limit.
+
+Defaults come from ``EMP_LIMIT_RATE``, ``EMP_LIMIT_BURST``,
+``EMP_LIMIT_PENDING``, ``EMP_LIMIT_CLASSES`` and ``EMP_LIMIT_SOCKETS``; ``EMP_CUSTOMER_LIMITS``
+overrides them per customer: ``"acme:rate=5,pending=100;globex:sockets=10"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from functools import lru_cache
+from importlib import resources
+
+import redis
+
+from capability_router.keys import Keys
+from capability_router.states import TERMINAL
+from webapp.auth import Principal
+from webapp.settings import CustomerLimits
+
+#: A socket's place lasts this long (ms) unless renewed; a dead process's places free
+#: themselves within it.
+SOCKET_LEASE_MS = 60_000
+#: Seconds between renewals of an open socket's place.
+SOCKET_RENEW_SECONDS = 20.0
+#: The open-jobs set of a customer is forgotten this long (ms) after its last admission.
+OPEN_SET_MS = 7 * 24 * 3600 * 1000
+#: Oldest admitted jobs looked at when a customer is at its limit (finished ones leave).
+PRUNE_BATCH = 200
+
+_VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
+
+
+class Limited(Exception):
+    """A request over one of its customer's limits (429)."""
+
+    def __init__(self, limit: str, retry_after_ms: int, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        #: Whole seconds to wait, at least 1 (``Retry-After``).
+        self.retry_after = max(1, math.ceil(retry_after_ms / 1000))
+
+
+@lru_cache(maxsize=1)
+def library_source() -> str:
+    """The Lua source with its VERSION stamped by a digest of the text."""
+    text = resources.files("webapp.api").joinpath("limits.lua").read_text()
+    match = _VERSION_RE.search(text)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    return text.replace(match[0], f"local VERSION = '{match[1]}-{digest}'", 1)
+
+
+def ensure_library(client: redis.Redis) -> bool:
+    """Load the library unless the server has this version; True if loaded."""
+    source = library_source()
+    try:
+        loaded = client.fcall_ro("emp_limits_version", 0)
+    except redis.ResponseError:
+        loaded = None
+    if loaded == _VERSION_RE.search(source)[1]:
+        return False
+    client.function_load(source, replace=True)
+    return True
+
+
+def customer_prefix(customer_id: str) -> str:
+    """``emp:limits:{<customer>}:``; a customer id that could break the hash tag is hashed."""
+    tag = customer_id if _PLAIN_ID.fullmatch(customer_id) else hashlib.sha256(
+        customer_id.encode()).hexdigest()[:32]
+    return f"emp:limits:{{{tag}}}:"
+
+
+class Limits:
+    """The limits of every customer, checked and taken in Redis.
+
+    :param client: a redis-py client with ``decode_responses=True``.
+    :param default: limits of a customer not named in ``per_customer``.
+    :param per_customer: customer id -> its limits.
+    """
+
+    def __init__(self, client: redis.Redis, default: CustomerLimits | None = None,
+                 per_customer: dict[str, CustomerLimits] | None = None) -> None:
+        self.client = client
+        self.default = default or CustomerLimits()
+        self.per_customer = per_customer or {}
+
+    def of(self, customer_id: str) -> CustomerLimits:
+        return self.per_customer.get(customer_id, self.default)
+
+    def call(self, name: str, keys: list[str], *args: object) -> object:
+        try:
+            return self.client.fcall(name, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            ensure_library(self.client)  # a restarted Redis without persistence
+            return self.client.fcall(name, len(keys), *keys, *args)
+
+    # -- submissions --------------------------------------------------------
+
+    def admit_job(self, principal: Principal, pool: str, job_id: str,
+                  class_signature: str) -> None:
+        """Take a submission token, a pending place and (a new class) a class place for
+        the job; Limited when over."""
+        if principal.admin or principal.customer_id is None:
+            return
+        limits = self.of(principal.customer_id)
+        keys = self._job_keys(principal.customer_id)
+        args = (limits.rate, limits.burst, limits.pending, _member(pool, job_id, class_signature),
+                OPEN_SET_MS, limits.classes, class_signature)
+        reply = self.call("emp_limit_admit", keys, *args)
+        if reply[0] == 0 and reply[1] != "rate" and self._prune(keys[1], keys[2]):
+            reply = self.call("emp_limit_admit", keys, *args)
+        if reply[0] == 0:
+            raise self._refusal(reply[1], int(reply[2]), limits)
+
+    def forget_job(self, principal: Principal, pool: str, job_id: str,
+                   class_signature: str) -> None:
+        """Undo ``admit_job`` for a submit refused after it (token and places back)."""
+        if principal.admin or principal.customer_id is None:
+            return
+        limits = self.of(principal.customer_id)
+        self.call("emp_limit_forget", self._job_keys(principal.customer_id), limits.rate,
+                   limits.burst, _member(pool, job_id, class_signature))
+
+    @staticmethod
+    def _job_keys(customer_id: str) -> list[str]:
+        prefix = customer_prefix(customer_id)
+        return [prefix + "bucket", prefix + "open", prefix + "classes"]
+
+    def _prune(self, open_key: str, classes_key: str) -> bool:
+        """Release finished (or expired) jobs among the oldest admitted; True if any."""
+        members = self.client.zrange(open_key, 0, PRUNE_BATCH - 1)
+        with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pool, job_id, _ = member.split("|", 2)
+                pipe.hget(Keys(pool).job(job_id), "status")
+            statuses = pipe.execute()
+        done = [m for m, status in zip(members, statuses, strict=True)
+                if status is None or status in TERMINAL]
+        return bool(done) and self.call("emp_limit_release", [open_key, classes_key],
+                                         *done) > 0
+
+    @staticmethod
+    def _refusal(limit: str, retry_ms: int, limits: CustomerLimits) -> Limited:
+        if limit == "rate":
+            return Limited(limit, retry_ms, f"over this customer's submission rate "
+                                            f"({limits.rate:g}/s, burst {limits.burst})")
+        if limit == "classes":
+            return Limited(limit, retry_ms, f"this customer's unfinished jobs already span "
+                                            f"{limits.classes} requirement classes, its limit; "
+                                            "submit into one of them or wait")
+        return Limited(limit, retry_ms, f"this customer has {limits.pending} unfinished jobs, "
+                                        "its limit; wait for some to finish")
+
+    # -- sockets ------------------------------------------------------------
+
+    def open_socket(self, principal: Principal, connection_id: str) -> SocketPlace | None:
+        """Take a socket place (None for admins); Limited when the customer has none left."""
+        if principal.admin or principal.customer_id is None:
+            return None
+        place = SocketPlace(self, principal.customer_id, connection_id)
+        place.renew()
+        return place
+
+
+def _member(pool: str, job_id: str, class_signature: str) -> str:
+    return f"{pool}|{job_id}|{class_signature}"
+
+
+class SocketPlace:
+    """One open socket's place among its customer's; renew it while open, close it after."""
+
+    def __init__(self, limits: Limits, customer_id: str, connection_id: str) -> None:
+        self.limits, self.customer_id, self.connection_id = limits, customer_id, connection_id
+        self.key = customer_prefix(customer_id) + "sockets"
+
+    def renew(self) -> None:
+        most = self.limits.of(self.customer_id).sockets
+        reply = self.limits.call("emp_limit_open_socket", [self.key], most,
+                                  self.connection_id, SOCKET_LEASE_MS)
+        if reply[0] == 0:
+            raise Limited("sockets", int(reply[2]), f"this customer has {most} sockets open, "
+                                                     "its limit; close one first")
+
+    def close(self) -> None:
+        try:
+            self.limits.call("emp_limit_close_socket", [self.key], self.connection_id)
+        except redis.RedisError:  # the lease ends by itself
+            pass

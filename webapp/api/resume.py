@@ -1,0 +1,43 @@
+"""A client's resume id (``last_event_id``), checked before anything is subscribed.
+
+Event ids are Redis stream ids, ``<ms>-<seq>`` or ``<ms>`` (both unsigned
+64-bit). Anything else made Redis raise "Invalid stream ID" in the middle of
+a replay, after the socket had answered ``subscribed``: the session never
+left its replay state and held every later event in memory. Checking the id
+first turns that into an error naming the field, and nothing subscribed.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: ``<ms>`` or ``<ms>-<seq>``, decimal.
+STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+#: Largest part of a stream id Redis accepts.
+MAX_PART = 2**64 - 1
+#: The name clients send it under (message field, query parameter).
+FIELD = "last_event_id"
+
+
+class BadResumeId(ValueError):
+    """A resume id that is no stream id; the message names the field and the value."""
+
+    def __init__(self, value: object, field: str = FIELD) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:80] + "..."
+        super().__init__(f"{field} {shown} is not an event id (a stream id: <ms>-<seq> "
+                         "or <ms>)")
+        self.field = field
+
+
+def parse_resume_id(value: object, field: str = FIELD) -> str | None:
+    """``value`` when it is a stream id; None when absent (None or ""); BadResumeId else."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadResumeId(value, field)
+    match = STREAM_ID.fullmatch(value)
+    if match is None or any(int(part) > MAX_PART for part in match.groups() if part):
+        raise BadResumeId(value, field)
+    return value
