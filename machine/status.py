@@ -1,16 +1,17 @@
 """Machine status records in Redis, and the ``machine_status`` events.
 
-Keys (outside any pool's hash tag, like the worker registry's):
+Keys (outside any pool's hash tag; their own tag ``{machines}`` puts them in one
+Redis Cluster slot, as the MULTIs below need):
 
-  emp:machines           ZSET   machine id -> ms of its last report (live machines only)
-  emp:machines:ended     ZSET   machine id -> ms it ended (offline or gone machines): lets
+  emp:{machines}         ZSET   machine id -> ms of its last report (live machines only)
+  emp:{machines}:ended   ZSET   machine id -> ms it ended (offline or gone machines): lets
                                 the monitor list ended machines without scanning keys.
                                 Written in the same MULTI as the status change (here and
                                 in ``machine.reaper``), left by a machine that reports
                                 again, trimmed of entries older than the retention time
                                 whenever it is written; ``ended_machines`` drops entries
                                 whose record already expired
-  emp:machine:<id>       HASH   machine_id, status, hostname, pid, health_url,
+  emp:{machines}:machine:<id>  HASH  machine_id, status, hostname, pid, health_url,
                                 started_at, last_report, uptime_seconds, gpu_source,
                                 gpus (JSON), workers (JSON), services (JSON),
                                 log_dropped, [reason, ended_at]; an offline or gone
@@ -35,8 +36,8 @@ import redis
 from capability_router.keys import PREFIX
 from capability_router.registry import emit_system_event
 
-MACHINES_KEY = f"{PREFIX}:machines"
-ENDED_MACHINES_KEY = f"{PREFIX}:machines:ended"
+MACHINES_KEY = f"{PREFIX}:{{machines}}"
+ENDED_MACHINES_KEY = f"{PREFIX}:{{machines}}:ended"
 MACHINE_EVENT = "machine_status"
 
 
@@ -51,7 +52,7 @@ class MachineStatus(StrEnum):
 
 
 def machine_key(machine_id: str) -> str:
-    return f"{PREFIX}:machine:{machine_id}"
+    return f"{PREFIX}:{{machines}}:machine:{machine_id}"
 
 
 def now_ms() -> int:
