@@ -53,3 +53,7 @@ class NotReplicated(EmpError):
     def __str__(self) -> str:
         return (f"job {self.job_id!r} not accepted: {self.acked} of {self.wanted} replica(s) "
                 "confirmed it in time (is a replica of its shard down?)")
+
+
+class PoolsFileError(EmpError, ValueError):
+    """The pools file (``EMP_POOLS_FILE``) is unreadable or malformed; the message names the field."""
