@@ -56,4 +56,4 @@ class NotReplicated(EmpError):
 
 
 class PoolsFileError(EmpError, ValueError):
-    """The pools file (``EMP_POOLS_FILE``) is unreadable or malformed; the message names the field."""
+    """The pools file (``EMP_POOLS_FILE``) is unreadable or malformed (names the field)."""

@@ -330,18 +330,24 @@ class QueueFunctions:
             release_connection(self.client)  # the slot moved (failover, resharding)
             return self.client.execute_command(*command)
 
-    def configure(self, **settings: int) -> None:
+    def configure(self, **settings: float) -> None:
         """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms,
         max_attempts, max_service_releases, service_release_delay_ms,
-        profile_retention_ms, fair_window, fair_age_ms (see emp.lua)."""
+        profile_retention_ms, fair_window, fair_age_ms, duration_keys_max (integers)
+        and duration_alpha (0-1, the duration model's EWMA weight) (see emp.lua)."""
         allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts",
                    "max_service_releases", "service_release_delay_ms", "profile_retention_ms",
-                   "fair_window", "fair_age_ms"}
-        unknown = set(settings) - allowed
+                   "fair_window", "fair_age_ms", "duration_keys_max"}
+        fractions = {"duration_alpha"}
+        unknown = set(settings) - allowed - fractions
         if unknown:
             raise ValueError(f"unknown queue setting(s): {', '.join(sorted(unknown))}")
+        for name in fractions & set(settings):
+            if not 0 < float(settings[name]) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {settings[name]!r}")
         if settings:
-            self.client.hset(self.keys.config, mapping={k: int(v) for k, v in settings.items()})
+            self.client.hset(self.keys.config, mapping={
+                k: float(v) if k in fractions else int(v) for k, v in settings.items()})
 
     def register_worker(self, profile: WorkerProfile) -> int:
         """Register a capability profile; returns how many live families it can serve."""
@@ -396,12 +402,13 @@ class QueueFunctions:
         return parse_claim(reply)
 
     def start(
-        self, job_id: str, attempt: int | str, hostname: str = "", machine_id: str = ""
+        self, job_id: str, attempt: int | str, hostname: str = "", machine_id: str = "",
+        now_ms: int | None = None,
     ) -> str:
         """Mark the attempt running ('ok'), or return the status that forbids it."""
         k = self.keys
         return _text(self._call("emp_start", [k.config, k.job(job_id)],
-                                [job_id, attempt, hostname, 0, machine_id]))
+                                [job_id, attempt, hostname, now_ms or 0, machine_id]))
 
     def progress(
         self, job_id: str, attempt: int | str, progress: float,
@@ -411,11 +418,15 @@ class QueueFunctions:
         return _text(self._call("emp_progress", [k.config, k.job(job_id)],
                                 [job_id, attempt, progress, json.dumps(details or {})]))
 
-    def complete(self, job_id: str, attempt: int | str, result: Any) -> str:
-        """Record success ('ok'), or return the status that refuses it (fencing)."""
+    def complete(self, job_id: str, attempt: int | str, result: Any,
+                 now_ms: int | None = None) -> str:
+        """Record success ('ok'), or return the status that refuses it (fencing).
+
+        The run (``started_at`` to now) teaches the duration model when the
+        record has a ``duration_key`` and ``work_units``."""
         k = self.keys
         return _text(self._call("emp_complete", [k.config, k.job(job_id)],
-                                [job_id, attempt, result_summary(result)]))
+                                [job_id, attempt, result_summary(result), now_ms or 0]))
 
     def fail(self, job_id: str, attempt: int | str, error: str) -> str:
         k = self.keys

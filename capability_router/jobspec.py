@@ -32,6 +32,9 @@ MAX_PAYLOAD_BYTES = int(os.environ.get("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024))
 HEADER = "emp"
 
 SERVICE_ALIASES = ("service_required", "job_type", "type")
+
+#: Record fields the router and duration model add (``capability_router.routing``).
+ROUTING_FIELDS = ("routing", "duration_key", "work_units", "predicted_ms")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -77,6 +80,13 @@ def _time_ms(field_name: str, value: Any) -> int | None:
     raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
 
 
+def _routing_fields(fields: Any) -> dict[str, str]:
+    if not isinstance(fields, dict) or not all(
+            k in ROUTING_FIELDS and isinstance(v, str) for k, v in fields.items()):
+        raise InvalidJob(f"routing must map {', '.join(ROUTING_FIELDS)} to text, got {fields!r}")
+    return dict(fields)
+
+
 @dataclass
 class JobSpec:
     """One job as submitted: service, payload, requirements and ordering fields."""
@@ -93,7 +103,12 @@ class JobSpec:
     current_step: int | None = None
     total_steps: int | None = None
     ctx: dict[str, Any] | None = None
-    pool: str = DEFAULT_NAMESPACE
+    #: The pool (queue namespace); None: the job names none (the router's or "default").
+    pool: str | None = None
+    #: Record fields set by the router (``ROUTING_FIELDS``), strings.
+    routing: dict[str, str] | None = None
+    #: True when the job named its pool (``pool=`` or ``requirements.pool``).
+    pool_named: bool = field(init=False)
     job_class: dict[str, Any] = field(init=False)
     #: Canonical JSON of ``job_class`` and its signature (the class key in Redis).
     class_json: str = field(init=False)
@@ -119,10 +134,15 @@ class JobSpec:
         if isinstance(self.requirements, dict) and "pool" in self.requirements:
             self.requirements = dict(self.requirements)
             self.pool = self.requirements.pop("pool")
+        self.pool_named = self.pool is not None and self.routing is None
+        if self.pool is None:
+            self.pool = DEFAULT_NAMESPACE
         try:
             check_namespace(self.pool)
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
+        if self.routing is not None:
+            self.routing = _routing_fields(self.routing)
         try:
             size = len(json.dumps(self.payload)) + len(json.dumps(self.ctx or {}))
         except (TypeError, ValueError) as exc:
@@ -150,7 +170,8 @@ class JobSpec:
                 break
         for alias in SERVICE_ALIASES:
             data.pop(alias, None)
-        known = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "service"}
+        known = {f.name for f in dataclasses.fields(cls)
+                 if f.init and f.name not in ("service", "routing")}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidJob(f"unknown job field(s): {', '.join(unknown)}")
@@ -182,8 +203,17 @@ class JobSpec:
             "total_steps": self.total_steps,
             "ctx": json.dumps(self.ctx) if self.ctx is not None else None,
             "pool": self.pool,
+            **(self.routing or {}),
         }
         return {k: str(v) for k, v in values.items() if v is not None}
+
+    def route(self, pool: str, fields: dict[str, str]) -> None:
+        """File the job in ``pool``, keeping the router's record ``fields``."""
+        try:
+            self.pool = check_namespace(pool)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.routing = _routing_fields(fields)
 
     def header(self) -> dict[str, Any]:
         """What the Celery message carries for the enqueue function."""

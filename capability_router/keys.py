@@ -86,6 +86,29 @@ class Keys:
     def idle(self) -> str:
         return self.prefix + "idle"
 
+    @property
+    def durations(self) -> str:
+        """Duration model: duration key -> "<EWMA of ln s/unit>,<runs>" (``emp.lua``)."""
+        return self.prefix + "durations"
+
+    @property
+    def duration_seen(self) -> str:
+        return self.prefix + "duration-seen"
+
+    @property
+    def load(self) -> str:
+        """``unfinished_ms`` / ``unfinished``: predicted work not yet done (``emp.lua``)."""
+        return self.prefix + "load"
+
+    @property
+    def workers(self) -> str:
+        """Live workers serving the namespace: worker id -> ms their heartbeat expires."""
+        return self.prefix + "workers"
+
+    def warm(self, model: str) -> str:
+        """Workers holding ``model`` loaded in the GPU: worker id -> ms of their report."""
+        return f"{self.prefix}warm:{model}"
+
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
 

@@ -15,7 +15,8 @@ they live in the same slot as the declared key.
 
   P.."config"              HASH   tunables: events_maxlen, job_events_maxlen,
                                   retention_ms, max_attempts, max_service_releases,
-                                  service_release_delay_ms; swept_at (ms of
+                                  service_release_delay_ms, duration_alpha,
+                                  duration_keys_max; swept_at (ms of
                                   the last housekeeping by a claim)
   P.."job:"..id            HASH   the job record
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
@@ -64,6 +65,18 @@ they live in the same slot as the declared key.
                                   written by emp_claim; "claim" (a worker's
                                   claim round trip) by the workers. Bounds:
                                   capability_router/metrics.py
+  P.."durations"           HASH   duration key -> "<mean>,<n>": EWMA of the
+                                  natural log of seconds per work unit of the
+                                  namespace's completed jobs with that key, and
+                                  how many it learnt from (emp_complete;
+                                  capability_router/duration.py)
+  P.."duration-seen"       ZSET   duration key -> ms it last learnt; past
+                                  duration_keys_max (config, default 10000)
+                                  the least recently learnt key is dropped
+  P.."load"                HASH   unfinished_ms: predicted ms (record field
+                                  predicted_ms) of the namespace's unfinished
+                                  jobs, pending and running; unfinished: their
+                                  count (what the router reads as queued work)
 
 Both streams carry each event under the same entry id, so a reader can
 resume either from the id it last saw.
@@ -488,16 +501,58 @@ local function fence(jk, attempt, ...)
   return f
 end
 
+-- Counts a job's predicted work in (sign 1) or out of (-1) the namespace's
+-- unfinished work, which the router divides by live workers for a wait.
+local function add_load(P, predicted_ms, sign)
+  local ms = tonumber(predicted_ms)
+  if ms then
+    redis.call('HINCRBY', P .. 'load', 'unfinished_ms', string.format('%d', sign * ms))
+    redis.call('HINCRBY', P .. 'load', 'unfinished', sign)
+  end
+end
+
+-- The duration model learns one completed run: an EWMA of ln(seconds per
+-- work unit) per duration key (alpha 1/n for the first runs, then
+-- duration_alpha from the config, default 0.2). A run without a key, a
+-- start or work units teaches nothing.
+local function learn_duration(P, key, units, started, now)
+  units, started = tonumber(units), tonumber(started)
+  if not key or key == '' or not units or units <= 0 or not started then
+    return
+  end
+  local seconds = math.max(now - started, 1) / 1000
+  local x = math.log(seconds / units)
+  local dk = P .. 'durations'
+  local c = redis.call('HMGET', P .. 'config', 'duration_alpha', 'duration_keys_max')
+  local old = redis.call('HGET', dk, key)
+  local mean, n = 0, 0
+  if old then
+    local comma = string.find(old, ',', 1, true)
+    mean, n = tonumber(string.sub(old, 1, comma - 1)), tonumber(string.sub(old, comma + 1))
+  end
+  n = n + 1
+  local alpha = math.max(1 / n, tonumber(c[1]) or 0.2)
+  mean = mean + alpha * (x - mean)
+  redis.call('HSET', dk, key, string.format('%.6f,%d', mean, n))
+  local seen = P .. 'duration-seen'
+  redis.call('ZADD', seen, now, key)
+  if not old and redis.call('ZCARD', seen) > (tonumber(c[2]) or 10000) then
+    local dropped = redis.call('ZPOPMIN', seen)[1]
+    redis.call('HDEL', dk, dropped)
+  end
+end
+
 -- Ends a job: terminal status and its fields, lease released, the record and
 -- its event stream set to expire after the retention, the event appended.
 local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
   local cfg = config(P)
   local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
-    'customer_id', 'status', 'class')
+    'customer_id', 'status', 'class', 'predicted_ms')
   redis.call('HSET', jk, 'status', status, unpack(fields))
   index_status(P, id, f[5], status, now)
   if not TERMINAL[f[5]] then
     class_job_ended(P, f[6])
+    add_load(P, f[7], -1)
   end
   redis.call('ZREM', P .. 'leases', id)
   redis.call('PEXPIRE', jk, cfg.retention_ms)
@@ -851,8 +906,14 @@ local function emp_enqueue(keys, args)
   index_status(P, id, nil, 'pending', now)
   local data = {}
   local wf = {}
+  local routing
   for i = 11, #args, 2 do
     local name, value = args[i], args[i + 1]
+    if name == 'predicted_ms' then
+      add_load(P, value, 1)
+    elseif name == 'routing' and string.sub(value, 1, 1) == '{' then
+      routing = value
+    end
     local by = BY_FIELD[name]
     if by and value ~= '' then
       local ik = P .. 'by:' .. by .. ':' .. value
@@ -884,7 +945,7 @@ local function emp_enqueue(keys, args)
   else
     file_pending(P, id, csig, score, now)
   end
-  emit(P, cfg, id, 'job_submitted', data, now, true)
+  emit(P, cfg, id, 'job_submitted', data, now, true, routing and 'routing', routing)
   emit_workflow(P, cfg, id, 'job_submitted', wf, now)
   return {due > tonumber(now) and 'delayed' or 'queued'}
 end
@@ -1045,11 +1106,13 @@ job's events). Returns 'ok', or the status that refused the completion
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f, refused = fence(keys[2], attempt, 'worker_id')
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'duration_key', 'work_units',
+    'started_at')
   if not f then
     return refused
   end
   local now = now_ms(args[4])
+  learn_duration(P, f[4], f[5], f[6], tonumber(now))
   -- An earlier attempt's error would contradict 'completed'; the job's events keep it.
   redis.call('HDEL', keys[2], 'last_error')
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
@@ -1288,6 +1351,7 @@ local function emp_resubmit(keys, args)
   if f[1] ~= 'failed' and f[1] ~= 'cancelled' then
     return f[1]
   end
+  add_load(P, redis.call('HGET', keys[2], 'predicted_ms'), 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
     'worker_id', '', 'resubmitted_at', now)
