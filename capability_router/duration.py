@@ -127,6 +127,15 @@ class Estimate:
                 "predicted_ms": str(self.predicted_ms)}
 
 
+def predict(key: str, size: Size, learnt: tuple[float, int] | None,
+            prior_seconds_per_unit: float) -> Estimate:
+    """The estimate from what was learnt of ``key`` (pooled), else from the prior."""
+    if learnt is not None:
+        mean, runs = learnt
+        return Estimate(key, size.work_units, math.exp(mean) * size.work_units, "learned", runs)
+    return Estimate(key, size.work_units, prior_seconds_per_unit * size.work_units, "prior")
+
+
 class DurationModel:
     """Predicts run times from what ``emp_complete`` learnt in ``namespaces``."""
 
@@ -159,10 +168,4 @@ class DurationModel:
         """The predicted run time of one job."""
         size = job_size(payload, features or {})
         key = duration_key(service, models, size.features)
-        learnt = self.learnt(key)
-        if learnt is not None:
-            mean, runs = learnt
-            return Estimate(key, size.work_units, math.exp(mean) * size.work_units,
-                            "learned", runs)
-        return Estimate(key, size.work_units,
-                        self.priors.seconds_per_unit(service) * size.work_units, "prior")
+        return predict(key, size, self.learnt(key), self.priors.seconds_per_unit(service))

@@ -15,6 +15,9 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
                                   started_at, last_seen; expires after ``ttl_ms``
   emp:system:events        STREAM worker_status events (online, offline,
                                   service_unhealthy, service_healthy)
+  P.."workers" (per pool)  ZSET   worker id -> ms its heartbeat expires, in each
+                                  pool it serves: the router counts a pool's
+                                  live workers with one ZCOUNT
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ class WorkerRegistry:
             pipe.hset(worker_key(worker_id), mapping=fields)
             pipe.pexpire(worker_key(worker_id), ttl_ms)
             pipe.zadd(WORKERS_KEY, {worker_id: now})
+            for pool in pools:
+                pipe.zadd(Keys(pool).workers, {worker_id: now + ttl_ms})
+                pipe.zremrangebyscore(Keys(pool).workers, "-inf", now - ttl_ms)
             pipe.execute()
         if first:
             emit_system_event(self.client, "worker_status", {
@@ -98,7 +104,10 @@ class WorkerRegistry:
 
     def leave(self, worker_id: str, machine_id: str = "") -> None:
         """A worker stopping cleanly: drop its record at once."""
+        pools = json.loads(self.client.hget(worker_key(worker_id), "pools") or "[]")
         with self.client.pipeline(transaction=False) as pipe:
+            for pool in pools:
+                pipe.zrem(Keys(pool).workers, worker_id)
             pipe.delete(worker_key(worker_id))
             pipe.zrem(WORKERS_KEY, worker_id)
             pipe.execute()

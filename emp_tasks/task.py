@@ -9,6 +9,7 @@ cancellation checks are in ``progress`` and ``cancellation``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Task
@@ -20,12 +21,14 @@ from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
 from emp_tasks.context import JobContext, job_context
+from emp_tasks.placement import place
 from emp_tasks.progress import report_progress
 
 #: apply_async keywords that belong to the job, not to Celery.
 JOB_OPTIONS = (
     "requirements", "priority", "customer_id", "max_retries", "workflow_id",
     "workflow_priority", "workflow_datetime", "current_step", "total_steps", "ctx", "pool",
+    "routing",
 )
 
 
@@ -34,6 +37,12 @@ class EmpTask(Task):
 
     #: The service (job type) this task implements; defaults to the task name.
     service: str | None = None
+
+    #: Size features of its payload for the duration model: field -> the amount of it
+    #: that is one work unit (e.g. ``{"steps": 1, "width": 1024, "height": 1024}``).
+    #: Jobs of one service, model set and present features share a learnt estimate
+    #: per unit (``capability_router.duration``). None: every job is one unit.
+    duration_features: Mapping[str, float] | None = None
 
     #: A cancel ends the run (as REVOKED), whatever a job type's ``autoretry_for`` says.
     dont_autoretry_for = (JobCancelled,)
@@ -51,7 +60,8 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
-        return JobSpec(service=self.service_name, payload=payload, **fields)
+        spec = JobSpec(service=self.service_name, payload=payload, **fields)
+        return place(self.app, spec, self.duration_features)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
                     **options: Any) -> Any:

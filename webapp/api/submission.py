@@ -13,8 +13,8 @@ from typing import Any
 
 from capability_router.errors import InvalidJob
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
-from capability_router.keys import DEFAULT_NAMESPACE, Keys
-from emp_tasks import producer
+from capability_router.keys import Keys
+from emp_tasks import placement, producer
 from webapp.api import listing, validation
 from webapp.api.limits import Limits
 from webapp.api.validation import Invalid
@@ -34,13 +34,19 @@ def _taken(backend: Backend, job_id: str) -> bool:
     return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
 
 
-def _placement(service: str, fields: dict[str, Any], customer_id: str | None) -> JobSpec:
+def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: str | None,
+               backend: Backend) -> JobSpec:
     """The job's pool and requirement class, as the producer will compute them (its
-    ``pool``, or ``requirements.pool``)."""
+    ``pool``, or ``requirements.pool``, else the router's pool when routing is on)."""
     try:
-        return JobSpec(service, requirements=fields.get("requirements") or {},
+        spec = JobSpec(service, payload=payload if isinstance(payload, dict) else {},
+                       requirements=fields.get("requirements") or {},
                        customer_id=customer_id, workflow_id=fields.get("workflow_id"),
-                       pool=fields.get("pool") or DEFAULT_NAMESPACE)
+                       pool=fields.get("pool"))
+        task = producer.services(backend.celery).get(service)
+        if task is not None:  # an unknown service is refused by the submit
+            spec = placement.place(backend.celery, spec, task.duration_features)
+        return spec
     except InvalidJob as exc:
         raise Invalid(str(exc)) from None
 
@@ -81,8 +87,10 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         if _taken(backend, job_id):
             raise Invalid(f"job {job_id!r} already exists", 409)
         fields["task_id"] = job_id
-    placed = _placement(service, fields, customer_id)
+    placed = _placement(service, body.get("payload"), fields, customer_id, backend)
     pool, job_class = placed.pool, placed.class_signature
+    if placed.routing is not None:  # decided once: the submit files it where admitted
+        fields["pool"], fields["routing"] = pool, placed.routing
     if limits is not None:
         fields.setdefault("task_id", str(uuid.uuid4()))
         limits.admit_job(principal, pool, fields["task_id"], job_class)

@@ -1,0 +1,211 @@
+"""The router's decisions against a real Redis: hard requirements, predicted duration,
+warm models, live capacity and spill-over, read from the pools' live state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from capability_router.errors import InvalidJob
+from capability_router.functions import QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.keys import Keys
+from capability_router.pools import parse_pools
+from capability_router.profile import WorkerProfile
+from capability_router.registry import WorkerRegistry
+from capability_router.routing import Router
+from emp_tasks.jobs.simulation import SIZE_FEATURES
+
+POOLS = """
+[routing]
+spill_wait_seconds = 10
+
+[pools.fast]
+gpu = false
+gpu_memory_gb = [0, 0]
+storage_gb = 40
+durations_seconds = [0, 5]
+services = ["simulation", "echo"]
+
+[pools.standard]
+gpu = true
+gpu_memory_gb = [16, 24]
+storage_gb = 120
+durations_seconds = [5, 60]
+services = ["simulation", "comfyui"]
+preload_models = ["sdxl"]
+
+[pools.heavy]
+gpu = true
+gpu_memory_gb = [40, 80]
+storage_gb = 300
+durations_seconds = [30, 3600]
+services = ["simulation", "comfyui"]
+
+[priors]
+default_seconds_per_unit = 10
+
+[priors.services.simulation]
+seconds_per_unit = 0.5
+"""
+
+SHORT = {"steps": 4}                                                     # 4 units: 2 s
+IMAGE = {"steps": 20, "width": 1024, "height": 1024}                     # 20 units: 10 s
+VIDEO = {"steps": 20, "width": 512, "height": 512, "frames": 96}         # 480 units: 240 s
+
+
+def live(client: redis.Redis, pool: str, worker_id: str, idle: bool = True) -> None:
+    """A worker of ``pool``: a heartbeat, and (``idle``) an idle mark from an empty claim."""
+    profile = WorkerProfile(worker_id=worker_id, services=["simulation", "comfyui", "echo"],
+                            hardware={"gpu_memory_gb": 80})
+    WorkerRegistry(client).heartbeat(profile.as_dict(), [pool], [], 60_000)
+    if idle:
+        functions = QueueFunctions(client, pool)
+        functions.register_worker(profile)
+        assert functions.claim(profile.signature, worker_id, 60_000, idle_ms=60_000) == 0
+
+
+@pytest.fixture
+def router(client: redis.Redis) -> Router:
+    for pool, worker in (("fast", "f1"), ("standard", "s1"), ("heavy", "h1")):
+        live(client, pool, worker)
+    return Router(client, parse_pools(POOLS, "test-pools.toml"), cache_seconds=0)
+
+
+def spec(payload: dict | None = None, service: str = "simulation", **fields: object) -> JobSpec:
+    return JobSpec(service=service, payload=payload or {}, **fields)
+
+
+def routed(router: Router, job: JobSpec) -> dict:
+    router.route(job, SIZE_FEATURES)
+    return json.loads(job.routing["routing"])
+
+
+def test_short_image_and_video_jobs_go_to_fast_standard_heavy(router: Router) -> None:
+    for payload, pool, seconds in ((SHORT, "fast", 2), (IMAGE, "standard", 10),
+                                   (VIDEO, "heavy", 240)):
+        job = spec(payload)
+        decision = routed(router, job)
+        assert job.pool == decision["pool"] == pool
+        assert decision["predicted_seconds"] == seconds
+        assert f"fits {pool}" in decision["reason"]
+        assert [a["pool"] for a in decision["alternatives"]] == [
+            p for p in ("fast", "standard", "heavy") if p != pool]
+        assert job.record_fields()["predicted_ms"] == str(seconds * 1000)
+        assert job.header()["pool"] == pool
+
+
+def test_hard_requirements_exclude_pools_whatever_the_duration(router: Router) -> None:
+    big = spec(SHORT, requirements={"hardware": {"gpu_memory_gb": 48}})
+    decision = routed(router, big)
+    assert decision["pool"] == "heavy"  # 2 s would fit fast, which has no GPU
+    notes = {a["pool"]: a["note"] for a in decision["alternatives"]}
+    assert notes["fast"] == "cannot run: needs 48 GB GPU memory, pool is CPU-only"
+    assert notes["standard"] == "cannot run: needs 48 GB GPU memory, pool has at most 24"
+    comfy = spec({}, service="comfyui")  # 10 s prior, one unit; fast does not run comfyui
+    assert routed(router, comfy)["pool"] == "standard"
+
+
+def test_a_job_no_pool_can_run_is_refused_naming_each_pool(router: Router,
+                                                            client: redis.Redis) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        router.route(spec({}, service="comfyui",
+                          requirements={"hardware": {"gpu_memory_gb": 96}}), SIZE_FEATURES)
+    assert str(refused.value) == (
+        "no pool can run this job: fast: does not run service comfyui; standard: needs 96 GB "
+        "GPU memory, pool has at most 24; heavy: needs 96 GB GPU memory, pool has at most 80")
+    assert not any(client.scan_iter("emp:{*}:job:*"))
+
+
+def test_a_job_that_names_a_pool_keeps_it(router: Router) -> None:
+    for job in (spec(VIDEO, pool="fast"), spec(VIDEO, requirements={"pool": "fast"})):
+        decision = routed(router, job)
+        assert job.pool == decision["pool"] == "fast"
+        assert decision["reason"] == "pool named by the job" and decision["alternatives"] == []
+        assert decision["predicted_seconds"] == 240  # still predicted: counted as queued work
+
+
+def test_warm_models_break_the_tie_between_fitting_pools(router: Router,
+                                                         client: redis.Redis) -> None:
+    payload = {"steps": 80, "width": 1024, "height": 1024}  # 40 s: fits standard and heavy
+    cold = routed(router, spec(payload, requirements={"models": ["wan"]}))
+    assert cold["pool"] == "standard"
+    client.zadd(Keys("heavy").warm("wan"), {"h1": 1})
+    warm = routed(router, spec(payload, requirements={"models": ["wan"]}))
+    assert warm["pool"] == "heavy" and warm["reason"].endswith("models warm there")
+    assert {"pool": "standard", "note": "fits too; models warm in heavy",
+            "expected_wait_seconds": 0.0} in warm["alternatives"]
+    # standard pre-loads sdxl: warm there by configuration.
+    assert routed(router, spec(payload, requirements={"models": ["sdxl"]}))["pool"] == "standard"
+    # A warm model never pulls a job into a pool its duration does not fit.
+    client.zadd(Keys("fast").warm("tiny"), {"f1": 1})
+    assert routed(router, spec(IMAGE, requirements={"models": ["tiny"]}))["pool"] == "standard"
+
+
+def test_a_pool_without_live_workers_is_passed_over_for_a_bigger_one(
+        client: redis.Redis) -> None:
+    live(client, "heavy", "h1")
+    router = Router(client, parse_pools(POOLS), cache_seconds=0)
+    decision = routed(router, spec(SHORT))
+    assert decision["pool"] == "heavy"
+    assert decision["reason"].startswith("fast has no live worker")
+    assert {"pool": "fast", "note": "no live worker", "expected_wait_seconds": None} in (
+        decision["alternatives"])
+
+
+def saturate_standard(client: redis.Redis) -> None:
+    """standard's one worker busy, 60 s of predicted work queued: expected wait 60 s."""
+    client.delete(Keys("standard").idle)
+    client.hset(Keys("standard").load, mapping={"unfinished_ms": 60_000, "unfinished": 6})
+
+
+def test_a_saturated_pool_spills_over_to_an_idle_bigger_one(router: Router,
+                                                            client: redis.Redis) -> None:
+    saturate_standard(client)
+    decision = routed(router, spec(IMAGE))
+    assert decision["pool"] == "heavy"
+    assert decision["reason"].startswith(
+        "spilled over from standard (expected wait 60 s > 10 s) to heavy (1 idle worker(s))")
+    assert {"pool": "standard", "note": "saturated: expected wait 60 s > 10 s",
+            "expected_wait_seconds": 60.0} in decision["alternatives"]
+
+
+def test_spill_over_stops_where_no_bigger_pool_idles_or_can_run_it(
+        router: Router, client: redis.Redis) -> None:
+    saturate_standard(client)
+    assert routed(router, spec(IMAGE))["pool"] == "heavy"  # heavy idles: spilled
+    client.delete(Keys("heavy").idle)  # heavy busy too: nowhere idle to spill to
+    stays = routed(router, spec(IMAGE))
+    assert stays["pool"] == "standard"
+    assert stays["reason"].endswith("expected wait 60 s, no bigger pool that can run it is idle")
+    # Never down: a saturated heavy does not send a video job to idle standard or fast.
+    client.hset(Keys("heavy").load, mapping={"unfinished_ms": 600_000})
+    assert routed(router, spec(VIDEO))["pool"] == "heavy"
+
+
+def test_spill_over_never_goes_to_a_pool_that_cannot_run_the_job(
+        client: redis.Redis) -> None:
+    text = POOLS.replace('services = ["simulation", "comfyui"]\n\n[priors]',
+                         'services = ["comfyui"]\n\n[priors]')
+    router = Router(client, parse_pools(text), cache_seconds=0)
+    for pool, worker in (("fast", "f1"), ("standard", "s1"), ("heavy", "h1")):
+        live(client, pool, worker)
+    saturate_standard(client)
+    decision = routed(router, spec(IMAGE))  # heavy idles, but runs no simulation jobs
+    assert decision["pool"] == "standard"
+    assert {"pool": "heavy", "note": "cannot run: does not run service simulation",
+            "expected_wait_seconds": 0.0} in decision["alternatives"]
+
+
+def test_pool_state_is_read_once_per_cache_period(client: redis.Redis) -> None:
+    for pool, worker in (("fast", "f1"), ("standard", "s1"), ("heavy", "h1")):
+        live(client, pool, worker)
+    router = Router(client, parse_pools(POOLS), cache_seconds=60)
+    assert routed(router, spec(IMAGE))["pool"] == "standard"
+    before = client.info("stats")["total_commands_processed"]
+    for _ in range(20):
+        routed(router, spec(IMAGE))
+    # Only the INFO call itself: twenty decisions read nothing from Redis.
+    assert client.info("stats")["total_commands_processed"] - before <= 2
