@@ -163,6 +163,65 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                     "while it waits again; absent once it completed (every attempt's "
                     "error stays in its events).")},
                 "result": {"description": "What the task returned (when completed)."},
+                "routing": {
+                    "type": "object", "description": (
+                        "Where the router filed the job and why (routing on: "
+                        "EMP_POOLS_FILE set)."),
+                    "properties": {
+                        "pool": {"type": "string"},
+                        "predicted_seconds": {"type": "number"},
+                        "reason": {"type": "string"},
+                        "alternatives": {"type": "array", "items": {
+                            "type": "object", "properties": {
+                                "pool": {"type": "string"}, "note": {"type": "string"},
+                                "expected_wait_seconds": {"type": "number",
+                                                          "nullable": True}}}},
+                    },
+                },
+                "predicted_ms": {"type": "integer",
+                                 "description": "Predicted run time (duration model)."},
+                "duration_key": {"type": "string", "description": (
+                    "What the duration model learns this job's run time under: service, "
+                    "models, size features.")},
+                "work_units": {"type": "number"},
+            },
+        },
+        "Pools": {
+            "type": "object", "required": ["success", "routing", "pools"],
+            "properties": {
+                "success": success,
+                "routing": {"type": "boolean", "description": "EMP_POOLS_FILE is set."},
+                "pools_file": {"type": "string", "nullable": True},
+                "spill_wait_seconds": {"type": "number", "nullable": True},
+                "pools": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "configured", "workers", "pending", "live_workers",
+                                 "idle_workers", "unfinished_seconds",
+                                 "expected_wait_seconds"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "configured": {"type": "boolean",
+                                       "description": "The pools file names it."},
+                        "description": {"type": "string"},
+                        "order": {"type": "integer"},
+                        "gpu": {"type": "boolean"},
+                        "gpu_memory_gb": {"type": "array", "items": {"type": "number"}},
+                        "storage_gb": {"type": "number"},
+                        "durations_seconds": {"type": "array", "items": {"type": "number"}},
+                        "services": strings, "preload_models": strings,
+                        "price_per_hour": {"type": "number"},
+                        "workers": strings,
+                        "pending": {"type": "integer", "minimum": 0},
+                        "live_workers": {"type": "integer", "minimum": 0},
+                        "idle_workers": {"type": "integer", "minimum": 0},
+                        "unfinished_seconds": {"type": "number", "description": (
+                            "Predicted seconds of its unfinished jobs.")},
+                        "expected_wait_seconds": {
+                            "type": "number", "nullable": True, "description": (
+                                "0 with an idle worker, else unfinished seconds per live "
+                                "worker; null without a live worker.")},
+                    },
+                }},
             },
         },
         "JobFound": {
@@ -338,6 +397,14 @@ def _paths() -> dict[str, Any]:
                 "parameters": [_path("machine_id", "The machine id.")],
                 "responses": {"200": _json(_ref("MachineForgotten"), "Forgotten."),
                               **_r("401", "403", "404")},
+            },
+        },
+        "/api/pools": {
+            "get": {
+                "operationId": "listPools",
+                "summary": "Pools: the pools file's and those live workers serve, with "
+                           "live workers, pending jobs and expected wait",
+                "responses": {"200": _json(_ref("Pools"), "The pools."), **_r("401")},
             },
         },
         "/api/connections": {

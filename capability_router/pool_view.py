@@ -1,0 +1,58 @@
+"""What the pools look like now: the pools file beside each pool's live state.
+
+Read by ``/api/pools`` and the monitor; it decides nothing. A pool is listed
+when the pools file names it or a live worker serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from capability_router.keys import Keys, known_namespaces
+from capability_router.pools import PoolsFile
+from capability_router.registry import WorkerRegistry
+from capability_router.routing import PoolLoad
+
+
+def read_loads(client: Any, pools: list[str]) -> dict[str, tuple[PoolLoad, int]]:
+    """Each pool's load and its pending job count, in one pipelined round trip."""
+    now_ms = int(time.time() * 1000)
+    with client.pipeline(transaction=False) as pipe:
+        for pool in pools:
+            keys = Keys(pool)
+            pipe.zcount(keys.workers, now_ms, "+inf")
+            pipe.zcount(keys.idle, now_ms, "+inf")
+            pipe.hget(keys.load, "unfinished_ms")
+            pipe.zcard(keys.status_index("pending"))
+        replies = iter(pipe.execute())
+    out = {}
+    for pool in pools:
+        live, idle, unfinished, pending = (next(replies) for _ in range(4))
+        out[pool] = (PoolLoad(int(live), int(idle), max(0.0, float(unfinished or 0) / 1000)),
+                     int(pending))
+    return out
+
+
+def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]]:
+    """Every pool: its configuration (when the file names it), live workers, pending jobs,
+    predicted unfinished work and expected wait now."""
+    workers: dict[str, list[str]] = {}
+    for record in WorkerRegistry(client).workers():
+        for pool in record.get("pools") or []:
+            workers.setdefault(pool, []).append(record["worker_id"])
+    configured = dict(pools_file.pools) if pools_file else {}
+    names = list(configured) + sorted(
+        {*workers, *known_namespaces(client)} - set(configured))
+    names = [n for n in names if n in configured or n in workers]
+    loads = read_loads(client, names)
+    view = []
+    for name in names:
+        load, pending = loads[name]
+        pool = configured.get(name)
+        view.append({
+            "name": name, "configured": pool is not None,
+            **(pool.as_dict() if pool else {}),
+            "workers": sorted(workers.get(name, [])), "pending": pending, **load.as_dict(),
+        })
+    return view

@@ -1,0 +1,70 @@
+"""``/api/pools`` and routing over REST: a real ``emp api`` with a pools file, real workers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from rest_helpers import Api, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "capability_router"))
+from test_routing import IMAGE, POOLS  # noqa: E402
+
+
+@pytest.fixture
+def pools_path(tmp_path: Path) -> Path:
+    path = tmp_path / "pools.toml"
+    path.write_text(POOLS)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_api_pools_lists_the_file_with_live_workers_pending_and_wait(
+        client, start_server, start_worker, pools_path: Path) -> None:
+    api = Api(start_server("api", EMP_POOLS_FILE=str(pools_path)).base)
+    start_worker("w-standard", wait=False, WORKER_POOLS="standard").wait_ready("standard")
+    start_worker("w-other", wait=False, WORKER_POOLS="default").wait_ready("default")
+    # Routed over REST: an image job goes to standard; the decision is on the job.
+    job_id = api.submit(service_required="simulation", payload={**IMAGE, "duration": 2})
+    record = api.job(job_id)
+    assert record["pool"] == "standard" and record["routing"]["pool"] == "standard"
+    assert record["routing"]["predicted_seconds"] == 10
+    assert "fits standard" in record["routing"]["reason"]
+    assert [a["pool"] for a in record["routing"]["alternatives"]] == ["fast", "heavy"]
+    assert record["predicted_ms"] == 10_000 and record["work_units"] == 20
+    queued = api.submit(service_required="simulation", payload={**IMAGE, "duration": 0.1})
+    wait_for(lambda: api.status(job_id) == "in_progress", message="the first job running")
+
+    response = api.get("/api/pools")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["routing"] is True and body["pools_file"] == str(pools_path)
+    pools = {p["name"]: p for p in body["pools"]}
+    assert list(pools) == ["fast", "standard", "heavy", "default"]
+    standard = pools["standard"]
+    assert standard["configured"] and standard["gpu_memory_gb"] == [16, 24]
+    assert standard["workers"] == ["w-standard"] and standard["live_workers"] == 1
+    assert standard["pending"] == 1 and standard["idle_workers"] == 0
+    assert standard["unfinished_seconds"] == 20  # two jobs predicted 10 s each
+    assert standard["expected_wait_seconds"] == 20
+    assert pools["fast"]["live_workers"] == 0 and pools["fast"]["expected_wait_seconds"] is None
+    assert pools["default"] == {**pools["default"], "configured": False, "workers": ["w-other"],
+                                "expected_wait_seconds": 0}
+    api.wait_status(queued, "completed")
+    assert api.get("/api/openapi.json").json()["paths"]["/api/pools"]["get"][
+        "operationId"] == "listPools"
+
+
+@pytest.mark.timeout(60)
+def test_api_pools_without_a_pools_file_lists_live_pools_and_routing_off(
+        client, start_server, start_worker) -> None:
+    api = Api(start_server("api").base)
+    start_worker("w1")
+    body = api.get("/api/pools").json()
+    assert body["routing"] is False and body["pools_file"] is None
+    assert [(p["name"], p["configured"], p["workers"]) for p in body["pools"]] == [
+        ("default", False, ["w1"])]
+    job_id = api.submit(service_required="simulation", payload={"duration": 0.1})
+    record = api.wait_status(job_id, "completed")
+    assert record["pool"] == "default" and "routing" not in record
