@@ -122,6 +122,20 @@
     servability(job.status === "pending" ? job.servability : null);
     document.getElementById("job-payload").textContent = EMP.json(job.payload);
     document.getElementById("job-requirements").textContent = EMP.json(job.requirements || {});
+    routing(job.routing);
+  }
+
+  /* Where the router filed the job and why (routing on: EMP_POOLS_FILE), with the other pools. */
+  function routing(decision) {
+    const box = document.getElementById("job-routing-box");
+    box.classList.toggle("d-none", !decision || typeof decision !== "object");
+    if (!decision || typeof decision !== "object") return;
+    document.getElementById("job-routing").innerHTML =
+      `<strong>${EMP.esc(decision.pool)}</strong> · predicted ${EMP.esc(number(decision.predicted_seconds))} s · ${EMP.esc(decision.reason)}`;
+    document.querySelector("#job-routing-alternatives tbody").innerHTML = (decision.alternatives || [])
+      .map((a) => `<tr data-pool="${EMP.esc(a.pool)}"><td>${EMP.esc(a.pool)}</td><td>${
+        a.expected_wait_seconds === null || a.expected_wait_seconds === undefined ? "no live worker" : EMP.esc(number(a.expected_wait_seconds)) + " s"
+      }</td><td>${EMP.esc(a.note || "")}</td></tr>`).join("");
   }
 
   async function load() {
