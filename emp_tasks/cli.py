@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from capability_router.errors import EmpError
+from capability_router.keys import check_namespace
 from capability_router.states import JobStatus
 from emp_tasks import defaults
 from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
@@ -66,7 +67,8 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 
 @main.command()
 @click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
-@click.option("-Q", "--pool", "pools", multiple=True, help="Pool namespace(s) to serve.")
+@click.option("-Q", "--pool", "pools", multiple=True,
+              help="Pool namespace(s) to serve (env WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
               default=defaults.CONCURRENCY, show_default=True)
 @click.option("--worker-id", help="Worker id (env WORKER_ID).")
@@ -109,7 +111,12 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         profile = build_profile(app)
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
-    pool_list = list(pools) or [p for p in (defaults.env("WORKER_POOLS") or "default").split(",")]
+    pool_list = list(pools) or defaults.worker_pools()
+    try:
+        for pool in pool_list:
+            check_namespace(pool)
+    except ValueError as exc:
+        raise click.UsageError(f"{exc} (-Q, WORKER_POOLS or MACHINE_POOL)") from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
     run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel)

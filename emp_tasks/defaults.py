@@ -45,6 +45,13 @@ def env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
+def worker_pools() -> list[str]:
+    """Pools a worker serves: ``WORKER_POOLS`` (comma list), else its machine's
+    ``MACHINE_POOL`` (a machine's workers inherit it), else "default"."""
+    text = env("WORKER_POOLS") or env("MACHINE_POOL") or "default"
+    return [p.strip() for p in text.split(",") if p.strip()] or ["default"]
+
+
 def redis_url() -> str:
     """The Redis to use: ``EMP_REDIS_URL``, ``REDIS_URL``, the running ``emp up``, the default."""
     from emp_tasks.locate import redis_url as located
