@@ -43,6 +43,8 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
                        requirements=fields.get("requirements") or {},
                        customer_id=customer_id, workflow_id=fields.get("workflow_id"),
                        pool=fields.get("pool"))
+        if placement.router_for(backend.celery) is None:  # routing off
+            return spec
         task = producer.services(backend.celery).get(service)
         if task is not None:  # an unknown service is refused by the submit
             spec = placement.place(backend.celery, spec, task.duration_features)
