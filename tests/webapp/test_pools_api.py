@@ -33,6 +33,17 @@ def test_api_pools_lists_the_file_with_live_workers_pending_and_wait(
     assert "fits standard" in record["routing"]["reason"]
     assert [a["pool"] for a in record["routing"]["alternatives"]] == ["fast", "heavy"]
     assert record["predicted_ms"] == 10_000 and record["work_units"] == 20
+    # No pool can run it: 400 naming each pool's reason, nothing written.
+    def jobs() -> set[str]:
+        return set(client.scan_iter("emp:{*}:job:*"))
+
+    before = jobs()
+    refused = api.post("/api/jobs", json={
+        "service_required": "simulation", "requirements": {"hardware": {"gpu_memory_gb": 200}}})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith(
+        "no pool can run this job: fast: needs 200 GB GPU memory, pool is CPU-only; ")
+    assert jobs() == before
     queued = api.submit(service_required="simulation", payload={**IMAGE, "duration": 0.1})
     wait_for(lambda: api.status(job_id) == "in_progress", message="the first job running")
 
