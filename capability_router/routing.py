@@ -7,8 +7,8 @@ In order (each step only among pools that can run the job):
    pool's max; a CPU-only pool none). No pool can: the job is refused
    (``InvalidJob``), nothing written.
 2. **Predicted duration** (``capability_router.duration``). The pools whose
-   ``durations_seconds`` hold the prediction fit; none does: the nearest
-   (the biggest for a longer job, the smallest for a shorter one).
+   ``durations_seconds`` hold the prediction fit; none does: the one whose
+   range is nearest (on a tie, the bigger).
 3. **Warm models.** Among the fitting pools, one where the job's models are
    warm (a live worker has them in GPU memory, ``P.."warm:"..model``, or the
    pool pre-loads them) is preferred; else the smallest.
@@ -238,10 +238,14 @@ class Router:
                                         else "fits too; bigger than needed"
                                         if pool.order > chosen.order else "fits too")
         else:
-            longer = seconds > max(p.durations_seconds[1] for p in eligible)
-            chosen = eligible[-1] if longer else eligible[0]
-            reason = (f"predicted {seconds:.3g} s fits no pool that can run it; "
-                      f"{chosen.name} is the {'biggest' if longer else 'smallest'} that can")
+            def distance(pool: Pool) -> tuple[float, int]:
+                low, high = pool.durations_seconds
+                return (low - seconds if seconds < low else seconds - high), -pool.order
+
+            chosen = min(eligible, key=distance)
+            low, high = chosen.durations_seconds
+            reason = (f"predicted {seconds:.3g} s fits no pool that can run it; {chosen.name} "
+                      f"({low:g}-{high:g} s) is the nearest")
         if loads[chosen.name].live <= 0:
             bigger = [p for p in eligible if p.order > chosen.order and loads[p.name].live > 0]
             if bigger:

@@ -108,6 +108,19 @@ def test_hard_requirements_exclude_pools_whatever_the_duration(router: Router) -
     assert routed(router, comfy)["pool"] == "standard"
 
 
+def test_a_job_that_fits_no_pool_it_can_run_goes_to_the_nearest(router: Router) -> None:
+    # comfyui runs in standard (5-60 s) and heavy (30-3600 s) only: a 0.6 s job to standard.
+    tiny = routed(router, spec({"steps": 1, "width": 256, "height": 256}, service="comfyui"))
+    assert tiny["pool"] == "standard" and tiny["predicted_seconds"] == 0.625  # 1/16 x 10 s
+    assert tiny["reason"].endswith("standard (5-60 s) is the nearest")
+    slow = routed(router, spec({}, service="echo"))  # 10 s; echo runs in fast (0-5 s) only
+    assert slow["pool"] == "fast" and slow["predicted_seconds"] == 10
+    huge = routed(router, spec({"steps": 20000}))  # 10,000 s: beyond every range
+    assert huge["pool"] == "heavy"
+    assert huge["reason"] == ("predicted 1e+04 s fits no pool that can run it; heavy "
+                              "(30-3600 s) is the nearest")
+
+
 def test_a_job_no_pool_can_run_is_refused_naming_each_pool(router: Router,
                                                             client: redis.Redis) -> None:
     with pytest.raises(InvalidJob) as refused:
