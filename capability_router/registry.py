@@ -15,6 +15,9 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
                                   started_at, last_seen; expires after ``ttl_ms``
   emp:system:events        STREAM worker_status events (online, offline,
                                   service_unhealthy, service_healthy)
+
+A worker that leaves, or whose record expired (found by ``workers``), also
+loses its model residency in every pool (``capability_router.residency``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import redis
 
 from capability_router.functions import QueueFunctions
 from capability_router.keys import PREFIX, Keys, known_namespaces
+from capability_router.residency import clear_worker
 from capability_router.states import WorkerStatus
 
 WORKERS_KEY = f"{PREFIX}:workers"
@@ -97,11 +101,12 @@ class WorkerRegistry:
         })
 
     def leave(self, worker_id: str, machine_id: str = "") -> None:
-        """A worker stopping cleanly: drop its record at once."""
+        """A worker stopping cleanly (or forgotten): drop its record and model residency."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.delete(worker_key(worker_id))
             pipe.zrem(WORKERS_KEY, worker_id)
             pipe.execute()
+        clear_worker(self.client, worker_id, known_namespaces(self.client))
         emit_system_event(self.client, "worker_status", {
             "worker_id": worker_id, "machine_id": machine_id, "status": "offline",
         })
@@ -128,6 +133,9 @@ class WorkerRegistry:
             live.append(record)
         if gone:
             self.client.zrem(WORKERS_KEY, *gone)
+            namespaces = known_namespaces(self.client)
+            for worker_id in gone:  # dead without leaving: its models are warm nowhere
+                clear_worker(self.client, worker_id, namespaces)
         return live
 
     def machines(self) -> dict[str, list[dict[str, Any]]]:
