@@ -13,7 +13,12 @@ Environment (defaults in brackets):
 - Simulation: ``EMP_SIMULATION_DURATION_SECONDS`` [2], ``EMP_SIMULATION_STEPS`` [10],
   ``EMP_SIMULATION_PROGRESS_INTERVAL_SECONDS`` [0], ``EMP_SIMULATION_FAILURE_RATE`` [0],
   ``EMP_SIMULATION_FAILURE_TYPE`` [service], ``EMP_SIMULATION_MODELS``,
-  ``EMP_SIMULATION_SEED``, ``EMP_SIMULATION_OUTAGE_FILE``.
+  ``EMP_SIMULATION_SEED``, ``EMP_SIMULATION_OUTAGE_FILE``, and model residency:
+  ``EMP_SIMULATION_GPU_MEMORY_GB``, ``EMP_SIMULATION_GPU_MODELS``,
+  ``EMP_SIMULATION_REMOTE_MODELS``, ``EMP_SIMULATION_MODEL_SIZE_GB``,
+  ``EMP_SIMULATION_MODEL_SIZES``, ``EMP_SIMULATION_RAM_GB``,
+  ``EMP_SIMULATION_RAM_LOAD_SECONDS``, ``EMP_SIMULATION_DISK_LOAD_SECONDS``,
+  ``EMP_SIMULATION_DOWNLOAD_MB_PER_SECOND`` (see ``machine.connectors.simulation``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ _SIMULATION_ENV = {
     "failure_rate": "EMP_SIMULATION_FAILURE_RATE",
     "failure_type": "EMP_SIMULATION_FAILURE_TYPE", "models": "EMP_SIMULATION_MODELS",
     "seed": "EMP_SIMULATION_SEED", "outage_file": "EMP_SIMULATION_OUTAGE_FILE",
+    "gpu_memory_gb": "EMP_SIMULATION_GPU_MEMORY_GB", "gpu_models": "EMP_SIMULATION_GPU_MODELS",
+    "remote_models": "EMP_SIMULATION_REMOTE_MODELS",
+    "model_size_gb": "EMP_SIMULATION_MODEL_SIZE_GB",
+    "model_sizes": "EMP_SIMULATION_MODEL_SIZES", "ram_gb": "EMP_SIMULATION_RAM_GB",
+    "ram_load_seconds": "EMP_SIMULATION_RAM_LOAD_SECONDS",
+    "disk_load_seconds": "EMP_SIMULATION_DISK_LOAD_SECONDS",
+    "download_mb_per_second": "EMP_SIMULATION_DOWNLOAD_MB_PER_SECOND",
 }
 _ENV_OF_KIND = {"comfyui": _COMFYUI_ENV, "comfyui-remote": _COMFYUI_ENV,
                 "simulation": _SIMULATION_ENV}
