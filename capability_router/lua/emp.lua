@@ -1155,7 +1155,12 @@ ARGV[7..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). A claimed job's
-wait is counted in the "wait" histogram of P.."metrics". ]]
+wait is counted in the "wait" histogram of P.."metrics".
+Warm-first (config ``affinity``, see warm_first; profiles without a workflow
+restriction or denied customers, while some worker reports a residency): a
+job warm on this worker is preferred within ``affinity_window``; a job warm on
+another soon-free worker is left to it for at most its load time here, and
+the reply's ms then counts until that delay ends. ]]
 local function emp_claim(keys, args)
   local P = prefix_of(keys[1])
   local psig, worker = args[1], args[2]
@@ -1604,7 +1609,8 @@ KEYS[1] config
 ARGV[1] limit  ARGV[2] now (optional)
 Promotes due retries, requeues expired leases, drops expired idle marks and
 listing entries older than the retention, and up to 100 profiles no worker used
-for profile_retention_ms. Returns how many jobs moved. ]]
+for profile_retention_ms, with the model residency of their workers. Returns
+how many jobs moved. ]]
 local function emp_sweep(keys, args)
   local P = prefix_of(keys[1])
   local now = now_ms(args[2])
@@ -1626,6 +1632,20 @@ local function emp_sweep(keys, args)
     int(now - cfg.profile_retention_ms), 'BYSCORE', 'LIMIT', '0', '100')
   for _, psig in ipairs(unseen) do
     drop_profile(P, psig)
+  end
+  -- Workers of a dropped profile have not claimed for the retention: their
+  -- residency goes with it (a live one reports again after its next job).
+  if #unseen > 0 then
+    local gone = {}
+    for _, psig in ipairs(unseen) do
+      gone[psig] = true
+    end
+    local residents = redis.call('HGETALL', P .. 'residents')
+    for i = 1, #residents, 2 do
+      if gone[residents[i + 1]] then
+        clear_residency(P, cfg, residents[i], now)
+      end
+    end
   end
   return moved
 end

@@ -10,6 +10,7 @@ import redis
 
 from capability_router.functions import QueueFunctions
 from capability_router.keys import NAMESPACES_KEY, Keys
+from capability_router.profile import WorkerProfile
 from capability_router.registry import WORKERS_KEY, WorkerRegistry, worker_key
 from capability_router.residency import (
     Placement,
@@ -126,3 +127,17 @@ def test_clear_worker_empties_every_key(client: redis.Redis) -> None:
         {"sdxl": "gpu", "flux": "gpu", "wan": "disk"})
     clear_worker(client, "w1", ["a", "b"])
     assert residency_keys(client) == []
+
+
+def test_the_sweep_of_unused_profiles_takes_their_workers_residency(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """A profile unseen past its retention is dropped; its worker's warm models with it."""
+    profile = WorkerProfile.from_dict({"worker_id": "w1", "services": ["simulation"]})
+    queue.configure(profile_retention_ms=1000)
+    queue.register_worker(profile)
+    client.zadd(queue.keys.prefix + "profile-seen", {profile.signature: 1})  # long unseen
+    ResidencyReporter(client, "w1", ["default"], profile.signature).report({"sdxl": "gpu"})
+    ResidencyReporter(client, "w2", ["default"], "other").report({"sdxl": "gpu"})
+    queue.sweep()
+    assert warm_workers(client, "sdxl", "default") == ["w2"]
+    assert read_residency(client, "w1", "default") == {}
