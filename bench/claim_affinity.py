@@ -1,25 +1,31 @@
 """Server-side cost of a warm-first claim (``FCALL emp_claim`` with affinity on) at 100k pending.
 
-Setup: one private Redis; 200 models; 1,000 requirement classes (one model x
-5 GPU-memory steps); 200 worker profiles, each with 40 models on disk and a
+Setup: one private Redis; 50 models; 250 requirement classes (one model x
+5 GPU-memory steps); 200 worker profiles, each with 30 models on disk and a
 GPU size; 1,000 workers (5 per profile), each reporting its residency
-(``emp_residency``: its 40 models, 3 of them loaded in the GPU), so every
-model is warm on about 15 workers and most jobs a cold worker sees are
-candidates for a delay (the claim's dearest path: it checks up to 16
-families, each against the warm workers of its model). Pending jobs are filed
-over random classes and priorities to 1k, 10k and 100k.
+(``emp_residency``: its 30 models, 3 of them loaded in the GPU), so every
+model is warm on about 60 workers. Delays are set to an hour
+(``load_ms_disk``, ``affinity_max_delay_ms``) so that every job warm on
+another worker stays left to it however old: the claim's dearest path (a
+cold worker checks up to 16 families, each against the warm workers of its
+model, and may find them all left to others). Pending jobs are filed over
+random classes and priorities to 1k, 10k and 100k.
 
 Measurement: at each level the same claims (random workers, pipelined) are
 timed twice on the same backlog, first with ``affinity`` 0 (the baseline: the
 claim of the core) and then 1; after each batch as many jobs are filed again.
 Server time from SLOWLOG, as in ``claim_cost``. Reported: p50/p99/mean µs of
 all claims, hits and deferrals (a claim that left every candidate to a warm
-worker returns no job). Target: p99 <= 1000 µs at 100k pending with affinity on.
+worker returns no job). Target: p99 <= 1000 µs at 100k pending with affinity on. SLOWLOG times are
+wall time, so on a loaded machine they include preemption; the server's CPU
+time per claim (INFO cpu around the claim pipelines) is reported beside them
+and does not, and the load average is in the JSON line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -30,18 +36,25 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import emit_json, quick_args, start_redis, summary, verdict  # noqa: E402
+from bench._common import (  # noqa: E402
+    emit_json,
+    quick_args,
+    redis_cpu_seconds,
+    start_redis,
+    summary,
+    verdict,
+)
 from capability_router.functions import QueueFunctions, claim_args, ensure_library  # noqa: E402
 from capability_router.jobspec import JobSpec  # noqa: E402
 from capability_router.profile import WorkerProfile  # noqa: E402
 
 SERVICE = "render"
 NAMESPACE = "bench-affinity"
-N_MODELS = 200
+N_MODELS = 50
 GPU_STEPS = [8, 12, 16, 24, 40]
 N_PROFILES = 200
 WORKERS_PER_PROFILE = 5
-DISK_MODELS = 40
+DISK_MODELS = 30
 GPU_MODELS = 3
 LEASE_MS = 3_600_000
 P99_TARGET_US = 1000.0
@@ -100,13 +113,16 @@ def sample(client: redis.Redis, filler: Filler, workers: list, claims: int, batc
     keys = filler.functions.keys
     client.slowlog_reset()
     outcomes: list[bool] = []
+    cpu = 0.0
     while len(outcomes) < claims:
         n = min(batch, claims - len(outcomes))
         pipe = client.pipeline(transaction=False)
         for _ in range(n):
             profile, worker_id, _ = rng.choice(workers)
             pipe.execute_command(*claim_args(keys, profile.signature, worker_id, LEASE_MS, 5000))
+        before = redis_cpu_seconds(client)
         replies = pipe.execute()
+        cpu += redis_cpu_seconds(client) - before
         got = [int(r[0]) == 1 for r in replies]
         outcomes += got
         filler.fill(sum(got) or 1, batch=n)
@@ -117,6 +133,7 @@ def sample(client: redis.Redis, filler: Filler, workers: list, claims: int, batc
         raise RuntimeError(f"SLOWLOG held {len(all_us)} of {claims} claims")
     pairs = list(zip(all_us, outcomes, strict=True))
     return {"claims": claims, "hits": sum(outcomes),
+            "server_cpu_us_per_claim": round(cpu * 1e6 / claims, 1),
             "all_us": summary(all_us), "hit_us": summary([u for u, h in pairs if h]),
             "miss_us": summary([u for u, h in pairs if not h])}
 
@@ -132,6 +149,7 @@ def main() -> None:
         client.config_set("slowlog-max-len", 1_000_000)
         rng = random.Random(11)
         functions = QueueFunctions(client, NAMESPACE)
+        functions.configure(load_ms_disk=3_600_000, affinity_max_delay_ms=3_600_000)
         specs = make_classes()
         workers = make_workers(rng)
         filler = Filler(client, specs, rng)
@@ -169,7 +187,9 @@ def main() -> None:
                   f" | on p50 {on['p50']:.0f} p99 {on['p99']:.0f} us (target <= "
                   f"{P99_TARGET_US:.0f}: {verdict(on['p99'] <= P99_TARGET_US)}); on: "
                   f"{row['on']['hits']} hits, {claims - row['on']['hits']} deferred "
-                  f"(p99 {row['on']['miss_us']['p99']:.0f} us)", flush=True)
+                  f"(p99 {row['on']['miss_us']['p99']:.0f} us); server CPU per claim "
+                  f"off {row['off']['server_cpu_us_per_claim']:.0f} us, on "
+                  f"{row['on']['server_cpu_us_per_claim']:.0f} us", flush=True)
         top = results[str(levels[-1])]
         emit_json({
             "bench": "claim_affinity", "quick": args.quick,
@@ -178,6 +198,11 @@ def main() -> None:
             "levels": results,
             "p99_us_on": {k: v["on"]["all_us"]["p99"] for k, v in results.items()},
             "p99_us_off": {k: v["off"]["all_us"]["p99"] for k, v in results.items()},
+            "cpu_us_per_claim_on": {k: v["on"]["server_cpu_us_per_claim"]
+                                    for k, v in results.items()},
+            "cpu_us_per_claim_off": {k: v["off"]["server_cpu_us_per_claim"]
+                                     for k, v in results.items()},
+            "load_average": list(os.getloadavg()),
             "p99_ratio_on_over_off_100k": round(
                 top["on"]["all_us"]["p99"] / top["off"]["all_us"]["p99"], 3),
             "targets": {"p99_us_max": P99_TARGET_US},

@@ -1206,9 +1206,12 @@ local function emp_claim(keys, args)
   end
   local best, family = pick()
   if not best and not swept then
-    housekeep(P, now, '50')
+    -- Picking again helps only when housekeeping filed jobs.
+    local moved = housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
-    best, family = pick()
+    if moved > 0 then
+      best, family = pick()
+    end
   end
   if not best then
     if redis.call('HEXISTS', keys[2], psig) == 0 then
