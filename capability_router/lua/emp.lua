@@ -802,27 +802,45 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
   end
   local defs = redis.call('HMGET', P .. 'families', unpack(cands))
   local mk = P .. 'models:' .. worker
-  local last_band = math.floor(tonumber(head) / 1e13) + cfg.affinity_window
+  -- Per candidate, looked up once when first needed: its models (false: none)
+  -- and their tiers on this worker.
   local needs, tiers = {}, {}
-  for i, fsig in ipairs(cands) do
-    local models = defs[i] and family_models(cjson.decode(defs[i]))
-    needs[i] = models or false
-    if models then
-      tiers[i] = redis.call('HMGET', mk, unpack(models))
-      local all_gpu = true
-      for _, t in ipairs(tiers[i]) do
-        if t ~= 'gpu' then
-          all_gpu = false
-          break
-        end
+  local function info(i)
+    if needs[i] == nil then
+      needs[i] = defs[i] and family_models(cjson.decode(defs[i])) or false
+      if needs[i] then
+        tiers[i] = redis.call('HMGET', mk, unpack(needs[i]))
       end
-      if all_gpu and math.floor(cscores[i] / 1e13) <= last_band then
-        return fsig, 0
+    end
+    return needs[i]
+  end
+  if redis.call('EXISTS', mk) == 1 then
+    local last_band = math.floor(cscores[1] / 1e13) + cfg.affinity_window
+    for i, fsig in ipairs(cands) do
+      if math.floor(cscores[i] / 1e13) > last_band then
+        break
+      end
+      if info(i) then
+        local all_gpu = true
+        for _, t in ipairs(tiers[i]) do
+          if t ~= 'gpu' then
+            all_gpu = false
+            break
+          end
+        end
+        if all_gpu then
+          return fsig, 0
+        end
       end
     end
   end
+  local lefts = {}
   local function left_to_other(i)
-    local models = needs[i]
+    if lefts[i] then
+      return lefts[i]
+    end
+    local models = info(i)
+    lefts[i] = 0
     if not models then
       return 0
     end
@@ -836,10 +854,10 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
     delay = math.min(delay, cfg.affinity_max_delay_ms)
     local band = math.floor(cscores[i] / 1e13)
     local until_ms = cscores[i] - band * 1e13 + delay
-    if delay <= 0 or now >= until_ms or not warm_elsewhere(P, worker, models, until_ms) then
-      return 0
+    if delay > 0 and now < until_ms and warm_elsewhere(P, worker, models, until_ms) then
+      lefts[i] = until_ms - now
     end
-    return until_ms - now
+    return lefts[i]
   end
   local wait = 0
   for i, fsig in ipairs(cands) do
