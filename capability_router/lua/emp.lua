@@ -71,6 +71,8 @@ they live in the same slot as the declared key.
   P.."residents"           HASH   worker id -> its profile signature, for
                                   workers with a residency (cleared with it)
   P.."model-size"          HASH   model -> bytes, as reported (remote models)
+  P.."family-models"       HASH   family signature -> its models joined by
+                                  newlines ('' for none), filled by claims
   P.."busy"                ZSET   worker id -> ms its running job is
                                   expected to end (claims of residents with a
                                   predicted_ms on the job; warm-first delays)
@@ -402,10 +404,33 @@ local function family_models(family)
   return nil
 end
 
+-- The models of a family, from P.."family-models" (``listed``: its entry,
+-- names joined by newlines, '' for none), filled from the family's JSON the
+-- first time: a claim reads it for up to 16 families, cheaper than decoding.
+local function models_of_family(P, fsig, listed)
+  if not listed then
+    local json = redis.call('HGET', P .. 'families', fsig)
+    if not json then
+      return nil
+    end
+    local models = family_models(cjson.decode(json))
+    listed = models and table.concat(models, '\n') or ''
+    redis.call('HSET', P .. 'family-models', fsig, listed)
+  end
+  if listed == '' then
+    return nil
+  end
+  local models = {}
+  for name in string.gmatch(listed, '[^\n]+') do
+    models[#models + 1] = name
+  end
+  return models
+end
+
 -- Another worker holding all ``models`` in the GPU that will be free by
 -- ``until_ms`` (its running job's expected end, when known, is no later), or
 -- nil. Looks at the 4 latest reports of the first model.
-local function warm_elsewhere(P, worker, models, until_ms)
+local function warm_elsewhere(P, worker, models, until_ms, any_busy)
   local others = redis.call('ZRANGE', P .. 'warm:' .. models[1], '0', '3', 'REV')
   for _, other in ipairs(others) do
     if other ~= worker then
@@ -419,7 +444,7 @@ local function warm_elsewhere(P, worker, models, until_ms)
         end
       end
       if ok then
-        local busy = tonumber(redis.call('ZSCORE', P .. 'busy', other))
+        local busy = any_busy and tonumber(redis.call('ZSCORE', P .. 'busy', other))
         if not busy or busy <= until_ms then
           return other
         end
@@ -435,8 +460,7 @@ local function wake_warm(P, fsig, now)
   if redis.call('HLEN', P .. 'residents') == 0 or not config(P).affinity then
     return false
   end
-  local json = redis.call('HGET', P .. 'families', fsig)
-  local models = json and family_models(cjson.decode(json))
+  local models = models_of_family(P, fsig, redis.call('HGET', P .. 'family-models', fsig))
   if not models then
     return false
   end
@@ -568,6 +592,7 @@ end
 local function drop_family(P, fsig)
   redis.call('HDEL', P .. 'family-classes', fsig)
   redis.call('HDEL', P .. 'families', fsig)
+  redis.call('HDEL', P .. 'family-models', fsig)
   redis.call('ZREM', P .. 'fheads', fsig)
   redis.call('DEL', P .. 'fam:' .. fsig)
   local rk = P .. 'compat-rev:' .. fsig
@@ -800,14 +825,14 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
   if #cands == 0 then
     return preferred, 0
   end
-  local defs = redis.call('HMGET', P .. 'families', unpack(cands))
+  local listed = redis.call('HMGET', P .. 'family-models', unpack(cands))
   local mk = P .. 'models:' .. worker
   -- Per candidate, looked up once when first needed: its models (false: none)
   -- and their tiers on this worker.
   local needs, tiers = {}, {}
   local function info(i)
     if needs[i] == nil then
-      needs[i] = defs[i] and family_models(cjson.decode(defs[i])) or false
+      needs[i] = models_of_family(P, cands[i], listed[i]) or false
       if needs[i] then
         tiers[i] = redis.call('HMGET', mk, unpack(needs[i]))
       end
@@ -835,6 +860,7 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
     end
   end
   local lefts = {}
+  local any_busy = redis.call('EXISTS', P .. 'busy') == 1
   local function left_to_other(i)
     if lefts[i] then
       return lefts[i]
@@ -854,7 +880,7 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
     delay = math.min(delay, cfg.affinity_max_delay_ms)
     local band = math.floor(cscores[i] / 1e13)
     local until_ms = cscores[i] - band * 1e13 + delay
-    if delay > 0 and now < until_ms and warm_elsewhere(P, worker, models, until_ms) then
+    if delay > 0 and now < until_ms and warm_elsewhere(P, worker, models, until_ms, any_busy) then
       lefts[i] = until_ms - now
     end
     return lefts[i]
