@@ -827,19 +827,27 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
   end
   local listed = redis.call('HMGET', P .. 'family-models', unpack(cands))
   local mk = P .. 'models:' .. worker
-  -- Per candidate, looked up once when first needed: its models (false: none)
-  -- and their tiers on this worker.
-  local needs, tiers = {}, {}
-  local function info(i)
-    if needs[i] == nil then
-      needs[i] = models_of_family(P, cands[i], listed[i]) or false
-      if needs[i] then
-        tiers[i] = redis.call('HMGET', mk, unpack(needs[i]))
-      end
+  -- Per candidate: its models (false: none) and their tiers on this worker,
+  -- all read with one HMGET.
+  local needs, tiers, all = {}, {}, {}
+  for i, fsig in ipairs(cands) do
+    needs[i] = models_of_family(P, fsig, listed[i]) or false
+    for _, m in ipairs(needs[i] or {}) do
+      all[#all + 1] = m
     end
+  end
+  local mine = #all > 0 and redis.call('HMGET', mk, unpack(all)) or {}
+  local at = 0
+  for i = 1, #cands do
+    if needs[i] then
+      tiers[i] = {unpack(mine, at + 1, at + #needs[i])}
+      at = at + #needs[i]
+    end
+  end
+  local function info(i)
     return needs[i]
   end
-  if redis.call('EXISTS', mk) == 1 then
+  if #all > 0 then
     local last_band = math.floor(cscores[1] / 1e13) + cfg.affinity_window
     for i, fsig in ipairs(cands) do
       if math.floor(cscores[i] / 1e13) > last_band then
