@@ -7,7 +7,7 @@ GPU size; 1,000 workers (5 per profile), each reporting its residency
 model is warm on about 60 workers. Delays are set to an hour
 (``load_ms_disk``, ``affinity_max_delay_ms``) so that every job warm on
 another worker stays left to it however old: the claim's dearest path (a
-cold worker checks up to 16 families, each against the warm workers of its
+cold worker checks up to 8 families, each against the warm workers of its
 model, and may find them all left to others). Pending jobs are filed over
 random classes and priorities to 1k, 10k and 100k.
 

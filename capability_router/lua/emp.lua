@@ -406,7 +406,7 @@ end
 
 -- The models of a family, from P.."family-models" (``listed``: its entry,
 -- names joined by newlines, '' for none), filled from the family's JSON the
--- first time: a claim reads it for up to 16 families, cheaper than decoding.
+-- first time: a claim reads it for several families, cheaper than decoding.
 local function models_of_family(P, fsig, listed)
   if not listed then
     local json = redis.call('HGET', P .. 'families', fsig)
@@ -788,8 +788,8 @@ local function prefer_scarce(P, ck, best, now, cfg)
 end
 
 -- Warm-first with bounded delay (config ``affinity``, default on). From the
--- best family the profile can serve (``top``) on, up to 16 compatible
--- families in queue order:
+-- best family the profile can serve (``top``) on, the compatible ones among
+-- the next AFFINITY_CANDIDATES (8) families in queue order:
 -- * a family whose models are all in this worker's GPU, within
 --   ``affinity_window`` priority points (default 10) of ``top``, is taken
 --   first (the first such in queue order);
@@ -802,13 +802,16 @@ end
 -- * the first family not left to another worker is taken (``preferred``,
 --   prefer_scarce's choice, when it is one of them).
 -- Returns the family, or nil and the ms until the first delay ends.
+-- Families (compatible or not) a warm-first claim looks at, from the best on.
+local AFFINITY_CANDIDATES = '8'
+
 local function warm_first(P, ck, top, preferred, worker, now, cfg)
   local head = redis.call('ZSCORE', P .. 'fheads', top)
   if not head then
     return preferred, 0
   end
   local near = redis.call('ZRANGE', P .. 'fheads', string.format('%.0f', head), '+inf', 'BYSCORE',
-    'LIMIT', '0', '16', 'WITHSCORES')
+    'LIMIT', '0', AFFINITY_CANDIDATES, 'WITHSCORES')
   local names, scores = {}, {}
   for i = 1, #near, 2 do
     names[#names + 1] = near[i]
