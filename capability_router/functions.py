@@ -192,6 +192,10 @@ class Claimed:
     message: str
 
 
+#: Config fields of warm-first claims (``emp_claim``; defaults in emp.lua's ``config``).
+AFFINITY_SETTINGS = ("affinity", "affinity_window", "affinity_max_delay_ms",
+                     "load_ms_ram", "load_ms_disk", "load_ms_remote")
+
 #: Classes ``emp_queue_summary`` reports per call.
 SUMMARY_CHUNK = 100
 
@@ -333,11 +337,13 @@ class QueueFunctions:
     def configure(self, **settings: float) -> None:
         """Set namespace tunables: events_maxlen, job_events_maxlen, retention_ms,
         max_attempts, max_service_releases, service_release_delay_ms,
-        profile_retention_ms, fair_window, fair_age_ms, duration_keys_max (integers)
-        and duration_alpha (0-1, the duration model's EWMA weight) (see emp.lua)."""
+        profile_retention_ms, fair_window, fair_age_ms, duration_keys_max (integers),
+        duration_alpha (0-1, the duration model's EWMA weight), and warm-first claims:
+        affinity (1 on, 0 off), affinity_window, affinity_max_delay_ms,
+        load_ms_ram, load_ms_disk, load_ms_remote (see emp.lua)."""
         allowed = {"events_maxlen", "job_events_maxlen", "retention_ms", "max_attempts",
                    "max_service_releases", "service_release_delay_ms", "profile_retention_ms",
-                   "fair_window", "fair_age_ms", "duration_keys_max"}
+                   "fair_window", "fair_age_ms", "duration_keys_max", *AFFINITY_SETTINGS}
         fractions = {"duration_alpha"}
         unknown = set(settings) - allowed - fractions
         if unknown:
@@ -537,6 +543,18 @@ class QueueFunctions:
             first += chunk
             if first >= page.total_classes:
                 return QueueSummary(list(classes.values()), page.delayed, page.total_classes)
+
+    def residency(
+        self, worker_id: str, changes: list[tuple[str, str, int | None]] = (),
+        mode: str = "update", profile_signature: str = "", now_ms: int | None = None,
+    ) -> tuple[int, int, int]:
+        """Report a worker's model residency (``emp_residency``): (model, tier, size bytes)
+        triples, tier "" dropping the model; returns (loaded, evicted, held)."""
+        args: list[Any] = [worker_id, now_ms or 0, profile_signature, mode]
+        for model, tier, size in changes:
+            args += [model, tier, "" if size is None else int(size)]
+        reply = self._call("emp_residency", [self.keys.config], args)
+        return int(reply[0]), int(reply[1]), int(reply[2])
 
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""

@@ -105,8 +105,27 @@ class Keys:
         """Live workers serving the namespace: worker id -> ms their heartbeat expires."""
         return self.prefix + "workers"
 
+    @property
+    def residents(self) -> str:
+        """Worker id -> profile signature, of workers that report a model residency."""
+        return self.prefix + "residents"
+
+    @property
+    def busy(self) -> str:
+        """Worker id -> ms its running job is expected to end (warm-first delays)."""
+        return self.prefix + "busy"
+
+    @property
+    def model_sizes(self) -> str:
+        """Model -> bytes, as reported with a residency."""
+        return self.prefix + "model-size"
+
+    def models(self, worker_id: str) -> str:
+        """One worker's residency: model -> tier (gpu, ram, disk, remote)."""
+        return f"{self.prefix}models:{worker_id}"
+
     def warm(self, model: str) -> str:
-        """Workers holding ``model`` loaded in the GPU: worker id -> ms of their report."""
+        """Workers holding ``model`` in the GPU -> ms of their report."""
         return f"{self.prefix}warm:{model}"
 
     def job(self, job_id: str) -> str:

@@ -18,6 +18,9 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
   P.."workers" (per pool)  ZSET   worker id -> ms its heartbeat expires, in each
                                   pool it serves: the router counts a pool's
                                   live workers with one ZCOUNT
+
+A worker that leaves, or whose record expired (found by ``workers``), also
+loses its model residency in every pool (``capability_router.residency``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import redis
 
 from capability_router.functions import QueueFunctions
 from capability_router.keys import PREFIX, Keys, known_namespaces
+from capability_router.residency import clear_worker
 from capability_router.states import WorkerStatus
 
 WORKERS_KEY = f"{PREFIX}:workers"
@@ -103,7 +107,7 @@ class WorkerRegistry:
         })
 
     def leave(self, worker_id: str, machine_id: str = "") -> None:
-        """A worker stopping cleanly: drop its record at once."""
+        """A worker stopping cleanly (or forgotten): drop its record and model residency."""
         pools = json.loads(self.client.hget(worker_key(worker_id), "pools") or "[]")
         with self.client.pipeline(transaction=False) as pipe:
             for pool in pools:
@@ -111,6 +115,7 @@ class WorkerRegistry:
             pipe.delete(worker_key(worker_id))
             pipe.zrem(WORKERS_KEY, worker_id)
             pipe.execute()
+        clear_worker(self.client, worker_id, known_namespaces(self.client))
         emit_system_event(self.client, "worker_status", {
             "worker_id": worker_id, "machine_id": machine_id, "status": "offline",
         })
@@ -137,6 +142,9 @@ class WorkerRegistry:
             live.append(record)
         if gone:
             self.client.zrem(WORKERS_KEY, *gone)
+            namespaces = known_namespaces(self.client)
+            for worker_id in gone:  # dead without leaving: its models are warm nowhere
+                clear_worker(self.client, worker_id, namespaces)
         return live
 
     def machines(self) -> dict[str, list[dict[str, Any]]]:

@@ -8,7 +8,9 @@ the connector raises JobCancelledByService. Failures carry an ErrorType:
 retryable ones go back to the queue through Celery's retry with exponential
 backoff (the job's ``max_retries``), the others fail the job at once. A job
 its service refused before running it (ServiceUnavailable) is given back
-without spending a retry (``emp_tasks.service_release``).
+without spending a retry (``emp_tasks.service_release``). After every job
+the connector's model residency changes are reported
+(``emp_tasks.residency_report``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from capability_router.errors import JobCancelled
 from emp_tasks.bad_models import stop_advertising
 from emp_tasks.cancellation import is_cancelled
+from emp_tasks.residency_report import report_residency
 from emp_tasks.service_release import release_or_retry
 from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
@@ -56,6 +59,7 @@ def job_input(task: Any, payload: dict[str, Any]) -> JobInput:
 def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
     """Run ``payload`` on this process's connector for the task's service."""
     job = job_input(task, payload)
+    connector = None
     try:
         connector = _connector(job.service)
         with _cancel_watcher(task, connector, job.job_id):
@@ -68,6 +72,9 @@ def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
         if isinstance(exc, ModelUnusableHere):  # before the retry can be claimed
             stop_advertising(task, exc.bad_models, exc.message)
         raise retry_or_fail(task, exc) from None
+    finally:
+        if connector is not None:  # what the job loaded or pushed out, whatever its outcome
+            report_residency(task, connector)
 
 
 def _connector(service: str) -> Connector:

@@ -90,7 +90,31 @@ def queue_settings() -> dict[str, int]:
         "max_service_releases": int(env("EMP_MAX_SERVICE_RELEASES", str(MAX_SERVICE_RELEASES))),
         "service_release_delay_ms": int(float(env("EMP_SERVICE_RELEASE_DELAY_SECONDS",
                                                   str(SERVICE_RELEASE_DELAY_SECONDS))) * 1000),
+        **affinity_settings(),
     }
+
+
+#: Warm-first claim settings (``emp_claim``) and their environment variables, in
+#: seconds where the setting is ms; set only when the variable is (defaults in emp.lua).
+AFFINITY_ENV = {
+    "affinity_window": "EMP_AFFINITY_WINDOW",
+    "affinity_max_delay_ms": "EMP_AFFINITY_MAX_DELAY_SECONDS",
+    "load_ms_ram": "EMP_LOAD_SECONDS_RAM", "load_ms_disk": "EMP_LOAD_SECONDS_DISK",
+    "load_ms_remote": "EMP_LOAD_SECONDS_REMOTE",
+}
+
+
+def affinity_settings() -> dict[str, int]:
+    """``EMP_AFFINITY`` (on/off) and the ``AFFINITY_ENV`` variables that are set."""
+    out = {}
+    value = (env("EMP_AFFINITY") or "").strip().lower()
+    if value:
+        out["affinity"] = 0 if value in ("0", "off", "false", "no") else 1
+    for setting, name in AFFINITY_ENV.items():
+        if env(name):
+            scale = 1 if setting == "affinity_window" else 1000
+            out[setting] = int(float(env(name)) * scale)
+    return out
 
 
 def health_gate() -> bool:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.profile import WorkerProfile
+from capability_router.residency import ResidencyReporter
 from emp_tasks import defaults
 from emp_tasks.claim_gate import BoundedClaimGate
-from emp_tasks.connection import get_functions
+from emp_tasks.connection import get_client, get_functions
 from emp_tasks.producer import services
 from machine.connectors.factory import connector_from_env
+
+logger = logging.getLogger("emp.worker")
 
 
 def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
@@ -58,6 +62,23 @@ def claim_gate_options() -> dict[str, Any]:
             "claim_gate_retry_seconds": defaults.health_gate_seconds()}
 
 
+def report_start_residency(app: Celery, profile: WorkerProfile, pools: list[str]) -> None:
+    """Report where the connector's models are at start (what it has on disk, preloaded),
+    replacing what an earlier life of this worker left."""
+    connector = connector_from_env()
+    if connector is None:
+        return
+    try:
+        connector.initialize()
+        residency = connector.residency()
+        ResidencyReporter(get_client(app.conf.broker_url), profile.worker_id, pools,
+                          profile.signature).report(residency)
+    except Exception:  # claims only lose a preference; the first job reports again
+        logger.warning("could not report model residency at start", exc_info=True)
+    finally:
+        connector.close()
+
+
 def run_worker(
     app: Celery, profile: WorkerProfile, pools: list[str] | None = None,
     concurrency: int = defaults.CONCURRENCY, loglevel: str = "info",
@@ -67,11 +88,13 @@ def run_worker(
     pools = pools or [DEFAULT_NAMESPACE]
     options = dict(app.conf.broker_transport_options or {})
     options["worker_profile"] = profile.as_dict()
+    options["worker_pools"] = list(pools)
     options.update(claim_gate_options())
     app.conf.broker_transport_options = options
     settings = defaults.queue_settings()
     for pool in pools:
         get_functions(app.conf.broker_url, pool).configure(**settings)
+    report_start_residency(app, profile, pools)
     argv = [
         "worker", "-Q", ",".join(pools), "-c", str(concurrency), "-l", loglevel,
         "-n", f"{profile.worker_id}@%h", *(extra_args or []),

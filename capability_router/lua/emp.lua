@@ -77,6 +77,18 @@ they live in the same slot as the declared key.
                                   predicted_ms) of the namespace's unfinished
                                   jobs, pending and running; unfinished: their
                                   count (what the router reads as queued work)
+  P.."models:"..worker_id  HASH   model -> tier ("gpu", "ram", "disk", "remote")
+                                  of one worker (emp_residency)
+  P.."warm:"..model        ZSET   worker id -> ms of its report, workers that
+                                  hold the model in "gpu" (loaded in VRAM)
+  P.."residents"           HASH   worker id -> its profile signature, for
+                                  workers with a residency (cleared with it)
+  P.."model-size"          HASH   model -> bytes, as reported (remote models)
+  P.."family-models"       HASH   family signature -> its models joined by
+                                  newlines ('' for none), filled by claims
+  P.."busy"                ZSET   worker id -> ms its running job is
+                                  expected to end (claims of residents with a
+                                  predicted_ms on the job; warm-first delays)
 
 Both streams carry each event under the same entry id, so a reader can
 resume either from the id it last saw.
@@ -123,7 +135,8 @@ end
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
     'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at', 'profile_retention_ms',
-    'fair_window', 'fair_age_ms')
+    'fair_window', 'fair_age_ms', 'affinity', 'affinity_window', 'affinity_max_delay_ms',
+    'load_ms_ram', 'load_ms_disk', 'load_ms_remote')
   return {
     events_maxlen = v[1] or '100000',
     job_events_maxlen = v[2] or '1000',
@@ -133,6 +146,14 @@ local function config(P)
     profile_retention_ms = tonumber(v[6]) or 3600000,
     fair_window = tonumber(v[7]) or 10,
     fair_age_ms = tonumber(v[8]) or 30000,
+    -- Warm-first claims (emp_claim): on unless '0'; the priority window in
+    -- which a warm job beats a better one; the cap of a delay; expected ms to
+    -- load a model from each tier into the GPU (the delay's base).
+    affinity = (v[9] or '1') ~= '0',
+    affinity_window = tonumber(v[10]) or 10,
+    affinity_max_delay_ms = tonumber(v[11]) or 10000,
+    load_ms = {gpu = 0, ram = tonumber(v[12]) or 2000, disk = tonumber(v[13]) or 10000,
+      remote = tonumber(v[14]) or 60000},
   }
 end
 
@@ -326,11 +347,175 @@ local function refresh_head(P, csig, fsig)
   end
 end
 
+-- Model residency -----------------------------------------------------------
+-- Where each worker holds each model (P.."models:"..worker) and, per model,
+-- the workers that hold it loaded in the GPU (P.."warm:"..model). Every
+-- change is O(1); a worker reports into every namespace it serves, so a claim
+-- reads residency inside its own hash slot.
+
+local TIERS = {gpu = true, ram = true, disk = true, remote = true}
+
+-- An event of the namespace that concerns no job (model_loaded, model_evicted).
+local function emit_ns(P, cfg, event, data, now)
+  local payload = string.sub(cjson.encode(data), 1, -2) .. ',"timestamp":' .. now .. '}'
+  return redis.call('XADD', P .. 'events', 'MAXLEN', '~', cfg.events_maxlen, '*',
+    'event', event, 'job_id', '', 'data', payload)
+end
+
+-- One model of one worker moves to ``tier`` (nil: the worker no longer has
+-- it). Returns 1 when it was loaded into the GPU, -1 when it left it, else 0.
+local function set_residency(P, cfg, worker, model, tier, now)
+  local mk = P .. 'models:' .. worker
+  local old = redis.call('HGET', mk, model)
+  if tier then
+    redis.call('HSET', mk, model, tier)
+  else
+    redis.call('HDEL', mk, model)
+  end
+  if tier == 'gpu' then
+    redis.call('ZADD', P .. 'warm:' .. model, now, worker)
+    if old ~= 'gpu' then
+      emit_ns(P, cfg, 'model_loaded', {worker_id = worker, model = model, tier = 'gpu'}, now)
+      return 1
+    end
+  elseif old == 'gpu' then
+    redis.call('ZREM', P .. 'warm:' .. model, worker)
+    emit_ns(P, cfg, 'model_evicted', {worker_id = worker, model = model,
+      tier = tier or 'none'}, now)
+    return -1
+  end
+  return 0
+end
+
+-- A worker's whole residency, gone (it left, or was found dead). Returns how
+-- many models it held; its GPU models are announced as evicted.
+local function clear_residency(P, cfg, worker, now)
+  local mk = P .. 'models:' .. worker
+  local held = redis.call('HGETALL', mk)
+  for i = 1, #held, 2 do
+    if held[i + 1] == 'gpu' then
+      redis.call('ZREM', P .. 'warm:' .. held[i], worker)
+      emit_ns(P, cfg, 'model_evicted', {worker_id = worker, model = held[i], tier = 'none'},
+        now)
+    end
+  end
+  redis.call('DEL', mk)
+  redis.call('HDEL', P .. 'residents', worker)
+  redis.call('ZREM', P .. 'busy', worker)
+  return #held / 2
+end
+
+-- The models a family needs (its pos["models.<service>"]), or nil.
+local function family_models(family)
+  local want = family and family.pos and family.pos['models.' .. tostring(family.service)]
+  if type(want) == 'string' then
+    return {want}
+  end
+  if type(want) == 'table' and #want > 0 then
+    return want
+  end
+  return nil
+end
+
+-- The models of a family, from P.."family-models" (``listed``: its entry,
+-- names joined by newlines, '' for none), filled from the family's JSON the
+-- first time: a claim reads it for several families, cheaper than decoding.
+local function models_of_family(P, fsig, listed)
+  if not listed then
+    local json = redis.call('HGET', P .. 'families', fsig)
+    if not json then
+      return nil
+    end
+    local models = family_models(cjson.decode(json))
+    listed = models and table.concat(models, '\n') or ''
+    redis.call('HSET', P .. 'family-models', fsig, listed)
+  end
+  if listed == '' then
+    return nil
+  end
+  local models = {}
+  for name in string.gmatch(listed, '[^\n]+') do
+    models[#models + 1] = name
+  end
+  return models
+end
+
+-- Another worker holding all ``models`` in the GPU that will be free by
+-- ``until_ms`` (its running job's expected end, when known, is no later), or
+-- nil. Looks at the 4 latest reports of the first model.
+local function warm_elsewhere(P, worker, models, until_ms, any_busy)
+  local others = redis.call('ZRANGE', P .. 'warm:' .. models[1], '0', '3', 'REV')
+  for _, other in ipairs(others) do
+    if other ~= worker then
+      local ok = true
+      if #models > 1 then
+        for _, t in ipairs(redis.call('HMGET', P .. 'models:' .. other, unpack(models))) do
+          if t ~= 'gpu' then
+            ok = false
+            break
+          end
+        end
+      end
+      if ok then
+        local busy = any_busy and tonumber(redis.call('ZSCORE', P .. 'busy', other))
+        if not busy or busy <= until_ms then
+          return other
+        end
+      end
+    end
+  end
+  return nil
+end
+
+-- At submit: an idle worker that has the family's models warm is woken
+-- first, so it, not a cold worker, comes for the job. True when one was.
+local function wake_warm(P, fsig, now)
+  if redis.call('HLEN', P .. 'residents') == 0 or not config(P).affinity then
+    return false
+  end
+  local models = models_of_family(P, fsig, redis.call('HGET', P .. 'family-models', fsig))
+  if not models then
+    return false
+  end
+  for _, other in ipairs(redis.call('ZRANGE', P .. 'warm:' .. models[1], '0', '3', 'REV')) do
+    local psig = redis.call('HGET', P .. 'residents', other)
+    if psig and psig ~= '' then
+      local member = psig .. ':' .. other
+      local until_ms = tonumber(redis.call('ZSCORE', P .. 'idle', member))
+      if until_ms and until_ms > tonumber(now)
+          and redis.call('SISMEMBER', P .. 'compat-rev:' .. fsig, psig) == 1
+          and redis.call('HEXISTS', P .. 'restricted', psig) == 0 then
+        local ok = true
+        if #models > 1 then
+          for _, t in ipairs(redis.call('HMGET', P .. 'models:' .. other, unpack(models))) do
+            if t ~= 'gpu' then
+              ok = false
+              break
+            end
+          end
+        end
+        if ok then
+          redis.call('ZREM', P .. 'idle', member)
+          local wk = P .. 'wake:' .. other
+          redis.call('LPUSH', wk, '1')
+          redis.call('PEXPIRE', wk, '60000')
+          return other
+        end
+      end
+    end
+  end
+  return false
+end
+
 -- Wakes one idle worker that can serve the class, most recently idle first.
 -- Looks at the 128 most recent unexpired idle marks; expired ones are swept.
 local function wake_one(P, csig, fsig, now)
   if not fsig then
     return false
+  end
+  local warm = wake_warm(P, fsig, now)
+  if warm then
+    return warm
   end
   local idle = redis.call('ZRANGE', P .. 'idle', '+inf', '(' .. now, 'BYSCORE', 'REV',
     'LIMIT', '0', '128')
@@ -420,6 +605,7 @@ end
 local function drop_family(P, fsig)
   redis.call('HDEL', P .. 'family-classes', fsig)
   redis.call('HDEL', P .. 'families', fsig)
+  redis.call('HDEL', P .. 'family-models', fsig)
   redis.call('ZREM', P .. 'fheads', fsig)
   redis.call('DEL', P .. 'fam:' .. fsig)
   local rk = P .. 'compat-rev:' .. fsig
@@ -654,6 +840,132 @@ local function prefer_scarce(P, ck, best, now, cfg)
     end
   end
   return chosen
+end
+
+-- Warm-first with bounded delay (config ``affinity``, default on). From the
+-- best family the profile can serve (``top``) on, the compatible ones among
+-- the next AFFINITY_CANDIDATES (8) families in queue order:
+-- * a family whose models are all in this worker's GPU, within
+--   ``affinity_window`` priority points (default 10) of ``top``, is taken
+--   first (the first such in queue order);
+-- * otherwise a family whose models are warm on another worker that will be
+--   free soon (idle, or its running job's expected end known and early
+--   enough) is left to that worker for a delay: this worker's expected load
+--   time (``load_ms_<tier>`` of its worst model's tier here, remote when
+--   absent), capped at ``affinity_max_delay_ms``, from the family's best
+--   job's effective time. After it, any compatible worker takes the job;
+-- * the first family not left to another worker is taken (``preferred``,
+--   prefer_scarce's choice, when it is one of them).
+-- Returns the family, or nil and the ms until the first delay ends.
+-- Families (compatible or not) a warm-first claim looks at, from the best on.
+local AFFINITY_CANDIDATES = '8'
+
+local function warm_first(P, ck, top, preferred, worker, now, cfg)
+  local head = redis.call('ZSCORE', P .. 'fheads', top)
+  if not head then
+    return preferred, 0
+  end
+  local near = redis.call('ZRANGE', P .. 'fheads', string.format('%.0f', head), '+inf', 'BYSCORE',
+    'LIMIT', '0', AFFINITY_CANDIDATES, 'WITHSCORES')
+  local names, scores = {}, {}
+  for i = 1, #near, 2 do
+    names[#names + 1] = near[i]
+    scores[#scores + 1] = tonumber(near[i + 1])
+  end
+  local can = redis.call('SMISMEMBER', ck, unpack(names))
+  local cands, cscores = {}, {}
+  for i, yes in ipairs(can) do
+    if yes == 1 then
+      cands[#cands + 1] = names[i]
+      cscores[#cscores + 1] = scores[i]
+    end
+  end
+  if #cands == 0 then
+    return preferred, 0
+  end
+  local listed = redis.call('HMGET', P .. 'family-models', unpack(cands))
+  local mk = P .. 'models:' .. worker
+  -- Per candidate: its models (false: none) and their tiers on this worker,
+  -- all read with one HMGET.
+  local needs, tiers, all = {}, {}, {}
+  for i, fsig in ipairs(cands) do
+    needs[i] = models_of_family(P, fsig, listed[i]) or false
+    for _, m in ipairs(needs[i] or {}) do
+      all[#all + 1] = m
+    end
+  end
+  local mine = #all > 0 and redis.call('HMGET', mk, unpack(all)) or {}
+  local at = 0
+  for i = 1, #cands do
+    if needs[i] then
+      tiers[i] = {unpack(mine, at + 1, at + #needs[i])}
+      at = at + #needs[i]
+    end
+  end
+  local function info(i)
+    return needs[i]
+  end
+  if #all > 0 then
+    local last_band = math.floor(cscores[1] / 1e13) + cfg.affinity_window
+    for i, fsig in ipairs(cands) do
+      if math.floor(cscores[i] / 1e13) > last_band then
+        break
+      end
+      if info(i) then
+        local all_gpu = true
+        for _, t in ipairs(tiers[i]) do
+          if t ~= 'gpu' then
+            all_gpu = false
+            break
+          end
+        end
+        if all_gpu then
+          return fsig, 0
+        end
+      end
+    end
+  end
+  local lefts = {}
+  local any_busy = redis.call('EXISTS', P .. 'busy') == 1
+  local function left_to_other(i)
+    if lefts[i] then
+      return lefts[i]
+    end
+    local models = info(i)
+    lefts[i] = 0
+    if not models then
+      return 0
+    end
+    local delay = 0
+    for _, t in ipairs(tiers[i]) do
+      local ms = cfg.load_ms[t or 'remote'] or cfg.load_ms.remote
+      if ms > delay then
+        delay = ms
+      end
+    end
+    delay = math.min(delay, cfg.affinity_max_delay_ms)
+    local band = math.floor(cscores[i] / 1e13)
+    local until_ms = cscores[i] - band * 1e13 + delay
+    if delay > 0 and now < until_ms and warm_elsewhere(P, worker, models, until_ms, any_busy) then
+      lefts[i] = until_ms - now
+    end
+    return lefts[i]
+  end
+  local wait = 0
+  for i, fsig in ipairs(cands) do
+    if fsig == preferred and left_to_other(i) == 0 then
+      return fsig, 0
+    end
+  end
+  for i, fsig in ipairs(cands) do
+    local left = left_to_other(i)
+    if left == 0 then
+      return fsig, 0
+    elseif wait == 0 or left < wait then
+      wait = left
+    end
+  end
+  return nil, math.max(1, wait)
 end
 
 -- The best class a restricted profile (a workflow, or denied customers) may
@@ -959,7 +1271,12 @@ ARGV[7..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). A claimed job's
-wait is counted in the "wait" histogram of P.."metrics". ]]
+wait is counted in the "wait" histogram of P.."metrics".
+Warm-first (config ``affinity``, see warm_first; profiles without a workflow
+restriction or denied customers, while some worker reports a residency): a
+job warm on this worker is preferred within ``affinity_window``; a job warm on
+another soon-free worker is left to it for at most its load time here, and
+the reply's ms then counts until that delay ends. ]]
 local function emp_claim(keys, args)
   local P = prefix_of(keys[1])
   local psig, worker = args[1], args[2]
@@ -982,22 +1299,35 @@ local function emp_claim(keys, args)
   local compat = P .. 'compat:' .. psig
   local restricted = redis.call('HGET', P .. 'restricted', psig)
   restricted = restricted and cjson.decode(restricted)
+  -- ms until a job left to a warm worker is this worker's (warm_first)
+  local deferred = 0
+  local affinity = cfg.affinity and redis.call('HLEN', P .. 'residents') > 0
   local function pick()
     if restricted then
       return pick_restricted(P, compat, restricted)
     end
     local fsig = pick_class(compat, P .. 'fheads')
     if fsig then
+      local top = fsig
       fsig = prefer_scarce(P, compat, fsig, tonumber(now), cfg)
+      if affinity then
+        fsig, deferred = warm_first(P, compat, top, fsig, worker, tonumber(now), cfg)
+        if not fsig then
+          return nil
+        end
+      end
       return redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '0')[1], fsig
     end
     return nil
   end
   local best, family = pick()
   if not best and not swept then
-    housekeep(P, now, '50')
+    -- Picking again helps only when housekeeping filed jobs.
+    local moved = housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
-    best, family = pick()
+    if moved > 0 then
+      best, family = pick()
+    end
   end
   if not best then
     if redis.call('HEXISTS', keys[2], psig) == 0 then
@@ -1016,7 +1346,10 @@ local function emp_claim(keys, args)
         end
       end
     end
-    return {0, next_due}
+    if deferred > 0 and (next_due == 0 or deferred < next_due) then
+      next_due = deferred
+    end
+    return {0, math.floor(next_due)}
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
   refresh_head(P, best, family)
@@ -1034,7 +1367,15 @@ local function emp_claim(keys, args)
   index_status(P, id, 'pending', 'assigned', now)
   redis.call('ZADD', P .. 'leases', deadline, id)
   emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
-  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at')
+  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms')
+  -- A resident's expected end of this job, for warm-first delays elsewhere.
+  if affinity and redis.call('HEXISTS', P .. 'residents', worker) == 1 then
+    if tonumber(f[4]) then
+      redis.call('ZADD', P .. 'busy', int(now + tonumber(f[4])), worker)
+    else
+      redis.call('ZREM', P .. 'busy', worker)
+    end
+  end
   -- Wait: since the job could first be claimed, i.e. entered pending or,
   -- when it waited in the delayed set (eta, retry backoff), came due.
   entered = tonumber(entered or f[3])
@@ -1046,6 +1387,92 @@ local function emp_claim(keys, args)
     observe_wait(P, math.max(0, now - entered))
   end
   return {1, id, attempt, f[1]}
+end
+
+--[[ emp_residency
+KEYS[1] config
+ARGV[1] worker id  ARGV[2] now ms ('' or 0: server time)
+ARGV[3] the worker's profile signature ('': keep the one recorded)
+ARGV[4] mode: 'update' (the triples are changes), 'replace' (they are the
+worker's whole residency: models not named are dropped) or 'clear' (drop
+all of the worker's residency: it left or was found dead)
+ARGV[5..] model, tier, size triples: tier "gpu", "ram", "disk", "remote" or
+'' (the worker no longer has the model); size in bytes or '' (unknown)
+Each change is O(1): the worker's P.."models:"..worker, the model's
+P.."warm:"..model when it enters or leaves "gpu" (with a model_loaded or
+model_evicted event on the namespace stream, data {worker_id, model, tier}),
+P.."model-size". Bad input is refused before any change ("ERR ...").
+Returns {models loaded into the GPU, models evicted from it, models held}. ]]
+local function emp_residency(keys, args)
+  local P = prefix_of(keys[1])
+  local worker, psig, mode = args[1], args[3] or '', args[4] or 'update'
+  if not worker or worker == '' then
+    return redis.error_reply('ERR emp_residency: a worker id is required')
+  end
+  if mode ~= 'update' and mode ~= 'replace' and mode ~= 'clear' then
+    return redis.error_reply("ERR emp_residency: mode must be update, replace or clear, not '"
+      .. tostring(mode) .. "'")
+  end
+  if (#args - 4) % 3 ~= 0 then
+    return redis.error_reply('ERR emp_residency: changes come as model, tier, size triples')
+  end
+  for i = 5, #args, 3 do
+    if args[i] == '' then
+      return redis.error_reply('ERR emp_residency: empty model name')
+    end
+    if args[i + 1] ~= '' and not TIERS[args[i + 1]] then
+      return redis.error_reply("ERR emp_residency: unknown tier '" .. args[i + 1]
+        .. "' of model '" .. args[i] .. "' (gpu, ram, disk, remote or '')")
+    end
+    if args[i + 2] ~= '' and not tonumber(args[i + 2]) then
+      return redis.error_reply("ERR emp_residency: size of model '" .. args[i]
+        .. "' is not a number of bytes")
+    end
+  end
+  local now = now_ms(args[2])
+  local cfg = config(P)
+  local mk = P .. 'models:' .. worker
+  local loaded, evicted = 0, 0
+  if mode == 'clear' then
+    for _, held in ipairs(redis.call('HVALS', mk)) do
+      if held == 'gpu' then
+        evicted = evicted + 1
+      end
+    end
+    clear_residency(P, cfg, worker, now)
+    return {0, evicted, 0}
+  end
+  if mode == 'replace' then
+    local named = {}
+    for i = 5, #args, 3 do
+      named[args[i]] = true
+    end
+    for _, model in ipairs(redis.call('HKEYS', mk)) do
+      if not named[model] and set_residency(P, cfg, worker, model, nil, now) < 0 then
+        evicted = evicted + 1
+      end
+    end
+  end
+  for i = 5, #args, 3 do
+    local tier = args[i + 1] ~= '' and args[i + 1] or nil
+    local moved = set_residency(P, cfg, worker, args[i], tier, now)
+    if moved > 0 then
+      loaded = loaded + 1
+    elseif moved < 0 then
+      evicted = evicted + 1
+    end
+    if args[i + 2] ~= '' then
+      redis.call('HSET', P .. 'model-size', args[i], args[i + 2])
+    end
+  end
+  local held = redis.call('HLEN', mk)
+  if held == 0 then
+    redis.call('HDEL', P .. 'residents', worker)
+    redis.call('ZREM', P .. 'busy', worker)
+  elseif psig ~= '' or redis.call('HEXISTS', P .. 'residents', worker) == 0 then
+    redis.call('HSET', P .. 'residents', worker, psig)
+  end
+  return {loaded, evicted, held}
 end
 
 --[[ emp_start
@@ -1303,7 +1730,8 @@ KEYS[1] config
 ARGV[1] limit  ARGV[2] now (optional)
 Promotes due retries, requeues expired leases, drops expired idle marks and
 listing entries older than the retention, and up to 100 profiles no worker used
-for profile_retention_ms. Returns how many jobs moved. ]]
+for profile_retention_ms, with the model residency of their workers. Returns
+how many jobs moved. ]]
 local function emp_sweep(keys, args)
   local P = prefix_of(keys[1])
   local now = now_ms(args[2])
@@ -1325,6 +1753,20 @@ local function emp_sweep(keys, args)
     int(now - cfg.profile_retention_ms), 'BYSCORE', 'LIMIT', '0', '100')
   for _, psig in ipairs(unseen) do
     drop_profile(P, psig)
+  end
+  -- Workers of a dropped profile have not claimed for the retention: their
+  -- residency goes with it (a live one reports again after its next job).
+  if #unseen > 0 then
+    local gone = {}
+    for _, psig in ipairs(unseen) do
+      gone[psig] = true
+    end
+    local residents = redis.call('HGETALL', P .. 'residents')
+    for i = 1, #residents, 2 do
+      if gone[residents[i + 1]] then
+        clear_residency(P, cfg, residents[i], now)
+      end
+    end
   end
   return moved
 end
@@ -1436,3 +1878,4 @@ redis.register_function('emp_release', emp_release)
 redis.register_function('emp_renew', emp_renew)
 redis.register_function('emp_sweep', emp_sweep)
 redis.register_function('emp_resubmit', emp_resubmit)
+redis.register_function('emp_residency', emp_residency)

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from capability_router.errors import EmpError, JobCancelled
+from capability_router.residency import Placement
 from machine.connectors.events import log_event
 
 
@@ -171,6 +172,12 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def cancel_job(self, job_id: str) -> bool:
         """Stop the job if it is running here; True when something was stopped."""
+
+    def residency(self) -> dict[str, Placement]:
+        """Where each model is: ``{model: Placement(tier)}`` (optional; {} reports nothing).
+
+        The worker reports it after each job (``emp_tasks.residency_report``)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release connections (optional)."""

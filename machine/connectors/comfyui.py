@@ -42,7 +42,11 @@ Settings (``make_connector("comfyui", {...})``; environment names in brackets):
 ``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 30: how long
 ``initialize`` waits for the server to answer], ``stop_wait_seconds``
 [EMP_COMFYUI_STOP_WAIT_SECONDS, 120: how long a stopped prompt may keep
-running], ``output_store`` (an OutputStore; default from EMP_OUTPUT_STORE).
+running], ``output_store`` (an OutputStore; default from EMP_OUTPUT_STORE),
+``gpu_memory_gb`` [EMP_COMFYUI_GPU_MEMORY_GB, the server's VRAM] and
+``model_size_gb`` [EMP_COMFYUI_MODEL_SIZE_GB, 6.5] for the model residency the
+worker reports (``comfyui_residency``: disk from ``/object_info``, the models
+of the last prompts in the card's memory, least recently used out first).
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ from machine.connectors.comfyui_models import (
     model_aliases,
 )
 from machine.connectors.comfyui_progress import ProgressTracker
+from machine.connectors.comfyui_residency import ComfyUIResidency
 from machine.connectors.comfyui_stuck import StuckPrompt
 from machine.connectors.errors import MODEL_INPUTS, classify_error
 from machine.outputs import OutputStore, output_store_from_env
@@ -143,7 +148,8 @@ class ComfyUIConnector(Connector):
                  timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
                  startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
                  output_store: OutputStore | None = None,
-                 stop_wait_seconds: float = DEFAULT_STOP_WAIT_SECONDS) -> None:
+                 stop_wait_seconds: float = DEFAULT_STOP_WAIT_SECONDS,
+                 gpu_memory_gb: float | None = None, model_size_gb: float = 6.5) -> None:
         super().__init__(connector_id)
         self.client = client
         self.timeout_seconds = float(timeout_seconds)
@@ -156,6 +162,9 @@ class ComfyUIConnector(Connector):
         self.stuck = StuckPrompt(self.client.url)
         #: Models a loader failed to load here: no longer reported (see bad_models).
         self.bad_models: set[str] = set()
+        #: Which models are on disk and which its last prompts left in the card.
+        self.models_held = ComfyUIResidency(self._model_files, self._vram_gb, gpu_memory_gb,
+                                            model_size_gb)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ComfyUIConnector:
@@ -172,7 +181,10 @@ class ComfyUIConnector(Connector):
                                           or DEFAULT_STARTUP_TIMEOUT_SECONDS),
             output_store=settings.get("output_store"),
             stop_wait_seconds=float(settings.get("stop_wait_seconds")
-                                    or DEFAULT_STOP_WAIT_SECONDS))
+                                    or DEFAULT_STOP_WAIT_SECONDS),
+            gpu_memory_gb=(float(settings["gpu_memory_gb"]) if settings.get("gpu_memory_gb")
+                           not in (None, "") else None),
+            model_size_gb=float(settings.get("model_size_gb") or 6.5))
 
     @property
     def output_store(self) -> OutputStore:
@@ -233,12 +245,32 @@ class ComfyUIConnector(Connector):
         failed to load here (``bad_models``) are left out.
         """
         names: set[str] = set()
+        for option in self._model_files():
+            names |= model_aliases(option)
+        return {self.service: sorted(names - self.bad_models)}
+
+    def _model_files(self) -> list[str]:
+        """The model files the loader nodes offer (``/object_info``), as ComfyUI names them."""
+        files: list[str] = []
         for node_class, input_name in MODEL_LOADERS:
             info = self.client.get_json(f"/object_info/{node_class}")
-            for option in combo_options(info.get(node_class), input_name):
-                if option not in NOT_MODEL_FILES:
-                    names |= model_aliases(option)
-        return {self.service: sorted(names - self.bad_models)}
+            files += [option for option in combo_options(info.get(node_class), input_name)
+                      if option not in NOT_MODEL_FILES and option not in self.bad_models]
+        return list(dict.fromkeys(files))
+
+    def _vram_gb(self) -> float:
+        """The server's GPU memory in GB (0 with ``--cpu`` or when it cannot say)."""
+        try:
+            return float(self.check_health().details.get("vram_total_gb") or 0)
+        except ConnectorError:
+            return 0.0
+
+    def residency(self) -> dict[str, Any]:
+        """Models on disk and in the card's memory (see ``comfyui_residency``)."""
+        try:
+            return self.models_held.residency()
+        except ConnectorError:  # server away: report nothing rather than fail the job
+            return {}
 
     def close(self) -> None:
         self.client.close()
@@ -265,6 +297,7 @@ class ComfyUIConnector(Connector):
         finally:
             with self._lock:
                 self._runs.pop(job.job_id, None)
+        self.models_held.ran(workflow)
         output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
         tracker.finish()
         self._report(run, tracker, progress)

@@ -11,7 +11,20 @@ Settings (environment names in brackets, defaults after them):
 - ``failure_type`` [EMP_SIMULATION_FAILURE_TYPE, service]: memory, model, timeout,
   network, validation, service, or random. The failure raises the message a real
   service would, classified by the same table as real errors.
-- ``models`` [EMP_SIMULATION_MODELS, none]: comma list reported by ``available_models``.
+- ``models`` [EMP_SIMULATION_MODELS, none]: comma list reported by ``available_models``;
+  these models are on disk.
+- Model residency (``machine.connectors.model_cache``): ``gpu_memory_gb``
+  [EMP_SIMULATION_GPU_MEMORY_GB, 24] room for models in the card (LRU eviction);
+  ``gpu_models`` [EMP_SIMULATION_GPU_MODELS, none] loaded at start;
+  ``remote_models`` [EMP_SIMULATION_REMOTE_MODELS, none] downloadable (advertised too);
+  ``model_size_gb`` [EMP_SIMULATION_MODEL_SIZE_GB, 6] and ``model_sizes``
+  [EMP_SIMULATION_MODEL_SIZES, none: ``name:GB,...``]; ``ram_gb`` [EMP_SIMULATION_RAM_GB,
+  0] keeps evicted models in RAM; load times ``ram_load_seconds``
+  [EMP_SIMULATION_RAM_LOAD_SECONDS, 0.5], ``disk_load_seconds``
+  [EMP_SIMULATION_DISK_LOAD_SECONDS, 2], ``download_mb_per_second``
+  [EMP_SIMULATION_DOWNLOAD_MB_PER_SECOND, 500]. A job's models (its requirements'
+  ``models``, or its payload's) become ``gpu`` before its steps; the time that takes is
+  added to its run (its result says ``load_seconds`` and ``cold``).
 - ``seed`` [EMP_SIMULATION_SEED, unset]: makes the failures repeatable.
 - ``outage_file`` [EMP_SIMULATION_OUTAGE_FILE, unset]: while this file exists the
   simulated service is down, as a restarting one is: the health check fails (the
@@ -32,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from capability_router.residency import Placement
 from machine.connectors.base import (
     Connector,
     ConnectorError,
@@ -45,6 +59,7 @@ from machine.connectors.base import (
     ServiceUnavailable,
 )
 from machine.connectors.errors import classify_error
+from machine.connectors.model_cache import GpuModelCache, LoadTimes
 
 #: What a real service says for each failure type (classified back by classify_error).
 FAILURE_MESSAGES: dict[str, str] = {
@@ -67,7 +82,7 @@ class SimulationConnector(Connector):
                  steps: int = 10, progress_interval_seconds: float = 0.0,
                  failure_rate: float = 0.0, failure_type: str = "service",
                  models: list[str] | None = None, seed: int | None = None,
-                 outage_file: str | None = None) -> None:
+                 outage_file: str | None = None, cache: GpuModelCache | None = None) -> None:
         super().__init__(connector_id)
         self.outage_file = Path(outage_file) if outage_file else None
         self.duration_seconds, self.steps = float(duration_seconds), max(1, int(steps))
@@ -75,6 +90,8 @@ class SimulationConnector(Connector):
         self.failure_rate = float(failure_rate)
         self.failure_type = _failure_type(failure_type)
         self.models = list(models or [])
+        #: Where each model is (GPU, RAM, disk, remote); jobs load theirs into the GPU.
+        self.cache = cache or GpuModelCache(24.0, disk=self.models)
         self._random = random.Random(seed)
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -93,7 +110,17 @@ class SimulationConnector(Connector):
             failure_rate=float(settings.get("failure_rate", 0.0)),
             failure_type=str(settings.get("failure_type") or "service"),
             models=models, seed=int(seed) if seed not in (None, "") else None,
-            outage_file=settings.get("outage_file") or None)
+            outage_file=settings.get("outage_file") or None,
+            cache=GpuModelCache(
+                float(settings.get("gpu_memory_gb", 24)), disk=models,
+                gpu=_names(settings.get("gpu_models")),
+                remote=_names(settings.get("remote_models")),
+                sizes_gb=_sizes(settings.get("model_sizes")),
+                default_size_gb=float(settings.get("model_size_gb", 6)),
+                ram_gb=float(settings.get("ram_gb", 0)),
+                times=LoadTimes(float(settings.get("ram_load_seconds", 0.5)),
+                                float(settings.get("disk_load_seconds", 2.0)),
+                                float(settings.get("download_mb_per_second", 500)))))
 
     def initialize(self) -> None:
         """Nothing to connect to."""
@@ -117,7 +144,12 @@ class SimulationConnector(Connector):
         return Health(True, {"simulated": True})
 
     def available_models(self) -> dict[str, list[str]]:
-        return {self.service: sorted(set(self.models))} if self.models else {}
+        models = set(self.models) | set(self.cache.residency())
+        return {self.service: sorted(models)} if models else {}
+
+    def residency(self) -> dict[str, Placement]:
+        with self._lock:
+            return self.cache.residency()
 
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
         """Run the steps; fail at a random step with probability ``failure_rate``."""
@@ -135,7 +167,15 @@ class SimulationConnector(Connector):
             self._cancels[job.job_id] = cancel
         started = time.monotonic()
         last_report = float("-inf")
+        models = job_models(job)
+        with self._lock:
+            load_seconds = self.cache.load(models)
         try:
+            if load_seconds > 0:
+                progress(Progress(0.0, f"loading {', '.join(models)}",
+                                  {"models": models, "load_seconds": round(load_seconds, 3)}))
+                if cancel.wait(load_seconds):
+                    raise JobCancelledByService(f"job {job.job_id} cancelled")
             self.log("job_started", job.job_id, steps=steps)
             for step in range(1, steps + 1):
                 if cancel.wait(duration / steps):
@@ -151,7 +191,9 @@ class SimulationConnector(Connector):
             with self._lock:
                 self._cancels.pop(job.job_id, None)
         seconds = time.monotonic() - started
-        return JobOutput(True, data={"steps": steps, "seconds": round(seconds, 3)},
+        return JobOutput(True, data={"steps": steps, "seconds": round(seconds, 3),
+                                     "models": models, "cold": load_seconds > 0,
+                                     "load_seconds": round(load_seconds, 3)},
                          processing_time_ms=int(seconds * 1000))
 
     def cancel_job(self, job_id: str) -> bool:
@@ -167,6 +209,39 @@ class SimulationConnector(Connector):
             failure_type = self._random.choice(list(FAILURE_MESSAGES))
         message = f"{FAILURE_MESSAGES[failure_type]} at step {step}/{steps}"
         return ConnectorError(message, classify_error(message), {"simulated": failure_type})
+
+
+def job_models(job: JobInput) -> list[str]:
+    """The models a job runs: its requirements' ``models`` (not "all"), else its payload's."""
+    for source in (job.requirements or {}, job.payload or {}):
+        value = source.get("models")
+        if isinstance(value, str) and value != "all":
+            return [value]
+        if isinstance(value, list):
+            return [m for m in dict.fromkeys(value) if isinstance(m, str) and m]
+    return []
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return list(value or [])
+
+
+def _sizes(value: Any) -> dict[str, float]:
+    """``name:GB,...`` (or a mapping) -> {name: GB}; ValueError names a bad entry."""
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    sizes = {}
+    for item in _names(value):
+        name, sep, size = item.rpartition(":")
+        try:
+            sizes[name] = float(size)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConnectorError(f"bad model size {item!r} (want name:GB)", ErrorType.VALIDATION)
+    return sizes
 
 
 def _failure_type(name: str) -> str:
