@@ -411,6 +411,13 @@ class QueueFunctions:
         return _text(self._call("emp_progress", [k.config, k.job(job_id)],
                                 [job_id, attempt, progress, json.dumps(details or {})]))
 
+    def preparing(self, job_id: str, attempt: int | str, details: dict[str, Any]) -> str:
+        """Record a cold start's progress (``preparing`` field, ``job_preparing`` event):
+        'ok', or the status that refuses it ('cancelled' once cancelled)."""
+        k = self.keys
+        return _text(self._call("emp_preparing", [k.config, k.job(job_id)],
+                                [job_id, attempt, json.dumps(details)]))
+
     def complete(self, job_id: str, attempt: int | str, result: Any) -> str:
         """Record success ('ok'), or return the status that refuses it (fencing)."""
         k = self.keys

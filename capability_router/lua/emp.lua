@@ -17,7 +17,9 @@ they live in the same slot as the declared key.
                                   retention_ms, max_attempts, max_service_releases,
                                   service_release_delay_ms; swept_at (ms of
                                   the last housekeeping by a claim)
-  P.."job:"..id            HASH   the job record
+  P.."job:"..id            HASH   the job record; while its worker gets the
+                                  job's models ready (a cold start) it has
+                                  "preparing" (JSON, see emp_preparing)
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
   P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
@@ -495,6 +497,7 @@ local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw
   local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
     'customer_id', 'status', 'class')
   redis.call('HSET', jk, 'status', status, unpack(fields))
+  redis.call('HDEL', jk, 'preparing')
   index_status(P, id, f[5], status, now)
   if not TERMINAL[f[5]] then
     class_job_ended(P, f[6])
@@ -706,7 +709,7 @@ local function return_to_pending(P, cfg, id, reason, now)
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
     'requeued_attempt', attempts)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', jk, 'lease_until')
+  redis.call('HDEL', jk, 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
   file_pending(P, id, f[2], f[3], now)
@@ -1004,10 +1007,36 @@ local function emp_start(keys, args)
     local machine = args[5] or ''
     redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3],
       'machine_id', machine)
+    redis.call('HDEL', keys[2], 'preparing')
     index_status(P, id, 'assigned', 'in_progress', now)
     emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
       machine_id = machine}, now)
   end
+  return 'ok'
+end
+
+--[[ emp_preparing
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] details JSON object {model, tier,
+bytes_done, bytes_total, eta_seconds}  ARGV[4] now (optional)
+The attempt's worker is getting the job's models ready before it runs (a
+cold start, the job still assigned): the details become the record's
+``preparing`` field (emp_start and every end of the attempt remove it) and a
+``job_preparing`` event. Returns 'ok', or the status that refused it (fencing;
+'cancelled' once the job was cancelled). ]]
+local function emp_preparing(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local f, refused = fence(keys[2], attempt, 'worker_id')
+  if not f then
+    return refused
+  end
+  local now = now_ms(args[4])
+  local data = cjson.decode(args[3])
+  data.worker_id = f[3]
+  data.attempt = tonumber(f[2])
+  redis.call('HSET', keys[2], 'preparing', args[3], 'updated_at', now)
+  emit(P, config(P), id, 'job_preparing', data, now)
   return 'ok'
 end
 
@@ -1095,7 +1124,7 @@ local function emp_retry(keys, args)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
     'last_error', args[5], 'retry_at', args[3])
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
     retries = retries, retry_at = due, error = args[5]}, now)
@@ -1194,7 +1223,7 @@ local function emp_release(keys, args)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'last_error', args[3],
     'released_at', now)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, config(P), id, 'job_released', {worker_id = f[3], attempt = tonumber(f[2]),
     reason = args[3], service_releases = releases, max_service_releases = most,
@@ -1362,6 +1391,7 @@ redis.register_function('emp_enqueue', emp_enqueue)
 redis.register_function('emp_claim', emp_claim)
 redis.register_function('emp_start', emp_start)
 redis.register_function('emp_progress', emp_progress)
+redis.register_function('emp_preparing', emp_preparing)
 redis.register_function('emp_complete', emp_complete)
 redis.register_function('emp_fail', emp_fail)
 redis.register_function('emp_retry', emp_retry)

@@ -14,8 +14,8 @@ from celery import shared_task
 from emp_tasks.connector_jobs import run_connector_job
 
 
-@shared_task(bind=True, name="emp.simulation", service="simulation", retry_backoff=1,
-             retry_backoff_max=30)
+@shared_task(bind=True, name="emp.simulation", service="simulation", prepares_models=True,
+             retry_backoff=1, retry_backoff_max=30)
 def simulation(self: Any, steps: int | None = None, duration: float | None = None,
                **payload: Any) -> dict[str, Any]:
     """Run ``steps`` steps over ``duration`` seconds, reporting progress after each.

@@ -1,0 +1,114 @@
+"""Cold starts on real workers: catalog models downloaded before the job starts, visibly.
+
+Real Redis, real ``emp worker`` processes sharing one model cache directory
+(as the workers of one machine do), a real HTTP model server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from machine_helpers import wait_until
+from model_server import ModelServer
+
+from capability_router import catalog
+from emp_tasks.producer import get_job, job_events, submit
+
+SIZE = 512 * 1024
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    served = ModelServer().start()
+    yield served
+    served.stop()
+
+
+def _publish(client, server: ModelServer, *names: str) -> None:
+    for name in names:
+        catalog.put_model(client, catalog.parse_entry(name, server.add(name, SIZE)))
+
+
+def _worker_env(tmp_path, budget_models: float = 10, models: str = "") -> dict[str, str]:
+    return {"EMP_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+            "EMP_MODEL_CACHE_GB": str(budget_models * SIZE / 1e9),
+            "WORKER_MODELS": models, "EMP_PREPARING_REPORT_SECONDS": "0.1"}
+
+
+def _run(app, model: str):  # noqa: ANN202 - AsyncResult
+    return submit("simulation", {"steps": 1, "duration": 0.05},
+                  requirements={"models": [model]}, max_retries=0, app=app)
+
+
+def _events(app, job_id: str) -> list[dict]:
+    return job_events(job_id, app=app)
+
+
+@pytest.mark.timeout(120)
+def test_two_jobs_needing_one_model_share_its_download(app, client, server, start_worker,
+                                                       tmp_path) -> None:
+    _publish(client, server, "m-shared")
+    server.chunk_delay = 0.05  # 32 chunks: about 1.6 s, so both jobs want it at once
+    env = _worker_env(tmp_path, models="simulation:m-shared")
+    start_worker("cold-1", **env)
+    start_worker("cold-2", **env)
+    jobs = [_run(app, "m-shared") for _ in range(2)]
+
+    # While it downloads, a job is assigned and says what it prepares.
+    seen = wait_until(lambda: next((r for r in (get_job(j.id, app=app) for j in jobs)
+                                    if r["status"] == "assigned" and r.get("preparing")), None),
+                      timeout=30, message="a job preparing")
+    assert seen["preparing"]["model"] == "m-shared" and seen["preparing"]["tier"] == "remote"
+    assert seen["preparing"]["bytes_total"] == SIZE
+
+    for job in jobs:
+        assert job.get(timeout=60)["success"] is True
+    assert len(server.requests_for("m-shared")) == 1  # one download for both
+    assert (tmp_path / "cache" / "m-shared").read_bytes() == server.files["m-shared"]
+    workers = set()
+    for job in jobs:
+        record = get_job(job.id, app=app)
+        workers.add(record["worker_id"])
+        assert record["status"] == "completed" and "preparing" not in record
+        events = _events(app, job.id)
+        names = [e["event"] for e in events]
+        # assigned -> preparing ... -> started: the cold start comes before the run.
+        assert names.index("job_assigned") < names.index("job_preparing") < names.index(
+            "job_started")
+        preparing = [e["data"] for e in events if e["event"] == "job_preparing"]
+        assert preparing[-1]["tier"] == "disk" and preparing[-1]["bytes_done"] == SIZE
+        assert {"model", "tier", "bytes_done", "bytes_total", "eta_seconds"} <= set(preparing[0])
+    assert workers == {"cold-1", "cold-2"}
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_checksum_fails_the_job_with_a_model_error_and_leaves_no_file(
+        app, client, server, start_worker, tmp_path) -> None:
+    _publish(client, server, "m-bad")
+    server.corrupt.add("m-bad")
+    start_worker("cold-1", **_worker_env(tmp_path, models="simulation:m-bad"))
+    job = submit("simulation", {"steps": 1, "duration": 0.05},
+                 requirements={"models": ["m-bad"]}, max_retries=3, app=app)
+    wait_until(lambda: get_job(job.id, app=app)["status"] == "failed", timeout=60,
+               message="the job to fail")
+    record = get_job(job.id, app=app)
+    assert "[model]" in record["last_error"] and "sha256" in record["last_error"]
+    assert record["attempts"] == 1 and "preparing" not in record  # a model error: no retry
+    assert "job_started" not in [e["event"] for e in _events(app, job.id)]
+    cache = tmp_path / "cache"
+    assert not (cache / "m-bad").exists() and not list((cache / ".parts").iterdir())
+
+
+@pytest.mark.timeout(150)
+def test_the_storage_budget_evicts_the_least_recently_used_idle_model(
+        app, client, server, start_worker, tmp_path) -> None:
+    _publish(client, server, "m-a", "m-b", "m-c")
+    start_worker("cold-1", **_worker_env(tmp_path, budget_models=2.5,
+                                         models="simulation:m-a,simulation:m-b,simulation:m-c"))
+    cache = tmp_path / "cache"
+    for model in ("m-a", "m-b", "m-a", "m-c"):  # m-a used again: m-b is the oldest
+        assert _run(app, model).get(timeout=60)["success"] is True
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
+        "m-a", "m-c"]
+    assert len(server.requests_for("m-a")) == 1  # its second job found it on disk
