@@ -32,12 +32,20 @@ def job_models(requirements: Any, service: str) -> list[str]:
     """The models a job's requirements name for its service (its class's
     ``pos["models.<service>"]``); [] when they name none or cannot be read."""
     try:
-        raw = json.loads(requirements) if isinstance(requirements, str) else requirements
-        pos = normalize_requirements(raw or {}, service)["pos"]
-    except (ValueError, InvalidJob):
+        pos = normalize_requirements(json_requirements(requirements), service)["pos"]
+    except InvalidJob:
         return []
     models = pos.get(f"models.{service}") or []
     return [models] if isinstance(models, str) else list(models)
+
+
+def json_requirements(text: Any) -> dict[str, Any]:
+    """A record's ``requirements`` text as a dict ({} when absent or unreadable)."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else text
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class PreparingReporter:

@@ -19,7 +19,9 @@ they live in the same slot as the declared key.
                                   the last housekeeping by a claim)
   P.."job:"..id            HASH   the job record; while its worker gets the
                                   job's models ready (a cold start) it has
-                                  "preparing" (JSON, see emp_preparing)
+                                  "preparing" (JSON, see emp_preparing); a job
+                                  that ran out of GPU memory has
+                                  "escalations" (JSON list, see emp_escalate)
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
   P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
@@ -1136,6 +1138,54 @@ local function emp_retry(keys, args)
   return 'queued'
 end
 
+--[[ emp_escalate
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] the step, JSON object (from_gb, to_gb,
+worker_id, error, ...)  ARGV[4] most steps a job may take
+ARGV[5] the raised requirements JSON  ARGV[6] class signature  ARGV[7] class
+JSON  ARGV[8] family signature  ARGV[9] family JSON (the class they make)
+ARGV[10] now (optional)
+The attempt ran out of GPU memory: the job goes back to pending at its old
+place, filed under the class of the raised requirements, so only a worker
+with more memory takes it. The step (with attempt, at and its number) is
+appended to the record's ``escalations`` JSON list and sent as a
+``job_escalated`` event. No retry is spent; the step count bounds it.
+Returns 'queued', 'exhausted' (the job took its most steps: nothing
+changed), or the status that refused it (fencing). ]]
+local function emp_escalate(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'class', 'score', 'escalations')
+  if not f then
+    return refused
+  end
+  local steps = f[6] and cjson.decode(f[6]) or {}
+  if #steps >= (tonumber(args[4]) or 0) then
+    return 'exhausted'
+  end
+  local now = now_ms(args[10])
+  local step = cjson.decode(args[3])
+  step.attempt = tonumber(f[2])
+  step.at = tonumber(now)
+  step.step = #steps + 1
+  steps[#steps + 1] = step
+  local csig = args[6]
+  if csig ~= f[4] then
+    ensure_class(P, csig, args[7], args[8], args[9])
+    redis.call('HINCRBY', P .. 'live', csig, '1')
+    class_job_ended(P, f[4])
+  end
+  redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'class', csig,
+    'requirements', args[5], 'escalations', cjson.encode(steps),
+    'last_error', step.error or '', 'escalated_at', now)
+  index_status(P, id, f[1], 'pending', now)
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, config(P), id, 'job_escalated', step, now)
+  file_pending(P, id, csig, f[5], now)
+  return 'queued'
+end
+
 --[[ emp_cancel
 KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
 ARGV[1] job id  ARGV[2] reason  ARGV[3] now (optional)
@@ -1396,6 +1446,7 @@ redis.register_function('emp_complete', emp_complete)
 redis.register_function('emp_fail', emp_fail)
 redis.register_function('emp_retry', emp_retry)
 redis.register_function('emp_cancel', emp_cancel)
+redis.register_function('emp_escalate', emp_escalate)
 redis.register_function('emp_ack', emp_ack)
 redis.register_function('emp_requeue', emp_requeue)
 redis.register_function('emp_release', emp_release)
