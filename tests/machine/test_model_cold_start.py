@@ -6,11 +6,14 @@ Real Redis, real ``emp worker`` processes sharing one model cache directory
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
+import requests
 from machine_helpers import wait_until
 from model_server import ModelServer
+from simple_websocket import Client
 
 from capability_router import catalog
 from emp_tasks.producer import get_job, job_events, submit
@@ -30,10 +33,10 @@ def _publish(client, server: ModelServer, *names: str) -> None:
         catalog.put_model(client, catalog.parse_entry(name, server.add(name, SIZE)))
 
 
-def _worker_env(tmp_path, budget_models: float = 10, models: str = "") -> dict[str, str]:
+def _worker_env(tmp_path, budget_models: float = 10) -> dict[str, str]:
     return {"EMP_MODEL_CACHE_DIR": str(tmp_path / "cache"),
             "EMP_MODEL_CACHE_GB": str(budget_models * SIZE / 1e9),
-            "WORKER_MODELS": models, "EMP_PREPARING_REPORT_SECONDS": "0.1"}
+            "EMP_PREPARING_REPORT_SECONDS": "0.1"}
 
 
 def _run(app, model: str):  # noqa: ANN202 - AsyncResult
@@ -50,7 +53,7 @@ def test_two_jobs_needing_one_model_share_its_download(app, client, server, star
                                                        tmp_path) -> None:
     _publish(client, server, "m-shared")
     server.chunk_delay = 0.05  # 32 chunks: about 1.6 s, so both jobs want it at once
-    env = _worker_env(tmp_path, models="simulation:m-shared")
+    env = _worker_env(tmp_path)  # the workers offer the catalog's models
     start_worker("cold-1", **env)
     start_worker("cold-2", **env)
     jobs = [_run(app, "m-shared") for _ in range(2)]
@@ -87,7 +90,7 @@ def test_a_bad_checksum_fails_the_job_with_a_model_error_and_leaves_no_file(
         app, client, server, start_worker, tmp_path) -> None:
     _publish(client, server, "m-bad")
     server.corrupt.add("m-bad")
-    start_worker("cold-1", **_worker_env(tmp_path, models="simulation:m-bad"))
+    start_worker("cold-1", **_worker_env(tmp_path))
     job = submit("simulation", {"steps": 1, "duration": 0.05},
                  requirements={"models": ["m-bad"]}, max_retries=3, app=app)
     wait_until(lambda: get_job(job.id, app=app)["status"] == "failed", timeout=60,
@@ -104,11 +107,46 @@ def test_a_bad_checksum_fails_the_job_with_a_model_error_and_leaves_no_file(
 def test_the_storage_budget_evicts_the_least_recently_used_idle_model(
         app, client, server, start_worker, tmp_path) -> None:
     _publish(client, server, "m-a", "m-b", "m-c")
-    start_worker("cold-1", **_worker_env(tmp_path, budget_models=2.5,
-                                         models="simulation:m-a,simulation:m-b,simulation:m-c"))
+    start_worker("cold-1", **_worker_env(tmp_path, budget_models=2.5))
     cache = tmp_path / "cache"
     for model in ("m-a", "m-b", "m-a", "m-c"):  # m-a used again: m-b is the oldest
         assert _run(app, model).get(timeout=60)["success"] is True
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
         "m-a", "m-c"]
     assert len(server.requests_for("m-a")) == 1  # its second job found it on disk
+
+
+@pytest.mark.timeout(150)
+def test_the_cold_start_reaches_client_sockets_and_webhooks(
+        app, client, server, start_worker, start_server, receiver, tmp_path) -> None:
+    _publish(client, server, "m-hook")
+    server.chunk_delay = 0.02
+    hooks = start_server("webhooks", EMP_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8")
+    sink = receiver()
+    reply = requests.post(hooks.base + "/webhooks", timeout=10, json={
+        "url": sink.url + "/hook", "events": ["job_preparing"]})
+    assert reply.status_code == 201, reply.text
+    api = start_server("api")
+    start_worker("cold-1", **_worker_env(tmp_path))
+    job = _run(app, "m-hook")
+    ws = Client.connect(f"{api.ws_base}/ws/client/watcher")
+    try:
+        ws.receive(timeout=20)  # the connection's greeting
+        ws.send(json.dumps({"type": "subscribe_progress", "job_id": job.id}))
+        messages = []
+        while not messages or messages[-1].get("type") != "complete_job":
+            text = ws.receive(timeout=30)
+            assert text is not None, [m.get("type") for m in messages]
+            messages.append(json.loads(text))
+    finally:
+        ws.close()
+    preparing = [m for m in messages if m["type"] == "job_preparing"]
+    assert preparing and preparing[0]["model"] == "m-hook"
+    assert preparing[-1]["tier"] == "disk" and preparing[-1]["bytes_done"] == SIZE
+
+    wait_until(lambda: len(sink.delivered()) >= len(preparing), timeout=30,
+               message="the job_preparing webhooks")
+    delivered = [r.payload for r in sink.delivered()]
+    assert {d["event_type"] for d in delivered} == {"job_preparing"}
+    assert [d["data"]["bytes_done"] for d in delivered] == [m["bytes_done"] for m in preparing]
+    assert delivered[0]["data"]["job_id"] == job.id and delivered[0]["data"]["model"] == "m-hook"
