@@ -4,7 +4,7 @@ Layout under ``root`` (model names never start with '.', see
 ``capability_router.catalog``)::
 
     <name>                 a complete, verified model file; its mtime is its last use
-    .parts/<name>.part     a download in progress (resumed from)
+    .parts/<name>.<sha>.part  a download in progress (resumed from)
     .locks/<name>.use      shared flock held by every process using the model
     .locks/<name>.download exclusive flock of the one process downloading it
     .locks/cache           exclusive flock around reserving space and evicting
@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from machine.connectors.base import ConnectorError, ErrorType
+
+_PART_RE = re.compile(r"^.+\.[0-9a-f]{16}\.part$")
 
 #: Seconds between looks at a download another process runs.
 WAIT_POLL_SECONDS = 0.25
@@ -47,8 +50,10 @@ class ModelCache:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def part(self, name: str) -> Path:
-        return self.root / ".parts" / f"{name}.part"
+    def part(self, name: str, sha256: str) -> Path:
+        """The download in progress of one version of ``name`` (a catalog entry that
+        changes its file never resumes from the old file's bytes)."""
+        return self.root / ".parts" / f"{name}.{sha256[:16]}.part"
 
     def _lock_file(self, name: str, kind: str) -> Path:
         return self.root / ".locks" / f"{name}.{kind}"
@@ -179,8 +184,11 @@ class ModelCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def install(self, name: str) -> Path:
-        """Move a verified part into place."""
+    def install(self, name: str, sha256: str) -> Path:
+        """Move a verified part into place; other versions' parts go."""
         path = self.path(name)
-        os.replace(self.part(name), path)
+        os.replace(self.part(name, sha256), path)
+        for stale in (self.root / ".parts").iterdir():
+            if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
+                stale.unlink(missing_ok=True)
         return path

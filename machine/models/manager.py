@@ -88,7 +88,7 @@ class ModelManager:
             yield cache.path(entry.name)
 
     def _download(self, entry: ModelEntry, report: Report | None) -> None:
-        part = self.cache.part(entry.name)
+        part = self.cache.part(entry.name, entry.sha256)
         with self.cache.reservation(entry.name, entry.size):
             def progress(done: int, total: int, eta: float | None) -> None:
                 if report is not None:
@@ -98,12 +98,12 @@ class ModelManager:
                 done = part.stat().st_size if part.exists() else 0
                 report(Preparing(entry.name, "remote", done, entry.size, None))
             fetch(entry.url, part, entry.size, entry.sha256, progress)
-            self.cache.install(entry.name)
+            self.cache.install(entry.name, entry.sha256)
 
     def _watcher(self, entry: ModelEntry, report: Report | None) -> Callable[[], None]:
         """What a process waiting for another's download reports: the part's growth."""
         first: list[tuple[float, int]] = []
-        part = self.cache.part(entry.name)
+        part = self.cache.part(entry.name, entry.sha256)
 
         def look() -> None:
             if report is None:

@@ -150,3 +150,21 @@ def test_the_cold_start_reaches_client_sockets_and_webhooks(
     assert {d["event_type"] for d in delivered} == {"job_preparing"}
     assert [d["data"]["bytes_done"] for d in delivered] == [m["bytes_done"] for m in preparing]
     assert delivered[0]["data"]["job_id"] == job.id and delivered[0]["data"]["model"] == "m-hook"
+
+
+@pytest.mark.timeout(180)
+def test_a_machine_s_workers_share_one_download(app, client, server, start_machine,
+                                                 tmp_path) -> None:
+    """``emp machine`` with two GPU workers: both jobs wait for the one download."""
+    _publish(client, server, "m-box")
+    server.chunk_delay = 0.05
+    machine = start_machine("box-m", **_worker_env(tmp_path))
+    machine.wait_ready()
+    jobs = [_run(app, "m-box") for _ in range(2)]
+    for job in jobs:
+        assert job.get(timeout=90)["success"] is True
+    assert len(server.requests_for("m-box")) == 1
+    records = [get_job(job.id, app=app) for job in jobs]
+    assert {r["worker_id"] for r in records} == {"box-m-simulation-0", "box-m-simulation-1"}
+    for job in jobs:
+        assert "job_preparing" in [e["event"] for e in _events(app, job.id)]

@@ -134,3 +134,15 @@ def test_a_model_larger_than_the_budget_is_refused(server, tmp_path) -> None:
     with pytest.raises(ConnectorError) as caught:
         _fetch(_manager(tmp_path, budget=SIZE - 1), entry)
     assert caught.value.error_type == ErrorType.MODEL and not server.requests_for("huge")
+
+
+def test_a_changed_catalog_entry_never_resumes_from_the_old_file(server, tmp_path) -> None:
+    old = _entry(server, "sd15")
+    manager = _manager(tmp_path)
+    # An interrupted download of the old file, left for a resume.
+    manager.cache.part("sd15", old.sha256).write_bytes(server.files["sd15"][:50_000])
+    new = _entry(server, "sd15")  # the catalog now names a new file under the same name
+    _fetch(manager, new)
+    assert (tmp_path / "sd15").read_bytes() == server.files["sd15"]
+    assert [s.range for s in server.requests_for("sd15")] == [None]  # from byte 0
+    assert not list((tmp_path / ".parts").iterdir())  # the old part is gone too
