@@ -11,6 +11,7 @@ same URL again would give the same bytes.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,9 @@ ProgressFn = Callable[[int, int, "float | None"], None]
 
 #: Bytes per read from the response.
 CHUNK_BYTES = 1 << 16
-#: Tries (first request plus resumes) before a download counts as failed (network).
-MAX_TRIES = 8
+#: Tries (first request plus resumes) before a download counts as failed (network);
+#: ``EMP_MODEL_DOWNLOAD_TRIES``.
+MAX_TRIES = int(os.environ.get("EMP_MODEL_DOWNLOAD_TRIES", 8))
 #: Seconds to wait for the server to send something.
 TIMEOUT_SECONDS = 30.0
 

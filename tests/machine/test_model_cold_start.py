@@ -168,3 +168,23 @@ def test_a_machine_s_workers_share_one_download(app, client, server, start_machi
     assert {r["worker_id"] for r in records} == {"box-m-simulation-0", "box-m-simulation-1"}
     for job in jobs:
         assert "job_preparing" in [e["event"] for e in _events(app, job.id)]
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_model_server_is_a_network_error_retried_then_failed(
+        app, client, start_worker, tmp_path) -> None:
+    from emp_tasks.local_redis import free_port
+
+    entry = {"url": f"http://127.0.0.1:{free_port()}/m-away", "size": SIZE, "sha256": "0" * 64}
+    catalog.put_model(client, catalog.parse_entry("m-away", entry))
+    start_worker("cold-1", EMP_MODEL_DOWNLOAD_TRIES="2", **_worker_env(tmp_path))
+    job = submit("simulation", {"steps": 1, "duration": 0.05},
+                 requirements={"models": ["m-away"]}, max_retries=1, app=app)
+    wait_until(lambda: get_job(job.id, app=app)["status"] == "failed", timeout=90,
+               message="the job to fail")
+    record = get_job(job.id, app=app)
+    # Retried once (a network error may pass), then failed; it never started.
+    assert record["attempts"] == 2 and record["retries"] == 1
+    assert "[network]" in record["last_error"] and "preparing" not in record
+    names = [e["event"] for e in _events(app, job.id)]
+    assert "job_retrying" in names and "job_started" not in names
