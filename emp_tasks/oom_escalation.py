@@ -6,8 +6,9 @@ job's ``hardware.gpu_memory_gb`` requirement to the next step of the ladder
 above both G and what the job asked for, and files it again (``emp_escalate``)
 without spending a retry: only a bigger worker takes it. Each step is recorded
 on the job (``escalations``, a ``job_escalated`` event). When the ladder has
-no higher step, or the job took its most steps, the failure counts as usual
-(a retry, then failed). Settings (environment):
+no higher step (or none its pool's machines have: ``gpu_memory_gb`` of the
+pools file), or the job took its most steps, the failure counts as usual (a
+retry, then failed). Moving the job to a bigger pool is left to the router. Settings (environment):
 
 - ``EMP_OOM_LADDER_GB`` [8,16,24,48,80]: GPU memory sizes, GB, in any order.
 - ``EMP_OOM_MAX_ESCALATIONS`` [3]: most steps per job; 0 turns escalation off.
@@ -44,10 +45,32 @@ def max_steps_from_env() -> int:
 
 
 def next_step(worker_gb: float | None, required_gb: float | None,
-              ladder: list[float]) -> float | None:
-    """The smallest ladder size above both the worker's memory and the requirement."""
+              ladder: list[float], ceiling_gb: float | None = None) -> float | None:
+    """The smallest ladder size above both the worker's memory and the requirement, and
+    not above ``ceiling_gb`` (the most GPU memory the job's pool offers), or None."""
     floor = max(float(worker_gb or 0), float(required_gb or 0))
-    return next((gb for gb in sorted(ladder) if gb > floor), None)
+    step = next((gb for gb in sorted(ladder) if gb > floor), None)
+    if step is not None and ceiling_gb is not None and step > ceiling_gb:
+        return None
+    return step
+
+
+def pool_ceiling_gb(pool: str | None) -> float | None:
+    """The largest GPU memory the pools file (``EMP_POOLS_FILE``) gives ``pool``; None
+    without a pools file or a known range. A job is never escalated past what its own
+    pool can run: it would wait there forever."""
+    path = os.environ.get("EMP_POOLS_FILE")
+    if not path or not pool:
+        return None
+    try:
+        from capability_router.pools import load_pools  # the pools part of issue 13
+        found = load_pools(path).get(pool)
+    except Exception:  # no pools module or a broken file: routing reports that
+        return None
+    memory = getattr(found, "gpu_memory_gb", None)
+    if isinstance(memory, (tuple, list)) and memory:
+        memory = memory[-1]
+    return float(memory) if isinstance(memory, (int, float)) and memory else None
 
 
 def gpu_requirement(requirements: dict[str, Any]) -> float | None:
@@ -93,7 +116,8 @@ def escalate(task: Any, exc: ConnectorError) -> BaseException | None:
     requirements = json_requirements(
         functions.client.hget(functions.keys.job(context.job_id), "requirements"))
     required = gpu_requirement(requirements)
-    target = next_step(worker_gb, required, ladder_from_env())
+    target = next_step(worker_gb, required, ladder_from_env(),
+                       pool_ceiling_gb(functions.keys.namespace))
     if target is None:
         return None
     step = {"from_gb": required, "to_gb": _number(target), "worker_gpu_memory_gb": worker_gb,

@@ -18,6 +18,8 @@ def test_the_next_step_is_above_the_worker_and_the_requirement() -> None:
     assert next_step(12, 16, LADDER) == 24
     assert next_step(None, None, LADDER) == 8
     assert next_step(80, None, LADDER) is None
+    assert next_step(8, None, LADDER, ceiling_gb=16) == 16
+    assert next_step(16, None, LADDER, ceiling_gb=16) is None  # its pool has nothing bigger
 
 
 def test_the_raised_requirement_goes_where_the_job_put_it() -> None:
