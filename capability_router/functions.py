@@ -424,6 +424,13 @@ class QueueFunctions:
         return _text(self._call("emp_progress", [k.config, k.job(job_id)],
                                 [job_id, attempt, progress, json.dumps(details or {})]))
 
+    def preparing(self, job_id: str, attempt: int | str, details: dict[str, Any]) -> str:
+        """Record a cold start's progress (``preparing`` field, ``job_preparing`` event):
+        'ok', or the status that refuses it ('cancelled' once cancelled)."""
+        k = self.keys
+        return _text(self._call("emp_preparing", [k.config, k.job(job_id)],
+                                [job_id, attempt, json.dumps(details)]))
+
     def complete(self, job_id: str, attempt: int | str, result: Any,
                  now_ms: int | None = None) -> str:
         """Record success ('ok'), or return the status that refuses it (fencing).
@@ -462,16 +469,34 @@ class QueueFunctions:
         return _text(self._call("emp_resubmit", [k.config, k.job(job_id)],
                                 [job_id, reason, 0, *self._class_as_filed_now(job_id)]))
 
-    def _class_as_filed_now(self, job_id: str) -> list[str]:
-        """The job's class and family rebuilt from its record (the class may be gone)."""
+    def escalate(self, job_id: str, attempt: int | str, requirements: dict[str, Any],
+                 step: dict[str, Any], max_steps: int) -> str:
+        """File a job that ran out of memory again under ``requirements`` (raised), the
+        step recorded in ``escalations``: 'queued', 'exhausted' (``max_steps`` taken,
+        nothing changed) or the status that refuses it. InvalidJob when the raised
+        requirements do not make a class."""
+        k = self.keys
+        filed = self._class_as_filed_now(job_id, requirements)
+        if not filed:
+            raise InvalidJob(f"job {job_id}: no class from requirements {requirements!r}")
+        return _text(self._call("emp_escalate", [k.config, k.job(job_id)],
+                                [job_id, attempt, json.dumps(step), max_steps,
+                                 json.dumps(requirements), *filed]))
+
+    def _class_as_filed_now(self, job_id: str,
+                            requirements: dict[str, Any] | None = None) -> list[str]:
+        """The job's class and family rebuilt from its record (the class may be gone),
+        with ``requirements`` instead of the record's when given."""
         fields = self.client.hmget(self.keys.job(job_id), "service_required", "requirements",
                                    "customer_id", "workflow_id", "pool")
-        service, requirements, customer, workflow, pool = (_text(v) if v is not None else None
-                                                           for v in fields)
+        service, recorded, customer, workflow, pool = (_text(v) if v is not None else None
+                                                       for v in fields)
         if not service:
             return []
         try:
-            spec = JobSpec(service=service, requirements=json.loads(requirements or "null"),
+            if requirements is None:
+                requirements = json.loads(recorded or "null")
+            spec = JobSpec(service=service, requirements=requirements,
                            customer_id=customer, workflow_id=workflow,
                            pool=pool or self.keys.namespace)
         except (InvalidJob, ValueError):

@@ -170,6 +170,11 @@ def parse_key(key: str) -> tuple[str, str]:
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
 
 
+#: The model catalog, HASH model name -> JSON {url, size, sha256}
+#: (``capability_router.catalog``). Its own hash tag: one slot on a cluster.
+MODEL_CATALOG_KEY = f"{PREFIX}:{{models}}:catalog"
+
+
 def known_namespaces(client: Any) -> list[str]:
     """Every pool ever used (a Redis client's view): the default first, then by name."""
     seen = {_text(n) for n in client.smembers(NAMESPACES_KEY)}

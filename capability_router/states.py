@@ -55,6 +55,10 @@ class JobEvent(StrEnum):
     #: Given back because its service refused it before it ran (no retry spent).
     RELEASED = "job_released"
     CANCELLED = "job_cancelled"
+    #: An assigned job's worker is getting its models ready (a cold start).
+    PREPARING = "job_preparing"
+    #: Ran out of GPU memory: filed again asking for more (``escalations``).
+    ESCALATED = "job_escalated"
 
 
 #: The status a terminal event leaves a job in.

@@ -5,6 +5,7 @@ once the job is cancelled; the connector then stops the service's work).
 A watcher thread also polls for cancellation, so a job that reports nothing
 for a while (a model loading) still learns it: it calls ``cancel_job`` and
 the connector raises JobCancelledByService. Failures carry an ErrorType:
+a memory error first asks for a bigger GPU (``emp_tasks.oom_escalation``);
 retryable ones go back to the queue through Celery's retry with exponential
 backoff (the job's ``max_retries``), the others fail the job at once. A job
 its service refused before running it (ServiceUnavailable) is given back
@@ -26,6 +27,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from capability_router.errors import JobCancelled
 from emp_tasks.bad_models import stop_advertising
 from emp_tasks.cancellation import is_cancelled
+from emp_tasks.oom_escalation import escalate
 from emp_tasks.residency_report import report_residency
 from emp_tasks.service_release import release_or_retry
 from machine.connectors.bad_models import ModelUnusableHere
@@ -71,7 +73,7 @@ def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
     except ConnectorError as exc:
         if isinstance(exc, ModelUnusableHere):  # before the retry can be claimed
             stop_advertising(task, exc.bad_models, exc.message)
-        raise retry_or_fail(task, exc) from None
+        raise (escalate(task, exc) or retry_or_fail(task, exc)) from None
     finally:
         if connector is not None:  # what the job loaded or pushed out, whatever its outcome
             report_residency(task, connector)

@@ -18,7 +18,8 @@ from emp_tasks.connection import get_client, get_functions
 from emp_tasks.remote_control import forget_revoked
 
 #: Record fields stored as JSON text.
-JSON_FIELDS = ("payload", "requirements", "ctx", "result", "progress_details", "routing")
+JSON_FIELDS = ("payload", "requirements", "ctx", "result", "progress_details", "routing",
+               "preparing", "escalations")
 #: Record fields stored as numbers.
 NUMBER_FIELDS = (
     "priority", "max_retries", "attempts", "retries", "progress", "workflow_priority",

@@ -9,7 +9,8 @@ cancellation checks are in ``progress`` and ``cancellation``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 from celery import Task
@@ -43,6 +44,9 @@ class EmpTask(Task):
     #: Jobs of one service, model set and present features share a learnt estimate
     #: per unit (``capability_router.duration``). None: every job is one unit.
     duration_features: Mapping[str, float] | None = None
+    #: Get the job's catalog models onto the machine before it starts (a cold start,
+    #: ``emp_tasks.model_prep``); for job types that run on a GPU service.
+    prepares_models: bool = False
 
     #: A cancel ends the run (as REVOKED), whatever a job type's ``autoretry_for`` says.
     dont_autoretry_for = (JobCancelled,)
@@ -95,29 +99,52 @@ class EmpTask(Task):
     def check_cancelled(self) -> None:
         check_cancelled(self.job)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the job: start, then complete or fail, each fenced by the attempt.
+    def prepare(self, context: JobContext) -> AbstractContextManager[Any]:
+        """What runs before the job starts, held until it ends: its models onto the
+        machine for a type that ``prepares_models`` (``emp_tasks.model_prep``)."""
+        if not self.prepares_models:
+            return nullcontext()
+        from emp_tasks.model_prep import models_ready
 
-        The outcome is recorded here, before Celery stores the result, so a
-        caller whose ``AsyncResult.get()`` returned reads a finished record.
-        A run that learns its job was cancelled ends as Celery's REVOKED. An
-        outcome the record refuses is stored nowhere: the run ends with
-        ``Ignore`` (REVOKED if the job was cancelled).
+        return models_ready(self, context)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the job: prepare, start, then complete or fail, each fenced by the attempt.
+
+        Preparing (a cold start) happens while the job is still assigned; the
+        start ends it. The outcome is recorded here, before Celery stores the
+        result, so a caller whose ``AsyncResult.get()`` returned reads a
+        finished record. A run that learns its job was cancelled ends as
+        Celery's REVOKED. An outcome the record refuses is stored nowhere: the
+        run ends with ``Ignore`` (REVOKED if the job was cancelled).
         """
         context = self.job
         if context is None:
             return super().__call__(*args, **kwargs)
         task_id = self.request.id
-        profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
-        outcome = context.functions.start(
-            task_id, context.attempt, self.request.hostname or "", profile.get("machine_id") or ""
-        )
-        if outcome == JobStatus.CANCELLED:  # cancelled after the claim, before the start
+        with ExitStack() as held:
+            self._recorded(context, lambda: held.enter_context(self.prepare(context)))
+            profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
+            outcome = context.functions.start(
+                task_id, context.attempt, self.request.hostname or "",
+                profile.get("machine_id") or "")
+            if outcome == JobStatus.CANCELLED:  # cancelled after the claim, before the start
+                raise end_cancelled_run(context)
+            if outcome != "ok":
+                raise Ignore(f"job {task_id} is {outcome}; not running it")
+            retval = self._recorded(context,
+                                    lambda: super(EmpTask, self).__call__(*args, **kwargs))
+        if context.functions.complete(task_id, context.attempt, retval) != "ok":
+            # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
+            # stores, so this run's value would hide the outcome of the attempt that
+            # holds the job.
             raise end_cancelled_run(context)
-        if outcome != "ok":
-            raise Ignore(f"job {task_id} is {outcome}; not running it")
+        return retval
+
+    def _recorded(self, context: JobContext, step: Callable[[], Any]) -> Any:
+        """Run ``step``; a failure is recorded on the job (fenced) before it propagates."""
         try:
-            retval = super().__call__(*args, **kwargs)
+            return step()
         except (Retry, Ignore, Reject):
             raise
         except JobCancelled:
@@ -125,15 +152,9 @@ class EmpTask(Task):
             raise end_cancelled_run(context) from None
         except Exception as exc:
             if context.functions.fail(
-                    task_id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
+                    self.request.id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
                 raise end_cancelled_run(context) from None  # refused: store no FAILURE
             raise
-        if context.functions.complete(task_id, context.attempt, retval) != "ok":
-            # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
-            # stores, so this run's value would hide the outcome of the attempt that
-            # holds the job.
-            raise end_cancelled_run(context)
-        return retval
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
               throw: bool = True, eta: Any = None, countdown: Any = None,

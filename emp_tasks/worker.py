@@ -27,6 +27,7 @@ def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
     ``EMP_CONNECTOR`` names a connector for them. With ``EMP_CONNECTOR`` set,
     the connector is initialized (waiting for its service) and the models it
     reports are merged into ``models``; raises ConnectorError if it is unusable.
+    With a model cache, the catalog's models are offered too (``downloadable_models``).
     """
     profile = WorkerProfile.from_env(**overrides)
     connector = connector_from_env()
@@ -43,7 +44,25 @@ def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
             connector.close()
         for service, models in reported.items():
             profile.models[service] = sorted(set(profile.models.get(service, [])) | set(models))
+    for service, models in downloadable_models(app, profile.services).items():
+        profile.models[service] = sorted(set(profile.models.get(service, [])) | set(models))
     return profile
+
+
+def downloadable_models(app: Celery, served: list[str]) -> dict[str, list[str]]:
+    """The catalog's models, for each served job type that gets its models before it
+    runs, when this machine has a model cache (``EMP_MODEL_CACHE_DIR``): the worker
+    can run their jobs, downloading the model first. Read at start; a model added to
+    the catalog later is offered by workers started after."""
+    if not defaults.env("EMP_MODEL_CACHE_DIR"):
+        return {}
+    from capability_router.catalog import list_models
+    from emp_tasks.connection import get_client
+
+    names = [entry.name for entry in list_models(get_client(app.conf.broker_url))]
+    tasks = services(app)
+    return {service: names for service in served
+            if names and getattr(tasks.get(service), "prepares_models", False)}
 
 
 def claim_gate_options() -> dict[str, Any]:

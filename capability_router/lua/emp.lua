@@ -18,7 +18,11 @@ they live in the same slot as the declared key.
                                   service_release_delay_ms, duration_alpha,
                                   duration_keys_max; swept_at (ms of
                                   the last housekeeping by a claim)
-  P.."job:"..id            HASH   the job record
+  P.."job:"..id            HASH   the job record; while its worker gets the
+                                  job's models ready (a cold start) it has
+                                  "preparing" (JSON, see emp_preparing); a job
+                                  that ran out of GPU memory has
+                                  "escalations" (JSON list, see emp_escalate)
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
   P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
@@ -735,6 +739,7 @@ local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw
   local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
     'customer_id', 'status', 'class', 'predicted_ms')
   redis.call('HSET', jk, 'status', status, unpack(fields))
+  redis.call('HDEL', jk, 'preparing')
   index_status(P, id, f[5], status, now)
   if not TERMINAL[f[5]] then
     class_job_ended(P, f[6])
@@ -1073,7 +1078,7 @@ local function return_to_pending(P, cfg, id, reason, now)
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
     'requeued_attempt', attempts)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', jk, 'lease_until')
+  redis.call('HDEL', jk, 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
   file_pending(P, id, f[2], f[3], now)
@@ -1492,10 +1497,36 @@ local function emp_start(keys, args)
     local machine = args[5] or ''
     redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3],
       'machine_id', machine)
+    redis.call('HDEL', keys[2], 'preparing')
     index_status(P, id, 'assigned', 'in_progress', now)
     emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
       machine_id = machine}, now)
   end
+  return 'ok'
+end
+
+--[[ emp_preparing
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] details JSON object {model, tier,
+bytes_done, bytes_total, eta_seconds}  ARGV[4] now (optional)
+The attempt's worker is getting the job's models ready before it runs (a
+cold start, the job still assigned): the details become the record's
+``preparing`` field (emp_start and every end of the attempt remove it) and a
+``job_preparing`` event. Returns 'ok', or the status that refused it (fencing;
+'cancelled' once the job was cancelled). ]]
+local function emp_preparing(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local f, refused = fence(keys[2], attempt, 'worker_id')
+  if not f then
+    return refused
+  end
+  local now = now_ms(args[4])
+  local data = cjson.decode(args[3])
+  data.worker_id = f[3]
+  data.attempt = tonumber(f[2])
+  redis.call('HSET', keys[2], 'preparing', args[3], 'updated_at', now)
+  emit(P, config(P), id, 'job_preparing', data, now)
   return 'ok'
 end
 
@@ -1585,7 +1616,7 @@ local function emp_retry(keys, args)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
     'last_error', args[5], 'retry_at', args[3])
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
     retries = retries, retry_at = due, error = args[5]}, now)
@@ -1594,6 +1625,54 @@ local function emp_retry(keys, args)
     return 'delayed'
   end
   file_pending(P, id, f[4], f[5], now)
+  return 'queued'
+end
+
+--[[ emp_escalate
+KEYS[1] config  KEYS[2] job record
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] the step, JSON object (from_gb, to_gb,
+worker_id, error, ...)  ARGV[4] most steps a job may take
+ARGV[5] the raised requirements JSON  ARGV[6] class signature  ARGV[7] class
+JSON  ARGV[8] family signature  ARGV[9] family JSON (the class they make)
+ARGV[10] now (optional)
+The attempt ran out of GPU memory: the job goes back to pending at its old
+place, filed under the class of the raised requirements, so only a worker
+with more memory takes it. The step (with attempt, at and its number) is
+appended to the record's ``escalations`` JSON list and sent as a
+``job_escalated`` event. No retry is spent; the step count bounds it.
+Returns 'queued', 'exhausted' (the job took its most steps: nothing
+changed), or the status that refused it (fencing). ]]
+local function emp_escalate(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt = args[1], args[2]
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'class', 'score', 'escalations')
+  if not f then
+    return refused
+  end
+  local steps = f[6] and cjson.decode(f[6]) or {}
+  if #steps >= (tonumber(args[4]) or 0) then
+    return 'exhausted'
+  end
+  local now = now_ms(args[10])
+  local step = cjson.decode(args[3])
+  step.attempt = tonumber(f[2])
+  step.at = tonumber(now)
+  step.step = #steps + 1
+  steps[#steps + 1] = step
+  local csig = args[6]
+  if csig ~= f[4] then
+    ensure_class(P, csig, args[7], args[8], args[9])
+    redis.call('HINCRBY', P .. 'live', csig, '1')
+    class_job_ended(P, f[4])
+  end
+  redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'class', csig,
+    'requirements', args[5], 'escalations', cjson.encode(steps),
+    'last_error', step.error or '', 'escalated_at', now)
+  index_status(P, id, f[1], 'pending', now)
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, config(P), id, 'job_escalated', step, now)
+  file_pending(P, id, csig, f[5], now)
   return 'queued'
 end
 
@@ -1684,7 +1763,7 @@ local function emp_release(keys, args)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'last_error', args[3],
     'released_at', now)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until')
+  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)
   emit(P, config(P), id, 'job_released', {worker_id = f[3], attempt = tonumber(f[2]),
     reason = args[3], service_releases = releases, max_service_releases = most,
@@ -1868,10 +1947,12 @@ redis.register_function('emp_enqueue', emp_enqueue)
 redis.register_function('emp_claim', emp_claim)
 redis.register_function('emp_start', emp_start)
 redis.register_function('emp_progress', emp_progress)
+redis.register_function('emp_preparing', emp_preparing)
 redis.register_function('emp_complete', emp_complete)
 redis.register_function('emp_fail', emp_fail)
 redis.register_function('emp_retry', emp_retry)
 redis.register_function('emp_cancel', emp_cancel)
+redis.register_function('emp_escalate', emp_escalate)
 redis.register_function('emp_ack', emp_ack)
 redis.register_function('emp_requeue', emp_requeue)
 redis.register_function('emp_release', emp_release)

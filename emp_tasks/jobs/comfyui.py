@@ -18,6 +18,7 @@ from emp_tasks.connector_jobs import run_connector_job
 
 
 @shared_task(bind=True, name="emp.comfyui", service="comfyui", external_service=True,
+             prepares_models=True,
              retry_backoff=2, retry_backoff_max=60)
 def comfyui(self: Any, **payload: Any) -> dict[str, Any]:
     """Run the payload's workflow; progress carries node and sampler-step detail."""

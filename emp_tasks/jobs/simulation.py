@@ -18,8 +18,8 @@ from emp_tasks.connector_jobs import run_connector_job
 SIZE_FEATURES = {"steps": 1, "width": 1024, "height": 1024, "frames": 1}
 
 
-@shared_task(bind=True, name="emp.simulation", service="simulation", retry_backoff=1,
-             retry_backoff_max=30, duration_features=SIZE_FEATURES)
+@shared_task(bind=True, name="emp.simulation", service="simulation", prepares_models=True,
+             retry_backoff=1, retry_backoff_max=30, duration_features=SIZE_FEATURES)
 def simulation(self: Any, steps: int | None = None, duration: float | None = None,
                **payload: Any) -> dict[str, Any]:
     """Run ``steps`` steps over ``duration`` seconds, reporting progress after each.

@@ -492,3 +492,32 @@ def test_emp_monitor_refuses_an_option_flower_does_not_have() -> None:
         done = subprocess.run([sys.executable, "-m", "emp_tasks.cli", "monitor", bad],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert done.returncode == 2 and f"not a Flower option: {bad!r}" in done.stderr
+
+
+def test_the_job_page_shows_a_cold_start_while_the_job_prepares(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], client: redis.Redis,
+        app: Any) -> None:
+    from capability_router.functions import QueueFunctions
+    from capability_router.profile import WorkerProfile
+
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"models": ["sd15"]}, app=app)
+    functions = QueueFunctions(client, "default")
+    profile = WorkerProfile(worker_id="w-cold", services=["simulation"],
+                            models={"simulation": ["sd15"]})
+    functions.register_worker(profile)
+    claimed = functions.claim(profile.signature, "w-cold", 120_000)
+    report = {"model": "sd15", "tier": "remote", "bytes_done": 1_000_000,
+              "bytes_total": 4_000_000, "eta_seconds": 12}
+    assert functions.preparing(job.id, claimed.attempt, report) == "ok"
+    page = open_page(f"{monitor.base}/jobs/{job.id}")
+    page.wait_for_selector('#job-status[data-status="assigned"]', timeout=20_000)
+    message = "document.getElementById('job-progress-message').textContent"
+    page.wait_for_function(f"{message}.includes('downloading sd15 1.0/4.0 MB')",
+                           timeout=10_000)
+    assert "12 s left" in page.evaluate(message)
+    # The next report reaches the open page live.
+    functions.preparing(job.id, claimed.attempt, {**report, "bytes_done": 3_000_000,
+                                                  "eta_seconds": 4})
+    page.wait_for_function(f"{message}.includes('3.0/4.0 MB')", timeout=10_000)
+    page.wait_for_selector('#job-timeline tr[data-event="job_preparing"]', timeout=10_000)

@@ -320,6 +320,8 @@ def test_health_version_connections_and_document(api) -> None:
         ("/api/machines/{machine_id}", "delete"), ("/api/connections", "get"),
         ("/api/pools", "get"),
         ("/health", "get"), ("/version", "get"), ("/api/openapi.json", "get"),
+        ("/api/models", "get"), ("/api/models/{name}", "get"), ("/api/models/{name}", "put"),
+        ("/api/models/{name}", "delete"),
     }
 
 

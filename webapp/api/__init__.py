@@ -37,7 +37,7 @@ def _start_machine_reaper(client: redis.Redis) -> None:
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
     """Build the API app; ``settings`` default to the environment's. The app also
     runs the machine reaper unless ``reap_machines`` is False."""
-    from webapp.api import events, jobs, limits, openapi, pools, sockets, system
+    from webapp.api import events, jobs, limits, models, openapi, pools, sockets, system
 
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
@@ -59,7 +59,8 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
                                                  settings.customer_limits)
     if reap_machines:
         _start_machine_reaper(app.extensions["emp"].redis)
-    for blueprint in (jobs.blueprint, system.blueprint, openapi.blueprint, pools.blueprint):
+    for blueprint in (jobs.blueprint, system.blueprint, models.blueprint, openapi.blueprint,
+                      pools.blueprint):
         app.register_blueprint(blueprint)
     sockets.init_app(app)
 

@@ -163,6 +163,13 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                     "while it waits again; absent once it completed (every attempt's "
                     "error stays in its events).")},
                 "result": {"description": "What the task returned (when completed)."},
+                "preparing": {"type": "object", "description": (
+                    "While an assigned job's worker gets its models ready (a cold start): "
+                    "{model, tier, bytes_done, bytes_total, eta_seconds}; gone once it runs.")},
+                "escalations": {"type": "array", "items": {"type": "object"}, "description": (
+                    "Runs that ran out of GPU memory and were filed again with a raised "
+                    "hardware.gpu_memory_gb: {from_gb, to_gb, worker_id, attempt, at, "
+                    "error}, oldest first.")},
                 "routing": {
                     "type": "object", "description": (
                         "Where the router filed the job and why (routing on: "
@@ -265,6 +272,7 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                            "clients": {"type": "array", "items": {"type": "object"}},
                            "monitors": {"type": "array", "items": {"type": "object"}}},
         },
+        **_model_schemas(success),
         "MachineForgotten": {
             "type": "object", "required": ["success", "machine_id", "workers", "requeued_jobs"],
             "properties": {"success": success, "machine_id": {"type": "string"},
@@ -273,12 +281,48 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
     }
 
 
+#: Model names (``capability_router.catalog.MODEL_NAME_RE``).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$"
+
+
+def _model_schemas(success: dict[str, Any]) -> dict[str, Any]:
+    """The model catalog's bodies (``webapp.api.models``)."""
+    fields = {
+        "url": {"type": "string", "pattern": "^https?://[^/?#]+", "maxLength": 2048,
+                "description": "http(s) URL the machines download the file from."},
+        "size": {"type": "integer", "minimum": 1, "maximum": 1 << 40,
+                 "description": "File size, bytes."},
+        "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+                   "description": "Hex SHA-256 of the file; a download that does not "
+                                  "match is discarded (a model error)."},
+    }
+    entry = {"type": "object", "required": ["name", "url", "size", "sha256"],
+             "properties": {"name": {"type": "string"}, **fields}}
+    return {
+        "ModelEntryInput": {"type": "object", "required": ["url", "size", "sha256"],
+                            "additionalProperties": False,
+                            "properties": {"name": {"type": "string",
+                                                    "pattern": MODEL_NAME_PATTERN},
+                                           **fields}},
+        "ModelEntry": entry,
+        "ModelList": {"type": "object", "required": ["success", "models"],
+                      "properties": {"success": success,
+                                     "models": {"type": "array", "items": entry}}},
+        "ModelFound": {"type": "object", "required": ["success", "model"],
+                       "properties": {"success": success, "model": entry,
+                                      "created": {"type": "boolean"}}},
+        "ModelDeleted": {"type": "object", "required": ["success", "name", "deleted"],
+                         "properties": {"success": success, "name": {"type": "string"},
+                                        "deleted": {"type": "boolean", "enum": [True]}}},
+    }
+
+
 def _responses() -> dict[str, Any]:
     return {
         "BadRequest": _json(ERROR_REF, "Malformed input; the error names the field."),
         "Unauthorized": _json(ERROR_REF, "Missing or unknown bearer token."),
         "Forbidden": _json(ERROR_REF, "The token may not do this."),
-        "NotFound": _json(ERROR_REF, "No such job (or not the caller's)."),
+        "NotFound": _json(ERROR_REF, "No such job (or not the caller's), or model."),
         "Conflict": _json(ERROR_REF, "The job's state forbids this; the error says which."),
         "TooLarge": _json(ERROR_REF, "Request body over the size limit."),
         "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
@@ -341,6 +385,8 @@ REPLAYED = {"description": "true when this answer is the stored answer to an ear
 
 def _paths() -> dict[str, Any]:
     job_id = _path("job_id", "The job id.")
+    model = {"name": "name", "in": "path", "required": True, "description": "Model name.",
+             "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN}}
     public: list[dict[str, Any]] = []
     return {
         "/api/jobs": {
@@ -405,6 +451,39 @@ def _paths() -> dict[str, Any]:
                 "summary": "Pools: the pools file's and those live workers serve, with "
                            "live workers, pending jobs and expected wait",
                 "responses": {"200": _json(_ref("Pools"), "The pools."), **_r("401")},
+            },
+        },
+        "/api/models": {
+            "get": {
+                "operationId": "listModels", "summary": "The model catalog",
+                "responses": {"200": _json(_ref("ModelList"), "Every entry, by name."),
+                              **_r("401")},
+            },
+        },
+        "/api/models/{name}": {
+            "get": {
+                "operationId": "getModel", "summary": "One catalog entry",
+                "parameters": [model],
+                "responses": {"200": _json(_ref("ModelFound"), "The entry."),
+                              **_r("400", "401", "404")},
+            },
+            "put": {
+                "operationId": "putModel",
+                "summary": "Add or replace a catalog entry (admin)",
+                "parameters": [model],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("ModelEntryInput")}}},
+                "responses": {"200": _json(_ref("ModelFound"), "Replaced."),
+                              "201": _json(_ref("ModelFound"), "Added."),
+                              **_r("400", "401", "403", "413", "415")},
+            },
+            "delete": {
+                "operationId": "deleteModel",
+                "summary": "Remove a catalog entry (admin); machines keep their copies "
+                           "until their cache evicts them",
+                "parameters": [model],
+                "responses": {"200": _json(_ref("ModelDeleted"), "Removed."),
+                              **_r("400", "401", "403", "404")},
             },
         },
         "/api/connections": {

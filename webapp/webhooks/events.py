@@ -19,7 +19,7 @@ ORIGINAL_EVENTS = (
 #: Further job events of the log.
 LIFECYCLE_EVENTS = (
     "job_assigned", "job_started", "job_retrying", "job_requeued", "job_released",
-    "job_resubmitted",
+    "job_resubmitted", "job_preparing", "job_escalated",
 )
 EVENT_TYPES = ORIGINAL_EVENTS + LIFECYCLE_EVENTS
 #: Names the original's registrations used for the same events.

@@ -35,6 +35,16 @@
     if (message !== undefined) document.getElementById("job-progress-message").textContent = message || "";
   }
 
+  /* A cold start (the record's preparing field, or a job_preparing event) in words. */
+  function preparingText(p) {
+    if (typeof p === "string") { try { p = JSON.parse(p); } catch (e) { return p; } }
+    if (!p || !p.model) return "";
+    const mb = (n) => (Number(n || 0) / 1e6).toFixed(1);
+    const eta = p.eta_seconds === null || p.eta_seconds === undefined ? "" : `, about ${Math.ceil(p.eta_seconds)} s left`;
+    return p.tier === "remote" ? `Preparing: downloading ${p.model} ${mb(p.bytes_done)}/${mb(p.bytes_total)} MB${eta}`
+      : `Preparing: ${p.model} on ${p.tier}`;
+  }
+
   /* Numbers as an operator reads them: at most one decimal (progress 1.6666666 -> 1.7). */
   function number(v) { return typeof v === "number" && !Number.isInteger(v) ? String(Math.round(v * 10) / 10) : v; }
 
@@ -107,7 +117,8 @@
 
   function render(job) {
     setStatus(job.status);
-    setProgress(job.status === "completed" ? 100 : job.progress, job.progress_message);
+    setProgress(job.status === "completed" ? 100 : job.progress,
+      job.status === "assigned" && job.preparing ? preparingText(job.preparing) : job.progress_message);
     document.getElementById("job-fields").innerHTML = FIELDS.filter(([k]) => job[k] !== undefined && job[k] !== "")
       .map(([k, label]) => `<dt class="col-5">${label}</dt><dd class="col-7 mb-1" data-field="${k}">${
         k.endsWith("_at") ? EMP.esc(new Date(job[k]).toLocaleString()) : EMP.esc(job[k])}</dd>`).join("");
@@ -165,6 +176,7 @@
     const next = EMP.statusAfter(message);
     if (next) setStatus(next);
     if (message.type === "update_job_progress") setProgress(message.progress, message.message);
+    if (message.type === "job_preparing") setProgress(0, preparingText(message));
     if (message.event_id && addEvent(message.event_id, message.event || message.type, message)) drawTimeline();
     if (next && next !== "in_progress") refresh();  // record fields: worker, result, times
   }, () => refresh());

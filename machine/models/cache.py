@@ -1,0 +1,194 @@
+"""The machine's model directory: files, cross-process locks, a byte budget, LRU eviction.
+
+Layout under ``root`` (model names never start with '.', see
+``capability_router.catalog``)::
+
+    <name>                 a complete, verified model file; its mtime is its last use
+    .parts/<name>.<sha>.part  a download in progress (resumed from)
+    .locks/<name>.use      shared flock held by every process using the model
+    .locks/<name>.download exclusive flock of the one process downloading it
+    .locks/cache           exclusive flock around reserving space and evicting
+    .reserved/<name>       size (bytes) a running download will take
+
+Locks are ``flock`` on files, so they hold across the machine's worker
+processes and vanish with a process that dies. A model is *idle* when no
+process holds its use lock; only idle models are evicted, least recently
+used first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from machine.connectors.base import ConnectorError, ErrorType
+
+_PART_RE = re.compile(r"^.+\.[0-9a-f]{16}\.part$")
+
+#: Seconds between looks at a download another process runs.
+WAIT_POLL_SECONDS = 0.25
+
+
+class ModelCache:
+    """Model files of one machine.
+
+    :param root: the cache directory (created).
+    :param budget_bytes: most bytes the model files (and running downloads) may take.
+    """
+
+    def __init__(self, root: Path | str, budget_bytes: int) -> None:
+        self.root = Path(root)
+        self.budget_bytes = int(budget_bytes)
+        for sub in (".parts", ".locks", ".reserved"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def part(self, name: str, sha256: str) -> Path:
+        """The download in progress of one version of ``name`` (a catalog entry that
+        changes its file never resumes from the old file's bytes)."""
+        return self.root / ".parts" / f"{name}.{sha256[:16]}.part"
+
+    def _lock_file(self, name: str, kind: str) -> Path:
+        return self.root / ".locks" / f"{name}.{kind}"
+
+    def has(self, name: str, size: int) -> bool:
+        """True when the complete file is there (verified when it was installed)."""
+        try:
+            return self.path(name).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def models(self) -> list[str]:
+        """Names of the complete model files, least recently used first."""
+        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+
+    def used_bytes(self) -> int:
+        return sum(self.path(name).stat().st_size for name in self.models())
+
+    def touch(self, name: str) -> None:
+        """Mark a use (LRU order is by mtime)."""
+        os.utime(self.path(name))
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[None]:
+        """Hold the model in use: nobody evicts it meanwhile (shared, cross-process)."""
+        with open(self._lock_file(name, "use"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def download_lock(self, name: str, waiting: Callable[[], None] | None = None
+                      ) -> Iterator[None]:
+        """Be the one process downloading ``name``; ``waiting()`` runs while another is."""
+        with open(self._lock_file(name, "download"), "a") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waiting is not None:
+                        waiting()
+                    time.sleep(WAIT_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _downloading(self, name: str) -> bool:
+        """Whether some live process holds ``name``'s download lock."""
+        with open(self._lock_file(name, "download"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def _reserved_bytes(self, but: str) -> int:
+        """Bytes that other live downloads will take; stale reservations are dropped."""
+        total = 0
+        for entry in (self.root / ".reserved").iterdir():
+            if entry.name == but:
+                continue
+            if not self._downloading(entry.name):
+                entry.unlink(missing_ok=True)
+                continue
+            try:
+                total += int(entry.read_text() or 0)
+            except (OSError, ValueError):
+                continue
+        return total
+
+    @contextmanager
+    def reservation(self, name: str, size: int) -> Iterator[list[str]]:
+        """Room for ``size`` more bytes, made by evicting idle models (LRU); yields the
+        evicted names. Call with ``name``'s download lock held. ConnectorError
+        (``service``, retryable) when models in use leave too little room."""
+        if size > self.budget_bytes:
+            raise ConnectorError(f"model {name} ({size} bytes) is larger than the model cache "
+                                 f"budget ({self.budget_bytes} bytes)", ErrorType.MODEL)
+        marker = self.root / ".reserved" / name
+        with open(self.root / ".locks" / "cache", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                evicted = self._make_room(name, size)
+                marker.write_text(str(size))
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            yield evicted
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def _make_room(self, name: str, size: int) -> list[str]:
+        need = self.used_bytes() + self._reserved_bytes(name) + size - self.budget_bytes
+        evicted: list[str] = []
+        for victim in self.models():
+            if need <= 0:
+                break
+            if victim == name:
+                continue
+            freed = self.evict(victim)
+            if freed:
+                evicted.append(victim)
+                need -= freed
+        if need > 0:
+            raise ConnectorError(
+                f"no room for model {name} ({size} bytes) in the model cache "
+                f"({self.budget_bytes} bytes): the other models are in use", ErrorType.SERVICE)
+        return evicted
+
+    def evict(self, name: str) -> int:
+        """Delete ``name`` if no process uses it; the bytes freed (0: in use or absent)."""
+        with open(self._lock_file(name, "use"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            try:
+                path = self.path(name)
+                size = path.stat().st_size if path.exists() else 0
+                path.unlink(missing_ok=True)
+                return size
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def install(self, name: str, sha256: str) -> Path:
+        """Move a verified part into place; other versions' parts go."""
+        path = self.path(name)
+        os.replace(self.part(name, sha256), path)
+        for stale in (self.root / ".parts").iterdir():
+            if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
+                stale.unlink(missing_ok=True)
+        return path

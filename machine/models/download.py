@@ -1,0 +1,128 @@
+"""Stream one model file to a ``.part`` file, resuming after interruptions, then verify it.
+
+An interrupted transfer (connection reset, response cut short) is resumed
+with ``Range: bytes=<have>-``; a server that ignores the Range header (answers
+200) restarts the file from byte 0. The SHA-256 is computed while the bytes
+arrive (the part already on disk is hashed once when a run resumes it), and a
+file that does not match is deleted: a ``model`` error, since downloading the
+same URL again would give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from machine.connectors.base import ConnectorError, ErrorType
+
+#: bytes_done, bytes_total, eta_seconds (None until a rate is known)
+ProgressFn = Callable[[int, int, "float | None"], None]
+
+#: Bytes per read from the response.
+CHUNK_BYTES = 1 << 16
+#: Tries (first request plus resumes) before a download counts as failed (network);
+#: ``EMP_MODEL_DOWNLOAD_TRIES``.
+MAX_TRIES = int(os.environ.get("EMP_MODEL_DOWNLOAD_TRIES", 8))
+#: Seconds to wait for the server to send something.
+TIMEOUT_SECONDS = 30.0
+
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+              Urllib3Error, OSError)
+
+
+def _hash_file(path: Path, upto: int) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        left = upto
+        while left > 0:
+            block = source.read(min(1 << 20, left))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+    return digest
+
+
+def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | None = None,
+          tries: int = MAX_TRIES, session: requests.Session | None = None) -> None:
+    """Download ``url`` into ``part`` until it holds ``size`` bytes matching ``sha256``.
+
+    :param part: the ``.part`` file; bytes already there are resumed from.
+    :param size: expected length, bytes.
+    :param progress: called after each chunk.
+    Raises ConnectorError: ``model`` for a checksum or size mismatch or a 4xx
+    (the catalog entry is wrong; the part is deleted), ``network`` when the
+    transfer kept failing (the part is kept for the next resume).
+    """
+    http = session or requests.Session()
+    started, fetched_now = time.monotonic(), 0
+    digest, hashed = hashlib.sha256(), 0
+    last_error = "no response"
+    for attempt in range(tries):
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
+            part.unlink()
+            have = 0
+        if have == size:
+            break
+        if hashed != have:
+            digest, hashed = _hash_file(part, have), have
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
+                if reply.status_code == 416:  # nothing past what we have: start over
+                    part.unlink(missing_ok=True)
+                    digest, hashed = hashlib.sha256(), 0
+                    continue
+                if 400 <= reply.status_code < 500:
+                    part.unlink(missing_ok=True)
+                    raise ConnectorError(f"model download {url} refused: HTTP "
+                                         f"{reply.status_code}", ErrorType.MODEL)
+                if reply.status_code >= 500:
+                    raise requests.ConnectionError(f"HTTP {reply.status_code}")
+                if reply.status_code != 206 or not have:
+                    have, digest, hashed = 0, hashlib.sha256(), 0  # Range ignored: restart
+                mode = "ab" if have else "wb"
+                with open(part, mode) as sink:
+                    # read1: what has arrived, so a cut-off response keeps every byte
+                    # received (iter_content drops the chunk it was filling).
+                    while block := reply.raw.read1(CHUNK_BYTES):
+                        if hashed + len(block) > size:
+                            raise _mismatch(part, url, f"more than the {size} bytes expected")
+                        sink.write(block)
+                        digest.update(block)
+                        hashed += len(block)
+                        fetched_now += len(block)
+                        if progress is not None:
+                            progress(hashed, size, _eta(started, fetched_now, size - hashed))
+        except _TRANSIENT as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            continue
+    have = part.stat().st_size if part.exists() else 0
+    if have != size:
+        raise ConnectorError(f"model download {url} failed after {tries} tries at {have}/"
+                             f"{size} bytes: {last_error}", ErrorType.NETWORK)
+    if hashed != have:
+        digest = _hash_file(part, have)
+    if digest.hexdigest() != sha256:
+        raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+def _mismatch(part: Path, url: str, why: str) -> ConnectorError:
+    part.unlink(missing_ok=True)
+    return ConnectorError(f"model download {url} is corrupt ({why}); discarded",
+                          ErrorType.MODEL, {"url": url})
+
+
+def _eta(started: float, fetched: int, left: int) -> float | None:
+    elapsed = time.monotonic() - started
+    if fetched <= 0 or elapsed <= 0:
+        return None
+    return round(left / (fetched / elapsed), 1)

@@ -1,0 +1,166 @@
+"""Get a job's models onto the machine's disk before it runs, reporting the cold start.
+
+For each model the job needs that the catalog knows: hold it in use (so no
+other process evicts it), and unless the complete file is there, become the
+machine's one downloader of it (a file lock) or wait for the process that is,
+reporting progress either way. Settings (environment):
+
+- ``EMP_MODEL_CACHE_DIR``: the cache directory; unset, no model is downloaded.
+- ``EMP_MODEL_CACHE_GB``: its byte budget in GB (10^9 bytes). Unset: the
+  ``storage_gb`` of the machine's pool in the pools file (``EMP_POOLS_FILE``,
+  ``MACHINE_POOL``), else 100.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from capability_router.catalog import ModelEntry, get_models
+from machine.models.cache import ModelCache
+from machine.models.download import fetch
+
+#: Budget when neither EMP_MODEL_CACHE_GB nor a pool's storage_gb says (GB).
+DEFAULT_BUDGET_GB = 100.0
+
+
+@dataclass
+class Preparing:
+    """Where a cold start is: the ``preparing`` record field and ``job_preparing`` event."""
+
+    model: str
+    #: "remote" while downloading, "disk" once the file is there.
+    tier: str
+    bytes_done: int
+    bytes_total: int
+    eta_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Report = Callable[[Preparing], None]
+
+
+class ModelManager:
+    """Downloads and cache of one machine (one instance per process is enough).
+
+    :param cache: the disk cache.
+    :param client: Redis client that reads the catalog.
+    """
+
+    def __init__(self, cache: ModelCache, client: Any) -> None:
+        self.cache = cache
+        self.client = client
+
+    def catalog_entries(self, names: list[str]) -> list[ModelEntry]:
+        """The catalog's entries among ``names``, in their order (unknown ones skipped:
+        the service itself has them, or not)."""
+        found = get_models(self.client, list(names))
+        return [found[name] for name in names if name in found]
+
+    @contextmanager
+    def ready(self, entries: list[ModelEntry], report: Report | None = None
+              ) -> Iterator[dict[str, Path]]:
+        """Every entry's file on disk and held in use until the block ends."""
+        with ExitStack() as stack:
+            paths = {}
+            for entry in entries:
+                paths[entry.name] = stack.enter_context(self._ready_one(entry, report))
+            yield paths
+
+    @contextmanager
+    def _ready_one(self, entry: ModelEntry, report: Report | None) -> Iterator[Path]:
+        cache = self.cache
+        with cache.use(entry.name):
+            if not cache.has(entry.name, entry.size):
+                with cache.download_lock(entry.name, self._watcher(entry, report)):
+                    if not cache.has(entry.name, entry.size):
+                        self._download(entry, report)
+                if report is not None:
+                    report(Preparing(entry.name, "disk", entry.size, entry.size, 0.0))
+            cache.touch(entry.name)
+            yield cache.path(entry.name)
+
+    def _download(self, entry: ModelEntry, report: Report | None) -> None:
+        part = self.cache.part(entry.name, entry.sha256)
+        with self.cache.reservation(entry.name, entry.size):
+            def progress(done: int, total: int, eta: float | None) -> None:
+                if report is not None:
+                    report(Preparing(entry.name, "remote", done, total, eta))
+
+            if report is not None:
+                done = part.stat().st_size if part.exists() else 0
+                report(Preparing(entry.name, "remote", done, entry.size, None))
+            fetch(entry.url, part, entry.size, entry.sha256, progress)
+            self.cache.install(entry.name, entry.sha256)
+
+    def _watcher(self, entry: ModelEntry, report: Report | None) -> Callable[[], None]:
+        """What a process waiting for another's download reports: the part's growth."""
+        first: list[tuple[float, int]] = []
+        part = self.cache.part(entry.name, entry.sha256)
+
+        def look() -> None:
+            if report is None:
+                return
+            try:
+                done = part.stat().st_size
+            except FileNotFoundError:
+                done = 0
+            now = time.monotonic()
+            if not first:
+                first.append((now, done))
+            start, start_done = first[0]
+            rate = (done - start_done) / (now - start) if now > start else 0
+            eta = round((entry.size - done) / rate, 1) if rate > 0 else None
+            report(Preparing(entry.name, "remote", done, entry.size, eta))
+
+        return look
+
+
+def budget_bytes_from_env() -> int:
+    """EMP_MODEL_CACHE_GB, else the machine pool's ``storage_gb``, else 100 GB."""
+    value = os.environ.get("EMP_MODEL_CACHE_GB")
+    if value:
+        return int(float(value) * 1e9)
+    storage = _pool_storage_gb()
+    return int((storage if storage else DEFAULT_BUDGET_GB) * 1e9)
+
+
+def _pool_storage_gb() -> float | None:
+    path, pool = os.environ.get("EMP_POOLS_FILE"), os.environ.get("MACHINE_POOL")
+    if not path or not pool:
+        return None
+    try:
+        from capability_router.pools import load_pools  # the pools part of issue 13
+    except ImportError:
+        return None
+    try:
+        found = load_pools(path).get(pool)
+    except Exception:  # a broken pools file is reported where it is loaded for routing
+        return None
+    storage = getattr(found, "storage_gb", None) if found is not None else None
+    if isinstance(storage, (tuple, list)):  # a range: the machine holds to its top
+        storage = storage[-1]
+    return float(storage) if storage else None
+
+
+_managers: dict[tuple[int, str], ModelManager] = {}
+
+
+def manager_from_env(client: Any) -> ModelManager | None:
+    """This process's manager for ``EMP_MODEL_CACHE_DIR`` (None when it is unset)."""
+    root = os.environ.get("EMP_MODEL_CACHE_DIR")
+    if not root:
+        return None
+    key = (os.getpid(), root)
+    manager = _managers.get(key)
+    if manager is None:
+        manager = _managers[key] = ModelManager(ModelCache(root, budget_bytes_from_env()),
+                                                client)
+    return manager

@@ -1,0 +1,148 @@
+"""Model downloads and the disk cache against a real local HTTP server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from model_server import ModelServer
+
+from capability_router.catalog import ModelEntry, parse_entry
+from machine.connectors.base import ConnectorError, ErrorType
+from machine.models import ModelCache, ModelManager, Preparing
+
+SIZE = 256 * 1024
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    served = ModelServer().start()
+    yield served
+    served.stop()
+
+
+def _entry(server: ModelServer, name: str, size: int = SIZE) -> ModelEntry:
+    return parse_entry(name, server.add(name, size))
+
+
+def _manager(root: Path, budget: int = 10 * SIZE) -> ModelManager:
+    return ModelManager(ModelCache(root, budget), client=None)
+
+
+def _fetch(manager: ModelManager, *entries: ModelEntry) -> list[Preparing]:
+    reports: list[Preparing] = []
+    with manager.ready(list(entries), reports.append):
+        pass
+    return reports
+
+
+def test_a_download_lands_verified_with_progress(server, tmp_path) -> None:
+    entry = _entry(server, "sd15")
+    reports = _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "sd15").read_bytes() == server.files["sd15"]
+    done = [r.bytes_done for r in reports if r.tier == "remote"]
+    assert done == sorted(done) and done[-1] == SIZE and len(done) > 2
+    assert reports[-1] == Preparing("sd15", "disk", SIZE, SIZE, 0.0)
+    assert not list((tmp_path / ".parts").iterdir())
+    # On disk already: no request, nothing reported.
+    assert _fetch(_manager(tmp_path), entry) == []
+    assert len(server.requests_for("sd15")) == 1
+
+
+def test_an_interrupted_download_resumes_with_a_range_request(server, tmp_path) -> None:
+    entry = _entry(server, "flux")
+    server.cut_next, server.cut_at = 2, 50_000
+    _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "flux").read_bytes() == server.files["flux"]
+    asked = [(s.range, s.status) for s in server.requests_for("flux")]
+    assert asked == [(None, 200), ("bytes=50000-", 206), ("bytes=100000-", 206)]
+
+
+def test_a_server_that_ignores_range_makes_it_restart(server, tmp_path) -> None:
+    entry = _entry(server, "flux")
+    server.cut_next, server.cut_at, server.ignore_range = 1, 50_000, True
+    _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "flux").read_bytes() == server.files["flux"]
+    assert [s.status for s in server.requests_for("flux")] == [200, 200]
+
+
+def test_a_bad_checksum_is_a_model_error_and_leaves_no_file(server, tmp_path) -> None:
+    entry = _entry(server, "bad")
+    server.corrupt.add("bad")
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL and "sha256" in caught.value.message
+    assert not (tmp_path / "bad").exists() and not list((tmp_path / ".parts").iterdir())
+
+
+def test_a_missing_url_is_a_model_error(server, tmp_path) -> None:
+    entry = ModelEntry("gone", server.url + "/gone", 10, "0" * 64)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL and "404" in caught.value.message
+
+
+def _ready_in_child(root: str, entry: ModelEntry, out: str) -> None:
+    reports: list[Preparing] = []
+    with _manager(Path(root)).ready([entry], reports.append) as paths:
+        Path(out).write_text(f"{paths[entry.name].stat().st_size} {len(reports)}")
+
+
+def test_processes_wanting_the_same_model_share_one_download(server, tmp_path) -> None:
+    entry = _entry(server, "shared")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # ~0.8 s: the others wait for it
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=_ready_in_child,
+                             args=(str(tmp_path / "cache"), entry, str(tmp_path / f"out{i}")))
+                for i in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert len(server.requests_for("shared")) == 1
+    for i in range(3):
+        size, reports = (tmp_path / f"out{i}").read_text().split()
+        assert int(size) == SIZE and int(reports) >= 1  # each one reported its wait
+
+
+def test_the_budget_evicts_the_least_recently_used_idle_model(server, tmp_path) -> None:
+    a, b, c, d = (_entry(server, name) for name in "abcd")
+    manager = _manager(tmp_path, budget=2 * SIZE + 1000)
+    _fetch(manager, a)
+    _fetch(manager, b)
+    os.utime(tmp_path / "a", (1, 1))  # a: long unused
+    os.utime(tmp_path / "b", (2, 2))
+    _fetch(manager, a)  # a used again: b is now the least recently used
+    _fetch(manager, c)
+    assert manager.cache.models() == ["a", "c"]
+    with manager.ready([a]):  # a in use: d may evict only c, though c is newer
+        _fetch(manager, d)
+        assert sorted(manager.cache.models()) == ["a", "d"]
+        with manager.ready([d]), pytest.raises(ConnectorError) as caught:
+            _fetch(manager, b)  # both held: no room
+    assert caught.value.error_type == ErrorType.SERVICE
+    assert sorted(manager.cache.models()) == ["a", "d"]
+    assert manager.cache.used_bytes() <= manager.cache.budget_bytes
+
+
+def test_a_model_larger_than_the_budget_is_refused(server, tmp_path) -> None:
+    entry = _entry(server, "huge")
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path, budget=SIZE - 1), entry)
+    assert caught.value.error_type == ErrorType.MODEL and not server.requests_for("huge")
+
+
+def test_a_changed_catalog_entry_never_resumes_from_the_old_file(server, tmp_path) -> None:
+    old = _entry(server, "sd15")
+    manager = _manager(tmp_path)
+    # An interrupted download of the old file, left for a resume.
+    manager.cache.part("sd15", old.sha256).write_bytes(server.files["sd15"][:50_000])
+    new = _entry(server, "sd15")  # the catalog now names a new file under the same name
+    _fetch(manager, new)
+    assert (tmp_path / "sd15").read_bytes() == server.files["sd15"]
+    assert [s.range for s in server.requests_for("sd15")] == [None]  # from byte 0
+    assert not list((tmp_path / ".parts").iterdir())  # the old part is gone too
