@@ -25,6 +25,8 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.retry import Retry
 
+from capability_router.green import blocking_pool, is_green
+
 #: Environment switch: "1"/"true"/"yes", or extra seed nodes ``host:port,host:port``.
 CLUSTER_ENV = "EMP_REDIS_CLUSTER"
 
@@ -107,6 +109,8 @@ def make_client(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
     """A client for ``url``: a ``RedisCluster`` when the cluster switch is on."""
     if cluster_enabled():
         return cluster_client(url, **kwargs)
+    if is_green():
+        return redis.Redis(connection_pool=blocking_pool(url, **kwargs))
     return redis.Redis.from_url(url, **kwargs)
 
 

@@ -17,6 +17,7 @@ from time import monotonic
 from typing import Any
 
 from capability_router.cluster import cluster_client, cluster_enabled, node_for_key
+from capability_router.green import blocking_pool, is_green
 
 
 class ClusterChannel:
@@ -53,6 +54,15 @@ class ClusterChannel:
             node = self.cluster_client.get_primaries()[0]
             params["host"], params["port"] = node.host, node.port
         return params
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        if asynchronous or not is_green():
+            return super()._get_pool(asynchronous)
+        # kombu's pool of 10 would refuse the 11th greenlet publishing at once.
+        pool = super()._get_pool(asynchronous)
+        return blocking_pool(**pool.connection_kwargs,
+                             connection_class=pool.connection_class,
+                             max_connections=pool.max_connections)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if self.cluster and not asynchronous:

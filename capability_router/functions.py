@@ -30,6 +30,7 @@ from capability_router.cluster import (
     refresh_slots,
 )
 from capability_router.errors import InvalidJob, LibraryError, NotReplicated
+from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.profile import WorkerProfile
@@ -117,6 +118,8 @@ def held_connection(client: Any, slot_key: str = "") -> Any:
     go through the client, which follows it and re-reads the slot map).
     """
     node_name = ""
+    if is_green():  # a greenlet per request: a connection held per "thread" would leak
+        return None
     if is_cluster_client(client):
         if not slot_key:
             return None

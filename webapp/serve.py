@@ -1,9 +1,15 @@
-"""Run a Flask app under gunicorn's threaded worker, which carries WebSockets.
+"""Run a Flask app under gunicorn: gevent workers for the API, threads for the rest.
 
-flask-sock takes over the connection's socket in a worker thread, so one
-process with many threads serves REST and long-lived WebSockets together.
-Each process runs its own event fan-out, so the API may run several (one
-per core by default); the webhook service runs one.
+flask-sock holds a connection's handler (and simple-websocket a reader) for
+as long as a WebSocket is open. Under the threaded worker that is a thread
+each, so 64 idle browser tabs filled a process and REST waited behind them.
+The API therefore runs gunicorn's gevent worker: every connection is a
+greenlet (a few KB), the threads the app starts (event fan-out, socket
+senders) become greenlets by gevent's monkey-patching, and one process holds
+thousands of sockets. gevent is the event loop flask-sock and gunicorn both
+support; it needs no change to the Flask code. The webhook service has no
+sockets and keeps the threaded worker. Each API process runs its own event
+fan-out, so the API may run several (one per core by default).
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ class _Gunicorn(BaseApplication):
 
 
 def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
-          access_log: bool = False, processes: int = 1) -> None:
-    """Serve ``factory()`` on host:port until stopped (SIGTERM/SIGINT)."""
+          access_log: bool = False, processes: int = 1, connections: int | None = None) -> None:
+    """Serve ``factory()`` on host:port until stopped (SIGTERM/SIGINT): with
+    ``connections``, gevent workers holding that many connections each, else
+    ``threads`` threads per process."""
+    workers = ({"worker_class": "gevent", "worker_connections": connections} if connections
+               else {"worker_class": "gthread", "threads": threads})
     options = {
-        "bind": f"{host}:{port}", "workers": processes, "worker_class": "gthread",
-        "threads": threads, "timeout": 30, "graceful_timeout": 5, "keepalive": 30,
+        "bind": f"{host}:{port}", "workers": processes, **workers,
+        "timeout": 30, "graceful_timeout": 5, "keepalive": 30,
         "accesslog": "-" if access_log else None, "loglevel": "info",
         # Every gunicorn 27 on a host would share ~/.gunicorn/gunicorn.ctl otherwise.
         "control_socket_disable": True,

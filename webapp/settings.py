@@ -16,8 +16,11 @@ API_PORT = 3331
 WEBHOOK_PORT = 3332
 #: Largest request body accepted, bytes (``EMP_MAX_BODY_BYTES``).
 MAX_BODY_BYTES = 1024 * 1024
-#: Threads of each WSGI process; each open WebSocket holds one (``EMP_WEB_THREADS``).
+#: Threads of the webhook service's process (``EMP_WEB_THREADS``).
 WEB_THREADS = 64
+#: Connections (REST and WebSockets) each API process holds at once, as greenlets
+#: (``EMP_API_CONNECTIONS``); the kernel's file limit bounds it too.
+API_CONNECTIONS = 10000
 #: API server processes (``EMP_API_PROCESSES``; default one per CPU core).
 API_PROCESSES = os.cpu_count() or 1
 #: Seconds an Idempotency-Key (or socket message_id) and its answer are kept.
@@ -113,6 +116,7 @@ class WebSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     threads: int = WEB_THREADS
     api_processes: int = API_PROCESSES
+    api_connections: int = API_CONNECTIONS
     #: Retention of idempotency keys, seconds (``EMP_IDEMPOTENCY_SECONDS``).
     idempotency_seconds: int = IDEMPOTENCY_SECONDS
     #: Limits of a customer not in ``customer_limits`` (``EMP_LIMIT_*``).
@@ -137,6 +141,7 @@ class WebSettings:
             max_body_bytes=int(defaults.env("EMP_MAX_BODY_BYTES", str(MAX_BODY_BYTES))),
             threads=int(defaults.env("EMP_WEB_THREADS", str(WEB_THREADS))),
             api_processes=int(defaults.env("EMP_API_PROCESSES", str(API_PROCESSES))),
+            api_connections=int(defaults.env("EMP_API_CONNECTIONS", str(API_CONNECTIONS))),
             idempotency_seconds=int(defaults.env("EMP_IDEMPOTENCY_SECONDS",
                                                  str(IDEMPOTENCY_SECONDS))),
         )

@@ -76,4 +76,4 @@ def run(redis_url: str, host: str = "127.0.0.1", port: int = API_PORT) -> None:
     logging.basicConfig(level=logging.INFO)
     warn_if_open(settings, "emp api")
     serve(lambda: create_app(settings), host, port, settings.threads,
-          processes=settings.api_processes)
+          processes=settings.api_processes, connections=settings.api_connections)

@@ -90,7 +90,8 @@ class ClientConnection:
         renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         try:
             while not self.session.closed:
-                text = self.ws.receive(timeout=1)
+                # Wakes to renew the socket's place; a close by the sender ends the wait.
+                text = self.ws.receive(timeout=5)
                 if text is not None:
                     self.handle(text)
                 if self.place is not None and time.monotonic() >= renew_at:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,18 @@ class IdempotencyStore:
         if "status" in earlier:
             answer = (int(earlier["status"]), earlier["body"])
         return Claim(redis_key, print_, earlier["job_id"], first=False, answer=answer)
+
+    def wait_answer(self, claim: Claim, seconds: float = 5.0) -> tuple[int, dict[str, Any]] | None:
+        """The first request's answer once it is stored; None after ``seconds`` (the first
+        request may have died: the caller then submits under the same job id)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            raw = self.client.get(claim.redis_key)
+            record = json.loads(raw) if raw else {}
+            if "status" in record:
+                return int(record["status"]), record["body"]
+        return None
 
     def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
         """Store the answer a retry will get (the key keeps its expiry)."""

@@ -113,6 +113,10 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         return error(422, f"{idempotency.HEADER}: {exc}")
     if claim.answer is not None:
         return _answer(*claim.answer, replayed=True)
+    if not claim.first:  # the first request is still on its way: take its answer
+        answer = store.wait_answer(claim)
+        if answer is not None:
+            return _answer(*answer, replayed=True)
     try:
         job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
                                 limits=_limits())

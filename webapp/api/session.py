@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: Key of the whole-log cursor of a monitor session.
 ALL = "*"
+#: Put on a session's queue by close(): the sender waits on the queue with no timeout
+#: (thousands of idle sockets must not wake up twice a second each).
+_WAKE = object()
 #: WebSocket close code of a refused request (RFC 6455 "policy violation").
 CLOSE_REFUSED = 1008
 
@@ -71,6 +74,10 @@ class Session:
     def close(self) -> None:
         self._closed.set()
         self.hub.unsubscribe(self.sub)
+        try:  # wake the sender, which blocks on the queue without a timeout
+            self.sub.queue.put_nowait(_WAKE)
+        except queue.Full:  # it has events to send: it wakes anyway
+            pass
 
     @property
     def closed(self) -> bool:
@@ -111,9 +118,8 @@ class Session:
                                self.sub.queue.maxsize)
                 self._drop("too far behind; reconnect with your last event_id")
                 break
-            try:
-                item = self.sub.queue.get(timeout=0.5)
-            except queue.Empty:
+            item = self.sub.queue.get()
+            if item is _WAKE:
                 continue
             try:
                 if isinstance(item, Replay):
