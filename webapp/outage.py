@@ -47,7 +47,7 @@ class Outage:
             started, self._down = not self._down, True
         if started:
             logger.error("%s: Redis unreachable (%s: %s); answering 503 until it is back",
-                         self.service, type(exc).__name__, exc, exc_info=exc)
+                         self.service, type(exc).__name__, exc)
 
     def succeeded(self) -> None:
         """A call reached Redis: log it if this ends an outage."""
