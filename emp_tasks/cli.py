@@ -213,8 +213,14 @@ def demo(obj: dict[str, Any]) -> None:
 @click.pass_obj
 def api(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the API server (REST, OpenAPI, WebSockets) under gunicorn."""
+    from capability_router.errors import PoolsFileError
+    from capability_router.pools import pools_file_from_env
     from webapp.api import run
 
+    try:  # a broken pools file stops the start, not every submit later
+        pools_file_from_env()
+    except PoolsFileError as exc:
+        raise click.ClickException(f"EMP_POOLS_FILE: {exc}") from None
     run(_url(obj), host, port)
 
 

@@ -79,3 +79,23 @@ def test_api_pools_without_a_pools_file_lists_live_pools_and_routing_off(
     job_id = api.submit(service_required="simulation", payload={"duration": 0.1})
     record = api.wait_status(job_id, "completed")
     assert record["pool"] == "default" and "routing" not in record
+
+
+def test_emp_api_with_a_broken_pools_file_refuses_to_start(tmp_path: Path, redis_server) -> None:
+    """Tried: EMP_POOLS_FILE naming a file whose fast pool has gpu_memory_gb = "lots".
+    `emp api` exits at once with one error naming the file and the field, instead of
+    answering 500 to every submit later."""
+    import os
+    import subprocess
+
+    broken = tmp_path / "pools.toml"
+    broken.write_text('[pools.fast]\ngpu = false\ngpu_memory_gb = "lots"\nstorage_gb = 40\n'
+                      'durations_seconds = [0, 5]\nservices = ["*"]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "emp_tasks.cli", "--redis-url", redis_server.url, "api",
+         "--port", "0"], env={**os.environ, "EMP_POOLS_FILE": str(broken)},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "EMP_POOLS_FILE" in done.stderr and str(broken) in done.stderr
+    assert "gpu_memory_gb" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
