@@ -444,6 +444,19 @@ local function models_of_family(P, fsig, listed)
   return models
 end
 
+-- True when ``worker`` holds every one of ``models`` in the GPU (the first is
+-- known to be warm there: it was found in P.."warm:"..models[1]).
+local function holds_all(P, worker, models)
+  if #models > 1 then
+    for _, t in ipairs(redis.call('HMGET', P .. 'models:' .. worker, unpack(models))) do
+      if t ~= 'gpu' then
+        return false
+      end
+    end
+  end
+  return true
+end
+
 -- Another worker holding all ``models`` in the GPU that will be free by
 -- ``until_ms`` (its running job's expected end, when known, is no later), or
 -- nil. Looks at the 4 latest reports of the first model.
@@ -451,16 +464,7 @@ local function warm_elsewhere(P, worker, models, until_ms, any_busy)
   local others = redis.call('ZRANGE', P .. 'warm:' .. models[1], '0', '3', 'REV')
   for _, other in ipairs(others) do
     if other ~= worker then
-      local ok = true
-      if #models > 1 then
-        for _, t in ipairs(redis.call('HMGET', P .. 'models:' .. other, unpack(models))) do
-          if t ~= 'gpu' then
-            ok = false
-            break
-          end
-        end
-      end
-      if ok then
+      if holds_all(P, other, models) then
         local busy = any_busy and tonumber(redis.call('ZSCORE', P .. 'busy', other))
         if not busy or busy <= until_ms then
           return other
@@ -489,16 +493,7 @@ local function wake_warm(P, fsig, now)
       if until_ms and until_ms > tonumber(now)
           and redis.call('SISMEMBER', P .. 'compat-rev:' .. fsig, psig) == 1
           and redis.call('HEXISTS', P .. 'restricted', psig) == 0 then
-        local ok = true
-        if #models > 1 then
-          for _, t in ipairs(redis.call('HMGET', P .. 'models:' .. other, unpack(models))) do
-            if t ~= 'gpu' then
-              ok = false
-              break
-            end
-          end
-        end
-        if ok then
+        if holds_all(P, other, models) then
           redis.call('ZREM', P .. 'idle', member)
           local wk = P .. 'wake:' .. other
           redis.call('LPUSH', wk, '1')
