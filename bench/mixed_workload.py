@@ -258,8 +258,17 @@ def figures(setup: str, ids: list[tuple[str, dict[str, Any]]],
         pools: dict[str, int] = {}
         for _, _, r in rows:
             pools[r.get("pool", "default")] = pools.get(r.get("pool", "default"), 0) + 1
+        routed: dict[str, int] = {}
+        for _, _, r in rows:
+            why = route_class(r.get("routing"))
+            routed[why] = routed.get(why, 0) + 1
+        predicted = [r["predicted_ms"] / 1000 for _, _, r in rows if r.get("predicted_ms")]
         per_kind[kind] = {
             "completed": len(rows),
+            "routing": routed,
+            "predicted_p50_s": round(percentile(predicted, 50), 3),
+            "run_p50_s": round(percentile(
+                [(r["completed_at"] - r["started_at"]) / 1000 for _, _, r in rows], 50), 3),
             "wait_p50_s": round(percentile([w for w, _, _ in rows], 50), 3),
             "wait_p95_s": round(percentile([w for w, _, _ in rows], 95), 3),
             "warm_share": round(1 - sum(c for _, c, _ in rows) / len(rows), 3) if rows else None,
@@ -283,6 +292,22 @@ def figures(setup: str, ids: list[tuple[str, dict[str, Any]]],
         if waits else None,
         "by_kind": per_kind,
     }
+
+
+def route_class(routing: Any) -> str:
+    """Which rule chose the pool, from the routing reason on the job ("none": not routed)."""
+    if not isinstance(routing, dict):
+        return "none"
+    reason = str(routing.get("reason", ""))
+    if reason.startswith("spilled over"):
+        return "spilled over"
+    if "fits no pool" in reason:
+        return "nearest range"
+    if "no live worker" in reason:
+        return "no live worker"
+    if "warm" in reason:
+        return "warm"
+    return "duration fits" if " fits " in reason else "other"
 
 
 def main() -> None:
@@ -314,7 +339,8 @@ def main() -> None:
         a, b = uniform["by_kind"][kind], pools["by_kind"][kind]
         print(f"  {kind:6} wait p50/p95 A {a['wait_p50_s']}/{a['wait_p95_s']} s, "
               f"B {b['wait_p50_s']}/{b['wait_p95_s']} s; warm A {a['warm_share']} "
-              f"B {b['warm_share']}; B pools {b['pools']}")
+              f"B {b['warm_share']}; B pools {b['pools']}, why {b['routing']}; predicted "
+              f"p50 {b['predicted_p50_s']} s, ran {b['run_p50_s']} s")
     print(f"worker logs: {logdir}; {elapsed:.0f} s in all")
     emit_json({
         "benchmark": "mixed_workload", "quick": args.quick, "seed": SEED, "jobs": len(jobs),
