@@ -170,7 +170,12 @@ class QoS(kombu_redis.QoS):
         parsed = parse_tag(delivery_tag)
         if parsed and requeue:
             namespace, job_id, attempt = parsed
-            self.channel.functions(namespace).requeue(job_id, attempt, "rejected by the worker")
+            try:
+                self.channel.functions(namespace).requeue(job_id, attempt,
+                                                          "rejected by the worker")
+            except redis.RedisError:
+                # Held no longer: its lease lapses and the sweep requeues it.
+                logger.warning("could not requeue %s; its lease will expire", job_id)
         elif parsed:
             self.channel.buffer_ack(*parsed)
         virtual.QoS.ack(self, delivery_tag)

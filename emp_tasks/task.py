@@ -13,10 +13,13 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.serialization import get_pickleable_exception
 
 from capability_router.errors import JobCancelled, RetryRefused
+from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
@@ -31,6 +34,11 @@ JOB_OPTIONS = (
     "workflow_priority", "workflow_datetime", "current_step", "total_steps", "ctx", "pool",
     "routing",
 )
+
+#: The queue's Redis could not be reached, or its cluster was failing over: the run's
+#: outcome cannot be recorded now, so the job goes back to pending (``Reject`` with
+#: requeue) rather than being counted as failed.
+STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_REDIRECTS)
 
 
 class EmpTask(Task):
@@ -121,6 +129,15 @@ class EmpTask(Task):
         context = self.job
         if context is None:
             return super().__call__(*args, **kwargs)
+        try:
+            return self._run(context, *args, **kwargs)
+        except STORE_UNREACHABLE as exc:
+            # Reject's requeue goes through emp_requeue (bounded by max_attempts); when
+            # Redis is still away the lease lapses and the sweep requeues the job.
+            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable "
+                         f"({type(exc).__name__}: {exc}); requeued", requeue=True) from None
+
+    def _run(self, context: JobContext, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         with ExitStack() as held:
             self._recorded(context, lambda: held.enter_context(self.prepare(context)))
@@ -150,10 +167,17 @@ class EmpTask(Task):
         except JobCancelled:
             # Recorded already by the cancel; ends as a revoked task, not a failure.
             raise end_cancelled_run(context) from None
+        except STORE_UNREACHABLE:
+            raise  # nothing can be recorded now: __call__ requeues the job
         except Exception as exc:
             if context.functions.fail(
                     self.request.id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
                 raise end_cancelled_run(context) from None  # refused: store no FAILURE
+            # The pool process pickles the exception back to the worker: one holding a
+            # lock or a socket would turn the recorded failure into a MaybeEncodingError.
+            pickleable = get_pickleable_exception(exc)
+            if pickleable is not exc:
+                raise pickleable from None
             raise
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
