@@ -25,7 +25,7 @@ from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReuse
 from webapp.api.limits import SOCKET_RENEW_SECONDS, Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
-from webapp.api.session import Session, refuse
+from webapp.api.session import Session, close_socket, refuse
 from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
@@ -109,7 +109,7 @@ class ClientConnection:
         except Limited as exc:
             self.session.send(error_message(str(exc), status=429))
             self.session.close()
-            self.ws.close(reason=CLOSE_TRY_LATER, message="too many sockets")
+            close_socket(self.ws, CLOSE_TRY_LATER, "too many sockets")
 
     def handle(self, text: str | bytes) -> None:
         try:

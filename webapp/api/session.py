@@ -33,14 +33,35 @@ _WAKE = object()
 CLOSE_REFUSED = 1008
 
 
+#: Seconds a server-side close waits for the client's close reply.
+CLOSE_WAIT_SECONDS = 1.0
+
+
+def close_socket(ws: Any, code: int | None = None, message: str | None = None) -> None:
+    """Close from the server side, then wait (briefly) for the client's close reply.
+
+    simple_websocket's close only sends the close frame. Returning at once lets
+    the server drop the TCP connection while the reply is unread, and the
+    kernel then answers with a reset that can discard the frames the client
+    had not read yet: the client saw 1005 and never the error sent before.
+    """
+    try:
+        ws.close(reason=code, message=message)
+    except (ConnectionClosed, OSError):
+        return
+    reader = getattr(ws, "thread", None)
+    if reader is not None:
+        reader.join(CLOSE_WAIT_SECONDS)
+
+
 def refuse(ws: Any, exc: BadResumeId) -> None:
     """Answer a connection whose resume id is bad: an error naming the field, then close;
     nothing was subscribed."""
     try:
         ws.send(json.dumps({"type": "error", "error": str(exc), "field": exc.field}))
-        ws.close(reason=CLOSE_REFUSED, message=f"bad {exc.field}")
     except (ConnectionClosed, OSError):
-        pass
+        return
+    close_socket(ws, CLOSE_REFUSED, f"bad {exc.field}")
 
 
 @dataclass(frozen=True)
@@ -134,7 +155,7 @@ class Session:
         self.send({"type": "error", "error": reason})
         self._closed.set()
         try:
-            self.ws.close()
+            close_socket(self.ws)
         except Exception:  # already gone
             pass
 
