@@ -402,7 +402,12 @@ def test_backlog_is_bounded_and_drops_are_counted(client, start_server, receiver
     for n in range(5):
         append(client, f"b-{n}", "job_submitted")
     stats_path = f"/webhooks/{hook['id']}/stats"
-    wait_for(lambda: get(server, stats_path)["dropped_events"] == 2, message="two drops")
+    seen: list[dict] = []  # the last stats, for the failure message
+    deadline = time.monotonic() + 30
+    while not (seen and seen[-1]["dropped_events"] == 2) and time.monotonic() < deadline:
+        seen.append(get(server, stats_path))
+        time.sleep(0.05)
+    assert seen[-1]["dropped_events"] == 2, (seen[-1], server.log())
     assert get(server, stats_path)["pending_deliveries"] == 3
     sink.start()
     wait_for(lambda: len(sink.delivered()) == 3, message="the three kept")
