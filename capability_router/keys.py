@@ -17,6 +17,9 @@ PREFIX = "emp"
 #: Namespace used when a job names no pool.
 DEFAULT_NAMESPACE = "default"
 
+#: Minute slots of the pool observability ring (25 h); ``emp.lua`` repeats it.
+OBS_SLOTS = 1500
+
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _KEY_RE = re.compile(r"^" + PREFIX + r":\{(?P<ns>[^}]+)\}:(?P<rest>.+)$")
 
@@ -119,6 +122,20 @@ class Keys:
     def model_sizes(self) -> str:
         """Model -> bytes, as reported with a residency."""
         return self.prefix + "model-size"
+
+    @property
+    def obs(self) -> str:
+        """Pool observability state: where the minute integrals go on from (``emp.lua``)."""
+        return self.prefix + "obs"
+
+    def obs_minute(self, minute: int) -> str:
+        """The ring slot holding one minute's pool observations (field ``m``: which minute)."""
+        return f"{self.prefix}obs:{minute % OBS_SLOTS}"
+
+    @property
+    def desired(self) -> str:
+        """Desired machines of the pool (a number, written by the scaler; read only here)."""
+        return self.prefix + "desired"
 
     def models(self, worker_id: str) -> str:
         """One worker's residency: model -> tier (gpu, ram, disk, remote)."""

@@ -93,6 +93,14 @@ they live in the same slot as the declared key.
   P.."busy"                ZSET   worker id -> ms its running job is
                                   expected to end (claims of residents with a
                                   predicted_ms on the job; warm-first delays)
+  P.."obs:"..slot           HASH   pool observability, one minute per slot
+                                  (slot = minute % 1500, a 25 h ring; field
+                                  "m" names the minute): claims, waits, model
+                                  hits, completions, run time, routing,
+                                  busy/live worker-ms, gauges (see observe)
+  P.."obs"                 HASH   the state the minute integrals go on from
+  P.."desired"             STRING desired machines of the pool (the scaler's;
+                                  read, never written, here)
 
 Both streams carry each event under the same entry id, so a reader can
 resume either from the id it last saw.
@@ -104,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '8'
+local VERSION = '9'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1105,6 +1113,177 @@ local function observe_wait(P, wait)
   redis.call('HINCRBY', mk, 'wait:sum_ms', int(wait))
 end
 
+-- Pool observability ------------------------------------------------------
+-- Per namespace (pool), one HASH per minute in a ring of OBS_SLOTS slots,
+-- P.."obs:"..(minute % OBS_SLOTS), whose field "m" names the minute (ms
+-- since the epoch / 60000) it holds: a slot found holding an older minute is
+-- emptied first, so a pool never has more than OBS_SLOTS minute hashes (25 h)
+-- whatever clock the callers pass (the simulator's virtual time included);
+-- each slot also expires OBS_TTL_MS after it was started, so an abandoned
+-- pool leaves nothing. Written by emp_claim (a job claimed, or none: a tick),
+-- emp_complete and emp_fail with the time they are given; read by
+-- capability_router/pool_metrics.py (which repeats OBS_SLOTS; a test checks).
+-- Fields of a minute (counters unless said):
+--   claims, wait_ms (sum), "wait:<le>" (WAIT_BUCKETS, not cumulative)
+--   hit:warm|disk|download|none|unreported   model residency a claim saw
+--   done, run_ms (sum of started..completed), failed
+--   routed, route_pool_ok, route_time_ok   completions with a routing decision
+--   busy_ms, live_ms   integrals of running jobs and live workers over the minute
+--   depth, busy, live, desired   gauges: the last value seen in the minute
+-- P.."obs" HASH holds the state the integrals continue from: t (ms of the
+-- last observation), m (its minute), busy, live, depth, desired.
+local OBS_SLOTS = 1500
+local OBS_TTL_MS = '90000000'
+-- Minutes without any observation filled in at the next one, at most.
+local OBS_CATCHUP = 60
+
+-- The key of ``minute``'s slot, emptied when it held an older minute; nil
+-- when it already holds a newer one (an observation older than 25 h).
+local function obs_slot(P, minute)
+  local key = P .. 'obs:' .. int(minute % OBS_SLOTS)
+  local held = tonumber(redis.call('HGET', key, 'm'))
+  if held ~= minute then
+    if held and held > minute then
+      return nil
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'm', int(minute))
+    redis.call('PEXPIRE', key, OBS_TTL_MS)
+  end
+  return key
+end
+
+-- The model residency a claim sees for the claimed job on ``worker``:
+-- 'warm' (every model of the job in its GPU), 'disk' (every one on the
+-- machine, in RAM or on disk, some not in the GPU), 'download' (some model
+-- not on the machine, or "remote"), 'none' (the job names no model),
+-- 'unreported' (the worker reports no residency at all).
+local function model_hit(P, family, worker)
+  local models = family and models_of_family(P, family,
+    redis.call('HGET', P .. 'family-models', family))
+  if not models then
+    return 'none'
+  end
+  local tiers = redis.call('HMGET', P .. 'models:' .. worker, unpack(models))
+  local hit, any = 'warm', false
+  for i = 1, #models do
+    local t = tiers[i]
+    if t then
+      any = true
+    end
+    if not t or t == 'remote' then
+      hit = 'download'
+    elseif t ~= 'gpu' and hit == 'warm' then
+      hit = 'disk'
+    end
+  end
+  if not any and redis.call('HEXISTS', P .. 'residents', worker) == 0 then
+    return 'unreported'
+  end
+  return hit
+end
+
+-- One observation at ``now`` (ms text): the integrals since the last one
+-- (busy jobs and live workers as they were then) go into the minutes they
+-- cover, ``counts`` (field -> increment, or nil: a tick) into now's minute,
+-- and the gauges as they are after the change into now's minute and the
+-- state. O(1): a fixed number of calls, plus at most OBS_CATCHUP minutes
+-- filled after a gap (each minute is filled once). An observation older
+-- than the last is counted but moves no integral.
+local function observe(P, now, counts)
+  local sk = P .. 'obs'
+  local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired')
+  local t, at = tonumber(s[1]), tonumber(now)
+  local minute = math.floor(at / 60000)
+  local key
+  if tonumber(s[2]) == minute then
+    key = P .. 'obs:' .. int(minute % OBS_SLOTS)
+  else
+    key = obs_slot(P, minute)
+    if not key then
+      return
+    end
+  end
+  if counts then
+    for field, n in pairs(counts) do
+      redis.call('HINCRBY', key, field, int(n))
+    end
+  end
+  if t and at < t then
+    return
+  end
+  if t then
+    local busy, live, depth = tonumber(s[3]) or 0, tonumber(s[4]) or 0, tonumber(s[5]) or 0
+    local m = math.max(math.floor(t / 60000), minute - OBS_CATCHUP)
+    while m <= minute do
+      local lo, hi = math.max(t, m * 60000), math.min(at, (m + 1) * 60000)
+      local mk = m == minute and key or nil
+      if m ~= minute and (busy > 0 or live > 0 or depth > 0) then
+        mk = obs_slot(P, m)
+        if mk and m * 60000 >= t then
+          -- a minute without observations: it kept the last gauges
+          redis.call('HSET', mk, 'depth', s[5] or '0', 'busy', s[3] or '0',
+            'live', s[4] or '0', 'desired', s[6] or '')
+        end
+      end
+      if mk and hi > lo then
+        if busy > 0 then
+          redis.call('HINCRBY', mk, 'busy_ms', int(busy * (hi - lo)))
+        end
+        if live > 0 then
+          redis.call('HINCRBY', mk, 'live_ms', int(live * (hi - lo)))
+        end
+      end
+      m = m + 1
+    end
+  end
+  local busy = redis.call('ZCARD', P .. 'status:assigned') +
+    redis.call('ZCARD', P .. 'status:in_progress')
+  local live = redis.call('ZCOUNT', P .. 'workers', now, '+inf')
+  local depth = redis.call('ZCARD', P .. 'status:pending')
+  local desired = redis.pcall('GET', P .. 'desired')
+  if type(desired) ~= 'string' or not tonumber(desired) then
+    desired = ''
+  end
+  redis.call('HSET', key, 'depth', depth, 'busy', busy, 'live', live, 'desired', desired)
+  redis.call('HSET', sk, 't', now, 'm', int(minute), 'busy', busy, 'live', live,
+    'depth', depth, 'desired', desired)
+end
+
+-- The "wait:<le>" field counting ``wait`` ms.
+local function wait_field(wait)
+  for _, b in ipairs(WAIT_BUCKETS) do
+    if wait <= b[1] then
+      return 'wait:' .. b[2]
+    end
+  end
+  return 'wait:+Inf'
+end
+
+-- A completion's counts: run time since started (else assigned), and, when
+-- the job carries a routing decision, whether it ran in the pool the router
+-- chose and within a factor 2 of the predicted run time.
+local function completion_counts(P, now, started, assigned, routing, predicted)
+  local counts = {done = 1}
+  local from = tonumber(started) or tonumber(assigned)
+  local run = from and math.max(0, now - from)
+  if run then
+    counts.run_ms = run
+  end
+  if routing and string.sub(routing, 1, 1) == '{' then
+    counts.routed = 1
+    local ns = string.gsub(string.sub(P, 6, -3), '%p', '%%%0')
+    if string.find(routing, '"pool"%s*:%s*"' .. ns .. '"') then
+      counts.route_pool_ok = 1
+    end
+    local want = tonumber(predicted)
+    if run and want and want > 0 and run * 2 >= want and run <= want * 2 then
+      counts.route_time_ok = 1
+    end
+  end
+  return counts
+end
+
 -- Claims housekeep at most this often (ms) while they find work; a claim
 -- that finds nothing always housekeeps before it gives up.
 local HOUSEKEEP_EVERY_MS = 100
@@ -1272,6 +1451,8 @@ Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). A claimed job's
 wait is counted in the "wait" histogram of P.."metrics".
+Pool observability (observe): a claimed job counts in its minute's claims,
+wait and model hit; a claim that finds nothing is a tick (integrals, gauges).
 Warm-first (config ``affinity``, see warm_first; profiles without a workflow
 restriction or denied customers, while some worker reports a residency): a
 job warm on this worker is preferred within ``affinity_window``; a job warm on
@@ -1349,6 +1530,7 @@ local function emp_claim(keys, args)
     if deferred > 0 and (next_due == 0 or deferred < next_due) then
       next_due = deferred
     end
+    observe(P, now, nil)
     return {0, math.floor(next_due)}
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
@@ -1376,6 +1558,7 @@ local function emp_claim(keys, args)
       redis.call('ZREM', P .. 'busy', worker)
     end
   end
+  local counts = {['hit:' .. model_hit(P, family, worker)] = 1}
   -- Wait: since the job could first be claimed, i.e. entered pending or,
   -- when it waited in the delayed set (eta, retry backoff), came due.
   entered = tonumber(entered or f[3])
@@ -1384,8 +1567,11 @@ local function emp_claim(keys, args)
     if due and due > entered then
       entered = due
     end
-    observe_wait(P, math.max(0, now - entered))
+    local wait = math.max(0, now - entered)
+    observe_wait(P, wait)
+    counts.claims, counts.wait_ms, counts[wait_field(wait)] = 1, wait, 1
   end
+  observe(P, now, counts)
   return {1, id, attempt, f[1]}
 end
 
@@ -1554,13 +1740,14 @@ end
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] attempt  ARGV[3] result JSON  ARGV[4] now (optional)
 Removes ``last_error`` left by earlier attempts (their errors stay in the
-job's events). Returns 'ok', or the status that refused the completion
+job's events). Counted in the pool's minute (observe): done, run time,
+routing accuracy. Returns 'ok', or the status that refused the completion
 (fencing). ]]
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
   local f, refused = fence(keys[2], attempt, 'worker_id', 'duration_key', 'work_units',
-    'started_at')
+    'started_at', 'assigned_at', 'routing', 'predicted_ms')
   if not f then
     return refused
   end
@@ -1571,6 +1758,7 @@ local function emp_complete(keys, args)
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
     'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
     'result', '{"status":"success","data":' .. args[3] .. '}')
+  observe(P, now, completion_counts(P, tonumber(now), f[6], f[7], f[8], f[9]))
   return 'ok'
 end
 
@@ -1588,6 +1776,7 @@ local function emp_fail(keys, args)
   local now = now_ms(args[4])
   end_job(P, keys[2], id, 'failed', {'failed_at', now, 'last_error', args[3]}, 'job_failed',
     {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
+  observe(P, now, {failed = 1})
   return 'ok'
 end
 
