@@ -56,3 +56,9 @@ def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]
             "workers": sorted(workers.get(name, [])), "pending": pending, **load.as_dict(),
         })
     return view
+
+
+def known_pools(client: Any, pools_file: PoolsFile | None) -> list[str]:
+    """Every pool a metrics reader may ask about: the pools file's, then those ever used."""
+    configured = list(pools_file.pools) if pools_file else []
+    return configured + [n for n in known_namespaces(client) if n not in configured]

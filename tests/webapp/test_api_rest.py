@@ -318,7 +318,7 @@ def test_health_version_connections_and_document(api) -> None:
         ("/api/jobs", "post"), ("/api/jobs", "get"), ("/api/jobs/{job_id}", "get"),
         ("/api/jobs/{job_id}/cancel", "post"), ("/api/jobs/{job_id}/retry", "post"),
         ("/api/machines/{machine_id}", "delete"), ("/api/connections", "get"),
-        ("/api/pools", "get"),
+        ("/api/pools", "get"), ("/api/pools/{name}/metrics", "get"),
         ("/health", "get"), ("/version", "get"), ("/api/openapi.json", "get"),
         ("/api/models", "get"), ("/api/models/{name}", "get"), ("/api/models/{name}", "put"),
         ("/api/models/{name}", "delete"),

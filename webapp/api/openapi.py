@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from capability_router.pool_metrics import HIT_KINDS, WINDOWS
 from capability_router.states import JobStatus
 from emp_tasks.producer import services
 from webapp.backend import backend
@@ -231,6 +232,7 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 }},
             },
         },
+        "PoolMetrics": _pool_metrics_schema(success),
         "JobFound": {
             "type": "object", "required": ["success", "job"],
             "properties": {"success": success, "job": _ref("Job")},
@@ -333,6 +335,61 @@ def _responses() -> dict[str, Any]:
                                              "nothing was written."),
                     "headers": {"Retry-After": {"description": "Seconds to wait.",
                                                 "schema": {"type": "integer", "minimum": 1}}}},
+    }
+
+
+def _pool_metrics_schema(success: dict[str, Any]) -> dict[str, Any]:
+    """``/api/pools/{name}/metrics``; definitions in ``capability_router.pool_metrics``."""
+    numbers = {"type": "array", "items": {"type": "number", "nullable": True}}
+    counts = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+    figure = {"type": "number", "nullable": True}
+    described = {
+        "queue_depth": "Pending jobs, the last an observation saw in the minute.",
+        "busy": "Jobs assigned or running.",
+        "live_workers": "Workers with a live heartbeat in the pool (the live machines' "
+                        "GPU slots).",
+        "desired": "Desired machines (the scaler's key P..desired); null when absent.",
+        "wait_p95_seconds": "95th percentile of claimed jobs' wait, from fixed buckets.",
+        "wait_mean_seconds": "Mean wait of claimed jobs.",
+        "run_mean_seconds": "Mean run time (started to completed) of completed jobs.",
+        "queue_efficiency": "Total wait / total run time (lower is better).",
+        "utilization": "Busy worker-seconds / live worker-seconds.",
+        "hit_rate": "Claims finding every model in the GPU / claims of jobs with models "
+                    "on workers that report a residency.",
+        "routing_accuracy": "Routed completions that ran within 2x the predicted time / "
+                            "routed completions.",
+        "routing_pool_accuracy": "Routed completions that ran in the pool the router chose.",
+        "busy_worker_seconds": "", "live_worker_seconds": "",
+    }
+    series_props: dict[str, Any] = {
+        "t": {"type": "array", "items": {"type": "integer"},
+              "description": "Start of each minute, ms since the epoch."},
+        "claims": counts, "throughput": {**counts, "description": "Jobs completed."},
+        "failed": counts, "routed": counts,
+        "hits": {"type": "object", "properties": {k: counts for k in HIT_KINDS}},
+    }
+    for name, text in described.items():
+        series_props[name] = {**numbers, **({"description": text} if text else {})}
+    totals = {name: figure for name in described}
+    totals.update({"claims": {"type": "integer"}, "throughput": {"type": "integer"},
+                   "failed": {"type": "integer"}, "routed": {"type": "integer"},
+                   "hits": {"type": "object", "additionalProperties": {"type": "integer"}}})
+    return {
+        "type": "object",
+        "required": ["success", "pool", "window", "resolution_seconds", "series", "totals",
+                     "now"],
+        "properties": {
+            "success": success, "pool": {"type": "string"},
+            "window": {"type": "string", "enum": list(WINDOWS)},
+            "resolution_seconds": {"type": "integer"},
+            "from_ms": {"type": "integer"}, "to_ms": {"type": "integer"},
+            "series": {"type": "object", "required": ["t"], "properties": series_props},
+            "totals": {"type": "object", "properties": totals,
+                       "description": "The same figures over the whole window."},
+            "now": {"type": "object", "properties": {
+                "queue_depth": {"type": "integer"}, "busy": {"type": "integer"},
+                "live_workers": {"type": "integer"}, "desired": figure}},
+        },
     }
 
 
@@ -451,6 +508,24 @@ def _paths() -> dict[str, Any]:
                 "summary": "Pools: the pools file's and those live workers serve, with "
                            "live workers, pending jobs and expected wait",
                 "responses": {"200": _json(_ref("Pools"), "The pools."), **_r("401")},
+            },
+        },
+        "/api/pools/{name}/metrics": {
+            "get": {
+                "operationId": "poolMetrics",
+                "summary": "One pool's figures per minute over the last hour or day: queue "
+                           "depth, wait p95, throughput, model hit rate, utilization, queue "
+                           "efficiency, routing accuracy, live and desired machines",
+                "parameters": [
+                    {**_path("name", "The pool."),
+                     "schema": {"type": "string", "pattern": POOL_PATTERN}},
+                    _query("window", {"type": "string", "enum": list(WINDOWS),
+                                      "default": "1h"},
+                           "How far back: the last hour or the last 24 hours (1-minute "
+                           "points either way)."),
+                ],
+                "responses": {"200": _json(_ref("PoolMetrics"), "The pool's series."),
+                              **_r("400", "401", "404")},
             },
         },
         "/api/models": {
