@@ -271,8 +271,9 @@ def test_queue_flags_an_unservable_class_and_machines_show_gpus_workers_and_jobs
 
 
 PROTECTED_GETS = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks",
-                  "/emp/api/machines", "/emp/api/queue", "/emp/api/jobs", "/emp/api/jobs/{job}",
-                  "/emp/api/services", "/emp/api/webhooks", "/emp/events"]
+                  "/pools", "/emp/api/machines", "/emp/api/queue", "/emp/api/jobs",
+                  "/emp/api/jobs/{job}", "/emp/api/services", "/emp/api/webhooks",
+                  "/emp/api/pools", "/emp/api/pools/default/metrics", "/emp/events"]
 PROTECTED_POSTS = ["/emp/api/submit", "/emp/api/jobs/{job}/cancel", "/emp/api/jobs/{job}/retry",
                    "/emp/api/jobs/{job}/requeue", "/emp/api/webhooks/some-hook/reconnect"]
 

@@ -183,7 +183,7 @@ def test_machines_counts_agree_with_the_cards_and_the_queue_names_what_differs(
 
 
 #: The pages an operator's tooling screenshots, with the job page filled in per test.
-PAGES = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks"]
+PAGES = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks", "/pools"]
 
 
 def test_a_headless_screenshot_with_a_virtual_time_budget_finishes_on_every_page(

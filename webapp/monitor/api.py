@@ -12,7 +12,11 @@ import time
 import tornado.web
 from flower.views.monitor import Metrics as FlowerMetrics
 
-from capability_router.errors import JobNotFound
+from capability_router.errors import JobNotFound, PoolsFileError
+from capability_router.keys import check_namespace
+from capability_router.pool_metrics import UnknownWindow, parse_window, pool_series
+from capability_router.pool_view import known_pools
+from capability_router.pools import pools_file_from_env
 from emp_tasks import producer
 from webapp.api.validation import Invalid
 from webapp.monitor import jobs
@@ -34,6 +38,43 @@ class QueueData(JsonHandler):
     async def get(self) -> None:
         summary = await self.blocking(queue_summary, self.state.backend.redis)
         self.send({"success": True, **summary, "at": int(time.time() * 1000)})
+
+
+def _known_pools(client: object) -> list[str]:
+    try:
+        pools_file = pools_file_from_env()
+    except PoolsFileError as exc:
+        raise tornado.web.HTTPError(500, str(exc)) from None
+    return known_pools(client, pools_file)
+
+
+class PoolsData(JsonHandler):
+    """The pools the Pools page offers: the pools file's, then every pool ever used."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        pools = await self.blocking(_known_pools, self.state.backend.redis)
+        self.send({"success": True, "pools": pools})
+
+
+class PoolMetricsData(JsonHandler):
+    """One pool's series, as ``/api/pools/<name>/metrics`` serves them."""
+
+    @tornado.web.authenticated
+    async def get(self, pool: str) -> None:
+        window = self.get_query_argument("window", "1h")
+        try:
+            check_namespace(pool)
+            parse_window(window)
+        except (ValueError, UnknownWindow) as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        client = self.state.backend.redis
+        known = await self.blocking(_known_pools, client)
+        if pool not in known:
+            raise tornado.web.HTTPError(404, f"no pool {pool!r}: known pools are "
+                                             f"{', '.join(known)}")
+        series = await self.blocking(pool_series, client, pool, window)
+        self.send({"success": True, **series})
 
 
 class JobsData(JsonHandler):

@@ -15,12 +15,27 @@ Metrics:
 * ``emp_workers{status}``: live workers, idle, busy or service_unhealthy.
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
+
+Per pool, over its last ``pool_metrics.PROMETHEUS_MINUTES`` (5) minutes of the
+observability ring (definitions in ``capability_router.pool_metrics``); a ratio
+with nothing to divide by (no claims, no live worker) is left out, not NaN:
+
+* ``emp_pool_utilization{pool}``: busy / live worker-seconds.
+* ``emp_pool_queue_efficiency{pool}``: total wait / total run time.
+* ``emp_pool_wait_p95_seconds{pool}``: 95th percentile of claimed jobs' waits.
+* ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute.
+* ``emp_pool_model_hits{pool,kind}``: claims by model residency (warm, disk,
+  download, none, unreported); ``emp_pool_hit_rate{pool}``: warm share.
+* ``emp_pool_routing_accuracy{pool}``: routed jobs run within 2x the prediction.
+* ``emp_pool_machines{pool,state}``: live workers now, and the scaler's
+  desired machines when it set them (``state="desired"``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +49,7 @@ from redis.retry import Retry
 
 from capability_router.cluster import make_client
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
+from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from webapp.monitor.queue import queue_summary
 
 logger = logging.getLogger(__name__)
@@ -46,6 +62,24 @@ _HISTOGRAMS = {
            "Time claimed jobs waited to be claimed (since pending, or due), seconds."),
     CLAIM: ("emp_claim_latency_seconds",
             "Workers' claim round trip for claims that returned a job, seconds."),
+}
+
+
+#: pool_metrics figure -> (gauge name, help), over the last 5 minutes.
+_POOL_GAUGES = {
+    "utilization": ("emp_pool_utilization",
+                    "Busy worker-seconds / live worker-seconds, last 5 minutes."),
+    "queue_efficiency": ("emp_pool_queue_efficiency",
+                         "Total wait / total run time of the last 5 minutes' jobs."),
+    "wait_p95_seconds": ("emp_pool_wait_p95_seconds",
+                         "95th percentile of claimed jobs' wait, last 5 minutes, seconds."),
+    "throughput_per_minute": ("emp_pool_throughput_per_minute",
+                              "Jobs completed per minute, last 5 minutes."),
+    "hit_rate": ("emp_pool_hit_rate",
+                 "Claims finding the job's models in the GPU / claims of jobs with models, "
+                 "last 5 minutes."),
+    "routing_accuracy": ("emp_pool_routing_accuracy",
+                         "Routed jobs that ran within 2x the predicted time, last 5 minutes."),
 }
 
 
@@ -66,6 +100,14 @@ def _families() -> dict[str, Metric]:
         "workers": GaugeMetricFamily(
             "emp_workers", "Live workers by state (idle, busy, service_unhealthy).",
             labels=["status"]),
+        **{key: GaugeMetricFamily(name, text, labels=["pool"])
+           for key, (name, text) in _POOL_GAUGES.items()},
+        "pool_hits": GaugeMetricFamily(
+            "emp_pool_model_hits", "Claims of the last 5 minutes by the model residency they "
+            "found (warm, disk, download, none, unreported).", labels=["pool", "kind"]),
+        "pool_machines": GaugeMetricFamily(
+            "emp_pool_machines", "Live workers of the pool now, and the desired machines "
+            "the scaler set (when it did).", labels=["pool", "state"]),
         WAIT: HistogramMetricFamily(*_HISTOGRAMS[WAIT], labels=["pool"]),
         CLAIM: HistogramMetricFamily(*_HISTOGRAMS[CLAIM], labels=["pool"]),
     }
@@ -136,7 +178,24 @@ class QueueCollector(Collector):
             histograms = histograms_from_hash(fields)
             for name, histogram in histograms.items():
                 families[name].add_metric([pool], _buckets(histogram), histogram.sum)
+        self._pools(client, pools, families)
         return list(families.values())
+
+    @staticmethod
+    def _pools(client: redis.Redis, pools: list[str], families: dict[str, Metric]) -> None:
+        """The per-pool observability gauges (``capability_router.pool_metrics``)."""
+        now_ms = int(time.time() * 1000)
+        for pool, figures in recent(client, pools, now_ms).items():
+            figures["throughput_per_minute"] = figures["throughput"] / PROMETHEUS_MINUTES
+            for key in _POOL_GAUGES:
+                if figures[key] is not None:
+                    families[key].add_metric([pool], figures[key])
+            for kind in HIT_KINDS:
+                families["pool_hits"].add_metric([pool, kind], figures["hits"][kind])
+            now = read_now(client, pool, now_ms)
+            families["pool_machines"].add_metric([pool, "live"], now["live_workers"])
+            if now["desired"] is not None:
+                families["pool_machines"].add_metric([pool, "desired"], now["desired"])
 
     def _safe_url(self) -> str:
         """The URL without its password, for logs."""

@@ -39,5 +39,9 @@ class SubmitPage(Page):
     template, tab, title = "emp_submit.html", "submit", "Submit a job"
 
 
+class PoolsPage(Page):
+    template, tab, title = "emp_pools.html", "pools", "Pools"
+
+
 class WebhooksPage(Page):
     template, tab, title = "emp_webhooks.html", "webhooks", "Webhooks"

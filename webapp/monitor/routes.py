@@ -22,6 +22,7 @@ def handlers() -> list[Any]:
         url(rf"/jobs/{JOB_ID}", pages.JobPage, name="emp_job"),
         url(r"/submit", pages.SubmitPage, name="emp_submit"),
         url(r"/webhooks", pages.WebhooksPage, name="emp_webhooks"),
+        url(r"/pools", pages.PoolsPage, name="emp_pools"),
         # Flower's broker page counts list lengths; this transport's queue is the Queue view.
         url(r"/broker", RedirectHandler, {"url": "queue"}),
         (r"/emp/api/machines", api.MachinesData),
@@ -31,6 +32,8 @@ def handlers() -> list[Any]:
         (rf"/emp/api/jobs/{JOB_ID}", api.JobData),
         (rf"/emp/api/jobs/{JOB_ID}/(cancel|retry|requeue)", api.JobAction),
         (r"/emp/api/services", api.Services),
+        (r"/emp/api/pools", api.PoolsData),
+        (r"/emp/api/pools/([^/]+)/metrics", api.PoolMetricsData),
         (r"/emp/api/webhooks", api.WebhooksData),
         (r"/emp/api/webhooks/([^/]+)/reconnect", api.ReconnectWebhook),
         (r"/emp/events", EventStream),

@@ -1,0 +1,111 @@
+"""Pool observability in the monitor: the Prometheus series per pool, and the Pools page's
+charts moving in a real headless Chromium while a real worker runs jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.keys import NAMESPACES_KEY, Keys
+from capability_router.profile import WorkerProfile
+from capability_router.registry import WorkerRegistry
+from capability_router.residency import ResidencyReporter
+from conftest import wait_for
+from emp_tasks.producer import submit
+from webapp.monitor.metrics import register
+
+
+def server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_server: Any) -> None:
+    queue = QueueFunctions(client, "gpu")
+    client.sadd(NAMESPACES_KEY, "gpu")  # as the transport does for a pool it uses
+    profile = WorkerProfile.from_dict({"worker_id": "g1", "services": ["simulation"],
+                                       "models": {"simulation": ["sdxl"]}})
+    queue.register_worker(profile)
+    WorkerRegistry(client).heartbeat(profile.as_dict(), ["gpu"], [], ttl_ms=60_000, first=True)
+    ResidencyReporter(client, "g1", ["gpu"], profile.signature).report({"sdxl": "gpu"})
+    client.set(Keys("gpu").desired, "4")
+    now = server_ms(client)
+    spec = JobSpec(service="simulation", requirements={"models": ["sdxl"]})
+    queue.enqueue("j1", spec, "{}", now_ms=now - 4000)
+    claimed = queue.claim(profile.signature, "g1", 60_000, now_ms=now - 3000)
+    assert isinstance(claimed, Claimed)
+    queue.start("j1", claimed.attempt, now_ms=now - 3000)
+    assert queue.complete("j1", claimed.attempt, None, now_ms=now - 1000) == "ok"
+
+    registry = CollectorRegistry()
+    collector = register(redis_server.url, registry)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def at(name: str, **labels: str) -> float:
+        return got[(name, tuple(sorted(labels.items())))]
+
+    assert at("emp_pool_model_hits", pool="gpu", kind="warm") == 1
+    assert at("emp_pool_model_hits", pool="gpu", kind="download") == 0
+    assert at("emp_pool_hit_rate", pool="gpu") == 1.0
+    assert at("emp_pool_throughput_per_minute", pool="gpu") == pytest.approx(1 / 5)
+    assert at("emp_pool_wait_p95_seconds", pool="gpu") == pytest.approx(0.95, abs=0.05)
+    assert at("emp_pool_queue_efficiency", pool="gpu") == pytest.approx(0.5)
+    assert 0 < at("emp_pool_utilization", pool="gpu") <= 1
+    assert at("emp_pool_machines", pool="gpu", state="live") == 1
+    assert at("emp_pool_machines", pool="gpu", state="desired") == 4
+    assert ("emp_pool_machines", (("pool", "default"), ("state", "desired"))) not in got
+    assert ("emp_pool_routing_accuracy", (("pool", "gpu"),)) not in got  # nothing routed
+
+
+@pytest.mark.timeout(60)
+def test_the_pools_page_draws_charts_that_move_while_jobs_run(
+        browser: Any, start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        app: Any, client: redis.Redis) -> None:
+    started = time.monotonic()
+    start_worker("w1")
+    monitor = start_server("monitor")
+    missing = requests.get(monitor.base + "/emp/api/pools/nowhere/metrics", timeout=10)
+    assert missing.status_code == 404 and "no pool 'nowhere'" in missing.json()["error"]
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(monitor.base + "/pools")
+        page.wait_for_selector('#chart-throughput[data-points]', timeout=15_000)
+        assert page.get_attribute("#pools-charts", "data-pool") == "default"
+        assert page.locator("#pools-charts svg").count() == 6
+        before = float(page.get_attribute("#chart-throughput", "data-total"))
+        for _ in range(3):
+            submit("simulation", {"steps": 1, "duration": 0.05}, app=app)
+
+        def throughput() -> float:
+            return float(page.get_attribute("#chart-throughput", "data-total"))
+
+        wait_for(lambda: throughput() >= before + 3, timeout=20,
+                 message="the throughput chart counting the three jobs without a reload")
+        assert page.get_attribute("#chart-machines", "data-last") == "1"  # one live worker
+        assert float(page.get_attribute("#chart-queue_depth", "data-points")) >= 1
+        assert page.locator("#pools-total-completed .value").inner_text() == str(int(before) + 3)
+        page.click('#pools-window button[data-window="24h"]')
+        page.wait_for_function(
+            "document.getElementById('pools-charts').dataset.window === '24h'", timeout=10_000)
+        assert float(page.get_attribute("#chart-throughput", "data-total")) >= before + 3
+    finally:
+        context.close()
+    assert not errors, errors
+    assert time.monotonic() - started < 40
