@@ -3,8 +3,10 @@ charts moving in a real headless Chromium while a real worker runs jobs."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +21,13 @@ from capability_router.keys import NAMESPACES_KEY, Keys
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
 from capability_router.residency import ResidencyReporter
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from emp_tasks.producer import submit
 from webapp.monitor.metrics import register
+
+#: ``EMP_SCREENSHOT_DIR=docs`` refreshes the README's picture of the page (as in
+#: test_monitor_browser); otherwise it lands in the test's temporary directory.
+SCREENSHOT_DIR = os.environ.get("EMP_SCREENSHOT_DIR")
 
 
 def server_ms(client: redis.Redis) -> int:
@@ -74,7 +80,7 @@ def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_serve
 @pytest.mark.timeout(60)
 def test_the_pools_page_draws_charts_that_move_while_jobs_run(
         browser: Any, start_worker: Callable[..., Any], start_server: Callable[..., Any],
-        app: Any, client: redis.Redis) -> None:
+        app: Any, client: redis.Redis, tmp_path: Path) -> None:
     started = time.monotonic()
     start_worker("w1")
     monitor = start_server("monitor")
@@ -105,6 +111,11 @@ def test_the_pools_page_draws_charts_that_move_while_jobs_run(
         page.wait_for_function(
             "document.getElementById('pools-charts').dataset.window === '24h'", timeout=10_000)
         assert float(page.get_attribute("#chart-throughput", "data-total")) >= before + 3
+        folder = ROOT / SCREENSHOT_DIR if SCREENSHOT_DIR else tmp_path
+        page.click('#pools-window button[data-window="1h"]')
+        page.wait_for_function(
+            "document.getElementById('pools-charts').dataset.window === '1h'", timeout=10_000)
+        page.screenshot(path=str(folder / "monitor-pools.png"), full_page=True)
     finally:
         context.close()
     assert not errors, errors

@@ -10,7 +10,8 @@ const EMPChart = (() => {
   function fmt(v) {
     if (v === null || v === undefined || isNaN(v)) return "—";
     const a = Math.abs(v);
-    return a >= 100 ? String(Math.round(v)) : a >= 10 ? v.toFixed(1) : String(Math.round(v * 100) / 100);
+    if (a >= 100 || Number.isInteger(v)) return String(Math.round(v));
+    return a >= 10 ? v.toFixed(1) : String(Math.round(v * 100) / 100);
   }
 
   function clock(ms) {
