@@ -1129,13 +1129,17 @@ end
 --   done, run_ms (sum of started..completed), failed
 --   routed, route_pool_ok, route_time_ok   completions with a routing decision
 --   busy_ms, live_ms   integrals of running jobs and live workers over the minute
---   depth, busy, live, desired   gauges: the last value seen in the minute
+--   depth, busy, live, desired   gauges: the last sample of the minute (see observe)
 -- P.."obs" HASH holds the state the integrals continue from: t (ms of the
--- last observation), m (its minute), busy, live, depth, desired.
+-- last observation), m (its minute), busy, live, depth, desired, s (ms of the
+-- last gauge sample).
 local OBS_SLOTS = 1500
 local OBS_TTL_MS = '90000000'
 -- Minutes without any observation filled in at the next one, at most.
 local OBS_CATCHUP = 60
+-- Gauges (queue depth, running jobs, live workers, desired) are read from the
+-- indexes at most this often (ms) within a minute.
+local OBS_SAMPLE_MS = 1000
 
 -- The key of ``minute``'s slot, emptied when it held an older minute; nil
 -- when it already holds a newer one (an observation older than 25 h).
@@ -1185,14 +1189,17 @@ end
 
 -- One observation at ``now`` (ms text): the integrals since the last one
 -- (busy jobs and live workers as they were then) go into the minutes they
--- cover, ``counts`` (field -> increment, or nil: a tick) into now's minute,
--- and the gauges as they are after the change into now's minute and the
--- state. O(1): a fixed number of calls, plus at most OBS_CATCHUP minutes
--- filled after a gap (each minute is filled once). An observation older
--- than the last is counted but moves no integral.
-local function observe(P, now, counts)
+-- cover, ``counts`` (field -> increment, or nil: a tick) into now's minute.
+-- ``delta`` is what the event did to the pool's running jobs (+1 a claim, -1
+-- a completion or failure). The gauges are sampled from the indexes (which
+-- also corrects busy for jobs that left otherwise: expired leases, cancels)
+-- at the first observation of a minute and at most every OBS_SAMPLE_MS in
+-- between; the minute keeps the last sample. O(1): a fixed number of calls,
+-- plus at most OBS_CATCHUP minutes filled after a gap (each minute once). An
+-- observation older than the last is counted but moves no integral.
+local function observe(P, now, counts, delta)
   local sk = P .. 'obs'
-  local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired')
+  local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired', 's')
   local t, at = tonumber(s[1]), tonumber(now)
   local minute = math.floor(at / 60000)
   local key
@@ -1212,8 +1219,9 @@ local function observe(P, now, counts)
   if t and at < t then
     return
   end
+  local busy, live = tonumber(s[3]) or 0, tonumber(s[4]) or 0
   if t then
-    local busy, live, depth = tonumber(s[3]) or 0, tonumber(s[4]) or 0, tonumber(s[5]) or 0
+    local depth = tonumber(s[5]) or 0
     local m = math.max(math.floor(t / 60000), minute - OBS_CATCHUP)
     while m <= minute do
       local lo, hi = math.max(t, m * 60000), math.min(at, (m + 1) * 60000)
@@ -1237,9 +1245,14 @@ local function observe(P, now, counts)
       m = m + 1
     end
   end
-  local busy = redis.call('ZCARD', P .. 'status:assigned') +
+  local sampled = tonumber(s[7])
+  if sampled and tonumber(s[2]) == minute and at >= sampled and at - sampled < OBS_SAMPLE_MS then
+    redis.call('HSET', sk, 't', now, 'busy', int(math.max(0, busy + (delta or 0))))
+    return
+  end
+  busy = redis.call('ZCARD', P .. 'status:assigned') +
     redis.call('ZCARD', P .. 'status:in_progress')
-  local live = redis.call('ZCOUNT', P .. 'workers', now, '+inf')
+  live = redis.call('ZCOUNT', P .. 'workers', now, '+inf')
   local depth = redis.call('ZCARD', P .. 'status:pending')
   local desired = redis.pcall('GET', P .. 'desired')
   if type(desired) ~= 'string' or not tonumber(desired) then
@@ -1247,7 +1260,7 @@ local function observe(P, now, counts)
   end
   redis.call('HSET', key, 'depth', depth, 'busy', busy, 'live', live, 'desired', desired)
   redis.call('HSET', sk, 't', now, 'm', int(minute), 'busy', busy, 'live', live,
-    'depth', depth, 'desired', desired)
+    'depth', depth, 'desired', desired, 's', now)
 end
 
 -- The "wait:<le>" field counting ``wait`` ms.
@@ -1530,7 +1543,7 @@ local function emp_claim(keys, args)
     if deferred > 0 and (next_due == 0 or deferred < next_due) then
       next_due = deferred
     end
-    observe(P, now, nil)
+    observe(P, now, nil, 0)
     return {0, math.floor(next_due)}
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
@@ -1571,7 +1584,7 @@ local function emp_claim(keys, args)
     observe_wait(P, wait)
     counts.claims, counts.wait_ms, counts[wait_field(wait)] = 1, wait, 1
   end
-  observe(P, now, counts)
+  observe(P, now, counts, 1)
   return {1, id, attempt, f[1]}
 end
 
@@ -1758,7 +1771,7 @@ local function emp_complete(keys, args)
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
     'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
     'result', '{"status":"success","data":' .. args[3] .. '}')
-  observe(P, now, completion_counts(P, tonumber(now), f[6], f[7], f[8], f[9]))
+  observe(P, now, completion_counts(P, tonumber(now), f[6], f[7], f[8], f[9]), -1)
   return 'ok'
 end
 
@@ -1776,7 +1789,7 @@ local function emp_fail(keys, args)
   local now = now_ms(args[4])
   end_job(P, keys[2], id, 'failed', {'failed_at', now, 'last_error', args[3]}, 'job_failed',
     {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
-  observe(P, now, {failed = 1})
+  observe(P, now, {failed = 1}, -1)
   return 'ok'
 end
 
