@@ -30,8 +30,11 @@ Definitions (per minute, and over a window by summing the minutes):
 * ``throughput``: jobs completed in the minute; ``failed`` beside it.
 * ``queue_depth``, ``busy``, ``live_workers``, ``desired``: the last value an
   observation saw in the minute (pending jobs, running jobs, live workers, the
-  scaler's ``P.."desired"`` or null). A minute without observations keeps the
-  previous minute's gauges (filled in by the next observation, up to an hour).
+  scaler's ``P.."desired"`` or null), sampled at most once a second. A claim
+  that finds nothing (an idle worker's) only updates a minute already
+  started, so idle workers create no keys; a minute without a job's
+  observation keeps the previous gauges, filled in by the next one (up to an
+  hour back: a pool idle for longer shows a gap before that).
 """
 
 from __future__ import annotations

@@ -1189,7 +1189,8 @@ end
 
 -- One observation at ``now`` (ms text): the integrals since the last one
 -- (busy jobs and live workers as they were then) go into the minutes they
--- cover, ``counts`` (field -> increment, or nil: a tick) into now's minute.
+-- cover, ``counts`` (field -> increment, or nil: a tick, which only moves
+-- the integrals and gauges of a minute already started) into now's minute.
 -- ``delta`` is what the event did to the pool's running jobs (+1 a claim, -1
 -- a completion or failure). The gauges are sampled from the indexes (which
 -- also corrects busy for jobs that left otherwise: expired leases, cancels)
@@ -1202,6 +1203,11 @@ local function observe(P, now, counts, delta)
   local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired', 's')
   local t, at = tonumber(s[1]), tonumber(now)
   local minute = math.floor(at / 60000)
+  if not counts and tonumber(s[2]) ~= minute then
+    -- A tick starts no minute: idle workers' claims create no key (the next
+    -- job's observation fills the quiet minutes in, up to OBS_CATCHUP).
+    return
+  end
   local key
   if tonumber(s[2]) == minute then
     key = P .. 'obs:' .. int(minute % OBS_SLOTS)
@@ -1465,7 +1471,8 @@ or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). A claimed job's
 wait is counted in the "wait" histogram of P.."metrics".
 Pool observability (observe): a claimed job counts in its minute's claims,
-wait and model hit; a claim that finds nothing is a tick (integrals, gauges).
+wait and model hit; a claim that finds nothing is a tick (integrals and
+gauges of a minute already started; it creates no key).
 Warm-first (config ``affinity``, see warm_first; profiles without a workflow
 restriction or denied customers, while some worker reports a residency): a
 job warm on this worker is preferred within ``affinity_window``; a job warm on

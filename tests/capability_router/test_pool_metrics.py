@@ -132,8 +132,11 @@ def test_the_wait_p95_comes_from_the_minute_buckets(
 def test_memory_is_bounded_a_ring_of_1500_minutes_that_also_expires(
         client: redis.Redis, queue: QueueFunctions) -> None:
     setup(client, queue)
-    for i in range(OBS_SLOTS + 100):  # a claim that finds nothing each minute: a tick
-        assert queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0 + i * 60_000) == 0
+    for i in range(OBS_SLOTS + 100):  # a job claimed every minute for 26 h 40 min
+        at = T0 + i * 60_000
+        queue.enqueue(f"j{i}", job("sdxl"), "{}", now_ms=at)
+        got = claim(queue, at + 10)
+        queue.complete(got.job_id, got.attempt, None, now_ms=at + 20)
     slots = list(client.scan_iter(match=KEYS.prefix + "obs:*", count=1000))
     assert len(slots) == OBS_SLOTS
     last = M0 + OBS_SLOTS + 99
@@ -147,12 +150,31 @@ def test_memory_is_bounded_a_ring_of_1500_minutes_that_also_expires(
 def test_an_observation_older_than_the_ring_is_dropped_and_a_late_one_moves_no_integral(
         client: redis.Redis, queue: QueueFunctions) -> None:
     setup(client, queue)
-    queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0 + OBS_SLOTS * 60_000)
-    queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0)  # same slot, 25 h older
+    late = T0 + OBS_SLOTS * 60_000
+    for i in range(3):
+        queue.enqueue(f"j{i}", job("sdxl"), "{}", now_ms=T0)
+    claim(queue, late)
+    claim(queue, T0 + 1)  # same slot as the last one, 25 h older: dropped
     assert read_minutes(client, "default", M0, 1) == [{}]
-    queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0 + (OBS_SLOTS - 1) * 60_000)
-    state = client.hgetall(KEYS.obs)
-    assert state["t"] == str(T0 + OBS_SLOTS * 60_000)
+    assert read_minutes(client, "default", M0 + OBS_SLOTS, 1)[0]["claims"] == "1"
+    claim(queue, late - 60_000)  # a minute late: counted, no integral moves back
+    assert read_minutes(client, "default", M0 + OBS_SLOTS - 1, 1)[0]["claims"] == "1"
+    assert client.hget(KEYS.obs, "t") == str(late)
+
+
+def test_a_claim_that_finds_nothing_starts_no_minute(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    setup(client, queue)
+    assert queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0) == 0
+    assert not client.exists(KEYS.obs) and read_minutes(client, "default", M0, 1) == [{}]
+    queue.enqueue("j1", job("sdxl"), "{}", now_ms=T0)
+    run(queue, T0 + 1000, T0 + 1000, T0 + 2000)
+    assert queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0 + 30_000) == 0  # a tick
+    keys = sorted(client.scan_iter(match=KEYS.prefix + "obs*"))
+    assert queue.claim(PROFILE.signature, "w1", LEASE, now_ms=T0 + 90_000) == 0  # next minute
+    assert sorted(client.scan_iter(match=KEYS.prefix + "obs*")) == keys
+    (minute,) = read_minutes(client, "default", M0, 1)
+    assert minute["live_ms"] == str(29_000)  # from the first observation to the tick
 
 
 def test_desired_is_null_without_the_scalers_key_and_a_foreign_type_breaks_nothing(
