@@ -26,7 +26,10 @@ Definitions (per minute, and over a window by summing the minutes):
   router's ``routing`` decision) whose run time was within a factor 2 of the
   router's prediction (``predicted_ms``) / routed completions;
   ``routing_pool_accuracy``: of those, the share that ran in the pool the router
-  chose (a job escalated elsewhere did not).
+  chose. Today that is 1 by construction (a routed job is filed in the chosen
+  pool and claims, retries and escalations stay there); it is kept as a check
+  for when jobs can move between pools. "The best pool in hindsight" (the
+  simulator's measure) is not known here.
 * ``throughput``: jobs completed in the minute; ``failed`` beside it.
 * ``queue_depth``, ``busy``, ``live_workers``, ``desired``: the last value an
   observation saw in the minute (pending jobs, running jobs, live workers, the
