@@ -91,13 +91,23 @@ def read_minutes(client: Any, pool: str, last_minute: int, count: int) -> list[d
     keys = Keys(check_namespace(pool))
     minutes = range(last_minute - count + 1, last_minute + 1)
     with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.obs, "m", "ab", "al")
         for minute in minutes:
             pipe.hgetall(keys.obs_minute(minute))
-        replies = pipe.execute()
+        state, *replies = pipe.execute()
     out = []
     for minute, raw in zip(minutes, replies, strict=True):
         fields = {_text(k): _text(v) for k, v in raw.items()}
         out.append(fields if fields.get("m") == str(minute) else {})
+    # The last minute's integrals since its last gauge sample (< 1 s) are still in the state.
+    held = _text(state[0]) if state[0] is not None else None
+    if held is not None and held.isdigit() and 0 <= last_minute - int(held) < count:
+        fields = out[int(held) - last_minute - 1]
+        if fields:
+            for name, value in (("busy_ms", state[1]), ("live_ms", state[2])):
+                extra = int(_text(value)) if value is not None else 0
+                if extra:
+                    fields[name] = str(_int(fields, name) + extra)
     return out
 
 

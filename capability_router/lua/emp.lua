@@ -1132,7 +1132,8 @@ end
 --   depth, busy, live, desired   gauges: the last sample of the minute (see observe)
 -- P.."obs" HASH holds the state the integrals continue from: t (ms of the
 -- last observation), m (its minute), busy, live, depth, desired, s (ms of the
--- last gauge sample).
+-- last gauge sample), ab / al (busy / live worker-ms of minute m not yet
+-- written to its slot: at most OBS_SAMPLE_MS worth).
 local OBS_SLOTS = 1500
 local OBS_TTL_MS = '90000000'
 -- Minutes without any observation filled in at the next one, at most.
@@ -1195,21 +1196,23 @@ end
 -- a completion or failure). The gauges are sampled from the indexes (which
 -- also corrects busy for jobs that left otherwise: expired leases, cancels)
 -- at the first observation of a minute and at most every OBS_SAMPLE_MS in
--- between; the minute keeps the last sample. O(1): a fixed number of calls,
--- plus at most OBS_CATCHUP minutes filled after a gap (each minute once). An
--- observation older than the last is counted but moves no integral.
+-- between; the minute keeps the last sample. Between samples the current
+-- minute's integrals build up in the state (ab, al) and are written with the
+-- next sample. O(1): a fixed number of calls, plus at most OBS_CATCHUP
+-- minutes filled after a gap (each minute once). An observation older than
+-- the last is counted but moves no integral.
 local function observe(P, now, counts, delta)
   local sk = P .. 'obs'
-  local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired', 's')
-  local t, at = tonumber(s[1]), tonumber(now)
+  local s = redis.call('HMGET', sk, 't', 'm', 'busy', 'live', 'depth', 'desired', 's', 'ab', 'al')
+  local t, at, sm = tonumber(s[1]), tonumber(now), tonumber(s[2])
   local minute = math.floor(at / 60000)
-  if not counts and tonumber(s[2]) ~= minute then
+  if not counts and sm ~= minute then
     -- A tick starts no minute: idle workers' claims create no key (the next
     -- job's observation fills the quiet minutes in, up to OBS_CATCHUP).
     return
   end
   local key
-  if tonumber(s[2]) == minute then
+  if sm == minute then
     key = P .. 'obs:' .. int(minute % OBS_SLOTS)
   else
     key = obs_slot(P, minute)
@@ -1226,35 +1229,52 @@ local function observe(P, now, counts, delta)
     return
   end
   local busy, live = tonumber(s[3]) or 0, tonumber(s[4]) or 0
-  if t then
+  local ab, al = tonumber(s[8]) or 0, tonumber(s[9]) or 0
+  if t and sm == minute then
+    ab, al = ab + busy * (at - t), al + live * (at - t)
+  elseif t then
+    -- Minutes since the last observation's: each gets its share; the last
+    -- observation's minute also gets what built up in the state.
     local depth = tonumber(s[5]) or 0
-    local m = math.max(math.floor(t / 60000), minute - OBS_CATCHUP)
-    while m <= minute do
-      local lo, hi = math.max(t, m * 60000), math.min(at, (m + 1) * 60000)
-      local mk = m == minute and key or nil
-      if m ~= minute and (busy > 0 or live > 0 or depth > 0) then
-        mk = obs_slot(P, m)
-        if mk and m * 60000 >= t then
-          -- a minute without observations: it kept the last gauges
-          redis.call('HSET', mk, 'depth', s[5] or '0', 'busy', s[3] or '0',
-            'live', s[4] or '0', 'desired', s[6] or '')
-        end
+    local m = math.max(sm, minute - OBS_CATCHUP)
+    while m < minute do
+      local span = math.min(at, (m + 1) * 60000) - math.max(t, m * 60000)
+      local b, l = busy * span, live * span
+      if m == sm then
+        b, l = b + ab, l + al
       end
-      if mk and hi > lo then
-        if busy > 0 then
-          redis.call('HINCRBY', mk, 'busy_ms', int(busy * (hi - lo)))
-        end
-        if live > 0 then
-          redis.call('HINCRBY', mk, 'live_ms', int(live * (hi - lo)))
+      if b > 0 or l > 0 or depth > 0 then
+        local mk = obs_slot(P, m)
+        if mk then
+          if m > sm then
+            -- a minute without observations: it kept the last gauges
+            redis.call('HSET', mk, 'depth', s[5] or '0', 'busy', s[3] or '0',
+              'live', s[4] or '0', 'desired', s[6] or '')
+          end
+          if b > 0 then
+            redis.call('HINCRBY', mk, 'busy_ms', int(b))
+          end
+          if l > 0 then
+            redis.call('HINCRBY', mk, 'live_ms', int(l))
+          end
         end
       end
       m = m + 1
     end
+    local span = at - math.max(t, minute * 60000)
+    ab, al = busy * span, live * span
   end
   local sampled = tonumber(s[7])
-  if sampled and tonumber(s[2]) == minute and at >= sampled and at - sampled < OBS_SAMPLE_MS then
-    redis.call('HSET', sk, 't', now, 'busy', int(math.max(0, busy + (delta or 0))))
+  if sampled and sm == minute and at >= sampled and at - sampled < OBS_SAMPLE_MS then
+    redis.call('HSET', sk, 't', now, 'busy', int(math.max(0, busy + (delta or 0))),
+      'ab', int(ab), 'al', int(al))
     return
+  end
+  if ab > 0 then
+    redis.call('HINCRBY', key, 'busy_ms', int(ab))
+  end
+  if al > 0 then
+    redis.call('HINCRBY', key, 'live_ms', int(al))
   end
   busy = redis.call('ZCARD', P .. 'status:assigned') +
     redis.call('ZCARD', P .. 'status:in_progress')
@@ -1266,7 +1286,7 @@ local function observe(P, now, counts, delta)
   end
   redis.call('HSET', key, 'depth', depth, 'busy', busy, 'live', live, 'desired', desired)
   redis.call('HSET', sk, 't', now, 'm', int(minute), 'busy', busy, 'live', live,
-    'depth', depth, 'desired', desired, 's', now)
+    'depth', depth, 'desired', desired, 's', now, 'ab', '0', 'al', '0')
 end
 
 -- The "wait:<le>" field counting ``wait`` ms.

@@ -75,6 +75,11 @@ def test_a_claim_and_a_completion_land_in_their_minutes_with_the_right_values(
     # observation (5 s) to the minute's end
     assert m0["busy_ms"] == "25000" and m0["live_ms"] == "55000"
     assert (m0["depth"], m0["busy"], m0["live"], m0["desired"]) == ("2", "0", "1", "3")
+    # Integrals since the last gauge sample wait in the state (< 1 s); readers add them.
+    queue.enqueue("j-late", job("sdxl"), "{}", now_ms=T0 + 131_000)
+    claim(queue, T0 + 131_400)  # 400 ms after the last sample, nothing running before
+    assert client.hget(KEYS.obs, "al") == "400"
+    assert read_minutes(client, "default", M0 + 2, 1)[0]["live_ms"] == str(11_000 + 400)
     assert "routed" not in m0  # the first job carried no routing decision
     assert m1["claims"] == "1" and m1["wait_ms"] == str(69_000) and m1["wait:120"] == "1"
     assert m1["hit:disk"] == "1" and m1["run_ms"] == "15000"
@@ -86,7 +91,7 @@ def test_a_claim_and_a_completion_land_in_their_minutes_with_the_right_values(
     view = pool_series(client, "default", "1h", now_ms=T0 + 150_000)
     series = view["series"]
     assert len(series["t"]) == 60 and series["t"][-3:] == [T0, T0 + 60_000, T0 + 120_000]
-    assert series["hit_rate"][-3:] == [1.0, 0.0, 0.0]
+    assert series["hit_rate"][-3:] == [1.0, 0.0, 0.5]  # j-late was warm
     assert series["throughput"][-3:] == [1, 1, 1]
     assert series["utilization"][-3] == round(25_000 / 55_000, 4)
     assert series["queue_efficiency"][-3] == round(5000 / 24_000, 4)
@@ -94,10 +99,10 @@ def test_a_claim_and_a_completion_land_in_their_minutes_with_the_right_values(
     assert series["desired"][-1] == 3.0 and series["live_workers"][-1] == 1.0
     assert series["queue_depth"][:-3] == [None] * 57  # before the first observation
     totals = view["totals"]
-    assert totals["claims"] == 3 and totals["hit_rate"] == round(1 / 3, 4)
+    assert totals["claims"] == 4 and totals["hit_rate"] == round(2 / 4, 4)
     assert totals["routed"] == 2 and totals["routing_accuracy"] == 0.5
     assert totals["routing_pool_accuracy"] == 0.5
-    assert view["now"] == {"queue_depth": 0, "busy": 0, "live_workers": 1, "desired": 3.0}
+    assert view["now"] == {"queue_depth": 0, "busy": 1, "live_workers": 1, "desired": 3.0}
 
 
 def test_a_long_job_is_busy_in_every_minute_it_ran_and_quiet_minutes_keep_their_gauges(
