@@ -195,3 +195,18 @@ def test_desired_is_null_without_the_scalers_key_and_a_foreign_type_breaks_nothi
 def test_the_lua_ring_size_is_the_one_python_reads() -> None:
     found = re.search(r"local OBS_SLOTS = (\d+)", library_source())
     assert found and int(found.group(1)) == OBS_SLOTS
+
+
+def test_a_failure_counts_and_ends_the_jobs_busy_time(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    setup(client, queue)
+    queue.enqueue("j1", job("sdxl"), "{}", now_ms=T0)
+    got = claim(queue, T0 + 1000)
+    queue.start(got.job_id, got.attempt, now_ms=T0 + 1000)
+    # emp_fail with an explicit time (its wrapper sends none: server time)
+    assert client.fcall("emp_fail", 2, KEYS.config, KEYS.job("j1"), "j1", got.attempt, "boom",
+                        T0 + 5000) == "ok"
+    assert client.hget(KEYS.obs, "busy") == "0"
+    (fields,) = read_minutes(client, "default", M0, 1)
+    assert fields["failed"] == "1" and "done" not in fields
+    assert fields["busy_ms"] == "4000"  # claimed at 1 s, failed at 5 s
