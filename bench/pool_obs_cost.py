@@ -149,13 +149,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--claims", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="10 rounds (about 15 s)")
+    parser.add_argument("--after-file", default=None,
+                        help="a library file to load on server B instead of this tree's")
     args = parser.parse_args()
     rounds = 10 if args.quick else args.rounds
     url_a, stop_a = start_redis()
     url_b, stop_b = start_redis()
     try:
         a = Side("before", url_a, baseline_source(args.baseline_ref), seed=7)
-        b = Side("after", url_b, None, seed=7)
+        b = Side("after", url_b, Path(args.after_file).read_text() if args.after_file else None,
+                 seed=7)
         for side in (a, b):
             side.setup()
         for _ in range(rounds):
