@@ -46,6 +46,7 @@ import math
 import time
 from typing import Any
 
+from capability_router.errors import EmpError
 from capability_router.keys import OBS_SLOTS, Keys, check_namespace
 from capability_router.metrics import WAIT_BOUNDS, le_text
 
@@ -66,7 +67,7 @@ GAUGES = ("depth", "busy", "live", "desired")
 _WAIT_FIELDS = [f"wait:{le_text(b)}" for b in (*WAIT_BOUNDS, math.inf)]
 
 
-class UnknownWindow(ValueError):
+class UnknownWindow(EmpError, ValueError):
     """A ``window`` other than those of ``WINDOWS``."""
 
 

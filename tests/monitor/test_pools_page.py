@@ -86,6 +86,9 @@ def test_the_pools_page_draws_charts_that_move_while_jobs_run(
     monitor = start_server("monitor")
     missing = requests.get(monitor.base + "/emp/api/pools/nowhere/metrics", timeout=10)
     assert missing.status_code == 404 and "no pool 'nowhere'" in missing.json()["error"]
+    window = requests.get(monitor.base + "/emp/api/pools/default/metrics?window=2h", timeout=10)
+    assert window.status_code == 400
+    assert window.json()["error"] == "unknown window '2h': use one of 1h, 24h"
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     try:
