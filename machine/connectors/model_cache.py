@@ -108,6 +108,14 @@ class GpuModelCache:
             self.loads += 1
         return seconds
 
+    def on_disk(self, models: Iterable[str]) -> None:
+        """Note that ``models`` are on this machine's disk now (a real download put them
+        there): their next load costs the disk tier, not another download."""
+        for model in models:
+            if self.tier(model) == "remote":
+                self.remote.discard(model)
+                self.disk.add(model)
+
     def touch(self, models: Iterable[str]) -> None:
         """Mark loaded models as just used (ComfyUI ran them)."""
         self.load(models)
