@@ -276,7 +276,7 @@ def intelligence(obj: dict[str, Any], interval: float | None, lease: float | Non
     from emp_tasks.intelligence import run_intelligence
 
     try:
-        run_intelligence(_url(obj), interval_seconds=interval, lease_seconds=lease,
+        run_intelligence(_reachable_url(obj), interval_seconds=interval, lease_seconds=lease,
                          instance=instance)
     except EmpError as exc:
         raise click.ClickException(str(exc)) from None

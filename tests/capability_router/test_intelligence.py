@@ -272,3 +272,15 @@ def test_scaling_settings_are_optional_with_defaults() -> None:
     pools = parse_pools(POOLS_TEXT).pools
     assert pools["fast"].scaling.max_machines == 50 and pools["fast"].scaling.min_machines == 0
     assert pools["heavy"].scaling.startup_seconds == 300
+
+
+def test_the_keda_example_scales_a_pool_on_the_gauge_the_monitor_exports() -> None:
+    yaml = pytest.importorskip("yaml")
+    scaled = yaml.safe_load((ROOT / "conf" / "keda.yaml").read_text())
+    assert scaled["kind"] == "ScaledObject" and scaled["apiVersion"] == "keda.sh/v1alpha1"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert 'emp_pool_desired_machines{pool="standard"}' in trigger["metadata"]["query"]
+    standard = parse_pools(POOLS_TEXT).pools["standard"].scaling
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (
+        standard.min_machines, standard.max_machines)
