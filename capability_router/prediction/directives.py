@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from capability_router.keys import Keys
+from capability_router.keys import NAMESPACES_KEY, Keys
 
 #: What a directive asks.
 PRELOAD, EVICT, KEEP = "preload", "evict", "keep"
@@ -108,14 +108,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def emit_pool_event(client: Any, pool: str, event: str, data: dict[str, Any],
-                    pipe: Any = None) -> Any:
-    """Append an event that concerns no job to the pool's event log (as ``model_loaded``)."""
+def emit_pool_event(client: Any, pool: str, event: str, data: dict[str, Any]) -> str:
+    """Append an event that concerns no job to the pool's event log (as ``model_loaded``).
+
+    The pool is added to the known pools first, so readers of the log (the API's and
+    monitor's event hub, webhooks) read its stream even before any job used it."""
     keys = Keys(pool)
+    client.sadd(NAMESPACES_KEY, pool)
     maxlen = int(client.hget(keys.config, "events_maxlen") or EVENTS_MAXLEN_DEFAULT)
     payload = json.dumps({**data, "timestamp": now_ms()})
-    target = pipe if pipe is not None else client
-    return target.xadd(keys.events, {"event": event, "job_id": "", "data": payload},
+    return client.xadd(keys.events, {"event": event, "job_id": "", "data": payload},
                        maxlen=maxlen, approximate=True)
 
 
@@ -125,12 +127,8 @@ def publish(client: Any, directive: Directive) -> str:
     directive_id = client.xadd(keys.directives, directive.fields(), maxlen=DIRECTIVES_MAXLEN,
                                approximate=True)
     emit_pool_event(client, directive.pool, DIRECTIVE_EVENT,
-                    {**Directive(**{**_plain(directive), "id": directive_id}).as_dict()})
+                    {**directive.as_dict(), "id": directive_id})
     return directive_id
-
-
-def _plain(directive: Directive) -> dict[str, Any]:
-    return {name: getattr(directive, name) for name in directive.__dataclass_fields__}
 
 
 def take(client: Any, directive: Directive, worker_id: str, ttl_seconds: int = 600) -> bool:
