@@ -68,13 +68,17 @@ Rates = Mapping[tuple[str, str], float]
 
 def plan(pools: list[PoolSnapshot], rates: Rates, seen: Callable[[str, str], bool],
          settings: PlacementSettings, now_ms: int,
-         cooling: Callable[[str, str], bool] = lambda pool, worker: False) -> list[Directive]:
+         cooling: Callable[[str, str], bool] = lambda pool, worker: False,
+         in_flight: Mapping[tuple[str, str], int] | None = None) -> list[Directive]:
     """The directives of one tick (see the module docstring).
 
     :param rates: forecast arrivals per second per (pool, model).
     :param seen: whether the forecaster has seen arrivals of (pool, model).
     :param cooling: whether a (pool, worker) had a directive too recently.
+    :param in_flight: preloads (or keeps) for (pool short of it, model) issued and still
+        valid: counted as warm, so a slow load is not asked of a second worker.
     """
+    in_flight = in_flight or {}
     by_order = sorted(pools, key=lambda p: p.order)
     horizon = settings.horizon_seconds
     expires = now_ms + int(settings.directive_ttl_seconds * 1000)
@@ -113,7 +117,7 @@ def plan(pools: list[PoolSnapshot], rates: Rates, seen: Callable[[str, str], boo
             if expected < settings.min_expected:
                 break
             want = max(1, math.ceil(rates[(pool.name, model)] * pool.mean_job_seconds))
-            have = pool.warm.get(model, 0)
+            have = pool.warm.get(model, 0) + in_flight.get((pool.name, model), 0)
             for _ in range(max(0, want - have)):
                 why = (f"{model}: {expected:.1f} arrivals expected in {horizon:g}s in "
                        f"{pool.name}, {have} warm of {want} wanted")

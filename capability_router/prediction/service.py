@@ -49,7 +49,7 @@ from capability_router.errors import EmpError
 from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys, idle_workers, known_namespaces
 from capability_router.pool_view import read_loads
 from capability_router.pools import PoolsFile
-from capability_router.prediction.directives import publish
+from capability_router.prediction.directives import EVICT, publish
 from capability_router.prediction.elastic import (
     PoolForecast,
     desired_of,
@@ -157,6 +157,8 @@ class IntelligenceService:
         self._key_seen: dict[tuple[str, str], float] = {}
         self._mean_seconds: dict[str, float] = {}
         self._directed: dict[tuple[str, str], float] = {}
+        #: Preloads still valid: (pool short of the model, model) -> issue times.
+        self._in_flight: dict[tuple[str, str], list[float]] = {}
         #: Counters for logs and tests: events read, directives published.
         self.stats = {"events": 0, "directives": 0, "ticks": 0}
 
@@ -275,13 +277,19 @@ class IntelligenceService:
         snapshots = self.snapshots(pools, rates, now)
         cooldown = self.settings.placement.directive_ttl_seconds
         self._directed = {k: t for k, t in self._directed.items() if now - t < cooldown}
+        self._in_flight = {k: kept for k, times in self._in_flight.items()
+                           if (kept := [t for t in times if now - t < cooldown])}
         directives = plan(snapshots, rates, lambda pool, model: (pool, model) in self._key_seen,
                           self.settings.placement, int(now * 1000),
-                          cooling=lambda pool, worker: (pool, worker) in self._directed)
+                          cooling=lambda pool, worker: (pool, worker) in self._directed,
+                          in_flight={k: len(v) for k, v in self._in_flight.items()})
         published = []
         for directive in directives:
             directive_id = publish(self.client, directive)
             self._directed[(directive.pool, directive.worker)] = now
+            if directive.action != EVICT:
+                self._in_flight.setdefault(
+                    (directive.for_pool or directive.pool, directive.model), []).append(now)
             published.append(dataclasses.replace(directive, id=directive_id))
             logger.info("intelligence: %s %s on %s/%s: %s", directive.action, directive.model,
                         directive.pool, directive.worker, directive.reason)

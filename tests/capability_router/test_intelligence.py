@@ -284,3 +284,32 @@ def test_the_keda_example_scales_a_pool_on_the_gauge_the_monitor_exports() -> No
     standard = parse_pools(POOLS_TEXT).pools["standard"].scaling
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (
         standard.min_machines, standard.max_machines)
+
+
+def test_the_forecast_ahead_uses_the_profile_of_the_later_slot_and_keys_can_be_forgotten(
+        ) -> None:
+    from capability_router.prediction.forecast import Forecaster
+
+    forecaster = Forecaster(recent_seconds=600, profile_weight=0.5)
+    hour = 3600.0
+    for i in range(36):  # a busy hour 1 (0.01/s), learnt once hour 2 begins
+        forecaster.observe(hour + i * 100, "k")
+    now = 2 * hour + 1
+    recent = forecaster.rate(now, "k")
+    assert forecaster.rate_ahead(now, "k", 0) == recent
+    assert forecaster.rate_ahead(now, "k", 3 * hour) == recent  # slot 5: never seen
+    # Late in hour 0 of the next day, hour 1 ahead is the busy one learnt the day before.
+    late = 24 * hour + 3590
+    assert forecaster.rate(late, "k") < 1e-6
+    assert forecaster.rate_ahead(late, "k", 60) == pytest.approx(0.5 * 0.01, rel=0.01)
+    forecaster.forget("k")
+    assert forecaster.keys() == [] and forecaster.rate_ahead(now, "k", 60) == 0.0
+
+
+def test_machines_are_counted_by_machine_id_else_by_workers_per_machine() -> None:
+    from capability_router.prediction.elastic import count_machines
+
+    records = [{"machine_id": "m1"}, {"machine_id": "m1"}, {"machine_id": "m2"},
+               {"machine_id": ""}, {}, {}]
+    assert count_machines(records, 1) == 2 + 3
+    assert count_machines(records, 2) == 2 + 2
