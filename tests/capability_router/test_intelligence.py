@@ -313,3 +313,22 @@ def test_machines_are_counted_by_machine_id_else_by_workers_per_machine() -> Non
                {"machine_id": ""}, {}, {}]
     assert count_machines(records, 1) == 2 + 3
     assert count_machines(records, 2) == 2 + 2
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"EMP_INTELLIGENCE_LEASE_SECONDS": "2", "EMP_INTELLIGENCE_INTERVAL_SECONDS": "5"},
+     "lease_seconds (2) must be longer than interval_seconds (5)"),
+    ({"EMP_INTELLIGENCE_HORIZON_SECONDS": "soon"},
+     "EMP_INTELLIGENCE_HORIZON_SECONDS must be a number, got 'soon'"),
+    ({"EMP_POOLS_FILE": "/nonexistent/pools.toml"}, "/nonexistent/pools.toml: cannot read"),
+])
+def test_bad_settings_stop_the_command_with_one_line_naming_them(
+        redis_server, client: redis.Redis, env: dict[str, str], words: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emp_tasks.cli", "intelligence"], capture_output=True,
+        text=True, timeout=60,
+        env={**os.environ, "EMP_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT), **env})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert client.get(INTELLIGENCE_LEADER_KEY) is None  # nothing ran
