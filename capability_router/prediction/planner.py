@@ -60,6 +60,8 @@ class PoolSnapshot:
     preload_models: tuple[str, ...] = ()
     #: Mean predicted seconds of its jobs.
     mean_job_seconds: float = 0.0
+    #: The pools file names it: the router spills over only between such pools.
+    configured: bool = True
 
 
 #: (pool, model) -> arrivals per second forecast.
@@ -88,8 +90,10 @@ def plan(pools: list[PoolSnapshot], rates: Rates, seen: Callable[[str, str], boo
 
     def worth(pool: PoolSnapshot, model: str) -> float:
         """Arrivals over the horizon a worker of ``pool`` may serve: its own and smaller pools'."""
+        if not pool.configured:
+            return rates.get((pool.name, model), 0.0) * horizon
         return sum(rates.get((p.name, model), 0.0) for p in by_order
-                   if p.order <= pool.order) * horizon
+                   if p.configured and p.order <= pool.order) * horizon
 
     def free(pool: PoolSnapshot, worker: str) -> bool:
         return ((pool.name, worker) not in used and not cooling(pool.name, worker)
@@ -130,7 +134,8 @@ def plan(pools: list[PoolSnapshot], rates: Rates, seen: Callable[[str, str], boo
                                    issued_ms=now_ms, expires_ms=expires))
                     have += 1
                     continue
-                helper = _bigger_pool_helper(by_order, pool, model, candidate)
+                helper = (_bigger_pool_helper(by_order, pool, model, candidate)
+                          if pool.configured else None)
                 if helper is None:
                     break
                 bigger, worker, tier = helper
@@ -175,7 +180,7 @@ def _bigger_pool_helper(
         candidate: Callable[[PoolSnapshot, str], tuple[str, str] | None],
 ) -> tuple[PoolSnapshot, str, str] | None:
     for bigger in by_order:
-        if bigger.order <= pool.order:
+        if bigger.order <= pool.order or not bigger.configured:
             continue
         if bigger.warm.get(model, 0) > 0:  # warm there already: spill-over finds it
             return None

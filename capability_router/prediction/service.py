@@ -192,13 +192,24 @@ class IntelligenceService:
         if role == TAKEN or not self.leading:
             logger.info("intelligence: %s leads", self.lease.token)
             self.leading = True
-            self._cursors.clear()
+            self._start_leading()
         pools = self.pool_names()
         self.read_arrivals(pools, now)
         self.place(pools, now)
         self.scale(pools, now)
         self.stats["ticks"] += 1
         return True
+
+    def _start_leading(self) -> None:
+        """Forget what an earlier lead of this process knew: the log is re-read from
+        ``recent_seconds`` ago, and counting it again on top would double the rates."""
+        self.forecaster = Forecaster(recent_seconds=self.settings.recent_seconds)
+        self._cursors.clear()
+        self._key_seen.clear()
+        self._mean_seconds.clear()
+        self._directed.clear()
+        self._in_flight.clear()
+        self._clock = 0.0
 
     # -- reading ------------------------------------------------------------
 
@@ -323,7 +334,8 @@ class IntelligenceService:
             warm = {model: int(next(replies)) for model in sorted(demanded)}
             preload = configured[pool].preload_models if pool in configured else ()
             snapshots.append(PoolSnapshot(pool, orders[pool], residency, warm, preload,
-                                          self._mean_seconds.get(pool, 0.0)))
+                                          self._mean_seconds.get(pool, 0.0),
+                                          configured=pool in configured))
         return snapshots
 
     # -- scaling ------------------------------------------------------------

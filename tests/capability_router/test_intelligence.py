@@ -4,6 +4,7 @@ event log, desired machines per pool (``/api/pools``'s view, the Prometheus gaug
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -142,10 +143,16 @@ def test_a_pool_short_of_a_model_asks_a_bigger_pools_idle_worker_to_keep_it() ->
     assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
     standard.warm["flux"], heavy.warm["flux"] = 0, 1
     assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
-    # A worker that just had a directive is left alone (cooldown).
+    # A worker that just had a directive is left alone (cooldown); a preload in flight
+    # counts as warm.
     heavy.warm["flux"] = 0
     assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0,
                 cooling=lambda pool, worker: True) == []
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0,
+                in_flight={("standard", "flux"): 1}) == []
+    # Never to a pool the pools file does not name: the router spills nothing there.
+    heavy.configured = False
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
 
 
 def test_a_bad_directive_is_refused_naming_the_field() -> None:
@@ -187,6 +194,23 @@ def test_the_leader_reads_arrivals_and_publishes_a_preload_with_its_reason(
     assert service.step() and client.xlen(Keys("default").directives) == 1
     assert client.get(Keys("default").desired) is not None
     assert float(client.hget(Keys("default").forecast, "arrival_rate")) > 0
+
+
+def test_a_new_leader_rereads_the_recent_log_once(app, client: redis.Redis) -> None:
+    for _ in range(3):
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               countdown=3600)
+    fast = IntelligenceSettings(interval_seconds=0.1, lease_seconds=0.3)
+    one = IntelligenceService(client, None, dataclasses.replace(fast, instance="one"))
+    two = IntelligenceService(client, None, dataclasses.replace(fast, instance="two"))
+    assert one.step() and not two.step()
+    before = one.forecaster.rate(time.time(), ("default", "flux"))
+    time.sleep(0.35)  # one stops renewing; two takes over with the same arrivals
+    assert two.step() and not one.step()
+    assert two.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
+    time.sleep(0.35)
+    assert one.step()  # back to one: the log is read again, not counted twice
+    assert one.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
 
 
 def test_forecaster_keys_are_capped(app, client: redis.Redis) -> None:
