@@ -196,6 +196,25 @@ def test_the_leader_reads_arrivals_and_publishes_a_preload_with_its_reason(
     assert float(client.hget(Keys("default").forecast, "arrival_rate")) > 0
 
 
+def test_the_leader_asks_a_heavy_worker_to_keep_a_model_standard_is_short_of(
+        app, client: redis.Redis) -> None:
+    pools_file = parse_pools(POOLS_TEXT)
+    ResidencyReporter(client, "h1", ["heavy"]).report({"wan": "gpu", "flux": "disk"})
+    client.zadd(Keys("heavy").idle, {"sig:h1": int(time.time() * 1000) + 60_000})
+    for _ in range(3):  # standard's flux jobs; standard has no idle worker at all
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               pool="standard", countdown=3600)
+    service = IntelligenceService(client, pools_file, IntelligenceSettings(instance="t"))
+    assert service.step()
+    [keep] = [Directive.from_entry(i, f, "heavy")
+              for i, f in client.xrange(Keys("heavy").directives)]
+    assert (keep.action, keep.model, keep.worker, keep.for_pool) == (
+        KEEP, "flux", "h1", "standard")
+    assert client.xlen(Keys("standard").directives) == 0
+    [event] = _events(client, "heavy", DIRECTIVE_EVENT)
+    assert event["for_pool"] == "standard" and "keeps it warm for spill-over" in event["reason"]
+
+
 def test_a_new_leader_rereads_the_recent_log_once(app, client: redis.Redis) -> None:
     for _ in range(3):
         submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
