@@ -76,6 +76,24 @@ class Forecaster:
             return recent
         return self.profile_weight * learnt + (1 - self.profile_weight) * recent
 
+    def rate_ahead(self, t: float, key: Hashable, ahead_seconds: float) -> float:
+        """Arrivals per second of ``key`` expected ``ahead_seconds`` after ``t``: the recent
+        rate now, blended with the profile of that later slot once it has been seen
+        (nothing moves past ``t``: times never go back)."""
+        now = self.rate(t, key)
+        series = self._series.get(key)
+        if series is None or ahead_seconds <= 0:
+            return now
+        learnt = series.profile.get(slot_of(t + ahead_seconds))
+        if learnt is None:
+            return now
+        recent = series.recent / self.recent_seconds
+        return self.profile_weight * learnt + (1 - self.profile_weight) * recent
+
+    def forget(self, key: Hashable) -> None:
+        """Drop everything known of ``key`` (a cap on keys evicts the quietest)."""
+        self._series.pop(key, None)
+
     def expected(self, t: float, key: Hashable, horizon_seconds: float) -> float:
         """Arrivals of ``key`` expected in ``[t, t + horizon_seconds)``."""
         return self.rate(t, key) * max(0.0, horizon_seconds)
