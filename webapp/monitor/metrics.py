@@ -29,6 +29,9 @@ with nothing to divide by (no claims, no live worker) is left out, not NaN:
 * ``emp_pool_routing_accuracy{pool}``: routed jobs run within 2x the prediction.
 * ``emp_pool_machines{pool,state}``: live workers now, and the scaler's
   desired machines when it set them (``state="desired"``).
+* ``emp_pool_desired_machines{pool}``: machines the pool should have now (the
+  elastic scaler's answer, as ``/api/pools`` gives it; ``conf/keda.yaml``
+  scales on it).
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from capability_router.cluster import make_client
+from capability_router.errors import PoolsFileError
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
+from capability_router.pool_view import pools_view
+from capability_router.pools import pools_file_from_env
 from webapp.monitor.queue import queue_summary
 
 logger = logging.getLogger(__name__)
@@ -108,6 +114,10 @@ def _families() -> dict[str, Metric]:
         "pool_machines": GaugeMetricFamily(
             "emp_pool_machines", "Live workers of the pool now, and the desired machines "
             "the scaler set (when it did).", labels=["pool", "state"]),
+        "desired": GaugeMetricFamily(
+            "emp_pool_desired_machines",
+            "Machines the pool should have now (elastic scaler; see /api/pools).",
+            labels=["pool"]),
         WAIT: HistogramMetricFamily(*_HISTOGRAMS[WAIT], labels=["pool"]),
         CLAIM: HistogramMetricFamily(*_HISTOGRAMS[CLAIM], labels=["pool"]),
     }
@@ -179,6 +189,8 @@ class QueueCollector(Collector):
             for name, histogram in histograms.items():
                 families[name].add_metric([pool], _buckets(histogram), histogram.sum)
         self._pools(client, pools, families)
+        for row in pools_view(client, _pools_file()):
+            families["desired"].add_metric([row["name"]], row["desired_machines"])
         return list(families.values())
 
     @staticmethod
@@ -202,6 +214,15 @@ class QueueCollector(Collector):
         kwargs: dict[str, Any] = self.client.connection_pool.connection_kwargs
         host = kwargs.get("host") or kwargs.get("path") or "?"
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
+
+
+def _pools_file() -> Any:
+    """The pools file for the scaling policies; a broken one is logged and left out."""
+    try:
+        return pools_file_from_env()
+    except PoolsFileError as exc:
+        logger.warning("desired machines use default scaling settings: %s", exc)
+        return None
 
 
 _lock = threading.Lock()
