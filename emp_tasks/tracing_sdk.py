@@ -1,0 +1,117 @@
+"""The OpenTelemetry side of job tracing: a tracer provider exporting over OTLP/HTTP.
+
+Imported by ``emp_tasks.tracing`` only when an endpoint is configured, so a
+process with tracing off never loads the SDK. The provider is this module's
+own (not the global one), so an application that configures OpenTelemetry
+for itself keeps its provider. Spans leave in batches (``BatchSpanProcessor``;
+``OTEL_BSP_SCHEDULE_DELAY`` ms, default 5000); a Celery pool process flushes
+when it shuts down, any process at exit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+from emp_tasks.tracing import JOB_ID, trace_ids
+
+#: The job whose root span is being started: its ids come from the job id.
+_root_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("emp_root_of", default=None)
+
+
+class JobIdGenerator(IdGenerator):
+    """Random ids, except for a job's root span: trace and span id derived from the job id."""
+
+    def generate_trace_id(self) -> int:
+        job_id = _root_of.get()
+        return trace_ids(job_id)[0] if job_id else random.getrandbits(128) or 1
+
+    def generate_span_id(self) -> int:
+        job_id = _root_of.get()
+        return trace_ids(job_id)[1] if job_id else random.getrandbits(64) or 1
+
+
+def job_root(job_id: str) -> trace.SpanContext:
+    """The job's root span (``submit``) as a remote parent, from the job id alone."""
+    trace_id, span_id = trace_ids(job_id)
+    return trace.SpanContext(trace_id, span_id, is_remote=True,
+                             trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+
+
+class JobTracer:
+    """Spans of jobs' traces, exported over OTLP/HTTP (endpoint from ``OTEL_*``).
+
+    :param service_name: ``service.name`` of the spans' resource.
+    """
+
+    def __init__(self, service_name: str) -> None:
+        resource = Resource.create({SERVICE_NAME: service_name})
+        self.provider = TracerProvider(resource=resource, id_generator=JobIdGenerator())
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self.tracer = self.provider.get_tracer("emp_tasks")
+        _flush_on_pool_shutdown(self)
+
+    def in_span(self) -> bool:
+        """True inside a recording span of this process."""
+        return trace.get_current_span().is_recording()
+
+    def _parent(self, job_id: str | None) -> otel_context.Context | None:
+        if job_id is None or self.in_span():
+            return None  # the current span
+        return trace.set_span_in_context(trace.NonRecordingSpan(job_root(job_id)))
+
+    @contextmanager
+    def root(self, job_id: str, name: str = "submit",
+             attributes: dict[str, Any] | None = None) -> Iterator[trace.Span]:
+        """The job's root span, current for the block; its ids come from ``job_id``."""
+        token = _root_of.set(job_id)
+        try:
+            span = self.tracer.start_span(name, context=otel_context.Context(),
+                                          attributes={JOB_ID: job_id, **(attributes or {})})
+        finally:
+            _root_of.reset(token)
+        with trace.use_span(span, end_on_exit=True):
+            yield span
+
+    @contextmanager
+    def span(self, name: str, job_id: str | None,
+             attributes: dict[str, Any] | None = None) -> Iterator[trace.Span]:
+        """A span of the job's trace, current for the block (see ``tracing.span``)."""
+        attrs = {JOB_ID: job_id, **(attributes or {})} if job_id else dict(attributes or {})
+        with self.tracer.start_as_current_span(name, context=self._parent(job_id),
+                                               attributes=attrs) as span:
+            yield span
+
+    def record(self, name: str, job_id: str, start_ns: int, end_ns: int,
+               attributes: dict[str, Any] | None = None) -> None:
+        """A finished span with given times (the ``wait``, read from the record)."""
+        span = self.tracer.start_span(name, context=self._parent(job_id), start_time=start_ns,
+                                      attributes={JOB_ID: job_id, **(attributes or {})})
+        span.end(end_time=max(start_ns, end_ns))
+
+    def flush(self, timeout_ms: int = 5000) -> bool:
+        return self.provider.force_flush(timeout_ms)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def _flush_on_pool_shutdown(tracer: JobTracer) -> None:
+    """A Celery pool process that exits sends its last spans first."""
+    from celery.signals import worker_process_shutdown
+
+    def flush(**_: Any) -> None:
+        tracer.flush(2000)
+
+    worker_process_shutdown.connect(flush, weak=False)
