@@ -135,10 +135,12 @@ def record_wait(context: Any, service: str, worker_id: str,
                   MACHINE_ID: machine_id, ATTEMPT: context.attempt}
     if tracer is None:
         return attributes
-    created, assigned = context.functions.client.hmget(
-        context.functions.keys.job(context.job_id), "created_at", "assigned_at")
+    created, retry_at, assigned = context.functions.client.hmget(
+        context.functions.keys.job(context.job_id), "created_at", "retry_at", "assigned_at")
     if created and assigned:
-        tracer.record("wait", context.job_id, int(float(created) * 1_000_000),
+        # A retried job waited again from when its retry was due, not from its submit.
+        since = max(float(created), float(retry_at or 0))
+        tracer.record("wait", context.job_id, int(since * 1_000_000),
                       int(float(assigned) * 1_000_000), attributes)
     return attributes
 

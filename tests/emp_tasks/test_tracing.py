@@ -43,6 +43,7 @@ class Span:
     start_ns: int
     end_ns: int
     attributes: dict[str, Any]
+    error: bool
 
 
 def value_of(any_value: Any) -> Any:
@@ -68,7 +69,8 @@ def spans_of(sink: Receiver) -> list[Span]:
                         int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),
                         int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
                         span.start_time_unix_nano, span.end_time_unix_nano,
-                        {a.key: value_of(a.value) for a in span.attributes}))
+                        {a.key: value_of(a.value) for a in span.attributes},
+                        span.status.code == span.status.STATUS_CODE_ERROR))
     return spans
 
 
@@ -197,9 +199,12 @@ def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
         "service_required": "echo", "payload": {"x": 1}})
     assert via_api.status_code == 201, via_api.text
     via_producer = submit("echo", {"x": 2}, app=app)
+    by_name = app.send_task("emp.echo", kwargs={"x": 3, "fail_times": 1})  # one retry (1 s)
     via_producer.get(timeout=30)
+    by_name.get(timeout=30)
     tracing.reset()  # flush this process's spans
-    jobs = {via_api.json()["job_id"]: "emp-api", via_producer.id: "test-producer"}
+    jobs = {via_api.json()["job_id"]: "emp-api", via_producer.id: "test-producer",
+            by_name.id: "test-producer"}
 
     wanted = {"submit", "routing", "wait", "preparing", "run", "webhook delivery"}
 
@@ -219,18 +224,26 @@ def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
         assert root.attributes["emp.service"] == "echo"
         (routing,) = spans["routing"]
         assert routing.parent_id == root_id and routing.service == producer
+        runs = 2 if job_id == by_name.id else 1
         for name in ("wait", "preparing", "run"):
-            (span,) = spans[name]
-            assert span.parent_id == root_id and span.service == "emp-worker", name
-            assert span.attributes["emp.pool"] == "default"
-            assert span.attributes["emp.worker_id"] == "w-trace"
-            assert span.attributes["emp.machine_id"] == "m-trace"
-            assert span.attributes["emp.attempt"] == 1
+            assert len(spans[name]) == runs, (name, spans[name])
+            for attempt, span in enumerate(sorted(spans[name], key=lambda s: s.start_ns), 1):
+                assert span.parent_id == root_id and span.service == "emp-worker", name
+                assert span.attributes["emp.pool"] == "default"
+                assert span.attributes["emp.worker_id"] == "w-trace"
+                assert span.attributes["emp.machine_id"] == "m-trace"
+                assert span.attributes["emp.attempt"] == attempt
         delivery = spans["webhook delivery"][0]
         assert delivery.parent_id == root_id and delivery.service == "emp-webhooks"
         assert delivery.attributes["emp.event_type"] == "complete_job"
         assert delivery.attributes["emp.outcome"] == "delivered"
-        wait, run = spans["wait"][0], spans["run"][0]
-        assert root.start_ns <= wait.start_ns <= wait.end_ns <= run.start_ns <= run.end_ns
+        waits = sorted(spans["wait"], key=lambda s: s.start_ns)
+        runs_ = sorted(spans["run"], key=lambda s: s.start_ns)
+        assert root.start_ns <= waits[0].start_ns
         assert routing.start_ns >= root.start_ns and routing.end_ns <= root.end_ns
-        assert run.end_ns <= delivery.start_ns
+        for wait, run in zip(waits, runs_, strict=True):
+            assert wait.start_ns <= wait.end_ns <= run.start_ns <= run.end_ns
+        if runs == 2:  # the retry waited from when it was due, after the failed run
+            assert runs_[0].error and not runs_[1].error
+            assert runs_[0].end_ns <= waits[1].start_ns
+        assert runs_[-1].end_ns <= delivery.start_ns
