@@ -192,7 +192,9 @@ def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
     reply = requests.post(hooks.base + "/webhooks", timeout=10, json={
         "url": hook_sink.url + "/hook", "events": ["complete_job"]})
     assert reply.status_code == 201, reply.text
-    start_worker("w-trace", MACHINE_ID="m-trace", **otel)
+    # The worker names the full traces URL instead of the base one.
+    start_worker("w-trace", MACHINE_ID="m-trace", **FAST_EXPORT,
+                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=sink.url + "/v1/traces")
     traced_here(sink.url)
 
     via_api = requests.post(api.base + "/api/jobs", timeout=30, json={
