@@ -249,3 +249,29 @@ def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
             assert runs_[0].error and not runs_[1].error
             assert runs_[0].end_ns <= waits[1].start_ns
         assert runs_[-1].end_ns <= delivery.start_ns
+
+
+@pytest.mark.timeout(90)
+def test_spans_leave_at_exit_without_waiting_for_the_batch_delay(
+        app, start_worker, receiver) -> None:
+    """Default batching (5 s): a producer script that exits and a worker that is stopped
+    send their last spans on the way out."""
+    sink = receiver()
+    worker = start_worker("w-exit", OTEL_EXPORTER_OTLP_ENDPOINT=sink.url)
+    code = textwrap.dedent("""
+        import sys
+        from emp_tasks.app import create_app
+        from emp_tasks.producer import submit
+        result = submit("echo", {"n": 1}, app=create_app(sys.argv[1]))
+        result.get(timeout=30)
+        print(result.id)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code, app.conf.broker_url], capture_output=True, text=True,
+        timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                         "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    job_id = done.stdout.strip()
+    assert set(job_spans(sink, job_id)) == {"submit", "routing"}  # sent at the script's exit
+    worker.stop()  # warm shutdown, well within the 5 s batch delay
+    assert {"wait", "preparing", "run"} <= set(job_spans(sink, job_id)), worker.log_path.read_text()
