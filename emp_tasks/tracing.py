@@ -126,6 +126,12 @@ def span(name: str, job_id: str | None = None,
     return tracer.span(name, job_id, attributes)
 
 
+def current_span() -> Any | None:
+    """The recording span this block runs in (to add events to), or None (off, or none)."""
+    tracer = job_tracer()
+    return None if tracer is None else tracer.current()
+
+
 def record_wait(context: Any, service: str, worker_id: str,
                 machine_id: str) -> dict[str, Any]:
     """Add the job's ``wait`` span (created_at -> assigned_at, from its record) and return
@@ -145,5 +151,5 @@ def record_wait(context: Any, service: str, worker_id: str,
     return attributes
 
 
-__all__ = ["ENDPOINT_VARIABLES", "job_tracer", "record_wait", "reset", "set_service_name", "span",
-           "trace_ids", "wanted"]
+__all__ = ["ENDPOINT_VARIABLES", "current_span", "job_tracer", "record_wait", "reset",
+           "set_service_name", "span", "trace_ids", "wanted"]

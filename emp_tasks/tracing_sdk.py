@@ -66,6 +66,11 @@ class JobTracer:
         """True inside a recording span of this process."""
         return trace.get_current_span().is_recording()
 
+    def current(self) -> trace.Span | None:
+        """The current span when it records, else None."""
+        span = trace.get_current_span()
+        return span if span.is_recording() else None
+
     def _parent(self, job_id: str | None) -> otel_context.Context | None:
         if job_id is None or self.in_span():
             return None  # the current span
