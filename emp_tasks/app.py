@@ -21,7 +21,6 @@ from capability_router.router import CapabilityRouter
 from emp_tasks import defaults, remote_control, revocation, tracing  # noqa: F401 - remote_control registers a command
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
-from emp_tasks.tracing import job_tracer
 
 #: Job type modules every app registers.
 BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
@@ -78,7 +77,7 @@ class EmpCelery(Celery):
         headers = dict(options.pop("headers", None) or {})
         if HEADER in headers:  # from Task.apply_async, which traced the submit
             return super().send_task(name, args, kwargs, headers=headers, **options)
-        tracer = job_tracer()
+        tracer = tracing.job_tracer()
         if tracer is None:
             return self._send_new(name, args, kwargs, headers, None, **options)
         options["task_id"] = options.get("task_id") or uuid()

@@ -29,7 +29,6 @@ from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancel
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.placement import place
 from emp_tasks.progress import report_progress
-from emp_tasks.tracing import job_tracer, record_wait
 
 #: apply_async keywords that belong to the job, not to Celery.
 JOB_OPTIONS = (
@@ -89,7 +88,7 @@ class EmpTask(Task):
 
         With tracing on, a new job's submit is its trace's root span (``emp_tasks.tracing``).
         """
-        tracer = job_tracer()
+        tracer = tracing.job_tracer()
         if tracer is None or HEADER in (options.get("headers") or {}):
             return self._apply_async(args, kwargs, task_id, None, **options)
         task_id = task_id or uuid()
@@ -163,17 +162,19 @@ class EmpTask(Task):
         task_id = self.request.id
         profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
         hostname, machine_id = self.request.hostname or "", profile.get("machine_id") or ""
-        traced = job_tracer() is not None and record_wait(
-            context, self.service_name, profile.get("worker_id") or hostname, machine_id)
+        # With tracing on: the wait span, and the attributes of this run's spans.
+        traced = tracing.record_wait(
+            context, self.service_name, profile.get("worker_id") or hostname, machine_id,
+        ) if tracing.job_tracer() is not None else None
         with ExitStack() as held:
-            with tracing.span("preparing", task_id, traced or None):
+            with tracing.span("preparing", task_id, traced):
                 self._recorded(context, lambda: held.enter_context(self.prepare(context)))
             outcome = context.functions.start(task_id, context.attempt, hostname, machine_id)
             if outcome == JobStatus.CANCELLED:  # cancelled after the claim, before the start
                 raise end_cancelled_run(context)
             if outcome != "ok":
                 raise Ignore(f"job {task_id} is {outcome}; not running it")
-            with tracing.span("run", task_id, traced or None):
+            with tracing.span("run", task_id, traced):
                 retval = self._recorded(context,
                                         lambda: super(EmpTask, self).__call__(*args, **kwargs))
         if context.functions.complete(task_id, context.attempt, retval) != "ok":

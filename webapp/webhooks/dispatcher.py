@@ -188,7 +188,7 @@ class Dispatcher:
                                    body, number)
         with tracing.span("webhook delivery", delivery.get("job_id") or None, {
                 "emp.webhook_id": claim.hook_id, "emp.delivery_id": claim.delivery_id,
-                "emp.event_type": delivery.get("event_type", ""), tracing.ATTEMPT: number,
+                "emp.event_type": delivery.get("event_type", ""), "emp.delivery_attempt": number,
         }) as span:
             result = self.sender.post(hook["url"], body.encode(), headers)
             kind, delay = decide(result, number, self.retry_config(hook))
