@@ -42,11 +42,16 @@ class JobIdGenerator(IdGenerator):
         return trace_ids(job_id)[1] if job_id else random.getrandbits(64) or 1
 
 
-def job_root(job_id: str) -> trace.SpanContext:
-    """The job's root span (``submit``) as a remote parent, from the job id alone."""
+def job_root(job_id: str, sampler: Any) -> trace.SpanContext:
+    """The job's root span (``submit``) as a remote parent, from the job id alone.
+
+    Sampled as the root itself was: ``sampler`` is asked about a root of this trace
+    id, so a trace-id-ratio sampler decides alike in every process.
+    """
     trace_id, span_id = trace_ids(job_id)
-    return trace.SpanContext(trace_id, span_id, is_remote=True,
-                             trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    sampled = sampler.should_sample(None, trace_id, "submit").decision.is_sampled()
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT)
+    return trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
 
 
 class JobTracer:
@@ -74,7 +79,8 @@ class JobTracer:
     def _parent(self, job_id: str | None) -> otel_context.Context | None:
         if job_id is None or self.in_span():
             return None  # the current span
-        return trace.set_span_in_context(trace.NonRecordingSpan(job_root(job_id)))
+        root = job_root(job_id, self.provider.sampler)
+        return trace.set_span_in_context(trace.NonRecordingSpan(root))
 
     @contextmanager
     def root(self, job_id: str, name: str = "submit",

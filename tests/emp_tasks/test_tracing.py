@@ -57,6 +57,28 @@ def test_wanted_reads_the_standard_variables() -> None:
     assert 0 < trace_id < 2**128 and 0 < span_id < 2**64
 
 
+def test_a_trace_id_ratio_sampler_decides_alike_for_the_root_and_the_worker_spans(
+        monkeypatch: pytest.MonkeyPatch, receiver) -> None:
+    from emp_tasks.tracing_sdk import JobTracer
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver().url)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    tracer = JobTracer("sampling-test")
+    try:
+        decisions = []
+        for n in range(40):
+            job_id = f"job-{n}"
+            with tracer.root(job_id) as root:
+                sampled = root.is_recording()
+            with tracer.span("run", job_id) as run:  # as a worker makes it: no current span
+                assert run.is_recording() == sampled, job_id
+            decisions.append(sampled)
+        assert 5 < sum(decisions) < 35  # about half, decided by the trace id
+    finally:
+        tracer.shutdown()
+
+
 def test_endpoint_without_the_extra_logs_one_line_and_stays_off() -> None:
     code = textwrap.dedent("""
         import logging, sys
@@ -185,7 +207,8 @@ def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
         assert delivery.attributes["emp.outcome"] == "delivered"
         waits = sorted(spans["wait"], key=lambda s: s.start_ns)
         runs_ = sorted(spans["run"], key=lambda s: s.start_ns)
-        assert root.start_ns <= waits[0].start_ns
+        # The wait's times are the record's, in whole milliseconds (Redis TIME).
+        assert root.start_ns // 1_000_000 <= waits[0].start_ns // 1_000_000
         assert routing.start_ns >= root.start_ns and routing.end_ns <= root.end_ns
         for wait, run in zip(waits, runs_, strict=True):
             assert wait.start_ns <= wait.end_ns <= run.start_ns <= run.end_ns
