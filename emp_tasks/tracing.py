@@ -4,7 +4,9 @@ Off unless an OTLP endpoint is configured, and then free: with neither
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` nor ``OTEL_EXPORTER_OTLP_ENDPOINT``
 set (or with ``OTEL_SDK_DISABLED=true``, or ``OTEL_TRACES_EXPORTER=none``)
 ``job_tracer()`` returns None after one look at the environment per
-process, and nothing of OpenTelemetry is imported. The SDK-backed side is
+process, and neither the tracing SDK nor the exporter is imported (redis-py 8
+imports OpenTelemetry's metrics SDK by itself where it is installed; that is
+not ours to avoid). The SDK-backed side is
 ``emp_tasks.tracing_sdk`` (the ``tracing`` extra); an endpoint without the
 extra logs one warning and tracing stays off.
 
@@ -15,7 +17,8 @@ context through the message or the record. The ``submit`` span is the root
 (its span id is derived too); spans made elsewhere are its children.
 
 Spans: ``submit`` (root, around ``apply_async``) with ``routing`` inside it;
-``wait`` (created_at -> assigned_at, from the record), ``preparing`` and
+``wait`` (created_at, or a retry's due time, -> assigned_at, from the
+record, in milliseconds), ``preparing`` and
 ``run`` in the worker; ``webhook delivery`` per attempt in the webhook
 service. Attributes: ``emp.job_id``, ``emp.service``, ``emp.pool``,
 ``emp.worker_id``, ``emp.machine_id``, ``emp.attempt`` where known.
