@@ -5,13 +5,17 @@ process with tracing off never loads the SDK. The provider is this module's
 own (not the global one), so an application that configures OpenTelemetry
 for itself keeps its provider. Spans leave in batches (``BatchSpanProcessor``;
 ``OTEL_BSP_SCHEDULE_DELAY`` ms, default 5000); a Celery pool process flushes
-when it shuts down, any process at exit.
+when it shuts down, any process at exit, each waiting at most
+``EXIT_FLUSH_SECONDS``: with the collector down, the exporter would retry for
+its whole timeout (10 s) and hold the exit that long.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +29,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from emp_tasks.tracing import JOB_ID, trace_ids
+
+#: Longest a process's exit, or a pool process's shutdown, waits for its last spans.
+EXIT_FLUSH_SECONDS = 2.0
 
 #: The job whose root span is being started: its ids come from the job id.
 _root_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("emp_root_of", default=None)
@@ -62,9 +69,12 @@ class JobTracer:
 
     def __init__(self, service_name: str) -> None:
         resource = Resource.create({SERVICE_NAME: service_name})
-        self.provider = TracerProvider(resource=resource, id_generator=JobIdGenerator())
+        self.provider = TracerProvider(resource=resource, id_generator=JobIdGenerator(),
+                                       shutdown_on_exit=False)  # see flush_at_exit
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self.provider.get_tracer("emp_tasks")
+        self._shut = False
+        atexit.register(self.flush_at_exit)
         _flush_on_pool_shutdown(self)
 
     def in_span(self) -> bool:
@@ -111,10 +121,20 @@ class JobTracer:
                                       attributes={JOB_ID: job_id, **(attributes or {})})
         span.end(end_time=max(start_ns, end_ns))
 
-    def flush(self, timeout_ms: int = 5000) -> bool:
-        return self.provider.force_flush(timeout_ms)
+    def flush_at_exit(self, timeout_seconds: float = EXIT_FLUSH_SECONDS) -> None:
+        """Send the queued spans, waiting at most ``timeout_seconds`` (the SDK's
+        ``force_flush`` ignores its timeout); the export thread is a daemon."""
+        if self._shut:
+            return
+        flusher = threading.Thread(target=self.provider.force_flush, daemon=True,
+                                   name="emp-trace-flush")
+        flusher.start()
+        flusher.join(timeout_seconds)
 
     def shutdown(self) -> None:
+        """Flush and stop (tests and benchmarks that switch tracing in one process)."""
+        self._shut = True
+        atexit.unregister(self.flush_at_exit)
         self.provider.shutdown()
 
 
@@ -123,6 +143,6 @@ def _flush_on_pool_shutdown(tracer: JobTracer) -> None:
     from celery.signals import worker_process_shutdown
 
     def flush(**_: Any) -> None:
-        tracer.flush(2000)
+        tracer.flush_at_exit()
 
     worker_process_shutdown.connect(flush, weak=False)

@@ -150,7 +150,7 @@ def test_off_nothing_is_sent_and_no_sdk_is_loaded(app, start_worker, receiver,
 
 @pytest.mark.timeout(120)
 def test_a_jobs_spans_reach_the_otlp_receiver_as_one_trace(
-        app, start_worker, start_server, receiver, traced_here) -> None:
+        receiver, app, start_worker, start_server, traced_here) -> None:
     sink = receiver()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, **FAST_EXPORT}
     api = start_server("api", **otel)
