@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -74,6 +75,7 @@ class JobTracer:
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self.provider.get_tracer("emp_tasks")
         self._shut = False
+        self._pid = os.getpid()
         atexit.register(self.flush_at_exit)
         _flush_on_pool_shutdown(self)
 
@@ -124,8 +126,8 @@ class JobTracer:
     def flush_at_exit(self, timeout_seconds: float = EXIT_FLUSH_SECONDS) -> None:
         """Send the queued spans, waiting at most ``timeout_seconds`` (the SDK's
         ``force_flush`` ignores its timeout); the export thread is a daemon."""
-        if self._shut:
-            return
+        if self._shut or os.getpid() != self._pid:
+            return  # a forked child inherits this hook, and a copy of the parent's queue
         flusher = threading.Thread(target=self.provider.force_flush, daemon=True,
                                    name="emp-trace-flush")
         flusher.start()
