@@ -120,6 +120,25 @@ class Keys:
         """Model -> bytes, as reported with a residency."""
         return self.prefix + "model-size"
 
+    @property
+    def directives(self) -> str:
+        """Placement directives to the pool's workers (a stream; ``prediction.directives``)."""
+        return self.prefix + "directives"
+
+    @property
+    def desired(self) -> str:
+        """Desired machines of the pool (a string, written by the intelligence leader)."""
+        return self.prefix + "desired"
+
+    @property
+    def forecast(self) -> str:
+        """The leader's forecast for the pool: ``arrival_rate``, ``mean_job_seconds``, ``at``."""
+        return self.prefix + "forecast"
+
+    def directive_taken(self, directive_id: str) -> str:
+        """Which worker took a directive addressed to any idle worker (SET NX, expires)."""
+        return f"{self.prefix}directive-taken:{directive_id}"
+
     def models(self, worker_id: str) -> str:
         """One worker's residency: model -> tier (gpu, ram, disk, remote)."""
         return f"{self.prefix}models:{worker_id}"
@@ -173,6 +192,10 @@ NAMESPACES_KEY = f"{PREFIX}:namespaces"
 #: The model catalog, HASH model name -> JSON {url, size, sha256}
 #: (``capability_router.catalog``). Its own hash tag: one slot on a cluster.
 MODEL_CATALOG_KEY = f"{PREFIX}:{{models}}:catalog"
+
+
+#: The intelligence service's leader lease: the token of the instance that leads.
+INTELLIGENCE_LEADER_KEY = f"{PREFIX}:{{intelligence}}:leader"
 
 
 def known_namespaces(client: Any) -> list[str]:

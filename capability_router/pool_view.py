@@ -1,7 +1,9 @@
 """What the pools look like now: the pools file beside each pool's live state.
 
 Read by ``/api/pools`` and the monitor; it decides nothing. A pool is listed
-when the pools file names it or a live worker serves it.
+when the pools file names it or a live worker serves it. Its
+``desired_machines`` is the scaler's answer for it now
+(``capability_router.prediction.elastic``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from capability_router.keys import Keys, known_namespaces
 from capability_router.pools import PoolsFile
+from capability_router.prediction.elastic import desired_of, read_states
 from capability_router.registry import WorkerRegistry
 from capability_router.routing import PoolLoad
 
@@ -37,22 +40,29 @@ def read_loads(client: Any, pools: list[str]) -> dict[str, tuple[PoolLoad, int]]
 def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]]:
     """Every pool: its configuration (when the file names it), live workers, pending jobs,
     predicted unfinished work and expected wait now."""
-    workers: dict[str, list[str]] = {}
+    workers: dict[str, list[dict[str, Any]]] = {}
     for record in WorkerRegistry(client).workers():
         for pool in record.get("pools") or []:
-            workers.setdefault(pool, []).append(record["worker_id"])
+            workers.setdefault(pool, []).append(record)
     configured = dict(pools_file.pools) if pools_file else {}
     names = list(configured) + sorted(
         {*workers, *known_namespaces(client)} - set(configured))
     names = [n for n in names if n in configured or n in workers]
     loads = read_loads(client, names)
+    policies = {name: pool.scaling for name, pool in configured.items()}
+    states = read_states(client, {n: loads[n][0] for n in names}, workers, policies)
     view = []
     for name in names:
         load, pending = loads[name]
         pool = configured.get(name)
+        state = states[name]
         view.append({
             "name": name, "configured": pool is not None,
             **(pool.as_dict() if pool else {}),
-            "workers": sorted(workers.get(name, [])), "pending": pending, **load.as_dict(),
+            "workers": sorted(r["worker_id"] for r in workers.get(name, [])),
+            "pending": pending, **load.as_dict(),
+            "live_machines": state.live_machines,
+            "desired_machines": desired_of(state, policies.get(name)),
+            "forecast_arrivals_per_second": state.forecast.arrival_rate,
         })
     return view

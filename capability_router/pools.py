@@ -19,6 +19,7 @@ from typing import Any
 
 from capability_router.errors import PoolsFileError
 from capability_router.keys import check_namespace
+from capability_router.prediction.scaler import ScalingPolicy
 
 #: Environment variable naming the pools file; unset, routing is off.
 POOLS_FILE_ENV = "EMP_POOLS_FILE"
@@ -52,6 +53,8 @@ class Pool:
     price_per_hour: float = 0.0
     #: Size rank, small to big: spill-over goes only to a higher order.
     order: int = 0
+    #: Elastic scaling bounds and targets (``[pools.<name>.scaling]``).
+    scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
 
     def runs_service(self, service: str) -> bool:
         """True when its machines run ``service``."""
@@ -69,8 +72,13 @@ class Pool:
             "gpu": self.gpu, "gpu_memory_gb": list(self.gpu_memory_gb),
             "storage_gb": self.storage_gb, "durations_seconds": list(self.durations_seconds),
             "services": list(self.services), "preload_models": list(self.preload_models),
-            "price_per_hour": self.price_per_hour,
+            "price_per_hour": self.price_per_hour, "scaling": scaling_dict(self.scaling),
         }
+
+
+def scaling_dict(policy: ScalingPolicy) -> dict[str, Any]:
+    """A pool's scaling settings as the pools file spells them."""
+    return {name: getattr(policy, name) for name in _SCALING_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,12 @@ class PoolsFile:
 _POOL_FIELDS = {
     "description": False, "order": False, "gpu": True, "gpu_memory_gb": True,
     "storage_gb": True, "durations_seconds": True, "services": True,
-    "preload_models": False, "price_per_hour": False,
+    "preload_models": False, "price_per_hour": False, "scaling": False,
 }
+
+#: ``[pools.<name>.scaling]`` fields (all optional; defaults: ScalingPolicy's).
+_SCALING_FIELDS = ("min_machines", "max_machines", "workers_per_machine",
+                   "wait_target_seconds", "startup_seconds", "target_utilization")
 
 
 class _Reader:
@@ -159,6 +171,13 @@ class _Reader:
             raise self.fail(where, f"must be a list of names, got {value!r}")
         return tuple(value)
 
+    def integer(self, where: str, value: Any, low: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"must be an integer, got {value!r}")
+        if value < low:
+            raise self.fail(where, f"must be >= {low}, got {value!r}")
+        return value
+
     def text(self, where: str, value: Any) -> str:
         if not isinstance(value, str):
             raise self.fail(where, f"must be a string, got {_kind(value)}")
@@ -201,7 +220,30 @@ def _pool(read: _Reader, name: str, raw: Any, position: int) -> Pool:
         services=services,
         preload_models=read.names(f"{where}.preload_models", table.get("preload_models", [])),
         price_per_hour=read.number(f"{where}.price_per_hour", table.get("price_per_hour", 0)),
-        order=order,
+        order=order, scaling=_scaling(read, f"{where}.scaling", table.get("scaling", {})),
+    )
+
+
+def _scaling(read: _Reader, where: str, raw: Any) -> ScalingPolicy:
+    """A pool's ``scaling`` table; absent fields take ScalingPolicy's defaults."""
+    table = read.table(where, raw)
+    read.only(where, table, set(_SCALING_FIELDS))
+    base = ScalingPolicy()
+    value = {name: table.get(name, getattr(base, name)) for name in _SCALING_FIELDS}
+    low = read.integer(f"{where}.min_machines", value["min_machines"])
+    high = read.integer(f"{where}.max_machines", value["max_machines"])
+    if low > high:
+        raise read.fail(f"{where}.max_machines", f"must be >= min_machines ({low}), got {high}")
+    utilization = read.positive(f"{where}.target_utilization", value["target_utilization"])
+    if utilization > 1:
+        raise read.fail(f"{where}.target_utilization", f"must be <= 1, got {utilization!r}")
+    return ScalingPolicy(
+        wait_target_seconds=read.positive(f"{where}.wait_target_seconds",
+                                          value["wait_target_seconds"]),
+        workers_per_machine=read.integer(f"{where}.workers_per_machine",
+                                         value["workers_per_machine"], low=1),
+        min_machines=low, max_machines=high, target_utilization=utilization,
+        startup_seconds=read.number(f"{where}.startup_seconds", value["startup_seconds"]),
     )
 
 

@@ -18,7 +18,13 @@ from capability_router.cluster import cluster_enabled
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
-from emp_tasks import defaults, remote_control, revocation, tracing  # noqa: F401 - remote_control registers a command
+from emp_tasks import (  # noqa: F401 - remote_control registers a command
+    defaults,
+    directives,
+    remote_control,
+    revocation,
+    tracing,
+)
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
 
@@ -105,6 +111,7 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app.add_defaults(lambda: celery_config(redis_url))
     app.conf.update(**user_config(), **settings)
     revocation.init_app(app)
+    directives.init_app(app)
     return app
 
 

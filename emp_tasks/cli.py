@@ -267,6 +267,30 @@ def monitor(obj: dict[str, Any], address: str | None, port: int | None,
 
 
 @main.command()
+@click.option("--interval", type=float, default=None,
+              help="Seconds between ticks (env EMP_INTELLIGENCE_INTERVAL_SECONDS; 5).")
+@click.option("--lease", type=float, default=None,
+              help="Seconds the leader lease lasts (env EMP_INTELLIGENCE_LEASE_SECONDS; 15).")
+@click.option("--instance", default=None,
+              help="Instance name (env EMP_INTELLIGENCE_INSTANCE; <hostname>-<pid>).")
+@click.pass_obj
+def intelligence(obj: dict[str, Any], interval: float | None, lease: float | None,
+                 instance: str | None) -> None:
+    """Run the model intelligence service: forecasts, placement directives, desired machines.
+
+    Any number may run; one leads (a Redis lease), the others stand by.
+    """
+    from capability_router.errors import EmpError
+    from emp_tasks.intelligence import run_intelligence
+
+    try:
+        run_intelligence(_reachable_url(obj), interval_seconds=interval, lease_seconds=lease,
+                         instance=instance)
+    except EmpError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 @click.option("--machine-id", help="Machine id (env MACHINE_ID; default: the hostname).")
 @click.option("--workers", "plan", help="Worker plan, e.g. 'comfyui:auto,simulation:2' "
               "(env WORKERS; default simulation:auto).")

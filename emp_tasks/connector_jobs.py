@@ -27,6 +27,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from capability_router.errors import JobCancelled
 from emp_tasks.bad_models import stop_advertising
 from emp_tasks.cancellation import is_cancelled
+from emp_tasks.directives import job_running
 from emp_tasks.oom_escalation import escalate
 from emp_tasks.residency_report import report_residency
 from emp_tasks.service_release import release_or_retry
@@ -64,7 +65,7 @@ def run_connector_job(task: Any, payload: dict[str, Any]) -> JobOutput:
     connector = None
     try:
         connector = _connector(job.service)
-        with _cancel_watcher(task, connector, job.job_id):
+        with job_running(), _cancel_watcher(task, connector, job.job_id):
             return connector.run_job(job, lambda report: _publish(task, report))
     except JobCancelledByService:
         raise JobCancelled(job.job_id) from None

@@ -158,10 +158,26 @@ class LocalCluster:
         process.wait(timeout=30)
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        """Stop the replicas, then the masters.
+
+        A master told to shut down waits (up to 10 s) for replicas still
+        catching up; stopped together, each master waited on replicas that
+        were stopping too (a whole-cluster stop took 30 s).
+        """
+        try:
+            masters = set(self.master_ports())
+        except (redis.RedisError, OSError):
+            masters = set()
+        replicas = [port for port in self.processes if port not in masters]
+        self._stop_ports(replicas)
+        self._stop_ports([port for port in self.processes if port in masters])
+
+    def _stop_ports(self, ports: list[int]) -> None:
+        processes = [self.processes[port] for port in ports]
+        for process in processes:
             if process.poll() is None:
                 process.terminate()
-        for process in self.processes.values():
+        for process in processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -13,15 +13,31 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from capability_router.profile import WorkerProfile
-from capability_router.residency import ResidencyReporter
+from capability_router.residency import Placement, ResidencyReporter
 from machine.connectors.base import Connector
 
 logger = logging.getLogger("emp.worker")
 
 _reporters: dict[tuple[int, str], ResidencyReporter] = {}
+#: Jobs and the directive thread report through one reporter per process, one at a time:
+#: it sends only changes since its own last report, so two would miss each other's.
+_lock = threading.Lock()
+
+
+def send_residency(client: Any, worker_id: str, pools: Iterable[str], signature: str,
+                   residency: Mapping[str, str | Placement]) -> dict[str, str]:
+    """Report ``residency`` through this process's reporter for ``worker_id``."""
+    key = (os.getpid(), worker_id)
+    with _lock:
+        reporter = _reporters.get(key)
+        if reporter is None:
+            reporter = _reporters[key] = ResidencyReporter(client, worker_id, pools, signature)
+        return reporter.report(residency)
 
 
 def worker_identity(app: Any) -> tuple[str, str, list[str]]:
@@ -44,12 +60,8 @@ def report_residency(task: Any, connector: Connector) -> dict[str, str]:
         worker_id, signature, pools = worker_identity(task.app)
         if not worker_id or not residency and (os.getpid(), worker_id) not in _reporters:
             return {}
-        key = (os.getpid(), worker_id)
-        reporter = _reporters.get(key)
-        if reporter is None:
-            reporter = _reporters[key] = ResidencyReporter(
-                context.functions.client, worker_id, pools or [context.namespace], signature)
-        return reporter.report(residency)
+        return send_residency(context.functions.client, worker_id,
+                              pools or [context.namespace], signature, residency)
     except Exception:  # claims only lose a preference
         logger.warning("could not report model residency", exc_info=True)
         return {}

@@ -40,8 +40,13 @@ def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
     """Serve ``factory()`` on host:port until stopped (SIGTERM/SIGINT): with
     ``connections``, gevent workers holding that many connections each, else
     ``threads`` threads per process."""
-    workers = ({"worker_class": "gevent", "worker_connections": connections} if connections
-               else {"worker_class": "gthread", "threads": threads})
+    if connections:
+        from webapp.graceful import GeventWorker  # imports gevent: only for the API
+
+        workers: dict[str, Any] = {"worker_class": GeventWorker,
+                                   "worker_connections": connections}
+    else:
+        workers = {"worker_class": "gthread", "threads": threads}
     options = {
         "bind": f"{host}:{port}", "workers": processes, **workers,
         "timeout": 30, "graceful_timeout": 5, "keepalive": 30,

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from capability_router.errors import EmpError, JobCancelled
+from capability_router.prediction.directives import Directive
 from capability_router.residency import Placement
 from machine.connectors.events import log_event
 
@@ -130,6 +131,16 @@ class Health:
 
 
 @dataclass(frozen=True)
+class DirectiveOutcome:
+    """What a connector did with a placement directive."""
+
+    applied: bool
+    detail: str = ""
+    #: Seconds the load took (a preload), 0 otherwise.
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClaimGate:
     """Whether a worker may claim jobs for its connector now; ``reason`` says why not."""
 
@@ -144,6 +155,8 @@ class Connector(abc.ABC):
     kind: str = ""
     #: The job service this connector serves (the worker's service name).
     service: str = ""
+    #: Whether ``apply_directive`` acts: the worker follows its pool's directives only then.
+    acts_on_directives: bool = False
 
     def __init__(self, connector_id: str) -> None:
         self.connector_id = connector_id
@@ -178,6 +191,16 @@ class Connector(abc.ABC):
 
         The worker reports it after each job (``emp_tasks.residency_report``)."""
         return {}
+
+    def apply_directive(self, directive: Directive) -> DirectiveOutcome:
+        """Act on a placement directive (preload, evict, keep a model); optional hook.
+
+        Called on the worker's directive thread while no job runs in the
+        process (``emp_tasks.directives``); the worker reports ``residency``
+        after it. The default declines.
+        """
+        return DirectiveOutcome(False, f"the {self.kind or 'connector'} connector does not act "
+                                       "on placement directives")
 
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release connections (optional)."""

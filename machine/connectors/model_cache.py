@@ -88,25 +88,40 @@ class GpuModelCache:
                       "disk": self.times.disk_seconds}[tier]
         return total
 
-    def load(self, models: Iterable[str]) -> float:
+    def knows(self, model: str) -> bool:
+        """True when the model is anywhere here (GPU, RAM, disk, or downloadable)."""
+        return model in self.gpu or model in self.ram or model in self.disk or model in self.remote
+
+    def load(self, models: Iterable[str], evict_first: Iterable[str] = ()) -> float:
         """Make ``models`` resident in the GPU (most recently used); returns the seconds it took.
 
         Models bigger together than the card stay as loaded as fits, the
-        newest last; a model never evicts another one of the same job.
+        newest last; a model never evicts another one of the same job. Room
+        is made from ``evict_first`` (in that order) before the least
+        recently used others (a placement directive says what is worth least).
         """
         wanted = list(dict.fromkeys(models))
         seconds = self.load_seconds(wanted)
+        first = [m for m in dict.fromkeys(evict_first) if m not in wanted]
         for model in wanted:
             if model in self.gpu:
                 self.gpu.move_to_end(model)
                 continue
-            self._make_room(self.size_gb(model), keep=set(wanted))
+            self._make_room(self.size_gb(model), keep=set(wanted), first=first)
             self.ram.pop(model, None)
             self.remote.discard(model)
             self.disk.add(model)
             self.gpu[model] = None
             self.loads += 1
         return seconds
+
+    def on_disk(self, models: Iterable[str]) -> None:
+        """Note that ``models`` are on this machine's disk now (a real download put them
+        there): their next load costs the disk tier, not another download."""
+        for model in models:
+            if self.tier(model) == "remote":
+                self.remote.discard(model)
+                self.disk.add(model)
 
     def touch(self, models: Iterable[str]) -> None:
         """Mark loaded models as just used (ComfyUI ran them)."""
@@ -115,17 +130,28 @@ class GpuModelCache:
     def _used(self, tier: Mapping[str, None]) -> float:
         return sum(self.size_gb(m) for m in tier)
 
-    def _make_room(self, size: float, keep: set[str]) -> None:
+    def evict(self, model: str) -> bool:
+        """Take ``model`` out of the GPU (to RAM while it has room, else disk); False if absent."""
+        if model not in self.gpu:
+            return False
+        self._evict(model)
+        return True
+
+    def _make_room(self, size: float, keep: set[str], first: Iterable[str] = ()) -> None:
         while self.gpu and self._used(self.gpu) + size > self.gpu_memory_gb:
-            victim = next((m for m in self.gpu if m not in keep), None)
+            victim = next((m for m in (*first, *self.gpu) if m in self.gpu and m not in keep),
+                          None)
             if victim is None:
                 return
-            del self.gpu[victim]
-            self.evictions += 1
-            if self.ram_gb > 0 and self.size_gb(victim) <= self.ram_gb:
-                while self.ram and self._used(self.ram) + self.size_gb(victim) > self.ram_gb:
-                    self.ram.popitem(last=False)
-                self.ram[victim] = None
+            self._evict(victim)
+
+    def _evict(self, victim: str) -> None:
+        del self.gpu[victim]
+        self.evictions += 1
+        if self.ram_gb > 0 and self.size_gb(victim) <= self.ram_gb:
+            while self.ram and self._used(self.ram) + self.size_gb(victim) > self.ram_gb:
+                self.ram.popitem(last=False)
+            self.ram[victim] = None
 
     def residency(self) -> dict[str, Placement]:
         """Every known model's tier (remote ones with their size in bytes)."""

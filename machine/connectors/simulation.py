@@ -38,6 +38,7 @@ A job's payload may override ``steps``, ``duration``, ``failure_rate`` and
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -45,10 +46,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from capability_router.prediction.directives import EVICT, Directive
 from capability_router.residency import Placement
 from machine.connectors.base import (
     Connector,
     ConnectorError,
+    DirectiveOutcome,
     ErrorType,
     Health,
     JobCancelledByService,
@@ -77,6 +80,7 @@ class SimulationConnector(Connector):
 
     kind = "simulation"
     service = "simulation"
+    acts_on_directives = True
 
     def __init__(self, connector_id: str = "simulation", duration_seconds: float = 2.0,
                  steps: int = 10, progress_interval_seconds: float = 0.0,
@@ -169,6 +173,7 @@ class SimulationConnector(Connector):
         last_report = float("-inf")
         models = job_models(job)
         with self._lock:
+            self.cache.on_disk(downloaded(models))
             load_seconds = self.cache.load(models)
         try:
             if load_seconds > 0:
@@ -195,6 +200,27 @@ class SimulationConnector(Connector):
                                      "models": models, "cold": load_seconds > 0,
                                      "load_seconds": round(load_seconds, 3)},
                          processing_time_ms=int(seconds * 1000))
+
+    def apply_directive(self, directive: Directive) -> DirectiveOutcome:
+        """Preload (or keep) a model into the GPU, taking its load time, or evict one."""
+        model = directive.model
+        with self._lock:
+            if directive.action == EVICT:
+                done = self.cache.evict(model)
+                return DirectiveOutcome(done, f"evicted {model}" if done
+                                        else f"{model} is not in the GPU")
+            if not self.cache.knows(model):
+                return DirectiveOutcome(False, f"{model} is not available here")
+            tier = self.cache.tier(model)
+            seconds = self.cache.load_seconds([model])
+        if tier == "gpu":
+            with self._lock:
+                self.cache.touch([model])
+            return DirectiveOutcome(True, f"{model} already in the GPU")
+        time.sleep(seconds)  # the card is busy loading, as for a job's cold start
+        with self._lock:
+            self.cache.load([model], evict_first=directive.make_room_from)
+        return DirectiveOutcome(True, f"loaded {model} from {tier} in {seconds:.2f}s", seconds)
 
     def cancel_job(self, job_id: str) -> bool:
         with self._lock:
@@ -250,3 +276,13 @@ def _failure_type(name: str) -> str:
         raise ConnectorError(f"unknown simulation failure type {name!r} (one of: "
                              f"{', '.join([*FAILURE_MESSAGES, 'random'])})", ErrorType.VALIDATION)
     return name
+
+
+def downloaded(models: list[str]) -> list[str]:
+    """Those of ``models`` that the machine's model cache (``EMP_MODEL_CACHE_DIR``, filled
+    by ``machine.models`` before the job starts) holds: simulating their download again
+    would count the cold start twice."""
+    root = os.environ.get("EMP_MODEL_CACHE_DIR")
+    if not root:
+        return []
+    return [model for model in models if (Path(root) / model).is_file()]

@@ -59,12 +59,18 @@ def test_api_pools_lists_the_file_with_live_workers_pending_and_wait(
     assert standard["pending"] == 1 and standard["idle_workers"] == 0
     assert standard["unfinished_seconds"] == 20  # two jobs predicted 10 s each
     assert standard["expected_wait_seconds"] == 20
+    # Elastic: 20 s of predicted work to clear within the 10 s wait target -> 2 machines
+    # (no forecast without `emp intelligence`; workers without MACHINE_ID: one per machine).
+    assert standard["live_machines"] == 1 and standard["desired_machines"] == 2
+    assert pools["fast"]["desired_machines"] == 0
     assert pools["fast"]["live_workers"] == 0 and pools["fast"]["expected_wait_seconds"] is None
     assert pools["default"] == {**pools["default"], "configured": False, "workers": ["w-other"],
                                 "expected_wait_seconds": 0}
     api.wait_status(queued, "completed")
-    assert api.get("/api/openapi.json").json()["paths"]["/api/pools"]["get"][
-        "operationId"] == "listPools"
+    document = api.get("/api/openapi.json").json()
+    assert document["paths"]["/api/pools"]["get"]["operationId"] == "listPools"
+    assert "desired_machines" in document["components"]["schemas"]["Pools"]["properties"][
+        "pools"]["items"]["required"]
 
 
 @pytest.mark.timeout(60)

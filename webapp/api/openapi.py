@@ -204,7 +204,8 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                     "type": "object",
                     "required": ["name", "configured", "workers", "pending", "live_workers",
                                  "idle_workers", "unfinished_seconds",
-                                 "expected_wait_seconds"],
+                                 "expected_wait_seconds", "live_machines",
+                                 "desired_machines"],
                     "properties": {
                         "name": {"type": "string"},
                         "configured": {"type": "boolean",
@@ -227,6 +228,24 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                             "type": "number", "nullable": True, "description": (
                                 "0 with an idle worker, else unfinished seconds per live "
                                 "worker; null without a live worker.")},
+                        "scaling": {"type": "object", "description": (
+                            "The pool's [pools.<name>.scaling] settings, defaults filled in."),
+                            "properties": {
+                                "min_machines": {"type": "integer", "minimum": 0},
+                                "max_machines": {"type": "integer", "minimum": 0},
+                                "workers_per_machine": {"type": "integer", "minimum": 1},
+                                "wait_target_seconds": {"type": "number"},
+                                "startup_seconds": {"type": "number"},
+                                "target_utilization": {"type": "number"}}},
+                        "live_machines": {"type": "integer", "minimum": 0, "description": (
+                            "Machines behind its live workers (distinct machine ids).")},
+                        "desired_machines": {"type": "integer", "minimum": 0, "description": (
+                            "Machines the pool should have now: the forecast load at the "
+                            "target utilization plus the pending predicted work cleared "
+                            "within the wait target, within [min, max] (README, \"Model "
+                            "intelligence and elastic pools\").")},
+                        "forecast_arrivals_per_second": {"type": "number", "description": (
+                            "The intelligence leader's forecast (0 while none runs).")},
                     },
                 }},
             },

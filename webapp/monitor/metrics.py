@@ -15,6 +15,9 @@ Metrics:
 * ``emp_workers{status}``: live workers, idle, busy or service_unhealthy.
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
+* ``emp_pool_desired_machines{pool}``: machines the pool should have now (the
+  elastic scaler's answer, as ``/api/pools`` gives it; ``conf/keda.yaml``
+  scales on it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from capability_router.cluster import make_client
+from capability_router.errors import PoolsFileError
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
+from capability_router.pool_view import pools_view
+from capability_router.pools import pools_file_from_env
 from webapp.monitor.queue import queue_summary
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,10 @@ def _families() -> dict[str, Metric]:
         "workers": GaugeMetricFamily(
             "emp_workers", "Live workers by state (idle, busy, service_unhealthy).",
             labels=["status"]),
+        "desired": GaugeMetricFamily(
+            "emp_pool_desired_machines",
+            "Machines the pool should have now (elastic scaler; see /api/pools).",
+            labels=["pool"]),
         WAIT: HistogramMetricFamily(*_HISTOGRAMS[WAIT], labels=["pool"]),
         CLAIM: HistogramMetricFamily(*_HISTOGRAMS[CLAIM], labels=["pool"]),
     }
@@ -136,6 +146,8 @@ class QueueCollector(Collector):
             histograms = histograms_from_hash(fields)
             for name, histogram in histograms.items():
                 families[name].add_metric([pool], _buckets(histogram), histogram.sum)
+        for row in pools_view(client, _pools_file()):
+            families["desired"].add_metric([row["name"]], row["desired_machines"])
         return list(families.values())
 
     def _safe_url(self) -> str:
@@ -143,6 +155,15 @@ class QueueCollector(Collector):
         kwargs: dict[str, Any] = self.client.connection_pool.connection_kwargs
         host = kwargs.get("host") or kwargs.get("path") or "?"
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
+
+
+def _pools_file() -> Any:
+    """The pools file for the scaling policies; a broken one is logged and left out."""
+    try:
+        return pools_file_from_env()
+    except PoolsFileError as exc:
+        logger.warning("desired machines use default scaling settings: %s", exc)
+        return None
 
 
 _lock = threading.Lock()

@@ -21,7 +21,10 @@ LIFECYCLE_EVENTS = (
     "job_assigned", "job_started", "job_retrying", "job_requeued", "job_released",
     "job_resubmitted", "job_preparing", "job_escalated",
 )
-EVENT_TYPES = ORIGINAL_EVENTS + LIFECYCLE_EVENTS
+#: Pool events that concern no job: the intelligence leader's placement directives and
+#: what the worker did with them (``capability_router.prediction.directives``).
+PLACEMENT_EVENTS = ("placement_directive", "placement_done")
+EVENT_TYPES = ORIGINAL_EVENTS + LIFECYCLE_EVENTS + PLACEMENT_EVENTS
 #: Names the original's registrations used for the same events.
 ALIASES = {"cancel_job": "job_cancelled"}
 #: Events of the system stream (no job).

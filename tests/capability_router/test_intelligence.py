@@ -1,0 +1,377 @@
+"""``emp intelligence``: the leader lease, the placement plan, arrivals read from the
+event log, desired machines per pool (``/api/pools``'s view, the Prometheus gauge,
+``P..desired``), and the scaling fields of the pools file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import prometheus_client
+import pytest
+import redis
+
+from capability_router.errors import PoolsFileError
+from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys
+from capability_router.pool_view import pools_view
+from capability_router.pools import DEFAULT_POOLS_FILE, parse_pools
+from capability_router.prediction.directives import (
+    DIRECTIVE_EVENT,
+    EVICT,
+    KEEP,
+    PRELOAD,
+    Directive,
+    publish,
+)
+from capability_router.prediction.lease import KEPT, LOST, TAKEN, Lease
+from capability_router.prediction.planner import PlacementSettings, PoolSnapshot, plan
+from capability_router.prediction.service import IntelligenceService, IntelligenceSettings
+from capability_router.residency import ResidencyReporter
+from emp_tasks.producer import submit
+
+ROOT = Path(__file__).resolve().parents[2]
+POOLS_TEXT = DEFAULT_POOLS_FILE.read_text()
+
+
+# -- the lease -------------------------------------------------------------------
+
+
+def test_one_instance_leads_and_a_dead_leader_is_replaced_within_the_lease(
+        client: redis.Redis) -> None:
+    a = Lease(client, INTELLIGENCE_LEADER_KEY, "a", ttl_ms=300)
+    b = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=300)
+    assert a.hold() == TAKEN and b.hold() == LOST and a.hold() == KEPT
+    time.sleep(0.35)  # a stops renewing (killed)
+    assert b.hold() == TAKEN and a.hold() == LOST and b.holder() == b.token
+    # A restart of b (same instance name, new run) takes the lead back at once.
+    b2 = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=300)
+    assert b2.hold() == TAKEN and b2.holder() == b2.token and a.hold() == LOST
+    assert b2.release() and client.get(INTELLIGENCE_LEADER_KEY) is None
+    assert not a.release()
+
+
+def _start_service(url: str, instance: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "EMP_REDIS_URL": url, "PYTHONPATH": str(ROOT),
+           "EMP_INTELLIGENCE_INTERVAL_SECONDS": "0.2", "EMP_INTELLIGENCE_LEASE_SECONDS": "1",
+           "EMP_INTELLIGENCE_INSTANCE": instance}
+    env.pop("EMP_POOLS_FILE", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "emp_tasks.cli", "intelligence"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _holder(client: redis.Redis, timeout: float, unlike: str = "") -> tuple[str, float]:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        holder = client.get(INTELLIGENCE_LEADER_KEY) or ""
+        if holder and not holder.startswith(unlike + ":"):
+            return holder, time.monotonic() - started
+        time.sleep(0.02)
+    pytest.fail(f"no leader but {unlike or 'none'} after {timeout}s")
+
+
+@pytest.mark.timeout(60)
+def test_two_services_one_leads_and_killing_it_hands_over(
+        redis_server, client: redis.Redis, tmp_path: Path) -> None:
+    services = {name: _start_service(redis_server.url, name, tmp_path / f"{name}.log")
+                for name in ("alpha", "beta")}
+    try:
+        holder, _ = _holder(client, 30)
+        leader = holder.partition(":")[0]
+        time.sleep(0.6)  # both tick a few times: the lead stays put
+        assert client.get(INTELLIGENCE_LEADER_KEY) == holder
+        assert all(p.poll() is None for p in services.values())
+        os.killpg(services[leader].pid, signal.SIGKILL)
+        services[leader].wait(timeout=10)
+        new, seconds = _holder(client, 10, unlike=leader)
+        assert new.partition(":")[0] == ({"alpha", "beta"} - {leader}).pop()
+        assert seconds <= 1.0 + 0.2 + 0.5  # lease + one tick + slack
+        # A clean stop gives the lead up at once.
+        survivor = services[new.partition(":")[0]]
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(timeout=10)
+        assert client.get(INTELLIGENCE_LEADER_KEY) is None
+    finally:
+        for process in services.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+# -- the plan --------------------------------------------------------------------
+
+
+def test_the_plan_preloads_on_the_nearest_idle_worker_making_room_from_the_least_wanted() -> None:
+    standard = PoolSnapshot("standard", 2, idle={
+        "w-disk": {"flux": "disk", "sdxl": "gpu"},
+        "w-ram": {"flux": "ram", "sdxl": "gpu", "old": "gpu"},
+        "w-remote": {"flux": "remote"}}, warm={"flux": 0, "sdxl": 2}, mean_job_seconds=20)
+    rates = {("standard", "flux"): 0.01, ("standard", "sdxl"): 0.001, ("standard", "old"): 0.0}
+    directives = plan([standard], rates, lambda pool, model: True,
+                      PlacementSettings(horizon_seconds=300, evict_below=0.05), now_ms=1000)
+    preload = directives[0]
+    assert (preload.action, preload.model, preload.worker) == (PRELOAD, "flux", "w-ram")
+    assert preload.make_room_from == ("old", "sdxl")  # worth 0, then 0.3 arrivals
+    assert "3.0 arrivals expected in 300s in standard, 0 warm of 1 wanted" in preload.reason
+    assert preload.expires_ms == 1000 + 60_000
+    # The other idle worker with a model nobody asks for any more frees its GPU; sdxl stays.
+    assert [(d.action, d.model, d.worker) for d in directives[1:]] == []
+    standard.idle["w-disk"]["old"] = "gpu"
+    evict = plan([standard], rates, lambda pool, model: True, PlacementSettings(), 0)[1]
+    assert (evict.action, evict.model, evict.worker) == (EVICT, "old", "w-disk")
+
+
+def test_a_pool_short_of_a_model_asks_a_bigger_pools_idle_worker_to_keep_it() -> None:
+    standard = PoolSnapshot("standard", 2, idle={}, warm={"flux": 0}, mean_job_seconds=30)
+    heavy = PoolSnapshot("heavy", 3, idle={"h1": {"flux": "disk", "wan": "gpu"}},
+                         warm={"flux": 0})
+    rates = {("standard", "flux"): 0.02}
+    [keep] = plan([heavy, standard], rates, lambda pool, model: False, PlacementSettings(), 0)
+    assert (keep.action, keep.pool, keep.worker, keep.for_pool) == (KEEP, "heavy", "h1",
+                                                                     "standard")
+    assert keep.make_room_from == ("wan",)
+    assert "none of its idle workers has it" in keep.reason
+    # Warm enough already, or warm in the bigger pool: nothing to do.
+    standard.warm["flux"] = 1
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
+    standard.warm["flux"], heavy.warm["flux"] = 0, 1
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
+    # A worker that just had a directive is left alone (cooldown); a preload in flight
+    # counts as warm.
+    heavy.warm["flux"] = 0
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0,
+                cooling=lambda pool, worker: True) == []
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0,
+                in_flight={("standard", "flux"): 1}) == []
+    # Never to a pool the pools file does not name: the router spills nothing there.
+    heavy.configured = False
+    assert plan([heavy, standard], rates, lambda p, m: False, PlacementSettings(), 0) == []
+
+
+def test_a_bad_directive_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="unknown directive action 'load'"):
+        Directive("load", "flux", "standard")
+    with pytest.raises(ValueError, match="needs a model"):
+        Directive(PRELOAD, "", "standard")
+
+
+# -- the service on real events --------------------------------------------------
+
+
+def _events(client: redis.Redis, pool: str, name: str) -> list[dict]:
+    return [json.loads(f["data"]) for _, f in client.xrange(Keys(pool).events)
+            if f["event"] == name]
+
+
+@pytest.mark.timeout(60)
+def test_the_leader_reads_arrivals_and_publishes_a_preload_with_its_reason(
+        app, client: redis.Redis) -> None:
+    # One idle worker with flux on disk and sdxl in its GPU (as its residency report says).
+    ResidencyReporter(client, "w1", ["default"]).report({"sdxl": "gpu", "flux": "disk"})
+    client.zadd(Keys("default").idle, {"sig:w1": int(time.time() * 1000) + 60_000})
+    for _ in range(4):  # delayed: nobody claims them, but they are arrivals
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               countdown=3600)
+    service = IntelligenceService(client, None, IntelligenceSettings(instance="t"))
+    assert service.step()
+    assert service.stats["events"] == 4
+    assert service.forecaster.rate(time.time(), ("default", "flux")) > 0
+    [directive] = [Directive.from_entry(i, f, "default")
+                   for i, f in client.xrange(Keys("default").directives)]
+    assert (directive.action, directive.model, directive.worker) == (PRELOAD, "flux", "w1")
+    assert directive.make_room_from == ("sdxl",)
+    [event] = _events(client, "default", DIRECTIVE_EVENT)
+    assert event["model"] == "flux" and event["reason"] == directive.reason
+    assert event["id"] == directive.id and "2.0 arrivals expected in 300s" in event["reason"]
+    # The next tick leaves the worker alone (cooldown); the forecast and desired are written.
+    assert service.step() and client.xlen(Keys("default").directives) == 1
+    assert client.get(Keys("default").desired) is not None
+    assert float(client.hget(Keys("default").forecast, "arrival_rate")) > 0
+
+
+def test_the_leader_asks_a_heavy_worker_to_keep_a_model_standard_is_short_of(
+        app, client: redis.Redis) -> None:
+    pools_file = parse_pools(POOLS_TEXT)
+    ResidencyReporter(client, "h1", ["heavy"]).report({"wan": "gpu", "flux": "disk"})
+    client.zadd(Keys("heavy").idle, {"sig:h1": int(time.time() * 1000) + 60_000})
+    for _ in range(3):  # standard's flux jobs; standard has no idle worker at all
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               pool="standard", countdown=3600)
+    service = IntelligenceService(client, pools_file, IntelligenceSettings(instance="t"))
+    assert service.step()
+    [keep] = [Directive.from_entry(i, f, "heavy")
+              for i, f in client.xrange(Keys("heavy").directives)]
+    assert (keep.action, keep.model, keep.worker, keep.for_pool) == (
+        KEEP, "flux", "h1", "standard")
+    assert client.xlen(Keys("standard").directives) == 0
+    [event] = _events(client, "heavy", DIRECTIVE_EVENT)
+    assert event["for_pool"] == "standard" and "keeps it warm for spill-over" in event["reason"]
+
+
+def test_a_new_leader_rereads_the_recent_log_once(app, client: redis.Redis) -> None:
+    for _ in range(3):
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               countdown=3600)
+    fast = IntelligenceSettings(interval_seconds=0.1, lease_seconds=0.3)
+    one = IntelligenceService(client, None, dataclasses.replace(fast, instance="one"))
+    two = IntelligenceService(client, None, dataclasses.replace(fast, instance="two"))
+    assert one.step() and not two.step()
+    before = one.forecaster.rate(time.time(), ("default", "flux"))
+    time.sleep(0.35)  # one stops renewing; two takes over with the same arrivals
+    assert two.step() and not one.step()
+    assert two.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
+    time.sleep(0.35)
+    assert one.step()  # back to one: the log is read again, not counted twice
+    assert one.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
+
+
+def test_forecaster_keys_are_capped(app, client: redis.Redis) -> None:
+    for model in ("m1", "m2", "m3"):
+        submit("simulation", {"steps": 1}, requirements={"models": [model]}, app=app,
+               countdown=3600)
+    service = IntelligenceService(client, None, IntelligenceSettings(instance="t", max_keys=2))
+    service.step()
+    assert len(service.forecaster.keys()) == 2 and len(service._key_seen) == 2
+
+
+def test_the_directive_stream_is_trimmed(client: redis.Redis) -> None:
+    for i in range(1300):
+        publish(client, Directive(PRELOAD, f"m{i}", "default", "w1"))
+    assert client.xlen(Keys("default").directives) < 1300
+
+
+# -- desired machines ------------------------------------------------------------
+
+
+SCALED = POOLS_TEXT.replace('[pools.standard.scaling]\nmin_machines = 1\nmax_machines = 50',
+                            '[pools.standard.scaling]\nmin_machines = 1\nmax_machines = 3')
+
+
+def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
+        client: redis.Redis, redis_server, tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    pools_file = parse_pools(SCALED, str(path))
+    # 60 s of predicted work pending in standard, nobody serving it: 60 / 10 s = 6 workers,
+    # capped at max_machines = 3; heavy has nothing: its minimum, 0.
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"), {"j1": time.time() * 1000 - 5000})
+    view = {p["name"]: p for p in pools_view(client, pools_file)}
+    assert view["standard"]["desired_machines"] == 3 and view["standard"]["live_machines"] == 0
+    assert view["standard"]["scaling"]["max_machines"] == 3
+    assert view["heavy"]["desired_machines"] == 0 and view["fast"]["desired_machines"] == 0
+    # The leader's forecast adds the load it predicts: 0.1 jobs/s of 16 s at 0.8 = 2 workers.
+    client.hset(Keys("standard").load, "unfinished_ms", 0)
+    service = IntelligenceService(client, pools_file, IntelligenceSettings(instance="t"))
+    service._mean_seconds["standard"] = 16.0
+    now = time.time()
+    for i in range(60):
+        service.forecaster.observe(now - 600 + i * 10, ("standard", ""))
+    desired = service.scale(list(pools_file.pools), now)
+    assert desired["standard"] == 2 and client.get(Keys("standard").desired) == "2"
+    assert client.ttl(Keys("standard").desired) > 0
+    assert {p["name"]: p["desired_machines"] for p in pools_view(client, pools_file)}[
+        "standard"] == 2
+    # The Prometheus text of the monitor's collector has the gauge per pool.
+    from webapp.monitor.metrics import QueueCollector
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(QueueCollector(redis_server.url))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'emp_pool_desired_machines{pool="standard"} 2.0' in text
+    assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("max_machines = -1", "pools.standard.scaling.max_machines must be >= 0, got -1"),
+    ("workers_per_machine = 0", "pools.standard.scaling.workers_per_machine must be >= 1"),
+    ("min_machines = 5\nmax_machines = 2", "pools.standard.scaling.max_machines must be >= "
+                                           "min_machines (5), got 2"),
+    ("wait_target_seconds = 0", "pools.standard.scaling.wait_target_seconds must be > 0"),
+    ("startup_seconds = \"2m\"", "pools.standard.scaling.startup_seconds must be a number"),
+    ("target_utilization = 1.5", "pools.standard.scaling.target_utilization must be <= 1"),
+    ("max_machine = 3", "pools.standard.scaling has unknown field(s) max_machine"),
+])
+def test_a_bad_scaling_field_is_refused_naming_it(table: str, message: str) -> None:
+    text = POOLS_TEXT.replace(
+        "[pools.standard.scaling]\nmin_machines = 1\nmax_machines = 50\nworkers_per_machine = 1"
+        "\nwait_target_seconds = 10\nstartup_seconds = 120",
+        f"[pools.standard.scaling]\n{table}")
+    assert text != POOLS_TEXT
+    with pytest.raises(PoolsFileError) as caught:
+        parse_pools(text, "pools.toml")
+    assert str(caught.value).startswith("pools.toml: ") and message in str(caught.value)
+
+
+def test_scaling_settings_are_optional_with_defaults() -> None:
+    pools = parse_pools(POOLS_TEXT).pools
+    assert pools["fast"].scaling.max_machines == 50 and pools["fast"].scaling.min_machines == 0
+    assert pools["heavy"].scaling.startup_seconds == 300
+
+
+def test_the_keda_example_scales_a_pool_on_the_gauge_the_monitor_exports() -> None:
+    yaml = pytest.importorskip("yaml")
+    scaled = yaml.safe_load((ROOT / "conf" / "keda.yaml").read_text())
+    assert scaled["kind"] == "ScaledObject" and scaled["apiVersion"] == "keda.sh/v1alpha1"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert 'emp_pool_desired_machines{pool="standard"}' in trigger["metadata"]["query"]
+    standard = parse_pools(POOLS_TEXT).pools["standard"].scaling
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (
+        standard.min_machines, standard.max_machines)
+
+
+def test_the_forecast_ahead_uses_the_profile_of_the_later_slot_and_keys_can_be_forgotten(
+        ) -> None:
+    from capability_router.prediction.forecast import Forecaster
+
+    forecaster = Forecaster(recent_seconds=600, profile_weight=0.5)
+    hour = 3600.0
+    for i in range(36):  # a busy hour 1 (0.01/s), learnt once hour 2 begins
+        forecaster.observe(hour + i * 100, "k")
+    now = 2 * hour + 1
+    recent = forecaster.rate(now, "k")
+    assert forecaster.rate_ahead(now, "k", 0) == recent
+    assert forecaster.rate_ahead(now, "k", 3 * hour) == recent  # slot 5: never seen
+    # Late in hour 0 of the next day, hour 1 ahead is the busy one learnt the day before.
+    late = 24 * hour + 3590
+    assert forecaster.rate(late, "k") < 1e-6
+    assert forecaster.rate_ahead(late, "k", 60) == pytest.approx(0.5 * 0.01, rel=0.01)
+    forecaster.forget("k")
+    assert forecaster.keys() == [] and forecaster.rate_ahead(now, "k", 60) == 0.0
+
+
+def test_machines_are_counted_by_machine_id_else_by_workers_per_machine() -> None:
+    from capability_router.prediction.elastic import count_machines
+
+    records = [{"machine_id": "m1"}, {"machine_id": "m1"}, {"machine_id": "m2"},
+               {"machine_id": ""}, {}, {}]
+    assert count_machines(records, 1) == 2 + 3
+    assert count_machines(records, 2) == 2 + 2
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"EMP_INTELLIGENCE_LEASE_SECONDS": "2", "EMP_INTELLIGENCE_INTERVAL_SECONDS": "5"},
+     "lease_seconds (2) must be longer than interval_seconds (5)"),
+    ({"EMP_INTELLIGENCE_HORIZON_SECONDS": "soon"},
+     "EMP_INTELLIGENCE_HORIZON_SECONDS must be a number, got 'soon'"),
+    ({"EMP_POOLS_FILE": "/nonexistent/pools.toml"}, "/nonexistent/pools.toml: cannot read"),
+])
+def test_bad_settings_stop_the_command_with_one_line_naming_them(
+        redis_server, client: redis.Redis, env: dict[str, str], words: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emp_tasks.cli", "intelligence"], capture_output=True,
+        text=True, timeout=60,
+        env={**os.environ, "EMP_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT), **env})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert client.get(INTELLIGENCE_LEADER_KEY) is None  # nothing ran
