@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from celery import Celery
+from kombu.utils.uuid import uuid
 
 from capability_router import TRANSPORT
 from capability_router.cluster import cluster_enabled
@@ -22,6 +23,7 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
     directives,
     remote_control,
     revocation,
+    tracing,
 )
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
@@ -79,10 +81,23 @@ class EmpCelery(Celery):
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:
         headers = dict(options.pop("headers", None) or {})
-        if HEADER not in headers:
-            spec = job_type(self, name).job_spec(args, kwargs, options)
-            headers[HEADER] = spec.header()
-            options["queue"] = options.get("queue") or spec.pool
+        if HEADER in headers:  # from Task.apply_async, which traced the submit
+            return super().send_task(name, args, kwargs, headers=headers, **options)
+        tracer = tracing.job_tracer()
+        if tracer is None:
+            return self._send_new(name, args, kwargs, headers, None, **options)
+        options["task_id"] = options.get("task_id") or uuid()
+        with tracer.root(options["task_id"]) as span:
+            return self._send_new(name, args, kwargs, headers, span, **options)
+
+    def _send_new(self, name: str, args: Any, kwargs: Any, headers: dict[str, Any],
+                  span: Any, **options: Any) -> Any:
+        task = job_type(self, name)
+        spec = task.job_spec(args, kwargs, options)
+        headers[HEADER] = spec.header()
+        options["queue"] = options.get("queue") or spec.pool
+        if span is not None:
+            span.set_attributes({tracing.SERVICE: task.service_name, tracing.POOL: spec.pool})
         return super().send_task(name, args, kwargs, headers=headers, **options)
 
 

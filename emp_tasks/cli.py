@@ -88,7 +88,10 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
     """Run a Celery worker that claims the jobs its capabilities match."""
     import os
 
+    from emp_tasks.tracing import set_service_name
     from emp_tasks.worker import build_profile, run_worker
+
+    set_service_name("emp-worker")
 
     env_names = {
         "worker_id": "WORKER_ID", "gpu_memory_gb": "WORKER_GPU_MEMORY_GB",
@@ -215,7 +218,10 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the API server (REST, OpenAPI, WebSockets) under gunicorn."""
     from capability_router.errors import PoolsFileError
     from capability_router.pools import pools_file_from_env
+    from emp_tasks.tracing import set_service_name
     from webapp.api import run
+
+    set_service_name("emp-api")
 
     try:  # a broken pools file stops the start, not every submit later
         pools_file_from_env()
@@ -230,8 +236,10 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
 @click.pass_obj
 def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the webhook service: registrations API and durable signed delivery."""
+    from emp_tasks.tracing import set_service_name
     from webapp.webhooks import run
 
+    set_service_name("emp-webhooks")
     run(_url(obj), host, port)
 
 

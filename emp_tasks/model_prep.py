@@ -23,6 +23,7 @@ from typing import Any
 
 from capability_router.errors import InvalidJob, JobCancelled
 from capability_router.requirements import normalize_requirements
+from emp_tasks import tracing
 from emp_tasks.context import JobContext
 from machine.connectors.base import ConnectorError
 from machine.models import Preparing, manager_from_env
@@ -50,10 +51,17 @@ def json_requirements(text: Any) -> dict[str, Any]:
 
 class PreparingReporter:
     """Sends ``Preparing`` reports to the record, throttled; raises JobCancelled when
-    the record refuses them (cancelled, or the attempt was taken away)."""
+    the record refuses them (cancelled, or the attempt was taken away).
 
-    def __init__(self, context: JobContext, every_seconds: float | None = None) -> None:
+    :param span: the ``preparing`` span (tracing on): each change of model or tier is
+        an event on it. Held here, since reports may come from the
+        thread that downloads, outside the span's context.
+    """
+
+    def __init__(self, context: JobContext, every_seconds: float | None = None,
+                 span: Any = None) -> None:
         self.context = context
+        self.span = span
         self.every = every_seconds if every_seconds is not None else float(
             os.environ.get("EMP_PREPARING_REPORT_SECONDS", "0.5"))
         self._last_at = float("-inf")
@@ -68,6 +76,9 @@ class PreparingReporter:
             return
         if last is not None and last == report:
             return
+        if self.span is not None and changed:  # "remote": downloading; "disk": on disk
+            self.span.add_event(f"model {report.tier}", {
+                "emp.model": report.model, "emp.model_bytes": report.bytes_total})
         self._last_at, self._last = now, report
         outcome = self.context.functions.preparing(self.context.job_id, self.context.attempt,
                                                    report.as_dict())
@@ -88,9 +99,12 @@ def models_ready(task: Any, context: JobContext) -> Iterator[dict[str, Path]]:
     if not entries:
         yield {}
         return
+    span = tracing.current_span()
+    if span is not None:
+        span.set_attribute("emp.models", [entry.name for entry in entries])
     held = ExitStack()
     try:
-        paths = held.enter_context(manager.ready(entries, PreparingReporter(context)))
+        paths = held.enter_context(manager.ready(entries, PreparingReporter(context, span=span)))
     except ConnectorError as exc:
         held.close()
         from emp_tasks.connector_jobs import retry_or_fail

@@ -17,12 +17,14 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.serialization import get_pickleable_exception
+from kombu.utils.uuid import uuid
 
 from capability_router.errors import JobCancelled, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
+from emp_tasks import tracing
 from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.placement import place
@@ -73,14 +75,33 @@ class EmpTask(Task):
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
         spec = JobSpec(service=self.service_name, payload=payload, **fields)
-        return place(self.app, spec, self.duration_features)
+        with tracing.span("routing") as span:  # inside the submit span; nothing when off
+            spec = place(self.app, spec, self.duration_features)
+            if span is not None:
+                span.set_attribute(tracing.POOL, spec.pool)
+                span.set_attribute("emp.routing", (spec.routing or {}).get("routing", ""))
+        return spec
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
                     **options: Any) -> Any:
-        """Celery's apply_async, plus the job keywords in ``JOB_OPTIONS``."""
+        """Celery's apply_async, plus the job keywords in ``JOB_OPTIONS``.
+
+        With tracing on, a new job's submit is its trace's root span (``emp_tasks.tracing``).
+        """
+        tracer = tracing.job_tracer()
+        if tracer is None or HEADER in (options.get("headers") or {}):
+            return self._apply_async(args, kwargs, task_id, None, **options)
+        task_id = task_id or uuid()
+        with tracer.root(task_id, attributes={tracing.SERVICE: self.service_name}) as span:
+            return self._apply_async(args, kwargs, task_id, span, **options)
+
+    def _apply_async(self, args: Any, kwargs: Any, task_id: str | None, span: Any,
+                     **options: Any) -> Any:
         headers = dict(options.pop("headers", None) or {})
         if HEADER not in headers:
             headers[HEADER] = self.job_spec(args, kwargs, options).header()
+            if span is not None:
+                span.set_attribute(tracing.POOL, headers[HEADER]["pool"])
         else:
             # A retry (or a re-send) carries the job's header already; Celery's
             # retry passes ``priority`` too, which must not rebuild the header
@@ -139,18 +160,23 @@ class EmpTask(Task):
 
     def _run(self, context: JobContext, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
+        profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
+        hostname, machine_id = self.request.hostname or "", profile.get("machine_id") or ""
+        # With tracing on: the wait span, and the attributes of this run's spans.
+        traced = tracing.record_wait(
+            context, self.service_name, profile.get("worker_id") or hostname, machine_id,
+        ) if tracing.job_tracer() is not None else None
         with ExitStack() as held:
-            self._recorded(context, lambda: held.enter_context(self.prepare(context)))
-            profile = (self.app.conf.broker_transport_options or {}).get("worker_profile") or {}
-            outcome = context.functions.start(
-                task_id, context.attempt, self.request.hostname or "",
-                profile.get("machine_id") or "")
+            with tracing.span("preparing", task_id, traced):
+                self._recorded(context, lambda: held.enter_context(self.prepare(context)))
+            outcome = context.functions.start(task_id, context.attempt, hostname, machine_id)
             if outcome == JobStatus.CANCELLED:  # cancelled after the claim, before the start
                 raise end_cancelled_run(context)
             if outcome != "ok":
                 raise Ignore(f"job {task_id} is {outcome}; not running it")
-            retval = self._recorded(context,
-                                    lambda: super(EmpTask, self).__call__(*args, **kwargs))
+            with tracing.span("run", task_id, traced):
+                retval = self._recorded(context,
+                                        lambda: super(EmpTask, self).__call__(*args, **kwargs))
         if context.functions.complete(task_id, context.attempt, retval) != "ok":
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that

@@ -47,6 +47,7 @@ from typing import Any
 
 import redis
 
+from emp_tasks import tracing
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
 from webapp.webhooks.sender import Sender, SendResult
@@ -185,8 +186,15 @@ class Dispatcher:
         headers = delivery_headers(claim.hook_id, hook.get("secret"), claim.delivery_id,
                                    delivery.get("event_type", ""), delivery.get("event_id", ""),
                                    body, number)
-        result = self.sender.post(hook["url"], body.encode(), headers)
-        kind, delay = decide(result, number, self.retry_config(hook))
+        with tracing.span("webhook delivery", delivery.get("job_id") or None, {
+                "emp.webhook_id": claim.hook_id, "emp.delivery_id": claim.delivery_id,
+                "emp.event_type": delivery.get("event_type", ""), "emp.delivery_attempt": number,
+        }) as span:
+            result = self.sender.post(hook["url"], body.encode(), headers)
+            kind, delay = decide(result, number, self.retry_config(hook))
+            if span is not None:
+                span.set_attribute("http.response.status_code", result.status or 0)
+                span.set_attribute("emp.outcome", kind)
         self.sent += 1
         record = attempt_record(result, kind)
         return Outcome(kind, delay, record, result.status, record["error_message"] or "")

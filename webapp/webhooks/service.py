@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from emp_tasks import tracing
 from webapp.webhooks.addresses import AddressPolicy
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.consumer import EventConsumer
@@ -59,6 +60,10 @@ class DeliveryService:
         At interpreter exit (gunicorn's worker stopping) the threads are asked
         to stop, so the consumer role is handed over at once.
         """
+        # Tracing (when on) is set up here, once, not raced by the dispatchers' first
+        # spans, and before the stop hook: exit hooks run last-in first, so the spans
+        # of the deliveries the stop waits for are sent after it.
+        tracing.job_tracer()
         atexit.register(self.stop, 2.0)
         thread = threading.Thread(target=self._boot, name="webhooks-boot", daemon=True)
         thread.start()
