@@ -42,8 +42,16 @@ two; Redis ``used_memory`` at the same points; dropped connections (sockets
 the server closed, REST connection errors); 5xx and other non-201 answers;
 lost events (after the load stops and the followed jobs end: progress
 events in each followed job's event stream that its follower never got);
-jobs running at once. Targets: REST p99 <= 50 ms, progress p95 <= 100 ms,
-0 5xx, 0 lost events, service memory growth < 10% from minute 2 to the end.
+jobs running at once; CPU cores each part used during the load (the bench's
+own too: a starved load generator would show here). Targets: REST p99 <= 50
+ms, progress p95 <= 100 ms, 0 5xx, 0 lost events, service memory growth < 10%
+from minute 2 to the end. The load is open loop: when the API answers fewer
+than 100 submits/s, the queued submits are still all sent and answered, so
+the run lasts longer than its nominal time and "end" is when the last submit
+was answered.
+
+``--scale`` (fraction of rate, sockets and slots) and ``--monitor-sockets``
+are for smoke tests and diagnosis only; the targets are for the defaults.
 
 File descriptors: this process raises its RLIMIT_NOFILE soft limit to the
 hard one; the API holds ~5,100 sockets (plus its Redis pools) over its
@@ -80,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
     ROOT,
     emit_json,
+    group_cpu_seconds,
     percentile,
     quick_args,
     start_redis,
@@ -355,7 +364,8 @@ def hold_sockets(api_port: int, monitor_base: str, idle: int, monitors: int,
     fleet.close()
     results.put({"accepted": fleet.accepted, "refused": dict(fleet.refused),
                  "dropped": dropped, "monitor_messages": monitor_messages,
-                 "monitor_bytes": fleet.bytes, "sse": sse})
+                 "monitor_bytes": fleet.bytes, "sse": sse,
+                 "cpu_s": round(time.process_time(), 1)})
 
 
 # --- services, memory ------------------------------------------------------------------
@@ -455,6 +465,9 @@ class Submitter:
         self.local = threading.local()
         self.lock = threading.Lock()
         self.latency_ms: list[float] = []
+        #: The request alone (sent to answered), and the subscribe_progress send after it.
+        self.service_ms: list[float] = []
+        self.follow_ms: list[float] = []
         self.statuses: dict[int, int] = {}
         self.errors: dict[str, int] = {}
         self.jobs: list[str] = []
@@ -469,6 +482,7 @@ class Submitter:
                            "payload": {"steps": STEPS, "duration": JOB_SECONDS}})
         headers = {"Content-Type": "application/json",
                    "Authorization": f"Bearer {token(i % CUSTOMERS)}"}
+        started = time.perf_counter()
         try:
             connection.request("POST", "/api/jobs", body, headers)
             response = connection.getresponse()
@@ -484,9 +498,12 @@ class Submitter:
             self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
             if response.status == 201 and i >= WARMUP_SECONDS * RATE:
                 self.latency_ms.append((done - due) * 1000.0)
+                self.service_ms.append((done - started) * 1000.0)
         if response.status == 201:
             job_id = json.loads(answer)["job_id"]
             self.followers.follow(i, job_id)
+            with self.lock:
+                self.follow_ms.append((time.perf_counter() - done) * 1000.0)
             with self.lock:
                 self.jobs.append(job_id)
 
@@ -555,18 +572,26 @@ def snapshot(services: dict[str, subprocess.Popen[bytes]],
              client: redis.Redis) -> dict[str, Any]:
     memory = client.info("memory")
     return {"rss_mb": {name: group_rss_mb(proc.pid) for name, proc in services.items()},
+            "cpu_s": {"bench": round(time.process_time(), 1),
+                      "redis": round(float(client.info("cpu")["used_cpu_user"])
+                                     + float(client.info("cpu")["used_cpu_sys"]), 1),
+                      **{name: round(group_cpu_seconds(proc.pid), 1)
+                         for name, proc in services.items()}},
             "redis_used_mb": round(memory["used_memory"] / 2**20, 1),
             "redis_rss_mb": round(memory["used_memory_rss"] / 2**20, 1),
-            "loadavg_1m": os.getloadavg()[0]}
+            "loadavg_1m": os.getloadavg()[0], "wall": time.monotonic()}
 
 
 def main() -> None:
-    global RATE, SOCKETS, FOLLOWERS, THREADS_PER_WORKER  # noqa: PLW0603 - --scale
+    global RATE, SOCKETS, FOLLOWERS, THREADS_PER_WORKER, MONITOR_SOCKETS  # noqa: PLW0603
     args = quick_args(__doc__, lambda parser: (
         parser.add_argument("--seconds", type=float, help="load duration (smoke tests)"),
         parser.add_argument("--scale", type=float, default=1.0,
                             help="fraction of the rate, sockets and slots (smoke tests only; "
-                                 "the targets are for 1)")))
+                                 "the targets are for 1)"),
+        parser.add_argument("--monitor-sockets", type=int, default=MONITOR_SOCKETS,
+                            help="monitor sockets (diagnosis only; the targets are for 20)")))
+    MONITOR_SOCKETS = args.monitor_sockets
     seconds = args.seconds or (120.0 if args.quick else 600.0)
     mark = min(60.0 if args.quick else 120.0, seconds / 2)
     if args.scale != 1.0:
@@ -599,6 +624,7 @@ def main() -> None:
     followers: Followers | None = None
     result: dict[str, Any] = {"bench": "production_day", "quick": args.quick,
                               "seconds": seconds, "rate": RATE, "scale": args.scale,
+                              "monitor_sockets": MONITOR_SOCKETS,
                               "pid": os.getpid()}
     try:
         api_port, hooks_port, monitor_port = free_port(), free_port(), free_port()
@@ -727,6 +753,10 @@ def main() -> None:
           f"latency from due time p50 {rest['p50']:.2f} ms, p99 {rest['p99']:.2f} ms, "
           f"max {rest['max']:.1f} ms; 5xx {fivexx}; other refusals {other or 0}; "
           f"connection errors {submitter.errors or 0}")
+    service, follow = summary(submitter.service_ms), summary(submitter.follow_ms)
+    print(f"  the request alone p50 {service['p50']:.2f} ms, p99 {service['p99']:.2f} ms; "
+          f"sending its subscribe_progress p50 {follow['p50']:.2f} ms, "
+          f"p99 {follow['p99']:.2f} ms ({SENDER_THREADS} sender threads)")
     print(f"jobs running at once (sampled each second after {JOB_SECONDS + 5:.0f} s): "
           f"median {percentile(steady, 50):.0f}, max {max(steady, default=0)} "
           f"({WORKERS} workers x {THREADS_PER_WORKER} threads)")
@@ -737,8 +767,9 @@ def main() -> None:
           f"socket errors {len(socket_errors)}")
     print(f"webhooks: {delivered} deliveries of {expected_hooks} expected; event -> receiver "
           f"p50 {hooks['p50']:.1f} ms, p99 {hooks['p99']:.1f} ms, max {hooks['max']:.1f} ms")
-    print(f"monitor sockets: {held['monitor_messages']} messages "
-          f"({held['monitor_bytes'] / 2**20:.0f} MB) over {MONITOR_SOCKETS}; "
+    print(f"idle client + monitor sockets: {held['monitor_messages']} messages "
+          f"({held['monitor_bytes'] / 2**20:.0f} MB; the idle ones get connection_established "
+          f"only, the {MONITOR_SOCKETS} monitor sockets every event); "
           f"monitor SSE: {held['sse'].get('messages', 0)} messages")
     print(f"dropped connections: {dropped_total} {dropped or ''}"
           f"{' REST ' + str(submitter.errors) if submitter.errors else ''}")
@@ -750,6 +781,11 @@ def main() -> None:
     for label, field in (("redis used", "redis_used_mb"), ("redis rss", "redis_rss_mb")):
         print(f"{label:<10} {points['start'][field]:>8.1f} {points['mark'][field]:>9.1f} "
               f"{points['end'][field]:>8.1f}")
+    load_s = points["end"]["wall"] - points["start"]["wall"]
+    cpu = {name: round((points["end"]["cpu_s"][name] - points["start"]["cpu_s"][name])
+                       / load_s, 2) for name in points["end"]["cpu_s"]}
+    cpu["bench sockets child"] = round(held["cpu_s"] / load_s, 2)  # includes opening them
+    print("CPU cores used during the load: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     print(f"load average (1 min): start {points['start']['loadavg_1m']:.2f}, "
           f"{mark_name} {points['mark']['loadavg_1m']:.2f}, "
           f"end {points['end']['loadavg_1m']:.2f} (2 cores)")
@@ -763,7 +799,8 @@ def main() -> None:
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'not met'} ({verdict(ok)})")
     result.update({
-        "rest_ms": rest, "rest_statuses": submitter.statuses, "rest_errors": submitter.errors,
+        "rest_ms": rest, "rest_service_ms": service, "rest_follow_ms": follow,
+        "rest_statuses": submitter.statuses, "rest_errors": submitter.errors,
         "fivexx": fivexx, "progress_ms": prog, "progress_p95_ms": prog_p95,
         "lost_events": lost, "emitted_events": sum(emitted.values()),
         "followed_jobs": len(jobs), "unfinished_jobs": unfinished,
@@ -773,7 +810,7 @@ def main() -> None:
         "slots": WORKERS * THREADS_PER_WORKER, "dropped": dropped_total,
         "dropped_detail": dropped, "monitor_messages": held["monitor_messages"],
         "sse_messages": held["sse"].get("messages", 0), "memory": points,
-        "growth": growth, "mark_s": mark, "targets": targets,
+        "growth": growth, "mark_s": mark, "cpu_cores": cpu, "targets": targets,
         "all_targets_met": all(targets.values()),
     })
     emit_json(result)
