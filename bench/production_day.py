@@ -510,7 +510,8 @@ class Submitter:
     def run(self, seconds: float) -> None:
         """Send for ``seconds``."""
         total = int(seconds * RATE)
-        with ThreadPoolExecutor(SENDER_THREADS) as pool:
+        pool = ThreadPoolExecutor(SENDER_THREADS)
+        try:
             start = time.perf_counter() + 0.05
             for i in range(total):
                 due = start + i / RATE
@@ -519,6 +520,10 @@ class Submitter:
                     time.sleep(delay)
                 pool.submit(self.send, i, due)
                 self.sent += 1
+        except BaseException:  # Ctrl-C: drop the queued submits, do not wait for them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
 
 def every_second(tick: Callable[[float], None], stop: threading.Event) -> threading.Thread:
@@ -608,6 +613,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
     url, stop_redis = start_redis()
     client = redis.Redis.from_url(url, decode_responses=True)
     logs = Path(tempfile.mkdtemp(prefix="emp-bench-prodday-"))
@@ -622,6 +628,7 @@ def main() -> None:
     holder = None
     sink = Sink()
     followers: Followers | None = None
+    stop_sampling = threading.Event()
     result: dict[str, Any] = {"bench": "production_day", "quick": args.quick,
                               "seconds": seconds, "rate": RATE, "scale": args.scale,
                               "monitor_sockets": MONITOR_SOCKETS,
@@ -686,7 +693,6 @@ def main() -> None:
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
 
         print(f"load: {RATE:.0f} submits/s for {seconds:.0f} s", flush=True)
-        stop_sampling = threading.Event()
         sampler = every_second(tick, stop_sampling)
         submitter.run(seconds)
         stop_sampling.set()
@@ -720,6 +726,7 @@ def main() -> None:
         interrupted = True
         print("interrupted: stopping everything", flush=True)
     finally:
+        stop_sampling.set()
         if holder is not None and holder.is_alive():
             holder.terminate()
             holder.join(5)
