@@ -358,12 +358,12 @@ class QueueFunctions:
             self.client.hset(self.keys.config, mapping={
                 k: float(v) if k in fractions else int(v) for k, v in settings.items()})
 
-    def register_worker(self, profile: WorkerProfile) -> int:
+    def register_worker(self, profile: WorkerProfile, now_ms: int | None = None) -> int:
         """Register a capability profile; returns how many live families it can serve."""
         k = self.keys
         return int(self._call(
             "emp_register_worker", [k.config, k.profiles, k.classes],
-            [profile.signature, profile.to_json()],
+            [profile.signature, profile.to_json(), now_ms or 0],
         ))
 
     def enqueue_call(
