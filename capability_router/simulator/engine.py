@@ -61,7 +61,8 @@ TICK_MS = 60_000
 LOAD_MS = {"load_ms_ram": 2000, "load_ms_disk": 8000, "load_ms_remote": 60000}
 #: Duration features per service (as job types declare them: one unit each).
 FEATURES = {"text": {"tokens": 500},
-            "comfyui": {"steps": 1, "width": 1024, "height": 1024, "frames": 1}}
+            "comfyui": {"steps": 1, "width": 1024, "height": 1024, "frames": 1},
+            "simulation": {"steps": 1, "width": 1024, "height": 1024, "frames": 1}}
 #: Virtual seconds after the last arrival the run goes on, to finish jobs.
 DRAIN_SECONDS = 3600
 

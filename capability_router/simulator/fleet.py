@@ -48,6 +48,8 @@ class Machine:
 def split(total: int, shares: dict[str, float]) -> dict[str, int]:
     """``total`` machines over the types by ``shares`` (largest remainder, 1 each at least)."""
     names = list(shares)
+    if total <= 0:
+        return {n: 0 for n in names}
     counts = {n: 1 for n in names}
     rest = max(0, total - len(names))
     weight = sum(shares.values()) or 1.0

@@ -201,7 +201,8 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
         for model in job.models:
             sizes.setdefault(model, DEFAULT_MODEL_GB)
     end = (max(job.at for job in jobs) + 1) if jobs else 0.0
-    start = min(job.at for job in jobs) if jobs else 0.0
+    # From the hour the first job arrives in: the fleet is up before the first job.
+    start = math.floor(min(job.at for job in jobs) / 3600) * 3600 if jobs else 0.0
     return Scenario(jobs, sizes, fleet_by_hour(scale), start, end)
 
 
