@@ -34,7 +34,13 @@ from typing import Any
 import redis
 
 from capability_router.duration import duration_key, job_size
-from capability_router.functions import Claimed, QueueFunctions, ensure_library
+from capability_router.functions import (
+    Claimed,
+    QueueFunctions,
+    ensure_library,
+    held_connection,
+    parse_claim,
+)
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.pools import PoolsFile
@@ -329,21 +335,26 @@ class Simulation:
         self.count("emp_residency")
         self.fleet.stopped(worker.id, self.now / 1000)
 
-    def report(self, worker: Worker, changes: list[tuple[str, str]], cause: str,
-               replace: bool = False) -> None:
-        """Report residency changes (the first report replaces, with the profile)."""
-        if not changes and not replace:
-            return
+    def residency_call(self, worker: Worker, changes: list[tuple[str, str]], cause: str,
+                       replace: bool = False) -> tuple[str, list[str], list[Any]]:
+        """The residency report of ``changes`` (logged with ``cause``), evictions first."""
         triples = [(m, tier, round(self.scenario.model_gb.get(m, 5.0) * 1e9) if tier else None)
                    for m, tier in changes]
-        triples.sort(key=lambda c: c[1] == "gpu")  # evictions before loads
-        self.functions[worker.pool].residency(
-            worker.id, triples, "replace" if replace else "update",
-            worker.signature, now_ms=self.now_ms)
-        self.count("emp_residency")
+        triples.sort(key=lambda c: c[1] == "gpu")
         t = self.now / 1000
         for model, tier, _ in triples:
             self.record.residency_log.append((t, worker.id, model, tier, cause))
+        return self.functions[worker.pool].residency_call(
+            worker.id, triples, "replace" if replace else "update", worker.signature,
+            now_ms=self.now_ms)
+
+    def report(self, worker: Worker, changes: list[tuple[str, str]], cause: str,
+               replace: bool = False) -> None:
+        """Report residency changes now (the first report replaces, with the profile)."""
+        if changes or replace:
+            reply = self.send([self.residency_call(worker, changes, cause, replace)])[0]
+            if isinstance(reply, Exception):
+                raise reply
 
     # -- jobs -----------------------------------------------------------------
 
@@ -406,7 +417,30 @@ class Simulation:
         at = max(self.now + WAKE_MS, worker.busy_until)
         self.schedule(at, "claim", (worker.id, worker.token))
 
-    def claim(self, worker_id: str, token: int) -> None:
+    def send(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Function calls in one round trip, in order (one worker's successive calls);
+        their replies, an error reply as its exception."""
+        commands = [("FCALL", name, len(keys), *keys, *args) for name, keys, args in calls]
+        for name, _, _ in calls:
+            self.count(name)
+        connection = held_connection(self.client, calls[0][1][0])
+        if connection is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return pipe.execute(raise_on_error=False)
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    def claim(self, worker_id: str, token: int,
+              before: list[tuple[str, list[str], list[Any]]] = ()) -> None:
+        """The worker claims (after ``before``, its own earlier calls, sent together)."""
         worker = self.workers[worker_id]
         if worker.stopped or worker.token != token or worker.job is not None:
             return
@@ -414,21 +448,23 @@ class Simulation:
             self.schedule(worker.busy_until, "claim", (worker_id, token))
             return
         self.idle[worker.pool].pop(worker.id, None)
-        try:
-            reply = self.functions[worker.pool].claim(worker.signature, worker.id, LEASE_MS,
-                                                      IDLE_MS, now_ms=self.now_ms)
-        except redis.ResponseError as exc:
-            if "NOPROFILE" not in str(exc):
-                raise
+        functions = self.functions[worker.pool]
+        *earlier, raw = self.send([*before, functions.claim_call(
+            worker.signature, worker.id, LEASE_MS, IDLE_MS, now_ms=self.now_ms)])
+        for reply in earlier:
+            if isinstance(reply, Exception):
+                raise reply
+        if isinstance(raw, redis.ResponseError) and "NOPROFILE" in str(raw):
             # Dropped after an hour without a claim (emp_sweep): register again, as
             # a production worker does, and claim again.
             self.signatures.pop((worker.pool, worker.hardware.name), None)
             self.signature_for(worker.pool, worker.hardware)
-            reply = self.functions[worker.pool].claim(worker.signature, worker.id, LEASE_MS,
-                                                      IDLE_MS, now_ms=self.now_ms)
-            self.count("emp_claim")
+            raw = self.send([functions.claim_call(worker.signature, worker.id, LEASE_MS,
+                                                  IDLE_MS, now_ms=self.now_ms)])[0]
             self.record.reregistered += 1
-        self.count("emp_claim")
+        if isinstance(raw, Exception):
+            raise raw
+        reply = parse_claim(raw)
         if not isinstance(reply, Claimed):
             if worker.draining:
                 worker.draining = False
@@ -455,27 +491,36 @@ class Simulation:
 
     def start_run(self, worker_id: str, job_id: str, attempt: int,
                   changes: list[tuple[str, str]]) -> None:
+        """The models are in: residency changes and the start, in one round trip."""
         worker = self.workers[worker_id]
-        self.report(worker, changes, "job")
-        self.functions[worker.pool].start(job_id, attempt, worker.id, worker.machine.id,
-                                          now_ms=self.now_ms)
-        self.count("emp_start")
+        functions = self.functions[worker.pool]
+        calls = [functions.start_call(job_id, attempt, worker.id, worker.machine.id,
+                                      now_ms=self.now_ms)]
+        if changes:
+            calls.insert(0, self.residency_call(worker, changes, "job"))
+        for reply in self.send(calls):
+            if isinstance(reply, Exception):
+                raise reply
         self.record.jobs[job_id].started = self.now / 1000
         run_ms = max(1, round(self.jobs[job_id].run_seconds * 1000))
         self.schedule(self.now + run_ms, "complete", (worker_id, job_id, attempt))
 
     def complete(self, worker_id: str, job_id: str, attempt: int) -> None:
+        """The run ended: complete, and claim again in the same round trip."""
         worker = self.workers[worker_id]
-        self.functions[worker.pool].complete(job_id, attempt, {"ok": True}, now_ms=self.now_ms)
-        self.count("emp_complete")
+        call = self.functions[worker.pool].complete_call(job_id, attempt, {"ok": True},
+                                                         now_ms=self.now_ms)
         self.record.jobs[job_id].completed = self.now / 1000
         worker.job = None
         worker.token += 1
         if worker.draining:
+            reply = self.send([call])[0]
+            if isinstance(reply, Exception):
+                raise reply
             worker.draining = False
             self.stop_worker(worker)
             return
-        self.claim(worker.id, worker.token)
+        self.claim(worker.id, worker.token, before=[call])
 
     # -- preloads (predictive) ------------------------------------------------
 

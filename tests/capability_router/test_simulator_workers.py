@@ -7,8 +7,8 @@ import redis
 from capability_router.pools import parse_pools
 from capability_router.simulator import POLICIES, Simulation, TraceJob
 from capability_router.simulator.trace import Scenario
+from conftest import wait_for
 from emp_tasks.producer import submit
-from tests.conftest import wait_for
 
 ONE_POOL = """
 [pools.one]
