@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 
@@ -122,3 +124,27 @@ def test_elastic_policy_stays_within_the_uniform_budget(client: redis.Redis) -> 
     assert elastic.summary["machine_hours"] <= uniform.summary["machine_hours"] + 1e-9
     for _, sample in elastic.record.samples:
         assert sum(live for _, live, _ in sample.values()) <= max(scenario.fleet_by_hour)
+
+
+def test_emp_simulate_writes_the_table_json_and_charts(redis_server, client: redis.Redis,
+                                                       tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "small.jsonl"
+    write_trace(synthetic_day(seed=2, scale=0.2, start_hour=13, hours=0.1).jobs, trace)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "simulate", "--trace", str(trace), "--scale", "0.2", "--policies", "uniform,pools",
+        "--out", str(out), "--redis-url", redis_server.url])
+    assert result.exit_code == 0, result.output
+    assert "| uniform |" in result.output and "| pools |" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["policy"] for p in summary["policies"]] == ["uniform", "pools"]
+    assert all(p["completion"] == 1.0 for p in summary["policies"])
+    for name in ("sim-wait-cdf.png", "sim-queue-per-pool.png", "sim-machines-per-pool.png"):
+        assert (out / name).stat().st_size > 1000
+    bad = CliRunner().invoke(main, ["simulate", "--quick", "--policies", "nope",
+                                    "--redis-url", redis_server.url])
+    assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
