@@ -286,9 +286,9 @@ class Simulation:
         """Start or stop machines of ``hardware`` until ``count`` run or are starting."""
         t = self.now / 1000
         for machine in self.fleet.resize(hardware, count, t, self.stop_order(hardware)):
-            if machine.stopped_at is not None:
+            if machine.leaving:  # released: a running one stops (after its job)
                 worker = self.workers.get(machine.id)
-                if worker is not None:
+                if worker is not None and not worker.stopped:
                     self.stop_worker(worker)
             else:
                 self.schedule(int(machine.ready_at * 1000), "machine_up", machine)
@@ -302,7 +302,7 @@ class Simulation:
         return idle + busy
 
     def machine_up(self, machine: Machine) -> None:
-        if machine.stopped_at is not None:
+        if machine.stopped_at is not None or machine.leaving:
             return
         hardware = self.hardware[machine.hardware]
         worker = Worker(machine, hardware, self.scenario.model_gb,
@@ -320,11 +320,17 @@ class Simulation:
         self.schedule(self.now, "claim", (worker.id, worker.token))
 
     def stop_worker(self, worker: Worker) -> None:
-        """The machine goes: it takes no more work; a busy one finishes its job first."""
-        if worker.job is not None:
+        """The machine goes: an idle one now; a busy one, or one woken for a job, after
+        that job (it claims once more, so the job that woke it is not stranded)."""
+        if worker.job is not None or worker.id not in self.idle[worker.pool]:
             worker.draining = True
             return
+        self.retire(worker)
+
+    def retire(self, worker: Worker) -> None:
+        """The machine is gone: presence, idle mark and residency dropped."""
         worker.stopped = True
+        worker.draining = False
         worker.token += 1
         keys = Keys(worker.pool)
         self.idle[worker.pool].pop(worker.id, None)
@@ -467,9 +473,7 @@ class Simulation:
         reply = parse_claim(raw)
         if not isinstance(reply, Claimed):
             if worker.draining:
-                worker.draining = False
-                self.client.zrem(Keys(worker.pool).idle, f"{worker.signature}:{worker.id}")
-                self.stop_worker(worker)
+                self.retire(worker)
                 return
             self.idle[worker.pool][worker.id] = worker
             if reply > 0:  # a job left to a warm worker, or a retry falling due
@@ -517,8 +521,7 @@ class Simulation:
             reply = self.send([call])[0]
             if isinstance(reply, Exception):
                 raise reply
-            worker.draining = False
-            self.stop_worker(worker)
+            self.retire(worker)
             return
         self.claim(worker.id, worker.token, before=[call])
 

@@ -148,3 +148,19 @@ def test_emp_simulate_writes_the_table_json_and_charts(redis_server, client: red
     bad = CliRunner().invoke(main, ["simulate", "--quick", "--policies", "nope",
                                     "--redis-url", redis_server.url])
     assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
+
+
+def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
+    """3 machines in hour 0, 1 from hour 1 on. At 3600 s two run jobs (from 3590 and
+    3591 s, 60 s each): the idle one stops at once, one busy one after its job (about
+    3650 s), and machine-hours count each machine until it stopped."""
+    jobs = [TraceJob("early", 10.0, "text", 5.0), TraceJob("long1", 3590.0, "text", 60.0),
+            TraceJob("long2", 3591.0, "text", 60.0), TraceJob("late", 4000.0, "text", 5.0)]
+    scenario = Scenario(jobs, {}, [3] + [1] * 23, 0.0, 4001.0)
+    result = Simulation(client, scenario, POLICIES["uniform"], one_pool()).run()
+    lives = {t: sample["default"][1] for t, sample in result.record.samples}
+    assert lives[3540.0] == 3 and lives[3600.0] == 2 and lives[3660.0] == 1
+    assert client.zcard("emp:{default}:workers") == 1
+    expected = (3600 + 3650.5 + 4001) / 3600
+    assert result.record.machine_hours == pytest.approx(expected, abs=0.001)
+    assert result.summary["completion"] == 1.0
