@@ -358,12 +358,12 @@ class QueueFunctions:
             self.client.hset(self.keys.config, mapping={
                 k: float(v) if k in fractions else int(v) for k, v in settings.items()})
 
-    def register_worker(self, profile: WorkerProfile) -> int:
+    def register_worker(self, profile: WorkerProfile, now_ms: int | None = None) -> int:
         """Register a capability profile; returns how many live families it can serve."""
         k = self.keys
         return int(self._call(
             "emp_register_worker", [k.config, k.profiles, k.classes],
-            [profile.signature, profile.to_json()],
+            [profile.signature, profile.to_json(), now_ms or 0],
         ))
 
     def enqueue_call(
@@ -403,21 +403,33 @@ class QueueFunctions:
         ``was_idle`` says the worker may hold an idle mark to clear (always
         safe to leave True).
         """
+        return parse_claim(self._call(*self.claim_call(
+            profile_signature, worker_id, lease_ms, idle_ms, now_ms, was_idle)))
+
+    def claim_call(
+        self, profile_signature: str, worker_id: str, lease_ms: int,
+        idle_ms: int = 5000, now_ms: int | None = None, was_idle: bool = True,
+    ) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of a claim, for callers that pipeline it."""
         k = self.keys
-        reply = self._call(
-            "emp_claim", [k.config, k.profiles, k.heads, k.idle],
-            [profile_signature, worker_id, lease_ms, idle_ms, now_ms or 0, int(was_idle)],
-        )
-        return parse_claim(reply)
+        return ("emp_claim", [k.config, k.profiles, k.heads, k.idle],
+                [profile_signature, worker_id, lease_ms, idle_ms, now_ms or 0, int(was_idle)])
 
     def start(
         self, job_id: str, attempt: int | str, hostname: str = "", machine_id: str = "",
         now_ms: int | None = None,
     ) -> str:
         """Mark the attempt running ('ok'), or return the status that forbids it."""
+        return _text(self._call(*self.start_call(job_id, attempt, hostname, machine_id, now_ms)))
+
+    def start_call(
+        self, job_id: str, attempt: int | str, hostname: str = "", machine_id: str = "",
+        now_ms: int | None = None,
+    ) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of a start, for callers that pipeline it."""
         k = self.keys
-        return _text(self._call("emp_start", [k.config, k.job(job_id)],
-                                [job_id, attempt, hostname, now_ms or 0, machine_id]))
+        return ("emp_start", [k.config, k.job(job_id)],
+                [job_id, attempt, hostname, now_ms or 0, machine_id])
 
     def progress(
         self, job_id: str, attempt: int | str, progress: float,
@@ -440,9 +452,14 @@ class QueueFunctions:
 
         The run (``started_at`` to now) teaches the duration model when the
         record has a ``duration_key`` and ``work_units``."""
+        return _text(self._call(*self.complete_call(job_id, attempt, result, now_ms)))
+
+    def complete_call(self, job_id: str, attempt: int | str, result: Any,
+                      now_ms: int | None = None) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of a completion, for callers that pipeline it."""
         k = self.keys
-        return _text(self._call("emp_complete", [k.config, k.job(job_id)],
-                                [job_id, attempt, result_summary(result), now_ms or 0]))
+        return ("emp_complete", [k.config, k.job(job_id)],
+                [job_id, attempt, result_summary(result), now_ms or 0])
 
     def fail(self, job_id: str, attempt: int | str, error: str) -> str:
         k = self.keys
@@ -578,11 +595,19 @@ class QueueFunctions:
     ) -> tuple[int, int, int]:
         """Report a worker's model residency (``emp_residency``): (model, tier, size bytes)
         triples, tier "" dropping the model; returns (loaded, evicted, held)."""
+        reply = self._call(*self.residency_call(worker_id, changes, mode, profile_signature,
+                                                now_ms))
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    def residency_call(
+        self, worker_id: str, changes: list[tuple[str, str, int | None]] = (),
+        mode: str = "update", profile_signature: str = "", now_ms: int | None = None,
+    ) -> tuple[str, list[str], list[Any]]:
+        """(function, KEYS, ARGV) of a residency report, for callers that pipeline it."""
         args: list[Any] = [worker_id, now_ms or 0, profile_signature, mode]
         for model, tier, size in changes:
             args += [model, tier, "" if size is None else int(size)]
-        reply = self._call("emp_residency", [self.keys.config], args)
-        return int(reply[0]), int(reply[1]), int(reply[2])
+        return "emp_residency", [self.keys.config], args
 
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,11 +110,15 @@ class Router:
     """Decides pools from a pools file and the pools' live state in Redis."""
 
     def __init__(self, client: Any, pools_file: PoolsFile,
-                 cache_seconds: float = CACHE_SECONDS) -> None:
+                 cache_seconds: float = CACHE_SECONDS,
+                 clock: Callable[[], float] | None = None) -> None:
         self.client = client
         self.pools_file = pools_file
         self.pools = pools_file.pools
         self.cache_seconds = cache_seconds
+        #: Seconds since the epoch, for live marks and the cache; the simulator passes
+        #: its virtual clock so the router sees the pools as of virtual time.
+        self.clock = clock
         #: (kind, name) -> (expires at, value); kinds: load, dur, warm.
         self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
 
@@ -122,7 +126,7 @@ class Router:
 
     def _read(self, wanted: list[tuple[str, ...]]) -> dict[tuple[str, ...], Any]:
         """Cached values of ``wanted`` items; the missing ones in one pipelined round trip."""
-        now = time.monotonic()
+        now = self.clock() if self.clock else time.monotonic()
         out: dict[tuple[str, ...], Any] = {}
         missing = []
         for item in wanted:
@@ -133,7 +137,7 @@ class Router:
                 missing.append(item)
         if not missing:
             return out
-        now_ms = int(time.time() * 1000)
+        now_ms = int((self.clock() if self.clock else time.time()) * 1000)
         with self.client.pipeline(transaction=False) as pipe:
             for item in missing:
                 if item[0] == "load":

@@ -399,6 +399,43 @@ def _next_steps(stack: Stack, running: bool) -> str:
     return ", ".join(steps) + "; the README's \"Using it\" shows the Python API."
 
 
+@main.command()
+@click.option("--day", is_flag=True, help="The built-in synthetic day (the default without "
+              "--trace or --quick).")
+@click.option("--quick", is_flag=True, help="A one-hour slice of the day (13:00-14:00).")
+@click.option("--trace", type=click.Path(exists=True, dir_okay=False),
+              help="A JSONL trace instead of the synthetic day (README, \"Simulator\").")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Volume and fleet multiplier (10: 100 -> 500 -> 100 machines).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--policies", default=",".join(
+    ["uniform", "pools", "pools+warm", "pools+warm+predictive"]), show_default=True,
+    help="Comma list of policies to compare.")
+@click.option("--out", type=click.Path(file_okay=False), default="sim-out", show_default=True,
+              help="Directory for summary.json, table.md and the charts.")
+@click.option("--pools-file", type=click.Path(exists=True, dir_okay=False),
+              help="Pools file (default: conf/pools.toml).")
+@click.option("--redis-url", "sim_redis_url", default=None,
+              help="A Redis to use (its database is EMPTIED); default: start a private one.")
+def simulate(day: bool, quick: bool, trace: str | None, scale: float, seed: int,
+             policies: str, out: str, pools_file: str | None,
+             sim_redis_url: str | None) -> None:
+    """Compare routing policies on a trace with the real Redis Functions in virtual time."""
+    from capability_router.simulator.run import simulate as run_simulation
+
+    try:
+        result = run_simulation(
+            redis_url=sim_redis_url, trace=trace, day=day or not quick, quick=quick,
+            scale=scale, seed=seed, policies=[p.strip() for p in policies.split(",") if p],
+            out=out, pools_path=pools_file, log=lambda line: click.echo(line, err=True))
+    except (ValueError, EmpError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(result["table"])
+    click.echo(result["json"])
+    for path in result["charts"]:
+        click.echo(f"chart: {path}", err=True)
+
+
 def _banner(stack: Stack, workers: int, data_dir: Path, is_recorded: bool) -> None:
     """What is up, and how other shells reach it."""
     from emp_tasks import stack_state

@@ -1,0 +1,166 @@
+"""The simulator: deterministic, right on a trace worked by hand, preloads ahead of demand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from capability_router.pools import DEFAULT_POOLS_FILE, load_pools_file, parse_pools
+from capability_router.simulator import POLICIES, Simulation, TraceJob, synthetic_day
+from capability_router.simulator.trace import Scenario, load_trace, write_trace
+
+ONE_POOL = """
+[pools.one]
+gpu = true
+gpu_memory_gb = [16, 24]
+storage_gb = 100
+durations_seconds = [0, 3600]
+services = ["text", "simulation"]
+price_per_hour = 1.0
+"""
+
+
+def one_pool():  # noqa: ANN201 - PoolsFile
+    return parse_pools(ONE_POOL, "one-pool.toml")
+
+
+def test_same_seed_same_result(client: redis.Redis) -> None:
+    """Every policy, run twice on the same seed, gives the same figures and claim order."""
+    pools_file = load_pools_file(DEFAULT_POOLS_FILE)
+    scenario = synthetic_day(seed=7, scale=0.3, start_hour=13, hours=0.25)
+    history = synthetic_day(seed=1007, scale=0.3, start_hour=12, hours=1.5).jobs
+    assert len(scenario.jobs) > 100
+    for policy in POLICIES.values():
+        runs = []
+        for _ in range(2):
+            result = Simulation(client, scenario, policy, pools_file, history=history).run()
+            summary = {k: v for k, v in result.summary.items() if k != "wall_seconds"}
+            runs.append((summary, result.record.claim_order, result.record.residency_log))
+        assert runs[0] == runs[1], policy.name
+        assert runs[0][0]["jobs"] == len(scenario.jobs)
+
+
+def test_synthetic_day_is_a_function_of_its_seed() -> None:
+    first = synthetic_day(seed=3, scale=0.2, start_hour=10, hours=1)
+    again = synthetic_day(seed=3, scale=0.2, start_hour=10, hours=1)
+    other = synthetic_day(seed=4, scale=0.2, start_hour=10, hours=1)
+    assert [j.as_dict() for j in first.jobs] == [j.as_dict() for j in again.jobs]
+    assert [j.as_dict() for j in first.jobs] != [j.as_dict() for j in other.jobs]
+    assert len(first.model_gb) >= 50
+    assert all(2 <= gb <= 25 for gb in first.model_gb.values())
+    assert min(first.fleet_by_hour) == 2 and max(first.fleet_by_hour) == 10
+
+
+def test_trace_worked_by_hand(client: redis.Redis, tmp_path) -> None:
+    """2 idle workers, 3 jobs without models (no load time), arriving at 1, 2 and 3 s,
+    running 10, 10 and 5 s. A woken worker claims 5 ms after the enqueue (WAKE_MS):
+    a waits 0.005 s, b 0.005 s; c waits for the first to finish, at 1.005 + 10 s,
+    so 8.005 s. Claims in arrival order; the last ends at 11.005 + 5 s."""
+    jobs = [TraceJob("a", 1.0, "text", 10.0), TraceJob("b", 2.0, "text", 10.0),
+            TraceJob("c", 3.0, "text", 5.0)]
+    path = tmp_path / "hand.jsonl"
+    write_trace(jobs, path)
+    scenario = load_trace(path)
+    scenario.fleet_by_hour = [2] * 24
+    result = Simulation(client, scenario, POLICIES["uniform"], one_pool()).run()
+    record = result.record
+    assert record.claim_order == ["a", "b", "c"]
+    waits = {job_id: round(o.started - o.arrival, 3) for job_id, o in record.jobs.items()}
+    assert waits == {"a": 0.005, "b": 0.005, "c": 8.005}
+    assert record.jobs["c"].completed == pytest.approx(16.005)
+    assert record.jobs["a"].worker != record.jobs["b"].worker
+    assert record.jobs["c"].worker == record.jobs["a"].worker
+    assert result.summary["completion"] == 1.0
+    assert result.summary["wait_p50_s"] == 0.005 and result.summary["wait_p99_s"] == 8.005
+    # The record in Redis went through the functions, in virtual time.
+    record_c = client.hgetall("emp:{default}:job:c")
+    assert record_c["status"] == "completed"
+    assert int(record_c["started_at"]) - int(record_c["created_at"]) == 8005
+
+
+def test_model_load_counts_in_the_wait(client: redis.Redis) -> None:
+    """One worker, one job on a 1 GB model it must download: 1/0.25 s download plus
+    1/1.0 s disk load = 5 s, then the run; the second job of that model finds it warm."""
+    jobs = [TraceJob("cold", 1.0, "text", 2.0, models=["m"]),
+            TraceJob("warm", 20.0, "text", 2.0, models=["m"])]
+    scenario = Scenario(jobs, {"m": 1.0}, [1] * 24, 0.0, 21.0)
+    result = Simulation(client, scenario, POLICIES["uniform"], one_pool()).run()
+    cold, warm = result.record.jobs["cold"], result.record.jobs["warm"]
+    assert cold.started - cold.arrival == pytest.approx(5.005)
+    assert not cold.warm and warm.warm
+    assert warm.started - warm.arrival == pytest.approx(0.005)
+    assert result.summary["downloads"] == 1 and result.summary["download_gb"] == 1.0
+    assert client.hget("emp:{default}:models:one-1", "m") == "gpu"
+
+
+def test_predictive_preloads_before_demand(client: redis.Redis) -> None:
+    """Yesterday, model "hot" was asked for every 20 s in the first hour; today its first
+    job comes at 10 min. The predictive policy has an idle worker load it before then
+    (a residency change in Redis), so that first job finds it warm; pools+warm does not."""
+    history = [TraceJob(f"h{i}", i * 20.0, "text", 2.0, models=["hot"]) for i in range(180)]
+    jobs = [TraceJob("first", 600.0, "text", 2.0, models=["hot"])]
+    scenario = Scenario(jobs, {"hot": 4.0}, [2] * 24, 0.0, 601.0)
+    predictive = Simulation(client, scenario, POLICIES["pools+warm+predictive"], one_pool(),
+                            history=history).run().record
+    preloads = [entry for entry in predictive.residency_log
+                if entry[2] == "hot" and entry[3] == "gpu" and entry[4] == "preload"]
+    assert preloads and preloads[0][0] < 600.0
+    assert predictive.preloads >= 1
+    assert predictive.jobs["first"].warm
+    assert predictive.jobs["first"].started - 600.0 < 0.1
+    plain = Simulation(client, scenario, POLICIES["pools+warm"], one_pool(),
+                       history=history).run().record
+    assert plain.preloads == 0 and not plain.jobs["first"].warm
+
+
+def test_elastic_policy_stays_within_the_uniform_budget(client: redis.Redis) -> None:
+    pools_file = load_pools_file(DEFAULT_POOLS_FILE)
+    scenario = synthetic_day(seed=5, scale=0.3, start_hour=13, hours=0.25)
+    uniform = Simulation(client, scenario, POLICIES["uniform"], pools_file).run()
+    elastic = Simulation(client, scenario, POLICIES["pools+warm+predictive"], pools_file,
+                         history=synthetic_day(1005, 0.3, 12, 1.5).jobs).run()
+    assert elastic.summary["machine_hours"] <= uniform.summary["machine_hours"] + 1e-9
+    for _, sample in elastic.record.samples:
+        assert sum(live for _, live, _ in sample.values()) <= max(scenario.fleet_by_hour)
+
+
+def test_emp_simulate_writes_the_table_json_and_charts(redis_server, client: redis.Redis,
+                                                       tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "small.jsonl"
+    write_trace(synthetic_day(seed=2, scale=0.2, start_hour=13, hours=0.1).jobs, trace)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "simulate", "--trace", str(trace), "--scale", "0.2", "--policies", "uniform,pools",
+        "--out", str(out), "--redis-url", redis_server.url])
+    assert result.exit_code == 0, result.output
+    assert "| uniform |" in result.output and "| pools |" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["policy"] for p in summary["policies"]] == ["uniform", "pools"]
+    assert all(p["completion"] == 1.0 for p in summary["policies"])
+    for name in ("sim-wait-cdf.png", "sim-queue-per-pool.png", "sim-machines-per-pool.png"):
+        assert (out / name).stat().st_size > 1000
+    bad = CliRunner().invoke(main, ["simulate", "--quick", "--policies", "nope",
+                                    "--redis-url", redis_server.url])
+    assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
+
+
+def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
+    """3 machines in hour 0, 1 from hour 1 on. At 3600 s two run jobs (from 3590 and
+    3591 s, 60 s each): the idle one stops at once, one busy one after its job (about
+    3650 s), and machine-hours count each machine until it stopped."""
+    jobs = [TraceJob("early", 10.0, "text", 5.0), TraceJob("long1", 3590.0, "text", 60.0),
+            TraceJob("long2", 3591.0, "text", 60.0), TraceJob("late", 4000.0, "text", 5.0)]
+    scenario = Scenario(jobs, {}, [3] + [1] * 23, 0.0, 4001.0)
+    result = Simulation(client, scenario, POLICIES["uniform"], one_pool()).run()
+    lives = {t: sample["default"][1] for t, sample in result.record.samples}
+    assert lives[3540.0] == 3 and lives[3600.0] == 2 and lives[3660.0] == 1
+    assert client.zcard("emp:{default}:workers") == 1
+    expected = (3600 + 3650.5 + 4001) / 3600
+    assert result.record.machine_hours == pytest.approx(expected, abs=0.001)
+    assert result.summary["completion"] == 1.0
