@@ -21,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from capability_router.errors import EmpError
 from capability_router.keys import Keys, idle_workers
 from emp_tasks import defaults
 from emp_tasks.connection import get_client
@@ -133,6 +134,24 @@ def start_redis(data_dir: Path) -> tuple[LocalRedis, list[str]]:
     return LocalRedis(data_dir, port=port).start(), notes
 
 
+#: The ``emp up`` option that sets each service's port.
+PORT_OPTIONS = {"api": "--api-port", "webhooks": "--webhook-port",
+                "monitor": "--monitor-port", "machine": "--health-port"}
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise EmpError naming the first taken port, before anything is started.
+
+    A service that cannot bind exits, but whatever else holds the port (another
+    stack's monitor) answers its health check: the stack would then run, and
+    its demo talk, against someone else's server.
+    """
+    for command, port in ports.items():
+        if not port_is_free(port):
+            raise EmpError(f"port {port} for the {command} is in use (another `emp up` or "
+                           f"server?); choose a free one with {PORT_OPTIONS[command]}")
+
+
 @contextmanager
 def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None = None,
                 machine_gpus: int = 0, redis_url: str | None = None) -> Iterator[Stack]:
@@ -140,6 +159,7 @@ def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None =
     the web services named in ``ports`` ({"api": 3331, "webhooks": 3332,
     "monitor": 3333, "machine": 9090}) and, with ``machine_gpus``, a local
     machine with that many mock GPUs."""
+    check_ports_free(ports or {})
     data_dir.mkdir(parents=True, exist_ok=True)
     server, notes, url = None, [], redis_url
     if not url:

@@ -31,7 +31,8 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "EMP_REDIS_URL"}
     env["EMP_LEASE_SECONDS"] = "5"
-    ports = ["--api-port", str(free_port()), "--webhook-port", str(free_port())]
+    ports = ["--api-port", str(free_port()), "--webhook-port", str(free_port()),
+             "--monitor-port", str(free_port())]
     done = subprocess.run([*EMP, "up", "--demo", "--data-dir", str(tmp_path), *ports],
                           capture_output=True, text=True, timeout=180,
                           env={**env, "PYTHONPATH": str(ROOT)})
@@ -41,6 +42,24 @@ def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path
     assert "emp submit simulation" in done.stdout
     assert "websocket: complete_job (success)" in done.stdout, "the API and its socket ran too"
     assert (tmp_path / "redis" / "appendonlydir").exists(), "append-only persistence is on"
+
+
+def test_up_refuses_a_taken_web_port_before_starting_anything(tmp_path) -> None:
+    """Tried: `emp up` with --monitor-port on a port another server listens on (as two
+    stacks on one machine do). The monitor could not bind and exited, the other server
+    answered its health check, and the demo ran against that one; now `emp up` stops
+    at once, naming the port and the option, and starts nothing."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("up", "--data-dir", str(tmp_path / "up"), "--api-port", str(free_port()),
+                   "--webhook-port", str(free_port()), "--monitor-port", str(port),
+                   env={"EMP_REDIS_URL": ""}, timeout=60)
+    assert done.returncode != 0
+    assert f"port {port} for the monitor is in use" in done.stderr
+    assert "--monitor-port" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "up").exists(), "nothing was started"
 
 
 def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
