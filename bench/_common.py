@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +87,20 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "mean": round(sum(values) / len(values), 3) if values else math.nan,
         "max": round(max(values), 3) if values else math.nan,
     }
+
+
+def paced(total: int, rate: float) -> Iterator[tuple[int, float]]:
+    """Open-loop schedule: yield (i, due) once request i is due, ``rate`` per second.
+
+    Latency counts from ``due``, whatever earlier requests did, so a stalled
+    server cannot hide its backlog (no coordinated omission)."""
+    start = time.perf_counter() + 0.05
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield i, due
 
 
 def verdict(ok: bool) -> str:

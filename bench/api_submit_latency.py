@@ -39,6 +39,7 @@ from bench._common import (  # noqa: E402
     ROOT,
     emit_json,
     group_cpu_seconds,
+    paced,
     start_redis,
     stop_worker,
     summary,
@@ -88,12 +89,7 @@ def open_loop(send: Callable[[int], str | None], seconds: float) -> dict[str, An
                 service.append((done - started) * 1000.0)
 
     with ThreadPoolExecutor(THREADS) as pool:
-        start = time.perf_counter() + 0.05
-        for i in range(total):
-            due = start + i / RATE
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        for i, due in paced(total, RATE):
             pool.submit(run, i, due)
     return {"latency_ms": summary(latencies), "service_ms": summary(service),
             "refused": refused, "sent": total}

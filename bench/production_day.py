@@ -89,6 +89,7 @@ from bench._common import (  # noqa: E402
     ROOT,
     emit_json,
     group_cpu_seconds,
+    paced,
     percentile,
     quick_args,
     start_redis,
@@ -512,12 +513,7 @@ class Submitter:
         total = int(seconds * RATE)
         pool = ThreadPoolExecutor(SENDER_THREADS)
         try:
-            start = time.perf_counter() + 0.05
-            for i in range(total):
-                due = start + i / RATE
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            for i, due in paced(total, RATE):
                 pool.submit(self.send, i, due)
                 self.sent += 1
         except BaseException:  # Ctrl-C: drop the queued submits, do not wait for them
