@@ -7,7 +7,8 @@ inputs from Redis, so ``/api/pools``, the monitor's Prometheus gauge
 
 * pending predicted work: the pool's ``unfinished_seconds`` (predicted seconds
   of pending and running jobs: counting the running ones errs towards
-  clearing the queue sooner);
+  clearing the queue sooner), and how many jobs that is (one job, one
+  worker: the backlog asks for no more workers than unfinished jobs);
 * the forecast: arrivals per second and mean predicted job seconds, as the
   leader last wrote them to ``emp:{<pool>}:forecast`` for when a new machine
   would be up (``startup_seconds`` ahead); none (0) while no leader runs, so
@@ -66,13 +67,15 @@ class PoolState:
     forecast: PoolForecast
     live_machines: int
     oldest_wait_seconds: float
+    backlog_jobs: int | None = None
 
     def demand(self) -> PoolDemand:
         return PoolDemand(
             pending_seconds=self.load.unfinished_seconds,
             arrival_rate=self.forecast.arrival_rate,
             mean_job_seconds=self.forecast.mean_job_seconds,
-            live_machines=self.live_machines, oldest_wait_seconds=self.oldest_wait_seconds)
+            live_machines=self.live_machines, oldest_wait_seconds=self.oldest_wait_seconds,
+            backlog_jobs=self.backlog_jobs)
 
 
 def count_machines(worker_records: Iterable[Mapping[str, Any]], workers_per_machine: int) -> int:
@@ -100,6 +103,8 @@ def read_states(client: Any, loads: Mapping[str, PoolLoad],
             keys = Keys(pool)
             pipe.hgetall(keys.forecast)
             pipe.zrange(keys.status_index("pending"), 0, 0, withscores=True)
+            for status in ("pending", "assigned", "in_progress"):  # the unfinished jobs
+                pipe.zcard(keys.status_index(status))
         replies = iter(pipe.execute())
     states = {}
     for pool in pools:
@@ -108,10 +113,11 @@ def read_states(client: Any, loads: Mapping[str, PoolLoad],
             forecast = PoolForecast()
         oldest = next(replies)
         oldest_wait = max(0.0, now - oldest[0][1] / 1000) if oldest else 0.0
+        backlog_jobs = sum(int(next(replies) or 0) for _ in range(3))
         policy = policies.get(pool) or ScalingPolicy()
         states[pool] = PoolState(loads[pool], forecast,
                                  count_machines(workers.get(pool, []), policy.workers_per_machine),
-                                 oldest_wait)
+                                 oldest_wait, backlog_jobs)
     return states
 
 

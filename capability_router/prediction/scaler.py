@@ -12,7 +12,8 @@ The sizing, per pool:
   second x mean predicted seconds, divided by the target utilization
   (queues grow without bound as utilization nears 1).
 * ``backlog`` workers clear the pending predicted work within the wait
-  target.
+  target, at most one per job of that work (one 10-minute job pending does
+  not ask for 60 workers).
 * desired machines = ceil((load + backlog) / workers per machine), within
   [min, max]. Scaling down is held back: at most ``scale_down_step``
   machines fewer than live per decision, and none while jobs wait longer
@@ -42,6 +43,9 @@ class PoolDemand:
     live_machines: int
     #: Longest current wait in the pool, seconds (0: nothing waits).
     oldest_wait_seconds: float = 0.0
+    #: Jobs that ``pending_seconds`` belongs to (None: unknown). One job uses one worker:
+    #: the backlog never asks for more workers than this, however long the jobs are.
+    backlog_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def desired_machines(demand: PoolDemand, policy: ScalingPolicy) -> int:
     wait = max(1.0, policy.wait_target_seconds)
     load = demand.arrival_rate * demand.mean_job_seconds / policy.target_utilization
     backlog = max(0.0, demand.pending_seconds) / wait
+    if demand.backlog_jobs is not None:
+        backlog = min(backlog, max(0, demand.backlog_jobs))
     workers = load + backlog
     wanted = math.ceil(workers / policy.workers_per_machine - 1e-9)
     if wanted < demand.live_machines:

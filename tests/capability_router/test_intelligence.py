@@ -260,10 +260,11 @@ def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
     path.write_text(SCALED)
     monkeypatch.setenv("EMP_POOLS_FILE", str(path))
     pools_file = parse_pools(SCALED, str(path))
-    # 60 s of predicted work pending in standard, nobody serving it: 60 / 10 s = 6 workers,
-    # capped at max_machines = 3; heavy has nothing: its minimum, 0.
+    # 60 s of predicted work in six pending jobs in standard, nobody serving it: 60 / 10 s =
+    # 6 workers (at most one a job), capped at max_machines = 3; heavy has nothing: 0.
     client.hset(Keys("standard").load, "unfinished_ms", 60_000)
-    client.zadd(Keys("standard").status_index("pending"), {"j1": time.time() * 1000 - 5000})
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
     view = {p["name"]: p for p in pools_view(client, pools_file)}
     assert view["standard"]["desired_machines"] == 3 and view["standard"]["live_machines"] == 0
     assert view["standard"]["scaling"]["max_machines"] == 3

@@ -44,6 +44,9 @@ def test_profile_learns_the_hour_of_day_and_predicts_it_next_day() -> None:
     # Idle pool with 10 machines: one fewer per decision, never under min.
     (PoolDemand(0, 0, 20, live_machines=10), ScalingPolicy(scale_down_step=1), 9),
     (PoolDemand(0, 0, 20, live_machines=1), ScalingPolicy(min_machines=1), 1),
+    # One 600 s job pending: 60 s of backlog per second of target, but one job uses one
+    # worker, so 1 machine (it asked for 60 before the cap).
+    (PoolDemand(600, 0, 600, live_machines=0, backlog_jobs=1), ScalingPolicy(), 1),
     # Jobs waiting longer than the target: release nothing even if the forecast is low.
     (PoolDemand(5, 0.0, 20, live_machines=10, oldest_wait_seconds=30), ScalingPolicy(), 10),
 ])
