@@ -447,19 +447,21 @@ class QueueFunctions:
                                 [job_id, attempt, json.dumps(details)]))
 
     def complete(self, job_id: str, attempt: int | str, result: Any,
-                 now_ms: int | None = None) -> str:
+                 now_ms: int | None = None, load_ms: int = 0) -> str:
         """Record success ('ok'), or return the status that refuses it (fencing).
 
-        The run (``started_at`` to now) teaches the duration model when the
-        record has a ``duration_key`` and ``work_units``."""
-        return _text(self._call(*self.complete_call(job_id, attempt, result, now_ms)))
+        The run (``started_at`` to now, less ``load_ms`` spent loading models)
+        teaches the duration model when the record has a ``duration_key`` and
+        ``work_units``."""
+        return _text(self._call(*self.complete_call(job_id, attempt, result, now_ms, load_ms)))
 
     def complete_call(self, job_id: str, attempt: int | str, result: Any,
-                      now_ms: int | None = None) -> tuple[str, list[str], list[Any]]:
+                      now_ms: int | None = None, load_ms: int = 0,
+                      ) -> tuple[str, list[str], list[Any]]:
         """(function, KEYS, ARGV) of a completion, for callers that pipeline it."""
         k = self.keys
         return ("emp_complete", [k.config, k.job(job_id)],
-                [job_id, attempt, result_summary(result), now_ms or 0])
+                [job_id, attempt, result_summary(result), now_ms or 0, max(0, int(load_ms))])
 
     def fail(self, job_id: str, attempt: int | str, error: str) -> str:
         k = self.keys

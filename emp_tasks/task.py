@@ -177,7 +177,8 @@ class EmpTask(Task):
             with tracing.span("run", task_id, traced):
                 retval = self._recorded(context,
                                         lambda: super(EmpTask, self).__call__(*args, **kwargs))
-        if context.functions.complete(task_id, context.attempt, retval) != "ok":
+        if context.functions.complete(task_id, context.attempt, retval,
+                                      load_ms=load_ms_of(retval)) != "ok":
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that
             # holds the job.
@@ -235,6 +236,16 @@ class EmpTask(Task):
             # autoretry clears it only after a retry that was sent: one job's limit would
             # become the next job's.
             self.__dict__.pop("override_max_retries", None)
+
+
+def load_ms_of(retval: Any) -> int:
+    """Milliseconds of the run its service spent loading models, as a connector's result
+    reports them (``load_seconds``); 0 when it says nothing."""
+    try:
+        seconds = float(retval.get("load_seconds") or 0) if isinstance(retval, Mapping) else 0.0
+    except (TypeError, ValueError):
+        return 0
+    return int(seconds * 1000) if 0 < seconds < 86_400 else 0
 
 
 __all__ = ["EmpTask"]

@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '9'
+local VERSION = '10'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1779,6 +1779,8 @@ end
 --[[ emp_complete
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] attempt  ARGV[3] result JSON  ARGV[4] now (optional)
+ARGV[5] ms of the run spent loading models (optional): left out of what the
+duration model learns, so a cold run does not teach warm runs its load time
 Removes ``last_error`` left by earlier attempts (their errors stay in the
 job's events). Counted in the pool's minute (observe): done, run time,
 routing accuracy. Returns 'ok', or the status that refused the completion
@@ -1792,7 +1794,7 @@ local function emp_complete(keys, args)
     return refused
   end
   local now = now_ms(args[4])
-  learn_duration(P, f[4], f[5], f[6], tonumber(now))
+  learn_duration(P, f[4], f[5], f[6], tonumber(now) - math.max(0, tonumber(args[5]) or 0))
   -- An earlier attempt's error would contradict 'completed'; the job's events keep it.
   redis.call('HDEL', keys[2], 'last_error')
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},

@@ -78,6 +78,24 @@ def test_short_image_and_video_jobs_run_in_fast_standard_and_heavy(
 
 
 @pytest.mark.timeout(120)
+def test_a_cold_runs_model_load_is_not_learnt_as_run_time(
+        app, client: redis.Redis, start_worker, pools_file: Path) -> None:
+    """Tried: a short job whose model the worker loads from disk first (1.5 s) and then
+    runs 0.2 s. The duration model learnt the whole 1.7 s, so warm runs of the same kind
+    were predicted (and routed) as if every one loaded its model; now the load the
+    connector reports (load_seconds) is left out."""
+    start_worker("w-fast", wait=False, WORKER_POOLS="fast", EMP_SIMULATION_MODELS="m-x",
+                 EMP_SIMULATION_DISK_LOAD_SECONDS="1.5").wait_ready(namespace="fast")
+    job_id = submit(app, {**SHORT, "duration": 0.2, "models": ["m-x"]})
+    record = finished(app, job_id)
+    assert record["pool"] == "fast" and record["result"]["load_seconds"] == 1.5
+    router = Router(client, load_pools_file(pools_file), cache_seconds=0)
+    estimate, _ = router.estimate("simulation", [], SHORT, SIZE_FEATURES)
+    assert estimate.source == "learned" and estimate.runs == 1
+    assert estimate.seconds < 1.0, estimate  # 0.2 s run; 1.7 s with the load counted
+
+
+@pytest.mark.timeout(120)
 def test_spill_over_to_an_idle_bigger_pool_and_its_limit(app, client: redis.Redis,
                                                          workers) -> None:
     # Three image jobs named into standard: its one worker has 30 s of predicted work.
