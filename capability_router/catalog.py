@@ -72,7 +72,10 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
     if body.get("name") not in (None, name):
         raise InvalidModel(f"name: {body['name']!r} differs from the path's {name!r}")
     url = body.get("url")
-    parsed = urlparse(url) if isinstance(url, str) else None
+    try:
+        parsed = urlparse(url) if isinstance(url, str) else None
+    except ValueError:  # an unmatched '[' ("Invalid IPv6 URL")
+        parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidModel(f"url must be an http(s) URL, got {url!r}")
     size = body.get("size")

@@ -51,6 +51,9 @@ def test_cross_site_actions_are_refused_and_change_nothing(
          "cross-site"),
         (f"/emp/api/jobs/{stuck.id}/cancel", {"Sec-Fetch-Site": "cross-site"}, 403,
          "cross-site"),
+        # An Origin that does not parse (unmatched '['): was a 500.
+        ("/emp/api/submit", {"Content-Type": "application/json", "Origin": "http://[evil"},
+         403, "cross-site"),
     ]
     for path, headers, status, words in forged:
         reply = requests.post(monitor.base + path, data=body, headers=headers, auth=credentials,

@@ -125,7 +125,7 @@ class ActionHandler(JsonHandler):
         if site and site != "same-origin":
             raise tornado.web.HTTPError(403, f"cross-site request refused (Sec-Fetch-Site: "
                                              f"{site})")
-        if not site and origin and urlparse(origin).netloc != self.request.host:
+        if not site and origin and _netloc(origin) != self.request.host:
             raise tornado.web.HTTPError(403, "cross-site request refused (Origin is not this "
                                              "monitor)")
         super().check_xsrf_cookie()
@@ -140,3 +140,10 @@ class ActionHandler(JsonHandler):
                 raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
                                                  f"not {media_type!r}")
 
+
+def _netloc(url: str) -> str | None:
+    """The host[:port] of ``url``; None when it does not parse (an unmatched '[')."""
+    try:
+        return urlparse(url).netloc
+    except ValueError:
+        return None
