@@ -61,8 +61,12 @@ def library_version(source: str | None = None) -> str:
     return _VERSION_RE.search(source or library_source())[1]
 
 
-def _loaded_versions(client: redis.Redis) -> list[str | None]:
-    """The library version each master holds (one entry on a plain server).
+def loaded_versions(client: redis.Redis, function: str = "emp_version") -> list[str | None]:
+    """What the keyless version ``function`` of a library answers on each master (one
+    entry on a plain server; None where the library is missing).
+
+    A keyless FCALL goes to any one node of a cluster, which says nothing of
+    the master of the slot a later call needs: ask every master.
 
     On a cluster, ``FUNCTION LOAD`` goes to every master (redis-py's default
     for it) and replicas get it by replication, so a promoted replica has it.
@@ -71,7 +75,7 @@ def _loaded_versions(client: redis.Redis) -> list[str | None]:
     versions = []
     for target in targets:
         try:
-            loaded = client.execute_command("FCALL_RO", "emp_version", 0, **target)
+            loaded = client.execute_command("FCALL_RO", function, 0, **target)
         except redis.ResponseError:
             loaded = None
         versions.append(loaded.decode() if isinstance(loaded, bytes) else loaded)
@@ -81,7 +85,7 @@ def _loaded_versions(client: redis.Redis) -> list[str | None]:
 def ensure_library(client: redis.Redis) -> bool:
     """Load the library unless the server (every master) has this version; True if loaded."""
     source = library_source()
-    if all(v == library_version(source) for v in _loaded_versions(client)):
+    if all(v == library_version(source) for v in loaded_versions(client)):
         return False
     try:
         client.function_load(source, replace=True)

@@ -31,6 +31,7 @@ from importlib import resources
 
 import redis
 
+from capability_router.functions import loaded_versions
 from capability_router.keys import Keys
 from capability_router.states import TERMINAL
 from webapp.auth import Principal
@@ -70,13 +71,11 @@ def library_source() -> str:
 
 
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server has this version; True if loaded."""
+    """Load the library unless the server (every master of a cluster) has this version;
+    True if loaded."""
     source = library_source()
-    try:
-        loaded = client.fcall_ro("emp_limits_version", 0)
-    except redis.ResponseError:
-        loaded = None
-    if loaded == _VERSION_RE.search(source)[1]:
+    wanted = _VERSION_RE.search(source)[1]
+    if all(v == wanted for v in loaded_versions(client, "emp_limits_version")):
         return False
     client.function_load(source, replace=True)
     return True

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from capability_router.functions import loaded_versions
 from webapp.webhooks import keys
 
 _VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
@@ -33,13 +34,11 @@ def library_source() -> str:
 
 
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server has this version; True if loaded."""
+    """Load the library unless the server (every master of a cluster) has this version;
+    True if loaded (one master having it said nothing of a hook's slot's master)."""
     source = library_source()
-    try:
-        loaded = client.fcall_ro("emp_wh_version", 0)
-    except redis.ResponseError:
-        loaded = None
-    if loaded == _VERSION_RE.search(source)[1]:
+    wanted = _VERSION_RE.search(source)[1]
+    if all(v == wanted for v in loaded_versions(client, "emp_wh_version")):
         return False
     client.function_load(source, replace=True)
     return True
