@@ -217,3 +217,30 @@ def test_monitor_gets_full_state_and_live_events(start_server, start_worker, cli
         assert receive(ws)["type"] == "error"
     finally:
         ws.close()
+
+
+def test_a_burst_reaches_every_monitor_in_order_one_message_per_event(start_server,
+                                                                      client) -> None:
+    """Tried: 3,000 events appended to the pool's log at once while two monitors watch (the
+    API writes them in batches, encoded once for both): each monitor gets every event, once,
+    in log order, each as its own message."""
+    api = start_server("api", **TOKENS)
+    monitors = [connect(api, f"/ws/monitor/burst-{i}", "tok-admin") for i in range(2)]
+    try:
+        for ws in monitors:
+            assert receive(ws)["type"] == "connection_established"
+        time.sleep(0.5)  # the reader follows the pool from its current end
+        events = Keys("default").events
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(3000):
+                pipe.xadd(events, {"event": "update_job_progress", "job_id": f"burst-{i % 7}",
+                                   "data": json.dumps({"progress": i})})
+            ids = pipe.execute()
+        for ws in monitors:
+            got = collect_until(ws, lambda m, last=ids[-1]: m.get("event_id") == last)
+            progress = [m for m in got if m["type"] == "update_job_progress"]
+            assert [m["event_id"] for m in progress] == ids
+            assert [m["progress"] for m in progress] == list(range(3000))
+    finally:
+        for ws in monitors:
+            ws.close()

@@ -19,7 +19,7 @@ from webapp.api.events import EventHub, Subscription
 from webapp.api.messages import error_message, monitor_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
 from webapp.api.session import Session, refuse
-from webapp.api.snapshot import full_state, system_stats
+from webapp.api.snapshot import full_state, shared_system_stats
 from webapp.backend import Backend
 
 TOPICS = frozenset({"workers", "machines", "jobs", "system_stats", "heartbeat"})
@@ -35,7 +35,7 @@ class MonitorConnection:
         self.topics = set(TOPICS)
         sub = Subscription(system=True, info={"monitor_id": monitor_id, "kind": "monitor",
                                               "connected_at": int(time.time() * 1000)})
-        self.session = Session(ws, hub, sub, monitor_message)
+        self.session = Session(ws, hub, sub, monitor_message, shared="monitor")
 
     def run(self, last_event_id: str | None) -> None:
         try:
@@ -65,7 +65,7 @@ class MonitorConnection:
         now = int(time.time() * 1000)
         if "system_stats" in self.topics:
             self.session.send({"type": "system_stats", "timestamp": now,
-                               **system_stats(self.backend, self.hub)})
+                               **shared_system_stats(self.backend, self.hub)})
         if "heartbeat" in self.topics:
             self.session.send({"type": "heartbeat", "timestamp": now})
 

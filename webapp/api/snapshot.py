@@ -6,6 +6,8 @@ the keyspace. Active and pending lists are capped; finished jobs are paged.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from capability_router.keys import Keys
@@ -17,6 +19,10 @@ from webapp.backend import Backend
 
 #: Most pending or active jobs a snapshot lists.
 LIVE_LIMIT = 200
+#: Seconds a process's ``system_stats`` is shared by its monitor sockets.
+STATS_MAX_AGE_SECONDS = 1.0
+_stats_lock = threading.Lock()
+_stats: dict[int, tuple[float, dict[str, Any]]] = {}
 
 
 def _jobs(backend: Backend, namespaces: list[str], status: str, start: int,
@@ -51,15 +57,28 @@ def system_stats(backend: Backend, hub: EventHub, namespaces: list[str] | None =
     """Counts for the monitor; a snapshot passes what it already read."""
     namespaces = namespaces if namespaces is not None else hub.namespaces()
     workers = workers if workers is not None else backend.registry.workers()
-    connections = hub.connections()
     return {
         "jobs": counts if counts is not None else status_counts(backend, namespaces),
         "workers": {"total": len(workers),
                     "busy": sum(1 for w in workers if w.get("status") == "busy")},
         "machines": len({w.get("machine_id") for w in workers}),
-        "connections": {k: len(v) for k, v in connections.items()},
+        "connections": hub.connection_counts(),
         "pools": namespaces,
     }
+
+
+def shared_system_stats(backend: Backend, hub: EventHub) -> dict[str, Any]:
+    """``system_stats`` at most ``STATS_MAX_AGE_SECONDS`` old: every monitor socket of a
+    process ticks every 5 s, and each tick's reads need not be its own."""
+    now = time.monotonic()
+    with _stats_lock:
+        cached = _stats.get(id(hub))
+    if cached is not None and now - cached[0] < STATS_MAX_AGE_SECONDS:
+        return cached[1]
+    stats = system_stats(backend, hub)
+    with _stats_lock:
+        _stats[id(hub)] = (now, stats)
+    return stats
 
 
 def full_state(backend: Backend, hub: EventHub, page: int, page_size: int) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class EventStream(MonitorHandler):
         subscription = Subscription(system=True, info={
             "monitor_id": f"monitor-ui-{next(_ids)}", "kind": "monitor", "transport": "sse",
             "remote": self.request.remote_ip, "connected_at": int(time.time() * 1000)})
-        session = Session(sink, self.state.hub, subscription, monitor_message)
+        session = Session(sink, self.state.hub, subscription, monitor_message, shared="monitor")
         await self.blocking(session.start)
         await self.blocking(session.follow_all, last_id)
         try:
