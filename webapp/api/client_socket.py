@@ -22,7 +22,7 @@ from emp_tasks import producer
 from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription
 from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
-from webapp.api.limits import SOCKET_RENEW_SECONDS, Limited, Limits, SocketPlace
+from webapp.api.limits import Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
 from webapp.api.session import Session, close_socket, refuse
@@ -87,29 +87,24 @@ class ClientConnection:
             for member in self.backend.redis.smembers(self.key):
                 namespace, _, job_id = member.partition("|")
                 self._follow(job_id, last_event_id, namespace)
-        renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
+        if self.place is not None:
+            self.limits.renewer.add(self.place, self._place_lost)
         try:
             while not self.session.closed:
-                # Wakes to renew the socket's place; a close by the sender ends the wait.
+                # Wakes now and then to notice a close by the sender (or the renewer).
                 text = self.ws.receive(timeout=5)
                 if text is not None:
                     self.handle(text)
-                if self.place is not None and time.monotonic() >= renew_at:
-                    self._renew_place()
-                    renew_at = time.monotonic() + SOCKET_RENEW_SECONDS
         except ConnectionClosed:
             pass
         finally:
             self.session.close()
 
-    def _renew_place(self) -> None:
-        """Keep this socket's place; one lost meanwhile (a stalled process) ends it."""
-        try:
-            self.place.renew()
-        except Limited as exc:
-            self.session.send(error_message(str(exc), status=429))
-            self.session.close()
-            close_socket(self.ws, CLOSE_TRY_LATER, "too many sockets")
+    def _place_lost(self, exc: Limited) -> None:
+        """This socket's place was lost meanwhile (a stalled process): it ends."""
+        self.session.send(error_message(str(exc), status=429))
+        self.session.close()
+        close_socket(self.ws, CLOSE_TRY_LATER, "too many sockets")
 
     def handle(self, text: str | bytes) -> None:
         try:

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 NAMESPACE_REFRESH_SECONDS = 5.0
 #: Events a subscription may hold unread before it is dropped as too slow.
 SUBSCRIPTION_BACKLOG = 10_000
+#: Seconds the reader waits after a read that found events, so the next read (and the
+#: sockets' writes) take several at a time rather than one each: at most this much delay.
+READ_COALESCE_SECONDS = 0.005
 #: Where each API process lists its open sockets (several processes share a port).
 CONNECTIONS_KEY = "emp:ws:connections"
 #: A process's list expires unless refreshed this often (seconds) by its reader thread.
@@ -337,6 +340,8 @@ class EventHub:
                 self._dispatch(Event.from_entry(entry_id, fields, namespace))
             with self._lock:
                 self._cursors[stream] = entries[-1][0]
+        if reply:
+            time.sleep(READ_COALESCE_SECONDS)
 
     def _xread(self, reader: redis.Redis, cursors: dict[str, str]) -> list[Any]:
         """XREAD of every stream; on a cluster, one XREAD per slot.

@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ CLOSE_REFUSED = 1008
 CLOSE_WAIT_SECONDS = 1.0
 #: Events a sender takes from its queue at a time and writes with one socket write.
 BATCH = 200
+#: Seconds a shared-feed (monitor) sender lets events gather before writing them: at
+#: 1,300 events/s, ~25 events per write instead of one, for 20 ms of added delay.
+COALESCE_SECONDS = 0.02
 
 
 def send_texts(ws: Any, texts: list[str]) -> None:
@@ -177,6 +181,8 @@ class Session:
                 self._drop("too far behind; reconnect with your last event_id")
                 break
             items = [self.sub.queue.get()]
+            if self.shared is not None and items[0] is not _WAKE:
+                time.sleep(COALESCE_SECONDS)
             while len(items) < BATCH:
                 try:
                     items.append(self.sub.queue.get_nowait())
