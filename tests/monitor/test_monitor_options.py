@@ -1,0 +1,29 @@
+"""``emp monitor``'s Flower options: its own defaults, and Flower's ways to change them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = ("import sys; from webapp.monitor import flower_options; "
+         "o = flower_options(sys.argv[1:], None, None); print(o.max_tasks, o.port)")
+
+
+def options_of(*argv: str, **env: str) -> tuple[int, int]:
+    """Options as a fresh process parses them (Flower's options are process globals)."""
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=60, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ((), {}, (10_000, 3333)),  # Celery's event-state bound, not Flower's 100,000
+    (("--max_tasks=500",), {}, (500, 3333)),
+    ((), {"FLOWER_MAX_TASKS": "2000", "FLOWER_PORT": "4444"}, (2000, 4444)),
+])
+def test_the_task_history_kept_in_memory_is_bounded_by_default(argv, env, expected) -> None:
+    """Tried: no options, --max_tasks on the command line, FLOWER_* variables."""
+    assert options_of(*argv, **env) == expected
