@@ -459,6 +459,19 @@ REPLAYED = {"description": "true when this answer is the stored answer to an ear
             "schema": {"type": "string", "enum": ["true"]}}
 
 
+#: What a client can do next with a job it submitted (OpenAPI links; schemathesis's
+#: stateful run follows them).
+SUBMITTED_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id"},
+           "description": description}
+    for name, operation, description in [
+        ("ReadJob", "getJob", "Read the job just submitted."),
+        ("CancelJob", "cancelJob", "Cancel it."),
+        ("RetryJob", "retryJob", "Run it again once it failed or was cancelled."),
+    ]
+}
+
+
 def _paths() -> dict[str, Any]:
     job_id = _path("job_id", "The job id.")
     model = {"name": "name", "in": "path", "required": True, "description": "Model name.",
@@ -472,7 +485,8 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref("JobSubmission")}}},
                 "responses": {"201": {**_json(_ref("Submitted"), "Queued."),
-                                      "headers": {"Idempotent-Replayed": REPLAYED}},
+                                      "headers": {"Idempotent-Replayed": REPLAYED},
+                                      "links": SUBMITTED_LINKS},
                               **_r("400", "401", "403", "409", "413", "415", "422",
                                    "429")},
             },
