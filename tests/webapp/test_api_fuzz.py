@@ -3,6 +3,8 @@
 Every operation gets valid and invalid requests (as an admin). No answer may
 be a 5xx; every answer must be a documented status with a body matching its
 schema; requests the document calls invalid must be refused with a 4xx.
+Then sequences of calls along the document's links (submit, then read, cancel
+or retry that job), with the same checks and schemathesis's stateful ones.
 Bounded: 30 examples per operation and mode (``EMP_FUZZ_EXAMPLES`` raises it),
 derandomized so CI runs are repeatable.
 """
@@ -10,6 +12,7 @@ derandomized so CI runs are repeatable.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 import requests
@@ -50,6 +53,7 @@ def test_api_answers_every_generated_request_as_documented(client, start_server)
     assert {operation.label for operation in operations} == documented
     assert len(documented) >= 15  # jobs, machines, pools (and their metrics), models, ...
 
+    sent: Counter[str] = Counter()
     for operation in operations:
         modes = [GenerationMode.POSITIVE]
         if len(operation.query) or len(operation.path_parameters) or len(operation.body):
@@ -61,10 +65,12 @@ def test_api_answers_every_generated_request_as_documented(client, start_server)
                       phases=[Phase.explicit, Phase.generate, Phase.shrink],
                       suppress_health_check=list(HealthCheck))
             def answers_as_documented(case: schemathesis.Case) -> None:
+                sent[case.operation.label] += 1
                 case.call_and_validate(base_url=server.base, session=session, headers=headers,
                                        checks=CHECKS)
 
             answers_as_documented()
+    print(f"stateless run: {sum(sent.values())} requests over {len(sent)} operations")
 
 
 @pytest.mark.timeout(max(240, EXAMPLES * 8))
@@ -106,6 +112,7 @@ def test_api_sequences_along_the_documents_links_answer_as_documented(client,
                                    phases=[Phase.generate],  # a live server: no replays
                                    derandomize=True, database=None,
                                    suppress_health_check=list(HealthCheck)))
+    print(f"stateful run: {len(calls)} calls, {dict(Counter(calls))}")
     followed = {label for label in calls if label != "POST /api/jobs"}
     assert "POST /api/jobs" in calls and followed & {
         "GET /api/jobs/{job_id}", "POST /api/jobs/{job_id}/cancel",
