@@ -31,8 +31,9 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from emp_tasks.tracing import JOB_ID, trace_ids
 
-#: Longest a process's exit, or a pool process's shutdown, waits for its last spans.
-EXIT_FLUSH_SECONDS = 2.0
+#: Longest a process's exit, or a pool process's shutdown, waits for its last spans (2 s
+#: was too short for a first export on a loaded machine: a script's spans were lost).
+EXIT_FLUSH_SECONDS = 5.0
 
 #: The job whose root span is being started: its ids come from the job id.
 _root_of: contextvars.ContextVar[str | None] = contextvars.ContextVar("emp_root_of", default=None)

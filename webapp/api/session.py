@@ -35,8 +35,9 @@ _WAKE = object()
 CLOSE_REFUSED = 1008
 
 
-#: Seconds a server-side close waits for the client's close reply.
-CLOSE_WAIT_SECONDS = 1.0
+#: Seconds a server-side close waits for the client's close reply (a client that answers
+#: ends it at once; 1 s was too short on a loaded machine: the reset lost the error sent).
+CLOSE_WAIT_SECONDS = 5.0
 #: Events a sender takes from its queue at a time and writes with one socket write.
 BATCH = 200
 #: Seconds a shared-feed (monitor) sender lets events gather before writing them: at
