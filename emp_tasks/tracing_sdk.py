@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import os
+import queue
 import random
 import threading
 from collections.abc import Iterator
@@ -77,6 +78,10 @@ class JobTracer:
         self.tracer = self.provider.get_tracer("emp_tasks")
         self._shut = False
         self._pid = os.getpid()
+        # Python 3.12 refuses to start a thread at exit: the flushing thread waits from now.
+        self._flush_requests: queue.SimpleQueue[threading.Event] = queue.SimpleQueue()
+        threading.Thread(target=self._flush_when_asked, daemon=True,
+                         name="emp-trace-flush").start()
         atexit.register(self.flush_at_exit)
         _flush_on_pool_shutdown(self)
 
@@ -124,15 +129,23 @@ class JobTracer:
                                       attributes={JOB_ID: job_id, **(attributes or {})})
         span.end(end_time=max(start_ns, end_ns))
 
+    def _flush_when_asked(self) -> None:
+        while True:
+            done = self._flush_requests.get()
+            try:
+                self.provider.force_flush()
+            finally:
+                done.set()
+
     def flush_at_exit(self, timeout_seconds: float = EXIT_FLUSH_SECONDS) -> None:
         """Send the queued spans, waiting at most ``timeout_seconds`` (the SDK's
-        ``force_flush`` ignores its timeout); the export thread is a daemon."""
+        ``force_flush`` ignores its timeout, and a collector that is down would hold
+        the exit for the exporter's 10 s): the flushing thread is a daemon."""
         if self._shut or os.getpid() != self._pid:
             return  # a forked child inherits this hook, and a copy of the parent's queue
-        flusher = threading.Thread(target=self.provider.force_flush, daemon=True,
-                                   name="emp-trace-flush")
-        flusher.start()
-        flusher.join(timeout_seconds)
+        done = threading.Event()
+        self._flush_requests.put(done)
+        done.wait(timeout_seconds)
 
     def shutdown(self) -> None:
         """Flush and stop (tests and benchmarks that switch tracing in one process)."""
