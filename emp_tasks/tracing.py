@@ -149,9 +149,14 @@ def record_wait(context: Any, service: str, worker_id: str,
     if created and assigned:
         # A retried job waited again from when its retry was due, not from its submit.
         since = max(float(created), float(retry_at or 0))
-        tracer.record("wait", context.job_id, int(since * 1_000_000),
-                      int(float(assigned) * 1_000_000), attributes)
+        tracer.record("wait", context.job_id, ms_to_ns(since), ms_to_ns(assigned), attributes)
     return attributes
+
+
+def ms_to_ns(ms: float | str) -> int:
+    """Epoch ms as ns, exact to the µs: ``ms * 1e6`` in floats is not (1,796,129,858,481 ms
+    became ...480,999,936 ns, a millisecond earlier once truncated)."""
+    return round(float(ms) * 1000) * 1000
 
 
 __all__ = ["ENDPOINT_VARIABLES", "current_span", "job_tracer", "record_wait", "reset",

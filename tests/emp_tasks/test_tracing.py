@@ -255,3 +255,13 @@ def test_spans_leave_at_exit_without_waiting_for_the_batch_delay(
     assert set(job_spans(sink, job_id)) == {"submit", "routing"}  # sent at the script's exit
     worker.stop()  # warm shutdown, well within the 5 s batch delay
     assert {"wait", "preparing", "run"} <= set(job_spans(sink, job_id)), worker.log_path.read_text()
+
+
+def test_record_times_become_span_times_exactly() -> None:
+    """Tried: 1,796,129,858,481 ms (a job's created_at on 2026-12-01), which ``ms * 1e6`` in
+    floats made 1,796,129,858,480,999,936 ns: the wait span began a millisecond before the
+    job's submit span (a clean-clone run failed on it)."""
+    from emp_tasks.tracing import ms_to_ns
+
+    assert ms_to_ns("1796129858481") == 1_796_129_858_481_000_000
+    assert ms_to_ns(1796129858481.5) == 1_796_129_858_481_500_000
