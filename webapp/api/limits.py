@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
@@ -187,6 +188,12 @@ class Limits:
         return place
 
 
+def sockets_refusal(most: int, retry_ms: int) -> Limited:
+    """The refusal of a socket place: the customer already has ``most`` open."""
+    return Limited("sockets", retry_ms, f"this customer has {most} sockets open, its limit; "
+                                        "close one first")
+
+
 def _member(pool: str, job_id: str, class_signature: str) -> str:
     return f"{pool}|{job_id}|{class_signature}"
 
@@ -203,8 +210,7 @@ class SocketPlace:
         reply = self.limits.call("emp_limit_open_socket", [self.key], most,
                                   self.connection_id, SOCKET_LEASE_MS)
         if reply[0] == 0:
-            raise Limited("sockets", int(reply[2]), f"this customer has {most} sockets open, "
-                                                     "its limit; close one first")
+            raise sockets_refusal(most, int(reply[2]))
 
     def close(self) -> None:
         self.limits.renewer.remove(self)
@@ -244,7 +250,7 @@ class SocketRenewer:
 
     def _run(self) -> None:
         while True:
-            threading.Event().wait(self.every)
+            time.sleep(self.every)
             try:
                 self.renew_all()
             except redis.RedisError as exc:  # the leases outlast a few failed rounds
@@ -269,6 +275,5 @@ class SocketRenewer:
                 continue
             if reply[0] == 0:
                 self.remove(place)
-                most = self.limits.of(place.customer_id).sockets
-                on_lost(Limited("sockets", int(reply[2]), f"this customer has {most} sockets "
-                                                           "open, its limit; close one first"))
+                on_lost(sockets_refusal(self.limits.of(place.customer_id).sockets,
+                                        int(reply[2])))
