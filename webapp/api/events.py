@@ -233,12 +233,17 @@ class EventHub:
         except redis.RedisError:  # the reader thread's refresh corrects it
             logger.debug("could not update the connection list", exc_info=True)
 
+    def _live_process_keys(self) -> list[str]:
+        """The connection lists of API processes that refreshed theirs lately."""
+        client = self.client
+        client.zremrangebyscore(CONNECTIONS_KEY, "-inf", time.time() - CONNECTIONS_TTL_SECONDS)
+        return client.zrange(CONNECTIONS_KEY, 0, -1)
+
     def connections(self) -> dict[str, list[dict[str, Any]]]:
         """Open WebSocket connections of every API process, for ``GET /api/connections``."""
         client = self.client
-        client.zremrangebyscore(CONNECTIONS_KEY, "-inf", time.time() - CONNECTIONS_TTL_SECONDS)
         out: dict[str, list[dict[str, Any]]] = {"clients": [], "monitors": []}
-        for key in client.zrange(CONNECTIONS_KEY, 0, -1):
+        for key in self._live_process_keys():
             for row in client.hvals(key):
                 info = json.loads(row)
                 out["monitors" if info.get("kind") == "monitor" else "clients"].append(info)
@@ -247,8 +252,7 @@ class EventHub:
     def connection_counts(self) -> dict[str, int]:
         """Open WebSockets of every API process by kind, without reading each one's row."""
         client = self.client
-        client.zremrangebyscore(CONNECTIONS_KEY, "-inf", time.time() - CONNECTIONS_TTL_SECONDS)
-        keys = client.zrange(CONNECTIONS_KEY, 0, -1)
+        keys = self._live_process_keys()
         stale = set(client.hkeys(CONNECTION_COUNTS_KEY)) - set(keys)  # processes gone
         if stale:
             client.hdel(CONNECTION_COUNTS_KEY, *stale)
