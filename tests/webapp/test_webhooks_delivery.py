@@ -407,7 +407,12 @@ def test_backlog_is_bounded_and_drops_are_counted(client, start_server, receiver
     while not (seen and seen[-1]["dropped_events"] == 2) and time.monotonic() < deadline:
         seen.append(get(server, stats_path))
         time.sleep(0.05)
-    assert seen[-1]["dropped_events"] == 2, (seen[-1], server.log())
+    queued = client.lrange(keys.queue(hook["id"]), 0, -1)
+    log = client.zrange(keys.log(hook["id"]), 0, -1)
+    records = [(did in queued, client.hmget(keys.delivery(did), "job_id", "status", "attempts"),
+                client.lrange(keys.attempts(did), 0, -1)) for did in log]
+    group = client.xinfo_groups(Keys("default").events)
+    assert seen[-1]["dropped_events"] == 2, (seen[-1], records, group, server.log()[-4000:])
     assert get(server, stats_path)["pending_deliveries"] == 3
     sink.start()
     wait_for(lambda: len(sink.delivered()) == 3, message="the three kept")
