@@ -79,7 +79,8 @@ class JobTracer:
         self._shut = False
         self._pid = os.getpid()
         # Python 3.12 refuses to start a thread at exit: the flushing thread waits from now.
-        self._flush_requests: queue.SimpleQueue[threading.Event] = queue.SimpleQueue()
+        # A request is the Event to set once flushed; None stops the thread (shutdown).
+        self._flush_requests: queue.SimpleQueue[threading.Event | None] = queue.SimpleQueue()
         threading.Thread(target=self._flush_when_asked, daemon=True,
                          name="emp-trace-flush").start()
         atexit.register(self.flush_at_exit)
@@ -130,8 +131,7 @@ class JobTracer:
         span.end(end_time=max(start_ns, end_ns))
 
     def _flush_when_asked(self) -> None:
-        while True:
-            done = self._flush_requests.get()
+        while (done := self._flush_requests.get()) is not None:
             try:
                 self.provider.force_flush()
             finally:
@@ -151,6 +151,7 @@ class JobTracer:
         """Flush and stop (tests and benchmarks that switch tracing in one process)."""
         self._shut = True
         atexit.unregister(self.flush_at_exit)
+        self._flush_requests.put(None)
         self.provider.shutdown()
 
 

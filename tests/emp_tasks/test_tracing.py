@@ -265,3 +265,24 @@ def test_record_times_become_span_times_exactly() -> None:
 
     assert ms_to_ns("1796129858481") == 1_796_129_858_481_000_000
     assert ms_to_ns(1796129858481.5) == 1_796_129_858_481_500_000
+
+
+def test_shutdown_ends_the_flushing_thread(monkeypatch: pytest.MonkeyPatch, receiver) -> None:
+    """Tried: switching tracing on and off five times in one process (as tests and
+    benchmarks do); each tracer's flushing thread used to wait forever after shutdown."""
+    import threading
+
+    from emp_tasks.tracing_sdk import JobTracer
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver().url)
+
+    def flushers() -> int:
+        return sum(t.name == "emp-trace-flush" for t in threading.enumerate())
+
+    before = flushers()
+    for n in range(5):
+        tracer = JobTracer(f"switch-{n}")
+        assert flushers() == before + 1
+        tracer.flush_at_exit(timeout_seconds=5)  # the thread still serves flushes until then
+        tracer.shutdown()
+        wait_for(lambda: flushers() == before, timeout=5, message="the flushing thread ended")
