@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -441,11 +442,22 @@ class Receiver:
     """
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
         self.status: int | Callable[[Received], int] = 200
         self.requests: list[Received] = []
         self.server: ThreadingHTTPServer | None = None
         self.lock = threading.Lock()
+        self._held = self._hold(port or 0)
+        self.port: int = self._held.getsockname()[1]
+
+    @staticmethod
+    def _hold(port: int) -> socket.socket:
+        """A socket bound to the port but not listening: while the receiver is down its
+        port refuses connections, and no other server (nor an outgoing connection's
+        source port) can take it, which would answer the deliveries meant to fail."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over TIME_WAIT
+        sock.bind(("127.0.0.1", port))
+        return sock
 
     @property
     def url(self) -> str:
@@ -470,7 +482,12 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler,
+                                     bind_and_activate=False)
+        server.socket.close()
+        server.socket, self._held = self._held, None
+        server.server_activate()  # listen on the held socket
+        self.server = server
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
@@ -480,6 +497,14 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+            self._held = self._hold(self.port)
+
+    def close(self) -> None:
+        """Stop and give the port up."""
+        self.stop()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def delivered(self, path: str | None = None) -> list[Received]:
         """Requests answered 2xx, first of each webhook-id, in arrival order."""
@@ -506,4 +531,4 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
 
     yield make
     for sink in made:
-        sink.stop()
+        sink.close()

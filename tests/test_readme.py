@@ -162,7 +162,7 @@ def stack(redis_server: LocalRedis, tmp_path_factory: pytest.TempPathFactory) ->
             process.wait_ready() if isinstance(process, WorkerProcess) else process.start()
         yield Stack(redis_server.url, servers[0], servers[1], receiver, logs)
     finally:
-        receiver.stop()
+        receiver.close()
         for server in servers:
             server.stop()
         for worker in workers:
