@@ -12,6 +12,12 @@ submit+drain; the ratio emp/stock (target >= 1.0). Two interleaved runs per
 stack (stock, emp, stock, emp); best and mean reported. Quick: 2,000 jobs per
 run; full: 10,000. The CPU time per job of producer, worker process group and
 Redis, and the Redis calls per job, are reported to show where the time goes.
+Redis CPU is split in two: what the commands themselves took (commandstats:
+EMP's Lua functions with the calls inside them; stock's commands) and the
+rest, the server's cost of receiving, parsing and answering each request. The
+cost of one request is measured at the end on the same server: the CPU of
+3,000 calls of a function that does nothing (``FCALL_RO emp_version``), so the
+floor that the number of round trips per job sets can be read off.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from bench._common import (  # noqa: E402
 CONCURRENCY = 2
 POLL_S = 0.005
 RATIO_TARGET = 1.0
+#: Issue 11's target for EMP's Redis CPU per job, µs.
+REDIS_US_TARGET = 250
 EMP_QUEUE = "default"
 STOCK_QUEUE = "stock"
 
@@ -96,6 +104,9 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         done = wait_counter(client, tasks.DONE_KEY, n, 300, proc)
         cpu1 = (time.process_time(), group_cpu_seconds(proc.pid), redis_cpu_seconds(client))
         stats = client.info("commandstats")
+    commands_us = sum(v["usec"] for name, v in stats.items()
+                      if name not in ("cmdstat_fcall", "cmdstat_info", "cmdstat_config|resetstat"))
+    functions_us = stats.get("cmdstat_fcall", {}).get("usec", 0)
     extra = int(client.get(tasks.DONE_KEY) or 0) - n
     total = done - start
     tail = n - done_at_submit_end
@@ -114,8 +125,18 @@ def run_once(stack: str, url: str, n: int, logdir: Path) -> dict[str, Any]:
         # Backlog left when submitting ended, and how fast the worker drained it.
         "tail_drain_rate": round(tail / (done - submitted), 1) if tail > 50 else None,
         "cpu_ms_per_job": {"producer": cpu_ms[0], "worker": cpu_ms[1], "redis": cpu_ms[2]},
+        # Of the Redis CPU: inside the commands (EMP: its functions, calls in them included).
+        "redis_us_per_job_in_commands": round((functions_us or commands_us) / n, 1),
         "redis_calls_per_job": {name: round(c, 2) for name, c in calls[:8] if c >= 0.05},
     }
+
+
+def request_cost_us(client: redis.Redis, calls: int = 3000) -> float:
+    """Server CPU (µs) of one request whose command does nothing: the round trip's share."""
+    cpu0 = redis_cpu_seconds(client)
+    for _ in range(calls):
+        client.execute_command("FCALL_RO", "emp_version", 0)
+    return (redis_cpu_seconds(client) - cpu0) * 1e6 / calls
 
 
 def main() -> None:
@@ -140,8 +161,9 @@ def main() -> None:
                       f"{result['extra_runs'] or ''}", flush=True)
                 cpu = result["cpu_ms_per_job"]
                 print(f"       CPU ms/job: producer {cpu['producer']:.3f}, worker "
-                      f"{cpu['worker']:.3f}, redis {cpu['redis']:.3f}; done when submit ended "
-                      f"{result['done_at_submit_end']}/{n}, backlog drained at "
+                      f"{cpu['worker']:.3f}, redis {cpu['redis']:.3f} (in commands "
+                      f"{result['redis_us_per_job_in_commands'] / 1000:.3f}); done when submit "
+                      f"ended {result['done_at_submit_end']}/{n}, backlog drained at "
                       f"{result['tail_drain_rate'] or '-'} jobs/s", flush=True)
                 calls = ", ".join(f"{k} {v}" for k, v in result["redis_calls_per_job"].items())
                 print(f"       redis calls/job: {calls}", flush=True)
@@ -149,6 +171,7 @@ def main() -> None:
         from capability_router.keys import Keys
 
         leftover = client.zcard(Keys(EMP_QUEUE).heads)
+        request_us = request_cost_us(client)
     finally:
         stop()
     best = {s: max(r["jobs_per_s"] for r in rs) for s, rs in runs.items()}
@@ -160,6 +183,12 @@ def main() -> None:
           flush=True)
     print(f"mean jobs/s: emp {mean['emp']:.0f}, stock {mean['stock']:.0f}; "
           f"ratio {ratio_mean:.2f}", flush=True)
+    redis_us = {s: round(min(r["cpu_ms_per_job"]["redis"] for r in rs) * 1000, 1)
+                for s, rs in runs.items()}
+    print(f"Redis CPU per job (best run): emp {redis_us['emp']:.0f} µs, stock "
+          f"{redis_us['stock']:.0f} µs (EMP target <= {REDIS_US_TARGET} µs: "
+          f"{verdict(redis_us['emp'] <= REDIS_US_TARGET)}); one request costs the server "
+          f"{request_us:.1f} µs however little its command does", flush=True)
     emit_json({
         "bench": "throughput_vs_celery",
         "quick": quick,
@@ -173,6 +202,9 @@ def main() -> None:
         "ratio_emp_over_stock_mean": round(ratio_mean, 3),
         "emp_classes_left_pending": leftover,
         "target_ratio_min": RATIO_TARGET,
+        "redis_us_per_job_best": redis_us,
+        "redis_us_per_request": round(request_us, 1),
+        "target_redis_us_per_job_max": REDIS_US_TARGET,
         "met": ratio_best >= RATIO_TARGET,
         "total_seconds": round(time.monotonic() - started, 1),
     })
