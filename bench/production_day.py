@@ -38,8 +38,10 @@ Reported: REST submit p50/p99 (from due time); progress to socket p50/p95/p99
 webhook event to receiver p50/p99 (receipt minus the event's stream id time);
 RSS of each service (summed over its process group) at start, at minute 2
 (minute 1 in ``--quick``) and at the end, and the growth between the last
-two; Redis ``used_memory`` at the same points; dropped connections (sockets
-the server closed, REST connection errors); 5xx and other non-201 answers;
+two (and, every 30 s, each service's RSS, with the growth over the load's
+second half: whether memory levels off once its caches are full); Redis
+``used_memory`` at the same points; dropped connections (sockets the server
+closed, REST connection errors); 5xx and other non-201 answers;
 lost events (after the load stops and the followed jobs end: progress
 events in each followed job's event stream that its follower never got);
 jobs running at once; CPU cores each part used during the load (the bench's
@@ -674,6 +676,8 @@ def main() -> None:
 
         points: dict[str, dict[str, Any]] = {"start": snapshot(services, client)}
         concurrency: list[tuple[float, int]] = []
+        #: (seconds into the load, service -> RSS MB) every 30 s: whether memory levels off
+        rss_series: list[tuple[int, dict[str, float]]] = []
         submitter = Submitter(api_base, followers)
 
         def tick(elapsed: float) -> None:
@@ -684,9 +688,12 @@ def main() -> None:
                 with followers.lock:
                     n = len(followers.latency_ms)
                     p95 = percentile(followers.latency_ms[-5000:], 95)
+                rss = {name: group_rss_mb(proc.pid) for name, proc in services.items()}
+                rss_series.append((round(elapsed), rss))
                 print(f"  {elapsed:5.0f} s: {submitter.sent} sent, running {concurrency[-1][1]}, "
                       f"progress events {n} (recent p95 {p95:.1f} ms), "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                      f"load {os.getloadavg()[0]:.2f}; RSS MB "
+                      + " ".join(f"{name} {mb:.0f}" for name, mb in rss.items()), flush=True)
 
         print(f"load: {RATE:.0f} submits/s for {seconds:.0f} s", flush=True)
         sampler = every_second(tick, stop_sampling)
@@ -784,6 +791,15 @@ def main() -> None:
     for label, field in (("redis used", "redis_used_mb"), ("redis rss", "redis_rss_mb")):
         print(f"{label:<10} {points['start'][field]:>8.1f} {points['mark'][field]:>9.1f} "
               f"{points['end'][field]:>8.1f}")
+    # Not the target's window: whether memory levels off once caches are full (the
+    # monitor's task history fills to its cap long after minute 2 at this machine's rate).
+    half = next(((t, rss) for t, rss in rss_series
+                 if t >= (points["end"]["wall"] - points["start"]["wall"]) / 2), None)
+    late_growth = {name: round((points["end"]["rss_mb"][name] - half[1][name]) / half[1][name], 3)
+                   for name in services if half and half[1].get(name)}
+    if half:
+        print(f"RSS growth from {half[0]} s (half the load) to the end: "
+              + ", ".join(f"{name} {g * 100:+.1f}%" for name, g in late_growth.items()))
     load_s = points["end"]["wall"] - points["start"]["wall"]
     cpu = {name: round((points["end"]["cpu_s"][name] - points["start"]["cpu_s"][name])
                        / load_s, 2) for name in points["end"]["cpu_s"]}
@@ -813,7 +829,8 @@ def main() -> None:
         "slots": WORKERS * THREADS_PER_WORKER, "dropped": dropped_total,
         "dropped_detail": dropped, "monitor_messages": held["monitor_messages"],
         "sse_messages": held["sse"].get("messages", 0), "memory": points,
-        "growth": growth, "mark_s": mark, "cpu_cores": cpu, "targets": targets,
+        "growth": growth, "mark_s": mark, "rss_series": rss_series,
+        "growth_second_half": late_growth, "cpu_cores": cpu, "targets": targets,
         "all_targets_met": all(targets.values()),
     })
     emit_json(result)
