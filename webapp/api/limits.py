@@ -153,7 +153,9 @@ class Limits:
         return [prefix + "bucket", prefix + "open", prefix + "classes"]
 
     def _prune(self, open_key: str, classes_key: str) -> bool:
-        """Release finished (or expired) jobs among the oldest admitted; True if any."""
+        """Release finished (or expired) jobs among the oldest admitted; True if any were
+        found: released by this call or, racing it, by another request of the customer's
+        (which may have left a place free all the same: worth asking again)."""
         members = self.client.zrange(open_key, 0, PRUNE_BATCH - 1)
         with self.client.pipeline(transaction=False) as pipe:
             for member in members:
@@ -162,8 +164,9 @@ class Limits:
             statuses = pipe.execute()
         done = [m for m, status in zip(members, statuses, strict=True)
                 if status is None or status in TERMINAL]
-        return bool(done) and self.call("emp_limit_release", [open_key, classes_key],
-                                         *done) > 0
+        if done:
+            self.call("emp_limit_release", [open_key, classes_key], *done)
+        return bool(done)
 
     @staticmethod
     def _refusal(limit: str, retry_ms: int, limits: CustomerLimits) -> Limited:
