@@ -793,14 +793,13 @@ def main() -> None:
               f"{points['end'][field]:>8.1f}")
     # Not the target's window: whether memory levels off once caches are full (the
     # monitor's task history fills to its cap long after minute 2 at this machine's rate).
-    half = next(((t, rss) for t, rss in rss_series
-                 if t >= (points["end"]["wall"] - points["start"]["wall"]) / 2), None)
+    load_s = points["end"]["wall"] - points["start"]["wall"]
+    half = next(((t, rss) for t, rss in rss_series if t >= load_s / 2), None)
     late_growth = {name: round((points["end"]["rss_mb"][name] - half[1][name]) / half[1][name], 3)
                    for name in services if half and half[1].get(name)}
     if half:
         print(f"RSS growth from {half[0]} s (half the load) to the end: "
               + ", ".join(f"{name} {g * 100:+.1f}%" for name, g in late_growth.items()))
-    load_s = points["end"]["wall"] - points["start"]["wall"]
     cpu = {name: round((points["end"]["cpu_s"][name] - points["start"]["cpu_s"][name])
                        / load_s, 2) for name in points["end"]["cpu_s"]}
     cpu["bench sockets child"] = round(held["cpu_s"] / load_s, 2)  # includes opening them
