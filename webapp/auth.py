@@ -35,6 +35,12 @@ class Principal:
     def may_see(self, job_customer: str | None) -> bool:
         return self.admin or (job_customer or None) == self.customer_id
 
+    @property
+    def id_scope(self) -> str | None:
+        """The customer whose job ids this caller names and sees (``webapp.job_ids``);
+        None for an admin, who names jobs by their stored ids."""
+        return None if self.admin else self.customer_id
+
 
 def _find(settings: WebSettings, token: str) -> Principal | None:
     # compare_digest on every candidate: no early exit that leaks which prefix matched

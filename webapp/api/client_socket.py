@@ -16,9 +16,10 @@ from typing import Any
 
 from simple_websocket import ConnectionClosed
 
-from capability_router.errors import EmpError, JobNotFound
+from capability_router.errors import EmpError
 from capability_router.keys import Keys
 from emp_tasks import producer
+from webapp import job_ids
 from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription
 from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
@@ -65,6 +66,8 @@ class ClientConnection:
         message = client_message(event)
         if message["type"] == "job_submitted" and event.job_id in self.message_ids:
             message["message_id"] = self.message_ids.pop(event.job_id)
+        if event.job_id:  # the id this customer knows the job by
+            message["job_id"] = job_ids.shown(event.job_id, self.principal.id_scope)
         return message
 
     def run(self, last_event_id: str | None) -> None:
@@ -166,18 +169,16 @@ class ClientConnection:
     def _answer_again(self, job_id: str, message_id: Any) -> bool:
         """Answer a retried submit of an existing job as the first was: its
         ``job_submitted``, then its events. False when there is no such job yet."""
-        try:
-            record = producer.get_job(job_id, app=self.backend.celery)
-        except JobNotFound:
+        record = job_ids.visible_record(job_id, self.principal, self.backend.celery)
+        if record is None:
             return False
-        if not self.principal.may_see(record.get("customer_id")):
-            return False
-        pool = record.get("pool") or "default"
+        job_id, pool = record["job_id"], record.get("pool") or "default"
         if job_id in self.session.sub.jobs:  # already followed here: send it once more
             first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
             if first:
                 message = client_message(Event.from_entry(*first[0], pool))
-                self.session.send({**message, "message_id": message_id})
+                self.session.send({**message, "message_id": message_id,
+                                   "job_id": job_ids.shown(job_id, self.principal.id_scope)})
             return True
         self.message_ids[job_id] = message_id
         self._follow(job_id, None, pool, remember=True)
@@ -196,7 +197,7 @@ class ClientConnection:
         record = self._visible_job(job_id)
         if record is None:
             return
-        self._follow(job_id, after, record.get("pool") or "default", remember=True)
+        self._follow(record["job_id"], after, record.get("pool") or "default", remember=True)
         self.session.send({"type": "subscribed", "job_id": job_id,
                            "status": record.get("status")})
 
@@ -208,18 +209,17 @@ class ClientConnection:
                 self.session.send(error_message("cancel_job needs a job_id"))
             return
         pool = record.get("pool") or "default"
-        self._follow(job_id, None, pool, remember=True)
+        self._follow(record["job_id"], None, pool, remember=True)
         try:
-            producer.cancel(job_id, pool=pool, app=self.backend.celery)
+            producer.cancel(record["job_id"], pool=pool, app=self.backend.celery)
         except EmpError as exc:
             self.session.send(error_message(str(exc), job_id=job_id))
 
     def _visible_job(self, job_id: str) -> dict[str, Any] | None:
-        try:
-            record = producer.get_job(job_id, app=self.backend.celery)
-        except JobNotFound:
-            record = None
-        if record is None or not self.principal.may_see(record.get("customer_id")):
+        """The record the client knows as ``job_id`` (``webapp.job_ids``), else an error
+        sent and None."""
+        record = job_ids.visible_record(job_id, self.principal, self.backend.celery)
+        if record is None:
             self.session.send(error_message(f"job {job_id} not found", job_id=job_id))
             return None
         return record

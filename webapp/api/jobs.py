@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from capability_router.errors import InvalidJob, JobNotFound
 from capability_router.states import TERMINAL, JobStatus
 from emp_tasks import producer
+from webapp import job_ids
 from webapp.api import idempotency, listing, validation
 from webapp.api.limits import Limited, Limits
 from webapp.api.submission import submit_body
@@ -59,9 +60,11 @@ def _principal() -> Principal:
 
 
 def visible_job(job_id: str) -> dict[str, Any]:
-    """The job's record if the caller may see it; JobNotFound otherwise (same answer)."""
-    record = producer.get_job(job_id, app=backend().celery)
-    if not _principal().may_see(record.get("customer_id")):
+    """The record of the job the caller knows as ``job_id`` (stored under its own id, or
+    scoped to the caller's customer: ``webapp.job_ids``); JobNotFound otherwise, the same
+    answer for another customer's job as for none."""
+    record = job_ids.visible_record(job_id, _principal(), backend().celery)
+    if record is None:
         raise JobNotFound(job_id)
     return record
 
@@ -93,7 +96,7 @@ def submit_job():  # noqa: ANN201 - Flask response
     if key is not None:
         return _submit_idempotently(body, key)
     job_id, _ = submit_body(body, _principal(), backend(), checked=True, limits=_limits())
-    return _answer(201, _submitted(job_id))
+    return _answer(201, _submitted(job_ids.shown(job_id, _principal().id_scope)))
 
 
 def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
@@ -126,7 +129,7 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
             store.answer(claim, exc.status, refusal)
             return _answer(exc.status, refusal)
         job_id = claim.job_id  # the first attempt's job exists: it got through
-    accepted = _submitted(job_id)
+    accepted = _submitted(job_ids.shown(job_id, principal.id_scope))
     store.answer(claim, 201, accepted)
     return _answer(201, accepted, replayed=not claim.first)
 
@@ -143,7 +146,8 @@ def _own_job(job_id: str) -> bool:
 @require_auth()
 def get_job(job_id: str):  # noqa: ANN201 - Flask response
     """The job record, or 404 (also for another customer's job)."""
-    return jsonify(success=True, job=visible_job(job_id))
+    return jsonify(success=True,
+                   job=job_ids.shown_record(visible_job(job_id), _principal().id_scope))
 
 
 @blueprint.get("/api/jobs")
@@ -162,7 +166,8 @@ def list_jobs():  # noqa: ANN201 - Flask response
         customer_id=customer_id, workflow_id=params["workflow_id"] or None,
         pool=params["pool"] or None, limit=params["limit"], offset=params["offset"],
     )
-    return jsonify(success=True, jobs=page.jobs, total=page.total, limit=params["limit"],
+    jobs = [job_ids.shown_record(job, principal.id_scope) for job in page.jobs]
+    return jsonify(success=True, jobs=jobs, total=page.total, limit=params["limit"],
                    offset=params["offset"])
 
 
@@ -174,8 +179,8 @@ def cancel_job(job_id: str):  # noqa: ANN201 - Flask response
     record = visible_job(job_id)
     status = record.get("status")
     if status not in TERMINAL:
-        status = producer.cancel(job_id, pool=record.get("pool"), app=backend().celery,
-                                 terminate=params["terminate"])
+        status = producer.cancel(record["job_id"], pool=record.get("pool"),
+                                 app=backend().celery, terminate=params["terminate"])
         if status == JobStatus.CANCELLED:
             return jsonify(success=True, job_id=job_id, status=str(status))
     return error(409, f"job {job_id!r} is already {status}", job_status=status)
@@ -194,7 +199,7 @@ def retry_job(job_id: str):  # noqa: ANN201 - Flask response
     if status not in RETRYABLE:
         return error(409, f"job {job_id!r} is {status}; only failed or cancelled jobs can be "
                           "retried", job_status=status)
-    status = producer.resubmit(job_id, pool=record.get("pool"), app=backend().celery)
+    status = producer.resubmit(record["job_id"], pool=record.get("pool"), app=backend().celery)
     if status != JobStatus.PENDING:
         return error(409, f"job {job_id!r} is {status}; only failed or cancelled jobs can be "
                           "retried", job_status=status)

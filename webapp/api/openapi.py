@@ -101,7 +101,8 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
             "ctx": {**obj, "description": "Storage context, kept apart from the payload."},
             "pool": {"type": "string", "pattern": POOL_PATTERN, "nullable": True,
                      "description": "Queue namespace; default 'default'."},
-            "message_id": {**name, "description": "Becomes the job id (default: a UUID)."},
+            "message_id": {**name, "description": (
+                "Becomes the job id (default: a UUID); each customer's ids are its own.")},
             "job_id": {**name, "description": "Alias of message_id; send one of the two."},
         },
     }

@@ -15,6 +15,7 @@ from capability_router.errors import InvalidJob
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import Keys
 from emp_tasks import placement, producer
+from webapp import job_ids
 from webapp.api import listing, validation
 from webapp.api.limits import Limits
 from webapp.api.validation import Invalid
@@ -28,10 +29,31 @@ JOB_FIELDS = (
 )
 
 
-def _taken(backend: Backend, job_id: str) -> bool:
-    """True when some pool already holds a job with this id."""
+def _owners(backend: Backend, job_id: str) -> list[str | None]:
+    """The customers of the jobs some pool holds under this id (none: the id is free)."""
     client = backend.redis
-    return bool(client.exists(*(Keys(ns).job(job_id) for ns in listing.namespaces(client))))
+    with client.pipeline(transaction=False) as pipe:
+        for namespace in listing.namespaces(client):
+            pipe.exists(Keys(namespace).job(job_id))
+            pipe.hget(Keys(namespace).job(job_id), "customer_id")
+        found = pipe.execute()
+    return [customer or None for exists, customer in zip(found[::2], found[1::2], strict=True)
+            if exists]
+
+
+def _new_job_id(backend: Backend, job_id: str, principal: Principal) -> str:
+    """The id to store a job the caller named ``job_id`` under; Invalid (409) when the
+    caller already has that job. A customer's id held by another customer gives the
+    scoped id (``webapp.job_ids``), answered exactly as a free id would be."""
+    if principal.admin:
+        if _owners(backend, job_id):
+            raise Invalid(f"job {job_id!r} already exists", 409)
+        return job_id
+    own = job_ids.scoped(job_id, principal.customer_id)
+    owners = _owners(backend, job_id)
+    if principal.customer_id in owners or _owners(backend, own):
+        raise Invalid(f"job {job_id!r} already exists", 409)
+    return own if owners else job_id
 
 
 def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: str | None,
@@ -56,12 +78,13 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
 def submit_body(body: Any, principal: Principal, backend: Backend,
                 checked: bool = False, job_id: str | None = None,
                 limits: Limits | None = None) -> tuple[str, str]:
-    """Submit a job body; returns (job id, pool). Raises Invalid (400/403/409), or
+    """Submit a job body; returns (stored job id, pool). Raises Invalid (400/403/409), or
     Limited (429) when ``limits`` refuse the customer another job, having written nothing.
 
     A customer token submits as its own customer only; ``message_id`` (or
     ``job_id``; the schema refuses both) becomes the job id, else ``job_id``
-    when given (an idempotent submit's claimed id). Aliases of the service
+    when given (an idempotent submit's claimed id), scoped to the customer when
+    another customer holds it (``webapp.job_ids``). Aliases of the service
     that disagree are refused, naming both.
     """
     if not checked:
@@ -85,10 +108,7 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         ids = {job_id}
     fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
     if ids:
-        job_id = ids.pop()
-        if _taken(backend, job_id):
-            raise Invalid(f"job {job_id!r} already exists", 409)
-        fields["task_id"] = job_id
+        fields["task_id"] = _new_job_id(backend, ids.pop(), principal)
     placed = _placement(service, body.get("payload"), fields, customer_id, backend)
     pool, job_class = placed.pool, placed.class_signature
     if placed.routing is not None:  # decided once: the submit files it where admitted

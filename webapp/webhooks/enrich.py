@@ -5,7 +5,8 @@ A stream event carries only what changed (``job_assigned`` has the worker,
 fixed fields (job type, priority, customer, workflow) and the worker and
 machine last seen in the job's events, read in stream order; a job first
 met mid-life is read from its record. A machine missing from the events
-is looked up in the worker registry. Fields an event carries itself win.
+is looked up in the worker registry. Fields an event carries itself win,
+but ``job_id`` is the id the job's customer knows it by (``webapp.job_ids``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import redis
 
 from capability_router.keys import Keys
 from capability_router.registry import worker_key
+from webapp import job_ids
 from webapp.webhooks.events import Event
 
 #: Record fields read for a job first met mid-life.
@@ -133,4 +135,6 @@ class Enricher:
         for name, value in data.items():
             if name not in out or (value is not None and value != ""):
                 out[name] = value
+        # The id the job's customer knows it by (its chosen id, if stored scoped).
+        out["job_id"] = job_ids.shown(event.job_id, out.get("customer_id"))
         return out
