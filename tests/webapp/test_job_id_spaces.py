@@ -20,6 +20,11 @@ from simple_websocket import Client
 
 from capability_router.keys import Keys
 from conftest import wait_for
+from emp_tasks import producer
+from webapp.api.submission import submit_body
+from webapp.api.validation import Invalid
+from webapp.auth import Principal
+from webapp.backend import Backend
 
 JOBS = Keys("default")
 
@@ -123,3 +128,31 @@ def test_socket_and_webhooks_show_the_id_the_customer_chose(
         ("job_submitted", "shared-1", "cust-b"), ("complete_job", "shared-1", "cust-b")]
     # Alice's job of the same id ran too, and is still hers.
     assert alice.wait_status("shared-1", "completed")["result"]["echo"] == {"who": "alice"}
+
+
+def test_an_id_another_customer_takes_during_the_submit_is_scoped(app, client,
+                                                                   monkeypatch) -> None:
+    """Tried: Bob's submit finds ``race-1`` free, and Alice files ``race-1`` before his
+    job is filed (staged between the check and the filing). Bob's job is scoped as if he
+    had come a moment later; had Bob himself taken it meanwhile, he gets the 409."""
+    backend = Backend(app, client)
+    real_submit = producer.submit
+    raced: list[str] = []
+
+    def racing_submit(service: str, payload: Any, **fields: Any) -> Any:
+        if fields.get("customer_id") == "cust-b" and not raced:
+            raced.append(fields["task_id"])
+            real_submit("echo", {"who": "alice"}, customer_id="cust-a", task_id="race-1",
+                        app=app)
+        return real_submit(service, payload, **fields)
+
+    monkeypatch.setattr(producer, "submit", racing_submit)
+    bob = Principal(customer_id="cust-b")
+    body = {"service_required": "echo", "message_id": "race-1", "payload": {"who": "bob"}}
+    assert submit_body(body, bob, backend, checked=True) == ("race-1~cust-b", "default")
+    assert raced == ["race-1"], "the race was not staged"
+    assert client.hget(JOBS.job("race-1"), "customer_id") == "cust-a"
+    assert client.hget(JOBS.job("race-1~cust-b"), "customer_id") == "cust-b"
+    with pytest.raises(Invalid) as again:  # the id is Bob's own now
+        submit_body(body, bob, backend, checked=True)
+    assert again.value.status == 409 and "already exists" in str(again.value)

@@ -107,17 +107,36 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     if not ids and job_id:
         ids = {job_id}
     fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
-    if ids:
-        fields["task_id"] = _new_job_id(backend, ids.pop(), principal)
+    chosen = ids.pop() if ids else None
+    if chosen is not None:
+        fields["task_id"] = _new_job_id(backend, chosen, principal)
     placed = _placement(service, body.get("payload"), fields, customer_id, backend)
     pool, job_class = placed.pool, placed.class_signature
     if placed.routing is not None:  # decided once: the submit files it where admitted
         fields["pool"], fields["routing"] = pool, placed.routing
+    while True:
+        try:
+            return _file(service, body.get("payload"), customer_id, fields, principal,
+                         backend, limits, pool, job_class), pool
+        except Invalid as exc:
+            # Another customer took the chosen id between the check and the filing: the
+            # job is scoped, as it would have been a moment later (once: the scoped id
+            # taken too is this customer's own job, a 409).
+            if exc.status != 409 or principal.admin or fields.get("task_id") != chosen:
+                raise
+            fields["task_id"] = _new_job_id(backend, chosen, principal)
+
+
+def _file(service: str, payload: Any, customer_id: str | None, fields: dict[str, Any],
+          principal: Principal, backend: Backend, limits: Limits | None, pool: str,
+          job_class: str) -> str:
+    """Admit the job under the customer's limits and file it; its id. Invalid (409 for a
+    taken id, 400) or Limited, having written nothing."""
     if limits is not None:
         fields.setdefault("task_id", str(uuid.uuid4()))
         limits.admit_job(principal, pool, fields["task_id"], job_class)
     try:
-        result = producer.submit(service, body.get("payload"), customer_id=customer_id,
+        result = producer.submit(service, payload, customer_id=customer_id,
                                  app=backend.celery, **fields)
     except BaseException as exc:
         if limits is not None:  # refused after admission: give the place back
@@ -126,4 +145,4 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         if isinstance(exc, InvalidJob):
             raise Invalid(str(exc), 409 if "already exists" in str(exc) else 400) from None
         raise
-    return result.id, pool
+    return result.id
