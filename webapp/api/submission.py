@@ -29,16 +29,21 @@ JOB_FIELDS = (
 )
 
 
-def _owners(backend: Backend, job_id: str) -> list[str | None]:
-    """The customers of the jobs some pool holds under this id (none: the id is free)."""
+def _owners(backend: Backend, *job_ids: str) -> list[list[str | None]]:
+    """For each id, the customers of the jobs some pool holds under it (none: the id is
+    free); one pipeline for them all."""
     client = backend.redis
+    namespaces = listing.namespaces(client)
     with client.pipeline(transaction=False) as pipe:
-        for namespace in listing.namespaces(client):
-            pipe.exists(Keys(namespace).job(job_id))
-            pipe.hget(Keys(namespace).job(job_id), "customer_id")
-        found = pipe.execute()
-    return [customer or None for exists, customer in zip(found[::2], found[1::2], strict=True)
-            if exists]
+        for job_id in job_ids:
+            for namespace in namespaces:
+                pipe.exists(Keys(namespace).job(job_id))
+                pipe.hget(Keys(namespace).job(job_id), "customer_id")
+        replies = pipe.execute()
+    pairs = list(zip(replies[::2], replies[1::2], strict=True))  # (exists, customer)
+    per_id = len(namespaces)
+    return [[customer or None for exists, customer in pairs[n * per_id:(n + 1) * per_id]
+             if exists] for n in range(len(job_ids))]
 
 
 def _new_job_id(backend: Backend, job_id: str, principal: Principal) -> str:
@@ -46,12 +51,12 @@ def _new_job_id(backend: Backend, job_id: str, principal: Principal) -> str:
     caller already has that job. A customer's id held by another customer gives the
     scoped id (``webapp.job_ids``), answered exactly as a free id would be."""
     if principal.admin:
-        if _owners(backend, job_id):
+        if _owners(backend, job_id)[0]:
             raise Invalid(f"job {job_id!r} already exists", 409)
         return job_id
     own = job_ids.scoped(job_id, principal.customer_id)
-    owners = _owners(backend, job_id)
-    if principal.customer_id in owners or _owners(backend, own):
+    owners, own_taken = _owners(backend, job_id, own)
+    if principal.customer_id in owners or own_taken:
         raise Invalid(f"job {job_id!r} already exists", 409)
     return own if owners else job_id
 
