@@ -63,10 +63,15 @@ class ClientConnection:
         self.key = _subscriptions_key(principal, client_id)
 
     def render(self, event: Event) -> dict[str, Any]:
-        message = client_message(event)
+        message = self._message(event)
         if message["type"] == "job_submitted" and event.job_id in self.message_ids:
             message["message_id"] = self.message_ids.pop(event.job_id)
-        if event.job_id:  # the id this customer knows the job by
+        return message
+
+    def _message(self, event: Event) -> dict[str, Any]:
+        """``event`` as this client's message, under the id its customer knows the job by."""
+        message = client_message(event)
+        if event.job_id:
             message["job_id"] = job_ids.shown(event.job_id, self.principal.id_scope)
         return message
 
@@ -176,9 +181,8 @@ class ClientConnection:
         if job_id in self.session.sub.jobs:  # already followed here: send it once more
             first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
             if first:
-                message = client_message(Event.from_entry(*first[0], pool))
-                self.session.send({**message, "message_id": message_id,
-                                   "job_id": job_ids.shown(job_id, self.principal.id_scope)})
+                message = self._message(Event.from_entry(*first[0], pool))
+                self.session.send({**message, "message_id": message_id})
             return True
         self.message_ids[job_id] = message_id
         self._follow(job_id, None, pool, remember=True)
