@@ -55,6 +55,12 @@ BATCH = 200
 BLOCK_MS = 1000
 #: Seconds between attempts of a standing-by instance to become the consumer.
 STANDBY_POLL_SECONDS = 1.0
+#: The consuming instance renews its role after this share of the role's lease, not
+#: at every read (a renewal each read was a Redis call per few events under load).
+RENEW_SHARE = 0.25
+#: Seconds the consumer waits after a read that found entries, so the next read
+#: takes several (one filing and one acknowledgement per batch, not per event).
+READ_COALESCE_SECONDS = 0.005
 #: A consumer of the group with nothing pending and idle this long is removed
 #: (an instance that was renamed or is gone for good), ms.
 FORGET_CONSUMER_MS = 24 * 3600 * 1000
@@ -114,12 +120,14 @@ class EventConsumer:
 
     :param client: Redis client (``decode_responses=True``).
     :param config: service tunables (consumer name, batch limits, throttling).
-    :param on_queued: called after a batch filed at least one delivery.
+    :param on_queued: called after a batch filed at least one delivery, with the
+        number of hooks that got one (so that many dispatchers wake).
     :param run_id: this run's id; with the instance name it marks the consumer role.
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig,
-                 on_queued: Callable[[], None] = lambda: None, run_id: str = "0") -> None:
+                 on_queued: Callable[[int], None] = lambda hooks: None,
+                 run_id: str = "0") -> None:
         self.client = client
         self.config = config
         self.functions = WebhookFunctions(client)
@@ -137,6 +145,10 @@ class EventConsumer:
         self._next_autoclaim = 0.0
         self._take_over_idle_ms: int | None = None
         self._read_pending = True
+        #: Monotonic time the consumer role is renewed next (while this one holds it).
+        self._renew_at = 0.0
+        #: The last read found entries: the next waits a little so more gather.
+        self._read_entries = False
         #: Cluster: which slot's streams the next blocking read waits on.
         self._turn = 0
 
@@ -200,6 +212,8 @@ class EventConsumer:
             try:
                 if not self.step():
                     stop.wait(STANDBY_POLL_SECONDS)
+                elif self._read_entries:
+                    stop.wait(READ_COALESCE_SECONDS)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self.streams = {}
@@ -222,25 +236,28 @@ class EventConsumer:
     def step(self) -> bool:
         """One round; False when another instance consumes (this one stands by).
 
-        The consuming instance renews its role, refreshes the streams, takes
-        over what a previous consumer left pending (when it just became the
+        The consuming instance renews its role (once a quarter of its lease
+        has passed since the last renewal), refreshes the streams, takes over
+        what a previous consumer left pending (when it just became the
         consumer, and every ``claim_idle_seconds``), re-reads its own pending
         entries after an error, then reads new entries.
         """
         now = time.monotonic()
         self.alive_at = now
-        role = self.functions.lead(self.token, int(self.config.consumer_lease_seconds * 1000),
-                                   f"{self.consumer}:")
-        if role == 0:
-            if self.leading:
-                logger.warning("webhook consumer: another instance consumes the event log now")
-            self.leading = False
-            return False
-        if role == 2 or not self.leading:
-            logger.info("webhook consumer: %s consumes the event log", self.token)
-            self.leading = True
-            self._next_refresh = 0.0
-            self._take_over_idle_ms = int(self.config.consumer_lease_seconds * 500)
+        lease = self.config.consumer_lease_seconds
+        if not self.leading or now >= self._renew_at:
+            role = self.functions.lead(self.token, int(lease * 1000), f"{self.consumer}:")
+            if role == 0:
+                if self.leading:
+                    logger.warning("webhook consumer: another instance consumes the event log now")
+                self.leading = False
+                return False
+            self._renew_at = now + lease * RENEW_SHARE
+            if role == 2 or not self.leading:
+                logger.info("webhook consumer: %s consumes the event log", self.token)
+                self.leading = True
+                self._next_refresh = 0.0
+                self._take_over_idle_ms = int(lease * 500)
         if now >= self._next_refresh or not self.streams:
             self.refresh_streams()
             self._next_refresh = now + self.config.namespace_refresh_seconds
@@ -255,7 +272,9 @@ class EventConsumer:
         if self._read_pending:
             self.drain_pending()
             self._read_pending = False
-        self.handle(self.read_new())
+        batch = self.read_new()
+        self._read_entries = bool(batch)
+        self.handle(batch)
         return True
 
     def read_new(self) -> dict[str, list[tuple[str, dict[str, str] | None]]]:
@@ -324,6 +343,7 @@ class EventConsumer:
         if not batch:
             return 0
         self.reload_hooks()
+        hook_ids: list[str] = []
         calls = []
         for stream, entries in batch.items():
             namespace = self.streams.get(stream)
@@ -332,19 +352,23 @@ class EventConsumer:
             if self.hooks.by_event:
                 self.enricher.prefetch(events)
             for event in events:
-                calls.extend(self._calls_for(event))
+                for hook_id, call in self._calls_for(event):
+                    hook_ids.append(hook_id)
+                    calls.append(call)
         replies = self.functions.enqueue_many(calls)
         with self.client.pipeline(transaction=False) as pipe:
             for stream, entries in batch.items():
                 pipe.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             pipe.execute()
         self.processed += sum(len(entries) for entries in batch.values())
-        queued = sum(1 for r in replies if r == "queued")
+        queued = [hook_id for hook_id, reply in zip(hook_ids, replies, strict=True)
+                  if reply == "queued"]
         if queued:
-            self.on_queued()
-        return queued
+            self.on_queued(len(set(queued)))
+        return len(queued)
 
-    def _calls_for(self, event: Event) -> list[tuple[list[str], list[Any]]]:
+    def _calls_for(self, event: Event) -> list[tuple[str, tuple[list[str], list[Any]]]]:
+        """(hook id, enqueue call) of each delivery the event makes."""
         subscribers = self.hooks.by_event.get(event.name)
         if not subscribers:
             if self.hooks.by_event and event.namespace is not None:
@@ -357,10 +381,10 @@ class EventConsumer:
         for sub in subscribers:
             if at < sub.created_at or not matches(sub.filters, data):
                 continue
-            calls.append(WebhookFunctions.enqueue_call(
+            calls.append((sub.id, WebhookFunctions.enqueue_call(
                 delivery_id(sub.id, event.event_id), sub.id, event.event_id, event.name,
                 event.job_id, event.timestamp, payload(sub.id, event, data), throttle,
-                self.config.max_backlog, self.config.history_per_hook, self.config.recent_max))
+                self.config.max_backlog, self.config.history_per_hook, self.config.recent_max)))
         return calls
 
 

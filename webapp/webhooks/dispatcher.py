@@ -52,6 +52,7 @@ from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
 from webapp.webhooks.sender import Sender, SendResult
 from webapp.webhooks.signing import signature_headers
+from webapp.webhooks.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +123,12 @@ class Dispatcher:
     :param client: Redis client (``decode_responses=True``).
     :param config: service tunables.
     :param sender: the HTTP sender (shared by all dispatchers).
-    :param wake: set when new deliveries were filed, to cut an idle sleep short.
+    :param wake: notified when new deliveries were filed, to cut an idle sleep short.
     :param token_prefix: ``<instance>:<run id>:``, the start of this run's lease tokens.
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig, sender: Sender,
-                 wake: threading.Event, token_prefix: str) -> None:
+                 wake: Wakeup, token_prefix: str) -> None:
         self.functions = WebhookFunctions(client)
         self.config = config
         self.sender = sender
@@ -145,8 +146,7 @@ class Dispatcher:
                 claim = self.functions.claim(lease_ms, self.token_prefix + uuid.uuid4().hex[:12])
                 if isinstance(claim, int):
                     wait = IDLE_POLL_SECONDS if claim < 0 else min(claim / 1000, IDLE_POLL_SECONDS)
-                    if self.wake.wait(wait):
-                        self.wake.clear()
+                    self.wake.wait(wait)
                     continue
                 self.work(claim)
             except (redis.ConnectionError, redis.TimeoutError) as exc:

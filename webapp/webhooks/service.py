@@ -26,6 +26,7 @@ from webapp.webhooks.dispatcher import Dispatcher
 from webapp.webhooks.library import WebhookFunctions, ensure_library
 from webapp.webhooks.sender import Sender
 from webapp.webhooks.store import HookStore
+from webapp.webhooks.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DeliveryService:
         self.policy = AddressPolicy(config.allow_private, config.allowed_networks)
         self.sender = Sender(self.policy, config.timeout_seconds, config.dispatchers)
         self.store = HookStore(client, config)
-        self.wake = threading.Event()
+        self.wake = Wakeup(config.dispatchers)
         self.stopping = threading.Event()
         self.run_id = uuid.uuid4().hex[:8]
         self.consumer: EventConsumer | None = None
@@ -83,7 +84,7 @@ class DeliveryService:
             return
         if released:
             logger.info("webhook service: released %d lease(s) of an earlier run", released)
-        self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.set,
+        self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.notify,
                                       run_id=self.run_id)
         self._spawn("webhooks-consumer", self.consumer.run)
         prefix = f"{self.config.instance}:{self.run_id}:"
@@ -103,7 +104,7 @@ class DeliveryService:
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the threads to stop and wait for them (in-process tests, shutdown)."""
         self.stopping.set()
-        self.wake.set()
+        self.wake.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
