@@ -384,12 +384,14 @@ PROCESS_FIXTURES = frozenset({"start_worker", "start_server", "start_machine", "
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``browser`` the tests that drive Chromium; ``fast`` those that are not ``slow``
-    and start no process through the fixtures above (tox's pyXY-fast: ``pytest -m fast``)."""
+    or ``system`` and start no process through the fixtures above (tox's pyXY-fast:
+    ``pytest -m fast``)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if "browser" in fixtures:
             item.add_marker(pytest.mark.browser)
-        if not (fixtures & PROCESS_FIXTURES or item.get_closest_marker("slow")):
+        if not (fixtures & PROCESS_FIXTURES or item.get_closest_marker("slow")
+                or item.get_closest_marker("system")):
             item.add_marker(pytest.mark.fast)
 
 

@@ -47,6 +47,9 @@ MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|ci):\s*(?P<reason>.+?)\s*-->\s
 #: Commands that run until stopped: started in the background for the rest of their block.
 LONG_RUNNING = ("emp worker",)
 
+#: Each block runs against a system ``emp up`` starts: not in the fast selection.
+pytestmark = pytest.mark.system
+
 
 @dataclass
 class Block:

@@ -28,6 +28,7 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
+@pytest.mark.system
 def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "EMP_REDIS_URL"}
     env["EMP_LEASE_SECONDS"] = "5"
@@ -114,6 +115,7 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 120
     pytest.fail(f"no {marker!r} within {timeout}s: {seen}")
 
 
+@pytest.mark.system
 def test_up_records_its_redis_so_commands_and_the_python_api_in_other_shells_find_it(
         tmp_path: Path) -> None:
     """`emp up` from a git checkout with EMP_REDIS_URL unset, then `emp submit`, `emp job` and

@@ -204,6 +204,7 @@ def test_a_vanished_machine_is_reaped_and_its_job_completes_elsewhere(start_mach
     assert read_machine(client, survivor.machine_id)["status"] == "online"
 
 
+@pytest.mark.system
 @pytest.mark.timeout(180)
 def test_emp_up_machine_starts_a_mock_gpu_machine(redis_server: LocalRedis, client: redis.Redis,
                                                   tmp_path: Path) -> None:

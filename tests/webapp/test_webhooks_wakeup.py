@@ -38,7 +38,7 @@ def waiters(wakeup: Wakeup, count: int,
 
 def test_one_notification_wakes_one_waiting_thread() -> None:
     wakeup = Wakeup(4)
-    answers, threads = waiters(wakeup, 4, timeout=3.0)
+    answers, threads = waiters(wakeup, 4, timeout=1.5)
     time.sleep(0.2)  # all four wait
     wakeup.notify(1)
     wait_for(lambda: answers == [True], timeout=2, message="one thread woken")
