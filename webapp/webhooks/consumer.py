@@ -55,9 +55,6 @@ BATCH = 200
 BLOCK_MS = 1000
 #: Seconds between attempts of a standing-by instance to become the consumer.
 STANDBY_POLL_SECONDS = 1.0
-#: The consuming instance renews its role after this share of the role's lease, not
-#: at every read (a renewal each read was a Redis call per few events under load).
-RENEW_SHARE = 0.25
 #: Seconds the consumer waits after a read that found entries, so the next read
 #: takes several (one filing and one acknowledgement per batch, not per event).
 READ_COALESCE_SECONDS = 0.005
@@ -145,8 +142,6 @@ class EventConsumer:
         self._next_autoclaim = 0.0
         self._take_over_idle_ms: int | None = None
         self._read_pending = True
-        #: Monotonic time the consumer role is renewed next (while this one holds it).
-        self._renew_at = 0.0
         #: The last read found entries: the next waits a little so more gather.
         self._read_entries = False
         #: Cluster: which slot's streams the next blocking read waits on.
@@ -236,28 +231,25 @@ class EventConsumer:
     def step(self) -> bool:
         """One round; False when another instance consumes (this one stands by).
 
-        The consuming instance renews its role (once a quarter of its lease
-        has passed since the last renewal), refreshes the streams, takes over
-        what a previous consumer left pending (when it just became the
+        The consuming instance renews its role, refreshes the streams, takes
+        over what a previous consumer left pending (when it just became the
         consumer, and every ``claim_idle_seconds``), re-reads its own pending
         entries after an error, then reads new entries.
         """
         now = time.monotonic()
         self.alive_at = now
-        lease = self.config.consumer_lease_seconds
-        if not self.leading or now >= self._renew_at:
-            role = self.functions.lead(self.token, int(lease * 1000), f"{self.consumer}:")
-            if role == 0:
-                if self.leading:
-                    logger.warning("webhook consumer: another instance consumes the event log now")
-                self.leading = False
-                return False
-            self._renew_at = now + lease * RENEW_SHARE
-            if role == 2 or not self.leading:
-                logger.info("webhook consumer: %s consumes the event log", self.token)
-                self.leading = True
-                self._next_refresh = 0.0
-                self._take_over_idle_ms = int(lease * 500)
+        role = self.functions.lead(self.token, int(self.config.consumer_lease_seconds * 1000),
+                                   f"{self.consumer}:")
+        if role == 0:
+            if self.leading:
+                logger.warning("webhook consumer: another instance consumes the event log now")
+            self.leading = False
+            return False
+        if role == 2 or not self.leading:
+            logger.info("webhook consumer: %s consumes the event log", self.token)
+            self.leading = True
+            self._next_refresh = 0.0
+            self._take_over_idle_ms = int(self.config.consumer_lease_seconds * 500)
         if now >= self._next_refresh or not self.streams:
             self.refresh_streams()
             self._next_refresh = now + self.config.namespace_refresh_seconds
