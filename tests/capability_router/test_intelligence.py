@@ -37,6 +37,8 @@ from emp_tasks.producer import submit
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLS_TEXT = DEFAULT_POOLS_FILE.read_text()
+#: The leases of the leader tests, ms.
+LEASE_MS = 1500
 
 
 # -- the lease -------------------------------------------------------------------
@@ -44,13 +46,15 @@ POOLS_TEXT = DEFAULT_POOLS_FILE.read_text()
 
 def test_one_instance_leads_and_a_dead_leader_is_replaced_within_the_lease(
         client: redis.Redis) -> None:
-    a = Lease(client, INTELLIGENCE_LEADER_KEY, "a", ttl_ms=300)
-    b = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=300)
+    # Leases of LEASE_MS: long enough that no pause of a loaded machine between two
+    # calls outlasts one (0.3 s did once, in CI's parallel tox run).
+    a = Lease(client, INTELLIGENCE_LEADER_KEY, "a", ttl_ms=LEASE_MS)
+    b = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=LEASE_MS)
     assert a.hold() == TAKEN and b.hold() == LOST and a.hold() == KEPT
-    time.sleep(0.35)  # a stops renewing (killed)
+    time.sleep(LEASE_MS / 1000 + 0.1)  # a stops renewing (killed)
     assert b.hold() == TAKEN and a.hold() == LOST and b.holder() == b.token
     # A restart of b (same instance name, new run) takes the lead back at once.
-    b2 = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=300)
+    b2 = Lease(client, INTELLIGENCE_LEADER_KEY, "b", ttl_ms=LEASE_MS)
     assert b2.hold() == TAKEN and b2.holder() == b2.token and a.hold() == LOST
     assert b2.release() and client.get(INTELLIGENCE_LEADER_KEY) is None
     assert not a.release()
@@ -219,15 +223,15 @@ def test_a_new_leader_rereads_the_recent_log_once(app, client: redis.Redis) -> N
     for _ in range(3):
         submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
                countdown=3600)
-    fast = IntelligenceSettings(interval_seconds=0.1, lease_seconds=0.3)
+    fast = IntelligenceSettings(interval_seconds=0.1, lease_seconds=LEASE_MS / 1000)
     one = IntelligenceService(client, None, dataclasses.replace(fast, instance="one"))
     two = IntelligenceService(client, None, dataclasses.replace(fast, instance="two"))
     assert one.step() and not two.step()
     before = one.forecaster.rate(time.time(), ("default", "flux"))
-    time.sleep(0.35)  # one stops renewing; two takes over with the same arrivals
+    time.sleep(LEASE_MS / 1000 + 0.1)  # one stops renewing; two takes over, same arrivals
     assert two.step() and not one.step()
     assert two.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
-    time.sleep(0.35)
+    time.sleep(LEASE_MS / 1000 + 0.1)
     assert one.step()  # back to one: the log is read again, not counted twice
     assert one.forecaster.rate(time.time(), ("default", "flux")) == pytest.approx(before, 0.01)
 
