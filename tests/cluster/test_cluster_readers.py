@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 from cluster_fixtures import *  # noqa: F403 - the cluster fixtures
-from simple_websocket import Client
+from ws_client import Client
 
 from conftest import wait_for
 

@@ -14,7 +14,7 @@ import requests
 from comfyui_server import ComfyUITestServer, txt2img
 from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
-from simple_websocket import Client as WebSocketClient
+from ws_client import Client as WebSocketClient
 
 from capability_router.errors import JobCancelled
 from machine.connectors import (

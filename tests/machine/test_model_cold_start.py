@@ -13,7 +13,7 @@ import pytest
 import requests
 from machine_helpers import wait_until
 from model_server import ModelServer
-from simple_websocket import Client
+from ws_client import Client
 
 from capability_router import catalog
 from emp_tasks.producer import get_job, job_events, submit

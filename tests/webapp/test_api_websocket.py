@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import requests
-from simple_websocket import Client
-from simple_websocket import ConnectionError as WebSocketRefused
+from ws_client import Client
+from ws_client import ConnectionError as WebSocketRefused
 
 from capability_router.keys import Keys
 

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
-from simple_websocket import Client
-from simple_websocket import ConnectionError as WebSocketRefused
+from ws_client import Client
+from ws_client import ConnectionError as WebSocketRefused
 
 from conftest import wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
-from simple_websocket import Client
+from ws_client import Client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api
-from simple_websocket import Client
+from ws_client import Client
 
 from capability_router.keys import Keys
 from conftest import wait_for

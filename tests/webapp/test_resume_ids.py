@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from simple_websocket import Client, ConnectionClosed
+from ws_client import Client, ConnectionClosed
 
 from conftest import wait_for
 

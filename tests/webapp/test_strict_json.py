@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 from rest_helpers import Api, snapshot
-from simple_websocket import Client
+from ws_client import Client
 
 from webapp.api.events import CONNECTIONS_KEY
 from webapp.strict_json import MAX_DEPTH, JsonRefused, loads
