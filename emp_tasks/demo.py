@@ -9,11 +9,11 @@ from typing import Any
 import requests
 from rich.console import Console
 from rich.table import Table
-from simple_websocket import Client
 
 from capability_router.states import JobStatus
 from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
+from emp_tasks.websocket_client import WebSocketClient
 
 DEMO_JOBS: list[dict[str, Any]] = [
     {"service": "simulation", "payload": {"steps": 5, "duration": 1.0}},
@@ -62,7 +62,7 @@ def run_api_demo(api: str, timeout: float = 60.0, console: Console | None = None
     reply.raise_for_status()
     job_id = reply.json()["job_id"]
     console.print(f"POST {api}/api/jobs -> {reply.status_code} job {job_id[:8]}")
-    ws = Client.connect(api.replace("http", "ws", 1) + "/ws/client/emp-demo")
+    ws = WebSocketClient.connect(api.replace("http", "ws", 1) + "/ws/client/emp-demo")
     try:
         ws.send(json.dumps({"type": "subscribe_progress", "job_id": job_id}))
         deadline = time.monotonic() + timeout

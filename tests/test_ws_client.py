@@ -1,4 +1,5 @@
-"""The tests' WebSocket client sees frames that arrive together with the handshake answer.
+"""The project's WebSocket client (the tests', the demo's, the ComfyUI connector's) sees
+frames that arrive together with the handshake answer.
 
 simple_websocket's own client left them unread, and a refused socket's error
 then looked like a bare 1005 close (a CI run failed so on a loaded machine).
@@ -10,10 +11,9 @@ import socket
 import threading
 
 import pytest
+from ws_client import Client, ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
-
-from ws_client import Client, ConnectionClosed
 
 
 def test_an_error_and_close_sent_with_the_handshake_answer_are_both_seen() -> None:

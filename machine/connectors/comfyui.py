@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from simple_websocket import Client as WebSocketClient
 from simple_websocket import ConnectionClosed
 from urllib3.exceptions import NewConnectionError
 
+from emp_tasks.websocket_client import WebSocketClient
 from machine.connectors.bad_models import ModelUnusableHere
 from machine.connectors.base import (
     Connector,

@@ -16,24 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from simple_websocket import Client as WebSocketClient
 from simple_websocket import ConnectionError as WebSocketRefused
 from urllib3.exceptions import InsecureRequestWarning
 
+from emp_tasks.websocket_client import WebSocketClient
 from machine.connectors.base import ConnectorError, ErrorType
-
-
-class _WebSocket(WebSocketClient):
-    """simple-websocket's client, also reading frames that came with the handshake reply.
-
-    Its handshake takes the first event of its first read only; a frame the
-    server sent right after accepting (ComfyUI's ``status``) would wait in
-    wsproto's buffer until more data arrived.
-    """
-
-    def handshake(self) -> None:
-        super().handshake()
-        self.connected = self._handle_events()
 
 
 class ComfyUIClient:
@@ -163,7 +150,7 @@ class ComfyUIClient:
 
         def connect() -> None:
             try:
-                ws = _WebSocket.connect(
+                ws = WebSocketClient.connect(
                     self.websocket_url(client_id), headers=self.auth_headers(),
                     ssl_context=self.ssl_context(), ping_interval=self.ws_ping_seconds)
             except Exception as exc:  # reported to the caller below
