@@ -24,7 +24,8 @@ from pathlib import Path
 
 import redis
 import requests
-from simple_websocket import Client
+
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
