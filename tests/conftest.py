@@ -206,9 +206,9 @@ def start_server(
         return server.start()
 
     yield start
-    # SIGKILL, not a graceful stop: nothing a test asserts depends on it (the tests of a
-    # graceful stop call ``stop()`` themselves), and gunicorn's gevent worker notices a
-    # SIGTERM only at its next one-second tick: ~1.5 s of every test with an API.
+    # SIGKILL, not a graceful stop: no test asserts anything after its end (a test that
+    # wants a graceful stop calls ``stop()`` itself), and gunicorn's gevent worker notices
+    # a SIGTERM only at its next one-second tick: ~1.5 s of every test with an API.
     for server in started:
         server.kill()
 
