@@ -34,8 +34,6 @@ from statistics import median
 import redis
 import requests
 
-from emp_tasks.websocket_client import WebSocketClient as Client
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json, quick_args, start_redis, stop_worker, summary  # noqa: E402
@@ -46,6 +44,7 @@ from capability_router.functions import QueueFunctions, ensure_library  # noqa: 
 from capability_router.keys import Keys  # noqa: E402
 from capability_router.registry import WorkerRegistry  # noqa: E402
 from emp_tasks.local_redis import free_port  # noqa: E402
+from emp_tasks.websocket_client import WebSocketClient as Client  # noqa: E402
 from webapp.monitor.queue import queue_summary  # noqa: E402
 
 NAMESPACE = "bench"

@@ -25,8 +25,6 @@ from pathlib import Path
 import redis
 import requests
 
-from emp_tasks.websocket_client import WebSocketClient as Client
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
@@ -41,6 +39,7 @@ from bench._common import (  # noqa: E402
 )
 from capability_router.keys import Keys  # noqa: E402
 from emp_tasks.local_redis import free_port  # noqa: E402
+from emp_tasks.websocket_client import WebSocketClient as Client  # noqa: E402
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

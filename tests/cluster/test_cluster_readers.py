@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import requests
 from cluster_fixtures import *  # noqa: F403 - the cluster fixtures
-from ws_client import Client
 
 from conftest import wait_for
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -14,9 +14,9 @@ import requests
 from comfyui_server import ComfyUITestServer, txt2img
 from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
-from ws_client import Client as WebSocketClient
 
 from capability_router.errors import JobCancelled
+from emp_tasks.websocket_client import WebSocketClient
 from machine.connectors import (
     ConnectorError,
     ErrorType,

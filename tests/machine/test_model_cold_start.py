@@ -13,10 +13,10 @@ import pytest
 import requests
 from machine_helpers import wait_until
 from model_server import ModelServer
-from ws_client import Client
 
 from capability_router import catalog
 from emp_tasks.producer import get_job, job_events, submit
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 SIZE = 512 * 1024
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import requests
-from ws_client import Client
-from ws_client import ConnectionError as WebSocketRefused
+from simple_websocket import ConnectionError as WebSocketRefused
 
 from capability_router.keys import Keys
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
-from ws_client import Client
-from ws_client import ConnectionError as WebSocketRefused
+from simple_websocket import ConnectionError as WebSocketRefused
 
 from conftest import wait_for
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import redis
 from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
-from ws_client import Client
+
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = pytest.mark.timeout(120)
 

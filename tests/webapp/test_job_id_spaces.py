@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import requests
 from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api
-from ws_client import Client
 
 from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks import producer
+from emp_tasks.websocket_client import WebSocketClient as Client
 from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
 from webapp.auth import Principal

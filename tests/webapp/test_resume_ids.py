@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import requests
-from ws_client import Client, ConnectionClosed
+from simple_websocket import ConnectionClosed
 
 from conftest import wait_for
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 from rest_helpers import Api, snapshot
-from ws_client import Client
 
+from emp_tasks.websocket_client import WebSocketClient as Client
 from webapp.api.events import CONNECTIONS_KEY
 from webapp.strict_json import MAX_DEPTH, JsonRefused, loads
 

@@ -11,9 +11,11 @@ import socket
 import threading
 
 import pytest
-from ws_client import Client, ConnectionClosed
+from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
+
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 
 def test_an_error_and_close_sent_with_the_handshake_answer_are_both_seen() -> None:
