@@ -21,6 +21,12 @@ WEB_THREADS = 64
 #: Connections (REST and WebSockets) each API process holds at once, as greenlets
 #: (``EMP_API_CONNECTIONS``); the kernel's file limit bounds it too.
 API_CONNECTIONS = 10000
+#: Seconds between the API's WebSocket pings (``EMP_WS_PING_SECONDS``): a peer whose pong
+#: does not come back by the next ping is dropped. Each ping is a write and its pong a
+#: wake-up, per socket: at 5 s, 5,000 idle sockets cost ~18% of the API's CPU
+#: (bench/production_day.py); 25 s is Socket.IO's interval, well under the 60 s that
+#: common proxies allow an idle connection.
+WS_PING_SECONDS = 25.0
 #: API server processes (``EMP_API_PROCESSES``; default one per CPU core).
 API_PROCESSES = os.cpu_count() or 1
 #: Seconds an Idempotency-Key (or socket message_id) and its answer are kept.
@@ -47,6 +53,18 @@ def _pairs(text: str | None) -> dict[str, str]:
             raise ValueError(f"EMP_API_TOKENS item {item!r} is not token=customer_id")
         out[token.strip()] = customer.strip()
     return out
+
+
+def _positive(name: str, default: float) -> float:
+    """A positive, finite number of seconds from ``name``; anything else raises ValueError."""
+    text = defaults.env(name, str(default)) or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,7 @@ class WebSettings:
     threads: int = WEB_THREADS
     api_processes: int = API_PROCESSES
     api_connections: int = API_CONNECTIONS
+    ws_ping_seconds: float = WS_PING_SECONDS
     #: Retention of idempotency keys, seconds (``EMP_IDEMPOTENCY_SECONDS``).
     idempotency_seconds: int = IDEMPOTENCY_SECONDS
     #: Limits of a customer not in ``customer_limits`` (``EMP_LIMIT_*``).
@@ -144,6 +163,7 @@ class WebSettings:
             api_connections=int(defaults.env("EMP_API_CONNECTIONS", str(API_CONNECTIONS))),
             idempotency_seconds=int(defaults.env("EMP_IDEMPOTENCY_SECONDS",
                                                  str(IDEMPOTENCY_SECONDS))),
+            ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
         )
         for name, value in overrides.items():
             if value is not None:

@@ -44,7 +44,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     app.config["EMP_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # A socket message is bounded like a body: a larger one closes the socket (1009).
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 5,
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": settings.ws_ping_seconds,
                                          "max_message_size": settings.max_body_bytes}
     app.json.sort_keys = False
     app.extensions["emp"] = Backend.connect(settings.redis_url)

@@ -4,9 +4,9 @@ The token comes as ``Authorization: Bearer`` or ``?token=`` (browsers cannot
 set headers on a WebSocket). It is checked before the upgrade: a refused
 handshake gets an HTTP 401 (no or bad token) or 403 (a customer token on the
 monitor feed) with the usual JSON error, and no socket is opened. flask-sock
-pings every 5 s; a connection whose pong does not come back before the next
-ping is closed. A customer with all its sockets open (``EMP_LIMIT_SOCKETS``)
-gets 429 with ``Retry-After`` before the upgrade.
+pings every ``EMP_WS_PING_SECONDS`` (25 s); a connection whose pong does not
+come back before the next ping is closed. A customer with all its sockets open
+(``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before the upgrade.
 """
 
 from __future__ import annotations
