@@ -210,6 +210,20 @@ def demo(obj: dict[str, Any]) -> None:
     sys.exit(0 if run_demo(_reachable_url(obj)) else 1)
 
 
+def _check_web_settings(webhooks: bool = False) -> None:
+    """A malformed ``EMP_*`` web setting stops the start with one line naming it, not a
+    traceback."""
+    from webapp.settings import WebSettings
+    from webapp.webhooks.config import WebhookConfig
+
+    try:
+        WebSettings.from_env()
+        if webhooks:
+            WebhookConfig.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("--host", envvar="EMP_API_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="EMP_API_PORT", type=int, default=3331, show_default=True)
@@ -227,6 +241,7 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
         pools_file_from_env()
     except PoolsFileError as exc:
         raise click.ClickException(f"EMP_POOLS_FILE: {exc}") from None
+    _check_web_settings()
     run(_url(obj), host, port)
 
 
@@ -240,6 +255,7 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
     from webapp.webhooks import run
 
     set_service_name("emp-webhooks")
+    _check_web_settings(webhooks=True)
     run(_url(obj), host, port)
 
 

@@ -45,6 +45,30 @@ def env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
+def env_int(name: str, default: int) -> int:
+    """``name`` as an integer, ``default`` when unset; a malformed value raises ValueError
+    naming the variable (``int()``'s own message does not)."""
+    text = env(name)
+    if text is None:
+        return int(default)
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    """``name`` as a number, ``default`` when unset; a malformed value raises ValueError
+    naming the variable."""
+    text = env(name)
+    if text is None:
+        return float(default)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+
+
 def worker_pools() -> list[str]:
     """Pools a worker serves: ``WORKER_POOLS`` (comma list), else its machine's
     ``MACHINE_POOL`` (a machine's workers inherit it), else "default"."""
@@ -60,11 +84,11 @@ def redis_url() -> str:
 
 
 def lease_seconds() -> float:
-    return float(env("EMP_LEASE_SECONDS", str(LEASE_SECONDS)))
+    return env_float("EMP_LEASE_SECONDS", LEASE_SECONDS)
 
 
 def idle_block_seconds() -> float:
-    return float(env("EMP_IDLE_BLOCK_SECONDS", str(IDLE_BLOCK_SECONDS)))
+    return env_float("EMP_IDLE_BLOCK_SECONDS", IDLE_BLOCK_SECONDS)
 
 
 def time_limits() -> dict[str, float]:
@@ -77,19 +101,19 @@ def time_limits() -> dict[str, float]:
     for name, setting in (("EMP_TASK_TIME_LIMIT", "task_time_limit"),
                           ("EMP_TASK_SOFT_TIME_LIMIT", "task_soft_time_limit")):
         if env(name):
-            limits[setting] = float(env(name))
+            limits[setting] = env_float(name, 0.0)
     return limits
 
 
 def queue_settings() -> dict[str, int]:
     """Namespace tunables handed to the function library."""
     return {
-        "retention_ms": int(float(env("EMP_RETENTION_SECONDS", str(RETENTION_SECONDS))) * 1000),
-        "events_maxlen": int(env("EMP_EVENTS_MAXLEN", str(EVENTS_MAXLEN))),
-        "max_attempts": int(env("EMP_MAX_ATTEMPTS", str(MAX_ATTEMPTS))),
-        "max_service_releases": int(env("EMP_MAX_SERVICE_RELEASES", str(MAX_SERVICE_RELEASES))),
-        "service_release_delay_ms": int(float(env("EMP_SERVICE_RELEASE_DELAY_SECONDS",
-                                                  str(SERVICE_RELEASE_DELAY_SECONDS))) * 1000),
+        "retention_ms": int(env_float("EMP_RETENTION_SECONDS", RETENTION_SECONDS) * 1000),
+        "events_maxlen": env_int("EMP_EVENTS_MAXLEN", EVENTS_MAXLEN),
+        "max_attempts": env_int("EMP_MAX_ATTEMPTS", MAX_ATTEMPTS),
+        "max_service_releases": env_int("EMP_MAX_SERVICE_RELEASES", MAX_SERVICE_RELEASES),
+        "service_release_delay_ms": int(env_float("EMP_SERVICE_RELEASE_DELAY_SECONDS",
+                                                  SERVICE_RELEASE_DELAY_SECONDS) * 1000),
         **affinity_settings(),
     }
 
@@ -113,7 +137,7 @@ def affinity_settings() -> dict[str, int]:
     for setting, name in AFFINITY_ENV.items():
         if env(name):
             scale = 1 if setting == "affinity_window" else 1000
-            out[setting] = int(float(env(name)) * scale)
+            out[setting] = int(env_float(name, 0.0) * scale)
     return out
 
 
@@ -124,12 +148,12 @@ def health_gate() -> bool:
 
 
 def health_gate_seconds() -> float:
-    return float(env("EMP_HEALTH_GATE_SECONDS", str(HEALTH_GATE_SECONDS)))
+    return env_float("EMP_HEALTH_GATE_SECONDS", HEALTH_GATE_SECONDS)
 
 
 def health_gate_timeout_seconds() -> float:
-    return float(env("EMP_HEALTH_GATE_TIMEOUT_SECONDS", str(HEALTH_GATE_TIMEOUT_SECONDS)))
+    return env_float("EMP_HEALTH_GATE_TIMEOUT_SECONDS", HEALTH_GATE_TIMEOUT_SECONDS)
 
 
 def health_gate_open_seconds() -> float:
-    return float(env("EMP_HEALTH_GATE_OPEN_SECONDS", str(HEALTH_GATE_OPEN_SECONDS)))
+    return env_float("EMP_HEALTH_GATE_OPEN_SECONDS", HEALTH_GATE_OPEN_SECONDS)

@@ -114,11 +114,11 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
 
 def _default_limits() -> CustomerLimits:
     return CustomerLimits(
-        rate=float(defaults.env("EMP_LIMIT_RATE", str(RATE))),
-        burst=int(defaults.env("EMP_LIMIT_BURST", str(BURST))),
-        pending=int(defaults.env("EMP_LIMIT_PENDING", str(PENDING))),
-        classes=int(defaults.env("EMP_LIMIT_CLASSES", str(CLASSES))),
-        sockets=int(defaults.env("EMP_LIMIT_SOCKETS", str(SOCKETS))),
+        rate=defaults.env_float("EMP_LIMIT_RATE", RATE),
+        burst=defaults.env_int("EMP_LIMIT_BURST", BURST),
+        pending=defaults.env_int("EMP_LIMIT_PENDING", PENDING),
+        classes=defaults.env_int("EMP_LIMIT_CLASSES", CLASSES),
+        sockets=defaults.env_int("EMP_LIMIT_SOCKETS", SOCKETS),
     )
 
 
@@ -157,12 +157,11 @@ class WebSettings:
             customer_limits=parse_limits(defaults.env("EMP_CUSTOMER_LIMITS"), default_limits),
             customer_tokens=_pairs(defaults.env("EMP_API_TOKENS")),
             admin_tokens={t for t in admin if t},
-            max_body_bytes=int(defaults.env("EMP_MAX_BODY_BYTES", str(MAX_BODY_BYTES))),
-            threads=int(defaults.env("EMP_WEB_THREADS", str(WEB_THREADS))),
-            api_processes=int(defaults.env("EMP_API_PROCESSES", str(API_PROCESSES))),
-            api_connections=int(defaults.env("EMP_API_CONNECTIONS", str(API_CONNECTIONS))),
-            idempotency_seconds=int(defaults.env("EMP_IDEMPOTENCY_SECONDS",
-                                                 str(IDEMPOTENCY_SECONDS))),
+            max_body_bytes=defaults.env_int("EMP_MAX_BODY_BYTES", MAX_BODY_BYTES),
+            threads=defaults.env_int("EMP_WEB_THREADS", WEB_THREADS),
+            api_processes=defaults.env_int("EMP_API_PROCESSES", API_PROCESSES),
+            api_connections=defaults.env_int("EMP_API_CONNECTIONS", API_CONNECTIONS),
+            idempotency_seconds=defaults.env_int("EMP_IDEMPOTENCY_SECONDS", IDEMPOTENCY_SECONDS),
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
         )
         for name, value in overrides.items():

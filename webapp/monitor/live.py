@@ -44,7 +44,7 @@ _ids = count(1)
 
 def backlog_limit() -> int:
     """Messages a stream may queue unwritten before it is dropped (``EMP_SSE_BACKLOG``)."""
-    return max(1, int(defaults.env("EMP_SSE_BACKLOG", str(SUBSCRIPTION_BACKLOG))))
+    return max(1, defaults.env_int("EMP_SSE_BACKLOG", SUBSCRIPTION_BACKLOG))
 
 
 class StreamSink:

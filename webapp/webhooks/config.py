@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from emp_tasks.defaults import env
+from emp_tasks.defaults import env, env_float, env_int
 
 #: Attempts of a delivery answered with a non-transient error (``EMP_WEBHOOK_MAX_ATTEMPTS``).
 MAX_ATTEMPTS = 3
@@ -109,30 +109,27 @@ class WebhookConfig:
     @classmethod
     def from_env(cls) -> WebhookConfig:
         """Read every ``EMP_WEBHOOK_*`` variable; malformed values raise ValueError."""
-        timeout = float(env("EMP_WEBHOOK_TIMEOUT_SECONDS", str(TIMEOUT_SECONDS)))
+        timeout = env_float("EMP_WEBHOOK_TIMEOUT_SECONDS", TIMEOUT_SECONDS)
         return cls(
-            max_attempts=int(env("EMP_WEBHOOK_MAX_ATTEMPTS", str(MAX_ATTEMPTS))),
-            initial_delay_ms=int(env("EMP_WEBHOOK_INITIAL_DELAY_MS", str(INITIAL_DELAY_MS))),
-            backoff_multiplier=float(
-                env("EMP_WEBHOOK_BACKOFF_MULTIPLIER", str(BACKOFF_MULTIPLIER))),
-            max_delay_ms=int(env("EMP_WEBHOOK_MAX_DELAY_MS", str(MAX_DELAY_MS))),
-            disconnect_after=int(env("EMP_WEBHOOK_DISCONNECT_AFTER", str(DISCONNECT_AFTER))),
-            reconnect_seconds=float(env("EMP_WEBHOOK_RECONNECT_SECONDS", str(RECONNECT_SECONDS))),
-            progress_interval_ms=int(
-                env("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", str(PROGRESS_INTERVAL_MS))),
+            max_attempts=env_int("EMP_WEBHOOK_MAX_ATTEMPTS", MAX_ATTEMPTS),
+            initial_delay_ms=env_int("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
+            backoff_multiplier=env_float("EMP_WEBHOOK_BACKOFF_MULTIPLIER", BACKOFF_MULTIPLIER),
+            max_delay_ms=env_int("EMP_WEBHOOK_MAX_DELAY_MS", MAX_DELAY_MS),
+            disconnect_after=env_int("EMP_WEBHOOK_DISCONNECT_AFTER", DISCONNECT_AFTER),
+            reconnect_seconds=env_float("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
+            progress_interval_ms=env_int("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", PROGRESS_INTERVAL_MS),
             timeout_seconds=timeout,
-            lease_seconds=float(env("EMP_WEBHOOK_LEASE_SECONDS", str(timeout + 10))),
-            max_backlog=int(env("EMP_WEBHOOK_MAX_BACKLOG", str(MAX_BACKLOG))),
-            history_per_hook=int(env("EMP_WEBHOOK_HISTORY", str(HISTORY_PER_HOOK))),
-            history_seconds=float(env("EMP_WEBHOOK_HISTORY_SECONDS", str(HISTORY_SECONDS))),
-            recent_max=int(env("EMP_WEBHOOK_RECENT", str(RECENT_MAX))),
-            dispatchers=max(1, int(env("EMP_WEBHOOK_DISPATCHERS", str(DISPATCHERS)))),
-            namespace_refresh_seconds=float(env(
-                "EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS", str(NAMESPACE_REFRESH_SECONDS))),
-            claim_idle_seconds=float(
-                env("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", str(CLAIM_IDLE_SECONDS))),
-            consumer_lease_seconds=float(env(
-                "EMP_WEBHOOK_CONSUMER_LEASE_SECONDS", str(CONSUMER_LEASE_SECONDS))),
+            lease_seconds=env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10),
+            max_backlog=env_int("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
+            history_per_hook=env_int("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),
+            history_seconds=env_float("EMP_WEBHOOK_HISTORY_SECONDS", HISTORY_SECONDS),
+            recent_max=env_int("EMP_WEBHOOK_RECENT", RECENT_MAX),
+            dispatchers=max(1, env_int("EMP_WEBHOOK_DISPATCHERS", DISPATCHERS)),
+            namespace_refresh_seconds=env_float("EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS",
+                                                NAMESPACE_REFRESH_SECONDS),
+            claim_idle_seconds=env_float("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", CLAIM_IDLE_SECONDS),
+            consumer_lease_seconds=env_float("EMP_WEBHOOK_CONSUMER_LEASE_SECONDS",
+                                             CONSUMER_LEASE_SECONDS),
             allow_private=_flag("EMP_WEBHOOK_ALLOW_PRIVATE"),
             allowed_networks=parse_networks(env("EMP_WEBHOOK_ALLOWED_NETWORKS")),
             instance=env("EMP_WEBHOOK_INSTANCE") or socket.gethostname() or f"pid{os.getpid()}",

@@ -1,0 +1,54 @@
+"""Numeric settings from the environment: a malformed value is refused naming its variable.
+
+Before, ``EMP_MAX_BODY_BYTES=1MB`` stopped ``emp api`` with a traceback ending in
+"invalid literal for int() with base 10: '1MB'", which does not say which of the
+dozens of variables was wrong.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from emp_tasks import defaults
+from tests.emp_tasks.test_cli import run
+from webapp.settings import WebSettings
+from webapp.webhooks.config import WebhookConfig
+
+
+@pytest.mark.parametrize("name, value, read, message", [
+    ("EMP_MAX_BODY_BYTES", "1MB", WebSettings.from_env, "must be an integer"),
+    ("EMP_LIMIT_RATE", "fast", WebSettings.from_env, "must be a number"),
+    ("EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", WebhookConfig.from_env, "must be a number"),
+    ("EMP_WEBHOOK_MAX_ATTEMPTS", "2.5", WebhookConfig.from_env, "must be an integer"),
+    ("EMP_MAX_ATTEMPTS", "three", defaults.queue_settings, "must be an integer"),
+    ("EMP_LEASE_SECONDS", "1m", defaults.lease_seconds, "must be a number"),
+])
+def test_a_malformed_number_names_its_variable(monkeypatch, name, value, read, message) -> None:
+    """Tried: each value above in its variable, read the way its service reads it."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} {message}, got '{value}'$"):
+        read()
+
+
+def test_unset_and_empty_mean_the_default_and_good_values_are_read(monkeypatch) -> None:
+    monkeypatch.setenv("EMP_TEST_NUMBER", "")
+    assert defaults.env_int("EMP_TEST_NUMBER", 7) == 7
+    assert defaults.env_float("EMP_TEST_NUMBER", 2) == 2.0
+    monkeypatch.setenv("EMP_TEST_NUMBER", "12")
+    assert defaults.env_int("EMP_TEST_NUMBER", 7) == 12
+    assert defaults.env_float("EMP_TEST_NUMBER", 2) == 12.0
+
+
+@pytest.mark.parametrize("command, name, value, message", [
+    ("api", "EMP_WS_PING_SECONDS", "0", "must be a positive number of seconds, got '0'"),
+    ("api", "EMP_API_PROCESSES", "two", "must be an integer, got 'two'"),
+    ("webhooks", "EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'"),
+])
+def test_a_service_with_a_malformed_setting_stops_with_one_line(command, name, value,
+                                                                message) -> None:
+    """Tried: ``emp api`` and ``emp webhooks`` started with one bad variable each. They exit
+    1 with click's one-line error naming it, before listening, and print no traceback."""
+    done = run(command, "--port", "1", env={name: value}, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == f"Error: {name} {message}", done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
