@@ -109,6 +109,11 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         from machine.logs import use_json_logging
 
         use_json_logging(loglevel)
+    try:  # a malformed EMP_* number stops the start with one line naming it
+        defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
+        defaults.time_limits()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     app = _app(_url(obj))
     try:
         profile = build_profile(app)

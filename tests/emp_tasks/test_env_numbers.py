@@ -39,16 +39,20 @@ def test_unset_and_empty_mean_the_default_and_good_values_are_read(monkeypatch) 
     assert defaults.env_float("EMP_TEST_NUMBER", 2) == 12.0
 
 
-@pytest.mark.parametrize("command, name, value, message", [
-    ("api", "EMP_WS_PING_SECONDS", "0", "must be a positive number of seconds, got '0'"),
-    ("api", "EMP_API_PROCESSES", "two", "must be an integer, got 'two'"),
-    ("webhooks", "EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'"),
+@pytest.mark.parametrize("command, name, value, message, code", [
+    ("api", "EMP_WS_PING_SECONDS", "0", "must be a positive number of seconds, got '0'", 1),
+    ("api", "EMP_API_PROCESSES", "two", "must be an integer, got 'two'", 1),
+    ("webhooks", "EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'", 1),
+    ("worker", "EMP_MAX_ATTEMPTS", "three", "must be an integer, got 'three'", 2),
 ])
 def test_a_service_with_a_malformed_setting_stops_with_one_line(command, name, value,
-                                                                message) -> None:
-    """Tried: ``emp api`` and ``emp webhooks`` started with one bad variable each. They exit
-    1 with click's one-line error naming it, before listening, and print no traceback."""
-    done = run(command, "--port", "1", env={name: value}, timeout=60)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert done.stderr.strip() == f"Error: {name} {message}", done.stderr
+                                                                message, code) -> None:
+    """Tried: ``emp api``, ``emp webhooks`` and ``emp worker`` started with one bad variable
+    each. They stop before serving with click's error line naming it (the worker's, a usage
+    error, exits 2 like its other configuration errors) and print no traceback."""
+    args = ["--port", "1"] if command != "worker" else []
+    done = run(command, *args, env={name: value, "EMP_REDIS_URL": "redis://127.0.0.1:1/0"},
+               timeout=60)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"Error: {name} {message}", done.stderr
     assert "Traceback" not in done.stdout + done.stderr
