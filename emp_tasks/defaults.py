@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 #: Port of the Redis ``emp up`` starts: fixed, so every shell can find it, and not 6379, so
 #: jobs never land quietly in some other program's Redis.
@@ -45,28 +47,29 @@ def env(name: str, default: str | None = None) -> str | None:
     return value if value else default
 
 
-def env_int(name: str, default: int) -> int:
-    """``name`` as an integer, ``default`` when unset; a malformed value raises ValueError
-    naming the variable (``int()``'s own message does not)."""
+_N = TypeVar("_N", int, float)
+
+
+def _env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str) -> _N:
     text = env(name)
     if text is None:
-        return int(default)
+        return convert(default)
     try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+        return convert(text)
+    except ValueError:  # int()'s and float()'s own messages do not name the variable
+        raise ValueError(f"{name} must be {kind}, got {text!r}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    """``name`` as an integer, ``default`` when unset; a malformed value raises ValueError
+    naming the variable."""
+    return _env_number(name, default, int, "an integer")
 
 
 def env_float(name: str, default: float) -> float:
     """``name`` as a number, ``default`` when unset; a malformed value raises ValueError
     naming the variable."""
-    text = env(name)
-    if text is None:
-        return float(default)
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    return _env_number(name, default, float, "a number")
 
 
 def worker_pools() -> list[str]:
