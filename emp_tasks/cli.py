@@ -109,9 +109,10 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         from machine.logs import use_json_logging
 
         use_json_logging(loglevel)
-    try:  # a malformed EMP_* number stops the start with one line naming it
+    try:  # a malformed EMP_* number the worker reads stops the start with one line naming it
         defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
-        defaults.time_limits()
+        defaults.time_limits(), defaults.health_gate_seconds()
+        defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     app = _app(_url(obj))

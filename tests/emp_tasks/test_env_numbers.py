@@ -44,6 +44,7 @@ def test_unset_and_empty_mean_the_default_and_good_values_are_read(monkeypatch) 
     ("api", "EMP_API_PROCESSES", "two", "must be an integer, got 'two'", 1),
     ("webhooks", "EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'", 1),
     ("worker", "EMP_MAX_ATTEMPTS", "three", "must be an integer, got 'three'", 2),
+    ("worker", "EMP_HEALTH_GATE_SECONDS", "soon", "must be a number, got 'soon'", 2),
 ])
 def test_a_service_with_a_malformed_setting_stops_with_one_line(command, name, value,
                                                                 message, code) -> None:
