@@ -14,10 +14,10 @@ The load, held for 10 minutes (2 with ``--quick``):
   server cannot hide its backlog), 16 sender threads with keep-alive
   connections, spread over 50 customer tokens (2/s each);
 - every submitted job is a ``simulation`` of 10 steps over 10 s: progress
-  every second, and 100/s x 10 s = 1,000 jobs running at once. ``emp worker``
-  has no pool option; ``EMP_CELERY_CONFIG=bench._prodday_celery`` gives it
-  Celery's thread pool, so 2 workers x 550 threads (``WORKER_CONCURRENCY``)
-  hold 1,100 slots; the jobs actually running are sampled every second;
+  every second, and 100/s x 10 s = 1,000 jobs running at once. ``emp worker
+  -P threads`` runs them in Celery's thread pool (a job that sleeps between
+  steps costs a thread, not a process), so 2 workers x 550 threads hold 1,100
+  slots; the jobs actually running are sampled every second;
 - 5,000 client sockets (``/ws/client``, 100 per customer): 1,000 followers,
   each sent ``subscribe_progress`` for every tenth-second job of its customer
   right after its POST answered (so every REST job is followed), and 4,000
@@ -618,7 +618,6 @@ def main() -> None:
     tokens = ",".join(f"{token(c)}=c{c}" for c in range(CUSTOMERS))
     env = worker_env(url, EMP_API_TOKENS=tokens, EMP_ADMIN_TOKENS=ADMIN,
                      EMP_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
-                     EMP_CELERY_CONFIG="bench._prodday_celery",
                      WORKER_CONCURRENCY=str(THREADS_PER_WORKER), WORKER_SERVICES="simulation")
     services: dict[str, subprocess.Popen[bytes]] = {}
     ctx = multiprocessing.get_context("spawn")
@@ -643,8 +642,8 @@ def main() -> None:
                                             logs / "monitor.log")
         for n in range(WORKERS):
             services[f"worker{n + 1}"] = start_service(
-                ["worker", "-l", "warning"], {**env, "WORKER_ID": f"prodday-{n + 1}"},
-                logs / f"worker{n + 1}.log")
+                ["worker", "-P", "threads", "-l", "warning"],
+                {**env, "WORKER_ID": f"prodday-{n + 1}"}, logs / f"worker{n + 1}.log")
         for name, base in (("api", api_base), ("webhooks", hooks_base),
                            ("monitor", monitor_base)):
             wait_http(base + "/health", services[name], logs / f"{name}.log")

@@ -34,6 +34,13 @@ CLUSTER_ENV = "EMP_REDIS_CLUSTER"
 #: 0.5 s): about 4 s, more than a failover with a cluster-node-timeout of 2 s takes.
 FAILOVER_RETRIES = 10
 
+#: Connections a thread-per-job process may open per node: redis-py's default before
+#: 8.0. Since 8.0 a pool refuses the 101st connection ("Too many connections"), so a
+#: thread-pool worker with more than 100 jobs inside Redis calls at once (a Redis
+#: pause is enough) failed them. Its threads bound the connections instead, as
+#: Celery's ``redis_max_connections`` ("no limit" by default) documents.
+THREAD_CONNECTIONS = 2**31
+
 _OFF = {"", "0", "false", "no", "off"}
 _ON = {"1", "true", "yes", "on"}
 
@@ -102,6 +109,7 @@ def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     # A failover takes cluster-node-timeout plus an election: keep retrying
     # (re-reading the slot map each time) a little longer than that.
     options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES)
+    options["max_connections"] = THREAD_CONNECTIONS
     return EmpRedisCluster(**{**options, **kwargs})
 
 
@@ -111,7 +119,7 @@ def make_client(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
         return cluster_client(url, **kwargs)
     if is_green():
         return redis.Redis(connection_pool=blocking_pool(url, **kwargs))
-    return redis.Redis.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **{"max_connections": THREAD_CONNECTIONS, **kwargs})
 
 
 def is_cluster_client(client: Any) -> bool:

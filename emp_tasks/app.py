@@ -14,7 +14,7 @@ from celery import Celery
 from kombu.utils.uuid import uuid
 
 from capability_router import TRANSPORT
-from capability_router.cluster import cluster_enabled
+from capability_router.cluster import THREAD_CONNECTIONS, cluster_enabled
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
@@ -45,6 +45,8 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "result_backend": f"{CLUSTER_BACKEND}+{url}" if cluster_enabled() else url,
         "result_expires": 24 * 3600,
+        # Celery documents "no limit"; redis-py 8 turned its None into 100 connections
+        "redis_max_connections": THREAD_CONNECTIONS,
         "task_default_queue": DEFAULT_NAMESPACE,
         "task_routes": (CapabilityRouter(),),
         "task_acks_late": True,

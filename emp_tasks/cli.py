@@ -71,6 +71,9 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
               help="Pool namespace(s) to serve (env WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
               default=defaults.CONCURRENCY, show_default=True)
+@click.option("-P", "--worker-pool", type=click.Choice(["prefork", "threads", "solo"]),
+              help="Celery's execution pool (Celery's -P; default: its worker_pool "
+                   "setting, else prefork). threads suits jobs that wait on a server.")
 @click.option("--worker-id", help="Worker id (env WORKER_ID).")
 @click.option("--gpu-memory-gb", type=float, help="env WORKER_GPU_MEMORY_GB")
 @click.option("--ram-gb", type=float, help="env WORKER_RAM_GB")
@@ -84,7 +87,7 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 @click.option("-l", "--loglevel", default="info", show_default=True)
 @click.pass_obj
 def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
-           concurrency: int, loglevel: str, **flags: Any) -> None:
+           concurrency: int, worker_pool: str | None, loglevel: str, **flags: Any) -> None:
     """Run a Celery worker that claims the jobs its capabilities match."""
     import os
 
@@ -128,7 +131,8 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(f"{exc} (-Q, WORKER_POOLS or MACHINE_POOL)") from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
-    run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel)
+    run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel,
+               extra_args=["-P", worker_pool] if worker_pool else None)
 
 
 @main.command()
