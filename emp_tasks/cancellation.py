@@ -32,6 +32,11 @@ def is_cancelled(context: JobContext | None) -> bool:
     status, attempts = context.functions.client.hmget(
         context.functions.keys.job(context.job_id), "status", "attempts"
     )
+    return stops_attempt(context, status, attempts)
+
+
+def stops_attempt(context: JobContext, status: str | None, attempts: str | None) -> bool:
+    """Whether a record's ``status`` and ``attempts`` say this attempt must stop."""
     return status == JobStatus.CANCELLED or (
         attempts is not None and int(attempts) != context.attempt
     )

@@ -2,9 +2,9 @@
 
 The connector's progress goes to ``task.progress`` (which raises JobCancelled
 once the job is cancelled; the connector then stops the service's work).
-A watcher thread also polls for cancellation, so a job that reports nothing
-for a while (a model loading) still learns it: it calls ``cancel_job`` and
-the connector raises JobCancelledByService. Failures carry an ErrorType:
+The process's cancel watcher also checks, so a job that reports nothing for a
+while (a model loading) still learns it: it calls ``cancel_job`` and the
+connector raises JobCancelledByService. Failures carry an ErrorType:
 a memory error first asks for a bigger GPU (``emp_tasks.oom_escalation``);
 retryable ones go back to the queue through Celery's retry with exponential
 backoff (the job's ``max_retries``), the others fail the job at once. A job
@@ -17,7 +17,6 @@ the connector's model residency changes are reported
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from capability_router.errors import JobCancelled
 from emp_tasks.bad_models import stop_advertising
-from emp_tasks.cancellation import is_cancelled
+from emp_tasks.cancel_watch import WATCH
 from emp_tasks.directives import job_running
 from emp_tasks.oom_escalation import escalate
 from emp_tasks.residency_report import report_residency
@@ -43,9 +42,6 @@ from machine.connectors.base import (
     ServiceUnavailable,
 )
 from machine.connectors.factory import get_connector
-
-#: Seconds between the watcher's cancellation checks.
-CANCEL_POLL_SECONDS = 1.0
 
 
 def job_input(task: Any, payload: dict[str, Any]) -> JobInput:
@@ -124,7 +120,7 @@ def _publish(task: Any, report: Progress) -> None:
 
 @contextmanager
 def _cancel_watcher(task: Any, connector: Connector, job_id: str) -> Iterator[None]:
-    """Poll the job's cancellation on a thread; tell the connector when it turns true.
+    """Tell the connector when the job is cancelled (``emp_tasks.cancel_watch``).
 
     The job context is taken here: Celery's ``task.request`` is thread-local,
     so the watcher thread could not find the job through the task.
@@ -133,25 +129,8 @@ def _cancel_watcher(task: Any, connector: Connector, job_id: str) -> Iterator[No
     if context is None:  # run eagerly: nothing to watch
         yield
         return
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(CANCEL_POLL_SECONDS):
-            try:
-                cancelled = is_cancelled(context)
-            except Exception:  # Redis briefly away: the next poll or progress call tells
-                continue
-            if cancelled:
-                connector.cancel_job(job_id)
-                return
-
-    thread = threading.Thread(target=watch, name=f"cancel-watch-{job_id}", daemon=True)
-    thread.start()
-    try:
+    with WATCH.watching(context, lambda: connector.cancel_job(job_id)):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def _json(text: str | None) -> dict[str, Any]:

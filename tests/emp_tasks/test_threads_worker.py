@@ -44,3 +44,35 @@ def test_200_running_jobs_ride_out_a_redis_pause_without_a_failure(
         assert record["attempts"] == 1, (job_id, record.get("last_error"))
     log = worker.log_path.read_text()
     assert "Too many connections" not in log and "requeued" not in log, log[-3000:]
+
+
+def thread_count(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+@pytest.mark.timeout(120)
+def test_one_watcher_thread_stops_the_cancelled_jobs_among_40_silent_ones(
+        app, start_worker) -> None:
+    # Tried: 40 simulation jobs of one 60 s step (no progress report to notice a cancel
+    # by) in one threads worker; 4 of them cancelled. The process's one watcher stops
+    # those 4 within seconds and leaves the other 36 running. A watcher thread per job
+    # held 40 threads more than the pool's own.
+    jobs = 40
+    worker = start_worker("w-watch", args=["-P", "threads", "-c", str(jobs)],
+                          WORKER_SERVICES="simulation")
+    idle_threads = thread_count(worker.process.pid)
+    results = [producer.submit("simulation", {"steps": 1, "duration": 60.0}, app=app)
+               for _ in range(jobs)]
+    job_ids = [result.id for result in results]
+    wait_for(lambda: statuses(app, job_ids).count("in_progress") == jobs, timeout=60,
+             every=0.5, message=f"{jobs} jobs running")
+    busy_threads = thread_count(worker.process.pid)
+    assert busy_threads <= idle_threads + jobs + 5, (idle_threads, busy_threads)  # not 2 x jobs
+    for job_id in job_ids[:4]:
+        producer.cancel(job_id, app=app)
+    # REVOKED is the run's own end (the record says cancelled at once, whatever the run does).
+    wait_for(lambda: [r.state for r in results[:4]] == ["REVOKED"] * 4, timeout=15,
+             message="the 4 cancelled runs to stop")
+    assert {r.state for r in results[4:]} == {"STARTED"}
+    assert statuses(app, job_ids[4:]) == ["in_progress"] * (jobs - 4)
