@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import redis
+
 from emp_tasks.cancellation import stops_attempt
 from emp_tasks.context import JobContext
 
@@ -75,19 +77,22 @@ class CancelWatch:
                 while not self._jobs:
                     self._wake.wait()
             time.sleep(self.interval)
-            with self._lock:
-                jobs = dict(self._jobs)
             try:
-                cancelled = self.cancelled(jobs)
-            except Exception as exc:  # Redis briefly away: the next round or a progress call
+                self._check()
+            except (redis.RedisError, OSError) as exc:  # the next round, or a progress call
                 logger.debug("cancellation check failed: %s", exc)
-                continue
-            for ticket in cancelled:
-                with self._lock:
-                    watched = self._jobs.pop(ticket, None)
-                if watched is not None:
-                    threading.Thread(target=watched.on_cancel, daemon=True,
-                                     name=f"cancel-{watched.context.job_id}").start()
+            except Exception:  # never let one bad round end the watch of every job
+                logger.exception("cancellation check failed")
+
+    def _check(self) -> None:
+        with self._lock:
+            jobs = dict(self._jobs)
+        for ticket in self.cancelled(jobs):
+            with self._lock:
+                watched = self._jobs.pop(ticket, None)
+            if watched is not None:
+                threading.Thread(target=watched.on_cancel, daemon=True,
+                                 name=f"cancel-{watched.context.job_id}").start()
 
     @staticmethod
     def cancelled(jobs: dict[int, _Watched]) -> list[int]:
