@@ -29,7 +29,7 @@ def test_200_running_jobs_ride_out_a_redis_pause_without_a_failure(
     # 101st ("MaxConnectionsError: Too many connections") and the jobs were rejected.
     worker = start_worker("w-threads", args=["-P", "threads", "-c", str(JOBS + 10)],
                           WORKER_SERVICES="simulation")
-    job_ids = [producer.submit("simulation", {"steps": 8, "duration": 8.0}, app=app).id
+    job_ids = [producer.submit("simulation", {"steps": 15, "duration": 15.0}, app=app).id
                for _ in range(JOBS)]
     wait_for(lambda: statuses(app, job_ids).count("in_progress") == JOBS, timeout=60,
              every=0.5, message=f"{JOBS} jobs running at once")
