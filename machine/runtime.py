@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from capability_router.cluster import make_client
 from machine.errors import MachineError
 from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
@@ -53,8 +54,9 @@ class MachineRuntime:
             settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
         self.run_dir = Path(settings.run_dir or ".")
         self.files = RunFiles.in_dir(self.run_dir)
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                          socket_timeout=10, health_check_interval=30)
+        # make_client: a RedisCluster when the cluster switch is on, as for every other process.
+        self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
+                                 health_check_interval=30)
         self.supervisord = Supervisord(self.files, self.child_env())
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
