@@ -87,6 +87,11 @@ def _routing_fields(fields: Any) -> dict[str, str]:
     return dict(fields)
 
 
+#: The most retries a job may have: also what a task's ``max_retries = None`` (Celery's
+#: "retry for ever") gets, so a runaway retry loop still ends.
+MAX_RETRIES_LIMIT = 100
+
+
 @dataclass
 class JobSpec:
     """One job as submitted: service, payload, requirements and ordering fields."""
@@ -124,7 +129,7 @@ class JobSpec:
         if self.ctx is not None and not isinstance(self.ctx, dict):
             raise InvalidJob(f"ctx must be a JSON object, got {type(self.ctx).__name__}")
         self.priority = _int("priority", self.priority, 0, 100, 50)
-        self.max_retries = _int("max_retries", self.max_retries, 0, 100, 3)
+        self.max_retries = _int("max_retries", self.max_retries, 0, MAX_RETRIES_LIMIT, 3)
         self.customer_id = _name("customer_id", self.customer_id)
         self.workflow_id = _name("workflow_id", self.workflow_id)
         self.workflow_priority = _int("workflow_priority", self.workflow_priority, 0, 100, None)

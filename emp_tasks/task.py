@@ -9,6 +9,7 @@ cancellation checks are in ``progress`` and ``cancellation``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
@@ -21,12 +22,13 @@ from kombu.utils.uuid import uuid
 
 from capability_router.errors import JobCancelled, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
-from capability_router.jobspec import HEADER, JobSpec
+from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks import tracing
 from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
 from emp_tasks.context import JobContext, job_context
+from emp_tasks.lease_keeper import lease_kept
 from emp_tasks.placement import place
 from emp_tasks.progress import report_progress
 
@@ -41,6 +43,7 @@ JOB_OPTIONS = (
 #: outcome cannot be recorded now, so the job goes back to pending (``Reject`` with
 #: requeue) rather than being counted as failed.
 STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_REDIRECTS)
+logger = logging.getLogger(__name__)
 
 
 class EmpTask(Task):
@@ -61,6 +64,19 @@ class EmpTask(Task):
     #: A cancel ends the run (as REVOKED), whatever a job type's ``autoretry_for`` says.
     dont_autoretry_for = (JobCancelled,)
 
+    #: Always: a job's message is acknowledged when its run ended. The ack is what tells
+    #: the queue a run ended (without an outcome: crashed), and the lease is renewed
+    #: until then; acknowledged at the start, a job would be failed while it runs.
+    acks_late = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("acks_late") is False:
+            logger.warning("task %s: acks_late=False is ignored; EMP acknowledges a job when "
+                           "its run ends (a crashed run is retried through its lease)",
+                           cls.__dict__.get("name") or cls.__name__)
+            cls.acks_late = True
+
     @property
     def service_name(self) -> str:
         return self.service or self.name
@@ -74,6 +90,12 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
+        # The task's own defaults, as Celery applies them to a call that names none.
+        if "priority" not in fields and self.priority is not None:
+            fields["priority"] = self.priority
+        if "max_retries" not in fields:
+            fields["max_retries"] = (MAX_RETRIES_LIMIT if self.max_retries is None
+                                     else self.max_retries)
         spec = JobSpec(service=self.service_name, payload=payload, **fields)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
             spec = place(self.app, spec, self.duration_features)
@@ -167,6 +189,7 @@ class EmpTask(Task):
             context, self.service_name, profile.get("worker_id") or hostname, machine_id,
         ) if tracing.job_tracer() is not None else None
         with ExitStack() as held:
+            held.enter_context(lease_kept(self.app, context))  # solo pool: nothing else renews
             with tracing.span("preparing", task_id, traced):
                 self._recorded(context, lambda: held.enter_context(self.prepare(context)))
             outcome = context.functions.start(task_id, context.attempt, hostname, machine_id)

@@ -1,0 +1,137 @@
+"""Celery task options a Celery user sets on the task itself, and Celery's solo pool.
+
+Each was found broken from outside: a task's own ``priority`` and ``max_retries``
+were ignored (every job got 50 and 3), an ``acks_late=False`` task was failed
+while it ran, and under ``-P solo`` a job longer than the lease was started again
+on another worker while it still ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import ROOT, wait_for
+from emp_tasks.producer import get_job
+
+#: Job types the workers import (``EMP_CELERY_CONFIG``); each logs its runs to Redis.
+OPTION_JOBS = '''
+import os
+import time
+
+import redis
+from celery import shared_task
+
+
+def log(name, request):
+    redis.Redis.from_url(os.environ["EMP_REDIS_URL"]).rpush(
+        "test:runs:" + request.id, f"{name}@{request.hostname}")
+
+
+@shared_task(bind=True, name="test.flaky", service="echo", max_retries=2)
+def flaky(self):
+    log("flaky", self.request)
+    raise self.retry(exc=RuntimeError("boom"), countdown=0)
+
+
+@shared_task(bind=True, name="test.never_retry", service="echo", max_retries=0,
+             autoretry_for=(RuntimeError,))
+def never_retry(self):
+    log("never_retry", self.request)
+    raise RuntimeError("boom")
+
+
+@shared_task(bind=True, name="test.early_ack", service="echo", acks_late=False)
+def early_ack(self, seconds):
+    log("early_ack", self.request)
+    time.sleep(seconds)
+    return "done"
+
+
+@shared_task(bind=True, name="test.long_sleep", service="echo")
+def long_sleep(self, seconds):
+    log("long_sleep", self.request)
+    time.sleep(seconds)
+    return "slept"
+'''
+
+
+@pytest.fixture
+def options_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "option_jobs.py").write_text(OPTION_JOBS)
+    (tmp_path / "option_config.py").write_text('imports = ["option_jobs"]\n')
+    return {"PYTHONPATH": f"{ROOT}:{tmp_path}", "EMP_CELERY_CONFIG": "option_config"}
+
+
+def producer_task(app, name: str, **options):  # noqa: ANN001, ANN201 - a Celery task
+    """The producer's side of a job type of ``OPTION_JOBS``: name, service, options."""
+    def body(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        """Runs on the workers only."""
+    return app.task(name=name, service="echo", shared=False, **options)(body)
+
+
+@pytest.mark.fast
+def test_a_tasks_own_priority_and_max_retries_reach_the_job(app) -> None:
+    """Tried: jobs of tasks declaring ``priority=90``, ``max_retries=2``, ``0`` and
+    ``None`` (Celery's "for ever"), submitted without those options, and one whose
+    call names its own; before the fix every record said priority 50 and 3 retries."""
+    urgent = producer_task(app, "test.urgent", priority=90, max_retries=2)
+    never = producer_task(app, "test.never", max_retries=0)
+    forever = producer_task(app, "test.forever", max_retries=None)
+    plain = producer_task(app, "test.plain")
+
+    record = get_job(urgent.apply_async().id, app=app)
+    assert (record["priority"], record["max_retries"]) == (90, 2)
+    assert get_job(never.apply_async().id, app=app)["max_retries"] == 0
+    assert get_job(forever.apply_async().id, app=app)["max_retries"] == 100
+    record = get_job(plain.apply_async().id, app=app)
+    assert (record["priority"], record["max_retries"]) == (50, 3)  # Celery's own default
+    record = get_job(urgent.apply_async(priority=20, max_retries=5).id, app=app)
+    assert (record["priority"], record["max_retries"]) == (20, 5)  # the call wins
+
+
+@pytest.mark.timeout(120)
+def test_a_tasks_own_max_retries_bounds_its_runs(app, client: redis.Redis, start_worker,
+                                                 options_env) -> None:
+    """Tried: ``max_retries=2`` with ``self.retry`` and ``max_retries=0`` with
+    ``autoretry_for``; before the fix the first ran 4 times and the second 4 times
+    (the job's default of 3 retries replaced the task's)."""
+    start_worker("w1", **options_env)
+    # The producer declares the task as the worker's module does (a shared module).
+    flaky = producer_task(app, "test.flaky", max_retries=2)
+    never = producer_task(app, "test.never_retry", max_retries=0)
+    for task, runs in ((flaky, 3), (never, 1)):
+        result = task.apply_async()
+        with pytest.raises(Exception, match="boom"):
+            result.get(timeout=60)
+        assert client.llen(f"test:runs:{result.id}") == runs, task.name
+        record = get_job(result.id, app=app)
+        assert record["status"] == "failed" and record["retries"] == runs - 1, record
+
+
+@pytest.mark.timeout(120)
+def test_early_ack_task_and_solo_pool_run_a_job_longer_than_the_lease_once(
+        app, client: redis.Redis, start_worker, options_env) -> None:
+    """Tried, with a 2 s lease: an ``acks_late=False`` task sleeping 5 s (before the
+    fix it was failed 2-5 s in, "task ended without recording an outcome", and its
+    result refused), and a 5 s job on a ``-P solo`` worker while a second worker waits
+    (before the fix the lease lapsed and the second worker ran it again meanwhile)."""
+    prefork = start_worker("w-prefork", **options_env)
+    early = producer_task(app, "test.early_ack").apply_async(kwargs={"seconds": 5})
+    assert early.get(timeout=60) == "done"
+    record = get_job(early.id, app=app)
+    assert record["status"] == "completed" and record["attempts"] == 1, record
+    prefork.stop()
+
+    start_worker("w-solo", args=["-P", "solo"], **options_env)
+    long = producer_task(app, "test.long_sleep").apply_async(kwargs={"seconds": 5})
+    wait_for(lambda: get_job(long.id, app=app)["status"] == "in_progress", timeout=30,
+             message="the solo worker to start the job")
+    start_worker("w-other", **options_env)  # idle, and could take the job were it lost
+    assert long.get(timeout=60) == "slept"
+    record = get_job(long.id, app=app)
+    assert record["status"] == "completed" and record["attempts"] == 1, record
+    assert record["worker_id"] == "w-solo"
+    runs = client.lrange(f"test:runs:{long.id}", 0, -1)
+    assert len(runs) == 1 and runs[0].startswith("long_sleep@w-solo@"), runs
