@@ -150,6 +150,7 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
            priority: int, customer_id: str | None, pool: str | None, workflow_id: str | None,
            no_wait: bool, timeout: float) -> None:
     """Submit a job; waits with a progress bar unless --no-wait."""
+    from emp_tasks.producer import get_job
     from emp_tasks.producer import submit as submit_job
     from emp_tasks.watch import follow_job
 
@@ -157,15 +158,18 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     job_payload = _json_option(payload, "--payload")
     job_requirements = _json_option(requirements, "--requirements")
     url = _reachable_url(obj)
+    app = _app(url)
     try:
         result = submit_job(service, job_payload, job_requirements, priority=priority,
-                            customer_id=customer_id, app=_app(url), **fields)
+                            customer_id=customer_id, app=app, **fields)
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.id)
     if no_wait:
         return
-    status, data = follow_job(url, pool or "default", result.id, timeout=timeout)
+    # The job's events are in its pool's streams: the router's pool when it named none.
+    status, data = follow_job(url, pool or get_job(result.id, app=app)["pool"], result.id,
+                              timeout=timeout)
     click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
     sys.exit(0 if status == JobStatus.COMPLETED else 1)
 

@@ -4,6 +4,9 @@ and its limit, the decision on the job and in job_submitted, and the model learn
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from test_routing import IMAGE, POOLS, SHORT, VIDEO
 from capability_router.keys import Keys
 from capability_router.pools import load_pools_file
 from capability_router.routing import Router
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from emp_tasks import producer
 from emp_tasks.jobs.simulation import SIZE_FEATURES
 
@@ -122,3 +125,21 @@ def test_spill_over_to_an_idle_bigger_pool_and_its_limit(app, client: redis.Redi
     assert producer.get_job(submit(app, {**SHORT, "duration": 0.1}), app=app)["pool"] == "fast"
     for job_id in (*queued, waits):
         assert finished(app, job_id)["worker_id"] == "w-standard"
+
+
+@pytest.mark.timeout(120)
+def test_emp_submit_follows_a_routed_job_in_the_pool_it_was_routed_to(
+        redis_server, start_worker, pools_file: Path) -> None:  # noqa: ANN001
+    """Tried: ``emp submit`` of a short job with routing on and no ``--pool``. It went to
+    the router's "fast" pool and completed there, while the command watched the
+    "default" pool's stream: its bar stayed at "pending 0%" and it exited 1 "timeout"."""
+    start_worker(POOL_WORKERS["fast"], wait=False, WORKER_POOLS="fast").wait_ready("fast")
+    done = subprocess.run(
+        [sys.executable, "-m", "emp_tasks.cli", "submit", "simulation", "--payload",
+         json.dumps({**SHORT, "duration": 0.2}), "--timeout", "30"],
+        capture_output=True, text=True, timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url,
+             "EMP_POOLS_FILE": str(pools_file)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = json.loads(done.stdout.splitlines()[-1])
+    assert final["status"] == "completed", final
