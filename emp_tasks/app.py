@@ -7,10 +7,10 @@ nothing to Redis, and the Redis URL is resolved when the app is first used.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from celery import Celery
+from celery.utils.imports import import_from_cwd
 from kombu.utils.uuid import uuid
 
 from capability_router import TRANSPORT
@@ -64,11 +64,20 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
 
 
 def user_config() -> dict[str, Any]:
-    """Settings of the module named by ``EMP_CELERY_CONFIG`` (e.g. conf.celeryconfig)."""
+    """Settings of the module named by ``EMP_CELERY_CONFIG`` (e.g. conf.celeryconfig).
+
+    Imported as Celery imports a config module: the working directory first, then
+    ``sys.path``; so ``emp`` run from a checkout finds ``conf/`` as ``celery`` would.
+    """
     name = defaults.env("EMP_CELERY_CONFIG")
     if not name:
         return {}
-    module = importlib.import_module(name)
+    try:
+        module = import_from_cwd(name)
+    except ImportError as exc:
+        raise defaults.CeleryConfigError(
+            f"EMP_CELERY_CONFIG={name!r} cannot be imported from the working directory or "
+            f"PYTHONPATH ({exc})") from None
     return {k: v for k, v in vars(module).items() if not k.startswith("_") and k.islower()}
 
 

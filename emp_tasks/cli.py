@@ -55,7 +55,17 @@ def _reachable_url(obj: dict[str, Any]) -> str:
     return location.url
 
 
-@click.group()
+class EmpGroup(click.Group):
+    """The ``emp`` group: a broken ``EMP_CELERY_CONFIG`` is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except defaults.CeleryConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=EmpGroup)
 @click.option("--redis-url", default=None,
               help="Redis URL. Without it: env EMP_REDIS_URL, else REDIS_URL, else the "
                    f"running `emp up`, else {defaults.REDIS_URL}.")

@@ -41,6 +41,10 @@ HEALTH_GATE_TIMEOUT_SECONDS = 5.0
 HEALTH_GATE_OPEN_SECONDS = 1.0
 
 
+class CeleryConfigError(ImportError):
+    """``EMP_CELERY_CONFIG`` names a module that cannot be imported."""
+
+
 def env(name: str, default: str | None = None) -> str | None:
     """Read ``name`` from the environment; empty counts as unset."""
     value = os.environ.get(name)

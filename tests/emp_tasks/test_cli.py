@@ -225,3 +225,24 @@ def test_cancel_of_a_finished_job_says_so_and_fails(redis_server, client, app,
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"job {result.id!r} is already completed" in done.stderr
     assert client.hget(Keys("default").job(result.id), "status") == "completed"
+
+
+def test_emp_celery_config_is_imported_from_the_working_directory_as_celery_does(
+        redis_server, tmp_path: Path) -> None:
+    """Tried: ``EMP_CELERY_CONFIG=conf.celeryconfig`` (the README's example) from a
+    checkout. The ``emp`` script does not put the working directory on ``sys.path``, so
+    every command died with a ModuleNotFoundError traceback; a name that does not
+    exist must still fail, in one line naming the variable."""
+    (tmp_path / "myconf").mkdir()
+    (tmp_path / "myconf" / "celeryconfig.py").write_text("task_soft_time_limit = 33\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url}
+
+    def emp_job(config: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*EMP, "job", "no-such-job"], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path, env={**env, "EMP_CELERY_CONFIG": config})
+
+    found = emp_job("myconf.celeryconfig")
+    assert found.returncode == 1 and "job 'no-such-job' not found" in found.stderr, found.stderr
+    missing = emp_job("nope.celeryconfig")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "EMP_CELERY_CONFIG='nope.celeryconfig' cannot be imported" in missing.stderr
