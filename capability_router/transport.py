@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
@@ -236,6 +237,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     lease_seconds: float = 30.0
     #: Seconds between lease renewals (None: a third of the lease).
     lease_renew_seconds: float | None = None
+    #: Seconds between two records of a namespace this process uses (``note_namespace``).
+    namespace_refresh_seconds: float = 10.0
     #: The consuming worker's capability profile (dict); None reads WORKER_* env.
     worker_profile: dict[str, Any] | None = None
     #: Asked before every claim; a closed gate (``open`` false) stops claims. None: always open.
@@ -249,6 +252,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lease_seconds",
         "lease_renew_seconds",
+        "namespace_refresh_seconds",
         "worker_profile",
         "claim_gate",
         "claim_gate_retry_seconds",
@@ -267,7 +271,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self._misses = 0
         self._next_due_ms = 0
         self._registered_queues: set[str] = set()
-        self._known_queues: set[str] = set()
+        #: Namespace -> when (monotonic) this process last recorded it in NAMESPACES_KEY.
+        self._known_queues: dict[str, float] = {}
         self._acks: dict[str, list[tuple[str, str]]] = {}
         #: Namespaces where this worker's last claim got a job, so it holds no idle mark.
         self._busy_in: set[str] = set()
@@ -395,10 +400,16 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 logger.debug("could not announce the service change", exc_info=True)
 
     def note_namespace(self, namespace: str) -> None:
-        """Record the namespace once, so get_job can find its jobs."""
-        if namespace not in self._known_queues:
+        """Record the namespace, so get_job (and every reader of all pools) finds its jobs.
+
+        Again every ``namespace_refresh_seconds``, not once per process: a Redis
+        restarted without its data forgets the set, and a pool only this process
+        remembered would hide its new jobs from everyone (404 on read and cancel).
+        """
+        now = monotonic()
+        if now - self._known_queues.get(namespace, -math.inf) >= self.namespace_refresh_seconds:
             self.sync_client.sadd(NAMESPACES_KEY, namespace)
-            self._known_queues.add(namespace)
+            self._known_queues[namespace] = now
 
     # -- publish ------------------------------------------------------------
 
