@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kombu.utils import json as kombu_json
+
 from capability_router.errors import InvalidJob
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.requirements import (
@@ -61,6 +63,17 @@ def _int(field_name: str, value: Any, low: int, high: int, default: int | None) 
     if not low <= value <= high:
         raise InvalidJob(f"{field_name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _json_text(field_name: str, value: Any) -> str:
+    """``value`` as JSON the way Celery's json serializer writes a message (datetime, date,
+    UUID and Decimal included), so what Celery would send is accepted; never NaN or
+    Infinity, which are not JSON: every reader of the record parses it."""
+    try:
+        return kombu_json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"{field_name} must be JSON-serializable (no NaN or Infinity): "
+                         f"{exc}") from None
 
 
 def _time_ms(field_name: str, value: Any) -> int | None:
@@ -121,6 +134,9 @@ class JobSpec:
     #: The class's matching part (``requirements.family_of``) and its signature.
     family_json: str = field(init=False)
     family_signature: str = field(init=False)
+    #: ``payload`` and ``ctx`` as the record keeps them (``_json_text``).
+    payload_json: str = field(init=False, repr=False)
+    ctx_json: str | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.service = _name("service_required", self.service, required=True)
@@ -148,10 +164,9 @@ class JobSpec:
             raise InvalidJob(str(exc)) from None
         if self.routing is not None:
             self.routing = _routing_fields(self.routing)
-        try:
-            size = len(json.dumps(self.payload)) + len(json.dumps(self.ctx or {}))
-        except (TypeError, ValueError) as exc:
-            raise InvalidJob(f"payload must be JSON-serializable: {exc}") from None
+        self.payload_json = _json_text("payload", self.payload)
+        self.ctx_json = None if self.ctx is None else _json_text("ctx", self.ctx)
+        size = len(self.payload_json) + len(self.ctx_json or "{}")
         if size > MAX_PAYLOAD_BYTES:
             raise InvalidJob(f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
         self.job_class = normalize_requirements(
@@ -197,7 +212,7 @@ class JobSpec:
         values: dict[str, Any] = {
             "service_required": self.service,
             "priority": self.priority,
-            "payload": json.dumps(self.payload),
+            "payload": self.payload_json,
             "requirements": json.dumps(self.requirements),
             "customer_id": self.customer_id,
             "max_retries": self.max_retries,
@@ -206,7 +221,7 @@ class JobSpec:
             "workflow_datetime": self.workflow_datetime,
             "current_step": self.current_step,
             "total_steps": self.total_steps,
-            "ctx": json.dumps(self.ctx) if self.ctx is not None else None,
+            "ctx": self.ctx_json,
             "pool": self.pool,
             **(self.routing or {}),
         }

@@ -16,8 +16,10 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.serialization import get_pickleable_exception
+from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
 from capability_router.errors import JobCancelled, RetryRefused
@@ -198,14 +200,22 @@ class EmpTask(Task):
             if outcome != "ok":
                 raise Ignore(f"job {task_id} is {outcome}; not running it")
             with tracing.span("run", task_id, traced):
-                retval = self._recorded(context,
-                                        lambda: super(EmpTask, self).__call__(*args, **kwargs))
+                retval = self._recorded(context, lambda: self._storable(
+                    super(EmpTask, self).__call__(*args, **kwargs)))
         if context.functions.complete(task_id, context.attempt, retval,
                                       load_ms=load_ms_of(retval)) != "ok":
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that
             # holds the job.
             raise end_cancelled_run(context)
+        return retval
+
+    def _storable(self, retval: Any) -> Any:
+        """``retval``, once the result backend can store it; otherwise the error Celery's
+        store would raise (EncodeError), so the record fails as Celery's FAILURE says
+        rather than saying ``completed`` beside it."""
+        if not self.ignore_result and not isinstance(self.backend, DisabledBackend):
+            serialize(retval, serializer=self.app.conf.result_serializer)
         return retval
 
     def _recorded(self, context: JobContext, step: Callable[[], Any]) -> Any:

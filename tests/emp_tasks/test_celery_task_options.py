@@ -7,11 +7,14 @@ on another worker while it still ran."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redis
 
+from capability_router.errors import InvalidJob
 from conftest import ROOT, wait_for
 from emp_tasks.producer import get_job
 
@@ -47,6 +50,16 @@ def early_ack(self, seconds):
     log("early_ack", self.request)
     time.sleep(seconds)
     return "done"
+
+
+@shared_task(bind=True, name="test.returns_set", service="echo")
+def returns_set(self):
+    return {1, 2, 3}
+
+
+@shared_task(bind=True, name="test.typed_args", service="echo")
+def typed_args(self, when, ident):
+    return [type(when).__name__, when.isoformat(), type(ident).__name__, str(ident)]
 
 
 @shared_task(bind=True, name="test.long_sleep", service="echo")
@@ -135,3 +148,39 @@ def test_early_ack_task_and_solo_pool_run_a_job_longer_than_the_lease_once(
     assert record["worker_id"] == "w-solo"
     runs = client.lrange(f"test:runs:{long.id}", 0, -1)
     assert len(runs) == 1 and runs[0].startswith("long_sleep@w-solo@"), runs
+
+
+@pytest.mark.fast
+def test_payloads_are_json_as_celery_writes_it_and_never_nan_or_infinity(app, client) -> None:
+    """Tried: arguments Celery's json serializer sends (a datetime, a UUID) were refused
+    at submit ("payload must be JSON-serializable"); an infinite float was accepted and
+    its record held a bare ``Infinity``, which no JSON reader of the record (the API's
+    listing) can parse. A set is refused as before; nothing is written for a refusal."""
+    typed = producer_task(app, "test.typed_args")
+    when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
+    record = get_job(typed.apply_async(kwargs={"when": when, "ident": ident}).id, app=app)
+    assert record["payload"]["when"] == {"__type__": "datetime",
+                                         "__value__": "2026-12-02T09:30:00"}
+    before = sorted(client.keys("*"))
+    for bad in (float("inf"), float("nan"), {1, 2}):
+        with pytest.raises(InvalidJob, match="payload must be JSON-serializable"):
+            typed.apply_async(kwargs={"when": bad, "ident": 1})
+    assert sorted(client.keys("*")) == before
+
+
+@pytest.mark.timeout(120)
+def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
+        app, start_worker, options_env) -> None:
+    """Tried: a datetime and a UUID argument (refused before; Celery delivers them as
+    themselves), and a task returning a set, which Celery's json result backend cannot
+    store: Celery said FAILURE while the job record said ``completed``."""
+    start_worker("w1", **options_env)
+    when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
+    typed = producer_task(app, "test.typed_args").apply_async(
+        kwargs={"when": when, "ident": ident})
+    assert typed.get(timeout=60) == ["datetime", "2026-12-02T09:30:00", "UUID", str(ident)]
+    unstorable = producer_task(app, "test.returns_set").apply_async()
+    with pytest.raises(Exception, match="not JSON serializable"):
+        unstorable.get(timeout=60)
+    record = get_job(unstorable.id, app=app)
+    assert record["status"] == "failed" and "EncodeError" in record["last_error"], record
