@@ -35,6 +35,11 @@ class RetryRefused(EmpError):
         return f"retry of job {self.job_id!r} refused: the job is {self.status}"
 
 
+class QueueGaveUp(EmpError):
+    """The queue failed the job on its own: its attempts ran out with no run to end it
+    (the workers holding it died, or rejected it, every time). ``str``: the reason."""
+
+
 class LibraryError(EmpError):
     """The Redis Function library could not be loaded or is incompatible."""
 

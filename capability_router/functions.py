@@ -615,6 +615,11 @@ class QueueFunctions:
             args += [model, tier, "" if size is None else int(size)]
         return "emp_residency", [self.keys.config], args
 
+    def take_gave_up(self, count: int = 100) -> list[str]:
+        """Up to ``count`` ids of jobs the queue failed on its own (attempts used up with
+        no run holding them), each handed out once, to be reported where no run could."""
+        return [_text(x) for x in self.client.lpop(self.keys.gave_up, count) or []]
+
     def sweep(self, limit: int = 100, now_ms: int | None = None) -> int:
         """Promote due retries and requeue expired leases now."""
         return int(self._call("emp_sweep", [self.keys.config], [limit, now_ms or 0]) or 0)

@@ -86,6 +86,11 @@ class Keys:
         return self.prefix + "leases"
 
     @property
+    def gave_up(self) -> str:
+        """Ids of jobs the queue failed with no run to report it (``emp.lua``)."""
+        return self.prefix + "gave-up"
+
+    @property
     def idle(self) -> str:
         return self.prefix + "idle"
 

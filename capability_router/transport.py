@@ -225,6 +225,7 @@ class QoS(kombu_redis.QoS):
             logger.warning("lease of job %s was lost; its result will be refused", job_id)
         channel.heartbeat([job_id for jobs in self.held_leases().values() for job_id, _ in jobs])
         channel.flush_metrics()
+        channel.report_gave_up()
         return lost
 
 
@@ -241,6 +242,9 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     namespace_refresh_seconds: float = 10.0
     #: The consuming worker's capability profile (dict); None reads WORKER_* env.
     worker_profile: dict[str, Any] | None = None
+    #: Called (namespace, job id) for each job the queue failed with no run to report it,
+    #: drained with the lease renewals; None leaves them to a worker that reports.
+    on_job_gave_up: Callable[[str, str], object] | None = None
     #: Asked before every claim; a closed gate (``open`` false) stops claims. None: always open.
     claim_gate: Callable[[], Any] | None = None
     #: Seconds between asks of a closed claim gate.
@@ -253,6 +257,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         "lease_seconds",
         "lease_renew_seconds",
         "namespace_refresh_seconds",
+        "on_job_gave_up",
         "worker_profile",
         "claim_gate",
         "claim_gate_retry_seconds",
@@ -398,6 +403,19 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                     worker.worker_id, worker.machine_id or "", self.unhealthy)
             except redis.RedisError:
                 logger.debug("could not announce the service change", exc_info=True)
+
+    def report_gave_up(self) -> None:
+        """Hand ``on_job_gave_up`` the jobs the queue failed on its own in this worker's
+        pools; a report that fails is logged and not retried (the record keeps the end)."""
+        if self.on_job_gave_up is None:
+            return
+        for namespace in self.job_queues:
+            for job_id in self.functions(namespace).take_gave_up():
+                try:
+                    self.on_job_gave_up(namespace, job_id)
+                except Exception:  # noqa: BLE001 - one report never stops the renewals
+                    logger.warning("could not report job %s, failed by the queue", job_id,
+                                   exc_info=True)
 
     def note_namespace(self, namespace: str) -> None:
         """Record the namespace, so get_job (and every reader of all pools) finds its jobs.

@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '10'
+local VERSION = '11'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1060,6 +1060,9 @@ end
 -- An attempt that ended without an outcome (lease expired, worker lost,
 -- message requeued): back to pending at its old place, or failed when the
 -- job has used up its attempts.
+-- Ids of jobs the queue failed on its own kept for the workers to report, at most.
+local GAVE_UP_KEPT = '9999'
+
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
@@ -1076,6 +1079,10 @@ local function return_to_pending(P, cfg, id, reason, now)
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
+    -- No run saw this end, so Celery's result backend would never hear of it: a
+    -- worker drains the list (emp_tasks.queue_outcomes) and stores the FAILURE.
+    redis.call('LPUSH', P .. 'gave-up', id)
+    redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
     return 'failed'
   end
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from capability_router.errors import InvalidJob
+from capability_router.errors import InvalidJob, QueueGaveUp
 from conftest import ROOT, wait_for
 from emp_tasks.producer import get_job
 
@@ -60,6 +60,12 @@ def returns_set(self):
 @shared_task(bind=True, name="test.typed_args", service="echo")
 def typed_args(self, when, ident):
     return [type(when).__name__, when.isoformat(), type(ident).__name__, str(ident)]
+
+
+@shared_task(bind=True, name="test.crash", service="echo")
+def crash(self):
+    log("crash", self.request)
+    os._exit(1)
 
 
 @shared_task(bind=True, name="test.long_sleep", service="echo")
@@ -184,3 +190,18 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
         unstorable.get(timeout=60)
     record = get_job(unstorable.id, app=app)
     assert record["status"] == "failed" and "EncodeError" in record["last_error"], record
+
+
+@pytest.mark.timeout(120)
+def test_a_job_the_queue_gives_up_on_fails_in_the_result_backend(
+        app, client: redis.Redis, start_worker, options_env) -> None:
+    """Tried: a task that kills its pool process (``os._exit``) every run, with at most 2
+    attempts. Celery rejects the lost run (requeue) and stores nothing, so when the queue
+    gave up the record said failed while ``AsyncResult.get()`` waited for ever."""
+    start_worker("w1", EMP_MAX_ATTEMPTS="2", **options_env)
+    result = producer_task(app, "test.crash").apply_async()
+    with pytest.raises(QueueGaveUp, match="gave up after 2 attempts"):
+        result.get(timeout=60)
+    record = get_job(result.id, app=app)
+    assert record["status"] == "failed" and client.llen(f"test:runs:{result.id}") == 2
+    assert client.llen("emp:{default}:gave-up") == 0  # reported, not left behind

@@ -1,0 +1,25 @@
+"""Ends the queue decides with no run: stored in Celery's result backend.
+
+A job whose attempts ran out while no run held it (the workers holding it
+died, or rejected it, every time) is failed in Redis by the function library;
+no task ran to store a FAILURE, so ``AsyncResult.get()`` waited for ever.
+The library lists such jobs per pool; workers drain the lists with their lease
+renewals (``Channel.report_gave_up``) and store each one's FAILURE here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capability_router.errors import QueueGaveUp
+from capability_router.keys import Keys
+from emp_tasks.connection import get_client
+
+
+def store_gave_up(app: Any, namespace: str, job_id: str) -> None:
+    """Store FAILURE (``QueueGaveUp`` with the record's reason) for a job the queue ended."""
+    reason = get_client(app.conf.broker_url).hget(Keys(namespace).job(job_id), "last_error")
+    if isinstance(reason, bytes):
+        reason = reason.decode()
+    app.backend.mark_as_failure(job_id, QueueGaveUp(reason or "the queue gave up on the job"),
+                                call_errbacks=False)
