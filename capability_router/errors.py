@@ -40,6 +40,11 @@ class QueueGaveUp(EmpError):
     (the workers holding it died, or rejected it, every time). ``str``: the reason."""
 
 
+class ReplaceUnsupported(EmpError, NotImplementedError):
+    """``Task.replace`` inside an EMP job: the replacement would need the job's id, which
+    is filed once (its record, events and fencing are the job's)."""
+
+
 class LibraryError(EmpError):
     """The Redis Function library could not be loaded or is incompatible."""
 

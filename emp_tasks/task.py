@@ -22,7 +22,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
-from capability_router.errors import JobCancelled, RetryRefused
+from capability_router.errors import JobCancelled, ReplaceUnsupported, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
@@ -239,6 +239,20 @@ class EmpTask(Task):
             if pickleable is not exc:
                 raise pickleable from None
             raise
+
+    def replace(self, sig: Any) -> Any:
+        """Celery's replace, refused in a job with a clear error (the run fails with it).
+
+        Celery files the replacement under this task's id; a job's id is filed once
+        (its record, events and attempt fencing belong to it), so the replacement was
+        refused as a duplicate with a confusing "already exists". Chain the steps when
+        submitting instead, or call the other task's function here."""
+        if self.job is None:  # eager, or not claimed from the queue: Celery's own
+            return super().replace(sig)
+        raise ReplaceUnsupported(
+            f"Task.replace() is not supported in EMP jobs ({self.name} -> "
+            f"{getattr(sig, 'task', sig)}): a job's id is filed once; chain the steps when "
+            "submitting instead")
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
               throw: bool = True, eta: Any = None, countdown: Any = None,

@@ -68,6 +68,11 @@ def crash(self):
     os._exit(1)
 
 
+@shared_task(bind=True, name="test.replaced", service="echo")
+def replaced(self):
+    raise self.replace(returns_set.s())
+
+
 @shared_task(bind=True, name="test.long_sleep", service="echo")
 def long_sleep(self, seconds):
     log("long_sleep", self.request)
@@ -178,13 +183,19 @@ def test_payloads_are_json_as_celery_writes_it_and_never_nan_or_infinity(app, cl
 def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
         app, start_worker, options_env) -> None:
     """Tried: a datetime and a UUID argument (refused before; Celery delivers them as
-    themselves), and a task returning a set, which Celery's json result backend cannot
-    store: Celery said FAILURE while the job record said ``completed``."""
+    themselves); ``self.replace(...)``, which failed with a confusing InvalidJob "already
+    exists" and now says it is not supported; and a task returning a set, which Celery's
+    json result backend cannot store: Celery said FAILURE while the job record said
+    ``completed``."""
     start_worker("w1", **options_env)
     when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
     typed = producer_task(app, "test.typed_args").apply_async(
         kwargs={"when": when, "ident": ident})
     assert typed.get(timeout=60) == ["datetime", "2026-12-02T09:30:00", "UUID", str(ident)]
+    replaced = producer_task(app, "test.replaced").apply_async()
+    with pytest.raises(Exception, match=r"Task.replace\(\) is not supported in EMP jobs"):
+        replaced.get(timeout=60)  # before: InvalidJob "already exists (it is in_progress)"
+    assert "ReplaceUnsupported" in get_job(replaced.id, app=app)["last_error"]
     unstorable = producer_task(app, "test.returns_set").apply_async()
     with pytest.raises(Exception, match="not JSON serializable"):
         unstorable.get(timeout=60)
