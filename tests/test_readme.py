@@ -51,6 +51,23 @@ LONG_RUNNING = ("emp worker",)
 pytestmark = pytest.mark.system
 
 
+#: Names of that form the code reads that are no setting (a Flask config key).
+NOT_SETTINGS = {"EMP_SETTINGS"}
+
+
+def test_every_setting_the_code_reads_is_in_the_conf_examples() -> None:
+    """Tried: every ``EMP_*``/``WORKER_*``/``COMFYUI_*``/``FLUENT*``/``MACHINE_*`` name in a
+    string of the code. The README says the example files list them all; 36 were missing."""
+    pattern = re.compile(r"""["']((?:EMP|WORKER|COMFYUI|FLUENTD?|MACHINE)_[A-Z0-9_]+)["']""")
+    read = {name for package in ("capability_router", "emp_tasks", "webapp", "machine")
+            for path in (ROOT / package).rglob("*.py")
+            for name in pattern.findall(path.read_text())}
+    listed = (ROOT / "conf" / "emp.env.example").read_text() + (
+        ROOT / "conf" / "connectors.env.example").read_text()
+    missing = sorted(name for name in read - NOT_SETTINGS if name not in listed)
+    assert not missing, f"settings missing from conf/*.env.example: {missing}"
+
+
 @dataclass
 class Block:
     line: int  #: 1-based line of the opening fence
