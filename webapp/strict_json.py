@@ -7,6 +7,11 @@ reader takes, and a worker's arithmetic on it raises OverflowError. Deep
 nesting exhausts the interpreter's stack (RecursionError). This parser
 refuses all of these, and documents over a size limit, with a
 ``JsonRefused`` whose message names the problem.
+
+A lone surrogate (``"\ud800"``, half of a UTF-16 pair) is valid JSON syntax
+but no Unicode character: it cannot be encoded as UTF-8, so every later
+encoding of the job (its idempotency fingerprint, a worker's request, a log
+line) fails on it. RFC 7493 (I-JSON) forbids it; it is refused naming the field.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ _QUOTE = 40
 #: A JSON string literal (the unrolled form: linear, whatever the input).
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+#: What may hold a surrogate: an escaped one, or one in a str already decoded.
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class JsonRefused(ValueError):
@@ -60,6 +68,29 @@ def depth(text: str) -> int:
     return max(accumulate(steps), default=0)
 
 
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a lone surrogate, as ``field: lone surrogate ...``; None when
+    it holds none (pairs were joined by the parser)."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found is None:
+            return None
+        shown = found.group().encode("unicode_escape").decode()
+        return f"{path or 'the document'}: lone surrogate {shown} (no Unicode character)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = (lone_surrogate(key, f"{path or 'the document'} (a key)")
+                     or lone_surrogate(item, f"{path}.{key}" if path else key))
+            if where:
+                return where
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            where = lone_surrogate(item, f"{path}.{index}" if path else str(index))
+            if where:
+                return where
+    return None
+
+
 def loads(data: str | bytes, max_bytes: int = MAX_BODY_BYTES,
           max_depth: int = MAX_DEPTH) -> Any:
     """Parse one JSON document strictly; JsonRefused naming the problem otherwise.
@@ -78,9 +109,13 @@ def loads(data: str | bytes, max_bytes: int = MAX_BODY_BYTES,
     if nesting > max_depth:
         raise JsonRefused(f"nested deeper than {max_depth} levels ({nesting})")
     try:
-        return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
-                          parse_int=_bounded_int)
+        document = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
+                              parse_int=_bounded_int)
     except JsonRefused:
         raise
     except (ValueError, RecursionError) as exc:
         raise JsonRefused(str(exc)) from None
+    where = lone_surrogate(document) if _MAYBE_SURROGATE.search(data) else None
+    if where:
+        raise JsonRefused(where)
+    return document

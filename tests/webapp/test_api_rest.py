@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -134,6 +135,37 @@ def test_oversize_body_is_413_json_and_writes_nothing(client, start_server) -> N
     assert response.json()["success"] is False and "20000" in response.json()["error"]
     assert snapshot(client) == before
     assert api.submit(service_required="echo", payload={"blob": "x" * 1000})  # still serving
+
+
+def _chunks(body: bytes, size: int = 4096) -> Iterator[bytes]:
+    """``body`` as a generator: requests sends it chunked, with no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+@pytest.mark.timeout(60)
+def test_a_chunked_body_over_the_limit_is_413_as_with_content_length(client,
+                                                                     start_server) -> None:
+    """Tried (EMP_MAX_BODY_BYTES=20000, chunked, no Content-Length): a valid job of exactly
+    the limit followed by more bytes, and a body of twice the limit. Before the fix the
+    API read the limit and stopped: the first was 201 (the rest ignored), the second 400
+    "Unterminated string". Both are 413 now, as with Content-Length, and write nothing; a
+    chunked body of exactly the limit is still accepted."""
+    api = Api(start_server("api", EMP_MAX_BODY_BYTES="20000").base)
+    api.submit(service_required="echo")  # the first write (bindings, namespaces) is behind us
+    head, tail = b'{"service_required": "echo", "payload": {"pad": "', b'"}}'
+    exact = head + b"a" * (20000 - len(head) - len(tail)) + tail
+    json_type = {"Content-Type": "application/json"}
+    before = snapshot(client)
+    for tried, body in (("the limit, then more", exact + b', "customer_id": "other"'),
+                        ("twice the limit", head + b"a" * 40000 + tail)):
+        reply = api.post("/api/jobs", data=_chunks(body), headers=json_type)
+        assert reply.status_code == 413, (tried, reply.status_code, reply.text[:300])
+        assert reply.json()["success"] is False and "20000" in reply.json()["error"], tried
+        same = api.post("/api/jobs", data=body, headers=json_type)  # with Content-Length
+        assert same.status_code == 413, tried
+    assert snapshot(client) == before
+    assert api.post("/api/jobs", data=_chunks(exact), headers=json_type).status_code == 201
 
 
 @pytest.mark.timeout(60)

@@ -244,3 +244,48 @@ def test_a_burst_reaches_every_monitor_in_order_one_message_per_event(start_serv
     finally:
         for ws in monitors:
             ws.close()
+
+
+def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays_open(
+        start_server, client) -> None:
+    """Tried: on /ws/client a ``type`` that is a list, then an object; on /ws/monitor a
+    ``subscribe`` with ``topics: [{"a": 1}]`` and ``request_full_state`` with ``page``
+    10**30, 1e300 and "x", and ``pageSize`` []. Before the fix each raised in the handler
+    (TypeError unhashable, or Redis "value is not an integer or out of range"), logged a
+    traceback and closed the socket (1002). Now each is an ``error`` naming the field, and
+    the same socket answers the next good message; the log has no traceback."""
+    api = start_server("api", **TOKENS)
+    ws = connect(api, "/ws/client/typed", "tok-a")
+    try:
+        assert receive(ws)["type"] == "connection_established"
+        for kind in (["submit_job"], {"submit_job": 1}):
+            ws.send(json.dumps({"type": kind, "service_required": "echo"}))
+            answer = receive(ws)
+            assert answer["type"] == "error" and answer["field"] == "type", answer
+            assert "type" in answer["error"], answer
+        assert not client.keys("emp:*job:*")
+        ws.send(json.dumps({"type": "submit_job", "service_required": "echo",
+                            "message_id": "after-typed"}))
+        assert receive(ws)["job_id"] == "after-typed"
+    finally:
+        ws.close()
+    monitor = connect(api, "/ws/monitor/typed", "tok-admin")
+    try:
+        assert receive(monitor)["type"] == "connection_established"
+        tried = [({"type": "subscribe", "topics": [{"a": 1}]}, "topics"),
+                 *(({"type": "request_full_state", "finishedJobsPagination": paging},
+                    f"finishedJobsPagination.{field}")
+                   for paging, field in (({"page": 10**30}, "page"), ({"page": 1e300}, "page"),
+                                         ({"page": "x"}, "page"), ({"pageSize": []}, "pageSize")))]
+        for message, field in tried:
+            monitor.send(json.dumps(message))
+            answer = collect_until(monitor, lambda m: m["type"] in (
+                "error", "subscribed", "full_state_snapshot"))[-1]
+            assert answer["type"] == "error" and answer["field"] == field, (message, answer)
+            assert field in answer["error"], answer
+        monitor.send(json.dumps({"type": "subscribe", "topics": ["jobs"]}))
+        assert collect_until(monitor, lambda m: m["type"] != "heartbeat")[-1] == {
+            "type": "subscribed", "topics": ["jobs"]}
+    finally:
+        monitor.close()
+    assert "Traceback" not in api.log()

@@ -161,3 +161,24 @@ def test_open_sockets_are_capped_per_customer_and_over_the_rate_a_socket_submit_
     finally:
         for ws in held:
             ws.close()
+
+
+def test_a_handshake_that_opens_no_socket_holds_no_place(start_server, client) -> None:
+    """Tried: customer a at EMP_LIMIT_SOCKETS=2 sends two plain GETs (no upgrade) to
+    /ws/client/zz?token=..., each answered 400, and one to a socket path no route has
+    (404); then opens two real sockets. Before the fix each refused handshake took one of
+    a's places for the 60 s lease (taken before the upgrade, freed by nothing when no
+    socket resulted): the real connect got 429 "sockets". Now no place is left behind
+    (a's sockets key is empty) and both sockets open."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_SOCKETS="2", **TOKENS_ENV)
+    api = Api(server.base)
+    for path in ("/ws/client/zz", "/ws/client/zz", "/ws/client/zz/extra"):
+        reply = api.get(f"{path}?token={TOKEN_A}")
+        assert reply.status_code in (400, 404), (path, reply.status_code, reply.text)
+    assert client.zcard("emp:limits:{cust-a}:sockets") == 0, "a refused handshake holds a place"
+    held = []
+    try:
+        held = [_connect(server, TOKEN_A, "a-1"), _connect(server, TOKEN_A, "a-2")]
+    finally:
+        for ws in held:
+            ws.close()

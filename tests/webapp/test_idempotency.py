@@ -139,3 +139,67 @@ def test_a_retried_socket_submit_is_answered_again_not_refused(start_server, cli
     finally:
         ws.close()
     assert jobs_of(Api(server.base, TOKEN_A)) == ["ws-retry-1"]
+
+
+def test_a_key_refused_429_is_released_and_its_retry_is_answered_at_once(
+        start_server, client) -> None:
+    """Tried: customer a at EMP_LIMIT_PENDING=1 holds one unfinished job, posts another
+    with an Idempotency-Key (429), retries it (429 again), then cancels the first job and
+    retries once more. Before the fix the 429 left the key claimed without an answer:
+    each retry waited 5 s for one, and the last was 201 marked ``Idempotent-Replayed``
+    though it made the job. Now each 429 writes nothing (no key record left), every retry
+    is answered at once, and the one that makes the job is not marked replayed."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_PENDING="1",
+                          EMP_LIMIT_RATE="0", **TOKENS_ENV)
+    api = Api(server.base, TOKEN_A)
+    held = api.submit(**JOB)
+    before = data_keys(client)
+    for _ in range(2):
+        started = time.monotonic()
+        refused = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k429"})
+        assert refused.status_code == 429 and refused.json()["limit"] == "pending", refused.text
+        assert time.monotonic() - started < 2, "the retry waited for an answer"
+        assert not client.keys("emp:idempotency:*"), "a refused key stayed claimed"
+        assert data_keys(client) == before
+    assert api.post(f"/api/jobs/{held}/cancel").status_code == 200
+    started = time.monotonic()
+    made = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k429"})
+    assert made.status_code == 201 and time.monotonic() - started < 2, made.text
+    assert "Idempotent-Replayed" not in made.headers
+    again = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k429"})
+    assert (again.status_code, again.json()) == (201, made.json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_lone_surrogate_gets_the_same_400_with_or_without_a_key(start_server, client) -> None:
+    """Tried: a body holding a lone surrogate (``"\\ud800"``, no Unicode character) posted
+    without an Idempotency-Key, then with one, then sent as a socket submit_job with a
+    message_id. Before the fix: 201 without the key, 500 (UnicodeEncodeError while
+    fingerprinting the body) with it, and the socket closed with 1002. Now each is a 400 /
+    ``error`` naming the field, nothing is written (no key claimed), and the socket stays
+    open for the next message."""
+    server = start_server("api", EMP_API_PROCESSES="1", **TOKENS_ENV)
+    api = Api(server.base, TOKEN_A)
+    api.submit(**JOB)
+    text = '{"service_required": "echo", "payload": {"prompt": "\\ud800"}}'
+    json_type = {"Content-Type": "application/json"}
+    before = data_keys(client)
+    plain = api.post("/api/jobs", data=text, headers=json_type)
+    keyed = api.post("/api/jobs", data=text, headers={**json_type, "Idempotency-Key": "sur"})
+    for reply in (plain, keyed):
+        assert reply.status_code == 400, reply.text
+        assert "payload.prompt" in reply.json()["error"], reply.text
+    assert keyed.json() == plain.json()
+    assert data_keys(client) == before
+    ws = Client.connect(f"{server.ws_base}/ws/client/surrogate?token={TOKEN_A}")
+    try:
+        assert _receive(ws)["type"] == "connection_established"
+        before = data_keys(client)  # with the socket's place
+        ws.send('{"type": "submit_job", "message_id": "sur-1", ' + text[1:])
+        refused = _receive(ws)
+        assert refused["type"] == "error" and "payload.prompt" in refused["error"], refused
+        assert data_keys(client) == before
+        ws.send(json.dumps({"type": "submit_job", "message_id": "sur-2", **JOB}))
+        assert _receive(ws)["job_id"] == "sur-2"
+    finally:
+        ws.close()

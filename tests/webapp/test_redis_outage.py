@@ -60,3 +60,42 @@ def test_api_and_monitor_answer_503_while_redis_is_down_and_log_the_outage_once(
         assert "Traceback" not in log, log[-3000:]
         assert len(re.findall("Redis unreachable", log)) == 1, log[-3000:]
         assert len(re.findall("Redis reachable again", log)) == 1, log[-3000:]
+
+
+def test_every_redis_backed_operation_documents_the_503_it_answers(start_server,
+                                                                   tmp_path: Path) -> None:
+    """Tried: every operation of the OpenAPI document called (path parameters filled in,
+    a valid body where one is needed) while the API's Redis is stopped. Before the fix
+    the document listed 503 for /health only, though each of these answered 503 with
+    Retry-After: a client generated from it had no word for the outage. Now each operation
+    but /health, /version and the document itself lists 503 (the shared ``Unavailable``
+    response, with its Retry-After header), and every answer is one it documents."""
+    private = LocalRedis(tmp_path / "private").start()
+    try:
+        server = start_server("api", EMP_REDIS_URL=private.url, EMP_API_PROCESSES="1")
+        api = Api(server.base)
+        document = api.get("/api/openapi.json").json()
+        unavailable = document["components"]["responses"]["Unavailable"]
+        assert "Retry-After" in unavailable["headers"]
+        assert unavailable["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+        private.stop()
+        bodies = {"/api/jobs": {"service_required": "echo"},
+                  "/api/models/{name}": {"url": "https://x.test/m", "size": 1, "sha256": "0" * 64}}
+        answered = {}
+        for path, methods in document["paths"].items():
+            for method, operation in methods.items():
+                statuses = operation["responses"]
+                if path in ("/health", "/version", "/api/openapi.json"):
+                    continue
+                assert statuses.get("503") == {"$ref": "#/components/responses/Unavailable"}, (
+                    method, path)
+                url = re.sub(r"\{[a-z_]+\}", "x", path)
+                json_body = bodies.get(path) if "requestBody" in operation else None
+                reply = api.session.request(method, server.base + url, json=json_body,
+                                            timeout=30)
+                answered[f"{method.upper()} {path}"] = reply.status_code
+                assert str(reply.status_code) in statuses, (method, path, reply.text[:300])
+        assert sum(status == 503 for status in answered.values()) >= 10, answered
+    finally:
+        private.stop(kill=True)

@@ -20,8 +20,12 @@ from emp_tasks.websocket_client import WebSocketClient as Client
 
 pytestmark = pytest.mark.timeout(120)
 
-#: What was tried: words, a negative, three parts, an overflowing part, a number.
-BAD_IDS: list[Any] = ["abc", "-1", "1-2-3", "1-", "18446744073709551616-0", 123]
+#: The largest stream id: nothing can follow it, and Redis refuses to read after it
+#: ("invalid start ID for the interval").
+LAST_ID = "18446744073709551615-18446744073709551615"
+#: What was tried: words, a negative, three parts, an overflowing part, a number, the
+#: largest id.
+BAD_IDS: list[Any] = ["abc", "-1", "1-2-3", "1-", "18446744073709551616-0", 123, LAST_ID]
 
 
 def receive(ws: Client, timeout: float = 20.0) -> dict[str, Any]:
@@ -94,3 +98,42 @@ def test_connecting_with_a_bad_last_event_id_is_refused_and_leaves_nothing(
         wait_for(lambda: len(open_sockets(api)) == 1, message="the good socket listed")
     finally:
         ws.close()
+
+
+def test_the_largest_stream_id_is_refused_everywhere_and_its_neighbours_are_not(
+        start_server, client) -> None:
+    """Tried: the largest stream id (both parts 2**64-1) as ``?last_event_id=`` on both
+    sockets' connect, and as Last-Event-ID and ?last_event_id= on the monitor's SSE stream
+    (subscribe_progress is in BAD_IDS above). Before the fix it passed the check and Redis
+    refused to read after it: the client socket answered ``subscribed`` or
+    ``connection_established``, then an error, then closed; the SSE stream sent an error
+    and ended (and EventSource retried forever). Now each is refused as any bad id is (an
+    error naming the field and a 1008 close; 400 on SSE), with nothing left subscribed;
+    ids next to it (one part at 2**64-1) still connect."""
+    api = start_server("api", EMP_API_PROCESSES="1")
+    for path in ("/ws/client/c-last", "/ws/monitor/m-last"):
+        ws = Client.connect(f"{api.ws_base}{path}?last_event_id={LAST_ID}")
+        try:
+            answer = receive(ws)
+            assert answer["type"] == "error" and answer["field"] == "last_event_id", answer
+            with pytest.raises(ConnectionClosed) as closed:
+                receive(ws)
+            assert closed.value.reason == 1008
+        finally:
+            if ws.connected:
+                ws.close()
+    assert open_sockets(api) == []
+    assert not client.keys("emp:ws:client:*")
+    for near in ("18446744073709551615", "18446744073709551615-0",
+                 "18446744073709551614-18446744073709551615"):
+        ws = Client.connect(f"{api.ws_base}/ws/client/c-near?last_event_id={near}")
+        try:
+            assert receive(ws)["type"] == "connection_established", near
+        finally:
+            ws.close()
+    monitor = start_server("monitor")
+    for how in ({"headers": {"Last-Event-ID": LAST_ID}}, {"params": {"last_event_id": LAST_ID}}):
+        reply = requests.get(monitor.base + "/emp/events", timeout=10, **how)
+        assert reply.status_code == 400, (how, reply.status_code, reply.text[:300])
+        field = "Last-Event-ID" if "headers" in how else "last_event_id"
+        assert reply.json()["field"] == field and field in reply.json()["error"], reply.text

@@ -40,6 +40,12 @@ BAD_DOCUMENTS = [
      + "]" * (MAX_DEPTH + 1) + "}", "nested deeper than"),
     ("100,000-deep nesting", '{"service_required": "echo", "payload": ' + "[" * 100_000
      + "]" * 100_000 + "}", "nested deeper than"),
+    # Before: accepted (201), but 500 with an Idempotency-Key and a closed socket (1002)
+    # with a message_id: the body's fingerprint could not be encoded as UTF-8.
+    ("a lone surrogate", '{"service_required": "echo", "payload": {"x": ["\\ud800"]}}',
+     "payload.x.0: lone surrogate"),
+    ("a lone surrogate in a key", '{"service_required": "echo", "payload": {"\\udfff": 1}}',
+     "payload (a key): lone surrogate"),
 ]
 
 
@@ -54,9 +60,10 @@ def test_the_parser_refuses_what_json_does_not_have(tried: str, text: str, words
 
 def test_the_parser_keeps_ordinary_documents_and_limits_size() -> None:
     """Tried: large finite numbers, nesting at the limit, brackets inside strings (not
-    nesting), and a document over the size limit."""
+    nesting), an escaped surrogate pair, and a document over the size limit."""
     deep = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)  # the object around it is one level
     assert loads('{"a": 1.7e308, "b": -5, "c": "[[[[{{{{", "d": ' + deep + "}")["a"] == 1.7e308
+    assert loads('{"emoji": "\\ud83d\\ude00"}')["emoji"] == "\U0001f600"  # a pair is fine
     with pytest.raises(JsonRefused, match="over the 100-byte limit"):
         loads('{"x": "' + "y" * 200 + '"}', max_bytes=100)
 

@@ -123,6 +123,9 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
     try:
         job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
                                 limits=_limits())
+    except Limited:  # nothing written and no answer to keep: the retry after Retry-After
+        store.release(claim)  # claims the key afresh (as the socket's submit does)
+        raise
     except validation.Invalid as exc:
         if claim.first or exc.status != 409 or not _own_job(claim.job_id):
             refusal = {"success": False, "error": str(exc)}

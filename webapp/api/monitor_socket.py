@@ -25,6 +25,33 @@ from webapp.backend import Backend
 TOPICS = frozenset({"workers", "machines", "jobs", "system_stats", "heartbeat"})
 #: Seconds between ``system_stats`` / ``heartbeat`` messages.
 TICK_SECONDS = 5.0
+#: Largest ``finishedJobsPagination.page`` (``pageSize`` is capped at 200).
+MAX_PAGE = 10**9
+
+
+class BadPaging(ValueError):
+    """A ``finishedJobsPagination`` field that is no page; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field = field
+
+
+def _paging(paging: Any) -> tuple[int, int]:
+    """(page, page size) of a ``request_full_state``; BadPaging naming the field. A page
+    past MAX_PAGE is refused: its offset would overflow Redis's 64-bit integers."""
+    if not isinstance(paging, dict):
+        raise BadPaging("finishedJobsPagination", "must be an object")
+    values = []
+    for name, default in (("page", 1), ("pageSize", 50)):
+        field = f"finishedJobsPagination.{name}"
+        try:
+            values.append(int(paging.get(name, default)))
+        except (TypeError, ValueError, OverflowError):
+            raise BadPaging(field, "must be an integer") from None
+    if values[0] > MAX_PAGE:
+        raise BadPaging("finishedJobsPagination.page", f"must be at most {MAX_PAGE}")
+    return max(1, values[0]), min(200, max(1, values[1]))
 
 
 class MonitorConnection:
@@ -78,22 +105,20 @@ class MonitorConnection:
         kind = message.get("type")
         if kind == "subscribe":
             topics = message.get("topics")
-            if not isinstance(topics, list) or not set(topics) <= TOPICS:
+            if not isinstance(topics, list) or not all(
+                    isinstance(topic, str) and topic in TOPICS for topic in topics):
                 self.session.send(error_message(
-                    f"topics must be a list drawn from {sorted(TOPICS)}"))
+                    f"topics must be a list drawn from {sorted(TOPICS)}", field="topics"))
                 return
             self.topics = set(topics)
             self.session.sub.everything = "jobs" in self.topics
             self.session.sub.system = bool({"workers", "machines"} & self.topics)
             self.session.send({"type": "subscribed", "topics": sorted(self.topics)})
         elif kind == "request_full_state":
-            paging = message.get("finishedJobsPagination") or {}
             try:
-                page = max(1, int(paging.get("page", 1)))
-                size = min(200, max(1, int(paging.get("pageSize", 50))))
-            except (TypeError, ValueError, AttributeError):
-                self.session.send(error_message("finishedJobsPagination: page and pageSize "
-                                                "must be integers"))
+                page, size = _paging(message.get("finishedJobsPagination") or {})
+            except BadPaging as exc:
+                self.session.send(error_message(str(exc), field=exc.field))
                 return
             self.session.send({"type": "full_state_snapshot",
                                "timestamp": int(time.time() * 1000),

@@ -33,6 +33,7 @@ DEFAULT_LIMIT = 50
 MAX_OFFSET = 1_000_000
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
+RETRY_AFTER = {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}
 JOB_STATES = [status.value for status in JobStatus]
 
 
@@ -353,8 +354,11 @@ def _responses() -> dict[str, Any]:
         "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
                                              "rate, unfinished jobs or their classes); "
                                              "nothing was written."),
-                    "headers": {"Retry-After": {"description": "Seconds to wait.",
-                                                "schema": {"type": "integer", "minimum": 1}}}},
+                    "headers": {"Retry-After": RETRY_AFTER}},
+        # Of every operation that reaches Redis (``webapp.outage``).
+        "Unavailable": {**_json(ERROR_REF, "Redis is unreachable; try again after "
+                                           "Retry-After."),
+                        "headers": {"Retry-After": RETRY_AFTER}},
     }
 
 
@@ -416,7 +420,7 @@ def _pool_metrics_schema(success: dict[str, Any]) -> dict[str, Any]:
 def _r(*codes: str) -> dict[str, Any]:
     names = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
              "409": "Conflict", "413": "TooLarge", "415": "UnsupportedMediaType",
-             "422": "KeyReused", "429": "TooMany"}
+             "422": "KeyReused", "429": "TooMany", "503": "Unavailable"}
     return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
 
 
@@ -489,7 +493,7 @@ def _paths() -> dict[str, Any]:
                                       "headers": {"Idempotent-Replayed": REPLAYED},
                                       "links": SUBMITTED_LINKS},
                               **_r("400", "401", "403", "409", "413", "415", "422",
-                                   "429")},
+                                   "429", "503")},
             },
             "get": {
                 "operationId": "listJobs",
@@ -497,13 +501,14 @@ def _paths() -> dict[str, Any]:
                            "the state when filtering on status alone)",
                 "parameters": _listing_parameters(),
                 "responses": {"200": _json(_ref("JobList"), "A page of jobs."),
-                              **_r("400", "401", "403")},
+                              **_r("400", "401", "403", "503")},
             },
         },
         "/api/jobs/{job_id}": {
             "get": {
                 "operationId": "getJob", "summary": "Read a job", "parameters": [job_id],
-                "responses": {"200": _json(_ref("JobFound"), "The job."), **_r("401", "404")},
+                "responses": {"200": _json(_ref("JobFound"), "The job."),
+                              **_r("401", "404", "503")},
             },
         },
         "/api/jobs/{job_id}/cancel": {
@@ -514,7 +519,7 @@ def _paths() -> dict[str, Any]:
                     "terminate", {"type": "boolean", "default": False},
                     "Also kill the process running it (Celery revoke with terminate).")],
                 "responses": {"200": _json(_ref("JobStatusChange"), "Cancelled."),
-                              **_r("400", "401", "404", "409")},
+                              **_r("400", "401", "404", "409", "503")},
             },
         },
         "/api/jobs/{job_id}/retry": {
@@ -523,7 +528,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Run a failed or cancelled job again under its id",
                 "parameters": [job_id],
                 "responses": {"200": _json(_ref("JobStatusChange"), "Pending again."),
-                              **_r("401", "404", "409")},
+                              **_r("401", "404", "409", "503")},
             },
         },
         "/api/machines/{machine_id}": {
@@ -533,7 +538,7 @@ def _paths() -> dict[str, Any]:
                            "(admin)",
                 "parameters": [_path("machine_id", "The machine id.")],
                 "responses": {"200": _json(_ref("MachineForgotten"), "Forgotten."),
-                              **_r("401", "403", "404")},
+                              **_r("401", "403", "404", "503")},
             },
         },
         "/api/pools": {
@@ -541,7 +546,8 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listPools",
                 "summary": "Pools: the pools file's and those live workers serve, with "
                            "live workers, pending jobs and expected wait",
-                "responses": {"200": _json(_ref("Pools"), "The pools."), **_r("401")},
+                "responses": {"200": _json(_ref("Pools"), "The pools."),
+                              **_r("401", "503")},
             },
         },
         "/api/pools/{name}/metrics": {
@@ -559,14 +565,14 @@ def _paths() -> dict[str, Any]:
                            "points either way)."),
                 ],
                 "responses": {"200": _json(_ref("PoolMetrics"), "The pool's series."),
-                              **_r("400", "401", "404")},
+                              **_r("400", "401", "404", "503")},
             },
         },
         "/api/models": {
             "get": {
                 "operationId": "listModels", "summary": "The model catalog",
                 "responses": {"200": _json(_ref("ModelList"), "Every entry, by name."),
-                              **_r("401")},
+                              **_r("401", "503")},
             },
         },
         "/api/models/{name}": {
@@ -574,7 +580,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "getModel", "summary": "One catalog entry",
                 "parameters": [model],
                 "responses": {"200": _json(_ref("ModelFound"), "The entry."),
-                              **_r("400", "401", "404")},
+                              **_r("400", "401", "404", "503")},
             },
             "put": {
                 "operationId": "putModel",
@@ -584,7 +590,7 @@ def _paths() -> dict[str, Any]:
                     "application/json": {"schema": _ref("ModelEntryInput")}}},
                 "responses": {"200": _json(_ref("ModelFound"), "Replaced."),
                               "201": _json(_ref("ModelFound"), "Added."),
-                              **_r("400", "401", "403", "413", "415")},
+                              **_r("400", "401", "403", "413", "415", "503")},
             },
             "delete": {
                 "operationId": "deleteModel",
@@ -592,7 +598,7 @@ def _paths() -> dict[str, Any]:
                            "until their cache evicts them",
                 "parameters": [model],
                 "responses": {"200": _json(_ref("ModelDeleted"), "Removed."),
-                              **_r("400", "401", "403", "404")},
+                              **_r("400", "401", "403", "404", "503")},
             },
         },
         "/api/connections": {
@@ -600,7 +606,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listConnections",
                 "summary": "Open WebSocket connections (admin)",
                 "responses": {"200": _json(_ref("Connections"), "Clients and monitors."),
-                              **_r("401", "403")},
+                              **_r("401", "403", "503")},
             },
         },
         "/health": {

@@ -5,6 +5,10 @@ Event ids are Redis stream ids, ``<ms>-<seq>`` or ``<ms>`` (both unsigned
 a replay, after the socket had answered ``subscribed``: the session never
 left its replay state and held every later event in memory. Checking the id
 first turns that into an error naming the field, and nothing subscribed.
+
+The largest id (both parts 2**64-1) is refused too: a replay reads *after*
+the id, and Redis has no id after that one ("invalid start ID for the
+interval"). An id with only one part at 2**64-1 has a next id and is kept.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def parse_resume_id(value: object, field: str = FIELD) -> str | None:
     if not isinstance(value, str):
         raise BadResumeId(value, field)
     match = STREAM_ID.fullmatch(value)
-    if match is None or any(int(part) > MAX_PART for part in match.groups() if part):
+    if match is None:
+        raise BadResumeId(value, field)
+    parts = [int(part) for part in match.groups() if part]
+    if any(part > MAX_PART for part in parts) or parts == [MAX_PART, MAX_PART]:
         raise BadResumeId(value, field)
     return value

@@ -6,7 +6,8 @@ handshake gets an HTTP 401 (no or bad token) or 403 (a customer token on the
 monitor feed) with the usual JSON error, and no socket is opened. flask-sock
 pings every ``EMP_WS_PING_SECONDS`` (25 s); a connection whose pong does not
 come back before the next ping is closed. A customer with all its sockets open
-(``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before the upgrade.
+(``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before the upgrade; the
+place taken for the handshake is given back at once when no socket results.
 """
 
 from __future__ import annotations
@@ -53,11 +54,20 @@ def check_token() -> Any:
     return None
 
 
+def free_unused_place(_: BaseException | None = None) -> None:
+    """teardown_request: give back the place of a handshake that opened no socket (no
+    upgrade, no route: a 400 or 404). A socket takes its place over and frees it itself."""
+    place = g.pop("socket_place", None)
+    if place is not None:
+        place.close()
+
+
 @sock.route("/ws/client/<client_id>")
 def client_socket(ws, client_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
+    place = g.pop("socket_place", None)  # the socket is open: the place is its own now
     ClientConnection(ws, client_id, g.principal, backend(), current_app.extensions["emp_events"],
                      current_app.config["EMP_SETTINGS"].idempotency_seconds,
-                     current_app.extensions["emp_limits"], g.get("socket_place"),
+                     current_app.extensions["emp_limits"], place,
                      ).run(request.args.get("last_event_id"))
 
 
@@ -69,4 +79,5 @@ def monitor_socket(ws, monitor_id: str) -> None:  # noqa: ANN001 - simple_websoc
 
 def init_app(app: Flask) -> None:
     app.before_request(check_token)
+    app.teardown_request(free_unused_place)
     sock.init_app(app)

@@ -18,6 +18,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from webapp import strict_json
 from webapp.api.openapi import document
+from webapp.bodies import request_body
 
 #: Longest error message returned.
 MAX_MESSAGE = 300
@@ -126,7 +127,7 @@ def json_body(schema_name: str) -> dict[str, Any]:
     """The request's JSON body, checked against a component schema."""
     if not request.is_json:
         raise Invalid("Content-Type must be application/json", status=415)
-    data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from the factory
+    data = request_body()  # over MAX_CONTENT_LENGTH: 413 from the factory
     try:
         body = strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
     except strict_json.JsonRefused as exc:

@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from webapp import strict_json
 from webapp.auth import error, require_auth
+from webapp.bodies import request_body
 from webapp.webhooks.addresses import AddressRefused, UnresolvableHost
 from webapp.webhooks.dispatcher import attempt_record, delivery_headers
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
@@ -39,7 +40,7 @@ def _bad(exc: RegistrationError) -> Any:
 def _body() -> Any:
     """The request's JSON body, parsed by the one strict parser (``webapp.strict_json``);
     None when it is empty or not sent as JSON. RegistrationError naming the problem."""
-    data = request.get_data(cache=True)
+    data = request_body()
     if not data or not request.is_json:
         return None
     try:
