@@ -73,3 +73,30 @@ def test_cross_site_actions_are_refused_and_change_nothing(
                           headers={"Origin": monitor.base, "Sec-Fetch-Site": "same-origin"},
                           timeout=10)
     assert reply.status_code == 200, reply.text
+
+
+def test_an_open_monitor_answers_no_foreign_name_dns_rebinding(
+        start_server, app: Any, client: redis.Redis) -> None:
+    """Tried, against a monitor without authentication: what a DNS-rebinding page sends
+    once its name points at the monitor: ``Host`` and ``Origin`` both its own name and
+    ``Sec-Fetch-Site: same-origin``. The Origin check passed (Origin matched Host), so the
+    submit created a job and reads answered. Now any request for a foreign name is 403
+    and nothing is written; the monitor's address, ``localhost`` and names in
+    ``EMP_MONITOR_ALLOWED_HOSTS`` are answered."""
+    monitor = start_server("monitor", EMP_MONITOR_ALLOWED_HOSTS="ops.example")
+    port = monitor.base.rsplit(":", 1)[1]
+    before = _records(client)
+    rebound = {"Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}",
+               "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"}
+    reply = requests.post(monitor.base + "/emp/api/submit", headers=rebound, timeout=10,
+                          data='{"service_required": "echo", "payload": {}}')
+    assert reply.status_code == 403 and "DNS rebinding" in reply.json()["error"], reply.text
+    for path in ("/emp/api/queue", "/", "/api/workers", "/metrics"):
+        reply = requests.get(monitor.base + path, headers={"Host": f"attacker.example:{port}"},
+                             timeout=10)
+        assert reply.status_code == 403, (path, reply.status_code)
+    assert _records(client) == before
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"ops.example:{port}"):
+        reply = requests.get(monitor.base + "/emp/api/queue", headers={"Host": host},
+                             timeout=10)
+        assert reply.status_code == 200, (host, reply.status_code)

@@ -9,6 +9,7 @@ from flower.app import Flower, rewrite_handler
 
 from webapp.monitor import routes
 from webapp.monitor.cancellations import CancellationFeed
+from webapp.monitor.hosts import UnknownHostHandler, allowed_names, host_allowed
 from webapp.monitor.state import MonitorState
 from webapp.monitor.templating import LayeredLoader
 
@@ -29,6 +30,15 @@ class EmpMonitor(Flower):
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]
         self.add_handlers(r".*", ours + routes.root_handlers())
         self.cancellations = CancellationFeed(state.hub, self.events.state, self.io_loop)
+        #: Names an open monitor answers (``hosts``); None: every name (auth is on, or ``*``).
+        self.answered_names = (None if options.basic_auth or options.auth
+                               else allowed_names())
+
+    def find_handler(self, request: Any, **kwargs: Any) -> Any:
+        """Every request, Flower's own included, first passes the DNS-rebinding guard."""
+        if not host_allowed(request.host, self.answered_names):
+            return self.get_handler_delegate(request, UnknownHostHandler)
+        return super().find_handler(request, **kwargs)
 
     def start(self) -> None:
         self.cancellations.start()
