@@ -15,6 +15,7 @@ import redis
 from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
 from simple_websocket import ConnectionError as WebSocketRefused
 
+from capability_router.keys import NAMESPACES_KEY
 from conftest import wait_for
 from emp_tasks.websocket_client import WebSocketClient as Client
 
@@ -90,6 +91,7 @@ def test_a_job_in_another_pool_still_counts_until_it_finishes(start_server, clie
     server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_PENDING="1",
                           EMP_LIMIT_RATE="0", **TOKENS_ENV)
     a = Api(server.base, TOKEN_A)
+    client.sadd(NAMESPACES_KEY, "gpu-a")  # the pool exists (a worker serving it made it)
     first = a.submit(**{**JOB, "requirements": {"pool": "gpu-a"}})
     assert a.job(first)["pool"] == "gpu-a"
     assert_limited(a.post("/api/jobs", json=JOB), "pending")
@@ -182,3 +184,32 @@ def test_a_handshake_that_opens_no_socket_holds_no_place(start_server, client) -
     finally:
         for ws in held:
             ws.close()
+
+
+def test_a_customer_cannot_make_pools(start_server, client) -> None:
+    """Tried: customer a names pools nobody made, as ``pool`` and as ``requirements.pool``,
+    over REST and on its socket. Each pool was kept for good (2,000 made by one tenant in 3
+    minutes slowed every other tenant's listing 20x). Now each is 400 naming the pool, and
+    nothing is written; an admin token may make a pool, and once a pool exists (an admin,
+    a worker or the pools file made it) the customer may use it."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_LIMIT_RATE="0", **TOKENS_ENV)
+    a = Api(server.base, TOKEN_A)
+    jobs = job_count(client)
+    for body in ({**JOB, "pool": "junk-1"}, {**JOB, "requirements": {"pool": "junk-2"}}):
+        reply = a.post("/api/jobs", json=body)
+        assert reply.status_code == 400 and "does not exist" in reply.json()["error"], reply.text
+    ws = _connect(server, TOKEN_A, "a-pools")
+    try:
+        ws.send(json.dumps({"type": "submit_job", "message_id": "m-1", **JOB, "pool": "junk-3"}))
+        answer = json.loads(ws.receive(timeout=20))
+        assert answer["type"] == "error" and "junk-3" in answer["error"], answer
+    finally:
+        ws.close()
+    assert job_count(client) == jobs and not client.keys("emp:{junk-*")
+    assert not {m.decode() for m in client.smembers(NAMESPACES_KEY)} & {"junk-1", "junk-2",
+                                                                        "junk-3"}
+    assert a.post("/api/jobs", json={**JOB, "pool": "default"}).status_code == 201
+
+    made = Api(server.base, ADMIN).submit(**{**JOB, "pool": "made-by-ops"})
+    assert Api(server.base, ADMIN).job(made)["pool"] == "made-by-ops"
+    assert a.post("/api/jobs", json={**JOB, "pool": "made-by-ops"}).status_code == 201
