@@ -222,7 +222,15 @@ class EmpTask(Task):
         """Run ``step``; a failure is recorded on the job (fenced) before it propagates."""
         try:
             return step()
-        except (Retry, Ignore, Reject):
+        except Ignore as exc:
+            # The task asked Celery to store no state; the job still ends, and says why
+            # (the ack would call it a crash). Fenced: refused once the attempt was taken
+            # away or the job cancelled (the Ignore of end_cancelled_run).
+            context.functions.fail(self.request.id, context.attempt,
+                                   f"the task raised Ignore ({exc or 'no reason'}): Celery "
+                                   "stores no outcome for it")
+            raise
+        except (Retry, Reject):
             raise
         except JobCancelled:
             # Recorded already by the cancel; ends as a revoked task, not a failure.

@@ -73,6 +73,12 @@ def replaced(self):
     raise self.replace(returns_set.s())
 
 
+@shared_task(bind=True, name="test.ignored", service="echo")
+def ignored(self):
+    from celery.exceptions import Ignore
+    raise Ignore("handled elsewhere")
+
+
 @shared_task(bind=True, name="test.long_sleep", service="echo")
 def long_sleep(self, seconds):
     log("long_sleep", self.request)
@@ -196,6 +202,11 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
     with pytest.raises(Exception, match=r"Task.replace\(\) is not supported in EMP jobs"):
         replaced.get(timeout=60)  # before: InvalidJob "already exists (it is in_progress)"
     assert "ReplaceUnsupported" in get_job(replaced.id, app=app)["last_error"]
+    ignored = producer_task(app, "test.ignored").apply_async()
+    wait_for(lambda: get_job(ignored.id, app=app)["status"] == "failed", timeout=30,
+             message="the ignored job to end")
+    assert "the task raised Ignore (handled elsewhere)" in get_job(ignored.id, app=app)[
+        "last_error"]  # before: "task ended without recording an outcome (... crash)"
     unstorable = producer_task(app, "test.returns_set").apply_async()
     with pytest.raises(Exception, match="not JSON serializable"):
         unstorable.get(timeout=60)
