@@ -8,7 +8,7 @@ nesting exhausts the interpreter's stack (RecursionError). This parser
 refuses all of these, and documents over a size limit, with a
 ``JsonRefused`` whose message names the problem.
 
-A lone surrogate (``"\ud800"``, half of a UTF-16 pair) is valid JSON syntax
+A lone surrogate (``"\\ud800"``, half of a UTF-16 pair) is valid JSON syntax
 but no Unicode character: it cannot be encoded as UTF-8, so every later
 encoding of the job (its idempotency fingerprint, a worker's request, a log
 line) fails on it. RFC 7493 (I-JSON) forbids it; it is refused naming the field.
