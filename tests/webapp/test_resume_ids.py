@@ -72,14 +72,9 @@ def test_subscribe_progress_with_a_bad_id_is_an_error_and_subscribes_nothing(
         ws.close()
 
 
-@pytest.mark.parametrize("path", ["/ws/client/c-bad", "/ws/monitor/m-bad"])
-def test_connecting_with_a_bad_last_event_id_is_refused_and_leaves_nothing(
-        start_server, client, path: str) -> None:
-    """Tried: connecting with ``?last_event_id=abc``. The socket answers one error naming
-    the field and closes (1008); no subscription is left in the process's connection list
-    and nothing is written for the client."""
-    api = start_server("api", EMP_API_PROCESSES="1")
-    ws = Client.connect(f"{api.ws_base}{path}?last_event_id=abc")
+def assert_connect_refused(url: str) -> None:
+    """A connect whose ``last_event_id`` is refused: one error naming it, then a 1008 close."""
+    ws = Client.connect(url)
     try:
         answer = receive(ws)
         assert answer["type"] == "error" and answer["field"] == "last_event_id", answer
@@ -89,6 +84,16 @@ def test_connecting_with_a_bad_last_event_id_is_refused_and_leaves_nothing(
     finally:
         if ws.connected:
             ws.close()
+
+
+@pytest.mark.parametrize("path", ["/ws/client/c-bad", "/ws/monitor/m-bad"])
+def test_connecting_with_a_bad_last_event_id_is_refused_and_leaves_nothing(
+        start_server, client, path: str) -> None:
+    """Tried: connecting with ``?last_event_id=abc``. The socket answers one error naming
+    the field and closes (1008); no subscription is left in the process's connection list
+    and nothing is written for the client."""
+    api = start_server("api", EMP_API_PROCESSES="1")
+    assert_connect_refused(f"{api.ws_base}{path}?last_event_id=abc")
     assert open_sockets(api) == []
     assert not client.keys("emp:ws:client:*")
     # A good id on the same path still connects.
@@ -112,16 +117,7 @@ def test_the_largest_stream_id_is_refused_everywhere_and_its_neighbours_are_not(
     ids next to it (one part at 2**64-1) still connect."""
     api = start_server("api", EMP_API_PROCESSES="1")
     for path in ("/ws/client/c-last", "/ws/monitor/m-last"):
-        ws = Client.connect(f"{api.ws_base}{path}?last_event_id={LAST_ID}")
-        try:
-            answer = receive(ws)
-            assert answer["type"] == "error" and answer["field"] == "last_event_id", answer
-            with pytest.raises(ConnectionClosed) as closed:
-                receive(ws)
-            assert closed.value.reason == 1008
-        finally:
-            if ws.connected:
-                ws.close()
+        assert_connect_refused(f"{api.ws_base}{path}?last_event_id={LAST_ID}")
     assert open_sockets(api) == []
     assert not client.keys("emp:ws:client:*")
     for near in ("18446744073709551615", "18446744073709551615-0",
