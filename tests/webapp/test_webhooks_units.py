@@ -11,6 +11,8 @@ from standardwebhooks.webhooks import Webhook
 from webapp.webhooks.addresses import AddressPolicy, AddressRefused
 from webapp.webhooks.config import WebhookConfig, parse_networks
 from webapp.webhooks.dispatcher import backoff_ms, decide
+from webapp.webhooks.enrich import Enricher
+from webapp.webhooks.events import Event
 from webapp.webhooks.filters import matches
 from webapp.webhooks.sender import SendResult
 from webapp.webhooks.signing import generate_secret, legacy_signature, signature_headers
@@ -146,3 +148,32 @@ def test_address_policy_looks_inside_addresses_that_embed_ipv4(address, allowed,
         AddressPolicy().check_ip(ip)
     if embedded:
         assert embedded in str(refused.value)
+
+
+def _job_event(name: str, job_id: str, data: dict, entry: str) -> Event:
+    return Event(f"default:{entry}", entry, name, job_id, data, "default")
+
+
+def test_a_job_keeps_its_own_customer_whatever_its_events_carry(client) -> None:
+    """Tried: globex's job whose task reports progress details ``customer_id: "acme"``
+    (what ``self.progress(..., customer_id=...)`` sends), and a job id filed for acme then
+    filed again with no customer. Both reached acme's hook (a ``customer_ids: ["acme"]``
+    filter) as acme's: the event's own fields beat the job's, and a second
+    ``job_submitted`` of a known id kept the first job's customer. A job's identity now
+    comes from its record or its ``job_submitted`` only."""
+    enricher = Enricher(client)
+    acme_only = {"customer_ids": ["acme"]}
+    submitted = {"job_type": "echo", "priority": 10, "customer_id": "globex"}
+    enricher.enrich(_job_event("job_submitted", "j3", submitted, "1-0"))
+    progress = enricher.enrich(_job_event("update_job_progress", "j3", {
+        "progress": 50, "customer_id": "acme", "priority": 99, "job_type": "other"}, "2-0"))
+    assert (progress["customer_id"], progress["priority"], progress["job_type"]) == (
+        "globex", 10, "echo")
+    assert matches(acme_only, progress) is False
+
+    enricher.enrich(_job_event("job_submitted", "r4", {**submitted, "customer_id": "acme"},
+                               "3-0"))
+    again = enricher.enrich(_job_event("job_submitted", "r4", {"job_type": "echo"}, "4-0"))
+    done = enricher.enrich(_job_event("complete_job", "r4", {"worker_id": "w1"}, "5-0"))
+    assert again["customer_id"] is None and done["customer_id"] is None
+    assert matches(acme_only, done) is False

@@ -6,7 +6,11 @@ fixed fields (job type, priority, customer, workflow) and the worker and
 machine last seen in the job's events, read in stream order; a job first
 met mid-life is read from its record. A machine missing from the events
 is looked up in the worker registry. Fields an event carries itself win,
-but ``job_id`` is the id the job's customer knows it by (``webapp.job_ids``).
+except the job's identity (``IDENTITY``: what filters and customer scoping
+read), which only ``job_submitted`` sets: a progress event carries whatever
+details its task reported, and a task's ``customer_id`` must not route the
+event to another customer's hook. ``job_id`` is the id the job's customer
+knows it by (``webapp.job_ids``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ RECORD_FIELDS = ("service_required", "priority", "customer_id", "workflow_id", "
                  "machine_id")
 #: Events that happen before (or without) a worker: no worker or machine added.
 UNASSIGNED_EVENTS = frozenset({"job_submitted", "workflow_submitted", "job_resubmitted"})
+#: The job's own fields: from its record or its ``job_submitted``, never from other events.
+IDENTITY = frozenset({"job_type", "priority", "customer_id", "workflow_id", "pool"})
 #: Fields every job event's data has (None when unknown).
 JOB_FIELDS = ("job_id", "job_type", "priority", "customer_id", "workflow_id", "worker_id",
               "machine_id", "pool")
@@ -114,11 +120,10 @@ class Enricher:
             self.prefetch([event])
         job = self._jobs[key]
         self._jobs.move_to_end(key)
-        if event.name == "job_submitted":
-            job.job_type = data.get("job_type") or job.job_type
-            job.priority = _number(data.get("priority")) if "priority" in data else job.priority
-            job.customer_id = data.get("customer_id") or job.customer_id
-            job.workflow_id = data.get("workflow_id") or job.workflow_id
+        if event.name == "job_submitted":  # a job filed (again, under a reused id): all anew
+            job = _Job(data.get("job_type") or None, _number(data.get("priority")),
+                       data.get("customer_id") or None, data.get("workflow_id") or None)
+            self._remember(self._jobs, key, job)
         worker = data.get("worker_id")
         if worker and worker != job.worker_id:
             job.worker_id, job.machine_id = worker, None
@@ -132,7 +137,10 @@ class Enricher:
         if event.name not in UNASSIGNED_EVENTS:
             out["worker_id"] = job.worker_id
             out["machine_id"] = job.machine_id or self._machine_of(job.worker_id)
+        submitted = event.name == "job_submitted"
         for name, value in data.items():
+            if name in IDENTITY and not submitted:
+                continue
             if name not in out or (value is not None and value != ""):
                 out[name] = value
         # The id the job's customer knows it by (its chosen id, if stored scoped).
