@@ -444,3 +444,37 @@ def test_backlog_is_bounded_and_drops_are_counted(client, start_server, receiver
     sink.start()
     wait_for(lambda: len(sink.delivered()) == 3, message="the three kept")
     assert [r.payload["data"]["job_id"] for r in sink.delivered()] == ["b-0", "b-1", "b-2"]
+
+
+@pytest.mark.timeout(90)
+def test_slow_receivers_hold_a_dispatcher_for_one_delivery_not_a_chain(
+        client, start_server, receiver) -> None:
+    """Tried: two dispatchers, three hooks whose receiver answers each delivery after
+    0.8 s with eight deliveries queued each, then one event for a hook that answers at
+    once. A dispatcher kept a hook for up to 100 deliveries in a row, so the fast hook
+    waited behind whole chains of slow ones (7.8 s with eight slow hooks in the audit);
+    a chain now ends after a second of sending, and the fast hook is served next."""
+    def answer(request: Received) -> int:
+        if request.path.startswith("/slow"):
+            time.sleep(0.8)
+        return 200
+
+    sink = receiver()
+    sink.status = answer
+    server = start_server("webhooks", **{**FAST, "EMP_WEBHOOK_DISPATCHERS": "2"})
+    for n in range(3):
+        register(server, url=f"{sink.url}/slow/{n}", events=["job_started"])
+    register(server, url=f"{sink.url}/fast", events=["complete_job"])
+    wait_for(lambda: client.get(keys.CONSUMER), message="a consuming instance")
+    for n in range(8):
+        append(client, f"slow-{n}", "job_started")
+    wait_for(lambda: any(r.path.startswith("/slow") for r in sink.requests), timeout=20,
+             message="the slow hooks to be sending")
+    sent = time.monotonic()
+    append(client, "fast-1", "complete_job")
+    wait_for(lambda: sink.delivered("/fast"), timeout=30, message="the fast hook's delivery")
+    waited = time.monotonic() - sent
+    slow_left = 24 - len(sink.delivered())
+    # Served while most slow deliveries still wait; a chain of eight 0.8 s answers alone
+    # is 6.4 s.
+    assert waited < 2.5 and slow_left > 0, (waited, slow_left)

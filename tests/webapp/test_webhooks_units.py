@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
+import threading
+import time
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -14,7 +17,7 @@ from webapp.webhooks.dispatcher import backoff_ms, decide
 from webapp.webhooks.enrich import Enricher
 from webapp.webhooks.events import Event
 from webapp.webhooks.filters import matches
-from webapp.webhooks.sender import SendResult
+from webapp.webhooks.sender import Sender, SendResult
 from webapp.webhooks.signing import generate_secret, legacy_signature, signature_headers
 
 RETRY = WebhookConfig().retry_defaults()
@@ -177,3 +180,37 @@ def test_a_job_keeps_its_own_customer_whatever_its_events_carry(client) -> None:
     done = enricher.enrich(_job_event("complete_job", "r4", {"worker_id": "w1"}, "5-0"))
     assert again["customer_id"] is None and done["customer_id"] is None
     assert matches(acme_only, done) is False
+
+
+def test_an_attempt_ends_at_its_timeout_however_slowly_the_answer_arrives() -> None:
+    """Tried: a receiver that sends its headers at once, then its 20-byte body one byte
+    every 0.25 s (5 s). urllib3's timeout bounds each read, so a 1 s attempt lasted the
+    whole 5 s and came back 200 (with the defaults, past the 40 s lease: the delivery
+    was sent again beside itself). Now the attempt ends at 1 s, a transient failure."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+            for _ in range(20):
+                time.sleep(0.25)
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    sender = Sender(AddressPolicy(allowed_networks=parse_networks("127.0.0.0/8")), timeout=1.0)
+    try:
+        started = time.monotonic()
+        result = sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {})
+        took = time.monotonic() - started
+    finally:
+        sender.close()
+        listener.close()
+    assert result.status is None and "timed out after 1 s" in result.error, result
+    assert took < 2.5, took
+    assert decide(result, 1, RETRY)[0] == "retry"

@@ -59,6 +59,10 @@ logger = logging.getLogger(__name__)
 #: Deliveries of one hook sent back to back before its lease is given up,
 #: so a long backlog does not keep a thread from other hooks.
 MAX_CHAIN = 100
+#: Seconds of sending after which a chain ends anyway: a slow receiver (each answer
+#: a second, or a timeout) keeps a thread for one delivery, not 100 of them, while
+#: other hooks' deliveries wait (8 slow hooks held a fast one's delivery 7.8 s).
+CHAIN_SECONDS = 1.0
 #: Longest sleep of an idle dispatcher, seconds (it also wakes when events queue).
 IDLE_POLL_SECONDS = 1.0
 
@@ -159,9 +163,11 @@ class Dispatcher:
     def work(self, claim: Claim) -> None:
         """Send the claimed hook's due deliveries, one after another."""
         config = self.config
+        began = time.monotonic()
         for sent in range(MAX_CHAIN):
             outcome = self.attempt(claim)
-            keep = int(config.lease_seconds * 1000) if sent < MAX_CHAIN - 1 else 0
+            last = sent == MAX_CHAIN - 1 or time.monotonic() - began >= CHAIN_SECONDS
+            keep = 0 if last else int(config.lease_seconds * 1000)
             following = self.functions.finish(
                 claim, outcome, config.disconnect_after, int(config.reconnect_seconds * 1000),
                 int(config.history_seconds * 1000), config.recent_max, keep)

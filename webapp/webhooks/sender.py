@@ -138,12 +138,14 @@ class Sender:
                 continue
             except HTTPError as exc:
                 return SendResult(None, elapsed(), error=_reason(exc), address=address)
-            try:
-                data = response.read(READ_LIMIT + 1)
-            except HTTPError as exc:
+            data, error = _read_within(response, started + self.timeout - time.monotonic())
+            if data is None:
                 response.close()
-                return SendResult(response.status, elapsed(), error=_reason(exc),
-                                  address=address)
+                return SendResult(None, elapsed(), error=f"timed out after {self.timeout:g} s "
+                                  "(the response was still arriving)", address=address)
+            if error:
+                response.close()
+                return SendResult(response.status, elapsed(), error=error, address=address)
             if len(data) <= READ_LIMIT:
                 response.release_conn()
             else:
@@ -160,6 +162,32 @@ class Sender:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+
+
+def _read_within(response: urllib3.HTTPResponse, seconds: float) -> tuple[bytes | None, str]:
+    """Up to READ_LIMIT + 1 bytes of the body, read within ``seconds``: (data, "") or
+    (b"", the read error); (None, "") when the time ran out first.
+
+    urllib3's timeout bounds each read, not the attempt: a receiver sending one byte a
+    second kept an attempt going for as long as it liked (the lease ran out under it
+    and the delivery was sent again beside itself). Past the deadline the socket is shut
+    down under the read."""
+    late = threading.Event()
+
+    def expire() -> None:
+        late.set()
+        response.shutdown()
+
+    timer = threading.Timer(max(0.0, seconds), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        data, error = response.read(READ_LIMIT + 1), ""
+    except HTTPError as exc:
+        data, error = b"", _reason(exc)
+    finally:
+        timer.cancel()
+    return (None, "") if late.is_set() else (data, error)
 
 
 def _reason(exc: Exception) -> str:
