@@ -86,8 +86,10 @@ def mock_gpus(env: Mapping[str, str]) -> GpuInventory:
         raise MachineError("EMP_MOCK_GPUS must be an integer and EMP_MOCK_GPU_MEMORY_GB a "
                            f"number, got {env.get('EMP_MOCK_GPUS')!r}, "
                            f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}") from None
-    if count < 0 or memory <= 0:
-        raise MachineError("EMP_MOCK_GPUS must be >= 0 and EMP_MOCK_GPU_MEMORY_GB > 0")
+    if count < 0 or not 0 < memory < float("inf"):  # NaN and inf matched any job
+        raise MachineError("EMP_MOCK_GPUS must be >= 0 and EMP_MOCK_GPU_MEMORY_GB a finite "
+                           f"number > 0, got {env.get('EMP_MOCK_GPUS')!r}, "
+                           f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}")
     model = env.get("EMP_MOCK_GPU_MODEL") or MOCK_MODEL
     memory_gb = int(memory) if memory.is_integer() else memory
     return GpuInventory("mock", [Gpu(i, model, memory_gb, f"MOCK-GPU-{i}") for i in range(count)])

@@ -36,16 +36,25 @@ REASON = "machine gone (stopped reporting)"
 def reap_gone_machines(client: redis.Redis, stale_after_seconds: float,
                        retention_seconds: float = 24 * 3600,
                        exclude: str | None = None) -> list[dict[str, Any]]:
-    """Reap every machine whose last report is older than ``stale_after_seconds``.
+    """Reap every machine silent longer than its own limit (the ``stale_seconds`` its
+    record declares; ``stale_after_seconds`` for a record that declares none), looking
+    only at machines silent longer than ``stale_after_seconds``.
 
-    Returns one ``forget_machine`` result per machine reaped here (``machine_id``,
-    ``workers``, ``requeued_jobs``). ``exclude`` is the caller's own id.
+    Each machine is judged by its own limit: judged by the reaper's, a machine
+    reporting every 10 s was marked gone by one reporting every 2 s, and its running
+    jobs were started again elsewhere. Returns one ``forget_machine`` result per
+    machine reaped here (``machine_id``, ``workers``, ``requeued_jobs``). ``exclude``
+    is the caller's own id.
     """
-    cutoff = now_ms() - int(stale_after_seconds * 1000)
-    stale = client.zrangebyscore(MACHINES_KEY, "-inf", f"({cutoff}")
+    now = now_ms()
+    silent = client.zrangebyscore(MACHINES_KEY, "-inf", f"({now - int(stale_after_seconds * 1000)}")
     results = []
-    for machine_id in stale:
-        if machine_id != exclude and _claim(client, machine_id, cutoff, retention_seconds):
+    for machine_id in silent:
+        if machine_id == exclude:
+            continue
+        declared = _number(client.hget(machine_key(machine_id), "stale_seconds"))
+        cutoff = now - int((declared or stale_after_seconds) * 1000)
+        if _claim(client, machine_id, cutoff, retention_seconds):
             result = WorkerRegistry(client).forget_machine(machine_id, reason=REASON)
             emit_system_event(client, MACHINE_EVENT, {
                 "machine_id": machine_id, "status": MachineStatus.GONE, "reason": REASON,
@@ -59,6 +68,15 @@ def reap_gone_machines(client: redis.Redis, stale_after_seconds: float,
     return results
 
 
+def _number(value: str | bytes | None) -> float | None:
+    """A declared positive number of seconds, or None."""
+    try:
+        number = float(value) if value else 0.0
+    except ValueError:
+        return None
+    return number if number > 0 else None
+
+
 def _claim(client: redis.Redis, machine_id: str, cutoff: int, retention_seconds: float) -> bool:
     """Mark the machine gone unless it reported meanwhile or another reaper was first."""
     key = machine_key(machine_id)
@@ -70,15 +88,39 @@ def _claim(client: redis.Redis, machine_id: str, cutoff: int, retention_seconds:
                 return False
             ended_at = now_ms()
             pipe.multi()
-            pipe.zrem(MACHINES_KEY, machine_id)
-            pipe.hset(key, mapping={"machine_id": machine_id, "status": MachineStatus.GONE,
-                                    "reason": REASON, "ended_at": ended_at})
-            pipe.pexpire(key, int(retention_seconds * 1000))
-            record_ended(pipe, machine_id, ended_at, retention_seconds)
+            record_gone(pipe, machine_id, REASON, ended_at, retention_seconds)
             pipe.execute()
             return True
         except redis.WatchError:
             return False
+
+
+def record_gone(pipe: redis.client.Pipeline, machine_id: str, reason: str, ended_at: int,
+                retention_seconds: float) -> None:
+    """Queue, on a MULTI ``pipe``, the record of a machine that ended without handing its
+    jobs back: out of the live set, ``gone`` with ``reason``, in the ended index."""
+    key = machine_key(machine_id)
+    pipe.zrem(MACHINES_KEY, machine_id)
+    pipe.hset(key, mapping={"machine_id": machine_id, "status": MachineStatus.GONE,
+                            "reason": reason, "ended_at": ended_at})
+    pipe.pexpire(key, int(retention_seconds * 1000))
+    record_ended(pipe, machine_id, ended_at, retention_seconds)
+
+
+def end_failed_machine(client: redis.Redis, machine_id: str, reason: str,
+                       retention_seconds: float) -> dict[str, Any]:
+    """A machine whose programs died under it (supervisord killed): recorded gone and its
+    jobs returned to pending at once, as a reaper would, rather than ``offline``, which
+    says its workers handed their jobs back themselves (they could not)."""
+    with client.pipeline(transaction=True) as pipe:
+        record_gone(pipe, machine_id, reason, now_ms(), retention_seconds)
+        pipe.execute()
+    result = WorkerRegistry(client).forget_machine(machine_id, reason=reason)
+    emit_system_event(client, MACHINE_EVENT, {
+        "machine_id": machine_id, "status": MachineStatus.GONE, "reason": reason,
+        "workers": [{"worker_id": w} for w in result["workers"]],
+        "requeued_jobs": result["requeued_jobs"]})
+    return result
 
 
 def reap_periodically(client: redis.Redis, stale_after_seconds: float, every_seconds: float,

@@ -31,10 +31,17 @@ from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import MachinePlan, build_plan
-from machine.reaper import reap_gone_machines
+from machine.reaper import end_failed_machine, reap_gone_machines
 from machine.settings import MachineSettings
 from machine.shipping import LogShipper, read_stats
-from machine.status import MachineStatus, machine_key, now_ms, publish, publish_offline
+from machine.status import (
+    MachineStatus,
+    machine_key,
+    now_ms,
+    publish,
+    publish_offline,
+    read_machine,
+)
 from machine.supervision import Supervisord
 from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
@@ -93,6 +100,7 @@ class MachineRuntime:
 
     def start(self) -> MachineRuntime:
         """Write the config, start supervisord, the health server and the reporter."""
+        self._refuse_live_twin()
         self.supervisord.claim_socket()
         for stale in (self.stats_dir, self.run_dir / "programs"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -111,6 +119,31 @@ class MachineRuntime:
         logger.info("machine %s started %d programs", self.machine_id, len(self.plan.programs),
                     extra={"event": "machine_started"})
         return self
+
+    def _refuse_live_twin(self) -> None:
+        """MachineError when another machine reports under this id and is not silent.
+
+        Two machines of one id shared one record (each overwrote the other's report)
+        and one set of worker ids: a clean stop of one deleted the other's worker
+        records, and its readiness stayed 503. A record left by an earlier run of this
+        machine (same host, its process gone) or one silent past its limit is no twin.
+        """
+        try:
+            record = read_machine(self.redis, self.machine_id)
+        except redis.RedisError:
+            return  # Redis away: the machine starts and reports once it is back
+        if not record or record.get("status") != MachineStatus.ONLINE:
+            return
+        age_s = (now_ms() - int(record.get("last_report") or 0)) / 1000
+        limit_s = float(record.get("stale_seconds") or self.settings.stale_seconds or 0)
+        if age_s >= limit_s or (record.get("hostname") == socket.gethostname()
+                                and not _alive(record.get("pid"))):
+            return
+        raise MachineError(
+            f"machine id {self.machine_id!r} is already running on {record.get('hostname')} "
+            f"(pid {record.get('pid')}, last report {age_s:.0f} s ago): give this machine "
+            f"another MACHINE_ID, or stop that one (or wait until it has been silent "
+            f"{limit_s:g} s)")
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -134,12 +167,25 @@ class MachineRuntime:
             self._reporter.join(timeout=10)
         if self._published:
             try:
-                publish_offline(self.redis, self.report(), self.settings.retention_seconds)
+                self._record_end()
             except redis.RedisError as exc:
-                logger.warning("could not record the machine offline: %s", exc)
+                logger.warning("could not record the machine's end: %s", exc)
         if self.health is not None:
             self.health.stop()
         logger.info("machine %s stopped", self.machine_id, extra={"event": "machine_stopped"})
+
+    def _record_end(self) -> None:
+        """Offline after a clean stop (every program stopped, its jobs handed back); gone,
+        with its jobs requeued at once, when supervisord died under the machine."""
+        if self.failed:
+            result = end_failed_machine(self.redis, self.machine_id,
+                                        "machine failed: supervisord exited",
+                                        self.settings.retention_seconds)
+            logger.error("machine %s failed: recorded gone, %d jobs requeued", self.machine_id,
+                         len(result["requeued_jobs"]), extra={"event": "machine_failed_ended"})
+            return
+        stopped = {spec.name: {"statename": "STOPPED"} for spec in self.plan.programs}
+        publish_offline(self.redis, self.report(stopped), self.settings.retention_seconds)
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -248,6 +294,8 @@ class MachineRuntime:
             "hostname": socket.gethostname(), "pid": os.getpid(),
             "health_url": self.health_url, "started_at": int(self.started_at * 1000),
             "last_report": now_ms(), "uptime_seconds": round(time.time() - self.started_at, 1),
+            # How long this machine may be silent before it is gone (reapers read it).
+            "stale_seconds": self.settings.stale_seconds,
             "gpu_source": self.inventory.source,
             "gpus": [gpu.as_dict() for gpu in self.inventory.gpus],
             "workers": [p for p in programs if p["role"] == "worker"],
@@ -327,6 +375,17 @@ class MachineRuntime:
         logger.warning("restarting %s on request", program,
                        extra={"event": "machine_restart", "program": program})
         return process_fields(self.supervisord.client.restart(program))
+
+
+def _alive(pid: object) -> bool:
+    """True when a process of this pid runs on this host (signal 0)."""
+    try:
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_machine(settings: MachineSettings,

@@ -31,6 +31,7 @@ Environment (defaults in brackets):
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -75,9 +76,23 @@ def check_machine_id(machine_id: str) -> str:
 def _float(name: str, default: float) -> float:
     raw = defaults.env(name)
     try:
-        return float(raw) if raw else default
+        value = float(raw) if raw else default
     except ValueError:
         raise MachineError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise MachineError(f"{name} must be a finite number, got {raw!r}")
+    return value
+
+
+#: Settings that must be above a floor: (field, variable, lowest allowed, why).
+FLOORS = (
+    ("report_seconds", "EMP_MACHINE_REPORT_SECONDS", 0.5,
+     "0 made every other machine look silent to this one's reaper"),
+    ("poll_seconds", "EMP_MACHINE_POLL_SECONDS", 0.05, "0 is a busy loop"),
+    ("stop_wait_seconds", "EMP_STOP_WAIT_SECONDS", 0,
+     "below 0 supervisor kills workers at once, before they hand their jobs back"),
+    ("retention_seconds", "EMP_MACHINE_RETENTION_SECONDS", 1, "records would never be kept"),
+)
 
 
 @dataclass
@@ -107,6 +122,12 @@ class MachineSettings:
 
     def __post_init__(self) -> None:
         check_machine_id(self.machine_id)
+        for name, variable, lowest, why in FLOORS:
+            if getattr(self, name) < lowest:
+                raise MachineError(f"{variable} must be at least {lowest:g}, got "
+                                   f"{getattr(self, name):g} ({why})")
+        if not 0 <= self.health_port <= 65535:
+            raise MachineError(f"EMP_HEALTH_PORT must be 0-65535, got {self.health_port}")
         if self.run_dir is None:
             self.run_dir = Path(".emp") / f"machine-{self.machine_id}"
         self.run_dir = Path(self.run_dir).resolve()

@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -59,6 +60,17 @@ DROP_REPORT_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 DEFAULT_TAG = "emp.logs"
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: the stats reach ``/status``,
+    which anyone may read, and the shipping URL may carry the log endpoint's credentials."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class LogShipper(logging.Handler):
@@ -139,7 +151,8 @@ class LogShipper(logging.Handler):
         with self._counts_lock:
             counts = dict(self._counts)
         return {**counts, "queued": self._queue.qsize() + len(self._pending),
-                "last_error": self._last_error, "url": self.url, "pid": self._pid}
+                "last_error": self._last_error, "url": without_password(self.url),
+                "pid": self._pid}
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued line is sent (or ``timeout``); True when none is left."""

@@ -182,3 +182,14 @@ def test_urls_from_the_environment() -> None:
         "http://agg:24224/emp.logs"
     assert shipping_url({"FLUENTD_HOST": "agg", "FLUENTD_SECURE": "true",
                          "EMP_LOG_TAG": "gpu"}) == "https://agg:8888/gpu"
+
+
+def test_the_stats_show_no_password_of_the_log_endpoint(ship, receiver) -> None:  # noqa: ANN001
+    """Tried: FLUENT_BIT_URL with credentials (``http://fluser:flpass@host/...``). The
+    stats, which the machine's open ``/status`` serves to anyone, carried the URL whole."""
+    host = receiver.url.removeprefix("http://")
+    _, shipper = ship(f"http://fluser:flpass@{host}/emp.logs")
+    shown = shipper.stats()["url"]
+    assert "flpass" not in shown and shown == f"http://fluser:***@{host}/emp.logs"
+    _, plain = ship(f"http://{host}/emp.logs")
+    assert plain.stats()["url"] == f"http://{host}/emp.logs"

@@ -178,3 +178,32 @@ def test_a_long_run_directory_puts_the_socket_in_the_temp_directory(tmp_path: Pa
     assert files.socket.parent != deep and len(str(files.socket)) <= 100
     assert RunFiles.in_dir(deep).socket == files.socket  # the same name at every start
     assert RunFiles.in_dir(tmp_path).socket == tmp_path / "supervisor.sock"
+
+
+@pytest.mark.parametrize(("variable", "value", "words"), [
+    ("EMP_MACHINE_REPORT_SECONDS", "0", "at least 0.5"),
+    ("EMP_MACHINE_POLL_SECONDS", "0", "busy loop"),
+    ("EMP_STOP_WAIT_SECONDS", "-1", "at least 0"),
+    ("EMP_HEALTH_PORT", "-5", "0-65535"),
+    ("EMP_HEALTH_PORT", "99999", "0-65535"),
+    ("EMP_MACHINE_RETENTION_SECONDS", "nan", "finite"),
+])
+def test_settings_that_cannot_work_are_one_line_naming_them(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
+    """Tried (an audit, each from outside): a report period of 0 (its reaper then marked
+    every other machine gone each second), a poll of 0 (a busy loop at 50-60% CPU), a
+    stop wait of -1 (supervisor killed workers before they handed their jobs back), a
+    health port of -5 (a traceback) and 99999 (silently port 34463). Each is refused."""
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(MachineError, match=variable) as refused:
+        MachineSettings.from_env()
+    assert words in str(refused.value)
+
+
+@pytest.mark.parametrize("memory", ["inf", "nan", "-1"])
+def test_mock_gpu_memory_must_be_a_finite_positive_number(memory: str) -> None:
+    """Tried: EMP_MOCK_GPU_MEMORY_GB=inf and nan were accepted; the workers then served a
+    job asking for 100,000 GB and /status answered a bare Infinity, which is not JSON."""
+    with pytest.raises(MachineError, match="finite number > 0"):
+        detect_gpus({"EMP_MOCK_GPUS": "1", "EMP_MOCK_GPU_MEMORY_GB": memory})

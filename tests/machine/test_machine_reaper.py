@@ -119,3 +119,22 @@ def test_periodic_reaping_stops_when_told(client: redis.Redis) -> None:
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_each_machine_is_judged_by_its_own_silence_limit(client: redis.Redis) -> None:
+    """Tried: a reaper whose own limit is 6 s (it reports every 2 s) and three machines
+    silent for 10 s: one that reports every 10 s (limit 30 s, running a job), one whose
+    limit is 6 s, and one that declares none. The reaper judged all three by its own
+    6 s: the slow reporter, alive, was marked gone and its job started again elsewhere.
+    Now it is left alone; the other two are gone."""
+    for machine_id in ("slow-box", "quick-box", "old-box"):
+        client.delete(machine_key(machine_id))
+        client.zrem(MACHINES_KEY, machine_id)
+    running_job(client, "slow-job", "slow-box")
+    publish(client, report("slow-box", age_ms=10_000, stale_seconds=30), emit=False)
+    publish(client, report("quick-box", age_ms=10_000, stale_seconds=6), emit=False)
+    publish(client, report("old-box", age_ms=10_000), emit=False)
+    reaped = {r["machine_id"] for r in reap_gone_machines(client, stale_after_seconds=6)}
+    assert reaped == {"quick-box", "old-box"}
+    assert read_machine(client, "slow-box")["status"] == "online"
+    assert client.hget("emp:{default}:job:slow-job", "status") == "in_progress"

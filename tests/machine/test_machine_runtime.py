@@ -152,7 +152,10 @@ def test_machine_runs_reports_restarts_and_ships_logs(start_machine, app, client
         stopping = time.monotonic()
         assert machine.stop() == 0
         print(f"clean stop {time.monotonic() - stopping:.1f}s")
-        assert read_machine(client, "box-a")["status"] == "offline"
+        offline = read_machine(client, "box-a")
+        assert offline["status"] == "offline"
+        # Its programs as they ended (the last report read them RUNNING, with their pids).
+        assert {(w["state"], w["pid"]) for w in offline["workers"]} == {("STOPPED", None)}
         assert client.zscore(MACHINES_KEY, "box-a") is None
         assert machine.leftovers() == []
         assert [w["worker_id"] for w in WorkerRegistry(client).workers()] == []
@@ -202,6 +205,48 @@ def test_a_vanished_machine_is_reaped_and_its_job_completes_elsewhere(start_mach
     assert requeues and "machine gone" in json.dumps(requeues[0]["data"])
     assert all(w["machine_id"] != victim.machine_id for w in WorkerRegistry(client).workers())
     assert read_machine(client, survivor.machine_id)["status"] == "online"
+
+
+@pytest.mark.timeout(180)
+def test_a_machine_whose_supervisord_is_killed_is_recorded_gone_and_its_job_requeued(
+        start_machine, app, client) -> None:  # noqa: ANN001
+    """Tried: ``kill -9`` of supervisord alone while a job runs (long leases, so only
+    the machine's own record of its end can bring the job back soon). The machine exited
+    and recorded itself ``offline`` ("stopped cleanly: its workers returned their jobs"),
+    showing its dead worker RUNNING, while the job stayed in progress until its lease
+    ran out. Now it is recorded gone and the job is pending again at once."""
+    machine = start_machine("box-s", EMP_MOCK_GPUS="1", EMP_LEASE_SECONDS="120")
+    machine.wait_ready()
+    job = submit("simulation", {"steps": 30, "duration": 30}, app=app)
+    wait_for(lambda: get_job(job.id, app=app)["status"] == "in_progress", timeout=60,
+             message="the job to start")
+    os.kill(int((machine.run_dir / "supervisord.pid").read_text()), signal.SIGKILL)
+    assert machine.process.wait(timeout=60) != 0
+    record = read_machine(client, "box-s")
+    assert record["status"] == "gone" and "supervisord" in record["reason"], record
+    assert client.zscore(MACHINES_KEY, "box-s") is None
+    assert get_job(job.id, app=app)["status"] == "pending"
+    assert any(e["status"] == "gone" and job.id in e.get("requeued_jobs", [])
+               for e in machine_events(client, "box-s"))
+
+
+@pytest.mark.timeout(180)
+def test_a_second_machine_under_a_running_machines_id_is_refused(
+        start_machine, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a second ``emp machine`` with the MACHINE_ID of a running one (another run
+    directory and port). Both ran, overwrote one record and shared worker ids; when one
+    stopped it deleted the other's worker records and the survivor's /ready stayed 503.
+    Now the second exits with one line naming the running one, changing nothing."""
+    first = start_machine("box-t", EMP_MOCK_GPUS="1")
+    first.wait_ready()
+    before = read_machine(client, "box-t")
+    twin = start_machine("box-t", EMP_MOCK_GPUS="1", EMP_MACHINE_RUN_DIR=str(tmp_path / "twin"))
+    assert twin.process.wait(timeout=60) == 1
+    said = twin.tail()
+    assert "is already running" in said and "Traceback" not in said, said
+    assert first.get("/ready").status_code == 200
+    after = read_machine(client, "box-t")
+    assert (after["health_url"], after["pid"]) == (before["health_url"], before["pid"])
 
 
 @pytest.mark.system
