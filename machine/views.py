@@ -90,6 +90,10 @@ def not_ready(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if view["state"] != RUNNING:
             waiting.append({"name": view["name"], "state": view["state"],
                             "reason": f"{view['role']} is {view['state']}"})
+        elif view["role"] == WORKER and view.get("registry_error"):
+            # Redis cannot be read: whether the worker registered is unknown, not "not yet".
+            waiting.append({"name": view["name"], "state": view["state"],
+                            "reason": f"Redis unreachable: {view['registry_error']}"})
         elif view["role"] == WORKER and not view["registered"]:
             waiting.append({"name": view["name"], "state": view["state"],
                             "reason": "worker has not registered in Redis yet"})

@@ -51,3 +51,12 @@ def test_a_missing_program_is_unknown_and_redis_errors_are_shown() -> None:
     views = program_views(PLAN, {}, unreachable)
     assert {v["state"] for v in views} == {"UNKNOWN"}
     assert all("registry_error" in v for v in views)
+
+
+def test_ready_says_redis_is_unreachable_not_that_a_worker_never_registered() -> None:
+    """Tried: /ready while Redis is down, every program RUNNING: each worker was said to
+    have "not registered in Redis yet", though it had; Redis could not be read."""
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    infos = {spec.name: {"statename": "RUNNING", "pid": 10, "start": 1} for spec in PLAN.programs}
+    reasons = [w["reason"] for w in not_ready(program_views(PLAN, infos, unreachable))]
+    assert reasons and all(r.startswith("Redis unreachable") for r in reasons), reasons
