@@ -23,6 +23,7 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
     directives,
     remote_control,
     revocation,
+    thread_pool,
     tracing,
 )
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
@@ -123,6 +124,7 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app.conf.update(**user_config(), **settings)
     revocation.init_app(app)
     directives.init_app(app)
+    thread_pool.install()
     return app
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import wait_for
 from emp_tasks.producer import get_job, job_events, submit
 
@@ -47,10 +49,13 @@ def test_revoke_of_a_pending_job_ends_it_cancelled(app, start_worker) -> None:
     assert get_job(pending.id, app=app)["worker_id"] == "w1"
 
 
-def test_revoke_terminate_of_a_running_job_ends_it_cancelled(app, start_worker) -> None:
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_revoke_terminate_of_a_running_job_ends_it_cancelled(app, start_worker, pool) -> None:
     """Tried: Celery's ``app.control.revoke(id, terminate=True)`` (not EMP's cancel) of a
-    running simulation job. Before the fix the killed run's ack failed the job."""
-    start_worker("w1")
+    running simulation job. Before the fix the killed run's ack failed the job. Under
+    ``-P threads`` Celery's pool raised NotImplementedError (a thread cannot be killed)
+    and the job ran on; now the job is cancelled and its run stops at its next check."""
+    start_worker("w1", args=["-P", pool])
     running = submit("simulation", {"steps": 1, "duration": 30}, app=app)
     wait_for(lambda: get_job(running.id, app=app)["status"] == "in_progress", timeout=30,
              message="the job to start")
