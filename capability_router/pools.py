@@ -145,9 +145,14 @@ class _Reader:
                                    f"(known: {', '.join(sorted(allowed))})")
 
     def number(self, where: str, value: Any, low: float = 0.0) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(where, f"must be a number, got {value!r}")
+        try:  # an integer too large for a float raised OverflowError (a traceback)
+            finite = math.isfinite(value)
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise self.fail(where, f"must be a number, got {str(value)[:40]}")
         if value < low:
             raise self.fail(where, f"must be >= {low:g}, got {value!r}")
         return float(value)

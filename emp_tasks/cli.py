@@ -445,7 +445,8 @@ def _next_steps(stack: Stack, running: bool) -> str:
 @click.option("--quick", is_flag=True, help="A one-hour slice of the day (13:00-14:00).")
 @click.option("--trace", type=click.Path(exists=True, dir_okay=False),
               help="A JSONL trace instead of the synthetic day (README, \"Simulator\").")
-@click.option("--scale", type=float, default=1.0, show_default=True,
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0,
+              show_default=True,
               help="Volume and fleet multiplier (10: 100 -> 500 -> 100 machines).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--policies", default=",".join(

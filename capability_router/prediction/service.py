@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -73,9 +74,19 @@ def _env_float(name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise EmpError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # inf and nan passed, then failed a tick or every check
+        raise EmpError(f"{name} must be a finite number, got {raw!r}")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    value = float(_env_float(name, default))
+    if not value.is_integer():  # 1.5 was cut to 1 without a word
+        raise EmpError(f"{name} must be a whole number, got {value:g}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -104,13 +115,13 @@ class IntelligenceSettings:
             horizon_seconds=_env_float("EMP_INTELLIGENCE_HORIZON_SECONDS", 300.0),
             min_expected=_env_float("EMP_INTELLIGENCE_MIN_EXPECTED", 1.0),
             evict_below=_env_float("EMP_INTELLIGENCE_EVICT_BELOW", 0.05),
-            max_per_pool=int(_env_float("EMP_INTELLIGENCE_DIRECTIVES_PER_POOL", 4)),
+            max_per_pool=_env_int("EMP_INTELLIGENCE_DIRECTIVES_PER_POOL", 4),
             directive_ttl_seconds=_env_float("EMP_INTELLIGENCE_DIRECTIVE_TTL_SECONDS", 60.0))
         values: dict[str, Any] = {
             "interval_seconds": _env_float("EMP_INTELLIGENCE_INTERVAL_SECONDS", 5.0),
             "lease_seconds": _env_float("EMP_INTELLIGENCE_LEASE_SECONDS", 15.0),
             "instance": os.environ.get("EMP_INTELLIGENCE_INSTANCE", "").strip(),
-            "max_keys": int(_env_float("EMP_INTELLIGENCE_MAX_KEYS", 5000)),
+            "max_keys": _env_int("EMP_INTELLIGENCE_MAX_KEYS", 5000),
             "recent_seconds": _env_float("EMP_INTELLIGENCE_RECENT_SECONDS", 600.0),
             "placement": placement,
         }

@@ -40,9 +40,23 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: a run with no jobs has no percentiles,
+    and a bare ``NaN`` is not JSON (readers of the line refused it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def json_line(summaries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """Everything in one JSON line (per policy, without the per-function counts)."""
-    return json.dumps({**meta, "policies": summaries}, separators=(",", ":"))
+    """Everything in one JSON line (per policy, without the per-function counts); strict
+    JSON (no NaN or Infinity: null where a figure has no value)."""
+    return json.dumps(_json_safe({**meta, "policies": summaries}), separators=(",", ":"),
+                      allow_nan=False)
 
 
 def charts(records: list[RunRecord], out: Path) -> list[Path]:
@@ -66,7 +80,8 @@ def charts(records: list[RunRecord], out: Path) -> list[Path]:
     ax.set_xlabel("wait: arrival to run start, s (log)")
     ax.set_ylabel("share of jobs")
     ax.set_title("Wait CDF per policy")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # a run without jobs draws no line
+        ax.legend(loc="lower right")
     ax.grid(True, which="both", alpha=0.3)
     path = out / "sim-wait-cdf.png"
     fig.tight_layout()
@@ -85,7 +100,8 @@ def charts(records: list[RunRecord], out: Path) -> list[Path]:
                                 for _, sample in record.samples], label=pool)
             ax.set_title(record.policy, fontsize=9)
             ax.set_ylabel(label, fontsize=8)
-            ax.legend(fontsize=7, loc="upper left")
+            if pools:
+                ax.legend(fontsize=7, loc="upper left")
             ax.grid(True, alpha=0.3)
         axes[-1, 0].set_xlabel("hour of the day (virtual)")
         fig.tight_layout()

@@ -186,6 +186,7 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
     """A JSONL trace (module docstring); the fleet follows the day curve times ``scale``."""
     jobs: list[TraceJob] = []
     sizes: dict[str, float] = {}
+    first_line: dict[str, int] = {}
     with open(path) as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -193,9 +194,16 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
             try:
                 raw = json.loads(line)
                 sizes.update({m: float(gb) for m, gb in (raw.pop("model_gb", None) or {}).items()})
-                jobs.append(TraceJob(**raw))
+                job = TraceJob(**raw)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: not a trace job: {exc}") from None
+            # A second job under one id was refused by the queue as a duplicate and took
+            # the first one's outcome: the results counted one job, never completed.
+            if job.id in first_line:
+                raise ValueError(f"{path}:{number}: job id {job.id!r} is already the job of "
+                                 f"line {first_line[job.id]}")
+            first_line[job.id] = number
+            jobs.append(job)
     jobs.sort(key=lambda job: (job.at, job.id))
     for job in jobs:
         for model in job.models:

@@ -369,6 +369,11 @@ def test_machines_are_counted_by_machine_id_else_by_workers_per_machine() -> Non
     ({"EMP_INTELLIGENCE_HORIZON_SECONDS": "soon"},
      "EMP_INTELLIGENCE_HORIZON_SECONDS must be a number, got 'soon'"),
     ({"EMP_POOLS_FILE": "/nonexistent/pools.toml"}, "/nonexistent/pools.toml: cannot read"),
+    # An audit's: inf was a traceback (or one at the first tick), nan ran on, 1.5 became 1.
+    ({"EMP_INTELLIGENCE_MAX_KEYS": "inf"}, "EMP_INTELLIGENCE_MAX_KEYS must be a finite"),
+    ({"EMP_INTELLIGENCE_RECENT_SECONDS": "inf"}, "must be a finite number"),
+    ({"EMP_INTELLIGENCE_INTERVAL_SECONDS": "nan"}, "must be a finite number"),
+    ({"EMP_INTELLIGENCE_DIRECTIVES_PER_POOL": "1.5"}, "must be a whole number, got 1.5"),
 ])
 def test_bad_settings_stop_the_command_with_one_line_naming_them(
         redis_server, client: redis.Redis, env: dict[str, str], words: str) -> None:

@@ -86,6 +86,8 @@ def test_order_sorts_the_pools_whatever_the_file_order() -> None:
      "pools.small.gpu_memory_gb must be [0, 0] when gpu = false"),
     (("storage_gb = 20", "storage_gb = -1"), "pools.small.storage_gb must be >= 0"),
     (("storage_gb = 20", "storage_gb = \"lots\""), "pools.small.storage_gb must be a number"),
+    # An integer too large for a float: was an OverflowError traceback.
+    (("storage_gb = 20", "storage_gb = 1" + "0" * 310), "pools.small.storage_gb must be a number"),
     (("storage_gb = 20\n", ""), "pools.small is missing storage_gb"),
     (("gpu = true", "gpu = \"yes\""), "pools.big.gpu must be true or false"),
     (("services = [\"echo\"]", "services = []"), "pools.small.services must name at least one"),

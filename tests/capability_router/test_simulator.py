@@ -164,3 +164,33 @@ def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
     expected = (3600 + 3650.5 + 4001) / 3600
     assert result.record.machine_hours == pytest.approx(expected, abs=0.001)
     assert result.summary["completion"] == 1.0
+
+
+def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_server,
+                                                                     tmp_path) -> None:
+    """Tried (an audit): ``--scale 0`` (a ZeroDivisionError traceback), ``--scale -1`` (an
+    endless loop at 100% CPU), a trace with one id on two lines (accepted: the second was
+    refused by the queue as a duplicate and the results counted 1 job, none completed),
+    and a trace without jobs (its JSON line held bare NaN percentiles)."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    def simulate(*args: str):  # noqa: ANN202 - click's Result
+        return CliRunner().invoke(main, ["simulate", "--redis-url", redis_server.url, *args])
+
+    for scale in ("0", "-1"):
+        refused = simulate("--quick", "--scale", scale)
+        assert refused.exit_code == 2 and "--scale" in refused.output, refused.output
+    twice = tmp_path / "twice.jsonl"
+    write_trace([TraceJob("c1", 1.0, "text", 1.0), TraceJob("c1", 2.0, "text", 1.0)], twice)
+    with pytest.raises(ValueError, match=r"twice.jsonl:2: job id 'c1' is already the job of "
+                                         r"line 1"):
+        load_trace(twice)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "out"
+    done = simulate("--trace", str(empty), "--policies", "uniform", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    line = (out / "summary.json").read_text()
+    json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the JSON line"))
