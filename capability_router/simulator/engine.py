@@ -367,6 +367,8 @@ class Simulation:
     def hindsight_pool(self, job: TraceJob) -> str:
         """The pool that fits the job's true run time (metrics module docstring)."""
         gpu = (job.requirements.get("hardware") or {}).get("gpu_memory_gb")
+        # As Router.decide reads it: a number, else none ("all" crashed the comparison).
+        gpu = float(gpu) if isinstance(gpu, (int, float)) and not isinstance(gpu, bool) else None
         router = self.router or Router(self.client, self.pools_file)
         able = [p for p in self.pools_file.pools.values()
                 if router.why_not(p, job.service, gpu) is None]

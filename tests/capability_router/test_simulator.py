@@ -169,9 +169,10 @@ def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
 def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_server,
                                                                      tmp_path) -> None:
     """Tried (an audit): ``--scale 0`` (a ZeroDivisionError traceback), ``--scale -1`` (an
-    endless loop at 100% CPU), a trace with one id on two lines (accepted: the second was
-    refused by the queue as a duplicate and the results counted 1 job, none completed),
-    and a trace without jobs (its JSON line held bare NaN percentiles)."""
+    endless loop at 100% CPU), a job needing ``gpu_memory_gb: "all"`` (a TypeError), a
+    trace with one id on two lines (accepted: the second was refused by the queue as a
+    duplicate and the results counted 1 job, none completed), and a trace without jobs
+    (its JSON line held bare NaN percentiles)."""
     from click.testing import CliRunner
 
     from emp_tasks.cli import main
@@ -187,6 +188,11 @@ def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_serv
     with pytest.raises(ValueError, match=r"twice.jsonl:2: job id 'c1' is already the job of "
                                          r"line 1"):
         load_trace(twice)
+    whole = tmp_path / "whole-gpu.jsonl"  # a documented value: was a TypeError traceback
+    write_trace([TraceJob("g1", 1.0, "comfyui", 2.0,
+                          requirements={"hardware": {"gpu_memory_gb": "all"}})], whole)
+    ran = simulate("--trace", str(whole), "--policies", "pools", "--out", str(tmp_path / "g"))
+    assert ran.exit_code == 0, ran.output
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = tmp_path / "out"
