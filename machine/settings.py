@@ -86,7 +86,7 @@ def _float(name: str, default: float) -> float:
 
 #: Settings that must be above a floor: (field, variable, lowest allowed, why).
 FLOORS = (
-    ("report_seconds", "EMP_MACHINE_REPORT_SECONDS", 0.5,
+    ("report_seconds", "EMP_MACHINE_REPORT_SECONDS", 0.1,
      "0 made every other machine look silent to this one's reaper"),
     ("poll_seconds", "EMP_MACHINE_POLL_SECONDS", 0.05, "0 is a busy loop"),
     ("stop_wait_seconds", "EMP_STOP_WAIT_SECONDS", 0,
