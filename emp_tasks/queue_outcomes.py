@@ -19,7 +19,5 @@ from emp_tasks.connection import get_client
 def store_gave_up(app: Any, namespace: str, job_id: str) -> None:
     """Store FAILURE (``QueueGaveUp`` with the record's reason) for a job the queue ended."""
     reason = get_client(app.conf.broker_url).hget(Keys(namespace).job(job_id), "last_error")
-    if isinstance(reason, bytes):
-        reason = reason.decode()
     app.backend.mark_as_failure(job_id, QueueGaveUp(reason or "the queue gave up on the job"),
                                 call_errbacks=False)

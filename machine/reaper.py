@@ -55,11 +55,7 @@ def reap_gone_machines(client: redis.Redis, stale_after_seconds: float,
         declared = _number(client.hget(machine_key(machine_id), "stale_seconds"))
         cutoff = now - int((declared or stale_after_seconds) * 1000)
         if _claim(client, machine_id, cutoff, retention_seconds):
-            result = WorkerRegistry(client).forget_machine(machine_id, reason=REASON)
-            emit_system_event(client, MACHINE_EVENT, {
-                "machine_id": machine_id, "status": MachineStatus.GONE, "reason": REASON,
-                "workers": [{"worker_id": w} for w in result["workers"]],
-                "requeued_jobs": result["requeued_jobs"]})
+            result = _forget_gone(client, machine_id, REASON)
             logger.warning("machine %s stopped reporting: marked gone, %d jobs requeued",
                            machine_id, len(result["requeued_jobs"]),
                            extra={"event": "machine_gone", "gone_machine_id": machine_id,
@@ -115,6 +111,12 @@ def end_failed_machine(client: redis.Redis, machine_id: str, reason: str,
     with client.pipeline(transaction=True) as pipe:
         record_gone(pipe, machine_id, reason, now_ms(), retention_seconds)
         pipe.execute()
+    return _forget_gone(client, machine_id, reason)
+
+
+def _forget_gone(client: redis.Redis, machine_id: str, reason: str) -> dict[str, Any]:
+    """Return a machine's jobs to pending, drop its workers and announce it gone (a
+    ``machine_status`` event naming the requeued jobs); the ``forget_machine`` result."""
     result = WorkerRegistry(client).forget_machine(machine_id, reason=reason)
     emit_system_event(client, MACHINE_EVENT, {
         "machine_id": machine_id, "status": MachineStatus.GONE, "reason": reason,

@@ -36,8 +36,6 @@ from webapp.backend import Backend
 SUBSCRIPTIONS_TTL = 24 * 3600
 #: WebSocket close code "try again later" (RFC 6455 registry: 1013).
 CLOSE_TRY_LATER = 1013
-#: The message types a client sends.
-HANDLED = ("submit_job", "subscribe_progress", "cancel_job")
 
 
 def _subscriptions_key(principal: Principal, client_id: str) -> str:
@@ -123,12 +121,13 @@ class ClientConnection:
             self.session.send(error_message(f"invalid message: {exc}"))
             return
         kind = message.get("type")
-        if not isinstance(kind, str):  # a list or an object is no key of the table below
-            self.session.send(error_message(f"type must be one of {', '.join(HANDLED)}",
+        handlers = {"submit_job": self.submit, "subscribe_progress": self.subscribe,
+                    "cancel_job": self.cancel}
+        if not isinstance(kind, str):  # a list or an object is no key of the table
+            self.session.send(error_message(f"type must be one of {', '.join(handlers)}",
                                             field="type", message_id=message.get("message_id")))
             return
-        handler = {"submit_job": self.submit, "subscribe_progress": self.subscribe,
-                   "cancel_job": self.cancel}.get(kind)
+        handler = handlers.get(kind)
         if handler is None:
             self.session.send(error_message(f"unknown message type {kind!r}",
                                             message_id=message.get("message_id")))
