@@ -113,10 +113,15 @@ def make_tag(namespace: str, job_id: str, attempt: int) -> str:
 
 
 def parse_tag(tag: Any) -> tuple[str, str, str] | None:
-    """(namespace, job id, attempt) of a claimed delivery, None for other messages."""
+    """(namespace, job id, attempt) of a claimed delivery, None for other messages.
+
+    A pool name has no '|' and an attempt is digits, but a job id is any text
+    a producer chose (Celery's ``task_id``): split at the first and last '|' only.
+    """
     if not isinstance(tag, str) or not tag.startswith(TAG_PREFIX):
         return None
-    namespace, job_id, attempt = tag[len(TAG_PREFIX):].split("|")
+    namespace, _, rest = tag[len(TAG_PREFIX):].partition("|")
+    job_id, _, attempt = rest.rpartition("|")
     return namespace, job_id, attempt
 
 
