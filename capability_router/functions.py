@@ -32,7 +32,7 @@ from capability_router.cluster import (
 from capability_router.errors import InvalidJob, LibraryError, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
-from capability_router.keys import Keys
+from capability_router.keys import Keys, check_job_id
 from capability_router.profile import WorkerProfile
 
 LIBRARY_NAME = "emp"
@@ -374,7 +374,13 @@ class QueueFunctions:
         self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
         due_ms: int = 0, now_ms: int | None = None,
     ) -> tuple[str, list[str], list[Any]]:
-        """(function, KEYS, ARGV) of an enqueue, for pipelines that file many jobs."""
+        """(function, KEYS, ARGV) of an enqueue, for pipelines that file many jobs.
+
+        InvalidJob for a job id that cannot be a key of its own (``check_job_id``)."""
+        try:
+            check_job_id(job_id)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
         header = spec.header() if isinstance(spec, JobSpec) else spec
         k = self.keys
         fields = [x for pair in header["fields"].items() for x in pair]

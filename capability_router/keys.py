@@ -168,7 +168,7 @@ class Keys:
         return f"{self.prefix}job:{job_id}"
 
     def job_events(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}:events"
+        return f"{self.prefix}job:{job_id}{JOB_EVENTS_SUFFIX}"
 
     def pending(self, class_signature: str) -> str:
         return f"{self.prefix}pending:{class_signature}"
@@ -186,6 +186,27 @@ class Keys:
     def field_index(self, field: str, value: str) -> str:
         """Listing index of one ``service``, ``customer`` or ``workflow``: id -> submit ms."""
         return f"{self.prefix}by:{field}:{value}"
+
+
+#: What a job's event stream adds to its record's key (``emp.lua`` repeats it).
+JOB_EVENTS_SUFFIX = ":events"
+
+
+def check_job_id(job_id: str) -> str:
+    """Return the job id, or raise ValueError naming what is wrong with it.
+
+    A job's record is ``job:<id>`` and its event stream ``job:<id>:events``: an id
+    ending in ``:events`` would be the stream of job ``<id>`` (one job's writes
+    failing half way on the other's key), so it is refused, as is an empty id.
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"invalid job id {job_id!r}: it must be non-empty text")
+    if job_id.endswith(JOB_EVENTS_SUFFIX):
+        raise ValueError(
+            f"invalid job id {job_id!r}: it may not end in {JOB_EVENTS_SUFFIX!r} "
+            "(the key of another job's event stream)"
+        )
+    return job_id
 
 
 def key_for(namespace: str) -> Keys:

@@ -9,7 +9,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
-from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
+from capability_router.keys import DEFAULT_NAMESPACE, Keys, check_job_id, known_namespaces
 from capability_router.message_body import payload_of
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
@@ -104,7 +104,12 @@ def decode_record(raw: dict[str, str]) -> dict[str, Any]:
 
 
 def get_job(job_id: str, pool: str | None = None, app: Celery | None = None) -> dict[str, Any]:
-    """The job record; raises JobNotFound."""
+    """The job record; raises JobNotFound (also for an id no job can have, whose key may
+    be another job's event stream: ``check_job_id``)."""
+    try:
+        check_job_id(job_id)
+    except ValueError:
+        raise JobNotFound(job_id) from None
     app = _app(app)
     client = get_client(app.conf.broker_url)
     for namespace in _namespaces(app, pool):

@@ -13,7 +13,7 @@ from typing import Any
 
 from capability_router.errors import InvalidJob
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
-from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys
+from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, check_job_id
 from emp_tasks import placement, producer
 from webapp import job_ids
 from webapp.api import listing, validation
@@ -134,6 +134,10 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     fields = {name: body[name] for name in JOB_FIELDS if body.get(name) is not None}
     chosen = ids.pop() if ids else None
     if chosen is not None:
+        try:  # before any lookup: such an id may be another job's event stream
+            check_job_id(chosen)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         fields["task_id"] = _new_job_id(backend, chosen, principal)
     placed = _placement(service, body.get("payload"), fields, customer_id, backend)
     pool, job_class = placed.pool, placed.class_signature
