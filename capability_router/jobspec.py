@@ -76,21 +76,34 @@ def _json_text(field_name: str, value: Any) -> str:
                          f"{exc}") from None
 
 
+#: Effective times the order score holds: (100 - priority) * 1e13 + ms (``emp.lua``),
+#: so from 1e13 ms (the year 2286) on a time would spill into lower priorities.
+TIME_MS_LIMIT = 10**13
+
+
 def _time_ms(field_name: str, value: Any) -> int | None:
-    """Accept epoch seconds or milliseconds, or an ISO-8601 timestamp."""
+    """Accept epoch seconds or milliseconds, or an ISO-8601 timestamp, from 1970 to
+    ``TIME_MS_LIMIT`` (a microsecond or nanosecond stamp is refused, not misread)."""
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value if value > 1e11 else value * 1000)
-    if isinstance(value, str):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
+        ms = int(value if value > 1e11 else value * 1000)
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp() * 1000)
-    raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
+        ms = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidJob(f"{field_name} must be epoch ms or ISO-8601, got {value!r}")
+    if not 0 <= ms < TIME_MS_LIMIT:
+        raise InvalidJob(f"{field_name} must be epoch seconds or ms from 1970 to the year 2286 "
+                         f"(under {TIME_MS_LIMIT} ms; microseconds are not read), got {value!r}")
+    return ms
 
 
 def _routing_fields(fields: Any) -> dict[str, str]:

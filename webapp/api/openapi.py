@@ -94,7 +94,7 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
                 "nullable": True,
                 "description": "Epoch seconds or ms, or ISO-8601; replaces submit time for "
                                "ordering.",
-                "anyOf": [{"type": "integer", "minimum": 0, "maximum": 10**15},
+                "anyOf": [{"type": "integer", "minimum": 0, "maximum": 10**13 - 1},
                           {"type": "string", "format": "date-time"}],
             },
             "current_step": integer(0, 10**6, "This job's step in its workflow."),
