@@ -19,7 +19,8 @@ IDLE_BLOCK_SECONDS = 1.0
 RETENTION_SECONDS = 7 * 24 * 3600
 #: Approximate length the namespace event stream is trimmed to (``EMP_EVENTS_MAXLEN``).
 EVENTS_MAXLEN = 100_000
-#: Attempts (claims) after which a job whose worker keeps dying is failed (``EMP_MAX_ATTEMPTS``).
+#: Attempts without an outcome (claims, less those ending in a retry) after which a job
+#: whose worker keeps dying is failed (``EMP_MAX_ATTEMPTS``).
 MAX_ATTEMPTS = 10
 #: Worker pool processes (``WORKER_CONCURRENCY``).
 CONCURRENCY = 1

@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '11'
+local VERSION = '12'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1066,7 +1066,7 @@ local GAVE_UP_KEPT = '9999'
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before', 'service_releases')
+    'attempts_before', 'service_releases', 'retries')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
@@ -1074,8 +1074,10 @@ local function return_to_pending(P, cfg, id, reason, now)
   local attempts = tonumber(f[4]) or 0
   -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
   -- ever-new attempt numbers) but gets its full allowance again. Attempts its
-  -- service refused (emp_release) spent nothing either.
-  if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) >= cfg.max_attempts then
+  -- service refused (emp_release) spent nothing either, nor those that ended
+  -- in a retry (an outcome: the task's max_retries bounds them, up to 100).
+  if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
+      >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
