@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -91,8 +92,20 @@ def redis_url() -> str:
     return located()
 
 
+def env_positive(name: str, default: float, convert: Callable[[Any], _N] = float) -> _N:
+    """``name`` as a positive finite number (``convert``: int or float), ``default`` when
+    unset; anything else raises ValueError naming the variable."""
+    value = _env_number(name, default, convert, "an integer" if convert is int else "a number")
+    if not 0 < value < math.inf:  # also refuses NaN
+        raise ValueError(f"{name} must be a positive {'integer' if convert is int else 'number'}"
+                         f", got {env(name)!r}")
+    return value
+
+
 def lease_seconds() -> float:
-    return env_float("EMP_LEASE_SECONDS", LEASE_SECONDS)
+    """A lease must outlast its renewal period (a third of it): 0 expired every lease as
+    it was made, so running jobs were put back and run again."""
+    return env_positive("EMP_LEASE_SECONDS", LEASE_SECONDS)
 
 
 def idle_block_seconds() -> float:
@@ -116,9 +129,10 @@ def time_limits() -> dict[str, float]:
 def queue_settings() -> dict[str, int]:
     """Namespace tunables handed to the function library."""
     return {
-        "retention_ms": int(env_float("EMP_RETENTION_SECONDS", RETENTION_SECONDS) * 1000),
+        # 0 would expire each record as it ended; 0 attempts fail a job at its first expiry.
+        "retention_ms": int(env_positive("EMP_RETENTION_SECONDS", RETENTION_SECONDS) * 1000),
         "events_maxlen": env_int("EMP_EVENTS_MAXLEN", EVENTS_MAXLEN),
-        "max_attempts": env_int("EMP_MAX_ATTEMPTS", MAX_ATTEMPTS),
+        "max_attempts": env_positive("EMP_MAX_ATTEMPTS", MAX_ATTEMPTS, int),
         "max_service_releases": env_int("EMP_MAX_SERVICE_RELEASES", MAX_SERVICE_RELEASES),
         "service_release_delay_ms": int(env_float("EMP_SERVICE_RELEASE_DELAY_SECONDS",
                                                   SERVICE_RELEASE_DELAY_SECONDS) * 1000),

@@ -57,3 +57,27 @@ def test_a_service_with_a_malformed_setting_stops_with_one_line(command, name, v
     assert done.returncode == code, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"Error: {name} {message}", done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name, value", [
+    ("EMP_LEASE_SECONDS", "0"),
+    ("EMP_LEASE_SECONDS", "-5"),
+    ("EMP_LEASE_SECONDS", "nan"),
+    ("EMP_MAX_ATTEMPTS", "0"),
+    ("EMP_RETENTION_SECONDS", "0"),
+    ("EMP_RETENTION_SECONDS", "inf"),
+])
+def test_a_worker_refuses_a_lease_attempts_or_retention_it_cannot_work_with(name, value) -> None:
+    """Tried: ``emp worker`` with each value. Before, all were accepted: with a 0 s lease
+    every claim's lease had expired when it was made, so the next claim's housekeeping
+    put the running job back and another process ran it again (a 3 s job on a worker
+    with two processes ran 5 times); 'nan' crashed the worker at start ("cannot convert
+    float NaN to integer"); EMP_MAX_ATTEMPTS=0 failed every job whose lease expired
+    once, and a 0 s retention expired each record as it ended. Now the worker stops
+    before serving, naming the variable."""
+    done = run("worker", env={name: value, "EMP_REDIS_URL": "redis://127.0.0.1:1/0"},
+               timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {name} must be a positive"), done.stderr
+    assert f"got '{value}'" in last and "Traceback" not in done.stdout + done.stderr
