@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '12'
+local VERSION = '13'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -821,7 +821,11 @@ end
 -- any small one could do while jobs only it can run wait. Ageing bounds what
 -- this costs the others: once the best job has waited ``fair_age_ms``
 -- (config, default 30 s) since its effective time, queue order wins.
--- Looks at 16 families at most.
+-- Weighs 16 families the profile can serve at most, found among the first
+-- 256 of the window in queue order (families of other services or needs
+-- in between are skipped, not counted: 16 of them hid the scarce family).
+local SCARCE_FAMILIES, SCARCE_PAGE, SCARCE_PAGES = 16, 64, 4
+
 local function prefer_scarce(P, ck, best, now, cfg)
   local head = tonumber(redis.call('ZSCORE', P .. 'fheads', best))
   if not head or cfg.fair_window <= 0 then
@@ -831,20 +835,34 @@ local function prefer_scarce(P, ck, best, now, cfg)
   if now - (head - band * 1e13) >= cfg.fair_age_ms then
     return best
   end
-  local near = redis.call('ZRANGE', P .. 'fheads', string.format('%.0f', head),
-    string.format('%.0f', (band + cfg.fair_window + 1) * 1e13 - 1), 'BYSCORE',
-    'LIMIT', '0', '16')
-  if #near <= 1 then
-    return best
-  end
-  local can = redis.call('SMISMEMBER', ck, unpack(near))
-  local chosen, fewest = best, redis.call('SCARD', P .. 'compat-rev:' .. best)
-  for i, yes in ipairs(can) do
-    if yes == 1 and near[i] ~= best then
-      local n = redis.call('SCARD', P .. 'compat-rev:' .. near[i])
-      if n < fewest then
-        chosen, fewest = near[i], n
+  local from = string.format('%.0f', head)
+  local to = string.format('%.0f', (band + cfg.fair_window + 1) * 1e13 - 1)
+  local chosen, fewest = best, nil
+  local weighed = 0
+  for page = 0, SCARCE_PAGES - 1 do
+    local near = redis.call('ZRANGE', P .. 'fheads', from, to, 'BYSCORE',
+      'LIMIT', int(page * SCARCE_PAGE), int(SCARCE_PAGE))
+    if #near == 0 then
+      break
+    end
+    local can = redis.call('SMISMEMBER', ck, unpack(near))
+    for i, yes in ipairs(can) do
+      if yes == 1 then
+        weighed = weighed + 1
+        if near[i] ~= best then
+          fewest = fewest or redis.call('SCARD', P .. 'compat-rev:' .. best)
+          local n = redis.call('SCARD', P .. 'compat-rev:' .. near[i])
+          if n < fewest then
+            chosen, fewest = near[i], n
+          end
+        end
+        if weighed >= SCARCE_FAMILIES then
+          return chosen
+        end
       end
+    end
+    if #near < SCARCE_PAGE then
+      break
     end
   end
   return chosen

@@ -74,3 +74,23 @@ def test_window_zero_is_strict_queue_order(queue: QueueFunctions) -> None:
     queue.configure(fair_window=0)
     big = setup_stream(queue)
     assert big_claims(queue, big, 2, T0 + 1_000) == ["small-0", "small-1"]
+
+
+def test_families_the_worker_cannot_serve_do_not_hide_the_scarce_one(
+        queue: QueueFunctions) -> None:
+    """Tried: a small priority-60 job, then 16 priority-60 jobs of another service (an
+    upscaler the GPU workers do not run, each its own family), then a priority-55 job
+    only the big worker can run. Before, the big worker looked at the first 16 families
+    of the window whatever they were: 15 of them were the upscaler's, the scarce family
+    was not among them, and it took the small job. Families it cannot serve are skipped
+    now, as the README says (the families it can serve, at most 16)."""
+    big = gpu_worker("big", 80)
+    upscaler = WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]})
+    for profile in (gpu_worker("s1", 8), gpu_worker("s2", 12), big, upscaler):
+        queue.register_worker(profile)
+    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
+    for n in range(16):
+        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=60,
+                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
+    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    assert big_claims(queue, big, 2, T0 + 1_000) == ["big-1", "small-0"]
