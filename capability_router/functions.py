@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -178,9 +179,30 @@ ENQUEUE_WAIT_MS = int(os.environ.get("EMP_ENQUEUE_WAIT_MS", 1000))
 ENQUEUE_RETRY_SECONDS = 10.0
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, in dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as strict JSON for the record and its events: NaN and infinities (an ML
+    job's loss, say) become null. The library's JSON encoder refuses them (a progress
+    report raised inside the task) and a stored bare ``NaN`` is no JSON readers take."""
+    try:
+        return json.dumps(value, default=repr, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), default=repr, allow_nan=False)
+
+
 def result_summary(result: Any, limit: int = MAX_RESULT_BYTES) -> str:
     """The result as JSON, or a marked preview when it is over ``limit`` bytes."""
-    text = json.dumps(result, default=repr)
+    text = json_text(result)
     if len(text) <= limit:
         return text
     return json.dumps({"truncated": True, "bytes": len(text), "preview": text[:1024]})
@@ -447,14 +469,14 @@ class QueueFunctions:
     ) -> str:
         k = self.keys
         return _text(self._call("emp_progress", [k.config, k.job(job_id)],
-                                [job_id, attempt, progress, json.dumps(details or {})]))
+                                [job_id, attempt, progress, json_text(details or {})]))
 
     def preparing(self, job_id: str, attempt: int | str, details: dict[str, Any]) -> str:
         """Record a cold start's progress (``preparing`` field, ``job_preparing`` event):
         'ok', or the status that refuses it ('cancelled' once cancelled)."""
         k = self.keys
         return _text(self._call("emp_preparing", [k.config, k.job(job_id)],
-                                [job_id, attempt, json.dumps(details)]))
+                                [job_id, attempt, json_text(details)]))
 
     def complete(self, job_id: str, attempt: int | str, result: Any,
                  now_ms: int | None = None, load_ms: int = 0) -> str:
