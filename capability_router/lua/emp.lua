@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '13'
+local VERSION = '14'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -869,8 +869,8 @@ local function prefer_scarce(P, ck, best, now, cfg)
 end
 
 -- Warm-first with bounded delay (config ``affinity``, default on). From the
--- best family the profile can serve (``top``) on, the compatible ones among
--- the next AFFINITY_CANDIDATES (8) families in queue order:
+-- best family the profile can serve (``top``) on, the next
+-- AFFINITY_CANDIDATES (8) families it can serve, in queue order:
 -- * a family whose models are all in this worker's GPU, within
 --   ``affinity_window`` priority points (default 10) of ``top``, is taken
 --   first (the first such in queue order);
@@ -883,8 +883,11 @@ end
 -- * the first family not left to another worker is taken (``preferred``,
 --   prefer_scarce's choice, when it is one of them).
 -- Returns the family, or nil and the ms until the first delay ends.
--- Families (compatible or not) a warm-first claim looks at, from the best on.
-local AFFINITY_CANDIDATES = '8'
+-- Families the profile can serve that a warm-first claim weighs, from the best
+-- on, found among the next AFFINITY_SCAN in queue order (families of other
+-- services or needs in between are skipped, not counted: 8 of them hid a
+-- family warm on this worker).
+local AFFINITY_CANDIDATES, AFFINITY_SCAN = 8, '64'
 
 local function warm_first(P, ck, top, preferred, worker, now, cfg)
   local head = redis.call('ZSCORE', P .. 'fheads', top)
@@ -892,7 +895,7 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
     return preferred, 0
   end
   local near = redis.call('ZRANGE', P .. 'fheads', string.format('%.0f', head), '+inf', 'BYSCORE',
-    'LIMIT', '0', AFFINITY_CANDIDATES, 'WITHSCORES')
+    'LIMIT', '0', AFFINITY_SCAN, 'WITHSCORES')
   local names, scores = {}, {}
   for i = 1, #near, 2 do
     names[#names + 1] = near[i]
@@ -904,6 +907,9 @@ local function warm_first(P, ck, top, preferred, worker, now, cfg)
     if yes == 1 then
       cands[#cands + 1] = names[i]
       cscores[#cscores + 1] = scores[i]
+      if #cands == AFFINITY_CANDIDATES then
+        break
+      end
     end
   end
   if #cands == 0 then

@@ -113,3 +113,21 @@ def test_a_worker_that_left_holds_no_job_back(
     queue.residency("warm", mode="clear")
     queue.enqueue("j1", job("sdxl"), "{}", now_ms=T0)
     assert claim(queue, "cold", T0 + 1).job_id == "j1"
+
+
+def test_families_the_worker_cannot_serve_do_not_hide_its_warm_one(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: a flux job (on disk here), 8 jobs of another service this profile does not
+    run (each its own family), then an sdxl job, warm in this worker's GPU, all within
+    the window. Before, the worker looked at the next 8 families whatever they were:
+    7 were the other service's, the sdxl family was not among them, and the warm
+    worker took the flux job cold. Families it cannot serve are skipped now, as the
+    README says (the next 8 families it can serve)."""
+    setup(client, queue, affinity_window=10)
+    queue.register_worker(WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]}))
+    queue.enqueue("j-flux", job("flux", 55), "{}", now_ms=T0)
+    for n in range(8):
+        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=55,
+                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
+    queue.enqueue("j-sdxl", job("sdxl", 50), "{}", now_ms=T0 + 20)
+    assert claim(queue, "warm", T0 + 30).job_id == "j-sdxl"
