@@ -179,25 +179,44 @@ ENQUEUE_WAIT_MS = int(os.environ.get("EMP_ENQUEUE_WAIT_MS", 1000))
 ENQUEUE_RETRY_SECONDS = 10.0
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as None, in dicts, lists and tuples."""
+#: A lone surrogate: how Python holds an undecodable byte (``surrogateescape``, as in
+#: non-UTF-8 file names); no UTF-8 encoder takes it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates as U+FFFD: redis-py cannot encode them (an error
+    text holding one raised UnicodeEncodeError, and the failure went unrecorded)."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with NaN and infinities as None and lone surrogates as U+FFFD, in
+    strings, dict keys, lists and tuples."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return clean_text(value)
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {clean_text(k) if isinstance(k, str) else k: _storable(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_storable(v) for v in value]
     return value
 
 
 def json_text(value: Any) -> str:
     """``value`` as strict JSON for the record and its events: NaN and infinities (an ML
-    job's loss, say) become null. The library's JSON encoder refuses them (a progress
-    report raised inside the task) and a stored bare ``NaN`` is no JSON readers take."""
+    job's loss, say) become null, lone surrogates U+FFFD. The library's JSON encoder
+    refuses the first and its decoder the escapes of the second (a progress report
+    raised inside the task), and a stored bare ``NaN`` is no JSON readers take."""
     try:
-        return json.dumps(value, default=repr, allow_nan=False)
+        text = json.dumps(value, default=repr, allow_nan=False)
+        if "\\ud" not in text:  # no surrogate escape (json.dumps writes lowercase hex)
+            return text
     except ValueError:
-        return json.dumps(_finite(value), default=repr, allow_nan=False)
+        pass
+    return json.dumps(_storable(value), default=repr, allow_nan=False)
 
 
 def result_summary(result: Any, limit: int = MAX_RESULT_BYTES) -> str:
@@ -497,14 +516,15 @@ class QueueFunctions:
 
     def fail(self, job_id: str, attempt: int | str, error: str) -> str:
         k = self.keys
-        return _text(self._call("emp_fail", [k.config, k.job(job_id)], [job_id, attempt, error]))
+        return _text(self._call("emp_fail", [k.config, k.job(job_id)],
+                                [job_id, attempt, clean_text(error)]))
 
     def retry(
         self, job_id: str, attempt: int | str, due_ms: int, message: str, error: str = ""
     ) -> str:
         k = self.keys
         return _text(self._call("emp_retry", [k.config, k.job(job_id), k.delayed],
-                                [job_id, attempt, due_ms, message, error]))
+                                [job_id, attempt, due_ms, message, clean_text(error)]))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request",
                attempt: int | str | None = None) -> tuple[str, ...]:
@@ -514,14 +534,15 @@ class QueueFunctions:
         """
         k = self.keys
         reply = self._call("emp_cancel", [k.config, k.job(job_id), k.delayed],
-                           [job_id, reason, 0, "" if attempt is None else attempt])
+                           [job_id, clean_text(reason), 0, "" if attempt is None else attempt])
         return tuple(_text(x) for x in reply)
 
     def resubmit(self, job_id: str, reason: str = "resubmitted by request") -> str:
         """Run a failed or cancelled job again: 'pending', or the status that refuses it."""
         k = self.keys
         return _text(self._call("emp_resubmit", [k.config, k.job(job_id)],
-                                [job_id, reason, 0, *self._class_as_filed_now(job_id)]))
+                                [job_id, clean_text(reason), 0,
+                                 *self._class_as_filed_now(job_id)]))
 
     def escalate(self, job_id: str, attempt: int | str, requirements: dict[str, Any],
                  step: dict[str, Any], max_steps: int) -> str:
@@ -534,7 +555,7 @@ class QueueFunctions:
         if not filed:
             raise InvalidJob(f"job {job_id}: no class from requirements {requirements!r}")
         return _text(self._call("emp_escalate", [k.config, k.job(job_id)],
-                                [job_id, attempt, json.dumps(step), max_steps,
+                                [job_id, attempt, json_text(step), max_steps,
                                  json.dumps(requirements), *filed]))
 
     def _class_as_filed_now(self, job_id: str,
@@ -567,7 +588,7 @@ class QueueFunctions:
     def requeue(self, job_id: str, attempt: int | str, reason: str) -> str:
         k = self.keys
         return _text(self._call("emp_requeue", [k.config, k.job(job_id)],
-                                [job_id, attempt, reason]))
+                                [job_id, attempt, clean_text(reason)]))
 
     def release(self, job_id: str, attempt: int | str, reason: str,
                 now_ms: int | None = None) -> str:
@@ -579,7 +600,7 @@ class QueueFunctions:
         """
         k = self.keys
         return _text(self._call("emp_release", [k.config, k.job(job_id), k.delayed],
-                                [job_id, attempt, reason, now_ms or 0]))
+                                [job_id, attempt, clean_text(reason), now_ms or 0]))
 
     def renew(
         self, worker_id: str, lease_ms: int, held: list[tuple[str, int | str]]
