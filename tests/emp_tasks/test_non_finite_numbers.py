@@ -41,6 +41,7 @@ def test_a_nan_in_progress_details_or_the_result_is_null_and_the_job_completes(
     (tmp_path / "nan_jobs.py").write_text(JOBS)
     (tmp_path / "nan_config.py").write_text('imports = ["nan_jobs"]\n')
     start_worker("w1", PYTHONPATH=f"{ROOT}:{tmp_path}", EMP_CELERY_CONFIG="nan_config")
+
     def nan_loss() -> None:
         """Runs on the worker only."""
 
