@@ -59,6 +59,10 @@ class EmpTask(Task):
     #: Jobs of one service, model set and present features share a learnt estimate
     #: per unit (``capability_router.duration``). None: every job is one unit.
     duration_features: Mapping[str, float] | None = None
+    #: Where those features are: payload -> flat size fields (a ``staticmethod``), for a
+    #: job type whose size sits deeper than the payload's top level (a ComfyUI
+    #: workflow's sampler and latent nodes). None: the payload's own fields.
+    duration_fields: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     #: Get the job's catalog models onto the machine before it starts (a cold start,
     #: ``emp_tasks.model_prep``); for job types that run on a GPU service.
     prepares_models: bool = False
@@ -100,7 +104,7 @@ class EmpTask(Task):
                                      else self.max_retries)
         spec = JobSpec(service=self.service_name, payload=payload, **fields)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
-            spec = place(self.app, spec, self.duration_features)
+            spec = place(self.app, spec, self.duration_features, self.duration_fields)
             if span is not None:
                 span.set_attribute(tracing.POOL, spec.pool)
                 span.set_attribute("emp.routing", (spec.routing or {}).get("routing", ""))
