@@ -83,5 +83,5 @@ def _number(value: Any) -> float | None:
     """A finite, non-negative plain number; None for links, text and anything else."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    value = float(value) if not isinstance(value, int) or value < 10**300 else math.inf
     return value if math.isfinite(value) and value >= 0 else None

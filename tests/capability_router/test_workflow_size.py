@@ -104,3 +104,23 @@ def test_comfyui_jobs_are_routed_by_their_workflow_size(
     video = workflow(20, 512, 512, **{"5": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {
         "width": 512, "height": 512, "length": 97, "batch_size": 1}}})
     assert decision(video)["predicted_seconds"] == 4850 and decision(video)["pool"] == "heavy"
+
+
+@pytest.mark.usefixtures("router")
+def test_sizes_too_large_to_multiply_are_predicted_at_the_cap(
+        app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried, with routing on: a simulation job of 1e300 steps of a 1e300 x 1e300 image,
+    and a comfyui workflow whose KSampler takes 10**400 steps. The first made infinite
+    work units and the submit failed with OverflowError ("cannot convert float infinity
+    to integer"); the second, "int too large to convert to float". Now the product is
+    capped (1e12 units: the nearest pool, heavy) and an int no float holds is not read."""
+    pools = tmp_path / "pools.toml"
+    pools.write_text(POOLS)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(pools))
+    tasks = producer.services(app)
+    huge = tasks["simulation"].job_spec((), {"steps": 1e300, "width": 1e300, "height": 1e300},
+                                        {})
+    assert huge.pool == "heavy" and huge.record_fields()["work_units"] == "1e+12"
+    graph = workflow(steps=10**400)
+    spec = tasks["comfyui"].job_spec((), {"workflow": graph}, {})
+    assert json.loads(spec.routing["routing"])["predicted_seconds"] == 10  # 1024x1024, 1 unit
