@@ -26,8 +26,10 @@ Protocol (ComfyUI's, unchanged):
 - ``GET /system_stats`` is the health check (a ``cpu`` device, ComfyUI's
   ``--cpu``, reports system RAM as VRAM: counted as no GPU memory),
   ``GET /object_info/<loader>`` the model list;
-- a loader that cannot load a model file it lists (corrupt, missing) is a MODEL
-  error naming the model in ``details["bad_models"]``; the connector stops
+- a loader that cannot load a model file it lists (corrupt, missing), or a
+  model input ``/prompt`` finds "not in list" (the file was removed after the
+  worker read its models at start), is a MODEL error naming the model in
+  ``details["bad_models"]``; the connector stops
   reporting the model, and the error is retryable when the job's requirements
   name the model (the worker stops advertising it, so the retry goes to a
   worker whose copy is good; see emp_tasks.bad_models).
@@ -289,7 +291,7 @@ class ComfyUIConnector(Connector):
         try:
             entry = self._run_prompt(run, workflow, client_id, tracker, progress)
         except ConnectorError as exc:
-            if exc.error_type == ErrorType.MODEL and exc.details.get("node_id") is not None:
+            if exc.error_type == ErrorType.MODEL:
                 unusable = self._unusable_models(exc, workflow, job)
                 if unusable is not None:
                     raise unusable from None
@@ -585,17 +587,19 @@ class ComfyUIConnector(Connector):
 
     def _unusable_models(self, exc: ConnectorError, workflow: dict[str, Any],
                          job: JobInput) -> ModelUnusableHere | None:
-        """A loader failed on a model it lists: stop reporting it; retry elsewhere if required.
+        """A model this worker advertised is unusable here: stop reporting it; retry
+        elsewhere if the job requires it.
 
-        The failing node's model inputs name the model; its aliases go into
-        ``bad_models`` and into the error, which the worker uses to re-register
-        its profile without them. None when the node names no model.
+        Either a loader failed on a model ComfyUI lists (corrupt, missing file:
+        the failing node's model inputs name it), or ComfyUI refused the prompt
+        because a model input is "not in list" (the file was removed after the
+        worker read its models at start). Their aliases go into ``bad_models``
+        and into the error, which the worker uses to re-register its profile
+        without them. None when the error names no model.
         """
-        node = workflow.get(str(exc.details.get("node_id"))) or {}
         names: set[str] = set()
-        for input_name, value in (node.get("inputs") or {}).items():
-            if input_name in MODEL_INPUTS and isinstance(value, str) and value:
-                names |= model_aliases(value)
+        for value in _failed_models(exc, workflow):
+            names |= model_aliases(value)
         if not names:
             return None
         self.bad_models |= names
@@ -603,7 +607,7 @@ class ComfyUIConnector(Connector):
         required = [required] if isinstance(required, str) else required
         elsewhere = isinstance(required, list) and bool(names & set(required))
         self.log("model_unusable", job.job_id, logging.WARNING,
-                 f"{', '.join(sorted(names))} cannot be loaded here ({exc.message}); "
+                 f"{', '.join(sorted(names))} cannot be used here ({exc.message}); "
                  "no longer reported", models=sorted(names))
         return ModelUnusableHere(exc.message, {self.service: sorted(names)},
                                  retry_elsewhere=elsewhere, details=exc.details)
@@ -652,6 +656,23 @@ def execution_error(data: Mapping[str, Any]) -> ConnectorError:
         {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
          "exception_type": exception_type,
          "traceback": list(data.get("traceback") or [])[-5:]})
+
+
+def _failed_models(exc: ConnectorError, workflow: Mapping[str, Any]) -> list[str]:
+    """The model values a MODEL error is about: the failing node's model inputs
+    (``execution_error``), or those ``/prompt`` validation found not in list."""
+    values: list[Any] = []
+    node_id = exc.details.get("node_id")
+    if node_id is not None:
+        node = workflow.get(str(node_id)) or {}
+        values += [value for name, value in (node.get("inputs") or {}).items()
+                   if name in MODEL_INPUTS]
+    for node_error in (exc.details.get("node_errors") or {}).values():
+        for item in (node_error or {}).get("errors") or []:
+            extra = item.get("extra_info") or {}
+            if item.get("type") == "value_not_in_list" and extra.get("input_name") in MODEL_INPUTS:
+                values.append(extra.get("received_value"))
+    return [value for value in values if isinstance(value, str) and value]
 
 
 def _rejection(body: Mapping[str, Any]) -> ConnectorError:
