@@ -3,7 +3,9 @@
 Protocol (ComfyUI's, unchanged):
 
 - ``GET /ws?clientId=<id>`` is opened first, so no message of the prompt is missed;
-- ``POST /prompt {prompt, client_id}`` -> ``{prompt_id, number, node_errors}``;
+- ``POST /prompt {prompt, client_id, prompt_id}`` -> ``{prompt_id, number, node_errors}``
+  (the id is chosen here: a POST that timed out may still queue the prompt, which
+  is then found in ``/queue`` and stopped before the job fails);
   400 ``{error, node_errors}`` is a VALIDATION error, or MODEL when a loader's
   model is "not in list";
 - socket messages ``execution_start``, ``execution_cached``, ``executing``
@@ -119,6 +121,8 @@ class PromptRun:
     off_queue: bool = False
     #: An interrupt or unqueue was sent already.
     stop_sent: bool = False
+    #: ``POST /prompt`` failed after it was sent: ComfyUI may still queue ``prompt_id``.
+    unconfirmed: bool = False
     last_report: tuple[float, str] | None = None
 
 
@@ -341,10 +345,17 @@ class ComfyUIConnector(Connector):
         try:
             try:
                 _await_greeting(run.socket, self.greeting_timeout_seconds)
-                run.prompt_id = self._queue_prompt(workflow, client_id)
             except ConnectorError as exc:
-                raise _unavailable(exc, before_prompt=run.prompt_id is None
-                                   and "POST /prompt" not in exc.message) from exc
+                raise _unavailable(exc, before_prompt=True) from exc
+            prompt_id = str(uuid.uuid4())
+            try:
+                run.prompt_id = self._queue_prompt(workflow, client_id, prompt_id)
+            except ConnectorError as exc:
+                error = _unavailable(exc, before_prompt=False)
+                if (exc.error_type in (ErrorType.TIMEOUT, ErrorType.NETWORK)
+                        and not isinstance(error, ServiceUnavailable)):
+                    run.prompt_id, run.unconfirmed = prompt_id, True
+                raise error from exc
             self.log("job_started", run.job_id, prompt_id=run.prompt_id)
             if run.cancel.is_set():  # cancelled while we queued it
                 self._stop_quietly(run)
@@ -352,7 +363,9 @@ class ComfyUIConnector(Connector):
         except BaseException:
             # Cancelled (here or by the progress callback), timed out or failed: the
             # worker's next job must not be queued into a ComfyUI still running this one.
-            if run.prompt_id and not run.off_queue and not run.dequeued:
+            if run.unconfirmed:
+                self._withdraw(run)
+            elif run.prompt_id and not run.off_queue and not run.dequeued:
                 if not run.ended and not run.stop_sent:
                     self._stop_quietly(run)
                 self._await_off_queue(run)
@@ -360,8 +373,11 @@ class ComfyUIConnector(Connector):
         finally:
             _close_quietly(run.socket)
 
-    def _queue_prompt(self, workflow: dict[str, Any], client_id: str) -> str:
-        response = self.client.post("/prompt", {"prompt": workflow, "client_id": client_id})
+    def _queue_prompt(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> str:
+        """``POST /prompt`` under an id chosen here (ComfyUI keeps it), so a prompt
+        whose POST timed out can still be found; returns the id ComfyUI answers with."""
+        response = self.client.post("/prompt", {"prompt": workflow, "client_id": client_id,
+                                                "prompt_id": prompt_id})
         try:
             body = response.json()
         except ValueError:
@@ -520,6 +536,41 @@ class ComfyUIConnector(Connector):
         except (ConnectorError, LookupError, TypeError, AttributeError) as exc:
             self.log(None, run.job_id, logging.WARNING,
                      f"could not stop prompt {run.prompt_id}: {exc}")
+
+    def _withdraw(self, run: PromptRun) -> None:
+        """After a ``POST /prompt`` that failed once sent: stop the prompt if ComfyUI
+        queued it anyway (a server too busy to answer in time queues it later); never raises.
+
+        Looks for ``prompt_id`` in ``/queue`` until ComfyUI has answered without it
+        for ``history_wait_seconds``, at most ``stop_wait_seconds`` in all; a refused
+        connection means ComfyUI is down, its queue gone with it.
+        """
+        prompt_id = str(run.prompt_id)
+        deadline = time.monotonic() + self.stop_wait_seconds
+        absent_since: float | None = None
+        while (now := time.monotonic()) < deadline:
+            try:
+                if self._in_queue(prompt_id):
+                    self.log(None, run.job_id, logging.WARNING, f"ComfyUI queued prompt "
+                             f"{prompt_id} after its POST failed; stopping it")
+                    self._stop_quietly(run)
+                    self._await_off_queue(run)
+                    return
+                if self._history(prompt_id) is not None:
+                    return  # it ran already
+                if absent_since is None:
+                    absent_since = now
+                elif now - absent_since >= self.history_wait_seconds:
+                    return
+            except ConnectorError as exc:
+                if isinstance(_unavailable(exc, before_prompt=False), ServiceUnavailable):
+                    return
+                absent_since = None
+            except (LookupError, TypeError, AttributeError) as exc:
+                self.log(None, run.job_id, logging.WARNING,
+                         f"could not tell whether ComfyUI queued prompt {prompt_id}: {exc}")
+                return
+            time.sleep(self.stop_poll_seconds)
 
     def _in_queue(self, prompt_id: str) -> bool:
         """Whether ComfyUI's ``/queue`` still lists the prompt (running or waiting)."""

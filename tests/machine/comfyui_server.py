@@ -23,7 +23,9 @@ and this server does too:
   (a sampler also stops at its next step, as ComfyUI's progress hook checks it);
 - ``/system_stats`` with ``cpu=True`` (``--cpu``) reports one ``cpu`` device
   whose ``vram_total`` is the system RAM;
-- ``VAELoader`` lists ``pixel_space``, which is not a model file.
+- ``VAELoader`` lists ``pixel_space``, which is not a model file;
+- ``POST /prompt`` takes the prompt id the client chose (``prompt_id`` in the
+  body) and answers with it; without one it picks a uuid4.
 
 Failure paths as a real server has them:
 
@@ -126,6 +128,8 @@ class ComfyUITestServer:
     :param username/password: require basic auth; ``token``: require a bearer token.
     :param tls: (certfile, keyfile) to serve https/wss.
     :param combo_format: describe combos as newer ComfyUI does (``["COMBO", {options}]``).
+    :param prompt_delay_seconds: ``POST /prompt`` waits this long before it queues the
+        prompt and answers (a ComfyUI too busy to answer in time still queues it later).
     """
 
     def __init__(self, root: Path, checkpoints: Iterable[str] = ("sd15.safetensors",),
@@ -136,7 +140,8 @@ class ComfyUITestServer:
                  corrupt_checkpoints: Iterable[str] = (), vaes: Iterable[str] = (),
                  cpu: bool = False, username: str | None = None,
                  password: str | None = None, token: str | None = None,
-                 tls: tuple[str, str] | None = None, combo_format: bool = False) -> None:
+                 tls: tuple[str, str] | None = None, combo_format: bool = False,
+                 prompt_delay_seconds: float = 0.0) -> None:
         self.root = Path(root)
         self.dirs = {kind: self.root / kind for kind in ("output", "temp", "input")}
         for directory in self.dirs.values():
@@ -150,6 +155,7 @@ class ComfyUITestServer:
         self.max_pixels = max_pixels
         self.username, self.password, self.token = username, password, token
         self.tls, self.combo_format = tls, combo_format
+        self.prompt_delay_seconds = prompt_delay_seconds
         self.pending: list[dict[str, Any]] = []
         self.running: dict[str, Any] | None = None
         self.history: dict[str, dict[str, Any]] = {}
@@ -233,6 +239,7 @@ class ComfyUITestServer:
                 return jsonify({"error": {"type": "no_prompt", "message": "No prompt provided",
                                           "details": "No prompt provided", "extra_info": {}},
                                 "node_errors": {}}), 400
+            time.sleep(self.prompt_delay_seconds)
             workflow, client_id = body.get("prompt"), body.get("client_id")
             error = self._validate(workflow)
             if error is not None:
@@ -240,7 +247,9 @@ class ComfyUITestServer:
             extra_data = dict(body.get("extra_data") or {})
             if "client_id" in body:
                 extra_data["client_id"] = client_id
-            item = {"number": next(self._numbers), "prompt_id": str(uuid.uuid4()),
+            # As ComfyUI's server.py: the client may choose the id.
+            prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+            item = {"number": next(self._numbers), "prompt_id": prompt_id,
                     "prompt": workflow, "client_id": client_id, "extra_data": extra_data}
             with self._cond:
                 if self.running is not None:

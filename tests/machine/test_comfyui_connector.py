@@ -496,3 +496,30 @@ def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
     assert caught.value.retryable is required
     assert connector.available_models() == {"comfyui": ["sd15", "sd15.safetensors"]}
     assert [r.event for r in caplog.records if getattr(r, "event", None) == "model_unusable"]
+
+
+def test_a_prompt_comfyui_queues_after_the_post_timed_out_is_stopped(start_comfyui, store) -> None:
+    """Real ComfyUI 0.8, frozen (SIGSTOP) for 6 s while the connector POSTed
+    /prompt with a 3 s read timeout: the job failed with ``[timeout] ComfyUI POST
+    /prompt timed out``; once ComfyUI resumed, it queued and ran the prompt anyway
+    (``/queue`` then showed it running under the job's client id), an orphan the
+    job's retry then queued behind. ComfyUI's ``POST /prompt`` takes a
+    client-chosen ``prompt_id``, so the connector can find that prompt.
+
+    Tried: a server that takes 1.5 s to queue and answer, a 0.5 s HTTP timeout,
+    and a prompt that then runs for 3 s. Before: the error came at once and the
+    orphan ran to the end (``execution_success``), no interrupt. Now the job still
+    fails with the timeout (retryable), but only after the orphan was stopped.
+    """
+    server = start_comfyui(prompt_delay_seconds=1.5, slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store)
+    connector.client.http_timeout = 0.5
+    started = time.monotonic()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("slow-post", txt2img(steps=1)), lambda report: None)
+    assert caught.value.error_type == ErrorType.TIMEOUT and "POST /prompt" in str(caught.value)
+    assert caught.value.retryable
+    [(prompt_id, entry)] = server.history.items()  # it ended before run_job returned
+    assert server.interrupts == [prompt_id]
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    assert time.monotonic() - started < 10
