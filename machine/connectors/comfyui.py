@@ -100,6 +100,8 @@ DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_SECONDS = 600.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 DEFAULT_STOP_WAIT_SECONDS = 120.0
+#: An input no ComfyUI node declares, set on output nodes to make ComfyUI run them again.
+RERUN_INPUT = "emp_rerun"
 
 
 @dataclass
@@ -284,11 +286,36 @@ class ComfyUIConnector(Connector):
     # -- jobs ---------------------------------------------------------------------
 
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
-        """Queue the workflow, follow it to the end, store its output files."""
+        """Queue the workflow, follow it to the end, store its output files.
+
+        ComfyUI serves an unchanged output node from its cache, naming the file it
+        saved then; if that file was deleted since (an output folder cleaned up),
+        the output nodes run once more, with an input they ignore but ComfyUI's
+        cache keys on (``RERUN_INPUT``): only they run, their inputs stay cached.
+        """
         workflow = self._workflow(job.payload)
+        tracker = ProgressTracker(workflow)
+        run, entry = self._prompt(job, workflow, tracker, progress)
+        try:
+            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+        except OutputGone as gone:
+            self.log(None, job.job_id, logging.WARNING, f"{gone.message} (deleted since "
+                     "ComfyUI cached it); running the output nodes again")
+            rerun = _with_rerun_input(workflow, entry.get("outputs") or {})
+            run, entry = self._prompt(job, rerun, tracker, progress)
+            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+        tracker.finish()
+        self._report(run, tracker, progress)
+        return JobOutput(True, data={"prompt_id": run.prompt_id,
+                                     "outputs": entry.get("outputs") or {},
+                                     "status": entry.get("status") or {}},
+                         output_files=output_files)
+
+    def _prompt(self, job: JobInput, workflow: dict[str, Any], tracker: ProgressTracker,
+                progress: ProgressCallback) -> tuple[PromptRun, dict[str, Any]]:
+        """Run ``workflow`` as one prompt; its run and history entry."""
         self._wait_until_free()
         run = PromptRun(job.job_id)
-        tracker = ProgressTracker(workflow)
         client_id = f"emp-{uuid.uuid4().hex}"
         with self._lock:
             self._runs[job.job_id] = run
@@ -304,13 +331,7 @@ class ComfyUIConnector(Connector):
             with self._lock:
                 self._runs.pop(job.job_id, None)
         self.models_held.ran(workflow)
-        output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
-        tracker.finish()
-        self._report(run, tracker, progress)
-        return JobOutput(True, data={"prompt_id": run.prompt_id,
-                                     "outputs": entry.get("outputs") or {},
-                                     "status": entry.get("status") or {}},
-                         output_files=output_files)
+        return run, entry
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop the job's prompt if it runs or waits here; process_job then raises."""
@@ -684,6 +705,9 @@ class ComfyUIConnector(Connector):
         file_type = str(item.get("type") or "output")
         response = self.client.request("GET", "/view", params={
             "filename": filename, "subfolder": subfolder, "type": file_type})
+        if response.status_code == 404:
+            raise OutputGone(f"ComfyUI GET /view {filename}: HTTP 404", ErrorType.SERVICE,
+                             {"node_id": node_id, "filename": filename, "subfolder": subfolder})
         if response.status_code != 200:
             raise ConnectorError(f"ComfyUI GET /view {filename}: HTTP {response.status_code}",
                                  ErrorType.SERVICE)
@@ -694,6 +718,26 @@ class ComfyUIConnector(Connector):
         return {"filename": filename, "subfolder": subfolder, "type": file_type,
                 "node_id": node_id, "kind": kind, "url": url, "size": len(response.content),
                 "content_type": content_type}
+
+
+class OutputGone(ConnectorError):
+    """``/view`` has no file of that name (any more)."""
+
+
+def _with_rerun_input(workflow: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``workflow`` with a new ``RERUN_INPUT`` value on each node in ``outputs``.
+
+    ComfyUI passes a node only the inputs it declares, but its cache key holds
+    every input: those nodes run again, the nodes they read from stay cached.
+    """
+    nonce = uuid.uuid4().hex
+    rerun = dict(workflow)
+    for node_id in outputs:
+        node = workflow.get(str(node_id))
+        if isinstance(node, dict):
+            rerun[str(node_id)] = {**node, "inputs": {**(node.get("inputs") or {}),
+                                                      RERUN_INPUT: nonce}}
+    return rerun
 
 
 def execution_error(data: Mapping[str, Any]) -> ConnectorError:

@@ -523,3 +523,33 @@ def test_a_prompt_comfyui_queues_after_the_post_timed_out_is_stopped(start_comfy
     assert server.interrupts == [prompt_id]
     assert entry["status"]["messages"][-1][0] == "execution_interrupted"
     assert time.monotonic() - started < 10
+
+
+def test_a_cached_output_whose_file_was_deleted_is_saved_again(comfyui, store) -> None:
+    """Studios clean ComfyUI's output folder once the outputs are stored. Real
+    ComfyUI 0.8 then serves an identical workflow from its cache anyway:
+    ``execution_cached {"nodes": ["1", "2", "3"]}``, ``executed {"node": "3",
+    "output": {"images": [{"filename": "clean_00001_.png", "subfolder": "",
+    "type": "output"}]}}`` naming the deleted file, and ``/view`` answers 404.
+    With an extra input on the SaveImage node (ComfyUI ignores inputs a node does
+    not declare but keys its cache on them) it re-ran only that node:
+    ``execution_cached {"nodes": ["1", "2"]}`` and wrote the file again.
+
+    Tried: a txt2img job, its output file deleted from ComfyUI's output folder,
+    then the same workflow again. Before: ``[service] ComfyUI GET /view
+    clean_00001_.png: HTTP 404``, and the same on every retry. Now the output
+    node runs again (its inputs cached) and the job gets its image.
+    """
+    connector = connector_for(comfyui, store)
+    first = connector.run_job(job("first", txt2img(steps=1, prefix="clean")), lambda r: None)
+    [stored] = first.output_files
+    (comfyui.dirs["output"] / stored["filename"]).unlink()
+    reports: list[Progress] = []
+    again = connector.run_job(job("again", txt2img(steps=1, prefix="clean")), reports.append)
+    [entry] = again.output_files
+    assert store.path_for("again", entry["filename"]).read_bytes().startswith(b"\x89PNG")
+    cached = [sorted(next(m[1]["nodes"] for m in e["status"]["messages"]
+                          if m[0] == "execution_cached")) for e in comfyui.history.values()]
+    assert cached == [[], ["3", "4", "5", "6", "7", "8", "9"], ["3", "4", "5", "6", "7", "8"]]
+    percents = [r.percent for r in reports]
+    assert percents == sorted(percents) and percents[-1] == 100
