@@ -247,6 +247,7 @@ class ComfyUITestServer:
             extra_data = dict(body.get("extra_data") or {})
             if "client_id" in body:
                 extra_data["client_id"] = client_id
+            extra_data["create_time"] = int(time.time() * 1000)  # as ComfyUI 0.8 adds it
             # As ComfyUI's server.py: the client may choose the id.
             prompt_id = str(body.get("prompt_id") or uuid.uuid4())
             item = {"number": next(self._numbers), "prompt_id": prompt_id,
@@ -559,8 +560,9 @@ class ComfyUITestServer:
                     raise Interrupted(node_id)
                 with self._cond:
                     self._last_node = node_id
-                send("executing", {"node": node_id, "display_node": node_id})
+                # As ComfyUI 0.8 sends them: the node's progress_state first, then executing.
                 self._progress_state(send, states, node_id, "running", 0, 1)
+                send("executing", {"node": node_id, "display_node": node_id})
                 ui = self._run_node(node_id, workflow, values, send, states)
                 self._progress_state(send, states, node_id, "finished", 1, 1)
                 executed.append(node_id)
@@ -654,9 +656,10 @@ class ComfyUITestServer:
             raise NodeError(node_id, "FileNotFoundError", "[Errno 2] No such file or directory: "
                             f"'/ComfyUI/models/checkpoints/{inputs['ckpt_name']}'")
         if kind == "CheckpointLoaderSimple" and inputs["ckpt_name"] in self.corrupt_checkpoints:
-            # execution.py's full_type_name: the Rust extension's module, then the class.
-            raise NodeError(node_id, "safetensors_rust.SafetensorError",
-                            "Error while deserializing header: header too small")
+            # execution.py's full_type_name (module, then class) and the exception's text,
+            # as real ComfyUI 0.8 sent them for an empty checkpoint file.
+            raise NodeError(node_id, "safetensors._safetensors_rust.SafetensorError",
+                            "Error while deserializing header: header too small\n")
         if kind == "KSampler":
             latent = self._linked(workflow, node_id, "latent_image", values)
             pixels = latent.get("width", 512) * latent.get("height", 512) * latent.get("batch", 1)

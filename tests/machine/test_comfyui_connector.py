@@ -474,8 +474,10 @@ def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
 @pytest.mark.parametrize("required", [True, False], ids=["required", "not-required"])
 def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
         start_comfyui, store, caplog, required) -> None:
-    """Real ComfyUI on an empty or truncated checkpoint: ``execution_error``
-    safetensors_rust.SafetensorError "Error while deserializing header: header too small".
+    """Real ComfyUI 0.8 on an empty checkpoint file: ``execution_error``
+    ``{"node_id": "1", "node_type": "CheckpointLoaderSimple", "exception_type":
+    "safetensors._safetensors_rust.SafetensorError", "exception_message": "Error while
+    deserializing header: header too small\\n", "traceback": [...], ...}``.
 
     Tried: a server listing flux.safetensors whose copy is corrupt. The job
     fails with a MODEL error naming the model (all its aliases), retryable only
@@ -492,6 +494,9 @@ def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
         connector.run_job(JobInput("bad", "comfyui", {"workflow": txt2img(ckpt="flux.safetensors")},
                                    requirements=requirements), lambda r: None)
     assert caught.value.error_type == ErrorType.MODEL and "header too small" in str(caught.value)
+    assert caught.value.message == ("CheckpointLoaderSimple #4: safetensors._safetensors_rust."
+                                    "SafetensorError: Error while deserializing header: "
+                                    "header too small")
     assert caught.value.details["bad_models"] == {"comfyui": ["flux", "flux.safetensors"]}
     assert caught.value.retryable is required
     assert connector.available_models() == {"comfyui": ["sd15", "sd15.safetensors"]}

@@ -162,7 +162,7 @@ def test_a_corrupt_model_file_sends_the_job_to_a_worker_with_a_good_copy(
     [entry] = bad.history.values()
     error = entry["status"]["messages"][-1]
     assert error[0] == "execution_error"
-    assert error[1]["exception_type"] == "safetensors_rust.SafetensorError"
+    assert error[1]["exception_type"] == "safetensors._safetensors_rust.SafetensorError"
     log = worker_a.log_path.read_text()
     assert "stops advertising comfyui:flux" in log and "header too small" in log
 
