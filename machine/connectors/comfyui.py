@@ -429,7 +429,12 @@ class ComfyUIConnector(Connector):
             try:
                 raw = run.socket.receive(timeout=0.25)
             except ConnectionClosed:
-                run.socket = self._reconnect(client_id)
+                try:
+                    run.socket = self._reconnect(client_id)
+                except ConnectorError as exc:
+                    raise ConnectorError(f"ComfyUI at {self.client.url} went away while prompt "
+                                         f"{run.prompt_id} ran (stopped or restarting?): "
+                                         f"{exc.message}", exc.error_type) from exc
                 next_history_check = now
                 continue
             if raw is None or isinstance(raw, bytes):  # quiet, or a binary preview frame

@@ -558,3 +558,24 @@ def test_a_cached_output_whose_file_was_deleted_is_saved_again(comfyui, store) -
     assert cached == [[], ["3", "4", "5", "6", "7", "8", "9"], ["3", "4", "5", "6", "7", "8"]]
     percents = [r.percent for r in reports]
     assert percents == sorted(percents) and percents[-1] == 100
+
+
+def test_comfyui_going_away_mid_job_is_a_network_error_that_says_so(start_comfyui, store) -> None:
+    """Real ComfyUI 0.8 killed (kill -9) 4 s into a job: the socket closed, the
+    reconnects were refused and the job failed 2 s later with ``[network] ComfyUI
+    WebSocket ws://127.0.0.1:18188/ws?clientId=emp-a1eb...: ConnectionRefusedError(111,
+    'Connection refused')``, which names neither the prompt nor what happened.
+
+    Tried: the same with the test server stopped during a 3 s VAEDecode. Now the
+    message says ComfyUI went away while the prompt ran; still a NETWORK error
+    (retryable: the job may run again once ComfyUI is back).
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store)
+    threading.Thread(target=lambda: (wait_until(lambda: server._last_node == "8", timeout=10),
+                                     server.stop()), daemon=True).start()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("gone", txt2img(steps=1)), lambda report: None)
+    assert caught.value.error_type == ErrorType.NETWORK and caught.value.retryable
+    assert "went away while prompt" in caught.value.message
+    assert "Connection refused" in caught.value.message
