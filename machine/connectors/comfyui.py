@@ -15,6 +15,8 @@ Protocol (ComfyUI's, unchanged):
 - ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
   quiet or after it dropped; ``GET /view`` fetches each output file into the
   output store;
+- ``GET /queue`` after queueing: while other clients' prompts run first, the
+  job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
   the one running, or ``POST /queue {delete}`` if it still waits. ComfyUI acts on
   an interrupt between nodes only, so a stopped job's ``process_job`` returns
@@ -90,7 +92,7 @@ from machine.connectors.comfyui_models import (
     combo_options,
     model_aliases,
 )
-from machine.connectors.comfyui_progress import ProgressTracker
+from machine.connectors.comfyui_progress import ProgressTracker, ahead_text
 from machine.connectors.comfyui_residency import ComfyUIResidency
 from machine.connectors.comfyui_stuck import StuckPrompt
 from machine.connectors.errors import MODEL_INPUTS, classify_error
@@ -102,6 +104,9 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 DEFAULT_STOP_WAIT_SECONDS = 120.0
 #: An input no ComfyUI node declares, set on output nodes to make ComfyUI run them again.
 RERUN_INPUT = "emp_rerun"
+#: Socket messages that say ComfyUI is executing the prompt (``executing`` with a node).
+PROMPT_RUNS = frozenset({"execution_start", "execution_cached", "executing", "progress",
+                         "executed"})
 
 
 @dataclass
@@ -125,6 +130,8 @@ class PromptRun:
     stop_sent: bool = False
     #: ``POST /prompt`` failed after it was sent: ComfyUI may still queue ``prompt_id``.
     unconfirmed: bool = False
+    #: ComfyUI began executing the prompt (until then it waits behind other prompts).
+    started: bool = False
     last_report: tuple[float, str] | None = None
 
 
@@ -380,6 +387,8 @@ class ComfyUIConnector(Connector):
             self.log("job_started", run.job_id, prompt_id=run.prompt_id)
             if run.cancel.is_set():  # cancelled while we queued it
                 self._stop_quietly(run)
+            elif self._waiting(run, tracker):
+                self._report(run, tracker, progress)
             return self._follow(run, client_id, tracker, progress)
         except BaseException:
             # Cancelled (here or by the progress callback), timed out or failed: the
@@ -423,7 +432,15 @@ class ComfyUIConnector(Connector):
                     raise JobCancelledByService(f"job {run.job_id} cancelled")
                 next_history_check = min(next_history_check, now + self.stop_poll_seconds)
             elif now >= deadline:
+                if not run.started:
+                    self._waiting(run, tracker)
+                ahead = 0 if run.started else tracker.queue_ahead
                 self._stop_quietly(run)
+                if ahead:
+                    raise ConnectorError(
+                        f"prompt {run.prompt_id} never started within {self.timeout_seconds:g}s: "
+                        f"ComfyUI was busy with other prompts ({ahead_text(ahead)})",
+                        ErrorType.TIMEOUT)
                 raise ConnectorError(f"prompt {run.prompt_id} did not finish within "
                                      f"{self.timeout_seconds:g}s", ErrorType.TIMEOUT)
             try:
@@ -451,6 +468,13 @@ class ComfyUIConnector(Connector):
             kind, data = message.get("type"), message.get("data") or {}
             if data.get("prompt_id") not in (None, run.prompt_id):
                 continue  # another prompt on the same server
+            if kind == "status" and not run.started and tracker.queue_ahead:
+                if self._waiting(run, tracker):  # a prompt ahead of it ended
+                    self._report(run, tracker, progress)
+                continue
+            if kind in PROMPT_RUNS and data.get("node", "") is not None and not run.started:
+                run.started = True
+                tracker.waiting(0)
             if kind == "executing" and data.get("node") is None:
                 if data.get("prompt_id") == run.prompt_id:
                     run.off_queue = True
@@ -597,6 +621,26 @@ class ComfyUIConnector(Connector):
                          f"could not tell whether ComfyUI queued prompt {prompt_id}: {exc}")
                 return
             time.sleep(self.stop_poll_seconds)
+
+    def _waiting(self, run: PromptRun, tracker: ProgressTracker) -> bool:
+        """Count the prompts ComfyUI runs before this one (``/queue``); True if that changed.
+
+        Other clients (an artist's browser) share the server. Never raises: the
+        count is only for the job's progress message.
+        """
+        try:
+            queue = self.client.get_json("/queue")
+            running = list(queue.get("queue_running") or [])
+            pending = list(queue.get("queue_pending") or [])
+            number = next((row[0] for row in pending if row[1] == run.prompt_id), None)
+            ahead = 0 if number is None else len(running) + sum(
+                1 for row in pending if row[0] < number)
+        except (ConnectorError, LookupError, TypeError, AttributeError):
+            return False
+        if run.started or ahead == tracker.queue_ahead:
+            return False
+        tracker.waiting(ahead)
+        return True
 
     def _in_queue(self, prompt_id: str) -> bool:
         """Whether ComfyUI's ``/queue`` still lists the prompt (running or waiting)."""

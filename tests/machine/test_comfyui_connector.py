@@ -579,3 +579,43 @@ def test_comfyui_going_away_mid_job_is_a_network_error_that_says_so(start_comfyu
     assert caught.value.error_type == ErrorType.NETWORK and caught.value.retryable
     assert "went away while prompt" in caught.value.message
     assert "Connection refused" in caught.value.message
+
+
+@pytest.mark.timeout(60)
+def test_a_job_behind_other_clients_prompts_says_it_waits_in_comfyuis_queue(
+        start_comfyui, store) -> None:
+    """A studio's artists queue their own prompts on the ComfyUI the worker uses.
+    Real ComfyUI 0.8, with another client's 4 s prompt running: the job's socket
+    got only ``status {"exec_info": {"queue_remaining": 2}}`` (then 1) until, 4 s
+    later, ``execution_start`` for the job's prompt.
+
+    Tried: another client's 2 s prompt, then a job; then the same with a job
+    timeout of 0.5 s. Before: the job said "started" at 0 % the whole wait, and
+    the timeout error read "prompt X did not finish within 0.5s", as if it had
+    run. Now progress says it waits with 1 prompt ahead, and the timeout says the
+    prompt never started because ComfyUI was busy with other prompts.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 2})
+    connector = connector_for(server, store)
+
+    def other_client(steps: int) -> None:  # new steps each time: not served from cache
+        requests.post(f"{server.url}/prompt", json={
+            "prompt": txt2img(steps=steps, prefix="artist"), "client_id": "artist"}, timeout=5)
+        wait_until(lambda: server.running is not None, message="the artist's prompt to run")
+
+    other_client(1)
+    reports: list[Progress] = []
+    output = connector.run_job(job("behind", txt2img(steps=2)), reports.append)
+    assert output.success
+    waiting = [r for r in reports if r.details.get("queue_ahead")]
+    assert waiting and waiting[0].percent == 0 and waiting[0].details["queue_ahead"] == 1
+    assert waiting[0].message == "waiting in ComfyUI's queue: 1 prompt ahead"
+    assert reports[-1].message == "completed" and not reports[-1].details["queue_ahead"]
+
+    wait_until(lambda: server.running is None and not server.pending, message="an idle server")
+    other_client(3)
+    impatient = connector_for(server, store, timeout_seconds=0.5)
+    with pytest.raises(ConnectorError) as caught:
+        impatient.run_job(job("gives-up", txt2img(steps=2)), lambda report: None)
+    assert caught.value.error_type == ErrorType.TIMEOUT
+    assert "never started" in caught.value.message and "1 prompt ahead" in caught.value.message
