@@ -457,7 +457,7 @@ class ComfyUIConnector(Connector):
             if raw is None or isinstance(raw, bytes):  # quiet, or a binary preview frame
                 if now >= next_history_check:
                     next_history_check = now + self.history_poll_seconds
-                    entry = self._history(run.prompt_id)
+                    entry = self._history(run.prompt_id) or self._unless_gone(run)
                     if entry is not None:
                         return self._outcome(run, entry)
                 continue
@@ -542,6 +542,21 @@ class ComfyUIConnector(Connector):
     def _history(self, prompt_id: str | None) -> dict[str, Any] | None:
         entry = self.client.get_json(f"/history/{prompt_id}")
         return entry.get(prompt_id) if isinstance(entry, dict) else None
+
+    def _unless_gone(self, run: PromptRun) -> None:
+        """Raise if the prompt, not in ``/history``, is not in ``/queue`` either.
+
+        Another client removed it (ComfyUI's "clear queue", a delete) or ComfyUI
+        restarted: no message will ever come for it. ComfyUI moves a prompt from
+        its queue to its history under one lock, so ``/history`` is read again
+        for a prompt that ended between the two reads.
+        """
+        if self._in_queue(str(run.prompt_id)) or self._history(run.prompt_id) is not None:
+            return None
+        run.ended = run.off_queue = True
+        raise ConnectorError(f"prompt {run.prompt_id} left ComfyUI's queue without running "
+                             "(removed by another client, or ComfyUI restarted)",
+                             ErrorType.SERVICE)
 
     def _wait_for_history(self, run: PromptRun) -> dict[str, Any]:
         deadline = time.monotonic() + self.history_wait_seconds
@@ -633,6 +648,8 @@ class ComfyUIConnector(Connector):
             running = list(queue.get("queue_running") or [])
             pending = list(queue.get("queue_pending") or [])
             number = next((row[0] for row in pending if row[1] == run.prompt_id), None)
+            if number is None and all(row[1] != run.prompt_id for row in running):
+                return False  # ended, or removed: the history checks tell which
             ahead = 0 if number is None else len(running) + sum(
                 1 for row in pending if row[0] < number)
         except (ConnectorError, LookupError, TypeError, AttributeError):

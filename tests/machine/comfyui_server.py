@@ -279,6 +279,7 @@ class ComfyUITestServer:
                     self.pending.clear()
                 drop = set(body.get("delete") or [])
                 self.pending[:] = [i for i in self.pending if i["prompt_id"] not in drop]
+            self._broadcast_status()  # as ComfyUI's queue_updated
             return Response(status=200)
 
         @app.post("/interrupt")

@@ -619,3 +619,37 @@ def test_a_job_behind_other_clients_prompts_says_it_waits_in_comfyuis_queue(
         impatient.run_job(job("gives-up", txt2img(steps=2)), lambda report: None)
     assert caught.value.error_type == ErrorType.TIMEOUT
     assert "never started" in caught.value.message and "1 prompt ahead" in caught.value.message
+
+
+@pytest.mark.timeout(60)
+def test_a_prompt_another_client_removes_from_comfyuis_queue_fails_the_job_at_once(
+        start_comfyui, store) -> None:
+    """An artist clears ComfyUI's queue (or deletes one item) from its web page.
+    Real ComfyUI 0.8, the job's prompt waiting behind another client's, ``POST
+    /queue {"clear": true}`` from a third client: the job's socket got one
+    ``status`` and nothing more; the prompt was in neither ``/queue`` nor
+    ``/history``. Before: the job waited out its whole timeout (20 s there, 600 by
+    default) and failed with ``[timeout] prompt ... did not finish within 20s``.
+
+    Tried: the same on the test server (history checked every 0.3 s). Now the
+    job fails within a few seconds with a service error (retryable) saying the
+    prompt left ComfyUI's queue without running.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store, timeout_seconds=30)
+    connector.history_poll_seconds = 0.3
+    requests.post(f"{server.url}/prompt", json={
+        "prompt": txt2img(steps=1, prefix="artist"), "client_id": "artist"}, timeout=5)
+    wait_until(lambda: server.running is not None, message="the artist's prompt to run")
+
+    def clear_when_queued() -> None:
+        wait_until(lambda: server.pending, message="the job's prompt to queue")
+        requests.post(f"{server.url}/queue", json={"clear": True}, timeout=5)
+
+    threading.Thread(target=clear_when_queued, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("cleared", txt2img(steps=2)), lambda report: None)
+    assert time.monotonic() - started < 5
+    assert caught.value.error_type == ErrorType.SERVICE and caught.value.retryable
+    assert "left ComfyUI's queue without running" in caught.value.message
