@@ -309,7 +309,7 @@ class ComfyUITestServer:
                 abort(400)
             path = (base / request.args.get("subfolder", "") / request.args["filename"]).resolve()
             if not path.is_relative_to(base.resolve()):
-                abort(403)
+                abort(400)  # as ComfyUI 0.8 answers ``filename=../x``
             if not path.is_file():
                 abort(404)
             return send_file(path, mimetype="image/png")
