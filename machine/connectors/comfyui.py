@@ -13,8 +13,9 @@ Protocol (ComfyUI's, unchanged):
   ``execution_success``, ``execution_error``, ``execution_interrupted``
   (binary preview frames are ignored);
 - ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
-  quiet or after it dropped; ``GET /view`` fetches each output file into the
-  output store;
+  quiet or after it dropped (a prompt in neither ``/history`` nor ``/queue`` was
+  removed by another client or lost in a restart: the job fails at once);
+  ``GET /view`` fetches each output file into the output store;
 - ``GET /queue`` after queueing: while other clients' prompts run first, the
   job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
