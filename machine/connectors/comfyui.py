@@ -732,16 +732,17 @@ class ComfyUIConnector(Connector):
         Either a loader failed on a model ComfyUI lists (corrupt, missing file:
         the failing node's model inputs name it), or ComfyUI refused the prompt
         because a model input is "not in list" (the file was removed after the
-        worker read its models at start). Their aliases go into ``bad_models``
-        and into the error, which the worker uses to re-register its profile
-        without them. None when the error names no model.
+        worker read its models at start). Their aliases go into the error, which
+        the worker uses to re-register its profile without them, and, for a model
+        ComfyUI still lists, into ``bad_models``. None when the error names no model.
         """
         names: set[str] = set()
         for value in _failed_models(exc, workflow):
             names |= model_aliases(value)
         if not names:
             return None
-        self.bad_models |= names
+        if exc.details.get("node_id") is not None:  # listed but unloadable: ComfyUI lists it on
+            self.bad_models |= names
         required = (job.requirements or {}).get("models") or []
         required = [required] if isinstance(required, str) else required
         elsewhere = isinstance(required, list) and bool(names & set(required))

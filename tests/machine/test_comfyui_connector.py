@@ -653,3 +653,22 @@ def test_a_prompt_another_client_removes_from_comfyuis_queue_fails_the_job_at_on
     assert time.monotonic() - started < 5
     assert caught.value.error_type == ErrorType.SERVICE and caught.value.retryable
     assert "left ComfyUI's queue without running" in caught.value.message
+
+
+def test_a_model_comfyui_no_longer_lists_is_reported_again_once_it_is_back(
+        start_comfyui, store) -> None:
+    """A model removed from ComfyUI's disk after the worker read its models: the
+    job gets a MODEL error naming it (the worker stops advertising it, see
+    test_comfyui_jobs), but unlike a corrupt file, which ComfyUI keeps listing,
+    the connector does not hide it for good: copied back, it is reported again."""
+    server = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"])
+    connector = connector_for(server, store)
+    server.checkpoints.remove("flux.safetensors")
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(JobInput("gone", "comfyui", {"workflow": txt2img(
+            ckpt="flux.safetensors")}, requirements={"models": ["flux"]}), lambda r: None)
+    assert caught.value.error_type == ErrorType.MODEL and caught.value.retryable
+    assert caught.value.details["bad_models"] == {"comfyui": ["flux", "flux.safetensors"]}
+    assert "Value not in list" in caught.value.message
+    server.checkpoints.append("flux.safetensors")
+    assert "flux.safetensors" in connector.available_models()["comfyui"]
