@@ -552,7 +552,10 @@ class ComfyUIConnector(Connector):
         its queue to its history under one lock, so ``/history`` is read again
         for a prompt that ended between the two reads.
         """
-        if self._in_queue(str(run.prompt_id)) or self._history(run.prompt_id) is not None:
+        try:
+            if self._in_queue(str(run.prompt_id)) or self._history(run.prompt_id) is not None:
+                return None
+        except (LookupError, TypeError, AttributeError):  # an odd /queue: keep waiting
             return None
         run.ended = run.off_queue = True
         raise ConnectorError(f"prompt {run.prompt_id} left ComfyUI's queue without running "
