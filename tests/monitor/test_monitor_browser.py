@@ -48,6 +48,10 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
     errors: list[str] = []
 
     def open_(url: str | None, live: bool = True, **context_options: Any) -> Any:
+        # Playwright's wait_for_function compiles its predicate in the page, which the
+        # monitor's Content Security Policy forbids; test_monitor_security_headers opens
+        # its pages with bypass_csp=False to check the pages themselves under it.
+        context_options.setdefault("bypass_csp", True)
         context = browser.new_context(viewport={"width": 1400, "height": 900}, **context_options)
         contexts.append(context)
         page = context.new_page()
