@@ -158,6 +158,11 @@ def test_every_page_works_under_its_policy(
         assert page.evaluate("window.__violations") == [], path
     page.goto(monitor.base + "/tasks")
     page.wait_for_selector(f"text={done.id}", timeout=20_000)
+    page.goto(monitor.base + "/workers")  # Flower's worker page, with its control forms
+    page.click("a.worker-name-link", timeout=20_000)
+    page.wait_for_url("**/worker/**")
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("window.__violations") == [], page.url
     page.goto(f"{monitor.base}/jobs/{job.id}")
     page.wait_for_selector('#emp-live[data-state="live"]')
     page.click("#job-cancel")
