@@ -182,6 +182,29 @@ def test_machines_counts_agree_with_the_cards_and_the_queue_names_what_differs(
     assert "hardware.gpu_memory_gb >= 80" in text and "w1" in text and "24" in text, text
 
 
+def test_the_queue_banner_names_the_largest_unservable_classes_not_every_one(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: no live worker and 41 pending requirement classes (a tenant tagging each job
+    differently; 1,589 classes on a hand-run queue). The banner named every class, one
+    after the other: 2,000 characters here, 100,000 (pages of text above the table) there.
+    Now it counts them all, names the five with the most jobs, and says how many more the
+    table flags."""
+    monitor = start_server("monitor")
+    for _ in range(5):
+        submit("simulation", {"steps": 1}, requirements={"tag": "biggest"}, app=app)
+    for i in range(40):
+        submit("simulation", {"steps": 1}, requirements={"tag": f"t{i}"}, app=app)
+    page = open_page(monitor.base + "/queue")
+    wait_for(lambda: len(page.query_selector_all('#queue-table tr[data-unservable="true"]'))
+             == 41, timeout=15, message="41 flagged classes")
+    alert = page.inner_text("#queue-alert")
+    assert alert.startswith("41 requirement classes (45 jobs) cannot be served"), alert
+    assert "tag = biggest" in alert.split(";")[0], alert  # the most jobs first
+    assert "and 36 more classes" in alert, alert
+    assert len(alert) < 900, f"{len(alert)} characters: {alert}"
+
+
 #: The pages an operator's tooling screenshots, with the job page filled in per test.
 PAGES = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks", "/pools"]
 
