@@ -167,12 +167,13 @@ def test_machines_counts_agree_with_the_cards_and_the_queue_names_what_differs(
     page.wait_for_selector('#queue-table tr[data-unservable="true"]')
     alert = page.inner_text("#queue-alert")
     assert "acme" in alert and "globex" in alert, alert
-    oldest = page.query_selector_all("#queue-table td.class-oldest")
-    assert "2 h 0 min" in [cell.inner_text() for cell in oldest]
-    for cell in oldest:
-        lines = cell.evaluate("c => { const r = document.createRange(); r.selectNodeContents(c);"
-                              " return new Set([...r.getClientRects()].map(x => x.top)).size; }")
-        assert lines == 1, f"'{cell.inner_text()}' takes {lines} lines"
+    # Read in one go: the page redraws its table live, which detaches earlier handles.
+    oldest = page.evaluate("""() => [...document.querySelectorAll('#queue-table td.class-oldest')]
+        .map(c => { const r = document.createRange(); r.selectNodeContents(c);
+          return [c.innerText, new Set([...r.getClientRects()].map(x => x.top)).size]; })""")
+    assert "2 h 0 min" in [text for text, _ in oldest]
+    for text, lines in oldest:
+        assert lines == 1, f"'{text}' takes {lines} lines"
 
     page = open_page(f"{monitor.base}/jobs/{acme.id}")
     page.wait_for_selector('#job-status[data-status="pending"]')
