@@ -253,6 +253,32 @@ def test_a_large_fleet_redraws_the_machines_page_without_laying_out_every_card(
     assert "Machines online\n300" in page.inner_text("#machines-totals")
 
 
+def test_the_jobs_page_opens_a_job_by_its_id(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: an operator holding a job id from a customer, on the Jobs page among many
+    jobs. The filters (status, service, customer, workflow, pool) had no place for an id:
+    the only way was to edit the address. Now the Job id box opens the job's page (an
+    unknown id: its page says there is no such job)."""
+    monitor = start_server("monitor")
+    wanted = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                    app=app)
+    for _ in range(3):
+        submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+               app=app)
+    page = open_page(monitor.base + "/jobs")
+    page.fill("#f-job", f"  {wanted.id} ")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_url(f"**/jobs/{wanted.id}")
+    page.wait_for_selector('#job-status[data-status="pending"]')
+    page.goto(monitor.base + "/jobs")
+    page.fill("#f-job", "no-such-job")
+    page.press("#f-job", "Enter")
+    page.wait_for_url("**/jobs/no-such-job")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    assert "no job 'no-such-job'" in page.inner_text("#emp-error")
+
+
 #: The pages an operator's tooling screenshots, with the job page filled in per test.
 PAGES = ["/machines", "/queue", "/jobs", "/jobs/{job}", "/submit", "/webhooks", "/pools"]
 
