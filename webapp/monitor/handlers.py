@@ -25,6 +25,9 @@ from webapp.monitor.state import MonitorState
 from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
 
 T = TypeVar("T")
+#: What Flower's BaseHandler grants every origin under ``FLOWER_UNAUTHENTICATED_API``.
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
+                "Access-Control-Allow-Methods")
 
 
 class RedisUnavailable(tornado.web.HTTPError):
@@ -40,6 +43,14 @@ class MonitorHandler(BaseHandler):
     @property
     def state(self) -> MonitorState:
         return self.application.emp
+
+    def set_default_headers(self) -> None:
+        """Flower's, without its CORS grant: ``FLOWER_UNAUTHENTICATED_API`` opens Flower's
+        own API to scripts, but the monitor's pages, job records (customers' payloads and
+        results) and live stream stay readable by the monitor's own pages only."""
+        super().set_default_headers()
+        for name in CORS_HEADERS:
+            self.clear_header(name)
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on the application's executor; RedisUnavailable (503)
