@@ -214,8 +214,8 @@ def test_a_large_fleet_redraws_the_machines_page_without_laying_out_every_card(
     """Tried: 300 machines of 8 GPUs and 8 workers each (2,400 workers) on the Machines
     page, which redraws every 5 s and on worker events. The first view took 3 s and every
     redraw spent 0.5-0.7 s laying out all 300 cards (most of them off screen). Now cards
-    off screen are skipped until scrolled to: a redraw's layout takes a few ms, and every
-    card is still in the page."""
+    off screen are skipped until scrolled to (a redraw's layout took about 4 ms; measured
+    by hand, not asserted), and every card is still in the page."""
     registry = WorkerRegistry(client)
     for m in range(300):
         machine = f"box-{m:03d}"
@@ -239,16 +239,14 @@ def test_a_large_fleet_redraws_the_machines_page_without_laying_out_every_card(
     page = open_page(monitor.base + "/machines")
     wait_for(lambda: len(page.query_selector_all(".emp-machine")) == 300, timeout=30,
              message="300 machine cards")
-    layout_ms = page.evaluate("""() => {
-        const list = document.getElementById('machines-list'), html = list.innerHTML;
-        const times = [];
-        for (let i = 0; i < 3; i++) {
-          list.innerHTML = html;
-          const t = performance.now(); document.body.offsetHeight;
-          times.push(performance.now() - t);
-        }
-        return Math.min(...times); }""")
-    assert layout_ms < 150, f"a redraw's layout took {layout_ms:.0f} ms"
+    # The last card's rows are in the page but skipped by layout while off screen, and
+    # laid out once scrolled to (before: every card was laid out on every redraw).
+    rendered = """() => document.querySelector('tr[data-worker-id="box-299-simulation-7"]')
+        .checkVisibility({contentVisibilityAuto: true})"""
+    assert page.evaluate(rendered) is False
+    page.locator('tr[data-worker-id="box-299-simulation-7"]').scroll_into_view_if_needed()
+    wait_for(lambda: page.evaluate(rendered) is True, timeout=10,
+             message="the last card laid out once scrolled to")
     assert page.query_selector('tr[data-worker-id="box-299-simulation-7"]') is not None
     assert "Machines online\n300" in page.inner_text("#machines-totals")
 
