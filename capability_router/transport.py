@@ -275,6 +275,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self._block_next = False
         self._misses = 0
         self._next_due_ms = 0
+        #: Why Redis refused the last claim, while it keeps refusing; None otherwise.
+        self._refusal: str | None = None
         self._registered_queues: set[str] = set()
         #: Namespace -> when (monotonic) this process last recorded it in NAMESPACES_KEY.
         self._known_queues: dict[str, float] = {}
@@ -584,6 +586,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 self._misses = 0
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
+            self._claim_answered()
             if isinstance(result, Claimed):
                 self.claim_latency.observe(queue, perf_counter() - self._claim_sent_at)
                 self._busy_in.add(queue)
@@ -615,7 +618,24 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         if queue and ("NOPROFILE" in text or "Function not found" in text):
             self.register(queue)
         else:
-            logger.error("claim failed: %s", text)
+            self._claim_refused(text)
+
+    def _claim_refused(self, text: str) -> None:
+        """A claim Redis refused for a reason a retry cannot fix at once (out of memory,
+        a read-only replica): wait on the wake-up list before the next one, and log the
+        reason once, not per claim (claiming again at once spun ~3,000 claims and error
+        lines a second while Redis was at maxmemory)."""
+        self._block_next = True
+        if text != self._refusal:
+            logger.error("claim failed: %s (claiming again every %s s until Redis accepts)",
+                         text, self.brpop_timeout or 1)
+            self._refusal = text
+
+    def _claim_answered(self) -> None:
+        """A claim got an answer: end a run of refusals, saying so."""
+        if self._refusal is not None:
+            logger.warning("claims accepted again (after: %s)", self._refusal)
+            self._refusal = None
 
     def _size(self, queue: str) -> int:
         if not is_job_queue(queue):
