@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+import requests
 
+from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.producer import get_job, submit
 
@@ -46,3 +48,36 @@ def test_a_worker_waits_while_redis_refuses_its_claims(app, client, start_worker
     wait_for(lambda: "claims accepted again" in worker.log_path.read_text(), timeout=10,
              message="the worker to say claims are accepted again")
     assert get_job(job.id, app=app)["attempts"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
+        client, start_server, redis_full) -> None:
+    """Tried: the API, a job submitted, then Redis at maxmemory and the same kind of
+    submit sent twice with an Idempotency-Key, then memory freed and the submit retried.
+    Before the fix each refused submit was a 500 "internal error" with a traceback in the
+    log per request, though nothing was wrong with the request and a retry later works;
+    a client reads a 500 as "do not retry". It should be a 503 with Retry-After that
+    says Redis is full, with nothing written, and reads should keep working."""
+    api = start_server("api", EMP_API_TOKENS="tok-acme=acme", EMP_API_PROCESSES="1")
+    acme = {"Authorization": "Bearer tok-acme"}
+    body = {"service_required": "simulation", "payload": {"steps": 1}}
+    first = requests.post(f"{api.base}/api/jobs", json=body, headers=acme, timeout=10)
+    assert first.status_code == 201, first.text
+    before = sorted(client.scan_iter("*"))
+    redis_full()
+    keyed = {**acme, "Idempotency-Key": "full-1"}
+    for _ in range(2):
+        refused = requests.post(f"{api.base}/api/jobs", json=body, headers=keyed, timeout=10)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"]
+        assert "out of memory" in refused.json()["error"]
+    read = requests.get(f"{api.base}/api/jobs/{first.json()['job_id']}", headers=acme,
+                        timeout=10)
+    assert read.status_code == 200, read.text
+    assert sorted(client.scan_iter("*")) == before  # no half-written job, no key claimed
+    client.config_set("maxmemory", "0")
+    accepted = requests.post(f"{api.base}/api/jobs", json=body, headers=keyed, timeout=10)
+    assert accepted.status_code == 201, accepted.text
+    assert client.zcard(Keys("default").status_index("pending")) == 2
+    assert "Traceback" not in api.log()
