@@ -81,3 +81,39 @@ def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
     assert accepted.status_code == 201, accepted.text
     assert client.zcard(Keys("default").status_index("pending")) == 2
     assert "Traceback" not in api.log()
+
+
+@pytest.fixture
+def evicting(client: redis.Redis) -> Iterator[None]:
+    """Redis with maxmemory-policy allkeys-lru for the test; noeviction again after."""
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+
+
+@pytest.mark.timeout(90)
+def test_services_warn_at_start_when_redis_may_evict_jobs(
+        app, client, start_worker, start_server, evicting) -> None:
+    """Tried: a worker, the API and the webhook service started on a Redis whose
+    maxmemory-policy is allkeys-lru (a common cache setting), with maxmemory set. Before
+    the fix none said
+    anything: at maxmemory Redis deletes least recently used keys, pending jobs among
+    them, and an accepted job vanished with no error anywhere. Each now warns at start,
+    naming the policy and the fix; with noeviction none warns."""
+    client.config_set("maxmemory", "512mb")
+    try:
+        worker = start_worker("evict-w1")
+        api = start_server("api", EMP_API_PROCESSES="1")
+        hooks = start_server("webhooks")
+        wait_for(lambda: "maxmemory-policy" in hooks.log(), timeout=20,
+                 message="the webhook service's warning")
+    finally:
+        client.config_set("maxmemory", "0")
+    for log in (worker.log_path.read_text(errors="replace"), api.log(), hooks.log()):
+        assert "maxmemory-policy is 'allkeys-lru'" in log, log[-2000:]
+        assert "set maxmemory-policy noeviction" in log
+    client.config_set("maxmemory-policy", "noeviction")
+    quiet = start_worker("evict-w2")
+    assert "maxmemory-policy" not in quiet.log_path.read_text(errors="replace")
