@@ -117,3 +117,30 @@ def test_services_warn_at_start_when_redis_may_evict_jobs(
     client.config_set("maxmemory-policy", "noeviction")
     quiet = start_worker("evict-w2")
     assert "maxmemory-policy" not in quiet.log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(90)
+def test_the_webhook_service_answers_503_and_logs_no_traceback_while_redis_is_full(
+        client, start_server, receiver, redis_full) -> None:
+    """Tried: the webhook service running, Redis at maxmemory for 3 s, a hook registered
+    meanwhile, then memory freed and the registration sent again. Before the fix the
+    registration was a 500 "internal error", and each of the 8 dispatchers and the
+    consumer logged a traceback every second (2,100 log lines in 6 s by hand), burying
+    what was wrong. Now the registration is a 503 saying Redis is full, each delivery
+    thread logs one line, and the registration works once memory is free."""
+    hooks = start_server("webhooks", EMP_WEBHOOK_ALLOW_PRIVATE="1")
+    wait_for(lambda: "consuming as" in hooks.log(), timeout=20, message="delivery threads")
+    sink = receiver()
+    hook = {"url": sink.url + "/full", "events": ["complete_job"]}
+    redis_full()
+    time.sleep(3.0)  # the delivery threads meet the refusals meanwhile
+    refused = requests.post(f"{hooks.base}/webhooks", json=hook, timeout=10)
+    assert refused.status_code == 503, refused.text
+    assert "out of memory" in refused.json()["error"]
+    assert refused.headers["Retry-After"]
+    client.config_set("maxmemory", "0")
+    log = hooks.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert "out of memory" in log or "maxmemory" in log
+    made = requests.post(f"{hooks.base}/webhooks", json=hook, timeout=10)
+    assert made.status_code == 201, made.text

@@ -89,13 +89,17 @@ class WriteRefusals:
         self.service = service
         self._logged_at: float | None = None
 
-    def refused(self, exc: redis.ResponseError) -> Response:
-        """Log ``exc`` unless a refusal was logged within the last minute; the 503."""
+    def note(self, exc: redis.ResponseError, doing: str = "answering 503") -> None:
+        """Log ``exc`` unless a refusal was logged within the last minute."""
         now = time.monotonic()
         if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_SECONDS:
             self._logged_at = now
-            logger.error("%s: Redis refuses writes (%s: %s); answering 503 (logged once a "
-                         "minute while it lasts)", self.service, type(exc).__name__, exc)
+            logger.error("%s: Redis refuses writes (%s: %s); %s (logged once a minute "
+                         "while it lasts)", self.service, type(exc).__name__, exc, doing)
+
+    def refused(self, exc: redis.ResponseError) -> Response:
+        """Log ``exc`` (``note``); the 503 that says why."""
+        self.note(exc)
         reason = next((text for kind, text in REFUSING.items() if isinstance(exc, kind)),
                       REASON)
         return unavailable_response(reason)
