@@ -48,6 +48,25 @@ def check_cancelled(context: JobContext | None) -> None:
         raise JobCancelled(context.job_id if context else "")
 
 
+def recorded_already(context: JobContext, refused: str, status: str,
+                     error: str | None = None) -> bool:
+    """Whether an outcome the record refused with ``refused`` is this run's own, recorded
+    by the same call already: Redis ran it, the reply was lost (a connection cut) and
+    the client sent it again, which the fence refuses as the job is no longer active.
+
+    Only this attempt can end the job ``completed`` while the record's attempt is this
+    one (``failed`` with this very error: the queue also fails jobs that used up their
+    attempts). Taken for a refusal, the run stored nothing in the result backend and
+    ``AsyncResult.get()`` waited for ever on a job its record said had ended.
+    """
+    if refused != status:
+        return False
+    record, attempts, last_error = context.functions.client.hmget(
+        context.functions.keys.job(context.job_id), "status", "attempts", "last_error")
+    return (record == status and attempts == str(context.attempt)
+            and (error is None or last_error == error))
+
+
 def end_cancelled_run(context: JobContext) -> Ignore:
     """The exception that ends a run which raised JobCancelled, or whose outcome the
     job record refused, logged at INFO.

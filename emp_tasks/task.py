@@ -28,7 +28,12 @@ from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks import tracing
-from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
+from emp_tasks.cancellation import (
+    check_cancelled,
+    end_cancelled_run,
+    is_cancelled,
+    recorded_already,
+)
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.lease_keeper import lease_kept
 from emp_tasks.placement import place
@@ -202,8 +207,9 @@ class EmpTask(Task):
             with tracing.span("run", task_id, traced):
                 retval = self._recorded(context, lambda: self._storable(
                     super(EmpTask, self).__call__(*args, **kwargs)))
-        if context.functions.complete(task_id, context.attempt, retval,
-                                      load_ms=load_ms_of(retval)) != "ok":
+        outcome = context.functions.complete(task_id, context.attempt, retval,
+                                             load_ms=load_ms_of(retval))
+        if outcome != "ok" and not recorded_already(context, outcome, JobStatus.COMPLETED):
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that
             # holds the job.
@@ -238,8 +244,10 @@ class EmpTask(Task):
         except STORE_UNREACHABLE:
             raise  # nothing can be recorded now: __call__ requeues the job
         except Exception as exc:
-            if context.functions.fail(
-                    self.request.id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = context.functions.fail(self.request.id, context.attempt, error)
+            if outcome != "ok" and not recorded_already(context, outcome, JobStatus.FAILED,
+                                                        error):
                 raise end_cancelled_run(context) from None  # refused: store no FAILURE
             # The pool process pickles the exception back to the worker: one holding a
             # lock or a socket would turn the recorded failure into a MaybeEncodingError.
