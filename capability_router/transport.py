@@ -144,6 +144,22 @@ def without_stored_payload(spec: dict[str, Any], message: dict[str, Any]) -> dic
     return {**spec, "fields": {k: v for k, v in fields.items() if k != "payload"}}
 
 
+def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) -> bool:
+    """Whether the job record ``job_id`` holds ``message`` itself (its delivery tag, new
+    per publish): an enqueue that found its job "already" filed, because an earlier
+    send of this very call ran but its reply was lost (a connection cut) and the client
+    or kombu sent it again. Refused as a duplicate, the producer was told its accepted
+    job failed and submitted it again."""
+    tag = message.get("properties", {}).get("delivery_tag")
+    stored = functions.client.hget(functions.keys.job(job_id), "message")
+    if not tag or not stored:
+        return False
+    try:
+        return loads(stored).get("properties", {}).get("delivery_tag") == tag
+    except (ValueError, AttributeError):
+        return False
+
+
 def _eta_ms(eta: Any) -> int:
     if not eta:
         return 0
@@ -463,7 +479,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 # The sending task ends quietly on it, so Celery stores no RETRY.
                 raise RetryRefused(job_id, outcome)
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
-        if outcome == "duplicate":
+        if outcome == "duplicate" and not filed_by(functions, job_id, message):
             raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")
 
     # -- consume ------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from capability_router.keys import Keys
 from conftest import wait_for
+from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
 
 
@@ -126,3 +127,21 @@ def test_a_failure_whose_reply_was_lost_still_reaches_the_result_backend(
     events = [fields["event"] for _, fields in client.xrange(Keys("default").job_events(
         result.id))]
     assert events.count("job_failed") == 1, events
+
+
+@pytest.mark.timeout(60)
+def test_a_submit_whose_reply_was_lost_is_accepted_once(client, reply_cutter) -> None:
+    """Tried: a producer whose connection is cut right after Redis ran its emp_enqueue
+    (the job filed), before the reply; redis-py sends it again. Before the fix the
+    second call found the job and ``submit()`` raised InvalidJob "already exists" for
+    the job it had just filed: the caller, told it failed, submits again (a second
+    job). Now the submit returns the job, filed once."""
+    cutter = reply_cutter(b"emp_enqueue")
+    producer = create_app(cutter.url)
+    try:
+        result = submit("echo", {"n": 3}, app=producer)
+    finally:
+        producer.close()
+    assert cutter.cuts == 1
+    assert client.hget(Keys("default").job(result.id), "status") == "pending"
+    assert client.zcard(Keys("default").status_index("pending")) == 1
