@@ -3,12 +3,14 @@ the API must say so once and wait, never spin, answer 500 or write half a job.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 import requests
+from simple_websocket import Client
 
 from capability_router.keys import Keys
 from conftest import wait_for
@@ -144,3 +146,41 @@ def test_the_webhook_service_answers_503_and_logs_no_traceback_while_redis_is_fu
     assert "out of memory" in log or "maxmemory" in log
     made = requests.post(f"{hooks.base}/webhooks", json=hook, timeout=10)
     assert made.status_code == 201, made.text
+
+
+def next_of(ws: Client, kinds: set[str]) -> dict:
+    """The next message of one of ``kinds`` on ``ws`` (others skipped)."""
+    while True:
+        message = json.loads(ws.receive(timeout=10))
+        if message["type"] in kinds:
+            return message
+
+
+@pytest.mark.timeout(90)
+def test_a_socket_submit_while_redis_is_full_is_answered_503_and_the_socket_stays(
+        client, start_server, redis_full) -> None:
+    """Tried: a client socket open, Redis at maxmemory, a ``submit_job`` sent on it;
+    then memory freed and the submit sent again on the same socket. Before the fix the
+    server closed the socket with a protocol error (1002 "Invalid attempt to fragment
+    control frame") and no message: the client could not tell why (Redis down did the
+    same). Now it gets ``error {status: 503, retry_after}`` saying why, the socket stays
+    open and the submit works once memory is free."""
+    api = start_server("api", EMP_API_TOKENS="tok-acme=acme", EMP_API_PROCESSES="1")
+    ws = Client.connect(f"{api.ws_base}/ws/client/full-app?token=tok-acme")
+    try:
+        assert next_of(ws, {"connection_established"})
+        redis_full()
+        submit_job = {"type": "submit_job", "service_required": "echo", "payload": {"n": 1},
+                      "message_id": "full-socket-1"}
+        ws.send(json.dumps(submit_job))
+        refused = next_of(ws, {"error", "job_submitted"})
+        assert refused["type"] == "error" and refused["status"] == 503, refused
+        assert "out of memory" in refused["error"] and refused["retry_after"]
+        assert refused["message_id"] == "full-socket-1"
+        client.config_set("maxmemory", "0")
+        ws.send(json.dumps(submit_job))
+        accepted = next_of(ws, {"error", "job_submitted"})
+        assert accepted["type"] == "job_submitted", accepted
+        assert accepted["job_id"] == "full-socket-1"
+    finally:
+        ws.close()

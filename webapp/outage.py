@@ -100,9 +100,12 @@ class WriteRefusals:
     def refused(self, exc: redis.ResponseError) -> Response:
         """Log ``exc`` (``note``); the 503 that says why."""
         self.note(exc)
-        reason = next((text for kind, text in REFUSING.items() if isinstance(exc, kind)),
-                      REASON)
-        return unavailable_response(reason)
+        return unavailable_response(reason_of(exc))
+
+
+def reason_of(exc: BaseException) -> str:
+    """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes."""
+    return next((text for kind, text in REFUSING.items() if isinstance(exc, kind)), REASON)
 
 
 def init_flask(app: Flask, client: redis.Redis, service: str) -> Outage:
