@@ -67,6 +67,20 @@ def recorded_already(context: JobContext, refused: str, status: str,
             and (error is None or last_error == error))
 
 
+def record_lost(context: JobContext, refused: str) -> bool:
+    """Whether an outcome was refused because the job's record is gone (``missing``),
+    logged as an ERROR: a Redis restarted without persistence, or one evicting keys
+    (an evicting ``maxmemory-policy``). The run ended; its caller still waits on the
+    result backend, so the outcome goes there (it stored nothing: ``AsyncResult.get()``
+    waited for ever on a job that had run to the end)."""
+    if refused != "missing":
+        return False
+    logger.error("job %s attempt %s: its record is gone from Redis (restarted without "
+                 "persistence, or keys evicted: see maxmemory-policy); this run's outcome "
+                 "goes to the result backend only", context.job_id, context.attempt)
+    return True
+
+
 def end_cancelled_run(context: JobContext) -> Ignore:
     """The exception that ends a run which raised JobCancelled, or whose outcome the
     job record refused, logged at INFO.

@@ -32,6 +32,7 @@ from emp_tasks.cancellation import (
     check_cancelled,
     end_cancelled_run,
     is_cancelled,
+    record_lost,
     recorded_already,
 )
 from emp_tasks.context import JobContext, job_context
@@ -209,7 +210,8 @@ class EmpTask(Task):
                     super(EmpTask, self).__call__(*args, **kwargs)))
         outcome = context.functions.complete(task_id, context.attempt, retval,
                                              load_ms=load_ms_of(retval))
-        if outcome != "ok" and not recorded_already(context, outcome, JobStatus.COMPLETED):
+        if outcome != "ok" and not recorded_already(context, outcome, JobStatus.COMPLETED) \
+                and not record_lost(context, outcome):
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that
             # holds the job.
@@ -247,7 +249,8 @@ class EmpTask(Task):
             error = f"{type(exc).__name__}: {exc}"
             outcome = context.functions.fail(self.request.id, context.attempt, error)
             if outcome != "ok" and not recorded_already(context, outcome, JobStatus.FAILED,
-                                                        error):
+                                                        error) \
+                    and not record_lost(context, outcome):
                 raise end_cancelled_run(context) from None  # refused: store no FAILURE
             # The pool process pickles the exception back to the worker: one holding a
             # lock or a socket would turn the recorded failure into a MaybeEncodingError.

@@ -145,3 +145,23 @@ def test_a_submit_whose_reply_was_lost_is_accepted_once(client, reply_cutter) ->
     assert cutter.cuts == 1
     assert client.hget(Keys("default").job(result.id), "status") == "pending"
     assert client.zcard(Keys("default").status_index("pending")) == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_run_whose_job_record_vanished_still_answers_its_caller(
+        app, client, start_worker) -> None:
+    """Tried: a job running (echo, 2 s) when its record vanishes from Redis, as a Redis
+    restarted without persistence or an evicting maxmemory-policy leaves it (DEL of the
+    record). Before the fix the run logged at INFO that its attempt was "taken from this
+    run (now None)" and stored nothing: ``AsyncResult.get()`` waited for ever on a job
+    that had run to the end. Now the worker logs an ERROR naming the likely cause and
+    the result reaches the result backend."""
+    worker = start_worker("lost-w1")
+    result = submit("echo", {"n": 5, "sleep": 2}, app=app)
+    key = Keys("default").job(result.id)
+    wait_for(lambda: client.hget(key, "status") == "in_progress", timeout=20,
+             message="the run to start")
+    client.delete(key)
+    assert result.get(timeout=20)["echo"] == {"n": 5}
+    log = worker.log_path.read_text(errors="replace")
+    assert "record is gone from Redis" in log, log[-2000:]
