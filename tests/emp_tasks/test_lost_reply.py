@@ -12,7 +12,7 @@ import pytest
 from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.app import create_app
-from emp_tasks.producer import get_job, submit
+from emp_tasks.producer import cancel, get_job, submit
 
 
 class ReplyCutter:
@@ -165,3 +165,22 @@ def test_a_run_whose_job_record_vanished_still_answers_its_caller(
     assert result.get(timeout=20)["echo"] == {"n": 5}
     log = worker.log_path.read_text(errors="replace")
     assert "record is gone from Redis" in log, log[-2000:]
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_whose_reply_was_lost_or_sent_twice_answers_cancelled(
+        app, client, reply_cutter) -> None:
+    """Tried: ``cancel()`` of a pending job through a connection cut right after Redis
+    ran emp_cancel (redis-py sends it again), and ``cancel()`` of a job already cancelled
+    (two operators, or a retried request). Before the fix both raised IndexError: the
+    repeat's answer ('cancelled',) has no previous status. Now both answer 'cancelled'."""
+    cutter = reply_cutter(b"emp_cancel")
+    producer = create_app(cutter.url)
+    try:
+        job = submit("echo", {"n": 1}, app=producer, pool="nobody-serves")
+        assert cancel(job.id, app=producer) == "cancelled"
+    finally:
+        producer.close()
+    assert cutter.cuts == 1
+    assert cancel(job.id, app=app) == "cancelled"
+    assert get_job(job.id, app=app)["status"] == "cancelled"
