@@ -47,10 +47,14 @@ JOB_OPTIONS = (
     "routing",
 )
 
-#: The queue's Redis could not be reached, or its cluster was failing over: the run's
+#: The queue's Redis could not be reached, or its cluster was failing over, or it
+#: refuses writes (at maxmemory under noeviction, a read-only replica): the run's
 #: outcome cannot be recorded now, so the job goes back to pending (``Reject`` with
-#: requeue) rather than being counted as failed.
-STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_REDIRECTS)
+#: requeue) rather than being counted as failed. (A refused progress report failed the
+#: run, and that FAILURE reached a result backend kept elsewhere while the job ran
+#: again and completed.)
+STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+                     redis.ReadOnlyError, *CLUSTER_REDIRECTS)
 logger = logging.getLogger(__name__)
 
 
@@ -185,8 +189,9 @@ class EmpTask(Task):
         except STORE_UNREACHABLE as exc:
             # Reject's requeue goes through emp_requeue (bounded by max_attempts); when
             # Redis is still away the lease lapses and the sweep requeues the job.
-            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable "
-                         f"({type(exc).__name__}: {exc}); requeued", requeue=True) from None
+            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable or "
+                         f"refused writes ({type(exc).__name__}: {exc}); requeued",
+                         requeue=True) from None
 
     def _run(self, context: JobContext, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,7 +14,9 @@ import requests
 from simple_websocket import Client
 
 from capability_router.keys import Keys
-from conftest import wait_for
+from conftest import ROOT, wait_for
+from emp_tasks.app import create_app
+from emp_tasks.local_redis import LocalRedis
 from emp_tasks.producer import get_job, submit
 
 
@@ -184,3 +187,43 @@ def test_a_socket_submit_while_redis_is_full_is_answered_503_and_the_socket_stay
         assert accepted["job_id"] == "full-socket-1"
     finally:
         ws.close()
+
+
+@pytest.fixture
+def results_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A second Redis, as Celery's result backend (a common production split)."""
+    server = LocalRedis(tmp_path / "results", appendonly=False)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_that_meets_a_full_redis_is_run_again_not_failed(
+        client, redis_server, start_worker, redis_full, results_redis, tmp_path) -> None:
+    """Tried: a simulation job reporting progress every 0.2 s, Celery's results in a
+    second Redis; the queue's Redis at maxmemory until the run's next progress report is
+    refused, then memory freed. Before the fix the refused progress write failed the run:
+    its FAILURE (OutOfMemoryError) reached the result backend and ``get()`` raised it,
+    while the job itself ran again once the lease lapsed and its record ended
+    ``completed``. Now the run ends as when Redis is unreachable (requeued, nothing
+    stored) and ``get()`` returns the second attempt's result."""
+    (tmp_path / "results_config.py").write_text(f"result_backend = {results_redis.url!r}\n")
+    worker = start_worker("full-run", PYTHONPATH=f"{ROOT}:{tmp_path}",
+                          EMP_CELERY_CONFIG="results_config")
+    producer = create_app(redis_server.url, result_backend=results_redis.url)
+    try:
+        result = submit("simulation", {"steps": 20, "duration": 4}, app=producer)
+        key = Keys("default").job(result.id)
+        wait_for(lambda: float(client.hget(key, "progress") or 0) > 0, timeout=30,
+                 message="the run's first progress report")
+        redis_full()
+        refused = f"job_failed job={result.id}: OutOfMemoryError"  # the connector's line
+        wait_for(lambda: refused in worker.log_path.read_text(errors="replace"),
+                 timeout=20, message="the run's progress report refused")
+        client.config_set("maxmemory", "0")
+        assert result.get(timeout=60)["success"] is True
+        record = get_job(result.id, app=producer)
+        assert (record["status"], record["attempts"]) == ("completed", 2)
+    finally:
+        producer.close()
