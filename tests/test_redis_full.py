@@ -227,3 +227,24 @@ def test_a_run_that_meets_a_full_redis_is_run_again_not_failed(
         assert (record["status"], record["attempts"]) == ("completed", 2)
     finally:
         producer.close()
+
+
+@pytest.mark.timeout(90)
+def test_the_monitor_answers_503_while_redis_is_full(client, start_server, redis_full) -> None:
+    """Tried: the monitor's Submit action (``POST /emp/api/submit``, as its own page
+    sends it) while Redis is at maxmemory. Before the fix the 503 said "redis
+    unavailable" (kombu wraps the refused publish as a connection error), sending the
+    operator to look for a network fault. Now it says Redis is out of memory, with
+    Retry-After, and nothing is written; reads keep answering."""
+    monitor = start_server("monitor")
+    own = {"Content-Type": "application/json", "Origin": monitor.base,
+           "Sec-Fetch-Site": "same-origin"}
+    body = json.dumps({"service_required": "echo", "payload": {}})
+    redis_full()
+    reply = requests.post(monitor.base + "/emp/api/submit", data=body, headers=own, timeout=10)
+    assert reply.status_code == 503, (reply.status_code, reply.text[:300])
+    assert "out of memory" in reply.text and reply.headers["Retry-After"]
+    assert requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code == 200
+    client.config_set("maxmemory", "0")
+    assert client.zcard(Keys("default").status_index("pending")) == 0
+    assert "Uncaught exception" not in monitor.log_path.read_text(errors="replace")

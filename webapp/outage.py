@@ -104,8 +104,17 @@ class WriteRefusals:
 
 
 def reason_of(exc: BaseException) -> str:
-    """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes."""
-    return next((text for kind, text in REFUSING.items() if isinstance(exc, kind)), REASON)
+    """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
+    under kombu's OperationalError, which wraps a refused publish)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes, never a cycle
+        if seen is None:
+            break
+        for kind, text in REFUSING.items():
+            if isinstance(seen, kind):
+                return text
+        seen = seen.__cause__ or seen.__context__
+    return REASON
 
 
 def init_flask(app: Flask, client: redis.Redis, service: str) -> Outage:
@@ -115,7 +124,7 @@ def init_flask(app: Flask, client: redis.Redis, service: str) -> Outage:
 
     def unavailable(exc: BaseException) -> Response:
         outage.failed(exc)
-        return unavailable_response()
+        return unavailable_response(reason_of(exc))
 
     for kind in UNAVAILABLE:
         app.register_error_handler(kind, unavailable)

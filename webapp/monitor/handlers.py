@@ -22,7 +22,7 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
+from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
 
 T = TypeVar("T")
 
@@ -30,8 +30,8 @@ T = TypeVar("T")
 class RedisUnavailable(tornado.web.HTTPError):
     """A request that could not reach Redis: 503, not logged (the outage is, once)."""
 
-    def __init__(self) -> None:
-        super().__init__(503, REASON)
+    def __init__(self, reason: str = REASON) -> None:
+        super().__init__(503, reason)
 
 
 class MonitorHandler(BaseHandler):
@@ -50,7 +50,10 @@ class MonitorHandler(BaseHandler):
                 None, functools.partial(fn, *args, **kwargs))
         except UNAVAILABLE as exc:
             outage.failed(exc)
-            raise RedisUnavailable() from None
+            raise RedisUnavailable(reason_of(exc)) from None
+        except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
+            self.state.refusals.note(exc)
+            raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
 
