@@ -147,9 +147,10 @@ def without_stored_payload(spec: dict[str, Any], message: dict[str, Any]) -> dic
 def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) -> bool:
     """Whether the job record ``job_id`` holds ``message`` itself (its delivery tag, new
     per publish): an enqueue that found its job "already" filed, because an earlier
-    send of this very call ran but its reply was lost (a connection cut) and the client
-    or kombu sent it again. Refused as a duplicate, the producer was told its accepted
-    job failed and submitted it again."""
+    send of this very call ran but its reply was lost (a connection cut) and the Redis
+    client sent it again. Refused as a duplicate, the producer was told its accepted
+    job failed and submitted it again. (A publish kombu itself retries gets a new
+    delivery tag, so that repeat is still refused as before.)"""
     tag = message.get("properties", {}).get("delivery_tag")
     stored = functions.client.hget(functions.keys.job(job_id), "message")
     if not tag or not stored:
