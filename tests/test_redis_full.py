@@ -248,3 +248,22 @@ def test_the_monitor_answers_503_while_redis_is_full(client, start_server, redis
     client.config_set("maxmemory", "0")
     assert client.zcard(Keys("default").status_index("pending")) == 0
     assert "Uncaught exception" not in monitor.log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_started_on_a_full_or_absent_redis_says_so_in_one_line(
+        client, start_worker, redis_full) -> None:
+    """Tried: ``emp worker`` started while Redis is at maxmemory, and one started on a
+    port where no Redis listens. Before the fix each died with a 40-70 line traceback
+    (redis-py, click, Celery frames) ending in OutOfMemoryError or ConnectionError. Now
+    each exits 1 with one line naming the Redis and the reason."""
+    redis_full()
+    full = start_worker("start-full", wait=False)
+    assert full.process.wait(timeout=60) == 1
+    client.config_set("maxmemory", "0")
+    absent = start_worker("start-absent", wait=False, EMP_REDIS_URL="redis://127.0.0.1:1/0")
+    assert absent.process.wait(timeout=60) == 1
+    for worker, reason in ((full, "out of memory"), (absent, "Connection refused")):
+        log = worker.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, log[-1500:]
+        assert reason in log and "Error: " in log, log[-1500:]
