@@ -22,7 +22,7 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
+from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
 
 T = TypeVar("T")
 #: What Flower's BaseHandler grants every origin under ``FLOWER_UNAUTHENTICATED_API``.
@@ -33,8 +33,8 @@ CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
 class RedisUnavailable(tornado.web.HTTPError):
     """A request that could not reach Redis: 503, not logged (the outage is, once)."""
 
-    def __init__(self) -> None:
-        super().__init__(503, REASON)
+    def __init__(self, reason: str = REASON) -> None:
+        super().__init__(503, reason)
 
 
 class MonitorHandler(BaseHandler):
@@ -61,7 +61,10 @@ class MonitorHandler(BaseHandler):
                 None, functools.partial(fn, *args, **kwargs))
         except UNAVAILABLE as exc:
             outage.failed(exc)
-            raise RedisUnavailable() from None
+            raise RedisUnavailable(reason_of(exc)) from None
+        except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
+            self.state.refusals.note(exc)
+            raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
 
