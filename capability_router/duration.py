@@ -29,6 +29,10 @@ from capability_router.pools import Priors
 #: Longest duration key kept as text; a longer model list is replaced by its digest.
 MAX_KEY_LENGTH = 200
 
+#: Work units of a job at most: sizes whose product overflows (``1e300`` steps of a
+#: ``1e300``-pixel-wide image) are predicted as this, not as infinity.
+MAX_WORK_UNITS = 1e12
+
 #: Seconds a learnt estimate read from Redis is reused (submit-path cost).
 CACHE_SECONDS = 1.0
 
@@ -58,7 +62,7 @@ def job_size(payload: Mapping[str, Any] | None, features: Mapping[str, float]) -
         if value is not None:
             names.append(name)
             units *= value / features[name]
-    return Size(tuple(names), units)
+    return Size(tuple(names), min(units, MAX_WORK_UNITS))
 
 
 def _positive(value: Any) -> float | None:
@@ -69,8 +73,10 @@ def _positive(value: Any) -> float | None:
             value = float(value)
         except ValueError:
             return None
-    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-        return float(value)
+    if isinstance(value, int):
+        value = float(value) if value < 10**300 else math.inf  # float() of more overflows
+    if isinstance(value, float) and math.isfinite(value) and value > 0:
+        return value
     return None
 
 

@@ -51,6 +51,9 @@ from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.pools import Pool, PoolsFile
 
+#: Reads a payload's size fields (``workflow_size.comfyui_size_fields``, say).
+SizeFields = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
 #: Seconds pool state (load, live and idle workers, warm models, learnt durations) is reused.
 CACHE_SECONDS = 1.0
 
@@ -288,13 +291,19 @@ class Router:
         estimate, _ = self.estimate(service, models, payload, features)
         return Decision(pool, estimate, "pool named by the job", [])
 
-    def route(self, spec: JobSpec, features: Mapping[str, float] | None = None) -> JobSpec:
-        """Decide (or keep) the spec's pool and put the decision on it; returns the spec."""
+    def route(self, spec: JobSpec, features: Mapping[str, float] | None = None,
+              size_fields: SizeFields | None = None) -> JobSpec:
+        """Decide (or keep) the spec's pool and put the decision on it; returns the spec.
+
+        ``size_fields`` reads the size fields out of the payload, for a job type whose
+        size is not at the payload's top level (``workflow_size``); None: the payload.
+        """
         if spec.routing is not None:
             return spec
+        sized = spec.payload if size_fields is None else size_fields(spec.payload)
         if spec.pool_named:
-            decision = self.keep(spec.pool, spec.service, spec.job_class, spec.payload, features)
+            decision = self.keep(spec.pool, spec.service, spec.job_class, sized, features)
         else:
-            decision = self.decide(spec.service, spec.job_class, spec.payload, features)
+            decision = self.decide(spec.service, spec.job_class, sized, features)
         spec.route(decision.pool, decision.record_fields())
         return spec

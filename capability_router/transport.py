@@ -149,6 +149,23 @@ def without_stored_payload(spec: dict[str, Any], message: dict[str, Any]) -> dic
     return {**spec, "fields": {k: v for k, v in fields.items() if k != "payload"}}
 
 
+def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) -> bool:
+    """Whether the job record ``job_id`` holds ``message`` itself (its delivery tag, new
+    per publish): an enqueue that found its job "already" filed, because an earlier
+    send of this very call ran but its reply was lost (a connection cut) and the Redis
+    client sent it again. Refused as a duplicate, the producer was told its accepted
+    job failed and submitted it again. (A publish kombu itself retries gets a new
+    delivery tag, so that repeat is still refused as before.)"""
+    tag = message.get("properties", {}).get("delivery_tag")
+    stored = functions.client.hget(functions.keys.job(job_id), "message")
+    if not tag or not stored:
+        return False
+    try:
+        return loads(stored).get("properties", {}).get("delivery_tag") == tag
+    except (ValueError, AttributeError):
+        return False
+
+
 def _eta_ms(eta: Any) -> int:
     if not eta:
         return 0
@@ -280,6 +297,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self._block_next = False
         self._misses = 0
         self._next_due_ms = 0
+        #: Why Redis refused the last claim, while it keeps refusing; None otherwise.
+        self._refusal: str | None = None
         self._registered_queues: set[str] = set()
         #: Namespace -> when (monotonic) this process last recorded it in NAMESPACES_KEY.
         self._known_queues: dict[str, float] = {}
@@ -466,7 +485,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 # The sending task ends quietly on it, so Celery stores no RETRY.
                 raise RetryRefused(job_id, outcome)
         outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
-        if outcome == "duplicate":
+        if outcome == "duplicate" and not filed_by(functions, job_id, message):
             raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")
 
     # -- consume ------------------------------------------------------------
@@ -589,6 +608,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 self._misses = 0
                 raise kombu_redis.Empty()
             result = parse_claim(reply)
+            self._claim_answered()
             if isinstance(result, Claimed):
                 self.claim_latency.observe(queue, perf_counter() - self._claim_sent_at)
                 self._busy_in.add(queue)
@@ -620,7 +640,24 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         if queue and ("NOPROFILE" in text or "Function not found" in text):
             self.register(queue)
         else:
-            logger.error("claim failed: %s", text)
+            self._claim_refused(text)
+
+    def _claim_refused(self, text: str) -> None:
+        """A claim Redis refused for a reason a retry cannot fix at once (out of memory,
+        a read-only replica): wait on the wake-up list before the next one, and log the
+        reason once, not per claim (claiming again at once spun ~3,000 claims and error
+        lines a second while Redis was at maxmemory)."""
+        self._block_next = True
+        if text != self._refusal:
+            logger.error("claim failed: %s (claiming again every %s s until Redis accepts)",
+                         text, self.brpop_timeout or 1)
+            self._refusal = text
+
+    def _claim_answered(self) -> None:
+        """A claim got an answer: end a run of refusals, saying so."""
+        if self._refusal is not None:
+            logger.warning("claims accepted again (after: %s)", self._refusal)
+            self._refusal = None
 
     def _size(self, queue: str) -> int:
         if not is_job_queue(queue):

@@ -48,6 +48,39 @@ def check_cancelled(context: JobContext | None) -> None:
         raise JobCancelled(context.job_id if context else "")
 
 
+def recorded_already(context: JobContext, refused: str, status: str,
+                     error: str | None = None) -> bool:
+    """Whether an outcome the record refused with ``refused`` is this run's own, recorded
+    by the same call already: Redis ran it, the reply was lost (a connection cut) and
+    the client sent it again, which the fence refuses as the job is no longer active.
+
+    Only this attempt can end the job ``completed`` while the record's attempt is this
+    one (``failed`` with this very error: the queue also fails jobs that used up their
+    attempts). Taken for a refusal, the run stored nothing in the result backend and
+    ``AsyncResult.get()`` waited for ever on a job its record said had ended.
+    """
+    if refused != status:
+        return False
+    record, attempts, last_error = context.functions.client.hmget(
+        context.functions.keys.job(context.job_id), "status", "attempts", "last_error")
+    return (record == status and attempts == str(context.attempt)
+            and (error is None or last_error == error))
+
+
+def record_lost(context: JobContext, refused: str) -> bool:
+    """Whether an outcome was refused because the job's record is gone (``missing``),
+    logged as an ERROR: a Redis restarted without persistence, or one evicting keys
+    (an evicting ``maxmemory-policy``). The run ended; its caller still waits on the
+    result backend, so the outcome goes there (it stored nothing: ``AsyncResult.get()``
+    waited for ever on a job that had run to the end)."""
+    if refused != "missing":
+        return False
+    logger.error("job %s attempt %s: its record is gone from Redis (restarted without "
+                 "persistence, or keys evicted: see maxmemory-policy); this run's outcome "
+                 "goes to the result backend only", context.job_id, context.attempt)
+    return True
+
+
 def end_cancelled_run(context: JobContext) -> Ignore:
     """The exception that ends a run which raised JobCancelled, or whose outcome the
     job record refused, logged at INFO.

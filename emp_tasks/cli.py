@@ -55,6 +55,28 @@ def _reachable_url(obj: dict[str, Any]) -> str:
     return location.url
 
 
+def _worker_start_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+            redis.ReadOnlyError)
+
+
+#: What stops a worker's start in one line: Redis absent, or refusing its setup writes.
+WORKER_START_ERRORS = _worker_start_errors()
+
+
+def _start_refusal(exc: BaseException) -> str:
+    """Why Redis stopped a worker's start, in words."""
+    import redis
+
+    if isinstance(exc, redis.OutOfMemoryError):
+        return "is out of memory (maxmemory reached, policy noeviction)"
+    if isinstance(exc, redis.ReadOnlyError):
+        return "is read-only (a replica)"
+    return "does not answer"
+
+
 class EmpGroup(click.Group):
     """The ``emp`` group: a broken ``EMP_CELERY_CONFIG`` is one line, not a traceback."""
 
@@ -141,8 +163,13 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(f"{exc} (-Q, WORKER_POOLS or MACHINE_POOL)") from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
-    run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel,
-               extra_args=["-P", worker_pool] if worker_pool else None)
+    try:
+        run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel,
+                   extra_args=["-P", worker_pool] if worker_pool else None)
+    except WORKER_START_ERRORS as exc:  # before Celery runs: its setup writes to Redis
+        raise click.ClickException(
+            f"worker {profile.worker_id}: Redis at {locate_redis(obj['redis_url']).shown} "
+            f"{_start_refusal(exc)} ({type(exc).__name__}: {exc})") from None
 
 
 @main.command()

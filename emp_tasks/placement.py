@@ -13,7 +13,7 @@ from typing import Any
 
 from capability_router.jobspec import JobSpec
 from capability_router.pools import POOLS_FILE_ENV, load_pools_file
-from capability_router.routing import Router
+from capability_router.routing import Router, SizeFields
 from emp_tasks.connection import get_client
 
 _routers: dict[tuple[int, str, str], Router] = {}
@@ -32,7 +32,8 @@ def router_for(app: Any) -> Router | None:
     return router
 
 
-def place(app: Any, spec: JobSpec, features: Mapping[str, float] | None) -> JobSpec:
+def place(app: Any, spec: JobSpec, features: Mapping[str, float] | None,
+          size_fields: SizeFields | None = None) -> JobSpec:
     """Route the spec when routing is on (a job that names its pool keeps it)."""
     router = router_for(app)
-    return spec if router is None else router.route(spec, features)
+    return spec if router is None else router.route(spec, features, size_fields)

@@ -147,6 +147,8 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     reply = get_functions(app.conf.broker_url, namespace).cancel(job_id)
     if reply[0] == "missing":
         raise JobNotFound(job_id)
+    if len(reply) < 2:  # ended already (cancelled before: a repeat, or a lost reply sent again)
+        return reply[0]
     if reply[0] == JobStatus.CANCELLED and not JobStatus(reply[1]).is_active:
         revoke_unclaimed(app, job_id)  # a running job's run ends REVOKED itself
     if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:

@@ -28,7 +28,13 @@ from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER
 from emp_tasks import tracing
-from emp_tasks.cancellation import check_cancelled, end_cancelled_run, is_cancelled
+from emp_tasks.cancellation import (
+    check_cancelled,
+    end_cancelled_run,
+    is_cancelled,
+    record_lost,
+    recorded_already,
+)
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.lease_keeper import lease_kept
 from emp_tasks.placement import place
@@ -41,10 +47,14 @@ JOB_OPTIONS = (
     "routing",
 )
 
-#: The queue's Redis could not be reached, or its cluster was failing over: the run's
+#: The queue's Redis could not be reached, or its cluster was failing over, or it
+#: refuses writes (at maxmemory under noeviction, a read-only replica): the run's
 #: outcome cannot be recorded now, so the job goes back to pending (``Reject`` with
-#: requeue) rather than being counted as failed.
-STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_REDIRECTS)
+#: requeue) rather than being counted as failed. (A refused progress report failed the
+#: run, and that FAILURE reached a result backend kept elsewhere while the job ran
+#: again and completed.)
+STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+                     redis.ReadOnlyError, *CLUSTER_REDIRECTS)
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +69,10 @@ class EmpTask(Task):
     #: Jobs of one service, model set and present features share a learnt estimate
     #: per unit (``capability_router.duration``). None: every job is one unit.
     duration_features: Mapping[str, float] | None = None
+    #: Where those features are: payload -> flat size fields (a ``staticmethod``), for a
+    #: job type whose size sits deeper than the payload's top level (a ComfyUI
+    #: workflow's sampler and latent nodes). None: the payload's own fields.
+    duration_fields: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     #: Get the job's catalog models onto the machine before it starts (a cold start,
     #: ``emp_tasks.model_prep``); for job types that run on a GPU service.
     prepares_models: bool = False
@@ -100,7 +114,7 @@ class EmpTask(Task):
                                      else self.max_retries)
         spec = JobSpec(service=self.service_name, payload=payload, **fields)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
-            spec = place(self.app, spec, self.duration_features)
+            spec = place(self.app, spec, self.duration_features, self.duration_fields)
             if span is not None:
                 span.set_attribute(tracing.POOL, spec.pool)
                 span.set_attribute("emp.routing", (spec.routing or {}).get("routing", ""))
@@ -179,8 +193,9 @@ class EmpTask(Task):
         except STORE_UNREACHABLE as exc:
             # Reject's requeue goes through emp_requeue (bounded by max_attempts); when
             # Redis is still away the lease lapses and the sweep requeues the job.
-            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable "
-                         f"({type(exc).__name__}: {exc}); requeued", requeue=True) from None
+            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable or "
+                         f"refused writes ({type(exc).__name__}: {exc}); requeued",
+                         requeue=True) from None
 
     def _run(self, context: JobContext, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
@@ -202,8 +217,10 @@ class EmpTask(Task):
             with tracing.span("run", task_id, traced):
                 retval = self._recorded(context, lambda: self._storable(
                     super(EmpTask, self).__call__(*args, **kwargs)))
-        if context.functions.complete(task_id, context.attempt, retval,
-                                      load_ms=load_ms_of(retval)) != "ok":
+        outcome = context.functions.complete(task_id, context.attempt, retval,
+                                             load_ms=load_ms_of(retval))
+        if outcome != "ok" and not recorded_already(context, outcome, JobStatus.COMPLETED) \
+                and not record_lost(context, outcome):
             # Refused (fenced off, or cancelled): Celery keeps the first SUCCESS it
             # stores, so this run's value would hide the outcome of the attempt that
             # holds the job.
@@ -238,8 +255,11 @@ class EmpTask(Task):
         except STORE_UNREACHABLE:
             raise  # nothing can be recorded now: __call__ requeues the job
         except Exception as exc:
-            if context.functions.fail(
-                    self.request.id, context.attempt, f"{type(exc).__name__}: {exc}") != "ok":
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = context.functions.fail(self.request.id, context.attempt, error)
+            if outcome != "ok" and not recorded_already(context, outcome, JobStatus.FAILED,
+                                                        error) \
+                    and not record_lost(context, outcome):
                 raise end_cancelled_run(context) from None  # refused: store no FAILURE
             # The pool process pickles the exception back to the worker: one holding a
             # lock or a socket would turn the recorded failure into a MaybeEncodingError.

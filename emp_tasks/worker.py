@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 
+from capability_router.eviction import warn_if_evicting
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.profile import WorkerProfile
 from capability_router.residency import ResidencyReporter
@@ -117,6 +118,7 @@ def run_worker(
     settings = defaults.queue_settings()
     for pool in pools:
         get_functions(app.conf.broker_url, pool).configure(**settings)
+    warn_if_evicting(get_client(app.conf.broker_url), f"worker {profile.worker_id}")
     report_start_residency(app, profile, pools)
     argv = [
         "worker", "-Q", ",".join(pools), "-c", str(concurrency), "-l", loglevel,

@@ -52,6 +52,7 @@ from capability_router.simulator.metrics import JobOutcome, RunRecord
 from capability_router.simulator.policies import Policy
 from capability_router.simulator.predictive import Predictor
 from capability_router.simulator.trace import Scenario, TraceJob
+from capability_router.workflow_size import COMFYUI_FEATURES, comfyui_size_fields
 
 #: Virtual time 0 (a UTC midnight, 2023-11-15), in ms since the epoch.
 BASE_MS = 1_700_006_400_000
@@ -66,9 +67,11 @@ TICK_MS = 60_000
 #: Expected load ms per tier for warm-first delays (emp_claim's load_ms_*).
 LOAD_MS = {"load_ms_ram": 2000, "load_ms_disk": 8000, "load_ms_remote": 60000}
 #: Duration features per service (as job types declare them: one unit each).
-FEATURES = {"text": {"tokens": 500},
-            "comfyui": {"steps": 1, "width": 1024, "height": 1024, "frames": 1},
+FEATURES = {"text": {"tokens": 500}, "comfyui": COMFYUI_FEATURES,
             "simulation": {"steps": 1, "width": 1024, "height": 1024, "frames": 1}}
+#: Where a service's size fields are, as its job type reads them (the payload if unlisted):
+#: a trace's comfyui job may carry a workflow graph, as production's do.
+SIZE_FIELDS = {"comfyui": comfyui_size_fields}
 #: Virtual seconds after the last arrival the run goes on, to finish jobs.
 DRAIN_SECONDS = 3600
 
@@ -188,7 +191,9 @@ class Simulation:
         learnt: dict[tuple[str, str], list[float]] = {}
         for job in self.history:
             pool = self.hindsight_pool(job)
-            size = job_size(job.payload, FEATURES.get(job.service, {}))
+            read = SIZE_FIELDS.get(job.service)
+            size = job_size(read(job.payload) if read else job.payload,
+                            FEATURES.get(job.service, {}))
             if not pool or size.work_units <= 0:
                 continue
             key = duration_key(job.service, job.models, size.features)
@@ -390,7 +395,7 @@ class Simulation:
                        priority=job.priority)
         predicted = 0.0
         if self.router:
-            self.router.route(spec, FEATURES.get(job.service))
+            self.router.route(spec, FEATURES.get(job.service), SIZE_FIELDS.get(job.service))
             self.count("router_decide")
             predicted = float(spec.routing.get("predicted_ms", 0)) / 1000
         pool = spec.pool if self.policy.pools else "default"

@@ -3,7 +3,9 @@
 Protocol (ComfyUI's, unchanged):
 
 - ``GET /ws?clientId=<id>`` is opened first, so no message of the prompt is missed;
-- ``POST /prompt {prompt, client_id}`` -> ``{prompt_id, number, node_errors}``;
+- ``POST /prompt {prompt, client_id, prompt_id}`` -> ``{prompt_id, number, node_errors}``
+  (the id is chosen here: a POST that timed out may still queue the prompt, which
+  is then found in ``/queue`` and stopped before the job fails);
   400 ``{error, node_errors}`` is a VALIDATION error, or MODEL when a loader's
   model is "not in list";
 - socket messages ``execution_start``, ``execution_cached``, ``executing``
@@ -11,8 +13,11 @@ Protocol (ComfyUI's, unchanged):
   ``execution_success``, ``execution_error``, ``execution_interrupted``
   (binary preview frames are ignored);
 - ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
-  quiet or after it dropped; ``GET /view`` fetches each output file into the
-  output store;
+  quiet or after it dropped (a prompt in neither ``/history`` nor ``/queue`` was
+  removed by another client or lost in a restart: the job fails at once);
+  ``GET /view`` fetches each output file into the output store;
+- ``GET /queue`` after queueing: while other clients' prompts run first, the
+  job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
   the one running, or ``POST /queue {delete}`` if it still waits. ComfyUI acts on
   an interrupt between nodes only, so a stopped job's ``process_job`` returns
@@ -26,8 +31,10 @@ Protocol (ComfyUI's, unchanged):
 - ``GET /system_stats`` is the health check (a ``cpu`` device, ComfyUI's
   ``--cpu``, reports system RAM as VRAM: counted as no GPU memory),
   ``GET /object_info/<loader>`` the model list;
-- a loader that cannot load a model file it lists (corrupt, missing) is a MODEL
-  error naming the model in ``details["bad_models"]``; the connector stops
+- a loader that cannot load a model file it lists (corrupt, missing), or a
+  model input ``/prompt`` finds "not in list" (the file was removed after the
+  worker read its models at start), is a MODEL error naming the model in
+  ``details["bad_models"]``; the connector stops
   reporting the model, and the error is retryable when the job's requirements
   name the model (the worker stops advertising it, so the retry goes to a
   worker whose copy is good; see emp_tasks.bad_models).
@@ -86,7 +93,7 @@ from machine.connectors.comfyui_models import (
     combo_options,
     model_aliases,
 )
-from machine.connectors.comfyui_progress import ProgressTracker
+from machine.connectors.comfyui_progress import ProgressTracker, ahead_text
 from machine.connectors.comfyui_residency import ComfyUIResidency
 from machine.connectors.comfyui_stuck import StuckPrompt
 from machine.connectors.errors import MODEL_INPUTS, classify_error
@@ -96,6 +103,11 @@ DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_SECONDS = 600.0
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 DEFAULT_STOP_WAIT_SECONDS = 120.0
+#: An input no ComfyUI node declares, set on output nodes to make ComfyUI run them again.
+RERUN_INPUT = "emp_rerun"
+#: Socket messages that say ComfyUI is executing the prompt (``executing`` with a node).
+PROMPT_RUNS = frozenset({"execution_start", "execution_cached", "executing", "progress",
+                         "executed"})
 
 
 @dataclass
@@ -117,6 +129,10 @@ class PromptRun:
     off_queue: bool = False
     #: An interrupt or unqueue was sent already.
     stop_sent: bool = False
+    #: ``POST /prompt`` failed after it was sent: ComfyUI may still queue ``prompt_id``.
+    unconfirmed: bool = False
+    #: ComfyUI began executing the prompt (until then it waits behind other prompts).
+    started: bool = False
     last_report: tuple[float, str] | None = None
 
 
@@ -278,18 +294,43 @@ class ComfyUIConnector(Connector):
     # -- jobs ---------------------------------------------------------------------
 
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
-        """Queue the workflow, follow it to the end, store its output files."""
+        """Queue the workflow, follow it to the end, store its output files.
+
+        ComfyUI serves an unchanged output node from its cache, naming the file it
+        saved then; if that file was deleted since (an output folder cleaned up),
+        the output nodes run once more, with an input they ignore but ComfyUI's
+        cache keys on (``RERUN_INPUT``): only they run, their inputs stay cached.
+        """
         workflow = self._workflow(job.payload)
+        tracker = ProgressTracker(workflow)
+        run, entry = self._prompt(job, workflow, tracker, progress)
+        try:
+            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+        except OutputGone as gone:
+            self.log(None, job.job_id, logging.WARNING, f"{gone.message} (deleted since "
+                     "ComfyUI cached it); running the output nodes again")
+            rerun = _with_rerun_input(workflow, entry.get("outputs") or {})
+            run, entry = self._prompt(job, rerun, tracker, progress)
+            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+        tracker.finish()
+        self._report(run, tracker, progress)
+        return JobOutput(True, data={"prompt_id": run.prompt_id,
+                                     "outputs": entry.get("outputs") or {},
+                                     "status": entry.get("status") or {}},
+                         output_files=output_files)
+
+    def _prompt(self, job: JobInput, workflow: dict[str, Any], tracker: ProgressTracker,
+                progress: ProgressCallback) -> tuple[PromptRun, dict[str, Any]]:
+        """Run ``workflow`` as one prompt; its run and history entry."""
         self._wait_until_free()
         run = PromptRun(job.job_id)
-        tracker = ProgressTracker(workflow)
         client_id = f"emp-{uuid.uuid4().hex}"
         with self._lock:
             self._runs[job.job_id] = run
         try:
             entry = self._run_prompt(run, workflow, client_id, tracker, progress)
         except ConnectorError as exc:
-            if exc.error_type == ErrorType.MODEL and exc.details.get("node_id") is not None:
+            if exc.error_type == ErrorType.MODEL:
                 unusable = self._unusable_models(exc, workflow, job)
                 if unusable is not None:
                     raise unusable from None
@@ -298,13 +339,7 @@ class ComfyUIConnector(Connector):
             with self._lock:
                 self._runs.pop(job.job_id, None)
         self.models_held.ran(workflow)
-        output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
-        tracker.finish()
-        self._report(run, tracker, progress)
-        return JobOutput(True, data={"prompt_id": run.prompt_id,
-                                     "outputs": entry.get("outputs") or {},
-                                     "status": entry.get("status") or {}},
-                         output_files=output_files)
+        return run, entry
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop the job's prompt if it runs or waits here; process_job then raises."""
@@ -339,18 +374,29 @@ class ComfyUIConnector(Connector):
         try:
             try:
                 _await_greeting(run.socket, self.greeting_timeout_seconds)
-                run.prompt_id = self._queue_prompt(workflow, client_id)
             except ConnectorError as exc:
-                raise _unavailable(exc, before_prompt=run.prompt_id is None
-                                   and "POST /prompt" not in exc.message) from exc
+                raise _unavailable(exc, before_prompt=True) from exc
+            prompt_id = str(uuid.uuid4())
+            try:
+                run.prompt_id = self._queue_prompt(workflow, client_id, prompt_id)
+            except ConnectorError as exc:
+                error = _unavailable(exc, before_prompt=False)
+                if (exc.error_type in (ErrorType.TIMEOUT, ErrorType.NETWORK)
+                        and not isinstance(error, ServiceUnavailable)):
+                    run.prompt_id, run.unconfirmed = prompt_id, True
+                raise error from exc
             self.log("job_started", run.job_id, prompt_id=run.prompt_id)
             if run.cancel.is_set():  # cancelled while we queued it
                 self._stop_quietly(run)
+            elif self._waiting(run, tracker):
+                self._report(run, tracker, progress)
             return self._follow(run, client_id, tracker, progress)
         except BaseException:
             # Cancelled (here or by the progress callback), timed out or failed: the
             # worker's next job must not be queued into a ComfyUI still running this one.
-            if run.prompt_id and not run.off_queue and not run.dequeued:
+            if run.unconfirmed:
+                self._withdraw(run)
+            elif run.prompt_id and not run.off_queue and not run.dequeued:
                 if not run.ended and not run.stop_sent:
                     self._stop_quietly(run)
                 self._await_off_queue(run)
@@ -358,8 +404,11 @@ class ComfyUIConnector(Connector):
         finally:
             _close_quietly(run.socket)
 
-    def _queue_prompt(self, workflow: dict[str, Any], client_id: str) -> str:
-        response = self.client.post("/prompt", {"prompt": workflow, "client_id": client_id})
+    def _queue_prompt(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> str:
+        """``POST /prompt`` under an id chosen here (ComfyUI keeps it), so a prompt
+        whose POST timed out can still be found; returns the id ComfyUI answers with."""
+        response = self.client.post("/prompt", {"prompt": workflow, "client_id": client_id,
+                                                "prompt_id": prompt_id})
         try:
             body = response.json()
         except ValueError:
@@ -384,19 +433,32 @@ class ComfyUIConnector(Connector):
                     raise JobCancelledByService(f"job {run.job_id} cancelled")
                 next_history_check = min(next_history_check, now + self.stop_poll_seconds)
             elif now >= deadline:
+                if not run.started:
+                    self._waiting(run, tracker)
+                ahead = 0 if run.started else tracker.queue_ahead
                 self._stop_quietly(run)
+                if ahead:
+                    raise ConnectorError(
+                        f"prompt {run.prompt_id} never started within {self.timeout_seconds:g}s: "
+                        f"ComfyUI was busy with other prompts ({ahead_text(ahead)})",
+                        ErrorType.TIMEOUT)
                 raise ConnectorError(f"prompt {run.prompt_id} did not finish within "
                                      f"{self.timeout_seconds:g}s", ErrorType.TIMEOUT)
             try:
                 raw = run.socket.receive(timeout=0.25)
             except ConnectionClosed:
-                run.socket = self._reconnect(client_id)
+                try:
+                    run.socket = self._reconnect(client_id)
+                except ConnectorError as exc:
+                    raise ConnectorError(f"ComfyUI at {self.client.url} went away while prompt "
+                                         f"{run.prompt_id} ran (stopped or restarting?): "
+                                         f"{exc.message}", exc.error_type) from exc
                 next_history_check = now
                 continue
             if raw is None or isinstance(raw, bytes):  # quiet, or a binary preview frame
                 if now >= next_history_check:
                     next_history_check = now + self.history_poll_seconds
-                    entry = self._history(run.prompt_id)
+                    entry = self._history(run.prompt_id) or self._unless_gone(run)
                     if entry is not None:
                         return self._outcome(run, entry)
                 continue
@@ -407,6 +469,13 @@ class ComfyUIConnector(Connector):
             kind, data = message.get("type"), message.get("data") or {}
             if data.get("prompt_id") not in (None, run.prompt_id):
                 continue  # another prompt on the same server
+            if kind == "status" and not run.started and tracker.queue_ahead:
+                if self._waiting(run, tracker):  # a prompt ahead of it ended
+                    self._report(run, tracker, progress)
+                continue
+            if kind in PROMPT_RUNS and data.get("node", "") is not None and not run.started:
+                run.started = True
+                tracker.waiting(0)
             if kind == "executing" and data.get("node") is None:
                 if data.get("prompt_id") == run.prompt_id:
                     run.off_queue = True
@@ -475,6 +544,24 @@ class ComfyUIConnector(Connector):
         entry = self.client.get_json(f"/history/{prompt_id}")
         return entry.get(prompt_id) if isinstance(entry, dict) else None
 
+    def _unless_gone(self, run: PromptRun) -> None:
+        """Raise if the prompt, not in ``/history``, is not in ``/queue`` either.
+
+        Another client removed it (ComfyUI's "clear queue", a delete) or ComfyUI
+        restarted: no message will ever come for it. ComfyUI moves a prompt from
+        its queue to its history under one lock, so ``/history`` is read again
+        for a prompt that ended between the two reads.
+        """
+        try:
+            if self._in_queue(str(run.prompt_id)) or self._history(run.prompt_id) is not None:
+                return None
+        except (LookupError, TypeError, AttributeError):  # an odd /queue: keep waiting
+            return None
+        run.ended = run.off_queue = True
+        raise ConnectorError(f"prompt {run.prompt_id} left ComfyUI's queue without running "
+                             "(removed by another client, or ComfyUI restarted)",
+                             ErrorType.SERVICE)
+
     def _wait_for_history(self, run: PromptRun) -> dict[str, Any]:
         deadline = time.monotonic() + self.history_wait_seconds
         while True:
@@ -518,6 +605,63 @@ class ComfyUIConnector(Connector):
         except (ConnectorError, LookupError, TypeError, AttributeError) as exc:
             self.log(None, run.job_id, logging.WARNING,
                      f"could not stop prompt {run.prompt_id}: {exc}")
+
+    def _withdraw(self, run: PromptRun) -> None:
+        """After a ``POST /prompt`` that failed once sent: stop the prompt if ComfyUI
+        queued it anyway (a server too busy to answer in time queues it later); never raises.
+
+        Looks for ``prompt_id`` in ``/queue`` until ComfyUI has answered without it
+        for ``history_wait_seconds``, at most ``stop_wait_seconds`` in all; a refused
+        connection means ComfyUI is down, its queue gone with it.
+        """
+        prompt_id = str(run.prompt_id)
+        deadline = time.monotonic() + self.stop_wait_seconds
+        absent_since: float | None = None
+        while (now := time.monotonic()) < deadline:
+            try:
+                if self._in_queue(prompt_id):
+                    self.log(None, run.job_id, logging.WARNING, f"ComfyUI queued prompt "
+                             f"{prompt_id} after its POST failed; stopping it")
+                    self._stop_quietly(run)
+                    self._await_off_queue(run)
+                    return
+                if self._history(prompt_id) is not None:
+                    return  # it ran already
+                if absent_since is None:
+                    absent_since = now
+                elif now - absent_since >= self.history_wait_seconds:
+                    return
+            except ConnectorError as exc:
+                if isinstance(_unavailable(exc, before_prompt=False), ServiceUnavailable):
+                    return
+                absent_since = None
+            except (LookupError, TypeError, AttributeError) as exc:
+                self.log(None, run.job_id, logging.WARNING,
+                         f"could not tell whether ComfyUI queued prompt {prompt_id}: {exc}")
+                return
+            time.sleep(self.stop_poll_seconds)
+
+    def _waiting(self, run: PromptRun, tracker: ProgressTracker) -> bool:
+        """Count the prompts ComfyUI runs before this one (``/queue``); True if that changed.
+
+        Other clients (an artist's browser) share the server. Never raises: the
+        count is only for the job's progress message.
+        """
+        try:
+            queue = self.client.get_json("/queue")
+            running = list(queue.get("queue_running") or [])
+            pending = list(queue.get("queue_pending") or [])
+            number = next((row[0] for row in pending if row[1] == run.prompt_id), None)
+            if number is None and all(row[1] != run.prompt_id for row in running):
+                return False  # ended, or removed: the history checks tell which
+            ahead = 0 if number is None else len(running) + sum(
+                1 for row in pending if row[0] < number)
+        except (ConnectorError, LookupError, TypeError, AttributeError):
+            return False
+        if run.started or ahead == tracker.queue_ahead:
+            return False
+        tracker.waiting(ahead)
+        return True
 
     def _in_queue(self, prompt_id: str) -> bool:
         """Whether ComfyUI's ``/queue`` still lists the prompt (running or waiting)."""
@@ -585,25 +729,28 @@ class ComfyUIConnector(Connector):
 
     def _unusable_models(self, exc: ConnectorError, workflow: dict[str, Any],
                          job: JobInput) -> ModelUnusableHere | None:
-        """A loader failed on a model it lists: stop reporting it; retry elsewhere if required.
+        """A model this worker advertised is unusable here: stop reporting it; retry
+        elsewhere if the job requires it.
 
-        The failing node's model inputs name the model; its aliases go into
-        ``bad_models`` and into the error, which the worker uses to re-register
-        its profile without them. None when the node names no model.
+        Either a loader failed on a model ComfyUI lists (corrupt, missing file:
+        the failing node's model inputs name it), or ComfyUI refused the prompt
+        because a model input is "not in list" (the file was removed after the
+        worker read its models at start). Their aliases go into the error, which
+        the worker uses to re-register its profile without them, and, for a model
+        ComfyUI still lists, into ``bad_models``. None when the error names no model.
         """
-        node = workflow.get(str(exc.details.get("node_id"))) or {}
         names: set[str] = set()
-        for input_name, value in (node.get("inputs") or {}).items():
-            if input_name in MODEL_INPUTS and isinstance(value, str) and value:
-                names |= model_aliases(value)
+        for value in _failed_models(exc, workflow):
+            names |= model_aliases(value)
         if not names:
             return None
-        self.bad_models |= names
+        if exc.details.get("node_id") is not None:  # listed but unloadable: ComfyUI lists it on
+            self.bad_models |= names
         required = (job.requirements or {}).get("models") or []
         required = [required] if isinstance(required, str) else required
         elsewhere = isinstance(required, list) and bool(names & set(required))
         self.log("model_unusable", job.job_id, logging.WARNING,
-                 f"{', '.join(sorted(names))} cannot be loaded here ({exc.message}); "
+                 f"{', '.join(sorted(names))} cannot be used here ({exc.message}); "
                  "no longer reported", models=sorted(names))
         return ModelUnusableHere(exc.message, {self.service: sorted(names)},
                                  retry_elsewhere=elsewhere, details=exc.details)
@@ -629,6 +776,9 @@ class ComfyUIConnector(Connector):
         file_type = str(item.get("type") or "output")
         response = self.client.request("GET", "/view", params={
             "filename": filename, "subfolder": subfolder, "type": file_type})
+        if response.status_code == 404:
+            raise OutputGone(f"ComfyUI GET /view {filename}: HTTP 404", ErrorType.SERVICE,
+                             {"node_id": node_id, "filename": filename, "subfolder": subfolder})
         if response.status_code != 200:
             raise ConnectorError(f"ComfyUI GET /view {filename}: HTTP {response.status_code}",
                                  ErrorType.SERVICE)
@@ -639,6 +789,26 @@ class ComfyUIConnector(Connector):
         return {"filename": filename, "subfolder": subfolder, "type": file_type,
                 "node_id": node_id, "kind": kind, "url": url, "size": len(response.content),
                 "content_type": content_type}
+
+
+class OutputGone(ConnectorError):
+    """``/view`` has no file of that name (any more)."""
+
+
+def _with_rerun_input(workflow: dict[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``workflow`` with a new ``RERUN_INPUT`` value on each node in ``outputs``.
+
+    ComfyUI passes a node only the inputs it declares, but its cache key holds
+    every input: those nodes run again, the nodes they read from stay cached.
+    """
+    nonce = uuid.uuid4().hex
+    rerun = dict(workflow)
+    for node_id in outputs:
+        node = workflow.get(str(node_id))
+        if isinstance(node, dict):
+            rerun[str(node_id)] = {**node, "inputs": {**(node.get("inputs") or {}),
+                                                      RERUN_INPUT: nonce}}
+    return rerun
 
 
 def execution_error(data: Mapping[str, Any]) -> ConnectorError:
@@ -652,6 +822,23 @@ def execution_error(data: Mapping[str, Any]) -> ConnectorError:
         {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
          "exception_type": exception_type,
          "traceback": list(data.get("traceback") or [])[-5:]})
+
+
+def _failed_models(exc: ConnectorError, workflow: Mapping[str, Any]) -> list[str]:
+    """The model values a MODEL error is about: the failing node's model inputs
+    (``execution_error``), or those ``/prompt`` validation found not in list."""
+    values: list[Any] = []
+    node_id = exc.details.get("node_id")
+    if node_id is not None:
+        node = workflow.get(str(node_id)) or {}
+        values += [value for name, value in (node.get("inputs") or {}).items()
+                   if name in MODEL_INPUTS]
+    for node_error in (exc.details.get("node_errors") or {}).values():
+        for item in (node_error or {}).get("errors") or []:
+            extra = item.get("extra_info") or {}
+            if item.get("type") == "value_not_in_list" and extra.get("input_name") in MODEL_INPUTS:
+                values.append(extra.get("received_value"))
+    return [value for value in values if isinstance(value, str) and value]
 
 
 def _rejection(body: Mapping[str, Any]) -> ConnectorError:

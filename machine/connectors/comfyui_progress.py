@@ -27,6 +27,12 @@ class ProgressTracker:
         self.max_steps = 0
         self._percent = 0.0
         self.finished = False
+        #: Prompts ComfyUI runs before this one (other clients' too); 0 once it started.
+        self.queue_ahead = 0
+
+    def waiting(self, ahead: int) -> None:
+        """The prompt waits in ComfyUI's queue behind ``ahead`` others (0: it started)."""
+        self.queue_ahead = max(0, int(ahead))
 
     def cached(self, nodes: list[Any]) -> None:
         self.done.update(str(node) for node in nodes)
@@ -75,7 +81,9 @@ class ProgressTracker:
         """The progress to publish now, with node and step detail."""
         percent = self.percent
         node_class = self.classes.get(self.current or "", "")
-        if self.current is None:
+        if self.current is None and self.queue_ahead and not self.finished:
+            message = f"waiting in ComfyUI's queue: {ahead_text(self.queue_ahead)}"
+        elif self.current is None:
             message = "completed" if self.finished else "started"
         elif self.max_steps:
             message = f"{node_class or 'node'} #{self.current}: step {self.step}/{self.max_steps}"
@@ -84,5 +92,10 @@ class ProgressTracker:
         return Progress(round(percent, 2), message, {
             "node": self.current, "node_class": node_class or None, "step": self.step,
             "max_steps": self.max_steps, "nodes_done": self.nodes_done,
-            "nodes_total": self.nodes_total,
+            "nodes_total": self.nodes_total, "queue_ahead": self.queue_ahead,
         })
+
+
+def ahead_text(count: int) -> str:
+    """``1 prompt ahead``, ``3 prompts ahead``."""
+    return f"{count} prompt{'' if count == 1 else 's'} ahead"

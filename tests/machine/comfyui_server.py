@@ -23,7 +23,9 @@ and this server does too:
   (a sampler also stops at its next step, as ComfyUI's progress hook checks it);
 - ``/system_stats`` with ``cpu=True`` (``--cpu``) reports one ``cpu`` device
   whose ``vram_total`` is the system RAM;
-- ``VAELoader`` lists ``pixel_space``, which is not a model file.
+- ``VAELoader`` lists ``pixel_space``, which is not a model file;
+- ``POST /prompt`` takes the prompt id the client chose (``prompt_id`` in the
+  body) and answers with it; without one it picks a uuid4.
 
 Failure paths as a real server has them:
 
@@ -126,6 +128,8 @@ class ComfyUITestServer:
     :param username/password: require basic auth; ``token``: require a bearer token.
     :param tls: (certfile, keyfile) to serve https/wss.
     :param combo_format: describe combos as newer ComfyUI does (``["COMBO", {options}]``).
+    :param prompt_delay_seconds: ``POST /prompt`` waits this long before it queues the
+        prompt and answers (a ComfyUI too busy to answer in time still queues it later).
     """
 
     def __init__(self, root: Path, checkpoints: Iterable[str] = ("sd15.safetensors",),
@@ -136,7 +140,8 @@ class ComfyUITestServer:
                  corrupt_checkpoints: Iterable[str] = (), vaes: Iterable[str] = (),
                  cpu: bool = False, username: str | None = None,
                  password: str | None = None, token: str | None = None,
-                 tls: tuple[str, str] | None = None, combo_format: bool = False) -> None:
+                 tls: tuple[str, str] | None = None, combo_format: bool = False,
+                 prompt_delay_seconds: float = 0.0) -> None:
         self.root = Path(root)
         self.dirs = {kind: self.root / kind for kind in ("output", "temp", "input")}
         for directory in self.dirs.values():
@@ -150,6 +155,7 @@ class ComfyUITestServer:
         self.max_pixels = max_pixels
         self.username, self.password, self.token = username, password, token
         self.tls, self.combo_format = tls, combo_format
+        self.prompt_delay_seconds = prompt_delay_seconds
         self.pending: list[dict[str, Any]] = []
         self.running: dict[str, Any] | None = None
         self.history: dict[str, dict[str, Any]] = {}
@@ -233,6 +239,7 @@ class ComfyUITestServer:
                 return jsonify({"error": {"type": "no_prompt", "message": "No prompt provided",
                                           "details": "No prompt provided", "extra_info": {}},
                                 "node_errors": {}}), 400
+            time.sleep(self.prompt_delay_seconds)
             workflow, client_id = body.get("prompt"), body.get("client_id")
             error = self._validate(workflow)
             if error is not None:
@@ -240,7 +247,10 @@ class ComfyUITestServer:
             extra_data = dict(body.get("extra_data") or {})
             if "client_id" in body:
                 extra_data["client_id"] = client_id
-            item = {"number": next(self._numbers), "prompt_id": str(uuid.uuid4()),
+            extra_data["create_time"] = int(time.time() * 1000)  # as ComfyUI 0.8 adds it
+            # As ComfyUI's server.py: the client may choose the id.
+            prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+            item = {"number": next(self._numbers), "prompt_id": prompt_id,
                     "prompt": workflow, "client_id": client_id, "extra_data": extra_data}
             with self._cond:
                 if self.running is not None:
@@ -269,6 +279,7 @@ class ComfyUITestServer:
                     self.pending.clear()
                 drop = set(body.get("delete") or [])
                 self.pending[:] = [i for i in self.pending if i["prompt_id"] not in drop]
+            self._broadcast_status()  # as ComfyUI's queue_updated
             return Response(status=200)
 
         @app.post("/interrupt")
@@ -298,7 +309,7 @@ class ComfyUITestServer:
                 abort(400)
             path = (base / request.args.get("subfolder", "") / request.args["filename"]).resolve()
             if not path.is_relative_to(base.resolve()):
-                abort(403)
+                abort(400)  # as ComfyUI 0.8 answers ``filename=../x``
             if not path.is_file():
                 abort(404)
             return send_file(path, mimetype="image/png")
@@ -550,8 +561,9 @@ class ComfyUITestServer:
                     raise Interrupted(node_id)
                 with self._cond:
                     self._last_node = node_id
-                send("executing", {"node": node_id, "display_node": node_id})
+                # As ComfyUI 0.8 sends them: the node's progress_state first, then executing.
                 self._progress_state(send, states, node_id, "running", 0, 1)
+                send("executing", {"node": node_id, "display_node": node_id})
                 ui = self._run_node(node_id, workflow, values, send, states)
                 self._progress_state(send, states, node_id, "finished", 1, 1)
                 executed.append(node_id)
@@ -645,9 +657,10 @@ class ComfyUITestServer:
             raise NodeError(node_id, "FileNotFoundError", "[Errno 2] No such file or directory: "
                             f"'/ComfyUI/models/checkpoints/{inputs['ckpt_name']}'")
         if kind == "CheckpointLoaderSimple" and inputs["ckpt_name"] in self.corrupt_checkpoints:
-            # execution.py's full_type_name: the Rust extension's module, then the class.
-            raise NodeError(node_id, "safetensors_rust.SafetensorError",
-                            "Error while deserializing header: header too small")
+            # execution.py's full_type_name (module, then class) and the exception's text,
+            # as real ComfyUI 0.8 sent them for an empty checkpoint file.
+            raise NodeError(node_id, "safetensors._safetensors_rust.SafetensorError",
+                            "Error while deserializing header: header too small\n")
         if kind == "KSampler":
             latent = self._linked(workflow, node_id, "latent_image", values)
             pixels = latent.get("width", 512) * latent.get("height", 512) * latent.get("batch", 1)

@@ -474,8 +474,10 @@ def test_comfyui_that_does_not_stop_in_time_is_unhealthy_until_it_does(
 @pytest.mark.parametrize("required", [True, False], ids=["required", "not-required"])
 def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
         start_comfyui, store, caplog, required) -> None:
-    """Real ComfyUI on an empty or truncated checkpoint: ``execution_error``
-    safetensors_rust.SafetensorError "Error while deserializing header: header too small".
+    """Real ComfyUI 0.8 on an empty checkpoint file: ``execution_error``
+    ``{"node_id": "1", "node_type": "CheckpointLoaderSimple", "exception_type":
+    "safetensors._safetensors_rust.SafetensorError", "exception_message": "Error while
+    deserializing header: header too small\\n", "traceback": [...], ...}``.
 
     Tried: a server listing flux.safetensors whose copy is corrupt. The job
     fails with a MODEL error naming the model (all its aliases), retryable only
@@ -492,7 +494,181 @@ def test_a_corrupt_model_file_is_a_model_error_and_no_longer_reported(
         connector.run_job(JobInput("bad", "comfyui", {"workflow": txt2img(ckpt="flux.safetensors")},
                                    requirements=requirements), lambda r: None)
     assert caught.value.error_type == ErrorType.MODEL and "header too small" in str(caught.value)
+    assert caught.value.message == ("CheckpointLoaderSimple #4: safetensors._safetensors_rust."
+                                    "SafetensorError: Error while deserializing header: "
+                                    "header too small")
     assert caught.value.details["bad_models"] == {"comfyui": ["flux", "flux.safetensors"]}
     assert caught.value.retryable is required
     assert connector.available_models() == {"comfyui": ["sd15", "sd15.safetensors"]}
     assert [r.event for r in caplog.records if getattr(r, "event", None) == "model_unusable"]
+
+
+def test_a_prompt_comfyui_queues_after_the_post_timed_out_is_stopped(start_comfyui, store) -> None:
+    """Real ComfyUI 0.8, frozen (SIGSTOP) for 6 s while the connector POSTed
+    /prompt with a 3 s read timeout: the job failed with ``[timeout] ComfyUI POST
+    /prompt timed out``; once ComfyUI resumed, it queued and ran the prompt anyway
+    (``/queue`` then showed it running under the job's client id), an orphan the
+    job's retry then queued behind. ComfyUI's ``POST /prompt`` takes a
+    client-chosen ``prompt_id``, so the connector can find that prompt.
+
+    Tried: a server that takes 1.5 s to queue and answer, a 0.5 s HTTP timeout,
+    and a prompt that then runs for 3 s. Before: the error came at once and the
+    orphan ran to the end (``execution_success``), no interrupt. Now the job still
+    fails with the timeout (retryable), but only after the orphan was stopped.
+    """
+    server = start_comfyui(prompt_delay_seconds=1.5, slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store)
+    connector.client.http_timeout = 0.5
+    started = time.monotonic()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("slow-post", txt2img(steps=1)), lambda report: None)
+    assert caught.value.error_type == ErrorType.TIMEOUT and "POST /prompt" in str(caught.value)
+    assert caught.value.retryable
+    [(prompt_id, entry)] = server.history.items()  # it ended before run_job returned
+    assert server.interrupts == [prompt_id]
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    assert time.monotonic() - started < 10
+
+
+def test_a_cached_output_whose_file_was_deleted_is_saved_again(comfyui, store) -> None:
+    """Studios clean ComfyUI's output folder once the outputs are stored. Real
+    ComfyUI 0.8 then serves an identical workflow from its cache anyway:
+    ``execution_cached {"nodes": ["1", "2", "3"]}``, ``executed {"node": "3",
+    "output": {"images": [{"filename": "clean_00001_.png", "subfolder": "",
+    "type": "output"}]}}`` naming the deleted file, and ``/view`` answers 404.
+    With an extra input on the SaveImage node (ComfyUI ignores inputs a node does
+    not declare but keys its cache on them) it re-ran only that node:
+    ``execution_cached {"nodes": ["1", "2"]}`` and wrote the file again.
+
+    Tried: a txt2img job, its output file deleted from ComfyUI's output folder,
+    then the same workflow again. Before: ``[service] ComfyUI GET /view
+    clean_00001_.png: HTTP 404``, and the same on every retry. Now the output
+    node runs again (its inputs cached) and the job gets its image.
+    """
+    connector = connector_for(comfyui, store)
+    first = connector.run_job(job("first", txt2img(steps=1, prefix="clean")), lambda r: None)
+    [stored] = first.output_files
+    (comfyui.dirs["output"] / stored["filename"]).unlink()
+    reports: list[Progress] = []
+    again = connector.run_job(job("again", txt2img(steps=1, prefix="clean")), reports.append)
+    [entry] = again.output_files
+    assert store.path_for("again", entry["filename"]).read_bytes().startswith(b"\x89PNG")
+    cached = [sorted(next(m[1]["nodes"] for m in e["status"]["messages"]
+                          if m[0] == "execution_cached")) for e in comfyui.history.values()]
+    assert cached == [[], ["3", "4", "5", "6", "7", "8", "9"], ["3", "4", "5", "6", "7", "8"]]
+    percents = [r.percent for r in reports]
+    assert percents == sorted(percents) and percents[-1] == 100
+
+
+def test_comfyui_going_away_mid_job_is_a_network_error_that_says_so(start_comfyui, store) -> None:
+    """Real ComfyUI 0.8 killed (kill -9) 4 s into a job: the socket closed, the
+    reconnects were refused and the job failed 2 s later with ``[network] ComfyUI
+    WebSocket ws://127.0.0.1:18188/ws?clientId=emp-a1eb...: ConnectionRefusedError(111,
+    'Connection refused')``, which names neither the prompt nor what happened.
+
+    Tried: the same with the test server stopped during a 3 s VAEDecode. Now the
+    message says ComfyUI went away while the prompt ran; still a NETWORK error
+    (retryable: the job may run again once ComfyUI is back).
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store)
+    threading.Thread(target=lambda: (wait_until(lambda: server._last_node == "8", timeout=10),
+                                     server.stop()), daemon=True).start()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("gone", txt2img(steps=1)), lambda report: None)
+    assert caught.value.error_type == ErrorType.NETWORK and caught.value.retryable
+    assert "went away while prompt" in caught.value.message
+    assert "Connection refused" in caught.value.message
+
+
+@pytest.mark.timeout(60)
+def test_a_job_behind_other_clients_prompts_says_it_waits_in_comfyuis_queue(
+        start_comfyui, store) -> None:
+    """A studio's artists queue their own prompts on the ComfyUI the worker uses.
+    Real ComfyUI 0.8, with another client's 4 s prompt running: the job's socket
+    got only ``status {"exec_info": {"queue_remaining": 2}}`` (then 1) until, 4 s
+    later, ``execution_start`` for the job's prompt.
+
+    Tried: another client's 2 s prompt, then a job; then the same with a job
+    timeout of 0.5 s. Before: the job said "started" at 0 % the whole wait, and
+    the timeout error read "prompt X did not finish within 0.5s", as if it had
+    run. Now progress says it waits with 1 prompt ahead, and the timeout says the
+    prompt never started because ComfyUI was busy with other prompts.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 2})
+    connector = connector_for(server, store)
+
+    def other_client(steps: int) -> None:  # new steps each time: not served from cache
+        requests.post(f"{server.url}/prompt", json={
+            "prompt": txt2img(steps=steps, prefix="artist"), "client_id": "artist"}, timeout=5)
+        wait_until(lambda: server.running is not None, message="the artist's prompt to run")
+
+    other_client(1)
+    reports: list[Progress] = []
+    output = connector.run_job(job("behind", txt2img(steps=2)), reports.append)
+    assert output.success
+    waiting = [r for r in reports if r.details.get("queue_ahead")]
+    assert waiting and waiting[0].percent == 0 and waiting[0].details["queue_ahead"] == 1
+    assert waiting[0].message == "waiting in ComfyUI's queue: 1 prompt ahead"
+    assert reports[-1].message == "completed" and not reports[-1].details["queue_ahead"]
+
+    wait_until(lambda: server.running is None and not server.pending, message="an idle server")
+    other_client(3)
+    impatient = connector_for(server, store, timeout_seconds=0.5)
+    with pytest.raises(ConnectorError) as caught:
+        impatient.run_job(job("gives-up", txt2img(steps=2)), lambda report: None)
+    assert caught.value.error_type == ErrorType.TIMEOUT
+    assert "never started" in caught.value.message and "1 prompt ahead" in caught.value.message
+
+
+@pytest.mark.timeout(60)
+def test_a_prompt_another_client_removes_from_comfyuis_queue_fails_the_job_at_once(
+        start_comfyui, store) -> None:
+    """An artist clears ComfyUI's queue (or deletes one item) from its web page.
+    Real ComfyUI 0.8, the job's prompt waiting behind another client's, ``POST
+    /queue {"clear": true}`` from a third client: the job's socket got one
+    ``status`` and nothing more; the prompt was in neither ``/queue`` nor
+    ``/history``. Before: the job waited out its whole timeout (20 s there, 600 by
+    default) and failed with ``[timeout] prompt ... did not finish within 20s``.
+
+    Tried: the same on the test server (history checked every 0.3 s). Now the
+    job fails within a few seconds with a service error (retryable) saying the
+    prompt left ComfyUI's queue without running.
+    """
+    server = start_comfyui(slow_nodes={"VAEDecode": 3})
+    connector = connector_for(server, store, timeout_seconds=30)
+    connector.history_poll_seconds = 0.3
+    requests.post(f"{server.url}/prompt", json={
+        "prompt": txt2img(steps=1, prefix="artist"), "client_id": "artist"}, timeout=5)
+    wait_until(lambda: server.running is not None, message="the artist's prompt to run")
+
+    def clear_when_queued() -> None:
+        wait_until(lambda: server.pending, message="the job's prompt to queue")
+        requests.post(f"{server.url}/queue", json={"clear": True}, timeout=5)
+
+    threading.Thread(target=clear_when_queued, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job("cleared", txt2img(steps=2)), lambda report: None)
+    assert time.monotonic() - started < 5
+    assert caught.value.error_type == ErrorType.SERVICE and caught.value.retryable
+    assert "left ComfyUI's queue without running" in caught.value.message
+
+
+def test_a_model_comfyui_no_longer_lists_is_reported_again_once_it_is_back(
+        start_comfyui, store) -> None:
+    """A model removed from ComfyUI's disk after the worker read its models: the
+    job gets a MODEL error naming it (the worker stops advertising it, see
+    test_comfyui_jobs), but unlike a corrupt file, which ComfyUI keeps listing,
+    the connector does not hide it for good: copied back, it is reported again."""
+    server = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"])
+    connector = connector_for(server, store)
+    server.checkpoints.remove("flux.safetensors")
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(JobInput("gone", "comfyui", {"workflow": txt2img(
+            ckpt="flux.safetensors")}, requirements={"models": ["flux"]}), lambda r: None)
+    assert caught.value.error_type == ErrorType.MODEL and caught.value.retryable
+    assert caught.value.details["bad_models"] == {"comfyui": ["flux", "flux.safetensors"]}
+    assert "Value not in list" in caught.value.message
+    server.checkpoints.append("flux.safetensors")
+    assert "flux.safetensors" in connector.available_models()["comfyui"]

@@ -162,7 +162,7 @@ def test_a_corrupt_model_file_sends_the_job_to_a_worker_with_a_good_copy(
     [entry] = bad.history.values()
     error = entry["status"]["messages"][-1]
     assert error[0] == "execution_error"
-    assert error[1]["exception_type"] == "safetensors_rust.SafetensorError"
+    assert error[1]["exception_type"] == "safetensors._safetensors_rust.SafetensorError"
     log = worker_a.log_path.read_text()
     assert "stops advertising comfyui:flux" in log and "header too small" in log
 
@@ -208,3 +208,47 @@ def test_a_worker_whose_comfyui_outlives_the_stop_wait_claims_nothing_until_it_i
     assert server.queued_while_busy == []
     wait_until(lambda: status_of_worker()["status"] != "service_unhealthy", timeout=10,
                message="the worker to claim again")
+
+
+@pytest.mark.timeout(150)
+def test_a_model_removed_from_comfyui_after_the_worker_started_sends_the_job_elsewhere(
+        app, client, start_worker, start_comfyui, tmp_path) -> None:
+    """The worker reads its models once, at start; a model deleted from ComfyUI's
+    disk later is still advertised. Real ComfyUI 0.8 (sd15.safetensors listed by
+    /object_info, then deleted) refuses the prompt with HTTP 400:
+    ``{"error": {"type": "prompt_outputs_failed_validation", ...}, "node_errors":
+    {"1": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+    "details": "ckpt_name: 'sd15.safetensors' not in ['dummy.safetensors']",
+    "extra_info": {"input_name": "ckpt_name", "input_config": [["dummy.safetensors"],
+    {...}], "received_value": "sd15.safetensors"}}], "class_type": "CheckpointLoaderSimple"}}}``.
+
+    Tried: comfy-a starts while its ComfyUI lists flux.safetensors, which is then
+    removed; a job requiring flux lands on comfy-a. Before: it failed at once
+    (``[model] ... Value not in list``, not retried) and comfy-a kept advertising
+    flux, so every flux job routed to it failed the same way. Now comfy-a stops
+    advertising flux and the job is retried on comfy-b, which has it.
+    """
+    bad = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"])
+    good = start_comfyui(checkpoints=["sd15.safetensors", "flux.safetensors"])
+    worker_a = start_worker("comfy-a", **comfy_env(bad, tmp_path))
+
+    def profile_of(worker_id: str) -> dict:
+        return next(w["profile"] for w in WorkerRegistry(client).workers()
+                    if w["worker_id"] == worker_id)
+
+    wait_until(lambda: "flux" in profile_of("comfy-a")["models"]["comfyui"],
+               message="comfy-a to advertise flux")
+    bad.checkpoints.remove("flux.safetensors")  # deleted from its disk
+    result = submit("comfyui", {"workflow": txt2img(ckpt="flux.safetensors", steps=1)},
+                    requirements={"models": ["flux"]}, max_retries=3, app=app)
+    wait_until(lambda: "flux" not in profile_of("comfy-a")["models"]["comfyui"]
+               or get_job(result.id, app=app)["status"] == "failed",
+               timeout=60, message="comfy-a to drop flux")
+    assert get_job(result.id, app=app)["status"] != "failed"
+    models_a = profile_of("comfy-a")["models"]["comfyui"]
+    assert "flux.safetensors" not in models_a and "sd15.safetensors" in models_a
+    start_worker("comfy-b", **comfy_env(good, tmp_path))
+    value = result.get(timeout=60)
+    assert value["success"] and value["worker"].startswith("comfy-b@")
+    assert bad.history == {} and len(good.history) == 1
+    assert "stops advertising comfyui:flux" in worker_a.log_path.read_text()

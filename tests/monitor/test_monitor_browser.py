@@ -48,6 +48,10 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
     errors: list[str] = []
 
     def open_(url: str | None, live: bool = True, **context_options: Any) -> Any:
+        # Playwright's wait_for_function compiles its predicate in the page, which the
+        # monitor's Content Security Policy forbids; test_monitor_security_headers opens
+        # its pages with bypass_csp=False to check the pages themselves under it.
+        context_options.setdefault("bypass_csp", True)
         context = browser.new_context(viewport={"width": 1400, "height": 900}, **context_options)
         contexts.append(context)
         page = context.new_page()
@@ -485,6 +489,31 @@ def test_the_json_endpoints_refuse_bad_input_and_change_nothing(
         answer = reply.json()
         assert answer["success"] is False and words in answer["error"], (path, answer)
     assert records() == before
+
+
+def test_a_pool_filter_that_is_no_pool_name_is_a_400_naming_it(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
+    """Tried: the Jobs page's Pool filter with a typo an operator makes ('gpu fast', with a
+    space) and '{x}', and the same as ``/emp/api/jobs?pool=``. Each was a 500 "Internal
+    Server Error" (and a traceback in the monitor's log). Now a 400 says what a pool name
+    is, the page shows it, and a good filter still lists the pool's jobs."""
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 pool="fast", app=app)
+    for bad in ("gpu fast", "{x}", "a" * 65):
+        reply = requests.get(monitor.base + "/emp/api/jobs", params={"pool": bad}, timeout=10)
+        assert reply.status_code == 400, (bad, reply.status_code, reply.text)
+        assert f"invalid pool name {bad!r}" in reply.json()["error"], reply.text
+    page = open_page(monitor.base + "/jobs")
+    page.fill("#f-pool", "gpu fast")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    assert "invalid pool name 'gpu fast'" in page.inner_text("#emp-error")
+    page.fill("#f-pool", "fast")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector("#emp-error.d-none", state="attached")
+    assert page.inner_text("#jobs-total") == "1–1 of 1"
+    assert page.query_selector(f'#jobs-table tr[data-job-id="{job.id}"]') is not None
 
 
 def test_emp_monitor_refuses_an_option_flower_does_not_have() -> None:

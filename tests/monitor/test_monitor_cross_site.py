@@ -100,3 +100,30 @@ def test_an_open_monitor_answers_no_foreign_name_dns_rebinding(
         reply = requests.get(monitor.base + "/emp/api/queue", headers={"Host": host},
                              timeout=10)
         assert reply.status_code == 200, (host, reply.status_code)
+
+
+def test_flowers_open_api_option_does_not_open_the_monitors_data_to_other_sites(
+        start_server, app: Any) -> None:
+    """Tried: a monitor without authentication and ``FLOWER_UNAUTHENTICATED_API=true``
+    (Flower's switch for scripts to use its own API without a login), read from another
+    site's page with the operator's browser: the monitor's job list and a job's record
+    (customers' payloads and results), its live event stream and its pages all answered
+    ``Access-Control-Allow-Origin: *``, so any page the operator visited could read them.
+    Now only Flower's own API (what the switch is for) answers other origins."""
+    monitor = start_server("monitor", FLOWER_UNAUTHENTICATED_API="true")
+    job = submit("simulation", {"steps": 1, "secret": "customer data"},
+                 requirements={"hardware": {"gpu_memory_gb": 99}}, app=app)
+    foreign = {"Origin": "http://evil.example"}
+    for path in ("/emp/api/jobs", f"/emp/api/jobs/{job.id}", "/emp/api/queue",
+                 "/emp/api/machines", "/emp/api/webhooks", "/emp/events", "/jobs", "/queue"):
+        reply = requests.get(monitor.base + path, headers=foreign, stream=True, timeout=10)
+        assert reply.status_code == 200, (path, reply.status_code)
+        assert "Access-Control-Allow-Origin" not in reply.headers, path
+        reply.close()
+    preflight = requests.options(monitor.base + "/emp/api/submit", timeout=10, headers={
+        **foreign, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    # Flower's API keeps what its switch promises.
+    reply = requests.get(monitor.base + "/api/workers", headers=foreign, timeout=10)
+    assert reply.headers.get("Access-Control-Allow-Origin") == "*"

@@ -89,7 +89,8 @@ def test_the_pools_page_draws_charts_that_move_while_jobs_run(
     window = requests.get(monitor.base + "/emp/api/pools/default/metrics?window=2h", timeout=10)
     assert window.status_code == 400
     assert window.json()["error"] == "unknown window '2h': use one of 1h, 24h"
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    # bypass_csp: wait_for_function compiles its predicate in the page (see open_page).
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     errors: list[str] = []
     try:
         page = context.new_page()

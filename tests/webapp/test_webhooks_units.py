@@ -182,23 +182,35 @@ def test_a_job_keeps_its_own_customer_whatever_its_events_carry(client) -> None:
     assert matches(acme_only, done) is False
 
 
-def test_an_attempt_ends_at_its_timeout_however_slowly_the_answer_arrives() -> None:
+#: What a slow receiver sends: its status line, then the rest a byte every 0.25 s.
+TRICKLES = {
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b"x" * 20),
+    "header lines": (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"y" * 12 + b"\r\n"),
+}
+
+
+@pytest.mark.parametrize("part", TRICKLES)
+def test_an_attempt_ends_at_its_timeout_however_slowly_the_answer_arrives(part: str) -> None:
     """Tried: a receiver that sends its headers at once, then its 20-byte body one byte
-    every 0.25 s (5 s). urllib3's timeout bounds each read, so a 1 s attempt lasted the
-    whole 5 s and came back 200 (with the defaults, past the 40 s lease: the delivery
-    was sent again beside itself). Now the attempt ends at 1 s, a transient failure."""
+    every 0.25 s (5 s); and one that sends its status line, then a header line a byte
+    every 0.25 s. urllib3's timeout bounds each read, so a 1 s attempt lasted the whole
+    5 s and came back 200 (with the defaults, past the 40 s lease: the delivery was sent
+    again beside itself); the header-line trickle outlasted even the body's fix, which
+    could reach the connection only once urllib3 returned the headers. Now the attempt
+    ends at 1 s, a transient failure, whichever part is slow."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    head, slow = TRICKLES[part]
 
     def trickle() -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
-            for _ in range(20):
+            conn.sendall(head)
+            for byte in slow:
                 time.sleep(0.25)
                 try:
-                    conn.sendall(b"x")
+                    conn.sendall(bytes([byte]))
                 except OSError:
                     return
 

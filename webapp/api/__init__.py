@@ -12,6 +12,7 @@ import threading
 import redis
 from flask import Flask
 
+from capability_router.eviction import warn_if_evicting
 from capability_router.functions import ensure_library
 from webapp import outage
 from webapp.auth import json_errors, warn_if_open
@@ -51,6 +52,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     try:
         ensure_library(app.extensions["emp"].redis)
         limits.ensure_library(app.extensions["emp"].redis)
+        warn_if_evicting(app.extensions["emp"].redis, "emp api")
     except redis.RedisError:  # Redis not up yet: /health says so; the first call loads it
         logger.warning("could not load the function library at start", exc_info=True)
     app.extensions["emp_events"] = events.EventHub(settings.redis_url)

@@ -31,11 +31,22 @@ from webapp.api.submission import submit_body
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
 from webapp.backend import Backend
+from webapp.outage import (
+    REFUSING,
+    RETRY_AFTER_SECONDS,
+    UNAVAILABLE,
+    Outage,
+    WriteRefusals,
+    reason_of,
+)
 
 #: How long a client's subscriptions are remembered for a reconnect, seconds.
 SUBSCRIPTIONS_TTL = 24 * 3600
 #: WebSocket close code "try again later" (RFC 6455 registry: 1013).
 CLOSE_TRY_LATER = 1013
+#: Redis outages and refused writes met by this process's client sockets, logged once.
+SOCKET_OUTAGE = Outage("emp api sockets")
+SOCKET_REFUSALS = WriteRefusals("emp api sockets")
 
 
 def _subscriptions_key(principal: Principal, client_id: str) -> str:
@@ -132,7 +143,20 @@ class ClientConnection:
             self.session.send(error_message(f"unknown message type {kind!r}",
                                             message_id=message.get("message_id")))
             return
-        handler(message)
+        try:
+            handler(message)
+        except (*UNAVAILABLE, *REFUSING) as exc:
+            # As REST's 503: the client learns why and when to try again, and keeps its
+            # socket (the exception closed it with a protocol error and no message).
+            if isinstance(exc, tuple(REFUSING)):
+                SOCKET_REFUSALS.note(exc, "answering error 503 on sockets")
+            else:
+                SOCKET_OUTAGE.failed(exc)
+            self.session.send(error_message(reason_of(exc), status=503,
+                                            retry_after=RETRY_AFTER_SECONDS,
+                                            message_id=message.get("message_id")))
+            return
+        SOCKET_OUTAGE.succeeded()
 
     def submit(self, message: dict[str, Any]) -> None:
         """Submit a job. A ``message_id`` is the job id and an idempotency key: a retry

@@ -356,8 +356,9 @@ def _responses() -> dict[str, Any]:
                                              "nothing was written."),
                     "headers": {"Retry-After": RETRY_AFTER}},
         # Of every operation that reaches Redis (``webapp.outage``).
-        "Unavailable": {**_json(ERROR_REF, "Redis is unreachable; try again after "
-                                           "Retry-After."),
+        "Unavailable": {**_json(ERROR_REF, "Redis is unreachable, or refuses writes "
+                                           "(out of memory, read-only); nothing was "
+                                           "written; try again after Retry-After."),
                         "headers": {"Retry-After": RETRY_AFTER}},
     }
 

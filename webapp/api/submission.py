@@ -94,7 +94,8 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
             return spec
         task = producer.services(backend.celery).get(service)
         if task is not None:  # an unknown service is refused by the submit
-            spec = placement.place(backend.celery, spec, task.duration_features)
+            spec = placement.place(backend.celery, spec, task.duration_features,
+                                       task.duration_fields)
         return spec
     except InvalidJob as exc:
         raise Invalid(str(exc)) from None

@@ -9,6 +9,7 @@ from flower.app import Flower, rewrite_handler
 
 from webapp.monitor import routes
 from webapp.monitor.cancellations import CancellationFeed
+from webapp.monitor.headers import SecurityHeaders
 from webapp.monitor.hosts import UnknownHostHandler, allowed_names, host_allowed
 from webapp.monitor.state import MonitorState
 from webapp.monitor.templating import LayeredLoader
@@ -29,6 +30,7 @@ class EmpMonitor(Flower):
         if options.url_prefix:
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]
         self.add_handlers(r".*", ours + routes.root_handlers())
+        self.add_transform(SecurityHeaders)  # every answer, Flower's too: no framing, CSP
         self.cancellations = CancellationFeed(state.hub, self.events.state, self.io_loop)
         #: Names an open monitor answers (``hosts``); None: every name (auth is on, or ``*``).
         self.answered_names = (None if options.basic_auth or options.auth

@@ -22,16 +22,19 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, RETRY_AFTER_SECONDS, UNAVAILABLE
+from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
 
 T = TypeVar("T")
+#: What Flower's BaseHandler grants every origin under ``FLOWER_UNAUTHENTICATED_API``.
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
+                "Access-Control-Allow-Methods")
 
 
 class RedisUnavailable(tornado.web.HTTPError):
     """A request that could not reach Redis: 503, not logged (the outage is, once)."""
 
-    def __init__(self) -> None:
-        super().__init__(503, REASON)
+    def __init__(self, reason: str = REASON) -> None:
+        super().__init__(503, reason)
 
 
 class MonitorHandler(BaseHandler):
@@ -40,6 +43,14 @@ class MonitorHandler(BaseHandler):
     @property
     def state(self) -> MonitorState:
         return self.application.emp
+
+    def set_default_headers(self) -> None:
+        """Flower's, without its CORS grant: ``FLOWER_UNAUTHENTICATED_API`` opens Flower's
+        own API to scripts, but the monitor's pages, job records (customers' payloads and
+        results) and live stream stay readable by the monitor's own pages only."""
+        super().set_default_headers()
+        for name in CORS_HEADERS:
+            self.clear_header(name)
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on the application's executor; RedisUnavailable (503)
@@ -50,7 +61,10 @@ class MonitorHandler(BaseHandler):
                 None, functools.partial(fn, *args, **kwargs))
         except UNAVAILABLE as exc:
             outage.failed(exc)
-            raise RedisUnavailable() from None
+            raise RedisUnavailable(reason_of(exc)) from None
+        except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
+            self.state.refusals.note(exc)
+            raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
 

@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 from jsonschema import Draft4Validator
 
-from capability_router.keys import DEFAULT_NAMESPACE
+from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.states import JobStatus
 from emp_tasks import producer
 from webapp.api import listing
@@ -56,6 +56,11 @@ def parse_query(args: dict[str, str]) -> dict[str, Any]:
     for name in FILTERS:
         if query[name] is not None and len(query[name]) > 200:
             raise BadQuery(f"{name} is longer than 200 characters")
+    if query["pool"] is not None:
+        try:
+            check_namespace(query["pool"])
+        except ValueError as exc:  # a pool's keys cannot even be named: 400, not 500
+            raise BadQuery(str(exc)) from None
     query["limit"] = _bounded(args, "limit", 50, 1, MAX_LIMIT)
     query["offset"] = _bounded(args, "offset", 0, 0, 10**9)
     return query

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from emp_tasks import defaults
 from webapp.api.events import EventHub
 from webapp.backend import Backend
-from webapp.outage import Outage
+from webapp.outage import Outage, WriteRefusals
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -32,6 +32,8 @@ class MonitorState:
     url_prefix: str = ""
     version: str = field(default_factory=lambda: _digest(STATIC_DIR))
     outage: Outage = field(default_factory=lambda: Outage("emp monitor"))
+    #: Writes Redis refused (full, read-only), logged once a minute.
+    refusals: WriteRefusals = field(default_factory=lambda: WriteRefusals("emp monitor"))
     #: ``/metrics`` open to anyone although the monitor has auth (``EMP_METRICS_PUBLIC=1``).
     metrics_public: bool = field(default_factory=lambda: (
         defaults.env("EMP_METRICS_PUBLIC", "") or "").lower() in ("1", "true", "yes"))

@@ -15,6 +15,7 @@ import logging
 
 from flask import Flask
 
+from webapp import outage
 from webapp.auth import json_errors, warn_if_open
 from webapp.serve import serve
 from webapp.settings import WEBHOOK_PORT, WebSettings
@@ -38,13 +39,15 @@ def create_app(settings: WebSettings | None = None, start_delivery: bool = True,
     app.config["EMP_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    delivery = DeliveryService(get_client(settings.redis_url), config)
+    client = get_client(settings.redis_url)
+    delivery = DeliveryService(client, config)
     app.extensions["emp_webhooks"] = delivery
     app.register_blueprint(routes.bp)
     if start_delivery:
         delivery.start()
 
     json_errors(app, settings.max_body_bytes)
+    outage.init_flask(app, client, "emp webhooks")
 
     return app
 

@@ -40,6 +40,7 @@ import redis
 from capability_router.cluster import STREAM_SLICE_MS, slot_groups
 from capability_router.keys import Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
+from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks import keys
 from webapp.webhooks.config import GROUP, WebhookConfig
 from webapp.webhooks.enrich import Enricher
@@ -48,6 +49,8 @@ from webapp.webhooks.filters import matches
 from webapp.webhooks.library import WebhookFunctions
 
 logger = logging.getLogger(__name__)
+#: Writes Redis refused, logged once a minute for all of this process's consumers.
+REFUSALS = WriteRefusals("webhook consumer")
 
 #: Entries read per call.
 BATCH = 200
@@ -209,6 +212,10 @@ class EventConsumer:
                     stop.wait(STANDBY_POLL_SECONDS)
                 elif self._read_entries:
                     stop.wait(READ_COALESCE_SECONDS)
+            except tuple(REFUSING) as exc:  # full or read-only: no traceback a second
+                REFUSALS.note(exc, "retrying every second")
+                self._read_pending = True
+                stop.wait(1.0)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self.streams = {}

@@ -48,6 +48,7 @@ from typing import Any
 import redis
 
 from emp_tasks import tracing
+from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
 from webapp.webhooks.sender import Sender, SendResult
@@ -55,6 +56,8 @@ from webapp.webhooks.signing import signature_headers
 from webapp.webhooks.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
+#: Writes Redis refused, logged once a minute for all of this process's dispatchers.
+REFUSALS = WriteRefusals("webhook dispatcher")
 
 #: Deliveries of one hook sent back to back before its lease is given up,
 #: so a long backlog does not keep a thread from other hooks.
@@ -155,6 +158,9 @@ class Dispatcher:
                 self.work(claim)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("webhook dispatcher: Redis unavailable (%s); retrying", exc)
+                stop.wait(1.0)
+            except tuple(REFUSING) as exc:  # full or read-only: a traceback a second helps no one
+                REFUSALS.note(exc, "retrying every second")
                 stop.wait(1.0)
             except Exception:
                 logger.exception("webhook dispatcher: unexpected error")

@@ -21,6 +21,12 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from webapp.webhooks.addresses import AddressPolicy, AddressRefused, UnresolvableHost
+from webapp.webhooks.deadlines import (
+    Attempt,
+    Deadlines,
+    WatchedHTTPConnection,
+    WatchedHTTPSConnection,
+)
 
 try:
     import certifi
@@ -81,6 +87,7 @@ class Sender:
         self.connections = connections
         self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
         self._lock = threading.Lock()
+        self._deadlines = Deadlines()
 
     def _pool(self, scheme: str, address: str, port: int,
               host: str) -> urllib3.HTTPConnectionPool:
@@ -94,9 +101,11 @@ class Sender:
                         address, port, maxsize=self.connections, block=False,
                         cert_reqs="CERT_REQUIRED", ca_certs=CA_CERTS, server_hostname=name,
                         assert_hostname=name)
+                    pool.ConnectionCls = WatchedHTTPSConnection
                 else:
                     pool = urllib3.HTTPConnectionPool(address, port, maxsize=self.connections,
                                                       block=False)
+                    pool.ConnectionCls = WatchedHTTPConnection
                 self._pools[key] = pool
             self._pools.move_to_end(key)
             while len(self._pools) > MAX_POOLS:
@@ -125,69 +134,59 @@ class Sender:
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             sent["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-        error = ""
-        for address in addresses:
-            pool = self._pool(parts.scheme, address, port, host)
-            try:
-                response = pool.urlopen(
-                    "POST", target, body=body, headers=sent, retries=False, redirect=False,
-                    assert_same_host=False, preload_content=False,
-                    timeout=urllib3.Timeout(total=self.timeout))
-            except (NewConnectionError, ConnectTimeoutError) as exc:
-                error = f"cannot connect to {address}:{port}: {_reason(exc)}"
-                continue
-            except HTTPError as exc:
-                return SendResult(None, elapsed(), error=_reason(exc), address=address)
-            data, error = _read_within(response, started + self.timeout - time.monotonic())
-            if data is None:
-                response.close()
-                return SendResult(None, elapsed(), error=f"timed out after {self.timeout:g} s "
-                                  "(the response was still arriving)", address=address)
-            if error:
-                response.close()
-                return SendResult(response.status, elapsed(), error=error, address=address)
-            if len(data) <= READ_LIMIT:
-                response.release_conn()
-            else:
-                response.close()
-            return SendResult(
-                response.status, elapsed(),
-                excerpt=data[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
-                retry_after_ms=_retry_after_ms(response.headers.get("Retry-After")),
-                address=address)
+        with self._deadlines.attempt(started + self.timeout - time.monotonic()) as attempt:
+            error = ""
+            for address in addresses:
+                result = self._post_to(address, port, parts.scheme, host, target, body, sent,
+                                       attempt)
+                if isinstance(result, str):
+                    error = result
+                    continue
+                result.latency_ms = elapsed()
+                return result
         return SendResult(None, elapsed(), error=error or "no address to connect to")
 
+    def _post_to(self, address: str, port: int, scheme: str, host: str, target: str,
+                 body: bytes, headers: dict[str, str], attempt: Attempt) -> SendResult | str:
+        """One address's answer, or why it could not be connected to (try the next)."""
+        pool = self._pool(scheme, address, port, host)
+        late = SendResult(None, 0, error=f"timed out after {self.timeout:g} s (the response "
+                          "was still arriving)", address=address)
+        try:
+            response = pool.urlopen(
+                "POST", target, body=body, headers=headers, retries=False, redirect=False,
+                assert_same_host=False, preload_content=False,
+                timeout=urllib3.Timeout(total=self.timeout))
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            return f"cannot connect to {address}:{port}: {_reason(exc)}"
+        except HTTPError as exc:
+            return late if attempt.expired else SendResult(None, 0, error=_reason(exc),
+                                                           address=address)
+        try:
+            data, error = response.read(READ_LIMIT + 1), ""
+        except HTTPError as exc:
+            data, error = b"", _reason(exc)
+        if attempt.expired:
+            response.close()
+            return late
+        if error:
+            response.close()
+            return SendResult(response.status, 0, error=error, address=address)
+        if len(data) <= READ_LIMIT:
+            response.release_conn()
+        else:
+            response.close()
+        return SendResult(
+            response.status, 0, excerpt=data[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
+            retry_after_ms=_retry_after_ms(response.headers.get("Retry-After")),
+            address=address)
+
     def close(self) -> None:
+        self._deadlines.close()
         with self._lock:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
-
-
-def _read_within(response: urllib3.HTTPResponse, seconds: float) -> tuple[bytes | None, str]:
-    """Up to READ_LIMIT + 1 bytes of the body, read within ``seconds``: (data, "") or
-    (b"", the read error); (None, "") when the time ran out first.
-
-    urllib3's timeout bounds each read, not the attempt: a receiver sending one byte a
-    second kept an attempt going for as long as it liked (the lease ran out under it
-    and the delivery was sent again beside itself). Past the deadline the socket is shut
-    down under the read."""
-    late = threading.Event()
-
-    def expire() -> None:
-        late.set()
-        response.shutdown()
-
-    timer = threading.Timer(max(0.0, seconds), expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        data, error = response.read(READ_LIMIT + 1), ""
-    except HTTPError as exc:
-        data, error = b"", _reason(exc)
-    finally:
-        timer.cancel()
-    return (None, "") if late.is_set() else (data, error)
 
 
 def _reason(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from capability_router.eviction import warn_if_evicting
 from emp_tasks import tracing
 from webapp.webhooks.addresses import AddressPolicy
 from webapp.webhooks.config import WebhookConfig
@@ -76,6 +77,7 @@ class DeliveryService:
             try:
                 ensure_library(self.client)
                 released = WebhookFunctions(self.client).release(f"{self.config.instance}:")
+                warn_if_evicting(self.client, "emp webhooks")
                 break
             except redis.RedisError as exc:
                 logger.warning("webhook service: waiting for Redis (%s)", exc)

@@ -46,6 +46,8 @@
 
   form.addEventListener("submit", (e) => {
     e.preventDefault(); offset = 0;
+    const jobId = form.elements.job_id.value.trim();  // an id opens its job's page
+    if (jobId) { location.href = `${EMP.prefix}/jobs/${encodeURIComponent(jobId)}`; return; }
     history.replaceState(null, "", "?" + query().toString());
     refresh.now();
   });

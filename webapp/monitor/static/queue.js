@@ -32,6 +32,17 @@
     return texts.map((t, i) => count.get(t) > 1 ? `${t} (class ${classes[i].class.slice(0, 8)})` : t);
   }
 
+  /* The banner names the classes holding the most jobs, not all of them: thousands of
+     classes (one per job, say) made pages of text above the table, which flags each. */
+  const NAMED = 5;
+  function named(classes) {
+    const order = classes.map((c, i) => i).sort((a, b) => classes[b].pending - classes[a].pending);
+    const texts = labels(classes);
+    const more = classes.length - NAMED;
+    return order.slice(0, NAMED).map((i) => texts[i]).join("; ") +
+      (more > 0 ? `; and ${more} more class${more > 1 ? "es" : ""} (flagged in the table below)` : "");
+  }
+
   async function load() {
     const data = await EMP.api("/queue");
     const pending = data.pools.reduce((n, p) => n + p.pending, 0);
@@ -47,7 +58,7 @@
     const alert = document.getElementById("queue-alert");
     alert.classList.toggle("d-none", bad.length === 0);
     alert.textContent = bad.length ? `${bad.length} requirement class${bad.length > 1 ? "es" : ""} (${stuck} job${stuck === 1 ? "" : "s"}) cannot be served by any live worker: ${
-      labels(bad).join("; ")}. These jobs will wait forever unless such a worker joins or they are cancelled.` : "";
+      named(bad)}. These jobs will wait forever unless such a worker joins or they are cancelled.` : "";
     body.innerHTML = data.classes.map(row).join("");
     document.getElementById("queue-empty").classList.toggle("d-none", data.classes.length > 0);
     EMP.stamp();

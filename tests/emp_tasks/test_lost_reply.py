@@ -1,0 +1,186 @@
+"""A worker's connection cut after Redis ran its call but before the reply came back:
+the client sends the call again, and a job's outcome must still reach everyone once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from capability_router.keys import Keys
+from conftest import wait_for
+from emp_tasks.app import create_app
+from emp_tasks.producer import cancel, get_job, submit
+
+
+class ReplyCutter:
+    """A TCP proxy to Redis that, once, forwards a command holding ``marker`` and then
+    closes both sides instead of relaying its reply: Redis ran it, the caller never
+    learns so and sends it again on a new connection (redis-py's retry)."""
+
+    def __init__(self, port: int, marker: bytes) -> None:
+        self.port, self.marker = port, marker
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.lock = threading.Lock()
+        self.armed = True
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inner, _ = self.listener.accept()
+            except OSError:
+                return
+            outer = socket.create_connection(("127.0.0.1", self.port))
+            state = {"cut_next_reply": False}
+            threading.Thread(target=self._requests, args=(inner, outer, state),
+                             daemon=True).start()
+            threading.Thread(target=self._replies, args=(outer, inner, state),
+                             daemon=True).start()
+
+    def _requests(self, inner: socket.socket, outer: socket.socket, state: dict) -> None:
+        try:
+            while data := inner.recv(65536):
+                with self.lock:
+                    if self.armed and self.marker in data:
+                        self.armed, state["cut_next_reply"] = False, True
+                outer.sendall(data)
+        except OSError:
+            pass
+
+    def _replies(self, outer: socket.socket, inner: socket.socket, state: dict) -> None:
+        try:
+            while data := outer.recv(65536):
+                if state["cut_next_reply"]:
+                    self.cuts += 1
+                    break
+                inner.sendall(data)
+        except OSError:
+            pass
+        for end in (inner, outer):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def reply_cutter(redis_server) -> Iterator[type]:
+    made: list[ReplyCutter] = []
+
+    def make(marker: bytes) -> ReplyCutter:
+        made.append(ReplyCutter(redis_server.port, marker))
+        return made[-1]
+
+    yield make
+    for cutter in made:
+        cutter.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_completion_whose_reply_was_lost_still_reaches_the_result_backend(
+        app, client, start_worker, reply_cutter) -> None:
+    """Tried: a worker whose Redis connection is cut right after Redis ran its
+    emp_complete (the job recorded completed by attempt 1), before the reply arrived;
+    redis-py sends the call again. Before the fix the second call was refused
+    ('completed': no longer active), the worker took its own completion for a fenced-off
+    run and stored nothing in Celery's result backend: ``AsyncResult.get()`` waited for
+    ever on a job its record said was completed, attempt 1."""
+    cutter = reply_cutter(b"emp_complete")
+    start_worker("cut-w1", EMP_REDIS_URL=cutter.url)
+    result = submit("echo", {"n": 7}, app=app)
+    assert result.get(timeout=20)["echo"] == {"n": 7}
+    assert cutter.cuts == 1
+    record = get_job(result.id, app=app)
+    assert (record["status"], record["attempts"], record["worker_id"]) == ("completed", 1,
+                                                                          "cut-w1")
+    events = [fields["event"] for _, fields in client.xrange(Keys("default").job_events(
+        result.id))]
+    assert events.count("complete_job") == 1, events
+    wait_for(lambda: client.zscore(Keys("default").leases, result.id) is None, timeout=10,
+             message="no lease left")
+
+
+@pytest.mark.timeout(90)
+def test_a_failure_whose_reply_was_lost_still_reaches_the_result_backend(
+        app, client, start_worker, reply_cutter) -> None:
+    """Tried: as above, with a run that fails for good (no retries left): the connection
+    is cut after Redis ran its emp_fail, before the reply. Before the fix the call sent
+    again was refused ('failed'), the run stored no FAILURE and ``get()`` waited for ever
+    on a job its record said had failed."""
+    cutter = reply_cutter(b"emp_fail")
+    start_worker("cut-w2", EMP_REDIS_URL=cutter.url)
+    result = submit("echo", {"fail_times": 1}, app=app, max_retries=0)
+    with pytest.raises(Exception, match="asked to fail"):
+        result.get(timeout=20)
+    assert cutter.cuts == 1
+    record = get_job(result.id, app=app)
+    assert (record["status"], record["attempts"]) == ("failed", 1)
+    events = [fields["event"] for _, fields in client.xrange(Keys("default").job_events(
+        result.id))]
+    assert events.count("job_failed") == 1, events
+
+
+@pytest.mark.timeout(60)
+def test_a_submit_whose_reply_was_lost_is_accepted_once(client, reply_cutter) -> None:
+    """Tried: a producer whose connection is cut right after Redis ran its emp_enqueue
+    (the job filed), before the reply; redis-py sends it again. Before the fix the
+    second call found the job and ``submit()`` raised InvalidJob "already exists" for
+    the job it had just filed: the caller, told it failed, submits again (a second
+    job). Now the submit returns the job, filed once."""
+    cutter = reply_cutter(b"emp_enqueue")
+    producer = create_app(cutter.url)
+    try:
+        result = submit("echo", {"n": 3}, app=producer)
+    finally:
+        producer.close()
+    assert cutter.cuts == 1
+    assert client.hget(Keys("default").job(result.id), "status") == "pending"
+    assert client.zcard(Keys("default").status_index("pending")) == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_run_whose_job_record_vanished_still_answers_its_caller(
+        app, client, start_worker) -> None:
+    """Tried: a job running (echo, 2 s) when its record vanishes from Redis, as a Redis
+    restarted without persistence or an evicting maxmemory-policy leaves it (DEL of the
+    record). Before the fix the run logged at INFO that its attempt was "taken from this
+    run (now None)" and stored nothing: ``AsyncResult.get()`` waited for ever on a job
+    that had run to the end. Now the worker logs an ERROR naming the likely cause and
+    the result reaches the result backend."""
+    worker = start_worker("lost-w1")
+    result = submit("echo", {"n": 5, "sleep": 2}, app=app)
+    key = Keys("default").job(result.id)
+    wait_for(lambda: client.hget(key, "status") == "in_progress", timeout=20,
+             message="the run to start")
+    client.delete(key)
+    assert result.get(timeout=20)["echo"] == {"n": 5}
+    log = worker.log_path.read_text(errors="replace")
+    assert "record is gone from Redis" in log, log[-2000:]
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_whose_reply_was_lost_or_sent_twice_answers_cancelled(
+        app, client, reply_cutter) -> None:
+    """Tried: ``cancel()`` of a pending job through a connection cut right after Redis
+    ran emp_cancel (redis-py sends it again), and ``cancel()`` of a job already cancelled
+    (two operators, or a retried request). Before the fix both raised IndexError: the
+    repeat's answer ('cancelled',) has no previous status. Now both answer 'cancelled'."""
+    cutter = reply_cutter(b"emp_cancel")
+    producer = create_app(cutter.url)
+    try:
+        job = submit("echo", {"n": 1}, app=producer, pool="nobody-serves")
+        assert cancel(job.id, app=producer) == "cancelled"
+    finally:
+        producer.close()
+    assert cutter.cuts == 1
+    assert cancel(job.id, app=app) == "cancelled"
+    assert get_job(job.id, app=app)["status"] == "cancelled"
