@@ -5,7 +5,9 @@ with ``Range: bytes=<have>-``; a server that ignores the Range header (answers
 200) restarts the file from byte 0. The SHA-256 is computed while the bytes
 arrive (the part already on disk is hashed once when a run resumes it), and a
 file that does not match is deleted: a ``model`` error, since downloading the
-same URL again would give the same bytes.
+same URL again would give the same bytes. So is a URL that leads nowhere the
+downloader can go (a redirect to ``file://`` or another scheme, a redirect
+loop). 408 and 429 (a busy mirror) are waited out and resumed like a cut.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ MAX_TRIES = int(os.environ.get("EMP_MODEL_DOWNLOAD_TRIES", 8))
 #: Seconds to wait for the server to send something.
 TIMEOUT_SECONDS = 30.0
 
+#: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
+_UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+                 requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
+#: "Come back later" statuses: not a wrong catalog entry.
+_BUSY = (408, 429)
+#: Longest Retry-After honoured, seconds.
+MAX_RETRY_AFTER_SECONDS = 30.0
+
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
               Urllib3Error, OSError)
 
@@ -56,9 +66,10 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     :param part: the ``.part`` file; bytes already there are resumed from.
     :param size: expected length, bytes.
     :param progress: called after each chunk.
-    Raises ConnectorError: ``model`` for a checksum or size mismatch or a 4xx
-    (the catalog entry is wrong; the part is deleted), ``network`` when the
-    transfer kept failing (the part is kept for the next resume).
+    Raises ConnectorError: ``model`` for a checksum or size mismatch, a 4xx
+    other than 408/429 (the catalog entry is wrong; the part is deleted) or a
+    URL that leads to no http(s) file, ``network`` when the transfer kept
+    failing (the part is kept for the next resume).
     """
     http = session or requests.Session()
     started, fetched_now = time.monotonic(), 0
@@ -80,6 +91,8 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                     part.unlink(missing_ok=True)
                     digest, hashed = hashlib.sha256(), 0
                     continue
+                if reply.status_code in _BUSY:
+                    raise _Busy(reply.headers.get("Retry-After"), reply.status_code)
                 if 400 <= reply.status_code < 500:
                     part.unlink(missing_ok=True)
                     raise ConnectorError(f"model download {url} refused: HTTP "
@@ -101,6 +114,15 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                         fetched_now += len(block)
                         if progress is not None:
                             progress(hashed, size, _eta(started, fetched_now, size - hashed))
+        except _UNFOLLOWABLE as exc:
+            raise ConnectorError(f"model download {url} leads where it cannot be fetched "
+                                 f"(only http(s) URLs, at most 30 redirects): "
+                                 f"{type(exc).__name__}: {exc}", ErrorType.MODEL,
+                                 {"url": url}) from None
+        except _Busy as exc:
+            last_error = f"HTTP {exc.status}"
+            time.sleep(max(min(2.0, 0.1 * 2 ** attempt), exc.wait))
+            continue
         except _TRANSIENT as exc:
             last_error = f"{type(exc).__name__}: {exc}"
             time.sleep(min(2.0, 0.1 * 2 ** attempt))
@@ -113,6 +135,18 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         digest = _hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+class _Busy(Exception):
+    """The server asked to come back later (408, 429); ``wait``: its Retry-After, capped."""
+
+    def __init__(self, retry_after: str | None, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+        try:
+            self.wait = min(max(float(retry_after or 0), 0.0), MAX_RETRY_AFTER_SECONDS)
+        except ValueError:  # an HTTP date: the usual backoff
+            self.wait = 0.0
 
 
 def _mismatch(part: Path, url: str, why: str) -> ConnectorError:

@@ -3,8 +3,10 @@
 Serves ``files`` (name -> bytes) at ``/<name>`` with ``Range: bytes=N-``
 support. It can cut the next responses short (``cut_next`` responses stop
 after ``cut_at`` bytes and drop the connection), ignore Range headers, serve
-wrong bytes for some names, and go slowly (``chunk_delay`` seconds per
-``chunk`` bytes). Every request is recorded.
+wrong bytes for some names, go slowly (``chunk_delay`` seconds per ``chunk``
+bytes), redirect some names (``redirects``: name -> Location) and answer the
+next requests with given statuses (``statuses``, e.g. 429). Every request is
+recorded.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ModelServer:
     corrupt: set[str] = field(default_factory=set)
     chunk: int = 16 * 1024
     chunk_delay: float = 0.0
+    redirects: dict[str, str] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,19 @@ class ModelServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 name = self.path.lstrip("/")
+                with owner.lock:
+                    status = owner.statuses.pop(0) if owner.statuses else None
+                if status is None and name in owner.redirects:
+                    status = 302
+                if status is not None:
+                    self._record(name, status, self.headers.get("Range"))
+                    self.send_response(status)
+                    if status == 302:
+                        self.send_header("Location", owner.redirects[name])
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = owner.files.get(name)
                 if data is None:
                     self._record(name, 404)

@@ -146,3 +146,39 @@ def test_a_changed_catalog_entry_never_resumes_from_the_old_file(server, tmp_pat
     assert (tmp_path / "sd15").read_bytes() == server.files["sd15"]
     assert [s.range for s in server.requests_for("sd15")] == [None]  # from byte 0
     assert not list((tmp_path / ".parts").iterdir())  # the old part is gone too
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x", "/loop"])
+def test_a_redirect_the_downloader_cannot_follow_is_a_model_error_at_once(
+        server, tmp_path, location) -> None:
+    """The catalog URL answers 302 to ``file:///etc/passwd``, to ``ftp://`` or to
+    itself (a loop). Before: requests' InvalidSchema / TooManyRedirects counted as
+    a network hiccup, so the download was tried 8 times (about 9 s of backoff)
+    and failed as a retryable ``network`` error; the job was then retried in
+    vain. Now: one try, a ``model`` error naming the redirect, no file left."""
+    entry = _entry(server, "moved")
+    server.redirects["moved"] = location if location != "/loop" else server.url + "/moved"
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+    assert "redirect" in caught.value.message.lower() or "scheme" in caught.value.message
+    assert len(server.requests_for("moved")) <= 31  # one try (requests follows 30)
+    assert not (tmp_path / "moved").exists() and not list((tmp_path / ".parts").iterdir())
+
+
+def test_a_rate_limited_download_keeps_its_bytes_and_resumes(server, tmp_path) -> None:
+    """An interrupted download (50 000 bytes in its part file) resumes and the model
+    server answers 429 Too Many Requests (Retry-After: 0), as a busy mirror does.
+    Before: any 4xx counted as a wrong catalog entry: the 50 000 bytes were
+    deleted and the job failed with a ``model`` error (no retry). Now 408/429
+    are transient: the download waits and resumes from byte 50 000."""
+    entry = _entry(server, "busy")
+    manager = _manager(tmp_path)
+    manager.cache.part("busy", entry.sha256).write_bytes(server.files["busy"][:50_000])
+    server.statuses = [429]
+    _fetch(manager, entry)
+    assert (tmp_path / "busy").read_bytes() == server.files["busy"]
+    asked = [(s.range, s.status) for s in server.requests_for("busy")]
+    assert asked == [("bytes=50000-", 429), ("bytes=50000-", 206)]
+
