@@ -4,6 +4,7 @@ Layout under ``root`` (model names never start with '.', see
 ``capability_router.catalog``)::
 
     <name>                 a complete, verified model file; its mtime is its last use
+    .sha256/<name>         the SHA-256 it was verified against (which version it is)
     .parts/<name>.<sha>.part  a download in progress (resumed from)
     .locks/<name>.use      shared flock held by every process using the model
     .locks/<name>.download exclusive flock of the one process downloading it
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.models.download import hash_file
 
 _PART_RE = re.compile(r"^.+\.[0-9a-f]{16}\.part$")
 
@@ -44,7 +46,7 @@ class ModelCache:
     def __init__(self, root: Path | str, budget_bytes: int) -> None:
         self.root = Path(root)
         self.budget_bytes = int(budget_bytes)
-        for sub in (".parts", ".locks", ".reserved"):
+        for sub in (".parts", ".locks", ".reserved", ".sha256"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -58,12 +60,33 @@ class ModelCache:
     def _lock_file(self, name: str, kind: str) -> Path:
         return self.root / ".locks" / f"{name}.{kind}"
 
-    def has(self, name: str, size: int) -> bool:
-        """True when the complete file is there (verified when it was installed)."""
+    def _sha_file(self, name: str) -> Path:
+        return self.root / ".sha256" / name
+
+    def has(self, name: str, size: int, sha256: str) -> bool:
+        """True when the complete file of this version is there (verified when it was
+        installed). The size alone does not tell versions apart: a retrained
+        model usually has its predecessor's size. A file without a record (a
+        cache from before the records) is hashed once and adopted if it matches."""
         try:
-            return self.path(name).stat().st_size == size
+            if self.path(name).stat().st_size != size:
+                return False
         except FileNotFoundError:
             return False
+        try:
+            return self._sha_file(name).read_text().strip() == sha256
+        except FileNotFoundError:
+            pass
+        if hash_file(self.path(name), size).hexdigest() != sha256:
+            return False
+        self._record_sha(name, sha256)
+        return True
+
+    def _record_sha(self, name: str, sha256: str) -> None:
+        record = self._sha_file(name)
+        temporary = record.with_name(f".{name}.{os.getpid()}")
+        temporary.write_text(sha256)
+        os.replace(temporary, record)
 
     def models(self) -> list[str]:
         """Names of the complete model files, least recently used first."""
@@ -179,15 +202,20 @@ class ModelCache:
             try:
                 path = self.path(name)
                 size = path.stat().st_size if path.exists() else 0
+                self._sha_file(name).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
                 return size
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def install(self, name: str, sha256: str) -> Path:
-        """Move a verified part into place; other versions' parts go."""
+        """Move a verified part into place, recording its version; other versions'
+        parts go. (The record goes first: a crash in between leaves a file
+        without one, hashed at its next use, never a file with a wrong one.)"""
         path = self.path(name)
+        self._sha_file(name).unlink(missing_ok=True)
         os.replace(self.part(name, sha256), path)
+        self._record_sha(name, sha256)
         for stale in (self.root / ".parts").iterdir():
             if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
                 stale.unlink(missing_ok=True)

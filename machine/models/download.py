@@ -46,7 +46,7 @@ _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.Ch
               Urllib3Error, OSError)
 
 
-def _hash_file(path: Path, upto: int) -> hashlib._Hash:
+def hash_file(path: Path, upto: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     with open(path, "rb") as source:
         left = upto
@@ -83,7 +83,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         if have == size:
             break
         if hashed != have:
-            digest, hashed = _hash_file(part, have), have
+            digest, hashed = hash_file(part, have), have
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
@@ -132,7 +132,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         raise ConnectorError(f"model download {url} failed after {tries} tries at {have}/"
                              f"{size} bytes: {last_error}", ErrorType.NETWORK)
     if hashed != have:
-        digest = _hash_file(part, have)
+        digest = hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
 

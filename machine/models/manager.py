@@ -78,9 +78,9 @@ class ModelManager:
     def _ready_one(self, entry: ModelEntry, report: Report | None) -> Iterator[Path]:
         cache = self.cache
         with cache.use(entry.name):
-            if not cache.has(entry.name, entry.size):
+            if not cache.has(entry.name, entry.size, entry.sha256):
                 with cache.download_lock(entry.name, self._watcher(entry, report)):
-                    if not cache.has(entry.name, entry.size):
+                    if not cache.has(entry.name, entry.size, entry.sha256):
                         self._download(entry, report)
                 if report is not None:
                     report(Preparing(entry.name, "disk", entry.size, entry.size, 0.0))

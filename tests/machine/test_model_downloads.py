@@ -182,3 +182,22 @@ def test_a_rate_limited_download_keeps_its_bytes_and_resumes(server, tmp_path) -
     asked = [(s.range, s.status) for s in server.requests_for("busy")]
     assert asked == [("bytes=50000-", 429), ("bytes=50000-", 206)]
 
+
+def test_a_new_file_of_the_same_size_replaces_the_cached_one(server, tmp_path) -> None:
+    """The catalog entry of ``lora`` is updated to a retrained file: same size,
+    new sha256 (the usual case for a fine-tune of the same architecture).
+    Before: the cache judged "on disk" by size alone and kept serving the old
+    file forever. Now the installed file's checksum is recorded and compared."""
+    old = _entry(server, "lora")
+    manager = _manager(tmp_path)
+    _fetch(manager, old)
+    new = _entry(server, "lora")
+    assert new.size == old.size and new.sha256 != old.sha256
+    _fetch(manager, new)
+    assert (tmp_path / "lora").read_bytes() == server.files["lora"]
+    assert len(server.requests_for("lora")) == 2
+    assert _fetch(manager, new) == [] and len(server.requests_for("lora")) == 2
+    # A cache filled before the records: the file is hashed once and adopted.
+    (tmp_path / ".sha256" / "lora").unlink()
+    assert _fetch(manager, new) == [] and len(server.requests_for("lora")) == 2
+    assert (tmp_path / ".sha256" / "lora").read_text() == new.sha256
