@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -175,10 +176,14 @@ class ModelCache:
             marker.unlink(missing_ok=True)
 
     def _make_room(self, name: str, size: int) -> list[str]:
+        """Evict until both the budget and the disk have room for what ``name``'s
+        download still writes (the budget may promise more than the disk has:
+        its default is the pool's ``storage_gb``, else 100 GB)."""
         need = self.used_bytes() + self._reserved_bytes(name) + size - self.budget_bytes
+        disk_need = size - self._part_bytes(name) - shutil.disk_usage(self.root).free
         evicted: list[str] = []
         for victim in self.models():
-            if need <= 0:
+            if need <= 0 and disk_need <= 0:
                 break
             if victim == name:
                 continue
@@ -186,11 +191,22 @@ class ModelCache:
             if freed:
                 evicted.append(victim)
                 need -= freed
+                disk_need -= freed
         if need > 0:
             raise ConnectorError(
                 f"no room for model {name} ({size} bytes) in the model cache "
                 f"({self.budget_bytes} bytes): the other models are in use", ErrorType.SERVICE)
+        if disk_need > 0:
+            raise ConnectorError(
+                f"no room for model {name} ({size} bytes) on the model cache's disk "
+                f"({self.root}): {disk_need} bytes short, the other models are in use",
+                ErrorType.SERVICE)
         return evicted
+
+    def _part_bytes(self, name: str) -> int:
+        """Bytes of ``name``'s downloads in progress (a resume writes only the rest)."""
+        return sum(p.stat().st_size for p in (self.root / ".parts").iterdir()
+                   if _PART_RE.match(p.name) and p.name.rsplit(".", 2)[0] == name)
 
     def evict(self, name: str) -> int:
         """Delete ``name`` if no process uses it; the bytes freed (0: in use or absent)."""

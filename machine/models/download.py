@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -68,8 +69,9 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     :param progress: called after each chunk.
     Raises ConnectorError: ``model`` for a checksum or size mismatch, a 4xx
     other than 408/429 (the catalog entry is wrong; the part is deleted) or a
-    URL that leads to no http(s) file, ``network`` when the transfer kept
-    failing (the part is kept for the next resume).
+    URL that leads to no http(s) file, ``service`` when the part cannot be
+    written (a full disk; the part is deleted), ``network`` when the transfer
+    kept failing (the part is kept for the next resume).
     """
     http = session or requests.Session()
     started, fetched_now = time.monotonic(), 0
@@ -102,13 +104,13 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                 if reply.status_code != 206 or not have:
                     have, digest, hashed = 0, hashlib.sha256(), 0  # Range ignored: restart
                 mode = "ab" if have else "wb"
-                with open(part, mode) as sink:
+                with _open(part, mode, url) as sink:
                     # read1: what has arrived, so a cut-off response keeps every byte
                     # received (iter_content drops the chunk it was filling).
                     while block := reply.raw.read1(CHUNK_BYTES):
                         if hashed + len(block) > size:
                             raise _mismatch(part, url, f"more than the {size} bytes expected")
-                        sink.write(block)
+                        _write(sink, block, part, url)
                         digest.update(block)
                         hashed += len(block)
                         fetched_now += len(block)
@@ -135,6 +137,33 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         digest = hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+def _open(part: Path, mode: str, url: str) -> BinaryIO:
+    """The part, unbuffered: a write error (disk full) surfaces at its write."""
+    try:
+        return open(part, mode, buffering=0)  # closed by the caller's with
+    except OSError as exc:
+        raise _disk_error(part, url, exc) from None
+
+
+def _write(sink: BinaryIO, block: bytes, part: Path, url: str) -> None:
+    """All of ``block`` to the part. A write error is the machine's disk, not the
+    network: retrying would fail the same way, and the part would keep the
+    disk full for everything else on the machine, so it goes."""
+    view = memoryview(block)
+    try:
+        while view:
+            view = view[sink.write(view):]
+    except OSError as exc:
+        raise _disk_error(part, url, exc) from None
+
+
+def _disk_error(part: Path, url: str, exc: OSError) -> ConnectorError:
+    part.unlink(missing_ok=True)
+    return ConnectorError(f"model download {url} cannot be written to {part.parent}: "
+                          f"{exc.strerror or exc} (the partial file is deleted)",
+                          ErrorType.SERVICE, {"url": url})
 
 
 class _Busy(Exception):

@@ -201,3 +201,73 @@ def test_a_new_file_of_the_same_size_replaces_the_cached_one(server, tmp_path) -
     (tmp_path / ".sha256" / "lora").unlink()
     assert _fetch(manager, new) == [] and len(server.requests_for("lora")) == 2
     assert (tmp_path / ".sha256" / "lora").read_text() == new.sha256
+
+
+def _ready_with_file_limit(root: str, entry: ModelEntry, limit: int, out: str) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit: EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        with _manager(Path(root)).ready([entry]):
+            pass
+        Path(out).write_text("ok")
+    except ConnectorError as exc:
+        Path(out).write_text(f"{exc.error_type.value} {exc.message}")
+
+
+@pytest.mark.timeout(60)
+def test_a_disk_write_error_stops_the_download_and_frees_the_disk(server, tmp_path) -> None:
+    """A worker process whose disk takes no more bytes after 100 000 (a file size
+    limit: EFBIG, as ENOSPC on a full disk) downloads a model. Before: the
+    write error counted as a network hiccup: 8 tries (about 9 s), a ``network``
+    error, and the 100 000-byte part was kept on the full disk. Now: the first
+    write error stops it, the part is deleted and the job gets a ``service``
+    error (another machine may have room) naming the disk error."""
+    entry = _entry(server, "big")
+    fork = multiprocessing.get_context("fork")
+    out = tmp_path / "out"
+    child = fork.Process(target=_ready_with_file_limit,
+                         args=(str(tmp_path / "cache"), entry, 100_000, str(out)))
+    child.start()
+    child.join(timeout=50)
+    assert child.exitcode == 0
+    kind, message = out.read_text().split(" ", 1)
+    assert kind == "service" and "File too large" in message, message
+    assert len(server.requests_for("big")) == 1
+    assert not list((tmp_path / "cache" / ".parts").iterdir())
+    assert not (tmp_path / "cache" / "big").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root; skipped otherwise)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_a_budget_larger_than_the_disk_evicts_for_the_disk_too(server, small_disk) -> None:
+    """The budget (default: the pool's storage_gb, else 100 GB) is more than the
+    disk has: a 1 MiB disk, a 10-model budget, four 300 000-byte models.
+    Before: the fourth download hit ENOSPC, was retried 8 times as a network
+    error and failed, the disk left full of its part. Now the free space counts
+    like the budget: the least recently used idle model is evicted first."""
+    entries = [_entry(server, name, 300_000) for name in ("a", "b", "c", "d")]
+    manager = _manager(small_disk, budget=10 * 300_000)
+    for entry in entries:
+        _fetch(manager, entry)
+        os.utime(small_disk / entry.name, (entries.index(entry) + 1,) * 2)
+    assert manager.cache.models() == ["b", "c", "d"]
+    assert (small_disk / "d").read_bytes() == server.files["d"]
