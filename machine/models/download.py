@@ -34,6 +34,12 @@ CHUNK_BYTES = 1 << 16
 MAX_TRIES = int(os.environ.get("EMP_MODEL_DOWNLOAD_TRIES", 8))
 #: Seconds to wait for the server to send something.
 TIMEOUT_SECONDS = 30.0
+#: A transfer that gets fewer than STALL_BYTES in this many seconds is stalled: cut
+#: and resumed like a dropped connection (a server trickling bytes just inside
+#: the read timeout would otherwise hold the job forever);
+#: ``EMP_MODEL_DOWNLOAD_STALL_SECONDS``.
+STALL_SECONDS = float(os.environ.get("EMP_MODEL_DOWNLOAD_STALL_SECONDS", 60))
+STALL_BYTES = 1 << 16
 
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
 _UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
@@ -43,8 +49,13 @@ _BUSY = (408, 429)
 #: Longest Retry-After honoured, seconds.
 MAX_RETRY_AFTER_SECONDS = 30.0
 
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-              Urllib3Error, OSError)
+
+class _Stalled(Exception):
+    """Bytes arrive too slowly to ever finish: resumed like a dropped connection."""
+
+
+_TRANSIENT = (_Stalled, requests.ConnectionError, requests.Timeout,
+              requests.exceptions.ChunkedEncodingError, Urllib3Error, OSError)
 
 
 def hash_file(path: Path, upto: int) -> hashlib._Hash:
@@ -104,6 +115,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                 if reply.status_code != 206 or not have:
                     have, digest, hashed = 0, hashlib.sha256(), 0  # Range ignored: restart
                 mode = "ab" if have else "wb"
+                window_at, window_bytes = time.monotonic(), 0
                 with _open(part, mode, url) as sink:
                     # read1: what has arrived, so a cut-off response keeps every byte
                     # received (iter_content drops the chunk it was filling).
@@ -111,6 +123,12 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                         if hashed + len(block) > size:
                             raise _mismatch(part, url, f"more than the {size} bytes expected")
                         _write(sink, block, part, url)
+                        window_bytes += len(block)
+                        if time.monotonic() - window_at >= STALL_SECONDS:
+                            if window_bytes < STALL_BYTES:
+                                raise _Stalled(f"stalled: {window_bytes} bytes in the last "
+                                               f"{STALL_SECONDS:g} s")
+                            window_at, window_bytes = time.monotonic(), 0
                         digest.update(block)
                         hashed += len(block)
                         fetched_now += len(block)

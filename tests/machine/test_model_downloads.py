@@ -271,3 +271,26 @@ def test_a_budget_larger_than_the_disk_evicts_for_the_disk_too(server, small_dis
         os.utime(small_disk / entry.name, (entries.index(entry) + 1,) * 2)
     assert manager.cache.models() == ["b", "c", "d"]
     assert (small_disk / "d").read_bytes() == server.files["d"]
+
+
+@pytest.mark.timeout(30)
+def test_a_trickling_server_is_cut_off_as_stalled(server, tmp_path, monkeypatch) -> None:
+    """The model server sends 100 bytes every 0.2 s (500 B/s: a 256 KiB model in
+    9 minutes, a 4 GB one in three months), each piece well inside the 30 s
+    read timeout. Before: nothing bounded it; the job (and every worker waiting
+    for the same model) sat in ``assigned`` for as long as the server liked.
+    Now a download getting less than 64 KiB in ``EMP_MODEL_DOWNLOAD_STALL_SECONDS``
+    is stalled: cut and resumed, then a ``network`` error, the part kept."""
+    from machine.models import download
+
+    monkeypatch.setattr(download, "STALL_SECONDS", 0.5)
+    entry = _entry(server, "slow")
+    server.chunk, server.chunk_delay = 100, 0.2
+    manager = _manager(tmp_path)
+    with pytest.raises(ConnectorError) as caught:
+        with manager.ready([entry]):
+            pass
+    assert caught.value.error_type == ErrorType.NETWORK and "stalled" in caught.value.message
+    assert len(server.requests_for("slow")) == download.MAX_TRIES
+    part = manager.cache.part("slow", entry.sha256)
+    assert 0 < part.stat().st_size < entry.size  # kept for a resume
