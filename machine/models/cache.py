@@ -5,7 +5,9 @@ Layout under ``root`` (model names never start with '.', see
 
     <name>                 a complete, verified model file; its mtime is its last use
     .sha256/<name>         the SHA-256 it was verified against (which version it is)
-    .parts/<name>.<sha>.part  a download in progress (resumed from)
+    .parts/<name>.<sha>.part  a download in progress (resumed from); when nobody is
+                           downloading it, it counts in the budget and is evicted
+                           like a model
     .locks/<name>.use      shared flock held by every process using the model
     .locks/<name>.download exclusive flock of the one process downloading it
     .locks/cache           exclusive flock around reserving space and evicting
@@ -179,17 +181,18 @@ class ModelCache:
         """Evict until both the budget and the disk have room for what ``name``'s
         download still writes (the budget may promise more than the disk has:
         its default is the pool's ``storage_gb``, else 100 GB)."""
-        need = self.used_bytes() + self._reserved_bytes(name) + size - self.budget_bytes
+        parts = self._idle_parts(but=name)
+        need = (self.used_bytes() + sum(_size(p) for p in parts) + self._reserved_bytes(name)
+                + size - self.budget_bytes)
         disk_need = size - self._part_bytes(name) - shutil.disk_usage(self.root).free
         evicted: list[str] = []
-        for victim in self.models():
+        victims = [self.path(model) for model in self.models() if model != name] + parts
+        for victim in sorted(victims, key=_mtime):
             if need <= 0 and disk_need <= 0:
                 break
-            if victim == name:
-                continue
-            freed = self.evict(victim)
+            freed = self._evict_part(victim) if victim in parts else self.evict(victim.name)
             if freed:
-                evicted.append(victim)
+                evicted.append(victim.name)
                 need -= freed
                 disk_need -= freed
         if need > 0:
@@ -202,6 +205,31 @@ class ModelCache:
                 f"({self.root}): {disk_need} bytes short, the other models are in use",
                 ErrorType.SERVICE)
         return evicted
+
+    def _idle_parts(self, but: str) -> list[Path]:
+        """Parts nobody is downloading (a failed, cancelled or killed download's) but
+        ``but``'s: kept for a resume, they take disk like models and are evicted
+        like them, by age."""
+        found = []
+        for part in (self.root / ".parts").iterdir():
+            owner = part.name.rsplit(".", 2)[0]
+            if _PART_RE.match(part.name) and owner != but and not self._downloading(owner):
+                found.append(part)
+        return found
+
+    def _evict_part(self, part: Path) -> int:
+        """Delete an idle part unless a download of it began meanwhile; the bytes freed."""
+        with open(self._lock_file(part.name.rsplit(".", 2)[0], "download"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            try:
+                size = _size(part)
+                part.unlink(missing_ok=True)
+                return size
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _part_bytes(self, name: str) -> int:
         """Bytes of ``name``'s downloads in progress (a resume writes only the rest)."""
@@ -236,3 +264,17 @@ class ModelCache:
             if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
                 stale.unlink(missing_ok=True)
         return path
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

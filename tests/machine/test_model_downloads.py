@@ -294,3 +294,38 @@ def test_a_trickling_server_is_cut_off_as_stalled(server, tmp_path, monkeypatch)
     assert len(server.requests_for("slow")) == download.MAX_TRIES
     part = manager.cache.part("slow", entry.sha256)
     assert 0 < part.stat().st_size < entry.size  # kept for a resume
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_download_s_part_counts_in_the_budget_and_is_evicted(server, tmp_path) -> None:
+    """A worker is killed (SIGKILL) while it downloads ``x``; ``x`` is never asked for
+    again (its catalog entry went). Before: its ``.part`` stayed forever outside
+    the budget: two more models filled the budget and the disk held 1.5 models
+    more than it allows. Now an idle part (nobody downloading it) counts like a
+    model and is evicted least recently used first."""
+    import signal
+    import time
+
+    x = _entry(server, "x")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=_ready_in_child,
+                         args=(str(tmp_path), x, str(tmp_path / "never")))
+    child.start()
+    part = _manager(tmp_path).cache.part("x", x.sha256)
+    deadline = time.monotonic() + 30
+    while (not part.exists() or part.stat().st_size < SIZE // 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=10)
+    assert SIZE // 2 <= part.stat().st_size < SIZE
+    os.utime(part, (1, 1))  # long ago
+    server.chunk_delay = 0.0
+
+    manager = _manager(tmp_path, budget=2 * SIZE + 1000)
+    a, b = _entry(server, "a"), _entry(server, "b")
+    _fetch(manager, a)
+    _fetch(manager, b)
+    on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert on_disk <= manager.cache.budget_bytes, on_disk
+    assert not part.exists() and manager.cache.models() == ["a", "b"]
