@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ STALL_BYTES = 1 << 16
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
 _UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
                  requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
+_CONTENT_RANGE = re.compile(r"^bytes \d+-\d+/(\d+)$")
 #: "Come back later" statuses: not a wrong catalog entry.
 _BUSY = (408, 429)
 #: Longest Retry-After honoured, seconds.
@@ -78,7 +80,8 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     :param part: the ``.part`` file; bytes already there are resumed from.
     :param size: expected length, bytes.
     :param progress: called after each chunk.
-    Raises ConnectorError: ``model`` for a checksum or size mismatch, a 4xx
+    Raises ConnectorError: ``model`` for a checksum or size mismatch (the
+    announced one included: nothing is stored then), a 4xx
     other than 408/429 (the catalog entry is wrong; the part is deleted) or a
     URL that leads to no http(s) file, ``service`` when the part cannot be
     written (a full disk; the part is deleted), ``network`` when the transfer
@@ -97,10 +100,14 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
             break
         if hashed != have:
             digest, hashed = hash_file(part, have), have
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        # identity: the file's own bytes (a compressed body would fail its checksum)
+        headers = {"Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
         try:
             with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
                 if reply.status_code == 416:  # nothing past what we have: start over
+                    last_error = "HTTP 416"
                     part.unlink(missing_ok=True)
                     digest, hashed = hashlib.sha256(), 0
                     continue
@@ -114,6 +121,10 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                     raise requests.ConnectionError(f"HTTP {reply.status_code}")
                 if reply.status_code != 206 or not have:
                     have, digest, hashed = 0, hashlib.sha256(), 0  # Range ignored: restart
+                announced = _announced_size(reply)
+                if announced is not None and announced != size:
+                    raise _mismatch(part, url, f"the server's file is {announced} bytes, "
+                                               f"the catalog's {size}")
                 mode = "ab" if have else "wb"
                 window_at, window_bytes = time.monotonic(), 0
                 with _open(part, mode, url) as sink:
@@ -155,6 +166,18 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         digest = hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+def _announced_size(reply: requests.Response) -> int | None:
+    """The whole file's size a reply announces (a 206's Content-Range total, a 200's
+    Content-Length), None when it announces none."""
+    if reply.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    if reply.status_code == 206:
+        match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
+        return int(match[1]) if match else None
+    length = reply.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
 
 
 def _open(part: Path, mode: str, url: str) -> BinaryIO:

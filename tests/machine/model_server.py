@@ -4,13 +4,15 @@ Serves ``files`` (name -> bytes) at ``/<name>`` with ``Range: bytes=N-``
 support. It can cut the next responses short (``cut_next`` responses stop
 after ``cut_at`` bytes and drop the connection), ignore Range headers, serve
 wrong bytes for some names, go slowly (``chunk_delay`` seconds per ``chunk``
-bytes), redirect some names (``redirects``: name -> Location) and answer the
-next requests with given statuses (``statuses``, e.g. 429). Every request is
-recorded.
+bytes), redirect some names (``redirects``: name -> Location), answer the
+next requests with given statuses (``statuses``, e.g. 429), announce a false
+Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
+for clients that accept it (``gzipped``). Every request is recorded.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -40,6 +42,8 @@ class ModelServer:
     chunk_delay: float = 0.0
     redirects: dict[str, str] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)
+    claimed_length: dict[str, int] = field(default_factory=dict)
+    gzipped: set[str] = field(default_factory=set)
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -103,17 +107,25 @@ class ModelServer:
                     self.end_headers()
                     return
                 body = data[start:]
+                zipped = name in owner.gzipped and "gzip" in self.headers.get(
+                    "Accept-Encoding", "")
+                if zipped:
+                    body = gzip.compress(body)
                 with owner.lock:
-                    cut = owner.cut_next > 0
-                    if cut:
+                    cutting = owner.cut_next > 0
+                    if cutting:
                         owner.cut_next -= 1
+                cut = cutting or name in owner.claimed_length  # drop the connection after
                 self._record(name, status, wanted)
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length",
+                                 str(owner.claimed_length.get(name, len(body))))
+                if zipped:
+                    self.send_header("Content-Encoding", "gzip")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
-                limit = owner.cut_at if cut else len(body)
+                limit = owner.cut_at if cutting else len(body)
                 sent = 0
                 try:
                     while sent < min(limit, len(body)):

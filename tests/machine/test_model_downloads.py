@@ -329,3 +329,38 @@ def test_a_killed_download_s_part_counts_in_the_budget_and_is_evicted(server, tm
     on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     assert on_disk <= manager.cache.budget_bytes, on_disk
     assert not part.exists() and manager.cache.models() == ["a", "b"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("claimed", [None, 10 ** 12])
+def test_a_server_file_of_another_size_is_a_model_error_at_once(server, tmp_path,
+                                                                claimed) -> None:
+    """The catalog says 1000 bytes more than the server's file has (a wrong entry),
+    or the server announces a 1 TB Content-Length. Before: the short file was
+    fetched, its resume answered 416, so it was fetched again from byte 0: 8
+    requests (about 9 s), then a retryable ``network`` error, the job retried to
+    do it all again; the 1 TB claim was read up to the catalog's size first.
+    Now the announced length is checked against the catalog's size before any
+    byte is stored: one request, a ``model`` error naming both sizes."""
+    body = server.add("short", SIZE)
+    entry = parse_entry("short", {**body, "size": SIZE + 1000})
+    if claimed:
+        entry = parse_entry("short", body)
+        server.claimed_length["short"] = claimed
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+    assert str(claimed or SIZE) in caught.value.message
+    assert len(server.requests_for("short")) == 1
+    assert not list((tmp_path / ".parts").iterdir()) and not (tmp_path / "short").exists()
+
+
+def test_a_server_that_would_gzip_sends_the_file_as_is(server, tmp_path) -> None:
+    """A server (or CDN) that compresses for clients accepting gzip. Before: the
+    download asked with requests' default ``Accept-Encoding: gzip, deflate``
+    and stored the compressed bytes: a checksum mismatch, the job failed with
+    a ``model`` error. Now it asks for the file as is (``identity``)."""
+    entry = _entry(server, "zipped")
+    server.gzipped.add("zipped")
+    _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "zipped").read_bytes() == server.files["zipped"]
