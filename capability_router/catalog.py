@@ -88,6 +88,19 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
     return ModelEntry(name, url, size, sha256.lower())
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password and query masked, for messages and non-admin readers
+    (a private mirror's URL may carry credentials or a signed query)."""
+    try:
+        parsed = urlparse(url)
+        netloc = parsed.netloc
+        if parsed.password is not None:
+            netloc = f"{parsed.username}:***@{netloc.rsplit('@', 1)[1]}"
+    except ValueError:
+        return "<unreadable url>"
+    return parsed._replace(netloc=netloc, query="***" if parsed.query else "").geturl()
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

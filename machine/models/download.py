@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlparse
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from capability_router.catalog import redacted_url
 from machine.connectors.base import ConnectorError, ErrorType
 
 #: bytes_done, bytes_total, eta_seconds (None until a rate is known)
@@ -88,6 +90,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     kept failing (the part is kept for the next resume).
     """
     http = session or requests.Session()
+    real_url, url = url, redacted_url(url)  # url: for messages (no password, no query)
     started, fetched_now = time.monotonic(), 0
     digest, hashed = hashlib.sha256(), 0
     last_error = "no response"
@@ -105,7 +108,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            with http.get(url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
+            with http.get(real_url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
                 if reply.status_code == 416:  # nothing past what we have: start over
                     last_error = "HTTP 416"
                     part.unlink(missing_ok=True)
@@ -146,16 +149,16 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                         if progress is not None:
                             progress(hashed, size, _eta(started, fetched_now, size - hashed))
         except _UNFOLLOWABLE as exc:
+            why = _scrub(f"{type(exc).__name__}: {exc}", real_url)
             raise ConnectorError(f"model download {url} leads where it cannot be fetched "
-                                 f"(only http(s) URLs, at most 30 redirects): "
-                                 f"{type(exc).__name__}: {exc}", ErrorType.MODEL,
-                                 {"url": url}) from None
+                                 f"(only http(s) URLs, at most 30 redirects): {why}",
+                                 ErrorType.MODEL, {"url": url}) from None
         except _Busy as exc:
             last_error = f"HTTP {exc.status}"
             time.sleep(max(min(2.0, 0.1 * 2 ** attempt), exc.wait))
             continue
         except _TRANSIENT as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
+            last_error = _scrub(f"{type(exc).__name__}: {exc}", real_url)
             time.sleep(min(2.0, 0.1 * 2 ** attempt))
             continue
     have = part.stat().st_size if part.exists() else 0
@@ -166,6 +169,15 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         digest = hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+def _scrub(text: str, url: str) -> str:
+    """An exception's text without the URL's password and query (requests quotes them)."""
+    parsed = urlparse(url)
+    for secret in (parsed.password, parsed.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _announced_size(reply: requests.Response) -> int | None:

@@ -364,3 +364,17 @@ def test_a_server_that_would_gzip_sends_the_file_as_is(server, tmp_path) -> None
     server.gzipped.add("zipped")
     _fetch(_manager(tmp_path), entry)
     assert (tmp_path / "zipped").read_bytes() == server.files["zipped"]
+
+
+def test_a_download_error_does_not_show_the_url_s_secrets(server, tmp_path) -> None:
+    """A private mirror's catalog URL carries credentials (``user:s3cret@``) or a
+    signed query (``?token=...``); the file is gone (404). Before: the error
+    (the job's ``last_error``, its events and webhooks, all visible to the
+    customer) quoted the URL whole. Now the password and query are masked."""
+    host = server.url.split("//", 1)[1]
+    entry = ModelEntry("gone", f"http://user:s3cret@{host}/gone?token=t0ken", 10, "0" * 64)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    shown = f"{caught.value.message} {caught.value.details}"
+    assert "404" in shown and "/gone" in shown
+    assert "s3cret" not in shown and "t0ken" not in shown, shown

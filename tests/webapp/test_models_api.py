@@ -71,3 +71,20 @@ def test_only_an_admin_writes_the_catalog(admin, client) -> None:
     catalog.put_model(client, catalog.parse_entry("sd15", ENTRY))
     assert customer.delete("/api/models/sd15").status_code == 403
     assert catalog.get_model(client, "sd15") is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_customer_reads_the_catalog_without_its_url_secrets(admin, client) -> None:
+    """An admin puts a private mirror's URL carrying credentials and a signed
+    query. Before: every customer token read them whole from ``GET /api/models``
+    and ``GET /api/models/<name>``. Now a customer sees them masked; an admin,
+    who may edit the entry, still reads the URL as written."""
+    url = "https://studio:s3cret@mirror.example/sd15.safetensors?sig=t0ken"
+    assert admin.session.put(admin.base + "/api/models/sd15", json={**ENTRY, "url": url},
+                             timeout=30).status_code == 201
+    customer = admin.as_(TOKEN_A)
+    for shown in (customer.get("/api/models").json()["models"][0]["url"],
+                  customer.get("/api/models/sd15").json()["model"]["url"]):
+        assert shown == "https://studio:***@mirror.example/sd15.safetensors?***"
+    assert admin.get("/api/models/sd15").json()["model"]["url"] == url
+    assert admin.get("/api/models").json()["models"][0]["url"] == url
