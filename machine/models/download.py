@@ -13,7 +13,6 @@ loop). 408 and 429 (a busy mirror) are waited out and resumed like a cut.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from capability_router.catalog import redacted_url
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.models.settings import positive
 
 #: bytes_done, bytes_total, eta_seconds (None until a rate is known)
 ProgressFn = Callable[[int, int, "float | None"], None]
@@ -34,14 +34,15 @@ ProgressFn = Callable[[int, int, "float | None"], None]
 CHUNK_BYTES = 1 << 16
 #: Tries (first request plus resumes) before a download counts as failed (network);
 #: ``EMP_MODEL_DOWNLOAD_TRIES``.
-MAX_TRIES = int(os.environ.get("EMP_MODEL_DOWNLOAD_TRIES", 8))
+MAX_TRIES = positive("EMP_MODEL_DOWNLOAD_TRIES", 8, "a positive integer")
 #: Seconds to wait for the server to send something.
 TIMEOUT_SECONDS = 30.0
 #: A transfer that gets fewer than STALL_BYTES in this many seconds is stalled: cut
 #: and resumed like a dropped connection (a server trickling bytes just inside
 #: the read timeout would otherwise hold the job forever);
 #: ``EMP_MODEL_DOWNLOAD_STALL_SECONDS``.
-STALL_SECONDS = float(os.environ.get("EMP_MODEL_DOWNLOAD_STALL_SECONDS", 60))
+STALL_SECONDS = positive("EMP_MODEL_DOWNLOAD_STALL_SECONDS", 60.0,
+                         "a positive number of seconds")
 STALL_BYTES = 1 << 16
 
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.

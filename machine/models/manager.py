@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from capability_router.catalog import ModelEntry, get_models
+from emp_tasks import defaults
 from machine.models.cache import ModelCache
 from machine.models.download import fetch
+from machine.models.settings import positive
 
 #: Budget when neither EMP_MODEL_CACHE_GB nor a pool's storage_gb says (GB).
 DEFAULT_BUDGET_GB = 100.0
@@ -125,9 +127,9 @@ class ModelManager:
 
 def budget_bytes_from_env() -> int:
     """EMP_MODEL_CACHE_GB, else the machine pool's ``storage_gb``, else 100 GB."""
-    value = os.environ.get("EMP_MODEL_CACHE_GB")
-    if value:
-        return int(float(value) * 1e9)
+    if defaults.env("EMP_MODEL_CACHE_GB"):
+        return int(positive("EMP_MODEL_CACHE_GB", DEFAULT_BUDGET_GB,
+                            "a positive number of GB") * 1e9)
     storage = _pool_storage_gb()
     return int((storage if storage else DEFAULT_BUDGET_GB) * 1e9)
 

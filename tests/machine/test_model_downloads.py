@@ -378,3 +378,26 @@ def test_a_download_error_does_not_show_the_url_s_secrets(server, tmp_path) -> N
     shown = f"{caught.value.message} {caught.value.details}"
     assert "404" in shown and "/gone" in shown
     assert "s3cret" not in shown and "t0ken" not in shown, shown
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name, value, message", [
+    ("EMP_MODEL_CACHE_GB", "0", "must be a positive number of GB, got '0'"),
+    ("EMP_MODEL_CACHE_GB", "lots", "must be a number, got 'lots'"),
+    ("EMP_MODEL_DOWNLOAD_TRIES", "0", "must be a positive integer, got '0'"),
+    ("EMP_MODEL_DOWNLOAD_STALL_SECONDS", "soon", "must be a number, got 'soon'"),
+])
+def test_a_worker_with_a_bad_model_setting_stops_at_start(tmp_path, name, value,
+                                                          message) -> None:
+    """Tried: ``emp worker`` on a machine with a model cache and one bad model setting.
+    Before: the worker started and offered the catalog's models; then every job
+    needing one failed, ``EMP_MODEL_CACHE_GB=0`` with a permanent ``model`` error
+    ("larger than the model cache budget (0 bytes)"), a malformed number with a
+    traceback naming no variable. Now the start stops with one line naming it."""
+    from tests.emp_tasks.test_cli import run
+
+    done = run("worker", env={name: value, "EMP_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+                              "EMP_REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"Error: {name} {message}", done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
