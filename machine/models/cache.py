@@ -180,21 +180,29 @@ class ModelCache:
     def _make_room(self, name: str, size: int) -> list[str]:
         """Evict until both the budget and the disk have room for what ``name``'s
         download still writes (the budget may promise more than the disk has:
-        its default is the pool's ``storage_gb``, else 100 GB)."""
+        its default is the pool's ``storage_gb``, else 100 GB). The victims are
+        chosen first: when the idle ones cannot make the room, none is evicted."""
         parts = self._idle_parts(but=name)
         need = (self.used_bytes() + sum(_size(p) for p in parts) + self._reserved_bytes(name)
                 + size - self.budget_bytes)
         disk_need = size - self._part_bytes(name) - shutil.disk_usage(self.root).free
-        evicted: list[str] = []
         victims = [self.path(model) for model in self.models() if model != name] + parts
+        chosen, budget_short, disk_short = [], need, disk_need
+        evicted: list[str] = []
         for victim in sorted(victims, key=_mtime):
-            if need <= 0 and disk_need <= 0:
+            if budget_short <= 0 and disk_short <= 0:
                 break
-            freed = self._evict_part(victim) if victim in parts else self.evict(victim.name)
-            if freed:
-                evicted.append(victim.name)
-                need -= freed
-                disk_need -= freed
+            if victim in parts or not self._in_use(victim.name):
+                chosen.append(victim)
+                budget_short -= _size(victim)
+                disk_short -= _size(victim)
+        if budget_short <= 0 and disk_short <= 0:
+            for victim in chosen:
+                freed = self._evict_part(victim) if victim in parts else self.evict(victim.name)
+                if freed:
+                    evicted.append(victim.name)
+                    need -= freed
+                    disk_need -= freed
         if need > 0:
             raise ConnectorError(
                 f"no room for model {name} ({size} bytes) in the model cache "
@@ -202,9 +210,19 @@ class ModelCache:
         if disk_need > 0:
             raise ConnectorError(
                 f"no room for model {name} ({size} bytes) on the model cache's disk "
-                f"({self.root}): {disk_need} bytes short, the other models are in use",
-                ErrorType.SERVICE)
+                f"({self.root}): {disk_need} bytes short; its free space and the models "
+                f"in use leave too little", ErrorType.SERVICE)
         return evicted
+
+    def _in_use(self, name: str) -> bool:
+        """Whether some process holds ``name`` in use (now)."""
+        with open(self._lock_file(name, "use"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
 
     def _idle_parts(self, but: str) -> list[Path]:
         """Parts nobody is downloading (a failed, cancelled or killed download's) but

@@ -401,3 +401,36 @@ def test_a_worker_with_a_bad_model_setting_stops_at_start(tmp_path, name, value,
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"Error: {name} {message}", done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_model_that_cannot_fit_evicts_nothing(server, tmp_path) -> None:
+    """The budget holds three models; a, b and c are cached, a is in use, and a job
+    wants a model of 2.5 models' size: room only if a went too. Before: b and c
+    were evicted, then the download was refused anyway, so their next jobs
+    downloaded them again. Now the room is planned first: refused, nothing
+    evicted."""
+    manager = _manager(tmp_path, budget=3 * SIZE + 1000)
+    a, b, c = (_entry(server, name) for name in "abc")
+    for entry in (a, b, c):
+        _fetch(manager, entry)
+    big = _entry(server, "big", SIZE * 5 // 2)
+    with manager.ready([a]), pytest.raises(ConnectorError) as caught:
+        _fetch(manager, big)
+    assert caught.value.error_type == ErrorType.SERVICE
+    assert sorted(manager.cache.models()) == ["a", "b", "c"]
+    assert not server.requests_for("big")
+
+
+@pytest.mark.timeout(60)
+def test_a_model_larger_than_the_disk_evicts_nothing(server, small_disk) -> None:
+    """A 1 MiB disk holding two models, a budget of ten, and a model of 1.2 MB.
+    Before: both cached models were evicted to make room, then the disk still
+    had too little. Now it is refused (``service``: a machine with a bigger
+    disk may take it) and both stay."""
+    manager = _manager(small_disk, budget=10 * 300_000)
+    for name in ("a", "b"):
+        _fetch(manager, _entry(server, name, 300_000))
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, _entry(server, "huge", 1_200_000))
+    assert caught.value.error_type == ErrorType.SERVICE and "disk" in caught.value.message
+    assert manager.cache.models() == ["a", "b"] and not server.requests_for("huge")
