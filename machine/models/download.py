@@ -48,7 +48,7 @@ STALL_BYTES = 1 << 16
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
 _UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
                  requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
-_CONTENT_RANGE = re.compile(r"^bytes \d+-\d+/(\d+)$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+)$")
 #: "Come back later" statuses: not a wrong catalog entry.
 _BUSY = (408, 429)
 #: Longest Retry-After honoured, seconds.
@@ -123,8 +123,14 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                                          f"{reply.status_code}", ErrorType.MODEL)
                 if reply.status_code >= 500:
                     raise requests.ConnectionError(f"HTTP {reply.status_code}")
-                if reply.status_code != 206 or not have:
-                    have, digest, hashed = 0, hashlib.sha256(), 0  # Range ignored: restart
+                start = _range_start(reply, have) if reply.status_code == 206 else 0
+                if start not in (0, have):  # a part from elsewhere: ask again from byte 0
+                    last_error = f"206 from byte {start}, asked from {have}"
+                    part.unlink(missing_ok=True)
+                    digest, hashed = hashlib.sha256(), 0
+                    continue
+                if start == 0:  # Range ignored (200, or a 206 of the whole file): restart
+                    have, digest, hashed = 0, hashlib.sha256(), 0
                 announced = _announced_size(reply)
                 if announced is not None and announced != size:
                     raise _mismatch(part, url, f"the server's file is {announced} bytes, "
@@ -181,6 +187,12 @@ def _scrub(text: str, url: str) -> str:
     return text
 
 
+def _range_start(reply: requests.Response, asked: int) -> int:
+    """The first byte a 206 holds (its Content-Range), ``asked`` when it does not say."""
+    match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
+    return int(match[1]) if match else asked
+
+
 def _announced_size(reply: requests.Response) -> int | None:
     """The whole file's size a reply announces (a 206's Content-Range total, a 200's
     Content-Length), None when it announces none."""
@@ -188,7 +200,7 @@ def _announced_size(reply: requests.Response) -> int | None:
         return None
     if reply.status_code == 206:
         match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
-        return int(match[1]) if match else None
+        return int(match[2]) if match else None
     length = reply.headers.get("Content-Length", "")
     return int(length) if length.isdigit() else None
 

@@ -7,7 +7,8 @@ wrong bytes for some names, go slowly (``chunk_delay`` seconds per ``chunk``
 bytes), redirect some names (``redirects``: name -> Location), answer the
 next requests with given statuses (``statuses``, e.g. 429), announce a false
 Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
-for clients that accept it (``gzipped``). Every request is recorded.
+for clients that accept it (``gzipped``) and answer a Range request with the
+whole file as a 206 (``range_from_zero``). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ModelServer:
     statuses: list[int] = field(default_factory=list)
     claimed_length: dict[str, int] = field(default_factory=dict)
     gzipped: set[str] = field(default_factory=set)
+    range_from_zero: bool = False
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -99,6 +101,8 @@ class ModelServer:
                 wanted = self.headers.get("Range")
                 match = _RANGE.match(wanted or "")
                 start = int(match[1]) if match and not owner.ignore_range else 0
+                if owner.range_from_zero:
+                    start = 0
                 status = 206 if match and not owner.ignore_range else 200
                 if start >= len(data) and status == 206:
                     self._record(name, 416, wanted)

@@ -434,3 +434,19 @@ def test_a_model_larger_than_the_disk_evicts_nothing(server, small_disk) -> None
         _fetch(manager, _entry(server, "huge", 1_200_000))
     assert caught.value.error_type == ErrorType.SERVICE and "disk" in caught.value.message
     assert manager.cache.models() == ["a", "b"] and not server.requests_for("huge")
+
+
+def test_a_206_from_another_byte_than_asked_restarts_the_file(server, tmp_path) -> None:
+    """A server (or proxy) answers the resume ``Range: bytes=50000-`` with 206 but the
+    whole file (``Content-Range: bytes 0-...``). Before: the bytes were appended
+    after the 50 000 already there, the checksum failed, the part was deleted
+    and the job failed for good with a ``model`` error. Now the Content-Range
+    start is checked: from byte 0, the file is written from byte 0."""
+    entry = _entry(server, "proxy")
+    manager = _manager(tmp_path)
+    manager.cache.part("proxy", entry.sha256).write_bytes(server.files["proxy"][:50_000])
+    server.range_from_zero = True
+    _fetch(manager, entry)
+    assert (tmp_path / "proxy").read_bytes() == server.files["proxy"]
+    assert [(s.range, s.status) for s in server.requests_for("proxy")] == [
+        ("bytes=50000-", 206)]
