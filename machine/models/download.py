@@ -25,6 +25,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from capability_router.catalog import redacted_url
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.models import redirects
 from machine.models.settings import positive
 
 #: bytes_done, bytes_total, eta_seconds (None until a rate is known)
@@ -109,7 +110,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            with http.get(real_url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS) as reply:
+            with redirects.get(http, real_url, headers, TIMEOUT_SECONDS, url) as reply:
                 if reply.status_code == 416:  # nothing past what we have: start over
                     last_error = "HTTP 416"
                     part.unlink(missing_ok=True)
@@ -155,6 +156,9 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                         fetched_now += len(block)
                         if progress is not None:
                             progress(hashed, size, _eta(started, fetched_now, size - hashed))
+        except redirects.Unfollowable as exc:
+            raise ConnectorError(f"model download {exc}", ErrorType.MODEL,
+                                 {"url": url}) from None
         except _UNFOLLOWABLE as exc:
             why = _scrub(f"{type(exc).__name__}: {exc}", real_url)
             raise ConnectorError(f"model download {url} leads where it cannot be fetched "

@@ -8,7 +8,8 @@ bytes), redirect some names (``redirects``: name -> Location), answer the
 next requests with given statuses (``statuses``, e.g. 429), announce a false
 Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
 for clients that accept it (``gzipped``) and answer a Range request with the
-whole file as a 206 (``range_from_zero``). Every request is recorded.
+whole file as a 206 (``range_from_zero``). It listens on ``bind`` (127.0.0.1;
+``url`` names that address). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ModelServer:
     claimed_length: dict[str, int] = field(default_factory=dict)
     gzipped: set[str] = field(default_factory=set)
     range_from_zero: bool = False
+    bind: str = "127.0.0.1"
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -152,7 +154,7 @@ class ModelServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((self.bind, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self

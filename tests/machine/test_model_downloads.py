@@ -450,3 +450,56 @@ def test_a_206_from_another_byte_than_asked_restarts_the_file(server, tmp_path) 
     assert (tmp_path / "proxy").read_bytes() == server.files["proxy"]
     assert [(s.range, s.status) for s in server.requests_for("proxy")] == [
         ("bytes=50000-", 206)]
+
+
+def _own_address() -> str | None:
+    """This machine's first non-loopback IPv4 address (None without one)."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: only picks the route
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["loopback", "metadata"])
+def test_a_redirect_to_a_less_public_address_is_refused(tmp_path, target) -> None:
+    """The catalog URL names a host by its network address; it redirects to
+    ``127.0.0.1`` (the machine's own services) or to ``169.254.169.254`` (the
+    cloud's metadata service). Before: requests followed either (the loopback
+    file was even downloaded and installed). Now a redirect may not lead to a
+    less public address than the catalog URL's: a ``model`` error, nothing
+    requested from the target, no file."""
+    address = _own_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address")
+    server = ModelServer(bind="0.0.0.0").start()
+    try:
+        body = server.add("inside", SIZE)
+        port = server.server.server_address[1]
+        server.files["moved"] = server.files["inside"]
+        server.redirects["moved"] = (f"http://127.0.0.1:{port}/inside" if target == "loopback"
+                                     else "http://169.254.169.254/latest/meta-data/")
+        entry = parse_entry("moved", {**body, "url": f"http://{address}:{port}/moved"})
+        with pytest.raises(ConnectorError) as caught:
+            _fetch(_manager(tmp_path), entry)
+        assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+        assert "refused" in caught.value.message and "loopback or link-local" in (
+            caught.value.message)
+        assert not server.requests_for("inside") and not (tmp_path / "moved").exists()
+    finally:
+        server.stop()
+
+
+def test_a_redirect_between_equally_public_addresses_is_followed(server, tmp_path) -> None:
+    """A loopback catalog URL redirecting to another loopback path: followed."""
+    body = server.add("real", SIZE)
+    server.redirects["alias"] = server.url + "/real"
+    _fetch(_manager(tmp_path), parse_entry("alias", {**body, "url": server.url + "/alias"}))
+    assert (tmp_path / "alias").read_bytes() == server.files["real"]
