@@ -33,8 +33,8 @@ ProgressFn = Callable[[int, int, "float | None"], None]
 
 #: Bytes per read from the response.
 CHUNK_BYTES = 1 << 16
-#: Tries (first request plus resumes) before a download counts as failed (network);
-#: ``EMP_MODEL_DOWNLOAD_TRIES``.
+#: Tries in a row that bring no progress (under STALL_BYTES) before a download counts
+#: as failed (network); ``EMP_MODEL_DOWNLOAD_TRIES``.
 MAX_TRIES = positive("EMP_MODEL_DOWNLOAD_TRIES", 8, "a positive integer")
 #: Seconds to wait for the server to send something.
 TIMEOUT_SECONDS = 30.0
@@ -96,13 +96,24 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     started, fetched_now = time.monotonic(), 0
     digest, hashed = hashlib.sha256(), 0
     last_error = "no response"
-    for attempt in range(tries):
+    # Tries in a row without progress count: a link that drops now and then but takes
+    # the file further each time is followed to the end. Progress is the part growing
+    # past its furthest point by STALL_BYTES (a restart from byte 0 is none), and a
+    # stall is never progress.
+    failures, furthest, stalled = 0, -1, False
+    while True:
         have = part.stat().st_size if part.exists() else 0
         if have > size:
             part.unlink()
             have = 0
         if have == size:
             break
+        if furthest >= 0:
+            moved = have - furthest >= STALL_BYTES and not stalled
+            failures = 0 if moved else failures + 1
+            if failures >= tries:
+                break
+        furthest, stalled = max(furthest, have), False
         if hashed != have:
             digest, hashed = hash_file(part, have), have
         # identity: the file's own bytes (a compressed body would fail its checksum)
@@ -166,16 +177,17 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                                  ErrorType.MODEL, {"url": url}) from None
         except _Busy as exc:
             last_error = f"HTTP {exc.status}"
-            time.sleep(max(min(2.0, 0.1 * 2 ** attempt), exc.wait))
+            time.sleep(max(min(2.0, 0.1 * 2 ** failures), exc.wait))
             continue
         except _TRANSIENT as exc:
             last_error = _scrub(f"{type(exc).__name__}: {exc}", real_url)
-            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            stalled = isinstance(exc, _Stalled)
+            time.sleep(min(2.0, 0.1 * 2 ** failures))
             continue
     have = part.stat().st_size if part.exists() else 0
     if have != size:
-        raise ConnectorError(f"model download {url} failed after {tries} tries at {have}/"
-                             f"{size} bytes: {last_error}", ErrorType.NETWORK)
+        raise ConnectorError(f"model download {url} failed {tries} tries in a row at "
+                             f"{have}/{size} bytes: {last_error}", ErrorType.NETWORK)
     if hashed != have:
         digest = hash_file(part, have)
     if digest.hexdigest() != sha256:

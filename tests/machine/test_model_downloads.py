@@ -503,3 +503,32 @@ def test_a_redirect_between_equally_public_addresses_is_followed(server, tmp_pat
     server.redirects["alias"] = server.url + "/real"
     _fetch(_manager(tmp_path), parse_entry("alias", {**body, "url": server.url + "/alias"}))
     assert (tmp_path / "alias").read_bytes() == server.files["real"]
+
+
+def test_a_download_cut_often_but_progressing_is_not_given_up(server, tmp_path) -> None:
+    """A 1 MiB model over a link that drops every 80 000 bytes (as long transfers
+    from a CDN do): 14 requests, each resuming where the last stopped. Before:
+    ``EMP_MODEL_DOWNLOAD_TRIES`` (8) counted every request, so the download
+    failed with a ``network`` error at 640 000 bytes though each try moved it
+    on; a 10 GB model dropping every 100 MB could never arrive. Now only tries
+    in a row that bring no progress (under 64 KiB) count."""
+    entry = _entry(server, "long", 1 << 20)
+    server.cut_next, server.cut_at = 13, 80_000
+    _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "long").read_bytes() == server.files["long"]
+    assert len(server.requests_for("long")) == 14
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_restarts_and_cuts_every_time_is_given_up(server, tmp_path) -> None:
+    """The same link, but the server ignores Range: every try starts at byte 0 and
+    is cut at 100 000. Starting over is no progress: after the first try,
+    ``EMP_MODEL_DOWNLOAD_TRIES`` (8) more end in a ``network`` error."""
+    from machine.models import download
+
+    entry = _entry(server, "loop")
+    server.ignore_range, server.cut_next, server.cut_at = True, 100, 100_000
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.NETWORK
+    assert len(server.requests_for("loop")) == 1 + download.MAX_TRIES
