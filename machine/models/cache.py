@@ -5,6 +5,8 @@ Layout under ``root`` (model names never start with '.', see
 
     <name>                 a complete, verified model file; its mtime is its last use
     .sha256/<name>         the SHA-256 it was verified against (which version it is)
+    .failed/<name>         "<sha256> <time> <error>" of its last download that failed
+                           for good (for the processes that were waiting for it)
     .parts/<name>.<sha>.part  a download in progress (resumed from); when nobody is
                            downloading it, it counts in the budget and is evicted
                            like a model
@@ -49,7 +51,7 @@ class ModelCache:
     def __init__(self, root: Path | str, budget_bytes: int) -> None:
         self.root = Path(root)
         self.budget_bytes = int(budget_bytes)
-        for sub in (".parts", ".locks", ".reserved", ".sha256"):
+        for sub in (".parts", ".locks", ".reserved", ".sha256", ".failed"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -270,6 +272,20 @@ class ModelCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def record_failure(self, name: str, sha256: str, message: str) -> None:
+        """Note that downloading this version of ``name`` failed for good (a ``model``
+        error), so the processes waiting for that download do not repeat it."""
+        (self.root / ".failed" / name).write_text(f"{sha256} {time.time()} {message}")
+
+    def failure(self, name: str, sha256: str, since: float) -> str | None:
+        """The error of this version's download that failed for good after ``since``
+        (epoch seconds), else None."""
+        try:
+            recorded, at, message = (self.root / ".failed" / name).read_text().split(" ", 2)
+        except (FileNotFoundError, ValueError):
+            return None
+        return message if recorded == sha256 and float(at) >= since else None
+
     def install(self, name: str, sha256: str) -> Path:
         """Move a verified part into place, recording its version; other versions'
         parts go. (The record goes first: a crash in between leaves a file
@@ -278,6 +294,7 @@ class ModelCache:
         self._sha_file(name).unlink(missing_ok=True)
         os.replace(self.part(name, sha256), path)
         self._record_sha(name, sha256)
+        (self.root / ".failed" / name).unlink(missing_ok=True)
         for stale in (self.root / ".parts").iterdir():
             if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
                 stale.unlink(missing_ok=True)

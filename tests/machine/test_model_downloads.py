@@ -532,3 +532,40 @@ def test_a_server_that_restarts_and_cuts_every_time_is_given_up(server, tmp_path
         _fetch(_manager(tmp_path), entry)
     assert caught.value.error_type == ErrorType.NETWORK
     assert len(server.requests_for("loop")) == 1 + download.MAX_TRIES
+
+
+def _ready_error_in_child(root: str, entry: ModelEntry, out: str) -> None:
+    try:
+        with _manager(Path(root)).ready([entry]):
+            Path(out).write_text("ok")
+    except ConnectorError as exc:
+        Path(out).write_text(f"{exc.error_type.value} {exc.message}")
+
+
+@pytest.mark.timeout(60)
+def test_processes_waiting_for_a_bad_download_do_not_repeat_it(server, tmp_path) -> None:
+    """Three worker processes want the same model at once and its file fails the
+    checksum. Before: the one downloading failed, then each waiting process
+    took its turn downloading the same bad file again (3 downloads; 8 workers
+    and a 20 GB model: 160 GB for nothing). Now the processes that waited get
+    the failure of the download they waited for: one download, three ``model``
+    errors. A later job (which did not wait) tries again."""
+    entry = _entry(server, "bad3")
+    server.corrupt.add("bad3")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # ~0.8 s: the others wait for it
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=_ready_error_in_child,
+                             args=(str(tmp_path / "cache"), entry, str(tmp_path / f"out{i}")))
+                for i in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=50)
+        assert child.exitcode == 0
+    outcomes = [(tmp_path / f"out{i}").read_text() for i in range(3)]
+    assert all(o.startswith("model ") and "sha256" in o for o in outcomes), outcomes
+    assert len(server.requests_for("bad3")) == 1
+    server.corrupt.clear()
+    server.chunk_delay = 0.0
+    _fetch(_manager(tmp_path / "cache"), entry)  # fixed upstream: a new job gets it
+    assert len(server.requests_for("bad3")) == 2
