@@ -15,6 +15,10 @@ Layout under ``root`` (model names never start with '.', see
     .locks/cache           exclusive flock around reserving space and evicting
     .reserved/<name>       size (bytes) a running download will take
 
+Files without a ``.sha256`` record are not the cache's (an operator's, in a
+folder shared with them): they are neither counted nor evicted, until a job
+needs a model of that name and the file matches its checksum (adopted).
+
 Locks are ``flock`` on files, so they hold across the machine's worker
 processes and vanish with a process that dies. A model is *idle* when no
 process holds its use lock; only idle models are evicted, least recently
@@ -94,8 +98,11 @@ class ModelCache:
         os.replace(temporary, record)
 
     def models(self) -> list[str]:
-        """Names of the complete model files, least recently used first."""
-        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        """Names of the complete model files, least recently used first. Only files the
+        cache installed (or adopted) count: other files in its folder are the
+        operator's, never evicted."""
+        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and self._sha_file(p.name).exists()]
         return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime)]
 
     def used_bytes(self) -> int:

@@ -569,3 +569,21 @@ def test_processes_waiting_for_a_bad_download_do_not_repeat_it(server, tmp_path)
     server.chunk_delay = 0.0
     _fetch(_manager(tmp_path / "cache"), entry)  # fixed upstream: a new job gets it
     assert len(server.requests_for("bad3")) == 2
+
+
+def test_files_the_cache_did_not_download_are_never_evicted(server, tmp_path) -> None:
+    """An operator points ``EMP_MODEL_CACHE_DIR`` at a folder that already holds
+    files of theirs (a hand-installed checkpoint, notes), e.g. the service's
+    own model folder. Before: every file in it counted as a cached model and
+    the oldest were deleted to make room for downloads. Now only files the
+    cache downloaded (and verified) are counted and evicted."""
+    (tmp_path / "handmade.safetensors").write_bytes(os.urandom(SIZE))
+    (tmp_path / "notes.txt").write_text("do not delete")
+    os.utime(tmp_path / "handmade.safetensors", (1, 1))
+    os.utime(tmp_path / "notes.txt", (1, 1))
+    manager = _manager(tmp_path, budget=2 * SIZE + 1000)
+    for name in ("a", "b", "c"):
+        _fetch(manager, _entry(server, name))
+    assert (tmp_path / "handmade.safetensors").stat().st_size == SIZE
+    assert (tmp_path / "notes.txt").read_text() == "do not delete"
+    assert manager.cache.models() == ["b", "c"]
