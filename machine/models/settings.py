@@ -6,6 +6,8 @@ one a permanent ``model`` error: larger than the budget).
 
 from __future__ import annotations
 
+import os
+
 from emp_tasks import defaults
 
 
@@ -22,8 +24,20 @@ def positive(name: str, default: float, kind: str) -> float | int:
 
 
 def check_settings() -> None:
-    """Read every model setting; ValueError naming the first bad one."""
+    """Read every model setting and make the cache's folders (a file written and removed
+    there: the folder is usable); ValueError naming the first bad one."""
     import machine.models.download  # noqa: F401 - its settings are read at import
+    from machine.models.cache import ModelCache
     from machine.models.manager import budget_bytes_from_env
 
-    budget_bytes_from_env()
+    budget = budget_bytes_from_env()
+    root = defaults.env("EMP_MODEL_CACHE_DIR")
+    if not root:
+        return
+    try:
+        probe = ModelCache(root, budget).root / ".locks" / f".probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"EMP_MODEL_CACHE_DIR {root} cannot be used: "
+                         f"{exc.strerror or exc}") from None

@@ -587,3 +587,21 @@ def test_files_the_cache_did_not_download_are_never_evicted(server, tmp_path) ->
     assert (tmp_path / "handmade.safetensors").stat().st_size == SIZE
     assert (tmp_path / "notes.txt").read_text() == "do not delete"
     assert manager.cache.models() == ["b", "c"]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_model_cache_folder_cannot_be_made_stops_at_start(tmp_path) -> None:
+    """Tried: ``emp worker`` with ``EMP_MODEL_CACHE_DIR`` under a regular file (a typo,
+    a volume not mounted). Before: the worker started and offered the catalog's
+    models; every job needing one then failed with a NotADirectoryError
+    traceback. Now the start stops with one line naming the variable."""
+    from tests.emp_tasks.test_cli import run
+
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "file" / "cache"
+    done = run("worker", env={"EMP_MODEL_CACHE_DIR": str(folder),
+                              "EMP_REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: EMP_MODEL_CACHE_DIR {folder} cannot be used:"), last
+    assert "Not a directory" in last and "Traceback" not in done.stdout + done.stderr
