@@ -17,7 +17,9 @@ Layout under ``root`` (model names never start with '.', see
 
 Files without a ``.sha256`` record are not the cache's (an operator's, in a
 folder shared with them): they are neither counted nor evicted, until a job
-needs a model of that name and the file matches its checksum (adopted).
+needs a model of that name and the file matches its checksum (adopted). A
+cache folder from before the records (``.parts`` but no ``.sha256``) has its
+files recorded as its own at first sight, ``unverified``: hashed at next use.
 
 Locks are ``flock`` on files, so they hold across the machine's worker
 processes and vanish with a process that dies. A model is *idle* when no
@@ -41,6 +43,8 @@ from machine.models.download import hash_file
 
 _PART_RE = re.compile(r"^.+\.[0-9a-f]{16}\.part$")
 
+#: The record of a file the cache held before it kept records: hashed at its next use.
+_UNVERIFIED = "unverified"
 #: Seconds between looks at a download another process runs.
 WAIT_POLL_SECONDS = 0.25
 
@@ -55,8 +59,16 @@ class ModelCache:
     def __init__(self, root: Path | str, budget_bytes: int) -> None:
         self.root = Path(root)
         self.budget_bytes = int(budget_bytes)
+        # A cache of the version without records: its files are its own, unverified.
+        legacy = (self.root / ".parts").is_dir() and not (self.root / ".sha256").is_dir()
         for sub in (".parts", ".locks", ".reserved", ".sha256", ".failed"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if legacy:
+            for path in self.root.iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    with open(self._sha_file(path.name), "a") as record:
+                        if record.tell() == 0:
+                            record.write(_UNVERIFIED)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -83,9 +95,11 @@ class ModelCache:
         except FileNotFoundError:
             return False
         try:
-            return self._sha_file(name).read_text().strip() == sha256
+            recorded = self._sha_file(name).read_text().strip()
         except FileNotFoundError:
-            pass
+            recorded = _UNVERIFIED
+        if recorded != _UNVERIFIED:
+            return recorded == sha256
         if hash_file(self.path(name), size).hexdigest() != sha256:
             return False
         self._record_sha(name, sha256)

@@ -605,3 +605,23 @@ def test_a_worker_whose_model_cache_folder_cannot_be_made_stops_at_start(tmp_pat
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: EMP_MODEL_CACHE_DIR {folder} cannot be used:"), last
     assert "Not a directory" in last and "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_cache_from_before_the_checksum_records_keeps_its_files_its_own(server,
+                                                                       tmp_path) -> None:
+    """A machine's cache folder filled by the version without ``.sha256`` records
+    (it has ``.parts``, ``.locks``, ``.reserved``), upgraded. Its files are
+    still the cache's: counted and evicted like models (else a full old cache
+    could never make room), and one a job needs is adopted by its checksum
+    without a download."""
+    a, b = _entry(server, "a"), _entry(server, "b")
+    for sub in (".parts", ".locks", ".reserved"):
+        (tmp_path / sub).mkdir()
+    for entry, when in ((a, 1), (b, 2)):
+        (tmp_path / entry.name).write_bytes(server.files[entry.name])
+        os.utime(tmp_path / entry.name, (when, when))
+    manager = _manager(tmp_path, budget=2 * SIZE + 1000)
+    assert manager.cache.models() == ["a", "b"]
+    _fetch(manager, _entry(server, "c"))  # evicts a, the least recently used
+    assert manager.cache.models() == ["b", "c"]
+    assert _fetch(manager, b) == [] and not server.requests_for("b")  # adopted
