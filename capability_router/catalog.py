@@ -74,7 +74,9 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
     url = body.get("url")
     try:
         parsed = urlparse(url) if isinstance(url, str) else None
-    except ValueError:  # an unmatched '[' ("Invalid IPv6 URL")
+        if parsed is not None:
+            parsed.port  # noqa: B018 - raises ValueError for a port past 65535
+    except ValueError:  # an unmatched '[' ("Invalid IPv6 URL"), a bad port
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidModel(f"url must be an http(s) URL, got {url!r}")

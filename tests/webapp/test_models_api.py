@@ -45,6 +45,8 @@ def test_admin_puts_reads_lists_and_deletes_entries(admin, client) -> None:
     ("sd15", {**ENTRY, "url": "ftp://host/file"}, "url"),
     # An unmatched '[' made urlparse raise: the fuzz test got a 500.
     ("sd15", {**ENTRY, "url": "https://o>[d/model"}, "url"),
+    # A port past 65535: accepted, then every download of it failed to parse.
+    ("sd15", {**ENTRY, "url": "http://models.example:99999/x"}, "url"),
     ("sd15", {**ENTRY, "size": 0}, "size"),
     ("sd15", {**ENTRY, "size": "big"}, "size"),
     ("sd15", {**ENTRY, "sha256": "1234"}, "sha256"),
