@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urljoin, urlparse
+from urllib.parse import ParseResult, unquote, urljoin, urlparse
 
 import requests
 
@@ -36,16 +36,31 @@ def get(http: requests.Session, url: str, headers: dict[str, str], timeout: floa
 
     :param shown: ``url`` as messages show it (no secrets).
     """
-    floor = _class_of(urlparse(url).hostname or "")
+    first = urlparse(url)
+    floor = _class_of(first.hostname or "")
+    # The URL's credentials go along to its own host only (as requests' redirects do).
+    auth = (unquote(first.username), unquote(first.password or "")) \
+        if first.username else None
     for _ in range(MAX_REDIRECTS + 1):
-        reply = http.get(url, headers=headers, stream=True, timeout=timeout,
-                         allow_redirects=False)
+        hop = urlparse(url)
+        same_host = (hop.hostname, _port(hop)) == (first.hostname, _port(first))
+        try:
+            reply = http.get(url, headers=headers, stream=True, timeout=timeout,
+                             allow_redirects=False,
+                             auth=auth if same_host and not hop.username else None)
+        except ValueError as exc:  # requests parses a Location even when not following it
+            if isinstance(exc, requests.RequestException):
+                raise
+            raise Unfollowable(f"{shown} redirects to a malformed URL: {exc}") from None
         if not reply.is_redirect:
             return reply
         reply.close()
-        target = urljoin(url, reply.headers["Location"])
-        parsed = urlparse(target)
-        where = f"{parsed.scheme}://{parsed.hostname or ''}"
+        try:
+            target = urljoin(url, reply.headers["Location"])
+            parsed = urlparse(target)
+            where = f"{parsed.scheme}://{parsed.hostname or ''}"
+        except ValueError as exc:  # an unmatched '[' ("Invalid IPv6 URL")
+            raise Unfollowable(f"{shown} redirects to a malformed URL: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise Unfollowable(f"{shown} redirects to {where}...: only http(s) URLs are "
                                f"followed")
@@ -55,6 +70,14 @@ def get(http: requests.Session, url: str, headers: dict[str, str], timeout: floa
                                f"a {_KINDS[floor]} one: refused")
         url = target
     raise Unfollowable(f"{shown} redirects more than {MAX_REDIRECTS} times")
+
+
+def _port(parsed: ParseResult) -> int | None:
+    """The port a URL reaches (None when it is malformed: the request says so)."""
+    try:
+        return parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    except ValueError:
+        return None
 
 
 def _class_of(host: str) -> int:

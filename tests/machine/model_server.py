@@ -8,7 +8,8 @@ bytes), redirect some names (``redirects``: name -> Location), answer the
 next requests with given statuses (``statuses``, e.g. 429), announce a false
 Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
 for clients that accept it (``gzipped``) and answer a Range request with the
-whole file as a 206 (``range_from_zero``). It listens on ``bind`` (127.0.0.1;
+whole file as a 206 (``range_from_zero``), and answer 401 without this basic
+authorization header value (``authorization``). It listens on ``bind`` (127.0.0.1;
 ``url`` names that address). Every request is recorded.
 """
 
@@ -48,6 +49,7 @@ class ModelServer:
     gzipped: set[str] = field(default_factory=set)
     range_from_zero: bool = False
     bind: str = "127.0.0.1"
+    authorization: str | None = None
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -92,6 +94,13 @@ class ModelServer:
                     self.end_headers()
                     return
                 data = owner.files.get(name)
+                if owner.authorization and name not in owner.redirects and self.headers.get(
+                        "Authorization") != owner.authorization:
+                    self._record(name, 401)
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if data is None:
                     self._record(name, 404)
                     self.send_response(404)

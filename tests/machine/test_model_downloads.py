@@ -149,14 +149,17 @@ def test_a_changed_catalog_entry_never_resumes_from_the_old_file(server, tmp_pat
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x", "/loop"])
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x", "/loop",
+                                      "http://[::1/x"])
 def test_a_redirect_the_downloader_cannot_follow_is_a_model_error_at_once(
         server, tmp_path, location) -> None:
     """The catalog URL answers 302 to ``file:///etc/passwd``, to ``ftp://`` or to
     itself (a loop). Before: requests' InvalidSchema / TooManyRedirects counted as
     a network hiccup, so the download was tried 8 times (about 9 s of backoff)
     and failed as a retryable ``network`` error; the job was then retried in
-    vain. Now: one try, a ``model`` error naming the redirect, no file left."""
+    vain. A malformed Location (``http://[::1/x``) raised a bare ValueError out
+    of requests. Now: one try, a ``model`` error naming the redirect, no file
+    left."""
     entry = _entry(server, "moved")
     server.redirects["moved"] = location if location != "/loop" else server.url + "/moved"
     with pytest.raises(ConnectorError) as caught:
@@ -625,3 +628,20 @@ def test_a_cache_from_before_the_checksum_records_keeps_its_files_its_own(server
     _fetch(manager, _entry(server, "c"))  # evicts a, the least recently used
     assert manager.cache.models() == ["b", "c"]
     assert _fetch(manager, b) == [] and not server.requests_for("b")  # adopted
+
+
+def test_credentials_follow_a_redirect_on_the_same_host(server, tmp_path) -> None:
+    """A private mirror with basic auth (``http://user:pw@host/alias``) redirects to
+    another URL of the same host (an absolute Location, no credentials in it).
+    requests' own redirect handling sent the credentials along (same host
+    only); following by hand (c428ee6) dropped them: a 401, a ``model`` error.
+    Now they go along again, to the same host only."""
+    import base64
+
+    body = server.add("real", SIZE)
+    server.redirects["alias"] = server.url + "/real"
+    server.authorization = "Basic " + base64.b64encode(b"user:pw").decode()
+    host = server.url.split("//", 1)[1]
+    _fetch(_manager(tmp_path), parse_entry("alias", {**body,
+                                                     "url": f"http://user:pw@{host}/alias"}))
+    assert (tmp_path / "alias").read_bytes() == server.files["real"]
