@@ -74,7 +74,9 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
     url = body.get("url")
     try:
         parsed = urlparse(url) if isinstance(url, str) else None
-    except ValueError:  # an unmatched '[' ("Invalid IPv6 URL")
+        if parsed is not None:
+            parsed.port  # noqa: B018 - raises ValueError for a port past 65535
+    except ValueError:  # an unmatched '[' ("Invalid IPv6 URL"), a bad port
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidModel(f"url must be an http(s) URL, got {url!r}")
@@ -86,6 +88,19 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
     if not isinstance(sha256, str) or not _SHA256_RE.match(sha256.lower()):
         raise InvalidModel(f"sha256 must be 64 hex digits, got {sha256!r}")
     return ModelEntry(name, url, size, sha256.lower())
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password and query masked, for messages and non-admin readers
+    (a private mirror's URL may carry credentials or a signed query)."""
+    try:
+        parsed = urlparse(url)
+        netloc = parsed.netloc
+        if parsed.password is not None:
+            netloc = f"{parsed.username}:***@{netloc.rsplit('@', 1)[1]}"
+    except ValueError:
+        return "<unreadable url>"
+    return parsed._replace(netloc=netloc, query="***" if parsed.query else "").geturl()
 
 
 def _text(value: str | bytes) -> str:

@@ -148,6 +148,10 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
         defaults.time_limits(), defaults.health_gate_seconds()
         defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()
+        if defaults.env("EMP_MODEL_CACHE_DIR"):
+            from machine.models.settings import check_settings
+
+            check_settings()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     app = _app(_url(obj))

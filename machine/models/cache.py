@@ -4,11 +4,22 @@ Layout under ``root`` (model names never start with '.', see
 ``capability_router.catalog``)::
 
     <name>                 a complete, verified model file; its mtime is its last use
-    .parts/<name>.<sha>.part  a download in progress (resumed from)
+    .sha256/<name>         the SHA-256 it was verified against (which version it is)
+    .failed/<name>         "<sha256> <time> <error>" of its last download that failed
+                           for good (for the processes that were waiting for it)
+    .parts/<name>.<sha>.part  a download in progress (resumed from); when nobody is
+                           downloading it, it counts in the budget and is evicted
+                           like a model
     .locks/<name>.use      shared flock held by every process using the model
     .locks/<name>.download exclusive flock of the one process downloading it
     .locks/cache           exclusive flock around reserving space and evicting
     .reserved/<name>       size (bytes) a running download will take
+
+Files without a ``.sha256`` record are not the cache's (an operator's, in a
+folder shared with them): they are neither counted nor evicted, until a job
+needs a model of that name and the file matches its checksum (adopted). A
+cache folder from before the records (``.parts`` but no ``.sha256``) has its
+files recorded as its own at first sight, ``unverified``: hashed at next use.
 
 Locks are ``flock`` on files, so they hold across the machine's worker
 processes and vanish with a process that dies. A model is *idle* when no
@@ -21,15 +32,19 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.models.download import hash_file
 
 _PART_RE = re.compile(r"^.+\.[0-9a-f]{16}\.part$")
 
+#: The record of a file the cache held before it kept records: hashed at its next use.
+_UNVERIFIED = "unverified"
 #: Seconds between looks at a download another process runs.
 WAIT_POLL_SECONDS = 0.25
 
@@ -44,8 +59,16 @@ class ModelCache:
     def __init__(self, root: Path | str, budget_bytes: int) -> None:
         self.root = Path(root)
         self.budget_bytes = int(budget_bytes)
-        for sub in (".parts", ".locks", ".reserved"):
+        # A cache of the version without records: its files are its own, unverified.
+        legacy = (self.root / ".parts").is_dir() and not (self.root / ".sha256").is_dir()
+        for sub in (".parts", ".locks", ".reserved", ".sha256", ".failed"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if legacy:
+            for path in self.root.iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    with open(self._sha_file(path.name), "a") as record:
+                        if record.tell() == 0:
+                            record.write(_UNVERIFIED)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -58,16 +81,42 @@ class ModelCache:
     def _lock_file(self, name: str, kind: str) -> Path:
         return self.root / ".locks" / f"{name}.{kind}"
 
-    def has(self, name: str, size: int) -> bool:
-        """True when the complete file is there (verified when it was installed)."""
+    def _sha_file(self, name: str) -> Path:
+        return self.root / ".sha256" / name
+
+    def has(self, name: str, size: int, sha256: str) -> bool:
+        """True when the complete file of this version is there (verified when it was
+        installed). The size alone does not tell versions apart: a retrained
+        model usually has its predecessor's size. A file without a record (a
+        cache from before the records) is hashed once and adopted if it matches."""
         try:
-            return self.path(name).stat().st_size == size
+            if self.path(name).stat().st_size != size:
+                return False
         except FileNotFoundError:
             return False
+        try:
+            recorded = self._sha_file(name).read_text().strip()
+        except FileNotFoundError:
+            recorded = _UNVERIFIED
+        if recorded != _UNVERIFIED:
+            return recorded == sha256
+        if hash_file(self.path(name), size).hexdigest() != sha256:
+            return False
+        self._record_sha(name, sha256)
+        return True
+
+    def _record_sha(self, name: str, sha256: str) -> None:
+        record = self._sha_file(name)
+        temporary = record.with_name(f".{name}.{os.getpid()}")
+        temporary.write_text(sha256)
+        os.replace(temporary, record)
 
     def models(self) -> list[str]:
-        """Names of the complete model files, least recently used first."""
-        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")]
+        """Names of the complete model files, least recently used first. Only files the
+        cache installed (or adopted) count: other files in its folder are the
+        operator's, never evicted."""
+        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and self._sha_file(p.name).exists()]
         return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime)]
 
     def used_bytes(self) -> int:
@@ -152,22 +201,81 @@ class ModelCache:
             marker.unlink(missing_ok=True)
 
     def _make_room(self, name: str, size: int) -> list[str]:
-        need = self.used_bytes() + self._reserved_bytes(name) + size - self.budget_bytes
+        """Evict until both the budget and the disk have room for what ``name``'s
+        download still writes (the budget may promise more than the disk has:
+        its default is the pool's ``storage_gb``, else 100 GB). The victims are
+        chosen first: when the idle ones cannot make the room, none is evicted."""
+        parts = self._idle_parts(but=name)
+        need = (self.used_bytes() + sum(_size(p) for p in parts) + self._reserved_bytes(name)
+                + size - self.budget_bytes)
+        disk_need = size - self._part_bytes(name) - shutil.disk_usage(self.root).free
+        victims = [self.path(model) for model in self.models() if model != name] + parts
+        chosen, budget_short, disk_short = [], need, disk_need
         evicted: list[str] = []
-        for victim in self.models():
-            if need <= 0:
+        for victim in sorted(victims, key=_mtime):
+            if budget_short <= 0 and disk_short <= 0:
                 break
-            if victim == name:
-                continue
-            freed = self.evict(victim)
-            if freed:
-                evicted.append(victim)
-                need -= freed
+            if victim in parts or not self._in_use(victim.name):
+                chosen.append(victim)
+                budget_short -= _size(victim)
+                disk_short -= _size(victim)
+        if budget_short <= 0 and disk_short <= 0:
+            for victim in chosen:
+                freed = self._evict_part(victim) if victim in parts else self.evict(victim.name)
+                if freed:
+                    evicted.append(victim.name)
+                    need -= freed
+                    disk_need -= freed
         if need > 0:
             raise ConnectorError(
                 f"no room for model {name} ({size} bytes) in the model cache "
                 f"({self.budget_bytes} bytes): the other models are in use", ErrorType.SERVICE)
+        if disk_need > 0:
+            raise ConnectorError(
+                f"no room for model {name} ({size} bytes) on the model cache's disk "
+                f"({self.root}): {disk_need} bytes short; its free space and the models "
+                f"in use leave too little", ErrorType.SERVICE)
         return evicted
+
+    def _in_use(self, name: str) -> bool:
+        """Whether some process holds ``name`` in use (now)."""
+        with open(self._lock_file(name, "use"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def _idle_parts(self, but: str) -> list[Path]:
+        """Parts nobody is downloading (a failed, cancelled or killed download's) but
+        ``but``'s: kept for a resume, they take disk like models and are evicted
+        like them, by age."""
+        found = []
+        for part in (self.root / ".parts").iterdir():
+            owner = part.name.rsplit(".", 2)[0]
+            if _PART_RE.match(part.name) and owner != but and not self._downloading(owner):
+                found.append(part)
+        return found
+
+    def _evict_part(self, part: Path) -> int:
+        """Delete an idle part unless a download of it began meanwhile; the bytes freed."""
+        with open(self._lock_file(part.name.rsplit(".", 2)[0], "download"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            try:
+                size = _size(part)
+                part.unlink(missing_ok=True)
+                return size
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _part_bytes(self, name: str) -> int:
+        """Bytes of ``name``'s downloads in progress (a resume writes only the rest)."""
+        return sum(p.stat().st_size for p in (self.root / ".parts").iterdir()
+                   if _PART_RE.match(p.name) and p.name.rsplit(".", 2)[0] == name)
 
     def evict(self, name: str) -> int:
         """Delete ``name`` if no process uses it; the bytes freed (0: in use or absent)."""
@@ -179,16 +287,50 @@ class ModelCache:
             try:
                 path = self.path(name)
                 size = path.stat().st_size if path.exists() else 0
+                self._sha_file(name).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
                 return size
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def record_failure(self, name: str, sha256: str, message: str) -> None:
+        """Note that downloading this version of ``name`` failed for good (a ``model``
+        error), so the processes waiting for that download do not repeat it."""
+        (self.root / ".failed" / name).write_text(f"{sha256} {time.time()} {message}")
+
+    def failure(self, name: str, sha256: str, since: float) -> str | None:
+        """The error of this version's download that failed for good after ``since``
+        (epoch seconds), else None."""
+        try:
+            recorded, at, message = (self.root / ".failed" / name).read_text().split(" ", 2)
+        except (FileNotFoundError, ValueError):
+            return None
+        return message if recorded == sha256 and float(at) >= since else None
+
     def install(self, name: str, sha256: str) -> Path:
-        """Move a verified part into place; other versions' parts go."""
+        """Move a verified part into place, recording its version; other versions'
+        parts go. (The record goes first: a crash in between leaves a file
+        without one, hashed at its next use, never a file with a wrong one.)"""
         path = self.path(name)
+        self._sha_file(name).unlink(missing_ok=True)
         os.replace(self.part(name, sha256), path)
+        self._record_sha(name, sha256)
+        (self.root / ".failed" / name).unlink(missing_ok=True)
         for stale in (self.root / ".parts").iterdir():
             if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
                 stale.unlink(missing_ok=True)
         return path
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

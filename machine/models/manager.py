@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from capability_router.catalog import ModelEntry, get_models
+from emp_tasks import defaults
+from machine.connectors.base import ConnectorError, ErrorType
 from machine.models.cache import ModelCache
 from machine.models.download import fetch
+from machine.models.settings import positive
 
 #: Budget when neither EMP_MODEL_CACHE_GB nor a pool's storage_gb says (GB).
 DEFAULT_BUDGET_GB = 100.0
@@ -78,9 +81,23 @@ class ModelManager:
     def _ready_one(self, entry: ModelEntry, report: Report | None) -> Iterator[Path]:
         cache = self.cache
         with cache.use(entry.name):
-            if not cache.has(entry.name, entry.size):
-                with cache.download_lock(entry.name, self._watcher(entry, report)):
-                    if not cache.has(entry.name, entry.size):
+            if not cache.has(entry.name, entry.size, entry.sha256):
+                since, waited = time.time(), []
+                watch = self._watcher(entry, report)
+
+                def waiting() -> None:
+                    waited.append(True)
+                    watch()
+
+                with cache.download_lock(entry.name, waiting):
+                    if not cache.has(entry.name, entry.size, entry.sha256):
+                        # The download waited for failed for good: the same bytes again
+                        # would fail the same way.
+                        failed = cache.failure(entry.name, entry.sha256, since) if waited \
+                            else None
+                        if failed:
+                            raise ConnectorError(f"{failed} (the download this worker "
+                                                 f"waited for)", ErrorType.MODEL)
                         self._download(entry, report)
                 if report is not None:
                     report(Preparing(entry.name, "disk", entry.size, entry.size, 0.0))
@@ -97,7 +114,12 @@ class ModelManager:
             if report is not None:
                 done = part.stat().st_size if part.exists() else 0
                 report(Preparing(entry.name, "remote", done, entry.size, None))
-            fetch(entry.url, part, entry.size, entry.sha256, progress)
+            try:
+                fetch(entry.url, part, entry.size, entry.sha256, progress)
+            except ConnectorError as exc:
+                if not exc.retryable:
+                    self.cache.record_failure(entry.name, entry.sha256, exc.message)
+                raise
             self.cache.install(entry.name, entry.sha256)
 
     def _watcher(self, entry: ModelEntry, report: Report | None) -> Callable[[], None]:
@@ -125,9 +147,9 @@ class ModelManager:
 
 def budget_bytes_from_env() -> int:
     """EMP_MODEL_CACHE_GB, else the machine pool's ``storage_gb``, else 100 GB."""
-    value = os.environ.get("EMP_MODEL_CACHE_GB")
-    if value:
-        return int(float(value) * 1e9)
+    if defaults.env("EMP_MODEL_CACHE_GB"):
+        return int(positive("EMP_MODEL_CACHE_GB", DEFAULT_BUDGET_GB,
+                            "a positive number of GB") * 1e9)
     storage = _pool_storage_gb()
     return int((storage if storage else DEFAULT_BUDGET_GB) * 1e9)
 

@@ -3,12 +3,19 @@
 Serves ``files`` (name -> bytes) at ``/<name>`` with ``Range: bytes=N-``
 support. It can cut the next responses short (``cut_next`` responses stop
 after ``cut_at`` bytes and drop the connection), ignore Range headers, serve
-wrong bytes for some names, and go slowly (``chunk_delay`` seconds per
-``chunk`` bytes). Every request is recorded.
+wrong bytes for some names, go slowly (``chunk_delay`` seconds per ``chunk``
+bytes), redirect some names (``redirects``: name -> Location), answer the
+next requests with given statuses (``statuses``, e.g. 429), announce a false
+Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
+for clients that accept it (``gzipped``) and answer a Range request with the
+whole file as a 206 (``range_from_zero``), and answer 401 without this basic
+authorization header value (``authorization``). It listens on ``bind`` (127.0.0.1;
+``url`` names that address). Every request is recorded.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -36,6 +43,13 @@ class ModelServer:
     corrupt: set[str] = field(default_factory=set)
     chunk: int = 16 * 1024
     chunk_delay: float = 0.0
+    redirects: dict[str, str] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)
+    claimed_length: dict[str, int] = field(default_factory=dict)
+    gzipped: set[str] = field(default_factory=set)
+    range_from_zero: bool = False
+    bind: str = "127.0.0.1"
+    authorization: str | None = None
     served: list[Served] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -66,7 +80,27 @@ class ModelServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 name = self.path.lstrip("/")
+                with owner.lock:
+                    status = owner.statuses.pop(0) if owner.statuses else None
+                if status is None and name in owner.redirects:
+                    status = 302
+                if status is not None:
+                    self._record(name, status, self.headers.get("Range"))
+                    self.send_response(status)
+                    if status == 302:
+                        self.send_header("Location", owner.redirects[name])
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = owner.files.get(name)
+                if owner.authorization and name not in owner.redirects and self.headers.get(
+                        "Authorization") != owner.authorization:
+                    self._record(name, 401)
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if data is None:
                     self._record(name, 404)
                     self.send_response(404)
@@ -78,6 +112,8 @@ class ModelServer:
                 wanted = self.headers.get("Range")
                 match = _RANGE.match(wanted or "")
                 start = int(match[1]) if match and not owner.ignore_range else 0
+                if owner.range_from_zero:
+                    start = 0
                 status = 206 if match and not owner.ignore_range else 200
                 if start >= len(data) and status == 206:
                     self._record(name, 416, wanted)
@@ -86,17 +122,25 @@ class ModelServer:
                     self.end_headers()
                     return
                 body = data[start:]
+                zipped = name in owner.gzipped and "gzip" in self.headers.get(
+                    "Accept-Encoding", "")
+                if zipped:
+                    body = gzip.compress(body)
                 with owner.lock:
-                    cut = owner.cut_next > 0
-                    if cut:
+                    cutting = owner.cut_next > 0
+                    if cutting:
                         owner.cut_next -= 1
+                cut = cutting or name in owner.claimed_length  # drop the connection after
                 self._record(name, status, wanted)
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length",
+                                 str(owner.claimed_length.get(name, len(body))))
+                if zipped:
+                    self.send_header("Content-Encoding", "gzip")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
-                limit = owner.cut_at if cut else len(body)
+                limit = owner.cut_at if cutting else len(body)
                 sent = 0
                 try:
                     while sent < min(limit, len(body)):
@@ -119,7 +163,7 @@ class ModelServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((self.bind, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self

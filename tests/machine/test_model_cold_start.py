@@ -7,6 +7,7 @@ Real Redis, real ``emp worker`` processes sharing one model cache directory
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -192,3 +193,36 @@ def test_an_unreachable_model_server_is_a_network_error_retried_then_failed(
     assert "[network]" in record["last_error"] and "preparing" not in record
     names = [e["event"] for e in _events(app, job.id)]
     assert "job_retrying" in names and "job_started" not in names
+
+
+@pytest.mark.timeout(120)
+def test_a_job_cancelled_while_its_model_downloads_stops_it_and_keeps_the_bytes(
+        app, client, server, start_worker, tmp_path) -> None:
+    """Cancel a job while its worker downloads its model: the download stops (the
+    part stops growing), the job ends ``cancelled`` without starting, and the
+    next job needing the model resumes from the bytes already there."""
+    from emp_tasks.producer import cancel
+
+    _publish(client, server, "m-cancel")
+    server.chunk_delay = 0.1  # 32 chunks: about 3 s
+    start_worker("cold-1", **_worker_env(tmp_path))
+    job = _run(app, "m-cancel")
+    wait_until(lambda: (get_job(job.id, app=app).get("preparing") or {}).get("bytes_done"),
+               timeout=30, message="the download to start")
+    assert cancel(job.id, app=app) == "cancelled"
+    part = tmp_path / "cache" / ".parts"
+    wait_until(lambda: list(part.iterdir()), timeout=10, message="a part file")
+    sizes = []
+    for _ in range(3):  # the worker notices at its next report (0.1 s), a chunk later
+        time.sleep(1.0)
+        sizes.append(next(part.iterdir()).stat().st_size)
+    assert sizes[1] == sizes[2] < SIZE, sizes  # stopped
+    record = get_job(job.id, app=app)
+    assert record["status"] == "cancelled"
+    assert "job_started" not in [e["event"] for e in _events(app, job.id)]
+
+    server.chunk_delay = 0.0
+    assert _run(app, "m-cancel").get(timeout=60)["success"] is True
+    ranges = [s.range for s in server.requests_for("m-cancel")]
+    assert ranges[0] is None and ranges[-1] == f"bytes={sizes[-1]}-", ranges
+    assert (tmp_path / "cache" / "m-cancel").read_bytes() == server.files["m-cancel"]

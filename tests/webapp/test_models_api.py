@@ -45,6 +45,8 @@ def test_admin_puts_reads_lists_and_deletes_entries(admin, client) -> None:
     ("sd15", {**ENTRY, "url": "ftp://host/file"}, "url"),
     # An unmatched '[' made urlparse raise: the fuzz test got a 500.
     ("sd15", {**ENTRY, "url": "https://o>[d/model"}, "url"),
+    # A port past 65535: accepted, then every download of it failed to parse.
+    ("sd15", {**ENTRY, "url": "http://models.example:99999/x"}, "url"),
     ("sd15", {**ENTRY, "size": 0}, "size"),
     ("sd15", {**ENTRY, "size": "big"}, "size"),
     ("sd15", {**ENTRY, "sha256": "1234"}, "sha256"),
@@ -71,3 +73,20 @@ def test_only_an_admin_writes_the_catalog(admin, client) -> None:
     catalog.put_model(client, catalog.parse_entry("sd15", ENTRY))
     assert customer.delete("/api/models/sd15").status_code == 403
     assert catalog.get_model(client, "sd15") is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_customer_reads_the_catalog_without_its_url_secrets(admin, client) -> None:
+    """An admin puts a private mirror's URL carrying credentials and a signed
+    query. Before: every customer token read them whole from ``GET /api/models``
+    and ``GET /api/models/<name>``. Now a customer sees them masked; an admin,
+    who may edit the entry, still reads the URL as written."""
+    url = "https://studio:s3cret@mirror.example/sd15.safetensors?sig=t0ken"
+    assert admin.session.put(admin.base + "/api/models/sd15", json={**ENTRY, "url": url},
+                             timeout=30).status_code == 201
+    customer = admin.as_(TOKEN_A)
+    for shown in (customer.get("/api/models").json()["models"][0]["url"],
+                  customer.get("/api/models/sd15").json()["model"]["url"]):
+        assert shown == "https://studio:***@mirror.example/sd15.safetensors?***"
+    assert admin.get("/api/models/sd15").json()["model"]["url"] == url
+    assert admin.get("/api/models").json()["models"][0]["url"] == url

@@ -1,14 +1,15 @@
 """The model catalog over REST: list, read, put and delete entries (``/api/models``).
 
-Any valid token reads; writing needs an admin token (the catalog serves every
-customer's jobs). A body is checked against the OpenAPI schema, then by
-``capability_router.catalog.parse_entry``; bad input is a 400 naming the field
-and writes nothing.
+Any valid token reads (a customer sees URLs without password and query);
+writing needs an admin token (the catalog serves every customer's jobs). A
+body is checked against the OpenAPI schema, then by
+``capability_router.catalog.parse_entry``; bad input is a 400 naming the
+field and writes nothing.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 
 from capability_router import catalog
 from webapp.api import validation
@@ -28,6 +29,16 @@ def invalid_model(exc: catalog.InvalidModel):  # noqa: ANN201 - Flask response
     return error(400, str(exc))
 
 
+def _shown(entry: catalog.ModelEntry) -> dict:
+    """An entry as the caller may see it: a customer reads its URL without password
+    and query (a private mirror's credentials, a signed link); an admin, who
+    edits it, as written."""
+    shown = entry.as_dict()
+    if not g.principal.admin:
+        shown["url"] = catalog.redacted_url(entry.url)
+    return shown
+
+
 def _not_found(name: str):  # noqa: ANN202 - Flask response
     return error(404, f"model {name!r} is not in the catalog")
 
@@ -37,7 +48,7 @@ def _not_found(name: str):  # noqa: ANN202 - Flask response
 def list_models():  # noqa: ANN201 - Flask response
     """Every catalog entry, by name."""
     entries = catalog.list_models(backend().redis)
-    return jsonify(success=True, models=[entry.as_dict() for entry in entries])
+    return jsonify(success=True, models=[_shown(entry) for entry in entries])
 
 
 @blueprint.get("/api/models/<name>")
@@ -48,7 +59,7 @@ def get_model(name: str):  # noqa: ANN201 - Flask response
     entry = catalog.get_model(backend().redis, name)
     if entry is None:
         return _not_found(name)
-    return jsonify(success=True, model=entry.as_dict())
+    return jsonify(success=True, model=_shown(entry))
 
 
 @blueprint.put("/api/models/<name>")

@@ -312,7 +312,8 @@ def _model_schemas(success: dict[str, Any]) -> dict[str, Any]:
     """The model catalog's bodies (``webapp.api.models``)."""
     fields = {
         "url": {"type": "string", "pattern": "^https?://[^/?#]+", "maxLength": 2048,
-                "description": "http(s) URL the machines download the file from."},
+                "description": "http(s) URL the machines download the file from (read "
+                               "with a customer token: password and query as ***)."},
         "size": {"type": "integer", "minimum": 1, "maximum": 1 << 40,
                  "description": "File size, bytes."},
         "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
