@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '14'
+local VERSION = '15'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -842,8 +842,8 @@ local function prefer_scarce(P, ck, best, now, cfg)
   for page = 0, SCARCE_PAGES - 1 do
     local near = redis.call('ZRANGE', P .. 'fheads', from, to, 'BYSCORE',
       'LIMIT', int(page * SCARCE_PAGE), int(SCARCE_PAGE))
-    if #near == 0 then
-      break
+    if #near == 0 or (page == 0 and #near == 1) then
+      break  -- (one family in the window: nothing to weigh, no call made)
     end
     local can = redis.call('SMISMEMBER', ck, unpack(near))
     for i, yes in ipairs(can) do
