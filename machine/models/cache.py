@@ -156,7 +156,11 @@ class ModelCache:
 
     def _downloading(self, name: str) -> bool:
         """Whether some live process holds ``name``'s download lock."""
-        with open(self._lock_file(name, "download"), "a") as handle:
+        return self._held(name, "download")
+
+    def _held(self, name: str, kind: str) -> bool:
+        """Whether some live process holds ``name``'s ``kind`` lock (tried, not taken)."""
+        with open(self._lock_file(name, kind), "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -239,13 +243,7 @@ class ModelCache:
 
     def _in_use(self, name: str) -> bool:
         """Whether some process holds ``name`` in use (now)."""
-        with open(self._lock_file(name, "use"), "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
+        return self._held(name, "use")
 
     def _idle_parts(self, but: str) -> list[Path]:
         """Parts nobody is downloading (a failed, cancelled or killed download's) but

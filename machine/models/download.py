@@ -54,6 +54,8 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+)$")
 _BUSY = (408, 429)
 #: Longest Retry-After honoured, seconds.
 MAX_RETRY_AFTER_SECONDS = 30.0
+#: Wait before a retry: 0.1 s doubling per try in a row without progress, at most this.
+BACKOFF_MAX_SECONDS = 2.0
 
 
 class _Stalled(Exception):
@@ -177,12 +179,12 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                                  ErrorType.MODEL, {"url": url}) from None
         except _Busy as exc:
             last_error = f"HTTP {exc.status}"
-            time.sleep(max(min(2.0, 0.1 * 2 ** failures), exc.wait))
+            time.sleep(max(_backoff(failures), exc.wait))
             continue
         except _TRANSIENT as exc:
             last_error = _scrub(f"{type(exc).__name__}: {exc}", real_url)
             stalled = isinstance(exc, _Stalled)
-            time.sleep(min(2.0, 0.1 * 2 ** failures))
+            time.sleep(_backoff(failures))
             continue
     have = part.stat().st_size if part.exists() else 0
     if have != size:
@@ -271,3 +273,7 @@ def _eta(started: float, fetched: int, left: int) -> float | None:
     if fetched <= 0 or elapsed <= 0:
         return None
     return round(left / (fetched / elapsed), 1)
+
+
+def _backoff(failures: int) -> float:
+    return min(BACKOFF_MAX_SECONDS, 0.1 * 2 ** failures)

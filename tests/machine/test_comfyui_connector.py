@@ -650,7 +650,7 @@ def test_a_prompt_another_client_removes_from_comfyuis_queue_fails_the_job_at_on
     started = time.monotonic()
     with pytest.raises(ConnectorError) as caught:
         connector.run_job(job("cleared", txt2img(steps=2)), lambda report: None)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # half its 30 s timeout (a few seconds here)
     assert caught.value.error_type == ErrorType.SERVICE and caught.value.retryable
     assert "left ComfyUI's queue without running" in caught.value.message
 

@@ -287,6 +287,7 @@ def test_a_trickling_server_is_cut_off_as_stalled(server, tmp_path, monkeypatch)
     from machine.models import download
 
     monkeypatch.setattr(download, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(download, "BACKOFF_MAX_SECONDS", 0.05)  # 8 tries, not 9 s of waits
     entry = _entry(server, "slow")
     server.chunk, server.chunk_delay = 100, 0.2
     manager = _manager(tmp_path)
@@ -523,12 +524,14 @@ def test_a_download_cut_often_but_progressing_is_not_given_up(server, tmp_path) 
 
 
 @pytest.mark.timeout(60)
-def test_a_server_that_restarts_and_cuts_every_time_is_given_up(server, tmp_path) -> None:
+def test_a_server_that_restarts_and_cuts_every_time_is_given_up(server, tmp_path,
+                                                                 monkeypatch) -> None:
     """The same link, but the server ignores Range: every try starts at byte 0 and
     is cut at 100 000. Starting over is no progress: after the first try,
     ``EMP_MODEL_DOWNLOAD_TRIES`` (8) more end in a ``network`` error."""
     from machine.models import download
 
+    monkeypatch.setattr(download, "BACKOFF_MAX_SECONDS", 0.05)
     entry = _entry(server, "loop")
     server.ignore_range, server.cut_next, server.cut_at = True, 100, 100_000
     with pytest.raises(ConnectorError) as caught:
