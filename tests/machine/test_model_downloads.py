@@ -91,18 +91,23 @@ def _ready_in_child(root: str, entry: ModelEntry, out: str) -> None:
         Path(out).write_text(f"{paths[entry.name].stat().st_size} {len(reports)}")
 
 
-def test_processes_wanting_the_same_model_share_one_download(server, tmp_path) -> None:
-    entry = _entry(server, "shared")
-    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # ~0.8 s: the others wait for it
+def _run_in_three_children(target, tmp_path: Path, entry: ModelEntry, timeout: float) -> None:
+    """Three forked worker processes run ``target`` on one cache at once (out0..out2)."""
     fork = multiprocessing.get_context("fork")
-    children = [fork.Process(target=_ready_in_child,
+    children = [fork.Process(target=target,
                              args=(str(tmp_path / "cache"), entry, str(tmp_path / f"out{i}")))
                 for i in range(3)]
     for child in children:
         child.start()
     for child in children:
-        child.join(timeout=60)
+        child.join(timeout=timeout)
         assert child.exitcode == 0
+
+
+def test_processes_wanting_the_same_model_share_one_download(server, tmp_path) -> None:
+    entry = _entry(server, "shared")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # ~0.8 s: the others wait for it
+    _run_in_three_children(_ready_in_child, tmp_path, entry, timeout=60)
     assert len(server.requests_for("shared")) == 1
     for i in range(3):
         size, reports = (tmp_path / f"out{i}").read_text().split()
@@ -559,15 +564,7 @@ def test_processes_waiting_for_a_bad_download_do_not_repeat_it(server, tmp_path)
     entry = _entry(server, "bad3")
     server.corrupt.add("bad3")
     server.chunk, server.chunk_delay = 16 * 1024, 0.05  # ~0.8 s: the others wait for it
-    fork = multiprocessing.get_context("fork")
-    children = [fork.Process(target=_ready_error_in_child,
-                             args=(str(tmp_path / "cache"), entry, str(tmp_path / f"out{i}")))
-                for i in range(3)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=50)
-        assert child.exitcode == 0
+    _run_in_three_children(_ready_error_in_child, tmp_path, entry, timeout=50)
     outcomes = [(tmp_path / f"out{i}").read_text() for i in range(3)]
     assert all(o.startswith("model ") and "sha256" in o for o in outcomes), outcomes
     assert len(server.requests_for("bad3")) == 1
