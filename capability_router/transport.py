@@ -75,6 +75,7 @@ from datetime import datetime
 from functools import cached_property
 from time import monotonic, perf_counter
 from typing import Any
+from uuid import uuid4
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -106,6 +107,11 @@ TAG_PREFIX = "emp|"
 
 #: Header the transport adds to a delivered message: the claim's attempt.
 ATTEMPT_HEADER = "emp_attempt"
+
+#: Header naming one publish (one ``apply_async``), set in the caller's headers: kombu
+#: retries a failed publish with those same headers, so its repeat can be told from a
+#: second send of the job id (``filed_by``).
+PUBLISH_HEADER = "emp_publish"
 
 
 def make_tag(namespace: str, job_id: str, attempt: int) -> str:
@@ -150,18 +156,23 @@ def without_stored_payload(spec: dict[str, Any], message: dict[str, Any]) -> dic
 
 
 def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) -> bool:
-    """Whether the job record ``job_id`` holds ``message`` itself (its delivery tag, new
-    per publish): an enqueue that found its job "already" filed, because an earlier
-    send of this very call ran but its reply was lost (a connection cut) and the Redis
-    client sent it again. Refused as a duplicate, the producer was told its accepted
-    job failed and submitted it again. (A publish kombu itself retries gets a new
-    delivery tag, so that repeat is still refused as before.)"""
-    tag = message.get("properties", {}).get("delivery_tag")
+    """Whether the job record ``job_id`` holds ``message`` itself: an enqueue that found
+    its job "already" filed because an earlier send of this very publish ran but its
+    reply was lost (a connection cut) and the Redis client, or kombu's retry of the
+    publish once the client gave up, sent it again. Refused as a duplicate, the producer
+    was told its accepted job failed and submitted it again. The same publish is known
+    by its ``PUBLISH_HEADER`` (kept by kombu's retries, which get a new delivery tag),
+    else by its delivery tag; a second ``apply_async`` with the same id is neither."""
     stored = functions.client.hget(functions.keys.job(job_id), "message")
-    if not tag or not stored:
+    if not stored:
         return False
     try:
-        return loads(stored).get("properties", {}).get("delivery_tag") == tag
+        stored_message = loads(stored)
+        mine = message.get("headers", {}).get(PUBLISH_HEADER)
+        if mine:
+            return stored_message.get("headers", {}).get(PUBLISH_HEADER) == mine
+        tag = message.get("properties", {}).get("delivery_tag")
+        return bool(tag) and stored_message.get("properties", {}).get("delivery_tag") == tag
     except (ValueError, AttributeError):
         return False
 
@@ -459,6 +470,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         if not is_job_queue(queue):
             return super()._put(queue, message, **kwargs)
         kwargs.pop("_publish_batch", None)
+        if isinstance(message.get("headers"), dict):
+            message["headers"].setdefault(PUBLISH_HEADER, uuid4().hex)
         # A copy: kombu retries a failed publish with the same message.
         message = {**message, "headers": dict(message.get("headers") or {})}
         headers = message["headers"]

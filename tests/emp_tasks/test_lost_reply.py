@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from capability_router.errors import InvalidJob
 from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.app import create_app
@@ -16,12 +17,13 @@ from emp_tasks.producer import cancel, get_job, submit
 
 
 class ReplyCutter:
-    """A TCP proxy to Redis that, once, forwards a command holding ``marker`` and then
-    closes both sides instead of relaying its reply: Redis ran it, the caller never
-    learns so and sends it again on a new connection (redis-py's retry)."""
+    """A TCP proxy to Redis that, ``times`` times (once by default), forwards a command
+    holding ``marker`` and then closes both sides instead of relaying its reply: Redis
+    ran it, the caller never learns so and sends it again on a new connection (redis-py's
+    retry; kombu's own retry of the publish once redis-py has given up)."""
 
-    def __init__(self, port: int, marker: bytes) -> None:
-        self.port, self.marker = port, marker
+    def __init__(self, port: int, marker: bytes, times: int = 1) -> None:
+        self.port, self.marker, self.times = port, marker, times
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.lock = threading.Lock()
@@ -47,7 +49,8 @@ class ReplyCutter:
             while data := inner.recv(65536):
                 with self.lock:
                     if self.armed and self.marker in data:
-                        self.armed, state["cut_next_reply"] = False, True
+                        self.times -= 1
+                        self.armed, state["cut_next_reply"] = self.times > 0, True
                 outer.sendall(data)
         except OSError:
             pass
@@ -76,8 +79,8 @@ class ReplyCutter:
 def reply_cutter(redis_server) -> Iterator[type]:
     made: list[ReplyCutter] = []
 
-    def make(marker: bytes) -> ReplyCutter:
-        made.append(ReplyCutter(redis_server.port, marker))
+    def make(marker: bytes, times: int = 1) -> ReplyCutter:
+        made.append(ReplyCutter(redis_server.port, marker, times))
         return made[-1]
 
     yield make
@@ -144,6 +147,38 @@ def test_a_submit_whose_reply_was_lost_is_accepted_once(client, reply_cutter) ->
         producer.close()
     assert cutter.cuts == 1
     assert client.hget(Keys("default").job(result.id), "status") == "pending"
+    assert client.zcard(Keys("default").status_index("pending")) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_that_kombu_retries_after_lost_replies_is_accepted_once(
+        client, reply_cutter) -> None:
+    """Tried: every reply to the producer's emp_enqueue cut, three times running, so
+    that redis-py gives up and kombu retries the publish itself (Celery's publish retry
+    policy), as a message with a new delivery tag. Before the fix that repeat found the
+    job the first send had filed and ``submit()`` raised InvalidJob "already exists"
+    for it. Now it is recognised as the same publish: the job is filed once, the submit
+    answers it."""
+    cutter = reply_cutter(b"emp_enqueue", times=3)
+    producer = create_app(cutter.url)
+    try:
+        result = submit("echo", {"n": 3}, app=producer)
+    finally:
+        producer.close()
+    assert cutter.cuts == 3
+    assert client.hget(Keys("default").job(result.id), "status") == "pending"
+    assert client.zcard(Keys("default").status_index("pending")) == 1
+    events = [f["event"] for _, f in client.xrange(Keys("default").job_events(result.id))]
+    assert events == ["job_submitted"], events
+
+
+def test_a_second_send_of_a_job_id_is_still_refused(app, client) -> None:
+    """Tried: two separate ``submit()`` calls with the same job id and the same
+    payload (a caller reusing an id, not a retry of one publish). The second is still
+    refused "already exists", and the job is filed once."""
+    submit("echo", {"n": 3}, app=app, task_id="same-id-twice")
+    with pytest.raises(InvalidJob, match="already exists"):
+        submit("echo", {"n": 3}, app=app, task_id="same-id-twice")
     assert client.zcard(Keys("default").status_index("pending")) == 1
 
 
