@@ -602,6 +602,12 @@ class QueueFunctions:
         return _text(self._call("emp_release", [k.config, k.job(job_id), k.delayed],
                                 [job_id, attempt, clean_text(reason), now_ms or 0]))
 
+    def unclaim(self, worker_id: str, held: list[str], now_ms: int | None = None) -> list[str]:
+        """Give back the jobs assigned to ``worker_id`` that it does not hold: a claim
+        whose reply it never received (see emp_unclaim). Returns their ids."""
+        return [_text(job_id) for job_id in self._call(
+            "emp_unclaim", [self.keys.config], [worker_id, now_ms or 0, *held])]
+
     def renew(
         self, worker_id: str, lease_ms: int, held: list[tuple[str, int | str]]
     ) -> list[str]:

@@ -52,7 +52,8 @@ class JobEvent(StrEnum):
     FAILED = "job_failed"
     RETRYING = "job_retrying"
     REQUEUED = "job_requeued"
-    #: Given back because its service refused it before it ran (no retry spent).
+    #: Given back because its service refused it before it ran, or its worker never
+    #: received the claim (reply lost): no retry or attempt spent.
     RELEASED = "job_released"
     CANCELLED = "job_cancelled"
     #: An assigned job's worker is getting its models ready (a cold start).

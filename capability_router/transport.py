@@ -607,6 +607,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
                 reply = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
+                if command == "FCALL" and queue:
+                    self._give_back_unreceived(queue)
                 raise
             except redis.ResponseError as exc:
                 self._recover(queue, exc)
@@ -641,6 +643,23 @@ class Channel(ClusterChannel, kombu_redis.Channel):
             self._in_poll = None
             self._sent = None
             self._flush_brpop_reauth()
+
+    def _give_back_unreceived(self, queue: str) -> None:
+        """The reply to a claim was lost (connection cut): Redis may have assigned a job
+        to this worker that it never received. Give it back now, on another connection,
+        rather than let it wait for its lease and then count an attempt; if Redis cannot
+        be reached either, the lease still returns it."""
+        held = [tag[1] for tag in map(parse_tag, list(self.qos._delivered))
+                if tag and tag[0] == queue]
+        try:
+            given = self.functions(queue).unclaim(self.worker.worker_id, held)
+        except (redis.RedisError, *self.connection_errors) as exc:
+            logger.warning("a claim's reply was lost and Redis is unreachable (%s): a job it "
+                           "assigned returns to pending when its lease expires", exc)
+            return
+        if given:
+            logger.warning("a claim's reply was lost: gave back %s, never received",
+                           ", ".join(given))
 
     def _recover(self, queue: str | None, exc: redis.ResponseError) -> None:
         """Answer a refused claim: reload the library or re-register the profile."""

@@ -25,7 +25,7 @@ NUMBER_FIELDS = (
     "priority", "max_retries", "attempts", "retries", "progress", "workflow_priority",
     "workflow_datetime", "current_step", "total_steps", "created_at", "assigned_at",
     "started_at", "completed_at", "failed_at", "cancelled_at", "retry_at", "lease_until",
-    "updated_at", "service_releases", "released_at", "predicted_ms", "work_units",
+    "updated_at", "service_releases", "unreceived", "released_at", "predicted_ms", "work_units",
 )
 
 

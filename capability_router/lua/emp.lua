@@ -112,7 +112,7 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
-local VERSION = '15'
+local VERSION = '16'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1090,7 +1090,7 @@ local GAVE_UP_KEPT = '9999'
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before', 'service_releases', 'retries')
+    'attempts_before', 'service_releases', 'retries', 'unreceived')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
@@ -1098,10 +1098,11 @@ local function return_to_pending(P, cfg, id, reason, now)
   local attempts = tonumber(f[4]) or 0
   -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
   -- ever-new attempt numbers) but gets its full allowance again. Attempts its
-  -- service refused (emp_release) spent nothing either, nor those that ended
-  -- in a retry (an outcome: the task's max_retries bounds them, up to 100).
+  -- service refused (emp_release) spent nothing either, nor claims their worker
+  -- never received (emp_unclaim), nor those that ended in a retry (an outcome:
+  -- the task's max_retries bounds them, up to 100).
   if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
-      >= cfg.max_attempts then
+      - (tonumber(f[9]) or 0) >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
@@ -2036,6 +2037,48 @@ local function emp_release(keys, args)
   return 'queued'
 end
 
+--[[ emp_unclaim
+KEYS[1] config
+ARGV[1] worker id  ARGV[2] now (0: server time)  ARGV[3..] ids of the jobs the
+worker holds (delivered to it, not yet acknowledged)
+The worker's connection was cut after Redis ran one of its claims, before the
+reply: the job is assigned to a worker that never received it, and would wait
+for its lease to expire and then count the attempt. Every job still assigned
+(claimed, not started) to ``worker`` that it does not hold goes back to
+pending at its old place now, with a job_released event; the attempt does not
+count against max_attempts (the record's ``unreceived``), as nothing ran.
+Looks at the first 1000 assigned jobs of the pool (assigned is the short
+state between a claim and its start). Returns the ids given back. ]]
+local function emp_unclaim(keys, args)
+  local P = prefix_of(keys[1])
+  local worker = args[1]
+  local now = now_ms(args[2])
+  local held = {}
+  for i = 3, #args do
+    held[args[i]] = true
+  end
+  local given = {}
+  local cfg
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'status:assigned', '0', '999')) do
+    local jk = P .. 'job:' .. id
+    local f = redis.call('HMGET', jk, 'status', 'worker_id', 'attempts', 'class', 'score')
+    if f[1] == 'assigned' and f[2] == worker and not held[id] then
+      cfg = cfg or config(P)
+      local reason = 'the worker never received its claim (reply lost)'
+      redis.call('HINCRBY', jk, 'unreceived', '1')
+      redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'released_at', now)
+      index_status(P, id, 'assigned', 'pending', now)
+      redis.call('HDEL', jk, 'lease_until', 'preparing')
+      redis.call('ZREM', P .. 'leases', id)
+      emit(P, cfg, id, 'job_released', {worker_id = worker, attempt = tonumber(f[3]),
+        reason = reason}, now)
+      file_pending(P, id, f[4], f[5], now)
+      given[#given + 1] = id
+    end
+  end
+  return given
+end
+
 --[[ emp_renew
 KEYS[1] config  KEYS[2] leases
 ARGV[1] worker id  ARGV[2] lease ms  ARGV[3] now (0: server time)
@@ -2134,7 +2177,7 @@ local function emp_resubmit(keys, args)
   add_load(P, redis.call('HGET', keys[2], 'predicted_ms'), 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
-    'worker_id', '', 'resubmitted_at', now)
+    'unreceived', '0', 'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
   if args[4] and args[4] ~= '' then
@@ -2215,6 +2258,7 @@ redis.register_function('emp_escalate', emp_escalate)
 redis.register_function('emp_ack', emp_ack)
 redis.register_function('emp_requeue', emp_requeue)
 redis.register_function('emp_release', emp_release)
+redis.register_function('emp_unclaim', emp_unclaim)
 redis.register_function('emp_renew', emp_renew)
 redis.register_function('emp_sweep', emp_sweep)
 redis.register_function('emp_resubmit', emp_resubmit)

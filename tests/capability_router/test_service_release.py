@@ -69,3 +69,42 @@ def test_a_stale_attempt_cannot_release(queue: QueueFunctions) -> None:
     assert queue.complete("job", claimed.attempt, {"ok": 1}) == "ok"
     assert queue.release("job", claimed.attempt, "refused", now_ms=T0 + 3) == "completed"
     assert queue.release("missing", 1, "refused") == "missing"
+
+
+def test_an_unreceived_claim_goes_back_at_its_place_without_spending_an_attempt(
+        queue: QueueFunctions, client) -> None:  # noqa: ANN001
+    """Tried: worker "w" claims "old" but never gets the reply (emp_unclaim with
+    nothing held), while it holds "held" (delivered, unstarted), "running" has started,
+    and another worker has "theirs". Only "old" goes back, before the newer jobs, with
+    a job_released event; its lost attempt does not count: with max_attempts=2, two
+    later attempts lost to workers (lease expiries) requeue it once and fail it only
+    at the second (before: it failed at the first, after 2 attempts)."""
+    other = WorkerProfile(worker_id="x", services=["comfyui"])
+    queue.configure(max_attempts=2)
+    queue.register_worker(WORKER)
+    queue.register_worker(other)
+    for n, job_id in enumerate(("old", "held", "running", "theirs", "newer")):
+        submit(queue, job_id, T0 + n)
+    now = T0 + 100
+    assert claim(queue, now).job_id == "old"
+    held = claim(queue, now)
+    running = claim(queue, now)
+    assert queue.start(running.job_id, running.attempt) == "ok"
+    theirs = queue.claim(other.signature, "x", 60_000, now_ms=now)
+    assert theirs.job_id == "theirs"
+    assert queue.unclaim("w", [held.job_id], now_ms=now + 1) == ["old"]
+    record = client.hgetall(queue.keys.job("old"))
+    assert (record["status"], record["worker_id"], record["unreceived"]) == ("pending", "", "1")
+    assert client.hget(queue.keys.job("held"), "status") == "assigned"
+    assert client.hget(queue.keys.job("theirs"), "status") == "assigned"
+    assert client.zscore(queue.keys.leases, "old") is None
+    events = [f for _, f in client.xrange(queue.keys.job_events("old"))]
+    assert events[-1]["event"] == "job_released"
+    assert "never received" in json.loads(events[-1]["data"])["reason"]
+    again = claim(queue, now + 2)
+    assert (again.job_id, again.attempt) == ("old", 2)
+    assert queue.requeue("old", 2, "worker lost") == "pending"
+    third = claim(queue, now + 3)
+    assert (third.job_id, third.attempt) == ("old", 3)
+    assert queue.requeue("old", 3, "worker lost") == "failed"
+    assert queue.unclaim("w", [held.job_id], now_ms=now + 4) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -110,6 +111,30 @@ def test_a_completion_whose_reply_was_lost_still_reaches_the_result_backend(
     assert events.count("complete_job") == 1, events
     wait_for(lambda: client.zscore(Keys("default").leases, result.id) is None, timeout=10,
              message="no lease left")
+
+
+@pytest.mark.timeout(90)
+def test_a_claim_whose_reply_was_lost_runs_its_job_at_once_on_attempt_one(
+        app, client, start_worker, reply_cutter) -> None:
+    """Tried: a job pending when a worker starts whose connection is cut right after
+    Redis ran its emp_claim (the job assigned to it, attempt 1), before the reply
+    arrived. Before the fix the job sat assigned to a worker that did not know it until
+    its lease (here 10 s) expired, then ran as attempt 2: the lost reply cost an attempt
+    and a lease. Now the worker, reconnected, gives back the claim it never received:
+    the job runs at once, and its lost attempt does not count."""
+    job = submit("echo", {"n": 2}, app=app)
+    cutter = reply_cutter(b"emp_claim")
+    started = time.monotonic()
+    start_worker("cut-claim", EMP_REDIS_URL=cutter.url, EMP_LEASE_SECONDS="10")
+    assert job.get(timeout=30)["echo"] == {"n": 2}
+    took = time.monotonic() - started
+    assert cutter.cuts == 1
+    events = [fields["event"] for _, fields in client.xrange(Keys("default").job_events(
+        job.id))]
+    assert "job_requeued" not in events and took < 10, (took, events)
+    assert events[:3] == ["job_submitted", "job_assigned", "job_released"], events
+    record = get_job(job.id, app=app)
+    assert record["status"] == "completed"
 
 
 @pytest.mark.timeout(90)

@@ -157,6 +157,9 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "service_releases": {"type": "integer", "description": (
                     "Times its service refused it before it ran (a down or restarting "
                     "service): it went back to pending, spending no retry.")},
+                "unreceived": {"type": "integer", "description": (
+                    "Claims its worker never received (the reply lost on a cut "
+                    "connection): given back at once, spending no attempt.")},
                 "max_retries": {"type": "integer"},
                 "created_at": {"type": "integer"},
                 "progress": {"type": "number"},
