@@ -134,6 +134,20 @@ def start_worker(
         worker.kill()
 
 
+@pytest.fixture
+def jobs_env(tmp_path: Path) -> Callable[[str, str], dict[str, str]]:
+    """Factory: the environment of a worker that also imports the job definitions
+    ``source``, written as module ``name`` beside a Celery config naming it
+    (``EMP_CELERY_CONFIG``); pass it to ``start_worker(..., **env)``."""
+
+    def env(name: str, source: str) -> dict[str, str]:
+        (tmp_path / f"{name}.py").write_text(source)
+        (tmp_path / f"{name}_config.py").write_text(f"imports = [{name!r}]\n")
+        return {"PYTHONPATH": f"{ROOT}:{tmp_path}", "EMP_CELERY_CONFIG": f"{name}_config"}
+
+    return env
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05,
              message: str = "condition") -> object:
     """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import redis
 
 from capability_router.errors import InvalidJob, QueueGaveUp
-from conftest import ROOT, wait_for
+from conftest import wait_for
 from emp_tasks.producer import get_job
 
 #: Job types the workers import (``EMP_CELERY_CONFIG``); each logs its runs to Redis.
@@ -88,10 +87,8 @@ def long_sleep(self, seconds):
 
 
 @pytest.fixture
-def options_env(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "option_jobs.py").write_text(OPTION_JOBS)
-    (tmp_path / "option_config.py").write_text('imports = ["option_jobs"]\n')
-    return {"PYTHONPATH": f"{ROOT}:{tmp_path}", "EMP_CELERY_CONFIG": "option_config"}
+def options_env(jobs_env) -> dict[str, str]:  # noqa: ANN001
+    return jobs_env("option_jobs", OPTION_JOBS)
 
 
 def producer_task(app, name: str, **options):  # noqa: ANN001, ANN201 - a Celery task

@@ -4,11 +4,9 @@ the exception message."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import wait_for
 from emp_tasks.producer import get_job, job_events
 
 JOBS = """
@@ -25,7 +23,7 @@ def bad_name(self):
 
 @pytest.mark.timeout(120)
 def test_a_failure_whose_message_is_not_utf8_is_recorded_as_the_tasks_failure(
-    app, client, start_worker, tmp_path: Path
+    app, client, start_worker, jobs_env
 ) -> None:
     """Tried: a task whose progress message and exception message name a file as Python
     reads a non-UTF-8 name (a lone surrogate, ``\\udcff``). Before the fix the progress
@@ -34,9 +32,7 @@ def test_a_failure_whose_message_is_not_utf8_is_recorded_as_the_tasks_failure(
     inside the task, and the job failed with that instead of its own error; the error
     text itself could not be encoded by redis-py (UnicodeEncodeError). Now the
     undecodable byte is shown as U+FFFD and the job fails with the task's own error."""
-    (tmp_path / "bad_jobs.py").write_text(JOBS)
-    (tmp_path / "bad_config.py").write_text('imports = ["bad_jobs"]\n')
-    start_worker("w1", PYTHONPATH=f"{ROOT}:{tmp_path}", EMP_CELERY_CONFIG="bad_config")
+    start_worker("w1", **jobs_env("bad_jobs", JOBS))
 
     def bad_name() -> None:
         """Runs on the worker only."""

@@ -4,11 +4,9 @@ its result, with a real worker: an ML job's loss goes NaN now and then."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from emp_tasks.producer import get_job, job_events
 
 JOBS = """
@@ -31,16 +29,14 @@ def _strict(text: str) -> object:
 
 @pytest.mark.timeout(120)
 def test_a_nan_in_progress_details_or_the_result_is_null_and_the_job_completes(
-    app, client, start_worker, tmp_path: Path
+    app, client, start_worker, jobs_env
 ) -> None:
     """Tried: a task reporting progress with ``loss=float("nan")`` and returning a NaN and
     an infinity. Before the fix the progress call raised ResponseError ("Cannot serialise
     number: must not be NaN or Inf") inside the task, after the record had taken the
     details: the job failed on its progress report. Its result, had it got that far, was
     kept as ``{"loss": NaN}``, which no strict JSON reader takes. Now both are null."""
-    (tmp_path / "nan_jobs.py").write_text(JOBS)
-    (tmp_path / "nan_config.py").write_text('imports = ["nan_jobs"]\n')
-    start_worker("w1", PYTHONPATH=f"{ROOT}:{tmp_path}", EMP_CELERY_CONFIG="nan_config")
+    start_worker("w1", **jobs_env("nan_jobs", JOBS))
 
     def nan_loss() -> None:
         """Runs on the worker only."""

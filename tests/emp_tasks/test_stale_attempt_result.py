@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from conftest import ROOT, wait_for
+from conftest import wait_for
 from emp_tasks.producer import get_job
 
 #: A job type that never asks whether it was cancelled: only the fence stops its outcome.
@@ -39,11 +38,9 @@ def blind_sleep(self, seconds, raise_on="", retry_on=""):
 
 
 @pytest.fixture
-def blind_worker_env(tmp_path: Path) -> dict[str, str]:
+def blind_worker_env(jobs_env) -> dict[str, str]:  # noqa: ANN001
     """Environment of workers that also run ``test.blind_sleep``."""
-    (tmp_path / "blind_jobs.py").write_text(BLIND_JOBS)
-    (tmp_path / "blind_config.py").write_text('imports = ["blind_jobs"]\n')
-    return {"PYTHONPATH": f"{ROOT}:{tmp_path}", "EMP_CELERY_CONFIG": "blind_config"}
+    return jobs_env("blind_jobs", BLIND_JOBS)
 
 
 def blind_sleep(seconds: float, raise_on: str = "", retry_on: str = "") -> None:
