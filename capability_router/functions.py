@@ -8,7 +8,6 @@ lost its functions (a restart without persistence).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from time import monotonic, sleep
 from typing import Any
 
@@ -27,72 +25,39 @@ from capability_router.cluster import (
     cluster_enabled,
     is_cluster_client,
     node_for_key,
-    primaries,
     refresh_slots,
 )
-from capability_router.errors import InvalidJob, LibraryError, NotReplicated
+from capability_router.errors import InvalidJob, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys, check_job_id
+from capability_router.libraries import (  # noqa: F401 - loaded_versions: re-exported
+    load_unless_newer,
+    loaded_versions,
+    source_version,
+    stamped_source,
+)
 from capability_router.profile import WorkerProfile
 
 LIBRARY_NAME = "emp"
 
 
-_VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
-
-
 @lru_cache(maxsize=1)
 def library_source() -> str:
-    """The Lua source, its VERSION stamped with a digest of the text.
-
-    The digest makes any edit of the file a new version, so a server holding
-    an older text is always reloaded.
-    """
-    text = resources.files("capability_router").joinpath("lua/emp.lua").read_text()
-    match = _VERSION_RE.search(text)
-    if not match:
-        raise LibraryError("lua/emp.lua declares no VERSION")
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return text.replace(match[0], f"local VERSION = '{match[1]}-{digest}'", 1)
+    """The queue's Lua source, its VERSION stamped with a digest of the text (see
+    ``capability_router.libraries``)."""
+    return stamped_source("capability_router", "lua/emp.lua")
 
 
 def library_version(source: str | None = None) -> str:
     """The stamped VERSION of the Lua source."""
-    return _VERSION_RE.search(source or library_source())[1]
-
-
-def loaded_versions(client: redis.Redis, function: str = "emp_version") -> list[str | None]:
-    """What the keyless version ``function`` of a library answers on each master (one
-    entry on a plain server; None where the library is missing).
-
-    A keyless FCALL goes to any one node of a cluster, which says nothing of
-    the master of the slot a later call needs: ask every master.
-
-    On a cluster, ``FUNCTION LOAD`` goes to every master (redis-py's default
-    for it) and replicas get it by replication, so a promoted replica has it.
-    """
-    targets = [{"target_nodes": node} for node in cluster_primaries(client)] or [{}]
-    versions = []
-    for target in targets:
-        try:
-            loaded = client.execute_command("FCALL_RO", function, 0, **target)
-        except redis.ResponseError:
-            loaded = None
-        versions.append(loaded.decode() if isinstance(loaded, bytes) else loaded)
-    return versions
+    return source_version(source or library_source())
 
 
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server (every master) has this version; True if loaded."""
-    source = library_source()
-    if all(v == library_version(source) for v in loaded_versions(client)):
-        return False
-    try:
-        client.function_load(source, replace=True)
-    except redis.ResponseError as exc:
-        raise LibraryError(f"cannot load the EMP function library: {exc}") from exc
-    return True
+    """Load the library unless the server (every master) has this version or a newer
+    release; True if loaded."""
+    return load_unless_newer(client, library_source(), "emp_version")
 
 
 #: Replies of a cluster node that mean "not here, not now": follow through the client.
@@ -100,11 +65,6 @@ CLUSTER_REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # AskError cove
 
 #: Beyond this many held connections per client, calls use its pool as usual.
 MAX_HELD_CONNECTIONS = 64
-
-
-def cluster_primaries(client: Any) -> list[Any]:
-    """The masters of a cluster client; empty for a plain client."""
-    return primaries(client) if is_cluster_client(client) else []
 
 
 def _held_by(client: Any) -> dict[tuple[int, int, str], Any]:

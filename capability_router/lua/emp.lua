@@ -112,6 +112,10 @@ formatting would round it.
 Job states: pending, assigned, in_progress, completed, failed, cancelled.
 ]]
 
+-- The release of this library. Raise it with every release that changes the file:
+-- a process never loads its library over a higher number (rolling upgrades), so a
+-- release only adds (new functions, arguments appended at the end), and an older
+-- process keeps working with the newer library.
 local VERSION = '16'
 
 local ACTIVE = {assigned = true, in_progress = true}

@@ -19,6 +19,8 @@ so one customer's keys share a slot on Redis Cluster):
 A limit of 0 means no limit. Times come from Redis TIME (one clock).
 ]]
 
+-- Raise with every release that changes this file; a release only adds (see
+-- capability_router/libraries.py: no process loads over a higher number).
 local VERSION = '1'
 
 local function now_ms()

@@ -31,12 +31,11 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from importlib import resources
 
 import redis
 
-from capability_router.functions import loaded_versions
 from capability_router.keys import Keys
+from capability_router.libraries import load_unless_newer, stamped_source
 from capability_router.states import TERMINAL
 from webapp.auth import Principal
 from webapp.settings import CustomerLimits
@@ -52,7 +51,6 @@ OPEN_SET_MS = 7 * 24 * 3600 * 1000
 #: Oldest admitted jobs looked at when a customer is at its limit (finished ones leave).
 PRUNE_BATCH = 200
 
-_VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
 
 
@@ -69,21 +67,13 @@ class Limited(Exception):
 @lru_cache(maxsize=1)
 def library_source() -> str:
     """The Lua source with its VERSION stamped by a digest of the text."""
-    text = resources.files("webapp.api").joinpath("limits.lua").read_text()
-    match = _VERSION_RE.search(text)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return text.replace(match[0], f"local VERSION = '{match[1]}-{digest}'", 1)
+    return stamped_source('webapp.api', 'limits.lua')
 
 
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server (every master of a cluster) has this version;
-    True if loaded."""
-    source = library_source()
-    wanted = _VERSION_RE.search(source)[1]
-    if all(v == wanted for v in loaded_versions(client, "emp_limits_version")):
-        return False
-    client.function_load(source, replace=True)
-    return True
+    """Load the library unless the server (every master of a cluster) has this version
+    or a newer release (see ``capability_router.libraries``); True if loaded."""
+    return load_unless_newer(client, library_source(), 'emp_limits_version')
 
 
 def customer_prefix(customer_id: str) -> str:

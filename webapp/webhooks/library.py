@@ -8,40 +8,27 @@ loads it and retries once.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import redis
 
-from capability_router.functions import loaded_versions
+from capability_router.libraries import load_unless_newer, stamped_source
 from webapp.webhooks import keys
-
-_VERSION_RE = re.compile(r"^local VERSION = '([^']+)'", re.M)
 
 
 @lru_cache(maxsize=1)
 def library_source() -> str:
     """The Lua source with its VERSION stamped by a digest of the text."""
-    text = resources.files("webapp.webhooks").joinpath("webhooks.lua").read_text()
-    match = _VERSION_RE.search(text)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return text.replace(match[0], f"local VERSION = '{match[1]}-{digest}'", 1)
+    return stamped_source('webapp.webhooks', 'webhooks.lua')
 
 
 def ensure_library(client: redis.Redis) -> bool:
-    """Load the library unless the server (every master of a cluster) has this version;
-    True if loaded (one master having it said nothing of a hook's slot's master)."""
-    source = library_source()
-    wanted = _VERSION_RE.search(source)[1]
-    if all(v == wanted for v in loaded_versions(client, "emp_wh_version")):
-        return False
-    client.function_load(source, replace=True)
-    return True
+    """Load the library unless the server (every master of a cluster) has this version
+    or a newer release (see ``capability_router.libraries``); True if loaded."""
+    return load_unless_newer(client, library_source(), 'emp_wh_version')
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:

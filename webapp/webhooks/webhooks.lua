@@ -56,6 +56,8 @@ never tie, and stay close to the ms, so they sort after entries an earlier
 version scored in plain ms.
 ]]
 
+-- Raise with every release that changes this file; a release only adds (see
+-- capability_router/libraries.py: no process loads over a higher number).
 local VERSION = '1'
 
 local FINISHED = {delivered = true, failed = true, refused = true}
