@@ -171,6 +171,10 @@ def test_progress_callback_cancelling_interrupts_the_prompt(comfyui, store) -> N
 
 @pytest.mark.parametrize(("options", "workflow", "error_type", "text"), [
     ({}, txt2img(width=4096, height=4096), ErrorType.MEMORY, "out of memory"),
+    # ComfyUI --cpu: torch's CPU allocator fails with a RuntimeError (was SERVICE, no retry).
+    ({"cpu": True}, txt2img(width=4096, height=4096), ErrorType.MEMORY,
+     "RuntimeError: [enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: "
+     "can't allocate memory"),
     ({"broken_checkpoints": ["sd15.safetensors"]}, txt2img(), ErrorType.MODEL,
      "No such file or directory"),
     ({}, txt2img(ckpt="flux.safetensors"), ErrorType.MODEL, "Value not in list"),
@@ -183,7 +187,7 @@ def test_progress_callback_cancelling_interrupts_the_prompt(comfyui, store) -> N
     ({}, {**txt2img(), "5": {"class_type": "EmptyLatentImage", "inputs": {
         "width": "wide", "height": 512, "batch_size": 1}}}, ErrorType.VALIDATION,
      "Failed to convert an input value to a INT value"),
-], ids=["oom", "missing-checkpoint-file", "checkpoint-not-in-list", "unknown-node",
+], ids=["oom", "cpu-oom", "missing-checkpoint-file", "checkpoint-not-in-list", "unknown-node",
         "no-output", "required-input-missing", "invalid-input-type"])
 def test_errors_are_classified_and_decide_retry(start_comfyui, store, options, workflow,
                                                error_type, text) -> None:
