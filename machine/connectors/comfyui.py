@@ -46,8 +46,9 @@ Settings (``make_connector("comfyui", {...})``; environment names in brackets):
 [COMFYUI_USERNAME/COMFYUI_PASSWORD], ``api_token`` [COMFYUI_API_TOKEN],
 ``verify_tls`` [COMFYUI_VERIFY_TLS, true], ``ca_bundle`` [COMFYUI_CA_BUNDLE],
 ``timeout_seconds`` [EMP_COMFYUI_TIMEOUT_SECONDS, 600: submit to done],
-``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 30: how long
-``initialize`` waits for the server to answer], ``stop_wait_seconds``
+``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 120: how long
+``initialize`` waits for the server to answer; a first start importing custom nodes
+is slow], ``stop_wait_seconds``
 [EMP_COMFYUI_STOP_WAIT_SECONDS, 120: how long a stopped prompt may keep
 running], ``output_store`` (an OutputStore; default from EMP_OUTPUT_STORE),
 ``gpu_memory_gb`` [EMP_COMFYUI_GPU_MEMORY_GB, the server's VRAM] and
@@ -101,7 +102,8 @@ from machine.outputs import OutputStore, output_store_from_env
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_SECONDS = 600.0
-DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
+#: A real ComfyUI takes 10-25 s to answer after a restart on CPU, longer with custom nodes.
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 120.0
 DEFAULT_STOP_WAIT_SECONDS = 120.0
 #: An input no ComfyUI node declares, set on output nodes to make ComfyUI run them again.
 RERUN_INPUT = "emp_rerun"
