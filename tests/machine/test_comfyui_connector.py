@@ -319,6 +319,32 @@ def test_identical_workflow_served_from_cache_names_the_earlier_file(comfyui, st
     assert all(percent < 100 for percent, stored in stored_when if not stored)
 
 
+def test_a_run_served_from_comfyuis_cache_says_so_in_its_progress(comfyui, store) -> None:
+    """Tried: the same workflow twice, then with one more sampler step. ComfyUI
+    executes nothing the second time (``execution_cached`` lists every node, then
+    ``execution_success``). Before, that job's progress was "started" at 0, then
+    "started" at 99 (every node cached looked done, nothing said why), then
+    "completed". Now it says the run was served from ComfyUI's cache, to the end;
+    a partly cached run says how many nodes came from the cache."""
+    connector = connector_for(comfyui, store)
+    first: list[Progress] = []
+    connector.run_job(job("first", txt2img(steps=2)), first.append)
+    assert first[-1].message == "completed" and not first[-1].details.get("from_cache")
+
+    cached: list[Progress] = []
+    connector.run_job(job("cached", txt2img(steps=2)), cached.append)
+    assert [(r.percent, r.message) for r in cached] == [
+        (0, "started"), (99, "served from ComfyUI's cache"),
+        (100, "completed from ComfyUI's cache")]
+    assert cached[-1].details["from_cache"] and cached[-1].details["nodes_cached"] == 7
+
+    partly: list[Progress] = []
+    connector.run_job(job("partly", txt2img(steps=3)), partly.append)
+    assert partly[1].message == "started: 4 of 7 nodes from ComfyUI's cache"
+    assert not any(r.details["from_cache"] for r in partly)
+    assert partly[-1].message == "completed"
+
+
 @pytest.mark.timeout(60)
 def test_connector_copes_with_a_replaced_socket_and_the_real_message_order(comfyui, store) -> None:
     """Real ComfyUI: a second socket with the same clientId replaces the first.
@@ -562,6 +588,7 @@ def test_a_cached_output_whose_file_was_deleted_is_saved_again(comfyui, store) -
     assert cached == [[], ["3", "4", "5", "6", "7", "8", "9"], ["3", "4", "5", "6", "7", "8"]]
     percents = [r.percent for r in reports]
     assert percents == sorted(percents) and percents[-1] == 100
+    assert reports[-1].message == "completed" and not reports[-1].details["from_cache"]
 
 
 def test_comfyui_going_away_mid_job_is_a_network_error_that_says_so(start_comfyui, store) -> None:
