@@ -15,7 +15,8 @@ Protocol (ComfyUI's, unchanged):
 - ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
   quiet or after it dropped (a prompt in neither ``/history`` nor ``/queue`` was
   removed by another client or lost in a restart: the job fails at once);
-  ``GET /view`` fetches each output file into the output store;
+  ``GET /view`` fetches each output file into the output store, previews
+  (PreviewImage's ``type: temp`` files) too, marked ``preview: true``;
 - ``GET /queue`` after queueing: while other clients' prompts run first, the
   job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
@@ -154,8 +155,9 @@ class ComfyUIConnector(Connector):
     busy_wait_seconds: float = 60.0
     #: Seconds between tries while ``initialize`` waits for the server.
     startup_poll_seconds: float = 0.5
-    #: Output file types fetched into the store ("temp" are previews).
-    output_types: tuple[str, ...] = ("output",)
+    #: Output file types fetched into the store: "output" (SaveImage and the like) and
+    #: "temp" (PreviewImage: the images ComfyUI's UI shows, kept in its temp folder).
+    output_types: tuple[str, ...] = ("output", "temp")
     #: Seconds to wait for the socket's first ``status`` message, which ComfyUI sends once
     #: it routes messages to the client id; queueing sooner could lose the first ones.
     greeting_timeout_seconds: float = 5.0
@@ -760,7 +762,12 @@ class ComfyUIConnector(Connector):
     # -- outputs ------------------------------------------------------------------
 
     def _store_outputs(self, job_id: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Fetch each output file with ``/view`` and put it in the output store."""
+        """Fetch each output file with ``/view`` and put it in the output store.
+
+        Previews (``type: temp``, PreviewImage's) are stored too, marked
+        ``preview: true`` and listed after the saved files: a workflow whose only
+        output is a preview would otherwise succeed with no file at all.
+        """
         files = []
         for node_id, node_output in outputs.items():
             for kind, items in (node_output or {}).items():
@@ -770,7 +777,7 @@ class ComfyUIConnector(Connector):
                     if item.get("type", "output") not in self.output_types:
                         continue
                     files.append(self._store_file(job_id, str(node_id), kind, item))
-        return files
+        return sorted(files, key=lambda entry: entry["preview"])
 
     def _store_file(self, job_id: str, node_id: str, kind: str,
                     item: dict[str, Any]) -> dict[str, Any]:
@@ -790,7 +797,7 @@ class ComfyUIConnector(Connector):
         url = self.output_store.put(job_id, name, response.content, content_type)
         return {"filename": filename, "subfolder": subfolder, "type": file_type,
                 "node_id": node_id, "kind": kind, "url": url, "size": len(response.content),
-                "content_type": content_type}
+                "content_type": content_type, "preview": file_type == "temp"}
 
 
 class OutputGone(ConnectorError):

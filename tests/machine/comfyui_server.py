@@ -4,7 +4,8 @@ It "executes" a workflow the way ComfyUI does: only nodes an output node
 needs, in dependency order, unchanged nodes reported as cached,
 ``executing``/``progress``/``progress_state`` per node and sampler step (with
 binary preview frames in between), ``executed`` with the UI outputs of SaveImage
-(a real PNG in its output directory, served by ``/view``), then
+(a real PNG in its output directory, served by ``/view``) and PreviewImage (in its
+temp directory, ``type: temp``, named ``ComfyUI_temp_<5 letters>_NNNNN_.png``), then
 ``execution_success``, the history entry, ``status`` and ``executing {node: null}``.
 
 What a real stock ComfyUI 0.8 was seen to do (/work/shared/reference/real-comfyui.md)
@@ -53,6 +54,8 @@ import argparse
 import base64
 import itertools
 import json
+import random
+import string
 import struct
 import threading
 import time
@@ -699,6 +702,9 @@ class ComfyUITestServer:
     def _save(self, inputs: dict[str, Any], image: dict[str, Any], kind: str) -> list[dict]:
         file_type = "output" if kind == "SaveImage" else "temp"
         prefix = str(inputs.get("filename_prefix") or "ComfyUI")
+        if kind == "PreviewImage":  # as nodes.py's PreviewImage: in temp, a random infix
+            prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase)
+                                               for _ in range(5))
         subfolder, _, name = prefix.rpartition("/")
         directory = self.dirs[file_type] / subfolder
         directory.mkdir(parents=True, exist_ok=True)

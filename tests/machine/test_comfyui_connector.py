@@ -319,6 +319,35 @@ def test_identical_workflow_served_from_cache_names_the_earlier_file(comfyui, st
     assert all(percent < 100 for percent, stored in stored_when if not stored)
 
 
+def test_preview_images_are_returned_marked_as_previews(comfyui, store) -> None:
+    """ComfyUI's PreviewImage writes to its temp folder and lists the image in the
+    history outputs with ``"type": "temp"``; its UI shows it like a saved one.
+
+    Tried: txt2img with PreviewImage as its only output node (batch of 2). Before,
+    the job succeeded with ``output_files == []``: the images were dropped without
+    a word. Now both are fetched with ``/view?type=temp`` and stored, marked
+    ``preview: true``; with a SaveImage as well, the saved image comes first.
+    """
+    connector = connector_for(comfyui, store)
+    preview_only = {**txt2img(steps=1, batch=2),
+                    "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}
+    output = connector.run_job(job("preview", preview_only), lambda r: None)
+    assert output.success and len(output.output_files) == 2
+    for entry in output.output_files:
+        assert entry["type"] == "temp" and entry["preview"] is True
+        assert entry["filename"].startswith("ComfyUI_temp_") and entry["node_id"] == "9"
+        path = store.path_for("preview", entry["filename"])
+        assert entry["url"] == path.resolve().as_uri()
+        assert path.read_bytes().startswith(b"\x89PNG")
+    assert "GET /view" in comfyui.requests
+
+    both = {**txt2img(steps=2), "10": {"class_type": "PreviewImage",
+                                       "inputs": {"images": ["8", 0]}}}
+    saved, preview = connector.run_job(job("both", both), lambda r: None).output_files
+    assert (saved["node_id"], saved["type"], saved["preview"]) == ("9", "output", False)
+    assert (preview["node_id"], preview["type"], preview["preview"]) == ("10", "temp", True)
+
+
 def test_a_run_served_from_comfyuis_cache_says_so_in_its_progress(comfyui, store) -> None:
     """Tried: the same workflow twice, then with one more sampler step. ComfyUI
     executes nothing the second time (``execution_cached`` lists every node, then
