@@ -15,7 +15,8 @@ Protocol (ComfyUI's, unchanged):
 - ``GET /history/<prompt_id>`` for outputs, also polled while the socket is
   quiet or after it dropped (a prompt in neither ``/history`` nor ``/queue`` was
   removed by another client or lost in a restart: the job fails at once);
-  ``GET /view`` fetches each output file into the output store;
+  ``GET /view`` fetches each output file into the output store, previews
+  (PreviewImage's ``type: temp`` files) too, marked ``preview: true``;
 - ``GET /queue`` after queueing: while other clients' prompts run first, the
   job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
@@ -46,8 +47,9 @@ Settings (``make_connector("comfyui", {...})``; environment names in brackets):
 [COMFYUI_USERNAME/COMFYUI_PASSWORD], ``api_token`` [COMFYUI_API_TOKEN],
 ``verify_tls`` [COMFYUI_VERIFY_TLS, true], ``ca_bundle`` [COMFYUI_CA_BUNDLE],
 ``timeout_seconds`` [EMP_COMFYUI_TIMEOUT_SECONDS, 600: submit to done],
-``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 30: how long
-``initialize`` waits for the server to answer], ``stop_wait_seconds``
+``startup_timeout_seconds`` [EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 120: how long
+``initialize`` waits for the server to answer; a first start importing custom nodes
+is slow], ``stop_wait_seconds``
 [EMP_COMFYUI_STOP_WAIT_SECONDS, 120: how long a stopped prompt may keep
 running], ``output_store`` (an OutputStore; default from EMP_OUTPUT_STORE),
 ``gpu_memory_gb`` [EMP_COMFYUI_GPU_MEMORY_GB, the server's VRAM] and
@@ -101,7 +103,8 @@ from machine.outputs import OutputStore, output_store_from_env
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_SECONDS = 600.0
-DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
+#: A real ComfyUI takes 10-25 s to answer after a restart on CPU, longer with custom nodes.
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 120.0
 DEFAULT_STOP_WAIT_SECONDS = 120.0
 #: An input no ComfyUI node declares, set on output nodes to make ComfyUI run them again.
 RERUN_INPUT = "emp_rerun"
@@ -152,8 +155,9 @@ class ComfyUIConnector(Connector):
     busy_wait_seconds: float = 60.0
     #: Seconds between tries while ``initialize`` waits for the server.
     startup_poll_seconds: float = 0.5
-    #: Output file types fetched into the store ("temp" are previews).
-    output_types: tuple[str, ...] = ("output",)
+    #: Output file types fetched into the store: "output" (SaveImage and the like) and
+    #: "temp" (PreviewImage: the images ComfyUI's UI shows, kept in its temp folder).
+    output_types: tuple[str, ...] = ("output", "temp")
     #: Seconds to wait for the socket's first ``status`` message, which ComfyUI sends once
     #: it routes messages to the client id; queueing sooner could lose the first ones.
     greeting_timeout_seconds: float = 5.0
@@ -758,7 +762,12 @@ class ComfyUIConnector(Connector):
     # -- outputs ------------------------------------------------------------------
 
     def _store_outputs(self, job_id: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Fetch each output file with ``/view`` and put it in the output store."""
+        """Fetch each output file with ``/view`` and put it in the output store.
+
+        Previews (``type: temp``, PreviewImage's) are stored too, marked
+        ``preview: true`` and listed after the saved files: a workflow whose only
+        output is a preview would otherwise succeed with no file at all.
+        """
         files = []
         for node_id, node_output in outputs.items():
             for kind, items in (node_output or {}).items():
@@ -768,7 +777,7 @@ class ComfyUIConnector(Connector):
                     if item.get("type", "output") not in self.output_types:
                         continue
                     files.append(self._store_file(job_id, str(node_id), kind, item))
-        return files
+        return sorted(files, key=lambda entry: entry["preview"])
 
     def _store_file(self, job_id: str, node_id: str, kind: str,
                     item: dict[str, Any]) -> dict[str, Any]:
@@ -788,7 +797,7 @@ class ComfyUIConnector(Connector):
         url = self.output_store.put(job_id, name, response.content, content_type)
         return {"filename": filename, "subfolder": subfolder, "type": file_type,
                 "node_id": node_id, "kind": kind, "url": url, "size": len(response.content),
-                "content_type": content_type}
+                "content_type": content_type, "preview": file_type == "temp"}
 
 
 class OutputGone(ConnectorError):

@@ -4,7 +4,9 @@ Percent = (nodes done + the current node's step fraction) / nodes in the
 workflow. ComfyUI skips nodes no output needs and reports cached nodes in a
 batch, so the figure can jump; it never goes backwards and stays below 100
 until ``finish`` (the prompt is done and its files are stored): a workflow
-served wholly from ComfyUI's cache lists every node as cached at once.
+served wholly from ComfyUI's cache lists every node as cached at once, and
+its messages say so ("served from ComfyUI's cache" while its files are
+stored, then "completed from ComfyUI's cache") rather than "started" at 99.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class ProgressTracker:
                         for node_id, node in workflow.items()}
         self.nodes_total = max(1, len(self.classes))
         self.done: set[str] = set()
+        #: Nodes ComfyUI reported cached, and nodes it executed (or began to).
+        self.from_cache: set[str] = set()
+        self.ran: set[str] = set()
         self.current: str | None = None
         self.step = 0
         self.max_steps = 0
@@ -35,11 +40,13 @@ class ProgressTracker:
         self.queue_ahead = max(0, int(ahead))
 
     def cached(self, nodes: list[Any]) -> None:
+        self.from_cache.update(str(node) for node in nodes)
         self.done.update(str(node) for node in nodes)
 
     def executing(self, node: Any) -> None:
         """A node started; the one before it is done."""
         node = str(node)
+        self.ran.add(node)
         if self.current is not None and self.current != node:
             self.done.add(self.current)
         if node != self.current:
@@ -51,7 +58,21 @@ class ProgressTracker:
         self.step, self.max_steps = int(value), int(maximum)
 
     def executed(self, node: Any) -> None:
+        """A node's output (ComfyUI repeats a cached output node's earlier one)."""
+        if str(node) not in self.from_cache:
+            self.ran.add(str(node))
         self.done.add(str(node))
+
+    @property
+    def all_cached(self) -> bool:
+        """ComfyUI executed nothing: every node it reported came from its cache.
+
+        While the prompt runs that is known only once every node is cached;
+        at the end, nodes no output needs are neither cached nor run.
+        """
+        if self.ran or not self.from_cache:
+            return False
+        return self.finished or self.from_cache >= set(self.classes)
 
     def finish(self) -> None:
         """The prompt is done and its outputs are stored: 100 percent."""
@@ -83,8 +104,14 @@ class ProgressTracker:
         node_class = self.classes.get(self.current or "", "")
         if self.current is None and self.queue_ahead and not self.finished:
             message = f"waiting in ComfyUI's queue: {ahead_text(self.queue_ahead)}"
+        elif self.current is None and self.all_cached:
+            message = ("completed from ComfyUI's cache" if self.finished
+                       else "served from ComfyUI's cache")
         elif self.current is None:
-            message = "completed" if self.finished else "started"
+            cached = len(self.from_cache & set(self.classes))
+            message = ("completed" if self.finished else
+                       f"started: {cached} of {self.nodes_total} nodes from ComfyUI's cache"
+                       if cached else "started")
         elif self.max_steps:
             message = f"{node_class or 'node'} #{self.current}: step {self.step}/{self.max_steps}"
         else:
@@ -93,6 +120,8 @@ class ProgressTracker:
             "node": self.current, "node_class": node_class or None, "step": self.step,
             "max_steps": self.max_steps, "nodes_done": self.nodes_done,
             "nodes_total": self.nodes_total, "queue_ahead": self.queue_ahead,
+            "nodes_cached": len(self.from_cache & set(self.classes)),
+            "from_cache": self.all_cached,
         })
 
 

@@ -21,7 +21,10 @@ _MODEL_FILE = r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)\b"
 _RULES: tuple[tuple[ErrorType, re.Pattern[str]], ...] = (
     (ErrorType.MEMORY, re.compile(
         r"out[ _]?of[ _]?memory|\boom\b|allocation on device|not enough memory"
-        r"|cudnn_status_alloc_failed|cublas_status_alloc_failed", re.I)),
+        r"|cudnn_status_alloc_failed|cublas_status_alloc_failed"
+        # torch's CPU allocator on Linux (ComfyUI --cpu sends it as a plain
+        # RuntimeError), ENOMEM, C++'s and Python's own allocation failures:
+        r"|can'?t allocate memory|cannot allocate memory|bad_alloc|\bMemoryError\b", re.I)),
     (ErrorType.MODEL, re.compile(
         rf"\b({'|'.join(MODEL_INPUTS)})\b.*not in|model (file )?not found|missing model"
         rf"|no such model|could not (find|load) (the )?(model|checkpoint)|checkpoint not found"

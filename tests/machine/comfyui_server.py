@@ -4,7 +4,8 @@ It "executes" a workflow the way ComfyUI does: only nodes an output node
 needs, in dependency order, unchanged nodes reported as cached,
 ``executing``/``progress``/``progress_state`` per node and sampler step (with
 binary preview frames in between), ``executed`` with the UI outputs of SaveImage
-(a real PNG in its output directory, served by ``/view``), then
+(a real PNG in its output directory, served by ``/view``) and PreviewImage (in its
+temp directory, ``type: temp``, named ``ComfyUI_temp_<5 letters>_NNNNN_.png``), then
 ``execution_success``, the history entry, ``status`` and ``executing {node: null}``.
 
 What a real stock ComfyUI 0.8 was seen to do (/work/shared/reference/real-comfyui.md)
@@ -38,7 +39,9 @@ Failure paths as a real server has them:
 - a checkpoint in ``broken_checkpoints``: ``execution_error`` FileNotFoundError;
 - a checkpoint in ``corrupt_checkpoints`` (an empty or truncated file):
   ``execution_error`` SafetensorError "Error while deserializing header: header too small";
-- a latent over ``max_pixels``: ``execution_error`` torch.OutOfMemoryError;
+- a latent over ``max_pixels``: ``execution_error`` torch.OutOfMemoryError, or with
+  ``cpu`` the RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't
+  allocate memory: ... Error code 12 (Cannot allocate memory)", as on Linux);
 - ``POST /interrupt`` mid-run: ``execution_interrupted`` after the running node.
 
 Optional basic auth or bearer token (checked on HTTP and the WebSocket) and
@@ -51,6 +54,8 @@ import argparse
 import base64
 import itertools
 import json
+import random
+import string
 import struct
 import threading
 import time
@@ -120,7 +125,8 @@ class ComfyUITestServer:
     :param node_seconds: time per other node.
     :param slow_nodes: time of these node classes instead (a model load, say); like ComfyUI,
         an interrupt waits for the node's end.
-    :param max_pixels: a bigger latent (width*height*batch) fails with out of memory.
+    :param max_pixels: a bigger latent (width*height*batch) fails with out of memory
+        (CUDA's, or with ``cpu`` the CPU allocator's).
     :param broken_checkpoints: listed but fail to load (file missing).
     :param corrupt_checkpoints: listed but fail to load (SafetensorError: header too small).
     :param vaes: names ``VAELoader.vae_name`` offers (``pixel_space`` is always added).
@@ -664,6 +670,14 @@ class ComfyUITestServer:
         if kind == "KSampler":
             latent = self._linked(workflow, node_id, "latent_image", values)
             pixels = latent.get("width", 512) * latent.get("height", 512) * latent.get("batch", 1)
+            if pixels > self.max_pixels and self.cpu:
+                # With --cpu, torch's CPU allocator raises a plain RuntimeError (not
+                # ComfyUI's OOM_EXCEPTION, so no tips); execution.py sends "{ex}\n".
+                raise NodeError(node_id, "RuntimeError",
+                                "[enforce fail at alloc_cpu.cpp:117] err == 0. "
+                                "DefaultCPUAllocator: can't allocate memory: you tried to "
+                                f"allocate {pixels * 4 * 64} bytes. Error code 12 (Cannot "
+                                "allocate memory)\n")
             if pixels > self.max_pixels:
                 raise NodeError(node_id, "torch.OutOfMemoryError",
                                 "Allocation on device 0 would exceed allowed memory. "
@@ -688,6 +702,9 @@ class ComfyUITestServer:
     def _save(self, inputs: dict[str, Any], image: dict[str, Any], kind: str) -> list[dict]:
         file_type = "output" if kind == "SaveImage" else "temp"
         prefix = str(inputs.get("filename_prefix") or "ComfyUI")
+        if kind == "PreviewImage":  # as nodes.py's PreviewImage: in temp, a random infix
+            prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase)
+                                               for _ in range(5))
         subfolder, _, name = prefix.rpartition("/")
         directory = self.dirs[file_type] / subfolder
         directory.mkdir(parents=True, exist_ok=True)

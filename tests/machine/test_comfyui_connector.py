@@ -171,6 +171,10 @@ def test_progress_callback_cancelling_interrupts_the_prompt(comfyui, store) -> N
 
 @pytest.mark.parametrize(("options", "workflow", "error_type", "text"), [
     ({}, txt2img(width=4096, height=4096), ErrorType.MEMORY, "out of memory"),
+    # ComfyUI --cpu: torch's CPU allocator fails with a RuntimeError (was SERVICE, no retry).
+    ({"cpu": True}, txt2img(width=4096, height=4096), ErrorType.MEMORY,
+     "RuntimeError: [enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: "
+     "can't allocate memory"),
     ({"broken_checkpoints": ["sd15.safetensors"]}, txt2img(), ErrorType.MODEL,
      "No such file or directory"),
     ({}, txt2img(ckpt="flux.safetensors"), ErrorType.MODEL, "Value not in list"),
@@ -183,7 +187,7 @@ def test_progress_callback_cancelling_interrupts_the_prompt(comfyui, store) -> N
     ({}, {**txt2img(), "5": {"class_type": "EmptyLatentImage", "inputs": {
         "width": "wide", "height": 512, "batch_size": 1}}}, ErrorType.VALIDATION,
      "Failed to convert an input value to a INT value"),
-], ids=["oom", "missing-checkpoint-file", "checkpoint-not-in-list", "unknown-node",
+], ids=["oom", "cpu-oom", "missing-checkpoint-file", "checkpoint-not-in-list", "unknown-node",
         "no-output", "required-input-missing", "invalid-input-type"])
 def test_errors_are_classified_and_decide_retry(start_comfyui, store, options, workflow,
                                                error_type, text) -> None:
@@ -313,6 +317,61 @@ def test_identical_workflow_served_from_cache_names_the_earlier_file(comfyui, st
     assert sorted(data["nodes"]) == sorted(txt2img())
     assert stored_when[-1] == (100, True)
     assert all(percent < 100 for percent, stored in stored_when if not stored)
+
+
+def test_preview_images_are_returned_marked_as_previews(comfyui, store) -> None:
+    """ComfyUI's PreviewImage writes to its temp folder and lists the image in the
+    history outputs with ``"type": "temp"``; its UI shows it like a saved one.
+
+    Tried: txt2img with PreviewImage as its only output node (batch of 2). Before,
+    the job succeeded with ``output_files == []``: the images were dropped without
+    a word. Now both are fetched with ``/view?type=temp`` and stored, marked
+    ``preview: true``; with a SaveImage as well, the saved image comes first.
+    """
+    connector = connector_for(comfyui, store)
+    preview_only = {**txt2img(steps=1, batch=2),
+                    "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}
+    output = connector.run_job(job("preview", preview_only), lambda r: None)
+    assert output.success and len(output.output_files) == 2
+    for entry in output.output_files:
+        assert entry["type"] == "temp" and entry["preview"] is True
+        assert entry["filename"].startswith("ComfyUI_temp_") and entry["node_id"] == "9"
+        path = store.path_for("preview", entry["filename"])
+        assert entry["url"] == path.resolve().as_uri()
+        assert path.read_bytes().startswith(b"\x89PNG")
+    assert "GET /view" in comfyui.requests
+
+    both = {**txt2img(steps=2), "10": {"class_type": "PreviewImage",
+                                       "inputs": {"images": ["8", 0]}}}
+    saved, preview = connector.run_job(job("both", both), lambda r: None).output_files
+    assert (saved["node_id"], saved["type"], saved["preview"]) == ("9", "output", False)
+    assert (preview["node_id"], preview["type"], preview["preview"]) == ("10", "temp", True)
+
+
+def test_a_run_served_from_comfyuis_cache_says_so_in_its_progress(comfyui, store) -> None:
+    """Tried: the same workflow twice, then with one more sampler step. ComfyUI
+    executes nothing the second time (``execution_cached`` lists every node, then
+    ``execution_success``). Before, that job's progress was "started" at 0, then
+    "started" at 99 (every node cached looked done, nothing said why), then
+    "completed". Now it says the run was served from ComfyUI's cache, to the end;
+    a partly cached run says how many nodes came from the cache."""
+    connector = connector_for(comfyui, store)
+    first: list[Progress] = []
+    connector.run_job(job("first", txt2img(steps=2)), first.append)
+    assert first[-1].message == "completed" and not first[-1].details.get("from_cache")
+
+    cached: list[Progress] = []
+    connector.run_job(job("cached", txt2img(steps=2)), cached.append)
+    assert [(r.percent, r.message) for r in cached] == [
+        (0, "started"), (99, "served from ComfyUI's cache"),
+        (100, "completed from ComfyUI's cache")]
+    assert cached[-1].details["from_cache"] and cached[-1].details["nodes_cached"] == 7
+
+    partly: list[Progress] = []
+    connector.run_job(job("partly", txt2img(steps=3)), partly.append)
+    assert partly[1].message == "started: 4 of 7 nodes from ComfyUI's cache"
+    assert not any(r.details["from_cache"] for r in partly)
+    assert partly[-1].message == "completed"
 
 
 @pytest.mark.timeout(60)
@@ -558,6 +617,7 @@ def test_a_cached_output_whose_file_was_deleted_is_saved_again(comfyui, store) -
     assert cached == [[], ["3", "4", "5", "6", "7", "8", "9"], ["3", "4", "5", "6", "7", "8"]]
     percents = [r.percent for r in reports]
     assert percents == sorted(percents) and percents[-1] == 100
+    assert reports[-1].message == "completed" and not reports[-1].details["from_cache"]
 
 
 def test_comfyui_going_away_mid_job_is_a_network_error_that_says_so(start_comfyui, store) -> None:

@@ -14,6 +14,14 @@ from machine.connectors.errors import classify_error
      "torch.OutOfMemoryError", ErrorType.MEMORY),
     ("", "torch.cuda.OutOfMemoryError", ErrorType.MEMORY),
     ("out of memory while loading model sdxl.safetensors", "", ErrorType.MEMORY),
+    # torch's CPU allocator (ComfyUI --cpu), as on Linux and on Windows; Python's own.
+    ("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate "
+     "memory: you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)\n",
+     "RuntimeError", ErrorType.MEMORY),
+    ("[enforce fail at alloc_cpu.cpp:72] data. DefaultCPUAllocator: not enough memory: "
+     "you tried to allocate 1073741824 bytes.", "RuntimeError", ErrorType.MEMORY),
+    ("", "MemoryError", ErrorType.MEMORY),
+    ("std::bad_alloc", "RuntimeError", ErrorType.MEMORY),
     ("Value not in list: ckpt_name: 'x.safetensors' not in ['a']", "", ErrorType.MODEL),
     ("[Errno 2] No such file or directory: '/models/checkpoints/x.safetensors'",
      "FileNotFoundError", ErrorType.MODEL),

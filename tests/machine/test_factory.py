@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from machine.connectors import ConnectorError, ErrorType, connector_from_env, make_connector
-from machine.connectors.comfyui import ComfyUIConnector
+from machine.connectors.comfyui import DEFAULT_STARTUP_TIMEOUT_SECONDS, ComfyUIConnector
 from machine.connectors.comfyui_remote import ComfyUIRemoteConnector
 from machine.connectors.simulation import SimulationConnector
 
@@ -38,3 +40,16 @@ def test_connector_from_env() -> None:
     assert (sim.steps, sim.failure_rate, sim.service) == (3, 0.5, "simulation")
     with pytest.raises(ConnectorError, match="unknown connector"):
         connector_from_env({"EMP_CONNECTOR": "nope"})
+
+
+def test_comfyui_startup_wait_fits_a_real_first_start() -> None:
+    """A real ComfyUI on CPU took 20-25 s to answer /system_stats after a restart,
+    longer with custom nodes to import; the worker waited 30 s by default and then
+    failed to start. The default is 120 s now, and conf/connectors.env.example says so."""
+    local = connector_from_env({"EMP_CONNECTOR": "comfyui"})
+    assert local.startup_timeout_seconds == DEFAULT_STARTUP_TIMEOUT_SECONDS == 120
+    example = Path(__file__).parents[2] / "conf" / "connectors.env.example"
+    assert "EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS=120\n" in example.read_text()
+    set_by_env = connector_from_env({"EMP_CONNECTOR": "comfyui",
+                                     "EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS": "45"})
+    assert set_by_env.startup_timeout_seconds == 45
