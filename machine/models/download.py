@@ -80,7 +80,7 @@ def hash_file(path: Path, upto: int) -> hashlib._Hash:
 
 
 def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | None = None,
-          tries: int = MAX_TRIES, session: requests.Session | None = None) -> None:
+          tries: int = MAX_TRIES, session: redirects.Session | None = None) -> None:
     """Download ``url`` into ``part`` until it holds ``size`` bytes matching ``sha256``.
 
     :param part: the ``.part`` file; bytes already there are resumed from.
@@ -93,7 +93,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     written (a full disk; the part is deleted), ``network`` when the transfer
     kept failing (the part is kept for the next resume).
     """
-    http = session or requests.Session()
+    http = session or redirects.Session()
     real_url, url = url, redacted_url(url)  # url: for messages (no password, no query)
     started, fetched_now = time.monotonic(), 0
     digest, hashed = hashlib.sha256(), 0

@@ -645,3 +645,60 @@ def test_credentials_follow_a_redirect_on_the_same_host(server, tmp_path) -> Non
     _fetch(_manager(tmp_path), parse_entry("alias", {**body,
                                                      "url": f"http://user:pw@{host}/alias"}))
     assert (tmp_path / "alias").read_bytes() == server.files["real"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_name_that_rebinds_after_its_check_is_never_connected_to(tmp_path, monkeypatch,
+                                                                   cut) -> None:
+    """DNS rebinding: the catalog URL's name answers the machine's network address
+    (private) when it is first looked up, then ``127.0.0.1`` on every later
+    look-up; a service of the machine's own listens on 127.0.0.1 at the same
+    port. Before: the address class was checked on the first answer, then
+    requests looked the name up again and connected to 127.0.0.1 (the loopback
+    service got the request). Now the connection goes to exactly the addresses
+    that were checked; a resume (``cut``: the first response is cut short)
+    looks the name up again, and its loopback answer is refused against the
+    download's first (private) one: a ``model`` error. Loopback never sees a
+    request."""
+    import socket
+
+    from machine.models import download
+
+    address = _own_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address")
+    monkeypatch.setattr(download, "BACKOFF_MAX_SECONDS", 0.05)
+    server = ModelServer(bind=address).start()
+    inside = ModelServer(port=server.server.server_address[1]).start()
+    try:
+        body = server.add("rebound", SIZE)
+        inside.files["rebound"] = server.files["rebound"]
+        if cut:
+            server.cut_next, server.cut_at = 1, 50_000
+        real, looked_up = socket.getaddrinfo, []
+
+        def resolve(host, port, *args, **kwargs):  # noqa: ANN001, ANN202 - getaddrinfo's
+            if host != "mirror.rebind.test":
+                return real(host, port, *args, **kwargs)
+            looked_up.append(host)
+            return real(address if len(looked_up) == 1 else "127.0.0.1", port, *args,
+                        **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        port = server.server.server_address[1]
+        entry = parse_entry("rebound", {**body,
+                                        "url": f"http://mirror.rebind.test:{port}/rebound"})
+        if cut:
+            with pytest.raises(ConnectorError) as caught:
+                _fetch(_manager(tmp_path), entry)
+            assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+            assert "refused" in caught.value.message and "loopback" in caught.value.message
+            assert [s.status for s in server.requests_for("rebound")] == [200]
+        else:
+            _fetch(_manager(tmp_path), entry)
+            assert (tmp_path / "rebound").read_bytes() == server.files["rebound"]
+        assert not inside.served
+    finally:
+        server.stop()
+        inside.stop()
