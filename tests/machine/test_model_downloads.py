@@ -395,6 +395,7 @@ def test_a_download_error_does_not_show_the_url_s_secrets(server, tmp_path) -> N
     ("EMP_MODEL_CACHE_GB", "lots", "must be a number, got 'lots'"),
     ("EMP_MODEL_DOWNLOAD_TRIES", "0", "must be a positive integer, got '0'"),
     ("EMP_MODEL_DOWNLOAD_STALL_SECONDS", "soon", "must be a number, got 'soon'"),
+    ("EMP_MODEL_DOWNLOAD_MIN_RATE_KIB", "0", "must be a positive number of KiB/s, got '0'"),
 ])
 def test_a_worker_with_a_bad_model_setting_stops_at_start(tmp_path, name, value,
                                                           message) -> None:
@@ -702,3 +703,30 @@ def test_a_name_that_rebinds_after_its_check_is_never_connected_to(tmp_path, mon
     finally:
         server.stop()
         inside.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_download_slower_than_the_minimum_average_rate_is_given_up(server, tmp_path,
+                                                                     monkeypatch) -> None:
+    """The model server sends 16 KiB every 0.05 s (about 320 KiB/s: progress, far
+    above the stall threshold of 64 KiB a minute) and the operator asks for at
+    least 1024 KiB/s on average (``EMP_MODEL_DOWNLOAD_MIN_RATE_KIB``). Before:
+    nothing bounded a download as a whole; a server sending just over 64 KiB a
+    minute (a 4 GB model in 44 days) held the job in ``assigned`` all along.
+    Now a download must end within a grace (60 s; 0.2 s here) plus its bytes
+    at the minimum rate (0.25 s for 256 KiB): a ``model`` error naming the
+    setting, waiting processes fail with it, the part is kept for a resume."""
+    from machine.models import download
+
+    monkeypatch.setattr(download, "MIN_RATE_KIB", 1024.0)
+    monkeypatch.setattr(download, "DEADLINE_GRACE_SECONDS", 0.2)
+    entry = _entry(server, "trickle")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # 256 KiB in about 0.8 s
+    manager = _manager(tmp_path)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+    assert "EMP_MODEL_DOWNLOAD_MIN_RATE_KIB" in caught.value.message
+    assert len(server.requests_for("trickle")) == 1 and not (tmp_path / "trickle").exists()
+    assert 0 < manager.cache.part("trickle", entry.sha256).stat().st_size < entry.size
+    assert manager.cache.failure("trickle", entry.sha256, 0) == caught.value.message
