@@ -730,3 +730,73 @@ def test_a_download_slower_than_the_minimum_average_rate_is_given_up(server, tmp
     assert len(server.requests_for("trickle")) == 1 and not (tmp_path / "trickle").exists()
     assert 0 < manager.cache.part("trickle", entry.sha256).stat().st_size < entry.size
     assert manager.cache.failure("trickle", entry.sha256, 0) == caught.value.message
+
+
+@pytest.mark.parametrize("where", [".sha256", ".reserved", ".locks"])
+def test_a_cache_bookkeeping_file_that_cannot_be_written_is_a_disk_error(
+        server, tmp_path, monkeypatch, where) -> None:
+    """The disk fills up (ENOSPC) when the cache writes one of its own small files
+    besides the model: the checksum record after the download (``.sha256``),
+    the reservation (``.reserved``) or a lock file (``.locks``). Before: a raw
+    ``OSError: [Errno 28] No space left on device: '<path>'`` escaped (not a
+    ConnectorError: the job failed for good, not retried on another machine),
+    the record case leaving an unrecorded model file behind that the cache
+    then neither counted nor evicted. Now it is the ``service`` error a full disk
+    gives on the model file, naming the file and the reason, and nothing of
+    the model is left behind."""
+    import errno
+    import io
+
+    from machine.models import cache as cache_module
+
+    def full(path: object) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    write_text, real_open = Path.write_text, io.open
+
+    def failing_write_text(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if where in self.parts:
+            raise full(self)
+        return write_text(self, *args, **kwargs)
+
+    def failing_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if where in Path(path).parts:
+            raise full(path)
+        return real_open(path, *args, **kwargs)
+
+    entry = _entry(server, "m")
+    manager = _manager(tmp_path)
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    monkeypatch.setattr(cache_module, "open", failing_open, raising=False)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.SERVICE, caught.value.message
+    assert "No space left on device" in caught.value.message
+    assert str(tmp_path / where) in caught.value.message
+    assert not (tmp_path / "m").exists()
+    assert not list((tmp_path / ".parts").iterdir())
+    assert not list((tmp_path / ".reserved").iterdir())
+
+
+def test_a_failure_note_that_cannot_be_written_keeps_the_download_s_error(
+        server, tmp_path, monkeypatch) -> None:
+    """A download fails its checksum (a ``model`` error) on a full disk, where the
+    note for the waiting processes (``.failed/<name>``) cannot be written.
+    Before: the raw OSError of the note replaced the checksum error. Now the
+    job gets the checksum error (the note is best effort: without it a waiting
+    process downloads once more)."""
+    import errno
+
+    write_text = Path.write_text
+
+    def failing_write_text(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if ".failed" in self.parts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_text(self, *args, **kwargs)
+
+    entry = _entry(server, "bad")
+    server.corrupt.add("bad")
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL and "sha256" in caught.value.message
