@@ -117,24 +117,34 @@ def _check(http: Session, host: str) -> int:
     try:
         addresses = [ipaddress.ip_address(host.strip("[]").split("%")[0])]
     except ValueError:
+        name = _ascii_host(host)
         try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
         except UnicodeError:  # no name requests can ask for: the request says so
             return _PUBLIC
         except OSError as exc:  # a DNS hiccup: tried again like a dropped connection
             raise requests.ConnectionError(f"cannot resolve {host}: {exc}") from None
-        http.pins[_pin_key(host)] = list(dict.fromkeys(info[4][0] for info in infos))
+        http.pins[_pin_key(name)] = list(dict.fromkeys(info[4][0] for info in infos))
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     return min((_class(ip) for ip in addresses), default=_PUBLIC)
 
 
-def _pin_key(host: str) -> str:
-    """A host name as urllib3's connection names it (IDNA-encoded, lower case,
-    without the trailing dot)."""
+def _ascii_host(host: str) -> str:
+    """``host`` as requests sends it: a non-ASCII name IDNA-encoded its way (the
+    name looked up is the name connected to)."""
+    if host.isascii():
+        return host
+    prepared = requests.PreparedRequest()
     try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
+        prepared.prepare_url(f"http://{host}/", None)
+    except (requests.RequestException, ValueError):
+        return host  # the request refuses it too
+    return urlparse(prepared.url).hostname or host
+
+
+def _pin_key(host: str) -> str:
+    """An ASCII host name as urllib3's connection names it (lower case, without the
+    trailing dot)."""
     return host.lower().rstrip(".")
 
 
