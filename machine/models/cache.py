@@ -25,6 +25,10 @@ Locks are ``flock`` on files, so they hold across the machine's worker
 processes and vanish with a process that dies. A model is *idle* when no
 process holds its use lock; only idle models are evicted, least recently
 used first.
+
+A disk error on these small files (full, read-only) is the ``service`` error a
+full disk gives on the model file itself, naming the file: another machine may
+take the job.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from machine.connectors.base import ConnectorError, ErrorType
 from machine.models.download import hash_file
@@ -102,14 +107,19 @@ class ModelCache:
             return recorded == sha256
         if hash_file(self.path(name), size).hexdigest() != sha256:
             return False
-        self._record_sha(name, sha256)
+        with _bookkeeping(name):
+            self._record_sha(name, sha256)
         return True
 
     def _record_sha(self, name: str, sha256: str) -> None:
         record = self._sha_file(name)
         temporary = record.with_name(f".{name}.{os.getpid()}")
-        temporary.write_text(sha256)
-        os.replace(temporary, record)
+        try:
+            temporary.write_text(sha256)
+            os.replace(temporary, record)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
 
     def models(self) -> list[str]:
         """Names of the complete model files, least recently used first. Only files the
@@ -124,12 +134,13 @@ class ModelCache:
 
     def touch(self, name: str) -> None:
         """Mark a use (LRU order is by mtime)."""
-        os.utime(self.path(name))
+        with _bookkeeping(name):
+            os.utime(self.path(name))
 
     @contextmanager
     def use(self, name: str) -> Iterator[None]:
         """Hold the model in use: nobody evicts it meanwhile (shared, cross-process)."""
-        with open(self._lock_file(name, "use"), "a") as handle:
+        with self._open_lock(name, "use") as handle:
             fcntl.flock(handle, fcntl.LOCK_SH)
             try:
                 yield
@@ -140,7 +151,7 @@ class ModelCache:
     def download_lock(self, name: str, waiting: Callable[[], None] | None = None
                       ) -> Iterator[None]:
         """Be the one process downloading ``name``; ``waiting()`` runs while another is."""
-        with open(self._lock_file(name, "download"), "a") as handle:
+        with self._open_lock(name, "download") as handle:
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,13 +165,18 @@ class ModelCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _open_lock(self, name: str, kind: str) -> TextIO:
+        """``name``'s ``kind`` lock file, opened (made when missing)."""
+        with _bookkeeping(name):
+            return open(self._lock_file(name, kind), "a")  # closed by the caller's with
+
     def _downloading(self, name: str) -> bool:
         """Whether some live process holds ``name``'s download lock."""
         return self._held(name, "download")
 
     def _held(self, name: str, kind: str) -> bool:
         """Whether some live process holds ``name``'s ``kind`` lock (tried, not taken)."""
-        with open(self._lock_file(name, kind), "a") as handle:
+        with self._open_lock(name, kind) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -192,11 +208,14 @@ class ModelCache:
             raise ConnectorError(f"model {name} ({size} bytes) is larger than the model cache "
                                  f"budget ({self.budget_bytes} bytes)", ErrorType.MODEL)
         marker = self.root / ".reserved" / name
-        with open(self.root / ".locks" / "cache", "a") as handle:
+        with _bookkeeping(name), open(self.root / ".locks" / "cache", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 evicted = self._make_room(name, size)
                 marker.write_text(str(size))
+            except OSError:
+                marker.unlink(missing_ok=True)
+                raise
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         try:
@@ -258,7 +277,7 @@ class ModelCache:
 
     def _evict_part(self, part: Path) -> int:
         """Delete an idle part unless a download of it began meanwhile; the bytes freed."""
-        with open(self._lock_file(part.name.rsplit(".", 2)[0], "download"), "a") as handle:
+        with self._open_lock(part.name.rsplit(".", 2)[0], "download") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -277,7 +296,7 @@ class ModelCache:
 
     def evict(self, name: str) -> int:
         """Delete ``name`` if no process uses it; the bytes freed (0: in use or absent)."""
-        with open(self._lock_file(name, "use"), "a") as handle:
+        with _bookkeeping(name), self._open_lock(name, "use") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -293,8 +312,14 @@ class ModelCache:
 
     def record_failure(self, name: str, sha256: str, message: str) -> None:
         """Note that downloading this version of ``name`` failed for good (a ``model``
-        error), so the processes waiting for that download do not repeat it."""
-        (self.root / ".failed" / name).write_text(f"{sha256} {time.time()} {message}")
+        error), so the processes waiting for that download do not repeat it. Best
+        effort: on a disk that cannot take the note the download's own error is
+        the job's, and a waiting process downloads once more."""
+        note = self.root / ".failed" / name
+        try:
+            note.write_text(f"{sha256} {time.time()} {message}")
+        except OSError:
+            note.unlink(missing_ok=True)  # a note cut short would not parse anyway
 
     def failure(self, name: str, sha256: str, since: float) -> str | None:
         """The error of this version's download that failed for good after ``since``
@@ -308,16 +333,38 @@ class ModelCache:
     def install(self, name: str, sha256: str) -> Path:
         """Move a verified part into place, recording its version; other versions'
         parts go. (The record goes first: a crash in between leaves a file
-        without one, hashed at its next use, never a file with a wrong one.)"""
+        without one, hashed at its next use, never a file with a wrong one.) When
+        the record cannot be written, the file goes too: unrecorded, it would be
+        neither counted nor evicted."""
         path = self.path(name)
-        self._sha_file(name).unlink(missing_ok=True)
-        os.replace(self.part(name, sha256), path)
-        self._record_sha(name, sha256)
-        (self.root / ".failed" / name).unlink(missing_ok=True)
-        for stale in (self.root / ".parts").iterdir():
-            if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
-                stale.unlink(missing_ok=True)
+        with _bookkeeping(name, "the downloaded file is deleted"):
+            try:
+                self._sha_file(name).unlink(missing_ok=True)
+                os.replace(self.part(name, sha256), path)
+                self._record_sha(name, sha256)
+            except OSError:
+                self.part(name, sha256).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                raise
+            (self.root / ".failed" / name).unlink(missing_ok=True)
+            for stale in (self.root / ".parts").iterdir():
+                if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
+                    stale.unlink(missing_ok=True)
         return path
+
+
+@contextmanager
+def _bookkeeping(name: str, after: str = "") -> Iterator[None]:
+    """The cache's own files for ``name`` change here: a disk error (full, read-only)
+    becomes the ``service`` error a full disk gives on the model file."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConnectorError(f"model {name} cannot be kept in the model cache: cannot "
+                             f"write{where}: {exc.strerror or exc}"
+                             + (f" ({after})" if after else ""),
+                             ErrorType.SERVICE, {"model": name}) from None
 
 
 def _size(path: Path) -> int:

@@ -8,6 +8,7 @@ file that does not match is deleted: a ``model`` error, since downloading the
 same URL again would give the same bytes. So is a URL that leads nowhere the
 downloader can go (a redirect to ``file://`` or another scheme, a redirect
 loop). 408 and 429 (a busy mirror) are waited out and resumed like a cut.
+A download slower on the whole than EMP_MODEL_DOWNLOAD_MIN_RATE_KIB is given up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ TIMEOUT_SECONDS = 30.0
 STALL_SECONDS = positive("EMP_MODEL_DOWNLOAD_STALL_SECONDS", 60.0,
                          "a positive number of seconds")
 STALL_BYTES = 1 << 16
+#: Least average rate of a whole download, KiB/s: one must end within
+#: DEADLINE_GRACE_SECONDS plus the bytes it still needs at this rate, else it fails
+#: (``model``; a server sending just over STALL_BYTES a stall window would
+#: otherwise hold the job for weeks); ``EMP_MODEL_DOWNLOAD_MIN_RATE_KIB``.
+MIN_RATE_KIB = positive("EMP_MODEL_DOWNLOAD_MIN_RATE_KIB", 256.0,
+                        "a positive number of KiB/s")
+#: Seconds a download gets on top of its bytes at MIN_RATE_KIB (connecting, a slow
+#: start, a few retries).
+DEADLINE_GRACE_SECONDS = 60.0
 
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
 _UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
@@ -80,7 +90,7 @@ def hash_file(path: Path, upto: int) -> hashlib._Hash:
 
 
 def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | None = None,
-          tries: int = MAX_TRIES, session: requests.Session | None = None) -> None:
+          tries: int = MAX_TRIES, session: redirects.Session | None = None) -> None:
     """Download ``url`` into ``part`` until it holds ``size`` bytes matching ``sha256``.
 
     :param part: the ``.part`` file; bytes already there are resumed from.
@@ -88,14 +98,17 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     :param progress: called after each chunk.
     Raises ConnectorError: ``model`` for a checksum or size mismatch (the
     announced one included: nothing is stored then), a 4xx
-    other than 408/429 (the catalog entry is wrong; the part is deleted) or a
-    URL that leads to no http(s) file, ``service`` when the part cannot be
+    other than 408/429 (the catalog entry is wrong; the part is deleted), a
+    URL that leads to no http(s) file or a download slower on the whole than
+    EMP_MODEL_DOWNLOAD_MIN_RATE_KIB (the part is kept), ``service`` when the part cannot be
     written (a full disk; the part is deleted), ``network`` when the transfer
     kept failing (the part is kept for the next resume).
     """
-    http = session or requests.Session()
+    http = session or redirects.Session()
     real_url, url = url, redacted_url(url)  # url: for messages (no password, no query)
     started, fetched_now = time.monotonic(), 0
+    left_at_start = size - (part.stat().st_size if part.exists() else 0)
+    deadline = started + DEADLINE_GRACE_SECONDS + max(left_at_start, 0) / (MIN_RATE_KIB * 1024)
     digest, hashed = hashlib.sha256(), 0
     last_error = "no response"
     # Tries in a row without progress count: a link that drops now and then but takes
@@ -115,6 +128,8 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
             failures = 0 if moved else failures + 1
             if failures >= tries:
                 break
+        if time.monotonic() >= deadline:
+            raise _too_slow(url, have, size, started)
         furthest, stalled = max(furthest, have), False
         if hashed != have:
             digest, hashed = hash_file(part, have), have
@@ -167,6 +182,8 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                         digest.update(block)
                         hashed += len(block)
                         fetched_now += len(block)
+                        if time.monotonic() >= deadline and hashed < size:
+                            raise _too_slow(url, hashed, size, started)
                         if progress is not None:
                             progress(hashed, size, _eta(started, fetched_now, size - hashed))
         except redirects.Unfollowable as exc:
@@ -179,12 +196,12 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
                                  ErrorType.MODEL, {"url": url}) from None
         except _Busy as exc:
             last_error = f"HTTP {exc.status}"
-            time.sleep(max(_backoff(failures), exc.wait))
+            time.sleep(_until(deadline, max(_backoff(failures), exc.wait)))
             continue
         except _TRANSIENT as exc:
             last_error = _scrub(f"{type(exc).__name__}: {exc}", real_url)
             stalled = isinstance(exc, _Stalled)
-            time.sleep(_backoff(failures))
+            time.sleep(_until(deadline, _backoff(failures)))
             continue
     have = part.stat().st_size if part.exists() else 0
     if have != size:
@@ -194,6 +211,21 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         digest = hash_file(part, have)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
+
+
+def _too_slow(url: str, have: int, size: int, started: float) -> ConnectorError:
+    """The download as a whole is slower than EMP_MODEL_DOWNLOAD_MIN_RATE_KIB: its part
+    stays (a later job resumes it, or it is evicted like an idle one)."""
+    return ConnectorError(
+        f"model download {url} too slow: {have}/{size} bytes after "
+        f"{time.monotonic() - started:.0f} s, under the {MIN_RATE_KIB:g} KiB/s average "
+        f"EMP_MODEL_DOWNLOAD_MIN_RATE_KIB asks for (the partial file is kept)",
+        ErrorType.MODEL, {"url": url})
+
+
+def _until(deadline: float, wait: float) -> float:
+    """``wait``, cut short at the download's deadline."""
+    return max(0.0, min(wait, deadline - time.monotonic()))
 
 
 def _scrub(text: str, url: str) -> str:

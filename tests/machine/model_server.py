@@ -10,7 +10,7 @@ Content-Length (``claimed_length``: name -> bytes) and gzip some names' bodies
 for clients that accept it (``gzipped``) and answer a Range request with the
 whole file as a 206 (``range_from_zero``), and answer 401 without this basic
 authorization header value (``authorization``). It listens on ``bind`` (127.0.0.1;
-``url`` names that address). Every request is recorded.
+``url`` names that address) and ``port`` (0: a free one). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class ModelServer:
     gzipped: set[str] = field(default_factory=set)
     range_from_zero: bool = False
     bind: str = "127.0.0.1"
+    port: int = 0
     authorization: str | None = None
     served: list[Served] = field(default_factory=list)
 
@@ -163,7 +164,7 @@ class ModelServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((self.bind, 0), Handler)
+        self.server = ThreadingHTTPServer((self.bind, self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self

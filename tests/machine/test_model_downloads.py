@@ -395,6 +395,7 @@ def test_a_download_error_does_not_show_the_url_s_secrets(server, tmp_path) -> N
     ("EMP_MODEL_CACHE_GB", "lots", "must be a number, got 'lots'"),
     ("EMP_MODEL_DOWNLOAD_TRIES", "0", "must be a positive integer, got '0'"),
     ("EMP_MODEL_DOWNLOAD_STALL_SECONDS", "soon", "must be a number, got 'soon'"),
+    ("EMP_MODEL_DOWNLOAD_MIN_RATE_KIB", "0", "must be a positive number of KiB/s, got '0'"),
 ])
 def test_a_worker_with_a_bad_model_setting_stops_at_start(tmp_path, name, value,
                                                           message) -> None:
@@ -645,3 +646,157 @@ def test_credentials_follow_a_redirect_on_the_same_host(server, tmp_path) -> Non
     _fetch(_manager(tmp_path), parse_entry("alias", {**body,
                                                      "url": f"http://user:pw@{host}/alias"}))
     assert (tmp_path / "alias").read_bytes() == server.files["real"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_name_that_rebinds_after_its_check_is_never_connected_to(tmp_path, monkeypatch,
+                                                                   cut) -> None:
+    """DNS rebinding: the catalog URL's name answers the machine's network address
+    (private) when it is first looked up, then ``127.0.0.1`` on every later
+    look-up; a service of the machine's own listens on 127.0.0.1 at the same
+    port. Before: the address class was checked on the first answer, then
+    requests looked the name up again and connected to 127.0.0.1 (the loopback
+    service got the request). Now the connection goes to exactly the addresses
+    that were checked; a resume (``cut``: the first response is cut short)
+    looks the name up again, and its loopback answer is refused against the
+    download's first (private) one: a ``model`` error. Loopback never sees a
+    request."""
+    import socket
+
+    from machine.models import download
+
+    address = _own_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address")
+    monkeypatch.setattr(download, "BACKOFF_MAX_SECONDS", 0.05)
+    server = ModelServer(bind=address).start()
+    inside = ModelServer(port=server.server.server_address[1]).start()
+    try:
+        body = server.add("rebound", SIZE)
+        inside.files["rebound"] = server.files["rebound"]
+        if cut:
+            server.cut_next, server.cut_at = 1, 50_000
+        real, looked_up = socket.getaddrinfo, []
+
+        def resolve(host, port, *args, **kwargs):  # noqa: ANN001, ANN202 - getaddrinfo's
+            if host != "mirror.rebind.test":
+                return real(host, port, *args, **kwargs)
+            looked_up.append(host)
+            return real(address if len(looked_up) == 1 else "127.0.0.1", port, *args,
+                        **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        port = server.server.server_address[1]
+        entry = parse_entry("rebound", {**body,
+                                        "url": f"http://mirror.rebind.test:{port}/rebound"})
+        if cut:
+            with pytest.raises(ConnectorError) as caught:
+                _fetch(_manager(tmp_path), entry)
+            assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+            assert "refused" in caught.value.message and "loopback" in caught.value.message
+            assert [s.status for s in server.requests_for("rebound")] == [200]
+        else:
+            _fetch(_manager(tmp_path), entry)
+            assert (tmp_path / "rebound").read_bytes() == server.files["rebound"]
+        assert not inside.served
+    finally:
+        server.stop()
+        inside.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_download_slower_than_the_minimum_average_rate_is_given_up(server, tmp_path,
+                                                                     monkeypatch) -> None:
+    """The model server sends 16 KiB every 0.05 s (about 320 KiB/s: progress, far
+    above the stall threshold of 64 KiB a minute) and the operator asks for at
+    least 1024 KiB/s on average (``EMP_MODEL_DOWNLOAD_MIN_RATE_KIB``). Before:
+    nothing bounded a download as a whole; a server sending just over 64 KiB a
+    minute (a 4 GB model in 44 days) held the job in ``assigned`` all along.
+    Now a download must end within a grace (60 s; 0.2 s here) plus its bytes
+    at the minimum rate (0.25 s for 256 KiB): a ``model`` error naming the
+    setting, waiting processes fail with it, the part is kept for a resume."""
+    from machine.models import download
+
+    monkeypatch.setattr(download, "MIN_RATE_KIB", 1024.0)
+    monkeypatch.setattr(download, "DEADLINE_GRACE_SECONDS", 0.2)
+    entry = _entry(server, "trickle")
+    server.chunk, server.chunk_delay = 16 * 1024, 0.05  # 256 KiB in about 0.8 s
+    manager = _manager(tmp_path)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.MODEL, caught.value.message
+    assert "EMP_MODEL_DOWNLOAD_MIN_RATE_KIB" in caught.value.message
+    assert len(server.requests_for("trickle")) == 1 and not (tmp_path / "trickle").exists()
+    assert 0 < manager.cache.part("trickle", entry.sha256).stat().st_size < entry.size
+    assert manager.cache.failure("trickle", entry.sha256, 0) == caught.value.message
+
+
+@pytest.mark.parametrize("where", [".sha256", ".reserved", ".locks"])
+def test_a_cache_bookkeeping_file_that_cannot_be_written_is_a_disk_error(
+        server, tmp_path, monkeypatch, where) -> None:
+    """The disk fills up (ENOSPC) when the cache writes one of its own small files
+    besides the model: the checksum record after the download (``.sha256``),
+    the reservation (``.reserved``) or a lock file (``.locks``). Before: a raw
+    ``OSError: [Errno 28] No space left on device: '<path>'`` escaped (not a
+    ConnectorError: the job failed for good, not retried on another machine),
+    the record case leaving an unrecorded model file behind that the cache
+    then neither counted nor evicted. Now it is the ``service`` error a full disk
+    gives on the model file, naming the file and the reason, and nothing of
+    the model is left behind."""
+    import errno
+    import io
+
+    from machine.models import cache as cache_module
+
+    def full(path: object) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    write_text, real_open = Path.write_text, io.open
+
+    def failing_write_text(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if where in self.parts:
+            raise full(self)
+        return write_text(self, *args, **kwargs)
+
+    def failing_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if where in Path(path).parts:
+            raise full(path)
+        return real_open(path, *args, **kwargs)
+
+    entry = _entry(server, "m")
+    manager = _manager(tmp_path)
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    monkeypatch.setattr(cache_module, "open", failing_open, raising=False)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.SERVICE, caught.value.message
+    assert "No space left on device" in caught.value.message
+    assert str(tmp_path / where) in caught.value.message
+    assert not (tmp_path / "m").exists()
+    assert not list((tmp_path / ".parts").iterdir())
+    assert not list((tmp_path / ".reserved").iterdir())
+
+
+def test_a_failure_note_that_cannot_be_written_keeps_the_download_s_error(
+        server, tmp_path, monkeypatch) -> None:
+    """A download fails its checksum (a ``model`` error) on a full disk, where the
+    note for the waiting processes (``.failed/<name>``) cannot be written.
+    Before: the raw OSError of the note replaced the checksum error. Now the
+    job gets the checksum error (the note is best effort: without it a waiting
+    process downloads once more)."""
+    import errno
+
+    write_text = Path.write_text
+
+    def failing_write_text(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if ".failed" in self.parts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return write_text(self, *args, **kwargs)
+
+    entry = _entry(server, "bad")
+    server.corrupt.add("bad")
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(_manager(tmp_path), entry)
+    assert caught.value.error_type == ErrorType.MODEL and "sha256" in caught.value.message
