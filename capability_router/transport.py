@@ -714,12 +714,37 @@ class Transport(kombu_redis.Transport):
             old.cancel()
         self.cycle._lease_tref = loop.call_repeatedly(every, self.renew_leases)
 
+    #: Why Redis refused the last lease renewal (out of memory, read-only), or None.
+    _renewal_refusal: str | None = None
+
     def renew_leases(self) -> None:
+        refusal, unreachable = None, False
         for channel in list(self.cycle._channels):
             try:
                 channel.qos.renew_leases()
             except channel.connection_errors:
                 logger.debug("lease renewal failed; retrying next period", exc_info=True)
+                unreachable = True
+            except redis.ResponseError as exc:
+                refusal = str(exc)
+        if refusal:
+            self._renewal_refused(refusal)
+        elif not unreachable:
+            self._renewal_accepted()
+
+    def _renewal_refused(self, text: str) -> None:
+        """Redis refused a renewal (at maxmemory, a read-only replica): said once, not as
+        a timer traceback every period (the leases run out meanwhile; fencing then
+        refuses the runs' late outcomes, and the jobs run again elsewhere)."""
+        if text != self._renewal_refusal:
+            logger.error("lease renewal refused: %s (renewing again every period until "
+                         "Redis accepts; leases not renewed in time run out)", text)
+            self._renewal_refusal = text
+
+    def _renewal_accepted(self) -> None:
+        if self._renewal_refusal is not None:
+            logger.warning("lease renewals accepted again (after: %s)", self._renewal_refusal)
+            self._renewal_refusal = None
 
 
 __all__ = ["Transport", "Channel", "QoS", "make_tag", "parse_tag"]

@@ -56,6 +56,29 @@ def test_a_worker_waits_while_redis_refuses_its_claims(app, client, start_worker
 
 
 @pytest.mark.timeout(90)
+def test_a_worker_holding_a_job_says_once_that_its_lease_renewals_are_refused(
+        app, client, start_worker, redis_full) -> None:
+    """Tried: a worker running a job (echo, 4 s; leases renewed every ~0.7 s in tests)
+    when Redis reaches maxmemory for 3 s. Before the fix every renewal's OutOfMemoryError
+    escaped into kombu's timer: an "Error in timer" ERROR with a 20-line traceback per
+    period. Now the refusal is one line, and one more when renewals are accepted again;
+    the job still completes once Redis has room."""
+    worker = start_worker("full-lease")
+    job = submit("echo", {"n": 1, "sleep": 4}, app=app)
+    wait_for(lambda: get_job(job.id, app=app)["status"] == "in_progress", timeout=20,
+             message="the job to start")
+    redis_full()
+    time.sleep(3.0)  # a window of several renewal periods, not a wait for an event
+    client.config_set("maxmemory", "0")
+    assert job.get(timeout=40)["echo"] == {"n": 1}
+    wait_for(lambda: "lease renewals accepted again" in worker.log_path.read_text(),
+             timeout=10, message="the worker to say renewals are accepted again")
+    log = worker.log_path.read_text(errors="replace")
+    assert "Error in timer" not in log, log[-3000:]
+    assert log.count("lease renewal refused") == 1, log[-3000:]
+
+
+@pytest.mark.timeout(90)
 def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
         client, start_server, redis_full) -> None:
     """Tried: the API, a job submitted, then Redis at maxmemory and the same kind of
