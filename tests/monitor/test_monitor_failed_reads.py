@@ -1,0 +1,62 @@
+"""What the monitor's pages show when a read fails, in a real headless Chromium.
+
+A failed read must not leave an earlier answer on the page as if it were
+the current one, and a login that ended must say so, not "Failed to fetch".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from test_monitor_browser import open_page  # noqa: F401 - the page fixture
+
+from emp_tasks.producer import submit
+
+UNSERVABLE = {"hardware": {"gpu_memory_gb": 99}}  # pending for good: no test worker has it
+
+
+def test_a_failed_filter_does_not_leave_the_previous_filters_rows_as_its_answer(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: the Jobs page filtered on pool 'fast' (one job listed), then the Pool filter
+    changed to 'gpu fast' (a 400: no pool name). Before, the error box showed the 400 and
+    the 'fast' job's row stayed under it with "1–1 of 1", read as the answer to the bad
+    filter. Now the rows are cleared and the table says the filter failed. Then a refresh
+    of a good filter that fails (the monitor's 503, made by answering the page's read
+    from the test): the rows stay, marked stale with the time they are from."""
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements=UNSERVABLE, pool="fast", app=app)
+    row = f'#jobs-table tr[data-job-id="{job.id}"]'
+    page = open_page(monitor.base + "/jobs?pool=fast")
+    page.wait_for_selector(row)
+    assert page.inner_text("#jobs-total") == "1–1 of 1"
+
+    page.fill("#f-pool", "gpu fast")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    assert "invalid pool name 'gpu fast'" in page.inner_text("#emp-error")
+    # The rows are cleared before the error shows.
+    assert page.query_selector(row) is None, "the 'fast' rows shown as the bad filter's answer"
+    assert page.query_selector("#jobs-table tr.jobs-failed") is not None
+    assert "this filter failed" in page.inner_text("#jobs-table tbody")
+    assert page.inner_text("#jobs-total") == ""
+
+    # A good filter again, then its refresh fails: rows kept, marked stale.
+    page.fill("#f-pool", "fast")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector(row)
+    page.wait_for_selector("#emp-error.d-none", state="attached")
+    assert page.get_attribute("#jobs-table", "data-stale") == "false"
+    page.route("**/emp/api/jobs?*", lambda route: route.fulfill(
+        status=503, content_type="application/json",
+        body='{"success": false, "error": "Redis is unreachable"}'))
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector('#jobs-table[data-stale="true"]')
+    assert "Redis is unreachable" in page.inner_text("#emp-error")
+    assert page.query_selector(row) is not None
+    assert page.inner_text("#jobs-total").startswith("stale: rows as of ")
+    page.unroute("**/emp/api/jobs?*")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector('#jobs-table[data-stale="false"]')
+    assert page.inner_text("#jobs-total") == "1–1 of 1"
