@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from test_monitor_browser import open_page  # noqa: F401 - the page fixture
+from tornado.web import create_signed_value
 
 from emp_tasks.producer import submit
 
@@ -60,3 +61,61 @@ def test_a_failed_filter_does_not_leave_the_previous_filters_rows_as_its_answer(
     page.click("#job-filters button[type=submit]")
     page.wait_for_selector('#jobs-table[data-stale="false"]')
     assert page.inner_text("#jobs-total") == "1–1 of 1"
+
+
+def test_an_ended_oauth_session_says_so_and_offers_to_sign_in_again(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: the monitor with OAuth (``--auth``; the session cookie is what Flower's login
+    handler sets after the provider's callback), the Jobs page open and listing a job, then
+    the session cookie gone (as when it expires) and the page's next read (the Filter
+    button). The read was redirected to /login, then to the provider (another site), and
+    the error box said "Failed to fetch". Now it says "Session expired: reload to sign in",
+    the link reloads the page, and Flower's login takes over (/login)."""
+    secret = "cookie-secret-for-the-test"
+    monitor = start_server("monitor", FLOWER_AUTH=".*@example.com",
+                           FLOWER_COOKIE_SECRET=secret,
+                           FLOWER_AUTH_PROVIDER="flower.views.auth.GoogleAuth2LoginHandler",
+                           FLOWER_OAUTH2_KEY="client-id", FLOWER_OAUTH2_SECRET="client-secret",
+                           FLOWER_OAUTH2_REDIRECT_URI="http://127.0.0.1/login")
+    job = submit("simulation", {"steps": 1}, requirements=UNSERVABLE, app=app)
+    session = create_signed_value(secret, "user", "ops@example.com").decode()
+    page = open_page(None, storage_state={"cookies": [{
+        "name": "user", "value": session, "domain": "127.0.0.1", "path": "/",
+        "expires": -1, "httpOnly": True, "secure": False, "sameSite": "Lax"}], "origins": []})
+    page.goto(monitor.base + "/jobs")
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    assert page.is_hidden("#emp-error")
+
+    page.context.clear_cookies()  # the session ends
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    error = page.inner_text("#emp-error")
+    assert error == "Session expired: reload to sign in", error
+    assert page.get_attribute("#emp-error a.emp-sign-in", "href") == page.url
+    # The link reloads the page, which Flower sends to its login.
+    def to_login(reply: Any) -> bool:
+        return reply.status == 302 and "/login" in (reply.headers.get("location") or "")
+
+    with page.expect_response(to_login):
+        page.click("#emp-error a.emp-sign-in")
+
+
+def test_basic_auth_credentials_no_longer_good_say_the_session_ended(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: the monitor with basic auth, the Jobs page open with good credentials, then
+    the monitor restarted on the same port with another password, and the page's next
+    read. Before: the error box said "Unauthorized". Now it says the session ended
+    and offers to reload and sign in."""
+    job = submit("simulation", {"steps": 1}, requirements=UNSERVABLE, app=app)
+    first = start_server("monitor", FLOWER_BASIC_AUTH="ops:s3cret")
+    page = open_page(first.base + "/jobs",
+                     http_credentials={"username": "ops", "password": "s3cret"})
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    first.kill()
+    start_server("monitor", port=first.port, FLOWER_BASIC_AUTH="ops:changed")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    error = page.inner_text("#emp-error")
+    assert error == "Session expired: reload to sign in", error
