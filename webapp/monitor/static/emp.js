@@ -22,6 +22,10 @@ const EMP = (() => {
      No JSON route redirects, so a redirect is the login's (--auth sends an expired session
      to /login, then to the provider): followed, it ended in "Failed to fetch" (another
      site, no CORS) or in a login page parsed as JSON. */
+  /* options.revalidate: send the last answer's ETag; a 304 (nothing changed) resolves to
+     that answer again, having cost no body. The answers say no-store, so the browser's
+     cache keeps none of it: the last one lives here, per path. */
+  const revalidated = new Map();
   async function api(path, options = {}) {
     const init = {method: options.method || "GET", credentials: "same-origin", redirect: "manual",
                   headers: {"X-XSRFToken": cookie("_xsrf"), "Accept": "application/json"}};
@@ -29,8 +33,12 @@ const EMP = (() => {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
     }
+    const last = options.revalidate ? revalidated.get(path) : undefined;
+    if (options.revalidate) init.cache = "no-store";
+    if (last) init.headers["If-None-Match"] = last.etag;
     const response = await fetch(prefix + "/emp/api" + path, init);
     if (response.type === "opaqueredirect" || response.status === 401) throw new SessionEnded();
+    if (response.status === 304 && last) return last.body;
     let body = null;
     try { body = await response.json(); } catch (e) { body = null; }
     if (response.ok && body === null) {
@@ -41,6 +49,8 @@ const EMP = (() => {
       error.status = response.status;
       throw error;
     }
+    const etag = response.headers.get("ETag");
+    if (options.revalidate && etag) revalidated.set(path, {etag, body});
     return body;
   }
 
