@@ -83,8 +83,9 @@ def test_the_machines_page_reads_what_it_shows_and_nothing_when_the_fleet_is_unc
     assert "24 GB" in (page.text_content('tr[data-worker-id="box-059-simulation-7"]') or "")
 
     # A change reaches the page.
+    seen = len(reads)
     publish(client, {**records[0], "hostname": "renamed-host"}, emit=True)
     card = '.emp-machine[data-machine-id="box-000"]'
     page.wait_for_function("s => document.querySelector(s).innerText.includes('renamed-host')",
                            arg=card, timeout=10_000)
-    assert reads[-1].status == 200
+    assert 200 in [read.status for read in reads[seen:]]
