@@ -17,6 +17,14 @@ Server-Sent Events stream (``/emp/events``, what its pages use), the API's
 ``/ws/monitor`` WebSocket, and a bare XREAD on the pool's stream (the
 floor). Latency is arrival minus the event's ``timestamp`` (Redis TIME in
 the progress function, same clock). Quick: 2 jobs of 100 steps; full: 4 of 250.
+
+Part 3, Machines page bytes. 300 machine records of 8 GPUs and 8 registered
+workers each (2,400 workers, one capability profile), one ``emp monitor``.
+Bytes on the wire of one Machines page refresh: the read the page made
+before (``/emp/api/machines``, the whole view, uncompressed), its read now
+(``?view=page``, gzip: the fields it shows, each profile once), the same
+read again with the first answer's ETag while nothing changed (304), and
+after one machine's report changed. Body bytes, then header bytes.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from capability_router.keys import Keys  # noqa: E402
 from capability_router.registry import WorkerRegistry  # noqa: E402
 from emp_tasks.local_redis import free_port  # noqa: E402
 from emp_tasks.websocket_client import WebSocketClient as Client  # noqa: E402
+from machine.status import now_ms, publish  # noqa: E402
 from webapp.monitor.queue import queue_summary  # noqa: E402
 
 NAMESPACE = "bench"
@@ -202,12 +211,87 @@ def live_latency(jobs: int, steps: int) -> dict[str, dict[str, float]]:
     return stats
 
 
+def publish_fleet(client: redis.Redis, machines: int, workers: int) -> list[dict]:
+    """``machines`` live records of ``workers`` GPUs and registered workers each."""
+    registry = WorkerRegistry(client)
+    records = []
+    for m in range(machines):
+        machine = f"box-{m:03d}"
+        programs = [{"name": f"simulation-{n}", "role": "worker", "kind": "simulation",
+                     "worker_id": f"{machine}-simulation-{n}", "gpu": n, "port": None,
+                     "state": "RUNNING", "pid": 1000 + n, "started": int(time.time() - 30)}
+                    for n in range(workers)]
+        record = {
+            "machine_id": machine, "status": "online", "hostname": "host-" + machine,
+            "health_url": f"http://{machine}:9090", "started_at": now_ms(),
+            "last_report": now_ms(), "uptime_seconds": 60.0, "gpu_source": "mock",
+            "gpus": [{"index": n, "name": "Mock GPU", "memory_gb": 24} for n in range(workers)],
+            "workers": programs, "services": [], "log_dropped": 0}
+        publish(client, record, emit=False)
+        records.append(record)
+        for program in programs:
+            registry.heartbeat({
+                "worker_id": program["worker_id"], "machine_id": machine,
+                "services": ["simulation"], "hardware": {"gpu_memory_gb": 24},
+                "models": {}, "customer_access": {}, "workflow_id": None},
+                ["default"], [], 3_600_000, first=True)
+    return records
+
+
+def wire(url: str, **headers: str) -> tuple[int, int, int, str | None]:
+    """(status, body bytes as sent, header bytes, ETag) of one GET."""
+    with requests.get(url, headers=headers, stream=True, timeout=60) as reply:
+        body = reply.raw.read(decode_content=False)
+        head = len(f"HTTP/1.1 {reply.status_code} {reply.reason}\r\n") + sum(
+            len(k) + len(v) + 4 for k, v in reply.headers.items()) + 2
+        return reply.status_code, len(body), head, reply.headers.get("ETag")
+
+
+def machines_page_bytes(machines: int = 300, workers: int = 8) -> dict[str, dict[str, int]]:
+    url, stop_redis = start_redis()
+    logs = Path(tempfile.mkdtemp(prefix="emp-bench-machines-"))
+    monitor = None
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        records = publish_fleet(client, machines, workers)
+        port = free_port()
+        monitor = start(["monitor", "--port", str(port)], bench_worker_env(url),
+                        logs / "monitor.log")
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/health")
+        page = base + "/emp/api/machines?view=page"
+        rows: dict[str, dict[str, int]] = {}
+        for name, target, headers in (("before (whole view)", base + "/emp/api/machines",
+                                       {"Accept-Encoding": "identity"}),
+                                      ("now (page view, gzip)", page,
+                                       {"Accept-Encoding": "gzip, deflate"})):
+            status, body, head, etag = wire(target, **headers)
+            rows[name] = {"status": status, "body": body, "headers": head}
+        status, body, head, _ = wire(page, **{"Accept-Encoding": "gzip, deflate",
+                                              "If-None-Match": etag or ""})
+        rows["now, fleet unchanged (304)"] = {"status": status, "body": body, "headers": head}
+        publish(client, {**records[0], "last_report": now_ms()}, emit=False)
+        status, body, head, _ = wire(page, **{"Accept-Encoding": "gzip, deflate",
+                                              "If-None-Match": etag or ""})
+        rows["now, one machine reported"] = {"status": status, "body": body, "headers": head}
+        for name, row in rows.items():
+            print(f"Machines page at {machines} machines x {workers} workers, {name:<28} "
+                  f"{row['status']}  {row['body']:>9,} B body + {row['headers']} B headers")
+        return rows
+    finally:
+        if monitor is not None:
+            stop_worker(monitor, grace=5)
+        stop_redis()
+
+
 def main() -> None:
     args = quick_args(__doc__)
     levels = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     cost = queue_view_cost(levels, runs=10 if args.quick else 30)
     live = live_latency(*((2, 100) if args.quick else (4, 250)))
+    machines_page = machines_page_bytes()
     emit_json({"bench": "monitor_cost", "queue_view": cost, "live_ms": live,
+               "machines_page_bytes": machines_page,
                "quick": args.quick, "pid": os.getpid()})
 
 

@@ -21,15 +21,24 @@ from emp_tasks import producer
 from webapp.api.validation import Invalid
 from webapp.monitor import jobs
 from webapp.monitor.handlers import ActionHandler, JsonHandler, MonitorHandler
-from webapp.monitor.machines import machines_view
+from webapp.monitor.machines import machines_view, page_view
 from webapp.monitor.queue import queue_summary
 from webapp.monitor.webhooks import reconnect, webhooks_view
 
 
 class MachinesData(JsonHandler):
+    """Every machine and worker (scripts); ``?view=page``: what the Machines page shows,
+    with an ETag that stays the same while the fleet does (``machines.page_view``)."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
+        view = self.get_query_argument("view", "full")
+        if view not in ("full", "page"):
+            raise tornado.web.HTTPError(400, f"view must be 'full' or 'page', not {view!r}")
         machines = await self.blocking(machines_view, self.state.backend.redis)
+        if view == "page":
+            self.send({"success": True, **page_view(machines)})
+            return
         self.send({"success": True, "machines": machines, "at": int(time.time() * 1000)})
 
 

@@ -15,6 +15,7 @@ Forgetting a machine is ``capability_router.registry.WorkerRegistry.forget_machi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -26,6 +27,13 @@ from machine.supervision import RUNNING
 
 #: Display name of the pseudo machine of workers that name no machine.
 NO_MACHINE = "(no machine)"
+
+#: What the Machines page shows of a machine and of each of its workers (``page_view``).
+PAGE_MACHINE_FIELDS = ("machine_id", "name", "status", "ended", "has_record", "hostname",
+                       "gpu_source", "gpus", "gpu_count", "healthy", "health_reason", "stale",
+                       "ended_at", "reason", "last_report", "uptime_seconds")
+PAGE_WORKER_FIELDS = ("worker_id", "name", "status", "program_state", "gpu", "jobs",
+                      "last_seen")
 
 #: Profile keys summarised on their own; any other key is a custom capability.
 _PROFILE_KEYS = frozenset({"worker_id", "machine_id", "services", "hardware", "models",
@@ -203,3 +211,31 @@ def machines_view(client: redis.Redis,
                                grouped.get(record["machine_id"], []), now, stale_ms)
                  for record in ended)
     return views
+
+
+def page_view(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the Machines page reads at every refresh: the fields it shows, each distinct
+    capability profile once (``profiles``; a worker's ``capabilities`` is its index there),
+    and none of the full view's ages, which change with the clock alone.
+
+    300 machines of 8 workers were 2.2 MB a refresh, every 5 s: the raw profile beside
+    its summary, one copy per worker of the same few profiles, fields the page does not
+    show. Without ages an unchanged fleet reads the same bytes, so the same ETag (304).
+    """
+    profiles: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    machines_out = []
+    for machine in views:
+        out = {name: machine.get(name) for name in PAGE_MACHINE_FIELDS}
+        workers = []
+        for worker in machine["workers"]:
+            row = {name: worker.get(name) for name in PAGE_WORKER_FIELDS}
+            key = json.dumps(worker["capabilities"], sort_keys=True, default=str)
+            if key not in index:
+                index[key] = len(profiles)
+                profiles.append(worker["capabilities"])
+            row["capabilities"] = index[key]
+            workers.append(row)
+        out["workers"] = workers
+        machines_out.append(out)
+    return {"machines": machines_out, "profiles": profiles}

@@ -12,22 +12,45 @@ const EMP = (() => {
     return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
   }
 
-  /* GET or POST /emp/api/<path>; resolves to the JSON body, rejects with the server's error. */
+  /* The login ended (an OAuth session expired, basic-auth credentials no longer good):
+     what the reads answer is a redirect to the login page or a 401, not data. */
+  class SessionEnded extends Error {
+    constructor() { super("Session expired: reload to sign in"); this.sessionEnded = true; }
+  }
+
+  /* GET or POST /emp/api/<path>; resolves to the JSON body, rejects with the server's error.
+     No JSON route redirects, so a redirect is the login's (--auth sends an expired session
+     to /login, then to the provider): followed, it ended in "Failed to fetch" (another
+     site, no CORS) or in a login page parsed as JSON. */
+  /* options.revalidate: send the last answer's ETag; a 304 (nothing changed) resolves to
+     that answer again, having cost no body. The answers say no-store, so the browser's
+     cache keeps none of it: the last one lives here, per path. */
+  const revalidated = new Map();
   async function api(path, options = {}) {
-    const init = {method: options.method || "GET", credentials: "same-origin",
+    const init = {method: options.method || "GET", credentials: "same-origin", redirect: "manual",
                   headers: {"X-XSRFToken": cookie("_xsrf"), "Accept": "application/json"}};
     if (options.body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
     }
+    const last = options.revalidate ? revalidated.get(path) : undefined;
+    if (options.revalidate) init.cache = "no-store";
+    if (last) init.headers["If-None-Match"] = last.etag;
     const response = await fetch(prefix + "/emp/api" + path, init);
+    if (response.type === "opaqueredirect" || response.status === 401) throw new SessionEnded();
+    if (response.status === 304 && last) return last.body;
     let body = null;
     try { body = await response.json(); } catch (e) { body = null; }
+    if (response.ok && body === null) {
+      throw new Error(`the monitor's answer to ${path} is not JSON (${response.status})`);
+    }
     if (!response.ok) {
       const error = new Error((body && body.error) || response.status + " " + response.statusText);
       error.status = response.status;
       throw error;
     }
+    const etag = response.headers.get("ETag");
+    if (options.revalidate && etag) revalidated.set(path, {etag, body});
     return body;
   }
 
@@ -35,6 +58,13 @@ const EMP = (() => {
     const box = document.getElementById("emp-error");
     if (!box) return;
     box.textContent = error ? String(error.message || error) : "";
+    if (error && error.sessionEnded) {  // "Session expired: <a>reload to sign in</a>"
+      box.textContent = "Session expired: ";
+      const link = document.createElement("a");
+      link.href = location.href; link.className = "alert-link emp-sign-in";
+      link.textContent = "reload to sign in";
+      box.appendChild(link);
+    }
     box.classList.toggle("d-none", !error);
   }
 

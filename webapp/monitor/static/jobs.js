@@ -31,8 +31,35 @@
       <td title="${EMP.esc(new Date(job.created_at).toISOString())}">${EMP.since(job.created_at)}</td></tr>`;
   }
 
+  /* The rows on show answer this query ("" before the first answer). A read that fails
+     must not leave another query's rows under its error as if they answered it: a new
+     filter's failure clears them; a failed refresh of the same filter keeps them, marked
+     stale with the time they are from. */
+  let shownQuery = null;
+  function failed(asked) {
+    const table = document.getElementById("jobs-table");
+    if (asked !== shownQuery) {
+      body.innerHTML = `<tr class="jobs-failed"><td colspan="10" class="text-body-secondary">No rows: this filter failed (see the error above).</td></tr>`;
+      document.getElementById("jobs-total").textContent = "";
+      document.getElementById("jobs-prev").disabled = document.getElementById("jobs-next").disabled = true;
+      shownQuery = null;
+      table.dataset.stale = "false";
+      return;
+    }
+    if (table.dataset.stale === "true") return;
+    table.dataset.stale = "true";
+    const total = document.getElementById("jobs-total");
+    total.textContent = `stale: rows as of ${table.dataset.loadedAt || "?"}, the last refresh failed · ` + total.textContent;
+  }
+
   async function load() {
-    const page = await EMP.api("/jobs?" + query().toString());
+    const asked = query().toString();
+    let page;
+    try { page = await EMP.api("/jobs?" + asked); } catch (e) { failed(asked); throw e; }
+    shownQuery = asked;
+    const table = document.getElementById("jobs-table");
+    table.dataset.stale = "false";
+    table.dataset.loadedAt = new Date().toLocaleTimeString([], {hour12: false});
     total = page.total; limit = page.limit;
     body.innerHTML = page.jobs.map(row).join("") ||
       `<tr><td colspan="10" class="text-body-secondary">No jobs match.</td></tr>`;

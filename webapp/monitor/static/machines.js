@@ -2,6 +2,7 @@
 "use strict";
 (() => {
   const list = document.getElementById("machines-list");
+  let profiles = [];  // the read's distinct capability profiles; a worker names its index
 
   function metric(label, value, danger = false, id = "") {
     return `<div class="emp-metric${danger ? " danger" : ""}"${id ? ` id="${id}"` : ""}><div class="small">${EMP.esc(label)}</div><div class="value">${EMP.esc(value)}</div></div>`;
@@ -38,7 +39,7 @@
       <td>${EMP.esc(w.program_state || "—")}</td>
       <td>${w.gpu === null || w.gpu === undefined ? "—" : "GPU " + EMP.esc(w.gpu)}</td>
       <td class="worker-jobs">${jobs(w.jobs)}</td>
-      <td>${profile(w.capabilities)}</td>
+      <td>${profile(profiles[w.capabilities])}</td>
       <td>${w.last_seen ? EMP.since(w.last_seen) : "—"}</td></tr>`;
   }
 
@@ -67,8 +68,10 @@
   }
 
   async function load() {
-    const data = await EMP.api("/machines");
+    // Only what the page shows, and nothing when the fleet has not changed (304).
+    const data = await EMP.api("/machines?view=page", {revalidate: true});
     const machines = data.machines;
+    profiles = data.profiles;
     const live = machines.filter((m) => !m.ended);
     const bare = live.filter((m) => m.has_record === false);
     const workers = machines.flatMap((m) => m.workers || []);

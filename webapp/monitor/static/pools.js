@@ -38,9 +38,28 @@
     return true;
   }
 
+  /* The figures on show answer `shown` (pool and window). A read of another pool or
+     window that fails must not leave them under its error as if they were its answer:
+     they are cleared. A failed refresh of the same ones keeps them, dimmed (stale). */
+  let shown = null;
+  function failed(asked) {
+    if (asked !== shown) {
+      charts.innerHTML = `<p class="small text-body-secondary pools-failed">No figures: reading ${EMP.esc(pool)} (${EMP.esc(window_)}) failed (see the error above).</p>`;
+      document.getElementById("pools-totals").innerHTML = "";
+      charts.dataset.pool = ""; charts.dataset.stale = "false";
+      shown = null;
+      return;
+    }
+    charts.dataset.stale = "true";
+  }
+
   async function load() {
     if (!pool && !(await choices())) return;
-    const data = await EMP.api(`/pools/${encodeURIComponent(pool)}/metrics?window=${window_}`);
+    const asked = pool + "\n" + window_;
+    let data;
+    try { data = await EMP.api(`/pools/${encodeURIComponent(pool)}/metrics?window=${window_}`); }
+    catch (e) { failed(asked); throw e; }
+    shown = asked; charts.dataset.stale = "false";
     const s = data.series, tot = data.totals;
     charts.dataset.pool = data.pool;
     charts.dataset.window = data.window;
