@@ -405,7 +405,8 @@ def test_a_family_with_one_class_nobody_can_serve_reports_zero_workers(
     """Two customers' jobs of one family; the only live worker denies one of them.
 
     The family is servable, but that customer's jobs wait forever: its series
-    must still read 0 workers (the alert), not the other customer's 1.
+    must still read 0 workers (the alert), not the other customer's 1. (Per
+    class, before, the denied customer's class had a 0 series of its own.)
     """
     now = server_ms(client)
     enqueue(queue, "ok", now - 1_000, customer_id="good")
@@ -431,7 +432,7 @@ def test_families_past_the_cap_are_summed_into_other_and_unservable_ones_keep_th
     Five families, a cap of 2: the unservable family keeps its own series even
     though it is the youngest, then the oldest servable one; the other three
     are one ``family="other"`` series: depth summed, oldest the max, workers
-    the least.
+    the least. Before, nothing capped the queue series: one per class.
     """
     now = server_ms(client)
     for n, gpu in enumerate((1, 2, 4, 8)):  # ages 40, 30, 20, 10 s: all servable
@@ -462,6 +463,8 @@ def test_families_past_the_cap_are_summed_into_other_and_unservable_ones_keep_th
 
 @pytest.mark.parametrize("value", ["0", "-5", "many"])
 def test_a_bad_family_cap_is_refused_naming_the_setting(monkeypatch, value) -> None:
+    """The monitor does not start with a cap that is no positive integer (a cap of 0
+    would hide every family's series, the unservable ones too)."""
     monkeypatch.setenv("EMP_METRICS_MAX_FAMILIES", value)
     with pytest.raises(ValueError, match="EMP_METRICS_MAX_FAMILIES"):
         QueueCollector(f"redis://127.0.0.1:{free_port()}/0")
