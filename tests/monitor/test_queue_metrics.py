@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 
 import pytest
 import redis
@@ -282,8 +283,10 @@ def test_prometheus_collector_exposes_queue_workers_and_histograms(
     def at(name: str, **labels: str) -> float:
         return got[(name, frozenset(labels.items()))]
 
-    big_labels = {"pool": "default", "class": big.class_signature, "service": "echo"}
-    small_labels = {"pool": "default", "class": small.class_signature, "service": "echo"}
+    big_labels = {"pool": "default", "family": big.family_signature, "service": "echo",
+                  "requirements": "hardware.gpu_memory_gb >= 80"}
+    small_labels = {"pool": "default", "family": small.family_signature, "service": "echo",
+                    "requirements": "none"}
     assert at("emp_queue_depth", **big_labels) == 1
     assert at("emp_queue_class_workers", **big_labels) == 0
     assert 45 <= at("emp_queue_oldest_seconds", **big_labels) < 60
@@ -312,3 +315,156 @@ def test_collector_yields_nothing_and_warns_when_redis_is_down(caplog) -> None:
         collector.client.close()
     assert not samples(text)
     assert "cannot read Redis" in caplog.text
+
+
+def scrape(redis_url: str, families_per_pool: int | None = None) -> str:
+    collector = (QueueCollector(redis_url) if families_per_pool is None
+                 else QueueCollector(redis_url, families_per_pool))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        return generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+
+
+def queue_series(text: str) -> dict[str, dict[str, tuple[dict[str, str], float]]]:
+    """``emp_queue_*`` samples: metric name -> family label -> (labels, value)."""
+    series: dict[str, dict[str, tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("emp_queue_"):
+                series.setdefault(sample.name, {})[sample.labels["family"]] = (
+                    sample.labels, sample.value)
+    return series
+
+
+def file_workflows(client: redis.Redis, queue: QueueFunctions, families: list[dict],
+                   workflows: int, now: int) -> list[JobSpec]:
+    """One job per workflow (its own class), round robin over ``families``, pipelined."""
+    specs = []
+    with client.pipeline(transaction=False) as pipe:
+        for n in range(workflows):
+            spec = JobSpec.from_fields({"service_required": "echo", **families[n % len(families)],
+                                        "workflow_id": f"wf-{n}", "customer_id": f"cust-{n}"})
+            name, keys, args = queue.enqueue_call(f"wf-job-{n}", spec, json.dumps({"n": n}),
+                                                  now_ms=now - n * 1000)
+            pipe.fcall(name, len(keys), *keys, *args)
+            specs.append(spec)
+        assert {r[0] for r in pipe.execute()} == {"queued"}
+    return specs
+
+
+def test_queue_series_are_one_per_family_however_many_workflows_wait(
+        client, queue, redis_server) -> None:
+    """600 pending jobs, each its own workflow and customer, over 3 requirement families.
+
+    Before, the collector labelled the queue gauges by class, which includes the
+    workflow and customer: 1,800 series (3 per workflow), every workflow id a new
+    series in Prometheus. Now 9: depth, oldest and workers per family, with the
+    family's requirements in words and no customer or workflow id in any label.
+    """
+    now = server_ms(client)
+    families = [{}, {"requirements": {"hardware": {"gpu_memory_gb": 80}}},
+                {"requirements": {"hardware": {"gpu_memory_gb": 16}, "models": ["sdxl"]}}]
+    specs = file_workflows(client, queue, families, 600, now)
+    gpu24 = WorkerProfile(worker_id="g24", services=["echo"], hardware={"gpu_memory_gb": 24},
+                          models={"echo": ["sdxl"]})
+    queue.register_worker(gpu24)
+    WorkerRegistry(client).heartbeat(gpu24.as_dict(), ["default"], [], ttl_ms=60_000,
+                                     first=True)
+
+    text = scrape(redis_server.url)
+
+    counts = Counter(s.name for f in text_string_to_metric_families(text) for s in f.samples
+                     if s.name.startswith("emp_queue_"))
+    assert counts == {"emp_queue_depth": 3, "emp_queue_oldest_seconds": 3,
+                      "emp_queue_class_workers": 3}
+    series = queue_series(text)
+    signatures = {spec.family_signature for spec in specs}
+    assert len(signatures) == 3
+    for name in series:
+        assert set(series[name]) == signatures, name
+    plain, big, sdxl = (specs[i].family_signature for i in range(3))
+    depth = {f: v for f, (_, v) in series["emp_queue_depth"].items()}
+    assert depth == {plain: 200, big: 200, sdxl: 200}
+    oldest = {f: v for f, (_, v) in series["emp_queue_oldest_seconds"].items()}
+    # The oldest job of family i was filed (597 + i) seconds ago.
+    assert 597 <= oldest[plain] < 610 and 598 <= oldest[big] < 611
+    assert 599 <= oldest[sdxl] < 612
+    workers = {f: v for f, (_, v) in series["emp_queue_class_workers"].items()}
+    assert workers == {plain: 1, big: 0, sdxl: 1}
+    labels, _ = series["emp_queue_depth"][sdxl]
+    assert labels == {"pool": "default", "family": sdxl, "service": "echo",
+                      "requirements": "hardware.gpu_memory_gb >= 16; models.echo includes sdxl"}
+    assert "wf-" not in text and "cust-" not in text
+
+
+def test_a_family_with_one_class_nobody_can_serve_reports_zero_workers(
+        client, queue, redis_server) -> None:
+    """Two customers' jobs of one family; the only live worker denies one of them.
+
+    The family is servable, but that customer's jobs wait forever: its series
+    must still read 0 workers (the alert), not the other customer's 1. (Per
+    class, before, the denied customer's class had a 0 series of its own.)
+    """
+    now = server_ms(client)
+    enqueue(queue, "ok", now - 1_000, customer_id="good")
+    enqueue(queue, "stuck", now - 2_000, customer_id="denied")
+    picky = WorkerProfile(worker_id="picky", services=["echo"],
+                          customer_access={"denied_customers": ["denied"]})
+    queue.register_worker(picky)
+    WorkerRegistry(client).heartbeat(picky.as_dict(), ["default"], [], ttl_ms=60_000,
+                                     first=True)
+
+    series = queue_series(scrape(redis_server.url))
+
+    (family, (labels, depth)), = series["emp_queue_depth"].items()
+    assert depth == 2 and "denied" not in str(labels)
+    assert series["emp_queue_class_workers"][family][1] == 0
+    assert [r["workers"] for r in queue_summary(client)["classes"]] == [[], ["picky"]]
+
+
+def test_families_past_the_cap_are_summed_into_other_and_unservable_ones_keep_theirs(
+        client, queue, redis_server) -> None:
+    """Families come from what submitters ask, so a pool's series are capped.
+
+    Five families, a cap of 2: the unservable family keeps its own series even
+    though it is the youngest, then the oldest servable one; the other three
+    are one ``family="other"`` series: depth summed, oldest the max, workers
+    the least. Before, nothing capped the queue series: one per class.
+    """
+    now = server_ms(client)
+    for n, gpu in enumerate((1, 2, 4, 8)):  # ages 40, 30, 20, 10 s: all servable
+        for k in range(n + 1):
+            enqueue(queue, f"g{gpu}-{k}", now - (4 - n) * 10_000,
+                    requirements={"hardware": {"gpu_memory_gb": gpu}})
+    huge = enqueue(queue, "huge", now, requirements={"hardware": {"gpu_memory_gb": 640}})
+    oldest = JobSpec(service="echo", requirements={"hardware": {"gpu_memory_gb": 1}})
+    gpu24 = WorkerProfile(worker_id="g24", services=["echo"], hardware={"gpu_memory_gb": 24})
+    queue.register_worker(gpu24)
+    WorkerRegistry(client).heartbeat(gpu24.as_dict(), ["default"], [], ttl_ms=60_000,
+                                     first=True)
+
+    series = queue_series(scrape(redis_server.url, families_per_pool=2))
+
+    for name in series:
+        assert set(series[name]) == {huge.family_signature, oldest.family_signature,
+                                     "other"}, name
+    value = {name: {f: v for f, (_, v) in rows.items()} for name, rows in series.items()}
+    assert value["emp_queue_depth"] == {huge.family_signature: 1,
+                                        oldest.family_signature: 1, "other": 2 + 3 + 4}
+    assert value["emp_queue_class_workers"] == {huge.family_signature: 0,
+                                                oldest.family_signature: 1, "other": 1}
+    assert 30 <= value["emp_queue_oldest_seconds"]["other"] < 40
+    assert series["emp_queue_depth"]["other"][0] == {
+        "pool": "default", "family": "other", "service": "other", "requirements": "other"}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_bad_family_cap_is_refused_naming_the_setting(monkeypatch, value) -> None:
+    """The monitor does not start with a cap that is no positive integer (a cap of 0
+    would hide every family's series, the unservable ones too)."""
+    monkeypatch.setenv("EMP_METRICS_MAX_FAMILIES", value)
+    with pytest.raises(ValueError, match="EMP_METRICS_MAX_FAMILIES"):
+        QueueCollector(f"redis://127.0.0.1:{free_port()}/0")

@@ -7,10 +7,28 @@ the queue's. Nothing is cached in the monitor: every scrape reads Redis
 
 Metrics:
 
-* ``emp_queue_depth{pool,class,service}``: pending jobs of a requirement class.
-* ``emp_queue_oldest_seconds{pool,class,service}``: age of its oldest pending job.
-* ``emp_queue_class_workers{pool,class,service}``: live workers able to
-  serve it; 0 means nobody alive can run it (alert on this).
+* ``emp_queue_depth{pool,family,service,requirements}``: pending jobs of a
+  requirement family (summed over its classes).
+* ``emp_queue_oldest_seconds{pool,family,service,requirements}``: age of its
+  oldest pending job.
+* ``emp_queue_class_workers{pool,family,service,requirements}``: live workers
+  able to serve its least served pending class; 0 means some of its pending
+  jobs nobody alive can run (alert on this).
+
+The queue's series are per requirement *family*, not per class: a class is
+also tied to its workflow and customer (``capability_router.jobspec``), and
+nearly every request is its own workflow, so a series per class was one per
+workflow (20,000 pending workflows: 60,000 series, 5 MB per scrape, each
+workflow id a series left in the TSDB). A family is what matching reads
+(service, hardware, models, isolation, capabilities): ``family`` is its
+signature and ``requirements`` its conditions in words (``hardware.gpu_memory_gb
+>= 80; models.comfyui includes sdxl``, at most ``REQUIREMENTS_LABEL_CHARS``
+characters, never a customer or workflow id). Families come from the
+submitted requirements, so each pool gets at most ``EMP_METRICS_MAX_FAMILIES``
+(100) series of its own: those no live worker can fully serve first, then the
+oldest; the rest are summed into one ``family="other"`` series (depth summed,
+oldest the max, workers the least), so a scrape never grows past
+``3 x pools x (max + 1)`` queue series.
 * ``emp_jobs{pool,status}``: jobs per state (listing index sizes).
 * ``emp_workers{status}``: live workers, idle, busy or service_unhealthy.
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
@@ -56,6 +74,7 @@ from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_ha
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from capability_router.pool_view import pools_view
 from capability_router.pools import pools_file_from_env
+from emp_tasks import defaults
 from webapp.monitor.queue import queue_summary
 
 logger = logging.getLogger(__name__)
@@ -89,18 +108,88 @@ _POOL_GAUGES = {
 }
 
 
+#: Families of a pool with series of their own (``EMP_METRICS_MAX_FAMILIES``).
+MAX_FAMILIES = 100
+#: The ``family`` (and ``service``, ``requirements``) of the series summing the rest.
+OTHER = "other"
+#: Longest ``requirements`` label value, characters (longer ones end with "...").
+REQUIREMENTS_LABEL_CHARS = 120
+
+_QUEUE_LABELS = ["pool", "family", "service", "requirements"]
+
+
+def max_families() -> int:
+    """``EMP_METRICS_MAX_FAMILIES``; ValueError naming it unless a positive integer."""
+    return defaults.env_positive("EMP_METRICS_MAX_FAMILIES", MAX_FAMILIES, int)
+
+
+def requirements_label(row: dict[str, Any]) -> str:
+    """A class row's conditions in words, without its customer: the family's label."""
+    conditions = [c for c in row["requirements"] if not c.startswith("isolated for customer")]
+    if row.get("strict"):
+        conditions.append("isolated for its customer")
+    text = "; ".join(conditions) or "none"
+    if len(text) > REQUIREMENTS_LABEL_CHARS:
+        text = text[:REQUIREMENTS_LABEL_CHARS - 3] + "..."
+    return text
+
+
+def family_rows(classes: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """``queue_summary`` class rows summed per (pool, family), at most ``limit`` per pool.
+
+    A row: ``pool``, ``family``, ``service``, ``requirements`` (label text),
+    ``pending`` (sum), ``oldest_age_seconds`` (max) and ``workers`` (the fewest
+    live workers any of its classes has: 0 when one of them nobody can run).
+    A pool keeps its unservable families first, then its oldest; those past
+    ``limit`` are summed into one row with family, service and requirements
+    ``"other"``.
+    """
+    families: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in classes:
+        key = (row["pool"], row["family"])
+        family = families.get(key)
+        if family is None:
+            families[key] = {
+                "pool": row["pool"], "family": row["family"], "service": row["service"],
+                "requirements": requirements_label(row), "pending": row["pending"],
+                "oldest_age_seconds": row["oldest_age_seconds"],
+                "workers": len(row["workers"])}
+            continue
+        family["pending"] += row["pending"]
+        family["oldest_age_seconds"] = max(family["oldest_age_seconds"],
+                                           row["oldest_age_seconds"])
+        family["workers"] = min(family["workers"], len(row["workers"]))
+    by_pool: dict[str, list[dict[str, Any]]] = {}
+    for family in families.values():
+        by_pool.setdefault(family["pool"], []).append(family)
+    rows: list[dict[str, Any]] = []
+    for pool, pool_families in by_pool.items():
+        pool_families.sort(key=lambda f: (f["workers"] > 0, -f["oldest_age_seconds"],
+                                          f["family"]))
+        rows += pool_families[:limit]
+        rest = pool_families[limit:]
+        if rest:
+            rows.append({
+                "pool": pool, "family": OTHER, "service": OTHER, "requirements": OTHER,
+                "pending": sum(f["pending"] for f in rest),
+                "oldest_age_seconds": max(f["oldest_age_seconds"] for f in rest),
+                "workers": min(f["workers"] for f in rest)})
+    return rows
+
+
 def _families() -> dict[str, Metric]:
     return {
         "depth": GaugeMetricFamily(
-            "emp_queue_depth", "Pending jobs of a requirement class.",
-            labels=["pool", "class", "service"]),
+            "emp_queue_depth", "Pending jobs of a requirement family.",
+            labels=_QUEUE_LABELS),
         "oldest": GaugeMetricFamily(
-            "emp_queue_oldest_seconds", "Age of the oldest pending job of a class, seconds.",
-            labels=["pool", "class", "service"]),
+            "emp_queue_oldest_seconds", "Age of the oldest pending job of a family, seconds.",
+            labels=_QUEUE_LABELS),
         "class_workers": GaugeMetricFamily(
             "emp_queue_class_workers",
-            "Live workers able to serve a class with pending jobs (0: unservable).",
-            labels=["pool", "class", "service"]),
+            "Live workers able to serve the least served pending class of a family "
+            "(0: some of its jobs are unservable).",
+            labels=_QUEUE_LABELS),
         "jobs": GaugeMetricFamily(
             "emp_jobs", "Jobs per state, per pool.", labels=["pool", "status"]),
         "workers": GaugeMetricFamily(
@@ -130,7 +219,9 @@ def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class QueueCollector(Collector):
     """Reads the queue's state from Redis on every ``collect()``."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, families_per_pool: int | None = None) -> None:
+        #: Families per pool with series of their own; more are summed as "other".
+        self.families_per_pool = families_per_pool or max_families()
         self.redis_url = redis_url
         self.client = self._connect(redis_url)
 
@@ -169,11 +260,11 @@ class QueueCollector(Collector):
         client = self.client
         summary = queue_summary(client)
         families = _families()
-        for row in summary["classes"]:
-            labels = [row["pool"], row["class"], row["service"]]
+        for row in family_rows(summary["classes"], self.families_per_pool):
+            labels = [row["pool"], row["family"], row["service"], row["requirements"]]
             families["depth"].add_metric(labels, row["pending"])
             families["oldest"].add_metric(labels, row["oldest_age_seconds"])
-            families["class_workers"].add_metric(labels, len(row["workers"]))
+            families["class_workers"].add_metric(labels, row["workers"])
         pools = [p["pool"] for p in summary["pools"]]
         for pool_row in summary["pools"]:
             for status, count in pool_row["jobs"].items():
@@ -249,4 +340,4 @@ def register(
         return collector
 
 
-__all__ = ["QueueCollector", "register"]
+__all__ = ["QueueCollector", "family_rows", "max_families", "register"]

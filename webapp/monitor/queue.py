@@ -114,9 +114,10 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
 
     Returns ``{"now_ms", "classes": [row...], "pools": [pool...], "workers":
     {"total", "idle", "busy", "service_unhealthy"}}`` (a worker whose service is down
-    serves no class). A class row: ``pool``, ``class`` (signature),
-    ``service``, ``customer_id``, ``workflow_id``, ``strict``, ``requirements``
-    (readable conditions), ``pending``, ``oldest_ms``, ``oldest_age_seconds``,
+    serves no class). A class row: ``pool``, ``class`` (signature), ``family``
+    (its family's signature: what matching reads), ``service``, ``customer_id``,
+    ``workflow_id``, ``strict``, ``requirements`` (readable conditions),
+    ``pending``, ``oldest_ms``, ``oldest_age_seconds``,
     ``head_score``, ``workers`` (ids of live workers that can serve it) and
     ``unservable``; unservable classes first, then by pending count, largest
     first. A pool: ``pool``, ``pending``, ``delayed``, ``classes``,
@@ -182,6 +183,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
             pool_classes.append({
                 "pool": pool,
                 "class": pending_class.signature,
+                "family": family,
                 **describe_class(job_class),
                 "pending": pending_class.pending,
                 "oldest_ms": pending_class.oldest_ms,
