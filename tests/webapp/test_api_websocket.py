@@ -128,6 +128,41 @@ def test_reconnect_with_last_event_id_gets_every_missed_event(
     assert len(missed) >= 5, "the reconnect replayed what happened while away"
 
 
+def test_a_reconnect_forgets_the_jobs_whose_completion_the_client_had(
+    start_server, start_worker, client
+) -> None:
+    """Tried: a client socket submits three short jobs and sees them complete, then a long
+    one, and reconnects with the last event id it saw (the long job's progress). Before,
+    the client's job list in Redis kept all four (each submit renews its expiry, so a
+    client that keeps submitting made it grow for good) and every reconnect followed them
+    all again. Now the three completed at or before the resume id are dropped from the
+    list and not followed; the running one is, and its completion arrives."""
+    start_worker("ws-forget")
+    api = start_server("api")
+    ws = connect(api, "/ws/client/client-forget")
+    receive(ws)
+    for n in range(3):
+        ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                            "message_id": f"ws-forget-{n}",
+                            "payload": {"steps": 1, "duration": 0.1}}))
+        collect_until(ws, finished(f"ws-forget-{n}"))
+    ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                        "message_id": "ws-forget-run", "payload": {"steps": 20, "duration": 4}}))
+    first = collect_until(ws, lambda m: m["type"] == "update_job_progress")
+    last_id = [m["event_id"] for m in first if "event_id" in m][-1]
+    ws.close()
+    key = "emp:ws:client:admin:client-forget"
+    assert len(client.smembers(key)) == 4
+    ws = connect(api, "/ws/client/client-forget", last_event_id=last_id)
+    try:
+        receive(ws)
+        second = collect_until(ws, finished("ws-forget-run"))
+    finally:
+        ws.close()
+    assert {m.get("job_id") for m in second if "job_id" in m} == {"ws-forget-run"}
+    assert client.smembers(key) == {"default|ws-forget-run"}
+
+
 def test_cancel_over_the_socket_stops_a_running_job(start_server, start_worker, client) -> None:
     start_worker("ws-4")
     api = start_server("api")

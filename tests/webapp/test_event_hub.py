@@ -3,10 +3,15 @@ monitors), found through an index rather than by asking every open socket."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import redis
 
 from emp_tasks.local_redis import LocalRedis
 from webapp.api.events import Event, EventHub, Subscription
+from webapp.api.messages import client_message
+from webapp.api.session import ENDED_KEPT, Session
 
 
 def event(job_id: str | None, namespace: str | None = "default") -> Event:
@@ -93,3 +98,69 @@ def test_connection_counts_follow_opens_and_closes(redis_server: LocalRedis,
     hub._publish_connections()  # the reader's periodic rewrite agrees
     assert hub.connection_counts() == {"clients": 200, "monitors": 1}
     assert len(hub.connections()["clients"]) == 200
+
+
+class _Socket:
+    """Stands for a client's WebSocket: keeps what the session sends."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def send(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def _sent(ws: _Socket, count: int) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while len(ws.texts) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [json.loads(t) for t in ws.texts]
+
+
+def test_a_long_lived_client_socket_lets_go_of_ended_jobs(redis_server: LocalRedis,
+                                                         client: redis.Redis) -> None:
+    """Tried: one client socket following 4,005 jobs one after another (as a client that
+    keeps its socket open for weeks and submits over it), each with a submitted, a
+    progress and an end event: 2,000 completed, then 1,000 + ENDED_KEPT + 5 failed.
+    Before, the socket held every job it ever followed (4,005 entries in its
+    subscription, the hub's index and its dedupe positions; the API's RSS grew 3.5 MB
+    from 2,000 to 8,000 jobs on one socket, ~0.6 KB a job). Now completed jobs are let
+    go and only the last ENDED_KEPT failed ones are still followed (a retry runs them
+    again); every event was sent once, and a kept failed job's retry still reaches the
+    socket, while a stray event of a completed job does not."""
+    hub = EventHub(redis_server.url)
+    hub.stop()
+    ws = _Socket()
+    sub = Subscription(info={"kind": "client"})
+    session = Session(ws, hub, sub, client_message).start()
+    completed, failed = 2000, 1000 + ENDED_KEPT + 5
+    seq = 0
+
+    def emit(name: str, job_id: str) -> None:
+        nonlocal seq
+        seq += 1
+        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
+
+    jobs = [f"job-{i}" for i in range(completed + failed)]
+    for i, job_id in enumerate(jobs):
+        session.follow_job("default", job_id, None)
+        emit("job_submitted", job_id)
+        emit("update_job_progress", job_id)
+        emit("complete_job" if i < completed else "job_failed", job_id)
+        if i % 100 == 99:  # as a client would: its jobs end while it submits more
+            _sent(ws, 3 * (i + 1))
+    messages = _sent(ws, 3 * len(jobs))
+    assert len(messages) == 3 * len(jobs)
+    assert len({m["event_id"] for m in messages}) == len(messages)  # none sent twice
+    assert len(sub.jobs) == ENDED_KEPT, len(sub.jobs)  # was 4,005: every job followed
+    assert len(hub._by_job) == ENDED_KEPT, len(hub._by_job)
+
+    emit("update_job_progress", "job-0")  # a stray word after the end of a completed job
+    retried = jobs[-1]  # failed last: still followed, and retried under its id
+    emit("job_resubmitted", retried)
+    after = _sent(ws, len(messages) + 1)[len(messages):]
+    assert [(m["type"], m["job_id"]) for m in after] == [("job_resubmitted", retried)]
+    session.close()
+    session._thread.join(10)
+    assert len(session._last) <= ENDED_KEPT + 1, len(session._last)
+    assert len(session._ended) == ENDED_KEPT - 1  # the retried one runs again

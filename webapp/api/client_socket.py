@@ -18,10 +18,11 @@ from simple_websocket import ConnectionClosed
 
 from capability_router.errors import EmpError
 from capability_router.keys import Keys
+from capability_router.states import JobEvent
 from emp_tasks import producer
 from webapp import job_ids
 from webapp.api import validation
-from webapp.api.events import Event, EventHub, Subscription
+from webapp.api.events import Event, EventHub, Subscription, id_key
 from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
 from webapp.api.limits import Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
@@ -103,9 +104,7 @@ class ClientConnection:
         self.session.send({"type": "connection_established", "client_id": self.client_id,
                            "timestamp": int(time.time() * 1000)})
         if last_event_id:
-            for member in self.backend.redis.smembers(self.key):
-                namespace, _, job_id = member.partition("|")
-                self._follow(job_id, last_event_id, namespace)
+            self._resubscribe(last_event_id)
         if self.place is not None:
             self.limits.renewer.add(self.place, self._place_lost)
         try:
@@ -118,6 +117,30 @@ class ClientConnection:
             pass
         finally:
             self.session.close()
+
+    def _resubscribe(self, after: str) -> None:
+        """Follow this client's jobs again from ``after``. A job whose completion is at or
+        before ``after`` reached the client: it is forgotten instead, so the list does not
+        hold every job a client that keeps submitting ever made (its expiry is renewed by
+        each submit), nor a reconnect follow them all again."""
+        members = sorted(self.backend.redis.smembers(self.key))
+        if not members:
+            return
+        with self.backend.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                namespace, _, job_id = member.partition("|")
+                pipe.xrevrange(Keys(namespace).job_events(job_id), count=1)
+            lasts = pipe.execute()
+        delivered = []
+        for member, last in zip(members, lasts, strict=True):
+            namespace, _, job_id = member.partition("|")
+            if last and last[0][1].get("event") == JobEvent.COMPLETED \
+                    and id_key(last[0][0]) <= id_key(after):
+                delivered.append(member)
+                continue
+            self._follow(job_id, after, namespace)
+        if delivered:
+            self.backend.redis.srem(self.key, *delivered)
 
     def _place_lost(self, exc: Limited) -> None:
         """This socket's place was lost meanwhile (a stalled process): it ends."""

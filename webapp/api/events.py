@@ -207,6 +207,17 @@ class EventHub:
             if subscription in self._subscriptions:
                 self._by_job.setdefault(job_id, set()).add(subscription)
 
+    def unfollow(self, subscription: Subscription, job_id: str) -> None:
+        """Stop offering a job's events to a subscription (its job ended): a socket that
+        submits job after job must not keep an entry per job it ever followed."""
+        with self._lock:
+            subscription.jobs.discard(job_id)
+            followers = self._by_job.get(job_id)
+            if followers is not None:
+                followers.discard(subscription)
+                if not followers:
+                    del self._by_job[job_id]
+
     def follow_everything(self, subscription: Subscription) -> None:
         """Offer every job event to a subscription (a monitor)."""
         with self._lock:
@@ -370,12 +381,14 @@ class EventHub:
         return reader.xread({s: cursors[s] for s in group}, block=STREAM_SLICE_MS, count=500)
 
     def _dispatch(self, event: Event) -> None:
+        # Offered under the lock (put_nowait never waits): once ``unfollow`` returns, no
+        # event of that job reaches the subscription's queue any more.
         with self._lock:
             subs = [s for s in self._wide if s.wants(event)]
             if event.namespace is not None and event.job_id is not None:
                 subs += [s for s in self._by_job.get(event.job_id, ()) if not s.everything]
-        for sub in subs:
-            sub.offer(event)
+            for sub in subs:
+                sub.offer(event)
 
 
 def _kind(sub: Subscription) -> str:

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 
+from capability_router.states import JobEvent
 from webapp.api.events import SUBSCRIPTION_BACKLOG, Event, EventHub, Subscription, id_key
 from webapp.api.resume import BadResumeId
 
@@ -43,6 +45,10 @@ BATCH = 200
 #: Seconds a shared-feed (monitor) sender lets events gather before writing them: at
 #: 1,300 events/s, ~25 events per write instead of one, for 20 ms of added delay.
 COALESCE_SECONDS = 0.02
+#: Failed or cancelled jobs a client session keeps following after their end event (a
+#: retry runs them again under their id); past this many the oldest is let go. A
+#: completed job is let go at once: nothing follows its end.
+ENDED_KEPT = 1000
 
 
 def send_texts(ws: Any, texts: list[str]) -> None:
@@ -116,6 +122,14 @@ class Session:
         self._last: dict[str, tuple[int, int]] = {}
         self._awaiting: set[str] = set()
         self._held: dict[str, list[Event]] = {}
+        #: Failed or cancelled jobs still followed, oldest first (at most ENDED_KEPT).
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        #: Jobs let go: (job id, its ``_last`` key, the count of queue items taken once
+        #: every event queued for it before it was let go has been taken). Its dedupe
+        #: position is dropped then, not before, so none of those is sent twice.
+        self._retiring: deque[tuple[str, str, int]] = deque()
+        #: Items taken from the subscription's queue so far.
+        self._taken = 0
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="emp-ws-sender")
 
@@ -189,6 +203,7 @@ class Session:
                     items.append(self.sub.queue.get_nowait())
                 except queue.Empty:
                     break
+            self._taken += len(items)
             self._batch = []
             try:
                 for item in items:
@@ -207,6 +222,7 @@ class Session:
                 texts, self._batch = self._batch, None
                 if texts:
                     self._write(texts)
+            self._retire()
 
     def _drop(self, reason: str) -> None:
         """Tell the client why, then close: it resumes from its last event id."""
@@ -228,6 +244,33 @@ class Session:
                     self.sub.overflowed = True
                 return
         self._emit(event)
+
+    def _note_end(self, event: Event, key: str) -> None:
+        """Let go of a job once it ended, so a socket that submits job after job for
+        weeks holds state only for the jobs still running (it kept an entry in three
+        structures per job it ever followed: ~0.6 KB each, never freed)."""
+        job_id = event.job_id or ""
+        self._ended.pop(job_id, None)
+        if event.name == JobEvent.COMPLETED:
+            self._let_go(job_id, key)
+        elif event.name in (JobEvent.FAILED, JobEvent.CANCELLED):
+            self._ended[job_id] = key
+            while len(self._ended) > ENDED_KEPT:
+                self._let_go(*self._ended.popitem(last=False))
+
+    def _let_go(self, job_id: str, key: str) -> None:
+        with self._state_lock:  # a follow_job meanwhile either sees it gone or keeps it
+            if job_id in self._awaiting:
+                return
+            self.hub.unfollow(self.sub, job_id)
+        self._retiring.append((job_id, key, self._taken + self.sub.queue.qsize()))
+
+    def _retire(self) -> None:
+        """Drop the dedupe positions of jobs let go whose queued events are all taken."""
+        while self._retiring and self._retiring[0][2] <= self._taken:
+            job_id, key, _ = self._retiring.popleft()
+            if job_id not in self.sub.jobs:  # not followed again meanwhile
+                self._last.pop(key, None)
 
     def _replay(self, replay: Replay) -> None:
         hold = replay.job_id if replay.job_id is not None else ALL
@@ -260,6 +303,8 @@ class Session:
             if position <= self._last.get(key, (-1, -1)):
                 return
             self._last[key] = position
+            if not self.sub.everything and event.job_id:
+                self._note_end(event, key)
         if self.shared is None:
             self.send(self.render(event))
             return
