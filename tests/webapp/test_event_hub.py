@@ -164,3 +164,36 @@ def test_a_long_lived_client_socket_lets_go_of_ended_jobs(redis_server: LocalRed
     session._thread.join(10)
     assert len(session._last) <= ENDED_KEPT + 1, len(session._last)
     assert len(session._ended) == ENDED_KEPT - 1  # the retried one runs again
+
+
+def test_a_completed_steps_workflow_event_read_after_its_end_still_reaches_the_socket(
+        redis_server: LocalRedis, client: redis.Redis) -> None:
+    """Tried: a socket following a workflow's last step gets its ``complete_job``, then, in
+    a later batch read from the log, the ``workflow_completed`` filed with the step's id,
+    then ENDED_KEPT other jobs end. A socket that let go of a job at its
+    ``complete_job`` dropped the milestone; one that took the milestone for the job
+    running again would follow the step for ever. It arrives, and the step is let go
+    with the others."""
+    hub = EventHub(redis_server.url)
+    hub.stop()
+    ws = _Socket()
+    sub = Subscription(info={"kind": "client"})
+    session = Session(ws, hub, sub, client_message).start()
+    seq = 0
+
+    def emit(name: str, job_id: str) -> None:
+        nonlocal seq
+        seq += 1
+        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
+
+    session.follow_job("default", "step-3", None)
+    emit("complete_job", "step-3")
+    _sent(ws, 1)  # the session has handled the end before the milestone is read
+    emit("workflow_completed", "step-3")
+    assert [m["type"] for m in _sent(ws, 2)] == ["complete_job", "workflow_completed"]
+    for i in range(ENDED_KEPT):
+        session.follow_job("default", f"job-{i}", None)
+        emit("complete_job", f"job-{i}")
+    _sent(ws, 2 + ENDED_KEPT)
+    assert "step-3" not in sub.jobs and len(sub.jobs) == ENDED_KEPT
+    session.close()

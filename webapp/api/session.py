@@ -45,9 +45,10 @@ BATCH = 200
 #: Seconds a shared-feed (monitor) sender lets events gather before writing them: at
 #: 1,300 events/s, ~25 events per write instead of one, for 20 ms of added delay.
 COALESCE_SECONDS = 0.02
-#: Failed or cancelled jobs a client session keeps following after their end event (a
-#: retry runs them again under their id); past this many the oldest is let go. A
-#: completed job is let go at once: nothing follows its end.
+#: Ended jobs a client session keeps following after their end event (a failed or
+#: cancelled one's retry runs it again under its id; a completed workflow step's
+#: ``workflow_completed`` is filed right after its ``complete_job``, and could be read
+#: in a later batch); past this many the oldest is let go.
 ENDED_KEPT = 1000
 
 
@@ -122,7 +123,7 @@ class Session:
         self._last: dict[str, tuple[int, int]] = {}
         self._awaiting: set[str] = set()
         self._held: dict[str, list[Event]] = {}
-        #: Failed or cancelled jobs still followed, oldest first (at most ENDED_KEPT).
+        #: Ended jobs still followed, oldest first (at most ENDED_KEPT).
         self._ended: OrderedDict[str, str] = OrderedDict()
         #: Jobs let go: (job id, its ``_last`` key, the count of queue items taken once
         #: every event queued for it before it was let go has been taken). Its dedupe
@@ -246,14 +247,16 @@ class Session:
         self._emit(event)
 
     def _note_end(self, event: Event, key: str) -> None:
-        """Let go of a job once it ended, so a socket that submits job after job for
-        weeks holds state only for the jobs still running (it kept an entry in three
-        structures per job it ever followed: ~0.6 KB each, never freed)."""
+        """Let go of a job once ENDED_KEPT later jobs ended, so a socket that submits job
+        after job for weeks holds state only for its running jobs and its last ended
+        ones (it kept an entry in three structures per job it ever followed: ~0.6 KB
+        each, never freed). Another event of an ended job (a retry) makes it running
+        again, except a workflow milestone filed with its step's id."""
         job_id = event.job_id or ""
+        if str(event.name).startswith("workflow_"):
+            return
         self._ended.pop(job_id, None)
-        if event.name == JobEvent.COMPLETED:
-            self._let_go(job_id, key)
-        elif event.name in (JobEvent.FAILED, JobEvent.CANCELLED):
+        if event.name in (JobEvent.COMPLETED, JobEvent.FAILED, JobEvent.CANCELLED):
             self._ended[job_id] = key
             while len(self._ended) > ENDED_KEPT:
                 self._let_go(*self._ended.popitem(last=False))
