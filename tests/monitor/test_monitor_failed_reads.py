@@ -109,8 +109,9 @@ def test_basic_auth_credentials_no_longer_good_say_the_session_ended(
         app: Any) -> None:
     """Tried: the monitor with basic auth, the Jobs page open with good credentials, then
     the monitor restarted on the same port with another password, and the page's next
-    read. Before: the error box said "Unauthorized". Now it says the session ended
-    and offers to reload and sign in."""
+    read. Before: the error box said "Unauthorized", and the live stream, refused 401 on
+    its reconnect, said "reconnecting…" for ever. Now both say the session ended and the
+    error box offers to reload and sign in."""
     job = submit("simulation", {"steps": 1}, requirements=UNSERVABLE, app=app)
     first = start_server("monitor", FLOWER_BASIC_AUTH="ops:s3cret")
     page = open_page(first.base + "/jobs",
@@ -127,6 +128,8 @@ def test_basic_auth_credentials_no_longer_good_say_the_session_ended(
     except PlaywrightError:
         raise AssertionError(page.inner_text("#emp-error")) from None
     assert page.inner_text("#emp-error") == "Session expired: reload to sign in"
+    page.wait_for_selector('#emp-live[data-state="ended"]', timeout=15_000)
+    assert page.inner_text("#emp-live") == "session expired"
 
 
 def test_a_pool_whose_figures_fail_does_not_show_the_previous_pools_charts(
@@ -164,3 +167,27 @@ def test_a_pool_whose_figures_fail_does_not_show_the_previous_pools_charts(
     page.click('#pools-choice button[data-pool="fast"]')
     page.wait_for_selector('#pools-charts[data-stale="true"]')
     assert page.query_selector('#pools-charts[data-pool="fast"] #chart-queue_depth') is not None
+
+
+def test_the_live_stream_comes_back_after_the_monitor_answered_it_503(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],  # noqa: F811
+        app: Any) -> None:
+    """Tried: the Jobs page opened while the monitor answers its live stream (/emp/events)
+    503, as it does while Redis is unreachable (answered from the test), then the stream
+    answered again. An EventSource gives up for good on a 503: before, the page said
+    "reconnecting…" for ever and never went live again. Now it tries again every few
+    seconds and goes live once the stream answers."""
+    monitor = start_server("monitor")
+    refused: list[str] = []
+
+    def unavailable(route: Any) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=503, body="Redis is unreachable", headers={"Retry-After": "1"})
+
+    page = open_page(None)
+    page.context.route("**/emp/events*", unavailable)
+    page.goto(monitor.base + "/jobs")
+    page.wait_for_selector('#emp-live[data-state="reconnecting"]', timeout=15_000)
+    assert refused
+    page.context.unroute("**/emp/events*")
+    page.wait_for_selector('#emp-live[data-state="live"]', timeout=15_000)

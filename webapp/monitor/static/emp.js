@@ -87,7 +87,12 @@ const EMP = (() => {
 
   /* Follow the event log; every message goes to each listener. Reconnects on its own.
      The EventSource lives in a dedicated worker (live-worker.js says why); the page opens
-     it itself only where a worker cannot. */
+     it itself only where a worker cannot. An EventSource retries a dropped connection by
+     itself but gives up for good on an answer that is not a stream (the monitor's 503
+     while Redis is unreachable, a 401, a redirect to the login): then the page asks one
+     read whether the login ended (it says so and stops) and otherwise opens the stream
+     again, waiting longer each time up to STREAM_RETRY_MAX_MS. */
+  const STREAM_RETRY_MS = 2000, STREAM_RETRY_MAX_MS = 30000;
   const listeners = [];
   let started = false;
   const workerUrl = document.currentScript ? document.currentScript.src.replace(/emp\.js(\?.*)?$/, "live-worker.js$1") : null;
@@ -100,14 +105,29 @@ const EMP = (() => {
       if (!indicator) return;
       indicator.dataset.state = state; indicator.textContent = text;
     };
+    let open = null;  // opens (or reopens) the stream, once chosen below
+    let retryIn = STREAM_RETRY_MS;
+    async function givenUp() {
+      try {
+        await api("/services");
+      } catch (e) {
+        if (e.sessionEnded) { mark("ended", "session expired"); showError(e); return; }
+      }
+      setTimeout(() => open(), retryIn);
+      retryIn = Math.min(retryIn * 2, STREAM_RETRY_MAX_MS);
+    }
     const on = {
       open() {
         // Every open, the first too: what happened between the page's first read and the
         // stream's start (or while it was away) is read again.
+        retryIn = STREAM_RETRY_MS;
         mark("live", "● live");
         listeners.forEach((l) => l.onReconnect && l.onReconnect());
       },
-      error() { mark("reconnecting", "reconnecting…"); },
+      error(closed) {
+        mark("reconnecting", "reconnecting…");
+        if (closed) givenUp();
+      },
       message(text) {
         let data;
         try { data = JSON.parse(text); } catch (e) { return; }
@@ -116,9 +136,13 @@ const EMP = (() => {
     };
     const url = new URL(prefix + "/emp/events", location.href).href;
     function direct() {
-      const source = new EventSource(url);
-      source.onopen = on.open; source.onerror = on.error;
-      source.onmessage = (message) => on.message(message.data);
+      open = () => {
+        const source = new EventSource(url);
+        source.onopen = on.open;
+        source.onerror = () => on.error(source.readyState === EventSource.CLOSED);
+        source.onmessage = (message) => on.message(message.data);
+      };
+      open();
     }
     if (!workerUrl || typeof Worker === "undefined") { direct(); return; }
     let worker;
@@ -130,7 +154,8 @@ const EMP = (() => {
       if (kind === "unsupported") { worker.terminate(); direct(); } else on[kind](data);
     };
     worker.onerror = () => { if (!heard) { worker.terminate(); direct(); } };  // did not load
-    worker.postMessage({url});
+    open = () => worker.postMessage({url});
+    open();
   }
 
   function esc(value) {
