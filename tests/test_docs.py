@@ -100,7 +100,8 @@ def test_every_conf_file_is_what_the_code_reads(tmp_path: Path,
     """Tried: each file of conf/ through the code that reads it. The env examples' shown
     defaults change no setting, and every variable they name is read; pools.toml loads
     and holds the README's excerpts of it; supervisord.conf.example is what `emp machine`
-    writes for the machine its header describes; flowerconfig.py and celeryconfig.py set
+    writes for the machine its header describes; keda.yaml bounds the pool as pools.toml
+    does and holds the README's trigger; flowerconfig.py and celeryconfig.py set
     only options Flower and Celery know."""
     from capability_router import functions, green, jobspec
     from capability_router.pools import load_pools_file
@@ -143,6 +144,14 @@ def test_every_conf_file_is_what_the_code_reads(tmp_path: Path,
 
     for excerpt in excerpts:
         within(tomllib.loads(excerpt), whole, "")
+
+    yaml = pytest.importorskip("yaml")
+    keda = yaml.safe_load((CONF / "keda.yaml").read_text())
+    standard = pools.pools["standard"].scaling
+    assert (keda["spec"]["minReplicaCount"], keda["spec"]["maxReplicaCount"]) == (
+        standard.min_machines, standard.max_machines)
+    shown_keda = re.search(r"\(conf/keda.yaml\)[^>]*-->\n```yaml\n(.*?)```", README, re.DOTALL)
+    assert yaml.safe_load(shown_keda[1])["triggers"] == keda["spec"]["triggers"]
 
     rendered, spec = render_example_machine(tmp_path, monkeypatch)
     example = (CONF / "supervisord.conf.example").read_text()
