@@ -27,6 +27,7 @@ from capability_router.cluster import (
     node_for_key,
     refresh_slots,
 )
+from capability_router.env import env_int
 from capability_router.errors import InvalidJob, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
@@ -118,7 +119,7 @@ def release_connection(client: Any) -> None:
 
 #: Largest result kept whole in the job record and its event, bytes of JSON
 #: (``EMP_MAX_RESULT_BYTES``); Celery's result backend keeps the full value.
-MAX_RESULT_BYTES = int(os.environ.get("EMP_MAX_RESULT_BYTES", 64 * 1024))
+MAX_RESULT_BYTES = env_int("EMP_MAX_RESULT_BYTES", 64 * 1024)
 
 
 def enqueue_replicas() -> int:
@@ -127,12 +128,11 @@ def enqueue_replicas() -> int:
     ``EMP_ENQUEUE_REPLICAS``; default 1 on a cluster (a master's replica
     takes over when it dies, so an accepted job must be on it), else 0.
     """
-    value = os.environ.get("EMP_ENQUEUE_REPLICAS")
-    return int(value) if value else (1 if cluster_enabled() else 0)
+    return env_int("EMP_ENQUEUE_REPLICAS", 1 if cluster_enabled() else 0)
 
 
 #: Longest wait for the replicas of ``enqueue_replicas``, ms (``EMP_ENQUEUE_WAIT_MS``).
-ENQUEUE_WAIT_MS = int(os.environ.get("EMP_ENQUEUE_WAIT_MS", 1000))
+ENQUEUE_WAIT_MS = env_int("EMP_ENQUEUE_WAIT_MS", 1000)
 
 #: Seconds an enqueue that met a dead or moved master keeps retrying (a failover
 #: takes cluster-node-timeout plus an election).

@@ -11,14 +11,15 @@ greenlets too, so nothing may be kept per thread for good (see
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import redis
 
+from capability_router.env import env_int
+
 #: Connections per pool in a green process (``EMP_GREEN_REDIS_CONNECTIONS``).
-CONNECTIONS = int(os.environ.get("EMP_GREEN_REDIS_CONNECTIONS", "200"))
+CONNECTIONS = env_int("EMP_GREEN_REDIS_CONNECTIONS", 200)
 #: Seconds a caller waits for a free connection before a ConnectionError.
 WAIT_SECONDS = 20.0
 

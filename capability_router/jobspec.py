@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Any
 
 from kombu.utils import json as kombu_json
 
+from capability_router.env import env_int
 from capability_router.errors import InvalidJob
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.requirements import (
@@ -28,7 +28,7 @@ from capability_router.requirements import (
 )
 
 #: Largest accepted payload + ctx, in bytes of JSON (``EMP_MAX_PAYLOAD_BYTES``).
-MAX_PAYLOAD_BYTES = int(os.environ.get("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024))
+MAX_PAYLOAD_BYTES = env_int("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024)
 
 #: Message header that carries the job spec from producer to transport.
 HEADER = "emp"

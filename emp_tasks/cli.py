@@ -102,7 +102,8 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 @click.option("-Q", "--pool", "pools", multiple=True,
               help="Pool namespace(s) to serve (env WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
-              default=defaults.CONCURRENCY, show_default=True)
+              default=defaults.CONCURRENCY, show_default=True,
+              help="Jobs run at once (env WORKER_CONCURRENCY).")
 @click.option("-P", "--worker-pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Celery's execution pool (Celery's -P; default: its worker_pool "
                    "setting, else prefork). threads suits jobs that wait on a server.")
@@ -111,7 +112,8 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 @click.option("--ram-gb", type=float, help="env WORKER_RAM_GB")
 @click.option("--cpu-cores", type=int, help="env WORKER_CPU_CORES")
 @click.option("--models", help="Models: 'svc:model,...' or JSON (env WORKER_MODELS).")
-@click.option("--customer-isolation", type=click.Choice(["strict", "loose", "none"]))
+@click.option("--customer-isolation", type=click.Choice(["strict", "loose", "none"]),
+              help="env WORKER_CUSTOMER_ISOLATION")
 @click.option("--allowed-customers", help="Comma list (env ALLOWED_CUSTOMERS).")
 @click.option("--denied-customers", help="Comma list (env DENIED_CUSTOMERS).")
 @click.option("--workflow-id", help="Only take this workflow's jobs (env WORKER_WORKFLOW_ID).")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from capability_router.env import env, env_float, env_int, env_number
 
 #: Port of the Redis ``emp up`` starts: fixed, so every shell can find it, and not 6379, so
 #: jobs never land quietly in some other program's Redis.
@@ -47,37 +48,6 @@ class CeleryConfigError(ImportError):
     """``EMP_CELERY_CONFIG`` names a module that cannot be imported."""
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    """Read ``name`` from the environment; empty counts as unset."""
-    value = os.environ.get(name)
-    return value if value else default
-
-
-_N = TypeVar("_N", int, float)
-
-
-def _env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str) -> _N:
-    text = env(name)
-    if text is None:
-        return convert(default)
-    try:
-        return convert(text)
-    except ValueError:  # int()'s and float()'s own messages do not name the variable
-        raise ValueError(f"{name} must be {kind}, got {text!r}") from None
-
-
-def env_int(name: str, default: int) -> int:
-    """``name`` as an integer, ``default`` when unset; a malformed value raises ValueError
-    naming the variable."""
-    return _env_number(name, default, int, "an integer")
-
-
-def env_float(name: str, default: float) -> float:
-    """``name`` as a number, ``default`` when unset; a malformed value raises ValueError
-    naming the variable."""
-    return _env_number(name, default, float, "a number")
-
-
 def worker_pools() -> list[str]:
     """Pools a worker serves: ``WORKER_POOLS`` (comma list), else its machine's
     ``MACHINE_POOL`` (a machine's workers inherit it), else "default"."""
@@ -92,10 +62,13 @@ def redis_url() -> str:
     return located()
 
 
+_N = TypeVar("_N", int, float)
+
+
 def env_positive(name: str, default: float, convert: Callable[[Any], _N] = float) -> _N:
     """``name`` as a positive finite number (``convert``: int or float), ``default`` when
     unset; anything else raises ValueError naming the variable."""
-    value = _env_number(name, default, convert, "an integer" if convert is int else "a number")
+    value = env_number(name, default, convert, "an integer" if convert is int else "a number")
     if not 0 < value < math.inf:  # also refuses NaN
         raise ValueError(f"{name} must be a positive {'integer' if convert is int else 'number'}"
                          f", got {env(name)!r}")

@@ -14,13 +14,13 @@ retried or failed by its type like any other (a bad checksum: ``model``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from capability_router.env import env_float
 from capability_router.errors import InvalidJob, JobCancelled
 from capability_router.requirements import normalize_requirements
 from emp_tasks import tracing
@@ -62,8 +62,8 @@ class PreparingReporter:
                  span: Any = None) -> None:
         self.context = context
         self.span = span
-        self.every = every_seconds if every_seconds is not None else float(
-            os.environ.get("EMP_PREPARING_REPORT_SECONDS", "0.5"))
+        self.every = every_seconds if every_seconds is not None else env_float(
+            "EMP_PREPARING_REPORT_SECONDS", 0.5)
         self._last_at = float("-inf")
         self._last: Preparing | None = None
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from celery.exceptions import Ignore
 
+from capability_router.env import env_int
 from capability_router.errors import InvalidJob
 from emp_tasks.model_prep import json_requirements
 from machine.connectors.base import ConnectorError, ErrorType
@@ -41,7 +42,7 @@ def ladder_from_env() -> list[float]:
 
 
 def max_steps_from_env() -> int:
-    return int(os.environ.get("EMP_OOM_MAX_ESCALATIONS", DEFAULT_MAX_STEPS))
+    return env_int("EMP_OOM_MAX_ESCALATIONS", DEFAULT_MAX_STEPS)
 
 
 def next_step(worker_gb: float | None, required_gb: float | None,

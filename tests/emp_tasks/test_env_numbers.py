@@ -7,6 +7,11 @@ dozens of variables was wrong.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from emp_tasks import defaults
@@ -81,3 +86,56 @@ def test_a_worker_refuses_a_lease_attempts_or_retention_it_cannot_work_with(name
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: {name} must be a positive"), done.stderr
     assert f"got '{value}'" in last and "Traceback" not in done.stdout + done.stderr
+
+
+#: Settings read once, when their module is imported, and their documented defaults.
+IMPORT_TIME = {
+    "EMP_MAX_PAYLOAD_BYTES": ("capability_router.jobspec", "MAX_PAYLOAD_BYTES", 1048576),
+    "EMP_MAX_RESULT_BYTES": ("capability_router.functions", "MAX_RESULT_BYTES", 65536),
+    "EMP_ENQUEUE_WAIT_MS": ("capability_router.functions", "ENQUEUE_WAIT_MS", 1000),
+    "EMP_GREEN_REDIS_CONNECTIONS": ("capability_router.green", "CONNECTIONS", 200),
+}
+READ_ON_USE = (  # (variable, call reading it, documented default)
+    ("EMP_OOM_MAX_ESCALATIONS", "emp_tasks.oom_escalation.max_steps_from_env()", 3),
+    ("EMP_ENQUEUE_REPLICAS", "capability_router.functions.enqueue_replicas()", 0),
+)
+CHECK = """
+import importlib, json, os, sys
+import emp_tasks.app, emp_tasks.oom_escalation, capability_router.functions
+read = {name: getattr(importlib.import_module(module), attr)
+        for name, (module, attr, _) in IMPORT_TIME.items()}
+read.update({name: eval(call) for name, call, _ in READ_ON_USE})
+refused = {}
+for name, (module, _, _) in IMPORT_TIME.items():
+    os.environ[name] = "1MB"
+    try:
+        importlib.reload(importlib.import_module(module))
+    except ValueError as exc:
+        refused[name] = str(exc)
+    os.environ[name] = ""
+for name, call, _ in READ_ON_USE:
+    os.environ[name] = "1MB"
+    try:
+        eval(call)
+    except ValueError as exc:
+        refused[name] = str(exc)
+print(json.dumps({"read": read, "refused": refused}))
+"""
+
+
+def test_an_empty_setting_means_its_default_and_a_malformed_one_is_named() -> None:
+    """Tried: every setting read with a plain ``int(os.environ.get(...))`` set empty, as an
+    env file's ``NAME=`` line leaves it, then each set to '1MB'. Before, empty was no
+    default: ``EMP_MAX_PAYLOAD_BYTES=`` stopped every ``emp`` command, ``emp --help``
+    included, with a traceback ending "invalid literal for int() with base 10: ''"
+    (every other setting takes empty as unset), and '1MB' did not say which variable."""
+    empty = {name: "" for name in [*IMPORT_TIME, *(name for name, _, _ in READ_ON_USE)]}
+    script = (f"IMPORT_TIME = {IMPORT_TIME!r}\nREAD_ON_USE = {READ_ON_USE!r}\n{CHECK}")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **empty},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["read"] == {**{name: default for name, (_, _, default) in IMPORT_TIME.items()},
+                              **{name: default for name, _, default in READ_ON_USE}}
+    assert answer["refused"] == {name: f"{name} must be an integer, got '1MB'"
+                                 for name in empty}

@@ -101,7 +101,10 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
             "total_steps": integer(0, 10**6, "Steps of its workflow."),
             "ctx": {**obj, "description": "Storage context, kept apart from the payload."},
             "pool": {"type": "string", "pattern": POOL_PATTERN, "nullable": True,
-                     "description": "Queue namespace; default 'default'."},
+                     "description": "Queue namespace (pool); a customer token may name "
+                                    "only one that exists. Unset: the router's choice when "
+                                    "a pools file is configured (EMP_POOLS_FILE), else "
+                                    "'default'."},
             "message_id": {**name, "description": (
                 "Becomes the job id (default: a UUID); each customer's ids are its own.")},
             "job_id": {**name, "description": "Alias of message_id; send one of the two."},
@@ -349,10 +352,14 @@ def _responses() -> dict[str, Any]:
         "BadRequest": _json(ERROR_REF, "Malformed input; the error names the field."),
         "Unauthorized": _json(ERROR_REF, "Missing or unknown bearer token."),
         "Forbidden": _json(ERROR_REF, "The token may not do this."),
-        "NotFound": _json(ERROR_REF, "No such job (or not the caller's), or model."),
+        "NotFound": _json(ERROR_REF, "No such job (or not the caller's), model, pool or "
+                                     "machine, whichever the path names; the error says "
+                                     "which."),
         "Conflict": _json(ERROR_REF, "The job's state forbids this; the error says which."),
         "TooLarge": _json(ERROR_REF, "Request body over the size limit."),
         "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
+        "IdTaken": _json(ERROR_REF, "This customer already has a job of this id "
+                                    "(message_id or job_id); nothing was written."),
         "KeyReused": _json(ERROR_REF, "This Idempotency-Key was first used with another "
                                       "body; nothing was written."),
         "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
@@ -497,8 +504,8 @@ def _paths() -> dict[str, Any]:
                 "responses": {"201": {**_json(_ref("Submitted"), "Queued."),
                                       "headers": {"Idempotent-Replayed": REPLAYED},
                                       "links": SUBMITTED_LINKS},
-                              **_r("400", "401", "403", "409", "413", "415", "422",
-                                   "429", "503")},
+                              **_r("400", "401", "403", "413", "415", "422", "429", "503"),
+                              "409": {"$ref": "#/components/responses/IdTaken"}},
             },
             "get": {
                 "operationId": "listJobs",

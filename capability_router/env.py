@@ -1,0 +1,45 @@
+"""Settings from the environment: empty counts as unset, a malformed number is named.
+
+Here rather than in ``emp_tasks.defaults`` (which re-exports these) because modules of
+this package read their settings when imported, and importing ``emp_tasks`` from them
+would be circular.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read ``name`` from the environment; empty counts as unset."""
+    value = os.environ.get(name)
+    return value if value else default
+
+
+_N = TypeVar("_N", int, float)
+
+
+def env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str) -> _N:
+    """``name`` converted by ``convert``, ``default`` when unset or empty; a malformed value
+    raises ValueError naming the variable (``kind``: "an integer", "a number")."""
+    text = env(name)
+    if text is None:
+        return convert(default)
+    try:
+        return convert(text)
+    except ValueError:  # int()'s and float()'s own messages do not name the variable
+        raise ValueError(f"{name} must be {kind}, got {text!r}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    """``name`` as an integer, ``default`` when unset; a malformed value raises ValueError
+    naming the variable."""
+    return env_number(name, default, int, "an integer")
+
+
+def env_float(name: str, default: float) -> float:
+    """``name`` as a number, ``default`` when unset; a malformed value raises ValueError
+    naming the variable."""
+    return env_number(name, default, float, "a number")
