@@ -242,3 +242,25 @@ def test_registration_bodies_are_parsed_strictly(make_app, client, raw, words) -
                        headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and words in response.json["error"], response.json
     assert {key: client.dump(key) for key in webhook_keys(client)} == before
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"event_type": ["complete_job"]}, "event_type"),
+    ({"event_type": {"name": "complete_job"}}, "event_type"),
+    ({"event_type": 5}, "event_type"),
+    ({"event_type": "job_exploded"}, "event_type"),
+    ({"event_typ": "complete_job"}, "event_typ"),
+    (["complete_job"], None),
+])
+def test_test_call_with_a_bad_body_is_refused_and_sends_nothing(make_app, client, body,
+                                                                field) -> None:
+    """Tried: POST /webhooks/<id>/test with event_type a list or an object (before: 500
+    "internal error"), a number or an unknown name, a misspelt field and an array body
+    (before: both ignored, a sample of the hook's first event sent). Now each is a 400
+    naming the field, and nothing is sent or kept in the hook's history."""
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    response = api.post(f"/webhooks/{hook['id']}/test", json=body)
+    assert response.status_code == 400, response.json
+    assert response.json.get("field") == field and response.json["success"] is False
+    assert client.zcard(keys.log(hook["id"])) == 0

@@ -178,6 +178,25 @@ def recent() -> Any:
     return jsonify(success=True, data=service().store.recent(limit), limit=limit)
 
 
+def _test_event_type(body: Any) -> str | None:
+    """The ``event_type`` a test call's body asks for (None: the hook's first event).
+
+    The body is optional; given, it is an object whose only field is a string
+    ``event_type`` (a list or an object there was a 500, unknown fields were ignored).
+    """
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise RegistrationError("", "the body must be a JSON object")
+    extra = sorted(set(body) - {"event_type"})
+    if extra:
+        raise RegistrationError(extra[0], "unknown field (known: event_type)")
+    asked = body.get("event_type")
+    if asked is not None and not isinstance(asked, str):
+        raise RegistrationError("event_type", "must be a string naming an event type")
+    return asked or None
+
+
 @bp.post("/webhooks/<hook_id>/test")
 @require_auth(admin=True)
 def test_hook(hook_id: str) -> Any:
@@ -192,13 +211,13 @@ def test_hook(hook_id: str) -> Any:
     if not raw:
         return _missing(hook_id)
     try:
-        body = _body()
+        asked = _test_event_type(_body())
     except RegistrationError as exc:
         return _bad(exc)
-    asked = body.get("event_type") if isinstance(body, dict) else None
     event_type = ALIASES.get(asked, asked) if asked else json.loads(raw["events"])[0]
     if event_type not in EVENT_TYPES:
-        return error(400, f"event_type: unknown event type {asked!r}", field="event_type")
+        return error(400, f"event_type: unknown event type {asked!r} "
+                          f"(known: {', '.join(EVENT_TYPES)})", field="event_type")
     suffix = random_ids.token_hex(8)
     event = {
         "event_type": event_type, "event_id": f"test:{suffix}",
