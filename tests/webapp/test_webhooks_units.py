@@ -226,3 +226,50 @@ def test_an_attempt_ends_at_its_timeout_however_slowly_the_answer_arrives(part: 
     assert result.status is None and "timed out after 1 s" in result.error, result
     assert took < 2.5, took
     assert decide(result, 1, RETRY)[0] == "retry"
+
+
+class _LocalDns(AddressPolicy):
+    """Resolves every name to 127.0.0.1 (no DNS here), remembering the names asked."""
+
+    def __init__(self) -> None:
+        super().__init__(allowed_networks=parse_networks("127.0.0.0/8"))
+        object.__setattr__(self, "asked", [])
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return ["127.0.0.1"]
+
+
+def test_international_domain_names_go_out_in_their_idna_form() -> None:
+    """Tried: deliveries to http://例え.jp:<port>/ and http://bücher.example:<port>/ (names
+    that resolve to the receiver). The first raised UnicodeEncodeError out of the sender
+    (in the service: an 'unexpected error' traceback, the hook's lease held and its head
+    delivery never recorded, again and again); the second reached the receiver with
+    ``Host: bücher.example`` in raw Latin-1, which a virtual host does not match. Both now
+    go out as xn-- names, to DNS and in the Host header."""
+    hosts: list[str] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = conn.recv(65536).split(b"\r\n")
+                hosts.append(next(line for line in head if line.lower().startswith(b"host:"))
+                             [5:].strip().decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close"
+                             b"\r\n\r\nok")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    threading.Thread(target=serve, daemon=True).start()
+    policy = _LocalDns()
+    sender = Sender(policy, timeout=3.0)
+    try:
+        results = [sender.post(f"http://{name}:{port}/hook", b"{}", {})
+                   for name in ("例え.jp", "bücher.example")]
+    finally:
+        sender.close()
+        listener.close()
+    assert [r.status for r in results] == [200, 200], results
+    assert policy.asked == ["xn--r8jz45g.jp", "xn--bcher-kva.example"]
+    assert hosts == [f"xn--r8jz45g.jp:{port}", f"xn--bcher-kva.example:{port}"]

@@ -60,6 +60,14 @@ class SendResult:
     address: str | None = None
 
 
+def ascii_host(host: str) -> str:
+    """The host as it goes on the wire: an international domain name in its IDNA
+    (``xn--``) form, for DNS, the Host header and TLS. Sent as typed, a name outside
+    Latin-1 made the attempt raise (the hook stalled, its delivery never recorded) and
+    one inside it went out as raw Latin-1 bytes. UnicodeError when it has no such form."""
+    return host if host.isascii() else host.encode("idna").decode("ascii")
+
+
 def _retry_after_ms(value: str | None) -> int | None:
     if not value:
         return None
@@ -120,8 +128,15 @@ class Sender:
             return int((time.monotonic() - started) * 1000)
 
         parts = urlsplit(url)
-        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
+        authority = parts.netloc.rpartition("@")[2]
+        try:
+            host = ascii_host(parts.hostname or "")
+        except UnicodeError as exc:
+            return SendResult(None, elapsed(), error=f"host {parts.hostname!r} is not a valid "
+                              f"international domain name: {exc}")
+        if not authority.isascii():
+            authority = host + (f":{parts.port}" if parts.port is not None else "")
         try:
             addresses = self.policy.resolve(host, port)
         except AddressRefused as exc:
@@ -129,7 +144,7 @@ class Sender:
         except UnresolvableHost as exc:
             return SendResult(None, elapsed(), error=str(exc))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        sent = {"Host": parts.netloc.rpartition("@")[2], "Content-Type": "application/json",
+        sent = {"Host": authority, "Content-Type": "application/json",
                 "User-Agent": USER_AGENT, **headers}
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
