@@ -184,6 +184,20 @@ def test_listing_limits_are_checked(make_app) -> None:
                                                           "limit": 5}
 
 
+def test_deliveries_status_filter_is_checked(make_app) -> None:
+    """Tried: GET /webhooks/<id>/deliveries?status=faild (a typo) and ?status=FAILED. Both
+    answered 200 with an empty list, as if the hook had no failed delivery; now a 400
+    naming the known statuses. A known status still lists."""
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    for status in ("faild", "FAILED"):
+        response = api.get(f"/webhooks/{hook['id']}/deliveries?status={status}")
+        assert response.status_code == 400 and response.json["field"] == "status"
+        assert "queued, retrying, delivered, failed, refused" in response.json["error"]
+    listed = api.get(f"/webhooks/{hook['id']}/deliveries?status=failed")
+    assert listed.status_code == 200 and listed.json["data"] == []
+
+
 def test_admin_token_needed_when_tokens_are_configured(make_app) -> None:
     api = make_app(admin_tokens={"adm"}, customer_tokens={"tok": "cust-a"}).test_client()
     assert api.get("/health").status_code == 200

@@ -27,6 +27,8 @@ bp = Blueprint("webhooks", __name__)
 
 #: Largest ``limit`` of the listing endpoints.
 MAX_LIMIT = 1000
+#: What ``?status=`` of a hook's deliveries may ask for (a misspelt one listed nothing).
+DELIVERY_STATUSES = ("queued", "retrying", "delivered", "failed", "refused")
 
 
 def service() -> DeliveryService:
@@ -149,11 +151,15 @@ def deliveries(hook_id: str) -> Any:
     store = service().store
     if store.get(hook_id) is None:
         return _missing(hook_id)
+    status = request.args.get("status") or None
     try:
         limit = _limit(50)
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise RegistrationError("status", f"unknown delivery status {status!r} (known: "
+                                    f"{', '.join(DELIVERY_STATUSES)})")
     except RegistrationError as exc:
         return _bad(exc)
-    found = store.deliveries(hook_id, limit, request.args.get("status") or None)
+    found = store.deliveries(hook_id, limit, status)
     return jsonify(success=True, data=found, limit=limit)
 
 
