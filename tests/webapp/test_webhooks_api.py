@@ -6,7 +6,9 @@ module's real Redis; one runs ``emp webhooks`` under gunicorn.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -278,3 +280,37 @@ def test_test_call_with_a_bad_body_is_refused_and_sends_nothing(make_app, client
     assert response.status_code == 400, response.json
     assert response.json.get("field") == field and response.json["success"] is False
     assert client.zcard(keys.log(hook["id"])) == 0
+
+
+def test_a_redirecting_receiver_is_told_where_it_pointed(make_app, client) -> None:
+    """Tried: a test call to a receiver answering 301 with ``Location: https://...`` (an
+    http:// URL registered for an https-only site). The answer and the delivery history
+    said "HTTP 301" only; they now name where it pointed and that redirects are not
+    followed. Nothing was sent to the Location."""
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(301)
+            self.send_header("Location", "https://hooks.example.com/emp")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        api = make_app().test_client()
+        hook = api.post("/webhooks", json={**GOOD, "url": f"http://127.0.0.1:"
+                                           f"{server.server_address[1]}/emp"}).json["data"]
+        response = api.post(f"/webhooks/{hook['id']}/test")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.status_code == 502
+    said = "HTTP 301 redirecting to https://hooks.example.com/emp (redirects are not followed"
+    assert said in response.json["error"], response.json
+    kept = api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
+    assert kept["last_error"].startswith(said)
+    assert kept["attempt_history"][0]["response_status"] == 301

@@ -116,6 +116,10 @@ def delivery_headers(hook_id: str, secret: str | None, delivery_id: str, event_t
 def attempt_record(result: SendResult, kind: str) -> dict[str, Any]:
     """What the deliveries endpoints show of one attempt."""
     error = result.error or ("" if kind == "delivered" else f"HTTP {result.status}")
+    if result.location is not None and not result.error:
+        # A bare "HTTP 301" left the receiver's developer guessing: say where it pointed.
+        error += (f" redirecting to {result.location[:300]} (redirects are not followed: "
+                  "register the URL that answers)")
     return {
         "timestamp": int(time.time() * 1000), "success": kind == "delivered",
         "outcome": kind, "response_status": result.status, "response_body": result.excerpt,

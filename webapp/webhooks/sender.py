@@ -58,6 +58,8 @@ class SendResult:
     #: A Retry-After header, in ms.
     retry_after_ms: int | None = None
     address: str | None = None
+    #: The Location of a 3xx answer (not followed: see the module docstring).
+    location: str | None = None
 
 
 def ascii_host(host: str) -> str:
@@ -194,7 +196,8 @@ class Sender:
         return SendResult(
             response.status, 0, excerpt=data[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
             retry_after_ms=_retry_after_ms(response.headers.get("Retry-After")),
-            address=address)
+            address=address, location=response.headers.get("Location")
+            if 300 <= response.status < 400 else None)
 
     def close(self) -> None:
         self._deadlines.close()
