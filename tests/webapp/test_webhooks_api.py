@@ -6,6 +6,7 @@ module's real Redis; one runs ``emp webhooks`` under gunicorn.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,12 +16,13 @@ import pytest
 import redis
 import requests
 from flask import Flask
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from capability_router.states import JobEvent
 from webapp.settings import WebSettings
 from webapp.webhooks import create_app, keys
 from webapp.webhooks.config import WebhookConfig, parse_networks
+from webapp.webhooks.signing import legacy_signature
 
 GOOD = {"url": "http://127.0.0.1:9/hook", "events": ["job_submitted", "complete_job"]}
 
@@ -314,3 +316,33 @@ def test_a_redirecting_receiver_is_told_where_it_pointed(make_app, client) -> No
     kept = api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
     assert kept["last_error"].startswith(said)
     assert kept["attempt_history"][0]["response_status"] == 301
+
+
+def test_a_replaced_secret_keeps_signing_beside_the_new_one_for_a_while(
+        make_app, client, receiver) -> None:
+    """Tried: a hook registered with secret A, then ``PUT {"secret": B}`` and a delivery
+    (the test call; queued ones are signed the same way). Before, it was signed with B
+    alone: a receiver still on A (its deploy follows the PUT, or comes first) refused
+    every delivery with a 4xx, and after max_attempts (~3 s) each was dead-lettered.
+    Now ``webhook-signature`` carries both, the Standard Webhooks way, so a receiver on
+    either verifies; once the overlap is over, B alone. X-Webhook-Signature is B's."""
+    old = "whsec_" + base64.b64encode(b"a" * 32).decode()
+    new = "whsec_" + base64.b64encode(b"b" * 32).decode()
+    sink = receiver()
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json={**GOOD, "url": sink.url + "/r", "secret": old}
+                    ).json["data"]
+    changed = api.put(f"/webhooks/{hook['id']}", json={"secret": new}).json["data"]
+    assert "secret" not in changed and changed["previous_secret_until"] > changed["updated_at"]
+    assert api.post(f"/webhooks/{hook['id']}/test").status_code == 200
+    got = sink.requests[-1]
+    for secret in (old, new):
+        assert Webhook(secret).verify(got.body, got.headers) == got.payload
+    assert got.headers["X-Webhook-Signature"] == legacy_signature(new, got.body)
+
+    client.hset(keys.hook(hook["id"]), "previous_secret_until", "1")  # the overlap is over
+    assert api.post(f"/webhooks/{hook['id']}/test").status_code == 200
+    got = sink.requests[-1]
+    Webhook(new).verify(got.body, got.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(got.body, got.headers)

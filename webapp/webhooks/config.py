@@ -23,6 +23,9 @@ INITIAL_DELAY_MS = 1000
 BACKOFF_MULTIPLIER = 2.0
 #: Longest retry delay, ms (``EMP_WEBHOOK_MAX_DELAY_MS``).
 MAX_DELAY_MS = 30_000
+#: Seconds a replaced secret still signs deliveries, beside the new one, after a
+#: ``PUT`` changed it (``EMP_WEBHOOK_SECRET_OVERLAP_SECONDS``).
+SECRET_OVERLAP_SECONDS = 24 * 3600.0
 #: Consecutive failures after which a hook is disconnected (``EMP_WEBHOOK_DISCONNECT_AFTER``).
 DISCONNECT_AFTER = 10
 #: Seconds a disconnected hook waits before the next probe (``EMP_WEBHOOK_RECONNECT_SECONDS``).
@@ -86,6 +89,7 @@ class WebhookConfig:
     reconnect_seconds: float = RECONNECT_SECONDS
     progress_interval_ms: int = PROGRESS_INTERVAL_MS
     timeout_seconds: float = TIMEOUT_SECONDS
+    secret_overlap_seconds: float = SECRET_OVERLAP_SECONDS
     #: How long a dispatcher owns a hook while it sends; must outlast the
     #: request (``EMP_WEBHOOK_LEASE_SECONDS``, default timeout + 10 s).
     lease_seconds: float = TIMEOUT_SECONDS + 10
@@ -119,6 +123,8 @@ class WebhookConfig:
             reconnect_seconds=env_float("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
             progress_interval_ms=env_int("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", PROGRESS_INTERVAL_MS),
             timeout_seconds=timeout,
+            secret_overlap_seconds=env_float("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS",
+                                             SECRET_OVERLAP_SECONDS),
             lease_seconds=env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10),
             max_backlog=env_int("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
             history_per_hook=env_int("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),

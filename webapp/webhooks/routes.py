@@ -21,6 +21,7 @@ from webapp.webhooks.dispatcher import attempt_record, delivery_headers
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
 from webapp.webhooks.schemas import RegistrationError, validate_create, validate_update
 from webapp.webhooks.service import DeliveryService
+from webapp.webhooks.signing import signing_secrets
 from webapp.webhooks.store import now_ms
 
 bp = Blueprint("webhooks", __name__)
@@ -235,8 +236,8 @@ def test_hook(hook_id: str) -> Any:
     }
     body = json.dumps(event, separators=(",", ":"))
     delivery_id = f"dlv_test_{suffix}"
-    headers = delivery_headers(hook_id, raw.get("secret"), delivery_id, event_type,
-                               event["event_id"], body, 1)
+    headers = delivery_headers(hook_id, signing_secrets(raw, event["timestamp"]), delivery_id,
+                               event_type, event["event_id"], body, 1)
     result = svc.sender.post(raw["url"], body.encode(), headers)
     kind = "delivered" if result.status is not None and 200 <= result.status < 300 else (
         "refused" if result.refused else "failed")

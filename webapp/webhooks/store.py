@@ -115,6 +115,8 @@ class HookStore:
             "last_failure_at": _int(state.get("last_failure_at")),
             "last_success_at": _int(state.get("last_success_at")),
             "has_secret": bool(raw.get("secret")),
+            "previous_secret_until": _int(raw.get("previous_secret_until"))
+            if raw.get("previous_secret") else None,
             "created_at": _int(raw.get("created_at")), "updated_at": _int(raw.get("updated_at")),
         }
 
@@ -138,9 +140,15 @@ class HookStore:
                 if raw]
 
     def update(self, hook_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply validated changes; None when the hook does not exist."""
+        """Apply validated changes; None when the hook does not exist. A new secret
+        keeps the one it replaces signing beside it for ``secret_overlap_seconds``."""
         fields = self._fields(changes)
-        fields["updated_at"] = now_ms(self.client)
+        now = now_ms(self.client)
+        fields["updated_at"] = now
+        old = self.client.hget(keys.hook(hook_id), "secret") if "secret" in fields else None
+        if old and old != fields["secret"]:
+            fields["previous_secret"] = old
+            fields["previous_secret_until"] = now + int(self.config.secret_overlap_seconds * 1000)
         if not self.functions.update(hook_id, {k: str(v) for k, v in fields.items()}):
             return None
         return self.get(hook_id)
