@@ -273,3 +273,17 @@ def test_international_domain_names_go_out_in_their_idna_form() -> None:
     assert [r.status for r in results] == [200, 200], results
     assert policy.asked == ["xn--r8jz45g.jp", "xn--bcher-kva.example"]
     assert hosts == [f"xn--r8jz45g.jp:{port}", f"xn--bcher-kva.example:{port}"]
+
+
+def test_a_lease_shorter_than_the_timeout_is_refused_at_start(monkeypatch) -> None:
+    """Tried: EMP_WEBHOOK_TIMEOUT_SECONDS=60 with the example's EMP_WEBHOOK_LEASE_SECONDS=40
+    uncommented. The service started, and a receiver taking 45 s lost the dispatcher its
+    lease mid-request: another dispatcher sent the same delivery beside it (duplicates, the
+    hook's order lost). Now the configuration is refused, naming both settings."""
+    monkeypatch.setenv("EMP_WEBHOOK_TIMEOUT_SECONDS", "60")
+    monkeypatch.setenv("EMP_WEBHOOK_LEASE_SECONDS", "40")
+    with pytest.raises(ValueError, match="EMP_WEBHOOK_LEASE_SECONDS .40. must be longer than "
+                                         "EMP_WEBHOOK_TIMEOUT_SECONDS .60."):
+        WebhookConfig.from_env()
+    monkeypatch.delenv("EMP_WEBHOOK_LEASE_SECONDS")
+    assert WebhookConfig.from_env().lease_seconds == 70

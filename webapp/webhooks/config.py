@@ -114,6 +114,15 @@ class WebhookConfig:
     def from_env(cls) -> WebhookConfig:
         """Read every ``EMP_WEBHOOK_*`` variable; malformed values raise ValueError."""
         timeout = env_float("EMP_WEBHOOK_TIMEOUT_SECONDS", TIMEOUT_SECONDS)
+        lease = env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10)
+        if timeout <= 0:
+            raise ValueError(f"EMP_WEBHOOK_TIMEOUT_SECONDS must be above 0, got {timeout:g}")
+        if lease <= timeout:
+            # A lease that ends mid-request lets a second dispatcher send the same delivery
+            # beside the first: duplicates at once, and the hook's order lost.
+            raise ValueError(f"EMP_WEBHOOK_LEASE_SECONDS ({lease:g}) must be longer than "
+                             f"EMP_WEBHOOK_TIMEOUT_SECONDS ({timeout:g}): a dispatcher owns "
+                             "a hook for the lease while its request lasts up to the timeout")
         return cls(
             max_attempts=env_int("EMP_WEBHOOK_MAX_ATTEMPTS", MAX_ATTEMPTS),
             initial_delay_ms=env_int("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
@@ -125,7 +134,7 @@ class WebhookConfig:
             timeout_seconds=timeout,
             secret_overlap_seconds=env_float("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS",
                                              SECRET_OVERLAP_SECONDS),
-            lease_seconds=env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10),
+            lease_seconds=lease,
             max_backlog=env_int("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
             history_per_hook=env_int("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),
             history_seconds=env_float("EMP_WEBHOOK_HISTORY_SECONDS", HISTORY_SECONDS),
