@@ -277,9 +277,10 @@ def test_international_domain_names_go_out_in_their_idna_form() -> None:
 
 def test_a_lease_shorter_than_the_timeout_is_refused_at_start(monkeypatch) -> None:
     """Tried: EMP_WEBHOOK_TIMEOUT_SECONDS=60 with the example's EMP_WEBHOOK_LEASE_SECONDS=40
-    uncommented. The service started, and a receiver taking 45 s lost the dispatcher its
-    lease mid-request: another dispatcher sent the same delivery beside it (duplicates, the
-    hook's order lost). Now the configuration is refused, naming both settings."""
+    uncommented. The service started; a lease ending mid-request lets another dispatcher
+    send the same delivery beside it (by hand, timeout 3 s, lease 1 s, a receiver answering
+    in 2.5 s: the same webhook-id five times in 7 s, the next event not at all). Now the
+    configuration is refused, naming both settings."""
     monkeypatch.setenv("EMP_WEBHOOK_TIMEOUT_SECONDS", "60")
     monkeypatch.setenv("EMP_WEBHOOK_LEASE_SECONDS", "40")
     with pytest.raises(ValueError, match="EMP_WEBHOOK_LEASE_SECONDS .40. must be longer than "
