@@ -7,6 +7,7 @@ module's real Redis; one runs ``emp webhooks`` under gunicorn.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,25 @@ def test_body_that_is_not_a_json_object_is_refused(make_app, client, raw) -> Non
     assert response.status_code == 400
     assert "JSON object" in response.json["error"]
     assert webhook_keys(client) == []
+
+
+def test_a_json_body_sent_as_a_form_is_told_its_content_type(make_app, client) -> None:
+    """Tried: ``curl -X POST :3332/webhooks -d '{"url": ..., "events": [...]}'`` (curl sends
+    -d as application/x-www-form-urlencoded), then the same PUT and test call. The answer
+    was 400 "the body must be a JSON object", about a body that is one; now 415 naming
+    the Content-Type, as the API answers, and nothing is written or sent."""
+    api = make_app().test_client()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = api.post("/webhooks", data=json.dumps(GOOD), headers=form)
+    assert response.status_code == 415, response.json
+    assert response.json["error"] == "Content-Type must be application/json"
+    assert webhook_keys(client) == []
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    before = {key: client.dump(key) for key in webhook_keys(client)}
+    for answer in (api.put(f"/webhooks/{hook['id']}", data='{"active": false}', headers=form),
+                   api.post(f"/webhooks/{hook['id']}/test", data="{}", headers=form)):
+        assert answer.status_code == 415, answer.json
+    assert {key: client.dump(key) for key in webhook_keys(client)} == before
 
 
 @pytest.mark.parametrize(("url", "kind"), [

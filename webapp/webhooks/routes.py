@@ -36,16 +36,26 @@ def service() -> DeliveryService:
     return current_app.extensions["emp_webhooks"]
 
 
+class NotJson(RegistrationError):
+    """A body sent with another Content-Type than JSON (415, as the API answers)."""
+
+    status = 415
+
+
 def _bad(exc: RegistrationError) -> Any:
-    return error(400, str(exc), **({"field": exc.field} if exc.field else {}))
+    return error(getattr(exc, "status", 400), str(exc),
+                 **({"field": exc.field} if exc.field else {}))
 
 
 def _body() -> Any:
     """The request's JSON body, parsed by the one strict parser (``webapp.strict_json``);
-    None when it is empty or not sent as JSON. RegistrationError naming the problem."""
+    None when it is empty. RegistrationError naming the problem; NotJson for a body
+    sent as something else (``curl -d`` sends a form: it was "must be a JSON object")."""
     data = request_body()
-    if not data or not request.is_json:
+    if not data:
         return None
+    if not request.is_json:
+        raise NotJson("", "Content-Type must be application/json")
     try:
         return strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
     except strict_json.JsonRefused as exc:
