@@ -288,3 +288,49 @@ def test_a_lease_shorter_than_the_timeout_is_refused_at_start(monkeypatch) -> No
         WebhookConfig.from_env()
     monkeypatch.delenv("EMP_WEBHOOK_LEASE_SECONDS")
     assert WebhookConfig.from_env().lease_seconds == 70
+
+
+def test_a_kept_alive_connection_the_receiver_closed_is_not_a_failed_attempt() -> None:
+    """Tried: a receiver that keeps its connection alive after a first delivery, then closes
+    it as the next request arrives, unanswered (its idle timeout running out just then:
+    Node's 5 s, nginx's 75 s). That attempt failed, "RemoteDisconnected", a consecutive
+    failure of the hook and a retry a second later. Now it is sent again at once on a new
+    connection and answered; a fresh connection closed unanswered still fails."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[int] = []  # the connection number of each request received
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def read_request(conn: socket.socket, number: int) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        seen.append(number)
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        with first:
+            read_request(first, 1)
+            first.sendall(ok)
+            read_request(first, 1)  # the next one, on the kept-alive connection: closed
+        for number in (2, 3):
+            conn, _ = listener.accept()
+            with conn:
+                read_request(conn, number)
+                if number == 2:
+                    conn.sendall(ok)
+
+    threading.Thread(target=serve, daemon=True).start()
+    sender = Sender(AddressPolicy(allowed_networks=parse_networks("127.0.0.0/8")), timeout=3.0)
+    try:
+        results = [sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {}) for _ in range(3)]
+    finally:
+        sender.close()
+        listener.close()
+    assert [r.status for r in results[:2]] == [200, 200], results
+    assert seen == [1, 1, 2, 3]
+    assert results[2].status is None and "RemoteDisconnected" in results[2].error, results[2]

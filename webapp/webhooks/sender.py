@@ -5,6 +5,9 @@ and the connection goes to a checked address, with the original host in
 the Host header and in TLS (SNI and certificate check); addresses are tried
 in resolver order until one connects. Redirects are not followed (a 3xx is
 an answer like any other), so no request leaves for an unchecked address.
+A request that went out on a kept-alive connection the receiver closed
+unanswered (its idle timeout ran out just then) is sent once more at once on
+a new connection: no answer came, and receivers drop repeats by webhook-id.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+)
 
 from webapp.webhooks.addresses import AddressPolicy, AddressRefused, UnresolvableHost
 from webapp.webhooks.deadlines import (
@@ -169,16 +177,23 @@ class Sender:
         pool = self._pool(scheme, address, port, host)
         late = SendResult(None, 0, error=f"timed out after {self.timeout:g} s (the response "
                           "was still arriving)", address=address)
-        try:
-            response = pool.urlopen(
-                "POST", target, body=body, headers=headers, retries=False, redirect=False,
-                assert_same_host=False, preload_content=False,
-                timeout=urllib3.Timeout(total=self.timeout))
-        except (NewConnectionError, ConnectTimeoutError) as exc:
-            return f"cannot connect to {address}:{port}: {_reason(exc)}"
-        except HTTPError as exc:
-            return late if attempt.expired else SendResult(None, 0, error=_reason(exc),
-                                                           address=address)
+        for again in (False, True):
+            try:
+                response = pool.urlopen(
+                    "POST", target, body=body, headers=headers, retries=False, redirect=False,
+                    assert_same_host=False, preload_content=False,
+                    timeout=urllib3.Timeout(total=self.timeout))
+                break
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                return f"cannot connect to {address}:{port}: {_reason(exc)}"
+            except HTTPError as exc:
+                if attempt.expired:
+                    return late
+                if not again and attempt.reused and isinstance(exc, ProtocolError):
+                    # The receiver closed the kept-alive connection as the request went
+                    # out (its idle timeout): that is no answer, send once more on a new one.
+                    continue
+                return SendResult(None, 0, error=_reason(exc), address=address)
         try:
             data, error = response.read(READ_LIMIT + 1), ""
         except HTTPError as exc:
