@@ -56,6 +56,9 @@ def webhook_keys(client: redis.Redis) -> list[str]:
     ({**GOOD, "url": "ftp://example.com/x"}, "url", "http"),
     ({**GOOD, "url": "not a url"}, "url", "http"),
     ({**GOOD, "url": "http://"}, "url", "host"),
+    # Before: registered, and delivered to /a%00b and /a%7Fb (another path).
+    ({**GOOD, "url": "http://127.0.0.1:9/a\x00b"}, "url", "control character"),
+    ({**GOOD, "url": "http://127.0.0.1:9/a\x7fb"}, "url", "control character"),
     ({**GOOD, "url": 42}, "url", "string"),
     ({"url": GOOD["url"]}, "events", "required"),
     ({**GOOD, "events": []}, "events", "non-empty"),
