@@ -364,6 +364,7 @@ def test_a_replaced_secret_keeps_signing_beside_the_new_one_for_a_while(
     assert got.headers["X-Webhook-Signature"] == legacy_signature(new, got.body)
 
     client.hset(keys.hook(hook["id"]), "previous_secret_until", "1")  # the overlap is over
+    assert api.get(f"/webhooks/{hook['id']}").json["data"]["previous_secret_until"] is None
     assert api.post(f"/webhooks/{hook['id']}/test").status_code == 200
     got = sink.requests[-1]
     Webhook(new).verify(got.body, got.headers)

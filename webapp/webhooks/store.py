@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets as random_ids
+import time
 from typing import Any
 
 import redis
@@ -49,6 +50,12 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _overlap_end(raw: dict[str, str]) -> int | None:
+    """When a replaced secret stops signing (ms), while it still does; else None."""
+    until = _int(raw.get("previous_secret_until")) if raw.get("previous_secret") else None
+    return until if until is not None and until > time.time() * 1000 else None
 
 
 class HookStore:
@@ -115,8 +122,7 @@ class HookStore:
             "last_failure_at": _int(state.get("last_failure_at")),
             "last_success_at": _int(state.get("last_success_at")),
             "has_secret": bool(raw.get("secret")),
-            "previous_secret_until": _int(raw.get("previous_secret_until"))
-            if raw.get("previous_secret") else None,
+            "previous_secret_until": _overlap_end(raw),
             "created_at": _int(raw.get("created_at")), "updated_at": _int(raw.get("updated_at")),
         }
 
