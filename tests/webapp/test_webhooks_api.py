@@ -6,19 +6,24 @@ module's real Redis; one runs ``emp webhooks`` under gunicorn.
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import redis
 import requests
 from flask import Flask
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from capability_router.states import JobEvent
 from webapp.settings import WebSettings
 from webapp.webhooks import create_app, keys
 from webapp.webhooks.config import WebhookConfig, parse_networks
+from webapp.webhooks.signing import legacy_signature
 
 GOOD = {"url": "http://127.0.0.1:9/hook", "events": ["job_submitted", "complete_job"]}
 
@@ -51,6 +56,9 @@ def webhook_keys(client: redis.Redis) -> list[str]:
     ({**GOOD, "url": "ftp://example.com/x"}, "url", "http"),
     ({**GOOD, "url": "not a url"}, "url", "http"),
     ({**GOOD, "url": "http://"}, "url", "host"),
+    # Before: registered, and delivered to /a%00b and /a%7Fb (another path).
+    ({**GOOD, "url": "http://127.0.0.1:9/a\x00b"}, "url", "control character"),
+    ({**GOOD, "url": "http://127.0.0.1:9/a\x7fb"}, "url", "control character"),
     ({**GOOD, "url": 42}, "url", "string"),
     ({"url": GOOD["url"]}, "events", "required"),
     ({**GOOD, "events": []}, "events", "non-empty"),
@@ -89,6 +97,25 @@ def test_body_that_is_not_a_json_object_is_refused(make_app, client, raw) -> Non
     assert response.status_code == 400
     assert "JSON object" in response.json["error"]
     assert webhook_keys(client) == []
+
+
+def test_a_json_body_sent_as_a_form_is_told_its_content_type(make_app, client) -> None:
+    """Tried: ``curl -X POST :3332/webhooks -d '{"url": ..., "events": [...]}'`` (curl sends
+    -d as application/x-www-form-urlencoded), then the same PUT and test call. The answer
+    was 400 "the body must be a JSON object", about a body that is one; now 415 naming
+    the Content-Type, as the API answers, and nothing is written or sent."""
+    api = make_app().test_client()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = api.post("/webhooks", data=json.dumps(GOOD), headers=form)
+    assert response.status_code == 415, response.json
+    assert response.json["error"] == "Content-Type must be application/json"
+    assert webhook_keys(client) == []
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    before = {key: client.dump(key) for key in webhook_keys(client)}
+    for answer in (api.put(f"/webhooks/{hook['id']}", data='{"active": false}', headers=form),
+                   api.post(f"/webhooks/{hook['id']}/test", data="{}", headers=form)):
+        assert answer.status_code == 415, answer.json
+    assert {key: client.dump(key) for key in webhook_keys(client)} == before
 
 
 @pytest.mark.parametrize(("url", "kind"), [
@@ -184,6 +211,20 @@ def test_listing_limits_are_checked(make_app) -> None:
                                                           "limit": 5}
 
 
+def test_deliveries_status_filter_is_checked(make_app) -> None:
+    """Tried: GET /webhooks/<id>/deliveries?status=faild (a typo) and ?status=FAILED. Both
+    answered 200 with an empty list, as if the hook had no failed delivery; now a 400
+    naming the known statuses. A known status still lists."""
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    for status in ("faild", "FAILED"):
+        response = api.get(f"/webhooks/{hook['id']}/deliveries?status={status}")
+        assert response.status_code == 400 and response.json["field"] == "status"
+        assert "queued, retrying, delivered, failed, refused" in response.json["error"]
+    listed = api.get(f"/webhooks/{hook['id']}/deliveries?status=failed")
+    assert listed.status_code == 200 and listed.json["data"] == []
+
+
 def test_admin_token_needed_when_tokens_are_configured(make_app) -> None:
     api = make_app(admin_tokens={"adm"}, customer_tokens={"tok": "cust-a"}).test_client()
     assert api.get("/health").status_code == 200
@@ -242,3 +283,90 @@ def test_registration_bodies_are_parsed_strictly(make_app, client, raw, words) -
                        headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and words in response.json["error"], response.json
     assert {key: client.dump(key) for key in webhook_keys(client)} == before
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"event_type": ["complete_job"]}, "event_type"),
+    ({"event_type": {"name": "complete_job"}}, "event_type"),
+    ({"event_type": 5}, "event_type"),
+    ({"event_type": "job_exploded"}, "event_type"),
+    ({"event_typ": "complete_job"}, "event_typ"),
+    (["complete_job"], None),
+])
+def test_test_call_with_a_bad_body_is_refused_and_sends_nothing(make_app, client, body,
+                                                                field) -> None:
+    """Tried: POST /webhooks/<id>/test with event_type a list or an object (before: 500
+    "internal error"), a number or an unknown name, a misspelt field and an array body
+    (before: both ignored, a sample of the hook's first event sent). Now each is a 400
+    naming the field, and nothing is sent or kept in the hook's history."""
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json=GOOD).json["data"]
+    response = api.post(f"/webhooks/{hook['id']}/test", json=body)
+    assert response.status_code == 400, response.json
+    assert response.json.get("field") == field and response.json["success"] is False
+    assert client.zcard(keys.log(hook["id"])) == 0
+
+
+def test_a_redirecting_receiver_is_told_where_it_pointed(make_app, client) -> None:
+    """Tried: a test call to a receiver answering 301 with ``Location: https://...`` (an
+    http:// URL registered for an https-only site). The answer and the delivery history
+    said "HTTP 301" only; they now name where it pointed and that redirects are not
+    followed. Nothing was sent to the Location."""
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(301)
+            self.send_header("Location", "https://hooks.example.com/emp")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        api = make_app().test_client()
+        hook = api.post("/webhooks", json={**GOOD, "url": f"http://127.0.0.1:"
+                                           f"{server.server_address[1]}/emp"}).json["data"]
+        response = api.post(f"/webhooks/{hook['id']}/test")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.status_code == 502
+    said = "HTTP 301 redirecting to https://hooks.example.com/emp (redirects are not followed"
+    assert said in response.json["error"], response.json
+    kept = api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
+    assert kept["last_error"].startswith(said)
+    assert kept["attempt_history"][0]["response_status"] == 301
+
+
+def test_a_replaced_secret_keeps_signing_beside_the_new_one_for_a_while(
+        make_app, client, receiver) -> None:
+    """Tried: a hook registered with secret A, then ``PUT {"secret": B}`` and a delivery
+    (the test call; queued ones are signed the same way). Before, it was signed with B
+    alone: a receiver still on A (its deploy follows the PUT, or comes first) refused
+    every delivery with a 4xx, and after max_attempts (~3 s) each was dead-lettered.
+    Now ``webhook-signature`` carries both, the Standard Webhooks way, so a receiver on
+    either verifies; once the overlap is over, B alone. X-Webhook-Signature is B's."""
+    old = "whsec_" + base64.b64encode(b"a" * 32).decode()
+    new = "whsec_" + base64.b64encode(b"b" * 32).decode()
+    sink = receiver()
+    api = make_app().test_client()
+    hook = api.post("/webhooks", json={**GOOD, "url": sink.url + "/r", "secret": old}
+                    ).json["data"]
+    changed = api.put(f"/webhooks/{hook['id']}", json={"secret": new}).json["data"]
+    assert "secret" not in changed and changed["previous_secret_until"] > changed["updated_at"]
+    assert api.post(f"/webhooks/{hook['id']}/test").status_code == 200
+    got = sink.requests[-1]
+    for secret in (old, new):
+        assert Webhook(secret).verify(got.body, got.headers) == got.payload
+    assert got.headers["X-Webhook-Signature"] == legacy_signature(new, got.body)
+
+    client.hset(keys.hook(hook["id"]), "previous_secret_until", "1")  # the overlap is over
+    assert api.get(f"/webhooks/{hook['id']}").json["data"]["previous_secret_until"] is None
+    assert api.post(f"/webhooks/{hook['id']}/test").status_code == 200
+    got = sink.requests[-1]
+    Webhook(new).verify(got.body, got.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(got.body, got.headers)

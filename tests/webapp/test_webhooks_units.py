@@ -226,3 +226,111 @@ def test_an_attempt_ends_at_its_timeout_however_slowly_the_answer_arrives(part: 
     assert result.status is None and "timed out after 1 s" in result.error, result
     assert took < 2.5, took
     assert decide(result, 1, RETRY)[0] == "retry"
+
+
+class _LocalDns(AddressPolicy):
+    """Resolves every name to 127.0.0.1 (no DNS here), remembering the names asked."""
+
+    def __init__(self) -> None:
+        super().__init__(allowed_networks=parse_networks("127.0.0.0/8"))
+        object.__setattr__(self, "asked", [])
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return ["127.0.0.1"]
+
+
+def test_international_domain_names_go_out_in_their_idna_form() -> None:
+    """Tried: deliveries to http://例え.jp:<port>/ and http://bücher.example:<port>/ (names
+    that resolve to the receiver). The first raised UnicodeEncodeError out of the sender
+    (in the service: an 'unexpected error' traceback, the hook's lease held and its head
+    delivery never recorded, again and again); the second reached the receiver with
+    ``Host: bücher.example`` in raw Latin-1, which a virtual host does not match. Both now
+    go out as xn-- names, to DNS and in the Host header."""
+    hosts: list[str] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = conn.recv(65536).split(b"\r\n")
+                hosts.append(next(line for line in head if line.lower().startswith(b"host:"))
+                             [5:].strip().decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close"
+                             b"\r\n\r\nok")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    threading.Thread(target=serve, daemon=True).start()
+    policy = _LocalDns()
+    sender = Sender(policy, timeout=3.0)
+    try:
+        results = [sender.post(f"http://{name}:{port}/hook", b"{}", {})
+                   for name in ("例え.jp", "bücher.example")]
+    finally:
+        sender.close()
+        listener.close()
+    assert [r.status for r in results] == [200, 200], results
+    assert policy.asked == ["xn--r8jz45g.jp", "xn--bcher-kva.example"]
+    assert hosts == [f"xn--r8jz45g.jp:{port}", f"xn--bcher-kva.example:{port}"]
+
+
+def test_a_lease_shorter_than_the_timeout_is_refused_at_start(monkeypatch) -> None:
+    """Tried: EMP_WEBHOOK_TIMEOUT_SECONDS=60 with the example's EMP_WEBHOOK_LEASE_SECONDS=40
+    uncommented. The service started; a lease ending mid-request lets another dispatcher
+    send the same delivery beside it (by hand, timeout 3 s, lease 1 s, a receiver answering
+    in 2.5 s: the same webhook-id five times in 7 s, the next event not at all). Now the
+    configuration is refused, naming both settings."""
+    monkeypatch.setenv("EMP_WEBHOOK_TIMEOUT_SECONDS", "60")
+    monkeypatch.setenv("EMP_WEBHOOK_LEASE_SECONDS", "40")
+    with pytest.raises(ValueError, match="EMP_WEBHOOK_LEASE_SECONDS .40. must be longer than "
+                                         "EMP_WEBHOOK_TIMEOUT_SECONDS .60."):
+        WebhookConfig.from_env()
+    monkeypatch.delenv("EMP_WEBHOOK_LEASE_SECONDS")
+    assert WebhookConfig.from_env().lease_seconds == 70
+
+
+def test_a_kept_alive_connection_the_receiver_closed_is_not_a_failed_attempt() -> None:
+    """Tried: a receiver that keeps its connection alive after a first delivery, then closes
+    it as the next request arrives, unanswered (its idle timeout running out just then:
+    Node's 5 s, nginx's 75 s). That attempt failed, "RemoteDisconnected", a consecutive
+    failure of the hook and a retry a second later. Now it is sent again at once on a new
+    connection and answered; a fresh connection closed unanswered still fails."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[int] = []  # the connection number of each request received
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def read_request(conn: socket.socket, number: int) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        seen.append(number)
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        with first:
+            read_request(first, 1)
+            first.sendall(ok)
+            read_request(first, 1)  # the next one, on the kept-alive connection: closed
+        for number in (2, 3):
+            conn, _ = listener.accept()
+            with conn:
+                read_request(conn, number)
+                if number == 2:
+                    conn.sendall(ok)
+
+    threading.Thread(target=serve, daemon=True).start()
+    sender = Sender(AddressPolicy(allowed_networks=parse_networks("127.0.0.0/8")), timeout=3.0)
+    try:
+        results = [sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {}) for _ in range(3)]
+    finally:
+        sender.close()
+        listener.close()
+    assert [r.status for r in results[:2]] == [200, 200], results
+    assert seen == [1, 1, 2, 3]
+    assert results[2].status is None and "RemoteDisconnected" in results[2].error, results[2]

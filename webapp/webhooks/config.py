@@ -23,6 +23,9 @@ INITIAL_DELAY_MS = 1000
 BACKOFF_MULTIPLIER = 2.0
 #: Longest retry delay, ms (``EMP_WEBHOOK_MAX_DELAY_MS``).
 MAX_DELAY_MS = 30_000
+#: Seconds a replaced secret still signs deliveries, beside the new one, after a
+#: ``PUT`` changed it (``EMP_WEBHOOK_SECRET_OVERLAP_SECONDS``).
+SECRET_OVERLAP_SECONDS = 24 * 3600.0
 #: Consecutive failures after which a hook is disconnected (``EMP_WEBHOOK_DISCONNECT_AFTER``).
 DISCONNECT_AFTER = 10
 #: Seconds a disconnected hook waits before the next probe (``EMP_WEBHOOK_RECONNECT_SECONDS``).
@@ -86,6 +89,7 @@ class WebhookConfig:
     reconnect_seconds: float = RECONNECT_SECONDS
     progress_interval_ms: int = PROGRESS_INTERVAL_MS
     timeout_seconds: float = TIMEOUT_SECONDS
+    secret_overlap_seconds: float = SECRET_OVERLAP_SECONDS
     #: How long a dispatcher owns a hook while it sends; must outlast the
     #: request (``EMP_WEBHOOK_LEASE_SECONDS``, default timeout + 10 s).
     lease_seconds: float = TIMEOUT_SECONDS + 10
@@ -110,6 +114,15 @@ class WebhookConfig:
     def from_env(cls) -> WebhookConfig:
         """Read every ``EMP_WEBHOOK_*`` variable; malformed values raise ValueError."""
         timeout = env_float("EMP_WEBHOOK_TIMEOUT_SECONDS", TIMEOUT_SECONDS)
+        lease = env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10)
+        if timeout <= 0:
+            raise ValueError(f"EMP_WEBHOOK_TIMEOUT_SECONDS must be above 0, got {timeout:g}")
+        if lease <= timeout:
+            # A lease that ends mid-request lets a second dispatcher send the same delivery
+            # beside the first: duplicates at once, and the hook's order lost.
+            raise ValueError(f"EMP_WEBHOOK_LEASE_SECONDS ({lease:g}) must be longer than "
+                             f"EMP_WEBHOOK_TIMEOUT_SECONDS ({timeout:g}): a dispatcher owns "
+                             "a hook for the lease while its request lasts up to the timeout")
         return cls(
             max_attempts=env_int("EMP_WEBHOOK_MAX_ATTEMPTS", MAX_ATTEMPTS),
             initial_delay_ms=env_int("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
@@ -119,7 +132,9 @@ class WebhookConfig:
             reconnect_seconds=env_float("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
             progress_interval_ms=env_int("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", PROGRESS_INTERVAL_MS),
             timeout_seconds=timeout,
-            lease_seconds=env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10),
+            secret_overlap_seconds=env_float("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS",
+                                             SECRET_OVERLAP_SECONDS),
+            lease_seconds=lease,
             max_backlog=env_int("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
             history_per_hook=env_int("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),
             history_seconds=env_float("EMP_WEBHOOK_HISTORY_SECONDS", HISTORY_SECONDS),

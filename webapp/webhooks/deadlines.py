@@ -31,6 +31,8 @@ class Attempt:
         self.deadline = deadline
         self.expired = False
         self.done = False
+        #: The last request went out on a kept-alive connection that had served one before.
+        self.reused = False
         self._connection: HTTPConnection | None = None
         self._lock = threading.Lock()
 
@@ -123,6 +125,16 @@ def _bind_current(connection: HTTPConnection) -> None:
         attempt.bind(connection)
 
 
+def _note_request(connection: HTTPConnection) -> None:
+    """Bind a request's connection to the attempt and note whether it served one before."""
+    _bind_current(connection)  # a reused connection: this attempt's now
+    sent = getattr(connection, "_emp_requests", 0)
+    attempt: Attempt | None = getattr(_current, "attempt", None)
+    if attempt is not None:
+        attempt.reused = sent > 0 and connection.sock is not None
+    connection._emp_requests = sent + 1  # type: ignore[attr-defined]
+
+
 class WatchedHTTPConnection(HTTPConnection):
     """An HTTP connection that the calling thread's attempt can shut down."""
 
@@ -131,7 +143,7 @@ class WatchedHTTPConnection(HTTPConnection):
         super().connect()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _bind_current(self)  # a reused connection: this attempt's now
+        _note_request(self)
         super().request(*args, **kwargs)
 
 
@@ -143,5 +155,5 @@ class WatchedHTTPSConnection(HTTPSConnection):
         super().connect()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _bind_current(self)
+        _note_request(self)
         super().request(*args, **kwargs)

@@ -52,7 +52,7 @@ from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
 from webapp.webhooks.sender import Sender, SendResult
-from webapp.webhooks.signing import signature_headers
+from webapp.webhooks.signing import signature_headers, signing_secrets
 from webapp.webhooks.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -101,21 +101,27 @@ def decide(result: SendResult, attempt: int, retry: dict[str, Any]) -> tuple[str
     return "failed", 0
 
 
-def delivery_headers(hook_id: str, secret: str | None, delivery_id: str, event_type: str,
+def delivery_headers(hook_id: str, secrets: list[str], delivery_id: str, event_type: str,
                      event_id: str, body: str, attempt: int) -> dict[str, str]:
-    """The original's X-Webhook-* headers and, with a secret, both signatures."""
+    """The original's X-Webhook-* headers and, with secrets (``signing_secrets``), both
+    signatures: the first secret's, and a Standard Webhooks one of each other."""
     headers = {
         "X-Webhook-Event": event_type, "X-Webhook-ID": hook_id, "X-Event-ID": event_id,
         "X-Webhook-Delivery": delivery_id, "X-Webhook-Attempt": str(attempt),
     }
-    if secret:
-        headers.update(signature_headers(secret, delivery_id, body))
+    if secrets:
+        headers.update(signature_headers(secrets[0], delivery_id, body,
+                                         previous=tuple(secrets[1:])))
     return headers
 
 
 def attempt_record(result: SendResult, kind: str) -> dict[str, Any]:
     """What the deliveries endpoints show of one attempt."""
     error = result.error or ("" if kind == "delivered" else f"HTTP {result.status}")
+    if result.location is not None and not result.error:
+        # A bare "HTTP 301" left the receiver's developer guessing: say where it pointed.
+        error += (f" redirecting to {result.location[:300]} (redirects are not followed: "
+                  "register the URL that answers)")
     return {
         "timestamp": int(time.time() * 1000), "success": kind == "delivered",
         "outcome": kind, "response_status": result.status, "response_body": result.excerpt,
@@ -195,7 +201,8 @@ class Dispatcher:
             return Outcome("skip")
         number = int(delivery.get("attempts") or 0) + 1
         body = delivery["body"]
-        headers = delivery_headers(claim.hook_id, hook.get("secret"), claim.delivery_id,
+        secrets = signing_secrets(hook, int(time.time() * 1000))
+        headers = delivery_headers(claim.hook_id, secrets, claim.delivery_id,
                                    delivery.get("event_type", ""), delivery.get("event_id", ""),
                                    body, number)
         with tracing.span("webhook delivery", delivery.get("job_id") or None, {

@@ -21,28 +21,41 @@ from webapp.webhooks.dispatcher import attempt_record, delivery_headers
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
 from webapp.webhooks.schemas import RegistrationError, validate_create, validate_update
 from webapp.webhooks.service import DeliveryService
+from webapp.webhooks.signing import signing_secrets
 from webapp.webhooks.store import now_ms
 
 bp = Blueprint("webhooks", __name__)
 
 #: Largest ``limit`` of the listing endpoints.
 MAX_LIMIT = 1000
+#: What ``?status=`` of a hook's deliveries may ask for (a misspelt one listed nothing).
+DELIVERY_STATUSES = ("queued", "retrying", "delivered", "failed", "refused")
 
 
 def service() -> DeliveryService:
     return current_app.extensions["emp_webhooks"]
 
 
+class NotJson(RegistrationError):
+    """A body sent with another Content-Type than JSON (415, as the API answers)."""
+
+    status = 415
+
+
 def _bad(exc: RegistrationError) -> Any:
-    return error(400, str(exc), **({"field": exc.field} if exc.field else {}))
+    return error(getattr(exc, "status", 400), str(exc),
+                 **({"field": exc.field} if exc.field else {}))
 
 
 def _body() -> Any:
     """The request's JSON body, parsed by the one strict parser (``webapp.strict_json``);
-    None when it is empty or not sent as JSON. RegistrationError naming the problem."""
+    None when it is empty. RegistrationError naming the problem; NotJson for a body
+    sent as something else (``curl -d`` sends a form: it was "must be a JSON object")."""
     data = request_body()
-    if not data or not request.is_json:
+    if not data:
         return None
+    if not request.is_json:
+        raise NotJson("", "Content-Type must be application/json")
     try:
         return strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
     except strict_json.JsonRefused as exc:
@@ -149,11 +162,15 @@ def deliveries(hook_id: str) -> Any:
     store = service().store
     if store.get(hook_id) is None:
         return _missing(hook_id)
+    status = request.args.get("status") or None
     try:
         limit = _limit(50)
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise RegistrationError("status", f"unknown delivery status {status!r} (known: "
+                                    f"{', '.join(DELIVERY_STATUSES)})")
     except RegistrationError as exc:
         return _bad(exc)
-    found = store.deliveries(hook_id, limit, request.args.get("status") or None)
+    found = store.deliveries(hook_id, limit, status)
     return jsonify(success=True, data=found, limit=limit)
 
 
@@ -178,6 +195,25 @@ def recent() -> Any:
     return jsonify(success=True, data=service().store.recent(limit), limit=limit)
 
 
+def _test_event_type(body: Any) -> str | None:
+    """The ``event_type`` a test call's body asks for (None: the hook's first event).
+
+    The body is optional; given, it is an object whose only field is a string
+    ``event_type`` (a list or an object there was a 500, unknown fields were ignored).
+    """
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise RegistrationError("", "the body must be a JSON object")
+    extra = sorted(set(body) - {"event_type"})
+    if extra:
+        raise RegistrationError(extra[0], "unknown field (known: event_type)")
+    asked = body.get("event_type")
+    if asked is not None and not isinstance(asked, str):
+        raise RegistrationError("event_type", "must be a string naming an event type")
+    return asked or None
+
+
 @bp.post("/webhooks/<hook_id>/test")
 @require_auth(admin=True)
 def test_hook(hook_id: str) -> Any:
@@ -192,13 +228,13 @@ def test_hook(hook_id: str) -> Any:
     if not raw:
         return _missing(hook_id)
     try:
-        body = _body()
+        asked = _test_event_type(_body())
     except RegistrationError as exc:
         return _bad(exc)
-    asked = body.get("event_type") if isinstance(body, dict) else None
     event_type = ALIASES.get(asked, asked) if asked else json.loads(raw["events"])[0]
     if event_type not in EVENT_TYPES:
-        return error(400, f"event_type: unknown event type {asked!r}", field="event_type")
+        return error(400, f"event_type: unknown event type {asked!r} "
+                          f"(known: {', '.join(EVENT_TYPES)})", field="event_type")
     suffix = random_ids.token_hex(8)
     event = {
         "event_type": event_type, "event_id": f"test:{suffix}",
@@ -210,8 +246,8 @@ def test_hook(hook_id: str) -> Any:
     }
     body = json.dumps(event, separators=(",", ":"))
     delivery_id = f"dlv_test_{suffix}"
-    headers = delivery_headers(hook_id, raw.get("secret"), delivery_id, event_type,
-                               event["event_id"], body, 1)
+    headers = delivery_headers(hook_id, signing_secrets(raw, event["timestamp"]), delivery_id,
+                               event_type, event["event_id"], body, 1)
     result = svc.sender.post(raw["url"], body.encode(), headers)
     kind = "delivered" if result.status is not None and 200 <= result.status < 300 else (
         "refused" if result.refused else "failed")

@@ -118,6 +118,9 @@ def check_url(url: str) -> None:
         raise RegistrationError("url", "port 0 is not valid")
     if any(ch.isspace() for ch in url):
         raise RegistrationError("url", "contains whitespace")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        # Not valid in a URL; sent percent-encoded, the receiver saw another path.
+        raise RegistrationError("url", "contains a control character")
 
 
 def check_secret(secret: str) -> None:

@@ -5,6 +5,9 @@ and the connection goes to a checked address, with the original host in
 the Host header and in TLS (SNI and certificate check); addresses are tried
 in resolver order until one connects. Redirects are not followed (a 3xx is
 an answer like any other), so no request leaves for an unchecked address.
+A request that went out on a kept-alive connection the receiver closed
+unanswered (its idle timeout ran out just then) is sent once more at once on
+a new connection: no answer came, and receivers drop repeats by webhook-id.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+)
 
 from webapp.webhooks.addresses import AddressPolicy, AddressRefused, UnresolvableHost
 from webapp.webhooks.deadlines import (
@@ -58,6 +66,16 @@ class SendResult:
     #: A Retry-After header, in ms.
     retry_after_ms: int | None = None
     address: str | None = None
+    #: The Location of a 3xx answer (not followed: see the module docstring).
+    location: str | None = None
+
+
+def ascii_host(host: str) -> str:
+    """The host as it goes on the wire: an international domain name in its IDNA
+    (``xn--``) form, for DNS, the Host header and TLS. Sent as typed, a name outside
+    Latin-1 made the attempt raise (the hook stalled, its delivery never recorded) and
+    one inside it went out as raw Latin-1 bytes. UnicodeError when it has no such form."""
+    return host if host.isascii() else host.encode("idna").decode("ascii")
 
 
 def _retry_after_ms(value: str | None) -> int | None:
@@ -120,8 +138,15 @@ class Sender:
             return int((time.monotonic() - started) * 1000)
 
         parts = urlsplit(url)
-        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
+        authority = parts.netloc.rpartition("@")[2]
+        try:
+            host = ascii_host(parts.hostname or "")
+        except UnicodeError as exc:
+            return SendResult(None, elapsed(), error=f"host {parts.hostname!r} is not a valid "
+                              f"international domain name: {exc}")
+        if not authority.isascii():
+            authority = host + (f":{parts.port}" if parts.port is not None else "")
         try:
             addresses = self.policy.resolve(host, port)
         except AddressRefused as exc:
@@ -129,7 +154,7 @@ class Sender:
         except UnresolvableHost as exc:
             return SendResult(None, elapsed(), error=str(exc))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        sent = {"Host": parts.netloc.rpartition("@")[2], "Content-Type": "application/json",
+        sent = {"Host": authority, "Content-Type": "application/json",
                 "User-Agent": USER_AGENT, **headers}
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -152,16 +177,23 @@ class Sender:
         pool = self._pool(scheme, address, port, host)
         late = SendResult(None, 0, error=f"timed out after {self.timeout:g} s (the response "
                           "was still arriving)", address=address)
-        try:
-            response = pool.urlopen(
-                "POST", target, body=body, headers=headers, retries=False, redirect=False,
-                assert_same_host=False, preload_content=False,
-                timeout=urllib3.Timeout(total=self.timeout))
-        except (NewConnectionError, ConnectTimeoutError) as exc:
-            return f"cannot connect to {address}:{port}: {_reason(exc)}"
-        except HTTPError as exc:
-            return late if attempt.expired else SendResult(None, 0, error=_reason(exc),
-                                                           address=address)
+        for again in (False, True):
+            try:
+                response = pool.urlopen(
+                    "POST", target, body=body, headers=headers, retries=False, redirect=False,
+                    assert_same_host=False, preload_content=False,
+                    timeout=urllib3.Timeout(total=self.timeout))
+                break
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                return f"cannot connect to {address}:{port}: {_reason(exc)}"
+            except HTTPError as exc:
+                if attempt.expired:
+                    return late
+                if not again and attempt.reused and isinstance(exc, ProtocolError):
+                    # The receiver closed the kept-alive connection as the request went
+                    # out (its idle timeout): that is no answer, send once more on a new one.
+                    continue
+                return SendResult(None, 0, error=_reason(exc), address=address)
         try:
             data, error = response.read(READ_LIMIT + 1), ""
         except HTTPError as exc:
@@ -179,7 +211,8 @@ class Sender:
         return SendResult(
             response.status, 0, excerpt=data[:EXCERPT_BYTES].decode("utf-8", errors="replace"),
             retry_after_ms=_retry_after_ms(response.headers.get("Retry-After")),
-            address=address)
+            address=address, location=response.headers.get("Location")
+            if 300 <= response.status < 400 else None)
 
     def close(self) -> None:
         self._deadlines.close()

@@ -9,6 +9,11 @@
   ``standardwebhooks`` package. A ``whsec_`` secret is base64 of the key, as
   the standard says; any other secret is used as its UTF-8 bytes, so a
   receiver verifies with ``Webhook(secret.encode())``.
+
+Rotation: for a while after a ``PUT`` replaced a hook's secret, the replaced
+one signs too (``webhook-signature: v1,<new> v1,<old>``, the standard's way),
+so a receiver still verifying with the old secret accepts deliveries until it
+is switched over; ``X-Webhook-Signature`` uses the new secret only.
 """
 
 from __future__ import annotations
@@ -32,18 +37,34 @@ def standard_key(secret: str) -> Webhook:
     return Webhook(secret if secret.startswith("whsec_") else secret.encode())
 
 
+def signing_secrets(hook: dict[str, str], now_ms: int) -> list[str]:
+    """A stored hook's secrets that sign its deliveries now: its secret, then the one it
+    replaced while that one's overlap lasts (none without a secret)."""
+    secret = hook.get("secret")
+    if not secret:
+        return []
+    previous = hook.get("previous_secret")
+    until = hook.get("previous_secret_until") or ""
+    if previous and previous != secret and until.isdigit() and int(until) > now_ms:
+        return [secret, previous]
+    return [secret]
+
+
 def legacy_signature(secret: str, body: bytes) -> str:
     """``sha256=<hex>``: the original's X-Webhook-Signature value."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def signature_headers(secret: str, delivery_id: str, body: str,
-                      at: datetime | None = None) -> dict[str, str]:
-    """Both signatures of one attempt of ``body`` (the exact text sent)."""
+                      at: datetime | None = None, previous: tuple[str, ...] = ()
+                      ) -> dict[str, str]:
+    """Both signatures of one attempt of ``body`` (the exact text sent); ``previous``
+    secrets (a rotation's) add their Standard Webhooks signatures after the first."""
     at = at or datetime.now(UTC)
     return {
         "X-Webhook-Signature": legacy_signature(secret, body.encode()),
         "webhook-id": delivery_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": standard_key(secret).sign(delivery_id, at, body),
+        "webhook-signature": " ".join(standard_key(key).sign(delivery_id, at, body)
+                                      for key in (secret, *previous)),
     }

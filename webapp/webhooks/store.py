@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets as random_ids
+import time
 from typing import Any
 
 import redis
@@ -49,6 +50,12 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _overlap_end(raw: dict[str, str]) -> int | None:
+    """When a replaced secret stops signing (ms), while it still does; else None."""
+    until = _int(raw.get("previous_secret_until")) if raw.get("previous_secret") else None
+    return until if until is not None and until > time.time() * 1000 else None
 
 
 class HookStore:
@@ -115,6 +122,7 @@ class HookStore:
             "last_failure_at": _int(state.get("last_failure_at")),
             "last_success_at": _int(state.get("last_success_at")),
             "has_secret": bool(raw.get("secret")),
+            "previous_secret_until": _overlap_end(raw),
             "created_at": _int(raw.get("created_at")), "updated_at": _int(raw.get("updated_at")),
         }
 
@@ -138,9 +146,15 @@ class HookStore:
                 if raw]
 
     def update(self, hook_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply validated changes; None when the hook does not exist."""
+        """Apply validated changes; None when the hook does not exist. A new secret
+        keeps the one it replaces signing beside it for ``secret_overlap_seconds``."""
         fields = self._fields(changes)
-        fields["updated_at"] = now_ms(self.client)
+        now = now_ms(self.client)
+        fields["updated_at"] = now
+        old = self.client.hget(keys.hook(hook_id), "secret") if "secret" in fields else None
+        if old and old != fields["secret"]:
+            fields["previous_secret"] = old
+            fields["previous_secret_until"] = now + int(self.config.secret_overlap_seconds * 1000)
         if not self.functions.update(hook_id, {k: str(v) for k, v in fields.items()}):
             return None
         return self.get(hook_id)
