@@ -74,6 +74,8 @@ def webhook_keys(client: redis.Redis) -> list[str]:
     ({**GOOD, "retry_config": {"initial_delay_ms": 5000, "max_delay_ms": 100}},
      "retry_config.max_delay_ms", "at least"),
     ({**GOOD, "retry_config": {"retries": 3}}, "retry_config.retries", "unknown field"),
+    ({**GOOD, "retry_config": {"give_up_after_ms": 0}}, "retry_config.give_up_after_ms",
+     "minimum"),
     ({**GOOD, "secret": "whsec_!!not base64!!"}, "secret", "base64"),
     ({**GOOD, "secret": ""}, "secret", "non-empty"),
     ({**GOOD, "active": "yes"}, "active", "boolean"),
@@ -162,7 +164,8 @@ def test_secret_shown_once_generated_when_absent(make_app) -> None:
     for shown in [*listing["data"], api.get(f"/webhooks/{hook['id']}").json["data"]]:
         assert "secret" not in shown and shown["has_secret"] is True
     assert hook["retry_config"] == {"max_attempts": 3, "initial_delay_ms": 1000,
-                                    "backoff_multiplier": 2.0, "max_delay_ms": 30000}
+                                    "backoff_multiplier": 2.0, "max_delay_ms": 30000,
+                                    "give_up_after_ms": 3_600_000}
     assert hook["active"] is True and hook["disconnected"] is False
 
 

@@ -326,6 +326,42 @@ def test_4xx_dead_letters_after_max_attempts_and_test_endpoint(
     assert down.status_code == 502 and "connect" in down.json()["error"]
 
 
+@pytest.mark.timeout(60)
+def test_a_delivery_answered_5xx_past_give_up_after_ms_is_dead_lettered_and_the_queue_moves_on(
+        app, client, start_server, receiver) -> None:
+    """Tried: a receiver whose handler answers 500 to one event (the job of customer
+    'poison', as a handler that crashes on an unexpected payload) and 200 to the rest,
+    with retry_config.give_up_after_ms 1,500; and a second hook whose receiver is down
+    (connection refused) for longer than its give_up_after_ms of 500. Before, a 5xx never
+    used up a delivery: it stayed at the head for ever and every later event of the hook
+    waited behind it (the hook disconnected after 10 failures, then probed every 5 min
+    with the same delivery). Now the refused one is recorded failed after 1.5 s of 500s,
+    saying why, and the next event is delivered; the down receiver loses nothing."""
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    sink.status = lambda r: 500 if r.payload["data"].get("customer_id") == "poison" else 200
+    hook = register(server, url=sink.url + "/crashy", events=["job_submitted"],
+                    retry_config={"give_up_after_ms": 1500})
+    down = receiver(start=False)
+    waiting = register(server, url=down.url + "/later", events=["job_submitted"],
+                       retry_config={"give_up_after_ms": 500})
+    poison = submit("echo", {}, customer_id="poison", app=app)
+    good = submit("echo", {}, customer_id="good", app=app)
+    wait_for(lambda: len(sink.delivered()) == 1, timeout=20, message="the event behind it")
+    assert sink.delivered()[0].payload["data"]["job_id"] == good.id
+    statuses = [r.status for r in sink.requests]
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {500} and len(statuses) >= 4
+    dead = get(server, f"/webhooks/{hook['id']}/deliveries?status=failed")
+    assert [d["job_id"] for d in dead] == [poison.id]
+    assert dead[0]["last_status_code"] == 500
+    assert "gave up" in dead[0]["last_error"] and "give_up_after_ms 1500" in dead[0]["last_error"]
+
+    assert get(server, f"/webhooks/{waiting['id']}/deliveries?status=failed") == []
+    down.start()
+    wait_for(lambda: len(down.delivered()) == 2, timeout=10, message="the down receiver's")
+    assert [r.payload["data"]["job_id"] for r in down.delivered()] == [poison.id, good.id]
+
+
 @pytest.mark.timeout(90)
 def test_private_address_refused_at_delivery_time(app, client, start_server, receiver) -> None:
     server = start_server("webhooks", **FAST)

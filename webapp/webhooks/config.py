@@ -23,6 +23,11 @@ INITIAL_DELAY_MS = 1000
 BACKOFF_MULTIPLIER = 2.0
 #: Longest retry delay, ms (``EMP_WEBHOOK_MAX_DELAY_MS``).
 MAX_DELAY_MS = 30_000
+#: ms after its first attempt from which a delivery the receiver keeps answering with a
+#: transient status (5xx, 408, 429) is recorded failed so the hook's queue moves on
+#: (``EMP_WEBHOOK_GIVE_UP_AFTER_MS``). A receiver that does not answer at all is waited
+#: for without limit (its deliveries queue, up to the backlog).
+GIVE_UP_AFTER_MS = 3_600_000
 #: Seconds a replaced secret still signs deliveries, beside the new one, after a
 #: ``PUT`` changed it (``EMP_WEBHOOK_SECRET_OVERLAP_SECONDS``).
 SECRET_OVERLAP_SECONDS = 24 * 3600.0
@@ -85,6 +90,7 @@ class WebhookConfig:
     initial_delay_ms: int = INITIAL_DELAY_MS
     backoff_multiplier: float = BACKOFF_MULTIPLIER
     max_delay_ms: int = MAX_DELAY_MS
+    give_up_after_ms: int = GIVE_UP_AFTER_MS
     disconnect_after: int = DISCONNECT_AFTER
     reconnect_seconds: float = RECONNECT_SECONDS
     progress_interval_ms: int = PROGRESS_INTERVAL_MS
@@ -128,6 +134,7 @@ class WebhookConfig:
             initial_delay_ms=env_int("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
             backoff_multiplier=env_float("EMP_WEBHOOK_BACKOFF_MULTIPLIER", BACKOFF_MULTIPLIER),
             max_delay_ms=env_int("EMP_WEBHOOK_MAX_DELAY_MS", MAX_DELAY_MS),
+            give_up_after_ms=env_int("EMP_WEBHOOK_GIVE_UP_AFTER_MS", GIVE_UP_AFTER_MS),
             disconnect_after=env_int("EMP_WEBHOOK_DISCONNECT_AFTER", DISCONNECT_AFTER),
             reconnect_seconds=env_float("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
             progress_interval_ms=env_int("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", PROGRESS_INTERVAL_MS),
@@ -155,4 +162,5 @@ class WebhookConfig:
         return {
             "max_attempts": self.max_attempts, "initial_delay_ms": self.initial_delay_ms,
             "backoff_multiplier": self.backoff_multiplier, "max_delay_ms": self.max_delay_ms,
+            "give_up_after_ms": self.give_up_after_ms,
         }

@@ -14,7 +14,13 @@ Outcomes of an attempt:
 - 2xx: delivered; the queue moves on; the hook's failure count resets.
 - No response (connection refused, timeout, DNS failure), 408, 429 or 5xx:
   transient. The delivery stays at the head and is retried after a backoff;
-  transient failures never use up the delivery's attempts.
+  transient failures never use up the delivery's attempts. But a receiver
+  that answers, and keeps answering 408, 429 or 5xx to the same delivery
+  ``give_up_after_ms`` (1 h) after its first attempt, is refusing that one
+  (a handler that crashes on it): the delivery is dead-lettered so the
+  hook's later deliveries are not held up for ever behind it. A receiver
+  that does not answer at all is down, not refusing: waited for without
+  limit (the backlog bounds what queues meanwhile).
 - Any other status (3xx, other 4xx): counts against the delivery's
   ``max_attempts`` (retried with backoff until then), then the delivery is
   dead-lettered (status ``failed``) and the queue moves on.
@@ -49,7 +55,7 @@ import redis
 
 from emp_tasks import tracing
 from webapp.outage import REFUSING, WriteRefusals
-from webapp.webhooks.config import WebhookConfig
+from webapp.webhooks.config import GIVE_UP_AFTER_MS, WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
 from webapp.webhooks.sender import Sender, SendResult
 from webapp.webhooks.signing import signature_headers, signing_secrets
@@ -86,13 +92,18 @@ def backoff_ms(attempt: int, retry: dict[str, Any], rng: random.Random | None = 
     return int(delay * (1 - JITTER * (rng or random).random()))
 
 
-def decide(result: SendResult, attempt: int, retry: dict[str, Any]) -> tuple[str, int]:
-    """(outcome, retry delay ms) of an attempt; see the module docstring."""
+def decide(result: SendResult, attempt: int, retry: dict[str, Any],
+           trying_ms: int = 0) -> tuple[str, int]:
+    """(outcome, retry delay ms) of an attempt made ``trying_ms`` after the delivery's
+    first; see the module docstring."""
     if result.refused:
         return "refused", 0
     status = result.status
     if status is not None and 200 <= status < 300:
         return "delivered", 0
+    if status is not None and is_transient(status) and \
+            trying_ms >= int(retry.get("give_up_after_ms") or GIVE_UP_AFTER_MS):
+        return "failed", 0
     delay = backoff_ms(attempt, retry)
     if result.retry_after_ms and status in (429, 503):
         delay = max(delay, min(result.retry_after_ms, int(retry["max_delay_ms"])))
@@ -210,12 +221,20 @@ class Dispatcher:
                 "emp.event_type": delivery.get("event_type", ""), "emp.delivery_attempt": number,
         }) as span:
             result = self.sender.post(hook["url"], body.encode(), headers)
-            kind, delay = decide(result, number, self.retry_config(hook))
+            first = int(delivery.get("first_attempt_at") or 0)
+            trying_ms = max(0, int(time.time() * 1000) - first) if first else 0
+            retry = self.retry_config(hook)
+            kind, delay = decide(result, number, retry, trying_ms)
             if span is not None:
                 span.set_attribute("http.response.status_code", result.status or 0)
                 span.set_attribute("emp.outcome", kind)
         self.sent += 1
         record = attempt_record(result, kind)
+        if kind == "failed" and is_transient(result.status):
+            record["error_message"] += (
+                f"; gave up: the receiver answered this delivery {result.status} or another "
+                f"transient status for {trying_ms // 1000} s after its first attempt "
+                f"(retry_config.give_up_after_ms {int(retry['give_up_after_ms'])})")
         return Outcome(kind, delay, record, result.status, record["error_message"] or "")
 
     def _log(self, claim: Claim, outcome: Outcome, following: Claim | str) -> None:

@@ -45,6 +45,7 @@ RETRY_SCHEMA = {
         "initial_delay_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000},
         "backoff_multiplier": {"type": "number", "minimum": 1, "maximum": 10},
         "max_delay_ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000},
+        "give_up_after_ms": {"type": "integer", "minimum": 1, "maximum": 604_800_000},
     },
 }
 

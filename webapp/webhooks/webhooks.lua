@@ -31,7 +31,8 @@ derived from W: they share the tag, so they live in the same slot.
   W.."delivery:"..did      HASH   id, webhook_id, event_id, event_type, job_id,
                                   body, status (queued, retrying, delivered,
                                   failed, refused), attempts, created_at,
-                                  next_attempt_at, last_attempt_at,
+                                  first_attempt_at (release 2), next_attempt_at,
+                                  last_attempt_at,
                                   last_status_code, last_error, finished_at
   W.."attempts:"..did      LIST   attempt records (JSON), oldest first
   W.."recent"              ZSET   delivery id -> order number of its last change
@@ -58,7 +59,7 @@ version scored in plain ms.
 
 -- Raise with every release that changes this file; a release only adds (see
 -- capability_router/libraries.py: no process loads over a higher number).
-local VERSION = '1'
+local VERSION = '2'
 
 local FINISHED = {delivered = true, failed = true, refused = true}
 
@@ -265,6 +266,7 @@ local function emp_wh_finish(keys, args)
   else
     local attempt = cjson.decode(args[6])
     local n = redis.call('HINCRBY', keys[4], 'attempts', 1)
+    redis.call('HSETNX', keys[4], 'first_attempt_at', int(now))
     redis.call('HINCRBY', keys[3], 'attempts', 1)
     redis.call('HSET', keys[4], 'last_attempt_at', int(now), 'last_status_code', args[12],
       'last_error', args[13])
