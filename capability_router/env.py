@@ -21,16 +21,22 @@ def env(name: str, default: str | None = None) -> str | None:
 _N = TypeVar("_N", int, float)
 
 
+class SettingError(ValueError):
+    """A setting in the environment that cannot be read; the message names it. Raised
+    also while modules are imported (they read their settings then), which is why the
+    ``emp`` command catches it around its own import (``emp_command``)."""
+
+
 def env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str) -> _N:
     """``name`` converted by ``convert``, ``default`` when unset or empty; a malformed value
-    raises ValueError naming the variable (``kind``: "an integer", "a number")."""
+    raises SettingError (a ValueError) naming the variable (``kind``: "an integer", "a number")."""
     text = env(name)
     if text is None:
         return convert(default)
     try:
         return convert(text)
     except ValueError:  # int()'s and float()'s own messages do not name the variable
-        raise ValueError(f"{name} must be {kind}, got {text!r}") from None
+        raise SettingError(f"{name} must be {kind}, got {text!r}") from None
 
 
 def env_int(name: str, default: int) -> int:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,18 @@ def test_an_empty_setting_means_its_default_and_a_malformed_one_is_named() -> No
                               **{name: default for name, _, default in READ_ON_USE}}
     assert answer["refused"] == {name: f"{name} must be an integer, got '1MB'"
                                  for name in empty}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["job", "some-id"]])
+def test_a_setting_read_at_import_that_is_malformed_stops_emp_with_one_line(args) -> None:
+    """Tried: ``emp --help`` and ``emp job some-id`` with ``EMP_MAX_PAYLOAD_BYTES=1MB``, a
+    setting read when its module is imported, before click runs. Before: a 12-line
+    traceback ending in the ValueError, from every command, ``--help`` included. Now one
+    line naming it and exit status 2, as for a bad option."""
+    script = Path(sys.executable).with_name("emp")  # the console script pip installed
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "EMP_MAX_PAYLOAD_BYTES": "1MB",
+                               "EMP_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == "Error: EMP_MAX_PAYLOAD_BYTES must be an integer, got '1MB'"
+    assert done.stdout == ""
