@@ -58,6 +58,25 @@ STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemor
 logger = logging.getLogger(__name__)
 
 
+class Requeued(Reject):
+    """A run given back because the queue's Redis could not take its writes; its message
+    says which job and why."""
+
+
+class _RequeueWithoutTraceback(logging.Filter):
+    """Celery logs every rejection with its traceback (its log policy for ``Reject``):
+    while Redis is full or away that was 20 lines per running job, each saying only what
+    the rejection's own line says. Drops the traceback of ours, keeps the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Requeued):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_RequeueWithoutTraceback())
+
+
 class EmpTask(Task):
     """Base class of every EMP job type."""
 
@@ -193,7 +212,7 @@ class EmpTask(Task):
         except STORE_UNREACHABLE as exc:
             # Reject's requeue goes through emp_requeue (bounded by max_attempts); when
             # Redis is still away the lease lapses and the sweep requeues the job.
-            raise Reject(f"job {context.job_id}: the queue's Redis was unreachable or "
+            raise Requeued(f"job {context.job_id}: the queue's Redis was unreachable or "
                          f"refused writes ({type(exc).__name__}: {exc}); requeued",
                          requeue=True) from None
 

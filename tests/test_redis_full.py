@@ -248,6 +248,10 @@ def test_a_run_that_meets_a_full_redis_is_run_again_not_failed(
         assert result.get(timeout=60)["success"] is True
         record = get_job(result.id, app=producer)
         assert (record["status"], record["attempts"]) == ("completed", 2)
+        # Celery logs a rejection with its traceback; this one says all in its line.
+        log = worker.log_path.read_text(errors="replace")
+        assert f"job {result.id}: the queue's Redis was unreachable" in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
     finally:
         producer.close()
 
