@@ -12,6 +12,7 @@ from datetime import datetime
 
 import pytest
 import redis
+from celery import chain
 
 from capability_router.errors import InvalidJob, QueueGaveUp
 from conftest import wait_for
@@ -65,6 +66,11 @@ def typed_args(self, when, ident):
 def crash(self):
     log("crash", self.request)
     os._exit(1)
+
+
+@shared_task(bind=True, name="test.errback", service="echo")
+def errback(self, failed_id):
+    redis.Redis.from_url(os.environ["EMP_REDIS_URL"]).rpush("test:errbacks", failed_id)
 
 
 @shared_task(bind=True, name="test.replaced", service="echo")
@@ -215,12 +221,23 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
 def test_a_job_the_queue_gives_up_on_fails_in_the_result_backend(
         app, client: redis.Redis, start_worker, options_env) -> None:
     """Tried: a task that kills its pool process (``os._exit``) every run, with at most 2
-    attempts. Celery rejects the lost run (requeue) and stores nothing, so when the queue
-    gave up the record said failed while ``AsyncResult.get()`` waited for ever."""
+    attempts, first step of a chain with a ``link_error``. Celery rejects the lost run
+    (requeue) and stores nothing, so when the queue gave up the record said failed while
+    ``AsyncResult.get()`` waited for ever. Then the failure was stored without the job's
+    request: the chain's last step stayed PENDING (``app.AsyncResult(its id).get()``, in
+    a process that does not hold the chain, waited for ever) and the errback never ran,
+    where Celery fails the chain and calls it for a lost run."""
     start_worker("w1", EMP_MAX_ATTEMPTS="2", **options_env)
-    result = producer_task(app, "test.crash").apply_async()
+    last = chain(producer_task(app, "test.crash").s(),
+                 producer_task(app, "test.long_sleep").si(0)).apply_async(
+        link_error=producer_task(app, "test.errback").s())
+    result = last.parent
     with pytest.raises(QueueGaveUp, match="gave up after 2 attempts"):
-        result.get(timeout=60)
+        last.get(timeout=30)
+    assert app.AsyncResult(last.id).state == "FAILURE"  # not PENDING for ever
+    assert result.state == "FAILURE" and isinstance(result.result, QueueGaveUp)
+    wait_for(lambda: client.lrange("test:errbacks", 0, -1) == [result.id], timeout=30,
+             message="the chain's errback to run once with the failed job's id")
     record = get_job(result.id, app=app)
     assert record["status"] == "failed" and client.llen(f"test:runs:{result.id}") == 2
     assert client.llen("emp:{default}:gave-up") == 0  # reported, not left behind
