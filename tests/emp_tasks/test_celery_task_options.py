@@ -7,8 +7,9 @@ on another worker while it still ran."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -168,6 +169,23 @@ def test_early_ack_task_and_solo_pool_run_a_job_longer_than_the_lease_once(
     assert record["worker_id"] == "w-solo"
     runs = client.lrange(f"test:runs:{long.id}", 0, -1)
     assert len(runs) == 1 and runs[0].startswith("long_sleep@w-solo@"), runs
+
+
+@pytest.mark.fast
+def test_a_naive_eta_is_utc_as_celery_reads_it(app, client, monkeypatch) -> None:
+    """Tried, on a machine whose local time is New York's: ``eta=`` a naive UTC time a
+    minute ahead (Celery reads a naive eta as UTC). Before the fix the job was due at
+    that time read as New York's: five hours late."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=60)
+        job = producer_task(app, "test.plain").apply_async(eta=ahead)
+        due = client.zscore("emp:{default}:delayed", job.id)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert due is not None and abs(due / 1000 - (time.time() + 60)) < 10, due
 
 
 @pytest.mark.fast
