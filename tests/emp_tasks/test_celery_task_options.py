@@ -74,6 +74,11 @@ def errback(self, failed_id):
     redis.Redis.from_url(os.environ["EMP_REDIS_URL"]).rpush("test:errbacks", failed_id)
 
 
+@shared_task(name="test.double", service="echo")
+def double(x):
+    return 2 * x
+
+
 @shared_task(bind=True, name="test.replaced", service="echo")
 def replaced(self):
     raise self.replace(returns_set.s())
@@ -233,6 +238,23 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
         unstorable.get(timeout=60)
     record = get_job(unstorable.id, app=app)
     assert record["status"] == "failed" and "EncodeError" in record["last_error"], record
+
+
+@pytest.mark.timeout(120)
+def test_map_starmap_and_chunks_run_as_jobs_of_the_mapped_task(
+        app, start_worker, options_env) -> None:
+    """Tried: Celery's ``task.map``, ``task.starmap`` and ``task.chunks`` of a job type.
+    Before the fix their jobs were filed under Celery's built-in task names
+    (``celery.map``, ``celery.starmap``) as services, which no worker serves: pending
+    for ever, ``get()`` timed out."""
+    start_worker("w1", **options_env)
+    double = producer_task(app, "test.double")
+    mapped = double.map([1, 2]).apply_async()
+    assert mapped.get(timeout=30) == [2, 4]
+    assert get_job(mapped.id, app=app)["service_required"] == "echo"
+    assert double.starmap([(3,), (4,)]).apply_async().get(timeout=30) == [6, 8]
+    assert double.chunks([(5,), (6,), (7,)], 2).apply_async().get(timeout=30) == [[10, 12],
+                                                                                   [14]]
 
 
 @pytest.mark.timeout(120)
