@@ -22,7 +22,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
-from capability_router.errors import JobCancelled, ReplaceUnsupported, RetryRefused
+from capability_router.errors import InvalidJob, JobCancelled, ReplaceUnsupported, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
@@ -306,6 +306,14 @@ class EmpTask(Task):
             if job_max is not None:
                 max_retries = int(job_max)
         if context is not None:
+            queue = options.get("queue")
+            if queue and queue != context.namespace:
+                # The record, its events and the attempt fence live in the job's pool; a
+                # retry filed in another was refused there, failing the job with no result.
+                raise InvalidJob(
+                    f"job {context.job_id}: a retry stays in the job's pool "
+                    f"{context.namespace!r}; queue={queue!r} names another (submit a new "
+                    "job to that pool instead)")
             headers = dict(options.pop("headers", None) or {})
             headers[ATTEMPT_HEADER] = context.attempt
             headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""

@@ -79,6 +79,11 @@ def double(x):
     return 2 * x
 
 
+@shared_task(bind=True, name="test.retry_elsewhere", service="echo")
+def retry_elsewhere(self):
+    raise self.retry(countdown=0, queue="gpu")
+
+
 @shared_task(bind=True, name="test.replaced", service="echo")
 def replaced(self):
     raise self.replace(returns_set.s())
@@ -218,7 +223,9 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
     themselves); ``self.replace(...)``, which failed with a confusing InvalidJob "already
     exists" and now says it is not supported; and a task returning a set, which Celery's
     json result backend cannot store: Celery said FAILURE while the job record said
-    ``completed``."""
+    ``completed``. And ``self.retry(queue="gpu")``, a retry into another pool: the job
+    ended failed with "the task raised Ignore (... attempt 1 was taken away)" and no
+    Celery result, so ``get()`` waited for ever; now it fails saying why."""
     start_worker("w1", **options_env)
     when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
     typed = producer_task(app, "test.typed_args").apply_async(
@@ -233,6 +240,10 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
              message="the ignored job to end")
     assert "the task raised Ignore (handled elsewhere)" in get_job(ignored.id, app=app)[
         "last_error"]  # before: "task ended without recording an outcome (... crash)"
+    moved = producer_task(app, "test.retry_elsewhere").apply_async()
+    with pytest.raises(InvalidJob, match="a retry stays in the job's pool 'default'"):
+        moved.get(timeout=30)  # before: no result ever stored (get() waited for ever)
+    assert "InvalidJob" in get_job(moved.id, app=app)["last_error"]  # before: "raised Ignore"
     unstorable = producer_task(app, "test.returns_set").apply_async()
     with pytest.raises(Exception, match="not JSON serializable"):
         unstorable.get(timeout=60)
