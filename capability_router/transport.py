@@ -71,7 +71,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from time import monotonic, perf_counter
 from typing import Any
@@ -178,11 +178,16 @@ def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) ->
 
 
 def _eta_ms(eta: Any) -> int:
+    """A message's ``eta`` in epoch milliseconds; a naive time is UTC, as Celery's worker
+    reads it (``maybe_make_aware``), not the publishing machine's local time."""
     if not eta:
         return 0
     if isinstance(eta, (int, float)):
         return int(eta * 1000)
-    return int(datetime.fromisoformat(str(eta)).timestamp() * 1000)
+    due = datetime.fromisoformat(str(eta))
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return int(due.timestamp() * 1000)
 
 
 class QoS(kombu_redis.QoS):

@@ -99,7 +99,7 @@ def end_cancelled_run(context: JobContext) -> Ignore:
     return Ignore(f"job {context.job_id} attempt {context.attempt} was taken away")
 
 
-def revoke_unclaimed(app: Celery, job_id: str) -> None:
+def revoke_unclaimed(app: Celery, job_id: str, namespace: str) -> None:
     """Mark a job cancelled while no run held it (pending, or waiting for a retry)
     REVOKED in Celery's result backend, as a worker's revoke would.
 
@@ -107,6 +107,11 @@ def revoke_unclaimed(app: Celery, job_id: str) -> None:
     for it; without this its AsyncResult stayed PENDING (or RETRY) and
     ``get()`` waited for ever. No task-revoked event is sent: Celery's event
     state files a task event under its sender as a worker, so Flower would
-    list this process among the workers.
+    list this process among the workers. Stored with the request its message
+    holds, as a worker would: a chord member's part is counted (the chord's
+    body fails with ``ChordError`` as Celery's revoke makes it).
     """
-    app.backend.mark_as_revoked(job_id, "cancelled")
+    from emp_tasks.stored_request import stored_request
+
+    app.backend.mark_as_revoked(job_id, "cancelled",
+                                request=stored_request(app, namespace, job_id))

@@ -4,6 +4,8 @@ Celery's backend talks to one server and writes a result with a pipelined
 SET + PUBLISH, which a cluster pipeline refuses. Here the client is a
 ``RedisCluster`` (each ``celery-task-meta-*`` key goes to its slot's master)
 and the PUBLISH, which a cluster broadcasts to every node, follows the SET.
+A group's results are read slot by slot, and a group's chord counters share a
+hash tag, so groups and chords work as on one Redis.
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ class ClusterBackend(RedisBackend):
     """``RedisBackend`` with a cluster client."""
 
     ResultConsumer = ClusterResultConsumer
+
+    def get_key_for_group(self, group_id: Any, key: str = "") -> Any:
+        """A group's keys, with its id as their hash tag: the chord script reads and
+        writes a group's counters in one call, which a cluster refuses across slots
+        (CROSSSLOT: a chord's body never ran)."""
+        return super().get_key_for_group(f"{{{group_id}}}" if group_id else group_id, key)
+
+    def mget(self, keys: list[Any]) -> list[Any]:
+        """Results of many tasks (``GroupResult.get``), read slot by slot: a cluster
+        refuses an MGET across slots."""
+        return self.client.mget_nonatomic(keys)
 
     def _create_client(self, **params: Any) -> Any:
         host, port = params.get("host") or "127.0.0.1", params.get("port") or 6379

@@ -150,7 +150,7 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     if len(reply) < 2:  # ended already (cancelled before: a repeat, or a lost reply sent again)
         return reply[0]
     if reply[0] == JobStatus.CANCELLED and not JobStatus(reply[1]).is_active:
-        revoke_unclaimed(app, job_id)  # a running job's run ends REVOKED itself
+        revoke_unclaimed(app, job_id, namespace)  # a running job's run ends REVOKED itself
     if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
         app.control.revoke(job_id, terminate=True)
     return reply[0]

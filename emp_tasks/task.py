@@ -22,7 +22,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
-from capability_router.errors import JobCancelled, ReplaceUnsupported, RetryRefused
+from capability_router.errors import InvalidJob, JobCancelled, ReplaceUnsupported, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
@@ -36,6 +36,7 @@ from emp_tasks.cancellation import (
     recorded_already,
 )
 from emp_tasks.context import JobContext, job_context
+from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
 from emp_tasks.placement import place
 from emp_tasks.progress import report_progress
@@ -53,6 +54,11 @@ JOB_OPTIONS = (
 #: requeue) rather than being counted as failed. (A refused progress report failed the
 #: run, and that FAILURE reached a result backend kept elsewhere while the job ran
 #: again and completed.)
+#: Celery's built-in tasks that run another task's function inside their own run
+#: (``task.map``, ``task.starmap``, ``task.chunks``): their job is that task's, filed
+#: under its service (as a service of their own, no worker served them).
+MAPPING_BUILTINS = ("celery.map", "celery.starmap", "celery.chunks")
+
 STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
                      redis.ReadOnlyError, *CLUSTER_REDIRECTS)
 logger = logging.getLogger(__name__)
@@ -118,6 +124,14 @@ class EmpTask(Task):
 
     # -- producer side --------------------------------------------------------
 
+    def service_of(self, kwargs: Any) -> str:
+        """The service a job of this task with ``kwargs`` is filed under: its own, or for
+        Celery's ``map``/``starmap``/``chunks`` the service of the task they run."""
+        mapped = (kwargs or {}).get("task") if self.name in MAPPING_BUILTINS else None
+        if self.service is None and isinstance(mapped, Mapping) and mapped.get("task"):
+            return job_type(self.app, str(mapped["task"])).service_name
+        return self.service_name
+
     def job_spec(self, args: Any, kwargs: Any, options: dict[str, Any]) -> JobSpec:
         """Build and validate the job spec; raises InvalidJob, sending nothing."""
         payload = dict(kwargs or {})
@@ -131,7 +145,7 @@ class EmpTask(Task):
         if "max_retries" not in fields:
             fields["max_retries"] = (MAX_RETRIES_LIMIT if self.max_retries is None
                                      else self.max_retries)
-        spec = JobSpec(service=self.service_name, payload=payload, **fields)
+        spec = JobSpec(service=self.service_of(kwargs), payload=payload, **fields)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
             spec = place(self.app, spec, self.duration_features, self.duration_fields)
             if span is not None:
@@ -311,6 +325,14 @@ class EmpTask(Task):
             if job_max is not None:
                 max_retries = int(job_max)
         if context is not None:
+            queue = options.get("queue")
+            if queue and queue != context.namespace:
+                # The record, its events and the attempt fence live in the job's pool; a
+                # retry filed in another was refused there, failing the job with no result.
+                raise InvalidJob(
+                    f"job {context.job_id}: a retry stays in the job's pool "
+                    f"{context.namespace!r}; queue={queue!r} names another (submit a new "
+                    "job to that pool instead)")
             headers = dict(options.pop("headers", None) or {})
             headers[ATTEMPT_HEADER] = context.attempt
             headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""

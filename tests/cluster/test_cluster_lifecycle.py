@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import redis
+from celery import chord, group
 from cluster_fixtures import *  # noqa: F403 - the cluster fixtures
 
 from capability_router.keys import Keys
 from conftest import wait_for
-from emp_tasks.producer import cancel, get_job, job_events, submit
+from emp_tasks.producer import cancel, get_job, job_events, services, submit
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,9 @@ def test_pools_live_on_different_masters(cluster, cclient, pools, capp) -> None:
 
 def test_one_worker_serves_two_pools_through_the_life_cycle(
         capp, cclient, pools, start_cluster_worker) -> None:
+    """Run, cancel and retry jobs of two pools, then Celery's group and chord of them:
+    before the fix ``GroupResult.get()`` raised "MGET - all keys must map to the same key
+    slot" and a chord's body never ran (its counters' script spanned slots)."""
     first, second = pools
     start_cluster_worker("w1", pools)
 
@@ -58,6 +62,13 @@ def test_one_worker_serves_two_pools_through_the_life_cycle(
 
     pending = submit("echo", {"x": 4}, pool=first, app=capp, countdown=60)
     assert cancel(pending.id, app=capp) == "cancelled"
+
+    echo = services(capp)["echo"]
+    steps = [echo.si(n=n).set(pool=pool) for n, pool in enumerate((first, second, first))]
+    assert [r["echo"] for r in group(steps).apply_async().get(timeout=30)] == [
+        {"n": 0}, {"n": 1}, {"n": 2}]
+    body = chord(steps, echo.si(n=9).set(pool=second)).apply_async()
+    assert body.get(timeout=30)["echo"] == {"n": 9}
 
 
 def test_a_killed_workers_job_returns_after_its_lease(

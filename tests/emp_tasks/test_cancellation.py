@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import requests
-from celery import Celery
-from celery.exceptions import TaskRevokedError
+from celery import Celery, chord
+from celery.exceptions import ChordError, TaskRevokedError
 from flower.events import EventsState
 
 from capability_router.keys import Keys
 from conftest import wait_for
-from emp_tasks.producer import cancel, get_job, job_events, requeue, submit
+from emp_tasks.producer import cancel, get_job, job_events, requeue, services, submit
 from webapp.api.events import CONNECTIONS_KEY
 
 
@@ -160,6 +160,23 @@ def test_cancel_of_a_job_no_run_holds_is_revoked(app, client, start_worker) -> N
     submit("echo", {"x": 2}, app=app).get(timeout=30)
     assert get_job(pending.id, app=app)["attempts"] == 0
     assert get_job(retrying.id, app=app)["status"] == "cancelled"
+
+
+
+@pytest.mark.fast
+def test_cancelling_a_chords_pending_members_fails_its_body(app) -> None:
+    """Tried: a chord of two echo jobs, both cancelled before any worker ran. Celery
+    counts a revoked member's part (its body fails with ``ChordError``); before the fix
+    the body stayed PENDING for good: ``app.AsyncResult(body_id).get()``, in a process
+    that does not hold the chord, waited for ever."""
+    echo = services(app)["echo"]
+    body = chord([echo.si(n=1), echo.si(n=2)], echo.si(n=3)).apply_async()
+    for member in body.parent.results:
+        assert cancel(member.id, app=app) == "cancelled"
+    body = app.AsyncResult(body.id)
+    assert body.state == "FAILURE"
+    assert isinstance(body.result, ChordError) and "TaskRevokedError('cancelled')" in str(
+        body.result), body.result
 
 
 def flower_task_state(base: str, task_id: str) -> str | None:

@@ -7,11 +7,13 @@ on another worker while it still ran."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from celery import chain
 
 from capability_router.errors import InvalidJob, QueueGaveUp
 from conftest import wait_for
@@ -65,6 +67,21 @@ def typed_args(self, when, ident):
 def crash(self):
     log("crash", self.request)
     os._exit(1)
+
+
+@shared_task(bind=True, name="test.errback", service="echo")
+def errback(self, failed_id):
+    redis.Redis.from_url(os.environ["EMP_REDIS_URL"]).rpush("test:errbacks", failed_id)
+
+
+@shared_task(name="test.double", service="echo")
+def double(x):
+    return 2 * x
+
+
+@shared_task(bind=True, name="test.retry_elsewhere", service="echo")
+def retry_elsewhere(self):
+    raise self.retry(countdown=0, queue="gpu")
 
 
 @shared_task(bind=True, name="test.replaced", service="echo")
@@ -165,6 +182,23 @@ def test_early_ack_task_and_solo_pool_run_a_job_longer_than_the_lease_once(
 
 
 @pytest.mark.fast
+def test_a_naive_eta_is_utc_as_celery_reads_it(app, client, monkeypatch) -> None:
+    """Tried, on a machine whose local time is New York's: ``eta=`` a naive UTC time a
+    minute ahead (Celery reads a naive eta as UTC). Before the fix the job was due at
+    that time read as New York's: five hours late."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=60)
+        job = producer_task(app, "test.plain").apply_async(eta=ahead)
+        due = client.zscore("emp:{default}:delayed", job.id)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert due is not None and abs(due / 1000 - (time.time() + 60)) < 10, due
+
+
+@pytest.mark.fast
 def test_payloads_are_json_as_celery_writes_it_and_never_nan_or_infinity(app, client) -> None:
     """Tried: arguments Celery's json serializer sends (a datetime, a UUID) were refused
     at submit ("payload must be JSON-serializable"); an infinite float was accepted and
@@ -189,7 +223,9 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
     themselves); ``self.replace(...)``, which failed with a confusing InvalidJob "already
     exists" and now says it is not supported; and a task returning a set, which Celery's
     json result backend cannot store: Celery said FAILURE while the job record said
-    ``completed``."""
+    ``completed``. And ``self.retry(queue="gpu")``, a retry into another pool: the job
+    ended failed with "the task raised Ignore (... attempt 1 was taken away)" and no
+    Celery result, so ``get()`` waited for ever; now it fails saying why."""
     start_worker("w1", **options_env)
     when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
     typed = producer_task(app, "test.typed_args").apply_async(
@@ -204,6 +240,10 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
              message="the ignored job to end")
     assert "the task raised Ignore (handled elsewhere)" in get_job(ignored.id, app=app)[
         "last_error"]  # before: "task ended without recording an outcome (... crash)"
+    moved = producer_task(app, "test.retry_elsewhere").apply_async()
+    with pytest.raises(InvalidJob, match="a retry stays in the job's pool 'default'"):
+        moved.get(timeout=30)  # before: no result ever stored (get() waited for ever)
+    assert "InvalidJob" in get_job(moved.id, app=app)["last_error"]  # before: "raised Ignore"
     unstorable = producer_task(app, "test.returns_set").apply_async()
     with pytest.raises(Exception, match="not JSON serializable"):
         unstorable.get(timeout=60)
@@ -212,15 +252,43 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
 
 
 @pytest.mark.timeout(120)
+def test_map_starmap_and_chunks_run_as_jobs_of_the_mapped_task(
+        app, start_worker, options_env) -> None:
+    """Tried: Celery's ``task.map``, ``task.starmap`` and ``task.chunks`` of a job type.
+    Before the fix their jobs were filed under Celery's built-in task names
+    (``celery.map``, ``celery.starmap``) as services, which no worker serves: pending
+    for ever, ``get()`` timed out."""
+    start_worker("w1", **options_env)
+    double = producer_task(app, "test.double")
+    mapped = double.map([1, 2]).apply_async()
+    assert mapped.get(timeout=30) == [2, 4]
+    assert get_job(mapped.id, app=app)["service_required"] == "echo"
+    assert double.starmap([(3,), (4,)]).apply_async().get(timeout=30) == [6, 8]
+    assert double.chunks([(5,), (6,), (7,)], 2).apply_async().get(timeout=30) == [[10, 12],
+                                                                                   [14]]
+
+
+@pytest.mark.timeout(120)
 def test_a_job_the_queue_gives_up_on_fails_in_the_result_backend(
         app, client: redis.Redis, start_worker, options_env) -> None:
     """Tried: a task that kills its pool process (``os._exit``) every run, with at most 2
-    attempts. Celery rejects the lost run (requeue) and stores nothing, so when the queue
-    gave up the record said failed while ``AsyncResult.get()`` waited for ever."""
+    attempts, first step of a chain with a ``link_error``. Celery rejects the lost run
+    (requeue) and stores nothing, so when the queue gave up the record said failed while
+    ``AsyncResult.get()`` waited for ever. Then the failure was stored without the job's
+    request: the chain's last step stayed PENDING (``app.AsyncResult(its id).get()``, in
+    a process that does not hold the chain, waited for ever) and the errback never ran,
+    where Celery fails the chain and calls it for a lost run."""
     start_worker("w1", EMP_MAX_ATTEMPTS="2", **options_env)
-    result = producer_task(app, "test.crash").apply_async()
+    last = chain(producer_task(app, "test.crash").s(),
+                 producer_task(app, "test.long_sleep").si(0)).apply_async(
+        link_error=producer_task(app, "test.errback").s())
+    result = last.parent
     with pytest.raises(QueueGaveUp, match="gave up after 2 attempts"):
-        result.get(timeout=60)
+        last.get(timeout=30)
+    assert app.AsyncResult(last.id).state == "FAILURE"  # not PENDING for ever
+    assert result.state == "FAILURE" and isinstance(result.result, QueueGaveUp)
+    wait_for(lambda: client.lrange("test:errbacks", 0, -1) == [result.id], timeout=30,
+             message="the chain's errback to run once with the failed job's id")
     record = get_job(result.id, app=app)
     assert record["status"] == "failed" and client.llen(f"test:runs:{result.id}") == 2
     assert client.llen("emp:{default}:gave-up") == 0  # reported, not left behind
