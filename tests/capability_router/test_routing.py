@@ -222,3 +222,37 @@ def test_pool_state_is_read_once_per_cache_period(client: redis.Redis) -> None:
         routed(router, spec(IMAGE))
     # Only the INFO call itself: twenty decisions read nothing from Redis.
     assert client.info("stats")["total_commands_processed"] - before <= 2
+
+
+def test_an_edited_pools_file_routes_the_next_submit_and_a_bad_edit_changes_nothing(
+        app, client: redis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: routing on in a running producer, then the operator edits the pools file:
+    fast's durations widen to 0-20 s (so a 10 s image job fits fast), then a typo
+    (gpu = "yes"). Before, the producer kept the file it read at its first submit for its
+    whole life: image jobs still went to standard while /api/pools (which re-reads the file)
+    showed the new ranges. Now the edit routes the next submit; the typo is refused with
+    one log line naming the field, and routing keeps the last good file."""
+    from emp_tasks import producer
+
+    for pool, worker in (("fast", "f1"), ("standard", "s1"), ("heavy", "h1")):
+        live(client, pool, worker)
+    path = tmp_path / "pools.toml"
+    path.write_text(POOLS)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+
+    def pool_of() -> str:
+        job = producer.submit("simulation", IMAGE, app=app)
+        return producer.get_job(job.id, app=app)["pool"]
+
+    assert pool_of() == "standard"
+    edited = POOLS.replace("durations_seconds = [0, 5]", "durations_seconds = [0, 20]")
+    path.write_text(edited)
+    assert pool_of() == "fast"
+    path.write_text(edited.replace("gpu = true", 'gpu = "yes"', 1))
+    with caplog.at_level("ERROR", logger="emp_tasks.placement"):
+        assert pool_of() == "fast"
+        assert pool_of() == "fast"
+    refused = [r.getMessage() for r in caplog.records if r.name == "emp_tasks.placement"]
+    assert len(refused) == 1 and "pools.standard.gpu must be true or false" in refused[0]
+    assert str(path) in refused[0]
