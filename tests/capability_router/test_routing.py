@@ -256,3 +256,29 @@ def test_an_edited_pools_file_routes_the_next_submit_and_a_bad_edit_changes_noth
     refused = [r.getMessage() for r in caplog.records if r.name == "emp_tasks.placement"]
     assert len(refused) == 1 and "pools.standard.gpu must be true or false" in refused[0]
     assert str(path) in refused[0]
+
+
+def test_jobs_in_a_pool_nobody_serves_and_the_file_does_not_name_are_listed(
+        app, client: redis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a job submitted with pool="standrd" (a typo; the same as a pool removed from the
+    file, or whose machines moved to another pool, with jobs still pending). Before, /api/pools
+    and the desired-machines gauge listed only the file's pools and those a live worker
+    serves: the job waited forever with nothing anywhere saying where. Now the pool is
+    listed, unconfigured, with its pending job and no live worker, until it holds none."""
+    from capability_router.pool_view import pools_view
+    from emp_tasks import producer
+
+    live(client, "standard", "s1")
+    path = tmp_path / "pools.toml"
+    path.write_text(POOLS)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    job = producer.submit("simulation", IMAGE, app=app, pool="standrd")
+    view = {p["name"]: p for p in pools_view(client, parse_pools(POOLS, "test-pools.toml"))}
+    assert list(view) == ["fast", "standard", "heavy", "standrd"]
+    lost = view["standrd"]
+    assert (lost["configured"], lost["workers"], lost["pending"], lost["live_workers"]) == (
+        False, [], 1, 0)
+    assert lost["unfinished_seconds"] == 10  # its predicted 10 s ask for a machine
+    assert lost["desired_machines"] == 1
+    producer.cancel(job.id, app=app)  # nothing left there: no longer listed
+    assert "standrd" not in {p["name"] for p in pools_view(client, parse_pools(POOLS))}
