@@ -14,10 +14,11 @@ The sizing, per pool:
 * ``backlog`` workers clear the pending predicted work within the wait
   target, at most one per job of that work (one 10-minute job pending does
   not ask for 60 workers).
-* desired machines = ceil((load + backlog) / workers per machine), within
-  [min, max]. Scaling down is held back: at most ``scale_down_step``
-  machines fewer than live per decision, and none while jobs wait longer
-  than the target.
+* desired machines = ceil((load + backlog) / workers per machine), at
+  least one while the pool has unfinished jobs (also jobs submitted without a
+  prediction, with routing off), within [min, max]. Scaling down is held
+  back: at most ``scale_down_step`` machines fewer than live per decision,
+  and none while jobs wait longer than the target.
 
 New machines take ``startup_seconds`` to take work: callers pass the arrival
 rate forecast for when they would arrive (the simulator applies the delay).
@@ -76,6 +77,8 @@ def desired_machines(demand: PoolDemand, policy: ScalingPolicy) -> int:
         backlog = min(backlog, max(0, demand.backlog_jobs))
     workers = load + backlog
     wanted = math.ceil(workers / policy.workers_per_machine - 1e-9)
+    if demand.backlog_jobs and wanted < 1:
+        wanted = 1  # unfinished jobs of no predicted seconds (routing off) still need one
     if wanted < demand.live_machines:
         if demand.oldest_wait_seconds > policy.wait_target_seconds:
             wanted = demand.live_machines  # still behind: release nothing

@@ -282,3 +282,20 @@ def test_jobs_in_a_pool_nobody_serves_and_the_file_does_not_name_are_listed(
     assert lost["desired_machines"] == 1
     producer.cancel(job.id, app=app)  # nothing left there: no longer listed
     assert "standrd" not in {p["name"] for p in pools_view(client, parse_pools(POOLS))}
+
+
+def test_a_pool_holding_jobs_without_a_prediction_asks_for_a_machine(
+        app, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: routing off (no EMP_POOLS_FILE, so no predicted seconds), two jobs submitted
+    to a pool with no machine. Before, /api/pools and the emp_pool_desired_machines gauge
+    KEDA reads said desired_machines 0 for it (no predicted work to clear), so a pool
+    scaled to zero never got a machine and its jobs waited forever. Now: 1."""
+    from capability_router.pool_view import pools_view
+    from emp_tasks import producer
+
+    monkeypatch.delenv("EMP_POOLS_FILE", raising=False)
+    for _ in range(2):
+        producer.submit("simulation", IMAGE, app=app, pool="standard")
+    view = {p["name"]: p for p in pools_view(client, None)}
+    assert (view["standard"]["pending"], view["standard"]["unfinished_seconds"]) == (2, 0)
+    assert (view["standard"]["live_machines"], view["standard"]["desired_machines"]) == (0, 1)
