@@ -308,7 +308,7 @@ def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
 def test_a_bad_scaling_field_is_refused_naming_it(table: str, message: str) -> None:
     text = POOLS_TEXT.replace(
         "[pools.standard.scaling]\nmin_machines = 1\nmax_machines = 50\nworkers_per_machine = 1"
-        "\nwait_target_seconds = 10\nstartup_seconds = 120",
+        "\nwait_target_seconds = 10\nstartup_seconds = 120\ntarget_utilization = 0.8",
         f"[pools.standard.scaling]\n{table}")
     assert text != POOLS_TEXT
     with pytest.raises(PoolsFileError) as caught:
