@@ -168,6 +168,21 @@ def test_a_pool_without_live_workers_is_passed_over_for_a_bigger_one(
         decision["alternatives"])
 
 
+def test_a_job_that_waits_for_a_machine_says_so_in_its_reason(client: redis.Redis) -> None:
+    """Tried: a video job (fits only heavy) while heavy, the biggest pool, has no live worker
+    (its machines moved to another pool, or scaled to zero). Before, its reason was only
+    "predicted 240 s fits heavy (30-3600 s)": the submitter saw nothing about the job
+    waiting for a machine that does not exist. Now the reason says it waits for one."""
+    live(client, "fast", "f1")
+    live(client, "standard", "s1")
+    router = Router(client, parse_pools(POOLS), cache_seconds=0)
+    decision = routed(router, spec(VIDEO))
+    assert decision["pool"] == "heavy"
+    assert decision["reason"] == (
+        "predicted 240 s fits heavy (30-3600 s); no live worker there nor in a bigger pool "
+        "that can run it: waits for one")
+
+
 def saturate_standard(client: redis.Redis) -> None:
     """standard's one worker busy, 60 s of predicted work queued: expected wait 60 s."""
     client.delete(Keys("standard").idle)
@@ -295,7 +310,7 @@ def test_a_pool_holding_jobs_without_a_prediction_asks_for_a_machine(
 
     monkeypatch.delenv("EMP_POOLS_FILE", raising=False)
     for _ in range(2):
-        producer.submit("simulation", IMAGE, app=app, pool="standard")
+        producer.submit("simulation", IMAGE, app=app, pool="batch")
     view = {p["name"]: p for p in pools_view(client, None)}
-    assert (view["standard"]["pending"], view["standard"]["unfinished_seconds"]) == (2, 0)
-    assert (view["standard"]["live_machines"], view["standard"]["desired_machines"]) == (0, 1)
+    assert (view["batch"]["pending"], view["batch"]["unfinished_seconds"]) == (2, 0)
+    assert (view["batch"]["live_machines"], view["batch"]["desired_machines"]) == (0, 1)
