@@ -55,6 +55,7 @@ with nothing to divide by (no claims, no live worker) is left out, not NaN:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -73,7 +74,7 @@ from capability_router.errors import PoolsFileError
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from capability_router.pool_view import pools_view
-from capability_router.pools import pools_file_from_env
+from capability_router.pools import POOLS_FILE_ENV, pools_file_from_env
 from emp_tasks import defaults
 from webapp.monitor.queue import queue_summary
 
@@ -307,13 +308,25 @@ class QueueCollector(Collector):
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
+#: Path -> the last version of the pools file that loaded here.
+_last_good_pools: dict[str, Any] = {}
+
+
 def _pools_file() -> Any:
-    """The pools file for the scaling policies; a broken one is logged and left out."""
+    """The pools file for the scaling policies. A broken edit is logged and the last good
+    version kept (as routing does, ``emp_tasks.placement``): default settings instead would
+    ask KEDA for more than the pool's ``max_machines`` and drop the pools no worker serves."""
+    path = os.environ.get(POOLS_FILE_ENV, "").strip()
     try:
-        return pools_file_from_env()
+        pools_file = pools_file_from_env()
     except PoolsFileError as exc:
-        logger.warning("desired machines use default scaling settings: %s", exc)
-        return None
+        last = _last_good_pools.get(path)
+        logger.warning("desired machines use %s: %s",
+                       "the last good pools file" if last else "default scaling settings", exc)
+        return last
+    if pools_file is not None:
+        _last_good_pools[path] = pools_file
+    return pools_file
 
 
 _lock = threading.Lock()
