@@ -282,7 +282,9 @@ def parse_pools(text: str, path: str = "<pools>") -> PoolsFile:
     except tomllib.TOMLDecodeError as exc:
         raise PoolsFileError(f"{path}: not valid TOML: {exc}") from None
     read.only("the file", data, {"pools", "priors", "routing"})
-    raw_pools = read.table("pools", data.get("pools"))
+    if "pools" not in data:  # an empty file, or one whose pools are all commented out
+        raise read.fail("the file", "defines no pools: add a [pools.<name>] table")
+    raw_pools = read.table("pools", data["pools"])
     if not raw_pools:
         raise read.fail("pools", "must define at least one pool ([pools.<name>])")
     pools = [_pool(read, name, raw, i + 1) for i, (name, raw) in enumerate(raw_pools.items())]
