@@ -11,30 +11,17 @@ error, naming the file and the field, once per version of the file.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from capability_router.errors import PoolsFileError
 from capability_router.jobspec import JobSpec
-from capability_router.pools import POOLS_FILE_ENV, load_pools_file
+from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from capability_router.routing import Router, SizeFields
 from emp_tasks.connection import get_client
 
-logger = logging.getLogger(__name__)
-
-#: (pid, broker, path) -> (the file's version the router was built from, or refused at; router).
-_routers: dict[tuple[int, str, str], tuple[tuple[int, ...] | None, Router]] = {}
-
-
-def _version(path: str) -> tuple[int, ...] | None:
-    """What changes when the file is edited or replaced; None when it cannot be read."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
+#: (pid, broker, path) -> (the pools file watched, the router built from its last version).
+_routers: dict[tuple[int, str, str], tuple[PoolsFileWatch, Router]] = {}
 
 
 def router_for(app: Any) -> Router | None:
@@ -47,21 +34,13 @@ def router_for(app: Any) -> Router | None:
         return None
     url = app.conf.broker_url
     key = (os.getpid(), url, path)
-    version = _version(path)
     held = _routers.get(key)
-    if held is not None and held[0] == version and version is not None:
+    watch = held[0] if held else PoolsFileWatch(path, "routing")
+    pools_file = watch.current()
+    if held is not None and held[1].pools_file is pools_file:
         return held[1]
-    try:
-        router = Router(get_client(url), load_pools_file(path))
-    except PoolsFileError as exc:
-        if held is None:
-            raise
-        if held[0] != version:  # say it once per version of the broken file
-            logger.error("pools file change refused, routing by the last good version: %s",
-                         exc)
-            _routers[key] = (version, held[1])
-        return held[1]
-    _routers[key] = (version, router)
+    router = Router(get_client(url), pools_file)
+    _routers[key] = (watch, router)
     return router
 
 

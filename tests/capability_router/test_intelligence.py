@@ -316,11 +316,32 @@ def test_the_desired_gauge_keeps_the_last_good_scaling_when_the_pools_file_break
     text = prometheus_client.generate_latest(registry).decode()
     assert 'emp_pool_desired_machines{pool="standard"} 3.0' in text
     path.write_text(SCALED.replace("max_machines = 3", 'max_machines = "three"'))
-    with caplog.at_level("WARNING", logger="webapp.monitor.metrics"):
+    with caplog.at_level("WARNING", logger="capability_router.pools"):
         text = prometheus_client.generate_latest(registry).decode()
     assert 'emp_pool_desired_machines{pool="standard"} 3.0' in text
     assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
     assert "pools.standard.scaling.max_machines must be an integer" in caplog.text
+
+
+def test_the_leader_applies_an_edited_pools_file_without_a_restart(
+        client: redis.Redis, tmp_path: Path) -> None:
+    """Tried: emp intelligence leading, standard holding six 10 s jobs with max_machines = 3,
+    then the operator lowers max_machines to 2 in the pools file. Before, the leader kept
+    the file it read at its start: it wrote desired 3 to emp:{standard}:desired (the Pools
+    page's machines chart) while /api/pools, re-reading the file, said 2."""
+    from capability_router.pools import PoolsFileWatch
+
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    watch = PoolsFileWatch(path)
+    service = IntelligenceService(client, watch.current(), IntelligenceSettings(instance="t"),
+                                  watch)
+    assert service.step() and client.get(Keys("standard").desired) == "3"
+    path.write_text(SCALED.replace("max_machines = 3", "max_machines = 2"))
+    assert service.step() and client.get(Keys("standard").desired) == "2"
 
 
 @pytest.mark.parametrize(("table", "message"), [

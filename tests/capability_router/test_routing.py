@@ -265,12 +265,12 @@ def test_an_edited_pools_file_routes_the_next_submit_and_a_bad_edit_changes_noth
     path.write_text(edited)
     assert pool_of() == "fast"
     path.write_text(edited.replace("gpu = true", 'gpu = "yes"', 1))
-    with caplog.at_level("ERROR", logger="emp_tasks.placement"):
+    with caplog.at_level("ERROR", logger="capability_router.pools"):
         assert pool_of() == "fast"
         assert pool_of() == "fast"
-    refused = [r.getMessage() for r in caplog.records if r.name == "emp_tasks.placement"]
+    refused = [r.getMessage() for r in caplog.records if r.name == "capability_router.pools"]
     assert len(refused) == 1 and "pools.standard.gpu must be true or false" in refused[0]
-    assert str(path) in refused[0]
+    assert str(path) in refused[0] and "routing keeps the last good version" in refused[0]
 
 
 def test_jobs_in_a_pool_nobody_serves_and_the_file_does_not_name_are_listed(

@@ -74,7 +74,7 @@ from capability_router.errors import PoolsFileError
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from capability_router.pool_view import pools_view
-from capability_router.pools import POOLS_FILE_ENV, pools_file_from_env
+from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
 from webapp.monitor.queue import queue_summary
 
@@ -308,25 +308,24 @@ class QueueCollector(Collector):
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
-#: Path -> the last version of the pools file that loaded here.
-_last_good_pools: dict[str, Any] = {}
+#: Path -> the pools file watched for the scaling policies.
+_pools_watches: dict[str, PoolsFileWatch] = {}
 
 
 def _pools_file() -> Any:
-    """The pools file for the scaling policies. A broken edit is logged and the last good
-    version kept (as routing does, ``emp_tasks.placement``): default settings instead would
-    ask KEDA for more than the pool's ``max_machines`` and drop the pools no worker serves."""
+    """The pools file for the scaling policies. A broken edit keeps the last good version
+    (logged by the watch, as routing does): default settings instead would ask KEDA for more
+    than the pool's ``max_machines`` and drop the pools no worker serves. Broken from the
+    start: logged, and default settings."""
     path = os.environ.get(POOLS_FILE_ENV, "").strip()
+    if not path:
+        return None
+    watch = _pools_watches.setdefault(path, PoolsFileWatch(path, "emp_pool_desired_machines"))
     try:
-        pools_file = pools_file_from_env()
+        return watch.current()
     except PoolsFileError as exc:
-        last = _last_good_pools.get(path)
-        logger.warning("desired machines use %s: %s",
-                       "the last good pools file" if last else "default scaling settings", exc)
-        return last
-    if pools_file is not None:
-        _last_good_pools[path] = pools_file
-    return pools_file
+        logger.warning("desired machines use default scaling settings: %s", exc)
+        return None
 
 
 _lock = threading.Lock()
