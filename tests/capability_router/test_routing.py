@@ -4,6 +4,7 @@ warm models, live capacity and spill-over, read from the pools' live state."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -314,3 +315,21 @@ def test_a_pool_holding_jobs_without_a_prediction_asks_for_a_machine(
     view = {p["name"]: p for p in pools_view(client, None)}
     assert (view["batch"]["pending"], view["batch"]["unfinished_seconds"]) == (2, 0)
     assert (view["batch"]["live_machines"], view["batch"]["desired_machines"]) == (0, 1)
+
+
+def test_a_job_no_worker_can_run_does_not_hold_the_pool_at_its_peak(
+        client: redis.Redis) -> None:
+    """Tried: standard drained to three idle machines but one job pending there for a
+    minute that none of them can run (its requirements match no worker). Before, the
+    scaler's "jobs wait longer than the target: release nothing" held desired_machines at
+    3 for as long as that job sat there, though every worker idled. Now it steps down (3 -> 2:
+    one machine per decision, the job's own backlog still asking for one)."""
+    from capability_router.pool_view import pools_view
+
+    for worker in ("s1", "s2", "s3"):
+        live(client, "standard", worker)
+    client.hset(Keys("standard").load, "unfinished_ms", 10_000)
+    client.zadd(Keys("standard").status_index("pending"), {"stuck": time.time() * 1000 - 60_000})
+    standard = {p["name"]: p for p in pools_view(client, parse_pools(POOLS))}["standard"]
+    assert (standard["live_machines"], standard["idle_workers"], standard["pending"]) == (3, 3, 1)
+    assert standard["desired_machines"] == 2
