@@ -26,8 +26,10 @@ seconds of its unfinished jobs (``P.."load"``) per live worker
 reused for ``CACHE_SECONDS``, so most submits make no extra Redis call.
 
 The decision is stored on the job as ``routing`` (JSON: pool,
-predicted_seconds, reason, alternatives), with ``predicted_ms``,
-``duration_key`` and ``work_units`` for the duration model and the pool's load.
+predicted_seconds, predicted_from ("prior": the pools file's guess, nothing
+learnt yet; "learned") and learned_runs, reason, alternatives), with
+``predicted_ms``, ``duration_key`` and ``work_units`` for the duration model
+and the pool's load.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class Decision:
     def as_json(self) -> dict[str, Any]:
         """The ``routing`` field of the job record."""
         return {"pool": self.pool, "predicted_seconds": round(self.estimate.seconds, 3),
+                "predicted_from": self.estimate.source, "learned_runs": self.estimate.runs,
                 "reason": self.reason, "alternatives": self.alternatives}
 
     def record_fields(self) -> dict[str, str]:
