@@ -1,7 +1,7 @@
 """What the pools look like now: the pools file beside each pool's live state.
 
 Read by ``/api/pools`` and the monitor; it decides nothing. A pool is listed
-when the pools file names it or a live worker serves it. Its
+when the pools file names it, a live worker serves it, or it holds unfinished jobs. Its
 ``desired_machines`` is the scaler's answer for it now
 (``capability_router.prediction.elastic``).
 """
@@ -47,10 +47,13 @@ def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]
     configured = dict(pools_file.pools) if pools_file else {}
     names = list(configured) + sorted(
         {*workers, *known_namespaces(client)} - set(configured))
-    names = [n for n in names if n in configured or n in workers]
     loads = read_loads(client, names)
     policies = {name: pool.scaling for name, pool in configured.items()}
     states = read_states(client, {n: loads[n][0] for n in names}, workers, policies)
+    # A pool the file does not name and no live worker serves is still listed while it holds
+    # unfinished jobs (one removed from the file, a typo in a job's pool, machines moved
+    # elsewhere): else those jobs would wait with nothing saying where.
+    names = [n for n in names if n in configured or n in workers or states[n].backlog_jobs]
     view = []
     for name in names:
         load, pending = loads[name]

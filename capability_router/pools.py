@@ -10,6 +10,7 @@ the file and the field, and a bad file is refused whole.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
@@ -20,6 +21,8 @@ from typing import Any
 from capability_router.errors import PoolsFileError
 from capability_router.keys import check_namespace
 from capability_router.prediction.scaler import ScalingPolicy
+
+logger = logging.getLogger(__name__)
 
 #: Environment variable naming the pools file; unset, routing is off.
 POOLS_FILE_ENV = "EMP_POOLS_FILE"
@@ -282,7 +285,9 @@ def parse_pools(text: str, path: str = "<pools>") -> PoolsFile:
     except tomllib.TOMLDecodeError as exc:
         raise PoolsFileError(f"{path}: not valid TOML: {exc}") from None
     read.only("the file", data, {"pools", "priors", "routing"})
-    raw_pools = read.table("pools", data.get("pools"))
+    if "pools" not in data:  # an empty file, or one whose pools are all commented out
+        raise read.fail("the file", "defines no pools: add a [pools.<name>] table")
+    raw_pools = read.table("pools", data["pools"])
     if not raw_pools:
         raise read.fail("pools", "must define at least one pool ([pools.<name>])")
     pools = [_pool(read, name, raw, i + 1) for i, (name, raw) in enumerate(raw_pools.items())]
@@ -320,3 +325,48 @@ def pools_file_from_env() -> PoolsFile | None:
     """The file ``EMP_POOLS_FILE`` names, loaded; None when it is unset (routing off)."""
     path = os.environ.get(POOLS_FILE_ENV, "").strip()
     return load_pools_file(path) if path else None
+
+
+def _file_version(path: str) -> tuple[int, ...] | None:
+    """What changes when the file is edited or replaced; None when it cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
+
+
+class PoolsFileWatch:
+    """A pools file that is re-read when it changes, for long-running processes.
+
+    An edit that does not load (a bad field, the file gone) changes nothing: the
+    last good version stays in force and the error, naming the file and the
+    field, is logged once per version of the file. Only when no version ever
+    loaded does ``current`` raise PoolsFileError.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "the pools file") -> None:
+        self.path = str(path)
+        #: Who keeps the last good version, for the log line ("routing", ...).
+        self.what = what
+        self._version: tuple[int, ...] | None = None
+        self._good: PoolsFile | None = None
+        self._refused: tuple[int, ...] | None | bool = False
+
+    def current(self) -> PoolsFile:
+        """The file as last loaded good; re-read first when it changed."""
+        version = _file_version(self.path)
+        if self._good is not None and version is not None and version == self._version:
+            return self._good
+        try:
+            loaded = load_pools_file(self.path)
+        except PoolsFileError as exc:
+            if self._good is None:
+                raise
+            if self._refused != version:
+                logger.error("pools file change refused, %s keeps the last good version: %s",
+                             self.what, exc)
+                self._refused = version
+            return self._good
+        self._version, self._good, self._refused = version, loaded, False
+        return loaded

@@ -13,7 +13,8 @@ In order (each step only among pools that can run the job):
    warm (a live worker has them in GPU memory, ``P.."warm:"..model``, or the
    pool pre-loads them) is preferred; else the smallest.
 4. **Live capacity.** A pool without a live worker is passed over for the
-   nearest bigger one that has some (when none has, the job waits where it fits).
+   nearest bigger one that has some (when none has, the job waits where it fits,
+   and its reason says so).
 5. **Spill-over.** When the chosen pool is saturated (expected wait above
    ``[routing] spill_wait_seconds``) and a bigger pool that can run the job
    has an idle worker, the job goes to the nearest such pool. Never to a pool
@@ -25,8 +26,10 @@ seconds of its unfinished jobs (``P.."load"``) per live worker
 reused for ``CACHE_SECONDS``, so most submits make no extra Redis call.
 
 The decision is stored on the job as ``routing`` (JSON: pool,
-predicted_seconds, reason, alternatives), with ``predicted_ms``,
-``duration_key`` and ``work_units`` for the duration model and the pool's load.
+predicted_seconds, predicted_from ("prior": the pools file's guess, nothing
+learnt yet; "learned") and learned_runs, reason, alternatives), with
+``predicted_ms``, ``duration_key`` and ``work_units`` for the duration model
+and the pool's load.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Decision:
     def as_json(self) -> dict[str, Any]:
         """The ``routing`` field of the job record."""
         return {"pool": self.pool, "predicted_seconds": round(self.estimate.seconds, 3),
+                "predicted_from": self.estimate.source, "learned_runs": self.estimate.runs,
                 "reason": self.reason, "alternatives": self.alternatives}
 
     def record_fields(self) -> dict[str, str]:
@@ -259,6 +263,9 @@ class Router:
                 notes[chosen.name] = "no live worker"
                 reason = f"{chosen.name} has no live worker ({reason}); nearest bigger pool"
                 chosen = bigger[0]
+            else:  # the job waits for a machine of this pool: say so, or nothing would
+                reason += ("; no live worker there nor in a bigger pool that can run it: "
+                           "waits for one")
         spill = self.pools_file.routing.spill_wait_seconds
         wait = loads[chosen.name].wait_seconds
         if wait > spill and math.isfinite(wait):

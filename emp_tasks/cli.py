@@ -66,6 +66,25 @@ def _worker_start_errors() -> tuple[type[BaseException], ...]:
 WORKER_START_ERRORS = _worker_start_errors()
 
 
+def _warn_unknown_pools(worker_id: str, pools: list[str]) -> None:
+    """Warn when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it serves:
+    the router files no job there, so only jobs that name that pool would ever reach it."""
+    from capability_router.errors import PoolsFileError
+    from capability_router.pools import pools_file_from_env
+
+    try:
+        pools_file = pools_file_from_env()
+    except PoolsFileError as exc:
+        click.echo(f"worker {worker_id}: warning: EMP_POOLS_FILE: {exc}", err=True)
+        return
+    unknown = [p for p in pools if pools_file is not None and p not in pools_file.pools]
+    if unknown:
+        click.echo(f"worker {worker_id}: warning: pool(s) {', '.join(unknown)} not in the "
+                   f"pools file {pools_file.path} (it has {', '.join(pools_file.pools)}): the "
+                   "router files no job there, only jobs that name the pool reach this worker",
+                   err=True)
+
+
 def _start_refusal(exc: BaseException) -> str:
     """Why Redis stopped a worker's start, in words."""
     import redis
@@ -169,6 +188,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(f"{exc} (-Q, WORKER_POOLS or MACHINE_POOL)") from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
+    _warn_unknown_pools(profile.worker_id, pool_list)
     try:
         run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel,
                    extra_args=["-P", worker_pool] if worker_pool else None)

@@ -8,11 +8,12 @@ gives the leader lease up, so a standby instance leads at its next tick.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
 
-from capability_router.pools import pools_file_from_env
+from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from capability_router.prediction.service import IntelligenceService, IntelligenceSettings
 from emp_tasks.connection import get_client
 
@@ -24,10 +25,13 @@ def run_intelligence(redis_url: str, interval_seconds: float | None = None,
     """Build the service from the environment (EmpError names a bad setting) and run it."""
     settings = IntelligenceSettings.from_env(interval_seconds=interval_seconds,
                                              lease_seconds=lease_seconds, instance=instance)
-    pools_file = pools_file_from_env()  # PoolsFileError: refused before anything runs
+    path = os.environ.get(POOLS_FILE_ENV, "").strip()
+    # Re-read at each tick it changed; PoolsFileError here: refused before anything runs.
+    watch = PoolsFileWatch(path, "emp intelligence") if path else None
+    pools_file = watch.current() if watch else None
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    service = IntelligenceService(get_client(redis_url), pools_file, settings)
+    service = IntelligenceService(get_client(redis_url), pools_file, settings, watch)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -16,7 +16,7 @@ inputs from Redis, so ``/api/pools``, the monitor's Prometheus gauge
 * live machines: distinct ``machine_id`` of the pool's live workers (workers
   that name none count ``workers_per_machine`` to a machine);
 * the oldest wait: age of the pool's oldest pending job (scale-down is held
-  while it exceeds the wait target).
+  while it exceeds the wait target and no worker of the pool is idle).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class PoolState:
             arrival_rate=self.forecast.arrival_rate,
             mean_job_seconds=self.forecast.mean_job_seconds,
             live_machines=self.live_machines, oldest_wait_seconds=self.oldest_wait_seconds,
-            backlog_jobs=self.backlog_jobs)
+            backlog_jobs=self.backlog_jobs, idle_workers=self.load.idle)
 
 
 def count_machines(worker_records: Iterable[Mapping[str, Any]], workers_per_machine: int) -> int:

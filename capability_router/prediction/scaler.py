@@ -14,10 +14,13 @@ The sizing, per pool:
 * ``backlog`` workers clear the pending predicted work within the wait
   target, at most one per job of that work (one 10-minute job pending does
   not ask for 60 workers).
-* desired machines = ceil((load + backlog) / workers per machine), within
-  [min, max]. Scaling down is held back: at most ``scale_down_step``
-  machines fewer than live per decision, and none while jobs wait longer
-  than the target.
+* desired machines = ceil((load + backlog) / workers per machine), at
+  least one while the pool has unfinished jobs (also jobs submitted without a
+  prediction, with routing off), within [min, max]. Scaling down is held
+  back: at most ``scale_down_step`` machines fewer than live per decision,
+  and none while jobs wait longer than the target with no worker idle (a job
+  that waits while workers idle is one they cannot run: it must not hold
+  the pool at its peak forever).
 
 New machines take ``startup_seconds`` to take work: callers pass the arrival
 rate forecast for when they would arrive (the simulator applies the delay).
@@ -46,6 +49,9 @@ class PoolDemand:
     #: Jobs that ``pending_seconds`` belongs to (None: unknown). One job uses one worker:
     #: the backlog never asks for more workers than this, however long the jobs are.
     backlog_jobs: int | None = None
+    #: Workers idle now (their last claim found nothing). A job that waits while workers
+    #: idle is one they cannot run: more machines like them would not run it either.
+    idle_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,10 @@ def desired_machines(demand: PoolDemand, policy: ScalingPolicy) -> int:
         backlog = min(backlog, max(0, demand.backlog_jobs))
     workers = load + backlog
     wanted = math.ceil(workers / policy.workers_per_machine - 1e-9)
+    if demand.backlog_jobs and wanted < 1:
+        wanted = 1  # unfinished jobs of no predicted seconds (routing off) still need one
     if wanted < demand.live_machines:
-        if demand.oldest_wait_seconds > policy.wait_target_seconds:
+        if demand.oldest_wait_seconds > policy.wait_target_seconds and not demand.idle_workers:
             wanted = demand.live_machines  # still behind: release nothing
         else:
             wanted = max(wanted, demand.live_machines - max(1, policy.scale_down_step))

@@ -49,7 +49,7 @@ from typing import Any
 from capability_router.errors import EmpError
 from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys, idle_workers, known_namespaces
 from capability_router.pool_view import read_loads
-from capability_router.pools import PoolsFile
+from capability_router.pools import PoolsFile, PoolsFileWatch
 from capability_router.prediction.directives import EVICT, publish
 from capability_router.prediction.elastic import (
     PoolForecast,
@@ -151,12 +151,16 @@ class IntelligenceService:
     :param pools_file: the pools (names, order, preloads, scaling); None: the
         pools workers and producers used, default settings.
     :param settings: tunables.
+    :param pools_watch: when given, the pools file is taken from it at each tick, so
+        an edit applies without a restart (a bad edit keeps the last good version).
     """
 
     def __init__(self, client: Any, pools_file: PoolsFile | None,
-                 settings: IntelligenceSettings | None = None) -> None:
+                 settings: IntelligenceSettings | None = None,
+                 pools_watch: PoolsFileWatch | None = None) -> None:
         self.client = client
         self.pools_file = pools_file
+        self.pools_watch = pools_watch
         self.settings = settings or IntelligenceSettings()
         instance = self.settings.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.lease = Lease(client, INTELLIGENCE_LEADER_KEY, instance,
@@ -204,6 +208,8 @@ class IntelligenceService:
             logger.info("intelligence: %s leads", self.lease.token)
             self.leading = True
             self._start_leading()
+        if self.pools_watch is not None:
+            self.pools_file = self.pools_watch.current()
         pools = self.pool_names()
         self.read_arrivals(pools, now)
         self.place(pools, now)

@@ -295,6 +295,55 @@ def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
     assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
 
 
+def test_the_desired_gauge_keeps_the_last_good_scaling_when_the_pools_file_breaks(
+        client: redis.Redis, redis_server, tmp_path: Path, monkeypatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: the monitor scraped by Prometheus (KEDA's trigger), standard holding 60 s of
+    predicted work in six jobs with max_machines = 3, then an edit of the pools file with a
+    typo (max_machines = "three"). Before, the next scrape fell back to default scaling:
+    emp_pool_desired_machines{pool="standard"} jumped from 3 to 6 (max 50) and the gauges of
+    the pools no worker serves vanished. Now the last good file is kept, and logged."""
+    from webapp.monitor.metrics import QueueCollector
+
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(QueueCollector(redis_server.url))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'emp_pool_desired_machines{pool="standard"} 3.0' in text
+    path.write_text(SCALED.replace("max_machines = 3", 'max_machines = "three"'))
+    with caplog.at_level("WARNING", logger="capability_router.pools"):
+        text = prometheus_client.generate_latest(registry).decode()
+    assert 'emp_pool_desired_machines{pool="standard"} 3.0' in text
+    assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
+    assert "pools.standard.scaling.max_machines must be an integer" in caplog.text
+
+
+def test_the_leader_applies_an_edited_pools_file_without_a_restart(
+        client: redis.Redis, tmp_path: Path) -> None:
+    """Tried: emp intelligence leading, standard holding six 10 s jobs with max_machines = 3,
+    then the operator lowers max_machines to 2 in the pools file. Before, the leader kept
+    the file it read at its start: it wrote desired 3 to emp:{standard}:desired (the Pools
+    page's machines chart) while /api/pools, re-reading the file, said 2."""
+    from capability_router.pools import PoolsFileWatch
+
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    watch = PoolsFileWatch(path)
+    service = IntelligenceService(client, watch.current(), IntelligenceSettings(instance="t"),
+                                  watch)
+    assert service.step() and client.get(Keys("standard").desired) == "3"
+    path.write_text(SCALED.replace("max_machines = 3", "max_machines = 2"))
+    assert service.step() and client.get(Keys("standard").desired) == "2"
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ("max_machines = -1", "pools.standard.scaling.max_machines must be >= 0, got -1"),
     ("workers_per_machine = 0", "pools.standard.scaling.workers_per_machine must be >= 1"),
@@ -308,7 +357,7 @@ def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
 def test_a_bad_scaling_field_is_refused_naming_it(table: str, message: str) -> None:
     text = POOLS_TEXT.replace(
         "[pools.standard.scaling]\nmin_machines = 1\nmax_machines = 50\nworkers_per_machine = 1"
-        "\nwait_target_seconds = 10\nstartup_seconds = 120",
+        "\nwait_target_seconds = 10\nstartup_seconds = 120\ntarget_utilization = 0.8",
         f"[pools.standard.scaling]\n{table}")
     assert text != POOLS_TEXT
     with pytest.raises(PoolsFileError) as caught:

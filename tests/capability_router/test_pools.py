@@ -114,8 +114,15 @@ def test_a_bad_file_is_refused_naming_the_field(change: tuple[str, str], message
 
 
 def test_no_pools_and_bad_toml_are_refused() -> None:
-    with pytest.raises(PoolsFileError, match="pools must be a table"):
-        parse_pools("[priors]\n", "x.toml")
+    """An empty file (or one of only comments or priors) said "pools must be a table, got
+    NoneType", naming a Python type instead of what is missing."""
+    for text in ("", "# every pool commented out\n", "[priors]\n"):
+        with pytest.raises(PoolsFileError) as refused:
+            parse_pools(text, "x.toml")
+        assert str(refused.value) == (
+            "x.toml: the file defines no pools: add a [pools.<name>] table")
+    with pytest.raises(PoolsFileError, match="pools must be a table, got int"):
+        parse_pools("pools = 3\n", "x.toml")
     with pytest.raises(PoolsFileError, match="x.toml: not valid TOML"):
         parse_pools("[pools.fast\n", "x.toml")
 

@@ -4,6 +4,8 @@ warm models, live capacity and spill-over, read from the pools' live state."""
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import pytest
 import redis
@@ -168,6 +170,21 @@ def test_a_pool_without_live_workers_is_passed_over_for_a_bigger_one(
         decision["alternatives"])
 
 
+def test_a_job_that_waits_for_a_machine_says_so_in_its_reason(client: redis.Redis) -> None:
+    """Tried: a video job (fits only heavy) while heavy, the biggest pool, has no live worker
+    (its machines moved to another pool, or scaled to zero). Before, its reason was only
+    "predicted 240 s fits heavy (30-3600 s)": the submitter saw nothing about the job
+    waiting for a machine that does not exist. Now the reason says it waits for one."""
+    live(client, "fast", "f1")
+    live(client, "standard", "s1")
+    router = Router(client, parse_pools(POOLS), cache_seconds=0)
+    decision = routed(router, spec(VIDEO))
+    assert decision["pool"] == "heavy"
+    assert decision["reason"] == (
+        "predicted 240 s fits heavy (30-3600 s); no live worker there nor in a bigger pool "
+        "that can run it: waits for one")
+
+
 def saturate_standard(client: redis.Redis) -> None:
     """standard's one worker busy, 60 s of predicted work queued: expected wait 60 s."""
     client.delete(Keys("standard").idle)
@@ -222,3 +239,114 @@ def test_pool_state_is_read_once_per_cache_period(client: redis.Redis) -> None:
         routed(router, spec(IMAGE))
     # Only the INFO call itself: twenty decisions read nothing from Redis.
     assert client.info("stats")["total_commands_processed"] - before <= 2
+
+
+def test_an_edited_pools_file_routes_the_next_submit_and_a_bad_edit_changes_nothing(
+        app, client: redis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: routing on in a running producer, then the operator edits the pools file:
+    fast's durations widen to 0-20 s (so a 10 s image job fits fast), then a typo
+    (gpu = "yes"). Before, the producer kept the file it read at its first submit for its
+    whole life: image jobs still went to standard while /api/pools (which re-reads the file)
+    showed the new ranges. Now the edit routes the next submit; the typo is refused with
+    one log line naming the field, and routing keeps the last good file."""
+    from emp_tasks import producer
+
+    for pool, worker in (("fast", "f1"), ("standard", "s1"), ("heavy", "h1")):
+        live(client, pool, worker)
+    path = tmp_path / "pools.toml"
+    path.write_text(POOLS)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+
+    def pool_of() -> str:
+        job = producer.submit("simulation", IMAGE, app=app)
+        return producer.get_job(job.id, app=app)["pool"]
+
+    assert pool_of() == "standard"
+    edited = POOLS.replace("durations_seconds = [0, 5]", "durations_seconds = [0, 20]")
+    path.write_text(edited)
+    assert pool_of() == "fast"
+    path.write_text(edited.replace("gpu = true", 'gpu = "yes"', 1))
+    with caplog.at_level("ERROR", logger="capability_router.pools"):
+        assert pool_of() == "fast"
+        assert pool_of() == "fast"
+    refused = [r.getMessage() for r in caplog.records if r.name == "capability_router.pools"]
+    assert len(refused) == 1 and "pools.standard.gpu must be true or false" in refused[0]
+    assert str(path) in refused[0] and "routing keeps the last good version" in refused[0]
+
+
+def test_jobs_in_a_pool_nobody_serves_and_the_file_does_not_name_are_listed(
+        app, client: redis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a job submitted with pool="standrd" (a typo; the same as a pool removed from the
+    file, or whose machines moved to another pool, with jobs still pending). Before, /api/pools
+    and the desired-machines gauge listed only the file's pools and those a live worker
+    serves: the job waited forever with nothing anywhere saying where. Now the pool is
+    listed, unconfigured, with its pending job and no live worker, until it holds none."""
+    from capability_router.pool_view import pools_view
+    from emp_tasks import producer
+
+    live(client, "standard", "s1")
+    path = tmp_path / "pools.toml"
+    path.write_text(POOLS)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    job = producer.submit("simulation", IMAGE, app=app, pool="standrd")
+    view = {p["name"]: p for p in pools_view(client, parse_pools(POOLS, "test-pools.toml"))}
+    assert list(view) == ["fast", "standard", "heavy", "standrd"]
+    lost = view["standrd"]
+    assert (lost["configured"], lost["workers"], lost["pending"], lost["live_workers"]) == (
+        False, [], 1, 0)
+    assert lost["unfinished_seconds"] == 10  # its predicted 10 s ask for a machine
+    assert lost["desired_machines"] == 1
+    producer.cancel(job.id, app=app)  # nothing left there: no longer listed
+    assert "standrd" not in {p["name"] for p in pools_view(client, parse_pools(POOLS))}
+
+
+def test_a_pool_holding_jobs_without_a_prediction_asks_for_a_machine(
+        app, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: routing off (no EMP_POOLS_FILE, so no predicted seconds), two jobs submitted
+    to a pool with no machine. Before, /api/pools and the emp_pool_desired_machines gauge
+    KEDA reads said desired_machines 0 for it (no predicted work to clear), so a pool
+    scaled to zero never got a machine and its jobs waited forever. Now: 1."""
+    from capability_router.pool_view import pools_view
+    from emp_tasks import producer
+
+    monkeypatch.delenv("EMP_POOLS_FILE", raising=False)
+    for _ in range(2):
+        producer.submit("simulation", IMAGE, app=app, pool="batch")
+    view = {p["name"]: p for p in pools_view(client, None)}
+    assert (view["batch"]["pending"], view["batch"]["unfinished_seconds"]) == (2, 0)
+    assert (view["batch"]["live_machines"], view["batch"]["desired_machines"]) == (0, 1)
+
+
+def test_a_job_no_worker_can_run_does_not_hold_the_pool_at_its_peak(
+        client: redis.Redis) -> None:
+    """Tried: standard drained to three idle machines but one job pending there for a
+    minute that none of them can run (its requirements match no worker). Before, the
+    scaler's "jobs wait longer than the target: release nothing" held desired_machines at
+    3 for as long as that job sat there, though every worker idled. Now it steps down (3 -> 2:
+    one machine per decision, the job's own backlog still asking for one)."""
+    from capability_router.pool_view import pools_view
+
+    for worker in ("s1", "s2", "s3"):
+        live(client, "standard", worker)
+    client.hset(Keys("standard").load, "unfinished_ms", 10_000)
+    client.zadd(Keys("standard").status_index("pending"), {"stuck": time.time() * 1000 - 60_000})
+    standard = {p["name"]: p for p in pools_view(client, parse_pools(POOLS))}["standard"]
+    assert (standard["live_machines"], standard["idle_workers"], standard["pending"]) == (3, 3, 1)
+    assert standard["desired_machines"] == 2
+
+
+def test_the_decision_says_whether_its_prediction_is_the_prior_or_learnt(
+        router: Router, client: redis.Redis) -> None:
+    """Tried: the first image job of its kind (nothing learnt), then the same after 12
+    runs were learnt in standard at 0.25 s a unit. Before, both decisions read the same
+    ("predicted 10 s fits standard"): nothing told the operator the first was only the pools
+    file's prior guess. Now routing carries predicted_from and learned_runs."""
+    first = spec(IMAGE)
+    decision = routed(router, first)
+    assert (decision["predicted_from"], decision["learned_runs"]) == ("prior", 0)
+    key = first.record_fields()["duration_key"]
+    client.hset(Keys("standard").durations, key, f"{math.log(0.25)},12")
+    decision = routed(router, spec(IMAGE))
+    assert (decision["predicted_from"], decision["learned_runs"]) == ("learned", 12)
+    assert decision["predicted_seconds"] == 5

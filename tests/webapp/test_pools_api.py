@@ -24,7 +24,12 @@ def test_api_pools_lists_the_file_with_live_workers_pending_and_wait(
         client, start_server, start_worker, pools_path: Path) -> None:
     api = Api(start_server("api", EMP_POOLS_FILE=str(pools_path)).base)
     start_worker("w-standard", wait=False, WORKER_POOLS="standard").wait_ready("standard")
-    start_worker("w-other", wait=False, WORKER_POOLS="default").wait_ready("default")
+    # A worker in a pool the file does not name says so at its start (before: nothing did;
+    # the router never files a job there).
+    other = start_worker("w-other", wait=False, WORKER_POOLS="default",
+                         EMP_POOLS_FILE=str(pools_path)).wait_ready("default")
+    assert ("w-other: warning: pool(s) default not in the pools file "
+            f"{pools_path} (it has fast, standard, heavy)") in other.log_path.read_text()
     # Routed over REST: an image job goes to standard; the decision is on the job.
     job_id = api.submit(service_required="simulation", payload={**IMAGE, "duration": 2})
     record = api.job(job_id)

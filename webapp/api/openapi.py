@@ -186,6 +186,11 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                     "properties": {
                         "pool": {"type": "string"},
                         "predicted_seconds": {"type": "number"},
+                        "predicted_from": {"type": "string", "enum": ["prior", "learned"],
+                                           "description": (
+                            "prior: the pools file's [priors] guess (no run of this kind "
+                            "completed yet); learned: from learned_runs completed runs.")},
+                        "learned_runs": {"type": "integer"},
                         "reason": {"type": "string"},
                         "alternatives": {"type": "array", "items": {
                             "type": "object", "properties": {

@@ -55,6 +55,7 @@ with nothing to divide by (no claims, no live worker) is left out, not NaN:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -73,7 +74,7 @@ from capability_router.errors import PoolsFileError
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from capability_router.pool_view import pools_view
-from capability_router.pools import pools_file_from_env
+from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
 from webapp.monitor.queue import queue_summary
 
@@ -307,10 +308,21 @@ class QueueCollector(Collector):
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
+#: Path -> the pools file watched for the scaling policies.
+_pools_watches: dict[str, PoolsFileWatch] = {}
+
+
 def _pools_file() -> Any:
-    """The pools file for the scaling policies; a broken one is logged and left out."""
+    """The pools file for the scaling policies. A broken edit keeps the last good version
+    (logged by the watch, as routing does): default settings instead would ask KEDA for more
+    than the pool's ``max_machines`` and drop the pools no worker serves. Broken from the
+    start: logged, and default settings."""
+    path = os.environ.get(POOLS_FILE_ENV, "").strip()
+    if not path:
+        return None
+    watch = _pools_watches.setdefault(path, PoolsFileWatch(path, "emp_pool_desired_machines"))
     try:
-        return pools_file_from_env()
+        return watch.current()
     except PoolsFileError as exc:
         logger.warning("desired machines use default scaling settings: %s", exc)
         return None
