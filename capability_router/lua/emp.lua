@@ -224,8 +224,14 @@ local function emit_workflow(P, cfg, id, event, f, now)
     name = 'workflow_failed'
   end
   if name then
+    -- HMGET gives false for a missing field: a job with no customer has no customer_id
+    -- in its milestones (false would reach clients as a boolean).
+    local customer = f[4]
+    if not customer or customer == '' then
+      customer = nil
+    end
     emit(P, cfg, id, name, {workflow_id = wf, current_step = step, total_steps = total,
-      customer_id = f[4]}, now)
+      customer_id = customer}, now)
   end
 end
 

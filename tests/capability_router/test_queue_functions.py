@@ -266,6 +266,31 @@ def test_workflow_milestones_are_events(queue: QueueFunctions) -> None:
                             ("workflow_submitted", "wf2"), ("workflow_failed", "wf2")]
 
 
+def test_workflow_milestones_name_the_customer_only_when_the_job_has_one(
+        queue: QueueFunctions) -> None:
+    """Tried: a workflow step submitted with no customer_id, and one with a customer, each
+    run to its end. Before, the customer-less workflow's workflow_submitted and
+    workflow_completed events (client sockets, monitors, webhooks) said
+    ``"customer_id": false``, a boolean where a client of the original reads a string:
+    Lua's HMGET gives false for a missing field. Now it is left out, as the job's other
+    events leave it out; a customer's workflow still names it."""
+    queue.register_worker(ANY)
+    enqueue(queue, "n1", workflow_id="wf-none", current_step=1, total_steps=1)
+    enqueue(queue, "c1", workflow_id="wf-cust", current_step=1, total_steps=1,
+            customer_id="acme")
+    for _ in range(2):
+        claimed = queue.claim(ANY.signature, "w", 60_000)
+        queue.complete(claimed.job_id, claimed.attempt, {})
+    data = {(f["event"], f["job_id"]): json.loads(f["data"])
+            for _, f in queue.client.xrange(queue.keys.events)
+            if f["event"].startswith("workflow_")}
+    assert set(data) == {(e, j) for e in ("workflow_submitted", "workflow_completed")
+                         for j in ("n1", "c1")}
+    for event in ("workflow_submitted", "workflow_completed"):
+        assert "customer_id" not in data[(event, "n1")], data[(event, "n1")]
+        assert data[(event, "c1")]["customer_id"] == "acme"
+
+
 def test_a_cancel_fenced_by_attempt_spares_the_jobs_next_run(queue: QueueFunctions) -> None:
     """Tried: a run cancelled by a user, the job resubmitted and claimed again, then the
     first run's worker reporting its stop (Celery's task_revoked, late under load) with a

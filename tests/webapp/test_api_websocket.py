@@ -164,6 +164,9 @@ def test_a_reconnect_forgets_the_jobs_whose_completion_the_client_had(
 
 
 def test_cancel_over_the_socket_stops_a_running_job(start_server, start_worker, client) -> None:
+    """A running job cancelled over the socket ends cancelled and stays so; a second
+    cancel_job of the ended job is answered by an error saying so (status 409, as REST's
+    cancel), where before the socket sent nothing and the client could not tell."""
     start_worker("ws-4")
     api = start_server("api")
     ws = connect(api, "/ws/client/client-4")
@@ -174,9 +177,14 @@ def test_cancel_over_the_socket_stops_a_running_job(start_server, start_worker, 
         collect_until(ws, lambda m: m["type"] == "update_job_progress")
         ws.send(json.dumps({"type": "cancel_job", "job_id": "ws-job-4"}))
         messages = collect_until(ws, finished("ws-job-4"))
+        # Cancelling it again: before, no answer at all (REST says 409); now an error.
+        ws.send(json.dumps({"type": "cancel_job", "job_id": "ws-job-4"}))
+        again = receive(ws, 5)
     finally:
         ws.close()
     assert messages[-1]["type"] == "job_cancelled"
+    assert again == {"type": "error", "error": "job 'ws-job-4' is already cancelled",
+                     "job_id": "ws-job-4", "status": 409, "job_status": "cancelled"}
     assert client.hget(Keys().job("ws-job-4"), "status") == "cancelled"
     time.sleep(1.0)  # the task stops at its next progress report and records nothing more
     assert client.hget(Keys().job("ws-job-4"), "status") == "cancelled"

@@ -18,7 +18,7 @@ from simple_websocket import ConnectionClosed
 
 from capability_router.errors import EmpError
 from capability_router.keys import Keys
-from capability_router.states import JobEvent
+from capability_router.states import TERMINAL, JobEvent, JobStatus
 from emp_tasks import producer
 from webapp import job_ids
 from webapp.api import validation
@@ -266,10 +266,18 @@ class ClientConnection:
             return
         pool = record.get("pool") or "default"
         self._follow(record["job_id"], None, pool, remember=True)
-        try:
-            producer.cancel(record["job_id"], pool=pool, app=self.backend.celery)
-        except EmpError as exc:
-            self.session.send(error_message(str(exc), job_id=job_id))
+        status = record.get("status")
+        if status not in TERMINAL:
+            try:
+                status = producer.cancel(record["job_id"], pool=pool, app=self.backend.celery)
+            except EmpError as exc:
+                self.session.send(error_message(str(exc), job_id=job_id))
+                return
+            if status == JobStatus.CANCELLED:
+                return  # its job_cancelled event answers
+        # Ended already: said as REST's cancel says it (409), not left unanswered.
+        self.session.send(error_message(f"job {job_id!r} is already {status}", job_id=job_id,
+                                        status=409, job_status=str(status)))
 
     def _visible_job(self, job_id: str) -> dict[str, Any] | None:
         """The record the client knows as ``job_id`` (``webapp.job_ids``), else an error
