@@ -104,7 +104,9 @@ def logs(name: str):  # noqa: ANN201 - Flask response
     if not _authorized():
         return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN)")
     raw = request.args.get("lines", str(DEFAULT_LINES))
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_LINES:
+    # ASCII digits only, and few of them: str.isdigit() takes '²' and int() refuses
+    # strings of over 4300 digits, each of which was a 500.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 0 < int(raw) <= MAX_LINES:
         return _error(400, f"lines must be an integer from 1 to {MAX_LINES}, got {raw!r}")
     lines = _machine().tail(name, int(raw))
     return jsonify(service=name, lines=lines)

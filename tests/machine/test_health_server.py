@@ -73,8 +73,11 @@ def test_unknown_service_is_404_json(method: str, path: str) -> None:
                           "services": ["simulation-0", "simulation-1"]}
 
 
-@pytest.mark.parametrize("lines", ["0", "-1", "ten", "10001"])
+@pytest.mark.parametrize("lines", ["0", "-1", "ten", "10001", "\u00b2", "9" * 5000])
 def test_bad_line_counts_are_400(lines: str) -> None:
+    """Tried: ``?lines=²`` (a superscript two, which str.isdigit accepts) and a
+    5000-digit count (past Python's int-from-string limit) were each a 500 with a
+    ValueError traceback in the machine's log; now every bad count is a 400."""
     reply = create_app(StandIn()).test_client().get(f"/logs/simulation-0?lines={lines}")
     assert reply.status_code == 400 and "lines must be" in reply.json["error"]
 
