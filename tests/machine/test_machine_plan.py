@@ -33,8 +33,15 @@ def test_parse_workers_syntax() -> None:
     ("simulation:1,simulation:2", "listed twice"),
     ("simulation:1:2", "'simulation:1:2'"),
     ("comfyui-remote:auto", "comfyui-remote:auto"),
+    ("simulation:\u00b2", "count must be a positive integer"),
+    ("simulation:" + "9" * 5000, "count must be a positive integer"),
+    ("simulation:1000", "at most 256 workers"),
+    ("simulation:200,comfyui-remote:100", "at most 256 workers"),
 ])
 def test_bad_plans_name_the_item(text: str, names: str) -> None:
+    """Tried (audit): ``simulation:²`` and a 5000-digit count were a ValueError
+    traceback; ``simulation:100000000`` (a typo) built the plan for minutes, eating
+    memory, and would have started that many workers. Each is one line now."""
     with pytest.raises(PlanError, match=names):
         build_plan("box", text, TWO)
 
@@ -199,6 +206,14 @@ def test_settings_that_cannot_work_are_one_line_naming_them(
     with pytest.raises(MachineError, match=variable) as refused:
         MachineSettings.from_env()
     assert words in str(refused.value)
+
+
+def test_a_mock_gpu_count_past_64_is_refused() -> None:
+    """Tried: EMP_MOCK_GPUS=100000000 (a typo) sat building mock GPUs for minutes,
+    memory growing, before anything was said; now one line names the limit."""
+    with pytest.raises(MachineError, match="EMP_MOCK_GPUS must be 0-64"):
+        detect_gpus({"EMP_MOCK_GPUS": "100000"})
+    assert len(detect_gpus({"EMP_MOCK_GPUS": "64"}).gpus) == 64
 
 
 @pytest.mark.parametrize("memory", ["inf", "nan", "-1"])
