@@ -166,6 +166,9 @@ def build_plan(machine_id: str, workers: str | Iterable[PlanItem], inventory: Gp
             }
             if item.kind in LOCAL_SERVICE_KINDS:
                 worker.port = comfyui_base_port + n
+                if worker.port > 65535:
+                    raise PlanError(f"{name} would use port {worker.port}: COMFYUI_BASE_PORT "
+                                    f"{comfyui_base_port} + {n} is past 65535")
                 worker.env["COMFYUI_URL"] = f"http://127.0.0.1:{worker.port}"
                 if comfyui_command:
                     services.append(_comfyui_server(n, gpu, worker.port, comfyui_command,

@@ -92,6 +92,9 @@ FLOORS = (
     ("stop_wait_seconds", "EMP_STOP_WAIT_SECONDS", 0,
      "below 0 supervisor kills workers at once, before they hand their jobs back"),
     ("retention_seconds", "EMP_MACHINE_RETENTION_SECONDS", 1, "records would never be kept"),
+    ("log_max_bytes", "EMP_LOG_MAX_BYTES", 0, "a log file cannot be smaller than empty"),
+    ("log_backups", "EMP_LOG_BACKUPS", 0, "a count of files"),
+    ("start_retries", "EMP_START_RETRIES", 0, "a count of retries"),
 )
 
 
@@ -128,6 +131,8 @@ class MachineSettings:
                                    f"{getattr(self, name):g} ({why})")
         if not 0 <= self.health_port <= 65535:
             raise MachineError(f"EMP_HEALTH_PORT must be 0-65535, got {self.health_port}")
+        if not 1 <= self.comfyui_base_port <= 65535:
+            raise MachineError(f"COMFYUI_BASE_PORT must be 1-65535, got {self.comfyui_base_port}")
         if self.run_dir is None:
             self.run_dir = Path(".emp") / f"machine-{self.machine_id}"
         self.run_dir = Path(self.run_dir).resolve()

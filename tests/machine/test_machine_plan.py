@@ -194,18 +194,32 @@ def test_a_long_run_directory_puts_the_socket_in_the_temp_directory(tmp_path: Pa
     ("EMP_HEALTH_PORT", "-5", "0-65535"),
     ("EMP_HEALTH_PORT", "99999", "0-65535"),
     ("EMP_MACHINE_RETENTION_SECONDS", "nan", "finite"),
+    ("COMFYUI_BASE_PORT", "70000", "1-65535"),
+    ("COMFYUI_BASE_PORT", "0", "1-65535"),
+    ("EMP_LOG_MAX_BYTES", "-5", "at least 0"),
+    ("EMP_LOG_BACKUPS", "-1", "at least 0"),
+    ("EMP_START_RETRIES", "-3", "at least 0"),
 ])
 def test_settings_that_cannot_work_are_one_line_naming_them(
         monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
     """Tried (an audit, each from outside): a report period of 0 (its reaper then marked
     every other machine gone each second), a poll of 0 (a busy loop at 50-60% CPU), a
     stop wait of -1 (supervisor killed workers before they handed their jobs back), a
-    health port of -5 (a traceback) and 99999 (silently port 34463). Each is refused."""
+    health port of -5 (a traceback) and 99999 (silently port 34463). Later: a ComfyUI
+    base port of 70000 or 0, and negative log sizes, log backups and start retries,
+    were all written into supervisord.conf as they were. Each is refused."""
     monkeypatch.setenv("MACHINE_ID", "box")
     monkeypatch.setenv(variable, value)
     with pytest.raises(MachineError, match=variable) as refused:
         MachineSettings.from_env()
     assert words in str(refused.value)
+
+
+def test_comfyui_ports_past_65535_are_refused() -> None:
+    """Tried: COMFYUI_BASE_PORT=65535 with comfyui:2 planned ComfyUI on port 65536."""
+    with pytest.raises(PlanError, match="port 65536"):
+        build_plan("box", "comfyui:2", TWO, comfyui_command="run {port}",
+                   comfyui_base_port=65535)
 
 
 def test_a_mock_gpu_count_past_64_is_refused() -> None:
