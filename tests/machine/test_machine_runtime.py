@@ -336,3 +336,27 @@ def test_a_machine_booted_before_redis_recovers_once_redis_is_up(start_machine,
     finally:
         machine.cleanup()
         late.stop(kill=True)
+
+
+def test_uptime_stays_true_when_the_wall_clock_is_set_back(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """Tried: the machine's wall clock set back an hour (NTP catching up on a rented
+    machine): /health and /status answered an uptime of about -3600 s."""
+    import machine.runtime as runtime_module
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    runtime = MachineRuntime(MachineSettings("box", "simulation:1", run_dir=tmp_path),
+                             GpuInventory("mock", []))
+
+    class SetBack:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() - 3600
+
+    monkeypatch.setattr(runtime_module, "time", SetBack)
+    assert 0 <= runtime.liveness()["uptime_seconds"] < 60
+    assert 0 <= runtime.report({})["uptime_seconds"] < 60
