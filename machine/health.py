@@ -9,7 +9,8 @@
   profile, status with its reason, and current jobs from the registry),
   services, uptime, log shipping.
 - ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
-- ``POST /restart/<service>``: restart a program through supervisor.
+- ``POST /restart/<service>``: restart a program through supervisor; 503 with
+  supervisor's error when it cannot start (e.g. it exits at once).
 
 ``<service>`` is a program name (``simulation-0``, ``comfyui-server-0``) or a
 worker id. Unknown names get 404 JSON. With ``EMP_HEALTH_TOKEN`` set, ``/logs``

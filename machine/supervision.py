@@ -80,15 +80,23 @@ class SupervisorClient:
                                    f"{fault.faultString}") from None
 
     def restart(self, name: str) -> dict[str, Any]:
-        """Stop ``name`` if it runs, start it, and return its new info (waits for RUNNING)."""
+        """Stop ``name`` if it runs, start it, and return its new info (waits for RUNNING).
+
+        A start that fails (a program that exits at once, FATAL or not) is a
+        MachineError saying so: from a stopped or FATAL program it used to escape as
+        a bare xmlrpc Fault, a 500 of the health server.
+        """
         try:
             self._call("stopProcess", name, True)
-            self._call("startProcess", name, True)
         except xmlrpc.client.Fault as fault:
             if fault.faultCode != Faults.NOT_RUNNING:
                 raise MachineError(f"supervisor could not restart {name}: "
                                    f"{fault.faultString}") from None
+        try:
             self._call("startProcess", name, True)
+        except xmlrpc.client.Fault as fault:
+            raise MachineError(f"supervisor could not restart {name}: "
+                               f"{fault.faultString}") from None
         return self.process(name)
 
     def tail(self, name: str, lines: int) -> list[str]:

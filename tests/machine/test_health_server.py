@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from machine.errors import UnknownProgram
+from machine.gpus import GpuInventory
 from machine.health import HealthServer, create_app
+from machine.plan import MachinePlan, ProgramSpec
+from machine.supervision import SupervisorClient, Supervisord
+from machine.supervisor_conf import ProgramOptions, RunFiles, write_config
 
 
 class StandIn:
@@ -102,3 +109,40 @@ def test_served_over_real_http() -> None:
         assert requests.get(f"{base}/logs/x", timeout=5).status_code == 404
     finally:
         server.stop()
+
+
+class OnSupervisor(StandIn):
+    """A stand-in whose restarts and logs go to a real supervisord."""
+
+    def __init__(self, client: SupervisorClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def tail(self, name: str, lines: int) -> list[str]:
+        return self.client.tail(name, lines)
+
+    def restart(self, name: str) -> dict[str, Any]:
+        return self.client.restart(name)
+
+
+def test_restarting_a_program_that_cannot_start_is_a_503_saying_why(tmp_path: Path) -> None:
+    """Tried: a ComfyUI that exits at once (bad COMFYUI_COMMAND) until supervisor gave
+    up on it (FATAL), then ``POST /restart/comfyui-server-0`` to try again: a 500 with
+    an xmlrpc Fault traceback in the machine's log. Now a 503 naming supervisor's error."""
+    files = RunFiles.in_dir(tmp_path)
+    crasher = ProgramSpec("crasher", "service", "comfyui", ["sh", "-c", "echo boom; exit 3"])
+    write_config(MachinePlan("box", GpuInventory("none"), [crasher]), files,
+                 ProgramOptions(1024 * 1024, 1, 1, 0))
+    supervisord = Supervisord(files, dict(os.environ)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while supervisord.client.process("crasher")["statename"] != "FATAL":
+            assert time.monotonic() < deadline, "crasher never became FATAL"
+            time.sleep(0.05)
+        client = create_app(OnSupervisor(supervisord.client)).test_client()
+        reply = client.post("/restart/crasher")
+        assert reply.status_code == 503, reply.data
+        assert "could not restart crasher" in reply.json["error"]
+        assert "boom" in client.get("/logs/crasher?lines=5").json["lines"]
+    finally:
+        supervisord.stop()
