@@ -106,10 +106,14 @@ class MachineRuntime:
         """Write the config, start supervisord, the health server and the reporter."""
         self._refuse_live_twin()
         self.supervisord.claim_socket()
-        for stale in (self.stats_dir, self.run_dir / "programs"):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.plan, self.files, self.settings.program_options())
+        try:
+            for stale in (self.stats_dir, self.run_dir / "programs"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.plan, self.files, self.settings.program_options())
+        except OSError as exc:  # a full disk, a read-only or misnamed directory
+            raise MachineError(f"cannot write the run directory {self.run_dir} "
+                               f"(EMP_MACHINE_RUN_DIR): {exc}") from None
         try:
             self.health = HealthServer(self, self.settings.health_host,
                                        self.settings.health_port).start()

@@ -360,3 +360,21 @@ def test_uptime_stays_true_when_the_wall_clock_is_set_back(monkeypatch: pytest.M
     monkeypatch.setattr(runtime_module, "time", SetBack)
     assert 0 <= runtime.liveness()["uptime_seconds"] < 60
     assert 0 <= runtime.report({})["uptime_seconds"] < 60
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """Tried: ``emp machine`` with its run directory on a full disk (a 200 KB tmpfs
+    filled up): a 20-line OSError traceback (No space left on device) from deep in the
+    config writer. Now one line naming EMP_MACHINE_RUN_DIR, and nothing started."""
+    from machine.errors import MachineError
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    (tmp_path / "a-file").write_text("not a directory")
+    settings = MachineSettings("box", "simulation:1", redis_url="redis://127.0.0.1:1/0",
+                               run_dir=tmp_path / "a-file" / "run")
+    runtime = MachineRuntime(settings, GpuInventory("mock", []))
+    with pytest.raises(MachineError, match="cannot write the run directory .*EMP_MACHINE_RUN_DIR"):
+        runtime.start()
+    assert runtime.health is None and runtime.supervisord.process is None
