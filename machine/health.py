@@ -79,7 +79,10 @@ def _authorized() -> bool:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII str (a 500). WSGI hands
+    # header values over as latin-1, so that encoding gives back the bytes sent.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1", "replace"), token.encode())
 
 
 @bp.get("/health")

@@ -101,6 +101,18 @@ def test_a_token_guards_logs_and_restarts_only() -> None:
     assert client.get("/health").status_code == 200 and client.get("/status").status_code == 200
 
 
+def test_a_non_ascii_token_is_a_401_not_a_500() -> None:
+    """Tried: ``Authorization: Bearer é`` (a pasted token with an accent): hmac's
+    compare_digest refuses non-ASCII str, so the server answered 500 with a TypeError
+    traceback instead of 401. A token that itself has non-ASCII characters works."""
+    client = create_app(StandIn(token="s3cret")).test_client()
+    assert client.get("/logs/simulation-0",
+                      headers={"Authorization": "Bearer \u00e9"}).status_code == 401
+    accented = create_app(StandIn(token="s\u00e9cret")).test_client()
+    assert accented.get("/logs/simulation-0", headers={
+        "Authorization": "Bearer s\u00e9cret".encode().decode("latin-1")}).status_code == 200
+
+
 def test_served_over_real_http() -> None:
     server = HealthServer(StandIn(), "127.0.0.1", 0).start()
     try:
