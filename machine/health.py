@@ -147,7 +147,12 @@ class HealthServer:
     """``create_app(machine)`` on a werkzeug threaded server, on a daemon thread."""
 
     def __init__(self, machine: MachineView, host: str, port: int) -> None:
-        self.server: BaseWSGIServer = make_server(host, port, create_app(machine), threaded=True)
+        """Bind ``host:port``; OSError when that cannot be done (port in use, bad address)."""
+        try:
+            self.server: BaseWSGIServer = make_server(host, port, create_app(machine),
+                                                      threaded=True)
+        except SystemExit:  # werkzeug prints the bind error and exits instead of raising it
+            raise OSError(f"address in use or not available ({host}:{port})") from None
         self.thread = threading.Thread(target=self.server.serve_forever, name="emp-health",
                                        daemon=True)
 

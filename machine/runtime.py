@@ -119,7 +119,8 @@ class MachineRuntime:
                                        self.settings.health_port).start()
         except OSError as exc:
             raise MachineError(f"health server cannot listen on {self.settings.health_host}:"
-                               f"{self.settings.health_port}: {exc}") from None
+                               f"{self.settings.health_port}: {exc}; set EMP_HEALTH_PORT "
+                               "(--health-port) or EMP_HEALTH_HOST") from None
         self.supervisord.start()
         self._reporter = threading.Thread(target=self._report_loop, name="emp-machine-report",
                                           daemon=True)

@@ -378,3 +378,27 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> N
     with pytest.raises(MachineError, match="cannot write the run directory .*EMP_MACHINE_RUN_DIR"):
         runtime.start()
     assert runtime.health is None and runtime.supervisord.process is None
+
+
+def test_a_health_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """Tried: a second ``emp machine`` (another MACHINE_ID) on the host with the same
+    EMP_HEALTH_PORT: werkzeug printed "Port N is in use by another program... start the
+    server with a different port" and called sys.exit(1), past the machine's own error,
+    which names the setting. Now a MachineError naming EMP_HEALTH_PORT; nothing started."""
+    import socket as sockets
+
+    from machine.errors import MachineError
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = MachineSettings("box", "simulation:1", redis_url="redis://127.0.0.1:1/0",
+                                   run_dir=tmp_path / "run", health_host="127.0.0.1",
+                                   health_port=taken.getsockname()[1])
+        runtime = MachineRuntime(settings, GpuInventory("mock", []))
+        with pytest.raises(MachineError, match="cannot listen on .*EMP_HEALTH_PORT"):
+            runtime.start()
+    assert runtime.health is None and runtime.supervisord.process is None
