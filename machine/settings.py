@@ -67,7 +67,7 @@ _MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 def check_machine_id(machine_id: str) -> str:
     """Return the id, or raise MachineError saying what is wrong with it."""
-    if not _MACHINE_ID_RE.match(machine_id or ""):
+    if not _MACHINE_ID_RE.fullmatch(machine_id or ""):  # match() took "box\n"
         raise MachineError(f"invalid machine id {machine_id!r}: use 1-64 letters, digits, "
                            "'_', '-' or '.' (set MACHINE_ID)")
     return machine_id

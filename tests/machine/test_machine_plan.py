@@ -173,6 +173,11 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert MachineSettings.from_env().stale_seconds == 4.5
     with pytest.raises(MachineError, match="invalid machine id"):
         MachineSettings.from_env(machine_id="a b")
+    # Tried: "box\n" (an env file's stray line end) passed the check ('$' matches before
+    # a final newline), made a run directory with a newline in its name, and only then
+    # failed writing supervisord.conf.
+    with pytest.raises(MachineError, match="invalid machine id"):
+        MachineSettings.from_env(machine_id="box\n")
     monkeypatch.setenv("EMP_MACHINE_REPORT_SECONDS", "soon")
     with pytest.raises(MachineError, match="EMP_MACHINE_REPORT_SECONDS"):
         MachineSettings.from_env()
