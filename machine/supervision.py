@@ -44,8 +44,10 @@ class SupervisorClient:
     def _call(self, method: str, *args: Any) -> Any:
         """Call ``supervisor.<method>``.
 
-        A BAD_NAME fault becomes UnknownProgram and a dead socket MachineError;
-        other faults stay ``xmlrpc.client.Fault`` for the caller to judge.
+        A BAD_NAME fault becomes UnknownProgram, a dead socket and a supervisord
+        shutting down (it faults every call meanwhile, a 500 of the health server
+        while the machine stopped) MachineError; other faults stay
+        ``xmlrpc.client.Fault`` for the caller to judge.
         """
         proxy = self._proxy()
         try:
@@ -53,6 +55,9 @@ class SupervisorClient:
         except xmlrpc.client.Fault as fault:
             if fault.faultCode == Faults.BAD_NAME and args:
                 raise UnknownProgram(args[0]) from None
+            if fault.faultCode == Faults.SHUTDOWN_STATE:
+                raise MachineError("supervisord is shutting down (the machine is "
+                                   "stopping)") from None
             raise
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise MachineError(f"supervisord does not answer: {exc}") from None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from machine.errors import UnknownProgram
+from machine.errors import MachineError, UnknownProgram
 from machine.gpus import GpuInventory
 from machine.health import HealthServer, create_app
 from machine.plan import MachinePlan, ProgramSpec
@@ -156,5 +156,30 @@ def test_restarting_a_program_that_cannot_start_is_a_503_saying_why(tmp_path: Pa
         assert reply.status_code == 503, reply.data
         assert "could not restart crasher" in reply.json["error"]
         assert "boom" in client.get("/logs/crasher?lines=5").json["lines"]
+    finally:
+        supervisord.stop()
+
+
+def test_logs_and_status_while_supervisord_shuts_down_are_503(tmp_path: Path) -> None:
+    """Tried: ``/ready``, ``/status`` and ``/logs`` while the machine was stopping (its
+    workers taking their stop wait to hand jobs back): supervisord answers every call
+    with a SHUTDOWN_STATE fault, which escaped as a 500 with a traceback. Now a 503
+    saying supervisord is shutting down, as when it does not answer at all."""
+    files = RunFiles.in_dir(tmp_path)
+    stubborn = ProgramSpec("stubborn", "worker", "simulation",
+                           ["sh", "-c", "trap '' TERM; echo armed; while true; do sleep 0.1; done"])
+    write_config(MachinePlan("box", GpuInventory("none"), [stubborn]), files,
+                 ProgramOptions(1024 * 1024, 1, 1, 0))
+    supervisord = Supervisord(files, dict(os.environ)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while "armed" not in supervisord.client.tail("stubborn", 5):
+            assert time.monotonic() < deadline, "stubborn never started"
+            time.sleep(0.05)
+        supervisord.client.shutdown()  # stubborn ignores TERM: a second of shutting down
+        with pytest.raises(MachineError, match="shutting down"):
+            supervisord.client.processes()
+        reply = create_app(OnSupervisor(supervisord.client)).test_client().get("/logs/stubborn")
+        assert reply.status_code == 503 and "shutting down" in reply.json["error"]
     finally:
         supervisord.stop()
