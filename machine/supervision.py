@@ -31,6 +31,10 @@ RUNNING = "RUNNING"
 MAX_TAIL_BYTES = 4 * 1024 * 1024
 
 
+class ShuttingDown(MachineError):
+    """supervisord answers, but only that it is shutting down (SHUTDOWN_STATE)."""
+
+
 class SupervisorClient:
     """supervisord's XML-RPC interface over a unix socket."""
 
@@ -56,7 +60,7 @@ class SupervisorClient:
             if fault.faultCode == Faults.BAD_NAME and args:
                 raise UnknownProgram(args[0]) from None
             if fault.faultCode == Faults.SHUTDOWN_STATE:
-                raise MachineError("supervisord is shutting down (the machine is "
+                raise ShuttingDown("supervisord is shutting down (the machine is "
                                    "stopping)") from None
             raise
         except (OSError, xmlrpc.client.ProtocolError) as exc:
@@ -137,6 +141,10 @@ class Supervisord:
             return
         try:
             self.client.state()
+        except ShuttingDown:
+            raise MachineError(f"a supervisord still serves {self.files.socket}: another "
+                               "machine of this run directory is stopping; start this one "
+                               "once it has stopped") from None
         except MachineError:
             self.files.socket.unlink()
             return

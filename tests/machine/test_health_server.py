@@ -181,5 +181,9 @@ def test_logs_and_status_while_supervisord_shuts_down_are_503(tmp_path: Path) ->
             supervisord.client.processes()
         reply = create_app(OnSupervisor(supervisord.client)).test_client().get("/logs/stubborn")
         assert reply.status_code == 503 and "shutting down" in reply.json["error"]
+        # A machine started meanwhile in the same run directory leaves its socket alone.
+        with pytest.raises(MachineError, match="is stopping"):
+            Supervisord(files, {}).claim_socket()
+        assert files.socket.exists()
     finally:
         supervisord.stop()
