@@ -131,6 +131,9 @@ class MachineSettings:
                                    f"{getattr(self, name):g} ({why})")
         if not 0 <= self.health_port <= 65535:
             raise MachineError(f"EMP_HEALTH_PORT must be 0-65535, got {self.health_port}")
+        if self.comfyui_command and self.comfyui_dir and not Path(self.comfyui_dir).is_dir():
+            raise MachineError(f"COMFYUI_DIR {self.comfyui_dir!r} is not a directory (ComfyUI "
+                               "runs there, started by COMFYUI_COMMAND)")
         if not 1 <= self.comfyui_base_port <= 65535:
             raise MachineError(f"COMFYUI_BASE_PORT must be 1-65535, got {self.comfyui_base_port}")
         if self.run_dir is None:

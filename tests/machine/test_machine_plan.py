@@ -220,6 +220,20 @@ def test_settings_that_cannot_work_are_one_line_naming_them(
     assert words in str(refused.value)
 
 
+def test_a_missing_comfyui_dir_is_refused_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tried: COMFYUI_DIR=/opt/ComfyU (a typo) with COMFYUI_COMMAND set: the machine
+    started, supervisor could not chdir there, every ComfyUI went FATAL and was revived
+    every 30 s, and its workers waited for a ComfyUI that never came."""
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv("COMFYUI_COMMAND", "python main.py --port {port}")
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path / "ComfyU"))
+    with pytest.raises(MachineError, match="COMFYUI_DIR .* is not a directory"):
+        MachineSettings.from_env()
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
+    assert MachineSettings.from_env().comfyui_dir == str(tmp_path)
+
+
 def test_comfyui_ports_past_65535_are_refused() -> None:
     """Tried: COMFYUI_BASE_PORT=65535 with comfyui:2 planned ComfyUI on port 65536."""
     with pytest.raises(PlanError, match="port 65536"):
