@@ -2,7 +2,7 @@
 
 Detection order:
 
-1. ``EMP_MOCK_GPUS=<count>`` (any integer, 0 included): that many mock GPUs of
+1. ``EMP_MOCK_GPUS=<count>`` (0 to 64): that many mock GPUs of
    ``EMP_MOCK_GPU_MEMORY_GB`` [24] GB named ``EMP_MOCK_GPU_MODEL`` [``Mock GPU``],
    for machines without one (development, CI, simulation fleets).
 2. NVML through ``nvidia-ml-py`` (module ``pynvml``) when it imports and the
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: Mock GPU defaults.
 MOCK_MEMORY_GB = 24
 MOCK_MODEL = "Mock GPU"
+#: Most mock GPUs: a typo such as 100000000 is refused instead of building them for minutes.
+MAX_MOCK_GPUS = 64
 #: Seconds nvidia-smi may take before it counts as absent.
 NVIDIA_SMI_TIMEOUT = 10.0
 
@@ -86,9 +88,10 @@ def mock_gpus(env: Mapping[str, str]) -> GpuInventory:
         raise MachineError("EMP_MOCK_GPUS must be an integer and EMP_MOCK_GPU_MEMORY_GB a "
                            f"number, got {env.get('EMP_MOCK_GPUS')!r}, "
                            f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}") from None
-    if count < 0 or not 0 < memory < float("inf"):  # NaN and inf matched any job
-        raise MachineError("EMP_MOCK_GPUS must be >= 0 and EMP_MOCK_GPU_MEMORY_GB a finite "
-                           f"number > 0, got {env.get('EMP_MOCK_GPUS')!r}, "
+    if not 0 <= count <= MAX_MOCK_GPUS or not 0 < memory < float("inf"):  # NaN, inf: any job
+        raise MachineError(f"EMP_MOCK_GPUS must be 0-{MAX_MOCK_GPUS} and "
+                           "EMP_MOCK_GPU_MEMORY_GB a finite number > 0, got "
+                           f"{env.get('EMP_MOCK_GPUS')!r}, "
                            f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}")
     model = env.get("EMP_MOCK_GPU_MODEL") or MOCK_MODEL
     memory_gb = int(memory) if memory.is_integer() else memory

@@ -9,7 +9,8 @@
   profile, status with its reason, and current jobs from the registry),
   services, uptime, log shipping.
 - ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
-- ``POST /restart/<service>``: restart a program through supervisor.
+- ``POST /restart/<service>``: restart a program through supervisor; 503 with
+  supervisor's error when it cannot start (e.g. it exits at once).
 
 ``<service>`` is a program name (``simulation-0``, ``comfyui-server-0``) or a
 worker id. Unknown names get 404 JSON. With ``EMP_HEALTH_TOKEN`` set, ``/logs``
@@ -78,7 +79,10 @@ def _authorized() -> bool:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII str (a 500). WSGI hands
+    # header values over as latin-1, so that encoding gives back the bytes sent.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1", "replace"), token.encode())
 
 
 @bp.get("/health")
@@ -104,7 +108,9 @@ def logs(name: str):  # noqa: ANN201 - Flask response
     if not _authorized():
         return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN)")
     raw = request.args.get("lines", str(DEFAULT_LINES))
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_LINES:
+    # ASCII digits only, and few of them: str.isdigit() takes '²' and int() refuses
+    # strings of over 4300 digits, each of which was a 500.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 0 < int(raw) <= MAX_LINES:
         return _error(400, f"lines must be an integer from 1 to {MAX_LINES}, got {raw!r}")
     lines = _machine().tail(name, int(raw))
     return jsonify(service=name, lines=lines)
@@ -141,7 +147,12 @@ class HealthServer:
     """``create_app(machine)`` on a werkzeug threaded server, on a daemon thread."""
 
     def __init__(self, machine: MachineView, host: str, port: int) -> None:
-        self.server: BaseWSGIServer = make_server(host, port, create_app(machine), threaded=True)
+        """Bind ``host:port``; OSError when that cannot be done (port in use, bad address)."""
+        try:
+            self.server: BaseWSGIServer = make_server(host, port, create_app(machine),
+                                                      threaded=True)
+        except SystemExit:  # werkzeug prints the bind error and exits instead of raising it
+            raise OSError(f"address in use or not available ({host}:{port})") from None
         self.thread = threading.Thread(target=self.server.serve_forever, name="emp-health",
                                        daemon=True)
 

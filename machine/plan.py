@@ -2,8 +2,9 @@
 
 ``WORKERS`` is the original's syntax: comma-separated ``<kind>:<count>`` items,
 ``<count>`` a positive integer or ``auto`` (one per detected GPU); a bare
-``<kind>`` means one. Kinds are connector kinds: ``comfyui``, ``comfyui-remote``,
-``simulation``. Example: ``comfyui:auto,simulation:2``.
+``<kind>`` means one. A machine runs at most ``MAX_WORKERS`` (256) workers.
+Kinds are connector kinds: ``comfyui``, ``comfyui-remote``, ``simulation``.
+Example: ``comfyui:auto,simulation:2``.
 
 - GPU-bound kinds (``comfyui``, ``simulation``, which stands in for a GPU
   service) get one GPU per worker: worker ``n`` owns GPU ``n mod <GPUs>``
@@ -39,10 +40,15 @@ GPU_KINDS = frozenset({"comfyui", "simulation"})
 LOCAL_SERVICE_KINDS = frozenset({"comfyui"})
 #: Port of ComfyUI instance 0; instance N listens on this + N (``COMFYUI_BASE_PORT``).
 COMFYUI_BASE_PORT = 8188
+#: Most workers one machine runs: a typo such as ``simulation:100000000`` is refused
+#: in one line instead of building (and starting) that many programs.
+MAX_WORKERS = 256
 #: Supervisor program roles.
 WORKER, SERVICE = "worker", "service"
 
 _ITEM_RE = re.compile(r"^(?P<kind>[a-z][a-z0-9\-]*)(?::(?P<count>[^:]+))?$")
+#: A positive count in ASCII digits, short enough for int() (it refuses over 4300 digits).
+_COUNT_RE = re.compile(r"^0*[1-9][0-9]{0,8}$")
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ def parse_workers(text: str) -> list[PlanItem]:
             raise PlanError(f"WORKERS item {item!r}: {kind} is listed twice")
         if count_text == "auto":
             count = None
-        elif count_text.isdigit() and int(count_text) > 0:
+        elif _COUNT_RE.match(count_text):  # not isdigit(): it takes '²', which int() refuses
             count = int(count_text)
         else:
             raise PlanError(f"WORKERS item {item!r}: count must be a positive integer or auto")
@@ -141,8 +147,11 @@ def build_plan(machine_id: str, workers: str | Iterable[PlanItem], inventory: Gp
     gpus = inventory.gpus
     services: list[ProgramSpec] = []
     worker_programs: list[ProgramSpec] = []
-    for item in items:
-        count = _count(item, inventory)
+    counts = [_count(item, inventory) for item in items]
+    if sum(counts) > MAX_WORKERS:
+        raise PlanError(f"WORKERS asks for {sum(counts)} workers: a machine runs at most "
+                        f"{MAX_WORKERS} workers")
+    for item, count in zip(items, counts, strict=True):
         for n in range(count):
             gpu = gpus[n % len(gpus)] if item.kind in GPU_KINDS and gpus else None
             name = f"{item.kind}-{n}"
@@ -157,6 +166,9 @@ def build_plan(machine_id: str, workers: str | Iterable[PlanItem], inventory: Gp
             }
             if item.kind in LOCAL_SERVICE_KINDS:
                 worker.port = comfyui_base_port + n
+                if worker.port > 65535:
+                    raise PlanError(f"{name} would use port {worker.port}: COMFYUI_BASE_PORT "
+                                    f"{comfyui_base_port} + {n} is past 65535")
                 worker.env["COMFYUI_URL"] = f"http://127.0.0.1:{worker.port}"
                 if comfyui_command:
                     services.append(_comfyui_server(n, gpu, worker.port, comfyui_command,

@@ -23,8 +23,8 @@ from machine.status import (
     MACHINES_KEY,
     MachineStatus,
     machine_key,
-    now_ms,
     record_ended,
+    redis_now_ms,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def reap_gone_machines(client: redis.Redis, stale_after_seconds: float,
     machine reaped here (``machine_id``, ``workers``, ``requeued_jobs``). ``exclude``
     is the caller's own id.
     """
-    now = now_ms()
+    now = redis_now_ms(client)  # the clock the reports are stamped with, not this host's
     silent = client.zrangebyscore(MACHINES_KEY, "-inf", f"({now - int(stale_after_seconds * 1000)}")
     results = []
     for machine_id in silent:
@@ -82,7 +82,7 @@ def _claim(client: redis.Redis, machine_id: str, cutoff: int, retention_seconds:
             score = pipe.zscore(MACHINES_KEY, machine_id)
             if score is None or score >= cutoff:
                 return False
-            ended_at = now_ms()
+            ended_at = redis_now_ms(client)
             pipe.multi()
             record_gone(pipe, machine_id, REASON, ended_at, retention_seconds)
             pipe.execute()
@@ -109,7 +109,7 @@ def end_failed_machine(client: redis.Redis, machine_id: str, reason: str,
     jobs returned to pending at once, as a reaper would, rather than ``offline``, which
     says its workers handed their jobs back themselves (they could not)."""
     with client.pipeline(transaction=True) as pipe:
-        record_gone(pipe, machine_id, reason, now_ms(), retention_seconds)
+        record_gone(pipe, machine_id, reason, redis_now_ms(client), retention_seconds)
         pipe.execute()
     return _forget_gone(client, machine_id, reason)
 

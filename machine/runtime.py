@@ -41,6 +41,7 @@ from machine.status import (
     publish,
     publish_offline,
     read_machine,
+    redis_now_ms,
 )
 from machine.supervision import Supervisord
 from machine.supervisor_conf import RunFiles, write_config
@@ -68,6 +69,9 @@ class MachineRuntime:
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
         self.started_at = time.time()
+        #: Uptime counts on the monotonic clock: a wall clock set back (NTP on a rented
+        #: machine) made /health and /status report a negative uptime.
+        self._started_monotonic = time.monotonic()
         self._stop = threading.Event()
         self._reporter: threading.Thread | None = None
         self._last_infos: dict[str, dict[str, Any]] = {}
@@ -102,16 +106,21 @@ class MachineRuntime:
         """Write the config, start supervisord, the health server and the reporter."""
         self._refuse_live_twin()
         self.supervisord.claim_socket()
-        for stale in (self.stats_dir, self.run_dir / "programs"):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.plan, self.files, self.settings.program_options())
+        try:
+            for stale in (self.stats_dir, self.run_dir / "programs"):
+                shutil.rmtree(stale, ignore_errors=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.plan, self.files, self.settings.program_options())
+        except OSError as exc:  # a full disk, a read-only or misnamed directory
+            raise MachineError(f"cannot write the run directory {self.run_dir} "
+                               f"(EMP_MACHINE_RUN_DIR): {exc}") from None
         try:
             self.health = HealthServer(self, self.settings.health_host,
                                        self.settings.health_port).start()
         except OSError as exc:
             raise MachineError(f"health server cannot listen on {self.settings.health_host}:"
-                               f"{self.settings.health_port}: {exc}") from None
+                               f"{self.settings.health_port}: {exc}; set EMP_HEALTH_PORT "
+                               "(--health-port) or EMP_HEALTH_HOST") from None
         self.supervisord.start()
         self._reporter = threading.Thread(target=self._report_loop, name="emp-machine-report",
                                           daemon=True)
@@ -130,11 +139,12 @@ class MachineRuntime:
         """
         try:
             record = read_machine(self.redis, self.machine_id)
+            now = redis_now_ms(self.redis)
         except redis.RedisError:
             return  # Redis away: the machine starts and reports once it is back
         if not record or record.get("status") != MachineStatus.ONLINE:
             return
-        age_s = (now_ms() - int(record.get("last_report") or 0)) / 1000
+        age_s = (now - int(record.get("last_report") or 0)) / 1000
         limit_s = float(record.get("stale_seconds") or self.settings.stale_seconds or 0)
         if age_s >= limit_s or (record.get("hostname") == socket.gethostname()
                                 and not _alive(record.get("pid"))):
@@ -269,7 +279,8 @@ class MachineRuntime:
                            "were requeued and results of them here are refused",
                            self.machine_id, extra={"event": "machine_returned"})
             emit = True
-        publish(self.redis, self.report(), emit)
+        # Stamped with Redis's clock, which reapers compare it with (see redis_now_ms).
+        publish(self.redis, {**self.report(), "last_report": redis_now_ms(self.redis)}, emit)
         self._published = True
 
     def _reap(self) -> None:
@@ -293,7 +304,7 @@ class MachineRuntime:
             "machine_id": self.machine_id, "status": MachineStatus.ONLINE,
             "hostname": socket.gethostname(), "pid": os.getpid(),
             "health_url": self.health_url, "started_at": int(self.started_at * 1000),
-            "last_report": now_ms(), "uptime_seconds": round(time.time() - self.started_at, 1),
+            "last_report": now_ms(), "uptime_seconds": self.uptime_seconds(),
             # How long this machine may be silent before it is gone (reapers read it).
             "stale_seconds": self.settings.stale_seconds,
             "gpu_source": self.inventory.source,
@@ -302,6 +313,10 @@ class MachineRuntime:
             "services": [p for p in programs if p["role"] == "service"],
             "log_dropped": self.log_stats()["dropped"],
         }
+
+    def uptime_seconds(self) -> float:
+        """Seconds since the machine started, whatever its wall clock did meanwhile."""
+        return round(time.monotonic() - self._started_monotonic, 1)
 
     @property
     def health_url(self) -> str | None:
@@ -330,7 +345,7 @@ class MachineRuntime:
 
     def liveness(self) -> dict[str, Any]:
         return {"status": "ok", "machine_id": self.machine_id,
-                "uptime_seconds": round(time.time() - self.started_at, 1)}
+                "uptime_seconds": self.uptime_seconds()}
 
     def program_names(self) -> list[str]:
         return [spec.name for spec in self.plan.programs]
@@ -353,7 +368,7 @@ class MachineRuntime:
         return {
             "machine_id": self.machine_id, "hostname": socket.gethostname(),
             "status": MachineStatus.ONLINE, "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "uptime_seconds": self.uptime_seconds(),
             "started_at": int(self.started_at * 1000),
             "gpus": self.inventory.as_dict(),
             "workers": [v for v in views if v["role"] == "worker"],

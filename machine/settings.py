@@ -67,7 +67,7 @@ _MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 def check_machine_id(machine_id: str) -> str:
     """Return the id, or raise MachineError saying what is wrong with it."""
-    if not _MACHINE_ID_RE.match(machine_id or ""):
+    if not _MACHINE_ID_RE.fullmatch(machine_id or ""):  # match() took "box\n"
         raise MachineError(f"invalid machine id {machine_id!r}: use 1-64 letters, digits, "
                            "'_', '-' or '.' (set MACHINE_ID)")
     return machine_id
@@ -92,6 +92,9 @@ FLOORS = (
     ("stop_wait_seconds", "EMP_STOP_WAIT_SECONDS", 0,
      "below 0 supervisor kills workers at once, before they hand their jobs back"),
     ("retention_seconds", "EMP_MACHINE_RETENTION_SECONDS", 1, "records would never be kept"),
+    ("log_max_bytes", "EMP_LOG_MAX_BYTES", 0, "a log file cannot be smaller than empty"),
+    ("log_backups", "EMP_LOG_BACKUPS", 0, "a count of files"),
+    ("start_retries", "EMP_START_RETRIES", 0, "a count of retries"),
 )
 
 
@@ -128,6 +131,11 @@ class MachineSettings:
                                    f"{getattr(self, name):g} ({why})")
         if not 0 <= self.health_port <= 65535:
             raise MachineError(f"EMP_HEALTH_PORT must be 0-65535, got {self.health_port}")
+        if self.comfyui_command and self.comfyui_dir and not Path(self.comfyui_dir).is_dir():
+            raise MachineError(f"COMFYUI_DIR {self.comfyui_dir!r} is not a directory (ComfyUI "
+                               "runs there, started by COMFYUI_COMMAND)")
+        if not 1 <= self.comfyui_base_port <= 65535:
+            raise MachineError(f"COMFYUI_BASE_PORT must be 1-65535, got {self.comfyui_base_port}")
         if self.run_dir is None:
             self.run_dir = Path(".emp") / f"machine-{self.machine_id}"
         self.run_dir = Path(self.run_dir).resolve()

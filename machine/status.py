@@ -59,6 +59,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def redis_now_ms(client: redis.Redis) -> int:
+    """Redis TIME in ms: the one clock every machine and reaper shares.
+
+    Report stamps and the reaper's "now" come from it, not from each host's clock:
+    judged by local clocks, a machine whose clock ran a minute fast marked every
+    healthy machine gone (their running jobs were started again elsewhere), and one
+    whose clock ran slow was itself reaped while it reported every 10 s.
+    """
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def _fields(report: dict[str, Any]) -> dict[str, str | int | float]:
     """Hash fields: lists and dicts as JSON, None as ''."""
     fields: dict[str, str | int | float] = {}
@@ -114,7 +126,7 @@ def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
 def publish_offline(client: redis.Redis, report: dict[str, Any], retention_seconds: float) -> None:
     """A machine stopping cleanly: record it offline, out of the live set, with an expiry."""
     machine_id = report["machine_id"]
-    ended_at = now_ms()
+    ended_at = redis_now_ms(client)
     report = {**report, "status": MachineStatus.OFFLINE, "ended_at": ended_at}
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(machine_key(machine_id))

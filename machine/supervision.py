@@ -31,6 +31,10 @@ RUNNING = "RUNNING"
 MAX_TAIL_BYTES = 4 * 1024 * 1024
 
 
+class ShuttingDown(MachineError):
+    """supervisord answers, but only that it is shutting down (SHUTDOWN_STATE)."""
+
+
 class SupervisorClient:
     """supervisord's XML-RPC interface over a unix socket."""
 
@@ -44,8 +48,10 @@ class SupervisorClient:
     def _call(self, method: str, *args: Any) -> Any:
         """Call ``supervisor.<method>``.
 
-        A BAD_NAME fault becomes UnknownProgram and a dead socket MachineError;
-        other faults stay ``xmlrpc.client.Fault`` for the caller to judge.
+        A BAD_NAME fault becomes UnknownProgram, a dead socket and a supervisord
+        shutting down (it faults every call meanwhile, a 500 of the health server
+        while the machine stopped) MachineError; other faults stay
+        ``xmlrpc.client.Fault`` for the caller to judge.
         """
         proxy = self._proxy()
         try:
@@ -53,6 +59,9 @@ class SupervisorClient:
         except xmlrpc.client.Fault as fault:
             if fault.faultCode == Faults.BAD_NAME and args:
                 raise UnknownProgram(args[0]) from None
+            if fault.faultCode == Faults.SHUTDOWN_STATE:
+                raise ShuttingDown("supervisord is shutting down (the machine is "
+                                   "stopping)") from None
             raise
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise MachineError(f"supervisord does not answer: {exc}") from None
@@ -80,15 +89,23 @@ class SupervisorClient:
                                    f"{fault.faultString}") from None
 
     def restart(self, name: str) -> dict[str, Any]:
-        """Stop ``name`` if it runs, start it, and return its new info (waits for RUNNING)."""
+        """Stop ``name`` if it runs, start it, and return its new info (waits for RUNNING).
+
+        A start that fails (a program that exits at once, FATAL or not) is a
+        MachineError saying so: from a stopped or FATAL program it used to escape as
+        a bare xmlrpc Fault, a 500 of the health server.
+        """
         try:
             self._call("stopProcess", name, True)
-            self._call("startProcess", name, True)
         except xmlrpc.client.Fault as fault:
             if fault.faultCode != Faults.NOT_RUNNING:
                 raise MachineError(f"supervisor could not restart {name}: "
                                    f"{fault.faultString}") from None
+        try:
             self._call("startProcess", name, True)
+        except xmlrpc.client.Fault as fault:
+            raise MachineError(f"supervisor could not restart {name}: "
+                               f"{fault.faultString}") from None
         return self.process(name)
 
     def tail(self, name: str, lines: int) -> list[str]:
@@ -124,6 +141,10 @@ class Supervisord:
             return
         try:
             self.client.state()
+        except ShuttingDown:
+            raise MachineError(f"a supervisord still serves {self.files.socket}: another "
+                               "machine of this run directory is stopping; start this one "
+                               "once it has stopped") from None
         except MachineError:
             self.files.socket.unlink()
             return

@@ -18,6 +18,9 @@ from capability_router.states import WorkerStatus
 from machine.plan import WORKER, MachinePlan
 from machine.supervision import RUNNING
 
+#: supervisor states in which the program's process runs.
+_ALIVE = frozenset({"STARTING", RUNNING, "STOPPING"})
+
 
 def process_fields(info: Mapping[str, Any] | None) -> dict[str, Any]:
     """The parts of supervisor's process info a report shows (``UNKNOWN`` when missing)."""
@@ -70,11 +73,15 @@ def program_views(plan: MachinePlan, infos: Mapping[str, Mapping[str, Any]],
         if spec.role == WORKER:
             record = records.get(spec.worker_id or "") or {}
             started_ms = int(info["start"]) * 1000 if info and info.get("start") else None
-            registered = bool(record and started_ms
+            # No process (BACKOFF, EXITED, FATAL, STOPPED): a record is a dead process's,
+            # whose jobs are on their way back to pending, not this worker's.
+            alive = bool(info) and info["statename"] in _ALIVE
+            registered = bool(alive and record and started_ms
                               and int(record.get("started_at") or 0) >= started_ms)
             view.update(
                 registered=registered, profile=record.get("profile"),
-                jobs=record.get("jobs") or [], last_seen=record.get("last_seen"),
+                jobs=(record.get("jobs") or []) if registered else [],
+                last_seen=record.get("last_seen"),
                 status=record.get("status") if registered else None,
                 status_reason=record.get("status_reason") or None if registered else None)
             if registry_error:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from machine.errors import UnknownProgram
+from machine.errors import MachineError, UnknownProgram
+from machine.gpus import GpuInventory
 from machine.health import HealthServer, create_app
+from machine.plan import MachinePlan, ProgramSpec
+from machine.supervision import SupervisorClient, Supervisord
+from machine.supervisor_conf import ProgramOptions, RunFiles, write_config
 
 
 class StandIn:
@@ -73,8 +80,11 @@ def test_unknown_service_is_404_json(method: str, path: str) -> None:
                           "services": ["simulation-0", "simulation-1"]}
 
 
-@pytest.mark.parametrize("lines", ["0", "-1", "ten", "10001"])
+@pytest.mark.parametrize("lines", ["0", "-1", "ten", "10001", "\u00b2", "9" * 5000])
 def test_bad_line_counts_are_400(lines: str) -> None:
+    """Tried: ``?lines=²`` (a superscript two, which str.isdigit accepts) and a
+    5000-digit count (past Python's int-from-string limit) were each a 500 with a
+    ValueError traceback in the machine's log; now every bad count is a 400."""
     reply = create_app(StandIn()).test_client().get(f"/logs/simulation-0?lines={lines}")
     assert reply.status_code == 400 and "lines must be" in reply.json["error"]
 
@@ -91,6 +101,18 @@ def test_a_token_guards_logs_and_restarts_only() -> None:
     assert client.get("/health").status_code == 200 and client.get("/status").status_code == 200
 
 
+def test_a_non_ascii_token_is_a_401_not_a_500() -> None:
+    """Tried: ``Authorization: Bearer é`` (a pasted token with an accent): hmac's
+    compare_digest refuses non-ASCII str, so the server answered 500 with a TypeError
+    traceback instead of 401. A token that itself has non-ASCII characters works."""
+    client = create_app(StandIn(token="s3cret")).test_client()
+    assert client.get("/logs/simulation-0",
+                      headers={"Authorization": "Bearer \u00e9"}).status_code == 401
+    accented = create_app(StandIn(token="s\u00e9cret")).test_client()
+    assert accented.get("/logs/simulation-0", headers={
+        "Authorization": "Bearer s\u00e9cret".encode().decode("latin-1")}).status_code == 200
+
+
 def test_served_over_real_http() -> None:
     server = HealthServer(StandIn(), "127.0.0.1", 0).start()
     try:
@@ -99,3 +121,69 @@ def test_served_over_real_http() -> None:
         assert requests.get(f"{base}/logs/x", timeout=5).status_code == 404
     finally:
         server.stop()
+
+
+class OnSupervisor(StandIn):
+    """A stand-in whose restarts and logs go to a real supervisord."""
+
+    def __init__(self, client: SupervisorClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def tail(self, name: str, lines: int) -> list[str]:
+        return self.client.tail(name, lines)
+
+    def restart(self, name: str) -> dict[str, Any]:
+        return self.client.restart(name)
+
+
+def test_restarting_a_program_that_cannot_start_is_a_503_saying_why(tmp_path: Path) -> None:
+    """Tried: a ComfyUI that exits at once (bad COMFYUI_COMMAND) until supervisor gave
+    up on it (FATAL), then ``POST /restart/comfyui-server-0`` to try again: a 500 with
+    an xmlrpc Fault traceback in the machine's log. Now a 503 naming supervisor's error."""
+    files = RunFiles.in_dir(tmp_path)
+    crasher = ProgramSpec("crasher", "service", "comfyui", ["sh", "-c", "echo boom; exit 3"])
+    write_config(MachinePlan("box", GpuInventory("none"), [crasher]), files,
+                 ProgramOptions(1024 * 1024, 1, 1, 0))
+    supervisord = Supervisord(files, dict(os.environ)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while supervisord.client.process("crasher")["statename"] != "FATAL":
+            assert time.monotonic() < deadline, "crasher never became FATAL"
+            time.sleep(0.05)
+        client = create_app(OnSupervisor(supervisord.client)).test_client()
+        reply = client.post("/restart/crasher")
+        assert reply.status_code == 503, reply.data
+        assert "could not restart crasher" in reply.json["error"]
+        assert "boom" in client.get("/logs/crasher?lines=5").json["lines"]
+    finally:
+        supervisord.stop()
+
+
+def test_logs_and_status_while_supervisord_shuts_down_are_503(tmp_path: Path) -> None:
+    """Tried: ``/ready``, ``/status`` and ``/logs`` while the machine was stopping (its
+    workers taking their stop wait to hand jobs back): supervisord answers every call
+    with a SHUTDOWN_STATE fault, which escaped as a 500 with a traceback. Now a 503
+    saying supervisord is shutting down, as when it does not answer at all."""
+    files = RunFiles.in_dir(tmp_path)
+    stubborn = ProgramSpec("stubborn", "worker", "simulation",
+                           ["sh", "-c", "trap '' TERM; echo armed; while true; do sleep 0.1; done"])
+    write_config(MachinePlan("box", GpuInventory("none"), [stubborn]), files,
+                 ProgramOptions(1024 * 1024, 1, 1, 0))
+    supervisord = Supervisord(files, dict(os.environ)).start()
+    try:
+        deadline = time.monotonic() + 10
+        while "armed" not in supervisord.client.tail("stubborn", 5):
+            assert time.monotonic() < deadline, "stubborn never started"
+            time.sleep(0.05)
+        supervisord.client.shutdown()  # stubborn ignores TERM: a second of shutting down
+        with pytest.raises(MachineError, match="shutting down"):
+            supervisord.client.processes()
+        reply = create_app(OnSupervisor(supervisord.client)).test_client().get("/logs/stubborn")
+        assert reply.status_code == 503 and "shutting down" in reply.json["error"]
+        # A machine started meanwhile in the same run directory leaves its socket alone.
+        with pytest.raises(MachineError, match="is stopping"):
+            Supervisord(files, {}).claim_socket()
+        assert files.socket.exists()
+    finally:
+        supervisord.stop()

@@ -33,8 +33,15 @@ def test_parse_workers_syntax() -> None:
     ("simulation:1,simulation:2", "listed twice"),
     ("simulation:1:2", "'simulation:1:2'"),
     ("comfyui-remote:auto", "comfyui-remote:auto"),
+    ("simulation:\u00b2", "count must be a positive integer"),
+    ("simulation:" + "9" * 5000, "count must be a positive integer"),
+    ("simulation:1000", "at most 256 workers"),
+    ("simulation:200,comfyui-remote:100", "at most 256 workers"),
 ])
 def test_bad_plans_name_the_item(text: str, names: str) -> None:
+    """Tried (audit): ``simulation:²`` and a 5000-digit count were a ValueError
+    traceback; ``simulation:100000000`` (a typo) built the plan for minutes, eating
+    memory, and would have started that many workers. Each is one line now."""
     with pytest.raises(PlanError, match=names):
         build_plan("box", text, TWO)
 
@@ -166,6 +173,11 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert MachineSettings.from_env().stale_seconds == 4.5
     with pytest.raises(MachineError, match="invalid machine id"):
         MachineSettings.from_env(machine_id="a b")
+    # Tried: "box\n" (an env file's stray line end) passed the check ('$' matches before
+    # a final newline), made a run directory with a newline in its name, and only then
+    # failed writing supervisord.conf.
+    with pytest.raises(MachineError, match="invalid machine id"):
+        MachineSettings.from_env(machine_id="box\n")
     monkeypatch.setenv("EMP_MACHINE_REPORT_SECONDS", "soon")
     with pytest.raises(MachineError, match="EMP_MACHINE_REPORT_SECONDS"):
         MachineSettings.from_env()
@@ -187,18 +199,54 @@ def test_a_long_run_directory_puts_the_socket_in_the_temp_directory(tmp_path: Pa
     ("EMP_HEALTH_PORT", "-5", "0-65535"),
     ("EMP_HEALTH_PORT", "99999", "0-65535"),
     ("EMP_MACHINE_RETENTION_SECONDS", "nan", "finite"),
+    ("COMFYUI_BASE_PORT", "70000", "1-65535"),
+    ("COMFYUI_BASE_PORT", "0", "1-65535"),
+    ("EMP_LOG_MAX_BYTES", "-5", "at least 0"),
+    ("EMP_LOG_BACKUPS", "-1", "at least 0"),
+    ("EMP_START_RETRIES", "-3", "at least 0"),
 ])
 def test_settings_that_cannot_work_are_one_line_naming_them(
         monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
     """Tried (an audit, each from outside): a report period of 0 (its reaper then marked
     every other machine gone each second), a poll of 0 (a busy loop at 50-60% CPU), a
     stop wait of -1 (supervisor killed workers before they handed their jobs back), a
-    health port of -5 (a traceback) and 99999 (silently port 34463). Each is refused."""
+    health port of -5 (a traceback) and 99999 (silently port 34463). Later: a ComfyUI
+    base port of 70000 or 0, and negative log sizes, log backups and start retries,
+    were all written into supervisord.conf as they were. Each is refused."""
     monkeypatch.setenv("MACHINE_ID", "box")
     monkeypatch.setenv(variable, value)
     with pytest.raises(MachineError, match=variable) as refused:
         MachineSettings.from_env()
     assert words in str(refused.value)
+
+
+def test_a_missing_comfyui_dir_is_refused_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tried: COMFYUI_DIR=/opt/ComfyU (a typo) with COMFYUI_COMMAND set: the machine
+    started, supervisor could not chdir there, every ComfyUI went FATAL and was revived
+    every 30 s, and its workers waited for a ComfyUI that never came."""
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv("COMFYUI_COMMAND", "python main.py --port {port}")
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path / "ComfyU"))
+    with pytest.raises(MachineError, match="COMFYUI_DIR .* is not a directory"):
+        MachineSettings.from_env()
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
+    assert MachineSettings.from_env().comfyui_dir == str(tmp_path)
+
+
+def test_comfyui_ports_past_65535_are_refused() -> None:
+    """Tried: COMFYUI_BASE_PORT=65535 with comfyui:2 planned ComfyUI on port 65536."""
+    with pytest.raises(PlanError, match="port 65536"):
+        build_plan("box", "comfyui:2", TWO, comfyui_command="run {port}",
+                   comfyui_base_port=65535)
+
+
+def test_a_mock_gpu_count_past_64_is_refused() -> None:
+    """Tried: EMP_MOCK_GPUS=100000000 (a typo) sat building mock GPUs for minutes,
+    memory growing, before anything was said; now one line names the limit."""
+    with pytest.raises(MachineError, match="EMP_MOCK_GPUS must be 0-64"):
+        detect_gpus({"EMP_MOCK_GPUS": "100000"})
+    assert len(detect_gpus({"EMP_MOCK_GPUS": "64"}).gpus) == 64
 
 
 @pytest.mark.parametrize("memory", ["inf", "nan", "-1"])

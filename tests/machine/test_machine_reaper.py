@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from pathlib import Path
 
+import pytest
 import redis
 
 from capability_router.functions import Claimed, QueueFunctions
 from capability_router.jobspec import JobSpec
 from capability_router.profile import WorkerProfile
 from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from machine.gpus import GpuInventory
 from machine.reaper import REASON, reap_gone_machines, reap_periodically
 from machine.status import (
     MACHINES_KEY,
@@ -138,3 +142,42 @@ def test_each_machine_is_judged_by_its_own_silence_limit(client: redis.Redis) ->
     assert reaped == {"quick-box", "old-box"}
     assert read_machine(client, "slow-box")["status"] == "online"
     assert client.hget("emp:{default}:job:slow-job", "status") == "in_progress"
+
+
+class _SkewedClock:
+    """Stands in for ``machine.status``'s ``time`` module: this host's wall clock off by
+    ``offset`` seconds (a rented machine without NTP, or one whose clock jumped)."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+
+def test_a_machine_whose_clock_is_off_neither_reaps_nor_is_reaped(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a machine whose wall clock ran 2 minutes fast ran its reaper (as every
+    machine does each report period): it marked a healthy machine that had just reported
+    gone and sent its running job back to pending, to run twice. A machine whose clock
+    ran 2 minutes slow published reports that every other reaper took as 2 minutes
+    old, so it was reaped while it reported. Reports and reapers now use Redis's clock."""
+    import machine.status as status
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    running_job(client, "healthy-job", "healthy")
+    publish(client, report("healthy"), emit=False)
+    monkeypatch.setattr(status, "time", _SkewedClock(+120))
+    assert reap_gone_machines(client, stale_after_seconds=30) == []
+    assert client.hget("emp:{default}:job:healthy-job", "status") == "in_progress"
+
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    settings = MachineSettings("slow-clock", "simulation:1", redis_url=url,
+                               run_dir=Path("/nonexistent"))
+    slow = MachineRuntime(settings, GpuInventory("mock", []))
+    monkeypatch.setattr(status, "time", _SkewedClock(-120))
+    slow._publish(False)  # one periodic report of the slow-clock machine
+    monkeypatch.undo()
+    assert reap_gone_machines(client, stale_after_seconds=30) == []
+    assert read_machine(client, "slow-clock")["status"] == "online"

@@ -336,3 +336,69 @@ def test_a_machine_booted_before_redis_recovers_once_redis_is_up(start_machine,
     finally:
         machine.cleanup()
         late.stop(kill=True)
+
+
+def test_uptime_stays_true_when_the_wall_clock_is_set_back(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """Tried: the machine's wall clock set back an hour (NTP catching up on a rented
+    machine): /health and /status answered an uptime of about -3600 s."""
+    import machine.runtime as runtime_module
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    runtime = MachineRuntime(MachineSettings("box", "simulation:1", run_dir=tmp_path),
+                             GpuInventory("mock", []))
+
+    class SetBack:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() - 3600
+
+    monkeypatch.setattr(runtime_module, "time", SetBack)
+    assert 0 <= runtime.liveness()["uptime_seconds"] < 60
+    assert 0 <= runtime.report({})["uptime_seconds"] < 60
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """Tried: ``emp machine`` with its run directory on a full disk (a 200 KB tmpfs
+    filled up): a 20-line OSError traceback (No space left on device) from deep in the
+    config writer. Now one line naming EMP_MACHINE_RUN_DIR, and nothing started."""
+    from machine.errors import MachineError
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    (tmp_path / "a-file").write_text("not a directory")
+    settings = MachineSettings("box", "simulation:1", redis_url="redis://127.0.0.1:1/0",
+                               run_dir=tmp_path / "a-file" / "run")
+    runtime = MachineRuntime(settings, GpuInventory("mock", []))
+    with pytest.raises(MachineError, match="cannot write the run directory .*EMP_MACHINE_RUN_DIR"):
+        runtime.start()
+    assert runtime.health is None and runtime.supervisord.process is None
+
+
+def test_a_health_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """Tried: a second ``emp machine`` (another MACHINE_ID) on the host with the same
+    EMP_HEALTH_PORT: werkzeug printed "Port N is in use by another program... start the
+    server with a different port" and called sys.exit(1), past the machine's own error,
+    which names the setting. Now a MachineError naming EMP_HEALTH_PORT; nothing started."""
+    import socket as sockets
+
+    from machine.errors import MachineError
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = MachineSettings("box", "simulation:1", redis_url="redis://127.0.0.1:1/0",
+                                   run_dir=tmp_path / "run", health_host="127.0.0.1",
+                                   health_port=taken.getsockname()[1])
+        runtime = MachineRuntime(settings, GpuInventory("mock", []))
+        with pytest.raises(MachineError, match="cannot listen on .*EMP_HEALTH_PORT"):
+            runtime.start()
+    assert runtime.health is None and runtime.supervisord.process is None

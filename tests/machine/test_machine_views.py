@@ -41,9 +41,24 @@ def test_ready_needs_running_programs_registered_by_their_current_process(
     # simulation-1 was restarted after its record was written: the record is its old process's.
     infos["simulation-1"] = info("simulation-1", started=time.time() + 5)
     infos["simulation-0"] = info("simulation-0", state="BACKOFF")
-    reasons = {w["name"]: w["reason"] for w in not_ready(program_views(PLAN, infos, client))}
+    views = program_views(PLAN, infos, client)
+    reasons = {w["name"]: w["reason"] for w in not_ready(views)}
     assert reasons == {"simulation-0": "worker is BACKOFF",
                        "simulation-1": "worker has not registered in Redis yet"}
+
+
+def test_status_shows_no_jobs_for_a_worker_whose_process_holds_none(client: redis.Redis) -> None:
+    """Tried: /status after a worker was SIGKILLed (supervisor restarting it) and while
+    one crash-looped (BACKOFF, no process): each was listed as registered and ``busy``
+    or with the job its dead process had held, though that job was on its way back to
+    pending. A worker counts as registered, with jobs, only while its process runs."""
+    started = time.time() - 5
+    register(client, "box-simulation-0")
+    register(client, "box-simulation-1")
+    infos = {"simulation-0": info("simulation-0", state="BACKOFF", started=started),
+             "simulation-1": info("simulation-1", started=time.time() + 5)}
+    for view in program_views(PLAN, infos, client):
+        assert (view["registered"], view["jobs"], view["status"]) == (False, [], None), view
 
 
 def test_a_missing_program_is_unknown_and_redis_errors_are_shown() -> None:

@@ -22,7 +22,7 @@ import redis
 
 from capability_router.registry import WorkerRegistry
 from machine.settings import MachineSettings
-from machine.status import MachineStatus, ended_machines, machines, now_ms
+from machine.status import MachineStatus, ended_machines, machines, redis_now_ms
 from machine.supervision import RUNNING
 
 #: Display name of the pseudo machine of workers that name no machine.
@@ -202,7 +202,7 @@ def machines_view(client: redis.Redis,
     live = {record["machine_id"]: record for record in machines(client)}
     ended = [record for record in ended_machines(client) if record["machine_id"] not in live]
     grouped = WorkerRegistry(client).machines()
-    now = now_ms()
+    now = redis_now_ms(client)  # the clock reports are stamped with
     ended_ids = {record["machine_id"] for record in ended}
     live_ids = sorted(set(live) | (set(grouped) - ended_ids), key=lambda m: (m == "", m))
     views = [_machine_view(m, live.get(m), grouped.get(m, []), now, stale_ms) for m in live_ids]
