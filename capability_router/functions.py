@@ -43,6 +43,13 @@ from capability_router.profile import WorkerProfile
 LIBRARY_NAME = "emp"
 
 
+def redis_now_ms(client: Any) -> int:
+    """Redis TIME in ms: the clock the function library, stream ids and every process
+    share (hosts' own clocks drift apart)."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 @lru_cache(maxsize=1)
 def library_source() -> str:
     """The queue's Lua source, its VERSION stamped with a digest of the text (see

@@ -33,6 +33,11 @@ from typing import Any
 
 import redis
 
+# Report stamps and the reaper's "now" come from Redis' clock, not each host's: judged by
+# local clocks, a machine whose clock ran a minute fast marked every healthy machine gone
+# (their running jobs were started again elsewhere), and one whose clock ran slow was
+# itself reaped while it reported every 10 s.
+from capability_router.functions import redis_now_ms
 from capability_router.keys import PREFIX
 from capability_router.registry import emit_system_event
 
@@ -57,18 +62,6 @@ def machine_key(machine_id: str) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def redis_now_ms(client: redis.Redis) -> int:
-    """Redis TIME in ms: the one clock every machine and reaper shares.
-
-    Report stamps and the reaper's "now" come from it, not from each host's clock:
-    judged by local clocks, a machine whose clock ran a minute fast marked every
-    healthy machine gone (their running jobs were started again elsewhere), and one
-    whose clock ran slow was itself reaped while it reported every 10 s.
-    """
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _fields(report: dict[str, Any]) -> dict[str, str | int | float]:

@@ -21,9 +21,7 @@ from typing import Any
 import redis
 
 from capability_router.errors import InvalidProfile
-from capability_router.functions import (
-    QueueFunctions,
-)
+from capability_router.functions import QueueFunctions, redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
@@ -147,8 +145,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     psigs = {pool: list(serving[pool]) for pool in pools}
 
     if now_ms is None:
-        seconds, micros = client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = redis_now_ms(client)
     status_counts = listing.status_counts(client, pools)
     summaries = {pool: QueueFunctions(client, pool).queue_summary() for pool in pools}
 

@@ -38,6 +38,7 @@ from typing import Any
 import redis
 
 from capability_router.cluster import STREAM_SLICE_MS, slot_groups
+from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from webapp.outage import REFUSING, WriteRefusals
@@ -159,8 +160,7 @@ class EventConsumer:
         millisecond: an event of the very millisecond a hook was created counts
         (per-hook filtering by event time drops anything older).
         """
-        seconds, micros = self.client.time()
-        now = int(seconds) * 1000 + int(micros) // 1000
+        now = redis_now_ms(self.client)
         oldest = self.hooks.oldest
         start = min(now, oldest) if oldest else now
         return f"{start - 1}-18446744073709551615"

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from capability_router.functions import redis_now_ms
 from webapp.webhooks import keys
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.events import canonical_events
@@ -41,8 +42,7 @@ def new_hook_id() -> str:
 
 def now_ms(client: redis.Redis) -> int:
     """Redis TIME in ms: the clock stream ids and the function library use."""
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
+    return redis_now_ms(client)
 
 
 def _int(value: Any) -> int | None:
