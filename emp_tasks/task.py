@@ -54,13 +54,14 @@ JOB_OPTIONS = (
 #: requeue) rather than being counted as failed. (A refused progress report failed the
 #: run, and that FAILURE reached a result backend kept elsewhere while the job ran
 #: again and completed.)
+STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
+                     redis.ReadOnlyError, *CLUSTER_REDIRECTS)
+
 #: Celery's built-in tasks that run another task's function inside their own run
 #: (``task.map``, ``task.starmap``, ``task.chunks``): their job is that task's, filed
 #: under its service (as a service of their own, no worker served them).
 MAPPING_BUILTINS = ("celery.map", "celery.starmap", "celery.chunks")
 
-STORE_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError,
-                     redis.ReadOnlyError, *CLUSTER_REDIRECTS)
 logger = logging.getLogger(__name__)
 
 
@@ -227,8 +228,8 @@ class EmpTask(Task):
             # Reject's requeue goes through emp_requeue (bounded by max_attempts); when
             # Redis is still away the lease lapses and the sweep requeues the job.
             raise Requeued(f"job {context.job_id}: the queue's Redis was unreachable or "
-                         f"refused writes ({type(exc).__name__}: {exc}); requeued",
-                         requeue=True) from None
+                           f"refused writes ({type(exc).__name__}: {exc}); requeued",
+                           requeue=True) from None
 
     def _run(self, context: JobContext, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
