@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -370,8 +372,15 @@ def install_chromium() -> str | None:
     """Install Debian's chromium with apt-get when it is missing; None on success, else why.
 
     Runs as root only (the README's test command on a fresh Debian machine or CI image);
-    ``apt-get update`` first when the package lists are stale. Waits for another apt.
+    ``apt-get update`` first when the package lists are stale. Waits for another apt, and
+    for the other test processes (pytest-xdist): one installs, the rest find it there.
     """
+    with open(Path(tempfile.gettempdir()) / "emp-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_chromium()
+
+
+def _install_chromium() -> str | None:
     if Path(CHROMIUM).exists():
         return None
     hint = f"no Chromium at {CHROMIUM}: run `sudo apt-get install chromium` or set EMP_CHROMIUM"

@@ -32,6 +32,7 @@ def claim_order(queue: QueueFunctions) -> list[str]:
         "2400-01-01T00:00:00Z",  # past the year 2286, where ms reach 1e13
         -86_400_000,  # before 1970
     ],
+    ids=["microseconds", "nanoseconds", "year-2400", "before-1970"],  # stable for pytest-xdist
 )
 def test_a_workflow_datetime_the_order_cannot_hold_is_refused(
     queue: QueueFunctions, stamp: object

@@ -90,7 +90,8 @@ def test_filters(filters, data, passes) -> None:
     assert matches(filters, data) is passes
 
 
-@pytest.mark.parametrize("secret", [generate_secret(), "plain text secret"])
+@pytest.mark.parametrize("secret", [generate_secret(), "plain text secret"],
+                         ids=["whsec-secret", "plain-secret"])  # stable for pytest-xdist
 def test_both_signatures_verify(secret) -> None:
     body = '{"event_type":"complete_job","data":{"job_id":"j1"}}'
     headers = signature_headers(secret, "dlv_1", body)
