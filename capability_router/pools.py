@@ -352,6 +352,10 @@ class PoolsFileWatch:
         self._version: tuple[int, ...] | None = None
         self._good: PoolsFile | None = None
         self._refused: tuple[int, ...] | None | bool = False
+        #: Why the file as it is now was refused while the last good version stays in
+        #: force (naming the file and the field); None when the file in force is the
+        #: file on disk. Set by ``current``.
+        self.refusal: str | None = None
 
     def current(self) -> PoolsFile:
         """The file as last loaded good; re-read first when it changed."""
@@ -367,6 +371,8 @@ class PoolsFileWatch:
                 logger.error("pools file change refused, %s keeps the last good version: %s",
                              self.what, exc)
                 self._refused = version
+            self.refusal = str(exc)
             return self._good
         self._version, self._good, self._refused = version, loaded, False
+        self.refusal = None
         return loaded

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from capability_router.jobspec import JobSpec
-from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
+from capability_router.pools import POOLS_FILE_ENV, PoolsFile, PoolsFileWatch
 from capability_router.routing import Router, SizeFields
 from emp_tasks.connection import get_client
 
@@ -29,6 +29,19 @@ def router_for(app: Any) -> Router | None:
 
     Raises PoolsFileError only when no good version of the file was ever loaded.
     """
+    held = _watched_router(app)
+    return held[1] if held else None
+
+
+def pools_file_in_force(app: Any) -> tuple[PoolsFile | None, str | None]:
+    """The pools file routing uses in this process, and why the file as it is now on disk
+    was refused (None when it is the one in force): what ``/api/pools`` shows, so that it
+    never says something routing does not do. (None, None) when routing is off."""
+    held = _watched_router(app)
+    return (held[1].pools_file, held[0].refusal) if held else (None, None)
+
+
+def _watched_router(app: Any) -> tuple[PoolsFileWatch, Router] | None:
     path = os.environ.get(POOLS_FILE_ENV, "").strip()
     if not path:
         return None
@@ -38,10 +51,9 @@ def router_for(app: Any) -> Router | None:
     watch = held[0] if held else PoolsFileWatch(path, "routing")
     pools_file = watch.current()
     if held is not None and held[1].pools_file is pools_file:
-        return held[1]
-    router = Router(get_client(url), pools_file)
-    _routers[key] = (watch, router)
-    return router
+        return held
+    _routers[key] = (watch, Router(get_client(url), pools_file))
+    return _routers[key]
 
 
 def place(app: Any, spec: JobSpec, features: Mapping[str, float] | None,

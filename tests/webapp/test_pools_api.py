@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from rest_helpers import Api, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "capability_router"))
@@ -110,3 +111,48 @@ def test_emp_api_with_a_broken_pools_file_refuses_to_start(tmp_path: Path, redis
     assert "EMP_POOLS_FILE" in done.stderr and str(broken) in done.stderr
     assert "gpu_memory_gb" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_edit_of_the_pools_file_shows_the_pools_routing_still_uses(
+        client, start_server, pools_path: Path) -> None:
+    """Tried: with the API and the monitor running, the operator saves the pools file with a
+    typo (standard's gpu = "yes"), then fixes it with fast widened to 0-20 s. Before,
+    `GET /api/pools`, `/api/pools/<name>/metrics` and the monitor's pool list answered 500
+    naming the field while routing went on with the last good file: the page an operator
+    looks at to see what routing does said nothing about it. Now they show the version
+    routing uses, and `/api/pools` says why the file on disk was refused; the fix shows at
+    once."""
+    api = Api(start_server("api", EMP_POOLS_FILE=str(pools_path)).base)
+    monitor = start_server("monitor", EMP_POOLS_FILE=str(pools_path))
+
+    def shown() -> tuple[int, dict]:
+        response = api.get("/api/pools")
+        return response.status_code, response.json()
+
+    status, body = shown()
+    assert status == 200 and body["pools_file_error"] is None
+    ranges = {p["name"]: p["durations_seconds"] for p in body["pools"] if p["configured"]}
+    assert ranges["fast"] == [0, 5]
+
+    pools_path.write_text(POOLS.replace("gpu = true", 'gpu = "yes"', 1))
+    status, body = shown()
+    assert status == 200, body
+    assert "pools.standard.gpu must be true or false" in body["pools_file_error"]
+    assert str(pools_path) in body["pools_file_error"]
+    assert [p["name"] for p in body["pools"] if p["configured"]] == ["fast", "standard", "heavy"]
+    metrics = api.get("/api/pools/standard/metrics")
+    assert metrics.status_code == 200, metrics.text
+    listed = requests.get(monitor.base + "/emp/api/pools", timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["pools"][:3] == ["fast", "standard", "heavy"]
+    # Routing also kept the last good file: a submit still goes where it showed.
+    job_id = api.submit(service_required="simulation", payload={**IMAGE, "duration": 0.1})
+    assert api.job(job_id)["pool"] == "standard"
+
+    pools_path.write_text(POOLS.replace("durations_seconds = [0, 5]",
+                                        "durations_seconds = [0, 20]"))
+    status, body = shown()
+    assert status == 200 and body["pools_file_error"] is None
+    ranges = {p["name"]: p["durations_seconds"] for p in body["pools"] if p["configured"]}
+    assert ranges["fast"] == [0, 20]

@@ -213,6 +213,10 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "success": success,
                 "routing": {"type": "boolean", "description": "EMP_POOLS_FILE is set."},
                 "pools_file": {"type": "string", "nullable": True},
+                "pools_file_error": {"type": "string", "nullable": True, "description": (
+                    "Why the pools file as it is now on disk was refused (naming the file "
+                    "and the field); routing and this answer keep its last good version. "
+                    "null when the file in force is the file on disk.")},
                 "spill_wait_seconds": {"type": "number", "nullable": True},
                 "pools": {"type": "array", "items": {
                     "type": "object",

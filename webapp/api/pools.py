@@ -9,7 +9,7 @@ from capability_router.errors import PoolsFileError
 from capability_router.keys import check_namespace
 from capability_router.pool_metrics import pool_series
 from capability_router.pool_view import known_pools, pools_view
-from capability_router.pools import pools_file_from_env
+from emp_tasks import placement
 from webapp.api import validation
 from webapp.auth import error, require_auth
 from webapp.backend import backend
@@ -20,16 +20,24 @@ blueprint = Blueprint("pools", __name__)
 @blueprint.get("/api/pools")
 @require_auth()
 def list_pools():  # noqa: ANN201 - Flask response
-    """Pools from EMP_POOLS_FILE (routing on) and those live workers serve, with their load."""
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError as exc:
-        return error(500, str(exc))
+    """Pools from EMP_POOLS_FILE (routing on) and those live workers serve, with their load.
+
+    The file shown is the one routing uses: after an edit that does not load, the last
+    good version, with ``pools_file_error`` saying why the file on disk was refused."""
+    pools_file, refusal = placement.pools_file_in_force(backend().celery)
     return jsonify(success=True, routing=pools_file is not None,
                    pools_file=pools_file.path if pools_file else None,
+                   pools_file_error=refusal,
                    spill_wait_seconds=(pools_file.routing.spill_wait_seconds
                                        if pools_file else None),
                    pools=pools_view(backend().redis, pools_file))
+
+
+@blueprint.errorhandler(PoolsFileError)
+def no_pools_file(exc: PoolsFileError):  # noqa: ANN201 - Flask response
+    """No version of EMP_POOLS_FILE ever loaded in this process (``emp api`` refuses to
+    start so; an app built otherwise answers this until the file is fixed)."""
+    return error(503, f"EMP_POOLS_FILE: {exc}")
 
 
 @blueprint.errorhandler(validation.Invalid)
@@ -47,10 +55,7 @@ def pool_metrics(name: str):  # noqa: ANN201 - Flask response
         check_namespace(name)
     except ValueError as exc:
         return error(400, str(exc))
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError as exc:
-        return error(500, str(exc))
+    pools_file, _ = placement.pools_file_in_force(backend().celery)
     client = backend().redis
     known = known_pools(client, pools_file)
     if name not in known:

@@ -12,14 +12,13 @@ import time
 import tornado.web
 from flower.views.monitor import Metrics as FlowerMetrics
 
-from capability_router.errors import JobNotFound, PoolsFileError
+from capability_router.errors import JobNotFound
 from capability_router.keys import check_namespace
 from capability_router.pool_metrics import UnknownWindow, parse_window, pool_series
 from capability_router.pool_view import known_pools
-from capability_router.pools import pools_file_from_env
 from emp_tasks import producer
 from webapp.api.validation import Invalid
-from webapp.monitor import jobs
+from webapp.monitor import jobs, metrics
 from webapp.monitor.handlers import ActionHandler, JsonHandler, MonitorHandler
 from webapp.monitor.machines import machines_view, page_view
 from webapp.monitor.queue import queue_summary
@@ -50,11 +49,7 @@ class QueueData(JsonHandler):
 
 
 def _known_pools(client: object) -> list[str]:
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError as exc:
-        raise tornado.web.HTTPError(500, str(exc)) from None
-    return known_pools(client, pools_file)
+    return known_pools(client, metrics.pools_file())
 
 
 class PoolsData(JsonHandler):

@@ -281,7 +281,7 @@ class QueueCollector(Collector):
             for name, histogram in histograms.items():
                 families[name].add_metric([pool], _buckets(histogram), histogram.sum)
         self._pools(client, pools, families)
-        for row in pools_view(client, _pools_file()):
+        for row in pools_view(client, pools_file()):
             families["desired"].add_metric([row["name"]], row["desired_machines"])
         return list(families.values())
 
@@ -308,15 +308,15 @@ class QueueCollector(Collector):
         return f"{host}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
-#: Path -> the pools file watched for the scaling policies.
+#: Path -> the pools file watched for the scaling policies and the Pools page.
 _pools_watches: dict[str, PoolsFileWatch] = {}
 
 
-def _pools_file() -> Any:
-    """The pools file for the scaling policies. A broken edit keeps the last good version
-    (logged by the watch, as routing does): default settings instead would ask KEDA for more
-    than the pool's ``max_machines`` and drop the pools no worker serves. Broken from the
-    start: logged, and default settings."""
+def pools_file() -> Any:
+    """The monitor's pools file (scaling policies, the Pools page's list). A broken edit
+    keeps the last good version (logged by the watch, as routing does): default settings
+    instead would ask KEDA for more than the pool's ``max_machines`` and drop the pools no
+    worker serves. Broken from the start: logged, and default settings."""
     path = os.environ.get(POOLS_FILE_ENV, "").strip()
     if not path:
         return None
