@@ -362,6 +362,46 @@ def test_a_delivery_answered_5xx_past_give_up_after_ms_is_dead_lettered_and_the_
     assert [r.payload["data"]["job_id"] for r in down.delivered()] == [poison.id, good.id]
 
 
+@pytest.mark.timeout(60)
+def test_a_dispatcher_whose_clock_runs_ahead_does_not_give_up_early(
+        client, receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a webhook service on a host whose clock runs 2 h ahead of Redis' (a VM resumed
+    without NTP), a receiver answering 503 twice (a deploy) and then 200, the hook's
+    give_up_after_ms the default hour. Before, the time a delivery had been tried was this
+    host's clock minus first_attempt_at, which is Redis' clock: at its second attempt it
+    looked tried for 2 h and was recorded failed ("gave up ... for 7200 s"), never
+    delivered. Now both ends of that span are Redis' clock: delivered on attempt 3."""
+    from types import SimpleNamespace
+
+    from webapp.webhooks import dispatcher
+    from webapp.webhooks.config import WebhookConfig, parse_networks
+    from webapp.webhooks.service import DeliveryService
+    from webapp.webhooks.store import HookStore
+
+    real = time.time
+    monkeypatch.setattr(dispatcher, "time", SimpleNamespace(
+        time=lambda: real() + 7200, monotonic=time.monotonic, sleep=time.sleep))
+    sink = receiver()
+    answers = iter([503, 503])
+    sink.status = lambda r: next(answers, 200)
+    config = WebhookConfig(instance="skewed", allowed_networks=parse_networks("127.0.0.0/8"))
+    store = HookStore(client, config)
+    hook = store.create({
+        "url": sink.url + "/hook", "events": ["job_submitted"],
+        "retry_config": {"initial_delay_ms": 50, "max_delay_ms": 100}})
+    service = DeliveryService(client, config).start()
+    try:
+        data = {"job_id": "job-1", "job_type": "echo", "priority": 50}
+        client.xadd(Keys().events, {"event": "job_submitted", "job_id": "job-1",
+                                    "data": json.dumps(data)})
+        wait_for(lambda: len(sink.requests) >= 3 or store.deliveries(hook["id"], 10, "failed"),
+                 timeout=20, message="the delivery delivered or given up")
+    finally:
+        service.stop()
+    assert [r.status for r in sink.requests] == [503, 503, 200]
+    assert [r.payload["data"]["job_id"] for r in sink.delivered()] == ["job-1"]
+
+
 @pytest.mark.timeout(90)
 def test_private_address_refused_at_delivery_time(app, client, start_server, receiver) -> None:
     server = start_server("webhooks", **FAST)

@@ -53,6 +53,7 @@ from typing import Any
 
 import redis
 
+from capability_router.functions import redis_now_ms
 from emp_tasks import tracing
 from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks.config import GIVE_UP_AFTER_MS, WebhookConfig
@@ -222,7 +223,9 @@ class Dispatcher:
         }) as span:
             result = self.sender.post(hook["url"], body.encode(), headers)
             first = int(delivery.get("first_attempt_at") or 0)
-            trying_ms = max(0, int(time.time() * 1000) - first) if first else 0
+            trying_ms = 0
+            if first and is_transient(result.status):  # first_attempt_at is Redis' clock
+                trying_ms = max(0, redis_now_ms(self.functions.client) - first)
             retry = self.retry_config(hook)
             kind, delay = decide(result, number, retry, trying_ms)
             if span is not None:
