@@ -84,6 +84,14 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+def _whole(name: str, default: int) -> int:
+    """A count, port or size: a fraction is refused, not cut (9090.5 is no port)."""
+    value = _float(name, default)
+    if not float(value).is_integer():
+        raise MachineError(f"{name} must be a whole number, got {defaults.env(name)!r}")
+    return int(value)
+
+
 #: Settings that must be above a floor: (field, variable, lowest allowed, why).
 FLOORS = (
     ("report_seconds", "EMP_MACHINE_REPORT_SECONDS", 0.1,
@@ -150,21 +158,21 @@ class MachineSettings:
             "workers": defaults.env("WORKERS", "simulation:auto"),
             "run_dir": defaults.env("EMP_MACHINE_RUN_DIR"),
             "health_host": defaults.env("EMP_HEALTH_HOST", "0.0.0.0"),
-            "health_port": int(_float("EMP_HEALTH_PORT", HEALTH_PORT)),
+            "health_port": _whole("EMP_HEALTH_PORT", HEALTH_PORT),
             "health_token": defaults.env("EMP_HEALTH_TOKEN"),
             "report_seconds": _float("EMP_MACHINE_REPORT_SECONDS", REPORT_SECONDS),
             "stale_seconds": _float("EMP_MACHINE_STALE_SECONDS", 0.0) or None,
             "poll_seconds": _float("EMP_MACHINE_POLL_SECONDS", POLL_SECONDS),
             "retention_seconds": _float("EMP_MACHINE_RETENTION_SECONDS", RETENTION_SECONDS),
             "worker_loglevel": defaults.env("EMP_WORKER_LOGLEVEL", "info"),
-            "log_max_bytes": int(_float("EMP_LOG_MAX_BYTES", LOG_MAX_BYTES)),
-            "log_backups": int(_float("EMP_LOG_BACKUPS", LOG_BACKUPS)),
-            "stop_wait_seconds": int(_float("EMP_STOP_WAIT_SECONDS", STOP_WAIT_SECONDS)),
-            "start_retries": int(_float("EMP_START_RETRIES", START_RETRIES)),
+            "log_max_bytes": _whole("EMP_LOG_MAX_BYTES", LOG_MAX_BYTES),
+            "log_backups": _whole("EMP_LOG_BACKUPS", LOG_BACKUPS),
+            "stop_wait_seconds": _whole("EMP_STOP_WAIT_SECONDS", STOP_WAIT_SECONDS),
+            "start_retries": _whole("EMP_START_RETRIES", START_RETRIES),
             "revive_seconds": _float("EMP_REVIVE_SECONDS", REVIVE_SECONDS),
             "comfyui_command": defaults.env("COMFYUI_COMMAND"),
             "comfyui_dir": defaults.env("COMFYUI_DIR"),
-            "comfyui_base_port": int(_float("COMFYUI_BASE_PORT", COMFYUI_BASE_PORT)),
+            "comfyui_base_port": _whole("COMFYUI_BASE_PORT", COMFYUI_BASE_PORT),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -204,6 +204,8 @@ def test_a_long_run_directory_puts_the_socket_in_the_temp_directory(tmp_path: Pa
     ("EMP_LOG_MAX_BYTES", "-5", "at least 0"),
     ("EMP_LOG_BACKUPS", "-1", "at least 0"),
     ("EMP_START_RETRIES", "-3", "at least 0"),
+    ("EMP_HEALTH_PORT", "9090.5", "whole number"),  # was port 9090
+    ("EMP_LOG_BACKUPS", "2.5", "whole number"),  # was 2
 ])
 def test_settings_that_cannot_work_are_one_line_naming_them(
         monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
@@ -212,7 +214,8 @@ def test_settings_that_cannot_work_are_one_line_naming_them(
     stop wait of -1 (supervisor killed workers before they handed their jobs back), a
     health port of -5 (a traceback) and 99999 (silently port 34463). Later: a ComfyUI
     base port of 70000 or 0, and negative log sizes, log backups and start retries,
-    were all written into supervisord.conf as they were. Each is refused."""
+    were all written into supervisord.conf as they were; a health port of 9090.5 was cut to
+    9090. Each is refused."""
     monkeypatch.setenv("MACHINE_ID", "box")
     monkeypatch.setenv(variable, value)
     with pytest.raises(MachineError, match=variable) as refused:
