@@ -90,7 +90,12 @@ class PreparingReporter:
 def models_ready(task: Any, context: JobContext) -> Iterator[dict[str, Path]]:
     """The job's catalog models on disk and held while the block runs ({} when none)."""
     functions = context.functions
-    manager = manager_from_env(functions.client)
+    try:
+        manager = manager_from_env(functions.client)
+    except ConnectorError as exc:  # the cache's folder cannot be made (a disk error)
+        from emp_tasks.connector_jobs import retry_or_fail
+
+        raise retry_or_fail(task, exc) from None
     if manager is None:
         yield {}
         return

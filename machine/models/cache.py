@@ -28,7 +28,8 @@ used first.
 
 A disk error on these small files (full, read-only) is the ``service`` error a
 full disk gives on the model file itself, naming the file: another machine may
-take the job.
+take the job. So is one making the folders, the first time a process uses the
+cache.
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ class ModelCache:
         self.budget_bytes = int(budget_bytes)
         # A cache of the version without records: its files are its own, unverified.
         legacy = (self.root / ".parts").is_dir() and not (self.root / ".sha256").is_dir()
-        for sub in (".parts", ".locks", ".reserved", ".sha256", ".failed"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        if legacy:
-            for path in self.root.iterdir():
-                if path.is_file() and not path.name.startswith("."):
-                    with open(self._sha_file(path.name), "a") as record:
-                        if record.tell() == 0:
-                            record.write(_UNVERIFIED)
+        with _setting_up(self.root):
+            for sub in (".parts", ".locks", ".reserved", ".sha256", ".failed"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if legacy:
+                for path in self.root.iterdir():
+                    if path.is_file() and not path.name.startswith("."):
+                        with open(self._sha_file(path.name), "a") as record:
+                            if record.tell() == 0:
+                                record.write(_UNVERIFIED)
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -360,11 +362,28 @@ def _bookkeeping(name: str, after: str = "") -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        raise ConnectorError(f"model {name} cannot be kept in the model cache: cannot "
-                             f"write{where}: {exc.strerror or exc}"
-                             + (f" ({after})" if after else ""),
-                             ErrorType.SERVICE, {"model": name}) from None
+        raise _disk_error(f"model {name} cannot be kept in the model cache", exc, after,
+                          {"model": name}) from None
+
+
+@contextmanager
+def _setting_up(root: Path) -> Iterator[None]:
+    """The cache's folders are made (the first use in a process): a folder gone bad since
+    the worker's start check (a volume unmounted, a full or read-only disk) is
+    the same ``service`` error, so the job is retried, maybe on another machine."""
+    try:
+        yield
+    except OSError as exc:
+        raise _disk_error(f"the model cache {root} cannot be used", exc, "",
+                          {"path": exc.filename or str(root)}) from None
+
+
+def _disk_error(what: str, exc: OSError, after: str, details: dict[str, str]
+                ) -> ConnectorError:
+    where = f" {exc.filename}" if exc.filename else ""
+    return ConnectorError(f"{what}: cannot write{where}: {exc.strerror or exc}"
+                          + (f" ({after})" if after else ""), ErrorType.SERVICE,
+                          {**details, "reason": exc.strerror or str(exc)})
 
 
 def _size(path: Path) -> int:

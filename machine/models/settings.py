@@ -27,6 +27,7 @@ def check_settings() -> None:
     """Read every model setting and make the cache's folders (a file written and removed
     there: the folder is usable); ValueError naming the first bad one."""
     import machine.models.download  # noqa: F401 - its settings are read at import
+    from machine.connectors.base import ConnectorError
     from machine.models.cache import ModelCache
     from machine.models.manager import budget_bytes_from_env
 
@@ -41,3 +42,6 @@ def check_settings() -> None:
     except OSError as exc:
         raise ValueError(f"EMP_MODEL_CACHE_DIR {root} cannot be used: "
                          f"{exc.strerror or exc}") from None
+    except ConnectorError as exc:  # its folders could not be made
+        raise ValueError(f"EMP_MODEL_CACHE_DIR {root} cannot be used: "
+                         f"{exc.details.get('reason', exc.message)}") from None

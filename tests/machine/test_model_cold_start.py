@@ -226,3 +226,36 @@ def test_a_job_cancelled_while_its_model_downloads_stops_it_and_keeps_the_bytes(
     ranges = [s.range for s in server.requests_for("m-cancel")]
     assert ranges[0] is None and ranges[-1] == f"bytes={sizes[-1]}-", ranges
     assert (tmp_path / "cache" / "m-cancel").read_bytes() == server.files["m-cancel"]
+
+
+@pytest.mark.timeout(120)
+def test_a_model_cache_folder_gone_bad_after_start_is_a_service_error_naming_it(
+        app, client, server, start_worker, tmp_path) -> None:
+    """Tried: ``emp worker`` starts with a usable ``EMP_MODEL_CACHE_DIR`` (its start
+    check passes), then the volume under it goes (its mount point is now a
+    regular file, as root can still not write through it) before the first job
+    needing a catalog model. Before, the first cache build's mkdir let a raw
+    ``NotADirectoryError`` traceback out of the preparation: the job failed for
+    good without a retry. Now it is the ``service`` error of a full disk, naming
+    the path: retried (another machine may take it), then failed, never
+    started."""
+    import shutil
+
+    _publish(client, server, "m-vol")
+    volume = tmp_path / "volume"
+    env = {**_worker_env(tmp_path), "EMP_MODEL_CACHE_DIR": str(volume / "cache")}
+    start_worker("cold-1", **env)
+    shutil.rmtree(volume)
+    volume.write_text("")  # the mount point, without its volume
+    job = submit("simulation", {"steps": 1, "duration": 0.05},
+                 requirements={"models": ["m-vol"]}, max_retries=1, app=app)
+    wait_until(lambda: get_job(job.id, app=app)["status"] == "failed", timeout=90,
+               message="the job to fail")
+    record = get_job(job.id, app=app)
+    assert "[service] the model cache" in record["last_error"], record["last_error"]
+    assert str(volume / "cache") in record["last_error"]
+    assert "Not a directory" in record["last_error"]
+    assert "Traceback" not in record["last_error"]
+    assert record["attempts"] == 2 and record["retries"] == 1
+    assert "job_started" not in [e["event"] for e in _events(app, job.id)]
+    assert not server.requests_for("m-vol")
