@@ -142,7 +142,9 @@ class ModelCache:
     @contextmanager
     def use(self, name: str) -> Iterator[None]:
         """Hold the model in use: nobody evicts it meanwhile (shared, cross-process)."""
-        with self._open_lock(name, "use") as handle:
+        with _bookkeeping(name):
+            opened = self._open_lock(name, "use")
+        with opened as handle:
             fcntl.flock(handle, fcntl.LOCK_SH)
             try:
                 yield
@@ -153,7 +155,9 @@ class ModelCache:
     def download_lock(self, name: str, waiting: Callable[[], None] | None = None
                       ) -> Iterator[None]:
         """Be the one process downloading ``name``; ``waiting()`` runs while another is."""
-        with self._open_lock(name, "download") as handle:
+        with _bookkeeping(name):
+            opened = self._open_lock(name, "download")
+        with opened as handle:
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -168,9 +172,10 @@ class ModelCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _open_lock(self, name: str, kind: str) -> TextIO:
-        """``name``'s ``kind`` lock file, opened (made when missing)."""
-        with _bookkeeping(name):
-            return open(self._lock_file(name, kind), "a")  # closed by the caller's with
+        """``name``'s ``kind`` lock file, opened (made when missing). Its OSError is
+        classified by the caller, for the model being prepared: while ``a``
+        makes room, a failure on ``b``'s lock is ``a``'s error, not ``b``'s."""
+        return open(self._lock_file(name, kind), "a")  # closed by the caller's with
 
     def _downloading(self, name: str) -> bool:
         """Whether some live process holds ``name``'s download lock."""
@@ -246,7 +251,7 @@ class ModelCache:
                 disk_short -= _size(victim)
         if budget_short <= 0 and disk_short <= 0:
             for victim in chosen:
-                freed = self._evict_part(victim) if victim in parts else self.evict(victim.name)
+                freed = self._evict_part(victim) if victim in parts else self._evict(victim.name)
                 if freed:
                     evicted.append(victim.name)
                     need -= freed
@@ -298,7 +303,13 @@ class ModelCache:
 
     def evict(self, name: str) -> int:
         """Delete ``name`` if no process uses it; the bytes freed (0: in use or absent)."""
-        with _bookkeeping(name), self._open_lock(name, "use") as handle:
+        with _bookkeeping(name):
+            return self._evict(name)
+
+    def _evict(self, name: str) -> int:
+        """``evict``, its disk errors left to the caller (``_make_room`` names the model
+        it makes room for)."""
+        with self._open_lock(name, "use") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

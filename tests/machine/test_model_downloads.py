@@ -800,3 +800,32 @@ def test_a_failure_note_that_cannot_be_written_keeps_the_download_s_error(
     with pytest.raises(ConnectorError) as caught:
         _fetch(_manager(tmp_path), entry)
     assert caught.value.error_type == ErrorType.MODEL and "sha256" in caught.value.message
+
+
+@pytest.mark.parametrize("victim_lock", ["use", "download"])
+def test_a_lock_file_error_while_making_room_names_the_model_being_prepared(
+        server, tmp_path, victim_lock) -> None:
+    """Tried: a job needs model ``a``, the budget holds one model, and ``b`` (idle)
+    must be evicted; opening ``b``'s lock file fails (its ``use`` lock when
+    checking the model, its ``download`` lock when evicting an idle part of
+    ``b``). A directory at the lock's path stands in for the disk error (a full
+    disk creating it, too many open files), since it fails for root too.
+    Before, the job's ``service`` error said ``model b cannot be kept in the
+    model cache`` (and its details ``model: b``): the model kept fine, and not
+    the one the job needs. Now it names ``a``, the model that cannot be kept,
+    and still the lock file that failed."""
+    a, b = _entry(server, "a"), _entry(server, "b")
+    manager = _manager(tmp_path, budget=SIZE + 1000)
+    if victim_lock == "use":
+        _fetch(manager, b)
+    else:  # a killed worker's download of b: its part is idle, evicted for a
+        manager.cache.part("b", b.sha256).write_bytes(server.files["b"][:SIZE // 2])
+    lock = tmp_path / ".locks" / f"b.{victim_lock}"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, a)
+    assert caught.value.error_type == ErrorType.SERVICE, caught.value.message
+    assert caught.value.message.startswith("model a cannot be kept"), caught.value.message
+    assert str(lock) in caught.value.message and caught.value.details["model"] == "a"
+    assert not list((tmp_path / ".reserved").iterdir())
