@@ -95,7 +95,9 @@ class ModelCache:
         """True when the complete file of this version is there (verified when it was
         installed). The size alone does not tell versions apart: a retrained
         model usually has its predecessor's size. A file without a record (a
-        cache from before the records) is hashed once and adopted if it matches."""
+        cache from before the records) is hashed once and adopted if it matches;
+        one that cannot be read is a ``service`` error (the machine's disk, as
+        in ``download``), the file left for the operator to look at."""
         try:
             if self.path(name).stat().st_size != size:
                 return False
@@ -107,7 +109,15 @@ class ModelCache:
             recorded = _UNVERIFIED
         if recorded != _UNVERIFIED:
             return recorded == sha256
-        if hash_file(self.path(name), size).hexdigest() != sha256:
+        try:
+            digest = hash_file(self.path(name), size)
+        except OSError as exc:
+            raise ConnectorError(f"model {name} cannot be verified in the model cache: "
+                                 f"cannot read {exc.filename or self.path(name)}: "
+                                 f"{exc.strerror or exc}", ErrorType.SERVICE,
+                                 {"model": name, "reason": exc.strerror or str(exc)}
+                                 ) from None
+        if digest.hexdigest() != sha256:
             return False
         with _bookkeeping(name):
             self._record_sha(name, sha256)

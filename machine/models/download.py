@@ -101,7 +101,8 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
     other than 408/429 (the catalog entry is wrong; the part is deleted), a
     URL that leads to no http(s) file or a download slower on the whole than
     EMP_MODEL_DOWNLOAD_MIN_RATE_KIB (the part is kept), ``service`` when the part cannot be
-    written (a full disk; the part is deleted), ``network`` when the transfer
+    written (a full disk) or read back for its checksum (a failing disk; the
+    part is deleted either way), ``network`` when the transfer
     kept failing (the part is kept for the next resume).
     """
     http = session or redirects.Session()
@@ -132,7 +133,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
             raise _too_slow(url, have, size, started)
         furthest, stalled = max(furthest, have), False
         if hashed != have:
-            digest, hashed = hash_file(part, have), have
+            digest, hashed = _hash_part(part, have, url), have
         # identity: the file's own bytes (a compressed body would fail its checksum)
         headers = {"Accept-Encoding": "identity"}
         if have:
@@ -208,7 +209,7 @@ def fetch(url: str, part: Path, size: int, sha256: str, progress: ProgressFn | N
         raise ConnectorError(f"model download {url} failed {tries} tries in a row at "
                              f"{have}/{size} bytes: {last_error}", ErrorType.NETWORK)
     if hashed != have:
-        digest = hash_file(part, have)
+        digest = _hash_part(part, have, url)
     if digest.hexdigest() != sha256:
         raise _mismatch(part, url, f"sha256 {digest.hexdigest()} is not the catalog's {sha256}")
 
@@ -273,6 +274,27 @@ def _write(sink: BinaryIO, block: bytes, part: Path, url: str) -> None:
             view = view[sink.write(view):]
     except OSError as exc:
         raise _disk_error(part, url, exc) from None
+
+
+def _hash_part(part: Path, upto: int, url: str) -> hashlib._Hash:
+    """The SHA-256 of the part's first ``upto`` bytes (a part found complete, or
+    resumed). A read error (EIO from a failing disk, the file gone or
+    unreadable) is the machine's disk, as a write error is: ``service``, so the
+    job is retried, maybe elsewhere. Not ``model``: the bytes were never
+    compared, nothing says the catalog entry is wrong (and a ``model`` error
+    would fail the processes waiting for this download for good). The part
+    goes when it can: bytes that cannot be read back cannot be resumed from."""
+    try:
+        return hash_file(part, upto)
+    except OSError as exc:
+        try:
+            part.unlink(missing_ok=True)
+            gone = " (the partial file is deleted)"
+        except OSError:
+            gone = ""
+        raise ConnectorError(f"model download {url} cannot read back {exc.filename or part} "
+                             f"for its checksum: {exc.strerror or exc}{gone}",
+                             ErrorType.SERVICE, {"url": url}) from None
 
 
 def _disk_error(part: Path, url: str, exc: OSError) -> ConnectorError:

@@ -829,3 +829,60 @@ def test_a_lock_file_error_while_making_room_names_the_model_being_prepared(
     assert caught.value.message.startswith("model a cannot be kept"), caught.value.message
     assert str(lock) in caught.value.message and caught.value.details["model"] == "a"
     assert not list((tmp_path / ".reserved").iterdir())
+
+
+def _unreadable(path: Path) -> int:
+    """Make ``path`` a file-sized thing that cannot be read: a directory (``open``
+    fails with EISDIR, for root too, where chmod stops nothing). Its size,
+    for a catalog entry that matches it (nonzero: one entry inside)."""
+    path.mkdir()
+    (path / "x").write_text("")
+    size = path.stat().st_size
+    assert size > 0
+    return size
+
+
+def test_a_model_file_that_cannot_be_read_for_its_checksum_is_a_service_error(
+        server, tmp_path) -> None:
+    """Tried: a file of the model's name and size the cache has not verified (an
+    operator's, or one from before the checksum records) is hashed to adopt it,
+    and reading it fails (a directory stands in for EIO from a failing disk or
+    a file that cannot be opened). Before, a raw ``IsADirectoryError`` escaped
+    the preparation: not a ConnectorError, so the job failed for good. Now it
+    is a ``service`` error naming the file: this machine's disk, so the job is
+    retried (maybe on another machine). Not ``model``: the catalog entry and its
+    server are fine. Nothing is downloaded over the file."""
+    manager = _manager(tmp_path)
+    entry = parse_entry("m", server.add("m", _unreadable(tmp_path / "m")))
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.SERVICE, caught.value.message
+    assert str(tmp_path / "m") in caught.value.message
+    assert "Is a directory" in caught.value.message
+    assert not server.requests_for("m")
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_part_that_cannot_be_read_for_its_checksum_is_a_service_error(
+        server, tmp_path, whole) -> None:
+    """Tried: a download finds its ``.part`` already there, all of it (``whole``: a
+    worker killed between the last byte and the install) or some (a resume),
+    and reading it back for the SHA-256 fails (a directory stands in for EIO).
+    Before, a raw ``IsADirectoryError`` escaped ``fetch``: the job failed for
+    good, and processes waiting for the download downloaded again. Now it is
+    the ``service`` error a write error on the part gives, naming the part: the
+    machine's disk, retried, not a ``model`` error (the bytes were never
+    compared, so nothing says the catalog entry is wrong; no ``.failed`` note
+    for the waiting processes)."""
+    manager = _manager(tmp_path)
+    holder = tmp_path / ".parts" / "holder"
+    size = _unreadable(holder)
+    entry = parse_entry("m", server.add("m", size if whole else size + 1000))
+    part = manager.cache.part("m", entry.sha256)
+    holder.rename(part)
+    with pytest.raises(ConnectorError) as caught:
+        _fetch(manager, entry)
+    assert caught.value.error_type == ErrorType.SERVICE, caught.value.message
+    assert str(part) in caught.value.message and "Is a directory" in caught.value.message
+    assert not server.requests_for("m") and not (tmp_path / "m").exists()
+    assert manager.cache.failure("m", entry.sha256, 0) is None
