@@ -47,6 +47,7 @@ import time
 from typing import Any
 
 from capability_router.errors import EmpError
+from capability_router.functions import redis_now_ms
 from capability_router.keys import OBS_SLOTS, Keys, check_namespace
 from capability_router.metrics import WAIT_BOUNDS, le_text
 
@@ -229,7 +230,7 @@ def pool_series(client: Any, pool: str, window: str | None = "1h",
     lists under ``series`` (``t``: each minute's start, ms), the window's ``totals`` and the
     gauges ``now``."""
     count = parse_window(window)
-    now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    now_ms = redis_now_ms(client) if now_ms is None else int(now_ms)  # the minutes' clock
     last = now_ms // 60000
     minutes = read_minutes(client, pool, last, count)
     per_minute = [figures(_counts(m)) | {_GAUGE_NAMES[g]: _gauge(m, g) for g in GAUGES}

@@ -8,9 +8,9 @@ when the pools file names it, a live worker serves it, or it holds unfinished jo
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 from capability_router.pools import PoolsFile
 from capability_router.prediction.elastic import desired_of, read_states
@@ -20,7 +20,7 @@ from capability_router.routing import PoolLoad
 
 def read_loads(client: Any, pools: list[str]) -> dict[str, tuple[PoolLoad, int]]:
     """Each pool's load and its pending job count, in one pipelined round trip."""
-    now_ms = int(time.time() * 1000)
+    now_ms = redis_now_ms(client)  # worker heartbeats are scored on Redis' clock
     with client.pipeline(transaction=False) as pipe:
         for pool in pools:
             keys = Keys(pool)

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from capability_router.functions import QueueFunctions
+from capability_router.functions import QueueFunctions, redis_now_ms
 from capability_router.keys import PREFIX, Keys, known_namespaces
 from capability_router.residency import clear_worker
 from capability_router.states import WorkerStatus
@@ -73,7 +73,10 @@ class WorkerRegistry:
         gate is closed): the status is then ``service_unhealthy`` with that reason.
         """
         worker_id = profile["worker_id"]
-        now = _now_ms()
+        # Redis' clock, as the queue's functions and every reader of these scores use: a
+        # host whose clock ran 3 min ahead pruned every other worker from the pool's live
+        # set, and one running behind looked dead from its first heartbeat.
+        now = redis_now_ms(self.client)
         status = (WorkerStatus.SERVICE_UNHEALTHY if unhealthy is not None
                   else WorkerStatus.BUSY if jobs else WorkerStatus.IDLE)
         fields = {

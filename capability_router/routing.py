@@ -50,6 +50,7 @@ from capability_router.duration import (
     predict,
 )
 from capability_router.errors import InvalidJob
+from capability_router.functions import redis_now_ms
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
 from capability_router.pools import Pool, PoolsFile
@@ -144,7 +145,9 @@ class Router:
                 missing.append(item)
         if not missing:
             return out
-        now_ms = int((self.clock() if self.clock else time.time()) * 1000)
+        # Redis' clock, which heartbeats and idle marks are scored on (a test's or the
+        # simulator's clock when given).
+        now_ms = (int(self.clock() * 1000) if self.clock else redis_now_ms(self.client))
         with self.client.pipeline(transaction=False) as pipe:
             for item in missing:
                 if item[0] == "load":

@@ -350,3 +350,24 @@ def test_the_decision_says_whether_its_prediction_is_the_prior_or_learnt(
     decision = routed(router, spec(IMAGE))
     assert (decision["predicted_from"], decision["learned_runs"]) == ("learned", 12)
     assert decision["predicted_seconds"] == 5
+
+
+def test_workers_on_hosts_whose_clocks_are_off_all_count_as_live(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: three workers of one pool heartbeating (60 s time to live) from hosts whose
+    clocks are right, 3 min ahead and 3 min behind. Before, each stamped its heartbeat with
+    its own host's clock: the one ahead pruned the other two from the pool's live set at
+    each heartbeat, the one behind looked dead from its first, and `/api/pools` (like the
+    router's load and the desired-machines gauge) counted 1 live worker of 3. Now the
+    heartbeats and their readers use Redis' clock: 3 live, on every reader's host."""
+    from capability_router.pool_view import pools_view
+
+    real = time.time
+    for worker_id, skew in (("right", 0), ("ahead", 180), ("behind", -180), ("right", 0)):
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        profile = WorkerProfile(worker_id=worker_id, services=["simulation"])
+        WorkerRegistry(client).heartbeat(profile.as_dict(), ["standard"], [], 60_000)
+    for skew in (0, 180, -180):  # the reader's own host clock does not matter either
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        view = {p["name"]: p for p in pools_view(client, parse_pools(POOLS, "pools.toml"))}
+        assert view["standard"]["live_workers"] == 3, skew

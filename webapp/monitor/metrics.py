@@ -57,7 +57,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -71,6 +70,7 @@ from redis.retry import Retry
 
 from capability_router.cluster import make_client
 from capability_router.errors import PoolsFileError
+from capability_router.functions import redis_now_ms
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
 from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
 from capability_router.pool_view import pools_view
@@ -288,7 +288,7 @@ class QueueCollector(Collector):
     @staticmethod
     def _pools(client: redis.Redis, pools: list[str], families: dict[str, Metric]) -> None:
         """The per-pool observability gauges (``capability_router.pool_metrics``)."""
-        now_ms = int(time.time() * 1000)
+        now_ms = redis_now_ms(client)  # the clock the pools' minutes are kept on
         for pool, figures in recent(client, pools, now_ms).items():
             figures["throughput_per_minute"] = figures["throughput"] / PROMETHEUS_MINUTES
             for key in _POOL_GAUGES:
