@@ -402,3 +402,32 @@ def test_a_health_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> 
         with pytest.raises(MachineError, match="cannot listen on .*EMP_HEALTH_PORT"):
             runtime.start()
     assert runtime.health is None and runtime.supervisord.process is None
+
+
+@pytest.mark.timeout(120)
+def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
+        start_machine, app, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: the run directory on a 4 MB tmpfs, filled with dd once the machine was ready,
+    then jobs. Before, supervisord's next log write failed (No space left on device), its
+    report of that to its stderr (supervisord.out, same disk) failed too, and the exception
+    ended supervisord 3.5 s after the fill: every worker with it, the machine exited 1.
+    Here every log of the machine is /dev/full (writes fail with ENOSPC, as on a full disk):
+    before, supervisord died at its first line and the machine was never ready (90 s; it
+    was reading all of supervisord.out, endless here, for its error). Now supervisord
+    writes its log through the machine, which drops what it cannot write, says so once
+    and counts it; the worker runs its jobs."""
+    logs = tmp_path / "run-box-f" / "logs"
+    logs.mkdir(parents=True)
+    for name in ("supervisord.log", "supervisord.out", "simulation-0.log"):
+        (logs / name).symlink_to("/dev/full")
+    machine = start_machine("box-f", EMP_MOCK_GPUS="1")
+    machine.wait_ready()
+    jobs = [submit("simulation", {"steps": 2, "duration": 0.2}, app=app) for _ in range(3)]
+    for job in jobs:
+        wait_for(lambda job=job: get_job(job.id, app=app)["status"] == "completed",
+                 timeout=30, message=f"job {job.id} to complete")
+    supervisor = machine.get("/status").json()["supervisor"]
+    assert supervisor["state"] == "RUNNING" and supervisor["log_dropped_bytes"] > 0
+    assert machine.process.poll() is None
+    assert machine.tail().count("cannot write supervisord's log") == 1, machine.tail()
+    assert machine.stop() == 0
