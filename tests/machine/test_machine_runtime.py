@@ -431,3 +431,50 @@ def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
     assert machine.process.poll() is None
     assert machine.tail().count("cannot write supervisord's log") == 1, machine.tail()
     assert machine.stop() == 0
+
+
+def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path: Path) -> None:
+    """Tried: a supervisord that exits at start (a broken supervisord.conf) in a run
+    directory whose supervisord.out had grown to 64 MB (appended at every start, never
+    rotated). Before, the machine read all 64 MB into memory to quote its last 2,000
+    bytes. Now the error quotes supervisord's last output kept in memory (8 KB at most);
+    no log file is read."""
+    import tracemalloc
+
+    from machine.errors import MachineError
+    from machine.supervision import Supervisord
+    from machine.supervisor_conf import RunFiles
+
+    files = RunFiles.in_dir(tmp_path)
+    files.log_dir.mkdir()
+    for name in ("supervisord.out", "supervisord.log"):
+        with open(files.log_dir / name, "wb") as grown:
+            grown.truncate(64 * 1024 * 1024)  # sparse: 64 MB to read, nothing on disk
+    files.config.write_text("[supervisord]\nnodaemon = true\nminfds = not-a-number\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(MachineError, match="supervisord exited with 2: .*not-a-number") as error:
+            Supervisord(files, dict(os.environ)).start()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(str(error.value)) < 2200
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated to report the error"
+
+
+@pytest.mark.timeout(60)
+def test_supervisords_output_is_rotated(start_machine) -> None:  # noqa: ANN001
+    """Tried: a machine with EMP_LOG_MAX_BYTES=300 whose worker exits (Redis away).
+    Before, supervisord.out (supervisord's stdout, every line of its log again) grew
+    past 300 bytes, and on at every start: it was never rotated. Now supervisord's only
+    output is logs/supervisord.log, rotated at EMP_LOG_MAX_BYTES like every log."""
+    machine = start_machine("box-g", url=f"redis://127.0.0.1:{free_port()}/0",
+                            EMP_MOCK_GPUS="1", EMP_LOG_MAX_BYTES="300", EMP_LOG_BACKUPS="1")
+    machine.wait_up()
+    logs = machine.run_dir / "logs"
+    wait_for(lambda: any(b"exited: simulation-0" in path.read_bytes()
+                         for path in logs.glob("supervisord.*")),
+             timeout=30, message="supervisord to log the worker's exit")
+    sizes = {path.name: path.stat().st_size for path in logs.glob("supervisord.*")}
+    assert "supervisord.log.1" in sizes and max(sizes.values()) <= 300, sizes
+    assert machine.stop() == 0
