@@ -453,7 +453,8 @@ def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path:
     files.config.write_text("[supervisord]\nnodaemon = true\nminfds = not-a-number\n")
     tracemalloc.start()
     try:
-        with pytest.raises(MachineError, match="supervisord exited with 2: .*not-a-number") as error:
+        with pytest.raises(MachineError,
+                           match="supervisord exited with 2: .*not-a-number") as error:
             Supervisord(files, dict(os.environ)).start()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
