@@ -65,7 +65,8 @@ class MachineRuntime:
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
         self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
                                  health_check_interval=30)
-        self.supervisord = Supervisord(self.files, self.child_env())
+        self.supervisord = Supervisord(self.files, self.child_env(), settings.log_max_bytes,
+                                       settings.log_backups)
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
         self.started_at = time.time()
@@ -375,7 +376,9 @@ class MachineRuntime:
             "services": [v for v in views if v["role"] == "service"],
             "supervisor": {"state": self.supervisord.client.state(),
                            "config": str(self.files.config),
-                           "socket": str(self.files.socket)},
+                           "socket": str(self.files.socket),
+                           "log": str(self.files.supervisord_log),
+                           "log_dropped_bytes": self.supervisord.output.dropped_bytes},
             "log_shipping": self.log_stats(),
             "settings": {"report_seconds": self.settings.report_seconds,
                          "stale_seconds": self.settings.stale_seconds,

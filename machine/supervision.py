@@ -6,29 +6,44 @@ so it dies with the machine process, waits for its socket, and stops it
 wraps the few XML-RPC calls the runtime needs; each call opens its own
 connection, so the health server's threads and the status reporter can share
 one client.
+
+supervisord writes its log to stdout, a pipe; ``OutputCopy`` copies it to
+``logs/supervisord.log``. supervisord used to write that file itself: on a full
+disk its next log line failed, printing that failure to its stderr (a file on the
+same disk) failed too, and the exception ended supervisord and every worker.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from machine.errors import MachineError, UnknownProgram
 from machine.lifeline import write_spec
+from machine.settings import LOG_BACKUPS, LOG_MAX_BYTES
 from machine.supervisor_conf import RunFiles
+
+logger = logging.getLogger("emp.machine")
 
 #: Process states of supervisor that count as up.
 RUNNING = "RUNNING"
 #: Largest log tail read for ``tail``, bytes.
 MAX_TAIL_BYTES = 4 * 1024 * 1024
+#: supervisord's last output kept in memory for a start-up error, bytes.
+OUTPUT_TAIL_BYTES = 8192
+#: Longest piece of output without a line end written as one line, bytes.
+MAX_LINE_BYTES = 64 * 1024
 
 
 class ShuttingDown(MachineError):
@@ -122,18 +137,121 @@ class SupervisorClient:
         self._call("shutdown")
 
 
-class Supervisord:
-    """A supervisord child process for one run directory."""
+class OutputCopy:
+    """Copy supervisord's output from a pipe to a log file rotated like the programs' logs.
 
-    def __init__(self, files: RunFiles, env: Mapping[str, str]) -> None:
+    A line that cannot be written (a full disk) is dropped and counted in
+    ``dropped_bytes``, with one warning when writes start failing and one line when
+    they work again: supervisord only writes to the pipe, which this thread keeps
+    draining, so it never sees the failure. The last ``OUTPUT_TAIL_BYTES`` stay in
+    memory for the error of a supervisord that exits at start.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES,
+                 backups: int = LOG_BACKUPS) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.dropped_bytes = 0
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._failing = False
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, pipe: IO[bytes]) -> OutputCopy:
+        """Copy ``pipe`` until its end (supervisord exited) in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, args=(pipe,),
+                                        name="emp-supervisord-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def tail(self, limit: int = 2000) -> str:
+        """supervisord's last output (at most ``limit`` bytes) as text."""
+        with self._lock:
+            data = bytes(self._tail[-limit:])
+        return data.decode(errors="replace").strip() or "(no output)"
+
+    def _run(self, pipe: IO[bytes]) -> None:
+        pending = b""
+        with pipe:
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                with self._lock:
+                    self._tail += chunk
+                    del self._tail[:-OUTPUT_TAIL_BYTES]
+                *lines, pending = (pending + chunk).split(b"\n")
+                if len(pending) > MAX_LINE_BYTES:
+                    lines, pending = [*lines, pending], b""
+                for line in lines:
+                    self._write(line + b"\n")
+        if pending:
+            self._write(pending)
+        self._close()
+
+    def _write(self, line: bytes) -> None:
+        try:
+            if self._file is None:
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+                self._size = os.fstat(self._file.fileno()).st_size
+            if 0 < self.max_bytes < self._size + len(line) and self._size:
+                self._rotate()
+            view = memoryview(line)
+            while view:
+                view = view[self._file.write(view) or 0:]
+            self._size += len(line)
+        except Exception as exc:  # noqa: BLE001 - an OSError mostly; nothing may stop the copy
+            self.dropped_bytes += len(line)
+            self._close()
+            if not self._failing:
+                self._failing = True
+                logger.warning("cannot write supervisord's log %s: %s; its lines are dropped "
+                               "until it can (supervisord and the workers run on)", self.path,
+                               exc, extra={"event": "machine_log_unwritable"})
+            return
+        if self._failing:
+            self._failing = False
+            logger.info("writing supervisord's log %s again; %d bytes dropped so far",
+                        self.path, self.dropped_bytes, extra={"event": "machine_log_writable"})
+
+    def _rotate(self) -> None:
+        """supervisor's scheme: ``log`` -> ``log.1`` -> ... -> ``log.<backups>``."""
+        self._close()
+        if self.backups > 0:
+            for n in range(self.backups - 1, 0, -1):
+                if os.path.lexists(f"{self.path}.{n}"):
+                    os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        self._size = 0
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+
+class Supervisord:
+    """A supervisord child process for one run directory.
+
+    :param log_max_bytes: size at which ``logs/supervisord.log`` rotates (0: never).
+    :param log_backups: rotated copies of it kept.
+    """
+
+    def __init__(self, files: RunFiles, env: Mapping[str, str],
+                 log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS) -> None:
         self.files = files
         self.env = dict(env)
         self.client = SupervisorClient(files.socket)
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def output_path(self) -> os.PathLike[str]:
-        return self.files.log_dir / "supervisord.out"
+        self.output = OutputCopy(files.supervisord_log, log_max_bytes, log_backups)
 
     def claim_socket(self) -> None:
         """Remove a socket left by a dead supervisord; MachineError if a live one serves it."""
@@ -157,10 +275,11 @@ class Supervisord:
         argv = write_spec(self.files.program_spec("supervisord"),
                           [sys.executable, "-m", "supervisor.supervisord", "-n",
                            "-c", str(self.files.config)])
-        with open(self.output_path, "ab") as output:
-            self.process = subprocess.Popen(argv, env=self.env, stdout=output,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+        self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        assert self.process.stdout is not None
+        self.output.start(self.process.stdout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -180,20 +299,21 @@ class Supervisord:
         """Stop every program, then supervisord; SIGKILL after ``timeout``. Returns its code."""
         process = self.process
         if process is None or process.poll() is not None:
+            self.output.join(timeout=5)
             return process.returncode if process else None
         try:
             self.client.shutdown()
         except (MachineError, xmlrpc.client.Error):
             process.send_signal(signal.SIGTERM)
         try:
-            return process.wait(timeout=timeout)
+            code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            return process.wait(timeout=10)
+            code = process.wait(timeout=10)
+        self.output.join(timeout=5)
+        return code
 
-    def _output_tail(self, limit: int = 2000) -> str:
-        try:
-            with open(self.output_path, "rb") as output:
-                return output.read()[-limit:].decode(errors="replace").strip()
-        except OSError:
-            return "(no output)"
+    def _output_tail(self) -> str:
+        """supervisord's last output, from memory: the log file may be huge or unreadable."""
+        self.output.join(timeout=2)
+        return self.output.tail()

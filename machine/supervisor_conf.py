@@ -5,9 +5,11 @@ One ``[program:<name>]`` per worker and ComfyUI instance, each run through
 (it dies with supervisord; see that module for why a file), restarted
 whenever it exits, stopped with its whole process group (a worker's pool
 processes, a service's children), logging stdout and stderr to one rotated
-file per program. supervisord listens on a unix socket in the run directory
-for the XML-RPC interface (``supervisorctl -c <run dir>/supervisord.conf``
-works too).
+file per program. supervisord's own log goes to its stdout only, which
+``emp machine`` copies to ``logs/supervisord.log`` (``machine.supervision``):
+a disk too full for logs no longer ends it. supervisord listens on a unix
+socket in the run directory for the XML-RPC interface (``supervisorctl -c
+<run dir>/supervisord.conf`` works too).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class RunFiles:
 
     @property
     def supervisord_log(self) -> Path:
+        """supervisord's output, copied there by ``emp machine`` (it writes no file itself)."""
         return self.log_dir / "supervisord.log"
 
     @property
@@ -134,9 +137,11 @@ chmod=0700
 
 [supervisord]
 nodaemon=true
-logfile={_value(files.supervisord_log)}
-logfile_maxbytes={options.log_max_bytes}
-logfile_backups={options.log_backups}
+; Its log goes to stdout only, which emp machine copies to logs/supervisord.log:
+; a log file it wrote itself ended it when the disk was full.
+logfile=/dev/null
+logfile_maxbytes=0
+logfile_backups=0
 pidfile={_value(files.pidfile)}
 childlogdir={_value(files.log_dir)}
 loglevel=info

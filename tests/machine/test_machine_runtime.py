@@ -402,3 +402,80 @@ def test_a_health_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> 
         with pytest.raises(MachineError, match="cannot listen on .*EMP_HEALTH_PORT"):
             runtime.start()
     assert runtime.health is None and runtime.supervisord.process is None
+
+
+@pytest.mark.timeout(120)
+def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
+        start_machine, app, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: the run directory on a 4 MB tmpfs, filled with dd once the machine was ready,
+    then jobs. Before, supervisord's next log write failed (No space left on device), its
+    report of that to its stderr (supervisord.out, same disk) failed too, and the exception
+    ended supervisord 3.5 s after the fill: every worker with it, the machine exited 1.
+    Here every log of the machine is /dev/full (writes fail with ENOSPC, as on a full disk):
+    before, supervisord died at its first line and the machine was never ready (90 s; it
+    was reading all of supervisord.out, endless here, for its error). Now supervisord
+    writes its log through the machine, which drops what it cannot write, says so once
+    and counts it; the worker runs its jobs."""
+    logs = tmp_path / "run-box-f" / "logs"
+    logs.mkdir(parents=True)
+    for name in ("supervisord.log", "supervisord.out", "simulation-0.log"):
+        (logs / name).symlink_to("/dev/full")
+    machine = start_machine("box-f", EMP_MOCK_GPUS="1")
+    machine.wait_ready()
+    jobs = [submit("simulation", {"steps": 2, "duration": 0.2}, app=app) for _ in range(3)]
+    for job in jobs:
+        wait_for(lambda job=job: get_job(job.id, app=app)["status"] == "completed",
+                 timeout=30, message=f"job {job.id} to complete")
+    supervisor = machine.get("/status").json()["supervisor"]
+    assert supervisor["state"] == "RUNNING" and supervisor["log_dropped_bytes"] > 0
+    assert machine.process.poll() is None
+    assert machine.tail().count("cannot write supervisord's log") == 1, machine.tail()
+    assert machine.stop() == 0
+
+
+def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path: Path) -> None:
+    """Tried: a supervisord that exits at start (a broken supervisord.conf) in a run
+    directory whose supervisord.out had grown to 64 MB (appended at every start, never
+    rotated). Before, the machine read all 64 MB into memory to quote its last 2,000
+    bytes. Now the error quotes supervisord's last output kept in memory (8 KB at most);
+    no log file is read."""
+    import tracemalloc
+
+    from machine.errors import MachineError
+    from machine.supervision import Supervisord
+    from machine.supervisor_conf import RunFiles
+
+    files = RunFiles.in_dir(tmp_path)
+    files.log_dir.mkdir()
+    for name in ("supervisord.out", "supervisord.log"):
+        with open(files.log_dir / name, "wb") as grown:
+            grown.truncate(64 * 1024 * 1024)  # sparse: 64 MB to read, nothing on disk
+    files.config.write_text("[supervisord]\nnodaemon = true\nminfds = not-a-number\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(MachineError,
+                           match="supervisord exited with 2: .*not-a-number") as error:
+            Supervisord(files, dict(os.environ)).start()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(str(error.value)) < 2200
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated to report the error"
+
+
+@pytest.mark.timeout(60)
+def test_supervisords_output_is_rotated(start_machine) -> None:  # noqa: ANN001
+    """Tried: a machine with EMP_LOG_MAX_BYTES=300 whose worker exits (Redis away).
+    Before, supervisord.out (supervisord's stdout, every line of its log again) grew
+    past 300 bytes, and on at every start: it was never rotated. Now supervisord's only
+    output is logs/supervisord.log, rotated at EMP_LOG_MAX_BYTES like every log."""
+    machine = start_machine("box-g", url=f"redis://127.0.0.1:{free_port()}/0",
+                            EMP_MOCK_GPUS="1", EMP_LOG_MAX_BYTES="300", EMP_LOG_BACKUPS="1")
+    machine.wait_up()
+    logs = machine.run_dir / "logs"
+    wait_for(lambda: any(b"exited: simulation-0" in path.read_bytes()
+                         for path in logs.glob("supervisord.*")),
+             timeout=30, message="supervisord to log the worker's exit")
+    sizes = {path.name: path.stat().st_size for path in logs.glob("supervisord.*")}
+    assert "supervisord.log.1" in sizes and max(sizes.values()) <= 300, sizes
+    assert machine.stop() == 0
