@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 import redis
+import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
@@ -468,3 +473,38 @@ def test_a_bad_family_cap_is_refused_naming_the_setting(monkeypatch, value) -> N
     monkeypatch.setenv("EMP_METRICS_MAX_FAMILIES", value)
     with pytest.raises(ValueError, match="EMP_METRICS_MAX_FAMILIES"):
         QueueCollector(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def sent_event_senders(base: str) -> Counter[str]:
+    """``flower_events_total{type="task-sent"}`` by its ``worker`` label, from /metrics."""
+    reply = requests.get(base + "/metrics", timeout=10)
+    assert reply.status_code == 200, reply.text
+    senders: Counter[str] = Counter()
+    for family in text_string_to_metric_families(reply.text):
+        for s in family.samples:
+            if s.name == "flower_events_total" and s.labels.get("type") == "task-sent":
+                senders[s.labels["worker"]] += int(s.value)
+    return senders
+
+
+def test_task_sent_events_of_many_producer_processes_are_one_series_per_host(
+        start_server, redis_server, app) -> None:
+    """Tried: scraped the monitor's /metrics after jobs were submitted from four
+    processes (this one, and three `python -c submit(...)` like cron scripts or
+    `emp submit`). Before, Flower labelled each task-sent event with its sender's
+    anonymous node name, `gen<pid>@<host>`, so every producer process (each CLI run,
+    each retrying worker child) left a new flower_events_total and _created series
+    behind for the monitor's life: an unbounded label set. Now the pid is dropped
+    (`gen@<host>`): one series per host, and the counts add up."""
+    monitor = start_server("monitor")
+    submit("echo", {"x": 0}, requirements={"hardware": {"gpu_memory_gb": 999}}, app=app)
+    wait_for(lambda: sum(sent_event_senders(monitor.base).values()) >= 1,
+             message="the monitor to count the first task-sent event")
+    code = ("from emp_tasks.producer import submit; "
+            "submit('echo', {'x': 1}, requirements={'hardware': {'gpu_memory_gb': 999}})")
+    env = {**os.environ, "EMP_REDIS_URL": redis_server.url}
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    senders = wait_for(lambda: (lambda s: s if sum(s.values()) >= 4 else None)(
+        sent_event_senders(monitor.base)), message="four task-sent events")
+    assert senders == Counter({f"gen@{socket.gethostname()}": 4})

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -328,6 +329,36 @@ def pools_file() -> Any:
         return None
 
 
+#: Celery's name for a process that is no worker (``gen<pid>@<host>``): producers' task-sent.
+_ANONYMOUS_NODE = re.compile(r"^gen\d+@")
+
+
+def sender_label(hostname: str) -> str:
+    """Flower's ``worker`` label for an event's sender: a producer's anonymous node name
+    without its pid (``gen@<host>``), so each submitting process (a CLI run, a worker child
+    retrying) does not add series that stay for the monitor's life; workers keep theirs."""
+    return _ANONYMOUS_NODE.sub("gen@", hostname, count=1)
+
+
+def bound_flower_senders() -> None:
+    """Label Flower's task metrics (``flower_events_total``...) with ``sender_label``.
+
+    Flower labels every task event with its sender's node name; a task-sent event comes
+    from the submitting process, whose name carries its pid. Once per process."""
+    from flower.events import get_prometheus_metrics
+
+    flower_metrics = get_prometheus_metrics()
+    if getattr(flower_metrics, "emp_bounded_senders", False):
+        return
+    observe = flower_metrics.observe_task
+
+    def observe_task(worker: str, event: Any, task: Any) -> None:
+        observe(sender_label(worker), event, task)
+
+    flower_metrics.observe_task = observe_task
+    flower_metrics.emp_bounded_senders = True
+
+
 _lock = threading.Lock()
 _registered: dict[int, tuple[CollectorRegistry, QueueCollector]] = {}
 
@@ -352,4 +383,5 @@ def register(
         return collector
 
 
-__all__ = ["QueueCollector", "family_rows", "max_families", "register"]
+__all__ = ["QueueCollector", "bound_flower_senders", "family_rows", "max_families", "register",
+           "sender_label"]
