@@ -9,8 +9,11 @@ Metrics:
 
 * ``emp_queue_depth{pool,family,service,requirements}``: pending jobs of a
   requirement family (summed over its classes).
-* ``emp_queue_oldest_seconds{pool,family,service,requirements}``: age of its
-  oldest pending job.
+* ``emp_queue_oldest_seconds{pool,family,service,requirements}``: seconds since
+  the effective time of its oldest pending job (the queue's order: workflow_datetime
+  when set, else submit time, which a retry keeps), so a late step of an old workflow
+  reads old at once; the pending index orders by it, a true time-in-pending per
+  family would need another index.
 * ``emp_queue_class_workers{pool,family,service,requirements}``: live workers
   able to serve its least served pending class; 0 means some of its pending
   jobs nobody alive can run (alert on this).
@@ -185,7 +188,10 @@ def _families() -> dict[str, Metric]:
             "emp_queue_depth", "Pending jobs of a requirement family.",
             labels=_QUEUE_LABELS),
         "oldest": GaugeMetricFamily(
-            "emp_queue_oldest_seconds", "Age of the oldest pending job of a family, seconds.",
+            "emp_queue_oldest_seconds",
+            "Seconds since the effective time of a family's oldest pending job: its "
+            "workflow_datetime when set, else its submit time (kept by a retry or requeue); "
+            "not its time in pending (emp_job_wait_seconds).",
             labels=_QUEUE_LABELS),
         "class_workers": GaugeMetricFamily(
             "emp_queue_class_workers",
