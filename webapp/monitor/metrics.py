@@ -37,14 +37,15 @@ oldest the max, workers the least), so a scrape never grows past
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
 
-Per pool, over its last ``pool_metrics.PROMETHEUS_MINUTES`` (5) minutes of the
-observability ring (definitions in ``capability_router.pool_metrics``); a ratio
+Per pool, over the current minute and the 4 before it (``pool_metrics.PROMETHEUS_MINUTES``,
+5 minute slots: 4 to 5 minutes) of the observability ring (definitions in ``capability_router.pool_metrics``); a ratio
 with nothing to divide by (no claims, no live worker) is left out, not NaN:
 
 * ``emp_pool_utilization{pool}``: busy / live worker-seconds.
 * ``emp_pool_queue_efficiency{pool}``: total wait / total run time.
 * ``emp_pool_wait_p95_seconds{pool}``: 95th percentile of claimed jobs' waits.
-* ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute.
+* ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute of the time those
+  minutes cover (not per 5: that read a steady rate 20% low early in each minute).
 * ``emp_pool_model_hits{pool,kind}``: claims by model residency (warm, disk,
   download, none, unreported); ``emp_pool_hit_rate{pool}``: warm share.
 * ``emp_pool_routing_accuracy{pool}``: routed jobs run within 2x the prediction.
@@ -76,7 +77,7 @@ from capability_router.cluster import make_client
 from capability_router.errors import PoolsFileError
 from capability_router.functions import redis_now_ms
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
-from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
+from capability_router.pool_metrics import HIT_KINDS, read_now, recent
 from capability_router.pool_view import pools_view
 from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
@@ -297,7 +298,6 @@ class QueueCollector(Collector):
         """The per-pool observability gauges (``capability_router.pool_metrics``)."""
         now_ms = redis_now_ms(client)  # the clock the pools' minutes are kept on
         for pool, figures in recent(client, pools, now_ms).items():
-            figures["throughput_per_minute"] = figures["throughput"] / PROMETHEUS_MINUTES
             for key in _POOL_GAUGES:
                 if figures[key] is not None:
                     families[key].add_metric([pool], figures[key])
