@@ -38,8 +38,9 @@ oldest the max, workers the least), so a scrape never grows past
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
 
 Per pool, over the current minute and the 4 before it (``pool_metrics.PROMETHEUS_MINUTES``,
-5 minute slots: 4 to 5 minutes) of the observability ring (definitions in ``capability_router.pool_metrics``); a ratio
-with nothing to divide by (no claims, no live worker) is left out, not NaN:
+5 minute slots: 4 to 5 minutes) of the observability ring (definitions in
+``capability_router.pool_metrics``); a ratio with nothing to divide by (no claims, no
+live worker) is left out, not NaN:
 
 * ``emp_pool_utilization{pool}``: busy / live worker-seconds.
 * ``emp_pool_queue_efficiency{pool}``: total wait / total run time.
