@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -529,3 +531,28 @@ def test_oldest_seconds_says_it_counts_from_the_workflow_datetime(client, queue,
     oldest = families["emp_queue_oldest_seconds"]
     assert 3 * 3600 <= oldest.samples[0].value < 3 * 3600 + 60
     assert "workflow_datetime" in oldest.documentation
+
+
+def test_a_scrape_waiting_on_a_slow_redis_does_not_stall_the_monitor(
+        start_server, client) -> None:
+    """Tried: paused Redis for 3 s (CLIENT PAUSE), scraped /metrics, and meanwhile asked
+    the same monitor for Flower's /healthcheck, which reads nothing from Redis. Before,
+    the collector read Redis on the monitor's event loop, so the health check (and every
+    page, action and live stream) waited until the scrape ended: 2.7 s here, up to the
+    collector's 5 s Redis timeout per scrape. Now the scrape reads on the executor, as
+    the monitor's other Redis reads do, and the health check answers at once."""
+    monitor = start_server("monitor")
+    assert requests.get(monitor.base + "/metrics", timeout=10).status_code == 200
+    scraped: list[requests.Response] = []
+    client.client_pause(3000, all=True)
+    scrape_thread = threading.Thread(target=lambda: scraped.append(
+        requests.get(monitor.base + "/metrics", timeout=15)))
+    scrape_thread.start()
+    time.sleep(0.3)  # the scrape is waiting on Redis now
+    started = time.monotonic()
+    health = requests.get(monitor.base + "/healthcheck", timeout=15)
+    waited = time.monotonic() - started
+    scrape_thread.join()
+    assert health.status_code == 200
+    assert waited < 1.0, f"/healthcheck waited {waited:.1f} s behind the scrape"
+    assert scraped[0].status_code == 200 and "emp_workers" in scraped[0].text
