@@ -9,7 +9,8 @@ only reads the ring and turns counters into the figures an operator watches.
 Definitions (per minute, and over a window by summing the minutes):
 
 * ``utilization``: busy worker-seconds / live worker-seconds. Busy: jobs
-  assigned or running (each holds one worker); live: workers with an
+  assigned or running (a worker running N jobs at once, ``-c N``, counts N, so
+  a pool of such workers can read above 1, up to N); live: workers with an
   unexpired heartbeat in the pool. Both are integrated exactly between
   observations, so a 10-minute job is busy in each of its minutes.
 * ``queue_efficiency``: total wait / total run time (wait of jobs claimed

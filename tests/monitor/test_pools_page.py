@@ -113,6 +113,44 @@ def test_throughput_per_minute_is_the_rate_whatever_second_of_the_minute_it_is_r
     assert rate == pytest.approx(40 / (4 + 1 / 60))
 
 
+
+def test_utilization_says_a_worker_running_several_jobs_at_once_counts_each(
+        client: redis.Redis, redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: one live worker (`emp worker -c 2`) holding two jobs for a whole minute,
+    scraped (Redis's clock pinned; the same on a real `-c 3` worker: 1.5 and rising).
+    emp_pool_utilization is 2.0: busy counts jobs, live counts workers. Before, its HELP
+    said "Busy worker-seconds / live worker-seconds", a share an alert would read as at
+    most 1. Now the HELP (and the README) say it counts running jobs and can pass 1."""
+    t0 = 1_800_000_000_000
+    queue = QueueFunctions(client, "multi")
+    client.sadd(NAMESPACES_KEY, "multi")
+    profile = WorkerProfile.from_dict({"worker_id": "m1", "services": ["simulation"]})
+    queue.register_worker(profile)
+    client.zadd(Keys("multi").workers, {"m1": t0 + 3_600_000})  # live all along
+    for job_id in ("a", "b"):
+        queue.enqueue(job_id, JobSpec(service="simulation"), "{}", now_ms=t0)
+    held = [queue.claim(profile.signature, "m1", 3_600_000, now_ms=t0) for _ in range(2)]
+    for claimed in held:
+        assert isinstance(claimed, Claimed)
+        queue.start(claimed.job_id, claimed.attempt, now_ms=t0)
+    for claimed in held:
+        assert queue.complete(claimed.job_id, claimed.attempt, None,
+                              now_ms=t0 + 60_000) == "ok"
+    monkeypatch.setattr("webapp.monitor.metrics.redis_now_ms", lambda _: t0 + 61_000)
+
+    registry = CollectorRegistry()
+    collector = register(redis_server.url, registry)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "emp_pool_utilization")
+    assert next(s.value for s in family.samples if s.labels["pool"] == "multi") \
+        == pytest.approx(2.0, abs=0.05)
+    assert "above 1" in family.documentation
+
+
 @pytest.mark.timeout(60)
 def test_the_pools_page_draws_charts_that_move_while_jobs_run(
         browser: Any, start_worker: Callable[..., Any], start_server: Callable[..., Any],

@@ -42,7 +42,8 @@ Per pool, over the current minute and the 4 before it (``pool_metrics.PROMETHEUS
 ``capability_router.pool_metrics``); a ratio with nothing to divide by (no claims, no
 live worker) is left out, not NaN:
 
-* ``emp_pool_utilization{pool}``: busy / live worker-seconds.
+* ``emp_pool_utilization{pool}``: busy / live worker-seconds; busy counts running
+  jobs, so workers running several at once (``-c N``) read above 1.
 * ``emp_pool_queue_efficiency{pool}``: total wait / total run time.
 * ``emp_pool_wait_p95_seconds{pool}``: 95th percentile of claimed jobs' waits.
 * ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute of the time those
@@ -100,7 +101,8 @@ _HISTOGRAMS = {
 #: pool_metrics figure -> (gauge name, help), over the last 5 minutes.
 _POOL_GAUGES = {
     "utilization": ("emp_pool_utilization",
-                    "Busy worker-seconds / live worker-seconds, last 5 minutes."),
+                    "Running jobs' seconds / live worker-seconds, last 5 minutes (above 1 "
+                    "when workers run several jobs at once, emp worker -c N)."),
     "queue_efficiency": ("emp_pool_queue_efficiency",
                          "Total wait / total run time of the last 5 minutes' jobs."),
     "wait_p95_seconds": ("emp_pool_wait_p95_seconds",
