@@ -9,7 +9,8 @@ only reads the ring and turns counters into the figures an operator watches.
 Definitions (per minute, and over a window by summing the minutes):
 
 * ``utilization``: busy worker-seconds / live worker-seconds. Busy: jobs
-  assigned or running (each holds one worker); live: workers with an
+  assigned or running (a worker running N jobs at once, ``-c N``, counts N, so
+  a pool of such workers can read above 1, up to N); live: workers with an
   unexpired heartbeat in the pool. Both are integrated exactly between
   observations, so a 10-minute job is busy in each of its minutes.
 * ``queue_efficiency``: total wait / total run time (wait of jobs claimed
@@ -249,7 +250,16 @@ def pool_series(client: Any, pool: str, window: str | None = "1h",
 
 def recent(client: Any, pools: list[str], now_ms: int | None = None,
            minutes: int = PROMETHEUS_MINUTES) -> dict[str, dict[str, Any]]:
-    """Each pool's figures over its last ``minutes`` minutes (Prometheus gauges)."""
+    """Each pool's figures over the current minute and the ``minutes - 1`` before it
+    (Prometheus gauges), with ``throughput_per_minute``: completions per minute of the time
+    those minutes cover, ``minutes - 1`` whole ones and the current one so far (dividing by
+    ``minutes`` read a steady rate 20% low at the start of every minute)."""
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     last = now_ms // 60000
-    return {pool: summarize(read_minutes(client, pool, last, minutes)) for pool in pools}
+    covered = max(minutes - 1 + (now_ms % 60000) / 60000, 1 / 60)
+    out = {}
+    for pool in pools:
+        figures = summarize(read_minutes(client, pool, last, minutes))
+        figures["throughput_per_minute"] = figures["throughput"] / covered
+        out[pool] = figures
+    return out

@@ -67,7 +67,8 @@ def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_serve
     assert at("emp_pool_model_hits", pool="gpu", kind="warm") == 1
     assert at("emp_pool_model_hits", pool="gpu", kind="download") == 0
     assert at("emp_pool_hit_rate", pool="gpu") == 1.0
-    assert at("emp_pool_throughput_per_minute", pool="gpu") == pytest.approx(1 / 5)
+    # one job over the current minute so far and the 4 before: 4 to 5 minutes
+    assert 1 / 5 <= at("emp_pool_throughput_per_minute", pool="gpu") <= 1 / 4
     assert at("emp_pool_wait_p95_seconds", pool="gpu") == pytest.approx(0.95, abs=0.05)
     assert at("emp_pool_queue_efficiency", pool="gpu") == pytest.approx(0.5)
     assert 0 < at("emp_pool_utilization", pool="gpu") <= 1
@@ -75,6 +76,79 @@ def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_serve
     assert at("emp_pool_machines", pool="gpu", state="desired") == 4
     assert ("emp_pool_machines", (("pool", "default"), ("state", "desired"))) not in got
     assert ("emp_pool_routing_accuracy", (("pool", "gpu"),)) not in got  # nothing routed
+
+
+
+def test_throughput_per_minute_is_the_rate_whatever_second_of_the_minute_it_is_read(
+        client: redis.Redis, redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a pool completing a job every 6 s (10 a minute) for four whole minutes,
+    scraped 1 s into the fifth (Redis's clock pinned). The gauge sums the current minute
+    and the four before, i.e. 4 to 5 minutes. Before, it divided by 5 whatever the
+    second: 8.0 at the start of each minute rising to 10 at its end, a sawtooth
+    of -20% that a "throughput dropped" alert would fire on every minute. Now it divides
+    by the time the minutes cover (4 + 1/60 here): 9.96."""
+    t0 = 1_800_000_000_000  # a minute's start (virtual time, as the simulator's)
+    queue = QueueFunctions(client, "steady")
+    client.sadd(NAMESPACES_KEY, "steady")
+    profile = WorkerProfile.from_dict({"worker_id": "s1", "services": ["simulation"]})
+    queue.register_worker(profile)
+    for i in range(40):
+        at = t0 + i * 6000
+        queue.enqueue(f"s{i}", JobSpec(service="simulation"), "{}", now_ms=at)
+        claimed = queue.claim(profile.signature, "s1", 60_000, now_ms=at)
+        assert isinstance(claimed, Claimed)
+        queue.start(claimed.job_id, claimed.attempt, now_ms=at)
+        assert queue.complete(claimed.job_id, claimed.attempt, None, now_ms=at + 1000) == "ok"
+    monkeypatch.setattr("webapp.monitor.metrics.redis_now_ms", lambda _: t0 + 241_000)
+
+    registry = CollectorRegistry()
+    collector = register(redis_server.url, registry)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+    rate = next(s.value for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "emp_pool_throughput_per_minute" and s.labels["pool"] == "steady")
+    assert rate == pytest.approx(40 / (4 + 1 / 60))
+
+
+
+def test_utilization_says_a_worker_running_several_jobs_at_once_counts_each(
+        client: redis.Redis, redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: one live worker (`emp worker -c 2`) holding two jobs for a whole minute,
+    scraped (Redis's clock pinned; the same on a real `-c 3` worker: 1.5 and rising).
+    emp_pool_utilization is 2.0: busy counts jobs, live counts workers. Before, its HELP
+    said "Busy worker-seconds / live worker-seconds", a share an alert would read as at
+    most 1. Now the HELP (and the README) say it counts running jobs and can pass 1."""
+    t0 = 1_800_000_000_000
+    queue = QueueFunctions(client, "multi")
+    client.sadd(NAMESPACES_KEY, "multi")
+    profile = WorkerProfile.from_dict({"worker_id": "m1", "services": ["simulation"]})
+    queue.register_worker(profile)
+    client.zadd(Keys("multi").workers, {"m1": t0 + 3_600_000})  # live all along
+    for job_id in ("a", "b"):
+        queue.enqueue(job_id, JobSpec(service="simulation"), "{}", now_ms=t0)
+    held = [queue.claim(profile.signature, "m1", 3_600_000, now_ms=t0) for _ in range(2)]
+    for claimed in held:
+        assert isinstance(claimed, Claimed)
+        queue.start(claimed.job_id, claimed.attempt, now_ms=t0)
+    for claimed in held:
+        assert queue.complete(claimed.job_id, claimed.attempt, None,
+                              now_ms=t0 + 60_000) == "ok"
+    monkeypatch.setattr("webapp.monitor.metrics.redis_now_ms", lambda _: t0 + 61_000)
+
+    registry = CollectorRegistry()
+    collector = register(redis_server.url, registry)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "emp_pool_utilization")
+    assert next(s.value for s in family.samples if s.labels["pool"] == "multi") \
+        == pytest.approx(2.0, abs=0.05)
+    assert "above 1" in family.documentation
 
 
 @pytest.mark.timeout(60)

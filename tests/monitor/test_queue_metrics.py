@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
 
 import pytest
 import redis
+import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
@@ -468,3 +475,84 @@ def test_a_bad_family_cap_is_refused_naming_the_setting(monkeypatch, value) -> N
     monkeypatch.setenv("EMP_METRICS_MAX_FAMILIES", value)
     with pytest.raises(ValueError, match="EMP_METRICS_MAX_FAMILIES"):
         QueueCollector(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def sent_event_senders(base: str) -> Counter[str]:
+    """``flower_events_total{type="task-sent"}`` by its ``worker`` label, from /metrics."""
+    reply = requests.get(base + "/metrics", timeout=10)
+    assert reply.status_code == 200, reply.text
+    senders: Counter[str] = Counter()
+    for family in text_string_to_metric_families(reply.text):
+        for s in family.samples:
+            if s.name == "flower_events_total" and s.labels.get("type") == "task-sent":
+                senders[s.labels["worker"]] += int(s.value)
+    return senders
+
+
+def test_task_sent_events_of_many_producer_processes_are_one_series_per_host(
+        start_server, redis_server, app) -> None:
+    """Tried: scraped the monitor's /metrics after jobs were submitted from four
+    processes (this one, and three `python -c submit(...)` like cron scripts or
+    `emp submit`). Before, Flower labelled each task-sent event with its sender's
+    anonymous node name, `gen<pid>@<host>`, so every producer process (each CLI run,
+    each retrying worker child) left a new flower_events_total and _created series
+    behind for the monitor's life: an unbounded label set. Now the pid is dropped
+    (`gen@<host>`): one series per host, and the counts add up."""
+    monitor = start_server("monitor")
+
+    def one_counted() -> int:  # /health answers before Flower listens to events
+        submit("echo", {"x": 0}, requirements={"hardware": {"gpu_memory_gb": 999}}, app=app)
+        return sum(sent_event_senders(monitor.base).values())
+
+    wait_for(one_counted, every=0.5, message="the monitor to count a task-sent event")
+    before = sum(sent_event_senders(monitor.base).values())
+    code = ("from emp_tasks.producer import submit; "
+            "submit('echo', {'x': 1}, requirements={'hardware': {'gpu_memory_gb': 999}})")
+    env = {**os.environ, "EMP_REDIS_URL": redis_server.url}
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    senders = wait_for(lambda: (lambda s: s if sum(s.values()) >= before + 3 else None)(
+        sent_event_senders(monitor.base)), message="the three processes' task-sent events")
+    assert set(senders) == {f"gen@{socket.gethostname()}"}
+
+
+def test_oldest_seconds_says_it_counts_from_the_workflow_datetime(client, queue,
+                                                                  redis_server) -> None:
+    """Tried: filed a job just now whose workflow started 3 h ago (workflow_datetime), and
+    scraped. emp_queue_oldest_seconds is ~10,800: it counts from a job's effective time,
+    the order the queue keeps (the wait histogram counts from entering pending). Before,
+    its HELP (and the README) said "age of the oldest pending job", so an alert on it
+    read a step queued a second ago as waiting for three hours. Now the HELP says what
+    it counts from."""
+    now = server_ms(client)
+    enqueue(queue, "late-step", now, workflow_id="wf-old",
+            workflow_datetime=now - 3 * 3600 * 1000)
+    families = {f.name: f for f in text_string_to_metric_families(scrape(redis_server.url))}
+    oldest = families["emp_queue_oldest_seconds"]
+    assert 3 * 3600 <= oldest.samples[0].value < 3 * 3600 + 60
+    assert "workflow_datetime" in oldest.documentation
+
+
+def test_a_scrape_waiting_on_a_slow_redis_does_not_stall_the_monitor(
+        start_server, client) -> None:
+    """Tried: paused Redis for 3 s (CLIENT PAUSE), scraped /metrics, and meanwhile asked
+    the same monitor for Flower's /healthcheck, which reads nothing from Redis. Before,
+    the collector read Redis on the monitor's event loop, so the health check (and every
+    page, action and live stream) waited until the scrape ended: 2.7 s here, up to the
+    collector's 5 s Redis timeout per scrape. Now the scrape reads on the executor, as
+    the monitor's other Redis reads do, and the health check answers at once."""
+    monitor = start_server("monitor")
+    assert requests.get(monitor.base + "/metrics", timeout=10).status_code == 200
+    scraped: list[requests.Response] = []
+    client.client_pause(3000, all=True)
+    scrape_thread = threading.Thread(target=lambda: scraped.append(
+        requests.get(monitor.base + "/metrics", timeout=15)))
+    scrape_thread.start()
+    time.sleep(0.3)  # the scrape is waiting on Redis now
+    started = time.monotonic()
+    health = requests.get(monitor.base + "/healthcheck", timeout=15)
+    waited = time.monotonic() - started
+    scrape_thread.join()
+    assert health.status_code == 200
+    assert waited < 1.0, f"/healthcheck waited {waited:.1f} s behind the scrape"
+    assert scraped[0].status_code == 200 and "emp_workers" in scraped[0].text

@@ -69,6 +69,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     prefix = "/" + options.url_prefix.strip("/") if options.url_prefix else ""
     state = MonitorState(Backend.connect(url), EventHub(url), url_prefix=prefix)
     metrics.register(url)
+    metrics.bound_flower_senders()
     metrics.pools_file()  # read now: a broken edit later keeps this version, as routing does
     return EmpMonitor(options, create_celery_app(url), state, **settings)
 

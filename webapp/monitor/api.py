@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+import prometheus_client
 import tornado.web
 from flower.views.monitor import Metrics as FlowerMetrics
+from tornado.ioloop import IOLoop
 
 from capability_router.errors import JobNotFound
 from capability_router.keys import check_namespace
@@ -164,13 +166,20 @@ class Metrics(MonitorHandler, FlowerMetrics):
     and worker counts are not for anyone who can reach the port. A scraper sends the
     basic-auth credentials, or the operator opens it on purpose (``EMP_METRICS_PUBLIC=1``).
     An OAuth login cannot be followed by a scraper: it gets 403, not a redirect.
+
+    The exposition is built on the executor, as the monitor's other Redis reads are: the
+    queue collector reads Redis, and on the event loop a slow Redis (up to the collector's
+    5 s timeout) stalled every page, action and live stream of the monitor per scrape.
     """
 
     async def get(self) -> None:
         if not self.state.metrics_public and not self.current_user:  # basic auth: 401
             raise tornado.web.HTTPError(403, "metrics need the monitor's login (or set "
                                              "EMP_METRICS_PUBLIC=1 for scrapers)")
-        await super().get()
+        self.application.purge_offline_worker_metrics()  # reads Flower's state: on the loop
+        text = await IOLoop.current().run_in_executor(None, prometheus_client.generate_latest)
+        self.write(text)
+        self.set_header("Content-Type", "text/plain")  # as Flower's
 
 
 class Health(JsonHandler):

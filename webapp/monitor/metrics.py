@@ -9,8 +9,11 @@ Metrics:
 
 * ``emp_queue_depth{pool,family,service,requirements}``: pending jobs of a
   requirement family (summed over its classes).
-* ``emp_queue_oldest_seconds{pool,family,service,requirements}``: age of its
-  oldest pending job.
+* ``emp_queue_oldest_seconds{pool,family,service,requirements}``: seconds since
+  the effective time of its oldest pending job (the queue's order: workflow_datetime
+  when set, else submit time, which a retry keeps), so a late step of an old workflow
+  reads old at once; the pending index orders by it, a true time-in-pending per
+  family would need another index.
 * ``emp_queue_class_workers{pool,family,service,requirements}``: live workers
   able to serve its least served pending class; 0 means some of its pending
   jobs nobody alive can run (alert on this).
@@ -34,14 +37,17 @@ oldest the max, workers the least), so a scrape never grows past
 * ``emp_job_wait_seconds{pool}``: histogram of how long claimed jobs waited.
 * ``emp_claim_latency_seconds{pool}``: histogram of workers' claim round trips.
 
-Per pool, over its last ``pool_metrics.PROMETHEUS_MINUTES`` (5) minutes of the
-observability ring (definitions in ``capability_router.pool_metrics``); a ratio
-with nothing to divide by (no claims, no live worker) is left out, not NaN:
+Per pool, over the current minute and the 4 before it (``pool_metrics.PROMETHEUS_MINUTES``,
+5 minute slots: 4 to 5 minutes) of the observability ring (definitions in
+``capability_router.pool_metrics``); a ratio with nothing to divide by (no claims, no
+live worker) is left out, not NaN:
 
-* ``emp_pool_utilization{pool}``: busy / live worker-seconds.
+* ``emp_pool_utilization{pool}``: busy / live worker-seconds; busy counts running
+  jobs, so workers running several at once (``-c N``) read above 1.
 * ``emp_pool_queue_efficiency{pool}``: total wait / total run time.
 * ``emp_pool_wait_p95_seconds{pool}``: 95th percentile of claimed jobs' waits.
-* ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute.
+* ``emp_pool_throughput_per_minute{pool}``: jobs completed per minute of the time those
+  minutes cover (not per 5: that read a steady rate 20% low early in each minute).
 * ``emp_pool_model_hits{pool,kind}``: claims by model residency (warm, disk,
   download, none, unreported); ``emp_pool_hit_rate{pool}``: warm share.
 * ``emp_pool_routing_accuracy{pool}``: routed jobs run within 2x the prediction.
@@ -56,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -72,7 +79,7 @@ from capability_router.cluster import make_client
 from capability_router.errors import PoolsFileError
 from capability_router.functions import redis_now_ms
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
-from capability_router.pool_metrics import HIT_KINDS, PROMETHEUS_MINUTES, read_now, recent
+from capability_router.pool_metrics import HIT_KINDS, read_now, recent
 from capability_router.pool_view import pools_view
 from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
@@ -94,7 +101,8 @@ _HISTOGRAMS = {
 #: pool_metrics figure -> (gauge name, help), over the last 5 minutes.
 _POOL_GAUGES = {
     "utilization": ("emp_pool_utilization",
-                    "Busy worker-seconds / live worker-seconds, last 5 minutes."),
+                    "Running jobs' seconds / live worker-seconds, last 5 minutes (above 1 "
+                    "when workers run several jobs at once, emp worker -c N)."),
     "queue_efficiency": ("emp_pool_queue_efficiency",
                          "Total wait / total run time of the last 5 minutes' jobs."),
     "wait_p95_seconds": ("emp_pool_wait_p95_seconds",
@@ -184,7 +192,10 @@ def _families() -> dict[str, Metric]:
             "emp_queue_depth", "Pending jobs of a requirement family.",
             labels=_QUEUE_LABELS),
         "oldest": GaugeMetricFamily(
-            "emp_queue_oldest_seconds", "Age of the oldest pending job of a family, seconds.",
+            "emp_queue_oldest_seconds",
+            "Seconds since the effective time of a family's oldest pending job: its "
+            "workflow_datetime when set, else its submit time (kept by a retry or requeue); "
+            "not its time in pending (emp_job_wait_seconds).",
             labels=_QUEUE_LABELS),
         "class_workers": GaugeMetricFamily(
             "emp_queue_class_workers",
@@ -290,7 +301,6 @@ class QueueCollector(Collector):
         """The per-pool observability gauges (``capability_router.pool_metrics``)."""
         now_ms = redis_now_ms(client)  # the clock the pools' minutes are kept on
         for pool, figures in recent(client, pools, now_ms).items():
-            figures["throughput_per_minute"] = figures["throughput"] / PROMETHEUS_MINUTES
             for key in _POOL_GAUGES:
                 if figures[key] is not None:
                     families[key].add_metric([pool], figures[key])
@@ -328,6 +338,36 @@ def pools_file() -> Any:
         return None
 
 
+#: Celery's name for a process that is no worker (``gen<pid>@<host>``): producers' task-sent.
+_ANONYMOUS_NODE = re.compile(r"^gen\d+@")
+
+
+def sender_label(hostname: str) -> str:
+    """Flower's ``worker`` label for an event's sender: a producer's anonymous node name
+    without its pid (``gen@<host>``), so each submitting process (a CLI run, a worker child
+    retrying) does not add series that stay for the monitor's life; workers keep theirs."""
+    return _ANONYMOUS_NODE.sub("gen@", hostname, count=1)
+
+
+def bound_flower_senders() -> None:
+    """Label Flower's task metrics (``flower_events_total``...) with ``sender_label``.
+
+    Flower labels every task event with its sender's node name; a task-sent event comes
+    from the submitting process, whose name carries its pid. Once per process."""
+    from flower.events import get_prometheus_metrics
+
+    flower_metrics = get_prometheus_metrics()
+    if getattr(flower_metrics, "emp_bounded_senders", False):
+        return
+    observe = flower_metrics.observe_task
+
+    def observe_task(worker: str, event: Any, task: Any) -> None:
+        observe(sender_label(worker), event, task)
+
+    flower_metrics.observe_task = observe_task
+    flower_metrics.emp_bounded_senders = True
+
+
 _lock = threading.Lock()
 _registered: dict[int, tuple[CollectorRegistry, QueueCollector]] = {}
 
@@ -352,4 +392,5 @@ def register(
         return collector
 
 
-__all__ = ["QueueCollector", "family_rows", "max_families", "register"]
+__all__ = ["QueueCollector", "bound_flower_senders", "family_rows", "max_families", "register",
+           "sender_label"]
