@@ -35,6 +35,16 @@ def server_ms(client: redis.Redis) -> int:
     return seconds * 1000 + micros // 1000
 
 
+def scrape(redis_url: str) -> str:
+    """One scrape of the monitor's collector, as Prometheus would read it."""
+    registry = CollectorRegistry()
+    collector = register(redis_url, registry)
+    try:
+        return generate_latest(registry).decode()
+    finally:
+        collector.client.close()
+
+
 def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_server: Any) -> None:
     queue = QueueFunctions(client, "gpu")
     client.sadd(NAMESPACES_KEY, "gpu")  # as the transport does for a pool it uses
@@ -52,12 +62,7 @@ def test_prometheus_exposes_the_per_pool_series(client: redis.Redis, redis_serve
     queue.start("j1", claimed.attempt, now_ms=now - 3000)
     assert queue.complete("j1", claimed.attempt, None, now_ms=now - 1000) == "ok"
 
-    registry = CollectorRegistry()
-    collector = register(redis_server.url, registry)
-    try:
-        text = generate_latest(registry).decode()
-    finally:
-        collector.client.close()
+    text = scrape(redis_server.url)
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
            for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -101,17 +106,11 @@ def test_throughput_per_minute_is_the_rate_whatever_second_of_the_minute_it_is_r
         assert queue.complete(claimed.job_id, claimed.attempt, None, now_ms=at + 1000) == "ok"
     monkeypatch.setattr("webapp.monitor.metrics.redis_now_ms", lambda _: t0 + 241_000)
 
-    registry = CollectorRegistry()
-    collector = register(redis_server.url, registry)
-    try:
-        text = generate_latest(registry).decode()
-    finally:
-        collector.client.close()
+    text = scrape(redis_server.url)
     rate = next(s.value for family in text_string_to_metric_families(text)
                 for s in family.samples
                 if s.name == "emp_pool_throughput_per_minute" and s.labels["pool"] == "steady")
     assert rate == pytest.approx(40 / (4 + 1 / 60))
-
 
 
 def test_utilization_says_a_worker_running_several_jobs_at_once_counts_each(
@@ -138,12 +137,7 @@ def test_utilization_says_a_worker_running_several_jobs_at_once_counts_each(
                               now_ms=t0 + 60_000) == "ok"
     monkeypatch.setattr("webapp.monitor.metrics.redis_now_ms", lambda _: t0 + 61_000)
 
-    registry = CollectorRegistry()
-    collector = register(redis_server.url, registry)
-    try:
-        text = generate_latest(registry).decode()
-    finally:
-        collector.client.close()
+    text = scrape(redis_server.url)
     family = next(f for f in text_string_to_metric_families(text)
                   if f.name == "emp_pool_utilization")
     assert next(s.value for s in family.samples if s.labels["pool"] == "multi") \
