@@ -75,6 +75,27 @@ def snapshot(client: redis.Redis) -> dict[str, bytes]:
     return {key: client.dump(key) for key in client.keys("*")}
 
 
+def submit_state(client: redis.Redis, pool: str = "default"
+                 ) -> tuple[set[str], dict[str, dict[str, str]], int]:
+    """What a submit writes: keys, the job records, the pool's event stream length. Not
+    every value (``snapshot``) nor the key count, where something else runs meanwhile: an
+    idle worker's wake lists and the customers' submission buckets (3 s) come and go."""
+    from capability_router.keys import Keys
+
+    keys = set(client.scan_iter())
+    jobs = {k: client.hgetall(k) for k in keys if ":job:" in k and client.type(k) == "hash"}
+    return keys, jobs, client.xlen(Keys(pool).events)
+
+
+def assert_nothing_submitted(client: redis.Redis, before: tuple[set[str], dict, int],
+                             pool: str = "default") -> None:
+    """No key made, no job record changed, no event filed since ``before``."""
+    keys, jobs, events = submit_state(client, pool)
+    assert keys - before[0] == set(), "a refused submit made a key"
+    assert {k: v for k, v in jobs.items() if k in before[1]} == before[1]
+    assert events == before[2], "a refused submit filed an event"
+
+
 def event_names(client: redis.Redis, job_id: str, pool: str = "default") -> list[str]:
     """The job's events in order, read from its stream."""
     from capability_router.keys import Keys

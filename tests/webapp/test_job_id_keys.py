@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import requests
-from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api
+from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api, assert_nothing_submitted, submit_state
 
 from capability_router.keys import Keys
 
@@ -32,12 +32,12 @@ def test_an_id_naming_another_jobs_event_stream_is_a_400_and_writes_nothing(
     assert (
         alice.submit(service_required="echo", message_id="order-7", payload={"n": 1}) == "order-7"
     )
-    before = client.dbsize()
+    before = submit_state(client)
     for api, job_id in ((bob, "order-7:events"), (alice, "plan:events")):
         refused = _submit(api, message_id=job_id)
         assert refused.status_code == 400, refused.text
         assert ":events" in refused.json()["error"]
-    assert client.dbsize() == before, "a refused submit wrote something"
+    assert_nothing_submitted(client, before)
     assert bob.get("/api/jobs/order-7:events").status_code == 404
     assert alice.submit(service_required="echo", message_id="plan", payload={"n": 2}) == "plan"
     start_worker("w1")

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import requests
-from rest_helpers import ADMIN, TOKEN_A, TOKEN_B, TOKENS_ENV, Api
+from rest_helpers import (
+    ADMIN,
+    TOKEN_A,
+    TOKEN_B,
+    TOKENS_ENV,
+    Api,
+    assert_nothing_submitted,
+    submit_state,
+)
 
 from capability_router.keys import Keys
 from conftest import wait_for
@@ -68,11 +76,11 @@ def test_another_customers_id_is_answered_as_an_unknown_one_and_kept_apart(
 
     # The id is Bob's own now: again is a 409, as for any id he already used; nothing
     # written. Alice's second use of her id is a 409 too.
-    before = client.dbsize()
+    before = submit_state(client)
     for api in (alice, bob):
         again = _submit(api, message_id="order-7")
         assert again.status_code == 409 and "already exists" in again.json()["error"]
-    assert client.dbsize() == before
+    assert_nothing_submitted(client, before)
 
     # Retry and cancel act on the caller's own job only.
     retried = bob.post("/api/jobs/order-7/retry")
@@ -80,7 +88,7 @@ def test_another_customers_id_is_answered_as_an_unknown_one_and_kept_apart(
     # Tried: the scoped id with '~' as a chosen id (to take a scoped slot): refused.
     squat = _submit(alice, message_id="order-9~cust-b")
     assert squat.status_code == 400 and "message_id" in squat.json()["error"]
-    assert client.dbsize() == before
+    assert_nothing_submitted(client, before)
 
 
 @pytest.mark.timeout(120)
