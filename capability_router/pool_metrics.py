@@ -44,7 +44,6 @@ Definitions (per minute, and over a window by summing the minutes):
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from capability_router.errors import EmpError
@@ -254,7 +253,7 @@ def recent(client: Any, pools: list[str], now_ms: int | None = None,
     (Prometheus gauges), with ``throughput_per_minute``: completions per minute of the time
     those minutes cover, ``minutes - 1`` whole ones and the current one so far (dividing by
     ``minutes`` read a steady rate 20% low at the start of every minute)."""
-    now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    now_ms = redis_now_ms(client) if now_ms is None else int(now_ms)  # the minutes' clock
     last = now_ms // 60000
     covered = max(minutes - 1 + (now_ms % 60000) / 60000, 1 / 60)
     out = {}

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import redis
 
+from capability_router.functions import redis_now_ms
 from webapp.webhooks import keys
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.consumer import delivery_id
 from webapp.webhooks.library import WebhookFunctions, ensure_library
-from webapp.webhooks.store import HookStore, now_ms
+from webapp.webhooks.store import HookStore
 
 #: Deliveries filed in one pipeline: far more than one ms holds, so many share a ms.
 BURST = 300
@@ -85,7 +86,7 @@ def test_history_written_in_plain_ms_by_an_earlier_version_stays_older(store) ->
     """Tried: a history entry scored in plain ms (the earlier layout), then new
     deliveries: the old entry stays the oldest and is the one trimmed first."""
     hook_id = hook_of(store)
-    before = now_ms(store.client) - 1  # an upgrade restarts the service: a ms at least
+    before = redis_now_ms(store.client) - 1  # an upgrade restarts the service: a ms at least
     store.client.zadd(keys.log(hook_id), {"dlv_old": before})
     store.client.zadd(keys.RECENT, {"dlv_old": before})
     filed = file_burst(store, hook_id, 5)

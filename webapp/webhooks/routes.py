@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
+from capability_router.functions import redis_now_ms
 from webapp import strict_json
 from webapp.auth import error, require_auth
 from webapp.bodies import request_body
@@ -22,7 +23,6 @@ from webapp.webhooks.events import ALIASES, EVENT_TYPES
 from webapp.webhooks.schemas import RegistrationError, validate_create, validate_update
 from webapp.webhooks.service import DeliveryService
 from webapp.webhooks.signing import signing_secrets
-from webapp.webhooks.store import now_ms
 
 bp = Blueprint("webhooks", __name__)
 
@@ -238,7 +238,7 @@ def test_hook(hook_id: str) -> Any:
     suffix = random_ids.token_hex(8)
     event = {
         "event_type": event_type, "event_id": f"test:{suffix}",
-        "timestamp": now_ms(svc.client), "webhook_id": hook_id,
+        "timestamp": redis_now_ms(svc.client), "webhook_id": hook_id,
         "data": {"job_id": f"test_job_{suffix}", "job_type": "test", "priority": 50,
                  "customer_id": None, "workflow_id": None, "worker_id": "test_worker",
                  "machine_id": "test_machine", "message": "test event from EMP webhooks"},

@@ -40,11 +40,6 @@ def new_hook_id() -> str:
     return "wh_" + random_ids.token_hex(12)
 
 
-def now_ms(client: redis.Redis) -> int:
-    """Redis TIME in ms: the clock stream ids and the function library use."""
-    return redis_now_ms(client)
-
-
 def _int(value: Any) -> int | None:
     try:
         return int(value)
@@ -149,7 +144,7 @@ class HookStore:
         """Apply validated changes; None when the hook does not exist. A new secret
         keeps the one it replaces signing beside it for ``secret_overlap_seconds``."""
         fields = self._fields(changes)
-        now = now_ms(self.client)
+        now = redis_now_ms(self.client)
         fields["updated_at"] = now
         old = self.client.hget(keys.hook(hook_id), "secret") if "secret" in fields else None
         if old and old != fields["secret"]:
@@ -246,7 +241,7 @@ class HookStore:
     def record_test(self, hook_id: str, delivery_id: str, event: dict[str, Any], body: str,
                     attempt: dict[str, Any]) -> None:
         """Keep a test delivery (sent directly, outside the queue) in the history."""
-        now = now_ms(self.client)
+        now = redis_now_ms(self.client)
         status = "delivered" if attempt["success"] else "failed"
         record = {
             "id": delivery_id, "webhook_id": hook_id, "event_id": event["event_id"],
