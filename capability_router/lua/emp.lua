@@ -116,7 +116,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '17'
+local VERSION = '18'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -148,15 +148,17 @@ local function int(n)
   return string.format('%d', n)
 end
 
+local EVENTS_MAXLEN, JOB_EVENTS_MAXLEN, RETENTION_MS = '100000', '1000', '604800000'
+
 local function config(P)
   local v = redis.call('HMGET', P .. 'config', 'events_maxlen',
     'job_events_maxlen', 'retention_ms', 'max_attempts', 'swept_at', 'profile_retention_ms',
     'fair_window', 'fair_age_ms', 'affinity', 'affinity_window', 'affinity_max_delay_ms',
     'load_ms_ram', 'load_ms_disk', 'load_ms_remote')
   return {
-    events_maxlen = v[1] or '100000',
-    job_events_maxlen = v[2] or '1000',
-    retention_ms = v[3] or '604800000',
+    events_maxlen = v[1] or EVENTS_MAXLEN,
+    job_events_maxlen = v[2] or JOB_EVENTS_MAXLEN,
+    retention_ms = v[3] or RETENTION_MS,
     max_attempts = tonumber(v[4]) or 10,
     swept_at = tonumber(v[5]) or 0,
     profile_retention_ms = tonumber(v[6]) or 3600000,
@@ -171,6 +173,15 @@ local function config(P)
     load_ms = {gpu = 0, ram = tonumber(v[12]) or 2000, disk = tonumber(v[13]) or 10000,
       remote = tonumber(v[14]) or 60000},
   }
+end
+
+-- The part of the config emit and end_job read: for the per-job functions that
+-- need nothing else (start, progress, complete...), three fields instead of all.
+local function event_config(P)
+  local v = redis.call('HMGET', P .. 'config', 'events_maxlen', 'job_events_maxlen',
+    'retention_ms')
+  return {events_maxlen = v[1] or EVENTS_MAXLEN, job_events_maxlen = v[2] or JOB_EVENTS_MAXLEN,
+    retention_ms = v[3] or RETENTION_MS}
 end
 
 -- Appends an event to the namespace stream and the job's stream. ``raw``
@@ -748,7 +759,7 @@ end
 -- Ends a job: terminal status and its fields, lease released, the record and
 -- its event stream set to expire after the retention, the event appended.
 local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
-  local cfg = config(P)
+  local cfg = event_config(P)
   local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
     'customer_id', 'status', 'class', 'predicted_ms')
   redis.call('HSET', jk, 'status', status, unpack(fields))
@@ -1511,7 +1522,7 @@ local function emp_enqueue(keys, args)
       wf[4] = value
     end
   end
-  local cfg = config(P)
+  local cfg = event_config(P)
   if due > tonumber(now) then
     redis.call('HSET', jk, 'retry_at', args[5])
     redis.call('ZADD', P .. 'delayed', args[5], id)
@@ -1764,7 +1775,7 @@ local function emp_start(keys, args)
       'machine_id', machine)
     redis.call('HDEL', keys[2], 'preparing')
     index_status(P, id, 'assigned', 'in_progress', now)
-    emit(P, config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
+    emit(P, event_config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
       machine_id = machine}, now)
   end
   return 'ok'
@@ -1791,7 +1802,7 @@ local function emp_preparing(keys, args)
   data.worker_id = f[3]
   data.attempt = tonumber(f[2])
   redis.call('HSET', keys[2], 'preparing', args[3], 'updated_at', now)
-  emit(P, config(P), id, 'job_preparing', data, now)
+  emit(P, event_config(P), id, 'job_preparing', data, now)
   return 'ok'
 end
 
@@ -1816,7 +1827,7 @@ local function emp_progress(keys, args)
   if f[1] ~= 'in_progress' then
     index_status(P, id, f[1], 'in_progress', now)
   end
-  emit(P, config(P), id, 'update_job_progress', data, now)
+  emit(P, event_config(P), id, 'update_job_progress', data, now)
   return 'ok'
 end
 

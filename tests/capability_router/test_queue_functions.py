@@ -307,3 +307,30 @@ def test_a_cancel_fenced_by_attempt_spares_the_jobs_next_run(queue: QueueFunctio
     assert queue.cancel("j", "revoked by Celery", attempt=first.attempt) == ("stale", "assigned")
     assert queue.client.hget(queue.keys.job("j"), "status") == "assigned"
     assert queue.cancel("j", "revoked by Celery", attempt=second.attempt)[0] == "cancelled"
+
+
+def test_the_configured_retention_and_stream_caps_hold_on_every_step_of_a_job(
+        queue: QueueFunctions) -> None:
+    """Tried: retention 5 s, namespace stream capped at 4 events, a job's stream at 3, then a
+    job submitted, claimed, started, given 5 progress updates and completed. The per-job
+    functions read only these three settings (not the whole config); each must still apply
+    them: the record and its stream expire within 5 s of the end (not the 7-day default),
+    and neither stream holds more than its cap."""
+    client = queue.client
+    client.config_set("stream-node-max-entries", 1)  # '~' trimming then trims to the event
+    queue.configure(retention_ms=5000, events_maxlen=4, job_events_maxlen=3)
+    queue.register_worker(ANY)
+    enqueue(queue, "kept-briefly")
+    claimed = queue.claim(ANY.signature, ANY.worker_id, 60_000)
+    assert isinstance(claimed, Claimed)
+    assert queue.start("kept-briefly", claimed.attempt) == "ok"
+    for pct in (10, 30, 50, 70, 90):
+        assert queue.progress("kept-briefly", claimed.attempt, pct) == "ok"
+    assert queue.complete("kept-briefly", claimed.attempt, {"ok": True}) == "ok"
+    keys = queue.keys
+    assert 0 < client.pttl(keys.job("kept-briefly")) <= 5000
+    assert 0 < client.pttl(keys.job_events("kept-briefly")) <= 5000
+    assert client.xlen(keys.job_events("kept-briefly")) <= 3
+    assert client.xlen(keys.events) <= 4
+    last = client.xrevrange(keys.job_events("kept-briefly"), count=1)[0][1]
+    assert last["event"] == "complete_job"
