@@ -3,6 +3,7 @@ workers, and real HTTP receivers that go down and come back."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -420,6 +421,60 @@ def test_private_address_refused_at_delivery_time(app, client, start_server, rec
     assert refused["attempt_history"][0]["response_status"] is None
     assert sink.requests == []
     assert client.llen(keys.queue(hook["id"])) == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_password_in_a_hook_url_is_shown_as_stars_and_still_sent(
+        app, start_server, receiver) -> None:
+    """Tried: ``emp webhooks`` with a hook registered as
+    ``http://alice:s3cret@127.0.0.1:PORT/hook`` (a receiver behind HTTP Basic auth), a
+    delivery answered 503 then 200, a test call, and every admin read. Before, the
+    password came back in the create answer, ``GET /webhooks`` and ``GET /webhooks/<id>``
+    (only the monitor masked it). Now every answer shows ``alice:***@``, the service's log
+    never has it, and deliveries still carry ``Authorization: Basic`` of alice:s3cret;
+    a PUT sending the URL back as shown keeps the password."""
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    answers = iter([503])
+    sink.status = lambda r: next(answers, 200)
+    url = f"http://alice:s3cret@127.0.0.1:{sink.port}/hook"
+    shown = f"http://alice:***@127.0.0.1:{sink.port}/hook"
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    created = requests.post(server.base + "/webhooks", json={"url": url, "events": [
+        "job_submitted"]}, timeout=10)
+    assert created.status_code == 201 and "s3cret" not in created.text, created.text
+    hook = created.json()["data"]
+    assert hook["url"] == shown
+
+    job = submit("echo", {}, app=app)
+    wait_for(lambda: sink.delivered(), timeout=20, message="the delivery")
+    assert [r.status for r in sink.requests] == [503, 200]
+    assert all(r.headers["Authorization"] == basic and r.path == "/hook"
+               for r in sink.requests)
+    assert sink.delivered()[0].payload["data"]["job_id"] == job.id
+    assert requests.post(f"{server.base}/webhooks/{hook['id']}/test",
+                         timeout=10).status_code == 200
+    assert sink.requests[-1].headers["Authorization"] == basic
+
+    # A client that reads the hook and sends it back: the password stays the real one.
+    updated = requests.put(f"{server.base}/webhooks/{hook['id']}", json={
+        "url": shown, "events": ["job_submitted", "complete_job"]}, timeout=10)
+    assert updated.status_code == 200 and updated.json()["data"]["url"] == shown
+    assert requests.post(f"{server.base}/webhooks/{hook['id']}/test",
+                         timeout=10).status_code == 200
+    assert sink.requests[-1].headers["Authorization"] == basic
+
+    answers_ = [requests.get(server.base + path, timeout=10) for path in (
+        "/webhooks", f"/webhooks/{hook['id']}", f"/webhooks/{hook['id']}/stats",
+        f"/webhooks/{hook['id']}/deliveries", "/deliveries/recent")]
+    assert all(a.status_code == 200 for a in answers_)
+    assert [a.json()["data"][0]["url"] for a in answers_[:1]] == [shown]
+    assert answers_[1].json()["data"]["url"] == shown
+    for answer in [created, updated, *answers_]:
+        assert "s3cret" not in answer.text, answer.text
+    log = server.log_path.read_text(errors="replace")
+    assert "will be retried" in log  # the 503's line: the log does name this delivery
+    assert "s3cret" not in log
 
 
 def test_delivery_ids_are_deterministic() -> None:

@@ -2,7 +2,8 @@
 
 A registration keeps the ``retry_config`` the client gave; the effective one
 (over the service defaults) is shown. Secrets are written, never read back
-by the API: a listing says ``has_secret`` only.
+by the API: a listing says ``has_secret`` only. A URL's password is shown as
+``***`` (``urls.py``); deliveries use the URL as registered.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from webapp.webhooks.events import canonical_events
 from webapp.webhooks.library import WebhookFunctions
 from webapp.webhooks.schemas import normalize_filters
 from webapp.webhooks.signing import generate_secret
+from webapp.webhooks.urls import shown_url
 
 #: Delivery record fields shown as integers.
 _INT_FIELDS = ("attempts", "created_at", "next_attempt_at", "last_attempt_at", "finished_at",
@@ -97,7 +99,8 @@ class HookStore:
         return self.client.hgetall(keys.hook(hook_id))
 
     def registration(self, hook_id: str) -> dict[str, Any] | None:
-        """The registration as a client wrote it (no secret), for merging a PUT."""
+        """The registration as a client wrote it (no secret, the URL unmasked: never
+        shown), for merging a PUT."""
         raw = self.raw(hook_id)
         if not raw:
             return None
@@ -109,7 +112,7 @@ class HookStore:
     def _public(self, raw: dict[str, str], state: dict[str, str]) -> dict[str, Any]:
         retry = {**self.config.retry_defaults(), **json.loads(raw.get("retry_config") or "{}")}
         return {
-            "id": raw["id"], "url": raw["url"], "events": json.loads(raw["events"]),
+            "id": raw["id"], "url": shown_url(raw["url"]), "events": json.loads(raw["events"]),
             "filters": json.loads(raw.get("filters") or "{}"), "retry_config": retry,
             "active": raw.get("active", "1") != "0",
             "disconnected": state.get("connected") == "0",
