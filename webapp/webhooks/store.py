@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets as random_ids
-import time
 from typing import Any
 
 import redis
@@ -49,10 +48,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _overlap_end(raw: dict[str, str]) -> int | None:
-    """When a replaced secret stops signing (ms), while it still does; else None."""
+def _overlap_end(raw: dict[str, str], now_ms: int) -> int | None:
+    """When a replaced secret stops signing (ms, Redis' clock), while it still does at
+    ``now_ms``; else None (the library deletes it then: ``webhooks.lua``)."""
     until = _int(raw.get("previous_secret_until")) if raw.get("previous_secret") else None
-    return until if until is not None and until > time.time() * 1000 else None
+    return until if until is not None and until > now_ms else None
 
 
 class HookStore:
@@ -109,7 +109,8 @@ class HookStore:
                 "retry_config": json.loads(raw.get("retry_config") or "{}"),
                 "active": raw.get("active", "1") != "0"}
 
-    def _public(self, raw: dict[str, str], state: dict[str, str]) -> dict[str, Any]:
+    def _public(self, raw: dict[str, str], state: dict[str, str], now_ms: int
+                ) -> dict[str, Any]:
         retry = {**self.config.retry_defaults(), **json.loads(raw.get("retry_config") or "{}")}
         return {
             "id": raw["id"], "url": shown_url(raw["url"]), "events": json.loads(raw["events"]),
@@ -120,7 +121,7 @@ class HookStore:
             "last_failure_at": _int(state.get("last_failure_at")),
             "last_success_at": _int(state.get("last_success_at")),
             "has_secret": bool(raw.get("secret")),
-            "previous_secret_until": _overlap_end(raw),
+            "previous_secret_until": _overlap_end(raw, now_ms),
             "created_at": _int(raw.get("created_at")), "updated_at": _int(raw.get("updated_at")),
         }
 
@@ -130,7 +131,8 @@ class HookStore:
             pipe.hgetall(keys.hook(hook_id))
             pipe.hgetall(keys.state(hook_id))
             raw, state = pipe.execute()
-        return self._public(raw, state) if raw else None
+        # TIME apart: a cluster pipeline refuses it.
+        return self._public(raw, state, redis_now_ms(self.client)) if raw else None
 
     def list(self) -> list[dict[str, Any]]:
         """Every hook, oldest first."""
@@ -140,12 +142,14 @@ class HookStore:
                 pipe.hgetall(keys.hook(hook_id))
                 pipe.hgetall(keys.state(hook_id))
             rows = pipe.execute()
-        return [self._public(raw, state) for raw, state in zip(rows[::2], rows[1::2], strict=True)
-                if raw]
+        now = redis_now_ms(self.client)
+        return [self._public(raw, state, now)
+                for raw, state in zip(rows[::2], rows[1::2], strict=True) if raw]
 
     def update(self, hook_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         """Apply validated changes; None when the hook does not exist. A new secret
-        keeps the one it replaces signing beside it for ``secret_overlap_seconds``."""
+        keeps the one it replaces signing beside it for ``secret_overlap_seconds``
+        (Redis' clock); the library deletes it from the hook then."""
         fields = self._fields(changes)
         now = redis_now_ms(self.client)
         fields["updated_at"] = now
