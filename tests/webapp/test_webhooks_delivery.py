@@ -3,6 +3,7 @@ workers, and real HTTP receivers that go down and come back."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from capability_router.keys import Keys
 from conftest import Received, wait_for
@@ -402,6 +403,70 @@ def test_a_dispatcher_whose_clock_runs_ahead_does_not_give_up_early(
     assert [r.payload["data"]["job_id"] for r in sink.delivered()] == ["job-1"]
 
 
+@pytest.mark.timeout(60)
+def test_a_replaced_secret_signs_for_its_overlap_on_redis_clock_then_leaves_the_hash(
+        client, receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a hook's secret A replaced by B with a 3 s overlap, served by a dispatcher
+    whose host clock runs 2 h ahead of Redis'; one event during the overlap, one after.
+    Before, the dispatcher judged the overlap on its own clock: the first delivery was
+    signed with B alone (a receiver still on A refused it), and A stayed in the hook's
+    Redis hash for good (previous_secret, unused). Now the first is signed with both,
+    the overlap's end is Redis' clock, A leaves the hash then with no event needed, and
+    the second delivery is signed with B alone."""
+    from types import SimpleNamespace
+
+    from capability_router.functions import redis_now_ms
+    from webapp.webhooks import dispatcher
+    from webapp.webhooks.config import WebhookConfig, parse_networks
+    from webapp.webhooks.service import DeliveryService
+    from webapp.webhooks.store import HookStore
+
+    real = time.time
+    monkeypatch.setattr(dispatcher, "time", SimpleNamespace(
+        time=lambda: real() + 7200, monotonic=time.monotonic, sleep=time.sleep))
+    old = "whsec_" + base64.b64encode(b"a" * 32).decode()
+    new = "whsec_" + base64.b64encode(b"b" * 32).decode()
+    sink = receiver()
+    config = WebhookConfig(instance="rotating", allowed_networks=parse_networks("127.0.0.0/8"),
+                           secret_overlap_seconds=3)
+    store = HookStore(client, config)
+    hook = store.create({"url": sink.url + "/r", "events": ["job_submitted"], "secret": old})
+    key = keys.hook(hook["id"])
+
+    def emit(job_id: str) -> None:
+        data = {"job_id": job_id, "job_type": "echo", "priority": 50}
+        client.xadd(Keys().events, {"event": "job_submitted", "job_id": job_id,
+                                    "data": json.dumps(data)})
+
+    service = DeliveryService(client, config).start()
+    try:
+        until = store.update(hook["id"], {"secret": new})["previous_secret_until"]
+        assert until is not None and client.hget(key, "previous_secret") == old
+        emit("job-1")
+        wait_for(lambda: sink.delivered(), timeout=10, message="the first delivery")
+        assert redis_now_ms(client) < until, "the first delivery came after the overlap"
+        first = sink.delivered()[0]
+        for secret in (new, old):
+            assert Webhook(secret).verify(first.body, first.headers) == first.payload
+
+        wait_for(lambda: "previous_secret" not in client.hgetall(key), timeout=10,
+                 message="the replaced secret to leave the hook's hash")
+        assert redis_now_ms(client) >= until  # not before the overlap's end
+        emit("job-2")
+        wait_for(lambda: len(sink.delivered()) == 2, timeout=10, message="the second one")
+    finally:
+        service.stop()
+    second = sink.delivered()[1]
+    assert second.payload["data"]["job_id"] == "job-2"
+    assert Webhook(new).verify(second.body, second.headers) == second.payload
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(second.body, second.headers)
+    stored = client.hgetall(key)
+    assert stored["secret"] == new and old not in stored.values()
+    assert "previous_secret_until" not in stored
+    assert store.get(hook["id"])["previous_secret_until"] is None
+
+
 @pytest.mark.timeout(90)
 def test_private_address_refused_at_delivery_time(app, client, start_server, receiver) -> None:
     server = start_server("webhooks", **FAST)
@@ -420,6 +485,60 @@ def test_private_address_refused_at_delivery_time(app, client, start_server, rec
     assert refused["attempt_history"][0]["response_status"] is None
     assert sink.requests == []
     assert client.llen(keys.queue(hook["id"])) == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_password_in_a_hook_url_is_shown_as_stars_and_still_sent(
+        app, start_server, receiver) -> None:
+    """Tried: ``emp webhooks`` with a hook registered as
+    ``http://alice:s3cret@127.0.0.1:PORT/hook`` (a receiver behind HTTP Basic auth), a
+    delivery answered 503 then 200, a test call, and every admin read. Before, the
+    password came back in the create answer, ``GET /webhooks`` and ``GET /webhooks/<id>``
+    (only the monitor masked it). Now every answer shows ``alice:***@``, the service's log
+    never has it, and deliveries still carry ``Authorization: Basic`` of alice:s3cret;
+    a PUT sending the URL back as shown keeps the password."""
+    server = start_server("webhooks", **FAST)
+    sink = receiver()
+    answers = iter([503])
+    sink.status = lambda r: next(answers, 200)
+    url = f"http://alice:s3cret@127.0.0.1:{sink.port}/hook"
+    shown = f"http://alice:***@127.0.0.1:{sink.port}/hook"
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    created = requests.post(server.base + "/webhooks", json={"url": url, "events": [
+        "job_submitted"]}, timeout=10)
+    assert created.status_code == 201 and "s3cret" not in created.text, created.text
+    hook = created.json()["data"]
+    assert hook["url"] == shown
+
+    job = submit("echo", {}, app=app)
+    wait_for(lambda: sink.delivered(), timeout=20, message="the delivery")
+    assert [r.status for r in sink.requests] == [503, 200]
+    assert all(r.headers["Authorization"] == basic and r.path == "/hook"
+               for r in sink.requests)
+    assert sink.delivered()[0].payload["data"]["job_id"] == job.id
+    assert requests.post(f"{server.base}/webhooks/{hook['id']}/test",
+                         timeout=10).status_code == 200
+    assert sink.requests[-1].headers["Authorization"] == basic
+
+    # A client that reads the hook and sends it back: the password stays the real one.
+    updated = requests.put(f"{server.base}/webhooks/{hook['id']}", json={
+        "url": shown, "events": ["job_submitted", "complete_job"]}, timeout=10)
+    assert updated.status_code == 200 and updated.json()["data"]["url"] == shown
+    assert requests.post(f"{server.base}/webhooks/{hook['id']}/test",
+                         timeout=10).status_code == 200
+    assert sink.requests[-1].headers["Authorization"] == basic
+
+    answers_ = [requests.get(server.base + path, timeout=10) for path in (
+        "/webhooks", f"/webhooks/{hook['id']}", f"/webhooks/{hook['id']}/stats",
+        f"/webhooks/{hook['id']}/deliveries", "/deliveries/recent")]
+    assert all(a.status_code == 200 for a in answers_)
+    assert [a.json()["data"][0]["url"] for a in answers_[:1]] == [shown]
+    assert answers_[1].json()["data"]["url"] == shown
+    for answer in [created, updated, *answers_]:
+        assert "s3cret" not in answer.text, answer.text
+    log = server.log_path.read_text(errors="replace")
+    assert "will be retried" in log  # the 503's line: the log does name this delivery
+    assert "s3cret" not in log
 
 
 def test_delivery_ids_are_deterministic() -> None:

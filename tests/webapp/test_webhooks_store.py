@@ -114,3 +114,41 @@ def test_hooks_created_in_the_same_ms_list_in_creation_order(store: HookStore) -
             break
     assert len(set(created_at)) < len(created_at), "no two hooks shared a ms; no tie tried"
     assert [h["id"] for h in store.list()] == created
+
+
+def test_a_replaced_secret_leaves_the_hook_at_its_next_use_or_write_once_ended(
+        store: HookStore, client: redis.Redis) -> None:
+    """Tried: hooks holding a replaced secret whose overlap ended 1 s ago (as release 2
+    of the library left them: no entry in ``rotations`` to sweep), one claimed for a
+    delivery, one changed by a PUT; a rotation still in its overlap claimed and changed
+    too; and a rotation under ``secret_overlap_seconds`` 0. Before, every replaced
+    secret stayed in its hash for good, and the claim handed the ended one to the
+    dispatcher. Now an ended one goes at the hook's next claim or write, a running one
+    stays until its end, and an overlap of 0 keeps none."""
+    now = redis_now_ms(client)
+    used, written, running = hook_of(store), hook_of(store), hook_of(store)
+    for hook_id, until in ((used, now - 1000), (written, now - 1000), (running, now + 60_000)):
+        client.hset(keys.hook(hook_id), mapping={"previous_secret": f"old-{hook_id}",
+                                                 "previous_secret_until": until})
+    file_burst(store, used, 1)
+    claim = store.functions.claim(30_000, "test:claim")
+    assert claim.hook_id == used and "previous_secret" not in claim.hook
+    assert claim.now_ms >= now  # Redis' clock at the claim: what signing judges by
+    store.update(written, {"active": True})
+    store.update(running, {"active": True})
+    file_burst(store, running, 1)
+    assert store.functions.claim(30_000, "test:claim2").hook["previous_secret"] == \
+        f"old-{running}"
+    for hook_id in (used, written):
+        stored = client.hgetall(keys.hook(hook_id))
+        assert "previous_secret" not in stored and "previous_secret_until" not in stored
+    assert client.hget(keys.hook(running), "previous_secret") == f"old-{running}"
+    assert store.get(running)["previous_secret_until"] == now + 60_000
+    assert client.zscore(keys.ROTATIONS, running) == now + 60_000
+
+    instant = HookStore(client, WebhookConfig(secret_overlap_seconds=0))
+    rotated = hook_of(instant)
+    assert instant.update(rotated, {"secret": "new-secret"})["previous_secret_until"] is None
+    stored = client.hgetall(keys.hook(rotated))
+    assert stored["secret"] == "new-secret" and "previous_secret" not in stored
+    assert client.zscore(keys.ROTATIONS, rotated) is None

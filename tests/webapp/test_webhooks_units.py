@@ -19,6 +19,7 @@ from webapp.webhooks.events import Event
 from webapp.webhooks.filters import matches
 from webapp.webhooks.sender import Sender, SendResult
 from webapp.webhooks.signing import generate_secret, legacy_signature, signature_headers
+from webapp.webhooks.urls import shown_url, unmasked
 
 RETRY = WebhookConfig().retry_defaults()
 
@@ -275,6 +276,24 @@ def test_international_domain_names_go_out_in_their_idna_form() -> None:
     assert [r.status for r in results] == [200, 200], results
     assert policy.asked == ["xn--r8jz45g.jp", "xn--bcher-kva.example"]
     assert hosts == [f"xn--r8jz45g.jp:{port}", f"xn--bcher-kva.example:{port}"]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://alice:s3cret@hooks.example/h?x=1", "https://alice:***@hooks.example/h?x=1"),
+    # The sender splits the user part at the last @, as urlsplit does: all of it is hidden.
+    ("https://alice:p@ss@hooks.example:8443/h", "https://alice:***@hooks.example:8443/h"),
+    ("http://alice:p%40ss@[::1]:9/h?#f", "http://alice:***@[::1]:9/h?#f"),
+    ("https://:token@hooks.example", "https://:***@hooks.example"),
+    ("https://alice@hooks.example/h", "https://alice@hooks.example/h"),
+    ("https://hooks.example/h?token=abc", "https://hooks.example/h?token=abc"),
+    ("http://alice:s3cret@[::1/h", "<unreadable url>"),
+])
+def test_a_hook_url_is_shown_with_its_password_as_stars(url: str, shown: str) -> None:
+    """Tried: the URLs above in a hook's public view. Before, only the monitor masked
+    the password (the API showed it); now one function does, for both."""
+    assert shown_url(url) == shown
+    assert unmasked(shown, url) == url  # a PUT of the URL as shown keeps the stored one
+    assert unmasked("https://bob:***@other.example/", url) == "https://bob:***@other.example/"
 
 
 def test_a_lease_shorter_than_the_timeout_is_refused_at_start(monkeypatch) -> None:

@@ -6,15 +6,14 @@ same public registration view, ``stats`` and ``recent`` its REST API serves
 monitor and the API never disagree. The monitor needs no webhook service
 running to read them: the state lives in Redis.
 
-Secrets never leave: the store's views carry ``has_secret`` only, and as a
-second guard any ``secret`` key is dropped and a password in a hook URL's
-user part is masked before the view is returned.
+Secrets never leave: the store's views carry ``has_secret`` only and show a
+hook URL's password as ``***``; as a second guard any ``secret`` key is
+dropped before the view is returned.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -29,15 +28,6 @@ def hook_store(client: redis.Redis, config: WebhookConfig | None = None) -> Hook
     """The store as the webhook service builds it; ``config`` defaults to the environment's
     (``EMP_WEBHOOK_*``), so effective retry settings match what the service uses."""
     return HookStore(client, config or WebhookConfig.from_env())
-
-
-def mask_url(url: str) -> str:
-    """The URL with a password in its user part replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _without_secrets(value: Any) -> Any:
@@ -76,7 +66,7 @@ def webhooks_view(client: redis.Redis, limit: int = RECENT_LIMIT,
         health = _health(hook, stats)
         counts["total"] += 1
         counts[health] += 1
-        hooks.append({**hook, "url": mask_url(hook["url"]), "health": health, "stats": stats})
+        hooks.append({**hook, "health": health, "stats": stats})
     return _without_secrets({"hooks": hooks, "counts": counts,
                              "recent_deliveries": store.recent(limit), "limit": limit})
 

@@ -213,7 +213,7 @@ class Dispatcher:
             return Outcome("skip")
         number = int(delivery.get("attempts") or 0) + 1
         body = delivery["body"]
-        secrets = signing_secrets(hook, int(time.time() * 1000))
+        secrets = signing_secrets(hook, claim.now_ms)  # Redis' clock, as the overlap's end
         headers = delivery_headers(claim.hook_id, secrets, claim.delivery_id,
                                    delivery.get("event_type", ""), delivery.get("event_id", ""),
                                    body, number)

@@ -25,6 +25,9 @@ RECENT = WEBHOOK_PREFIX + "recent"
 ORDER = WEBHOOK_PREFIX + "order"
 #: ``<instance>:<run id>`` of the one instance consuming the event log (STRING, expires).
 CONSUMER = WEBHOOK_PREFIX + "consumer"
+#: hook id -> ms its replaced secret stops signing, while one does (ZSET): the library
+#: deletes that secret from the hook then, whether or not the hook is used.
+ROTATIONS = WEBHOOK_PREFIX + "rotations"
 
 
 def hook(hook_id: str) -> str:

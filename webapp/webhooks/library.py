@@ -44,6 +44,8 @@ class Claim:
     delivery_id: str
     delivery: dict[str, str]
     hook: dict[str, str]
+    #: Redis' clock when it was claimed: what judges a secret rotation's overlap.
+    now_ms: int
 
 
 @dataclass
@@ -113,7 +115,8 @@ class WebhookFunctions:
         reply = self._call("emp_wh_claim", [keys.DUE], [lease_ms, token])
         if reply[0] == 0:
             return int(reply[1])
-        return Claim(reply[1], token, reply[2], _pairs(reply[3]), _pairs(reply[4]))
+        return Claim(reply[1], token, reply[2], _pairs(reply[3]), _pairs(reply[4]),
+                     int(reply[5]))
 
     def finish(self, claim: Claim, outcome: Outcome, disconnect_after: int, reconnect_ms: int,
                history_ms: int, recent_max: int, continue_lease_ms: int = 0) -> Claim | str:
@@ -128,7 +131,8 @@ class WebhookFunctions:
              "" if outcome.status_code is None else outcome.status_code, outcome.error[:500]]
         reply = self._call("emp_wh_finish", k, a)
         if reply[0] == "next":
-            return Claim(hook_id, claim.token, reply[1], _pairs(reply[2]), _pairs(reply[3]))
+            return Claim(hook_id, claim.token, reply[1], _pairs(reply[2]), _pairs(reply[3]),
+                         int(reply[4]))
         return reply[0]
 
     def record(self, hook_id: str, delivery_id: str, fields: dict[str, Any],

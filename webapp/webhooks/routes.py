@@ -23,6 +23,7 @@ from webapp.webhooks.events import ALIASES, EVENT_TYPES
 from webapp.webhooks.schemas import RegistrationError, validate_create, validate_update
 from webapp.webhooks.service import DeliveryService
 from webapp.webhooks.signing import signing_secrets
+from webapp.webhooks.urls import unmasked
 
 bp = Blueprint("webhooks", __name__)
 
@@ -124,13 +125,17 @@ def get_hook(hook_id: str) -> Any:
 @bp.put("/webhooks/<hook_id>")
 @require_auth(admin=True)
 def update_hook(hook_id: str) -> Any:
-    """Change some fields (the others stay); the result is validated as a whole."""
+    """Change some fields (the others stay); the result is validated as a whole. The URL
+    as shown (its password ``***``) stands for the stored one: a hook read and sent back
+    keeps its receiver's password."""
     store = service().store
     current = store.registration(hook_id)
     if current is None:
         return _missing(hook_id)
     try:
         body = _body()
+        if isinstance(body, dict) and isinstance(body.get("url"), str):
+            body["url"] = unmasked(body["url"], current["url"])
         validate_update(body, current)
         if "url" in body:
             check_destination(body["url"])

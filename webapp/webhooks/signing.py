@@ -13,7 +13,10 @@
 Rotation: for a while after a ``PUT`` replaced a hook's secret, the replaced
 one signs too (``webhook-signature: v1,<new> v1,<old>``, the standard's way),
 so a receiver still verifying with the old secret accepts deliveries until it
-is switched over; ``X-Webhook-Signature`` uses the new secret only.
+is switched over; ``X-Webhook-Signature`` uses the new secret only. The
+overlap ends on Redis' clock (``previous_secret_until``), and the function
+library then deletes the replaced secret from the hook (``webhooks.lua``,
+``drop_ended_secret``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ def standard_key(secret: str) -> Webhook:
 
 
 def signing_secrets(hook: dict[str, str], now_ms: int) -> list[str]:
-    """A stored hook's secrets that sign its deliveries now: its secret, then the one it
-    replaced while that one's overlap lasts (none without a secret)."""
+    """A stored hook's secrets that sign its deliveries at ``now_ms`` (Redis' clock: a
+    host's own drifts): its secret, then the one it replaced while that one's overlap
+    lasts (none without a secret)."""
     secret = hook.get("secret")
     if not secret:
         return []

@@ -2,14 +2,14 @@
 
 A registration keeps the ``retry_config`` the client gave; the effective one
 (over the service defaults) is shown. Secrets are written, never read back
-by the API: a listing says ``has_secret`` only.
+by the API: a listing says ``has_secret`` only. A URL's password is shown as
+``***`` (``urls.py``); deliveries use the URL as registered.
 """
 
 from __future__ import annotations
 
 import json
 import secrets as random_ids
-import time
 from typing import Any
 
 import redis
@@ -21,6 +21,7 @@ from webapp.webhooks.events import canonical_events
 from webapp.webhooks.library import WebhookFunctions
 from webapp.webhooks.schemas import normalize_filters
 from webapp.webhooks.signing import generate_secret
+from webapp.webhooks.urls import shown_url
 
 #: Delivery record fields shown as integers.
 _INT_FIELDS = ("attempts", "created_at", "next_attempt_at", "last_attempt_at", "finished_at",
@@ -47,10 +48,11 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _overlap_end(raw: dict[str, str]) -> int | None:
-    """When a replaced secret stops signing (ms), while it still does; else None."""
+def _overlap_end(raw: dict[str, str], now_ms: int) -> int | None:
+    """When a replaced secret stops signing (ms, Redis' clock), while it still does at
+    ``now_ms``; else None (the library deletes it then: ``webhooks.lua``)."""
     until = _int(raw.get("previous_secret_until")) if raw.get("previous_secret") else None
-    return until if until is not None and until > time.time() * 1000 else None
+    return until if until is not None and until > now_ms else None
 
 
 class HookStore:
@@ -97,7 +99,8 @@ class HookStore:
         return self.client.hgetall(keys.hook(hook_id))
 
     def registration(self, hook_id: str) -> dict[str, Any] | None:
-        """The registration as a client wrote it (no secret), for merging a PUT."""
+        """The registration as a client wrote it (no secret, the URL unmasked: never
+        shown), for merging a PUT."""
         raw = self.raw(hook_id)
         if not raw:
             return None
@@ -106,10 +109,11 @@ class HookStore:
                 "retry_config": json.loads(raw.get("retry_config") or "{}"),
                 "active": raw.get("active", "1") != "0"}
 
-    def _public(self, raw: dict[str, str], state: dict[str, str]) -> dict[str, Any]:
+    def _public(self, raw: dict[str, str], state: dict[str, str], now_ms: int
+                ) -> dict[str, Any]:
         retry = {**self.config.retry_defaults(), **json.loads(raw.get("retry_config") or "{}")}
         return {
-            "id": raw["id"], "url": raw["url"], "events": json.loads(raw["events"]),
+            "id": raw["id"], "url": shown_url(raw["url"]), "events": json.loads(raw["events"]),
             "filters": json.loads(raw.get("filters") or "{}"), "retry_config": retry,
             "active": raw.get("active", "1") != "0",
             "disconnected": state.get("connected") == "0",
@@ -117,7 +121,7 @@ class HookStore:
             "last_failure_at": _int(state.get("last_failure_at")),
             "last_success_at": _int(state.get("last_success_at")),
             "has_secret": bool(raw.get("secret")),
-            "previous_secret_until": _overlap_end(raw),
+            "previous_secret_until": _overlap_end(raw, now_ms),
             "created_at": _int(raw.get("created_at")), "updated_at": _int(raw.get("updated_at")),
         }
 
@@ -127,7 +131,8 @@ class HookStore:
             pipe.hgetall(keys.hook(hook_id))
             pipe.hgetall(keys.state(hook_id))
             raw, state = pipe.execute()
-        return self._public(raw, state) if raw else None
+        # TIME apart: a cluster pipeline refuses it.
+        return self._public(raw, state, redis_now_ms(self.client)) if raw else None
 
     def list(self) -> list[dict[str, Any]]:
         """Every hook, oldest first."""
@@ -137,12 +142,14 @@ class HookStore:
                 pipe.hgetall(keys.hook(hook_id))
                 pipe.hgetall(keys.state(hook_id))
             rows = pipe.execute()
-        return [self._public(raw, state) for raw, state in zip(rows[::2], rows[1::2], strict=True)
-                if raw]
+        now = redis_now_ms(self.client)
+        return [self._public(raw, state, now)
+                for raw, state in zip(rows[::2], rows[1::2], strict=True) if raw]
 
     def update(self, hook_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         """Apply validated changes; None when the hook does not exist. A new secret
-        keeps the one it replaces signing beside it for ``secret_overlap_seconds``."""
+        keeps the one it replaces signing beside it for ``secret_overlap_seconds``
+        (Redis' clock); the library deletes it from the hook then."""
         fields = self._fields(changes)
         now = redis_now_ms(self.client)
         fields["updated_at"] = now

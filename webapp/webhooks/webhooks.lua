@@ -17,7 +17,12 @@ derived from W: they share the tag, so they live in the same slot.
   W.."version"             STRING bumped on every registration change
   W.."hook:"..id           HASH   registration: id, url, events, secret,
                                   filters, retry_config, active ('1'/'0'),
-                                  created_at, updated_at
+                                  created_at, updated_at; after a secret was
+                                  replaced, previous_secret and
+                                  previous_secret_until (ms) while it still
+                                  signs (deleted at the overlap's end)
+  W.."rotations"           ZSET   hook id -> previous_secret_until, hooks whose
+                                  replaced secret still signs (release 3)
   W.."state:"..id          HASH   connected ('1'/'0'), consecutive_failures,
                                   disconnected_at, reconnect_at, lease,
                                   lease_until; counters queued, delivered,
@@ -59,7 +64,7 @@ version scored in plain ms.
 
 -- Raise with every release that changes this file; a release only adds (see
 -- capability_router/libraries.py: no process loads over a higher number).
-local VERSION = '2'
+local VERSION = '3'
 
 local FINISHED = {delivered = true, failed = true, refused = true}
 
@@ -111,6 +116,43 @@ local function next_try(state_key, now)
     return math.max(now, tonumber(st[2]))
   end
   return now
+end
+
+-- A replaced secret signs beside the new one until previous_secret_until (Redis'
+-- clock); from then on it is deleted, not kept in the hash unused. Called
+-- wherever a hook is used or written, and by the sweep of "rotations".
+local function drop_ended_secret(hook_key, now)
+  local old = redis.call('HMGET', hook_key, 'previous_secret', 'previous_secret_until')
+  if not old[1] and not old[2] then
+    return
+  end
+  local ends = tonumber(old[2])
+  if old[1] and ends and ends > now then
+    return
+  end
+  redis.call('HDEL', hook_key, 'previous_secret', 'previous_secret_until')
+end
+
+-- Files a hook whose secret was just written in "rotations" while its replaced
+-- one still signs (so it is deleted at the end, used or not), else takes it out.
+local function note_rotation(W, hook_key, hook_id, now)
+  drop_ended_secret(hook_key, now)
+  local ends = tonumber(redis.call('HGET', hook_key, 'previous_secret_until'))
+  if ends then
+    redis.call('ZADD', W .. 'rotations', int(ends), hook_id)
+  else
+    redis.call('ZREM', W .. 'rotations', hook_id)
+  end
+end
+
+-- Deletes the replaced secrets whose overlap has ended (a few per call: every
+-- claim sweeps, and idle dispatchers claim at least once a second).
+local function sweep_rotations(W, now)
+  local ended = redis.call('ZRANGEBYSCORE', W .. 'rotations', '-inf', int(now), 'LIMIT', 0, 16)
+  for _, hook in ipairs(ended) do
+    drop_ended_secret(W .. 'hook:' .. hook, now)
+    redis.call('ZREM', W .. 'rotations', hook)
+  end
 end
 
 -- Puts a hook in "due" (or takes it out) after its registration or
@@ -189,11 +231,13 @@ KEYS[1] due
 ARGV[1] lease ms  ARGV[2] lease token (instance name, ':', random)
 Takes the hook whose head delivery is due soonest (and due now), leases it
 by moving its due score to the lease expiry, and returns
-{1, hook id, delivery id, delivery HGETALL, hook HGETALL}; or {0, ms until
-the next hook is due (-1: none)}. ]]
+{1, hook id, delivery id, delivery HGETALL, hook HGETALL, now ms} (a replaced
+secret whose overlap ended by now dropped from the hook first); or {0, ms
+until the next hook is due (-1: none)}. Sweeps ended rotations first. ]]
 local function emp_wh_claim(keys, args)
   local W = prefix_of(keys[1])
   local now = now_ms()
+  sweep_rotations(W, now)
   for _ = 1, 16 do
     local hook = redis.call('ZRANGEBYSCORE', keys[1], '-inf', int(now), 'LIMIT', 0, 1)[1]
     if not hook then
@@ -209,8 +253,9 @@ local function emp_wh_claim(keys, args)
       redis.call('ZADD', keys[1], int(lease_until), hook)
       redis.call('HSET', W .. 'state:' .. hook, 'lease', args[2],
         'lease_until', int(lease_until))
+      drop_ended_secret(W .. 'hook:' .. hook, now)
       return {1, hook, head, redis.call('HGETALL', W .. 'delivery:' .. head),
-        redis.call('HGETALL', W .. 'hook:' .. hook)}
+        redis.call('HGETALL', W .. 'hook:' .. hook), int(now)}
     end
     redis.call('ZREM', keys[1], hook)
   end
@@ -231,7 +276,8 @@ Records the attempt and moves the queue on (delivered, failed, refused) or
 keeps the delivery at the head until the retry (retry). Every failure counts
 against the hook: at ``disconnect after`` consecutive ones the hook is
 disconnected and its next try waits ``reconnect ms``.
-Returns {'next', delivery id, delivery HGETALL, hook HGETALL} (lease kept),
+Returns {'next', delivery id, delivery HGETALL, hook HGETALL, now ms} (lease
+kept; the hook as a claim returns it),
 {'scheduled', ms}, {'idle'}, {'parked'}, {'stale'} (the lease was lost:
 only the attempt is recorded) or {'gone'} (the hook was deleted). ]]
 local function emp_wh_finish(keys, args)
@@ -325,8 +371,9 @@ local function emp_wh_finish(keys, args)
     local lease_until = now + tonumber(args[11])
     redis.call('HSET', keys[3], 'lease', token, 'lease_until', int(lease_until))
     redis.call('ZADD', keys[1], int(lease_until), hook)
+    drop_ended_secret(keys[7], now)
     return {'next', head, redis.call('HGETALL', W .. 'delivery:' .. head),
-      redis.call('HGETALL', keys[7])}
+      redis.call('HGETALL', keys[7]), int(now)}
   end
   redis.call('ZADD', keys[1], int(next_at), hook)
   return {'scheduled', next_at}
@@ -343,11 +390,13 @@ local function emp_wh_record(keys, args)
   if redis.call('EXISTS', keys[7]) == 0 then
     return 0
   end
+  local now = now_ms()
+  drop_ended_secret(keys[7], now)
   redis.call('HSET', keys[2], unpack(args, 5))
   redis.call('RPUSH', keys[3], args[2])
   redis.call('PEXPIRE', keys[2], args[3])
   redis.call('PEXPIRE', keys[3], args[3])
-  local order = int(next_order(keys[6], now_ms()))
+  local order = int(next_order(keys[6], now))
   redis.call('ZADD', keys[4], order, args[1])
   redis.call('ZADD', keys[5], order, args[1])
   trim_recent(keys[5], args[4])
@@ -371,7 +420,8 @@ end
 
 --[[ emp_wh_update
 KEYS[1] due  KEYS[2] state  KEYS[3] queue  KEYS[4] hook  KEYS[5] version
-ARGV[1] hook id  ARGV[2..] field, value pairs of the registration
+ARGV[1] hook id  ARGV[2..] field, value pairs of the registration (a new
+secret comes with previous_secret and previous_secret_until: see note_rotation)
 Returns 1, or 0 when the hook does not exist (nothing written). ]]
 local function emp_wh_update(keys, args)
   if redis.call('EXISTS', keys[4]) == 0 then
@@ -380,8 +430,10 @@ local function emp_wh_update(keys, args)
   if #args > 1 then
     redis.call('HSET', keys[4], unpack(args, 2))
   end
+  local now = now_ms()
+  note_rotation(prefix_of(keys[1]), keys[4], args[1], now)
   redis.call('INCR', keys[5])
-  schedule(keys, args[1], now_ms())
+  schedule(keys, args[1], now)
   return 1
 end
 
@@ -394,9 +446,11 @@ local function emp_wh_reconnect(keys, args)
   if redis.call('EXISTS', keys[4]) == 0 then
     return 0
   end
+  local now = now_ms()
+  drop_ended_secret(keys[4], now)
   redis.call('HSET', keys[2], 'connected', '1', 'consecutive_failures', '0')
   redis.call('HDEL', keys[2], 'disconnected_at', 'reconnect_at')
-  schedule(keys, args[1], now_ms())
+  schedule(keys, args[1], now)
   return 1
 end
 
@@ -421,6 +475,7 @@ local function emp_wh_delete(keys, args)
   redis.call('DEL', keys[4], keys[5], keys[6])
   redis.call('ZREM', keys[2], args[1])
   redis.call('ZREM', keys[1], args[1])
+  redis.call('ZREM', W .. 'rotations', args[1])
   redis.call('INCR', keys[7])
   return 1
 end

@@ -1,0 +1,42 @@
+"""Hook URLs as people see them: a password in the URL's user part shown as ``***``.
+
+A receiver may take HTTP Basic credentials in its URL
+(``https://user:password@host/path``); deliveries send them as an
+``Authorization: Basic`` header (``sender.py``). Every view of a hook (the
+API's answers, the monitor) shows the URL with the password replaced and the
+user name kept, so an operator still tells which account a hook uses. The
+query string is shown as registered: nothing in the service treats it as a
+credential.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+#: What a password is shown as.
+MASK = "***"
+
+
+def shown_url(url: str) -> str:
+    """``url`` with the password of its user part (if any) replaced by ``***``,
+    the rest as registered."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        # Not a URL check_url lets in; it may still hold a password.
+        return "<unreadable url>" if "@" in url else url
+    if password is None:
+        return url
+    netloc = f"{parts.username}:{MASK}@{parts.netloc.rpartition('@')[2]}"
+    start = url.find("//") + 2
+    if start > 1 and url[start:start + len(parts.netloc)] == parts.netloc:
+        # Spliced, so the rest reads exactly as registered (urlunsplit drops an empty "?").
+        return url[:start] + netloc + url[start + len(parts.netloc):]
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def unmasked(given: str, stored: str) -> str:
+    """The URL a ``PUT`` means: the stored one when ``given`` is how it is shown (a client
+    sending back the hook it read must not make ``***`` the receiver's password)."""
+    return stored if given != stored and given == shown_url(stored) else given
