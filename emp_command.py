@@ -3,8 +3,9 @@
 Modules read their settings from the environment when imported, so a malformed one (say
 ``EMP_MAX_PAYLOAD_BYTES=1MB``) fails before click runs: this makes it one line naming the
 setting and exit status 2, as click answers a bad option, instead of a traceback from
-every command, ``emp --help`` included. A module of its own, outside the packages: any
-module inside them imports its package, which reads settings, before it could catch.
+every command, ``emp --help`` included. A module of its own, outside the packages: a
+module inside them imports its package, which may read settings, before it could catch.
+``python -m emp_tasks.cli`` comes through here too (its first lines call ``main``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
                                   busy, service_unhealthy), status_reason,
                                   started_at, last_seen; expires after ``ttl_ms``
   emp:system:events        STREAM worker_status events (online, offline,
-                                  service_unhealthy, service_healthy)
+                                  service_unhealthy, service_healthy), their
+                                  ``timestamp`` on Redis' clock
   P.."workers" (per pool)  ZSET   worker id -> ms its heartbeat expires, in each
                                   pool it serves: the router counts a pool's
                                   live workers with one ZCOUNT
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from typing import Any
 
 import redis
@@ -46,13 +46,17 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def emit_system_event(client: redis.Redis, event: str, data: dict[str, Any],
+                      now_ms: int | None = None) -> str:
+    """Append a worker or machine event to the system stream; returns its id.
 
-
-def emit_system_event(client: redis.Redis, event: str, data: dict[str, Any]) -> str:
-    """Append a worker or machine event to the system stream; returns its id."""
-    data = {**data, "timestamp": _now_ms()}
+    Its ``timestamp`` is Redis' clock (``now_ms``, read by the caller with
+    ``redis_now_ms``; read here when not given: one TIME call, these events being
+    rare: a worker's start, stop and health changes, a machine's status changes),
+    as heartbeats, job events and machine reports are: a host whose clock ran
+    3 min off stamped its events 3 min off everything else.
+    """
+    data = {**data, "timestamp": redis_now_ms(client) if now_ms is None else int(now_ms)}
     return client.xadd(SYSTEM_EVENTS_KEY, {"event": event, "data": json.dumps(data)},
                        maxlen=SYSTEM_EVENTS_MAXLEN, approximate=True)
 
@@ -99,7 +103,7 @@ class WorkerRegistry:
             emit_system_event(self.client, "worker_status", {
                 "worker_id": worker_id, "machine_id": fields["machine_id"],
                 "status": "online", "services": profile.get("services", []),
-            })
+            }, now)
 
     def service_changed(self, worker_id: str, machine_id: str, unhealthy: str | None) -> None:
         """Announce that a worker's service stopped (``unhealthy``: why) or resumed taking jobs."""
@@ -113,15 +117,16 @@ class WorkerRegistry:
         """A worker stopping cleanly (or forgotten): drop its record and model residency."""
         pools = json.loads(self.client.hget(worker_key(worker_id), "pools") or "[]")
         with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()  # the event's timestamp, Redis' clock, in the same round trip
             for pool in pools:
                 pipe.zrem(Keys(pool).workers, worker_id)
             pipe.delete(worker_key(worker_id))
             pipe.zrem(WORKERS_KEY, worker_id)
-            pipe.execute()
+            (seconds, micros), *_ = pipe.execute()
         clear_worker(self.client, worker_id, known_namespaces(self.client))
         emit_system_event(self.client, "worker_status", {
             "worker_id": worker_id, "machine_id": machine_id, "status": "offline",
-        })
+        }, int(seconds) * 1000 + int(micros) // 1000)
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers' records; ids whose record expired are pruned."""

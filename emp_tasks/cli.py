@@ -1,10 +1,22 @@
-"""The ``emp`` command line: thin click wrappers around plain functions."""
+"""The ``emp`` command line: thin click wrappers around plain functions.
+
+``python -m emp_tasks.cli`` runs it as the ``emp`` console script does (``emp_command``):
+a setting that fails when its module is imported is one line naming it, not a
+traceback. That check comes before this module's imports, which read settings.
+"""
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    from emp_command import main as _emp
+
+    _emp()  # imports this module again, as emp_tasks.cli, and runs its command line
+    sys.exit()
+
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -547,7 +559,3 @@ def _banner(stack: Stack, workers: int, data_dir: Path, is_recorded: bool) -> No
         click.echo(f"Not recorded: {stack_state.state_path()} names another emp up "
                    f"(pid {other.pid if other else '?'}). To use this stack in a shell:")
     click.echo(f"  export EMP_REDIS_URL={stack.redis_url}")
-
-
-if __name__ == "__main__":
-    main()

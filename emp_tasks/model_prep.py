@@ -90,12 +90,7 @@ class PreparingReporter:
 def models_ready(task: Any, context: JobContext) -> Iterator[dict[str, Path]]:
     """The job's catalog models on disk and held while the block runs ({} when none)."""
     functions = context.functions
-    try:
-        manager = manager_from_env(functions.client)
-    except ConnectorError as exc:  # the cache's folder cannot be made (a disk error)
-        from emp_tasks.connector_jobs import retry_or_fail
-
-        raise retry_or_fail(task, exc) from None
+    manager = manager_from_env(functions.client)
     if manager is None:
         yield {}
         return
@@ -110,7 +105,7 @@ def models_ready(task: Any, context: JobContext) -> Iterator[dict[str, Path]]:
     held = ExitStack()
     try:
         paths = held.enter_context(manager.ready(entries, PreparingReporter(context, span=span)))
-    except ConnectorError as exc:
+    except ConnectorError as exc:  # a download, or the cache's folder (a disk error)
         held.close()
         from emp_tasks.connector_jobs import retry_or_fail
 

@@ -105,7 +105,7 @@ def record_ended(pipe: redis.client.Pipeline, machine_id: str, ended_at: int,
 def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
     """Write a live machine's report (hash + zset score); ``emit`` adds an event."""
     machine_id = report["machine_id"]
-    stamp = int(report.get("last_report") or now_ms())
+    stamp = int(report.get("last_report") or redis_now_ms(client))
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(machine_key(machine_id))
         pipe.hset(machine_key(machine_id), mapping=_fields({**report, "last_report": stamp}))
@@ -113,7 +113,7 @@ def publish(client: redis.Redis, report: dict[str, Any], emit: bool) -> None:
         pipe.zrem(ENDED_MACHINES_KEY, machine_id)  # it reports again: no longer ended
         pipe.execute()
     if emit:
-        emit_system_event(client, MACHINE_EVENT, event_data(report))
+        emit_system_event(client, MACHINE_EVENT, event_data(report), stamp)
 
 
 def publish_offline(client: redis.Redis, report: dict[str, Any], retention_seconds: float) -> None:
@@ -128,7 +128,7 @@ def publish_offline(client: redis.Redis, report: dict[str, Any], retention_secon
         pipe.zrem(MACHINES_KEY, machine_id)
         record_ended(pipe, machine_id, ended_at, retention_seconds)
         pipe.execute()
-    emit_system_event(client, MACHINE_EVENT, event_data(report))
+    emit_system_event(client, MACHINE_EVENT, event_data(report), ended_at)
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:

@@ -53,13 +53,25 @@ Report = Callable[[Preparing], None]
 class ModelManager:
     """Downloads and cache of one machine (one instance per process is enough).
 
-    :param cache: the disk cache.
+    :param cache: the disk cache, or what builds it at its first use (a job that
+        needs no catalog model never touches the cache's folder, so a bad one
+        fails only the jobs that need it).
     :param client: Redis client that reads the catalog.
     """
 
-    def __init__(self, cache: ModelCache, client: Any) -> None:
-        self.cache = cache
+    def __init__(self, cache: ModelCache | Callable[[], ModelCache], client: Any) -> None:
+        self._cache = cache if isinstance(cache, ModelCache) else None
+        self._build = cache if not isinstance(cache, ModelCache) else None
         self.client = client
+
+    @property
+    def cache(self) -> ModelCache:
+        """The disk cache, built at the first call (ConnectorError, ``service``, when
+        its folders cannot be made; tried again at the next call)."""
+        if self._cache is None:
+            assert self._build is not None
+            self._cache = self._build()
+        return self._cache
 
     def catalog_entries(self, names: list[str]) -> list[ModelEntry]:
         """The catalog's entries among ``names``, in their order (unknown ones skipped:
@@ -176,13 +188,14 @@ _managers: dict[tuple[int, str], ModelManager] = {}
 
 
 def manager_from_env(client: Any) -> ModelManager | None:
-    """This process's manager for ``EMP_MODEL_CACHE_DIR`` (None when it is unset)."""
+    """This process's manager for ``EMP_MODEL_CACHE_DIR`` (None when it is unset); its
+    cache is built when a job first needs a catalog model."""
     root = os.environ.get("EMP_MODEL_CACHE_DIR")
     if not root:
         return None
     key = (os.getpid(), root)
     manager = _managers.get(key)
     if manager is None:
-        manager = _managers[key] = ModelManager(ModelCache(root, budget_bytes_from_env()),
-                                                client)
+        manager = _managers[key] = ModelManager(
+            lambda: ModelCache(root, budget_bytes_from_env()), client)
     return manager

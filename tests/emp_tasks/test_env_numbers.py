@@ -142,16 +142,33 @@ def test_an_empty_setting_means_its_default_and_a_malformed_one_is_named() -> No
                                  for name in empty}
 
 
+#: The two ways to run the command line: the console script pip installed, and the module.
+FORMS = {"emp": [str(Path(sys.executable).with_name("emp"))],
+         "python -m emp_tasks.cli": [sys.executable, "-m", "emp_tasks.cli"]}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("args", [["--help"], ["job", "some-id"]])
-def test_a_setting_read_at_import_that_is_malformed_stops_emp_with_one_line(args) -> None:
+def test_a_setting_read_at_import_that_is_malformed_stops_emp_with_one_line(form, args) -> None:
     """Tried: ``emp --help`` and ``emp job some-id`` with ``EMP_MAX_PAYLOAD_BYTES=1MB``, a
-    setting read when its module is imported, before click runs. Before: a 12-line
-    traceback ending in the ValueError, from every command, ``--help`` included. Now one
+    setting read when its module is imported, before click runs, through the console
+    script and through ``python -m emp_tasks.cli``. Before: a 12-line traceback ending in
+    the ValueError, from every command, ``--help`` included; once ``emp`` caught it, the
+    module form still printed that traceback (importing the package ``emp_tasks``, which
+    ``-m`` does before the module runs, read the setting) and exited 1. Now both give one
     line naming it and exit status 2, as for a bad option."""
-    script = Path(sys.executable).with_name("emp")  # the console script pip installed
-    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60,
+    done = subprocess.run([*FORMS[form], *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "EMP_MAX_PAYLOAD_BYTES": "1MB",
                                "EMP_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == "Error: EMP_MAX_PAYLOAD_BYTES must be an integer, got '1MB'"
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_both_forms_of_the_command_line_run_with_good_settings(form) -> None:
+    """The module form reaches the same commands as ``emp`` when the settings are good."""
+    done = subprocess.run([*FORMS[form], "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "EMP_MAX_PAYLOAD_BYTES": "2048"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "worker" in done.stdout and "submit" in done.stdout and done.stderr == ""

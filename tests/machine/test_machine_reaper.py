@@ -181,3 +181,29 @@ def test_a_machine_whose_clock_is_off_neither_reaps_nor_is_reaped(
     monkeypatch.undo()
     assert reap_gone_machines(client, stale_after_seconds=30) == []
     assert read_machine(client, "slow-clock")["status"] == "online"
+
+
+def test_machine_status_events_are_stamped_with_redis_clock_whatever_the_host_s(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: on a host whose clock runs 3 min ahead, a machine publishing its status
+    (its report stamped with Redis' clock, as the runtime does), stopping, and one whose
+    programs died ended as gone. Before, each ``machine_status`` event's ``timestamp``
+    was the host's clock, 180 s off its stream entry's id and its own record's
+    ``last_report``/``ended_at``. Now it is Redis' clock."""
+    from capability_router.functions import redis_now_ms
+    from machine.reaper import end_failed_machine
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 180)
+    publish(client, {**report("m1"), "last_report": redis_now_ms(client)}, emit=True)
+    publish(client, {k: v for k, v in report("m2").items() if k != "last_report"}, emit=True)
+    publish_offline(client, report("m1"), retention_seconds=60)
+    end_failed_machine(client, "m2", "supervisord died", retention_seconds=60)
+    events = [(int(entry_id.split("-")[0]), json.loads(fields["data"]))
+              for entry_id, fields in client.xrange(SYSTEM_EVENTS_KEY)
+              if fields["event"] == "machine_status"]
+    assert [(e["machine_id"], e["status"]) for _, e in events] == [
+        ("m1", "online"), ("m2", "online"), ("m1", "offline"), ("m2", "gone")]
+    for entry_ms, event in events:
+        assert abs(event["timestamp"] - entry_ms) < 1000, (event, entry_ms)
+    assert client.zscore(MACHINES_KEY, "m2") is None  # gone: out of the live set

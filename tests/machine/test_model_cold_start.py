@@ -259,3 +259,32 @@ def test_a_model_cache_folder_gone_bad_after_start_is_a_service_error_naming_it(
     assert record["attempts"] == 2 and record["retries"] == 1
     assert "job_started" not in [e["event"] for e in _events(app, job.id)]
     assert not server.requests_for("m-vol")
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_model_cache_folder_does_not_stop_jobs_that_need_no_model(
+        app, client, server, start_worker, tmp_path) -> None:
+    """Tried: ``emp worker`` starts with a usable ``EMP_MODEL_CACHE_DIR``, then the
+    folder goes bad (its mount point is now a regular file) and a job that names
+    no model is sent. Before, every job of a type that prepares models built the
+    cache first, so this one too was retried with the cache's ``service`` error
+    and failed, though it needs no model. Now it runs to completion; a job that
+    names a catalog model still gets the ``service`` error naming the path."""
+    import shutil
+
+    _publish(client, server, "m-vol")
+    volume = tmp_path / "volume"
+    env = {**_worker_env(tmp_path), "EMP_MODEL_CACHE_DIR": str(volume / "cache")}
+    start_worker("cold-1", **env)
+    shutil.rmtree(volume)
+    volume.write_text("")  # the mount point, without its volume
+    plain = submit("simulation", {"steps": 1, "duration": 0.05}, max_retries=0, app=app)
+    assert plain.get(timeout=60)["success"] is True
+    record = get_job(plain.id, app=app)
+    assert record["status"] == "completed" and record["attempts"] == 1, record
+    needing = _run(app, "m-vol")
+    wait_until(lambda: get_job(needing.id, app=app)["status"] == "failed", timeout=60,
+               message="the job needing a model to fail")
+    error = get_job(needing.id, app=app)["last_error"]
+    assert "[service] the model cache" in error and str(volume / "cache") in error, error
+    assert volume.is_file()
