@@ -111,6 +111,10 @@ class EmpTask(Task):
     #: until then; acknowledged at the start, a job would be failed while it runs.
     acks_late = True
 
+    #: A hard time limit fails the job before Celery stores the result, as every other
+    #: outcome is (``emp_tasks.hard_time_limit``).
+    Request = "emp_tasks.hard_time_limit:EmpRequest"
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("acks_late") is False:

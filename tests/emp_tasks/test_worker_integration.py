@@ -164,3 +164,25 @@ def test_time_limits_end_jobs_failed_with_the_reason(app, start_worker) -> None:
              timeout=30, message="both time-limited jobs to fail")
     assert "SoftTimeLimitExceeded" in get_job(soft.id, app=app)["last_error"]
     assert "hard time limit" in get_job(hard.id, app=app)["last_error"]
+
+
+def test_a_hard_time_limit_is_on_the_job_record_when_get_raises(app, start_worker) -> None:
+    """Tried: a job with ``time_limit=1`` that sleeps 10 s, waited on with
+    ``AsyncResult.get()``, and the record read the moment ``get()`` raised
+    ``TimeLimitExceeded``. Before, Celery stored the FAILURE first and the record learnt
+    of it from the run's acknowledgement, which rides on the worker's next claim: it
+    still said ``in_progress`` (0.16 s measured). Every other outcome is recorded before
+    the result is stored; the killed run's now is too, once (one ``job_failed``)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    start_worker("w1")
+    for _ in range(3):  # the lag was a race: more than one try to see it
+        hard = submit("echo", {"sleep": 10}, time_limit=1, app=app)
+        with pytest.raises(TimeLimitExceeded):
+            hard.get(timeout=30)
+        record = get_job(hard.id, app=app)
+        assert record["status"] == "failed", record
+        assert "hard time limit (1 s) exceeded" in record["last_error"]
+    time.sleep(1.5)  # the acknowledgement has come by now: it adds nothing
+    events = [e["event"] for e in job_events(hard.id, app=app)]
+    assert events.count("job_failed") == 1 and events[-1] == "job_failed", events
