@@ -1,7 +1,8 @@
 """``comfyui``: run a ComfyUI workflow on the worker's ComfyUI through its connector.
 
 Payload: ``workflow`` (API format; ``prompt`` accepted too). The result is the
-connector's ``{success, data {prompt_id, outputs, status}, error, error_type,
+connector's ``{success, data {prompt_id, outputs, status, output_text [{node_id,
+kind, text}], other_outputs [{node_id, kind, value}]}, error, error_type,
 output_files [{filename, url, node_id, type, size, ...}], processing_time_ms}``
 plus the worker's name. Out-of-memory, timeout, network and service errors
 retry with backoff up to the job's ``max_retries``; a missing model or an

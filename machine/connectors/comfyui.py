@@ -16,7 +16,9 @@ Protocol (ComfyUI's, unchanged):
   quiet or after it dropped (a prompt in neither ``/history`` nor ``/queue`` was
   removed by another client or lost in a restart: the job fails at once);
   ``GET /view`` fetches each output file into the output store, previews
-  (PreviewImage's ``type: temp`` files) too, marked ``preview: true``;
+  (PreviewImage's ``type: temp`` files) too, marked ``preview: true``; text
+  outputs (PreviewAny's ``{"text": [...]}``) are returned in ``output_text``,
+  other kinds as they are in ``other_outputs``, logged (``comfyui_outputs``);
 - ``GET /queue`` after queueing: while other clients' prompts run first, the
   job's progress says how many are ahead (and a timeout, that it never started);
 - cancel: ``GET /queue``, then ``POST /interrupt {prompt_id}`` if the prompt is
@@ -95,6 +97,7 @@ from machine.connectors.comfyui_models import (
     combo_options,
     model_aliases,
 )
+from machine.connectors.comfyui_outputs import sort_outputs
 from machine.connectors.comfyui_progress import ProgressTracker, ahead_text
 from machine.connectors.comfyui_residency import ComfyUIResidency
 from machine.connectors.comfyui_stuck import StuckPrompt
@@ -298,7 +301,7 @@ class ComfyUIConnector(Connector):
     # -- jobs ---------------------------------------------------------------------
 
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
-        """Queue the workflow, follow it to the end, store its output files.
+        """Queue the workflow, follow it to the end, store its output files, return its text.
 
         ComfyUI serves an unchanged output node from its cache, naming the file it
         saved then; if that file was deleted since (an output folder cleaned up),
@@ -308,19 +311,28 @@ class ComfyUIConnector(Connector):
         workflow = self._workflow(job.payload)
         tracker = ProgressTracker(workflow)
         run, entry = self._prompt(job, workflow, tracker, progress)
+        found = sort_outputs(entry.get("outputs") or {})
         try:
-            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+            output_files = self._store_outputs(job.job_id, found.files)
         except OutputGone as gone:
             self.log(None, job.job_id, logging.WARNING, f"{gone.message} (deleted since "
                      "ComfyUI cached it); running the output nodes again")
             rerun = _with_rerun_input(workflow, entry.get("outputs") or {})
             run, entry = self._prompt(job, rerun, tracker, progress)
-            output_files = self._store_outputs(job.job_id, entry.get("outputs") or {})
+            found = sort_outputs(entry.get("outputs") or {})
+            output_files = self._store_outputs(job.job_id, found.files)
+        for other in found.other:
+            self.log("output_unhandled", job.job_id, logging.WARNING,
+                     f"ComfyUI node {other['node_id']} output {other['kind']!r} is neither "
+                     "files nor text: returned as it is in other_outputs",
+                     node_id=other["node_id"], kind=other["kind"])
         tracker.finish()
         self._report(run, tracker, progress)
         return JobOutput(True, data={"prompt_id": run.prompt_id,
                                      "outputs": entry.get("outputs") or {},
-                                     "status": entry.get("status") or {}},
+                                     "status": entry.get("status") or {},
+                                     "output_text": found.text,
+                                     "other_outputs": found.other},
                          output_files=output_files)
 
     def _prompt(self, job: JobInput, workflow: dict[str, Any], tracker: ProgressTracker,
@@ -761,23 +773,18 @@ class ComfyUIConnector(Connector):
 
     # -- outputs ------------------------------------------------------------------
 
-    def _store_outputs(self, job_id: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Fetch each output file with ``/view`` and put it in the output store.
+    def _store_outputs(self, job_id: str,
+                       files: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Fetch each output file (``sort_outputs``) with ``/view``, put it in the store.
 
         Previews (``type: temp``, PreviewImage's) are stored too, marked
         ``preview: true`` and listed after the saved files: a workflow whose only
         output is a preview would otherwise succeed with no file at all.
         """
-        files = []
-        for node_id, node_output in outputs.items():
-            for kind, items in (node_output or {}).items():
-                for item in items if isinstance(items, list) else []:
-                    if not isinstance(item, dict) or not item.get("filename"):
-                        continue
-                    if item.get("type", "output") not in self.output_types:
-                        continue
-                    files.append(self._store_file(job_id, str(node_id), kind, item))
-        return sorted(files, key=lambda entry: entry["preview"])
+        stored = [self._store_file(job_id, node_id, kind, item)
+                  for node_id, kind, item in files
+                  if item.get("type", "output") in self.output_types]
+        return sorted(stored, key=lambda entry: entry["preview"])
 
     def _store_file(self, job_id: str, node_id: str, kind: str,
                     item: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,11 @@ It "executes" a workflow the way ComfyUI does: only nodes an output node
 needs, in dependency order, unchanged nodes reported as cached,
 ``executing``/``progress``/``progress_state`` per node and sampler step (with
 binary preview frames in between), ``executed`` with the UI outputs of SaveImage
-(a real PNG in its output directory, served by ``/view``) and PreviewImage (in its
-temp directory, ``type: temp``, named ``ComfyUI_temp_<5 letters>_NNNNN_.png``), then
+(a real PNG in its output directory, served by ``/view``), PreviewImage (in its
+temp directory, ``type: temp``, named ``ComfyUI_temp_<5 letters>_NNNNN_.png``),
+PreviewAny ("Preview as Text", comfy_extras/nodes_preview_any.py: ``{"text":
+["<its source as text>"]}``, no file; a ``PrimitiveString`` gives it a string) and
+Preview3D (``{"result": [model_file, null, null]}``: no file, no text), then
 ``execution_success``, the history entry, ``status`` and ``executing {node: null}``.
 
 What a real stock ComfyUI 0.8 was seen to do (/work/shared/reference/real-comfyui.md)
@@ -69,7 +72,7 @@ from flask import Flask, Response, abort, jsonify, request, send_file
 from flask_sock import Sock
 from werkzeug.serving import make_server
 
-OUTPUT_NODES = ("SaveImage", "PreviewImage")
+OUTPUT_NODES = ("SaveImage", "PreviewImage", "PreviewAny", "Preview3D")
 
 
 def txt2img(ckpt: str = "sd15.safetensors", steps: int = 4, width: int = 512,
@@ -398,6 +401,9 @@ class ComfyUITestServer:
             "VAEDecode": {"samples": ["LATENT"], "vae": ["VAE"]},
             "SaveImage": {"images": ["IMAGE"], "filename_prefix": ["STRING"]},
             "PreviewImage": {"images": ["IMAGE"]},
+            "PrimitiveString": {"value": ["STRING", {"multiline": False}]},
+            "PreviewAny": {"source": ["*", {}]},
+            "Preview3D": {"model_file": ["STRING", {"default": "", "multiline": False}]},
         }
 
     def _combo(self, options: list[str]) -> list[Any]:
@@ -650,6 +656,8 @@ class ComfyUITestServer:
         if workflow[node_id]["class_type"] == "EmptyLatentImage":
             return {"width": inputs.get("width", 512), "height": inputs.get("height", 512),
                     "batch": inputs.get("batch_size", 1)}
+        if workflow[node_id]["class_type"] == "PrimitiveString":
+            return {"string": str(inputs.get("value", ""))}
         for name in ("latent_image", "samples", "images"):
             if name in inputs:
                 return self._linked(workflow, node_id, name, values)
@@ -695,9 +703,26 @@ class ComfyUITestServer:
         # No progress hook in other nodes: ComfyUI checks the interrupt after them.
         time.sleep(self.slow_nodes.get(kind, self.node_seconds))
         values[node_id] = self._cached_value(workflow, node_id, values)
+        if kind == "PreviewAny":  # a 1-tuple in the node, a list once ComfyUI sends it
+            return {"text": [self._preview_text(workflow, node_id, values)]}
+        if kind == "Preview3D":  # PreviewUI3D.as_dict: no camera_info, no bg_image given
+            return {"result": [inputs.get("model_file", ""), None, None]}
         if kind in OUTPUT_NODES:
             return {"images": self._save(inputs, values[node_id], kind)}
         return None
+
+    def _preview_text(self, workflow: dict[str, Any], node_id: str,
+                      values: dict[str, Any]) -> str:
+        """PreviewAny.main: a string as it is, a number or bool as ``str``, else JSON."""
+        source = workflow[node_id]["inputs"].get("source")
+        if isinstance(source, list):  # a link: the double's value of that node
+            value = self._linked(workflow, node_id, "source", values)
+            source = value["string"] if "string" in value else value
+        if source is None:
+            return "None"
+        if isinstance(source, (str, int, float, bool)):
+            return str(source)
+        return json.dumps(source, indent=4)
 
     def _save(self, inputs: dict[str, Any], image: dict[str, Any], kind: str) -> list[dict]:
         file_type = "output" if kind == "SaveImage" else "temp"
