@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,13 +308,26 @@ def parse_pools(text: str, path: str = "<pools>") -> PoolsFile:
 
 def load_pools_file(path: str | os.PathLike[str]) -> PoolsFile:
     """Read and check a pools file; raises PoolsFileError naming the file and field."""
+    return load_pools_text(path)[0]
+
+
+def load_pools_text(path: str | os.PathLike[str]) -> tuple[PoolsFile, str]:
+    """``load_pools_file``, and the text it was read from."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PoolsFileError(f"{path}: cannot read the pools file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise PoolsFileError(f"{path}: not UTF-8 text: {exc}") from None
-    return parse_pools(text, str(path))
+    return parse_pools(text, str(path)), text
+
+
+def _read_text(path: str) -> str | None:
+    """The file's text, None when it cannot be read (``current`` then reloads and says why)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def load_pools(path: str | os.PathLike[str]) -> dict[str, Pool]:
@@ -336,6 +350,13 @@ def _file_version(path: str) -> tuple[int, ...] | None:
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
 
 
+#: Seconds after its modification time that a file's stat is trusted to show its next
+#: edit. On a filesystem that keeps whole seconds (2 s on FAT), an edit of the same size
+#: within that time leaves the stat as it was: until a read of the file comes this long
+#: after its mtime, the watch reads the content too.
+SETTLE_SECONDS = 2.0
+
+
 class PoolsFileWatch:
     """A pools file that is re-read when it changes, for long-running processes.
 
@@ -350,6 +371,9 @@ class PoolsFileWatch:
         #: Who keeps the last good version, for the log line ("routing", ...).
         self.what = what
         self._version: tuple[int, ...] | None = None
+        #: The text the version in force was read from, and when (time.time()).
+        self._text: str | None = None
+        self._read_at = 0.0
         self._good: PoolsFile | None = None
         self._refused: tuple[int, ...] | None | bool = False
         #: Why the file as it is now was refused while the last good version stays in
@@ -358,12 +382,19 @@ class PoolsFileWatch:
         self.refusal: str | None = None
 
     def current(self) -> PoolsFile:
-        """The file as last loaded good; re-read first when it changed."""
+        """The file as last loaded good; re-read first when it changed (its stat, or its
+        text while the stat cannot be trusted to show an edit: ``SETTLE_SECONDS``)."""
         version = _file_version(self.path)
         if self._good is not None and version is not None and version == self._version:
-            return self._good
+            if self._read_at - version[0] / 1e9 >= SETTLE_SECONDS:
+                return self._good
+            now, text = time.time(), _read_text(self.path)
+            if text == self._text:
+                self._read_at = now
+                return self._good
         try:
-            loaded = load_pools_file(self.path)
+            read_at = time.time()
+            loaded, text = load_pools_text(self.path)
         except PoolsFileError as exc:
             if self._good is None:
                 raise
@@ -374,5 +405,6 @@ class PoolsFileWatch:
             self.refusal = str(exc)
             return self._good
         self._version, self._good, self._refused = version, loaded, False
+        self._text, self._read_at = text, read_at
         self.refusal = None
         return loaded

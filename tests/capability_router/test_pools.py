@@ -143,3 +143,50 @@ def test_emp_pools_file_turns_routing_on(tmp_path: Path,
     path.write_text(GOOD.replace("gpu = true", "gpu = 1"))
     with pytest.raises(PoolsFileError, match=r"pools\.big\.gpu must be true or false"):
         pools_file_from_env()
+
+
+def test_a_same_size_edit_within_the_files_mtime_second_is_still_seen(tmp_path: Path) -> None:
+    """Tried: a process watching the pools file reads it, then the operator changes
+    ``spill_wait_seconds = 5`` to ``= 7`` (same size, same inode) and the file's times end
+    as they were: what a filesystem keeping whole seconds (2 s on FAT) records for an edit
+    within the same second, done here with ``os.utime``. Before, the watch compared only
+    mtime, size and inode, so it kept the old file for good (until some later edit)."""
+    import os
+
+    from capability_router.pools import PoolsFileWatch
+
+    path = tmp_path / "pools.toml"
+    path.write_text(GOOD)
+    stat = os.stat(path)
+    watch = PoolsFileWatch(path)
+    assert watch.current().routing.spill_wait_seconds == 5
+    path.write_text(GOOD.replace("spill_wait_seconds = 5", "spill_wait_seconds = 7"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path)[:] == stat[:], "the edit left the stat as it was"
+    assert watch.current().routing.spill_wait_seconds == 7
+
+
+def test_a_file_whose_mtime_has_settled_is_not_read_again_until_its_stat_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The content is read again only while the stat cannot be trusted (an mtime within
+    ``SETTLE_SECONDS`` of the last read): a file last edited long ago costs a stat per
+    look, and an edit that changes its stat is seen at once."""
+    import os
+    import time
+
+    from capability_router import pools
+    from capability_router.pools import PoolsFileWatch
+
+    path = tmp_path / "pools.toml"
+    path.write_text(GOOD)
+    old = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(old, old))
+    watch = PoolsFileWatch(path)
+    assert watch.current().routing.spill_wait_seconds == 5
+    reads: list[str] = []
+    monkeypatch.setattr(pools, "_read_text", lambda p: reads.append(p) or None)
+    for _ in range(5):
+        assert watch.current().routing.spill_wait_seconds == 5
+    assert reads == []
+    path.write_text(GOOD.replace("spill_wait_seconds = 5", "spill_wait_seconds = 6"))
+    assert watch.current().routing.spill_wait_seconds == 6
