@@ -312,6 +312,28 @@ class OutputCopy:
             self._file = None
 
 
+def remove_old_output(files: RunFiles) -> None:
+    """Delete ``logs/supervisord.out`` left by an older release, saying so.
+
+    supervisord's stdout went there, appended at every start and never rotated;
+    nothing writes or deletes it since its output goes to ``supervisord.log``. A file
+    that cannot be deleted is a warning: the machine runs without it mattering.
+    """
+    path = files.log_dir / "supervisord.out"
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("cannot delete %s, left by an older release: %s", path, exc,
+                       extra={"event": "machine_old_output_kept"})
+        return
+    logger.info("deleted %s (%d bytes), supervisord's output from an older release; it "
+                "goes to supervisord.log now", path, size,
+                extra={"event": "machine_old_output_deleted"})
+
+
 class Supervisord:
     """A supervisord child process for one run directory.
 

@@ -520,6 +520,27 @@ def test_supervisords_output_is_drained_while_its_log_write_blocks(
     assert sum("log" in m and "again; " in m for m in messages) == 1, messages
 
 
+@pytest.mark.timeout(60)
+def test_an_older_releases_supervisord_out_is_deleted_at_start(
+        start_machine, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a run directory used by an older release, whose logs/supervisord.out
+    (supervisord's stdout then, appended at every start, never rotated) had grown to
+    3 MB, started with this release. Before, the file stayed for ever: nothing writes
+    or deletes it any more. Now the machine deletes it at start and says so in one
+    line; the other logs stay."""
+    logs = tmp_path / "run-box-o" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "supervisord.out").write_bytes(b"an older release's line\n" * 131072)
+    (logs / "supervisord.log").write_bytes(b"kept\n")
+    machine = start_machine("box-o", url=f"redis://127.0.0.1:{free_port()}/0",
+                            EMP_MOCK_GPUS="1")
+    machine.wait_up()
+    assert not (logs / "supervisord.out").exists()
+    assert (logs / "supervisord.log").read_bytes().startswith(b"kept\n")
+    assert machine.tail().count("supervisord.out") == 1, machine.tail()
+    assert machine.stop() == 0
+
+
 def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path: Path) -> None:
     """Tried: a supervisord that exits at start (a broken supervisord.conf) in a run
     directory whose supervisord.out had grown to 64 MB (appended at every start, never
