@@ -113,8 +113,9 @@ class LocalRedis:
 
     def start(self, timeout: float = 15.0) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.log", "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        with open(self.data_dir / "server.log", "ab") as log:  # the child keeps its copy
+            self.process = subprocess.Popen(self.command(), stdout=log,
+                                            stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:

@@ -43,7 +43,7 @@ from machine.status import (
     read_machine,
     redis_now_ms,
 )
-from machine.supervision import Supervisord
+from machine.supervision import Supervisord, remove_old_output
 from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
 
@@ -115,6 +115,7 @@ class MachineRuntime:
         except OSError as exc:  # a full disk, a read-only or misnamed directory
             raise MachineError(f"cannot write the run directory {self.run_dir} "
                                f"(EMP_MACHINE_RUN_DIR): {exc}") from None
+        remove_old_output(self.files)
         try:
             self.health = HealthServer(self, self.settings.health_host,
                                        self.settings.health_port).start()

@@ -10,7 +10,9 @@ one client.
 supervisord writes its log to stdout, a pipe; ``OutputCopy`` copies it to
 ``logs/supervisord.log``. supervisord used to write that file itself: on a full
 disk its next log line failed, printing that failure to its stderr (a file on the
-same disk) failed too, and the exception ended supervisord and every worker.
+same disk) failed too, and the exception ended supervisord and every worker. The
+copy reads the pipe in one thread and writes the file in another, through a bounded
+queue, so a disk that stops answering cannot stop the pipe being drained either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +47,10 @@ MAX_TAIL_BYTES = 4 * 1024 * 1024
 OUTPUT_TAIL_BYTES = 8192
 #: Longest piece of output without a line end written as one line, bytes.
 MAX_LINE_BYTES = 64 * 1024
+#: supervisord's output read from its pipe and waiting for the log file, bytes at most
+#: (plus the line being written): 1 MiB, minutes of supervisord's usual output, so a slow
+#: disk loses nothing, and little memory when the disk stops answering.
+QUEUE_BYTES = 1024 * 1024
 
 
 class ShuttingDown(MachineError):
@@ -140,11 +147,15 @@ class SupervisorClient:
 class OutputCopy:
     """Copy supervisord's output from a pipe to a log file rotated like the programs' logs.
 
-    A line that cannot be written (a full disk) is dropped and counted in
-    ``dropped_bytes``, with one warning when writes start failing and one line when
-    they work again: supervisord only writes to the pipe, which this thread keeps
-    draining, so it never sees the failure. The last ``OUTPUT_TAIL_BYTES`` stay in
-    memory for the error of a supervisord that exits at start.
+    Two threads: one reads the pipe into a queue of lines, the other writes them to
+    the file. The pipe is drained whatever the disk does: when the disk stops
+    answering (a write that blocks, not fails) a single thread stopped reading, the
+    pipe's 64 KiB filled and supervisord blocked on its own output, supervising
+    nothing. A line that cannot be queued (``QUEUE_BYTES`` are waiting for the
+    writer) or written (a full disk) is dropped and counted in ``dropped_bytes``,
+    with one warning when dropping starts and one line when it stops. The last
+    ``OUTPUT_TAIL_BYTES`` stay in memory for the error of a supervisord that exits
+    at start.
     """
 
     def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES,
@@ -156,20 +167,34 @@ class OutputCopy:
         self._file: IO[bytes] | None = None
         self._size = 0
         self._failing = False
+        self._stalled = False
         self._tail = bytearray()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._queue: deque[bytes | None] = deque()  # None: the pipe's end
+        self._queued = 0
+        self._ready = threading.Condition(self._lock)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def queued_bytes(self) -> int:
+        """Lines read from the pipe and not yet handed to the file."""
+        return self._queued
 
     def start(self, pipe: IO[bytes]) -> OutputCopy:
-        """Copy ``pipe`` until its end (supervisord exited) in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, args=(pipe,),
-                                        name="emp-supervisord-log", daemon=True)
-        self._thread.start()
+        """Copy ``pipe`` until its end (supervisord exited) in two daemon threads."""
+        self._threads = [
+            threading.Thread(target=self._read, args=(pipe,), name="emp-supervisord-output",
+                             daemon=True),
+            threading.Thread(target=self._drain, name="emp-supervisord-log", daemon=True)]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Wait up to ``timeout`` seconds in all for the pipe's end to be written."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def tail(self, limit: int = 2000) -> str:
         """supervisord's last output (at most ``limit`` bytes) as text."""
@@ -177,20 +202,68 @@ class OutputCopy:
             data = bytes(self._tail[-limit:])
         return data.decode(errors="replace").strip() or "(no output)"
 
-    def _run(self, pipe: IO[bytes]) -> None:
+    def _read(self, pipe: IO[bytes]) -> None:
+        """Read the pipe into the queue; never waits for the file."""
         pending = b""
-        with pipe:
-            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
-                with self._lock:
-                    self._tail += chunk
-                    del self._tail[:-OUTPUT_TAIL_BYTES]
-                *lines, pending = (pending + chunk).split(b"\n")
-                if len(pending) > MAX_LINE_BYTES:
-                    lines, pending = [*lines, pending], b""
-                for line in lines:
-                    self._write(line + b"\n")
-        if pending:
-            self._write(pending)
+        try:
+            with pipe:
+                while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                    with self._lock:
+                        self._tail += chunk
+                        del self._tail[:-OUTPUT_TAIL_BYTES]
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if len(pending) > MAX_LINE_BYTES:
+                        lines, pending = [*lines, pending], b""
+                    for line in lines:
+                        self._put(line + b"\n")
+            if pending:
+                self._put(pending)
+        finally:
+            with self._ready:
+                self._queue.append(None)
+                self._ready.notify()
+
+    def _put(self, line: bytes) -> None:
+        """Queue ``line``, or drop it while the writer is ``QUEUE_BYTES`` behind.
+
+        Dropping stops once half the queue has been written, so a writer that
+        barely keeps up does not warn at every line.
+        """
+        with self._ready:
+            resumed = self._stalled and self._queued <= QUEUE_BYTES // 2
+            if resumed:
+                self._stalled = False
+            stalled = not self._stalled and self._queued + len(line) > QUEUE_BYTES
+            if stalled:
+                self._stalled = True
+            if self._stalled:
+                self.dropped_bytes += len(line)
+            else:
+                self._queue.append(line)
+                self._queued += len(line)
+                self._ready.notify()
+            dropped = self.dropped_bytes
+        if resumed:
+            logger.info("writing supervisord's log %s again; %d bytes dropped so far",
+                        self.path, dropped, extra={"event": "machine_log_writable"})
+        if stalled:
+            logger.warning("supervisord's log %s takes no writes (%d bytes waiting; its disk "
+                           "does not answer?); its lines are dropped until it does "
+                           "(supervisord and the workers run on)", self.path, QUEUE_BYTES,
+                           extra={"event": "machine_log_stalled"})
+
+    def _drain(self) -> None:
+        """Write queued lines to the file until the pipe's end."""
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                line = self._queue.popleft()
+                if line is not None:
+                    self._queued -= len(line)
+            if line is None:
+                break
+            self._write(line)
         self._close()
 
     def _write(self, line: bytes) -> None:
@@ -205,7 +278,8 @@ class OutputCopy:
                 view = view[self._file.write(view) or 0:]
             self._size += len(line)
         except Exception as exc:  # noqa: BLE001 - an OSError mostly; nothing may stop the copy
-            self.dropped_bytes += len(line)
+            with self._lock:
+                self.dropped_bytes += len(line)
             self._close()
             if not self._failing:
                 self._failing = True
@@ -236,6 +310,28 @@ class OutputCopy:
             except OSError:
                 pass
             self._file = None
+
+
+def remove_old_output(files: RunFiles) -> None:
+    """Delete ``logs/supervisord.out`` left by an older release, saying so.
+
+    supervisord's stdout went there, appended at every start and never rotated;
+    nothing writes or deletes it since its output goes to ``supervisord.log``. A file
+    that cannot be deleted is a warning: the machine runs without it mattering.
+    """
+    path = files.log_dir / "supervisord.out"
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("cannot delete %s, left by an older release: %s", path, exc,
+                       extra={"event": "machine_old_output_kept"})
+        return
+    logger.info("deleted %s (%d bytes), supervisord's output from an older release; it "
+                "goes to supervisord.log now", path, size,
+                extra={"event": "machine_old_output_deleted"})
 
 
 class Supervisord:

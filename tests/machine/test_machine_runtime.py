@@ -433,6 +433,114 @@ def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
     assert machine.stop() == 0
 
 
+#: Writes ~2 MB of lines to stdout, says so on stderr, waits for a line on stdin,
+#: then writes 100 more.
+PRODUCER = r"""
+import sys
+out = sys.stdout.buffer
+for n in range(20000):
+    out.write(b"before %05d %s\n" % (n, b"x" * 90))
+out.flush()
+sys.stderr.write("written\n")
+sys.stderr.flush()
+sys.stdin.readline()
+for n in range(100):
+    out.write(b"after %03d\n" % n)
+out.flush()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_supervisords_output_is_drained_while_its_log_write_blocks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Tried: supervisord's log file on a disk that stops answering (write() blocks, it
+    does not fail), here a FIFO opened for reading that nobody reads, so the copy's
+    writes block once its 64 KiB are full; a producer process writes 2 MB of lines to
+    the pipe the copy reads, like supervisord. Before, the one thread that read the pipe
+    was stuck in write(), the pipe filled and the producer blocked on its own output for
+    ever (for supervisord: no more restarts of crashed workers); the 10 s wait below
+    timed out. Now the pipe is read into a bounded queue whatever the disk does: the
+    producer finishes, what does not fit is dropped and counted (one warning), and once
+    the file takes writes again later lines reach it (one line saying so)."""
+    import logging
+    import select
+    import threading
+
+    from machine.supervision import OutputCopy
+
+    fifo = tmp_path / "supervisord.log"
+    os.mkfifo(fifo)
+    stuck = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that does not read
+    received = bytearray()
+
+    def drain() -> None:
+        os.set_blocking(stuck, True)
+        while data := os.read(stuck, 65536):
+            received.extend(data)
+
+    draining = threading.Thread(target=drain, daemon=True)
+    producer = subprocess.Popen([sys.executable, "-c", PRODUCER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert producer.stdout is not None and producer.stdin is not None
+    copy = OutputCopy(fifo, max_bytes=0)
+    try:
+        with caplog.at_level(logging.INFO, logger="emp.machine"):
+            copy.start(producer.stdout)
+            ready, _, _ = select.select([producer.stderr], [], [], 10)
+            assert ready, "the producer blocked writing to the pipe (not drained)"
+            assert producer.stderr.readline() == b"written\n"
+            assert copy.dropped_bytes > 0
+            draining.start()
+            wait_for(lambda: copy.queued_bytes == 0, timeout=10,
+                     message="the copy to write what it kept")
+            producer.stdin.write(b"go\n")
+            producer.stdin.close()
+            assert producer.wait(timeout=10) == 0
+            copy.join(timeout=10)
+            draining.join(timeout=10)
+    finally:
+        if not draining.is_alive() and not draining.ident:
+            draining.start()  # unblock the copy of the old code
+        producer.kill()
+        producer.wait()
+        producer.stdin.close()
+        producer.stderr.close()
+        copy.join(timeout=5)
+        draining.join(timeout=5)
+        os.close(stuck)
+    lines = bytes(received).splitlines(keepends=True)
+    before = [line for line in lines if line.startswith(b"before ")]
+    assert before[0] == b"before 00000 " + b"x" * 90 + b"\n"
+    assert lines[-100:] == [b"after %03d\n" % n for n in range(100)]
+    assert len(before) + 100 == len(lines), "a line was cut"
+    produced = 20000 * len(before[0]) + 100 * len(b"after 000\n")
+    assert len(received) + copy.dropped_bytes == produced
+    messages = [r.getMessage() for r in caplog.records if r.name == "emp.machine"]
+    assert sum("takes no writes" in m for m in messages) == 1, messages
+    assert sum("log" in m and "again; " in m for m in messages) == 1, messages
+
+
+@pytest.mark.timeout(60)
+def test_an_older_releases_supervisord_out_is_deleted_at_start(
+        start_machine, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: a run directory used by an older release, whose logs/supervisord.out
+    (supervisord's stdout then, appended at every start, never rotated) had grown to
+    3 MB, started with this release. Before, the file stayed for ever: nothing writes
+    or deletes it any more. Now the machine deletes it at start and says so in one
+    line; the other logs stay."""
+    logs = tmp_path / "run-box-o" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "supervisord.out").write_bytes(b"an older release's line\n" * 131072)
+    (logs / "supervisord.log").write_bytes(b"kept\n")
+    machine = start_machine("box-o", url=f"redis://127.0.0.1:{free_port()}/0",
+                            EMP_MOCK_GPUS="1")
+    machine.wait_up()
+    assert not (logs / "supervisord.out").exists()
+    assert (logs / "supervisord.log").read_bytes().startswith(b"kept\n")
+    assert machine.tail().count("supervisord.out") == 1, machine.tail()
+    assert machine.stop() == 0
+
+
 def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path: Path) -> None:
     """Tried: a supervisord that exits at start (a broken supervisord.conf) in a run
     directory whose supervisord.out had grown to 64 MB (appended at every start, never
