@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from capability_router.errors import EmpError
 from capability_router.keys import MODEL_CATALOG_KEY
+from capability_router.redaction import masked_url
 
 #: Model names: they become file names in the machines' caches, so no '/' and no
 #: leading '.'.
@@ -93,14 +94,7 @@ def parse_entry(name: str, body: Any) -> ModelEntry:
 def redacted_url(url: str) -> str:
     """``url`` with its password and query masked, for messages and non-admin readers
     (a private mirror's URL may carry credentials or a signed query)."""
-    try:
-        parsed = urlparse(url)
-        netloc = parsed.netloc
-        if parsed.password is not None:
-            netloc = f"{parsed.username}:***@{netloc.rsplit('@', 1)[1]}"
-    except ValueError:
-        return "<unreadable url>"
-    return parsed._replace(netloc=netloc, query="***" if parsed.query else "").geturl()
+    return masked_url(url, query=True)
 
 
 def _text(value: str | bytes) -> str:

@@ -13,10 +13,13 @@ follows none.
 What it acts on: directives addressed to this worker, and ``*`` ones it is
 the first to take (idle workers only). A directive that arrives while a
 job runs waits (at most ``PENDING_MAX``) until the job ends, unless it has
-expired by then. After acting, the connector's residency goes to Redis
+expired by then: judged on Redis' clock, which the leader wrote its expiry
+on (one TIME call per directive considered, on this thread, never on a
+job's path). After acting, the connector's residency goes to Redis
 (``emp_residency``, so ``warm:<model>`` changes) and a ``placement_done``
-event says what happened. Reading starts at the newest directive at start:
-one issued while the worker was down is stale anyway.
+event, stamped on Redis' clock too, says what happened. Reading starts at
+the newest directive at start: one issued while the worker was down is
+stale anyway.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
+from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys
 from capability_router.prediction.directives import (
     ANY_WORKER,
@@ -40,7 +44,6 @@ from capability_router.prediction.directives import (
     Directive,
     emit_pool_event,
     last_id,
-    now_ms,
     take,
 )
 from emp_tasks import defaults
@@ -127,7 +130,7 @@ class DirectiveFollower:
         acted = 0
         while self.pending and not busy():
             directive = self.pending.popleft()
-            if directive.expired(now_ms()):
+            if directive.expires_ms and directive.expired(redis_now_ms(self.client)):
                 continue
             if not take(self.client, directive, self.worker_id):
                 continue  # another idle worker took this "any" directive

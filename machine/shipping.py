@@ -44,9 +44,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
+
+from capability_router.redaction import masked_url
 
 logger = logging.getLogger("emp.logs")
 
@@ -65,12 +66,7 @@ DEFAULT_TAG = "emp.logs"
 def without_password(url: str) -> str:
     """``url`` with its password (if any) shown as ``***``: the stats reach ``/status``,
     which anyone may read, and the shipping URL may carry the log endpoint's credentials."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return masked_url(url)
 
 
 class LogShipper(logging.Handler):

@@ -14,15 +14,20 @@ Stream entry fields (all strings): ``action`` (preload, evict, keep),
 model is for when it is another: cross-pool), ``make_room_from`` (comma
 list of models to evict first if room is needed), ``issued_ms``,
 ``expires_ms`` (a directive read later is stale and ignored).
+
+Every time here is Redis' clock (``redis_now_ms``): a directive's expiry is
+written by the leader's host and judged on a worker's, and the events sit
+beside job events stamped by the queue's functions; either host's clock may
+be minutes off.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from capability_router.functions import redis_now_ms
 from capability_router.keys import NAMESPACES_KEY, Keys
 
 #: What a directive asks.
@@ -70,6 +75,7 @@ class Directive:
             raise ValueError("a directive needs a worker id or '*'")
 
     def expired(self, now_ms: int) -> bool:
+        """True once ``now_ms`` (Redis' clock, as ``expires_ms``) reaches the expiry."""
         return bool(self.expires_ms) and now_ms >= self.expires_ms
 
     def for_worker(self, worker_id: str) -> bool:
@@ -104,30 +110,35 @@ class Directive:
                    issued_ms=issued, expires_ms=expires, id=entry_id)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def emit_pool_event(client: Any, pool: str, event: str, data: dict[str, Any]) -> str:
+def emit_pool_event(client: Any, pool: str, event: str, data: dict[str, Any],
+                    now_ms: int | None = None) -> str:
     """Append an event that concerns no job to the pool's event log (as ``model_loaded``).
 
     The pool is added to the known pools first, so readers of the log (the API's and
-    monitor's event hub, webhooks) read its stream even before any job used it."""
+    monitor's event hub, webhooks) read its stream even before any job used it. Its
+    ``timestamp`` is Redis' clock: ``now_ms`` when the caller read it, else one TIME call
+    (these events are rare: a directive issued or acted on); a host 3 min off stamped
+    them 3 min off the job events around them."""
     keys = Keys(pool)
-    client.sadd(NAMESPACES_KEY, pool)
-    maxlen = int(client.hget(keys.config, "events_maxlen") or EVENTS_MAXLEN_DEFAULT)
-    payload = json.dumps({**data, "timestamp": now_ms()})
+    with client.pipeline(transaction=False) as pipe:  # TIME cannot join: cluster refuses it
+        pipe.sadd(NAMESPACES_KEY, pool)
+        pipe.hget(keys.config, "events_maxlen")
+        _, maxlen = pipe.execute()
+    stamp = redis_now_ms(client) if now_ms is None else int(now_ms)
+    payload = json.dumps({**data, "timestamp": stamp})
     return client.xadd(keys.events, {"event": event, "job_id": "", "data": payload},
-                       maxlen=maxlen, approximate=True)
+                       maxlen=int(maxlen or EVENTS_MAXLEN_DEFAULT), approximate=True)
 
 
-def publish(client: Any, directive: Directive) -> str:
-    """Send a directive to its pool's workers and log it as an event; returns its stream id."""
+def publish(client: Any, directive: Directive, now_ms: int | None = None) -> str:
+    """Send a directive to its pool's workers and log it as an event; returns its stream id.
+
+    ``now_ms``: Redis' time the caller read (the leader's tick), else one TIME call."""
     keys = Keys(directive.pool)
     directive_id = client.xadd(keys.directives, directive.fields(), maxlen=DIRECTIVES_MAXLEN,
                                approximate=True)
     emit_pool_event(client, directive.pool, DIRECTIVE_EVENT,
-                    {**directive.as_dict(), "id": directive_id})
+                    {**directive.as_dict(), "id": directive_id}, now_ms)
     return directive_id
 
 

@@ -17,6 +17,11 @@ Every ``interval_seconds`` the leader:
    to ``emp:{<pool>}:forecast`` and ``emp:{<pool>}:desired``, which expire
    when no leader renews them.
 
+A tick's time is Redis' clock (one TIME call per tick), as the job events it
+reads, the idle workers' heartbeat scores and the workers judging a
+directive's expiry are: a leader whose host clock ran 3 min ahead saw no
+idle worker, one 3 min behind issued directives already expired.
+
 Bounded: events are read in batches of ``read_batch`` per stream and at
 most ``max_events_per_tick`` per tick; the forecaster keeps at most
 ``max_keys`` keys (the longest quiet are forgotten); directive streams and
@@ -41,12 +46,12 @@ import math
 import os
 import socket
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from capability_router.errors import EmpError
+from capability_router.functions import redis_now_ms
 from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys, idle_workers, known_namespaces
 from capability_router.pool_view import read_loads
 from capability_router.pools import PoolsFile, PoolsFileWatch
@@ -196,14 +201,15 @@ class IntelligenceService:
                 logger.debug("intelligence: could not release the lease", exc_info=True)
 
     def step(self, now: float | None = None) -> bool:
-        """One tick; False when another instance leads (this one stands by)."""
+        """One tick at ``now`` (seconds; Redis' clock when not given); False when another
+        instance leads (this one stands by)."""
         role = self.lease.hold()
         if role == LOST:
             if self.leading:
                 logger.warning("intelligence: %s lost the lead", self.lease.token)
             self.leading = False
             return False
-        now = time.time() if now is None else now
+        now = redis_now_ms(self.client) / 1000 if now is None else now
         if role == TAKEN or not self.leading:
             logger.info("intelligence: %s leads", self.lease.token)
             self.leading = True
@@ -313,7 +319,7 @@ class IntelligenceService:
                           in_flight={k: len(v) for k, v in self._in_flight.items()})
         published = []
         for directive in directives:
-            directive_id = publish(self.client, directive)
+            directive_id = publish(self.client, directive, int(now * 1000))
             self._directed[(directive.pool, directive.worker)] = now
             if directive.action != EVICT:
                 self._in_flight.setdefault(

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from capability_router.errors import PoolsFileError
+from capability_router.functions import redis_now_ms
 from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys
 from capability_router.pool_view import pools_view
 from capability_router.pools import DEFAULT_POOLS_FILE, parse_pools
@@ -198,6 +199,37 @@ def test_the_leader_reads_arrivals_and_publishes_a_preload_with_its_reason(
     assert service.step() and client.xlen(Keys("default").directives) == 1
     assert client.get(Keys("default").desired) is not None
     assert float(client.hget(Keys("default").forecast, "arrival_rate")) > 0
+
+
+@pytest.mark.parametrize("skew", [180, -180], ids=["ahead", "behind"])
+def test_a_leader_whose_host_clock_is_off_issues_directives_on_redis_clock(
+        app, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, skew: int) -> None:
+    """Tried: an idle worker (scored on Redis' clock, 60 s ahead, as heartbeats are) with
+    flux on disk, four flux arrivals, and a leader tick on a host whose clock runs 3 min
+    ahead, then one 3 min behind. Before, the tick ran on the host's clock: the leader
+    ahead read the idle worker as gone and issued nothing; the one behind wrote
+    ``issued_ms`` 3 min before Redis' time and an ``expires_ms`` (60 s TTL) 2 min gone,
+    and stamped its ``placement_directive`` event 3 min off its entry id. Now both
+    issue the preload with ``issued_ms`` and the event's ``timestamp`` within a second of
+    the entry ids (Redis' clock) and the expiry 60 s after."""
+    ResidencyReporter(client, "w1", ["default"]).report({"sdxl": "gpu", "flux": "disk"})
+    client.zadd(Keys("default").idle, {"sig:w1": redis_now_ms(client) + 60_000})
+    for _ in range(4):
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               countdown=3600)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    service = IntelligenceService(client, None, IntelligenceSettings(instance="t"))
+    assert service.step()
+    [(entry_id, fields)] = client.xrange(Keys("default").directives)
+    directive = Directive.from_entry(entry_id, fields, "default")
+    assert (directive.action, directive.model, directive.worker) == (PRELOAD, "flux", "w1")
+    assert abs(directive.issued_ms - int(entry_id.split("-")[0])) < 1000, directive
+    assert directive.expires_ms - directive.issued_ms == 60_000
+    [(event_id, event)] = [(i, json.loads(f["data"])) for i, f in
+                           client.xrange(Keys("default").events)
+                           if f["event"] == DIRECTIVE_EVENT]
+    assert abs(event["timestamp"] - int(event_id.split("-")[0])) < 1000, event
 
 
 def test_the_leader_asks_a_heavy_worker_to_keep_a_model_standard_is_short_of(

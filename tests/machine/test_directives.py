@@ -13,6 +13,7 @@ import pytest
 import redis
 from machine_helpers import wait_until
 
+from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys
 from capability_router.prediction.directives import (
     ANY_WORKER,
@@ -25,7 +26,9 @@ from capability_router.prediction.directives import (
 )
 from capability_router.prediction.service import IntelligenceService, IntelligenceSettings
 from capability_router.residency import read_residency, warm_workers
+from emp_tasks.directives import DirectiveFollower
 from emp_tasks.producer import get_job, submit
+from emp_tasks.residency_report import send_residency
 from machine.connectors import JobInput, make_connector
 
 SIM = {"EMP_CONNECTOR": "simulation", "EMP_SIMULATION_MODELS": "sdxl,flux",
@@ -106,3 +109,60 @@ def test_the_leader_preloads_a_forecast_model_on_an_idle_worker(
     results = [job.get(timeout=60) for job in jobs]
     assert [r["cold"] for r in results] == [False] * 3
     assert {get_job(j.id, app=app)["worker_id"] for j in jobs} == {"w1"}
+
+
+def _follower(client: redis.Redis, worker_id: str) -> DirectiveFollower:
+    """A worker's directive follower in this process, on the simulation connector."""
+    connector = make_connector("simulation", {
+        "models": "sdxl,flux", "gpu_models": "sdxl", "gpu_memory_gb": 8,
+        "model_size_gb": 6, "disk_load_seconds": 0.01})
+    return DirectiveFollower(client, lambda: connector, worker_id, "sig", ["default"])
+
+
+@pytest.mark.parametrize("skew", [180, -180], ids=["ahead", "behind"])
+def test_a_worker_whose_host_clock_is_off_judges_expiry_on_redis_clock(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch, skew: int) -> None:
+    """Tried: a directive that expired a second ago on Redis' clock, then one expiring in
+    60 s, read by a worker whose host clock runs 3 min ahead, then 3 min behind. Before,
+    expiry was judged on the host's clock: the worker ahead dropped the fresh preload as
+    expired, the one behind acted on the stale evict. Now both act on the fresh one only,
+    and stamp its ``placement_done`` on Redis' clock (within a second of its entry id)."""
+    worker_id = f"clock-{'ahead' if skew > 0 else 'behind'}"
+    follower = _follower(client, worker_id)
+    now = redis_now_ms(client)
+    publish(client, Directive(EVICT, "sdxl", "default", worker_id, "stale", expires_ms=now - 1000))
+    publish(client, Directive(PRELOAD, "flux", "default", worker_id, "fresh",
+                              expires_ms=now + 60_000))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    follower.step(block_ms=100)
+    assert [(d.reason, outcome.applied) for d, outcome in follower.done] == [("fresh", True)]
+    [(done_id, done)] = [(i, json.loads(f["data"])) for i, f in
+                         client.xrange(Keys("default").events) if f["event"] == DONE_EVENT]
+    assert done["model"] == "flux" and abs(done["timestamp"] - int(done_id.split("-")[0])) < 1000
+
+
+@pytest.mark.parametrize("skew", [180, -180], ids=["ahead", "behind"])
+def test_a_directive_from_a_leader_whose_host_clock_is_off_is_followed(
+        app, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, skew: int) -> None:
+    """Tried: flux arrivals, an idle worker with flux on disk, a leader tick on a host 3 min
+    ahead (then behind), and the worker, on a host whose clock is right, reading what the
+    tick published. Before, the leader ahead issued nothing (its clock put the worker's
+    heartbeat, on Redis' clock, out of date) and the one behind issued a preload already
+    expired 2 min on the worker's clock, which it dropped: flux stayed cold. Now the
+    worker loads flux."""
+    worker_id = f"led-{'ahead' if skew > 0 else 'behind'}"
+    follower = _follower(client, worker_id)
+    send_residency(client, worker_id, ["default"], "sig",
+                   follower.connector().residency())  # sdxl in the GPU, flux on disk
+    client.zadd(Keys("default").idle, {f"sig:{worker_id}": redis_now_ms(client) + 60_000})
+    for _ in range(3):
+        submit("simulation", {"steps": 1}, requirements={"models": ["flux"]}, app=app,
+               countdown=3600)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    IntelligenceService(client, None, IntelligenceSettings(instance="t")).step()
+    monkeypatch.setattr(time, "time", real)
+    follower.step(block_ms=100)
+    assert [(d.action, d.model, o.applied) for d, o in follower.done] == [(PRELOAD, "flux", True)]
+    assert warm_workers(client, "flux", "default") == [worker_id]

@@ -193,3 +193,17 @@ def test_the_stats_show_no_password_of_the_log_endpoint(ship, receiver) -> None:
     assert "flpass" not in shown and shown == f"http://fluser:***@{host}/emp.logs"
     _, plain = ship(f"http://{host}/emp.logs")
     assert plain.stats()["url"] == f"http://{host}/emp.logs"
+
+
+def test_an_unparseable_endpoint_is_counted_and_shown_without_its_password(
+        ship, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: FLUENT_BIT_URL with credentials and an unclosed IPv6 bracket
+    (``http://fluser:flpass@[::1/emp.logs``), then a line logged. Before, masking the
+    password raised ValueError (the URL does not parse): ``stats()``, which ``/status``
+    serves, failed, and so did the shipping thread when it wrote its counters after the
+    failed POST, so nothing counted the failures. Now the URL shows as
+    ``<unreadable url>`` and the failures are counted in the stats file."""
+    logger, shipper = ship("http://fluser:flpass@[::1/emp.logs")
+    logger.info("hello")
+    wait_for(lambda: read_stats(tmp_path / "stats")["failures"] >= 1, message="a failure")
+    assert shipper.stats()["url"] == "<unreadable url>"

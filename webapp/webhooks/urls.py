@@ -11,29 +11,13 @@ credential.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
-#: What a password is shown as.
-MASK = "***"
+from capability_router.redaction import masked_url
 
 
 def shown_url(url: str) -> str:
     """``url`` with the password of its user part (if any) replaced by ``***``,
-    the rest as registered."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        # Not a URL check_url lets in; it may still hold a password.
-        return "<unreadable url>" if "@" in url else url
-    if password is None:
-        return url
-    netloc = f"{parts.username}:{MASK}@{parts.netloc.rpartition('@')[2]}"
-    start = url.find("//") + 2
-    if start > 1 and url[start:start + len(parts.netloc)] == parts.netloc:
-        # Spliced, so the rest reads exactly as registered (urlunsplit drops an empty "?").
-        return url[:start] + netloc + url[start + len(parts.netloc):]
-    return urlunsplit(parts._replace(netloc=netloc))
+    the rest as registered (``capability_router.redaction``)."""
+    return masked_url(url)
 
 
 def unmasked(given: str, stored: str) -> str:
