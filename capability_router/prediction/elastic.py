@@ -22,11 +22,11 @@ inputs from Redis, so ``/api/pools``, the monitor's Prometheus gauge
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys
 from capability_router.prediction.scaler import PoolDemand, ScalingPolicy, desired_machines
 from capability_router.routing import PoolLoad
@@ -95,8 +95,12 @@ def read_states(client: Any, loads: Mapping[str, PoolLoad],
                 workers: Mapping[str, list[Mapping[str, Any]]],
                 policies: Mapping[str, ScalingPolicy], now: float | None = None,
                 ) -> dict[str, PoolState]:
-    """Every pool's scaler inputs, in one pipelined round trip besides ``loads``."""
-    now = time.time() if now is None else now
+    """Every pool's scaler inputs, in one pipelined round trip besides ``loads``.
+
+    ``now`` (seconds) defaults to Redis' clock, which the leader stamps its forecasts
+    with and the queue its pending jobs: a reader on a host 3 min ahead took every
+    fresh forecast for a stale one and the oldest job for 3 min older."""
+    now = redis_now_ms(client) / 1000 if now is None else now
     pools = list(loads)
     with client.pipeline(transaction=False) as pipe:
         for pool in pools:

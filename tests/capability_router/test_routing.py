@@ -371,3 +371,28 @@ def test_workers_on_hosts_whose_clocks_are_off_all_count_as_live(
         monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
         view = {p["name"]: p for p in pools_view(client, parse_pools(POOLS, "pools.toml"))}
         assert view["standard"]["live_workers"] == 3, skew
+
+
+def test_a_reader_whose_clock_is_off_takes_the_leaders_forecast_and_the_queue_as_they_are(
+        client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a forecast the leader wrote just now (2 arrivals/s, stamped on Redis' clock)
+    and a job pending for 10 s, read by ``/api/pools`` from hosts 3 min ahead and behind.
+    Before, the reader measured both ages on its own clock: 3 min ahead, the fresh forecast
+    was older than its 120 s limit and dropped (0 arrivals/s, fewer machines wanted), and
+    the job seemed to have waited 190 s; now both are read on Redis' clock."""
+    from capability_router.functions import redis_now_ms
+    from capability_router.pool_view import pools_view
+    from capability_router.prediction.elastic import PoolForecast
+
+    now = redis_now_ms(client)
+    client.hset(Keys("standard").forecast,
+                mapping=PoolForecast(arrival_rate=2.0, mean_job_seconds=5.0, at_ms=now).fields())
+    client.zadd(Keys("standard").status_index("pending"), {"waiting": now - 10_000})
+    real = time.time
+    seen = {}
+    for skew in (0, 180, -180):
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        view = {p["name"]: p for p in pools_view(client, parse_pools(POOLS, "pools.toml"))}
+        seen[skew] = (view["standard"]["forecast_arrivals_per_second"],
+                      view["standard"]["desired_machines"])
+    assert seen[180] == seen[0] == seen[-180] and seen[0][0] == 2.0, seen
