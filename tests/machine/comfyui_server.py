@@ -22,7 +22,10 @@ and this server does too:
 - ``progress_state {prompt_id, nodes}`` besides ``progress {value, max, prompt_id, node}``;
 - an identical workflow is served from cache, output nodes included:
   ``execution_cached`` lists every node and ``executed`` repeats the earlier
-  output, earlier filename included (so does ``/history``);
+  output, earlier filename included (so does ``/history``), but only right
+  after itself: by default ComfyUI keeps the outputs of the last prompt's nodes
+  only (``cache_lru``/``cache_none`` as its ``--cache-lru``/``--cache-none``;
+  see comfyui_cache.py);
 - ``/interrupt`` takes effect between nodes: a node runs to its end first
   (a sampler also stops at its next step, as ComfyUI's progress hook checks it);
 - ``/system_stats`` with ``cpu=True`` (``--cpu``) reports one ``cpu`` device
@@ -68,6 +71,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from comfyui_cache import OutputCache
 from flask import Flask, Response, abort, jsonify, request, send_file
 from flask_sock import Sock
 from werkzeug.serving import make_server
@@ -139,6 +143,9 @@ class ComfyUITestServer:
     :param combo_format: describe combos as newer ComfyUI does (``["COMBO", {options}]``).
     :param prompt_delay_seconds: ``POST /prompt`` waits this long before it queues the
         prompt and answers (a ComfyUI too busy to answer in time still queues it later).
+    :param cache_lru: run "with --cache-lru N": keep up to N node outputs across prompts
+        (default: only the last prompt's, as ComfyUI's classic cache).
+    :param cache_none: run "with --cache-none": cache nothing.
     """
 
     def __init__(self, root: Path, checkpoints: Iterable[str] = ("sd15.safetensors",),
@@ -150,7 +157,9 @@ class ComfyUITestServer:
                  cpu: bool = False, username: str | None = None,
                  password: str | None = None, token: str | None = None,
                  tls: tuple[str, str] | None = None, combo_format: bool = False,
-                 prompt_delay_seconds: float = 0.0) -> None:
+                 prompt_delay_seconds: float = 0.0, cache_lru: int = 0,
+                 cache_none: bool = False) -> None:
+        cache = OutputCache(lru=cache_lru, none=cache_none)  # bad options: refused first
         self.root = Path(root)
         self.dirs = {kind: self.root / kind for kind in ("output", "temp", "input")}
         for directory in self.dirs.values():
@@ -174,7 +183,7 @@ class ComfyUITestServer:
         self.queued_while_busy: list[str] = []
         self._interrupt = threading.Event()
         #: Node signature -> its UI output (None for nodes without one).
-        self._cache: dict[str, Any] = {}
+        self._cache = cache
         self._sockets: dict[str, Any] = {}
         self._last_node: str | None = None
         self._send_locks: dict[int, threading.Lock] = {}
@@ -335,7 +344,9 @@ class ComfyUITestServer:
                 device = {"name": "cuda:0 Test GPU", "type": "cuda", "index": 0,
                           "vram_total": 24 * gib, "vram_free": 20 * gib,
                           "torch_vram_total": 24 * gib, "torch_vram_free": 20 * gib}
-            argv = ["main.py", "--cpu"] if self.cpu else ["main.py"]
+            argv = ["main.py", *(["--cpu"] if self.cpu else []),
+                    *(["--cache-lru", str(self._cache.lru)] if self._cache.lru else []),
+                    *(["--cache-none"] if self._cache.none else [])]
             return jsonify({
                 "system": {"os": "linux", "ram_total": ram_total, "ram_free": ram_free,
                            "comfyui_version": "0.8.0", "python_version": "3.11",
@@ -551,7 +562,8 @@ class ComfyUITestServer:
         send("execution_start", {"timestamp": now()})
         messages.append(["execution_start", {"prompt_id": prompt_id, "timestamp": now()}])
         order = self._order(workflow)
-        signatures = {n: self._signature(workflow, n) for n in order}
+        signatures = {n: self._signature(workflow, n) for n in workflow}
+        self._cache.set_prompt(signatures.values())  # as execute_async: every node of it
         cached = [n for n in order if signatures[n] in self._cache]
         send("execution_cached", {"nodes": cached, "timestamp": now()})
         messages.append(["execution_cached", {"nodes": cached, "prompt_id": prompt_id,
