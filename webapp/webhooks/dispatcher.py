@@ -54,6 +54,7 @@ from typing import Any
 import redis
 
 from capability_router.functions import redis_now_ms
+from capability_router.redaction import masked_url
 from emp_tasks import tracing
 from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks.config import GIVE_UP_AFTER_MS, WebhookConfig
@@ -132,8 +133,9 @@ def attempt_record(result: SendResult, kind: str) -> dict[str, Any]:
     error = result.error or ("" if kind == "delivered" else f"HTTP {result.status}")
     if result.location is not None and not result.error:
         # A bare "HTTP 301" left the receiver's developer guessing: say where it pointed.
-        error += (f" redirecting to {result.location[:300]} (redirects are not followed: "
-                  "register the URL that answers)")
+        # Its password (a receiver may redirect to a URL with one) shown as hooks' are.
+        error += (f" redirecting to {masked_url(result.location)[:300]} (redirects are not "
+                  "followed: register the URL that answers)")
     return {
         "timestamp": int(time.time() * 1000), "success": kind == "delivered",
         "outcome": kind, "response_status": result.status, "response_body": result.excerpt,
