@@ -371,7 +371,8 @@ def test_a_dispatcher_whose_clock_runs_ahead_does_not_give_up_early(
     give_up_after_ms the default hour. Before, the time a delivery had been tried was this
     host's clock minus first_attempt_at, which is Redis' clock: at its second attempt it
     looked tried for 2 h and was recorded failed ("gave up ... for 7200 s"), never
-    delivered. Now both ends of that span are Redis' clock: delivered on attempt 3."""
+    delivered. Now both ends of that span are Redis' clock: delivered on attempt 3, and each
+    attempt's time in the delivery history is Redis' (it was the host's, 2 h off)."""
     from types import SimpleNamespace
 
     from webapp.webhooks import dispatcher
@@ -401,6 +402,13 @@ def test_a_dispatcher_whose_clock_runs_ahead_does_not_give_up_early(
         service.stop()
     assert [r.status for r in sink.requests] == [503, 503, 200]
     assert [r.payload["data"]["job_id"] for r in sink.delivered()] == ["job-1"]
+    # Each attempt's time, as the deliveries endpoint shows it, is Redis' too (it was
+    # this host's, 2 h after the delivery's own created_at).
+    from capability_router.functions import redis_now_ms
+
+    [delivery] = store.deliveries(hook["id"], 10)
+    stamps = [attempt["timestamp"] for attempt in delivery["attempt_history"]]
+    assert len(stamps) == 3 and all(abs(t - redis_now_ms(client)) < 60_000 for t in stamps)
 
 
 @pytest.mark.timeout(60)

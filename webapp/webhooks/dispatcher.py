@@ -128,8 +128,9 @@ def delivery_headers(hook_id: str, secrets: list[str], delivery_id: str, event_t
     return headers
 
 
-def attempt_record(result: SendResult, kind: str) -> dict[str, Any]:
-    """What the deliveries endpoints show of one attempt."""
+def attempt_record(result: SendResult, kind: str, at_ms: int) -> dict[str, Any]:
+    """What the deliveries endpoints show of one attempt, made at ``at_ms`` (Redis' clock,
+    as the delivery's other times: a webhook host's own clock may be off)."""
     error = result.error or ("" if kind == "delivered" else f"HTTP {result.status}")
     if result.location is not None and not result.error:
         # A bare "HTTP 301" left the receiver's developer guessing: say where it pointed.
@@ -137,7 +138,7 @@ def attempt_record(result: SendResult, kind: str) -> dict[str, Any]:
         error += (f" redirecting to {masked_url(result.location)[:300]} (redirects are not "
                   "followed: register the URL that answers)")
     return {
-        "timestamp": int(time.time() * 1000), "success": kind == "delivered",
+        "timestamp": at_ms, "success": kind == "delivered",
         "outcome": kind, "response_status": result.status, "response_body": result.excerpt,
         "latency_ms": result.latency_ms, "error_message": error or None,
         "address": result.address,
@@ -234,7 +235,7 @@ class Dispatcher:
                 span.set_attribute("http.response.status_code", result.status or 0)
                 span.set_attribute("emp.outcome", kind)
         self.sent += 1
-        record = attempt_record(result, kind)
+        record = attempt_record(result, kind, claim.now_ms)  # sent at once on its claim
         if kind == "failed" and is_transient(result.status):
             record["error_message"] += (
                 f"; gave up: the receiver answered this delivery {result.status} or another "

@@ -256,7 +256,7 @@ def test_hook(hook_id: str) -> Any:
     result = svc.sender.post(raw["url"], body.encode(), headers)
     kind = "delivered" if result.status is not None and 200 <= result.status < 300 else (
         "refused" if result.refused else "failed")
-    record = attempt_record(result, kind)
+    record = attempt_record(result, kind, event["timestamp"])
     svc.store.record_test(hook_id, delivery_id, event, body, record)
     data = {"delivery_id": delivery_id, "event": event, "attempt": record}
     if kind == "delivered":
