@@ -117,16 +117,17 @@ class WorkerRegistry:
         """A worker stopping cleanly (or forgotten): drop its record and model residency."""
         pools = json.loads(self.client.hget(worker_key(worker_id), "pools") or "[]")
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()  # the event's timestamp, Redis' clock, in the same round trip
             for pool in pools:
                 pipe.zrem(Keys(pool).workers, worker_id)
             pipe.delete(worker_key(worker_id))
             pipe.zrem(WORKERS_KEY, worker_id)
-            (seconds, micros), *_ = pipe.execute()
+            pipe.execute()
         clear_worker(self.client, worker_id, known_namespaces(self.client))
+        # The event's time is read by emit_system_event (a TIME of its own: a cluster
+        # pipeline refuses TIME; a worker leaves once).
         emit_system_event(self.client, "worker_status", {
             "worker_id": worker_id, "machine_id": machine_id, "status": "offline",
-        }, int(seconds) * 1000 + int(micros) // 1000)
+        })
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers' records; ids whose record expired are pruned."""
