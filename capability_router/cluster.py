@@ -41,6 +41,13 @@ FAILOVER_RETRIES = 10
 #: Celery's ``redis_max_connections`` ("no limit" by default) documents.
 THREAD_CONNECTIONS = 2**31
 
+#: Seconds a command (or a connect) waits for Redis before a TimeoutError, on every
+#: client this project builds (redis-py 8's default, made explicit: before 8 it was
+#: "wait for ever", and kombu's transport still passes None). A Redis that stops
+#: answering with its connections open (a hung host, a partition without RST) then
+#: costs a caller this long, not every call after it for as long as it lasts.
+SOCKET_TIMEOUT_SECONDS = 5.0
+
 _OFF = {"", "0", "false", "no", "off"}
 _ON = {"1", "true", "yes", "on"}
 
@@ -110,11 +117,15 @@ def cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     # (re-reading the slot map each time) a little longer than that.
     options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES)
     options["max_connections"] = THREAD_CONNECTIONS
+    options["socket_timeout"] = options["socket_connect_timeout"] = SOCKET_TIMEOUT_SECONDS
     return EmpRedisCluster(**{**options, **kwargs})
 
 
 def make_client(url: str, **kwargs: Any) -> redis.Redis | RedisCluster:
-    """A client for ``url``: a ``RedisCluster`` when the cluster switch is on."""
+    """A client for ``url``: a ``RedisCluster`` when the cluster switch is on; commands
+    time out after ``SOCKET_TIMEOUT_SECONDS`` unless ``kwargs`` say otherwise."""
+    kwargs = {"socket_timeout": SOCKET_TIMEOUT_SECONDS,
+              "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS, **kwargs}
     if cluster_enabled():
         return cluster_client(url, **kwargs)
     if is_green():

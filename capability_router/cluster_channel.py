@@ -44,7 +44,8 @@ class ClusterChannel:
         info = self.connection.client
         extra = {k: v for k, v in (("username", info.userid), ("password", info.password)) if v}
         return cluster_client(f"redis://{info.hostname or '127.0.0.1'}:{info.port or 6379}/0",
-                              socket_connect_timeout=self.socket_connect_timeout or 5, **extra)
+                              socket_connect_timeout=self.socket_connect_timeout or 5,
+                              socket_timeout=self.socket_timeout, **extra)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params = super()._connparams(asynchronous)

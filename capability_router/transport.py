@@ -61,6 +61,8 @@ Transport options
   closed (default 1).
 * ``cluster_wake_slice_seconds``: on a Redis Cluster, longest wait on one
   pool's wake-up list while others wait their turn (default 0.05).
+* ``socket_timeout``, ``socket_connect_timeout``: seconds a command or a connect
+  waits for Redis (default 5 each; kombu's own default waits for ever).
 * Every option of kombu's Redis transport, except the visibility-timeout
   ones, which leases replace.
 """
@@ -82,7 +84,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
-from capability_router.cluster import refresh_slots
+from capability_router.cluster import SOCKET_TIMEOUT_SECONDS, refresh_slots
 from capability_router.cluster_channel import ClusterChannel
 from capability_router.errors import InvalidJob, RetryRefused
 from capability_router.functions import (
@@ -290,6 +292,11 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     #: Redis Cluster: longest wait on one pool's wake-up list, seconds, while the
     #: other pools of this worker wait their turn.
     cluster_wake_slice_seconds: float = 0.05
+    #: Seconds a command (and a connect) waits for Redis; kombu's default, None, waited
+    #: for ever on a Redis that stopped answering with its connections open: a publish
+    #: hung the API's request, a lease renewal the worker's event loop.
+    socket_timeout: float | None = SOCKET_TIMEOUT_SECONDS
+    socket_connect_timeout: float | None = SOCKET_TIMEOUT_SECONDS
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lease_seconds",
@@ -719,23 +726,34 @@ class Transport(kombu_redis.Transport):
             old.cancel()
         self.cycle._lease_tref = loop.call_repeatedly(every, self.renew_leases)
 
-    #: Why Redis refused the last lease renewal (out of memory, read-only), or None.
+    #: Why the last lease renewal failed (Redis refused it: out of memory, read-only; or
+    #: could not be reached), or None.
     _renewal_refusal: str | None = None
 
     def renew_leases(self) -> None:
-        refusal, unreachable = None, False
+        refusal, unreachable = None, None
         for channel in list(self.cycle._channels):
             try:
                 channel.qos.renew_leases()
-            except channel.connection_errors:
+            except channel.connection_errors as exc:
                 logger.debug("lease renewal failed; retrying next period", exc_info=True)
-                unreachable = True
+                unreachable = f"Redis unreachable ({type(exc).__name__}: {exc})"
             except redis.ResponseError as exc:
                 refusal = str(exc)
         if refusal:
             self._renewal_refused(refusal)
-        elif not unreachable:
+        elif unreachable:
+            self._renewal_failed(unreachable)
+        else:
             self._renewal_accepted()
+
+    def _renewal_failed(self, text: str) -> None:
+        """Redis could not be reached (down, or not answering within the socket timeout):
+        said once per outage, as a refusal is; a traceback is kept for debug logs."""
+        if self._renewal_refusal is None:
+            logger.warning("lease renewal failed: %s (renewing again every period; leases "
+                           "not renewed in time run out)", text)
+            self._renewal_refusal = text
 
     def _renewal_refused(self, text: str) -> None:
         """Redis refused a renewal (at maxmemory, a read-only replica): said once, not as

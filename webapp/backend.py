@@ -30,8 +30,15 @@ class Backend:
         """A producer-only Celery app: the web services never wait on AsyncResult
         (results are on the job record; workers still store them in Celery's
         backend), and the event log already carries ``job_submitted``, so the
-        per-submit result subscription and task-sent event are left out."""
-        celery = create_celery_app(redis_url, result_backend=None, task_send_sent_event=False)
+        per-submit result subscription and task-sent event are left out.
+
+        A failed publish is not retried (Celery retries three times): each try
+        against a Redis that stopped answering costs a socket timeout, which the
+        waiting client paid (a submit took 25 s to get its 503), and redis-py
+        already replaces a pooled connection that Redis closed (a restart) when
+        it is taken from the pool."""
+        celery = create_celery_app(redis_url, result_backend=None, task_send_sent_event=False,
+                                   task_publish_retry=False)
         return cls(celery, get_client(redis_url))
 
 

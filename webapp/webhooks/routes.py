@@ -17,6 +17,7 @@ from capability_router.functions import redis_now_ms
 from webapp import strict_json
 from webapp.auth import error, require_auth
 from webapp.bodies import request_body
+from webapp.outage import RETRY_AFTER_SECONDS
 from webapp.webhooks.addresses import AddressRefused, UnresolvableHost
 from webapp.webhooks.dispatcher import attempt_record, delivery_headers
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
@@ -90,10 +91,18 @@ def _limit(default: int) -> int:
 
 @bp.get("/health")
 def health() -> Any:
-    """Liveness for load balancers and the test fixtures (no token needed)."""
+    """Liveness for load balancers and the test fixtures (no token needed); 503 with
+    ``Retry-After`` while Redis does not answer, noted as the other routes' failures are
+    (one log line per outage)."""
     healthy, details = service().health()
+    outage = current_app.extensions["emp_outage"]
+    failure = details.pop("error", None)
     body = {"status": "ok" if healthy else "error", "service": "emp-webhooks", **details}
-    return jsonify(body), 200 if healthy else 503
+    if healthy:
+        outage.succeeded()
+        return jsonify(body), 200
+    outage.failed(failure)
+    return jsonify(body), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 @bp.post("/webhooks")

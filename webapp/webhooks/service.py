@@ -113,12 +113,13 @@ class DeliveryService:
         self.sender.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, details): Redis answers and, when started, the threads loop."""
+        """(healthy, details): Redis answers and, when started, the threads loop; when
+        it does not, ``details["error"]`` is the exception."""
         try:
             self.client.ping()
             redis_state = "ok"
-        except redis.RedisError as exc:
-            return False, {"redis": f"error: {exc}"}
+        except redis.RedisError as exc:  # the route logs it (webapp.outage), then drops it
+            return False, {"redis": f"error: {exc}", "error": exc}
         now = time.monotonic()
         consumer = self.consumer
         delivery: dict[str, Any] = {"running": self.started}

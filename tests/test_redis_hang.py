@@ -1,0 +1,186 @@
+"""A hung Redis: it stops answering but keeps its connections open (a hung host, a
+partition without RST), simulated with SIGSTOP for 20 s, then SIGCONT.
+
+The outage tests before this one killed Redis or paused its clients: a refused or
+reset connection fails at once. A stopped server fails nothing: each call waits
+for the socket timeout, or for ever where there is none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from capability_router.keys import JOB_EVENTS_SUFFIX, Keys
+from conftest import wait_for
+from emp_tasks.local_redis import LocalRedis
+from emp_tasks.producer import get_job, job_events
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+#: Seconds Redis stays stopped.
+STOP_SECONDS = 20.0
+#: Seconds an HTTP client waits for an answer while Redis is stopped.
+CLIENT_TIMEOUT = 15.0
+#: The services' Redis socket timeout (``capability_router.cluster.SOCKET_TIMEOUT_SECONDS``).
+SOCKET_TIMEOUT = 5.0
+#: Longest wait for a 503: one socket timeout for the outage check's ping (see
+#: ``webapp.outage``) and one for the route's own call, plus slack for a loaded machine.
+BOUND_SECONDS = 2 * SOCKET_TIMEOUT + 2.0
+
+
+@pytest.fixture
+def freeze(redis_server: LocalRedis) -> Iterator[Callable[[bool], None]]:
+    """``freeze(True)`` stops the module's Redis (SIGSTOP), ``freeze(False)`` continues it;
+    continued at the end whatever happened."""
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+
+    def freeze(stopped: bool) -> None:
+        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+    try:
+        yield freeze
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def timed(method: str, url: str, **kwargs: Any) -> tuple[float, Any]:
+    """(seconds, the response or the client's exception) of one request."""
+    started = time.monotonic()
+    try:
+        reply: Any = requests.request(method, url, timeout=CLIENT_TIMEOUT, **kwargs)
+    except requests.RequestException as exc:
+        reply = exc
+    return time.monotonic() - started, reply
+
+
+def at_once(calls: dict[str, Callable[[], tuple[float, Any]]]) -> dict[str, tuple[float, Any]]:
+    """Run the calls in parallel; their results by name."""
+    results: dict[str, tuple[float, Any]] = {}
+    threads = [threading.Thread(target=lambda n=name, c=call: results.__setitem__(n, c()))
+               for name, call in calls.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def all_job_ids(client: redis.Redis) -> set[str]:
+    """Every job record of the default pool (also those filed after a 503)."""
+    prefix = Keys("default").job("")
+    return {key[len(prefix):] for key in client.scan_iter(match=prefix + "*", count=1000)
+            if not key.endswith(JOB_EVENTS_SUFFIX)}
+
+
+def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
+        app, client, start_worker, start_server, freeze) -> None:
+    """Tried: two workers (leases of 2 s), the API and the webhook service; a 4 s job
+    running and three queued, then Redis stopped (SIGSTOP) for 20 s while two rounds of
+    POST /api/jobs, GET /api/jobs/<id>, the API's and the webhook service's /health
+    are sent (clients wait 15 s), then Redis continued.
+
+    Before the fix kombu's connections had no socket timeout (kombu passes None to
+    redis-py): POST /api/jobs hung past the client's 15 s (the publish waited for
+    Redis), and after SIGCONT the unanswered request was filed anyway. With a 5 s
+    timeout alone, Celery's three publish retries still made that 503 take 25 s. The
+    workers' lease renewals hung their event loops for the whole stop instead of
+    failing, and said nothing. Now every call is a 503 with Retry-After within two
+    socket timeouts (10 s), one log line per outage in each service, no traceback;
+    each worker says once that its renewals fail and once that they work again;
+    every job accepted before or during the stop completes once after it, on the
+    attempt the lease rules give.
+    """
+    workers = [start_worker("hang-w1"), start_worker("hang-w2")]
+    api = start_server("api", EMP_API_PROCESSES="1")
+    hooks = start_server("webhooks")
+    jobs_url = api.base + "/api/jobs"
+
+    def accepted(body: dict[str, Any]) -> str:
+        reply = requests.post(jobs_url, json=body, timeout=10)
+        assert reply.status_code == 201, reply.text
+        return reply.json()["job_id"]
+
+    running = accepted({"service_required": "echo", "payload": {"n": 0, "sleep": 4}})
+    wait_for(lambda: get_job(running, app=app)["status"] == "in_progress", timeout=20,
+             message="the long job to start")
+    before = [accepted({"service_required": "echo", "payload": {"n": n, "sleep": 0.5}})
+              for n in range(1, 4)]
+    calls = {
+        "POST /api/jobs": lambda: timed("POST", jobs_url, json={
+            "service_required": "echo", "payload": {"n": 10}}),
+        "GET /api/jobs/<id>": lambda: timed("GET", f"{jobs_url}/{running}"),
+        "GET /health": lambda: timed("GET", api.base + "/health"),
+        "webhooks GET /health": lambda: timed("GET", hooks.base + "/health"),
+    }
+    freeze(True)
+    stopped_at = time.monotonic()
+    rounds = [at_once(calls), at_once(calls)]
+    time.sleep(max(0.0, STOP_SECONDS - (time.monotonic() - stopped_at)))
+    freeze(False)
+    resumed_at = time.monotonic()
+
+    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
+               for answers in rounds]
+    print(f"\nseconds to an answer while Redis was stopped, by round: {timings}")
+    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply),
+              getattr(reply, "headers", {}).get("Retry-After"))
+             for answers in rounds for name, (seconds, reply) in answers.items()
+             if not (isinstance(reply, requests.Response) and reply.status_code == 503
+                     and reply.headers.get("Retry-After", "").isdigit()
+                     and seconds < BOUND_SECONDS)]
+    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+
+    # (b) Workers alive and claiming; every job accepted completes, once.
+    after = accepted({"service_required": "echo", "payload": {"n": 20}})
+    accepted_ids = [running, *before, after]
+    for worker in workers:
+        assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
+    wait_for(lambda: all(get_job(j, app=app)["status"] == "completed" for j in accepted_ids),
+             timeout=40, every=0.2, message="every accepted job to complete")
+    print(f"accepted jobs completed {time.monotonic() - resumed_at:.1f} s after SIGCONT")
+    # A 503 says Redis did not answer in time, not that nothing was written: a hung
+    # server runs the command it received once it goes on. Those jobs run too.
+    filed = all_job_ids(client)
+    assert set(accepted_ids) <= filed
+    ghosts = filed - set(accepted_ids)
+    print(f"filed though answered 503: {len(ghosts)} of 2")
+    assert len(ghosts) <= 2
+    wait_for(lambda: all(get_job(j, app=app)["status"] == "completed" for j in ghosts),
+             timeout=30, every=0.2, message="the jobs filed after a 503 to complete")
+    for job_id in filed:
+        events = [e["event"] for e in job_events(job_id, app=app)]
+        assert events.count("complete_job") == 1, (job_id, events)
+        assigned = [i for i, event in enumerate(events) if event == "job_assigned"]
+        # (c) A second run only after the first attempt's lease ran out (job_requeued):
+        # never two attempts at once that the fence would refuse quietly.
+        for earlier, later in zip(assigned, assigned[1:], strict=False):
+            assert "job_requeued" in events[earlier:later], (job_id, events)
+        assert get_job(job_id, app=app)["attempts"] == len(assigned), (job_id, events)
+    print("the running job's events:", [e["event"] for e in job_events(running, app=app)])
+
+    # One line per outage in each service, no traceback.
+    wait_for(lambda: requests.get(api.base + "/health", timeout=10).status_code == 200,
+             timeout=20, message="the API's /health to answer 200")
+    wait_for(lambda: requests.get(hooks.base + "/health", timeout=10).status_code == 200,
+             timeout=20, message="the webhook service's /health to answer 200")
+    for server in (api, hooks):
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+        assert log.count("Redis unreachable") == 1, log[-3000:]
+        assert log.count("Redis reachable again") == 1, log[-3000:]
+    for worker in workers:
+        wait_for(lambda w=worker: "lease renewals accepted again" in w.log_path.read_text(),
+                 timeout=10, message=f"{worker.worker_id} to say renewals work again")
+        log = worker.log_path.read_text(errors="replace")
+        assert log.count("lease renewal failed: Redis unreachable") == 1, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
