@@ -96,7 +96,7 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
     workers' lease renewals hung their event loops for the whole stop instead of
     failing, and said nothing. Now every call is a 503 with Retry-After within two
     socket timeouts (10 s), one log line per outage in each service, no traceback;
-    each worker says once that its renewals fail and once that they work again;
+    a worker whose renewals failed says so once, and once that they work again;
     every job accepted before or during the stop completes once after it, on the
     attempt the lease rules give.
     """
@@ -178,9 +178,21 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
         assert "Traceback" not in log, log[-3000:]
         assert log.count("Redis unreachable") == 1, log[-3000:]
         assert log.count("Redis reachable again") == 1, log[-3000:]
+    # A worker learns that renewals work again at its next renewal, so only while it
+    # holds a job: one that held none since the stop has nothing to say yet. Six 1.5 s
+    # jobs give each worker some.
+    failed_line, again_line = "lease renewal failed: Redis unreachable", \
+        "lease renewals accepted again"
+    for n in range(6):
+        accepted({"service_required": "echo", "payload": {"n": 30 + n, "sleep": 1.5}})
     for worker in workers:
-        wait_for(lambda w=worker: "lease renewals accepted again" in w.log_path.read_text(),
-                 timeout=10, message=f"{worker.worker_id} to say renewals work again")
-        log = worker.log_path.read_text(errors="replace")
-        assert log.count("lease renewal failed: Redis unreachable") == 1, log[-3000:]
+        if failed_line in worker.log_path.read_text(errors="replace"):
+            wait_for(lambda w=worker: again_line in w.log_path.read_text(errors="replace"),
+                     timeout=20, message=f"{worker.worker_id} to say renewals work again")
+    logs = [worker.log_path.read_text(errors="replace") for worker in workers]
+    for log in logs:
+        assert log.count(failed_line) == log.count(again_line) <= 1, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
+    # Whether a worker renews during the stop at all depends on timing: its job's own
+    # call may time out first and give the job back (then it holds nothing to renew),
+    # or its event loop may be blocked for the stop (seen: Celery's event heartbeat).
