@@ -157,7 +157,11 @@ def test_a_503d_submit_whose_enqueue_ran_late_or_never_is_one_job_on_retry(
     after the key's claim: 503. ``ran-late``: Redis continued and filed the job after the
     503; ``never-ran``: the filing never reached Redis. Then the same POST again, twice.
     The retry is 201 naming the one job there is (the late one: the first answer it
-    would have been), the next replays it, and no second job is ever filed."""
+    would have been), the next replays it, and no second job is ever filed. Before the
+    fix the retry got there too, but only after waiting 5 s for an answer the first
+    request would never store, and a retry that filed the job itself (``never-ran``)
+    said it was replayed; now the late job answers at once (replayed), and the job the
+    retry filed is not marked replayed."""
     server = start_server("api", EMP_API_PROCESSES="1", EMP_REDIS_URL=hang_at.url,
                           **TOKENS_ENV)
     hang_at.arm(ENQUEUE, late)
@@ -175,6 +179,9 @@ def test_a_503d_submit_whose_enqueue_ran_late_or_never_is_one_job_on_retry(
     assert len(filed) == 1 and retry.json()["job_id"] in filed, (filed, retry.text)
     if late:
         assert filed == late_job
+        assert seconds < 2 and retry.headers["Idempotent-Replayed"] == "true", seconds
+    else:
+        assert "Idempotent-Replayed" not in retry.headers
     again = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k-enqueue"})
     assert (again.status_code, again.json()) == (201, retry.json())
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -187,8 +194,9 @@ def test_a_503d_submit_whose_claim_ran_late_or_never_is_one_job_on_retry(
     """Tried: a keyed POST /api/jobs whose Redis hung at the key's claim (its SET NX GET),
     the request's first write: 503, nothing else sent. ``ran-late``: the claim was written
     after the 503 (the key held, no job, no answer); ``never-ran``: nothing written. Then
-    the same POST again, twice. The retry files the job (201, once), the next replays
-    it."""
+    the same POST again, twice. The retry files the job (201, once, after waiting 5 s
+    for the first's answer when the claim is there), the next replays it. Before the fix
+    the retry that filed the job said it was replayed (``ran-late``)."""
     server = start_server("api", EMP_API_PROCESSES="1", EMP_REDIS_URL=hang_at.url,
                           **TOKENS_ENV)
     hang_at.arm(CLAIM, late)
@@ -205,8 +213,10 @@ def test_a_503d_submit_whose_claim_ran_late_or_never_is_one_job_on_retry(
     print(f"\nretry answered in {seconds:.1f} s: {retry.status_code} {retry.text}")
     assert retry.status_code == 201, retry.text
     assert jobs_in(client) == {retry.json()["job_id"]}
+    assert "Idempotent-Replayed" not in retry.headers
     again = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k-claim"})
     assert (again.status_code, again.json()) == (201, retry.json())
+    assert again.headers["Idempotent-Replayed"] == "true"
     assert jobs_in(client) == {retry.json()["job_id"]}
 
 
@@ -282,3 +292,30 @@ def test_a_retry_that_takes_over_a_slow_first_request_keeps_the_jobs_answer(
     assert len(filed) == 1, filed
     assert {status for _, status, _ in answers.values()} == {201}, answers
     assert {body["job_id"] for _, _, body in answers.values()} == filed, answers
+
+
+def test_a_socket_retry_beside_a_slow_first_submit_is_answered_and_so_is_the_first(
+        start_server, client, hang_at) -> None:
+    """Tried: a client socket's submit_job with a message_id whose Redis path is slow
+    (its limit check held back 4 s, Redis running), the same submit_job on a
+    second socket 0.5 s later (it files the job: a socket retry does not wait), then a
+    third time. Before the fix the first, finding its job filed, answered error 409 and
+    deleted the message_id's record, so the third was filed afresh into a 409 error too:
+    two of three attempts learnt only that the job "already exists". Now each is
+    answered ``job_submitted`` for the one job."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_REDIS_URL=hang_at.url,
+                          **TOKENS_ENV)
+    hang_at.delays = {b"emp_limit_admit": 4.0}
+    submit = {"type": "submit_job", "message_id": "ws-slow-1", **JOB}
+    answers: dict[str, dict[str, Any]] = {}
+    first = threading.Thread(target=lambda: answers.__setitem__(
+        "first", _socket_submit(server, submit, "slow-1")))
+    first.start()
+    time.sleep(0.5)
+    answers["retry"] = _socket_submit(server, submit, "slow-2")
+    first.join()
+    answers["third"] = _socket_submit(server, submit, "slow-3")
+    print(f"\n{answers}")
+    assert {a["type"] for a in answers.values()} == {"job_submitted"}, answers
+    assert {a["job_id"] for a in answers.values()} == {"ws-slow-1"}, answers
+    assert jobs_in(client) == {"ws-slow-1"}
