@@ -184,7 +184,9 @@ class ClientConnection:
     def submit(self, message: dict[str, Any]) -> None:
         """Submit a job. A ``message_id`` is the job id and an idempotency key: a retry
         with the same body is answered as the first was (``job_submitted``), one with
-        another body gets an error (422), and no second job is made."""
+        another body gets an error (422), and no second job is made. A retry that finds
+        no job files it under the message_id, noting so first (``take_over``): the
+        first attempt, should it file too, then answers with that job, not a 409."""
         body = {k: v for k, v in message.items() if k != "type"}
         message_id = message.get("message_id")
         try:
@@ -200,8 +202,10 @@ class ClientConnection:
             except KeyReused as exc:
                 self.session.send(error_message(str(exc), status=422, message_id=message_id))
                 return
-            if not claim.first and self._answer_again(claim.job_id, message_id):
-                return
+            if not claim.first:
+                if self._answer_again(claim.job_id, message_id):
+                    return
+                self.idempotency.take_over(claim)  # the first, if it files too, answers
         try:
             job_id, pool = submit_body(body, self.principal, self.backend, checked=True,
                                        limits=self.limits)
@@ -212,9 +216,10 @@ class ClientConnection:
                                             retry_after=exc.retry_after, message_id=message_id))
             return
         except Invalid as exc:
-            if claim is not None and not claim.first and exc.status == 409 and \
+            if claim is not None and exc.status == 409 and (
+                    not claim.first or self.idempotency.taken_over(claim)) and \
                     self._answer_again(claim.job_id, message_id):
-                return  # a concurrent first attempt made it meanwhile
+                return  # the other attempt with this message_id filed it meanwhile
             if claim is not None:
                 self.idempotency.release(claim)
             self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))

@@ -8,8 +8,13 @@ the body's fingerprint and the job id it will use; every API process shares
 the record. A retry with the same key then:
 
 - gets the stored answer (same status and body) once the first has one;
-- while the first has none (still running, or its process died), submits
-  under the claimed job id, so that of two attempts at most one job exists;
+- while the first has none, answers with the job filed under the claimed id
+  (a first request answered 503 by a hung Redis may have filed it late);
+- with no such job either (the first is still running, or it failed),
+  waits a little for the first's answer, then takes the key over: it notes
+  so (``<record>:taken``) and submits under the claimed job id, so that of
+  two attempts at most one job exists, and the first, should its filing
+  then find the job filed, answers with that job instead of a 409;
 - with a different body gets 422 (Stripe's rule), and nothing is written.
 
 Keys are scoped by the caller (a customer, or the admins), so two
@@ -40,6 +45,8 @@ HEADER = "Idempotency-Key"
 #: A key: 1 to 255 visible ASCII characters (as Stripe's).
 KEY_FORM = re.compile(r"[\x21-\x7e]{1,255}")
 PREFIX = "emp:idempotency:"
+#: Suffix of the key that says a retry took a record over (``IdempotencyStore.take_over``).
+TAKEN = ":taken"
 
 
 class KeyReused(ValueError):
@@ -116,6 +123,22 @@ class IdempotencyStore:
                 return int(record["status"]), record["body"]
         return None
 
+    def stored_answer(self, claim: Claim) -> tuple[int, dict[str, Any]] | None:
+        """The answer stored for the key now, or None."""
+        raw = self.client.get(claim.redis_key)
+        record = json.loads(raw) if raw else {}
+        return (int(record["status"]), record["body"]) if "status" in record else None
+
+    def take_over(self, claim: Claim) -> None:
+        """Note, before a retry submits under the claimed job id, that it does: the first
+        request, if its filing then finds that job, knows it was filed for this key (and
+        answers with it) rather than by some other submit naming the same id (a 409)."""
+        self.client.set(claim.redis_key + TAKEN, "1", ex=self.retention)
+
+    def taken_over(self, claim: Claim) -> bool:
+        """Whether a retry took the key over (``take_over``)."""
+        return bool(self.client.exists(claim.redis_key + TAKEN))
+
     def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
         """Store the answer a retry will get (the key keeps its expiry)."""
         record = {"fingerprint": claim.fingerprint, "job_id": claim.job_id,
@@ -126,6 +149,7 @@ class IdempotencyStore:
         """Forget a first claim whose request was refused: the key may be used again."""
         if claim.first:
             self.client.delete(claim.redis_key)
+            self.client.delete(claim.redis_key + TAKEN)  # apart: another slot in a cluster
 
 
 def check_key(key: str) -> str:

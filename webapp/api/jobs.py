@@ -101,7 +101,8 @@ def submit_job():  # noqa: ANN201 - Flask response
 
 def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
     """The first request with ``key`` submits and stores its answer; a retry gets that
-    answer, or (the first having none yet) submits under the same job id."""
+    answer, or the job filed under the key, or (neither there yet) submits under the
+    same job id."""
     try:
         idempotency.check_key(key)
     except ValueError as exc:
@@ -116,10 +117,13 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         return error(422, f"{idempotency.HEADER}: {exc}")
     if claim.answer is not None:
         return _answer(*claim.answer, replayed=True)
-    if not claim.first:  # the first request is still on its way: take its answer
+    if not claim.first:  # the first request has no answer: on its way, or it failed
+        if _own_job(claim.job_id):  # its job was filed (a 503 may have come after that)
+            return _filed_for_key(store, claim)
         answer = store.wait_answer(claim)
         if answer is not None:
             return _answer(*answer, replayed=True)
+        store.take_over(claim)
     try:
         job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
                                 limits=_limits())
@@ -127,14 +131,25 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         store.release(claim)  # claims the key afresh (as the socket's submit does)
         raise
     except validation.Invalid as exc:
-        if claim.first or exc.status != 409 or not _own_job(claim.job_id):
-            refusal = {"success": False, "error": str(exc)}
-            store.answer(claim, exc.status, refusal)
-            return _answer(exc.status, refusal)
-        job_id = claim.job_id  # the first attempt's job exists: it got through
+        if exc.status == 409 and (not claim.first or store.taken_over(claim)) \
+                and _own_job(claim.job_id):
+            return _filed_for_key(store, claim)  # the other attempt with the key filed it
+        refusal = {"success": False, "error": str(exc)}
+        store.answer(claim, exc.status, refusal)
+        return _answer(exc.status, refusal)
     accepted = _submitted(job_ids.shown(job_id, principal.id_scope))
     store.answer(claim, 201, accepted)
-    return _answer(201, accepted, replayed=not claim.first)
+    return _answer(201, accepted)  # filed by this request, even a retry: not a replay
+
+
+def _filed_for_key(store: idempotency.IdempotencyStore, claim: idempotency.Claim):  # noqa: ANN202
+    """Answer with the job another request with the key filed: its stored 201, else a 201
+    naming it, stored for the next retry."""
+    answer = store.stored_answer(claim)
+    if answer is None or answer[0] != 201:
+        answer = 201, _submitted(job_ids.shown(claim.job_id, _principal().id_scope))
+        store.answer(claim, *answer)
+    return _answer(*answer, replayed=True)
 
 
 def _own_job(job_id: str) -> bool:
