@@ -99,10 +99,15 @@ from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
 from capability_router.message_body import body_payload, plain_body
 from capability_router.metrics import CLAIM, HistogramBuffer
+from capability_router.outages import RenewalLog
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
+
+#: How this process's lease renewals fare, said once per change (shared with the solo
+#: pool's lease keeper, ``emp_tasks.lease_keeper``).
+RENEWALS = RenewalLog(logger)
 
 #: Delivery tags of claimed jobs: ``emp|<namespace>|<job id>|<attempt>``.
 TAG_PREFIX = "emp|"
@@ -726,48 +731,24 @@ class Transport(kombu_redis.Transport):
             old.cancel()
         self.cycle._lease_tref = loop.call_repeatedly(every, self.renew_leases)
 
-    #: Why the last lease renewal failed (Redis refused it: out of memory, read-only; or
-    #: could not be reached), or None.
-    _renewal_refusal: str | None = None
-
     def renew_leases(self) -> None:
+        """Renew the leases of every channel's jobs; failures are said once (``RENEWALS``),
+        a traceback is kept for debug logs."""
         refusal, unreachable = None, None
         for channel in list(self.cycle._channels):
             try:
                 channel.qos.renew_leases()
             except channel.connection_errors as exc:
                 logger.debug("lease renewal failed; retrying next period", exc_info=True)
-                unreachable = f"Redis unreachable ({type(exc).__name__}: {exc})"
+                unreachable = exc
             except redis.ResponseError as exc:
                 refusal = str(exc)
         if refusal:
-            self._renewal_refused(refusal)
-        elif unreachable:
-            self._renewal_failed(unreachable)
+            RENEWALS.refused(refusal)
+        elif unreachable is not None:
+            RENEWALS.unreachable(unreachable)
         else:
-            self._renewal_accepted()
-
-    def _renewal_failed(self, text: str) -> None:
-        """Redis could not be reached (down, or not answering within the socket timeout):
-        said once per outage, as a refusal is; a traceback is kept for debug logs."""
-        if self._renewal_refusal is None:
-            logger.warning("lease renewal failed: %s (renewing again every period; leases "
-                           "not renewed in time run out)", text)
-            self._renewal_refusal = text
-
-    def _renewal_refused(self, text: str) -> None:
-        """Redis refused a renewal (at maxmemory, a read-only replica): said once, not as
-        a timer traceback every period (the leases run out meanwhile; fencing then
-        refuses the runs' late outcomes, and the jobs run again elsewhere)."""
-        if text != self._renewal_refusal:
-            logger.error("lease renewal refused: %s (renewing again every period until "
-                         "Redis accepts; leases not renewed in time run out)", text)
-            self._renewal_refusal = text
-
-    def _renewal_accepted(self) -> None:
-        if self._renewal_refusal is not None:
-            logger.warning("lease renewals accepted again (after: %s)", self._renewal_refusal)
-            self._renewal_refusal = None
+            RENEWALS.accepted()
 
 
 __all__ = ["Transport", "Channel", "QoS", "make_tag", "parse_tag"]

@@ -5,7 +5,9 @@ event loop. Under prefork and threads the job runs elsewhere and the loop
 keeps renewing; under ``-P solo`` the job runs on the loop itself, so nothing
 renewed its lease: a job longer than the lease was taken back and started
 again on another worker while it still ran. Such a run keeps its own lease
-alive here, from a thread, until it ends.
+alive here, from a thread, until it ends. Its failures are said as the
+transport's are, and with the same state (``RENEWALS``): once when Redis is
+unreachable, once when renewals are accepted again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
+
+from capability_router.outages import UNREACHABLE
 from capability_router.profile import WorkerProfile
+from capability_router.transport import RENEWALS
 from emp_tasks import defaults
 from emp_tasks.context import JobContext
 
@@ -51,9 +57,17 @@ def lease_kept(app: Any, context: JobContext) -> Iterator[None]:
             try:
                 lost = context.functions.renew(worker_id, int(lease * 1000),
                                                [(context.job_id, context.attempt)])
-            except Exception:  # Redis away: the next period tries again
+            except UNREACHABLE as exc:  # said once per outage; the next period tries again
+                logger.debug("lease renewal of job %s failed", context.job_id, exc_info=True)
+                RENEWALS.unreachable(exc)
+                continue
+            except redis.ResponseError as exc:  # full or read-only: said once
+                RENEWALS.refused(str(exc))
+                continue
+            except Exception:  # the next period tries again
                 logger.debug("lease renewal of job %s failed", context.job_id, exc_info=True)
                 continue
+            RENEWALS.accepted()
             if lost:
                 logger.warning("lease of job %s was lost; its result will be refused",
                                context.job_id)

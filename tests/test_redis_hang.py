@@ -196,3 +196,54 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
     # Whether a worker renews during the stop at all depends on timing: its job's own
     # call may time out first and give the job back (then it holds nothing to renew),
     # or its event loop may be blocked for the stop (seen: Celery's event heartbeat).
+
+
+#: A job type that touches no Redis while it runs: only the solo pool's lease keeper does.
+QUIET_JOBS = '''
+import time
+
+from celery import shared_task
+
+
+@shared_task(bind=True, name="test.quiet_sleep", service="echo")
+def quiet_sleep(self, seconds):
+    time.sleep(seconds)
+    return "slept"
+'''
+#: Seconds Redis stays stopped under the solo worker: a renewal fails only after two
+#: socket timeouts (its held connection's, then the client's retry; see
+#: ``QueueFunctions._send``), and the one after it must wait for the end of the stop.
+SOLO_STOP_SECONDS = 13.0
+
+
+def test_a_solo_worker_says_once_that_lease_renewals_fail_and_once_that_they_work(
+        app, start_worker, jobs_env, freeze) -> None:
+    """Tried: a ``-P solo`` worker (2 s leases, renewed by its lease keeper thread while
+    the job runs on the event loop) running a 17 s job that touches no Redis, Redis
+    stopped (SIGSTOP) for 13 s in the middle of it, then continued.
+
+    Before the fix the keeper logged its failed renewals at debug only: the worker's
+    log (level warning) said nothing of the outage, where a prefork worker says "lease
+    renewal failed: Redis unreachable (...)" once and "lease renewals accepted again"
+    once. Now the solo worker says the same, once each (the keeper and the transport
+    share that state).
+    """
+    worker = start_worker("hang-solo", args=["-P", "solo"], **jobs_env("quiet_jobs", QUIET_JOBS))
+
+    def quiet_sleep(seconds: float) -> None:
+        """Runs on the worker only."""
+
+    task = app.task(name="test.quiet_sleep", service="echo", shared=False)(quiet_sleep)
+    job = task.apply_async(kwargs={"seconds": SOLO_STOP_SECONDS + 4})
+    wait_for(lambda: get_job(job.id, app=app)["status"] == "in_progress", timeout=20,
+             message="the solo worker to start the job")
+    time.sleep(1.0)
+    freeze(True)
+    time.sleep(SOLO_STOP_SECONDS)
+    freeze(False)
+    wait_for(lambda: "lease renewals accepted again" in worker.log_path.read_text(),
+             timeout=10, message="the solo worker to say its renewals work again")
+    log = worker.log_path.read_text(errors="replace")
+    assert log.count("lease renewal failed: Redis unreachable") == 1, log[-3000:]
+    assert log.count("lease renewals accepted again") == 1, log[-3000:]
+    assert worker.process.poll() is None, log[-3000:]

@@ -1,0 +1,106 @@
+"""Redis outages said once per process: one line when one starts, one when it ends.
+
+A process meets an outage in every thread that reaches Redis (request handlers,
+delivery loops, a reaper, a lease keeper), each retrying; a warning per thread
+per retry (26 lines in 20 s from the webhook service alone) buried the one fact
+that matters. The threads of a process share one of these, so the fact is said
+once, and its end once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+#: Errors that mean Redis cannot be reached or did not answer in time (not a refused
+#: command). ``BusyLoadingError`` (a restarted Redis loading its data) is one.
+UNREACHABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """``TimeoutError: Timeout reading from socket``: what an outage line says of it."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+class OutageLog:
+    """Whether Redis was last found unreachable, shared by a process's threads; logs
+    the change from reachable to not, and back, once each.
+
+    :param log: the logger to write to.
+    :param started: the line of an outage's start, with one ``%s`` for the failure.
+    :param ended: the line of its end.
+    :param level: the level of the start's line (the end's is a warning).
+    """
+
+    def __init__(self, log: logging.Logger, started: str, ended: str,
+                 level: int = logging.WARNING) -> None:
+        self.log, self.started, self.ended, self.level = log, started, ended, level
+        self._lock = threading.Lock()
+        self._down = False
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def failed(self, exc: BaseException) -> None:
+        """A call failed for want of Redis: log it if this starts an outage."""
+        with self._lock:
+            started, self._down = not self._down, True
+        if started:
+            self.log.log(self.level, self.started, describe(exc))
+
+    def succeeded(self) -> None:
+        """A call reached Redis: log it if this ends an outage (cheap when there is none)."""
+        if not self._down:
+            return
+        with self._lock:
+            ended, self._down = self._down, False
+        if ended:
+            self.log.warning(self.ended)
+
+
+class RenewalLog:
+    """How a worker process's lease renewals fare, said when that changes: once when
+    Redis is unreachable (until they work again), once per distinct refusal (out of
+    memory, read-only), once when they are accepted again.
+
+    Shared by the transport (which renews from the worker's event loop) and the solo
+    pool's lease keeper (``emp_tasks.lease_keeper``), so one outage is one line
+    whichever of them meets it.
+    """
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        #: Why the last renewal failed, or None when it was accepted.
+        self.failure: str | None = None
+
+    def unreachable(self, exc: BaseException) -> None:
+        """Redis could not be reached (down, or no answer within the socket timeout)."""
+        text = f"Redis unreachable ({describe(exc)})"
+        with self._lock:
+            first, self.failure = self.failure is None, self.failure or text
+        if first:
+            self.log.warning("lease renewal failed: %s (renewing again every period; leases "
+                             "not renewed in time run out)", text)
+
+    def refused(self, text: str) -> None:
+        """Redis refused a renewal (at maxmemory, a read-only replica): the leases run out
+        meanwhile; fencing then refuses the runs' late outcomes, and the jobs run again
+        elsewhere."""
+        with self._lock:
+            new, self.failure = text != self.failure, text
+        if new:
+            self.log.error("lease renewal refused: %s (renewing again every period until "
+                           "Redis accepts; leases not renewed in time run out)", text)
+
+    def accepted(self) -> None:
+        """A renewal went through: say so if it ends a run of failures."""
+        if self.failure is None:
+            return
+        with self._lock:
+            after, self.failure = self.failure, None
+        if after is not None:
+            self.log.warning("lease renewals accepted again (after: %s)", after)
