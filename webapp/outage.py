@@ -4,7 +4,13 @@ Every web service reaches Redis for nearly every request; when it is down,
 a traceback per request buries the one fact that matters. ``Outage`` keeps
 that fact: the first failure logs "Redis unreachable", later ones log
 nothing, and the first success after it logs "Redis reachable again".
-Requests get ``503`` with ``Retry-After``.
+Requests get ``503`` with ``Retry-After``. A process's background threads
+(the API's machine reaper, the webhook service's delivery threads) share its
+``Outage``, so the whole process says each outage once.
+
+While an outage lasts, a request costs at most one socket timeout: one
+request at a time probes Redis with a ping, the others get their 503 at once
+(``Outage.check``); the probe that answers ends the outage.
 
 A Redis that answers but refuses writes (at ``maxmemory`` with the
 ``noeviction`` policy, or a read-only replica during a failover) is the same
@@ -17,12 +23,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 
+from capability_router.outages import OutageLog
+
 logger = logging.getLogger(__name__)
+
+V = TypeVar("V", bound=Callable[..., Any])
 
 #: Errors that mean Redis cannot be reached (not a refused command): kombu wraps the
 #: publish path's connection errors in OperationalError. (Python's own ConnectionError
@@ -42,44 +54,41 @@ REFUSING: dict[type[redis.ResponseError], str] = {
 REFUSAL_LOG_SECONDS = 60.0
 
 
-class Outage:
-    """Whether this process last found Redis unreachable; logs each change once."""
+class Outage(OutageLog):
+    """Whether this process last found Redis unreachable; logs each change once, and
+    gates requests while it lasts (``check``).
 
-    def __init__(self, service: str) -> None:
+    :param service: the process's name in its lines (``emp api``).
+    :param while_down: what the process does meanwhile, said in the outage's line.
+    """
+
+    def __init__(self, service: str, while_down: str = "answering 503 until it is back") -> None:
+        super().__init__(logger, f"{service}: Redis unreachable (%s); {while_down}",
+                         f"{service}: Redis reachable again", level=logging.ERROR)
         self.service = service
-        self._lock = threading.Lock()
-        self._down = False
+        self._probe = threading.Lock()
 
-    @property
-    def down(self) -> bool:
-        return self._down
+    def check(self, client: redis.Redis) -> Response | None:
+        """During an outage, let one request at a time probe Redis (one ping: at most one
+        socket timeout) and answer the others 503 at once; the probe too when it fails.
 
-    def failed(self, exc: BaseException) -> None:
-        """A call failed for want of Redis: log it if this starts an outage."""
-        with self._lock:
-            started, self._down = not self._down, True
-        if started:
-            logger.error("%s: Redis unreachable (%s: %s); answering 503 until it is back",
-                         self.service, type(exc).__name__, exc)
-
-    def succeeded(self) -> None:
-        """A call reached Redis: log it if this ends an outage."""
+        Before, every request pinged and then made its own call: against a hung Redis
+        that was two socket timeouts (10 s) per request, and every request of a busy
+        process waited on Redis at once. A refused connection fails the ping at once,
+        so there each request still probes.
+        """
         if not self._down:
-            return
-        with self._lock:
-            ended, self._down = self._down, False
-        if ended:
-            logger.warning("%s: Redis reachable again", self.service)
-
-    def check(self, client: redis.Redis) -> None:
-        """During an outage, ping once to notice that it ended (failures stay quiet)."""
-        if not self._down:
-            return
+            return None
+        if not self._probe.acquire(blocking=False):
+            return unavailable_response()
         try:
             client.ping()
         except UNAVAILABLE:
-            return
+            return unavailable_response()
+        finally:
+            self._probe.release()
         self.succeeded()
+        return None
 
 
 class WriteRefusals:
@@ -117,21 +126,37 @@ def reason_of(exc: BaseException) -> str:
     return REASON
 
 
-def init_flask(app: Flask, client: redis.Redis, service: str) -> Outage:
-    """Answer 503 (with ``Retry-After``) to any request that could not reach Redis, and
-    notice the end of an outage at the first request after it."""
-    outage = app.extensions["emp_outage"] = Outage(service)
+def ungated(view: V) -> V:
+    """Mark a view the outage gate (``Outage.check``) lets through during an outage: it
+    needs no Redis, or answers an outage itself (``/health``, whose own ping is then
+    its one socket timeout)."""
+    view.emp_ungated = True  # type: ignore[attr-defined]
+    return view
+
+
+def init_flask(app: Flask, client: redis.Redis, outage: Outage) -> Outage:
+    """Answer 503 (with ``Retry-After``) to any request that could not reach Redis, and,
+    while ``outage`` lasts, to any that would try (one probe at a time, ``Outage.check``):
+    the gate runs before the app's other ``before_request`` hooks, some of which reach
+    Redis (a socket handshake takes its place in the customer's limit)."""
+    app.extensions["emp_outage"] = outage
 
     def unavailable(exc: BaseException) -> Response:
         outage.failed(exc)
         return unavailable_response(reason_of(exc))
 
+    def gate() -> Response | None:
+        view = app.view_functions.get(request.endpoint or "")
+        if view is None or getattr(view, "emp_ungated", False):
+            return None  # no route (a 404 needs no Redis), or one that needs none
+        return outage.check(client)
+
     for kind in UNAVAILABLE:
         app.register_error_handler(kind, unavailable)
-    refusals = WriteRefusals(service)
+    refusals = WriteRefusals(outage.service)
     for kind in REFUSING:
         app.register_error_handler(kind, refusals.refused)
-    app.before_request(lambda: outage.check(client))
+    app.before_request_funcs.setdefault(None, []).insert(0, gate)
     return outage
 
 

@@ -67,7 +67,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     sockets.init_app(app)
 
     json_errors(app, settings.max_body_bytes)
-    outage.init_flask(app, app.extensions["emp"].redis, "emp api")
+    outage.init_flask(app, app.extensions["emp"].redis, outage.Outage("emp api"))
 
     return app
 

@@ -17,6 +17,7 @@ from capability_router.pool_metrics import HIT_KINDS, WINDOWS
 from capability_router.states import JobStatus
 from emp_tasks.producer import services
 from webapp.backend import backend
+from webapp.outage import ungated
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -690,6 +691,7 @@ def document() -> dict[str, Any]:
 
 
 @blueprint.get("/api/openapi.json")
+@ungated
 def openapi_json():  # noqa: ANN201 - Flask response
     """Serve the document (no token needed)."""
     return jsonify(document())

@@ -9,12 +9,13 @@ from capability_router.functions import library_version
 from webapp.api.openapi import package_version
 from webapp.auth import error, require_auth
 from webapp.backend import backend
-from webapp.outage import RETRY_AFTER_SECONDS
+from webapp.outage import RETRY_AFTER_SECONDS, ungated
 
 blueprint = Blueprint("system", __name__)
 
 
 @blueprint.get("/health")
+@ungated
 def health():  # noqa: ANN201 - Flask response
     """200 while Redis answers, 503 when it does not (no token needed)."""
     outage = current_app.extensions["emp_outage"]
@@ -32,6 +33,7 @@ def health():  # noqa: ANN201 - Flask response
 
 
 @blueprint.get("/version")
+@ungated
 def version():  # noqa: ANN201 - Flask response
     """This package's version and the function library's, as loaded in Redis (no token)."""
     try:

@@ -17,7 +17,7 @@ from capability_router.functions import redis_now_ms
 from webapp import strict_json
 from webapp.auth import error, require_auth
 from webapp.bodies import request_body
-from webapp.outage import RETRY_AFTER_SECONDS
+from webapp.outage import RETRY_AFTER_SECONDS, ungated
 from webapp.webhooks.addresses import AddressRefused, UnresolvableHost
 from webapp.webhooks.dispatcher import attempt_record, delivery_headers
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
@@ -90,6 +90,7 @@ def _limit(default: int) -> int:
 
 
 @bp.get("/health")
+@ungated
 def health() -> Any:
     """Liveness for load balancers and the test fixtures (no token needed); 503 with
     ``Retry-After`` while Redis does not answer, noted as the other routes' failures are
