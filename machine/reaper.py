@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from capability_router.outages import UNREACHABLE, OutageLog
 from capability_router.registry import WorkerRegistry, emit_system_event
 from machine.status import (
     MACHINE_EVENT,
@@ -126,14 +127,26 @@ def _forget_gone(client: redis.Redis, machine_id: str, reason: str) -> dict[str,
 
 
 def reap_periodically(client: redis.Redis, stale_after_seconds: float, every_seconds: float,
-                      stop: threading.Event, exclude: str | None = None) -> None:
+                      stop: threading.Event, exclude: str | None = None,
+                      outage: OutageLog | None = None) -> None:
     """Run the reaper every ``every_seconds`` until ``stop`` is set (a thread's target).
 
     For processes other than machines, e.g. the API server:
     ``threading.Thread(target=reap_periodically, args=(client, 30, 10, stop), daemon=True)``.
+    A Redis outage is said once when it starts and once when it ends (not once a
+    period), through ``outage``: the process's own, shared with its other threads, or
+    the reaper's.
     """
+    outage = outage or OutageLog(
+        logger, "machine reaper: Redis unreachable (%s); retrying every period",
+        "machine reaper: Redis reachable again")
     while not stop.wait(every_seconds):
         try:
             reap_gone_machines(client, stale_after_seconds, exclude=exclude)
+        except UNREACHABLE as exc:
+            outage.failed(exc)
+            continue
         except redis.RedisError as exc:
             logger.warning("machine reaper: %s; retrying next period", exc)
+            continue
+        outage.succeeded()

@@ -35,6 +35,8 @@ SOCKET_TIMEOUT = 5.0
 #: Longest wait for a 503: one socket timeout (the route's own call, or, once the outage
 #: is known, the one probe at a time of ``webapp.outage``), plus slack for a loaded machine.
 BOUND_SECONDS = SOCKET_TIMEOUT + 2.0
+#: Most a request that is not the probe waits for its 503 during a known outage.
+AT_ONCE_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -198,6 +200,78 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
     # Whether a worker renews during the stop at all depends on timing: its job's own
     # call may time out first and give the job back (then it holds nothing to renew),
     # or its event loop may be blocked for the stop (seen: Celery's event heartbeat).
+
+
+#: Seconds Redis stays stopped in the shorter tests below.
+SHORT_STOP_SECONDS = 15.0
+
+
+def test_a_hung_redis_costs_a_request_one_timeout_and_each_service_one_line(
+        start_server, freeze) -> None:
+    """Tried: the API (its machine reaper every second) and the webhook service (eight
+    dispatchers and a consumer), Redis stopped (SIGSTOP) for 15 s while three rounds of
+    four requests are sent to each at once, then continued.
+
+    Before the fix the first round took one socket timeout (5 s), each later one two
+    (10 s: the outage check's ping, then the route's own call), every request of a
+    round waiting on Redis at once; the webhook service logged "webhook dispatcher:
+    Redis unavailable" or "webhook consumer: ..." per thread per retry (36 lines here)
+    and the API "machine reaper: Timeout reading from socket" per failed period (4).
+    Now no request waits more than one timeout: once the outage is known, one request
+    at a time probes and the others get their 503 at once; each service logs one line
+    when the outage starts and one when it ends.
+    """
+    api = start_server("api", EMP_API_PROCESSES="1", EMP_MACHINE_REPORT_SECONDS="1")
+    hooks = start_server("webhooks")
+    wait_for(lambda: requests.get(hooks.base + "/health", timeout=5).json()["delivery"]
+             ["running"], timeout=20, message="the webhook service's delivery threads")
+    api_calls = {
+        "POST /api/jobs": lambda: timed("POST", api.base + "/api/jobs", json={
+            "service_required": "echo", "payload": {"n": 1}}),
+        "GET /api/jobs/<id>": lambda: timed("GET", api.base + "/api/jobs/nope"),
+        "GET /api/jobs": lambda: timed("GET", api.base + "/api/jobs"),
+        "GET /api/pools": lambda: timed("GET", api.base + "/api/pools"),
+    }
+    hook_calls = {
+        "POST /webhooks/<id>/reconnect": lambda: timed(
+            "POST", hooks.base + "/webhooks/nope/reconnect"),
+        "GET /webhooks": lambda: timed("GET", hooks.base + "/webhooks"),
+        "GET /webhooks/<id>": lambda: timed("GET", hooks.base + "/webhooks/nope"),
+        "GET /deliveries/recent": lambda: timed("GET", hooks.base + "/deliveries/recent"),
+    }
+    freeze(True)
+    stopped_at = time.monotonic()
+    rounds = [at_once({**api_calls, **hook_calls}) for _ in range(3)]
+    time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
+    freeze(False)
+
+    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
+               for answers in rounds]
+    print(f"\nseconds to an answer while Redis was stopped, by round: {timings}")
+    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
+             for answers in rounds for name, (seconds, reply) in answers.items()
+             if not (isinstance(reply, requests.Response) and reply.status_code == 503
+                     and reply.headers.get("Retry-After", "").isdigit()
+                     and seconds < BOUND_SECONDS)]
+    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    # Rounds after the first meet a known outage: one probe per service, the rest at once.
+    for answers in rounds[1:]:
+        for calls in (api_calls, hook_calls):
+            waited = [name for name in calls if answers[name][0] > AT_ONCE_SECONDS]
+            assert len(waited) <= 1, (waited, timings)
+
+    wait_for(lambda: requests.get(api.base + "/api/jobs", timeout=10).status_code == 200,
+             timeout=20, message="the API to answer again")
+    wait_for(lambda: requests.get(hooks.base + "/webhooks", timeout=10).status_code == 200,
+             timeout=20, message="the webhook service to answer again")
+    for server, chatter in ((api, "machine reaper"), (hooks, "Redis unavailable")):
+        wait_for(lambda s=server: "Redis reachable again" in s.log_path.read_text(),
+                 timeout=10, message=f"{server.command} to say Redis is back")
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+        assert log.count("Redis unreachable") == 1, log[-3000:]
+        assert log.count("Redis reachable again") == 1, log[-3000:]
+        assert chatter not in log, log[-3000:]
 
 
 #: A job type that touches no Redis while it runs: only the solo pool's lease keeper does.

@@ -9,6 +9,7 @@ the module's shared server is untouched.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,44 @@ def test_every_redis_backed_operation_documents_the_503_it_answers(start_server,
         assert sum(status == 503 for status in answered.values()) >= 10, answered
     finally:
         private.stop(kill=True)
+
+
+def test_webhook_delivery_and_the_api_reaper_log_a_refused_outage_once(
+        start_server, tmp_path: Path) -> None:
+    """Tried: the webhook service (a consumer and eight dispatcher threads) and the API
+    (its machine reaper every second) on their own Redis, stopped for 5 s (connections
+    refused) while a request is sent to each, then started again.
+
+    Before the fix each delivery thread logged "webhook dispatcher: Redis unavailable
+    (...); retrying" (or "webhook consumer: ...") once a second, and the reaper
+    "machine reaper: Error 111 connecting ...; retrying next period" once a period.
+    Now each service says "Redis unreachable" once when the outage starts and "Redis
+    reachable again" once when it ends, whichever thread met it first.
+    """
+    private = LocalRedis(tmp_path / "private", appendonly=True).start()
+    try:
+        api_server = start_server("api", EMP_REDIS_URL=private.url, EMP_API_PROCESSES="1",
+                                  EMP_MACHINE_REPORT_SECONDS="1")
+        hooks = start_server("webhooks", EMP_REDIS_URL=private.url)
+        wait_for(lambda: requests.get(hooks.base + "/health", timeout=5).json()["delivery"]
+                 ["running"], timeout=20, message="the webhook service's delivery threads")
+        private.stop()
+        time.sleep(2.5)
+        _unavailable(requests.get(api_server.base + "/api/jobs", timeout=30), "GET /api/jobs")
+        _unavailable(requests.get(hooks.base + "/webhooks", timeout=30), "GET /webhooks")
+        time.sleep(2.5)
+        private.start()
+        for url in (api_server.base + "/api/jobs", hooks.base + "/webhooks"):
+            wait_for(lambda u=url: requests.get(u, timeout=10).status_code == 200,
+                     timeout=20, message=f"{url} to answer again")
+        for server in (api_server, hooks):
+            wait_for(lambda s=server: "Redis reachable again" in s.log_path.read_text(),
+                     timeout=10, message=f"{server.command} to say Redis is back")
+    finally:
+        private.stop(kill=True)
+    for server, chatter in ((api_server, "machine reaper"), (hooks, "Redis unavailable")):
+        log = server.log_path.read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+        assert log.count("Redis unreachable") == 1, log[-3000:]
+        assert log.count("Redis reachable again") == 1, log[-3000:]
+        assert chatter not in log, log[-3000:]

@@ -23,16 +23,18 @@ from webapp.settings import API_PORT, WebSettings
 logger = logging.getLogger(__name__)
 
 
-def _start_machine_reaper(client: redis.Redis) -> None:
+def _start_machine_reaper(client: redis.Redis, api_outage: outage.Outage) -> None:
     """Mark silent machines gone and requeue their jobs even when no machine is left
-    to do it (machines reap each other too; exactly one reaper wins each machine)."""
+    to do it (machines reap each other too; exactly one reaper wins each machine).
+    Its failures for want of Redis are the API's outage (one line for the process)."""
     from machine.reaper import reap_periodically
     from machine.settings import MachineSettings
 
     machine = MachineSettings.from_env()
     threading.Thread(target=reap_periodically, name="emp-machine-reaper", daemon=True,
                      args=(client, machine.stale_seconds, machine.report_seconds,
-                           threading.Event())).start()
+                           threading.Event()),
+                     kwargs={"outage": api_outage}).start()
 
 
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
@@ -59,15 +61,16 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     app.extensions["emp_limits"] = limits.Limits(app.extensions["emp"].redis,
                                                  settings.default_limits,
                                                  settings.customer_limits)
+    api_outage = outage.Outage("emp api")
     if reap_machines:
-        _start_machine_reaper(app.extensions["emp"].redis)
+        _start_machine_reaper(app.extensions["emp"].redis, api_outage)
     for blueprint in (jobs.blueprint, system.blueprint, models.blueprint, openapi.blueprint,
                       pools.blueprint):
         app.register_blueprint(blueprint)
     sockets.init_app(app)
 
     json_errors(app, settings.max_body_bytes)
-    outage.init_flask(app, app.extensions["emp"].redis, outage.Outage("emp api"))
+    outage.init_flask(app, app.extensions["emp"].redis, api_outage)
 
     return app
 

@@ -47,7 +47,7 @@ def create_app(settings: WebSettings | None = None, start_delivery: bool = True,
         delivery.start()
 
     json_errors(app, settings.max_body_bytes)
-    outage.init_flask(app, client, outage.Outage("emp webhooks"))
+    outage.init_flask(app, client, delivery.outage)
 
     return app
 

@@ -40,6 +40,7 @@ import redis
 from capability_router.cluster import STREAM_SLICE_MS, slot_groups
 from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys, known_namespaces
+from capability_router.outages import UNREACHABLE, OutageLog
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks import keys
@@ -124,12 +125,17 @@ class EventConsumer:
     :param on_queued: called after a batch filed at least one delivery, with the
         number of hooks that got one (so that many dispatchers wake).
     :param run_id: this run's id; with the instance name it marks the consumer role.
+    :param outage: the service's outage state, shared with its other threads (default:
+        the consumer's own).
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig,
                  on_queued: Callable[[int], None] = lambda hooks: None,
-                 run_id: str = "0") -> None:
+                 run_id: str = "0", outage: OutageLog | None = None) -> None:
         self.client = client
+        self.outage = outage or OutageLog(
+            logger, "webhook consumer: Redis unreachable (%s); retrying every second",
+            "webhook consumer: Redis reachable again")
         self.config = config
         self.functions = WebhookFunctions(client)
         self.enricher = Enricher(client)
@@ -205,10 +211,13 @@ class EventConsumer:
     # -- reading ------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; Redis errors are logged and retried."""
+        """Consume until ``stop`` is set; Redis errors are logged and retried (an outage
+        once, ``self.outage``)."""
         while not stop.is_set():
             try:
-                if not self.step():
+                stepped = self.step()
+                self.outage.succeeded()
+                if not stepped:
                     stop.wait(STANDBY_POLL_SECONDS)
                 elif self._read_entries:
                     stop.wait(READ_COALESCE_SECONDS)
@@ -224,8 +233,8 @@ class EventConsumer:
                 logger.exception("webhook consumer: Redis error")
                 self._read_pending = True
                 stop.wait(1.0)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("webhook consumer: Redis unavailable (%s); retrying", exc)
+            except UNREACHABLE as exc:
+                self.outage.failed(exc)
                 self._read_pending = True
                 stop.wait(1.0)
             except Exception:

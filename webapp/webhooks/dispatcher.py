@@ -54,6 +54,7 @@ from typing import Any
 import redis
 
 from capability_router.functions import redis_now_ms
+from capability_router.outages import UNREACHABLE, OutageLog
 from capability_router.redaction import masked_url
 from emp_tasks import tracing
 from webapp.outage import REFUSING, WriteRefusals
@@ -153,11 +154,16 @@ class Dispatcher:
     :param sender: the HTTP sender (shared by all dispatchers).
     :param wake: notified when new deliveries were filed, to cut an idle sleep short.
     :param token_prefix: ``<instance>:<run id>:``, the start of this run's lease tokens.
+    :param outage: the service's outage state, shared with its other threads (default:
+        the dispatcher's own).
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig, sender: Sender,
-                 wake: Wakeup, token_prefix: str) -> None:
+                 wake: Wakeup, token_prefix: str, outage: OutageLog | None = None) -> None:
         self.functions = WebhookFunctions(client)
+        self.outage = outage or OutageLog(
+            logger, "webhook dispatcher: Redis unreachable (%s); retrying every second",
+            "webhook dispatcher: Redis reachable again")
         self.config = config
         self.sender = sender
         self.wake = wake
@@ -166,19 +172,21 @@ class Dispatcher:
         self.sent = 0
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set; Redis errors are logged and retried."""
+        """Deliver until ``stop`` is set; Redis errors are logged and retried (an outage
+        once, ``self.outage``)."""
         lease_ms = int(self.config.lease_seconds * 1000)
         while not stop.is_set():
             self.alive_at = time.monotonic()
             try:
                 claim = self.functions.claim(lease_ms, self.token_prefix + uuid.uuid4().hex[:12])
+                self.outage.succeeded()
                 if isinstance(claim, int):
                     wait = IDLE_POLL_SECONDS if claim < 0 else min(claim / 1000, IDLE_POLL_SECONDS)
                     self.wake.wait(wait)
                     continue
                 self.work(claim)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("webhook dispatcher: Redis unavailable (%s); retrying", exc)
+            except UNREACHABLE as exc:
+                self.outage.failed(exc)
                 stop.wait(1.0)
             except tuple(REFUSING) as exc:  # full or read-only: a traceback a second helps no one
                 REFUSALS.note(exc, "retrying every second")

@@ -20,6 +20,7 @@ import redis
 
 from capability_router.eviction import warn_if_evicting
 from emp_tasks import tracing
+from webapp.outage import Outage
 from webapp.webhooks.addresses import AddressPolicy
 from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.consumer import EventConsumer
@@ -40,11 +41,16 @@ class DeliveryService:
 
     :param client: Redis client (``decode_responses=True``).
     :param config: service tunables.
+    :param outage: the process's outage state, shared by the delivery threads and the
+        routes (``webapp.outage``): one line when an outage starts, one when it ends.
     """
 
-    def __init__(self, client: redis.Redis, config: WebhookConfig) -> None:
+    def __init__(self, client: redis.Redis, config: WebhookConfig,
+                 outage: Outage | None = None) -> None:
         self.client = client
         self.config = config
+        self.outage = outage or Outage(
+            "emp webhooks", "answering 503 and holding deliveries until it is back")
         self.policy = AddressPolicy(config.allow_private, config.allowed_networks)
         self.sender = Sender(self.policy, config.timeout_seconds, config.dispatchers)
         self.store = HookStore(client, config)
@@ -87,11 +93,12 @@ class DeliveryService:
         if released:
             logger.info("webhook service: released %d lease(s) of an earlier run", released)
         self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.notify,
-                                      run_id=self.run_id)
+                                      run_id=self.run_id, outage=self.outage)
         self._spawn("webhooks-consumer", self.consumer.run)
         prefix = f"{self.config.instance}:{self.run_id}:"
         for n in range(self.config.dispatchers):
-            dispatcher = Dispatcher(self.client, self.config, self.sender, self.wake, prefix)
+            dispatcher = Dispatcher(self.client, self.config, self.sender, self.wake, prefix,
+                                    self.outage)
             self.dispatchers.append(dispatcher)
             self._spawn(f"webhooks-dispatch-{n}", dispatcher.run)
         self.started = True
