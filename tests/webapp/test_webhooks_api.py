@@ -310,68 +310,56 @@ def test_test_call_with_a_bad_body_is_refused_and_sends_nothing(make_app, client
     assert client.zcard(keys.log(hook["id"])) == 0
 
 
+def redirected_test_call(make_app: Callable[..., Any], status: int,
+                         location: str) -> tuple[Any, Any]:
+    """(the test call's answer, the hook's last delivery) for a hook whose receiver answers
+    every POST with ``status`` and ``Location: location``."""
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        api = make_app().test_client()
+        hook = api.post("/webhooks", json={**GOOD, "url": f"http://127.0.0.1:"
+                                           f"{server.server_address[1]}/emp"}).json["data"]
+        response = api.post(f"/webhooks/{hook['id']}/test")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return response, api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
+
+
 def test_a_redirecting_receiver_is_told_where_it_pointed(make_app, client) -> None:
     """Tried: a test call to a receiver answering 301 with ``Location: https://...`` (an
     http:// URL registered for an https-only site). The answer and the delivery history
     said "HTTP 301" only; they now name where it pointed and that redirects are not
     followed. Nothing was sent to the Location."""
-    class Redirect(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(301)
-            self.send_header("Location", "https://hooks.example.com/emp")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        api = make_app().test_client()
-        hook = api.post("/webhooks", json={**GOOD, "url": f"http://127.0.0.1:"
-                                           f"{server.server_address[1]}/emp"}).json["data"]
-        response = api.post(f"/webhooks/{hook['id']}/test")
-    finally:
-        server.shutdown()
-        server.server_close()
+    response, kept = redirected_test_call(
+        make_app, 301, "https://hooks.example.com/emp")
     assert response.status_code == 502
     said = "HTTP 301 redirecting to https://hooks.example.com/emp (redirects are not followed"
     assert said in response.json["error"], response.json
-    kept = api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
     assert kept["last_error"].startswith(said)
     assert kept["attempt_history"][0]["response_status"] == 301
 
 
 def test_a_password_in_a_receivers_redirect_is_shown_as_stars(make_app, client) -> None:
-    """Tried: a receiver answering 301 with ``Location: https://bob:hunter2@...``. The
+    """Tried: a receiver answering 302 with ``Location: https://bob:hunter2@...``. The
     attempt's error quoted the Location as given, password included, to anyone reading the
     hook's deliveries; it is shown as hook URLs are (``bob:***@``)."""
-    class Redirect(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(302)
-            self.send_header("Location", "https://bob:hunter2@hooks.example.com/emp?x=1")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        api = make_app().test_client()
-        hook = api.post("/webhooks", json={**GOOD, "url": f"http://127.0.0.1:"
-                                           f"{server.server_address[1]}/emp"}).json["data"]
-        response = api.post(f"/webhooks/{hook['id']}/test")
-    finally:
-        server.shutdown()
-        server.server_close()
+    response, kept = redirected_test_call(
+        make_app, 302, "https://bob:hunter2@hooks.example.com/emp?x=1")
     said = "HTTP 302 redirecting to https://bob:***@hooks.example.com/emp?x=1 (redirects"
     assert said in response.json["error"], response.json
-    kept = api.get(f"/webhooks/{hook['id']}/deliveries").json["data"][0]
     assert kept["last_error"].startswith(said)
     assert "hunter2" not in json.dumps(kept) + json.dumps(response.json)
 
