@@ -40,6 +40,22 @@ def _worker_env(tmp_path, budget_models: float = 10) -> dict[str, str]:
             "EMP_PREPARING_REPORT_SECONDS": "0.1"}
 
 
+def _worker_whose_cache_volume_is_gone(client, server: ModelServer, start_worker,
+                                       tmp_path):  # noqa: ANN202 - a Path
+    """Catalog model ``m-vol`` published, worker ``cold-1`` started with its model cache
+    in ``<tmp>/volume/cache``, then the volume gone (its mount point a regular file);
+    returns the mount point."""
+    import shutil
+
+    _publish(client, server, "m-vol")
+    volume = tmp_path / "volume"
+    env = {**_worker_env(tmp_path), "EMP_MODEL_CACHE_DIR": str(volume / "cache")}
+    start_worker("cold-1", **env)
+    shutil.rmtree(volume)
+    volume.write_text("")  # the mount point, without its volume
+    return volume
+
+
 def _run(app, model: str):  # noqa: ANN202 - AsyncResult
     return submit("simulation", {"steps": 1, "duration": 0.05},
                   requirements={"models": [model]}, max_retries=0, app=app)
@@ -239,14 +255,7 @@ def test_a_model_cache_folder_gone_bad_after_start_is_a_service_error_naming_it(
     good without a retry. Now it is the ``service`` error of a full disk, naming
     the path: retried (another machine may take it), then failed, never
     started."""
-    import shutil
-
-    _publish(client, server, "m-vol")
-    volume = tmp_path / "volume"
-    env = {**_worker_env(tmp_path), "EMP_MODEL_CACHE_DIR": str(volume / "cache")}
-    start_worker("cold-1", **env)
-    shutil.rmtree(volume)
-    volume.write_text("")  # the mount point, without its volume
+    volume = _worker_whose_cache_volume_is_gone(client, server, start_worker, tmp_path)
     job = submit("simulation", {"steps": 1, "duration": 0.05},
                  requirements={"models": ["m-vol"]}, max_retries=1, app=app)
     wait_until(lambda: get_job(job.id, app=app)["status"] == "failed", timeout=90,
@@ -270,14 +279,7 @@ def test_a_broken_model_cache_folder_does_not_stop_jobs_that_need_no_model(
     cache first, so this one too was retried with the cache's ``service`` error
     and failed, though it needs no model. Now it runs to completion; a job that
     names a catalog model still gets the ``service`` error naming the path."""
-    import shutil
-
-    _publish(client, server, "m-vol")
-    volume = tmp_path / "volume"
-    env = {**_worker_env(tmp_path), "EMP_MODEL_CACHE_DIR": str(volume / "cache")}
-    start_worker("cold-1", **env)
-    shutil.rmtree(volume)
-    volume.write_text("")  # the mount point, without its volume
+    volume = _worker_whose_cache_volume_is_gone(client, server, start_worker, tmp_path)
     plain = submit("simulation", {"steps": 1, "duration": 0.05}, max_retries=0, app=app)
     assert plain.get(timeout=60)["success"] is True
     record = get_job(plain.id, app=app)
