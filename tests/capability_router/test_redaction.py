@@ -19,8 +19,10 @@ CASES = [  # (url, shown with the password masked, shown with the query masked t
     ("http://alice:p%40ss@[::1]:9/h?#f", "http://alice:***@[::1]:9/h?#f",
      "http://alice:***@[::1]:9/h?#f"),
     ("https://:token@hooks.example", "https://:***@hooks.example", "https://:***@hooks.example"),
-    ("https://alice@hooks.example/h", "https://alice@hooks.example/h",
-     "https://alice@hooks.example/h"),
+    # A user part alone is a token (https://<token>@github.com): hidden whole. Before, shown.
+    ("https://ghp_token@hooks.example/h", "https://***@hooks.example/h",
+     "https://***@hooks.example/h"),
+    ("https://@hooks.example/h", "https://@hooks.example/h", "https://@hooks.example/h"),
     ("https://mirror.example/m?token=abc", "https://mirror.example/m?token=abc",
      "https://mirror.example/m?***"),
     # Spliced: the rest reads as given (case, params, a "?" inside the fragment).

@@ -284,7 +284,7 @@ def test_international_domain_names_go_out_in_their_idna_form() -> None:
     ("https://alice:p@ss@hooks.example:8443/h", "https://alice:***@hooks.example:8443/h"),
     ("http://alice:p%40ss@[::1]:9/h?#f", "http://alice:***@[::1]:9/h?#f"),
     ("https://:token@hooks.example", "https://:***@hooks.example"),
-    ("https://alice@hooks.example/h", "https://alice@hooks.example/h"),
+    ("https://ghp_token@hooks.example/h", "https://***@hooks.example/h"),
     ("https://hooks.example/h?token=abc", "https://hooks.example/h?token=abc"),
     ("http://alice:s3cret@[::1/h", "<unreadable url>"),
 ])

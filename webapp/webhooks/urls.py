@@ -4,7 +4,8 @@ A receiver may take HTTP Basic credentials in its URL
 (``https://user:password@host/path``); deliveries send them as an
 ``Authorization: Basic`` header (``sender.py``). Every view of a hook (the
 API's answers, the monitor) shows the URL with the password replaced and the
-user name kept, so an operator still tells which account a hook uses. The
+user name kept, so an operator still tells which account a hook uses (a user
+part without a password is a token, shown as ``***`` whole). The
 query string is shown as registered: nothing in the service treats it as a
 credential.
 """
