@@ -121,6 +121,20 @@ def require_auth(admin: bool = False) -> Callable:
     return decorate
 
 
+def metrics_guard(view: Callable) -> Callable:
+    """Route decorator of ``/metrics``: an admin route (401/403), unless the operator
+    opened it to scrapers on purpose (``EMP_METRICS_PUBLIC=1``, the monitor's name)."""
+    guarded = require_auth(admin=True)(view)
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current_app.config["EMP_SETTINGS"].metrics_public:
+            return view(*args, **kwargs)
+        return guarded(*args, **kwargs)
+
+    return wrapper
+
+
 def warn_if_open(settings: WebSettings, service: str) -> None:
     if settings.open:
         banner = "!" * len(OPEN_WARNING)

@@ -36,10 +36,11 @@ class _Gunicorn(BaseApplication):
 
 
 def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
-          access_log: bool = False, processes: int = 1, connections: int | None = None) -> None:
+          access_log: bool = False, processes: int = 1, connections: int | None = None,
+          hooks: dict[str, Callable[..., Any]] | None = None) -> None:
     """Serve ``factory()`` on host:port until stopped (SIGTERM/SIGINT): with
     ``connections``, gevent workers holding that many connections each, else
-    ``threads`` threads per process."""
+    ``threads`` threads per process. ``hooks``: gunicorn server hooks by name."""
     if connections:
         from webapp.graceful import GeventWorker  # imports gevent: only for the API
 
@@ -53,5 +54,6 @@ def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
         "accesslog": "-" if access_log else None, "loglevel": "info",
         # Every gunicorn 27 on a host would share ~/.gunicorn/gunicorn.ctl otherwise.
         "control_socket_disable": True,
+        **(hooks or {}),
     }
     _Gunicorn(factory, options).run()

@@ -142,6 +142,9 @@ class WebSettings:
     default_limits: CustomerLimits = field(default_factory=CustomerLimits)
     #: Customer id -> its limits (``EMP_CUSTOMER_LIMITS``).
     customer_limits: dict[str, CustomerLimits] = field(default_factory=dict)
+    #: ``/metrics`` open to anyone although tokens are configured (``EMP_METRICS_PUBLIC=1``,
+    #: as the monitor's): for a scraper that cannot send a bearer token.
+    metrics_public: bool = False
 
     @property
     def open(self) -> bool:
@@ -163,6 +166,8 @@ class WebSettings:
             api_connections=defaults.env_int("EMP_API_CONNECTIONS", API_CONNECTIONS),
             idempotency_seconds=defaults.env_int("EMP_IDEMPOTENCY_SECONDS", IDEMPOTENCY_SECONDS),
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
+            metrics_public=(defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
+            in ("1", "true", "yes"),
         )
         for name, value in overrides.items():
             if value is not None:

@@ -40,7 +40,8 @@ def _start_machine_reaper(client: redis.Redis, api_outage: outage.Outage) -> Non
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
     """Build the API app; ``settings`` default to the environment's. The app also
     runs the machine reaper unless ``reap_machines`` is False."""
-    from webapp.api import events, jobs, limits, models, openapi, pools, sockets, system
+    from webapp.api import (events, jobs, limits, metrics, models, openapi, pools, sockets,
+                            system)
 
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
@@ -71,6 +72,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
 
     json_errors(app, settings.max_body_bytes)
     outage.init_flask(app, app.extensions["emp"].redis, api_outage)
+    metrics.init_app(app)  # last: its timer goes before the gate's hook
 
     return app
 
@@ -80,5 +82,9 @@ def run(redis_url: str, host: str = "127.0.0.1", port: int = API_PORT) -> None:
     settings = WebSettings.from_env(redis_url=redis_url)
     logging.basicConfig(level=logging.INFO)
     warn_if_open(settings, "emp api")
-    serve(lambda: create_app(settings), host, port, settings.threads,
-          processes=settings.api_processes, connections=settings.api_connections)
+    from webapp.api import metrics
+
+    with metrics.multiprocess_dir():  # one scrape sums every worker's figures
+        serve(lambda: create_app(settings), host, port, settings.threads,
+              processes=settings.api_processes, connections=settings.api_connections,
+              hooks={"child_exit": metrics.child_exit})

@@ -20,6 +20,7 @@ from flask_sock import Sock
 
 from webapp.api.client_socket import ClientConnection
 from webapp.api.limits import Limited
+from webapp.api.metrics import socket_open
 from webapp.api.monitor_socket import MonitorConnection
 from webapp.auth import authenticate, error
 from webapp.backend import backend
@@ -65,16 +66,19 @@ def free_unused_place(_: BaseException | None = None) -> None:
 @sock.route("/ws/client/<client_id>")
 def client_socket(ws, client_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
     place = g.pop("socket_place", None)  # the socket is open: the place is its own now
-    ClientConnection(ws, client_id, g.principal, backend(), current_app.extensions["emp_events"],
-                     current_app.config["EMP_SETTINGS"].idempotency_seconds,
-                     current_app.extensions["emp_limits"], place,
-                     ).run(request.args.get("last_event_id"))
+    with socket_open("client"):
+        ClientConnection(ws, client_id, g.principal, backend(),
+                         current_app.extensions["emp_events"],
+                         current_app.config["EMP_SETTINGS"].idempotency_seconds,
+                         current_app.extensions["emp_limits"], place,
+                         ).run(request.args.get("last_event_id"))
 
 
 @sock.route("/ws/monitor/<monitor_id>")
 def monitor_socket(ws, monitor_id: str) -> None:  # noqa: ANN001 - simple_websocket.Server
-    MonitorConnection(ws, monitor_id, backend(),
-                      current_app.extensions["emp_events"]).run(request.args.get("last_event_id"))
+    with socket_open("monitor"):
+        MonitorConnection(ws, monitor_id, backend(), current_app.extensions["emp_events"],
+                          ).run(request.args.get("last_event_id"))
 
 
 def init_app(app: Flask) -> None:
