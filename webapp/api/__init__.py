@@ -40,8 +40,7 @@ def _start_machine_reaper(client: redis.Redis, api_outage: outage.Outage) -> Non
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
     """Build the API app; ``settings`` default to the environment's. The app also
     runs the machine reaper unless ``reap_machines`` is False."""
-    from webapp.api import (events, jobs, limits, metrics, models, openapi, pools, sockets,
-                            system)
+    from webapp.api import events, jobs, limits, metrics, models, openapi, pools, sockets, system
 
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)

@@ -26,9 +26,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, ProcessCollector, generate_latest, multiprocess,
-                               values)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.metrics_core import Metric
 
 from webapp.auth import metrics_guard
