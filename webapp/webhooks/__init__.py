@@ -30,7 +30,7 @@ def create_app(settings: WebSettings | None = None, start_delivery: bool = True,
     the environment's. ``start_delivery=False`` serves the API without the delivery
     threads (tests of the API alone)."""
     from emp_tasks.connection import get_client
-    from webapp.webhooks import routes
+    from webapp.webhooks import metrics, routes
     from webapp.webhooks.service import DeliveryService
 
     settings = settings or WebSettings.from_env()
@@ -43,6 +43,7 @@ def create_app(settings: WebSettings | None = None, start_delivery: bool = True,
     delivery = DeliveryService(client, config)
     app.extensions["emp_webhooks"] = delivery
     app.register_blueprint(routes.bp)
+    app.register_blueprint(metrics.blueprint)
     if start_delivery:
         delivery.start()
 

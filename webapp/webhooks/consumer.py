@@ -49,6 +49,7 @@ from webapp.webhooks.enrich import Enricher
 from webapp.webhooks.events import PROGRESS_EVENT, Event, entry_ms
 from webapp.webhooks.filters import matches
 from webapp.webhooks.library import WebhookFunctions
+from webapp.webhooks.metrics import WebhookMetrics
 
 logger = logging.getLogger(__name__)
 #: Writes Redis refused, logged once a minute for all of this process's consumers.
@@ -127,11 +128,13 @@ class EventConsumer:
     :param run_id: this run's id; with the instance name it marks the consumer role.
     :param outage: the service's outage state, shared with its other threads (default:
         the consumer's own).
+    :param metrics: the service's metrics, told what each batch filed (None: not counted).
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig,
                  on_queued: Callable[[int], None] = lambda hooks: None,
-                 run_id: str = "0", outage: OutageLog | None = None) -> None:
+                 run_id: str = "0", outage: OutageLog | None = None,
+                 metrics: WebhookMetrics | None = None) -> None:
         self.client = client
         self.outage = outage or OutageLog(
             logger, "webhook consumer: Redis unreachable (%s); retrying every second",
@@ -140,6 +143,7 @@ class EventConsumer:
         self.functions = WebhookFunctions(client)
         self.enricher = Enricher(client)
         self.on_queued = on_queued
+        self.metrics = metrics
         self.consumer = config.instance
         self.token = f"{config.instance}:{run_id}"
         self.leading = False
@@ -369,6 +373,8 @@ class EventConsumer:
                 pipe.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             pipe.execute()
         self.processed += sum(len(entries) for entries in batch.values())
+        if self.metrics is not None:
+            self.metrics.filed_results(replies)
         queued = [hook_id for hook_id, reply in zip(hook_ids, replies, strict=True)
                   if reply == "queued"]
         if queued:

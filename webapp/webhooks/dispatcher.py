@@ -60,6 +60,7 @@ from emp_tasks import tracing
 from webapp.outage import REFUSING, WriteRefusals
 from webapp.webhooks.config import GIVE_UP_AFTER_MS, WebhookConfig
 from webapp.webhooks.library import Claim, Outcome, WebhookFunctions
+from webapp.webhooks.metrics import WebhookMetrics
 from webapp.webhooks.sender import Sender, SendResult
 from webapp.webhooks.signing import signature_headers, signing_secrets
 from webapp.webhooks.wakeup import Wakeup
@@ -156,10 +157,12 @@ class Dispatcher:
     :param token_prefix: ``<instance>:<run id>:``, the start of this run's lease tokens.
     :param outage: the service's outage state, shared with its other threads (default:
         the dispatcher's own).
+    :param metrics: the service's metrics, told of every attempt (None: not counted).
     """
 
     def __init__(self, client: redis.Redis, config: WebhookConfig, sender: Sender,
-                 wake: Wakeup, token_prefix: str, outage: OutageLog | None = None) -> None:
+                 wake: Wakeup, token_prefix: str, outage: OutageLog | None = None,
+                 metrics: WebhookMetrics | None = None) -> None:
         self.functions = WebhookFunctions(client)
         self.outage = outage or OutageLog(
             logger, "webhook dispatcher: Redis unreachable (%s); retrying every second",
@@ -168,6 +171,7 @@ class Dispatcher:
         self.sender = sender
         self.wake = wake
         self.token_prefix = token_prefix
+        self.metrics = metrics
         self.alive_at = 0.0
         self.sent = 0
 
@@ -201,6 +205,8 @@ class Dispatcher:
         began = time.monotonic()
         for sent in range(MAX_CHAIN):
             outcome = self.attempt(claim)
+            if self.metrics is not None:
+                self.metrics.attempted(claim.delivery, outcome)
             last = sent == MAX_CHAIN - 1 or time.monotonic() - began >= CHAIN_SECONDS
             keep = 0 if last else int(config.lease_seconds * 1000)
             following = self.functions.finish(

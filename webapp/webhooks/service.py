@@ -26,6 +26,7 @@ from webapp.webhooks.config import WebhookConfig
 from webapp.webhooks.consumer import EventConsumer
 from webapp.webhooks.dispatcher import Dispatcher
 from webapp.webhooks.library import WebhookFunctions, ensure_library
+from webapp.webhooks.metrics import WebhookMetrics
 from webapp.webhooks.sender import Sender
 from webapp.webhooks.store import HookStore
 from webapp.webhooks.wakeup import Wakeup
@@ -54,6 +55,7 @@ class DeliveryService:
         self.policy = AddressPolicy(config.allow_private, config.allowed_networks)
         self.sender = Sender(self.policy, config.timeout_seconds, config.dispatchers)
         self.store = HookStore(client, config)
+        self.metrics = WebhookMetrics(client)
         self.wake = Wakeup(config.dispatchers)
         self.stopping = threading.Event()
         self.run_id = uuid.uuid4().hex[:8]
@@ -93,12 +95,13 @@ class DeliveryService:
         if released:
             logger.info("webhook service: released %d lease(s) of an earlier run", released)
         self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.notify,
-                                      run_id=self.run_id, outage=self.outage)
+                                      run_id=self.run_id, outage=self.outage,
+                                      metrics=self.metrics)
         self._spawn("webhooks-consumer", self.consumer.run)
         prefix = f"{self.config.instance}:{self.run_id}:"
         for n in range(self.config.dispatchers):
             dispatcher = Dispatcher(self.client, self.config, self.sender, self.wake, prefix,
-                                    self.outage)
+                                    self.outage, self.metrics)
             self.dispatchers.append(dispatcher)
             self._spawn(f"webhooks-dispatch-{n}", dispatcher.run)
         self.started = True
