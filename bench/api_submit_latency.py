@@ -113,8 +113,8 @@ def start_api(url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         try:
             if requests.get(base + "/health", timeout=1).status_code == 200:
                 return proc, base
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or still loading (slow on a busy machine)
         time.sleep(0.1)
     raise TimeoutError(f"emp api did not start: {log_path.read_text()[-2000:]}")
 
