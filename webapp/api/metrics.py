@@ -75,6 +75,7 @@ def multiprocess_dir() -> Iterator[str]:
             os.environ.pop(MULTIPROC_ENV, None)
         else:
             os.environ[MULTIPROC_ENV] = previous
+        values.ValueClass = values.get_value_class()
 
 
 def child_exit(server: Any, worker: Any) -> None:
