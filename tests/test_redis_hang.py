@@ -323,3 +323,57 @@ def test_a_solo_worker_says_once_that_lease_renewals_fail_and_once_that_they_wor
     assert log.count("lease renewal failed: Redis unreachable") == 1, log[-3000:]
     assert log.count("lease renewals accepted again") == 1, log[-3000:]
     assert worker.process.poll() is None, log[-3000:]
+
+
+#: The monitor's JSON reads (each one Redis call on its executor) and its health check.
+MONITOR_READS = ("/emp/api/queue", "/emp/api/jobs", "/emp/api/machines", "/emp/api/pools",
+                 "/emp/api/webhooks", "/emp/api/jobs/nope", "/health")
+#: Reads sent at once once the outage is known: more than the monitor's 16 executor threads.
+MONITOR_BURST = 20
+
+
+def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
+        start_server, freeze) -> None:
+    """Tried: the monitor, Redis stopped (SIGSTOP) for 15 s while its seven JSON reads
+    (and /health) are sent at once, then 20 of them at once, then Redis continued.
+
+    Before the fix the monitor had no outage gate: every request, the outage known or
+    not, held one of its 16 executor threads for the socket timeout (5 s); the 20 at
+    once filled the executor and the last four waited behind them (10 s), as did
+    everything else the monitor runs there. Now the first round finds the outage (each
+    waits one timeout); after it, one request at a time probes Redis and the others get
+    their 503 with Retry-After at once; after SIGCONT the monitor answers again and
+    has said the outage once, and its end once.
+    """
+    monitor = start_server("monitor")
+    assert requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code == 200
+    first = {path: lambda p=path: timed("GET", monitor.base + p) for path in MONITOR_READS}
+    paths = [MONITOR_READS[n % len(MONITOR_READS)] for n in range(MONITOR_BURST)]
+    burst = {f"{n}: {path}": lambda p=path: timed("GET", monitor.base + p)
+             for n, path in enumerate(paths)}
+    freeze(True)
+    stopped_at = time.monotonic()
+    rounds = [at_once(first), at_once(burst)]
+    time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
+    freeze(False)
+
+    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
+               for answers in rounds]
+    print(f"\nseconds to the monitor's answer while Redis was stopped, by round: {timings}")
+    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
+             for answers in rounds for name, (seconds, reply) in answers.items()
+             if not (isinstance(reply, requests.Response) and reply.status_code == 503
+                     and reply.headers.get("Retry-After", "").isdigit()
+                     and seconds < BOUND_SECONDS)]
+    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    waited = [name for name, (seconds, _) in rounds[1].items() if seconds > AT_ONCE_SECONDS]
+    assert len(waited) <= 1, (waited, timings[1])
+
+    wait_for(lambda: requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code
+             == 200, timeout=20, message="the monitor to answer again")
+    for path in MONITOR_READS[:-2]:
+        assert requests.get(monitor.base + path, timeout=10).status_code == 200, path
+    log = monitor.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("Redis unreachable") == 1, log[-3000:]
+    assert log.count("Redis reachable again") == 1, log[-3000:]
