@@ -8,6 +8,7 @@ for the socket timeout, or for ever where there is none.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,7 +20,11 @@ import pytest
 import redis
 import requests
 
+from capability_router.cluster import make_client
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
 from capability_router.keys import JOB_EVENTS_SUFFIX, Keys
+from capability_router.profile import WorkerProfile
 from conftest import wait_for
 from emp_tasks.local_redis import LocalRedis
 from emp_tasks.producer import get_job, job_events
@@ -286,9 +291,9 @@ def quiet_sleep(self, seconds):
     time.sleep(seconds)
     return "slept"
 '''
-#: Seconds Redis stays stopped under the solo worker: a renewal fails only after two
-#: socket timeouts (its held connection's, then the client's retry; see
-#: ``QueueFunctions._send``), and the one after it must wait for the end of the stop.
+#: Seconds Redis stays stopped under the solo worker: a renewal fails after a socket
+#: timeout (5 s; ``QueueFunctions._send`` does not retry it), and the one after it must
+#: wait for the end of the stop.
 SOLO_STOP_SECONDS = 13.0
 
 
@@ -377,3 +382,43 @@ def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
     assert "Traceback" not in log, log[-3000:]
     assert log.count("Redis unreachable") == 1, log[-3000:]
     assert log.count("Redis reachable again") == 1, log[-3000:]
+
+
+def test_a_job_state_call_on_a_hung_redis_costs_one_timeout_and_is_sent_once(
+        client, redis_server, freeze) -> None:
+    """Tried: a job claimed and started through a worker's ``QueueFunctions`` (its client:
+    5 s socket timeout, a held connection per thread), Redis stopped (SIGSTOP), the
+    worker's next progress report (50 %), then Redis continued.
+
+    Before the fix the report failed only after two socket timeouts (10 s): its held
+    connection's, then a retry on a new connection, which sent the command again; once
+    Redis went on it ran both, and the job's events had two progress updates for the
+    one report. Now a timeout is not retried (a hung server would only be waited for
+    again): one timeout, one update. (A reset connection is still retried: see
+    ``tests/capability_router/test_queue_functions.py``.)
+    """
+    functions = QueueFunctions(make_client(redis_server.url, decode_responses=True), "default")
+    functions.client.ping()  # its pool has a connection, as a worker's has (other calls)
+    profile = WorkerProfile(worker_id="hung-w", services=["echo"])
+    functions.register_worker(profile)
+    functions.enqueue("hung-job", JobSpec.from_fields({"service_required": "echo"}), "{}")
+    claimed = functions.claim(profile.signature, profile.worker_id, 60_000)
+    assert isinstance(claimed, Claimed)
+    assert functions.start(claimed.job_id, claimed.attempt) == "ok"
+    assert functions.progress(claimed.job_id, claimed.attempt, 10) == "ok"
+
+    def reports_of_50() -> int:
+        events = client.xrange(Keys("default").job_events(claimed.job_id))
+        return sum(1 for _, fields in events if fields["event"] == "update_job_progress"
+                   and json.loads(fields["data"])["progress"] == 50)
+
+    freeze(True)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        functions.progress(claimed.job_id, claimed.attempt, 50)
+    print(f"\na progress report on a hung Redis failed after {time.monotonic() - started:.1f} s")
+    freeze(False)
+    wait_for(reports_of_50, timeout=10, message="the report sent before SIGCONT to be run")
+    time.sleep(1.0)  # any second copy was in Redis's socket buffers at SIGCONT: run by now
+    assert reports_of_50() == 1
+    assert functions.progress(claimed.job_id, claimed.attempt, 60) == "ok"
