@@ -332,7 +332,15 @@ class QueueFunctions:
         Every job state change is one of these calls, on the hot path of
         producers and workers; a held connection halves redis-py's per-call
         CPU (no pool checkout, no retry wrapper). A connection error drops it
-        and the command goes through the client, with its usual retries.
+        and the command goes through the client, with its usual retries: a held
+        connection outlives a Redis restart, which resets it.
+
+        A timeout drops it too but is not retried on one Redis: the server got the
+        command and did not answer in time (hung, stopped, partitioned), so a retry
+        only waited another socket timeout (a call cost 10 s) and sent the command
+        again, which the server ran twice once it went on (two progress events for
+        one report). A cluster client still gets it: it re-reads the slot map, and a
+        failover may have replaced the master that hung.
         """
         connection = held_connection(self.client, self.keys.config)
         if connection is None:
@@ -340,7 +348,12 @@ class QueueFunctions:
         try:
             connection.send_command(*command)
             return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.TimeoutError, TimeoutError):
+            release_connection(self.client)
+            if not is_cluster_client(self.client):
+                raise
+            return self.client.execute_command(*command)
+        except (redis.ConnectionError, OSError):
             release_connection(self.client)
             return self.client.execute_command(*command)
         except redis.ResponseError as exc:

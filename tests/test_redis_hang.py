@@ -8,6 +8,7 @@ for the socket timeout, or for ever where there is none.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,7 +20,11 @@ import pytest
 import redis
 import requests
 
+from capability_router.cluster import make_client
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
 from capability_router.keys import JOB_EVENTS_SUFFIX, Keys
+from capability_router.profile import WorkerProfile
 from conftest import wait_for
 from emp_tasks.local_redis import LocalRedis
 from emp_tasks.producer import get_job, job_events
@@ -286,9 +291,9 @@ def quiet_sleep(self, seconds):
     time.sleep(seconds)
     return "slept"
 '''
-#: Seconds Redis stays stopped under the solo worker: a renewal fails only after two
-#: socket timeouts (its held connection's, then the client's retry; see
-#: ``QueueFunctions._send``), and the one after it must wait for the end of the stop.
+#: Seconds Redis stays stopped under the solo worker: a renewal fails after a socket
+#: timeout (5 s; ``QueueFunctions._send`` does not retry it), and the one after it must
+#: wait for the end of the stop.
 SOLO_STOP_SECONDS = 13.0
 
 
@@ -323,3 +328,97 @@ def test_a_solo_worker_says_once_that_lease_renewals_fail_and_once_that_they_wor
     assert log.count("lease renewal failed: Redis unreachable") == 1, log[-3000:]
     assert log.count("lease renewals accepted again") == 1, log[-3000:]
     assert worker.process.poll() is None, log[-3000:]
+
+
+#: The monitor's JSON reads (each one Redis call on its executor) and its health check.
+MONITOR_READS = ("/emp/api/queue", "/emp/api/jobs", "/emp/api/machines", "/emp/api/pools",
+                 "/emp/api/webhooks", "/emp/api/jobs/nope", "/health")
+#: Reads sent at once once the outage is known: more than the monitor's 16 executor threads.
+MONITOR_BURST = 20
+
+
+def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
+        start_server, freeze) -> None:
+    """Tried: the monitor, Redis stopped (SIGSTOP) for 15 s while its seven JSON reads
+    (and /health) are sent at once, then 20 of them at once, then Redis continued.
+
+    Before the fix the monitor had no outage gate: every request, the outage known or
+    not, held one of its 16 executor threads for the socket timeout (5 s); the 20 at
+    once filled the executor and the last four waited behind them (10 s), as did
+    everything else the monitor runs there. Now the first round finds the outage (each
+    waits one timeout); after it, one request at a time probes Redis and the others get
+    their 503 with Retry-After at once; after SIGCONT the monitor answers again and
+    has said the outage once, and its end once.
+    """
+    monitor = start_server("monitor")
+    assert requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code == 200
+    first = {path: lambda p=path: timed("GET", monitor.base + p) for path in MONITOR_READS}
+    paths = [MONITOR_READS[n % len(MONITOR_READS)] for n in range(MONITOR_BURST)]
+    burst = {f"{n}: {path}": lambda p=path: timed("GET", monitor.base + p)
+             for n, path in enumerate(paths)}
+    freeze(True)
+    stopped_at = time.monotonic()
+    rounds = [at_once(first), at_once(burst)]
+    time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
+    freeze(False)
+
+    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
+               for answers in rounds]
+    print(f"\nseconds to the monitor's answer while Redis was stopped, by round: {timings}")
+    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
+             for answers in rounds for name, (seconds, reply) in answers.items()
+             if not (isinstance(reply, requests.Response) and reply.status_code == 503
+                     and reply.headers.get("Retry-After", "").isdigit()
+                     and seconds < BOUND_SECONDS)]
+    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    waited = [name for name, (seconds, _) in rounds[1].items() if seconds > AT_ONCE_SECONDS]
+    assert len(waited) <= 1, (waited, timings[1])
+
+    wait_for(lambda: requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code
+             == 200, timeout=20, message="the monitor to answer again")
+    for path in MONITOR_READS[:-2]:
+        assert requests.get(monitor.base + path, timeout=10).status_code == 200, path
+    log = monitor.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("Redis unreachable") == 1, log[-3000:]
+    assert log.count("Redis reachable again") == 1, log[-3000:]
+
+
+def test_a_job_state_call_on_a_hung_redis_costs_one_timeout_and_is_sent_once(
+        client, redis_server, freeze) -> None:
+    """Tried: a job claimed and started through a worker's ``QueueFunctions`` (its client:
+    5 s socket timeout, a held connection per thread), Redis stopped (SIGSTOP), the
+    worker's next progress report (50 %), then Redis continued.
+
+    Before the fix the report failed only after two socket timeouts (10 s): its held
+    connection's, then a retry on a new connection, which sent the command again; once
+    Redis went on it ran both, and the job's events had two progress updates for the
+    one report. Now a timeout is not retried (a hung server would only be waited for
+    again): one timeout, one update. (A reset connection is still retried: see
+    ``tests/capability_router/test_queue_functions.py``.)
+    """
+    functions = QueueFunctions(make_client(redis_server.url, decode_responses=True), "default")
+    functions.client.ping()  # its pool has a connection, as a worker's has (other calls)
+    profile = WorkerProfile(worker_id="hung-w", services=["echo"])
+    functions.register_worker(profile)
+    functions.enqueue("hung-job", JobSpec.from_fields({"service_required": "echo"}), "{}")
+    claimed = functions.claim(profile.signature, profile.worker_id, 60_000)
+    assert isinstance(claimed, Claimed)
+    assert functions.start(claimed.job_id, claimed.attempt) == "ok"
+    assert functions.progress(claimed.job_id, claimed.attempt, 10) == "ok"
+
+    def reports_of_50() -> int:
+        events = client.xrange(Keys("default").job_events(claimed.job_id))
+        return sum(1 for _, fields in events if fields["event"] == "update_job_progress"
+                   and json.loads(fields["data"])["progress"] == 50)
+
+    freeze(True)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        functions.progress(claimed.job_id, claimed.attempt, 50)
+    print(f"\na progress report on a hung Redis failed after {time.monotonic() - started:.1f} s")
+    freeze(False)
+    wait_for(reports_of_50, timeout=10, message="the report sent before SIGCONT to be run")
+    time.sleep(1.0)  # any second copy was in Redis's socket buffers at SIGCONT: run by now
+    assert reports_of_50() == 1
+    assert functions.progress(claimed.job_id, claimed.attempt, 60) == "ok"

@@ -10,7 +10,8 @@ Requests get ``503`` with ``Retry-After``. A process's background threads
 
 While an outage lasts, a request costs at most one socket timeout: one
 request at a time probes Redis with a ping, the others get their 503 at once
-(``Outage.check``); the probe that answers ends the outage.
+(``Outage.check``; the monitor's handlers use the same ``Outage.probing``);
+the probe that answers ends the outage.
 
 A Redis that answers but refuses writes (at ``maxmemory`` with the
 ``noeviction`` policy, or a read-only replica during a failover) is the same
@@ -23,7 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
@@ -79,16 +81,32 @@ class Outage(OutageLog):
         """
         if not self._down:
             return None
-        if not self._probe.acquire(blocking=False):
-            return unavailable_response()
-        try:
-            client.ping()
-        except UNAVAILABLE:
-            return unavailable_response()
-        finally:
-            self._probe.release()
+        with self.probing() as admitted:
+            if not admitted:
+                return unavailable_response()
+            try:
+                client.ping()
+            except UNAVAILABLE:
+                return unavailable_response()
         self.succeeded()
         return None
+
+    @contextmanager
+    def probing(self) -> Iterator[bool]:
+        """Whether the caller may reach Redis now: always while no outage is known;
+        during one, only the one caller at a time that holds the probe (for the block),
+        the others get False at once. Never waits, so an event loop can hold it across
+        an ``await`` (the monitor's calls, whose own call is the probe)."""
+        if not self._down:
+            yield True
+            return
+        if not self._probe.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._probe.release()
 
 
 class WriteRefusals:

@@ -334,3 +334,21 @@ def test_the_configured_retention_and_stream_caps_hold_on_every_step_of_a_job(
     assert client.xlen(keys.events) <= 4
     last = client.xrevrange(keys.job_events("kept-briefly"), count=1)[0][1]
     assert last["event"] == "complete_job"
+
+
+def test_a_call_after_a_redis_restart_goes_through_on_a_new_connection(
+        queue: QueueFunctions, redis_server) -> None:
+    """Tried: a worker's progress report on its held connection (``functions._send``), then
+    Redis restarted (SIGKILL; the append-only file keeps the job), then its next report.
+    The held connection is dead (reset): the call must still go through, on a new
+    connection, not fail the job. (A timeout on a hung server is not retried:
+    ``tests/test_redis_hang.py``.)"""
+    queue.register_worker(ANY)
+    enqueue(queue, "across-a-restart")
+    claimed = queue.claim(ANY.signature, ANY.worker_id, 60_000)
+    assert isinstance(claimed, Claimed)
+    assert queue.start("across-a-restart", claimed.attempt) == "ok"
+    assert queue.progress("across-a-restart", claimed.attempt, 10) == "ok"
+    redis_server.restart(kill=True)
+    assert queue.progress("across-a-restart", claimed.attempt, 50) == "ok"
+    assert queue.client.hget(queue.keys.job("across-a-restart"), "progress") == "50"

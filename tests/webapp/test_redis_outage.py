@@ -9,6 +9,7 @@ the module's shared server is untouched.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -141,3 +142,36 @@ def test_webhook_delivery_and_the_api_reaper_log_a_refused_outage_once(
         assert log.count("Redis unreachable") == 1, log[-3000:]
         assert log.count("Redis reachable again") == 1, log[-3000:]
         assert chatter not in log, log[-3000:]
+
+
+#: Seconds the webhook service runs before its Redis is started.
+DOWN_AT_START_SECONDS = 5.0
+
+
+def test_a_webhook_service_started_before_its_redis_says_so_once_and_once_when_it_answers(
+        start_server, tmp_path: Path) -> None:
+    """Tried: ``emp webhooks`` started while its Redis is down (connections refused), the
+    Redis started 5 s later; the service's log read once its delivery threads run.
+
+    Before the fix its start-up logged "webhook service: waiting for Redis (Error 111
+    connecting ...)" once a second (5 lines here), beside the "Redis unreachable" its
+    /health logged. Now the process says the outage once, whichever of them meets it
+    first, and once that Redis answers; then delivery starts.
+    """
+    private = LocalRedis(tmp_path / "private")  # not started: its port refuses
+    later = threading.Timer(DOWN_AT_START_SECONDS, private.start)
+    later.start()
+    try:
+        hooks = start_server("webhooks", EMP_REDIS_URL=private.url)  # waits for /health
+        later.join()
+        wait_for(lambda: requests.get(hooks.base + "/health", timeout=5).json()["delivery"]
+                 ["running"], timeout=20, message="the webhook service's delivery threads")
+        assert requests.get(hooks.base + "/webhooks", timeout=10).status_code == 200
+        log = hooks.log_path.read_text(errors="replace")  # before this test stops Redis
+    finally:
+        later.cancel()
+        later.join()
+        private.stop(kill=True)
+    assert "Traceback" not in log, log[-3000:]
+    assert len(re.findall("waiting for Redis|Redis unreachable", log)) == 1, log[-3000:]
+    assert log.count("Redis reachable again") == 1, log[-3000:]

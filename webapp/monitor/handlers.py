@@ -5,7 +5,8 @@ Every page, JSON read, action and the live stream derives from Flower's own
 options (``--basic_auth``, ``--auth`` with an OAuth provider) guard them
 exactly as they guard Flower's pages; ``--read_only`` refuses the actions.
 Redis and Celery calls block, so they run on Flower's thread pool; one that
-cannot reach Redis answers 503 with ``Retry-After``, logged once per outage.
+cannot reach Redis answers 503 with ``Retry-After``, logged once per outage; while
+one is known, one call at a time probes Redis and the others answer 503 at once.
 """
 
 from __future__ import annotations
@@ -56,20 +57,34 @@ class MonitorHandler(BaseHandler):
             self.clear_header(name)
 
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call on the application's executor; RedisUnavailable (503)
-        when it could not reach Redis."""
+        """Run a blocking call that reaches Redis on the application's executor;
+        RedisUnavailable (503) when it could not reach Redis.
+
+        During a known outage the call is the API's outage gate (``Outage.probing``):
+        one at a time goes to Redis (at most one socket timeout), the others get their
+        503 at once. Without it each request of a hung Redis held an executor thread
+        for 5 s, and 20 at once filled the 16 threads that Flower's own calls share.
+        """
         outage = self.state.outage
-        try:
-            result = await IOLoop.current().run_in_executor(
-                None, functools.partial(fn, *args, **kwargs))
-        except UNAVAILABLE as exc:
-            outage.failed(exc)
-            raise RedisUnavailable(reason_of(exc)) from None
-        except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
-            self.state.refusals.note(exc)
-            raise RedisUnavailable(reason_of(exc)) from None
+        with outage.probing() as admitted:
+            if not admitted:
+                raise RedisUnavailable()
+            try:
+                result = await self.offload(fn, *args, **kwargs)
+            except UNAVAILABLE as exc:
+                outage.failed(exc)
+                raise RedisUnavailable(reason_of(exc)) from None
+            except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
+                self.state.refusals.note(exc)
+                raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call on the executor, outage or not (one that needs no Redis,
+        such as a live stream's clean-up)."""
+        return await IOLoop.current().run_in_executor(
+            None, functools.partial(fn, *args, **kwargs))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if not isinstance(value, RedisUnavailable):  # the outage logs itself, once

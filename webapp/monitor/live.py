@@ -142,7 +142,7 @@ class EventStream(MonitorHandler):
         except StreamClosedError:
             pass
         finally:
-            await self.blocking(session.close)
+            await self.offload(session.close)  # no Redis: runs during an outage too
 
     def _fell_behind(self) -> None:
         """The client stopped reading: close its connection, which ends a pending flush."""

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from capability_router.eviction import warn_if_evicting
+from capability_router.outages import UNREACHABLE, describe
 from emp_tasks import tracing
 from webapp.outage import Outage
 from webapp.webhooks.addresses import AddressPolicy
@@ -81,17 +82,30 @@ class DeliveryService:
         return self
 
     def _boot(self) -> None:
+        """Wait for Redis (trying once a second), then start delivery.
+
+        An unreachable Redis is the process's outage (``self.outage``): one line when
+        it starts, shared with the routes' and threads' (before, "waiting for Redis"
+        once a second), one when Redis answers. Any other refusal (a function load
+        refused, say) is logged when it first appears, not at every try."""
+        refused = None
         while not self.stopping.is_set():
             try:
                 ensure_library(self.client)
                 released = WebhookFunctions(self.client).release(f"{self.config.instance}:")
                 warn_if_evicting(self.client, "emp webhooks")
                 break
+            except UNREACHABLE as exc:
+                self.outage.failed(exc)
             except redis.RedisError as exc:
-                logger.warning("webhook service: waiting for Redis (%s)", exc)
-                self.stopping.wait(1.0)
+                if describe(exc) != refused:
+                    refused = describe(exc)
+                    logger.error("webhook service: Redis refuses the start of delivery (%s); "
+                                 "trying again every second", refused)
+            self.stopping.wait(1.0)
         else:
             return
+        self.outage.succeeded()
         if released:
             logger.info("webhook service: released %d lease(s) of an earlier run", released)
         self.consumer = EventConsumer(self.client, self.config, on_queued=self.wake.notify,
