@@ -156,6 +156,21 @@ def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
     assert "emp.echo" in tasks and "emp.simulation" in tasks
 
 
+@pytest.mark.parametrize("env", [{}, {"EMP_CONNECTOR": "simulation"}], ids=["plain", "gated"])
+def test_inspect_stats_answers(app, start_worker, env) -> None:
+    """Tried: ``celery inspect stats`` (Flower asks it for its worker pages) of a worker,
+    and of one whose connector gates its claims. Before the fix neither answered: the
+    reply holds the broker's transport options, where the worker keeps a callback and
+    its claim gate, and encoding it failed ("Object of type partial is not JSON
+    serializable", logged by the worker)."""
+    start_worker("statsy", **env)
+    stats = app.control.inspect(timeout=5).stats() or {}
+    worker = next((v for k, v in stats.items() if k.startswith("statsy@")), None)
+    assert worker is not None, stats
+    assert worker["broker"]["transport"] == "capability_router.transport:Transport"
+    assert worker["pool"]["max-concurrency"] == 1
+
+
 def test_time_limits_end_jobs_failed_with_the_reason(app, start_worker) -> None:
     start_worker("w1")
     soft = submit("echo", {"sleep": 10}, soft_time_limit=1, app=app)
