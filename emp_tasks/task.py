@@ -144,6 +144,14 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
+        queue = queue_name(options.get("queue") or getattr(self, "queue", None))
+        if queue is not None:
+            # Celery's queue is EMP's pool: a worker consumes pools (``-Q``). Filed in the
+            # queue while the record named another pool, the job was lost to both.
+            if fields.setdefault("pool", queue) != queue:
+                raise InvalidJob(f"queue={queue!r} and pool={fields['pool']!r} name two "
+                                 "pools; a job is filed in one (queue is Celery's name "
+                                 "for it)")
         # The task's own defaults, as Celery applies them to a call that names none.
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority
@@ -357,6 +365,12 @@ class EmpTask(Task):
             # autoretry clears it only after a retry that was sent: one job's limit would
             # become the next job's.
             self.__dict__.pop("override_max_retries", None)
+
+
+def queue_name(queue: Any) -> str | None:
+    """The name of Celery's ``queue`` option: a name, or a kombu ``Queue``; None if unset."""
+    name = getattr(queue, "name", queue)
+    return str(name) if name else None
 
 
 def load_ms_of(retval: Any) -> int:
