@@ -311,3 +311,18 @@ def test_celerys_task_routes_name_the_jobs_pool(redis_server, client) -> None:
         assert get_job(plain.apply_async().id, app=app)["pool"] == "default"
         assert get_job(routed.apply_async(pool="cpu").id, app=app)["pool"] == "cpu"  # call wins
         app.close()
+
+
+def test_celerys_purge_cancels_the_pending_jobs(app, client) -> None:
+    """Tried: ``app.control.purge()`` (what ``celery purge`` calls) with three jobs pending,
+    one of them due later (``countdown``). Before the fix it answered 0 and removed
+    nothing: every job ran afterwards. Now each ends cancelled, and a job submitted
+    after the purge stays pending."""
+    task = producer_task(app, "test.purged")
+    waiting = [task.apply_async(), task.apply_async(), task.apply_async(countdown=60)]
+    assert app.control.purge() == 3
+    for result in waiting:
+        record = get_job(result.id, app=app)
+        assert record["status"] == "cancelled" and "purge" in record["last_error"], record
+    assert app.control.purge() == 0
+    assert get_job(task.apply_async().id, app=app)["status"] == "pending"
