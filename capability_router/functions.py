@@ -599,6 +599,16 @@ class QueueFunctions:
         reply = self._call("emp_renew", [k.config, k.leases], [worker_id, lease_ms, 0, *flat])
         return [_text(x) for x in reply]
 
+    def purge(self, reason: str = "purged by Celery's purge") -> int:
+        """Cancel every job pending now (due later included); returns how many were.
+
+        Celery's purge drops a queue's waiting messages; here each job ends cancelled,
+        by one ``emp_cancel`` call, so its record and events say so. A job that moved on
+        meanwhile (claimed, cancelled) is left as it is.
+        """
+        ids = self.client.zrange(self.keys.status_index("pending"), 0, -1)
+        return sum(self.cancel(_text(job_id), reason)[0] == "cancelled" for job_id in ids)
+
     def pending_count(self) -> int:
         """Jobs waiting to be claimed (due retries included once promoted)."""
         classes = self.client.zrange(self.keys.heads, 0, -1)

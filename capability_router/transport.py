@@ -708,6 +708,13 @@ class Channel(ClusterChannel, kombu_redis.Channel):
             logger.warning("claims accepted again (after: %s)", self._refusal)
             self._refusal = None
 
+    def _purge(self, queue: str) -> int:
+        """Celery's purge (``celery purge``, ``worker --purge``): cancel the pool's
+        pending jobs. kombu's own emptied a list no job is kept in, answering 0."""
+        if not is_job_queue(queue):
+            return super()._purge(queue)
+        return self.functions(queue).purge()
+
     def _size(self, queue: str) -> int:
         if not is_job_queue(queue):
             return super()._size(queue)

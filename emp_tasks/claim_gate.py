@@ -45,6 +45,10 @@ class BoundedClaimGate:
             self._open_until = time.monotonic() + self.open_for
         return answer
 
+    def __json__(self) -> str:
+        """How ``celery inspect stats`` shows it (it is in the transport options)."""
+        return f"claim gate (answers within {self.timeout:g}s, open for {self.open_for:g}s)"
+
     def _ask(self) -> ClaimGate:
         if self._pending is None:
             self._pending = self._start()

@@ -26,3 +26,21 @@ def store_gave_up(app: Any, namespace: str, job_id: str) -> None:
     reason = get_client(app.conf.broker_url).hget(Keys(namespace).job(job_id), "last_error")
     app.backend.mark_as_failure(job_id, QueueGaveUp(reason or "the queue gave up on the job"),
                                 request=stored_request(app, namespace, job_id))
+
+
+class GaveUpReporter:
+    """``store_gave_up`` for one app: the transport's ``on_job_gave_up`` option.
+
+    A class, not a ``functools.partial``: the transport options are part of the
+    worker's ``celery inspect stats`` reply (Flower's worker pages), which is JSON,
+    and kombu's encoder writes an object through its ``__json__``.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, namespace: str, job_id: str) -> None:
+        store_gave_up(self.app, namespace, job_id)
+
+    def __json__(self) -> str:
+        return f"{__name__}.store_gave_up"

@@ -35,6 +35,7 @@ from emp_tasks.cancellation import (
     record_lost,
     recorded_already,
 )
+from emp_tasks.celery_queue import queue_name, routed_queue
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
@@ -144,6 +145,18 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
+        queue = queue_name(options.get("queue") or getattr(self, "queue", None))
+        if queue is not None:
+            # Filed in the queue while the record named another pool, the job was lost
+            # to both (``emp_tasks.celery_queue``).
+            if fields.setdefault("pool", queue) != queue:
+                raise InvalidJob(f"queue={queue!r} and pool={fields['pool']!r} name two "
+                                 "pools; a job is filed in one (queue is Celery's name "
+                                 "for it)")
+        elif "pool" not in fields and "pool" not in (fields.get("requirements") or {}):
+            routed = routed_queue(self, args, kwargs, options)
+            if routed is not None:
+                fields["pool"] = routed
         # The task's own defaults, as Celery applies them to a call that names none.
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -16,7 +15,7 @@ from emp_tasks import defaults
 from emp_tasks.claim_gate import BoundedClaimGate
 from emp_tasks.connection import get_client, get_functions
 from emp_tasks.producer import services
-from emp_tasks.queue_outcomes import store_gave_up
+from emp_tasks.queue_outcomes import GaveUpReporter
 from machine.connectors.factory import connector_from_env
 
 logger = logging.getLogger("emp.worker")
@@ -113,7 +112,7 @@ def run_worker(
     options["worker_pools"] = list(pools)
     options.update(claim_gate_options())
     # Jobs the queue fails with no run (attempts used up) still reach the result backend.
-    options["on_job_gave_up"] = partial(store_gave_up, app)
+    options["on_job_gave_up"] = GaveUpReporter(app)
     app.conf.broker_transport_options = options
     settings = defaults.queue_settings()
     for pool in pools:

@@ -17,6 +17,7 @@ from celery import chain
 
 from capability_router.errors import InvalidJob, QueueGaveUp
 from conftest import wait_for
+from emp_tasks.app import create_app
 from emp_tasks.producer import get_job
 
 #: Job types the workers import (``EMP_CELERY_CONFIG``); each logs its runs to Redis.
@@ -292,3 +293,36 @@ def test_a_job_the_queue_gives_up_on_fails_in_the_result_backend(
     record = get_job(result.id, app=app)
     assert record["status"] == "failed" and client.llen(f"test:runs:{result.id}") == 2
     assert client.llen("emp:{default}:gave-up") == 0  # reported, not left behind
+
+
+def test_celerys_task_routes_name_the_jobs_pool(redis_server, client) -> None:
+    """Tried: a producer whose Celery config routes tasks (``task_routes``: a mapping by
+    name or glob, and a router function) to queue gpu. Before the fix the routes were
+    passed over and every job was filed in pool default."""
+    def by_function(name, args, kwargs, options, task=None, **kw):  # noqa: ANN001, ANN202
+        return "gpu" if name == "test.routed_by_function" else None
+
+    for routes in ({"test.routed*": {"queue": "gpu"}}, [by_function]):
+        app = create_app(redis_server.url, task_routes=routes)
+        routed = producer_task(app, "test.routed_by_function")
+        plain = producer_task(app, "test.plain")
+        assert get_job(routed.apply_async().id, app=app)["pool"] == "gpu"
+        assert get_job(app.send_task("test.routed_by_function").id, app=app)["pool"] == "gpu"
+        assert get_job(plain.apply_async().id, app=app)["pool"] == "default"
+        assert get_job(routed.apply_async(pool="cpu").id, app=app)["pool"] == "cpu"  # call wins
+        app.close()
+
+
+def test_celerys_purge_cancels_the_pending_jobs(app, client) -> None:
+    """Tried: ``app.control.purge()`` (what ``celery purge`` calls) with three jobs pending,
+    one of them due later (``countdown``). Before the fix it answered 0 and removed
+    nothing: every job ran afterwards. Now each ends cancelled, and a job submitted
+    after the purge stays pending."""
+    task = producer_task(app, "test.purged")
+    waiting = [task.apply_async(), task.apply_async(), task.apply_async(countdown=60)]
+    assert app.control.purge() == 3
+    for result in waiting:
+        record = get_job(result.id, app=app)
+        assert record["status"] == "cancelled" and "purge" in record["last_error"], record
+    assert app.control.purge() == 0
+    assert get_job(task.apply_async().id, app=app)["status"] == "pending"

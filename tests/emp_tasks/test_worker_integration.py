@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from kombu import Queue
 
+from capability_router.errors import InvalidJob
 from capability_router.keys import Keys
 from conftest import wait_for
+from emp_tasks.job_types import job_type
 from emp_tasks.producer import cancel, get_job, job_events, submit
 
 
@@ -146,6 +149,33 @@ def test_job_in_another_pool_runs_only_on_that_pools_workers(app, start_worker) 
     assert record["pool"] == "gpu" and record["worker_id"] == "gpu-pool"
 
 
+def test_celerys_queue_option_names_the_jobs_pool(app, start_worker) -> None:
+    """Tried: Celery's ``apply_async(queue="gpu")``, ``send_task(..., queue="gpu")`` and a
+    task declared with ``queue="gpu"``, a worker serving pool gpu. Before the fix the job
+    was filed in namespace gpu while its record said pool default: no worker of pool
+    gpu ever got it (``get`` timed out) and ``cancel`` answered JobNotFound. A ``pool=``
+    that names another pool than ``queue=`` is refused."""
+    gpu_pool = start_worker("gpu-pool", wait=False, args=["-Q", "gpu"])
+    gpu_pool.wait_ready(namespace="gpu")
+    echo = job_type(app, "emp.echo")
+
+    @app.task(name="test.gpu_echo", service="echo", queue="gpu", shared=False)
+    def declared() -> None:
+        """Runs on no worker here: it is cancelled pending."""
+    results = [echo.apply_async(kwargs={"x": 1}, queue="gpu"),
+               app.send_task("emp.echo", kwargs={"x": 2}, queue="gpu"),
+               echo.apply_async(kwargs={"x": 3}, queue=Queue("gpu"))]
+    for n, result in enumerate(results, 1):
+        assert result.get(timeout=30)["echo"] == {"x": n}
+        record = get_job(result.id, app=app)
+        assert record["pool"] == "gpu" and record["worker_id"] == "gpu-pool", record
+    pending = declared.apply_async()
+    assert get_job(pending.id, app=app)["pool"] == "gpu"
+    assert cancel(pending.id, app=app) == "cancelled"
+    with pytest.raises(InvalidJob, match="queue"):
+        echo.apply_async(kwargs={"x": 4}, queue="gpu", pool="default")
+
+
 def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
     """Fanout (pidbox) stays kombu's: `celery inspect` and Flower see the workers."""
     start_worker("inspectable")
@@ -154,6 +184,21 @@ def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
     registered = app.control.inspect(timeout=2).registered() or {}
     tasks = next(v for k, v in registered.items() if k.startswith("inspectable@"))
     assert "emp.echo" in tasks and "emp.simulation" in tasks
+
+
+@pytest.mark.parametrize("env", [{}, {"EMP_CONNECTOR": "simulation"}], ids=["plain", "gated"])
+def test_inspect_stats_answers(app, start_worker, env) -> None:
+    """Tried: ``celery inspect stats`` (Flower asks it for its worker pages) of a worker,
+    and of one whose connector gates its claims. Before the fix neither answered: the
+    reply holds the broker's transport options, where the worker keeps a callback and
+    its claim gate, and encoding it failed ("Object of type partial is not JSON
+    serializable", logged by the worker)."""
+    start_worker("statsy", **env)
+    stats = app.control.inspect(timeout=5).stats() or {}
+    worker = next((v for k, v in stats.items() if k.startswith("statsy@")), None)
+    assert worker is not None, stats
+    assert worker["broker"]["transport"] == "capability_router.transport:Transport"
+    assert worker["pool"]["max-concurrency"] == 1
 
 
 def test_time_limits_end_jobs_failed_with_the_reason(app, start_worker) -> None:
