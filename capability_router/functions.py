@@ -231,6 +231,17 @@ class PendingClass:
 
 
 @dataclass
+class PendingFamily:
+    """One family with pending jobs, from the per-family pending index
+    (``emp_family_summary``); ``family`` is a class signature for a class filed
+    without a family."""
+
+    family: str
+    pending: int
+    oldest_ms: int
+
+
+@dataclass
 class QueueSummary:
     """Pending work of one namespace: classes in head order, and delayed jobs."""
 
@@ -616,6 +627,29 @@ class QueueFunctions:
             first += chunk
             if first >= page.total_classes:
                 return QueueSummary(list(classes.values()), page.delayed, page.total_classes)
+
+    def family_summary(self) -> list[PendingFamily]:
+        """Families with pending jobs (count, oldest effective ms): O(families).
+
+        Jobs a release before 19 left pending are filed in the index first
+        (once per pool, ``index_families``)."""
+        reply = self._call("emp_family_summary", [self.keys.config], [], read_only=True)
+        if int(reply[0]) != 1:
+            self.index_families()
+            reply = self._call("emp_family_summary", [self.keys.config], [], read_only=True)
+        return [PendingFamily(_text(family), int(pending), int(_text(oldest)))
+                for family, pending, oldest in reply[1:]]
+
+    def index_families(self, chunk: int = SUMMARY_CHUNK) -> None:
+        """File every pending job in the per-family pending index, ``chunk`` classes
+        a call; the last call marks the pool indexed. The classes are listed after
+        the library is loaded (``emp_family_summary`` loaded it), so a job filed
+        since is indexed by ``file_pending`` itself."""
+        classes = [_text(c) for c in self.client.zrange(self.keys.heads, 0, -1)]
+        for first in range(0, max(len(classes), 1), chunk):
+            last = "1" if first + chunk >= len(classes) else "0"
+            self._call("emp_index_families", [self.keys.config],
+                       [last, *classes[first:first + chunk]])
 
     def residency(
         self, worker_id: str, changes: list[tuple[str, str, int | None]] = (),
