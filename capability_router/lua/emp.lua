@@ -58,7 +58,8 @@ they live in the same slot as the declared key.
                                   family of a class filed without one), so
                                   emp_family_summary reads depth and oldest
                                   per family without walking its classes
-  P.."pending-families"    SET    family signatures with pending jobs
+  P.."pending-families"    SET    family signatures with pending jobs (and
+                                  some without, until their family goes)
   P.."delayed"             ZSET   job id -> ms when a retry becomes due
   P.."leases"              ZSET   job id -> ms when its lease expires
   P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
@@ -607,12 +608,15 @@ local function index_pending(P, fk, id, score)
   redis.call('SADD', P .. 'pending-families', fk)
 end
 
+-- A family stays in P.."pending-families" until it is dropped (readers skip
+-- an empty one), which spares every claim a ZCARD.
 local function unindex_pending(P, fk, id)
-  local key = P .. 'fam-pending:' .. fk
-  redis.call('ZREM', key, id)
-  if redis.call('ZCARD', key) == 0 then
-    redis.call('SREM', P .. 'pending-families', fk)
-  end
+  redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
+end
+
+local function drop_pending_index(P, fk)
+  redis.call('SREM', P .. 'pending-families', fk)
+  redis.call('DEL', P .. 'fam-pending:' .. fk)
 end
 
 local function file_pending(P, id, csig, score, now)
@@ -676,6 +680,7 @@ local function drop_family(P, fsig)
   redis.call('HDEL', P .. 'family-models', fsig)
   redis.call('ZREM', P .. 'fheads', fsig)
   redis.call('DEL', P .. 'fam:' .. fsig)
+  drop_pending_index(P, fsig)
   local rk = P .. 'compat-rev:' .. fsig
   for _, psig in ipairs(redis.call('SMEMBERS', rk)) do
     redis.call('SREM', P .. 'compat:' .. psig, fsig)
@@ -706,6 +711,8 @@ local function drop_class(P, csig)
     if redis.call('HINCRBY', P .. 'family-classes', fsig, '-1') <= 0 then
       drop_family(P, fsig)
     end
+  else
+    drop_pending_index(P, csig)
   end
 end
 
