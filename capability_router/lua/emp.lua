@@ -58,8 +58,9 @@ they live in the same slot as the declared key.
                                   family of a class filed without one), so
                                   emp_family_summary reads depth and oldest
                                   per family without walking its classes
-  P.."pending-families"    SET    family signatures with pending jobs (and
-                                  some without, until their family goes)
+  P.."unfamilied"          SET    classes filed without a family (before
+                                  release 7) that have pending jobs: their
+                                  fam-pending index is keyed by the class
   P.."delayed"             ZSET   job id -> ms when a retry becomes due
   P.."leases"              ZSET   job id -> ms when its lease expires
   P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
@@ -601,22 +602,19 @@ end
 
 -- The per-family pending index (P.."fam-pending:"..fk, fk the family or,
 -- for a class filed without one, the class) follows every job that enters
--- or leaves a class's pending set.
-local function index_pending(P, fk, id, score)
-  redis.call('ZADD', P .. 'fam-pending:' .. fk,
+-- or leaves a class's pending set: one ZADD or ZREM. Readers find the
+-- families in P.."families" (live ones, empty indexes skipped) and the rare
+-- classes without one in P.."unfamilied".
+local function index_pending(P, fsig, csig, id, score)
+  redis.call('ZADD', P .. 'fam-pending:' .. (fsig or csig),
     string.format('%.0f', effective_ms(tonumber(score))), id)
-  redis.call('SADD', P .. 'pending-families', fk)
+  if not fsig then
+    redis.call('SADD', P .. 'unfamilied', csig)
+  end
 end
 
--- A family stays in P.."pending-families" until it is dropped (readers skip
--- an empty one), which spares every claim a ZCARD.
 local function unindex_pending(P, fk, id)
   redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
-end
-
-local function drop_pending_index(P, fk)
-  redis.call('SREM', P .. 'pending-families', fk)
-  redis.call('DEL', P .. 'fam-pending:' .. fk)
 end
 
 local function file_pending(P, id, csig, score, now)
@@ -627,7 +625,7 @@ local function file_pending(P, id, csig, score, now)
     redis.call('ZADD', P .. 'fam:' .. fsig, 'LT', score, csig)
     redis.call('ZADD', P .. 'fheads', 'LT', score, fsig)
   end
-  index_pending(P, fsig or csig, id, score)
+  index_pending(P, fsig, csig, id, score)
   wake_one(P, csig, fsig, now)
 end
 
@@ -680,7 +678,7 @@ local function drop_family(P, fsig)
   redis.call('HDEL', P .. 'family-models', fsig)
   redis.call('ZREM', P .. 'fheads', fsig)
   redis.call('DEL', P .. 'fam:' .. fsig)
-  drop_pending_index(P, fsig)
+  redis.call('DEL', P .. 'fam-pending:' .. fsig)
   local rk = P .. 'compat-rev:' .. fsig
   for _, psig in ipairs(redis.call('SMEMBERS', rk)) do
     redis.call('SREM', P .. 'compat:' .. psig, fsig)
@@ -712,7 +710,8 @@ local function drop_class(P, csig)
       drop_family(P, fsig)
     end
   else
-    drop_pending_index(P, csig)
+    redis.call('SREM', P .. 'unfamilied', csig)
+    redis.call('DEL', P .. 'fam-pending:' .. csig)
   end
 end
 
@@ -2310,14 +2309,18 @@ end
 KEYS[1] config
 Returns {indexed, {family signature, pending count, oldest effective ms},
 ...} for every family with pending jobs (the class signature for a class
-filed without a family), from the per-family pending index: O(families),
+filed without a family), from the per-family pending index: O(live families),
 whatever the number of classes, workflows or jobs. ``indexed`` is 1 once
 emp_index_families has filed the jobs left pending by a release before 19;
 until then the index may miss some of them and the caller reads classes. ]]
 local function emp_family_summary(keys, args)
   local P = prefix_of(keys[1])
   local out = {redis.call('HGET', keys[1], 'family_index') == '1' and 1 or 0}
-  for _, fk in ipairs(redis.call('SMEMBERS', P .. 'pending-families')) do
+  local fks = redis.call('HKEYS', P .. 'families')
+  for _, csig in ipairs(redis.call('SMEMBERS', P .. 'unfamilied')) do
+    fks[#fks + 1] = csig
+  end
+  for _, fk in ipairs(fks) do
     local key = P .. 'fam-pending:' .. fk
     local oldest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
     if oldest[1] then
@@ -2337,10 +2340,10 @@ local function emp_index_families(keys, args)
   local P = prefix_of(keys[1])
   for i = 2, #args do
     local csig = args[i]
-    local fk = family_of(P, csig) or csig
+    local fsig = family_of(P, csig)
     local jobs = redis.call('ZRANGE', P .. 'pending:' .. csig, '0', '-1', 'WITHSCORES')
     for j = 1, #jobs, 2 do
-      index_pending(P, fk, jobs[j], jobs[j + 1])
+      index_pending(P, fsig, csig, jobs[j], jobs[j + 1])
     end
   end
   if args[1] == '1' then

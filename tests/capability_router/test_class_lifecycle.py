@@ -21,7 +21,7 @@ from capability_router.profile import WorkerProfile
 INDEX_PATTERNS = ("classes", "class-family", "families", "family-classes", "live",
                   "wf-classes:*", "compat:*", "compat-rev:*", "fam:*", "fheads", "heads",
                   "profiles", "restricted", "service-profiles:*", "profile-seen", "pending:*",
-                  "fam-pending:*", "pending-families")
+                  "fam-pending:*", "unfamilied")
 
 
 def index_size(client: redis.Redis) -> dict[str, int]:

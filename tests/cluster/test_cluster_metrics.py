@@ -49,7 +49,6 @@ def test_queue_depth_per_family_of_pools_on_two_masters(cluster, cclient, pools)
         keys = Keys(pool)
         families = [f for p, f in specs if p == pool]
         cclient.delete(*(keys.prefix + "fam-pending:" + f for f in families))
-        cclient.delete(keys.prefix + "pending-families")
         cclient.hdel(keys.config, "family_index")
     expected = {key: float(len(jobs)) for key, jobs in specs.items()}
 

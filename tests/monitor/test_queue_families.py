@@ -120,7 +120,7 @@ def test_jobs_an_older_release_left_pending_are_counted(client) -> None:
     every family as empty; it files them once and reads what the classes give."""
     busy_queue(client)
     expected = class_rows(client, 100)
-    client.delete(*client.keys("emp:*:fam-pending:*"), *client.keys("emp:*:pending-families"))
+    client.delete(*client.keys("emp:*:fam-pending:*"))
     for pool in ("default", "gpu"):
         client.hdel(f"emp:{{{pool}}}:config", "family_index")
 
