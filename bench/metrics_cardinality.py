@@ -14,8 +14,9 @@ A class is tied to its workflow, a family is not (``jobspec``): a label per
 class makes one series per workflow; one per family keeps it to the families.
 
 Figures (2-core machine shared with other jobs), collect / whole exposition:
-before release 19, 2,000 workflows 68.5 / 80.3 ms, 20,000 1423 / 1729 ms;
-since, 2,000 7.3 / 7.8 ms, 20,000 7.7 / 10.5 ms (the per-family index).
+release 18, 2,000 workflows 68.5-96.9 / 80.3-100.1 ms, 20,000 987-1423 / 884-1729
+ms; release 19 (the per-family pending index), 2,000 6.0-7.3 / 7.4-10.3 ms,
+20,000 7.3-7.7 / 9.5-10.5 ms.
 """
 
 from __future__ import annotations

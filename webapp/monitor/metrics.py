@@ -4,6 +4,9 @@ Flower serves ``prometheus_client.REGISTRY`` at ``/metrics``; ``register``
 adds this collector to it, so one scrape gives Flower's Celery metrics and
 the queue's. Nothing is cached in the monitor: every scrape reads Redis
 (a few pipelined round trips), so any number of monitors report the same.
+The queue series come from the library's per-family pending index
+(``queue_families``), so a scrape's cost follows the families, not the
+workflows or classes waiting.
 
 Metrics:
 
