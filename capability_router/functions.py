@@ -31,7 +31,7 @@ from capability_router.env import env_int
 from capability_router.errors import InvalidJob, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
-from capability_router.keys import Keys, check_job_id
+from capability_router.keys import Keys, check_job_id, known_namespaces
 from capability_router.libraries import (  # noqa: F401 - loaded_versions: re-exported
     load_unless_newer,
     loaded_versions,
@@ -64,8 +64,17 @@ def library_version(source: str | None = None) -> str:
 
 def ensure_library(client: redis.Redis) -> bool:
     """Load the library unless the server (every master) has this version or a newer
-    release; True if loaded."""
-    return load_unless_newer(client, library_source(), "emp_version")
+    release; True if loaded.
+
+    A load replaces another library, maybe one before release 19 (after a
+    ``FUNCTION FLUSH`` an old machine may have loaded its own for a while) that
+    filed jobs without the per-family pending index: every pool is marked not
+    indexed, so the next ``family_summary`` files them."""
+    loaded = load_unless_newer(client, library_source(), "emp_version")
+    if loaded:
+        for namespace in known_namespaces(client):
+            client.hdel(Keys(namespace).config, "family_index")
+    return loaded
 
 
 #: Replies of a cluster node that mean "not here, not now": follow through the client.

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import redis
 
-from capability_router.functions import Claimed, QueueFunctions
+from capability_router.functions import Claimed, QueueFunctions, ensure_library, library_source
 from capability_router.jobspec import JobSpec
 from capability_router.keys import NAMESPACES_KEY
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
+from tests.capability_router.test_library_versions import released_as
 from webapp.monitor.metrics import capped_families, family_rows, requirements_label
 from webapp.monitor.queue import queue_summary
 from webapp.monitor.queue_families import queue_families
@@ -126,3 +127,25 @@ def test_jobs_an_older_release_left_pending_are_counted(client) -> None:
 
     assert scrape_rows(client, 100) == expected
     assert client.hget("emp:{default}:config", "family_index") == "1"
+
+
+def test_jobs_an_older_library_filed_after_the_index_was_built_are_counted(client) -> None:
+    """Tried: the pool indexed by a scrape, then the server's library replaced by an older
+    release (as when, after a FUNCTION FLUSH, an old machine loads its own during a
+    rolling upgrade), which files a job without indexing it, then this release loads
+    its library again. Before, the pool stayed marked indexed and the scrape left that
+    job out of its family's depth; loading the library marks pools not indexed, so the
+    next scrape files it."""
+    busy_queue(client)
+    scrape_rows(client, 100)
+    assert client.hget("emp:{default}:config", "family_index") == "1"
+    client.function_load(released_as(library_source(), "1-old"), replace=True)
+    queue = QueueFunctions(client, "default")
+    queue.enqueue("late", JobSpec.from_fields({"service_required": "echo",
+                                                "workflow_id": "wf-late"}), "{}",
+                  now_ms=NOW - 500_000)
+    family = JobSpec.from_fields({"service_required": "echo"}).family_signature
+    client.zrem(f"emp:{{default}}:fam-pending:{family}", "late")  # as release 18 filed it
+
+    assert ensure_library(client) is True
+    assert scrape_rows(client, 100) == class_rows(client, 100)
