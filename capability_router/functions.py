@@ -31,7 +31,7 @@ from capability_router.env import env_int
 from capability_router.errors import InvalidJob, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
-from capability_router.keys import Keys, check_job_id
+from capability_router.keys import Keys, check_job_id, known_namespaces
 from capability_router.libraries import (  # noqa: F401 - loaded_versions: re-exported
     load_unless_newer,
     loaded_versions,
@@ -64,8 +64,17 @@ def library_version(source: str | None = None) -> str:
 
 def ensure_library(client: redis.Redis) -> bool:
     """Load the library unless the server (every master) has this version or a newer
-    release; True if loaded."""
-    return load_unless_newer(client, library_source(), "emp_version")
+    release; True if loaded.
+
+    A load replaces another library, maybe one before release 19 (after a
+    ``FUNCTION FLUSH`` an old machine may have loaded its own for a while) that
+    filed jobs without the per-family pending index: every pool is marked not
+    indexed, so the next ``family_summary`` files them."""
+    loaded = load_unless_newer(client, library_source(), "emp_version")
+    if loaded:
+        for namespace in known_namespaces(client):
+            client.hdel(Keys(namespace).config, "family_index")
+    return loaded
 
 
 #: Replies of a cluster node that mean "not here, not now": follow through the client.
@@ -227,6 +236,17 @@ class PendingClass:
     signature: str
     pending: int
     head_score: str
+    oldest_ms: int
+
+
+@dataclass
+class PendingFamily:
+    """One family with pending jobs, from the per-family pending index
+    (``emp_family_summary``); ``family`` is a class signature for a class filed
+    without a family."""
+
+    family: str
+    pending: int
     oldest_ms: int
 
 
@@ -639,6 +659,29 @@ class QueueFunctions:
             first += chunk
             if first >= page.total_classes:
                 return QueueSummary(list(classes.values()), page.delayed, page.total_classes)
+
+    def family_summary(self) -> list[PendingFamily]:
+        """Families with pending jobs (count, oldest effective ms): O(families).
+
+        Jobs a release before 19 left pending are filed in the index first
+        (once per pool, ``index_families``)."""
+        reply = self._call("emp_family_summary", [self.keys.config], [], read_only=True)
+        if int(reply[0]) != 1:
+            self.index_families()
+            reply = self._call("emp_family_summary", [self.keys.config], [], read_only=True)
+        return [PendingFamily(_text(family), int(pending), int(_text(oldest)))
+                for family, pending, oldest in reply[1:]]
+
+    def index_families(self, chunk: int = SUMMARY_CHUNK) -> None:
+        """File every pending job in the per-family pending index, ``chunk`` classes
+        a call; the last call marks the pool indexed. The classes are listed after
+        the library is loaded (``emp_family_summary`` loaded it), so a job filed
+        since is indexed by ``file_pending`` itself."""
+        classes = [_text(c) for c in self.client.zrange(self.keys.heads, 0, -1)]
+        for first in range(0, max(len(classes), 1), chunk):
+            last = "1" if first + chunk >= len(classes) else "0"
+            self._call("emp_index_families", [self.keys.config],
+                       [last, *classes[first:first + chunk]])
 
     def residency(
         self, worker_id: str, changes: list[tuple[str, str, int | None]] = (),

@@ -70,6 +70,15 @@ class Keys:
         return self.prefix + "class-family"
 
     @property
+    def families(self) -> str:
+        """Family signature -> family JSON (what matching reads of a class)."""
+        return self.prefix + "families"
+
+    def family_classes_pending(self, family_signature: str) -> str:
+        """The family's classes with pending jobs -> the score of their best job."""
+        return f"{self.prefix}fam:{family_signature}"
+
+    @property
     def profiles(self) -> str:
         return self.prefix + "profiles"
 

@@ -17,7 +17,9 @@ they live in the same slot as the declared key.
                                   retention_ms, max_attempts, max_service_releases,
                                   service_release_delay_ms, duration_alpha,
                                   duration_keys_max; swept_at (ms of
-                                  the last housekeeping by a claim)
+                                  the last housekeeping by a claim);
+                                  family_index ('1' once the pool's
+                                  fam-pending index holds every pending job)
   P.."job:"..id            HASH   the job record; while its worker gets the
                                   job's models ready (a cold start) it has
                                   "preparing" (JSON, see emp_preparing); a job
@@ -51,6 +53,14 @@ they live in the same slot as the declared key.
   P.."fam:"..fsig          ZSET   class signature -> score of its best job,
                                   the family's classes with pending jobs
   P.."fheads"              ZSET   family signature -> score of its best job
+  P.."fam-pending:"..fsig  ZSET   pending job ids of one family -> effective
+                                  time ms (the class signature stands for the
+                                  family of a class filed without one), so
+                                  emp_family_summary reads depth and oldest
+                                  per family without walking its classes
+  P.."unfamilied"          SET    classes filed without a family (before
+                                  release 7) that have pending jobs: their
+                                  fam-pending index is keyed by the class
   P.."delayed"             ZSET   job id -> ms when a retry becomes due
   P.."leases"              ZSET   job id -> ms when its lease expires
   P.."idle"                ZSET   "<profile signature>:<worker id>" of idle
@@ -116,7 +126,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '18'
+local VERSION = '19'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -578,6 +588,35 @@ local function wake_one(P, csig, fsig, now)
   return false
 end
 
+-- Order scores of one priority band: (100 - priority) * 1e13 + ms.
+local BAND = 1e13
+
+-- The effective time (ms) of an order score: the score less its band.
+local function effective_ms(score)
+  local band = math.floor(score / BAND)
+  if band * BAND > score then
+    band = band - 1
+  end
+  return score - band * BAND
+end
+
+-- The per-family pending index (P.."fam-pending:"..fk, fk the family or,
+-- for a class filed without one, the class) follows every job that enters
+-- or leaves a class's pending set: one ZADD or ZREM. Readers find the
+-- families in P.."families" (live ones, empty indexes skipped) and the rare
+-- classes without one in P.."unfamilied".
+local function index_pending(P, fsig, csig, id, score)
+  redis.call('ZADD', P .. 'fam-pending:' .. (fsig or csig),
+    string.format('%.0f', effective_ms(tonumber(score))), id)
+  if not fsig then
+    redis.call('SADD', P .. 'unfamilied', csig)
+  end
+end
+
+local function unindex_pending(P, fk, id)
+  redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
+end
+
 local function file_pending(P, id, csig, score, now)
   redis.call('ZADD', P .. 'pending:' .. csig, score, id)
   redis.call('ZADD', P .. 'heads', 'LT', score, csig)
@@ -586,12 +625,15 @@ local function file_pending(P, id, csig, score, now)
     redis.call('ZADD', P .. 'fam:' .. fsig, 'LT', score, csig)
     redis.call('ZADD', P .. 'fheads', 'LT', score, fsig)
   end
+  index_pending(P, fsig, csig, id, score)
   wake_one(P, csig, fsig, now)
 end
 
 local function unfile_pending(P, id, csig)
   if redis.call('ZREM', P .. 'pending:' .. csig, id) == 1 then
-    refresh_head(P, csig)
+    local fsig = family_of(P, csig)
+    unindex_pending(P, fsig or csig, id)
+    refresh_head(P, csig, fsig)
     return true
   end
   return false
@@ -636,6 +678,7 @@ local function drop_family(P, fsig)
   redis.call('HDEL', P .. 'family-models', fsig)
   redis.call('ZREM', P .. 'fheads', fsig)
   redis.call('DEL', P .. 'fam:' .. fsig)
+  redis.call('DEL', P .. 'fam-pending:' .. fsig)
   local rk = P .. 'compat-rev:' .. fsig
   for _, psig in ipairs(redis.call('SMEMBERS', rk)) do
     redis.call('SREM', P .. 'compat:' .. psig, fsig)
@@ -666,6 +709,9 @@ local function drop_class(P, csig)
     if redis.call('HINCRBY', P .. 'family-classes', fsig, '-1') <= 0 then
       drop_family(P, fsig)
     end
+  else
+    redis.call('SREM', P .. 'unfamilied', csig)
+    redis.call('DEL', P .. 'fam-pending:' .. csig)
   end
 end
 
@@ -1629,6 +1675,7 @@ local function emp_claim(keys, args)
     return {0, math.floor(next_due)}
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
+  unindex_pending(P, family or best, id)
   refresh_head(P, best, family)
   if args[6] == '1' then
     redis.call('ZREM', keys[4], member)
@@ -2215,9 +2262,6 @@ local function emp_resubmit(keys, args)
   return 'pending'
 end
 
--- Order scores of one priority band: (100 - priority) * 1e13 + ms.
-local BAND = 1e13
-
 --[[ emp_queue_summary (read-only)
 KEYS[1] config  KEYS[2] heads  KEYS[3] delayed
 ARGV[1] first class to report, 0-based, in head order  ARGV[2] how many
@@ -2245,7 +2289,7 @@ local function emp_queue_summary(keys, args)
       if band * BAND > score then
         band = band - 1
       end
-      local at = score - band * BAND
+      local at = effective_ms(score)
       if oldest == nil or at < oldest then
         oldest = at
       end
@@ -2261,10 +2305,60 @@ local function emp_queue_summary(keys, args)
   return out
 end
 
+--[[ emp_family_summary (read-only)
+KEYS[1] config
+Returns {indexed, {family signature, pending count, oldest effective ms},
+...} for every family with pending jobs (the class signature for a class
+filed without a family), from the per-family pending index: O(live families),
+whatever the number of classes, workflows or jobs. ``indexed`` is 1 once
+emp_index_families has filed the jobs left pending by a release before 19;
+until then the index may miss some of them and the caller reads classes. ]]
+local function emp_family_summary(keys, args)
+  local P = prefix_of(keys[1])
+  local out = {redis.call('HGET', keys[1], 'family_index') == '1' and 1 or 0}
+  local fks = redis.call('HKEYS', P .. 'families')
+  for _, csig in ipairs(redis.call('SMEMBERS', P .. 'unfamilied')) do
+    fks[#fks + 1] = csig
+  end
+  for _, fk in ipairs(fks) do
+    local key = P .. 'fam-pending:' .. fk
+    local oldest = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
+    if oldest[1] then
+      out[#out + 1] = {fk, redis.call('ZCARD', key), oldest[2]}
+    end
+  end
+  return out
+end
+
+--[[ emp_index_families
+KEYS[1] config  ARGV[1] '1' on the last call  ARGV[2..] class signatures
+Files the pending jobs of the given classes in the per-family pending index
+(idempotent), for jobs a release before 19 left pending; the last call marks
+the pool indexed. A caller lists the classes with pending jobs (P.."heads")
+after this library is loaded: jobs filed since go through file_pending. ]]
+local function emp_index_families(keys, args)
+  local P = prefix_of(keys[1])
+  for i = 2, #args do
+    local csig = args[i]
+    local fsig = family_of(P, csig)
+    local jobs = redis.call('ZRANGE', P .. 'pending:' .. csig, '0', '-1', 'WITHSCORES')
+    for j = 1, #jobs, 2 do
+      index_pending(P, fsig, csig, jobs[j], jobs[j + 1])
+    end
+  end
+  if args[1] == '1' then
+    redis.call('HSET', keys[1], 'family_index', '1')
+  end
+  return #args - 1
+end
+
 redis.register_function{function_name = 'emp_version', callback = emp_version,
   flags = {'no-writes'}}
 redis.register_function{function_name = 'emp_queue_summary', callback = emp_queue_summary,
   flags = {'no-writes'}}
+redis.register_function{function_name = 'emp_family_summary', callback = emp_family_summary,
+  flags = {'no-writes'}}
+redis.register_function('emp_index_families', emp_index_families)
 redis.register_function('emp_register_worker', emp_register_worker)
 redis.register_function('emp_enqueue', emp_enqueue)
 redis.register_function('emp_claim', emp_claim)

@@ -20,7 +20,8 @@ from capability_router.profile import WorkerProfile
 #: Keys of the claim index a drained, forgotten queue must not keep.
 INDEX_PATTERNS = ("classes", "class-family", "families", "family-classes", "live",
                   "wf-classes:*", "compat:*", "compat-rev:*", "fam:*", "fheads", "heads",
-                  "profiles", "restricted", "service-profiles:*", "profile-seen", "pending:*")
+                  "profiles", "restricted", "service-profiles:*", "profile-seen", "pending:*",
+                  "fam-pending:*", "unfamilied")
 
 
 def index_size(client: redis.Redis) -> dict[str, int]:

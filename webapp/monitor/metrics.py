@@ -4,6 +4,9 @@ Flower serves ``prometheus_client.REGISTRY`` at ``/metrics``; ``register``
 adds this collector to it, so one scrape gives Flower's Celery metrics and
 the queue's. Nothing is cached in the monitor: every scrape reads Redis
 (a few pipelined round trips), so any number of monitors report the same.
+The queue series come from the library's per-family pending index
+(``queue_families``), so a scrape's cost follows the families, not the
+workflows or classes waiting.
 
 Metrics:
 
@@ -83,7 +86,7 @@ from capability_router.pool_metrics import HIT_KINDS, read_now, recent
 from capability_router.pool_view import pools_view
 from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
-from webapp.monitor.queue import queue_summary
+from webapp.monitor.queue_families import queue_families
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +156,10 @@ def family_rows(classes: list[dict[str, Any]], limit: int) -> list[dict[str, Any
     ``limit`` are summed into one row with family, service and requirements
     ``"other"``.
     """
+    return capped_families(list(_summed(classes).values()), limit)
+
+
+def _summed(classes: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     families: dict[tuple[str, str], dict[str, Any]] = {}
     for row in classes:
         key = (row["pool"], row["family"])
@@ -168,8 +175,15 @@ def family_rows(classes: list[dict[str, Any]], limit: int) -> list[dict[str, Any
         family["oldest_age_seconds"] = max(family["oldest_age_seconds"],
                                            row["oldest_age_seconds"])
         family["workers"] = min(family["workers"], len(row["workers"]))
+    return families
+
+
+def capped_families(families: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Family rows (``pool``, ``family``, ``service``, ``requirements``, ``pending``,
+    ``oldest_age_seconds``, ``workers``), at most ``limit`` per pool: unservable
+    first, then the oldest; the rest summed into one ``"other"`` row."""
     by_pool: dict[str, list[dict[str, Any]]] = {}
-    for family in families.values():
+    for family in families:
         by_pool.setdefault(family["pool"], []).append(family)
     rows: list[dict[str, Any]] = []
     for pool, pool_families in by_pool.items():
@@ -270,9 +284,11 @@ class QueueCollector(Collector):
 
     def _read(self) -> list[Metric]:
         client = self.client
-        summary = queue_summary(client)
+        summary = queue_families(client)
         families = _families()
-        for row in family_rows(summary["classes"], self.families_per_pool):
+        labelled = [{**row, "requirements": requirements_label(row)}
+                    for row in summary["families"]]
+        for row in capped_families(labelled, self.families_per_pool):
             labels = [row["pool"], row["family"], row["service"], row["requirements"]]
             families["depth"].add_metric(labels, row["pending"])
             families["oldest"].add_metric(labels, row["oldest_age_seconds"])
@@ -392,5 +408,5 @@ def register(
         return collector
 
 
-__all__ = ["QueueCollector", "bound_flower_senders", "family_rows", "max_families", "register",
-           "sender_label"]
+__all__ = ["QueueCollector", "bound_flower_senders", "capped_families", "family_rows",
+           "max_families", "register", "sender_label"]

@@ -107,6 +107,31 @@ def profile_signature(record: dict[str, Any]) -> str | None:
         return None
 
 
+def live_workers(client: redis.Redis, pools: list[str]) -> tuple[
+        dict[str, dict[str, list[str]]], dict[str, dict[str, Any]], dict[str, int]]:
+    """The registry's live workers: per pool, profile signature -> ids of the workers
+    sharing it; worker id -> registry record; and counts ``idle``, ``busy``,
+    ``service_unhealthy`` (a worker whose service is down serves nothing)."""
+    serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
+    records: dict[str, dict[str, Any]] = {}
+    counts = {"idle": 0, "busy": 0, "service_unhealthy": 0}
+    for record in WorkerRegistry(client).workers():
+        status = record.get("status")
+        if status == "service_unhealthy":
+            # Its claim gate is closed: it serves nothing until its service is back.
+            counts["service_unhealthy"] += 1
+            continue
+        counts["busy" if status == "busy" else "idle"] += 1
+        psig = profile_signature(record)
+        if psig is None:
+            continue
+        records[_text(record["worker_id"])] = record
+        for pool in record.get("pools") or []:
+            if pool in serving:
+                serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
+    return serving, records, counts
+
+
 def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, Any]:
     """Pending work of every pool, by class, with the live workers able to serve it.
 
@@ -123,25 +148,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     defaults to the Redis server's clock.
     """
     pools = known_namespaces(client)
-    workers = WorkerRegistry(client).workers()
-    # Live profile signatures per pool, and the workers that share each.
-    serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
-    records: dict[str, dict[str, Any]] = {}
-    counts = {"idle": 0, "busy": 0, "service_unhealthy": 0}
-    for record in workers:
-        status = record.get("status")
-        if status == "service_unhealthy":
-            # Its claim gate is closed: it serves nothing until its service is back.
-            counts["service_unhealthy"] += 1
-            continue
-        counts["busy" if status == "busy" else "idle"] += 1
-        psig = profile_signature(record)
-        if psig is None:
-            continue
-        records[_text(record["worker_id"])] = record
-        for pool in record.get("pools") or []:
-            if pool in serving:
-                serving[pool].setdefault(psig, []).append(_text(record["worker_id"]))
+    serving, records, counts = live_workers(client, pools)
     psigs = {pool: list(serving[pool]) for pool in pools}
 
     if now_ms is None:
@@ -282,4 +289,5 @@ def class_servability(client: redis.Redis, pool: str, signature: str) -> dict[st
             "requirements": described["requirements"], "reason": reason}
 
 
-__all__ = ["class_servability", "describe_class", "profile_signature", "queue_summary"]
+__all__ = ["class_servability", "describe_class", "live_workers", "profile_signature",
+           "queue_summary"]
