@@ -12,6 +12,7 @@ client's jobs and sends every event it missed.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from simple_websocket import ConnectionClosed
@@ -207,8 +208,9 @@ class ClientConnection:
                     return
                 self.idempotency.take_over(claim)  # the first, if it files too, answers
         try:
-            job_id, pool = submit_body(body, self.principal, self.backend, checked=True,
-                                       limits=self.limits)
+            job_id, pool = submit_body(
+                body, self.principal, self.backend, checked=True, limits=self.limits,
+                pin=None if claim is None else partial(self.idempotency.placed, claim))
         except Limited as exc:
             if claim is not None:
                 self.idempotency.release(claim)

@@ -17,9 +17,19 @@ the record. A retry with the same key then:
   then find the job filed, answers with that job instead of a 409;
 - with a different body gets 422 (Stripe's rule), and nothing is written.
 
+Once the submit placed the job, before it files it (``placed``):
+
+- with routing on, the first attempt routed decides the pool for every
+  attempt with the key (``<record>:route:<digest>``). A job id is refused twice
+  only within one pool (its keys share one hash tag), so a retry routed
+  elsewhere (the pools file edited, workers come or gone) filed a second job;
+- the key is kept no longer than the pool keeps job records from then, so an
+  answer replayed never names a job already swept.
+
 Keys are scoped by the caller (a customer, or the admins), so two
 customers may use the same key. Records expire after the retention window
-(``EMP_IDEMPOTENCY_SECONDS``, 24 h by default).
+(``EMP_IDEMPOTENCY_SECONDS``, 24 h by default), or the pool's job retention
+when that is shorter.
 
 Key: ``emp:idempotency:<owner>:<kind>:<sha256 of the key>``, a JSON string
 ``{fingerprint, job_id, status?, body?}``.
@@ -37,6 +47,8 @@ from typing import Any
 
 import redis
 
+from capability_router.keys import Keys
+from emp_tasks import defaults
 from webapp.auth import Principal
 from webapp.settings import IDEMPOTENCY_SECONDS as RETENTION_SECONDS
 
@@ -47,6 +59,9 @@ KEY_FORM = re.compile(r"[\x21-\x7e]{1,255}")
 PREFIX = "emp:idempotency:"
 #: Suffix of the key that says a retry took a record over (``IdempotencyStore.take_over``).
 TAKEN = ":taken"
+#: Seconds a pool's job retention, as read from its config, is reused by this process.
+POOL_RETENTION_CACHE_SECONDS = 10.0
+_pool_retention: dict[str, tuple[float, int]] = {}
 
 
 class KeyReused(ValueError):
@@ -62,6 +77,22 @@ def record_key(principal: Principal, kind: str, key: str) -> str:
     """The Redis key of one idempotency key; hashed, so any key length costs the same."""
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{PREFIX}{owner(principal)}:{kind}:{digest}"
+
+
+def pool_retention_seconds(client: redis.Redis, pool: str) -> int:
+    """How long ``pool`` keeps a job's record after the job ended: ``retention_ms`` of its
+    config (written by its workers from ``EMP_RETENTION_SECONDS``), else the function
+    library's default (7 days, as ``emp_tasks.defaults``). Cached a few seconds."""
+    now = time.monotonic()
+    hit = _pool_retention.get(pool)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    raw = client.hget(Keys(pool).config, "retention_ms")
+    seconds = max(1, int(float(raw) // 1000)) if raw else int(defaults.RETENTION_SECONDS)
+    if len(_pool_retention) > 1000:
+        _pool_retention.clear()
+    _pool_retention[pool] = (now + POOL_RETENTION_CACHE_SECONDS, seconds)
+    return seconds
 
 
 def fingerprint(body: Any) -> str:
@@ -139,6 +170,24 @@ class IdempotencyStore:
         """Whether a retry took the key over (``take_over``)."""
         return bool(self.client.exists(claim.redis_key + TAKEN))
 
+    def placed(self, claim: Claim, pool: str, routing: dict[str, str] | None
+               ) -> tuple[str, dict[str, str] | None]:
+        """The pool and routing record to file the key's job with, given where this attempt
+        placed it (``routing``: the router's record fields, None with routing off, where
+        the body alone decides the pool). The first attempt routed decides for all; the
+        key is then kept no longer than that pool keeps job records."""
+        if routing is not None:
+            decided = json.dumps({"pool": pool, "routing": routing})
+            earlier = self.client.set(_route_key(claim), decided, nx=True, get=True,
+                                      ex=self.retention)
+            if earlier is not None:
+                first = json.loads(earlier)
+                pool, routing = first["pool"], first["routing"]
+        kept = pool_retention_seconds(self.client, pool)
+        if kept < self.retention:  # the record is kept ``kept`` after its job ends
+            self.client.expire(claim.redis_key, kept, lt=True)
+        return pool, routing
+
     def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
         """Store the answer a retry will get (the key keeps its expiry)."""
         record = {"fingerprint": claim.fingerprint, "job_id": claim.job_id,
@@ -150,6 +199,14 @@ class IdempotencyStore:
         if claim.first:
             self.client.delete(claim.redis_key)
             self.client.delete(claim.redis_key + TAKEN)  # apart: another slot in a cluster
+            self.client.delete(_route_key(claim))
+
+
+def _route_key(claim: Claim) -> str:
+    """Where the pool of the claim's job is decided: per body and job id, so that a key
+    reused with another body after its record expired never files where an old one went."""
+    digest = hashlib.sha256(f"{claim.fingerprint}:{claim.job_id}".encode()).hexdigest()
+    return f"{claim.redis_key}:route:{digest[:16]}"
 
 
 def check_key(key: str) -> str:

@@ -9,6 +9,7 @@ passed the OpenAPI schema, so bad input writes nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -126,7 +127,7 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         store.take_over(claim)
     try:
         job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
-                                limits=_limits())
+                                limits=_limits(), pin=partial(store.placed, claim))
     except Limited:  # nothing written and no answer to keep: the retry after Retry-After
         store.release(claim)  # claims the key afresh (as the socket's submit does)
         raise
