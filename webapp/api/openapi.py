@@ -479,7 +479,8 @@ IDEMPOTENCY_KEY = {
     "description": "Makes a retry safe: within EMP_IDEMPOTENCY_SECONDS (24 h) a request "
                    "with the same key and body gets the first request's answer (status and "
                    "body, also a 4xx) and no second job; the same key with another body "
-                   "gets 422. Keys are per customer.",
+                   "gets 422. Keys are per customer, and never kept longer than the job "
+                   "record the answer names (the pool's retention).",
 }
 REPLAYED = {"description": "true when this answer is the stored answer to an earlier "
                            "request with the same Idempotency-Key.",
