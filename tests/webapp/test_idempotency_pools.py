@@ -121,3 +121,33 @@ def test_a_socket_retry_routed_to_another_pool_files_no_second_job(
     assert {a["type"] for a in answers.values()} == {"job_submitted"}, answers
     assert {a["job_id"] for a in answers.values()} == {"ws-moved-1"}, answers
     assert filed(client) == {("fast", "ws-moved-1")}
+
+
+def test_a_keyed_retry_to_a_process_with_routing_off_files_no_second_job(
+        start_server, client, hang_at, pools_path) -> None:  # noqa: F811
+    """Tried: a rolling deploy that turns routing on: a keyed POST /api/jobs to an API
+    process with EMP_POOLS_FILE (routed to pool fast), its limit check and filing each
+    held back 4 s (Redis running); the same POST 0.5 s later to a process without it
+    (routing off: the default pool); it waits 5 s for the first's answer, finds none and
+    files the job itself. Before the fix the retry filed it in default and the first in
+    fast: two jobs under one id. Now the retry files where the first attempt placed it."""
+    routed = start_server("api", EMP_API_PROCESSES="1", EMP_REDIS_URL=hang_at.url,
+                          EMP_POOLS_FILE=str(pools_path), **TOKENS_ENV)
+    unrouted = start_server("api", EMP_API_PROCESSES="1", EMP_REDIS_URL=hang_at.url,
+                            **TOKENS_ENV)
+    hang_at.delays = {ADMIT: 4.0, ENQUEUE: 4.0}
+    replies: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: replies.__setitem__("first", retried(
+        Api(routed.base, TOKEN_A), "k-flip")))
+    first.start()
+    wait_for(lambda: ADMIT not in hang_at.delays, timeout=10,
+             message="the first attempt's routing")
+    replies["retry"] = retried(Api(unrouted.base, TOKEN_A), "k-flip")
+    first.join()
+    answers = {name: (round(seconds, 1), reply.status_code, reply.json())
+               for name, (seconds, reply) in replies.items()}
+    print(f"\n{answers}\nfiled: {filed(client)}")
+    assert {status for _, status, _ in answers.values()} == {201}, answers
+    ids = {body["job_id"] for _, _, body in answers.values()}
+    assert len(ids) == 1, answers
+    assert filed(client) == {("fast", ids.pop())}

@@ -19,10 +19,11 @@ the record. A retry with the same key then:
 
 Once the submit placed the job, before it files it (``placed``):
 
-- with routing on, the first attempt routed decides the pool for every
-  attempt with the key (``<record>:route:<digest>``). A job id is refused twice
-  only within one pool (its keys share one hash tag), so a retry routed
-  elsewhere (the pools file edited, workers come or gone) filed a second job;
+- the first attempt placed decides the pool for every attempt with the key
+  (``<record>:route:<digest>``). A job id is refused twice only within one pool
+  (its keys share one hash tag), so a retry routed elsewhere (the pools file
+  edited, workers come or gone, routing on in one API process and off in
+  another) filed a second job;
 - the key is kept no longer than the pool keeps job records from then, so an
   answer replayed never names a job already swept.
 
@@ -173,16 +174,16 @@ class IdempotencyStore:
     def placed(self, claim: Claim, pool: str, routing: dict[str, str] | None
                ) -> tuple[str, dict[str, str] | None]:
         """The pool and routing record to file the key's job with, given where this attempt
-        placed it (``routing``: the router's record fields, None with routing off, where
-        the body alone decides the pool). The first attempt routed decides for all; the
-        key is then kept no longer than that pool keeps job records."""
-        if routing is not None:
-            decided = json.dumps({"pool": pool, "routing": routing})
-            earlier = self.client.set(_route_key(claim), decided, nx=True, get=True,
-                                      ex=self.retention)
-            if earlier is not None:
-                first = json.loads(earlier)
-                pool, routing = first["pool"], first["routing"]
+        placed it (``routing``: the router's record fields, None with routing off). The
+        first attempt placed decides for all, also when routing is on in one API process
+        and off in another; the key is then kept no longer than that pool keeps job
+        records."""
+        decided = json.dumps({"pool": pool, "routing": routing})
+        earlier = self.client.set(_route_key(claim), decided, nx=True, get=True,
+                                  ex=self.retention)
+        if earlier is not None:
+            first = json.loads(earlier)
+            pool, routing = first["pool"], first["routing"]
         kept = pool_retention_seconds(self.client, pool)
         if kept < self.retention:  # the record is kept ``kept`` after its job ends
             self.client.expire(claim.redis_key, kept, lt=True)

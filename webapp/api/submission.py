@@ -152,10 +152,12 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         raise Invalid(f"pool {pool!r} does not exist: a pool is made by a worker serving it, "
                       "the pools file, or a submit with an admin token")
     routing = placed.routing
-    if pin is not None:
+    if pin is not None:  # an idempotent submit: where its first attempt was placed
         pool, routing = pin(pool, routing)
     if routing is not None:  # decided once: the submit files it where admitted
         fields["pool"], fields["routing"] = pool, routing
+    elif pool != placed.pool:  # placed by a process with routing on, this one off
+        fields["pool"] = pool
     while True:
         try:
             return _file(service, body.get("payload"), customer_id, fields, principal,
