@@ -24,13 +24,17 @@ Once the submit placed the job, before it files it (``placed``):
   (its keys share one hash tag), so a retry routed elsewhere (the pools file
   edited, workers come or gone, routing on in one API process and off in
   another) filed a second job;
-- the key is kept no longer than the pool keeps job records from then, so an
-  answer replayed never names a job already swept.
+
+An answer that named a job is replayed only while that job's record is
+there: a pool whose workers keep records (``EMP_RETENTION_SECONDS`` after a
+job ended) for less than the key's window swept it, and the retry is told so
+(409 naming the job, nothing filed) rather than given a 201 naming a job that
+404s or a second run. (``emp api`` refuses ``EMP_IDEMPOTENCY_SECONDS`` over its
+own ``EMP_RETENTION_SECONDS``; the pools' workers may still keep less.)
 
 Keys are scoped by the caller (a customer, or the admins), so two
 customers may use the same key. Records expire after the retention window
-(``EMP_IDEMPOTENCY_SECONDS``, 24 h by default), or the pool's job retention
-when that is shorter.
+(``EMP_IDEMPOTENCY_SECONDS``, 24 h by default).
 
 Key: ``emp:idempotency:<owner>:<kind>:<sha256 of the key>``, a JSON string
 ``{fingerprint, job_id, status?, body?}``.
@@ -48,8 +52,6 @@ from typing import Any
 
 import redis
 
-from capability_router.keys import Keys
-from emp_tasks import defaults
 from webapp.auth import Principal
 from webapp.settings import IDEMPOTENCY_SECONDS as RETENTION_SECONDS
 
@@ -60,9 +62,6 @@ KEY_FORM = re.compile(r"[\x21-\x7e]{1,255}")
 PREFIX = "emp:idempotency:"
 #: Suffix of the key that says a retry took a record over (``IdempotencyStore.take_over``).
 TAKEN = ":taken"
-#: Seconds a pool's job retention, as read from its config, is reused by this process.
-POOL_RETENTION_CACHE_SECONDS = 10.0
-_pool_retention: dict[str, tuple[float, int]] = {}
 
 
 class KeyReused(ValueError):
@@ -78,22 +77,6 @@ def record_key(principal: Principal, kind: str, key: str) -> str:
     """The Redis key of one idempotency key; hashed, so any key length costs the same."""
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{PREFIX}{owner(principal)}:{kind}:{digest}"
-
-
-def pool_retention_seconds(client: redis.Redis, pool: str) -> int:
-    """How long ``pool`` keeps a job's record after the job ended: ``retention_ms`` of its
-    config (written by its workers from ``EMP_RETENTION_SECONDS``), else the function
-    library's default (7 days, as ``emp_tasks.defaults``). Cached a few seconds."""
-    now = time.monotonic()
-    hit = _pool_retention.get(pool)
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    raw = client.hget(Keys(pool).config, "retention_ms")
-    seconds = max(1, int(float(raw) // 1000)) if raw else int(defaults.RETENTION_SECONDS)
-    if len(_pool_retention) > 1000:
-        _pool_retention.clear()
-    _pool_retention[pool] = (now + POOL_RETENTION_CACHE_SECONDS, seconds)
-    return seconds
 
 
 def fingerprint(body: Any) -> str:
@@ -176,17 +159,13 @@ class IdempotencyStore:
         """The pool and routing record to file the key's job with, given where this attempt
         placed it (``routing``: the router's record fields, None with routing off). The
         first attempt placed decides for all, also when routing is on in one API process
-        and off in another; the key is then kept no longer than that pool keeps job
-        records."""
+        and off in another."""
         decided = json.dumps({"pool": pool, "routing": routing})
         earlier = self.client.set(_route_key(claim), decided, nx=True, get=True,
                                   ex=self.retention)
         if earlier is not None:
             first = json.loads(earlier)
             pool, routing = first["pool"], first["routing"]
-        kept = pool_retention_seconds(self.client, pool)
-        if kept < self.retention:  # the record is kept ``kept`` after its job ends
-            self.client.expire(claim.redis_key, kept, lt=True)
         return pool, routing
 
     def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
@@ -208,6 +187,13 @@ def _route_key(claim: Claim) -> str:
     reused with another body after its record expired never files where an old one went."""
     digest = hashlib.sha256(f"{claim.fingerprint}:{claim.job_id}".encode()).hexdigest()
     return f"{claim.redis_key}:route:{digest[:16]}"
+
+
+def swept_message(job_id: str, key_name: str = HEADER) -> str:
+    """Why a retry whose first attempt filed ``job_id`` gets no job: its record is gone."""
+    return (f"job {job_id!r}, submitted with this {key_name}, ended and its record was "
+            "removed after its pool's retention (EMP_RETENTION_SECONDS); nothing was "
+            f"submitted. Submit with a new {key_name} to run it again")
 
 
 def check_key(key: str) -> str:
