@@ -17,13 +17,12 @@ the record. A retry with the same key then:
   then find the job filed, answers with that job instead of a 409;
 - with a different body gets 422 (Stripe's rule), and nothing is written.
 
-Once the submit placed the job, before it files it (``placed``):
-
-- the first attempt placed decides the pool for every attempt with the key
-  (``<record>:route:<digest>``). A job id is refused twice only within one pool
-  (its keys share one hash tag), so a retry routed elsewhere (the pools file
-  edited, workers come or gone, routing on in one API process and off in
-  another) filed a second job;
+Once the submit placed the job, before it files it (``placed``), the first
+attempt placed decides the pool for every attempt with the key
+(``<record>:route:<digest>``). A job id is refused twice only within one pool
+(its keys share one hash tag), so a retry routed elsewhere (the pools file
+edited, workers come or gone, routing on in one API process and off in
+another) filed a second job.
 
 An answer that named a job is replayed only while that job's record is
 there: a pool whose workers keep records (``EMP_RETENTION_SECONDS`` after a

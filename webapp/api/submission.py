@@ -104,7 +104,7 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
 
 #: Given the pool and routing record a submit placed its job with, the ones to file it
 #: with (``IdempotencyStore.placed``: every attempt with one key files in one pool).
-Pin = Callable[[str, "dict[str, str] | None"], "tuple[str, dict[str, str] | None]"]
+Pin = Callable[[str, dict[str, str] | None], tuple[str, dict[str, str] | None]]
 
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
@@ -156,7 +156,7 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         pool, routing = pin(pool, routing)
     if routing is not None:  # decided once: the submit files it where admitted
         fields["pool"], fields["routing"] = pool, routing
-    elif pool != placed.pool:  # placed by a process with routing on, this one off
+    elif pool != placed.pool:  # the first attempt's pool, where routing is off or not
         fields["pool"] = pool
     while True:
         try:
