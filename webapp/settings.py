@@ -151,8 +151,8 @@ class WebSettings:
     def check_idempotency_window(self) -> None:
         """ValueError, naming both settings, when idempotency keys would be kept longer than
         job records (``EMP_RETENTION_SECONDS``): a retry would replay an answer naming a job
-        already swept. Each key is also capped at its pool's retention as the pool's
-        workers set it (``webapp.api.idempotency``); this makes the mismatch loud."""
+        already swept. A pool whose workers keep records shorter still is met at replay
+        time: a retry whose job was swept gets 409 (``webapp.api.idempotency``)."""
         seconds = self.idempotency_seconds
         if seconds <= 0:
             raise ValueError(f"EMP_IDEMPOTENCY_SECONDS must be a positive integer, got {seconds}")
