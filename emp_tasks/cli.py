@@ -301,12 +301,14 @@ def demo(obj: dict[str, Any]) -> None:
 
 def _check_web_settings(webhooks: bool = False) -> None:
     """A malformed ``EMP_*`` web setting stops the start with one line naming it, not a
-    traceback."""
+    traceback (and, for the API, idempotency keys kept longer than job records)."""
     from webapp.settings import WebSettings
     from webapp.webhooks.config import WebhookConfig
 
     try:
-        WebSettings.from_env()
+        settings = WebSettings.from_env()
+        if not webhooks:
+            settings.check_idempotency_window()
         if webhooks:
             WebhookConfig.from_env()
     except ValueError as exc:

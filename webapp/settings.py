@@ -151,6 +151,22 @@ class WebSettings:
         """True when no token is configured: every request is an admin's."""
         return not self.customer_tokens and not self.admin_tokens
 
+    def check_idempotency_window(self) -> None:
+        """ValueError, naming both settings, when idempotency keys would be kept longer than
+        job records (``EMP_RETENTION_SECONDS``): a retry would replay an answer naming a job
+        already swept. A pool whose workers keep records shorter still is met at replay
+        time: a retry whose job was swept gets 409 (``webapp.api.idempotency``)."""
+        seconds = self.idempotency_seconds
+        if seconds <= 0:
+            raise ValueError(f"EMP_IDEMPOTENCY_SECONDS must be a positive integer, got {seconds}")
+        retention = defaults.env_positive("EMP_RETENTION_SECONDS", defaults.RETENTION_SECONDS)
+        if seconds > retention:
+            shown = int(retention) if retention == int(retention) else retention
+            raise ValueError(
+                f"EMP_IDEMPOTENCY_SECONDS ({seconds}) is longer than EMP_RETENTION_SECONDS "
+                f"({shown}): a retry would replay an answer naming a job record already "
+                f"swept; set EMP_IDEMPOTENCY_SECONDS to {shown} or less")
+
     @classmethod
     def from_env(cls, **overrides: object) -> WebSettings:
         admin = {t.strip() for t in (defaults.env("EMP_ADMIN_TOKENS") or "").split(",")}

@@ -12,6 +12,7 @@ client's jobs and sends every event it missed.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from simple_websocket import ConnectionClosed
@@ -23,7 +24,12 @@ from emp_tasks import producer
 from webapp import job_ids
 from webapp.api import validation
 from webapp.api.events import Event, EventHub, Subscription, id_key
-from webapp.api.idempotency import RETENTION_SECONDS, IdempotencyStore, KeyReused
+from webapp.api.idempotency import (
+    RETENTION_SECONDS,
+    IdempotencyStore,
+    KeyReused,
+    swept_message,
+)
 from webapp.api.limits import Limited, Limits, SocketPlace
 from webapp.api.messages import client_message, error_message, parse_message
 from webapp.api.resume import BadResumeId, parse_resume_id
@@ -184,7 +190,8 @@ class ClientConnection:
     def submit(self, message: dict[str, Any]) -> None:
         """Submit a job. A ``message_id`` is the job id and an idempotency key: a retry
         with the same body is answered as the first was (``job_submitted``), one with
-        another body gets an error (422), and no second job is made. A retry that finds
+        another body gets an error (422), and no second job is made; once the job's
+        record was swept (its pool's retention), error 409 says so. A retry that finds
         no job files it under the message_id, noting so first (``take_over``): the
         first attempt, should it file too, then answers with that job, not a 409."""
         body = {k: v for k, v in message.items() if k != "type"}
@@ -205,10 +212,16 @@ class ClientConnection:
             if not claim.first:
                 if self._answer_again(claim.job_id, message_id):
                     return
+                if claim.answer is not None:  # its job was filed, and swept since
+                    self.session.send(error_message(
+                        swept_message(claim.job_id, "message_id"), status=409, job_id=claim.job_id,
+                        message_id=message_id))
+                    return
                 self.idempotency.take_over(claim)  # the first, if it files too, answers
         try:
-            job_id, pool = submit_body(body, self.principal, self.backend, checked=True,
-                                       limits=self.limits)
+            job_id, pool = submit_body(
+                body, self.principal, self.backend, checked=True, limits=self.limits,
+                pin=None if claim is None else partial(self.idempotency.placed, claim))
         except Limited as exc:
             if claim is not None:
                 self.idempotency.release(claim)
@@ -224,6 +237,8 @@ class ClientConnection:
                 self.idempotency.release(claim)
             self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
             return
+        if claim is not None:  # filed: a retry that finds no job then knows it was swept
+            self.idempotency.answer(claim, 201, {"job_id": job_id})
         # The job's own log answers: job_submitted first, then the rest.
         self.message_ids[job_id] = message.get("message_id")
         self._follow(job_id, None, pool, remember=True)

@@ -17,6 +17,20 @@ the record. A retry with the same key then:
   then find the job filed, answers with that job instead of a 409;
 - with a different body gets 422 (Stripe's rule), and nothing is written.
 
+Once the submit placed the job, before it files it (``placed``), the first
+attempt placed decides the pool for every attempt with the key
+(``<record>:route:<digest>``). A job id is refused twice only within one pool
+(its keys share one hash tag), so a retry routed elsewhere (the pools file
+edited, workers come or gone, routing on in one API process and off in
+another) filed a second job.
+
+An answer that named a job is replayed only while that job's record is
+there: a pool whose workers keep records (``EMP_RETENTION_SECONDS`` after a
+job ended) for less than the key's window swept it, and the retry is told so
+(409 naming the job, nothing filed) rather than given a 201 naming a job that
+404s or a second run. (``emp api`` refuses ``EMP_IDEMPOTENCY_SECONDS`` over its
+own ``EMP_RETENTION_SECONDS``; the pools' workers may still keep less.)
+
 Keys are scoped by the caller (a customer, or the admins), so two
 customers may use the same key. Records expire after the retention window
 (``EMP_IDEMPOTENCY_SECONDS``, 24 h by default).
@@ -139,6 +153,20 @@ class IdempotencyStore:
         """Whether a retry took the key over (``take_over``)."""
         return bool(self.client.exists(claim.redis_key + TAKEN))
 
+    def placed(self, claim: Claim, pool: str, routing: dict[str, str] | None
+               ) -> tuple[str, dict[str, str] | None]:
+        """The pool and routing record to file the key's job with, given where this attempt
+        placed it (``routing``: the router's record fields, None with routing off). The
+        first attempt placed decides for all, also when routing is on in one API process
+        and off in another."""
+        decided = json.dumps({"pool": pool, "routing": routing})
+        earlier = self.client.set(_route_key(claim), decided, nx=True, get=True,
+                                  ex=self.retention)
+        if earlier is not None:
+            first = json.loads(earlier)
+            pool, routing = first["pool"], first["routing"]
+        return pool, routing
+
     def answer(self, claim: Claim, status: int, body: dict[str, Any]) -> None:
         """Store the answer a retry will get (the key keeps its expiry)."""
         record = {"fingerprint": claim.fingerprint, "job_id": claim.job_id,
@@ -150,6 +178,21 @@ class IdempotencyStore:
         if claim.first:
             self.client.delete(claim.redis_key)
             self.client.delete(claim.redis_key + TAKEN)  # apart: another slot in a cluster
+            self.client.delete(_route_key(claim))
+
+
+def _route_key(claim: Claim) -> str:
+    """Where the pool of the claim's job is decided: per body and job id, so that a key
+    reused with another body after its record expired never files where an old one went."""
+    digest = hashlib.sha256(f"{claim.fingerprint}:{claim.job_id}".encode()).hexdigest()
+    return f"{claim.redis_key}:route:{digest[:16]}"
+
+
+def swept_message(job_id: str, key_name: str = HEADER) -> str:
+    """Why a retry whose first attempt filed ``job_id`` gets no job: its record is gone."""
+    return (f"job {job_id!r}, submitted with this {key_name}, ended and its record was "
+            "removed after its pool's retention (EMP_RETENTION_SECONDS); nothing was "
+            f"submitted. Submit with a new {key_name} to run it again")
 
 
 def check_key(key: str) -> str:

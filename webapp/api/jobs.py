@@ -9,6 +9,7 @@ passed the OpenAPI schema, so bad input writes nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -101,8 +102,8 @@ def submit_job():  # noqa: ANN201 - Flask response
 
 def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
     """The first request with ``key`` submits and stores its answer; a retry gets that
-    answer, or the job filed under the key, or (neither there yet) submits under the
-    same job id."""
+    answer (409 when it named a job whose record was swept since), or the job filed
+    under the key, or (neither there yet) submits under the same job id."""
     try:
         idempotency.check_key(key)
     except ValueError as exc:
@@ -116,6 +117,9 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
     except idempotency.KeyReused as exc:
         return error(422, f"{idempotency.HEADER}: {exc}")
     if claim.answer is not None:
+        if claim.answer[0] == 201 and not _own_job(claim.job_id):  # swept meanwhile
+            shown = claim.answer[1].get("job_id") or claim.job_id
+            return error(409, idempotency.swept_message(shown), job_id=shown)
         return _answer(*claim.answer, replayed=True)
     if not claim.first:  # the first request has no answer: on its way, or it failed
         if _own_job(claim.job_id):  # its job was filed (a 503 may have come after that)
@@ -126,7 +130,7 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         store.take_over(claim)
     try:
         job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
-                                limits=_limits())
+                                limits=_limits(), pin=partial(store.placed, claim))
     except Limited:  # nothing written and no answer to keep: the retry after Retry-After
         store.release(claim)  # claims the key afresh (as the socket's submit does)
         raise

@@ -122,7 +122,10 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
             "properties": {"success": {"type": "boolean", "enum": [False]},
                            "error": {"type": "string"},
                            "job_status": {"type": "string", "enum": JOB_STATES,
-                                          "description": "With 409: the job's state."}},
+                                          "description": "With 409: the job's state."},
+                           "job_id": {"type": "string",
+                                      "description": "With 409 to an Idempotency-Key retry: "
+                                                     "the job it filed, since removed."}},
         },
         "Limited": {
             "type": "object", "required": ["success", "error", "limit"],
@@ -369,7 +372,9 @@ def _responses() -> dict[str, Any]:
         "TooLarge": _json(ERROR_REF, "Request body over the size limit."),
         "UnsupportedMediaType": _json(ERROR_REF, "The body must be application/json."),
         "IdTaken": _json(ERROR_REF, "This customer already has a job of this id "
-                                    "(message_id or job_id); nothing was written."),
+                                    "(message_id or job_id), or the job this "
+                                    "Idempotency-Key filed was removed after its pool's "
+                                    "retention (job_id); nothing was written."),
         "KeyReused": _json(ERROR_REF, "This Idempotency-Key was first used with another "
                                       "body; nothing was written."),
         "TooMany": {**_json(_ref("Limited"), "Over one of the customer's limits (submission "
@@ -479,7 +484,8 @@ IDEMPOTENCY_KEY = {
     "description": "Makes a retry safe: within EMP_IDEMPOTENCY_SECONDS (24 h) a request "
                    "with the same key and body gets the first request's answer (status and "
                    "body, also a 4xx) and no second job; the same key with another body "
-                   "gets 422. Keys are per customer.",
+                   "gets 422; once the job it filed was removed after its pool's retention, "
+                   "409 saying so. Keys are per customer.",
 }
 REPLAYED = {"description": "true when this answer is the stored answer to an earlier "
                            "request with the same Idempotency-Key.",

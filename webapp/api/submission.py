@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from capability_router.errors import InvalidJob
@@ -101,9 +102,14 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
         raise Invalid(str(exc)) from None
 
 
+#: Given the pool and routing record a submit placed its job with, the ones to file it
+#: with (``IdempotencyStore.placed``: every attempt with one key files in one pool).
+Pin = Callable[[str, dict[str, str] | None], tuple[str, dict[str, str] | None]]
+
+
 def submit_body(body: Any, principal: Principal, backend: Backend,
                 checked: bool = False, job_id: str | None = None,
-                limits: Limits | None = None) -> tuple[str, str]:
+                limits: Limits | None = None, pin: Pin | None = None) -> tuple[str, str]:
     """Submit a job body; returns (stored job id, pool). Raises Invalid (400/403/409), or
     Limited (429) when ``limits`` refuse the customer another job, having written nothing.
 
@@ -145,8 +151,13 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
     if placed.pool_named and not principal.admin and not _pool_exists(backend, pool):
         raise Invalid(f"pool {pool!r} does not exist: a pool is made by a worker serving it, "
                       "the pools file, or a submit with an admin token")
-    if placed.routing is not None:  # decided once: the submit files it where admitted
-        fields["pool"], fields["routing"] = pool, placed.routing
+    routing = placed.routing
+    if pin is not None:  # an idempotent submit: where its first attempt was placed
+        pool, routing = pin(pool, routing)
+    if routing is not None:  # decided once: the submit files it where admitted
+        fields["pool"], fields["routing"] = pool, routing
+    elif pool != placed.pool:  # the first attempt's pool, where routing is off or not
+        fields["pool"] = pool
     while True:
         try:
             return _file(service, body.get("payload"), customer_id, fields, principal,
