@@ -3,12 +3,11 @@ the client sends the call again, and a job's outcome must still reach everyone o
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from redis_proxy import RedisProxy, State
 
 from capability_router.errors import InvalidJob
 from capability_router.keys import Keys
@@ -17,63 +16,30 @@ from emp_tasks.app import create_app
 from emp_tasks.producer import cancel, get_job, submit
 
 
-class ReplyCutter:
+class ReplyCutter(RedisProxy):
     """A TCP proxy to Redis that, ``times`` times (once by default), forwards a command
     holding ``marker`` and then closes both sides instead of relaying its reply: Redis
     ran it, the caller never learns so and sends it again on a new connection (redis-py's
     retry; kombu's own retry of the publish once redis-py has given up)."""
 
     def __init__(self, port: int, marker: bytes, times: int = 1) -> None:
-        self.port, self.marker, self.times = port, marker, times
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
-        self.lock = threading.Lock()
+        super().__init__(port)
+        self.marker, self.times = marker, times
         self.armed = True
         self.cuts = 0
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                inner, _ = self.listener.accept()
-            except OSError:
-                return
-            outer = socket.create_connection(("127.0.0.1", self.port))
-            state = {"cut_next_reply": False}
-            threading.Thread(target=self._requests, args=(inner, outer, state),
-                             daemon=True).start()
-            threading.Thread(target=self._replies, args=(outer, inner, state),
-                             daemon=True).start()
+    def request(self, data: bytes, state: State) -> bytes:
+        with self.lock:
+            if self.armed and self.marker in data:
+                self.times -= 1
+                self.armed, state["cut_next_reply"] = self.times > 0, True
+        return data
 
-    def _requests(self, inner: socket.socket, outer: socket.socket, state: dict) -> None:
-        try:
-            while data := inner.recv(65536):
-                with self.lock:
-                    if self.armed and self.marker in data:
-                        self.times -= 1
-                        self.armed, state["cut_next_reply"] = self.times > 0, True
-                outer.sendall(data)
-        except OSError:
-            pass
-
-    def _replies(self, outer: socket.socket, inner: socket.socket, state: dict) -> None:
-        try:
-            while data := outer.recv(65536):
-                if state["cut_next_reply"]:
-                    self.cuts += 1
-                    break
-                inner.sendall(data)
-        except OSError:
-            pass
-        for end in (inner, outer):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
-
-    def close(self) -> None:
-        self.listener.close()
+    def reply(self, data: bytes, state: State) -> bytes | None:
+        if state.get("cut_next_reply"):
+            self.cuts += 1
+            return None
+        return data
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis_proxy import RedisProxy, State
 from rest_helpers import TOKEN_A, TOKENS_ENV, Api
 
 from capability_router.keys import JOB_EVENTS_SUFFIX, Keys
@@ -41,7 +41,7 @@ CLAIM = b"emp:idempotency:"  # the key's SET NX GET
 ENQUEUE = b"emp_enqueue"  # the job's filing (FCALL)
 
 
-class HangAt:
+class HangAt(RedisProxy):
     """A TCP proxy to Redis that relays everything until a command holding ``marker``
     passes (once, after ``arm``; arm it once the API started, whose start loads Lua
     libraries that name their functions). ``late``: it then stops the Redis server
@@ -51,16 +51,13 @@ class HangAt:
 
     def __init__(self, server: LocalRedis) -> None:
         assert server.process is not None
-        self.port, self.pid = server.port, server.process.pid
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
-        self.lock = threading.Lock()
+        super().__init__(server.port)
+        self.pid = server.process.pid
         self.marker: bytes | None = None
         self.late = False
         self.hit = threading.Event()
         #: Commands held back this long (each once), Redis running: a slow path.
         self.delays: dict[bytes, float] = {}
-        threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, marker: bytes, late: bool) -> None:
         with self.lock:
@@ -69,54 +66,22 @@ class HangAt:
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                inner, _ = self.listener.accept()
-            except OSError:
-                return
-            outer = socket.create_connection(("127.0.0.1", self.port))
-            threading.Thread(target=self._requests, args=(inner, outer), daemon=True).start()
-            threading.Thread(target=self._replies, args=(outer, inner), daemon=True).start()
-
-    def _requests(self, inner: socket.socket, outer: socket.socket) -> None:
-        lost = False
-        try:
-            while data := inner.recv(65536):
-                with self.lock:
-                    delay = next((self.delays.pop(m) for m in list(self.delays)
-                                  if m in data), 0.0)
-                time.sleep(delay)
-                with self.lock:
-                    if self.marker is not None and self.marker in data:
-                        self.marker = None
-                        self.hit.set()
-                        if self.late:
-                            os.kill(self.pid, signal.SIGSTOP)
-                        else:
-                            lost = True
-                if not lost:
-                    outer.sendall(data)
-            outer.shutdown(socket.SHUT_WR)  # the client hung up: Redis reads that last
-        except OSError:
-            pass
-
-    @staticmethod
-    def _replies(outer: socket.socket, inner: socket.socket) -> None:
-        try:
-            while data := outer.recv(65536):
-                inner.sendall(data)
-        except OSError:
-            pass
-        for end in (inner, outer):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
+    def request(self, data: bytes, state: State) -> bytes:
+        with self.lock:
+            delay = next((self.delays.pop(m) for m in list(self.delays) if m in data), 0.0)
+        time.sleep(delay)
+        with self.lock:
+            if self.marker is not None and self.marker in data:
+                self.marker = None
+                self.hit.set()
+                if self.late:
+                    os.kill(self.pid, signal.SIGSTOP)
+                else:
+                    state["lost"] = True
+        return b"" if state.get("lost") else data
 
     def close(self) -> None:
-        self.listener.close()
+        super().close()
         os.kill(self.pid, signal.SIGCONT)
 
 
