@@ -15,13 +15,16 @@ State = dict[str, Any]
 class RedisProxy:
     """Relays each connection to ``url`` to its own connection to Redis on ``port``, a
     thread each way; both ends are closed once Redis or a reply hook ends it. Subclasses
-    override ``request`` and ``reply``; ``lock`` guards what the hooks share."""
+    override ``request`` and ``reply``; ``lock`` guards what the hooks share.
+    ``closed_by_reply_hook`` counts connections a reply hook ended, once both ends are
+    closed (a test asserting a cut then knows the client really lost its reply)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.lock = threading.Lock()
+        self.closed_by_reply_hook = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def request(self, data: bytes, state: State) -> bytes:
@@ -58,10 +61,12 @@ class RedisProxy:
             pass
 
     def _replies(self, outer: socket.socket, inner: socket.socket, state: State) -> None:
+        cut = False
         try:
             while data := outer.recv(65536):
                 forward = self.reply(data, state)
                 if forward is None:
+                    cut = True
                     break
                 inner.sendall(forward)
         except OSError:
@@ -72,3 +77,6 @@ class RedisProxy:
             except OSError:
                 pass
             end.close()
+        if cut:
+            with self.lock:
+                self.closed_by_reply_hook += 1

@@ -26,7 +26,6 @@ class ReplyCutter(RedisProxy):
         super().__init__(port)
         self.marker, self.times = marker, times
         self.armed = True
-        self.cuts = 0
 
     def request(self, data: bytes, state: State) -> bytes:
         with self.lock:
@@ -36,10 +35,12 @@ class ReplyCutter(RedisProxy):
         return data
 
     def reply(self, data: bytes, state: State) -> bytes | None:
-        if state.get("cut_next_reply"):
-            self.cuts += 1
-            return None
-        return data
+        return None if state.get("cut_next_reply") else data
+
+    @property
+    def cuts(self) -> int:
+        """Replies the client lost: connections closed, both ends, instead of relaying."""
+        return self.closed_by_reply_hook
 
 
 @pytest.fixture
