@@ -126,7 +126,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '19'
+local VERSION = '20'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
