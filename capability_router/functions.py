@@ -520,11 +520,15 @@ class QueueFunctions:
                                 [job_id, attempt, clean_text(error)]))
 
     def retry(
-        self, job_id: str, attempt: int | str, due_ms: int, message: str, error: str = ""
+        self, job_id: str, attempt: int | str, due_ms: int, message: str, error: str = "",
+        max_retries: int | None = None,
     ) -> str:
+        """File a retry; ``max_retries``, when the retry call named one, replaces the
+        record's (what Celery allows from now on)."""
         k = self.keys
         return _text(self._call("emp_retry", [k.config, k.job(job_id), k.delayed],
-                                [job_id, attempt, due_ms, message, clean_text(error)]))
+                                [job_id, attempt, due_ms, message, clean_text(error), "",
+                                 "" if max_retries is None else int(max_retries)]))
 
     def cancel(self, job_id: str, reason: str = "cancelled by request",
                attempt: int | str | None = None) -> tuple[str, ...]:

@@ -115,6 +115,10 @@ TAG_PREFIX = "emp|"
 #: Header the transport adds to a delivered message: the claim's attempt.
 ATTEMPT_HEADER = "emp_attempt"
 
+#: Header of a retry message: the ``max_retries`` its ``self.retry()`` call named, for the
+#: job record (``emp_retry``); absent when the call named none.
+MAX_RETRIES_HEADER = "emp_max_retries"
+
 #: Header naming one publish (one ``apply_async``), set in the caller's headers: kombu
 #: retries a failed publish with those same headers, so its repeat can be told from a
 #: second send of the job id (``filed_by``).
@@ -496,6 +500,11 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         spec = headers.get(HEADER)
         if spec is None:
             spec = JobSpec(service=headers.get("task") or queue, pool=queue).header()
+        priority = spec.get("fields", spec).get("priority")
+        if priority is not None:
+            # Celery hands a run its message's priority (``request.delivery_info``); the
+            # task took the job's out of Celery's options, so the message said 0.
+            message["properties"] = {**message["properties"], "priority": int(priority)}
         # The job record keeps the spec; the stored message keeps what the
         # running task reads (pool, max_retries), so every claim moves less.
         headers[HEADER] = task_header(spec)
@@ -507,7 +516,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         if headers.get("retries"):
             outcome = functions.retry(
                 job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),
-                headers.pop("emp_error", ""),
+                headers.pop("emp_error", ""), headers.pop(MAX_RETRIES_HEADER, None),
             )
             if outcome in ("delayed", "queued"):
                 return

@@ -28,6 +28,7 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
 )
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
+from emp_tasks.worker import EmpWorkerStep
 
 #: Job type modules every app registers.
 BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
@@ -53,6 +54,9 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # a plain `celery worker` without -c runs as many jobs as `emp worker`, not one per
+        # core; a malformed value is Celery's to warn about (producers never read it)
+        "worker_concurrency": defaults.env("WORKER_CONCURRENCY") or defaults.CONCURRENCY,
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
@@ -124,6 +128,8 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app.conf.update(**user_config(), **settings)
     revocation.init_app(app)
     directives.init_app(app)
+    # a plain `celery -A ... worker` claims with the profile `emp worker` has
+    app.steps["worker"].add(EmpWorkerStep)
     thread_pool.install()
     return app
 

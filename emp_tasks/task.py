@@ -26,7 +26,7 @@ from capability_router.errors import InvalidJob, JobCancelled, ReplaceUnsupporte
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
-from capability_router.transport import ATTEMPT_HEADER
+from capability_router.transport import ATTEMPT_HEADER, MAX_RETRIES_HEADER
 from emp_tasks import tracing
 from emp_tasks.cancellation import (
     check_cancelled,
@@ -194,9 +194,11 @@ class EmpTask(Task):
         else:
             # A retry (or a re-send) carries the job's header already; Celery's
             # retry passes ``priority`` too, which must not rebuild the header
-            # and lose the job's own max_retries and pool.
+            # and lose the job's own max_retries and pool. The priority stays a
+            # message property: the retried run's ``delivery_info`` reads it.
             for key in JOB_OPTIONS:
-                options.pop(key, None)
+                if key != "priority":
+                    options.pop(key, None)
         options["queue"] = options.get("queue") or headers[HEADER]["pool"]
         return super().apply_async(args, kwargs, task_id=task_id, headers=headers, **options)
 
@@ -338,6 +340,7 @@ class EmpTask(Task):
               max_retries: int | None = None, **options: Any) -> Any:
         """Celery's retry; the job waits in Redis, keeping its place in line."""
         context = self.job
+        named_max = max_retries
         if max_retries is None:
             job_max = (getattr(self.request, HEADER, None) or {}).get("max_retries")
             if job_max is not None:
@@ -354,6 +357,8 @@ class EmpTask(Task):
             headers = dict(options.pop("headers", None) or {})
             headers[ATTEMPT_HEADER] = context.attempt
             headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""
+            if named_max is not None:  # the record shows what this retry allows
+                headers[MAX_RETRIES_HEADER] = named_max
             headers[HEADER] = getattr(self.request, HEADER, None)
             options["headers"] = headers
         try:

@@ -75,19 +75,20 @@ def app(redis_server: LocalRedis, client: redis.Redis):  # noqa: ANN201 - Celery
 
 
 class WorkerProcess:
-    """An ``emp worker`` subprocess."""
+    """An ``emp worker`` subprocess (with ``plain_celery``: ``celery -A emp_tasks.app worker``)."""
 
     def __init__(self, url: str, log_dir: Path, worker_id: str, env: dict[str, str],
-                 args: list[str]) -> None:
+                 args: list[str], plain_celery: bool = False) -> None:
         self.url, self.worker_id = url, worker_id
         self.log_path = log_dir / f"{worker_id}-{time.monotonic_ns()}.log"
         full_env = {**os.environ, "EMP_REDIS_URL": url, "WORKER_ID": worker_id,
                     "WORKER_SERVICES": "echo,simulation", "EMP_LEASE_SECONDS": "2",
                     "PYTHONPATH": str(ROOT), **env}
+        command = (["celery", "-A", "emp_tasks.app"] if plain_celery
+                   else ["emp_tasks.cli"])
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "emp_tasks.cli", "worker", "-l", "warning",
-                 "-c", "1", *args],
+                [sys.executable, "-m", *command, "worker", "-l", "warning", "-c", "1", *args],
                 env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -126,8 +127,9 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(worker_id: str = "w1", wait: bool = True, args: list[str] | None = None,
-              **env: str) -> WorkerProcess:
-        worker = WorkerProcess(redis_server.url, tmp_path, worker_id, env, args or [])
+              plain_celery: bool = False, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(redis_server.url, tmp_path, worker_id, env, args or [],
+                               plain_celery)
         started.append(worker)
         return worker.wait_ready() if wait else worker
 

@@ -126,7 +126,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '19'
+local VERSION = '20'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1928,6 +1928,8 @@ end
 KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
 ARGV[1] job id  ARGV[2] attempt ('' accepts any)  ARGV[3] due ms
 ARGV[4] new Celery message JSON  ARGV[5] error text  ARGV[6] now (optional)
+ARGV[7] the retry's max_retries (optional: the call named one, so the record says
+what Celery allows)
 The job keeps its order score, so it does not fall behind newer work.
 Returns 'delayed' or 'queued', or the status that refused the retry. ]]
 local function emp_retry(keys, args)
@@ -1943,6 +1945,9 @@ local function emp_retry(keys, args)
   local retries = redis.call('HINCRBY', keys[2], 'retries', '1')
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'message', args[4],
     'last_error', args[5], 'retry_at', args[3])
+  if args[7] and args[7] ~= '' then
+    redis.call('HSET', keys[2], 'max_retries', args[7])
+  end
   index_status(P, id, f[1], 'pending', now)
   redis.call('HDEL', keys[2], 'lease_until', 'preparing')
   redis.call('ZREM', P .. 'leases', id)

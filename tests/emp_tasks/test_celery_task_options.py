@@ -96,6 +96,19 @@ def ignored(self):
     raise Ignore("handled elsewhere")
 
 
+@shared_task(bind=True, name="test.my_priority", service="echo")
+def my_priority(self):
+    return self.request.delivery_info.get("priority")
+
+
+@shared_task(bind=True, name="test.retry_more", service="echo")
+def retry_more(self):
+    log("retry_more", self.request)
+    if self.request.retries < 4:
+        raise self.retry(exc=RuntimeError("again"), countdown=0, max_retries=5)
+    return [self.request.retries, self.request.delivery_info.get("priority")]
+
+
 @shared_task(bind=True, name="test.long_sleep", service="echo")
 def long_sleep(self, seconds):
     log("long_sleep", self.request)
@@ -326,3 +339,22 @@ def test_celerys_purge_cancels_the_pending_jobs(app, client) -> None:
         assert record["status"] == "cancelled" and "purge" in record["last_error"], record
     assert app.control.purge() == 0
     assert get_job(task.apply_async().id, app=app)["status"] == "pending"
+
+
+@pytest.mark.timeout(120)
+def test_a_run_sees_its_jobs_priority_and_the_record_its_retry_limit(
+        app, client: redis.Redis, start_worker, options_env) -> None:
+    """Tried: a job submitted with ``priority=80`` returning
+    ``self.request.delivery_info["priority"]``, and a job of a task with Celery's default
+    ``max_retries`` (3) retrying 4 times with ``self.retry(max_retries=5)``. Before the fix
+    the run saw priority 0 (Celery gives the message's priority), and the record (GET
+    /api/jobs/<id>, ``emp job``) said ``max_retries`` 3 though the job ran 5 times."""
+    start_worker("w1", **options_env)
+    my_priority = producer_task(app, "test.my_priority")
+    assert my_priority.apply_async(priority=80).get(timeout=30) == 80
+    assert my_priority.apply_async().get(timeout=30) == 50  # the job's own default
+    result = producer_task(app, "test.retry_more").apply_async(priority=70)
+    assert result.get(timeout=30) == [4, 70]  # a retried run too
+    record = get_job(result.id, app=app)
+    assert (record["max_retries"], record["retries"]) == (5, 4)
+    assert client.llen(f"test:runs:{result.id}") == 5

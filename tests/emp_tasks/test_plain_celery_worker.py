@@ -1,0 +1,90 @@
+"""A plain ``celery -A emp_tasks.app worker``, as a Celery user starts one, is the worker
+``emp worker`` runs: same capability profile, same queue settings, same outcome recording.
+
+Found from outside: it started and answered ping, but claimed with a profile of its own
+(services ``simulation`` only, whatever job types the app has), left the pools' settings
+(``EMP_MAX_ATTEMPTS``...) unset, and never stored the end of a job the queue gave up on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from capability_router.errors import QueueGaveUp
+from emp_tasks.app import create_app
+from emp_tasks.producer import get_job, submit
+
+#: A job type whose every run kills its pool process, as a crash or an OOM kill would.
+CRASH_JOBS = '''
+import os
+
+from celery import shared_task
+
+
+@shared_task(name="test.crash", service="echo")
+def crash():
+    os._exit(1)
+'''
+
+
+def registered_services(client: redis.Redis, worker_id: str) -> list[str]:
+    return json.loads(client.hget(f"emp:worker:{worker_id}", "profile"))["services"]
+
+
+@pytest.mark.timeout(120)
+def test_plain_celery_worker_claims_with_the_profile_emp_worker_has(
+        app, client: redis.Redis, start_worker) -> None:
+    """Tried: ``emp worker`` and ``celery -A emp_tasks.app worker -Q gpu``, no
+    ``WORKER_SERVICES``, pending jobs of echo, simulation, simulation needing 24 GB of GPU,
+    and comfyui (no connector). Before the fix the celery worker registered services
+    ``[simulation]`` where ``emp worker`` has ``[echo, simulation]``: the echo job stayed
+    pending for good. Neither may take the 24 GB job (no GPU) or the comfyui one."""
+    jobs = {name: submit(service, payload, requirements=needs, app=app, pool="gpu")
+            for name, service, payload, needs in [
+                ("echo", "echo", {"x": 1}, None),
+                ("simulation", "simulation", {"steps": 1, "duration": 0.1}, None),
+                ("needs_24gb", "simulation", {"steps": 1, "duration": 0.1},
+                 {"hardware": {"gpu_memory_gb": 24}}),
+                ("comfyui", "comfyui", {"workflow": {}}, None)]}
+    start_worker("by-emp", wait=False, args=["-Q", "gpu"], WORKER_SERVICES="").wait_ready("gpu")
+    start_worker("by-celery", wait=False, args=["-Q", "gpu"], WORKER_SERVICES="",
+                 plain_celery=True).wait_ready("gpu")
+    assert registered_services(client, "by-celery") == registered_services(client, "by-emp")
+    assert jobs["echo"].get(timeout=30) is not None
+    assert jobs["simulation"].get(timeout=30) is not None
+    for name in ("needs_24gb", "comfyui"):
+        assert get_job(jobs[name].id, app=app)["status"] == "pending"
+
+
+@pytest.mark.timeout(120)
+def test_plain_celery_worker_applies_queue_settings_and_reports_gave_up_jobs(
+        app, client: redis.Redis, start_worker, jobs_env) -> None:
+    """Tried: ``celery -A emp_tasks.app worker`` with ``EMP_MAX_ATTEMPTS=2`` and a job whose
+    every run kills its process. Before the fix the pool kept the library's 10 attempts
+    and, when the queue gave up, nobody stored the failure: ``result.get()`` waited for
+    ever (``emp worker`` gives up after 2 and stores ``QueueGaveUp``)."""
+    start_worker("by-celery", plain_celery=True, EMP_MAX_ATTEMPTS="2",
+                 **jobs_env("crash_jobs", CRASH_JOBS))
+    @app.task(name="test.crash", service="echo")
+    def crash() -> None:
+        """The producer's copy; the worker runs its own (``CRASH_JOBS``)."""
+
+    result = crash.apply_async()
+    with pytest.raises(QueueGaveUp, match="gave up after 2 attempts"):
+        result.get(timeout=40)
+    assert get_job(result.id, app=app)["attempts"] == 2
+
+
+@pytest.mark.parametrize(("given", "runs"), [(None, 1), ("3", "3")])
+def test_plain_celery_worker_runs_as_many_jobs_at_once_as_emp_worker(
+        redis_server, monkeypatch, given: str | None, runs: object) -> None:
+    """Tried: ``celery -A emp_tasks.app worker`` without ``-c``. Before the fix Celery ran
+    one job per CPU core at once where ``emp worker`` runs ``WORKER_CONCURRENCY`` (1): on
+    a GPU machine, several jobs shared one GPU. ``-c`` still wins over this setting."""
+    if given is None:
+        monkeypatch.delenv("WORKER_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("WORKER_CONCURRENCY", given)
+    assert create_app(redis_server.url).conf.worker_concurrency == runs
