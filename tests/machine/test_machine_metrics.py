@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def scrape(machine, headers: dict[str, str] | None = None) -> dict[tuple, float]:  # noqa: ANN001
     """The machine's series: (name, sorted labels) -> value."""
-    reply = machine.get("/metrics", headers=headers or AUTH)
+    reply = machine.get("/metrics", headers=AUTH if headers is None else headers)
     assert reply.status_code == 200, reply.text
     assert reply.headers["Content-Type"].startswith("text/plain")
     series = {}
@@ -93,11 +93,23 @@ def test_a_scrape_shows_programs_restarts_jobs_and_the_cache(start_machine, app,
 
 
 @pytest.mark.timeout(120)
-def test_metrics_public_opens_only_metrics(start_machine) -> None:  # noqa: ANN001
-    """EMP_METRICS_PUBLIC=1 lets a scraper in without the token; /logs still wants it."""
+def test_metrics_public_opens_only_metrics_and_a_service_outage_shows(start_machine,  # noqa: ANN001
+                                                                     tmp_path: Path) -> None:
+    """EMP_METRICS_PUBLIC=1 lets a scraper in without the token (/logs still wants it);
+    while the worker's service is down (the simulation's outage file, as a ComfyUI that
+    does not answer) its series reads 0, and 1 again after."""
+    outage = tmp_path / "outage"
     machine = start_machine("box-p", EMP_MOCK_GPUS="1", EMP_HEALTH_TOKEN=TOKEN,
-                            EMP_METRICS_PUBLIC="1")
+                            EMP_METRICS_PUBLIC="1", EMP_SIMULATION_OUTAGE_FILE=str(outage))
     machine.wait_ready()
-    series = scrape(machine, headers={"X-None": "1"})
+    series = scrape(machine, headers={})
     assert value(series, "emp_machine_program_up", program="simulation-0", role="worker") == 1
+    assert value(series, "emp_machine_service_healthy", program="simulation-0") == 1
     assert machine.get("/logs/simulation-0").status_code == 401
+
+    outage.write_text("restarting")
+    wait_for(lambda: value(scrape(machine, headers={}), "emp_machine_service_healthy",
+                           program="simulation-0") == 0, message="the outage to show")
+    outage.unlink()
+    wait_for(lambda: value(scrape(machine, headers={}), "emp_machine_service_healthy",
+                           program="simulation-0") == 1, message="the service back")
