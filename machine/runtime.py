@@ -33,7 +33,7 @@ from machine.errors import MachineError
 from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
 from machine.logs import configure_logging
-from machine.plan import MachinePlan, build_plan
+from machine.plan import WORKER, MachinePlan, build_plan
 from machine.reaper import end_failed_machine, reap_gone_machines
 from machine.restarts import RestartCounter
 from machine.settings import MachineSettings
@@ -65,6 +65,9 @@ class MachineRuntime:
             self.machine_id, settings.workers, self.inventory, settings.worker_loglevel,
             settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
         self.run_dir = Path(settings.run_dir or ".")
+        for spec in self.plan.programs:
+            if spec.role == WORKER:  # their job and download counts, for /status and /metrics
+                spec.env[COUNTERS_ENV] = str(self.counters_dir)
         self.files = RunFiles.in_dir(self.run_dir)
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
         self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
@@ -101,11 +104,14 @@ class MachineRuntime:
         return self.run_dir / "counters"
 
     def child_env(self) -> dict[str, str]:
-        """supervisord's environment, inherited by every program."""
-        return {**os.environ, "EMP_REDIS_URL": self.settings.redis_url,
+        """supervisord's environment, inherited by every program. Workers get their
+        ``PROMETHEUS_MULTIPROC_DIR`` in their own environment (the plan's); one set
+        around the machine is not passed on: a service would write its metrics there."""
+        inherited = {k: v for k, v in os.environ.items()
+                     if k.upper() != COUNTERS_ENV}  # and the deprecated lower-case name
+        return {**inherited, "EMP_REDIS_URL": self.settings.redis_url,
                 "MACHINE_ID": self.machine_id, "EMP_LOG_FORMAT": "json",
-                "EMP_LOG_STATS_DIR": str(self.stats_dir),
-                COUNTERS_ENV: str(self.counters_dir), "PYTHONUNBUFFERED": "1"}
+                "EMP_LOG_STATS_DIR": str(self.stats_dir), "PYTHONUNBUFFERED": "1"}
 
     def log_env(self) -> dict[str, str]:
         """The machine process's own logging context."""
