@@ -113,3 +113,43 @@ def test_metrics_public_opens_only_metrics_and_a_service_outage_shows(start_mach
     outage.unlink()
     wait_for(lambda: value(scrape(machine, headers={}), "emp_machine_service_healthy",
                            program="simulation-0") == 1, message="the service back")
+
+
+def test_only_workers_get_the_counters_directory(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``emp machine`` started from a shell that had a PROMETHEUS_MULTIPROC_DIR of its own
+    (an API server's, say): before, supervisord's environment passed it to every program,
+    so a service using prometheus_client would write its metrics into another server's
+    directory. Now it is not passed on; each worker gets the machine's counters folder
+    in its own environment."""
+    from machine.counters import ENV
+    from machine.gpus import GpuInventory
+    from machine.runtime import MachineRuntime
+    from machine.settings import MachineSettings
+
+    monkeypatch.setenv(ENV, str(tmp_path / "someone-elses"))
+    settings = MachineSettings("box", "simulation:2", redis_url="redis://127.0.0.1:1/0",
+                               run_dir=tmp_path / "run")
+    runtime = MachineRuntime(settings, GpuInventory("mock", []))
+    assert ENV not in runtime.child_env()
+    workers = [spec for spec in runtime.plan.programs if spec.role == "worker"]
+    assert len(workers) == 2
+    assert {spec.env.get(ENV) for spec in workers} == {str(tmp_path / "run" / "counters")}
+
+
+def test_counting_outside_a_machine_loads_and_writes_nothing(tmp_path: Path) -> None:
+    """A worker run alone (no PROMETHEUS_MULTIPROC_DIR) counts a job and a download: no
+    file appears and prometheus_client is not even imported (the count costs nothing)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "os.environ.pop('PROMETHEUS_MULTIPROC_DIR', None)\n"
+            "from machine.counters import count_download, count_job\n"
+            "count_job('simulation-0', 'completed')\n"
+            "count_download(True, 10, 0.5)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n")
+    env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+    assert list(tmp_path.iterdir()) == []
