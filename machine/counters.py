@@ -3,7 +3,7 @@
 The jobs and downloads happen in the workers (and their pool processes); the
 figures are read by ``emp machine`` (``/status``, ``/metrics``), another process.
 So they are prometheus_client Counters in its multiprocess mode: the machine
-gives its workers ``PROMETHEUS_MULTIPROC_DIR`` (``<run dir>/counters``), each
+gives its workers ``PROMETHEUS_MULTIPROC_DIR`` (``counters_dir``), each
 process keeps its values in an mmap'd file there named by its pid (a count is
 a memory write, no file rewritten on the job's path), and the machine sums the
 files with ``MultiProcessCollector``. A file outlives its process, so a worker
@@ -20,8 +20,10 @@ is imported at the first count: a worker outside a machine does not load it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +37,9 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 JOB_OUTCOMES = ("completed", "failed", "cancelled")
 #: A download's figures: finished ones, failed ones, bytes fetched, seconds spent.
 DOWNLOAD_FIELDS = ("completed", "failed", "bytes", "seconds")
+
+#: A memory file system for the counters, where there is one (Linux).
+MEMORY_FS = Path("/dev/shm")
 
 JOBS = "emp_machine_jobs"
 DOWNLOADS = "emp_machine_model_downloads"
@@ -134,3 +139,17 @@ def read_counters(directory: str | os.PathLike[str]) -> dict[str, Any]:
             elif family.name == DOWNLOAD_SECONDS:
                 downloads["seconds"] += sample.value
     return total
+
+
+def counters_dir(run_dir: Path) -> Path:
+    """Where a machine's workers keep their counters: on a memory file system
+    (``/dev/shm``, as prometheus_client advises), one folder per run directory.
+
+    Not the run directory: the mmap'd files are sparse, and a write into a page
+    the disk cannot give (the run directory's disk full of models and logs) kills
+    the process with SIGBUS instead of raising an error it could log. Without a
+    writable ``/dev/shm``, the system's temporary folder."""
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    base = MEMORY_FS if MEMORY_FS.is_dir() and os.access(MEMORY_FS, os.W_OK) \
+        else Path(tempfile.gettempdir())
+    return base / f"emp-machine-counters-{digest}"

@@ -28,7 +28,7 @@ import redis
 from capability_router.cluster import make_client
 from machine import usage
 from machine.counters import ENV as COUNTERS_ENV
-from machine.counters import JOB_OUTCOMES, read_counters
+from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
 from machine.errors import MachineError
 from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
@@ -101,7 +101,7 @@ class MachineRuntime:
 
     @property
     def counters_dir(self) -> Path:
-        return self.run_dir / "counters"
+        return counters_dir(self.run_dir)
 
     def child_env(self) -> dict[str, str]:
         """supervisord's environment, inherited by every program. Workers get their
@@ -201,6 +201,7 @@ class MachineRuntime:
                 logger.warning("could not record the machine's end: %s", exc)
         if self.health is not None:
             self.health.stop()
+        shutil.rmtree(self.counters_dir, ignore_errors=True)  # memory, not the run dir's
         logger.info("machine %s stopped", self.machine_id, extra={"event": "machine_stopped"})
 
     def _record_end(self) -> None:

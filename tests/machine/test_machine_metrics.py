@@ -121,7 +121,7 @@ def test_only_workers_get_the_counters_directory(tmp_path: Path, monkeypatch) ->
     so a service using prometheus_client would write its metrics into another server's
     directory. Now it is not passed on; each worker gets the machine's counters folder
     in its own environment."""
-    from machine.counters import ENV
+    from machine.counters import ENV, counters_dir
     from machine.gpus import GpuInventory
     from machine.runtime import MachineRuntime
     from machine.settings import MachineSettings
@@ -133,7 +133,7 @@ def test_only_workers_get_the_counters_directory(tmp_path: Path, monkeypatch) ->
     assert ENV not in runtime.child_env()
     workers = [spec for spec in runtime.plan.programs if spec.role == "worker"]
     assert len(workers) == 2
-    assert {spec.env.get(ENV) for spec in workers} == {str(tmp_path / "run" / "counters")}
+    assert {spec.env.get(ENV) for spec in workers} == {str(counters_dir(tmp_path / "run"))}
 
 
 def test_counting_outside_a_machine_loads_and_writes_nothing(tmp_path: Path) -> None:
