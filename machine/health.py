@@ -8,6 +8,7 @@
 - ``GET /status``: machine id, GPUs, workers (supervisor state, pid, capability
   profile, status with its reason, and current jobs from the registry),
   services, uptime, log shipping.
+- ``GET /metrics``: the ``/status`` figures as Prometheus series (``machine.metrics``).
 - ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
 - ``POST /restart/<service>``: restart a program through supervisor; 503 with
   supervisor's error when it cannot start (e.g. it exits at once).
@@ -15,7 +16,9 @@
 ``<service>`` is a program name (``simulation-0``, ``comfyui-server-0``) or a
 worker id. Unknown names get 404 JSON. With ``EMP_HEALTH_TOKEN`` set, ``/logs``
 and ``/restart`` need ``Authorization: Bearer <token>``: logs may hold job
-data and a restart kills running work.
+data and a restart kills running work. So does ``/metrics``, as the other
+services' ``/metrics`` are admin routes, unless ``EMP_METRICS_PUBLIC=1``
+opens it to scrapers on purpose.
 
 Served by werkzeug's threaded WSGI server on a thread of ``emp machine``: the
 app reads the runtime's in-process state (the supervisor client, GPU
@@ -31,9 +34,11 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from machine import metrics
 from machine.errors import MachineError, UnknownProgram
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,7 @@ class MachineView(Protocol):
     """What the health server needs of the machine runtime."""
 
     health_token: str | None
+    metrics_public: bool
 
     def liveness(self) -> dict[str, Any]: ...
 
@@ -103,6 +109,15 @@ def status():  # noqa: ANN201 - Flask response
     return jsonify(_machine().status())
 
 
+@bp.get("/metrics")
+def scrape():  # noqa: ANN201 - Flask response
+    if not (_machine().metrics_public or _authorized()):
+        return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN), or "
+                           "EMP_METRICS_PUBLIC=1 for scrapers")
+    return Response(generate_latest(current_app.extensions["emp_machine_metrics"]),
+                    content_type=CONTENT_TYPE_LATEST)
+
+
 @bp.get("/logs/<name>")
 def logs(name: str):  # noqa: ANN201 - Flask response
     if not _authorized():
@@ -137,6 +152,7 @@ def create_app(machine: MachineView) -> Flask:
     """The health app of ``machine``."""
     app = Flask(__name__)
     app.extensions["emp_machine"] = machine
+    app.extensions["emp_machine_metrics"] = metrics.registry(machine.status)
     app.register_blueprint(bp)
     app.register_error_handler(UnknownProgram, _unknown_program)
     app.register_error_handler(MachineError, _machine_error)

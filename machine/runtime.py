@@ -26,12 +26,16 @@ from typing import Any
 import redis
 
 from capability_router.cluster import make_client
+from machine import usage
+from machine.counters import ENV as COUNTERS_ENV
+from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
 from machine.errors import MachineError
 from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
 from machine.logs import configure_logging
-from machine.plan import MachinePlan, build_plan
+from machine.plan import WORKER, MachinePlan, build_plan
 from machine.reaper import end_failed_machine, reap_gone_machines
+from machine.restarts import RestartCounter
 from machine.settings import MachineSettings
 from machine.shipping import LogShipper, read_stats
 from machine.status import (
@@ -61,6 +65,9 @@ class MachineRuntime:
             self.machine_id, settings.workers, self.inventory, settings.worker_loglevel,
             settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
         self.run_dir = Path(settings.run_dir or ".")
+        for spec in self.plan.programs:
+            if spec.role == WORKER:  # their job and download counts, for /status and /metrics
+                spec.env[COUNTERS_ENV] = str(self.counters_dir)
         self.files = RunFiles.in_dir(self.run_dir)
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
         self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
@@ -69,6 +76,8 @@ class MachineRuntime:
                                        settings.log_backups)
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
+        self.metrics_public = settings.metrics_public
+        self.restarts = RestartCounter(spec.name for spec in self.plan.programs)
         self.started_at = time.time()
         #: Uptime counts on the monotonic clock: a wall clock set back (NTP on a rented
         #: machine) made /health and /status report a negative uptime.
@@ -90,9 +99,17 @@ class MachineRuntime:
     def stats_dir(self) -> Path:
         return self.run_dir / "log-stats"
 
+    @property
+    def counters_dir(self) -> Path:
+        return counters_dir(self.run_dir)
+
     def child_env(self) -> dict[str, str]:
-        """supervisord's environment, inherited by every program."""
-        return {**os.environ, "EMP_REDIS_URL": self.settings.redis_url,
+        """supervisord's environment, inherited by every program. Workers get their
+        ``PROMETHEUS_MULTIPROC_DIR`` in their own environment (the plan's); one set
+        around the machine is not passed on: a service would write its metrics there."""
+        inherited = {k: v for k, v in os.environ.items()
+                     if k.upper() != COUNTERS_ENV}  # and the deprecated lower-case name
+        return {**inherited, "EMP_REDIS_URL": self.settings.redis_url,
                 "MACHINE_ID": self.machine_id, "EMP_LOG_FORMAT": "json",
                 "EMP_LOG_STATS_DIR": str(self.stats_dir), "PYTHONUNBUFFERED": "1"}
 
@@ -108,7 +125,7 @@ class MachineRuntime:
         self._refuse_live_twin()
         self.supervisord.claim_socket()
         try:
-            for stale in (self.stats_dir, self.run_dir / "programs"):
+            for stale in (self.stats_dir, self.counters_dir, self.run_dir / "programs"):
                 shutil.rmtree(stale, ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(self.plan, self.files, self.settings.program_options())
@@ -184,6 +201,7 @@ class MachineRuntime:
                 logger.warning("could not record the machine's end: %s", exc)
         if self.health is not None:
             self.health.stop()
+        shutil.rmtree(self.counters_dir, ignore_errors=True)  # memory, not the run dir's
         logger.info("machine %s stopped", self.machine_id, extra={"event": "machine_stopped"})
 
     def _record_end(self) -> None:
@@ -252,6 +270,7 @@ class MachineRuntime:
             infos = {info["name"]: info for info in self.supervisord.client.processes()}
         except Exception:  # supervisord starting or stopping: report from the last read
             return None
+        self.restarts.observe(infos)
         with self._infos_lock:
             self._last_infos = infos
         return infos
@@ -354,6 +373,7 @@ class MachineRuntime:
 
     def _views(self) -> list[dict[str, Any]]:
         infos = {info["name"]: info for info in self.supervisord.client.processes()}
+        self.restarts.observe(infos)
         return program_views(self.plan, infos, self.redis)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -366,7 +386,15 @@ class MachineRuntime:
                              "programs": len(views), "not_ready": waiting}
 
     def status(self) -> dict[str, Any]:
+        """What ``/status`` answers and ``/metrics`` is made of (``machine.metrics``)."""
         views = self._views()
+        restarts = self.restarts.counts()
+        counters = read_counters(self.counters_dir)
+        for view in views:
+            view["restarts"] = restarts.get(view["name"], 0)
+            if view["role"] == "worker":
+                view["job_counts"] = counters["jobs"].get(view["name"],
+                                                          dict.fromkeys(JOB_OUTCOMES, 0))
         return {
             "machine_id": self.machine_id, "hostname": socket.gethostname(),
             "status": MachineStatus.ONLINE, "pid": os.getpid(),
@@ -381,6 +409,8 @@ class MachineRuntime:
                            "log": str(self.files.supervisord_log),
                            "log_dropped_bytes": self.supervisord.output.dropped_bytes},
             "log_shipping": self.log_stats(),
+            "models": {**usage.model_cache(), "downloads": counters["downloads"]},
+            "disk": usage.disk(self.run_dir),
             "settings": {"report_seconds": self.settings.report_seconds,
                          "stale_seconds": self.settings.stale_seconds,
                          "workers": self.settings.workers},

@@ -8,7 +8,8 @@ Environment (defaults in brackets):
   ``EMP_MOCK_GPU_MEMORY_GB`` [24] and ``EMP_MOCK_GPU_MODEL`` [``Mock GPU``].
 - ``EMP_HEALTH_HOST`` [0.0.0.0], ``EMP_HEALTH_PORT`` [9090]: the health server;
   ``EMP_HEALTH_TOKEN`` [unset]: when set, ``/logs`` and ``/restart`` need it as a
-  bearer token.
+  bearer token, and so does ``/metrics`` unless ``EMP_METRICS_PUBLIC=1`` opens it to
+  scrapers on purpose (the name the other services use).
 - ``EMP_MACHINE_RUN_DIR`` [``./.emp/machine-<id>``]: supervisord config, socket, logs.
 - ``EMP_MACHINE_REPORT_SECONDS`` [10]: status report period (also the reaper's).
 - ``EMP_MACHINE_STALE_SECONDS`` [3 x report period]: a machine silent this long is gone.
@@ -117,6 +118,7 @@ class MachineSettings:
     health_host: str = "0.0.0.0"
     health_port: int = HEALTH_PORT
     health_token: str | None = None
+    metrics_public: bool = False
     report_seconds: float = REPORT_SECONDS
     stale_seconds: float | None = None
     poll_seconds: float = POLL_SECONDS
@@ -160,6 +162,8 @@ class MachineSettings:
             "health_host": defaults.env("EMP_HEALTH_HOST", "0.0.0.0"),
             "health_port": _whole("EMP_HEALTH_PORT", HEALTH_PORT),
             "health_token": defaults.env("EMP_HEALTH_TOKEN"),
+            "metrics_public": (defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
+            in ("1", "true", "yes"),
             "report_seconds": _float("EMP_MACHINE_REPORT_SECONDS", REPORT_SECONDS),
             "stale_seconds": _float("EMP_MACHINE_STALE_SECONDS", 0.0) or None,
             "poll_seconds": _float("EMP_MACHINE_POLL_SECONDS", POLL_SECONDS),

@@ -22,6 +22,7 @@ from capability_router.errors import EmpError, JobCancelled
 from capability_router.prediction.directives import Directive
 from capability_router.residency import Placement
 from machine.connectors.events import log_event
+from machine.counters import count_job
 
 
 class ErrorType(StrEnum):
@@ -246,18 +247,22 @@ class Connector(abc.ABC):
             output = self.process_job(job, logged_progress)
         except (JobCancelledByService, JobCancelled):
             self.log("job_cancelled", job.job_id)
+            count_job(self.connector_id, "cancelled")
             raise
         except ConnectorError as exc:
             self.log("job_failed", job.job_id, logging.WARNING, str(exc),
                      error_type=exc.error_type.value)
+            count_job(self.connector_id, "failed")
             raise
         except Exception as exc:
             self.log("job_failed", job.job_id, logging.ERROR, f"{type(exc).__name__}: {exc}",
                      error_type=ErrorType.UNKNOWN.value)
+            count_job(self.connector_id, "failed")
             raise
         if not output.processing_time_ms:
             output.processing_time_ms = int((time.monotonic() - started) * 1000)
         self.log("job_completed", job.job_id, duration_ms=output.processing_time_ms)
+        count_job(self.connector_id, "completed")
         return output
 
     def report_health(self) -> Health:

@@ -137,9 +137,7 @@ class ModelCache:
         """Names of the complete model files, least recently used first. Only files the
         cache installed (or adopted) count: other files in its folder are the
         operator's, never evicted."""
-        files = [p for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and self._sha_file(p.name).exists()]
-        return [p.name for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+        return [p.name for p in sorted(model_files(self.root), key=lambda p: p.stat().st_mtime)]
 
     def used_bytes(self) -> int:
         return sum(self.path(name).stat().st_size for name in self.models())
@@ -374,6 +372,21 @@ class ModelCache:
                 if _PART_RE.match(stale.name) and stale.name.rsplit(".", 2)[0] == name:
                     stale.unlink(missing_ok=True)
         return path
+
+
+def model_files(root: Path) -> list[Path]:
+    """The cache's complete model files under ``root`` (those with a ``.sha256`` record)."""
+    return [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+            and (root / ".sha256" / p.name).exists()]
+
+
+def used_bytes(root: Path | str) -> int:
+    """Bytes of the model files in the cache at ``root``, read without creating anything
+    there (``emp machine`` reports it; the workers own the folder); 0 before it exists."""
+    try:
+        return sum(_size(path) for path in model_files(Path(root)))
+    except FileNotFoundError:
+        return 0
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import Any
 from capability_router.catalog import ModelEntry, get_models
 from emp_tasks import defaults
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.counters import count_download
 from machine.models.cache import ModelCache
 from machine.models.download import fetch
 from machine.models.settings import positive
@@ -126,12 +127,16 @@ class ModelManager:
             if report is not None:
                 done = part.stat().st_size if part.exists() else 0
                 report(Preparing(entry.name, "remote", done, entry.size, None))
+            had, started = _size(part), time.monotonic()
             try:
                 fetch(entry.url, part, entry.size, entry.sha256, progress)
             except ConnectorError as exc:
+                count_download(False, _size(part) - had, time.monotonic() - started)
                 if not exc.retryable:
                     self.cache.record_failure(entry.name, entry.sha256, exc.message)
                 raise
+            # The part's growth: a resumed download fetched only what it lacked.
+            count_download(True, entry.size - had, time.monotonic() - started)
             self.cache.install(entry.name, entry.sha256)
 
     def _watcher(self, entry: ModelEntry, report: Report | None) -> Callable[[], None]:
@@ -155,6 +160,13 @@ class ModelManager:
             report(Preparing(entry.name, "remote", done, entry.size, eta))
 
         return look
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def budget_bytes_from_env() -> int:

@@ -12,7 +12,10 @@ from model_server import ModelServer
 
 from capability_router.catalog import ModelEntry, parse_entry
 from machine.connectors.base import ConnectorError, ErrorType
+from machine.counters import ENV as COUNTERS_ENV
+from machine.counters import read_counters
 from machine.models import ModelCache, ModelManager, Preparing
+from machine.models.cache import used_bytes
 
 SIZE = 256 * 1024
 
@@ -886,3 +889,24 @@ def test_a_part_that_cannot_be_read_for_its_checksum_is_a_service_error(
     assert str(part) in caught.value.message and "Is a directory" in caught.value.message
     assert not server.requests_for("m") and not (tmp_path / "m").exists()
     assert manager.cache.failure("m", entry.sha256, 0) is None
+
+
+def test_downloads_are_counted_for_the_machine_across_processes(server, tmp_path,
+                                                                monkeypatch) -> None:
+    """Three worker processes want one model, then one gets a corrupt file: the machine's
+    counters (what its /status and /metrics read) show one download done of SIZE bytes
+    and one failed, and the cache's size read without opening it. Before, downloads were
+    counted nowhere the machine could read."""
+    counters = tmp_path / "counters"
+    monkeypatch.setenv(COUNTERS_ENV, str(counters))
+    entry = _entry(server, "shared")
+    _run_in_three_children(_ready_in_child, tmp_path, entry, timeout=60)
+    bad = _entry(server, "bad")
+    server.corrupt.add("bad")
+    with pytest.raises(ConnectorError):
+        _fetch(_manager(tmp_path / "cache"), bad)
+    downloads = read_counters(counters)["downloads"]
+    assert (downloads["completed"], downloads["failed"], downloads["bytes"]) == (1, 1, SIZE)
+    assert downloads["seconds"] > 0
+    assert used_bytes(tmp_path / "cache") == SIZE
+    assert used_bytes(tmp_path / "nowhere") == 0
