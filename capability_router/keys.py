@@ -179,6 +179,11 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}{JOB_EVENTS_SUFFIX}"
 
+    def id_fence(self, job_id: str) -> str:
+        """Token of a reservation of ``job_id`` taken from this pool: its filing is refused
+        here (``capability_router.job_id_reservations``)."""
+        return f"{self.prefix}id-fence:{job_id}"
+
     def pending(self, class_signature: str) -> str:
         return f"{self.prefix}pending:{class_signature}"
 

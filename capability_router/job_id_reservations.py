@@ -1,0 +1,174 @@
+"""A job id names at most one job across all pools.
+
+Each pool refuses an id it already holds, in the one Redis Function call that
+files the job (``emp_enqueue``): its keys share a hash tag, so that check runs
+on Redis Cluster. Nothing there sees the other pools. A submit that chooses
+its job's id therefore reserves the id first, with ``SET NX GET`` on
+``emp:job-id:<id>`` (a key of its own slot, value ``{pool, token, customer}``),
+then files it. The reservation and the filing cannot be one atomic call on a
+cluster (other slots), so the order carries the guarantee:
+
+1. Reserve. ``SET NX`` answers with the holder when there is one.
+2. Free id (no holder): a job may still sit in another pool under an expired
+   reservation (or one filed before reservations), so every known pool but the
+   submit's own is read (its own refuses in step 3 atomically). Found: refused,
+   and the reservation given back.
+3. The holder names this pool: file; the pool's own check decides (a taken id
+   is ``duplicate``, exactly as before).
+4. The holder names another pool: its record there means the id is taken
+   (refused, "already exists"). No record and a reservation younger than
+   ``GRACE_SECONDS``: the holder's filing is on its way, refused the same way.
+   Older: the holder's filing failed (its process died, Redis lost the call)
+   or its record was swept at retention. The submit then fences that pool
+   (``emp_fence_id``: in the pool's slot, atomically with a look at the record,
+   it marks the holder's token refused, so a filing of the holder arriving
+   however late is ``fenced``, not filed), takes the reservation over with a
+   compare and set (``emp_id_swap``), and goes on as with a free id.
+5. File with the reservation's token. Refused or failed (not a duplicate):
+   the reservation is given back by compare and delete, so it never holds an id
+   no job has; if that too fails, step 4 takes it over after the grace.
+
+No duplicate: two submits of one id either meet on one reservation (steps 3/4:
+the same pool's atomic check, or a refusal) or one of them found the other's
+record (step 2); a holder overtaken in step 4 can no longer file. Nothing lost:
+a submit is refused only when a record holds the id, or a reservation younger
+than the grace does; a job once filed is never removed by this module.
+
+Ids the server made (uuid4: ``NEW_ID_HEADER`` names one) skip all this: two of
+them never collide (122 random bits), and its caller learns it only once it is
+filed, so a chosen id equal to it finds its record in step 2.
+
+Reservations expire after ``RESERVATION_SECONDS`` (a filing is long done by
+then; a job living longer is found by step 2), fences after the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from capability_router.errors import InvalidJob
+from capability_router.functions import QueueFunctions, ensure_library
+from capability_router.keys import PREFIX, Keys, known_namespaces
+
+#: Start of every reservation key (no hash tag: the ids spread over the slots).
+KEY_PREFIX = f"{PREFIX}:job-id:"
+#: Header a producer sets to the id it made itself (uuid4): no reservation needed.
+NEW_ID_HEADER = "emp_new_id"
+#: How long a reservation and a fence last.
+RESERVATION_SECONDS = 86400
+#: A reservation younger than this with no record may be a filing on its way.
+GRACE_SECONDS = 60
+
+
+def key(job_id: str) -> str:
+    """The Redis key of ``job_id``'s reservation."""
+    return KEY_PREFIX + job_id
+
+
+@dataclass
+class Reservation:
+    """One submit's hold on a job id."""
+
+    job_id: str
+    pool: str
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    customer: str = ""
+    #: True when this submit wrote it (it gives it back if its filing fails).
+    mine: bool = True
+
+    @property
+    def value(self) -> str:
+        return json.dumps({"pool": self.pool, "token": self.token, "customer": self.customer})
+
+    @classmethod
+    def parse(cls, job_id: str, raw: str | bytes) -> Reservation:
+        data = json.loads(raw)
+        return cls(job_id, data["pool"], data["token"], data.get("customer") or "", mine=False)
+
+
+def taken(job_id: str, status: str) -> InvalidJob:
+    """The refusal of a taken id: the words a second submit in the same pool gets."""
+    return InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")
+
+
+def holder(client: redis.Redis, job_id: str) -> Reservation | None:
+    """The reservation of ``job_id`` while it may stand for a filing on its way (younger
+    than the grace); None otherwise. For readers that answer before filing."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(key(job_id))
+        pipe.ttl(key(job_id))
+        raw, ttl = pipe.execute()
+    if raw is None or RESERVATION_SECONDS - int(ttl) >= GRACE_SECONDS:
+        return None
+    return Reservation.parse(job_id, raw)
+
+
+def reserve(client: redis.Redis, job_id: str, pool: str, customer: str = "") -> Reservation:
+    """Reserve ``job_id`` for a filing in ``pool`` (steps 1-4 above); InvalidJob "already
+    exists" when another job has it or is being filed under it."""
+    mine = Reservation(job_id, pool, customer=customer)
+    old = client.set(key(job_id), mine.value, nx=True, get=True, ex=RESERVATION_SECONDS)
+    if old is not None:
+        earlier = Reservation.parse(job_id, old)
+        if earlier.pool == pool:
+            return earlier  # the pool's own check decides
+        _take_over(client, earlier, mine)
+    _refuse_if_elsewhere(client, mine)
+    return mine
+
+
+def release(client: redis.Redis, reservation: Reservation) -> None:
+    """Give back a reservation whose filing failed or was refused (only this submit's)."""
+    if reservation.mine:
+        _swap(client, reservation.job_id, reservation.value, "")
+
+
+def _take_over(client: redis.Redis, earlier: Reservation, mine: Reservation) -> None:
+    """Take the id from a holder in another pool whose job is not there, once its filing
+    can no longer be on its way; InvalidJob otherwise."""
+    functions = QueueFunctions(client, earlier.pool)
+    age = RESERVATION_SECONDS - int(client.ttl(key(mine.job_id)))
+    if age < GRACE_SECONDS:
+        status = functions.client.hget(Keys(earlier.pool).job(mine.job_id), "status")
+        raise taken(mine.job_id, _text(status) if status else "being submitted")
+    reply = functions.fence_id(mine.job_id, earlier.token, RESERVATION_SECONDS * 1000)
+    if reply[0] == "exists":
+        raise taken(mine.job_id, reply[1])
+    if not _swap(client, mine.job_id, earlier.value, mine.value):
+        raise taken(mine.job_id, "being submitted")  # another submit took it meanwhile
+
+
+def _refuse_if_elsewhere(client: redis.Redis, mine: Reservation) -> None:
+    """InvalidJob when another pool holds a job under the id (its reservation gone)."""
+    others = [pool for pool in known_namespaces(client) if pool != mine.pool]
+    if not others:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for pool in others:
+            pipe.hget(Keys(pool).job(mine.job_id), "status")
+        found = [status for status in pipe.execute() if status]
+    if found:
+        release(client, mine)
+        raise taken(mine.job_id, _text(found[0]))
+
+
+def _swap(client: redis.Redis, job_id: str, expected: str, new: str) -> bool:
+    """Compare and set (``new`` '': delete) of the reservation; routed by its key."""
+    command = ("FCALL", "emp_id_swap", 1, key(job_id), expected, new, RESERVATION_SECONDS)
+    try:
+        reply = client.execute_command(*command)
+    except redis.ResponseError as exc:
+        if "Function not found" not in str(exc):
+            raise
+        ensure_library(client)
+        reply = client.execute_command(*command)
+    return int(reply) == 1
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
