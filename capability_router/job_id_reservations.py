@@ -53,10 +53,8 @@ import redis
 
 from capability_router.errors import InvalidJob
 from capability_router.functions import QueueFunctions, ensure_library
-from capability_router.keys import PREFIX, Keys, known_namespaces
+from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, job_id_reservation
 
-#: Start of every reservation key (no hash tag: the ids spread over the slots).
-KEY_PREFIX = f"{PREFIX}:job-id:"
 #: Header a producer sets to the id it made itself (uuid4): no reservation needed.
 NEW_ID_HEADER = "emp_new_id"
 #: How long a reservation and a fence last.
@@ -67,7 +65,7 @@ GRACE_SECONDS = 60
 
 def key(job_id: str) -> str:
     """The Redis key of ``job_id``'s reservation."""
-    return KEY_PREFIX + job_id
+    return job_id_reservation(job_id)
 
 
 @dataclass
@@ -112,13 +110,16 @@ def reserve(client: redis.Redis, job_id: str, pool: str, customer: str = "") -> 
     """Reserve ``job_id`` for a filing in ``pool`` (steps 1-4 above); InvalidJob "already
     exists" when another job has it or is being filed under it."""
     mine = Reservation(job_id, pool, customer=customer)
-    old = client.set(key(job_id), mine.value, nx=True, get=True, ex=RESERVATION_SECONDS)
+    with client.pipeline(transaction=False) as pipe:  # one round trip (two slots)
+        pipe.set(key(job_id), mine.value, nx=True, get=True, ex=RESERVATION_SECONDS)
+        pipe.smembers(NAMESPACES_KEY)
+        old, known = pipe.execute()
     if old is not None:
         earlier = Reservation.parse(job_id, old)
         if earlier.pool == pool:
             return earlier  # the pool's own check decides
         _take_over(client, earlier, mine)
-    _refuse_if_elsewhere(client, mine)
+    _refuse_if_elsewhere(client, mine, {_text(n) for n in known} | {DEFAULT_NAMESPACE})
     return mine
 
 
@@ -143,9 +144,10 @@ def _take_over(client: redis.Redis, earlier: Reservation, mine: Reservation) -> 
         raise taken(mine.job_id, "being submitted")  # another submit took it meanwhile
 
 
-def _refuse_if_elsewhere(client: redis.Redis, mine: Reservation) -> None:
-    """InvalidJob when another pool holds a job under the id (its reservation gone)."""
-    others = [pool for pool in known_namespaces(client) if pool != mine.pool]
+def _refuse_if_elsewhere(client: redis.Redis, mine: Reservation, pools: set[str]) -> None:
+    """InvalidJob when another of ``pools`` holds a job under the id (its reservation
+    gone, or it was filed before reservations)."""
+    others = sorted(pools - {mine.pool})
     if not others:
         return
     with client.pipeline(transaction=False) as pipe:

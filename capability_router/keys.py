@@ -241,6 +241,12 @@ def parse_key(key: str) -> tuple[str, str]:
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
 
 
+def job_id_reservation(job_id: str) -> str:
+    """A job id's reservation: which pool files it (``job_id_reservations``). No hash
+    tag: ids spread over the slots, apart from every pool's keys."""
+    return f"{PREFIX}:job-id:{job_id}"
+
+
 #: The model catalog, HASH model name -> JSON {url, size, sha256}
 #: (``capability_router.catalog``). Its own hash tag: one slot on a cluster.
 MODEL_CATALOG_KEY = f"{PREFIX}:{{models}}:catalog"
