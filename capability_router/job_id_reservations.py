@@ -24,15 +24,21 @@ cluster (other slots), so the order carries the guarantee:
    it marks the holder's token refused, so a filing of the holder arriving
    however late is ``fenced``, not filed), takes the reservation over with a
    compare and set (``emp_id_swap``), and goes on as with a free id.
-5. File with the reservation's token. Refused or failed (not a duplicate):
-   the reservation is given back by compare and delete, so it never holds an id
-   no job has; if that too fails, step 4 takes it over after the grace.
+5. File with the reservation's token (the holder's, in step 3). Refused before
+   it was sent, or fenced: the reservation is given back by compare and
+   delete, so it does not hold an id no job has. Any other failure (a lost
+   reply, a timeout, no replica) may have filed the job, or may file it late:
+   the reservation stays, and step 4 fences such a filing after the grace.
 
-No duplicate: two submits of one id either meet on one reservation (steps 3/4:
-the same pool's atomic check, or a refusal) or one of them found the other's
-record (step 2); a holder overtaken in step 4 can no longer file. Nothing lost:
-a submit is refused only when a record holds the id, or a reservation younger
-than the grace does; a job once filed is never removed by this module.
+No duplicate: ``SET NX`` gives a free id to one submit only; two submits of
+one id then meet on its reservation (steps 3/4: the pool's atomic check, or a
+refusal), or the later one finds the earlier's record (step 2); a holder
+overtaken in step 4 can no longer file. Nothing lost: a submit is refused only
+when a record holds the id or a reservation younger than the grace does; a
+job once filed is never removed here. Left open: a filing arriving more than
+``RESERVATION_SECONDS`` after its reservation (a Redis hung for a day), and a
+crash between step 4's fence and its swap (the fenced holder's pool then
+refuses that id until the reservation expires or another pool takes it).
 
 Ids the server made (uuid4: ``NEW_ID_HEADER`` names one) skip all this: two of
 them never collide (122 random bits), and its caller learns it only once it is
@@ -110,17 +116,20 @@ def reserve(client: redis.Redis, job_id: str, pool: str, customer: str = "") -> 
     """Reserve ``job_id`` for a filing in ``pool`` (steps 1-4 above); InvalidJob "already
     exists" when another job has it or is being filed under it."""
     mine = Reservation(job_id, pool, customer=customer)
-    with client.pipeline(transaction=False) as pipe:  # one round trip (two slots)
-        pipe.set(key(job_id), mine.value, nx=True, get=True, ex=RESERVATION_SECONDS)
-        pipe.smembers(NAMESPACES_KEY)
-        old, known = pipe.execute()
-    if old is not None:
-        earlier = Reservation.parse(job_id, old)
-        if earlier.pool == pool:
-            return earlier  # the pool's own check decides
-        _take_over(client, earlier, mine)
-    _refuse_if_elsewhere(client, mine, {_text(n) for n in known} | {DEFAULT_NAMESPACE})
-    return mine
+    for _ in range(3):  # again when the holder changed while it was looked at
+        with client.pipeline(transaction=False) as pipe:  # one round trip (two slots)
+            pipe.set(key(job_id), mine.value, nx=True, get=True, ex=RESERVATION_SECONDS)
+            pipe.smembers(NAMESPACES_KEY)
+            old, known = pipe.execute()
+        if old is not None:
+            earlier = Reservation.parse(job_id, old)
+            if earlier.pool == pool:
+                return earlier  # the pool's own check decides
+            if not _take_over(client, earlier, mine):
+                continue
+        _refuse_if_elsewhere(client, mine, {_text(n) for n in known} | {DEFAULT_NAMESPACE})
+        return mine
+    raise taken(job_id, "being submitted")
 
 
 def release(client: redis.Redis, reservation: Reservation) -> None:
@@ -129,19 +138,21 @@ def release(client: redis.Redis, reservation: Reservation) -> None:
         _swap(client, reservation.job_id, reservation.value, "")
 
 
-def _take_over(client: redis.Redis, earlier: Reservation, mine: Reservation) -> None:
+def _take_over(client: redis.Redis, earlier: Reservation, mine: Reservation) -> bool:
     """Take the id from a holder in another pool whose job is not there, once its filing
-    can no longer be on its way; InvalidJob otherwise."""
+    can no longer be on its way; InvalidJob when it holds the id, False when the
+    reservation changed meanwhile (given back, or taken by another submit)."""
     functions = QueueFunctions(client, earlier.pool)
-    age = RESERVATION_SECONDS - int(client.ttl(key(mine.job_id)))
-    if age < GRACE_SECONDS:
+    ttl = int(client.ttl(key(mine.job_id)))
+    if ttl == -2:
+        return False  # given back meanwhile
+    if RESERVATION_SECONDS - ttl < GRACE_SECONDS:
         status = functions.client.hget(Keys(earlier.pool).job(mine.job_id), "status")
         raise taken(mine.job_id, _text(status) if status else "being submitted")
     reply = functions.fence_id(mine.job_id, earlier.token, RESERVATION_SECONDS * 1000)
     if reply[0] == "exists":
         raise taken(mine.job_id, reply[1])
-    if not _swap(client, mine.job_id, earlier.value, mine.value):
-        raise taken(mine.job_id, "being submitted")  # another submit took it meanwhile
+    return _swap(client, mine.job_id, earlier.value, mine.value)
 
 
 def _refuse_if_elsewhere(client: redis.Redis, mine: Reservation, pools: set[str]) -> None:
