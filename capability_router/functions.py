@@ -413,10 +413,12 @@ class QueueFunctions:
 
     def enqueue_call(
         self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
-        due_ms: int = 0, now_ms: int | None = None,
+        due_ms: int = 0, now_ms: int | None = None, id_token: str = "",
     ) -> tuple[str, list[str], list[Any]]:
         """(function, KEYS, ARGV) of an enqueue, for pipelines that file many jobs.
 
+        ``id_token``: the token of the id's reservation (``job_id_reservations``),
+        whose filing a submit that took the id over has fenced out of this pool.
         InvalidJob for a job id that cannot be a key of its own (``check_job_id``)."""
         try:
             check_job_id(job_id)
@@ -425,8 +427,12 @@ class QueueFunctions:
         header = spec.header() if isinstance(spec, JobSpec) else spec
         k = self.keys
         fields = [x for pair in header["fields"].items() for x in pair]
+        keys = [k.config, k.job(job_id), k.classes, k.profiles]
+        if id_token:
+            keys.append(k.id_fence(job_id))
+            fields += ["id_token", id_token]
         return (
-            "emp_enqueue", [k.config, k.job(job_id), k.classes, k.profiles],
+            "emp_enqueue", keys,
             [job_id, header["class"], header["class_json"], header["priority"], due_ms,
              message, now_ms or 0, "" if header.get("at") is None else header["at"],
              header.get("family", ""), header.get("family_json", ""), *fields],
@@ -434,16 +440,24 @@ class QueueFunctions:
 
     def enqueue(
         self, job_id: str, spec: JobSpec | dict[str, Any], message: str,
-        due_ms: int = 0, now_ms: int | None = None,
+        due_ms: int = 0, now_ms: int | None = None, id_token: str = "",
     ) -> tuple[str, str | None]:
-        """File a new job; returns ('queued'|'delayed', None) or ('duplicate', status)."""
-        call = self.enqueue_call(job_id, spec, message, due_ms, now_ms)
+        """File a new job; returns ('queued'|'delayed', None), ('duplicate', status), or
+        ('fenced', None) when the reservation ``id_token`` was taken over meanwhile."""
+        call = self.enqueue_call(job_id, spec, message, due_ms, now_ms, id_token)
         if self.replicas:
             reply = self._call_replicated(job_id, *call)
         else:
             reply = self._call(*call)
         outcome = _text(reply[0])
         return outcome, _text(reply[1]) if len(reply) > 1 else None
+
+    def fence_id(self, job_id: str, token: str, ms: int) -> list[str]:
+        """Refuse from now on this pool's filing of ``job_id`` made under the reservation
+        ``token``, unless the job is here: ['exists', status] or ['fenced']."""
+        k = self.keys
+        return [_text(x) for x in self._call(
+            "emp_fence_id", [k.job(job_id), k.id_fence(job_id)], [token, ms])]
 
     def claim(
         self, profile_signature: str, worker_id: str, lease_ms: int,

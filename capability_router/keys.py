@@ -179,6 +179,11 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}{JOB_EVENTS_SUFFIX}"
 
+    def id_fence(self, job_id: str) -> str:
+        """Token of a reservation of ``job_id`` taken from this pool: its filing is refused
+        here (``capability_router.job_id_reservations``)."""
+        return f"{self.prefix}id-fence:{job_id}"
+
     def pending(self, class_signature: str) -> str:
         return f"{self.prefix}pending:{class_signature}"
 
@@ -234,6 +239,12 @@ def parse_key(key: str) -> tuple[str, str]:
 
 #: Set of namespaces seen by producers and workers (outside any hash tag).
 NAMESPACES_KEY = f"{PREFIX}:namespaces"
+
+
+def job_id_reservation(job_id: str) -> str:
+    """A job id's reservation: which pool files it (``job_id_reservations``). No hash
+    tag: ids spread over the slots, apart from every pool's keys."""
+    return f"{PREFIX}:job-id:{job_id}"
 
 
 #: The model catalog, HASH model name -> JSON {url, size, sha256}

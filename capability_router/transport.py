@@ -84,6 +84,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 
+from capability_router import job_id_reservations as reservations
 from capability_router.cluster import SOCKET_TIMEOUT_SECONDS, refresh_slots
 from capability_router.cluster_channel import ClusterChannel
 from capability_router.errors import InvalidJob, RetryRefused
@@ -95,6 +96,7 @@ from capability_router.functions import (
     ensure_library,
     parse_claim,
 )
+from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
 from capability_router.message_body import body_payload, plain_body
@@ -186,6 +188,15 @@ def filed_by(functions: QueueFunctions, job_id: str, message: dict[str, Any]) ->
         return bool(tag) and stored_message.get("properties", {}).get("delivery_tag") == tag
     except (ValueError, AttributeError):
         return False
+
+
+def _give_back(functions: QueueFunctions, reservation: Any) -> None:
+    """Release a reservation whose filing failed; a failure here is left to its grace."""
+    try:
+        reservations.release(functions.client, reservation)
+    except (redis.RedisError, OSError):
+        logger.debug("could not give back the reservation of %s", reservation.job_id,
+                     exc_info=True)
 
 
 def _eta_ms(eta: Any) -> int:
@@ -523,9 +534,23 @@ class Channel(ClusterChannel, kombu_redis.Channel):
             if outcome != "missing" or "class" not in spec:
                 # The sending task ends quietly on it, so Celery stores no RETRY.
                 raise RetryRefused(job_id, outcome)
-        outcome, status = functions.enqueue(job_id, spec, dumps(message), due_ms)
+        reservation = None
+        if headers.get(NEW_ID_HEADER) != job_id:  # chosen by the caller: may be taken
+            reservation = reservations.reserve(
+                functions.client, job_id, queue, spec.get("fields", {}).get("customer_id") or "")
+        try:
+            outcome, status = functions.enqueue(
+                job_id, spec, dumps(message), due_ms,
+                id_token=reservation.token if reservation else "")
+        except InvalidJob:  # refused before it was sent; any other failure may have filed
+            if reservation is not None:  # it (a lost reply): the reservation stays, and
+                _give_back(functions, reservation)  # fences such a filing once taken over
+            raise
+        if outcome == "fenced":  # a submit to another pool took the id meanwhile
+            _give_back(functions, reservation)
+            raise reservations.taken(job_id, "filed in another pool")
         if outcome == "duplicate" and not filed_by(functions, job_id, message):
-            raise InvalidJob(f"job {job_id!r} already exists (it is {status}); not filed again")
+            raise reservations.taken(job_id, str(status))
 
     # -- consume ------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from kombu.utils.uuid import uuid
 
 from capability_router import TRANSPORT
 from capability_router.cluster import THREAD_CONNECTIONS, cluster_enabled
+from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.router import CapabilityRouter
@@ -99,10 +100,11 @@ class EmpCelery(Celery):
         headers = dict(options.pop("headers", None) or {})
         if HEADER in headers:  # from Task.apply_async, which traced the submit
             return super().send_task(name, args, kwargs, headers=headers, **options)
+        if not options.get("task_id"):  # made here: no other job can have it
+            options["task_id"] = headers[NEW_ID_HEADER] = uuid()
         tracer = tracing.job_tracer()
         if tracer is None:
             return self._send_new(name, args, kwargs, headers, None, **options)
-        options["task_id"] = options.get("task_id") or uuid()
         with tracer.root(options["task_id"]) as span:
             return self._send_new(name, args, kwargs, headers, span, **options)
 

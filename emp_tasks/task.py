@@ -24,6 +24,7 @@ from kombu.utils.uuid import uuid
 
 from capability_router.errors import InvalidJob, JobCancelled, ReplaceUnsupported, RetryRefused
 from capability_router.functions import CLUSTER_REDIRECTS
+from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER, MAX_RETRIES_HEADER
@@ -178,9 +179,11 @@ class EmpTask(Task):
         With tracing on, a new job's submit is its trace's root span (``emp_tasks.tracing``).
         """
         tracer = tracing.job_tracer()
+        if task_id is None and HEADER not in (options.get("headers") or {}):
+            task_id = uuid()  # a new job's id made here: no other job can have it
+            options["headers"] = {**(options.get("headers") or {}), NEW_ID_HEADER: task_id}
         if tracer is None or HEADER in (options.get("headers") or {}):
             return self._apply_async(args, kwargs, task_id, None, **options)
-        task_id = task_id or uuid()
         with tracer.root(task_id, attributes={tracing.SERVICE: self.service_name}) as span:
             return self._apply_async(args, kwargs, task_id, span, **options)
 

@@ -1508,14 +1508,29 @@ local function emp_register_worker(keys, args)
   return n
 end
 
+-- The value of field ``name`` among name, value pairs from args[first]; nil if absent.
+local function field_of(args, first, name)
+  for i = first, #args, 2 do
+    if args[i] == name then
+      return args[i + 1]
+    end
+  end
+  return nil
+end
+
 --[[ emp_enqueue
 KEYS[1] config  KEYS[2] job record  KEYS[3] classes  KEYS[4] profiles
+KEYS[5] the id's fence (emp_fence_id; optional)
 ARGV[1] job id  ARGV[2] class signature  ARGV[3] class JSON
 ARGV[4] effective priority 0-100  ARGV[5] due ms (0: now)
 ARGV[6] Celery message JSON  ARGV[7] now ms (0: server time)
 ARGV[8] effective time ms ('': now)  ARGV[9] family signature
-ARGV[10] family JSON  ARGV[11..] record field name, value pairs
-Returns {'queued'|'delayed'} or {'duplicate', status}. ]]
+ARGV[10] family JSON  ARGV[11..] record field name, value pairs; a pair
+named id_token (the token of the id's reservation) is checked against the fence
+and not stored
+Returns {'queued'|'delayed'}, {'duplicate', status}, or {'fenced'} when the id's
+reservation this filing was made under was taken over by a submit to another
+pool (capability_router.job_id_reservations): that submit owns the id now. ]]
 local function emp_enqueue(keys, args)
   local P = prefix_of(keys[1])
   local id, csig, class_json = args[1], args[2], args[3]
@@ -1528,11 +1543,18 @@ local function emp_enqueue(keys, args)
   if status then
     return {'duplicate', status}
   end
+  local token = keys[5] and field_of(args, 11, 'id_token')
+  if token and redis.call('GET', keys[5]) == token then
+    return {'fenced'}
+  end
   ensure_class(P, csig, class_json, args[9], args[10])
   redis.call('HINCRBY', P .. 'live', csig, '1')
   redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
     'status', 'pending', 'attempts', '0', 'retries', '0', 'created_at', now,
     'message', args[6], unpack(args, 11))
+  if token then
+    redis.call('HDEL', jk, 'id_token')
+  end
   redis.call('ZADD', P .. 'jobs', now, id)
   index_status(P, id, nil, 'pending', now)
   local data = {}
@@ -1579,6 +1601,40 @@ local function emp_enqueue(keys, args)
   emit(P, cfg, id, 'job_submitted', data, now, true, routing and 'routing', routing)
   emit_workflow(P, cfg, id, 'job_submitted', wf, now)
   return {due > tonumber(now) and 'delayed' or 'queued'}
+end
+
+--[[ emp_fence_id
+KEYS[1] job record  KEYS[2] the id's fence
+ARGV[1] token of the reservation fenced out  ARGV[2] ms the fence lasts
+A submit taking over a job id reserved for this pool, whose job it does not find
+(capability_router.job_id_reservations): from now on the filing made under that
+reservation is refused here ({'fenced'} from emp_enqueue), however late it comes.
+Returns {'exists', status} when the job is filed (nothing written), else {'fenced'}. ]]
+local function emp_fence_id(keys, args)
+  local status = redis.call('HGET', keys[1], 'status')
+  if status then
+    return {'exists', status}
+  end
+  redis.call('SET', keys[2], args[1], 'PX', args[2])
+  return {'fenced'}
+end
+
+--[[ emp_id_swap
+KEYS[1] a job id's reservation (outside every pool's hash tag)
+ARGV[1] the value it must hold  ARGV[2] its new value ('': delete it)
+ARGV[3] seconds the new value lasts
+Compare and set of one key: a reservation is replaced or released only by the
+submit that read it. Returns 1 when done, 0 when it held something else. ]]
+local function emp_id_swap(keys, args)
+  if redis.call('GET', keys[1]) ~= args[1] then
+    return 0
+  end
+  if args[2] == '' then
+    redis.call('DEL', keys[1])
+  else
+    redis.call('SET', keys[1], args[2], 'EX', args[3])
+  end
+  return 1
 end
 
 --[[ emp_claim
@@ -2366,6 +2422,8 @@ redis.register_function{function_name = 'emp_family_summary', callback = emp_fam
 redis.register_function('emp_index_families', emp_index_families)
 redis.register_function('emp_register_worker', emp_register_worker)
 redis.register_function('emp_enqueue', emp_enqueue)
+redis.register_function('emp_fence_id', emp_fence_id)
+redis.register_function('emp_id_swap', emp_id_swap)
 redis.register_function('emp_claim', emp_claim)
 redis.register_function('emp_start', emp_start)
 redis.register_function('emp_progress', emp_progress)

@@ -19,10 +19,11 @@ the record. A retry with the same key then:
 
 Once the submit placed the job, before it files it (``placed``), the first
 attempt placed decides the pool for every attempt with the key
-(``<record>:route:<digest>``). A job id is refused twice only within one pool
-(its keys share one hash tag), so a retry routed elsewhere (the pools file
+(``<record>:route:<digest>``): a retry routed elsewhere (the pools file
 edited, workers come or gone, routing on in one API process and off in
-another) filed a second job.
+another) would otherwise be refused as a taken id
+(``capability_router.job_id_reservations``), its first attempt's job being in
+the other pool; in the same pool, the pool's own check tells the two apart.
 
 An answer that named a job is replayed only while that job's record is
 there: a pool whose workers keep records (``EMP_RETENTION_SECONDS`` after a

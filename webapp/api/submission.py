@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from capability_router import job_id_reservations as reservations
 from capability_router.errors import InvalidJob
+from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, check_job_id
 from emp_tasks import placement, producer
@@ -59,6 +61,10 @@ def _new_job_id(backend: Backend, job_id: str, principal: Principal) -> str:
     owners, own_taken = _owners(backend, job_id, own)
     if principal.customer_id in owners or own_taken:
         raise Invalid(f"job {job_id!r} already exists", 409)
+    if not owners:  # another customer's filing of it on its way counts as its job
+        held = reservations.holder(backend.redis, job_id)
+        if held is not None and held.customer != principal.customer_id:
+            owners = [held.customer]
     return own if owners else job_id
 
 
@@ -168,7 +174,10 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
             # taken too is this customer's own job, a 409).
             if exc.status != 409 or principal.admin or fields.get("task_id") != chosen:
                 raise
-            fields["task_id"] = _new_job_id(backend, chosen, principal)
+            scoped = _new_job_id(backend, chosen, principal)
+            if scoped == chosen:  # the customer's own job has it, or is being filed
+                raise
+            fields["task_id"] = scoped
 
 
 def _file(service: str, payload: Any, customer_id: str | None, fields: dict[str, Any],
@@ -177,7 +186,9 @@ def _file(service: str, payload: Any, customer_id: str | None, fields: dict[str,
     """Admit the job under the customer's limits and file it; its id. Invalid (409 for a
     taken id, 400) or Limited, having written nothing."""
     if limits is not None:
-        fields.setdefault("task_id", str(uuid.uuid4()))
+        if "task_id" not in fields:  # made here: no other job can have it (no reservation)
+            fields["task_id"] = str(uuid.uuid4())
+            fields["headers"] = {NEW_ID_HEADER: fields["task_id"]}
         limits.admit_job(principal, pool, fields["task_id"], job_class)
     try:
         result = producer.submit(service, payload, customer_id=customer_id,
