@@ -150,16 +150,19 @@ def test_job_in_another_pool_runs_only_on_that_pools_workers(app, start_worker) 
 
 
 def test_celerys_queue_option_names_the_jobs_pool(app, start_worker) -> None:
-    """Tried: Celery's ``apply_async(queue="gpu")``, ``send_task(..., queue="gpu")`` and a
-    task declared with ``queue="gpu"``, a worker serving pool gpu. Before the fix the job
+    """Tried: Celery's ``apply_async(queue="gpu")``, ``send_task(..., queue="gpu")`` and
+    ``queue=Queue("gpu")``, a worker serving pool gpu. Before the fix the job
     was filed in namespace gpu while its record said pool default: no worker of pool
-    gpu ever got it (``get`` timed out) and ``cancel`` answered JobNotFound. A ``pool=``
+    gpu ever got it (``get`` timed out) and ``cancel`` answered JobNotFound; a task declared
+    with ``queue="video"`` is filed, and cancelled, in pool video. A ``pool=``
     that names another pool than ``queue=`` is refused."""
     gpu_pool = start_worker("gpu-pool", wait=False, args=["-Q", "gpu"])
     gpu_pool.wait_ready(namespace="gpu")
     echo = job_type(app, "emp.echo")
 
-    @app.task(name="test.gpu_echo", service="echo", queue="gpu", shared=False)
+    # A pool no worker serves: the job stays pending (in gpu, the gpu worker would claim
+    # it and fail it, the task not being registered there, racing the cancel below).
+    @app.task(name="test.video_echo", service="echo", queue="video", shared=False)
     def declared() -> None:
         """Runs on no worker here: it is cancelled pending."""
     results = [echo.apply_async(kwargs={"x": 1}, queue="gpu"),
@@ -170,7 +173,7 @@ def test_celerys_queue_option_names_the_jobs_pool(app, start_worker) -> None:
         record = get_job(result.id, app=app)
         assert record["pool"] == "gpu" and record["worker_id"] == "gpu-pool", record
     pending = declared.apply_async()
-    assert get_job(pending.id, app=app)["pool"] == "gpu"
+    assert get_job(pending.id, app=app)["pool"] == "video"
     assert cancel(pending.id, app=app) == "cancelled"
     with pytest.raises(InvalidJob, match="queue"):
         echo.apply_async(kwargs={"x": 4}, queue="gpu", pool="default")
