@@ -82,6 +82,22 @@ def at_once(calls: dict[str, Callable[[], tuple[float, Any]]]) -> dict[str, tupl
     return results
 
 
+def assert_bounded_503s(rounds: list[dict[str, tuple[float, Any]]],
+                        what: str) -> list[dict[str, float]]:
+    """Every answer of every round a 503 with ``Retry-After`` within ``BOUND_SECONDS``;
+    returns (and prints) the seconds each took, by round."""
+    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
+               for answers in rounds]
+    print(f"\nseconds to {what} while Redis was stopped, by round: {timings}")
+    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
+             for answers in rounds for name, (seconds, reply) in answers.items()
+             if not (isinstance(reply, requests.Response) and reply.status_code == 503
+                     and reply.headers.get("Retry-After", "").isdigit()
+                     and seconds < BOUND_SECONDS)]
+    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    return timings
+
+
 def all_job_ids(client: redis.Redis) -> set[str]:
     """Every job record of the default pool (also those filed after a 503)."""
     prefix = Keys("default").job("")
@@ -250,15 +266,7 @@ def test_a_hung_redis_costs_a_request_one_timeout_and_each_service_one_line(
     time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
     freeze(False)
 
-    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
-               for answers in rounds]
-    print(f"\nseconds to an answer while Redis was stopped, by round: {timings}")
-    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
-             for answers in rounds for name, (seconds, reply) in answers.items()
-             if not (isinstance(reply, requests.Response) and reply.status_code == 503
-                     and reply.headers.get("Retry-After", "").isdigit()
-                     and seconds < BOUND_SECONDS)]
-    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    timings = assert_bounded_503s(rounds, "an answer")
     # Rounds after the first meet a known outage: one probe per service, the rest at once.
     for answers in rounds[1:]:
         for calls in (api_calls, hook_calls):
@@ -362,15 +370,7 @@ def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
     time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
     freeze(False)
 
-    timings = [{name: round(seconds, 1) for name, (seconds, _) in answers.items()}
-               for answers in rounds]
-    print(f"\nseconds to the monitor's answer while Redis was stopped, by round: {timings}")
-    wrong = [(name, round(seconds, 1), getattr(reply, "status_code", reply))
-             for answers in rounds for name, (seconds, reply) in answers.items()
-             if not (isinstance(reply, requests.Response) and reply.status_code == 503
-                     and reply.headers.get("Retry-After", "").isdigit()
-                     and seconds < BOUND_SECONDS)]
-    assert not wrong, f"not a 503 with Retry-After within {BOUND_SECONDS} s: {wrong}"
+    timings = assert_bounded_503s(rounds, "the monitor's answer")
     waited = [name for name, (seconds, _) in rounds[1].items() if seconds > AT_ONCE_SECONDS]
     assert len(waited) <= 1, (waited, timings[1])
 

@@ -51,6 +51,20 @@ def filed(client: redis.Redis) -> set[tuple[str, str]]:
     return found
 
 
+def assert_one_job_in_fast(replies: dict[str, Any], client: redis.Redis) -> str:
+    """Every REST attempt answered 201 with one job id, filed once, in ``fast`` (the pool
+    the first attempt was routed to); returns the id."""
+    answers = {name: (round(seconds, 1), reply.status_code, reply.json())
+               for name, (seconds, reply) in replies.items()}
+    print(f"\n{answers}\nfiled: {filed(client)}")
+    assert {status for _, status, _ in answers.values()} == {201}, answers
+    ids = {body["job_id"] for _, _, body in answers.values()}
+    assert len(ids) == 1, answers
+    job_id = ids.pop()
+    assert filed(client) == {("fast", job_id)}
+    return job_id
+
+
 def routed_then_edited(hang: Any, pools_path: Path) -> None:
     """Once the first attempt was routed (its limit check reached the proxy), the
     operator's edit moves echo to pool standard."""
@@ -87,13 +101,7 @@ def test_a_keyed_retry_routed_to_another_pool_files_no_second_job(
     replies["retry"] = retried(api, "k-moved")
     first.join()
     replies["third"] = retried(api, "k-moved")
-    answers = {name: (round(seconds, 1), reply.status_code, reply.json())
-               for name, (seconds, reply) in replies.items()}
-    print(f"\n{answers}\nfiled: {filed(client)}")
-    assert {status for _, status, _ in answers.values()} == {201}, answers
-    ids = {body["job_id"] for _, _, body in answers.values()}
-    assert len(ids) == 1, answers
-    assert filed(client) == {("fast", ids.pop())}
+    assert_one_job_in_fast(replies, client)
     later = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k-after"})
     assert later.status_code == 201 and api.job(later.json()["job_id"])["pool"] == "standard"
 
@@ -144,10 +152,4 @@ def test_a_keyed_retry_to_a_process_with_routing_off_files_no_second_job(
              message="the first attempt's routing")
     replies["retry"] = retried(Api(unrouted.base, TOKEN_A), "k-flip")
     first.join()
-    answers = {name: (round(seconds, 1), reply.status_code, reply.json())
-               for name, (seconds, reply) in replies.items()}
-    print(f"\n{answers}\nfiled: {filed(client)}")
-    assert {status for _, status, _ in answers.values()} == {201}, answers
-    ids = {body["job_id"] for _, _, body in answers.values()}
-    assert len(ids) == 1, answers
-    assert filed(client) == {("fast", ids.pop())}
+    assert_one_job_in_fast(replies, client)
