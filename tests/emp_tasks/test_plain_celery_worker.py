@@ -67,7 +67,7 @@ def test_plain_celery_worker_applies_queue_settings_and_reports_gave_up_jobs(
     ever (``emp worker`` gives up after 2 and stores ``QueueGaveUp``)."""
     start_worker("by-celery", plain_celery=True, EMP_MAX_ATTEMPTS="2",
                  **jobs_env("crash_jobs", CRASH_JOBS))
-    @app.task(name="test.crash", service="echo")
+    @app.task(name="test.crash", service="echo", shared=False)
     def crash() -> None:
         """The producer's copy; the worker runs its own (``CRASH_JOBS``)."""
 
