@@ -65,6 +65,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     options = flower_options(argv, port, address)
     extract_settings()
     setup_logging()
+    logging.getLogger("kombu.mixins").addFilter(_one_line)
     url = redis_url or defaults.redis_url()
     prefix = "/" + options.url_prefix.strip("/") if options.url_prefix else ""
     state = MonitorState(Backend.connect(url), EventHub(url), url_prefix=prefix)
@@ -72,6 +73,14 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     metrics.bound_flower_senders()
     metrics.pools_file()  # read now: a broken edit later keeps this version, as routing does
     return EmpMonitor(options, create_celery_app(url), state, **settings)
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Flower's event capture (kombu's ConsumerMixin) logs each failed reconnect to a
+    hung or lost Redis with a traceback of kombu's internals: keep its one line ("Broker
+    connection error, trying again in N seconds: ..."), as the monitor logs an outage."""
+    record.exc_info, record.exc_text = None, None
+    return True
 
 
 def run(argv: Sequence[str] = (), redis_url: str | None = None, port: int | None = None,
