@@ -360,9 +360,13 @@ class EmpTask(Task):
             headers = dict(options.pop("headers", None) or {})
             headers[ATTEMPT_HEADER] = context.attempt
             headers["emp_error"] = f"{type(exc).__name__}: {exc}" if exc else ""
+            spec = getattr(self.request, HEADER, None)
             if named_max is not None:  # the record shows what this retry allows
                 headers[MAX_RETRIES_HEADER] = named_max
-            headers[HEADER] = getattr(self.request, HEADER, None)
+                # and so does the next message: a later retry naming no limit read the
+                # message's again, and the job ran fewer times than its record said
+                spec = {**spec, "max_retries": named_max} if spec else spec
+            headers[HEADER] = spec
             options["headers"] = headers
         try:
             return super().retry(args, kwargs, exc=exc, throw=throw, eta=eta,

@@ -109,6 +109,14 @@ def retry_more(self):
     return [self.request.retries, self.request.delivery_info.get("priority")]
 
 
+@shared_task(bind=True, name="test.raise_limit_once", service="echo")
+def raise_limit_once(self):
+    log("raise_limit_once", self.request)
+    if self.request.retries == 0:
+        raise self.retry(exc=RuntimeError("first"), countdown=0, max_retries=5)
+    raise self.retry(exc=RuntimeError("again"), countdown=0)
+
+
 @shared_task(bind=True, name="test.long_sleep", service="echo")
 def long_sleep(self, seconds):
     log("long_sleep", self.request)
@@ -358,3 +366,20 @@ def test_a_run_sees_its_jobs_priority_and_the_record_its_retry_limit(
     record = get_job(result.id, app=app)
     assert (record["max_retries"], record["retries"]) == (5, 4)
     assert client.llen(f"test:runs:{result.id}") == 5
+
+
+@pytest.mark.timeout(120)
+def test_a_raised_retry_limit_holds_for_the_jobs_later_retries(
+        app, client: redis.Redis, start_worker, options_env) -> None:
+    """Tried: a job of a task with Celery's default ``max_retries`` (3) whose first run
+    calls ``self.retry(max_retries=5)`` and every later run a plain ``self.retry()``.
+    Celery allows a retry while ``retries + 1 <= max_retries``: 5 retries, 6 runs. Before
+    the fix the later runs read the message's limit (3) again: the job ran 4 times and
+    failed while its record said ``max_retries`` 5."""
+    start_worker("w1", **options_env)
+    result = producer_task(app, "test.raise_limit_once").apply_async()
+    with pytest.raises(RuntimeError, match="again"):
+        result.get(timeout=60)
+    assert client.llen(f"test:runs:{result.id}") == 6
+    record = get_job(result.id, app=app)
+    assert (record["status"], record["max_retries"], record["retries"]) == ("failed", 5, 5)
