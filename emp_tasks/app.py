@@ -22,6 +22,7 @@ from capability_router.router import CapabilityRouter
 from emp_tasks import (  # noqa: F401 - remote_control registers a command
     defaults,
     directives,
+    plain_worker,
     remote_control,
     revocation,
     thread_pool,
@@ -29,7 +30,6 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
 )
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
-from emp_tasks.worker import EmpWorkerStep
 
 #: Job type modules every app registers.
 BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
@@ -130,8 +130,8 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app.conf.update(**user_config(), **settings)
     revocation.init_app(app)
     directives.init_app(app)
-    # a plain `celery -A ... worker` claims with the profile `emp worker` has
-    app.steps["worker"].add(EmpWorkerStep)
+    # a plain `celery -A ... worker` is the worker `emp worker` runs
+    plain_worker.init_app(app)
     thread_pool.install()
     return app
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 
-from capability_router.errors import EmpError
 from capability_router.eviction import warn_if_evicting
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.profile import WorkerProfile
-from capability_router.redaction import masked_url
 from capability_router.residency import ResidencyReporter
-from capability_router.transport import is_job_queue
 from emp_tasks import defaults
 from emp_tasks.claim_gate import BoundedClaimGate
 from emp_tasks.connection import get_client, get_functions
@@ -107,7 +104,7 @@ def prepare_worker(app: Celery, profile: WorkerProfile, pools: list[str]) -> Non
     """Set up what the transport claims with before Celery consumes ``pools``: the profile,
     the claim gate, the gave-up reporter (transport options), the pools' queue settings,
     the eviction warning and the start residency. ``emp worker`` and a plain
-    ``celery -A emp_tasks.app worker`` (``EmpWorkerStep``) both come through here."""
+    ``celery -A emp_tasks.app worker`` (``emp_tasks.plain_worker``) both come through here."""
     options = dict(app.conf.broker_transport_options or {})
     options["worker_profile"] = profile.as_dict()
     options["worker_pools"] = list(pools)
@@ -136,40 +133,3 @@ def run_worker(
     ]
     app.worker_main(argv)
 
-
-class EmpWorkerStep(bootsteps.Step):
-    """Makes ``celery -A emp_tasks.app worker`` the worker ``emp worker`` runs.
-
-    Without it a plain Celery worker claimed with ``WorkerProfile.from_env()`` alone
-    (services ``simulation`` only, no connector models, no claim gate), left the pools'
-    settings unset and stored no end for jobs the queue gave up on. Runs while Celery
-    builds the worker, before it connects; a worker ``run_worker`` prepared is left as
-    it is. Pools: ``-Q``, else ``WORKER_POOLS``/``MACHINE_POOL`` as for ``emp worker``.
-    """
-
-    name = "emp.profile"
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        app = parent.app
-        if (app.conf.broker_transport_options or {}).get("worker_profile"):
-            return
-        queues = app.amqp.queues
-        if queues._consume_from is None:  # no -Q: the pools emp worker would serve
-            queues.select(defaults.worker_pools())
-        pools = [name for name in queues.consume_from if is_job_queue(name)]
-        from emp_tasks.cli import WORKER_START_ERRORS, _start_refusal
-
-        who = "worker"
-        try:
-            profile = build_profile(app)
-            who = f"worker {profile.worker_id}"
-            logger.warning("worker %s: services=%s pools=%s", profile.worker_id,
-                           profile.services, pools)
-            prepare_worker(app, profile, pools)
-        except (EmpError, ValueError) as exc:  # one line, as `emp worker` says it
-            raise SystemExit(f"{who}: {exc}") from None
-        except WORKER_START_ERRORS as exc:
-            raise SystemExit(
-                f"{who}: Redis at {masked_url(app.conf.broker_url)} "
-                f"{_start_refusal(exc)} ({type(exc).__name__}: {exc})") from None

@@ -20,9 +20,9 @@ a field never misses lines that lack it. A record's own value (a connector's
 
 ``configure_logging()`` sets this up on the root logger (stderr), plus the
 HTTP log shipper when one is configured (``machine.shipping``). ``emp worker``
-uses it when ``EMP_LOG_FORMAT=json`` (``emp machine`` sets that for its
-workers) and takes Celery's ``setup_logging`` signal so Celery leaves the
-handlers alone.
+(and a plain ``celery -A emp_tasks.app worker``, ``emp_tasks.plain_worker``) uses
+it when ``EMP_LOG_FORMAT=json`` (``emp machine`` sets that for its workers) and
+takes Celery's ``setup_logging`` signal so Celery leaves the handlers alone.
 """
 
 from __future__ import annotations

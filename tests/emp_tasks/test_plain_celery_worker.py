@@ -3,16 +3,21 @@
 
 Found from outside: it started and answered ping, but claimed with a profile of its own
 (services ``simulation`` only, whatever job types the app has), left the pools' settings
-(``EMP_MAX_ATTEMPTS``...) unset, and never stored the end of a job the queue gave up on."""
+(``EMP_MAX_ATTEMPTS``...) unset, and never stored the end of a job the queue gave up on;
+then, that it kept Celery's node name ``celery@<host>``, logged Celery's text under
+``EMP_LOG_FORMAT=json`` and traced as service ``emp``."""
 
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import redis
+from otlp_spans import job_spans
 
 from capability_router.errors import QueueGaveUp
+from conftest import wait_for
 from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
 
@@ -31,6 +36,23 @@ def crash():
 
 def registered_services(client: redis.Redis, worker_id: str) -> list[str]:
     return json.loads(client.hget(f"emp:worker:{worker_id}", "profile"))["services"]
+
+
+def registered_pools(client: redis.Redis, worker_id: str) -> list[str]:
+    return json.loads(client.hget(f"emp:worker:{worker_id}", "pools"))
+
+
+def json_lines(text: str) -> list[dict]:
+    """The lines of a worker's output that are JSON objects."""
+    lines = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            lines.append(value)
+    return lines
 
 
 @pytest.mark.timeout(120)
@@ -88,3 +110,49 @@ def test_plain_celery_worker_runs_as_many_jobs_at_once_as_emp_worker(
     else:
         monkeypatch.setenv("WORKER_CONCURRENCY", given)
     assert create_app(redis_server.url).conf.worker_concurrency == runs
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("args", "node_name"), [
+    ([], "w-plain@{host}"), (["-n", "mine@%h"], "mine@{host}")])
+def test_plain_celery_worker_names_logs_and_traces_itself_as_emp_worker(
+        app, client: redis.Redis, start_worker, receiver, args: list[str],
+        node_name: str) -> None:
+    """Tried: ``celery -A emp_tasks.app worker`` with ``EMP_LOG_FORMAT=json`` (what ``emp
+    machine`` sets for its workers) and an OTLP endpoint, running an echo job, without and
+    with ``-n``. Before the fix, without ``-n`` its node name was Celery's ``celery@<host>``
+    (the job record's ``hostname``, Flower's and the monitor's worker list) where ``emp
+    worker``'s is ``<worker id>@<host>``; its log lines were Celery's text, which a log
+    shipper cannot parse; its spans said service ``emp``, not ``emp-worker``. A given
+    ``-n`` names the node."""
+    node = node_name.format(host=socket.gethostname())
+    sink = receiver()
+    worker = start_worker("w-plain", args=args, plain_celery=True, EMP_LOG_FORMAT="json",
+                          OTEL_EXPORTER_OTLP_ENDPOINT=sink.url, OTEL_BSP_SCHEDULE_DELAY="100")
+    job = submit("echo", {"x": 1}, app=app)
+    assert job.get(timeout=30) is not None
+    assert get_job(job.id, app=app)["hostname"] == node
+    wait_for(lambda: app.control.ping(destination=[node], timeout=2), timeout=60,
+             message=f"a ping reply from {node}")
+    wait_for(lambda: job_spans(sink, job.id).get("run"), timeout=60, message="the run span")
+    assert {span.service for span in job_spans(sink, job.id)["run"]} == {"emp-worker"}
+    started = [line for line in json_lines(worker.log_path.read_text())
+               if line.get("logger") == "emp.worker"]
+    assert started and started[0]["worker_id"] == "w-plain", worker.log_path.read_text()
+
+
+@pytest.mark.timeout(150)
+def test_plain_celery_worker_serves_q_else_worker_pools(
+        app, client: redis.Redis, start_worker) -> None:
+    """Tried: ``celery -A emp_tasks.app worker`` with ``WORKER_POOLS=gpu,video``, without
+    and with ``-Q default``: without, it serves the pools ``emp worker`` would (gpu,
+    video); with, ``-Q`` wins. (Told apart without Celery's private ``_consume_from``.)"""
+    start_worker("by-env", wait=False, plain_celery=True,
+                 WORKER_POOLS="gpu,video").wait_ready("video")
+    start_worker("by-q", wait=False, args=["-Q", "default"], plain_celery=True,
+                 WORKER_POOLS="gpu,video").wait_ready("default")
+    assert registered_pools(client, "by-env") == ["gpu", "video"]
+    assert registered_pools(client, "by-q") == ["default"]
+    job = submit("echo", {"x": 1}, app=app, pool="video")
+    assert job.get(timeout=30) is not None
+    assert get_job(job.id, app=app)["worker_id"] == "by-env"
