@@ -10,7 +10,7 @@ import json
 
 import pytest
 import redis
-from celery import chain
+from celery import chain, chord
 
 from capability_router.functions import QueueFunctions
 from capability_router.keys import Keys
@@ -40,6 +40,11 @@ def add(x, y):
     return x + y
 
 
+@shared_task(name="test.total", service="echo")
+def total(values):
+    return sum(values)
+
+
 @shared_task(name="test.tagged", service="simulation", priority=10, max_retries=7)
 def tagged(x, y):
     return {"sum": x + y}
@@ -66,6 +71,11 @@ def replace_after_go(self):
     while not client().get("test:go") and time.monotonic() < deadline:
         time.sleep(0.05)
     raise self.replace(double.s(21))
+
+
+@shared_task(bind=True, name="test.replace_naming", service="echo")
+def replace_naming(self, **options):
+    raise self.replace(double.s(1).set(**options))
 
 
 @shared_task(bind=True, name="test.replace_with_group", service="echo")
@@ -127,12 +137,13 @@ def test_a_replaced_job_returns_the_replacements_result_under_its_one_id(
 
 
 @pytest.mark.timeout(180)
-def test_replace_inside_a_chain_hands_the_replacements_result_to_the_next_link(
+def test_replace_inside_a_chain_or_chord_hands_on_the_replacements_result(
         app, client, start_worker, replace_env) -> None:
     """Tried: ``chain(test.replace_with(target=test.double, args=[5]), test.add.s(100))``.
     Before: the first link failed with ReplaceUnsupported and the chain stopped. Now the
     first link's job runs ``double(5)`` under its id and the next link gets its result
-    (Celery moves the rest of the chain onto the replacement): 110."""
+    (Celery moves the rest of the chain onto the replacement): 110. And in a chord's
+    header, the body gets the replacement's result among the others'."""
     start_worker("w1", **replace_env)
     replacing, add = producer_task(app, "test.replace_with"), producer_task(app, "test.add")
     result = chain(replacing.si(target="test.double", args=[5]), add.s(100)).apply_async()
@@ -142,6 +153,9 @@ def test_replace_inside_a_chain_hands_the_replacements_result_to_the_next_link(
     record = get_job(first.id, app=app)
     assert record["status"] == "completed" and len(record["replaced"]) == 1, record
     assert get_job(result.id, app=app)["status"] == "completed"
+    double, total = producer_task(app, "test.double"), producer_task(app, "test.total")
+    header = [replacing.si(target="test.double", args=[5]), double.si(3)]
+    assert chord(header)(total.s()).get(timeout=60) == 16  # the body got the replacement's 10
 
 
 @pytest.mark.timeout(180)
@@ -180,10 +194,11 @@ def test_a_replace_by_an_attempt_taken_away_is_refused_and_changes_nothing(
 @pytest.mark.timeout(180)
 def test_a_replace_with_a_group_is_refused_before_anything_is_written(
         app, client, start_worker, replace_env) -> None:
-    """Tried: ``raise self.replace(group(double.s(1), double.s(2)))`` and a replace with a
-    task no job type has. Celery would give the job's id to a chord body filed later by
-    another job's run, which EMP cannot refile: the job fails with ReplaceUnsupported
-    naming the group (InvalidJob naming the task), and no other job was filed."""
+    """Tried: ``raise self.replace(group(double.s(1), double.s(2)))``, a replace with a
+    task no job type has, and replacements naming another customer or pool. Celery would
+    give the job's id to a chord body filed later by another job's run, which EMP cannot
+    refile: the job fails with ReplaceUnsupported naming the group (InvalidJob naming the
+    task, the customer, the pool), and no other job was filed."""
     start_worker("w1", **replace_env)
     grouped = producer_task(app, "test.replace_with_group").apply_async()
     with pytest.raises(Exception, match=r"Task.replace\(\) with a group is not supported"):
@@ -196,5 +211,15 @@ def test_a_replace_with_a_group_is_refused_before_anything_is_written(
     with pytest.raises(Exception, match="unknown task 'test.nowhere'"):
         unknown.get(timeout=60)
     assert get_job(unknown.id, app=app)["status"] == "failed"
+    naming = producer_task(app, "test.replace_naming")
+    other_customer = naming.apply_async(kwargs={"customer_id": "other"}, customer_id="acme")
+    with pytest.raises(Exception, match=r"keeps the job's customer_id \('acme'\)"):
+        other_customer.get(timeout=60)
+    other_pool = naming.apply_async(kwargs={"queue": "gpu"})
+    with pytest.raises(Exception, match=r"keeps the job's queue \('default'\)"):
+        other_pool.get(timeout=60)
+    for job in (unknown, other_customer, other_pool):
+        record = get_job(job.id, app=app)
+        assert record["status"] == "failed" and "replaced" not in record, record
     assert sorted(client.zrange(Keys("default").jobs, 0, -1)) == sorted(
-        [grouped.id, unknown.id])
+        [grouped.id, unknown.id, other_customer.id, other_pool.id])
