@@ -92,9 +92,10 @@ def replacement_options(context: JobContext, options: Mapping[str, Any]) -> dict
     functions = context.functions
     kept = dict(zip(KEPT_FIELDS, functions.client.hmget(functions.keys.job(context.job_id),
                                                         *KEPT_FIELDS), strict=True))
-    kept = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in kept.items()
-            if v is not None}
-    if "priority" in kept:
+    # A field the job lacks is kept too (None): a replacement naming a customer or
+    # workflow would be filed under a class the record does not say.
+    kept = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in kept.items()}
+    if kept["priority"] is not None:
         kept["priority"] = int(kept["priority"])
     kept["queue"] = context.namespace
     named = {**options, "queue": queue_name(options.get("queue")) or options.get("pool")}

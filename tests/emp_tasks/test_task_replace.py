@@ -165,8 +165,8 @@ def test_a_replace_by_an_attempt_taken_away_is_refused_and_changes_nothing(
     as an expired lease does), and then runs ``raise self.replace(double.s(21))``. The
     refused replace changes nothing: the record keeps its service, message and class,
     no ``replaced`` history, no ``job_replaced`` event, and attempt 2 runs the job's own
-    task to the end. A job of the same type left alone is replaced (before: both failed
-    with ReplaceUnsupported, the first quietly since its attempt was gone)."""
+    task to the end. A job of the same type left alone is replaced (before: every
+    replace failed with ReplaceUnsupported, so that second job failed)."""
     start_worker("w1", **replace_env)
     late = producer_task(app, "test.replace_after_go")
     taken = late.apply_async()
@@ -192,13 +192,15 @@ def test_a_replace_by_an_attempt_taken_away_is_refused_and_changes_nothing(
 
 
 @pytest.mark.timeout(180)
-def test_a_replace_with_a_group_is_refused_before_anything_is_written(
+def test_replacements_it_cannot_refile_are_refused_before_anything_is_written(
         app, client, start_worker, replace_env) -> None:
     """Tried: ``raise self.replace(group(double.s(1), double.s(2)))``, a replace with a
-    task no job type has, and replacements naming another customer or pool. Celery would
-    give the job's id to a chord body filed later by another job's run, which EMP cannot
-    refile: the job fails with ReplaceUnsupported naming the group (InvalidJob naming the
-    task, the customer, the pool), and no other job was filed."""
+    task no job type has, and replacements naming another customer, a workflow the job
+    has none of, or another pool. For a group Celery would give the job's id to a chord
+    body filed later by another job's run, which EMP cannot refile: the job fails with
+    ReplaceUnsupported naming the group (InvalidJob naming the task, the customer, the
+    workflow, the pool), and no other job was filed (before: every replace failed with
+    ReplaceUnsupported, whatever it named)."""
     start_worker("w1", **replace_env)
     grouped = producer_task(app, "test.replace_with_group").apply_async()
     with pytest.raises(Exception, match=r"Task.replace\(\) with a group is not supported"):
@@ -215,11 +217,14 @@ def test_a_replace_with_a_group_is_refused_before_anything_is_written(
     other_customer = naming.apply_async(kwargs={"customer_id": "other"}, customer_id="acme")
     with pytest.raises(Exception, match=r"keeps the job's customer_id \('acme'\)"):
         other_customer.get(timeout=60)
+    no_workflow = naming.apply_async(kwargs={"workflow_id": "wf-1"})
+    with pytest.raises(Exception, match=r"keeps the job's workflow_id \(None\)"):
+        no_workflow.get(timeout=60)
     other_pool = naming.apply_async(kwargs={"queue": "gpu"})
     with pytest.raises(Exception, match=r"keeps the job's queue \('default'\)"):
         other_pool.get(timeout=60)
-    for job in (unknown, other_customer, other_pool):
+    for job in (unknown, other_customer, no_workflow, other_pool):
         record = get_job(job.id, app=app)
         assert record["status"] == "failed" and "replaced" not in record, record
     assert sorted(client.zrange(Keys("default").jobs, 0, -1)) == sorted(
-        [grouped.id, unknown.id, other_customer.id, other_pool.id])
+        [grouped.id, unknown.id, other_customer.id, no_workflow.id, other_pool.id])
