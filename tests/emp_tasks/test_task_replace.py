@@ -228,3 +228,49 @@ def test_replacements_it_cannot_refile_are_refused_before_anything_is_written(
         assert record["status"] == "failed" and "replaced" not in record, record
     assert sorted(client.zrange(Keys("default").jobs, 0, -1)) == sorted(
         [grouped.id, unknown.id, other_customer.id, no_workflow.id, other_pool.id])
+
+
+@pytest.mark.timeout(180)
+def test_a_replacement_waits_for_a_worker_of_its_service_and_may_replace_again(
+        app, start_worker, replace_env) -> None:
+    """Tried: a job that replaces itself with ``test.replace_with`` again, which replaces
+    itself with ``test.on_gpu`` (service gpu-only), while the pool's only worker serves
+    echo and simulation. Before: the first replace failed the job (ReplaceUnsupported).
+    Now the job waits pending under gpu-only, as a submit of that task would, with both
+    steps in its history, and completes once a gpu-only worker comes."""
+    start_worker("w1", **replace_env)
+    replacing = producer_task(app, "test.replace_with")
+    result = replacing.apply_async(kwargs={"target": "test.replace_with",
+                                           "args": ["test.on_gpu", [7]]})
+
+    def waiting() -> bool:
+        record = get_job(result.id, app=app)
+        assert record["status"] not in ("failed", "completed"), record
+        return record["status"] == "pending" and len(record.get("replaced") or []) == 2
+
+    wait_for(waiting, timeout=60, message="the job to wait under gpu-only")
+    record = get_job(result.id, app=app)
+    assert record["service_required"] == "gpu-only", record
+    assert [step["to_task"] for step in record["replaced"]] == ["test.replace_with",
+                                                                  "test.on_gpu"]
+    start_worker("w2", WORKER_SERVICES="gpu-only", **replace_env)
+    assert result.get(timeout=60) == 7
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["worker_id"] == "w2", record
+
+
+@pytest.mark.fast
+def test_run_eagerly_a_replace_is_celerys_own(app) -> None:
+    """Tried: ``apply()`` of a task that replaces itself (no job: run in the caller's
+    process). Celery's own replace runs the replacement eagerly and returns its value;
+    nothing is filed in Redis."""
+    @app.task(bind=True, name="test.eager_replacing", service="echo", shared=False)
+    def eager_replacing(self, x: int) -> int:
+        return self.replace(eager_double.s(x))
+
+    @app.task(name="test.eager_double", service="echo", shared=False)
+    def eager_double(x: int) -> int:
+        return 2 * x
+
+    assert eager_replacing.apply(args=[4]).get() == 8
+    assert not app.backend.client.keys("emp:*")
