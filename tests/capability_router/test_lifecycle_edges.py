@@ -103,3 +103,25 @@ def test_a_replace_refiles_the_job_as_the_replacement_and_a_stale_one_changes_no
     claimed = queue.claim(sim.signature, "sim", 1_000, now_ms=now + 3_000)
     assert queue.complete("r", claimed.attempt, "done") == "ok"
     assert queue.replace("r", claimed.attempt, replacement, "{}", step) == "completed"
+
+
+def test_a_replace_with_a_countdown_waits_then_runs_under_the_replacements_class(
+    queue: QueueFunctions,
+) -> None:
+    """Tried: a claimed comfyui job replaced by a simulation job due in 5 s (Celery's
+    ``countdown`` on the replacement signature). It waits in the delayed set (no worker
+    claims it before), then only the simulation worker takes it."""
+    sim = WorkerProfile(worker_id="sim", services=["simulation"])
+    queue.register_worker(ANY, now_ms=T)
+    queue.register_worker(sim, now_ms=T)
+    queue.enqueue("later", JobSpec(service="comfyui"), json.dumps({"id": "later"}), now_ms=T)
+    claimed = queue.claim(ANY.signature, "any", 60_000, now_ms=T + 1)
+    assert isinstance(claimed, Claimed)
+    replacement = JobSpec(service="simulation").header()
+    assert queue.replace("later", 1, replacement, "{}", {"from_task": "a", "to_task": "b"},
+                         due_ms=T + 5_000) == "delayed"
+    assert queue.client.hget(queue.keys.job("later"), "retry_at") == str(T + 5_000)
+    assert not isinstance(queue.claim(sim.signature, "sim", 1_000, now_ms=T + 4_000), Claimed)
+    assert not isinstance(queue.claim(ANY.signature, "any", 1_000, now_ms=T + 6_000), Claimed)
+    claimed = queue.claim(sim.signature, "sim", 1_000, now_ms=T + 6_001)
+    assert isinstance(claimed, Claimed) and claimed.job_id == "later"

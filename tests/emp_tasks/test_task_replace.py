@@ -260,7 +260,7 @@ def test_a_replacement_waits_for_a_worker_of_its_service_and_may_replace_again(
 
 
 @pytest.mark.fast
-def test_run_eagerly_a_replace_is_celerys_own(app) -> None:
+def test_run_eagerly_a_replace_is_celerys_own(app, client) -> None:  # noqa: ANN001
     """Tried: ``apply()`` of a task that replaces itself (no job: run in the caller's
     process). Celery's own replace runs the replacement eagerly and returns its value;
     nothing is filed in Redis."""
@@ -273,4 +273,4 @@ def test_run_eagerly_a_replace_is_celerys_own(app) -> None:
         return 2 * x
 
     assert eager_replacing.apply(args=[4]).get() == 8
-    assert not app.backend.client.keys("emp:*")
+    assert client.keys("emp:*") == []
