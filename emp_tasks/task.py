@@ -385,8 +385,10 @@ class EmpTask(Task):
         if isinstance(sig, (group, chord, _chain)) or type(sig) is not Signature:
             raise ReplaceUnsupported(
                 f"job {context.job_id}: Task.replace() with a {type(sig).__name__} is not "
-                f"supported in EMP jobs ({self.name} -> {sig!r}): a job is replaced by one "
-                "task; replace it with the first task and chain the rest onto it")
+                f"supported in EMP jobs ({self.name} -> {sig!r}): a job is refiled as one "
+                "task's run, and Celery would give its id to a task that another job's run "
+                "files later; replace it with one task signature, or submit the "
+                f"{type(sig).__name__} as jobs of their own")
         job_type(self.app, sig.task)  # InvalidJob, nothing written, for an unknown task
         sig.set(**replacement_options(context, sig.options))
         sig.set(headers={**(sig.options.get("headers") or {}), ATTEMPT_HEADER: context.attempt,
