@@ -2399,7 +2399,7 @@ local function emp_resubmit(keys, args)
   add_load(P, redis.call('HGET', keys[2], 'predicted_ms'), 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
-    'unreceived', '0', 'worker_id', '', 'resubmitted_at', now)
+    'unreceived', '0', 'replaces', '0', 'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
   if args[4] and args[4] ~= '' then
