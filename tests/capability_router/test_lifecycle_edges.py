@@ -125,3 +125,18 @@ def test_a_replace_with_a_countdown_waits_then_runs_under_the_replacements_class
     assert not isinstance(queue.claim(ANY.signature, "any", 1_000, now_ms=T + 6_000), Claimed)
     claimed = queue.claim(sim.signature, "sim", 1_000, now_ms=T + 6_001)
     assert isinstance(claimed, Claimed) and claimed.job_id == "later"
+
+
+def test_a_resubmitted_job_counts_its_replaces_afresh(queue: QueueFunctions) -> None:
+    """Tried: a job replaced once, then failed and resubmitted. Before, its ``replaces``
+    stayed 1 while ``attempts_before`` restarted the allowance: the earlier replace was
+    subtracted again, granting the new run one attempt more than max_attempts."""
+    queue.register_worker(ANY, now_ms=T)
+    queue.enqueue("again", JobSpec(service="comfyui"), "{}", now_ms=T)
+    claimed = queue.claim(ANY.signature, "any", 60_000, now_ms=T + 1)
+    assert queue.replace("again", claimed.attempt, JobSpec(service="comfyui").header(), "{}",
+                         {"from_task": "a", "to_task": "b"}) == "queued"
+    claimed = queue.claim(ANY.signature, "any", 60_000, now_ms=T + 2)
+    assert queue.fail("again", claimed.attempt, "boom") == "ok"
+    assert queue.resubmit("again") == "pending"
+    assert queue.client.hget(queue.keys.job("again"), "replaces") == "0"
