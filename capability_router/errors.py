@@ -41,8 +41,20 @@ class QueueGaveUp(EmpError):
 
 
 class ReplaceUnsupported(EmpError, NotImplementedError):
-    """``Task.replace`` inside an EMP job: the replacement would need the job's id, which
-    is filed once (its record, events and fencing are the job's)."""
+    """``Task.replace`` inside an EMP job with a group, chord or chain: the job is refiled
+    as one task's run, and Celery would give this job's id to a task filed later by
+    another job's run. Raised before anything is written."""
+
+
+class ReplaceRefused(EmpError):
+    """A replace the job record refused (the attempt was taken away, or the job ended)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(job_id, status)
+        self.job_id, self.status = job_id, status
+
+    def __str__(self) -> str:
+        return f"replace of job {self.job_id!r} refused: the job is {self.status}"
 
 
 class LibraryError(EmpError):

@@ -544,6 +544,19 @@ class QueueFunctions:
                                 [job_id, attempt, due_ms, message, clean_text(error), "",
                                  "" if max_retries is None else int(max_retries)]))
 
+    def replace(self, job_id: str, attempt: int | str, spec: dict[str, Any], message: str,
+                step: dict[str, Any], due_ms: int = 0) -> str:
+        """Refile the job as the replacement its attempt's task asked for (Celery's
+        ``Task.replace``): its message ``message``, class and record fields from the
+        replacement's job ``spec`` (a header), ``step`` (from_task, to_task) added to its
+        ``replaced`` history. 'queued' or 'delayed', or the status that refused it."""
+        k = self.keys
+        fields = [x for pair in spec["fields"].items() for x in pair]
+        return _text(self._call("emp_replace", [k.config, k.job(job_id), k.delayed],
+                                [job_id, attempt, due_ms, message, spec["class"],
+                                 spec["class_json"], spec.get("family", ""),
+                                 spec.get("family_json", ""), json_text(step), 0, *fields]))
+
     def cancel(self, job_id: str, reason: str = "cancelled by request",
                attempt: int | str | None = None) -> tuple[str, ...]:
         """Returns ('cancelled', previous status, worker id), (terminal status,) or ('missing',).

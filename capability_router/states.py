@@ -60,6 +60,9 @@ class JobEvent(StrEnum):
     PREPARING = "job_preparing"
     #: Ran out of GPU memory: filed again asking for more (``escalations``).
     ESCALATED = "job_escalated"
+    #: Its task replaced itself (Celery's ``Task.replace``): pending again, running the
+    #: replacement's task under the same id (``replaced``).
+    REPLACED = "job_replaced"
 
 
 #: The status a terminal event leaves a job in.

@@ -5,7 +5,9 @@ Features
 ========
 * Publish: a message sent to a queue (a pool namespace) is filed by
   ``emp_enqueue`` under its requirement class; a Celery retry message (same
-  task id, ``retries`` > 0) goes to ``emp_retry`` and waits in Redis until due.
+  task id, ``retries`` > 0) goes to ``emp_retry`` and waits in Redis until due;
+  a replacement (``REPLACES_HEADER``, Celery's ``Task.replace`` in a job) goes to
+  ``emp_replace``, which refiles the same job as the replacement's run.
 * Consume: the worker's capability profile claims the best job it can serve
   with ``emp_claim``. While claims succeed it claims again at once; when
   nothing matches it blocks on its own wake-up list, which an enqueue of a
@@ -87,7 +89,7 @@ from kombu.utils.json import dumps, loads
 from capability_router import job_id_reservations as reservations
 from capability_router.cluster import SOCKET_TIMEOUT_SECONDS, refresh_slots
 from capability_router.cluster_channel import ClusterChannel
-from capability_router.errors import InvalidJob, RetryRefused
+from capability_router.errors import InvalidJob, ReplaceRefused, RetryRefused
 from capability_router.functions import (
     CLUSTER_REDIRECTS,
     Claimed,
@@ -120,6 +122,10 @@ ATTEMPT_HEADER = "emp_attempt"
 #: Header of a retry message: the ``max_retries`` its ``self.retry()`` call named, for the
 #: job record (``emp_retry``); absent when the call named none.
 MAX_RETRIES_HEADER = "emp_max_retries"
+
+#: Header of a replacement message (``EmpTask.replace``): the name of the task it replaces,
+#: whose attempt (``ATTEMPT_HEADER``) refiles the job as this message's run (``emp_replace``).
+REPLACES_HEADER = "emp_replaces"
 
 #: Header naming one publish (one ``apply_async``), set in the caller's headers: kombu
 #: retries a failed publish with those same headers, so its repeat can be told from a
@@ -524,6 +530,13 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self.note_namespace(queue)
         due_ms = _eta_ms(headers.get("eta"))
         headers["eta"] = None  # the due time is Redis's business; the message runs at once
+        if REPLACES_HEADER in headers:
+            attempt, replaced = headers.pop(ATTEMPT_HEADER, ""), headers.pop(REPLACES_HEADER)
+            outcome = functions.replace(job_id, attempt, spec, dumps(message), {
+                "from_task": replaced, "to_task": headers.get("task")}, due_ms)
+            if outcome not in ("delayed", "queued"):
+                raise ReplaceRefused(job_id, outcome)  # changed nothing
+            return
         if headers.get("retries"):
             outcome = functions.retry(
                 job_id, headers.pop(ATTEMPT_HEADER, ""), due_ms, dumps(message),

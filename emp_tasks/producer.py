@@ -19,13 +19,14 @@ from emp_tasks.remote_control import forget_revoked
 
 #: Record fields stored as JSON text.
 JSON_FIELDS = ("payload", "requirements", "ctx", "result", "progress_details", "routing",
-               "preparing", "escalations")
+               "preparing", "escalations", "replaced")
 #: Record fields stored as numbers.
 NUMBER_FIELDS = (
     "priority", "max_retries", "attempts", "retries", "progress", "workflow_priority",
     "workflow_datetime", "current_step", "total_steps", "created_at", "assigned_at",
     "started_at", "completed_at", "failed_at", "cancelled_at", "retry_at", "lease_until",
     "updated_at", "service_releases", "unreceived", "released_at", "predicted_ms", "work_units",
+    "replaces", "replaced_at",
 )
 
 

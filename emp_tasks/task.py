@@ -15,19 +15,26 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Signature, Task, chord, group, signature
 from celery.backends.base import DisabledBackend
+from celery.canvas import _chain
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
-from capability_router.errors import InvalidJob, JobCancelled, ReplaceUnsupported, RetryRefused
+from capability_router.errors import (
+    InvalidJob,
+    JobCancelled,
+    ReplaceRefused,
+    ReplaceUnsupported,
+    RetryRefused,
+)
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.states import JobStatus
-from capability_router.transport import ATTEMPT_HEADER, MAX_RETRIES_HEADER
+from capability_router.transport import ATTEMPT_HEADER, MAX_RETRIES_HEADER, REPLACES_HEADER
 from emp_tasks import tracing
 from emp_tasks.cancellation import (
     check_cancelled,
@@ -70,6 +77,38 @@ logger = logging.getLogger(__name__)
 class Requeued(Reject):
     """A run given back because the queue's Redis could not take its writes; its message
     says which job and why."""
+
+
+class Replaced(Ignore):
+    """A run that replaced itself (``EmpTask.replace``): its job was refiled as the
+    replacement's run, so Celery stores nothing for this one."""
+
+
+def replacement_options(context: JobContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a replacement of the job keeps: its pool, customer, workflow and priority.
+
+    Read from the job record (the run's request carries none of them); InvalidJob when
+    the replacement names another, before anything is written."""
+    functions = context.functions
+    kept = dict(zip(KEPT_FIELDS, functions.client.hmget(functions.keys.job(context.job_id),
+                                                        *KEPT_FIELDS), strict=True))
+    # A field the job lacks is kept too (None): a replacement naming a customer or
+    # workflow would be filed under a class the record does not say.
+    kept = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in kept.items()}
+    if kept["priority"] is not None:
+        kept["priority"] = int(kept["priority"])
+    kept["queue"] = context.namespace
+    named = {**options, "queue": queue_name(options.get("queue")) or options.get("pool")}
+    for name, value in kept.items():
+        if named.get(name) not in (None, value):
+            raise InvalidJob(f"job {context.job_id}: a replacement keeps the job's {name} "
+                             f"({value!r}); {named[name]!r} names another (submit a new job "
+                             "instead)")
+    return {**kept, "pool": None}
+
+
+#: Record fields a replacement keeps (``replacement_options``).
+KEPT_FIELDS = ("customer_id", "workflow_id", "priority")
 
 
 class _RequeueWithoutTraceback(logging.Filter):
@@ -295,6 +334,8 @@ class EmpTask(Task):
         """Run ``step``; a failure is recorded on the job (fenced) before it propagates."""
         try:
             return step()
+        except Replaced:
+            raise  # the job runs the replacement now (emp_replace recorded it)
         except Ignore as exc:
             # The task asked Celery to store no state; the job still ends, and says why
             # (the ack would call it a crash). Fenced: refused once the attempt was taken
@@ -325,18 +366,46 @@ class EmpTask(Task):
             raise
 
     def replace(self, sig: Any) -> Any:
-        """Celery's replace, refused in a job with a clear error (the run fails with it).
+        """Celery's replace: in a job, the same job is refiled as the replacement's run.
 
-        Celery files the replacement under this task's id; a job's id is filed once
-        (its record, events and attempt fencing belong to it), so the replacement was
-        refused as a duplicate with a confusing "already exists". Chain the steps when
-        submitting instead, or call the other task's function here."""
-        if self.job is None:  # eager, or not claimed from the queue: Celery's own
+        A job's id is filed once (its record, events and attempt fencing belong to
+        it), so the replacement does not become a new job under this id: this
+        attempt ends and the job goes back to pending running ``sig``'s task with
+        its arguments, filed as a submit of that task would be (service and
+        requirements), in the job's pool, keeping its customer, workflow and
+        priority, and the chain, callbacks and chord Celery carries over
+        (``emp_replace``). A group, chord or chain is refused before anything is
+        written (``ReplaceUnsupported``), as is a task no job type has
+        (``InvalidJob``); a run whose attempt was taken away changes nothing and
+        ends quietly. Run eagerly (no job), it is Celery's own replace."""
+        context = self.job
+        if context is None:
             return super().replace(sig)
-        raise ReplaceUnsupported(
-            f"Task.replace() is not supported in EMP jobs ({self.name} -> "
-            f"{getattr(sig, 'task', sig)}): a job's id is filed once; chain the steps when "
-            "submitting instead")
+        sig = signature(sig, app=self.app)
+        if isinstance(sig, (group, chord, _chain)) or type(sig) is not Signature:
+            raise ReplaceUnsupported(
+                f"job {context.job_id}: Task.replace() with a {type(sig).__name__} is not "
+                f"supported in EMP jobs ({self.name} -> {sig!r}): a job is refiled as one "
+                "task's run, and Celery would give its id to a task that another job's run "
+                "files later; replace it with one task signature, or submit the "
+                f"{type(sig).__name__} as jobs of their own")
+        job_type(self.app, sig.task)  # InvalidJob, nothing written, for an unknown task
+        sig.set(**replacement_options(context, sig.options))
+        sig.set(headers={**(sig.options.get("headers") or {}), ATTEMPT_HEADER: context.attempt,
+                         REPLACES_HEADER: self.name})
+        return super().replace(sig)
+
+    def on_replace(self, sig: Any) -> Any:
+        """Send the replacement; in a job, end this run with ``Replaced`` (an ``Ignore``
+        that records nothing: the job is pending again, running the replacement)."""
+        context = self.job
+        if context is None:
+            return super().on_replace(sig)
+        try:
+            sig.delay()
+        except ReplaceRefused:
+            raise end_cancelled_run(context) from None  # the attempt no longer holds the job
+        raise Replaced(f"job {context.job_id} replaced by {sig!r}")
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
               throw: bool = True, eta: Any = None, countdown: Any = None,

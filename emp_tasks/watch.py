@@ -36,7 +36,7 @@ def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
                     bar.update(task, completed=data.get("progress", 0),
                                description=f"{job_id[:8]} {data.get('message', 'running')}")
                 elif event in (JobEvent.ASSIGNED, JobEvent.STARTED, JobEvent.RETRYING,
-                               JobEvent.REQUEUED):
+                               JobEvent.REQUEUED, JobEvent.REPLACED):
                     bar.update(task, description=f"{job_id[:8]} {event.replace('job_', '')}")
                 elif event in TERMINAL_EVENTS:
                     status = TERMINAL_EVENTS[JobEvent(event)]

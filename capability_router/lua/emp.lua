@@ -24,7 +24,9 @@ they live in the same slot as the declared key.
                                   job's models ready (a cold start) it has
                                   "preparing" (JSON, see emp_preparing); a job
                                   that ran out of GPU memory has
-                                  "escalations" (JSON list, see emp_escalate)
+                                  "escalations" (JSON list, see emp_escalate);
+                                  a job whose task replaced itself has
+                                  "replaced" (JSON list, see emp_replace)
   P.."job:"..id..":events" STREAM that job's events (trimmed, expires)
   P.."events"              STREAM every event of the namespace (trimmed)
   P.."jobs"                ZSET   job id -> submit ms (listing, trimmed)
@@ -126,7 +128,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '20'
+local VERSION = '21'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1157,7 +1159,7 @@ local GAVE_UP_KEPT = '9999'
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before', 'service_releases', 'retries', 'unreceived')
+    'attempts_before', 'service_releases', 'retries', 'unreceived', 'replaces')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
@@ -1167,9 +1169,9 @@ local function return_to_pending(P, cfg, id, reason, now)
   -- ever-new attempt numbers) but gets its full allowance again. Attempts its
   -- service refused (emp_release) spent nothing either, nor claims their worker
   -- never received (emp_unclaim), nor those that ended in a retry (an outcome:
-  -- the task's max_retries bounds them, up to 100).
+  -- the task's max_retries bounds them, up to 100) or a replace (emp_replace).
   if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
-      - (tonumber(f[9]) or 0) >= cfg.max_attempts then
+      - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
@@ -2017,6 +2019,97 @@ local function emp_retry(keys, args)
   return 'queued'
 end
 
+--[[ emp_replace
+KEYS[1] config  KEYS[2] job record  KEYS[3] delayed
+ARGV[1] job id  ARGV[2] attempt  ARGV[3] due ms (0: now)
+ARGV[4] the replacement's Celery message JSON  ARGV[5] class signature
+ARGV[6] class JSON  ARGV[7] family signature  ARGV[8] family JSON (the class
+the replacement's requirements make)  ARGV[9] the step, JSON object
+(from_task, to_task)  ARGV[10] now (optional)
+ARGV[11..] record field name, value pairs of the replacement; only the fields
+of REPLACED_FIELDS are taken, the others stay as the job has them
+The attempt's task replaced itself (Celery's ``Task.replace``): the same job
+goes back to pending running the replacement's message, filed under its class,
+at its old place. The replaced fields are cleared first (a routing estimate of
+the old task must not stay), the step (with from_service, to_service, attempt
+and at) is appended to the record's ``replaced`` JSON list and sent as a
+``job_replaced`` event. Neither a retry nor an attempt of the crash allowance
+is spent (``replaces`` counts them). Returns 'delayed' or 'queued', or the
+status that refused it (fencing); a refusal changes nothing. ]]
+-- The record fields a replacement brings (the rest stay the job's), as a list and a set.
+local REPLACED_LIST = {'service_required', 'payload', 'requirements', 'max_retries',
+  'routing', 'duration_key', 'work_units', 'predicted_ms'}
+local REPLACED_FIELDS = {service_required = true, payload = true, requirements = true,
+  max_retries = true, routing = true, duration_key = true, work_units = true,
+  predicted_ms = true}
+
+local function emp_replace(keys, args)
+  local P = prefix_of(keys[1])
+  local id, attempt, jk = args[1], args[2], keys[2]
+  local due = tonumber(args[3]) or 0
+  local now = now_ms(args[10])
+  local f, refused = fence(jk, attempt, 'worker_id', 'class', 'score', 'replaced',
+    'service_required', 'predicted_ms', 'created_at')
+  if not f then
+    return refused
+  end
+  local fields = {}
+  local service
+  for i = 11, #args, 2 do
+    if REPLACED_FIELDS[args[i]] then
+      fields[#fields + 1] = args[i]
+      fields[#fields + 1] = args[i + 1]
+      if args[i] == 'service_required' then
+        service = args[i + 1]
+      end
+    end
+  end
+  local csig = args[5]
+  if csig ~= f[4] then
+    ensure_class(P, csig, args[6], args[7], args[8])
+    redis.call('HINCRBY', P .. 'live', csig, '1')
+    class_job_ended(P, f[4])
+  end
+  add_load(P, f[8], -1)
+  redis.call('HDEL', jk, unpack(REPLACED_LIST))
+  local steps = f[6] and cjson.decode(f[6]) or {}
+  local step = cjson.decode(args[9])
+  step.from_service = f[7]
+  step.to_service = service or f[7]
+  step.attempt = tonumber(f[2])
+  step.at = tonumber(now)
+  steps[#steps + 1] = step
+  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'class', csig,
+    'message', args[4], 'replaced', cjson.encode(steps), 'replaced_at', now,
+    'service_required', step.to_service, unpack(fields))
+  redis.call('HINCRBY', jk, 'replaces', '1')
+  add_load(P, redis.call('HGET', jk, 'predicted_ms'), 1)
+  if service and service ~= f[7] then
+    if f[7] then
+      redis.call('ZREM', P .. 'by:service:' .. f[7], id)
+    end
+    local ik = P .. 'by:service:' .. service
+    redis.call('ZADD', ik, f[9] or now, id)
+    redis.call('SADD', P .. 'indexes', ik)
+  end
+  index_status(P, id, f[1], 'pending', now)
+  redis.call('HDEL', jk, 'lease_until', 'preparing', 'retry_at', 'last_error')
+  redis.call('ZREM', P .. 'leases', id)
+  local data = {worker_id = f[3], attempt = step.attempt, from_task = step.from_task,
+    to_task = step.to_task, from_service = step.from_service, job_type = step.to_service}
+  if due > tonumber(now) then
+    redis.call('HSET', jk, 'retry_at', args[3])
+    redis.call('ZADD', keys[3], args[3], id)
+    data.run_at = due
+  end
+  emit(P, config(P), id, 'job_replaced', data, now)
+  if due > tonumber(now) then
+    return 'delayed'
+  end
+  file_pending(P, id, csig, f[5], now)
+  return 'queued'
+end
+
 --[[ emp_escalate
 KEYS[1] config  KEYS[2] job record
 ARGV[1] job id  ARGV[2] attempt  ARGV[3] the step, JSON object (from_gb, to_gb,
@@ -2306,7 +2399,7 @@ local function emp_resubmit(keys, args)
   add_load(P, redis.call('HGET', keys[2], 'predicted_ms'), 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
-    'unreceived', '0', 'worker_id', '', 'resubmitted_at', now)
+    'unreceived', '0', 'replaces', '0', 'worker_id', '', 'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
   if args[4] and args[4] ~= '' then
@@ -2431,6 +2524,7 @@ redis.register_function('emp_preparing', emp_preparing)
 redis.register_function('emp_complete', emp_complete)
 redis.register_function('emp_fail', emp_fail)
 redis.register_function('emp_retry', emp_retry)
+redis.register_function('emp_replace', emp_replace)
 redis.register_function('emp_cancel', emp_cancel)
 redis.register_function('emp_escalate', emp_escalate)
 redis.register_function('emp_ack', emp_ack)

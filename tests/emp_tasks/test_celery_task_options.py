@@ -87,7 +87,7 @@ def retry_elsewhere(self):
 
 @shared_task(bind=True, name="test.replaced", service="echo")
 def replaced(self):
-    raise self.replace(returns_set.s())
+    raise self.replace(double.s(21))
 
 
 @shared_task(bind=True, name="test.ignored", service="echo")
@@ -243,7 +243,8 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
         app, start_worker, options_env) -> None:
     """Tried: a datetime and a UUID argument (refused before; Celery delivers them as
     themselves); ``self.replace(...)``, which failed with a confusing InvalidJob "already
-    exists" and now says it is not supported; and a task returning a set, which Celery's
+    exists", then with ReplaceUnsupported, and now refiles the job as the replacement's
+    run (``test_task_replace.py``); and a task returning a set, which Celery's
     json result backend cannot store: Celery said FAILURE while the job record said
     ``completed``. And ``self.retry(queue="gpu")``, a retry into another pool: the job
     ended failed with "the task raised Ignore (... attempt 1 was taken away)" and no
@@ -254,9 +255,8 @@ def test_typed_arguments_arrive_and_an_unstorable_result_fails_the_job(
         kwargs={"when": when, "ident": ident})
     assert typed.get(timeout=60) == ["datetime", "2026-12-02T09:30:00", "UUID", str(ident)]
     replaced = producer_task(app, "test.replaced").apply_async()
-    with pytest.raises(Exception, match=r"Task.replace\(\) is not supported in EMP jobs"):
-        replaced.get(timeout=60)  # before: InvalidJob "already exists (it is in_progress)"
-    assert "ReplaceUnsupported" in get_job(replaced.id, app=app)["last_error"]
+    assert replaced.get(timeout=60) == 42  # before: ReplaceUnsupported (InvalidJob before)
+    assert get_job(replaced.id, app=app)["replaced"][0]["to_task"] == "test.double"
     ignored = producer_task(app, "test.ignored").apply_async()
     wait_for(lambda: get_job(ignored.id, app=app)["status"] == "failed", timeout=30,
              message="the ignored job to end")

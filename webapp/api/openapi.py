@@ -183,6 +183,12 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                     "Runs that ran out of GPU memory and were filed again with a raised "
                     "hardware.gpu_memory_gb: {from_gb, to_gb, worker_id, attempt, at, "
                     "error}, oldest first.")},
+                "replaced": {"type": "array", "items": {"type": "object"}, "description": (
+                    "Runs whose task replaced itself (Celery's Task.replace): the same job "
+                    "ran the replacement next, {from_task, to_task, from_service, "
+                    "to_service, attempt, at}, oldest first.")},
+                "replaces": {"type": "integer", "description": (
+                    "How many runs replaced themselves; they spend no attempt.")},
                 "routing": {
                     "type": "object", "description": (
                         "Where the router filed the job and why (routing on: "

@@ -19,7 +19,7 @@ ORIGINAL_EVENTS = (
 #: Further job events of the log.
 LIFECYCLE_EVENTS = (
     "job_assigned", "job_started", "job_retrying", "job_requeued", "job_released",
-    "job_resubmitted", "job_preparing", "job_escalated",
+    "job_resubmitted", "job_preparing", "job_escalated", "job_replaced",
 )
 #: Pool events that concern no job: the intelligence leader's placement directives and
 #: what the worker did with them (``capability_router.prediction.directives``).

@@ -89,7 +89,8 @@
   }
   const refresh = EMP.throttled(load, 700);
   const RELEVANT = new Set(["worker_status", "machine_status", "job_assigned", "job_started",
-    "complete_job", "job_failed", "job_cancelled", "job_requeued", "job_retrying"]);
+    "complete_job", "job_failed", "job_cancelled", "job_requeued", "job_retrying",
+    "job_replaced"]);
   EMP.live((message) => { if (RELEVANT.has(message.type)) refresh(); }, () => refresh());
   setInterval(refresh, 5000);  // ages and heartbeats move without events
   refresh.now();

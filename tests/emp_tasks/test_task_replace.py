@@ -1,0 +1,276 @@
+"""Celery's ``Task.replace`` inside a job: the same job is refiled as the replacement's run.
+
+Before, a job's ``self.replace(sig)`` failed it with ``ReplaceUnsupported`` (and before
+that with a confusing "already exists"): Celery files the replacement under the job's
+own id, which EMP files once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from celery import chain, chord
+
+from capability_router.functions import QueueFunctions
+from capability_router.keys import Keys
+from conftest import wait_for
+from emp_tasks.producer import get_job
+
+#: Job types the workers import (``EMP_CELERY_CONFIG``).
+REPLACE_JOBS = '''
+import os
+import time
+
+import redis
+from celery import group, shared_task
+
+
+def client():
+    return redis.Redis.from_url(os.environ["EMP_REDIS_URL"], decode_responses=True)
+
+
+@shared_task(name="test.double", service="echo")
+def double(x):
+    return 2 * x
+
+
+@shared_task(name="test.add", service="echo")
+def add(x, y):
+    return x + y
+
+
+@shared_task(name="test.total", service="echo")
+def total(values):
+    return sum(values)
+
+
+@shared_task(name="test.tagged", service="simulation", priority=10, max_retries=7)
+def tagged(x, y):
+    return {"sum": x + y}
+
+
+@shared_task(name="test.on_gpu", service="gpu-only")
+def on_gpu(x):
+    return x
+
+
+@shared_task(bind=True, name="test.replace_with", service="echo")
+def replace_with(self, target, args):
+    client().rpush("test:replacing:" + self.request.id, self.job.attempt)
+    raise self.replace(self.app.signature(target, args=args))
+
+
+@shared_task(bind=True, name="test.replace_after_go", service="echo")
+def replace_after_go(self):
+    """Attempt 1 waits for test:go, then replaces itself; a later attempt returns."""
+    if self.job.attempt > 1:
+        return "ran again"
+    client().rpush("test:waiting", self.request.id)
+    deadline = time.monotonic() + 90
+    while not client().get("test:go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise self.replace(double.s(21))
+
+
+@shared_task(bind=True, name="test.replace_naming", service="echo")
+def replace_naming(self, **options):
+    raise self.replace(double.s(1).set(**options))
+
+
+@shared_task(bind=True, name="test.replace_with_group", service="echo")
+def replace_with_group(self):
+    raise self.replace(group(double.s(1), double.s(2)))
+'''
+
+
+@pytest.fixture
+def replace_env(jobs_env) -> dict[str, str]:  # noqa: ANN001
+    return jobs_env("replace_jobs", REPLACE_JOBS)
+
+
+def producer_task(app, name: str, service: str = "echo", **options):  # noqa: ANN001, ANN201
+    """The producer's side of a job type of ``REPLACE_JOBS``: its name and service."""
+    def body(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        """Runs on the workers only."""
+    return app.task(name=name, service=service, shared=False, **options)(body)
+
+
+def events_of(client: redis.Redis, job_id: str) -> list[tuple[str, dict]]:
+    """The job's events, oldest first: (event name, data)."""
+    entries = client.xrange(Keys("default").job_events(job_id))
+    return [(fields["event"], json.loads(fields["data"])) for _, fields in entries]
+
+
+@pytest.mark.timeout(180)
+def test_a_replaced_job_returns_the_replacements_result_under_its_one_id(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: a job of ``test.replace_with`` (service echo) that runs ``raise
+    self.replace(test.tagged.s(20, 22))`` (service simulation, its own priority 10 and
+    max_retries 7), submitted with customer acme and priority 80. Before: the run failed
+    with ReplaceUnsupported and ``get()`` raised it. Now ``get()`` on the job's id returns
+    the replacement's result, and the one record ends completed: service simulation,
+    the job's customer and priority kept, the replacement's max_retries, a ``replaced``
+    history entry and a ``job_replaced`` event between the two runs; no other job was
+    filed."""
+    start_worker("w1", **replace_env)
+    replacing = producer_task(app, "test.replace_with")
+    result = replacing.apply_async(kwargs={"target": "test.tagged", "args": [20, 22]},
+                                   customer_id="acme", priority=80)
+    assert result.get(timeout=60) == {"sum": 42}  # before: ReplaceUnsupported raised
+    assert app.AsyncResult(result.id).get(timeout=10) == {"sum": 42}
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed", record
+    assert record["service_required"] == "simulation"
+    assert record["customer_id"] == "acme" and record["priority"] == 80
+    assert record["max_retries"] == 7 and record["attempts"] == 2
+    assert [(step["from_task"], step["to_task"], step["from_service"], step["to_service"],
+             step["attempt"]) for step in record["replaced"]] == [
+        ("test.replace_with", "test.tagged", "echo", "simulation", 1)]
+    assert client.zrange(Keys("default").jobs, 0, -1) == [result.id]  # one job
+    names = [name for name, _ in events_of(client, result.id)]
+    assert names[names.index("job_replaced") - 1] == "job_started"
+    assert names[names.index("job_replaced"):] == [
+        "job_replaced", "job_assigned", "job_started", "complete_job"], names
+    replaced = dict(events_of(client, result.id))["job_replaced"]
+    assert replaced["job_type"] == "simulation" and replaced["to_task"] == "test.tagged"
+
+
+@pytest.mark.timeout(180)
+def test_replace_inside_a_chain_or_chord_hands_on_the_replacements_result(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: ``chain(test.replace_with(target=test.double, args=[5]), test.add.s(100))``.
+    Before: the first link failed with ReplaceUnsupported and the chain stopped. Now the
+    first link's job runs ``double(5)`` under its id and the next link gets its result
+    (Celery moves the rest of the chain onto the replacement): 110. And in a chord's
+    header, the body gets the replacement's result among the others'."""
+    start_worker("w1", **replace_env)
+    replacing, add = producer_task(app, "test.replace_with"), producer_task(app, "test.add")
+    result = chain(replacing.si(target="test.double", args=[5]), add.s(100)).apply_async()
+    assert result.get(timeout=60) == 110  # before: ReplaceUnsupported raised
+    first = result.parent
+    assert first.get(timeout=10) == 10
+    record = get_job(first.id, app=app)
+    assert record["status"] == "completed" and len(record["replaced"]) == 1, record
+    assert get_job(result.id, app=app)["status"] == "completed"
+    double, total = producer_task(app, "test.double"), producer_task(app, "test.total")
+    header = [replacing.si(target="test.double", args=[5]), double.si(3)]
+    assert chord(header)(total.s()).get(timeout=60) == 16  # the body got the replacement's 10
+
+
+@pytest.mark.timeout(180)
+def test_a_replace_by_an_attempt_taken_away_is_refused_and_changes_nothing(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: a job whose attempt 1 waits, is requeued meanwhile (its attempt taken away,
+    as an expired lease does), and then runs ``raise self.replace(double.s(21))``. The
+    refused replace changes nothing: the record keeps its service, message and class,
+    no ``replaced`` history, no ``job_replaced`` event, and attempt 2 runs the job's own
+    task to the end. A job of the same type left alone is replaced (before: every
+    replace failed with ReplaceUnsupported, so that second job failed)."""
+    start_worker("w1", **replace_env)
+    late = producer_task(app, "test.replace_after_go")
+    taken = late.apply_async()
+    wait_for(lambda: client.lrange("test:waiting", 0, -1) == [taken.id], timeout=60,
+             message="attempt 1 to wait")
+    functions = QueueFunctions(client, "default")
+    assert functions.requeue(taken.id, 1, "taken away by the test") == "pending"
+    key = Keys("default").job(taken.id)
+    before = {name: client.hget(key, name) for name in ("service_required", "class",
+                                                        "message", "status")}
+    client.set("test:go", "1")
+    assert taken.get(timeout=60) == "ran again"
+    record = get_job(taken.id, app=app)
+    assert record["status"] == "completed" and "replaced" not in record, record
+    assert record["service_required"] == "echo"
+    assert before["status"] == "pending" and client.hget(key, "class") == before["class"]
+    assert "job_replaced" not in [name for name, _ in events_of(client, taken.id)]
+    client.delete("test:go", "test:waiting")
+    client.set("test:go", "1")
+    kept = late.apply_async()
+    assert kept.get(timeout=60) == 42  # before: ReplaceUnsupported raised
+    assert get_job(kept.id, app=app)["replaced"][0]["to_task"] == "test.double"
+
+
+@pytest.mark.timeout(180)
+def test_replacements_it_cannot_refile_are_refused_before_anything_is_written(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: ``raise self.replace(group(double.s(1), double.s(2)))``, a replace with a
+    task no job type has, and replacements naming another customer, a workflow the job
+    has none of, or another pool. For a group Celery would give the job's id to a chord
+    body filed later by another job's run, which EMP cannot refile: the job fails with
+    ReplaceUnsupported naming the group (InvalidJob naming the task, the customer, the
+    workflow, the pool), and no other job was filed (before: every replace failed with
+    ReplaceUnsupported, whatever it named)."""
+    start_worker("w1", **replace_env)
+    grouped = producer_task(app, "test.replace_with_group").apply_async()
+    with pytest.raises(Exception, match=r"Task.replace\(\) with a group is not supported"):
+        grouped.get(timeout=60)
+    record = get_job(grouped.id, app=app)
+    assert record["status"] == "failed" and "ReplaceUnsupported" in record["last_error"]
+    assert "replaced" not in record and record["service_required"] == "echo"
+    unknown = producer_task(app, "test.replace_with").apply_async(
+        kwargs={"target": "test.nowhere", "args": []})
+    with pytest.raises(Exception, match="unknown task 'test.nowhere'"):
+        unknown.get(timeout=60)
+    assert get_job(unknown.id, app=app)["status"] == "failed"
+    naming = producer_task(app, "test.replace_naming")
+    other_customer = naming.apply_async(kwargs={"customer_id": "other"}, customer_id="acme")
+    with pytest.raises(Exception, match=r"keeps the job's customer_id \('acme'\)"):
+        other_customer.get(timeout=60)
+    no_workflow = naming.apply_async(kwargs={"workflow_id": "wf-1"})
+    with pytest.raises(Exception, match=r"keeps the job's workflow_id \(None\)"):
+        no_workflow.get(timeout=60)
+    other_pool = naming.apply_async(kwargs={"queue": "gpu"})
+    with pytest.raises(Exception, match=r"keeps the job's queue \('default'\)"):
+        other_pool.get(timeout=60)
+    for job in (unknown, other_customer, no_workflow, other_pool):
+        record = get_job(job.id, app=app)
+        assert record["status"] == "failed" and "replaced" not in record, record
+    assert sorted(client.zrange(Keys("default").jobs, 0, -1)) == sorted(
+        [grouped.id, unknown.id, other_customer.id, no_workflow.id, other_pool.id])
+
+
+@pytest.mark.timeout(180)
+def test_a_replacement_waits_for_a_worker_of_its_service_and_may_replace_again(
+        app, start_worker, replace_env) -> None:
+    """Tried: a job that replaces itself with ``test.replace_with`` again, which replaces
+    itself with ``test.on_gpu`` (service gpu-only), while the pool's only worker serves
+    echo and simulation. Before: the first replace failed the job (ReplaceUnsupported).
+    Now the job waits pending under gpu-only, as a submit of that task would, with both
+    steps in its history, and completes once a gpu-only worker comes."""
+    start_worker("w1", **replace_env)
+    replacing = producer_task(app, "test.replace_with")
+    result = replacing.apply_async(kwargs={"target": "test.replace_with",
+                                           "args": ["test.on_gpu", [7]]})
+
+    def waiting() -> bool:
+        record = get_job(result.id, app=app)
+        assert record["status"] not in ("failed", "completed"), record
+        return record["status"] == "pending" and len(record.get("replaced") or []) == 2
+
+    wait_for(waiting, timeout=60, message="the job to wait under gpu-only")
+    record = get_job(result.id, app=app)
+    assert record["service_required"] == "gpu-only", record
+    assert [step["to_task"] for step in record["replaced"]] == ["test.replace_with",
+                                                                  "test.on_gpu"]
+    start_worker("w2", WORKER_SERVICES="gpu-only", **replace_env)
+    assert result.get(timeout=60) == 7
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["worker_id"] == "w2", record
+
+
+@pytest.mark.fast
+def test_run_eagerly_a_replace_is_celerys_own(app, client) -> None:  # noqa: ANN001
+    """Tried: ``apply()`` of a task that replaces itself (no job: run in the caller's
+    process). Celery's own replace runs the replacement eagerly and returns its value;
+    nothing is filed in Redis."""
+    @app.task(bind=True, name="test.eager_replacing", service="echo", shared=False)
+    def eager_replacing(self, x: int) -> int:
+        return self.replace(eager_double.s(x))
+
+    @app.task(name="test.eager_double", service="echo", shared=False)
+    def eager_double(x: int) -> int:
+        return 2 * x
+
+    assert eager_replacing.apply(args=[4]).get() == 8
+    assert client.keys("emp:*") == []
