@@ -14,7 +14,12 @@ that fails marks the outage, logged once), ``GatedRunner`` turns Flower's
 blocking calls' Redis errors into that 503, and ``GatedInspector`` skips
 inspections during a known outage (one ping at a time decides whether it is
 over). Routes that read only Flower's in-memory state (``/workers``, ``/tasks``,
-``/api/tasks``...) keep answering from memory.
+``/api/tasks``...) keep answering from memory. The monitor's Celery app gives the
+result backend the 5 s socket timeout (``create_monitor``).
+
+Left open: a control call (a revoke...) that starts before the outage is known
+waits in kombu's publish, which retries until Redis answers; every later one
+gets its 503.
 """
 
 from __future__ import annotations
@@ -157,8 +162,8 @@ class FlowerGate(tornado.web.RequestHandler):
     async def prepare(self) -> None:
         super().prepare()  # Flower's API: 401 without auth or FLOWER_UNAUTHENTICATED_API
         outage = self.emp.outage
-        if not outage.down or not self.reaches_redis():
-            return
+        if not outage.down or not self.reaches_redis() or not self.current_user:
+            return  # no login: Flower's own answer (401, or its login page), no ping
         with outage.probing() as admitted:
             if not admitted:
                 raise RedisUnavailable()
@@ -181,7 +186,7 @@ class FlowerGate(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, UNAVAILABLE + tuple(REFUSING)):
             exc = RedisUnavailable(reason_of(exc))
-        elif not isinstance(exc, RedisUnavailable) and self._failed_here():
+        elif status_code == 404 and self._failed_here():
             exc = RedisUnavailable()  # Flower's 404 for a worker it could not inspect
         if not isinstance(exc, RedisUnavailable):
             super().write_error(status_code, **kwargs)
