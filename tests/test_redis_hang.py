@@ -384,6 +384,72 @@ def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
     assert log.count("Redis reachable again") == 1, log[-3000:]
 
 
+#: Flower's own routes that reach Redis: its inspector (a refresh, a worker's page), its
+#: result backend and its control API.
+FLOWER_CALLS = (("GET", "/api/workers?refresh=1"), ("GET", "/api/task/result/nope"),
+                ("GET", "/worker/celery@nope"), ("POST", "/api/task/revoke/nope"))
+#: Scrapes in the same burst: the queue collector reads Redis.
+SCRAPES = 3
+
+
+def test_a_hung_redis_costs_flowers_pages_api_and_metrics_one_waiting_request_at_a_time(
+        start_server, freeze) -> None:
+    """Tried: the monitor (Flower's API opened), Redis stopped (SIGSTOP) for 15 s; once a
+    monitor read has found the outage, 17 of Flower's own Redis-reaching requests (an
+    inspector refresh, a worker's page, a task result, a revoke) and 3 ``/metrics``
+    scrapes at once; then Redis continued.
+
+    Before the fix Flower's routes did not pass the monitor's outage gate: the refresh
+    waited 5 s for its inspection and answered 200 with stale workers, a worker's page
+    10 s for a 404, ``/api/task/result`` waited on Celery's result backend (120 s socket
+    timeout) past the client's 15 s, as did the revoke (kombu retries a publish until
+    Redis answers); every scrape held a thread 5 s; the log had a warning per inspect
+    method per request. Now each of Flower's requests answers 503 with Retry-After, all
+    but one at once; each scrape answers at once with ``emp_redis_up 0`` beside Flower's
+    and the process's series; after SIGCONT ``emp_redis_up`` is 1 again, and the log says
+    the outage once and its end once, with no inspect warning and no traceback.
+    """
+    monitor = start_server("monitor", FLOWER_UNAUTHENTICATED_API="1")
+    assert requests.get(monitor.base + "/api/workers?refresh=1", timeout=10).status_code == 200
+    calls = [FLOWER_CALLS[n % len(FLOWER_CALLS)] for n in range(MONITOR_BURST - SCRAPES)]
+    burst = {f"{n}: {method} {path}": lambda m=method, p=path: timed(m, monitor.base + p)
+             for n, (method, path) in enumerate(calls)}
+    scrapes = {f"scrape {n}": lambda: timed("GET", monitor.base + "/metrics")
+               for n in range(SCRAPES)}
+    freeze(True)
+    stopped_at = time.monotonic()
+    found = timed("GET", monitor.base + "/emp/api/queue")
+    answers = at_once({**burst, **scrapes})
+    time.sleep(max(0.0, SHORT_STOP_SECONDS - (time.monotonic() - stopped_at)))
+    freeze(False)
+
+    assert_bounded_503s([{"found": found}], "find the outage")
+    timings = assert_bounded_503s([{name: answers[name] for name in burst}],
+                                  "Flower's answer")
+    waited = [name for name in burst if answers[name][0] > AT_ONCE_SECONDS]
+    assert len(waited) <= 1, (waited, timings)
+    for name in scrapes:
+        seconds, reply = answers[name]
+        assert isinstance(reply, requests.Response) and reply.status_code == 200, (name, reply)
+        assert seconds < AT_ONCE_SECONDS, (name, round(seconds, 1))
+        assert "\nemp_redis_up 0.0\n" in reply.text, reply.text[-2000:]
+        assert "python_gc_objects_collected_total" in reply.text
+        assert "emp_workers" not in reply.text
+    replied = [answers[name][1] for name in burst]
+    assert all("Redis is unreachable" in reply.text for reply in replied)
+
+    wait_for(lambda: requests.get(monitor.base + "/api/workers?refresh=1", timeout=10)
+             .status_code == 200, timeout=20, message="Flower's API to answer again")
+    wait_for(lambda: "\nemp_redis_up 1.0\n" in requests.get(monitor.base + "/metrics",
+                                                             timeout=10).text,
+             timeout=20, message="a scrape to read the queue again")
+    log = monitor.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert "Inspect method" not in log, log[-3000:]
+    assert log.count("Redis unreachable") == 1, log[-3000:]
+    assert log.count("Redis reachable again") == 1, log[-3000:]
+
+
 def test_a_job_state_call_on_a_hung_redis_costs_one_timeout_and_is_sent_once(
         client, redis_server, freeze) -> None:
     """Tried: a job claimed and started through a worker's ``QueueFunctions`` (its client:

@@ -311,17 +311,20 @@ def test_prometheus_collector_exposes_queue_workers_and_histograms(
     assert at("emp_claim_latency_seconds_count", pool="default") == 1
 
 
-def test_collector_yields_nothing_and_warns_when_redis_is_down(caplog) -> None:
+def test_collector_says_redis_is_down_and_logs_the_outage_once(caplog) -> None:
+    """Redis refusing connections: each scrape gives only ``emp_redis_up 0``; the outage
+    is logged once (it was a warning per scrape)."""
     collector = QueueCollector(f"redis://127.0.0.1:{free_port()}/0")
     registry = CollectorRegistry()
     registry.register(collector)
     try:
-        with caplog.at_level(logging.WARNING, logger="webapp.monitor.metrics"):
-            text = generate_latest(registry).decode()
+        with caplog.at_level(logging.WARNING):
+            texts = [generate_latest(registry).decode() for _ in range(3)]
     finally:
         collector.client.close()
-    assert not samples(text)
-    assert "cannot read Redis" in caplog.text
+    for text in texts:
+        assert samples(text) == {("emp_redis_up", frozenset()): 0}
+    assert caplog.text.count("Redis unreachable") == 1, caplog.text
 
 
 def scrape(redis_url: str, families_per_pool: int | None = None) -> str:

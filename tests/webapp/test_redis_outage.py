@@ -175,3 +175,54 @@ def test_a_webhook_service_started_before_its_redis_says_so_once_and_once_when_i
     assert "Traceback" not in log, log[-3000:]
     assert len(re.findall("waiting for Redis|Redis unreachable", log)) == 1, log[-3000:]
     assert log.count("Redis reachable again") == 1, log[-3000:]
+
+
+#: Flower's own routes that reach Redis (inspector, result backend, control API), with
+#: their method.
+FLOWER_REDIS_CALLS = (("GET", "/api/workers?refresh=1"), ("GET", "/api/task/result/nope"),
+                      ("GET", "/worker/celery@nope"), ("POST", "/api/task/revoke/nope"))
+
+
+def test_flowers_own_pages_and_api_answer_503_while_redis_refuses_and_log_it_once(
+        start_server, tmp_path: Path) -> None:
+    """Tried: the monitor (``--basic_auth``) on its own Redis, stopped (connections
+    refused); three rounds of Flower's Redis-reaching requests (an inspector refresh, a
+    worker's page, a task result, a revoke) and its Workers page, and a worker's page
+    without credentials; then Redis started.
+
+    Before the fix the refresh answered 200 with stale workers, the worker's page 404
+    "Unknown worker", the result and the revoke 503 without Retry-After, the revoke after
+    12 s of kombu's reconnects; the log had a warning per inspect method, per blocking
+    call and per 503. Now each answers 503 with Retry-After and "Redis is unreachable" in
+    plain text, the Workers page (Flower's memory) still 200, a request without
+    credentials still 401 (the gate comes after the login), and the log says the outage
+    once and its end once.
+    """
+    private = LocalRedis(tmp_path / "private").start()
+    try:
+        monitor = start_server("monitor", EMP_REDIS_URL=private.url,
+                               FLOWER_BASIC_AUTH="ops:pw")
+        ops = requests.Session()
+        ops.auth = ("ops", "pw")
+        assert ops.get(monitor.base + "/api/workers?refresh=1", timeout=10).status_code == 200
+        private.stop()
+        for _ in range(3):
+            for method, path in FLOWER_REDIS_CALLS:
+                reply = ops.request(method, monitor.base + path, timeout=30)
+                assert reply.status_code == 503, (path, reply.status_code, reply.text[:300])
+                assert reply.headers.get("Retry-After", "").isdigit(), path
+                assert reply.text.startswith("Redis is unreachable"), (path, reply.text)
+            assert ops.get(monitor.base + "/workers", timeout=30).status_code == 200
+            assert requests.get(monitor.base + "/worker/celery@nope",
+                                timeout=30).status_code == 401
+        private.start()
+        wait_for(lambda: ops.get(monitor.base + "/api/workers?refresh=1", timeout=10)
+                 .status_code == 200, timeout=30, message="Flower's API answering again")
+        log = monitor.log_path.read_text(errors="replace")  # before this test stops Redis
+    finally:
+        private.stop(kill=True)
+    assert "Traceback" not in log, log[-3000:]
+    for chatter in ("Inspect method", "Blocking operation", "] 503 "):  # tornado: "] 503 GET"
+        assert chatter not in log, (chatter, log[-3000:])
+    assert log.count("Redis unreachable") == 1, log[-3000:]
+    assert log.count("Redis reachable again") == 1, log[-3000:]

@@ -54,6 +54,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     from flower.command import extract_settings, setup_logging
     from flower.urls import settings
 
+    from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
     from emp_tasks import defaults
     from emp_tasks.app import create_app as create_celery_app
     from webapp.api.events import EventHub
@@ -69,10 +70,15 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     url = redis_url or defaults.redis_url()
     prefix = "/" + options.url_prefix.strip("/") if options.url_prefix else ""
     state = MonitorState(Backend.connect(url), EventHub(url), url_prefix=prefix)
-    metrics.register(url)
+    metrics.register(url, outage=state.outage)  # a scrape shares the handlers' outage
     metrics.bound_flower_senders()
     metrics.pools_file()  # read now: a broken edit later keeps this version, as routing does
-    return EmpMonitor(options, create_celery_app(url), state, **settings)
+    capp = create_celery_app(url)
+    # Flower's /api/task/result reads Celery's result backend, which waits 120 s on a hung
+    # Redis (Celery's default); the monitor's other Redis calls give up after 5 s.
+    capp.conf.redis_socket_timeout = SOCKET_TIMEOUT_SECONDS
+    capp.conf.redis_socket_connect_timeout = SOCKET_TIMEOUT_SECONDS
+    return EmpMonitor(options, capp, state, **settings)
 
 
 def _one_line(record: logging.LogRecord) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 from flower.app import Flower, rewrite_handler
 
-from webapp.monitor import routes
+from webapp.monitor import flower_gate, routes
 from webapp.monitor.cancellations import CancellationFeed
 from webapp.monitor.headers import SecurityHeaders
 from webapp.monitor.hosts import UnknownHostHandler, allowed_names, host_allowed
@@ -26,7 +26,8 @@ class EmpMonitor(Flower):
         super().__init__(options=options, capp=capp, template_loader=LayeredLoader(),
                          **settings)
         self.emp = state
-        ours = routes.handlers()
+        flower_gate.install(self, state)  # Flower's inspector and blocking calls: the gate
+        ours = routes.handlers() + flower_gate.gated_routes()
         if options.url_prefix:
             ours = [rewrite_handler(h, options.url_prefix) for h in ours]
         self.add_handlers(r".*", ours + routes.root_handlers())

@@ -10,6 +10,9 @@ workflows or classes waiting.
 
 Metrics:
 
+* ``emp_redis_up``: 1 when the scrape read the queue from Redis, 0 when it could not
+  (the queue series are then left out). During a known outage a scrape answers at once
+  with 0 instead of waiting 5 s on Redis; a background ping, one at a time, ends it.
 * ``emp_queue_depth{pool,family,service,requirements}``: pending jobs of a
   requirement family (summed over its classes).
 * ``emp_queue_oldest_seconds{pool,family,service,requirements}``: seconds since
@@ -87,6 +90,7 @@ from capability_router.pool_view import pools_view
 from capability_router.pools import POOLS_FILE_ENV, PoolsFileWatch
 from emp_tasks import defaults
 from webapp.monitor.queue_families import queue_families
+from webapp.outage import UNAVAILABLE, Outage
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +249,12 @@ def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class QueueCollector(Collector):
     """Reads the queue's state from Redis on every ``collect()``."""
 
-    def __init__(self, redis_url: str, families_per_pool: int | None = None) -> None:
+    def __init__(self, redis_url: str, families_per_pool: int | None = None,
+                 outage: Outage | None = None) -> None:
         #: Families per pool with series of their own; more are summed as "other".
         self.families_per_pool = families_per_pool or max_families()
+        #: Whether Redis is known unreachable: the monitor's, so the process says it once.
+        self.outage = outage or Outage("emp monitor metrics")
         self.redis_url = redis_url
         self.client = self._connect(redis_url)
 
@@ -270,17 +277,48 @@ class QueueCollector(Collector):
         return list(_families().values())
 
     def collect(self) -> Iterator[Metric]:
-        """Every family, read now; nothing (and a warning) when Redis cannot be read."""
+        """``emp_redis_up`` and every family, read now; only ``emp_redis_up 0`` when Redis
+        cannot be read, or at once (without waiting on it) during a known outage."""
+        families = self._families_now()
+        up = GaugeMetricFamily(
+            "emp_redis_up", "1: this scrape read the queue from Redis; 0: Redis unreachable "
+            "(the queue series are left out).")
+        up.add_metric([], 0 if families is None else 1)
+        yield up
+        yield from families or ()
+
+    def _families_now(self) -> list[Metric] | None:
+        """The families, or None when Redis cannot be read.
+
+        During a known outage (this process's ``Outage``, shared with the monitor's
+        handlers) a scrape does not wait on Redis: it starts a background ping (one at a
+        time) that ends the outage once Redis answers, and gives None at once. Before,
+        every scrape of a hung Redis held a thread for the 5 s socket timeout."""
+        if self.outage.down:
+            threading.Thread(target=self._probe, name="emp-metrics-probe", daemon=True).start()
+            return None
         try:
-            families = self._read()
+            return self._read()
+        except UNAVAILABLE as exc:  # logged once per outage, by the outage
+            self.outage.failed(exc)
         except (redis.RedisError, OSError) as exc:
             logger.warning("queue metrics skipped: cannot read Redis at %s: %s",
                            self._safe_url(), exc)
-            return
         except Exception:  # a bad record must not take Flower's own metrics down with it
             logger.exception("queue metrics skipped: could not build them")
-            return
-        yield from families
+        return None
+
+    def _probe(self) -> None:
+        """One ping at a time during an outage; the one that answers ends it."""
+        with self.outage.probing() as admitted:
+            if not admitted:
+                return
+            try:
+                self.client.ping()
+            except UNAVAILABLE as exc:
+                self.outage.failed(exc)
+                return
+        self.outage.succeeded()
 
     def _read(self) -> list[Metric]:
         client = self.client
@@ -389,9 +427,11 @@ _registered: dict[int, tuple[CollectorRegistry, QueueCollector]] = {}
 
 
 def register(
-    redis_url: str, registry: CollectorRegistry = prometheus_client.REGISTRY
+    redis_url: str, registry: CollectorRegistry = prometheus_client.REGISTRY,
+    outage: Outage | None = None,
 ) -> QueueCollector:
-    """Add the queue collector to ``registry`` once per process; returns it.
+    """Add the queue collector to ``registry`` once per process; returns it. ``outage``:
+    the process's (the monitor's), which a scrape then shares.
 
     Calling again (a monitor rebuilt in the same process, tests) returns the
     same collector, pointed at ``redis_url``, instead of registering a
@@ -401,8 +441,10 @@ def register(
         entry = _registered.get(id(registry))
         if entry is not None and entry[0] is registry:
             entry[1].use(redis_url)
+            if outage is not None:
+                entry[1].outage = outage
             return entry[1]
-        collector = QueueCollector(redis_url)
+        collector = QueueCollector(redis_url, outage=outage)
         registry.register(collector)
         _registered[id(registry)] = (registry, collector)
         return collector
