@@ -37,6 +37,7 @@ from flower.utils.blocking import BlockingOperationRunner
 from flower.views.workers import WorkerView
 from tornado.web import url
 
+from capability_router.errors import InvalidJob
 from webapp.monitor.handlers import RedisUnavailable
 from webapp.monitor.state import MonitorState
 from webapp.outage import REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
@@ -60,7 +61,9 @@ def _noted(state: MonitorState, exc: BaseException) -> RedisUnavailable:
 class GatedRunner(BlockingOperationRunner):
     """Flower's runner of blocking calls (its control and task API): a call that cannot
     reach Redis marks the monitor's outage and answers 503 (``RedisUnavailable``), instead
-    of a warning per request and "Broker or result backend unavailable"."""
+    of a warning per request and "Broker or result backend unavailable"; a submit EMP
+    refuses (``InvalidJob``: an unknown task, a bad priority, pool or requirement) answers
+    400 with the reason, not a 500 and a traceback."""
 
     def __init__(self, executor: Any, state: MonitorState) -> None:
         super().__init__(executor)
@@ -72,11 +75,13 @@ class GatedRunner(BlockingOperationRunner):
         def call() -> tuple[Any, BaseException | None]:
             try:
                 return func(*args, **kwargs), None
-            except UNAVAILABLE + tuple(REFUSING) as exc:
+            except UNAVAILABLE + tuple(REFUSING) + (InvalidJob,) as exc:
                 return None, exc
 
         result, exc = await super().run(operation, target, call,
                                         connection_errors=connection_errors)
+        if isinstance(exc, InvalidJob):  # a bad submit: nothing was filed, the client's error
+            raise tornado.web.HTTPError(400, "%s", str(exc)) from None
         if exc is not None:
             raise _noted(self.state, exc)
         return result
