@@ -200,3 +200,42 @@ def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_serv
     assert done.exit_code == 0, done.output
     line = (out / "summary.json").read_text()
     json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the JSON line"))
+
+
+BAD_TRACE_LINES = {  # a trace line, and what the refusal names
+    '{"id": "a", "at": "x", "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": 1e308, "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": -100, "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": NaN}': "run_seconds",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": -5}': "run_seconds",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "models": "sdxl"}': "models",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "model_gb": {"m": -3}}':
+        "model_gb.m",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "payload": [1]}': "payload",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "priority": 1000}': "priority",
+    '{"id": "a", "at": 1, "service": 7, "run_seconds": 2}': "service",
+    '[1, 2]': "a trace line must be a JSON object",
+}
+
+
+@pytest.mark.parametrize("line", list(BAD_TRACE_LINES))
+def test_a_bad_trace_line_is_one_line_naming_the_line_and_the_field(redis_server, tmp_path,
+                                                                    line: str) -> None:
+    """Tried: ``emp simulate --trace`` with a line whose field has the wrong type or an
+    impossible value. Before, ``at: "x"`` was a TypeError traceback and ``at: 1e308`` an
+    OverflowError traceback; NaN run seconds said only "cannot convert float NaN to
+    integer" (no file, line or field); negative arrival or run seconds, negative model
+    sizes and ``models: "sdxl"`` (read as the models s, d, x and l) ran without a word.
+    Now each is a usage error naming the file, the line and the field."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"id": "ok", "at": 1, "service": "text", "run_seconds": 1}\n' + line + "\n")
+    result = CliRunner().invoke(main, ["simulate", "--redis-url", redis_server.url, "--trace",
+                                       str(trace), "--policies", "pools",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"bad.jsonl:2: {BAD_TRACE_LINES[line]}" in result.output, result.output
+    assert not (tmp_path / "out").exists()
