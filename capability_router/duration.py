@@ -33,6 +33,11 @@ MAX_KEY_LENGTH = 200
 #: ``1e300``-pixel-wide image) are predicted as this, not as infinity.
 MAX_WORK_UNITS = 1e12
 
+#: Predicted seconds of a job at most (about 32 years): a large size times a large prior
+#: (the file allows any finite one) would overflow the pool's integer load counter
+#: (``P.."load"``, int64 ms: a job it could then not cancel or complete) or be infinity.
+MAX_PREDICTED_SECONDS = 1_000_000_000
+
 #: Seconds a learnt estimate read from Redis is reused (submit-path cost).
 CACHE_SECONDS = 1.0
 
@@ -138,8 +143,23 @@ def predict(key: str, size: Size, learnt: tuple[float, int] | None,
     """The estimate from what was learnt of ``key`` (pooled), else from the prior."""
     if learnt is not None:
         mean, runs = learnt
-        return Estimate(key, size.work_units, math.exp(mean) * size.work_units, "learned", runs)
-    return Estimate(key, size.work_units, prior_seconds_per_unit * size.work_units, "prior")
+        return Estimate(key, size.work_units, _bounded(_exp(mean) * size.work_units),
+                        "learned", runs)
+    return Estimate(key, size.work_units, _bounded(prior_seconds_per_unit * size.work_units),
+                    "prior")
+
+
+def _exp(mean: float) -> float:
+    """e**mean, infinity when that overflows a float."""
+    try:
+        return math.exp(mean)
+    except OverflowError:
+        return math.inf
+
+
+def _bounded(seconds: float) -> float:
+    """``seconds`` within MAX_PREDICTED_SECONDS (infinity and NaN become the cap)."""
+    return seconds if seconds <= MAX_PREDICTED_SECONDS else float(MAX_PREDICTED_SECONDS)
 
 
 class DurationModel:

@@ -97,6 +97,29 @@ def _warn_unknown_pools(worker_id: str, pools: list[str]) -> None:
                    err=True)
 
 
+def _warn_unserved_pool(app: Any, pool: str) -> None:
+    """Warn when no live worker serves the job's pool: a typo in ``--pool`` files the job
+    in a new pool, where it waits until a worker serves that pool, with nothing saying so."""
+    from capability_router.errors import PoolsFileError
+    from capability_router.pool_view import read_loads
+    from capability_router.pools import pools_file_from_env
+    from emp_tasks.connection import get_client
+
+    load, _ = read_loads(get_client(app.conf.broker_url), [pool])[pool]
+    if load.live:
+        return
+    try:
+        pools_file = pools_file_from_env()
+    except PoolsFileError:  # the submit itself said so when routing needed it
+        pools_file = None
+    unnamed = ""
+    if pools_file is not None and pool not in pools_file.pools:
+        unnamed = (f", and the pools file {pools_file.path} does not name it (it has "
+                   f"{', '.join(pools_file.pools)})")
+    click.echo(f"warning: no live worker serves pool {pool}{unnamed}: the job waits until "
+               "one does", err=True)
+
+
 def _start_refusal(exc: BaseException) -> str:
     """Why Redis stopped a worker's start, in words."""
     import redis
@@ -240,11 +263,12 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.id)
+    # The router's pool when the job named none; its events are in that pool's streams.
+    job_pool = pool or get_job(result.id, app=app)["pool"]
+    _warn_unserved_pool(app, job_pool)
     if no_wait:
         return
-    # The job's events are in its pool's streams: the router's pool when it named none.
-    status, data = follow_job(url, pool or get_job(result.id, app=app)["pool"], result.id,
-                              timeout=timeout)
+    status, data = follow_job(url, job_pool, result.id, timeout=timeout)
     click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
     sys.exit(0 if status == JobStatus.COMPLETED else 1)
 

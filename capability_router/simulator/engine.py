@@ -234,6 +234,7 @@ class Simulation:
         self.schedule(self.now, "tick", None)
         last_report = time.monotonic()
         outstanding = len(self.scenario.jobs)
+        work_done_ms = 0
         while self.heap:
             at, _, kind, data = heapq.heappop(self.heap)
             if at > end_ms:
@@ -248,6 +249,7 @@ class Simulation:
             elif kind == "complete":
                 self.complete(*data)
                 outstanding -= 1
+                work_done_ms = at
             elif kind == "tick":
                 self.tick()
                 if outstanding > 0 or at < self.scenario.end * 1000:
@@ -263,7 +265,10 @@ class Simulation:
                               f"{sum(self.record.calls.values())} calls")
         self.now = max(self.now, int(self.scenario.end * 1000))
         self.record.end = self.now / 1000
-        self.fleet.close(self.now / 1000, self.record)
+        # The fleet is paid until its work is done (the drain's limit when jobs remain),
+        # not only until the last arrival: a policy that finishes later costs more.
+        paid_until = self.now if outstanding else max(work_done_ms, self.scenario.end * 1000)
+        self.fleet.close(paid_until / 1000, self.record)
         self.record.wall_seconds = time.monotonic() - started
         return SimResult(self.record, self.record.summary())
 

@@ -151,11 +151,12 @@ class Fleet:
         self.machines[machine_id].stopped_at = t
 
     def close(self, end: float, record: RunRecord) -> None:
-        """Machine-hours, GPU-hours and cost over the scenario's span."""
-        low, high = self.scenario.start, self.scenario.end
+        """Machine-hours, GPU-hours and cost from the scenario's start until ``end``, s (the
+        last job done)."""
+        low = self.scenario.start
         for machine in self.machines.values():
             stop = machine.stopped_at if machine.stopped_at is not None else end
-            hours = max(0.0, min(stop, high) - max(machine.requested_at, low)) / 3600
+            hours = max(0.0, min(stop, end) - max(machine.requested_at, low)) / 3600
             record.machine_hours += hours
             if self.hardware[machine.hardware].gpu:
                 record.gpu_hours += hours

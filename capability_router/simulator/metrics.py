@@ -7,9 +7,9 @@ Definitions (README, "Simulator"):
   within the simulated span counts with its wait up to the span's end.
 * warm: every model of the job was in the claiming worker's GPU.
 * downloads: models fetched from remote, for jobs and preloads.
-* GPU-hours: hours of machines with a GPU over the trace's span, machines
-  starting up included; cost: each machine's hours times its pool's
-  ``price_per_hour``.
+* GPU-hours: hours of machines with a GPU from the trace's start until its
+  last job is done, machines starting up included; cost: each machine's
+  hours times its pool's ``price_per_hour``.
 * routing accuracy: share of jobs filed in the pool that, knowing the true
   run time, fits it (the pools that can run the job, the smallest whose
   ``durations_seconds`` holds the true run time, else the nearest range).

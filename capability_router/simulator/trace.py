@@ -10,6 +10,7 @@ Trace format, one JSON object per line (README, "Simulator"):
   default ``DEFAULT_MODEL_GB``), ``payload`` (size features the duration
   model reads: ``tokens``, ``steps``, ``width``, ``height``, ``frames``),
   ``priority`` (0-100, default 50), ``kind`` (a label for reports).
+  ``trace_line_problem`` checks each line's types and ranges before a run.
 
 The synthetic day is modelled on the original's description: 1 s text jobs,
 10-60 s image jobs, 10-minute video jobs; 60 models of 2-25 GB picked with
@@ -182,6 +183,61 @@ def synthetic_day(seed: int = 1, scale: float = 1.0, start_hour: float = 0.0,
     return Scenario(jobs, sizes, fleet_by_hour(scale), start, end)
 
 
+#: Latest arrival and longest run of a trace job, seconds (a year): larger values
+#: overflow the virtual clock's integer milliseconds.
+MAX_TRACE_SECONDS = 366 * DAY_SECONDS
+
+#: Trace fields and whether a line must have them.
+_TRACE_FIELDS = {"id": True, "at": True, "service": True, "run_seconds": True,
+                 "requirements": False, "models": False, "model_gb": False, "payload": False,
+                 "priority": False, "kind": False}
+
+
+def _seconds(value: Any, low_open: bool) -> bool:
+    """A finite number of seconds within the trace's range (above 0 when ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not 0 <= value <= MAX_TRACE_SECONDS:  # NaN fails too
+        return False
+    return value > 0 or not low_open
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def trace_line_problem(raw: Any) -> str | None:
+    """What is wrong with one parsed trace line (its field named first), else None."""
+    if not isinstance(raw, dict):
+        return f"a trace line must be a JSON object, got {type(raw).__name__}"
+    unknown = sorted(set(raw) - set(_TRACE_FIELDS))
+    if unknown:
+        return f"{unknown[0]}: unknown field (known: {', '.join(_TRACE_FIELDS)})"
+    missing = [name for name, required in _TRACE_FIELDS.items() if required and name not in raw]
+    if missing:
+        return f"{missing[0]}: missing (required: id, at, service, run_seconds)"
+    checks = (
+        ("id", _text, "non-empty text"), ("service", _text, "non-empty text"),
+        ("at", lambda v: _seconds(v, False), f"seconds, 0 to {MAX_TRACE_SECONDS}"),
+        ("run_seconds", lambda v: _seconds(v, True),
+         f"seconds, above 0 and at most {MAX_TRACE_SECONDS}"),
+        ("requirements", lambda v: isinstance(v, dict), "a JSON object"),
+        ("payload", lambda v: isinstance(v, dict), "a JSON object"),
+        ("models", lambda v: isinstance(v, list) and all(map(_text, v)), "a list of names"),
+        ("model_gb", lambda v: isinstance(v, dict), "a JSON object of model: GB"),
+        ("priority", lambda v: isinstance(v, int) and not isinstance(v, bool)
+         and 0 <= v <= 100, "an integer, 0 to 100"),
+        ("kind", lambda v: isinstance(v, str), "text"),
+    )
+    for name, valid, wanted in checks:
+        if name in raw and not valid(raw[name]):
+            return f"{name}: must be {wanted}, got {json.dumps(raw[name])[:40]}"
+    for model, gb in (raw.get("model_gb") or {}).items():
+        if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not 0 < gb < math.inf:
+            return f"model_gb.{model}: must be a size in GB above 0, got {json.dumps(gb)[:40]}"
+    return None
+
+
 def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
     """A JSONL trace (module docstring); the fleet follows the day curve times ``scale``."""
     jobs: list[TraceJob] = []
@@ -193,10 +249,13 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
                 continue
             try:
                 raw = json.loads(line)
-                sizes.update({m: float(gb) for m, gb in (raw.pop("model_gb", None) or {}).items()})
-                job = TraceJob(**raw)
-            except (TypeError, ValueError) as exc:
+            except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not a trace job: {exc}") from None
+            problem = trace_line_problem(raw)
+            if problem:
+                raise ValueError(f"{path}:{number}: {problem}")
+            sizes.update({m: float(gb) for m, gb in (raw.pop("model_gb", None) or {}).items()})
+            job = TraceJob(**raw)
             # A second job under one id was refused by the queue as a duplicate and took
             # the first one's outcome: the results counted one job, never completed.
             if job.id in first_line:

@@ -396,3 +396,36 @@ def test_a_reader_whose_clock_is_off_takes_the_leaders_forecast_and_the_queue_as
         seen[skew] = (view["standard"]["forecast_arrivals_per_second"],
                       view["standard"]["desired_machines"])
     assert seen[180] == seen[0] == seen[-180] and seen[0][0] == 2.0, seen
+
+
+def test_a_prediction_too_large_for_the_queue_is_capped_and_the_job_can_be_cancelled(
+        app, client: redis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a pools file whose priors the file accepts (simulation 1e5 s per unit, comfyui
+    1e308) and jobs with a large size (steps 1e300: the model's 1e12 work units). Before,
+    the comfyui submit died with OverflowError (a traceback; 500 over REST); the
+    simulation job's 1e20 predicted ms wrapped P.."load"'s unfinished_ms to about -9.2e18
+    (/api/pools showed 0 unfinished seconds for a pool holding it), and cancelling a second
+    such job failed with "increment or decrement would overflow": a job nobody could
+    cancel. Now a prediction is capped at MAX_PREDICTED_SECONDS: both submit, the pool
+    shows their work, and both cancel, leaving the pool's load at 0."""
+    from capability_router.duration import MAX_PREDICTED_SECONDS
+    from capability_router.pool_view import pools_view
+    from emp_tasks import producer
+
+    live(client, "heavy", "h1")
+    text = POOLS.replace("seconds_per_unit = 0.5", "seconds_per_unit = 1e5") + (
+        "\n[priors.services.comfyui]\nseconds_per_unit = 1e308\n")
+    path = tmp_path / "pools.toml"
+    path.write_text(text)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    huge = {"steps": 1e300, "frames": 5}
+    jobs = [producer.submit("simulation", huge, app=app) for _ in range(2)]
+    jobs.append(producer.submit("comfyui", {"steps": 30}, app=app))
+    records = [producer.get_job(job.id, app=app) for job in jobs]
+    assert [r["pool"] for r in records] == ["heavy"] * 3
+    assert all(int(r["predicted_ms"]) == MAX_PREDICTED_SECONDS * 1000 for r in records)
+    heavy = {p["name"]: p for p in pools_view(client, parse_pools(text))}["heavy"]
+    assert heavy["unfinished_seconds"] == 3 * MAX_PREDICTED_SECONDS
+    for job in jobs:
+        producer.cancel(job.id, app=app)
+    assert client.hget(Keys("heavy").load, "unfinished_ms") == "0"

@@ -161,8 +161,8 @@ def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
     lives = {t: sample["default"][1] for t, sample in result.record.samples}
     assert lives[3540.0] == 3 and lives[3600.0] == 2 and lives[3660.0] == 1
     assert client.zcard("emp:{default}:workers") == 1
-    expected = (3600 + 3650.5 + 4001) / 3600
-    assert result.record.machine_hours == pytest.approx(expected, abs=0.001)
+    expected = (3600 + 3650.005 + 4005.005) / 3600  # the last one until "late" is done
+    assert result.record.machine_hours == pytest.approx(expected, abs=0.0001)
     assert result.summary["completion"] == 1.0
 
 
@@ -200,3 +200,61 @@ def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_serv
     assert done.exit_code == 0, done.output
     line = (out / "summary.json").read_text()
     json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the JSON line"))
+
+
+BAD_TRACE_LINES = {  # a trace line, and what the refusal names
+    '{"id": "a", "at": "x", "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": 1e308, "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": -100, "service": "text", "run_seconds": 2}': "at",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": NaN}': "run_seconds",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": -5}': "run_seconds",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "models": "sdxl"}': "models",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "model_gb": {"m": -3}}':
+        "model_gb.m",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "payload": [1]}': "payload",
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "priority": 1000}': "priority",
+    '{"id": "a", "at": 1, "service": 7, "run_seconds": 2}': "service",
+    '[1, 2]': "a trace line must be a JSON object",
+}
+
+
+@pytest.mark.parametrize("line", list(BAD_TRACE_LINES))
+def test_a_bad_trace_line_is_one_line_naming_the_line_and_the_field(redis_server, tmp_path,
+                                                                    line: str) -> None:
+    """Tried: ``emp simulate --trace`` with a line whose field has the wrong type or an
+    impossible value. Before, ``at: "x"`` was a TypeError traceback and ``at: 1e308`` an
+    OverflowError traceback; NaN run seconds said only "cannot convert float NaN to
+    integer" (no file, line or field); negative arrival or run seconds, negative model
+    sizes and ``models: "sdxl"`` (read as the models s, d, x and l) ran without a word.
+    Now each is a usage error naming the file, the line and the field."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"id": "ok", "at": 1, "service": "text", "run_seconds": 1}\n' + line + "\n")
+    result = CliRunner().invoke(main, ["simulate", "--redis-url", redis_server.url, "--trace",
+                                       str(trace), "--policies", "pools",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"bad.jsonl:2: {BAD_TRACE_LINES[line]}" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_machine_hours_count_until_the_last_job_is_done(client: redis.Redis) -> None:
+    """Tried: a trace of four 30-minute jobs arriving in the first 13 s, on 2 machines.
+    Before, machine-hours (GPU-hours, cost) stopped at the trace's end, the last arrival
+    + 1 s: 0.008 machine-hours for 2 hours of work, so a policy that finished its jobs
+    later looked as cheap or cheaper (``--quick``: uniform, pools and pools+warm all 50
+    machine-hours though pools' p95 wait was twice uniform's). Now the fleet counts until
+    the run ends, the last job done: 2 machines x about 3,610 s."""
+    jobs = [TraceJob(f"long{i}", 10.0 + i, "text", 1800.0) for i in range(4)]
+    scenario = Scenario(jobs, {}, [2] * 24, 0.0, 14.0)
+    result = Simulation(client, scenario, POLICIES["uniform"], one_pool()).run()
+    assert result.summary["completion"] == 1.0
+    last_done = max(j.completed for j in result.record.jobs.values())
+    assert last_done > 3600
+    assert result.record.machine_hours >= 4 * 1800 / 3600
+    assert result.record.machine_hours == pytest.approx(2 * last_done / 3600, abs=0.001)
+    assert result.record.gpu_hours == result.record.machine_hours
+    assert result.record.cost == pytest.approx(result.record.machine_hours)

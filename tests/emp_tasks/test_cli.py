@@ -86,6 +86,27 @@ def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
     assert sorted(client.keys("*")) == before
 
 
+def test_submit_to_a_pool_no_live_worker_serves_says_so(redis_server, client, start_worker,
+                                                         tmp_path: Path) -> None:
+    """Tried: `emp submit --pool standrd` (a typo) with EMP_POOLS_FILE naming fast and
+    standard and a worker serving standard. Before, the job was filed in a new pool
+    nobody serves, the command printed its id and nothing else, and a waiting submit
+    sat at "pending 0%" until its timeout. Now it says on stderr that no live worker
+    serves standrd and the pools file does not name it; a submit to a pool a live worker
+    serves says nothing of the kind."""
+    pools = tmp_path / "pools.toml"
+    pools.write_text((ROOT / "conf" / "pools.toml").read_text())
+    start_worker("cli-standard", wait=False, WORKER_POOLS="standard").wait_ready("standard")
+    env = {"EMP_REDIS_URL": redis_server.url, "EMP_POOLS_FILE": str(pools)}
+    typo = run("submit", "simulation", "--pool", "standrd", "--no-wait", env=env)
+    assert typo.returncode == 0, typo.stderr
+    assert client.hget(Keys("standrd").job(typo.stdout.strip()), "status") == "pending"
+    assert ("warning: no live worker serves pool standrd, and the pools file "
+            f"{pools} does not name it (it has fast, standard, heavy)") in typo.stderr
+    served = run("submit", "simulation", "--pool", "standard", "--no-wait", env=env)
+    assert served.returncode == 0 and "warning" not in served.stderr, served.stderr
+
+
 # -- finding the Redis of `emp up`; no tracebacks for ordinary mistakes -------------------------
 
 
