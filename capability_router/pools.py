@@ -162,7 +162,7 @@ class _Reader:
         return float(value)
 
     def positive(self, where: str, value: Any) -> float:
-        number = self.number(where, value)
+        number = self.number(where, value, low=-math.inf)  # one bound in the message: > 0
         if number <= 0:
             raise self.fail(where, f"must be > 0, got {value!r}")
         return number

@@ -553,12 +553,16 @@ def simulate(day: bool, quick: bool, trace: str | None, scale: float, seed: int,
              policies: str, out: str, pools_file: str | None,
              sim_redis_url: str | None) -> None:
     """Compare routing policies on a trace with the real Redis Functions in virtual time."""
+    from capability_router.simulator.policies import POLICIES
     from capability_router.simulator.run import simulate as run_simulation
 
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:  # an empty list ran all of them, as if the option were not given
+        raise click.UsageError(f"--policies names no policy (known: {', '.join(POLICIES)})")
     try:
         result = run_simulation(
             redis_url=sim_redis_url, trace=trace, day=day or not quick, quick=quick,
-            scale=scale, seed=seed, policies=[p.strip() for p in policies.split(",") if p],
+            scale=scale, seed=seed, policies=names,
             out=out, pools_path=pools_file, log=lambda line: click.echo(line, err=True))
     except (ValueError, EmpError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -84,7 +84,8 @@ def test_order_sorts_the_pools_whatever_the_file_order() -> None:
      "pools.big.gpu_memory_gb must be [min, max]"),
     (("gpu_memory_gb = [0, 0]", "gpu_memory_gb = [0, 8]"),
      "pools.small.gpu_memory_gb must be [0, 0] when gpu = false"),
-    (("storage_gb = 20", "storage_gb = -1"), "pools.small.storage_gb must be >= 0"),
+    # It said "must be >= 0", yet 0 is refused too ("must be > 0").
+    (("storage_gb = 20", "storage_gb = -1"), "pools.small.storage_gb must be > 0, got -1"),
     (("storage_gb = 20", "storage_gb = \"lots\""), "pools.small.storage_gb must be a number"),
     # An integer too large for a float: was an OverflowError traceback.
     (("storage_gb = 20", "storage_gb = 1" + "0" * 310), "pools.small.storage_gb must be a number"),

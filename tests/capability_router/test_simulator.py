@@ -148,6 +148,11 @@ def test_emp_simulate_writes_the_table_json_and_charts(redis_server, client: red
     bad = CliRunner().invoke(main, ["simulate", "--quick", "--policies", "nope",
                                     "--redis-url", redis_server.url])
     assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
+    # A list naming no policy: it ran all four (an empty list read as "the default").
+    none = CliRunner().invoke(main, ["simulate", "--quick", "--policies", ",",
+                                     "--out", str(tmp_path / "none"),
+                                     "--redis-url", redis_server.url])
+    assert none.exit_code == 2 and "--policies names no policy" in none.output, none.output
 
 
 def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
