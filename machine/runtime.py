@@ -34,6 +34,7 @@ from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import WORKER, MachinePlan, build_plan
+from machine.preflight import check_workers
 from machine.reaper import end_failed_machine, reap_gone_machines
 from machine.restarts import RestartCounter
 from machine.settings import MachineSettings
@@ -64,6 +65,7 @@ class MachineRuntime:
         self.plan: MachinePlan = build_plan(
             self.machine_id, settings.workers, self.inventory, settings.worker_loglevel,
             settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
+        check_workers(self.plan)  # before anything starts: a setting they would all refuse
         self.run_dir = Path(settings.run_dir or ".")
         for spec in self.plan.programs:
             if spec.role == WORKER:  # their job and download counts, for /status and /metrics
