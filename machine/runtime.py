@@ -192,6 +192,8 @@ class MachineRuntime:
     def stop(self) -> None:
         """Stop every program, record the machine offline, stop the health server."""
         self._stop.set()
+        if self.health is None and self.supervisord.process is None:
+            return  # refused at start: nothing ran, so nothing to stop or log
         logger.info("machine %s stopping", self.machine_id, extra={"event": "machine_stopping"})
         self.supervisord.stop(timeout=self.settings.stop_wait_seconds + 30)
         if self._reporter is not None:
