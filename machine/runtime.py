@@ -53,6 +53,8 @@ from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
 
 logger = logging.getLogger("emp.machine")
+#: Most characters of a program's error line quoted in the machine's log.
+MAX_REASON_CHARS = 500
 
 
 class MachineRuntime:
@@ -262,12 +264,26 @@ class MachineRuntime:
             if now - since >= self.settings.revive_seconds:
                 self._fatal_since[name] = now
                 logger.warning("%s is FATAL (%s); starting it again", name,
-                               info.get("spawnerr") or f"exit status {info.get('exitstatus')}",
+                               self._fatal_reason(name, info),
                                extra={"event": "machine_revive", "program": name})
                 try:
                     self.supervisord.client.start_program(name)
                 except MachineError as exc:
                     logger.warning("could not start %s again: %s", name, exc)
+
+    def _fatal_reason(self, name: str, info: Mapping[str, Any]) -> str:
+        """Why ``name`` kept exiting: the error line its last process wrote (a worker's
+        one-line refusal), else supervisor's own words (its exit status in a FATAL
+        process's info is not the last exit's: 0 was seen for workers that exited 1)."""
+        try:
+            lines = [line.strip() for line in self.supervisord.client.tail(name, 20)
+                     if line.strip()]
+        except Exception:  # supervisord busy or stopping: say what supervisor said
+            lines = []
+        said = next((line for line in reversed(lines) if line.startswith("Error:")), None)
+        if said is None:
+            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
+        return said[:MAX_REASON_CHARS]
 
     def _read_processes(self) -> dict[str, dict[str, Any]] | None:
         try:

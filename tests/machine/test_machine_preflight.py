@@ -49,3 +49,4 @@ def test_a_setting_its_workers_would_refuse_stops_the_machine_in_one_line(
     assert said.format(file=file) in last and "Traceback" not in output, output
     assert read_machine(client, "box-pre") is None
     assert not (machine.run_dir / "supervisord.conf").exists()
+

@@ -429,6 +429,26 @@ def test_emp_machine_on_a_taken_health_port_says_one_line(start_machine) -> None
         "already in use; set EMP_HEALTH_PORT (--health-port) or EMP_HEALTH_HOST"), said
 
 
+@pytest.mark.timeout(150)
+def test_a_fatal_worker_is_revived_with_the_reason_it_gave(start_machine) -> None:  # noqa: ANN001
+    """Tried: ``emp machine`` whose Redis does not answer (port 1): each worker exits at
+    start, supervisor gives up (FATAL) and the machine starts it again. Before, the
+    machine's line said "simulation-0 is FATAL (Exited too quickly (process log may have
+    details)); starting it again": the reason was only in ``logs/simulation-0.log``.
+    Now the line carries the worker's error line (Redis ... does not answer)."""
+    machine = start_machine("box-fatal", url="redis://127.0.0.1:1/0", EMP_MOCK_GPUS="1",
+                            EMP_START_RETRIES="0", EMP_REVIVE_SECONDS="1")
+
+    def revive_line() -> str | None:
+        lines = [line for line in machine.tail().splitlines() if '"machine_revive"' in line]
+        return lines[-1] if lines else None
+
+    line = json.loads(wait_for(revive_line, timeout=90, message="a revive line"))
+    assert line["message"].startswith("simulation-0 is FATAL (Error: worker "
+                                      "box-fatal-simulation-0: Redis at "), line
+    assert "does not answer" in line["message"], line
+
+
 @pytest.mark.timeout(120)
 def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
         start_machine, app, tmp_path: Path) -> None:  # noqa: ANN001
