@@ -3,8 +3,8 @@
 Before, the machine printed "machine ... up", its health server answered, and every
 worker exited at start with the error line in its own log file only: supervisor
 restarted it (BACKOFF) until it gave up (FATAL), the machine revived it every 30 s
-and logged "simulation-0 is FATAL (exit status 2); starting it again", without the
-reason, forever. ``/ready`` said 503 "worker is BACKOFF".
+and logged "simulation-0 is FATAL (Exited too quickly (process log may have details));
+starting it again", forever. ``/ready`` said 503 "worker is BACKOFF".
 """
 
 from __future__ import annotations
