@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from capability_router.errors import EmpError
-from capability_router.keys import check_namespace
 from capability_router.states import JobStatus
 from emp_tasks import defaults
 from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
@@ -179,6 +178,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
     """Run a Celery worker that claims the jobs its capabilities match."""
     import os
 
+    from emp_tasks.start_checks import check_pools, check_worker_settings
     from emp_tasks.tracing import set_service_name
     from emp_tasks.worker import build_profile, run_worker
 
@@ -201,13 +201,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
 
         use_json_logging(loglevel)
     try:  # a malformed EMP_* number the worker reads stops the start with one line naming it
-        defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
-        defaults.time_limits(), defaults.health_gate_seconds()
-        defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()
-        if defaults.env("EMP_MODEL_CACHE_DIR"):
-            from machine.models.settings import check_settings
-
-            check_settings()
+        check_worker_settings()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     app = _app(_url(obj))
@@ -217,10 +211,9 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(str(exc)) from None
     pool_list = list(pools) or defaults.worker_pools()
     try:
-        for pool in pool_list:
-            check_namespace(pool)
+        check_pools(pool_list, "-Q, WORKER_POOLS or MACHINE_POOL")
     except ValueError as exc:
-        raise click.UsageError(f"{exc} (-Q, WORKER_POOLS or MACHINE_POOL)") from None
+        raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
     _warn_unknown_pools(profile.worker_id, pool_list)

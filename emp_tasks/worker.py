@@ -55,13 +55,24 @@ def downloadable_models(app: Celery, served: list[str]) -> dict[str, list[str]]:
     """The catalog's models, for each served job type that gets its models before it
     runs, when this machine has a model cache (``EMP_MODEL_CACHE_DIR``): the worker
     can run their jobs, downloading the model first. Read at start; a model added to
-    the catalog later is offered by workers started after."""
+    the catalog later is offered by workers started after. A model larger than the
+    cache's budget is not offered: its jobs wait for a machine that can hold it rather
+    than fail here for good."""
     if not defaults.env("EMP_MODEL_CACHE_DIR"):
         return {}
     from capability_router.catalog import list_models
     from emp_tasks.connection import get_client
+    from machine.models.manager import budget_bytes_from_env
 
-    names = [entry.name for entry in list_models(get_client(app.conf.broker_url))]
+    budget = budget_bytes_from_env()
+    entries = list_models(get_client(app.conf.broker_url))
+    names = [entry.name for entry in entries if entry.size <= budget]
+    too_large = sorted(entry.name for entry in entries if entry.size > budget)
+    if too_large:
+        logger.warning("not offering %d catalog models larger than the model cache budget "
+                       "(%d bytes, EMP_MODEL_CACHE_GB): %s", len(too_large), budget,
+                       ", ".join(too_large[:10]) + (" ..." if len(too_large) > 10 else ""),
+                       extra={"event": "worker_models_too_large"})
     tasks = services(app)
     return {service: names for service in served
             if names and getattr(tasks.get(service), "prepares_models", False)}

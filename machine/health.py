@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import threading
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
 from machine import metrics
 from machine.errors import MachineError, UnknownProgram
@@ -159,11 +160,22 @@ def create_app(machine: MachineView) -> Flask:
     return app
 
 
+def _check_bind(host: str, port: int) -> None:
+    """OSError with the system's reason when ``host:port`` cannot be bound. werkzeug's
+    ``make_server`` prints its own advice ("Port N is in use by another program...") and
+    exits instead of raising, so a machine refusing to start said it twice."""
+    family = select_address_family(host, port)  # the family and address werkzeug binds
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as its server does
+        probe.bind(get_sockaddr(host, port, family))
+
+
 class HealthServer:
     """``create_app(machine)`` on a werkzeug threaded server, on a daemon thread."""
 
     def __init__(self, machine: MachineView, host: str, port: int) -> None:
         """Bind ``host:port``; OSError when that cannot be done (port in use, bad address)."""
+        _check_bind(host, port)
         try:
             self.server: BaseWSGIServer = make_server(host, port, create_app(machine),
                                                       threaded=True)

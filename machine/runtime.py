@@ -34,6 +34,7 @@ from machine.gpus import GpuInventory, detect_gpus
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import WORKER, MachinePlan, build_plan
+from machine.preflight import check_workers
 from machine.reaper import end_failed_machine, reap_gone_machines
 from machine.restarts import RestartCounter
 from machine.settings import MachineSettings
@@ -52,6 +53,8 @@ from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
 
 logger = logging.getLogger("emp.machine")
+#: Most characters of a program's error line quoted in the machine's log.
+MAX_REASON_CHARS = 500
 
 
 class MachineRuntime:
@@ -64,6 +67,7 @@ class MachineRuntime:
         self.plan: MachinePlan = build_plan(
             self.machine_id, settings.workers, self.inventory, settings.worker_loglevel,
             settings.comfyui_command, settings.comfyui_dir, settings.comfyui_base_port)
+        check_workers(self.plan)  # before anything starts: a setting they would all refuse
         self.run_dir = Path(settings.run_dir or ".")
         for spec in self.plan.programs:
             if spec.role == WORKER:  # their job and download counts, for /status and /metrics
@@ -190,6 +194,8 @@ class MachineRuntime:
     def stop(self) -> None:
         """Stop every program, record the machine offline, stop the health server."""
         self._stop.set()
+        if self.health is None and self.supervisord.process is None:
+            return  # refused at start: nothing ran, so nothing to stop or log
         logger.info("machine %s stopping", self.machine_id, extra={"event": "machine_stopping"})
         self.supervisord.stop(timeout=self.settings.stop_wait_seconds + 30)
         if self._reporter is not None:
@@ -258,12 +264,26 @@ class MachineRuntime:
             if now - since >= self.settings.revive_seconds:
                 self._fatal_since[name] = now
                 logger.warning("%s is FATAL (%s); starting it again", name,
-                               info.get("spawnerr") or f"exit status {info.get('exitstatus')}",
+                               self._fatal_reason(name, info),
                                extra={"event": "machine_revive", "program": name})
                 try:
                     self.supervisord.client.start_program(name)
                 except MachineError as exc:
                     logger.warning("could not start %s again: %s", name, exc)
+
+    def _fatal_reason(self, name: str, info: Mapping[str, Any]) -> str:
+        """Why ``name`` kept exiting: the error line its last process wrote (a worker's
+        one-line refusal), else supervisor's own words (its exit status in a FATAL
+        process's info is not the last exit's: 0 was seen for workers that exited 1)."""
+        try:
+            lines = [line.strip() for line in self.supervisord.client.tail(name, 20)
+                     if line.strip()]
+        except Exception:  # supervisord busy or stopping: say what supervisor said
+            lines = []
+        said = next((line for line in reversed(lines) if line.startswith("Error:")), None)
+        if said is None:
+            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
+        return said[:MAX_REASON_CHARS]
 
     def _read_processes(self) -> dict[str, dict[str, Any]] | None:
         try:

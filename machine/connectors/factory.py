@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from machine.connectors.base import Connector, ConnectorError, ErrorType
+from machine.connectors.env_numbers import check_numbers
 
 #: Connector kinds and their classes (imported on use).
 KINDS: dict[str, str] = {
@@ -84,10 +85,12 @@ def make_connector(kind: str, settings: Mapping[str, Any] | None = None) -> Conn
 
 
 def settings_from_env(kind: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Settings of connector ``kind`` from its environment variables (set ones only)."""
+    """Settings of connector ``kind`` from its environment variables (set ones only);
+    a number no connector can use is a validation error naming its variable."""
     env = os.environ if environ is None else environ
     names = _ENV_OF_KIND.get(kind, {})
     settings: dict[str, Any] = {key: env[name] for key, name in names.items() if env.get(name)}
+    check_numbers(settings, names)
     worker_id = env.get("WORKER_ID")
     settings["connector_id"] = env.get("EMP_CONNECTOR_ID") or (
         f"{kind}-{worker_id}" if worker_id else kind)
@@ -107,7 +110,14 @@ def configured_kind(environ: Mapping[str, str] | None = None) -> str | None:
 def connector_from_env(environ: Mapping[str, str] | None = None) -> Connector | None:
     """The connector ``EMP_CONNECTOR`` names, built from the environment; None when unset."""
     kind = configured_kind(environ)
-    return make_connector(kind, settings_from_env(kind, environ)) if kind else None
+    if not kind:
+        return None
+    settings = settings_from_env(kind, environ)
+    try:
+        return make_connector(kind, settings)
+    except (ValueError, TypeError) as exc:  # a list setting (say, model sizes) it cannot read
+        raise ConnectorError(f"EMP_CONNECTOR={kind}: a setting cannot be used: {exc}",
+                             ErrorType.VALIDATION) from None
 
 
 def service_of_kind(kind: str) -> str:

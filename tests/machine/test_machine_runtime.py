@@ -244,6 +244,7 @@ def test_a_second_machine_under_a_running_machines_id_is_refused(
     assert twin.process.wait(timeout=60) == 1
     said = twin.tail()
     assert "is already running" in said and "Traceback" not in said, said
+    assert "machine_stopping" not in said and "machine_stopped" not in said, said
     assert first.get("/ready").status_code == 200
     after = read_machine(client, "box-t")
     assert (after["health_url"], after["pid"]) == (before["health_url"], before["pid"])
@@ -402,6 +403,50 @@ def test_a_health_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> 
         with pytest.raises(MachineError, match="cannot listen on .*EMP_HEALTH_PORT"):
             runtime.start()
     assert runtime.health is None and runtime.supervisord.process is None
+
+
+@pytest.mark.timeout(120)
+def test_emp_machine_on_a_taken_health_port_says_one_line(start_machine) -> None:  # noqa: ANN001
+    """Tried: ``emp machine`` with EMP_HEALTH_PORT held by another program. Before, it
+    printed werkzeug's "Port N is in use by another program. Either identify and stop that
+    program, or start the server with a different port.", then "machine box-port
+    stopping" and "machine box-port stopped" log lines for a machine that never started,
+    then its own error line. Now the error line alone (after the plan it would have run),
+    with the system's reason."""
+    import socket as sockets
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        machine = start_machine("box-port", EMP_MOCK_GPUS="1", EMP_HEALTH_PORT=str(port))
+        assert machine.process.wait(timeout=60) == 1
+    said = machine.tail()
+    assert "in use by another program" not in said and "Traceback" not in said, said
+    assert "machine_stopping" not in said and "machine_stopped" not in said, said
+    assert said.strip().splitlines()[-1] == (
+        f"Error: health server cannot listen on 127.0.0.1:{port}: [Errno 98] Address "
+        "already in use; set EMP_HEALTH_PORT (--health-port) or EMP_HEALTH_HOST"), said
+
+
+@pytest.mark.timeout(150)
+def test_a_fatal_worker_is_revived_with_the_reason_it_gave(start_machine) -> None:  # noqa: ANN001
+    """Tried: ``emp machine`` whose Redis does not answer (port 1): each worker exits at
+    start, supervisor gives up (FATAL) and the machine starts it again. Before, the
+    machine's line said "simulation-0 is FATAL (Exited too quickly (process log may have
+    details)); starting it again": the reason was only in ``logs/simulation-0.log``.
+    Now the line carries the worker's error line (Redis ... does not answer)."""
+    machine = start_machine("box-fatal", url="redis://127.0.0.1:1/0", EMP_MOCK_GPUS="1",
+                            EMP_START_RETRIES="0", EMP_REVIVE_SECONDS="1")
+
+    def revive_line() -> str | None:
+        lines = [line for line in machine.tail().splitlines() if '"machine_revive"' in line]
+        return lines[-1] if lines else None
+
+    line = json.loads(wait_for(revive_line, timeout=90, message="a revive line"))
+    assert line["message"].startswith("simulation-0 is FATAL (Error: worker "
+                                      "box-fatal-simulation-0: Redis at "), line
+    assert "does not answer" in line["message"], line
 
 
 @pytest.mark.timeout(120)

@@ -16,6 +16,7 @@ from machine_helpers import wait_until
 from model_server import ModelServer
 
 from capability_router import catalog
+from capability_router.registry import WorkerRegistry
 from emp_tasks.producer import get_job, job_events, submit
 from emp_tasks.websocket_client import WebSocketClient as Client
 
@@ -290,3 +291,29 @@ def test_a_broken_model_cache_folder_does_not_stop_jobs_that_need_no_model(
     error = get_job(needing.id, app=app)["last_error"]
     assert "[service] the model cache" in error and str(volume / "cache") in error, error
     assert volume.is_file()
+
+
+@pytest.mark.timeout(150)
+def test_a_model_larger_than_a_worker_s_budget_waits_for_a_worker_that_can_hold_it(
+        app, client, server, start_worker, tmp_path) -> None:
+    """Tried: catalog models m-fits (one SIZE) and m-huge (three), a worker whose cache
+    budget holds two (``EMP_MODEL_CACHE_GB``, a small disk's machine). Before: it offered
+    m-huge too, so a job needing m-huge was claimed by it and failed at once, for good
+    ("[model] model m-huge ... is larger than the model cache budget"), though a machine
+    with a larger disk could run it. Now it offers only the models its budget holds: the
+    job waits in pending until a worker with a large enough budget starts, and runs there."""
+    catalog.put_model(client, catalog.parse_entry("m-fits", server.add("m-fits", SIZE)))
+    catalog.put_model(client, catalog.parse_entry("m-huge", server.add("m-huge", 3 * SIZE)))
+    small = {**_worker_env(tmp_path, budget_models=2),
+             "EMP_MODEL_CACHE_DIR": str(tmp_path / "small-cache")}
+    start_worker("small-disk", **small)
+    profile = next(w["profile"] for w in WorkerRegistry(client).workers()
+                   if w["worker_id"] == "small-disk")
+    assert profile["models"]["simulation"] == ["m-fits"], profile["models"]
+
+    huge = _run(app, "m-huge")
+    assert _run(app, "m-fits").get(timeout=60)["success"] is True  # the worker claims on
+    assert get_job(huge.id, app=app)["status"] == "pending"
+    start_worker("large-disk", **_worker_env(tmp_path, budget_models=10))
+    assert huge.get(timeout=60)["success"] is True
+    assert get_job(huge.id, app=app)["worker_id"] == "large-disk"

@@ -1,0 +1,32 @@
+"""The settings ``emp worker`` checks before it serves, in one place.
+
+``emp machine`` runs the same checks at its own start: a setting every worker would
+refuse stops the machine in one line, instead of leaving its workers exiting at start
+under supervisor over and over, the reason in their log files only.
+"""
+
+from __future__ import annotations
+
+from capability_router.keys import check_namespace
+from emp_tasks import defaults
+
+
+def check_worker_settings() -> None:
+    """Read every ``EMP_*`` number a worker reads, and the model cache's settings (its
+    folder made and written); ValueError naming the first bad one."""
+    defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
+    defaults.time_limits(), defaults.health_gate_seconds()
+    defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()
+    if defaults.env("EMP_MODEL_CACHE_DIR"):
+        from machine.models.settings import check_settings
+
+        check_settings()
+
+
+def check_pools(pools: list[str], where: str) -> None:
+    """ValueError naming the first pool name no queue can have, and ``where`` it was set."""
+    try:
+        for pool in pools:
+            check_namespace(pool)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({where})") from None

@@ -1,0 +1,52 @@
+"""``emp machine`` refuses at its start a setting its workers would refuse at theirs.
+
+Before, the machine printed "machine ... up", its health server answered, and every
+worker exited at start with the error line in its own log file only: supervisor
+restarted it (BACKOFF) until it gave up (FATAL), the machine revived it every 30 s
+and logged "simulation-0 is FATAL (Exited too quickly (process log may have details));
+starting it again", forever. ``/ready`` said 503 "worker is BACKOFF".
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from machine.status import read_machine
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("variable, value, said", [
+    ("EMP_MODEL_CACHE_DIR", "{file}/models", "EMP_MODEL_CACHE_DIR {file}/models cannot be used"),
+    ("EMP_SIMULATION_STEPS", "x", "EMP_SIMULATION_STEPS must be a whole number from 1, got 'x'"),
+    ("EMP_LEASE_SECONDS", "0", "EMP_LEASE_SECONDS must be a positive number, got '0'"),
+    ("WORKER_RAM_GB", "lots", "WORKER_RAM_GB must be a number, got 'lots'"),
+    ("MACHINE_POOL", "gpu pool", "invalid pool name 'gpu pool'"),
+])
+def test_a_setting_its_workers_would_refuse_stops_the_machine_in_one_line(
+        start_machine, client: redis.Redis, tmp_path: Path,  # noqa: ANN001
+        variable: str, value: str, said: str) -> None:
+    """Tried: ``emp machine`` (one mock GPU, a simulation worker) with each value above,
+    which ``emp worker`` refuses at its start. Before: the machine ran with its worker
+    exiting at start over and over (see the module docstring). Now the machine exits 1
+    before starting anything, with one line naming the worker and the variable; no
+    supervisord, no machine record."""
+    file = tmp_path / "a-file"
+    file.write_text("not a directory")
+    machine = start_machine("box-pre", EMP_MOCK_GPUS="1",
+                            **{variable: value.format(file=file)})
+    try:
+        code = machine.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"emp machine kept running with {variable}={value}: {machine.tail()}")
+    output = machine.tail()
+    assert code == 1, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Error: worker simulation-0: "), output
+    assert said.format(file=file) in last and "Traceback" not in output, output
+    assert read_machine(client, "box-pre") is None
+    assert not (machine.run_dir / "supervisord.conf").exists()
+
