@@ -92,7 +92,8 @@ they live in the same slot as the declared key.
   P.."load"                HASH   unfinished_ms: predicted ms (record field
                                   predicted_ms) of the namespace's unfinished
                                   jobs, pending and running; unfinished: their
-                                  count (what the router reads as queued work)
+                                  count (what the router reads as queued work);
+                                  both kept within [0, 2^53] (add_load)
   P.."models:"..worker_id  HASH   model -> tier ("gpu", "ram", "disk", "remote")
                                   of one worker (emp_residency)
   P.."warm:"..model        ZSET   worker id -> ms of its report, workers that
@@ -128,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '21'
+local VERSION = '22'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -763,13 +764,31 @@ local function fence(jk, attempt, ...)
   return f
 end
 
+-- Largest value of a load counter: 2^53, exact in a Lua number (about 285,000
+-- years of predicted ms).
+local LOAD_MAX = 9007199254740992
+
+-- Adds delta to a load counter, kept within [0, LOAD_MAX]. Not HINCRBY: a
+-- counter far out of range (an older release's overflowed prediction, a hand
+-- edit) made it fail with "increment or decrement would overflow" halfway
+-- through a cancel or a completion whose other writes stayed (a function is
+-- not rolled back). A value that is no number counts as 0.
+local function add_clamped(key, field, delta)
+  local value = tonumber(redis.call('HGET', key, field)) or 0
+  if value ~= value then value = 0 end
+  value = math.min(math.max(value, 0), LOAD_MAX)  -- then counted from there
+  value = math.min(math.max(value + delta, 0), LOAD_MAX)
+  redis.call('HSET', key, field, string.format('%d', value))
+end
+
 -- Counts a job's predicted work in (sign 1) or out of (-1) the namespace's
 -- unfinished work, which the router divides by live workers for a wait.
 local function add_load(P, predicted_ms, sign)
   local ms = tonumber(predicted_ms)
-  if ms then
-    redis.call('HINCRBY', P .. 'load', 'unfinished_ms', string.format('%d', sign * ms))
-    redis.call('HINCRBY', P .. 'load', 'unfinished', sign)
+  if ms and ms == ms then
+    ms = math.floor(math.min(math.max(ms, 0), LOAD_MAX))
+    add_clamped(P .. 'load', 'unfinished_ms', sign * ms)
+    add_clamped(P .. 'load', 'unfinished', sign)
   end
 end
 

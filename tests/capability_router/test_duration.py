@@ -150,6 +150,32 @@ def test_unfinished_predicted_work_is_counted_until_the_job_ends(client: redis.R
     assert unfinished() == (0, 0)
 
 
+@pytest.mark.parametrize("corrupt", ["-9223372036854775800", "9223372036854775800", "nan"])
+def test_a_corrupt_load_counter_never_breaks_a_submit_cancel_or_completion(
+        client: redis.Redis, corrupt: str) -> None:
+    """Tried: the pool's P.."load" counters far out of range (as an older release's
+    overflowed prediction or a hand edit leaves them: ``hset emp:{default}:load
+    unfinished_ms -9223372036854775800``), then a submit, a cancel and a completion of
+    jobs with a prediction. Before, HINCRBY failed "increment or decrement would
+    overflow" halfway through the function: the cancel answered an error yet left the
+    job cancelled with its work still counted (or the submit failed after filing).
+    Now the counters are kept within [0, 2^53]: every call succeeds and the load ends
+    at 0 once the jobs have ended."""
+    functions = QueueFunctions(client, "default")
+    load = Keys("default").load
+    client.hset(load, mapping={"unfinished_ms": corrupt, "unfinished": corrupt})
+    submit(functions, "a", "k|-|-", 1, predicted_ms=4000)
+    submit(functions, "b", "k|-|-", 1, predicted_ms=6000)
+    client.hset(load, mapping={"unfinished_ms": corrupt, "unfinished": corrupt})
+    assert functions.cancel("a")[0] == "cancelled"
+    assert client.hget(Keys("default").job("a"), "status") == "cancelled"
+    client.hset(load, mapping={"unfinished_ms": corrupt, "unfinished": corrupt})
+    run(functions, "b", T0 + 10, 6.0)
+    values = [int(v) for v in client.hmget(load, "unfinished_ms", "unfinished")]
+    # Too high: held at the cap, less the completed job.
+    assert values == ([2**53 - 6000, 2**53 - 1] if corrupt.startswith("9") else [0, 0])
+
+
 def test_job_submitted_carries_the_routing(client: redis.Redis) -> None:
     functions = QueueFunctions(client, "default")
     submit(functions, "routed", "k|-|-", 1)
