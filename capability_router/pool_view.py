@@ -3,7 +3,9 @@
 Read by ``/api/pools`` and the monitor; it decides nothing. A pool is listed
 when the pools file names it, a live worker serves it, or it holds unfinished jobs. Its
 ``desired_machines`` is the scaler's answer for it now
-(``capability_router.prediction.elastic``).
+(``capability_router.prediction.elastic``): none for a pool the pools file in force
+does not name. ``waiting_reason`` says why a pool's unfinished jobs wait when no live
+worker serves it (null otherwise).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from typing import Any
 from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 from capability_router.pools import PoolsFile
-from capability_router.prediction.elastic import desired_of, read_states
+from capability_router.prediction.elastic import (
+    PoolState,
+    desired_of,
+    read_states,
+    scaling_policies,
+)
 from capability_router.registry import WorkerRegistry
 from capability_router.routing import PoolLoad
 
@@ -48,7 +55,7 @@ def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]
     names = list(configured) + sorted(
         {*workers, *known_namespaces(client)} - set(configured))
     loads = read_loads(client, names)
-    policies = {name: pool.scaling for name, pool in configured.items()}
+    policies = scaling_policies(pools_file, names)
     states = read_states(client, {n: loads[n][0] for n in names}, workers, policies)
     # A pool the file does not name and no live worker serves is still listed while it holds
     # unfinished jobs (one removed from the file, a typo in a job's pool, machines moved
@@ -59,16 +66,32 @@ def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]
         load, pending = loads[name]
         pool = configured.get(name)
         state = states[name]
+        desired = desired_of(state, policies[name])
         view.append({
             "name": name, "configured": pool is not None,
             **(pool.as_dict() if pool else {}),
             "workers": sorted(r["worker_id"] for r in workers.get(name, [])),
             "pending": pending, **load.as_dict(),
             "live_machines": state.live_machines,
-            "desired_machines": desired_of(state, policies.get(name)),
+            "desired_machines": desired,
             "forecast_arrivals_per_second": state.forecast.arrival_rate,
+            "waiting_reason": waiting_reason(name, state, desired, pools_file),
         })
     return view
+
+
+def waiting_reason(name: str, state: PoolState, desired: int,
+                   pools_file: PoolsFile | None) -> str | None:
+    """Why the pool's unfinished jobs wait, when no live worker serves it; else None."""
+    jobs = state.backlog_jobs or 0
+    if not jobs or state.load.live:
+        return None
+    waiting = f"no live worker serves pool {name}: its {jobs} unfinished job(s) wait until one does"
+    if pools_file is not None and name not in pools_file.pools:
+        return (f"{waiting}. The pools file {pools_file.path} does not name it, so no "
+                "machines are desired for it: add it back to the file, start a worker "
+                f"serving it (emp worker -Q {name}), or cancel the jobs")
+    return f"{waiting}; desired machines now: {desired}"
 
 
 def known_pools(client: Any, pools_file: PoolsFile | None) -> list[str]:

@@ -28,11 +28,28 @@ from typing import Any
 
 from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys
+from capability_router.pools import PoolsFile
 from capability_router.prediction.scaler import PoolDemand, ScalingPolicy, desired_machines
 from capability_router.routing import PoolLoad
 
 #: A forecast older than this (seconds) is ignored: its leader is gone.
 FORECAST_MAX_AGE_SECONDS = 120.0
+
+#: The scaling of a pool the pools file in force does not name (removed from it while
+#: it held jobs, a typo in a job's pool, workers started with a pool of their own): no
+#: machines. Its own ``max_machines`` left with its entry in the file; the defaults'
+#: 50 asked for machines of a pool no operator configured.
+UNCONFIGURED = ScalingPolicy(min_machines=0, max_machines=0)
+
+
+def scaling_policies(pools_file: PoolsFile | None, pools: Iterable[str],
+                     ) -> dict[str, ScalingPolicy]:
+    """Each pool's scaling: the pools file's, ``UNCONFIGURED`` for a pool it does not
+    name; the defaults for every pool while no pools file is in force (routing off)."""
+    if pools_file is None:
+        return {pool: ScalingPolicy() for pool in pools}
+    return {pool: pools_file.pools[pool].scaling if pool in pools_file.pools
+            else UNCONFIGURED for pool in pools}
 
 
 @dataclass(frozen=True)

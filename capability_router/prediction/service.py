@@ -60,6 +60,7 @@ from capability_router.prediction.elastic import (
     PoolForecast,
     desired_of,
     read_states,
+    scaling_policies,
     write_desired,
 )
 from capability_router.prediction.forecast import Forecaster
@@ -366,7 +367,7 @@ class IntelligenceService:
     def scale(self, pools: list[str], now: float) -> dict[str, int]:
         """Write each pool's forecast and desired machines; returns the desired counts."""
         configured = self.pools_file.pools if self.pools_file else {}
-        policies = {name: pool.scaling for name, pool in configured.items()}
+        policies = scaling_policies(self.pools_file, pools)
         workers: dict[str, list[dict[str, Any]]] = {}
         for record in WorkerRegistry(self.client).workers():
             for pool in record.get("pools") or []:
@@ -376,8 +377,8 @@ class IntelligenceService:
         ttl = int(max(60.0, 4 * self.settings.interval_seconds))
         desired = {}
         for pool in pools:
-            policy = policies.get(pool)
-            ahead = policy.startup_seconds if policy else 0.0
+            policy = policies[pool]
+            ahead = policy.startup_seconds if pool in configured else 0.0
             forecast = PoolForecast(
                 self.forecaster.rate_ahead(now, (pool, POOL_TOTAL), ahead),
                 self._mean_seconds.get(pool, 0.0), int(now * 1000))

@@ -19,7 +19,7 @@ import redis
 
 from capability_router.errors import PoolsFileError
 from capability_router.functions import redis_now_ms
-from capability_router.keys import INTELLIGENCE_LEADER_KEY, Keys
+from capability_router.keys import INTELLIGENCE_LEADER_KEY, NAMESPACES_KEY, Keys
 from capability_router.pool_view import pools_view
 from capability_router.pools import DEFAULT_POOLS_FILE, parse_pools
 from capability_router.prediction.directives import (
@@ -353,6 +353,55 @@ def test_the_desired_gauge_keeps_the_last_good_scaling_when_the_pools_file_break
     assert 'emp_pool_desired_machines{pool="standard"} 3.0' in text
     assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
     assert "pools.standard.scaling.max_machines must be an integer" in caplog.text
+
+
+def without_pool(text: str, name: str) -> str:
+    """The pools file ``text`` with pool ``name`` (and its sub-tables) taken out."""
+    kept, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = line.startswith((f"[pools.{name}]", f"[pools.{name}."))
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def test_a_pool_removed_from_the_file_while_it_holds_jobs_desires_no_machines(
+        client: redis.Redis, redis_server, tmp_path: Path, monkeypatch) -> None:
+    """Tried: standard holding six pending jobs (60 s of predicted work, max_machines = 3,
+    no live worker), then the operator removes standard from the pools file. Before,
+    /api/pools listed it with configured false and desired_machines 6 (the default
+    max_machines of 50 capped nothing: its own left with its entry), and the
+    emp_pool_desired_machines gauge and the leader's emp:{standard}:desired said the
+    same: machines asked for a pool no longer configured. Now it desires 0 everywhere,
+    and its waiting_reason says why its jobs wait and what to do."""
+    from webapp.monitor.metrics import QueueCollector
+
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    client.sadd(NAMESPACES_KEY, "standard")  # as its jobs' enqueue does
+    assert {p["name"]: p for p in pools_view(client, parse_pools(SCALED, str(path)))}[
+        "standard"]["desired_machines"] == 3
+    path.write_text(without_pool(SCALED, "standard"))
+    pools_file = parse_pools(path.read_text(), str(path))
+    assert "standard" not in pools_file.pools
+    standard = {p["name"]: p for p in pools_view(client, pools_file)}["standard"]
+    assert (standard["configured"], standard["pending"], standard["desired_machines"]) == (
+        False, 6, 0)
+    reason = standard["waiting_reason"]
+    assert "no live worker serves pool standard" in reason and str(path) in reason, reason
+    assert "6 unfinished job(s)" in reason and "no machines are desired" in reason, reason
+    service = IntelligenceService(client, pools_file, IntelligenceSettings(instance="t"))
+    assert service.scale(["fast", "heavy", "standard"], time.time())["standard"] == 0
+    assert client.get(Keys("standard").desired) == "0"
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(QueueCollector(redis_server.url))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'emp_pool_desired_machines{pool="standard"} 0.0' in text
 
 
 def test_the_leader_applies_an_edited_pools_file_without_a_restart(
