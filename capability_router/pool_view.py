@@ -94,6 +94,16 @@ def waiting_reason(name: str, state: PoolState, desired: int,
     return f"{waiting}; desired machines now: {desired}"
 
 
+def unserved_pool_warning(pool: str, pools_file: PoolsFile | None) -> str:
+    """What a submit of a job to ``pool``, which no live worker serves, is warned: it
+    waits until one does (``emp submit`` on stderr, ``POST /api/jobs`` in ``warnings``)."""
+    unnamed = ""
+    if pools_file is not None and pool not in pools_file.pools:
+        unnamed = (f", and the pools file {pools_file.path} does not name it (it has "
+                   f"{', '.join(pools_file.pools)})")
+    return f"no live worker serves pool {pool}{unnamed}: the job waits until one does"
+
+
 def known_pools(client: Any, pools_file: PoolsFile | None) -> list[str]:
     """Every pool a metrics reader may ask about: the pools file's, then those ever used."""
     configured = list(pools_file.pools) if pools_file else []

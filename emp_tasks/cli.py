@@ -100,7 +100,7 @@ def _warn_unserved_pool(app: Any, pool: str) -> None:
     """Warn when no live worker serves the job's pool: a typo in ``--pool`` files the job
     in a new pool, where it waits until a worker serves that pool, with nothing saying so."""
     from capability_router.errors import PoolsFileError
-    from capability_router.pool_view import read_loads
+    from capability_router.pool_view import read_loads, unserved_pool_warning
     from capability_router.pools import pools_file_from_env
     from emp_tasks.connection import get_client
 
@@ -111,12 +111,7 @@ def _warn_unserved_pool(app: Any, pool: str) -> None:
         pools_file = pools_file_from_env()
     except PoolsFileError:  # the submit itself said so when routing needed it
         pools_file = None
-    unnamed = ""
-    if pools_file is not None and pool not in pools_file.pools:
-        unnamed = (f", and the pools file {pools_file.path} does not name it (it has "
-                   f"{', '.join(pools_file.pools)})")
-    click.echo(f"warning: no live worker serves pool {pool}{unnamed}: the job waits until "
-               "one does", err=True)
+    click.echo(f"warning: {unserved_pool_warning(pool, pools_file)}", err=True)
 
 
 def _start_refusal(exc: BaseException) -> str:

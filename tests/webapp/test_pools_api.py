@@ -156,3 +156,48 @@ def test_a_broken_edit_of_the_pools_file_shows_the_pools_routing_still_uses(
     assert status == 200 and body["pools_file_error"] is None
     ranges = {p["name"]: p["durations_seconds"] for p in body["pools"] if p["configured"]}
     assert ranges["fast"] == [0, 20]
+
+
+@pytest.mark.timeout(120)
+def test_a_submit_naming_a_pool_nobody_serves_is_warned_and_api_pools_says_why_it_waits(
+        client, start_server, pools_path: Path) -> None:
+    """Tried: an admin POST /api/jobs with "pool": "nosuch2", a pool the pools file does not
+    name and no live worker serves. Before, the 201 said nothing (the job waited forever)
+    and GET /api/pools listed nosuch2 with desired_machines 1 (the default scaling of a
+    pool no operator configured) and nothing saying why its job waits. Now the 201 has
+    warnings naming the pool and the file, /api/pools desires no machine for it and its
+    waiting_reason says why; a routed job, one naming a pool of the file, or one naming
+    a pool a live worker serves gets no warnings."""
+    import jsonschema
+    from test_routing import live
+
+    from webapp.api.openapi import build
+
+    api = Api(start_server("api", EMP_POOLS_FILE=str(pools_path)).base)
+    spec = build(["simulation"])
+    schema = {**spec["components"]["schemas"]["Submitted"], "components": spec["components"]}
+
+    def submitted(**body: object) -> dict:
+        response = api.post("/api/jobs", json={"service_required": "simulation",
+                                                "payload": IMAGE, **body})
+        assert response.status_code == 201, response.text
+        jsonschema.validate(response.json(), schema)
+        return response.json()
+
+    unserved = submitted(pool="nosuch2")
+    assert unserved["warnings"] == [
+        f"no live worker serves pool nosuch2, and the pools file {pools_path} does not name "
+        "it (it has fast, standard, heavy): the job waits until one does"]
+    assert "warnings" not in submitted()  # routed
+    assert "warnings" not in submitted(pool="standard")  # its scaler asks for machines
+    pools = {p["name"]: p for p in api.get("/api/pools").json()["pools"]}
+    lost = pools["nosuch2"]
+    assert (lost["configured"], lost["pending"], lost["desired_machines"]) == (False, 1, 0)
+    assert "does not name it" in lost["waiting_reason"], lost
+    assert pools["standard"]["waiting_reason"] == (
+        "no live worker serves pool standard: its 2 unfinished job(s) wait until one does; "
+        f"desired machines now: {pools['standard']['desired_machines']}")
+    live(client, "nosuch2", "w-nosuch2", idle=False)
+    assert "warnings" not in submitted(pool="nosuch2")
+    assert {p["name"]: p for p in api.get("/api/pools").json()["pools"]}[
+        "nosuch2"]["waiting_reason"] is None

@@ -219,7 +219,7 @@ class ClientConnection:
                     return
                 self.idempotency.take_over(claim)  # the first, if it files too, answers
         try:
-            job_id, pool = submit_body(
+            job_id, pool, _ = submit_body(
                 body, self.principal, self.backend, checked=True, limits=self.limits,
                 pin=None if claim is None else partial(self.idempotency.placed, claim))
         except Limited as exc:

@@ -74,9 +74,10 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _submitted(job_id: str) -> dict[str, Any]:
+def _submitted(job_id: str, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The 201 body; ``warnings`` only when there are some (``submission.unserved_warnings``)."""
     return {"success": True, "job_id": job_id, "message": "Job submitted successfully",
-            "timestamp": _now_iso()}
+            "timestamp": _now_iso(), **({"warnings": warnings} if warnings else {})}
 
 
 def _answer(status: int, body: dict[str, Any], replayed: bool = False):  # noqa: ANN202
@@ -96,8 +97,9 @@ def submit_job():  # noqa: ANN201 - Flask response
     key = request.headers.get(idempotency.HEADER)
     if key is not None:
         return _submit_idempotently(body, key)
-    job_id, _ = submit_body(body, _principal(), backend(), checked=True, limits=_limits())
-    return _answer(201, _submitted(job_ids.shown(job_id, _principal().id_scope)))
+    submitted = submit_body(body, _principal(), backend(), checked=True, limits=_limits())
+    return _answer(201, _submitted(job_ids.shown(submitted.job_id, _principal().id_scope),
+                                   submitted.warnings))
 
 
 def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
@@ -129,8 +131,9 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
             return _answer(*answer, replayed=True)
         store.take_over(claim)
     try:
-        job_id, _ = submit_body(body, principal, backend(), checked=True, job_id=claim.job_id,
-                                limits=_limits(), pin=partial(store.placed, claim))
+        submitted = submit_body(body, principal, backend(), checked=True,
+                                job_id=claim.job_id, limits=_limits(),
+                                pin=partial(store.placed, claim))
     except Limited:  # nothing written and no answer to keep: the retry after Retry-After
         store.release(claim)  # claims the key afresh (as the socket's submit does)
         raise
@@ -141,7 +144,8 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         refusal = {"success": False, "error": str(exc)}
         store.answer(claim, exc.status, refusal)
         return _answer(exc.status, refusal)
-    accepted = _submitted(job_ids.shown(job_id, principal.id_scope))
+    accepted = _submitted(job_ids.shown(submitted.job_id, principal.id_scope),
+                          submitted.warnings)
     store.answer(claim, 201, accepted)
     return _answer(201, accepted)  # filed by this request, even a retry: not a replay
 

@@ -144,7 +144,13 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
             "type": "object", "required": ["success", "job_id", "message", "timestamp"],
             "properties": {"success": success, "job_id": {"type": "string"},
                            "message": {"type": "string"},
-                           "timestamp": {"type": "string", "format": "date-time"}},
+                           "timestamp": {"type": "string", "format": "date-time"},
+                           "warnings": {
+                               "type": "array", "items": {"type": "string"},
+                               "description": "Present when the job was filed but may "
+                                              "wait: it names a pool that the pools file "
+                                              "does not name and no live worker serves "
+                                              "(it waits until one does)."}},
         },
         "Job": {
             "type": "object", "required": ["job_id", "status"],

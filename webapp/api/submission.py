@@ -8,15 +8,17 @@ files it exactly as a Python producer would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from capability_router import job_id_reservations as reservations
 from capability_router.errors import InvalidJob
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, check_job_id
+from capability_router.pool_view import read_loads, unserved_pool_warning
 from emp_tasks import placement, producer
 from webapp import job_ids
 from webapp.api import listing, validation
@@ -24,6 +26,8 @@ from webapp.api.limits import Limits
 from webapp.api.validation import Invalid
 from webapp.auth import Principal
 from webapp.backend import Backend
+
+logger = logging.getLogger(__name__)
 
 #: Body fields handed to ``producer.submit`` as job fields, besides service and payload.
 JOB_FIELDS = (
@@ -108,6 +112,37 @@ def _placement(service: str, payload: Any, fields: dict[str, Any], customer_id: 
         raise Invalid(str(exc)) from None
 
 
+class Submitted(NamedTuple):
+    """A filed job: its stored id, its pool, and what its submitter should know."""
+
+    job_id: str
+    pool: str
+    #: Plain sentences; empty when nothing is amiss (``unserved_warnings``).
+    warnings: list[str]
+
+
+def unserved_warnings(backend: Backend, pool: str, named: bool) -> list[str]:
+    """A warning when the job named a pool that the pools file does not name (or routing
+    is off) and no live worker serves: such a job waits until a worker serving the pool
+    starts, and no scaler asks for one (a typo, a pool removed from the file).
+
+    Looked up only for a job that names such a pool: a routed job, or one naming a pool
+    of the pools file (whose scaler asks machines for its jobs), costs nothing more."""
+    if not named:
+        return []
+    router = placement.router_for(backend.celery)
+    pools_file = router.pools_file if router is not None else None
+    if pools_file is not None and pool in pools_file.pools:
+        return []
+    try:
+        load, _ = read_loads(backend.redis, [pool])[pool]
+    except Exception:  # noqa: BLE001 - the job is filed: a lookup failing must not 5xx it
+        logger.debug("could not tell whether a live worker serves pool %s", pool,
+                     exc_info=True)
+        return []
+    return [] if load.live else [unserved_pool_warning(pool, pools_file)]
+
+
 #: Given the pool and routing record a submit placed its job with, the ones to file it
 #: with (``IdempotencyStore.placed``: every attempt with one key files in one pool).
 Pin = Callable[[str, dict[str, str] | None], tuple[str, dict[str, str] | None]]
@@ -115,8 +150,9 @@ Pin = Callable[[str, dict[str, str] | None], tuple[str, dict[str, str] | None]]
 
 def submit_body(body: Any, principal: Principal, backend: Backend,
                 checked: bool = False, job_id: str | None = None,
-                limits: Limits | None = None, pin: Pin | None = None) -> tuple[str, str]:
-    """Submit a job body; returns (stored job id, pool). Raises Invalid (400/403/409), or
+                limits: Limits | None = None, pin: Pin | None = None) -> Submitted:
+    """Submit a job body; returns its stored id, pool and warnings. Raises Invalid
+    (400/403/409), or
     Limited (429) when ``limits`` refuse the customer another job, having written nothing.
 
     A customer token submits as its own customer only; ``message_id`` (or
@@ -166,8 +202,9 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         fields["pool"] = pool
     while True:
         try:
-            return _file(service, body.get("payload"), customer_id, fields, principal,
-                         backend, limits, pool, job_class), pool
+            job_id = _file(service, body.get("payload"), customer_id, fields, principal,
+                           backend, limits, pool, job_class)
+            return Submitted(job_id, pool, unserved_warnings(backend, pool, placed.pool_named))
         except Invalid as exc:
             # Another customer took the chosen id between the check and the filing: the
             # job is scoped, as it would have been a moment later (once: the scoped id

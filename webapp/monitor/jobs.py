@@ -114,7 +114,8 @@ def submit(body: dict[str, Any], backend: Backend) -> tuple[str, str]:
     form cannot file what a client could not); returns (job id, pool), raises Invalid."""
     check("JobSubmission", body,
           submission_validator(tuple(sorted(producer.services(backend.celery)))))
-    return submit_body(body, OPERATOR, backend, checked=True)
+    job_id, pool, _ = submit_body(body, OPERATOR, backend, checked=True)
+    return job_id, pool
 
 
 class Refused(Exception):
