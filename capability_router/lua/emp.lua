@@ -768,15 +768,25 @@ end
 -- years of predicted ms).
 local LOAD_MAX = 9007199254740992
 
--- Adds delta to a load counter, kept within [0, LOAD_MAX]. Not HINCRBY: a
+-- Adds delta to a load counter, kept within [0, LOAD_MAX]. HINCRBY alone, on a
 -- counter far out of range (an older release's overflowed prediction, a hand
--- edit) made it fail with "increment or decrement would overflow" halfway
--- through a cancel or a completion whose other writes stayed (a function is
--- not rolled back). A value that is no number counts as 0.
+-- edit), failed with "increment or decrement would overflow" halfway through a
+-- cancel or a completion whose other writes stayed (a function is not rolled
+-- back): its error is caught, and a counter out of range or no integer is set
+-- clamped (one command in the usual case). A value that is no number counts as 0.
 local function add_clamped(key, field, delta)
-  local value = tonumber(redis.call('HGET', key, field)) or 0
+  local after = redis.pcall('HINCRBY', key, field, string.format('%d', delta))
+  local value
+  if type(after) == 'number' then
+    if after >= 0 and after <= LOAD_MAX then
+      return
+    end
+    value = after - delta  -- out of range before: clamped, then counted from there
+  else
+    value = tonumber(redis.call('HGET', key, field)) or 0
+  end
   if value ~= value then value = 0 end
-  value = math.min(math.max(value, 0), LOAD_MAX)  -- then counted from there
+  value = math.min(math.max(value, 0), LOAD_MAX)
   value = math.min(math.max(value + delta, 0), LOAD_MAX)
   redis.call('HSET', key, field, string.format('%d', value))
 end
