@@ -101,21 +101,24 @@ def test_run_whose_attempt_was_taken_away_stops_quietly(app, start_worker, task_
     """Tried: a running job requeued (taken from its run); the run learns it at its
     next check. Before the fix that run failed the task (FAILURE, ERROR with a
     traceback) while the job ran again under the same task id; now it stops at
-    INFO, is not revoked, and the job's next run completes."""
-    worker = start_worker("w1", args=["-l", "info"])
-    result = submit("echo", {"sleep": 4}, app=app)
+    INFO, is not revoked, and the job's next run completes. Both workers start first
+    (the idle one takes the requeued job): a second worker started after the first run
+    began could come up only after that run ended on a loaded machine."""
+    workers = {name: start_worker(name, args=["-l", "info"]) for name in ("w1", "w2")}
+    result = submit("echo", {"sleep": 6}, app=app)
     wait_for(lambda: get_job(result.id, app=app)["status"] == "in_progress", timeout=30,
              message="the job to start")
-    start_worker("w2")
-    assert requeue(result.id, app=app) == "pending"  # w2 takes it: attempt 2
+    first = get_job(result.id, app=app)["worker_id"]
+    second = next(name for name in workers if name != first)
+    assert requeue(result.id, app=app) == "pending"  # the idle worker takes it: attempt 2
     wait_for(lambda: get_job(result.id, app=app)["status"] == "completed", timeout=30,
              message="the second run to complete")
     seen = task_events.of(result.id)
     assert "task-failed" not in seen and "task-revoked" not in seen
-    log = worker.log_path.read_text()
+    log = workers[first].log_path.read_text()
     assert "ERROR" not in log and "Traceback" not in log
     assert f"job {result.id} attempt 1 was taken from this run" in log
-    assert result.get(timeout=10)["worker"].startswith("w2@")
+    assert result.get(timeout=10)["worker"].startswith(f"{second}@")
     assert get_job(result.id, app=app)["attempts"] == 2
 
 

@@ -58,10 +58,11 @@ def test_without_affinity_the_cold_worker_loads_the_model(
 def test_the_delay_expires_and_the_cold_worker_takes_the_job(
         app, client: redis.Redis, queue: QueueFunctions, start_worker) -> None:
     """The warm worker is busy with a long job; the cold one waits out the delay (1.5 s),
-    then loads sdxl itself instead of waiting for the warm one to finish (8 s)."""
+    then loads sdxl itself instead of waiting for the warm one to finish (30 s: long
+    enough that the cold worker's start on a loaded machine does not outlast it)."""
     queue.configure(load_ms_disk=1500)
     start_worker("warm", **SIM, EMP_SIMULATION_GPU_MODELS="sdxl")
-    long = submit("simulation", {"steps": 1, "duration": 8}, app=app)
+    long = submit("simulation", {"steps": 1, "duration": 30}, app=app)
     wait_until(lambda: get_job(long.id, app=app)["status"] == "in_progress", timeout=30)
     start_worker("cold", **SIM)
     job = sdxl_job(app)
