@@ -430,6 +430,34 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self._registered_queues.add(namespace)
         self.heartbeat([])
 
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        """Celery's ``cancel_consumer``: the worker also leaves the pool it stopped serving.
+
+        Not its last one: Celery cancels every consumer at a warm shutdown too, while
+        runs finish, and the registry record lives on the heartbeats of a pool."""
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super()._basic_cancel(consumer_tag)
+        if queue in self._registered_queues and len(self._registered_queues) > 1:
+            self.unregister(queue)
+        return result
+
+    def unregister(self, namespace: str) -> None:
+        """Stop counting this worker among a namespace's live and idle workers (its
+        heartbeats kept it there, so routing and the monitor saw a worker the pool no
+        longer had)."""
+        self._registered_queues.discard(namespace)
+        keys, worker = Keys(namespace), self.worker
+        try:
+            with self.sync_client.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.workers, worker.worker_id)
+                pipe.zrem(keys.idle, f"{worker.signature}:{worker.worker_id}")
+                pipe.execute()
+        except redis.RedisError:
+            logger.warning("worker %s: could not leave pool %s now; its entry expires",
+                           worker.worker_id, namespace, exc_info=True)
+        self.heartbeat([job_id for held in self.qos.held_leases().values()
+                        for job_id, _ in held])
+
     def heartbeat(self, jobs: list[str]) -> None:
         """Tell the worker registry this worker is alive and what it holds."""
         if not self._registered_queues:

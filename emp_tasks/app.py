@@ -30,6 +30,7 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
 )
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
+from emp_tasks.task_bases import job_base
 
 #: Job type modules every app registers.
 BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
@@ -92,8 +93,14 @@ class EmpCelery(Celery):
 
     ``Task.apply_async`` builds the job header itself; a message sent by task
     name (``app.send_task``, a canvas step the sending app did not have
-    registered) gets it here, from the task of that name, or is refused.
+    registered) gets it here, from the task of that name, or is refused. A task
+    declared on a plain ``celery.Task`` base (``base=``) is a job type too
+    (``emp_tasks.task_bases``).
     """
+
+    def _task_from_fun(self, fun: Any, name: str | None = None, base: Any = None,
+                       bind: bool = False, **options: Any) -> Any:
+        return super()._task_from_fun(fun, name, job_base(base), bind, **options)
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None,
                   **options: Any) -> Any:

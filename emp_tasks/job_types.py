@@ -20,7 +20,13 @@ def job_type(app: Celery, name: str) -> Any:
     if task is None:
         app.loader.import_default_modules()
         task = app.tasks.get(name)
-    if task is None or not hasattr(task, "job_spec"):
+    if task is not None and not hasattr(task, "job_spec"):
+        # registered as a plain Celery task (``app.register_task`` of a ``celery.Task``
+        # subclass); ``@app.task(base=...)`` mixes EmpTask in (emp_tasks.task_bases)
+        raise InvalidJob(f"task {name!r} is not an EMP job type: its class "
+                         f"{type(task).__name__} does not derive from EmpTask (the "
+                         "app's Task); declare it with @app.task or subclass app.Task")
+    if task is None:
         known = ", ".join(sorted(
             task_name for task_name, task in app.tasks.items() if getattr(task, "service", None)
         )) or "none"

@@ -158,7 +158,9 @@ class EmpTask(Task):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("acks_late") is False:
+        # read through the method order: a user's base class mixed in before EmpTask
+        # (emp_tasks.task_bases) may say False
+        if cls.acks_late is False:
             logger.warning("task %s: acks_late=False is ignored; EMP acknowledges a job when "
                            "its run ends (a crashed run is retried through its lease)",
                            cls.__dict__.get("name") or cls.__name__)

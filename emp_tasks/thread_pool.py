@@ -6,6 +6,12 @@ the job ran on, ``in_progress``. Here the terminate kills nothing; Celery then
 announces the task revoked, which cancels the job (``emp_tasks.revocation``),
 and the run stops at its next progress report or cancel check (a connector
 job within a second: ``emp_tasks.cancel_watch``), ending REVOKED.
+Celery's thread pool also ignores a hard time limit (``time_limit``, the task's or
+the call's) without a word: a job ran past it and ended ``completed``. Here a timer
+reports the limit as the prefork pool does (``Request.on_timeout``): the job fails
+with TimeLimitExceeded (``emp_tasks.hard_time_limit``) and Celery stores that
+FAILURE; the thread, which cannot be killed, runs on to its end and records nothing
+(its outcome is refused). A soft limit is still ignored: nothing can raise in a thread.
 ``install`` makes this the pool ``-P threads`` names, for ``emp worker`` and
 ``celery -A emp_tasks.app worker`` alike.
 """
@@ -13,6 +19,9 @@ job within a second: ``emp_tasks.cancel_watch``), ending REVOKED.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from celery import concurrency
@@ -36,8 +45,24 @@ class TaskPool(thread.TaskPool):
         logger.info("revoke(terminate=True) under -P threads: the job is cancelled and its "
                     "run stops at its next progress report or cancel check")
 
-    def on_apply(self, *args: Any, **kwargs: Any) -> _StoppableResult:
-        return _StoppableResult(super().on_apply(*args, **kwargs).f)
+    def on_apply(self, *args: Any, timeout: float | None = None,
+                 timeout_callback: Callable[[bool, float], Any] | None = None,
+                 **kwargs: Any) -> _StoppableResult:
+        result = _StoppableResult(super().on_apply(*args, **kwargs).f)
+        if timeout and timeout_callback is not None:
+            timer = threading.Timer(timeout, _time_limit_reached,
+                                    (result.f, timeout_callback, timeout))
+            timer.daemon = True
+            timer.start()
+            result.f.add_done_callback(lambda _: timer.cancel())
+        return result
+
+
+def _time_limit_reached(run: Future, timeout_callback: Callable[[bool, float], Any],
+                        timeout: float) -> None:
+    """A run still going at its hard limit: Celery's timeout handling, as under prefork."""
+    if not run.done():
+        timeout_callback(False, timeout)
 
 
 def install() -> None:

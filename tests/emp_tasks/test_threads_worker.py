@@ -76,3 +76,19 @@ def test_one_watcher_thread_stops_the_cancelled_jobs_among_40_silent_ones(
              message="the 4 cancelled runs to stop")
     assert {r.state for r in results[4:]} == {"STARTED"}
     assert statuses(app, job_ids[4:]) == ["in_progress"] * (jobs - 4)
+
+
+@pytest.mark.timeout(120)
+def test_a_hard_time_limit_fails_the_job_under_threads(app, start_worker) -> None:
+    """Tried: a 20 s simulation job with ``apply_async(time_limit=2)`` on a ``-P threads``
+    worker. Celery's thread pool ignores time limits without a word: ``get()`` returned
+    the result after 20 s and the job ended ``completed``. Now, as under prefork, the job
+    fails with TimeLimitExceeded at its limit (its thread, which cannot be killed, runs
+    on to its end and records nothing)."""
+    start_worker("w-limit", args=["-P", "threads", "-c", "2"], WORKER_SERVICES="simulation")
+    result = app.send_task("emp.simulation", kwargs={"steps": 20, "duration": 20.0},
+                           time_limit=2)
+    with pytest.raises(Exception, match="TimeLimitExceeded|Time ?limit"):
+        result.get(timeout=60)
+    record = producer.get_job(result.id, app=app)
+    assert record["status"] == "failed" and "hard time limit (2" in record["last_error"], record
