@@ -30,7 +30,9 @@ from machine import usage
 from machine.counters import ENV as COUNTERS_ENV
 from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
 from machine.errors import MachineError
+from machine.exits import Exit, ExitLog
 from machine.gpus import GpuInventory, detect_gpus
+from machine.handback import hand_back_jobs
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import WORKER, MachinePlan, build_plan
@@ -55,6 +57,8 @@ from machine.views import not_ready, process_fields, program_views
 logger = logging.getLogger("emp.machine")
 #: Most characters of a program's error line quoted in the machine's log.
 MAX_REASON_CHARS = 500
+#: Taken off the cutoff of a dead worker's jobs (``_hand_back``): Redis's TIME in ms.
+CLOCK_MARGIN_MS = 100
 
 
 class MachineRuntime:
@@ -76,8 +80,9 @@ class MachineRuntime:
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
         self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
                                  health_check_interval=30)
+        self.exits = ExitLog(spec.name for spec in self.plan.programs)
         self.supervisord = Supervisord(self.files, self.child_env(), settings.log_max_bytes,
-                                       settings.log_backups)
+                                       settings.log_backups, on_line=self.exits.feed)
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
         self.metrics_public = settings.metrics_public
@@ -244,7 +249,48 @@ class MachineRuntime:
                 last_reap = now
             if infos is not None and not self._stop.is_set():
                 self._revive(infos)
+            for exited in self.exits.take():
+                self._exited(exited)
             time.sleep(self.settings.poll_seconds)
+
+    def _exited(self, exited: Exit) -> None:
+        """Say that a program exited unexpectedly (supervisor starts it again), and hand
+        a worker's jobs back now rather than when their leases run out."""
+        name = exited.program
+        said = self._error_line(name)
+        logger.warning("%s exited unexpectedly (%s)%s; %d unexpected exits in the last %g "
+                       "minutes", name, exited.how, f": {said}" if said else "",
+                       len(self.exits.recent(name)), self.exits.window_seconds / 60,
+                       extra={"event": "machine_program_exited", "program": name})
+        spec = self.plan.program(name)
+        if spec.role == WORKER and spec.worker_id:
+            self._safely(self._hand_back, name, spec.worker_id, exited.how)
+
+    def _hand_back(self, name: str, worker_id: str, how: str) -> None:
+        """Requeue the jobs ``worker_id``'s dead processes held (``hand_back_jobs``).
+
+        The cutoff is the start of the program's current process (supervisor's whole
+        seconds, rounded down), or supervisor's clock now when none runs: any later
+        process starts after it. It is turned into Redis's clock, which stamps
+        ``assigned_at``, by the offset of the two clocks read here.
+        """
+        try:
+            info = self.supervisord.client.process(name)
+        except MachineError:
+            return  # supervisord stopping: the leases bring the jobs back
+        host_s = int(info.get("start") or 0) if info.get("pid") else int(info.get("now") or 0)
+        if not host_s:
+            return
+        redis_ms = redis_now_ms(self.redis)
+        offset_ms = redis_ms - int(time.time() * 1000)  # read after: errs towards earlier
+        before_ms = host_s * 1000 + offset_ms - CLOCK_MARGIN_MS
+        jobs = hand_back_jobs(self.redis, worker_id, before_ms,
+                              f"worker process exited ({how})")
+        if jobs:
+            logger.warning("%s: %d jobs of its dead process returned to pending: %s", name,
+                           len(jobs), ", ".join(jobs),
+                           extra={"event": "machine_jobs_handed_back", "program": name,
+                                  "requeued_jobs": jobs})
 
     def _revive(self, infos: Mapping[str, Mapping[str, Any]]) -> None:
         """Start again programs supervisor gave up on, once per ``revive_seconds`` each.
@@ -275,15 +321,20 @@ class MachineRuntime:
         """Why ``name`` kept exiting: the error line its last process wrote (a worker's
         one-line refusal), else supervisor's own words (its exit status in a FATAL
         process's info is not the last exit's: 0 was seen for workers that exited 1)."""
+        said = self._error_line(name)
+        if said is None:
+            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
+        return said
+
+    def _error_line(self, name: str) -> str | None:
+        """The last ``Error:`` line of ``name``'s log (a worker's one-line refusal)."""
         try:
             lines = [line.strip() for line in self.supervisord.client.tail(name, 20)
                      if line.strip()]
-        except Exception:  # supervisord busy or stopping: say what supervisor said
-            lines = []
+        except Exception:  # supervisord busy or stopping: no line to quote
+            return None
         said = next((line for line in reversed(lines) if line.startswith("Error:")), None)
-        if said is None:
-            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
-        return said[:MAX_REASON_CHARS]
+        return said[:MAX_REASON_CHARS] if said else None
 
     def _read_processes(self) -> dict[str, dict[str, Any]] | None:
         try:
