@@ -18,8 +18,10 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-#: supervisord's line for an exit it did not expect (its ``process.finish``).
-EXIT_LINE = re.compile(r"\bexited: (?P<name>\S+) \((?P<how>.+); not expected\)\s*$")
+#: supervisord's line for an exit it did not expect (its ``process.finish``), after its
+#: local time stamp ("2026-12-03 16:24:38,870 WARN ").
+EXIT_LINE = re.compile(r"^(?:(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) )?"
+                       r".*\bexited: (?P<name>\S+) \((?P<how>.+); not expected\)\s*$")
 #: How far back ``recent`` looks, seconds.
 WINDOW_SECONDS = 300.0
 #: Exits kept per program for ``recent``, at most.
@@ -29,11 +31,14 @@ KEPT = 100
 @dataclass(frozen=True)
 class Exit:
     """One unexpected exit: the program, how it ended ("terminated by SIGKILL",
-    "exit status 1") and when it was seen (monotonic seconds)."""
+    "exit status 1"), when it was seen (monotonic seconds) and when supervisord saw
+    it (``wall``, epoch seconds of its line's stamp: after the process died, before
+    supervisord started the next one; the time it was read when the line has none)."""
 
     program: str
     how: str
     at: float
+    wall: float
 
 
 class ExitLog:
@@ -53,7 +58,7 @@ class ExitLog:
         match = EXIT_LINE.search(text)
         if match is None or match["name"] not in self._seen:
             return None
-        found = Exit(match["name"], match["how"], time.monotonic())
+        found = Exit(match["name"], match["how"], time.monotonic(), _stamp(match))
         with self._lock:
             self._new.append(found)
             self._seen[found.program].append(found)
@@ -71,3 +76,14 @@ class ExitLog:
         since = time.monotonic() - self.window_seconds
         with self._lock:
             return [e for e in self._seen.get(program, ()) if e.at >= since]
+
+
+def _stamp(match: re.Match[str]) -> float:
+    """Epoch seconds of supervisord's local time stamp, or now when there is none."""
+    if match["stamp"]:
+        try:
+            return time.mktime(time.strptime(match["stamp"], "%Y-%m-%d %H:%M:%S")) + int(
+                match["ms"]) / 1000
+        except (ValueError, OverflowError):
+            pass
+    return time.time()

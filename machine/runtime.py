@@ -57,8 +57,6 @@ from machine.views import not_ready, process_fields, program_views
 logger = logging.getLogger("emp.machine")
 #: Most characters of a program's error line quoted in the machine's log.
 MAX_REASON_CHARS = 500
-#: Taken off the cutoff of a dead worker's jobs (``_hand_back``): Redis's TIME in ms.
-CLOCK_MARGIN_MS = 100
 
 
 class MachineRuntime:
@@ -264,28 +262,23 @@ class MachineRuntime:
                        extra={"event": "machine_program_exited", "program": name})
         spec = self.plan.program(name)
         if spec.role == WORKER and spec.worker_id:
-            self._safely(self._hand_back, name, spec.worker_id, exited.how)
+            self._safely(self._hand_back, exited, spec.worker_id)
 
-    def _hand_back(self, name: str, worker_id: str, how: str) -> None:
-        """Requeue the jobs ``worker_id``'s dead processes held (``hand_back_jobs``).
+    def _hand_back(self, exited: Exit, worker_id: str) -> None:
+        """Requeue the jobs ``worker_id``'s dead process held (``hand_back_jobs``).
 
-        The cutoff is the start of the program's current process (supervisor's whole
-        seconds, rounded down), or supervisor's clock now when none runs: any later
-        process starts after it. It is turned into Redis's clock, which stamps
-        ``assigned_at``, by the offset of the two clocks read here.
+        The cutoff is when supervisord saw the exit: after the process died, before it
+        started the next one (which claims nothing before it has started, registered
+        and asked). It is turned into Redis's clock, which stamps ``assigned_at``, by
+        the offset of the two clocks read here (this host's read after Redis's, so the
+        offset errs towards an earlier cutoff, never a later one).
         """
-        try:
-            info = self.supervisord.client.process(name)
-        except MachineError:
-            return  # supervisord stopping: the leases bring the jobs back
-        host_s = int(info.get("start") or 0) if info.get("pid") else int(info.get("now") or 0)
-        if not host_s:
-            return
+        name = exited.program
         redis_ms = redis_now_ms(self.redis)
-        offset_ms = redis_ms - int(time.time() * 1000)  # read after: errs towards earlier
-        before_ms = host_s * 1000 + offset_ms - CLOCK_MARGIN_MS
+        offset_ms = redis_ms - int(time.time() * 1000)
+        before_ms = int(exited.wall * 1000) + offset_ms
         jobs = hand_back_jobs(self.redis, worker_id, before_ms,
-                              f"worker process exited ({how})")
+                              f"worker process exited ({exited.how})")
         if jobs:
             logger.warning("%s: %d jobs of its dead process returned to pending: %s", name,
                            len(jobs), ", ".join(jobs),

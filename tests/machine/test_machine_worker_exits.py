@@ -49,10 +49,12 @@ def test_a_killed_workers_job_is_handed_back_at_once(start_machine, app) -> None
         return [e for e in job_events(job.id, app=app) if e["event"] == "job_requeued"]
 
     events = wait_for(requeued, timeout=60, message="the job to be requeued")
+    requeued_after = time.monotonic() - killed_at
     again = wait_for(lambda: (r := get_job(job.id, app=app))["status"] in (
         "assigned", "in_progress") and int(r["attempts"]) == 2 and r, timeout=60,
         message="the job to be claimed again")
-    print(f"job claimed again {time.monotonic() - killed_at:.1f}s after the SIGKILL")
+    print(f"job requeued {requeued_after:.1f}s and claimed again "
+          f"{time.monotonic() - killed_at:.1f}s after the SIGKILL")
     assert "worker process exited (terminated by SIGKILL)" in json.dumps(events[0]["data"])
     assert again["worker_id"] == "box-k-simulation-0"
     said = wait_for(lambda: machine_lines(machine, "machine_program_exited"), timeout=30,
