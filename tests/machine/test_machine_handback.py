@@ -8,11 +8,11 @@ only jobs assigned before the exit are the dead process's.
 from __future__ import annotations
 
 import redis
+from machine_helpers import wait_until
 from test_machine_reaper import running_job
 
 from capability_router.functions import QueueFunctions, redis_now_ms
 from machine.handback import hand_back_jobs
-from machine_helpers import wait_until
 
 REASON = "worker process exited (terminated by SIGKILL)"
 
