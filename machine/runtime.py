@@ -95,6 +95,8 @@ class MachineRuntime:
         self._infos_lock = threading.Lock()
         self._published = False
         self._fatal_since: dict[str, float] = {}
+        #: How each program's last unexpected exit went, with its error line, for /ready.
+        self._last_exit: dict[str, str] = {}
         self._redis_down_since: float | None = None
         self._redis_warned = 0.0
         #: Set when supervisord died under the machine (``emp machine`` then exits 1).
@@ -256,6 +258,7 @@ class MachineRuntime:
         a worker's jobs back now rather than when their leases run out."""
         name = exited.program
         said = self._error_line(name)
+        self._last_exit[name] = f"{exited.how}: {said}" if said else exited.how
         logger.warning("%s exited unexpectedly (%s)%s; %d unexpected exits in the last %g "
                        "minutes", name, exited.how, f": {said}" if said else "",
                        len(self.exits.recent(name)), self.exits.window_seconds / 60,
@@ -445,9 +448,24 @@ class MachineRuntime:
             views = self._views()
         except MachineError as exc:
             return False, {"ready": False, "machine_id": self.machine_id, "error": str(exc)}
-        waiting = not_ready(views)
+        waiting = [self._exiting(entry) for entry in not_ready(views)]
         return not waiting, {"ready": not waiting, "machine_id": self.machine_id,
                              "programs": len(views), "not_ready": waiting}
+
+    def _exiting(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A not-ready entry, its reason saying so when the program exited unexpectedly
+        lately: a worker dying after its start period is never FATAL, and "has not
+        registered in Redis yet" hid a crash loop."""
+        exits = len(self.exits.recent(entry["name"]))
+        if not exits:
+            return entry
+        role = self.plan.program(entry["name"]).role
+        minutes = f"{self.exits.window_seconds / 60:g}"
+        last = self._last_exit.get(entry["name"]) or self.exits.recent(entry["name"])[-1].how
+        reason = (f"{role} keeps exiting: {exits} unexpected exits in the last {minutes} "
+                  f"minutes, supervisor restarts it (last: {last})" if exits > 1 else
+                  f"{role} exited unexpectedly ({last}); supervisor restarts it")
+        return {**entry, "reason": reason, "unexpected_exits": exits}
 
     def status(self) -> dict[str, Any]:
         """What ``/status`` answers and ``/metrics`` is made of (``machine.metrics``)."""

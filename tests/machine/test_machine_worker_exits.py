@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from test_machine_runtime import wait_for
 
+from emp_tasks.local_redis import free_port
 from emp_tasks.producer import get_job, job_events, submit
 
 
@@ -62,3 +63,31 @@ def test_a_killed_workers_job_is_handed_back_at_once(start_machine, app) -> None
     assert said[0]["message"].startswith(
         "simulation-0 exited unexpectedly (terminated by SIGKILL)"), said
     assert len(said) == 1, said
+
+
+@pytest.mark.timeout(240)
+def test_a_slowly_crash_looping_worker_is_said_and_not_ready_says_why(start_machine) -> None:  # noqa: ANN001
+    """Tried: a ComfyUI worker whose ComfyUI is absent (startup wait of 1 s), so each of
+    its processes exits 2 with an ``Error:`` line, too late for supervisor to ever mark
+    it FATAL. Before, the machine printed nothing while its restarts climbed, and
+    ``/ready`` said "worker is STARTING" or "worker has not registered in Redis yet".
+    Now each exit is one line of the machine's (name, exit status, the error line) and
+    ``/ready`` says the worker keeps exiting."""
+    machine = start_machine("box-loop", WORKERS="comfyui:auto", EMP_MOCK_GPUS="1",
+                            COMFYUI_BASE_PORT=str(free_port()),
+                            EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS="1")
+    machine.wait_up()
+
+    def keeps_exiting() -> dict[str, Any] | None:
+        reply = machine.get("/ready")
+        waiting = reply.json().get("not_ready") or [{}]
+        return waiting[0] if "keeps exiting" in waiting[0].get("reason", "") else None
+
+    entry = wait_for(keeps_exiting, timeout=120, message="/ready to say the worker keeps exiting")
+    assert entry["name"] == "comfyui-0" and entry["unexpected_exits"] >= 2, entry
+    assert entry["reason"].startswith("worker keeps exiting: "), entry
+    assert "(last: exit status 2: Error: " in entry["reason"], entry
+    said = machine_lines(machine, "machine_program_exited")
+    assert said and said[0]["message"].startswith(
+        "comfyui-0 exited unexpectedly (exit status 2): Error: "), said
+    assert "ComfyUI at http://127.0.0.1:" in said[0]["message"], said
