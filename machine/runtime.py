@@ -50,11 +50,13 @@ from machine.status import (
     read_machine,
     redis_now_ms,
 )
-from machine.supervision import Supervisord, remove_old_output
+from machine.supervision import Supervisord, remove_old_output, tail_file
 from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
 
 logger = logging.getLogger("emp.machine")
+#: The name under which ``/logs`` serves supervisord's own log.
+SUPERVISORD = "supervisord"
 #: Most characters of a program's error line quoted in the machine's log.
 MAX_REASON_CHARS = 500
 
@@ -436,7 +438,8 @@ class MachineRuntime:
                 "uptime_seconds": self.uptime_seconds()}
 
     def program_names(self) -> list[str]:
-        return [spec.name for spec in self.plan.programs]
+        """What ``/logs`` serves: the programs, and supervisord's own log."""
+        return [spec.name for spec in self.plan.programs] + [SUPERVISORD]
 
     def _views(self) -> list[dict[str, Any]]:
         infos = {info["name"]: info for info in self.supervisord.client.processes()}
@@ -499,6 +502,10 @@ class MachineRuntime:
         }
 
     def tail(self, name: str, lines: int) -> list[str]:
+        """A program's log tail, or supervisord's own (``logs/supervisord.log``: starts,
+        exits, restarts of every program) for ``supervisord``."""
+        if name == SUPERVISORD:
+            return tail_file(self.files.supervisord_log, lines)
         return self.supervisord.client.tail(self.plan.program(name).name, lines)
 
     def restart(self, name: str) -> dict[str, Any]:

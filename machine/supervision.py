@@ -144,6 +144,19 @@ class SupervisorClient:
         self._call("shutdown")
 
 
+def tail_file(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file (at most ``MAX_TAIL_BYTES`` of its end);
+    [] when it does not exist yet."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - MAX_TAIL_BYTES))
+            found = file.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return found[-lines:] if lines else []
+
+
 class OutputCopy:
     """Copy supervisord's output from a pipe to a log file rotated like the programs' logs.
 

@@ -91,3 +91,21 @@ def test_a_slowly_crash_looping_worker_is_said_and_not_ready_says_why(start_mach
     assert said and said[0]["message"].startswith(
         "comfyui-0 exited unexpectedly (exit status 2): Error: "), said
     assert "ComfyUI at http://127.0.0.1:" in said[0]["message"], said
+
+
+@pytest.mark.timeout(180)
+def test_supervisords_log_is_served_behind_the_token(start_machine) -> None:  # noqa: ANN001
+    """Tried: ``GET /logs/supervisord`` (the README names ``logs/supervisord.log``, where
+    supervisord says which program exited how). Before: 404 "unknown service". Now its
+    tail, behind the same token as the programs' logs."""
+    machine = start_machine("box-slog", EMP_MOCK_GPUS="1", EMP_HEALTH_TOKEN="t0ken")
+    machine.wait_ready()
+    assert machine.get("/logs/supervisord").status_code == 401
+    reply = machine.get("/logs/supervisord?lines=200",
+                        headers={"Authorization": "Bearer t0ken"})
+    assert reply.status_code == 200, reply.text
+    lines = reply.json()["lines"]
+    assert any("supervisord started with pid" in line for line in lines), lines
+    assert any("spawned: 'simulation-0'" in line for line in lines), lines
+    assert len(machine.get("/logs/supervisord?lines=1", headers={
+        "Authorization": "Bearer t0ken"}).json()["lines"]) == 1
