@@ -88,8 +88,8 @@ def mock_gpus(env: Mapping[str, str]) -> GpuInventory:
     except ValueError:
         count = -1
     if not 0 <= count <= MAX_MOCK_GPUS:
-        raise MachineError(f"EMP_MOCK_GPUS must be a whole number from 0 to {MAX_MOCK_GPUS} "
-                           f"(0-{MAX_MOCK_GPUS}), got {raw_count!r}")
+        raise MachineError(f"EMP_MOCK_GPUS must be a whole number from 0 to {MAX_MOCK_GPUS}, "
+                           f"got {raw_count!r}")
     try:
         memory = float(raw_memory or MOCK_MEMORY_GB)
     except ValueError:
