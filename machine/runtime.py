@@ -438,8 +438,7 @@ class MachineRuntime:
                 "uptime_seconds": self.uptime_seconds()}
 
     def program_names(self) -> list[str]:
-        """What ``/logs`` serves: the programs, and supervisord's own log."""
-        return [spec.name for spec in self.plan.programs] + [SUPERVISORD]
+        return [spec.name for spec in self.plan.programs]
 
     def _views(self) -> list[dict[str, Any]]:
         infos = {info["name"]: info for info in self.supervisord.client.processes()}
