@@ -81,18 +81,22 @@ def detect_gpus(environ: Mapping[str, str] | None = None) -> GpuInventory:
 
 def mock_gpus(env: Mapping[str, str]) -> GpuInventory:
     """Mock GPUs from ``EMP_MOCK_GPUS`` / ``EMP_MOCK_GPU_MEMORY_GB`` / ``EMP_MOCK_GPU_MODEL``."""
+    raw_count, raw_memory = env["EMP_MOCK_GPUS"], env.get("EMP_MOCK_GPU_MEMORY_GB")
+    # One message per setting: the one that is wrong, with only its own value.
     try:
-        count = int(env["EMP_MOCK_GPUS"])
-        memory = float(env.get("EMP_MOCK_GPU_MEMORY_GB") or MOCK_MEMORY_GB)
+        count = int(raw_count)
     except ValueError:
-        raise MachineError("EMP_MOCK_GPUS must be an integer and EMP_MOCK_GPU_MEMORY_GB a "
-                           f"number, got {env.get('EMP_MOCK_GPUS')!r}, "
-                           f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}") from None
-    if not 0 <= count <= MAX_MOCK_GPUS or not 0 < memory < float("inf"):  # NaN, inf: any job
-        raise MachineError(f"EMP_MOCK_GPUS must be 0-{MAX_MOCK_GPUS} and "
-                           "EMP_MOCK_GPU_MEMORY_GB a finite number > 0, got "
-                           f"{env.get('EMP_MOCK_GPUS')!r}, "
-                           f"{env.get('EMP_MOCK_GPU_MEMORY_GB')!r}")
+        count = -1
+    if not 0 <= count <= MAX_MOCK_GPUS:
+        raise MachineError(f"EMP_MOCK_GPUS must be a whole number from 0 to {MAX_MOCK_GPUS}, "
+                           f"got {raw_count!r}")
+    try:
+        memory = float(raw_memory or MOCK_MEMORY_GB)
+    except ValueError:
+        memory = float("nan")
+    if not 0 < memory < float("inf"):  # NaN, inf: a GPU that serves any job
+        raise MachineError(f"EMP_MOCK_GPU_MEMORY_GB must be a finite number > 0 (GB per mock "
+                           f"GPU), got {raw_memory!r}")
     model = env.get("EMP_MOCK_GPU_MODEL") or MOCK_MODEL
     memory_gb = int(memory) if memory.is_integer() else memory
     return GpuInventory("mock", [Gpu(i, model, memory_gb, f"MOCK-GPU-{i}") for i in range(count)])

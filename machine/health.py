@@ -9,7 +9,8 @@
   profile, status with its reason, and current jobs from the registry),
   services, uptime, log shipping.
 - ``GET /metrics``: the ``/status`` figures as Prometheus series (``machine.metrics``).
-- ``GET /logs/<service>?lines=N``: the tail of a program's log (N <= 10000, default 100).
+- ``GET /logs/<service>?lines=N``: the tail of a program's log, or of supervisord's own
+  (``supervisord``: which program exited how) (N <= 10000, default 100).
 - ``POST /restart/<service>``: restart a program through supervisor; 503 with
   supervisor's error when it cannot start (e.g. it exits at once).
 

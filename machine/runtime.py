@@ -30,7 +30,9 @@ from machine import usage
 from machine.counters import ENV as COUNTERS_ENV
 from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
 from machine.errors import MachineError
+from machine.exits import Exit, ExitLog
 from machine.gpus import GpuInventory, detect_gpus
+from machine.handback import hand_back_jobs
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import WORKER, MachinePlan, build_plan
@@ -48,11 +50,13 @@ from machine.status import (
     read_machine,
     redis_now_ms,
 )
-from machine.supervision import Supervisord, remove_old_output
+from machine.supervision import Supervisord, remove_old_output, tail_file
 from machine.supervisor_conf import RunFiles, write_config
 from machine.views import not_ready, process_fields, program_views
 
 logger = logging.getLogger("emp.machine")
+#: The name under which ``/logs`` serves supervisord's own log.
+SUPERVISORD = "supervisord"
 #: Most characters of a program's error line quoted in the machine's log.
 MAX_REASON_CHARS = 500
 
@@ -76,8 +80,9 @@ class MachineRuntime:
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
         self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
                                  health_check_interval=30)
+        self.exits = ExitLog(spec.name for spec in self.plan.programs)
         self.supervisord = Supervisord(self.files, self.child_env(), settings.log_max_bytes,
-                                       settings.log_backups)
+                                       settings.log_backups, on_line=self.exits.feed)
         self.health: HealthServer | None = None
         self.health_token = settings.health_token
         self.metrics_public = settings.metrics_public
@@ -92,6 +97,8 @@ class MachineRuntime:
         self._infos_lock = threading.Lock()
         self._published = False
         self._fatal_since: dict[str, float] = {}
+        #: How each program's last unexpected exit went, with its error line, for /ready.
+        self._last_exit: dict[str, str] = {}
         self._redis_down_since: float | None = None
         self._redis_warned = 0.0
         #: Set when supervisord died under the machine (``emp machine`` then exits 1).
@@ -244,7 +251,44 @@ class MachineRuntime:
                 last_reap = now
             if infos is not None and not self._stop.is_set():
                 self._revive(infos)
+            for exited in self.exits.take():
+                self._exited(exited)
             time.sleep(self.settings.poll_seconds)
+
+    def _exited(self, exited: Exit) -> None:
+        """Say that a program exited unexpectedly (supervisor starts it again), and hand
+        a worker's jobs back now rather than when their leases run out."""
+        name = exited.program
+        said = self._error_line(name)
+        self._last_exit[name] = f"{exited.how}: {said}" if said else exited.how
+        logger.warning("%s exited unexpectedly (%s)%s; %d unexpected exits in the last %g "
+                       "minutes", name, exited.how, f": {said}" if said else "",
+                       len(self.exits.recent(name)), self.exits.window_seconds / 60,
+                       extra={"event": "machine_program_exited", "program": name})
+        spec = self.plan.program(name)
+        if spec.role == WORKER and spec.worker_id:
+            self._safely(self._hand_back, exited, spec.worker_id)
+
+    def _hand_back(self, exited: Exit, worker_id: str) -> None:
+        """Requeue the jobs ``worker_id``'s dead process held (``hand_back_jobs``).
+
+        The cutoff is when supervisord saw the exit: after the process died, before it
+        started the next one (which claims nothing before it has started, registered
+        and asked). It is turned into Redis's clock, which stamps ``assigned_at``, by
+        the offset of the two clocks read here (this host's read after Redis's, so the
+        offset errs towards an earlier cutoff, never a later one).
+        """
+        name = exited.program
+        redis_ms = redis_now_ms(self.redis)
+        offset_ms = redis_ms - int(time.time() * 1000)
+        before_ms = int(exited.wall * 1000) + offset_ms
+        jobs = hand_back_jobs(self.redis, worker_id, before_ms,
+                              f"worker process exited ({exited.how})")
+        if jobs:
+            logger.warning("%s: %d jobs of its dead process returned to pending: %s", name,
+                           len(jobs), ", ".join(jobs),
+                           extra={"event": "machine_jobs_handed_back", "program": name,
+                                  "requeued_jobs": jobs})
 
     def _revive(self, infos: Mapping[str, Mapping[str, Any]]) -> None:
         """Start again programs supervisor gave up on, once per ``revive_seconds`` each.
@@ -275,15 +319,20 @@ class MachineRuntime:
         """Why ``name`` kept exiting: the error line its last process wrote (a worker's
         one-line refusal), else supervisor's own words (its exit status in a FATAL
         process's info is not the last exit's: 0 was seen for workers that exited 1)."""
+        said = self._error_line(name)
+        if said is None:
+            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
+        return said
+
+    def _error_line(self, name: str) -> str | None:
+        """The last ``Error:`` line of ``name``'s log (a worker's one-line refusal)."""
         try:
             lines = [line.strip() for line in self.supervisord.client.tail(name, 20)
                      if line.strip()]
-        except Exception:  # supervisord busy or stopping: say what supervisor said
-            lines = []
+        except Exception:  # supervisord busy or stopping: no line to quote
+            return None
         said = next((line for line in reversed(lines) if line.startswith("Error:")), None)
-        if said is None:
-            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
-        return said[:MAX_REASON_CHARS]
+        return said[:MAX_REASON_CHARS] if said else None
 
     def _read_processes(self) -> dict[str, dict[str, Any]] | None:
         try:
@@ -401,9 +450,24 @@ class MachineRuntime:
             views = self._views()
         except MachineError as exc:
             return False, {"ready": False, "machine_id": self.machine_id, "error": str(exc)}
-        waiting = not_ready(views)
+        waiting = [self._exiting(entry) for entry in not_ready(views)]
         return not waiting, {"ready": not waiting, "machine_id": self.machine_id,
                              "programs": len(views), "not_ready": waiting}
+
+    def _exiting(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A not-ready entry, its reason saying so when the program exited unexpectedly
+        lately: a worker dying after its start period is never FATAL, and "has not
+        registered in Redis yet" hid a crash loop."""
+        exits = len(self.exits.recent(entry["name"]))
+        if not exits:
+            return entry
+        role = self.plan.program(entry["name"]).role
+        minutes = f"{self.exits.window_seconds / 60:g}"
+        last = self._last_exit.get(entry["name"]) or self.exits.recent(entry["name"])[-1].how
+        reason = (f"{role} keeps exiting: {exits} unexpected exits in the last {minutes} "
+                  f"minutes, supervisor restarts it (last: {last})" if exits > 1 else
+                  f"{role} exited unexpectedly ({last}); supervisor restarts it")
+        return {**entry, "reason": reason, "unexpected_exits": exits}
 
     def status(self) -> dict[str, Any]:
         """What ``/status`` answers and ``/metrics`` is made of (``machine.metrics``)."""
@@ -437,6 +501,10 @@ class MachineRuntime:
         }
 
     def tail(self, name: str, lines: int) -> list[str]:
+        """A program's log tail, or supervisord's own (``logs/supervisord.log``: starts,
+        exits, restarts of every program) for ``supervisord``."""
+        if name == SUPERVISORD:
+            return tail_file(self.files.supervisord_log, lines)
         return self.supervisord.client.tail(self.plan.program(name).name, lines)
 
     def restart(self, name: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import threading
 import time
 import xmlrpc.client
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -144,6 +144,19 @@ class SupervisorClient:
         self._call("shutdown")
 
 
+def tail_file(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file (at most ``MAX_TAIL_BYTES`` of its end);
+    [] when it does not exist yet."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - MAX_TAIL_BYTES))
+            found = file.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return found[-lines:] if lines else []
+
+
 class OutputCopy:
     """Copy supervisord's output from a pipe to a log file rotated like the programs' logs.
 
@@ -159,8 +172,10 @@ class OutputCopy:
     """
 
     def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES,
-                 backups: int = LOG_BACKUPS) -> None:
+                 backups: int = LOG_BACKUPS,
+                 on_line: Callable[[bytes], object] | None = None) -> None:
         self.path = path
+        self.on_line = on_line
         self.max_bytes = max_bytes
         self.backups = backups
         self.dropped_bytes = 0
@@ -215,6 +230,7 @@ class OutputCopy:
                     if len(pending) > MAX_LINE_BYTES:
                         lines, pending = [*lines, pending], b""
                     for line in lines:
+                        self._heard(line)
                         self._put(line + b"\n")
             if pending:
                 self._put(pending)
@@ -222,6 +238,15 @@ class OutputCopy:
             with self._ready:
                 self._queue.append(None)
                 self._ready.notify()
+
+    def _heard(self, line: bytes) -> None:
+        """Show ``line`` to ``on_line`` (the machine's exit log); nothing it raises stops
+        the copy."""
+        if self.on_line is not None:
+            try:
+                self.on_line(line)
+            except Exception:  # noqa: BLE001 - the pipe must be drained whatever happens
+                logger.debug("on_line failed", exc_info=True)
 
     def _put(self, line: bytes) -> None:
         """Queue ``line``, or drop it while the writer is ``QUEUE_BYTES`` behind.
@@ -339,15 +364,17 @@ class Supervisord:
 
     :param log_max_bytes: size at which ``logs/supervisord.log`` rotates (0: never).
     :param log_backups: rotated copies of it kept.
+    :param on_line: called with each line of its output (``ExitLog.feed``).
     """
 
     def __init__(self, files: RunFiles, env: Mapping[str, str],
-                 log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS) -> None:
+                 log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
+                 on_line: Callable[[bytes], object] | None = None) -> None:
         self.files = files
         self.env = dict(env)
         self.client = SupervisorClient(files.socket)
         self.process: subprocess.Popen[bytes] | None = None
-        self.output = OutputCopy(files.supervisord_log, log_max_bytes, log_backups)
+        self.output = OutputCopy(files.supervisord_log, log_max_bytes, log_backups, on_line)
 
     def claim_socket(self) -> None:
         """Remove a socket left by a dead supervisord; MachineError if a live one serves it."""

@@ -50,3 +50,26 @@ def test_a_setting_its_workers_would_refuse_stops_the_machine_in_one_line(
     assert read_machine(client, "box-pre") is None
     assert not (machine.run_dir / "supervisord.conf").exists()
 
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("env, said", [
+    ({"EMP_MOCK_GPUS": "-1"}, "Error: EMP_MOCK_GPUS must be a whole number from 0 to 64, "
+                              "got '-1'"),
+    ({"EMP_MOCK_GPUS": "two"}, "Error: EMP_MOCK_GPUS must be a whole number from 0 to 64, "
+                               "got 'two'"),
+    ({"EMP_MOCK_GPUS": "1", "EMP_MOCK_GPU_MEMORY_GB": "nan"},
+     "Error: EMP_MOCK_GPU_MEMORY_GB must be a finite number > 0 (GB per mock GPU), "
+     "got 'nan'"),
+])
+def test_a_bad_mock_gpu_setting_is_one_line_naming_that_setting(
+        start_machine, env: dict[str, str], said: str) -> None:  # noqa: ANN001
+    """Tried: ``EMP_MOCK_GPUS=-1 emp machine``. Before: "EMP_MOCK_GPUS must be 0-64 and
+    EMP_MOCK_GPU_MEMORY_GB a finite number > 0, got '-1', None", both settings in one
+    message with the unset one's None. Now the line names the setting that is wrong,
+    with its own value only."""
+    machine = start_machine("box-mock", **env)
+    code = machine.process.wait(timeout=60)
+    output = machine.tail()
+    assert code == 1, output
+    assert output.strip().splitlines()[-1] == said, output
