@@ -24,15 +24,24 @@ class JobCancelled(EmpError):
     """Raised inside a task whose job was cancelled while it ran."""
 
 
-class RetryRefused(EmpError):
-    """A retry the job record refused (the attempt was taken away, or the job ended)."""
+class _RefusedByRecord(EmpError):
+    """A step of a run the job record refused (the attempt was taken away, or the job
+    ended); ``action`` names the step."""
+
+    action = "step"
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(job_id, status)
         self.job_id, self.status = job_id, status
 
     def __str__(self) -> str:
-        return f"retry of job {self.job_id!r} refused: the job is {self.status}"
+        return f"{self.action} of job {self.job_id!r} refused: the job is {self.status}"
+
+
+class RetryRefused(_RefusedByRecord):
+    """A retry the job record refused (the attempt was taken away, or the job ended)."""
+
+    action = "retry"
 
 
 class QueueGaveUp(EmpError):
@@ -46,15 +55,10 @@ class ReplaceUnsupported(EmpError, NotImplementedError):
     another job's run. Raised before anything is written."""
 
 
-class ReplaceRefused(EmpError):
+class ReplaceRefused(_RefusedByRecord):
     """A replace the job record refused (the attempt was taken away, or the job ended)."""
 
-    def __init__(self, job_id: str, status: str) -> None:
-        super().__init__(job_id, status)
-        self.job_id, self.status = job_id, status
-
-    def __str__(self) -> str:
-        return f"replace of job {self.job_id!r} refused: the job is {self.status}"
+    action = "replace"
 
 
 class LibraryError(EmpError):

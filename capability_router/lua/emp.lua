@@ -732,6 +732,17 @@ local function class_job_ended(P, csig)
   end
 end
 
+-- A job filed again under another class (an escalation, a replace): counted in
+-- the new class (made if new) and out of the old one.
+local function move_to_class(P, old_csig, csig, class_json, fsig, family_json)
+  if csig == old_csig then
+    return
+  end
+  ensure_class(P, csig, class_json, fsig, family_json)
+  redis.call('HINCRBY', P .. 'live', csig, '1')
+  class_job_ended(P, old_csig)
+end
+
 -- A profile no worker has used for the retention: gone, with its entries.
 local function drop_profile(P, psig)
   local json = redis.call('HGET', P .. 'profiles', psig)
@@ -2094,11 +2105,7 @@ local function emp_replace(keys, args)
     end
   end
   local csig = args[5]
-  if csig ~= f[4] then
-    ensure_class(P, csig, args[6], args[7], args[8])
-    redis.call('HINCRBY', P .. 'live', csig, '1')
-    class_job_ended(P, f[4])
-  end
+  move_to_class(P, f[4], csig, args[6], args[7], args[8])
   add_load(P, f[8], -1)
   redis.call('HDEL', jk, unpack(REPLACED_LIST))
   local steps = f[6] and cjson.decode(f[6]) or {}
@@ -2171,11 +2178,7 @@ local function emp_escalate(keys, args)
   step.step = #steps + 1
   steps[#steps + 1] = step
   local csig = args[6]
-  if csig ~= f[4] then
-    ensure_class(P, csig, args[7], args[8], args[9])
-    redis.call('HINCRBY', P .. 'live', csig, '1')
-    class_job_ended(P, f[4])
-  end
+  move_to_class(P, f[4], csig, args[7], args[8], args[9])
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'class', csig,
     'requirements', args[5], 'escalations', cjson.encode(steps),
     'last_error', step.error or '', 'escalated_at', now)

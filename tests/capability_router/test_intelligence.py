@@ -327,6 +327,18 @@ def test_desired_machines_in_the_pools_view_the_gauge_and_the_redis_key(
     assert 'emp_pool_desired_machines{pool="heavy"} 0.0' in text
 
 
+def scaled_standard_with_six_pending(client: redis.Redis, monkeypatch, tmp_path) -> Path:
+    """The SCALED pools file in force (``EMP_POOLS_FILE``) and six jobs pending in
+    ``standard`` for 5 s with a minute of predicted work; the file's path."""
+    path = tmp_path / "pools.toml"
+    path.write_text(SCALED)
+    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
+    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
+    client.zadd(Keys("standard").status_index("pending"),
+                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    return path
+
+
 def test_the_desired_gauge_keeps_the_last_good_scaling_when_the_pools_file_breaks(
         client: redis.Redis, redis_server, tmp_path: Path, monkeypatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -337,12 +349,7 @@ def test_the_desired_gauge_keeps_the_last_good_scaling_when_the_pools_file_break
     the pools no worker serves vanished. Now the last good file is kept, and logged."""
     from webapp.monitor.metrics import QueueCollector
 
-    path = tmp_path / "pools.toml"
-    path.write_text(SCALED)
-    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
-    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
-    client.zadd(Keys("standard").status_index("pending"),
-                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    path = scaled_standard_with_six_pending(client, monkeypatch, tmp_path)
     registry = prometheus_client.CollectorRegistry()
     registry.register(QueueCollector(redis_server.url))
     text = prometheus_client.generate_latest(registry).decode()
@@ -377,12 +384,7 @@ def test_a_pool_removed_from_the_file_while_it_holds_jobs_desires_no_machines(
     and its waiting_reason says why its jobs wait and what to do."""
     from webapp.monitor.metrics import QueueCollector
 
-    path = tmp_path / "pools.toml"
-    path.write_text(SCALED)
-    monkeypatch.setenv("EMP_POOLS_FILE", str(path))
-    client.hset(Keys("standard").load, "unfinished_ms", 60_000)
-    client.zadd(Keys("standard").status_index("pending"),
-                {f"j{n}": time.time() * 1000 - 5000 for n in range(6)})
+    path = scaled_standard_with_six_pending(client, monkeypatch, tmp_path)
     client.sadd(NAMESPACES_KEY, "standard")  # as its jobs' enqueue does
     assert {p["name"]: p for p in pools_view(client, parse_pools(SCALED, str(path)))}[
         "standard"]["desired_machines"] == 3
