@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from capability_router.duration import duration_key, job_size
+from capability_router.errors import InvalidJob
 from capability_router.functions import (
     Claimed,
     QueueFunctions,
@@ -400,7 +401,12 @@ class Simulation:
                        priority=job.priority)
         predicted = 0.0
         if self.router:
-            self.router.route(spec, FEATURES.get(job.service), SIZE_FIELDS.get(job.service))
+            try:
+                self.router.route(spec, FEATURES.get(job.service),
+                                  SIZE_FIELDS.get(job.service))
+            except InvalidJob as exc:  # named, or the run stopped on a job nobody could find
+                raise InvalidJob(f"trace job {job.id!r} (service {job.service}, at "
+                                 f"{job.at:g} s): {exc}") from None
             self.count("router_decide")
             predicted = float(spec.routing.get("predicted_ms", 0)) / 1000
         pool = spec.pool if self.policy.pools else "default"

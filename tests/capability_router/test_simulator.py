@@ -198,6 +198,15 @@ def test_simulate_refuses_inputs_it_cannot_run_and_writes_strict_json(redis_serv
                           requirements={"hardware": {"gpu_memory_gb": "all"}})], whole)
     ran = simulate("--trace", str(whole), "--policies", "pools", "--out", str(tmp_path / "g"))
     assert ran.exit_code == 0, ran.output
+    # A job no pool can run stopped the run without naming the job (one of thousands).
+    unrunnable = tmp_path / "unrunnable.jsonl"
+    write_trace([TraceJob("ok1", 1.0, "text", 1.0),
+                 TraceJob("huge7", 2.0, "comfyui", 2.0,
+                          requirements={"hardware": {"gpu_memory_gb": 500}})], unrunnable)
+    stopped = simulate("--trace", str(unrunnable), "--policies", "pools",
+                       "--out", str(tmp_path / "u"))
+    assert stopped.exit_code == 2, stopped.output
+    assert "trace job 'huge7'" in stopped.output and "no pool can run" in stopped.output
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = tmp_path / "out"
