@@ -23,12 +23,12 @@ def test_cancel_consumer_takes_the_worker_out_of_the_pool(
     pool's ``workers`` zset, read by routing's pool load, and the registry's ``pools``,
     shown by the monitor) for as long as it ran."""
     start_worker("w1")
-    assert app.control.add_consumer("gpu", reply=True, timeout=10)
+    assert app.control.add_consumer("gpu", reply=True, timeout=10, limit=1)
     job = app.send_task("emp.echo", kwargs={"message": "hi"}, queue="gpu")
     assert job.get(timeout=60)
     assert client.zscore(Keys("gpu").workers, "w1") is not None
 
-    assert app.control.cancel_consumer("gpu", reply=True, timeout=10)
+    assert app.control.cancel_consumer("gpu", reply=True, timeout=10, limit=1)
     wait_for(lambda: client.zscore(Keys("gpu").workers, "w1") is None, timeout=30,
              message="the worker to leave pool gpu's live workers")
     assert "w1" not in idle_workers(client.zrange(Keys("gpu").idle, 0, -1))

@@ -182,9 +182,9 @@ def test_celerys_queue_option_names_the_jobs_pool(app, start_worker) -> None:
 def test_celery_remote_control_reaches_emp_workers(app, start_worker) -> None:
     """Fanout (pidbox) stays kombu's: `celery inspect` and Flower see the workers."""
     start_worker("inspectable")
-    replies = app.control.inspect(timeout=2).ping() or {}
+    replies = app.control.inspect(timeout=10, limit=1).ping() or {}
     assert any(name.startswith("inspectable@") for name in replies), replies
-    registered = app.control.inspect(timeout=2).registered() or {}
+    registered = app.control.inspect(timeout=10, limit=1).registered() or {}
     tasks = next(v for k, v in registered.items() if k.startswith("inspectable@"))
     assert "emp.echo" in tasks and "emp.simulation" in tasks
 
@@ -197,7 +197,7 @@ def test_inspect_stats_answers(app, start_worker, env) -> None:
     its claim gate, and encoding it failed ("Object of type partial is not JSON
     serializable", logged by the worker)."""
     start_worker("statsy", **env)
-    stats = app.control.inspect(timeout=5).stats() or {}
+    stats = app.control.inspect(timeout=10, limit=1).stats() or {}
     worker = next((v for k, v in stats.items() if k.startswith("statsy@")), None)
     assert worker is not None, stats
     assert worker["broker"]["transport"] == "capability_router.transport:Transport"
