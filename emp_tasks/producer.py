@@ -26,7 +26,7 @@ NUMBER_FIELDS = (
     "workflow_datetime", "current_step", "total_steps", "created_at", "assigned_at",
     "started_at", "completed_at", "failed_at", "cancelled_at", "retry_at", "lease_until",
     "updated_at", "service_releases", "unreceived", "released_at", "predicted_ms", "work_units",
-    "replaces", "replaced_at",
+    "replaces", "replaced_at", "replaced_retries",
 )
 
 

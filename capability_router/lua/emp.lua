@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '22'
+local VERSION = '23'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1199,7 +1199,8 @@ local GAVE_UP_KEPT = '9999'
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before', 'service_releases', 'retries', 'unreceived', 'replaces')
+    'attempts_before', 'service_releases', 'retries', 'unreceived', 'replaces',
+    'replaced_retries')
   if not ACTIVE[f[1]] then
     redis.call('ZREM', P .. 'leases', id)
     return false
@@ -1209,9 +1210,11 @@ local function return_to_pending(P, cfg, id, reason, now)
   -- ever-new attempt numbers) but gets its full allowance again. Attempts its
   -- service refused (emp_release) spent nothing either, nor claims their worker
   -- never received (emp_unclaim), nor those that ended in a retry (an outcome:
-  -- the task's max_retries bounds them, up to 100) or a replace (emp_replace).
+  -- the task's max_retries bounds them, up to 100; those of a task since replaced
+  -- are in replaced_retries) or a replace (emp_replace).
   if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
-      - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) >= cfg.max_attempts then
+      - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) - (tonumber(f[11]) or 0)
+      >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
     end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
       {worker_id = f[5], error = err, attempt = attempts}, now)
@@ -2071,10 +2074,13 @@ of REPLACED_FIELDS are taken, the others stay as the job has them
 The attempt's task replaced itself (Celery's ``Task.replace``): the same job
 goes back to pending running the replacement's message, filed under its class,
 at its old place. The replaced fields are cleared first (a routing estimate of
-the old task must not stay), the step (with from_service, to_service, attempt
-and at) is appended to the record's ``replaced`` JSON list and sent as a
+the old task must not stay), the step (with from_service, to_service, attempt,
+retries and at) is appended to the record's ``replaced`` JSON list and sent as a
 ``job_replaced`` event. Neither a retry nor an attempt of the crash allowance
-is spent (``replaces`` counts them). Returns 'delayed' or 'queued', or the
+is spent (``replaces`` counts them). The record's ``retries`` starts again at 0,
+as the replacement's Celery message does (its ``request.retries``): the replaced
+task's count goes to the step's ``retries`` and to ``replaced_retries``, so the
+attempts that ended in those retries still spend no crash allowance. Returns 'delayed' or 'queued', or the
 status that refused it (fencing); a refusal changes nothing. ]]
 -- The record fields a replacement brings (the rest stay the job's), as a list and a set.
 local REPLACED_LIST = {'service_required', 'payload', 'requirements', 'max_retries',
@@ -2089,7 +2095,7 @@ local function emp_replace(keys, args)
   local due = tonumber(args[3]) or 0
   local now = now_ms(args[10])
   local f, refused = fence(jk, attempt, 'worker_id', 'class', 'score', 'replaced',
-    'service_required', 'predicted_ms', 'created_at')
+    'service_required', 'predicted_ms', 'created_at', 'retries')
   if not f then
     return refused
   end
@@ -2113,12 +2119,17 @@ local function emp_replace(keys, args)
   step.from_service = f[7]
   step.to_service = service or f[7]
   step.attempt = tonumber(f[2])
+  step.retries = tonumber(f[10]) or 0
   step.at = tonumber(now)
   steps[#steps + 1] = step
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'class', csig,
     'message', args[4], 'replaced', cjson.encode(steps), 'replaced_at', now,
     'service_required', step.to_service, unpack(fields))
   redis.call('HINCRBY', jk, 'replaces', '1')
+  if step.retries > 0 then
+    redis.call('HINCRBY', jk, 'replaced_retries', string.format('%d', step.retries))
+  end
+  redis.call('HSET', jk, 'retries', '0')
   add_load(P, redis.call('HGET', jk, 'predicted_ms'), 1)
   if service and service ~= f[7] then
     if f[7] then
@@ -2431,7 +2442,8 @@ local function emp_resubmit(keys, args)
   add_load(P, redis.call('HGET', keys[2], 'predicted_ms'), 1)
   redis.call('HSET', keys[2], 'status', 'pending', 'attempts_before',
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
-    'unreceived', '0', 'replaces', '0', 'worker_id', '', 'resubmitted_at', now)
+    'unreceived', '0', 'replaces', '0', 'replaced_retries', '0', 'worker_id', '',
+    'resubmitted_at', now)
   redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
   redis.call('PERSIST', keys[2])
   if args[4] and args[4] ~= '' then

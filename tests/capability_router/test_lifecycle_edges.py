@@ -81,6 +81,7 @@ def test_a_replace_refiles_the_job_as_the_replacement_and_a_stale_one_changes_no
     assert record["customer_id"] == "acme" and record["message"] == json.dumps({"id": "r2"})
     assert json.loads(record["replaced"]) == [{**step, "from_service": "comfyui",
                                                "to_service": "simulation", "attempt": 1,
+                                               "retries": 0,
                                                "at": int(record["replaced_at"])}]
     assert queue.client.hmget(queue.keys.load, "unfinished_ms",
                               "unfinished") == ["0", "0"]
@@ -140,3 +141,35 @@ def test_a_resubmitted_job_counts_its_replaces_afresh(queue: QueueFunctions) -> 
     assert queue.fail("again", claimed.attempt, "boom") == "ok"
     assert queue.resubmit("again") == "pending"
     assert queue.client.hget(queue.keys.job("again"), "replaces") == "0"
+
+
+def test_a_replace_restarts_retries_at_zero_and_those_before_spend_no_attempt(
+    queue: QueueFunctions,
+) -> None:
+    """Tried: a job (max_retries 20) that retried 12 times, then was replaced, then its
+    worker died once, then it failed and was resubmitted. Before, the record's
+    ``retries`` kept counting (12) while Celery's message of the replacement starts at
+    0 (its ``request.retries``). Now the replace sets ``retries`` to 0, the step keeps
+    the 12 and ``replaced_retries`` adds them, so the death finds the ten-attempt crash
+    allowance unspent (pending, not given up); a resubmit clears ``replaced_retries``."""
+    queue.register_worker(ANY, now_ms=T)
+    queue.enqueue("rr", JobSpec(service="comfyui", max_retries=20), "{}", now_ms=T)
+    now = T
+    for _ in range(12):
+        now += 10
+        claimed = queue.claim(ANY.signature, "any", 1_000, now_ms=now)
+        assert queue.retry("rr", claimed.attempt, 0, "{}", "boom") == "queued"
+    claimed = queue.claim(ANY.signature, "any", 1_000, now_ms=now + 10)
+    assert queue.replace("rr", claimed.attempt, JobSpec(service="comfyui").header(), "{}",
+                         {"from_task": "a", "to_task": "b"}) == "queued"
+    record = queue.client.hgetall(queue.keys.job("rr"))
+    assert (record["retries"], record["replaced_retries"]) == ("0", "12"), record
+    assert json.loads(record["replaced"])[0]["retries"] == 12
+    claimed = queue.claim(ANY.signature, "any", 1_000, now_ms=now + 20)
+    assert isinstance(claimed, Claimed) and claimed.attempt == 14
+    queue.sweep(now_ms=now + 2_000)
+    assert queue.client.hget(queue.keys.job("rr"), "status") == "pending"  # not given up
+    claimed = queue.claim(ANY.signature, "any", 1_000, now_ms=now + 2_010)
+    assert queue.fail("rr", claimed.attempt, "boom") == "ok"
+    assert queue.resubmit("rr") == "pending"
+    assert queue.client.hget(queue.keys.job("rr"), "replaced_retries") == "0"

@@ -81,6 +81,29 @@ def replace_naming(self, **options):
 @shared_task(bind=True, name="test.replace_with_group", service="echo")
 def replace_with_group(self):
     raise self.replace(group(double.s(1), double.s(2)))
+
+
+def note_retries(task):
+    """Push "<task> <request.retries> <the record's retries>" for the test to read."""
+    record = client().hget("emp:{default}:job:" + task.request.id, "retries")
+    client().rpush("test:retries:" + task.request.id,
+                   f"{task.name} {task.request.retries} {record}")
+
+
+@shared_task(bind=True, name="test.retry_then_replace", service="echo", max_retries=5)
+def retry_then_replace(self):
+    note_retries(self)
+    if self.request.retries < 2:
+        raise self.retry(countdown=0)
+    raise self.replace(retry_once.s())
+
+
+@shared_task(bind=True, name="test.retry_once", service="echo", max_retries=1)
+def retry_once(self):
+    note_retries(self)
+    if self.request.retries < 1:
+        raise self.retry(countdown=0)
+    return self.request.retries
 '''
 
 
@@ -134,6 +157,32 @@ def test_a_replaced_job_returns_the_replacements_result_under_its_one_id(
         "job_replaced", "job_assigned", "job_started", "complete_job"], names
     replaced = dict(events_of(client, result.id))["job_replaced"]
     assert replaced["job_type"] == "simulation" and replaced["to_task"] == "test.tagged"
+
+
+@pytest.mark.timeout(180)
+def test_a_replacements_retries_count_from_zero_in_the_run_and_the_record(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: a job of ``test.retry_then_replace`` (max_retries 5) that retries twice,
+    then replaces itself with ``test.retry_once`` (max_retries 1), which retries once and
+    returns its ``self.request.retries``; each run notes its ``request.retries`` and the
+    record's ``retries``. As in Celery (the replacement is a new message), the
+    replacement's runs see 0, then 1. Before: the record kept counting across the
+    replace, saying 2 and 3 (and ``job_retrying`` said retries 3) while the run said 0
+    and 1. Now the record agrees with the run, the replace step keeps the replaced task's
+    2 retries, and the job's allowance of crashed attempts still leaves retries out."""
+    start_worker("w1", **replace_env)
+    result = producer_task(app, "test.retry_then_replace").apply_async()
+    assert result.get(timeout=60) == 1
+    assert client.lrange("test:retries:" + result.id, 0, -1) == [
+        "test.retry_then_replace 0 0", "test.retry_then_replace 1 1",
+        "test.retry_then_replace 2 2", "test.retry_once 0 0", "test.retry_once 1 1"]
+    record = get_job(result.id, app=app)
+    assert record["status"] == "completed" and record["retries"] == 1, record
+    assert record["max_retries"] == 1 and record["attempts"] == 5
+    assert [step["retries"] for step in record["replaced"]] == [2]
+    retrying = [data["retries"] for name, data in events_of(client, result.id)
+                if name == "job_retrying"]
+    assert retrying == [1, 2, 1]
 
 
 @pytest.mark.timeout(180)

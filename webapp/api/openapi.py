@@ -166,7 +166,9 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "payload": {"type": "object"},
                 "requirements": {"type": "object"},
                 "attempts": {"type": "integer"},
-                "retries": {"type": "integer"},
+                "retries": {"type": "integer", "description": (
+                    "Retries of the task it runs now (its request.retries); a replace "
+                    "starts them again at 0, as Celery's new message does.")},
                 "service_releases": {"type": "integer", "description": (
                     "Times its service refused it before it ran (a down or restarting "
                     "service): it went back to pending, spending no retry.")},
@@ -192,9 +194,12 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                 "replaced": {"type": "array", "items": {"type": "object"}, "description": (
                     "Runs whose task replaced itself (Celery's Task.replace): the same job "
                     "ran the replacement next, {from_task, to_task, from_service, "
-                    "to_service, attempt, at}, oldest first.")},
+                    "to_service, attempt, retries (the replaced task's), at}, oldest "
+                    "first.")},
                 "replaces": {"type": "integer", "description": (
                     "How many runs replaced themselves; they spend no attempt.")},
+                "replaced_retries": {"type": "integer", "description": (
+                    "Retries of the tasks it replaced, together; they spend no attempt.")},
                 "routing": {
                     "type": "object", "description": (
                         "Where the router filed the job and why (routing on: "
