@@ -84,11 +84,14 @@ class Replaced(Ignore):
     replacement's run, so Celery stores nothing for this one."""
 
 
-def replacement_options(context: JobContext, options: Mapping[str, Any]) -> dict[str, Any]:
+def replacement_options(context: JobContext, sig: Signature, task: Any) -> dict[str, Any]:
     """What a replacement of the job keeps: its pool, customer, workflow and priority.
 
     Read from the job record (the run's request carries none of them); InvalidJob when
-    the replacement names another, before anything is written."""
+    the replacement ``sig`` (of job type ``task``) names another, before anything is
+    written. A job is refiled in its own pool only: its record, events and attempt
+    fence live there."""
+    options = sig.options
     functions = context.functions
     kept = dict(zip(KEPT_FIELDS, functions.client.hmget(functions.keys.job(context.job_id),
                                                         *KEPT_FIELDS), strict=True))
@@ -97,14 +100,35 @@ def replacement_options(context: JobContext, options: Mapping[str, Any]) -> dict
     kept = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in kept.items()}
     if kept["priority"] is not None:
         kept["priority"] = int(kept["priority"])
-    kept["queue"] = context.namespace
-    named = {**options, "queue": queue_name(options.get("queue")) or options.get("pool")}
     for name, value in kept.items():
-        if named.get(name) not in (None, value):
+        if options.get(name) not in (None, value):
             raise InvalidJob(f"job {context.job_id}: a replacement keeps the job's {name} "
-                             f"({value!r}); {named[name]!r} names another (submit a new job "
-                             "instead)")
-    return {**kept, "pool": None}
+                             f"({value!r}); {options[name]!r} names another (submit a new "
+                             "job instead)")
+    for named_by, pool in replacement_pools(sig, task):
+        if pool not in (None, context.namespace):
+            raise InvalidJob(f"job {context.job_id}: a replacement stays in the job's pool "
+                             f"{context.namespace!r}; {named_by} names pool {pool!r} (submit "
+                             "a new job to that pool instead)")
+    return {**kept, "queue": context.namespace, "pool": None}
+
+
+def replacement_pools(sig: Signature, task: Any) -> list[tuple[str, str | None]]:
+    """Each pool the replacement ``sig`` names, with what names it: everything a submit of
+    it would file it by (``EmpTask.job_spec``): ``queue=``, ``pool=``,
+    ``requirements.pool``, the task's ``queue`` option and a ``task_routes`` route.
+    Celery would send the replacement where they say; a replace cannot move the job."""
+    options = sig.options
+    requirements = options.get("requirements")
+    return [
+        ("queue=", queue_name(options.get("queue"))),
+        ("pool=", options.get("pool")),
+        ("requirements.pool",
+         requirements.get("pool") if isinstance(requirements, Mapping) else None),
+        (f"the queue option of task {task.name!r}", queue_name(getattr(task, "queue", None))),
+        (f"task_routes for {task.name!r}",
+         routed_queue(task, sig.args, sig.kwargs, dict(options))),
+    ]
 
 
 #: Record fields a replacement keeps (``replacement_options``).
@@ -377,9 +401,10 @@ class EmpTask(Task):
         requirements), in the job's pool, keeping its customer, workflow and
         priority, and the chain, callbacks and chord Celery carries over
         (``emp_replace``). A group, chord or chain is refused before anything is
-        written (``ReplaceUnsupported``), as is a task no job type has
-        (``InvalidJob``); a run whose attempt was taken away changes nothing and
-        ends quietly. Run eagerly (no job), it is Celery's own replace."""
+        written (``ReplaceUnsupported``), as is a task no job type has or a signature
+        naming another customer, workflow, priority or pool (``InvalidJob``); a run
+        whose attempt was taken away changes nothing and ends quietly. Run eagerly (no
+        job), it is Celery's own replace."""
         context = self.job
         if context is None:
             return super().replace(sig)
@@ -391,8 +416,8 @@ class EmpTask(Task):
                 "task's run, and Celery would give its id to a task that another job's run "
                 "files later; replace it with one task signature, or submit the "
                 f"{type(sig).__name__} as jobs of their own")
-        job_type(self.app, sig.task)  # InvalidJob, nothing written, for an unknown task
-        sig.set(**replacement_options(context, sig.options))
+        task = job_type(self.app, sig.task)  # InvalidJob, nothing written, if unknown
+        sig.set(**replacement_options(context, sig, task))
         sig.set(headers={**(sig.options.get("headers") or {}), ATTEMPT_HEADER: context.attempt,
                          REPLACES_HEADER: self.name})
         return super().replace(sig)

@@ -78,6 +78,11 @@ def replace_naming(self, **options):
     raise self.replace(double.s(1).set(**options))
 
 
+@shared_task(name="test.gpu_queued", service="echo", queue="gpu")
+def gpu_queued(x):
+    return x
+
+
 @shared_task(bind=True, name="test.replace_with_group", service="echo")
 def replace_with_group(self):
     raise self.replace(group(double.s(1), double.s(2)))
@@ -270,13 +275,49 @@ def test_replacements_it_cannot_refile_are_refused_before_anything_is_written(
     with pytest.raises(Exception, match=r"keeps the job's workflow_id \(None\)"):
         no_workflow.get(timeout=60)
     other_pool = naming.apply_async(kwargs={"queue": "gpu"})
-    with pytest.raises(Exception, match=r"keeps the job's queue \('default'\)"):
+    with pytest.raises(Exception, match=r"stays in the job's pool 'default'; queue= names "
+                                        r"pool 'gpu'"):
         other_pool.get(timeout=60)
     for job in (unknown, other_customer, no_workflow, other_pool):
         record = get_job(job.id, app=app)
         assert record["status"] == "failed" and "replaced" not in record, record
     assert sorted(client.zrange(Keys("default").jobs, 0, -1)) == sorted(
         [grouped.id, unknown.id, other_customer.id, no_workflow.id, other_pool.id])
+
+
+@pytest.mark.timeout(180)
+def test_a_replacement_that_names_another_pool_is_refused_naming_both(
+        app, client, start_worker, replace_env) -> None:
+    """Tried: jobs of pool default replacing themselves with ``double.s(1)`` whose
+    ``requirements`` say ``{"pool": "gpu"}``, with ``pool="gpu"``, and with a task whose
+    own ``queue`` option is gpu (where Celery would send its message). Before: the
+    task's queue was passed over (the replacement ran in default and returned 1, though
+    a submit of it files it in gpu); ``requirements.pool`` was refiled in default with
+    a message saying gpu, whose run then failed "task ended without recording an
+    outcome" and ``get()`` timed out; pool= was refused as "the job's queue". Now each
+    fails with InvalidJob naming the job's pool and the one
+    the replacement names, before anything is written: no ``replaced`` history, no
+    ``job_replaced`` event, no job in gpu."""
+    start_worker("w1", **replace_env)
+    naming = producer_task(app, "test.replace_naming")
+    replacing = producer_task(app, "test.replace_with")
+    jobs = {
+        "requirements.pool": naming.apply_async(kwargs={"requirements": {"pool": "gpu"}}),
+        "pool=": naming.apply_async(kwargs={"pool": "gpu"}),
+        "queue option": replacing.apply_async(kwargs={"target": "test.gpu_queued",
+                                                      "args": [1]}),
+    }
+    for named, job in jobs.items():
+        with pytest.raises(Exception, match=r"stays in the job's pool 'default'; .* names "
+                                            r"pool 'gpu'") as raised:
+            job.get(timeout=60)
+        assert named in str(raised.value), raised.value
+        record = get_job(job.id, app=app)
+        assert record["status"] == "failed" and "replaced" not in record, record
+        assert record["last_error"].startswith("InvalidJob: "), record
+        assert record["service_required"] == "echo" and record["pool"] == "default"
+        assert "job_replaced" not in [name for name, _ in events_of(client, job.id)]
+    assert client.zrange(Keys("gpu").jobs, 0, -1) == []
 
 
 @pytest.mark.timeout(180)
