@@ -16,6 +16,7 @@ from capability_router.functions import QueueFunctions
 from capability_router.keys import Keys
 from conftest import wait_for
 from emp_tasks.producer import get_job
+from emp_tasks.websocket_client import WebSocketClient
 
 #: Job types the workers import (``EMP_CELERY_CONFIG``).
 REPLACE_JOBS = '''
@@ -188,6 +189,47 @@ def test_a_replacements_retries_count_from_zero_in_the_run_and_the_record(
     retrying = [data["retries"] for name, data in events_of(client, result.id)
                 if name == "job_retrying"]
     assert retrying == [1, 2, 1]
+
+
+@pytest.mark.timeout(180)
+def test_a_socket_follower_sees_the_job_complete_with_the_replacements_result(
+        app, client, start_worker, start_server, replace_env) -> None:
+    """Tried: a client WebSocket (``/ws/client/<id>``) subscribes to a running job of
+    ``test.replace_after_go`` while its first run waits; the run then replaces itself
+    with ``double.s(21)``. The follower gets, under the one job id, ``job_replaced``
+    (to_task test.double), the replacement's ``job_assigned`` and ``job_started``, then
+    ``complete_job`` carrying the replacement's result (42), and nothing after it. (No
+    socket-level test said so before; it passed the first time it ran.)"""
+    start_worker("w1", **replace_env)
+    api = start_server("api")
+    job = producer_task(app, "test.replace_after_go").apply_async()
+    wait_for(lambda: client.lrange("test:waiting", 0, -1) == [job.id], timeout=60,
+             message="the first run to wait")
+    ws = WebSocketClient.connect(f"{api.ws_base}/ws/client/follower-1")
+    messages: list[dict] = []
+    try:
+        assert json.loads(ws.receive(timeout=20))["type"] == "connection_established"
+        ws.send(json.dumps({"type": "subscribe_progress", "job_id": job.id}))
+        client.set("test:go", "1")
+        while not messages or messages[-1].get("type") != "complete_job":
+            text = ws.receive(timeout=30)
+            assert text is not None, f"no completion; got {[m['type'] for m in messages]}"
+            messages.append(json.loads(text))
+        assert ws.receive(timeout=1) is None  # nothing after the completion
+    finally:
+        ws.close()
+    events = [m for m in messages if "event_id" in m]
+    assert {m["job_id"] for m in events} == {job.id}
+    types = [m["type"] for m in events]
+    assert types[types.index("job_replaced"):] == [
+        "job_replaced", "job_assigned", "job_started", "complete_job"], types
+    assert types.count("complete_job") == 1 and "job_failed" not in types
+    replaced = events[types.index("job_replaced")]
+    assert replaced["to_task"] == "test.double" and replaced["attempt"] == 1
+    done = events[-1]
+    assert done["result"] == {"status": "success", "data": 42}, done
+    assert done["attempt"] == 2 and done["worker_id"] == "w1"
+    assert job.get(timeout=10) == 42
 
 
 @pytest.mark.timeout(180)
