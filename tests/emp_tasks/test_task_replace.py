@@ -84,6 +84,12 @@ def gpu_queued(x):
     return x
 
 
+@shared_task(name="test.gpu_routed", service="echo")
+def gpu_routed(x):
+    """task_routes sends it to gpu, in the test that says so."""
+    return x
+
+
 @shared_task(bind=True, name="test.replace_with_group", service="echo")
 def replace_with_group(self):
     raise self.replace(group(double.s(1), double.s(2)))
@@ -329,17 +335,19 @@ def test_replacements_it_cannot_refile_are_refused_before_anything_is_written(
 
 @pytest.mark.timeout(180)
 def test_a_replacement_that_names_another_pool_is_refused_naming_both(
-        app, client, start_worker, replace_env) -> None:
+        app, client, start_worker, replace_env, tmp_path) -> None:
     """Tried: jobs of pool default replacing themselves with ``double.s(1)`` whose
-    ``requirements`` say ``{"pool": "gpu"}``, with ``pool="gpu"``, and with a task whose
-    own ``queue`` option is gpu (where Celery would send its message). Before: the
-    task's queue was passed over (the replacement ran in default and returned 1, though
-    a submit of it files it in gpu); ``requirements.pool`` was refiled in default with
-    a message saying gpu, whose run then failed "task ended without recording an
-    outcome" and ``get()`` timed out; pool= was refused as "the job's queue". Now each
-    fails with InvalidJob naming the job's pool and the one
-    the replacement names, before anything is written: no ``replaced`` history, no
-    ``job_replaced`` event, no job in gpu."""
+    ``requirements`` say ``{"pool": "gpu"}``, with ``pool="gpu"``, with a task whose
+    own ``queue`` option is gpu and with one the worker's ``task_routes`` route to gpu
+    (where Celery would send their messages). Before: the task's queue (and route) was
+    passed over (the replacement ran in default and returned 1, though a submit of it
+    files it in gpu); ``requirements.pool`` was refiled in default with a message
+    saying gpu, whose run then failed "task ended without recording an outcome" and
+    ``get()`` timed out; pool= was refused as "the job's queue". Now each fails with
+    InvalidJob naming the job's pool and the one the replacement names, before anything
+    is written: no ``replaced`` history, no ``job_replaced`` event, no job in gpu."""
+    with open(tmp_path / "replace_jobs_config.py", "a") as config:
+        config.write("task_routes = {'test.gpu_routed': {'queue': 'gpu'}}\n")
     start_worker("w1", **replace_env)
     naming = producer_task(app, "test.replace_naming")
     replacing = producer_task(app, "test.replace_with")
@@ -348,6 +356,8 @@ def test_a_replacement_that_names_another_pool_is_refused_naming_both(
         "pool=": naming.apply_async(kwargs={"pool": "gpu"}),
         "queue option": replacing.apply_async(kwargs={"target": "test.gpu_queued",
                                                       "args": [1]}),
+        "task_routes": replacing.apply_async(kwargs={"target": "test.gpu_routed",
+                                                     "args": [1]}),
     }
     for named, job in jobs.items():
         with pytest.raises(Exception, match=r"stays in the job's pool 'default'; .* names "
