@@ -22,6 +22,7 @@ from capability_router.router import CapabilityRouter
 from emp_tasks import (  # noqa: F401 - remote_control registers a command
     defaults,
     directives,
+    discarded,
     plain_worker,
     remote_control,
     revocation,
@@ -136,6 +137,7 @@ def create_app(redis_url: str | None = None, **settings: Any) -> Celery:
     app.add_defaults(lambda: celery_config(redis_url))
     app.conf.update(**user_config(), **settings)
     revocation.init_app(app)
+    discarded.init_app(app)
     directives.init_app(app)
     # a plain `celery -A ... worker` is the worker `emp worker` runs
     plain_worker.init_app(app)

@@ -38,13 +38,55 @@ def _app(app: Celery | None) -> Celery:
     return default_app
 
 
-def services(app: Celery | None = None) -> dict[str, Any]:
-    """Registered job types: service name -> task."""
+def service_tasks(app: Celery | None = None) -> dict[str, list[Any]]:
+    """Registered job types by service: service name -> the tasks declaring it, by name."""
     app = _app(app)
     app.loader.import_default_modules()
-    return {
-        task.service: task for task in app.tasks.values() if getattr(task, "service", None)
-    }
+    declared: dict[str, list[Any]] = {}
+    for name in sorted(app.tasks):
+        task = app.tasks[name]
+        if getattr(task, "service", None):
+            declared.setdefault(task.service, []).append(task)
+    return declared
+
+
+def own_task(service: str, tasks: list[Any]) -> Any | None:
+    """The task a submit of ``service`` runs: its only one, else the one named after it
+    (``<service>``, then EMP's built-in ``emp.<service>``); None when that cannot be told."""
+    if len(tasks) == 1:
+        return tasks[0]
+    by_name = {task.name: task for task in tasks}
+    return by_name.get(service) or by_name.get(f"emp.{service}")
+
+
+def services(app: Celery | None = None) -> dict[str, Any]:
+    """Registered job types: service name -> its task (``own_task``; for a service several
+    tasks declare and none is named after, the first by name, for its attributes only:
+    a submit of it is refused, ``service_task``)."""
+    return {service: own_task(service, tasks) or tasks[0]
+            for service, tasks in service_tasks(app).items()}
+
+
+def service_task(service: str, app: Celery | None = None) -> Any:
+    """The job type a submit by service name runs (``submit``, ``emp submit``, the API).
+
+    Several Celery tasks may declare one service (it is what a worker must serve);
+    before, the last one the app happened to register was run, so a project's own task
+    on ``echo`` or ``comfyui`` could take the built-in's submits. InvalidJob for an
+    unknown service and for one whose task cannot be told (``own_task``)."""
+    declared = service_tasks(app)
+    tasks = declared.get(service)
+    if not tasks:
+        known = ", ".join(sorted(declared)) or "none"
+        raise InvalidJob(f"unknown service {service!r} (known: {known})")
+    task = own_task(service, tasks)
+    if task is None:
+        names = ", ".join(t.name for t in tasks)
+        raise InvalidJob(
+            f"service {service!r} is the service of several job types ({names}); a submit "
+            f"by service cannot tell which to run: submit one by its task name "
+            f"(task.apply_async, app.send_task), or name one of them {service!r}")
+    return task
 
 
 def submit(
@@ -58,10 +100,7 @@ def submit(
     ``workflow_id``, ...), ``pool``, and Celery options such as ``task_id``
     (the original's ``message_id`` is accepted as ``task_id``).
     """
-    task = services(app).get(service)
-    if task is None:
-        known = ", ".join(sorted(services(app))) or "none"
-        raise InvalidJob(f"unknown service {service!r} (known: {known})")
+    task = service_task(service, app)
     if payload is not None and not isinstance(payload, dict):
         raise InvalidJob(f"payload must be a JSON object, got {type(payload).__name__}")
     if "message_id" in job_fields:

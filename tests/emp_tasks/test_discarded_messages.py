@@ -1,0 +1,50 @@
+"""Messages a worker discards unrun: an unregistered task, a serializer it refuses.
+
+Found moving a Celery project over: a worker started without the project's task
+module (``celery -A emp_tasks.app worker`` instead of the project's app), and a call
+with ``serializer="pickle"`` against workers that accept JSON only."""
+
+from __future__ import annotations
+
+import pytest
+from celery.exceptions import NotRegistered
+from kombu.exceptions import ContentDisallowed
+
+from conftest import wait_for
+from emp_tasks.producer import get_job
+
+
+def producer_task(app, name: str):  # noqa: ANN001, ANN201 - a Celery task
+    """A job type only the producer has: the worker never imported its module."""
+    def body() -> str:
+        """Never runs: no worker has this task."""
+        return "ran"
+    return app.task(name=name, service="echo", shared=False)(body)
+
+
+@pytest.mark.timeout(120)
+def test_a_discarded_message_fails_its_job_saying_why(app, start_worker) -> None:
+    """Tried: a job of a task the worker has not registered, and an ``emp.echo`` job
+    sent with ``serializer="pickle"`` (the worker accepts json only). Before the fix
+    both records said "task ended without recording an outcome (hard time limit or
+    crash)", and the pickled job's ``AsyncResult.get()`` waited for ever (PENDING:
+    Celery stores nothing for a message it refuses to read)."""
+    start_worker("w1")
+    unknown = producer_task(app, "test.not_in_the_worker").apply_async()
+    with pytest.raises(NotRegistered):
+        unknown.get(timeout=30)  # Celery's own outcome, as before
+    wait_for(lambda: get_job(unknown.id, app=app)["status"] == "failed", timeout=30,
+             message="the unregistered job to end")
+    error = get_job(unknown.id, app=app)["last_error"]
+    assert "NotRegistered: worker w1@" in error and "'test.not_in_the_worker'" in error, error
+
+    pickled = app.send_task("emp.echo", kwargs={"x": 1}, serializer="pickle")
+    with pytest.raises(ContentDisallowed, match="pickle"):
+        pickled.get(timeout=30)  # before: TimeoutError, the result PENDING for good
+    record = get_job(pickled.id, app=app)
+    assert record["status"] == "failed", record
+    assert "discarded the message unrun (ContentDisallowed" in record["last_error"], record
+    assert "accept_content is [json]" in record["last_error"], record
+
+    # the worker goes on serving
+    assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}
