@@ -2453,9 +2453,11 @@ local function emp_resubmit(keys, args)
   end
   redis.call('HINCRBY', P .. 'live', f[2], '1')
   index_status(P, id, f[1], 'pending', now)
+  -- HMGET gives false for a missing field: left out, not sent as a boolean (a job
+  -- with no customer or workflow has none in its job_submitted either).
   emit(P, config(P), id, 'job_resubmitted', {previous_status = f[1], reason = args[2],
-    job_type = f[4], priority = tonumber(f[5]), customer_id = f[6], workflow_id = f[7]},
-    now, true)
+    job_type = f[4], priority = tonumber(f[5]), customer_id = f[6] or nil,
+    workflow_id = f[7] or nil}, now, true)
   file_pending(P, id, f[2], f[3], now)
   return 'pending'
 end

@@ -332,3 +332,33 @@ def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays
     finally:
         monitor.close()
     assert "Traceback" not in api.log()
+
+
+def test_a_retried_jobs_resubmitted_event_has_no_false_fields(start_server) -> None:
+    """Tried: a job with no workflow and no customer (an admin's) and one of workflow
+    "wf-9" for cust-a, each cancelled while pending and retried (POST
+    /api/jobs/<id>/retry), followed on the client socket. Before the fix the first's
+    ``job_resubmitted`` said ``"workflow_id": false, "customer_id": false`` (Redis'
+    false for a missing field, sent as a boolean where a client expects a name or
+    nothing); now a missing field is left out, as in ``job_submitted``."""
+    api = start_server("api", **TOKENS)
+    rest = requests.Session()
+    for token, body in (("tok-admin", {}), ("tok-a", {"workflow_id": "wf-9"})):
+        headers = {"Authorization": f"Bearer {token}"}
+        job_id = rest.post(f"{api.base}/api/jobs", headers=headers, timeout=10, json={
+            "service_required": "echo", **body}).json()["job_id"]
+        assert rest.post(f"{api.base}/api/jobs/{job_id}/cancel", headers=headers,
+                         timeout=10).status_code == 200
+        assert rest.post(f"{api.base}/api/jobs/{job_id}/retry", headers=headers,
+                         timeout=10).status_code == 200
+        ws = connect(api, "/ws/client/retry-watcher", token)
+        try:
+            ws.send(json.dumps({"type": "subscribe_progress", "job_id": job_id}))
+            messages = collect_until(ws, lambda m: m["type"] == "job_resubmitted")
+        finally:
+            ws.close()
+        event = messages[-1]
+        assert [key for key, value in event.items() if value is False] == [], event
+        assert event.get("workflow_id") == body.get("workflow_id"), event
+        assert event.get("customer_id") == (None if token == "tok-admin" else "cust-a"), event
+        assert event["previous_status"] == "cancelled" and event["job_type"] == "echo"

@@ -43,3 +43,24 @@ def test_an_id_naming_another_jobs_event_stream_is_a_400_and_writes_nothing(
     start_worker("w1")
     assert alice.wait_status("plan", "completed")["result"]["echo"] == {"n": 2}
     assert alice.wait_status("order-7", "completed")["result"]["echo"] == {"n": 1}
+
+
+@pytest.mark.timeout(60)
+def test_dot_segment_ids_are_a_400_and_write_nothing(client, start_server) -> None:
+    """Tried: POST /api/jobs with message_id "." and job_id "..", then reading the job back
+    with requests, as the README's client does. Before the fix both were a 201, yet
+    requests (like curl and browsers, RFC 3986) drops such a path segment:
+    GET /api/jobs/.. asked for /api/ (404) and POST /api/jobs/./cancel reached no
+    job, so the job could never be read or cancelled over REST. Now a 400 says why, and
+    ids merely made of dots and more ("...", "v1.2") are still ids."""
+    api = Api(start_server("api", **TOKENS_ENV).base).as_(TOKEN_A)
+    assert api.submit(service_required="echo", message_id="...") == "..."
+    before = submit_state(client)
+    for field, job_id in (("message_id", "."), ("job_id", "..")):
+        refused = _submit(api, **{field: job_id})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"].startswith(f"{field}: "), refused.text
+        assert "path segment" in refused.json()["error"]
+    assert_nothing_submitted(client, before)
+    assert api.job("...")["job_id"] == "..."
+    assert api.submit(service_required="echo", message_id="v1.2") == "v1.2"

@@ -23,6 +23,10 @@ blueprint = Blueprint("openapi", __name__)
 
 #: Job and customer ids, service and workflow names (``capability_router.jobspec``).
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+#: Job ids a URL path cannot carry (``_submission``).
+DOT_SEGMENTS = [".", ".."]
+DOT_SEGMENT_ERROR = ("'.' and '..' cannot be job ids: HTTP clients drop such a path "
+                     "segment, so /api/jobs/<id> could never reach the job")
 #: The same, or empty: an empty query parameter means "no filter".
 FILTER_PATTERN = r"^[A-Za-z0-9_.:\-]{0,128}$"
 #: Pool names (``capability_router.keys``).
@@ -61,6 +65,9 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
     service = {"type": "string", "enum": service_names, "nullable": True}
     name = {"type": "string", "pattern": NAME_PATTERN, "nullable": True}
     obj = {"type": "object", "nullable": True}
+    # /api/jobs/. and /api/jobs/.. are dot segments, which HTTP clients remove (RFC 3986
+    # 5.2.4): a job with such an id could never be read or cancelled by its URL.
+    job_id = {**name, "not": {"enum": DOT_SEGMENTS}, "x-error": DOT_SEGMENT_ERROR}
 
     def integer(low: int, high: int, description: str) -> dict[str, Any]:
         return {"type": "integer", "minimum": low, "maximum": high, "nullable": True,
@@ -106,9 +113,10 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
                                     "only one that exists. Unset: the router's choice when "
                                     "a pools file is configured (EMP_POOLS_FILE), else "
                                     "'default'."},
-            "message_id": {**name, "description": (
-                "Becomes the job id (default: a UUID); each customer's ids are its own.")},
-            "job_id": {**name, "description": "Alias of message_id; send one of the two."},
+            "message_id": {**job_id, "description": (
+                "Becomes the job id (default: a UUID); each customer's ids are its own. "
+                "Not '.' or '..': HTTP clients drop such a path segment.")},
+            "job_id": {**job_id, "description": "Alias of message_id; send one of the two."},
         },
     }
 

@@ -93,18 +93,23 @@ def _field(error: ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path)
 
 
+def _own_words(error: ValidationError) -> bool:
+    """Whether the schema that refused says why itself (``x-error`` beside its anyOf/not)."""
+    return (error.validator in ("anyOf", "not") and isinstance(error.schema, dict)
+            and "x-error" in error.schema)
+
+
 def describe(error: ValidationError) -> str:
     """A message naming the field, in the words of the schema where it has some."""
-    if (error.validator in ("anyOf", "not") and isinstance(error.schema, dict)
-            and "x-error" in error.schema):
-        return error.schema["x-error"]
-    if error.validator in ("anyOf", "oneOf") and error.context:
+    if error.validator in ("anyOf", "oneOf") and error.context and not _own_words(error):
         # A nullable field: the error of the non-null branch says more.
         inner = best_match(e for e in error.context if e.validator != "type"
                            or e.validator_value != "null")
         if inner is not None:
             error = inner
     field = _field(error)
+    if _own_words(error):
+        return f"{field}: {error.schema['x-error']}" if field else error.schema["x-error"]
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         where = f" in {field}" if field else ""
