@@ -95,13 +95,35 @@ def waiting_reason(name: str, state: PoolState, desired: int,
 
 
 def unserved_pool_warning(pool: str, pools_file: PoolsFile | None) -> str:
-    """What a submit of a job to ``pool``, which no live worker serves, is warned: it
-    waits until one does (``emp submit`` on stderr, ``POST /api/jobs`` in ``warnings``)."""
+    """The sentence ``unserved_warnings`` gives for ``pool``: the job waits until a live
+    worker serves it, and the pools file (when routing is on) does not name it."""
     unnamed = ""
     if pools_file is not None and pool not in pools_file.pools:
         unnamed = (f", and the pools file {pools_file.path} does not name it (it has "
                    f"{', '.join(pools_file.pools)})")
     return f"no live worker serves pool {pool}{unnamed}: the job waits until one does"
+
+
+def unserved_warnings(client: Any, pool: str, named: bool,
+                      pools_file: PoolsFile | None) -> list[str]:
+    """What the submitter of a job just filed in ``pool`` is warned of; empty when nothing
+    is amiss. One rule for every way in (``emp submit`` on stderr, ``POST /api/jobs``'s
+    201 ``warnings``, the client socket's ``job_submitted``, the monitor's submit form), so
+    that none says a job waits where another says nothing:
+
+    - only a job that names its pool (``named``: ``pool=`` or ``requirements.pool``): a
+      routed job went where the router chose, and one naming none goes to ``default``;
+    - not a pool the pools file in force (``pools_file``; None: routing off) names: its
+      scaler asks machines for its jobs, so they do not wait for nobody;
+    - a warning when no live worker serves the pool: a typo or a pool removed from the
+      file, where the job waits until a worker serving it starts.
+
+    Only such a job costs a lookup (one round trip). Raises what the Redis client raises:
+    the job is filed by then, so each caller guards the call and at most notes it."""
+    if not named or (pools_file is not None and pool in pools_file.pools):
+        return []
+    load, _ = read_loads(client, [pool])[pool]
+    return [] if load.live else [unserved_pool_warning(pool, pools_file)]
 
 
 def known_pools(client: Any, pools_file: PoolsFile | None) -> list[str]:

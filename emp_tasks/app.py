@@ -34,7 +34,8 @@ from emp_tasks.job_types import job_type
 from emp_tasks.task_bases import job_base
 
 #: Job type modules every app registers.
-BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui"]
+BUILTIN_JOBS = ["emp_tasks.jobs.simulation", "emp_tasks.jobs.echo", "emp_tasks.jobs.comfyui",
+                "emp_tasks.jobs.text"]
 
 
 def celery_config(redis_url: str | None = None) -> dict[str, Any]:

@@ -97,21 +97,17 @@ def _warn_unknown_pools(worker_id: str, pools: list[str]) -> None:
 
 
 def _warn_unserved_pool(app: Any, pool: str) -> None:
-    """Warn when no live worker serves the job's pool: a typo in ``--pool`` files the job
-    in a new pool, where it waits until a worker serves that pool, with nothing saying so."""
-    from capability_router.errors import PoolsFileError
-    from capability_router.pool_view import read_loads, unserved_pool_warning
-    from capability_router.pools import pools_file_from_env
+    """Say on stderr what ``POST /api/jobs`` says in ``warnings`` of a job that names
+    ``pool`` (``pool_view.unserved_warnings``: a typo in ``--pool`` files the job in a new
+    pool, where it waits until a worker serves it). Raises redis errors: the job is filed
+    by then, and ``submit`` says so in one line instead of a traceback."""
+    from capability_router.pool_view import unserved_warnings
     from emp_tasks.connection import get_client
+    from emp_tasks.placement import pools_file_in_force
 
-    load, _ = read_loads(get_client(app.conf.broker_url), [pool])[pool]
-    if load.live:
-        return
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError:  # the submit itself said so when routing needed it
-        pools_file = None
-    click.echo(f"warning: {unserved_pool_warning(pool, pools_file)}", err=True)
+    pools_file, _ = pools_file_in_force(app)  # the one the submit was routed with
+    for warning in unserved_warnings(get_client(app.conf.broker_url), pool, True, pools_file):
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _start_refusal(exc: BaseException) -> str:
@@ -236,6 +232,8 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
            priority: int, customer_id: str | None, pool: str | None, workflow_id: str | None,
            no_wait: bool, timeout: float) -> None:
     """Submit a job; waits with a progress bar unless --no-wait."""
+    import redis
+
     from emp_tasks.producer import get_job
     from emp_tasks.producer import submit as submit_job
     from emp_tasks.watch import follow_job
@@ -251,12 +249,24 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(result.id)
-    # The router's pool when the job named none; its events are in that pool's streams.
-    job_pool = pool or get_job(result.id, app=app)["pool"]
-    _warn_unserved_pool(app, job_pool)
-    if no_wait:
-        return
-    status, data = follow_job(url, job_pool, result.id, timeout=timeout)
+    # A pool the job names: requirements.pool, as JobSpec reads it, else --pool.
+    named_pool = (job_requirements or {}).get("pool") or pool
+    try:  # the job is filed: a Redis lost from here on is one line, not a traceback
+        if named_pool:
+            _warn_unserved_pool(app, named_pool)
+        if no_wait:
+            return
+        # The router's pool when the job named none; its events are in that pool's streams.
+        job_pool = named_pool or get_job(result.id, app=app)["pool"]
+        status, data = follow_job(url, job_pool, result.id, timeout=timeout)
+    except redis.RedisError as exc:
+        lost = f"Redis stopped answering ({type(exc).__name__}: {exc})"
+        if no_wait:  # only the pool's warning is lost
+            click.echo(f"note: job {result.id} is filed; {lost}, so whether a live worker "
+                       f"serves pool {named_pool} is not known", err=True)
+            return
+        raise click.ClickException(f"job {result.id} is filed, but {lost}; follow it "
+                                   f"with: emp job {result.id}") from None
     click.echo(json.dumps({"job_id": result.id, "status": status, **data}, default=str))
     sys.exit(0 if status == JobStatus.COMPLETED else 1)
 

@@ -36,6 +36,12 @@ class RedisProxy:
         return data
 
     def close(self) -> None:
+        """Stop accepting: a connection after this is refused (a close alone leaves a
+        listener that another thread is blocked accepting on listening, on Linux)."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
     def _accept(self) -> None:
@@ -44,7 +50,11 @@ class RedisProxy:
                 inner, _ = self.listener.accept()
             except OSError:
                 return
-            outer = socket.create_connection(("127.0.0.1", self.port))
+            try:
+                outer = socket.create_connection(("127.0.0.1", self.port))
+            except OSError:  # Redis is down: the client finds its connection closed
+                inner.close()
+                continue
             state: State = {}
             threading.Thread(target=self._requests, args=(inner, outer, state),
                              daemon=True).start()

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
+from redis_proxy import RedisProxy, State
 
+from capability_router.functions import ensure_library
 from capability_router.keys import Keys
 from conftest import ROOT
-from emp_tasks.local_redis import free_port
+from emp_tasks.local_redis import LocalRedis, free_port
 
 EMP = [sys.executable, "-m", "emp_tasks.cli"]
 
@@ -105,6 +108,86 @@ def test_submit_to_a_pool_no_live_worker_serves_says_so(redis_server, client, st
             f"{pools} does not name it (it has fast, standard, heavy)") in typo.stderr
     served = run("submit", "simulation", "--pool", "standard", "--no-wait", env=env)
     assert served.returncode == 0 and "warning" not in served.stderr, served.stderr
+
+
+def test_submit_warns_by_the_rules_of_post_api_jobs(redis_server, client,
+                                                   tmp_path: Path) -> None:
+    """Tried, with no worker running: `emp submit --pool heavy` (a pool the pools file
+    names) and `emp submit` naming no pool (routing off: the default pool). Before, both
+    warned that no live worker serves the pool, where POST /api/jobs says nothing of
+    either (a pool of the file has a scaler asking machines for its jobs; a job naming
+    no pool was not sent anywhere by mistake). Now the command follows the same rules
+    (``pool_view.unserved_warnings``): no warning for either, and a pool named in
+    requirements.pool is warned of like --pool."""
+    pools = tmp_path / "pools.toml"
+    pools.write_text((ROOT / "conf" / "pools.toml").read_text())
+    routed = {"EMP_REDIS_URL": redis_server.url, "EMP_POOLS_FILE": str(pools)}
+    of_the_file = run("submit", "simulation", "--pool", "heavy", "--no-wait", env=routed)
+    assert of_the_file.returncode == 0 and "warning" not in of_the_file.stderr, \
+        of_the_file.stderr
+    unnamed = run("submit", "simulation", "--no-wait", env={"EMP_REDIS_URL": redis_server.url})
+    assert unnamed.returncode == 0 and "warning" not in unnamed.stderr, unnamed.stderr
+    in_requirements = run("submit", "simulation", "--requirements", '{"pool": "hevy"}',
+                          "--no-wait", env=routed)
+    assert in_requirements.returncode == 0, in_requirements.stderr
+    assert "warning: no live worker serves pool hevy, and the pools file" in \
+        in_requirements.stderr
+
+
+class StopsRedisAfterSubmit(RedisProxy):
+    """A proxy to ``server`` that stops it (SIGKILL) and stops accepting connections as
+    the reply to the job's filing (``FCALL emp_enqueue``) passes: the job is filed, and
+    every later call of the submitter finds no Redis, at once."""
+
+    def __init__(self, server: LocalRedis) -> None:
+        super().__init__(server.port)
+        self.server = server
+
+    def request(self, data: bytes, state: State) -> bytes:
+        if b"$11\r\nemp_enqueue\r\n" in data:
+            state["filing"] = True
+        return data
+
+    def reply(self, data: bytes, state: State) -> bytes | None:
+        if state.pop("filing", False):  # the client has no reply yet: none connects meanwhile
+            self.close()
+            self.server.stop(kill=True)
+        return data
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_redis_lost_right_after_the_filing_prints_the_id_and_no_traceback(
+        tmp_path: Path, wait: bool) -> None:
+    """Tried: `emp submit simulation --pool nosuch [--no-wait]` against a Redis killed
+    as the reply to the job's filing came back. Before, the command printed the job's
+    id, then a redis ConnectionError traceback from its look-up of the pool's live
+    workers, and exited 1. Now the id, then one line: with --no-wait a note that the job
+    is filed (exit 0); waiting, after the progress bar's line, that it is filed and how to
+    follow it (exit 1)."""
+    server = LocalRedis(tmp_path / "redis", appendonly=False).start()
+    try:
+        ensure_library(redis.Redis(port=server.port))
+        proxy = StopsRedisAfterSubmit(server)
+        done = run("submit", "simulation", "--pool", "nosuch",
+                   *([] if wait else ["--no-wait"]), env={"EMP_REDIS_URL": proxy.url},
+                   timeout=90)
+    finally:
+        server.stop(kill=True)
+    assert server.process is None, "the proxy stopped the server"
+    assert "Traceback" not in done.stderr, done.stderr
+    job_id = done.stdout.strip()
+    assert len(done.stdout.split()) == 1, done.stdout  # the job's id, alone
+    lines = done.stderr.strip().splitlines()
+    if wait:  # the progress bar's line, then the error
+        assert done.returncode == 1
+        assert lines[-1].startswith(f"Error: job {job_id} is filed, but Redis stopped "
+                                    "answering"), lines
+        assert f"emp job {job_id}" in lines[-1] and len(lines) <= 2, lines
+    else:
+        assert done.returncode == 0, done.stderr
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"note: job {job_id} is filed; Redis stopped answering"), lines
+        assert lines[0].endswith("so whether a live worker serves pool nosuch is not known")
 
 
 # -- finding the Redis of `emp up`; no tracebacks for ordinary mistakes -------------------------

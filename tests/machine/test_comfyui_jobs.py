@@ -173,12 +173,12 @@ def test_profile_takes_models_from_the_connector(app, comfyui, monkeypatch) -> N
     monkeypatch.setenv("WORKER_MODELS", "comfyui:extra-model")
     monkeypatch.delenv("WORKER_SERVICES", raising=False)
     profile = build_profile(app)
-    assert profile.services == ["comfyui", "echo", "simulation"]
+    assert profile.services == ["comfyui", "echo", "simulation", "text"]
     assert profile.models["comfyui"] == ["detail", "detail.safetensors", "extra-model", "sd15",
                                          "sd15.safetensors", "sdxl/base",
                                          "sdxl/base.safetensors"]
     monkeypatch.delenv("EMP_CONNECTOR")
-    assert build_profile(app).services == ["echo", "simulation"]  # no ComfyUI: not offered
+    assert build_profile(app).services == ["echo", "simulation", "text"]  # no ComfyUI: not offered
 
 
 @pytest.mark.timeout(120)

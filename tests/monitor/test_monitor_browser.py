@@ -146,6 +146,32 @@ def test_the_form_refuses_bad_input_and_submits_nothing(
     assert sorted(client.keys("emp:{*}:job:*")) == before
 
 
+def test_a_form_job_for_a_pool_nobody_serves_is_warned_and_the_pools_page_says_why(
+        start_server: Callable[..., Any], open_page: Callable[..., Any],
+        client: redis.Redis) -> None:
+    """Tried: the submit form with pool ``nosuch-m``, which no live worker serves. Before,
+    the form said "Submitted <id>" and nothing else (``/emp/api/submit`` answered no
+    ``warnings``, where POST /api/jobs warns), and the Pools page showed the pool's
+    charts with nothing saying why its job waits (/api/pools has a ``waiting_reason``).
+    Now the form lists the warning under the id, and the Pools page shows the reason."""
+    monitor = start_server("monitor")
+    page = open_page(monitor.base + "/submit")
+    page.wait_for_selector("#s-service option", state="attached")
+    page.select_option("#s-service", "simulation")
+    page.fill("#s-pool", "nosuch-m")
+    page.click("#s-submit")
+    job_id = page.wait_for_selector("#submitted-link").inner_text().strip()
+    assert client.hget(f"emp:{{nosuch-m}}:job:{job_id}", "status") == "pending"
+    warned = page.wait_for_selector("#submit-warnings li", timeout=5_000).inner_text()
+    assert warned == "no live worker serves pool nosuch-m: the job waits until one does"
+    pools = open_page(monitor.base + "/pools?pool=nosuch-m")
+    reason = pools.wait_for_selector("#pools-waiting:not(.d-none)", timeout=10_000).inner_text()
+    assert reason.startswith("nosuch-m: no live worker serves pool nosuch-m: its 1 "
+                             "unfinished job(s) wait until one does"), reason
+    shown = requests.get(monitor.base + "/emp/api/pools", timeout=10).json()
+    assert shown["waiting"]["nosuch-m"] == reason.removeprefix("nosuch-m: "), shown
+
+
 def test_cancel_on_the_job_page_ends_a_running_job(
         start_worker: Callable[..., Any], start_server: Callable[..., Any],
         open_page: Callable[..., Any], app: Any) -> None:

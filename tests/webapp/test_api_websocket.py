@@ -362,3 +362,37 @@ def test_a_retried_jobs_resubmitted_event_has_no_false_fields(start_server) -> N
         assert event.get("workflow_id") == body.get("workflow_id"), event
         assert event.get("customer_id") == (None if token == "tok-admin" else "cust-a"), event
         assert event["previous_status"] == "cancelled" and event["job_type"] == "echo"
+
+
+def test_a_socket_submit_to_a_pool_nobody_serves_is_warned_as_rest_is(
+    start_server, client
+) -> None:
+    """Tried: a ``submit_job`` naming pool ``nosuch-ws``, which no live worker serves
+    (routing off). ``POST /api/jobs`` answers such a job 201 with ``warnings``; the
+    socket's ``job_submitted`` answer carried none, so a socket client learned nothing of
+    a job waiting for ever. Now it carries the same ``warnings`` (and a retry with the
+    same message_id gets them again); a job naming no pool gets no ``warnings`` key."""
+    api = start_server("api")
+    expected = ["no live worker serves pool nosuch-ws: the job waits until one does"]
+    rest = requests.post(f"{api.base}/api/jobs", json={
+        "service_required": "simulation", "pool": "nosuch-ws"}, timeout=10)
+    assert rest.status_code == 201 and rest.json()["warnings"] == expected, rest.text
+    ws = connect(api, "/ws/client/client-warned")
+    try:
+        receive(ws)
+        submit = {"type": "submit_job", "service_required": "simulation",
+                  "pool": "nosuch-ws", "message_id": "ws-warned-1"}
+        ws.send(json.dumps(submit))
+        answer = receive(ws)
+        assert answer["type"] == "job_submitted" and answer["job_id"] == "ws-warned-1", answer
+        assert answer["warnings"] == expected, answer
+        ws.send(json.dumps(submit))  # the retry is answered as the first was
+        again = receive(ws)
+        assert (again["type"], again["job_id"]) == ("job_submitted", "ws-warned-1"), again
+        assert again["warnings"] == expected, again
+        ws.send(json.dumps({"type": "submit_job", "service_required": "simulation",
+                            "message_id": "ws-unwarned-1"}))
+        plain = receive(ws)
+        assert plain["type"] == "job_submitted" and "warnings" not in plain, plain
+    finally:
+        ws.close()

@@ -3,10 +3,11 @@
 Messages in (``type``): ``submit_job`` (job fields at top level, optional
 ``message_id`` as the job id), ``subscribe_progress {job_id, last_event_id?}``,
 ``cancel_job {job_id}``. Messages out: ``connection_established``,
-``job_submitted``, then the job's events (``job_assigned``,
-``update_job_progress``, ``complete_job``, ``job_cancelled``, ...), each with
-its ``event_id``. Reconnecting with ``?last_event_id=`` resubscribes the
-client's jobs and sends every event it missed.
+``job_submitted`` (with ``warnings`` as ``POST /api/jobs``'s 201 has them),
+then the job's events (``job_assigned``, ``update_job_progress``,
+``complete_job``, ``job_cancelled``, ...), each with its ``event_id``.
+Reconnecting with ``?last_event_id=`` resubscribes the client's jobs and sends
+every event it missed.
 """
 
 from __future__ import annotations
@@ -77,13 +78,19 @@ class ClientConnection:
                                  "connected_at": int(time.time() * 1000)})
         #: Job id -> the message_id its submit_job carried, echoed on job_submitted.
         self.message_ids: dict[str, Any] = {}
+        #: Job id -> its submit's warnings (``pool_view.unserved_warnings``), when some;
+        #: sent on its job_submitted, as REST's 201 carries them.
+        self.warnings: dict[str, list[str]] = {}
         self.session = Session(ws, hub, sub, self.render)
         self.key = _subscriptions_key(principal, client_id)
 
     def render(self, event: Event) -> dict[str, Any]:
         message = self._message(event)
-        if message["type"] == "job_submitted" and event.job_id in self.message_ids:
-            message["message_id"] = self.message_ids.pop(event.job_id)
+        if message["type"] == "job_submitted":
+            if event.job_id in self.message_ids:
+                message["message_id"] = self.message_ids.pop(event.job_id)
+            if event.job_id in self.warnings:
+                message["warnings"] = self.warnings.pop(event.job_id)
         return message
 
     def _message(self, event: Event) -> dict[str, Any]:
@@ -210,7 +217,7 @@ class ClientConnection:
                 self.session.send(error_message(str(exc), status=422, message_id=message_id))
                 return
             if not claim.first:
-                if self._answer_again(claim.job_id, message_id):
+                if self._answer_again(claim.job_id, message_id, _warnings_of(claim)):
                     return
                 if claim.answer is not None:  # its job was filed, and swept since
                     self.session.send(error_message(
@@ -219,7 +226,7 @@ class ClientConnection:
                     return
                 self.idempotency.take_over(claim)  # the first, if it files too, answers
         try:
-            job_id, pool, _ = submit_body(
+            job_id, pool, warnings = submit_body(
                 body, self.principal, self.backend, checked=True, limits=self.limits,
                 pin=None if claim is None else partial(self.idempotency.placed, claim))
         except Limited as exc:
@@ -231,21 +238,26 @@ class ClientConnection:
         except Invalid as exc:
             if claim is not None and exc.status == 409 and (
                     not claim.first or self.idempotency.taken_over(claim)) and \
-                    self._answer_again(claim.job_id, message_id):
+                    self._answer_again(claim.job_id, message_id, _warnings_of(claim)):
                 return  # the other attempt with this message_id filed it meanwhile
             if claim is not None:
                 self.idempotency.release(claim)
             self.session.send(error_message(str(exc), status=exc.status, message_id=message_id))
             return
         if claim is not None:  # filed: a retry that finds no job then knows it was swept
-            self.idempotency.answer(claim, 201, {"job_id": job_id})
+            self.idempotency.answer(claim, 201, {"job_id": job_id,
+                                                 **({"warnings": warnings} if warnings else {})})
         # The job's own log answers: job_submitted first, then the rest.
         self.message_ids[job_id] = message.get("message_id")
+        if warnings:
+            self.warnings[job_id] = warnings
         self._follow(job_id, None, pool, remember=True)
 
-    def _answer_again(self, job_id: str, message_id: Any) -> bool:
+    def _answer_again(self, job_id: str, message_id: Any,
+                      warnings: list[str] | None = None) -> bool:
         """Answer a retried submit of an existing job as the first was: its
-        ``job_submitted``, then its events. False when there is no such job yet."""
+        ``job_submitted`` (with the first answer's ``warnings``), then its events. False
+        when there is no such job yet."""
         record = job_ids.visible_record(job_id, self.principal, self.backend.celery)
         if record is None:
             return False
@@ -254,9 +266,12 @@ class ClientConnection:
             first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
             if first:
                 message = self._message(Event.from_entry(*first[0], pool))
-                self.session.send({**message, "message_id": message_id})
+                self.session.send({**message, "message_id": message_id,
+                                   **({"warnings": warnings} if warnings else {})})
             return True
         self.message_ids[job_id] = message_id
+        if warnings:
+            self.warnings[job_id] = warnings
         self._follow(job_id, None, pool, remember=True)
         return True
 
@@ -316,3 +331,8 @@ class ClientConnection:
                 pipe.sadd(self.key, f"{pool}|{job_id}")
                 pipe.expire(self.key, SUBSCRIPTIONS_TTL)
                 pipe.execute()
+
+
+def _warnings_of(claim: Any) -> list[str] | None:
+    """The warnings the first submit with this message_id was answered with, if any."""
+    return claim.answer[1].get("warnings") if claim.answer is not None else None

@@ -75,7 +75,7 @@ def _now_iso() -> str:
 
 
 def _submitted(job_id: str, warnings: list[str] | None = None) -> dict[str, Any]:
-    """The 201 body; ``warnings`` only when there are some (``submission.unserved_warnings``)."""
+    """The 201 body; ``warnings`` only when there are some (``pool_view.unserved_warnings``)."""
     return {"success": True, "job_id": job_id, "message": "Job submitted successfully",
             "timestamp": _now_iso(), **({"warnings": warnings} if warnings else {})}
 

@@ -158,7 +158,9 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                                "description": "Present when the job was filed but may "
                                               "wait: it names a pool that the pools file "
                                               "does not name and no live worker serves "
-                                              "(it waits until one does)."}},
+                                              "(it waits until one does). The client "
+                                              "socket's job_submitted answer to a "
+                                              "submit_job carries the same."}},
         },
         "Job": {
             "type": "object", "required": ["job_id", "status"],

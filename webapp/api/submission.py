@@ -18,7 +18,7 @@ from capability_router.errors import InvalidJob
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, check_job_id
-from capability_router.pool_view import read_loads, unserved_pool_warning
+from capability_router.pool_view import unserved_warnings
 from emp_tasks import placement, producer
 from webapp import job_ids
 from webapp.api import listing, validation
@@ -117,30 +117,22 @@ class Submitted(NamedTuple):
 
     job_id: str
     pool: str
-    #: Plain sentences; empty when nothing is amiss (``unserved_warnings``).
+    #: Plain sentences; empty when nothing is amiss (``lookup_warnings``).
     warnings: list[str]
 
 
-def unserved_warnings(backend: Backend, pool: str, named: bool) -> list[str]:
-    """A warning when the job named a pool that the pools file does not name (or routing
-    is off) and no live worker serves: such a job waits until a worker serving the pool
-    starts, and no scaler asks for one (a typo, a pool removed from the file).
-
-    Looked up only for a job that names such a pool: a routed job, or one naming a pool
-    of the pools file (whose scaler asks machines for its jobs), costs nothing more."""
-    if not named:
-        return []
+def lookup_warnings(backend: Backend, pool: str, named: bool) -> list[str]:
+    """``pool_view.unserved_warnings`` for a job this API filed, with the pools file
+    routing uses here; a lookup that fails says nothing: the job is filed, and its answer
+    must not turn into a 5xx (a retry would then submit it again)."""
     router = placement.router_for(backend.celery)
-    pools_file = router.pools_file if router is not None else None
-    if pools_file is not None and pool in pools_file.pools:
-        return []
     try:
-        load, _ = read_loads(backend.redis, [pool])[pool]
+        return unserved_warnings(backend.redis, pool, named,
+                                 router.pools_file if router is not None else None)
     except Exception:  # noqa: BLE001 - the job is filed: a lookup failing must not 5xx it
         logger.debug("could not tell whether a live worker serves pool %s", pool,
                      exc_info=True)
         return []
-    return [] if load.live else [unserved_pool_warning(pool, pools_file)]
 
 
 #: Given the pool and routing record a submit placed its job with, the ones to file it
@@ -204,7 +196,7 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         try:
             job_id = _file(service, body.get("payload"), customer_id, fields, principal,
                            backend, limits, pool, job_class)
-            return Submitted(job_id, pool, unserved_warnings(backend, pool, placed.pool_named))
+            return Submitted(job_id, pool, lookup_warnings(backend, pool, placed.pool_named))
         except Invalid as exc:
             # Another customer took the chosen id between the check and the filing: the
             # job is scoped, as it would have been a moment later (once: the scoped id

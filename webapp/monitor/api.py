@@ -8,6 +8,7 @@ Reads are GETs; actions are POSTs, refused in read-only mode. Each answers
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import prometheus_client
 import tornado.web
@@ -17,7 +18,7 @@ from tornado.ioloop import IOLoop
 from capability_router.errors import JobNotFound
 from capability_router.keys import check_namespace
 from capability_router.pool_metrics import UnknownWindow, parse_window, pool_series
-from capability_router.pool_view import known_pools
+from capability_router.pool_view import known_pools, pools_view
 from emp_tasks import producer
 from webapp.api.validation import Invalid
 from webapp.monitor import jobs, metrics
@@ -54,13 +55,23 @@ def _known_pools(client: object) -> list[str]:
     return known_pools(client, metrics.pools_file())
 
 
+def _pools_page(client: object) -> dict[str, Any]:
+    """The pools, and why each pool's jobs wait when they do (``waiting_reason`` of the
+    view ``/api/pools`` shows)."""
+    pools_file = metrics.pools_file()
+    waiting = {row["name"]: row["waiting_reason"] for row in pools_view(client, pools_file)
+               if row["waiting_reason"]}
+    return {"pools": known_pools(client, pools_file), "waiting": waiting}
+
+
 class PoolsData(JsonHandler):
-    """The pools the Pools page offers: the pools file's, then every pool ever used."""
+    """The pools the Pools page offers: the pools file's, then every pool ever used; and
+    ``waiting``, pool -> why its unfinished jobs wait (no live worker serves it)."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        pools = await self.blocking(_known_pools, self.state.backend.redis)
-        self.send({"success": True, "pools": pools})
+        pools = await self.blocking(_pools_page, self.state.backend.redis)
+        self.send({"success": True, **pools})
 
 
 class PoolMetricsData(JsonHandler):
@@ -100,10 +111,12 @@ class SubmitJob(ActionHandler):
     async def post(self) -> None:
         body = self.body_json()
         try:
-            job_id, pool = await self.blocking(jobs.submit, body, self.state.backend)
+            job_id, pool, warnings = await self.blocking(jobs.submit, body, self.state.backend)
         except Invalid as exc:
             raise tornado.web.HTTPError(exc.status, str(exc)) from None
-        self.send({"success": True, "job_id": job_id, "pool": pool}, 201)
+        # ``warnings`` as POST /api/jobs's 201: only when there are some.
+        self.send({"success": True, "job_id": job_id, "pool": pool,
+                   **({"warnings": warnings} if warnings else {})}, 201)
 
 
 class JobData(JsonHandler):

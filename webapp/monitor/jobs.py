@@ -19,7 +19,7 @@ from capability_router.states import JobStatus
 from emp_tasks import producer
 from webapp.api import listing
 from webapp.api.openapi import build
-from webapp.api.submission import submit_body
+from webapp.api.submission import Submitted, submit_body
 from webapp.api.validation import build_validator, check
 from webapp.auth import Principal
 from webapp.backend import Backend
@@ -109,13 +109,13 @@ def submission_validator(services: tuple[str, ...]) -> Draft4Validator:
     return build_validator(build(list(services)), "JobSubmission")
 
 
-def submit(body: dict[str, Any], backend: Backend) -> tuple[str, str]:
+def submit(body: dict[str, Any], backend: Backend) -> Submitted:
     """Check a form's job against the API's schema, then submit it as the API does (the
-    form cannot file what a client could not); returns (job id, pool), raises Invalid."""
+    form cannot file what a client could not); returns its id, pool and the warnings
+    ``POST /api/jobs`` would answer with. Raises Invalid."""
     check("JobSubmission", body,
           submission_validator(tuple(sorted(producer.services(backend.celery)))))
-    job_id, pool, _ = submit_body(body, OPERATOR, backend, checked=True)
-    return job_id, pool
+    return submit_body(body, OPERATOR, backend, checked=True)
 
 
 class Refused(Exception):

@@ -27,14 +27,25 @@
     history.replaceState(null, "", location.pathname + "?" + q);
   }
 
+  /* Why the shown pool's jobs wait (no live worker serves it), as /api/pools says. */
+  let waiting = {};
+  function showWaiting() {
+    const box = document.getElementById("pools-waiting");
+    const reason = waiting[pool];
+    box.textContent = reason ? `${pool}: ${reason}` : "";
+    box.classList.toggle("d-none", !reason);
+  }
+
   async function choices() {
     const data = await EMP.api("/pools");
+    waiting = data.waiting || {};
     const box = document.getElementById("pools-choice");
     document.getElementById("pools-empty").classList.toggle("d-none", data.pools.length > 0);
     if (!data.pools.length) return false;
     if (!data.pools.includes(pool)) pool = data.pools[0];
     box.innerHTML = data.pools.map((p) =>
-      `<button type="button" class="btn btn-outline-primary${p === pool ? " active" : ""}" data-pool="${EMP.esc(p)}">${EMP.esc(p)}</button>`).join("");
+      `<button type="button" class="btn btn-outline-${waiting[p] ? "warning" : "primary"}${p === pool ? " active" : ""}" data-pool="${EMP.esc(p)}"${waiting[p] ? ` title="${EMP.esc(waiting[p])}"` : ""}>${EMP.esc(p)}</button>`).join("");
+    showWaiting();
     return true;
   }
 
@@ -84,7 +95,7 @@
   document.getElementById("pools-choice").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-pool]");
     if (!b) return;
-    pool = b.dataset.pool; remember();
+    pool = b.dataset.pool; remember(); showWaiting();
     document.querySelectorAll("#pools-choice button").forEach((x) => x.classList.toggle("active", x === b));
     refresh.now();
   });

@@ -3,6 +3,7 @@
 (() => {
   const form = document.getElementById("submit-form");
   const result = document.getElementById("submit-result");
+  const warnings = document.getElementById("submit-warnings");
   const body = document.querySelector("#submitted-table tbody");
   // Events can outrun the submit's answer: keep recent ones to apply when the row appears.
   const early = [];
@@ -19,6 +20,7 @@
   async function submit(event) {
     event.preventDefault();
     result.className = "small"; result.textContent = "";
+    warnings.innerHTML = ""; warnings.classList.add("d-none");
     let job;
     try {
       job = {service_required: form.elements.service_required.value,
@@ -35,6 +37,9 @@
       const answer = await EMP.api("/submit", {method: "POST", body: job});
       result.className = "small text-success";
       result.innerHTML = `Submitted <a href="${EMP.prefix}/jobs/${encodeURIComponent(answer.job_id)}" id="submitted-link"><code>${EMP.esc(answer.job_id)}</code></a>`;
+      // What POST /api/jobs would warn of (a pool no live worker serves): filed, but it may wait.
+      warnings.innerHTML = (answer.warnings || []).map((w) => `<li>${EMP.esc(w)}</li>`).join("");
+      warnings.classList.toggle("d-none", !(answer.warnings || []).length);
       body.insertAdjacentHTML("afterbegin", `<tr data-job-id="${EMP.esc(answer.job_id)}">
         <td><a href="${EMP.prefix}/jobs/${encodeURIComponent(answer.job_id)}"><code>${EMP.esc(answer.job_id)}</code></a></td>
         <td>${EMP.esc(job.service_required)}</td><td class="job-status">${EMP.badge("pending")}</td>
