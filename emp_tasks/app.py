@@ -7,7 +7,9 @@ nothing to Redis, and the Redis URL is resolved when the app is first used.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from celery.utils.imports import import_from_cwd
@@ -50,6 +52,7 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         },
         "broker_connection_retry_on_startup": True,
         "result_backend": f"{CLUSTER_BACKEND}+{url}" if cluster_enabled() else url,
+        **_tls_result_backend(url),
         "result_expires": 24 * 3600,
         # Celery documents "no limit"; redis-py 8 turned its None into 100 connections
         "redis_max_connections": THREAD_CONNECTIONS,
@@ -70,6 +73,17 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "accept_content": ["json"],
         **defaults.time_limits(),
     }
+
+
+def _tls_result_backend(url: str) -> dict[str, Any]:
+    """For a ``rediss://`` URL without ``ssl_cert_reqs``: verify the server's certificate,
+    as redis-py (the queue's, API's and webhooks' client) does for such a URL. Celery's
+    result backend refuses a ``rediss://`` URL without the parameter, so the worker alone
+    exited ("Unrecoverable error") while the other services ran on the same URL; a
+    ``ssl_cert_reqs`` in the URL, or the user's ``redis_backend_use_ssl``, still decides."""
+    if urlsplit(url).scheme != "rediss" or "ssl_cert_reqs" in parse_qs(urlsplit(url).query):
+        return {}
+    return {"redis_backend_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def user_config() -> dict[str, Any]:

@@ -209,12 +209,15 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
                err=True)
     _warn_unknown_pools(profile.worker_id, pool_list)
     try:
-        run_worker(app, profile, pool_list, concurrency=concurrency, loglevel=loglevel,
-                   extra_args=["-P", worker_pool] if worker_pool else None)
+        status = run_worker(app, profile, pool_list, concurrency=concurrency,
+                            loglevel=loglevel,
+                            extra_args=["-P", worker_pool] if worker_pool else None)
     except WORKER_START_ERRORS as exc:  # before Celery runs: its setup writes to Redis
         raise click.ClickException(
             f"worker {profile.worker_id}: Redis at {locate_redis(obj['redis_url']).shown} "
             f"{_start_refusal(exc)} ({type(exc).__name__}: {exc})") from None
+    if status:
+        sys.exit(status)
 
 
 @main.command()

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import celeryd_init
 
 from capability_router.eviction import warn_if_evicting
 from capability_router.keys import DEFAULT_NAMESPACE
@@ -134,13 +135,26 @@ def run_worker(
     app: Celery, profile: WorkerProfile, pools: list[str] | None = None,
     concurrency: int = defaults.CONCURRENCY, loglevel: str = "info",
     extra_args: list[str] | None = None,
-) -> None:
-    """Run a Celery worker consuming ``pools`` with ``profile``; returns when it stops."""
+) -> int:
+    """Run a Celery worker consuming ``pools`` with ``profile``; returns its exit status
+    when it stops: non-zero after Celery's "Unrecoverable error", as ``celery worker``
+    exits (``app.worker_main`` drops the status, so such a worker exited 0 and a
+    supervisor took the failure for a clean stop)."""
     pools = pools or [DEFAULT_NAMESPACE]
     prepare_worker(app, profile, pools)
     argv = [
         "worker", "-Q", ",".join(pools), "-c", str(concurrency), "-l", loglevel,
         "-n", f"{profile.worker_id}@%h", *(extra_args or []),
     ]
-    app.worker_main(argv)
+    built: list[Any] = []
+
+    def keep(sender: Any = None, instance: Any = None, **_: Any) -> None:
+        built.append(instance)
+
+    celeryd_init.connect(keep, weak=False)
+    try:
+        app.worker_main(argv)
+    finally:
+        celeryd_init.disconnect(keep)
+    return (getattr(built[-1], "exitcode", None) or 0) if built else 0
 
