@@ -17,6 +17,12 @@ the record. A retry with the same key then:
   then find the job filed, answers with that job instead of a 409;
 - with a different body gets 422 (Stripe's rule), and nothing is written.
 
+Only a 201 is kept as the key's answer: a refused request (the schema's
+400, the submit's 400/403/409, a 429) wrote nothing and gives its claim
+back (``release``), so its retry is checked afresh and a refusal cannot go
+stale (a pool made since). While a retry has taken the key over, a refusal
+is stored for that retry's 201 to replace.
+
 Once the submit placed the job, before it files it (``placed``), the first
 attempt placed decides the pool for every attempt with the key
 (``<record>:route:<digest>``): a retry routed elsewhere (the pools file

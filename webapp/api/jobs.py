@@ -92,7 +92,8 @@ def _answer(status: int, body: dict[str, Any], replayed: bool = False):  # noqa:
 @require_auth()
 def submit_job():  # noqa: ANN201 - Flask response
     """Submit a job: 201 with its id, or 400/403/409/429 having written nothing; with an
-    Idempotency-Key, a retry gets the first answer (422 for another body)."""
+    Idempotency-Key, a retry gets the first 201 (422 for another body); a refusal keeps
+    no answer, so its retry is checked again."""
     body = validation.json_body("JobSubmission")
     key = request.headers.get(idempotency.HEADER)
     if key is not None:
@@ -103,9 +104,10 @@ def submit_job():  # noqa: ANN201 - Flask response
 
 
 def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flask response
-    """The first request with ``key`` submits and stores its answer; a retry gets that
-    answer (409 when it named a job whose record was swept since), or the job filed
-    under the key, or (neither there yet) submits under the same job id."""
+    """The first request with ``key`` submits and stores its 201 (a refusal frees the
+    key); a retry gets that answer (409 when it named a job whose record was swept
+    since), or the job filed under the key, or (neither there yet) submits under the
+    same job id."""
     try:
         idempotency.check_key(key)
     except ValueError as exc:
@@ -141,6 +143,15 @@ def _submit_idempotently(body: dict[str, Any], key: str):  # noqa: ANN202 - Flas
         if exc.status == 409 and (not claim.first or store.taken_over(claim)) \
                 and _own_job(claim.job_id):
             return _filed_for_key(store, claim)  # the other attempt with the key filed it
+        # A refusal wrote nothing, so no answer is kept (as for the schema's 400, a 429,
+        # and the socket's submit): the retry is checked afresh and cannot double a job.
+        # A kept refusal went stale: a pool made since stayed "does not exist" for the
+        # key's whole window. Only while another attempt is on its way with the key (a
+        # retry took it over, or this is one) is the refusal stored, as before: the
+        # record must stay for that attempt's 201 to replace it.
+        if claim.first and not store.taken_over(claim):
+            store.release(claim)
+            raise
         refusal = {"success": False, "error": str(exc)}
         store.answer(claim, exc.status, refusal)
         return _answer(exc.status, refusal)

@@ -1,0 +1,49 @@
+"""Small inconsistencies a web developer met integrating with ``emp api`` (real server, real
+Redis, real workers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import requests
+from rest_helpers import ADMIN, TOKEN_A, TOKENS_ENV, Api, event_names, submit_state, wait_for
+
+from capability_router.keys import Keys
+
+pytestmark = pytest.mark.timeout(120)
+
+JOB = {"service_required": "echo", "priority": 60, "payload": {"n": 1}}
+
+
+def test_a_refused_keyed_submit_keeps_no_answer_and_its_retry_is_checked_again(
+        start_server, client) -> None:
+    """Tried: a customer's keyed POST /api/jobs naming a pool that does not exist yet (400),
+    then an admin submit that makes the pool, then the same POST with the same key; and a
+    keyed POST whose body fails the schema (400), sent twice. Before: the first refusal was
+    stored and replayed (``Idempotent-Replayed: true``, 400 "does not exist") for the key's
+    whole 24 h although the pool existed by then, while the schema's 400 was checked again
+    (the README said both were replayed). Now no refusal is kept: each retry is checked
+    afresh (201 once the pool exists), and a refusal writes nothing, not even a key."""
+    server = start_server("api", EMP_API_PROCESSES="1", **TOKENS_ENV)
+    api, admin = Api(server.base, TOKEN_A), Api(server.base, ADMIN)
+    body = {**JOB, "pool": "later"}
+    before = submit_state(client)
+    refused = api.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-pool"})
+    assert refused.status_code == 400 and "does not exist" in refused.text, refused.text
+    bad = {**JOB, "priority": "high"}
+    for _ in range(2):
+        schema = api.post("/api/jobs", json=bad, headers={"Idempotency-Key": "k-bad"})
+        assert schema.status_code == 400 and "Idempotent-Replayed" not in schema.headers
+    assert submit_state(client)[0] == before[0], "a refusal wrote a key"
+    admin.submit(**{**JOB, "pool": "later"})  # an admin submit makes the pool
+    again = api.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-pool"})
+    assert again.status_code == 201, again.text
+    assert "Idempotent-Replayed" not in again.headers
+    replayed = api.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-pool"})
+    assert (replayed.status_code, replayed.json()) == (201, again.json())
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+
+
