@@ -47,3 +47,31 @@ def test_a_refused_keyed_submit_keeps_no_answer_and_its_retry_is_checked_again(
     assert replayed.headers["Idempotent-Replayed"] == "true"
 
 
+def test_a_repeated_query_parameter_is_refused_naming_it(start_server, client) -> None:
+    """Tried: ``GET /api/jobs?status=pending&status=cancelled`` (one pending and one
+    cancelled job), ``?limit=1&limit=2``, and ``POST .../cancel?terminate=false&
+    terminate=true``, and the webhook service's ``/deliveries/recent?limit=1&limit=2``.
+    Before: only the first value was used, without a word (the listing
+    showed the pending job alone, as if the other status had not been asked for). Now each
+    is 400 naming the parameter, and the OpenAPI document says so of every query
+    parameter."""
+    api = Api(start_server("api", EMP_API_PROCESSES="1").base)
+    pending = api.submit(**JOB)
+    cancelled = api.submit(**JOB)
+    assert api.post(f"/api/jobs/{cancelled}/cancel").status_code == 200
+    for path, name in (("/api/jobs?status=pending&status=cancelled", "status"),
+                       ("/api/jobs?limit=1&limit=2", "limit")):
+        reply = api.get(path)
+        assert reply.status_code == 400, (path, reply.text)
+        assert reply.json()["error"].startswith(f"{name}: given 2 times"), reply.text
+    reply = api.post(f"/api/jobs/{pending}/cancel?terminate=false&terminate=true")
+    assert reply.status_code == 400 and "terminate" in reply.json()["error"], reply.text
+    assert api.status(pending) == "pending"
+    hooks = start_server("webhooks")
+    reply = requests.get(f"{hooks.base}/deliveries/recent?limit=1&limit=2", timeout=10)
+    assert reply.status_code == 400 and reply.json()["field"] == "limit", reply.text
+    document = api.get("/api/openapi.json").json()
+    listed = document["paths"]["/api/jobs"]["get"]["parameters"]
+    assert all("at most once" in p["description"] for p in listed if p["in"] == "query")
+
+

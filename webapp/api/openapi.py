@@ -478,9 +478,14 @@ def _r(*codes: str) -> dict[str, Any]:
     return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
 
 
+#: Said of every query parameter: the code refuses a repeated one (``validation.query``).
+ONCE = " Given at most once: a repeated parameter is 400 naming it."
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A query parameter; one value (a repeat is refused, not partly used)."""
     return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+            "description": description + ONCE}
 
 
 def _path(name: str, description: str) -> dict[str, Any]:

@@ -161,14 +161,24 @@ def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
     return text
 
 
+def repeated(name: str, times: int) -> str:
+    """Why a query parameter given ``times`` times is refused (every one takes one value)."""
+    return f"{name}: given {times} times; send it once (it takes one value)"
+
+
 def query(path: str, method: str) -> dict[str, Any]:
-    """The operation's query parameters, converted, checked, defaults filled in."""
+    """The operation's query parameters, converted, checked, defaults filled in. Each
+    takes one value: a repeated one (``?status=a&status=b``) is refused naming it,
+    rather than all but the first dropped without a word."""
     values: dict[str, Any] = {}
     for parameter in _operation(path, method).get("parameters", []):
         if parameter["in"] != "query":
             continue
         name, schema = parameter["name"], parameter["schema"]
-        text = request.args.get(name)
+        given = request.args.getlist(name)
+        if len(given) > 1:
+            raise Invalid(repeated(name, len(given)))
+        text = given[0] if given else None
         if text is None:
             values[name] = schema.get("default")
             continue

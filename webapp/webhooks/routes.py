@@ -80,8 +80,18 @@ def check_destination(url: str) -> None:
         raise RegistrationError("url", str(exc)) from None
 
 
+def _one(name: str) -> str | None:
+    """The query parameter ``name``: RegistrationError when repeated (``?status=a&status=b``
+    used the first value alone, without a word)."""
+    given = request.args.getlist(name)
+    if len(given) > 1:
+        raise RegistrationError(name, f"given {len(given)} times; send it once (it takes "
+                                      "one value)")
+    return given[0] if given else None
+
+
 def _limit(default: int) -> int:
-    text = request.args.get("limit")
+    text = _one("limit")
     if text is None:
         return default
     if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
@@ -177,8 +187,8 @@ def deliveries(hook_id: str) -> Any:
     store = service().store
     if store.get(hook_id) is None:
         return _missing(hook_id)
-    status = request.args.get("status") or None
     try:
+        status = _one("status") or None
         limit = _limit(50)
         if status is not None and status not in DELIVERY_STATUSES:
             raise RegistrationError("status", f"unknown delivery status {status!r} (known: "
