@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '23'
+local VERSION = '24'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1923,8 +1923,9 @@ local function emp_start(keys, args)
       'machine_id', machine)
     redis.call('HDEL', keys[2], 'preparing')
     index_status(P, id, 'assigned', 'in_progress', now)
+    -- A worker outside a machine has no machine id: left out of the event, not ''.
     emit(P, event_config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
-      machine_id = machine}, now)
+      machine_id = machine ~= '' and machine or nil}, now)
   end
   return 'ok'
 end
@@ -2227,8 +2228,11 @@ local function emp_cancel(keys, args)
     unfile_pending(P, id, f[2])
     redis.call('ZREM', keys[3], id)
   end
+  -- A job that never ran (or went back to pending) has no worker: the field is left
+  -- out, as job_submitted leaves out what a job lacks, not sent as ''.
+  local worker = f[3] ~= '' and f[3] or nil
   end_job(P, keys[2], id, 'cancelled', {'cancelled_at', now, 'last_error', args[2]},
-    'job_cancelled', {worker_id = f[3] or '', reason = args[2]}, now)
+    'job_cancelled', {worker_id = worker, reason = args[2]}, now)
   return {'cancelled', f[1], f[3] or ''}
 end
 

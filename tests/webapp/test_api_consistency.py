@@ -75,3 +75,41 @@ def test_a_repeated_query_parameter_is_refused_naming_it(start_server, client) -
     assert all("at most once" in p["description"] for p in listed if p["in"] == "query")
 
 
+def _empty_fields(value: Any, where: str = "") -> list[str]:
+    """Where ``value`` holds an empty string."""
+    if value == "":
+        return [where]
+    if isinstance(value, dict):
+        return [hit for key, item in value.items() for hit in _empty_fields(item, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [hit for n, item in enumerate(value) for hit in _empty_fields(item, f"{where}[{n}]")]
+    return []
+
+
+def test_no_event_of_a_job_life_cycle_carries_an_empty_string(
+        start_server, start_worker, client) -> None:
+    """Tried: a job submitted, cancelled while pending, retried, then run to completion;
+    and a job that fails once and is retried by its worker before it completes. Every
+    event of both read from the job's stream. Before: ``job_cancelled`` of the pending
+    job carried ``"worker_id": ""`` (it never ran: it has no worker). Now a field with no
+    value is left out, as ``job_submitted`` leaves out what a job lacks; the event of a
+    running job still names its worker."""
+    api = Api(start_server("api", EMP_API_PROCESSES="1").base)
+    first = api.submit(**JOB)
+    assert api.post(f"/api/jobs/{first}/cancel").status_code == 200
+    assert api.post(f"/api/jobs/{first}/retry").status_code == 200
+    start_worker("w1")
+    flaky = api.submit(service_required="echo", payload={"fail_times": 1}, max_retries=1)
+    for job_id in (first, flaky):
+        api.wait_status(job_id, "completed")
+    found = {}
+    for job_id in (first, flaky):
+        for _, fields in client.xrange(Keys("default").job_events(job_id)):
+            found[f"{job_id} {fields['event']}"] = json.loads(fields["data"])
+    assert event_names(client, flaky).count("job_started") == 2, found
+    empty = {name: hits for name, data in found.items() if (hits := _empty_fields(data))}
+    assert empty == {}, empty
+    cancelled = found[f"{first} job_cancelled"]
+    assert "worker_id" not in cancelled and cancelled["reason"], cancelled
+
+
