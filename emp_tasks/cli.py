@@ -202,7 +202,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(str(exc)) from None
     pool_list = list(pools) or defaults.worker_pools()
     try:
-        check_pools(pool_list, "-Q, WORKER_POOLS or MACHINE_POOL")
+        check_pools(pool_list, "-Q" if pools else defaults.worker_pools_setting())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",

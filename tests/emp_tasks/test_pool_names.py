@@ -90,3 +90,26 @@ def test_emp_submit_refuses_a_dot_pool_naming_the_option(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Invalid value for --pool: '..' cannot be a pool name" in done.stderr, done.stderr
     assert _written(client) == before
+
+
+@pytest.mark.timeout(240)
+def test_workers_refuse_a_dot_pool_naming_the_setting(redis_server, client: redis.Redis) -> None:
+    """Tried: ``emp worker -Q ..``, ``emp worker`` with WORKER_POOLS=. and with
+    MACHINE_POOL=.., and ``celery -A emp_tasks.app worker`` with WORKER_POOLS=... Before
+    the fix each started serving its dot pool (adding it to the set of pools for good).
+    Now each exits at once with one line naming the option or variable."""
+    url = {"EMP_REDIS_URL": redis_server.url}
+    before = _written(client)
+    for args, env, named in ((["-Q", ".."], {}, "-Q"), ([], {"WORKER_POOLS": "."}, "WORKER_POOLS"),
+                             ([], {"MACHINE_POOL": ".."}, "MACHINE_POOL")):
+        done = _run(["worker", *args], {**url, **env})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{named}: '{env.get(named, '..')}' cannot be a pool name" in done.stderr, (
+            done.stderr)
+        assert "Traceback" not in done.stderr
+    plain = _run(["-A", "emp_tasks.app", "worker", "-c", "1"], {**url, "WORKER_POOLS": ".."},
+                 [sys.executable, "-m", "celery"])
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert "'..' cannot be a pool name" in plain.stderr, plain.stderr[-2000:]
+    assert _written(client)[1] == before[1]
+    assert not [key for key in client.scan_iter() if key.startswith(("emp:{.}", "emp:{..}"))]
