@@ -594,17 +594,18 @@ class QueueFunctions:
         """The job's class and family rebuilt from its record (the class may be gone),
         with ``requirements`` instead of the record's when given."""
         fields = self.client.hmget(self.keys.job(job_id), "service_required", "requirements",
-                                   "customer_id", "workflow_id", "pool")
-        service, recorded, customer, workflow, pool = (_text(v) if v is not None else None
-                                                       for v in fields)
+                                   "customer_id", "workflow_id")
+        service, recorded, customer, workflow = (_text(v) if v is not None else None
+                                                 for v in fields)
         if not service:
             return []
         try:
             if requirements is None:
                 requirements = json.loads(recorded or "null")
+            # No pool: a class does not depend on it, and a pool a new job may not name
+            # ('..', made before that was refused) still holds jobs to resubmit.
             spec = JobSpec(service=service, requirements=requirements,
-                           customer_id=customer, workflow_id=workflow,
-                           pool=pool or self.keys.namespace)
+                           customer_id=customer, workflow_id=workflow)
         except (InvalidJob, ValueError):
             return []  # the record's own class is filed again as it is
         return [spec.class_signature, spec.class_json, spec.family_signature, spec.family_json]

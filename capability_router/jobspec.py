@@ -19,7 +19,7 @@ from kombu.utils import json as kombu_json
 
 from capability_router.env import env_int
 from capability_router.errors import InvalidJob
-from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
+from capability_router.keys import DEFAULT_NAMESPACE, check_namespace, check_new_pool
 from capability_router.requirements import (
     canonical_json,
     family_of,
@@ -165,14 +165,15 @@ class JobSpec:
         self.workflow_datetime = _time_ms("workflow_datetime", self.workflow_datetime)
         self.current_step = _int("current_step", self.current_step, 0, 10**6, None)
         self.total_steps = _int("total_steps", self.total_steps, 0, 10**6, None)
+        where = "pool"
         if isinstance(self.requirements, dict) and "pool" in self.requirements:
             self.requirements = dict(self.requirements)
-            self.pool = self.requirements.pop("pool")
+            self.pool, where = self.requirements.pop("pool"), "requirements.pool"
         self.pool_named = self.pool is not None and self.routing is None
         if self.pool is None:
             self.pool = DEFAULT_NAMESPACE
-        try:
-            check_namespace(self.pool)
+        try:  # a submit may make the pool it names: only a name a URL can carry
+            check_new_pool(self.pool, where)
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
         if self.routing is not None:

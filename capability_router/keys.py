@@ -33,6 +33,30 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
+#: Pool names a URL path cannot carry: HTTP clients drop such a segment (RFC 3986 5.2.4).
+DOT_SEGMENTS = (".", "..")
+
+
+def check_new_pool(name: str, field: str | None = "pool") -> str:
+    """Return ``name`` if a new pool may take it, else raise ValueError naming ``field``
+    (None: the caller names it).
+
+    Beyond ``check_namespace``: '.' and '..' are refused, since ``/api/pools/../metrics``
+    can never reach such a pool. ``check_namespace`` still accepts them, so every reader
+    of all pools keeps working where a Redis already holds one.
+    """
+    where = f"{field}: " if field else ""
+    if name in DOT_SEGMENTS:
+        raise ValueError(
+            f"{where}{name!r} cannot be a pool name: HTTP clients drop a '.' or '..' path "
+            "segment, so /api/pools/<pool> could never reach it"
+        )
+    try:
+        return check_namespace(name)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+
+
 def namespace_prefix(namespace: str) -> str:
     """Return ``emp:{<namespace>}:``, the start of every key of a namespace."""
     return f"{PREFIX}:{{{check_namespace(namespace)}}}:"

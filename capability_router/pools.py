@@ -10,6 +10,7 @@ the file and the field, and a bad file is refused whole.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from capability_router.errors import PoolsFileError
-from capability_router.keys import check_namespace
+from capability_router.keys import check_new_pool
 from capability_router.prediction.scaler import ScalingPolicy
 
 logger = logging.getLogger(__name__)
@@ -200,9 +201,11 @@ def _kind(value: Any) -> str:
 def _pool(read: _Reader, name: str, raw: Any, position: int) -> Pool:
     where = f"pools.{name}"
     try:
-        check_namespace(name)
+        check_new_pool(name, None)
     except ValueError as exc:
-        raise read.fail(where, f"is not a usable pool name: {exc}") from None
+        # Quoted, as TOML writes a key with a dot: [pools.".."] read as pools... said less.
+        quoted = f"pools.{json.dumps(name)}" if "." in name else where
+        raise read.fail(quoted, f"is not a usable pool name: {exc}") from None
     table = read.table(where, raw)
     read.only(where, table, _POOL_FIELDS)
     missing = [k for k, required in _POOL_FIELDS.items() if required and k not in table]

@@ -202,7 +202,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(str(exc)) from None
     pool_list = list(pools) or defaults.worker_pools()
     try:
-        check_pools(pool_list, "-Q, WORKER_POOLS or MACHINE_POOL")
+        check_pools(pool_list, "-Q" if pools else defaults.worker_pools_setting())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
@@ -237,11 +237,18 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     """Submit a job; waits with a progress bar unless --no-wait."""
     import redis
 
+    from capability_router.keys import check_new_pool
     from emp_tasks.producer import get_job
     from emp_tasks.producer import submit as submit_job
     from emp_tasks.watch import follow_job
 
     fields = {k: v for k, v in (("pool", pool), ("workflow_id", workflow_id)) if v}
+    if pool:
+        try:  # the submit may make the pool: only a name a URL can carry
+            check_new_pool(pool, "--pool")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--pool: "),
+                                     param_hint="--pool") from None
     job_payload = _json_option(payload, "--payload")
     job_requirements = _json_option(requirements, "--requirements")
     url = _reachable_url(obj)

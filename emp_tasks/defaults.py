@@ -55,6 +55,11 @@ def worker_pools() -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()] or ["default"]
 
 
+def worker_pools_setting() -> str:
+    """The setting ``worker_pools`` read, to name it in an error about its pools."""
+    return "WORKER_POOLS" if env("WORKER_POOLS") else "MACHINE_POOL"
+
+
 def redis_url() -> str:
     """The Redis to use: ``EMP_REDIS_URL``, ``REDIS_URL``, the running ``emp up``, the default."""
     from emp_tasks.locate import redis_url as located

@@ -32,6 +32,7 @@ from capability_router.profile import WorkerProfile
 from capability_router.redaction import masked_url
 from capability_router.transport import is_job_queue
 from emp_tasks import defaults
+from emp_tasks.start_checks import check_pools
 from emp_tasks.worker import build_profile, prepare_worker
 
 logger = logging.getLogger("emp.worker")
@@ -116,6 +117,8 @@ class EmpWorkerStep(bootsteps.Step):
             return
         profile = _profiles.pop(parent, None) or _start_guarded(app, lambda: build_profile(app))
         pools = [name for name in app.amqp.queues.consume_from if is_job_queue(name)]
+        _start_guarded(app, lambda: check_pools(pools, "-Q, WORKER_POOLS or MACHINE_POOL"),
+                       f"worker {profile.worker_id}")
         logger.warning("worker %s: services=%s pools=%s", profile.worker_id,
                        profile.services, pools)
         _start_guarded(app, lambda: prepare_worker(app, profile, pools),

@@ -7,7 +7,7 @@ under supervisor over and over, the reason in their log files only.
 
 from __future__ import annotations
 
-from capability_router.keys import check_namespace
+from capability_router.keys import check_new_pool
 from emp_tasks import defaults
 
 
@@ -24,9 +24,8 @@ def check_worker_settings() -> None:
 
 
 def check_pools(pools: list[str], where: str) -> None:
-    """ValueError naming the first pool name no queue can have, and ``where`` it was set."""
-    try:
-        for pool in pools:
-            check_namespace(pool)
-    except ValueError as exc:
-        raise ValueError(f"{exc} ({where})") from None
+    """ValueError naming the first pool name no queue can have, and ``where`` it was set.
+    A worker's pool is made when it serves it: only a name a URL can carry
+    (``check_new_pool``: not '.' or '..')."""
+    for pool in pools:
+        check_new_pool(pool, where)

@@ -33,6 +33,7 @@ from capability_router.errors import (
 from capability_router.functions import CLUSTER_REDIRECTS
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
+from capability_router.keys import check_new_pool
 from capability_router.states import JobStatus
 from capability_router.transport import ATTEMPT_HEADER, MAX_RETRIES_HEADER, REPLACES_HEADER
 from emp_tasks import tracing
@@ -131,6 +132,15 @@ def replacement_pools(sig: Signature, task: Any) -> list[tuple[str, str | None]]
     ]
 
 
+def _check_new_pool(pool: str, named_by: str) -> str:
+    """``pool``, or InvalidJob naming what named it (Celery's queue options are EMP pools,
+    which a submit may make: only a name a URL can carry, ``check_new_pool``)."""
+    try:
+        return check_new_pool(pool, named_by)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
+
+
 #: Record fields a replacement keeps (``replacement_options``).
 KEPT_FIELDS = ("customer_id", "workflow_id", "priority")
 
@@ -212,7 +222,10 @@ class EmpTask(Task):
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
         queue = queue_name(options.get("queue") or getattr(self, "queue", None))
+        named_by = ("queue" if options.get("queue")
+                    else f"the queue option of task {self.name!r}")
         if queue is not None:
+            _check_new_pool(queue, named_by)
             # Filed in the queue while the record named another pool, the job was lost
             # to both (``emp_tasks.celery_queue``).
             if fields.setdefault("pool", queue) != queue:
@@ -222,7 +235,7 @@ class EmpTask(Task):
         elif "pool" not in fields and "pool" not in (fields.get("requirements") or {}):
             routed = routed_queue(self, args, kwargs, options)
             if routed is not None:
-                fields["pool"] = routed
+                fields["pool"] = _check_new_pool(routed, f"task_routes for {self.name!r}")
         # The task's own defaults, as Celery applies them to a call that names none.
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority

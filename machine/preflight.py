@@ -32,7 +32,7 @@ def check_workers(plan: MachinePlan) -> None:
     first = workers[0].name
     try:  # settings the plan never sets per worker: the machine's environment decides
         check_worker_settings()
-        check_pools(defaults.worker_pools(), "WORKER_POOLS or MACHINE_POOL")
+        check_pools(defaults.worker_pools(), defaults.worker_pools_setting())
     except ValueError as exc:
         raise MachineError(f"worker {first}: {exc}") from None
     for spec in workers:

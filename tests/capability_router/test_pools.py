@@ -98,6 +98,10 @@ def test_order_sorts_the_pools_whatever_the_file_order() -> None:
     (("[pools.small]", "[pools.small]\norder = 2"),
      "pools.big.order is 2, the same as pools.small.order"),
     (("[pools.small]", "[pools.\"no pool\"]"), "pools.no pool is not a usable pool name"),
+    # Tried before the fix: accepted, and the router filed jobs in pool '..', which
+    # /api/pools/<pool> can never reach (HTTP clients drop such a path segment).
+    (("[pools.small]", "[pools.\"..\"]"),
+     "pools.\"..\" is not a usable pool name: '..' cannot be a pool name"),
     (("seconds_per_unit = 0.25", "seconds_per_unit = 0"),
      "priors.services.echo.seconds_per_unit must be > 0"),
     (("spill_wait_seconds = 5", "spill_wait = 5"), "routing has unknown field(s) spill_wait"),

@@ -25,6 +25,7 @@ from machine.status import read_machine
     ("EMP_LEASE_SECONDS", "0", "EMP_LEASE_SECONDS must be a positive number, got '0'"),
     ("WORKER_RAM_GB", "lots", "WORKER_RAM_GB must be a number, got 'lots'"),
     ("MACHINE_POOL", "gpu pool", "invalid pool name 'gpu pool'"),
+    ("MACHINE_POOL", "..", "MACHINE_POOL: '..' cannot be a pool name"),
 ])
 def test_a_setting_its_workers_would_refuse_stops_the_machine_in_one_line(
         start_machine, client: redis.Redis, tmp_path: Path,  # noqa: ANN001

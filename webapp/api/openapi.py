@@ -23,10 +23,12 @@ blueprint = Blueprint("openapi", __name__)
 
 #: Job and customer ids, service and workflow names (``capability_router.jobspec``).
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
-#: Job ids a URL path cannot carry (``_submission``).
+#: Job ids and pool names a URL path cannot carry (``_submission``).
 DOT_SEGMENTS = [".", ".."]
 DOT_SEGMENT_ERROR = ("'.' and '..' cannot be job ids: HTTP clients drop such a path "
                      "segment, so /api/jobs/<id> could never reach the job")
+POOL_DOT_SEGMENT_ERROR = ("'.' and '..' cannot be pool names: HTTP clients drop such a "
+                          "path segment, so /api/pools/<pool> could never reach the pool")
 #: The same, or empty: an empty query parameter means "no filter".
 FILTER_PATTERN = r"^[A-Za-z0-9_.:\-]{0,128}$"
 #: Pool names (``capability_router.keys``).
@@ -108,11 +110,14 @@ def _submission(service_names: list[str]) -> dict[str, Any]:
             "current_step": integer(0, 10**6, "This job's step in its workflow."),
             "total_steps": integer(0, 10**6, "Steps of its workflow."),
             "ctx": {**obj, "description": "Storage context, kept apart from the payload."},
+            # A submit naming a pool may make it (an admin's): not a dot segment, as ids.
             "pool": {"type": "string", "pattern": POOL_PATTERN, "nullable": True,
+                     "not": {"enum": DOT_SEGMENTS}, "x-error": POOL_DOT_SEGMENT_ERROR,
                      "description": "Queue namespace (pool); a customer token may name "
                                     "only one that exists. Unset: the router's choice when "
                                     "a pools file is configured (EMP_POOLS_FILE), else "
-                                    "'default'."},
+                                    "'default'. Not '.' or '..': HTTP clients drop such a "
+                                    "path segment."},
             "message_id": {**job_id, "description": (
                 "Becomes the job id (default: a UUID); each customer's ids are its own. "
                 "Not '.' or '..': HTTP clients drop such a path segment.")},
