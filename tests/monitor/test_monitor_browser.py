@@ -195,6 +195,38 @@ def test_cancel_on_the_job_page_ends_a_running_job(
     assert progress_after and progress_after[-1]["data"]["progress"] < 100
 
 
+def test_many_monitor_tabs_share_one_live_stream_and_every_tab_still_loads_and_acts(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        browser: Any, app: Any) -> None:
+    """Tried: one browser with seven monitor tabs open (Queue, Jobs, Machines, Pools,
+    Webhooks, a job, Submit), then Cancel on the job's tab. Before: each tab held its own
+    /emp/events stream, and Chromium opens at most six HTTP/1.1 connections to a host: the
+    seventh tab never finished loading (timed out) and every tab's reads and actions
+    queued behind the streams. Now the tabs share one stream (a SharedWorker)."""
+    start_worker("w1")
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 100, "duration": 50}, app=app)
+    context = browser.new_context(bypass_csp=True)
+    try:
+        tabs = []
+        for path in ("/queue", "/jobs", "/machines", "/pools", "/webhooks",
+                     f"/jobs/{job.id}", "/submit"):
+            tab = context.new_page()
+            tab.goto(monitor.base + path, timeout=10_000)
+            tab.wait_for_selector('#emp-live[data-state="live"]', timeout=10_000)
+            tabs.append(tab)
+        job_tab = tabs[5]
+        job_tab.wait_for_selector('#job-status[data-status="in_progress"]', timeout=20_000)
+        job_tab.click("#job-cancel")
+        job_tab.wait_for_selector('#job-status[data-status="cancelled"]', timeout=10_000)
+        # The other tabs hear it on the one shared stream.
+        tabs[1].wait_for_selector(f'tr[data-job-id="{job.id}"] [data-status="cancelled"]',
+                                  timeout=10_000)
+        assert get_job(job.id, app=app)["status"] == "cancelled"
+    finally:
+        context.close()
+
+
 def test_requeue_and_retry_on_the_job_page(
         start_worker: Callable[..., Any], start_server: Callable[..., Any],
         open_page: Callable[..., Any], app: Any) -> None:
