@@ -574,6 +574,27 @@ def test_a_pool_filter_that_is_no_pool_name_is_a_400_naming_it(
     assert page.query_selector(f'#jobs-table tr[data-job-id="{job.id}"]') is not None
 
 
+def test_a_jobs_address_with_a_status_the_filter_lacks_says_so_not_every_job(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
+    """Tried: /jobs?status=bogus (a hand-edited or old link; /emp/api/jobs answers it 400)
+    with one pending job stored. Before: the Status box cannot hold 'bogus', so the page
+    asked for every status and listed the job, "1–1 of 1", under an address saying
+    status=bogus. Now it asks for what the address says, shows the 400 naming it and no
+    rows."""
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    page = open_page(monitor.base + "/jobs?status=bogus")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    assert "status 'bogus' is not one of" in page.inner_text("#emp-error")
+    assert page.query_selector(f'#jobs-table tr[data-job-id="{job.id}"]') is None
+    assert "status=bogus" in page.url
+    page.select_option("#job-filters select[name=status]", "pending")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    assert page.inner_text("#emp-error") == "" or page.is_hidden("#emp-error")
+
+
 def test_emp_monitor_refuses_an_option_flower_does_not_have() -> None:
     # Tried: a misspelt option and a bare word; neither may start a monitor.
     for bad in ("--basic-auht=ops:x", "extra"):
