@@ -226,6 +226,30 @@ def test_a_silent_machine_is_marked_stale_before_it_is_reaped(client: redis.Redi
     assert by_id(machines_view(client, stale_after_seconds=60))["beta"]["stale"] is False
 
 
+@pytest.mark.timeout(120)
+def test_a_killed_bare_worker_marks_its_group_stale_before_its_record_expires(
+        start_worker, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Tried: `emp worker` with MACHINE_ID=rack-9 killed with SIGKILL, Machines read again.
+    Before: for the three leases its registry record outlives it (90 s by default), the
+    group read healthy, "1 worker heartbeating, no machine report", never stale, while
+    its last heartbeat aged past a minute. Now it is stale, and unhealthy, once its newest
+    heartbeat is a lease old (three missed heartbeats)."""
+    monkeypatch.setenv("EMP_LEASE_SECONDS", "3")  # heartbeats every 1 s; records live 9 s
+    worker = start_worker("crashed-1", MACHINE_ID="rack-9", WORKER_SERVICES="echo",
+                          EMP_LEASE_SECONDS="3")
+    start_worker("alive-1", MACHINE_ID="rack-8", WORKER_SERVICES="echo", EMP_LEASE_SECONDS="3")
+    rack = by_id(machines_view(client))["rack-9"]
+    assert rack["healthy"] and not rack["stale"], rack["health_reason"]
+    worker.kill()  # SIGKILL: no goodbye, the record stays until it expires
+    stale = wait_for(lambda: by_id(machines_view(client)).get("rack-9", {}).get("stale") and
+                     by_id(machines_view(client))["rack-9"], timeout=8,
+                     message="rack-9 to look stale while its record lives")
+    assert stale["healthy"] is False and stale["health_reason"].startswith("no heartbeat for ")
+    assert [w["worker_id"] for w in stale["workers"]] == ["crashed-1"]
+    alive = by_id(machines_view(client))["rack-8"]
+    assert alive["healthy"] and not alive["stale"], alive["health_reason"]
+
+
 # -- machines: real machines and workers -------------------------------------------------
 
 

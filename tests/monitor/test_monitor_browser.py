@@ -195,6 +195,38 @@ def test_cancel_on_the_job_page_ends_a_running_job(
     assert progress_after and progress_after[-1]["data"]["progress"] < 100
 
 
+def test_many_monitor_tabs_share_one_live_stream_and_every_tab_still_loads_and_acts(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        browser: Any, app: Any) -> None:
+    """Tried: one browser with seven monitor tabs open (Queue, Jobs, Machines, Pools,
+    Webhooks, a job, Submit), then Cancel on the job's tab. Before: each tab held its own
+    /emp/events stream, and Chromium opens at most six HTTP/1.1 connections to a host: the
+    seventh tab never finished loading (timed out) and every tab's reads and actions
+    queued behind the streams. Now the tabs share one stream (a SharedWorker)."""
+    start_worker("w1")
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 100, "duration": 50}, app=app)
+    context = browser.new_context(bypass_csp=True)
+    try:
+        tabs = []
+        for path in ("/queue", "/jobs", "/machines", "/pools", "/webhooks",
+                     f"/jobs/{job.id}", "/submit"):
+            tab = context.new_page()
+            tab.goto(monitor.base + path, timeout=10_000)
+            tab.wait_for_selector('#emp-live[data-state="live"]', timeout=10_000)
+            tabs.append(tab)
+        job_tab = tabs[5]
+        job_tab.wait_for_selector('#job-status[data-status="in_progress"]', timeout=20_000)
+        job_tab.click("#job-cancel")
+        job_tab.wait_for_selector('#job-status[data-status="cancelled"]', timeout=10_000)
+        # The other tabs hear it on the one shared stream.
+        tabs[1].wait_for_selector(f'tr[data-job-id="{job.id}"] [data-status="cancelled"]',
+                                  timeout=10_000)
+        assert get_job(job.id, app=app)["status"] == "cancelled"
+    finally:
+        context.close()
+
+
 def test_requeue_and_retry_on_the_job_page(
         start_worker: Callable[..., Any], start_server: Callable[..., Any],
         open_page: Callable[..., Any], app: Any) -> None:
@@ -540,6 +572,27 @@ def test_a_pool_filter_that_is_no_pool_name_is_a_400_naming_it(
     page.wait_for_selector("#emp-error.d-none", state="attached")
     assert page.inner_text("#jobs-total") == "1–1 of 1"
     assert page.query_selector(f'#jobs-table tr[data-job-id="{job.id}"]') is not None
+
+
+def test_a_jobs_address_with_a_status_the_filter_lacks_says_so_not_every_job(
+        start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
+    """Tried: /jobs?status=bogus (a hand-edited or old link; /emp/api/jobs answers it 400)
+    with one pending job stored. Before: the Status box cannot hold 'bogus', so the page
+    asked for every status and listed the job, "1–1 of 1", under an address saying
+    status=bogus. Now it asks for what the address says, shows the 400 naming it and no
+    rows."""
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    page = open_page(monitor.base + "/jobs?status=bogus")
+    page.wait_for_selector("#emp-error:not(.d-none)")
+    assert "status 'bogus' is not one of" in page.inner_text("#emp-error")
+    assert page.query_selector(f'#jobs-table tr[data-job-id="{job.id}"]') is None
+    assert "status=bogus" in page.url
+    page.select_option("#job-filters select[name=status]", "pending")
+    page.click("#job-filters button[type=submit]")
+    page.wait_for_selector(f'#jobs-table tr[data-job-id="{job.id}"]')
+    assert page.inner_text("#emp-error") == "" or page.is_hidden("#emp-error")
 
 
 def test_emp_monitor_refuses_an_option_flower_does_not_have() -> None:

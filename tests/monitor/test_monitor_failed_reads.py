@@ -185,9 +185,31 @@ def test_the_live_stream_comes_back_after_the_monitor_answered_it_503(
         route.fulfill(status=503, body="Redis is unreachable", headers={"Retry-After": "1"})
 
     page = open_page(None)
+    # Playwright routes no SharedWorker's requests: this page holds its stream in a
+    # dedicated worker, as browsers without SharedWorker do (the shared one: below).
+    page.add_init_script("delete window.SharedWorker")
     page.context.route("**/emp/events*", unavailable)
     page.goto(monitor.base + "/jobs")
     page.wait_for_selector('#emp-live[data-state="reconnecting"]', timeout=15_000)
     assert refused
     page.context.unroute("**/emp/events*")
     page.wait_for_selector('#emp-live[data-state="live"]', timeout=15_000)
+
+
+def test_both_tabs_on_the_shared_live_stream_follow_a_monitor_restart(
+        start_server: Callable[..., Any], open_page: Callable[..., Any]) -> None:  # noqa: F811
+    """Tried: two tabs of one browser sharing the live stream (a SharedWorker), the
+    monitor killed, then started again on its port. Both tabs said "reconnecting…", then
+    went live again on the one stream."""
+    monitor = start_server("monitor")
+    jobs = open_page(monitor.base + "/jobs")
+    queue = jobs.context.new_page()
+    queue.goto(monitor.base + "/queue")
+    queue.wait_for_selector('#emp-live[data-state="live"]', timeout=15_000)
+    assert jobs.evaluate("typeof SharedWorker") == "function"
+    monitor.kill()
+    for tab in (jobs, queue):
+        tab.wait_for_selector('#emp-live[data-state="reconnecting"]', timeout=15_000)
+    start_server("monitor", port=monitor.port)
+    for tab in (jobs, queue):
+        tab.wait_for_selector('#emp-live[data-state="live"]', timeout=30_000)

@@ -27,3 +27,22 @@ def options_of(*argv: str, **env: str) -> tuple[int, int]:
 def test_the_task_history_kept_in_memory_is_bounded_by_default(argv, env, expected) -> None:
     """Tried: no options, --max_tasks on the command line, FLOWER_* variables."""
     assert options_of(*argv, **env) == expected
+
+
+@pytest.mark.timeout(120)
+def test_the_no_authentication_warning_says_what_is_open(start_server) -> None:  # noqa: ANN001
+    """Tried: `emp monitor` with no options, then with --read_only (FLOWER_READ_ONLY), each
+    read at /health, its start-up log read. Before: the read-only one warned "anyone who
+    can reach port N can cancel, retry and submit jobs ... or --read_only", which it was,
+    and refused all of them (403). Now it says what it leaves open: reading every job."""
+    plain = start_server("monitor")
+    read_only = start_server("monitor", FLOWER_READ_ONLY="true")
+    warning = [line for line in plain.log().splitlines() if "NO MONITOR AUTHENTICATION" in line]
+    assert len(warning) == 1 and "can cancel, retry and submit jobs" in warning[0]
+    assert "or --read_only" in warning[0]
+    warning = [line for line in read_only.log().splitlines()
+               if "NO MONITOR AUTHENTICATION" in line]
+    assert len(warning) == 1, read_only.log()
+    assert "can read every job's payload, result and error" in warning[0]
+    assert "cancel" not in warning[0].replace("refuses the actions", "")
+    assert "or --read_only" not in warning[0]

@@ -98,9 +98,12 @@ def run(argv: Sequence[str] = (), redis_url: str | None = None, port: int | None
     bound = monitor.start_http_server()
     options = monitor.options
     if not (options.basic_auth or options.auth):
+        # Read-only refuses every action: what is open then is reading, not acting.
+        exposed = ("read every job's payload, result and error (--read_only refuses the "
+                   "actions)" if options.read_only else "cancel, retry and submit jobs")
         logger.warning("NO MONITOR AUTHENTICATION CONFIGURED: anyone who can reach port %s can "
-                       "cancel, retry and submit jobs. Use --basic_auth=user:password or "
-                       "--auth (Flower's options), or --read_only.", bound)
+                       "%s. Use --basic_auth=user:password or --auth (Flower's options)%s.",
+                       bound, exposed, "" if options.read_only else ", or --read_only")
     logger.info("EMP monitor (Flower %s) on http://%s:%s%s", _flower_version(),
                 options.address or "127.0.0.1", bound, monitor.emp.url_prefix + "/")
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from capability_router.registry import WorkerRegistry
+from emp_tasks.defaults import lease_seconds
 from machine.settings import MachineSettings
 from machine.status import MachineStatus, ended_machines, machines, redis_now_ms
 from machine.supervision import RUNNING
@@ -46,6 +47,13 @@ def default_stale_seconds() -> float:
     Read the way machines read it, so "stale" here means "about to be reaped".
     """
     return float(MachineSettings.from_env(machine_id="monitor").stale_seconds or 0)
+
+
+def heartbeat_silence_seconds() -> float:
+    """How long a worker may go without a heartbeat before its group is stale: one lease
+    (``EMP_LEASE_SECONDS``), i.e. three missed heartbeats. Its registry record outlives it
+    (three leases), so without this a killed worker read "heartbeating" until it expired."""
+    return lease_seconds()
 
 
 def _age_seconds(stamp_ms: int | None, now: int) -> float | None:
@@ -129,7 +137,8 @@ def _health(machine: dict[str, Any]) -> tuple[bool, str]:
     if machine["ended"]:
         return False, machine["status"] + (f": {machine['reason']}" if machine["reason"] else "")
     if machine["stale"]:
-        return False, f"no report for {machine['last_report_age_seconds']:.0f}s"
+        what = "report" if machine["has_record"] else "heartbeat"
+        return False, f"no {what} for {machine['last_report_age_seconds']:.0f}s"
     if not machine["has_record"]:
         return True, f"{_plural(len(machine['workers']), 'worker')} heartbeating, no machine report"
     states = [(w["name"], w["program_state"]) for w in machine["workers"] if w["managed"]]
@@ -171,8 +180,10 @@ def _machine_view(machine_id: str, record: dict[str, Any] | None,
         else float(record["uptime_seconds"]),
         "ended_at": record.get("ended_at"),
         "reason": record.get("reason") or None,
-        "stale": bool(record) and not ended and bool(last_report)
-        and now - int(last_report) > stale_ms,
+        # Workers only: stale once their newest heartbeat is a lease old (they beat every
+        # third of one), well before their records expire.
+        "stale": not ended and bool(last_report) and now - int(last_report) > (
+            stale_ms if record else int(heartbeat_silence_seconds() * 1000)),
         "gpu_source": record.get("gpu_source") or None,
         "gpus": gpus,
         "gpu_count": len(gpus),

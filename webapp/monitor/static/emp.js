@@ -86,7 +86,7 @@ const EMP = (() => {
   }
 
   /* Follow the event log; every message goes to each listener. Reconnects on its own.
-     The EventSource lives in a dedicated worker (live-worker.js says why); the page opens
+     The EventSource lives in a worker, shared by the tabs (live-worker.js says why); the page opens
      it itself only where a worker cannot. An EventSource retries a dropped connection by
      itself but gives up for good on an answer that is not a stream (the monitor's 503
      while Redis is unreachable, a 401, a redirect to the login): then the page asks one
@@ -144,17 +144,28 @@ const EMP = (() => {
       };
       open();
     }
-    if (!workerUrl || typeof Worker === "undefined") { direct(); return; }
-    let worker;
-    try { worker = new Worker(workerUrl); } catch (e) { direct(); return; }
+    if (!workerUrl || (typeof SharedWorker === "undefined" && typeof Worker === "undefined")) {
+      direct(); return;
+    }
+    // One stream for every tab (SharedWorker), else one per tab (a dedicated Worker).
+    let worker, port, stop;
+    try {
+      if (typeof SharedWorker !== "undefined") {
+        worker = new SharedWorker(workerUrl); port = worker.port; stop = () => port.close();
+      } else {
+        worker = port = new Worker(workerUrl); stop = () => worker.terminate();
+      }
+    } catch (e) { direct(); return; }
     let heard = false;
-    worker.onmessage = (event) => {
+    port.onmessage = (event) => {
       const {kind, data} = event.data;
       heard = true;
-      if (kind === "unsupported") { worker.terminate(); direct(); } else on[kind](data);
+      if (kind === "unsupported") { stop(); direct(); } else on[kind](data);
     };
-    worker.onerror = () => { if (!heard) { worker.terminate(); direct(); } };  // did not load
-    open = () => worker.postMessage({url});
+    worker.onerror = () => { if (!heard) { stop(); direct(); } };  // did not load
+    addEventListener("pagehide", () => port.postMessage({bye: true}));
+    addEventListener("pageshow", (event) => { if (event.persisted) open(); });  // back/forward cache
+    open = () => port.postMessage({url});
     open();
   }
 

@@ -15,6 +15,10 @@
 
   function fromAddress() {
     const params = new URLSearchParams(location.search);
+    // A status the box does not list (an old or hand-edited link) is asked for as it is,
+    // so the API's 400 names it: a select set to an unknown value reads "any".
+    const status = form.elements.status, asked = params.get("status");
+    if (asked && ![...status.options].some((o) => o.value === asked)) status.add(new Option(asked, asked));
     FILTERS.forEach((name) => { form.elements[name].value = params.get(name) || ""; });
     offset = Number(params.get("offset") || 0);
   }
