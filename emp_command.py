@@ -12,30 +12,8 @@ from __future__ import annotations
 
 import sys
 
-#: Commands whose process gevent must patch before any other import (``webapp.serve``).
-GEVENT_COMMANDS = ("api",)
-
-
-def command_of(argv: list[str]) -> str | None:
-    """The subcommand ``argv`` (without the program) names, past the group's only option
-    (``--redis-url``, which takes a value); None for none (``emp --help``)."""
-    args = iter(argv)
-    for arg in args:
-        if arg == "--redis-url":
-            next(args, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
 
 def main() -> None:
-    if command_of(sys.argv[1:]) in GEVENT_COMMANDS:
-        # Before anything imports ssl (redis-py, requests do, via the command line's own
-        # imports): gevent patched later, in gunicorn's worker, warned once per worker
-        # that ssl was imported unpatched. The forked workers inherit the patched modules.
-        from gevent import monkey
-
-        monkey.patch_all()
     try:
         from emp_tasks.cli import main as command_line
     except ValueError as exc:

@@ -10,13 +10,6 @@ thousands of sockets. gevent is the event loop flask-sock and gunicorn both
 support; it needs no change to the Flask code. The webhook service has no
 sockets and keeps the threaded worker. Each API process runs its own event
 fan-out, so the API may run several (one per core by default).
-
-gevent patches the standard library in ``emp api``'s own process, first
-thing (``emp_command.main``), not in gunicorn's worker as its gevent worker
-does: by then the command line's imports (redis-py, requests) had imported
-``ssl`` unpatched, and every worker logged gevent's ``MonkeyPatchWarning``.
-The workers fork from that patched process; the worker's own ``patch_all``
-then finds everything patched.
 """
 
 from __future__ import annotations

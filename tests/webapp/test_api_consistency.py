@@ -4,12 +4,11 @@ Redis, real workers)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 import requests
-from rest_helpers import ADMIN, TOKEN_A, TOKENS_ENV, Api, event_names, submit_state, wait_for
+from rest_helpers import ADMIN, TOKEN_A, TOKENS_ENV, Api, event_names, submit_state
 
 from capability_router.keys import Keys
 
@@ -113,18 +112,3 @@ def test_no_event_of_a_job_life_cycle_carries_an_empty_string(
     assert "worker_id" not in cancelled and cancelled["reason"], cancelled
 
 
-def test_the_api_logs_no_monkey_patch_warning(start_server, client) -> None:
-    """Tried: ``emp api`` started with two processes, one request answered, its log read.
-    Before: each gunicorn worker logged gevent's ``MonkeyPatchWarning: Monkey-patching ssl
-    after ssl has already been imported`` (gevent patched in the worker, after gunicorn
-    and redis-py had imported ssl). Now the API patches before anything imports ssl, and
-    the log has no such warning."""
-    server = start_server("api", EMP_API_PROCESSES="2")
-    wait_for(lambda: server.log_path.read_text().count("Booting worker") == 2, timeout=20,
-             message="both workers to boot")
-    api = Api(server.base)
-    for _ in range(4):  # both workers are past their start (each patched, or warned)
-        assert api.get("/api/jobs").status_code == 200
-    time.sleep(1)
-    log = server.log_path.read_text(errors="replace")
-    assert "MonkeyPatchWarning" not in log, log
