@@ -66,7 +66,8 @@ def test_the_queue_view_counts_a_worker_whose_service_is_down_apart_and_not_as_s
     _live(client, queue, profile, unhealthy="comfyui at 127.0.0.1:8188 refused the connection")
     _class_of(client, queue, "j1")
     summary = queue_summary(client)
-    assert summary["workers"] == {"total": 1, "idle": 0, "busy": 0, "service_unhealthy": 1}
+    assert summary["workers"] == {"total": 1, "idle": 0, "busy": 0, "service_unhealthy": 1,
+                                  "silent": 0}
     row, = summary["classes"]
     assert row["unservable"] is True and row["workers"] == []
 

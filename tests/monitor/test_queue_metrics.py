@@ -94,7 +94,8 @@ def test_class_no_live_worker_can_serve_is_flagged_and_a_servable_one_names_its_
     pool = summary["pools"][0]
     assert pool["pool"] == "default" and pool["pending"] == 4 and pool["unservable_classes"] == 1
     assert pool["jobs"]["in_progress"] == 1 and pool["jobs"]["pending"] == 4
-    assert summary["workers"] == {"total": 1, "idle": 0, "busy": 1, "service_unhealthy": 0}
+    assert summary["workers"] == {"total": 1, "idle": 0, "busy": 1, "service_unhealthy": 0,
+                                  "silent": 0}
     # The signature rebuilt from the registry is the one the worker registered.
     record, = WorkerRegistry(client).workers()
     assert client.hkeys(Keys("default").profiles) == [profile_signature(record)]

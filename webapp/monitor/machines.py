@@ -21,10 +21,10 @@ from typing import Any
 import redis
 
 from capability_router.registry import WorkerRegistry
-from emp_tasks.defaults import lease_seconds
 from machine.settings import MachineSettings
 from machine.status import MachineStatus, ended_machines, machines, redis_now_ms
 from machine.supervision import RUNNING
+from webapp.monitor.liveness import silent
 
 #: Display name of the pseudo machine of workers that name no machine.
 NO_MACHINE = "(no machine)"
@@ -47,13 +47,6 @@ def default_stale_seconds() -> float:
     Read the way machines read it, so "stale" here means "about to be reaped".
     """
     return float(MachineSettings.from_env(machine_id="monitor").stale_seconds or 0)
-
-
-def heartbeat_silence_seconds() -> float:
-    """How long a worker may go without a heartbeat before its group is stale: one lease
-    (``EMP_LEASE_SECONDS``), i.e. three missed heartbeats. Its registry record outlives it
-    (three leases), so without this a killed worker read "heartbeating" until it expired."""
-    return lease_seconds()
 
 
 def _age_seconds(stamp_ms: int | None, now: int) -> float | None:
@@ -86,7 +79,9 @@ def _worker_view(program: dict[str, Any] | None, record: dict[str, Any] | None,
 
     A registry record written before the program's current process started
     belongs to a dead predecessor (records outlive a killed worker for a few
-    leases), so it does not count as registered, as in the health server.
+    leases), so it does not count as registered, as in the health server. A record
+    whose heartbeat is a lease old (``liveness.silent``) is a worker killed or hung:
+    ``silent``, not the idle or busy its record last said.
     """
     program = program or {}
     started = program.get("started")
@@ -96,6 +91,8 @@ def _worker_view(program: dict[str, Any] | None, record: dict[str, Any] | None,
     status = "not_registered" if record is None else ("busy" if jobs else "idle")
     if record is not None and record.get("status") == "service_unhealthy":
         status = "service_unhealthy"  # claims nothing until its service answers
+    if record is not None and silent(record.get("last_seen"), now):
+        status = "silent"
     profile = (record or {}).get("profile")
     return {
         "worker_id": program.get("worker_id") or (record or {}).get("worker_id"),
@@ -139,7 +136,12 @@ def _health(machine: dict[str, Any]) -> tuple[bool, str]:
     if machine["stale"]:
         what = "report" if machine["has_record"] else "heartbeat"
         return False, f"no {what} for {machine['last_report_age_seconds']:.0f}s"
+    silent_ones = "; ".join(
+        f"{w['name'] or w['worker_id']}: no heartbeat for {w['last_seen_age_seconds']:.0f}s"
+        for w in machine["workers"] if w["status"] == "silent")
     if not machine["has_record"]:
+        if silent_ones:
+            return False, silent_ones
         return True, f"{_plural(len(machine['workers']), 'worker')} heartbeating, no machine report"
     states = [(w["name"], w["program_state"]) for w in machine["workers"] if w["managed"]]
     states += [(s.get("name"), s.get("state")) for s in machine["services"]]
@@ -151,6 +153,8 @@ def _health(machine: dict[str, Any]) -> tuple[bool, str]:
             return False, f"{worker['name'] or worker['worker_id']} is not registered"
         if worker["status"] == "service_unhealthy":
             return False, f"{worker['name'] or worker['worker_id']}: {worker['status_reason']}"
+    if silent_ones:
+        return False, silent_ones
     return True, f"all {_plural(len(states), 'program')} running and registered"
 
 
@@ -181,9 +185,9 @@ def _machine_view(machine_id: str, record: dict[str, Any] | None,
         "ended_at": record.get("ended_at"),
         "reason": record.get("reason") or None,
         # Workers only: stale once their newest heartbeat is a lease old (they beat every
-        # third of one), well before their records expire.
-        "stale": not ended and bool(last_report) and now - int(last_report) > (
-            stale_ms if record else int(heartbeat_silence_seconds() * 1000)),
+        # third of one), well before their records expire: the rule each worker is judged by.
+        "stale": not ended and bool(last_report) and (
+            now - int(last_report) > stale_ms if record else silent(last_report, now)),
         "gpu_source": record.get("gpu_source") or None,
         "gpus": gpus,
         "gpu_count": len(gpus),

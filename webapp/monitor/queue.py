@@ -26,6 +26,7 @@ from capability_router.keys import Keys, known_namespaces
 from capability_router.profile import WorkerProfile
 from capability_router.registry import WorkerRegistry
 from webapp.api import listing
+from webapp.monitor.liveness import heard_from, silent
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +112,18 @@ def live_workers(client: redis.Redis, pools: list[str]) -> tuple[
         dict[str, dict[str, list[str]]], dict[str, dict[str, Any]], dict[str, int]]:
     """The registry's live workers: per pool, profile signature -> ids of the workers
     sharing it; worker id -> registry record; and counts ``idle``, ``busy``,
-    ``service_unhealthy`` (a worker whose service is down serves nothing)."""
+    ``service_unhealthy`` (a worker whose service is down serves nothing) and ``silent``
+    (no heartbeat for a lease: killed or hung, its record not yet expired; serves nothing
+    here, ``liveness.silent``)."""
     serving: dict[str, dict[str, list[str]]] = {pool: {} for pool in pools}
     records: dict[str, dict[str, Any]] = {}
-    counts = {"idle": 0, "busy": 0, "service_unhealthy": 0}
+    counts = {"idle": 0, "busy": 0, "service_unhealthy": 0, "silent": 0}
+    now_ms = redis_now_ms(client)  # the clock heartbeats are stamped with
     for record in WorkerRegistry(client).workers():
         status = record.get("status")
+        if silent(record.get("last_seen"), now_ms):
+            counts["silent"] += 1
+            continue
         if status == "service_unhealthy":
             # Its claim gate is closed: it serves nothing until its service is back.
             counts["service_unhealthy"] += 1
@@ -136,8 +143,9 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
     """Pending work of every pool, by class, with the live workers able to serve it.
 
     Returns ``{"now_ms", "classes": [row...], "pools": [pool...], "workers":
-    {"total", "idle", "busy", "service_unhealthy"}}`` (a worker whose service is down
-    serves no class). A class row: ``pool``, ``class`` (signature), ``family``
+    {"total", "idle", "busy", "service_unhealthy", "silent"}}`` (a worker whose service
+    is down serves no class; nor does a ``silent`` one, a lease without a heartbeat, which
+    ``total`` leaves out). A class row: ``pool``, ``class`` (signature), ``family``
     (its family's signature: what matching reads), ``service``, ``customer_id``,
     ``workflow_id``, ``strict``, ``requirements`` (readable conditions),
     ``pending``, ``oldest_ms``, ``oldest_age_seconds``,
@@ -210,7 +218,7 @@ def queue_summary(client: redis.Redis, now_ms: int | None = None) -> dict[str, A
         "now_ms": now_ms,
         "classes": rows,
         "pools": pool_rows,
-        "workers": {"total": sum(counts.values()), **counts},
+        "workers": {"total": sum(counts.values()) - counts["silent"], **counts},
     }
 
 
@@ -245,10 +253,12 @@ def class_servability(client: redis.Redis, pool: str, signature: str) -> dict[st
     each live worker of the pool has of it, e.g. ``needs simulation with
     hardware.gpu_memory_gb >= 80; live workers in pool default: w1
     (hardware.gpu_memory_gb 24)``. Reads the pool's compatibility sets, as
-    the Queue view does.
+    the Queue view does. A worker silent for a lease (``liveness.silent``) is not live here.
     """
     keys = Keys(pool)
-    live = [w for w in WorkerRegistry(client).workers() if pool in (w.get("pools") or [])]
+    now_ms = redis_now_ms(client)
+    live = [w for w in heard_from(WorkerRegistry(client).workers(), now_ms)
+            if pool in (w.get("pools") or [])]
     signatures = [profile_signature(w) for w in live]
     with client.pipeline(transaction=False) as pipe:
         pipe.hget(keys.classes, signature)

@@ -40,7 +40,7 @@ def queue_families(client: redis.Redis, now_ms: int | None = None) -> dict[str, 
     """Pending work of every pool, by family, with how many live workers can serve it.
 
     Returns ``{"now_ms", "families": [row...], "pools": [{"pool", "jobs"}...],
-    "workers": {"idle", "busy", "service_unhealthy"}}``. A family row: ``pool``,
+    "workers": {"idle", "busy", "service_unhealthy", "silent"}}``. A family row: ``pool``,
     ``family``, ``service``, ``requirements`` (its conditions, as
     ``describe_class`` words them), ``strict``, ``pending``,
     ``oldest_age_seconds`` and ``workers`` (live workers able to serve its least

@@ -196,7 +196,7 @@ const EMP = (() => {
     pending: "text-bg-secondary", assigned: "text-bg-info", in_progress: "text-bg-primary",
     completed: "text-bg-success", failed: "text-bg-danger", cancelled: "text-bg-warning",
     online: "text-bg-success", offline: "text-bg-secondary", gone: "text-bg-danger",
-    idle: "text-bg-light border", busy: "text-bg-primary", active: "text-bg-success",
+    idle: "text-bg-light border", busy: "text-bg-primary", active: "text-bg-success", silent: "text-bg-warning",
     disconnected: "text-bg-danger", inactive: "text-bg-secondary", "workers only": "text-bg-light border",
   };
 

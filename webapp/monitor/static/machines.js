@@ -82,6 +82,7 @@
       metric("GPUs", live.reduce((n, m) => n + (m.gpu_count || 0), 0)) +
       metric("Workers busy", workers.filter((w) => w.status === "busy").length) +
       metric("Workers idle", workers.filter((w) => w.status === "idle").length) +
+      (workers.some((w) => w.status === "silent") ? metric("Workers silent", workers.filter((w) => w.status === "silent").length, true) : "") +
       metric("Unhealthy", live.filter((m) => !m.healthy).length, live.some((m) => !m.healthy));
     list.innerHTML = machines.map(card).join("");
     document.getElementById("machines-empty").classList.toggle("d-none", machines.length > 0);

@@ -54,7 +54,8 @@
       metric("Pending", pending) + metric("Running", running) + metric("Waiting to retry", delayed) +
       metric("Classes", data.classes.length) + metric("Unservable classes", bad.length, bad.length > 0) +
       metric("Workers idle / busy", `${data.workers.idle} / ${data.workers.busy}`) +
-      (data.workers.service_unhealthy ? metric("Workers whose service is down", data.workers.service_unhealthy, true) : "");
+      (data.workers.service_unhealthy ? metric("Workers whose service is down", data.workers.service_unhealthy, true) : "") +
+      (data.workers.silent ? metric("Workers silent (no heartbeat for a lease)", data.workers.silent, true) : "");
     const alert = document.getElementById("queue-alert");
     alert.classList.toggle("d-none", bad.length === 0);
     alert.textContent = bad.length ? `${bad.length} requirement class${bad.length > 1 ? "es" : ""} (${stuck} job${stuck === 1 ? "" : "s"}) cannot be served by any live worker: ${
