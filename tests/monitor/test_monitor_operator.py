@@ -257,7 +257,7 @@ def test_the_jobs_page_opens_a_job_by_its_id(
     """Tried: an operator holding a job id from a customer, on the Jobs page among many
     jobs. The filters (status, service, customer, workflow, pool) had no place for an id:
     the only way was to edit the address. Now the Job id box opens the job's page (an
-    unknown id: its page says there is no such job)."""
+    unknown id: its page, a 404, says there is no such job)."""
     monitor = start_server("monitor")
     wanted = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
                     app=app)
@@ -273,8 +273,8 @@ def test_the_jobs_page_opens_a_job_by_its_id(
     page.fill("#f-job", "no-such-job")
     page.press("#f-job", "Enter")
     page.wait_for_url("**/jobs/no-such-job")
-    page.wait_for_selector("#emp-error:not(.d-none)")
-    assert "no job 'no-such-job'" in page.inner_text("#emp-error")
+    page.wait_for_selector("#job-missing")
+    assert "Job no-such-job does not exist" in page.inner_text("#job-missing")
 
 
 #: The pages an operator's tooling screenshots, with the job page filled in per test.

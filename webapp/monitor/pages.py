@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tornado.web
 
+from capability_router.errors import JobNotFound
+from emp_tasks import producer
 from webapp.monitor.handlers import MonitorHandler
 
 
@@ -32,7 +34,21 @@ class JobsPage(Page):
 
 
 class JobPage(Page):
+    """A job's page; 404 saying so for an id no job has. Before, it answered 200 with the
+    page's empty shell (disabled buttons), the 404 only in the browser's console."""
+
     template, tab, title = "emp_job.html", "jobs", "Job"
+
+    @tornado.web.authenticated
+    async def get(self, job_id: str) -> None:
+        try:
+            await self.blocking(producer.get_job, job_id, app=self.state.backend.celery)
+        except JobNotFound:
+            self.set_status(404)
+            self.render("emp_job_missing.html", emp_tab=self.tab, title="No such job",
+                        args=(job_id,))
+            return
+        await super().get(job_id)
 
 
 class SubmitPage(Page):
