@@ -182,7 +182,8 @@ def test_machines_view_joins_records_registry_and_ended_machines(client: redis.R
 
     zeta = machines_["zeta"]
     assert zeta["healthy"] is True, zeta["health_reason"]
-    assert zeta["health_reason"] == "all 1 program running and registered"
+    # Singular as plain English: it read "all 1 program running and registered".
+    assert zeta["health_reason"] == "1 program running and registered"
     assert [(w["worker_id"], w["managed"], w["status"]) for w in zeta["workers"]] == [
         ("zeta-simulation-0", True, "idle"), ("zeta-extra", False, "idle")]
 

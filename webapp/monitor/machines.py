@@ -155,7 +155,9 @@ def _health(machine: dict[str, Any]) -> tuple[bool, str]:
             return False, f"{worker['name'] or worker['worker_id']}: {worker['status_reason']}"
     if silent_ones:
         return False, silent_ones
-    return True, f"all {_plural(len(states), 'program')} running and registered"
+    count = len(states)  # "all 1 program" is not English
+    programs = f"all {count} programs" if count > 1 else _plural(count, "program")
+    return True, f"{programs} running and registered"
 
 
 def _machine_view(machine_id: str, record: dict[str, Any] | None,
