@@ -192,3 +192,34 @@ def test_the_pools_page_draws_charts_that_move_while_jobs_run(
         context.close()
     assert not errors, errors
     assert time.monotonic() - started < 40
+
+
+def test_an_unserved_pools_depth_chart_ends_at_the_pending_count_beside_it(
+        browser: Any, start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        app: Any) -> None:
+    """Tried: a worker of pool depth-p ran a job and stopped; then two jobs were filed in
+    depth-p. The Pools page said "Pending now 2" and "Live / desired 0 / —" while its
+    Queue depth chart ended at 0 and its Machines chart at 1 live worker: the last
+    samples, from the last completion (a pool no worker serves writes none). Now each
+    chart's current minute is the figure shown beside it: depth 2, live 0."""
+    worker = start_worker("depth-w", wait=False, args=["-Q", "depth-p"]).wait_ready("depth-p")
+    assert submit("simulation", {"steps": 1}, pool="depth-p", app=app).get(timeout=30)
+    worker.stop()
+    for _ in range(2):
+        submit("simulation", {"steps": 1}, pool="depth-p", app=app)
+    monitor = start_server("monitor")
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(monitor.base + "/pools?pool=depth-p")
+        page.wait_for_selector('#pools-charts[data-pool="depth-p"] #chart-queue_depth'
+                               '[data-points]', timeout=15_000)
+        assert page.locator("#pools-total-pending .value").inner_text() == "2"
+        assert page.locator("#pools-total-machines .value").inner_text() == "0 / —"
+        assert page.get_attribute("#chart-queue_depth", "data-last") == "2"
+        assert page.get_attribute("#chart-machines", "data-last") == "0"
+    finally:
+        context.close()
+    assert not errors, errors

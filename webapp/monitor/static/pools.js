@@ -7,12 +7,16 @@
   let window_ = params.get("window") === "24h" ? "24h" : "1h";
   const charts = document.getElementById("pools-charts");
   const pct = (values) => values.map((v) => v === null ? null : v * 100);
+  /* A gauge's series with its current minute set to the gauge read now (`now`, the figure
+     shown beside the chart). Samples are written only by claims and completions, so a pool
+     no worker serves kept its last one: "Pending now 2" beside a depth chart ending at 0. */
+  const atNow = (values, v) => v === null || v === undefined ? values : [...values.slice(0, -1), v];
   const CHARTS = [
-    ["queue_depth", "Queue depth (pending jobs)", "", (s) => [{name: "pending", values: s.queue_depth}]],
+    ["queue_depth", "Queue depth (pending jobs)", "", (s, now) => [{name: "pending", values: atNow(s.queue_depth, now.queue_depth)}]],
     ["wait_p95", "Wait p95 (seconds)", " s", (s) => [{name: "p95", values: s.wait_p95_seconds}]],
     ["throughput", "Throughput (jobs completed per minute)", "", (s) => [{name: "completed", values: s.throughput}]],
     ["hit_rate", "Model hit rate (% of claims warm)", "%", (s) => [{name: "warm", values: pct(s.hit_rate)}], 100],
-    ["machines", "Machines (live workers, desired)", "", (s) => [{name: "live", values: s.live_workers}, {name: "desired", values: s.desired}]],
+    ["machines", "Machines (live workers, desired)", "", (s, now) => [{name: "live", values: atNow(s.live_workers, now.live_workers)}, {name: "desired", values: atNow(s.desired, now.desired)}]],
     ["utilization", "Utilization (% busy of live worker-time)", "%", (s) => [{name: "busy", values: pct(s.utilization)}], 100],
   ];
 
@@ -77,9 +81,9 @@
     if (charts.children.length !== CHARTS.length) {
       charts.innerHTML = CHARTS.map(([id]) => `<figure class="emp-chart" id="chart-${id}" data-metric="${id}"></figure>`).join("");
     }
-    CHARTS.forEach(([id, title, unit, lines, max]) =>
-      EMPChart.draw(document.getElementById("chart-" + id), {title, unit, t: s.t, lines: lines(s), max}));
     const now = data.now;
+    CHARTS.forEach(([id, title, unit, lines, max]) =>
+      EMPChart.draw(document.getElementById("chart-" + id), {title, unit, t: s.t, lines: lines(s, now), max}));
     document.getElementById("pools-totals").innerHTML =
       metric("Pending now", now.queue_depth, "pending") + metric("Running now", now.busy, "running") +
       metric("Live / desired", `${now.live_workers} / ${now.desired === null ? "—" : now.desired}`, "machines") +
