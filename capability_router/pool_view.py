@@ -44,9 +44,12 @@ def read_loads(client: Any, pools: list[str]) -> dict[str, tuple[PoolLoad, int]]
     return out
 
 
-def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]]:
+def pools_view(client: Any, pools_file: PoolsFile | None,
+               every_used: bool = False) -> list[dict[str, Any]]:
     """Every pool: its configuration (when the file names it), live workers, pending jobs,
-    predicted unfinished work and expected wait now."""
+    predicted unfinished work and expected wait now. ``every_used`` also keeps the pools
+    used once that nothing serves or waits in now (the monitor's Pools page lists them,
+    their charts still hold the last day)."""
     workers: dict[str, list[dict[str, Any]]] = {}
     for record in WorkerRegistry(client).workers():
         for pool in record.get("pools") or []:
@@ -60,7 +63,8 @@ def pools_view(client: Any, pools_file: PoolsFile | None) -> list[dict[str, Any]
     # A pool the file does not name and no live worker serves is still listed while it holds
     # unfinished jobs (one removed from the file, a typo in a job's pool, machines moved
     # elsewhere): else those jobs would wait with nothing saying where.
-    names = [n for n in names if n in configured or n in workers or states[n].backlog_jobs]
+    names = [n for n in names
+             if every_used or n in configured or n in workers or states[n].backlog_jobs]
     view = []
     for name in names:
         load, pending = loads[name]

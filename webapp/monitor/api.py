@@ -16,7 +16,7 @@ from flower.views.monitor import Metrics as FlowerMetrics
 from tornado.ioloop import IOLoop
 
 from capability_router.errors import JobNotFound
-from capability_router.keys import check_namespace
+from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.pool_metrics import UnknownWindow, parse_window, pool_series
 from capability_router.pool_view import known_pools, pools_view
 from emp_tasks import producer
@@ -56,12 +56,15 @@ def _known_pools(client: object) -> list[str]:
 
 
 def _pools_page(client: object) -> dict[str, Any]:
-    """The pools, and why each pool's jobs wait when they do (``waiting_reason`` of the
-    view ``/api/pools`` shows)."""
-    pools_file = metrics.pools_file()
-    waiting = {row["name"]: row["waiting_reason"] for row in pools_view(client, pools_file)
-               if row["waiting_reason"]}
-    return {"pools": known_pools(client, pools_file), "waiting": waiting}
+    """The pools (``known_pools``' list and order: the file's, then default, then the
+    others used by name), and why each pool's jobs wait when they do (``waiting_reason``
+    of the view ``/api/pools`` shows); both from one read of that view."""
+    rows = pools_view(client, metrics.pools_file(), every_used=True)
+    configured = [row["name"] for row in rows if row["configured"]]
+    used = sorted((row["name"] for row in rows if not row["configured"]),
+                  key=lambda name: (name != DEFAULT_NAMESPACE, name))
+    waiting = {row["name"]: row["waiting_reason"] for row in rows if row["waiting_reason"]}
+    return {"pools": configured + used, "waiting": waiting}
 
 
 class PoolsData(JsonHandler):
