@@ -22,6 +22,7 @@ def test_the_page_of_a_job_that_does_not_exist_is_a_404_saying_so(
     assert 'id="emp-jobs-page"' in page.text  # the monitor's layout, Jobs tab
     assert "Job <code>no-such-job</code> does not exist" in page.text
     assert 'id="job-actions"' not in page.text  # no buttons for a job that is not there
+    assert page.headers["X-Frame-Options"] == "DENY"  # the pages' headers, as on a 200
     api = requests.get(monitor.base + "/emp/api/jobs/no-such-job", timeout=10)
     assert api.status_code == 404 and api.json()["success"] is False
 
