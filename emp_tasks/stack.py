@@ -70,10 +70,27 @@ def wait_for_workers(url: str, worker_ids: list[str], timeout: float = 60.0) -> 
     raise TimeoutError(f"workers {worker_ids} did not start within {timeout:.0f}s")
 
 
+#: Receivers ``emp up``'s webhook service may call although not global: this box's own
+#: (loopback). A developer's first hook points at a receiver on the same box; a webhook
+#: service started alone (``emp webhooks``) still refuses them by default.
+LOCAL_RECEIVERS = "127.0.0.0/8,::1/128"
+#: The settings of which receivers are allowed; one the user set is left as it is.
+RECEIVER_SETTINGS = ("EMP_WEBHOOK_ALLOW_PRIVATE", "EMP_WEBHOOK_ALLOWED_NETWORKS")
+
+
+def service_env(command: str, url: str) -> dict[str, str]:
+    """Environment of ``emp up``'s ``command`` service: the user's, on ``url``, and for the
+    webhook service loopback receivers allowed unless the user set a receiver setting."""
+    env = {**os.environ, "EMP_REDIS_URL": url}
+    if command == "webhooks" and not any(defaults.env(name) for name in RECEIVER_SETTINGS):
+        env["EMP_WEBHOOK_ALLOWED_NETWORKS"] = LOCAL_RECEIVERS
+    return env
+
+
 def start_service(command: str, port: int, url: str, log_dir: Path) -> subprocess.Popen[bytes]:
     """Start ``emp api``, ``emp webhooks`` or ``emp monitor`` on ``port``; logs in ``log_dir``."""
     log = open(log_dir / f"{command}.log", "ab")
-    env = {**os.environ, "EMP_REDIS_URL": url}
+    env = service_env(command, url)
     return subprocess.Popen(
         [sys.executable, "-m", "emp_tasks.cli", command, "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request
 
+from webapp.query import single
 from webapp.settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def require_auth(admin: bool = False) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             settings: WebSettings = current_app.config["EMP_SETTINGS"]
             principal = authenticate(settings, request.headers.get("Authorization"),
-                                     request.args.get("token"))
+                                     single("token"))
             if principal is None:
                 response = error(401, "missing or invalid bearer token")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="emp"'

@@ -7,7 +7,10 @@ holds it open for the whole keep-alive time, so each restart of the API
 waited the full graceful timeout even with no request in flight. HTTP lets a
 server close an idle keep-alive connection at any time (the client opens a
 new one), so once the worker is stopping, connections waiting for their next
-request are closed at once; requests in flight still finish.
+request are closed at once; requests in flight still finish. Such a close ends
+the connection's greenlet with ``GreenletExit``, which gunicorn took for an
+error ("Error handling request (no URI read)" and a traceback at every stop):
+it is a normal end of the connection, logged at debug only.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class GeventWorker(_GeventWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
         gevent.spawn(self._close_idle)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, gevent.GreenletExit):  # an idle connection closed at stop
+            self.log.debug("closed an idle connection at stop")
+            return
+        super().handle_error(req, client, addr, exc)
 
     def _close_idle(self) -> None:
         while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 from emp_tasks import defaults
@@ -53,6 +54,24 @@ def _pairs(text: str | None) -> dict[str, str]:
             raise ValueError(f"EMP_API_TOKENS item {item!r} is not token=customer_id")
         out[token.strip()] = customer.strip()
     return out
+
+
+#: An origin as browsers send it: scheme, host, optional port; no path, no trailing slash.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def parse_origins(text: str | None) -> list[str]:
+    """``EMP_CORS_ORIGINS`` (``"https://a.example,http://localhost:5173"`` or ``*``) -> the
+    origins; ValueError naming an item that no browser would send as its Origin (a path,
+    a trailing slash: it would never match, and CORS would stay off without a word)."""
+    origins = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("EMP_CORS_ORIGINS: '*' allows every origin; give it alone")
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"EMP_CORS_ORIGINS {origin!r} is not an origin: "
+                             "scheme://host[:port], no path or trailing slash")
+    return origins
 
 
 def _positive(name: str, default: float) -> float:
@@ -145,6 +164,9 @@ class WebSettings:
     #: ``/metrics`` open to anyone although tokens are configured (``EMP_METRICS_PUBLIC=1``,
     #: as the monitor's): for a scraper that cannot send a bearer token.
     metrics_public: bool = False
+    #: Browser origins allowed to call the REST API (``EMP_CORS_ORIGINS``, exact origins or
+    #: ``*``; empty: no CORS header, browsers on other origins are refused).
+    cors_origins: list[str] = field(default_factory=list)
 
     @property
     def open(self) -> bool:
@@ -184,6 +206,7 @@ class WebSettings:
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
             metrics_public=(defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
             in ("1", "true", "yes"),
+            cors_origins=parse_origins(defaults.env("EMP_CORS_ORIGINS")),
         )
         for name, value in overrides.items():
             if value is not None:

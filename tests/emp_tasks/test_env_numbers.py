@@ -48,6 +48,8 @@ def test_unset_and_empty_mean_the_default_and_good_values_are_read(monkeypatch) 
 @pytest.mark.parametrize("command, name, value, message, code", [
     ("api", "EMP_WS_PING_SECONDS", "0", "must be a positive number of seconds, got '0'", 1),
     ("api", "EMP_API_PROCESSES", "two", "must be an integer, got 'two'", 1),
+    ("api", "EMP_CORS_ORIGINS", "https://app.example/", "'https://app.example/' is not an "
+     "origin: scheme://host[:port], no path or trailing slash", 1),
     ("webhooks", "EMP_WEBHOOK_TIMEOUT_SECONDS", "soon", "must be a number, got 'soon'", 1),
     ("worker", "EMP_MAX_ATTEMPTS", "three", "must be an integer, got 'three'", 2),
     ("worker", "EMP_HEALTH_GATE_SECONDS", "soon", "must be a number, got 'soon'", 2),

@@ -49,11 +49,13 @@ def read_to_the_end(sock: socket.socket) -> bool:
 
 @pytest.mark.parametrize("how", [{"headers": {"Last-Event-ID": "garbage"}},
                                  {"params": {"last_event_id": "garbage"}},
-                                 {"headers": {"Last-Event-ID": "1-2-3"}}])
+                                 {"headers": {"Last-Event-ID": "1-2-3"}},
+                                 {"params": {"last_event_id": ["1-0", "2-0"]}}])
 def test_a_bad_resume_id_is_answered_400_naming_it(
         start_server, client: redis.Redis, how: dict[str, Any]) -> None:
     """Tried: ``/emp/events`` with a resume id that is no stream id, as the header and as
-    the query parameter. 400 naming the field; no stream is left subscribed."""
+    the query parameter, and two good ids as the query parameter (before: the last one was
+    used, without a word). 400 naming the field; no stream is left subscribed."""
     monitor = start_server("monitor")
     reply = requests.get(monitor.base + "/emp/events", timeout=10, **how)
     assert reply.status_code == 400, reply.text[:300]

@@ -40,7 +40,18 @@ def _start_machine_reaper(client: redis.Redis, api_outage: outage.Outage) -> Non
 def create_app(settings: WebSettings | None = None, reap_machines: bool = True) -> Flask:
     """Build the API app; ``settings`` default to the environment's. The app also
     runs the machine reaper unless ``reap_machines`` is False."""
-    from webapp.api import events, jobs, limits, metrics, models, openapi, pools, sockets, system
+    from webapp.api import (
+        cors,
+        events,
+        jobs,
+        limits,
+        metrics,
+        models,
+        openapi,
+        pools,
+        sockets,
+        system,
+    )
 
     settings = settings or WebSettings.from_env()
     app = Flask(__name__)
@@ -70,6 +81,7 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
     sockets.init_app(app)
 
     json_errors(app, settings.max_body_bytes)
+    cors.init_app(app, settings.cors_origins)
     outage.init_flask(app, app.extensions["emp"].redis, api_outage)
     metrics.init_app(app)  # last: its timer goes before the gate's hook
 

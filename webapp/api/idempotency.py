@@ -118,7 +118,7 @@ class IdempotencyStore:
         when None); a retry gets the first request's."""
         redis_key = record_key(principal, kind, key)
         print_ = fingerprint(body)
-        job_id = job_id or uuid.uuid4().hex
+        job_id = job_id or str(uuid.uuid4())  # the form of every server-made id
         record = {"fingerprint": print_, "job_id": job_id}
         old = self.client.set(redis_key, json.dumps(record), nx=True, get=True,
                               ex=self.retention)

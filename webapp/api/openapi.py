@@ -717,7 +717,8 @@ def build(service_names: list[str]) -> dict[str, Any]:
                                               "EMP_ADMIN_TOKENS (everything); none set: open."},
                 "queryToken": {"type": "apiKey", "in": "query", "name": "token",
                                "description": "The same token as ?token=, for clients that "
-                                              "cannot set headers."},
+                                              "cannot set headers; given at most once (a "
+                                              "repeated one is 400 naming it)."},
             },
         },
         "security": [{"bearerAuth": []}, {"queryToken": []}],

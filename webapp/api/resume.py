@@ -26,12 +26,12 @@ FIELD = "last_event_id"
 class BadResumeId(ValueError):
     """A resume id that is no stream id; the message names the field and the value."""
 
-    def __init__(self, value: object, field: str = FIELD) -> None:
+    def __init__(self, value: object, field: str = FIELD, message: str | None = None) -> None:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:80] + "..."
-        super().__init__(f"{field} {shown} is not an event id (a stream id: <ms>-<seq> "
-                         "or <ms>)")
+        super().__init__(message or f"{field} {shown} is not an event id (a stream id: "
+                         "<ms>-<seq> or <ms>)")
         self.field = field
 
 

@@ -8,6 +8,7 @@ pings every ``EMP_WS_PING_SECONDS`` (25 s); a connection whose pong does not
 come back before the next ping is closed. A customer with all its sockets open
 (``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before the upgrade; the
 place taken for the handshake is given back at once when no socket results.
+A repeated ``?token=`` or ``?last_event_id=`` is refused (400) before the upgrade.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from webapp.api.metrics import socket_open
 from webapp.api.monitor_socket import MonitorConnection
 from webapp.auth import authenticate, error
 from webapp.backend import backend
+from webapp.query import single
 
 sock = Sock()
 
@@ -35,8 +37,9 @@ def check_token() -> Any:
     """before_request for the socket paths: refuse the handshake without a valid token."""
     if not request.path.startswith((CLIENT_PATH, MONITOR_PATH)):
         return None
+    single("last_event_id")  # 400 naming it when repeated, before any socket opens
     principal = authenticate(current_app.config["EMP_SETTINGS"],
-                             request.headers.get("Authorization"), request.args.get("token"))
+                             request.headers.get("Authorization"), single("token"))
     if principal is None:
         response = error(401, "missing or invalid bearer token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="emp"'

@@ -19,6 +19,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from webapp import strict_json
 from webapp.api.openapi import document
 from webapp.bodies import request_body
+from webapp.query import repeated
 
 #: Longest error message returned.
 MAX_MESSAGE = 300
@@ -159,11 +160,6 @@ def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
             raise Invalid(f"{name} must be true or false, got {text!r}")
         return text == "true"
     return text
-
-
-def repeated(name: str, times: int) -> str:
-    """Why a query parameter given ``times`` times is refused (every one takes one value)."""
-    return f"{name}: given {times} times; send it once (it takes one value)"
 
 
 def query(path: str, method: str) -> dict[str, Any]:

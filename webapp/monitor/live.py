@@ -5,7 +5,7 @@ over the process's ``EventHub``, messages from ``monitor_message``) written
 as an ``text/event-stream``. The browser's EventSource reconnects by itself
 and sends ``Last-Event-ID``; the session replays what the pools' logs hold
 after it before going live, so a page that lost its connection misses no
-job event. A ``Last-Event-ID`` (or ``?last_event_id=``) that is no stream id
+job event. A ``Last-Event-ID`` (or ``?last_event_id=``, given once) that is no stream id
 gets 400 naming it, and nothing is subscribed.
 
 Each stream holds at most ``EMP_SSE_BACKLOG`` messages not yet written (the
@@ -29,9 +29,10 @@ from tornado.iostream import StreamClosedError
 from emp_tasks import defaults
 from webapp.api.events import SUBSCRIPTION_BACKLOG, Subscription
 from webapp.api.messages import monitor_message
-from webapp.api.resume import BadResumeId, parse_resume_id
+from webapp.api.resume import FIELD, BadResumeId, parse_resume_id
 from webapp.api.session import Session
 from webapp.monitor.handlers import MonitorHandler
+from webapp.query import repeated
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,12 @@ class EventStream(MonitorHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         header = self.request.headers.get("Last-Event-ID")
+        given = self.get_arguments("last_event_id")  # Tornado's get_argument takes the last
         try:
+            if len(given) > 1:
+                raise BadResumeId(given, FIELD, repeated(FIELD, len(given)))
             last_id = parse_resume_id(header, "Last-Event-ID") if header else parse_resume_id(
-                self.get_argument("last_event_id", None))
+                given[0] if given else None)
         except BadResumeId as exc:  # nothing subscribed; EventSource stops on a 400
             self.set_status(400)
             self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -1,0 +1,131 @@
+"""Open ends a web developer met integrating with ``emp api`` (real server, real Redis):
+CORS for a browser app on another origin, repeated ``token``/``last_event_id`` query
+parameters, the form of server-made job ids, and a quiet stop."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+
+import pytest
+import requests
+from rest_helpers import ADMIN, TOKEN_A, TOKENS_ENV, Api
+from simple_websocket import ConnectionError as WebSocketRefused
+
+from emp_tasks.websocket_client import WebSocketClient
+
+pytestmark = pytest.mark.timeout(120)
+
+JOB = {"service_required": "echo", "payload": {"n": 1}}
+APP = "https://app.example"
+#: A dashed UUID, the form of every other id the server makes.
+DASHED_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _preflight(base: str, origin: str, path: str = "/api/jobs") -> requests.Response:
+    return requests.options(base + path, timeout=10, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"})
+
+
+def test_cors_is_answered_for_listed_origins_only(start_server) -> None:
+    """Tried: a browser's preflight (OPTIONS /api/jobs with Origin, Access-Control-Request-*)
+    and a real GET with an Origin header, against ``emp api`` with
+    ``EMP_CORS_ORIGINS=https://app.example``. Before: no CORS header at all, so a browser
+    app on another origin could not call REST. Now the listed origin gets its preflight
+    (methods, Authorization/Content-Type/Idempotency-Key/Last-Event-ID) and its answers
+    (Retry-After exposed); an unlisted origin, and any origin without the setting, gets no
+    CORS header; ``*`` allows any origin and never credentials. A socket's Origin is not
+    checked (as the README says)."""
+    server = start_server("api", EMP_API_PROCESSES="1", EMP_CORS_ORIGINS=f"{APP}, "
+                          "https://other.example", **TOKENS_ENV)
+    pre = _preflight(server.base, APP)
+    assert pre.status_code in (200, 204), pre.text
+    assert pre.headers.get("Access-Control-Allow-Origin") == APP, pre.headers
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    allowed = pre.headers["Access-Control-Allow-Headers"].lower()
+    for name in ("authorization", "content-type", "idempotency-key"):
+        assert name in allowed, allowed
+    assert "Access-Control-Allow-Credentials" not in pre.headers
+    real = requests.get(server.base + "/api/jobs", timeout=10, headers={
+        "Origin": APP, "Authorization": f"Bearer {TOKEN_A}"})
+    assert real.status_code == 200, real.text
+    assert real.headers.get("Access-Control-Allow-Origin") == APP
+    assert "retry-after" in real.headers["Access-Control-Expose-Headers"].lower()
+    refused = requests.get(server.base + "/api/jobs", timeout=10, headers={"Origin": APP})
+    assert refused.status_code == 401  # an error is readable by the app too
+    assert refused.headers.get("Access-Control-Allow-Origin") == APP
+    for response in (_preflight(server.base, "https://evil.example"),
+                     requests.get(server.base + "/health", timeout=10,
+                                  headers={"Origin": "https://evil.example"})):
+        assert not [h for h in response.headers if h.lower().startswith("access-control")]
+
+    # WebSockets know no CORS: the Origin is not checked, the token admits (README).
+    ws = WebSocketClient.connect(f"{server.ws_base}/ws/client/c?token={TOKEN_A}",
+                                 headers={"Origin": "https://evil.example"})
+    assert ws.receive(timeout=10) is not None  # connection_established
+    ws.close()
+
+    off = start_server("api", EMP_API_PROCESSES="1")
+    for response in (_preflight(off.base, APP),
+                     requests.get(off.base + "/health", timeout=10, headers={"Origin": APP})):
+        assert not [h for h in response.headers if h.lower().startswith("access-control")]
+
+    anyone = start_server("api", EMP_API_PROCESSES="1", EMP_CORS_ORIGINS="*")
+    pre = _preflight(anyone.base, "https://whoever.example")
+    assert pre.headers.get("Access-Control-Allow-Origin") == "*", pre.headers
+    assert "Access-Control-Allow-Credentials" not in pre.headers
+
+
+def test_a_repeated_token_or_last_event_id_is_refused_naming_it(start_server) -> None:
+    """Tried: ``GET /api/jobs?token=<customer>&token=<admin>``, a client socket with
+    ``?token=`` twice and a monitor socket with ``?last_event_id=`` twice. Before: the first
+    value was taken without a word (the listing answered 200; both sockets opened). Now
+    each is 400 naming the parameter, before any socket opens (as ``?status=`` twice is)."""
+    server = start_server("api", EMP_API_PROCESSES="1", **TOKENS_ENV)
+    reply = requests.get(f"{server.base}/api/jobs?token={TOKEN_A}&token={ADMIN}", timeout=10)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].startswith("token: given 2 times"), reply.text
+    for path, name in ((f"/ws/client/c?token={TOKEN_A}&token={TOKEN_A}", "token"),
+                       (f"/ws/monitor/m?token={ADMIN}&last_event_id=1-0&last_event_id=2-0",
+                        "last_event_id")):
+        with pytest.raises(WebSocketRefused) as refused:
+            WebSocketClient.connect(server.ws_base + path)
+        assert refused.value.status_code == 400, path
+        plain = requests.get(server.base + path, timeout=10)
+        assert plain.status_code == 400 and plain.json()["error"].startswith(
+            f"{name}: given 2 times"), plain.text
+
+
+def test_a_keyed_submit_gets_a_dashed_uuid_as_other_server_made_ids(start_server) -> None:
+    """Tried: POST /api/jobs without and with an Idempotency-Key. Before: the plain submit's
+    id was a dashed UUID, the keyed one's 32 hex digits without dashes. Now both are dashed
+    UUIDs, and the keyed retry still names the same job."""
+    api = Api(start_server("api", EMP_API_PROCESSES="1").base)
+    assert DASHED_UUID.fullmatch(api.submit(**JOB))
+    first = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 201, first.text
+    assert DASHED_UUID.fullmatch(first.json()["job_id"]), first.json()
+    again = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k-1"})
+    assert again.json()["job_id"] == first.json()["job_id"]
+
+
+def test_a_stop_with_idle_connections_logs_no_traceback(start_server) -> None:
+    """Tried: ``emp api`` with an idle client WebSocket and an idle keep-alive HTTP
+    connection (one request answered, nothing more sent), then SIGTERM, then its output
+    read. Before: the stop logged a ``GreenletExit`` traceback for the connection it
+    closed. Now it stops with no traceback."""
+    server = start_server("api", EMP_API_PROCESSES="1")
+    ws = WebSocketClient.connect(f"{server.ws_base}/ws/client/idle")
+    assert ws.receive(timeout=10) is not None  # connection_established
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(0.5)
+    server.kill(signal.SIGTERM)
+    assert server.process is not None and server.process.returncode == 0, server.log()
+    idle.close()
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "GreenletExit" not in log, log
