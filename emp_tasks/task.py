@@ -30,7 +30,7 @@ from capability_router.errors import (
     ReplaceUnsupported,
     RetryRefused,
 )
-from capability_router.functions import CLUSTER_REDIRECTS
+from capability_router.functions import CLUSTER_REDIRECTS, submittable_job_id
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.keys import check_new_pool
@@ -269,6 +269,8 @@ class EmpTask(Task):
                      **options: Any) -> Any:
         headers = dict(options.pop("headers", None) or {})
         if HEADER not in headers:
+            if self.app.conf.task_always_eager and task_id:  # runs here, nothing filed:
+                submittable_job_id(task_id)  # check the id as the enqueue would
             headers[HEADER] = self.job_spec(args, kwargs, options).header()
             if span is not None:
                 span.set_attribute(tracing.POOL, headers[HEADER]["pool"])
