@@ -49,13 +49,6 @@ def default_stale_seconds() -> float:
     return float(MachineSettings.from_env(machine_id="monitor").stale_seconds or 0)
 
 
-def heartbeat_silence_seconds() -> float:
-    """How long a worker may go without a heartbeat before its group is stale: one lease
-    (``EMP_LEASE_SECONDS``), i.e. three missed heartbeats. Its registry record outlives it
-    (three leases), so without this a killed worker read "heartbeating" until it expired."""
-    return lease_seconds()
-
-
 def _age_seconds(stamp_ms: int | None, now: int) -> float | None:
     return None if not stamp_ms else round(max(0, now - stamp_ms) / 1000, 1)
 
@@ -181,9 +174,10 @@ def _machine_view(machine_id: str, record: dict[str, Any] | None,
         "ended_at": record.get("ended_at"),
         "reason": record.get("reason") or None,
         # Workers only: stale once their newest heartbeat is a lease old (they beat every
-        # third of one), well before their records expire.
+        # third of one: three missed), well before their records expire (three leases),
+        # so a killed worker does not read "heartbeating" until then.
         "stale": not ended and bool(last_report) and now - int(last_report) > (
-            stale_ms if record else int(heartbeat_silence_seconds() * 1000)),
+            stale_ms if record else int(lease_seconds() * 1000)),
         "gpu_source": record.get("gpu_source") or None,
         "gpus": gpus,
         "gpu_count": len(gpus),
