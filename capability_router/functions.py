@@ -138,6 +138,15 @@ def release_connection(client: Any) -> None:
 MAX_RESULT_BYTES = env_int("EMP_MAX_RESULT_BYTES", 64 * 1024)
 
 
+def submittable_job_id(job_id: str) -> str:
+    """``job_id``, or InvalidJob when it cannot be a job's key (``check_job_id``): what an
+    enqueue refuses, asked by an eager call too (``EmpTask``), which enqueues nothing."""
+    try:
+        return check_job_id(job_id)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
+
+
 def enqueue_replicas() -> int:
     """Replicas an enqueue waits for (``WAIT``) before it counts as accepted.
 
@@ -419,11 +428,8 @@ class QueueFunctions:
 
         ``id_token``: the token of the id's reservation (``job_id_reservations``),
         whose filing a submit that took the id over has fenced out of this pool.
-        InvalidJob for a job id that cannot be a key of its own (``check_job_id``)."""
-        try:
-            check_job_id(job_id)
-        except ValueError as exc:
-            raise InvalidJob(str(exc)) from None
+        InvalidJob for a job id that cannot be a key of its own (``submittable_job_id``)."""
+        submittable_job_id(job_id)
         header = spec.header() if isinstance(spec, JobSpec) else spec
         k = self.keys
         fields = [x for pair in header["fields"].items() for x in pair]

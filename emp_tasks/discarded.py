@@ -11,36 +11,37 @@ ever beside a failed job. Celery sends ``task_unknown`` or ``task_rejected`` rig
 after that acknowledgement is buffered (acks reach Redis with the next claim, as for
 ``emp_tasks.revocation``), so these receivers fail the job first, fenced by the
 claim's attempt, with the reason; a refused message's FAILURE is stored too (an
-unregistered task's ``NotRegistered`` Celery stores itself).
+unregistered task's ``NotRegistered`` Celery stores itself). A message whose body the
+worker cannot decode (not valid for its content type, a broken compression) takes
+Celery's ``on_decode_error``, which logs and acks it with no signal: a consumer step
+(``FailUndecodable``) has it fail the job and store its FAILURE first. The job and
+attempt are read from the delivery tag the transport gave the claim.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import task_rejected, task_unknown
 from celery.utils.log import get_logger
 
-from capability_router.jobspec import HEADER
-from capability_router.keys import DEFAULT_NAMESPACE
-from capability_router.transport import ATTEMPT_HEADER
+from capability_router.transport import parse_tag
 from emp_tasks.connection import get_functions
 
 logger = get_logger(__name__)
 
 
-def _claimed(message: Any) -> tuple[str, str, Any] | None:
-    """(job id, pool, attempt) of a message the worker claimed through EMP; None for
-    any other (no attempt header: not a job's claim, nothing to fence)."""
-    headers = getattr(message, "headers", None)
-    if not isinstance(headers, dict) or headers.get(ATTEMPT_HEADER) is None:
+def _claimed(message: Any) -> tuple[str, str, str] | None:
+    """(job id, pool, attempt) of a message the worker claimed through EMP, read from its
+    delivery tag (the transport's ``emp|<pool>|<job id>|<attempt>``), which holds even
+    when the message's headers or body cannot be read; None for any other message
+    (not a job's claim, nothing to fence)."""
+    parsed = parse_tag(getattr(message, "delivery_tag", None))
+    if parsed is None:
         return None
-    job_id = headers.get("id")
-    if not job_id:
-        return None
-    spec = headers.get(HEADER) if isinstance(headers.get(HEADER), dict) else {}
-    return str(job_id), spec.get("pool") or DEFAULT_NAMESPACE, headers[ATTEMPT_HEADER]
+    pool, job_id, attempt = parsed
+    return job_id, pool, attempt
 
 
 def _fail(app: Celery, message: Any, reason: str) -> str | None:
@@ -80,9 +81,26 @@ def fail_rejected(sender: Any = None, message: Any = None, exc: Any = None,
     accepted = ", ".join(sorted(app.conf.accept_content or ()))
     job_id = _fail(app, message, f"the worker discarded the message unrun ({what}); its "
                                  f"accept_content is [{accepted}]")
+    _store_failure(app, job_id, exc if isinstance(exc, Exception) else ValueError(what))
+
+
+def fail_undecodable(consumer: Any, message: Any, exc: BaseException) -> None:
+    """Before Celery's ``on_decode_error`` (which logs and acks, sending no signal): the
+    worker cannot decode the message's body (not valid for its content type, a broken
+    compression), so the job fails saying so and its FAILURE is stored."""
+    content_type = getattr(message, "content_type", None)
+    job_id = _fail(consumer.app, message,
+                   f"the worker could not decode the message ({type(exc).__name__}: {exc}); "
+                   f"content type {content_type!r}")
+    _store_failure(consumer.app, job_id, exc if isinstance(exc, Exception) else
+                   ValueError(str(exc)))
+
+
+def _store_failure(app: Celery, job_id: str | None, error: Exception) -> None:
+    """Store the FAILURE of a discarded job the record failed (None: it did not), so the
+    producer's ``AsyncResult.get()`` raises rather than waits for ever."""
     if job_id is None:
         return
-    error = exc if isinstance(exc, Exception) else ValueError(what)
     try:
         app.backend.mark_as_failure(job_id, error)
     except Exception:  # noqa: BLE001 - the record says failed; the result stays PENDING
@@ -90,7 +108,28 @@ def fail_rejected(sender: Any = None, message: Any = None, exc: Any = None,
                        exc_info=True)
 
 
+class FailUndecodable(bootsteps.Step):
+    """Consumer step: wraps the consumer's ``on_decode_error`` (set before its Tasks step
+    hands it to the task consumer) with ``fail_undecodable``."""
+
+    name = "emp.fail-undecodable"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        celery_handler = parent.on_decode_error
+
+        def on_decode_error(message: Any, exc: BaseException) -> None:
+            try:
+                fail_undecodable(parent, message, exc)
+            finally:
+                celery_handler(message, exc)
+
+        parent.on_decode_error = on_decode_error
+
+
 def init_app(app: Celery) -> None:
-    """Have the app's workers fail the jobs whose messages they discard (once per process)."""
+    """Have the app's workers fail the jobs whose messages they discard (the signal
+    receivers once per process, the consumer step per app)."""
     task_unknown.connect(fail_unknown, weak=False, dispatch_uid="emp-fail-unknown")
     task_rejected.connect(fail_rejected, weak=False, dispatch_uid="emp-fail-rejected")
+    app.steps["consumer"].add(FailUndecodable)

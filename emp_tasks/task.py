@@ -30,7 +30,7 @@ from capability_router.errors import (
     ReplaceUnsupported,
     RetryRefused,
 )
-from capability_router.functions import CLUSTER_REDIRECTS
+from capability_router.functions import CLUSTER_REDIRECTS, submittable_job_id
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, MAX_RETRIES_LIMIT, JobSpec
 from capability_router.keys import check_new_pool
@@ -44,7 +44,7 @@ from emp_tasks.cancellation import (
     record_lost,
     recorded_already,
 )
-from emp_tasks.celery_queue import queue_name, routed_queue
+from emp_tasks.celery_queue import named_pools
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
@@ -106,30 +106,12 @@ def replacement_options(context: JobContext, sig: Signature, task: Any) -> dict[
             raise InvalidJob(f"job {context.job_id}: a replacement keeps the job's {name} "
                              f"({value!r}); {options[name]!r} names another (submit a new "
                              "job instead)")
-    for named_by, pool in replacement_pools(sig, task):
+    for named_by, pool in named_pools(task, sig.args, sig.kwargs, dict(options), options):
         if pool not in (None, context.namespace):
             raise InvalidJob(f"job {context.job_id}: a replacement stays in the job's pool "
                              f"{context.namespace!r}; {named_by} names pool {pool!r} (submit "
                              "a new job to that pool instead)")
     return {**kept, "queue": context.namespace, "pool": None}
-
-
-def replacement_pools(sig: Signature, task: Any) -> list[tuple[str, str | None]]:
-    """Each pool the replacement ``sig`` names, with what names it: everything a submit of
-    it would file it by (``EmpTask.job_spec``): ``queue=``, ``pool=``,
-    ``requirements.pool``, the task's ``queue`` option and a ``task_routes`` route.
-    Celery would send the replacement where they say; a replace cannot move the job."""
-    options = sig.options
-    requirements = options.get("requirements")
-    return [
-        ("queue=", queue_name(options.get("queue"))),
-        ("pool=", options.get("pool")),
-        ("requirements.pool",
-         requirements.get("pool") if isinstance(requirements, Mapping) else None),
-        (f"the queue option of task {task.name!r}", queue_name(getattr(task, "queue", None))),
-        (f"task_routes for {task.name!r}",
-         routed_queue(task, sig.args, sig.kwargs, dict(options))),
-    ]
 
 
 def _check_new_pool(pool: str, named_by: str) -> str:
@@ -221,21 +203,19 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
-        queue = queue_name(options.get("queue") or getattr(self, "queue", None))
-        named_by = ("queue" if options.get("queue")
-                    else f"the queue option of task {self.name!r}")
-        if queue is not None:
-            _check_new_pool(queue, named_by)
+        named = named_pools(self, args, kwargs, options, fields, routes=False)
+        queues = [(by, pool) for by, pool in (named[0], named[3]) if pool is not None]
+        if queues:  # the call's queue, else the task's
+            named_by, queue = queues[0]
+            _check_new_pool(queue, named_by.rstrip("="))
             # Filed in the queue while the record named another pool, the job was lost
             # to both (``emp_tasks.celery_queue``).
             if fields.setdefault("pool", queue) != queue:
                 raise InvalidJob(f"queue={queue!r} and pool={fields['pool']!r} name two "
                                  "pools; a job is filed in one (queue is Celery's name "
                                  "for it)")
-        elif "pool" not in fields and "pool" not in (fields.get("requirements") or {}):
-            routed = routed_queue(self, args, kwargs, options)
-            if routed is not None:
-                fields["pool"] = _check_new_pool(routed, f"task_routes for {self.name!r}")
+        elif len(named) > 4 and named[4][1] is not None:  # a task_routes route
+            fields["pool"] = _check_new_pool(named[4][1], named[4][0])
         # The task's own defaults, as Celery applies them to a call that names none.
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority
@@ -269,6 +249,8 @@ class EmpTask(Task):
                      **options: Any) -> Any:
         headers = dict(options.pop("headers", None) or {})
         if HEADER not in headers:
+            if self.app.conf.task_always_eager and task_id:  # runs here, nothing filed:
+                submittable_job_id(task_id)  # check the id as the enqueue would
             headers[HEADER] = self.job_spec(args, kwargs, options).header()
             if span is not None:
                 span.set_attribute(tracing.POOL, headers[HEADER]["pool"])

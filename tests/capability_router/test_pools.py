@@ -59,6 +59,22 @@ def test_shipped_pools_are_fast_standard_heavy_in_size_order() -> None:
     assert load_pools(DEFAULT_POOLS_FILE) == shipped.pools
 
 
+def test_every_service_the_shipped_pools_route_has_a_duration_prior() -> None:
+    """Tried: the shipped file routes ``text`` (fast, standard) but had no prior for it, so
+    a text job was predicted at the default 20 s a unit (a unit: 500 tokens, about 1 s at
+    the job type's default rate) until learnt, and spilled as if it were an image job.
+    The text prior is one unit at ``emp.text``'s default rate."""
+    import inspect
+
+    from emp_tasks.jobs import text
+
+    shipped = load_pools_file(DEFAULT_POOLS_FILE)
+    routed = {service for pool in shipped.pools.values() for service in pool.services}
+    assert sorted(routed - {"*"} - set(shipped.priors.services)) == []
+    rate = inspect.signature(text.text.run).parameters["tokens_per_second"].default
+    assert shipped.priors.seconds_per_unit("text") == text.SIZE_FEATURES["tokens"] / rate
+
+
 def test_a_user_file_with_defaults_for_the_optional_fields() -> None:
     parsed = parse_pools(GOOD, "mine.toml")
     small, big = parsed.pools["small"], parsed.pools["big"]

@@ -10,7 +10,9 @@ import pytest
 from celery.exceptions import NotRegistered
 from kombu.exceptions import ContentDisallowed
 
+from capability_router.jobspec import HEADER
 from conftest import wait_for
+from emp_tasks.job_types import job_type
 from emp_tasks.producer import get_job
 
 
@@ -45,6 +47,47 @@ def test_a_discarded_message_fails_its_job_saying_why(app, start_worker) -> None
     assert record["status"] == "failed", record
     assert "discarded the message unrun (ContentDisallowed" in record["last_error"], record
     assert "accept_content is [json]" in record["last_error"], record
+
+    # the worker goes on serving
+    assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}
+
+
+@pytest.mark.timeout(120)
+def test_a_message_the_worker_cannot_decode_fails_its_job_saying_why(app, start_worker) -> None:
+    """Tried: ``emp.echo`` messages published through the EMP transport whose body is not
+    JSON though the content type says ``application/json``, and whose body is not what
+    its ``compression`` header says (Celery's consumer takes its ``on_decode_error``
+    path: logs "Can't decode message body" and acks it). Before
+    the fix the record said "task ended without recording an outcome (hard time limit
+    or crash)" and ``AsyncResult.get()`` waited for ever (PENDING: Celery sends no
+    signal and stores nothing for such a message)."""
+    from kombu.exceptions import DecodeError
+
+    start_worker("w1")
+    spec = job_type(app, "emp.echo").job_spec(None, {}, {}).header()
+    with app.connection_for_write() as connection:
+        publish = connection.Producer().publish
+        publish(b"{not json", exchange="", routing_key="default",
+                content_type="application/json", content_encoding="utf-8",
+                headers={"task": "emp.echo", "id": "undecodable-1", HEADER: spec})
+        # a body its compression header does not fit (kombu's Message.errors path)
+        publish(b"not gzip", exchange="", routing_key="default",
+                content_type="application/json", content_encoding="utf-8",
+                headers={"task": "emp.echo", "id": "undecodable-2", HEADER: spec,
+                         "compression": "application/x-gzip"})
+    for job_id in ("undecodable-1", "undecodable-2"):
+        wait_for(lambda job_id=job_id: get_job(job_id, app=app)["status"] != "pending",
+                 timeout=30, message=f"the undecodable job {job_id} to end")
+        wait_for(lambda job_id=job_id: get_job(job_id, app=app)["status"] in (
+            "failed", "completed"), timeout=10, message=f"{get_job(job_id, app=app)}")
+        record = get_job(job_id, app=app)
+        assert record["status"] == "failed", record
+        assert "could not decode the message" in record["last_error"], record
+        assert "application/json" in record["last_error"], record
+    with pytest.raises(DecodeError):
+        app.AsyncResult("undecodable-1").get(timeout=30)  # before: TimeoutError, PENDING
+    with pytest.raises(TypeError):  # kombu's decompress of the body as the transport has it
+        app.AsyncResult("undecodable-2").get(timeout=30)
 
     # the worker goes on serving
     assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}

@@ -25,18 +25,19 @@ def test_every_service_the_shipped_pools_file_names_is_a_job_type(app: Any) -> N
 def test_a_text_job_is_routed_by_the_shipped_pools_file_and_runs(
         app: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 250-token text job, routing on with conf/pools.toml and a text worker serving
-    standard: filed there (the file has no text prior: 20 s a unit, 10 s predicted, fits
-    standard), it reports progress and completes with its tokens; a token count out of
-    range fails the job naming it."""
+    fast: filed there (the file's text prior, 1 s a 500-token unit: 0.5 s predicted,
+    fits fast; before it had none and the default 20 s a unit sent it to standard), it
+    reports progress and completes with its tokens; a token count out of range fails
+    the job naming it."""
     monkeypatch.setenv(POOLS_FILE_ENV, str(DEFAULT_POOLS_FILE))
     start_worker("text-1", wait=False, WORKER_SERVICES="text",
-                 WORKER_POOLS="standard").wait_ready("standard")
+                 WORKER_POOLS="fast").wait_ready("fast")
     result = submit("text", {"tokens": 250, "prompt": "hello"}, app=app)
     done = result.get(timeout=30)
     assert (done["tokens"], done["prompt"], done["worker"].split("@")[0]) == (
         250, "hello", "text-1")
     record = get_job(result.id, app=app)
-    assert record["pool"] == "standard" and record["status"] == "completed", record
+    assert record["pool"] == "fast" and record["status"] == "completed", record
     assert "update_job_progress" in [e["event"] for e in job_events(result.id, app=app)]
     bad = submit("text", {"tokens": 0}, max_retries=0, app=app)
     with pytest.raises(ValueError, match="tokens must be a whole number"):

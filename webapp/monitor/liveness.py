@@ -16,17 +16,12 @@ from typing import Any
 from emp_tasks.defaults import lease_seconds
 
 
-def heartbeat_silence_seconds() -> float:
-    """How long a worker may go without a heartbeat before the monitor calls it silent:
-    one lease (``EMP_LEASE_SECONDS``), i.e. three missed heartbeats."""
-    return lease_seconds()
-
-
 def silent(last_seen_ms: int | None, now_ms: int) -> bool:
-    """Whether a heartbeat stamped ``last_seen_ms`` (Redis' clock) is a lease old at
-    ``now_ms``; no stamp at all is not silence (nothing to judge by)."""
+    """Whether a heartbeat stamped ``last_seen_ms`` (Redis' clock) is a lease old
+    (``EMP_LEASE_SECONDS``: three missed heartbeats) at ``now_ms``; no stamp at all is
+    not silence (nothing to judge by)."""
     return bool(last_seen_ms) and now_ms - int(last_seen_ms or 0) > int(
-        heartbeat_silence_seconds() * 1000)
+        lease_seconds() * 1000)
 
 
 def heard_from(records: list[dict[str, Any]], now_ms: int) -> list[dict[str, Any]]:
