@@ -564,6 +564,10 @@ def simulate(day: bool, quick: bool, trace: str | None, scale: float, seed: int,
     from capability_router.simulator.policies import POLICIES
     from capability_router.simulator.run import simulate as run_simulation
 
+    given = [name for name, on in (("--day", day), ("--quick", quick), ("--trace", trace)) if on]
+    if len(given) > 1:  # --day --quick ran the whole day (20-25 min), the --quick dropped
+        raise click.UsageError(f"{' and '.join(given)} name two scenarios: give one of "
+                               "--day, --quick or --trace")
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:  # an empty list ran all of them, as if the option were not given
         raise click.UsageError(f"--policies names no policy (known: {', '.join(POLICIES)})")

@@ -298,3 +298,25 @@ def test_a_job_no_pool_can_run_stops_every_policy_before_it_starts(redis_server,
         assert f"trace job {job.id!r}" in result.output, result.output
         assert "no pool can run this job" in result.output, result.output
         assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [("--day", "--quick"), ("--trace", "{trace}", "--quick"),
+                                  ("--trace", "{trace}", "--day")])
+def test_two_scenarios_at_once_are_refused(redis_server, tmp_path, args: tuple[str, ...]) -> None:
+    """Tried: ``emp simulate --day --quick`` (meaning a quick day) ran the whole day, 20-25
+    minutes, the ``--quick`` dropped without a word; ``--trace t.jsonl --quick`` replayed the
+    whole trace and ``--trace t.jsonl --day`` the trace, not the day. Now a usage error
+    names the options, before anything runs."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "t.jsonl"
+    write_trace([TraceJob("ok1", 1.0, "text", 1.0)], trace)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "simulate", "--redis-url", redis_server.url, "--policies", "uniform", "--out", str(out),
+        *(a.format(trace=trace) for a in args)])
+    assert result.exit_code == 2, result.output
+    assert "one of --day, --quick or --trace" in result.output, result.output
+    assert not out.exists()
