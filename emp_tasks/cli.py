@@ -153,7 +153,8 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 @main.command()
 @click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
 @click.option("-Q", "--pool", "pools", multiple=True,
-              help="Pool namespace(s) to serve (env WORKER_POOLS, else MACHINE_POOL).")
+              help="Pool namespace(s) to serve, repeated or a comma list (env "
+                   "WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
               default=defaults.CONCURRENCY, show_default=True,
               help="Jobs run at once (env WORKER_CONCURRENCY).")
@@ -209,7 +210,11 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         profile = build_profile(app)
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
-    pool_list = list(pools) or defaults.worker_pools()
+    # A comma list, as Celery's -Q and WORKER_POOLS take (no pool name holds a comma).
+    pool_list = [p.strip() for q in pools for p in q.split(",") if p.strip()]
+    if pools and not pool_list:
+        raise click.UsageError("-Q names no pool")
+    pool_list = pool_list or defaults.worker_pools()
     try:
         check_pools(pool_list, "-Q" if pools else defaults.worker_pools_setting())
     except ValueError as exc:

@@ -65,3 +65,15 @@ def test_a_worker_that_cannot_run_its_pools_jobs_is_warned_at_its_start(
     _warn_unknown_pools(WorkerProfile("w-ok", ["simulation"], hardware={"gpu_memory_gb": 48}),
                         ["heavy"])
     assert capsys.readouterr().err == ""
+
+
+def test_q_takes_a_comma_list_like_worker_pools_and_celery(redis_server) -> None:
+    """Tried: ``emp worker -Q heavy,fast`` (Celery's ``-Q`` form, and ``WORKER_POOLS``'s):
+    refused as ``invalid pool name 'heavy,fast'``. Now ``-Q`` splits on commas as they do;
+    each name is still checked (here the ``..`` after the comma is what is refused)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url,
+           "WORKER_SERVICES": "echo"}
+    done = subprocess.run([sys.executable, "-m", "emp_tasks.cli", "worker", "-Q", "heavy,.."],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "'..' cannot be a pool name" in done.stderr and "-Q" in done.stderr, done.stderr
