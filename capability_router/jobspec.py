@@ -168,7 +168,13 @@ class JobSpec:
         where = "pool"
         if isinstance(self.requirements, dict) and "pool" in self.requirements:
             self.requirements = dict(self.requirements)
-            self.pool, where = self.requirements.pop("pool"), "requirements.pool"
+            named = self.requirements.pop("pool")
+            if self.pool is not None and named is not None and named != self.pool:
+                # requirements.pool won, and the pool given was dropped without a word
+                raise InvalidJob(f"pool {self.pool!r} and requirements.pool {named!r} name "
+                                 "two pools; a job is filed in one: give one of them")
+            if named is not None:
+                self.pool, where = named, "requirements.pool"
         self.pool_named = self.pool is not None and self.routing is None
         if self.pool is None:
             self.pool = DEFAULT_NAMESPACE

@@ -108,6 +108,34 @@ def unserved_pool_warning(pool: str, pools_file: PoolsFile | None) -> str:
     return f"no live worker serves pool {pool}{unnamed}: the job waits until one does"
 
 
+def worker_fit_warnings(pools_file: PoolsFile, pools: list[str], services: list[str],
+                        gpu_memory_gb: float | None) -> list[str]:
+    """What a worker serving ``pools`` cannot take of what the router files there.
+
+    The router files a job in a pool by the file's description of its machines, and
+    counts any live worker as capacity: a worker below the pool's GPU memory (no
+    ``--gpu-memory-gb``: 0) leaves its bigger jobs waiting for ever, and a service the
+    pool does not run never reaches it unless a job names the pool.
+    """
+    gpu = float(gpu_memory_gb or 0)
+    warnings = []
+    for name in pools:
+        pool = pools_file.pools.get(name)
+        if pool is None:
+            continue
+        foreign = [s for s in services if not pool.runs_service(s)]
+        if foreign:
+            warnings.append(f"pool {name} does not run service {', '.join(foreign)} in the "
+                            f"pools file {pools_file.path}: the router files no such job there")
+        low, high = pool.gpu_memory_gb
+        if pool.gpu and gpu < low:
+            warnings.append(
+                f"it has {gpu:g} GB of GPU memory (--gpu-memory-gb, WORKER_GPU_MEMORY_GB) and "
+                f"pool {name}'s machines {low:g}-{high:g} GB in the pools file: a job filed "
+                f"there asking more than {gpu:g} GB waits for another worker")
+    return warnings
+
+
 def unserved_warnings(client: Any, pool: str, named: bool,
                       pools_file: PoolsFile | None) -> list[str]:
     """What the submitter of a job just filed in ``pool`` is warned of; empty when nothing

@@ -184,8 +184,9 @@ class Router:
 
     # -- deciding -------------------------------------------------------------
 
-    def why_not(self, pool: Pool, service: str, gpu_memory_gb: float | None) -> str | None:
-        """Why ``pool`` cannot run the job at all, or None when it can."""
+    @staticmethod
+    def why_not(pool: Pool, service: str, gpu_memory_gb: float | None) -> str | None:
+        """Why ``pool`` cannot run the job at all, or None when it can (no Redis read)."""
         if not pool.runs_service(service):
             return f"cannot run: does not run service {service}"
         if gpu_memory_gb:

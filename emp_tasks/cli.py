@@ -77,23 +77,32 @@ def _worker_start_errors() -> tuple[type[BaseException], ...]:
 WORKER_START_ERRORS = _worker_start_errors()
 
 
-def _warn_unknown_pools(worker_id: str, pools: list[str]) -> None:
-    """Warn when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it serves:
-    the router files no job there, so only jobs that name that pool would ever reach it."""
+def _warn_unknown_pools(profile: Any, pools: list[str]) -> None:
+    """Warn when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it serves
+    (the router files no job there, so only jobs that name that pool would ever reach it),
+    or when the worker cannot run what the file routes to a pool it serves
+    (``pool_view.worker_fit_warnings``: a job waited there for ever)."""
     from capability_router.errors import PoolsFileError
+    from capability_router.pool_view import worker_fit_warnings
     from capability_router.pools import pools_file_from_env
 
+    worker_id = profile.worker_id
     try:
         pools_file = pools_file_from_env()
     except PoolsFileError as exc:
         click.echo(f"worker {worker_id}: warning: EMP_POOLS_FILE: {exc}", err=True)
         return
-    unknown = [p for p in pools if pools_file is not None and p not in pools_file.pools]
+    if pools_file is None:
+        return
+    unknown = [p for p in pools if p not in pools_file.pools]
     if unknown:
         click.echo(f"worker {worker_id}: warning: pool(s) {', '.join(unknown)} not in the "
                    f"pools file {pools_file.path} (it has {', '.join(pools_file.pools)}): the "
                    "router files no job there, only jobs that name the pool reach this worker",
                    err=True)
+    for warning in worker_fit_warnings(pools_file, pools, profile.services,
+                                       profile.hardware.get("gpu_memory_gb")):
+        click.echo(f"worker {worker_id}: warning: {warning}", err=True)
 
 
 def _warn_unserved_pool(app: Any, pool: str) -> None:
@@ -144,7 +153,8 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
 @main.command()
 @click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
 @click.option("-Q", "--pool", "pools", multiple=True,
-              help="Pool namespace(s) to serve (env WORKER_POOLS, else MACHINE_POOL).")
+              help="Pool namespace(s) to serve, repeated or a comma list (env "
+                   "WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
               default=defaults.CONCURRENCY, show_default=True,
               help="Jobs run at once (env WORKER_CONCURRENCY).")
@@ -200,14 +210,18 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         profile = build_profile(app)
     except EmpError as exc:
         raise click.UsageError(str(exc)) from None
-    pool_list = list(pools) or defaults.worker_pools()
+    # A comma list, as Celery's -Q and WORKER_POOLS take (no pool name holds a comma).
+    pool_list = [p.strip() for q in pools for p in q.split(",") if p.strip()]
+    if pools and not pool_list:
+        raise click.UsageError("-Q names no pool")
+    pool_list = pool_list or defaults.worker_pools()
     try:
         check_pools(pool_list, "-Q" if pools else defaults.worker_pools_setting())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
-    _warn_unknown_pools(profile.worker_id, pool_list)
+    _warn_unknown_pools(profile, pool_list)
     try:
         status = run_worker(app, profile, pool_list, concurrency=concurrency,
                             loglevel=loglevel,
@@ -564,6 +578,10 @@ def simulate(day: bool, quick: bool, trace: str | None, scale: float, seed: int,
     from capability_router.simulator.policies import POLICIES
     from capability_router.simulator.run import simulate as run_simulation
 
+    given = [name for name, on in (("--day", day), ("--quick", quick), ("--trace", trace)) if on]
+    if len(given) > 1:  # --day --quick ran the whole day (20-25 min), the --quick dropped
+        raise click.UsageError(f"{' and '.join(given)} name two scenarios: give one of "
+                               "--day, --quick or --trace")
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:  # an empty list ran all of them, as if the option were not given
         raise click.UsageError(f"--policies names no policy (known: {', '.join(POLICIES)})")

@@ -131,23 +131,56 @@ class IntelligenceSettings:
             "recent_seconds": _env_float("EMP_INTELLIGENCE_RECENT_SECONDS", 600.0),
             "placement": placement,
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
         settings = cls(**values)
-        settings.check()
+        settings.check({**SETTING_NAMES, **{k: OPTION_NAMES.get(k, k) for k in given}})
         return settings
 
-    def check(self) -> None:
-        """EmpError naming the first bad setting."""
-        for name in ("interval_seconds", "lease_seconds", "recent_seconds"):
-            if getattr(self, name) <= 0:
-                raise EmpError(f"intelligence {name} must be > 0, got {getattr(self, name)}")
+    def check(self, names: dict[str, str] | None = None) -> None:
+        """EmpError naming the first bad setting by ``names`` (its variable, or option).
+
+        A negative ``min_expected`` wanted every model seen warm, a negative
+        ``evict_below`` never evicted and a zero directive TTL made each directive
+        stale on arrival: all ran without a word before.
+        """
+        names = {**SETTING_NAMES, **(names or {})}
+        place = self.placement
+        limits: list[tuple[str, float, float, bool]] = [  # name, value, bound, bound allowed
+            ("interval_seconds", self.interval_seconds, 0, False),
+            ("lease_seconds", self.lease_seconds, 0, False),
+            ("recent_seconds", self.recent_seconds, 0, False),
+            ("max_keys", self.max_keys, 1, True),
+            ("horizon_seconds", place.horizon_seconds, 0, False),
+            ("min_expected", place.min_expected, 0, False),
+            ("evict_below", place.evict_below, 0, True),
+            ("max_per_pool", place.max_per_pool, 0, True),
+            ("directive_ttl_seconds", place.directive_ttl_seconds, 0, False)]
+        for name, value, bound, allowed in limits:
+            if value < bound or (value == bound and not allowed):
+                raise EmpError(f"{names[name]} must be {'>=' if allowed else '>'} {bound:g}, "
+                               f"got {value:g}")
         if self.lease_seconds <= self.interval_seconds:
             raise EmpError(f"intelligence lease_seconds ({self.lease_seconds:g}) must be longer "
-                           f"than interval_seconds ({self.interval_seconds:g})")
-        if self.max_keys < 1 or self.placement.max_per_pool < 0:
-            raise EmpError("intelligence max_keys must be >= 1 and directives per pool >= 0")
-        if self.placement.horizon_seconds <= 0:
-            raise EmpError("intelligence horizon_seconds must be > 0")
+                           f"than interval_seconds ({self.interval_seconds:g}): "
+                           f"{names['lease_seconds']}, {names['interval_seconds']}")
+
+
+#: The variable that sets each field of IntelligenceSettings (and its PlacementSettings).
+SETTING_NAMES = {
+    "interval_seconds": "EMP_INTELLIGENCE_INTERVAL_SECONDS",
+    "lease_seconds": "EMP_INTELLIGENCE_LEASE_SECONDS",
+    "recent_seconds": "EMP_INTELLIGENCE_RECENT_SECONDS",
+    "max_keys": "EMP_INTELLIGENCE_MAX_KEYS",
+    "horizon_seconds": "EMP_INTELLIGENCE_HORIZON_SECONDS",
+    "min_expected": "EMP_INTELLIGENCE_MIN_EXPECTED",
+    "evict_below": "EMP_INTELLIGENCE_EVICT_BELOW",
+    "max_per_pool": "EMP_INTELLIGENCE_DIRECTIVES_PER_POOL",
+    "directive_ttl_seconds": "EMP_INTELLIGENCE_DIRECTIVE_TTL_SECONDS",
+}
+#: ``emp intelligence``'s options, for a value given there rather than in the environment.
+OPTION_NAMES = {"interval_seconds": "--interval", "lease_seconds": "--lease",
+                "instance": "--instance"}
 
 
 class IntelligenceService:

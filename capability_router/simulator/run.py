@@ -14,7 +14,9 @@ from typing import Any
 
 import redis
 
-from capability_router.pools import DEFAULT_POOLS_FILE, load_pools_file
+from capability_router.errors import InvalidJob
+from capability_router.pools import DEFAULT_POOLS_FILE, PoolsFile, load_pools_file
+from capability_router.routing import Router
 from capability_router.simulator.engine import Simulation
 from capability_router.simulator.metrics import RunRecord
 from capability_router.simulator.policies import POLICIES, policy
@@ -39,6 +41,25 @@ def scenario_for(trace: str | None, day: bool, quick: bool, scale: float,
     return scenario, history
 
 
+def refuse_unrunnable(scenario: Scenario, pools_file: PoolsFile) -> None:
+    """Stop before any policy runs on a job no pool can run, naming it.
+
+    The router's policies met it only at its arrival, and ``uniform`` (no router)
+    never: its machines are the pools' types too, so the job waited the whole run.
+    """
+    for job in scenario.jobs:
+        gpu = (job.requirements.get("hardware") or {}).get("gpu_memory_gb")
+        gpu = float(gpu) if isinstance(gpu, (int, float)) and not isinstance(gpu, bool) else None
+        notes = {pool.name: Router.why_not(pool, job.service, gpu)
+                 for pool in pools_file.pools.values()}
+        if all(notes.values()):
+            raise InvalidJob(
+                f"trace job {job.id!r} (service {job.service}, at {job.at:g} s): "
+                "no pool can run this job: " + "; ".join(
+                    f"{name}: {(note or '').removeprefix('cannot run: ')}"
+                    for name, note in notes.items()))
+
+
 def simulate(redis_url: str | None = None, trace: str | None = None, day: bool = True,
              quick: bool = False, scale: float = 1.0, seed: int = 1,
              policies: list[str] | None = None, out: str | Path = "sim-out",
@@ -49,6 +70,7 @@ def simulate(redis_url: str | None = None, trace: str | None = None, day: bool =
     chosen = [policy(name) for name in names]
     pools_file = load_pools_file(pools_path or DEFAULT_POOLS_FILE)
     scenario, history = scenario_for(trace, day, quick, scale, seed)
+    refuse_unrunnable(scenario, pools_file)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log(f"scenario: {len(scenario.jobs)} jobs, {scenario.start / 3600:g}-"

@@ -517,3 +517,43 @@ def test_bad_settings_stop_the_command_with_one_line_naming_them(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], done.stderr
     assert client.get(INTELLIGENCE_LEADER_KEY) is None  # nothing ran
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"EMP_INTELLIGENCE_MIN_EXPECTED": "-1"}, "EMP_INTELLIGENCE_MIN_EXPECTED must be > 0, got -1"),
+    ({"EMP_INTELLIGENCE_MIN_EXPECTED": "0"}, "EMP_INTELLIGENCE_MIN_EXPECTED must be > 0, got 0"),
+    ({"EMP_INTELLIGENCE_EVICT_BELOW": "-0.5"}, "EMP_INTELLIGENCE_EVICT_BELOW must be >= 0"),
+    ({"EMP_INTELLIGENCE_DIRECTIVE_TTL_SECONDS": "0"},
+     "EMP_INTELLIGENCE_DIRECTIVE_TTL_SECONDS must be > 0, got 0"),
+    ({"EMP_INTELLIGENCE_DIRECTIVES_PER_POOL": "-2"},
+     "EMP_INTELLIGENCE_DIRECTIVES_PER_POOL must be >= 0, got -2"),
+    ({"EMP_INTELLIGENCE_MAX_KEYS": "0"}, "EMP_INTELLIGENCE_MAX_KEYS must be >= 1, got 0"),
+    ({"EMP_INTELLIGENCE_INTERVAL_SECONDS": "-1"},
+     "EMP_INTELLIGENCE_INTERVAL_SECONDS must be > 0, got -1"),
+    ({"EMP_INTELLIGENCE_HORIZON_SECONDS": "0"}, "EMP_INTELLIGENCE_HORIZON_SECONDS must be > 0"),
+])
+def test_an_impossible_setting_is_refused_naming_its_variable(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], words: str) -> None:
+    """Tried: ``EMP_INTELLIGENCE_MIN_EXPECTED=-1`` (every model seen wanted warm),
+    ``EMP_INTELLIGENCE_EVICT_BELOW=-0.5`` (never evict) and
+    ``EMP_INTELLIGENCE_DIRECTIVE_TTL_SECONDS=0`` (directives stale on arrival): each led
+    without a word. ``-1`` for the interval said ``intelligence interval_seconds must be
+    > 0``, ``-2`` directives per pool ``max_keys must be >= 1 and directives per pool >= 0``,
+    naming no variable. Now each is refused with the variable the user set."""
+    from capability_router.errors import EmpError
+    from capability_router.prediction.service import IntelligenceSettings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(EmpError) as refused:
+        IntelligenceSettings.from_env()
+    assert words in str(refused.value)
+
+
+def test_an_option_that_is_impossible_is_refused_naming_the_option() -> None:
+    """``emp intelligence --interval -1``: the option, not only its variable, is named."""
+    from capability_router.errors import EmpError
+    from capability_router.prediction.service import IntelligenceSettings
+
+    with pytest.raises(EmpError, match=r"--interval"):
+        IntelligenceSettings.from_env(interval_seconds=-1.0)

@@ -272,3 +272,51 @@ def test_machine_hours_count_until_the_last_job_is_done(client: redis.Redis) -> 
     assert result.record.machine_hours == pytest.approx(2 * last_done / 3600, abs=0.001)
     assert result.record.gpu_hours == result.record.machine_hours
     assert result.record.cost == pytest.approx(result.record.machine_hours)
+
+
+def test_a_job_no_pool_can_run_stops_every_policy_before_it_starts(redis_server,
+                                                                   tmp_path) -> None:
+    """Tried: ``emp simulate --trace t.jsonl --policies uniform`` with a job of a service no
+    pool runs (``nosuch``) or asking 200 GB of GPU memory. Before, only the router's
+    policies stopped on it; ``uniform`` ran, the job waited the whole run and the table
+    said 0.0% completed, wait p50 3599 s, with no word why. Now every policy stops before
+    the run starts, naming the job, as the README says."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    for job in (TraceJob("typo3", 1.0, "nosuch", 1.0),
+                TraceJob("huge7", 2.0, "comfyui", 2.0,
+                         requirements={"hardware": {"gpu_memory_gb": 200}})):
+        trace = tmp_path / f"{job.id}.jsonl"
+        write_trace([TraceJob("ok1", 0.5, "text", 1.0), job], trace)
+        out = tmp_path / f"out-{job.id}"
+        result = CliRunner().invoke(main, ["simulate", "--redis-url", redis_server.url,
+                                           "--trace", str(trace), "--policies", "uniform",
+                                           "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"trace job {job.id!r}" in result.output, result.output
+        assert "no pool can run this job" in result.output, result.output
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [("--day", "--quick"), ("--trace", "{trace}", "--quick"),
+                                  ("--trace", "{trace}", "--day")])
+def test_two_scenarios_at_once_are_refused(redis_server, tmp_path, args: tuple[str, ...]) -> None:
+    """Tried: ``emp simulate --day --quick`` (meaning a quick day) ran the whole day, 20-25
+    minutes, the ``--quick`` dropped without a word; ``--trace t.jsonl --quick`` replayed the
+    whole trace and ``--trace t.jsonl --day`` the trace, not the day. Now a usage error
+    names the options, before anything runs."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "t.jsonl"
+    write_trace([TraceJob("ok1", 1.0, "text", 1.0)], trace)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "simulate", "--redis-url", redis_server.url, "--policies", "uniform", "--out", str(out),
+        *(a.format(trace=trace) for a in args)])
+    assert result.exit_code == 2, result.output
+    assert "one of --day, --quick or --trace" in result.output, result.output
+    assert not out.exists()

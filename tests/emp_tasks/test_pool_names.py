@@ -113,3 +113,30 @@ def test_workers_refuse_a_dot_pool_naming_the_setting(redis_server, client: redi
     assert "'..' cannot be a pool name" in plain.stderr, plain.stderr[-2000:]
     assert _written(client)[1] == before[1]
     assert not [key for key in client.scan_iter() if key.startswith(("emp:{.}", "emp:{..}"))]
+
+
+def test_a_job_naming_two_pools_is_refused_naming_both(redis_server, client: redis.Redis,
+                                                       app) -> None:
+    """Tried: ``emp submit simulation --pool standard --requirements '{"pool": "heavy"}'``
+    and ``POST /api/jobs`` with ``pool: "standard", requirements: {"pool": "heavy"}``:
+    filed in heavy, the ``pool`` given dropped without a word (``queue=`` against ``pool=``
+    was already refused). Now every way in (``JobSpec``) refuses it naming both; the same
+    pool twice is accepted."""
+    from click.testing import CliRunner
+
+    from capability_router.jobspec import JobSpec
+    from emp_tasks.cli import main
+
+    with pytest.raises(InvalidJob, match=r"pool 'standard' and requirements.pool 'heavy' "
+                                         r"name two pools"):
+        JobSpec(service="echo", pool="standard", requirements={"pool": "heavy"})
+    assert JobSpec(service="echo", pool="heavy", requirements={"pool": "heavy"}).pool == "heavy"
+    plain = _task(app, "test.two.plain")
+    before = _written(client)
+    with pytest.raises(InvalidJob, match="name two pools"):
+        plain.apply_async(pool="standard", requirements={"pool": "heavy"})
+    done = CliRunner().invoke(main, ["--redis-url", redis_server.url, "submit", "echo",
+                                     "--pool", "standard", "--requirements",
+                                     '{"pool": "heavy"}', "--no-wait"])
+    assert done.exit_code != 0 and "name two pools" in done.output, done.output
+    assert _written(client) == before
