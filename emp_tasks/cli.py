@@ -78,22 +78,12 @@ WORKER_START_ERRORS = _worker_start_errors()
 
 
 def _warn_unknown_pools(worker_id: str, pools: list[str]) -> None:
-    """Warn when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it serves:
-    the router files no job there, so only jobs that name that pool would ever reach it."""
-    from capability_router.errors import PoolsFileError
-    from capability_router.pools import pools_file_from_env
+    """Say ``unknown_pools_warning`` on stderr, if any."""
+    from emp_tasks.start_checks import unknown_pools_warning
 
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError as exc:
-        click.echo(f"worker {worker_id}: warning: EMP_POOLS_FILE: {exc}", err=True)
-        return
-    unknown = [p for p in pools if pools_file is not None and p not in pools_file.pools]
-    if unknown:
-        click.echo(f"worker {worker_id}: warning: pool(s) {', '.join(unknown)} not in the "
-                   f"pools file {pools_file.path} (it has {', '.join(pools_file.pools)}): the "
-                   "router files no job there, only jobs that name the pool reach this worker",
-                   err=True)
+    warning = unknown_pools_warning(worker_id, pools)
+    if warning:
+        click.echo(warning, err=True)
 
 
 def _warn_unserved_pool(app: Any, pool: str) -> None:

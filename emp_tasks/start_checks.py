@@ -29,3 +29,22 @@ def check_pools(pools: list[str], where: str) -> None:
     (``check_new_pool``: not '.' or '..')."""
     for pool in pools:
         check_new_pool(pool, where)
+
+
+def unknown_pools_warning(worker_id: str, pools: list[str]) -> str | None:
+    """A warning when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it
+    serves: the router files no job there, so only jobs that name that pool would ever
+    reach it. Said by ``emp worker`` and the plain ``celery worker`` alike."""
+    from capability_router.errors import PoolsFileError
+    from capability_router.pools import pools_file_from_env
+
+    try:
+        pools_file = pools_file_from_env()
+    except PoolsFileError as exc:
+        return f"worker {worker_id}: warning: EMP_POOLS_FILE: {exc}"
+    unknown = [p for p in pools if pools_file is not None and p not in pools_file.pools]
+    if not unknown:
+        return None
+    return (f"worker {worker_id}: warning: pool(s) {', '.join(unknown)} not in the "
+            f"pools file {pools_file.path} (it has {', '.join(pools_file.pools)}): the "
+            "router files no job there, only jobs that name the pool reach this worker")
