@@ -12,7 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from typing import Any
+
+from kombu.exceptions import DecodeError
+from kombu.transport import virtual
 
 JSON_CONTENT = "application/json"
 
@@ -67,3 +71,28 @@ def payload_of(message_json: str) -> dict[str, Any] | None:
     if not isinstance(message, dict) or not plain_body(message):
         return None
     return body_payload(message["body"])
+
+
+class CheckedMessage(virtual.Message):
+    """kombu's message of a channel, whose body its ``body_encoding`` fails to decode
+    (not base64 though it says so: a producer writing kombu's format by hand) held as a
+    decode error (kombu's ``Message.errors``), as for a broken compression: the
+    consumer's ``on_decode_error`` gets it (so a worker fails the job saying why). kombu
+    raised it while building the message, out of the worker's event loop, which
+    ended with "Unrecoverable error" and left the job assigned."""
+
+    def __init__(self, payload: dict[str, Any], channel: Any = None, **kwargs: Any) -> None:
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+            return
+        except (binascii.Error, ValueError, TypeError) as exc:
+            properties = payload.get("properties") or {}
+            encoding = properties.get("body_encoding")
+            error = DecodeError(f"body is not valid {encoding} ({type(exc).__name__}: {exc})")
+        super().__init__({**payload,  # the body as it came, for Celery's log line
+                          "properties": {**properties, "body_encoding": None}},
+                         channel=channel, **kwargs)
+        try:
+            raise error
+        except DecodeError:
+            self.errors.append(sys.exc_info())

@@ -101,7 +101,7 @@ from capability_router.functions import (
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER, JobSpec
 from capability_router.keys import NAMESPACES_KEY, Keys
-from capability_router.message_body import body_payload, plain_body
+from capability_router.message_body import CheckedMessage, body_payload, plain_body
 from capability_router.metrics import CLAIM, HistogramBuffer
 from capability_router.outages import RenewalLog
 from capability_router.profile import WorkerProfile
@@ -299,6 +299,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     """kombu's Redis channel with publish and consume through Redis Functions."""
 
     QoS = QoS
+    Message = CheckedMessage
 
     #: Lease length, seconds.
     lease_seconds: float = 30.0

@@ -78,31 +78,11 @@ WORKER_START_ERRORS = _worker_start_errors()
 
 
 def _warn_unknown_pools(profile: Any, pools: list[str]) -> None:
-    """Warn when ``EMP_POOLS_FILE`` (set for this worker) names none of some pool it serves
-    (the router files no job there, so only jobs that name that pool would ever reach it),
-    or when the worker cannot run what the file routes to a pool it serves
-    (``pool_view.worker_fit_warnings``: a job waited there for ever)."""
-    from capability_router.errors import PoolsFileError
-    from capability_router.pool_view import worker_fit_warnings
-    from capability_router.pools import pools_file_from_env
+    """Say ``pools_file_warnings`` on stderr, if any."""
+    from emp_tasks.start_checks import pools_file_warnings
 
-    worker_id = profile.worker_id
-    try:
-        pools_file = pools_file_from_env()
-    except PoolsFileError as exc:
-        click.echo(f"worker {worker_id}: warning: EMP_POOLS_FILE: {exc}", err=True)
-        return
-    if pools_file is None:
-        return
-    unknown = [p for p in pools if p not in pools_file.pools]
-    if unknown:
-        click.echo(f"worker {worker_id}: warning: pool(s) {', '.join(unknown)} not in the "
-                   f"pools file {pools_file.path} (it has {', '.join(pools_file.pools)}): the "
-                   "router files no job there, only jobs that name the pool reach this worker",
-                   err=True)
-    for warning in worker_fit_warnings(pools_file, pools, profile.services,
-                                       profile.hardware.get("gpu_memory_gb")):
-        click.echo(f"worker {worker_id}: warning: {warning}", err=True)
+    for warning in pools_file_warnings(profile, pools):
+        click.echo(warning, err=True)
 
 
 def _warn_unserved_pool(app: Any, pool: str) -> None:

@@ -14,7 +14,9 @@ claim's attempt, with the reason; a refused message's FAILURE is stored too (an
 unregistered task's ``NotRegistered`` Celery stores itself). A message whose body the
 worker cannot decode (not valid for its content type, a broken compression) takes
 Celery's ``on_decode_error``, which logs and acks it with no signal: a consumer step
-(``FailUndecodable``) has it fail the job and store its FAILURE first. The job and
+(``FailUndecodable``) has it fail the job and store its FAILURE first. So does a body
+its ``body_encoding`` cannot decode (not base64), which the transport's message
+(``capability_router.message_body.CheckedMessage``) turns into a decode error. The job and
 attempt are read from the delivery tag the transport gave the claim.
 """
 

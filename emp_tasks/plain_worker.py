@@ -5,10 +5,11 @@ Two hooks, in the order Celery builds a worker:
 - ``on_celeryd_init`` (Celery's ``celeryd_init`` signal, sent before the worker sets up
   its logging and its queues): the tracing service name ``emp-worker``, JSON logs when
   ``EMP_LOG_FORMAT=json``, the capability profile, the node name ``<worker id>@<host>``
-  unless ``-n`` named one, and the pools: ``-Q``, else ``WORKER_POOLS``/``MACHINE_POOL``.
+  unless ``-n`` named one (``%n`` of ``--pidfile``/``--statedb`` then stands for it, as
+  for a ``-n``), and the pools: ``-Q``, else ``WORKER_POOLS``/``MACHINE_POOL``.
 - ``EmpWorkerStep`` (a worker bootstep, after Celery selected its queues): the transport
   options, queue settings and start residency (``prepare_worker``) for the job queues the
-  worker consumes.
+  worker consumes, and ``emp worker``'s warning of a pool the pools file does not name.
 
 A worker ``run_worker`` prepared (``emp worker``) is left as it is. A worker built
 without Celery's worker command (``celery.contrib.testing``) gets no ``celeryd_init``:
@@ -24,7 +25,7 @@ from typing import Any
 import click
 from celery import Celery, bootsteps
 from celery.signals import celeryd_init
-from celery.utils.nodenames import default_nodename, host_format
+from celery.utils.nodenames import default_nodename, host_format, node_format
 from click.core import ParameterSource
 
 from capability_router.errors import EmpError
@@ -32,7 +33,7 @@ from capability_router.profile import WorkerProfile
 from capability_router.redaction import masked_url
 from capability_router.transport import is_job_queue
 from emp_tasks import defaults
-from emp_tasks.start_checks import check_pools
+from emp_tasks.start_checks import check_pools, pools_file_warnings
 from emp_tasks.worker import build_profile, prepare_worker
 
 logger = logging.getLogger("emp.worker")
@@ -40,6 +41,9 @@ logger = logging.getLogger("emp.worker")
 #: Profiles ``on_celeryd_init`` built, for the step of the same worker (built once: the
 #: connector it asks may wait for its service).
 _profiles: weakref.WeakKeyDictionary[Any, WorkerProfile] = weakref.WeakKeyDictionary()
+#: The command line's ``--pidfile``/``--statedb`` expanded for the node name
+#: ``on_celeryd_init`` gave, for the step to set (Celery expanded them for its default).
+_node_files: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def init_app(app: Celery) -> None:
@@ -71,6 +75,7 @@ def on_celeryd_init(sender: Any = None, instance: Any = None,
     _profiles[instance] = profile
     if not _hostname_given():  # as `emp worker` names it: `-n <worker id>@%h`
         instance.hostname = host_format(default_nodename(f"{profile.worker_id}@%h"))
+        _node_files[instance] = _node_formatted(instance.hostname)
     if not options.get("queues"):  # Celery selects -Q after this; none: emp worker's pools
         instance.app.amqp.queues.select(defaults.worker_pools())
 
@@ -82,6 +87,15 @@ def _hostname_given() -> bool:
     if ctx is None or "hostname" not in ctx.params:
         return True
     return ctx.get_parameter_source("hostname") is not ParameterSource.DEFAULT
+
+
+def _node_formatted(hostname: str) -> dict[str, str]:
+    """The command line's ``--pidfile`` and ``--statedb`` with ``%n``/``%h``/``%d``
+    expanded for ``hostname``, as Celery's worker command expands them for its ``-n``."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.params if ctx is not None else {}
+    return {name: node_format(params[name], hostname)
+            for name in ("pidfile", "statedb") if params.get(name)}
 
 
 def _start_guarded(app: Celery, step: Any, who: str = "worker") -> Any:
@@ -119,7 +133,11 @@ class EmpWorkerStep(bootsteps.Step):
         pools = [name for name in app.amqp.queues.consume_from if is_job_queue(name)]
         _start_guarded(app, lambda: check_pools(pools, "-Q, WORKER_POOLS or MACHINE_POOL"),
                        f"worker {profile.worker_id}")
+        for name, value in _node_files.pop(parent, {}).items():
+            setattr(parent, name, value)  # read at start (pidlock) and in create (state db)
         logger.warning("worker %s: services=%s pools=%s", profile.worker_id,
                        profile.services, pools)
+        for warning in pools_file_warnings(profile, pools):
+            logger.warning("%s", warning)
         _start_guarded(app, lambda: prepare_worker(app, profile, pools),
                        f"worker {profile.worker_id}")

@@ -7,6 +7,8 @@ under supervisor over and over, the reason in their log files only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from capability_router.keys import check_new_pool
 from emp_tasks import defaults
 
@@ -29,3 +31,33 @@ def check_pools(pools: list[str], where: str) -> None:
     (``check_new_pool``: not '.' or '..')."""
     for pool in pools:
         check_new_pool(pool, where)
+
+
+def pools_file_warnings(profile: Any, pools: list[str]) -> list[str]:
+    """Warnings for a worker of ``profile`` serving ``pools``, from ``EMP_POOLS_FILE``
+    (set for this worker): a pool the file does not name (the router files no job
+    there, so only jobs that name that pool would ever reach it), and what the file
+    routes to a pool it serves that it cannot run (``pool_view.worker_fit_warnings``: a
+    job waited there for ever). Said by ``emp worker`` and the plain ``celery worker``
+    alike."""
+    from capability_router.errors import PoolsFileError
+    from capability_router.pool_view import worker_fit_warnings
+    from capability_router.pools import pools_file_from_env
+
+    prefix = f"worker {profile.worker_id}: warning: "
+    try:
+        pools_file = pools_file_from_env()
+    except PoolsFileError as exc:
+        return [f"{prefix}EMP_POOLS_FILE: {exc}"]
+    if pools_file is None:
+        return []
+    warnings = []
+    unknown = [p for p in pools if p not in pools_file.pools]
+    if unknown:
+        warnings.append(
+            f"{prefix}pool(s) {', '.join(unknown)} not in the pools file {pools_file.path} "
+            f"(it has {', '.join(pools_file.pools)}): the router files no job there, only "
+            "jobs that name the pool reach this worker")
+    fit = worker_fit_warnings(pools_file, pools, profile.services,
+                              profile.hardware.get("gpu_memory_gb"))
+    return warnings + [prefix + warning for warning in fit]

@@ -31,14 +31,12 @@ KEPT = 100
 @dataclass(frozen=True)
 class Exit:
     """One unexpected exit: the program, how it ended ("terminated by SIGKILL",
-    "exit status 1"), when it was seen (monotonic seconds) and when supervisord saw
-    it (``wall``, epoch seconds of its line's stamp: after the process died, before
-    supervisord started the next one; the time it was read when the line has none)."""
+    "exit status 1") and when it was seen (monotonic seconds). Not when it happened:
+    the line's stamp is supervisord's local time (see ``machine.handback.cutoff_ms``)."""
 
     program: str
     how: str
     at: float
-    wall: float
 
 
 class ExitLog:
@@ -58,7 +56,7 @@ class ExitLog:
         match = EXIT_LINE.search(text)
         if match is None or match["name"] not in self._seen:
             return None
-        found = Exit(match["name"], match["how"], time.monotonic(), _stamp(match))
+        found = Exit(match["name"], match["how"], time.monotonic())
         with self._lock:
             self._new.append(found)
             self._seen[found.program].append(found)
@@ -77,13 +75,3 @@ class ExitLog:
         with self._lock:
             return [e for e in self._seen.get(program, ()) if e.at >= since]
 
-
-def _stamp(match: re.Match[str]) -> float:
-    """Epoch seconds of supervisord's local time stamp, or now when there is none."""
-    if match["stamp"]:
-        try:
-            return time.mktime(time.strptime(match["stamp"], "%Y-%m-%d %H:%M:%S")) + int(
-                match["ms"]) / 1000
-        except (ValueError, OverflowError):
-            pass
-    return time.time()

@@ -17,11 +17,13 @@ process's last moments may be left to its lease.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
-from capability_router.functions import QueueFunctions
+from capability_router.functions import QueueFunctions, redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 
 
@@ -46,6 +48,20 @@ def hand_back_jobs(client: redis.Redis, worker_id: str, before_ms: int,
             if functions.requeue(job_id, attempt, reason) in ("pending", "failed"):
                 handed.append(job_id)
     return handed
+
+
+def cutoff_ms(client: redis.Redis, info: Mapping[str, Any]) -> int:
+    """The Redis-clock cutoff for the jobs of a program's dead processes, from its
+    supervisord process ``info`` (``getProcessInfo``): the start of its current process
+    when one runs, else its last exit. These are epoch seconds: the stamp of
+    supervisord's exit line was its local time, hours off when its time zone was not the
+    machine's and an hour off across a DST change. Whole seconds, rounded down, so the
+    cutoff errs early: a job claimed in the dead process's last moments may be left to
+    its lease."""
+    start, stop = int(info.get("start") or 0), int(info.get("stop") or 0)
+    running = info.get("statename") in ("STARTING", "RUNNING") and start >= stop
+    offset_ms = redis_now_ms(client) - int(time.time() * 1000)
+    return (start if running else stop) * 1000 + offset_ms
 
 
 def _before(assigned_at: str | None, before_ms: int) -> bool:

@@ -32,7 +32,7 @@ from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
 from machine.errors import MachineError
 from machine.exits import Exit, ExitLog
 from machine.gpus import GpuInventory, detect_gpus
-from machine.handback import hand_back_jobs
+from machine.handback import cutoff_ms, hand_back_jobs
 from machine.health import HealthServer
 from machine.logs import configure_logging
 from machine.plan import WORKER, MachinePlan, build_plan
@@ -272,16 +272,15 @@ class MachineRuntime:
     def _hand_back(self, exited: Exit, worker_id: str) -> None:
         """Requeue the jobs ``worker_id``'s dead process held (``hand_back_jobs``).
 
-        The cutoff is when supervisord saw the exit: after the process died, before it
-        started the next one (which claims nothing before it has started, registered
-        and asked). It is turned into Redis's clock, which stamps ``assigned_at``, by
-        the offset of the two clocks read here (this host's read after Redis's, so the
-        offset errs towards an earlier cutoff, never a later one).
+        The cutoff is the start of the program's next process, or its last exit while
+        none runs, in supervisord's epoch seconds (``cutoff_ms``): after the process
+        died, before the next one claims (it claims nothing before it has started,
+        registered and asked). It is turned into Redis's clock, which stamps
+        ``assigned_at``, by the offset of the two clocks read there (this host's read
+        after Redis's, so the offset errs towards an earlier cutoff, never a later one).
         """
         name = exited.program
-        redis_ms = redis_now_ms(self.redis)
-        offset_ms = redis_ms - int(time.time() * 1000)
-        before_ms = int(exited.wall * 1000) + offset_ms
+        before_ms = cutoff_ms(self.redis, self.supervisord.client.process(name))
         jobs = hand_back_jobs(self.redis, worker_id, before_ms,
                               f"worker process exited ({exited.how})")
         if jobs:

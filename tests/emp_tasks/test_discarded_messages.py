@@ -91,3 +91,38 @@ def test_a_message_the_worker_cannot_decode_fails_its_job_saying_why(app, start_
 
     # the worker goes on serving
     assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}
+
+
+@pytest.mark.timeout(120)
+def test_a_message_whose_body_is_not_base64_fails_its_job_saying_why(app, start_worker) -> None:
+    """Tried: an ``emp.echo`` message filed through the EMP transport whose properties say
+    ``body_encoding: base64`` but whose body is not base64 (a producer writing kombu's
+    format by hand). kombu fails building the message (binascii.Error), before Celery's
+    decode-error handler (``FailUndecodable``) sees it. Before the fix that error escaped
+    the worker's event loop: the worker ended ("Unrecoverable error: Error('Incorrect
+    padding')") with the job ``assigned`` to it (still so 20 s later), so each worker that
+    claimed it again after its lease would die the same way. Now the job fails saying
+    the worker could not decode the message, its FAILURE is stored, and the worker goes
+    on serving."""
+    start_worker("w1")
+    spec = job_type(app, "emp.echo").job_spec(None, {}, {}).header()
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        message = channel.prepare_message(
+            '[[], {"x": 1}, {}]', content_type="application/json", content_encoding="utf-8",
+            headers={"task": "emp.echo", "id": "not-base64-1", HEADER: spec})
+        channel._inplace_augment_message(message, "", "default")
+        message["properties"]["body_encoding"] = "base64"
+        message["body"] = "this is *not* base64!"
+        channel._put("default", message)
+    wait_for(lambda: get_job("not-base64-1", app=app)["status"] != "pending", timeout=30,
+             message="the job to be claimed")
+    wait_for(lambda: get_job("not-base64-1", app=app)["status"] in ("failed", "completed"),
+             timeout=20, message=f"{get_job('not-base64-1', app=app)}")
+    record = get_job("not-base64-1", app=app)
+    assert record["status"] == "failed", record
+    assert "could not decode the message" in record["last_error"], record
+    assert "base64" in record["last_error"], record
+    with pytest.raises(Exception, match="(?i)base64|padding|invalid"):
+        app.AsyncResult("not-base64-1").get(timeout=30)
+    assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import redis
 from otlp_spans import job_spans
 
 from capability_router.errors import QueueGaveUp
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
 
@@ -156,3 +157,30 @@ def test_plain_celery_worker_serves_q_else_worker_pools(
     job = submit("echo", {"x": 1}, app=app, pool="video")
     assert job.get(timeout=30) is not None
     assert get_job(job.id, app=app)["worker_id"] == "by-env"
+
+
+@pytest.mark.timeout(120)
+def test_plain_celery_worker_names_its_pidfile_by_node_and_warns_of_pools_unfiled(
+        client: redis.Redis, start_worker, tmp_path: Path) -> None:
+    """Tried: ``celery -A emp_tasks.app worker --pidfile <dir>/%n.pid --statedb <dir>/%n.db``
+    serving ``WORKER_POOLS=gpu-x`` with ``EMP_POOLS_FILE`` naming fast, standard, heavy.
+    Before, the files were ``celery.pid`` and ``celery.db``: ``%n`` stood for Celery's
+    default node name though the worker names its node ``<worker id>@<host>`` (stock
+    ``celery worker -n w@%h --pidfile %n.pid`` writes ``w.pid``), so two workers of a host
+    fought over one pidfile; and it said nothing of gpu-x, which ``emp worker`` (so each
+    of ``emp machine``'s workers) warns the router files no job in. Now ``w-pid.pid`` holds
+    its pid, the state db is ``w-pid.db``, and the same warning is logged."""
+    pools = tmp_path / "pools.toml"
+    pools.write_text((ROOT / "conf" / "pools.toml").read_text())
+    files = tmp_path / "run"
+    files.mkdir()
+    worker = start_worker("w-pid", wait=False, plain_celery=True,
+                          args=["--pidfile", str(files / "%n.pid"),
+                                "--statedb", str(files / "%n.db")],
+                          WORKER_POOLS="gpu-x", EMP_POOLS_FILE=str(pools)).wait_ready("gpu-x")
+    assert (files / "w-pid.pid").read_text().strip() == str(worker.process.pid), sorted(
+        p.name for p in files.iterdir())
+    assert not list(files.glob("celery*")), sorted(p.name for p in files.iterdir())
+    assert list(files.glob("w-pid.db*")), sorted(p.name for p in files.iterdir())
+    assert (f"w-pid: warning: pool(s) gpu-x not in the pools file {pools} (it has fast, "
+            "standard, heavy)") in worker.log_path.read_text()

@@ -7,12 +7,22 @@ only jobs assigned before the exit are the dead process's.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import redis
 from machine_helpers import wait_until
 from test_machine_reaper import running_job
 
 from capability_router.functions import QueueFunctions, redis_now_ms
-from machine.handback import hand_back_jobs
+from machine.exits import ExitLog
+from machine.gpus import GpuInventory
+from machine.handback import cutoff_ms, hand_back_jobs
+from machine.plan import MachinePlan, ProgramSpec
+from machine.supervision import Supervisord
+from machine.supervisor_conf import ProgramOptions, RunFiles, write_config
 
 REASON = "worker process exited (terminated by SIGKILL)"
 
@@ -47,3 +57,40 @@ def test_only_the_dead_processs_jobs_go_back_and_the_attempt_counts(
     spent = job(client, "j-spent")
     assert spent["status"] == "failed", spent
     assert spent["last_error"] == f"{REASON}; gave up after 1 attempts", spent
+
+
+def test_the_cutoff_does_not_depend_on_supervisords_time_zone(
+        client: redis.Redis, tmp_path: Path) -> None:
+    """Tried: a real supervisord whose local time is not the machine's (TZ three hours
+    or more away; across a DST change the same happens for an hour), its worker killed
+    with SIGKILL while holding a job. Before, the cutoff came from supervisord's local
+    time stamp of the exit line read as the machine's local time: hours off, so the dead
+    process's job was left to its lease (or, the other way, the next process's jobs were
+    taken from it). Now it comes from supervisord's epoch stamps (``getProcessInfo``), so
+    only the dead process's job goes back whatever either side's time zone."""
+    zone = "Asia/Tokyo" if time.localtime().tm_gmtoff <= -3 * 3600 else "America/Sao_Paulo"
+    files = RunFiles.in_dir(tmp_path)
+    worker = ProgramSpec("sim-0", "worker", "simulation", ["sleep", "600"],
+                         worker_id="box-w")
+    write_config(MachinePlan("box", GpuInventory("none"), [worker]), files,
+                 ProgramOptions(1024 * 1024, 1, 1, 0))
+    exits = ExitLog(["sim-0"])
+    supervisord = Supervisord(files, {**os.environ, "TZ": zone}, on_line=exits.feed).start()
+    try:
+        wait_until(lambda: supervisord.client.process("sim-0")["statename"] == "RUNNING",
+                   message="sim-0 to run")
+        dead_pid = supervisord.client.process("sim-0")["pid"]
+        running_job(client, "j-dead", "box")
+        time.sleep(1.1)  # held a while: supervisord's stamps are whole seconds
+        os.kill(dead_pid, signal.SIGKILL)
+        exited: list = []
+        wait_until(lambda: exited.extend(exits.take()) or exited, message="the exit line")
+        wait_until(lambda: (info := supervisord.client.process("sim-0"))["pid"] not in (
+            0, dead_pid) and info["statename"] == "RUNNING", message="the next process")
+        time.sleep(1.1)  # the next process claims long after it started
+        running_job(client, "j-next", "box")
+        before_ms = cutoff_ms(client, supervisord.client.process("sim-0"))
+        assert hand_back_jobs(client, "box-w", before_ms, REASON) == ["j-dead"], zone
+        assert job(client, "j-next")["status"] == "in_progress"
+    finally:
+        supervisord.stop()

@@ -7,6 +7,7 @@ bound (88 -> 106 MB in 90 s with three such clients).
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 from typing import Any
@@ -67,6 +68,32 @@ def test_a_bad_resume_id_is_answered_400_naming_it(
                       stream=True, timeout=10) as good:
         assert good.status_code == 200
         assert next(good.iter_lines(decode_unicode=True)).startswith("retry:")
+
+
+@pytest.mark.parametrize("values", [["1-0", "2-0"], ["1-0", "1-0"]])
+def test_a_repeated_last_event_id_header_is_answered_400_naming_it(
+        start_server, client: redis.Redis, values: list[str]) -> None:
+    """Tried: ``/emp/events`` with the ``Last-Event-ID`` header twice (a proxy adding its
+    own, a client library merging headers). Before, Tornado joined the values with a
+    comma and the monitor answered 400 "Last-Event-ID '1-0,2-0' is not an event id":
+    true of neither value sent, and it did not say the header came twice. Now the same
+    400 a repeated ``?last_event_id=`` gets, naming the header and that it came twice."""
+    monitor = start_server("monitor")
+    host = monitor.base.split("//", 1)[1]
+    connection = http.client.HTTPConnection(host, timeout=10)
+    try:
+        connection.putrequest("GET", "/emp/events")
+        for value in values:
+            connection.putheader("Last-Event-ID", value)
+        connection.endheaders()
+        reply = connection.getresponse()
+        body = json.loads(reply.read())
+    finally:
+        connection.close()
+    assert reply.status == 400, body
+    assert body["field"] == "Last-Event-ID", body
+    assert body["error"] == "Last-Event-ID: given 2 times; send it once (it takes one value)"
+    assert sse_sessions(client) == []
 
 
 def test_a_client_that_never_reads_is_dropped_and_its_backlog_freed(

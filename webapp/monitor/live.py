@@ -5,8 +5,8 @@ over the process's ``EventHub``, messages from ``monitor_message``) written
 as an ``text/event-stream``. The browser's EventSource reconnects by itself
 and sends ``Last-Event-ID``; the session replays what the pools' logs hold
 after it before going live, so a page that lost its connection misses no
-job event. A ``Last-Event-ID`` (or ``?last_event_id=``, given once) that is no stream id
-gets 400 naming it, and nothing is subscribed.
+job event. A ``Last-Event-ID`` (or ``?last_event_id=``) that is no stream id, or is
+given more than once, gets 400 naming it, and nothing is subscribed.
 
 Each stream holds at most ``EMP_SSE_BACKLOG`` messages not yet written (the
 WebSocket path's bound): a client that stops reading is dropped, its stream
@@ -36,6 +36,8 @@ from webapp.query import repeated
 
 logger = logging.getLogger(__name__)
 
+#: The header an EventSource resumes with (taken once, like every query parameter).
+HEADER = "Last-Event-ID"
 #: Seconds of silence before a comment line keeps proxies from closing the stream.
 KEEPALIVE_SECONDS = 15.0
 #: The browser waits this long (ms) before reconnecting.
@@ -106,12 +108,15 @@ class EventStream(MonitorHandler):
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        header = self.request.headers.get("Last-Event-ID")
+        headers = self.request.headers.get_list(HEADER)  # .get joins repeats with ","
+        header = headers[0] if headers else None
         given = self.get_arguments("last_event_id")  # Tornado's get_argument takes the last
         try:
+            if len(headers) > 1:
+                raise BadResumeId(headers, HEADER, repeated(HEADER, len(headers)))
             if len(given) > 1:
                 raise BadResumeId(given, FIELD, repeated(FIELD, len(given)))
-            last_id = parse_resume_id(header, "Last-Event-ID") if header else parse_resume_id(
+            last_id = parse_resume_id(header, HEADER) if header else parse_resume_id(
                 given[0] if given else None)
         except BadResumeId as exc:  # nothing subscribed; EventSource stops on a 400
             self.set_status(400)
