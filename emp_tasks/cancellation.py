@@ -115,3 +115,17 @@ def revoke_unclaimed(app: Celery, job_id: str, namespace: str) -> None:
 
     app.backend.mark_as_revoked(job_id, "cancelled",
                                 request=stored_request(app, namespace, job_id))
+
+
+def revoke_unstarted(app: Celery, job_id: str) -> None:
+    """Mark a job cancelled after its claim, before its run started, REVOKED now, and
+    have its worker drop the run as Celery drops a revoked task.
+
+    Such a job may wait in its worker's rate-limit bucket (a task's ``rate_limit``)
+    for as long as the limit says; its AsyncResult stayed PENDING (``get()`` waited)
+    until the bucket let it go. Stored without the request: the worker's own revoke
+    path stores it again with it when it meets the request (the revoke below, else the
+    refused start), and only that one counts a chord member's part, once.
+    """
+    app.backend.mark_as_revoked(job_id, "cancelled")
+    app.control.revoke(job_id)

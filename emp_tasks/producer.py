@@ -13,7 +13,7 @@ from capability_router.keys import DEFAULT_NAMESPACE, Keys, check_job_id, known_
 from capability_router.message_body import payload_of
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
-from emp_tasks.cancellation import revoke_unclaimed
+from emp_tasks.cancellation import revoke_unclaimed, revoke_unstarted
 from emp_tasks.connection import get_client, get_functions
 from emp_tasks.remote_control import forget_revoked
 
@@ -191,6 +191,8 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
         return reply[0]
     if reply[0] == JobStatus.CANCELLED and not JobStatus(reply[1]).is_active:
         revoke_unclaimed(app, job_id, namespace)  # a running job's run ends REVOKED itself
+    elif reply[0] == JobStatus.CANCELLED and reply[1] == JobStatus.ASSIGNED:
+        revoke_unstarted(app, job_id)  # it may wait in a worker's rate-limit bucket
     if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
         app.control.revoke(job_id, terminate=True)
     return reply[0]

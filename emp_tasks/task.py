@@ -220,8 +220,7 @@ class EmpTask(Task):
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority
         if "max_retries" not in fields:
-            fields["max_retries"] = (MAX_RETRIES_LIMIT if self.max_retries is None
-                                     else self.max_retries)
+            fields["max_retries"] = self.default_max_retries()
         spec = JobSpec(service=self.service_of(kwargs), payload=payload, **fields)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
             spec = place(self.app, spec, self.duration_features, self.duration_fields)
@@ -229,6 +228,17 @@ class EmpTask(Task):
                 span.set_attribute(tracing.POOL, spec.pool)
                 span.set_attribute("emp.routing", (spec.routing or {}).get("routing", ""))
         return spec
+
+    def default_max_retries(self) -> int:
+        """The retry limit of a job whose submit names none: the one Celery's autoretry
+        passes to every retry it makes (``retry_kwargs``, read only with
+        ``autoretry_for``), else the task's ``max_retries`` (None, "for ever", is the
+        most a job may have). The record said the task's 3 until the first retry."""
+        if getattr(self, "autoretry_for", None):
+            named = (getattr(self, "retry_kwargs", None) or {}).get("max_retries")
+            if named is not None:
+                return int(named)
+        return MAX_RETRIES_LIMIT if self.max_retries is None else self.max_retries
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
                     **options: Any) -> Any:

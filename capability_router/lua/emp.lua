@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '24'
+local VERSION = '25'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1196,6 +1196,13 @@ end
 -- Ids of jobs the queue failed on its own kept for the workers to report, at most.
 local GAVE_UP_KEPT = '9999'
 
+-- What a job's run leaves in its record that goes with the run when the job goes back
+-- to pending: its lease, its cold start and how far it got. A job waiting again showed
+-- the last run's progress (60% of a run that died); the next run reports from 0.
+local function forget_run(jk, ...)
+  redis.call('HDEL', jk, 'lease_until', 'preparing', 'progress', 'progress_details', ...)
+end
+
 local function return_to_pending(P, cfg, id, reason, now)
   local jk = P .. 'job:' .. id
   local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
@@ -1227,7 +1234,7 @@ local function return_to_pending(P, cfg, id, reason, now)
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
     'requeued_attempt', attempts)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', jk, 'lease_until', 'preparing')
+  forget_run(jk)
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
   file_pending(P, id, f[2], f[3], now)
@@ -2051,7 +2058,7 @@ local function emp_retry(keys, args)
     redis.call('HSET', keys[2], 'max_retries', args[7])
   end
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
+  forget_run(keys[2])
   redis.call('ZREM', P .. 'leases', id)
   emit(P, cfg, id, 'job_retrying', {worker_id = f[3], attempt = tonumber(f[2]),
     retries = retries, retry_at = due, error = args[5]}, now)
@@ -2141,7 +2148,7 @@ local function emp_replace(keys, args)
     redis.call('SADD', P .. 'indexes', ik)
   end
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', jk, 'lease_until', 'preparing', 'retry_at', 'last_error')
+  forget_run(jk, 'retry_at', 'last_error')
   redis.call('ZREM', P .. 'leases', id)
   local data = {worker_id = f[3], attempt = step.attempt, from_task = step.from_task,
     to_task = step.to_task, from_service = step.from_service, job_type = step.to_service}
@@ -2195,7 +2202,7 @@ local function emp_escalate(keys, args)
     'requirements', args[5], 'escalations', cjson.encode(steps),
     'last_error', step.error or '', 'escalated_at', now)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
+  forget_run(keys[2])
   redis.call('ZREM', P .. 'leases', id)
   emit(P, config(P), id, 'job_escalated', step, now)
   file_pending(P, id, csig, f[5], now)
@@ -2292,7 +2299,7 @@ local function emp_release(keys, args)
   redis.call('HSET', keys[2], 'status', 'pending', 'worker_id', '', 'last_error', args[3],
     'released_at', now)
   index_status(P, id, f[1], 'pending', now)
-  redis.call('HDEL', keys[2], 'lease_until', 'preparing')
+  forget_run(keys[2])
   redis.call('ZREM', P .. 'leases', id)
   emit(P, config(P), id, 'job_released', {worker_id = f[3], attempt = tonumber(f[2]),
     reason = args[3], service_releases = releases, max_service_releases = most,
@@ -2337,7 +2344,7 @@ local function emp_unclaim(keys, args)
       redis.call('HINCRBY', jk, 'unreceived', '1')
       redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'released_at', now)
       index_status(P, id, 'assigned', 'pending', now)
-      redis.call('HDEL', jk, 'lease_until', 'preparing')
+      forget_run(jk)
       redis.call('ZREM', P .. 'leases', id)
       emit(P, cfg, id, 'job_released', {worker_id = worker, attempt = tonumber(f[3]),
         reason = reason}, now)
@@ -2448,7 +2455,7 @@ local function emp_resubmit(keys, args)
     redis.call('HGET', keys[2], 'attempts') or '0', 'retries', '0', 'service_releases', '0',
     'unreceived', '0', 'replaces', '0', 'replaced_retries', '0', 'worker_id', '',
     'resubmitted_at', now)
-  redis.call('HDEL', keys[2], 'failed_at', 'cancelled_at', 'lease_until', 'retry_at')
+  forget_run(keys[2], 'failed_at', 'cancelled_at', 'retry_at')
   redis.call('PERSIST', keys[2])
   if args[4] and args[4] ~= '' then
     f[2] = args[4]

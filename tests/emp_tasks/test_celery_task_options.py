@@ -47,6 +47,13 @@ def never_retry(self):
     raise RuntimeError("boom")
 
 
+@shared_task(bind=True, name="test.autoretry_once", service="echo",
+             autoretry_for=(RuntimeError,), retry_kwargs={"max_retries": 1, "countdown": 0})
+def autoretry_once(self):
+    log("autoretry_once", self.request)
+    raise RuntimeError("boom")
+
+
 @shared_task(bind=True, name="test.early_ack", service="echo", acks_late=False)
 def early_ack(self, seconds):
     log("early_ack", self.request)
@@ -383,3 +390,29 @@ def test_a_raised_retry_limit_holds_for_the_jobs_later_retries(
     assert client.llen(f"test:runs:{result.id}") == 6
     record = get_job(result.id, app=app)
     assert (record["status"], record["max_retries"], record["retries"]) == ("failed", 5, 5)
+
+
+@pytest.mark.timeout(120)
+def test_autoretrys_retry_kwargs_limit_is_the_records_from_the_submit(
+        app, client: redis.Redis, start_worker, options_env) -> None:
+    """Tried: a task with ``autoretry_for=(RuntimeError,)`` and
+    ``retry_kwargs={"max_retries": 1}`` (Celery's autoretry passes them to every retry
+    it makes), submitted with no limit of its own. Before the fix the record (GET
+    /api/jobs/<id>, ``emp job``) said ``max_retries`` 3, Celery's default, from the submit
+    until the first retry wrote 1; a job waiting for its first run showed 3. Now it says
+    1 from the submit, and the job runs twice (one retry) and fails, still saying 1. A
+    call naming its own ``max_retries`` keeps it in the record."""
+    options = {"autoretry_for": (RuntimeError,),
+               "retry_kwargs": {"max_retries": 1, "countdown": 0}}
+    task = producer_task(app, "test.autoretry_once", **options)
+    result = task.apply_async()
+    assert get_job(result.id, app=app)["max_retries"] == 1
+    assert get_job(task.apply_async(max_retries=4).id, app=app)["max_retries"] == 4
+    plain = producer_task(app, "test.plain_retry_kwargs", retry_kwargs={"max_retries": 1})
+    assert get_job(plain.apply_async().id, app=app)["max_retries"] == 3  # no autoretry
+    start_worker("w1", **options_env)
+    with pytest.raises(RuntimeError, match="boom"):
+        result.get(timeout=60)
+    assert client.llen(f"test:runs:{result.id}") == 2
+    record = get_job(result.id, app=app)
+    assert (record["status"], record["max_retries"], record["retries"]) == ("failed", 1, 1)
