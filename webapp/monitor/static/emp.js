@@ -218,7 +218,8 @@ const EMP = (() => {
   function statusAfter(message) {
     switch (message.type) {
       case "job_submitted": case "job_requeued": case "job_retrying":
-      case "job_replaced": return "pending";
+      case "job_replaced": case "job_released": case "job_escalated":
+      case "job_resubmitted": return "pending";
       case "job_assigned": return "assigned";
       case "job_started": case "update_job_progress": return "in_progress";
       case "complete_job": return message.result && message.result.status === "failed" ? "failed" : "completed";

@@ -175,6 +175,7 @@
     if (message.job_id !== jobId) return;
     const next = EMP.statusAfter(message);
     if (next) setStatus(next);
+    if (next === "pending") setProgress(0, "");  // the record's progress is cleared too
     if (message.type === "update_job_progress") setProgress(message.progress, message.message);
     if (message.type === "job_preparing") setProgress(0, preparingText(message));
     if (message.event_id && addEvent(message.event_id, message.event || message.type, message)) drawTimeline();

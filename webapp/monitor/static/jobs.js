@@ -98,6 +98,8 @@
       tr.querySelector(".job-status").innerHTML = EMP.badge(status);
       if (message.worker_id) tr.querySelector(".job-worker").textContent = message.worker_id;
       if (status === "completed") tr.querySelector(".job-progress").innerHTML = EMP.progressBar(100, status);
+      // back to pending: the record's progress is cleared (the next run reports from 0)
+      if (status === "pending") tr.querySelector(".job-progress").innerHTML = EMP.progressBar(0, status);
     }
     if (status) refresh();  // new jobs, and rows entering or leaving the filter
   }, () => refresh());
