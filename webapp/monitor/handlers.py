@@ -90,6 +90,13 @@ class MonitorHandler(BaseHandler):
         if not isinstance(value, RedisUnavailable):  # the outage logs itself, once
             super().log_exception(typ, value, tb)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Flower's, with ``Retry-After`` on an outage's 503 (a page's or the live
+        stream's had none)."""
+        if isinstance(kwargs.get("exc_info", (None, None))[1], RedisUnavailable):
+            self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        super().write_error(status_code, **kwargs)
+
     def render(self, template_name: str, **kwargs: Any) -> None:
         kwargs.setdefault("read_only", self.application.options.read_only)
         kwargs.setdefault("emp_static", self.state.static_url)
