@@ -3,6 +3,9 @@ monitor process, the pages in a real headless Chromium."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: Seconds Redis stays down: longer than the page's own give-up backoff reaches (2+4+8 s).
 DOWN_SECONDS = 16.0
+#: The monitor's Redis socket timeout, and the slack a loaded machine adds to it.
+SOCKET_TIMEOUT, SLACK = 5.0, 1.5
+#: Most a request waits for its 503 once the outage is known.
+AT_ONCE_SECONDS = 1.0
 
 
 def test_the_shared_live_stream_says_the_outage_and_is_back_within_retry_after(
@@ -28,9 +35,10 @@ def test_the_shared_live_stream_says_the_outage_and_is_back_within_retry_after(
     (keep-alives, no events) and both tabs said "● live" for the whole outage; a new
     stream's 503 had no Retry-After; a refused stream was retried on the page's doubling
     wait (2, 4, 8, 16 s), not Retry-After, and its probe (a read of /emp/api/services,
-    which needs no Redis) said nothing of the outage. Now the stream ends when its event log reads start failing, both tabs say
-    "reconnecting…" and show the 503's reason, retry after its Retry-After, and go live
-    (the reason gone) within that of Redis's return."""
+    which needs no Redis) said nothing of the outage. Now the stream ends when its event
+    log reads start failing, both tabs say "reconnecting…" and show the 503's reason,
+    retry after its Retry-After, and go live (the reason gone) within that of Redis's
+    return."""
     monitor = start_server("monitor")
     jobs = open_page(monitor.base + "/jobs")
     queue = jobs.context.new_page()
@@ -62,3 +70,65 @@ def test_the_shared_live_stream_says_the_outage_and_is_back_within_retry_after(
     log = monitor.log()
     assert log.count("Redis unreachable") == 1, log
     assert "Traceback" not in log, log
+
+
+def answer(url: str, since: float) -> tuple[float, float, Any]:
+    """(seconds after ``since`` it was sent, seconds it took, its status or exception)."""
+    sent = time.monotonic()
+    try:
+        reply: Any = requests.get(url, timeout=30).status_code
+    except requests.RequestException as exc:
+        reply = type(exc).__name__
+    return round(sent - since, 1), round(time.monotonic() - sent, 1), reply
+
+
+def test_refreshes_in_a_hung_redis_first_seconds_pay_one_timeout_not_one_each(
+        start_server: Callable[..., Any], redis_server: LocalRedis) -> None:
+    """Tried: the monitor, Redis stopped (SIGSTOP); three reads of the Queue view sent 0, 1
+    and 2 s after (refreshes, or three tabs), then, one after the other, three loads of a
+    worker's page (``/worker/<name>``, Flower's) and three Queue reads. Before: the three
+    staggered reads each waited their own socket timeout, answering 503 at 5, 6 and 7 s;
+    each later sequential request was the outage's one probe of its moment and waited
+    5 s too (worker page: 10, 5, 5 s when first; queue: 5, 5, 5 s). Now the reads in
+    flight answer 503 as soon as the first finds the outage (all by ~5 s), and after a
+    probe has waited out the hung Redis none is sent for Retry-After: the later requests
+    answer 503 at once. Redis continued: the monitor answers, one outage line each way."""
+    monitor = start_server("monitor")
+    queue, worker = monitor.base + "/emp/api/queue", monitor.base + "/worker/celery@nope"
+    assert requests.get(queue, timeout=10).status_code == 200
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        staggered: list[tuple[float, float, Any]] = []
+        threads = []
+        for _ in range(3):
+            threads.append(threading.Thread(
+                target=lambda: staggered.append(answer(queue, stopped_at))))
+            threads[-1].start()
+            time.sleep(1.0)
+        for thread in threads:
+            thread.join()
+        in_turn = {f"{n}: {url}": answer(url, stopped_at)
+                   for n, url in enumerate([worker] * 3 + [queue] * 3)}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"\n(sent at, took, answer) while Redis hung: staggered {sorted(staggered)}, "
+          f"in turn {in_turn}")
+    assert all(reply == 503 for _, _, reply in staggered), staggered
+    late = [(sent, took) for sent, took, _ in staggered if sent + took > SOCKET_TIMEOUT + SLACK]
+    assert not late, f"answered after the first had found the outage: {late}"
+    assert all(reply == 503 for _, _, reply in in_turn.values()), in_turn
+    slow = {name: took for name, (_, took, _) in in_turn.items() if took > AT_ONCE_SECONDS}
+    assert not slow, f"waited on a Redis known to hang: {slow}"
+
+    deadline = time.monotonic() + 20
+    while requests.get(queue, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the monitor did not answer again"
+        time.sleep(0.5)
+    log = monitor.log()
+    assert log.count("Redis unreachable") == 1, log
+    assert log.count("Redis reachable again") == 1, log
+    assert "Traceback" not in log, log
+

@@ -11,6 +11,7 @@ one is known, one call at a time probes Redis and the others answer 503 at once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import json
@@ -29,6 +30,8 @@ from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, re
 T = TypeVar("T")
 #: JSON answers this long or longer are gzipped for a client that accepts it.
 GZIP_MIN_BYTES = 1024
+#: Seconds between two looks, while a call waits on Redis, at whether another found it down.
+OUTAGE_LOOK_SECONDS = 0.25
 #: What Flower's BaseHandler grants every origin under ``FLOWER_UNAUTHENTICATED_API``.
 CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
                 "Access-Control-Allow-Methods")
@@ -70,7 +73,7 @@ class MonitorHandler(BaseHandler):
             if not admitted:
                 raise RedisUnavailable()
             try:
-                result = await self.offload(fn, *args, **kwargs)
+                result = await self._unless_outage_found(fn, *args, **kwargs)
             except UNAVAILABLE as exc:
                 outage.failed(exc)
                 raise RedisUnavailable(reason_of(exc)) from None
@@ -79,6 +82,24 @@ class MonitorHandler(BaseHandler):
                 raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
+
+    async def _unless_outage_found(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` on the executor; RedisUnavailable as soon as another call finds an outage
+        that started while this one waits (it is left to end on its own thread).
+
+        Before, a refresh sent in a hung Redis's first seconds waited its own socket
+        timeout after the first request had already found the outage (sent 1 s and 2 s
+        after the hang, the queue's reads answered 503 at 6 s and 7 s)."""
+        call = asyncio.ensure_future(self.offload(fn, *args, **kwargs))
+        if self.state.outage.down:  # the one probe: its own call decides
+            return await call
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=OUTAGE_LOOK_SECONDS)
+            if done:
+                return call.result()
+            if self.state.outage.down:
+                call.add_done_callback(_forget)
+                raise RedisUnavailable()
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on the executor, outage or not (one that needs no Redis,
@@ -187,6 +208,12 @@ class ActionHandler(JsonHandler):
             if media_type != "application/json":
                 raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
                                                  f"not {media_type!r}")
+
+
+def _forget(call: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio logs no unretrieved exception."""
+    if not call.cancelled():
+        call.exception()
 
 
 def _takes_gzip(headers: Any) -> bool:
