@@ -15,6 +15,7 @@ import requests
 from test_monitor_browser import open_page  # noqa: F401 - the page fixture
 
 from emp_tasks.local_redis import LocalRedis
+from webapp.monitor.quiet import REPEATED
 from webapp.outage import RETRY_AFTER_SECONDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -132,3 +133,35 @@ def test_refreshes_in_a_hung_redis_first_seconds_pay_one_timeout_not_one_each(
     assert log.count("Redis reachable again") == 1, log
     assert "Traceback" not in log, log
 
+
+#: Seconds Redis hangs in the log test: Flower tries to enable events every 5 s, and each
+#: try waits a 5 s socket timeout, so three failed tries.
+HANG_SECONDS = 25.0
+
+
+def test_flower_says_once_per_outage_that_it_cannot_enable_events(
+        start_server: Callable[..., Any], redis_server: LocalRedis) -> None:
+    """Tried: the monitor, Redis stopped (SIGSTOP) for 25 s, then continued. Before:
+    Flower logged "Failed to enable events: Timeout reading from socket" every ~10 s
+    while Redis hung (2 lines in one run), and its event capture a line per reconnect try
+    ("Failed to capture events: ..." 3 times, or kombu's "Broker connection error, trying
+    again in N seconds" 3 times: which depends on where the hang caught it). Now the
+    first line of each kind passes, the others are dropped, and one line says when
+    enabling events works again."""
+    monitor = start_server("monitor")
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(HANG_SECONDS)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    said = {kind: monitor.log().count(kind) for kind in REPEATED}
+    assert any(said.values()), monitor.log()  # Flower met the outage
+    deadline = time.monotonic() + 20  # Flower's next try (every 5 s, after the one under way)
+    while "enabling Celery events works again" not in monitor.log():
+        assert time.monotonic() < deadline, monitor.log()
+        time.sleep(0.5)
+    log = monitor.log()
+    assert all(log.count(kind) <= 1 for kind in REPEATED), log
+    assert log.count("enabling Celery events works again") == 1, log
