@@ -15,7 +15,7 @@ import asyncio
 import functools
 import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -25,7 +25,7 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
+from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, Outage, reason_of
 
 T = TypeVar("T")
 #: JSON answers this long or longer are gzipped for a client that accepts it.
@@ -73,7 +73,7 @@ class MonitorHandler(BaseHandler):
             if not admitted:
                 raise RedisUnavailable()
             try:
-                result = await self._unless_outage_found(fn, *args, **kwargs)
+                result = await until_outage(outage, self.offload(fn, *args, **kwargs))
             except UNAVAILABLE as exc:
                 outage.failed(exc)
                 raise RedisUnavailable(reason_of(exc)) from None
@@ -82,24 +82,6 @@ class MonitorHandler(BaseHandler):
                 raise RedisUnavailable(reason_of(exc)) from None
         outage.succeeded()
         return result
-
-    async def _unless_outage_found(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn`` on the executor; RedisUnavailable as soon as another call finds an outage
-        that started while this one waits (it is left to end on its own thread).
-
-        Before, a refresh sent in a hung Redis's first seconds waited its own socket
-        timeout after the first request had already found the outage (sent 1 s and 2 s
-        after the hang, the queue's reads answered 503 at 6 s and 7 s)."""
-        call = asyncio.ensure_future(self.offload(fn, *args, **kwargs))
-        if self.state.outage.down:  # the one probe: its own call decides
-            return await call
-        while True:
-            done, _ = await asyncio.wait({call}, timeout=OUTAGE_LOOK_SECONDS)
-            if done:
-                return call.result()
-            if self.state.outage.down:
-                call.add_done_callback(_forget)
-                raise RedisUnavailable()
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on the executor, outage or not (one that needs no Redis,
@@ -208,6 +190,25 @@ class ActionHandler(JsonHandler):
             if media_type != "application/json":
                 raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
                                                  f"not {media_type!r}")
+
+
+async def until_outage(outage: Outage, work: Awaitable[T]) -> T:
+    """``work``'s result; RedisUnavailable as soon as another call finds an outage that
+    started while it waits on Redis (it is left to end on its own thread).
+
+    Before, a refresh sent in a hung Redis's first seconds waited its own socket
+    timeout after the first request had already found the outage (sent 1 s and 2 s
+    after the hang, the queue's reads answered 503 at 6 s and 7 s)."""
+    call = asyncio.ensure_future(work)
+    if outage.down:  # the one probe: its own call decides
+        return await call
+    while True:
+        done, _ = await asyncio.wait({call}, timeout=OUTAGE_LOOK_SECONDS)
+        if done:
+            return call.result()
+        if outage.down:
+            call.add_done_callback(_forget)
+            raise RedisUnavailable()
 
 
 def _forget(call: asyncio.Future[Any]) -> None:
