@@ -11,7 +11,8 @@ Requests get ``503`` with ``Retry-After``. A process's background threads
 While an outage lasts, a request costs at most one socket timeout: one
 request at a time probes Redis with a ping, the others get their 503 at once
 (``Outage.check``; the monitor's handlers use the same ``Outage.probing``);
-the probe that answers ends the outage.
+the probe that answers ends the outage. After a probe that waited out a hung
+Redis's timeout, none for ``Retry-After`` seconds.
 
 A Redis that answers but refuses writes (at ``maxmemory`` with the
 ``noeviction`` policy, or a read-only replica during a failover) is the same
@@ -45,6 +46,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, OperationalError)
 #: Seconds a client is told to wait before trying again (``Retry-After``).
 RETRY_AFTER_SECONDS = 5
+#: A call to Redis this slow that leaves the outage on met a hung Redis: no probe for
+#: ``RETRY_AFTER_SECONDS`` after it (a refused connection fails at once and costs none).
+SLOW_PROBE_SECONDS = 1.0
 #: The reason every 503 gives.
 REASON = "redis unavailable; try again shortly"
 #: Refused writes of a Redis that is up, and the reason their 503 gives.
@@ -69,6 +73,8 @@ class Outage(OutageLog):
                          f"{service}: Redis reachable again", level=logging.ERROR)
         self.service = service
         self._probe = threading.Lock()
+        #: No probe before this (monotonic): a hung Redis's probe just took a timeout.
+        self._quiet_until = 0.0
 
     def check(self, client: redis.Redis) -> Response | None:
         """During an outage, let one request at a time probe Redis (one ping: at most one
@@ -96,17 +102,33 @@ class Outage(OutageLog):
         """Whether the caller may reach Redis now: always while no outage is known;
         during one, only the one caller at a time that holds the probe (for the block),
         the others get False at once. Never waits, so an event loop can hold it across
-        an ``await`` (the monitor's calls, whose own call is the probe)."""
+        an ``await`` (the monitor's calls, whose own call is the probe).
+
+        A call in the block that took a socket timeout and left the outage on (it found
+        the outage, or was a probe that failed) holds the next probe back for
+        ``RETRY_AFTER_SECONDS``: before, while Redis hung, each refresh of a page was the
+        one probe of its moment and waited its own 5 s, one after the other."""
         if not self._down:
-            yield True
+            started = time.monotonic()
+            try:
+                yield True
+            finally:
+                self._quiet_if_slow(started)
             return
-        if not self._probe.acquire(blocking=False):
+        if time.monotonic() < self._quiet_until or not self._probe.acquire(blocking=False):
             yield False
             return
+        started = time.monotonic()
         try:
             yield True
         finally:
+            self._quiet_if_slow(started)
             self._probe.release()
+
+    def _quiet_if_slow(self, started: float) -> None:
+        now = time.monotonic()
+        if self._down and now - started >= SLOW_PROBE_SECONDS:
+            self._quiet_until = now + RETRY_AFTER_SECONDS
 
 
 class WriteRefusals:

@@ -127,6 +127,10 @@ class EventHub:
         self._stopping = threading.Event()
         #: Cluster: which slot's streams the next blocking read waits on.
         self._turn = 0
+        #: When (monotonic) reads of the event log began failing; None while they work.
+        #: A stream open before then delivers nothing until they work again (the monitor's
+        #: live stream ends then, so its pages say so).
+        self.failing_since: float | None = None
 
     @property
     def client(self) -> redis.Redis:
@@ -326,19 +330,19 @@ class EventHub:
         # A client of its own: a blocking XREAD must not hold a pooled connection others need.
         reader = make_client(self.redis_url, decode_responses=True,
                              socket_timeout=10, health_check_interval=30)
-        failing = False  # one line when reads start failing, one when they work again
+        # One line when reads start failing, one when they work again.
         while not self._stopping.is_set():
             try:
                 self._read_once(reader)
             except redis.RedisError as exc:
-                if not failing:
+                if self.failing_since is None:
                     logger.warning("event log read failed (%s); retrying every 1 s", exc)
-                failing = True
+                    self.failing_since = time.monotonic()
                 time.sleep(1.0)
             else:
-                if failing:
+                if self.failing_since is not None:
                     logger.warning("event log readable again")
-                failing = False
+                self.failing_since = None
 
     def _read_once(self, reader: redis.Redis) -> None:
         now = time.monotonic()

@@ -59,7 +59,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     from emp_tasks.app import create_app as create_celery_app
     from webapp.api.events import EventHub
     from webapp.backend import Backend
-    from webapp.monitor import metrics
+    from webapp.monitor import metrics, quiet
     from webapp.monitor.app import EmpMonitor
     from webapp.monitor.state import MonitorState
 
@@ -78,6 +78,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     # Redis (Celery's default); the monitor's other Redis calls give up after 5 s.
     capp.conf.redis_socket_timeout = SOCKET_TIMEOUT_SECONDS
     capp.conf.redis_socket_connect_timeout = SOCKET_TIMEOUT_SECONDS
+    quiet.install(capp)  # Flower's "Failed to enable events", once per outage
     return EmpMonitor(options, capp, state, **settings)
 
 

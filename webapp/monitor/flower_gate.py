@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 import tornado.web
 from flower.api import control, tasks, workers
 from flower.inspector import Inspector
@@ -38,7 +39,7 @@ from flower.views.workers import WorkerView
 from tornado.web import url
 
 from capability_router.errors import InvalidJob
-from webapp.monitor.handlers import RedisUnavailable
+from webapp.monitor.handlers import RedisUnavailable, until_outage
 from webapp.monitor.state import MonitorState
 from webapp.outage import REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
 
@@ -108,11 +109,18 @@ class GatedInspector(Inspector):
                     outage.failed(exc)
                     return
                 outage.succeeded()
-        await super()._inspect_all(workername)
+            try:  # a worker's page waits for this: not for methods left after the outage
+                await until_outage(outage, super()._inspect_all(workername))
+            except RedisUnavailable:
+                return
 
     def _inspect(self, method: str, workername: str | None) -> None:
         """Flower's, with Redis errors marking the outage (logged once) and not logged per
-        method; a success says Redis answers."""
+        method; a success says Redis answers. Skipped once the outage is known: Flower
+        runs at most 8 at once, and the methods queued behind a fleet inspection each
+        waited their own timeout after the first had found the outage."""
+        if self.state.outage.down:  # found since this inspection began: no 5 s wait more
+            return
         destination = [workername] if workername else None
         inspect = self.capp.control.inspect(timeout=self.timeout, destination=destination)
         try:
@@ -135,9 +143,11 @@ class GatedInspector(Inspector):
         """A broadcast that could not reach Redis starts an outage only if the monitor's
         ping fails too: after Redis restarted, the broadcast's pooled kombu connection
         fails once ("Connection closed by server") though Redis answers again, and that
-        was a second outage in the log a second after the first one's end."""
+        was a second outage in the log a second after the first one's end. A broadcast
+        that timed out met a hung Redis: no ping then (it was a second socket timeout, and
+        a worker's page that found the outage waited 10-15 s for its 503)."""
         outage = self.state.outage
-        if not outage.down:
+        if not outage.down and not _timed_out(exc):
             try:
                 self.state.backend.redis.ping()
             except UNAVAILABLE:
@@ -146,6 +156,18 @@ class GatedInspector(Inspector):
                 logger.debug("inspect method %s failed, Redis answers: %s", method, exc)
                 return
         outage.failed(exc)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: kombu's OperationalError) is a socket timeout."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes, never a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, (redis.TimeoutError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class FlowerGate(tornado.web.RequestHandler):

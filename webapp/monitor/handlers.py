@@ -11,10 +11,11 @@ one is known, one call at a time probes Redis and the others answer 503 at once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -24,11 +25,13 @@ from tornado.ioloop import IOLoop
 
 from webapp import strict_json
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
+from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, Outage, reason_of
 
 T = TypeVar("T")
 #: JSON answers this long or longer are gzipped for a client that accepts it.
 GZIP_MIN_BYTES = 1024
+#: Seconds between two looks, while a call waits on Redis, at whether another found it down.
+OUTAGE_LOOK_SECONDS = 0.25
 #: What Flower's BaseHandler grants every origin under ``FLOWER_UNAUTHENTICATED_API``.
 CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Headers",
                 "Access-Control-Allow-Methods")
@@ -70,7 +73,7 @@ class MonitorHandler(BaseHandler):
             if not admitted:
                 raise RedisUnavailable()
             try:
-                result = await self.offload(fn, *args, **kwargs)
+                result = await until_outage(outage, self.offload(fn, *args, **kwargs))
             except UNAVAILABLE as exc:
                 outage.failed(exc)
                 raise RedisUnavailable(reason_of(exc)) from None
@@ -89,6 +92,13 @@ class MonitorHandler(BaseHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if not isinstance(value, RedisUnavailable):  # the outage logs itself, once
             super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Flower's, with ``Retry-After`` on an outage's 503 (a page's or the live
+        stream's had none)."""
+        if isinstance(kwargs.get("exc_info", (None, None))[1], RedisUnavailable):
+            self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        super().write_error(status_code, **kwargs)
 
     def render(self, template_name: str, **kwargs: Any) -> None:
         kwargs.setdefault("read_only", self.application.options.read_only)
@@ -180,6 +190,31 @@ class ActionHandler(JsonHandler):
             if media_type != "application/json":
                 raise tornado.web.HTTPError(415, f"Content-Type must be application/json, "
                                                  f"not {media_type!r}")
+
+
+async def until_outage(outage: Outage, work: Awaitable[T]) -> T:
+    """``work``'s result; RedisUnavailable as soon as another call finds an outage that
+    started while it waits on Redis (it is left to end on its own thread).
+
+    Before, a refresh sent in a hung Redis's first seconds waited its own socket
+    timeout after the first request had already found the outage (sent 1 s and 2 s
+    after the hang, the queue's reads answered 503 at 6 s and 7 s)."""
+    call = asyncio.ensure_future(work)
+    if outage.down:  # the one probe: its own call decides
+        return await call
+    while True:
+        done, _ = await asyncio.wait({call}, timeout=OUTAGE_LOOK_SECONDS)
+        if done:
+            return call.result()
+        if outage.down:
+            call.add_done_callback(_forget)
+            raise RedisUnavailable()
+
+
+def _forget(call: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio logs no unretrieved exception."""
+    if not call.cancelled():
+        call.exception()
 
 
 def _takes_gzip(headers: Any) -> bool:

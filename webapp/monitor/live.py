@@ -42,6 +42,8 @@ HEADER = "Last-Event-ID"
 KEEPALIVE_SECONDS = 15.0
 #: The browser waits this long (ms) before reconnecting.
 RETRY_MS = 2000
+#: Seconds between two looks, while the stream is idle, at whether the event log is read.
+OUTAGE_CHECK_SECONDS = 1.0
 _ids = count(1)
 
 
@@ -132,26 +134,49 @@ class EventStream(MonitorHandler):
             "monitor_id": f"monitor-ui-{next(_ids)}", "kind": "monitor", "transport": "sse",
             "remote": self.request.remote_ip, "connected_at": int(time.time() * 1000)})
         session = Session(sink, self.state.hub, subscription, monitor_message, shared="monitor")
+        started_at = time.monotonic()
         await self.blocking(session.start)
         await self.blocking(session.follow_all, last_id)
         try:
             self.write(f"retry: {RETRY_MS}\n\n")
             await self.flush()
+            written_at = time.monotonic()
             while not self.closed:
                 try:
-                    text = await asyncio.wait_for(sink.outbox.get(), KEEPALIVE_SECONDS)
+                    text = await asyncio.wait_for(sink.outbox.get(), OUTAGE_CHECK_SECONDS)
                 except TimeoutError:
-                    self.write(": keep-alive\n\n")
-                    await self.flush()
+                    if self._reads_fail_since(started_at):
+                        break
+                    if time.monotonic() - written_at >= KEEPALIVE_SECONDS:
+                        self.write(": keep-alive\n\n")
+                        await self.flush()
+                        written_at = time.monotonic()
                     continue
                 if text is None:
                     break
                 self.write(frame(text))
                 await self.flush()
+                written_at = time.monotonic()
         except StreamClosedError:
             pass
         finally:
             await self.offload(session.close)  # no Redis: runs during an outage too
+
+    @tornado.web.authenticated
+    async def head(self) -> None:
+        """Whether a stream would open now, for a page whose EventSource gave up (it cannot
+        read why): 200; the login's 401 or redirect; 503 with ``Retry-After`` while Redis
+        is unreachable."""
+        await self.blocking(self.state.backend.redis.ping)
+        self.finish()
+
+    def _reads_fail_since(self, started_at: float) -> bool:
+        """Whether the event log's reads began failing after this stream opened (Redis
+        went away): the stream ends, so the browser's reconnect meets the outage's 503
+        and the pages say Redis is unreachable. Before, the stream stayed open sending
+        keep-alives and every tab said "live" through the whole outage."""
+        since = self.state.hub.failing_since
+        return since is not None and since > started_at
 
     def _fell_behind(self) -> None:
         """The client stopped reading: close its connection, which ends a pending flush."""

@@ -90,9 +90,13 @@ const EMP = (() => {
      it itself only where a worker cannot. An EventSource retries a dropped connection by
      itself but gives up for good on an answer that is not a stream (the monitor's 503
      while Redis is unreachable, a 401, a redirect to the login): then the page asks one
-     read whether the login ended (it says so and stops) and otherwise opens the stream
-     again, waiting longer each time up to STREAM_RETRY_MAX_MS. */
+     probe (a HEAD of the stream) whether the login ended (it says so and stops) and
+     otherwise opens the stream again, waiting longer each time up to STREAM_RETRY_MAX_MS;
+     or, when the probe is the outage's 503, says Redis is unreachable in the error box and
+     waits its Retry-After (an EventSource cannot read its 503; the doubling wait went live
+     up to 16 s after Redis was back), and clears that once the stream is open again. */
   const STREAM_RETRY_MS = 2000, STREAM_RETRY_MAX_MS = 30000;
+  const STREAM_OUTAGE = "The monitor cannot reach Redis: live updates resume when it can.";
   const listeners = [];
   let started = false;
   const workerUrl = document.currentScript ? document.currentScript.src.replace(/emp\.js(\?.*)?$/, "live-worker.js$1") : null;
@@ -107,14 +111,22 @@ const EMP = (() => {
     };
     let open = null;  // opens (or reopens) the stream, once chosen below
     let retryIn = STREAM_RETRY_MS;
+    let outageShown = false;
     async function givenUp() {
-      try {
-        await api("/services");
-      } catch (e) {
-        if (e.sessionEnded) { mark("ended", "session expired"); showError(e); return; }
-      }
-      setTimeout(() => open(), retryIn);
+      let wait = retryIn;
       retryIn = Math.min(retryIn * 2, STREAM_RETRY_MAX_MS);
+      try {
+        const probe = await fetch(url, {method: "HEAD", credentials: "same-origin",
+                                        redirect: "manual", cache: "no-store"});
+        if (probe.type === "opaqueredirect" || probe.status === 401) {
+          mark("ended", "session expired"); showError(new SessionEnded()); return;
+        }
+        if (probe.status === 503) {
+          showError(new Error(STREAM_OUTAGE)); outageShown = true;
+          wait = (Number(probe.headers.get("Retry-After")) || wait / 1000) * 1000;
+        }
+      } catch (e) { /* the monitor itself is away: the doubling wait */ }
+      setTimeout(() => open(), wait);
     }
     const on = {
       open() {
@@ -122,6 +134,7 @@ const EMP = (() => {
         // stream's start (or while it was away) is read again.
         retryIn = STREAM_RETRY_MS;
         mark("live", "● live");
+        if (outageShown) { outageShown = false; showError(null); }
         listeners.forEach((l) => l.onReconnect && l.onReconnect());
       },
       error(closed) {
