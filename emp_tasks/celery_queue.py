@@ -8,7 +8,7 @@ names (``apply_async(queue=...)``, the task's ``queue`` option, a route of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from capability_router.router import CapabilityRouter
 
@@ -33,26 +33,37 @@ def routed_queue(task: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> 
     return None
 
 
+class NamedPool(NamedTuple):
+    """A pool a submit names (None: not named there), with what names it, for messages."""
+
+    named_by: str
+    pool: str | None
+
+
 def named_pools(task: Any, args: Any, kwargs: Any, options: dict[str, Any],
-                fields: Mapping[str, Any], routes: bool = True) -> list[tuple[str, str | None]]:
-    """Each pool a submit of ``task`` is filed by, with what names it: the call's
-    ``queue``, the job keywords ``pool`` and ``requirements.pool`` (in ``fields``), the
-    task's ``queue`` option and a ``task_routes`` route (given ``options``). A submit
-    (``EmpTask.job_spec``) files by the call's queue, else the task's (refusing another
-    ``pool``), else by ``pool`` or ``requirements.pool`` (``JobSpec``), else the route.
-    With ``routes`` false the route is asked only when none of the others names a pool
-    (it counts only then). A replace checks them all (``replacement_options``): Celery
-    would send the replacement where they say."""
+                fields: Mapping[str, Any], routes: bool = True) -> dict[str, NamedPool]:
+    """Each pool a submit of ``task`` is filed by, keyed by where it is named: ``queue``
+    (the call's ``queue``), ``pool`` and ``requirements.pool`` (the job keywords, in
+    ``fields``), ``task queue`` (the task's ``queue`` option) and ``route`` (a
+    ``task_routes`` route, given ``options``). A submit (``EmpTask.job_spec``) files by
+    the call's queue, else the task's (refusing another ``pool``), else by ``pool`` or
+    ``requirements.pool`` (``JobSpec``), else the route. With ``routes`` false the route
+    is asked only when none of the others names a pool (it counts only then). A replace
+    checks them all (``replacement_options``): Celery would send the replacement where
+    they say."""
     requirements = fields.get("requirements")
-    named = [
-        ("queue=", queue_name(options.get("queue"))),
-        ("pool=", fields.get("pool")),
-        ("requirements.pool",
-         requirements.get("pool") if isinstance(requirements, Mapping) else None),
-        (f"the queue option of task {task.name!r}", queue_name(getattr(task, "queue", None))),
-    ]
-    if routes or not any(pool is not None for _, pool in named) and not (
-            isinstance(requirements, Mapping) and "pool" in requirements):
-        named.append((f"task_routes for {task.name!r}",
-                      routed_queue(task, args, kwargs, options)))
+    named = {
+        "queue": NamedPool("queue=", queue_name(options.get("queue"))),
+        "pool": NamedPool("pool=", fields.get("pool")),
+        "requirements.pool": NamedPool(
+            "requirements.pool",
+            requirements.get("pool") if isinstance(requirements, Mapping) else None),
+        "task queue": NamedPool(f"the queue option of task {task.name!r}",
+                                queue_name(getattr(task, "queue", None))),
+    }
+    pool_given = any(n.pool is not None for n in named.values()) or (
+        isinstance(requirements, Mapping) and "pool" in requirements)
+    if routes or not pool_given:
+        named["route"] = NamedPool(f"task_routes for {task.name!r}",
+                                   routed_queue(task, args, kwargs, options))
     return named

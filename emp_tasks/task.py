@@ -106,7 +106,8 @@ def replacement_options(context: JobContext, sig: Signature, task: Any) -> dict[
             raise InvalidJob(f"job {context.job_id}: a replacement keeps the job's {name} "
                              f"({value!r}); {options[name]!r} names another (submit a new "
                              "job instead)")
-    for named_by, pool in named_pools(task, sig.args, sig.kwargs, dict(options), options):
+    for named_by, pool in named_pools(task, sig.args, sig.kwargs, dict(options),
+                                      options).values():
         if pool not in (None, context.namespace):
             raise InvalidJob(f"job {context.job_id}: a replacement stays in the job's pool "
                              f"{context.namespace!r}; {named_by} names pool {pool!r} (submit "
@@ -204,7 +205,7 @@ class EmpTask(Task):
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
         named = named_pools(self, args, kwargs, options, fields, routes=False)
-        queues = [(by, pool) for by, pool in (named[0], named[3]) if pool is not None]
+        queues = [n for n in (named["queue"], named["task queue"]) if n.pool is not None]
         if queues:  # the call's queue, else the task's
             named_by, queue = queues[0]
             _check_new_pool(queue, named_by.rstrip("="))
@@ -214,8 +215,8 @@ class EmpTask(Task):
                 raise InvalidJob(f"queue={queue!r} and pool={fields['pool']!r} name two "
                                  "pools; a job is filed in one (queue is Celery's name "
                                  "for it)")
-        elif len(named) > 4 and named[4][1] is not None:  # a task_routes route
-            fields["pool"] = _check_new_pool(named[4][1], named[4][0])
+        elif "route" in named and named["route"].pool is not None:  # a task_routes route
+            fields["pool"] = _check_new_pool(named["route"].pool, named["route"].named_by)
         # The task's own defaults, as Celery applies them to a call that names none.
         if "priority" not in fields and self.priority is not None:
             fields["priority"] = self.priority
