@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from capability_router.errors import EmpError
+from capability_router.errors import EmpError, InvalidJob, Unroutable
 from capability_router.states import JobStatus
 from emp_tasks import defaults
 from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
@@ -250,8 +250,12 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     try:
         result = submit_job(service, job_payload, job_requirements, priority=priority,
                             customer_id=customer_id, app=app, **fields)
-    except EmpError as exc:
+    except InvalidJob as exc:  # the command line's service, payload or options
+        if isinstance(exc, Unroutable):  # the pools file's pools, not the command line
+            raise click.ClickException(str(exc)) from None
         raise click.UsageError(str(exc)) from None
+    except EmpError as exc:  # not the command line's: the pools file, say
+        raise click.ClickException(str(exc)) from None
     click.echo(result.id)
     # A pool the job names: requirements.pool, as JobSpec reads it, else --pool.
     named_pool = (job_requirements or {}).get("pool") or pool
