@@ -17,10 +17,12 @@ if __name__ == "__main__":
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from capability_router.errors import EmpError, InvalidJob, Unroutable
 from capability_router.states import JobStatus
@@ -130,21 +132,37 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
     ctx.obj = {"redis_url": redis_url}
 
 
+def _at_least(low: float) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback refusing a value below ``low``, naming the option, or its
+    variable when the value came from the environment (click names only the option)."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and not value >= low:
+            hint = None
+            if (ctx.get_parameter_source(param.name or "")
+                    == ParameterSource.ENVIRONMENT):
+                hint = str(getattr(param, "envvar", None) or param.name)
+            raise click.BadParameter(f"must be at least {low:g}, got {value!r}", ctx, param,
+                                     param_hint=hint)
+        return value
+    return check
+
+
 @main.command()
 @click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
 @click.option("-Q", "--pool", "pools", multiple=True,
               help="Pool namespace(s) to serve, repeated or a comma list (env "
                    "WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
+              callback=_at_least(1),
               default=defaults.CONCURRENCY, show_default=True,
               help="Jobs run at once (env WORKER_CONCURRENCY).")
 @click.option("-P", "--worker-pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Celery's execution pool (Celery's -P; default: its worker_pool "
                    "setting, else prefork). threads suits jobs that wait on a server.")
 @click.option("--worker-id", help="Worker id (env WORKER_ID).")
-@click.option("--gpu-memory-gb", type=float, help="env WORKER_GPU_MEMORY_GB")
-@click.option("--ram-gb", type=float, help="env WORKER_RAM_GB")
-@click.option("--cpu-cores", type=int, help="env WORKER_CPU_CORES")
+@click.option("--gpu-memory-gb", type=float, callback=_at_least(0), help="env WORKER_GPU_MEMORY_GB")
+@click.option("--ram-gb", type=float, callback=_at_least(0), help="env WORKER_RAM_GB")
+@click.option("--cpu-cores", type=int, callback=_at_least(0), help="env WORKER_CPU_CORES")
 @click.option("--models", help="Models: 'svc:model,...' or JSON (env WORKER_MODELS).")
 @click.option("--customer-isolation", type=click.Choice(["strict", "loose", "none"]),
               help="env WORKER_CUSTOMER_ISOLATION")
