@@ -218,6 +218,9 @@ def _pool(read: _Reader, name: str, raw: Any, position: int) -> Pool:
     if not gpu and memory != (0.0, 0.0):
         raise read.fail(f"{where}.gpu_memory_gb", f"must be [0, 0] when gpu = false, got "
                                                   f"{table['gpu_memory_gb']!r}")
+    if gpu and memory[1] <= 0:  # a GPU pool whose machines have no GPU memory
+        raise read.fail(f"{where}.gpu_memory_gb", f"must have max > 0 when gpu = true, got "
+                                                  f"{table['gpu_memory_gb']!r}")
     services = read.names(f"{where}.services", table["services"])
     if not services:
         raise read.fail(f"{where}.services", "must name at least one service (or \"*\")")
