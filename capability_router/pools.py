@@ -16,6 +16,7 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,21 @@ def parse_pools(text: str, path: str = "<pools>") -> PoolsFile:
         priors=_priors(read, data.get("priors", {})),
         routing=_routing(read, data.get("routing", {})),
     )
+
+
+def unknown_services_warning(pools_file: PoolsFile, known: Iterable[str]) -> str | None:
+    """One line naming the services the file's pools or priors name that are not in
+    ``known`` (the app's job types), or None. A warning, not a refusal: the loader cannot
+    see the job types a project registers, only a caller holding its app can."""
+    known = sorted(set(known))
+    named = {s for pool in pools_file.pools.values() for s in pool.services} | set(
+        pools_file.priors.services)
+    unknown = sorted(named - set(known) - {ANY_SERVICE})
+    if not unknown:
+        return None
+    return (f"{pools_file.path}: service(s) {', '.join(unknown)} named in pools' services "
+            f"or [priors.services] are no job type of this app (known: "
+            f"{', '.join(known) or 'none'}); a typo routes no job there")
 
 
 def load_pools_file(path: str | os.PathLike[str]) -> PoolsFile:

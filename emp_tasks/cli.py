@@ -79,11 +79,13 @@ def _worker_start_errors() -> tuple[type[BaseException], ...]:
 WORKER_START_ERRORS = _worker_start_errors()
 
 
-def _warn_unknown_pools(profile: Any, pools: list[str]) -> None:
-    """Say ``pools_file_warnings`` on stderr, if any."""
+def _warn_unknown_pools(profile: Any, pools: list[str], app: Any = None) -> None:
+    """Say ``pools_file_warnings`` on stderr, if any (with ``app``, of its job types too)."""
+    from emp_tasks.producer import services
     from emp_tasks.start_checks import pools_file_warnings
 
-    for warning in pools_file_warnings(profile, pools):
+    known = None if app is None else services(app)
+    for warning in pools_file_warnings(profile, pools, known):
         click.echo(warning, err=True)
 
 
@@ -219,7 +221,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
-    _warn_unknown_pools(profile, pool_list)
+    _warn_unknown_pools(profile, pool_list, app)
     try:
         status = run_worker(app, profile, pool_list, concurrency=concurrency,
                             loglevel=loglevel,
