@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from capability_router.errors import InvalidJob
 from capability_router.keys import Keys
 from capability_router.pools import Priors
 
@@ -68,6 +69,24 @@ def job_size(payload: Mapping[str, Any] | None, features: Mapping[str, float]) -
             names.append(name)
             units *= value / features[name]
     return Size(tuple(names), min(units, MAX_WORK_UNITS))
+
+
+def check_size_fields(payload: Mapping[str, Any] | None, features: Mapping[str, float]) -> None:
+    """Raise InvalidJob naming the first declared size field that is present but not a
+    whole number of at least 0 (``-20``, ``2.5``, ``"many"``, ``true``).
+
+    ``job_size`` leaves such a field out, as if absent: the job was filed and ran at
+    its type's default size. Checked at submit so it is refused with nothing written.
+    """
+    for name in sorted(features):
+        value = (payload or {}).get(name)
+        if value is None:
+            continue
+        whole = (not isinstance(value, bool) and isinstance(value, (int, float))
+                 and math.isfinite(value) and value >= 0 and float(value).is_integer())
+        if not whole:
+            raise InvalidJob(f"payload.{name} must be a whole number of at least 0, "
+                             f"got {value!r}")
 
 
 def _positive(value: Any) -> float | None:

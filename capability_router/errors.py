@@ -9,6 +9,11 @@ class InvalidJob(EmpError, ValueError):
     """A job or its requirements are malformed; nothing was written."""
 
 
+class Unroutable(InvalidJob):
+    """No pool of the pools file can run the job (its service, models or hardware); the
+    job is well formed, the file's pools do not fit it. Nothing was written."""
+
+
 class InvalidProfile(EmpError, ValueError):
     """A worker capability profile is malformed."""
 

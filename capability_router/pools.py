@@ -16,6 +16,7 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,9 @@ def _pool(read: _Reader, name: str, raw: Any, position: int) -> Pool:
     if not gpu and memory != (0.0, 0.0):
         raise read.fail(f"{where}.gpu_memory_gb", f"must be [0, 0] when gpu = false, got "
                                                   f"{table['gpu_memory_gb']!r}")
+    if gpu and memory[1] <= 0:  # a GPU pool whose machines have no GPU memory
+        raise read.fail(f"{where}.gpu_memory_gb", f"must have max > 0 when gpu = true, got "
+                                                  f"{table['gpu_memory_gb']!r}")
     services = read.names(f"{where}.services", table["services"])
     if not services:
         raise read.fail(f"{where}.services", "must name at least one service (or \"*\")")
@@ -307,6 +311,21 @@ def parse_pools(text: str, path: str = "<pools>") -> PoolsFile:
         priors=_priors(read, data.get("priors", {})),
         routing=_routing(read, data.get("routing", {})),
     )
+
+
+def unknown_services_warning(pools_file: PoolsFile, known: Iterable[str]) -> str | None:
+    """One line naming the services the file's pools or priors name that are not in
+    ``known`` (the app's job types), or None. A warning, not a refusal: the loader cannot
+    see the job types a project registers, only a caller holding its app can."""
+    known = sorted(set(known))
+    named = {s for pool in pools_file.pools.values() for s in pool.services} | set(
+        pools_file.priors.services)
+    unknown = sorted(named - set(known) - {ANY_SERVICE})
+    if not unknown:
+        return None
+    return (f"{pools_file.path}: service(s) {', '.join(unknown)} named in pools' services "
+            f"or [priors.services] are no job type of this app (known: "
+            f"{', '.join(known) or 'none'}); a typo routes no job there")
 
 
 def load_pools_file(path: str | os.PathLike[str]) -> PoolsFile:

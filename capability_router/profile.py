@@ -11,6 +11,7 @@ share a profile signature, so Redis keeps one compatibility set for them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,9 @@ class WorkerProfile:
                 value = _number_or_text(raw)
                 if isinstance(value, str):
                     raise InvalidProfile(f"WORKER_{key.upper()} must be a number, got {raw!r}")
+                if not 0 <= value < math.inf:  # NaN too: a worker with -4 GB took jobs
+                    raise InvalidProfile(f"WORKER_{key.upper()} must be a number of at "
+                                         f"least 0, got {raw!r}")
                 hardware[key] = value
         if env.get("WORKER_GPU_MODEL"):
             hardware["gpu_model"] = env["WORKER_GPU_MODEL"]

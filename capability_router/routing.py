@@ -49,7 +49,7 @@ from capability_router.duration import (
     pooled,
     predict,
 )
-from capability_router.errors import InvalidJob
+from capability_router.errors import Unroutable
 from capability_router.functions import redis_now_ms
 from capability_router.jobspec import JobSpec
 from capability_router.keys import Keys
@@ -211,7 +211,8 @@ class Router:
     def decide(self, service: str, job_class: Mapping[str, Any],
                payload: Mapping[str, Any] | None,
                features: Mapping[str, float] | None = None) -> Decision:
-        """The pool of a job (see the module docstring); raises InvalidJob if none can run it."""
+        """The pool of a job (see the module docstring); raises Unroutable (an InvalidJob)
+        if none can run it."""
         pos = job_class.get("pos") or {}
         models = list(pos.get(f"models.{service}") or [])
         gpu_memory = pos.get("hardware.gpu_memory_gb")
@@ -228,7 +229,7 @@ class Router:
             else:
                 eligible.append(pool)
         if not eligible:
-            raise InvalidJob("no pool can run this job: " + "; ".join(
+            raise Unroutable("no pool can run this job: " + "; ".join(
                 f"{name}: {note.removeprefix('cannot run: ')}" for name, note in notes.items()))
 
         def warm(pool: Pool) -> bool:

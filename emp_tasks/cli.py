@@ -17,12 +17,14 @@ if __name__ == "__main__":
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
-from capability_router.errors import EmpError
+from capability_router.errors import EmpError, InvalidJob, Unroutable
 from capability_router.states import JobStatus
 from emp_tasks import defaults
 from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
@@ -77,11 +79,13 @@ def _worker_start_errors() -> tuple[type[BaseException], ...]:
 WORKER_START_ERRORS = _worker_start_errors()
 
 
-def _warn_unknown_pools(profile: Any, pools: list[str]) -> None:
-    """Say ``pools_file_warnings`` on stderr, if any."""
+def _warn_unknown_pools(profile: Any, pools: list[str], app: Any = None) -> None:
+    """Say ``pools_file_warnings`` on stderr, if any (with ``app``, of its job types too)."""
+    from emp_tasks.producer import services
     from emp_tasks.start_checks import pools_file_warnings
 
-    for warning in pools_file_warnings(profile, pools):
+    known = None if app is None else services(app)
+    for warning in pools_file_warnings(profile, pools, known):
         click.echo(warning, err=True)
 
 
@@ -130,21 +134,37 @@ def main(ctx: click.Context, redis_url: str | None) -> None:
     ctx.obj = {"redis_url": redis_url}
 
 
+def _at_least(low: float) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback refusing a value below ``low``, naming the option, or its
+    variable when the value came from the environment (click names only the option)."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and not value >= low:
+            hint = None
+            if (ctx.get_parameter_source(param.name or "")
+                    == ParameterSource.ENVIRONMENT):
+                hint = str(getattr(param, "envvar", None) or param.name)
+            raise click.BadParameter(f"must be at least {low:g}, got {value!r}", ctx, param,
+                                     param_hint=hint)
+        return value
+    return check
+
+
 @main.command()
 @click.option("--services", help="Comma list of services (env WORKER_SERVICES).")
 @click.option("-Q", "--pool", "pools", multiple=True,
               help="Pool namespace(s) to serve, repeated or a comma list (env "
                    "WORKER_POOLS, else MACHINE_POOL).")
 @click.option("-c", "--concurrency", type=int, envvar="WORKER_CONCURRENCY",
+              callback=_at_least(1),
               default=defaults.CONCURRENCY, show_default=True,
               help="Jobs run at once (env WORKER_CONCURRENCY).")
 @click.option("-P", "--worker-pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Celery's execution pool (Celery's -P; default: its worker_pool "
                    "setting, else prefork). threads suits jobs that wait on a server.")
 @click.option("--worker-id", help="Worker id (env WORKER_ID).")
-@click.option("--gpu-memory-gb", type=float, help="env WORKER_GPU_MEMORY_GB")
-@click.option("--ram-gb", type=float, help="env WORKER_RAM_GB")
-@click.option("--cpu-cores", type=int, help="env WORKER_CPU_CORES")
+@click.option("--gpu-memory-gb", type=float, callback=_at_least(0), help="env WORKER_GPU_MEMORY_GB")
+@click.option("--ram-gb", type=float, callback=_at_least(0), help="env WORKER_RAM_GB")
+@click.option("--cpu-cores", type=int, callback=_at_least(0), help="env WORKER_CPU_CORES")
 @click.option("--models", help="Models: 'svc:model,...' or JSON (env WORKER_MODELS).")
 @click.option("--customer-isolation", type=click.Choice(["strict", "loose", "none"]),
               help="env WORKER_CUSTOMER_ISOLATION")
@@ -201,7 +221,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.UsageError(str(exc)) from None
     click.echo(f"worker {profile.worker_id}: services={profile.services} pools={pool_list}",
                err=True)
-    _warn_unknown_pools(profile, pool_list)
+    _warn_unknown_pools(profile, pool_list, app)
     try:
         status = run_worker(app, profile, pool_list, concurrency=concurrency,
                             loglevel=loglevel,
@@ -250,8 +270,12 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     try:
         result = submit_job(service, job_payload, job_requirements, priority=priority,
                             customer_id=customer_id, app=app, **fields)
-    except EmpError as exc:
+    except InvalidJob as exc:  # the command line's service, payload or options
+        if isinstance(exc, Unroutable):  # the pools file's pools, not the command line
+            raise click.ClickException(str(exc)) from None
         raise click.UsageError(str(exc)) from None
+    except EmpError as exc:  # not the command line's: the pools file, say
+        raise click.ClickException(str(exc)) from None
     click.echo(result.id)
     # A pool the job names: requirements.pool, as JobSpec reads it, else --pool.
     named_pool = (job_requirements or {}).get("pool") or pool

@@ -11,14 +11,22 @@ error, naming the file and the field, once per version of the file.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from capability_router.jobspec import JobSpec
-from capability_router.pools import POOLS_FILE_ENV, PoolsFile, PoolsFileWatch
+from capability_router.pools import (
+    POOLS_FILE_ENV,
+    PoolsFile,
+    PoolsFileWatch,
+    unknown_services_warning,
+)
 from capability_router.routing import Router, SizeFields
 from emp_tasks.connection import get_client
+
+logger = logging.getLogger(__name__)
 
 #: (pid, broker, path) -> (the pools file watched, the router built from its last version).
 _routers: dict[tuple[int, str, str], tuple[PoolsFileWatch, Router]] = {}
@@ -52,8 +60,19 @@ def _watched_router(app: Any) -> tuple[PoolsFileWatch, Router] | None:
     pools_file = watch.current()
     if held is not None and held[1].pools_file is pools_file:
         return held
+    _warn_unknown_services(app, pools_file)  # a new version of the file: once each
     _routers[key] = (watch, Router(get_client(url), pools_file))
     return _routers[key]
+
+
+def _warn_unknown_services(app: Any, pools_file: PoolsFile) -> None:
+    """Log, once per version of the file routing uses, services it names that no job type
+    of ``app`` has (``unknown_services_warning``: a typo, such a pool gets no job)."""
+    from emp_tasks.producer import services
+
+    warning = unknown_services_warning(pools_file, services(app))
+    if warning:
+        logger.warning("routing: %s", warning)
 
 
 def place(app: Any, spec: JobSpec, features: Mapping[str, float] | None,

@@ -137,7 +137,9 @@ class EmpWorkerStep(bootsteps.Step):
             setattr(parent, name, value)  # read at start (pidlock) and in create (state db)
         logger.warning("worker %s: services=%s pools=%s", profile.worker_id,
                        profile.services, pools)
-        for warning in pools_file_warnings(profile, pools):
+        from emp_tasks.producer import services
+
+        for warning in pools_file_warnings(profile, pools, services(app)):
             logger.warning("%s", warning)
         _start_guarded(app, lambda: prepare_worker(app, profile, pools),
                        f"worker {profile.worker_id}")

@@ -7,6 +7,7 @@ under supervisor over and over, the reason in their log files only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from capability_router.keys import check_new_pool
@@ -33,16 +34,18 @@ def check_pools(pools: list[str], where: str) -> None:
         check_new_pool(pool, where)
 
 
-def pools_file_warnings(profile: Any, pools: list[str]) -> list[str]:
+def pools_file_warnings(profile: Any, pools: list[str],
+                        known_services: Iterable[str] | None = None) -> list[str]:
     """Warnings for a worker of ``profile`` serving ``pools``, from ``EMP_POOLS_FILE``
     (set for this worker): a pool the file does not name (the router files no job
     there, so only jobs that name that pool would ever reach it), and what the file
     routes to a pool it serves that it cannot run (``pool_view.worker_fit_warnings``: a
     job waited there for ever). Said by ``emp worker`` and the plain ``celery worker``
-    alike."""
+    alike. With ``known_services`` (the app's job types), also the services the file
+    names that are none of them (``unknown_services_warning``)."""
     from capability_router.errors import PoolsFileError
     from capability_router.pool_view import worker_fit_warnings
-    from capability_router.pools import pools_file_from_env
+    from capability_router.pools import pools_file_from_env, unknown_services_warning
 
     prefix = f"worker {profile.worker_id}: warning: "
     try:
@@ -60,4 +63,8 @@ def pools_file_warnings(profile: Any, pools: list[str]) -> list[str]:
             "jobs that name the pool reach this worker")
     fit = worker_fit_warnings(pools_file, pools, profile.services,
                               profile.hardware.get("gpu_memory_gb"))
+    unknown_services = (None if known_services is None
+                        else unknown_services_warning(pools_file, known_services))
+    if unknown_services:
+        fit = [*fit, unknown_services]
     return warnings + [prefix + warning for warning in fit]

@@ -23,6 +23,7 @@ from celery.utils.serialization import get_pickleable_exception
 from kombu.serialization import dumps as serialize
 from kombu.utils.uuid import uuid
 
+from capability_router.duration import check_size_fields
 from capability_router.errors import (
     InvalidJob,
     JobCancelled,
@@ -223,6 +224,11 @@ class EmpTask(Task):
         if "max_retries" not in fields:
             fields["max_retries"] = self.default_max_retries()
         spec = JobSpec(service=self.service_of(kwargs), payload=payload, **fields)
+        # the payload's own size fields; sizes read from deeper (a ComfyUI workflow's
+        # nodes) are the job type's to judge, and not named ``payload.<field>``
+        if self.duration_features and (self.duration_fields is None
+                                       or self.duration_fields(payload) is payload):
+            check_size_fields(payload, self.duration_features)
         with tracing.span("routing") as span:  # inside the submit span; nothing when off
             spec = place(self.app, spec, self.duration_features, self.duration_fields)
             if span is not None:

@@ -211,3 +211,16 @@ def test_a_file_whose_mtime_has_settled_is_not_read_again_until_its_stat_changes
     assert reads == []
     path.write_text(GOOD.replace("spill_wait_seconds = 5", "spill_wait_seconds = 6"))
     assert watch.current().routing.spill_wait_seconds == 6
+
+
+def test_a_gpu_pool_with_no_gpu_memory_is_refused_naming_the_field() -> None:
+    """Tried: a pool with ``gpu = true`` and ``gpu_memory_gb = [0, 0]``. Before, it loaded:
+    a GPU pool whose machines have no GPU memory, which the router then offered jobs
+    asking for a GPU. Now refused naming the file and the field, as ``gpu = false`` with
+    memory is; a GPU pool whose smallest machine is 0 and largest is not still loads."""
+    text = GOOD.replace("gpu_memory_gb = [24, 48]", "gpu_memory_gb = [0, 0]", 1)
+    with pytest.raises(PoolsFileError, match=r"^mine\.toml: pools\.big\.gpu_memory_gb "
+                                             r"must have max > 0 when gpu = true"):
+        parse_pools(text, "mine.toml")
+    text = GOOD.replace("gpu_memory_gb = [24, 48]", "gpu_memory_gb = [0, 24]", 1)
+    assert parse_pools(text, "mine.toml").pools["big"].gpu_memory_gb == (0, 24)
