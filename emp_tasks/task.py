@@ -45,7 +45,7 @@ from emp_tasks.cancellation import (
     record_lost,
     recorded_already,
 )
-from emp_tasks.celery_queue import named_pools
+from emp_tasks.celery_queue import NamedPool, named_pools
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
@@ -114,6 +114,13 @@ def replacement_options(context: JobContext, sig: Signature, task: Any) -> dict[
                              f"{context.namespace!r}; {named_by} names pool {pool!r} (submit "
                              "a new job to that pool instead)")
     return {**kept, "queue": context.namespace, "pool": None}
+
+
+def _said(named: NamedPool) -> str:
+    """How a message names where a pool was given: ``queue='a'``, ``requirements.pool='b'``,
+    ``the queue option of task 't' ('a')``."""
+    by = named.named_by.rstrip("=")
+    return f"{by}={named.pool!r}" if " " not in by else f"{by} ({named.pool!r})"
 
 
 def _check_new_pool(pool: str, named_by: str) -> str:
@@ -212,10 +219,12 @@ class EmpTask(Task):
             _check_new_pool(queue, named_by.rstrip("="))
             # Filed in the queue while the record named another pool, the job was lost
             # to both (``emp_tasks.celery_queue``).
-            if fields.setdefault("pool", queue) != queue:
-                raise InvalidJob(f"queue={queue!r} and pool={fields['pool']!r} name two "
-                                 "pools; a job is filed in one (queue is Celery's name "
-                                 "for it)")
+            for other in (named["pool"], named["requirements.pool"]):
+                if other.pool is not None and other.pool != queue:
+                    raise InvalidJob(f"{_said(queues[0])} and {_said(other)} name two "
+                                     "pools; a job is filed in one (queue is Celery's "
+                                     "name for it)")
+            fields.setdefault("pool", queue)
         elif "route" in named and named["route"].pool is not None:  # a task_routes route
             fields["pool"] = _check_new_pool(named["route"].pool, named["route"].named_by)
         # The task's own defaults, as Celery applies them to a call that names none.

@@ -140,3 +140,22 @@ def test_a_job_naming_two_pools_is_refused_naming_both(redis_server, client: red
                                      '{"pool": "heavy"}', "--no-wait"])
     assert done.exit_code != 0 and "name two pools" in done.output, done.output
     assert _written(client) == before
+
+
+def test_a_queue_and_a_requirements_pool_that_differ_are_refused_naming_the_queue(
+        redis_server, client: redis.Redis, app) -> None:
+    """Tried: ``apply_async(queue="standard", requirements={"pool": "heavy"})``, and a task
+    whose ``queue`` option is ``standard`` sent with ``requirements={"pool": "heavy"}``.
+    Before: refused, but the message said "pool 'standard' and requirements.pool 'heavy'",
+    naming a ``pool`` the caller never gave. Now it names what was given, and nothing is
+    written."""
+    plain = _task(app, "test.two.queue")
+    queued = _task(app, "test.two.task_queue", queue="standard")
+    before = _written(client)
+    with pytest.raises(InvalidJob, match=r"^queue='standard' and requirements.pool='heavy' "
+                                         r"name two pools"):
+        plain.apply_async(queue="standard", requirements={"pool": "heavy"})
+    with pytest.raises(InvalidJob, match=r"^the queue option of task 'test.two.task_queue' "
+                                         r"\('standard'\) and requirements.pool='heavy'"):
+        queued.apply_async(requirements={"pool": "heavy"})
+    assert _written(client) == before
