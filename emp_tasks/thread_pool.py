@@ -11,7 +11,9 @@ the call's) without a word: a job ran past it and ended ``completed``. Here a ti
 reports the limit as the prefork pool does (``Request.on_timeout``): the job fails
 with TimeLimitExceeded (``emp_tasks.hard_time_limit``) and Celery stores that
 FAILURE; the thread, which cannot be killed, runs on to its end and records nothing
-(its outcome is refused). A soft limit is still ignored: nothing can raise in a thread.
+(its outcome is refused). One thread per pool keeps every run's limit
+(``emp_tasks.deadlines``), not a Timer thread per run. A soft limit is still
+ignored: nothing can raise in a thread.
 ``install`` makes this the pool ``-P threads`` names, for ``emp worker`` and
 ``celery -A emp_tasks.app worker`` alike.
 """
@@ -19,13 +21,14 @@ FAILURE; the thread, which cannot be killed, runs on to its end and records noth
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from celery import concurrency
 from celery.concurrency import thread
+
+from emp_tasks.deadlines import Deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,14 @@ class _StoppableResult(thread.ApplyResult):
 class TaskPool(thread.TaskPool):
     """``-P threads`` for EMP workers (see the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadlines = Deadlines()
+
+    def on_stop(self) -> None:
+        super().on_stop()  # waits for the runs: a limit reached meanwhile still counts
+        self.deadlines.stop()
+
     def terminate_job(self, pid: Any, signal: Any = None) -> None:
         logger.info("revoke(terminate=True) under -P threads: the job is cancelled and its "
                     "run stops at its next progress report or cancel check")
@@ -50,11 +61,10 @@ class TaskPool(thread.TaskPool):
                  **kwargs: Any) -> _StoppableResult:
         result = _StoppableResult(super().on_apply(*args, **kwargs).f)
         if timeout and timeout_callback is not None:
-            timer = threading.Timer(timeout, _time_limit_reached,
-                                    (result.f, timeout_callback, timeout))
-            timer.daemon = True
-            timer.start()
-            result.f.add_done_callback(lambda _: timer.cancel())
+            run = result.f
+            ticket = self.deadlines.call_after(
+                timeout, lambda: _time_limit_reached(run, timeout_callback, timeout))
+            run.add_done_callback(lambda _: self.deadlines.drop(ticket))
         return result
 
 
