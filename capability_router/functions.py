@@ -741,17 +741,11 @@ class QueueFunctions:
             args += [model, tier, "" if size is None else int(size)]
         return "emp_residency", [self.keys.config], args
 
-    def models_held_call(self, service: str, models: list[str]
-                         ) -> tuple[str, list[str], list[Any]]:
-        """(function, KEYS, ARGV) of ``emp_models_held`` (read-only), for callers that
-        pipeline it."""
-        return "emp_models_held", [self.keys.config], [0, service, *models]
-
     def models_held(self, service: str, models: list[str]) -> set[str]:
         """Which of ``models`` the pool has while a worker of it is live: reported by a
         live worker, or offered for ``service`` by a registered profile."""
-        return {_text(m) for m in self._call(*self.models_held_call(service, models),
-                                             read_only=True)}
+        return {_text(m) for m in self._call("emp_models_held", [self.keys.config],
+                                             [0, service, *models], read_only=True)}
 
     def take_gave_up(self, count: int = 100) -> list[str]:
         """Up to ``count`` ids of jobs the queue failed on its own (attempts used up with

@@ -152,29 +152,21 @@ def unknown_model_warnings(client: Any, pool: str, service: str,
     registered profile): no machine can download it and none has it, so the job waits
     until one that has it starts.
 
-    One round trip (the catalog read and the pool's function call, pipelined), and
-    none for a job that requires no model."""
+    One round trip (the catalog read) for a job whose models the catalog lists, the
+    usual case; the pool's function (it reads every resident worker of the pool and,
+    for a model none reports, every profile) only for models the catalog lacks, one
+    more. None for a job that requires no model."""
     if not models:
         return []
-    functions = QueueFunctions(client, pool)
-    name, keys, args = functions.models_held_call(service, models)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(MODEL_CATALOG_KEY, models)
-        pipe.execute_command("FCALL_RO", name, len(keys), *keys, *args)
-        listed, held = pipe.execute(raise_on_error=False)
-    if isinstance(listed, Exception):
-        raise listed
+    listed = client.hmget(MODEL_CATALOG_KEY, models)
     unlisted = [m for m, raw in zip(models, listed, strict=True) if raw is None]
     if not unlisted:
         return []
-    if isinstance(held, Exception):  # the library lost (a restart): load it, ask again
-        held_names = functions.models_held(service, unlisted)
-    else:
-        held_names = {m.decode() if isinstance(m, bytes) else m for m in held}
+    held = QueueFunctions(client, pool).models_held(service, unlisted)
     return [f"model {m} is not in the model catalog and no live worker of pool {pool} "
             "has it: the job waits until a worker with that model starts or the "
             "model is added to the catalog (/api/models)"
-            for m in unlisted if m not in held_names]
+            for m in unlisted if m not in held]
 
 
 def unserved_warnings(client: Any, pool: str, named: bool,
@@ -196,8 +188,8 @@ def unserved_warnings(client: Any, pool: str, named: bool,
       model names, ``required_models``) that the catalog does not list and the pool
       does not have (``unknown_model_warnings``).
 
-    Only such a job costs a lookup (two round trips), and a job requiring models one
-    more. Raises what the Redis client raises:
+    Only such a job costs a lookup (two round trips); a job requiring models one more,
+    and one more again when the catalog lacks one of them. Raises what the Redis client raises:
     the job is filed by then, so each caller guards the call and at most notes it."""
     warnings = []
     if named and (pools_file is None or pool not in pools_file.pools):

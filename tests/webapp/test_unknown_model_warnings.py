@@ -109,11 +109,12 @@ class Counted(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def test_the_model_check_costs_one_round_trip_and_none_without_models(
+def test_the_model_check_costs_one_round_trip_for_catalogued_models_and_none_without(
         redis_server: Any, client: redis.Redis) -> None:
-    """The look-up is cheap: a job requiring models costs one round trip more than one
-    requiring none (the catalog read and the pool's ``emp_models_held``, pipelined), and a
-    job naming no pool and requiring no model costs none."""
+    """The look-up is cheap where it is common: a job requiring models the catalog lists
+    costs one round trip more than one requiring none (the catalog read); only a model the
+    catalog lacks costs the pool's ``emp_models_held`` too (one more); a job naming no pool
+    and requiring no model costs none."""
     counted = redis.Redis(connection_pool=redis.ConnectionPool(
         port=redis_server.port, decode_responses=True, connection_class=Counted))
     counted.ping()
@@ -123,9 +124,12 @@ def test_the_model_check_costs_one_round_trip_and_none_without_models(
         warnings = unserved_warnings(counted, "nosuch", named, None, ("simulation", models))
         return Counted.sent - before, warnings
 
-    assert trips(False, []) == (0, [])
-    assert trips(False, ["no-such-model"]) == (1, [unknown("no-such-model", "nosuch")])
+    unserved_warnings(counted, "nosuch", False, None, ("simulation", ["warm-up"]))  # loads
+    assert trips(False, []) == (0, [])  # the function library, once per server
+    catalogued(client, "listed.safetensors")
+    assert trips(False, ["listed.safetensors"]) == (1, [])
+    assert trips(False, ["no-such-model"]) == (2, [unknown("no-such-model", "nosuch")])
     assert trips(True, [])[0] == 2  # the named pool's check: TIME, then one pipeline
-    assert trips(True, ["no-such-model"])[0] == 3
+    assert trips(True, ["no-such-model"])[0] == 4
     live_with(client, "nosuch", "w1", {"m-held": "remote"})
-    assert trips(False, ["m-held"]) == (1, [])
+    assert trips(False, ["m-held"]) == (2, [])
