@@ -741,6 +741,12 @@ class QueueFunctions:
             args += [model, tier, "" if size is None else int(size)]
         return "emp_residency", [self.keys.config], args
 
+    def models_held(self, service: str, models: list[str]) -> set[str]:
+        """Which of ``models`` the pool has while a worker of it is live: reported by a
+        live worker, or offered for ``service`` by a registered profile."""
+        return {_text(m) for m in self._call("emp_models_held", [self.keys.config],
+                                             [0, service, *models], read_only=True)}
+
     def take_gave_up(self, count: int = 100) -> list[str]:
         """Up to ``count`` ids of jobs the queue failed on its own (attempts used up with
         no run holding them), each handed out once, to be reported where no run could."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from capability_router.functions import redis_now_ms
-from capability_router.keys import Keys, known_namespaces
+from capability_router.functions import QueueFunctions, redis_now_ms
+from capability_router.keys import MODEL_CATALOG_KEY, Keys, known_namespaces
 from capability_router.pools import PoolsFile
 from capability_router.prediction.elastic import (
     PoolState,
@@ -136,8 +136,42 @@ def worker_fit_warnings(pools_file: PoolsFile, pools: list[str], services: list[
     return warnings
 
 
+def required_models(job_class: dict[str, Any]) -> tuple[str, list[str]]:
+    """A normalized job class's service and the models it requires
+    (``requirements.models``), sorted: the ``models`` of ``unserved_warnings``."""
+    service = str(job_class.get("service") or "")
+    want = (job_class.get("pos") or {}).get(f"models.{service}")
+    return service, sorted({want} if isinstance(want, str) else set(want or []))
+
+
+def unknown_model_warnings(client: Any, pool: str, service: str,
+                           models: list[str]) -> list[str]:
+    """A warning per model ``service``'s job requires that is neither in the catalog
+    (``capability_router.catalog``) nor had in ``pool`` while a worker of it is live
+    (``emp_models_held``: reported in any tier by a live worker, or offered by a
+    registered profile): no machine can download it and none has it, so the job waits
+    until one that has it starts.
+
+    One round trip (the catalog read) for a job whose models the catalog lists, the
+    usual case; the pool's function (it reads every resident worker of the pool and,
+    for a model none reports, every profile) only for models the catalog lacks, one
+    more. None for a job that requires no model."""
+    if not models:
+        return []
+    listed = client.hmget(MODEL_CATALOG_KEY, models)
+    unlisted = [m for m, raw in zip(models, listed, strict=True) if raw is None]
+    if not unlisted:
+        return []
+    held = QueueFunctions(client, pool).models_held(service, unlisted)
+    return [f"model {m} is not in the model catalog and no live worker of pool {pool} "
+            "has it: the job waits until a worker with that model starts or the "
+            "model is added to the catalog (/api/models)"
+            for m in unlisted if m not in held]
+
+
 def unserved_warnings(client: Any, pool: str, named: bool,
-                      pools_file: PoolsFile | None) -> list[str]:
+                      pools_file: PoolsFile | None,
+                      models: tuple[str, list[str]] = ("", [])) -> list[str]:
     """What the submitter of a job just filed in ``pool`` is warned of; empty when nothing
     is amiss. One rule for every way in (``emp submit`` on stderr, ``POST /api/jobs``'s
     201 ``warnings``, the client socket's ``job_submitted``, the monitor's submit form), so
@@ -150,12 +184,20 @@ def unserved_warnings(client: Any, pool: str, named: bool,
     - a warning when no live worker serves the pool: a typo or a pool removed from the
       file, where the job waits until a worker serving it starts.
 
-    Only such a job costs a lookup (one round trip). Raises what the Redis client raises:
+    - and, for any job, a warning per model it requires (``models``: its service and
+      model names, ``required_models``) that the catalog does not list and the pool
+      does not have (``unknown_model_warnings``).
+
+    Only such a job costs a lookup (two round trips); a job requiring models one more,
+    and one more again when the catalog lacks one of them. Raises what the Redis client raises:
     the job is filed by then, so each caller guards the call and at most notes it."""
-    if not named or (pools_file is not None and pool in pools_file.pools):
-        return []
-    load, _ = read_loads(client, [pool])[pool]
-    return [] if load.live else [unserved_pool_warning(pool, pools_file)]
+    warnings = []
+    if named and (pools_file is None or pool not in pools_file.pools):
+        load, _ = read_loads(client, [pool])[pool]
+        if not load.live:
+            warnings.append(unserved_pool_warning(pool, pools_file))
+    service, names = models
+    return warnings + unknown_model_warnings(client, pool, service, list(names))
 
 
 def known_pools(client: Any, pools_file: PoolsFile | None) -> list[str]:

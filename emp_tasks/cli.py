@@ -89,17 +89,20 @@ def _warn_unknown_pools(profile: Any, pools: list[str], app: Any = None) -> None
         click.echo(warning, err=True)
 
 
-def _warn_unserved_pool(app: Any, pool: str) -> None:
-    """Say on stderr what ``POST /api/jobs`` says in ``warnings`` of a job that names
+def _warn_unserved_pool(app: Any, pool: str, named: bool = True,
+                        models: tuple[str, list[str]] = ("", [])) -> None:
+    """Say on stderr what ``POST /api/jobs`` says in ``warnings`` of a job filed in
     ``pool`` (``pool_view.unserved_warnings``: a typo in ``--pool`` files the job in a new
-    pool, where it waits until a worker serves it). Raises redis errors: the job is filed
-    by then, and ``submit`` says so in one line instead of a traceback."""
+    pool, where it waits until a worker serves it; a model no catalog entry nor live
+    worker has). Raises redis errors: the job is filed by then, and ``submit`` says so in
+    one line instead of a traceback."""
     from capability_router.pool_view import unserved_warnings
     from emp_tasks.connection import get_client
     from emp_tasks.placement import pools_file_in_force
 
     pools_file, _ = pools_file_in_force(app)  # the one the submit was routed with
-    for warning in unserved_warnings(get_client(app.conf.broker_url), pool, True, pools_file):
+    for warning in unserved_warnings(get_client(app.conf.broker_url), pool, named,
+                                     pools_file, models):
         click.echo(f"warning: {warning}", err=True)
 
 
@@ -252,6 +255,8 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     import redis
 
     from capability_router.keys import check_new_pool
+    from capability_router.pool_view import required_models
+    from capability_router.requirements import normalize_requirements
     from emp_tasks.producer import get_job
     from emp_tasks.producer import submit as submit_job
     from emp_tasks.watch import follow_job
@@ -279,19 +284,23 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
     click.echo(result.id)
     # A pool the job names: requirements.pool, as JobSpec reads it, else --pool.
     named_pool = (job_requirements or {}).get("pool") or pool
+    models = required_models(normalize_requirements(job_requirements, service, customer_id))
+    job_pool = named_pool
     try:  # the job is filed: a Redis lost from here on is one line, not a traceback
-        if named_pool:
-            _warn_unserved_pool(app, named_pool)
+        if models[1] and not job_pool:  # the router's pool (or default): where it waits
+            job_pool = get_job(result.id, app=app)["pool"]
+        if job_pool:
+            _warn_unserved_pool(app, job_pool, bool(named_pool), models)
         if no_wait:
             return
         # The router's pool when the job named none; its events are in that pool's streams.
-        job_pool = named_pool or get_job(result.id, app=app)["pool"]
+        job_pool = job_pool or get_job(result.id, app=app)["pool"]
         status, data = follow_job(url, job_pool, result.id, timeout=timeout)
     except redis.RedisError as exc:
         lost = f"Redis stopped answering ({type(exc).__name__}: {exc})"
         if no_wait:  # only the pool's warning is lost
             click.echo(f"note: job {result.id} is filed; {lost}, so whether a live worker "
-                       f"serves pool {named_pool} is not known", err=True)
+                       f"serves pool {job_pool or 'of the job'} is not known", err=True)
             return
         raise click.ClickException(f"job {result.id} is filed, but {lost}; follow it "
                                    f"with: emp job {result.id}") from None

@@ -1825,6 +1825,64 @@ local function emp_claim(keys, args)
   return {1, id, attempt, f[1]}
 end
 
+--[[ emp_models_held
+KEYS[1] config
+ARGV[1] now ms ('' or 0: server time)  ARGV[2] the job's service
+ARGV[3..] model names
+Read-only. Returns the models among ARGV[3..] that the namespace has while
+some worker of it is live (P.."workers" scored past now): one a live worker
+reports in any tier (gpu, ram, disk, remote: P.."residents",
+P.."models:"..worker), or one a registered profile offers for the service
+(caps "models.<service>" in P.."profiles": a worker started with
+WORKER_MODELS reports no residency). A submit warns of the others that the
+catalog does not list. O(residents x models + profiles). ]]
+local function emp_models_held(keys, args)
+  local P = prefix_of(keys[1])
+  local now = now_ms(args[1])
+  local wanted, index = {}, {}
+  for i = 3, #args do
+    wanted[#wanted + 1] = args[i]
+    index[args[i]] = true
+  end
+  local held, found = {}, {}
+  local function hold(model)
+    if index[model] and not found[model] then
+      found[model] = true
+      held[#held + 1] = model
+    end
+  end
+  if #wanted == 0 or redis.call('ZCOUNT', P .. 'workers', now, '+inf') == 0 then
+    return held
+  end
+  for _, worker in ipairs(redis.call('HKEYS', P .. 'residents')) do
+    local until_ms = redis.call('ZSCORE', P .. 'workers', worker)
+    if until_ms and tonumber(until_ms) >= tonumber(now) then
+      local tiers = redis.call('HMGET', P .. 'models:' .. worker, unpack(wanted))
+      for i, tier in ipairs(tiers) do
+        if tier then
+          hold(wanted[i])
+        end
+      end
+    end
+  end
+  if #held < #wanted then
+    local profiles = redis.call('HVALS', P .. 'profiles')
+    for _, text in ipairs(profiles) do
+      local ok, profile = pcall(cjson.decode, text)
+      local offered = ok and type(profile) == 'table' and type(profile.caps) == 'table'
+        and profile.caps['models.' .. args[2]]
+      if type(offered) == 'table' then
+        for _, model in ipairs(offered) do
+          hold(model)
+        end
+      elseif type(offered) == 'string' then
+        hold(offered)
+      end
+    end
+  end
+  return held
+end
+
 --[[ emp_residency
 KEYS[1] config
 ARGV[1] worker id  ARGV[2] now ms ('' or 0: server time)
@@ -2592,3 +2650,5 @@ redis.register_function('emp_renew', emp_renew)
 redis.register_function('emp_sweep', emp_sweep)
 redis.register_function('emp_resubmit', emp_resubmit)
 redis.register_function('emp_residency', emp_residency)
+redis.register_function{function_name = 'emp_models_held', callback = emp_models_held,
+  flags = {'no-writes'}}

@@ -163,7 +163,9 @@ def _schemas(service_names: list[str]) -> dict[str, Any]:
                                "description": "Present when the job was filed but may "
                                               "wait: it names a pool that the pools file "
                                               "does not name and no live worker serves "
-                                              "(it waits until one does). The client "
+                                              "(it waits until one does), or requires "
+                                              "a model the catalog does not list and no "
+                                              "live worker of its pool reports. The client "
                                               "socket's job_submitted answer to a "
                                               "submit_job carries the same."}},
         },

@@ -18,7 +18,7 @@ from capability_router.errors import InvalidJob
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import SERVICE_ALIASES, JobSpec
 from capability_router.keys import DEFAULT_NAMESPACE, NAMESPACES_KEY, Keys, check_job_id
-from capability_router.pool_view import unserved_warnings
+from capability_router.pool_view import required_models, unserved_warnings
 from emp_tasks import placement, producer
 from webapp import job_ids
 from webapp.api import listing, validation
@@ -121,16 +121,18 @@ class Submitted(NamedTuple):
     warnings: list[str]
 
 
-def lookup_warnings(backend: Backend, pool: str, named: bool) -> list[str]:
-    """``pool_view.unserved_warnings`` for a job this API filed, with the pools file
-    routing uses here; a lookup that fails says nothing: the job is filed, and its answer
-    must not turn into a 5xx (a retry would then submit it again)."""
+def lookup_warnings(backend: Backend, pool: str, named: bool,
+                    models: tuple[str, list[str]] = ("", [])) -> list[str]:
+    """``pool_view.unserved_warnings`` for a job this API filed (its service and required
+    ``models``),
+    with the pools file routing uses here; a lookup that fails says nothing: the job is
+    filed, and its answer must not turn into a 5xx (a retry would then submit it again)."""
     router = placement.router_for(backend.celery)
     try:
         return unserved_warnings(backend.redis, pool, named,
-                                 router.pools_file if router is not None else None)
+                                 router.pools_file if router is not None else None, models)
     except Exception:  # noqa: BLE001 - the job is filed: a lookup failing must not 5xx it
-        logger.debug("could not tell whether a live worker serves pool %s", pool,
+        logger.debug("could not tell whether a live worker serves pool %s (or its models)", pool,
                      exc_info=True)
         return []
 
@@ -196,7 +198,8 @@ def submit_body(body: Any, principal: Principal, backend: Backend,
         try:
             job_id = _file(service, body.get("payload"), customer_id, fields, principal,
                            backend, limits, pool, job_class)
-            return Submitted(job_id, pool, lookup_warnings(backend, pool, placed.pool_named))
+            return Submitted(job_id, pool, lookup_warnings(
+                backend, pool, placed.pool_named, required_models(placed.job_class)))
         except Invalid as exc:
             # Another customer took the chosen id between the check and the filing: the
             # job is scoped, as it would have been a moment later (once: the scoped id
