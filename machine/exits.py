@@ -31,12 +31,16 @@ KEPT = 100
 @dataclass(frozen=True)
 class Exit:
     """One unexpected exit: the program, how it ended ("terminated by SIGKILL",
-    "exit status 1") and when it was seen (monotonic seconds). Not when it happened:
-    the line's stamp is supervisord's local time (see ``machine.handback.cutoff_ms``)."""
+    "exit status 1"), when it was seen (``at``, monotonic seconds) and the epoch time
+    it was read (``wall``: supervisord's output is followed live, so after the process
+    died and before the next one could claim, which takes its start, registration and
+    a first ask). Not the line's stamp: that is supervisord's local time, hours off
+    when its time zone is not the machine's, an hour across a DST change."""
 
     program: str
     how: str
     at: float
+    wall: float
 
 
 class ExitLog:
@@ -56,7 +60,7 @@ class ExitLog:
         match = EXIT_LINE.search(text)
         if match is None or match["name"] not in self._seen:
             return None
-        found = Exit(match["name"], match["how"], time.monotonic())
+        found = Exit(match["name"], match["how"], time.monotonic(), time.time())
         with self._lock:
             self._new.append(found)
             self._seen[found.program].append(found)

@@ -18,7 +18,6 @@ process's last moments may be left to its lease.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -50,18 +49,17 @@ def hand_back_jobs(client: redis.Redis, worker_id: str, before_ms: int,
     return handed
 
 
-def cutoff_ms(client: redis.Redis, info: Mapping[str, Any]) -> int:
-    """The Redis-clock cutoff for the jobs of a program's dead processes, from its
-    supervisord process ``info`` (``getProcessInfo``): the start of its current process
-    when one runs, else its last exit. These are epoch seconds: the stamp of
-    supervisord's exit line was its local time, hours off when its time zone was not the
-    machine's and an hour off across a DST change. Whole seconds, rounded down, so the
-    cutoff errs early: a job claimed in the dead process's last moments may be left to
-    its lease."""
-    start, stop = int(info.get("start") or 0), int(info.get("stop") or 0)
-    running = info.get("statename") in ("STARTING", "RUNNING") and start >= stop
+def cutoff_ms(client: redis.Redis, exit_read_at: float) -> int:
+    """The Redis-clock cutoff for a dead process's jobs: when the machine read its exit
+    line (``Exit.wall``, epoch seconds, with milliseconds), by the offset of the two
+    clocks (this host's read after Redis's, so it errs towards an earlier cutoff).
+
+    Not supervisord's stamps: its exit line's is its local time (hours off in another
+    time zone, an hour across a DST change), and ``getProcessInfo``'s epoch ``start``
+    and ``stop`` are whole seconds, which left a job claimed in the process's last
+    second to its lease (a worker killed right after it claimed)."""
     offset_ms = redis_now_ms(client) - int(time.time() * 1000)
-    return (start if running else stop) * 1000 + offset_ms
+    return int(exit_read_at * 1000) + offset_ms
 
 
 def _before(assigned_at: str | None, before_ms: int) -> bool:

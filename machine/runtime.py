@@ -272,15 +272,12 @@ class MachineRuntime:
     def _hand_back(self, exited: Exit, worker_id: str) -> None:
         """Requeue the jobs ``worker_id``'s dead process held (``hand_back_jobs``).
 
-        The cutoff is the start of the program's next process, or its last exit while
-        none runs, in supervisord's epoch seconds (``cutoff_ms``): after the process
-        died, before the next one claims (it claims nothing before it has started,
-        registered and asked). It is turned into Redis's clock, which stamps
-        ``assigned_at``, by the offset of the two clocks read there (this host's read
-        after Redis's, so the offset errs towards an earlier cutoff, never a later one).
+        The cutoff is when the machine read the exit line (``cutoff_ms``): after the
+        process died, before the next one claims (it claims nothing before it has
+        started, registered and asked), on Redis's clock, which stamps ``assigned_at``.
         """
         name = exited.program
-        before_ms = cutoff_ms(self.redis, self.supervisord.client.process(name))
+        before_ms = cutoff_ms(self.redis, exited.wall)
         jobs = hand_back_jobs(self.redis, worker_id, before_ms,
                               f"worker process exited ({exited.how})")
         if jobs:

@@ -67,7 +67,11 @@ def test_the_cutoff_does_not_depend_on_supervisords_time_zone(
     time stamp of the exit line read as the machine's local time: hours off, so the dead
     process's job was left to its lease (or, the other way, the next process's jobs were
     taken from it). Now it comes from supervisord's epoch stamps (``getProcessInfo``), so
-    only the dead process's job goes back whatever either side's time zone."""
+    only the dead process's job goes back whatever either side's time zone. (It now
+    comes from when the machine read the exit line, epoch time with milliseconds: the
+    epoch stamps of ``getProcessInfo``, which a first form of this fix used, are whole
+    seconds and left a job claimed in the dead process's last second to its lease,
+    ``test_machine_worker_exits``.)"""
     zone = "Asia/Tokyo" if time.localtime().tm_gmtoff <= -3 * 3600 else "America/Sao_Paulo"
     files = RunFiles.in_dir(tmp_path)
     worker = ProgramSpec("sim-0", "worker", "simulation", ["sleep", "600"],
@@ -89,7 +93,7 @@ def test_the_cutoff_does_not_depend_on_supervisords_time_zone(
             0, dead_pid) and info["statename"] == "RUNNING", message="the next process")
         time.sleep(1.1)  # the next process claims long after it started
         running_job(client, "j-next", "box")
-        before_ms = cutoff_ms(client, supervisord.client.process("sim-0"))
+        before_ms = cutoff_ms(client, exited[0].wall)
         assert hand_back_jobs(client, "box-w", before_ms, REASON) == ["j-dead"], zone
         assert job(client, "j-next")["status"] == "in_progress"
     finally:
