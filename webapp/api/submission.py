@@ -124,9 +124,9 @@ class Submitted(NamedTuple):
 def lookup_warnings(backend: Backend, pool: str, named: bool,
                     models: tuple[str, list[str]] = ("", [])) -> list[str]:
     """``pool_view.unserved_warnings`` for a job this API filed (its service and required
-    ``models``),
-    with the pools file routing uses here; a lookup that fails says nothing: the job is
-    filed, and its answer must not turn into a 5xx (a retry would then submit it again)."""
+    ``models``), with the pools file routing uses here; a lookup that fails says nothing:
+    the job is filed, and its answer must not turn into a 5xx (a retry would then submit it
+    again)."""
     router = placement.router_for(backend.celery)
     try:
         return unserved_warnings(backend.redis, pool, named,
