@@ -12,7 +12,10 @@ Keys (outside any pool's hash tag, like ``emp:namespaces``):
   emp:worker:<id>          HASH   worker_id, machine_id, hostname, pools,
                                   profile (JSON), jobs (JSON), status (idle,
                                   busy, service_unhealthy), status_reason,
-                                  started_at, last_seen; expires after ``ttl_ms``
+                                  started_at, last_seen, lease_ms (the worker's
+                                  lease: it heartbeats every third of it; absent
+                                  in records of older workers); expires after
+                                  ``ttl_ms``
   emp:system:events        STREAM worker_status events (online, offline,
                                   service_unhealthy, service_healthy), their
                                   ``timestamp`` on Redis' clock
@@ -69,12 +72,14 @@ class WorkerRegistry:
 
     def heartbeat(
         self, profile: dict[str, Any], pools: list[str], jobs: list[str], ttl_ms: int,
-        first: bool = False, unhealthy: str | None = None,
+        first: bool = False, unhealthy: str | None = None, lease_ms: int | None = None,
     ) -> None:
         """Record that the worker is alive, holding ``jobs``; ``first`` announces it.
 
         ``unhealthy`` is why the worker's service cannot take jobs (its claim
         gate is closed): the status is then ``service_unhealthy`` with that reason.
+        ``lease_ms``, the worker's lease, is kept so the monitor judges its silence by
+        its own heartbeat cadence, not the monitor's ``EMP_LEASE_SECONDS``.
         """
         worker_id = profile["worker_id"]
         # Redis' clock, as the queue's functions and every reader of these scores use: a
@@ -91,6 +96,8 @@ class WorkerRegistry:
         }
         if first:
             fields["started_at"] = now
+        if lease_ms is not None:
+            fields["lease_ms"] = int(lease_ms)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(worker_key(worker_id), mapping=fields)
             pipe.pexpire(worker_key(worker_id), ttl_ms)
@@ -145,7 +152,7 @@ class WorkerRegistry:
                 continue
             for name in ("pools", "profile", "jobs"):
                 record[name] = json.loads(record.get(name) or "null")
-            for name in ("last_seen", "started_at"):
+            for name in ("last_seen", "started_at", "lease_ms"):
                 if record.get(name):
                     record[name] = int(record[name])
             live.append(record)

@@ -466,7 +466,8 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         try:
             WorkerRegistry(self.sync_client).heartbeat(
                 self.worker.as_dict(), sorted(self._registered_queues), jobs,
-                ttl_ms=self.lease_ms * 3, first=not self._announced, unhealthy=self.unhealthy)
+                ttl_ms=self.lease_ms * 3, first=not self._announced, unhealthy=self.unhealthy,
+                lease_ms=self.lease_ms)
             self._announced = True
         except redis.RedisError:
             logger.debug("heartbeat failed; the next renewal retries", exc_info=True)

@@ -5,6 +5,7 @@ Every name has a default; ``conf/emp.env.example`` lists them all.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -56,21 +57,57 @@ def _pairs(text: str | None) -> dict[str, str]:
     return out
 
 
-#: An origin as browsers send it: scheme, host, optional port; no path, no trailing slash.
-_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+#: An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets),
+#: optional port; no path, no trailing slash.
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(:[0-9]{1,5})?")
+
+
+def browser_ipv6(address: str) -> str | None:
+    """``address`` as browsers write an IPv6 host (the URL Standard's serializer: lowercase
+    hex, no leading zeros, the first longest run of two or more zero pieces as ``::``, no
+    dotted IPv4 tail); None if it is not an IPv6 address."""
+    try:
+        packed = ipaddress.IPv6Address(address).packed
+    except ValueError:
+        return None
+    pieces = [int.from_bytes(packed[i:i + 2], "big") for i in range(0, 16, 2)]
+    start, length = -1, 1
+    for i in range(8):
+        run = next((j for j in range(i, 8) if pieces[j]), 8) - i
+        if run > length:
+            start, length = i, run
+    hexes = [f"{piece:x}" for piece in pieces]
+    if start < 0:
+        return ":".join(hexes)
+    return ":".join(hexes[:start]) + "::" + ":".join(hexes[start + length:])
 
 
 def parse_origins(text: str | None) -> list[str]:
-    """``EMP_CORS_ORIGINS`` (``"https://a.example,http://localhost:5173"`` or ``*``) -> the
+    """``EMP_CORS_ORIGINS`` (``"https://a.example,http://[::1]:5173"`` or ``*``) -> the
     origins; ValueError naming an item that no browser would send as its Origin (a path,
-    a trailing slash: it would never match, and CORS would stay off without a word)."""
+    a trailing slash, an IPv6 host written otherwise than browsers write it: it would
+    never match, and CORS would stay off without a word)."""
     origins = [item.strip() for item in (text or "").split(",") if item.strip()]
     if "*" in origins and len(origins) > 1:
         raise ValueError("EMP_CORS_ORIGINS: '*' allows every origin; give it alone")
     for origin in origins:
-        if origin != "*" and not _ORIGIN.fullmatch(origin):
+        if origin == "*":
+            continue
+        match = _ORIGIN.fullmatch(origin)
+        if not match:
             raise ValueError(f"EMP_CORS_ORIGINS {origin!r} is not an origin: "
                              "scheme://host[:port], no path or trailing slash")
+        address = match.group("ipv6")
+        if address is None:
+            continue
+        written = browser_ipv6(address)
+        if written is None:
+            raise ValueError(f"EMP_CORS_ORIGINS {origin!r} is not an origin: "
+                             f"{address!r} is not an IPv6 address")
+        if written != address.lower():
+            start, end = match.span("ipv6")
+            raise ValueError(f"EMP_CORS_ORIGINS {origin!r} would never match: browsers send "
+                             f"it as {origin[:start] + written + origin[end:]!r}")
     return origins
 
 

@@ -6,10 +6,13 @@ with ``serializer="pickle"`` against workers that accept JSON only."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from celery.exceptions import NotRegistered
 from kombu.exceptions import ContentDisallowed
 
+from capability_router.functions import QueueFunctions
 from capability_router.jobspec import HEADER
 from conftest import wait_for
 from emp_tasks.job_types import job_type
@@ -94,35 +97,41 @@ def test_a_message_the_worker_cannot_decode_fails_its_job_saying_why(app, start_
 
 
 @pytest.mark.timeout(120)
-def test_a_message_whose_body_is_not_base64_fails_its_job_saying_why(app, start_worker) -> None:
-    """Tried: an ``emp.echo`` message filed through the EMP transport whose properties say
-    ``body_encoding: base64`` but whose body is not base64 (a producer writing kombu's
-    format by hand). kombu fails building the message (binascii.Error), before Celery's
-    decode-error handler (``FailUndecodable``) sees it. Before the fix that error escaped
-    the worker's event loop: the worker ended ("Unrecoverable error: Error('Incorrect
-    padding')") with the job ``assigned`` to it (still so 20 s later), so each worker that
-    claimed it again after its lease would die the same way. Now the job fails saying
-    the worker could not decode the message, its FAILURE is stored, and the worker goes
-    on serving."""
+def test_a_message_whose_body_is_not_base64_fails_its_job_saying_why(app, client,
+                                                                    start_worker) -> None:
+    """Tried: an ``emp.echo`` message in kombu's format written by hand, as a producer in
+    another language does, whose properties say ``body_encoding: base64`` but whose body
+    is not base64, filed with the queue library's enqueue (``FCALL emp_enqueue``, as the
+    transport files every job). kombu's own ``Producer.publish`` cannot write such a body:
+    the channel base64-encodes every body it publishes. kombu fails building the message
+    (binascii.Error), before Celery's decode-error handler (``FailUndecodable``) sees it.
+    Before the fix that error escaped the worker's event loop: the worker ended
+    ("Unrecoverable error: Error('Incorrect padding')") with the job ``assigned`` to it
+    (still so 20 s later), so each worker that claimed it again after its lease would die
+    the same way. Now the job fails saying the worker could not decode the message, its
+    FAILURE is stored, and the worker goes on serving."""
     start_worker("w1")
-    spec = job_type(app, "emp.echo").job_spec(None, {}, {}).header()
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        message = channel.prepare_message(
-            '[[], {"x": 1}, {}]', content_type="application/json", content_encoding="utf-8",
-            headers={"task": "emp.echo", "id": "not-base64-1", HEADER: spec})
-        channel._inplace_augment_message(message, "", "default")
-        message["properties"]["body_encoding"] = "base64"
-        message["body"] = "this is *not* base64!"
-        channel._put("default", message)
-    wait_for(lambda: get_job("not-base64-1", app=app)["status"] != "pending", timeout=30,
+    job_id = "not-base64-1"
+    message = {  # kombu's envelope, as kombu.transport.virtual stores a message
+        "body": "this is *not* base64!", "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": "emp.echo", "id": job_id, "root_id": job_id,
+                    "retries": 0, "eta": None, "expires": None},
+        "properties": {"correlation_id": job_id, "delivery_mode": 2, "priority": 0,
+                       "body_encoding": "base64",
+                       "delivery_info": {"exchange": "", "routing_key": "default"}},
+    }
+    spec = job_type(app, "emp.echo").job_spec(None, {}, {})
+    outcome, _ = QueueFunctions(client, "default").enqueue(job_id, spec, json.dumps(message))
+    assert outcome == "queued"
+    wait_for(lambda: get_job(job_id, app=app)["status"] != "pending", timeout=30,
              message="the job to be claimed")
-    wait_for(lambda: get_job("not-base64-1", app=app)["status"] in ("failed", "completed"),
-             timeout=20, message=f"{get_job('not-base64-1', app=app)}")
-    record = get_job("not-base64-1", app=app)
+    wait_for(lambda: get_job(job_id, app=app)["status"] in ("failed", "completed"),
+             timeout=20, message=f"{get_job(job_id, app=app)}")
+    record = get_job(job_id, app=app)
     assert record["status"] == "failed", record
     assert "could not decode the message" in record["last_error"], record
     assert "base64" in record["last_error"], record
     with pytest.raises(Exception, match="(?i)base64|padding|invalid"):
-        app.AsyncResult("not-base64-1").get(timeout=30)
+        app.AsyncResult(job_id).get(timeout=30)
     assert app.send_task("emp.echo", kwargs={"x": 2}).get(timeout=30)["echo"] == {"x": 2}

@@ -78,3 +78,55 @@ def test_a_killed_worker_beside_live_ones_reads_silent_on_the_machines_page(
     assert status == {"alive": "idle", "dead": "silent"}, status
     assert box["stale"] is False and box["healthy"] is False
     assert "dead" in box["health_reason"] and "heartbeat" in box["health_reason"]
+
+
+def test_each_worker_is_judged_silent_by_its_own_lease(
+        start_worker: Callable[..., Any], start_server: Callable[..., Any],
+        client: redis.Redis) -> None:
+    """Tried: a monitor with a 3 s lease reading a worker started with a 15 s one (it
+    heartbeats every 5 s) and one with a 2 s lease, SIGKILLed. Before: the monitor judged
+    both by its own lease, so the healthy 15 s worker read "silent" on the Machines and
+    Queue pages for the last 2 s of every heartbeat gap, and the dead 2 s worker read
+    "idle" until its heartbeat was 3 s old. Now each is judged by the lease its record
+    carries: the 15 s worker stays idle however old its heartbeat within its lease, the
+    killed 2 s one reads silent a lease after its last heartbeat; a record without a
+    lease (a worker from before it was recorded) is judged by the monitor's."""
+    monitor = start_server("monitor", EMP_LEASE_SECONDS=LEASE)
+    # A record as a worker from before ``lease_ms`` wrote it, one heartbeat and no more:
+    # judged by the monitor's lease.
+    registry = WorkerRegistry(client)
+    registry.heartbeat({"worker_id": "old", "machine_id": "box-2", "services": ["simulation"]},
+                       ["default"], [], ttl_ms=60_000, first=True)
+    start_worker("steady", MACHINE_ID="box-2", EMP_LEASE_SECONDS="15")
+    quick = start_worker("quick", MACHINE_ID="box-2", EMP_LEASE_SECONDS="2")
+    assert "lease_ms" not in next(r for r in registry.workers() if r["worker_id"] == "old")
+
+    def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        page = requests.get(monitor.base + "/emp/api/machines?view=page", timeout=10).json()
+        (box,) = [m for m in page["machines"] if m["machine_id"] == "box-2"]
+        queue = requests.get(monitor.base + "/emp/api/queue", timeout=10).json()
+        return {w["worker_id"]: w for w in box["workers"]}, queue["workers"]
+
+    # Read the pages once the steady worker's heartbeat is over the monitor's lease old
+    # (by Redis' clock, before reading) and the pages show that same heartbeat.
+    def steady_heartbeat_old() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        seen = next(r["last_seen"] for r in WorkerRegistry(client).workers()
+                    if r["worker_id"] == "steady")
+        if redis_now_ms(client) - seen <= float(LEASE) * 1000 + 200:
+            return None
+        workers, counts = read()
+        return (workers, counts) if workers["steady"]["last_seen"] == seen else None
+
+    workers, counts = wait_for(steady_heartbeat_old, timeout=15, every=0.2,
+                               message="a heartbeat of the 15 s worker over 3 s old")
+    assert workers["steady"]["status"] == "idle", workers["steady"]
+    assert workers["old"]["status"] == "silent", workers["old"]  # older than steady's
+    assert counts["silent"] == 1 and counts["idle"] == 2, counts
+
+    quick.kill()
+    seen = next(r["last_seen"] for r in registry.workers() if r["worker_id"] == "quick")
+    wait_for(lambda: redis_now_ms(client) - seen > 2200, timeout=10, message="2.2 s of silence")
+    workers, counts = read()
+    assert workers["quick"]["status"] == "silent", workers["quick"]
+    assert workers["steady"]["status"] == "idle", workers["steady"]
+    assert counts["silent"] == 2 and counts["idle"] == 1, counts

@@ -10,6 +10,8 @@ WebSockets are not subject to CORS (``webapp.api.sockets``).
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask
 from flask_cors import CORS
 
@@ -22,10 +24,20 @@ EXPOSE_HEADERS = ["Retry-After", "Idempotent-Replayed", "WWW-Authenticate"]
 MAX_AGE = 600
 
 
+def _exact(origin: str) -> str | re.Pattern[str]:
+    """``origin`` as flask-cors matches it exactly. flask-cors reads a string holding
+    brackets as a regular expression, where an IPv6 host's ``[::1]`` is a character
+    class: that origin would never match (and ``http://1`` would)."""
+    if "[" not in origin:
+        return origin
+    return re.compile(re.escape(origin) + r"\Z", re.IGNORECASE)
+
+
 def init_app(app: Flask, origins: list[str]) -> None:
     """CORS headers on ``app``'s answers to ``origins`` (``["*"]``: any); none when empty."""
     if not origins:
         return
-    CORS(app, origins="*" if origins == ["*"] else origins, send_wildcard=origins == ["*"],
+    CORS(app, origins="*" if origins == ["*"] else [_exact(origin) for origin in origins],
+         send_wildcard=origins == ["*"],
          methods=METHODS, allow_headers=ALLOW_HEADERS, expose_headers=EXPOSE_HEADERS,
          supports_credentials=False, max_age=MAX_AGE, vary_header=True)

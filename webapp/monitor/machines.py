@@ -91,7 +91,7 @@ def _worker_view(program: dict[str, Any] | None, record: dict[str, Any] | None,
     status = "not_registered" if record is None else ("busy" if jobs else "idle")
     if record is not None and record.get("status") == "service_unhealthy":
         status = "service_unhealthy"  # claims nothing until its service answers
-    if record is not None and silent(record.get("last_seen"), now):
+    if record is not None and silent(record, now):
         status = "silent"
     profile = (record or {}).get("profile")
     return {
@@ -186,10 +186,11 @@ def _machine_view(machine_id: str, record: dict[str, Any] | None,
         else float(record["uptime_seconds"]),
         "ended_at": record.get("ended_at"),
         "reason": record.get("reason") or None,
-        # Workers only: stale once their newest heartbeat is a lease old (they beat every
-        # third of one), well before their records expire: the rule each worker is judged by.
+        # Workers only: stale once each is silent (its newest heartbeat one of its own
+        # leases old: it beats every third of one), well before their records expire.
         "stale": not ended and bool(last_report) and (
-            now - int(last_report) > stale_ms if record else silent(last_report, now)),
+            now - int(last_report) > stale_ms if record
+            else all(silent(w, now) for w in workers)),
         "gpu_source": record.get("gpu_source") or None,
         "gpus": gpus,
         "gpu_count": len(gpus),

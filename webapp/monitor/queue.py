@@ -121,7 +121,7 @@ def live_workers(client: redis.Redis, pools: list[str]) -> tuple[
     now_ms = redis_now_ms(client)  # the clock heartbeats are stamped with
     for record in WorkerRegistry(client).workers():
         status = record.get("status")
-        if silent(record.get("last_seen"), now_ms):
+        if silent(record, now_ms):
             counts["silent"] += 1
             continue
         if status == "service_unhealthy":
