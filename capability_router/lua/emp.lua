@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '25'
+local VERSION = '26'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -373,8 +373,10 @@ local function refresh_family(P, fsig)
 end
 
 -- Keeps P.."heads" and the family's index equal to the best score of each
--- non-empty class.
-local function refresh_head(P, csig, fsig)
+-- non-empty class. ``others`` (optional, with ``fsig``): the best score among
+-- the family's other classes (false: it has none), read by the caller, so the
+-- family's head is known without reading the family again.
+local function refresh_head(P, csig, fsig, others)
   fsig = fsig or family_of(P, csig)
   local head = redis.call('ZRANGE', P .. 'pending:' .. csig, '0', '0', 'WITHSCORES')
   if head[1] then
@@ -388,7 +390,17 @@ local function refresh_head(P, csig, fsig)
       redis.call('ZREM', P .. 'fam:' .. fsig, csig)
     end
   end
-  if fsig then
+  if fsig and others ~= nil then
+    local best = head[2]
+    if others and (not best or tonumber(others) < tonumber(best)) then
+      best = others
+    end
+    if best then
+      redis.call('ZADD', P .. 'fheads', best, fsig)
+    else
+      redis.call('ZREM', P .. 'fheads', fsig)
+    end
+  elseif fsig then
     refresh_family(P, fsig)
   end
 end
@@ -520,7 +532,9 @@ end
 -- At submit: an idle worker that has the family's models warm is woken
 -- first, so it, not a cold worker, comes for the job. True when one was.
 local function wake_warm(P, fsig, now)
-  if redis.call('HLEN', P .. 'residents') == 0 or not config(P).affinity then
+  -- (config ``affinity`` alone: the whole config is 14 fields)
+  if redis.call('HLEN', P .. 'residents') == 0
+      or redis.call('HGET', P .. 'config', 'affinity') == '0' then
     return false
   end
   local models = models_of_family(P, fsig, redis.call('HGET', P .. 'family-models', fsig))
@@ -620,10 +634,15 @@ local function unindex_pending(P, fk, id)
   redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
 end
 
-local function file_pending(P, id, csig, score, now)
+-- ``fsig`` (optional): the class's family as ensure_class returned it (false:
+-- none), not read again.
+local function file_pending(P, id, csig, score, now, fsig)
   redis.call('ZADD', P .. 'pending:' .. csig, score, id)
   redis.call('ZADD', P .. 'heads', 'LT', score, csig)
-  local fsig = family_of(P, csig)
+  if fsig == nil then
+    fsig = family_of(P, csig)
+  end
+  fsig = fsig or nil
   if fsig then
     redis.call('ZADD', P .. 'fam:' .. fsig, 'LT', score, csig)
     redis.call('ZADD', P .. 'fheads', 'LT', score, fsig)
@@ -644,13 +663,21 @@ end
 
 -- Files a class (and its family, linked to the live profiles offering its
 -- service) unless known. Costs O(profiles of the service) for a new family,
--- O(1) otherwise.
+-- O(1) otherwise. Returns the class's family as file_pending's ``fsig`` would
+-- find it: its P.."class-family" entry, false for a class filed without one.
+-- A class has that entry from its filing to its drop (both made and removed
+-- together), so the known class of almost every submit costs one HGET, which
+-- file_pending then need not repeat.
 local function ensure_class(P, csig, class_json, fsig, family_json)
+  local known = family_of(P, csig)
+  if known then
+    return known
+  end
   if fsig == nil or fsig == '' then
     fsig, family_json = csig, class_json
   end
   if redis.call('HSETNX', P .. 'classes', csig, class_json) == 0 then
-    return
+    return false
   end
   redis.call('HSET', P .. 'class-family', csig, fsig)
   local class = cjson.decode(class_json)
@@ -659,7 +686,7 @@ local function ensure_class(P, csig, class_json, fsig, family_json)
   end
   redis.call('HINCRBY', P .. 'family-classes', fsig, '1')
   if redis.call('HSETNX', P .. 'families', fsig, family_json) == 0 then
-    return
+    return fsig
   end
   local family = cjson.decode(family_json)
   local psigs = redis.call('SMEMBERS', P .. 'service-profiles:' .. family.service)
@@ -672,6 +699,7 @@ local function ensure_class(P, csig, class_json, fsig, family_json)
       end
     end
   end
+  return fsig
 end
 
 -- A family with no live class: gone, with its compatibility entries.
@@ -844,14 +872,43 @@ local function learn_duration(P, key, units, started, now)
   end
 end
 
+-- The record fields end_job reads, in its order (a caller that reads the record
+-- anyway, through fence, reads them with it: ``ended``).
+local END_FIELDS = {'workflow_id', 'current_step', 'total_steps', 'customer_id', 'status',
+  'class', 'predicted_ms'}
+
+-- fence's fields (status, attempts, then ``extra``) and END_FIELDS in one read:
+-- the fenced fields, and END_FIELDS' values for end_job (nil when refused).
+local function fence_to_end(jk, attempt, ...)
+  local names = {...}
+  local skip = 2 + #names
+  for _, name in ipairs(END_FIELDS) do
+    names[#names + 1] = name
+  end
+  local f, refused = fence(jk, attempt, unpack(names))
+  if not f then
+    return nil, refused
+  end
+  local ended = {}
+  for i = 1, #END_FIELDS do
+    ended[i] = f[skip + i]
+  end
+  return f, ended
+end
+
 -- Ends a job: terminal status and its fields, lease released, the record and
 -- its event stream set to expire after the retention, the event appended.
-local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw)
+-- ``ended`` (optional): END_FIELDS as fence_to_end read them; ``drop``
+-- (optional): the record fields to remove, when the caller read which are
+-- there (none: no call), else ``preparing``.
+local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw, ended, drop)
   local cfg = event_config(P)
-  local f = redis.call('HMGET', jk, 'workflow_id', 'current_step', 'total_steps',
-    'customer_id', 'status', 'class', 'predicted_ms')
+  local f = ended or redis.call('HMGET', jk, unpack(END_FIELDS))
   redis.call('HSET', jk, 'status', status, unpack(fields))
-  redis.call('HDEL', jk, 'preparing')
+  drop = drop or {'preparing'}
+  if #drop > 0 then
+    redis.call('HDEL', jk, unpack(drop))
+  end
   index_status(P, id, f[5], status, now)
   if not TERMINAL[f[5]] then
     class_job_ended(P, f[6])
@@ -867,16 +924,22 @@ end
 -- can serve (``ck``: its compatibility set). Walks heads in order (membership checked 64, then 256 at a time);
 -- when the profile serves few classes compared with the heads that remain,
 -- looks up the head score of each compatible class instead.
--- Cost: O(classes), never O(jobs).
+-- Cost: O(classes), never O(jobs). Also returns, when found on the first page,
+-- the head's score and that page (names and scores, read with it: prefer_scarce
+-- needs them), else nil.
 local function pick_class(ck, heads_key)
-  local heads = redis.call('ZRANGE', heads_key, '0', '63')
-  if #heads == 0 then
+  local page = redis.call('ZRANGE', heads_key, '0', '63', 'WITHSCORES')
+  if #page == 0 then
     return nil
+  end
+  local heads = {}
+  for i = 1, #page, 2 do
+    heads[#heads + 1] = page[i]
   end
   local hit = redis.call('SMISMEMBER', ck, unpack(heads))
   for i, yes in ipairs(hit) do
     if yes == 1 then
-      return heads[i]
+      return heads[i], page[2 * i], page
     end
   end
   if #heads < 64 then
@@ -935,8 +998,11 @@ end
 -- in between are skipped, not counted: 16 of them hid the scarce family).
 local SCARCE_FAMILIES, SCARCE_PAGE, SCARCE_PAGES = 16, 64, 4
 
-local function prefer_scarce(P, ck, best, now, cfg)
-  local head = tonumber(redis.call('ZSCORE', P .. 'fheads', best))
+-- ``best_score`` and ``first`` (optional): best's score and pick_class's page of
+-- P.."fheads" (names and scores from rank 0), so that neither is read again: the
+-- window's first page is taken from ``first`` when ``first`` holds all of it.
+local function prefer_scarce(P, ck, best, now, cfg, best_score, first)
+  local head = tonumber(best_score or redis.call('ZSCORE', P .. 'fheads', best))
   if not head or cfg.fair_window <= 0 then
     return best
   end
@@ -948,8 +1014,28 @@ local function prefer_scarce(P, ck, best, now, cfg)
   local to = string.format('%.0f', (band + cfg.fair_window + 1) * 1e13 - 1)
   local chosen, fewest = best, nil
   local weighed = 0
+  local top = tonumber(to)
   for page = 0, SCARCE_PAGES - 1 do
-    local near = redis.call('ZRANGE', P .. 'fheads', from, to, 'BYSCORE',
+    local near
+    if page == 0 and first then
+      -- ``first`` is fheads from rank 0 in order: the window (scores head..to)
+      -- is a run of it, whole when ``first`` is all of fheads or goes past ``to``.
+      near = {}
+      for i = 1, #first, 2 do
+        local sc = tonumber(first[i + 1])
+        if sc > top then
+          break
+        end
+        if sc >= head and #near < SCARCE_PAGE then
+          near[#near + 1] = first[i]
+        end
+      end
+      local last = tonumber(first[#first])
+      if #first >= 2 * SCARCE_PAGE and last <= top then
+        near = nil  -- the window may go on past the page: read it
+      end
+    end
+    near = near or redis.call('ZRANGE', P .. 'fheads', from, to, 'BYSCORE',
       'LIMIT', int(page * SCARCE_PAGE), int(SCARCE_PAGE))
     if #near == 0 or (page == 0 and #near == 1) then
       break  -- (one family in the window: nothing to weigh, no call made)
@@ -1599,7 +1685,7 @@ local function emp_enqueue(keys, args)
   if token and redis.call('GET', keys[5]) == token then
     return {'fenced'}
   end
-  ensure_class(P, csig, class_json, args[9], args[10])
+  local fsig = ensure_class(P, csig, class_json, args[9], args[10])
   redis.call('HINCRBY', P .. 'live', csig, '1')
   redis.call('HSET', jk, 'job_id', id, 'class', csig, 'score', score,
     'status', 'pending', 'attempts', '0', 'retries', '0', 'created_at', now,
@@ -1648,7 +1734,7 @@ local function emp_enqueue(keys, args)
     redis.call('ZADD', P .. 'delayed', args[5], id)
     data.run_at = due
   else
-    file_pending(P, id, csig, score, now)
+    file_pending(P, id, csig, score, now, fsig)
   end
   emit(P, cfg, id, 'job_submitted', data, now, true, routing and 'routing', routing)
   emit_workflow(P, cfg, id, 'job_submitted', wf, now)
@@ -1736,27 +1822,30 @@ local function emp_claim(keys, args)
     if restricted then
       return pick_restricted(P, compat, restricted)
     end
-    local fsig = pick_class(compat, P .. 'fheads')
+    local fsig, head, page = pick_class(compat, P .. 'fheads')
     if fsig then
       local top = fsig
-      fsig = prefer_scarce(P, compat, fsig, tonumber(now), cfg)
+      fsig = prefer_scarce(P, compat, fsig, tonumber(now), cfg, head, page)
       if affinity then
         fsig, deferred = warm_first(P, compat, top, fsig, worker, tonumber(now), cfg)
         if not fsig then
           return nil
         end
       end
-      return redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '0')[1], fsig
+      -- The family's best class, and the score of the next (false: none), from
+      -- which the family's head follows once the claim has popped a job.
+      local two = redis.call('ZRANGE', P .. 'fam:' .. fsig, '0', '1', 'WITHSCORES')
+      return two[1], fsig, two[4] or false
     end
     return nil
   end
-  local best, family = pick()
+  local best, family, next_head = pick()
   if not best and not swept then
     -- Picking again helps only when housekeeping filed jobs.
     local moved = housekeep(P, now, '50')
     redis.call('HSET', keys[1], 'swept_at', now)
     if moved > 0 then
-      best, family = pick()
+      best, family, next_head = pick()
     end
   end
   if not best then
@@ -1784,7 +1873,7 @@ local function emp_claim(keys, args)
   end
   local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
   unindex_pending(P, family or best, id)
-  refresh_head(P, best, family)
+  refresh_head(P, best, family, next_head)
   if args[6] == '1' then
     redis.call('ZREM', keys[4], member)
   end
@@ -1792,14 +1881,23 @@ local function emp_claim(keys, args)
   -- When the job entered pending (submit, retry, requeue); read before
   -- index_status moves it.
   local entered = redis.call('ZSCORE', P .. 'status:pending', id)
-  local attempt = redis.call('HINCRBY', jk, 'attempts', '1')
+  -- One read of the record for the attempt count and what the reply and the
+  -- wait need; the count is written with the rest (HINCRBY's check kept for a
+  -- value that is no integer).
+  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms',
+    'attempts')
+  local attempt = f[5] or '0'
+  if string.match(attempt, '^%-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') then
+    attempt = tonumber(attempt) + 1
+  else
+    attempt = redis.call('HINCRBY', jk, 'attempts', '1')
+  end
   local deadline = int(now + args[3])
   redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
-    'assigned_at', now, 'lease_until', deadline)
+    'assigned_at', now, 'lease_until', deadline, 'attempts', int(attempt))
   index_status(P, id, 'pending', 'assigned', now)
   redis.call('ZADD', P .. 'leases', deadline, id)
   emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)
-  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms')
   -- A resident's expected end of this job, for warm-first delays elsewhere.
   if affinity and redis.call('HEXISTS', P .. 'residents', worker) == 1 then
     if tonumber(f[4]) then
@@ -1977,7 +2075,7 @@ Returns 'ok', or the job's status when this attempt may not run. ]]
 local function emp_start(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f, refused = fence(keys[2], attempt, 'worker_id')
+  local f, refused = fence(keys[2], attempt, 'worker_id', 'preparing')
   if not f then
     return refused
   end
@@ -1986,7 +2084,9 @@ local function emp_start(keys, args)
     local machine = args[5] or ''
     redis.call('HSET', keys[2], 'status', 'in_progress', 'started_at', now, 'hostname', args[3],
       'machine_id', machine)
-    redis.call('HDEL', keys[2], 'preparing')
+    if f[4] then
+      redis.call('HDEL', keys[2], 'preparing')
+    end
     index_status(P, id, 'assigned', 'in_progress', now)
     -- A worker outside a machine has no machine id: left out of the event, not ''.
     emit(P, event_config(P), id, 'job_started', {worker_id = f[3], attempt = tonumber(f[2]),
@@ -2057,18 +2157,25 @@ routing accuracy. Returns 'ok', or the status that refused the completion
 local function emp_complete(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f, refused = fence(keys[2], attempt, 'worker_id', 'duration_key', 'work_units',
-    'started_at', 'assigned_at', 'routing', 'predicted_ms')
+  local f, ended = fence_to_end(keys[2], attempt, 'worker_id', 'duration_key', 'work_units',
+    'started_at', 'assigned_at', 'routing', 'predicted_ms', 'preparing', 'last_error')
   if not f then
-    return refused
+    return ended
   end
   local now = now_ms(args[4])
   learn_duration(P, f[4], f[5], f[6], tonumber(now) - math.max(0, tonumber(args[5]) or 0))
-  -- An earlier attempt's error would contradict 'completed'; the job's events keep it.
-  redis.call('HDEL', keys[2], 'last_error')
+  -- An earlier attempt's error would contradict 'completed'; the job's events keep
+  -- it. It and ``preparing`` are removed (by end_job) when there.
+  local drop = {}
+  if f[10] then
+    drop[#drop + 1] = 'preparing'
+  end
+  if f[11] then
+    drop[#drop + 1] = 'last_error'
+  end
   end_job(P, keys[2], id, 'completed', {'completed_at', now, 'result', args[3], 'progress', '100'},
     'complete_job', {worker_id = f[3], attempt = tonumber(f[2])}, now,
-    'result', '{"status":"success","data":' .. args[3] .. '}')
+    'result', '{"status":"success","data":' .. args[3] .. '}', ended, drop)
   observe(P, now, completion_counts(P, tonumber(now), f[6], f[7], f[8], f[9]), -1)
   return 'ok'
 end
@@ -2080,13 +2187,14 @@ Returns 'ok', or the status that refused the failure (fencing). ]]
 local function emp_fail(keys, args)
   local P = prefix_of(keys[1])
   local id, attempt = args[1], args[2]
-  local f, refused = fence(keys[2], attempt, 'worker_id')
+  local f, ended = fence_to_end(keys[2], attempt, 'worker_id', 'preparing')
   if not f then
-    return refused
+    return ended
   end
   local now = now_ms(args[4])
   end_job(P, keys[2], id, 'failed', {'failed_at', now, 'last_error', args[3]}, 'job_failed',
-    {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now)
+    {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now, nil, nil, ended,
+    f[4] and {'preparing'} or {})
   observe(P, now, {failed = 1}, -1)
   return 'ok'
 end

@@ -94,3 +94,27 @@ def test_families_the_worker_cannot_serve_do_not_hide_the_scarce_one(
                                          requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
     queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
     assert big_claims(queue, big, 2, T0 + 1_000) == ["big-1", "small-0"]
+
+
+def test_the_scarce_family_past_the_first_page_of_families_is_found(
+        queue: QueueFunctions) -> None:
+    """Tried: a priority-60 job of another service (an upscaler the GPU workers do not
+    run), a small priority-60 job, 70 more priority-60 upscaler families (one job each),
+    then a priority-55 job only the big worker can run. The claim reads the first 64
+    families to pick its best (the small one, second); release 26 takes the fairness
+    window's first page from them instead of reading it again, which is the whole window
+    only when the page ends past it. Tried with that check left out: the window seemed to
+    end within the page (63 families from the small one on, fewer than a page of 64) and the
+    big worker took small-0; the scarce family, the 73rd, is found when it is read on."""
+    big = gpu_worker("big", 80)
+    upscaler = WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]})
+    for profile in (gpu_worker("s1", 8), big, upscaler):
+        queue.register_worker(profile)
+    queue.enqueue("up-first", JobSpec(service="upscale", priority=60,
+                                      requirements={"scale": 100}), "{}", now_ms=T0 - 1)
+    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
+    for n in range(70):
+        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=60,
+                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
+    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    assert big_claims(queue, big, 2, T0 + 1_000) == ["big-1", "small-0"]
