@@ -132,12 +132,14 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
 
 
 def _default_limits() -> CustomerLimits:
+    """``EMP_LIMIT_*``, each at least 0 as in ``EMP_CUSTOMER_LIMITS``: a burst of -1 refused
+    every submission, a negative rate meant none."""
     return CustomerLimits(
-        rate=defaults.env_float("EMP_LIMIT_RATE", RATE),
-        burst=defaults.env_int("EMP_LIMIT_BURST", BURST),
-        pending=defaults.env_int("EMP_LIMIT_PENDING", PENDING),
-        classes=defaults.env_int("EMP_LIMIT_CLASSES", CLASSES),
-        sockets=defaults.env_int("EMP_LIMIT_SOCKETS", SOCKETS),
+        rate=defaults.env_at_least("EMP_LIMIT_RATE", RATE, 0),
+        burst=defaults.env_at_least("EMP_LIMIT_BURST", BURST, 0, int),
+        pending=defaults.env_at_least("EMP_LIMIT_PENDING", PENDING, 0, int),
+        classes=defaults.env_at_least("EMP_LIMIT_CLASSES", CLASSES, 0, int),
+        sockets=defaults.env_at_least("EMP_LIMIT_SOCKETS", SOCKETS, 0, int),
     )
 
 
@@ -198,10 +200,14 @@ class WebSettings:
             customer_limits=parse_limits(defaults.env("EMP_CUSTOMER_LIMITS"), default_limits),
             customer_tokens=_pairs(defaults.env("EMP_API_TOKENS")),
             admin_tokens={t for t in admin if t},
-            max_body_bytes=defaults.env_int("EMP_MAX_BODY_BYTES", MAX_BODY_BYTES),
-            threads=defaults.env_int("EMP_WEB_THREADS", WEB_THREADS),
-            api_processes=defaults.env_int("EMP_API_PROCESSES", API_PROCESSES),
-            api_connections=defaults.env_int("EMP_API_CONNECTIONS", API_CONNECTIONS),
+            # At least 1 each: 0 processes bound the port and answered nothing, 0
+            # connections fell back to a thread per WebSocket, a 0-byte body limit
+            # refused every POST, 0 threads failed the webhook service's boot.
+            max_body_bytes=defaults.env_at_least("EMP_MAX_BODY_BYTES", MAX_BODY_BYTES, 1, int),
+            threads=defaults.env_at_least("EMP_WEB_THREADS", WEB_THREADS, 1, int),
+            api_processes=defaults.env_at_least("EMP_API_PROCESSES", API_PROCESSES, 1, int),
+            api_connections=defaults.env_at_least("EMP_API_CONNECTIONS", API_CONNECTIONS, 1,
+                                                  int),
             idempotency_seconds=defaults.env_int("EMP_IDEMPOTENCY_SECONDS", IDEMPOTENCY_SECONDS),
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
             metrics_public=(defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
