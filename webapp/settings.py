@@ -127,20 +127,32 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
             if number < 0 or not math.isfinite(number):
                 raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {name} must be >= 0")
             values[name] = number
-        out[customer.strip()] = replace(out.get(customer.strip(), default), **values)
+        limits = replace(out.get(customer.strip(), default), **values)
+        if limits.rate > 0 and limits.burst < 1:
+            raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: burst must be at least 1 "
+                             "under a rate (0 turns the rate limit off): a bucket of 0 "
+                             "refuses every submission")
+        out[customer.strip()] = limits
     return out
 
 
 def _default_limits() -> CustomerLimits:
-    """``EMP_LIMIT_*``, each at least 0 as in ``EMP_CUSTOMER_LIMITS``: a burst of -1 refused
-    every submission, a negative rate meant none."""
-    return CustomerLimits(
+    """``EMP_LIMIT_*``, each at least 0 as in ``EMP_CUSTOMER_LIMITS``, and a burst of at
+    least 1 under a rate: a burst below 1 refused every submission, a negative rate
+    meant none."""
+    limits = CustomerLimits(
         rate=defaults.env_at_least("EMP_LIMIT_RATE", RATE, 0),
         burst=defaults.env_at_least("EMP_LIMIT_BURST", BURST, 0, int),
         pending=defaults.env_at_least("EMP_LIMIT_PENDING", PENDING, 0, int),
         classes=defaults.env_at_least("EMP_LIMIT_CLASSES", CLASSES, 0, int),
         sockets=defaults.env_at_least("EMP_LIMIT_SOCKETS", SOCKETS, 0, int),
     )
+    if limits.rate > 0 and limits.burst < 1:  # the bucket would never hold a whole token
+        raise defaults.SettingError(
+            f"EMP_LIMIT_BURST must be at least 1 while EMP_LIMIT_RATE is above 0 (set "
+            f"EMP_LIMIT_RATE=0 for no rate limit), got {limits.burst}: every submission "
+            "would be refused")
+    return limits
 
 
 @dataclass

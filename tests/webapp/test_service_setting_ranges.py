@@ -121,3 +121,22 @@ def test_a_setting_read_as_the_service_loads_is_one_line(command, name, value) -
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"Error: {name} must be "), \
         done.stderr
+
+
+def test_a_burst_of_0_under_a_rate_is_refused_not_every_submission(monkeypatch) -> None:
+    """Tried: ``EMP_LIMIT_BURST=0 emp api`` with a customer token, two submissions a second
+    apart. Before, both got 429 "over this customer's submission rate (50/s, burst 0)",
+    as would every later one (the bucket never holds a whole token), although 0 means
+    "no limit" for every other limit; an ``EMP_CUSTOMER_LIMITS`` ``burst=0`` did the same
+    to that customer. Now both are refused at start, naming the setting."""
+    from webapp.settings import CustomerLimits, parse_limits
+
+    monkeypatch.setenv("EMP_LIMIT_BURST", "0")
+    with pytest.raises(ValueError, match="^EMP_LIMIT_BURST must be at least 1 .*"
+                                         "EMP_LIMIT_RATE"):
+        WebSettings.from_env()
+    monkeypatch.setenv("EMP_LIMIT_RATE", "0")  # no rate limit: the burst does not matter
+    assert WebSettings.from_env().default_limits.burst == 0
+    with pytest.raises(ValueError, match="EMP_CUSTOMER_LIMITS item 'acme:burst=0'"):
+        parse_limits("acme:burst=0", CustomerLimits())
+    assert parse_limits("acme:rate=0,burst=0", CustomerLimits())["acme"].burst == 0
