@@ -7,6 +7,7 @@ would be circular.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,3 +50,16 @@ def env_float(name: str, default: float) -> float:
     """``name`` as a number, ``default`` when unset; a malformed value raises ValueError
     naming the variable."""
     return env_number(name, default, float, "a number")
+
+
+def env_at_least(name: str, default: float, low: float, convert: Callable[[Any], _N] = float,
+                 *, above: bool = False) -> _N:
+    """``name`` as a finite number of at least ``low`` (above it with ``above``), ``default``
+    when unset; anything else raises SettingError naming the variable. For counts and
+    durations a service only misbehaves on later (a 0 s lease, 0 processes)."""
+    value = env_number(name, default, convert, "an integer" if convert is int else "a number")
+    if value != value or value in (math.inf, -math.inf) or value < low or (
+            above and value == low):
+        raise SettingError(f"{name} must be {'above' if above else 'at least'} {low:g}, "
+                           f"got {env(name)!r}")
+    return value

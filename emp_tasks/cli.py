@@ -118,12 +118,14 @@ def _start_refusal(exc: BaseException) -> str:
 
 
 class EmpGroup(click.Group):
-    """The ``emp`` group: a broken ``EMP_CELERY_CONFIG`` is one line, not a traceback."""
+    """The ``emp`` group: a broken ``EMP_CELERY_CONFIG``, or a setting a command's modules
+    read as they are imported (``EMP_GREEN_REDIS_CONNECTIONS=abc`` for ``emp api``,
+    ``EMP_METRICS_MAX_FAMILIES=0`` for ``emp monitor``), is one line, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except defaults.CeleryConfigError as exc:
+        except (defaults.CeleryConfigError, defaults.SettingError) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -150,6 +152,19 @@ def _at_least(low: float) -> Callable[[click.Context, click.Parameter, Any], Any
                                      param_hint=hint)
         return value
     return check
+
+
+def _port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """A click callback refusing a port outside 0-65535 (0: any free one), naming its
+    variable when it came from the environment: gunicorn answered 70000 with a traceback,
+    and Flower listened on 70000 - 65536 = 4464 without a word."""
+    if value is not None and not 0 <= value <= 65535:
+        hint = None
+        if ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT:
+            hint = str(getattr(param, "envvar", None) or param.name)
+        raise click.BadParameter(f"must be a port, 0-65535, got {value}", ctx, param,
+                                 param_hint=hint)
+    return value
 
 
 @main.command()
@@ -376,7 +391,8 @@ def _check_web_settings(webhooks: bool = False) -> None:
 
 @main.command()
 @click.option("--host", envvar="EMP_API_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="EMP_API_PORT", type=int, default=3331, show_default=True)
+@click.option("--port", envvar="EMP_API_PORT", type=int, default=3331, show_default=True,
+              callback=_port)
 @click.pass_obj
 def api(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the API server (REST, OpenAPI, WebSockets) under gunicorn."""
@@ -397,7 +413,8 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
 
 @main.command()
 @click.option("--host", envvar="EMP_WEBHOOK_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="EMP_WEBHOOK_PORT", type=int, default=3332, show_default=True)
+@click.option("--port", envvar="EMP_WEBHOOK_PORT", type=int, default=3332, show_default=True,
+              callback=_port)
 @click.pass_obj
 def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
     """Run the webhook service: registrations API and durable signed delivery."""
@@ -413,7 +430,7 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 @click.option("--host", "address", envvar="EMP_MONITOR_HOST",
               help="Address to listen on (env EMP_MONITOR_HOST; else Flower's --address/"
                    "FLOWER_ADDRESS; else 127.0.0.1).")
-@click.option("--port", envvar="EMP_MONITOR_PORT", type=int,
+@click.option("--port", envvar="EMP_MONITOR_PORT", type=int, callback=_port,
               help="Port (env EMP_MONITOR_PORT; else Flower's --port/FLOWER_PORT; else 3333).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj

@@ -6,7 +6,14 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from capability_router.env import env, env_float, env_int, env_number
+from capability_router.env import (  # noqa: F401 - re-exported
+    SettingError,
+    env,
+    env_at_least,
+    env_float,
+    env_int,
+    env_number,
+)
 
 #: Port of the Redis ``emp up`` starts: fixed, so every shell can find it, and not 6379, so
 #: jobs never land quietly in some other program's Redis.
@@ -75,7 +82,7 @@ def env_positive(name: str, default: float, convert: Callable[[Any], _N] = float
     unset; anything else raises ValueError naming the variable."""
     value = env_number(name, default, convert, "an integer" if convert is int else "a number")
     if not 0 < value < math.inf:  # also refuses NaN
-        raise ValueError(f"{name} must be a positive {'integer' if convert is int else 'number'}"
+        raise SettingError(f"{name} must be a positive {'integer' if convert is int else 'number'}"
                          f", got {env(name)!r}")
     return value
 

@@ -12,7 +12,8 @@ Environment (defaults in brackets):
   scrapers on purpose (the name the other services use).
 - ``EMP_MACHINE_RUN_DIR`` [``./.emp/machine-<id>``]: supervisord config, socket, logs.
 - ``EMP_MACHINE_REPORT_SECONDS`` [10]: status report period (also the reaper's).
-- ``EMP_MACHINE_STALE_SECONDS`` [3 x report period]: a machine silent this long is gone.
+- ``EMP_MACHINE_STALE_SECONDS`` [3 x report period]: a machine silent this long is gone;
+  it must be longer than the report period.
 - ``EMP_MACHINE_POLL_SECONDS`` [1]: how often supervisor's process states are read;
   a change is reported at once.
 - ``EMP_MACHINE_RETENTION_SECONDS`` [86400]: how long an offline or gone machine's
@@ -151,6 +152,12 @@ class MachineSettings:
         self.run_dir = Path(self.run_dir).resolve()
         if self.stale_seconds is None:
             self.stale_seconds = STALE_REPORTS * self.report_seconds
+        elif not self.stale_seconds > self.report_seconds:
+            # Machines sharing the setting would mark each other gone between reports.
+            raise MachineError(f"EMP_MACHINE_STALE_SECONDS ({self.stale_seconds:g}) must be "
+                               f"longer than EMP_MACHINE_REPORT_SECONDS "
+                               f"({self.report_seconds:g}): a machine silent that long "
+                               "between two reports would be marked gone, its jobs requeued")
 
     @classmethod
     def from_env(cls, **overrides: object) -> MachineSettings:

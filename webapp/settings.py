@@ -164,18 +164,32 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
             if number < 0 or not math.isfinite(number):
                 raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {name} must be >= 0")
             values[name] = number
-        out[customer.strip()] = replace(out.get(customer.strip(), default), **values)
+        limits = replace(out.get(customer.strip(), default), **values)
+        if limits.rate > 0 and limits.burst < 1:
+            raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: burst must be at least 1 "
+                             "under a rate (0 turns the rate limit off): a bucket of 0 "
+                             "refuses every submission")
+        out[customer.strip()] = limits
     return out
 
 
 def _default_limits() -> CustomerLimits:
-    return CustomerLimits(
-        rate=defaults.env_float("EMP_LIMIT_RATE", RATE),
-        burst=defaults.env_int("EMP_LIMIT_BURST", BURST),
-        pending=defaults.env_int("EMP_LIMIT_PENDING", PENDING),
-        classes=defaults.env_int("EMP_LIMIT_CLASSES", CLASSES),
-        sockets=defaults.env_int("EMP_LIMIT_SOCKETS", SOCKETS),
+    """``EMP_LIMIT_*``, each at least 0 as in ``EMP_CUSTOMER_LIMITS``, and a burst of at
+    least 1 under a rate: a burst below 1 refused every submission, a negative rate
+    meant none."""
+    limits = CustomerLimits(
+        rate=defaults.env_at_least("EMP_LIMIT_RATE", RATE, 0),
+        burst=defaults.env_at_least("EMP_LIMIT_BURST", BURST, 0, int),
+        pending=defaults.env_at_least("EMP_LIMIT_PENDING", PENDING, 0, int),
+        classes=defaults.env_at_least("EMP_LIMIT_CLASSES", CLASSES, 0, int),
+        sockets=defaults.env_at_least("EMP_LIMIT_SOCKETS", SOCKETS, 0, int),
     )
+    if limits.rate > 0 and limits.burst < 1:  # the bucket would never hold a whole token
+        raise defaults.SettingError(
+            f"EMP_LIMIT_BURST must be at least 1 while EMP_LIMIT_RATE is above 0 (set "
+            f"EMP_LIMIT_RATE=0 for no rate limit), got {limits.burst}: every submission "
+            "would be refused")
+    return limits
 
 
 @dataclass
@@ -235,10 +249,14 @@ class WebSettings:
             customer_limits=parse_limits(defaults.env("EMP_CUSTOMER_LIMITS"), default_limits),
             customer_tokens=_pairs(defaults.env("EMP_API_TOKENS")),
             admin_tokens={t for t in admin if t},
-            max_body_bytes=defaults.env_int("EMP_MAX_BODY_BYTES", MAX_BODY_BYTES),
-            threads=defaults.env_int("EMP_WEB_THREADS", WEB_THREADS),
-            api_processes=defaults.env_int("EMP_API_PROCESSES", API_PROCESSES),
-            api_connections=defaults.env_int("EMP_API_CONNECTIONS", API_CONNECTIONS),
+            # At least 1 each: 0 processes bound the port and answered nothing, 0
+            # connections fell back to a thread per WebSocket, a 0-byte body limit
+            # refused every POST, 0 threads failed the webhook service's boot.
+            max_body_bytes=defaults.env_at_least("EMP_MAX_BODY_BYTES", MAX_BODY_BYTES, 1, int),
+            threads=defaults.env_at_least("EMP_WEB_THREADS", WEB_THREADS, 1, int),
+            api_processes=defaults.env_at_least("EMP_API_PROCESSES", API_PROCESSES, 1, int),
+            api_connections=defaults.env_at_least("EMP_API_CONNECTIONS", API_CONNECTIONS, 1,
+                                                  int),
             idempotency_seconds=defaults.env_int("EMP_IDEMPOTENCY_SECONDS", IDEMPOTENCY_SECONDS),
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
             metrics_public=(defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()

@@ -19,7 +19,7 @@ def positive(name: str, default: float, kind: str) -> float | int:
     else:
         value = defaults.env_float(name, default)
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be {kind}, got {defaults.env(name)!r}")
+        raise defaults.SettingError(f"{name} must be {kind}, got {defaults.env(name)!r}")
     return value
 
 

@@ -61,6 +61,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     from webapp.backend import Backend
     from webapp.monitor import metrics, quiet
     from webapp.monitor.app import EmpMonitor
+    from webapp.monitor.live import backlog_limit
     from webapp.monitor.state import MonitorState
 
     options = flower_options(argv, port, address)
@@ -73,6 +74,7 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     metrics.register(url, outage=state.outage)  # a scrape shares the handlers' outage
     metrics.bound_flower_senders()
     metrics.pools_file()  # read now: a broken edit later keeps this version, as routing does
+    backlog_limit()  # read now: a bad EMP_SSE_BACKLOG stops the start, not every stream
     capp = create_celery_app(url)
     # Flower's /api/task/result reads Celery's result backend, which waits 120 s on a hung
     # Redis (Celery's default); the monitor's other Redis calls give up after 5 s.

@@ -48,8 +48,9 @@ _ids = count(1)
 
 
 def backlog_limit() -> int:
-    """Messages a stream may queue unwritten before it is dropped (``EMP_SSE_BACKLOG``)."""
-    return max(1, defaults.env_int("EMP_SSE_BACKLOG", SUBSCRIPTION_BACKLOG))
+    """Messages a stream may queue unwritten before it is dropped (``EMP_SSE_BACKLOG``, at
+    least 1; the monitor reads it at start, so a bad one stops it there, not each stream)."""
+    return defaults.env_at_least("EMP_SSE_BACKLOG", SUBSCRIPTION_BACKLOG, 1, int)
 
 
 class StreamSink:

@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from emp_tasks.defaults import env, env_float, env_int
+from emp_tasks.defaults import env, env_at_least
 
 #: Attempts of a delivery answered with a non-transient error (``EMP_WEBHOOK_MAX_ATTEMPTS``).
 MAX_ATTEMPTS = 3
@@ -61,6 +61,16 @@ CLAIM_IDLE_SECONDS = 60.0
 CONSUMER_LEASE_SECONDS = 10.0
 #: Consumer group on every event stream.
 GROUP = "emp-webhooks"
+
+
+def _count(name: str, default: int) -> int:
+    """A count or a number of ms that must be at least 1."""
+    return env_at_least(name, default, 1, int)
+
+
+def _seconds(name: str, default: float) -> float:
+    """A number of seconds that must be above 0."""
+    return env_at_least(name, default, 0, above=True)
 
 
 def _flag(name: str) -> bool:
@@ -118,11 +128,12 @@ class WebhookConfig:
 
     @classmethod
     def from_env(cls) -> WebhookConfig:
-        """Read every ``EMP_WEBHOOK_*`` variable; malformed values raise ValueError."""
-        timeout = env_float("EMP_WEBHOOK_TIMEOUT_SECONDS", TIMEOUT_SECONDS)
-        lease = env_float("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10)
-        if timeout <= 0:
-            raise ValueError(f"EMP_WEBHOOK_TIMEOUT_SECONDS must be above 0, got {timeout:g}")
+        """Read every ``EMP_WEBHOOK_*`` variable; a malformed value, or one the service
+        cannot work with (a 0 s consumer lease failed every read of the event log, a nan
+        timeout killed each dispatcher), raises ValueError naming it. The retry settings
+        have the bounds of a hook's own ``retry_config``."""
+        timeout = env_at_least("EMP_WEBHOOK_TIMEOUT_SECONDS", TIMEOUT_SECONDS, 0, above=True)
+        lease = env_at_least("EMP_WEBHOOK_LEASE_SECONDS", timeout + 10, 0, above=True)
         if lease <= timeout:
             # A lease that ends mid-request lets a second dispatcher send the same delivery
             # beside the first: duplicates at once, and the hook's order lost.
@@ -130,28 +141,30 @@ class WebhookConfig:
                              f"EMP_WEBHOOK_TIMEOUT_SECONDS ({timeout:g}): a dispatcher owns "
                              "a hook for the lease while its request lasts up to the timeout")
         return cls(
-            max_attempts=env_int("EMP_WEBHOOK_MAX_ATTEMPTS", MAX_ATTEMPTS),
-            initial_delay_ms=env_int("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
-            backoff_multiplier=env_float("EMP_WEBHOOK_BACKOFF_MULTIPLIER", BACKOFF_MULTIPLIER),
-            max_delay_ms=env_int("EMP_WEBHOOK_MAX_DELAY_MS", MAX_DELAY_MS),
-            give_up_after_ms=env_int("EMP_WEBHOOK_GIVE_UP_AFTER_MS", GIVE_UP_AFTER_MS),
-            disconnect_after=env_int("EMP_WEBHOOK_DISCONNECT_AFTER", DISCONNECT_AFTER),
-            reconnect_seconds=env_float("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
-            progress_interval_ms=env_int("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", PROGRESS_INTERVAL_MS),
+            max_attempts=_count("EMP_WEBHOOK_MAX_ATTEMPTS", MAX_ATTEMPTS),
+            initial_delay_ms=_count("EMP_WEBHOOK_INITIAL_DELAY_MS", INITIAL_DELAY_MS),
+            backoff_multiplier=env_at_least("EMP_WEBHOOK_BACKOFF_MULTIPLIER",
+                                            BACKOFF_MULTIPLIER, 1),
+            max_delay_ms=_count("EMP_WEBHOOK_MAX_DELAY_MS", MAX_DELAY_MS),
+            give_up_after_ms=_count("EMP_WEBHOOK_GIVE_UP_AFTER_MS", GIVE_UP_AFTER_MS),
+            disconnect_after=_count("EMP_WEBHOOK_DISCONNECT_AFTER", DISCONNECT_AFTER),
+            reconnect_seconds=_seconds("EMP_WEBHOOK_RECONNECT_SECONDS", RECONNECT_SECONDS),
+            progress_interval_ms=env_at_least("EMP_WEBHOOK_PROGRESS_INTERVAL_MS",
+                                              PROGRESS_INTERVAL_MS, 0, int),
             timeout_seconds=timeout,
-            secret_overlap_seconds=env_float("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS",
-                                             SECRET_OVERLAP_SECONDS),
+            secret_overlap_seconds=env_at_least("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS",
+                                                SECRET_OVERLAP_SECONDS, 0),
             lease_seconds=lease,
-            max_backlog=env_int("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
-            history_per_hook=env_int("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),
-            history_seconds=env_float("EMP_WEBHOOK_HISTORY_SECONDS", HISTORY_SECONDS),
-            recent_max=env_int("EMP_WEBHOOK_RECENT", RECENT_MAX),
-            dispatchers=max(1, env_int("EMP_WEBHOOK_DISPATCHERS", DISPATCHERS)),
-            namespace_refresh_seconds=env_float("EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS",
-                                                NAMESPACE_REFRESH_SECONDS),
-            claim_idle_seconds=env_float("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", CLAIM_IDLE_SECONDS),
-            consumer_lease_seconds=env_float("EMP_WEBHOOK_CONSUMER_LEASE_SECONDS",
-                                             CONSUMER_LEASE_SECONDS),
+            max_backlog=_count("EMP_WEBHOOK_MAX_BACKLOG", MAX_BACKLOG),
+            history_per_hook=_count("EMP_WEBHOOK_HISTORY", HISTORY_PER_HOOK),
+            history_seconds=_seconds("EMP_WEBHOOK_HISTORY_SECONDS", HISTORY_SECONDS),
+            recent_max=_count("EMP_WEBHOOK_RECENT", RECENT_MAX),
+            dispatchers=_count("EMP_WEBHOOK_DISPATCHERS", DISPATCHERS),
+            namespace_refresh_seconds=_seconds("EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS",
+                                               NAMESPACE_REFRESH_SECONDS),
+            claim_idle_seconds=_seconds("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", CLAIM_IDLE_SECONDS),
+            consumer_lease_seconds=_seconds("EMP_WEBHOOK_CONSUMER_LEASE_SECONDS",
+                                            CONSUMER_LEASE_SECONDS),
             allow_private=_flag("EMP_WEBHOOK_ALLOW_PRIVATE"),
             allowed_networks=parse_networks(env("EMP_WEBHOOK_ALLOWED_NETWORKS")),
             instance=env("EMP_WEBHOOK_INSTANCE") or socket.gethostname() or f"pid{os.getpid()}",

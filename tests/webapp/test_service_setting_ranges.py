@@ -1,0 +1,142 @@
+"""Numbers the web services cannot work with stop them at start, naming the variable.
+
+Each case was tried against a running system (``emp api``/``emp webhooks``/``emp monitor``
+on a Redis of its own); what happened before the fix is in each test's docstring.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.emp_tasks.test_cli import run
+from webapp.settings import WebSettings
+from webapp.webhooks.config import WebhookConfig
+
+#: No Redis answers here: every refusal below comes before the first connection.
+NO_REDIS = {"EMP_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("EMP_WEBHOOK_CONSUMER_LEASE_SECONDS", "0"),
+    ("EMP_WEBHOOK_TIMEOUT_SECONDS", "nan"),
+    ("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", "-1"),
+    ("EMP_WEBHOOK_NAMESPACE_REFRESH_SECONDS", "0"),
+    ("EMP_WEBHOOK_DISPATCHERS", "0"),
+    ("EMP_WEBHOOK_MAX_ATTEMPTS", "0"),
+    ("EMP_WEBHOOK_BACKOFF_MULTIPLIER", "nan"),
+    ("EMP_WEBHOOK_INITIAL_DELAY_MS", "-5"),
+    ("EMP_WEBHOOK_MAX_DELAY_MS", "-1"),
+    ("EMP_WEBHOOK_GIVE_UP_AFTER_MS", "0"),
+    ("EMP_WEBHOOK_DISCONNECT_AFTER", "0"),
+    ("EMP_WEBHOOK_RECONNECT_SECONDS", "-1"),
+    ("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", "-1"),
+    ("EMP_WEBHOOK_MAX_BACKLOG", "0"),
+    ("EMP_WEBHOOK_SECRET_OVERLAP_SECONDS", "-1"),
+    ("EMP_WEBHOOK_HISTORY", "-1"),
+    ("EMP_WEBHOOK_HISTORY_SECONDS", "0"),
+    ("EMP_WEBHOOK_RECENT", "-1"),
+])
+def test_a_webhook_number_it_cannot_work_with_is_refused_naming_it(monkeypatch, name,
+                                                                   value) -> None:
+    """Tried: ``emp webhooks`` with each value. Before, every one started: a 0 s consumer
+    lease made the event reader fail every poll ("invalid expire time in 'set' command",
+    a traceback a second) and nan as timeout killed each dispatcher thread ("cannot
+    convert float NaN to integer"): the service answered its API and delivered nothing.
+    0 dispatchers silently became 1; the others were taken as they came."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} must be "):
+        WebhookConfig.from_env()
+
+
+def test_webhook_zeros_that_mean_something_are_kept(monkeypatch) -> None:
+    """0 ms between progress events (each sent) and 0 s secret overlap (the old secret
+    stops at once) are meaningful: still accepted."""
+    for name in ("EMP_WEBHOOK_PROGRESS_INTERVAL_MS", "EMP_WEBHOOK_SECRET_OVERLAP_SECONDS"):
+        monkeypatch.setenv(name, "0")
+    config = WebhookConfig.from_env()
+    assert (config.progress_interval_ms, config.secret_overlap_seconds) == (0, 0)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("EMP_API_PROCESSES", "0"),
+    ("EMP_API_PROCESSES", "-2"),
+    ("EMP_API_CONNECTIONS", "0"),
+    ("EMP_WEB_THREADS", "0"),
+    ("EMP_MAX_BODY_BYTES", "0"),
+    ("EMP_MAX_BODY_BYTES", "-5"),
+    ("EMP_LIMIT_RATE", "-1"),
+    ("EMP_LIMIT_RATE", "nan"),
+    ("EMP_LIMIT_BURST", "-1"),
+    ("EMP_LIMIT_PENDING", "-1"),
+    ("EMP_LIMIT_CLASSES", "-1"),
+    ("EMP_LIMIT_SOCKETS", "-3"),
+])
+def test_a_web_number_it_cannot_work_with_is_refused_naming_it(monkeypatch, name,
+                                                               value) -> None:
+    """Tried: ``emp api`` with each value. Before: 0 processes bound the port and never
+    answered (a request hung 22 s); -2 stopped with gunicorn's "Value must be positive: -2"
+    naming nothing; 0 connections silently ran the threaded worker (a thread per
+    WebSocket); a 0 or negative body limit answered every POST 413; a burst of -1
+    refused every submission as over the rate, and a negative rate meant no limit
+    (EMP_CUSTOMER_LIMITS refuses both)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} must be "):
+        WebSettings.from_env()
+
+
+def test_api_with_no_processes_stops_at_start_with_one_line() -> None:
+    """Tried: ``EMP_API_PROCESSES=0 emp api``. Before, it started, bound its port and no
+    request was ever answered."""
+    done = run("api", "--port", "1", env={**NO_REDIS, "EMP_API_PROCESSES": "0"}, timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "Error: EMP_API_PROCESSES must be "), done.stderr
+
+
+@pytest.mark.parametrize("command, name", [
+    ("api", "EMP_API_PORT"), ("webhooks", "EMP_WEBHOOK_PORT"), ("monitor", "EMP_MONITOR_PORT"),
+])
+def test_a_port_out_of_range_stops_the_service_naming_it(command, name) -> None:
+    """Tried: each service with its port variable at 70000. Before, the API and the webhook
+    service stopped with a 58-line gunicorn traceback ("bind(): port must be 0-65535"),
+    and the monitor started on port 4464 (70000 - 65536) saying so."""
+    done = run(command, env={**NO_REDIS, name: "70000"}, timeout=20)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert name in last and "70000" in last, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command, name, value", [
+    ("api", "EMP_GREEN_REDIS_CONNECTIONS", "abc"),
+    ("monitor", "EMP_METRICS_MAX_FAMILIES", "0"),
+    ("monitor", "EMP_METRICS_MAX_FAMILIES", "abc"),
+])
+def test_a_setting_read_as_the_service_loads_is_one_line(command, name, value) -> None:
+    """Tried: each value. Before, the service stopped with a traceback of 44-50 lines
+    (the setting is read when its module is imported, inside the command), its last
+    line naming the variable."""
+    done = run(command, "--port", "1", env={**NO_REDIS, name: value}, timeout=20)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"Error: {name} must be "), \
+        done.stderr
+
+
+def test_a_burst_of_0_under_a_rate_is_refused_not_every_submission(monkeypatch) -> None:
+    """Tried: ``EMP_LIMIT_BURST=0 emp api`` with a customer token, two submissions a second
+    apart. Before, both got 429 "over this customer's submission rate (50/s, burst 0)",
+    as would every later one (the bucket never holds a whole token), although 0 means
+    "no limit" for every other limit; an ``EMP_CUSTOMER_LIMITS`` ``burst=0`` did the same
+    to that customer. Now both are refused at start, naming the setting."""
+    from webapp.settings import CustomerLimits, parse_limits
+
+    monkeypatch.setenv("EMP_LIMIT_BURST", "0")
+    with pytest.raises(ValueError, match="^EMP_LIMIT_BURST must be at least 1 .*"
+                                         "EMP_LIMIT_RATE"):
+        WebSettings.from_env()
+    monkeypatch.setenv("EMP_LIMIT_RATE", "0")  # no rate limit: the burst does not matter
+    assert WebSettings.from_env().default_limits.burst == 0
+    with pytest.raises(ValueError, match="EMP_CUSTOMER_LIMITS item 'acme:burst=0'"):
+        parse_limits("acme:burst=0", CustomerLimits())
+    assert parse_limits("acme:rate=0,burst=0", CustomerLimits())["acme"].burst == 0
