@@ -186,17 +186,22 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.command} exited: {self.log()}")
+                raise RuntimeError(f"{self.command} exited: {self.log_tail()}")
             try:
                 if requests.get(self.base + "/health", timeout=1).status_code == 200:
                     return self
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or listening but still loading (slow under load)
             time.sleep(0.1)
-        raise TimeoutError(f"{self.command} did not answer /health: {self.log()}")
+        raise TimeoutError(f"{self.command} did not answer /health: {self.log_tail()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        """The whole log: a count or a "not in" over a tail would miss earlier lines."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The log's end, for an error message."""
+        return self.log()[-chars:]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

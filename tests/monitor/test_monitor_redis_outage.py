@@ -172,9 +172,7 @@ def test_flower_says_once_per_outage_that_it_cannot_enable_events(
     could hang in kombu's publish retry, logging nothing (the test then proved nothing);
     a refused connection fails every try within kombu's connect timeout."""
     monitor = start_server("monitor", FLOWER_LOGGING="debug")
-
-    def log() -> str:  # all of it: ``monitor.log()`` is its last 4,000 characters
-        return monitor.log_path.read_text(errors="replace")
+    log = monitor.log
 
     deadline = time.monotonic() + 15
     while "Capturing events" not in log():
