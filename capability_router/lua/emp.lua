@@ -1882,12 +1882,13 @@ local function emp_claim(keys, args)
   -- index_status moves it.
   local entered = redis.call('ZSCORE', P .. 'status:pending', id)
   -- One read of the record for the attempt count and what the reply and the
-  -- wait need; the count is written with the rest (HINCRBY's check kept for a
-  -- value that is no integer).
+  -- wait need; the count is written with the rest. Counted here only in the form
+  -- HINCRBY accepts ('0', or up to 9 digits without a leading 0 or '+'); any
+  -- other value is left to HINCRBY, which refuses what it refused ('007', '-0').
   local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms',
     'attempts')
   local attempt = f[5] or '0'
-  if string.match(attempt, '^%-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') then
+  if attempt == '0' or string.match(attempt, '^%-?[1-9]%d?%d?%d?%d?%d?%d?%d?%d?$') then
     attempt = tonumber(attempt) + 1
   else
     attempt = redis.call('HINCRBY', jk, 'attempts', '1')

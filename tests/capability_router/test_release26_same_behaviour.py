@@ -1,0 +1,191 @@
+"""Release 26 (fewer Redis calls per job) behaves as release 25 did.
+
+Each test runs a case the rewrite touched (the claim's attempt count, the family
+head refresh, the fairness window read from the claim's first page, a class filed
+without a family, the fields a completion removes) and asserts what release 25
+did; each was run against release 25's library as well.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from capability_router.functions import Claimed, QueueFunctions
+from capability_router.jobspec import JobSpec
+from capability_router.profile import WorkerProfile
+
+T0 = 1_800_000_000_000
+
+
+def gpu_worker(worker_id: str, gb: int) -> WorkerProfile:
+    return WorkerProfile.from_dict({"worker_id": worker_id, "services": ["comfyui"],
+                                    "hardware": {"gpu_memory_gb": gb}})
+
+
+def gpu_job(gb: int, priority: int = 50, workflow: str | None = None) -> JobSpec:
+    return JobSpec(service="comfyui", priority=priority, workflow_id=workflow,
+                   requirements={"hardware": {"gpu_memory_gb": gb}})
+
+
+def upscale_job(n: int, priority: int) -> JobSpec:
+    """A job of a family of its own, of a service the GPU workers do not run."""
+    return JobSpec(service="upscale", priority=priority, requirements={"scale": n})
+
+
+def claim(queue: QueueFunctions, profile: WorkerProfile, now: int = T0 + 1_000) -> Claimed:
+    claimed = queue.claim(profile.signature, profile.worker_id, 600_000, now_ms=now)
+    assert isinstance(claimed, Claimed), f"{profile.worker_id} found nothing"
+    return claimed
+
+
+@pytest.mark.parametrize("stored", ["007", "-0", "+1", "1.5", "abc"])
+def test_an_attempt_count_redis_cannot_increment_fails_the_claim(
+        queue: QueueFunctions, stored: str) -> None:
+    """Tried: a pending job whose record's ``attempts`` is not Redis's form of an
+    integer. Release 25 incremented it with HINCRBY, which refuses such a value: the
+    claim failed and the count stayed. Release 26 read the count and added 1 itself
+    when it looked like an integer: '007' and '-0' were taken (attempt 8 and 1, the
+    record rewritten) where release 25 failed the claim."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j", gpu_job(8), "{}", now_ms=T0)
+    queue.client.hset(queue.keys.job("j"), "attempts", stored)
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000)
+    assert queue.client.hget(queue.keys.job("j"), "attempts") == stored
+
+
+@pytest.mark.parametrize(("stored", "attempt"), [
+    (None, 1), ("0", 1), ("-3", -2), ("999999999", 1_000_000_000),
+    ("99999999999", 100_000_000_000)])
+def test_the_claim_counts_the_attempt_from_what_the_record_holds(
+        queue: QueueFunctions, stored: str | None, attempt: int) -> None:
+    """Tried: ``attempts`` missing, zero, negative, of 9 digits (release 26 adds itself)
+    and of 11 (release 26 leaves it to HINCRBY). The claim's attempt, the record's count
+    and the start fenced by that attempt agree, as in release 25. (Passes on both.)"""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j", gpu_job(8), "{}", now_ms=T0)
+    if stored is None:
+        queue.client.hdel(queue.keys.job("j"), "attempts")
+    else:
+        queue.client.hset(queue.keys.job("j"), "attempts", stored)
+    claimed = claim(queue, worker)
+    assert claimed.attempt == attempt
+    assert queue.client.hget(queue.keys.job("j"), "attempts") == str(attempt)
+    assert queue.start("j", attempt) == "ok"
+
+
+def test_a_family_of_several_classes_is_claimed_in_job_order_with_ties(
+        queue: QueueFunctions) -> None:
+    """Tried: two workflows (two classes of one family) and a 16 GB family, jobs
+    interleaved, some at the same effective time. Release 26 works out the family's
+    head from the next class's score read with the best one; the claims still follow
+    queue order across classes and families (ties by class). (Passes on both.)"""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    filed = [("a0", gpu_job(8, workflow="wa"), T0), ("b0", gpu_job(8, workflow="wb"), T0),
+             ("c0", gpu_job(16), T0 + 1), ("b1", gpu_job(8, workflow="wb"), T0 + 2),
+             ("a1", gpu_job(8, workflow="wa"), T0 + 3), ("c1", gpu_job(16), T0 + 3),
+             ("a2", gpu_job(8, workflow="wa"), T0 + 5)]
+    for job_id, spec, at in filed:
+        queue.enqueue(job_id, spec, "{}", now_ms=at)
+    order = [claim(queue, worker).job_id for _ in filed]
+    assert order[2:] == ["c0", "b1", "a1", "c1", "a2"] or order[2:] == [
+        "c0", "b1", "c1", "a1", "a2"]
+    assert sorted(order[:2]) == ["a0", "b0"]
+    assert not isinstance(queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000),
+                          Claimed)
+
+
+def page_of_families(queue: QueueFunctions, in_window: int, last_priority: int) -> None:
+    """Families in fheads order: 5 upscale at priority 70 (before the GPU worker's
+    best), small-0 (priority 60), ``in_window`` upscale at 60, then one upscale at
+    ``last_priority``."""
+    queue.register_worker(WorkerProfile.from_dict({"worker_id": "up",
+                                                   "services": ["upscale"]}))
+    for n in range(5):
+        queue.enqueue(f"up-high-{n}", upscale_job(1_000 + n, 70), "{}", now_ms=T0 - 10 + n)
+    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
+    for n in range(in_window):
+        queue.enqueue(f"up-{n}", upscale_job(n, 60), "{}", now_ms=T0 + 1 + n)
+    queue.enqueue("up-last", upscale_job(5_000, last_priority), "{}", now_ms=T0 + 90)
+
+
+def test_the_scarce_family_on_the_claims_first_page_is_found(queue: QueueFunctions) -> None:
+    """Tried: 64 families on the first page, the first 5 before the big worker's best
+    (small-0), the scarce big-1 (priority 55) 63rd, the 64th past the window (priority
+    40). Release 26 takes the window from the page it read (it ends within it); the big
+    worker takes big-1 first, as in release 25. (Passes on both.)"""
+    big = gpu_worker("big", 80)
+    queue.register_worker(gpu_worker("s1", 8))
+    queue.register_worker(big)
+    page_of_families(queue, 56, 40)
+    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    csig = queue.client.hget(queue.keys.job("big-1"), "class")
+    fsig = queue.client.hget(queue.keys.class_family, csig)
+    assert queue.client.zrank(queue.keys.prefix + "fheads", fsig) == 62
+    assert [claim(queue, big).job_id for _ in range(2)] == ["big-1", "small-0"]
+
+
+def test_the_scarce_family_after_a_full_first_page_is_found(queue: QueueFunctions) -> None:
+    """Tried: 64 families on the first page, the first 5 before the big worker's best,
+    all the others in the window; the scarce big-1 is the 66th. Release 25's window read
+    (from the best's score, 64 at a time) holds it in its first page, the claim's page
+    does not: release 26 reads the window again. (Passes on both.)"""
+    big = gpu_worker("big", 80)
+    queue.register_worker(gpu_worker("s1", 8))
+    queue.register_worker(big)
+    page_of_families(queue, 58, 60)
+    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    assert [claim(queue, big).job_id for _ in range(2)] == ["big-1", "small-0"]
+
+
+def test_a_class_that_lost_its_family_entry_files_its_jobs_without_one(
+        queue: QueueFunctions) -> None:
+    """Tried: a known class whose P.."class-family" entry is missing (as a class filed
+    before families existed), then another job of it. Release 26's ensure_class finds no
+    entry and returns none; the job is filed under its class alone (the family summary
+    lists the class apart from its family), as in release 25. (Passes on both.)"""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j0", gpu_job(8, workflow="wf"), "{}", now_ms=T0)
+    csig = queue.client.hget(queue.keys.job("j0"), "class")
+    family_key = queue.keys.class_family
+    fsig = queue.client.hget(family_key, csig)
+    queue.family_summary()  # (marks the pool's pending index built)
+    queue.client.hdel(family_key, csig)
+    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 1)
+    pending = {f.family: f.pending for f in queue.family_summary()}
+    assert csig != fsig and pending == {fsig: 1, csig: 1}
+    assert claim(queue, worker).job_id == "j0"
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail"])
+@pytest.mark.parametrize("cold", [False, True])
+def test_an_ended_job_keeps_no_cold_start_and_a_completed_one_no_error(
+        queue: QueueFunctions, ending: str, cold: bool) -> None:
+    """Tried: a job that failed once (retried, ``last_error`` set), claimed again, with
+    or without a cold start reported (``preparing``), then completed or failed. Release
+    26 removes only the fields it read as there; the record ends as in release 25: no
+    ``preparing``, ``last_error`` only on a failure, the class gone with its last job.
+    (Passes on both.)"""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j", gpu_job(8), "{}", now_ms=T0)
+    first = claim(queue, worker)
+    assert queue.start("j", first.attempt) == "ok"
+    assert queue.retry("j", first.attempt, 0, "{}", "boom") in ("queued", "delayed")
+    again = claim(queue, worker, now=T0 + 100_000)
+    if cold:
+        assert queue.preparing("j", again.attempt, {"stage": "loading"}) == "ok"
+    if ending == "complete":
+        assert queue.complete("j", again.attempt, {"ok": 1}) == "ok"
+    else:
+        assert queue.fail("j", again.attempt, "bang") == "ok"
+    record = queue.client.hgetall(queue.keys.job("j"))
+    assert "preparing" not in record
+    assert record.get("last_error") == (None if ending == "complete" else "bang")
+    assert record["status"] == ("completed" if ending == "complete" else "failed")
+    assert queue.client.hlen(queue.keys.classes) == 0
