@@ -1884,18 +1884,22 @@ local function emp_claim(keys, args)
   -- One read of the record for the attempt count and what the reply and the
   -- wait need; the count is written with the rest. Counted here only in the form
   -- HINCRBY accepts ('0', or up to 9 digits without a leading 0 or '+'); any
-  -- other value is left to HINCRBY, which refuses what it refused ('007', '-0').
+  -- other value is left to HINCRBY, which refuses what it refused ('007', '-0')
+  -- and keeps a count past 2^53 exact (a Lua number would round it).
   local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms',
     'attempts')
   local attempt = f[5] or '0'
+  local deadline = int(now + args[3])
+  local set = {'status', 'assigned', 'worker_id', worker, 'assigned_at', now,
+    'lease_until', deadline}
   if attempt == '0' or string.match(attempt, '^%-?[1-9]%d?%d?%d?%d?%d?%d?%d?%d?$') then
     attempt = tonumber(attempt) + 1
+    set[#set + 1] = 'attempts'
+    set[#set + 1] = int(attempt)
   else
     attempt = redis.call('HINCRBY', jk, 'attempts', '1')
   end
-  local deadline = int(now + args[3])
-  redis.call('HSET', jk, 'status', 'assigned', 'worker_id', worker,
-    'assigned_at', now, 'lease_until', deadline, 'attempts', int(attempt))
+  redis.call('HSET', jk, unpack(set))
   index_status(P, id, 'pending', 'assigned', now)
   redis.call('ZADD', P .. 'leases', deadline, id)
   emit(P, cfg, id, 'job_assigned', {worker_id = worker, attempt = attempt}, now)

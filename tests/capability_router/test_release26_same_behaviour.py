@@ -189,3 +189,16 @@ def test_an_ended_job_keeps_no_cold_start_and_a_completed_one_no_error(
     assert record.get("last_error") == (None if ending == "complete" else "bang")
     assert record["status"] == ("completed" if ending == "complete" else "failed")
     assert queue.client.hlen(queue.keys.classes) == 0
+
+
+def test_a_count_past_what_a_lua_number_holds_is_kept_as_redis_counted_it(
+        queue: QueueFunctions) -> None:
+    """Tried: ``attempts`` of 4611686018427387905 (past 2^53: a Lua number rounds it).
+    Release 25's HINCRBY left 4611686018427387906 in the record; release 26 then wrote
+    the count again from the rounded Lua number, 4611686018427387904."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j", gpu_job(8), "{}", now_ms=T0)
+    queue.client.hset(queue.keys.job("j"), "attempts", "4611686018427387905")
+    claim(queue, worker)
+    assert queue.client.hget(queue.keys.job("j"), "attempts") == "4611686018427387906"
