@@ -202,3 +202,20 @@ def test_a_count_past_what_a_lua_number_holds_is_kept_as_redis_counted_it(
     queue.client.hset(queue.keys.job("j"), "attempts", "4611686018427387905")
     claim(queue, worker)
     assert queue.client.hget(queue.keys.job("j"), "attempts") == "4611686018427387906"
+
+
+def test_the_claims_second_pick_after_housekeeping_keeps_the_family_head(
+        queue: QueueFunctions) -> None:
+    """Tried: two classes of one family (two workflows) with a job each waiting for its
+    due time, a claim that finds nothing (and housekeeps), then, within 100 ms, one
+    that finds the jobs due: it files them itself and picks again (emp_claim's second
+    pick, whose next class's score refreshes the family's head). The next claim takes
+    the other class's job, as in release 25. (Passes on both.)"""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("a", gpu_job(8, workflow="wa"), "{}", due_ms=T0 + 995, now_ms=T0)
+    queue.enqueue("b", gpu_job(8, workflow="wb"), "{}", due_ms=T0 + 995, now_ms=T0 + 1)
+    assert not isinstance(queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 990),
+                          Claimed)
+    assert claim(queue, worker, now=T0 + 1_000).job_id == "a"
+    assert claim(queue, worker, now=T0 + 1_001).job_id == "b"
