@@ -172,3 +172,33 @@ def test_a_web_service_with_an_unknown_flag_word_stops_at_start_with_one_line() 
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         "Error: EMP_WEBHOOK_ALLOW_PRIVATE must be one of "), done.stderr
+
+
+@pytest.mark.parametrize("command, how, value", [
+    ("api", "EMP_API_HOST", "203.0.113.7"),
+    ("webhooks", "--host", "not a host"),
+    ("monitor", "EMP_MONITOR_HOST", "203.0.113.7"),
+    ("monitor", "--host", "not a host"),
+])
+def test_a_host_the_service_cannot_listen_on_stops_it_naming_the_setting(
+        command, how, value) -> None:
+    """Tried: each service with a host this machine does not have (203.0.113.7, a
+    documentation address) or a name that resolves to nothing. Before, the API and the
+    webhook service had gunicorn try five times, a second apart, each logging "connection
+    to ('203.0.113.7', 0) failed: [Errno 99] Cannot assign requested address" (or "Name
+    or service not known"), naming no setting; the monitor ended in a 40-line traceback
+    from tornado's bind_sockets. Now the start stops with one line naming the setting,
+    the host and the OS error."""
+    args, env = [command, "--port", "0"], dict(NO_REDIS)
+    if how == "--host":
+        args += ["--host", value]
+    else:
+        env[how] = value
+    done = run(*args, env=env, timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    name = "--host" if how == "--host" else f"{how} (or --host)"
+    assert lines[0].startswith(f"Error: {name} {value!r} cannot be listened on: "), lines
+    assert "Errno" in lines[0], lines

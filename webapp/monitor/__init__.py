@@ -80,8 +80,10 @@ def check_flower_env(options: Any) -> None:
 
 
 def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
-                   port: int | None = None, address: str | None = None) -> Any:
-    """Build the monitor application (not yet listening)."""
+                   port: int | None = None, address: str | None = None,
+                   address_setting: str = "--host") -> Any:
+    """Build the monitor application (not yet listening); ``address_setting`` names where
+    ``address`` came from, for the error when it cannot be listened on."""
     from flower.command import extract_settings, setup_logging
     from flower.urls import settings
 
@@ -90,12 +92,15 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     from emp_tasks.app import create_app as create_celery_app
     from webapp.api.events import EventHub
     from webapp.backend import Backend
+    from webapp.listen import check_host
     from webapp.monitor import metrics, quiet
     from webapp.monitor.app import EmpMonitor
     from webapp.monitor.live import backlog_limit
     from webapp.monitor.state import MonitorState
 
     options = flower_options(argv, port, address)
+    check_host(options.address, address_setting if address is not None
+               else "--address (or FLOWER_ADDRESS)")
     extract_settings()
     setup_logging()
     logging.getLogger("kombu.mixins").addFilter(_one_line)
@@ -124,9 +129,10 @@ def _one_line(record: logging.LogRecord) -> bool:
 
 
 def run(argv: Sequence[str] = (), redis_url: str | None = None, port: int | None = None,
-        address: str | None = None) -> None:
+        address: str | None = None, address_setting: str = "--host") -> None:
     """Serve the monitor until SIGTERM or Ctrl-C."""
-    monitor = create_monitor(argv, redis_url=redis_url, port=port, address=address)
+    monitor = create_monitor(argv, redis_url=redis_url, port=port, address=address,
+                             address_setting=address_setting)
     atexit.register(monitor.stop)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     bound = monitor.start_http_server()
