@@ -63,3 +63,34 @@ def env_at_least(name: str, default: float, low: float, convert: Callable[[Any],
         raise SettingError(f"{name} must be {'above' if above else 'at least'} {low:g}, "
                            f"got {env(name)!r}")
     return value
+
+
+#: Words an on/off setting takes (any case, spaces around); empty or unset is its default.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def flag_error(name: str, text: str) -> SettingError:
+    """The error for ``name`` set to ``text``, which is neither a true nor a false word."""
+    return SettingError(f"{name} must be one of {', '.join(TRUE_WORDS)} (on) or "
+                        f"{', '.join(FALSE_WORDS)} (off), got {text!r}")
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """``name`` as on/off, ``default`` when unset or empty. Any other word raises
+    SettingError naming the variable and the words: a misspelt ``ture`` used to mean off
+    without a word, and the operator learnt it from what the service then did."""
+    return flag_value(name, env(name), default)
+
+
+def flag_value(name: str, text: str | None, default: bool = False) -> bool:
+    """``env_flag`` for a value read from elsewhere (a mapping standing for the
+    environment): ``text`` is the value of setting ``name``."""
+    text = (text or "").strip()
+    if not text:
+        return default
+    if text.lower() in TRUE_WORDS:
+        return True
+    if text.lower() in FALSE_WORDS:
+        return False
+    raise flag_error(name, text)

@@ -389,6 +389,19 @@ def _check_web_settings(webhooks: bool = False) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def _host_setting(param: str, envvar: str) -> str:
+    """How a service's host was given, for an error about it: the variable, or --host."""
+    source = click.get_current_context().get_parameter_source(param)
+    return f"{envvar} (or --host)" if source is ParameterSource.ENVIRONMENT else "--host"
+
+
+def _check_host(host: str, envvar: str) -> None:
+    """A host this machine cannot listen on stops the start in one line naming it."""
+    from webapp.listen import check_host
+
+    check_host(host, _host_setting("host", envvar))
+
+
 @main.command()
 @click.option("--host", envvar="EMP_API_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="EMP_API_PORT", type=int, default=3331, show_default=True,
@@ -408,6 +421,7 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
     except PoolsFileError as exc:
         raise click.ClickException(f"EMP_POOLS_FILE: {exc}") from None
     _check_web_settings()
+    _check_host(host, "EMP_API_HOST")
     run(_url(obj), host, port)
 
 
@@ -423,6 +437,7 @@ def webhooks(obj: dict[str, Any], host: str, port: int) -> None:
 
     set_service_name("emp-webhooks")
     _check_web_settings(webhooks=True)
+    _check_host(host, "EMP_WEBHOOK_HOST")
     run(_url(obj), host, port)
 
 
@@ -444,7 +459,8 @@ def monitor(obj: dict[str, Any], address: str | None, port: int | None,
     from webapp.monitor import MonitorOptionError, run
 
     try:
-        run(flower_args, redis_url=_url(obj), port=port, address=address)
+        run(flower_args, redis_url=_url(obj), port=port, address=address,
+            address_setting=_host_setting("address", "EMP_MONITOR_HOST"))
     except MonitorOptionError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -10,9 +10,11 @@ from capability_router.env import (  # noqa: F401 - re-exported
     SettingError,
     env,
     env_at_least,
+    env_flag,
     env_float,
     env_int,
     env_number,
+    flag_error,
 )
 
 #: Port of the Redis ``emp up`` starts: fixed, so every shell can find it, and not 6379, so
@@ -138,9 +140,8 @@ AFFINITY_ENV = {
 def affinity_settings() -> dict[str, int]:
     """``EMP_AFFINITY`` (on/off) and the ``AFFINITY_ENV`` variables that are set."""
     out = {}
-    value = (env("EMP_AFFINITY") or "").strip().lower()
-    if value:
-        out["affinity"] = 0 if value in ("0", "off", "false", "no") else 1
+    if env("EMP_AFFINITY", "").strip():
+        out["affinity"] = int(env_flag("EMP_AFFINITY"))
     for setting, name in AFFINITY_ENV.items():
         if env(name):
             scale = 1 if setting == "affinity_window" else 1000
@@ -150,8 +151,12 @@ def affinity_settings() -> dict[str, int]:
 
 def health_gate() -> bool:
     """``EMP_HEALTH_GATE``: off (0, false, no) lets a worker claim whatever its service's health."""
-    value = (env("EMP_HEALTH_GATE") or "").strip().lower()
-    return HEALTH_GATE if not value else value not in ("0", "off", "false", "no")
+    return env_flag("EMP_HEALTH_GATE", HEALTH_GATE)
+
+
+def directives_on() -> bool:
+    """``EMP_DIRECTIVES``: off stops a worker following placement directives."""
+    return env_flag("EMP_DIRECTIVES", True)
 
 
 def health_gate_seconds() -> float:

@@ -171,7 +171,7 @@ class DirectiveFollower:
 
 def start_follower(app: Celery) -> threading.Thread | None:
     """Start this process's follower thread when its connector acts on directives."""
-    if defaults.env("EMP_DIRECTIVES", "on").strip().lower() in ("off", "0", "false", "no"):
+    if not defaults.directives_on():
         return None
     kind = configured_kind()
     if kind is None or not connector_class(kind).acts_on_directives:

@@ -20,6 +20,7 @@ def check_worker_settings() -> None:
     defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
     defaults.time_limits(), defaults.health_gate_seconds()
     defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()
+    defaults.health_gate(), defaults.directives_on()  # on/off words: a typo is refused
     if defaults.env("EMP_MODEL_CACHE_DIR"):
         from machine.models.settings import check_settings
 

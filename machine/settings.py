@@ -18,14 +18,15 @@ Environment (defaults in brackets):
   a change is reported at once.
 - ``EMP_MACHINE_RETENTION_SECONDS`` [86400]: how long an offline or gone machine's
   record is kept.
-- ``EMP_WORKER_LOGLEVEL`` [info], ``EMP_LOG_MAX_BYTES`` [52428800],
+- ``EMP_WORKER_LOGLEVEL`` [info]: debug, info, warning, error, critical or fatal;
+  ``EMP_LOG_MAX_BYTES`` [52428800],
   ``EMP_LOG_BACKUPS`` [5]: each program's log file and its rotation.
 - ``EMP_STOP_WAIT_SECONDS`` [20]: how long a program may take to stop before SIGKILL.
 - ``EMP_START_RETRIES`` [10]: exits within 2 s of a start before supervisor gives up
   on a program (FATAL).
 - ``EMP_REVIVE_SECONDS`` [30]: a program supervisor gave up on (FATAL: it kept
   exiting at start, e.g. while Redis or ComfyUI was down) is started again
-  after this long; 0 leaves it FATAL.
+  after this long; 0 leaves it FATAL (negative is refused).
 - ``COMFYUI_COMMAND`` [unset]: start ComfyUI instance N on port ``COMFYUI_BASE_PORT``
   [8188] + N with this command (``{port}`` and ``{gpu}`` substituted), in
   ``COMFYUI_DIR`` [current directory].
@@ -105,7 +106,11 @@ FLOORS = (
     ("log_max_bytes", "EMP_LOG_MAX_BYTES", 0, "a log file cannot be smaller than empty"),
     ("log_backups", "EMP_LOG_BACKUPS", 0, "a count of files"),
     ("start_retries", "EMP_START_RETRIES", 0, "a count of retries"),
+    ("revive_seconds", "EMP_REVIVE_SECONDS", 0, "0 already leaves a FATAL program FATAL"),
 )
+#: Log levels a worker's ``-l`` takes (Celery's, any case): another one made every worker
+#: exit at start, again under supervisor until FATAL, then every EMP_REVIVE_SECONDS.
+WORKER_LOGLEVELS = ("debug", "info", "warning", "error", "critical", "fatal")
 
 
 @dataclass
@@ -140,6 +145,9 @@ class MachineSettings:
             if getattr(self, name) < lowest:
                 raise MachineError(f"{variable} must be at least {lowest:g}, got "
                                    f"{getattr(self, name):g} ({why})")
+        if self.worker_loglevel.lower() not in WORKER_LOGLEVELS:
+            raise MachineError(f"EMP_WORKER_LOGLEVEL must be one of {', '.join(WORKER_LOGLEVELS)}"
+                               f" (any case), got {self.worker_loglevel!r}")
         if not 0 <= self.health_port <= 65535:
             raise MachineError(f"EMP_HEALTH_PORT must be 0-65535, got {self.health_port}")
         if self.comfyui_command and self.comfyui_dir and not Path(self.comfyui_dir).is_dir():
@@ -169,8 +177,7 @@ class MachineSettings:
             "health_host": defaults.env("EMP_HEALTH_HOST", "0.0.0.0"),
             "health_port": _whole("EMP_HEALTH_PORT", HEALTH_PORT),
             "health_token": defaults.env("EMP_HEALTH_TOKEN"),
-            "metrics_public": (defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
-            in ("1", "true", "yes"),
+            "metrics_public": defaults.env_flag("EMP_METRICS_PUBLIC"),
             "report_seconds": _float("EMP_MACHINE_REPORT_SECONDS", REPORT_SECONDS),
             "stale_seconds": _float("EMP_MACHINE_STALE_SECONDS", 0.0) or None,
             "poll_seconds": _float("EMP_MACHINE_POLL_SECONDS", POLL_SECONDS),

@@ -47,6 +47,7 @@ from typing import Any
 
 import requests
 
+from capability_router.env import flag_value
 from capability_router.redaction import masked_url
 
 logger = logging.getLogger("emp.logs")
@@ -278,8 +279,7 @@ def shipping_url(environ: Mapping[str, str] | None = None) -> str | None:
     if env.get("FLUENT_BIT_URL"):
         return env["FLUENT_BIT_URL"]
     if env.get("FLUENTD_HOST"):
-        scheme = "https" if env.get("FLUENTD_SECURE", "").lower() in ("1", "true", "yes") \
-            else "http"
+        scheme = "https" if flag_value("FLUENTD_SECURE", env.get("FLUENTD_SECURE")) else "http"
         tag = env.get("EMP_LOG_TAG") or DEFAULT_TAG
         return f"{scheme}://{env['FLUENTD_HOST']}:{env.get('FLUENTD_PORT') or 8888}/{tag}"
     return None

@@ -259,8 +259,7 @@ class WebSettings:
                                                   int),
             idempotency_seconds=defaults.env_int("EMP_IDEMPOTENCY_SECONDS", IDEMPOTENCY_SECONDS),
             ws_ping_seconds=_positive("EMP_WS_PING_SECONDS", WS_PING_SECONDS),
-            metrics_public=(defaults.env("EMP_METRICS_PUBLIC", "") or "").lower()
-            in ("1", "true", "yes"),
+            metrics_public=defaults.env_flag("EMP_METRICS_PUBLIC"),
             cors_origins=parse_origins(defaults.env("EMP_CORS_ORIGINS")),
         )
         for name, value in overrides.items():

@@ -276,3 +276,69 @@ def test_a_stale_limit_not_longer_than_the_report_period_is_refused(
         MachineSettings.from_env()
     monkeypatch.setenv("EMP_MACHINE_STALE_SECONDS", "10.5")
     assert MachineSettings.from_env().stale_seconds == 10.5
+
+
+@pytest.mark.parametrize("name, value", [
+    ("EMP_METRICS_PUBLIC", "ture"), ("EMP_HEALTH_GATE", "of"), ("EMP_DIRECTIVES", "none"),
+    ("EMP_AFFINITY", "maybe"),
+])
+def test_a_flag_that_is_neither_on_nor_off_stops_the_machine_naming_it(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Tried: each value as ``emp machine`` reads it at start (its settings, then its
+    workers' start checks). Before, nothing refused them and each silently meant one
+    side: EMP_METRICS_PUBLIC=ture kept /metrics behind the token (off), EMP_HEALTH_GATE=of
+    and EMP_DIRECTIVES=none left the gate and the directives on in every worker, and
+    EMP_AFFINITY=maybe turned warm-first claims on. Now the machine (and ``emp worker``,
+    which runs the same checks) refuses the start naming the variable and the words."""
+    from machine.preflight import check_workers
+
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv(name, value)
+    with pytest.raises((ValueError, MachineError), match=f"{name} must be one of .*{value!r}"):
+        MachineSettings.from_env()
+        check_workers(build_plan("box", "simulation:1", GpuInventory("none")))
+
+
+def test_negative_revive_seconds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: ``EMP_REVIVE_SECONDS=-1`` as ``emp machine`` reads it. Before, it was
+    accepted and the reviver (``revive_seconds <= 0``) left every FATAL program FATAL,
+    as 0 documents, with nothing saying -1 meant that. Now the start stops naming it;
+    0 still turns reviving off."""
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv("EMP_REVIVE_SECONDS", "-1")
+    with pytest.raises(MachineError, match="^EMP_REVIVE_SECONDS must be at least 0"):
+        MachineSettings.from_env()
+    monkeypatch.setenv("EMP_REVIVE_SECONDS", "0")
+    assert MachineSettings.from_env().revive_seconds == 0
+
+
+@pytest.mark.parametrize("level", ["loud", "verbose", "5"])
+def test_a_worker_log_level_workers_refuse_stops_the_machine(
+        monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    """Tried: ``EMP_WORKER_LOGLEVEL=loud emp machine``. Before, the machine started and
+    each worker exited at start with Celery's "Invalid value for '-l' / '--loglevel':
+    'LOUD' is not one of 'DEBUG', 'INFO', ...", again under supervisor until FATAL, then
+    every EMP_REVIVE_SECONDS: no worker ever served. Now the start stops naming the
+    variable and the levels; any case of a level Celery takes still starts."""
+    monkeypatch.setenv("MACHINE_ID", "box")
+    monkeypatch.setenv("EMP_WORKER_LOGLEVEL", level)
+    with pytest.raises(MachineError, match="^EMP_WORKER_LOGLEVEL must be one of .*debug.*"
+                                           f"{level!r}"):
+        MachineSettings.from_env()
+    monkeypatch.setenv("EMP_WORKER_LOGLEVEL", "Warning")
+    assert MachineSettings.from_env().worker_loglevel == "Warning"
+
+
+def test_fluentd_secure_takes_the_words_every_flag_takes() -> None:
+    """Tried: ``FLUENTD_SECURE=on`` (and ``ture``) with FLUENTD_HOST set for ``emp
+    machine``. Before, both shipped logs over plain http: "on" was not one of the three
+    words this flag took, though every other flag takes it, and a typo meant off. Now
+    "on" is https and an unknown word stops the start naming the variable."""
+    from machine.shipping import shipping_url
+
+    host = {"FLUENTD_HOST": "logs.example"}
+    assert shipping_url({**host, "FLUENTD_SECURE": "on"}).startswith("https://")
+    assert shipping_url({**host, "FLUENTD_SECURE": "off"}).startswith("http://")
+    assert shipping_url(host).startswith("http://")
+    with pytest.raises(ValueError, match="^FLUENTD_SECURE must be one of .*'ture'"):
+        shipping_url({**host, "FLUENTD_SECURE": "ture"})

@@ -140,3 +140,65 @@ def test_a_burst_of_0_under_a_rate_is_refused_not_every_submission(monkeypatch) 
     with pytest.raises(ValueError, match="EMP_CUSTOMER_LIMITS item 'acme:burst=0'"):
         parse_limits("acme:burst=0", CustomerLimits())
     assert parse_limits("acme:rate=0,burst=0", CustomerLimits())["acme"].burst == 0
+
+
+@pytest.mark.parametrize("name, read", [
+    ("EMP_METRICS_PUBLIC", lambda: WebSettings.from_env().metrics_public),
+    ("EMP_WEBHOOK_ALLOW_PRIVATE", lambda: WebhookConfig.from_env().allow_private),
+])
+def test_a_flag_that_is_neither_on_nor_off_is_refused_naming_it(monkeypatch, name,
+                                                                read) -> None:
+    """Tried: ``ture`` in each, as the API and the webhook service read it. Before, both
+    read it as off without a word (``metrics_public``/``allow_private`` False: /metrics
+    asks scrapers for a token, a private receiver is refused), although the operator
+    meant on. Now an unknown word is refused naming the variable and the accepted words;
+    the known ones (any case, spaces around) read as before."""
+    monkeypatch.setenv(name, "ture")
+    with pytest.raises(ValueError, match=f"^{name} must be one of .*true.*false.*'ture'"):
+        read()
+    for word, meaning in (("1", True), (" Yes ", True), ("on", True), ("TRUE", True),
+                          ("0", False), ("no", False), ("Off", False), ("false", False)):
+        monkeypatch.setenv(name, word)
+        assert read() is meaning, word
+    monkeypatch.delenv(name)
+    assert read() is False
+
+
+def test_a_web_service_with_an_unknown_flag_word_stops_at_start_with_one_line() -> None:
+    """Tried: ``EMP_WEBHOOK_ALLOW_PRIVATE=maybe emp webhooks``. Before, it started (the
+    test timed out after 20 s with it serving), taking the flag as off."""
+    done = run("webhooks", "--port", "1",
+               env={**NO_REDIS, "EMP_WEBHOOK_ALLOW_PRIVATE": "maybe"}, timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "Error: EMP_WEBHOOK_ALLOW_PRIVATE must be one of "), done.stderr
+
+
+@pytest.mark.parametrize("command, how, value", [
+    ("api", "EMP_API_HOST", "203.0.113.7"),
+    ("webhooks", "--host", "not a host"),
+    ("monitor", "EMP_MONITOR_HOST", "203.0.113.7"),
+    ("monitor", "--host", "not a host"),
+])
+def test_a_host_the_service_cannot_listen_on_stops_it_naming_the_setting(
+        command, how, value) -> None:
+    """Tried: each service with a host this machine does not have (203.0.113.7, a
+    documentation address) or a name that resolves to nothing. Before, the API and the
+    webhook service had gunicorn try five times, a second apart, each logging "connection
+    to ('203.0.113.7', 0) failed: [Errno 99] Cannot assign requested address" (or "Name
+    or service not known"), naming no setting; the monitor ended in a 40-line traceback
+    from tornado's bind_sockets. Now the start stops with one line naming the setting,
+    the host and the OS error."""
+    args, env = [command, "--port", "0"], dict(NO_REDIS)
+    if how == "--host":
+        args += ["--host", value]
+    else:
+        env[how] = value
+    done = run(*args, env=env, timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    name = "--host" if how == "--host" else f"{how} (or --host)"
+    assert lines[0].startswith(f"Error: {name} {value!r} cannot be listened on: "), lines
+    assert "Errno" in lines[0], lines

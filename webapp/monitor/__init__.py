@@ -39,6 +39,7 @@ def flower_options(argv: Sequence[str], port: int | None, address: str | None) -
     options.port = DEFAULT_PORT
     options.address = DEFAULT_ADDRESS  # Flower binds every interface; the API does not either
     options.max_tasks = DEFAULT_MAX_TASKS
+    check_flower_env(options)
     apply_env_options()
     apply_options("emp monitor", list(argv))
     if port is not None:
@@ -48,9 +49,41 @@ def flower_options(argv: Sequence[str], port: int | None, address: str | None) -
     return options
 
 
+def check_flower_env(options: Any) -> None:
+    """SettingError naming the first ``FLOWER_*`` variable Flower cannot convert to its
+    option's type: Flower's own ``apply_env_options`` raised a traceback naming neither
+    the variable nor what it takes ("invalid truth value 'maybe'"). Flower takes its
+    flags' words (y, yes, t, true, on, 1 and n, no, f, false, off, 0); the error names
+    the ones every other flag of the project takes too."""
+    import os
+
+    from flower.command import ENV_VAR_PREFIX, is_flower_envvar, strtobool
+
+    from emp_tasks.defaults import SettingError, flag_error
+
+    kinds = {int: "an integer", float: "a number"}
+    for name in filter(is_flower_envvar, os.environ):
+        key = name[len(ENV_VAR_PREFIX):].lower()
+        option = options._options.get(key) or options._options.get(key.replace("_", "-"))
+        if option is None or option.type not in (bool, *kinds):
+            continue
+        text = os.environ[name]
+        convert = strtobool if option.type is bool else option.type
+        try:
+            for item in text.split(",") if option.multiple else [text]:
+                convert(item)
+        except ValueError:
+            if option.type is bool:
+                raise flag_error(name, text) from None
+            raise SettingError(f"{name} must be {kinds[option.type]} (Flower's "
+                               f"--{key}), got {text!r}") from None
+
+
 def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
-                   port: int | None = None, address: str | None = None) -> Any:
-    """Build the monitor application (not yet listening)."""
+                   port: int | None = None, address: str | None = None,
+                   address_setting: str = "--host") -> Any:
+    """Build the monitor application (not yet listening); ``address_setting`` names where
+    ``address`` came from, for the error when it cannot be listened on."""
     from flower.command import extract_settings, setup_logging
     from flower.urls import settings
 
@@ -59,12 +92,15 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     from emp_tasks.app import create_app as create_celery_app
     from webapp.api.events import EventHub
     from webapp.backend import Backend
+    from webapp.listen import check_host
     from webapp.monitor import metrics, quiet
     from webapp.monitor.app import EmpMonitor
     from webapp.monitor.live import backlog_limit
     from webapp.monitor.state import MonitorState
 
     options = flower_options(argv, port, address)
+    check_host(options.address, address_setting if address is not None
+               else "--address (or FLOWER_ADDRESS)")
     extract_settings()
     setup_logging()
     logging.getLogger("kombu.mixins").addFilter(_one_line)
@@ -93,9 +129,10 @@ def _one_line(record: logging.LogRecord) -> bool:
 
 
 def run(argv: Sequence[str] = (), redis_url: str | None = None, port: int | None = None,
-        address: str | None = None) -> None:
+        address: str | None = None, address_setting: str = "--host") -> None:
     """Serve the monitor until SIGTERM or Ctrl-C."""
-    monitor = create_monitor(argv, redis_url=redis_url, port=port, address=address)
+    monitor = create_monitor(argv, redis_url=redis_url, port=port, address=address,
+                             address_setting=address_setting)
     atexit.register(monitor.stop)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     bound = monitor.start_http_server()

@@ -35,8 +35,7 @@ class MonitorState:
     #: Writes Redis refused (full, read-only), logged once a minute.
     refusals: WriteRefusals = field(default_factory=lambda: WriteRefusals("emp monitor"))
     #: ``/metrics`` open to anyone although the monitor has auth (``EMP_METRICS_PUBLIC=1``).
-    metrics_public: bool = field(default_factory=lambda: (
-        defaults.env("EMP_METRICS_PUBLIC", "") or "").lower() in ("1", "true", "yes"))
+    metrics_public: bool = field(default_factory=lambda: defaults.env_flag("EMP_METRICS_PUBLIC"))
 
     def static_url(self, name: str) -> str:
         return f"{self.url_prefix}/emp/static/{name}?v={self.version}"

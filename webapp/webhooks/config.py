@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from emp_tasks.defaults import env, env_at_least
+from emp_tasks.defaults import env, env_at_least, env_flag
 
 #: Attempts of a delivery answered with a non-transient error (``EMP_WEBHOOK_MAX_ATTEMPTS``).
 MAX_ATTEMPTS = 3
@@ -71,10 +71,6 @@ def _count(name: str, default: int) -> int:
 def _seconds(name: str, default: float) -> float:
     """A number of seconds that must be above 0."""
     return env_at_least(name, default, 0, above=True)
-
-
-def _flag(name: str) -> bool:
-    return (env(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_networks(text: str | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -165,7 +161,7 @@ class WebhookConfig:
             claim_idle_seconds=_seconds("EMP_WEBHOOK_CLAIM_IDLE_SECONDS", CLAIM_IDLE_SECONDS),
             consumer_lease_seconds=_seconds("EMP_WEBHOOK_CONSUMER_LEASE_SECONDS",
                                             CONSUMER_LEASE_SECONDS),
-            allow_private=_flag("EMP_WEBHOOK_ALLOW_PRIVATE"),
+            allow_private=env_flag("EMP_WEBHOOK_ALLOW_PRIVATE"),
             allowed_networks=parse_networks(env("EMP_WEBHOOK_ALLOWED_NETWORKS")),
             instance=env("EMP_WEBHOOK_INSTANCE") or socket.gethostname() or f"pid{os.getpid()}",
         )
