@@ -59,6 +59,9 @@ logger = logging.getLogger("emp.machine")
 SUPERVISORD = "supervisord"
 #: Most characters of a program's error line quoted in the machine's log.
 MAX_REASON_CHARS = 500
+#: Seconds a revive waits past ``revive_seconds`` for a FATAL program's error line to be
+#: readable (supervisord's tail could be read before it, or not at all, on a loaded host).
+REASON_GRACE_SECONDS = 3.0
 
 
 class MachineRuntime:
@@ -302,23 +305,25 @@ class MachineRuntime:
                 continue
             since = self._fatal_since.setdefault(name, now)
             if now - since >= self.settings.revive_seconds:
+                said = self._error_line(name)
+                if said is None and (
+                        now - since < self.settings.revive_seconds + REASON_GRACE_SECONDS):
+                    continue  # its error line may not be readable yet: the next poll
                 self._fatal_since[name] = now
                 logger.warning("%s is FATAL (%s); starting it again", name,
-                               self._fatal_reason(name, info),
+                               said or self._fatal_reason(info),
                                extra={"event": "machine_revive", "program": name})
                 try:
                     self.supervisord.client.start_program(name)
                 except MachineError as exc:
                     logger.warning("could not start %s again: %s", name, exc)
 
-    def _fatal_reason(self, name: str, info: Mapping[str, Any]) -> str:
-        """Why ``name`` kept exiting: the error line its last process wrote (a worker's
-        one-line refusal), else supervisor's own words (its exit status in a FATAL
-        process's info is not the last exit's: 0 was seen for workers that exited 1)."""
-        said = self._error_line(name)
-        if said is None:
-            return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
-        return said
+    @staticmethod
+    def _fatal_reason(info: Mapping[str, Any]) -> str:
+        """Why a program kept exiting when its last process wrote no error line (a worker's
+        one-line refusal is quoted instead): supervisor's own words (its exit status in a
+        FATAL process's info is not the last exit's: 0 was seen for workers that exited 1)."""
+        return info.get("spawnerr") or f"exit status {info.get('exitstatus')}"
 
     def _error_line(self, name: str) -> str | None:
         """The last ``Error:`` line of ``name``'s log (a worker's one-line refusal)."""

@@ -94,7 +94,7 @@ def simulate(redis_url: str | None = None, trace: str | None = None, day: bool =
             summaries.append(result.summary)
             log(f"[{chosen_policy.name}] done in {result.record.wall_seconds:.1f} s: "
                 f"{result.summary['function_calls']} calls")
-        client.flushdb()
+        client.flushdb(asynchronous=True)  # (as before each policy: see Simulation.prepare)
         client.close()
     finally:
         if server is not None:

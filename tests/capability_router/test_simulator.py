@@ -6,6 +6,8 @@ import json
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from capability_router.pools import DEFAULT_POOLS_FILE, load_pools_file, parse_pools
 from capability_router.simulator import POLICIES, Simulation, TraceJob, synthetic_day
@@ -320,3 +322,31 @@ def test_two_scenarios_at_once_are_refused(redis_server, tmp_path, args: tuple[s
     assert result.exit_code == 2, result.output
     assert "one of --day, --quick or --trace" in result.output, result.output
     assert not out.exists()
+
+
+def test_a_policy_starts_on_a_full_database_without_waiting_for_its_flush(
+        redis_server) -> None:  # noqa: ANN001
+    """Tried: a database holding 300,000 keys (what a policy of ``--day`` leaves, in
+    miniature) and a client whose socket timeout is shorter than a synchronous FLUSHDB of
+    them (20 ms; ~200 ms here), without redis-py's retries (which, re-sending the FLUSHDB,
+    hid it at this size; the sim's own client gave up after them). Before: the next
+    policy's set-up FLUSHDB raised "Timeout reading from socket" (a full ``emp simulate
+    --day --scale 10`` died so after 32 minutes, before its last policy, on the client's
+    default 5 s timeout, its Redis sharing a loaded machine). Now the database is emptied
+    asynchronously and the policy runs."""
+    filler = redis.Redis(port=redis_server.port)
+    filler.flushall()
+    with filler.pipeline(transaction=False) as pipe:
+        for start in range(0, 300_000, 5_000):
+            pipe.mset({f"left:{i}": "x" * 64 for i in range(start, start + 5_000)})
+        pipe.execute()
+    timed = redis.Redis(port=redis_server.port, decode_responses=True, socket_timeout=0.02,
+                        retry=Retry(NoBackoff(), 0))  # (redis-py's retries would hide it)
+    try:
+        jobs = [TraceJob("a", 1.0, "text", 1.0)]
+        scenario = Scenario(jobs, {}, [1] * 24, 0.0, 2.0)
+        result = Simulation(timed, scenario, POLICIES["uniform"], one_pool()).run()
+    finally:
+        timed.close()
+    assert result.summary["completion"] == 1.0
+    assert filler.exists("left:0", "left:299999") == 0

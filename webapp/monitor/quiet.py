@@ -40,6 +40,8 @@ class OncePerOutage(logging.Filter):
         with self._lock:
             first = kind not in self._said
             self._said.add(kind)
+        if not first:  # at debug level, so that a repeat can be seen to have happened
+            logger.debug("dropped a repeated line of %s (said once per outage)", record.name)
         return first
 
     def ended(self) -> None:
