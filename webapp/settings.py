@@ -59,7 +59,10 @@ def _pairs(text: str | None) -> dict[str, str]:
 
 #: An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets),
 #: optional port; no path, no trailing slash.
-_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(:[0-9]{1,5})?")
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(?:[A-Za-z0-9.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+                     r"(?::(?P<port>[0-9]{1,5}))?")
+#: The port browsers leave out of an Origin, by scheme.
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def browser_ipv6(address: str) -> str | None:
@@ -85,8 +88,8 @@ def browser_ipv6(address: str) -> str | None:
 def parse_origins(text: str | None) -> list[str]:
     """``EMP_CORS_ORIGINS`` (``"https://a.example,http://[::1]:5173"`` or ``*``) -> the
     origins; ValueError naming an item that no browser would send as its Origin (a path,
-    a trailing slash, an IPv6 host written otherwise than browsers write it: it would
-    never match, and CORS would stay off without a word)."""
+    a trailing slash, the scheme's own port, an IPv6 host written otherwise than browsers
+    write it: it would never match, and CORS would stay off without a word)."""
     origins = [item.strip() for item in (text or "").split(",") if item.strip()]
     if "*" in origins and len(origins) > 1:
         raise ValueError("EMP_CORS_ORIGINS: '*' allows every origin; give it alone")
@@ -97,6 +100,10 @@ def parse_origins(text: str | None) -> list[str]:
         if not match:
             raise ValueError(f"EMP_CORS_ORIGINS {origin!r} is not an origin: "
                              "scheme://host[:port], no path or trailing slash")
+        if match.group("port") == _DEFAULT_PORTS[match.group("scheme")]:
+            start, end = match.span("port")
+            raise ValueError(f"EMP_CORS_ORIGINS {origin!r} would never match: browsers leave "
+                             f"the scheme's own port out, sending {origin[:start - 1]!r}")
         address = match.group("ipv6")
         if address is None:
             continue

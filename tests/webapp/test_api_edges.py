@@ -102,15 +102,20 @@ def test_an_ipv6_origin_as_browsers_send_it_is_accepted(origin) -> None:
     ("http://[1:0:0:2:0:0:0:3]", "http://[1:0:0:2::3]"),
     ("http://[1::2:3:4:5:6:7]", "http://[1:0:2:3:4:5:6:7]"),
     ("http://[::ffff:127.0.0.1]", "http://[::ffff:7f00:1]"),
+    ("https://app.example:443", ""), ("http://localhost:80", ""), ("http://[::1]:80", ""),
 ])
 def test_an_origin_no_browser_would_send_is_still_refused(origin, hint) -> None:
     """Tried: paths, trailing slashes, unbracketed, unclosed, invalid or zoned IPv6 hosts,
     and IPv6 hosts not in the form browsers send (which would never match). Each is
-    refused naming it; a host browsers write otherwise is refused naming their form."""
+    refused naming it; a host browsers write otherwise is refused naming their form.
+    Later: the scheme's own port (``https://app.example:443``), which browsers leave out of
+    Origin, was accepted and never matched; now refused naming the form they send."""
     with pytest.raises(ValueError, match=re.escape(f"EMP_CORS_ORIGINS {origin!r} ")) as error:
         parse_origins(f"{APP},{origin}")
     if hint:
         assert f"browsers send it as {hint!r}" in str(error.value)
+    if origin.endswith((":443", ":80")):
+        assert f"sending {origin.rsplit(':', 1)[0]!r}" in str(error.value)
 
 
 def test_cors_answers_a_listed_ipv6_origin_only(start_server) -> None:
