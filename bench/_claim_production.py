@@ -12,7 +12,12 @@ GB, everything else: serves exactly the lowest 1% of the work), ``nothing``
 and ``big`` (80 GB, everything). Which workflows a profile serves is computed
 here from the shape, and every claim's answer is checked against it.
 
-Measured, server time from SLOWLOG: claims by random profiles, bucketed by
+Measured, server time two ways: wall time from SLOWLOG (what the target
+names; on a shared 2-core machine it includes the scheduler taking Redis off
+the CPU mid-call, which shows as calls of ~4 and ~8 ms, the kernel's tick) and
+the main thread's CPU time for each call (``INFO cpu`` read between pipelined
+claims, less an ``INFO``'s own cost: what the function itself costs, immune to
+preemption). Claims by random profiles, bucketed by
 the share of pending work the profile can serve, and by each named profile
 (claimed jobs are refilled into their own workflow, so the shape holds); the
 same at 1,000 workflows (quick 200), for the growth of p99; at 20,000: the
@@ -198,9 +203,39 @@ def slowlog_calls(client: redis.Redis) -> list[tuple[float, list[bytes]]]:
             if e[3] and e[3][0].upper() not in (b"SLOWLOG", b"CONFIG", b"INFO")]
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One claim: its server wall time (SLOWLOG), its CPU time, whether it found a job."""
+
+    wall_us: float
+    cpu_us: float
+    hit: bool
+    profile: WorkerProfile
+
+
+METRICS = ("wall", "cpu")
+#: The main thread's CPU counters in ``INFO cpu`` (Redis >= 7; precise, from the kernel's
+#: per-thread runtime, unlike the process-wide pair that includes background threads).
+MAIN_THREAD_CPU = ("used_cpu_user_main_thread", "used_cpu_sys_main_thread")
+
+
+def main_thread_cpu_us(info: dict[str, Any]) -> float:
+    return 1e6 * sum(float(info[key]) for key in MAIN_THREAD_CPU)
+
+
+def info_cost_us(client: redis.Redis, n: int = 201) -> float:
+    """Median CPU µs between two pipelined ``INFO cpu`` with nothing between them."""
+    pipe = client.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.info("cpu")
+    marks = [main_thread_cpu_us(info) for info in pipe.execute()]
+    gaps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+    return gaps[len(gaps) // 2]
+
+
 def timed_claims(backlog: Backlog, profiles: list[WorkerProfile], refill: bool = True
-                 ) -> list[tuple[float, bool, WorkerProfile]]:
-    """Claim once per profile given, pipelined; (server µs, hit, profile) each.
+                 ) -> list[Timed]:
+    """Claim once per profile given, pipelined, an ``INFO cpu`` between claims.
 
     Checks each answer against the shape: a job the profile cannot serve is an
     error; a miss while it could serve pending work is counted in
@@ -208,20 +243,26 @@ def timed_claims(backlog: Backlog, profiles: list[WorkerProfile], refill: bool =
     each job taken.
     """
     client, keys = backlog.client, backlog.functions.keys
-    out: list[tuple[float, bool, WorkerProfile]] = []
+    info_us = info_cost_us(client)
+    out: list[Timed] = []
     for first in range(0, len(profiles), 100):
         chunk = profiles[first:first + 100]
         client.slowlog_reset()
         pipe = client.pipeline(transaction=False)
+        pipe.info("cpu")
         for p in chunk:
             pipe.execute_command(*claim_args(keys, p.signature, p.worker_id, LEASE_MS, 5000))
-        replies = pipe.execute()
+            pipe.info("cpu")
+        answers = pipe.execute()
+        marks = [main_thread_cpu_us(info) for info in answers[0::2]]
+        replies = answers[1::2]
+        cpu = [max(0.0, b - a - info_us) for a, b in zip(marks, marks[1:], strict=False)]
         calls = [us for us, cmd in slowlog_calls(client)
                  if cmd[0].upper() == b"FCALL" and cmd[1] == b"emp_claim"]
         if len(calls) != len(chunk):
             raise RuntimeError(f"SLOWLOG held {len(calls)} of {len(chunk)} claims")
         taken = []
-        for us, reply, p in zip(calls, replies, chunk, strict=True):
+        for us, cpu_us, reply, p in zip(calls, cpu, replies, chunk, strict=True):
             hit = int(reply[0]) == 1
             if hit:
                 index = backlog.workflow_of(reply[1])
@@ -232,7 +273,7 @@ def timed_claims(backlog: Backlog, profiles: list[WorkerProfile], refill: bool =
             elif any(n and serves(p, wf) for wf, n in
                      zip(backlog.workflows, backlog.pending, strict=True)):
                 backlog.wrong_misses += 1
-            out.append((us, hit, p))
+            out.append(Timed(us, round(cpu_us, 3), hit, p))
         if refill and taken:
             backlog.fill(taken)
     return out
@@ -280,27 +321,37 @@ def bucket_of(share: float) -> str:
     return next(label for label, low, high in SHARE_BUCKETS if low < share <= high)
 
 
-def sample_claims(stage: Stage, scale: Scale, rng: random.Random) -> dict[str, Any]:
-    """Claims by random profiles (bucketed) and by each named profile."""
+def of(rows: list[Timed], metric: str) -> list[float]:
+    """The ``metric`` ("wall" or "cpu") µs of each claim."""
+    return [row.wall_us if metric == "wall" else row.cpu_us for row in rows]
+
+
+def sample_claims(stage: Stage, scale: Scale, rng: random.Random
+                  ) -> tuple[list[Timed], dict[str, list[Timed]]]:
+    """Claims by random profiles, and by each named profile."""
     picks = [rng.choice(stage.profiles) for _ in range(scale.claims_random)]
     rows = timed_claims(stage.backlog, picks)
+    named = named_profiles()
+    return rows, {name: timed_claims(stage.backlog, [named[name]] * scale.claims_named)
+                  for name in NAMED}
+
+
+def claim_figures(stage: Stage, rows: list[Timed], named_rows: dict[str, list[Timed]],
+                  metric: str) -> dict[str, Any]:
+    """Summaries of one metric: random claims bucketed by share, each named profile."""
     buckets: dict[str, dict[str, Any]] = {}
     for label, _, _ in SHARE_BUCKETS:
-        mine = [(us, hit) for us, hit, p in rows if bucket_of(stage.shares[p.signature]) == label]
-        buckets[label] = {"all": summary([us for us, _ in mine]),
-                          "hit": summary([us for us, hit in mine if hit]),
-                          "miss": summary([us for us, hit in mine if not hit]),
+        mine = [r for r in rows if bucket_of(stage.shares[r.profile.signature]) == label]
+        buckets[label] = {"all": summary(of(mine, metric)),
+                          "hit": summary(of([r for r in mine if r.hit], metric)),
+                          "miss": summary(of([r for r in mine if not r.hit], metric)),
                           "profiles": sum(1 for p in stage.profiles
                                           if bucket_of(stage.shares[p.signature]) == label)}
     named = named_profiles()
-    by_name: dict[str, Any] = {}
-    for name in NAMED:
-        profile = named[name]
-        got = timed_claims(stage.backlog, [profile] * scale.claims_named)
-        by_name[name] = {"share": round(stage.shares[profile.signature], 4),
-                         "all": summary([us for us, _, _ in got]),
-                         "hits": sum(hit for _, hit, _ in got)}
-    return {"random": {"all": summary([us for us, _, _ in rows]), "buckets": buckets},
+    by_name = {name: {"share": round(stage.shares[named[name].signature], 4),
+                      "all": summary(of(got, metric)), "hits": sum(r.hit for r in got)}
+               for name, got in named_rows.items()}
+    return {"random": {"all": summary(of(rows, metric)), "buckets": buckets},
             "named": by_name}
 
 
@@ -314,9 +365,10 @@ def first_calls(stage: Stage, scale: Scale, rng: random.Random, count: int = 5
         profile = random_profile(rng, f"new{k}", region=f"new-{k}")
         register.append(longest_call(
             client, lambda p=profile: backlog.functions.register_worker(p)))
-        claims += [us for us, _, _ in timed_claims(backlog, [profile] * 20)]
+        claims += timed_claims(backlog, [profile] * 20)
     out = {"register_longest_us": summary(register), "new_profile_first_claims_us":
-           summary(claims)}
+           summary(of(claims, "wall")), "new_profile_first_claims_cpu_us":
+           summary(of(claims, "cpu"))}
     # New workflows of known requirements (each a new class today, as a class holds its
     # workflow), and workflows needing a model never seen (a new class in any design).
     known = make_workflows(count, scale.customers, rng, "first")
@@ -351,9 +403,10 @@ def drain_and_miss(stage: Stage, scale: Scale) -> dict[str, Any]:
                            "drained_workflows": dead, "pending_after": sum(stage.backlog.pending)}
     for name in ("drain", "nothing"):
         got = timed_claims(stage.backlog, [named[name]] * scale.claims_named, refill=False)
-        if any(hit for _, hit, _ in got):
+        if any(r.hit for r in got):
             raise RuntimeError(f"{name} found work after the drain")
-        out[f"{name}_miss_us"] = summary([us for us, _, _ in got])
+        out[f"{name}_miss_us"] = summary(of(got, "wall"))
+        out[f"{name}_miss_cpu_us"] = summary(of(got, "cpu"))
     return out
 
 
@@ -370,7 +423,9 @@ def run(client: redis.Redis, quick: bool) -> dict[str, Any]:
               f"{len(stage.profiles)} profiles; new classes filed in {stage.class_fill_s:.1f}s, "
               f"other jobs in {stage.job_fill_s:.1f}s; share of work per profile: median "
               f"{shares[len(shares) // 2]:.1%}, max {shares[-1]:.1%}", flush=True)
-        result = sample_claims(stage, scale, rng)
+        rows, named_rows = sample_claims(stage, scale, rng)
+        result = claim_figures(stage, rows, named_rows, "wall")
+        result["cpu"] = claim_figures(stage, rows, named_rows, "cpu")
         result.update(class_fill_s=round(stage.class_fill_s, 2),
                       job_fill_s=round(stage.job_fill_s, 2))
         result["wrong_misses"] = stage.backlog.wrong_misses
@@ -380,7 +435,9 @@ def run(client: redis.Redis, quick: bool) -> dict[str, Any]:
         result["seconds"] = round(time.monotonic() - t0, 1)
         stages[str(n_workflows)] = result
         print_stage(n_workflows, result)
-    return verdicts(stages, scale)
+    out = verdicts(stages, scale, "wall")
+    out["cpu"] = verdicts(stages, scale, "cpu")
+    return out
 
 
 def fmt(s: dict[str, float]) -> str:
@@ -389,15 +446,20 @@ def fmt(s: dict[str, float]) -> str:
     return f"{s['p50']:>7.0f} {s['p99']:>7.0f} {s['mean']:>8.1f} {s['max']:>7.0f} {s['n']:>6}"
 
 
-def print_stage(n_workflows: int, result: dict[str, Any]) -> None:
-    print(f"  claims at {n_workflows} workflows, server us:    p50     p99     mean     max"
+def print_claims(n_workflows: int, figures: dict[str, Any], what: str) -> None:
+    print(f"  claims at {n_workflows} workflows, {what}:    p50     p99     mean     max"
           "      n", flush=True)
-    print(f"    random profiles, all          {fmt(result['random']['all'])}", flush=True)
-    for label, b in result["random"]["buckets"].items():
+    print(f"    random profiles, all          {fmt(figures['random']['all'])}", flush=True)
+    for label, b in figures["random"]["buckets"].items():
         print(f"    serving {label:<10} ({b['profiles']:>4} p) {fmt(b['all'])}", flush=True)
-    for name, b in result["named"].items():
+    for name, b in figures["named"].items():
         print(f"    {name:<11} (serves {b['share']:>6.2%})  {fmt(b['all'])}  "
               f"hits {b['hits']}", flush=True)
+
+
+def print_stage(n_workflows: int, result: dict[str, Any]) -> None:
+    print_claims(n_workflows, result, "server wall us")
+    print_claims(n_workflows, result["cpu"], "server CPU us ")
     first = result.get("first_calls")
     if first:
         rows = [("register new profile, longest call  ", "register_longest_us"),
@@ -411,22 +473,28 @@ def print_stage(n_workflows: int, result: dict[str, Any]) -> None:
         print(f"    drain took {after['drained_jobs']} jobs of {after['drained_workflows']} "
               f"workflows in {after['drain_seconds']:.1f}s; {after['pending_after']} pending",
               flush=True)
-        print(f"    miss, drain (dead classes)     {fmt(after['drain_miss_us'])}", flush=True)
-        print(f"    miss, nothing                  {fmt(after['nothing_miss_us'])}", flush=True)
+        for metric, suffix in (("wall", "us"), ("CPU", "cpu_us")):
+            print(f"    miss, drain (dead classes), {metric:<4} "
+                  f"{fmt(after['drain_miss_' + suffix])}", flush=True)
+            print(f"    miss, nothing, {metric:<4}              "
+                  f"{fmt(after['nothing_miss_' + suffix])}", flush=True)
 
 
-def verdicts(stages: dict[str, Any], scale: Scale) -> dict[str, Any]:
-    lo, hi = stages[str(scale.workflows_low)], stages[str(scale.workflows)]
+def verdicts(stages: dict[str, Any], scale: Scale, metric: str) -> dict[str, Any]:
+    """Targets judged on one metric ("wall": the headline, or "cpu"); prints them."""
+    low, high = stages[str(scale.workflows_low)], stages[str(scale.workflows)]
+    lo, hi = (low, high) if metric == "wall" else (low["cpu"], high["cpu"])
+    suffix = "us" if metric == "wall" else "cpu_us"
     hit_p99 = {label: b["hit"]["p99"] for label, b in hi["random"]["buckets"].items()
                if b["hit"]["n"]}
     hit_p99.update({name: b["all"]["p99"] for name, b in hi["named"].items() if b["hits"]})
     miss_p99 = {"random_miss": hi["random"]["buckets"]["0% (miss)"]["miss"]["p99"],
-                "nothing": hi["after_drain"]["nothing_miss_us"]["p99"],
-                "drain_dead_classes": hi["after_drain"]["drain_miss_us"]["p99"]}
+                "nothing": high["after_drain"][f"nothing_miss_{suffix}"]["p99"],
+                "drain_dead_classes": high["after_drain"][f"drain_miss_{suffix}"]["p99"]}
     growth = {"random_all": hi["random"]["all"]["p99"] / max(1.0, lo["random"]["all"]["p99"])}
     growth.update({name: hi["named"][name]["all"]["p99"]
                    / max(1.0, lo["named"][name]["all"]["p99"]) for name in NAMED})
-    first = hi["first_calls"]
+    first = high["first_calls"]
     longest = {"register": first["register_longest_us"]["max"],
                "first_enqueue": max(first["enqueue_new_workflow_longest_us"]["max"],
                                     first["enqueue_new_requirements_longest_us"]["max"])}
@@ -434,27 +502,29 @@ def verdicts(stages: dict[str, Any], scale: Scale) -> dict[str, Any]:
         "claim_p99": max(hit_p99.values()) <= CLAIM_P99_TARGET_US,
         "miss_p99": max(v for v in miss_p99.values() if v == v) <= MISS_P99_TARGET_US,
         "growth": max(growth["random_all"], growth["small-1pct"]) <= GROWTH_TARGET,
-        "longest_call": max(longest.values()) < LONGEST_CALL_TARGET_US,
     }
-    print(f"  targets: claim p99 <= {CLAIM_P99_TARGET_US:.0f} us for every bucket and named "
-          f"profile (worst {max(hit_p99.values()):.0f}): {verdict(met['claim_p99'])}; "
-          f"miss p99 <= {MISS_P99_TARGET_US:.0f} us (worst "
+    print(f"  targets on server {metric} time: claim p99 <= {CLAIM_P99_TARGET_US:.0f} us for "
+          f"every bucket and named profile (worst {max(hit_p99.values()):.0f}): "
+          f"{verdict(met['claim_p99'])}; miss p99 <= {MISS_P99_TARGET_US:.0f} us (worst "
           f"{max(v for v in miss_p99.values() if v == v):.0f}): {verdict(met['miss_p99'])}",
           flush=True)
-    print(f"  growth of p99 {scale.workflows_low} -> {scale.workflows} workflows: " + ", ".join(
-        f"{k} {v:.2f}x" for k, v in growth.items()) + f" (target <= {GROWTH_TARGET}x for "
-        f"random_all and small-1pct: {verdict(met['growth'])}); longest call: register "
-        f"{longest['register']:.0f} us, first enqueue {longest['first_enqueue']:.0f} us "
-        f"(target < {LONGEST_CALL_TARGET_US:.0f}: {verdict(met['longest_call'])})", flush=True)
-    return {
-        "scale": vars(scale),
-        "stages": stages,
+    print(f"  growth of {metric} p99 {scale.workflows_low} -> {scale.workflows} workflows: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in growth.items())
+          + f" (target <= {GROWTH_TARGET}x for random_all and small-1pct: "
+          f"{verdict(met['growth'])})", flush=True)
+    out: dict[str, Any] = {
         "claim_hit_p99_us": hit_p99,
         "miss_p99_us": miss_p99,
         "growth_p99": {k: round(v, 3) for k, v in growth.items()},
-        "longest_call_us": longest,
-        "targets": {"claim_p99_us_max": CLAIM_P99_TARGET_US, "miss_p99_us_max":
-                    MISS_P99_TARGET_US, "growth_max": GROWTH_TARGET,
-                    "longest_call_us_below": LONGEST_CALL_TARGET_US},
         "met": met,
     }
+    if metric == "wall":  # the longest single call is SLOWLOG's alone
+        met["longest_call"] = max(longest.values()) < LONGEST_CALL_TARGET_US
+        print(f"  longest call: register {longest['register']:.0f} us, first enqueue "
+              f"{longest['first_enqueue']:.0f} us (target < {LONGEST_CALL_TARGET_US:.0f}: "
+              f"{verdict(met['longest_call'])})", flush=True)
+        out.update({"scale": vars(scale), "stages": stages, "longest_call_us": longest,
+                    "targets": {"claim_p99_us_max": CLAIM_P99_TARGET_US, "miss_p99_us_max":
+                                MISS_P99_TARGET_US, "growth_max": GROWTH_TARGET,
+                                "longest_call_us_below": LONGEST_CALL_TARGET_US}})
+    return out
