@@ -43,3 +43,22 @@ def test_seed_nodes_follow_the_url_node(monkeypatch: pytest.MonkeyPatch) -> None
         ClusterNode("10.0.0.13", 7000)]
     monkeypatch.setenv(CLUSTER_ENV, "1")
     assert seed_nodes("redis://10.0.0.11:6380/0") == [ClusterNode("10.0.0.11", 6380)]
+
+
+@pytest.mark.parametrize("command", ["api", "job"])
+def test_a_command_started_with_a_bad_switch_stops_with_one_line(command: str) -> None:
+    """Tried: ``EMP_REDIS_CLUSTER=maybe emp api`` and ``emp job <id>`` (Redis not
+    answering). Once the switch was refused, ``emp api`` answered with a traceback from
+    each gunicorn worker as it built its first client and "Worker failed to boot"; ``emp
+    job`` said no Redis answers, naming the URL but not the switch. Now every ``emp``
+    command reads the switch at start: click's one error line naming it, no traceback."""
+    from tests.emp_tasks.test_cli import run
+
+    args = ["--port", "1"] if command == "api" else ["no-such-job"]
+    done = run(command, *args, env={CLUSTER_ENV: "maybe",
+                                    "EMP_REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: {CLUSTER_ENV} must be one of 1, true, yes, on (on) or 0, false, no, off "
+        "(off), or seed nodes host:port,host:port, got 'maybe'"), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
