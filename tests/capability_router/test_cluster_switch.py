@@ -24,9 +24,9 @@ def test_words_and_seed_lists_keep_their_meaning(monkeypatch: pytest.MonkeyPatch
 def test_a_value_neither_a_word_nor_seeds_is_refused_naming_the_variable(
         monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     """Tried: ``EMP_REDIS_CLUSTER=maybe`` (and a misspelt ``ture``, a seed without its
-    port). Before, any value outside the off words meant on: every process built a
-    ``RedisCluster`` client for a plain Redis and failed on its first call ("Cluster mode
-    is not enabled on this node"), or a seed without a port was silently dropped. Now
+    port). Before, any value outside the off words meant on (``make_client`` built a
+    ``RedisCluster`` client, whatever the Redis was), and a seed without its port was
+    dropped without a word (the test failed: nothing raised). Now
     reading the switch raises SettingError naming the variable, the words and the seed
     form, the way ``env_flag`` refuses a word it does not know."""
     monkeypatch.setenv(CLUSTER_ENV, value)
