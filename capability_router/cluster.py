@@ -25,9 +25,17 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.retry import Retry
 
+from capability_router.env import (
+    FALSE_WORDS,
+    FLAG_WORDS,
+    TRUE_WORDS,
+    SettingError,
+    flag_value,
+)
 from capability_router.green import blocking_pool, is_green
 
-#: Environment switch: "1"/"true"/"yes", or extra seed nodes ``host:port,host:port``.
+#: Environment switch: an on/off word ("1", "true", "yes", "on"; "0", ... off), or extra
+#: seed nodes ``host:port,host:port`` (on); another value is refused.
 CLUSTER_ENV = "EMP_REDIS_CLUSTER"
 
 #: Retries of a call that met a moved slot or a dead master (backoff 50 ms doubling to
@@ -48,13 +56,27 @@ THREAD_CONNECTIONS = 2**31
 #: costs a caller this long, not every call after it for as long as it lasts.
 SOCKET_TIMEOUT_SECONDS = 5.0
 
-_OFF = {"", "0", "false", "no", "off"}
-_ON = {"1", "true", "yes", "on"}
+
+def _switch() -> tuple[bool, list[tuple[str, int]]]:
+    """``EMP_REDIS_CLUSTER`` read: whether it is on, and its extra seeds. An on/off word
+    (``env.flag_value``'s), empty for off, or a comma list of ``host:port``; anything else
+    raises SettingError naming the variable (``maybe`` used to mean on)."""
+    text = (os.environ.get(CLUSTER_ENV) or "").strip()
+    if not text or text.lower() in TRUE_WORDS + FALSE_WORDS:
+        return flag_value(CLUSTER_ENV, text), []
+    seeds = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = item.rpartition(":")
+        if not (host and port.isascii() and port.isdigit()):
+            raise SettingError(f"{CLUSTER_ENV} must be {FLAG_WORDS}, or seed nodes "
+                               f"host:port,host:port, got {text!r}")
+        seeds.append((host, int(port)))
+    return True, seeds
 
 
 def cluster_enabled() -> bool:
     """True when ``EMP_REDIS_CLUSTER`` says the Redis is a cluster."""
-    return os.environ.get(CLUSTER_ENV, "").strip().lower() not in _OFF
+    return _switch()[0]
 
 
 def seed_nodes(url: str) -> list[ClusterNode]:
@@ -64,14 +86,8 @@ def seed_nodes(url: str) -> list[ClusterNode]:
     over and was not replaced yet).
     """
     parsed = urlparse(url)
-    seeds = [ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379)]
-    value = os.environ.get(CLUSTER_ENV, "").strip()
-    if value.lower() not in _ON | _OFF:
-        for item in value.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if host and port.isdigit():
-                seeds.append(ClusterNode(host, int(port)))
-    return seeds
+    return [ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379),
+            *(ClusterNode(host, port) for host, port in _switch()[1])]
 
 
 class _FunctionSlots:

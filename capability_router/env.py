@@ -53,15 +53,26 @@ def env_float(name: str, default: float) -> float:
 
 
 def env_at_least(name: str, default: float, low: float, convert: Callable[[Any], _N] = float,
-                 *, above: bool = False) -> _N:
+                 *, above: bool = False, what: str | None = None) -> _N:
     """``name`` as a finite number of at least ``low`` (above it with ``above``), ``default``
     when unset; anything else raises SettingError naming the variable. For counts and
-    durations a service only misbehaves on later (a 0 s lease, 0 processes)."""
+    durations a service only misbehaves on later (a 0 s lease, 0 processes). ``what``
+    words the bound in the error ("a positive number of GB"); by default "at least 1"
+    or "above 0"."""
     value = env_number(name, default, convert, "an integer" if convert is int else "a number")
+    return check_at_least(name, value, low, above=above, what=what, got=repr(env(name)))
+
+
+def check_at_least(name: str, value: _N, low: float, *, above: bool = False,
+                   what: str | None = None, got: str | None = None) -> _N:
+    """``value`` of setting ``name`` when it is a finite number of at least ``low`` (above
+    it with ``above``), else SettingError naming the setting and ``got`` (the value as
+    given; ``value`` itself by default). ``env_at_least``'s check, for a value that may
+    have come from elsewhere (an option, a constructor)."""
     if value != value or value in (math.inf, -math.inf) or value < low or (
             above and value == low):
-        raise SettingError(f"{name} must be {'above' if above else 'at least'} {low:g}, "
-                           f"got {env(name)!r}")
+        bound = what or f"{'above' if above else 'at least'} {low:g}"
+        raise SettingError(f"{name} must be {bound}, got {repr(value) if got is None else got}")
     return value
 
 
@@ -70,10 +81,13 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
+#: The words an on/off setting takes, as its errors list them.
+FLAG_WORDS = f"one of {', '.join(TRUE_WORDS)} (on) or {', '.join(FALSE_WORDS)} (off)"
+
+
 def flag_error(name: str, text: str) -> SettingError:
     """The error for ``name`` set to ``text``, which is neither a true nor a false word."""
-    return SettingError(f"{name} must be one of {', '.join(TRUE_WORDS)} (on) or "
-                        f"{', '.join(FALSE_WORDS)} (off), got {text!r}")
+    return SettingError(f"{name} must be {FLAG_WORDS}, got {text!r}")
 
 
 def env_flag(name: str, default: bool = False) -> bool:

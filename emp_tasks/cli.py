@@ -136,6 +136,9 @@ class EmpGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, redis_url: str | None) -> None:
     """EMP Job Queue: capability-matched GPU jobs on Celery and Redis Functions."""
+    from capability_router.cluster import cluster_enabled
+
+    cluster_enabled()  # a bad EMP_REDIS_CLUSTER: one line now, not where a client is made
     ctx.obj = {"redis_url": redis_url}
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from capability_router.env import (  # noqa: F401 - re-exported
     SettingError,
+    check_at_least,
     env,
     env_at_least,
     env_flag,
@@ -80,13 +80,10 @@ _N = TypeVar("_N", int, float)
 
 
 def env_positive(name: str, default: float, convert: Callable[[Any], _N] = float) -> _N:
-    """``name`` as a positive finite number (``convert``: int or float), ``default`` when
-    unset; anything else raises ValueError naming the variable."""
-    value = env_number(name, default, convert, "an integer" if convert is int else "a number")
-    if not 0 < value < math.inf:  # also refuses NaN
-        raise SettingError(f"{name} must be a positive {'integer' if convert is int else 'number'}"
-                         f", got {env(name)!r}")
-    return value
+    """``env_at_least`` above 0, its error worded "must be a positive number" (or
+    "integer", by ``convert``) as tests and operators know it."""
+    return env_at_least(name, default, 0, convert, above=True,
+                        what=f"a positive {'integer' if convert is int else 'number'}")
 
 
 def lease_seconds() -> float:

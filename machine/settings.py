@@ -142,9 +142,11 @@ class MachineSettings:
     def __post_init__(self) -> None:
         check_machine_id(self.machine_id)
         for name, variable, lowest, why in FLOORS:
-            if getattr(self, name) < lowest:
-                raise MachineError(f"{variable} must be at least {lowest:g}, got "
-                                   f"{getattr(self, name):g} ({why})")
+            value = getattr(self, name)
+            try:
+                defaults.check_at_least(variable, value, lowest, got=f"{value:g}")
+            except defaults.SettingError as exc:
+                raise MachineError(f"{exc} ({why})") from None
         if self.worker_loglevel.lower() not in WORKER_LOGLEVELS:
             raise MachineError(f"EMP_WORKER_LOGLEVEL must be one of {', '.join(WORKER_LOGLEVELS)}"
                                f" (any case), got {self.worker_loglevel!r}")

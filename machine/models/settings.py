@@ -13,14 +13,10 @@ from emp_tasks import defaults
 
 def positive(name: str, default: float, kind: str) -> float | int:
     """``name`` as a number above 0 (an integer when ``default`` is one), ``default``
-    when unset; ValueError naming the variable otherwise."""
-    if isinstance(default, int):
-        value: float | int = defaults.env_int(name, default)
-    else:
-        value = defaults.env_float(name, default)
-    if not value > 0 or value == float("inf"):
-        raise defaults.SettingError(f"{name} must be {kind}, got {defaults.env(name)!r}")
-    return value
+    when unset; SettingError naming the variable and ``kind`` (the bound in its words,
+    "a positive number of GB") otherwise."""
+    convert = int if isinstance(default, int) else float
+    return defaults.env_at_least(name, default, 0, convert, above=True, what=kind)
 
 
 def check_settings() -> None:

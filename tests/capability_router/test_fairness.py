@@ -76,6 +76,26 @@ def test_window_zero_is_strict_queue_order(queue: QueueFunctions) -> None:
     assert big_claims(queue, big, 2, T0 + 1_000) == ["small-0", "small-1"]
 
 
+def scarce_behind_other_families(queue: QueueFunctions, count: int, *,
+                                 first_family: bool = False) -> WorkerProfile:
+    """A small priority-60 job (after one of an upscaler the GPU workers do not run, with
+    ``first_family``), ``count`` priority-60 upscaler families of one job each, then a
+    priority-55 job only the big worker can run; the big worker, returned."""
+    big = gpu_worker("big", 80)
+    upscaler = WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]})
+    for profile in (gpu_worker("s1", 8), gpu_worker("s2", 12), big, upscaler):
+        queue.register_worker(profile)
+    if first_family:
+        queue.enqueue("up-first", JobSpec(service="upscale", priority=60,
+                                          requirements={"scale": 100}), "{}", now_ms=T0 - 1)
+    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
+    for n in range(count):
+        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=60,
+                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
+    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    return big
+
+
 def test_families_the_worker_cannot_serve_do_not_hide_the_scarce_one(
         queue: QueueFunctions) -> None:
     """Tried: a small priority-60 job, then 16 priority-60 jobs of another service (an
@@ -84,15 +104,7 @@ def test_families_the_worker_cannot_serve_do_not_hide_the_scarce_one(
     of the window whatever they were: 15 of them were the upscaler's, the scarce family
     was not among them, and it took the small job. Families it cannot serve are skipped
     now, as the README says (the families it can serve, at most 16)."""
-    big = gpu_worker("big", 80)
-    upscaler = WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]})
-    for profile in (gpu_worker("s1", 8), gpu_worker("s2", 12), big, upscaler):
-        queue.register_worker(profile)
-    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
-    for n in range(16):
-        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=60,
-                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
-    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    big = scarce_behind_other_families(queue, 16)
     assert big_claims(queue, big, 2, T0 + 1_000) == ["big-1", "small-0"]
 
 
@@ -106,15 +118,5 @@ def test_the_scarce_family_past_the_first_page_of_families_is_found(
     only when the page ends past it. Tried with that check left out: the window seemed to
     end within the page (63 families from the small one on, fewer than a page of 64) and the
     big worker took small-0; the scarce family, the 73rd, is found when it is read on."""
-    big = gpu_worker("big", 80)
-    upscaler = WorkerProfile.from_dict({"worker_id": "up", "services": ["upscale"]})
-    for profile in (gpu_worker("s1", 8), big, upscaler):
-        queue.register_worker(profile)
-    queue.enqueue("up-first", JobSpec(service="upscale", priority=60,
-                                      requirements={"scale": 100}), "{}", now_ms=T0 - 1)
-    queue.enqueue("small-0", gpu_job(8, 60), "{}", now_ms=T0)
-    for n in range(70):
-        queue.enqueue(f"up-{n}", JobSpec(service="upscale", priority=60,
-                                         requirements={"scale": n + 1}), "{}", now_ms=T0 + 1 + n)
-    queue.enqueue("big-1", gpu_job(48, 55), "{}", now_ms=T0 + 100)
+    big = scarce_behind_other_families(queue, 70, first_family=True)
     assert big_claims(queue, big, 2, T0 + 1_000) == ["big-1", "small-0"]

@@ -549,6 +549,26 @@ def test_the_json_endpoints_refuse_bad_input_and_change_nothing(
     assert records() == before
 
 
+def test_a_terminate_flag_that_is_neither_on_nor_off_is_a_400_naming_it(
+        start_server: Callable[..., Any], app: Any) -> None:
+    """Tried: ``POST /emp/api/jobs/<id>/cancel?terminate=maybe`` (and ``terminate=yes``).
+    Before, the monitor took only 1 and true as on and every other word as off: ``maybe``
+    cancelled the job without terminating it (200), and so did ``yes``, silently. Now the
+    flag takes the on/off words the settings take (``env.flag_value``): another word is a
+    400 naming the parameter and the words, and the job is left as it was."""
+    monitor = start_server("monitor")
+    job = submit("simulation", {"steps": 1}, requirements={"hardware": {"gpu_memory_gb": 99}},
+                 app=app)
+    path = f"{monitor.base}/emp/api/jobs/{job.id}/cancel"
+    reply = requests.post(path, params={"terminate": "maybe"}, timeout=10)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == ("terminate must be one of 1, true, yes, on (on) or 0, "
+                                     "false, no, off (off), got 'maybe'"), reply.text
+    assert get_job(job.id, app=app)["status"] == "pending"
+    reply = requests.post(path, params={"terminate": "Yes"}, timeout=10)
+    assert reply.status_code == 200 and reply.json()["status"] == "cancelled", reply.text
+
+
 def test_a_pool_filter_that_is_no_pool_name_is_a_400_naming_it(
         start_server: Callable[..., Any], open_page: Callable[..., Any], app: Any) -> None:
     """Tried: the Jobs page's Pool filter with a typo an operator makes ('gpu fast', with a

@@ -15,6 +15,7 @@ import tornado.web
 from flower.views.monitor import Metrics as FlowerMetrics
 from tornado.ioloop import IOLoop
 
+from capability_router.env import SettingError, flag_value
 from capability_router.errors import JobNotFound
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.pool_metrics import UnknownWindow, parse_window, pool_series
@@ -133,6 +134,16 @@ class JobData(JsonHandler):
         self.send({"success": True, **detail})
 
 
+def query_flag(handler: tornado.web.RequestHandler, name: str) -> bool:
+    """Query parameter ``name`` as on/off, in the words an on/off setting takes
+    (``env.flag_value``: ``?terminate=maybe`` silently meant off), off when absent or
+    empty; another word is a 400 naming the parameter and the words."""
+    try:
+        return flag_value(name, handler.get_query_argument(name, ""))
+    except SettingError as exc:
+        raise tornado.web.HTTPError(400, str(exc)) from None
+
+
 class JobAction(ActionHandler):
     """``POST /emp/api/jobs/<id>/<cancel|retry|requeue>``; 409 naming the status if refused."""
 
@@ -141,7 +152,7 @@ class JobAction(ActionHandler):
         do = {"cancel": jobs.cancel, "retry": jobs.retry, "requeue": jobs.requeue}[action]
         kwargs = {}
         if action == "cancel":
-            kwargs["terminate"] = self.get_query_argument("terminate", "") in ("1", "true")
+            kwargs["terminate"] = query_flag(self, "terminate")
         try:
             status = await self.blocking(do, self.state.backend.celery, job_id, **kwargs)
         except JobNotFound:
