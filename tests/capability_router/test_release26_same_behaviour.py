@@ -108,6 +108,24 @@ def test_a_job_whose_count_cannot_be_incremented_is_failed_and_the_next_claimed(
     assert queue.client.hexists(queue.keys.classes, csig) is False
 
 
+def test_a_claim_fails_at_most_32_uncountable_jobs_then_asks_again_at_once(
+        queue: QueueFunctions) -> None:
+    """Tried: 40 jobs with ``attempts`` 'abc' ahead of a good one. Releases 25 and 26
+    raised on the first (and lost it). Now one claim fails 32 (bounding its time) and
+    answers 1 ms, not an idle wait, with work left; the next fails the other 8 and
+    takes the good job."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    for n in range(40):
+        queue.enqueue(f"bad-{n}", gpu_job(8), "{}", now_ms=T0 + n)
+        queue.client.hset(queue.keys.job(f"bad-{n}"), "attempts", "abc")
+    queue.enqueue("good", gpu_job(8), "{}", now_ms=T0 + 100)
+    assert queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000) == 1
+    assert len(queue.take_gave_up(count=100)) == 32
+    assert claim(queue, worker).job_id == "good"
+    assert len(queue.take_gave_up(count=100)) == 8
+
+
 @pytest.mark.parametrize(("stored", "attempt"), [
     (None, 1), ("0", 1), ("-3", -2), ("999999999", 1_000_000_000),
     ("99999999999", 100_000_000_000)])
