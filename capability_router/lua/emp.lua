@@ -630,8 +630,15 @@ local function index_pending(P, fsig, csig, id, score)
   end
 end
 
-local function unindex_pending(P, fk, id)
-  redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
+-- ``csig`` (optional): the job's class, whose own index is tried when ``fk``'s
+-- did not hold the job: a job of a known class filed while its class-family entry
+-- was missing is indexed under the class, though a claim finds it through the
+-- family (refresh_head put the class back in it); left there, the family summary
+-- counted it pending while it ran. One call in the usual case, as before.
+local function unindex_pending(P, fk, id, csig)
+  if redis.call('ZREM', P .. 'fam-pending:' .. fk, id) == 0 and csig and csig ~= fk then
+    redis.call('ZREM', P .. 'fam-pending:' .. csig, id)
+  end
 end
 
 -- ``fsig`` (optional): the class's family as ensure_class returned it (false:
@@ -1899,7 +1906,7 @@ local function emp_claim(keys, args)
   local uncountable = 0
   while best do
     id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
-    unindex_pending(P, family or best, id)
+    unindex_pending(P, family or best, id, best)
     refresh_head(P, best, family, next_head)
     jk = P .. 'job:' .. id
     -- One read of the record for the attempt count and what the reply and the

@@ -217,7 +217,10 @@ def test_a_class_that_lost_its_family_entry_files_its_jobs_without_one(
     """Tried: a known class whose P.."class-family" entry is missing (as a class filed
     before families existed), then another job of it. Release 26's ensure_class finds no
     entry and returns none; the job is filed under its class alone (the family summary
-    lists the class apart from its family), as in release 25. (Passes on both.)"""
+    lists the class apart from its family), as in release 25. (Passes on both.)
+    Then, with jobs of another family between and after them, both are claimed in
+    queue order: j1, filed under the class alone, is reached through the family the
+    claim of j0 left its class in (checked for the rolling upgrade: passes on 26)."""
     worker = gpu_worker("w", 24)
     queue.register_worker(worker)
     queue.enqueue("j0", gpu_job(8, workflow="wf"), "{}", now_ms=T0)
@@ -226,10 +229,33 @@ def test_a_class_that_lost_its_family_entry_files_its_jobs_without_one(
     fsig = queue.client.hget(family_key, csig)
     queue.family_summary()  # (marks the pool's pending index built)
     queue.client.hdel(family_key, csig)
-    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 1)
+    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 2)
     pending = {f.family: f.pending for f in queue.family_summary()}
     assert csig != fsig and pending == {fsig: 1, csig: 1}
-    assert claim(queue, worker).job_id == "j0"
+    queue.enqueue("o0", gpu_job(16), "{}", now_ms=T0 + 1)
+    queue.enqueue("o1", gpu_job(16), "{}", now_ms=T0 + 3)
+    assert [claim(queue, worker).job_id for _ in range(4)] == ["j0", "o0", "j1", "o1"]
+    assert not isinstance(queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000),
+                          Claimed)
+
+
+def test_a_job_filed_without_its_family_entry_leaves_the_family_summary_when_claimed(
+        queue: QueueFunctions) -> None:
+    """Tried: a known class whose class-family entry is missing, a job filed under the
+    class alone (its family index is keyed by the class), then claimed. Releases 25
+    and 26 took it out of the index of the family the claim found it through, where
+    it was not: the family summary (the monitor's Queue page) counted it pending while
+    it ran, until its class ended."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j0", gpu_job(8, workflow="wf"), "{}", now_ms=T0)
+    csig = queue.client.hget(queue.keys.job("j0"), "class")
+    queue.family_summary()  # (marks the pool's pending index built)
+    queue.client.hdel(queue.keys.class_family, csig)
+    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 1)
+    assert [claim(queue, worker).job_id for _ in range(2)] == ["j0", "j1"]
+    assert {f.family: f.pending for f in queue.family_summary()} == {}
+    assert queue.client.zcard(queue.keys.prefix + "fam-pending:" + csig) == 0
 
 
 @pytest.mark.parametrize("ending", ["complete", "fail"])
