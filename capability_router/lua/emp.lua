@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '26'
+local VERSION = '27'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -630,8 +630,15 @@ local function index_pending(P, fsig, csig, id, score)
   end
 end
 
-local function unindex_pending(P, fk, id)
-  redis.call('ZREM', P .. 'fam-pending:' .. fk, id)
+-- ``csig`` (optional): the job's class, whose own index is tried when ``fk``'s
+-- did not hold the job: a job of a known class filed while its class-family entry
+-- was missing is indexed under the class, though a claim finds it through the
+-- family (refresh_head put the class back in it); left there, the family summary
+-- counted it pending while it ran. One call in the usual case, as before.
+local function unindex_pending(P, fk, id, csig)
+  if redis.call('ZREM', P .. 'fam-pending:' .. fk, id) == 0 and csig and csig ~= fk then
+    redis.call('ZREM', P .. 'fam-pending:' .. csig, id)
+  end
 end
 
 -- ``fsig`` (optional): the class's family as ensure_class returned it (false:
@@ -1775,6 +1782,48 @@ local function emp_id_swap(keys, args)
   return 1
 end
 
+-- The attempt number a claim gives a job, from the record's ``attempts`` (``stored``),
+-- decided before the claim writes the record: counted here in the form HINCRBY
+-- accepts ('0', or up to 9 digits without a leading 0 or '+'), to be written with the
+-- assignment (second value true); any other value is left to HINCRBY, which refuses
+-- what it always refused ('007', '-0', '1.5', past 2^63 - 1) and keeps a count past
+-- 2^53 exact (a Lua number would round it). Under pcall: a refusal writes nothing and
+-- returns nil and Redis's words, so the claim can fail the job instead of raising
+-- after it took the job out of its pending index (a function is not rolled back).
+local function next_attempt(jk, stored)
+  stored = stored or '0'
+  if stored == '0' or string.match(stored, '^%-?[1-9]%d?%d?%d?%d?%d?%d?%d?%d?$') then
+    return tonumber(stored) + 1, true
+  end
+  local counted = redis.pcall('HINCRBY', jk, 'attempts', '1')
+  if type(counted) ~= 'number' then
+    return nil, tostring(counted.err or counted)
+  end
+  return counted, false
+end
+
+-- Fails a job a claim popped but cannot give an attempt number (its record's
+-- ``attempts`` is no count Redis can increment: a hand edit, another writer). Failed
+-- rather than raised: the claim had already taken it out of its class's pending set,
+-- so raising left it pending in its record and in no index (claimable by nobody,
+-- shown pending for ever), and raising before that would leave it at the head of its
+-- class, where every worker's claim would stop on it. It ends as a job the queue
+-- gave up on (return_to_pending): ``last_error`` naming the field, ``job_failed``
+-- (webhooks), the gave-up list (Celery's FAILURE); the count is left as stored.
+local function fail_uncountable(P, id, jk, stored, refusal, now)
+  local shown = string.len(stored) > 64 and (string.sub(stored, 1, 64) .. '...') or stored
+  local err = "cannot claim: the job record's attempts field holds '" .. shown ..
+    "', which Redis cannot increment (" .. string.gsub(refusal, '^ERR ', '') .. ')'
+  end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
+    {error = err}, now)
+  redis.call('LPUSH', P .. 'gave-up', id)
+  redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
+end
+
+-- Jobs one claim fails as uncountable (fail_uncountable) before it gives up for now:
+-- bounds the claim's time; the reply then asks the worker back at once.
+local UNCOUNTABLE_PER_CLAIM = 32
+
 --[[ emp_claim
 KEYS[1] config  KEYS[2] profiles  KEYS[3] heads  KEYS[4] idle
 ARGV[1] profile signature  ARGV[2] worker id  ARGV[3] lease ms
@@ -1784,7 +1833,10 @@ ARGV[7..] job id, attempt pairs this worker acknowledges first (emp_ack)
 Returns {1, job id, attempt, message JSON} or {0, ms until the next retry
 or lease expiry is due (0: none)}. Errors with NOPROFILE when the profile is
 not registered (after a server restart without persistence). A claimed job's
-wait is counted in the "wait" histogram of P.."metrics".
+wait is counted in the "wait" histogram of P.."metrics". A job whose record's
+``attempts`` Redis cannot increment is failed, not claimed (fail_uncountable), and
+the claim goes on to the next job (up to UNCOUNTABLE_PER_CLAIM such jobs a claim;
+past them the reply's ms is 1).
 Pool observability (observe): a claimed job counts in its minute's claims,
 wait and model hit; a claim that finds nothing is a tick (integrals and
 gauges of a minute already started; it creates no key).
@@ -1848,6 +1900,32 @@ local function emp_claim(keys, args)
       best, family, next_head = pick()
     end
   end
+  -- The best job, its record and its attempt number; a job that can have none is
+  -- failed (fail_uncountable) and the claim picks again.
+  local id, jk, f, attempt, counted
+  local uncountable = 0
+  while best do
+    id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
+    unindex_pending(P, family or best, id, best)
+    refresh_head(P, best, family, next_head)
+    jk = P .. 'job:' .. id
+    -- One read of the record for the attempt count and what the reply and the
+    -- wait need; the count is written with the rest (next_attempt).
+    f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms',
+      'attempts')
+    attempt, counted = next_attempt(jk, f[5])
+    if attempt then
+      break
+    end
+    fail_uncountable(P, id, jk, f[5] or '', counted, now)
+    uncountable = uncountable + 1
+    best, family, next_head = nil, nil, nil
+    if uncountable < UNCOUNTABLE_PER_CLAIM then
+      best, family, next_head = pick()
+    else
+      deferred = 1
+    end
+  end
   if not best then
     if redis.call('HEXISTS', keys[2], psig) == 0 then
       return redis.error_reply('NOPROFILE profile ' .. psig .. ' is not registered')
@@ -1871,33 +1949,18 @@ local function emp_claim(keys, args)
     observe(P, now, nil, 0)
     return {0, math.floor(next_due)}
   end
-  local id = redis.call('ZPOPMIN', P .. 'pending:' .. best)[1]
-  unindex_pending(P, family or best, id)
-  refresh_head(P, best, family, next_head)
   if args[6] == '1' then
     redis.call('ZREM', keys[4], member)
   end
-  local jk = P .. 'job:' .. id
   -- When the job entered pending (submit, retry, requeue); read before
   -- index_status moves it.
   local entered = redis.call('ZSCORE', P .. 'status:pending', id)
-  -- One read of the record for the attempt count and what the reply and the
-  -- wait need; the count is written with the rest. Counted here only in the form
-  -- HINCRBY accepts ('0', or up to 9 digits without a leading 0 or '+'); any
-  -- other value is left to HINCRBY, which refuses what it refused ('007', '-0')
-  -- and keeps a count past 2^53 exact (a Lua number would round it).
-  local f = redis.call('HMGET', jk, 'message', 'retry_at', 'created_at', 'predicted_ms',
-    'attempts')
-  local attempt = f[5] or '0'
   local deadline = int(now + args[3])
   local set = {'status', 'assigned', 'worker_id', worker, 'assigned_at', now,
     'lease_until', deadline}
-  if attempt == '0' or string.match(attempt, '^%-?[1-9]%d?%d?%d?%d?%d?%d?%d?%d?$') then
-    attempt = tonumber(attempt) + 1
+  if counted then
     set[#set + 1] = 'attempts'
     set[#set + 1] = int(attempt)
-  else
-    attempt = redis.call('HINCRBY', jk, 'attempts', '1')
   end
   redis.call('HSET', jk, unpack(set))
   index_status(P, id, 'pending', 'assigned', now)

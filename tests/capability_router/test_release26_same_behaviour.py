@@ -3,13 +3,14 @@
 Each test runs a case the rewrite touched (the claim's attempt count, the family
 head refresh, the fairness window read from the claim's first page, a class filed
 without a family, the fields a completion removes) and asserts what release 25
-did; each was run against release 25's library as well.
+did; each was run against release 25's library as well. The claim of a job whose
+``attempts`` Redis cannot increment, which both releases lost (release 27 fails the
+job and claims the next), is the exception.
 """
 
 from __future__ import annotations
 
 import pytest
-import redis
 
 from capability_router.functions import Claimed, QueueFunctions
 from capability_router.jobspec import JobSpec
@@ -39,21 +40,90 @@ def claim(queue: QueueFunctions, profile: WorkerProfile, now: int = T0 + 1_000) 
     return claimed
 
 
-@pytest.mark.parametrize("stored", ["007", "-0", "+1", "1.5", "abc"])
-def test_an_attempt_count_redis_cannot_increment_fails_the_claim(
+#: ``attempts`` values HINCRBY refuses: not Redis's form of an integer, or one it
+#: cannot add 1 to (the largest 64-bit integer).
+UNCOUNTABLE = ["007", "-0", "+1", "1.5", "abc", "", "9223372036854775807"]
+
+
+def job_failed_events(queue: QueueFunctions, job_id: str) -> list[dict[str, str]]:
+    return [fields for _, fields in queue.client.xrange(queue.keys.job_events(job_id))
+            if fields.get("event") == "job_failed"]
+
+
+@pytest.mark.parametrize("stored", UNCOUNTABLE)
+def test_an_attempt_count_redis_cannot_increment_fails_the_job_not_the_claim(
         queue: QueueFunctions, stored: str) -> None:
     """Tried: a pending job whose record's ``attempts`` is not Redis's form of an
-    integer. Release 25 incremented it with HINCRBY, which refuses such a value: the
-    claim failed and the count stayed. Release 26 read the count and added 1 itself
-    when it looked like an integer: '007' and '-0' were taken (attempt 8 and 1, the
-    record rewritten) where release 25 failed the claim."""
+    integer, or one past which it cannot count. Releases 25 and 26 (HINCRBY, or 26's
+    own count for the usual form) raised "not an integer" ("would overflow") AFTER the
+    job had left its pending index: the record said pending, no index held it, no
+    worker ever saw it again. Now the claim fails the job, ``last_error`` naming the
+    field and the value, the count left as stored, and finds nothing else."""
     worker = gpu_worker("w", 24)
     queue.register_worker(worker)
     queue.enqueue("j", gpu_job(8), "{}", now_ms=T0)
     queue.client.hset(queue.keys.job("j"), "attempts", stored)
-    with pytest.raises(redis.ResponseError, match="not an integer"):
-        queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000)
-    assert queue.client.hget(queue.keys.job("j"), "attempts") == stored
+    assert not isinstance(queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000),
+                          Claimed)
+    record = queue.client.hgetall(queue.keys.job("j"))
+    assert record["status"] == "failed" and record["attempts"] == stored
+    assert f"attempts field holds {stored!r}" in record["last_error"]
+    assert record["failed_at"] == str(T0 + 1_000)
+
+
+def test_a_job_whose_count_cannot_be_incremented_is_failed_and_the_next_claimed(
+        queue: QueueFunctions) -> None:
+    """Tried: the best pending job's ``attempts`` is 'abc', a job of its class and one
+    of another family wait behind it. Releases 25 and 26 raised from the claim with
+    the bad job out of its class's pending set and family index but its record and
+    status index saying pending (lost: claimable by nobody, shown pending for ever),
+    and the worker got nothing. Now the same claim fails it (status index, job_failed
+    event with the error, the gave-up list that stores Celery's FAILURE, the class's
+    live count) and takes the next job; the one after follows in order."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("bad", gpu_job(8), "{}", now_ms=T0)
+    queue.enqueue("next", gpu_job(8), "{}", now_ms=T0 + 1)
+    queue.enqueue("other", gpu_job(16), "{}", now_ms=T0 + 2)
+    queue.client.hset(queue.keys.job("bad"), "attempts", "abc")
+    csig = queue.client.hget(queue.keys.job("bad"), "class")
+    fsig = queue.client.hget(queue.keys.class_family, csig)
+    claimed = claim(queue, worker)
+    assert (claimed.job_id, claimed.attempt) == ("next", 1)
+    record = queue.client.hgetall(queue.keys.job("bad"))
+    assert record["status"] == "failed" and record["attempts"] == "abc"
+    prefix = queue.keys.prefix
+    assert queue.client.zscore(prefix + "status:failed", "bad") == T0 + 1_000
+    assert queue.client.zscore(prefix + "status:pending", "bad") is None
+    assert queue.client.zscore(prefix + "pending:" + csig, "bad") is None
+    assert queue.client.zscore(prefix + "fam-pending:" + fsig, "bad") is None
+    assert queue.client.zscore(prefix + "leases", "bad") is None
+    assert queue.client.ttl(queue.keys.job("bad")) > 0
+    [failed] = job_failed_events(queue, "bad")
+    assert "attempts field holds 'abc'" in failed["data"]
+    assert queue.take_gave_up() == ["bad"]
+    assert queue.client.hget(prefix + "live", csig) == "1"  # "next", leased
+    assert claim(queue, worker).job_id == "other"
+    assert queue.start("next", 1) == "ok" and queue.complete("next", 1, {}) == "ok"
+    assert queue.client.hexists(queue.keys.classes, csig) is False
+
+
+def test_a_claim_fails_at_most_32_uncountable_jobs_then_asks_again_at_once(
+        queue: QueueFunctions) -> None:
+    """Tried: 40 jobs with ``attempts`` 'abc' ahead of a good one. Releases 25 and 26
+    raised on the first (and lost it). Now one claim fails 32 (bounding its time) and
+    answers 1 ms, not an idle wait, with work left; the next fails the other 8 and
+    takes the good job."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    for n in range(40):
+        queue.enqueue(f"bad-{n}", gpu_job(8), "{}", now_ms=T0 + n)
+        queue.client.hset(queue.keys.job(f"bad-{n}"), "attempts", "abc")
+    queue.enqueue("good", gpu_job(8), "{}", now_ms=T0 + 100)
+    assert queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000) == 1
+    assert len(queue.take_gave_up(count=100)) == 32
+    assert claim(queue, worker).job_id == "good"
+    assert len(queue.take_gave_up(count=100)) == 8
 
 
 @pytest.mark.parametrize(("stored", "attempt"), [
@@ -147,7 +217,10 @@ def test_a_class_that_lost_its_family_entry_files_its_jobs_without_one(
     """Tried: a known class whose P.."class-family" entry is missing (as a class filed
     before families existed), then another job of it. Release 26's ensure_class finds no
     entry and returns none; the job is filed under its class alone (the family summary
-    lists the class apart from its family), as in release 25. (Passes on both.)"""
+    lists the class apart from its family), as in release 25. (Passes on both.)
+    Then, with jobs of another family between and after them, both are claimed in
+    queue order: j1, filed under the class alone, is reached through the family the
+    claim of j0 left its class in (checked for the rolling upgrade: passes on 26)."""
     worker = gpu_worker("w", 24)
     queue.register_worker(worker)
     queue.enqueue("j0", gpu_job(8, workflow="wf"), "{}", now_ms=T0)
@@ -156,10 +229,33 @@ def test_a_class_that_lost_its_family_entry_files_its_jobs_without_one(
     fsig = queue.client.hget(family_key, csig)
     queue.family_summary()  # (marks the pool's pending index built)
     queue.client.hdel(family_key, csig)
-    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 1)
+    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 2)
     pending = {f.family: f.pending for f in queue.family_summary()}
     assert csig != fsig and pending == {fsig: 1, csig: 1}
-    assert claim(queue, worker).job_id == "j0"
+    queue.enqueue("o0", gpu_job(16), "{}", now_ms=T0 + 1)
+    queue.enqueue("o1", gpu_job(16), "{}", now_ms=T0 + 3)
+    assert [claim(queue, worker).job_id for _ in range(4)] == ["j0", "o0", "j1", "o1"]
+    assert not isinstance(queue.claim(worker.signature, "w", 600_000, now_ms=T0 + 1_000),
+                          Claimed)
+
+
+def test_a_job_filed_without_its_family_entry_leaves_the_family_summary_when_claimed(
+        queue: QueueFunctions) -> None:
+    """Tried: a known class whose class-family entry is missing, a job filed under the
+    class alone (its family index is keyed by the class), then claimed. Releases 25
+    and 26 took it out of the index of the family the claim found it through, where
+    it was not: the family summary (the monitor's Queue page) counted it pending while
+    it ran, until its class ended."""
+    worker = gpu_worker("w", 24)
+    queue.register_worker(worker)
+    queue.enqueue("j0", gpu_job(8, workflow="wf"), "{}", now_ms=T0)
+    csig = queue.client.hget(queue.keys.job("j0"), "class")
+    queue.family_summary()  # (marks the pool's pending index built)
+    queue.client.hdel(queue.keys.class_family, csig)
+    queue.enqueue("j1", gpu_job(8, workflow="wf"), "{}", now_ms=T0 + 1)
+    assert [claim(queue, worker).job_id for _ in range(2)] == ["j0", "j1"]
+    assert {f.family: f.pending for f in queue.family_summary()} == {}
+    assert queue.client.zcard(queue.keys.prefix + "fam-pending:" + csig) == 0
 
 
 @pytest.mark.parametrize("ending", ["complete", "fail"])
