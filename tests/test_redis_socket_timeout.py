@@ -113,3 +113,29 @@ def test_a_short_socket_timeout_answers_503_within_it_on_a_hung_redis(
     for _, url, _ in calls[1:]:
         wait_for(lambda u=url: requests.get(u, timeout=10).status_code != 503, timeout=20,
                  every=0.2, message=f"{url} to answer again")
+
+
+def test_services_with_a_short_socket_timeout_work_on_a_live_redis(
+        start_server, start_worker, app) -> None:
+    """Tried: the webhook service, the API and a worker started with
+    ``EMP_REDIS_SOCKET_TIMEOUT=0.5``, Redis running, a job submitted after 4 s. Before,
+    the webhook consumer's idle read blocked 1 s on its 0.5 s client: every read timed
+    out, and the service logged "Redis unreachable (TimeoutError ...)" and "Redis
+    reachable again" in turn (8 pairs in 6 s). Now idle reads block at most half the
+    timeout: no outage line, and the job completes."""
+    from emp_tasks.producer import get_job
+
+    env = {SETTING: str(SHORT)}
+    hooks = start_server("webhooks", **env)
+    api = start_server("api", EMP_API_PROCESSES="1", **env)
+    start_worker("short-timeout-w", **env)
+    time.sleep(4.0)  # several idle reads of each blocking reader
+    reply = requests.post(api.base + "/api/jobs", json={"service_required": "echo",
+                                                        "payload": {"n": 1}}, timeout=10)
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["job_id"]
+    wait_for(lambda: get_job(job_id, app=app)["status"] == "completed", timeout=20,
+             message="the job to complete")
+    for server in (hooks, api):
+        log = server.log()
+        assert "Redis unreachable" not in log and "Traceback" not in log, log[-3000:]
