@@ -30,6 +30,7 @@ from capability_router.env import (
     FLAG_WORDS,
     TRUE_WORDS,
     SettingError,
+    env_at_least,
     flag_value,
 )
 from capability_router.green import blocking_pool, is_green
@@ -49,12 +50,34 @@ FAILOVER_RETRIES = 10
 #: Celery's ``redis_max_connections`` ("no limit" by default) documents.
 THREAD_CONNECTIONS = 2**31
 
+#: The operator's setting for ``SOCKET_TIMEOUT_SECONDS`` (seconds, above 0).
+SOCKET_TIMEOUT_ENV = "EMP_REDIS_SOCKET_TIMEOUT"
 #: Seconds a command (or a connect) waits for Redis before a TimeoutError, on every
-#: client this project builds (redis-py 8's default, made explicit: before 8 it was
+#: client this project builds (default 5, redis-py 8's, made explicit: before 8 it was
 #: "wait for ever", and kombu's transport still passes None). A Redis that stops
 #: answering with its connections open (a hung host, a partition without RST) then
-#: costs a caller this long, not every call after it for as long as it lasts.
-SOCKET_TIMEOUT_SECONDS = 5.0
+#: costs a caller this long, not every call after it for as long as it lasts. Read
+#: once, on import, like the other settings of this package: a far or slow Redis wants
+#: more, a quicker 503 (failover) less. A bad value stops the process's start.
+SOCKET_TIMEOUT_SECONDS: float = env_at_least(SOCKET_TIMEOUT_ENV, 5.0, 0, above=True)
+#: Seconds a client whose commands block in Redis on purpose (an XREAD with BLOCK)
+#: waits beyond ``SOCKET_TIMEOUT_SECONDS``: its reads then outlast their own BLOCK
+#: (1 s) with the usual margin for a slow answer (10 s with the default timeout).
+BLOCKING_EXTRA_SECONDS = 5.0
+
+
+def blocking_socket_timeout() -> float:
+    """The socket timeout of a client of its own that blocks in Redis (XREAD BLOCK):
+    ``SOCKET_TIMEOUT_SECONDS`` plus ``BLOCKING_EXTRA_SECONDS``, so a read that blocks
+    its full length is never taken for a hung Redis, whatever the setting."""
+    return SOCKET_TIMEOUT_SECONDS + BLOCKING_EXTRA_SECONDS
+
+
+def block_ms(wanted_ms: int) -> int:
+    """How long (ms) a blocking read on a client with the default socket timeout may
+    block: ``wanted_ms``, but at most half of ``SOCKET_TIMEOUT_SECONDS``. With the
+    setting at 1 s or less a 1 s BLOCK on such a client would time out every read."""
+    return max(1, min(wanted_ms, int(SOCKET_TIMEOUT_SECONDS * 500)))
 
 
 def _switch() -> tuple[bool, list[tuple[str, int]]]:

@@ -16,7 +16,12 @@ from functools import cached_property
 from time import monotonic
 from typing import Any
 
-from capability_router.cluster import cluster_client, cluster_enabled, node_for_key
+from capability_router.cluster import (
+    SOCKET_TIMEOUT_SECONDS,
+    cluster_client,
+    cluster_enabled,
+    node_for_key,
+)
 from capability_router.green import blocking_pool, is_green
 
 
@@ -43,8 +48,9 @@ class ClusterChannel:
         """A ``RedisCluster`` seeded from the broker URL (cluster only)."""
         info = self.connection.client
         extra = {k: v for k, v in (("username", info.userid), ("password", info.password)) if v}
+        connect = self.socket_connect_timeout or SOCKET_TIMEOUT_SECONDS
         return cluster_client(f"redis://{info.hostname or '127.0.0.1'}:{info.port or 6379}/0",
-                              socket_connect_timeout=self.socket_connect_timeout or 5,
+                              socket_connect_timeout=connect,
                               socket_timeout=self.socket_timeout, **extra)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:

@@ -64,7 +64,8 @@ Transport options
 * ``cluster_wake_slice_seconds``: on a Redis Cluster, longest wait on one
   pool's wake-up list while others wait their turn (default 0.05).
 * ``socket_timeout``, ``socket_connect_timeout``: seconds a command or a connect
-  waits for Redis (default 5 each; kombu's own default waits for ever).
+  waits for Redis (default ``EMP_REDIS_SOCKET_TIMEOUT``, 5, each; kombu's own
+  default waits for ever).
 * Every option of kombu's Redis transport, except the visibility-timeout
   ones, which leases replace.
 """

@@ -36,6 +36,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
+from capability_router.cluster import block_ms
 from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys
 from capability_router.prediction.directives import (
@@ -56,8 +57,9 @@ logger = logging.getLogger("emp.worker")
 
 #: Directives kept waiting for a running job to end.
 PENDING_MAX = 100
-#: Milliseconds a read of the directive stream blocks.
-BLOCK_MS = 1000
+#: Milliseconds a read of the directive stream blocks: 1 s, less when the shared client's
+#: socket timeout (``EMP_REDIS_SOCKET_TIMEOUT``) is under 2 s, which a 1 s BLOCK would hit.
+BLOCK_MS = block_ms(1000)
 
 _running = 0
 _running_lock = threading.Lock()

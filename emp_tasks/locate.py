@@ -17,6 +17,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from capability_router.cluster import SOCKET_TIMEOUT_ENV, SOCKET_TIMEOUT_SECONDS
 from capability_router.errors import EmpError
 from emp_tasks import defaults, stack_state
 
@@ -82,11 +83,16 @@ def _hint(location: RedisLocation) -> str:
             "stack `emp up` starts")
 
 
-def require_redis(location: RedisLocation, timeout: float = 1.0) -> None:
+def require_redis(location: RedisLocation, timeout: float | None = None) -> None:
     """Raise RedisUnreachable (one line: URL, reason, fix) unless Redis answers a PING.
 
-    :param timeout: connect and read timeout, seconds; no retries.
+    :param timeout: connect and read timeout, seconds; no retries. By default a quick 1 s
+        (a refused connection fails at once anyway), or ``EMP_REDIS_SOCKET_TIMEOUT`` when
+        the operator set it: for a far or slow Redis the command after the check waits
+        that long, so the check must not refuse first.
     """
+    if timeout is None:
+        timeout = SOCKET_TIMEOUT_SECONDS if defaults.env(SOCKET_TIMEOUT_ENV) else 1.0
     try:
         client = redis.Redis.from_url(location.url, socket_connect_timeout=timeout,
                                       socket_timeout=timeout, retry=Retry(NoBackoff(), 0))

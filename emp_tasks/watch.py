@@ -8,9 +8,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from capability_router.cluster import block_ms
 from capability_router.keys import Keys
 from capability_router.states import TERMINAL_EVENTS, JobEvent, JobStatus
 from emp_tasks.connection import get_client
+
+#: Milliseconds each read of the job's events blocks (within the client's socket timeout).
+BLOCK = block_ms(1000)
 
 
 def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
@@ -25,9 +29,9 @@ def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
         task = bar.add_task(f"{job_id[:8]} pending", total=100)
         waited = 0.0
         while waited < timeout:
-            reply = client.xread({key: last_id}, block=1000, count=100)
+            reply = client.xread({key: last_id}, block=BLOCK, count=100)
             if not reply:
-                waited += 1.0
+                waited += BLOCK / 1000
                 continue
             for entry_id, fields in reply[0][1]:
                 last_id = entry_id

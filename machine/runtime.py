@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from capability_router.cluster import make_client
+from capability_router.cluster import blocking_socket_timeout, make_client
 from machine import usage
 from machine.counters import ENV as COUNTERS_ENV
 from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
@@ -81,7 +81,11 @@ class MachineRuntime:
                 spec.env[COUNTERS_ENV] = str(self.counters_dir)
         self.files = RunFiles.in_dir(self.run_dir)
         # make_client: a RedisCluster when the cluster switch is on, as for every other process.
-        self.redis = make_client(settings.redis_url, decode_responses=True, socket_timeout=10,
+        # Its timeout has been 5 s longer than the services' since the runtime was written
+        # (10 s against 5): kept as that relation to EMP_REDIS_SOCKET_TIMEOUT, so a machine
+        # that reports and reaps in the background does not give up before the services.
+        self.redis = make_client(settings.redis_url, decode_responses=True,
+                                 socket_timeout=blocking_socket_timeout(),
                                  health_check_interval=30)
         self.exits = ExitLog(spec.name for spec in self.plan.programs)
         self.supervisord = Supervisord(self.files, self.child_env(), settings.log_max_bytes,

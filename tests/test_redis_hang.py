@@ -1,5 +1,5 @@
 """A hung Redis: it stops answering but keeps its connections open (a hung host, a
-partition without RST), simulated with SIGSTOP for 20 s, then SIGCONT.
+partition without RST), simulated with SIGSTOP for several socket timeouts, then SIGCONT.
 
 The outage tests before this one killed Redis or paused its clients: a refused or
 reset connection fails at once. A stopped server fails nothing: each call waits
@@ -31,15 +31,21 @@ from emp_tasks.producer import get_job, job_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-#: Seconds Redis stays stopped.
-STOP_SECONDS = 20.0
+#: The Redis socket timeout every service and worker here runs with
+#: (``EMP_REDIS_SOCKET_TIMEOUT``; 5 s by default). What these tests check is counted in
+#: timeouts (a 503 within one, one log line over an outage of several), not in seconds:
+#: with the default each outage only lasted longer.
+HANG_TIMEOUT = 2.0
+#: The environment that sets it.
+HANG_ENV = {"EMP_REDIS_SOCKET_TIMEOUT": str(HANG_TIMEOUT)}
+#: Seconds Redis stays stopped in the first test: five timeouts, and five of its 2 s leases
+#: (it was 20 s with the 5 s default: room for two rounds of a timeout each).
+STOP_SECONDS = 5 * HANG_TIMEOUT
 #: Seconds an HTTP client waits for an answer while Redis is stopped.
 CLIENT_TIMEOUT = 15.0
-#: The services' Redis socket timeout (``capability_router.cluster.SOCKET_TIMEOUT_SECONDS``).
-SOCKET_TIMEOUT = 5.0
 #: Longest wait for a 503: one socket timeout (the route's own call, or, once the outage
 #: is known, the one probe at a time of ``webapp.outage``), plus slack for a loaded machine.
-BOUND_SECONDS = SOCKET_TIMEOUT + 2.0
+BOUND_SECONDS = HANG_TIMEOUT + 2.0
 #: Most a request that is not the probe waits for its 503 during a known outage.
 AT_ONCE_SECONDS = 1.0
 
@@ -107,8 +113,9 @@ def all_job_ids(client: redis.Redis) -> set[str]:
 
 def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
         app, client, start_worker, start_server, freeze) -> None:
-    """Tried: two workers (leases of 2 s), the API and the webhook service; a 4 s job
-    running and three queued, then Redis stopped (SIGSTOP) for 20 s while two rounds of
+    """Tried: two workers (leases of 2 s), the API and the webhook service (all with a 2 s
+    socket timeout); a 4 s job running and three queued, then Redis stopped (SIGSTOP) for
+    10 s (20 s with the 5 s default) while two rounds of
     POST /api/jobs, GET /api/jobs/<id>, the API's and the webhook service's /health
     are sent (clients wait 15 s), then Redis continued.
 
@@ -119,15 +126,15 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
     workers' lease renewals hung their event loops for the whole stop instead of
     failing, and said nothing. Until the outage gate, a request during a known outage
     pinged Redis and then made its own call: two socket timeouts (10 s) in the second
-    round. Now every call is a 503 with Retry-After within one socket timeout (5 s),
+    round. Now every call is a 503 with Retry-After within one socket timeout,
     one log line per outage in each service, no traceback;
     a worker whose renewals failed says so once, and once that they work again;
     every job accepted before or during the stop completes once after it, on the
     attempt the lease rules give.
     """
-    workers = [start_worker("hang-w1"), start_worker("hang-w2")]
-    api = start_server("api", EMP_API_PROCESSES="1")
-    hooks = start_server("webhooks")
+    workers = [start_worker("hang-w1", **HANG_ENV), start_worker("hang-w2", **HANG_ENV)]
+    api = start_server("api", EMP_API_PROCESSES="1", **HANG_ENV)
+    hooks = start_server("webhooks", **HANG_ENV)
     jobs_url = api.base + "/api/jobs"
 
     def accepted(body: dict[str, Any]) -> str:
@@ -223,14 +230,17 @@ def test_a_hung_redis_gets_bounded_503s_and_loses_no_job(
     # or its event loop may be blocked for the stop (seen: Celery's event heartbeat).
 
 
-#: Seconds Redis stays stopped in the shorter tests below.
-SHORT_STOP_SECONDS = 15.0
+#: Seconds Redis stays stopped in the shorter tests below: four timeouts, each background
+#: thread's retries (a timeout, then 1 s) failing twice or more (it was 15 s, three 5 s
+#: timeouts).
+SHORT_STOP_SECONDS = 4 * HANG_TIMEOUT
 
 
 def test_a_hung_redis_costs_a_request_one_timeout_and_each_service_one_line(
         start_server, freeze) -> None:
     """Tried: the API (its machine reaper every second) and the webhook service (eight
-    dispatchers and a consumer), Redis stopped (SIGSTOP) for 15 s while three rounds of
+    dispatchers and a consumer), both with a 2 s socket timeout, Redis stopped (SIGSTOP)
+    for four timeouts (8 s; 15 s with the 5 s default) while three rounds of
     four requests are sent to each at once, then continued.
 
     Before the fix the first round took one socket timeout (5 s), each later one two
@@ -242,8 +252,9 @@ def test_a_hung_redis_costs_a_request_one_timeout_and_each_service_one_line(
     at a time probes and the others get their 503 at once; each service logs one line
     when the outage starts and one when it ends.
     """
-    api = start_server("api", EMP_API_PROCESSES="1", EMP_MACHINE_REPORT_SECONDS="1")
-    hooks = start_server("webhooks")
+    api = start_server("api", EMP_API_PROCESSES="1", EMP_MACHINE_REPORT_SECONDS="1",
+                       **HANG_ENV)
+    hooks = start_server("webhooks", **HANG_ENV)
     wait_for(lambda: requests.get(hooks.base + "/health", timeout=5).json()["delivery"]
              ["running"], timeout=20, message="the webhook service's delivery threads")
     api_calls = {
@@ -300,16 +311,17 @@ def quiet_sleep(self, seconds):
     return "slept"
 '''
 #: Seconds Redis stays stopped under the solo worker: a renewal fails after a socket
-#: timeout (5 s; ``QueueFunctions._send`` does not retry it), and the one after it must
-#: wait for the end of the stop.
-SOLO_STOP_SECONDS = 13.0
+#: timeout (``QueueFunctions._send`` does not retry it), and the ones after it fail too
+#: until the end of the stop: four timeouts (it was 13 s with the 5 s default).
+SOLO_STOP_SECONDS = 4 * HANG_TIMEOUT
 
 
 def test_a_solo_worker_says_once_that_lease_renewals_fail_and_once_that_they_work(
         app, start_worker, jobs_env, freeze) -> None:
     """Tried: a ``-P solo`` worker (2 s leases, renewed by its lease keeper thread while
-    the job runs on the event loop) running a 17 s job that touches no Redis, Redis
-    stopped (SIGSTOP) for 13 s in the middle of it, then continued.
+    the job runs on the event loop; 2 s socket timeout) running a 12 s job that touches
+    no Redis, Redis stopped (SIGSTOP) for 8 s in the middle of it, then continued
+    (before: 17 s and 13 s with the 5 s default).
 
     Before the fix the keeper logged its failed renewals at debug only: the worker's
     log (level warning) said nothing of the outage, where a prefork worker says "lease
@@ -317,7 +329,8 @@ def test_a_solo_worker_says_once_that_lease_renewals_fail_and_once_that_they_wor
     once. Now the solo worker says the same, once each (the keeper and the transport
     share that state).
     """
-    worker = start_worker("hang-solo", args=["-P", "solo"], **jobs_env("quiet_jobs", QUIET_JOBS))
+    worker = start_worker("hang-solo", args=["-P", "solo"],
+                          **jobs_env("quiet_jobs", QUIET_JOBS), **HANG_ENV)
 
     def quiet_sleep(seconds: float) -> None:
         """Runs on the worker only."""
@@ -347,7 +360,8 @@ MONITOR_BURST = 20
 
 def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
         start_server, freeze) -> None:
-    """Tried: the monitor, Redis stopped (SIGSTOP) for 15 s while its seven JSON reads
+    """Tried: the monitor (2 s socket timeout), Redis stopped (SIGSTOP) for four timeouts
+    (8 s; 15 s with the 5 s default) while its seven JSON reads
     (and /health) are sent at once, then 20 of them at once, then Redis continued.
 
     Before the fix the monitor had no outage gate: every request, the outage known or
@@ -358,7 +372,7 @@ def test_a_hung_redis_costs_the_monitor_one_waiting_request_at_a_time(
     their 503 with Retry-After at once; after SIGCONT the monitor answers again and
     has said the outage once, and its end once.
     """
-    monitor = start_server("monitor")
+    monitor = start_server("monitor", **HANG_ENV)
     assert requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code == 200
     first = {path: lambda p=path: timed("GET", monitor.base + p) for path in MONITOR_READS}
     paths = [MONITOR_READS[n % len(MONITOR_READS)] for n in range(MONITOR_BURST)]
@@ -394,7 +408,8 @@ SCRAPES = 3
 
 def test_a_hung_redis_costs_flowers_pages_api_and_metrics_one_waiting_request_at_a_time(
         start_server, freeze) -> None:
-    """Tried: the monitor (Flower's API opened), Redis stopped (SIGSTOP) for 15 s; once a
+    """Tried: the monitor (Flower's API opened, 2 s socket timeout), Redis stopped
+    (SIGSTOP) for four timeouts (8 s; 15 s with the 5 s default); once a
     monitor read has found the outage, 17 of Flower's own Redis-reaching requests (an
     inspector refresh, a worker's page, a task result, a revoke) and 3 ``/metrics``
     scrapes at once; then Redis continued.
@@ -409,7 +424,7 @@ def test_a_hung_redis_costs_flowers_pages_api_and_metrics_one_waiting_request_at
     and the process's series; after SIGCONT ``emp_redis_up`` is 1 again, and the log says
     the outage once and its end once, with no inspect warning and no traceback.
     """
-    monitor = start_server("monitor", FLOWER_UNAUTHENTICATED_API="1")
+    monitor = start_server("monitor", FLOWER_UNAUTHENTICATED_API="1", **HANG_ENV)
     assert requests.get(monitor.base + "/api/workers?refresh=1", timeout=10).status_code == 200
     calls = [FLOWER_CALLS[n % len(FLOWER_CALLS)] for n in range(MONITOR_BURST - SCRAPES)]
     burst = {f"{n}: {method} {path}": lambda m=method, p=path: timed(m, monitor.base + p)
@@ -453,7 +468,7 @@ def test_a_hung_redis_costs_flowers_pages_api_and_metrics_one_waiting_request_at
 def test_a_job_state_call_on_a_hung_redis_costs_one_timeout_and_is_sent_once(
         client, redis_server, freeze) -> None:
     """Tried: a job claimed and started through a worker's ``QueueFunctions`` (its client:
-    5 s socket timeout, a held connection per thread), Redis stopped (SIGSTOP), the
+    socket timeout, 2 s here, a held connection per thread), Redis stopped (SIGSTOP), the
     worker's next progress report (50 %), then Redis continued.
 
     Before the fix the report failed only after two socket timeouts (10 s): its held
@@ -463,7 +478,8 @@ def test_a_job_state_call_on_a_hung_redis_costs_one_timeout_and_is_sent_once(
     again): one timeout, one update. (A reset connection is still retried: see
     ``tests/capability_router/test_queue_functions.py``.)
     """
-    functions = QueueFunctions(make_client(redis_server.url, decode_responses=True), "default")
+    functions = QueueFunctions(make_client(redis_server.url, decode_responses=True,
+                                           socket_timeout=HANG_TIMEOUT), "default")
     functions.client.ping()  # its pool has a connection, as a worker's has (other calls)
     profile = WorkerProfile(worker_id="hung-w", services=["echo"])
     functions.register_worker(profile)

@@ -36,9 +36,18 @@ class Backend:
         against a Redis that stopped answering costs a socket timeout, which the
         waiting client paid (a submit took 25 s to get its 503), and redis-py
         already replaces a pooled connection that Redis closed (a restart) when
-        it is taken from the pool."""
+        it is taken from the pool.
+
+        Nor is a failed connect of the publish connection: kombu retried it for up
+        to Celery's ``broker_connection_timeout`` (4 s) with 2 s, then 4 s pauses, so
+        the first submit of a process on a hung Redis cost two or three socket
+        timeouts plus the pauses (7.6 s with ``EMP_REDIS_SOCKET_TIMEOUT=0.5``, 6.1 s
+        with 2) where every later one cost one (a 5 s timeout outlasted the window,
+        which hid it)."""
         celery = create_celery_app(redis_url, result_backend=None, task_send_sent_event=False,
                                    task_publish_retry=False)
+        celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
+                                                "max_retries": 0}
         return cls(celery, get_client(redis_url))
 
 

@@ -33,6 +33,7 @@ import redis
 from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 
+from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
 from capability_router.outages import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 RETRY_AFTER_SECONDS = 5
 #: A call to Redis this slow that leaves the outage on met a hung Redis: no probe for
 #: ``RETRY_AFTER_SECONDS`` after it (a refused connection fails at once and costs none).
-SLOW_PROBE_SECONDS = 1.0
+#: 1 s, or half the socket timeout when ``EMP_REDIS_SOCKET_TIMEOUT`` is under 2 s: a call
+#: that timed out must count as slow.
+SLOW_PROBE_SECONDS = min(1.0, SOCKET_TIMEOUT_SECONDS / 2)
 #: The reason every 503 gives.
 REASON = "redis unavailable; try again shortly"
 #: Refused writes of a Redis that is up, and the reason their 503 gives.

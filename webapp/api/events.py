@@ -23,7 +23,13 @@ from typing import Any
 
 import redis
 
-from capability_router.cluster import STREAM_SLICE_MS, is_cluster_client, make_client, slot_groups
+from capability_router.cluster import (
+    STREAM_SLICE_MS,
+    blocking_socket_timeout,
+    is_cluster_client,
+    make_client,
+    slot_groups,
+)
 from capability_router.keys import DEFAULT_NAMESPACE, Keys, known_namespaces
 from capability_router.registry import SYSTEM_EVENTS_KEY
 from emp_tasks.connection import get_client
@@ -328,8 +334,10 @@ class EventHub:
 
     def _run(self) -> None:
         # A client of its own: a blocking XREAD must not hold a pooled connection others need.
+        # Its timeout outlasts the XREAD's BLOCK (1 s) whatever EMP_REDIS_SOCKET_TIMEOUT says
+        # (the setting + 5 s; 10 s by default): a read that blocked its full length is no hang.
         reader = make_client(self.redis_url, decode_responses=True,
-                             socket_timeout=10, health_check_interval=30)
+                             socket_timeout=blocking_socket_timeout(), health_check_interval=30)
         # One line when reads start failing, one when they work again.
         while not self._stopping.is_set():
             try:

@@ -81,7 +81,7 @@ from prometheus_client.utils import floatToGoString
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from capability_router.cluster import make_client
+from capability_router.cluster import SOCKET_TIMEOUT_SECONDS, make_client
 from capability_router.errors import PoolsFileError
 from capability_router.functions import redis_now_ms
 from capability_router.metrics import CLAIM, WAIT, Histogram, histograms_from_hash, metrics_key
@@ -94,8 +94,9 @@ from webapp.outage import UNAVAILABLE, Outage
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a scrape waits on Redis before giving up (Prometheus times out too).
-REDIS_TIMEOUT_SECONDS = 5.0
+#: Seconds a scrape waits on Redis before giving up (Prometheus times out too): the
+#: setting every client follows (``EMP_REDIS_SOCKET_TIMEOUT``).
+REDIS_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS
 
 _HISTOGRAMS = {
     WAIT: ("emp_job_wait_seconds",

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from capability_router.cluster import STREAM_SLICE_MS, slot_groups
+from capability_router.cluster import STREAM_SLICE_MS, block_ms, slot_groups
 from capability_router.functions import redis_now_ms
 from capability_router.keys import Keys, known_namespaces
 from capability_router.outages import UNREACHABLE, OutageLog
@@ -57,8 +57,10 @@ REFUSALS = WriteRefusals("webhook consumer")
 
 #: Entries read per call.
 BATCH = 200
-#: Longest block of a read, ms (also how often the loop looks at its clocks).
-BLOCK_MS = 1000
+#: Longest block of a read, ms (also how often the loop looks at its clocks): 1 s, less
+#: when the shared client's ``EMP_REDIS_SOCKET_TIMEOUT`` is under 2 s, which a 1 s block
+#: would hit on every idle read (each then logged as an outage).
+BLOCK_MS = block_ms(1000)
 #: Seconds between attempts of a standing-by instance to become the consumer.
 STANDBY_POLL_SECONDS = 1.0
 #: Seconds the consumer waits after a read that found entries, so the next read
