@@ -48,6 +48,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
 
 
 @pytest.fixture
+def freeze(redis_server: LocalRedis) -> Iterator[Callable[[bool], None]]:
+    """``freeze(True)`` stops the module's Redis (SIGSTOP), ``freeze(False)`` continues it;
+    continued at the end whatever happened."""
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+
+    def freeze(stopped: bool) -> None:
+        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+    try:
+        yield freeze
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
 def client(redis_server: LocalRedis) -> Iterator[redis.Redis]:
     """A client on an empty database that has the function library."""
     client = redis.Redis(port=redis_server.port, decode_responses=True)

@@ -9,11 +9,9 @@ for the socket timeout, or for ever where there is none.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +24,6 @@ from capability_router.jobspec import JobSpec
 from capability_router.keys import JOB_EVENTS_SUFFIX, Keys
 from capability_router.profile import WorkerProfile
 from conftest import wait_for
-from emp_tasks.local_redis import LocalRedis
 from emp_tasks.producer import get_job, job_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -48,22 +45,6 @@ CLIENT_TIMEOUT = 15.0
 BOUND_SECONDS = HANG_TIMEOUT + 2.0
 #: Most a request that is not the probe waits for its 503 during a known outage.
 AT_ONCE_SECONDS = 1.0
-
-
-@pytest.fixture
-def freeze(redis_server: LocalRedis) -> Iterator[Callable[[bool], None]]:
-    """``freeze(True)`` stops the module's Redis (SIGSTOP), ``freeze(False)`` continues it;
-    continued at the end whatever happened."""
-    assert redis_server.process is not None
-    pid = redis_server.process.pid
-
-    def freeze(stopped: bool) -> None:
-        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-
-    try:
-        yield freeze
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def timed(method: str, url: str, **kwargs: Any) -> tuple[float, Any]:

@@ -6,17 +6,13 @@ redis-server; a hung Redis is one stopped with SIGSTOP, as in tests/test_redis_h
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 
 from capability_router import cluster
 from conftest import wait_for
-from emp_tasks.local_redis import LocalRedis
 from tests.emp_tasks.test_cli import run
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -59,22 +55,6 @@ def test_blocking_reads_fit_in_a_short_timeout() -> None:
     block wait the setting plus 5 s."""
     assert cluster.block_ms(1000) == min(1000, int(cluster.SOCKET_TIMEOUT_SECONDS * 500))
     assert cluster.blocking_socket_timeout() == cluster.SOCKET_TIMEOUT_SECONDS + 5
-
-
-@pytest.fixture
-def freeze(redis_server: LocalRedis) -> Iterator[Callable[[bool], None]]:
-    """``freeze(True)`` stops the module's Redis (SIGSTOP), ``freeze(False)`` continues it;
-    continued at the end whatever happened."""
-    assert redis_server.process is not None
-    pid = redis_server.process.pid
-
-    def freeze(stopped: bool) -> None:
-        os.kill(pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-
-    try:
-        yield freeze
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def test_a_short_socket_timeout_answers_503_within_it_on_a_hung_redis(
