@@ -74,9 +74,10 @@ def blocking_socket_timeout() -> float:
 
 
 def block_ms(wanted_ms: int) -> int:
-    """How long (ms) a blocking read on a client with the default socket timeout may
-    block: ``wanted_ms``, but at most half of ``SOCKET_TIMEOUT_SECONDS``. With the
-    setting at 1 s or less a 1 s BLOCK on such a client would time out every read."""
+    """How long (ms) a blocking read (or an enqueue's ``WAIT``) on a client with the
+    default socket timeout may block: ``wanted_ms``, but at most half of
+    ``SOCKET_TIMEOUT_SECONDS``. With the setting at 1 s or less a 1 s BLOCK on such a
+    client would time out every read."""
     return max(1, min(wanted_ms, int(SOCKET_TIMEOUT_SECONDS * 500)))
 
 

@@ -22,12 +22,13 @@ import redis
 from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from capability_router.cluster import (
+    block_ms,
     cluster_enabled,
     is_cluster_client,
     node_for_key,
     refresh_slots,
 )
-from capability_router.env import env_int
+from capability_router.env import env_at_least, env_int
 from capability_router.errors import InvalidJob, NotReplicated
 from capability_router.green import is_green
 from capability_router.jobspec import JobSpec
@@ -153,11 +154,14 @@ def enqueue_replicas() -> int:
     ``EMP_ENQUEUE_REPLICAS``; default 1 on a cluster (a master's replica
     takes over when it dies, so an accepted job must be on it), else 0.
     """
-    return env_int("EMP_ENQUEUE_REPLICAS", 1 if cluster_enabled() else 0)
+    return env_at_least("EMP_ENQUEUE_REPLICAS", 1 if cluster_enabled() else 0, 0, int)
 
 
-#: Longest wait for the replicas of ``enqueue_replicas``, ms (``EMP_ENQUEUE_WAIT_MS``).
-ENQUEUE_WAIT_MS = env_int("EMP_ENQUEUE_WAIT_MS", 1000)
+#: Longest wait for the replicas of ``enqueue_replicas``, ms (``EMP_ENQUEUE_WAIT_MS``,
+#: at least 1: Redis's ``WAIT`` takes 0 as "for ever"). The WAIT itself is capped at
+#: half the socket timeout (``block_ms``): a longer one made every enqueue that met a
+#: slow replica a TimeoutError, retried for ``ENQUEUE_RETRY_SECONDS``, not NotReplicated.
+ENQUEUE_WAIT_MS = env_at_least("EMP_ENQUEUE_WAIT_MS", 1000, 1, int)
 
 #: Seconds an enqueue that met a dead or moved master keeps retrying (a failover
 #: takes cluster-node-timeout plus an election).
@@ -336,7 +340,7 @@ class QueueFunctions:
 
     def _send_with_wait(self, command: tuple[Any, ...]) -> tuple[Any, Any]:
         """Send ``command`` and WAIT together on this thread's connection to the key's master."""
-        wait = ("WAIT", self.replicas, ENQUEUE_WAIT_MS)
+        wait = ("WAIT", self.replicas, block_ms(ENQUEUE_WAIT_MS))
         connection = held_connection(self.client, self.keys.config)
         if connection is None:
             with self.client.pipeline(transaction=False) as pipe:
