@@ -1361,9 +1361,6 @@ local function pick_restricted(P, ck, profile)
   return best, best_family
 end
 
--- An attempt that ended without an outcome (lease expired, worker lost,
--- message requeued): back to pending at its old place, or failed when the
--- job has used up its attempts.
 -- Ids of jobs the queue failed on its own kept for the workers to report, at most.
 local GAVE_UP_KEPT = '9999'
 
@@ -1372,44 +1369,6 @@ local GAVE_UP_KEPT = '9999'
 -- the last run's progress (60% of a run that died); the next run reports from 0.
 local function forget_run(jk, ...)
   redis.call('HDEL', jk, 'lease_until', 'preparing', 'progress', 'progress_details', ...)
-end
-
-local function return_to_pending(P, cfg, id, reason, now)
-  local jk = P .. 'job:' .. id
-  local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
-    'attempts_before', 'service_releases', 'retries', 'unreceived', 'replaces',
-    'replaced_retries')
-  if not ACTIVE[f[1]] then
-    redis.call('ZREM', P .. 'leases', id)
-    return false
-  end
-  local attempts = tonumber(f[4]) or 0
-  -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
-  -- ever-new attempt numbers) but gets its full allowance again. Attempts its
-  -- service refused (emp_release) spent nothing either, nor claims their worker
-  -- never received (emp_unclaim), nor those that ended in a retry (an outcome:
-  -- the task's max_retries bounds them, up to 100; those of a task since replaced
-  -- are in replaced_retries) or a replace (emp_replace).
-  if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
-      - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) - (tonumber(f[11]) or 0)
-      >= cfg.max_attempts then
-    local err = reason .. '; gave up after ' .. attempts .. ' attempts'
-    end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
-      {worker_id = f[5], error = err, attempt = attempts}, now)
-    -- No run saw this end, so Celery's result backend would never hear of it: a
-    -- worker drains the list (emp_tasks.queue_outcomes) and stores the FAILURE.
-    redis.call('LPUSH', P .. 'gave-up', id)
-    redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
-    return 'failed'
-  end
-  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
-    'requeued_attempt', attempts)
-  index_status(P, id, f[1], 'pending', now)
-  forget_run(jk)
-  redis.call('ZREM', P .. 'leases', id)
-  emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
-  file_pending(P, id, f[2], f[3], now)
-  return 'pending'
 end
 
 -- Wait histogram buckets: upper bound in ms, and the field's "le" text
@@ -1645,6 +1604,57 @@ local function completion_counts(P, now, started, assigned, routing, predicted)
     end
   end
   return counts
+end
+
+-- A job the queue failed on its own (its attempts used up, or a count it cannot
+-- increment: fail_uncountable), after end_job. No run saw this end, so Celery's
+-- result backend would never hear of it: a worker drains the list
+-- (emp_tasks.queue_outcomes) and stores the FAILURE. Counted as failed in the
+-- pool's minute, as emp_fail counts a run's failure (before release 28 neither
+-- path was: pool_metrics showed no failure for them); ``delta`` is what it did to
+-- the running jobs (-1 a leased job, 0 a pending one).
+local function gave_up(P, id, now, delta)
+  redis.call('LPUSH', P .. 'gave-up', id)
+  redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
+  observe(P, now, {failed = 1}, delta)
+end
+
+-- An attempt that ended without an outcome (lease expired, worker lost,
+-- message requeued): back to pending at its old place, or failed when the
+-- job has used up its attempts.
+local function return_to_pending(P, cfg, id, reason, now)
+  local jk = P .. 'job:' .. id
+  local f = redis.call('HMGET', jk, 'status', 'class', 'score', 'attempts', 'worker_id',
+    'attempts_before', 'service_releases', 'retries', 'unreceived', 'replaces',
+    'replaced_retries')
+  if not ACTIVE[f[1]] then
+    redis.call('ZREM', P .. 'leases', id)
+    return false
+  end
+  local attempts = tonumber(f[4]) or 0
+  -- Attempts of this run only: a resubmitted job keeps counting (fencing needs
+  -- ever-new attempt numbers) but gets its full allowance again. Attempts its
+  -- service refused (emp_release) spent nothing either, nor claims their worker
+  -- never received (emp_unclaim), nor those that ended in a retry (an outcome:
+  -- the task's max_retries bounds them, up to 100; those of a task since replaced
+  -- are in replaced_retries) or a replace (emp_replace).
+  if attempts - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0) - (tonumber(f[8]) or 0)
+      - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) - (tonumber(f[11]) or 0)
+      >= cfg.max_attempts then
+    local err = reason .. '; gave up after ' .. attempts .. ' attempts'
+    end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
+      {worker_id = f[5], error = err, attempt = attempts}, now)
+    gave_up(P, id, now, -1)
+    return 'failed'
+  end
+  redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
+    'requeued_attempt', attempts)
+  index_status(P, id, f[1], 'pending', now)
+  forget_run(jk)
+  redis.call('ZREM', P .. 'leases', id)
+  emit(P, cfg, id, 'job_requeued', {worker_id = f[5], reason = reason, attempt = attempts}, now)
+  file_pending(P, id, f[2], f[3], now)
+  return 'pending'
 end
 
 -- Claims housekeep at most this often (ms) while they find work; a claim
@@ -1894,8 +1904,7 @@ local function fail_uncountable(P, id, jk, stored, refusal, now)
     "', which Redis cannot increment (" .. string.gsub(refusal, '^ERR ', '') .. ')'
   end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
     {error = err}, now)
-  redis.call('LPUSH', P .. 'gave-up', id)
-  redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
+  gave_up(P, id, now, 0)
 end
 
 -- Jobs one claim fails as uncountable (fail_uncountable), and classes without a
@@ -1918,8 +1927,9 @@ the claim goes on to the next job; so it does past a class it finds in its famil
 claim index without a pending job, which it takes out of it (up to
 UNCOUNTABLE_PER_CLAIM of both a claim; past them the reply's ms is 1).
 Pool observability (observe): a claimed job counts in its minute's claims,
-wait and model hit; a claim that finds nothing is a tick (integrals and
-gauges of a minute already started; it creates no key).
+wait and model hit; a job failed as uncountable, or failed by housekeeping when
+its attempts ran out, counts as failed (gave_up); a claim that finds nothing is
+a tick (integrals and gauges of a minute already started; it creates no key).
 Warm-first (config ``affinity``, see warm_first; profiles without a workflow
 restriction or denied customers, while some worker reports a residency): a
 job warm on this worker is preferred within ``affinity_window``; a job warm on

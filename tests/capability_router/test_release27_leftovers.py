@@ -1,4 +1,5 @@
-"""Queue library release 28: what release 27 left of classes without a family entry.
+"""Queue library release 28: what release 27 left of classes without a family entry,
+and the pool metrics of jobs the queue fails on its own.
 
 A class filed before families existed, or whose ``class-family`` entry was lost, has
 no entry; its jobs are filed under the class alone, those filed before the entry
@@ -11,9 +12,11 @@ library and failed there, except where its docstring says otherwise.
 from __future__ import annotations
 
 import pytest
+import redis
 
 from capability_router.functions import Claimed, QueueFunctions
 from capability_router.jobspec import JobSpec
+from capability_router.pool_metrics import pool_series
 from capability_router.profile import WorkerProfile
 from tests.capability_router.test_class_lifecycle import index_size
 
@@ -167,6 +170,42 @@ def test_cancel_finds_each_job_where_it_was_filed(queue: QueueFunctions) -> None
     assert claim(queue, worker).job_id == "j1"
     assert queue.family_summary() == []
     assert finds_nothing(queue, worker)
+
+
+def failed_this_hour(client: redis.Redis, now: int) -> int:
+    return pool_series(client, "default", "1h", now_ms=now)["totals"]["failed"]
+
+
+def test_a_job_failed_for_an_uncountable_attempt_count_counts_as_failed(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: a pending job whose ``attempts`` is 'abc', failed by the claim that
+    reaches it (release 27's path). Release 27 counted nothing in the pool's minute:
+    the pool metrics (``/api/pools/<name>/metrics``, Prometheus) showed no failure.
+    Now it counts one failed, as emp_fail does."""
+    worker = gpu_worker()
+    queue.register_worker(worker)
+    queue.enqueue("j", gpu_job(), "{}", now_ms=T0)
+    client.hset(queue.keys.job("j"), "attempts", "abc")
+    assert finds_nothing(queue, worker)
+    assert client.hget(queue.keys.job("j"), "status") == "failed"
+    assert failed_this_hour(client, T0 + 2_000) == 1
+
+
+def test_a_job_whose_attempts_ran_out_counts_as_failed(
+        client: redis.Redis, queue: QueueFunctions) -> None:
+    """Tried: max_attempts 1, a claimed job's lease expired, and the next claim's
+    housekeeping fails it (the queue gave up: the gave-up list, as for the uncountable
+    count). Release 27 did not count it either (its minute had the claim, no failure).
+    Now it counts one failed."""
+    worker = gpu_worker()
+    queue.register_worker(worker)
+    client.hset(queue.keys.config, "max_attempts", "1")
+    queue.enqueue("j", gpu_job(), "{}", now_ms=T0)
+    queue.claim(worker.signature, "w", 1_000, now_ms=T0 + 1_000)
+    assert finds_nothing(queue, worker)  # at T0 + 2 s: the lease ended at T0 + 2 s
+    assert client.hget(queue.keys.job("j"), "status") == "failed"
+    assert queue.take_gave_up() == ["j"]
+    assert failed_this_hour(client, T0 + 2_000) == 1
 
 
 def test_a_claim_passes_a_class_left_in_its_familys_index_without_a_job(
