@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    """Read ``name`` from the environment; empty counts as unset."""
-    value = os.environ.get(name)
+def env(name: str, default: str | None = None, *,
+        environ: Mapping[str, str] | None = None) -> str | None:
+    """Read ``name`` from the environment (``environ``: a mapping standing for it, such as
+    the one a child process will get); empty counts as unset."""
+    value = (os.environ if environ is None else environ).get(name)
     return value if value else default
 
 
@@ -28,10 +30,12 @@ class SettingError(ValueError):
     ``emp`` command catches it around its own import (``emp_command``)."""
 
 
-def env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str) -> _N:
+def env_number(name: str, default: float, convert: Callable[[Any], _N], kind: str, *,
+               environ: Mapping[str, str] | None = None) -> _N:
     """``name`` converted by ``convert``, ``default`` when unset or empty; a malformed value
-    raises SettingError (a ValueError) naming the variable (``kind``: "an integer", "a number")."""
-    text = env(name)
+    raises SettingError (a ValueError) naming the variable (``kind``: "an integer", "a number").
+    ``environ`` as for ``env``."""
+    text = env(name, environ=environ)
     if text is None:
         return convert(default)
     try:
@@ -53,14 +57,17 @@ def env_float(name: str, default: float) -> float:
 
 
 def env_at_least(name: str, default: float, low: float, convert: Callable[[Any], _N] = float,
-                 *, above: bool = False, what: str | None = None) -> _N:
+                 *, above: bool = False, what: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> _N:
     """``name`` as a finite number of at least ``low`` (above it with ``above``), ``default``
     when unset; anything else raises SettingError naming the variable. For counts and
     durations a service only misbehaves on later (a 0 s lease, 0 processes). ``what``
     words the bound in the error ("a positive number of GB"); by default "at least 1"
-    or "above 0"."""
-    value = env_number(name, default, convert, "an integer" if convert is int else "a number")
-    return check_at_least(name, value, low, above=above, what=what, got=repr(env(name)))
+    or "above 0". ``environ`` as for ``env``."""
+    value = env_number(name, default, convert, "an integer" if convert is int else "a number",
+                       environ=environ)
+    return check_at_least(name, value, low, above=above, what=what,
+                          got=repr(env(name, environ=environ)))
 
 
 def check_at_least(name: str, value: _N, low: float, *, above: bool = False,

@@ -218,14 +218,14 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
             os.environ[env_names[name]] = str(value)
     if services:
         os.environ["WORKER_SERVICES"] = services
+    try:  # a malformed EMP_* number the worker reads stops the start with one line naming it
+        check_worker_settings()  # before logging is set up: that reads the shipping settings
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if defaults.env("EMP_LOG_FORMAT") == "json":  # set by `emp machine` for its workers
         from machine.logs import use_json_logging
 
         use_json_logging(loglevel)
-    try:  # a malformed EMP_* number the worker reads stops the start with one line naming it
-        check_worker_settings()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     app = _app(_url(obj))
     try:
         profile = build_profile(app)
@@ -420,12 +420,19 @@ def api(obj: dict[str, Any], host: str, port: int) -> None:
     set_service_name("emp-api")
 
     try:  # a broken pools file stops the start, not every submit later
-        pools_file_from_env()
+        pools_file = pools_file_from_env()
     except PoolsFileError as exc:
         raise click.ClickException(f"EMP_POOLS_FILE: {exc}") from None
     _check_web_settings()
     _check_host(host, "EMP_API_HOST")
-    run(_url(obj), host, port)
+    url = _url(obj)
+    if pools_file is not None:  # said here, once: not by each process at its first routing
+        from emp_tasks.placement import unknown_services_at_start
+
+        warning = unknown_services_at_start(url, pools_file)
+        if warning:
+            click.echo(f"emp api: warning: routing: {warning}", err=True)
+    run(url, host, port)
 
 
 @main.command()

@@ -65,12 +65,62 @@ def _watched_router(app: Any) -> tuple[PoolsFileWatch, Router] | None:
     return _routers[key]
 
 
-def _warn_unknown_services(app: Any, pools_file: PoolsFile) -> None:
-    """Log, once per version of the file routing uses, services it names that no job type
-    of ``app`` has (``unknown_services_warning``: a typo, such a pool gets no job)."""
+#: Unknown-service warnings already said by this process, or by the one it was forked
+#: from: ``emp api``'s master says the warning at its start (``unknown_services_unsaid``),
+#: so its gunicorn workers do not say it again, each at its first routing.
+_said: set[str] = set()
+
+
+def unknown_services_unsaid(app: Any, pools_file: PoolsFile) -> str | None:
+    """``unknown_services_warning`` of ``pools_file`` for the job types of ``app``, the
+    first time it is due in this process (and the processes it forks after); None when the
+    file names no unknown service, or the same warning was said already."""
     from emp_tasks.producer import services
 
     warning = unknown_services_warning(pools_file, services(app))
+    if warning is None or warning in _said:
+        return None
+    _said.add(warning)
+    return warning
+
+
+def unknown_services_at_start(broker_url: str, pools_file: PoolsFile) -> str | None:
+    """``unknown_services_unsaid`` for ``emp api``'s master, before gunicorn forks its
+    workers: they inherit it as said. The job types are looked up in a forked child, as
+    importing the app's task modules imports urllib3 (the HTTP connectors), which each
+    gevent worker must patch before it is imported (else gevent warns it is not patched,
+    and an HTTPS call in a worker would block its loop)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: look, write, leave without running the parent's exit hooks
+        # (one that fails says nothing: the workers then fail at the same imports, saying why)
+        status = 1
+        try:
+            os.close(read_end)
+            from emp_tasks.app import create_app
+            from emp_tasks.producer import services
+
+            warning = unknown_services_warning(pools_file, services(create_app(broker_url)))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write((warning or "").encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        warning = pipe.read().decode()
+    os.waitpid(pid, 0)
+    if not warning or warning in _said:
+        return None
+    _said.add(warning)
+    return warning
+
+
+def _warn_unknown_services(app: Any, pools_file: PoolsFile) -> None:
+    """Log services the file routing uses names that no job type of ``app`` has (a typo,
+    such a pool gets no job): once per wording, so once for a file and again for an edit
+    that names other unknown services, not once per process that routes."""
+    warning = unknown_services_unsaid(app, pools_file)
     if warning:
         logger.warning("routing: %s", warning)
 

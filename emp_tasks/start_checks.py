@@ -15,8 +15,12 @@ from emp_tasks import defaults
 
 
 def check_worker_settings() -> None:
-    """Read every ``EMP_*`` number a worker reads, and the model cache's settings (its
-    folder made and written); ValueError naming the first bad one."""
+    """Read every ``EMP_*`` number a worker reads, its log shipping's settings, and the
+    model cache's settings (its folder made and written); ValueError naming the first
+    bad one."""
+    from machine.shipping import shipping_settings
+
+    shipping_settings()  # a bad one used to become its default, shipping on or not
     defaults.queue_settings(), defaults.lease_seconds(), defaults.idle_block_seconds()
     defaults.time_limits(), defaults.health_gate_seconds()
     defaults.health_gate_timeout_seconds(), defaults.health_gate_open_seconds()

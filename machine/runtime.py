@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from capability_router.cluster import blocking_socket_timeout, make_client
+from capability_router.env import SettingError
 from machine import usage
 from machine.counters import ENV as COUNTERS_ENV
 from machine.counters import JOB_OUTCOMES, counters_dir, read_counters
@@ -40,7 +41,7 @@ from machine.preflight import check_workers
 from machine.reaper import end_failed_machine, reap_gone_machines
 from machine.restarts import RestartCounter
 from machine.settings import MachineSettings
-from machine.shipping import LogShipper, read_stats
+from machine.shipping import LogShipper, read_stats, shipping_settings
 from machine.status import (
     MachineStatus,
     machine_key,
@@ -68,6 +69,10 @@ class MachineRuntime:
     """One machine: plan, supervisord, health server, status reporter."""
 
     def __init__(self, settings: MachineSettings, inventory: GpuInventory | None = None) -> None:
+        try:  # the machine's own log shipping and its programs' (they inherit these)
+            shipping_settings()
+        except SettingError as exc:
+            raise MachineError(str(exc)) from None
         self.settings = settings
         self.machine_id = settings.machine_id
         self.inventory = inventory or detect_gpus()

@@ -77,22 +77,22 @@ def check_machine_id(machine_id: str) -> str:
 
 
 def _float(name: str, default: float) -> float:
-    raw = defaults.env(name)
+    """A finite number, read by ``env_at_least`` (every service's reader): one text means
+    the same to the machine as to them. Its floor, if any, is checked by ``FLOORS``."""
     try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise MachineError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise MachineError(f"{name} must be a finite number, got {raw!r}")
-    return value
+        return defaults.env_at_least(name, default, -math.inf, float, what="a finite number")
+    except defaults.SettingError as exc:
+        raise MachineError(str(exc)) from None
 
 
 def _whole(name: str, default: int) -> int:
-    """A count, port or size: a fraction is refused, not cut (9090.5 is no port)."""
-    value = _float(name, default)
-    if not float(value).is_integer():
-        raise MachineError(f"{name} must be a whole number, got {defaults.env(name)!r}")
-    return int(value)
+    """A count, port or size, read by ``env_at_least(..., int)``: a fraction is refused,
+    not cut (9090.5 is no port), and so are ``1e3`` and ``10.0``, which ``float`` made
+    whole numbers where every other service's reader refuses them."""
+    try:
+        return defaults.env_at_least(name, default, -math.inf, int)
+    except defaults.SettingError:
+        raise MachineError(f"{name} must be a whole number, got {defaults.env(name)!r}") from None
 
 
 #: Settings that must be above a floor: (field, variable, lowest allowed, why).

@@ -19,17 +19,24 @@ parent's. At exit the thread gets ``close_timeout`` seconds to send the rest.
 Environment (defaults in brackets):
 
 - ``FLUENT_BIT_URL`` [unset]: e.g. ``http://127.0.0.1:9880/emp.logs``; else
-- ``FLUENTD_HOST`` / ``FLUENTD_PORT`` [8888] / ``FLUENTD_SECURE`` [false]: the
-  original's variables; the URL is ``http(s)://<host>:<port>/<EMP_LOG_TAG>``
-  with ``EMP_LOG_TAG`` [``emp.logs``].
-- ``EMP_LOG_QUEUE_SIZE`` [10000] lines, ``EMP_LOG_BATCH_SIZE`` [500] lines,
-  ``EMP_LOG_FLUSH_SECONDS`` [0]: how long a line may wait for others to join its
-  batch. At 0 a line goes as soon as the thread is free and batches form from
-  the lines logged while a POST is in flight or the receiver is down: a
-  process killed outright (a pool process in a group SIGTERM) loses only what
-  it logged during its last POST.
-- ``EMP_LOG_MAX_BACKOFF_SECONDS`` [30], ``EMP_LOG_DROP_REPORT_SECONDS`` [60],
+- ``FLUENTD_HOST`` / ``FLUENTD_PORT`` [8888; a whole number from 1 to 65535] /
+  ``FLUENTD_SECURE`` [false; on/off words]: the original's variables; the URL is
+  ``http(s)://<host>:<port>/<EMP_LOG_TAG>`` with ``EMP_LOG_TAG`` [``emp.logs``].
+- ``EMP_LOG_QUEUE_SIZE`` [10000] lines, ``EMP_LOG_BATCH_SIZE`` [500] lines (whole
+  numbers, at least 1), ``EMP_LOG_FLUSH_SECONDS`` [0; at least 0]: how long a line
+  may wait for others to join its batch. At 0 a line goes as soon as the thread
+  is free and batches form from the lines logged while a POST is in flight or the
+  receiver is down: a process killed outright (a pool process in a group SIGTERM)
+  loses only what it logged during its last POST.
+- ``EMP_LOG_MAX_BACKOFF_SECONDS`` [30; above 0: at 0 a down receiver is retried
+  without a pause], ``EMP_LOG_DROP_REPORT_SECONDS`` [60; at least 0],
   ``EMP_LOG_STATS_DIR`` [unset].
+
+``shipping_settings`` reads them all, and is what decides what is valid: a
+malformed number, or one out of its range, raises SettingError naming the
+variable and what it takes (``LogShipper`` checks its arguments against the same
+table). ``emp machine`` and ``emp worker`` read them at their start, shipping on or
+not, so a bad one stops them in one line instead of becoming its default.
 """
 
 from __future__ import annotations
@@ -42,12 +49,13 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from capability_router.env import flag_value
+from capability_router.env import SettingError, check_at_least, env, env_at_least, flag_value
 from capability_router.redaction import masked_url
 
 logger = logging.getLogger("emp.logs")
@@ -62,6 +70,22 @@ DROP_REPORT_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 DEFAULT_TAG = "emp.logs"
+FLUENTD_PORT = 8888
+
+#: The numbers shipping takes, by ``LogShipper`` argument: (variable, default, lowest,
+#: int or float, above the lowest rather than at least it). The one place that says
+#: what each may be: the environment's values (``shipping_settings``) and the
+#: constructor's arguments are both checked against it.
+NUMBERS: dict[str, tuple[str, float, float, type, bool]] = {
+    "queue_size": ("EMP_LOG_QUEUE_SIZE", QUEUE_SIZE, 1, int, False),
+    "batch_size": ("EMP_LOG_BATCH_SIZE", BATCH_SIZE, 1, int, False),
+    "flush_seconds": ("EMP_LOG_FLUSH_SECONDS", FLUSH_SECONDS, 0, float, False),
+    # At 0 the backoff doubles from 0.5 s to at most 0: a down receiver retried in a loop.
+    "max_backoff_seconds": ("EMP_LOG_MAX_BACKOFF_SECONDS", MAX_BACKOFF_SECONDS, 0, float, True),
+    "drop_report_seconds": ("EMP_LOG_DROP_REPORT_SECONDS", DROP_REPORT_SECONDS, 0, float, False),
+}
+#: What ``FLUENTD_PORT`` takes, as its error says.
+PORT_WORDS = "a whole number from 1 to 65535"
 
 
 def without_password(url: str) -> str:
@@ -89,8 +113,14 @@ class LogShipper(logging.Handler):
                  stats_dir: str | os.PathLike[str] | None = None,
                  close_timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
         super().__init__()
+        for argument, value in (("queue_size", queue_size), ("batch_size", batch_size),
+                                ("flush_seconds", flush_seconds),
+                                ("max_backoff_seconds", max_backoff_seconds),
+                                ("drop_report_seconds", drop_report_seconds)):
+            variable, _default, lowest, _kind, above = NUMBERS[argument]
+            check_at_least(variable, value, lowest, above=above)
         self.url = url
-        self.queue_size, self.batch_size = max(1, queue_size), max(1, batch_size)
+        self.queue_size, self.batch_size = queue_size, batch_size
         self.flush_seconds, self.max_backoff_seconds = flush_seconds, max_backoff_seconds
         self.drop_report_seconds = drop_report_seconds
         self.stats_dir = Path(stats_dir) if stats_dir else None
@@ -273,38 +303,68 @@ class LogShipper(logging.Handler):
 _start_lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class ShippingSettings:
+    """Log shipping as the environment sets it (``shipping_settings``); ``url`` None: off."""
+
+    url: str | None
+    queue_size: int = QUEUE_SIZE
+    batch_size: int = BATCH_SIZE
+    flush_seconds: float = FLUSH_SECONDS
+    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
+    drop_report_seconds: float = DROP_REPORT_SECONDS
+    stats_dir: str | None = None
+
+
+def _fluentd_port(environ: Mapping[str, str]) -> int:
+    """``FLUENTD_PORT``; malformed or out of range, one error saying the whole range."""
+    try:
+        port = env_at_least("FLUENTD_PORT", FLUENTD_PORT, 1, int, environ=environ)
+        if port <= 65535:
+            return port
+    except SettingError:
+        pass
+    raise SettingError(f"FLUENTD_PORT must be {PORT_WORDS}, got {environ.get('FLUENTD_PORT')!r}")
+
+
 def shipping_url(environ: Mapping[str, str] | None = None) -> str | None:
-    """``FLUENT_BIT_URL``, else one built from ``FLUENTD_HOST``/``FLUENTD_PORT``; None if unset."""
-    env = os.environ if environ is None else environ
-    if env.get("FLUENT_BIT_URL"):
-        return env["FLUENT_BIT_URL"]
-    if env.get("FLUENTD_HOST"):
-        scheme = "https" if flag_value("FLUENTD_SECURE", env.get("FLUENTD_SECURE")) else "http"
-        tag = env.get("EMP_LOG_TAG") or DEFAULT_TAG
-        return f"{scheme}://{env['FLUENTD_HOST']}:{env.get('FLUENTD_PORT') or 8888}/{tag}"
+    """``FLUENT_BIT_URL``, else one built from ``FLUENTD_HOST``/``FLUENTD_PORT``; None if unset.
+    ``FLUENTD_PORT`` and ``FLUENTD_SECURE`` are read (and a bad one refused) either way."""
+    environ = os.environ if environ is None else environ
+    port = _fluentd_port(environ)
+    secure = flag_value("FLUENTD_SECURE", environ.get("FLUENTD_SECURE"))
+    if env("FLUENT_BIT_URL", environ=environ):
+        return environ["FLUENT_BIT_URL"]
+    host = env("FLUENTD_HOST", environ=environ)
+    if host:
+        tag = env("EMP_LOG_TAG", DEFAULT_TAG, environ=environ)
+        return f"{'https' if secure else 'http'}://{host}:{port}/{tag}"
     return None
 
 
+def shipping_settings(environ: Mapping[str, str] | None = None) -> ShippingSettings:
+    """Every log shipping setting of ``environ`` (the process's by default), checked: a
+    malformed or out-of-range one raises SettingError (a ValueError) naming it and what
+    it takes. Read whether shipping is on or not, so a start can refuse a bad one."""
+    environ = os.environ if environ is None else environ
+    numbers = {argument: env_at_least(variable, default, lowest, kind, above=above,
+                                      environ=environ)
+               for argument, (variable, default, lowest, kind, above) in NUMBERS.items()}
+    return ShippingSettings(shipping_url(environ), stats_dir=env("EMP_LOG_STATS_DIR",
+                                                                environ=environ),
+                            **numbers)
+
+
 def shipper_from_env(environ: Mapping[str, str] | None = None) -> LogShipper | None:
-    """The shipper the environment configures; None when no receiver is set."""
-    env = os.environ if environ is None else environ
-    url = shipping_url(env)
-    if url is None:
+    """The shipper the environment configures; None when no receiver is set. A bad
+    setting raises SettingError (``shipping_settings``), never becomes its default."""
+    settings = shipping_settings(environ)
+    if settings.url is None:
         return None
-
-    def number(name: str, default: float) -> float:
-        try:
-            return float(env.get(name) or default)
-        except ValueError:
-            return default
-
     return LogShipper(
-        url, queue_size=int(number("EMP_LOG_QUEUE_SIZE", QUEUE_SIZE)),
-        batch_size=int(number("EMP_LOG_BATCH_SIZE", BATCH_SIZE)),
-        flush_seconds=number("EMP_LOG_FLUSH_SECONDS", FLUSH_SECONDS),
-        max_backoff_seconds=number("EMP_LOG_MAX_BACKOFF_SECONDS", MAX_BACKOFF_SECONDS),
-        drop_report_seconds=number("EMP_LOG_DROP_REPORT_SECONDS", DROP_REPORT_SECONDS),
-        stats_dir=env.get("EMP_LOG_STATS_DIR") or None)
+        settings.url, queue_size=settings.queue_size, batch_size=settings.batch_size,
+        flush_seconds=settings.flush_seconds, max_backoff_seconds=settings.max_backoff_seconds,
+        drop_report_seconds=settings.drop_report_seconds, stats_dir=settings.stats_dir)
 
 
 def read_stats(stats_dir: str | os.PathLike[str]) -> dict[str, int]:

@@ -27,6 +27,7 @@ from webapp.monitor.handlers import ActionHandler, JsonHandler, MonitorHandler
 from webapp.monitor.machines import machines_view, page_view
 from webapp.monitor.queue import queue_summary
 from webapp.monitor.webhooks import reconnect, webhooks_view
+from webapp.query import repeated
 
 
 class MachinesData(JsonHandler):
@@ -137,9 +138,14 @@ class JobData(JsonHandler):
 def query_flag(handler: tornado.web.RequestHandler, name: str) -> bool:
     """Query parameter ``name`` as on/off, in the words an on/off setting takes
     (``env.flag_value``: ``?terminate=maybe`` silently meant off), off when absent or
-    empty; another word is a 400 naming the parameter and the words."""
+    empty; another word is a 400 naming the parameter and the words. Given more than
+    once, a 400 in the REST API's words (``webapp.query.repeated``): Tornado's
+    ``get_query_argument`` took the last of ``?terminate=no&terminate=yes``."""
+    given = handler.get_query_arguments(name)
+    if len(given) > 1:
+        raise tornado.web.HTTPError(400, repeated(name, len(given)))
     try:
-        return flag_value(name, handler.get_query_argument(name, ""))
+        return flag_value(name, given[0] if given else "")
     except SettingError as exc:
         raise tornado.web.HTTPError(400, str(exc)) from None
 
