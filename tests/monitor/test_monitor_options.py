@@ -20,7 +20,7 @@ def options_of(*argv: str, **env: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("argv, env, expected", [
-    ((), {}, (10_000, 3333)),  # Celery's event-state bound, not Flower's 100,000
+    ((), {}, (2_000, 3333)),  # not Flower's 100,000 (700 MB) nor Celery's 10,000 (70 MB)
     (("--max_tasks=500",), {}, (500, 3333)),
     ((), {"FLOWER_MAX_TASKS": "2000", "FLOWER_PORT": "4444"}, (2000, 4444)),
 ])

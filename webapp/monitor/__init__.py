@@ -16,10 +16,15 @@ from typing import Any
 
 DEFAULT_PORT = 3333
 DEFAULT_ADDRESS = "127.0.0.1"
-#: Tasks Flower keeps in memory for its Tasks page (``--max_tasks``): Celery's own default
-#: for an event state, not Flower's 100,000 (~3-7 KB each: the monitor grew by 80 MB per
-#: 12,000 jobs of the production bench). Every job stays readable from Redis on its page.
-DEFAULT_MAX_TASKS = 10_000
+#: Tasks Flower keeps in memory for its Tasks page (``--max_tasks``, ``FLOWER_MAX_TASKS``),
+#: the most recently active first. Each costs ~7 KB (its event fields, Flower's search
+#: index entry, the task heap's entries; tracemalloc under the production bench), so at
+#: Celery's 10,000 the monitor grew ~10 MB every 30 s for its first 10,000 jobs and had
+#: not levelled off when the bench's load ended; 2,000 is ~14 MB, full within a minute
+#: at 100 jobs/s, and twice the jobs that bench runs at once (a running job whose last
+#: event is older than 2,000 others' leaves the Tasks page). Every job stays readable
+#: from Redis on its Jobs page.
+DEFAULT_MAX_TASKS = 2_000
 logger = logging.getLogger(__name__)
 
 
