@@ -1,0 +1,53 @@
+"""A job cancelled over the REST API or the client socket is REVOKED in Celery's result
+backend, and a chord counts its part, as a cancel through ``emp_tasks.producer`` does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from celery import chord
+from celery.exceptions import ChordError, TaskRevokedError
+from rest_helpers import Api
+from test_api_websocket import collect_until, connect, receive
+
+from conftest import wait_for
+from emp_tasks.producer import services
+
+
+@pytest.mark.timeout(90)
+def test_jobs_cancelled_over_rest_and_the_socket_are_revoked_and_end_their_chord(
+        app, client, start_server) -> None:
+    """Tried: a chord of two echo jobs (no worker: both pending), one part cancelled with
+    ``POST /api/jobs/<id>/cancel``, the other with the client socket's ``cancel_job``.
+    Before the fix both records said cancelled, but the API's Celery app has no result
+    backend (``result_backend=None``: it never waits on results), so the cancel stored
+    nothing: each part's ``AsyncResult`` stayed PENDING (``get()`` waited for ever) and
+    the chord's body never ended. Now both parts are REVOKED and the body fails with
+    ``ChordError``, as for a cancel through ``emp_tasks.producer.cancel``."""
+    server = start_server("api")
+    echo = services(app)["echo"]
+    result = chord([echo.si(n=1), echo.si(n=2)], echo.si(n=3)).apply_async()
+    over_rest, over_socket = result.parent.results
+
+    assert Api(server.base).post(f"/api/jobs/{over_rest.id}/cancel").status_code == 200
+    assert app.AsyncResult(over_rest.id).state == "REVOKED"
+    with pytest.raises(TaskRevokedError):
+        app.AsyncResult(over_rest.id).get(timeout=5)
+    assert app.AsyncResult(result.id).state == "PENDING"  # one part of two counted
+
+    ws = connect(server, "/ws/client/cancel-revoked")
+    try:
+        receive(ws)
+        ws.send(json.dumps({"type": "cancel_job", "job_id": over_socket.id}))
+        collect_until(ws, lambda m: m.get("job_id") == over_socket.id
+                      and m["type"] == "job_cancelled")
+    finally:
+        ws.close()
+    # job_cancelled is the cancel's own event: the client may read it before the store
+    wait_for(lambda: app.AsyncResult(over_socket.id).state == "REVOKED", timeout=10,
+             message="the part cancelled over the socket to be REVOKED")
+    body = app.AsyncResult(result.id)
+    assert body.state == "FAILURE"
+    assert isinstance(body.result, ChordError) and "TaskRevokedError('cancelled')" in str(
+        body.result), body.result
