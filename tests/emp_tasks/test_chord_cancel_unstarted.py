@@ -112,3 +112,29 @@ def test_a_chord_part_reported_twice_is_counted_once(app) -> None:
     assert cancel(second.id, app=app) == "cancelled"
     assert app.AsyncResult(result.id).state == "FAILURE"
     assert sorted(counted_parts(app, result.parent.id)) == sorted([first.id, second.id])
+
+
+@pytest.mark.fast
+def test_a_count_redis_refused_is_left_to_the_next_report(app, client, redis_server) -> None:
+    """Tried: a chord part's first report (the canceller's) reached a Redis that refused
+    the count itself (here an ACL user that may not ZADD or RPUSH, the commands Celery
+    counts a part with) after its counted-once marker was set; then the worker's report.
+    With the marker kept, that second report was taken for a repeat and skipped: the part
+    was never counted. Now a refused count gives the marker back and the next report
+    counts the part."""
+    client.acl_setuser("nocount", enabled=True, passwords=["+pw"], keys=["~*"],
+                       channels=["*"], commands=["+@all", "-zadd", "-rpush"])
+    try:
+        limited = type(app.backend)(
+            app=app, url=redis_server.url.replace("redis://", "redis://nocount:pw@"))
+        echo = services(app)["echo"]
+        result = chord([echo.si(n=1), echo.si(n=2)], echo.si(n=3)).apply_async()
+        first = result.parent.results[0]
+        request = stored_request(app, "default", first.id)
+        with pytest.raises(redis.exceptions.ResponseError):
+            limited.mark_as_revoked(first.id, "cancelled", request=request)
+        assert counted_parts(app, result.parent.id) == []
+        app.backend.mark_as_revoked(first.id, "revoked", request=request)
+        assert counted_parts(app, result.parent.id) == [first.id]
+    finally:
+        client.acl_deluser("nocount")
