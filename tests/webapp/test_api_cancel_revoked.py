@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 from celery import chord
 from celery.exceptions import ChordError, TaskRevokedError
 from rest_helpers import Api
@@ -51,3 +52,23 @@ def test_jobs_cancelled_over_rest_and_the_socket_are_revoked_and_end_their_chord
     assert body.state == "FAILURE"
     assert isinstance(body.result, ChordError) and "TaskRevokedError('cancelled')" in str(
         body.result), body.result
+
+
+@pytest.mark.timeout(90)
+def test_a_job_cancelled_from_the_monitor_is_revoked_and_ends_its_chord(
+        app, client, start_server) -> None:
+    """Tried: a chord of two echo jobs (no worker: both pending), both cancelled with the
+    monitor's ``POST /emp/api/jobs/<id>/cancel`` (what its Cancel button sends). Before
+    the fix the monitor cancelled through the same app as the API, with no result
+    backend: both parts stayed PENDING in Celery and the body never ended."""
+    monitor = start_server("monitor")
+    own = {"Origin": monitor.base, "Sec-Fetch-Site": "same-origin"}
+    echo = services(app)["echo"]
+    result = chord([echo.si(n=1), echo.si(n=2)], echo.si(n=3)).apply_async()
+    for part in result.parent.results:
+        reply = requests.post(f"{monitor.base}/emp/api/jobs/{part.id}/cancel", headers=own,
+                              timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert app.AsyncResult(part.id).state == "REVOKED"
+    body = app.AsyncResult(result.id)
+    assert body.state == "FAILURE" and isinstance(body.result, ChordError), body.result
