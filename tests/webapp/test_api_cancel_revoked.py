@@ -45,10 +45,11 @@ def test_jobs_cancelled_over_rest_and_the_socket_are_revoked_and_end_their_chord
                       and m["type"] == "job_cancelled")
     finally:
         ws.close()
-    # job_cancelled is the cancel's own event: the client may read it before the store
-    wait_for(lambda: app.AsyncResult(over_socket.id).state == "REVOKED", timeout=10,
-             message="the part cancelled over the socket to be REVOKED")
+    # job_cancelled is the cancel's own event: the client may read it before the stores
+    # (the part's REVOKED, then its count, which ends the body)
     body = app.AsyncResult(result.id)
+    wait_for(lambda: body.state != "PENDING", timeout=10, message="the body to end")
+    assert app.AsyncResult(over_socket.id).state == "REVOKED"
     assert body.state == "FAILURE"
     assert isinstance(body.result, ChordError) and "TaskRevokedError('cancelled')" in str(
         body.result), body.result
