@@ -117,15 +117,19 @@ def revoke_unclaimed(app: Celery, job_id: str, namespace: str) -> None:
                                 request=stored_request(app, namespace, job_id))
 
 
-def revoke_unstarted(app: Celery, job_id: str) -> None:
+def revoke_unstarted(app: Celery, job_id: str, namespace: str) -> None:
     """Mark a job cancelled after its claim, before its run started, REVOKED now, and
     have its worker drop the run as Celery drops a revoked task.
 
     Such a job may wait in its worker's rate-limit bucket (a task's ``rate_limit``)
     for as long as the limit says; its AsyncResult stayed PENDING (``get()`` waited)
-    until the bucket let it go. Stored without the request: the worker's own revoke
-    path stores it again with it when it meets the request (the revoke below, else the
-    refused start), and only that one counts a chord member's part, once.
+    until the bucket let it go. Stored with the request, as ``revoke_unclaimed`` stores
+    it, so a chord member's part is counted now: left to the worker's own revoke path
+    (which meets the request only when the bucket lets it go), it was never counted
+    when that worker stopped or died first, and the chord's body stayed PENDING for
+    good. A worker still running stores it again with the request; the result backend
+    counts a part once (``emp_tasks.chord_parts``), so that second report changes
+    nothing.
     """
-    app.backend.mark_as_revoked(job_id, "cancelled")
+    revoke_unclaimed(app, job_id, namespace)
     app.control.revoke(job_id)

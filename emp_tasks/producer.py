@@ -192,7 +192,7 @@ def cancel(job_id: str, pool: str | None = None, app: Celery | None = None,
     if reply[0] == JobStatus.CANCELLED and not JobStatus(reply[1]).is_active:
         revoke_unclaimed(app, job_id, namespace)  # a running job's run ends REVOKED itself
     elif reply[0] == JobStatus.CANCELLED and reply[1] == JobStatus.ASSIGNED:
-        revoke_unstarted(app, job_id)  # it may wait in a worker's rate-limit bucket
+        revoke_unstarted(app, job_id, namespace)  # it may wait in a worker's rate-limit bucket
     if terminate and reply[0] == JobStatus.CANCELLED and JobStatus(reply[1]).is_active:
         app.control.revoke(job_id, terminate=True)
     return reply[0]

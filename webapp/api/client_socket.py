@@ -304,7 +304,8 @@ class ClientConnection:
         status = record.get("status")
         if status not in TERMINAL:
             try:
-                status = producer.cancel(record["job_id"], pool=pool, app=self.backend.celery)
+                status = producer.cancel(record["job_id"], pool=pool,
+                                         app=self.backend.cancelling)
             except EmpError as exc:
                 self.session.send(error_message(str(exc), job_id=job_id))
                 return

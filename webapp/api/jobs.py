@@ -217,7 +217,7 @@ def cancel_job(job_id: str):  # noqa: ANN201 - Flask response
     status = record.get("status")
     if status not in TERMINAL:
         status = producer.cancel(record["job_id"], pool=record.get("pool"),
-                                 app=backend().celery, terminate=params["terminate"])
+                                 app=backend().cancelling, terminate=params["terminate"])
         if status == JobStatus.CANCELLED:
             return jsonify(success=True, job_id=job_id, status=str(status))
     return error(409, f"job {job_id!r} is already {status}", job_status=status)

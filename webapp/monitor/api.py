@@ -160,7 +160,9 @@ class JobAction(ActionHandler):
         if action == "cancel":
             kwargs["terminate"] = query_flag(self, "terminate")
         try:
-            status = await self.blocking(do, self.state.backend.celery, job_id, **kwargs)
+            # a cancel stores REVOKED in the result backend, which only that app has
+            app = self.state.backend.cancelling if action == "cancel" else self.state.backend.celery
+            status = await self.blocking(do, app, job_id, **kwargs)
         except JobNotFound:
             raise tornado.web.HTTPError(404, f"no job {job_id!r}") from None
         except jobs.Refused as exc:
