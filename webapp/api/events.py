@@ -70,6 +70,8 @@ class Event:
     namespace: str | None
     #: Encoded messages, by renderer: every monitor sends the same text, encoded once.
     texts: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The same as WebSocket frames (``session.text_frame``), for sockets that take them.
+    frames: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str], namespace: str | None) -> Event:

@@ -52,22 +52,51 @@ COALESCE_SECONDS = 0.02
 ENDED_KEPT = 1000
 
 
-def send_texts(ws: Any, texts: list[str]) -> None:
+def text_frame(text: str) -> bytes:
+    """``text`` as one unmasked, uncompressed WebSocket text frame (RFC 6455 5.2): the
+    bytes wsproto writes for it on a server connection without extensions, the same for
+    every such connection. A monitor event goes to every monitor: framed once, not once
+    per socket (wsproto's framing was ~2.3 us a message, 20 monitors x 800 events/s)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def takes_plain_frames(ws: Any) -> bool:
+    """Whether ``ws`` is a simple_websocket server connection whose client offered no
+    extension (so none was negotiated: its frames are ``text_frame``'s). A client that
+    offered permessage-deflate (browsers do) keeps its per-connection compressed frames."""
+    environ = getattr(ws, "environ", None)
+    return (getattr(ws, "ws", None) is not None and getattr(ws, "sock", None) is not None
+            and isinstance(environ, dict) and not environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
+
+
+def send_texts(ws: Any, texts: list[str | bytes]) -> None:
     """Write several text messages, one frame each, with one socket write.
 
     A monitor gets every event of every pool (1,300/s at the production
     bench's load, times 20 monitors): a write and a thread switch per message
     was most of the API's CPU. Anything that is not a simple_websocket
-    connection (the monitor's SSE sink) gets one ``send`` per message.
+    connection (the monitor's SSE sink) gets one ``send`` per message. A
+    ``bytes`` item is a ready frame (``text_frame``), only ever given for a
+    connection that ``takes_plain_frames``.
     """
     wsproto_conn, sock = getattr(ws, "ws", None), getattr(ws, "sock", None)
-    if len(texts) == 1 or wsproto_conn is None or sock is None:
+    if wsproto_conn is None or sock is None or (
+            len(texts) == 1 and not isinstance(texts[0], bytes)):
         for text in texts:
             ws.send(text)
         return
     if not ws.connected:
         raise ConnectionClosed(ws.close_reason, ws.close_message)
-    sock.sendall(b"".join(wsproto_conn.send(TextMessage(data=text)) for text in texts))
+    sock.sendall(b"".join(text if isinstance(text, bytes)
+                          else wsproto_conn.send(TextMessage(data=text)) for text in texts))
 
 
 def close_socket(ws: Any, code: int | None = None, message: str | None = None) -> None:
@@ -115,8 +144,10 @@ class Session:
         (``monitor_message``): each event is then encoded once for every such session."""
         self.ws, self.hub, self.sub, self.render = ws, hub, subscription, render
         self.shared = shared
-        #: Texts of the batch being sent; None outside ``_run``'s batches.
-        self._batch: list[str] | None = None
+        #: Shared messages go out as frames made once for every such socket.
+        self._plain = shared is not None and takes_plain_frames(ws)
+        #: Texts (or ready frames) of the batch being sent; None outside ``_run``'s batches.
+        self._batch: list[str | bytes] | None = None
         self._sender: int | None = None  # the sender thread's ident
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -155,13 +186,13 @@ class Session:
         """Send one JSON message (thread-safe); marks the session closed on failure."""
         self._send_text(json.dumps(message, default=str))
 
-    def _send_text(self, text: str) -> None:
+    def _send_text(self, text: str | bytes) -> None:
         if self._batch is not None and threading.get_ident() == self._sender:
             self._batch.append(text)
             return
         self._write([text])
 
-    def _write(self, texts: list[str]) -> None:
+    def _write(self, texts: list[str | bytes]) -> None:
         try:
             with self._send_lock:
                 send_texts(self.ws, texts)
@@ -311,7 +342,16 @@ class Session:
         if self.shared is None:
             self.send(self.render(event))
             return
-        text = event.texts.get(self.shared)
+        if self._plain:
+            frame = event.frames.get(self.shared)
+            if frame is None:
+                frame = event.frames[self.shared] = text_frame(self._shared_text(event))
+            self._send_text(frame)
+            return
+        self._send_text(self._shared_text(event))
+
+    def _shared_text(self, event: Event) -> str:
+        text = event.texts.get(self.shared or "")
         if text is None:
-            text = event.texts[self.shared] = json.dumps(self.render(event), default=str)
-        self._send_text(text)
+            text = event.texts[self.shared or ""] = json.dumps(self.render(event), default=str)
+        return text
