@@ -285,6 +285,15 @@ class MachineProcess:
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.base + path, timeout=10, **kwargs)
 
+    def refused(self, what: str, timeout: float = 60.0) -> tuple[int, str]:
+        """The exit status and output of a machine expected to stop at its start; the
+        test fails, naming ``what`` it was started with, if it keeps running."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"emp machine kept running with {what}: {self.tail()}")
+        return code, self.tail()
+
     def post(self, path: str) -> requests.Response:
         return requests.post(self.base + path, timeout=30)
 

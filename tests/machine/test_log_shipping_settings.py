@@ -9,7 +9,6 @@ commands started as if nothing were wrong.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,11 +84,7 @@ def test_emp_machine_refuses_a_bad_log_shipping_setting_in_one_line(
     or defaulted. Now it exits 1 before starting anything, its last line the one line
     naming the variable; no supervisord config, no machine record."""
     machine = start_machine("box-ship", EMP_MOCK_GPUS="1", **{variable: value})
-    try:
-        code = machine.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"emp machine kept running with {variable}={value}: {machine.tail()}")
-    output = machine.tail()
+    code, output = machine.refused(f"{variable}={value}")
     assert code == 1, output
     assert output.strip().splitlines()[-1] == f"Error: {said}", output
     assert "Traceback" not in output, output
