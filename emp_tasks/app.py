@@ -31,6 +31,7 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
     thread_pool,
     tracing,
 )
+from emp_tasks.celery_queue import skip_redundant_declare
 from emp_tasks.chord_parts import BACKEND as PART_ONCE_BACKEND
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
@@ -139,6 +140,7 @@ class EmpCelery(Celery):
         spec = task.job_spec(args, kwargs, options)
         headers[HEADER] = spec.header()
         options["queue"] = options.get("queue") or spec.pool
+        skip_redundant_declare(self, options)
         if span is not None:
             span.set_attributes({tracing.SERVICE: task.service_name, tracing.POOL: spec.pool})
         return super().send_task(name, args, kwargs, headers=headers, **options)

@@ -67,3 +67,20 @@ def named_pools(task: Any, args: Any, kwargs: Any, options: dict[str, Any],
         named["route"] = NamedPool(f"task_routes for {task.name!r}",
                                    routed_queue(task, args, kwargs, options))
     return named
+
+
+def skip_redundant_declare(app: Any, options: dict[str, Any]) -> None:
+    """Publish to a pool's known direct queue without Celery's per-publish declare.
+
+    Celery declares a send's queue on every publish; kombu binds a fresh copy of the
+    queue to the channel each time only to find the declaration cached: about 60 µs of
+    a ~450 µs submit. Over the direct exchange Celery sends to the anonymous exchange
+    with the queue's name (our transport files the job in that pool), so the binding a
+    declare writes is read by no delivery. A queue not yet known to the app, one on
+    another exchange type, an explicit ``exchange`` or ``declare`` keep Celery's way.
+    """
+    if "declare" in options or options.get("exchange"):
+        return
+    queue = app.amqp.queues.get(queue_name(options.get("queue")) or "")
+    if queue is not None and getattr(queue.exchange, "type", None) == "direct":
+        options["declare"] = []

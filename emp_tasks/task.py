@@ -45,7 +45,7 @@ from emp_tasks.cancellation import (
     record_lost,
     recorded_already,
 )
-from emp_tasks.celery_queue import NamedPool, named_pools
+from emp_tasks.celery_queue import NamedPool, named_pools, skip_redundant_declare
 from emp_tasks.context import JobContext, job_context
 from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
@@ -289,6 +289,7 @@ class EmpTask(Task):
                 if key != "priority":
                     options.pop(key, None)
         options["queue"] = options.get("queue") or headers[HEADER]["pool"]
+        skip_redundant_declare(self.app, options)
         return super().apply_async(args, kwargs, task_id=task_id, headers=headers, **options)
 
     # -- worker side ----------------------------------------------------------

@@ -72,3 +72,23 @@ def test_a_submit_by_service_runs_the_services_own_task_or_is_refused(
         submit("render", {}, app=app)  # before: ran acme.render_hd
     assert filed() == before  # nothing filed
     assert app.send_task("acme.render_hd").get(timeout=60) == "render_hd"  # by name: fine
+
+
+@pytest.mark.timeout(60)
+def test_job_types_registered_after_a_submit_are_seen_by_the_next(app, client) -> None:
+    """The producer reads the app's job types again only when its registry grew (it read
+    the whole registry at every submit before). Tried, on one app: a submit of ``echo``;
+    then a task of a new service ``paint`` registered: its submit must be filed under
+    ``paint`` (an unknown-service refusal would mean a stale read); then a second task on
+    ``paint``: the next submit must be refused as ambiguous, filing nothing."""
+    submit("echo", {"x": 1}, app=app)
+    with pytest.raises(InvalidJob, match="unknown service 'paint'"):
+        submit("paint", {}, app=app)
+    declare(app, "acme.paint", "paint")
+    painted = submit("paint", {"n": 1}, app=app)
+    assert get_job(painted.id, app=app)["service_required"] == "paint"
+    declare(app, "acme.paint_hd", "paint")
+    jobs = len(list(client.scan_iter("emp:{default}:job:*")))
+    with pytest.raises(InvalidJob, match=r"several job types \(acme.paint, acme.paint_hd\)"):
+        submit("paint", {"n": 2}, app=app)
+    assert len(list(client.scan_iter("emp:{default}:job:*"))) == jobs
