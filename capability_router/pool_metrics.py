@@ -1,7 +1,7 @@
 """Pool observability: per-minute series read back from what the claim functions record.
 
-``emp_claim``, ``emp_complete`` and ``emp_fail`` (``lua/emp.lua``, ``observe``), and
-the functions that fail a job the queue gave up on (``emp_requeue``, ``emp_sweep``),
+``emp_claim``, ``emp_complete`` and every function that fails a job (``lua/emp.lua``,
+``observe``, ``fail_job``: ``emp_fail``, ``emp_ack``, ``emp_requeue``, ``emp_sweep``)
 write each pool's figures into one Redis hash per minute, in a ring of
 ``OBS_SLOTS`` (1,500 minutes, 25 h) slots, with the time they are given (the
 simulator's virtual time too): nothing here re-computes a claim. This module
@@ -32,10 +32,11 @@ Definitions (per minute, and over a window by summing the minutes):
   pool and claims, retries and escalations stay there); it is kept as a check
   for when jobs can move between pools. "The best pool in hindsight" (the
   simulator's measure) is not known here.
-* ``throughput``: jobs completed in the minute; ``failed`` beside it: failures a run
-  reported (``emp_fail``) and jobs the queue gave up on (attempts used up, an
-  ``attempts`` count Redis cannot increment: ``gave_up`` in ``emp.lua``, counted
-  since library release 28).
+* ``throughput``: jobs completed in the minute; ``failed`` beside it: every job that
+  ended failed, once (``fail_job`` in ``emp.lua``): failures a run reported
+  (``emp_fail``), attempts acknowledged without an outcome (counted since library
+  release 29), and jobs the queue gave up on (attempts used up, an ``attempts`` count
+  Redis cannot increment; since release 28).
 * ``queue_depth``, ``busy``, ``live_workers``, ``desired``: the last value an
   observation saw in the minute (pending jobs, running jobs, live workers, the
   scaler's ``P.."desired"`` or null), sampled at most once a second. A claim

@@ -129,7 +129,7 @@ Job states: pending, assigned, in_progress, completed, failed, cancelled.
 -- a process never loads its library over a higher number (rolling upgrades), so a
 -- release only adds (new functions, arguments appended at the end), and an older
 -- process keeps working with the newer library.
-local VERSION = '28'
+local VERSION = '29'
 
 local ACTIVE = {assigned = true, in_progress = true}
 -- Record fields with a listing index, and the index's name.
@@ -1407,7 +1407,8 @@ end
 -- whatever clock the callers pass (the simulator's virtual time included);
 -- each slot also expires OBS_TTL_MS after it was started, so an abandoned
 -- pool leaves nothing. Written by emp_claim (a job claimed, or none: a tick),
--- emp_complete and emp_fail with the time they are given; read by
+-- emp_complete, and every function that fails a job (fail_job) with the time they
+-- are given; read by
 -- capability_router/pool_metrics.py (which repeats OBS_SLOTS; a test checks).
 -- Fields of a minute (counters unless said):
 --   claims, wait_ms (sum), "wait:<le>" (WAIT_BUCKETS, not cumulative)
@@ -1609,17 +1610,28 @@ local function completion_counts(P, now, started, assigned, routing, predicted)
   return counts
 end
 
+-- Ends a job failed (end_job: ``err`` its last_error, ``data`` its job_failed event)
+-- and counts one failure in the pool's minute. Every path that fails a job comes
+-- here, so each counts once: a run's failure (emp_fail), an attempt acknowledged
+-- without an outcome (ack_attempts; release 29, before which it was not counted and
+-- emp_ack left the job busy in the pool's integrals until the next gauge sample),
+-- attempts used up and an uncountable count (gave_up; release 28). ``delta`` is
+-- what it did to the running jobs: -1 a leased job, 0 a pending one. No run time
+-- or wait: the claim counted the wait, and run time is that of completions.
+local function fail_job(P, jk, id, err, data, now, delta, ended, drop)
+  end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed', data,
+    now, nil, nil, ended, drop)
+  observe(P, now, {failed = 1}, delta)
+end
+
 -- A job the queue failed on its own (its attempts used up, or a count it cannot
--- increment: fail_uncountable), after end_job. No run saw this end, so Celery's
--- result backend would never hear of it: a worker drains the list
--- (emp_tasks.queue_outcomes) and stores the FAILURE. Counted as failed in the
--- pool's minute, as emp_fail counts a run's failure (before release 28 neither
--- path was: pool_metrics showed no failure for them); ``delta`` is what it did to
--- the running jobs (-1 a leased job, 0 a pending one).
-local function gave_up(P, id, now, delta)
+-- increment: fail_uncountable). No run saw this end, so Celery's result backend
+-- would never hear of it: a worker drains the list (emp_tasks.queue_outcomes) and
+-- stores the FAILURE.
+local function gave_up(P, jk, id, err, data, now, delta)
+  fail_job(P, jk, id, err, data, now, delta)
   redis.call('LPUSH', P .. 'gave-up', id)
   redis.call('LTRIM', P .. 'gave-up', '0', GAVE_UP_KEPT)
-  observe(P, now, {failed = 1}, delta)
 end
 
 -- An attempt that ended without an outcome (lease expired, worker lost,
@@ -1645,9 +1657,7 @@ local function return_to_pending(P, cfg, id, reason, now)
       - (tonumber(f[9]) or 0) - (tonumber(f[10]) or 0) - (tonumber(f[11]) or 0)
       >= cfg.max_attempts then
     local err = reason .. '; gave up after ' .. attempts .. ' attempts'
-    end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
-      {worker_id = f[5], error = err, attempt = attempts}, now)
-    gave_up(P, id, now, -1)
+    gave_up(P, jk, id, err, {worker_id = f[5], error = err, attempt = attempts}, now, -1)
     return 'failed'
   end
   redis.call('HSET', jk, 'status', 'pending', 'worker_id', '', 'last_error', reason,
@@ -1687,8 +1697,9 @@ end
 -- Broker acknowledgements of attempts, ARGV pairs from ``first`` on. The
 -- outcome was recorded by complete/fail/retry/cancel before; an attempt still
 -- active here ended with no outcome (a hard time limit, say), which is
--- recorded as a failure rather than left running. Acks are batched: workers
--- send them with their next claim, or within a third of a lease.
+-- recorded as a failure rather than left running (fail_job: counted in the pool's
+-- minute). Acks are batched: workers send them with their next claim, or within a
+-- third of a lease.
 local function ack_attempts(P, args, first, now)
   local failed = 0
   for i = first, #args, 2 do
@@ -1697,8 +1708,8 @@ local function ack_attempts(P, args, first, now)
     local f = fence(jk, attempt, 'worker_id')
     if f then
       local err = 'task ended without recording an outcome (hard time limit or crash)'
-      end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
-        {worker_id = f[3], attempt = tonumber(f[2]), error = err}, now)
+      fail_job(P, jk, id, err, {worker_id = f[3], attempt = tonumber(f[2]), error = err},
+        now, -1)
       failed = failed + 1
     end
   end
@@ -1905,9 +1916,7 @@ local function fail_uncountable(P, id, jk, stored, refusal, now)
   local shown = string.len(stored) > 64 and (string.sub(stored, 1, 64) .. '...') or stored
   local err = "cannot claim: the job record's attempts field holds '" .. shown ..
     "', which Redis cannot increment (" .. string.gsub(refusal, '^ERR ', '') .. ')'
-  end_job(P, jk, id, 'failed', {'failed_at', now, 'last_error', err}, 'job_failed',
-    {error = err}, now)
-  gave_up(P, id, now, 0)
+  gave_up(P, jk, id, err, {error = err}, now, 0)
 end
 
 -- Jobs one claim fails as uncountable (fail_uncountable), and classes without a
@@ -1930,9 +1939,9 @@ the claim goes on to the next job; so it does past a class it finds in its famil
 claim index without a pending job, which it takes out of it (up to
 UNCOUNTABLE_PER_CLAIM of both a claim; past them the reply's ms is 1).
 Pool observability (observe): a claimed job counts in its minute's claims,
-wait and model hit; a job failed as uncountable, or failed by housekeeping when
-its attempts ran out, counts as failed (gave_up); a claim that finds nothing is
-a tick (integrals and gauges of a minute already started; it creates no key).
+wait and model hit; a job failed as uncountable, failed by housekeeping when
+its attempts ran out, or failed by an ack the claim carries counts as failed
+(fail_job); a claim that finds nothing is a tick (integrals and gauges of a minute already started; it creates no key).
 Warm-first (config ``affinity``, see warm_first; profiles without a workflow
 restriction or denied customers, while some worker reports a residency): a
 job warm on this worker is preferred within ``affinity_window``; a job warm on
@@ -2362,10 +2371,8 @@ local function emp_fail(keys, args)
     return ended
   end
   local now = now_ms(args[4])
-  end_job(P, keys[2], id, 'failed', {'failed_at', now, 'last_error', args[3]}, 'job_failed',
-    {worker_id = f[3], attempt = tonumber(f[2]), error = args[3]}, now, nil, nil, ended,
-    f[4] and {'preparing'} or {})
-  observe(P, now, {failed = 1}, -1)
+  fail_job(P, keys[2], id, args[3], {worker_id = f[3], attempt = tonumber(f[2]),
+    error = args[3]}, now, -1, ended, f[4] and {'preparing'} or {})
   return 'ok'
 end
 
@@ -2583,7 +2590,8 @@ end
 KEYS[1] config
 ARGV[1] now ms (0: server time)  ARGV[2..] job id, attempt pairs
 Broker acknowledgements of attempts (see ack_attempts). Returns how many
-attempts ended without an outcome and were failed. ]]
+attempts ended without an outcome and were failed (each counted as failed in the
+pool's minute since release 29). ]]
 local function emp_ack(keys, args)
   local P = prefix_of(keys[1])
   return ack_attempts(P, args, 2, now_ms(args[1]))
