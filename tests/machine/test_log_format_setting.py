@@ -87,12 +87,13 @@ def test_the_forms_the_log_format_takes() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("tag", ["emp#gpu", "emp?x=1"])
+@pytest.mark.parametrize("tag", ["emp#gpu", "emp?x=1", "emp logs"])
 def test_emp_worker_refuses_a_tag_the_url_would_cut(tag: str) -> None:
     """Tried: ``emp worker`` with ``FLUENTD_HOST`` set and ``EMP_LOG_TAG=emp#gpu`` (and
     ``emp?x=1``). Before, the URL was ``http://logs.example:8888/emp#gpu``: the receiver,
     whose tag is the URL's path, got tag ``emp`` (the rest a fragment, or a query), and
-    the worker went on. Now: exit 2, one line naming the variable."""
+    the worker went on (``emp logs`` was sent as ``emp%20logs``). Now: exit 2, one line
+    naming the variable."""
     done = run("worker", env={**NO_REDIS, "EMP_LOG_FORMAT": "json",
                               "FLUENTD_HOST": "logs.example", "EMP_LOG_TAG": tag},
                timeout=45)
