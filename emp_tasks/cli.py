@@ -218,11 +218,14 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
             os.environ[env_names[name]] = str(value)
     if services:
         os.environ["WORKER_SERVICES"] = services
+    from machine.logs import log_format
+
     try:  # a malformed EMP_* number the worker reads stops the start with one line naming it
         check_worker_settings()  # before logging is set up: that reads the shipping settings
+        json_logs = log_format() == "json"  # set by `emp machine` for its workers
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if defaults.env("EMP_LOG_FORMAT") == "json":  # set by `emp machine` for its workers
+    if json_logs:
         from machine.logs import use_json_logging
 
         use_json_logging(loglevel)

@@ -71,17 +71,22 @@ def _watched_router(app: Any) -> tuple[PoolsFileWatch, Router] | None:
 _said: set[str] = set()
 
 
+def _unsaid(warning: str | None) -> str | None:
+    """``warning`` the first time it is due (recorded as said); None when there is none
+    or it was said already."""
+    if warning is None or warning in _said:
+        return None
+    _said.add(warning)
+    return warning
+
+
 def unknown_services_unsaid(app: Any, pools_file: PoolsFile) -> str | None:
     """``unknown_services_warning`` of ``pools_file`` for the job types of ``app``, the
     first time it is due in this process (and the processes it forks after); None when the
     file names no unknown service, or the same warning was said already."""
     from emp_tasks.producer import services
 
-    warning = unknown_services_warning(pools_file, services(app))
-    if warning is None or warning in _said:
-        return None
-    _said.add(warning)
-    return warning
+    return _unsaid(unknown_services_warning(pools_file, services(app)))
 
 
 def unknown_services_at_start(broker_url: str, pools_file: PoolsFile) -> str | None:
@@ -110,10 +115,7 @@ def unknown_services_at_start(broker_url: str, pools_file: PoolsFile) -> str | N
     with os.fdopen(read_end, "rb") as pipe:
         warning = pipe.read().decode()
     os.waitpid(pid, 0)
-    if not warning or warning in _said:
-        return None
-    _said.add(warning)
-    return warning
+    return _unsaid(warning or None)
 
 
 def _warn_unknown_services(app: Any, pools_file: PoolsFile) -> None:

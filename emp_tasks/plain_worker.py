@@ -67,7 +67,9 @@ def on_celeryd_init(sender: Any = None, instance: Any = None,
 
     options = options or {}
     set_service_name("emp-worker")
-    if defaults.env("EMP_LOG_FORMAT") == "json":
+    from machine.logs import log_format
+
+    if _start_guarded(instance.app, log_format) == "json":
         from machine.logs import use_json_logging
 
         use_json_logging(options.get("loglevel") or "INFO")

@@ -23,6 +23,7 @@ HTTP log shipper when one is configured (``machine.shipping``). ``emp worker``
 (and a plain ``celery -A emp_tasks.app worker``, ``emp_tasks.plain_worker``) uses
 it when ``EMP_LOG_FORMAT=json`` (``emp machine`` sets that for its workers) and
 takes Celery's ``setup_logging`` signal so Celery leaves the handlers alone.
+``log_format`` reads that variable: ``json`` or ``text`` in any case, else SettingError.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any, TextIO
 from celery import current_task
 from celery.signals import setup_logging
 from pythonjsonlogger.json import JsonFormatter
+
+from capability_router.env import SettingError
 
 #: The original ConnectorLogger's context fields.
 CONTEXT_FIELDS = ("machine_id", "worker_id", "service_type", "connector_id", "job_id")
@@ -57,6 +60,20 @@ _FORMAT = " ".join(f"%({name})s" for name in
 _RENAMES = {"levelname": "level", "name": "logger", "process": "pid"}
 
 _configured = False
+
+#: What ``EMP_LOG_FORMAT`` takes, as its error says.
+FORMAT_WORDS = "json or text (any case; unset: text)"
+
+
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    """``EMP_LOG_FORMAT`` as ``json`` or ``text`` (unset or empty: text). Any case and
+    spaces around are taken (an operator writes ``JSON``); anything else raises
+    SettingError: a typo used to mean text, lines no shipper ever saw."""
+    text = (os.environ if environ is None else environ).get("EMP_LOG_FORMAT") or ""
+    value = text.strip().lower() or "text"
+    if value not in ("json", "text"):
+        raise SettingError(f"EMP_LOG_FORMAT must be {FORMAT_WORDS}, got {text!r}")
+    return value
 
 
 def context_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:

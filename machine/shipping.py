@@ -21,7 +21,8 @@ Environment (defaults in brackets):
 - ``FLUENT_BIT_URL`` [unset]: e.g. ``http://127.0.0.1:9880/emp.logs``; else
 - ``FLUENTD_HOST`` / ``FLUENTD_PORT`` [8888; a whole number from 1 to 65535] /
   ``FLUENTD_SECURE`` [false; on/off words]: the original's variables; the URL is
-  ``http(s)://<host>:<port>/<EMP_LOG_TAG>`` with ``EMP_LOG_TAG`` [``emp.logs``].
+  ``http(s)://<host>:<port>/<EMP_LOG_TAG>`` with ``EMP_LOG_TAG`` [``emp.logs``; no
+  ``#``, ``?`` or spaces]. Not used, so not read, when ``FLUENT_BIT_URL`` is set.
 - ``EMP_LOG_QUEUE_SIZE`` [10000] lines, ``EMP_LOG_BATCH_SIZE`` [500] lines (whole
   numbers, at least 1), ``EMP_LOG_FLUSH_SECONDS`` [0; at least 0]: how long a line
   may wait for others to join its batch. At 0 a line goes as soon as the thread
@@ -37,6 +38,8 @@ malformed number, or one out of its range, raises SettingError naming the
 variable and what it takes (``LogShipper`` checks its arguments against the same
 table). ``emp machine`` and ``emp worker`` read them at their start, shipping on or
 not, so a bad one stops them in one line instead of becoming its default.
+``EMP_LOG_STATS_DIR`` is not checked: ``emp machine`` sets it for its processes (a folder
+of its own) and elsewhere one that cannot be written loses only the counters.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ NUMBERS: dict[str, tuple[str, float, float, type, bool]] = {
 }
 #: What ``FLUENTD_PORT`` takes, as its error says.
 PORT_WORDS = "a whole number from 1 to 65535"
+#: What ``EMP_LOG_TAG`` takes, as its error says.
+TAG_WORDS = "a tag without '#', '?' or spaces"
 
 
 def without_password(url: str) -> str:
@@ -327,17 +332,29 @@ def _fluentd_port(environ: Mapping[str, str]) -> int:
     raise SettingError(f"FLUENTD_PORT must be {PORT_WORDS}, got {environ.get('FLUENTD_PORT')!r}")
 
 
+def _log_tag(environ: Mapping[str, str]) -> str:
+    """``EMP_LOG_TAG``, the URL's path (the receiver's tag). A ``#`` or ``?`` would cut it
+    there (the rest sent as a fragment or a query, the tag the part before) and a space
+    reaches the receiver as ``%20``: refused, not sent as some other tag."""
+    tag = env("EMP_LOG_TAG", DEFAULT_TAG, environ=environ)
+    if any(c in "#?" or c.isspace() for c in tag):
+        raise SettingError(f"EMP_LOG_TAG must be {TAG_WORDS}, got {tag!r}")
+    return tag
+
+
 def shipping_url(environ: Mapping[str, str] | None = None) -> str | None:
     """``FLUENT_BIT_URL``, else one built from ``FLUENTD_HOST``/``FLUENTD_PORT``; None if unset.
-    ``FLUENTD_PORT`` and ``FLUENTD_SECURE`` are read (and a bad one refused) either way."""
+    Without FLUENT_BIT_URL, ``FLUENTD_PORT``, ``FLUENTD_SECURE`` and ``EMP_LOG_TAG`` are
+    read (and a bad one refused) whether FLUENTD_HOST is set or not; with it, they are
+    not used, so not read."""
     environ = os.environ if environ is None else environ
-    port = _fluentd_port(environ)
-    secure = flag_value("FLUENTD_SECURE", environ.get("FLUENTD_SECURE"))
     if env("FLUENT_BIT_URL", environ=environ):
         return environ["FLUENT_BIT_URL"]
+    port = _fluentd_port(environ)
+    secure = flag_value("FLUENTD_SECURE", environ.get("FLUENTD_SECURE"))
+    tag = _log_tag(environ)
     host = env("FLUENTD_HOST", environ=environ)
     if host:
-        tag = env("EMP_LOG_TAG", DEFAULT_TAG, environ=environ)
         return f"{'https' if secure else 'http'}://{host}:{port}/{tag}"
     return None
 

@@ -339,19 +339,21 @@ class Session:
             self._last[key] = position
             if not self.sub.everything and event.job_id:
                 self._note_end(event, key)
-        if self.shared is None:
+        shared = self.shared
+        if shared is None:
             self.send(self.render(event))
             return
         if self._plain:
-            frame = event.frames.get(self.shared)
+            frame = event.frames.get(shared)
             if frame is None:
-                frame = event.frames[self.shared] = text_frame(self._shared_text(event))
+                frame = event.frames[shared] = text_frame(self._shared_text(event, shared))
             self._send_text(frame)
             return
-        self._send_text(self._shared_text(event))
+        self._send_text(self._shared_text(event, shared))
 
-    def _shared_text(self, event: Event) -> str:
-        text = event.texts.get(self.shared or "")
+    def _shared_text(self, event: Event, shared: str) -> str:
+        """The event as renderer ``shared`` writes it, encoded once for every session."""
+        text = event.texts.get(shared)
         if text is None:
-            text = event.texts[self.shared or ""] = json.dumps(self.render(event), default=str)
+            text = event.texts[shared] = json.dumps(self.render(event), default=str)
         return text
