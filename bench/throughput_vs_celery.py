@@ -18,6 +18,15 @@ rest, the server's cost of receiving, parsing and answering each request. The
 cost of one request is measured at the end on the same server: the CPU of
 3,000 calls of a function that does nothing (``FCALL_RO emp_version``), so the
 floor that the number of round trips per job sets can be read off.
+
+Issue 11's targets: Redis CPU per job <= 250 µs, and the mean ratio over a
+full run >= 1.2. On this 2-core machine Redis shares the cores with the
+producer and the worker's three processes, and a command's CPU time grows when
+it does (caches shared, preemption mid-command: ``redis_cost_per_job``'s
+functions cost ~1.5x with two busy loops beside them). ``--redis-own-core``
+runs the server on the first CPU and everything else on the others, as a
+shard's Redis runs on a host of its own: Redis CPU per job then reads what the
+shard pays, and both stacks' producer and worker share one core.
 """
 
 from __future__ import annotations
@@ -46,7 +55,8 @@ from bench._common import (  # noqa: E402
 
 CONCURRENCY = 2
 POLL_S = 0.005
-RATIO_TARGET = 1.0
+#: Issue 11's target for the mean ratio emp/stock over a full run.
+RATIO_TARGET = 1.2
 #: Issue 11's target for EMP's Redis CPU per job, µs.
 REDIS_US_TARGET = 250
 EMP_QUEUE = "default"
@@ -139,12 +149,28 @@ def request_cost_us(client: redis.Redis, calls: int = 3000) -> float:
     return (redis_cpu_seconds(client) - cpu0) * 1e6 / calls
 
 
+def give_redis_its_own_core(client: redis.Redis) -> None:
+    """Every thread of the server on the first CPU; this process (and the workers it
+    starts after, which inherit it) on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--redis-own-core needs at least 2 CPUs")
+    pid = client.info("server")["process_id"]
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), {cpus[0]})
+    os.sched_setaffinity(0, set(cpus[1:]))
+
+
 def main() -> None:
-    args = quick_args(__doc__)
+    args = quick_args(__doc__, lambda parser: parser.add_argument(
+        "--redis-own-core", action="store_true",
+        help="Redis on the first CPU, producer and workers on the others"))
     quick = args.quick
     n = 2000 if quick else 10_000
     order = ["stock", "emp", "stock", "emp"]
     url, stop = start_redis()
+    if args.redis_own_core:
+        give_redis_its_own_core(redis.Redis.from_url(url))
     os.environ["BENCH_REDIS_URL"] = url  # read by bench._noop_tasks at import
     os.environ["EMP_REDIS_URL"] = url
     runs: dict[str, list[dict[str, Any]]] = {"stock": [], "emp": []}
@@ -179,10 +205,10 @@ def main() -> None:
     ratio_best = best["emp"] / best["stock"]
     ratio_mean = mean["emp"] / mean["stock"]
     print(f"best jobs/s: emp {best['emp']:.0f}, stock {best['stock']:.0f}; ratio emp/stock "
-          f"{ratio_best:.2f} (target >= {RATIO_TARGET:.1f}: {verdict(ratio_best >= RATIO_TARGET)})",
-          flush=True)
-    print(f"mean jobs/s: emp {mean['emp']:.0f}, stock {mean['stock']:.0f}; "
-          f"ratio {ratio_mean:.2f}", flush=True)
+          f"{ratio_best:.2f}", flush=True)
+    print(f"mean jobs/s: emp {mean['emp']:.0f}, stock {mean['stock']:.0f}; ratio "
+          f"{ratio_mean:.2f} (target >= {RATIO_TARGET:.1f} over a full run: "
+          f"{verdict(ratio_mean >= RATIO_TARGET)})", flush=True)
     redis_us = {s: round(min(r["cpu_ms_per_job"]["redis"] for r in rs) * 1000, 1)
                 for s, rs in runs.items()}
     print(f"Redis CPU per job (best run): emp {redis_us['emp']:.0f} µs, stock "
@@ -201,11 +227,12 @@ def main() -> None:
         "ratio_emp_over_stock_best": round(ratio_best, 3),
         "ratio_emp_over_stock_mean": round(ratio_mean, 3),
         "emp_classes_left_pending": leftover,
-        "target_ratio_min": RATIO_TARGET,
+        "redis_own_core": args.redis_own_core,
+        "target_ratio_mean_min": RATIO_TARGET,
         "redis_us_per_job_best": redis_us,
         "redis_us_per_request": round(request_us, 1),
         "target_redis_us_per_job_max": REDIS_US_TARGET,
-        "met": ratio_best >= RATIO_TARGET,
+        "met": ratio_mean >= RATIO_TARGET and redis_us["emp"] <= REDIS_US_TARGET,
         "total_seconds": round(time.monotonic() - started, 1),
     })
 
