@@ -11,7 +11,8 @@ the record. A retry with the same key then:
 - while the first has none, answers with the job filed under the claimed id
   (a first request answered 503 by a hung Redis may have filed it late);
 - with no such job either (the first is still running, or it failed),
-  waits a little for the first's answer, then takes the key over: it notes
+  waits for the first's answer up to one socket timeout
+  (``EMP_REDIS_SOCKET_TIMEOUT``), then takes the key over: it notes
   so (``<record>:taken``) and submits under the claimed job id, so that of
   two attempts at most one job exists, and the first, should its filing
   then find the job filed, answers with that job instead of a 409;
@@ -58,6 +59,7 @@ from typing import Any
 
 import redis
 
+from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
 from webapp.auth import Principal
 from webapp.settings import IDEMPOTENCY_SECONDS as RETENTION_SECONDS
 
@@ -132,10 +134,16 @@ class IdempotencyStore:
             answer = (int(earlier["status"]), earlier["body"])
         return Claim(redis_key, print_, earlier["job_id"], first=False, answer=answer)
 
-    def wait_answer(self, claim: Claim, seconds: float = 5.0) -> tuple[int, dict[str, Any]] | None:
+    def wait_answer(self, claim: Claim, seconds: float | None = None
+                    ) -> tuple[int, dict[str, Any]] | None:
         """The first request's answer once it is stored; None after ``seconds`` (the first
-        request may have died: the caller then submits under the same job id)."""
-        deadline = time.monotonic() + seconds
+        request may have died: the caller then submits under the same job id).
+
+        By default one socket timeout (``EMP_REDIS_SOCKET_TIMEOUT``): a first request
+        still on its way is then at most in one Redis call, which answers or fails
+        within it; waiting longer only delays the retry (it was a fixed 5 s, ten times
+        a 0.5 s setting). Not half of it (``block_ms``): each read here is short."""
+        deadline = time.monotonic() + (SOCKET_TIMEOUT_SECONDS if seconds is None else seconds)
         while time.monotonic() < deadline:
             time.sleep(0.02)
             raw = self.client.get(claim.redis_key)
