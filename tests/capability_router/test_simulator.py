@@ -326,10 +326,11 @@ def test_two_scenarios_at_once_are_refused(redis_server, tmp_path, args: tuple[s
 
 def test_a_policy_starts_on_a_full_database_without_waiting_for_its_flush(
         redis_server) -> None:  # noqa: ANN001
-    """Tried: a database holding 300,000 keys (what a policy of ``--day`` leaves, in
+    """Tried: a database holding 600,000 keys (what a policy of ``--day`` leaves, in
     miniature) and a client whose socket timeout is shorter than a synchronous FLUSHDB of
-    them (20 ms; ~200 ms here), without redis-py's retries (which, re-sending the FLUSHDB,
-    hid it at this size; the sim's own client gave up after them). Before: the next
+    them (100 ms; 250 ms here), without redis-py's retries (which, re-sending the FLUSHDB,
+    hid it at this size; the sim's own client gave up after them). (With 300,000 keys and
+    20 ms, one loaded run timed out on the policy's own calls, not the flush.) Before: the next
     policy's set-up FLUSHDB raised "Timeout reading from socket" (a full ``emp simulate
     --day --scale 10`` died so after 32 minutes, before its last policy, on the client's
     default 5 s timeout, its Redis sharing a loaded machine). Now the database is emptied
@@ -337,10 +338,10 @@ def test_a_policy_starts_on_a_full_database_without_waiting_for_its_flush(
     filler = redis.Redis(port=redis_server.port)
     filler.flushall()
     with filler.pipeline(transaction=False) as pipe:
-        for start in range(0, 300_000, 5_000):
+        for start in range(0, 600_000, 5_000):
             pipe.mset({f"left:{i}": "x" * 64 for i in range(start, start + 5_000)})
         pipe.execute()
-    timed = redis.Redis(port=redis_server.port, decode_responses=True, socket_timeout=0.02,
+    timed = redis.Redis(port=redis_server.port, decode_responses=True, socket_timeout=0.1,
                         retry=Retry(NoBackoff(), 0))  # (redis-py's retries would hide it)
     try:
         jobs = [TraceJob("a", 1.0, "text", 1.0)]
@@ -349,4 +350,4 @@ def test_a_policy_starts_on_a_full_database_without_waiting_for_its_flush(
     finally:
         timed.close()
     assert result.summary["completion"] == 1.0
-    assert filler.exists("left:0", "left:299999") == 0
+    assert filler.exists("left:0", "left:599999") == 0
