@@ -18,16 +18,14 @@ from conftest import wait_for
 from emp_tasks.producer import submit
 
 #: kombu's Redis channel as 5.6 has it: no re-auth step (5.7 added ``maybe_reauth`` and
-#: ``_flush_brpop_reauth``), and 5.6.2's ``_brpop_read``, which calls none.
+#: ``_flush_brpop_reauth``), and 5.6.2's ``_brpop_read``, which calls none. On a kombu
+#: older than 5.7 (a venv of one) the channel is left as it is.
 KOMBU_56 = '''
 from queue import Empty
 
 from kombu.transport import redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
-
-del redis.Channel._flush_brpop_reauth
-redis.Channel.maybe_reauth = lambda self: None
 
 
 def _brpop_read_56(self, **options):
@@ -49,7 +47,10 @@ def _brpop_read_56(self, **options):
         self._in_poll = None
 
 
-redis.Channel._brpop_read = _brpop_read_56
+if hasattr(redis.Channel, "_flush_brpop_reauth"):  # a 5.7 or later kombu installed
+    del redis.Channel._flush_brpop_reauth
+    redis.Channel.maybe_reauth = lambda self: None
+    redis.Channel._brpop_read = _brpop_read_56
 '''
 
 #: And with 5.5's ``_brpop_start``, whose timeout None is BRPOP's 0, "block for ever".
