@@ -141,4 +141,4 @@ class ClusterChannel:
         self._use_node_of(key)
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
-        self.client.connection.send_command("BRPOP", key, timeout or self.brpop_timeout or 0)
+        self.client.connection.send_command("BRPOP", key, timeout or self.block_seconds)

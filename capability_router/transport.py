@@ -371,8 +371,14 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         return int(self.lease_seconds * 1000)
 
     @property
+    def block_seconds(self) -> float:
+        """Longest block on a wake-up list: kombu's ``brpop_timeout`` (5.6 and later set it
+        from the ``polling_interval`` option); kombu 5.5 has none, so the option itself."""
+        return getattr(self, "brpop_timeout", None) or self.connection.polling_interval or 1
+
+    @property
     def idle_ms(self) -> int:
-        return int((self.brpop_timeout or 1) * 1000) + 2000
+        return int(self.block_seconds * 1000) + 2000
 
     @cached_property
     def worker(self) -> WorkerProfile:
@@ -637,6 +643,9 @@ class Channel(ClusterChannel, kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.job_queues:
             self._sent = ("BRPOP", None)
+            # kombu 5.6 and later read None as brpop_timeout, 5.5 as "block for ever":
+            # a BRPOP of Celery's reply queue that never ends sends no claim after it.
+            timeout = timeout or self.block_seconds
             if self.cluster:
                 return self._cluster_brpop_start(timeout)
             return super()._brpop_start(timeout)
@@ -646,7 +655,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
             return
         worker = self.worker
         if self._block_next:
-            wait = self.brpop_timeout or 1
+            wait = self.block_seconds
             if self._next_due_ms:
                 wait = max(0.01, min(wait, self._next_due_ms / 1000))
             pools = self.job_queues
@@ -737,7 +746,17 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         finally:
             self._in_poll = None
             self._sent = None
-            self._flush_brpop_reauth()
+            self._after_read()
+
+    def _after_read(self) -> None:
+        """What kombu's own ``_brpop_read`` does once a reply is read, where this kombu
+        does it: 5.7 flushes a pending re-auth token (``_flush_brpop_reauth``); 5.5 and
+        5.6 have no such step. Called unconditionally, the missing method raised from
+        ``finally`` on 5.6: the worker's first empty claim ended it ("Unrecoverable
+        error"), so it said ready and never took a job."""
+        flush = getattr(super(), "_flush_brpop_reauth", None)
+        if flush is not None:
+            flush()
 
     def _give_back_unreceived(self, queue: str) -> None:
         """The reply to a claim was lost (connection cut): Redis may have assigned a job
@@ -777,7 +796,7 @@ class Channel(ClusterChannel, kombu_redis.Channel):
         self._block_next = True
         if text != self._refusal:
             logger.error("claim failed: %s (claiming again every %s s until Redis accepts)",
-                         text, self.brpop_timeout or 1)
+                         text, self.block_seconds)
             self._refusal = text
 
     def _claim_answered(self) -> None:

@@ -11,9 +11,9 @@ second time; a job resubmitted after its cancel reports its new end too.
 
 Celery 5.7's chord script counts a part once (keyed on task id and header
 index); Celery 5.4 to 5.6 count every report, so a second report fired the
-body early (seen on 5.5.3). This project now installs only with 5.7 or later
-(its worker takes no job on 5.5 or 5.6), so the marker is what keeps the
-count once whatever a later Celery's script does, for one ``SET`` a part. Here a
+body early (seen on 5.5.3). This project installs with 5.5 and later, so the
+marker keeps the count once on each, and whatever a later Celery's script does,
+for one ``SET`` a part. Here a
 per-part marker (task id and header index, as Celery 5.7 keys it), taken with
 ``SET NX`` before the count, lets only the first report count. That is the
 simplest design that holds for every reporter (canceller, worker's revoke

@@ -99,8 +99,8 @@ def test_a_chord_part_reported_twice_is_counted_once(app) -> None:
     request twice (the canceller's store, then its worker's revoke path when the bucket
     lets the run go). On Celery 5.5.3 without the result backend's marker both reports
     counted: the second made the count two of two, so the body failed with ``ChordError``
-    while the other part had not ended (Celery 5.7, the oldest the project installs
-    with, counts once itself; the marker keeps it so). The body waits for the other
+    while the other part had not ended (Celery 5.7 counts once itself; the marker keeps
+    it so on 5.5 and 5.6 too). The body waits for the other
     part (cancelled here: then it fails)."""
     echo = services(app)["echo"]
     result = chord([echo.si(n=1), echo.si(n=2)], echo.si(n=3)).apply_async()
