@@ -11,11 +11,10 @@ second time; a job resubmitted after its cancel reports its new end too.
 
 Celery 5.7's chord script counts a part once (keyed on task id and header
 index); Celery 5.4 to 5.6 count every report, so a second report fired the
-body early (seen on 5.5.3). This project installs with 5.5 and later, so the
-marker keeps the count once on each, and whatever a later Celery's script does,
-for one ``SET`` a part. Here a
+body early (seen on 5.5.3). This project installs with 5.5 and later: here a
 per-part marker (task id and header index, as Celery 5.7 keys it), taken with
-``SET NX`` before the count, lets only the first report count. That is the
+``SET NX`` before the count, lets only the first report count, on each
+release and whatever a later Celery's script does, for one ``SET`` a part. That is the
 simplest design that holds for every reporter (canceller, worker's revoke
 path, a run's own end, the queue's gave-up store) without each of them
 knowing about the others. The marker lives as long as the chord's counters
