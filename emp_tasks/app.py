@@ -7,7 +7,6 @@ nothing to Redis, and the Redis URL is resolved when the app is first used.
 
 from __future__ import annotations
 
-import math
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,7 +16,7 @@ from celery.utils.imports import import_from_cwd
 from kombu.utils.uuid import uuid
 
 from capability_router import TRANSPORT
-from capability_router.cluster import SOCKET_TIMEOUT_SECONDS, THREAD_CONNECTIONS, cluster_enabled
+from capability_router.cluster import THREAD_CONNECTIONS, cluster_enabled
 from capability_router.job_id_reservations import NEW_ID_HEADER
 from capability_router.jobspec import HEADER
 from capability_router.keys import DEFAULT_NAMESPACE
@@ -60,7 +59,6 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "result_expires": 24 * 3600,
         # Celery documents "no limit"; redis-py 8 turned its None into 100 connections
         "redis_max_connections": THREAD_CONNECTIONS,
-        **result_backend_timeouts(),
         "task_default_queue": DEFAULT_NAMESPACE,
         "task_routes": (CapabilityRouter(),),
         "task_acks_late": True,
@@ -78,23 +76,6 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
         "accept_content": ["json"],
         **defaults.time_limits(),
     }
-
-
-#: Seconds a worker keeps retrying a result write on a hung or unreachable Redis before
-#: the write is given up (Celery's retries, each one socket timeout plus at most 1 s).
-RESULT_RETRY_SECONDS = 120.0
-
-
-def result_backend_timeouts() -> dict[str, Any]:
-    """The result backend's socket timeouts: ``EMP_REDIS_SOCKET_TIMEOUT``, as every other
-    client's (Celery's own are 120 s and none: a result write lost on the wire held the
-    job's slot, and its result stayed STARTED, for 120 s though Redis answered). Celery
-    retries a failed write 20 times, so with a short timeout the retries are more, to
-    keep a result through as long a hang as the 120 s did (about ``RESULT_RETRY_SECONDS``)."""
-    retries = max(20, math.ceil(RESULT_RETRY_SECONDS / (SOCKET_TIMEOUT_SECONDS + 1)))
-    return {"redis_socket_timeout": SOCKET_TIMEOUT_SECONDS,
-            "redis_socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
-            "result_backend_transport_options": {"retry_policy": {"max_retries": retries}}}
 
 
 def _tls_result_backend(url: str) -> dict[str, Any]:

@@ -117,9 +117,8 @@ def create_monitor(argv: Sequence[str] = (), redis_url: str | None = None,
     metrics.pools_file()  # read now: a broken edit later keeps this version, as routing does
     backlog_limit()  # read now: a bad EMP_SSE_BACKLOG stops the start, not every stream
     capp = create_celery_app(url)
-    # Flower's /api/task/result reads Celery's result backend: its timeouts are the
-    # setting's (the app's defaults), here even when EMP_CELERY_CONFIG sets others (a
-    # hung Redis then held a page 120 s, Celery's default).
+    # Flower's /api/task/result reads Celery's result backend, which waits 120 s on a hung
+    # Redis (Celery's default); the monitor's other Redis calls give up after 5 s.
     capp.conf.redis_socket_timeout = SOCKET_TIMEOUT_SECONDS
     capp.conf.redis_socket_connect_timeout = SOCKET_TIMEOUT_SECONDS
     quiet.install(capp)  # Flower's "Failed to enable events", once per outage
