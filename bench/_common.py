@@ -52,10 +52,9 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + sys) used so far by the live processes of a process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def group_processes(pgid: int) -> Iterator[tuple[Path, list[str]]]:
+    """The live processes of a process group: each one's ``/proc/<pid>`` folder and its
+    ``stat`` fields from field 3 (state) on (a process gone meanwhile is skipped)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -63,9 +62,16 @@ def group_cpu_seconds(pgid: int) -> float:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
+        fields = stat[stat.rindex(")") + 2:].split()
         if int(fields[2]) == pgid:  # field 5: pgrp
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+            yield entry, fields
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + sys) used so far by the live processes of a process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+                for _, fields in group_processes(pgid))
     return total / tick
 
 

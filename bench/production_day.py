@@ -91,6 +91,7 @@ from bench._common import (  # noqa: E402
     ROOT,
     emit_json,
     group_cpu_seconds,
+    group_processes,
     paced,
     percentile,
     quick_args,
@@ -406,17 +407,12 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 def group_rss_mb(pgid: int) -> float:
     """Resident memory (MB) summed over the live processes of a process group."""
     total_kb = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, _ in group_processes(pgid):
         try:
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
-                continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total_kb += int(line.split()[1])
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # gone since its stat was read
             continue
     return round(total_kb / 1024, 1)
 

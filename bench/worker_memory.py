@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
     ROOT,
     emit_json,
+    group_processes,
     quick_args,
     start_redis,
     stop_worker,
@@ -67,18 +68,7 @@ GROWTH_LIMIT = 0.10
 
 def group_threads(pgid: int) -> int:
     """Threads of the live processes of a process group."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[17])  # field 20: num_threads
-    return total
+    return sum(int(fields[17]) for _, fields in group_processes(pgid))  # field 20: num_threads
 
 
 def completed(client: redis.Redis) -> int:
