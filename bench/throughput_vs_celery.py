@@ -27,6 +27,11 @@ functions cost ~1.5x with two busy loops beside them). ``--redis-own-core``
 runs the server on the first CPU and everything else on the others, as a
 shard's Redis runs on a host of its own: Redis CPU per job then reads what the
 shard pays, and both stacks' producer and worker share one core.
+
+Last, the CPU budget: each stack's CPU per job, all parts, and the ratio that
+allows where the cores are the limit (throughputs in the inverse ratio of CPU
+per job), beside what EMP's producer and worker take without Redis: whether
+any saving in Redis alone could reach the target ratio.
 """
 
 from __future__ import annotations
@@ -161,6 +166,26 @@ def give_redis_its_own_core(client: redis.Redis) -> None:
     os.sched_setaffinity(0, set(cpus[1:]))
 
 
+def cpu_budget(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """CPU ms a job costs each stack (producer, worker and Redis; mean of its runs), and
+    what that implies where the machine's cores are the limit: throughputs then stand
+    in the inverse ratio of their CPU per job, so the ratio is about ``stock / emp``,
+    and the target ratio needs EMP's whole job at ``stock / target``. (A run the cores
+    did not limit, one stack waiting on round trips, can read above it.) Without
+    Redis: what producer and worker take alone, which no saving in Redis can lower."""
+    def mean(stack: str, parts: tuple[str, ...]) -> float:
+        return sum(sum(r["cpu_ms_per_job"][p] for p in parts) for r in runs[stack]) \
+            / len(runs[stack])
+
+    every, own = ("producer", "worker", "redis"), ("producer", "worker")
+    emp, stock = mean("emp", every), mean("stock", every)
+    return {"emp": round(emp, 3), "stock": round(stock, 3),
+            "cpu_bound_ratio": round(stock / emp, 3),
+            "emp_ms_for_target": round(stock / RATIO_TARGET, 3),
+            "emp_without_redis": round(mean("emp", own), 3),
+            "stock_without_redis": round(mean("stock", own), 3)}
+
+
 def main() -> None:
     args = quick_args(__doc__, lambda parser: parser.add_argument(
         "--redis-own-core", action="store_true",
@@ -215,6 +240,13 @@ def main() -> None:
           f"{redis_us['stock']:.0f} µs (EMP target <= {REDIS_US_TARGET} µs: "
           f"{verdict(redis_us['emp'] <= REDIS_US_TARGET)}); one request costs the server "
           f"{request_us:.1f} µs however little its command does", flush=True)
+    budget = cpu_budget(runs)
+    print(f"CPU per job, all parts (mean of runs): emp {budget['emp']:.2f} ms, stock "
+          f"{budget['stock']:.2f} ms; with the cores the limit, the ratio would be about "
+          f"{budget['cpu_bound_ratio']:.2f}, and {RATIO_TARGET:.1f}x needs EMP at <= "
+          f"{budget['emp_ms_for_target']:.2f} ms a job; its producer and worker alone take "
+          f"{budget['emp_without_redis']:.2f} ms (stock's "
+          f"{budget['stock_without_redis']:.2f} ms)", flush=True)
     emit_json({
         "bench": "throughput_vs_celery",
         "quick": quick,
@@ -232,6 +264,7 @@ def main() -> None:
         "redis_us_per_job_best": redis_us,
         "redis_us_per_request": round(request_us, 1),
         "target_redis_us_per_job_max": REDIS_US_TARGET,
+        "cpu_budget_ms_per_job": budget,
         "met": ratio_mean >= RATIO_TARGET and redis_us["emp"] <= REDIS_US_TARGET,
         "total_seconds": round(time.monotonic() - started, 1),
     })
