@@ -1009,9 +1009,10 @@ local function end_job(P, jk, id, status, fields, event, data, now, raw_key, raw
 end
 
 -- The family (or class) whose best job comes first among those the profile
--- can serve (``ck``: its compatibility set). Walks heads in order (membership checked 64, then 256 at a time);
--- when the profile serves few classes compared with the heads that remain,
--- looks up the head score of each compatible class instead.
+-- can serve (``ck``: its compatibility set). Walks heads in order (membership
+-- checked 64, then 256 at a time); when the profile serves few classes
+-- compared with the heads that remain, looks up the head score of each
+-- compatible class instead.
 -- Cost: O(classes), never O(jobs). Also returns, when found on the first page,
 -- the head's score and that page (names and scores, read with it: prefer_scarce
 -- needs them), else nil.
@@ -1941,7 +1942,8 @@ UNCOUNTABLE_PER_CLAIM of both a claim; past them the reply's ms is 1).
 Pool observability (observe): a claimed job counts in its minute's claims,
 wait and model hit; a job failed as uncountable, failed by housekeeping when
 its attempts ran out, or failed by an ack the claim carries counts as failed
-(fail_job); a claim that finds nothing is a tick (integrals and gauges of a minute already started; it creates no key).
+(fail_job); a claim that finds nothing is a tick (integrals and gauges of a
+minute already started; it creates no key).
 Warm-first (config ``affinity``, see warm_first; profiles without a workflow
 restriction or denied customers, while some worker reports a residency): a
 job warm on this worker is preferred within ``affinity_window``; a job warm on
@@ -2431,8 +2433,9 @@ retries and at) is appended to the record's ``replaced`` JSON list and sent as a
 is spent (``replaces`` counts them). The record's ``retries`` starts again at 0,
 as the replacement's Celery message does (its ``request.retries``): the replaced
 task's count goes to the step's ``retries`` and to ``replaced_retries``, so the
-attempts that ended in those retries still spend no crash allowance. Returns 'delayed' or 'queued', or the
-status that refused it (fencing); a refusal changes nothing. ]]
+attempts that ended in those retries still spend no crash allowance. Returns
+'delayed' or 'queued', or the status that refused it (fencing); a refusal
+changes nothing. ]]
 -- The record fields a replacement brings (the rest stay the job's), as a list and a set.
 local REPLACED_LIST = {'service_required', 'payload', 'requirements', 'max_retries',
   'routing', 'duration_key', 'work_units', 'predicted_ms'}
