@@ -15,7 +15,6 @@ from capability_router.keys import (
     NAMESPACES_KEY,
     Keys,
     check_job_id,
-    known_namespaces,
     namespaces_of,
 )
 from capability_router.message_body import payload_of
@@ -133,12 +132,6 @@ def submit(
         kwargs=payload or {}, requirements=requirements, priority=priority,
         customer_id=customer_id, **job_fields,
     )
-
-
-def _namespaces(app: Celery, pool: str | None) -> list[str]:
-    if pool:
-        return [pool]
-    return known_namespaces(get_client(app.conf.broker_url))
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:
