@@ -282,7 +282,12 @@ INTELLIGENCE_LEADER_KEY = f"{PREFIX}:{{intelligence}}:leader"
 
 def known_namespaces(client: Any) -> list[str]:
     """Every pool ever used (a Redis client's view): the default first, then by name."""
-    seen = {_text(n) for n in client.smembers(NAMESPACES_KEY)}
+    return namespaces_of(client.smembers(NAMESPACES_KEY))
+
+
+def namespaces_of(members: Any) -> list[str]:
+    """``known_namespaces`` from the members of ``NAMESPACES_KEY`` already read."""
+    seen = {_text(n) for n in members}
     return [DEFAULT_NAMESPACE, *sorted(seen - {DEFAULT_NAMESPACE})]
 
 

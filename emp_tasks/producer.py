@@ -10,7 +10,13 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from capability_router.errors import InvalidJob, JobNotFound
-from capability_router.keys import DEFAULT_NAMESPACE, Keys, check_job_id, known_namespaces
+from capability_router.keys import (
+    DEFAULT_NAMESPACE,
+    NAMESPACES_KEY,
+    Keys,
+    check_job_id,
+    namespaces_of,
+)
 from capability_router.message_body import payload_of
 from capability_router.registry import WorkerRegistry
 from capability_router.states import JobStatus
@@ -128,12 +134,6 @@ def submit(
     )
 
 
-def _namespaces(app: Celery, pool: str | None) -> list[str]:
-    if pool:
-        return [pool]
-    return known_namespaces(get_client(app.conf.broker_url))
-
-
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:
     """A job record hash as JSON-ready values.
 
@@ -169,7 +169,19 @@ def get_job(job_id: str, pool: str | None = None, app: Celery | None = None) -> 
         raise JobNotFound(job_id) from None
     app = _app(app)
     client = get_client(app.conf.broker_url)
-    for namespace in _namespaces(app, pool):
+    if pool:
+        namespaces = [pool]
+    else:
+        # The pool list and the default pool's record (looked at first) in one round
+        # trip: most jobs are found there, and a lookup was two round trips.
+        with client.pipeline(transaction=False) as pipe:
+            pipe.smembers(NAMESPACES_KEY)
+            pipe.hgetall(Keys(DEFAULT_NAMESPACE).job(job_id))
+            members, raw = pipe.execute()
+        if raw:
+            return decode_record(raw)
+        namespaces = [n for n in namespaces_of(members) if n != DEFAULT_NAMESPACE]
+    for namespace in namespaces:
         raw = client.hgetall(Keys(namespace).job(job_id))
         if raw:
             return decode_record(raw)

@@ -114,6 +114,11 @@ def close_socket(ws: Any, code: int | None = None, message: str | None = None) -
     reader = getattr(ws, "thread", None)
     if reader is not None:
         reader.join(CLOSE_WAIT_SECONDS)
+    # Wake the handler blocked in ``receive`` (it raises ConnectionClosed now that the
+    # socket is closed): a client that never replied no longer holds it until its timeout.
+    event = getattr(ws, "event", None)
+    if event is not None:
+        event.set()
 
 
 def refuse(ws: Any, exc: BadResumeId) -> None:
