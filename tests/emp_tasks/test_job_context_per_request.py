@@ -21,7 +21,7 @@ from emp_tasks.task import EmpTask
 def _task():
     app = create_app("redis://127.0.0.1:1/0")  # never connected to: the context is lazy
 
-    @app.task(name="test.job_context")
+    @app.task(name="test.job_context", shared=False)
     def job() -> None:
         """Never run: its requests are pushed by hand."""
 
