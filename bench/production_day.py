@@ -54,6 +54,11 @@ was answered.
 
 ``--scale`` (fraction of rate, sockets and slots) and ``--monitor-sockets``
 are for smoke tests and diagnosis only; the targets are for the defaults.
+``--nice-background N`` starts the workers, the webhook service and the
+monitor at nice N, as an operator sharing one host between the API and the
+rest would (systemd ``Nice=``, ``CPUWeight=``): where the cores run short,
+the API's requests get them first and the background services take what is
+left.
 
 File descriptors: this process raises its RLIMIT_NOFILE soft limit to the
 hard one; the API holds ~5,100 sockets (plus its Redis pools) over its
@@ -383,11 +388,14 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def start_service(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_service(command: list[str], env: dict[str, str], log: Path,
+                  nice: int = 0) -> subprocess.Popen[bytes]:
+    """``emp <command>`` in a session of its own; ``nice`` lowers its CPU priority."""
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "emp_tasks.cli", *command], env=env,
                                 cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -589,7 +597,10 @@ def main() -> None:
                             help="fraction of the rate, sockets and slots (smoke tests only; "
                                  "the targets are for 1)"),
         parser.add_argument("--monitor-sockets", type=int, default=MONITOR_SOCKETS,
-                            help="monitor sockets (diagnosis only; the targets are for 20)")))
+                            help="monitor sockets (diagnosis only; the targets are for 20)"),
+        parser.add_argument("--nice-background", type=int, default=0, metavar="N",
+                            help="run the workers, webhooks and monitor at nice N (the API, "
+                                 "Redis and the load at 0): the API first for the CPU")))
     MONITOR_SOCKETS = args.monitor_sockets
     seconds = args.seconds or (120.0 if args.quick else 600.0)
     mark = min(60.0 if args.quick else 120.0, seconds / 2)
@@ -625,6 +636,7 @@ def main() -> None:
     result: dict[str, Any] = {"bench": "production_day", "quick": args.quick,
                               "seconds": seconds, "rate": RATE, "scale": args.scale,
                               "monitor_sockets": MONITOR_SOCKETS,
+                              "nice_background": args.nice_background,
                               "pid": os.getpid()}
     try:
         api_port, hooks_port, monitor_port = free_port(), free_port(), free_port()
@@ -632,14 +644,15 @@ def main() -> None:
         hooks_base = f"http://127.0.0.1:{hooks_port}"
         monitor_base = f"http://127.0.0.1:{monitor_port}"
         services["api"] = start_service(["api", "--port", str(api_port)], env, logs / "api.log")
+        nice = args.nice_background
         services["webhooks"] = start_service(["webhooks", "--port", str(hooks_port)], env,
-                                             logs / "webhooks.log")
+                                             logs / "webhooks.log", nice)
         services["monitor"] = start_service(["monitor", "--port", str(monitor_port)], env,
-                                            logs / "monitor.log")
+                                            logs / "monitor.log", nice)
         for n in range(WORKERS):
             services[f"worker{n + 1}"] = start_service(
                 ["worker", "-P", "threads", "-l", "warning"],
-                {**env, "WORKER_ID": f"prodday-{n + 1}"}, logs / f"worker{n + 1}.log")
+                {**env, "WORKER_ID": f"prodday-{n + 1}"}, logs / f"worker{n + 1}.log", nice)
         for name, base in (("api", api_base), ("webhooks", hooks_base),
                            ("monitor", monitor_base)):
             wait_http(base + "/health", services[name], logs / f"{name}.log")
