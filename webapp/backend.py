@@ -58,22 +58,22 @@ class Backend:
         timeouts plus the pauses (7.6 s with ``EMP_REDIS_SOCKET_TIMEOUT=0.5``, 6.1 s
         with 2) where every later one cost one (a 5 s timeout outlasted the window,
         which hid it)."""
-        # Its (disabled) result backend is made once per process too: Celery keeps a
-        # backend that is not marked thread-safe per thread, i.e. per greenlet under
-        # gevent, and each submit's connection built its own (``by_url`` scans every
-        # installed package's entry points, ~0.3 ms).
-        celery = _producer(redis_url, result_backend=None, task_send_sent_event=False,
-                           result_backend_thread_safe=True)
-        # one result backend (one pool) per process, not one per request's greenlet
-        # (each cancel built its own, held until garbage collected: 8 -> 38 Redis clients
-        # after 1,200 REST cancels)
-        results = _producer(redis_url, result_backend_thread_safe=True)
+        celery = _producer(redis_url, result_backend=None, task_send_sent_event=False)
+        results = _producer(redis_url)
         return cls(celery, get_client(redis_url), results=results)
 
 
 def _producer(redis_url: str, **settings: object) -> Celery:
-    """An app whose failed publishes and connects are not retried (``Backend.connect``)."""
-    celery = create_celery_app(redis_url, task_publish_retry=False, **settings)
+    """An app whose failed publishes and connects are not retried (``Backend.connect``),
+    with one result backend per process (``result_backend_thread_safe``).
+
+    Celery keeps a backend that is not marked thread-safe per thread, i.e. per greenlet
+    under gevent: each cancel built its own Redis-backed one, held until garbage
+    collected (8 -> 38 Redis clients after 1,200 REST cancels), and each submitting
+    connection its own disabled one (``by_url`` scans every installed package's entry
+    points, ~0.3 ms)."""
+    celery = create_celery_app(redis_url, task_publish_retry=False,
+                               result_backend_thread_safe=True, **settings)
     celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
                                             "max_retries": 0}
     return celery
