@@ -65,6 +65,10 @@ MAX_REASON_CHARS = 500
 REASON_GRACE_SECONDS = 3.0
 
 
+class StoppedDuringStart(Exception):
+    """A stop was asked for before supervisord answered, and took supervisord with it."""
+
+
 class MachineRuntime:
     """One machine: plan, supervisord, health server, status reporter."""
 
@@ -163,7 +167,12 @@ class MachineRuntime:
             raise MachineError(f"health server cannot listen on {self.settings.health_host}:"
                                f"{self.settings.health_port}: {exc}; set EMP_HEALTH_PORT "
                                "(--health-port) or EMP_HEALTH_HOST") from None
-        self.supervisord.start()
+        try:
+            self.supervisord.start()
+        except MachineError:
+            if not self._stopped_with_supervisord():
+                raise
+            raise StoppedDuringStart from None
         self._reporter = threading.Thread(target=self._report_loop, name="emp-machine-report",
                                           daemon=True)
         self._reporter.start()
@@ -196,6 +205,17 @@ class MachineRuntime:
             f"(pid {record.get('pid')}, last report {age_s:.0f} s ago): give this machine "
             f"another MACHINE_ID, or stop that one (or wait until it has been silent "
             f"{limit_s:g} s)")
+
+    def _stopped_with_supervisord(self) -> bool:
+        """True when a stop was asked for and supervisord died of that same signal.
+
+        supervisord is forked into a session of its own, but until its ``setsid`` the
+        child is in the machine's process group with default handlers: a SIGTERM or
+        SIGINT sent to the group then (a deploy, Ctrl-C) kills it before it answers.
+        """
+        process = self.supervisord.process
+        return (self._stop.is_set() and process is not None
+                and process.returncode in (-signal.SIGTERM, -signal.SIGINT))
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -546,7 +566,12 @@ def run_machine(settings: MachineSettings,
     try:
         for line in describe(runtime):
             announce(line)
-        runtime.start()
+        try:
+            runtime.start()
+        except StoppedDuringStart:
+            logger.info("machine %s stopped during its start", runtime.machine_id,
+                        extra={"event": "machine_stopped_starting"})
+            return 0
         announce(f"machine {runtime.machine_id} up: health {runtime.health_url} (listening on "
                  f"{runtime.settings.health_host}); supervisord {runtime.files.config}; "
                  f"logs {runtime.files.log_dir}")

@@ -150,7 +150,7 @@ def test_machine_runs_reports_restarts_and_ships_logs(start_machine, app, client
 
         # A clean stop: programs stopped, the machine recorded offline, nothing left.
         stopping = time.monotonic()
-        assert machine.stop() == 0
+        assert machine.stop() == 0, machine.tail()
         print(f"clean stop {time.monotonic() - stopping:.1f}s")
         offline = read_machine(client, "box-a")
         assert offline["status"] == "offline"
@@ -308,7 +308,7 @@ def test_comfyui_instances_are_supervised_and_their_models_reach_the_profile(
     assert worker["profile"]["services"] == ["comfyui"]
     assert (tmp_path / "comfy-gpu0").is_dir()  # {gpu} substituted, COMFYUI_DIR the cwd
     assert requests.get(f"http://127.0.0.1:{base_port}/system_stats", timeout=5).ok
-    assert machine.stop() == 0
+    assert machine.stop() == 0, machine.tail()
     assert machine.leftovers() == []
 
 
@@ -333,7 +333,7 @@ def test_a_machine_booted_before_redis_recovers_once_redis_is_up(start_machine,
         assert wait_for(lambda: (read_machine(client, "box-e") or {}).get("status") == "online",
                         timeout=15, message="the machine to report again")
         client.close()
-        assert machine.stop() == 0
+        assert machine.stop() == 0, machine.tail()
     finally:
         machine.cleanup()
         late.stop(kill=True)
@@ -475,7 +475,7 @@ def test_a_machine_whose_logs_cannot_be_written_runs_its_jobs(
     assert supervisor["state"] == "RUNNING" and supervisor["log_dropped_bytes"] > 0
     assert machine.process.poll() is None
     assert machine.tail().count("cannot write supervisord's log") == 1, machine.tail()
-    assert machine.stop() == 0
+    assert machine.stop() == 0, machine.tail()
 
 
 #: Writes ~2 MB of lines to stdout, says so on stderr, waits for a line on stdin,
@@ -583,7 +583,7 @@ def test_an_older_releases_supervisord_out_is_deleted_at_start(
     assert not (logs / "supervisord.out").exists()
     assert (logs / "supervisord.log").read_bytes().startswith(b"kept\n")
     assert machine.tail().count("supervisord.out") == 1, machine.tail()
-    assert machine.stop() == 0
+    assert machine.stop() == 0, machine.tail()
 
 
 def test_a_supervisord_that_exits_at_start_is_told_from_a_bounded_tail(tmp_path: Path) -> None:
@@ -631,4 +631,4 @@ def test_supervisords_output_is_rotated(start_machine) -> None:  # noqa: ANN001
              timeout=30, message="supervisord to log the worker's exit")
     sizes = {path.name: path.stat().st_size for path in logs.glob("supervisord.*")}
     assert "supervisord.log.1" in sizes and max(sizes.values()) <= 300, sizes
-    assert machine.stop() == 0
+    assert machine.stop() == 0, machine.tail()
