@@ -35,7 +35,7 @@ from machine.exits import Exit, ExitLog
 from machine.gpus import GpuInventory, detect_gpus
 from machine.handback import cutoff_ms, hand_back_jobs
 from machine.health import HealthServer
-from machine.logs import configure_logging
+from machine.logs import configure_logging, log_format
 from machine.plan import WORKER, MachinePlan, build_plan
 from machine.preflight import check_workers
 from machine.reaper import end_failed_machine, reap_gone_machines
@@ -75,6 +75,7 @@ class MachineRuntime:
     def __init__(self, settings: MachineSettings, inventory: GpuInventory | None = None) -> None:
         try:  # the machine's own log shipping and its programs' (they inherit these)
             shipping_settings()
+            log_format()  # not used (JSON here and for the workers), but a typo is refused
         except SettingError as exc:
             raise MachineError(str(exc)) from None
         self.settings = settings

@@ -20,6 +20,7 @@ import redis
 from capability_router.env import SettingError
 from conftest import ROOT, wait_for
 from machine.shipping import shipping_url
+from machine.status import read_machine
 from tests.emp_tasks.test_cli import run
 from tests.emp_tasks.test_plain_celery_worker import json_lines
 
@@ -136,3 +137,22 @@ def test_emp_worker_with_fluent_bit_url_starts_past_an_unused_fluentd_port() -> 
                               "FLUENTD_PORT": "24224x"}, timeout=45)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FLUENTD_PORT" not in done.stderr and "Redis at" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("value", ["jsn", "JSON-lines"])
+def test_emp_machine_refuses_an_unknown_log_format_in_one_line(
+        start_machine, client: redis.Redis, value: str) -> None:  # noqa: ANN001
+    """Tried: ``emp machine`` (one mock GPU) with ``EMP_LOG_FORMAT=jsn`` (and another
+    word that is neither json nor text). Before, the machine started (it logs JSON and
+    sets json for its workers whatever the variable says), so the typo went unseen until
+    the same file started an ``emp worker``, which refuses it. Now the machine refuses
+    it too: exit 1, its last line the one line, nothing started, no machine record."""
+    machine = start_machine("box-fmt", EMP_MOCK_GPUS="1", EMP_LOG_FORMAT=value)
+    code, output = machine.refused(f"EMP_LOG_FORMAT={value}")
+    assert code == 1, output
+    assert output.strip().splitlines()[-1] == (
+        f"Error: EMP_LOG_FORMAT must be {FORMAT_WORDS}, got {value!r}"), output
+    assert "Traceback" not in output, output
+    assert read_machine(client, "box-fmt") is None
+    assert not (machine.run_dir / "supervisord.conf").exists()
