@@ -65,10 +65,6 @@ MAX_REASON_CHARS = 500
 REASON_GRACE_SECONDS = 3.0
 
 
-class StoppedDuringStart(Exception):
-    """A stop was asked for before supervisord answered, and took supervisord with it."""
-
-
 class MachineRuntime:
     """One machine: plan, supervisord, health server, status reporter."""
 
@@ -168,12 +164,7 @@ class MachineRuntime:
             raise MachineError(f"health server cannot listen on {self.settings.health_host}:"
                                f"{self.settings.health_port}: {exc}; set EMP_HEALTH_PORT "
                                "(--health-port) or EMP_HEALTH_HOST") from None
-        try:
-            self.supervisord.start()
-        except MachineError:
-            if not self._stopped_with_supervisord():
-                raise
-            raise StoppedDuringStart from None
+        self.supervisord.start()
         self._reporter = threading.Thread(target=self._report_loop, name="emp-machine-report",
                                           daemon=True)
         self._reporter.start()
@@ -207,7 +198,7 @@ class MachineRuntime:
             f"another MACHINE_ID, or stop that one (or wait until it has been silent "
             f"{limit_s:g} s)")
 
-    def _stopped_with_supervisord(self) -> bool:
+    def stopped_with_supervisord(self) -> bool:
         """True when a stop was asked for and supervisord died of that same signal.
 
         supervisord is forked into a session of its own, but until its ``setsid`` the
@@ -569,7 +560,9 @@ def run_machine(settings: MachineSettings,
             announce(line)
         try:
             runtime.start()
-        except StoppedDuringStart:
+        except MachineError:
+            if not runtime.stopped_with_supervisord():
+                raise
             logger.info("machine %s stopped during its start", runtime.machine_id,
                         extra={"event": "machine_stopped_starting"})
             return 0
