@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from emp_tasks.local_redis import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Imported by every Python the machine starts (PYTHONPATH comes first): supervisord
 #: waits for the test's go, then dies of SIGTERM, as the half-started child does.
