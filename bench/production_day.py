@@ -390,12 +390,14 @@ def raise_fd_limit() -> int:
 
 def start_service(command: list[str], env: dict[str, str], log: Path,
                   nice: int = 0) -> subprocess.Popen[bytes]:
-    """``emp <command>`` in a session of its own; ``nice`` lowers its CPU priority."""
+    """``emp <command>`` in a session of its own; ``nice`` lowers its CPU priority
+    (through nice(1), which execs the command: no ``preexec_fn`` in a process that
+    already runs threads, the webhook receiver's)."""
+    prefix = ["nice", "-n", str(nice)] if nice else []
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "emp_tasks.cli", *command], env=env,
-                                cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        return subprocess.Popen([*prefix, sys.executable, "-m", "emp_tasks.cli", *command],
+                                env=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
