@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from simple_websocket import Client
 
 from capability_router.keys import Keys
 from conftest import ROOT, wait_for
 from emp_tasks.app import create_app
 from emp_tasks.local_redis import LocalRedis
 from emp_tasks.producer import get_job, submit
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import redis
 import requests
-from simple_websocket import Client
 from test_monitor_browser import open_page  # noqa: F401 - the page fixture
 
 from capability_router.keys import Keys
 from capability_router.registry import WorkerRegistry
 from conftest import wait_for
 from emp_tasks.producer import get_job, submit
+from emp_tasks.websocket_client import WebSocketClient as Client
 from machine.status import now_ms, publish
 from webapp.monitor.webhooks import hook_store
 

@@ -16,9 +16,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from rest_helpers import ADMIN, TOKEN_A, TOKENS_ENV
-from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionClosed
 
 from conftest import wait_for
+from emp_tasks.websocket_client import WebSocketClient as Client
 
 
 def scrape(base: str, token: str | None = ADMIN) -> dict[tuple[str, tuple], float]:

@@ -67,6 +67,35 @@ def _subscriptions_key(principal: Principal, client_id: str) -> str:
     return f"emp:ws:client:{owner}:{client_id}"
 
 
+class ClientRenderer:
+    """A client's events as its messages: under the ids its customer knows the jobs
+    by, a ``job_submitted`` with its submit's ``message_id`` and warnings."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        #: Job id -> the message_id its submit_job carried, echoed on job_submitted.
+        self.message_ids: dict[str, Any] = {}
+        #: Job id -> its submit's warnings (``pool_view.unserved_warnings``), when some;
+        #: sent on its job_submitted, as REST's 201 carries them.
+        self.warnings: dict[str, list[str]] = {}
+
+    def __call__(self, event: Event) -> dict[str, Any]:
+        message = self.message(event)
+        if message["type"] == "job_submitted":
+            if event.job_id in self.message_ids:
+                message["message_id"] = self.message_ids.pop(event.job_id)
+            if event.job_id in self.warnings:
+                message["warnings"] = self.warnings.pop(event.job_id)
+        return message
+
+    def message(self, event: Event) -> dict[str, Any]:
+        """``event`` as this client's message, under the id its customer knows the job by."""
+        message = client_message(event)
+        if event.job_id:
+            message["job_id"] = job_ids.shown(event.job_id, self.principal.id_scope)
+        return message
+
+
 class ClientConnection:
     """One client's socket: its requests in, its jobs' events out."""
 
@@ -81,29 +110,16 @@ class ClientConnection:
         sub = Subscription(info={"client_id": client_id, "kind": "client",
                                  "customer_id": principal.customer_id,
                                  "connected_at": int(time.time() * 1000)})
-        #: Job id -> the message_id its submit_job carried, echoed on job_submitted.
-        self.message_ids: dict[str, Any] = {}
-        #: Job id -> its submit's warnings (``pool_view.unserved_warnings``), when some;
-        #: sent on its job_submitted, as REST's 201 carries them.
-        self.warnings: dict[str, list[str]] = {}
+        #: Renders this client's events; its own object, not a method of the connection,
+        #: so the session holds no reference back to it (a cycle, freed only by the
+        #: cycle collector's full collections, for every socket that closed).
+        self.render = ClientRenderer(principal)
+        self.message_ids, self.warnings = self.render.message_ids, self.render.warnings
         self.session = Session(ws, hub, sub, self.render)
         self.key = _subscriptions_key(principal, client_id)
 
-    def render(self, event: Event) -> dict[str, Any]:
-        message = self._message(event)
-        if message["type"] == "job_submitted":
-            if event.job_id in self.message_ids:
-                message["message_id"] = self.message_ids.pop(event.job_id)
-            if event.job_id in self.warnings:
-                message["warnings"] = self.warnings.pop(event.job_id)
-        return message
-
     def _message(self, event: Event) -> dict[str, Any]:
-        """``event`` as this client's message, under the id its customer knows the job by."""
-        message = client_message(event)
-        if event.job_id:
-            message["job_id"] = job_ids.shown(event.job_id, self.principal.id_scope)
-        return message
+        return self.render.message(event)
 
     def run(self, last_event_id: str | None) -> None:
         try:

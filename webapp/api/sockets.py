@@ -17,9 +17,9 @@ import uuid
 from typing import Any
 
 from flask import Flask, current_app, g, request
-from flask_sock import Sock
 
 from webapp.api.client_socket import ClientConnection
+from webapp.api.lean_sock import LeanSock
 from webapp.api.limits import Limited
 from webapp.api.metrics import socket_open
 from webapp.api.monitor_socket import MonitorConnection
@@ -27,7 +27,7 @@ from webapp.auth import authenticate, error
 from webapp.backend import backend
 from webapp.query import single
 
-sock = Sock()
+sock = LeanSock()
 
 CLIENT_PATH = "/ws/client/"
 MONITOR_PATH = "/ws/monitor/"
