@@ -20,6 +20,8 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
+from webapp.json_errors_http import JsonErrors
+
 #: Seconds between sweeps of idle connections while the worker stops.
 SWEEP_SECONDS = 0.1
 
@@ -41,8 +43,9 @@ class _IdleWait:
         return self.timeout.__exit__(*exc)
 
 
-class GeventWorker(_GeventWorker):
-    """The gevent worker; idle keep-alive connections end as soon as it stops."""
+class GeventWorker(JsonErrors, _GeventWorker):
+    """The gevent worker; idle keep-alive connections end as soon as it stops, and what it
+    refuses is answered in JSON (``webapp.json_errors_http``)."""
 
     def init_process(self) -> None:
         self._idle: set[Any] = set()

@@ -63,7 +63,9 @@ def serve(factory: Callable[[], Any], host: str, port: int, threads: int,
         workers: dict[str, Any] = {"worker_class": GeventWorker,
                                    "worker_connections": connections}
     else:
-        workers = {"worker_class": "gthread", "threads": threads}
+        from webapp.json_errors_http import ThreadWorker
+
+        workers = {"worker_class": ThreadWorker, "threads": threads}
     options = {
         "bind": f"{host}:{port}", "workers": processes, **workers,
         "timeout": 30, "graceful_timeout": 5, "keepalive": 30,
