@@ -3,8 +3,8 @@
 A request gunicorn refuses before any application sees it (a header value or
 name it cannot parse, a request line over its limit) got gunicorn's HTML error
 page: the only ``text/html`` answer of the API and the webhook service, whose
-every other error is ``{"error": ...}`` (schemathesis found it: a generated
-``Content-Length: e`` got the page). gunicorn still decides the status and logs
+every other error is ``{"success": false, "error": ...}`` (schemathesis found
+it: a generated ``Content-Length: e`` got the page). gunicorn still decides the status and logs
 the request as before; only the body changes. A 500 says no more than that.
 """
 
@@ -36,8 +36,9 @@ class _ErrorPage:
 
 
 def json_error(status: int, reason: str, message: str) -> bytes:
-    """A whole HTTP response: ``status`` with ``{"error": message}``; the connection closes."""
-    body = json.dumps({"error": message}).encode()
+    """A whole HTTP response: ``status`` with ``{success: false, error}``, the body every
+    endpoint errs with; the connection closes."""
+    body = json.dumps({"success": False, "error": message}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body

@@ -4,8 +4,9 @@ What was tried, on a real ``emp api`` (gevent workers) and ``emp webhooks`` (thr
 raw requests with a ``Content-Length`` that is no number (schemathesis generated
 ``Content-Length: e``), a header name with a space in it, and a request line longer
 than gunicorn's limit. Each got gunicorn's HTML error page, the only ``text/html``
-answer of either JSON API; now the same status with ``{"error": ...}`` as
-``application/json``, and the server keeps answering.
+answer of either JSON API; now the same status with the usual
+``{"success": false, "error": ...}`` as ``application/json``, and the server keeps
+answering.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def test_requests_gunicorn_refuses_are_answered_in_json(start_server, service: s
         assert got == status, f"{service}, {what}: {got} {body[:300]!r}"
         assert headers["content-type"] == "application/json", f"{service}, {what}: {headers}"
         assert int(headers["content-length"]) == len(body), f"{service}, {what}"
-        error = json.loads(body)["error"]
-        assert named.lower() in error.lower(), f"{service}, {what}: {error!r}"
+        answer = json.loads(body)
+        assert answer["success"] is False, f"{service}, {what}: {answer}"  # the usual shape
+        assert named.lower() in answer["error"].lower(), f"{service}, {what}: {answer}"
     # Still serving: the refusals changed nothing.
     assert requests.get(server.base + "/health", timeout=10).status_code == 200
