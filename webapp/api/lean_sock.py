@@ -9,6 +9,12 @@ pauses of 240-520 ms in an API process that had served a few thousand sockets.
 This view takes the same steps (a ``Server`` on the request, the handler, a
 close) and answers with one response class, made once, holding only the
 server mode.
+
+It also hands simple-websocket a socket whose ``send`` writes everything:
+simple-websocket writes each frame with one ``socket.send``, which on a
+non-blocking socket (gevent's, the API's) writes only what the kernel's buffer
+takes, and the rest of the frame was lost; a client whose buffer was nearly
+full (a slow reader) then got a broken frame stream instead of its messages.
 """
 
 from __future__ import annotations
@@ -20,6 +26,30 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
+
+#: Where each server keeps the client's socket in the WSGI environment.
+SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+
+
+class WholeWrites:
+    """A socket whose ``send`` sends all of ``data`` (``sendall``), as every caller in
+    simple-websocket assumes; everything else is the socket's own."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self._sock.sendall(data, flags)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def whole_writes(environ: dict[str, Any]) -> dict[str, Any]:
+    """``environ`` with its client socket (gunicorn's or werkzeug's) made ``WholeWrites``."""
+    return {**environ, **{key: WholeWrites(environ[key]) for key in SOCKET_KEYS
+                          if key in environ}}
 
 
 class Handled(Response):
@@ -44,7 +74,7 @@ class LeanSock(Sock):
               **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
         def decorator(handler: Callable[..., None]) -> Callable[..., None]:
             def websocket_route(*args: Any, **view_kwargs: Any) -> Response:
-                ws = Server(request.environ,
+                ws = Server(whole_writes(request.environ),
                             **current_app.config.get("SOCK_SERVER_OPTIONS", {}))
                 with contextlib.suppress(ConnectionClosed):
                     handler(ws, *args, **view_kwargs)
