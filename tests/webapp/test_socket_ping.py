@@ -9,14 +9,18 @@ refused at start with an error naming it.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 
 import pytest
+import requests
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
 
+from capability_router.keys import Keys
+from conftest import wait_for
 from webapp.settings import WS_PING_SECONDS, WebSettings
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,3 +106,46 @@ def test_the_ping_interval_defaults_and_bad_values_are_refused(monkeypatch) -> N
         with pytest.raises(ValueError, match=f"EMP_WS_PING_SECONDS must be a positive "
                                              f"number of seconds, got '{bad}'"):
             WebSettings.from_env()
+
+
+def test_a_monitor_that_stops_reading_is_dropped_while_the_writes_to_it_wait(
+        start_server, client) -> None:
+    """Tried: a monitor socket (4 KiB receive buffer) that reads its handshake reply and
+    nothing more, then 500 events of 20 KB each filed at once: the server's writes to it
+    wait on the full buffers before its first ping. Before, they waited for good: the sender never
+    got back to notice its backlog overflowing, simple-websocket's ping waited behind it,
+    and the socket, its buffers and its backlog stayed. Now a write that has not finished
+    within two ping intervals (1 s here) shuts the connection down: the monitor leaves
+    ``/api/connections`` within seconds, and the API keeps answering."""
+    api = start_server("api", EMP_ADMIN_TOKENS="tok-admin", EMP_WS_PING_SECONDS=str(PING_SECONDS))
+    headers = {"Authorization": "Bearer tok-admin"}
+
+    def monitors() -> list[str]:
+        reply = requests.get(api.base + "/api/connections", headers=headers, timeout=10)
+        return [m.get("monitor_id") for m in reply.json()["monitors"]]
+
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", api.port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    stalled.sendall(ws.send(Request(host="127.0.0.1",
+                                    target="/ws/monitor/stalled?token=tok-admin")))
+    assert stalled.recv(12) == b"HTTP/1.1 101"
+    try:
+        wait_for(lambda: monitors() == ["stalled"], timeout=10, message="the monitor socket")
+        # 10 MB at once: the buffers are full before the first ping is due.
+        data = json.dumps({"progress": 1, "note": "x" * 20_000})
+        with client.pipeline(transaction=False) as pipe:
+            for _ in range(500):
+                pipe.xadd(Keys("default").events, {"event": "update_job_progress",
+                                                   "job_id": "filler", "data": data})
+            pipe.execute()
+        started = time.monotonic()
+        while "stalled" in monitors():
+            assert time.monotonic() - started < 30, "the stalled monitor is still connected"
+            time.sleep(0.2)
+        dropped_after = time.monotonic() - started
+        assert requests.get(api.base + "/health", timeout=10).status_code == 200
+        assert dropped_after < 20, dropped_after
+    finally:
+        stalled.close()

@@ -75,8 +75,10 @@ def serve(environ_of: object) -> tuple[list[object], int]:
     return events, len(b"".join(received))
 
 
-def test_frames_written_through_the_wrapper_arrive_whole_on_a_socket_that_writes_short() -> None:
-    events, _ = serve(whole_writes)
+@pytest.mark.parametrize("write_seconds", [None, 5.0], ids=["no deadline", "a deadline"])
+def test_frames_written_through_the_wrapper_arrive_whole_on_a_socket_that_writes_short(
+        write_seconds: float | None) -> None:
+    events, _ = serve(lambda environ: whole_writes(environ, write_seconds))
     assert isinstance(events[0], AcceptConnection)
     texts = [e.data for e in events if isinstance(e, TextMessage)]
     assert texts == MESSAGES

@@ -15,13 +15,18 @@ simple-websocket writes each frame with one ``socket.send``, which on a
 non-blocking socket (gevent's, the API's) writes only what the kernel's buffer
 takes, and the rest of the frame was lost; a client whose buffer was nearly
 full (a slow reader) then got a broken frame stream instead of its messages.
+A write that has not finished within two ping intervals gives the client up
+(``WholeWrites``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
@@ -32,24 +37,70 @@ SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
 class WholeWrites:
-    """A socket whose ``send`` sends all of ``data`` (``sendall``), as every caller in
-    simple-websocket assumes; everything else is the socket's own."""
+    """A socket whose ``send`` sends all of ``data``, as every caller in simple-websocket
+    assumes, one write at a time (the handler's sender and simple-websocket's pings
+    write from different threads; a frame cut by a wait must not be interleaved).
 
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
+    With ``write_seconds``, a write that has not finished by then gives the client up:
+    the connection is shut down and ``TimeoutError`` raised. A client that stopped
+    reading otherwise held its socket, the kernel's full send buffer, its handler and
+    up to ``SUBSCRIPTION_BACKLOG`` events for good: the sender blocked in the write
+    never saw its backlog overflow, and simple-websocket's ping blocked behind it.
+    """
+
+    def __init__(self, sock: Any, write_seconds: float | None = None) -> None:
+        self._sock, self._write_seconds = sock, write_seconds
+        self._lock = threading.Lock()
 
     def send(self, data: bytes, flags: int = 0) -> int:
-        self._sock.sendall(data, flags)
+        self.sendall(data, flags)
         return len(data)
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        if self._write_seconds is None:
+            with self._lock:
+                self._sock.sendall(data, flags)
+            return
+        deadline = time.monotonic() + self._write_seconds
+        if not self._lock.acquire(timeout=self._write_seconds):
+            self._give_up(len(data))
+        try:
+            # The socket's timeout bounds a whole sendall (gevent's and Python's alike).
+            # Only this write sees it: simple-websocket's reader (it pings, so it selects
+            # before each recv) never waits in recv.
+            previous = self._sock.gettimeout()
+            self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                self._sock.sendall(data, flags)
+            except TimeoutError:
+                self._give_up(len(data))
+            finally:
+                self._sock.settimeout(previous)
+        finally:
+            self._lock.release()
+
+    def _give_up(self, size: int) -> NoReturn:
+        with contextlib.suppress(OSError):  # wakes the reader, frees the kernel's buffers
+            self._sock.shutdown(socket.SHUT_RDWR)
+        raise TimeoutError(f"a write of {size} bytes did not finish within "
+                           f"{self._write_seconds:g} s: the client stopped reading")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
-def whole_writes(environ: dict[str, Any]) -> dict[str, Any]:
+def whole_writes(environ: dict[str, Any], write_seconds: float | None = None) -> dict[str, Any]:
     """``environ`` with its client socket (gunicorn's or werkzeug's) made ``WholeWrites``."""
-    return {**environ, **{key: WholeWrites(environ[key]) for key in SOCKET_KEYS
+    return {**environ, **{key: WholeWrites(environ[key], write_seconds) for key in SOCKET_KEYS
                           if key in environ}}
+
+
+def write_seconds(options: dict[str, Any]) -> float | None:
+    """How long a write to a socket may take: two ping intervals, the time in which a
+    peer must answer a ping (a peer that reads nothing answers none); no bound without
+    pings."""
+    ping = options.get("ping_interval")
+    return 2 * ping if ping else None
 
 
 class Handled(Response):
@@ -74,8 +125,8 @@ class LeanSock(Sock):
               **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
         def decorator(handler: Callable[..., None]) -> Callable[..., None]:
             def websocket_route(*args: Any, **view_kwargs: Any) -> Response:
-                ws = Server(whole_writes(request.environ),
-                            **current_app.config.get("SOCK_SERVER_OPTIONS", {}))
+                options = current_app.config.get("SOCK_SERVER_OPTIONS", {})
+                ws = Server(whole_writes(request.environ, write_seconds(options)), **options)
                 with contextlib.suppress(ConnectionClosed):
                     handler(ws, *args, **view_kwargs)
                 with contextlib.suppress(Exception):  # closed already
