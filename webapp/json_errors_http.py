@@ -4,12 +4,14 @@ A request gunicorn refuses before any application sees it (a header value or
 name it cannot parse, a request line over its limit) got gunicorn's HTML error
 page: the only ``text/html`` answer of the API and the webhook service, whose
 every other error is ``{"success": false, "error": ...}`` (schemathesis found
-it: a generated ``Content-Length: e`` got the page). gunicorn still decides the status and logs
-the request as before; only the body changes. A 500 says no more than that.
+it: a generated ``Content-Length: e`` got the page). gunicorn still decides the
+status and logs the request as before; only the body changes. A 500 says no
+more than that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -57,10 +59,8 @@ class JsonErrors:
         if not status.isdigit():
             return
         message = reason.lower() if status.startswith("5") else f"{reason}: {exc}"
-        try:
+        with contextlib.suppress(Exception):  # the client is gone: nothing to answer
             util.write_nonblock(client, json_error(int(status), reason, message))
-        except Exception:  # the client is gone: nothing to answer
-            pass
 
 
 class ThreadWorker(JsonErrors, _ThreadWorker):

@@ -6,9 +6,10 @@ handshake gets an HTTP 401 (no or bad token) or 403 (a customer token on the
 monitor feed) with the usual JSON error, and no socket is opened. The server
 pings every ``EMP_WS_PING_SECONDS`` (25 s); a connection whose pong does not
 come back before the next ping is closed, as is one a write to which has not
-finished within two intervals (``lean_sock.WholeWrites``). A customer with all its sockets open
-(``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before the upgrade; the
-place taken for the handshake is given back at once when no socket results.
+finished within two intervals (``lean_sock.WholeWrites``). A customer with all
+its sockets open (``EMP_LIMIT_SOCKETS``) gets 429 with ``Retry-After`` before
+the upgrade; the place taken for the handshake is given back at once when no
+socket results.
 A repeated ``?token=`` or ``?last_event_id=`` is refused (400) before the upgrade.
 """
 
