@@ -79,6 +79,13 @@ class ClientRenderer:
         #: sent on its job_submitted, as REST's 201 carries them.
         self.warnings: dict[str, list[str]] = {}
 
+    def expect(self, job_id: str, message_id: Any, warnings: list[str] | None) -> None:
+        """What the job's ``job_submitted`` is to carry: its submit's ``message_id`` and,
+        when some, its warnings."""
+        self.message_ids[job_id] = message_id
+        if warnings:
+            self.warnings[job_id] = warnings
+
     def __call__(self, event: Event) -> dict[str, Any]:
         message = self.message(event)
         if message["type"] == "job_submitted":
@@ -114,12 +121,8 @@ class ClientConnection:
         #: so the session holds no reference back to it (a cycle, freed only by the
         #: cycle collector's full collections, for every socket that closed).
         self.render = ClientRenderer(principal)
-        self.message_ids, self.warnings = self.render.message_ids, self.render.warnings
         self.session = Session(ws, hub, sub, self.render)
         self.key = _subscriptions_key(principal, client_id)
-
-    def _message(self, event: Event) -> dict[str, Any]:
-        return self.render.message(event)
 
     def run(self, last_event_id: str | None) -> None:
         try:
@@ -270,9 +273,7 @@ class ClientConnection:
             self.idempotency.answer(claim, 201, {"job_id": job_id,
                                                  **({"warnings": warnings} if warnings else {})})
         # The job's own log answers: job_submitted first, then the rest.
-        self.message_ids[job_id] = message.get("message_id")
-        if warnings:
-            self.warnings[job_id] = warnings
+        self.render.expect(job_id, message.get("message_id"), warnings)
         self._follow(job_id, None, pool, remember=True)
 
     def _answer_again(self, job_id: str, message_id: Any,
@@ -287,13 +288,11 @@ class ClientConnection:
         if job_id in self.session.sub.jobs:  # already followed here: send it once more
             first = self.backend.redis.xrange(Keys(pool).job_events(job_id), count=1)
             if first:
-                message = self._message(Event.from_entry(*first[0], pool))
+                message = self.render.message(Event.from_entry(*first[0], pool))
                 self.session.send({**message, "message_id": message_id,
                                    **({"warnings": warnings} if warnings else {})})
             return True
-        self.message_ids[job_id] = message_id
-        if warnings:
-            self.warnings[job_id] = warnings
+        self.render.expect(job_id, message_id, warnings)
         self._follow(job_id, None, pool, remember=True)
         return True
 
