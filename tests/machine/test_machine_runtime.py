@@ -121,11 +121,19 @@ def test_machine_runs_reports_restarts_and_ships_logs(start_machine, app, client
         assert restarted["pid"] == respawned["pid"] != victim["pid"]
 
         # Every JSON line of the workers carries the context; the job's events have its id.
-        lines = machine.log_lines("simulation-0") + machine.log_lines("simulation-1")
+        # The record ends before the worker's last line reaches its file (through
+        # supervisor's pipe): on a loaded machine that line came a moment later.
+        def job_logged() -> tuple[list[dict], list[dict]] | None:
+            try:
+                lines = machine.log_lines("simulation-0") + machine.log_lines("simulation-1")
+            except ValueError:  # a line read while it was being written
+                return None
+            job_lines = [line for line in lines if line["job_id"] == job.id]
+            events = {line["event"] for line in job_lines}
+            return (lines, job_lines) if {"job_received", "job_completed"} <= events else None
+        lines, job_lines = wait_for(job_logged, timeout=20,
+                                    message="the job's received and completed log lines")
         assert lines and all(set(LINE_FIELDS) <= set(line) for line in lines)
-        job_lines = [line for line in lines if line["job_id"] == job.id]
-        events = {line["event"] for line in job_lines}
-        assert {"job_received", "job_completed"} <= events
         done = next(line for line in job_lines if line["event"] == "job_completed")
         program = done["connector_id"]
         assert done == {**done, "machine_id": "box-a", "worker_id": f"box-a-{program}",
