@@ -17,14 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fleet import publish_fleet
 from test_monitor_browser import open_page  # noqa: F401 - the page fixture
 
 from capability_router.functions import QueueFunctions
 from capability_router.jobspec import JobSpec
-from capability_router.registry import WorkerRegistry
 from conftest import CHROMIUM, wait_for
 from emp_tasks.producer import cancel, get_job, job_events, submit
-from machine.status import now_ms, publish
 
 #: A float as the timeline printed it before: more than two decimals (not a time's ms).
 RAW_FLOAT = re.compile(r"(?<![\d:])\d+\.\d{3,}")
@@ -216,25 +215,7 @@ def test_a_large_fleet_redraws_the_machines_page_without_laying_out_every_card(
     redraw spent 0.5-0.7 s laying out all 300 cards (most of them off screen). Now cards
     off screen are skipped until scrolled to (a redraw's layout took about 4 ms; measured
     by hand, not asserted), and every card is still in the page."""
-    registry = WorkerRegistry(client)
-    for m in range(300):
-        machine = f"box-{m:03d}"
-        workers = [{"name": f"simulation-{n}", "role": "worker", "kind": "simulation",
-                    "worker_id": f"{machine}-simulation-{n}", "gpu": n, "port": None,
-                    "state": "RUNNING", "pid": 1000 + n, "started": int(time.time() - 30)}
-                   for n in range(8)]
-        publish(client, {
-            "machine_id": machine, "status": "online", "hostname": "host-" + machine,
-            "health_url": f"http://{machine}:9090", "started_at": now_ms(),
-            "last_report": now_ms(), "uptime_seconds": 60.0, "gpu_source": "mock",
-            "gpus": [{"index": n, "name": "Mock GPU", "memory_gb": 24} for n in range(8)],
-            "workers": workers, "services": [], "log_dropped": 0}, emit=False)
-        for worker in workers:
-            registry.heartbeat({
-                "worker_id": worker["worker_id"], "machine_id": machine,
-                "services": ["simulation"], "hardware": {"gpu_memory_gb": 24},
-                "models": {}, "customer_access": {}, "workflow_id": None},
-                ["default"], [], 600_000, first=True)
+    publish_fleet(client, machines=300, workers=8)
     monitor = start_server("monitor")
     page = open_page(monitor.base + "/machines")
     wait_for(lambda: len(page.query_selector_all(".emp-machine")) == 300, timeout=30,
