@@ -140,12 +140,8 @@ def test_a_monitor_that_stops_reading_is_dropped_while_the_writes_to_it_wait(
                 pipe.xadd(Keys("default").events, {"event": "update_job_progress",
                                                    "job_id": "filler", "data": data})
             pipe.execute()
-        started = time.monotonic()
-        while "stalled" in monitors():
-            assert time.monotonic() - started < 30, "the stalled monitor is still connected"
-            time.sleep(0.2)
-        dropped_after = time.monotonic() - started
+        wait_for(lambda: "stalled" not in monitors(), timeout=20, every=0.2,
+                 message="the stalled monitor to be dropped")
         assert requests.get(api.base + "/health", timeout=10).status_code == 200
-        assert dropped_after < 20, dropped_after
     finally:
         stalled.close()
