@@ -32,7 +32,6 @@ from emp_tasks import (  # noqa: F401 - remote_control registers a command
     tracing,
 )
 from emp_tasks.celery_queue import skip_redundant_declare
-from emp_tasks.chord_parts import BACKEND as PART_ONCE_BACKEND
 from emp_tasks.cluster_backend import BACKEND as CLUSTER_BACKEND
 from emp_tasks.job_types import job_type
 from emp_tasks.task_bases import job_base
@@ -53,8 +52,8 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
             "polling_interval": defaults.idle_block_seconds(),
         },
         "broker_connection_retry_on_startup": True,
-        # either backend counts a chord part once, whoever reports it (chord_parts)
-        "result_backend": f"{CLUSTER_BACKEND if cluster_enabled() else PART_ONCE_BACKEND}+{url}",
+        # Celery's chord script counts a part once, whoever reports it (chord_parts)
+        "result_backend": f"{CLUSTER_BACKEND}+{url}" if cluster_enabled() else url,
         **_tls_result_backend(url),
         "result_expires": 24 * 3600,
         # Celery documents "no limit"; redis-py 8 turned its None into 100 connections

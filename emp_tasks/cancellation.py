@@ -127,9 +127,8 @@ def revoke_unstarted(app: Celery, job_id: str, namespace: str) -> None:
     it, so a chord member's part is counted now: left to the worker's own revoke path
     (which meets the request only when the bucket lets it go), it was never counted
     when that worker stopped or died first, and the chord's body stayed PENDING for
-    good. A worker still running stores it again with the request; the result backend
-    counts a part once (``emp_tasks.chord_parts``), so that second report changes
-    nothing.
+    good. A worker still running stores it again with the request; Celery's chord
+    script counts a part once, so that second report changes nothing.
     """
     revoke_unclaimed(app, job_id, namespace)
     app.control.revoke(job_id)

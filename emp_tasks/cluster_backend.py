@@ -5,18 +5,17 @@ SET + PUBLISH, which a cluster pipeline refuses. Here the client is a
 ``RedisCluster`` (each ``celery-task-meta-*`` key goes to its slot's master)
 and the PUBLISH, which a cluster broadcasts to every node, follows the SET.
 A group's results are read slot by slot, and a group's chord counters share a
-hash tag, so groups and chords work as on one Redis (each part counted once,
-as ``emp_tasks.chord_parts`` counts it).
+hash tag, so groups and chords work as on one Redis (Celery's chord script
+counts each part once).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery.backends.redis import ResultConsumer
+from celery.backends.redis import RedisBackend, ResultConsumer
 
 from capability_router.cluster import cluster_client
-from emp_tasks.chord_parts import PartOnceBackend
 
 #: ``result_backend`` value prefix that selects this backend (``<this>+redis://...``).
 BACKEND = "emp_tasks.cluster_backend:ClusterBackend"
@@ -57,9 +56,8 @@ class ClusterResultConsumer(ResultConsumer):
                 self._pubsub.subscribe(*self.subscribed_to)
 
 
-class ClusterBackend(PartOnceBackend):
-    """``RedisBackend`` with a cluster client, counting each chord part once
-    (``emp_tasks.chord_parts``)."""
+class ClusterBackend(RedisBackend):
+    """``RedisBackend`` with a cluster client."""
 
     ResultConsumer = ClusterResultConsumer
 
