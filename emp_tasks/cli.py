@@ -16,6 +16,7 @@ if __name__ == "__main__":
     sys.exit()
 
 import json
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -157,6 +158,18 @@ def _at_least(low: float) -> Callable[[click.Context, click.Parameter, Any], Any
     return check
 
 
+def _above(low: float) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback refusing a value that is not a finite number above ``low``: click's
+    float takes ``nan`` and ``inf`` (``emp submit --timeout 0``, ``-1`` or ``nan`` filed the
+    job, then said ``timeout`` at once; ``emp simulate --scale nan`` ran on)."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and not (math.isfinite(value) and value > low):
+            raise click.BadParameter(f"must be a finite number above {low:g}, got {value!r}",
+                                     ctx, param)
+        return value
+    return check
+
+
 def _port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """A click callback refusing a port outside 0-65535 (0: any free one), naming its
     variable when it came from the environment: gunicorn answered 70000 with a traceback,
@@ -267,7 +280,8 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
 @click.option("--pool")
 @click.option("--workflow-id")
 @click.option("--no-wait", is_flag=True, help="Print the job id and return.")
-@click.option("--timeout", type=float, default=600.0, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True, callback=_above(0),
+              help="Seconds to wait for the job's end.")
 @click.pass_obj
 def submit(obj: dict[str, Any], service: str, payload: str | None, requirements: str | None,
            priority: int, customer_id: str | None, pool: str | None, workflow_id: str | None,
@@ -534,19 +548,19 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
 
 
 @main.command()
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, callback=_at_least(0))
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Where the local Redis keeps its append-only file, and the logs "
                    "(default: $XDG_STATE_HOME/emp/up, i.e. ~/.local/state/emp/up).")
-@click.option("--api-port", type=int, default=3331, show_default=True)
-@click.option("--webhook-port", type=int, default=3332, show_default=True)
-@click.option("--monitor-port", type=int, default=3333, show_default=True)
+@click.option("--api-port", type=int, default=3331, show_default=True, callback=_port)
+@click.option("--webhook-port", type=int, default=3332, show_default=True, callback=_port)
+@click.option("--monitor-port", type=int, default=3333, show_default=True, callback=_port)
 @click.option("--no-web", is_flag=True, help="Skip the API, the webhook service and the monitor.")
 @click.option("--demo", "with_demo", is_flag=True, help="Run the demo, then shut down.")
 @click.option("--machine", "machine_gpus", type=int, default=0, is_flag=False, flag_value=2,
               help="Also run a local machine (emp machine) with N mock GPUs and a "
                    "simulation worker on each (N defaults to 2).")
-@click.option("--health-port", type=int, default=9090, show_default=True,
+@click.option("--health-port", type=int, default=9090, show_default=True, callback=_port,
               help="The local machine's health server port.")
 @click.pass_obj
 def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
@@ -618,7 +632,7 @@ def _next_steps(stack: Stack, running: bool) -> str:
 @click.option("--trace", type=click.Path(exists=True, dir_okay=False),
               help="A JSONL trace instead of the synthetic day (README, \"Simulator\").")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0,
-              show_default=True,
+              show_default=True, callback=_above(0),
               help="Volume and fleet multiplier (10: 100 -> 500 -> 100 machines).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--policies", default=",".join(

@@ -157,6 +157,10 @@ class IntelligenceSettings:
             ("max_per_pool", place.max_per_pool, 0, True),
             ("directive_ttl_seconds", place.directive_ttl_seconds, 0, False)]
         for name, value, bound, allowed in limits:
+            # nan passed every comparison (an option's `--interval nan` ran; `--lease nan`
+            # crashed in its first tick) and inf overflowed the lease's milliseconds
+            if not math.isfinite(value):
+                raise EmpError(f"{names[name]} must be a finite number, got {value:g}")
             if value < bound or (value == bound and not allowed):
                 raise EmpError(f"{names[name]} must be {'>=' if allowed else '>'} {bound:g}, "
                                f"got {value:g}")

@@ -519,6 +519,26 @@ def test_bad_settings_stop_the_command_with_one_line_naming_them(
     assert client.get(INTELLIGENCE_LEADER_KEY) is None  # nothing ran
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (("--interval", "nan"), "--interval must be a finite number, got nan"),
+    (("--lease", "nan"), "--lease must be a finite number, got nan"),
+    (("--lease", "inf"), "--lease must be a finite number, got inf"),
+])
+def test_a_non_finite_option_stops_the_command_with_one_line_naming_it(
+        redis_server, client: redis.Redis, args: tuple[str, ...], words: str) -> None:
+    """Tried: the options the variables above stand for, given nan or inf (the variables
+    were checked for that, the options were not). Before: ``--interval nan`` led and ran
+    on, ``--lease nan`` was a traceback (ValueError) at the first tick."""
+    done = subprocess.run(
+        [sys.executable, "-m", "emp_tasks.cli", "intelligence", *args], capture_output=True,
+        text=True, timeout=60,
+        env={**os.environ, "EMP_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert client.get(INTELLIGENCE_LEADER_KEY) is None  # nothing ran
+
+
 @pytest.mark.parametrize(("env", "words"), [
     ({"EMP_INTELLIGENCE_MIN_EXPECTED": "-1"}, "EMP_INTELLIGENCE_MIN_EXPECTED must be > 0, got -1"),
     ({"EMP_INTELLIGENCE_MIN_EXPECTED": "0"}, "EMP_INTELLIGENCE_MIN_EXPECTED must be > 0, got 0"),

@@ -89,6 +89,36 @@ def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
     assert sorted(client.keys("*")) == before
 
 
+@pytest.mark.parametrize(("args", "option"), [
+    (("submit", "simulation", "--timeout", "0"), "--timeout"),
+    (("submit", "simulation", "--timeout", "-1"), "--timeout"),
+    (("submit", "simulation", "--timeout", "nan"), "--timeout"),
+    (("up", "--workers", "-1"), "--workers"),
+    (("up", "--api-port", "70000"), "--api-port"),
+    (("up", "--webhook-port", "-1"), "--webhook-port"),
+    (("up", "--monitor-port", "65536"), "--monitor-port"),
+    (("up", "--machine", "1", "--health-port", "70000"), "--health-port"),
+    (("simulate", "--quick", "--scale", "nan"), "--scale"),
+])
+def test_a_bad_number_on_the_command_line_is_refused_before_anything_starts(
+        redis_server, client, tmp_path, args: tuple[str, ...], option: str) -> None:
+    """Tried each of these, as a typo would give them. Before: `emp submit --timeout 0`
+    (or -1, or nan) filed the job and said "timeout" at once; `emp up` started with
+    "-1 workers"; a port above 65535 was a traceback from bind() after Redis had started;
+    `emp simulate --scale nan` ran on. Now each stops with click's usage error naming the
+    option, and nothing is filed, started or written."""
+    before = sorted(client.keys("*"))
+    where = {"submit": [], "up": ["--data-dir", str(tmp_path / "up")],
+             "simulate": ["--out", str(tmp_path / "sim")]}[args[0]]
+    env = {"EMP_REDIS_URL": redis_server.url if args[0] == "submit" else ""}
+    done = run(*args, *where, env=env, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"Invalid value for '{option}'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(client.keys("*")) == before
+    assert not (tmp_path / "up").exists() and not (tmp_path / "sim").exists()
+
+
 def test_submit_to_a_pool_no_live_worker_serves_says_so(redis_server, client, start_worker,
                                                          tmp_path: Path) -> None:
     """Tried: `emp submit --pool standrd` (a typo) with EMP_POOLS_FILE naming fast and
