@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from capability_router.errors import InvalidJob
@@ -46,10 +47,17 @@ def signature(value: Any) -> str:
     return text_signature(canonical_json(value))
 
 
+def _check_finite(path: str, value: Any) -> None:
+    """NaN and the infinities are not JSON: a class holding one was stored as ``Infinity``,
+    which no strict reader of the job's record or listing takes, and an infinite need
+    no worker ever meets."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidJob(f"{path} must be a finite number, got {value!r}")
+
+
 def _check_scalar_or_list(path: str, value: Any) -> Any:
     if isinstance(value, _SCALARS):
-        if isinstance(value, float) and value != value:
-            raise InvalidJob(f"{path} must not be NaN")
+        _check_finite(path, value)
         return value
     if isinstance(value, list):
         if not value:
@@ -57,6 +65,7 @@ def _check_scalar_or_list(path: str, value: Any) -> Any:
         for item in value:
             if not isinstance(item, _SCALARS):
                 raise InvalidJob(f"{path} items must be strings, numbers or booleans")
+            _check_finite(f"{path} items", item)
         return sorted(set(value), key=canonical_json)
     raise InvalidJob(
         f"{path} must be a string, number, boolean, list or object, got {type(value).__name__}"
@@ -90,6 +99,7 @@ def _number(path: str, value: Any) -> float | int:
             raise InvalidJob(f"{path} must be a number or 'all', got {value!r}")
     if value != value or value < 0:
         raise InvalidJob(f"{path} must be a non-negative number, got {value!r}")
+    _check_finite(path, value)
     return int(value) if float(value).is_integer() else value
 
 

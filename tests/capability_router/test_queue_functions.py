@@ -158,6 +158,18 @@ def test_completion_after_cancel_is_refused(queue: QueueFunctions) -> None:
     ({"requirements": {"hardware": {"gpu_memory_gb": "lots"}}},
      "requirements.hardware.gpu_memory_gb must be a number or 'all'"),
     ({"requirements": {"hardware": {"gpu_memory_gb": -4}}}, "non-negative"),
+    # Python's submit took these (REST parses strictly before): the class was stored with a
+    # bare Infinity, which no strict reader of the record or the listing takes, and no
+    # worker could ever serve it
+    ({"requirements": {"hardware": {"gpu_memory_gb": float("inf")}}},
+     "requirements.hardware.gpu_memory_gb must be a finite number, got inf"),
+    ({"requirements": {"hardware": {"gpu_memory_gb": "1e999"}}}, "must be a finite number"),
+    ({"requirements": {"vram_bandwidth": float("-inf")}},
+     "requirements.vram_bandwidth must be a finite number, got -inf"),
+    ({"requirements": {"speeds": [1.5, float("nan")]}},
+     "requirements.speeds items must be a finite number, got nan"),
+    ({"requirements": {"negative_requirements": {"region": float("inf")}}},
+     "requirements.negative_requirements.region must be a finite number"),
     ({"requirements": {"models": [1, 2]}}, "requirements.models"),
     ({"requirements": {"customer_isolation": "paranoid"}}, "customer_isolation must be one of"),
     ({"requirements": {"customer_isolation": "strict"}}, "has no customer_id"),
