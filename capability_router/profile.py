@@ -28,6 +28,19 @@ def _split(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
+def names_services(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``WORKER_SERVICES`` or ``WORKER_PROFILE_JSON``'s ``services`` says what the
+    worker serves; otherwise a worker serves every job type it can (``build_profile``)."""
+    env = os.environ if environ is None else environ
+    if _split(env.get("WORKER_SERVICES")):
+        return True
+    try:
+        base = json.loads(env.get("WORKER_PROFILE_JSON") or "{}")
+    except json.JSONDecodeError:
+        return False  # from_env says so
+    return isinstance(base, dict) and bool(base.get("services"))
+
+
 def _number_or_text(text: str) -> Any:
     try:
         number = float(text)
@@ -101,6 +114,12 @@ class WorkerProfile:
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if value is not None and not is_number:
                 raise InvalidProfile(f"hardware.{key} must be a number, got {value!r}")
+        # NaN and the infinities (WORKER_PROFILE_JSON's Infinity, WORKER_SPEED=inf) are
+        # not JSON: the profile was stored with a bare Infinity no strict reader takes
+        for path, value in self.normalized()["caps"].items():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise InvalidProfile(f"{path} must be a finite number, got {item!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerProfile:

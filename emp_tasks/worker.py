@@ -10,7 +10,7 @@ from celery.signals import celeryd_init
 
 from capability_router.eviction import warn_if_evicting
 from capability_router.keys import DEFAULT_NAMESPACE
-from capability_router.profile import WorkerProfile
+from capability_router.profile import WorkerProfile, names_services
 from capability_router.residency import ResidencyReporter
 from emp_tasks import defaults
 from emp_tasks.claim_gate import BoundedClaimGate
@@ -34,7 +34,7 @@ def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
     """
     profile = WorkerProfile.from_env(**overrides)
     connector = connector_from_env()
-    if not overrides.get("services") and not defaults.env("WORKER_SERVICES"):
+    if not overrides.get("services") and not names_services():
         served = connector.service if connector else None
         profile.services = sorted(
             name for name, task in services(app).items()

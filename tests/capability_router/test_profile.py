@@ -41,7 +41,35 @@ def test_equal_capabilities_share_a_signature() -> None:
     ({"WORKER_CUSTOMER_ISOLATION": "paranoid"}, "customer isolation must be"),
     ({"WORKER_MODELS": "{broken"}, "WORKER_MODELS is not valid JSON"),
     ({"WORKER_PROFILE_JSON": "[1"}, "WORKER_PROFILE_JSON is not valid JSON"),
+    # Python's json takes NaN and Infinity, and "inf" reads as a number: each profile was
+    # registered with a bare Infinity or NaN, which no strict JSON reader takes
+    ({"WORKER_PROFILE_JSON": '{"hardware": {"gpu_memory_gb": Infinity}}'},
+     "hardware.gpu_memory_gb must be a finite number, got inf"),
+    ({"WORKER_PROFILE_JSON": '{"region": NaN}'}, "region must be a finite number, got nan"),
+    ({"WORKER_PROFILE_JSON": '{"speeds": [1, -Infinity]}'}, "speeds must be a finite number"),
+    ({"WORKER_SPEED": "inf"}, "speed must be a finite number, got inf"),
 ])
 def test_bad_worker_environment_is_refused_with_the_variable_named(env, message) -> None:
     with pytest.raises(InvalidProfile, match=message):
         WorkerProfile.from_env({"WORKER_ID": "w", **env})
+
+
+
+@pytest.mark.parametrize(("env", "services"), [
+    ({}, ["echo", "simulation", "text"]),
+    ({"WORKER_SERVICES": "echo"}, ["echo"]),
+    ({"WORKER_PROFILE_JSON": '{"services": ["echo"], "region": "eu"}'}, ["echo"]),
+    ({"WORKER_PROFILE_JSON": '{"region": "eu"}'}, ["echo", "simulation", "text"]),
+])
+def test_a_worker_serves_the_services_its_environment_names_else_every_job_type(
+        app, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], services: list[str]) -> None:
+    """Tried: WORKER_PROFILE_JSON naming ``"services": ["echo"]``. Before, `emp worker`
+    replaced them with every job type (WORKER_SERVICES unset), so a worker meant for
+    echo alone also took simulation and text jobs; now the profile's services hold."""
+    from emp_tasks.worker import build_profile
+
+    for name in ("WORKER_SERVICES", "WORKER_PROFILE_JSON", "EMP_CONNECTOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert build_profile(app).services == services
