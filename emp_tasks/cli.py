@@ -549,7 +549,7 @@ def machine(obj: dict[str, Any], machine_id: str | None, plan: str | None,
 
 @main.command()
 @click.option("--workers", type=int, default=2, show_default=True, callback=_at_least(0))
-@click.option("--data-dir", type=click.Path(path_type=Path),
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the local Redis keeps its append-only file, and the logs "
                    "(default: $XDG_STATE_HOME/emp/up, i.e. ~/.local/state/emp/up).")
 @click.option("--api-port", type=int, default=3331, show_default=True, callback=_port)

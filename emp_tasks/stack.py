@@ -177,7 +177,11 @@ def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None =
     "monitor": 3333, "machine": 9090}) and, with ``machine_gpus``, a local
     machine with that many mock GPUs."""
     check_ports_free(ports or {})
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, or no right to make it: was a traceback
+        raise EmpError(f"cannot keep the data and logs in {data_dir}: "
+                       f"{exc.strerror or exc}") from None
     server, notes, url = None, [], redis_url
     if not url:
         server, notes = start_redis(data_dir / "redis")

@@ -66,6 +66,27 @@ def test_up_refuses_a_taken_web_port_before_starting_anything(tmp_path) -> None:
     assert not (tmp_path / "up").exists(), "nothing was started"
 
 
+def test_up_refuses_a_data_dir_it_cannot_make_in_one_line(tmp_path) -> None:
+    """Tried: `emp up --data-dir` naming a file, and a folder under a file (which no one
+    can make). Both were a traceback (FileExistsError, NotADirectoryError); now each is
+    one line naming the folder, and nothing is started or written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    ports = ["--api-port", str(free_port()), "--webhook-port", str(free_port()),
+             "--monitor-port", str(free_port())]
+    on_a_file = run("up", "--data-dir", str(a_file), *ports, env={"EMP_REDIS_URL": ""},
+                    timeout=60)
+    assert on_a_file.returncode == 2 and "Traceback" not in on_a_file.stderr
+    assert "Invalid value for '--data-dir'" in on_a_file.stderr and "is a file" in (
+        on_a_file.stderr), on_a_file.stderr
+    under_a_file = run("up", "--data-dir", str(a_file / "up"), *ports,
+                       env={"EMP_REDIS_URL": ""}, timeout=60)
+    assert under_a_file.returncode == 1 and "Traceback" not in under_a_file.stderr
+    assert f"cannot keep the data and logs in {a_file / 'up'}" in under_a_file.stderr, (
+        under_a_file.stderr)
+    assert a_file.read_text() == "mine" and sorted(tmp_path.iterdir()) == [a_file]
+
+
 def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
                                                         start_worker) -> None:
     start_worker("cli-worker")
