@@ -28,6 +28,45 @@ def _split(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
+#: The shape of WORKER_PROFILE_JSON's special fields: (type, what the message calls it).
+_PROFILE_JSON_FIELDS: dict[str, tuple[type, str]] = {
+    "services": (list, "a list of service names"), "hardware": (dict, "a JSON object"),
+    "models": (dict, "a JSON object of service: [model, ...]"),
+    "customer_access": (dict, "a JSON object"), "workflow_id": (str, "a string"),
+    "worker_id": (str, "a string"), "machine_id": (str, "a string"),
+}
+
+
+def profile_json(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``WORKER_PROFILE_JSON`` parsed, its special fields of the right kind ({} unset).
+
+    A wrong kind was taken as it came: ``"services": "echo"`` served the services "c",
+    "e", "h" and "o"; a list where an object belongs, or a JSON that is not an object,
+    stopped the start with a traceback; a number as ``workflow_id`` matched no job.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get("WORKER_PROFILE_JSON")
+    if not text:
+        return {}
+    try:
+        base = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidProfile(f"WORKER_PROFILE_JSON is not valid JSON: {exc}") from None
+    if not isinstance(base, dict):
+        raise InvalidProfile(f"WORKER_PROFILE_JSON must be a JSON object, got "
+                             f"{type(base).__name__}")
+    for name, (kind, wanted) in _PROFILE_JSON_FIELDS.items():
+        if name in base and not isinstance(base[name], kind):
+            raise InvalidProfile(f"WORKER_PROFILE_JSON {name} must be {wanted}, got "
+                                 f"{json.dumps(base[name])[:40]}")
+    models = base.get("models") or {}
+    if not all(isinstance(v, list) and all(isinstance(m, str) for m in v)
+               for v in models.values()):
+        raise InvalidProfile("WORKER_PROFILE_JSON models must map service names to lists "
+                             "of models")
+    return base
+
+
 def names_services(environ: Mapping[str, str] | None = None) -> bool:
     """True when ``WORKER_SERVICES`` or ``WORKER_PROFILE_JSON``'s ``services`` says what the
     worker serves; otherwise a worker serves every job type it can (``build_profile``)."""
@@ -35,10 +74,9 @@ def names_services(environ: Mapping[str, str] | None = None) -> bool:
     if _split(env.get("WORKER_SERVICES")):
         return True
     try:
-        base = json.loads(env.get("WORKER_PROFILE_JSON") or "{}")
-    except json.JSONDecodeError:
-        return False  # from_env says so
-    return isinstance(base, dict) and bool(base.get("services"))
+        return bool(profile_json(env).get("services"))
+    except InvalidProfile:
+        return False  # from_env says why
 
 
 def _number_or_text(text: str) -> Any:
@@ -102,7 +140,8 @@ class WorkerProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.worker_id, str) or not self.worker_id or "}" in self.worker_id:
             raise InvalidProfile(f"worker_id must be a non-empty string, got {self.worker_id!r}")
-        if not self.services or not all(isinstance(s, str) and s for s in self.services):
+        if (isinstance(self.services, str) or not self.services
+                or not all(isinstance(s, str) and s for s in self.services)):
             raise InvalidProfile("a worker needs at least one service (WORKER_SERVICES)")
         isolation = self.customer_access.get("isolation", "none")
         if isolation not in ("strict", "loose", "none"):
@@ -140,12 +179,7 @@ class WorkerProfile:
         fields (``WORKER_REGION=eu`` -> ``region: "eu"``).
         """
         env = os.environ if environ is None else environ
-        base: dict[str, Any] = {}
-        if env.get("WORKER_PROFILE_JSON"):
-            try:
-                base = json.loads(env["WORKER_PROFILE_JSON"])
-            except json.JSONDecodeError as exc:
-                raise InvalidProfile(f"WORKER_PROFILE_JSON is not valid JSON: {exc}") from None
+        base = profile_json(env)
         services = _split(env.get("WORKER_SERVICES")) or base.get("services") or ["simulation"]
         hardware = dict(base.get("hardware", {}))
         for key in ("gpu_memory_gb", "ram_gb", "cpu_cores"):

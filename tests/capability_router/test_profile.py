@@ -48,6 +48,19 @@ def test_equal_capabilities_share_a_signature() -> None:
     ({"WORKER_PROFILE_JSON": '{"region": NaN}'}, "region must be a finite number, got nan"),
     ({"WORKER_PROFILE_JSON": '{"speeds": [1, -Infinity]}'}, "speeds must be a finite number"),
     ({"WORKER_SPEED": "inf"}, "speed must be a finite number, got inf"),
+    # A wrong kind was taken as it came: "echo" served the services c, e, h and o, and a
+    # model named as text its letters; the others were tracebacks or matched no job
+    ({"WORKER_PROFILE_JSON": '{"services": "echo"}'},
+     'WORKER_PROFILE_JSON services must be a list of service names, got "echo"'),
+    ({"WORKER_PROFILE_JSON": '{"models": {"comfyui": "sdxl"}}'},
+     "WORKER_PROFILE_JSON models must map service names to lists of models"),
+    ({"WORKER_PROFILE_JSON": '{"hardware": [24]}'},
+     "WORKER_PROFILE_JSON hardware must be a JSON object, got \\[24\\]"),
+    ({"WORKER_PROFILE_JSON": '{"customer_access": "strict"}'},
+     "WORKER_PROFILE_JSON customer_access must be a JSON object"),
+    ({"WORKER_PROFILE_JSON": '{"workflow_id": 5}'},
+     "WORKER_PROFILE_JSON workflow_id must be a string, got 5"),
+    ({"WORKER_PROFILE_JSON": "[1, 2]"}, "WORKER_PROFILE_JSON must be a JSON object, got list"),
 ])
 def test_bad_worker_environment_is_refused_with_the_variable_named(env, message) -> None:
     with pytest.raises(InvalidProfile, match=message):
