@@ -52,7 +52,7 @@ from emp_tasks.context import JobContext, job_context
 from emp_tasks.job_types import job_type
 from emp_tasks.lease_keeper import lease_kept
 from emp_tasks.placement import place
-from emp_tasks.progress import report_progress
+from emp_tasks.progress import PROGRESS_STATE, percent_of_meta, report_progress
 
 #: apply_async keywords that belong to the job, not to Celery.
 JOB_OPTIONS = (
@@ -319,6 +319,19 @@ class EmpTask(Task):
     def progress(self, percent: float, message: str | None = None, **details: Any) -> None:
         """Report progress; raises JobCancelled when the job was cancelled."""
         report_progress(self.job, percent, message, **details)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        """Celery's ``update_state``; a ``PROGRESS`` state of this run whose meta gives a
+        ``percent``, or ``current`` of ``total``, is also the job's progress (its record,
+        ``update_job_progress`` event, sockets and webhooks), the meta its details. Like
+        ``progress()``, it then raises JobCancelled when the job was cancelled."""
+        super().update_state(task_id, state, meta, **kwargs)
+        own = task_id is None or task_id == self.request.id
+        percent = percent_of_meta(meta) if state == PROGRESS_STATE and own else None
+        if percent is not None and self.job is not None:
+            details = {k: v for k, v in meta.items() if isinstance(k, str) and k != "percent"}
+            report_progress(self.job, percent, None, **details)
 
     def is_cancelled(self) -> bool:
         return is_cancelled(self.job)
