@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import requests
 from rich.console import Console
 from rich.table import Table
 
+from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.states import JobStatus
 from emp_tasks.app import create_app
 from emp_tasks.producer import get_job, submit
@@ -33,8 +35,10 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
     app = create_app(url)
     submitted = [(spec, submit(app=app, **spec).id) for spec in DEMO_JOBS]
     console.print(f"submitted {len(submitted)} demo jobs to {url}")
+    records = {job_id: get_job(job_id, app=app) for _, job_id in submitted}
+    for line in _unserved(app, records.values(), f"waiting up to {timeout:g} s for one"):
+        console.print(line)
     deadline = time.monotonic() + timeout
-    records: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         records = {job_id: get_job(job_id, app=app) for _, job_id in submitted}
         if all(JobStatus(r["status"]).is_terminal for r in records.values()):
@@ -49,8 +53,27 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
                       str(record.get("priority")), record.get("worker_id", ""),
                       str(record.get("attempts")), record["status"])
     console.print(table)
+    waiting = [r for r in records.values() if not JobStatus(r["status"]).is_terminal]
+    if waiting:
+        console.print(f"demo: {len(waiting)} of {len(records)} jobs did not end within "
+                      f"{timeout:g} s")
+        for line in _unserved(app, waiting, "start one: `emp up`, or `emp worker` in "
+                                            "another shell, then `emp demo` again"):
+            console.print(line)
     app.close()
     return all(r["status"] == JobStatus.COMPLETED for r in records.values())
+
+
+def _unserved(app: Any, records: Iterable[dict[str, Any]], then: str) -> list[str]:
+    """A line per pool of ``records`` that no live worker serves: without one, the demo
+    waited its whole timeout in silence and ended with a table of pending jobs."""
+    from capability_router.pool_view import read_loads
+    from emp_tasks.connection import get_client
+
+    pools = sorted({r.get("pool") or DEFAULT_NAMESPACE for r in records})
+    loads = read_loads(get_client(app.conf.broker_url), pools)
+    return [f"note: no live worker serves pool {pool}; {then}"
+            for pool in pools if not loads[pool][0].live]
 
 
 def run_api_demo(api: str, timeout: float = 60.0, console: Console | None = None) -> bool:

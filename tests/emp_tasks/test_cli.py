@@ -42,10 +42,32 @@ def test_up_with_demo_brings_the_system_up_and_every_demo_job_completes(tmp_path
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: all jobs completed" in done.stdout
+    assert "no live worker" not in done.stdout, "the stack's workers serve the demo's pool"
     assert "Next: `emp up` keeps the stack running" in done.stdout, "it says what to do next"
     assert "emp submit simulation" in done.stdout
     assert "websocket: complete_job (success)" in done.stdout, "the API and its socket ran too"
     assert (tmp_path / "redis" / "appendonlydir").exists(), "append-only persistence is on"
+
+
+def test_demo_without_a_live_worker_says_so_at_once_and_at_the_end(redis_server,
+                                                                    client) -> None:
+    """Tried: `emp demo` against a Redis no worker serves (a first hour without `emp up`).
+    Before, it waited its whole minute in silence and ended, exit 1, with a table of
+    pending jobs and no word why; now it says at once that no live worker serves the
+    pool, and again at the end with what to start."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from emp_tasks.demo import run_demo
+
+    out = StringIO()
+    assert run_demo(redis_server.url, timeout=0.5, console=Console(file=out, width=200)) is False
+    text = out.getvalue()
+    first, last = text.index("submitted 5 demo jobs"), text.index("EMP demo jobs")
+    assert "note: no live worker serves pool default; waiting up to 0.5 s" in text[first:last]
+    assert "demo: 5 of 5 jobs did not end within 0.5 s" in text[last:]
+    assert "note: no live worker serves pool default; start one: `emp up`" in text[last:]
 
 
 def test_up_refuses_a_taken_web_port_before_starting_anything(tmp_path) -> None:
