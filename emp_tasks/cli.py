@@ -107,6 +107,20 @@ def _warn_unserved_pool(app: Any, pool: str, named: bool = True,
         click.echo(f"warning: {warning}", err=True)
 
 
+def _note_unserved_pool(app: Any, pool: str) -> None:
+    """A note on stderr when no live worker serves ``pool`` as ``emp submit`` starts to
+    wait: it showed a bar at 0% for up to --timeout without a word (a first hour without
+    `emp up`). A pools file's scaler may still start machines for it: a note, not an
+    error."""
+    from capability_router.pool_view import read_loads
+    from emp_tasks.connection import get_client
+
+    if not read_loads(get_client(app.conf.broker_url), [pool])[pool][0].live:
+        click.echo(f"note: no live worker serves pool {pool} yet; the job waits for one "
+                   "(`emp up` or `emp worker` starts workers; Ctrl-C stops waiting, the "
+                   "job stays filed)", err=True)
+
+
 def _start_refusal(exc: BaseException) -> str:
     """Why Redis stopped a worker's start, in words."""
     import redis
@@ -330,6 +344,8 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
             return
         # The router's pool when the job named none; its events are in that pool's streams.
         job_pool = job_pool or get_job(result.id, app=app)["pool"]
+        if not named_pool:  # a named one was warned of above
+            _note_unserved_pool(app, job_pool)
         status, data = follow_job(url, job_pool, result.id, timeout=timeout)
     except redis.RedisError as exc:
         lost = f"Redis stopped answering ({type(exc).__name__}: {exc})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from rich.console import Console
@@ -19,19 +20,21 @@ BLOCK = block_ms(1000)
 
 def follow_job(url: str, namespace: str, job_id: str, timeout: float = 600.0,
                console: Console | None = None) -> tuple[str, dict[str, Any]]:
-    """Show a progress bar for the job; returns (final status, last event data)."""
+    """Show a progress bar for the job; returns (final status, last event data), or
+    ("timeout", {}) once ``timeout`` seconds have passed (wall time: counting only the
+    reads that found nothing, a job reporting progress never timed out)."""
     client = get_client(url)
     key = Keys(namespace).job_events(job_id)
     last_id = "0-0"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())
+    deadline = time.monotonic() + timeout
     with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
         task = bar.add_task(f"{job_id[:8]} pending", total=100)
-        waited = 0.0
-        while waited < timeout:
-            reply = client.xread({key: last_id}, block=BLOCK, count=100)
+        while (left := deadline - time.monotonic()) > 0:
+            block = max(1, min(BLOCK, int(left * 1000)))
+            reply = client.xread({key: last_id}, block=block, count=100)
             if not reply:
-                waited += BLOCK / 1000
                 continue
             for entry_id, fields in reply[0][1]:
                 last_id = entry_id

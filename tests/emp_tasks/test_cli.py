@@ -115,6 +115,17 @@ def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
     env = {"EMP_REDIS_URL": redis_server.url}
     done = run("submit", "simulation", "--payload", '{"steps": 3, "duration": 0.3}', env=env)
     assert done.returncode == 0, done.stderr
+    assert "no live worker" not in done.stderr
+
+    # --timeout is wall time: a job reporting progress every 0.2 s for 20 s was waited
+    # for to its end, since only reads that found no event counted toward the timeout
+    started = time.monotonic()
+    busy = run("submit", "simulation", "--payload", '{"steps": 100, "duration": 20}',
+               "--timeout", "2", env=env)
+    assert busy.returncode == 1 and json.loads(busy.stdout.splitlines()[-1])["status"] == (
+        "timeout"), busy.stdout + busy.stderr
+    assert time.monotonic() - started < 12
+    run("cancel", busy.stdout.splitlines()[0], env=env)
     job_id = done.stdout.splitlines()[0]
     final = json.loads(done.stdout.splitlines()[-1])
     assert final["status"] == "completed" and final["job_id"] == job_id
@@ -160,6 +171,20 @@ def test_a_bad_number_on_the_command_line_is_refused_before_anything_starts(
     assert "Traceback" not in done.stderr
     assert sorted(client.keys("*")) == before
     assert not (tmp_path / "up").exists() and not (tmp_path / "sim").exists()
+
+
+def test_submit_without_a_live_worker_notes_it_while_it_waits(redis_server, client) -> None:
+    """Tried: `emp submit echo` with no worker running (a first hour without `emp up`).
+    Before, a bar at 0% for up to --timeout and no word why; now a note on stderr says no
+    live worker serves the pool yet, and the job stays filed."""
+    done = run("submit", "echo", "--timeout", "1", env={"EMP_REDIS_URL": redis_server.url})
+    assert done.returncode == 1
+    assert "note: no live worker serves pool default yet; the job waits for one" in (
+        done.stderr), done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"job_id": job_id, "status": "timeout"}
+    shown = run("job", job_id, env={"EMP_REDIS_URL": redis_server.url})
+    assert json.loads(shown.stdout)["status"] == "pending"
 
 
 def test_submit_to_a_pool_no_live_worker_serves_says_so(redis_server, client, start_worker,
