@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
 from machine import metrics
@@ -150,6 +151,21 @@ def _machine_error(exc: MachineError):  # noqa: ANN202 - Flask response
     return _error(503, str(exc))
 
 
+def _http_error(exc: HTTPException):  # noqa: ANN202 - Flask response
+    """An unknown path or a wrong method in the app's JSON, not Flask's HTML page; a 405
+    keeps its ``Allow``."""
+    response = _error(exc.code or 500, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _unexpected(exc: Exception):  # noqa: ANN202 - Flask response
+    logger.exception("health server: unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal error")
+
+
 def create_app(machine: MachineView) -> Flask:
     """The health app of ``machine``."""
     app = Flask(__name__)
@@ -158,6 +174,8 @@ def create_app(machine: MachineView) -> Flask:
     app.register_blueprint(bp)
     app.register_error_handler(UnknownProgram, _unknown_program)
     app.register_error_handler(MachineError, _machine_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
     return app
 
 

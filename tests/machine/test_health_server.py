@@ -123,6 +123,34 @@ def test_served_over_real_http() -> None:
         server.stop()
 
 
+class Broken(StandIn):
+    """A runtime whose status read fails in a way the app does not expect."""
+
+    def status(self) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+
+def test_an_unknown_path_a_wrong_method_and_a_crash_answer_json() -> None:
+    """Tried, over real HTTP: GET /nope, POST /health, DELETE /ready, and /status on a
+    runtime whose status read raises. Each was Flask's HTML page (404, 405 without the
+    app's JSON, 500), the only non-JSON answers of the health server; now each is
+    ``{"error": ...}`` JSON, the 405 with its ``Allow``, and the server keeps answering."""
+    server = HealthServer(Broken(), "127.0.0.1", 0).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        for method, path, status in (("get", "/nope", 404), ("post", "/health", 405),
+                                     ("delete", "/ready", 405), ("get", "/status", 500)):
+            reply = getattr(requests, method)(base + path, timeout=5)
+            assert reply.status_code == status
+            assert reply.headers["Content-Type"] == "application/json", reply.text
+            assert set(reply.json()) == {"error"}, reply.text
+        assert "GET" in requests.post(f"{base}/health", timeout=5).headers["Allow"]
+        assert requests.get(f"{base}/status", timeout=5).json() == {"error": "internal error"}
+        assert requests.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+    finally:
+        server.stop()
+
+
 class OnSupervisor(StandIn):
     """A stand-in whose restarts and logs go to a real supervisord."""
 
