@@ -37,7 +37,8 @@ SERVICE_ALIASES = ("service_required", "job_type", "type")
 
 #: Record fields the router and duration model add (``capability_router.routing``).
 ROUTING_FIELDS = ("routing", "duration_key", "work_units", "predicted_ms")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+#: What a customer or workflow id may be (a job's, a worker's allowed/denied customers).
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
 def _name(field_name: str, value: Any, required: bool = False) -> str | None:
@@ -45,7 +46,7 @@ def _name(field_name: str, value: Any, required: bool = False) -> str | None:
         if required:
             raise InvalidJob(f"{field_name} is required")
         return None
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
         raise InvalidJob(
             f"{field_name} must be 1-128 letters, digits or '_.:-', got {value!r}"
         )

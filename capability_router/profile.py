@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capability_router.errors import InvalidProfile
+from capability_router.jobspec import NAME_RE
 from capability_router.requirements import canonical_json, signature
 
 _IDENTITY = ("worker_id", "machine_id")
@@ -143,6 +144,12 @@ class WorkerProfile:
         if (isinstance(self.services, str) or not self.services
                 or not all(isinstance(s, str) and s for s in self.services)):
             raise InvalidProfile("a worker needs at least one service (WORKER_SERVICES)")
+        for key in ("allowed_customers", "denied_customers"):
+            for customer in self.customer_access.get(key) or []:
+                if not isinstance(customer, str) or not NAME_RE.match(customer):
+                    # a name no job can carry: the worker matched no customer by it
+                    raise InvalidProfile(f"{key} must be customer ids (1-128 letters, "
+                                         f"digits or '_.:-'), got {customer!r}")
         isolation = self.customer_access.get("isolation", "none")
         if isolation not in ("strict", "loose", "none"):
             raise InvalidProfile(

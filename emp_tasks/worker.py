@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init
 
+from capability_router.errors import InvalidProfile
 from capability_router.eviction import warn_if_evicting
 from capability_router.keys import DEFAULT_NAMESPACE
 from capability_router.profile import WorkerProfile, names_services
@@ -34,11 +35,18 @@ def build_profile(app: Celery, **overrides: Any) -> WorkerProfile:
     """
     profile = WorkerProfile.from_env(**overrides)
     connector = connector_from_env()
+    known = services(app)
     if not overrides.get("services") and not names_services():
         served = connector.service if connector else None
         profile.services = sorted(
-            name for name, task in services(app).items()
+            name for name, task in known.items()
             if not getattr(task, "external_service", False) or name == served)
+    unknown = [name for name in profile.services if name not in known]
+    if unknown:  # a typo: the worker waited for good, or failed what it claimed
+        raise InvalidProfile(
+            f"WORKER_SERVICES: no job type of this app runs {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(known)) or 'none'}; a project's own job types come "
+            "from EMP_CELERY_CONFIG's imports)")
     if connector is not None:
         try:
             connector.initialize()

@@ -61,6 +61,10 @@ def test_equal_capabilities_share_a_signature() -> None:
     ({"WORKER_PROFILE_JSON": '{"workflow_id": 5}'},
      "WORKER_PROFILE_JSON workflow_id must be a string, got 5"),
     ({"WORKER_PROFILE_JSON": "[1, 2]"}, "WORKER_PROFILE_JSON must be a JSON object, got list"),
+    # a name no job's customer_id can be: the worker matched no customer by it
+    ({"ALLOWED_CUSTOMERS": "acme,big corp"},
+     "allowed_customers must be customer ids .*, got 'big corp'"),
+    ({"DENIED_CUSTOMERS": "evil/inc"}, "denied_customers must be customer ids"),
 ])
 def test_bad_worker_environment_is_refused_with_the_variable_named(env, message) -> None:
     with pytest.raises(InvalidProfile, match=message):
@@ -73,16 +77,26 @@ def test_bad_worker_environment_is_refused_with_the_variable_named(env, message)
     ({"WORKER_SERVICES": "echo"}, ["echo"]),
     ({"WORKER_PROFILE_JSON": '{"services": ["echo"], "region": "eu"}'}, ["echo"]),
     ({"WORKER_PROFILE_JSON": '{"region": "eu"}'}, ["echo", "simulation", "text"]),
+    # a typo: the worker waited for jobs no job type files, or failed what it claimed
+    ({"WORKER_SERVICES": "echo,simulaton"}, "no job type of this app runs 'simulaton' "
+                                            "\\(known: comfyui, echo, simulation, text"),
 ])
 def test_a_worker_serves_the_services_its_environment_names_else_every_job_type(
-        app, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], services: list[str]) -> None:
+        app, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+        services: list[str] | str) -> None:
     """Tried: WORKER_PROFILE_JSON naming ``"services": ["echo"]``. Before, `emp worker`
     replaced them with every job type (WORKER_SERVICES unset), so a worker meant for
-    echo alone also took simulation and text jobs; now the profile's services hold."""
+    echo alone also took simulation and text jobs; now the profile's services hold. And
+    ``WORKER_SERVICES=echo,simulaton`` (a typo) started a worker that waited for good for
+    jobs no job type files; now the start stops naming it and the known services."""
     from emp_tasks.worker import build_profile
 
     for name in ("WORKER_SERVICES", "WORKER_PROFILE_JSON", "EMP_CONNECTOR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert build_profile(app).services == services
+    if isinstance(services, str):
+        with pytest.raises(InvalidProfile, match=services):
+            build_profile(app)
+    else:
+        assert build_profile(app).services == services
