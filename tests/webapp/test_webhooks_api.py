@@ -66,6 +66,11 @@ def webhook_keys(client: redis.Redis) -> list[str]:
     ({**GOOD, "events": ["job_submitted", "job_exploded"]}, "events[1]", "unknown event type"),
     ({**GOOD, "filters": {"colour": ["red"]}}, "filters.colour", "unknown field"),
     ({**GOOD, "filters": {"job_types": "echo"}}, "filters.job_types", "array"),
+    # Before: registered, and never fired (no job's customer or workflow id has a space)
+    ({**GOOD, "filters": {"customer_ids": ["acme", "big corp"]}}, "filters.customer_ids[1]",
+     "does not match"),
+    ({**GOOD, "filters": {"workflow_ids": ["wf/1"]}}, "filters.workflow_ids[0]",
+     "does not match"),
     ({**GOOD, "filters": {"priorities": [101]}}, "filters.priorities[0]", "0 to 100"),
     ({**GOOD, "filters": {"priorities": ["high"]}}, "filters.priorities[0]", "0 to 100"),
     ({**GOOD, "filters": {"min_priority": 80, "max_priority": 20}}, "filters.max_priority",

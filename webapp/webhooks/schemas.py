@@ -15,10 +15,15 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from capability_router.jobspec import NAME_RE
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
 
 _NAMES = {"type": "array", "maxItems": 1000,
           "items": {"type": "string", "minLength": 1, "maxLength": 256}}
+#: Customer and workflow ids, as a job's (``capability_router.jobspec.NAME_RE``): a name
+#: no job can carry made a hook that never fired, without a word.
+_IDS = {"type": "array", "maxItems": 1000,
+        "items": {"type": "string", "pattern": NAME_RE.pattern}}
 _PRIORITY = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 100},
                        {"type": "string", "pattern": "^(100|[1-9]?[0-9])$"}]}
 _PRIORITY_BOUND = {"type": "integer", "minimum": 0, "maximum": 100}
@@ -31,7 +36,7 @@ FILTERS_SCHEMA = {
     "type": "object", "additionalProperties": False,
     "properties": {
         "job_types": _NAMES, "machine_ids": _NAMES, "worker_ids": _NAMES,
-        "customer_ids": _NAMES, "workflow_ids": _NAMES,
+        "customer_ids": _IDS, "workflow_ids": _IDS,
         "priorities": {"type": "array", "maxItems": 101, "items": _PRIORITY},
         "job_priorities": {"type": "array", "maxItems": 101, "items": _PRIORITY},
         "min_priority": _PRIORITY_BOUND, "max_priority": _PRIORITY_BOUND,
