@@ -29,6 +29,24 @@ def test_the_task_history_kept_in_memory_is_bounded_by_default(argv, env, expect
     assert options_of(*argv, **env) == expected
 
 
+@pytest.mark.parametrize("argv, env, words", [
+    (("--basic_auth=admin",), {}, "--basic_auth (or FLOWER_BASIC_AUTH): 'admin' is not "
+                                  "user:password"),
+    (("--basic_auth=ops:s3cret,:nouser",), {}, "':nouser' is not user:password"),
+    ((), {"FLOWER_BASIC_AUTH": "ops"}, "'ops' is not user:password"),
+    (("--max_tasks=-5",), {}, "--max_tasks (or FLOWER_MAX_TASKS) must be at least 0, got -5"),
+])
+def test_a_flower_option_flower_cannot_use_stops_the_start(argv, env, words) -> None:
+    """Tried: ``--basic_auth=admin`` (no password), a second entry without a user, the
+    same through FLOWER_BASIC_AUTH, and ``--max_tasks=-5``. Before, the monitor started;
+    with such a login it refused everyone, its operator included (Flower compares the
+    decoded ``user:password`` with each entry). Now the start stops naming the option."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=60)
+    assert done.returncode != 0 and words in done.stderr, done.stderr
+    assert "MonitorOptionError" in done.stderr  # emp monitor turns it into a usage error
+
+
 @pytest.mark.timeout(120)
 def test_the_no_authentication_warning_says_what_is_open(start_server) -> None:  # noqa: ANN001
     """Tried: `emp monitor` with no options, then with --read_only (FLOWER_READ_ONLY), each

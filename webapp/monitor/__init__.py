@@ -51,7 +51,23 @@ def flower_options(argv: Sequence[str], port: int | None, address: str | None) -
         options.port = port
     if address is not None:
         options.address = address
+    check_flower_values(options)
     return options
+
+
+def check_flower_values(options: Any) -> None:
+    """MonitorOptionError for a Flower option Flower takes but cannot use: a
+    ``--basic_auth`` entry without ``user:password`` matched no login (Flower compares
+    the decoded ``user:password`` with each entry), so the monitor started and refused
+    everyone, its operator included; a negative ``--max_tasks``."""
+    for entry in options.basic_auth or []:
+        user, colon, _ = entry.partition(":")
+        if not user or not colon:
+            raise MonitorOptionError(f"--basic_auth (or FLOWER_BASIC_AUTH): {entry!r} is not "
+                                     "user:password (several: a comma list)")
+    if options.max_tasks is not None and options.max_tasks < 0:
+        raise MonitorOptionError(f"--max_tasks (or FLOWER_MAX_TASKS) must be at least 0, got "
+                                 f"{options.max_tasks}")
 
 
 def check_flower_env(options: Any) -> None:
