@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 
+from capability_router.jobspec import NAME_RE
 from emp_tasks import defaults
 
 #: Ports of the original system.
@@ -44,16 +45,25 @@ _LIMIT_NAMES = ("rate", "burst", "pending", "classes", "sockets")
 
 
 def _pairs(text: str | None) -> dict[str, str]:
-    """``"a=x,b=y"`` -> ``{"a": "x", "b": "y"}``; malformed items raise ValueError."""
+    """``"a=x,b=y"`` -> ``{"a": "x", "b": "y"}``; malformed items raise ValueError, and so
+    do a customer id no job can carry (each submit with the token was refused) and one
+    token given for two customers (the last one won, without a word)."""
     out: dict[str, str] = {}
     for item in (text or "").split(","):
         item = item.strip()
         if not item:
             continue
         token, sep, customer = item.partition("=")
-        if not sep or not token.strip() or not customer.strip():
+        token, customer = token.strip(), customer.strip()
+        if not sep or not token or not customer:
             raise ValueError(f"EMP_API_TOKENS item {item!r} is not token=customer_id")
-        out[token.strip()] = customer.strip()
+        if not NAME_RE.match(customer):
+            raise ValueError(f"EMP_API_TOKENS item {item!r}: {customer!r} is not a customer "
+                             "id (1-128 letters, digits or '_.:-')")
+        if out.get(token, customer) != customer:
+            raise ValueError(f"EMP_API_TOKENS gives one token for two customers, "
+                             f"{out[token]!r} and {customer!r}")
+        out[token] = customer
     return out
 
 

@@ -93,6 +93,21 @@ def test_api_with_no_processes_stops_at_start_with_one_line() -> None:
         "Error: EMP_API_PROCESSES must be "), done.stderr
 
 
+@pytest.mark.parametrize("tokens, words", [
+    ("tok-a=acme,tok-a=globex", "EMP_API_TOKENS gives one token for two customers, 'acme' "
+                                "and 'globex'"),
+    ("tok-a=big corp", "EMP_API_TOKENS item 'tok-a=big corp': 'big corp' is not a customer id"),
+])
+def test_api_tokens_that_cannot_work_stop_it_at_start_with_one_line(tokens, words) -> None:
+    """Tried: one token given for two customers, and a customer id no job can carry.
+    Before, both started: the first token authenticated as the last customer named for
+    it (which the operator may not have meant), the second's every submit was refused."""
+    done = run("api", "--port", "1", env={**NO_REDIS, "EMP_API_TOKENS": tokens}, timeout=20)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert words in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("command, name", [
     ("api", "EMP_API_PORT"), ("webhooks", "EMP_WEBHOOK_PORT"), ("monitor", "EMP_MONITOR_PORT"),
 ])
