@@ -157,13 +157,18 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
     """``"acme:rate=5,pending=100;globex:sockets=10"`` -> limits per customer id;
     ValueError naming the bad item."""
     out: dict[str, CustomerLimits] = {}
+    given: set[tuple[str, str]] = set()  # (customer, limit) pairs set so far
     for item in (text or "").split(";"):
         item = item.strip()
         if not item:
             continue
         customer, sep, settings = item.rpartition(":")
-        if not sep or not customer.strip():
+        customer = customer.strip()
+        if not sep or not customer:
             raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r} is not customer:name=value,...")
+        if not NAME_RE.match(customer):  # no job carries it: the limits applied to no one
+            raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {customer!r} is not a "
+                             "customer id (1-128 letters, digits or '_.:-')")
         values: dict[str, float | int] = {}
         for pair in settings.split(","):
             name, eq, value = (part.strip() for part in pair.partition("="))
@@ -177,13 +182,16 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
                                  "number") from None
             if number < 0 or not math.isfinite(number):
                 raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {name} must be >= 0")
+            if (customer, name) in given:  # the last one won, without a word
+                raise ValueError(f"EMP_CUSTOMER_LIMITS gives {customer}'s {name} twice")
+            given.add((customer, name))
             values[name] = number
-        limits = replace(out.get(customer.strip(), default), **values)
+        limits = replace(out.get(customer, default), **values)
         if limits.rate > 0 and limits.burst < 1:
             raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: burst must be at least 1 "
                              "under a rate (0 turns the rate limit off): a bucket of 0 "
                              "refuses every submission")
-        out[customer.strip()] = limits
+        out[customer] = limits
     return out
 
 

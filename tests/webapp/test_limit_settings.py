@@ -26,6 +26,11 @@ def test_customer_limits_override_the_defaults_per_customer(monkeypatch) -> None
     ("acme", "acme"), (":rate=1", ":rate=1"), ("acme:speed=1", "speed=1"),
     ("acme:rate=fast", "rate must be a number"), ("acme:pending=-1", "pending must be >= 0"),
     ("acme:rate=inf", "rate must be >= 0"), ("acme:burst=1.5", "burst must be a number"),
+    # Before, each was taken: the last value won without a word, and limits for a name no
+    # job's customer_id can be applied to no one
+    ("acme:rate=5,rate=7", "gives acme's rate twice"),
+    ("acme:rate=5;globex:sockets=1;acme:rate=9", "gives acme's rate twice"),
+    ("big corp:rate=5", "'big corp' is not a customer id"),
 ])
 def test_a_bad_limit_item_is_refused_naming_it(text: str, named: str) -> None:
     with pytest.raises(ValueError, match="EMP_CUSTOMER_LIMITS") as refused:
