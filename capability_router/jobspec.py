@@ -39,6 +39,8 @@ SERVICE_ALIASES = ("service_required", "job_type", "type")
 ROUTING_FIELDS = ("routing", "duration_key", "work_units", "predicted_ms")
 #: What a customer or workflow id may be (a job's, a worker's allowed/denied customers).
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+#: NAME_RE in words, for the messages that refuse a name.
+NAME_RULE = "1-128 letters, digits or '_.:-'"
 
 
 def _name(field_name: str, value: Any, required: bool = False) -> str | None:
@@ -48,7 +50,7 @@ def _name(field_name: str, value: Any, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise InvalidJob(
-            f"{field_name} must be 1-128 letters, digits or '_.:-', got {value!r}"
+            f"{field_name} must be {NAME_RULE}, got {value!r}"
         )
     return value
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capability_router.errors import InvalidProfile
-from capability_router.jobspec import NAME_RE
+from capability_router.jobspec import NAME_RE, NAME_RULE
 from capability_router.requirements import canonical_json, signature
 
 _IDENTITY = ("worker_id", "machine_id")
@@ -148,8 +148,8 @@ class WorkerProfile:
             for customer in self.customer_access.get(key) or []:
                 if not isinstance(customer, str) or not NAME_RE.match(customer):
                     # a name no job can carry: the worker matched no customer by it
-                    raise InvalidProfile(f"{key} must be customer ids (1-128 letters, "
-                                         f"digits or '_.:-'), got {customer!r}")
+                    raise InvalidProfile(f"{key} must be customer ids ({NAME_RULE}), "
+                                         f"got {customer!r}")
         isolation = self.customer_access.get("isolation", "none")
         if isolation not in ("strict", "loose", "none"):
             raise InvalidProfile(

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 
-from capability_router.jobspec import NAME_RE
+from capability_router.jobspec import NAME_RE, NAME_RULE
 from emp_tasks import defaults
 
 #: Ports of the original system.
@@ -44,6 +44,13 @@ SOCKETS = 200
 _LIMIT_NAMES = ("rate", "burst", "pending", "classes", "sockets")
 
 
+def _check_customer(setting: str, item: str, customer: str) -> None:
+    """ValueError when ``customer`` (of ``setting``'s ``item``) is no id a job can carry."""
+    if not NAME_RE.match(customer):
+        raise ValueError(f"{setting} item {item!r}: {customer!r} is not a customer id "
+                         f"({NAME_RULE})")
+
+
 def _pairs(text: str | None) -> dict[str, str]:
     """``"a=x,b=y"`` -> ``{"a": "x", "b": "y"}``; malformed items raise ValueError, and so
     do a customer id no job can carry (each submit with the token was refused) and one
@@ -57,9 +64,7 @@ def _pairs(text: str | None) -> dict[str, str]:
         token, customer = token.strip(), customer.strip()
         if not sep or not token or not customer:
             raise ValueError(f"EMP_API_TOKENS item {item!r} is not token=customer_id")
-        if not NAME_RE.match(customer):
-            raise ValueError(f"EMP_API_TOKENS item {item!r}: {customer!r} is not a customer "
-                             "id (1-128 letters, digits or '_.:-')")
+        _check_customer("EMP_API_TOKENS", item, customer)
         if out.get(token, customer) != customer:
             raise ValueError(f"EMP_API_TOKENS gives one token for two customers, "
                              f"{out[token]!r} and {customer!r}")
@@ -166,9 +171,7 @@ def parse_limits(text: str | None, default: CustomerLimits) -> dict[str, Custome
         customer = customer.strip()
         if not sep or not customer:
             raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r} is not customer:name=value,...")
-        if not NAME_RE.match(customer):  # no job carries it: the limits applied to no one
-            raise ValueError(f"EMP_CUSTOMER_LIMITS item {item!r}: {customer!r} is not a "
-                             "customer id (1-128 letters, digits or '_.:-')")
+        _check_customer("EMP_CUSTOMER_LIMITS", item, customer)  # else limits for no one
         values: dict[str, float | int] = {}
         for pair in settings.split(","):
             name, eq, value = (part.strip() for part in pair.partition("="))
