@@ -155,6 +155,15 @@ class _RequeueWithoutTraceback(logging.Filter):
 logging.getLogger("celery.app.trace").addFilter(_RequeueWithoutTraceback())
 
 
+def _check_retries(retries: Any) -> None:
+    """Refuse a new job's ``retries`` (Celery's count of the runs before this one) that is
+    not a whole number >= 0: a message saying -1 ran as a retry of nothing, and its
+    task's first retry then failed the job with a KeyError."""
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                or retries < 0):
+        raise InvalidJob(f"retries must be a whole number >= 0, got {retries!r}")
+
+
 class EmpTask(Task):
     """Base class of every EMP job type."""
 
@@ -217,6 +226,7 @@ class EmpTask(Task):
             payload["args"] = list(args)
         fields = {k: options.pop(k) for k in JOB_OPTIONS if k in options}
         fields = {k: v for k, v in fields.items() if v is not None}
+        _check_retries(options.get("retries"))
         named = named_pools(self, args, kwargs, options, fields, routes=False)
         queues = [n for n in (named["queue"], named["task queue"]) if n.pool is not None]
         if queues:  # the call's queue, else the task's

@@ -25,6 +25,11 @@ REFUSED = [
     {"kwargs": {"x": float("nan")}},
     {"priority": 1000},
     {"max_retries": -1},
+    # Celery's own count of earlier runs: -1 was filed as a retry of nothing, and the
+    # job's first retry failed it (KeyError 'fields' in the enqueue)
+    {"retries": -1},
+    {"retries": 1.5},
+    {"retries": "2"},
     {"customer_id": "a b"},
     {"workflow_datetime": "nope"},
     {"ctx": [1]},
