@@ -121,13 +121,18 @@ def submit(
 
     ``job_fields`` are the original's other job fields (``max_retries``,
     ``workflow_id``, ...), ``pool``, and Celery options such as ``task_id``
-    (the original's ``message_id`` is accepted as ``task_id``).
+    (the original's ``message_id`` is accepted as ``task_id``; both, naming two ids,
+    are refused).
     """
     task = service_task(service, app)
     if payload is not None and not isinstance(payload, dict):
         raise InvalidJob(f"payload must be a JSON object, got {type(payload).__name__}")
     if "message_id" in job_fields:
-        job_fields["task_id"] = job_fields.pop("message_id")
+        message_id = job_fields.pop("message_id")
+        if job_fields.get("task_id") not in (None, message_id):
+            raise InvalidJob(f"message_id {message_id!r} and task_id "
+                             f"{job_fields['task_id']!r} name two ids; give one")
+        job_fields["task_id"] = message_id
     return task.apply_async(
         kwargs=payload or {}, requirements=requirements, priority=priority,
         customer_id=customer_id, **job_fields,
