@@ -30,13 +30,24 @@ from webapp.monitor.webhooks import reconnect, webhooks_view
 from webapp.query import repeated
 
 
+def single_argument(handler: tornado.web.RequestHandler, name: str,
+                    default: str | None = None) -> str | None:
+    """Query parameter ``name`` (``default`` when absent). Given more than once, a 400 in
+    the REST API's words (``webapp.query.repeated``): Tornado's ``get_query_argument``
+    takes the last (``?status=pending&status=failed`` listed the failed jobs alone)."""
+    given = handler.get_query_arguments(name)
+    if len(given) > 1:
+        raise tornado.web.HTTPError(400, repeated(name, len(given)))
+    return given[0] if given else default
+
+
 class MachinesData(JsonHandler):
     """Every machine and worker (scripts); ``?view=page``: what the Machines page shows,
     with an ETag that stays the same while the fleet does (``machines.page_view``)."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        view = self.get_query_argument("view", "full")
+        view = single_argument(self, "view", "full")
         if view not in ("full", "page"):
             raise tornado.web.HTTPError(400, f"view must be 'full' or 'page', not {view!r}")
         machines = await self.blocking(machines_view, self.state.backend.redis)
@@ -84,7 +95,7 @@ class PoolMetricsData(JsonHandler):
 
     @tornado.web.authenticated
     async def get(self, pool: str) -> None:
-        window = self.get_query_argument("window", "1h")
+        window = single_argument(self, "window", "1h") or ""
         try:
             check_namespace(pool)
             parse_window(window)
@@ -102,7 +113,7 @@ class PoolMetricsData(JsonHandler):
 class JobsData(JsonHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        args = {name: self.get_query_argument(name) for name in self.request.query_arguments}
+        args = {name: single_argument(self, name) for name in self.request.query_arguments}
         try:
             query = jobs.parse_query(args)
         except jobs.BadQuery as exc:
@@ -139,13 +150,10 @@ def query_flag(handler: tornado.web.RequestHandler, name: str) -> bool:
     """Query parameter ``name`` as on/off, in the words an on/off setting takes
     (``env.flag_value``: ``?terminate=maybe`` silently meant off), off when absent or
     empty; another word is a 400 naming the parameter and the words. Given more than
-    once, a 400 in the REST API's words (``webapp.query.repeated``): Tornado's
-    ``get_query_argument`` took the last of ``?terminate=no&terminate=yes``."""
-    given = handler.get_query_arguments(name)
-    if len(given) > 1:
-        raise tornado.web.HTTPError(400, repeated(name, len(given)))
+    once, a 400 (``single_argument``): Tornado took the last of
+    ``?terminate=no&terminate=yes``."""
     try:
-        return flag_value(name, given[0] if given else "")
+        return flag_value(name, single_argument(handler, name) or "")
     except SettingError as exc:
         raise tornado.web.HTTPError(400, str(exc)) from None
 
