@@ -321,16 +321,24 @@ class Session:
         while self._completed and self._completed[0][0] <= now:
             until, job_id = self._completed.popleft()
             ended = self._ended.get(job_id)
-            if ended is not None and ended[1] == until:  # still the end noted then
+            if ended is None or ended[1] != until:  # not the end noted then
+                continue
+            if self._let_go(job_id, ended[0]):
                 del self._ended[job_id]
-                self._let_go(job_id, ended[0])
+            else:  # followed again meanwhile: its replay is on its way, hold it again
+                until = now + COMPLETED_KEPT_SECONDS
+                self._ended[job_id] = (ended[0], until)
+                self._completed.append((until, job_id))
 
-    def _let_go(self, job_id: str, key: str) -> None:
+    def _let_go(self, job_id: str, key: str) -> bool:
+        """Stop following ``job_id``; False, keeping it, while a follow_job of it waits
+        for its replay."""
         with self._state_lock:  # a follow_job meanwhile either sees it gone or keeps it
             if job_id in self._awaiting:
-                return
+                return False
             self.hub.unfollow(self.sub, job_id)
         self._retiring.append((job_id, key, self._taken + self.sub.queue.qsize()))
+        return True
 
     def _retire(self) -> None:
         """Drop the dedupe positions of jobs let go whose queued events are all taken."""
