@@ -311,8 +311,10 @@ class Session:
                     self._completed.popleft()
             self._ended[job_id] = (key, until)
             while len(self._ended) > ENDED_KEPT:
-                job_id, (key, _) = self._ended.popitem(last=False)
-                self._let_go(job_id, key)
+                job_id, ended = self._ended.popitem(last=False)
+                if not self._let_go(job_id, ended[0]):  # followed again meanwhile: kept,
+                    self._ended[job_id] = ended  # as the newest, tried at the next end
+                    break
 
     def _let_go_completed(self) -> None:
         """Let go of the completed jobs held COMPLETED_KEPT_SECONDS (unless a later event
