@@ -125,7 +125,10 @@ def scrape():  # noqa: ANN201 - Flask response
 def logs(name: str):  # noqa: ANN201 - Flask response
     if not _authorized():
         return _error(401, "a bearer token is required (EMP_HEALTH_TOKEN)")
-    raw = request.args.get("lines", str(DEFAULT_LINES))
+    given = request.args.getlist("lines")
+    if len(given) > 1:  # Flask's get() took the first, dropping the rest without a word
+        return _error(400, f"lines: given {len(given)} times; send it once")
+    raw = given[0] if given else str(DEFAULT_LINES)
     # ASCII digits only, and few of them: str.isdigit() takes '²' and int() refuses
     # strings of over 4300 digits, each of which was a 500.
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 0 < int(raw) <= MAX_LINES:

@@ -89,6 +89,15 @@ def test_bad_line_counts_are_400(lines: str) -> None:
     assert reply.status_code == 400 and "lines must be" in reply.json["error"]
 
 
+def test_a_repeated_line_count_is_400() -> None:
+    """Tried: ``?lines=3&lines=500``. Before, the first count was used and the other
+    dropped without a word (the REST API refuses a repeated parameter); now a 400 naming
+    it."""
+    reply = create_app(StandIn()).test_client().get("/logs/simulation-0?lines=3&lines=500")
+    assert reply.status_code == 400
+    assert reply.json == {"error": "lines: given 2 times; send it once"}
+
+
 def test_a_token_guards_logs_and_restarts_only() -> None:
     machine = StandIn(token="s3cret")
     client = create_app(machine).test_client()
