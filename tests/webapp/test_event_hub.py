@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -119,6 +120,25 @@ def _sent(ws: _Socket, count: int) -> list[dict]:
     return [json.loads(t) for t in ws.texts]
 
 
+def _client_session(redis_server: LocalRedis) -> tuple[
+        EventHub, _Socket, Subscription, Session, Callable[[str, str], None]]:
+    """A client session on a hub whose reader is stopped, and ``emit(name, job_id)``,
+    which hands the hub the next event of the log directly."""
+    hub = EventHub(redis_server.url)
+    hub.stop()
+    ws = _Socket()
+    sub = Subscription(info={"kind": "client"})
+    session = Session(ws, hub, sub, client_message).start()
+    seq = 0
+
+    def emit(name: str, job_id: str) -> None:
+        nonlocal seq
+        seq += 1
+        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
+
+    return hub, ws, sub, session, emit
+
+
 def test_a_long_lived_client_socket_lets_go_of_ended_jobs(redis_server: LocalRedis,
                                                          client: redis.Redis) -> None:
     """Tried: one client socket following 4,005 jobs one after another (as a client that
@@ -130,18 +150,8 @@ def test_a_long_lived_client_socket_lets_go_of_ended_jobs(redis_server: LocalRed
     go and only the last ENDED_KEPT failed ones are still followed (a retry runs them
     again); every event was sent once, and a kept failed job's retry still reaches the
     socket, while a stray event of a completed job does not."""
-    hub = EventHub(redis_server.url)
-    hub.stop()
-    ws = _Socket()
-    sub = Subscription(info={"kind": "client"})
-    session = Session(ws, hub, sub, client_message).start()
+    hub, ws, sub, session, emit = _client_session(redis_server)
     completed, failed = 2000, 1000 + ENDED_KEPT + 5
-    seq = 0
-
-    def emit(name: str, job_id: str) -> None:
-        nonlocal seq
-        seq += 1
-        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
 
     jobs = [f"job-{i}" for i in range(completed + failed)]
     for i, job_id in enumerate(jobs):
@@ -179,17 +189,7 @@ def test_a_client_socket_lets_go_of_completed_jobs_after_a_short_hold(
     failed ones (a retry runs them again) and the new job are still followed, and a
     completed job's workflow milestone within the hold still arrives."""
     monkeypatch.setattr(session_module, "COMPLETED_KEPT_SECONDS", 0.5)
-    hub = EventHub(redis_server.url)
-    hub.stop()
-    ws = _Socket()
-    sub = Subscription(info={"kind": "client"})
-    session = Session(ws, hub, sub, client_message).start()
-    seq = 0
-
-    def emit(name: str, job_id: str) -> None:
-        nonlocal seq
-        seq += 1
-        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
+    hub, ws, sub, session, emit = _client_session(redis_server)
 
     for i in range(300):
         session.follow_job("default", f"done-{i}", None)
@@ -222,17 +222,7 @@ def test_a_completed_steps_workflow_event_read_after_its_end_still_reaches_the_s
     ``complete_job`` dropped the milestone; one that took the milestone for the job
     running again would follow the step for ever. It arrives, and the step is let go
     with the others."""
-    hub = EventHub(redis_server.url)
-    hub.stop()
-    ws = _Socket()
-    sub = Subscription(info={"kind": "client"})
-    session = Session(ws, hub, sub, client_message).start()
-    seq = 0
-
-    def emit(name: str, job_id: str) -> None:
-        nonlocal seq
-        seq += 1
-        hub._dispatch(Event(f"{seq}-0", name, job_id, {}, "default"))
+    hub, ws, sub, session, emit = _client_session(redis_server)
 
     session.follow_job("default", "step-3", None)
     emit("complete_job", "step-3")
