@@ -218,6 +218,26 @@ def test_a_client_socket_lets_go_of_completed_jobs_after_a_short_hold(
     session.close()
 
 
+def test_an_idle_client_socket_lets_go_of_its_completed_jobs_too(
+        redis_server: LocalRedis, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a socket following 50 jobs that complete, then no event at all (a browser
+    tab left open once its jobs are done), with a 0.3 s hold. Before, a socket let go of
+    its completed jobs only when its next event came, so an idle one held them all. Now
+    its sender wakes when the first hold ends, and lets go of them."""
+    monkeypatch.setattr(session_module, "COMPLETED_KEPT_SECONDS", 0.3)
+    hub, ws, sub, session, emit = _client_session(redis_server)
+    for i in range(50):
+        session.follow_job("default", f"done-{i}", None)
+        emit("complete_job", f"done-{i}")
+    _sent(ws, 50)
+    deadline = time.monotonic() + 10
+    while sub.jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sub.jobs == set() and hub._by_job == {}
+    session.close()
+
+
 def test_a_completed_steps_workflow_event_read_after_its_end_still_reaches_the_socket(
         redis_server: LocalRedis, client: redis.Redis) -> None:
     """Tried: a socket following a workflow's last step gets its ``complete_job``, then, in

@@ -240,7 +240,7 @@ class Session:
                                self.sub.queue.maxsize)
                 self._drop("too far behind; reconnect with your last event_id")
                 break
-            items = [self.sub.queue.get()]
+            items = [self._next_item()]
             if self.shared is not None and items[0] is not _WAKE:
                 time.sleep(COALESCE_SECONDS)
             while len(items) < BATCH:
@@ -269,6 +269,19 @@ class Session:
                     self._write(texts)
             self._let_go_completed()
             self._retire()
+
+    def _next_item(self) -> Any:
+        """The next queue item; while completed jobs are held, waits no longer than the
+        first one's hold, then lets go of those due (an idle socket, a browser tab left
+        open once its jobs completed, holds them no longer than a busy one)."""
+        while self._completed:
+            try:
+                return self.sub.queue.get(
+                    timeout=max(0.0, self._completed[0][0] - time.monotonic()))
+            except queue.Empty:
+                self._let_go_completed()
+                self._retire()
+        return self.sub.queue.get()
 
     def _drop(self, reason: str) -> None:
         """Tell the client why, then close: it resumes from its last event id."""
