@@ -44,6 +44,12 @@ def read_loads(client: Any, pools: list[str]) -> dict[str, tuple[PoolLoad, int]]
     return out
 
 
+def unserved_pools(client: Any, pools: list[str]) -> list[str]:
+    """The pools among ``pools`` that no live worker serves (one round trip)."""
+    loads = read_loads(client, pools)
+    return [pool for pool in pools if not loads[pool][0].live]
+
+
 def pools_view(client: Any, pools_file: PoolsFile | None,
                every_used: bool = False) -> list[dict[str, Any]]:
     """Every pool: its configuration (when the file names it), live workers, pending jobs,
@@ -193,8 +199,7 @@ def unserved_warnings(client: Any, pool: str, named: bool,
     the job is filed by then, so each caller guards the call and at most notes it."""
     warnings = []
     if named and (pools_file is None or pool not in pools_file.pools):
-        load, _ = read_loads(client, [pool])[pool]
-        if not load.live:
+        if unserved_pools(client, [pool]):
             warnings.append(unserved_pool_warning(pool, pools_file))
     service, names = models
     return warnings + unknown_model_warnings(client, pool, service, list(names))

@@ -112,10 +112,10 @@ def _note_unserved_pool(app: Any, pool: str) -> None:
     wait: it showed a bar at 0% for up to --timeout without a word (a first hour without
     `emp up`). A pools file's scaler may still start machines for it: a note, not an
     error."""
-    from capability_router.pool_view import read_loads
+    from capability_router.pool_view import unserved_pools
     from emp_tasks.connection import get_client
 
-    if not read_loads(get_client(app.conf.broker_url), [pool])[pool][0].live:
+    if unserved_pools(get_client(app.conf.broker_url), [pool]):
         click.echo(f"note: no live worker serves pool {pool} yet; the job waits for one "
                    "(`emp up` or `emp worker` starts workers; Ctrl-C stops waiting, the "
                    "job stays filed)", err=True)

@@ -67,13 +67,12 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
 def _unserved(app: Any, records: Iterable[dict[str, Any]], then: str) -> list[str]:
     """A line per pool of ``records`` that no live worker serves: without one, the demo
     waited its whole timeout in silence and ended with a table of pending jobs."""
-    from capability_router.pool_view import read_loads
+    from capability_router.pool_view import unserved_pools
     from emp_tasks.connection import get_client
 
     pools = sorted({r.get("pool") or DEFAULT_NAMESPACE for r in records})
-    loads = read_loads(get_client(app.conf.broker_url), pools)
     return [f"note: no live worker serves pool {pool}; {then}"
-            for pool in pools if not loads[pool][0].live]
+            for pool in unserved_pools(get_client(app.conf.broker_url), pools)]
 
 
 def run_api_demo(api: str, timeout: float = 60.0, console: Console | None = None) -> bool:
