@@ -674,6 +674,9 @@ def simulate(day: bool, quick: bool, trace: str | None, scale: float, seed: int,
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:  # an empty list ran all of them, as if the option were not given
         raise click.UsageError(f"--policies names no policy (known: {', '.join(POLICIES)})")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # each was simulated again in full, its row printed twice
+        raise click.UsageError(f"--policies names {', '.join(twice)} twice: name each once")
     try:
         result = run_simulation(
             redis_url=sim_redis_url, trace=trace, day=day or not quick, quick=quick,

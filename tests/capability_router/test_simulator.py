@@ -155,6 +155,12 @@ def test_emp_simulate_writes_the_table_json_and_charts(redis_server, client: red
                                      "--out", str(tmp_path / "none"),
                                      "--redis-url", redis_server.url])
     assert none.exit_code == 2 and "--policies names no policy" in none.output, none.output
+    # A policy named twice: the whole simulation ran again for it, its row printed twice.
+    twice = CliRunner().invoke(main, ["simulate", "--quick", "--policies", "uniform, uniform",
+                                      "--out", str(tmp_path / "twice"),
+                                      "--redis-url", redis_server.url])
+    assert twice.exit_code == 2 and "--policies names uniform twice" in twice.output, twice.output
+    assert not (tmp_path / "twice").exists()
 
 
 def test_fleet_follows_the_schedule_down(client: redis.Redis) -> None:
