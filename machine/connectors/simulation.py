@@ -32,8 +32,9 @@ Settings (environment names in brackets, defaults after them):
   with "connection refused" (ServiceUnavailable). A file, so a test or an operator
   can start and end an outage of running workers from outside.
 
-A job's payload may override ``steps``, ``duration``, ``failure_rate`` and
-``failure_type``.
+A job's payload may override ``steps`` (1 to 10,000), ``duration`` (seconds, 0 to
+604,800), ``failure_rate`` (0-1) and ``failure_type``; another value fails the job as a
+validation error naming the field (not retried).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from machine.connectors.base import (
     ProgressCallback,
     ServiceUnavailable,
 )
+from machine.connectors.env_numbers import Rule
 from machine.connectors.errors import classify_error
 from machine.connectors.model_cache import GpuModelCache, LoadTimes
 
@@ -158,6 +160,7 @@ class SimulationConnector(Connector):
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
         """Run the steps; fail at a random step with probability ``failure_rate``."""
         payload = job.payload
+        check_payload_numbers(payload)
         steps = max(1, int(payload.get("steps", self.steps)))
         duration = float(payload.get("duration", self.duration_seconds))
         rate = float(payload.get("failure_rate", self.failure_rate))
@@ -268,6 +271,29 @@ def _sizes(value: Any) -> dict[str, float]:
         if not sep or not name:
             raise ConnectorError(f"bad model size {item!r} (want name:GB)", ErrorType.VALIDATION)
     return sizes
+
+
+#: What a payload's overrides must be. Unchecked, ``"steps": "abc"`` failed the job with
+#: a bare ValueError, ``"duration": 1e10`` with an OverflowError from the wait, a negative
+#: duration ran at once, and ``"steps": 1e9`` would have sent a progress event a step for
+#: hours: a simulated job of over a week or 10,000 steps is a mistake, not a test.
+PAYLOAD_RULES: dict[str, Rule] = {
+    "steps": Rule(whole=True, low=1, high=10_000),
+    "duration": Rule(high=604_800),
+    "failure_rate": Rule(high=1),
+}
+
+
+def check_payload_numbers(payload: Mapping[str, Any]) -> None:
+    """ConnectorError (validation, not retried) naming the first payload override its rule
+    refuses; a boolean is not a number here, though Python's ``int(True)`` is 1."""
+    for key, rule in PAYLOAD_RULES.items():
+        if key not in payload:
+            continue
+        value = payload[key]
+        if isinstance(value, bool) or not rule.accepts(str(value).strip()):
+            raise ConnectorError(f"payload {key} must be {rule.describe()}, got {value!r}",
+                                 ErrorType.VALIDATION, {"field": key})
 
 
 def _failure_type(name: str) -> str:

@@ -74,6 +74,29 @@ def test_payload_overrides_failure_settings() -> None:
         connector.run_job(job(failure_rate=1, failure_type="gremlins"), lambda r: None)
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("steps", "abc"), ("steps", 0), ("steps", 2.5), ("steps", 1e9), ("steps", True),
+    ("duration", -1), ("duration", 1e10), ("duration", "soon"), ("duration", [1]),
+    ("failure_rate", 2), ("failure_rate", -0.1), ("failure_rate", None),
+])
+def test_a_payload_override_it_cannot_use_fails_the_job_naming_it(field: str,
+                                                                   value: object) -> None:
+    """Tried: each bad value in a job's payload. Before, "abc" failed the job with a bare
+    ValueError, 1e10 s with an OverflowError, -1 s ran at once, 1e9 steps would have sent a
+    progress event per step for hours. Now: a validation error (not retried) naming the
+    field, before any step or progress report."""
+    connector = make_connector("simulation", {"steps": 2, "duration_seconds": 0})
+    reports: list[Progress] = []
+    with pytest.raises(ConnectorError) as caught:
+        connector.run_job(job(**{field: value}), reports.append)
+    assert caught.value.error_type == ErrorType.VALIDATION and not caught.value.retryable
+    assert str(caught.value).startswith(f"[validation] payload {field} must be a")
+    assert reports == []
+    # The bounds themselves are taken.
+    assert connector.run_job(job(steps=10_000, duration=0, failure_rate=0),
+                             lambda r: None).success
+
+
 def test_cancel_stops_between_steps() -> None:
     connector = make_connector("simulation", {"steps": 100, "duration_seconds": 10})
     errors: list[BaseException] = []
