@@ -42,3 +42,10 @@ def test_a_text_job_is_routed_by_the_shipped_pools_file_and_runs(
     bad = submit("text", {"tokens": 0}, max_retries=0, app=app)
     with pytest.raises(ValueError, match="tokens must be a whole number"):
         bad.get(timeout=30)
+    # A rate that would run 500 tokens for ~16 years, and one that is no number.
+    slow = submit("text", {"tokens": 500, "tokens_per_second": 1e-6}, max_retries=0, app=app)
+    with pytest.raises(ValueError, match="give a run of at most 604800 s"):
+        slow.get(timeout=30)
+    word = submit("text", {"tokens_per_second": "fast"}, max_retries=0, app=app)
+    with pytest.raises(ValueError, match="tokens_per_second must be a number, got 'fast'"):
+        word.get(timeout=30)
