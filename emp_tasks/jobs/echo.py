@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from celery import shared_task
+
+#: Longest ``sleep`` a job may ask for (a week).
+MAX_SLEEP_SECONDS = 604_800
 
 
 class EchoFailure(Exception):
@@ -15,12 +19,34 @@ class EchoFailure(Exception):
 @shared_task(bind=True, name="emp.echo", service="echo", autoretry_for=(EchoFailure,),
              retry_backoff=1, retry_backoff_max=30, retry_jitter=False)
 def echo(self: Any, sleep: float = 0, fail_times: int = 0, **payload: Any) -> dict[str, Any]:
-    """Echo ``payload`` after ``sleep`` seconds; fail the first ``fail_times`` runs."""
+    """Echo ``payload`` after ``sleep`` seconds; fail the first ``fail_times`` runs.
+
+    ValueError (the job fails, not retried) for a ``sleep`` that is no number of seconds
+    from 0 to a week or a ``fail_times`` that is no whole number from 0: before, "abc"
+    failed it with ``float()``'s error naming no field, and 1e300 slept for good."""
+    sleep = _number("sleep", sleep, MAX_SLEEP_SECONDS)
+    fail_times = int(_number("fail_times", fail_times, None, whole=True))
     if sleep:
-        deadline = time.monotonic() + float(sleep)
+        deadline = time.monotonic() + sleep
         while time.monotonic() < deadline:
             self.check_cancelled()
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-    if self.request.retries < int(fail_times):
+    if self.request.retries < fail_times:
         raise EchoFailure(f"asked to fail {fail_times} time(s); run {self.request.retries + 1}")
     return {"echo": payload, "worker": self.request.hostname, "retries": self.request.retries}
+
+
+def _number(field: str, value: Any, high: float | None, whole: bool = False) -> float:
+    """``value`` as a number from 0 (to ``high``); ValueError naming ``field``."""
+    kind = "a whole number" if whole else "a number"
+    bound = f"from 0 to {high}" if high is not None else "from 0"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= (high if high is not None else math.inf)
+            and (number.is_integer() or not whole)):
+        raise ValueError(f"{field} must be {kind} {bound}, got {value!r}")
+    return number
