@@ -105,10 +105,18 @@ def parse_models(text: str | None, services: list[str]) -> dict[str, list[str]]:
             isinstance(v, list) and all(isinstance(m, str) for m in v) for v in value.values()
         ):
             raise InvalidProfile("WORKER_MODELS JSON must map service names to lists of models")
+        if "" in value or any("" in names for names in value.values()):
+            raise InvalidProfile(f"WORKER_MODELS names an empty service or model: {text}")
         return {svc: sorted(set(models)) for svc, models in value.items()}
     models: dict[str, set[str]] = {}
     for item in _split(text):
         service, sep, model = item.partition(":")
+        if sep and not (service.strip() and model.strip()):
+            # "comfyui:" advertised a model named "", which no job can require (a job's
+            # model names are not empty); ":sdxl" one of a service named "".
+            raise InvalidProfile(f"WORKER_MODELS item {item!r} needs service:model, "
+                                 "both named")
+        service, model = service.strip(), model.strip()
         targets = [service] if sep else services
         for svc in targets:
             models.setdefault(svc, set()).add(model if sep else item)

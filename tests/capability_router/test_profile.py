@@ -40,6 +40,12 @@ def test_equal_capabilities_share_a_signature() -> None:
     ({"WORKER_GPU_MEMORY_GB": "big"}, "WORKER_GPU_MEMORY_GB must be a number"),
     ({"WORKER_CUSTOMER_ISOLATION": "paranoid"}, "customer isolation must be"),
     ({"WORKER_MODELS": "{broken"}, "WORKER_MODELS is not valid JSON"),
+    # a model (or service) named "": no job can require it, so it was a typo served
+    ({"WORKER_MODELS": "comfyui:,comfyui:sdxl"},
+     "WORKER_MODELS item 'comfyui:' needs service:model, both named"),
+    ({"WORKER_MODELS": ":sdxl"}, "WORKER_MODELS item ':sdxl' needs service:model"),
+    ({"WORKER_MODELS": '{"comfyui": ["sdxl", ""]}'}, "WORKER_MODELS names an empty"),
+    ({"WORKER_MODELS": '{"": ["sdxl"]}'}, "WORKER_MODELS names an empty"),
     ({"WORKER_PROFILE_JSON": "[1"}, "WORKER_PROFILE_JSON is not valid JSON"),
     # Python's json takes NaN and Infinity, and "inf" reads as a number: each profile was
     # registered with a bare Infinity or NaN, which no strict JSON reader takes
