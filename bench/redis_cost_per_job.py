@@ -13,6 +13,7 @@ own ``commandstats`` rows) and the rest, the Lua around them (building key
 names and JSON, calling into Redis). One request whose function does nothing
 (``FCALL_RO emp_version``) gives the cost that each round trip sets, whatever
 it does. R rounds (3; quick 2) of N jobs (2,000; quick 500); medians reported.
+Then ``bench._lua_unit_costs``: what single Lua operations cost in the same server.
 One worker, one service, no models: the shape of ``throughput_vs_celery``.
 """
 
@@ -30,6 +31,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json, quick_args, redis_cpu_seconds, start_redis  # noqa: E402
+from bench._lua_unit_costs import lua_unit_costs  # noqa: E402
 from bench.throughput_vs_celery import REDIS_US_TARGET, request_cost_us  # noqa: E402
 
 FUNCTIONS = ("emp_enqueue", "emp_claim", "emp_start", "emp_complete")
@@ -100,6 +102,7 @@ def main() -> None:
         for _ in range(rounds):
             results.append(one_round(client, n))
         request_us = request_cost_us(client)
+        units = lua_unit_costs(client)
     finally:
         stop()
     table: dict[str, dict[str, Any]] = {}
@@ -131,6 +134,12 @@ def main() -> None:
           f"{requests * request_us:.0f} µs before any command runs; the functions' own Redis "
           f"commands take {total['commands_us']:.0f} µs and the Lua around them "
           f"{total['lua_us']:.0f} µs", flush=True)
+    ops = units["per_op_ns"]
+    listed = ", ".join(f"{k} {v:g}" for k, v in ops.items())
+    print(f"Lua around the commands, one operation (ns): {listed}; "
+          f"an FCALL running nothing takes {units['call_us']['no_arguments']:.1f} µs, "
+          f"{units['call_us']['enqueue_arguments']:.1f} µs with an enqueue's 20 arguments",
+          flush=True)
     emit_json({
         "bench": "redis_cost_per_job",
         "quick": args.quick,
@@ -139,6 +148,7 @@ def main() -> None:
         "per_function": table,
         "per_job": total,
         "redis_us_per_request": round(request_us, 1),
+        "lua_unit_costs": units,
         "target_redis_us_per_job_max": REDIS_US_TARGET,
         "met": total["server_cpu_us"] <= REDIS_US_TARGET,
         "total_seconds": round(time.monotonic() - started, 1),
