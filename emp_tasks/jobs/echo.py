@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 from celery import shared_task
 
-#: Longest ``sleep`` a job may ask for (a week).
-MAX_SLEEP_SECONDS = 604_800
+from machine.connectors.env_numbers import Rule
+
+#: What ``sleep`` (seconds, a week at most) and ``fail_times`` must be.
+SLEEP, FAIL_TIMES = Rule(high=604_800), Rule(whole=True)
 
 
 class EchoFailure(Exception):
@@ -24,8 +25,8 @@ def echo(self: Any, sleep: float = 0, fail_times: int = 0, **payload: Any) -> di
     ValueError (the job fails, not retried) for a ``sleep`` that is no number of seconds
     from 0 to a week or a ``fail_times`` that is no whole number from 0: before, "abc"
     failed it with ``float()``'s error naming no field, and 1e300 slept for good."""
-    sleep = _number("sleep", sleep, MAX_SLEEP_SECONDS)
-    fail_times = int(_number("fail_times", fail_times, None, whole=True))
+    sleep = _number("sleep", sleep, SLEEP)
+    fail_times = int(_number("fail_times", fail_times, FAIL_TIMES))
     if sleep:
         deadline = time.monotonic() + sleep
         while time.monotonic() < deadline:
@@ -36,17 +37,9 @@ def echo(self: Any, sleep: float = 0, fail_times: int = 0, **payload: Any) -> di
     return {"echo": payload, "worker": self.request.hostname, "retries": self.request.retries}
 
 
-def _number(field: str, value: Any, high: float | None, whole: bool = False) -> float:
-    """``value`` as a number from 0 (to ``high``); ValueError naming ``field``."""
-    kind = "a whole number" if whole else "a number"
-    bound = f"from 0 to {high}" if high is not None else "from 0"
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and 0 <= number <= (high if high is not None else math.inf)
-            and (number.is_integer() or not whole)):
-        raise ValueError(f"{field} must be {kind} {bound}, got {value!r}")
+def _number(field: str, value: Any, rule: Rule) -> float:
+    """``value`` as the number ``rule`` takes; ValueError naming ``field``."""
+    number = rule.number(value)
+    if number is None:
+        raise ValueError(f"{field} must be {rule.describe()}, got {value!r}")
     return number

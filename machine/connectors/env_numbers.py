@@ -4,7 +4,9 @@ A connector's ``from_settings`` converts its settings with ``float()``/``int()``
 malformed variable ended a worker's start with a bare ValueError that named no variable
 ("could not convert string to float: 'abc'"), and values no connector can work with (a
 failure rate of 2, a 0 s ComfyUI timeout, which silently became the default) were taken.
-Here each one is refused as a validation error naming its variable.
+Here each one is refused as a validation error naming its variable. The same rules
+check the numbers a job's payload sets (``Rule.number``: the simulation connector's
+overrides, the ``echo`` job's arguments).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class Rule:
         if self.high is not None:
             return f"{kind} from {self.low:g} to {self.high:g}"
         return f"{kind} from {self.low:g}"
+
+    def number(self, value: object) -> float | None:
+        """``value`` (a JSON value, say a job payload's) as the number this rule takes,
+        else None; a boolean is not a number here, though Python's ``int(True)`` is 1."""
+        if isinstance(value, bool) or not self.accepts(str(value).strip()):
+            return None
+        return float(str(value).strip())
 
     def accepts(self, raw: str) -> bool:
         try:

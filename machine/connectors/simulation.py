@@ -286,14 +286,11 @@ PAYLOAD_RULES: dict[str, Rule] = {
 
 def check_payload_numbers(payload: Mapping[str, Any]) -> None:
     """ConnectorError (validation, not retried) naming the first payload override its rule
-    refuses; a boolean is not a number here, though Python's ``int(True)`` is 1."""
+    refuses."""
     for key, rule in PAYLOAD_RULES.items():
-        if key not in payload:
-            continue
-        value = payload[key]
-        if isinstance(value, bool) or not rule.accepts(str(value).strip()):
-            raise ConnectorError(f"payload {key} must be {rule.describe()}, got {value!r}",
-                                 ErrorType.VALIDATION, {"field": key})
+        if key in payload and rule.number(payload[key]) is None:
+            raise ConnectorError(f"payload {key} must be {rule.describe()}, got "
+                                 f"{payload[key]!r}", ErrorType.VALIDATION, {"field": key})
 
 
 def _failure_type(name: str) -> str:
