@@ -160,10 +160,10 @@ class SimulationConnector(Connector):
     def process_job(self, job: JobInput, progress: ProgressCallback) -> JobOutput:
         """Run the steps; fail at a random step with probability ``failure_rate``."""
         payload = job.payload
-        check_payload_numbers(payload)
-        steps = max(1, int(payload.get("steps", self.steps)))
-        duration = float(payload.get("duration", self.duration_seconds))
-        rate = float(payload.get("failure_rate", self.failure_rate))
+        given = payload_numbers(payload)
+        steps = max(1, int(given.get("steps", self.steps)))
+        duration = float(given.get("duration", self.duration_seconds))
+        rate = float(given.get("failure_rate", self.failure_rate))
         failure_type = _failure_type(str(payload.get("failure_type", self.failure_type)))
         down = self.outage()
         if down is not None:
@@ -284,13 +284,19 @@ PAYLOAD_RULES: dict[str, Rule] = {
 }
 
 
-def check_payload_numbers(payload: Mapping[str, Any]) -> None:
-    """ConnectorError (validation, not retried) naming the first payload override its rule
-    refuses."""
+def payload_numbers(payload: Mapping[str, Any]) -> dict[str, float]:
+    """The payload's overrides as numbers; ConnectorError (validation, not retried)
+    naming the first one its rule refuses."""
+    numbers: dict[str, float] = {}
     for key, rule in PAYLOAD_RULES.items():
-        if key in payload and rule.number(payload[key]) is None:
+        if key not in payload:
+            continue
+        number = rule.number(payload[key])
+        if number is None:
             raise ConnectorError(f"payload {key} must be {rule.describe()}, got "
                                  f"{payload[key]!r}", ErrorType.VALIDATION, {"field": key})
+        numbers[key] = number
+    return numbers
 
 
 def _failure_type(name: str) -> str:

@@ -95,6 +95,8 @@ def test_a_payload_override_it_cannot_use_fails_the_job_naming_it(field: str,
     # The bounds themselves are taken.
     assert connector.run_job(job(steps=10_000, duration=0, failure_rate=0),
                              lambda r: None).success
+    # A number sent as text is read as one ("5.0" steps: int("5.0") raised).
+    assert connector.run_job(job(steps="5.0", duration="0"), lambda r: None).data["steps"] == 5
 
 
 def test_cancel_stops_between_steps() -> None:
