@@ -92,7 +92,10 @@ def test_a_payload_override_it_cannot_use_fails_the_job_naming_it(field: str,
     assert caught.value.error_type == ErrorType.VALIDATION and not caught.value.retryable
     assert str(caught.value).startswith(f"[validation] payload {field} must be a")
     assert reports == []
-    # The bounds themselves are taken.
+
+
+def test_payload_overrides_at_their_bounds_or_sent_as_text_are_taken() -> None:
+    connector = make_connector("simulation", {})
     assert connector.run_job(job(steps=10_000, duration=0, failure_rate=0),
                              lambda r: None).success
     # A number sent as text is read as one ("5.0" steps: int("5.0") raised).
