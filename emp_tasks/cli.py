@@ -35,12 +35,48 @@ if TYPE_CHECKING:
 
 
 def _json_option(text: str | None, name: str) -> Any:
+    """The option's JSON: its text, or with a leading ``@`` the file it names (``@-``:
+    standard input), as curl's ``--data @file`` (JSON text never starts with ``@``)."""
     if text is None:
         return None
+    where = ""
+    if text.startswith("@"):
+        path = text[1:]
+        if not path:
+            raise click.BadParameter("@ names no file (@FILE, or @- for standard input)",
+                                     param_hint=name)
+        where = f" in {'standard input' if path == '-' else path}"
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise click.BadParameter(f"cannot read {path}: {reason}", param_hint=name) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+        raise click.BadParameter(f"not valid JSON{where}: {exc}", param_hint=name) from None
+
+
+def _with_workflow(payload: Any, path: str | None) -> Any:
+    """``payload`` with the ComfyUI workflow (API format) of file ``path`` as its
+    ``workflow``; the payload must not name one already."""
+    if path is None:
+        return payload
+    from machine.connectors.base import ConnectorError
+    from machine.connectors.comfyui import api_workflow
+
+    payload = {} if payload is None else payload
+    if not isinstance(payload, dict):
+        return payload  # the submit refuses a payload that is no object, naming it
+    if "workflow" in payload or "prompt" in payload:
+        raise click.UsageError("--workflow-file and a --payload with a workflow (or prompt) "
+                               "name two workflows: give one")
+    workflow = _json_option(f"@{path}", "--workflow-file")
+    try:
+        api_workflow({"workflow": workflow})
+    except ConnectorError as exc:
+        raise click.BadParameter(exc.message, param_hint="--workflow-file") from None
+    return {**payload, "workflow": workflow}
 
 
 def _app(url: str | None):  # noqa: ANN202 - Celery app
@@ -287,8 +323,11 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
 
 @main.command()
 @click.argument("service")
-@click.option("--payload", help="Job payload (JSON object).")
-@click.option("--requirements", help="Requirements (JSON object).")
+@click.option("--payload", help="Job payload: a JSON object, or @FILE to read it from FILE "
+                                "(@- from standard input).")
+@click.option("--requirements", help="Requirements: a JSON object, or @FILE.")
+@click.option("--workflow-file", help="A ComfyUI workflow in API format ('Save (API "
+                                      "Format)'): the payload's workflow.")
 @click.option("--priority", type=int, default=50, show_default=True)
 @click.option("--customer-id")
 @click.option("--pool")
@@ -298,8 +337,8 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
               help="Seconds to wait for the job's end.")
 @click.pass_obj
 def submit(obj: dict[str, Any], service: str, payload: str | None, requirements: str | None,
-           priority: int, customer_id: str | None, pool: str | None, workflow_id: str | None,
-           no_wait: bool, timeout: float) -> None:
+           workflow_file: str | None, priority: int, customer_id: str | None,
+           pool: str | None, workflow_id: str | None, no_wait: bool, timeout: float) -> None:
     """Submit a job; waits with a progress bar unless --no-wait."""
     import redis
 
@@ -317,7 +356,7 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
         except ValueError as exc:
             raise click.BadParameter(str(exc).removeprefix("--pool: "),
                                      param_hint="--pool") from None
-    job_payload = _json_option(payload, "--payload")
+    job_payload = _with_workflow(_json_option(payload, "--payload"), workflow_file)
     job_requirements = _json_option(requirements, "--requirements")
     url = _reachable_url(obj)
     app = _app(url)

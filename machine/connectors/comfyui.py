@@ -142,6 +142,19 @@ class PromptRun:
     last_report: tuple[float, str] | None = None
 
 
+def api_workflow(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload's ComfyUI workflow (``workflow``, else ``prompt``) in API format;
+    ConnectorError (validation) for none or another format (the UI's own save)."""
+    workflow = payload.get("workflow", payload.get("prompt"))
+    if not isinstance(workflow, dict) or not workflow:
+        raise ConnectorError("payload needs 'workflow' (or 'prompt'): a ComfyUI workflow "
+                             "in API format", ErrorType.VALIDATION)
+    if not all(isinstance(node, dict) and "class_type" in node for node in workflow.values()):
+        raise ConnectorError("workflow is not in API format (every node needs class_type; "
+                             "export with 'Save (API Format)')", ErrorType.VALIDATION)
+    return workflow
+
+
 class ComfyUIConnector(Connector):
     """A ComfyUI server (normally this machine's, one per GPU)."""
 
@@ -308,7 +321,7 @@ class ComfyUIConnector(Connector):
         the output nodes run once more, with an input they ignore but ComfyUI's
         cache keys on (``RERUN_INPUT``): only they run, their inputs stay cached.
         """
-        workflow = self._workflow(job.payload)
+        workflow = api_workflow(job.payload)
         tracker = ProgressTracker(workflow)
         run, entry = self._prompt(job, workflow, tracker, progress)
         found = sort_outputs(entry.get("outputs") or {})
@@ -369,17 +382,6 @@ class ComfyUIConnector(Connector):
         return True
 
     # -- the prompt's life --------------------------------------------------------
-
-    @staticmethod
-    def _workflow(payload: Mapping[str, Any]) -> dict[str, Any]:
-        workflow = payload.get("workflow", payload.get("prompt"))
-        if not isinstance(workflow, dict) or not workflow:
-            raise ConnectorError("payload needs 'workflow' (or 'prompt'): a ComfyUI workflow "
-                                 "in API format", ErrorType.VALIDATION)
-        if not all(isinstance(node, dict) and "class_type" in node for node in workflow.values()):
-            raise ConnectorError("workflow is not in API format (every node needs class_type; "
-                                 "export with 'Save (API Format)')", ErrorType.VALIDATION)
-        return workflow
 
     def _run_prompt(self, run: PromptRun, workflow: dict[str, Any], client_id: str,
                     tracker: ProgressTracker, progress: ProgressCallback) -> dict[str, Any]:

@@ -143,6 +143,54 @@ def test_submit_waits_job_shows_and_bad_input_is_refused(redis_server, client,
     assert sorted(client.keys("*")) == before
 
 
+def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
+        redis_server, client, tmp_path: Path) -> None:
+    """Tried: ``--payload @FILE``, ``--requirements @FILE``, ``--payload @-`` (standard
+    input) and ``--workflow-file`` with a workflow saved in API format: each job is filed
+    with what the file holds. Before, a workflow went in as
+    ``--payload "{\"workflow\": $(cat workflow_api.json)}"``. Refused, naming the option,
+    nothing written: a missing file, ``@`` alone, a file that is not JSON, the UI's own
+    save format (no class_type) and a workflow given twice."""
+    env = {"EMP_REDIS_URL": redis_server.url}
+    (tmp_path / "payload.json").write_text('{"steps": 2, "note": "from a file"}')
+    (tmp_path / "requirements.json").write_text('{"hardware": {"gpu_memory_gb": 8}}')
+    workflow = {"3": {"class_type": "KSampler", "inputs": {"seed": 5}}}
+    (tmp_path / "workflow_api.json").write_text(json.dumps(workflow))
+    (tmp_path / "ui.json").write_text('{"nodes": [], "links": []}')
+    (tmp_path / "broken.json").write_text('{"steps": ')
+
+    def submitted(*args: str, stdin: str | None = None) -> dict:
+        done = subprocess.run([*EMP, "submit", *args, "--no-wait"], capture_output=True,
+                              text=True, timeout=120, input=stdin, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        assert done.returncode == 0, done.stderr
+        job = json.loads(run("job", done.stdout.splitlines()[0], env=env).stdout)
+        return json.loads(job["payload"]) if isinstance(job["payload"], str) else job["payload"]
+
+    assert submitted("simulation", "--payload", "@payload.json", "--requirements",
+                     "@requirements.json") == {"steps": 2, "note": "from a file"}
+    assert submitted("simulation", "--payload", "@-", stdin='{"steps": 1}') == {"steps": 1}
+    assert submitted("comfyui", "--workflow-file", "workflow_api.json",
+                     "--payload", '{"seed_offset": 1}') == {"seed_offset": 1,
+                                                             "workflow": workflow}
+
+    before = sorted(client.keys("*"))
+    for args, message in [
+        (("--payload", "@missing.json"), "--payload: cannot read missing.json: No such file"),
+        (("--payload", "@"), "--payload: @ names no file"),
+        (("--requirements", "@broken.json"), "--requirements: not valid JSON in broken.json"),
+        (("--workflow-file", "ui.json"), "--workflow-file: workflow is not in API format"),
+        (("--workflow-file", "workflow_api.json", "--payload", '{"prompt": {}}'),
+         "name two workflows"),
+    ]:
+        refused = subprocess.run([*EMP, "submit", "comfyui", *args, "--no-wait"],
+                                 capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        assert refused.returncode == 2 and message in " ".join(refused.stderr.split()), (
+            args, refused.stderr)
+    assert sorted(client.keys("*")) == before
+
+
 @pytest.mark.parametrize(("args", "option"), [
     (("submit", "simulation", "--timeout", "0"), "--timeout"),
     (("submit", "simulation", "--timeout", "-1"), "--timeout"),
