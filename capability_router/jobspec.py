@@ -158,6 +158,10 @@ class JobSpec:
         self.service = _name("service_required", self.service, required=True)
         if not isinstance(self.payload, dict):
             raise InvalidJob(f"payload must be a JSON object, got {type(self.payload).__name__}")
+        key = next((k for k in self.payload if not isinstance(k, str)), None)
+        if key is not None:  # Python's own "keywords must be strings", naming nothing
+            raise InvalidJob(f"payload keys must be strings (the task's keyword arguments), "
+                             f"got {key!r}")
         if self.ctx is not None and not isinstance(self.ctx, dict):
             raise InvalidJob(f"ctx must be a JSON object, got {type(self.ctx).__name__}")
         self.priority = _int("priority", self.priority, 0, 100, 50)

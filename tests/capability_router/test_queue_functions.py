@@ -179,6 +179,8 @@ def test_completion_after_cancel_is_refused(queue: QueueFunctions) -> None:
     ({"priority": 101}, "priority must be between 0 and 100"),
     ({"priority": "high"}, "priority must be an integer"),
     ({"payload": [1, 2]}, "payload must be a JSON object"),
+    # From Python only (JSON keys are strings): Python's "keywords must be strings" then
+    ({"payload": {1: "a"}}, "payload keys must be strings (the task's keyword arguments), got 1"),
     ({"workflow_datetime": "yesterday"}, "workflow_datetime must be"),
     ({"flavour": "vanilla"}, "unknown job field(s): flavour"),
 ])
