@@ -32,7 +32,7 @@ Settings (environment names in brackets, defaults after them):
   with "connection refused" (ServiceUnavailable). A file, so a test or an operator
   can start and end an outage of running workers from outside.
 
-A job's payload may override ``steps`` (1 to 10,000), ``duration`` (seconds, 0 to
+A job's payload may override ``steps`` (0 to 10,000; 0 runs one), ``duration`` (seconds, 0 to
 604,800), ``failure_rate`` (0-1) and ``failure_type``; another value fails the job as a
 validation error naming the field (not retried).
 """
@@ -278,7 +278,7 @@ def _sizes(value: Any) -> dict[str, float]:
 #: duration ran at once, and ``"steps": 1e9`` would have sent a progress event a step for
 #: hours: a simulated job of over a week or 10,000 steps is a mistake, not a test.
 PAYLOAD_RULES: dict[str, Rule] = {
-    "steps": Rule(whole=True, low=1, high=10_000),
+    "steps": Rule(whole=True, low=0, high=10_000),  # 0 runs one step, as it always did
     "duration": Rule(high=604_800),
     "failure_rate": Rule(high=1),
 }

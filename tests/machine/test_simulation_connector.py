@@ -75,7 +75,7 @@ def test_payload_overrides_failure_settings() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("steps", "abc"), ("steps", 0), ("steps", 2.5), ("steps", 1e9), ("steps", True),
+    ("steps", "abc"), ("steps", -1), ("steps", 2.5), ("steps", 1e9), ("steps", True),
     ("duration", -1), ("duration", 1e10), ("duration", "soon"), ("duration", [1]),
     ("failure_rate", 2), ("failure_rate", -0.1), ("failure_rate", None),
 ])
@@ -98,6 +98,8 @@ def test_payload_overrides_at_their_bounds_or_sent_as_text_are_taken() -> None:
     connector = make_connector("simulation", {})
     assert connector.run_job(job(steps=10_000, duration=0, failure_rate=0),
                              lambda r: None).success
+    # 0 steps runs one, as it always did (the job-size check at submit takes 0).
+    assert connector.run_job(job(steps=0, duration=0), lambda r: None).data["steps"] == 1
     # A number sent as text is read as one ("5.0" steps: int("5.0") raised).
     assert connector.run_job(job(steps="5.0", duration="0"), lambda r: None).data["steps"] == 5
 
