@@ -72,6 +72,9 @@ def _with_workflow(payload: Any, path: str | None) -> Any:
         raise click.UsageError("--workflow-file and a --payload with a workflow (or prompt) "
                                "name two workflows: give one")
     workflow = _json_option(f"@{path}", "--workflow-file")
+    if not isinstance(workflow, dict) or not workflow:
+        raise click.BadParameter(f"{path} holds no ComfyUI workflow: want a JSON object of "
+                                 "its nodes (API format)", param_hint="--workflow-file")
     try:
         api_workflow({"workflow": workflow})
     except ConnectorError as exc:

@@ -149,8 +149,9 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
     input) and ``--workflow-file`` with a workflow saved in API format: each job is filed
     with what the file holds. Before, a workflow went in as
     ``--payload "{\"workflow\": $(cat workflow_api.json)}"``. Refused, naming the option,
-    nothing written: a missing file, ``@`` alone, a file that is not JSON, the UI's own
-    save format (no class_type) and a workflow given twice."""
+    nothing written: a missing file, ``@`` alone, a file that is not JSON, a workflow file
+    holding no object, the UI's own save format (no class_type) and a workflow given
+    twice."""
     env = {"EMP_REDIS_URL": redis_server.url}
     (tmp_path / "payload.json").write_text('{"steps": 2, "note": "from a file"}')
     (tmp_path / "requirements.json").write_text('{"hardware": {"gpu_memory_gb": 8}}')
@@ -158,6 +159,7 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
     (tmp_path / "workflow_api.json").write_text(json.dumps(workflow))
     (tmp_path / "ui.json").write_text('{"nodes": [], "links": []}')
     (tmp_path / "broken.json").write_text('{"steps": ')
+    (tmp_path / "list.json").write_text('[{"class_type": "KSampler"}]')
 
     def submitted(*args: str, stdin: str | None = None) -> dict:
         done = subprocess.run([*EMP, "submit", *args, "--no-wait"], capture_output=True,
@@ -180,6 +182,7 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
         (("--payload", "@"), "--payload: @ names no file"),
         (("--requirements", "@broken.json"), "--requirements: not valid JSON in broken.json"),
         (("--workflow-file", "ui.json"), "--workflow-file: workflow is not in API format"),
+        (("--workflow-file", "list.json"), "--workflow-file: list.json holds no ComfyUI workflow"),
         (("--workflow-file", "workflow_api.json", "--payload", '{"prompt": {}}'),
          "name two workflows"),
     ]:
