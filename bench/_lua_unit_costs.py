@@ -31,6 +31,15 @@ BODIES: dict[str, tuple[str, str]] = {
 }
 
 
+#: The shape of the ARGV of ``throughput_vs_celery``'s noop enqueue (20 arguments, 1,298
+#: bytes): job id, class, class JSON, priority, due, the Celery message (1,057 bytes),
+#: now, at, family, family JSON, then five field name/value pairs.
+ENQUEUE_ARGS: list[str] = [
+    "j" * 36, "c" * 16, "{" + "c" * 50 + "}", "50", "0", "m" * 1057, "0", "", "c" * 16,
+    "{" + "c" * 50 + "}", "service_required", "noop", "priority", "50", "requirements",
+    "{}", "max_retries", "3", "pool", "default"]
+
+
 def _source() -> str:
     lines = [f"#!lua name={LIBRARY}"]
     for name, (body, _) in BODIES.items():
@@ -52,26 +61,19 @@ def _fcall_us(client: redis.Redis, function: str, args: list[Any], calls: int) -
     return best
 
 
-#: The shape of the ARGV of ``throughput_vs_celery``'s noop enqueue (20 arguments, 1,298
-#: bytes): job id, class, class JSON, priority, due, the Celery message (1,057 bytes),
-#: now, at, family, family JSON, then five field name/value pairs.
-ENQUEUE_ARGS: list[str] = [
-    "j" * 36, "c" * 16, "{" + "c" * 50 + "}", "50", "0", "m" * 1057, "0", "", "c" * 16,
-    "{" + "c" * 50 + "}", "service_required", "noop", "priority", "50", "requirements",
-    "{}", "max_retries", "3", "pool", "default"]
-
-
 def lua_unit_costs(client: redis.Redis, calls: int = 1000) -> dict[str, Any]:
     """ns per operation (``per_op_ns``) and µs per FCALL (``call_us``), measured on
     ``client``'s server."""
-    enqueue_args = ENQUEUE_ARGS
     client.function_load(_source(), replace=True)
     try:
         args = ["job-1234", "worker-1", "1733400000000"]
-        loops = {name: _fcall_us(client, f"u_{name}", args, calls) for name in BODIES}
+        loops = {name: _fcall_us(client, f"u_{name}", args, calls)
+                 for name in BODIES if name != "call"}
+        loops["call"] = _fcall_us(client, "u_call", args, calls)
+        # read now: the stats of u_call's last round, its HINCRBYs' own time
         hincrby = client.info("commandstats").get("cmdstat_hincrby", {"usec_per_call": 0.0})
         bare = _fcall_us(client, "u_args", [], calls)
-        with_args = _fcall_us(client, "u_args", list(enqueue_args), calls)
+        with_args = _fcall_us(client, "u_args", ENQUEUE_ARGS, calls)
     finally:
         client.function_delete(LIBRARY)
         client.delete("bench:units")
