@@ -28,6 +28,7 @@ BODIES: dict[str, tuple[str, str]] = {
     "cjson": ("x = cjson.encode({worker_id = a[2], attempt = 1, job_id = a[1]})",
               "cjson.encode of an event's data"),
     "call": ("redis.call('HINCRBY', k[1], 'f', '1')", "redis.call of HINCRBY"),
+    "garbage": ("x = a[4] .. i", "a new 100-byte string, garbage at once"),
 }
 
 
@@ -61,12 +62,16 @@ def _fcall_us(client: redis.Redis, function: str, args: list[Any], calls: int) -
     return best
 
 
-def lua_unit_costs(client: redis.Redis, calls: int = 1000) -> dict[str, Any]:
+def lua_unit_costs(client: redis.Redis, calls: int = 1000,
+                   queue_library: str = "emp") -> dict[str, Any]:
     """ns per operation (``per_op_ns``) and µs per FCALL (``call_us``), measured on
-    ``client``'s server."""
+    ``client``'s server; then ``garbage`` again once ``queue_library`` is deleted
+    (``garbage_without_queue_library_ns``): what the Lua collector's share of a new
+    string owes to the queue's library in the same Lua state. Deletes that library:
+    for a bench's own server, at its end."""
     client.function_load(_source(), replace=True)
     try:
-        args = ["job-1234", "worker-1", "1733400000000"]
+        args = ["job-1234", "worker-1", "1733400000000", "g" * 100]
         loops = {name: _fcall_us(client, f"u_{name}", args, calls)
                  for name in BODIES if name != "call"}
         loops["call"] = _fcall_us(client, "u_call", args, calls)
@@ -74,6 +79,10 @@ def lua_unit_costs(client: redis.Redis, calls: int = 1000) -> dict[str, Any]:
         hincrby = client.info("commandstats").get("cmdstat_hincrby", {"usec_per_call": 0.0})
         bare = _fcall_us(client, "u_args", [], calls)
         with_args = _fcall_us(client, "u_args", ENQUEUE_ARGS, calls)
+        lua_kb = client.info("memory").get("used_memory_vm_functions", 0) / 1024
+        client.function_delete(queue_library)
+        garbage_alone = _fcall_us(client, "u_garbage", args, calls)
+        empty_alone = _fcall_us(client, "u_empty", args, calls)
     finally:
         client.function_delete(LIBRARY)
         client.delete("bench:units")
@@ -84,5 +93,8 @@ def lua_unit_costs(client: redis.Redis, calls: int = 1000) -> dict[str, Any]:
     return {
         "per_op_ns": per_op,
         "call_us": {"no_arguments": round(bare, 2), "enqueue_arguments": round(with_args, 2)},
+        "garbage_without_queue_library_ns": round(
+            (garbage_alone - empty_alone) * 1000 / LOOPS, 1),
+        "functions_vm_kb_with_queue_library": round(lua_kb),
         "what": {name: what for name, (_, what) in BODIES.items() if name != "empty"},
     }

@@ -138,8 +138,10 @@ def main() -> None:
     listed = ", ".join(f"{k} {v:g}" for k, v in ops.items())
     print(f"Lua around the commands, one operation (ns): {listed}; "
           f"an FCALL running nothing takes {units['call_us']['no_arguments']:.1f} µs, "
-          f"{units['call_us']['enqueue_arguments']:.1f} µs with an enqueue's 20 arguments",
-          flush=True)
+          f"{units['call_us']['enqueue_arguments']:.1f} µs with an enqueue's 20 arguments; "
+          f"a new string {ops['garbage']:g} ns beside the queue's library "
+          f"({units['functions_vm_kb_with_queue_library']} KB of Lua), "
+          f"{units['garbage_without_queue_library_ns']:g} ns without it", flush=True)
     emit_json({
         "bench": "redis_cost_per_job",
         "quick": args.quick,
