@@ -75,6 +75,9 @@ def test_a_directive_reaches_the_worker_and_changes_its_residency(
     wait_until(lambda: warm_workers(client, "flux", "default") == ["w1"], timeout=30)
     assert read_residency(client, "w1", "default") == {"flux": "gpu", "sdxl": "disk"}
     assert warm_workers(client, "sdxl", "default") == []
+    # The worker reports its residency, then files the directive's outcome: a loaded
+    # machine read the residency between the two (no done event yet).
+    wait_until(lambda: events(client, DONE_EVENT), timeout=10)
     [done] = events(client, DONE_EVENT)
     assert done["directive_id"] == directive_id and done["applied"] is True
     assert done["worker_id"] == "w1" and done["residency_changes"] == {
@@ -105,6 +108,7 @@ def test_the_leader_preloads_a_forecast_model_on_an_idle_worker(
     wait_until(lambda: warm_workers(client, "flux", "default") == ["w1"], timeout=30)
     [directive] = events(client, DIRECTIVE_EVENT)
     assert directive["worker"] == "w1" and directive["make_room_from"] == ["sdxl"]
+    wait_until(lambda: events(client, DONE_EVENT), timeout=10)  # filed after the residency
     assert events(client, DONE_EVENT)[0]["applied"] is True
     results = [job.get(timeout=60) for job in jobs]
     assert [r["cold"] for r in results] == [False] * 3
