@@ -5,14 +5,24 @@ delivery loops, a reaper, a lease keeper), each retrying; a warning per thread
 per retry (26 lines in 20 s from the webhook service alone) buried the one fact
 that matters. The threads of a process share one of these, so the fact is said
 once, and its end once.
+
+A call that was already waiting when the outage ended is no news: a hung Redis
+that is continued answers its backlog in order, and a call whose socket timeout
+ran out in those milliseconds fails after another thread's call has ended the
+outage. Such a timeout (one that arrives less than a socket timeout after the
+end) does not start a new outage; before, it made a second "unreachable" line
+and a second "reachable again" for one outage.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
+
+from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
 
 #: Errors that mean Redis cannot be reached or did not answer in time (not a refused
 #: command). ``BusyLoadingError`` (a restarted Redis loading its data) is one.
@@ -32,21 +42,30 @@ class OutageLog:
     :param started: the line of an outage's start, with one ``%s`` for the failure.
     :param ended: the line of its end.
     :param level: the level of the start's line (the end's is a warning).
+    :param timeout_seconds: the shortest socket timeout of the process's clients: a
+        ``TimeoutError`` less than this after an outage's end began waiting before it.
     """
 
     def __init__(self, log: logging.Logger, started: str, ended: str,
-                 level: int = logging.WARNING) -> None:
+                 level: int = logging.WARNING,
+                 timeout_seconds: float = SOCKET_TIMEOUT_SECONDS) -> None:
         self.log, self.started, self.ended, self.level = log, started, ended, level
+        self.timeout_seconds = timeout_seconds
         self._lock = threading.Lock()
         self._down = False
+        #: When the last outage ended (monotonic), or None.
+        self._ended_at: float | None = None
 
     @property
     def down(self) -> bool:
         return self._down
 
     def failed(self, exc: BaseException) -> None:
-        """A call failed for want of Redis: log it if this starts an outage."""
+        """A call failed for want of Redis: log it if this starts an outage; a timeout
+        that began before the last outage ended changes nothing."""
         with self._lock:
+            if not self._down and self._stale(exc):
+                return
             started, self._down = not self._down, True
         if started:
             self.log.log(self.level, self.started, describe(exc))
@@ -57,8 +76,27 @@ class OutageLog:
             return
         with self._lock:
             ended, self._down = self._down, False
+            if ended:
+                self._ended_at = time.monotonic()
         if ended:
             self.log.warning(self.ended)
+
+    def _stale(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a timeout whose wait began before the last outage ended."""
+        return (self._ended_at is not None and _timed_out(exc)
+                and time.monotonic() - self._ended_at < self.timeout_seconds)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: kombu's OperationalError) is a read timeout."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes, never a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, redis.TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class RenewalLog:
