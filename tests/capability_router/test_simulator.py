@@ -263,6 +263,27 @@ def test_a_bad_trace_line_is_one_line_naming_the_line_and_the_field(redis_server
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_a_trace_with_no_job_is_refused_before_any_run(redis_server, tmp_path,
+                                                      content: str) -> None:
+    """Tried: ``emp simulate --trace`` with an empty file and one of blank lines. Before,
+    every policy ran on no jobs and the table said "nan" for each wait. Now it is a usage
+    error naming the file, and no output is written."""
+    from click.testing import CliRunner
+
+    from emp_tasks.cli import main
+
+    trace = tmp_path / "empty.jsonl"
+    trace.write_text(content)
+    result = CliRunner().invoke(main, ["simulate", "--redis-url", redis_server.url, "--trace",
+                                       str(trace), "--policies", "uniform",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "empty.jsonl: holds no trace job" in result.output, result.output
+    assert "nan" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_machine_hours_count_until_the_last_job_is_done(client: redis.Redis) -> None:
     """Tried: a trace of four 30-minute jobs arriving in the first 13 s, on 2 machines.
     Before, machine-hours (GPU-hours, cost) stopped at the trace's end, the last arrival
