@@ -291,7 +291,9 @@ def test_a_burst_reaches_every_monitor_in_order_one_message_per_event(start_serv
 
 def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays_open(
         start_server, client) -> None:
-    """Tried: on /ws/client a ``type`` that is a list, then an object; on /ws/monitor a
+    """Tried: on /ws/client a ``type`` that is a list, then an object, and a
+    ``subscribe_progress`` and ``cancel_job`` whose ``job_id`` is a number, an object, null
+    or absent; on /ws/monitor a
     ``subscribe`` with ``topics: [{"a": 1}]`` and ``request_full_state`` with ``page``
     10**30, 1e300 and "x", and ``pageSize`` []. Before the fix each raised in the handler
     (TypeError unhashable, or Redis "value is not an integer or out of range"), logged a
@@ -307,6 +309,19 @@ def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays
             assert answer["type"] == "error" and answer["field"] == "type", answer
             assert "type" in answer["error"], answer
         assert not client.keys("emp:*job:*")
+        # A job_id that is no string: before, "subscribe_progress needs a job_id" (no field,
+        # nothing said of the 123 that came); cancel_job the same.
+        for kind in ("subscribe_progress", "cancel_job"):
+            for job_id, said in ((123, "got 123"), ({"id": "x"}, 'got {"id": "x"}'),
+                                 (None, "got null")):
+                ws.send(json.dumps({"type": kind, "job_id": job_id}))
+                answer = receive(ws)
+                assert answer["type"] == "error" and answer["field"] == "job_id", answer
+                assert said in answer["error"], answer
+            ws.send(json.dumps({"type": kind}))
+            answer = receive(ws)
+            assert answer == {"type": "error", "error": f"{kind} needs a job_id",
+                              "field": "job_id"}, answer
         ws.send(json.dumps({"type": "submit_job", "service_required": "echo",
                             "message_id": "after-typed"}))
         assert receive(ws)["job_id"] == "after-typed"

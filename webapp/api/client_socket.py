@@ -12,6 +12,7 @@ every event it missed.
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from typing import Any
@@ -299,7 +300,7 @@ class ClientConnection:
     def subscribe(self, message: dict[str, Any]) -> None:
         job_id = message.get("job_id")
         if not isinstance(job_id, str) or not job_id:
-            self.session.send(error_message("subscribe_progress needs a job_id"))
+            self.session.send(job_id_error("subscribe_progress", message))
             return
         try:
             after = parse_resume_id(message.get("last_event_id"))
@@ -318,7 +319,7 @@ class ClientConnection:
         record = self._visible_job(job_id) if isinstance(job_id, str) else None
         if record is None:
             if not isinstance(job_id, str):
-                self.session.send(error_message("cancel_job needs a job_id"))
+                self.session.send(job_id_error("cancel_job", message))
             return
         pool = record.get("pool") or "default"
         self._follow(record["job_id"], None, pool, remember=True)
@@ -358,3 +359,14 @@ class ClientConnection:
 def _warnings_of(claim: Any) -> list[str] | None:
     """The warnings the first submit with this message_id was answered with, if any."""
     return claim.answer[1].get("warnings") if claim.answer is not None else None
+
+
+def job_id_error(kind: str, message: dict[str, Any]) -> dict[str, Any]:
+    """The ``error`` for a ``kind`` message without a usable ``job_id``: it names the
+    field and what came (before, ``"job_id": 123`` was told only "needs a job_id")."""
+    if "job_id" not in message:
+        return error_message(f"{kind} needs a job_id", field="job_id")
+    given = json.dumps(message["job_id"])
+    given = given if len(given) <= 40 else given[:40] + "..."
+    return error_message(f"job_id must be a job id (a non-empty string), got {given}",
+                         field="job_id")
