@@ -74,6 +74,24 @@ def test_a_repeated_query_parameter_is_refused_naming_it(start_server, client) -
     assert all("at most once" in p["description"] for p in listed if p["in"] == "query")
 
 
+def test_an_integer_parameter_too_large_is_refused_by_its_bound(start_server) -> None:
+    """Tried: ``GET /api/jobs?offset=99999999999999999999`` (20 digits), ``?limit=`` 1,000
+    digits and ``?offset=-`` 19 digits. Before, each was 400 "offset must be an integer", of a
+    whole number; now each names the bound it is past, as ``?offset=2000000`` already did."""
+    api = Api(start_server("api", EMP_API_PROCESSES="1").base)
+    for query, said in (("offset=" + "9" * 20, "offset: 99999999999999999999 is greater "
+                                                "than the maximum of 1000000"),
+                        ("limit=" + "1" * 1000, "limit: 11111111111111111111... (1000 "
+                                                "characters) is greater than the maximum of 500"),
+                        ("offset=-" + "1" * 19, "offset: -1111111111111111111 is less than "
+                                                "the minimum of 0"),
+                        ("offset=2000000", "offset: 2000000 is greater than the maximum of "
+                                           "1000000")):
+        reply = api.get(f"/api/jobs?{query}")
+        assert reply.status_code == 400 and reply.json()["error"] == said, (query, reply.text)
+    assert api.get("/api/jobs?offset=1x").json()["error"] == "offset must be an integer, got '1x'"
+
+
 def _empty_fields(value: Any, where: str = "") -> list[str]:
     """Where ``value`` holds an empty string."""
     if value == "":

@@ -146,7 +146,10 @@ def _operation(path: str, method: str) -> dict[str, Any]:
     return document()["paths"][path][method]
 
 
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_INTEGER = re.compile(r"-?[0-9]+")
+#: Digits past which a whole number is beyond every bound a parameter has: it is refused
+#: by its bound without being converted (before, "must be an integer" said of one).
+_MAX_DIGITS = 18
 
 
 def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
@@ -154,6 +157,13 @@ def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
     if kind == "integer":
         if not _INTEGER.fullmatch(text):
             raise Invalid(f"{name} must be an integer, got {text!r}")
+        if len(text.lstrip("-")) > _MAX_DIGITS:
+            shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+            if text.startswith("-"):
+                raise Invalid(f"{name}: {shown} is less than the minimum of "
+                              f"{schema.get('minimum', -(10 ** _MAX_DIGITS))}")
+            raise Invalid(f"{name}: {shown} is greater than the maximum of "
+                          f"{schema.get('maximum', 10 ** _MAX_DIGITS)}")
         return int(text)
     if kind == "boolean":
         if text not in ("true", "false"):
