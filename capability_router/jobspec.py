@@ -55,11 +55,16 @@ def _name(field_name: str, value: Any, required: bool = False) -> str | None:
     return value
 
 
+#: A whole number as text: ASCII digits (str.isdigit() takes '²', int() refuses it), one
+#: sign ("--5" passed a strip of dashes), few enough for any field's bounds.
+_WHOLE = re.compile(r"-?[0-9]{1,18}")
+
+
 def _int(field_name: str, value: Any, low: int, high: int, default: int | None) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
             value = int(value)
         else:
             raise InvalidJob(f"{field_name} must be an integer {low}-{high}, got {value!r}")

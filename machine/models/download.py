@@ -253,7 +253,8 @@ def _announced_size(reply: requests.Response) -> int | None:
         match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
         return int(match[2]) if match else None
     length = reply.headers.get("Content-Length", "")
-    return int(length) if length.isdigit() else None
+    # ASCII digits only: str.isdigit() takes '²' (a byte 0xB2 read as Latin-1), int() not.
+    return int(length) if length.isascii() and length.isdigit() else None
 
 
 def _open(part: Path, mode: str, url: str) -> BinaryIO:

@@ -178,6 +178,10 @@ def test_completion_after_cancel_is_refused(queue: QueueFunctions) -> None:
     ({"requirements": {"service_type": "a1111"}}, "but the job's service is 'comfyui'"),
     ({"priority": 101}, "priority must be between 0 and 100"),
     ({"priority": "high"}, "priority must be an integer"),
+    # Passed a check of str.isdigit() (after stripping every dash), then int() raised a bare
+    # ValueError: a superscript two and a doubled sign.
+    ({"priority": "\u00b2"}, "priority must be an integer 0-100, got '\u00b2'"),
+    ({"priority": "--5"}, "priority must be an integer 0-100, got '--5'"),
     ({"payload": [1, 2]}, "payload must be a JSON object"),
     # From Python only (JSON keys are strings): Python's "keywords must be strings" then
     ({"payload": {1: "a"}}, "payload keys must be strings (the task's keyword arguments), got 1"),

@@ -45,7 +45,7 @@ class ModelServer:
     chunk_delay: float = 0.0
     redirects: dict[str, str] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)
-    claimed_length: dict[str, int] = field(default_factory=dict)
+    claimed_length: dict[str, int | str] = field(default_factory=dict)
     gzipped: set[str] = field(default_factory=set)
     range_from_zero: bool = False
     bind: str = "127.0.0.1"

@@ -367,6 +367,17 @@ def test_a_server_file_of_another_size_is_a_model_error_at_once(server, tmp_path
     assert not list((tmp_path / ".parts").iterdir()) and not (tmp_path / "short").exists()
 
 
+def test_a_content_length_of_no_ascii_digits_is_no_announced_size(server, tmp_path) -> None:
+    """Tried: a server whose Content-Length is the byte 0xB2, which HTTP reads as Latin-1
+    '²'. Python's str.isdigit() takes it and int() refuses it: before, the download raised
+    a bare ValueError out of the worker's preparation. Now it counts as no announced size,
+    as a missing header does: the file is read to its end and checked by its checksum."""
+    entry = _entry(server, "odd")
+    server.claimed_length["odd"] = "\u00b2"
+    _fetch(_manager(tmp_path), entry)
+    assert (tmp_path / "odd").read_bytes() == server.files["odd"]
+
+
 def test_a_server_that_would_gzip_sends_the_file_as_is(server, tmp_path) -> None:
     """A server (or CDN) that compresses for clients accepting gzip. Before: the
     download asked with requests' default ``Accept-Encoding: gzip, deflate``

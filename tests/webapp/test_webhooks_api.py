@@ -215,6 +215,11 @@ def test_listing_limits_are_checked(make_app) -> None:
     hook = api.post("/webhooks", json=GOOD).json["data"]
     assert api.get(f"/webhooks/{hook['id']}/deliveries?limit=0").status_code == 400
     assert api.get("/deliveries/recent?limit=abc").status_code == 400
+    # '²' and '٣' pass str.isdigit(): before, the first was a 500 (int() refuses it) and the
+    # second listed 3; both are 400 now, as the API's own listing answers them.
+    for digit in ("\u00b2", "\u0663", "1" * 5000):
+        reply = api.get(f"/deliveries/recent?limit={digit}")
+        assert reply.status_code == 400 and reply.json["field"] == "limit", (digit, reply.json)
     assert api.get("/deliveries/recent?limit=5").json == {"success": True, "data": [],
                                                           "limit": 5}
 

@@ -65,6 +65,34 @@ def test_retry_after_lengthens_the_wait_up_to_the_cap() -> None:
     assert decide(SendResult(503, 1, retry_after_ms=900_000), 1, RETRY)[1] == 30_000
 
 
+@pytest.mark.parametrize(("header", "wait_ms"), [(b"7", 7000), (b"\xb2", None),
+                                                  (b"tomorrow", None)])
+def test_a_receivers_retry_after_is_read_or_ignored_never_raised(header, wait_ms) -> None:
+    """Tried: a receiver answering 503 with ``Retry-After: 7``, with the byte 0xB2 (read as
+    Latin-1 '\u00b2', which str.isdigit() takes and int() refuses), and with no date. Before,
+    the 0xB2 one raised ValueError out of the attempt: no outcome recorded for it. Now it
+    is no Retry-After, as the unparsable date already was."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: " + header +
+                         b"\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    sender = Sender(AddressPolicy(allowed_networks=parse_networks("127.0.0.0/8")), timeout=3.0)
+    try:
+        result = sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {})
+    finally:
+        sender.close()
+        listener.close()
+    assert (result.status, result.retry_after_ms) == (503, wait_ms), result
+    assert decide(result, 1, RETRY)[0] == "retry"
+
+
 EVENT = {"job_type": "comfyui", "priority": 70, "machine_id": "m1", "worker_id": "w1",
          "customer_id": "c1", "workflow_id": "wf1"}
 

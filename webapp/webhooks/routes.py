@@ -94,7 +94,9 @@ def _limit(default: int) -> int:
     text = _one("limit")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    # ASCII digits, few: str.isdigit() takes '²', which int() refuses (a 500 before)
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) \
+            or not 1 <= int(text) <= MAX_LIMIT:
         raise RegistrationError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
 

@@ -82,7 +82,9 @@ def _retry_after_ms(value: str | None) -> int | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit() takes '²' (a receiver's byte 0xB2 read as Latin-1),
+    # and int() of it raised out of the attempt.
+    if value.isascii() and value.isdigit():
         return int(value) * 1000
     try:
         when = parsedate_to_datetime(value)
