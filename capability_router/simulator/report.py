@@ -23,7 +23,8 @@ COLUMNS = [
 
 
 def _cell(key: str, value: Any) -> str:
-    if value is None:
+    # No value: a wait percentile of a run with no jobs is NaN (it printed "nan").
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if key in ("under_10s", "warm", "completion", "routing_accuracy"):
         return f"{100 * value:.1f}%"

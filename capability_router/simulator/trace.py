@@ -263,15 +263,13 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
                                  f"line {first_line[job.id]}")
             first_line[job.id] = number
             jobs.append(job)
-    if not jobs:  # before, the run went ahead and its table said "nan" for every wait
-        raise ValueError(f"{path}: holds no trace job (one JSON object per line)")
     jobs.sort(key=lambda job: (job.at, job.id))
     for job in jobs:
         for model in job.models:
             sizes.setdefault(model, DEFAULT_MODEL_GB)
-    end = max(job.at for job in jobs) + 1
+    end = (max(job.at for job in jobs) + 1) if jobs else 0.0
     # From the hour the first job arrives in: the fleet is up before the first job.
-    start = math.floor(min(job.at for job in jobs) / 3600) * 3600
+    start = math.floor(min(job.at for job in jobs) / 3600) * 3600 if jobs else 0.0
     return Scenario(jobs, sizes, fleet_by_hour(scale), start, end)
 
 
