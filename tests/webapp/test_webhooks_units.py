@@ -66,12 +66,15 @@ def test_retry_after_lengthens_the_wait_up_to_the_cap() -> None:
 
 
 @pytest.mark.parametrize(("header", "wait_ms"), [(b"7", 7000), (b"\xb2", None),
-                                                  (b"tomorrow", None)])
+                                                  (b"tomorrow", None),
+                                                  (b"9" * 5000, 999_999_999_000)])
 def test_a_receivers_retry_after_is_read_or_ignored_never_raised(header, wait_ms) -> None:
     """Tried: a receiver answering 503 with ``Retry-After: 7``, with the byte 0xB2 (read as
-    Latin-1 '\u00b2', which str.isdigit() takes and int() refuses), and with no date. Before,
-    the 0xB2 one raised ValueError out of the attempt: no outcome recorded for it. Now it
-    is no Retry-After, as the unparsable date already was."""
+    Latin-1 '\u00b2', which str.isdigit() takes and int() refuses), with no date, and with
+    5,000 digits. Before, the 0xB2 one and the 5,000 digits (int() refuses more than 4,300)
+    raised ValueError out of the attempt: no outcome recorded for it. Now 0xB2 is no
+    Retry-After, as the unparsable date already was, and 5,000 digits a very long one
+    (the retry's cap applies)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 

@@ -78,14 +78,20 @@ def ascii_host(host: str) -> str:
     return host if host.isascii() else host.encode("idna").decode("ascii")
 
 
+#: Digits of a Retry-After read as given (999,999,999 s: 31 years); more is that long.
+MAX_RETRY_AFTER_DIGITS = 9
+
+
 def _retry_after_ms(value: str | None) -> int | None:
     if not value:
         return None
     value = value.strip()
     # ASCII digits only: str.isdigit() takes '²' (a receiver's byte 0xB2 read as Latin-1),
-    # and int() of it raised out of the attempt.
+    # and int() of it raised out of the attempt, as of 4,301 digits or more. Past
+    # MAX_RETRY_AFTER_DIGITS it is "very long": the retry's cap applies either way.
     if value.isascii() and value.isdigit():
-        return int(value) * 1000
+        return int(value if len(value) <= MAX_RETRY_AFTER_DIGITS
+                   else "9" * MAX_RETRY_AFTER_DIGITS) * 1000
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
