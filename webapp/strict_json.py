@@ -12,6 +12,9 @@ A lone surrogate (``"\\ud800"``, half of a UTF-16 pair) is valid JSON syntax
 but no Unicode character: it cannot be encoded as UTF-8, so every later
 encoding of the job (its idempotency fingerprint, a worker's request, a log
 line) fails on it. RFC 7493 (I-JSON) forbids it; it is refused naming the field.
+I-JSON also forbids a name twice in one object, which Python's parser takes
+silently, keeping the last (``{"service_required": "echo", "service_required":
+"text"}`` ran a text job); that is refused naming the name.
 """
 
 from __future__ import annotations
@@ -55,10 +58,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: Digits of the largest float (1.8e308): an integer with more is beyond any float.
+_FLOAT_DIGITS = len(str(int(sys.float_info.max)))
+
+
 def _bounded_int(text: str) -> int:
-    if len(text) > 300 and abs(int(text)) > sys.float_info.max:
+    # Longer ones are refused unconverted: int() of over 4,300 digits raised Python's own
+    # advice ("use sys.set_int_max_str_digits()") as the refusal.
+    digits = len(text.lstrip("-"))
+    if digits > _FLOAT_DIGITS or (digits == _FLOAT_DIGITS
+                                  and abs(int(text)) > sys.float_info.max):
         raise JsonRefused(f"integer {_quoted(text)} is too large (beyond any float)")
     return int(text)
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise JsonRefused(f"name {json.dumps(name)[:_QUOTE]} appears twice in one "
+                                  "object (JSON names must be unique)")
+            seen.add(name)
+    return document
 
 
 def depth(text: str) -> int:
@@ -110,7 +133,7 @@ def loads(data: str | bytes, max_bytes: int = MAX_BODY_BYTES,
         raise JsonRefused(f"nested deeper than {max_depth} levels ({nesting})")
     try:
         document = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
-                              parse_int=_bounded_int)
+                              parse_int=_bounded_int, object_pairs_hook=_unique_names)
     except JsonRefused:
         raise
     except (ValueError, RecursionError) as exc:

@@ -92,6 +92,29 @@ def test_an_integer_parameter_too_large_is_refused_by_its_bound(start_server) ->
     assert api.get("/api/jobs?offset=1x").json()["error"] == "offset must be an integer, got '1x'"
 
 
+def test_a_value_of_the_wrong_type_is_told_in_json_words(start_server, client) -> None:
+    """Tried: POST /api/jobs with the bodies null, [] and "x", a ``priority`` of "high" and
+    of 50.0, a ``payload`` of [], and a ``service_required`` of 5. Before, each answer
+    spoke Python: "None is not of type 'object'", "priority: 'high' is not of type
+    'integer'". Now they say what the field must be and what came, in JSON: null, "high".
+    Nothing is written."""
+    api = Api(start_server("api", EMP_API_PROCESSES="1").base)
+    before = submit_state(client)
+    for body, said in (("null", "the body must be a JSON object, got null"),
+                       ("[]", "the body must be a JSON object, got []"),
+                       ('"x"', 'the body must be a JSON object, got "x"'),
+                       ('{"service_required": "echo", "priority": "high"}',
+                        'priority: must be an integer, got "high"'),
+                       ('{"service_required": "echo", "priority": 50.0}',
+                        "priority: must be an integer, got 50.0"),
+                       ('{"service_required": "echo", "payload": []}',
+                        "payload: must be a JSON object, got []"),
+                       ('{"service_required": 5}', "service_required: must be a string, got 5")):
+        reply = api.post("/api/jobs", data=body, headers={"Content-Type": "application/json"})
+        assert (reply.status_code, reply.json()["error"]) == (400, said), (body, reply.text)
+    assert submit_state(client) == before
+
+
 def _empty_fields(value: Any, where: str = "") -> list[str]:
     """Where ``value`` holds an empty string."""
     if value == "":

@@ -46,6 +46,16 @@ BAD_DOCUMENTS = [
      "payload.x.0: lone surrogate"),
     ("a lone surrogate in a key", '{"service_required": "echo", "payload": {"\\udfff": 1}}',
      "payload (a key): lone surrogate"),
+    # Before: accepted, the last one kept (a text job ran); I-JSON forbids it.
+    ("a name twice in one object",
+     '{"service_required": "echo", "service_required": "text"}',
+     'name "service_required" appears twice in one object'),
+    ("a name twice in a nested object",
+     '{"service_required": "echo", "payload": {"steps": 1, "steps": 10000}}',
+     'name "steps" appears twice'),
+    # Before: refused in Python's words, "use sys.set_int_max_str_digits()".
+    ("a 5,000-digit integer", '{"service_required": "echo", "payload": {"n": ' + "9" * 5000
+     + "}}", "is too large (beyond any float)"),
 ]
 
 

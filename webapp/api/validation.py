@@ -8,6 +8,7 @@ refusal is an ``Invalid`` whose message names the field.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Any
@@ -100,6 +101,23 @@ def _own_words(error: ValidationError) -> bool:
             and "x-error" in error.schema)
 
 
+#: A JSON type in words, for "must be ..." (jsonschema says Python's: "None is not of
+#: type 'object'", "'high' is not of type 'integer'").
+_TYPE_WORDS = {"object": "a JSON object", "array": "an array", "string": "a string",
+               "integer": "an integer", "number": "a number", "boolean": "true or false",
+               "null": "null"}
+
+
+def _type_message(field: str, error: ValidationError) -> str:
+    wanted = error.validator_value
+    kinds = " or ".join(_TYPE_WORDS.get(name, str(name))
+                        for name in ([wanted] if isinstance(wanted, str) else wanted))
+    got = json.dumps(error.instance, default=str)
+    got = got if len(got) <= 40 else f"{got[:40]}..."
+    return f"{field}: must be {kinds}, got {got}" if field else \
+        f"the body must be {kinds}, got {got}"
+
+
 def describe(error: ValidationError) -> str:
     """A message naming the field, in the words of the schema where it has some."""
     if error.validator in ("anyOf", "oneOf") and error.context and not _own_words(error):
@@ -117,6 +135,8 @@ def describe(error: ValidationError) -> str:
         return f"unknown field(s){where}: {', '.join(extra)}"
     if error.validator == "required":
         return error.message.replace("'", "").replace(" is a required property", " is required")
+    if error.validator == "type":
+        return _type_message(field, error)
     return f"{field}: {error.message}" if field else error.message
 
 
