@@ -210,6 +210,26 @@ def test_delete_removes_the_hook_and_its_keys(make_app, client) -> None:
     assert [k for k in webhook_keys(client) if k not in (keys.VERSION, keys.ORDER)] == []
 
 
+def test_a_value_of_the_wrong_type_is_told_in_json_words(make_app, client) -> None:
+    """Tried: POST /webhooks with ``active: "yes"``, ``retry_config.max_attempts: null``
+    and ``2.5``, and ``events: "complete_job"``. Before, the answers spoke Python
+    ("None is not of type 'integer'", "'yes' is not of type 'boolean'"); now JSON's, as the
+    REST API's. Nothing is written."""
+    api = make_app().test_client()
+    before = sorted(client.keys("*"))
+    for extra, field, said in (
+            ({"active": "yes"}, "active", 'must be true or false, got "yes"'),
+            ({"retry_config": {"max_attempts": None}}, "retry_config.max_attempts",
+             "must be an integer, got null"),
+            ({"retry_config": {"max_attempts": 2.5}}, "retry_config.max_attempts",
+             "must be an integer, got 2.5"),
+            ({"events": "complete_job"}, "events", 'must be an array, got "complete_job"')):
+        reply = api.post("/webhooks", json={**GOOD, **extra})
+        assert reply.status_code == 400, reply.json
+        assert (reply.json["field"], reply.json["error"]) == (field, f"{field}: {said}"), extra
+    assert sorted(client.keys("*")) == before
+
+
 def test_listing_limits_are_checked(make_app) -> None:
     api = make_app().test_client()
     hook = api.post("/webhooks", json=GOOD).json["data"]

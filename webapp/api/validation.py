@@ -8,7 +8,6 @@ refusal is an ``Invalid`` whose message names the field.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any
@@ -21,6 +20,7 @@ from webapp import strict_json
 from webapp.api.openapi import document
 from webapp.bodies import request_body
 from webapp.query import repeated
+from webapp.schema_words import type_message
 
 #: Longest error message returned.
 MAX_MESSAGE = 300
@@ -101,23 +101,6 @@ def _own_words(error: ValidationError) -> bool:
             and "x-error" in error.schema)
 
 
-#: A JSON type in words, for "must be ..." (jsonschema says Python's: "None is not of
-#: type 'object'", "'high' is not of type 'integer'").
-_TYPE_WORDS = {"object": "a JSON object", "array": "an array", "string": "a string",
-               "integer": "an integer", "number": "a number", "boolean": "true or false",
-               "null": "null"}
-
-
-def _type_message(field: str, error: ValidationError) -> str:
-    wanted = error.validator_value
-    kinds = " or ".join(_TYPE_WORDS.get(name, str(name))
-                        for name in ([wanted] if isinstance(wanted, str) else wanted))
-    got = json.dumps(error.instance, default=str)
-    got = got if len(got) <= 40 else f"{got[:40]}..."
-    return f"{field}: must be {kinds}, got {got}" if field else \
-        f"the body must be {kinds}, got {got}"
-
-
 def describe(error: ValidationError) -> str:
     """A message naming the field, in the words of the schema where it has some."""
     if error.validator in ("anyOf", "oneOf") and error.context and not _own_words(error):
@@ -136,7 +119,7 @@ def describe(error: ValidationError) -> str:
     if error.validator == "required":
         return error.message.replace("'", "").replace(" is a required property", " is required")
     if error.validator == "type":
-        return _type_message(field, error)
+        return f"{field}: {type_message(error)}" if field else f"the body {type_message(error)}"
     return f"{field}: {error.message}" if field else error.message
 
 
