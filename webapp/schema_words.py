@@ -1,9 +1,11 @@
-"""A JSON Schema type refusal in JSON's words, for every service's 400s.
+"""JSON Schema type and enum refusals in JSON's words, for every service's 400s.
 
 jsonschema words its type errors in Python: ``None is not of type 'integer'``,
 ``'high' is not of type 'integer'``. A client wrote ``null`` and ``"high"``,
 and reads of ``None`` and single quotes as a server-side slip. The REST API and
-the webhook service both say ``must be an integer, got "high"`` instead.
+the webhook service both say ``must be an integer, got "high"`` instead, and
+``must be one of "pending", "failed", got "bogus"`` for a value outside a list
+(jsonschema: ``'bogus' is not one of ['pending', 'failed']``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from jsonschema.exceptions import ValidationError
 
 #: A JSON type, as "must be ..." says it.
 TYPE_WORDS = {"object": "a JSON object", "array": "an array", "string": "a string",
-              "integer": "an integer", "number": "a number", "boolean": "true or false",
+              "integer": "an integer", "number": "a number", "boolean": "a boolean (true or false)",
               "null": "null"}
 #: Characters of the refused value quoted back.
 QUOTE = 40
@@ -25,5 +27,25 @@ def type_message(error: ValidationError) -> str:
     wanted = error.validator_value
     kinds = " or ".join(TYPE_WORDS.get(name, str(name))
                         for name in ([wanted] if isinstance(wanted, str) else wanted))
-    got = json.dumps(error.instance, default=str)
-    return f"must be {kinds}, got {got if len(got) <= QUOTE else got[:QUOTE] + '...'}"
+    return f"must be {kinds}, got {_quoted(error.instance)}"
+
+
+def _quoted(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= QUOTE else text[:QUOTE] + "..."
+
+
+def enum_message(error: ValidationError) -> str:
+    """``must be one of "pending", "failed", got "bogus"`` for an ``enum`` error."""
+    allowed = ", ".join(json.dumps(value) for value in error.validator_value)
+    return f"must be one of {allowed}, got {_quoted(error.instance)}"
+
+
+def message(error: ValidationError) -> str:
+    """What ``error`` says, the field not named: in JSON's words for a type or enum
+    error, in jsonschema's otherwise."""
+    if error.validator == "type":
+        return type_message(error)
+    if error.validator == "enum":
+        return enum_message(error)
+    return error.message

@@ -97,7 +97,7 @@ def test_a_value_of_the_wrong_type_is_told_in_json_words(start_server, client) -
     of 50.0, a ``payload`` of [], and a ``service_required`` of 5. Before, each answer
     spoke Python: "None is not of type 'object'", "priority: 'high' is not of type
     'integer'". Now they say what the field must be and what came, in JSON: null, "high".
-    Nothing is written."""
+    Nothing is written. Also ``GET /api/pools/default/metrics?window=2h`` (an enum)."""
     api = Api(start_server("api", EMP_API_PROCESSES="1").base)
     before = submit_state(client)
     for body, said in (("null", "the body must be a JSON object, got null"),
@@ -113,6 +113,10 @@ def test_a_value_of_the_wrong_type_is_told_in_json_words(start_server, client) -
         reply = api.post("/api/jobs", data=body, headers={"Content-Type": "application/json"})
         assert (reply.status_code, reply.json()["error"]) == (400, said), (body, reply.text)
     assert submit_state(client) == before
+    # A value outside a list: before, "'2h' is not one of ['1h', '24h']".
+    reply = api.get("/api/pools/default/metrics?window=2h")
+    assert (reply.status_code, reply.json()["error"]) == (
+        400, 'window: must be one of "1h", "24h", got "2h"'), reply.text
 
 
 def _empty_fields(value: Any, where: str = "") -> list[str]:

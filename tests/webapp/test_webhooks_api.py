@@ -218,7 +218,7 @@ def test_a_value_of_the_wrong_type_is_told_in_json_words(make_app, client) -> No
     api = make_app().test_client()
     before = sorted(client.keys("*"))
     for extra, field, said in (
-            ({"active": "yes"}, "active", 'must be true or false, got "yes"'),
+            ({"active": "yes"}, "active", 'must be a boolean (true or false), got "yes"'),
             ({"retry_config": {"max_attempts": None}}, "retry_config.max_attempts",
              "must be an integer, got null"),
             ({"retry_config": {"max_attempts": 2.5}}, "retry_config.max_attempts",

@@ -20,7 +20,7 @@ from webapp import strict_json
 from webapp.api.openapi import document
 from webapp.bodies import request_body
 from webapp.query import repeated
-from webapp.schema_words import type_message
+from webapp.schema_words import message
 
 #: Longest error message returned.
 MAX_MESSAGE = 300
@@ -118,8 +118,8 @@ def describe(error: ValidationError) -> str:
         return f"unknown field(s){where}: {', '.join(extra)}"
     if error.validator == "required":
         return error.message.replace("'", "").replace(" is a required property", " is required")
-    if error.validator == "type":
-        return f"{field}: {type_message(error)}" if field else f"the body {type_message(error)}"
+    if error.validator in ("type", "enum"):  # JSON's words, not Python's reprs
+        return f"{field}: {message(error)}" if field else f"the body {message(error)}"
     return f"{field}: {error.message}" if field else error.message
 
 
@@ -194,6 +194,6 @@ def query(path: str, method: str) -> dict[str, Any]:
         value = _convert(name, text, schema)
         error = best_match(Draft4Validator(to_json_schema(schema)).iter_errors(value))
         if error is not None:
-            raise Invalid(f"{name}: {error.message}")
+            raise Invalid(f"{name}: {message(error)}")
         values[name] = value
     return values

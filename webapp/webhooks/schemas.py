@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from capability_router.jobspec import NAME_RE
-from webapp.schema_words import type_message
+from webapp.schema_words import message
 from webapp.webhooks.events import ALIASES, EVENT_TYPES
 
 _NAMES = {"type": "array", "maxItems": 1000,
@@ -107,9 +107,7 @@ def _explain(error: ValidationError) -> RegistrationError:
             field, f"unknown event type {error.instance!r} (known: {', '.join(EVENT_TYPES)})")
     if field.startswith(("filters.priorities[", "filters.job_priorities[")):
         return RegistrationError(field, "a priority is an integer from 0 to 100")
-    if error.validator == "type":
-        return RegistrationError(field, type_message(error))
-    return RegistrationError(field, error.message)
+    return RegistrationError(field, message(error))
 
 
 def check_url(url: str) -> None:
