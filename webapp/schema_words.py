@@ -1,4 +1,4 @@
-"""JSON Schema type and enum refusals in JSON's words, for every service's 400s.
+"""JSON Schema refusals in JSON's words, for every service's 400s.
 
 jsonschema words its type errors in Python: ``None is not of type 'integer'``,
 ``'high' is not of type 'integer'``. A client wrote ``null`` and ``"high"``,
@@ -42,10 +42,20 @@ def enum_message(error: ValidationError) -> str:
 
 
 def message(error: ValidationError) -> str:
-    """What ``error`` says, the field not named: in JSON's words for a type or enum
-    error, in jsonschema's otherwise."""
+    """What ``error`` says, the field not named: in JSON's words for a type, enum,
+    format, pattern or length error, in jsonschema's otherwise."""
     if error.validator == "type":
         return type_message(error)
     if error.validator == "enum":
         return enum_message(error)
+    if error.validator == "format":
+        return f"must be a {error.validator_value}, got {_quoted(error.instance)}"
+    if error.validator == "pattern":  # its repr doubled each backslash of the pattern
+        return f"{_quoted(error.instance)} does not match {error.validator_value}"
+    if error.validator == "minLength" and error.validator_value == 1:
+        return "must be non-empty, got \"\""
+    if error.validator in ("maxLength", "minLength") and isinstance(error.instance, str):
+        bound = "at most" if error.validator == "maxLength" else "at least"
+        return (f"must be {bound} {error.validator_value} characters, got "
+                f"{len(error.instance)}: {_quoted(error.instance)}")
     return error.message

@@ -109,7 +109,13 @@ def test_a_value_of_the_wrong_type_is_told_in_json_words(start_server, client) -
                         "priority: must be an integer, got 50.0"),
                        ('{"service_required": "echo", "payload": []}',
                         "payload: must be a JSON object, got []"),
-                       ('{"service_required": 5}', "service_required: must be a string, got 5")):
+                       ('{"service_required": 5}', "service_required: must be a string, got 5"),
+                       # Before: "'x y' does not match '^[A-Za-z0-9_.:\\\\-]{1,128}$'" (the
+                       # pattern's repr doubled each backslash, JSON doubled them again)
+                       ('{"service_required": "echo", "customer_id": "x y"}',
+                        'customer_id: "x y" does not match ^[A-Za-z0-9_.:\\-]{1,128}$'),
+                       ('{"service_required": "echo", "workflow_datetime": ""}',
+                        'workflow_datetime: must be a date-time, got ""')):
         reply = api.post("/api/jobs", data=body, headers={"Content-Type": "application/json"})
         assert (reply.status_code, reply.json()["error"]) == (400, said), (body, reply.text)
     assert submit_state(client) == before

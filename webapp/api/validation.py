@@ -118,9 +118,10 @@ def describe(error: ValidationError) -> str:
         return f"unknown field(s){where}: {', '.join(extra)}"
     if error.validator == "required":
         return error.message.replace("'", "").replace(" is a required property", " is required")
-    if error.validator in ("type", "enum"):  # JSON's words, not Python's reprs
-        return f"{field}: {message(error)}" if field else f"the body {message(error)}"
-    return f"{field}: {error.message}" if field else error.message
+    # JSON's words, not Python's reprs, where schema_words has them
+    if field:
+        return f"{field}: {message(error)}"
+    return f"the body {message(error)}" if error.validator == "type" else message(error)
 
 
 def check(schema_name: str, value: Any, validator: Draft4Validator | None = None) -> None:
