@@ -59,7 +59,7 @@ def test_pool_metrics_shape_windows_errors_and_document(client, start_server,
         "no pool 'nowhere': known pools are fast, standard, heavy, default")}
     window = api.get("/api/pools/default/metrics", params={"window": "2h"})
     assert window.status_code == 400 and "window" in window.json()["error"]
-    assert "'1h', '24h'" in window.json()["error"]
+    assert '"1h", "24h"' in window.json()["error"]  # the allowed windows, in JSON's quotes
     bad = api.get("/api/pools/no%20spaces/metrics")
     assert bad.status_code == 400 and "invalid pool name" in bad.json()["error"]
     operation = document["paths"]["/api/pools/{name}/metrics"]["get"]
