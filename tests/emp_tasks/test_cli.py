@@ -150,8 +150,8 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
     with what the file holds. Before, a workflow went in as
     ``--payload "{\"workflow\": $(cat workflow_api.json)}"``. Refused, naming the option,
     nothing written: a missing file, ``@`` alone, a file that is not JSON, a workflow file
-    holding no object, the UI's own save format (no class_type) and a workflow given
-    twice."""
+    holding no object, the UI's own save format (no class_type), a workflow given
+    twice, and JSON naming a member twice in one object."""
     env = {"EMP_REDIS_URL": redis_server.url}
     (tmp_path / "payload.json").write_text('{"steps": 2, "note": "from a file"}')
     (tmp_path / "requirements.json").write_text('{"hardware": {"gpu_memory_gb": 8}}')
@@ -160,6 +160,7 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
     (tmp_path / "ui.json").write_text('{"nodes": [], "links": []}')
     (tmp_path / "broken.json").write_text('{"steps": ')
     (tmp_path / "list.json").write_text('[{"class_type": "KSampler"}]')
+    (tmp_path / "twice.json").write_text('{"hardware": {"gpu_memory_gb": 8, "gpu_memory_gb": 80}}')
 
     def submitted(*args: str, stdin: str | None = None) -> dict:
         done = subprocess.run([*EMP, "submit", *args, "--no-wait"], capture_output=True,
@@ -185,6 +186,11 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
         (("--workflow-file", "list.json"), "--workflow-file: list.json holds no ComfyUI workflow"),
         (("--workflow-file", "workflow_api.json", "--payload", '{"prompt": {}}'),
          "name two workflows"),
+        # Before: taken, the last kept (10,000 steps), where the REST API refuses it.
+        (("--payload", '{"steps": 1, "steps": 10000}'),
+         '--payload: name "steps" appears twice in one object'),
+        (("--requirements", "@twice.json"),
+         '--requirements: name "gpu_memory_gb" appears twice in one object in twice.json'),
     ]:
         refused = subprocess.run([*EMP, "submit", "comfyui", *args, "--no-wait"],
                                  capture_output=True, text=True, timeout=120, cwd=tmp_path,
