@@ -523,6 +523,11 @@ def test_the_json_endpoints_refuse_bad_input_and_change_nothing(
         ("GET", "/emp/api/jobs?limit=0", None, 400, "limit must be between 1 and 200"),
         ("GET", "/emp/api/jobs?offset=-1", None, 400, "offset must be between"),
         ("GET", "/emp/api/jobs?limit=ten", None, 400, "limit must be a whole number"),
+        # Before: Python's int() took these as 3, 10 and 5 (the REST API refuses them).
+        ("GET", "/emp/api/jobs?limit=%D9%A3", None, 400, "limit must be a whole number"),
+        ("GET", "/emp/api/jobs?limit=1_0", None, 400, "limit must be a whole number"),
+        ("GET", "/emp/api/jobs?limit=%2B5", None, 400, "limit must be a whole number"),
+        ("GET", "/emp/api/jobs?offset=" + "9" * 5000, None, 400, "offset must be between"),
         ("GET", "/emp/api/jobs?colour=red", None, 400, "unknown query parameter 'colour'"),
         ("GET", "/emp/api/jobs/no-such-job", None, 404, "no job 'no-such-job'"),
         ("POST", "/emp/api/jobs/no-such-job/cancel", None, 404, "no job 'no-such-job'"),

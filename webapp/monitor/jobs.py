@@ -8,6 +8,7 @@ API makes, so the monitor cannot do what a client could not.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import redis
@@ -66,14 +67,18 @@ def parse_query(args: dict[str, str]) -> dict[str, Any]:
     return query
 
 
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
 def _bounded(args: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     text = args.get(name)
     if text in (None, ""):
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadQuery(f"{name} must be a whole number, not {text!r}") from None
+    # ASCII digits alone, as the REST API reads them: int() also takes '٣' (3), '1_0' and
+    # '+5', and raises Python's own words past 4,300 digits.
+    if not _DIGITS.fullmatch(text):
+        raise BadQuery(f"{name} must be a whole number, not {text!r}")
+    value = int(text) if len(text) <= 18 else high + 1
     if not low <= value <= high:
         raise BadQuery(f"{name} must be between {low} and {high}")
     return value
