@@ -292,8 +292,8 @@ def test_a_burst_reaches_every_monitor_in_order_one_message_per_event(start_serv
 def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays_open(
         start_server, client) -> None:
     """Tried: on /ws/client a ``type`` that is a list, then an object, and a
-    ``subscribe_progress`` and ``cancel_job`` whose ``job_id`` is a number, an object, null
-    or absent; on /ws/monitor a
+    ``subscribe_progress`` and ``cancel_job`` whose ``job_id`` is a number, an object, null,
+    empty (cancel_job's said "job  not found") or absent; on /ws/monitor a
     ``subscribe`` with ``topics: [{"a": 1}]`` and ``request_full_state`` with ``page``
     10**30, 1e300 and "x", and ``pageSize`` []. Before the fix each raised in the handler
     (TypeError unhashable, or Redis "value is not an integer or out of range"), logged a
@@ -313,7 +313,7 @@ def test_wrongly_typed_fields_get_an_error_naming_the_field_and_the_socket_stays
         # nothing said of the 123 that came); cancel_job the same.
         for kind in ("subscribe_progress", "cancel_job"):
             for job_id, said in ((123, "got 123"), ({"id": "x"}, 'got {"id": "x"}'),
-                                 (None, "got null")):
+                                 (None, "got null"), ("", 'got ""')):
                 ws.send(json.dumps({"type": kind, "job_id": job_id}))
                 answer = receive(ws)
                 assert answer["type"] == "error" and answer["field"] == "job_id", answer

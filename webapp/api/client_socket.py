@@ -316,10 +316,11 @@ class ClientConnection:
 
     def cancel(self, message: dict[str, Any]) -> None:
         job_id = message.get("job_id")
-        record = self._visible_job(job_id) if isinstance(job_id, str) else None
+        if not isinstance(job_id, str) or not job_id:  # as subscribe_progress says it
+            self.session.send(job_id_error("cancel_job", message))
+            return
+        record = self._visible_job(job_id)
         if record is None:
-            if not isinstance(job_id, str):
-                self.session.send(job_id_error("cancel_job", message))
             return
         pool = record.get("pool") or "default"
         self._follow(record["job_id"], None, pool, remember=True)
