@@ -26,6 +26,7 @@ import click
 from click.core import ParameterSource
 
 from capability_router.errors import EmpError, InvalidJob, Unroutable
+from capability_router.json_names import NameRepeated, unique_object
 from capability_router.states import JobStatus
 from emp_tasks import defaults
 from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
@@ -52,26 +53,9 @@ def _json_option(text: str | None, name: str) -> Any:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise click.BadParameter(f"cannot read {path}: {reason}", param_hint=name) from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_names)
-    except json.JSONDecodeError as exc:
+        return json.loads(text, object_pairs_hook=unique_object)
+    except (json.JSONDecodeError, NameRepeated) as exc:  # a name twice: as the REST API
         raise click.BadParameter(f"not valid JSON{where}: {exc}", param_hint=name) from None
-    except _NameTwice as exc:
-        raise click.BadParameter(f"{exc}{where}", param_hint=name) from None
-
-
-class _NameTwice(ValueError):
-    """A JSON object names one member twice."""
-
-
-def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The object, refusing a name given twice: Python's parser keeps the last without a
-    word (``{"steps": 1, "steps": 10000}`` ran 10,000), and the REST API refuses it."""
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        names = [name for name, _ in pairs]
-        twice = next(name for n, name in enumerate(names) if name in names[:n])
-        raise _NameTwice(f"name {json.dumps(twice)} appears twice in one object")
-    return document
 
 
 def _with_workflow(payload: Any, path: str | None) -> Any:

@@ -25,6 +25,7 @@ import sys
 from itertools import accumulate
 from typing import Any
 
+from capability_router.json_names import unique_object
 from webapp.settings import MAX_BODY_BYTES
 
 #: Deepest nesting of arrays and objects accepted (a ComfyUI workflow needs under 10).
@@ -70,18 +71,6 @@ def _bounded_int(text: str) -> int:
                                   and abs(int(text)) > sys.float_info.max):
         raise JsonRefused(f"integer {_quoted(text)} is too large (beyond any float)")
     return int(text)
-
-
-def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise JsonRefused(f"name {json.dumps(name)[:_QUOTE]} appears twice in one "
-                                  "object (JSON names must be unique)")
-            seen.add(name)
-    return document
 
 
 def depth(text: str) -> int:
@@ -133,7 +122,7 @@ def loads(data: str | bytes, max_bytes: int = MAX_BODY_BYTES,
         raise JsonRefused(f"nested deeper than {max_depth} levels ({nesting})")
     try:
         document = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
-                              parse_int=_bounded_int, object_pairs_hook=_unique_names)
+                              parse_int=_bounded_int, object_pairs_hook=unique_object)
     except JsonRefused:
         raise
     except (ValueError, RecursionError) as exc:

@@ -188,9 +188,9 @@ def test_submit_reads_its_json_from_files_and_a_comfyui_workflow_file(
          "name two workflows"),
         # Before: taken, the last kept (10,000 steps), where the REST API refuses it.
         (("--payload", '{"steps": 1, "steps": 10000}'),
-         '--payload: name "steps" appears twice in one object'),
-        (("--requirements", "@twice.json"),
-         '--requirements: name "gpu_memory_gb" appears twice in one object in twice.json'),
+         '--payload: not valid JSON: name "steps" appears twice in one object'),
+        (("--requirements", "@twice.json"), '--requirements: not valid JSON in twice.json: '
+                                            'name "gpu_memory_gb" appears twice in one object'),
     ]:
         refused = subprocess.run([*EMP, "submit", "comfyui", *args, "--no-wait"],
                                  capture_output=True, text=True, timeout=120, cwd=tmp_path,
