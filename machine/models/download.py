@@ -59,7 +59,9 @@ DEADLINE_GRACE_SECONDS = 60.0
 #: Requests' errors for a URL that cannot be fetched at all: trying again gives the same.
 _UNFOLLOWABLE = (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
                  requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+)$")
+#: A 206's Content-Range: ASCII digits, at most an exabyte's 19 (``\d`` takes '٣', and
+#: int() refuses over 4,300 digits: a ValueError out of the download).
+_CONTENT_RANGE = re.compile(r"^bytes ([0-9]{1,19})-[0-9]{1,19}/([0-9]{1,19})$")
 #: "Come back later" statuses: not a wrong catalog entry.
 _BUSY = (408, 429)
 #: Longest Retry-After honoured, seconds.
@@ -253,8 +255,11 @@ def _announced_size(reply: requests.Response) -> int | None:
         match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
         return int(match[2]) if match else None
     length = reply.headers.get("Content-Length", "")
-    # ASCII digits only: str.isdigit() takes '²' (a byte 0xB2 read as Latin-1), int() not.
-    return int(length) if length.isascii() and length.isdigit() else None
+    # ASCII digits only, and few (an exabyte has 19): str.isdigit() takes '²' (a byte 0xB2
+    # read as Latin-1), which int() refuses, as it refuses over 4,300 digits.
+    if length.isascii() and length.isdigit() and len(length) <= 19:
+        return int(length)
+    return None
 
 
 def _open(part: Path, mode: str, url: str) -> BinaryIO:

@@ -367,15 +367,37 @@ def test_a_server_file_of_another_size_is_a_model_error_at_once(server, tmp_path
     assert not list((tmp_path / ".parts").iterdir()) and not (tmp_path / "short").exists()
 
 
-def test_a_content_length_of_no_ascii_digits_is_no_announced_size(server, tmp_path) -> None:
+@pytest.mark.parametrize("claimed", ["\u00b2", "9" * 5000])
+def test_a_content_length_of_no_ascii_digits_is_no_announced_size(server, tmp_path,
+                                                                  claimed: str) -> None:
     """Tried: a server whose Content-Length is the byte 0xB2, which HTTP reads as Latin-1
-    '²'. Python's str.isdigit() takes it and int() refuses it: before, the download raised
-    a bare ValueError out of the worker's preparation. Now it counts as no announced size,
-    as a missing header does: the file is read to its end and checked by its checksum."""
+    '²', or 5,000 digits. Python's str.isdigit() takes both and int() refuses both (over
+    4,300 digits): before, the download raised a bare ValueError out of the worker's
+    preparation. Now each counts as no announced size, as a missing header does: the
+    file is read to its end and checked by its checksum."""
     entry = _entry(server, "odd")
-    server.claimed_length["odd"] = "\u00b2"
+    server.claimed_length["odd"] = claimed
     _fetch(_manager(tmp_path), entry)
     assert (tmp_path / "odd").read_bytes() == server.files["odd"]
+
+
+def test_a_content_range_of_5000_digits_is_no_announced_size() -> None:
+    """Tried: a 206 whose Content-Range is ``bytes 0-9/`` and 5,000 digits, or starts at
+    5,000 digits. Before, int() raised ValueError out of the download (over 4,300
+    digits); now it is a Content-Range that says nothing: no announced size, and the
+    start asked for."""
+    import requests
+
+    from machine.models.download import _announced_size, _range_start
+
+    for header in ("bytes 0-9/" + "9" * 5000, "bytes " + "9" * 5000 + "-9/10"):
+        reply = requests.Response()
+        reply.status_code = 206
+        reply.headers["Content-Range"] = header
+        assert _announced_size(reply) is None
+        assert _range_start(reply, 7) == 7
+    reply.headers["Content-Range"] = "bytes 5-9/10"
+    assert (_announced_size(reply), _range_start(reply, 0)) == (10, 5)
 
 
 def test_a_server_that_would_gzip_sends_the_file_as_is(server, tmp_path) -> None:
