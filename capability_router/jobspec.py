@@ -26,6 +26,7 @@ from capability_router.requirements import (
     normalize_requirements,
     text_signature,
 )
+from capability_router.whole_numbers import whole_number
 
 #: Largest accepted payload + ctx, in bytes of JSON (``EMP_MAX_PAYLOAD_BYTES``).
 MAX_PAYLOAD_BYTES = env_int("EMP_MAX_PAYLOAD_BYTES", 1024 * 1024)
@@ -55,17 +56,14 @@ def _name(field_name: str, value: Any, required: bool = False) -> str | None:
     return value
 
 
-#: A whole number as text: ASCII digits (str.isdigit() takes '²', int() refuses it), one
-#: sign ("--5" passed a strip of dashes), few enough for any field's bounds.
-_WHOLE = re.compile(r"-?[0-9]{1,18}")
-
-
 def _int(field_name: str, value: Any, low: int, high: int, default: int | None) -> int | None:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
-            value = int(value)
+        # ASCII digits, one sign ('²' and "--5" passed a strip of dashes, then int() raised)
+        whole = whole_number(value.strip(), 18, signed=True) if isinstance(value, str) else None
+        if whole is not None:
+            value = whole
         else:
             raise InvalidJob(f"{field_name} must be an integer {low}-{high}, got {value!r}")
     if not low <= value <= high:

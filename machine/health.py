@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
+from capability_router.whole_numbers import whole_number
 from machine import metrics
 from machine.errors import MachineError, UnknownProgram
 
@@ -129,11 +130,10 @@ def logs(name: str):  # noqa: ANN201 - Flask response
     if len(given) > 1:  # Flask's get() took the first, dropping the rest without a word
         return _error(400, f"lines: given {len(given)} times; send it once")
     raw = given[0] if given else str(DEFAULT_LINES)
-    # ASCII digits only, and few of them: str.isdigit() takes '²' and int() refuses
-    # strings of over 4300 digits, each of which was a 500.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 0 < int(raw) <= MAX_LINES:
+    count = whole_number(raw, 6)  # '²' and over 4,300 digits were each a 500
+    if count is None or not 0 < count <= MAX_LINES:
         return _error(400, f"lines must be an integer from 1 to {MAX_LINES}, got {raw!r}")
-    lines = _machine().tail(name, int(raw))
+    lines = _machine().tail(name, count)
     return jsonify(service=name, lines=lines)
 
 

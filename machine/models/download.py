@@ -25,6 +25,7 @@ import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from capability_router.catalog import redacted_url
+from capability_router.whole_numbers import whole_number
 from machine.connectors.base import ConnectorError, ErrorType
 from machine.models import redirects
 from machine.models.settings import positive
@@ -255,11 +256,7 @@ def _announced_size(reply: requests.Response) -> int | None:
         match = _CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
         return int(match[2]) if match else None
     length = reply.headers.get("Content-Length", "")
-    # ASCII digits only, and few (an exabyte has 19): str.isdigit() takes '²' (a byte 0xB2
-    # read as Latin-1), which int() refuses, as it refuses over 4,300 digits.
-    if length.isascii() and length.isdigit() and len(length) <= 19:
-        return int(length)
-    return None
+    return whole_number(length, 19)  # at most an exabyte's 19 digits
 
 
 def _open(part: Path, mode: str, url: str) -> BinaryIO:

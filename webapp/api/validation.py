@@ -8,7 +8,6 @@ refusal is an ``Invalid`` whose message names the field.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from flask import current_app, request
 from jsonschema import Draft4Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
+from capability_router.whole_numbers import is_whole
 from webapp import strict_json
 from webapp.api.openapi import document
 from webapp.bodies import request_body
@@ -150,7 +150,6 @@ def _operation(path: str, method: str) -> dict[str, Any]:
     return document()["paths"][path][method]
 
 
-_INTEGER = re.compile(r"-?[0-9]+")
 #: Digits past which a whole number is beyond every bound a parameter has: it is refused
 #: by its bound without being converted (before, "must be an integer" said of one).
 _MAX_DIGITS = 18
@@ -159,7 +158,7 @@ _MAX_DIGITS = 18
 def _convert(name: str, text: str, schema: dict[str, Any]) -> Any:
     kind = schema.get("type")
     if kind == "integer":
-        if not _INTEGER.fullmatch(text):
+        if not is_whole(text, signed=True):
             raise Invalid(f"{name} must be an integer, got {text!r}")
         if len(text.lstrip("-")) > _MAX_DIGITS:
             shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"

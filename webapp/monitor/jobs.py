@@ -8,7 +8,6 @@ API makes, so the monitor cannot do what a client could not.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 import redis
@@ -17,6 +16,7 @@ from jsonschema import Draft4Validator
 
 from capability_router.keys import DEFAULT_NAMESPACE, check_namespace
 from capability_router.states import JobStatus
+from capability_router.whole_numbers import is_whole, whole_number
 from emp_tasks import producer
 from webapp.api import listing
 from webapp.api.openapi import build
@@ -67,18 +67,15 @@ def parse_query(args: dict[str, str]) -> dict[str, Any]:
     return query
 
 
-_DIGITS = re.compile(r"-?[0-9]+")
-
-
 def _bounded(args: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     text = args.get(name)
     if text in (None, ""):
         return default
-    # ASCII digits alone, as the REST API reads them: int() also takes '٣' (3), '1_0' and
-    # '+5', and raises Python's own words past 4,300 digits.
-    if not _DIGITS.fullmatch(text):
+    # ASCII digits alone, as the REST API reads them (int() took '٣', '1_0' and '+5')
+    if not is_whole(text, signed=True):
         raise BadQuery(f"{name} must be a whole number, not {text!r}")
-    value = int(text) if len(text) <= 18 else high + 1
+    value = whole_number(text, 18, signed=True)
+    value = high + 1 if value is None else value  # more digits than any bound
     if not low <= value <= high:
         raise BadQuery(f"{name} must be between {low} and {high}")
     return value

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, jsonify, request
 
 from capability_router.functions import redis_now_ms
+from capability_router.whole_numbers import whole_number
 from webapp import strict_json
 from webapp.auth import error, require_auth
 from webapp.bodies import request_body
@@ -94,11 +95,10 @@ def _limit(default: int) -> int:
     text = _one("limit")
     if text is None:
         return default
-    # ASCII digits, few: str.isdigit() takes '²', which int() refuses (a 500 before)
-    if not (text.isascii() and text.isdigit() and len(text) <= 6) \
-            or not 1 <= int(text) <= MAX_LIMIT:
+    value = whole_number(text, 6)  # '²' was a 500, '٣' listed 3
+    if value is None or not 1 <= value <= MAX_LIMIT:
         raise RegistrationError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(text)
+    return value
 
 
 @bp.get("/health")

@@ -28,6 +28,7 @@ from urllib3.exceptions import (
     ProtocolError,
 )
 
+from capability_router.whole_numbers import is_whole, whole_number
 from webapp.webhooks.addresses import AddressPolicy, AddressRefused, UnresolvableHost
 from webapp.webhooks.deadlines import (
     Attempt,
@@ -86,12 +87,11 @@ def _retry_after_ms(value: str | None) -> int | None:
     if not value:
         return None
     value = value.strip()
-    # ASCII digits only: str.isdigit() takes '²' (a receiver's byte 0xB2 read as Latin-1),
-    # and int() of it raised out of the attempt, as of 4,301 digits or more. Past
+    # ASCII digits only ('²' and over 4,300 digits raised out of the attempt). Past
     # MAX_RETRY_AFTER_DIGITS it is "very long": the retry's cap applies either way.
-    if value.isascii() and value.isdigit():
-        return int(value if len(value) <= MAX_RETRY_AFTER_DIGITS
-                   else "9" * MAX_RETRY_AFTER_DIGITS) * 1000
+    if is_whole(value):
+        seconds = whole_number(value, MAX_RETRY_AFTER_DIGITS)
+        return (10 ** MAX_RETRY_AFTER_DIGITS - 1 if seconds is None else seconds) * 1000
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
