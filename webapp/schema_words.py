@@ -26,7 +26,7 @@ QUOTE = 40
 def message(error: ValidationError) -> str:
     """What ``error`` says, the field not named: in JSON's words for a type, enum,
     format, pattern or length error, in jsonschema's otherwise."""
-    rule, got = error.validator_value, _quoted(error.instance)
+    rule, got = error.validator_value, quoted(error.instance)
     if error.validator == "type":
         kinds = " or ".join(TYPE_WORDS.get(name, str(name))
                             for name in ([rule] if isinstance(rule, str) else rule))
@@ -45,6 +45,7 @@ def message(error: ValidationError) -> str:
     return error.message
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
+    """``value`` as JSON, cut at ``QUOTE`` characters: what a refusal quotes back."""
     text = json.dumps(value, default=str)
     return text if len(text) <= QUOTE else text[:QUOTE] + "..."

@@ -12,7 +12,6 @@ every event it missed.
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from typing import Any
@@ -48,6 +47,7 @@ from webapp.outage import (
     WriteRefusals,
     reason_of,
 )
+from webapp.schema_words import quoted
 
 #: How long a client's subscriptions are remembered for a reconnect, seconds.
 SUBSCRIPTIONS_TTL = 24 * 3600
@@ -367,7 +367,5 @@ def job_id_error(kind: str, message: dict[str, Any]) -> dict[str, Any]:
     field and what came (before, ``"job_id": 123`` was told only "needs a job_id")."""
     if "job_id" not in message:
         return error_message(f"{kind} needs a job_id", field="job_id")
-    given = json.dumps(message["job_id"])
-    given = given if len(given) <= 40 else given[:40] + "..."
-    return error_message(f"job_id must be a job id (a non-empty string), got {given}",
-                         field="job_id")
+    return error_message("job_id must be a job id (a non-empty string), got "
+                         f"{quoted(message['job_id'])}", field="job_id")
