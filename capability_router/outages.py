@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import redis
 
@@ -83,20 +84,24 @@ class OutageLog:
 
     def _stale(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a timeout whose wait began before the last outage ended."""
-        return (self._ended_at is not None and _timed_out(exc)
+        return (self._ended_at is not None and timed_out(exc)
                 and time.monotonic() - self._ended_at < self.timeout_seconds)
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps: kombu's OperationalError) is a read timeout."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (kombu's OperationalError wraps redis-py's errors), at
+    most 8 deep: a chain of causes, never a cycle."""
     seen: BaseException | None = exc
-    for _ in range(8):  # a chain of causes, never a cycle
+    for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, redis.TimeoutError):
-            return True
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc``, or what it wraps, is a socket timeout."""
+    return any(isinstance(seen, (redis.TimeoutError, TimeoutError)) for seen in causes(exc))
 
 
 class RenewalLog:

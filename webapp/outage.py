@@ -34,7 +34,7 @@ from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 
 from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
-from capability_router.outages import OutageLog
+from capability_router.outages import OutageLog, causes
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +158,10 @@ class WriteRefusals:
 def reason_of(exc: BaseException) -> str:
     """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
     under kombu's OperationalError, which wraps a refused publish)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a chain of causes, never a cycle
-        if seen is None:
-            break
+    for seen in causes(exc):
         for kind, text in REFUSING.items():
             if isinstance(seen, kind):
                 return text
-        seen = seen.__cause__ or seen.__context__
     return REASON
 
 

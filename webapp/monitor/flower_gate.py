@@ -29,7 +29,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis
 import tornado.web
 from flower.api import control, tasks, workers
 from flower.inspector import Inspector
@@ -39,6 +38,7 @@ from flower.views.workers import WorkerView
 from tornado.web import url
 
 from capability_router.errors import InvalidJob
+from capability_router.outages import timed_out
 from webapp.monitor.handlers import RedisUnavailable, until_outage
 from webapp.monitor.state import MonitorState
 from webapp.outage import REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
@@ -147,7 +147,7 @@ class GatedInspector(Inspector):
         that timed out met a hung Redis: no ping then (it was a second socket timeout, and
         a worker's page that found the outage waited 10-15 s for its 503)."""
         outage = self.state.outage
-        if not outage.down and not _timed_out(exc):
+        if not outage.down and not timed_out(exc):
             try:
                 self.state.backend.redis.ping()
             except UNAVAILABLE:
@@ -156,18 +156,6 @@ class GatedInspector(Inspector):
                 logger.debug("inspect method %s failed, Redis answers: %s", method, exc)
                 return
         outage.failed(exc)
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps: kombu's OperationalError) is a socket timeout."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a chain of causes, never a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, (redis.TimeoutError, TimeoutError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class FlowerGate(tornado.web.RequestHandler):
