@@ -520,7 +520,7 @@ class ComfyUIConnector(Connector):
         elif kind == "executing":
             tracker.executing(data["node"])
         elif kind == "progress":
-            tracker.progress(data.get("node"), data.get("value") or 0, data.get("max") or 0)
+            tracker.progress(data.get("node"), data.get("value"), data.get("max"))
         elif kind == "executed" and data.get("node") is not None:
             tracker.executed(data["node"])
         else:

@@ -11,6 +11,7 @@ stored, then "completed from ComfyUI's cache") rather than "started" at 99.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from machine.connectors.base import Progress
@@ -52,10 +53,15 @@ class ProgressTracker:
         if node != self.current:
             self.current, self.step, self.max_steps = node, 0, 0
 
-    def progress(self, node: Any, value: int, maximum: int) -> None:
+    def progress(self, node: Any, value: Any, maximum: Any) -> None:
+        """A node's step ``value`` of ``maximum``. A report whose figures are not finite
+        numbers (a custom node's own ``send_sync``) is ignored: it failed the job before."""
+        step, steps = _count(value), _count(maximum)
+        if step is None or steps is None:
+            return
         if node is not None and str(node) != self.current:
             self.executing(node)
-        self.step, self.max_steps = int(value), int(maximum)
+        self.step, self.max_steps = step, steps
 
     def executed(self, node: Any) -> None:
         """A node's output (ComfyUI repeats a cached output node's earlier one)."""
@@ -128,3 +134,13 @@ class ProgressTracker:
 def ahead_text(count: int) -> str:
     """``1 prompt ahead``, ``3 prompts ahead``."""
     return f"{count} prompt{'' if count == 1 else 's'} ahead"
+
+
+def _count(value: Any) -> int | None:
+    """A step figure as a whole number (0 for none, a fraction rounded down); None for a
+    value that is no finite number ("3", NaN, a list)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return max(0, int(value))
