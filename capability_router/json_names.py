@@ -2,7 +2,8 @@
 
 Python's ``json`` keeps the last of two members of the same name without a
 word, so ``{"steps": 1, "steps": 10000}`` ran 10,000 steps. RFC 7493 (I-JSON)
-forbids the repeat. The REST API's strict parser and ``emp submit`` pass
+forbids the repeat. The REST API's strict parser, ``emp submit``, a worker's
+``WORKER_PROFILE_JSON`` and ``WORKER_MODELS`` and ``emp simulate``'s traces pass
 ``unique_object`` as ``json.loads``' ``object_pairs_hook``.
 """
 

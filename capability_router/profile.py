@@ -19,6 +19,7 @@ from typing import Any
 
 from capability_router.errors import InvalidProfile
 from capability_router.jobspec import NAME_RE, NAME_RULE
+from capability_router.json_names import unique_object
 from capability_router.requirements import canonical_json, signature
 
 _IDENTITY = ("worker_id", "machine_id")
@@ -50,8 +51,8 @@ def profile_json(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        base = json.loads(text)
-    except json.JSONDecodeError as exc:
+        base = json.loads(text, object_pairs_hook=unique_object)
+    except ValueError as exc:  # JSONDecodeError, or a name given twice
         raise InvalidProfile(f"WORKER_PROFILE_JSON is not valid JSON: {exc}") from None
     if not isinstance(base, dict):
         raise InvalidProfile(f"WORKER_PROFILE_JSON must be a JSON object, got "
@@ -98,8 +99,8 @@ def parse_models(text: str | None, services: list[str]) -> dict[str, list[str]]:
     text = text.strip()
     if text.startswith("{"):
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+            value = json.loads(text, object_pairs_hook=unique_object)
+        except ValueError as exc:  # JSONDecodeError, or a service named twice
             raise InvalidProfile(f"WORKER_MODELS is not valid JSON: {exc}") from None
         if not isinstance(value, dict) or not all(
             isinstance(v, list) and all(isinstance(m, str) for m in v) for v in value.values()

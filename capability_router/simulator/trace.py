@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capability_router.json_names import unique_object
+
 #: Size of a model a trace gives no size for, GB.
 DEFAULT_MODEL_GB = 5.0
 DAY_SECONDS = 86_400
@@ -248,7 +250,7 @@ def load_trace(path: str | Path, scale: float = 1.0) -> Scenario:
             if not line.strip():
                 continue
             try:
-                raw = json.loads(line)
+                raw = json.loads(line, object_pairs_hook=unique_object)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not a trace job: {exc}") from None
             problem = trace_line_problem(raw)

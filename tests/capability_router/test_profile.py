@@ -47,6 +47,11 @@ def test_equal_capabilities_share_a_signature() -> None:
     ({"WORKER_MODELS": '{"comfyui": ["sdxl", ""]}'}, "WORKER_MODELS names an empty"),
     ({"WORKER_MODELS": '{"": ["sdxl"]}'}, "WORKER_MODELS names an empty"),
     ({"WORKER_PROFILE_JSON": "[1"}, "WORKER_PROFILE_JSON is not valid JSON"),
+    # a name given twice was taken silently, the last one winning: an 8 GB worker said 80
+    ({"WORKER_PROFILE_JSON": '{"hardware": {"gpu_memory_gb": 8, "gpu_memory_gb": 80}}'},
+     'WORKER_PROFILE_JSON is not valid JSON: name "gpu_memory_gb" appears twice'),
+    ({"WORKER_MODELS": '{"comfyui": ["sdxl"], "comfyui": ["flux"]}'},
+     'WORKER_MODELS is not valid JSON: name "comfyui" appears twice'),
     # Python's json takes NaN and Infinity, and "inf" reads as a number: each profile was
     # registered with a bare Infinity or NaN, which no strict JSON reader takes
     ({"WORKER_PROFILE_JSON": '{"hardware": {"gpu_memory_gb": Infinity}}'},

@@ -239,6 +239,9 @@ BAD_TRACE_LINES = {  # a trace line, and what the refusal names
     '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "priority": 1000}': "priority",
     '{"id": "a", "at": 1, "service": 7, "run_seconds": 2}': "service",
     '[1, 2]': "a trace line must be a JSON object",
+    # a name given twice was taken silently, the last one winning
+    '{"id": "a", "at": 1, "service": "text", "run_seconds": 2, "run_seconds": 900}':
+        'not a trace job: name "run_seconds" appears twice',
 }
 
 
@@ -249,8 +252,8 @@ def test_a_bad_trace_line_is_one_line_naming_the_line_and_the_field(redis_server
     impossible value. Before, ``at: "x"`` was a TypeError traceback and ``at: 1e308`` an
     OverflowError traceback; NaN run seconds said only "cannot convert float NaN to
     integer" (no file, line or field); negative arrival or run seconds, negative model
-    sizes and ``models: "sdxl"`` (read as the models s, d, x and l) ran without a word.
-    Now each is a usage error naming the file, the line and the field."""
+    sizes and ``models: "sdxl"`` (read as the models s, d, x and l) ran without a word,
+    and a field named twice kept its last value. Now each is a usage error naming the file, the line and the field."""
     from click.testing import CliRunner
 
     from emp_tasks.cli import main
