@@ -49,7 +49,8 @@ def run_demo(url: str, timeout: float = 60.0, console: Console | None = None) ->
         table.add_column(column)
     for spec, job_id in submitted:
         record = records[job_id]
-        table.add_row(job_id[:8], spec["service"], str(spec.get("requirements", {})),
+        table.add_row(job_id[:8], spec["service"],
+                      json.dumps(spec.get("requirements", {})),  # as submitted
                       str(record.get("priority")), record.get("worker_id", ""),
                       str(record.get("attempts")), record["status"])
     console.print(table)

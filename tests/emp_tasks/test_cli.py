@@ -68,6 +68,10 @@ def test_demo_without_a_live_worker_says_so_at_once_and_at_the_end(redis_server,
     assert "note: no live worker serves pool default; waiting up to 0.5 s" in text[first:last]
     assert "demo: 5 of 5 jobs did not end within 0.5 s" in text[last:]
     assert "note: no live worker serves pool default; start one: `emp up`" in text[last:]
+    # the table shows each job's requirements as they were submitted, in JSON (it
+    # showed Python's repr: {'hardware': {'gpu_memory_gb': 16}})
+    assert '{"hardware": {"gpu_memory_gb": 16}}' in text[last:], text[last:]
+    assert "{'" not in text[last:], text[last:]
 
 
 def test_up_refuses_a_taken_web_port_before_starting_anything(tmp_path) -> None:
