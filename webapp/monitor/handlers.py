@@ -24,6 +24,7 @@ from flower.views import BaseHandler
 from tornado.ioloop import IOLoop
 
 from webapp import strict_json
+from webapp.bodies import coding_refused
 from webapp.monitor.state import MonitorState
 from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, Outage, reason_of
 
@@ -106,6 +107,10 @@ class MonitorHandler(BaseHandler):
         super().render(template_name, **kwargs)
 
 
+class CodedBody(tornado.web.HTTPError):
+    """A request body in a content coding (``webapp.bodies.coding_refused``)."""
+
+
 class JsonHandler(MonitorHandler):
     """A JSON endpoint of the monitor's pages: errors are JSON too."""
 
@@ -135,6 +140,8 @@ class JsonHandler(MonitorHandler):
             self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if isinstance(exc, CodedBody):  # the one coding taken (RFC 9110, 15.5.16)
+            self.set_header("Accept-Encoding", "identity")
         message = exc.log_message if isinstance(exc, tornado.web.HTTPError) else None
         self.finish(json.dumps({"success": False,
                                 "error": message or self._reason}))
@@ -147,7 +154,10 @@ class JsonHandler(MonitorHandler):
 
     def body_json(self) -> dict[str, Any]:
         """The request's JSON object body, parsed as strictly as the API's, or a 400 saying
-        what is wrong with it."""
+        what is wrong with it (415 for a body in a content coding, as the API's)."""
+        refusal = coding_refused(self.request.headers.get("Content-Encoding"))
+        if refusal:
+            raise CodedBody(415, refusal)
         try:
             body = strict_json.loads(self.request.body or b"{}")
         except strict_json.JsonRefused as exc:
