@@ -82,7 +82,8 @@ def test_a_worker_holding_a_job_says_once_that_its_lease_renewals_are_refused(
 def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
         client, start_server, redis_full) -> None:
     """Tried: the API, a job submitted, then Redis at maxmemory and the same kind of
-    submit sent twice with an Idempotency-Key, then memory freed and the submit retried.
+    submit sent twice with an Idempotency-Key and once without (and once to an API without
+    customer tokens), then memory freed and the submit retried.
     Before the fix each refused submit was a 500 "internal error" with a traceback in the
     log per request, though nothing was wrong with the request and a retry later works;
     a client reads a 500 as "do not retry". It should be a 503 with Retry-After that
@@ -92,11 +93,15 @@ def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
     body = {"service_required": "simulation", "payload": {"steps": 1}}
     first = requests.post(f"{api.base}/api/jobs", json=body, headers=acme, timeout=10)
     assert first.status_code == 201, first.text
+    # An API without customer tokens has no customer limits to write first: the refused
+    # write is the job's publish, which kombu wraps in its OperationalError.
+    open_api = start_server("api", EMP_API_PROCESSES="1")
     before = sorted(client.scan_iter("*"))
     redis_full()
     keyed = {**acme, "Idempotency-Key": "full-1"}
-    for _ in range(2):
-        refused = requests.post(f"{api.base}/api/jobs", json=body, headers=keyed, timeout=10)
+    for base, headers in ((api.base, keyed), (api.base, keyed), (api.base, acme),
+                          (open_api.base, {})):
+        refused = requests.post(f"{base}/api/jobs", json=body, headers=headers, timeout=10)
         assert refused.status_code == 503, refused.text
         assert refused.headers["Retry-After"]
         assert "out of memory" in refused.json()["error"]
@@ -109,6 +114,11 @@ def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
     assert accepted.status_code == 201, accepted.text
     assert client.zcard(Keys("default").status_index("pending")) == 2
     assert "Traceback" not in api.log()
+    # Redis was up, refusing writes: logged as such, not as an outage ("Redis
+    # unreachable", then "reachable again" at the next write, as it was)
+    for server in (api, open_api):
+        assert "Redis refuses writes (OutOfMemoryError" in server.log(), server.log()[-3000:]
+        assert "unreachable" not in server.log(), server.log()[-3000:]
 
 
 @pytest.fixture
@@ -210,6 +220,8 @@ def test_a_socket_submit_while_redis_is_full_is_answered_503_and_the_socket_stay
         assert accepted["job_id"] == "full-socket-1"
     finally:
         ws.close()
+    assert "Redis refuses writes (OutOfMemoryError" in api.log(), api.log()[-3000:]
+    assert "unreachable" not in api.log(), api.log()[-3000:]
 
 
 @pytest.fixture
@@ -262,7 +274,8 @@ def test_the_monitor_answers_503_while_redis_is_full(client, start_server, redis
     sends it) while Redis is at maxmemory. Before the fix the 503 said "redis
     unavailable" (kombu wraps the refused publish as a connection error), sending the
     operator to look for a network fault. Now it says Redis is out of memory, with
-    Retry-After, and nothing is written; reads keep answering."""
+    Retry-After, and nothing is written; reads keep answering. Its log says Redis
+    refuses writes (it said "Redis unreachable", then "reachable again")."""
     monitor = start_server("monitor")
     own = {"Content-Type": "application/json", "Origin": monitor.base,
            "Sec-Fetch-Site": "same-origin"}
@@ -274,7 +287,10 @@ def test_the_monitor_answers_503_while_redis_is_full(client, start_server, redis
     assert requests.get(monitor.base + "/emp/api/queue", timeout=10).status_code == 200
     client.config_set("maxmemory", "0")
     assert client.zcard(Keys("default").status_index("pending")) == 0
-    assert "Uncaught exception" not in monitor.log_path.read_text(errors="replace")
+    log = monitor.log_path.read_text(errors="replace")
+    assert "Uncaught exception" not in log
+    assert "Redis refuses writes (OutOfMemoryError" in log, log[-3000:]
+    assert "unreachable" not in log, log[-3000:]
 
 
 @pytest.mark.timeout(90)

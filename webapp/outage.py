@@ -155,14 +155,19 @@ class WriteRefusals:
         return unavailable_response(reason_of(exc))
 
 
+def refusal_in(exc: BaseException) -> redis.ResponseError | None:
+    """The refused write (``REFUSING``: full, read-only) among ``exc``'s causes, if any.
+    kombu's OperationalError wraps a refused publish: that is no outage, Redis is up
+    (it was logged as "Redis unreachable", then "reachable again" at the next write)."""
+    return next((seen for seen in causes(exc) if isinstance(seen, tuple(REFUSING))), None)
+
+
 def reason_of(exc: BaseException) -> str:
     """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
     under kombu's OperationalError, which wraps a refused publish)."""
-    for seen in causes(exc):
-        for kind, text in REFUSING.items():
-            if isinstance(seen, kind):
-                return text
-    return REASON
+    refusal = refusal_in(exc)
+    return REASON if refusal is None else next(
+        text for kind, text in REFUSING.items() if isinstance(refusal, kind))
 
 
 def ungated(view: V) -> V:
@@ -180,9 +185,14 @@ def init_flask(app: Flask, client: redis.Redis, outage: Outage) -> Outage:
     Redis (a socket handshake takes its place in the customer's limit)."""
     app.extensions["emp_outage"] = outage
 
+    refusals = WriteRefusals(outage.service)
+
     def unavailable(exc: BaseException) -> Response:
+        refusal = refusal_in(exc)
+        if refusal is not None:  # a refused publish: Redis is up, refusing writes
+            return refusals.refused(refusal)
         outage.failed(exc)
-        return unavailable_response(reason_of(exc))
+        return unavailable_response(REASON)
 
     def gate() -> Response | None:
         view = app.view_functions.get(request.endpoint or "")
@@ -192,7 +202,6 @@ def init_flask(app: Flask, client: redis.Redis, outage: Outage) -> Outage:
 
     for kind in UNAVAILABLE:
         app.register_error_handler(kind, unavailable)
-    refusals = WriteRefusals(outage.service)
     for kind in REFUSING:
         app.register_error_handler(kind, refusals.refused)
     app.before_request_funcs.setdefault(None, []).insert(0, gate)

@@ -46,6 +46,7 @@ from webapp.outage import (
     Outage,
     WriteRefusals,
     reason_of,
+    refusal_in,
 )
 from webapp.schema_words import quoted
 
@@ -210,8 +211,9 @@ class ClientConnection:
         except (*UNAVAILABLE, *REFUSING) as exc:
             # As REST's 503: the client learns why and when to try again, and keeps its
             # socket (the exception closed it with a protocol error and no message).
-            if isinstance(exc, tuple(REFUSING)):
-                SOCKET_REFUSALS.note(exc, "answering error 503 on sockets")
+            refusal = refusal_in(exc)  # also a refused publish, in kombu's OperationalError
+            if refusal is not None:
+                SOCKET_REFUSALS.note(refusal, "answering error 503 on sockets")
             else:
                 SOCKET_OUTAGE.failed(exc)
             self.session.send(error_message(reason_of(exc), status=503,

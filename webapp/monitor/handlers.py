@@ -26,7 +26,15 @@ from tornado.ioloop import IOLoop
 from webapp import strict_json
 from webapp.bodies import coding_refused
 from webapp.monitor.state import MonitorState
-from webapp.outage import REASON, REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, Outage, reason_of
+from webapp.outage import (
+    REASON,
+    REFUSING,
+    RETRY_AFTER_SECONDS,
+    UNAVAILABLE,
+    Outage,
+    reason_of,
+    refusal_in,
+)
 
 T = TypeVar("T")
 #: JSON answers this long or longer are gzipped for a client that accepts it.
@@ -76,7 +84,11 @@ class MonitorHandler(BaseHandler):
             try:
                 result = await until_outage(outage, self.offload(fn, *args, **kwargs))
             except UNAVAILABLE as exc:
-                outage.failed(exc)
+                refusal = refusal_in(exc)  # a refused publish: Redis is up, refusing writes
+                if refusal is not None:
+                    self.state.refusals.note(refusal)
+                else:
+                    outage.failed(exc)
                 raise RedisUnavailable(reason_of(exc)) from None
             except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
                 self.state.refusals.note(exc)
