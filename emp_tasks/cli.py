@@ -15,6 +15,7 @@ if __name__ == "__main__":
     _emp()  # imports this module again, as emp_tasks.cli, and runs its command line
     sys.exit()
 
+import functools
 import json
 import math
 import signal
@@ -162,7 +163,7 @@ def _note_unserved_pool(app: Any, pool: str) -> None:
 
 
 def _start_refusal(exc: BaseException) -> str:
-    """Why Redis stopped a worker's start, in words."""
+    """Why Redis stopped a worker's start (or refused a command's write), in words."""
     import redis
 
     if isinstance(exc, redis.OutOfMemoryError):
@@ -170,6 +171,30 @@ def _start_refusal(exc: BaseException) -> str:
     if isinstance(exc, redis.ReadOnlyError):
         return "is read-only (a replica)"
     return "does not answer"
+
+
+def _redis_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For a command that writes after its Redis answered the start check: a write Redis
+    refuses (full, read-only), or a Redis lost meanwhile, is one line. ``emp submit`` on a
+    Redis at maxmemory printed kombu's OperationalError with two tracebacks."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import redis
+        from kombu.exceptions import OperationalError
+
+        from capability_router.outages import causes
+
+        try:
+            return command(*args, **kwargs)
+        except (redis.RedisError, OperationalError) as exc:
+            cause = next((c for c in causes(exc) if isinstance(c, redis.RedisError)), exc)
+            if isinstance(cause, (redis.OutOfMemoryError, redis.ReadOnlyError)):
+                raise click.ClickException(
+                    f"Redis {_start_refusal(cause)}: it refused the write; try again once "
+                    f"it takes writes ({type(cause).__name__}: {cause})") from None
+            raise click.ClickException(f"Redis stopped answering ({type(cause).__name__}: "
+                                       f"{cause})") from None
+    return run
 
 
 class EmpGroup(click.Group):
@@ -340,6 +365,7 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
 @click.option("--timeout", type=float, default=600.0, show_default=True, callback=_above(0),
               help="Seconds to wait for the job's end.")
 @click.pass_obj
+@_redis_in_one_line
 def submit(obj: dict[str, Any], service: str, payload: str | None, requirements: str | None,
            workflow_file: str | None, priority: int, customer_id: str | None,
            pool: str | None, workflow_id: str | None, no_wait: bool, timeout: float) -> None:
@@ -424,6 +450,7 @@ def job(obj: dict[str, Any], job_id: str, events: bool) -> None:
 @click.argument("job_id")
 @click.option("--terminate", is_flag=True, help="Kill the process running it.")
 @click.pass_obj
+@_redis_in_one_line
 def cancel(obj: dict[str, Any], job_id: str, terminate: bool) -> None:
     """Cancel a job (pending: never runs; running: told to stop); fails if it already ended."""
     from emp_tasks.producer import cancel as cancel_job
@@ -445,6 +472,7 @@ def cancel(obj: dict[str, Any], job_id: str, terminate: bool) -> None:
 
 @main.command()
 @click.pass_obj
+@_redis_in_one_line
 def demo(obj: dict[str, Any]) -> None:
     """Submit a handful of jobs with different requirements and show them finish."""
     from emp_tasks.demo import run_demo

@@ -4,6 +4,7 @@ the API must say so once and wait, never spin, answer 500 or write half a job.""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,3 +311,29 @@ def test_a_worker_started_on_a_full_or_absent_redis_says_so_in_one_line(
         log = worker.log_path.read_text(errors="replace")
         assert "Traceback" not in log, log[-1500:]
         assert reason in log and "Error: " in log, log[-1500:]
+
+
+@pytest.mark.timeout(120)
+def test_emp_commands_that_write_say_in_one_line_that_redis_is_full(
+        app, client, redis_server, redis_full) -> None:
+    """Tried: ``emp submit``, ``emp cancel`` (of a pending job) and ``emp demo`` against a
+    Redis at maxmemory (it answers the commands' start check, a PING, and refuses their
+    writes). Before, each printed kombu's OperationalError with two tracebacks. Now each
+    exits 1 with one line saying Redis is out of memory, and nothing is written."""
+    import subprocess
+    import sys
+
+    pending = submit("echo", {}, requirements={"hardware": {"gpu_memory_gb": 99}}, app=app)
+    before = sorted(client.scan_iter("*"))
+    redis_full()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url}
+    for args in (["submit", "echo", "--no-wait"], ["cancel", pending.id], ["demo"]):
+        done = subprocess.run([sys.executable, "-m", "emp_tasks.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, (args, done.stdout, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+        assert done.stderr.startswith("Error: Redis is out of memory (maxmemory reached"), (
+            args, done.stderr[-2000:])
+    client.config_set("maxmemory", "0")
+    assert sorted(client.scan_iter("*")) == before
+    assert get_job(pending.id, app=app)["status"] == "pending"
