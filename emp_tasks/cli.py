@@ -30,7 +30,13 @@ from capability_router.errors import EmpError, InvalidJob, Unroutable
 from capability_router.json_names import NameRepeated, unique_object
 from capability_router.states import JobStatus
 from emp_tasks import defaults
-from emp_tasks.locate import RedisUnreachable, locate_redis, require_redis
+from emp_tasks.locate import (
+    RedisLocation,
+    RedisUnreachable,
+    checked,
+    locate_redis,
+    require_redis,
+)
 
 if TYPE_CHECKING:
     from emp_tasks.stack import Stack
@@ -198,14 +204,15 @@ def _redis_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class EmpGroup(click.Group):
-    """The ``emp`` group: a broken ``EMP_CELERY_CONFIG``, or a setting a command's modules
+    """The ``emp`` group: a broken ``EMP_CELERY_CONFIG``, a setting a command's modules
     read as they are imported (``EMP_GREEN_REDIS_CONNECTIONS=abc`` for ``emp api``,
-    ``EMP_METRICS_MAX_FAMILIES=0`` for ``emp monitor``), is one line, not a traceback."""
+    ``EMP_METRICS_MAX_FAMILIES=0`` for ``emp monitor``), or a Redis URL that does not
+    parse, is one line, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (defaults.CeleryConfigError, defaults.SettingError) as exc:
+        except (defaults.CeleryConfigError, defaults.SettingError, RedisUnreachable) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -673,9 +680,12 @@ def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
                                "monitor": monitor_port}
     if machine_gpus:
         ports["machine"] = health_port
+    given, source = ((obj["redis_url"], "--redis-url") if obj["redis_url"]
+                     else (defaults.env("EMP_REDIS_URL"), "EMP_REDIS_URL"))
+    if given:  # one that does not parse: each service refused it, up said "see its log"
+        checked(RedisLocation(given, source))
     try:
-        with local_stack(data_dir, workers, ports, machine_gpus,
-                         redis_url=obj["redis_url"] or defaults.env("EMP_REDIS_URL")) as stack:
+        with local_stack(data_dir, workers, ports, machine_gpus, redis_url=given) as stack:
             state = stack_state.StackState(os.getpid(), stack.redis_url, stack.services,
                                            str(data_dir))
             with stack_state.recorded(state) as is_recorded:

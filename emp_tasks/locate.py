@@ -10,7 +10,9 @@ reason to try another server.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
@@ -19,6 +21,7 @@ from redis.retry import Retry
 
 from capability_router.cluster import SOCKET_TIMEOUT_ENV, SOCKET_TIMEOUT_SECONDS
 from capability_router.errors import EmpError
+from capability_router.whole_numbers import is_whole
 from emp_tasks import defaults, stack_state
 
 log = logging.getLogger(__name__)
@@ -40,18 +43,55 @@ class RedisLocation:
 
     @property
     def shown(self) -> str:
-        """The URL without its password."""
-        return maybe_sanitize_url(self.url)
+        """The URL without its password (also when it does not parse: a port past 65535)."""
+        try:
+            return maybe_sanitize_url(self.url)
+        except ValueError:
+            return _PASSWORD.sub(r"\1**@", self.url)
+
+
+#: The password of a URL kombu cannot parse, for ``shown``.
+_PASSWORD = re.compile(r"^([a-z+]+://[^:/@]*:)[^@]*@")
+
+
+def url_problem(url: str) -> str | None:
+    """What makes a ``redis://`` or ``rediss://`` URL unusable, or None. Its clients read
+    it differently: redis-py takes a database that is no number as database 0 ("/abc")
+    or joins its digits ("/1/2" is database 12), where kombu and Celery's result backend
+    refuse it at their first use. So ``emp api`` started on "/abc" and answered every
+    submit with a 500, the webhook service ran on database 0, and ``emp worker`` and
+    ``emp submit`` ended in a traceback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None  # redis-py's own check names the schemes it takes
+    try:
+        parts.port  # noqa: B018 - raises ValueError: not a number, or past 65535
+    except ValueError as exc:
+        return f"port: {exc}"
+    database = parts.path.removeprefix("/")
+    if database and not is_whole(database):
+        return (f"the database (the URL's path) must be a number such as /0, "
+                f"got {parts.path!r}")
+    return None
+
+
+def checked(location: RedisLocation) -> RedisLocation:
+    """``location``; RedisUnreachable naming its source when its URL does not parse."""
+    problem = url_problem(location.url)
+    if problem:
+        raise RedisUnreachable(f"{location.shown} ({location.source}) is not a Redis URL: "
+                               f"{problem}")
+    return location
 
 
 def locate_redis(explicit: str | None = None) -> RedisLocation:
-    """Resolve the Redis URL; ``explicit`` is a ``--redis-url`` value."""
-    if explicit:
-        return RedisLocation(explicit, "--redis-url")
-    for name in ("EMP_REDIS_URL", "REDIS_URL"):
-        value = defaults.env(name)
+    """Resolve the Redis URL; ``explicit`` is a ``--redis-url`` value. RedisUnreachable
+    for a given URL that does not parse (``url_problem``)."""
+    given = [("--redis-url", explicit)] + [(name, defaults.env(name))
+                                           for name in ("EMP_REDIS_URL", "REDIS_URL")]
+    for source, value in given:
         if value:
-            return RedisLocation(value, name)
+            return checked(RedisLocation(value, source))
     path = stack_state.state_path()
     try:
         state = stack_state.read()

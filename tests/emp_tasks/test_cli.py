@@ -510,3 +510,36 @@ def test_emp_celery_config_is_imported_from_the_working_directory_as_celery_does
     missing = emp_job("nope.celeryconfig")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "EMP_CELERY_CONFIG='nope.celeryconfig' cannot be imported" in missing.stderr
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("redis://127.0.0.1:6390/abc", "the database (the URL's path) must be a number such as "
+                                   "/0, got '/abc'"),
+    ("redis://127.0.0.1:6390/1/2", "the database (the URL's path) must be a number such as "
+                                   "/0, got '/1/2'"),
+    ("redis://:s3cret@127.0.0.1:99999/0", "port: Port out of range 0-65535"),
+])
+def test_a_redis_url_that_does_not_parse_is_one_line_for_every_command(
+        url: str, words: str, tmp_path: Path) -> None:
+    """Tried: EMP_REDIS_URL with a database that is no number ("/abc", or "/1/2", which
+    redis-py reads as database 12), or a port past 65535, for each command. Before, redis-py
+    took "/abc" as database 0 where kombu refused it: `emp api` started and answered every
+    submit with a 500, the webhook service ran on database 0, `emp worker`, `emp submit`
+    and `emp job` ended in tracebacks (the port one too: even the URL shown in the error
+    raised), and `emp up` said only that its API exited. Now each command exits 1 at once
+    with one line naming the setting, its password masked, and starts nothing."""
+    from emp_tasks.locate import locate_redis
+
+    shown = url.replace(":s3cret@", ":**@")
+    commands = [["job", "x"], ["submit", "echo", "--no-wait"], ["worker"], ["api"],
+                ["webhooks"], ["monitor"], ["up", "--data-dir", str(tmp_path / "up")]]
+    for args in commands if url.endswith("/abc") else commands[:1]:  # one path for all
+        done = run(*args, env={"EMP_REDIS_URL": url}, timeout=60)
+        assert done.returncode == 1, (args, done.stderr[-2000:])
+        assert done.stderr.startswith(f"Error: {shown} (EMP_REDIS_URL) is not a Redis URL: "
+                                      f"{words}"), (args, done.stderr[-2000:])
+        assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr[-2000:])
+    assert not (tmp_path / "up").exists()
+    for good in ("redis://127.0.0.1:6390", "redis://127.0.0.1:6390/", "redis://h:1/15",
+                 "rediss://:pw@h:6380/0?ssl_cert_reqs=none", "unix:///tmp/redis.sock?db=1"):
+        assert locate_redis(good).url == good
