@@ -80,6 +80,9 @@ def _json_text(field_name: str, value: Any) -> str:
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"{field_name} must be JSON-serializable (no NaN or Infinity): "
                          f"{exc}") from None
+    except RecursionError:  # nested past the interpreter's stack: was a bare RecursionError
+        raise InvalidJob(f"{field_name} must be JSON-serializable: it nests too deep to "
+                         "encode (the API takes 64 levels)") from None
 
 
 #: Effective times the order score holds: (100 - priority) * 1e13 + ms (``emp.lua``),

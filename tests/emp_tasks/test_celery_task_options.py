@@ -232,14 +232,18 @@ def test_payloads_are_json_as_celery_writes_it_and_never_nan_or_infinity(app, cl
     """Tried: arguments Celery's json serializer sends (a datetime, a UUID) were refused
     at submit ("payload must be JSON-serializable"); an infinite float was accepted and
     its record held a bare ``Infinity``, which no JSON reader of the record (the API's
-    listing) can parse. A set is refused as before; nothing is written for a refusal."""
+    listing) can parse; one nested 5,000 deep raised a bare RecursionError. A set is refused
+    as before; nothing is written for a refusal."""
     typed = producer_task(app, "test.typed_args")
     when, ident = datetime(2026, 12, 2, 9, 30), uuid.UUID(int=7)
     record = get_job(typed.apply_async(kwargs={"when": when, "ident": ident}).id, app=app)
     assert record["payload"]["when"] == {"__type__": "datetime",
                                          "__value__": "2026-12-02T09:30:00"}
     before = sorted(client.keys("*"))
-    for bad in (float("inf"), float("nan"), {1, 2}):
+    deep: object = 1
+    for _ in range(5000):  # past the interpreter's stack: was a bare RecursionError
+        deep = {"a": deep}
+    for bad in (float("inf"), float("nan"), {1, 2}, deep):
         with pytest.raises(InvalidJob, match="payload must be JSON-serializable"):
             typed.apply_async(kwargs={"when": bad, "ident": 1})
     assert sorted(client.keys("*")) == before
