@@ -253,7 +253,8 @@ def test_a_bad_trace_line_is_one_line_naming_the_line_and_the_field(redis_server
     OverflowError traceback; NaN run seconds said only "cannot convert float NaN to
     integer" (no file, line or field); negative arrival or run seconds, negative model
     sizes and ``models: "sdxl"`` (read as the models s, d, x and l) ran without a word,
-    and a field named twice kept its last value. Now each is a usage error naming the file, the line and the field."""
+    and a field named twice kept its last value. Now each is a usage error naming the
+    file, the line and the field."""
     from click.testing import CliRunner
 
     from emp_tasks.cli import main
