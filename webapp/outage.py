@@ -162,6 +162,18 @@ def refusal_in(exc: BaseException) -> redis.ResponseError | None:
     return next((seen for seen in causes(exc) if isinstance(seen, tuple(REFUSING))), None)
 
 
+def log_failure(exc: BaseException, outage: Any, refusals: WriteRefusals,
+                doing: str = "answering 503") -> str:
+    """Log a failed call to Redis once, as what it is: refused writes (``refusals``), else
+    an outage (``outage.failed``); the reason its 503 gives."""
+    refusal = refusal_in(exc)
+    if refusal is not None:  # also a refused publish, in kombu's OperationalError
+        refusals.note(refusal, doing)
+    else:
+        outage.failed(exc)
+    return reason_of(exc)
+
+
 def reason_of(exc: BaseException) -> str:
     """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
     under kombu's OperationalError, which wraps a refused publish)."""
@@ -188,11 +200,7 @@ def init_flask(app: Flask, client: redis.Redis, outage: Outage) -> Outage:
     refusals = WriteRefusals(outage.service)
 
     def unavailable(exc: BaseException) -> Response:
-        refusal = refusal_in(exc)
-        if refusal is not None:  # a refused publish: Redis is up, refusing writes
-            return refusals.refused(refusal)
-        outage.failed(exc)
-        return unavailable_response(REASON)
+        return unavailable_response(log_failure(exc, outage, refusals))
 
     def gate() -> Response | None:
         view = app.view_functions.get(request.endpoint or "")

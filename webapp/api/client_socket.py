@@ -45,8 +45,7 @@ from webapp.outage import (
     UNAVAILABLE,
     Outage,
     WriteRefusals,
-    reason_of,
-    refusal_in,
+    log_failure,
 )
 from webapp.schema_words import quoted
 
@@ -211,12 +210,9 @@ class ClientConnection:
         except (*UNAVAILABLE, *REFUSING) as exc:
             # As REST's 503: the client learns why and when to try again, and keeps its
             # socket (the exception closed it with a protocol error and no message).
-            refusal = refusal_in(exc)  # also a refused publish, in kombu's OperationalError
-            if refusal is not None:
-                SOCKET_REFUSALS.note(refusal, "answering error 503 on sockets")
-            else:
-                SOCKET_OUTAGE.failed(exc)
-            self.session.send(error_message(reason_of(exc), status=503,
+            reason = log_failure(exc, SOCKET_OUTAGE, SOCKET_REFUSALS,
+                                 "answering error 503 on sockets")
+            self.session.send(error_message(reason, status=503,
                                             retry_after=RETRY_AFTER_SECONDS,
                                             message_id=message.get("message_id")))
             return

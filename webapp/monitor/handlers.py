@@ -32,8 +32,7 @@ from webapp.outage import (
     RETRY_AFTER_SECONDS,
     UNAVAILABLE,
     Outage,
-    reason_of,
-    refusal_in,
+    log_failure,
 )
 
 T = TypeVar("T")
@@ -83,16 +82,8 @@ class MonitorHandler(BaseHandler):
                 raise RedisUnavailable()
             try:
                 result = await until_outage(outage, self.offload(fn, *args, **kwargs))
-            except UNAVAILABLE as exc:
-                refusal = refusal_in(exc)  # a refused publish: Redis is up, refusing writes
-                if refusal is not None:
-                    self.state.refusals.note(refusal)
-                else:
-                    outage.failed(exc)
-                raise RedisUnavailable(reason_of(exc)) from None
-            except tuple(REFUSING) as exc:  # full or read-only: the same 503, saying which
-                self.state.refusals.note(exc)
-                raise RedisUnavailable(reason_of(exc)) from None
+            except (*UNAVAILABLE, *REFUSING) as exc:  # down, full or read-only: saying which
+                raise RedisUnavailable(log_failure(exc, outage, self.state.refusals)) from None
         outage.succeeded()
         return result
 
