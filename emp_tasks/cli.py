@@ -182,7 +182,8 @@ def _start_refusal(exc: BaseException) -> str:
 def _redis_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
     """For a command that writes after its Redis answered the start check: a write Redis
     refuses (full, read-only), or a Redis lost meanwhile, is one line. ``emp submit`` on a
-    Redis at maxmemory printed kombu's OperationalError with two tracebacks."""
+    Redis at maxmemory printed kombu's OperationalError with two tracebacks. Any other
+    error keeps its traceback: a fault to report, not a state of Redis."""
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         import redis
@@ -194,12 +195,14 @@ def _redis_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (redis.RedisError, OperationalError) as exc:
             cause = next((c for c in causes(exc) if isinstance(c, redis.RedisError)), exc)
+            said = f"({type(cause).__name__}: {cause})"
             if isinstance(cause, (redis.OutOfMemoryError, redis.ReadOnlyError)):
-                raise click.ClickException(
-                    f"Redis {_start_refusal(cause)}: it refused the write; try again once "
-                    f"it takes writes ({type(cause).__name__}: {cause})") from None
-            raise click.ClickException(f"Redis stopped answering ({type(cause).__name__}: "
-                                       f"{cause})") from None
+                raise click.ClickException(f"Redis {_start_refusal(cause)}: it refused the "
+                                           f"write; try again once it takes writes {said}"
+                                           ) from None
+            if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
+                raise click.ClickException(f"Redis stopped answering {said}") from None
+            raise
     return run
 
 
