@@ -90,13 +90,13 @@ def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
     a client reads a 500 as "do not retry". It should be a 503 with Retry-After that
     says Redis is full, with nothing written, and reads should keep working."""
     api = start_server("api", EMP_API_TOKENS="tok-acme=acme", EMP_API_PROCESSES="1")
+    # An API without customer tokens has no customer limits to write first: the refused
+    # write is the job's publish, which kombu wraps in its OperationalError.
+    open_api = start_server("api", EMP_API_PROCESSES="1")
     acme = {"Authorization": "Bearer tok-acme"}
     body = {"service_required": "simulation", "payload": {"steps": 1}}
     first = requests.post(f"{api.base}/api/jobs", json=body, headers=acme, timeout=10)
     assert first.status_code == 201, first.text
-    # An API without customer tokens has no customer limits to write first: the refused
-    # write is the job's publish, which kombu wraps in its OperationalError.
-    open_api = start_server("api", EMP_API_PROCESSES="1")
     before = sorted(client.scan_iter("*"))
     redis_full()
     keyed = {**acme, "Idempotency-Key": "full-1"}
@@ -109,7 +109,8 @@ def test_the_api_answers_503_while_redis_is_full_and_writes_nothing(
     read = requests.get(f"{api.base}/api/jobs/{first.json()['job_id']}", headers=acme,
                         timeout=10)
     assert read.status_code == 200, read.text
-    assert sorted(client.scan_iter("*")) == before  # no half-written job, no key claimed
+    # no half-written job, no key claimed (the first submit's 3 s rate bucket may expire)
+    assert set(client.scan_iter("*")) <= set(before)
     client.config_set("maxmemory", "0")
     accepted = requests.post(f"{api.base}/api/jobs", json=body, headers=keyed, timeout=10)
     assert accepted.status_code == 201, accepted.text
