@@ -99,6 +99,17 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         seen = seen.__cause__ or seen.__context__
 
 
+#: A Redis that is up and refuses writes: at maxmemory (noeviction), or a read-only replica.
+REFUSED_WRITES = (redis.OutOfMemoryError, redis.ReadOnlyError)
+
+
+def refused_write(exc: BaseException) -> redis.ResponseError | None:
+    """The refused write (``REFUSED_WRITES``) among ``exc``'s causes, if any. kombu's
+    OperationalError wraps a refused publish: that is no outage, Redis is up (it was
+    logged as "Redis unreachable", then "reachable again" at the next write)."""
+    return next((seen for seen in causes(exc) if isinstance(seen, REFUSED_WRITES)), None)
+
+
 def timed_out(exc: BaseException) -> bool:
     """Whether ``exc``, or what it wraps, is a socket timeout."""
     return any(isinstance(seen, (redis.TimeoutError, TimeoutError)) for seen in causes(exc))

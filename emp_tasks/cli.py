@@ -189,19 +189,21 @@ def _redis_in_one_line(command: Callable[..., Any]) -> Callable[..., Any]:
         import redis
         from kombu.exceptions import OperationalError
 
-        from capability_router.outages import causes
+        from capability_router.outages import causes, refused_write
 
         try:
             return command(*args, **kwargs)
         except (redis.RedisError, OperationalError) as exc:
-            cause = next((c for c in causes(exc) if isinstance(c, redis.RedisError)), exc)
-            said = f"({type(cause).__name__}: {cause})"
-            if isinstance(cause, (redis.OutOfMemoryError, redis.ReadOnlyError)):
-                raise click.ClickException(f"Redis {_start_refusal(cause)}: it refused the "
-                                           f"write; try again once it takes writes {said}"
-                                           ) from None
-            if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
-                raise click.ClickException(f"Redis stopped answering {said}") from None
+            refusal = refused_write(exc)
+            if refusal is not None:
+                raise click.ClickException(
+                    f"Redis {_start_refusal(refusal)}: it refused the write; try again once "
+                    f"it takes writes ({type(refusal).__name__}: {refusal})") from None
+            lost = next((c for c in causes(exc)
+                         if isinstance(c, (redis.ConnectionError, redis.TimeoutError))), None)
+            if lost is not None:
+                raise click.ClickException(f"Redis stopped answering ({type(lost).__name__}: "
+                                           f"{lost})") from None
             raise
     return run
 

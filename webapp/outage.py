@@ -34,7 +34,7 @@ from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 
 from capability_router.cluster import SOCKET_TIMEOUT_SECONDS
-from capability_router.outages import OutageLog, causes
+from capability_router.outages import OutageLog, refused_write
 
 logger = logging.getLogger(__name__)
 
@@ -149,24 +149,12 @@ class WriteRefusals:
             logger.error("%s: Redis refuses writes (%s: %s); %s (logged once a minute "
                          "while it lasts)", self.service, type(exc).__name__, exc, doing)
 
-    def refused(self, exc: redis.ResponseError) -> Response:
-        """Log ``exc`` (``note``); the 503 that says why."""
-        self.note(exc)
-        return unavailable_response(reason_of(exc))
-
-
-def refusal_in(exc: BaseException) -> redis.ResponseError | None:
-    """The refused write (``REFUSING``: full, read-only) among ``exc``'s causes, if any.
-    kombu's OperationalError wraps a refused publish: that is no outage, Redis is up
-    (it was logged as "Redis unreachable", then "reachable again" at the next write)."""
-    return next((seen for seen in causes(exc) if isinstance(seen, tuple(REFUSING))), None)
-
 
 def log_failure(exc: BaseException, outage: Any, refusals: WriteRefusals,
                 doing: str = "answering 503") -> str:
     """Log a failed call to Redis once, as what it is: refused writes (``refusals``), else
     an outage (``outage.failed``); the reason its 503 gives."""
-    refusal = refusal_in(exc)
+    refusal = refused_write(exc)
     if refusal is not None:  # also a refused publish, in kombu's OperationalError
         refusals.note(refusal, doing)
     else:
@@ -177,7 +165,7 @@ def log_failure(exc: BaseException, outage: Any, refusals: WriteRefusals,
 def reason_of(exc: BaseException) -> str:
     """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
     under kombu's OperationalError, which wraps a refused publish)."""
-    refusal = refusal_in(exc)
+    refusal = refused_write(exc)
     return REASON if refusal is None else next(
         text for kind, text in REFUSING.items() if isinstance(refusal, kind))
 
@@ -208,10 +196,8 @@ def init_flask(app: Flask, client: redis.Redis, outage: Outage) -> Outage:
             return None  # no route (a 404 needs no Redis), or one that needs none
         return outage.check(client)
 
-    for kind in UNAVAILABLE:
+    for kind in (*UNAVAILABLE, *REFUSING):  # down, full or read-only: the 503 says which
         app.register_error_handler(kind, unavailable)
-    for kind in REFUSING:
-        app.register_error_handler(kind, refusals.refused)
     app.before_request_funcs.setdefault(None, []).insert(0, gate)
     return outage
 

@@ -41,7 +41,7 @@ from capability_router.errors import InvalidJob
 from capability_router.outages import timed_out
 from webapp.monitor.handlers import RedisUnavailable, until_outage
 from webapp.monitor.state import MonitorState
-from webapp.outage import REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, reason_of
+from webapp.outage import REFUSING, RETRY_AFTER_SECONDS, UNAVAILABLE, log_failure, reason_of
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,9 @@ TASK_CALLS = (tasks.TaskApply, tasks.TaskAsyncApply, tasks.TaskSend, tasks.TaskR
 
 
 def _noted(state: MonitorState, exc: BaseException) -> RedisUnavailable:
-    """Mark the outage (or note the refused write), once per outage; the 503 to raise."""
-    if isinstance(exc, tuple(REFUSING)):
-        state.refusals.note(exc)
-    else:
-        state.outage.failed(exc)
-    return RedisUnavailable(reason_of(exc))
+    """Mark the outage (or note the refused write, also inside kombu's OperationalError),
+    once per outage; the 503 to raise."""
+    return RedisUnavailable(log_failure(exc, state.outage, state.refusals))
 
 
 class GatedRunner(BlockingOperationRunner):
