@@ -176,6 +176,8 @@ def _start_refusal(exc: BaseException) -> str:
         return "is out of memory (maxmemory reached, policy noeviction)"
     if isinstance(exc, redis.ReadOnlyError):
         return "is read-only (a replica)"
+    if isinstance(exc, redis.AuthenticationError):
+        return "refused the login (the URL's password or user)"
     return "does not answer"
 
 

@@ -123,6 +123,19 @@ def _hint(location: RedisLocation) -> str:
             "stack `emp up` starts")
 
 
+def _login_refused(location: RedisLocation, exc: redis.AuthenticationError) -> str:
+    """A Redis that answers but refuses the URL's login: the fix is the URL's password,
+    not starting a Redis ("no Redis answers ... Fix: start that Redis", said before)."""
+    parts = urlsplit(location.url)
+    if parts.password is None and not parts.username:
+        reason = "it needs a password, and the URL gives none"
+    else:
+        reason = str(exc).rstrip(".")
+    return (f"Redis at {location.shown} ({location.source}) refused the login: {reason}. "
+            f"Fix: put its password in the URL, redis://:PASSWORD@host:port/0 (or "
+            f"redis://USER:PASSWORD@... for an ACL user).")
+
+
 def require_redis(location: RedisLocation, timeout: float | None = None) -> None:
     """Raise RedisUnreachable (one line: URL, reason, fix) unless Redis answers a PING.
 
@@ -141,6 +154,8 @@ def require_redis(location: RedisLocation, timeout: float | None = None) -> None
                                f"{exc}") from None
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise RedisUnreachable(_login_refused(location, exc)) from None
     except (redis.RedisError, OSError) as exc:
         note = f"; {location.note}" if location.note else ""
         reason = str(exc).replace(location.url, location.shown).rstrip(".") or type(exc).__name__

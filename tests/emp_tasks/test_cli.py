@@ -543,3 +543,38 @@ def test_a_redis_url_that_does_not_parse_is_one_line_for_every_command(
     for good in ("redis://127.0.0.1:6390", "redis://127.0.0.1:6390/", "redis://h:1/15",
                  "rediss://:pw@h:6380/0?ssl_cert_reqs=none", "unix:///tmp/redis.sock?db=1"):
         assert locate_redis(good).url == good
+
+
+def test_a_redis_that_refuses_the_login_is_named_as_such_with_the_fix(tmp_path: Path) -> None:
+    """Tried: a Redis with a password (``requirepass``), and EMP_REDIS_URL with a wrong
+    password, with none, and with an ACL user it does not know, for ``emp job``, ``emp
+    submit`` and ``emp worker``. Before, the commands said "no Redis answers at ...: invalid
+    username-password pair" (or redis-py's "HELLO must be called with the client already
+    authenticated") and told the user to start that Redis, which was running. Now they
+    say it refused the login and how to put the password in the URL; nothing is written."""
+    server = LocalRedis(tmp_path / "redis", appendonly=False).start()
+    try:
+        admin = redis.Redis(port=server.port, decode_responses=True)
+        admin.config_set("requirepass", "s3cret")
+        admin = redis.Redis(port=server.port, password="s3cret", decode_responses=True)
+        base = f"127.0.0.1:{server.port}/0"
+        fix = "Fix: put its password in the URL, redis://:PASSWORD@host:port/0"
+        for url, shown, reason in [
+                (f"redis://:wrong@{base}", f"redis://:**@{base}",
+                 "invalid username-password pair or user is disabled"),
+                (f"redis://{base}", f"redis://{base}",
+                 "it needs a password, and the URL gives none"),
+                (f"redis://bob:s3cret@{base}", f"redis://bob:**@{base}",
+                 "invalid username-password pair or user is disabled")]:
+            for args in (["job", "x"], ["submit", "echo", "--no-wait"]):
+                done = run(*args, env={"EMP_REDIS_URL": url}, timeout=60)
+                assert done.returncode == 1, (args, done.stderr[-2000:])
+                assert done.stderr.strip() == (
+                    f"Error: Redis at {shown} (EMP_REDIS_URL) refused the login: {reason}. "
+                    f"{fix} (or redis://USER:PASSWORD@... for an ACL user)."), done.stderr
+        worker = run("worker", env={"EMP_REDIS_URL": f"redis://:wrong@{base}"}, timeout=60)
+        assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
+        assert f"Redis at redis://:**@{base} refused the login" in worker.stderr, worker.stderr
+        assert admin.dbsize() == 0
+    finally:
+        server.stop()

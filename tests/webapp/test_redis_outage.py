@@ -152,26 +152,36 @@ def test_webhook_delivery_and_the_api_reaper_log_a_refused_outage_once(
 DOWN_AT_START_SECONDS = 5.0
 
 
-def test_a_webhook_service_started_before_its_redis_says_so_once_and_once_when_it_answers(
-        start_server, tmp_path: Path) -> None:
-    """Tried: ``emp webhooks`` started while its Redis is down (connections refused), the
-    Redis started 5 s later; the service's log read once its delivery threads run.
+@pytest.mark.parametrize("service", ["webhooks", "api"])
+def test_a_service_started_before_its_redis_says_so_once_and_once_when_it_answers(
+        service: str, start_server, tmp_path: Path) -> None:
+    """Tried: ``emp webhooks`` (and ``emp api``, one process) started while its Redis is
+    down (connections refused), the Redis started 5 s later; the service's log read once
+    it works (delivery threads running; a submit taken).
 
-    Before the fix its start-up logged "webhook service: waiting for Redis (Error 111
-    connecting ...)" once a second (5 lines here), beside the "Redis unreachable" its
-    /health logged. Now the process says the outage once, whichever of them meets it
-    first, and once that Redis answers; then delivery starts.
+    Before the fix the webhook service's start-up logged "webhook service: waiting for
+    Redis (Error 111 connecting ...)" once a second (5 lines here), beside the "Redis
+    unreachable" its /health logged, and the API logged a traceback as it could not load
+    its function library. Now the process says the outage once, whichever of them meets
+    it first, and once that Redis answers; then it works.
     """
     private = LocalRedis(tmp_path / "private")  # not started: its port refuses
     later = threading.Timer(DOWN_AT_START_SECONDS, private.start)
     later.start()
     try:
-        hooks = start_server("webhooks", EMP_REDIS_URL=private.url)  # waits for /health
+        server = start_server(service, EMP_REDIS_URL=private.url,  # waits for /health
+                              EMP_API_PROCESSES="1")
         later.join()
-        wait_for(lambda: requests.get(hooks.base + "/health", timeout=5).json()["delivery"]
-                 ["running"], timeout=20, message="the webhook service's delivery threads")
-        assert requests.get(hooks.base + "/webhooks", timeout=10).status_code == 200
-        log = hooks.log_path.read_text(errors="replace")  # before this test stops Redis
+        if service == "webhooks":
+            wait_for(lambda: requests.get(server.base + "/health", timeout=5).json()
+                     ["delivery"]["running"], timeout=20,
+                     message="the webhook service's delivery threads")
+            assert requests.get(server.base + "/webhooks", timeout=10).status_code == 200
+        else:
+            answer = requests.post(server.base + "/api/jobs", json={
+                "service_required": "echo", "payload": {}}, timeout=10)
+            assert answer.status_code == 201, answer.text
+        log = server.log_path.read_text(errors="replace")  # before this test stops Redis
     finally:
         later.cancel()
         later.join()

@@ -66,8 +66,10 @@ def create_app(settings: WebSettings | None = None, reap_machines: bool = True) 
         ensure_library(app.extensions["emp"].redis)
         limits.ensure_library(app.extensions["emp"].redis)
         warn_if_evicting(app.extensions["emp"].redis, "emp api")
-    except redis.RedisError:  # Redis not up yet: /health says so; the first call loads it
-        logger.warning("could not load the function library at start", exc_info=True)
+    except redis.RedisError as exc:  # Redis not up yet: /health says so; the first call
+        # loads it. One line: the outage is logged as such once a request meets it.
+        logger.warning("could not load the function library at start (%s: %s)",
+                       type(exc).__name__, exc)
     app.extensions["emp_events"] = events.EventHub(settings.redis_url)
     app.extensions["emp_limits"] = limits.Limits(app.extensions["emp"].redis,
                                                  settings.default_limits,
