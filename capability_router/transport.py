@@ -241,9 +241,10 @@ class QoS(kombu_redis.QoS):
             try:
                 self.channel.functions(namespace).requeue(job_id, attempt,
                                                           "rejected by the worker")
-            except redis.RedisError:
+            except redis.RedisError as exc:
                 # Held no longer: its lease lapses and the sweep requeues it.
-                logger.warning("could not requeue %s; its lease will expire", job_id)
+                logger.warning("could not requeue %s (%s: %s); its lease will expire",
+                               job_id, type(exc).__name__, exc)
         elif parsed:
             self.channel.buffer_ack(*parsed)
         virtual.QoS.ack(self, delivery_tag)
@@ -258,8 +259,9 @@ class QoS(kombu_redis.QoS):
                     self.channel.functions(namespace).requeue(
                         job_id, attempt, "worker shut down before finishing"
                     )
-                except redis.RedisError:
-                    logger.warning("could not requeue %s; its lease will expire", job_id)
+                except redis.RedisError as exc:
+                    logger.warning("could not requeue %s (%s: %s); its lease will expire",
+                                   job_id, type(exc).__name__, exc)
         self._delivered.clear()
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:

@@ -114,8 +114,12 @@ class LocalRedis:
     def start(self, timeout: float = 15.0) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / "server.log", "ab") as log:  # the child keeps its copy
+            # Its own session: a terminal's Ctrl-C goes to the whole foreground process
+            # group, and stopped ``emp up``'s Redis while its workers were still handing
+            # their jobs back (their requeue refused: the jobs waited out their leases).
+            # Its owner stops it, last.
             self.process = subprocess.Popen(self.command(), stdout=log,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:

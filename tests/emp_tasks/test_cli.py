@@ -19,7 +19,7 @@ from redis_proxy import RedisProxy, State
 
 from capability_router.functions import ensure_library
 from capability_router.keys import Keys
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from emp_tasks.local_redis import LocalRedis, free_port
 
 EMP = [sys.executable, "-m", "emp_tasks.cli"]
@@ -426,6 +426,50 @@ def test_up_records_its_redis_so_commands_and_the_python_api_in_other_shells_fin
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=checkout,
                             capture_output=True, text=True, check=True)
     assert status.stdout == "", "emp up leaves the checkout as it was"
+
+
+@pytest.mark.system
+def test_ctrl_c_of_emp_up_hands_running_jobs_back_before_its_redis_stops(
+        tmp_path: Path) -> None:
+    """Tried: ``emp up --no-web --workers 1``, a 60 s simulation job running on its worker,
+    then Ctrl-C as a terminal sends it (SIGINT to the whole foreground process group),
+    then the stack's Redis started again on its data to read the job.
+
+    Before: the local Redis was in that group, so it stopped at once, while the worker
+    was handing its running job back ("could not requeue ... Connection refused; its
+    lease will expire"): the job stayed ``in_progress`` under a dead worker until its
+    lease ran out. Now the Redis has its own session and ``emp up`` stops it last: the
+    job is back in the queue (``pending``) when the stack has stopped."""
+    data = tmp_path / "up"
+    env = without_redis_url(tmp_path / "state", EMP_LEASE_SECONDS="120")
+    up = subprocess.Popen(  # SIGINT as in a terminal (a background shell ignores it)
+        [*EMP, "up", "--no-web", "--workers", "1", "--data-dir", str(data)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        banner = read_until(up, "export EMP_REDIS_URL=")
+        url = banner.split("export EMP_REDIS_URL=")[1].split()[0]
+        done = run("submit", "simulation", "--payload", '{"duration": 60}', "--no-wait",
+                   env={**env, "EMP_REDIS_URL": url})
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.split()[-1]
+        record = Keys("default").job(job_id)
+        stack_redis = redis.Redis.from_url(url, decode_responses=True)
+        wait_for(lambda: stack_redis.hget(record, "status") == "in_progress", timeout=60,
+                 message="the job to run")
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(timeout=90) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    logs = (data / "worker-0.log").read_text(errors="replace")
+    assert "could not requeue" not in logs, logs[-3000:]
+    again = LocalRedis(data / "redis").start()  # its append-only file, as the next emp up
+    try:
+        reread = redis.Redis(port=again.port, decode_responses=True)
+        assert reread.hget(record, "status") == "pending", reread.hgetall(record)
+    finally:
+        again.stop()
 
 
 def test_a_stale_record_of_a_killed_emp_up_is_not_used(redis_server, client, app,
