@@ -430,6 +430,10 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
         if not named_pool:  # a named one was warned of above
             _note_unserved_pool(app, job_pool)
         status, data = follow_job(url, job_pool, result.id, timeout=timeout)
+    except KeyboardInterrupt:  # was click's bare "Aborted!", the job's fate unsaid
+        click.echo(f"\nstopped waiting; job {result.id} stays filed (emp job {result.id} "
+                   f"shows it, emp cancel {result.id} cancels it)", err=True)
+        sys.exit(130)
     except redis.RedisError as exc:
         lost = f"Redis stopped answering ({type(exc).__name__}: {exc})"
         if no_wait:  # only the pool's warning is lost

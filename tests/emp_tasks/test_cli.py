@@ -248,6 +248,32 @@ def test_submit_without_a_live_worker_notes_it_while_it_waits(redis_server, clie
     assert json.loads(shown.stdout)["status"] == "pending"
 
 
+def test_ctrl_c_while_submit_waits_says_the_job_stays_filed(redis_server, client) -> None:
+    """Tried: `emp submit echo` with no worker, then Ctrl-C (SIGINT to its process group,
+    as a terminal sends it) while it waits. Before: click's bare "Aborted!", exit 1, not
+    a word on the job. Now it says the job stays filed and how to follow or cancel it,
+    and exits 130 (interrupted); the job is still pending."""
+    waiting = subprocess.Popen(
+        [*EMP, "submit", "echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url},
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        job_id = waiting.stdout.readline().strip()  # printed before it waits
+        assert client.hget(Keys("default").job(job_id), "status") == "pending"
+        time.sleep(1)
+        os.killpg(waiting.pid, signal.SIGINT)
+        _, stderr = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+    assert waiting.returncode == 130, stderr
+    assert stderr.strip().endswith(
+        f"stopped waiting; job {job_id} stays filed (emp job {job_id} shows it, "
+        f"emp cancel {job_id} cancels it)"), stderr
+    assert "Aborted" not in stderr and "Traceback" not in stderr, stderr
+    assert client.hget(Keys("default").job(job_id), "status") == "pending"
+
+
 def test_submit_to_a_pool_no_live_worker_serves_says_so(redis_server, client, start_worker,
                                                          tmp_path: Path) -> None:
     """Tried: `emp submit --pool standrd` (a typo) with EMP_POOLS_FILE naming fast and
