@@ -681,6 +681,10 @@ def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
     from emp_tasks.demo import run_api_demo, run_demo, run_monitor_demo
     from emp_tasks.stack import local_stack
 
+    # A stop by SIGTERM or SIGHUP (a closed terminal) stops the stack, as Ctrl-C does: at
+    # their default, emp up died at once and left its Redis and workers running.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, lambda *_: sys.exit(0))
     data_dir = (data_dir or stack_state.default_data_dir()).resolve()
     other = stack_state.running()
     if other is not None and other.data_dir == str(data_dir):
@@ -713,7 +717,6 @@ def up(obj: dict[str, Any], workers: int, data_dir: Path | None, api_port: int,
                     sys.exit(0 if ok else 1)
                 click.echo(_next_steps(stack, running=True))
                 click.echo("Ctrl-C to stop")
-                signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
                 signal.pause()
     except (EmpError, TimeoutError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None

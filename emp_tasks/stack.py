@@ -26,6 +26,7 @@ from capability_router.keys import Keys, idle_workers
 from emp_tasks import defaults
 from emp_tasks.connection import get_client
 from emp_tasks.local_redis import LocalRedis, free_port, port_is_free
+from emp_tasks.stack_pids import StackPids
 
 #: Local workers of ``emp up``: different hardware and models, so matching shows.
 LOCAL_WORKERS = [
@@ -182,23 +183,32 @@ def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None =
     except OSError as exc:  # a file there, or no right to make it: was a traceback
         raise EmpError(f"cannot keep the data and logs in {data_dir}: "
                        f"{exc.strerror or exc}") from None
+    pids = StackPids(data_dir)
+    pids.refuse_if_left_running()
     server, notes, url = None, [], redis_url
     if not url:
         server, notes = start_redis(data_dir / "redis")
+        pids.add("redis", server.process.pid, Path(server.binary).name)
         url = server.url
-    processes = [start_worker(i, url, data_dir) for i in range(workers)]
+    processes: list[subprocess.Popen[bytes]] = []
     stack = Stack(url, notes=notes)
+
+    def started(name: str, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        processes.append(process)
+        pids.add(name, process.pid, "emp_tasks.cli")
+        return process
+
     try:
+        for i in range(workers):
+            started(f"worker-{i}", start_worker(i, url, data_dir))
         if machine_gpus:
             port = (ports or {}).get("machine", 9090)
-            machine = start_machine(machine_gpus, port, url, data_dir)
-            processes.append(machine)
+            machine = started("machine", start_machine(machine_gpus, port, url, data_dir))
             stack.services["machine"] = f"http://127.0.0.1:{port}"
         for command, port in (ports or {}).items():
             if command == "machine":
                 continue
-            process = start_service(command, port, url, data_dir)
-            processes.append(process)
+            process = started(command, start_service(command, port, url, data_dir))
             stack.services[command] = f"http://127.0.0.1:{port}"
             wait_for_health(stack.services[command], process)
         wait_for_workers(url, [f"local-{i}" for i in range(workers)])
@@ -216,3 +226,4 @@ def local_stack(data_dir: Path, workers: int = 2, ports: dict[str, int] | None =
                 os.killpg(process.pid, signal.SIGKILL)
         if server is not None:
             server.stop()
+        pids.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -496,6 +497,95 @@ def test_ctrl_c_of_emp_up_hands_running_jobs_back_before_its_redis_stops(
         assert reread.hget(record, "status") == "pending", reread.hgetall(record)
     finally:
         again.stop()
+
+
+def _start_up(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """``emp up --no-web --workers 1`` on ``data``, in its own process group; with its
+    Redis URL once it is up."""
+    up = subprocess.Popen([*EMP, "up", "--no-web", "--workers", "1", "--data-dir", str(data)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True)
+    banner = read_until(up, "Ctrl-C to stop")
+    return up, banner.split("export EMP_REDIS_URL=")[1].split()[0]
+
+
+def _stack_processes(url: str) -> dict[int, str]:
+    """Live processes of the stack on ``url`` (pid -> command line), found without emp up's
+    help: its Redis by the address in its title, the rest by EMP_REDIS_URL in their
+    environment."""
+    address = url.removeprefix("redis://").split("/")[0]
+    found = {}
+    for folder in Path("/proc").iterdir():
+        try:
+            line = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            environ = (folder / "environ").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if line and (("redis-server" in line or "valkey-server" in line) and address in line
+                     or f"EMP_REDIS_URL={url}".encode() in environ):
+            found[int(folder.name)] = line
+    return found
+
+
+@pytest.mark.system
+def test_a_closed_terminal_stops_emp_up_and_everything_it_started(tmp_path: Path) -> None:
+    """Tried: ``emp up --no-web --workers 1``, then SIGHUP to its process group, as a
+    terminal that is closed sends it. Before: emp up died at once (SIGHUP's default) and
+    its Redis and worker ran on, orphaned, holding port 6390 and the data folder. Now it
+    stops its stack as Ctrl-C does and exits 0; nothing it started runs on."""
+    data = tmp_path / "up"
+    up, url = _start_up(data, without_redis_url(tmp_path / "state"))
+    try:
+        started = _stack_processes(url)
+        assert len(started) >= 3, started  # Redis, the worker and its pool process
+        os.killpg(up.pid, signal.SIGHUP)
+        assert up.wait(timeout=90) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    try:
+        wait_for(lambda: not _stack_processes(url), timeout=30,
+                 message="every process emp up started to stop")
+    finally:
+        for pid in _stack_processes(url):
+            os.kill(pid, signal.SIGKILL)
+    assert not (data / "emp-up-pids.json").exists()
+
+
+@pytest.mark.system
+def test_emp_up_refuses_a_data_folder_an_earlier_one_left_running(tmp_path: Path) -> None:
+    """Tried: ``emp up --no-web --workers 1`` killed (SIGKILL: no chance to stop its
+    stack), then ``emp up`` again on the same data folder. Before: port 6390 was taken by
+    the orphaned Redis, so the second one started another Redis on a free port over the
+    same append-only files, beside the orphaned worker. Now it refuses in one line naming
+    what still runs and how to stop it, and starts nothing; once those are stopped, the
+    same command starts."""
+    data = tmp_path / "up"
+    env = without_redis_url(tmp_path / "state")
+    first, url = _start_up(data, env)
+    try:
+        first.kill()  # emp up alone, as the OOM killer would
+        first.wait(timeout=30)
+        left = _stack_processes(url)
+        again = run("up", "--no-web", "--workers", "1", "--data-dir", str(data), env=env,
+                    timeout=30)  # a refusal is at once; a start took ~5 s, then ran on
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert again.stdout == "" and len(again.stderr.strip().splitlines()) == 1
+        assert again.stderr.startswith(f"Error: {data} is in use by an earlier emp up, still "
+                                       "running or left running: redis (pid "), again.stderr
+        named = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", again.stderr)]
+        assert len(named) == 2 and set(named) <= set(left), (named, left)  # Redis, worker
+        assert f"Stop them (`kill {named[0]} {named[1]}`;" in again.stderr
+        assert _stack_processes(url) == left, "nothing was started"
+        for pid in named:
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not _stack_processes(url), timeout=30, message="the orphans to stop")
+        second, _ = _start_up(data, env)
+        second.terminate()
+        assert second.wait(timeout=90) == 0
+    finally:
+        for pid in _stack_processes(url):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_stale_record_of_a_killed_emp_up_is_not_used(redis_server, client, app,
