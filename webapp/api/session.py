@@ -104,8 +104,10 @@ def send_texts(ws: Any, texts: list[str | bytes]) -> None:
                           else wsproto_conn.send(TextMessage(data=text)) for text in texts))
 
 
-def close_socket(ws: Any, code: int | None = None, message: str | None = None) -> None:
-    """Close from the server side, then wait (briefly) for the client's close reply.
+def close_socket(ws: Any, code: int | None = None, message: str | None = None,
+                 wait: float = CLOSE_WAIT_SECONDS) -> None:
+    """Close from the server side, then wait (briefly: ``wait`` seconds at most) for the
+    client's close reply.
 
     simple_websocket's close only sends the close frame. Returning at once lets
     the server drop the TCP connection while the reply is unread, and the
@@ -118,7 +120,7 @@ def close_socket(ws: Any, code: int | None = None, message: str | None = None) -
         return
     reader = getattr(ws, "thread", None)
     if reader is not None:
-        reader.join(CLOSE_WAIT_SECONDS)
+        reader.join(wait)
     # Wake the handler blocked in ``receive`` (it raises ConnectionClosed now that the
     # socket is closed): a client that never replied no longer holds it until its timeout.
     event = getattr(ws, "event", None)

@@ -45,6 +45,9 @@ CLIENT_PATH = "/ws/client/"
 MONITOR_PATH = "/ws/monitor/"
 #: WebSocket close code "going away" (RFC 6455): the server is stopping.
 CLOSE_GOING_AWAY = 1001
+#: Seconds a socket closed at a stop waits for its client's close reply: within
+#: gunicorn's graceful timeout (5 s), after which the process is killed, not stopped.
+STOP_CLOSE_WAIT_SECONDS = 2.0
 
 #: The sockets open in this process, for ``close_open_sockets``.
 _open_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -61,10 +64,10 @@ def _open(ws: Any) -> Iterator[None]:
 
 def close_open_sockets() -> None:
     """Close every socket open in this process with 1001, all at once (each waits up to
-    ``CLOSE_WAIT_SECONDS`` for its client's reply, as any server-side close does)."""
+    ``STOP_CLOSE_WAIT_SECONDS`` for its client's reply)."""
     for ws in list(_open_sockets):
-        threading.Thread(target=close_socket, args=(ws, CLOSE_GOING_AWAY, "server stopping"),
-                         daemon=True, name="emp-ws-stop").start()
+        threading.Thread(target=close_socket, daemon=True, name="emp-ws-stop", args=(
+            ws, CLOSE_GOING_AWAY, "server stopping", STOP_CLOSE_WAIT_SECONDS)).start()
 
 
 def check_token() -> Any:
