@@ -8,6 +8,7 @@ more job) and a retried socket submit got ``error`` 409 "already exists".
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -65,8 +66,9 @@ def test_a_retried_post_gets_the_first_answer_and_makes_one_job(start_server, cl
 
 def test_a_reused_key_with_another_body_is_422_and_writes_nothing(start_server, client) -> None:
     """Tried: a key first used for one body, then sent with another priority, and keys
-    that are no keys (empty, 256 characters, a space). 422 / 400 naming the header; the
-    database is byte for byte what it was."""
+    that are no keys (empty, 256 characters, a space, a comma) and the header sent twice
+    (it arrives as "k2,k3": taken as one key before, so a retry with "k2" alone made a
+    second job). 422 / 400 naming the header; the database is byte for byte what it was."""
     server = start_server("api", EMP_API_PROCESSES="1", **TOKENS_ENV)
     api = Api(server.base, TOKEN_A)
     assert api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": "k1"}).status_code == 201
@@ -75,11 +77,28 @@ def test_a_reused_key_with_another_body_is_422_and_writes_nothing(start_server, 
                       headers={"Idempotency-Key": "k1"})
     assert reused.status_code == 422, reused.text
     assert "Idempotency-Key" in reused.json()["error"]
-    for bad in ("", "x" * 256, "has space"):
+    for bad in ("", "x" * 256, "has space", "k2,k3"):
         refused = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": bad})
         assert refused.status_code == 400, (bad, refused.text)
         assert "Idempotency-Key" in refused.json()["error"]
+    twice = _raw_post(server.port, ["Authorization: Bearer " + TOKEN_A, "Idempotency-Key: k2",
+                                    "Idempotency-Key: k3"], json.dumps(JOB).encode())
+    assert twice.startswith("HTTP/1.1 400"), twice
+    assert "Idempotency-Key must be given once" in twice, twice
     assert data_keys(client) == before
+
+
+def _raw_post(port: int, headers: list[str], body: bytes) -> str:
+    """``POST /api/jobs`` as sent, header lines and all (requests sends a name once)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall("\r\n".join(["POST /api/jobs HTTP/1.1", "Host: x", "Connection: close",
+                                   "Content-Type: application/json",
+                                   f"Content-Length: {len(body)}", *headers, "", ""]).encode()
+                     + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer.decode()
 
 
 def test_keys_are_per_customer_and_expire_after_the_retention(start_server, client) -> None:

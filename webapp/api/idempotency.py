@@ -65,8 +65,10 @@ from webapp.settings import IDEMPOTENCY_SECONDS as RETENTION_SECONDS
 
 #: The request header that carries the key.
 HEADER = "Idempotency-Key"
-#: A key: 1 to 255 visible ASCII characters (as Stripe's).
-KEY_FORM = re.compile(r"[\x21-\x7e]{1,255}")
+#: A key: 1 to 255 visible ASCII characters (as Stripe's), no comma: the server joins
+#: a header sent twice into one value with commas, and "a,b" was then taken as one key
+#: (its retry with only "a" made a second job).
+KEY_FORM = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,255}")
 PREFIX = "emp:idempotency:"
 #: Suffix of the key that says a retry took a record over (``IdempotencyStore.take_over``).
 TAKEN = ":taken"
@@ -212,6 +214,9 @@ def swept_message(job_id: str, key_name: str = HEADER) -> str:
 
 def check_key(key: str) -> str:
     """The header's key, or ValueError naming the header."""
+    if "," in key:
+        raise ValueError(f"{HEADER} must be given once, as one key (no comma): a header "
+                         "sent twice arrives as one, its values joined by commas")
     if not KEY_FORM.fullmatch(key):
         raise ValueError(f"{HEADER} must be 1 to 255 visible ASCII characters")
     return key

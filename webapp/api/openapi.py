@@ -519,12 +519,13 @@ def _listing_parameters() -> list[dict[str, Any]]:
 #: ``POST /api/jobs``'s idempotency header (``webapp.api.idempotency``).
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
-    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    "schema": {"type": "string", "pattern": "^[!-+\\--~]{1,255}$"},
     "description": "Makes a retry safe: within EMP_IDEMPOTENCY_SECONDS (24 h) a request "
                    "with the same key and body gets the first request's answer (status and "
                    "body, also a 4xx) and no second job; the same key with another body "
                    "gets 422; once the job it filed was removed after its pool's retention, "
-                   "409 saying so. Keys are per customer.",
+                   "409 saying so. Keys are per customer; a key holds no comma (a header "
+                   "sent twice arrives with its values joined by commas: 400).",
 }
 REPLAYED = {"description": "true when this answer is the stored answer to an earlier "
                            "request with the same Idempotency-Key.",
