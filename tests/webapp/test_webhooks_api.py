@@ -97,12 +97,20 @@ def test_bad_registration_is_refused_naming_the_field_and_writes_nothing(
     assert webhook_keys(client) == []
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b""])
-def test_body_that_is_not_a_json_object_is_refused(make_app, client, raw) -> None:
+@pytest.mark.parametrize(("raw", "words"), [
+    (b"not json", "the body is not valid JSON: Expecting value"),
+    (b'{"url": ', "the body is not valid JSON: Expecting value"),
+    (b"[1, 2]", "the body must be a JSON object"),
+    (b"", "the body must be a JSON object"),
+])
+def test_body_that_is_not_a_json_object_is_refused(make_app, client, raw, words) -> None:
+    """Tried: bodies that are no JSON, a JSON array and none. Before, one cut short was
+    told "the body must be a JSON object: Expecting value ...", about a body meant as
+    one; now it is told it is not valid JSON, as the API tells it."""
     response = make_app().test_client().post(
         "/webhooks", data=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
-    assert "JSON object" in response.json["error"]
+    assert response.json["error"].startswith(words), response.json
     assert webhook_keys(client) == []
 
 

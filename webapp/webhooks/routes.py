@@ -62,7 +62,7 @@ def _body() -> Any:
     try:
         return strict_json.loads(data, max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
     except strict_json.JsonRefused as exc:
-        raise RegistrationError("", f"the body must be a JSON object: {exc}") from None
+        raise RegistrationError("", f"the body is not valid JSON: {exc}") from None
 
 
 def _missing(hook_id: str) -> Any:
