@@ -223,7 +223,28 @@ class EmpGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+def _print_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    """``emp --version``: this package's version and those a bug report needs beside it."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"emp {of('emp-job-queue')} (celery {of('celery')}, kombu {of('kombu')}, "
+               f"redis-py {of('redis')}, Python {platform.python_version()})")
+    ctx.exit()
+
+
 @click.group(cls=EmpGroup)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show the version (with Celery's, kombu's and redis-py's) and exit.")
 @click.option("--redis-url", default=None,
               help="Redis URL. Without it: env EMP_REDIS_URL, else REDIS_URL, else the "
                    f"running `emp up`, else {defaults.REDIS_URL}.")

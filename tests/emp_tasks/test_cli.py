@@ -672,6 +672,19 @@ def test_emp_celery_config_is_imported_from_the_working_directory_as_celery_does
     assert "EMP_CELERY_CONFIG='nope.celeryconfig' cannot be imported" in missing.stderr
 
 
+def test_version_names_emp_and_what_it_runs_on() -> None:
+    """Tried: ``emp --version``, as ``celery --version`` is tried first in a bug report.
+    Before: "No such option: --version", exit 2. Now one line: emp's version and Celery's,
+    kombu's, redis-py's and Python's, as installed; exit 0, no Redis needed."""
+    from importlib.metadata import version
+
+    done = run("--version", env={"EMP_REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"emp {version('emp-job-queue')} (celery {version('celery')}, "
+                           f"kombu {version('kombu')}, redis-py {version('redis')}, "
+                           f"Python {sys.version.split()[0]})\n")
+
+
 @pytest.mark.parametrize(("url", "words"), [
     ("redis://127.0.0.1:6390/abc", "the database (the URL's path) must be a number such as "
                                    "/0, got '/abc'"),
