@@ -52,6 +52,11 @@ def celery_config(redis_url: str | None = None) -> dict[str, Any]:
             "polling_interval": defaults.idle_block_seconds(),
         },
         "broker_connection_retry_on_startup": True,
+        # A running job goes on through a broker outage under its lease (the fence refuses
+        # its outcome if the lease lapsed and it ran elsewhere meanwhile), not cancelled
+        # and run again; said here, Celery 6.0, whose default is True, keeps it so
+        # (``plain_worker.quiet_connection_loss_warning``).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Celery's chord script counts a part once, whoever reports it (chord_parts)
         "result_backend": f"{CLUSTER_BACKEND}+{url}" if cluster_enabled() else url,
         **_tls_result_backend(url),

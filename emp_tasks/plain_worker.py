@@ -1,12 +1,14 @@
 """A plain ``celery -A emp_tasks.app worker`` made the worker ``emp worker`` runs.
 
-Two hooks, in the order Celery builds a worker:
+Three hooks, in the order Celery builds a worker:
 
 - ``on_celeryd_init`` (Celery's ``celeryd_init`` signal, sent before the worker sets up
   its logging and its queues): the tracing service name ``emp-worker``, JSON logs when
   ``EMP_LOG_FORMAT=json``, the capability profile, the node name ``<worker id>@<host>``
   unless ``-n`` named one (``%n`` of ``--pidfile``/``--statedb`` then stands for it, as
   for a ``-n``), and the pools: ``-Q``, else ``WORKER_POOLS``/``MACHINE_POOL``.
+- ``quiet_connection_loss_warning`` (``celeryd_after_setup``, once Celery's logging has
+  made its deprecation warnings "always" shown).
 - ``EmpWorkerStep`` (a worker bootstep, after Celery selected its queues): the transport
   options, queue settings and start residency (``prepare_worker``) for the job queues the
   worker consumes, and ``emp worker``'s warning of a pool the pools file does not name.
@@ -19,12 +21,14 @@ the step builds its profile and it serves the queues Celery chose.
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from typing import Any
 
 import click
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init
+from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import celeryd_after_setup, celeryd_init
 from celery.utils.nodenames import default_nodename, host_format, node_format
 from click.core import ParameterSource
 
@@ -50,6 +54,17 @@ def init_app(app: Celery) -> None:
     """Make the app's plain ``celery worker`` the worker ``emp worker`` runs."""
     app.steps["worker"].add(EmpWorkerStep)
     celeryd_init.connect(on_celeryd_init, weak=False, dispatch_uid="emp-plain-worker")
+    celeryd_after_setup.connect(quiet_connection_loss_warning, weak=False,
+                                dispatch_uid="emp-quiet-connection-loss")
+
+
+def quiet_connection_loss_warning(**_: Any) -> None:
+    """Celery prints an 8-line CPendingDeprecationWarning at every lost broker connection
+    while ``worker_cancel_long_running_tasks_on_connection_loss`` is False, set or not (its
+    6.0 makes True the default). EMP sets False on purpose (``app.celery_config``): a
+    running job goes on under its lease. Its own line ("Connection to broker lost") stays."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an "
+                            "optional breaking change", category=CPendingDeprecationWarning)
 
 
 def _is_plain(app: Celery) -> bool:

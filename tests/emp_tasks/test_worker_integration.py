@@ -119,6 +119,25 @@ def test_redis_restart_loses_no_accepted_job(app, redis_server, start_worker) ->
              message="all jobs accepted before the restart to complete")
 
 
+@pytest.mark.parametrize("plain_celery", [False, True], ids=["emp-worker", "celery-worker"])
+def test_a_worker_that_loses_redis_says_so_without_celerys_deprecation_warning(
+        app, redis_server, start_worker, plain_celery: bool) -> None:
+    """Tried: a running worker whose Redis is killed and started again, then a job. Before:
+    each loss of the broker printed Celery's 8-line CPendingDeprecationWarning about
+    ``worker_cancel_long_running_tasks_on_connection_loss`` beside Celery's own line.
+    EMP sets it, False: a running job goes on through a short outage under its lease
+    (the fence refuses its outcome if the lease lapsed and the job ran elsewhere), rather
+    than being cancelled and run again. The worker (``emp worker``, or ``celery -A
+    emp_tasks.app worker``) reconnects and takes the job."""
+    worker = start_worker("loses-redis", plain_celery=plain_celery)
+    redis_server.restart(kill=True)
+    result = submit("echo", {"n": 1}, app=app)
+    result.get(timeout=60)
+    log = worker.log_path.read_text(errors="replace")
+    assert "Connection to broker lost" in log, log[-3000:]
+    assert "CPendingDeprecationWarning" not in log, log[-3000:]
+
+
 def test_model_requirement_goes_to_the_worker_that_has_the_model(app, start_worker) -> None:
     start_worker("has-sd15", WORKER_MODELS="sd15")
     start_worker("has-flux", WORKER_MODELS="echo:flux")
