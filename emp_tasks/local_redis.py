@@ -8,6 +8,7 @@ default so a restart loses no accepted job.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -78,6 +79,23 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+#: The head of a Redis (or Valkey) log line: "<pid>:<role> <date> <time> <level> ".
+_LOG_HEAD = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ [#*.-] ")
+
+
+def _last_line(log_path: Path, start: int) -> str:
+    """The last line the server logged since byte ``start``, without its head: why it did
+    not start (e.g. "Bad file format reading the append only file ...: use
+    redis-check-aof --fix"), said in the error rather than only in the file."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(start)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return _LOG_HEAD.sub("", lines[-1]).strip() if lines else ""
+
+
 class LocalRedis:
     """One server process on 127.0.0.1.
 
@@ -113,7 +131,9 @@ class LocalRedis:
 
     def start(self, timeout: float = 15.0) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir / "server.log", "ab") as log:  # the child keeps its copy
+        log_path = self.data_dir / "server.log"
+        logged_before = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:  # the child keeps its copy
             # Its own session: a terminal's Ctrl-C goes to the whole foreground process
             # group, and stopped ``emp up``'s Redis while its workers were still handing
             # their jobs back (their requeue refused: the jobs waited out their leases).
@@ -131,8 +151,12 @@ class LocalRedis:
             except redis.BusyLoadingError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise EmpError(f"redis server on port {self.port} did not start; see "
-                               f"{self.data_dir / 'server.log'}")
+                said = _last_line(log_path, logged_before)
+                manifests = sorted(self.data_dir.glob("appendonlydir/*.manifest"))
+                if "check-aof --fix" in said and manifests:  # where <filename.manifest> is
+                    said += f" (here: {manifests[0]})"
+                raise EmpError(f"redis server on port {self.port} did not start"
+                               + (f": {said}" if said else "") + f"; see {log_path}")
             time.sleep(0.05)
         client.close()
         return self

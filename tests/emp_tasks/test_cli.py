@@ -588,6 +588,30 @@ def test_emp_up_refuses_a_data_folder_an_earlier_one_left_running(tmp_path: Path
             os.kill(pid, signal.SIGKILL)
 
 
+def test_emp_up_on_a_damaged_append_only_file_says_why_and_how_to_repair_it(
+        tmp_path: Path) -> None:
+    """Tried: ``emp up`` on a data folder whose append-only base file is damaged (not an
+    RDB file), as a disk fault leaves it. Before: "redis server on port 6390 did not start;
+    see .../server.log", the reason only in that file. Now the error line says it, with
+    the repair command's manifest path, and nothing else is started."""
+    data = tmp_path / "up"
+    aof = data / "redis" / "appendonlydir"
+    aof.mkdir(parents=True)
+    (aof / "appendonly.aof.manifest").write_text(
+        "file appendonly.aof.1.base.rdb seq 1 type b\n"
+        "file appendonly.aof.1.incr.aof seq 1 type i\n")
+    (aof / "appendonly.aof.1.base.rdb").write_text("garbage")
+    (aof / "appendonly.aof.1.incr.aof").write_text("")
+    done = run("up", "--no-web", "--workers", "1", "--data-dir", str(data),
+               env=without_redis_url(tmp_path / "state"), timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "did not start: Bad file format reading the append only file" in done.stderr
+    assert f"--fix <filename.manifest> (here: {aof / 'appendonly.aof.manifest'}); see " \
+        f"{data / 'redis' / 'server.log'}" in done.stderr, done.stderr
+    assert sorted(path.name for path in data.iterdir()) == ["redis"], "no worker started"
+
+
 def test_a_stale_record_of_a_killed_emp_up_is_not_used(redis_server, client, app,
                                                         tmp_path: Path) -> None:
     """A state file left by a killed `emp up` (its pid is gone) names a Redis that holds a job:
