@@ -62,6 +62,7 @@ class GeventWorker(JsonErrors, _GeventWorker):
 
     def init_process(self) -> None:
         self._idle: set[Any] = set()
+        self._quitting = False
         try:
             super().init_process()
         finally:
@@ -84,6 +85,18 @@ class GeventWorker(JsonErrors, _GeventWorker):
         gevent.spawn(self._close_idle)
         for hook in stop_hooks():
             gevent.spawn(hook)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """Quick shutdown (SIGINT, SIGQUIT): Ctrl-C in a terminal sends the worker SIGINT
+        and its master then SIGQUIT; the second exit, run while the first was ending the
+        interpreter, printed "SystemExit: 0" with a traceback. It is ignored now. The stop
+        hooks still run: the 0.1 s gunicorn waits before it exits sends their 1001s."""
+        if self._quitting:
+            return
+        self._quitting = True
+        for hook in stop_hooks():
+            gevent.spawn(hook)
+        super().handle_quit(sig, frame)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, gevent.GreenletExit):  # an idle connection closed at stop

@@ -178,17 +178,20 @@ def test_a_keyed_submit_gets_a_dashed_uuid_as_other_server_made_ids(start_server
     assert again.json()["job_id"] == first.json()["job_id"]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_a_stop_with_open_sockets_closes_them_going_away_and_logs_nothing_broken(
-        start_server) -> None:
+        start_server, stop: signal.Signals) -> None:
     """Tried: ``emp api`` with an idle client WebSocket, an idle monitor WebSocket and an
     idle keep-alive HTTP connection (one request answered, nothing more sent), then
-    SIGTERM, then what the sockets got and the server's output read.
+    SIGTERM, or Ctrl-C (SIGINT to the process group: gunicorn's quick shutdown), then what
+    the sockets got and the server's output read.
 
     Before: the stop logged a ``GreenletExit`` traceback for the keep-alive connection it
     closed. Then: the open WebSockets kept the worker until gunicorn's graceful timeout,
     which killed it; the clients saw their connection drop (1006, no close frame), and a
     worker that did exit printed "Exception ignored in _removeHandlerRef" with a traceback
-    (gevent issue 2148), after a MonkeyPatchWarning at its start. Now each socket is
+    (gevent issue 2148), after a MonkeyPatchWarning at its start; Ctrl-C also printed
+    "SystemExit: 0" with a traceback (the worker's second signal). Now each socket is
     closed with 1001 "server stopping", the worker exits by itself ("Worker exiting"), and
     the output has no traceback and no warning of gevent's."""
     server = start_server("api", EMP_API_PROCESSES="1", EMP_ADMIN_TOKENS=ADMIN)
@@ -199,7 +202,7 @@ def test_a_stop_with_open_sockets_closes_them_going_away_and_logs_nothing_broken
     idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
     assert idle.recv(65536).startswith(b"HTTP/1.1 200")
     time.sleep(0.5)
-    server.kill(signal.SIGTERM)
+    server.kill(stop)
     assert server.process is not None and server.process.returncode == 0, server.log()
     idle.close()
     for ws in (client, monitor):
