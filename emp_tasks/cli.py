@@ -168,6 +168,35 @@ def _note_unserved_pool(app: Any, pool: str) -> None:
                    "job stays filed)", err=True)
 
 
+def _pending_reason(app: Any, pool: str, job_id: str) -> Callable[[], str | None]:
+    """``follow_job``'s ``on_pending`` for ``emp submit``: once the job has waited a while,
+    a note when the pool has live workers but none can serve it (a requirement no worker
+    has, often a typo: ``{"hardware": {"gpu_mem": 16}}`` is a custom capability nobody
+    offers), with what each live worker has, as the monitor's job page says it. Before,
+    the bar sat at "pending 0%" until --timeout without a word. A pool with no live worker
+    at all was noted already (``_note_unserved_pool``), or its scaler starts machines."""
+    def reason() -> str | None:
+        import redis
+
+        from capability_router.keys import Keys
+        from emp_tasks.connection import get_client
+        from webapp.monitor.queue import class_servability  # the monitor's own words
+
+        client = get_client(app.conf.broker_url)
+        try:
+            job_class, status = client.hmget(Keys(pool).job(job_id), "class", "status")
+            if not job_class or status not in ("pending", b"pending"):
+                return None
+            check = class_servability(client, pool, job_class.decode()
+                                      if isinstance(job_class, bytes) else job_class)
+        except redis.RedisError:
+            return None  # the wait itself says so if Redis stays away
+        if check["servable"] or "no worker is registered" in check["reason"]:
+            return None
+        return f"note: {check['reason']}"
+    return reason
+
+
 def _start_refusal(exc: BaseException) -> str:
     """Why Redis stopped a worker's start (or refused a command's write), in words."""
     import redis
@@ -450,7 +479,8 @@ def submit(obj: dict[str, Any], service: str, payload: str | None, requirements:
         job_pool = job_pool or get_job(result.id, app=app)["pool"]
         if not named_pool:  # a named one was warned of above
             _note_unserved_pool(app, job_pool)
-        status, data = follow_job(url, job_pool, result.id, timeout=timeout)
+        status, data = follow_job(url, job_pool, result.id, timeout=timeout,
+                                  on_pending=_pending_reason(app, job_pool, result.id))
     except KeyboardInterrupt:  # was click's bare "Aborted!", the job's fate unsaid
         click.echo(f"\nstopped waiting; job {result.id} stays filed (emp job {result.id} "
                    f"shows it, emp cancel {result.id} cancels it)", err=True)

@@ -249,6 +249,28 @@ def test_submit_without_a_live_worker_notes_it_while_it_waits(redis_server, clie
     assert json.loads(shown.stdout)["status"] == "pending"
 
 
+def test_submit_that_no_live_worker_can_serve_says_why_while_it_waits(
+        redis_server, client, start_worker) -> None:
+    """Tried: `emp submit simulation` with a live worker serving simulation, asking
+    ``{"hardware": {"gpu_mem": 16}}`` (a typo of gpu_memory_gb: a custom capability no
+    worker has). Before: a bar at "pending 0%" until --timeout, not a word. Now, once it
+    has waited, a note says no live worker can serve it, what it needs and what each live
+    worker has (the monitor's words); a job the worker takes gets no such note."""
+    start_worker("cli-typo", WORKER_SERVICES="simulation")
+    env = {"EMP_REDIS_URL": redis_server.url}
+    done = run("submit", "simulation", "--requirements", '{"hardware": {"gpu_mem": 16}}',
+               "--timeout", "4", env=env)
+    assert done.returncode == 1 and '"status": "timeout"' in done.stdout, done.stderr
+    assert ("note: No live worker can serve this job: it needs simulation with "
+            "hardware.gpu_mem >= 16. Live workers in pool default: cli-typo (no "
+            "hardware.gpu_mem). It waits until such a worker joins or it is cancelled."
+            ) in " ".join(done.stderr.split()), done.stderr
+    served = run("submit", "simulation", "--payload", '{"duration": 3}', "--timeout", "30",
+                 env=env)
+    assert served.returncode == 0, served.stderr
+    assert "note:" not in served.stderr, served.stderr
+
+
 def test_ctrl_c_while_submit_waits_says_the_job_stays_filed(redis_server, client) -> None:
     """Tried: `emp submit echo` with no worker, then Ctrl-C (SIGINT to its process group,
     as a terminal sends it) while it waits. Before: click's bare "Aborted!", exit 1, not
