@@ -18,7 +18,12 @@ from emp_tasks.claim_gate import BoundedClaimGate
 from emp_tasks.connection import get_client, get_functions
 from emp_tasks.producer import services
 from emp_tasks.queue_outcomes import GaveUpReporter
-from machine.connectors.factory import connector_from_env
+from machine.connectors.factory import (
+    DEFAULT_KIND_OF_SERVICE,
+    connector_from_env,
+    make_connector,
+    settings_from_env,
+)
 
 logger = logging.getLogger("emp.worker")
 
@@ -87,14 +92,27 @@ def downloadable_models(app: Celery, served: list[str]) -> dict[str, list[str]]:
             if names and getattr(tasks.get(service), "prepares_models", False)}
 
 
-def claim_gate_options() -> dict[str, Any]:
+#: Services whose jobs run on an outside server: a worker serving one of them alone and
+#: naming no ``EMP_CONNECTOR`` asks that server's health (its default connector) before it
+#: claims. ``emp worker --services comfyui`` asked nothing: with no ComfyUI running it
+#: took each job and held it up to EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS (120) waiting for
+#: one, then spent a retry on it, while a worker whose ComfyUI runs could have taken it.
+GATED_ALONE = ("comfyui",)
+
+
+def claim_gate_options(services: list[str] | None = None) -> dict[str, Any]:
     """Transport options that make the worker ask its connector before each claim.
 
-    The connector ``EMP_CONNECTOR`` names gets its own instance in this (the
-    claiming) process, built once here, before Celery forks its pool. Without
-    a connector, or with ``EMP_HEALTH_GATE=off``, the worker claims as before.
+    The connector ``EMP_CONNECTOR`` names, else (``GATED_ALONE``) the default connector of
+    the one service the worker serves, gets its own instance in this (the claiming)
+    process, built once here, before Celery forks its pool. Without either, or with
+    ``EMP_HEALTH_GATE=off``, the worker claims as before.
     """
     connector = connector_from_env()
+    if connector is None and services is not None and len(services) == 1 \
+            and services[0] in GATED_ALONE:
+        connector = make_connector(DEFAULT_KIND_OF_SERVICE[services[0]],
+                                   settings_from_env(DEFAULT_KIND_OF_SERVICE[services[0]]))
     if connector is None or not defaults.health_gate():
         return {}
     return {"claim_gate": BoundedClaimGate(connector.claim_gate,
@@ -128,7 +146,7 @@ def prepare_worker(app: Celery, profile: WorkerProfile, pools: list[str]) -> Non
     options = dict(app.conf.broker_transport_options or {})
     options["worker_profile"] = profile.as_dict()
     options["worker_pools"] = list(pools)
-    options.update(claim_gate_options())
+    options.update(claim_gate_options(list(profile.services)))
     # Jobs the queue fails with no run (attempts used up) still reach the result backend.
     options["on_job_gave_up"] = GaveUpReporter(app)
     app.conf.broker_transport_options = options

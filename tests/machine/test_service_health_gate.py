@@ -100,6 +100,37 @@ def test_a_restarting_comfyui_stops_its_worker_claiming_until_it_answers_again(
 
 
 @pytest.mark.timeout(120)
+def test_a_comfyui_only_worker_without_emp_connector_waits_for_its_comfyui_too(
+        app, start_worker, start_comfyui, client, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: ``emp worker`` serving comfyui alone with no EMP_CONNECTOR (the README's
+    command line), its ComfyUI stopped, a job submitted, then ComfyUI started on its port.
+    Before: the worker asked no health check, so it took the job and held it waiting for
+    ComfyUI (up to EMP_COMFYUI_STARTUP_TIMEOUT_SECONDS, 120), then spent a retry on it.
+    Now its default connector gates its claims as EMP_CONNECTOR=comfyui does: the job
+    waits unclaimed, the registry says why, and it runs with its first attempt."""
+    server = start_comfyui()
+    port, url = server.port, server.url
+    server.stop()
+    start_worker("comfy-alone", wait=False, COMFYUI_URL=url, WORKER_SERVICES="comfyui",
+                 EMP_OUTPUT_DIR=str(tmp_path / "out"))  # never "ready": its service is down
+    record = wait_until(lambda: (r := registry_record(client, "comfy-alone")).get("status")
+                        == "service_unhealthy" and r, timeout=60,
+                        message="the worker to say unhealthy")
+    assert "comfyui service unhealthy" in record["status_reason"]
+    job = submit("comfyui", {"workflow": txt2img(steps=1)}, app=app)
+    time.sleep(3)
+    assert get_job(job.id, app=app)["attempts"] == 0
+    assert event_names(job.id, app) == ["job_submitted"]
+    again = ComfyUITestServer(tmp_path / "comfyui-again").start(port)
+    try:
+        assert job.get(timeout=60)["success"]
+        done = get_job(job.id, app=app)
+        assert done["attempts"] == 1 and done["retries"] == 0
+    finally:
+        again.stop()
+
+
+@pytest.mark.timeout(120)
 def test_a_simulated_outage_holds_jobs_pending_until_it_ends(
         app, start_worker, client, tmp_path: Path) -> None:  # noqa: ANN001
     """Tried: the simulation connector's outage file created under an idle worker, a job
