@@ -410,6 +410,8 @@ def worker(obj: dict[str, Any], services: str | None, pools: tuple[str, ...],
         raise click.ClickException(
             f"worker {profile.worker_id}: Redis at {locate_redis(obj['redis_url']).shown} "
             f"{_start_refusal(exc)} ({type(exc).__name__}: {exc})") from None
+    except EmpError as exc:  # a connector setting the claim gate's connector cannot use
+        raise click.ClickException(str(exc)) from None
     if status:
         sys.exit(status)
 

@@ -8,6 +8,9 @@ the simulation connector's outage file.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from machine_fixtures import *  # noqa: F403 - pytest fixtures
 from machine_helpers import wait_until
 
 from capability_router.registry import SYSTEM_EVENTS_KEY, WorkerRegistry
+from conftest import ROOT
 from emp_tasks.producer import get_job, job_events, submit
 from webapp.monitor.machines import machines_view
 
@@ -128,6 +132,22 @@ def test_a_comfyui_only_worker_without_emp_connector_waits_for_its_comfyui_too(
         assert done["attempts"] == 1 and done["retries"] == 0
     finally:
         again.stop()
+
+
+def test_a_comfyui_only_worker_with_a_bad_connector_setting_stops_in_one_line(
+        redis_server) -> None:  # noqa: ANN001
+    """Tried: ``emp worker --services comfyui`` with EMP_COMFYUI_TIMEOUT_SECONDS=abc. Its
+    claim gate builds the ComfyUI connector at start, which refuses the setting: one line
+    naming it and exit 1, as with EMP_CONNECTOR=comfyui, not a traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EMP_REDIS_URL": redis_server.url,
+           "WORKER_ID": "bad-setting", "EMP_COMFYUI_TIMEOUT_SECONDS": "abc"}
+    env.pop("EMP_CONNECTOR", None)
+    done = subprocess.run([sys.executable, "-m", "emp_tasks.cli", "worker", "--services",
+                           "comfyui"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().endswith("Error: [validation] EMP_COMFYUI_TIMEOUT_SECONDS "
+                                        "must be a number above 0, got 'abc'"), done.stderr
 
 
 @pytest.mark.timeout(120)
