@@ -20,6 +20,7 @@ from emp_tasks.producer import services
 from emp_tasks.queue_outcomes import GaveUpReporter
 from machine.connectors.factory import (
     DEFAULT_KIND_OF_SERVICE,
+    configured_kind,
     connector_from_env,
     make_connector,
     settings_from_env,
@@ -100,6 +101,44 @@ def downloadable_models(app: Celery, served: list[str]) -> dict[str, list[str]]:
 GATED_ALONE = ("comfyui",)
 
 
+def _gate_connector(services: list[str] | None) -> Any:  # noqa: ANN401 - a Connector
+    """``EMP_CONNECTOR``'s connector, else the default one of a ``GATED_ALONE`` service the
+    worker serves alone; None for neither. ConnectorError for a setting it refuses."""
+    connector = connector_from_env()
+    if connector is None and services is not None and len(services) == 1 \
+            and services[0] in GATED_ALONE:
+        kind = DEFAULT_KIND_OF_SERVICE[services[0]]
+        connector = make_connector(kind, settings_from_env(kind))
+    return connector
+
+
+def warn_ungated_services(profile: WorkerProfile) -> None:
+    """A warning at start for a worker that serves a ``GATED_ALONE`` service beside others
+    without ``EMP_CONNECTOR`` (the README's ``--services comfyui,simulation``) while that
+    service's server does not answer: its claims are not gated (a closed gate would stop
+    the other services' jobs too), so each such job waits for the server, up to its
+    startup timeout, then retries. Said once, with the fix; nothing when it answers."""
+    served = list(profile.services)
+    alone = [s for s in served if s in GATED_ALONE]
+    if not alone or len(served) == 1 or configured_kind() or not defaults.health_gate():
+        return
+    for service in alone:
+        kind = DEFAULT_KIND_OF_SERVICE[service]
+        try:
+            connector = make_connector(kind, settings_from_env(kind))
+        except Exception:  # noqa: BLE001 - its first job says what is wrong with it
+            continue
+        answer = BoundedClaimGate(connector.claim_gate, defaults.health_gate_timeout_seconds())()
+        if not answer.open:
+            logger.warning(
+                "worker %s serves %s beside %s without EMP_CONNECTOR, so it takes %s jobs "
+                "whether its server answers or not, and it does not answer now (%s): each "
+                "such job waits for it, then retries. Serve %s on a worker of its own (or "
+                "set EMP_CONNECTOR=%s) to take them only while it answers", profile.worker_id,
+                service, ", ".join(s for s in served if s != service), service,
+                answer.reason, service, kind, extra={"event": "worker_service_ungated"})
+
+
 def claim_gate_options(services: list[str] | None = None) -> dict[str, Any]:
     """Transport options that make the worker ask its connector before each claim.
 
@@ -108,11 +147,7 @@ def claim_gate_options(services: list[str] | None = None) -> dict[str, Any]:
     process, built once here, before Celery forks its pool. Without either, or with
     ``EMP_HEALTH_GATE=off``, the worker claims as before.
     """
-    connector = connector_from_env()
-    if connector is None and services is not None and len(services) == 1 \
-            and services[0] in GATED_ALONE:
-        connector = make_connector(DEFAULT_KIND_OF_SERVICE[services[0]],
-                                   settings_from_env(DEFAULT_KIND_OF_SERVICE[services[0]]))
+    connector = _gate_connector(services)
     if connector is None or not defaults.health_gate():
         return {}
     return {"claim_gate": BoundedClaimGate(connector.claim_gate,
@@ -147,6 +182,7 @@ def prepare_worker(app: Celery, profile: WorkerProfile, pools: list[str]) -> Non
     options["worker_profile"] = profile.as_dict()
     options["worker_pools"] = list(pools)
     options.update(claim_gate_options(list(profile.services)))
+    warn_ungated_services(profile)
     # Jobs the queue fails with no run (attempts used up) still reach the result backend.
     options["on_job_gave_up"] = GaveUpReporter(app)
     app.conf.broker_transport_options = options

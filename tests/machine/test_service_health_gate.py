@@ -134,6 +134,31 @@ def test_a_comfyui_only_worker_without_emp_connector_waits_for_its_comfyui_too(
         again.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_serving_comfyui_beside_others_warns_when_its_comfyui_is_down(
+        start_worker, start_comfyui, tmp_path: Path) -> None:  # noqa: ANN001
+    """Tried: the README's ``emp worker --services comfyui,simulation`` (no EMP_CONNECTOR)
+    with its ComfyUI stopped, then with it running. Such a worker's claims are not gated (a
+    closed gate would stop its simulation jobs too), so it takes ComfyUI jobs it cannot
+    run. Before: not a word. Now its start warns, naming the fix; with ComfyUI answering,
+    nothing is said."""
+    server = start_comfyui()
+    url = server.url
+    server.stop()
+    down = start_worker("mixed-down", COMFYUI_URL=url, WORKER_SERVICES="comfyui,simulation",
+                        EMP_OUTPUT_DIR=str(tmp_path / "out"))
+    warned = " ".join(down.log_path.read_text(errors="replace").split())
+    assert ("worker mixed-down serves comfyui beside simulation without EMP_CONNECTOR, so "
+            "it takes comfyui jobs whether its server answers or not, and it does not "
+            "answer now (comfyui service unhealthy:") in warned, warned[-3000:]
+    assert "Serve comfyui on a worker of its own (or set EMP_CONNECTOR=comfyui)" in warned
+    up = start_comfyui()
+    answering = start_worker("mixed-up", COMFYUI_URL=up.url,
+                             WORKER_SERVICES="comfyui,simulation",
+                             EMP_OUTPUT_DIR=str(tmp_path / "out-up"))
+    assert "without EMP_CONNECTOR" not in answering.log_path.read_text(errors="replace")
+
+
 def test_a_comfyui_only_worker_with_a_bad_connector_setting_stops_in_one_line(
         redis_server) -> None:  # noqa: ANN001
     """Tried: ``emp worker --services comfyui`` with EMP_COMFYUI_TIMEOUT_SECONDS=abc. Its
