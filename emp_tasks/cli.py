@@ -182,13 +182,12 @@ def _pending_reason(app: Any, pool: str, job_id: str) -> Callable[[], str | None
         from emp_tasks.connection import get_client
         from webapp.monitor.queue import class_servability  # the monitor's own words
 
-        client = get_client(app.conf.broker_url)
+        client = get_client(app.conf.broker_url)  # decodes: str replies
         try:
             job_class, status = client.hmget(Keys(pool).job(job_id), "class", "status")
-            if not job_class or status not in ("pending", b"pending"):
+            if not job_class or status != JobStatus.PENDING:
                 return None
-            check = class_servability(client, pool, job_class.decode()
-                                      if isinstance(job_class, bytes) else job_class)
+            check = class_servability(client, pool, job_class)
         except redis.RedisError:
             return None  # the wait itself says so if Redis stays away
         if check["servable"] or "no worker is registered" in check["reason"]:

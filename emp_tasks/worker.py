@@ -22,8 +22,7 @@ from machine.connectors.factory import (
     DEFAULT_KIND_OF_SERVICE,
     configured_kind,
     connector_from_env,
-    make_connector,
-    settings_from_env,
+    connector_of_kind,
 )
 
 logger = logging.getLogger("emp.worker")
@@ -107,8 +106,7 @@ def _gate_connector(services: list[str] | None) -> Any:  # noqa: ANN401 - a Conn
     connector = connector_from_env()
     if connector is None and services is not None and len(services) == 1 \
             and services[0] in GATED_ALONE:
-        kind = DEFAULT_KIND_OF_SERVICE[services[0]]
-        connector = make_connector(kind, settings_from_env(kind))
+        connector = connector_of_kind(DEFAULT_KIND_OF_SERVICE[services[0]])
     return connector
 
 
@@ -125,7 +123,7 @@ def warn_ungated_services(profile: WorkerProfile) -> None:
     for service in alone:
         kind = DEFAULT_KIND_OF_SERVICE[service]
         try:
-            connector = make_connector(kind, settings_from_env(kind))
+            connector = connector_of_kind(kind)
         except Exception:  # noqa: BLE001 - its first job says what is wrong with it
             continue
         answer = BoundedClaimGate(connector.claim_gate, defaults.health_gate_timeout_seconds())()

@@ -83,8 +83,7 @@ class GeventWorker(JsonErrors, _GeventWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
         gevent.spawn(self._close_idle)
-        for hook in stop_hooks():
-            gevent.spawn(hook)
+        _spawn_stop_hooks()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         """Quick shutdown (SIGINT, SIGQUIT): Ctrl-C in a terminal sends the worker SIGINT
@@ -94,8 +93,7 @@ class GeventWorker(JsonErrors, _GeventWorker):
         if self._quitting:
             return
         self._quitting = True
-        for hook in stop_hooks():
-            gevent.spawn(hook)
+        _spawn_stop_hooks()
         super().handle_quit(sig, frame)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
@@ -109,6 +107,12 @@ class GeventWorker(JsonErrors, _GeventWorker):
             for greenlet in list(self._idle):
                 greenlet.kill(block=False)
             gevent.sleep(SWEEP_SECONDS)
+
+
+def _spawn_stop_hooks() -> None:
+    """Run each of ``webapp.stop_hooks``'s hooks in a greenlet of its own."""
+    for hook in stop_hooks():
+        gevent.spawn(hook)
 
 
 #: Modules that import names of ``ssl`` directly, which gevent's patch cannot reach, and

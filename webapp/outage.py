@@ -159,13 +159,17 @@ def log_failure(exc: BaseException, outage: Any, refusals: WriteRefusals,
         refusals.note(refusal, doing)
     else:
         outage.failed(exc)
-    return reason_of(exc)
+    return _reason(refusal)
 
 
 def reason_of(exc: BaseException) -> str:
     """What a 503 says for ``exc``: Redis unreachable, or why it refuses writes (also
     under kombu's OperationalError, which wraps a refused publish)."""
-    refusal = refused_write(exc)
+    return _reason(refused_write(exc))
+
+
+def _reason(refusal: BaseException | None) -> str:
+    """A 503's reason for a refused write (``refused_write``), or for none: unreachable."""
     return REASON if refusal is None else next(
         text for kind, text in REFUSING.items() if isinstance(refusal, kind))
 

@@ -107,17 +107,24 @@ def configured_kind(environ: Mapping[str, str] | None = None) -> str | None:
     return kind
 
 
+def connector_of_kind(kind: str, environ: Mapping[str, str] | None = None,
+                      named: str | None = None) -> Connector:
+    """Connector ``kind`` built (not initialized) from the environment; a setting it cannot
+    read is a validation error naming ``named`` (default: the kind)."""
+    settings = settings_from_env(kind, environ)
+    try:
+        return make_connector(kind, settings)
+    except (ValueError, TypeError) as exc:  # a list setting (say, model sizes) it cannot read
+        raise ConnectorError(f"{named or kind}: a setting cannot be used: {exc}",
+                             ErrorType.VALIDATION) from None
+
+
 def connector_from_env(environ: Mapping[str, str] | None = None) -> Connector | None:
     """The connector ``EMP_CONNECTOR`` names, built from the environment; None when unset."""
     kind = configured_kind(environ)
     if not kind:
         return None
-    settings = settings_from_env(kind, environ)
-    try:
-        return make_connector(kind, settings)
-    except (ValueError, TypeError) as exc:  # a list setting (say, model sizes) it cannot read
-        raise ConnectorError(f"EMP_CONNECTOR={kind}: a setting cannot be used: {exc}",
-                             ErrorType.VALIDATION) from None
+    return connector_of_kind(kind, environ, named=f"EMP_CONNECTOR={kind}")
 
 
 def service_of_kind(kind: str) -> str:

@@ -8,14 +8,13 @@ more job) and a retried socket submit got ``error`` 409 "already exists".
 from __future__ import annotations
 
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api, snapshot
+from rest_helpers import TOKEN_A, TOKEN_B, TOKENS_ENV, Api, raw_answer, snapshot
 
 from emp_tasks.websocket_client import WebSocketClient as Client
 
@@ -81,24 +80,15 @@ def test_a_reused_key_with_another_body_is_422_and_writes_nothing(start_server, 
         refused = api.post("/api/jobs", json=JOB, headers={"Idempotency-Key": bad})
         assert refused.status_code == 400, (bad, refused.text)
         assert "Idempotency-Key" in refused.json()["error"]
-    twice = _raw_post(server.port, ["Authorization: Bearer " + TOKEN_A, "Idempotency-Key: k2",
-                                    "Idempotency-Key: k3"], json.dumps(JOB).encode())
-    assert twice.startswith("HTTP/1.1 400"), twice
-    assert "Idempotency-Key must be given once" in twice, twice
+    body = json.dumps(JOB).encode()
+    status, _, answer = raw_answer(server.port, "\r\n".join([
+        "POST /api/jobs HTTP/1.1", "Host: x", "Connection: close", f"Authorization: Bearer "
+        f"{TOKEN_A}", "Content-Type: application/json", f"Content-Length: {len(body)}",
+        "Idempotency-Key: k2", "Idempotency-Key: k3", "", ""]).encode() + body)
+    assert status == 400, answer  # requests sends a header name once: sent as it is here
+    assert "Idempotency-Key must be given once" in json.loads(answer)["error"], answer
     assert data_keys(client) == before
 
-
-def _raw_post(port: int, headers: list[str], body: bytes) -> str:
-    """``POST /api/jobs`` as sent, header lines and all (requests sends a name once)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall("\r\n".join(["POST /api/jobs HTTP/1.1", "Host: x", "Connection: close",
-                                   "Content-Type: application/json",
-                                   f"Content-Length: {len(body)}", *headers, "", ""]).encode()
-                     + body)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    return answer.decode()
 
 
 def test_keys_are_per_customer_and_expire_after_the_retention(start_server, client) -> None:

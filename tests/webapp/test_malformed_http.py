@@ -12,10 +12,10 @@ answering.
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import requests
+from rest_helpers import raw_answer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,19 +29,6 @@ MALFORMED = {
     "a request line over gunicorn's limit": (
         b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI Too Long"),
 }
-
-
-def raw_answer(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers (lower-case names) and body of the server's answer to ``request``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(request)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
 @pytest.mark.parametrize("service", ["api", "webhooks"])
